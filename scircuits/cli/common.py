@@ -1,0 +1,52 @@
+"""Pieces every command shares: config loading from file + flags, JSON output, key=value options."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterable, Mapping, TypeVar
+
+import click
+
+from scircuits.platform.config import StageConfig
+
+C = TypeVar("C", bound=StageConfig)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_option(f: F) -> F:
+    return click.option(
+        "--config", "config_file", type=click.Path(dir_okay=False),
+        help="TOML or YAML file with this stage's settings; flags override it.",
+    )(f)
+
+
+def stage_config(cls: type[C], config_file: str | None, flags: Mapping[str, Any]) -> C:
+    """Merge the config file with the flags that were given (None = not given) and validate."""
+    return cls.from_sources(config_file, flags)
+
+
+def parse_key_values(items: Iterable[str], what: str) -> dict[str, Any]:
+    """``["k=3", "name=x"]`` -> ``{"k": 3, "name": "x"}``; values are read as JSON when they parse."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=what)
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def echo_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """A plain aligned text table (no rich: listing must stay fast)."""
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())

@@ -1,0 +1,66 @@
+"""`scircuits plugins|models|benchmarks|saes|ablations`: what is installed. Imports no torch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from scircuits.cli.common import echo_json, echo_table
+from scircuits.platform.plugins import get_plugins
+
+json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+@click.command()
+@json_flag
+def plugins(as_json: bool) -> None:
+    """List loaded plugins: version, distribution, hooks and the names each registered.
+
+    Plugins that failed to load are listed with their error. Set SCIRCUITS_LOAD_PLUGINS to a
+    comma-separated allow-list of third-party plugin names (empty: none) to skip broken ones.
+    """
+    infos = list(get_plugins().plugins.values())
+    if as_json:
+        echo_json([i.to_dict() for i in infos])
+        return
+    for info in infos:
+        where = f"{info.distribution or '?'} {info.version or ''}".strip()
+        click.echo(f"{info.name}  ({info.module}; {where})")
+        if info.hooks:
+            click.echo(f"  hooks: {', '.join(info.hooks)}")
+        for family, names in info.registered.items():
+            click.echo(f"  {family}: {', '.join(names)}")
+        if info.error:
+            click.echo(f"  ERROR: {info.error}")
+
+
+def _family_command(family: str, columns: list[str], help_text: str) -> click.Command:
+    @click.command(name=family, help=help_text)
+    @json_flag
+    def command(as_json: bool) -> None:
+        plugin_set = get_plugins()
+        registry = plugin_set.registries[family]
+        rows: list[dict[str, Any]] = []
+        for obj in registry:
+            rows.append({"name": obj.name, "description": obj.description,
+                         "plugin": registry.owner(obj.name), **obj.facts()})
+        if as_json:
+            echo_json(rows)
+        else:
+            echo_table(rows, columns)
+        for failed in plugin_set.failed():
+            click.echo(f"warning: plugin {failed.name} failed to load: {failed.error}", err=True)
+
+    return command
+
+
+models = _family_command(
+    "models", ["name", "hf_id", "n_layers", "d_model", "default_layer", "description"],
+    "List model adapters (name, weights, layers, width).")
+benchmarks = _family_command(
+    "benchmarks", ["name", "splits", "multiple_choice", "description"], "List benchmarks.")
+saes = _family_command(
+    "saes", ["name", "saelens_architecture", "description"], "List SAE variants.")
+ablations = _family_command(
+    "ablations", ["name", "options", "description"], "List ablation strategies.")

@@ -1,0 +1,1 @@
+"""The core engine. It knows no concrete model, benchmark, SAE variant or ablation."""

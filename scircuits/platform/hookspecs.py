@@ -1,0 +1,39 @@
+"""The plugin contract: one registration hook per plugin family (the pattern of `llm`)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pluggy
+
+PROJECT = "scircuits"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_models(register: Callable[[Any], None]) -> None:
+    """Register ModelAdapter instances: ``register(adapter)``."""
+
+
+@hookspec
+def register_benchmarks(register: Callable[[Any], None]) -> None:
+    """Register Benchmark instances: ``register(benchmark)``."""
+
+
+@hookspec
+def register_sae_variants(register: Callable[[Any], None]) -> None:
+    """Register SAEVariant instances: ``register(variant)``."""
+
+
+@hookspec
+def register_ablations(register: Callable[[Any], None]) -> None:
+    """Register Ablation instances: ``register(ablation)``."""
+
+
+FAMILY_HOOKS: dict[str, str] = {
+    "models": "register_models",
+    "benchmarks": "register_benchmarks",
+    "saes": "register_sae_variants",
+    "ablations": "register_ablations",
+}

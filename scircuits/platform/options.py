@@ -1,0 +1,37 @@
+"""Validating plugin options (pydantic) with errors that name the field and the reason."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from scircuits.platform.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
+        + (f" (got {e['input']!r})" if e.get("type") != "missing" and not isinstance(e.get("input"), dict) else "")
+        for e in exc.errors()
+    )
+
+
+def parse_options(model: type[M], raw: Mapping[str, Any] | BaseModel | None, what: str) -> M:
+    """Validate ``raw`` into ``model``; None values mean "not given". ``what`` names the owner."""
+    if isinstance(raw, model):
+        return raw
+    if isinstance(raw, BaseModel):
+        raw = raw.model_dump()
+    values = {k: v for k, v in dict(raw or {}).items() if v is not None}
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        fields = ", ".join(model.model_fields) or "(none)"
+        raise ConfigError(f"{what}: {describe_validation_error(exc)}. Valid fields: {fields}.") from None
+
+
+def defaults(model: type[BaseModel]) -> dict[str, Any]:
+    return {k: f.default for k, f in model.model_fields.items() if not f.is_required()}

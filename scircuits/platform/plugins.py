@@ -1,0 +1,199 @@
+"""Plugin manager: built-in plugin modules and entry points of group "scircuits", loaded the same way.
+
+A plugin that fails to import, whose hook implementations match no hook specification, or whose
+registration raises, is recorded with its error and never stops the CLI. ``SCIRCUITS_LOAD_PLUGINS``
+is the rescue switch: a comma-separated allow-list of entry-point plugin names (empty loads none).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import traceback
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
+from typing import Any, Callable
+
+import pluggy
+
+from scircuits.platform import hookspecs
+from scircuits.platform.errors import PluginConflictError
+from scircuits.platform.registry import Registry
+
+ENTRY_POINT_GROUP = "scircuits"
+ALLOW_LIST_ENV = "SCIRCUITS_LOAD_PLUGINS"
+
+BUILTIN_MODULES: tuple[str, ...] = (
+    "scircuits.plugins.models",
+    "scircuits.plugins.benchmarks",
+    "scircuits.plugins.saes",
+    "scircuits.plugins.ablations",
+)
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    module: str
+    builtin: bool
+    distribution: str | None = None
+    version: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _family_base(family: str) -> type:
+    from scircuits.platform.ablations import Ablation
+    from scircuits.platform.benchmarks import Benchmark
+    from scircuits.platform.models import ModelAdapter
+    from scircuits.platform.saes import SAEVariant
+
+    return {"models": ModelAdapter, "benchmarks": Benchmark, "saes": SAEVariant, "ablations": Ablation}[family]
+
+
+class PluginSet:
+    """Every loaded plugin and the four registries they filled."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, PluginInfo] = {}
+        self.registries: dict[str, Registry[Any]] = {f: Registry(f) for f in hookspecs.FAMILY_HOOKS}
+
+    @property
+    def models(self) -> Registry[Any]:
+        return self.registries["models"]
+
+    @property
+    def benchmarks(self) -> Registry[Any]:
+        return self.registries["benchmarks"]
+
+    @property
+    def saes(self) -> Registry[Any]:
+        return self.registries["saes"]
+
+    @property
+    def ablations(self) -> Registry[Any]:
+        return self.registries["ablations"]
+
+    def failed(self) -> list[PluginInfo]:
+        return [p for p in self.plugins.values() if p.error]
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def add_module(self, name: str, load: Callable[[], ModuleType], info: PluginInfo) -> None:
+        self.plugins[name] = info
+        try:
+            module = load()
+        except BaseException as exc:  # noqa: BLE001 - a broken plugin must never stop the CLI
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            info.error = f"import failed: {type(exc).__name__}: {exc}"
+            info.traceback = traceback.format_exc()  # type: ignore[attr-defined]
+            return
+        info.module = getattr(module, "__name__", info.module)
+        unknown = [
+            attr
+            for attr in dir(module)
+            if hasattr(getattr(module, attr, None), f"{hookspecs.PROJECT}_impl")
+            and not hasattr(self.pm.hook, attr)
+        ]
+        if unknown:
+            known = ", ".join(hookspecs.FAMILY_HOOKS.values())
+            info.error = (
+                f"hook implementation {', '.join(map(repr, unknown))} matches no hook; known hooks: {known}"
+            )
+            return
+        try:
+            self.pm.register(module, name=name)
+        except Exception as exc:  # pluggy.PluginValidationError: wrong arguments, etc.
+            info.error = f"invalid hook implementation: {exc}"
+            return
+        info.hooks = sorted(h.name for h in self.pm.get_hookcallers(module) or [])
+        self._run_registrations(name, module, info)
+
+    def _run_registrations(self, name: str, module: ModuleType, info: PluginInfo) -> None:
+        for family, hook_name in hookspecs.FAMILY_HOOKS.items():
+            impl = getattr(module, hook_name, None)
+            if impl is None or not hasattr(impl, f"{hookspecs.PROJECT}_impl"):
+                continue
+            registry = self.registries[family]
+            base = _family_base(family)
+            added: list[str] = []
+
+            def register(obj: Any, _registry: Registry[Any] = registry, _base: type = base,
+                         _family: str = family, _added: list[str] = added) -> None:
+                if not isinstance(obj, _base):
+                    raise TypeError(f"{name} registered {obj!r} as one of {_family}, "
+                                    f"but it is not a {_base.__name__}")
+                _registry.add(obj, owner=name)
+                _added.append(obj.name)
+
+            try:
+                impl(register=register)
+            except PluginConflictError as exc:
+                info.error = str(exc)
+            except Exception as exc:  # noqa: BLE001
+                info.error = f"{hook_name} raised {type(exc).__name__}: {exc}"
+            if added:
+                info.registered[family] = added
+
+    def load_builtins(self) -> None:
+        from scircuits import __version__
+
+        for module_name in BUILTIN_MODULES:
+            short = module_name.rsplit(".", 1)[-1]
+            info = PluginInfo(name=f"builtin:{short}", module=module_name, builtin=True,
+                              distribution="scircuits", version=__version__)
+            self.add_module(info.name, lambda m=module_name: importlib.import_module(m), info)
+
+    def load_entry_points(self, allow: set[str] | None) -> None:
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if allow is not None and ep.name not in allow:
+                continue
+            if ep.name in self.plugins:
+                self.plugins[f"{ep.name} ({ep.value})"] = PluginInfo(
+                    name=ep.name, module=ep.value, builtin=False, error=(
+                        f"a plugin named {ep.name!r} is already loaded from "
+                        f"{self.plugins[ep.name].module}; not loading {ep.value}")
+                )
+                continue
+            dist = getattr(ep, "dist", None)
+            info = PluginInfo(name=ep.name, module=ep.value, builtin=False,
+                              distribution=dist.name if dist else None,
+                              version=dist.version if dist else None)
+            self.add_module(ep.name, lambda e=ep: _load_entry_point(e), info)
+
+
+def _load_entry_point(ep: EntryPoint) -> ModuleType:
+    obj = ep.load()
+    if not isinstance(obj, ModuleType):
+        raise TypeError(f"entry point {ep.name} = {ep.value!r} must name a module, got {type(obj).__name__}")
+    return obj
+
+
+def allow_list_from_env() -> set[str] | None:
+    raw = os.environ.get(ALLOW_LIST_ENV)
+    if raw is None:
+        return None
+    return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+def load_plugins(*, entry_points_too: bool = True) -> PluginSet:
+    plugins = PluginSet()
+    plugins.load_builtins()
+    if entry_points_too:
+        plugins.load_entry_points(allow_list_from_env())
+    return plugins
+
+
+@lru_cache(maxsize=1)
+def get_plugins() -> PluginSet:
+    """The process-wide plugin set (loaded once)."""
+    return load_plugins()

@@ -1,0 +1,76 @@
+"""Name -> plugin object, with clear errors on unknown and duplicate names."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Generic, Iterator, TypeVar
+
+from scircuits.platform.errors import PluginConflictError, UnknownNameError
+
+T = TypeVar("T")
+
+
+@dataclass
+class Registry(Generic[T]):
+    """Objects of one plugin family, keyed by their ``name``.
+
+    A name ending in ':' is a prefix handler: ``get("hf:org/model")`` asks the object registered
+    as ``"hf:"`` for ``specialize("org/model")``.
+    """
+
+    family: str  # plural, for messages: "models"
+    _items: dict[str, T] = field(default_factory=dict)
+    _owners: dict[str, str] = field(default_factory=dict)
+    _conflicts: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, obj: T, owner: str) -> None:
+        name = getattr(obj, "name", None)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{type(obj).__name__} registered by {owner} has no string 'name'")
+        if name in self._items or name in self._conflicts:
+            owners = self._conflicts.setdefault(name, [self._owners.pop(name, "?")])
+            owners.append(owner)
+            self._items.pop(name, None)
+            raise PluginConflictError(
+                f"{self.family[:-1]} name {name!r} is registered by more than one plugin: "
+                f"{' and '.join(owners)}. Uninstall one, or exclude one with SCIRCUITS_LOAD_PLUGINS."
+            )
+        self._items[name] = obj
+        self._owners[name] = owner
+
+    def get(self, name: str) -> T:
+        if name in self._conflicts:
+            raise PluginConflictError(
+                f"{self.family[:-1]} name {name!r} is registered by more than one plugin: "
+                f"{' and '.join(self._conflicts[name])}. Uninstall one, or exclude one with "
+                "SCIRCUITS_LOAD_PLUGINS."
+            )
+        if name in self._items:
+            return self._items[name]
+        if ":" in name:
+            prefix = name.split(":", 1)[0] + ":"
+            handler = self._items.get(prefix)
+            if handler is not None:
+                return handler.specialize(name[len(prefix):])  # type: ignore[attr-defined]
+        known = sorted(self._items)
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UnknownNameError(
+            f"Unknown {self.family[:-1]} {name!r}.{hint} Known {self.family}: {', '.join(known) or '(none)'}."
+        )
+
+    def owner(self, name: str) -> str:
+        return self._owners[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._items[n] for n in sorted(self._items))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
