@@ -1,0 +1,53 @@
+"""Progress for long stages: a rich bar on a terminal, periodic plain lines elsewhere (CI, logs)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+
+class Progress:
+    def __init__(self, description: str, total: float | None, enabled: bool, unit: str = "") -> None:
+        self.description, self.total, self.enabled, self.unit = description, total, enabled, unit
+        self.done = 0.0
+        self.status = ""
+        self._bar: Any = None
+        self._task: Any = None
+        self._last_line = 0.0
+        self._start = time.monotonic()
+
+    def advance(self, n: float = 1, status: str | None = None) -> None:
+        self.done += n
+        if status is not None:
+            self.status = status
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n, status=self.status)
+        elif time.monotonic() - self._last_line >= 10:
+            self._print_line()
+
+    def _print_line(self) -> None:
+        self._last_line = time.monotonic()
+        total = f"/{self.total:g}" if self.total else ""
+        rate = self.done / max(self._last_line - self._start, 1e-9)
+        print(f"[{self.description}] {self.done:g}{total} {self.unit} ({rate:.1f}/s) {self.status}".rstrip(),
+              file=sys.stderr, flush=True)
+
+
+@contextmanager
+def progress(description: str, total: float | None = None, enabled: bool = True, unit: str = "") -> Iterator[Progress]:
+    p = Progress(description, total, enabled, unit)
+    if enabled and sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+
+        with RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeRemainingColumn(), TextColumn("{task.fields[status]}"), transient=False) as bar:
+            p._bar, p._task = bar, bar.add_task(description, total=total, status="")
+            yield p
+    else:
+        yield p
+        if enabled:
+            p._print_line()
