@@ -20,7 +20,7 @@ COMMANDS: dict[str, str] = {
     "saes": "scircuits.cli.listing:saes",
     "ablations": "scircuits.cli.listing:ablations",
     "collect": "scircuits.cli.collect:collect",
-    "inspect": "scircuits.cli.collect:inspect",
+    "inspect": "scircuits.cli.inspect:inspect",
     "train": "scircuits.cli.train:train",
     "validate": "scircuits.cli.train:validate",
     "ablate": "scircuits.cli.causal:ablate",
