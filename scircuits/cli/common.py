@@ -43,9 +43,17 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items())
+    return "" if value is None else str(value)
+
+
 def echo_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     """A plain aligned text table (no rich: listing must stay fast)."""
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
     for row in cells:

@@ -1,0 +1,3 @@
+from scircuits.cli import main
+
+main()

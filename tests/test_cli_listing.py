@@ -1,0 +1,101 @@
+"""The listing commands, `plugins`, --version, and a broken plugin that must not stop the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from scircuits import __version__
+from tests.cli_helpers import run_cli
+from tests.plugin_factory import make_plugin_dist
+
+FAMILIES = ["models", "benchmarks", "saes", "ablations"]
+
+
+@pytest.fixture(scope="module")
+def broken_plugin_path(tmp_path_factory):
+    root = tmp_path_factory.mktemp("broken")
+    make_plugin_dist(root, "exploding-plugin", "exploding_plugin_mod", "raise ImportError('no such thing: libfoo')\n")
+    return root
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"scircuits, version {__version__}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_listing_json_is_a_list_of_named_objects(family):
+    result = run_cli(family, "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert isinstance(rows, list) and rows
+    assert all(isinstance(r["name"], str) and "description" in r and "plugin" in r for r in rows)
+
+
+def test_ablations_json_lists_the_four_builtins():
+    rows = json.loads(run_cli("ablations", "--json").stdout)
+    names = {r["name"] for r in rows}
+    assert {"zero", "mean", "resample", "clamp"} <= names
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_listing_text_table(family):
+    result = run_cli(family)
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.startswith("NAME") and rows
+
+
+def test_listing_imports_no_heavy_library():
+    code = (
+        "import sys\n"
+        "from scircuits.cli import cli\n"
+        "for cmd in ['plugins', 'models', 'benchmarks', 'saes', 'ablations']:\n"
+        "    cli.main([cmd, '--json'], standalone_mode=False)\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'nnsight') if m in sys.modules)\n"
+        "sys.stderr.write('HEAVY=' + ','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY=" in result.stderr and result.stderr.rsplit("HEAVY=", 1)[1] == ""
+
+
+def test_broken_plugin_is_shown_and_everything_else_works(broken_plugin_path):
+    result = run_cli("plugins", extra_path=broken_plugin_path)
+    assert result.returncode == 0, result.stderr
+    assert "exploding-plugin" in result.stdout
+    assert "ERROR: import failed: ImportError: no such thing: libfoo" in result.stdout
+    rows = json.loads(run_cli("plugins", "--json", extra_path=broken_plugin_path).stdout)
+    broken = next(r for r in rows if r["name"] == "exploding-plugin")
+    assert broken["error"].startswith("import failed") and broken["distribution"] == "exploding-plugin"
+    for family in FAMILIES:
+        listed = run_cli(family, "--json", extra_path=broken_plugin_path)
+        assert listed.returncode == 0 and json.loads(listed.stdout)
+        assert "exploding-plugin failed to load" in listed.stderr
+    assert run_cli("--help", extra_path=broken_plugin_path).returncode == 0
+
+
+def test_allow_list_rescues_from_a_broken_plugin(broken_plugin_path):
+    result = run_cli("plugins", "--json", extra_path=broken_plugin_path, env={"SCIRCUITS_LOAD_PLUGINS": ""})
+    names = {r["name"] for r in json.loads(result.stdout)}
+    assert "exploding-plugin" not in names and "builtin:ablations" in names
+
+
+def test_every_command_has_help():
+    from scircuits.cli import COMMANDS, cli
+
+    for name in cli.list_commands(None):  # type: ignore[arg-type]
+        assert name in COMMANDS
+        result = run_cli(name, "--help")
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        assert "Usage: " in result.stdout
+
+
+def test_unknown_command_is_a_clear_error():
+    result = run_cli("colect")
+    assert result.returncode == 2
+    assert "No such command 'colect'" in result.stderr
