@@ -1,0 +1,32 @@
+"""Errors of the activation store. Each says what was wrong and what to do."""
+
+from __future__ import annotations
+
+from scircuits.platform.errors import DataFormatError, ScircuitsError
+
+
+class StoreMismatchError(ScircuitsError):
+    """An existing store was made by a different command (model, layer, config...)."""
+
+
+class NonFiniteActivationsError(ScircuitsError):
+    """An example's activations hold NaN or inf (or overflow the store's dtype)."""
+
+    def __init__(self, message: str, *, example_index: int, n_nan: int, n_inf: int, n_overflow: int):
+        super().__init__(message)
+        self.example_index = example_index
+        self.n_nan = n_nan
+        self.n_inf = n_inf
+        self.n_overflow = n_overflow
+
+
+class NotAStoreError(DataFormatError):
+    """The path is missing, or is not a format-v1 scircuits activation store."""
+
+
+class StoreLockedError(ScircuitsError):
+    """Another process is writing to the same store."""
+
+
+class StoreCompleteError(ScircuitsError):
+    """Rows were appended to a store that is already complete."""

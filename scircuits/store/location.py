@@ -1,0 +1,117 @@
+"""Where a store lives: a local folder or an fsspec URL. Opening, locking and measuring it."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from scircuits.store.errors import NotAStoreError, StoreLockedError
+from scircuits.store.format import ARRAYS, FORMAT, FORMAT_VERSION
+
+
+def local_path(path: str | os.PathLike[str]) -> Path | None:
+    """The local folder for a path or file:// URL; None for any other fsspec URL."""
+    text = os.fspath(path)
+    if text.startswith("file://"):
+        return Path(text[len("file://"):])
+    if "://" in text:
+        return None
+    return Path(text)
+
+
+def open_group(
+    path: str | os.PathLike[str],
+    mode: str,
+    storage_options: dict[str, Any] | None = None,
+    attributes: dict[str, Any] | None = None,
+):
+    """zarr.open_group for a local folder or an fsspec URL; ``attributes`` are written with a new group
+    in the same file, so a new store never exists without its format attributes."""
+    text = os.fspath(path)
+    local = local_path(text)
+    extra: dict[str, Any] = {} if attributes is None else {"attributes": attributes}
+    with warnings.catch_warnings():
+        # zarr warns about files it does not know (our writer's temporary files); they are harmless.
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
+        if local is not None:
+            return zarr.open_group(str(local), mode=mode, zarr_format=3, **extra)
+        return zarr.open_group(text, mode=mode, zarr_format=3, storage_options=storage_options, **extra)
+
+
+def read_group(path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None):
+    """Open a store read-only, checking that it is a format-v1 scircuits activation store."""
+    local = local_path(path)
+    if local is not None and not local.exists():
+        raise NotAStoreError(f"{path}: no such activation store (the path does not exist)")
+    try:
+        group = open_group(path, "r", storage_options)
+    except Exception as exc:  # zarr raises several kinds for "no group here"
+        raise NotAStoreError(
+            f"{path} is not an activation store: no Zarr v3 group could be opened there ({exc})"
+        ) from None
+    check_format(path, dict(group.attrs))
+    missing = [name for name in ARRAYS if name not in group]
+    if missing:
+        raise NotAStoreError(f"{path}: activation store is missing the array(s) {', '.join(missing)}")
+    return group
+
+
+def check_format(path: Any, attrs: dict[str, Any]) -> None:
+    fmt = attrs.get("format")
+    if fmt != FORMAT:
+        raise NotAStoreError(
+            f"{path} is a Zarr group but not a scircuits activation store "
+            f"(its 'format' attribute is {fmt!r}, expected {FORMAT!r})"
+        )
+    version = attrs.get("format_version")
+    if version != FORMAT_VERSION:
+        hint = "upgrade scircuits" if isinstance(version, int) and version > FORMAT_VERSION else "rewrite it"
+        raise NotAStoreError(
+            f"{path}: activation store format_version {version!r} is not supported "
+            f"(this scircuits reads version {FORMAT_VERSION}); {hint}"
+        )
+
+
+class WriterLock:
+    """An exclusive flock on the store folder, released when the process dies (even by SIGKILL)."""
+
+    def __init__(self, folder: Path):
+        self._fd: int | None = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise StoreLockedError(
+                f"{folder}: another process is writing to this store; wait for it or write elsewhere"
+            ) from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def remove_partial_files(folder: Path) -> int:
+    """Delete temporary files that a killed zarr write left behind (zarr writes via rename)."""
+    removed = 0
+    for tmp in folder.rglob("*.partial"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def size_on_disk(path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> int:
+    local = local_path(path)
+    if local is not None:
+        return sum(f.stat().st_size for f in local.rglob("*") if f.is_file())
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(os.fspath(path), **(storage_options or {}))
+    return int(fs.du(root, total=True))

@@ -1,0 +1,347 @@
+"""The resumable store writer.
+
+Rows are buffered one chunk at a time and written as whole, chunk-aligned blocks into arrays that
+grow in big steps (zarr's ``append`` rewrites metadata on every call). A partial last chunk is
+written padded with zeros. Progress (``n_tokens``, ``n_examples``) is recorded in the group
+attributes only after every row of the counted examples has been written; zarr's local store
+writes each file through a rename, so a process killed at any moment leaves either the old or the
+new version of every file. On resume the rows past the recorded progress are rewritten, and at
+close the arrays are trimmed to ``n_tokens``: a killed and resumed collection ends byte-identical
+to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scircuits.platform.errors import ScircuitsError
+from scircuits.platform.provenance import now_iso
+from scircuits.store.errors import (
+    NonFiniteActivationsError,
+    NotAStoreError,
+    StoreCompleteError,
+    StoreMismatchError,
+)
+from scircuits.store.format import (
+    ACTS,
+    ARRAYS,
+    DEFAULT_COMPRESSOR,
+    FORMAT,
+    FORMAT_VERSION,
+    ID_ARRAYS,
+    ID_DTYPE,
+    check_act_dtype,
+    compressor_codecs,
+    default_chunk_rows,
+    identity_attrs,
+    identity_differences,
+    identity_of,
+    normalise_compressor,
+)
+from scircuits.store.location import WriterLock, check_format, local_path, open_group, remove_partial_files
+
+_FIRST_CAPACITY_CHUNKS = 16
+
+
+class ActivationStoreWriter:
+    """Appends whole examples to a format-v1 store. Create with :meth:`open`."""
+
+    def __init__(self, path: str, group: Any, lock: WriterLock | None, *, complete: bool):
+        self.path = path
+        self._group = group
+        self._lock = lock
+        self.complete = complete
+        self._closed = False
+        self._arrays = {name: group[name] for name in ARRAYS} if not complete else {}
+        attrs = dict(group.attrs)
+        self.d_model = int(attrs["d_model"])
+        self.dtype = str(attrs["dtype"])
+        self._recorded_tokens = int(attrs["n_tokens"])
+        self._recorded_examples = int(attrs["n_examples"])
+        self._n_tokens = self._recorded_tokens
+        self._n_examples = self._recorded_examples
+        if complete:
+            return
+        acts = self._arrays[ACTS]
+        self.chunk_rows = int(acts.chunks[0])
+        self._capacity = int(acts.shape[0])
+        short = [n for n, a in self._arrays.items() if a.shape[0] < self._recorded_tokens]
+        if short or acts.shape[1:] != (self.d_model,):
+            raise NotAStoreError(
+                f"{path}: arrays {', '.join(short) or ACTS} do not match the recorded progress "
+                f"({self._recorded_tokens} tokens of width {self.d_model}); delete the store and collect again"
+            )
+        self._pending: deque[tuple[int, int]] = deque()  # (end row, examples counted at that end)
+        self._buf_acts = np.zeros((self.chunk_rows, self.d_model), dtype=self.dtype)
+        self._buf_ids = {name: np.zeros(self.chunk_rows, dtype=ID_DTYPE) for name in ID_ARRAYS}
+        self._buf_start = (self._recorded_tokens // self.chunk_rows) * self.chunk_rows
+        self._buf_fill = self._recorded_tokens - self._buf_start
+        if self._buf_fill:  # the recorded rows of the chunk that resumes
+            self._buf_acts[: self._buf_fill] = acts[self._buf_start : self._recorded_tokens]
+            for name in ID_ARRAYS:
+                self._buf_ids[name][: self._buf_fill] = self._arrays[name][self._buf_start : self._recorded_tokens]
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        attrs: dict[str, Any],
+        *,
+        d_model: int,
+        dtype: str = "float16",
+        chunk_rows: int | None = None,
+        compressor: str | None = DEFAULT_COMPRESSOR,
+    ) -> "ActivationStoreWriter":
+        """Create a store, resume an incomplete one with the same identity, or reopen a complete one.
+
+        ``chunk_rows`` (default: about 4 MiB of acts per chunk) and ``compressor`` apply to a new
+        store; a resumed store keeps its own layout.
+        """
+        dtype = check_act_dtype(dtype)
+        if d_model <= 0:
+            raise ScircuitsError(f"d_model must be positive, not {d_model}")
+        identity = identity_attrs(attrs, d_model=d_model, dtype=dtype)
+        compressor = normalise_compressor(compressor)
+        rows = chunk_rows or default_chunk_rows(d_model, dtype)
+        if rows <= 0:
+            raise ScircuitsError(f"chunk_rows must be positive, not {rows}")
+        text = os.fspath(path)
+        local = local_path(text)
+        lock = None
+        if local is not None:
+            if local.exists() and not local.is_dir():
+                raise NotAStoreError(f"{text} is a file, not an activation store; choose another --out")
+            local.mkdir(parents=True, exist_ok=True)
+            lock = WriterLock(local)
+        try:
+            group = cls._open_or_create(text, local, identity, rows, compressor)
+            return cls(text, group, lock, complete=bool(group.attrs.get("complete")))
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+
+    @classmethod
+    def _open_or_create(cls, text: str, local: Path | None, identity: dict[str, Any], rows: int,
+                        compressor: str | None) -> Any:
+        if local is not None:
+            exists = (local / "zarr.json").exists()
+            if not exists and any(local.iterdir()):
+                raise NotAStoreError(
+                    f"{text} exists and is not an activation store; choose another --out or delete it"
+                )
+        else:
+            try:
+                open_group(text, "r")
+                exists = True
+            except Exception:
+                exists = False
+        if not exists:
+            attrs = {
+                "format": FORMAT, "format_version": FORMAT_VERSION, **identity,
+                "n_tokens": 0, "n_examples": 0, "complete": False, "created": now_iso(),
+                "scircuits_version": _version(), "chunk_rows": rows, "compressor": compressor,
+            }
+            group = open_group(text, "w-", attributes=attrs)
+        else:
+            group = open_group(text, "r+")
+            stored = dict(group.attrs)
+            try:
+                check_format(text, stored)
+            except NotAStoreError as exc:
+                raise NotAStoreError(f"{exc}; choose another --out or delete it") from None
+            differences = identity_differences(identity_of(stored), identity)
+            if differences:
+                listed = "; ".join(f"{k}: stored {old!r}, now {new!r}" for k, old, new in differences)
+                raise StoreMismatchError(
+                    f"{text} holds activations of a different collection ({listed}). "
+                    "Write to another --out, or delete the existing store to replace it."
+                )
+            if stored.get("complete"):
+                return group
+            if local is not None:
+                remove_partial_files(local)
+        _create_missing_arrays(group, identity["d_model"], identity["dtype"], group.attrs)
+        return group
+
+    # ------------------------------------------------------------------ progress
+    @property
+    def n_examples_written(self) -> int:
+        """Examples stored or buffered so far, counting those of earlier runs: skip this many."""
+        return self._n_examples
+
+    @property
+    def n_tokens_written(self) -> int:
+        return self._n_tokens
+
+    @property
+    def n_examples_recorded(self) -> int:
+        """Examples whose rows are written and counted in the store's attributes."""
+        return self._recorded_examples
+
+    # ------------------------------------------------------------------ writing
+    def append_example(self, example_index: int, token_ids: Any, acts: Any) -> None:
+        """Append one example: its token ids (n,) and activations (n, d_model); positions are 0..n-1."""
+        self._check_writable()
+        tokens = _as_numpy(token_ids).reshape(-1)
+        rows = _as_numpy(acts)
+        n = tokens.shape[0]
+        if rows.ndim != 2 or rows.shape != (n, self.d_model):
+            raise ScircuitsError(
+                f"example {example_index}: activations have shape {tuple(rows.shape)}, expected "
+                f"({n}, {self.d_model}) for {n} token ids"
+            )
+        if not 0 <= int(example_index) <= np.iinfo(ID_DTYPE).max:
+            raise ScircuitsError(f"example index {example_index} is not a non-negative int32")
+        stored = self._checked_rows(int(example_index), rows)
+        token_ids32 = tokens.astype(ID_DTYPE)
+        if not np.array_equal(token_ids32, tokens):
+            raise ScircuitsError(f"example {example_index}: token ids do not fit int32")
+        columns = {
+            "token_ids": token_ids32,
+            "example_ids": np.full(n, example_index, dtype=ID_DTYPE),
+            "positions": np.arange(n, dtype=ID_DTYPE),
+        }
+        self._n_tokens += n
+        self._n_examples += 1
+        self._pending.append((self._n_tokens, self._n_examples))
+        done = 0
+        while done < n:
+            take = min(self.chunk_rows - self._buf_fill, n - done)
+            stop = self._buf_fill + take
+            self._buf_acts[self._buf_fill : stop] = stored[done : done + take]
+            for name, values in columns.items():
+                self._buf_ids[name][self._buf_fill : stop] = values[done : done + take]
+            self._buf_fill = stop
+            done += take
+            if self._buf_fill == self.chunk_rows:
+                self._write_buffer()
+                self._buf_start += self.chunk_rows
+                self._buf_fill = 0
+        if not self._buf_fill:
+            self._record_progress()
+
+    def flush(self) -> None:
+        """Write every appended example and record it, so a crash from now on keeps it."""
+        self._check_writable()
+        if self._buf_fill:
+            self._write_buffer()
+        else:
+            self._record_progress()
+
+    def close(self, complete: bool = True) -> None:
+        """Flush; with ``complete`` trim the arrays to n_tokens and mark the store complete."""
+        if self._closed:
+            return
+        try:
+            if not self.complete:
+                self.flush()
+                if complete:
+                    for array in self._arrays.values():
+                        array.resize((self._n_tokens, *array.shape[1:]))
+                    self._group.attrs.update({"complete": True})
+                    self.complete = True
+        finally:
+            self._closed = True
+            if self._lock is not None:
+                self._lock.release()
+
+    def __enter__(self) -> "ActivationStoreWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close(complete=exc_type is None)
+
+    # ------------------------------------------------------------------ internals
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise ScircuitsError(f"{self.path}: the writer is closed")
+        if self.complete:
+            raise StoreCompleteError(
+                f"{self.path} is already complete ({self._n_examples} examples); nothing more can be "
+                "appended. Delete it or write to another --out to collect again."
+            )
+
+    def _checked_rows(self, example_index: int, rows: np.ndarray) -> np.ndarray:
+        if not np.issubdtype(rows.dtype, np.floating):
+            rows = rows.astype(np.float32)
+        n_nan = int(np.isnan(rows).sum())
+        n_inf = int(np.isinf(rows).sum())
+        with np.errstate(over="ignore"):
+            stored = rows.astype(self.dtype, copy=False)
+        n_overflow = int((~np.isfinite(stored)).sum()) - n_nan - n_inf
+        if n_nan or n_inf or n_overflow:
+            parts = [f"{n_nan} NaN", f"{n_inf} inf"]
+            if n_overflow:
+                parts.append(f"{n_overflow} finite values too large for {self.dtype} (use --dtype float32)")
+            raise NonFiniteActivationsError(
+                f"example {example_index}: activations hold {', '.join(parts)} among {rows.size} values "
+                f"({rows.shape[0]} tokens); nothing of this example was stored",
+                example_index=example_index, n_nan=n_nan, n_inf=n_inf, n_overflow=n_overflow,
+            )
+        return stored
+
+    def _write_buffer(self) -> None:
+        """Write the buffered chunk (zero-padded when partial), then record the progress it covers."""
+        start, stop = self._buf_start, self._buf_start + self.chunk_rows
+        if self._buf_fill < self.chunk_rows:
+            self._buf_acts[self._buf_fill :] = 0
+            for values in self._buf_ids.values():
+                values[self._buf_fill :] = 0
+        self._ensure_capacity(stop)
+        self._arrays[ACTS][start:stop] = self._buf_acts
+        for name in ID_ARRAYS:
+            self._arrays[name][start:stop] = self._buf_ids[name]
+        self._record_progress()
+
+    def _record_progress(self) -> None:
+        durable = self._buf_start + self._buf_fill if self._buf_fill else self._buf_start
+        tokens, examples = self._recorded_tokens, self._recorded_examples
+        while self._pending and self._pending[0][0] <= durable:
+            tokens, examples = self._pending.popleft()
+        if (tokens, examples) != (self._recorded_tokens, self._recorded_examples):
+            self._group.attrs.update({"n_tokens": tokens, "n_examples": examples})
+            self._recorded_tokens, self._recorded_examples = tokens, examples
+
+    def _ensure_capacity(self, rows: int) -> None:
+        if rows <= self._capacity:
+            return
+        grown = max(rows, 2 * self._capacity, _FIRST_CAPACITY_CHUNKS * self.chunk_rows)
+        grown = -(-grown // self.chunk_rows) * self.chunk_rows
+        for array in self._arrays.values():
+            array.resize((grown, *array.shape[1:]))
+        self._capacity = grown
+
+
+def _create_missing_arrays(group: Any, d_model: int, dtype: str, attrs: Any) -> None:
+    """Create the arrays of a new store (also of one killed before its arrays existed)."""
+    rows = int(attrs["chunk_rows"])
+    codecs = compressor_codecs(attrs.get("compressor"))
+    if ACTS not in group:
+        group.create_array(ACTS, shape=(0, d_model), chunks=(rows, d_model), dtype=dtype,
+                           compressors=codecs, fill_value=0)
+    for name in ID_ARRAYS:
+        if name not in group:
+            group.create_array(name, shape=(0,), chunks=(rows,), dtype=ID_DTYPE, compressors=codecs,
+                               fill_value=0)
+
+
+def _as_numpy(values: Any) -> np.ndarray:
+    if hasattr(values, "detach"):  # a torch tensor, possibly bfloat16 or on a GPU
+        values = values.detach().cpu()
+        if values.is_floating_point():
+            values = values.float()
+        values = values.numpy()
+    return np.asarray(values)
+
+
+def _version() -> str:
+    from scircuits import __version__
+
+    return __version__
