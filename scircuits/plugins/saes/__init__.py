@@ -1,8 +1,11 @@
-"""Built-in saes (registered through the public plugin API)."""
+"""Built-in SAE variants: relu, topk, batchtopk, jumprelu, gated (registered through the public
+plugin API). Importing this package does not import torch."""
 
 from scircuits import hookimpl
+from scircuits.plugins.saes.variants import BUILTIN_VARIANTS
 
 
 @hookimpl
 def register_sae_variants(register):
-    pass
+    for variant_class in BUILTIN_VARIANTS:
+        register(variant_class())

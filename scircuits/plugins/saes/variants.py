@@ -1,0 +1,99 @@
+"""Declarations of the built-in SAE variants. No torch here: ``build`` imports the modules lazily.
+
+Coefficients are relative to a per-element mean squared error on activations normalised to
+E[|x|] = sqrt(d_in) (see scircuits.plugins.saes.modules for the loss definitions).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from scircuits import SAEVariant
+
+if TYPE_CHECKING:
+    from scircuits.platform.sae_module import SparseAutoencoder
+
+
+class _Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReLUHyperparameters(_Hyperparameters):
+    l1: float = Field(default=3e-3, ge=0, description="L1 coefficient (activations weighted by decoder norms)")
+    decorrelation: float = Field(default=0.01, ge=0, description="Phase 4 decorrelation coefficient")
+    decorrelation_tokens: int = Field(default=256, ge=2, description="tokens per batch used for the penalty")
+
+
+class TopKHyperparameters(_Hyperparameters):
+    k: int = Field(default=32, gt=0)
+    auxk_alpha: float = Field(default=1 / 32, ge=0, description="AuxK loss coefficient")
+    k_aux: int | None = Field(default=None, gt=0, description="dead latents used by AuxK (default d_in/2)")
+    dead_tokens: int = Field(default=1_000_000, gt=0, description="tokens without firing until a latent is dead")
+    sparse: bool = Field(default=True, description="sparse decoder and encoder backward (False: dense eager)")
+
+
+class BatchTopKHyperparameters(TopKHyperparameters):
+    threshold_momentum: float = Field(default=0.99, ge=0, lt=1,
+                                      description="running mean of the smallest kept activation")
+
+
+class JumpReLUHyperparameters(_Hyperparameters):
+    l0: float = Field(default=2e-3, ge=0, description="L0 penalty coefficient")
+    bandwidth: float = Field(default=0.05, gt=0, description="rectangle kernel width of the threshold gradient")
+    init_threshold: float = Field(default=0.05, gt=0)
+
+
+class GatedHyperparameters(_Hyperparameters):
+    l1: float = Field(default=3e-3, ge=0, description="L1 coefficient on the gate activations")
+
+
+class BuiltinSAEVariant(SAEVariant):
+    Hyperparameters: ClassVar[type[BaseModel]] = _Hyperparameters
+
+    def build(self, d_in: int, d_sae: int, hparams: Mapping[str, Any] | BaseModel | None = None) -> "SparseAutoencoder":
+        from scircuits.plugins.saes.modules import build_module
+
+        parsed = self.parse_hparams(hparams)
+        return build_module(self.name, d_in, d_sae, parsed.model_dump())
+
+
+class ReLUVariant(BuiltinSAEVariant):
+    name = "relu"
+    description = "ReLU SAE with an L1 penalty and the Phase 4 decorrelation penalty"
+    saelens_architecture = "standard"
+    Hyperparameters = ReLUHyperparameters
+
+
+class TopKVariant(BuiltinSAEVariant):
+    name = "topk"
+    description = "TopK SAE (k latents per token) with the AuxK loss for dead latents"
+    saelens_architecture = "topk"
+    Hyperparameters = TopKHyperparameters
+
+
+class BatchTopKVariant(BuiltinSAEVariant):
+    name = "batchtopk"
+    description = "BatchTopK SAE (k latents per token on average) with a learned inference threshold"
+    saelens_architecture = "jumprelu"
+    Hyperparameters = BatchTopKHyperparameters
+
+
+class JumpReLUVariant(BuiltinSAEVariant):
+    name = "jumprelu"
+    description = "JumpReLU SAE: learned thresholds (straight-through estimator), L0 penalty"
+    saelens_architecture = "jumprelu"
+    Hyperparameters = JumpReLUHyperparameters
+
+
+class GatedVariant(BuiltinSAEVariant):
+    name = "gated"
+    description = "Gated SAE: separate gate and magnitude paths sharing encoder directions"
+    saelens_architecture = "gated"
+    Hyperparameters = GatedHyperparameters
+
+
+BUILTIN_VARIANTS: tuple[type[BuiltinSAEVariant], ...] = (
+    ReLUVariant, TopKVariant, BatchTopKVariant, JumpReLUVariant, GatedVariant,
+)
