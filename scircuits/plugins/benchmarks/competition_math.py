@@ -1,0 +1,153 @@
+"""``math``: competition mathematics (MATH, Hendrycks et al.), answers in ``\\boxed{...}``.
+
+Rows are JSON objects with ``problem``, ``solution``, ``level`` ("Level 3" or 3) and ``type`` (or
+``subject``, as in the MATH-500 file). The target is the content of the LAST ``\\boxed{...}`` or
+``\\fbox{...}`` of the solution, nested braces kept (``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``).
+Prompts (``cot`` option)::
+
+    gold (default): "Problem: {problem}\\nSolution: {solution up to and including its last '\\boxed{'}"
+    none:           "Problem: {problem}\\nAnswer: $\\boxed{"
+    target:         "{boxed content}"
+
+so in both modes the model writes the answer inside the box, where the solution writes it. A
+solution without a boxed answer is a DataFormatError (every MATH solution has one; skipping rows
+silently would change what "the test set" means).
+
+Examples follow the file order (``seed`` is not used); the ``level``/``type`` filters drop rows but
+ids keep the row's index in the file: "math/<split>/<row index>". ``data`` is a directory holding
+``<split>.jsonl`` (``test.jsonl``, ``math500.jsonl``, ``train.jsonl``) or one ``.jsonl`` file (used for
+whichever split is asked for).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from scircuits import Benchmark, Example
+from scircuits.platform.errors import ConfigError, DataFormatError
+from scircuits.plugins.benchmarks.boxed import UnbalancedBoxError, last_boxed
+from scircuits.plugins.benchmarks.datafiles import read_jsonl, require_text, resolve_data_file, take
+
+EXPECTED_DATA = "a directory holding test.jsonl and/or math500.jsonl (MATH format), or one .jsonl file"
+MATH_TYPES = (
+    "Algebra",
+    "Counting & Probability",
+    "Geometry",
+    "Intermediate Algebra",
+    "Number Theory",
+    "Prealgebra",
+    "Precalculus",
+)
+_LEVEL = re.compile(r"(?:Level\s*)?(\d+|\?)", re.IGNORECASE)
+
+
+def _comma_list(value: Any) -> Any:
+    if isinstance(value, (str, int)):
+        return [part.strip() for part in str(value).split(",") if part.strip()]
+    return value
+
+
+class MathOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: str | None = None  # directory or .jsonl file
+    cot: Literal["gold", "none"] = "gold"
+    level: list[int] | None = None  # keep only these levels (1-5)
+    type: list[str] | None = None  # keep only these subjects, e.g. ["Algebra", "Number Theory"]
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _level_list(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("level")
+    @classmethod
+    def _level_range(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(not 1 <= level <= 5 for level in value):
+            raise ValueError(f"levels are 1 to 5, got {value}")
+        return value
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type_list(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("type")
+    @classmethod
+    def _known_types(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        by_lower = {name.lower(): name for name in MATH_TYPES}
+        unknown = [name for name in value if name.lower() not in by_lower]
+        if unknown:
+            raise ValueError(f"unknown type {unknown}; MATH types: {', '.join(MATH_TYPES)}")
+        return [by_lower[name.lower()] for name in value]
+
+
+def parse_level(value: Any, where: str) -> int | None:
+    """3 from "Level 3" or 3; None for "Level ?" (a few MATH rows)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _LEVEL.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise DataFormatError(f"{where}: expected 'level' like \"Level 3\" or 3, got {value!r:.80}")
+    return None if match.group(1) == "?" else int(match.group(1))
+
+
+class MathBenchmark(Benchmark):
+    name = "math"
+    description = "MATH competition problems; the target is the last \\boxed{...} answer (--data PATH)."
+    splits = ("test", "math500", "train")
+    multiple_choice = False
+    Options = MathOptions
+
+    def examples(
+        self,
+        split: str = "test",
+        limit: int | None = None,
+        seed: int = 0,
+        options: Mapping[str, Any] | BaseModel | None = None,
+    ) -> Iterator[Example]:
+        self.check_split(split)
+        opts: MathOptions = self.parse_options(options)  # type: ignore[assignment]
+        if opts.data is None:
+            raise ConfigError(f"benchmark 'math' needs data: pass --data PATH ({EXPECTED_DATA})")
+        path = resolve_data_file(self.name, opts.data, split, ".jsonl", EXPECTED_DATA)
+        return take(self._examples(path, split, opts), limit)
+
+    def _examples(self, path: Path, split: str, opts: MathOptions) -> Iterator[Example]:
+        for index, (line_no, row) in enumerate(read_jsonl(path)):
+            where = f"{path}, line {line_no}"
+            problem = require_text(row, "problem", where).strip()
+            solution = require_text(row, "solution", where)
+            if "level" not in row:
+                raise DataFormatError(f"{where}: expected a 'level' field; the object has {sorted(row)}")
+            level = parse_level(row["level"], where)
+            subject = require_text(row, "type" if "type" in row or "subject" not in row else "subject", where)
+            try:
+                box = last_boxed(solution)
+            except UnbalancedBoxError as exc:
+                raise DataFormatError(f"{where}: expected the solution's last \\boxed{{...}} to close: {exc}") from None
+            if box is None or not box.content.strip():
+                raise DataFormatError(
+                    f"{where}: expected the 'solution' to give its answer in \\boxed{{...}} (or \\fbox{{...}}), "
+                    + ("found none" if box is None else "found an empty box")
+                )
+            if opts.level is not None and level not in opts.level:
+                continue
+            if opts.type is not None and subject not in opts.type:
+                continue
+            if opts.cot == "gold":
+                prompt = f"Problem: {problem}\nSolution: {solution[:box.start]}"
+            else:
+                prompt = f"Problem: {problem}\nAnswer: $\\boxed{{"
+            yield Example(
+                id=f"math/{split}/{index}",
+                prompt=prompt,
+                target=box.content,
+                meta={"source": str(path), "line": line_no, "level": level, "type": subject},
+            )

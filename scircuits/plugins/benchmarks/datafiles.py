@@ -1,0 +1,72 @@
+"""Reading benchmark data files: path resolution, JSONL rows and errors that name file and line."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Iterable, Iterator, TypeVar
+
+from scircuits.platform.errors import ConfigError, DataFormatError
+
+T = TypeVar("T")
+
+
+def take(items: Iterable[T], limit: int | None) -> Iterator[T]:
+    """The first ``limit`` items (all when ``limit`` is None)."""
+    if limit is None:
+        return iter(items)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ConfigError(f"limit must be a whole number >= 0 or None, got {limit!r}")
+    return itertools.islice(items, limit)
+
+
+def resolve_data_file(benchmark: str, data: str, split: str, suffix: str, expected: str) -> Path:
+    """The file holding ``split``: ``data`` itself when it is a file, else ``data/<split><suffix>``.
+
+    ``expected`` describes what ``data`` should be, for the error messages.
+    """
+    path = Path(data).expanduser()
+    if path.is_dir():
+        candidate = path / f"{split}{suffix}"
+        if not candidate.is_file():
+            present = sorted(p.name for p in path.iterdir() if p.suffix == suffix)
+            raise ConfigError(
+                f"benchmark {benchmark!r}: the data directory {path} holds no {candidate.name} for split "
+                f"{split!r} (it has: {', '.join(present) or 'no ' + suffix + ' files'}). "
+                f"Pass --data PATH with {expected}."
+            )
+        return candidate
+    if path.is_file():
+        return path
+    raise ConfigError(f"benchmark {benchmark!r}: data path {path} does not exist. Pass --data PATH with {expected}.")
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based line number, object) for each non-blank line; a bad line raises DataFormatError."""
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataFormatError(
+                    f"{path}, line {line_no}: expected one JSON object per line, got invalid JSON ({exc.msg} "
+                    f"at column {exc.colno})"
+                ) from None
+            if not isinstance(row, dict):
+                raise DataFormatError(
+                    f"{path}, line {line_no}: expected a JSON object per line, got {type(row).__name__}"
+                )
+            yield line_no, row
+
+
+def require_text(row: dict[str, Any], key: str, where: str) -> str:
+    """``row[key]`` as a non-empty string; ``where`` is "FILE, line N" for the error."""
+    if key not in row:
+        raise DataFormatError(f"{where}: expected a {key!r} field; the object has {sorted(row)}")
+    value = row[key]
+    if not isinstance(value, str) or not value.strip():
+        raise DataFormatError(f"{where}: expected {key!r} to be a non-empty string, got {value!r:.80}")
+    return value

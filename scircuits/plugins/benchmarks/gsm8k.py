@@ -1,0 +1,127 @@
+"""``gsm8k``: grade-school math word problems (GSM8K JSONL: ``{"question", "answer"}``).
+
+The gold ``answer`` is reasoning lines, then a last line ``#### N``. Prompts (``cot`` option)::
+
+    gold (default): "Question: {question}\\nAnswer: {reasoning}\\nThe answer is"
+    none:           "Question: {question}\\nAnswer:"
+    target:         " {N}"
+
+``reasoning`` is the gold answer without its ``#### N`` line and with the calculator annotations
+``<<48/2=24>>`` removed (they are tool calls, not text a model reads or writes). ``N`` is the text
+after ``####`` as the file writes it (thousands separators kept: " 1,600"); meta["value"] holds it
+as a number.
+
+Examples follow the file order (``seed`` is not used); ids are "gsm8k/<split>/<row index>".
+``data`` is a directory holding ``train.jsonl``/``test.jsonl`` or one ``.jsonl`` file (used for
+whichever split is asked for). Without ``data`` the Hugging Face dataset ``openai/gsm8k`` is read when
+the ``datasets`` package is installed and the hub can be reached.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Iterator, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict
+
+from scircuits import Benchmark, Example
+from scircuits.platform.errors import ConfigError, DataFormatError
+from scircuits.plugins.benchmarks.datafiles import read_jsonl, require_text, resolve_data_file, take
+
+HF_DATASET = "openai/gsm8k"
+EXPECTED_DATA = "a directory holding train.jsonl and test.jsonl (GSM8K format), or one .jsonl file"
+_CALCULATOR = re.compile(r"<<[^<>]*>>")
+_FINAL = "####"
+
+
+class GSM8KOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: str | None = None  # directory or .jsonl file; None reads openai/gsm8k through `datasets`
+    cot: Literal["gold", "none"] = "gold"
+
+
+def split_answer(answer: str, where: str) -> tuple[str, str]:
+    """(reasoning without annotations, final answer text) of a gold GSM8K answer."""
+    if _FINAL not in answer:
+        raise DataFormatError(f"{where}: expected the 'answer' to end with a '#### N' line; it has no '####'")
+    reasoning, final = answer.rsplit(_FINAL, 1)
+    final = final.strip()
+    if not final:
+        raise DataFormatError(f"{where}: expected a number after '####' at the end of the 'answer', found nothing")
+    return _CALCULATOR.sub("", reasoning).strip(), final
+
+
+def numeric_value(text: str) -> int | float | None:
+    cleaned = text.replace(",", "").replace("$", "").strip()
+    try:
+        return int(cleaned)
+    except ValueError:
+        try:
+            return float(cleaned)
+        except ValueError:
+            return None
+
+
+class GSM8KBenchmark(Benchmark):
+    name = "gsm8k"
+    description = "GSM8K word problems: the question and its gold reasoning, then the final number (--data PATH)."
+    splits = ("test", "train")
+    multiple_choice = False
+    Options = GSM8KOptions
+
+    def examples(
+        self,
+        split: str = "test",
+        limit: int | None = None,
+        seed: int = 0,
+        options: Mapping[str, Any] | BaseModel | None = None,
+    ) -> Iterator[Example]:
+        self.check_split(split)
+        opts: GSM8KOptions = self.parse_options(options)  # type: ignore[assignment]
+        if opts.data is not None:
+            path = resolve_data_file(self.name, opts.data, split, ".jsonl", EXPECTED_DATA)
+            rows: Iterable[tuple[str, dict[str, Any]]] = (
+                (f"{path}, line {line_no}", row) for line_no, row in read_jsonl(path)
+            )
+            source = str(path)
+        else:
+            rows = _hub_rows(split)
+            source = f"hf:{HF_DATASET}"
+        return take(self._examples(rows, split, source, opts), limit)
+
+    def _examples(
+        self, rows: Iterable[tuple[str, dict[str, Any]]], split: str, source: str, opts: GSM8KOptions
+    ) -> Iterator[Example]:
+        for index, (where, row) in enumerate(rows):
+            question = require_text(row, "question", where).strip()
+            reasoning, final = split_answer(require_text(row, "answer", where), where)
+            if opts.cot == "gold":
+                prompt = f"Question: {question}\nAnswer: {reasoning}\nThe answer is"
+            else:
+                prompt = f"Question: {question}\nAnswer:"
+            yield Example(
+                id=f"gsm8k/{split}/{index}",
+                prompt=prompt,
+                target=f" {final}",
+                meta={"source": source, "where": where, "answer": final, "value": numeric_value(final)},
+            )
+
+
+def _hub_rows(split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Rows of openai/gsm8k from the Hugging Face hub, read through `datasets` (imported here)."""
+    try:
+        import datasets  # noqa: PLC0415 - optional, heavy
+    except ImportError:
+        raise ConfigError(
+            f"benchmark 'gsm8k' needs data: pass --data PATH ({EXPECTED_DATA}). Reading {HF_DATASET} from "
+            "the Hugging Face hub instead needs the `datasets` package, which is not installed."
+        ) from None
+    try:
+        dataset = datasets.load_dataset(HF_DATASET, "main", split=split)
+    except Exception as exc:  # offline, unknown split, hub errors: all fixed the same way
+        raise ConfigError(
+            f"benchmark 'gsm8k': could not read {HF_DATASET} ({split}) from the Hugging Face hub "
+            f"({type(exc).__name__}: {exc}). Pass --data PATH ({EXPECTED_DATA})."
+        ) from None
+    return ((f"{HF_DATASET} {split}, row {index}", dict(row)) for index, row in enumerate(dataset))

@@ -1,0 +1,160 @@
+"""``logic``: LogiQA (English) logical reasoning, scored as multiple choice over four options.
+
+The file is blocks of 8 lines: a blank line, the answer letter (a-d), the context, the question and
+four option lines "A.…" to "D.…". The prompt::
+
+    "{context}\\nQuestion: {question}\\nA. {option A}\\nB. {option B}\\nC. {option C}\\nD. {option D}\\nAnswer:"
+
+``choices`` (option ``choices``): "text" (default) scores the four option texts, each with a leading
+space (" {option text}"); "letter" scores " A", " B", " C", " D". target = choices[answer_index].
+
+Option labels. The published English files are a machine translation and a few option lines lost or
+moved their label: "A No dangshen", "A? Many ...", "d.The ...", the order "A. C. B. D." (the labels,
+not the line order, match the answer letter there), or the label pushed into the text ("When the
+land in City A.B was ..."). So: when all four lines carry a "X." label and the labels are A-D in some
+order, the labels decide which option is which; otherwise the lines are A-D in order, a line's
+label is removed when it is its own letter ("B.", "B ", "B?"), an unlabelled line is kept verbatim,
+and a line labelled with another letter ("A." where B belongs) is a DataFormatError. A block whose
+separator line is not blank, whose answer is not a-d, or that has an empty line where text belongs
+is a DataFormatError too, with the file, the line number and what was expected.
+
+Examples follow the file order (``seed`` is not used); ids are "logic/<split>/<block index>".
+``data`` is a directory holding ``test.txt``/``eval.txt`` (and ``train.txt``) or one file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict
+
+from scircuits import Benchmark, Example
+from scircuits.platform.errors import ConfigError, DataFormatError
+from scircuits.plugins.benchmarks.datafiles import resolve_data_file, take
+
+EXPECTED_DATA = "a directory holding test.txt and eval.txt (LogiQA English format), or one .txt file"
+LETTERS = ("A", "B", "C", "D")
+BLOCK_LINES = 8
+_DOT_LABEL = re.compile(r"([A-Da-d])\s*[.．]\s*")  # "B.", "d.", "B. "
+_LOOSE_LABEL = re.compile(r"([A-D])(?:\s*\?\s*|\s+)")  # "B No Shouwu", "B? Although"
+
+
+class LogiQAOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: str | None = None  # directory or .txt file
+    choices: Literal["text", "letter"] = "text"
+
+
+def _read_blocks(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number of the block's first line, its 8 lines); trailing blank lines are ignored."""
+    with open(path, encoding="utf-8") as handle:
+        lines = [line.rstrip("\r\n") for line in handle]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for start in range(0, len(lines), BLOCK_LINES):
+        block = lines[start : start + BLOCK_LINES]
+        if len(block) < BLOCK_LINES:
+            raise DataFormatError(
+                f"{path}, line {start + 1}: expected a block of {BLOCK_LINES} lines (blank, answer letter, "
+                f"context, question, options A-D), but the file ends after {len(block)}"
+            )
+        yield start + 1, block
+
+
+def _option_label(line: str, letter: str) -> tuple[str | None, str]:
+    """(label letter or None, text without the label) of an option line expected at ``letter``."""
+    match = _DOT_LABEL.match(line)
+    if match:
+        return match.group(1).upper(), line[match.end() :]
+    match = _LOOSE_LABEL.match(line)
+    if match and match.group(1) == letter:
+        return letter, line[match.end() :]
+    return None, line
+
+
+def parse_option_lines(option_lines: list[str], first_line: int, path: Path) -> list[str]:
+    """The texts of options A-D from the four option lines of a block (see the module docstring)."""
+    parsed = [_option_label(line.strip(), letter) for line, letter in zip(option_lines, LETTERS)]
+    labels = [label for label, _ in parsed]
+    if all(label is not None for label in labels) and sorted(labels) == list(LETTERS):  # type: ignore[type-var]
+        by_label = {label: text.strip() for label, text in parsed}
+        texts = [by_label[letter] for letter in LETTERS]
+    else:
+        texts = []
+        for offset, ((label, text), letter) in enumerate(zip(parsed, LETTERS)):
+            if label is not None and label != letter:
+                raise DataFormatError(
+                    f"{path}, line {first_line + offset}: expected option {letter}, a line starting with "
+                    f"'{letter}.', got {option_lines[offset]!r:.60}"
+                )
+            texts.append(text.strip())
+    for offset, text in enumerate(texts):
+        if not text:
+            raise DataFormatError(
+                f"{path}, line {first_line + offset}: expected the text of option {LETTERS[offset]}, got an empty line"
+            )
+    return texts
+
+
+def parse_block(lines: list[str], first_line: int, path: Path) -> tuple[str, str, str, list[str]]:
+    """(answer letter A-D, context, question, option texts) of one 8-line block."""
+    blank, answer, context, question = (line.strip() for line in lines[:4])
+    if blank:
+        raise DataFormatError(
+            f"{path}, line {first_line}: expected the blank line that starts a block, got {lines[0]!r:.60}"
+        )
+    if answer.upper() not in LETTERS:
+        raise DataFormatError(
+            f"{path}, line {first_line + 1}: expected the answer letter a, b, c or d, got {lines[1]!r:.60}"
+        )
+    for offset, (what, text) in ((2, ("context", context)), (3, ("question", question))):
+        if not text:
+            raise DataFormatError(f"{path}, line {first_line + offset}: expected the {what}, got an empty line")
+    return answer.upper(), context, question, parse_option_lines(lines[4:8], first_line + 4, path)
+
+
+def render_prompt(context: str, question: str, options: list[str]) -> str:
+    lettered = "\n".join(f"{letter}. {text}" for letter, text in zip(LETTERS, options))
+    return f"{context}\nQuestion: {question}\n{lettered}\nAnswer:"
+
+
+class LogiQABenchmark(Benchmark):
+    name = "logic"
+    description = "LogiQA logical reasoning, multiple choice over four options (--data PATH)."
+    splits = ("test", "eval", "train")
+    multiple_choice = True
+    Options = LogiQAOptions
+
+    def examples(
+        self,
+        split: str = "test",
+        limit: int | None = None,
+        seed: int = 0,
+        options: Mapping[str, Any] | BaseModel | None = None,
+    ) -> Iterator[Example]:
+        self.check_split(split)
+        opts: LogiQAOptions = self.parse_options(options)  # type: ignore[assignment]
+        if opts.data is None:
+            raise ConfigError(f"benchmark 'logic' needs data: pass --data PATH ({EXPECTED_DATA})")
+        path = resolve_data_file(self.name, opts.data, split, ".txt", EXPECTED_DATA)
+        return take(self._examples(path, split, opts), limit)
+
+    def _examples(self, path: Path, split: str, opts: LogiQAOptions) -> Iterator[Example]:
+        for index, (first_line, lines) in enumerate(_read_blocks(path)):
+            answer, context, question, options = parse_block(lines, first_line, path)
+            answer_index = LETTERS.index(answer)
+            if opts.choices == "text":
+                choices = tuple(f" {text}" for text in options)
+            else:
+                choices = tuple(f" {letter}" for letter in LETTERS)
+            yield Example(
+                id=f"logic/{split}/{index}",
+                prompt=render_prompt(context, question, options),
+                target=choices[answer_index],
+                choices=choices,
+                answer_index=answer_index,
+                meta={"source": str(path), "line": first_line, "answer_letter": answer},
+            )
