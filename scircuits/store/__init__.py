@@ -8,12 +8,15 @@ from scircuits.store.errors import (
     StoreMismatchError,
 )
 from scircuits.store.format import FORMAT, FORMAT_VERSION
+from scircuits.store.reader import ActivationStore, LabelledBatch
 from scircuits.store.writer import ActivationStoreWriter
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "ActivationStore",
     "ActivationStoreWriter",
+    "LabelledBatch",
     "NonFiniteActivationsError",
     "NotAStoreError",
     "StoreCompleteError",

@@ -1,0 +1,287 @@
+"""Reading a format-v1 store (ours or another tool's): attributes, rows, splits, batches, statistics."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Iterator, Literal, NamedTuple
+
+import numpy as np
+
+from scircuits.platform.errors import ConfigError
+from scircuits.store.batches import BufferCounters, plan_epoch, stream_batches
+from scircuits.store.errors import NotAStoreError
+from scircuits.store.format import ACTS, ID_ARRAYS
+from scircuits.store.location import read_group, size_on_disk
+from scircuits.store.stats import StatsAccumulator
+
+if TYPE_CHECKING:
+    import torch
+
+Split = Literal["train", "eval", "all"]
+SHUFFLE_BUFFER_BYTES = 256 << 20
+
+
+class LabelledBatch(NamedTuple):
+    acts: "torch.Tensor"  # (batch, d_model) float32
+    example_ids: np.ndarray  # (batch,) int32
+    token_ids: np.ndarray
+    positions: np.ndarray
+
+
+class ActivationStore:
+    """A read-only view of a store on a local path or any fsspec URL zarr can open."""
+
+    def __init__(self, path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None):
+        self.path = os.fspath(path)
+        self._storage_options = storage_options
+        self._group = read_group(path, storage_options)
+        self.attrs: dict[str, Any] = dict(self._group.attrs)
+        self._acts = self._group[ACTS]
+        self._ids = {name: self._group[name] for name in ID_ARRAYS}
+        self.n_tokens = _int_attr(self.path, self.attrs, "n_tokens")
+        self.n_examples = _int_attr(self.path, self.attrs, "n_examples")
+        self.d_model = _int_attr(self.path, self.attrs, "d_model")
+        self.complete = bool(self.attrs.get("complete", False))
+        self.source = self.attrs.get("source")
+        self._check_shapes()
+        self.last_counters = BufferCounters()
+        self._count_cache: dict[tuple[str, bytes], np.ndarray] = {}
+
+    def _check_shapes(self) -> None:
+        if self._acts.ndim != 2 or self._acts.shape[1] != self.d_model:
+            raise NotAStoreError(
+                f"{self.path}: acts has shape {self._acts.shape}, expected (n_tokens, {self.d_model})"
+            )
+        short = [n for n, a in {ACTS: self._acts, **self._ids}.items() if a.shape[0] < self.n_tokens]
+        if short:
+            raise NotAStoreError(
+                f"{self.path}: array(s) {', '.join(short)} hold fewer rows than n_tokens={self.n_tokens}"
+            )
+
+    # ------------------------------------------------------------------ plain reads
+    @property
+    def dtype(self) -> str:
+        return str(self._acts.dtype)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_tokens, self.d_model)
+
+    @property
+    def block_rows(self) -> int:
+        """Rows per stored block: a shard when the array is sharded, else a chunk."""
+        shards = getattr(self._acts, "shards", None)
+        return int((shards or self._acts.chunks)[0])
+
+    def block_bounds(self) -> list[tuple[int, int]]:
+        step = self.block_rows
+        return [(start, min(start + step, self.n_tokens)) for start in range(0, self.n_tokens, step)]
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as float32 (read contiguous ranges; use iter_batches for shuffling)."""
+        if not 0 <= start <= stop <= self.n_tokens:
+            raise IndexError(f"rows [{start}, {stop}) outside the store's {self.n_tokens} rows")
+        return np.asarray(self._acts[start:stop], dtype=np.float32)
+
+    def read_ids(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        stop = self.n_tokens if stop is None else stop
+        return np.asarray(self._ids[name][start:stop], dtype=np.int32)
+
+    @cached_property
+    def token_ids(self) -> np.ndarray:
+        return self.read_ids("token_ids")
+
+    @cached_property
+    def example_ids(self) -> np.ndarray:
+        return self.read_ids("example_ids")
+
+    @cached_property
+    def positions(self) -> np.ndarray:
+        return self.read_ids("positions")
+
+    def size_on_disk(self) -> int:
+        return size_on_disk(self.path, self._storage_options)
+
+    @property
+    def compressors(self) -> list[str]:
+        return [type(c).__name__ for c in (getattr(self._acts, "compressors", None) or ())]
+
+    # ------------------------------------------------------------------ splits
+    @cached_property
+    def unique_example_ids(self) -> np.ndarray:
+        """Sorted distinct example ids, gathered block by block."""
+        found: set[int] = set()
+        for start, stop in self.block_bounds():
+            found.update(np.unique(self.read_ids("example_ids", start, stop)).tolist())
+        return np.array(sorted(found), dtype=np.int64)
+
+    def split_examples(self, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train example ids, eval example ids), disjoint and sorted; a seeded draw of whole examples.
+
+        With 0 < eval_fraction and at least two examples, eval holds at least one and train at least one.
+        """
+        if not 0 <= eval_fraction < 1:
+            raise ConfigError(f"eval_fraction must be in [0, 1), not {eval_fraction}")
+        ids = self.unique_example_ids
+        n_eval = int(round(eval_fraction * ids.shape[0]))
+        if eval_fraction > 0 and ids.shape[0] >= 2:
+            n_eval = min(max(n_eval, 1), ids.shape[0] - 1)
+        order = np.random.default_rng(seed).permutation(ids.shape[0])
+        return np.sort(ids[order[n_eval:]]), np.sort(ids[order[:n_eval]])
+
+    def _selected_counts(self, split: Split, eval_ids: np.ndarray) -> np.ndarray:
+        """Selected rows per block (cached: one pass over example_ids per split)."""
+        key = (split, eval_ids.tobytes())
+        if key not in self._count_cache:
+            bounds = self.block_bounds()
+            if split == "all":
+                counts = [stop - start for start, stop in bounds]
+            else:
+                counts = [self._selected(self.read_ids("example_ids", a, b), split, eval_ids).shape[0]
+                          for a, b in bounds]
+            self._count_cache[key] = np.array(counts, dtype=np.int64)
+        return self._count_cache[key]
+
+    @staticmethod
+    def _selected(example_ids: np.ndarray, split: Split, eval_ids: np.ndarray) -> np.ndarray:
+        if split == "all":
+            return np.arange(example_ids.shape[0])
+        in_eval = np.isin(example_ids, eval_ids)
+        return np.flatnonzero(in_eval if split == "eval" else ~in_eval)
+
+    def n_rows(self, split: Split = "all", *, eval_fraction: float = 0.05, split_seed: int = 0) -> int:
+        """Rows in a split (train rows = rows of train examples)."""
+        _, eval_ids = self.split_examples(eval_fraction, split_seed)
+        return int(self._selected_counts(_check_split(split), eval_ids).sum())
+
+    # ------------------------------------------------------------------ batches
+    def iter_batches(
+        self,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        split: Split = "train",
+        eval_fraction: float = 0.05,
+        shuffle_buffer_rows: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        epoch: int = 0,
+        split_seed: int = 0,
+    ) -> Iterator["torch.Tensor"]:
+        """Shuffled float32 batches (batch_size, d_model) of one epoch; see scircuits.store.batches.
+
+        The train/eval split draws whole examples with ``split_seed`` (independent of ``seed``, so
+        every shuffling seed sees the same split): eval examples never appear in train batches. Memory: the shuffle buffer (default about 256 MiB of
+        float32 rows, at least two blocks) plus one block being read.
+        """
+        import torch
+
+        for batch in self._iter_arrays(batch_size, seed=seed, split=split, eval_fraction=eval_fraction,
+                                       shuffle_buffer_rows=shuffle_buffer_rows, rank=rank,
+                                       world_size=world_size, drop_last=drop_last, epoch=epoch,
+                                       split_seed=split_seed, with_ids=False):
+            yield torch.from_numpy(batch["acts"])
+
+    def iter_labelled_batches(self, batch_size: int, **options: Any) -> Iterator[LabelledBatch]:
+        """As iter_batches (same options, same rows in the same order), with each row's ids."""
+        import torch
+
+        for batch in self._iter_arrays(batch_size, with_ids=True, **options):
+            yield LabelledBatch(torch.from_numpy(batch["acts"]), batch["example_ids"], batch["token_ids"],
+                                batch["positions"])
+
+    def batches_per_epoch(self, batch_size: int, *, split: Split = "train", eval_fraction: float = 0.05,
+                          split_seed: int = 0, world_size: int = 1, drop_last: bool = False) -> int:
+        """How many batches each rank gets per epoch (the same for every rank and epoch)."""
+        share = self.n_rows(split, eval_fraction=eval_fraction, split_seed=split_seed) // world_size
+        return share // batch_size if drop_last else -(-share // batch_size)
+
+    def default_shuffle_buffer_rows(self) -> int:
+        return max(2 * self.block_rows, SHUFFLE_BUFFER_BYTES // (4 * self.d_model))
+
+    def _iter_arrays(
+        self,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        split: Split = "train",
+        eval_fraction: float = 0.05,
+        shuffle_buffer_rows: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        epoch: int = 0,
+        split_seed: int = 0,
+        with_ids: bool,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        split = _check_split(split)
+        if batch_size <= 0:
+            raise ConfigError(f"batch_size must be positive, not {batch_size}")
+        if world_size <= 0 or not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is not in [0, world_size={world_size})")
+        _, eval_ids = self.split_examples(eval_fraction, split_seed)
+        plan = plan_epoch(self.block_bounds(), self._selected_counts(split, eval_ids), batch_size=batch_size,
+                          seed=seed, epoch=epoch, rank=rank, world_size=world_size, drop_last=drop_last)
+        self.last_counters = BufferCounters()
+
+        def read_block(start: int, stop: int, with_ids: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+            names = ID_ARRAYS if with_ids else ("example_ids",)
+            return np.asarray(self._acts[start:stop]), {n: self.read_ids(n, start, stop) for n in names}
+
+        def select_rows(start: int, stop: int, ids: dict[str, np.ndarray]) -> np.ndarray:
+            return self._selected(ids["example_ids"], split, eval_ids)
+
+        yield from stream_batches(
+            read_block, select_rows, plan, d_model=self.d_model, batch_size=batch_size,
+            buffer_rows=shuffle_buffer_rows or self.default_shuffle_buffer_rows(),
+            rng=np.random.default_rng([seed, epoch, rank, 1]), with_ids=with_ids, counters=self.last_counters,
+        )
+
+    # ------------------------------------------------------------------ statistics
+    def stats(self, max_rows: int | None = None) -> dict[str, Any]:
+        """Per-dimension mean, std, min, max, abs_max, nonfinite counts, and per-token L2 norms.
+
+        With ``max_rows``, whole blocks spread evenly over the store are read until that many rows.
+        """
+        bounds = self.block_bounds()
+        if max_rows is not None and max_rows < self.n_tokens:
+            wanted = max(1, -(-max_rows // self.block_rows))
+            picks = np.unique(np.linspace(0, len(bounds) - 1, wanted).round().astype(int))
+            bounds = [bounds[i] for i in picks]
+        acc = StatsAccumulator(self.d_model)
+        for start, stop in bounds:
+            acc.add(np.asarray(self._acts[start:stop]))
+        result = acc.result()
+        result["rows_total"] = self.n_tokens
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        """Attributes and layout, for display."""
+        stored = self.size_on_disk()
+        raw = self.n_tokens * self.d_model * np.dtype(self.dtype).itemsize
+        return {
+            "path": self.path,
+            "attrs": self.attrs,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "complete": self.complete,
+            "block_rows": self.block_rows,
+            "compressors": self.compressors,
+            "size_on_disk": stored,
+            "acts_raw_bytes": raw,
+        }
+
+
+def _check_split(split: str) -> Split:
+    if split not in ("train", "eval", "all"):
+        raise ConfigError(f"split must be train, eval or all, not {split!r}")
+    return split  # type: ignore[return-value]
+
+
+def _int_attr(path: str, attrs: dict[str, Any], key: str) -> int:
+    value = attrs.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise NotAStoreError(f"{path}: attribute {key!r} must be a non-negative integer, not {value!r}")
+    return value
