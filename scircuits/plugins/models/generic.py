@@ -1,0 +1,75 @@
+"""``hf:ORG/NAME``: any Hugging Face causal LM, its decoder blocks found from the loaded module tree.
+
+The decoder blocks are the first ``nn.ModuleList`` whose length is the config's layer count; the
+mlp and attention sites are the block children with the usual names. ``hf:/some/folder`` loads a
+local folder (as ``--model-path`` does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from scircuits import HFModelAdapter, LoadedModel
+
+MLP_NAMES = ("mlp", "feed_forward", "ffn", "mlp_block", "block_sparse_moe")
+ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention", "attn_block")
+
+
+def find_decoder_blocks(model: Any) -> tuple[str, dict[str, str], int]:
+    """(blocks_path, site_paths, n_layers) of a transformers causal LM."""
+    import torch
+
+    from scircuits.platform.errors import ConfigError
+    from scircuits.platform.hf_loading import config_sizes
+
+    n_layers, _ = config_sizes(model.config)
+    for path, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
+            block = module[0]
+            children = dict(block.named_children())
+            sites = {"resid": ""}
+            for site, names in (("mlp", MLP_NAMES), ("attn", ATTN_NAMES)):
+                found = next((n for n in names if n in children), None)
+                if found is not None:
+                    sites[site] = found
+            return path, sites, n_layers
+    raise ConfigError(
+        f"no decoder blocks found in {type(model).__name__}: no nn.ModuleList of {n_layers} modules "
+        "(the config's layer count). Write an adapter for it (see scircuits.HFModelAdapter)."
+    )
+
+
+@dataclass(eq=False)
+class GenericHFAdapter(HFModelAdapter):
+    name: str = "hf:"
+    description: str = "any Hugging Face causal LM: --model hf:ORG/NAME (blocks found automatically)"
+    blocks_path: str = ""
+    remote: bool = True  # whether NDIF serves a given repo is NDIF's to say
+
+    def specialize(self, repo_id: str) -> "GenericHFAdapter":
+        from scircuits.platform.errors import ConfigError
+
+        if not repo_id:
+            raise ConfigError("hf: needs a repository id or a folder, e.g. --model hf:EleutherAI/pythia-70m")
+        return dataclasses.replace(self, name=f"hf:{repo_id}", hf_id=repo_id,
+                                   description=f"{repo_id} (generic Hugging Face adapter)")
+
+    def resolved_for(self, model: Any) -> "GenericHFAdapter":
+        """This adapter with the block path, sites and sizes of the loaded ``model``."""
+        from scircuits.platform.hf_loading import config_sizes
+
+        blocks_path, sites, n_layers = find_decoder_blocks(model)
+        _, d_model = config_sizes(model.config)
+        return dataclasses.replace(self, blocks_path=blocks_path, site_paths=sites, n_layers=n_layers,
+                                   d_model=d_model, model_type=getattr(model.config, "model_type", ""))
+
+    def load(self, *, model_path: str | None = None, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
+        if self.name == "hf:":
+            from scircuits.platform.errors import ConfigError
+
+            raise ConfigError("name the model after the prefix: --model hf:ORG/NAME")
+        loaded = super().load(model_path=model_path, dtype=dtype, device=device)
+        loaded.adapter = self.resolved_for(loaded.model)
+        return loaded

