@@ -247,9 +247,11 @@ class ActivationStore:
         """
         bounds = self.block_bounds()
         if max_rows is not None and max_rows < self.n_tokens:
+            full = [b for b in bounds if b[1] - b[0] == self.block_rows]
             wanted = max(1, -(-max_rows // self.block_rows))
-            picks = np.unique(np.linspace(0, len(bounds) - 1, wanted).round().astype(int))
-            bounds = [bounds[i] for i in picks]
+            candidates = full if len(full) >= wanted else bounds
+            picks = np.unique(np.linspace(0, len(candidates) - 1, wanted).round().astype(int))
+            bounds = [candidates[i] for i in picks]
         acc = StatsAccumulator(self.d_model)
         for start, stop in bounds:
             acc.add(np.asarray(self._acts[start:stop]))
