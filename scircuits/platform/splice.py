@@ -1,0 +1,230 @@
+"""The SAE spliced into the running model at one site, with its error term (DESIGN.md, "Metrics").
+
+    out = decode(edit(encode(x))) + (x - decode(encode(x)))
+
+so that with no edit the model computes exactly what it computed before. Two ways to run it:
+
+* ``nnsight_site_logits``: the whole model traced with nnsight, the site's output replaced inside
+  the trace. This is the reference, and every run checks the splice exactness through it.
+* ``SplitModel``: the fast path for the many conditions of a study. Everything below the site is
+  the same in every condition, so ``lower`` computes it once per batch (stopping right after the
+  site) and ``upper`` runs only the blocks above, with the site's output given, and the
+  unembedding only where it is needed. Blocks below are swapped for pass-throughs meanwhile.
+  ``tests/test_splice.py`` checks that both paths give the same logits.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from scircuits.platform.errors import ScircuitsError
+from scircuits.platform.models import LoadedModel, Site
+from scircuits.platform.scoring import SequenceBatch
+
+FeatureEdit = Callable[[torch.Tensor], torch.Tensor]  # feature activations (..., d_sae) -> edited
+
+
+class SpliceError(ScircuitsError):
+    """The spliced model does not reproduce the clean model's logits."""
+
+
+def spliced_output(sae: nn.Module, x: torch.Tensor, edit: FeatureEdit | None = None,
+                   error_term: bool = True) -> torch.Tensor:
+    """The site's new output: the SAE's (edited) reconstruction, plus its error term when kept."""
+    dtype = x.dtype
+    xs = x.to(sae.W_dec.dtype)
+    features = sae.encode(xs)
+    reconstruction = sae.decode(features)
+    out = sae.decode(edit(features)) if edit is not None else reconstruction
+    if error_term:
+        out = out + (xs - reconstruction)
+    return out.to(dtype)
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_first(output: Any, value: torch.Tensor) -> Any:
+    return (value,) + tuple(output[1:]) if isinstance(output, tuple) else value
+
+
+def envoy_at(wrapped: Any, path: str) -> Any:
+    env = wrapped
+    for part in path.split("."):
+        env = env[int(part)] if part.isdigit() else getattr(env, part)
+    return env
+
+
+_NNSIGHT_WRAPPERS: dict[int, Any] = {}
+
+
+def nnsight_model(loaded: LoadedModel) -> Any:
+    """An nnsight wrapper of the loaded model (made once per model)."""
+    key = id(loaded.model)
+    if key not in _NNSIGHT_WRAPPERS:
+        from nnsight import NNsight
+
+        _NNSIGHT_WRAPPERS[key] = NNsight(loaded.model)
+    return _NNSIGHT_WRAPPERS[key]
+
+
+def nnsight_site_logits(loaded: LoadedModel, layer: int, site: str, batch: SequenceBatch,
+                        transform: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+    """Full logits (B, T, V) with the site's output replaced by ``transform(output)`` inside an nnsight trace."""
+    wrapped = nnsight_model(loaded)
+    path = loaded.site_path(layer, site)
+    with torch.no_grad():
+        with wrapped.trace(batch.input_ids, attention_mask=batch.attention_mask,
+                           position_ids=batch.position_ids, use_cache=False):
+            if transform is not None:
+                env = envoy_at(wrapped, path)
+                output = env.output
+                env.output = _replace_first(output, transform(_first(output)))
+            logits = wrapped.output.logits.save()
+    return logits
+
+
+def clean_logits(loaded: LoadedModel, batch: SequenceBatch) -> torch.Tensor:
+    with torch.no_grad():
+        return loaded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                            position_ids=batch.position_ids, use_cache=False).logits
+
+
+class _PassThrough(nn.Module):
+    """Stands in for a block below the site: returns its input hidden states untouched."""
+
+    def __init__(self, original: nn.Module) -> None:
+        super().__init__()
+        for attr in ("attention_type", "layer_idx", "is_sliding"):
+            if hasattr(original, attr):
+                setattr(self, attr, getattr(original, attr))
+
+    def forward(self, hidden_states: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states
+
+
+class _Given(_PassThrough):
+    """Stands in for the block whose output (the resid site) is given."""
+
+    def __init__(self, original: nn.Module, value: Any) -> None:
+        super().__init__(original)
+        self.value = value
+
+    def forward(self, hidden_states: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
+        return self.value
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class LowerCache:
+    """What the blocks below the site computed for one batch."""
+
+    site_output: torch.Tensor  # (B, T, d): the site's clean output
+    block_input: torch.Tensor | None  # (B, T, d): hidden state entering the site's block (mlp/attn sites)
+    output_rest: tuple | None  # the rest of the block's output when it is a tuple (resid site)
+
+
+class SplitModel:
+    """A loaded causal LM split at (layer, site): ``lower`` once per batch, ``upper`` per condition."""
+
+    def __init__(self, loaded: LoadedModel, layer: int, site: str | Site) -> None:
+        self.loaded = loaded
+        self.layer = layer
+        self.site = Site(site).value
+        self.model = loaded.model
+        self.blocks = loaded.module(loaded.adapter.blocks_path)
+        self.block = self.blocks[layer]
+        self.site_module = loaded.site_module(layer, self.site)
+        self.base = self.model.base_model
+        self.unembed = self.model.get_output_embeddings()
+        self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
+
+    def _inputs(self, batch: SequenceBatch) -> dict[str, Any]:
+        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                "position_ids": batch.position_ids, "use_cache": False}
+
+    def lower(self, batch: SequenceBatch) -> LowerCache:
+        """Run the model up to the site (no further) and keep what the upper part needs."""
+        captured: dict[str, Any] = {}
+
+        def grab_block_input(module, args, kwargs):
+            captured["block_input"] = args[0] if args else kwargs["hidden_states"]
+
+        def grab_site(module, args, output):
+            captured["output"] = output
+            raise _StopForward
+
+        handles = [self.site_module.register_forward_hook(grab_site)]
+        if self.site != "resid":
+            handles.append(self.block.register_forward_pre_hook(grab_block_input, with_kwargs=True))
+        try:
+            with torch.no_grad():
+                self.base(**self._inputs(batch))
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        output = captured["output"]
+        rest = tuple(output[1:]) if isinstance(output, tuple) and self.site == "resid" else None
+        return LowerCache(_first(output).detach(), captured.get("block_input"), rest)
+
+    @contextmanager
+    def _upper_mode(self, cache: LowerCache, site_value: torch.Tensor) -> Iterator[None]:
+        originals = [self.blocks[i] for i in range(self.layer + 1)]
+        handles = []
+        try:
+            for i in range(self.layer):
+                self.blocks[i] = _PassThrough(originals[i])
+            if self.site == "resid":
+                value = site_value if cache.output_rest is None else (site_value,) + cache.output_rest
+                self.blocks[self.layer] = _Given(originals[self.layer], value)
+            else:
+                def give_block_input(module, args, kwargs):
+                    if args:
+                        return (cache.block_input,) + tuple(args[1:]), kwargs
+                    return args, {**kwargs, "hidden_states": cache.block_input}
+
+                def give_site(module, args, output):
+                    return _replace_first(output, site_value)
+
+                handles.append(self.block.register_forward_pre_hook(give_block_input, with_kwargs=True))
+                handles.append(self.site_module.register_forward_hook(give_site))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            for i, block in enumerate(originals):
+                self.blocks[i] = block
+
+    def unembed_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.unembed(hidden)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def upper(self, batch: SequenceBatch, cache: LowerCache, site_value: torch.Tensor,
+              all_positions: bool = False) -> torch.Tensor:
+        """Logits with the site's output set to ``site_value``: at the target predictions (M, V), or
+        at every position (B, T, V) when ``all_positions``. Differentiable in ``site_value``."""
+        site_value = site_value.to(cache.site_output.dtype)
+        with self._upper_mode(cache, site_value):
+            hidden = self.base(**self._inputs(batch)).last_hidden_state
+        if all_positions:
+            return self.unembed_hidden(hidden)
+        return self.unembed_hidden(hidden[batch.pred_rows, batch.pred_cols])
+
+    def final_norm(self) -> nn.Module | None:
+        """The norm applied before the unembedding (the last norm module directly under the base model)."""
+        norms = [m for name, m in self.base.named_children() if "norm" in type(m).__name__.lower()
+                 or name in ("ln_f", "norm", "final_layernorm", "final_layer_norm")]
+        return norms[-1] if norms else None
