@@ -131,7 +131,10 @@ class SparseAutoencoder(nn.Module):
         if set(tensors) != expected:
             raise ValueError(f"expected tensors {sorted(expected)}, got {sorted(tensors)}")
         for name, value in tensors.items():
-            self._assign(name, value)
+            self.load_saelens_tensor(name, value)
+
+    def load_saelens_tensor(self, name: str, value: torch.Tensor) -> None:
+        self._assign(name, value)
 
     def _assign(self, name: str, value: torch.Tensor) -> None:
         target = getattr(self, name)

@@ -37,7 +37,6 @@ from scircuits.plugins.saes.sparse_ops import (
     topk_encode,
 )
 
-
 # -- relu (SAELens "standard") ---------------------------------------------------------------
 
 class ReLUSAE(SparseAutoencoder):
@@ -194,14 +193,12 @@ class BatchTopKSAE(TopKSAE):
         threshold = self.threshold.clamp_min(0).expand(self.d_sae).contiguous()
         return {**super().saelens_tensors(), "threshold": threshold}
 
-    @torch.no_grad()
-    def load_saelens_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        tensors = dict(tensors)
-        threshold = tensors.pop("threshold")
-        if threshold.numel() and not torch.all(threshold == threshold.reshape(-1)[0]):
-            raise ValueError("batchtopk expects one threshold shared by all latents")
-        SparseAutoencoder.load_saelens_tensors(self, tensors)
-        self.threshold.fill_(float(threshold.reshape(-1)[0]))
+    def load_saelens_tensor(self, name: str, value: torch.Tensor) -> None:
+        if name != "threshold":
+            return super().load_saelens_tensor(name, value)
+        if value.shape != (self.d_sae,) or not torch.all(value == value[0]):
+            raise ValueError(f"batchtopk expects one threshold shared by all {self.d_sae} latents")
+        self.threshold.fill_(float(value[0]))
 
     def saelens_cfg(self) -> dict[str, Any]:
         return {}
@@ -280,12 +277,11 @@ class JumpReLUSAE(SparseAutoencoder):
     def saelens_tensors(self) -> dict[str, torch.Tensor]:
         return {**super().saelens_tensors(), "threshold": self.threshold}
 
-    @torch.no_grad()
-    def load_saelens_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        tensors = dict(tensors)
-        threshold = tensors.pop("threshold")
-        SparseAutoencoder.load_saelens_tensors(self, tensors)
-        self._assign("log_threshold", threshold.clamp_min(1e-30).log())
+    def load_saelens_tensor(self, name: str, value: torch.Tensor) -> None:
+        if name == "threshold":
+            self._assign("log_threshold", value.clamp_min(1e-30).log())
+        else:
+            super().load_saelens_tensor(name, value)
 
 
 # -- gated -----------------------------------------------------------------------------------

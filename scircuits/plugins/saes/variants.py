@@ -6,7 +6,8 @@ E[|x|] = sqrt(d_in) (see scircuits.plugins.saes.modules for the loss definitions
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,7 +53,7 @@ class GatedHyperparameters(_Hyperparameters):
 class BuiltinSAEVariant(SAEVariant):
     Hyperparameters: ClassVar[type[BaseModel]] = _Hyperparameters
 
-    def build(self, d_in: int, d_sae: int, hparams: Mapping[str, Any] | BaseModel | None = None) -> "SparseAutoencoder":
+    def build(self, d_in: int, d_sae: int, hparams: Mapping[str, Any] | BaseModel | None = None) -> SparseAutoencoder:
         from scircuits.plugins.saes.modules import build_module
 
         parsed = self.parse_hparams(hparams)

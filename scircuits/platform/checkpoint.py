@@ -1,0 +1,234 @@
+"""SAE checkpoints: SAELens-compatible ``cfg.json`` + ``sae_weights.safetensors``, and our
+``scircuits.json``. Also the training state that ``--resume`` needs. safetensors and JSON only.
+
+Layout of a checkpoint directory::
+
+    cfg.json                   SAELens SAEConfig.to_dict(): d_in, d_sae, architecture, dtype, device,
+                               apply_b_dec_to_input, normalize_activations, reshape_activations,
+                               metadata{...} (+ k for topk)
+    sae_weights.safetensors    W_enc (d_in x d_sae), W_dec (d_sae x d_in), b_dec, and per architecture:
+                               standard/topk: b_enc; jumprelu: b_enc, threshold; gated: b_gate, r_mag, b_mag
+    scircuits.json             variant, hparams, train config, store provenance, metrics, config_hash,
+                               complete
+    training_state.safetensors + training_state.json   (while training / for --resume)
+    train_log.jsonl            one JSON object per log or eval step
+
+Every file is written to a temporary name and renamed; ``scircuits.json`` is marked incomplete
+before and rewritten complete after the other files, so a killed write never looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scircuits.platform.errors import DataFormatError
+from scircuits.platform.provenance import base_provenance
+
+if TYPE_CHECKING:
+    import torch
+
+    from scircuits.platform.sae_module import SparseAutoencoder
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+META_FILE = "scircuits.json"
+STATE_WEIGHTS_FILE = "training_state.safetensors"
+STATE_META_FILE = "training_state.json"
+LOG_FILE = "train_log.jsonl"
+CHECKPOINT_FORMAT = "scircuits.sae"
+CHECKPOINT_FORMAT_VERSION = 1
+SAELENS_FORMAT_VERSION = "6.0.0"  # the cfg.json layout we write (SAELens >= 6: "metadata" table)
+
+# Our variant for a SAELens architecture, when a checkpoint has no scircuits.json.
+ARCHITECTURE_VARIANTS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
+
+
+# -- atomic file writes ------------------------------------------------------------------------
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = _tmp_path(path)
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    _publish(tmp, path)
+
+
+def write_tensors_atomic(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tmp = _tmp_path(path)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    _publish(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataFormatError(f"{path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise DataFormatError(f"{path}: expected a JSON object")
+    return data
+
+
+# -- the checkpoint ------------------------------------------------------------------------------
+
+def saelens_cfg(sae: SparseAutoencoder, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """cfg.json as SAELens >= 6 writes it (``SAEConfig.to_dict``), for ``sae``'s architecture."""
+    extra = dict(extra or {})
+    metadata = {"sae_lens_version": SAELENS_FORMAT_VERSION, "sae_lens_training_version": None,
+                **extra.pop("metadata", {})}
+    cfg: dict[str, Any] = {
+        "architecture": sae.saelens_architecture,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": metadata,
+        **sae.saelens_cfg(),
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def save_sae(out_dir: str | Path, sae: SparseAutoencoder, *, cfg: Mapping[str, Any],
+             scircuits_meta: Mapping[str, Any], complete: bool = True) -> Path:
+    """Write ``sae`` (weights applying to raw activations) as a checkpoint in ``out_dir``.
+
+    ``cfg`` adds to / overrides cfg.json fields (e.g. ``{"metadata": {"model_name": ...}}``);
+    ``scircuits_meta`` goes into scircuits.json (train config, store provenance, metrics,
+    config_hash). Returns the directory.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / META_FILE
+    if meta_path.exists():
+        previous = read_json(meta_path)
+        if previous.get("complete"):
+            write_json_atomic(meta_path, {**previous, "complete": False})
+    tensors = sae.saelens_tensors()
+    write_tensors_atomic(out / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
+    write_json_atomic(out / CFG_FILE, saelens_cfg(sae, cfg))
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "variant": sae.variant,
+        "hparams": dict(sae.hparams),
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        **base_provenance(),
+        **dict(scircuits_meta),
+        "complete": complete,
+    }
+    write_json_atomic(meta_path, meta)
+    return out
+
+
+def is_complete(out_dir: str | Path, config_hash: str | None = None) -> bool:
+    meta_path = Path(out_dir) / META_FILE
+    if not meta_path.is_file() or not (Path(out_dir) / WEIGHTS_FILE).is_file():
+        return False
+    try:
+        meta = read_json(meta_path)
+    except DataFormatError:
+        return False
+    return bool(meta.get("complete")) and (config_hash is None or meta.get("config_hash") == config_hash)
+
+
+def load_sae(path: str | Path, device: str = "cpu") -> tuple[SparseAutoencoder, dict[str, Any]]:
+    """Load a checkpoint written by ``save_sae`` (or by SAELens) without unpickling anything.
+
+    Returns the module (eval mode; ``encode``/``decode`` apply to raw activations) and ``info``:
+    ``{"cfg": cfg.json, "meta": scircuits.json or {}, "variant": name, "path": str}``.
+    """
+    from safetensors.torch import load_file
+
+    from scircuits.platform.plugins import get_plugins
+
+    root = Path(path)
+    if not root.is_dir():
+        raise DataFormatError(f"SAE checkpoint {root} is not a directory")
+    weights_path = root / WEIGHTS_FILE
+    if not weights_path.is_file():
+        pickles = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        hint = (f"; found {', '.join(pickles)}, which would need unpickling: scircuits loads only "
+                "safetensors (convert it with safetensors.torch.save_file)") if pickles else ""
+        raise DataFormatError(f"SAE checkpoint {root} has no {WEIGHTS_FILE}{hint}")
+    cfg = read_json(root / CFG_FILE)
+    meta = read_json(root / META_FILE) if (root / META_FILE).is_file() else {}
+    architecture = cfg.get("architecture", "standard")
+    variant_name = meta.get("variant") or ARCHITECTURE_VARIANTS.get(architecture)
+    if variant_name is None:
+        raise DataFormatError(f"{root / CFG_FILE}: architecture {architecture!r} is not supported "
+                              f"(known: {', '.join(ARCHITECTURE_VARIANTS)})")
+    normalize = cfg.get("normalize_activations") or "none"
+    if normalize != "none":
+        raise DataFormatError(
+            f"{root / CFG_FILE}: normalize_activations={normalize!r} is not supported; fold the "
+            "normalisation into the weights (SAELens: fold_activation_norm_scaling_factor) and save again")
+    for key in ("d_in", "d_sae"):
+        if not isinstance(cfg.get(key), int):
+            raise DataFormatError(f"{root / CFG_FILE}: {key!r} must be an integer, got {cfg.get(key)!r}")
+    hparams = dict(meta.get("hparams") or {})
+    if not meta and architecture == "topk" and "k" in cfg:
+        hparams["k"] = cfg["k"]
+    variant = get_plugins().saes.get(variant_name)
+    sae = variant.build(cfg["d_in"], cfg["d_sae"], hparams)
+    tensors = load_file(str(weights_path))
+    try:
+        sae.load_saelens_tensors(tensors)
+    except ValueError as exc:
+        raise DataFormatError(f"{weights_path}: {exc}") from None
+    if cfg.get("apply_b_dec_to_input") is False:
+        # Our modules always subtract b_dec before encoding; compensate through b_enc.
+        _absorb_b_dec_input(sae)
+    sae.to(device).eval()
+    return sae, {"cfg": cfg, "meta": meta, "variant": variant_name, "path": str(root)}
+
+
+def _absorb_b_dec_input(sae: SparseAutoencoder) -> None:
+    import torch
+
+    with torch.no_grad():
+        shift = sae.b_dec @ sae.W_enc
+        if hasattr(sae, "b_gate"):
+            sae.b_gate.add_(shift)
+            sae.b_mag.add_(shift * sae.r_mag.exp())
+        else:
+            sae.b_enc.add_(shift)
+
+
+# -- training state (for --resume) ------------------------------------------------------------
+
+def save_training_state(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_tensors_atomic(out / STATE_WEIGHTS_FILE, tensors)
+    write_json_atomic(out / STATE_META_FILE, {**base_provenance(), **dict(meta)})
+
+
+def load_training_state(out_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    from safetensors.torch import load_file
+
+    out = Path(out_dir)
+    if not (out / STATE_WEIGHTS_FILE).is_file() or not (out / STATE_META_FILE).is_file():
+        return None
+    return load_file(str(out / STATE_WEIGHTS_FILE)), read_json(out / STATE_META_FILE)

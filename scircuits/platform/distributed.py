@@ -1,0 +1,188 @@
+"""torch.distributed plumbing for SAE training, and spreading independent jobs over devices.
+
+- ``DistContext``: this process's rank and world size (``world_size == 1``: not distributed).
+- ``from_environment``: the context torchrun (or our own launcher) set in RANK / WORLD_SIZE /
+  LOCAL_RANK / MASTER_ADDR / MASTER_PORT, initialising the process group (gloo on CPU, NCCL on GPU).
+- ``launch``: run ``fn(*args)`` in ``nproc`` spawned processes with that environment.
+- ``run_jobs_on_devices``: independent jobs (one SAE each), one at a time per device.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from scircuits.platform.errors import ConfigError, ScircuitsError
+
+ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+    initialized_here: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def close(self) -> None:
+        if self.initialized_here:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self.initialized_here = False
+
+
+def under_launcher() -> bool:
+    """True when torchrun (or ``launch``) started this process as one of several ranks."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def rank_device(device: str, local_rank: int) -> str:
+    """``cuda`` -> ``cuda:<local_rank>``; a list ``cuda:0,cuda:1`` -> its local_rank-th entry."""
+    devices = [d.strip() for d in device.split(",") if d.strip()]
+    if len(devices) > 1:
+        return devices[local_rank % len(devices)]
+    one = devices[0] if devices else "cpu"
+    if one == "cuda":
+        return f"cuda:{local_rank}"
+    return one
+
+
+def from_environment(device: str) -> DistContext:
+    if not under_launcher():
+        return DistContext(device=rank_device(device, 0))
+    import torch
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    world = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    this_device = rank_device(device, local_rank)
+    backend = "nccl" if this_device.startswith("cuda") else "gloo"
+    if this_device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(this_device))
+    created = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        created = True
+    return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=this_device,
+                       initialized_here=created)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawned(local_rank: int, world: int, port: int, threads: int, fn: Callable[..., Any], args: tuple) -> None:
+    os.environ.update({"RANK": str(local_rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(local_rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    import torch
+
+    torch.set_num_threads(threads)
+    fn(*args)
+
+
+def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> None:
+    """Run ``fn(*args)`` in ``nproc`` processes on this machine (spawn), as ranks 0..nproc-1.
+
+    ``fn`` must be importable (a module-level function). Raises ScircuitsError if a rank fails.
+    """
+    import torch.multiprocessing as mp
+
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    try:
+        mp.start_processes(_spawned, args=(nproc, free_port(), threads, fn, args), nprocs=nproc,
+                           join=True, start_method="spawn")
+    except mp.ProcessRaisedException as exc:
+        raise ScircuitsError(f"distributed training failed in a worker process:\n{exc}") from None
+    except mp.ProcessExitedException as exc:
+        raise ScircuitsError(f"a distributed training process died: {exc}") from None
+
+
+def all_reduce_(tensor: Any, op: str = "sum") -> Any:
+    import torch.distributed as dist
+
+    ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+    dist.all_reduce(tensor, op=ops[op])
+    return tensor
+
+
+# -- independent jobs over devices --------------------------------------------------------------
+
+def parse_devices(device: str) -> list[str]:
+    devices = [d.strip() for d in device.split(",") if d.strip()]
+    if not devices:
+        raise ConfigError("--device: give at least one device (cpu, cuda, cuda:0, cuda:0,cuda:1, ...)")
+    return devices
+
+
+def _job_process(fn: Callable[[Any, str], Any], job: Any, device: str, results: Any, index: int) -> None:
+    try:
+        results.put((index, "ok", str(fn(job, device))))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        results.put((index, "error", f"{type(exc).__name__}: {exc}"))
+
+
+def run_jobs_on_devices(jobs: Sequence[Any], devices: Sequence[str], fn: Callable[[Any, str], Any],
+                        threads_per_job: int | None = None) -> list[str]:
+    """Run ``fn(job, device)`` for every job, each in its own spawned process, at most one job per
+    device at a time (a device may be listed twice to run two jobs on it). Jobs start in order as
+    devices free up. Returns ``str(fn(...))`` per job, in job order; raises ScircuitsError naming
+    every failed job after all have finished.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    pending: queue.Queue[int] = queue.Queue()
+    for i in range(len(jobs)):
+        pending.put(i)
+    outcomes: dict[int, tuple[str, str]] = {}
+    lock = threading.Lock()
+
+    def worker(device: str) -> None:
+        while True:
+            try:
+                index = pending.get_nowait()
+            except queue.Empty:
+                return
+            process = ctx.Process(target=_job_process, args=(fn, jobs[index], device, results, index))
+            process.start()
+            process.join()
+            if process.exitcode != 0:
+                with lock:
+                    outcomes.setdefault(index, ("error", f"process exited with code {process.exitcode}"))
+
+    threads = [threading.Thread(target=worker, args=(d,), daemon=True) for d in devices]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    while len(outcomes) < len(jobs):
+        try:
+            index, status, message = results.get(timeout=5)
+        except queue.Empty:
+            break
+        outcomes[index] = (status, message)
+    failed = [f"job {i} ({jobs[i]!r}): {outcomes.get(i, ('error', 'no result'))[1]}"
+              for i in range(len(jobs)) if outcomes.get(i, ("error", ""))[0] != "ok"]
+    if failed:
+        raise ScircuitsError("some training jobs failed:\n" + "\n".join(failed))
+    return [outcomes[i][1] for i in range(len(jobs))]

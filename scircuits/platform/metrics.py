@@ -1,0 +1,91 @@
+"""SAE quality metrics, as defined in DESIGN.md ("Metrics"), accumulated over batches.
+
+- FVU = sum |x - x_hat|^2 / sum |x - mean(x)|^2 (mean over all evaluated tokens); explained
+  variance = 1 - FVU.
+- L0 = mean number of active latents per token.
+- dead fraction = fraction of latents that never fire on the evaluated tokens.
+- MSE = mean over tokens and dimensions of (x - x_hat)^2, in the units of the raw activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class ReconstructionStats:
+    d_sae: int
+    tokens: int = 0
+    d_in: int = 0
+    sum_sq_error: float = 0.0
+    sum_sq: float = 0.0
+    sum_x: torch.Tensor | None = None
+    active_total: float = 0.0
+    fired: torch.Tensor | None = field(default=None, repr=False)
+
+    def update(self, x: torch.Tensor, x_hat: torch.Tensor, acts: torch.Tensor) -> None:
+        x64, x_hat64 = x.double(), x_hat.double()
+        self.tokens += x.shape[0]
+        self.d_in = x.shape[1]
+        self.sum_sq_error += float((x64 - x_hat64).pow(2).sum())
+        self.sum_sq += float(x64.pow(2).sum())
+        batch_sum = x64.sum(dim=0).cpu()
+        self.sum_x = batch_sum if self.sum_x is None else self.sum_x + batch_sum
+        active = acts > 0
+        self.active_total += float(active.sum())
+        batch_fired = active.any(dim=0).cpu()
+        self.fired = batch_fired if self.fired is None else (self.fired | batch_fired)
+
+    def merge(self, other: ReconstructionStats) -> None:
+        if other.tokens == 0:
+            return
+        if self.tokens == 0:
+            self.__dict__.update(other.__dict__)
+            return
+        self.tokens += other.tokens
+        self.sum_sq_error += other.sum_sq_error
+        self.sum_sq += other.sum_sq
+        self.sum_x = self.sum_x + other.sum_x  # type: ignore[operator]
+        self.active_total += other.active_total
+        self.fired = self.fired | other.fired  # type: ignore[operator]
+
+    def total_variance(self) -> float:
+        if self.tokens == 0 or self.sum_x is None:
+            return 0.0
+        return self.sum_sq - float(self.sum_x.pow(2).sum()) / self.tokens
+
+    def result(self) -> dict[str, Any]:
+        if self.tokens == 0:
+            return {"tokens": 0}
+        variance = self.total_variance()
+        fvu = self.sum_sq_error / variance if variance > 0 else float("nan")
+        dead = 1.0 - float(self.fired.float().mean()) if self.fired is not None else float("nan")
+        return {
+            "tokens": self.tokens,
+            "fvu": fvu,
+            "explained_variance": 1.0 - fvu,
+            "l0": self.active_total / self.tokens,
+            "dead_fraction": dead,
+            "mse": self.sum_sq_error / (self.tokens * self.d_in),
+        }
+
+
+def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """FVU of one tensor of tokens (n, d)."""
+    x64 = x.double()
+    return float((x64 - x_hat.double()).pow(2).sum() / (x64 - x64.mean(dim=0)).pow(2).sum())
+
+
+def mean_max_cosine(learned: torch.Tensor, true: torch.Tensor, threshold: float = 0.9) -> dict[str, float]:
+    """For each true atom (rows of ``true``), the best cosine similarity among the learned rows.
+
+    Returns ``mmcs`` (mean over true atoms) and ``recovered`` (fraction with a best cosine above
+    ``threshold``).
+    """
+    a = learned / learned.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    b = true / true.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    best = (b @ a.t()).max(dim=1).values
+    return {"mmcs": float(best.mean()), "recovered": float((best > threshold).float().mean())}

@@ -1,0 +1,490 @@
+"""SAE training: streams minibatches from an activation store, single process or DDP.
+
+``train(config)`` is the stage entry point (the pipeline calls it). ``SAETrainer`` is the optimiser
+loop on tensors, shared with the ground-truth check (``scircuits validate sae``).
+
+Training details:
+- inputs are normalised by a constant ``scale`` = sqrt(d_in) / E|x| estimated on a training sample;
+  the saved checkpoint has the scale folded into its weights (it applies to raw activations);
+- ``b_dec`` starts at the geometric median of that sample (Weiszfeld iterations);
+- Adam, linear warm-up over ``warmup_steps``, constant, then linear decay to zero over the final
+  ``decay_fraction`` of the steps; gradient-norm clipping; unit-norm decoder rows where the variant
+  asks (gradient component parallel to each row removed before the step, rows renormalised after);
+- dead latents: tokens since each latent last fired (variants with AuxK get a dead mask);
+- every ``eval_every`` steps and at the end: FVU, L0, dead fraction, MSE on held-out examples
+  (``scircuits.platform.metrics``), appended to ``train_log.jsonl``;
+- every ``checkpoint_every`` steps: the full training state (weights, Adam moments, step, epoch,
+  position in the epoch, dead-latent counters, RNG) so ``--resume`` ends with the same weights as
+  an uninterrupted run. Under DDP every rank reads a disjoint share of each epoch; gradients are
+  all-reduced; rank 0 evaluates and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from scircuits.platform import checkpoint as ckpt
+from scircuits.platform.config import TrainConfig
+from scircuits.platform.distributed import DistContext, all_reduce_, from_environment, launch, under_launcher
+from scircuits.platform.errors import ConfigError
+from scircuits.platform.metrics import ReconstructionStats
+from scircuits.platform.progress import progress
+from scircuits.platform.sae_module import SparseAutoencoder, TrainOutput
+
+if TYPE_CHECKING:
+    from scircuits.store import ActivationStore
+
+INIT_SAMPLE_TOKENS = 16384
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The Phase 4 report's configuration.
+    "phase4": {"sae": "relu", "expansion": 8, "epochs": 20, "batch_size": 32, "lr": 1e-4,
+               "hparams": {"l1": 1e-4, "decorrelation": 0.01}},
+}
+
+
+# -- the optimiser loop --------------------------------------------------------------------------
+
+class SAETrainer:
+    """Adam + schedule + clipping + decoder constraint + dead-latent tracking for one SAE."""
+
+    def __init__(self, sae: SparseAutoencoder, *, lr: float, total_steps: int, warmup_steps: int = 0,
+                 decay_fraction: float = 0.2, grad_clip: float | None = 1.0,
+                 dist: DistContext | None = None) -> None:
+        self.sae = sae
+        self.dist = dist or DistContext()
+        self.base_lr = lr
+        self.total_steps = max(1, total_steps)
+        self.warmup_steps = warmup_steps
+        self.decay_steps = int(round(decay_fraction * self.total_steps))
+        self.grad_clip = grad_clip
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
+        self.step = 0
+        self.tokens = 0
+        self.scale = 1.0
+        self.tokens_since_fired = torch.zeros(sae.d_sae, dtype=torch.long)
+        self.forward_module: torch.nn.Module = _TrainForward(sae)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [torch.device(self.dist.device).index] if self.dist.device.startswith("cuda") else None
+            self.forward_module = DistributedDataParallel(self.forward_module, device_ids=device_ids)
+
+    def lr_at(self, step: int) -> float:
+        factor = 1.0
+        if self.warmup_steps and step < self.warmup_steps:
+            factor = (step + 1) / self.warmup_steps
+        decay_start = self.total_steps - self.decay_steps
+        if self.decay_steps and step >= decay_start:
+            factor *= max(0.0, (self.total_steps - step) / self.decay_steps)
+        return self.base_lr * factor
+
+    @torch.no_grad()
+    def initialize_from_sample(self, x_raw: torch.Tensor) -> None:
+        """Set the input scale and ``b_dec`` (geometric median) from a sample of raw activations."""
+        x = x_raw.to(torch.float32)
+        mean_norm = float(x.norm(dim=1).mean())
+        self.scale = math.sqrt(x.shape[1]) / mean_norm if mean_norm > 0 else 1.0
+        self.sae.b_dec.copy_(geometric_median(x * self.scale).to(self.sae.b_dec.device))
+
+    def dead_mask(self) -> torch.Tensor | None:
+        if not self.sae.dead_tokens:
+            return None
+        return (self.tokens_since_fired >= self.sae.dead_tokens).to(self.sae.W_dec.device)
+
+    def train_step(self, x_raw: torch.Tensor) -> TrainOutput:
+        sae = self.sae
+        x = x_raw.to(sae.W_dec.device, torch.float32) * self.scale
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        out: TrainOutput = self.forward_module(x, self.dead_mask())
+        self.optimizer.zero_grad(set_to_none=True)
+        out.terms["loss"].backward()
+        sae.before_step()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), self.grad_clip)
+        self.optimizer.step()
+        fired = out.fired.detach().to("cpu", torch.long)
+        batch_tokens = x.shape[0]
+        if self.dist.enabled:
+            fired = all_reduce_(fired.to(sae.W_dec.device)).cpu()
+            batch_tokens *= self.dist.world_size
+            if "smallest_kept" in out.extra:
+                smallest = torch.tensor([out.extra["smallest_kept"]], device=sae.W_dec.device)
+                out.extra["smallest_kept"] = float(all_reduce_(smallest, "min"))
+        sae.after_step(out)
+        self.tokens_since_fired += batch_tokens
+        self.tokens_since_fired[fired > 0] = 0
+        self.step += 1
+        self.tokens += batch_tokens
+        return out
+
+    # -- state for resuming ------------------------------------------------------------------
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"model.{k}": v for k, v in self.sae.state_dict().items()}
+        opt = self.optimizer.state_dict()
+        for index, state in opt["state"].items():
+            for key, value in state.items():
+                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
+        tensors["tokens_since_fired"] = self.tokens_since_fired
+        tensors["rng_cpu"] = torch.get_rng_state()
+        return tensors
+
+    def state_meta(self) -> dict[str, Any]:
+        groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
+                  for g in self.optimizer.state_dict()["param_groups"]]
+        return {"step": self.step, "tokens": self.tokens, "scale": self.scale, "param_groups": groups}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.sae.load_state_dict(model_state)
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.tokens_since_fired = tensors["tokens_since_fired"].clone()
+        torch.set_rng_state(tensors["rng_cpu"])
+        self.step = int(meta["step"])
+        self.tokens = int(meta["tokens"])
+        self.scale = float(meta["scale"])
+
+    # -- evaluation --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterator[torch.Tensor], max_tokens: int) -> dict[str, Any]:
+        """FVU, L0, dead fraction, MSE on raw activations (``scircuits.platform.metrics``)."""
+        sae = self.sae
+        was_training = sae.training
+        sae.eval()
+        stats = ReconstructionStats(sae.d_sae)
+        for x_raw in batches:
+            x_raw = x_raw.to(sae.W_dec.device, torch.float32)[: max_tokens - stats.tokens]
+            acts = sae.encode(x_raw * self.scale)
+            x_hat = sae.decode(acts) / self.scale
+            stats.update(x_raw, x_hat, acts)
+            if stats.tokens >= max_tokens:
+                break
+        sae.train(was_training)
+        return stats.result()
+
+    def folded_copy(self) -> SparseAutoencoder:
+        """The SAE with the input scale folded in (applies to raw activations), on CPU."""
+        import copy
+
+        sae = copy.deepcopy(self.sae).cpu()
+        sae.fold_input_scale(self.scale)
+        return sae.eval()
+
+
+class _TrainForward(torch.nn.Module):
+    """Routes ``forward`` to ``train_forward`` so DDP can wrap it."""
+
+    def __init__(self, sae: SparseAutoencoder) -> None:
+        super().__init__()
+        self.sae = sae
+
+    def forward(self, x: torch.Tensor, dead_mask: torch.Tensor | None) -> TrainOutput:
+        return self.sae.train_forward(x, dead_mask)
+
+
+@torch.no_grad()
+def geometric_median(x: torch.Tensor, iterations: int = 50, eps: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm, started at the mean."""
+    median = x.mean(dim=0)
+    for _ in range(iterations):
+        weights = 1.0 / (x - median).norm(dim=1).clamp_min(eps)
+        new = (weights[:, None] * x).sum(dim=0) / weights.sum()
+        if (new - median).norm() < eps * max(1.0, float(median.norm())):
+            median = new
+            break
+        median = new
+    return median
+
+
+# -- the stage ---------------------------------------------------------------------------------
+
+def apply_preset(config: TrainConfig) -> TrainConfig:
+    """Fill the fields a preset sets, unless they were given explicitly."""
+    if not config.preset:
+        return config
+    if config.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {config.preset!r}; known presets: {', '.join(PRESETS)}")
+    preset = PRESETS[config.preset]
+    given = config.model_fields_set
+    values = config.model_dump()
+    for key, value in preset.items():
+        if key == "hparams":
+            values["hparams"] = {**value, **config.hparams}
+        elif key not in given:
+            values[key] = value
+    if "epochs" in preset and "tokens" in given and "epochs" not in given:
+        values["epochs"] = None
+    return TrainConfig.validated(values)
+
+
+def train(config: TrainConfig, *, stop_after_steps: int | None = None) -> Path:
+    """Train one SAE as ``config`` says; returns the checkpoint directory.
+
+    Skips (returns at once) when ``config.out`` holds a complete checkpoint with the same
+    ``config_hash``. ``stop_after_steps`` ends the run early after writing a resumable state (what a
+    killed run leaves behind; tests use it).
+    """
+    config = apply_preset(config)
+    out = Path(config.out)
+    if ckpt.is_complete(out, config.config_hash()):
+        print(f"[train] {out} already holds a complete checkpoint for this config; skipping", file=sys.stderr)
+        return out
+    if "," in config.device and not under_launcher() and config.nproc == 1:
+        raise ConfigError(f"--device {config.device}: several devices spread several SAEs (use train_many or "
+                          "several --store/--sae); for one SAE on several GPUs use --nproc")
+    if config.nproc > 1 and not under_launcher():
+        launch(config.nproc, _distributed_entry, config.model_dump(mode="json"), stop_after_steps)
+        return out
+    dist = from_environment(config.device)
+    try:
+        _train_rank(config, dist, stop_after_steps)
+    finally:
+        dist.close()
+    return out
+
+
+def _distributed_entry(config_values: dict[str, Any], stop_after_steps: int | None) -> None:
+    config = TrainConfig.validated(config_values)
+    dist = from_environment(config.device)
+    try:
+        _train_rank(config, dist, stop_after_steps)
+    finally:
+        dist.close()
+
+
+def open_store(path: str) -> ActivationStore:
+    from scircuits.store import ActivationStore
+
+    if not path:
+        raise ConfigError("train: give the activation store with --store PATH")
+    return ActivationStore(path)
+
+
+def _train_rank(config: TrainConfig, dist: DistContext, stop_after_steps: int | None) -> None:
+    from scircuits.platform.plugins import get_plugins
+
+    torch.manual_seed(config.seed)
+    out = Path(config.out)
+    store = open_store(config.store)
+    if not store.complete:
+        print(f"[train] warning: store {config.store} is not complete; training on the rows it has",
+              file=sys.stderr)
+    if config.batch_size % dist.world_size:
+        raise ConfigError(f"batch_size {config.batch_size} must be divisible by the number of processes "
+                          f"({dist.world_size})")
+    local_batch = config.batch_size // dist.world_size
+    read = dict(eval_fraction=config.eval_fraction, split_seed=0)
+    steps_per_epoch = store.batches_per_epoch(local_batch, split="train", world_size=dist.world_size,
+                                              drop_last=True, **read)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"store {config.store} has fewer training rows than one batch of {config.batch_size}")
+    if config.tokens is not None:
+        total_steps = max(1, math.ceil(config.tokens / config.batch_size))
+    else:
+        total_steps = steps_per_epoch * (config.epochs or 1)
+
+    variant = get_plugins().saes.get(config.sae)
+    d_in = store.d_model
+    sae = variant.build(d_in, config.expansion * d_in, config.hparams).to(dist.device)
+    sae.encoder_bf16 = config.bf16
+    trainer = SAETrainer(sae, lr=config.lr, total_steps=total_steps, warmup_steps=config.warmup_steps,
+                         decay_fraction=config.decay_fraction, grad_clip=config.grad_clip, dist=dist)
+    config_hash = config.config_hash()
+    epoch, batch_in_epoch = 0, 0
+    state = ckpt.load_training_state(out) if config.resume else None
+    if state is not None:
+        tensors, meta = state
+        if meta.get("config_hash") != config_hash:
+            raise ConfigError(f"--resume: {out} holds a training state for a different config "
+                              f"(hash {meta.get('config_hash')}, now {config_hash}); use another --out "
+                              "or drop --resume to start over")
+        trainer.load_state(tensors, meta)
+        epoch, batch_in_epoch = int(meta["epoch"]), int(meta["batch_in_epoch"])
+    else:
+        sample = next(store.iter_batches(min(INIT_SAMPLE_TOKENS, store.n_rows("train", **read)),
+                                         seed=config.seed, split="train", **read))
+        trainer.initialize_from_sample(sample)
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / ckpt.LOG_FILE).unlink(missing_ok=True)
+
+    logger = _Logger(out, config, enabled=dist.is_main)
+    has_eval = store.n_rows("eval", **read) > 0
+
+    def eval_batches() -> Iterator[torch.Tensor]:
+        split = "eval" if has_eval else "train"
+        return store.iter_batches(min(config.batch_size, 8192), seed=config.seed, split=split, **read)
+
+    def save_state() -> None:
+        if dist.is_main:
+            ckpt.save_training_state(out, trainer.state_tensors(), {
+                **trainer.state_meta(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                "config_hash": config_hash, "total_steps": total_steps})
+
+    start_time = time.monotonic()
+    start_tokens = trainer.tokens
+    last_eval: dict[str, Any] = {}
+    with progress(f"train {config.sae}", total=total_steps, enabled=config.progress and dist.is_main,
+                  unit="steps") as bar:
+        bar.advance(trainer.step)
+        while trainer.step < total_steps:
+            batches = store.iter_batches(local_batch, seed=config.seed, split="train", rank=dist.rank,
+                                         world_size=dist.world_size, drop_last=True, epoch=epoch, **read)
+            for _ in range(batch_in_epoch):
+                next(batches)
+            for x in batches:
+                if batch_in_epoch >= steps_per_epoch or trainer.step >= total_steps:
+                    break
+                out_step = trainer.train_step(x)
+                batch_in_epoch += 1
+                if trainer.step % config.log_every == 0 or trainer.step == total_steps:
+                    rate = (trainer.tokens - start_tokens) / max(time.monotonic() - start_time, 1e-9)
+                    logger.write({"step": trainer.step, "tokens": trainer.tokens, "epoch": epoch,
+                                  "lr": trainer.lr_at(trainer.step - 1), "l0": out_step.l0,
+                                  "dead_fraction_train": _dead_fraction(trainer),
+                                  "tokens_per_s": rate, **{k: float(v.detach()) for k, v in out_step.terms.items()}})
+                if trainer.step % config.eval_every == 0 and trainer.step < total_steps and dist.is_main:
+                    last_eval = trainer.evaluate(eval_batches(), config.eval_tokens)
+                    logger.write({"step": trainer.step, "tokens": trainer.tokens, "eval": last_eval})
+                bar.advance(1, status=_status(out_step, last_eval))
+                if trainer.step % config.checkpoint_every == 0 and trainer.step < total_steps:
+                    save_state()
+                if stop_after_steps is not None and trainer.step >= stop_after_steps:
+                    save_state()
+                    logger.close()
+                    return
+            if trainer.step < total_steps:
+                epoch += 1
+                batch_in_epoch = 0
+    elapsed = time.monotonic() - start_time
+    if dist.is_main:
+        final = trainer.evaluate(eval_batches(), config.eval_tokens)
+        final["split"] = "eval" if has_eval else "train"
+        logger.write({"step": trainer.step, "tokens": trainer.tokens, "eval": final, "final": True})
+        meta = {
+            "config_hash": config_hash,
+            "train_config": config.model_dump(mode="json"),
+            "store": {"path": config.store, "attrs": store.attrs},
+            "metrics": final,
+            "steps": trainer.step,
+            "tokens": trainer.tokens,
+            "input_scale": trainer.scale,
+            "world_size": dist.world_size,
+            "seconds": elapsed,
+        }
+        ckpt.save_sae(out, trainer.folded_copy(), cfg={"metadata": _saelens_metadata(store.attrs)},
+                      scircuits_meta=meta)
+        for name in (ckpt.STATE_WEIGHTS_FILE, ckpt.STATE_META_FILE):
+            (out / name).unlink(missing_ok=True)
+    logger.close()
+    if dist.enabled:
+        torch.distributed.barrier()
+
+
+def _dead_fraction(trainer: SAETrainer) -> float:
+    window = trainer.sae.dead_tokens or 1_000_000
+    return float((trainer.tokens_since_fired >= min(window, max(trainer.tokens, 1))).float().mean())
+
+
+def _status(out: TrainOutput, last_eval: dict[str, Any]) -> str:
+    text = f"loss {float(out.terms['loss'].detach()):.4g} L0 {out.l0:.1f}"
+    if "fvu" in last_eval:
+        text += f" eval FVU {last_eval['fvu']:.3f}"
+    return text
+
+
+def _saelens_metadata(attrs: dict[str, Any]) -> dict[str, Any]:
+    """SAELens metadata fields we know from the store (hook_name in our site naming)."""
+    layer, site = attrs.get("layer"), attrs.get("site")
+    return {
+        "model_name": attrs.get("model_id") or attrs.get("model"),
+        "hook_name": f"layers.{layer}.{site}" if layer is not None and site else None,
+        "hook_layer": layer,
+        "dataset_path": attrs.get("benchmark"),
+    }
+
+
+class _Logger:
+    """train_log.jsonl (appended), plus wandb or tensorboard when asked for and installed."""
+
+    def __init__(self, out: Path, config: TrainConfig, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = out / ckpt.LOG_FILE
+        self.tracker: Any = None
+        self.kind = config.tracker
+        if not enabled or config.tracker == "none":
+            return
+        try:
+            if config.tracker == "wandb":
+                import wandb  # type: ignore[import-not-found]
+
+                self.tracker = wandb.init(project="scircuits", config=config.model_dump(mode="json"),
+                                          dir=str(out), resume="allow")
+            else:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tracker = SummaryWriter(log_dir=str(out / "tensorboard"))
+        except ImportError as exc:
+            print(f"[train] {config.tracker} was asked for but is not installed ({exc}); logging to "
+                  f"{self.path} only", file=sys.stderr)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record, default=float) + "\n")
+        if self.tracker is not None:
+            flat = {f"eval/{k}": v for k, v in record.get("eval", {}).items() if isinstance(v, (int, float))}
+            flat.update({f"train/{k}": v for k, v in record.items() if isinstance(v, (int, float))})
+            if self.kind == "wandb":
+                self.tracker.log(flat, step=record["step"])
+            else:
+                for key, value in flat.items():
+                    self.tracker.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.tracker is not None:
+            (self.tracker.finish if self.kind == "wandb" else self.tracker.close)()
+            self.tracker = None
+
+
+# -- several SAEs over several devices ----------------------------------------------------------
+
+def _train_job(config_values: dict[str, Any], device: str) -> str:
+    config = TrainConfig.validated({**config_values, "device": device})
+    return str(train(config))
+
+
+def train_many(configs: list[TrainConfig], devices: list[str]) -> list[Path]:
+    """Train independent SAEs, one at a time per device (``--device cuda:0,cuda:1`` with several
+    stores or variants). Each job runs in its own process; returns the checkpoint directories."""
+    from scircuits.platform.distributed import run_jobs_on_devices
+
+    if len(configs) == 1 and len(devices) == 1:
+        return [train(configs[0].model_copy(update={"device": devices[0]}))]
+    outs = [c.out for c in configs]
+    if len(set(outs)) != len(outs):
+        raise ConfigError("several SAEs would be written to the same --out directory")
+    results = run_jobs_on_devices([c.model_dump(mode="json") for c in configs], devices, _train_job)
+    return [Path(r) for r in results]
+
+
+__all__ = ["PRESETS", "SAETrainer", "apply_preset", "geometric_median", "train", "train_many"]
