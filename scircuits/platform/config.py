@@ -86,7 +86,7 @@ SiteName = Literal["resid", "mlp", "attn"]
 
 class CollectConfig(StageConfig):
     stage: ClassVar[str] = "collect"
-    volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "batch_size", "progress"})
+    volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "batch_size", "progress", "chunk_rows"})
 
     model: str = "smollm2-135m"
     benchmark: str = "arithmetic"
@@ -98,10 +98,14 @@ class CollectConfig(StageConfig):
     seed: int = 0
     batch_size: int = Field(default=16, gt=0)
     dtype: Literal["float16", "float32"] = "float16"
+    # The model's compute dtype; "auto": float32 on CPU, bfloat16 on a GPU.
+    model_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_length: int | None = Field(default=None, gt=0)  # longer sequences keep the end of the prompt
     device: str = "cpu"
     model_path: str | None = None
     remote: bool = False
     out: str = "activations.zarr"
+    chunk_rows: int | None = Field(default=None, gt=0)  # rows per store chunk (new stores); None: ~4 MiB
     progress: bool = True
 
 
