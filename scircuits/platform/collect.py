@@ -1,0 +1,190 @@
+"""The collect stage: trace one site of one layer on a benchmark's sequences into an activation store.
+
+Resumable: the store records how many whole examples it holds; a rerun of the same command skips
+them and appends the rest, so a killed collection ends identical to an uninterrupted one. A
+different command into an existing store is refused by the store, naming the difference.
+Memory stays bounded: a few batches of examples are held at a time, never the whole collection.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from scircuits.platform.config import CollectConfig
+from scircuits.platform.errors import ConfigError
+from scircuits.platform.tracing import RemoteBackend
+
+# Examples are encoded and sorted by length within windows of this many batches, so a batch pads
+# little; they are stored in benchmark order.
+SORT_WINDOW_BATCHES = 4
+
+
+@dataclass
+class CollectSummary:
+    path: Path
+    n_examples: int  # in the store when done
+    n_tokens: int
+    new_examples: int  # traced by this run
+    new_tokens: int
+    seconds: float
+    already_complete: bool = False
+
+
+def model_dtype_for(config: CollectConfig) -> str:
+    if config.model_dtype != "auto":
+        return config.model_dtype
+    return "float32" if config.device == "cpu" else "bfloat16"
+
+
+def _check_site(adapter: Any, layer: int | None, site: str, n_layers: int | None = None) -> int:
+    try:
+        resolved = adapter.layer_or_default(layer, n_layers)
+        adapter.site_path(resolved, site, n_layers=n_layers)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return resolved
+
+
+def store_attrs(config: CollectConfig, loaded: Any, layer: int) -> dict[str, Any]:
+    """The store's identity: what was traced, from which weights, by which command."""
+    return {
+        "model": config.model,
+        "model_id": loaded.model_id,
+        "model_revision": loaded.revision,
+        "model_dtype": loaded.dtype,
+        "layer": layer,
+        "site": config.site,
+        "site_path": loaded.site_path(layer, config.site),
+        "benchmark": config.benchmark,
+        "split": config.split,
+        "source": "traced",
+        "config_hash": config.config_hash(),
+        "config": config.identity(),
+    }
+
+
+def _existing_store_attrs(out: str) -> dict[str, Any] | None:
+    if not (Path(out) / "zarr.json").is_file():
+        return None
+    from scircuits.store.location import read_group
+
+    try:
+        return dict(read_group(out, None).attrs)
+    except Exception:  # noqa: BLE001 - the writer reports what is wrong with it
+        return None
+
+
+def _check_existing_store(config: CollectConfig) -> CollectSummary | None:
+    """Before loading any model: refuse a store made by a different command, naming the settings
+    that differ; a complete store made by this very command means there is nothing to do."""
+    attrs = _existing_store_attrs(config.out)
+    if attrs is None or not isinstance(attrs.get("config"), dict):
+        return None
+    stored, now = attrs["config"], config.identity()
+    differences = [f"{key}: stored {stored.get(key, '<absent>')!r}, now {now.get(key, '<absent>')!r}"
+                   for key in sorted(stored.keys() | now.keys()) if stored.get(key) != now.get(key)]
+    if differences:
+        from scircuits.store import StoreMismatchError
+
+        raise StoreMismatchError(
+            f"{config.out} holds activations of a different collection ({'; '.join(differences)}). "
+            "Write to another --out, or delete the existing store to replace it.")
+    if attrs.get("complete"):
+        return CollectSummary(Path(config.out), int(attrs.get("n_examples", 0)), int(attrs.get("n_tokens", 0)),
+                              0, 0, 0.0, already_complete=True)
+    return None
+
+
+def _windows(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while window := list(itertools.islice(iterator, size)):
+        yield window
+
+
+def collect(config: CollectConfig, *, remote_backend: RemoteBackend = True) -> Path:
+    """Run the collect stage; returns the store's path (see run_collect)."""
+    return run_collect(config, remote_backend=remote_backend).path
+
+
+def run_collect(config: CollectConfig, *, remote_backend: RemoteBackend = True) -> CollectSummary:
+    """Run the collect stage; returns where the store is and what it holds.
+
+    ``remote_backend`` applies when ``config.remote``: True runs on NDIF, "local" runs nnsight's
+    offline stand-in of the remote path (tests).
+    """
+    from scircuits.platform.plugins import get_plugins
+
+    plugins = get_plugins()
+    adapter = plugins.models.get(config.model)
+    benchmark = plugins.benchmarks.get(config.benchmark)
+    benchmark.check_split(config.split)
+    options = benchmark.parse_options(config.benchmark_options)
+    if adapter.n_layers:  # a declared adapter: check the layer and site before loading anything
+        config = config.model_copy(update={"layer": _check_site(adapter, config.layer, config.site)})
+        done = _check_existing_store(config)
+        if done is not None:
+            return done
+
+    if config.remote:
+        from scircuits.platform.tracing import load_remote
+
+        loaded = load_remote(adapter, model_path=config.model_path, backend=remote_backend)
+    else:
+        from scircuits.platform.hf_loading import check_weights_available
+
+        check_weights_available(adapter, config.model_path)
+        loaded = adapter.load(model_path=config.model_path, dtype=model_dtype_for(config), device=config.device)
+    layer = _check_site(loaded.adapter, config.layer, config.site, loaded.n_layers)
+    config = config.model_copy(update={"layer": layer})
+    done = _check_existing_store(config)
+    if done is not None:
+        return done
+    return trace_into_store(config, loaded, layer, benchmark, options)
+
+
+def trace_into_store(config: CollectConfig, loaded: Any, layer: int, benchmark: Any, options: Any) -> CollectSummary:
+    from scircuits.platform.progress import progress
+    from scircuits.platform.sequences import encode_example
+    from scircuits.platform.tracing import SiteTracer
+    from scircuits.store import ActivationStoreWriter
+
+    start = time.monotonic()
+    writer = ActivationStoreWriter.open(config.out, store_attrs(config, loaded, layer),
+                                        d_model=loaded.d_model, dtype=config.dtype, chunk_rows=config.chunk_rows)
+    if writer.complete:
+        writer.close()
+        return CollectSummary(Path(config.out), writer.n_examples_written, writer.n_tokens_written, 0, 0,
+                              0.0, already_complete=True)
+    tracer = SiteTracer(loaded, layer, config.site)
+    skip = writer.n_examples_written
+    new_examples = new_tokens = 0
+    examples = benchmark.examples(config.split, config.limit, config.seed, options)
+    remaining = itertools.islice(enumerate(examples), skip, None)
+    total = config.limit
+    with writer, progress(f"collect {config.model} {config.site}{layer} {config.benchmark}", total=total,
+                          enabled=config.progress, unit="examples") as bar:
+        if skip:
+            bar.advance(skip, status="resumed")
+        for window in _windows(remaining, config.batch_size * SORT_WINDOW_BATCHES):
+            encoded = [(index, encode_example(loaded.tokenizer, example, config.max_length).input_ids)
+                       for index, example in window]
+            rows: dict[int, Any] = {}
+            by_length = sorted(encoded, key=lambda item: len(item[1]))
+            for batch in _windows(by_length, config.batch_size):
+                for (index, _), acts in zip(batch, tracer.trace([ids for _, ids in batch])):
+                    rows[index] = acts
+            for index, ids in encoded:
+                writer.append_example(index, ids, rows.pop(index).numpy())
+                new_tokens += len(ids)
+            new_examples += len(encoded)
+            elapsed = max(time.monotonic() - start, 1e-9)
+            bar.advance(len(encoded), status=f"{writer.n_tokens_written} tokens, {new_tokens / elapsed:.0f} tok/s")
+    if new_examples == 0 and skip == 0:
+        print(f"warning: benchmark {config.benchmark!r} gave no examples", file=sys.stderr)
+    return CollectSummary(Path(config.out), writer.n_examples_written, writer.n_tokens_written, new_examples,
+                          new_tokens, time.monotonic() - start)
