@@ -20,8 +20,9 @@ def synthetic_example(index: int, d_model: int, *, seed: int = 0, max_tokens: in
     return token_ids, acts
 
 
-def synthetic_attrs(**extra: Any) -> dict[str, Any]:
-    return {"source": "synthetic", "model": "synthetic", "benchmark": "synthetic", **extra}
+def synthetic_attrs(seed: int = 0, **extra: Any) -> dict[str, Any]:
+    """Identity attributes of a synthetic store made by :func:`synthetic_example` with ``seed``."""
+    return {"source": "synthetic", "model": "synthetic", "benchmark": "synthetic", "seed": seed, **extra}
 
 
 def write_synthetic_store(

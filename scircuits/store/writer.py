@@ -69,7 +69,8 @@ class ActivationStoreWriter:
             return
         acts = self._arrays[ACTS]
         self.chunk_rows = int(acts.chunks[0])
-        self._capacity = int(acts.shape[0])
+        # A kill while growing the arrays can leave them of different lengths: use the shortest.
+        self._capacity = min(int(a.shape[0]) for a in self._arrays.values())
         short = [n for n, a in self._arrays.items() if a.shape[0] < self._recorded_tokens]
         if short or acts.shape[1:] != (self.d_model,):
             raise NotAStoreError(
@@ -132,6 +133,8 @@ class ActivationStoreWriter:
                         compressor: str | None) -> Any:
         if local is not None:
             exists = (local / "zarr.json").exists()
+            if not exists:
+                remove_partial_files(local)  # a killed first write of the group's zarr.json
             if not exists and any(local.iterdir()):
                 raise NotAStoreError(
                     f"{text} exists and is not an activation store; choose another --out or delete it"
@@ -245,7 +248,7 @@ class ActivationStoreWriter:
                 if complete:
                     for array in self._arrays.values():
                         array.resize((self._n_tokens, *array.shape[1:]))
-                    self._group.attrs.update({"complete": True})
+                    self._set_attrs({"complete": True})
                     self.complete = True
         finally:
             self._closed = True
@@ -306,8 +309,12 @@ class ActivationStoreWriter:
         while self._pending and self._pending[0][0] <= durable:
             tokens, examples = self._pending.popleft()
         if (tokens, examples) != (self._recorded_tokens, self._recorded_examples):
-            self._group.attrs.update({"n_tokens": tokens, "n_examples": examples})
+            self._set_attrs({"n_tokens": tokens, "n_examples": examples})
             self._recorded_tokens, self._recorded_examples = tokens, examples
+
+    def _set_attrs(self, changes: dict[str, Any]) -> None:
+        """One write of the group's metadata (zarr's ``attrs.update`` writes once per key)."""
+        self._group.update_attributes(changes)
 
     def _ensure_capacity(self, rows: int) -> None:
         if rows <= self._capacity:
@@ -315,7 +322,8 @@ class ActivationStoreWriter:
         grown = max(rows, 2 * self._capacity, _FIRST_CAPACITY_CHUNKS * self.chunk_rows)
         grown = -(-grown // self.chunk_rows) * self.chunk_rows
         for array in self._arrays.values():
-            array.resize((grown, *array.shape[1:]))
+            if array.shape[0] != grown:
+                array.resize((grown, *array.shape[1:]))
         self._capacity = grown
 
 
