@@ -111,7 +111,8 @@ class CollectConfig(StageConfig):
 
 class TrainConfig(StageConfig):
     stage: ClassVar[str] = "train"
-    volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "resume", "progress", "nproc", "log_every"})
+    volatile: ClassVar[frozenset[str]] = frozenset(
+        {"out", "device", "resume", "progress", "nproc", "log_every", "checkpoint_every", "tracker"})
 
     store: str = ""
     sae: str = "topk"
@@ -134,6 +135,10 @@ class TrainConfig(StageConfig):
     preset: str | None = None
     out: str = "sae"
     progress: bool = True
+    eval_tokens: int = Field(default=65536, gt=0)  # held-out tokens per evaluation
+    checkpoint_every: int = Field(default=500, gt=0)  # steps between resumable checkpoints
+    decay_fraction: float = Field(default=0.2, ge=0, le=1)  # final share of steps with linear lr decay
+    tracker: Literal["none", "wandb", "tensorboard"] = "none"
 
 
 class AblateConfig(StageConfig):
@@ -158,6 +163,9 @@ class AblateConfig(StageConfig):
     seed: int = 0
     bootstrap: int = Field(default=1000, gt=0)
     splice_tolerance: float = Field(default=1e-3, gt=0)
+    splice_check_examples: int | None = Field(default=32, gt=0)  # None: every example
+    faithfulness_n: list[int] = Field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100, 200])
+    max_length: int | None = Field(default=None, gt=1)
     batch_size: int = Field(default=16, gt=0)
     device: str = "cpu"
     model_path: str | None = None
@@ -176,7 +184,7 @@ class RunConfig(StageConfig):
     site: SiteName = "resid"
     sae: str = "topk"
     ablation: str = "zero"
-    limit: int | None = Field(default=None, gt=0)
+    limit: int | None = Field(default=160, gt=0)  # evaluation examples (ablate); None: all
     split: str = "test"
     seed: int = 0
     device: str = "cpu"
@@ -184,3 +192,19 @@ class RunConfig(StageConfig):
     remote: bool = False
     out: str = "runs"
     progress: bool = True
+    # collect: examples traced for SAE training, from collect_split (None: "train" when the benchmark
+    # has it, else `split`); a benchmark with an `n_examples` option is sized to fit both limits
+    collect_split: str | None = None
+    collect_limit: int | None = Field(default=2000, gt=0)
+    # train
+    train_tokens: int = Field(default=1_200_000, gt=0)
+    expansion: int = Field(default=4, gt=0)
+    sae_hparams: dict[str, Any] = Field(default_factory=dict)
+    train_lr: float = Field(default=1e-3, gt=0)
+    # ablate
+    rank: Literal["attribution", "activation"] = "attribution"
+    top_k: list[int] = Field(default_factory=lambda: [1, 5, 20, 50])
+    random_controls: int = Field(default=3, ge=0)
+    exact_top: int = Field(default=10, ge=0)
+    faithfulness_n: list[int] = Field(default_factory=lambda: [1, 5, 10, 20, 50, 100])
+    bootstrap: int = Field(default=1000, gt=0)
