@@ -125,7 +125,7 @@ class MathBenchmark(Benchmark):
             problem = require_text(row, "problem", where).strip()
             solution = require_text(row, "solution", where)
             if "level" not in row:
-                raise DataFormatError(f"{where}: expected a 'level' field; the object has {sorted(row)}")
+                raise DataFormatError(f"{where}: expected the field 'level'; the object has {sorted(row)}")
             level = parse_level(row["level"], where)
             subject = require_text(row, "type" if "type" in row or "subject" not in row else "subject", where)
             try:

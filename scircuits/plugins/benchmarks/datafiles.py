@@ -65,7 +65,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def require_text(row: dict[str, Any], key: str, where: str) -> str:
     """``row[key]`` as a non-empty string; ``where`` is "FILE, line N" for the error."""
     if key not in row:
-        raise DataFormatError(f"{where}: expected a {key!r} field; the object has {sorted(row)}")
+        raise DataFormatError(f"{where}: expected the field {key!r}; the object has {sorted(row)}")
     value = row[key]
     if not isinstance(value, str) or not value.strip():
         raise DataFormatError(f"{where}: expected {key!r} to be a non-empty string, got {value!r:.80}")

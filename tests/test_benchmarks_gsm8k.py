@@ -1,0 +1,150 @@
+"""GSM8K loader: real files, prompt formats, the hub path (faked), malformed input."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from scircuits.platform.errors import ConfigError, DataFormatError
+from scircuits.plugins.benchmarks.gsm8k import GSM8KBenchmark
+
+JANET_QUESTION = "Janet’s ducks lay 16 eggs per day."
+
+
+@pytest.fixture(scope="module")
+def bench() -> GSM8KBenchmark:
+    return GSM8KBenchmark()
+
+
+@pytest.fixture(scope="module")
+def gsm8k_dir(shared_data) -> str:
+    return str(shared_data / "gsm8k")
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return path
+
+
+GOOD_ROW = {"question": "What is 2 + 3?", "answer": "2 + 3 = <<2+3=5>>5\n#### 5"}
+
+
+@pytest.mark.parametrize("split, rows", [("test", 1319), ("train", 7473)])
+def test_row_counts(bench, gsm8k_dir, split, rows):
+    assert sum(1 for _ in bench.examples(split, options={"data": gsm8k_dir})) == rows
+
+
+def test_first_test_example_with_gold_reasoning(bench, gsm8k_dir):
+    example = next(bench.examples("test", options={"data": gsm8k_dir}))
+    assert example.id == "gsm8k/test/0"
+    assert example.prompt.startswith(f"Question: {JANET_QUESTION}")
+    assert example.prompt.endswith(
+        "\nAnswer: Janet sells 16 - 3 - 4 = 9 duck eggs a day.\n"
+        "She makes 9 * 2 = $18 every day at the farmer’s market.\nThe answer is"
+    )
+    assert example.target == " 18"
+    assert example.meta["value"] == 18
+    assert example.meta["where"].endswith("test.jsonl, line 1")
+
+
+def test_cot_none_gives_the_question_alone(bench, gsm8k_dir):
+    example = next(bench.examples("test", options={"data": gsm8k_dir, "cot": "none"}))
+    assert example.prompt.startswith(f"Question: {JANET_QUESTION}")
+    assert example.prompt.endswith("at the farmers' market?\nAnswer:")
+    assert "Janet sells" not in example.prompt
+    assert example.target == " 18"
+
+
+def test_no_prompt_holds_the_final_line_or_a_calculator_annotation(bench, gsm8k_dir):
+    for example in bench.examples("test", options={"data": gsm8k_dir}):
+        assert "####" not in example.prompt and "<<" not in example.prompt
+        assert example.target.startswith(" ") and example.target.strip()
+
+
+def test_answers_with_thousands_separators_keep_the_file_text(bench, gsm8k_dir):
+    with_comma = [e for e in bench.examples("test", options={"data": gsm8k_dir}) if "," in e.target]
+    assert with_comma, "GSM8K test has answers like 2,125"
+    for example in with_comma:
+        assert example.meta["value"] == int(example.target.replace(",", ""))
+
+
+def test_order_is_the_file_order_and_limit_a_prefix(bench, gsm8k_dir, shared_data):
+    lines = (shared_data / "gsm8k" / "test.jsonl").read_text().splitlines()
+    examples = list(bench.examples("test", limit=25, options={"data": gsm8k_dir}))
+    assert [e.target.strip() for e in examples] == [json.loads(line)["answer"].split("####")[-1].strip()
+                                                     for line in lines[:25]]
+    assert list(bench.examples("test", limit=5, seed=9, options={"data": gsm8k_dir})) == examples[:5]
+
+
+def test_a_jsonl_file_is_accepted_as_data(bench, shared_data):
+    path = str(shared_data / "gsm8k" / "test.jsonl")
+    assert sum(1 for _ in bench.examples("test", options={"data": path})) == 1319
+
+
+def test_missing_data_path_names_it_and_the_flag(bench, tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ConfigError, match=re.escape(f"data path {missing} does not exist. Pass --data PATH")):
+        bench.examples(options={"data": str(missing)})
+
+
+def test_a_directory_without_the_split_file_names_what_it_has(bench, tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [GOOD_ROW])
+    with pytest.raises(ConfigError, match=r"holds no test.jsonl for split 'test' \(it has: train.jsonl\)"):
+        bench.examples("test", options={"data": str(tmp_path)})
+
+
+def test_without_data_or_datasets_the_error_says_to_pass_data(bench, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
+    with pytest.raises(ConfigError, match="pass --data PATH .*`datasets` package, which is not installed"):
+        bench.examples()
+
+
+def test_without_data_the_hub_dataset_is_read_through_datasets(bench, monkeypatch):
+    calls = []
+
+    def load_dataset(name, config, split):
+        calls.append((name, config, split))
+        return [GOOD_ROW]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    examples = list(bench.examples("train"))
+    assert calls == [("openai/gsm8k", "main", "train")]
+    assert [(e.id, e.target, e.meta["source"]) for e in examples] == [("gsm8k/train/0", " 5", "hf:openai/gsm8k")]
+
+
+def test_an_unreachable_hub_is_a_config_error(bench, monkeypatch):
+    def load_dataset(name, config, split):
+        raise ConnectionError("offline")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    with pytest.raises(ConfigError, match=r"could not read openai/gsm8k \(test\).*offline.*Pass --data PATH"):
+        bench.examples()
+
+
+@pytest.mark.parametrize(
+    "bad_line, expected",
+    [
+        ('{"question": "q", "answer": ', r"line 2: expected one JSON object per line, got invalid JSON"),
+        ("[1, 2]", r"line 2: expected a JSON object per line, got list"),
+        ({"question": "q"}, r"line 2: expected the field 'answer'; the object has \['question'\]"),
+        ({"question": "", "answer": "#### 1"}, r"line 2: expected 'question' to be a non-empty string"),
+        ({"question": "q", "answer": "2 + 3 = 5"}, r"line 2: expected the 'answer' to end with a '#### N' line"),
+        ({"question": "q", "answer": "2 + 3 = 5\n####  "}, r"line 2: expected a number after '####'"),
+    ],
+)
+def test_malformed_lines_name_file_line_and_expectation(bench, tmp_path, bad_line, expected):
+    path = write_jsonl(tmp_path / "test.jsonl", [GOOD_ROW, bad_line, GOOD_ROW])
+    examples = bench.examples("test", options={"data": str(path)})
+    with pytest.raises(DataFormatError, match=re.escape(f"{path}, ") + expected):
+        list(examples)
+
+
+def test_blank_lines_are_skipped_but_counted_in_line_numbers(bench, tmp_path):
+    path = write_jsonl(tmp_path / "test.jsonl", [GOOD_ROW, "", {"question": "q"}])
+    with pytest.raises(DataFormatError, match=r"line 3: expected the field 'answer'"):
+        list(bench.examples("test", options={"data": str(path)}))
