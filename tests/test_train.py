@@ -1,0 +1,152 @@
+"""SAE training from an activation store: checkpoint, log, skip, resume equality, streaming, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from scircuits.cli.train import train as train_command
+from scircuits.platform.checkpoint import LOG_FILE, META_FILE, STATE_META_FILE, WEIGHTS_FILE, load_sae
+from scircuits.platform.config import TrainConfig
+from scircuits.platform.errors import ConfigError
+from scircuits.platform.training import apply_preset, geometric_median, train
+from scircuits.store.synthetic import write_synthetic_store
+
+D_MODEL = 16
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("store") / "acts.zarr"
+    return write_synthetic_store(path, n_examples=240, d_model=D_MODEL, dtype="float32", chunk_rows=256)
+
+
+def config(store, out, **overrides) -> TrainConfig:
+    values = dict(store=str(store), sae="topk", hparams={"k": 4}, expansion=2, batch_size=64, epochs=2,
+                  lr=3e-3, warmup_steps=5, eval_every=10, log_every=5, eval_tokens=512, checkpoint_every=7,
+                  out=str(out), progress=False)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_train_writes_a_complete_checkpoint_and_log(store, tmp_path):
+    out = train(config(store, tmp_path / "sae"))
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["complete"] and meta["variant"] == "topk" and meta["store"]["attrs"]["source"] == "synthetic"
+    assert meta["config_hash"] == config(store, tmp_path / "sae").config_hash()
+    assert set(meta["metrics"]) >= {"fvu", "l0", "dead_fraction", "mse", "explained_variance"}
+    assert meta["metrics"]["l0"] <= 4 and meta["metrics"]["fvu"] < 1.0
+    assert not (out / STATE_META_FILE).exists()
+    records = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
+    evals = [r["eval"] for r in records if "eval" in r]
+    assert len(evals) >= 2 and records[-1]["final"] is True
+    assert any("mse" in r and "lr" in r for r in records)
+    sae, _ = load_sae(out)
+    x = torch.randn(5, D_MODEL)
+    assert sae(x).shape == x.shape
+
+
+def test_a_complete_checkpoint_with_the_same_config_is_skipped(store, tmp_path, capsys):
+    cfg = config(store, tmp_path / "sae", epochs=1)
+    train(cfg)
+    before = (tmp_path / "sae" / WEIGHTS_FILE).stat().st_mtime_ns
+    train(cfg)
+    assert (tmp_path / "sae" / WEIGHTS_FILE).stat().st_mtime_ns == before
+    assert "skipping" in capsys.readouterr().err
+    train(config(store, tmp_path / "sae", epochs=1, seed=5))  # another config trains again
+    assert (tmp_path / "sae" / WEIGHTS_FILE).stat().st_mtime_ns != before
+
+
+@pytest.mark.parametrize("sae,hparams,stop", [
+    ("topk", {"k": 4, "dead_tokens": 64}, 11),  # mid-epoch; AuxK active (dead latents)
+    ("batchtopk", {"k": 4}, 50),  # in the second epoch
+    ("jumprelu", {}, 11),
+])
+def test_resume_ends_with_the_same_weights(store, tmp_path, sae, hparams, stop):
+    straight = train(config(store, tmp_path / "straight", sae=sae, hparams=hparams))
+    interrupted = config(store, tmp_path / "resumed", sae=sae, hparams=hparams)
+    train(interrupted, stop_after_steps=stop)
+    state = json.loads((tmp_path / "resumed" / STATE_META_FILE).read_text())
+    assert state["step"] == stop and state["batch_in_epoch"] > 0
+    assert state["epoch"] == (1 if stop == 50 else 0)
+    assert not (tmp_path / "resumed" / META_FILE).exists()
+    train(interrupted.model_copy(update={"resume": True}))
+    assert (straight / WEIGHTS_FILE).read_bytes() == (tmp_path / "resumed" / WEIGHTS_FILE).read_bytes()
+
+
+def test_resume_refuses_a_state_of_another_config(store, tmp_path):
+    train(config(store, tmp_path / "sae"), stop_after_steps=3)
+    with pytest.raises(ConfigError, match="different config"):
+        train(config(store, tmp_path / "sae", lr=1e-2, resume=True))
+
+
+def test_training_streams_batches_from_the_reader(store, tmp_path, monkeypatch):
+    from scircuits.store import ActivationStore
+
+    requested: list[int] = []
+    original = ActivationStore.iter_batches
+
+    def spy(self, batch_size, **kwargs):
+        requested.append(batch_size)
+        yield from original(self, batch_size, **kwargs)
+
+    def no_whole_reads(self, start, stop):
+        raise AssertionError("training must not read rows outside the streaming reader")
+
+    monkeypatch.setattr(ActivationStore, "iter_batches", spy)
+    monkeypatch.setattr(ActivationStore, "read_rows", no_whole_reads)
+    train(config(store, tmp_path / "sae", epochs=1))
+    n_tokens = ActivationStore(store).n_tokens
+    assert requested and max(requested) < n_tokens
+    assert 64 in requested
+
+
+def test_phase4_preset():
+    cfg = apply_preset(TrainConfig(store="s", preset="phase4"))
+    assert (cfg.sae, cfg.expansion, cfg.epochs, cfg.batch_size, cfg.lr) == ("relu", 8, 20, 32, 1e-4)
+    assert cfg.hparams == {"l1": 1e-4, "decorrelation": 0.01}
+    mine = apply_preset(TrainConfig(store="s", preset="phase4", lr=1e-3, hparams={"l1": 1e-3}))
+    assert mine.lr == 1e-3 and mine.hparams["l1"] == 1e-3 and mine.hparams["decorrelation"] == 0.01
+    with pytest.raises(ConfigError, match="phase4"):
+        apply_preset(TrainConfig(store="s", preset="nope"))
+
+
+def test_geometric_median_resists_outliers():
+    points = torch.zeros(101, 3)
+    points[:3] = 1000.0
+    assert geometric_median(points).norm() < 1.0
+    assert points.mean(dim=0).norm() > 10
+
+
+def test_cli_train(store, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    args = ["--store", str(store), "--sae", "relu", "--l1", "0.01", "--hparam", "decorrelation_tokens=32",
+            "--expansion", "2", "--batch-size", "64", "--tokens", "640", "--out", str(out), "--no-progress"]
+    result = runner.invoke(train_command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["hparams"]["l1"] == 0.01 and meta["hparams"]["decorrelation_tokens"] == 32
+    assert meta["steps"] == 10 and meta["tokens"] == 640
+    bad = runner.invoke(train_command, ["--store", str(store), "--sae", "relu", "--k", "3", "--out", str(out)])
+    assert bad.exit_code != 0 and "k" in str(bad.exception)
+
+
+def test_cli_train_from_a_config_file(store, tmp_path):
+    cfg_file = tmp_path / "train.toml"
+    cfg_file.write_text(f'[train]\nstore = "{store}"\nsae = "gated"\nexpansion = 2\nbatch_size = 64\n'
+                        f'tokens = 320\nout = "{tmp_path / "from_file"}"\nprogress = false\n')
+    result = CliRunner().invoke(train_command, ["--config", str(cfg_file)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "from_file" / META_FILE).read_text())["variant"] == "gated"
