@@ -302,6 +302,28 @@ def feature_statistics(data: EvalData, n_samples: int = 4096, seed: int = 0) -> 
     return FeatureStats(mean=mean, samples=pool), mean.numpy(), (fired / max(count, 1)).numpy()
 
 
+def reconstruction_metrics(data: EvalData) -> dict[str, float]:
+    """FVU, L0 and dead fraction of the SAE on the evaluation tokens (DESIGN.md definitions)."""
+    sq_err = sq = 0.0
+    sum_x: torch.Tensor | None = None
+    tokens, active = 0, 0.0
+    fired: torch.Tensor | None = None
+    for eb in data.batches:
+        mask = token_mask(eb.batch)
+        x = eb.cache.site_output[mask].double()
+        sq_err += float(eb.error[mask].double().pow(2).sum())
+        sq += float(x.pow(2).sum())
+        sum_x = x.sum(0) if sum_x is None else sum_x + x.sum(0)
+        tokens += x.shape[0]
+        on = eb.features[mask] > 0
+        active += float(on.sum())
+        fired = on.any(0) if fired is None else fired | on.any(0)
+    variance = sq - float(sum_x.pow(2).sum()) / tokens if sum_x is not None and tokens else 0.0
+    return {"fvu": sq_err / variance if variance > 0 else float("nan"), "l0": active / max(tokens, 1),
+            "dead_fraction": 1.0 - float(fired.float().mean()) if fired is not None else float("nan"),
+            "tokens": tokens}
+
+
 def control_draws(k: int, ranked_top: Sequence[int], active: np.ndarray, draws: int, seed: int) -> list[list[int]]:
     """``draws`` sets of k features among the active ones outside the top k (seeded by seed and k)."""
     top = set(int(i) for i in ranked_top[:k])
@@ -487,14 +509,21 @@ def resolve_layer(config: AblateConfig, loaded: LoadedModel, sae_info: dict[str,
     return loaded.adapter.layer_or_default(None, loaded.n_layers)
 
 
+def sae_site(info: dict[str, Any]) -> tuple[int | None, str | None]:
+    """(layer, site) the SAE was trained on, from its scircuits.json (the store's attributes) or cfg.json."""
+    meta = info.get("meta") if isinstance(info.get("meta"), dict) else {}
+    store = meta.get("store") if isinstance(meta.get("store"), dict) else {}
+    attrs = store.get("attrs") if isinstance(store.get("attrs"), dict) else {}
+    layer, site = attrs.get("layer"), attrs.get("site")
+    if layer is None:
+        cfg = info.get("cfg") if isinstance(info.get("cfg"), dict) else {}
+        metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+        layer = metadata.get("hook_layer")
+    return (int(layer) if isinstance(layer, int) else None, site if isinstance(site, str) else None)
+
+
 def sae_layer(info: dict[str, Any]) -> int | None:
-    for key in ("store", "store_provenance", "provenance"):
-        value = info.get(key)
-        if isinstance(value, dict) and isinstance(value.get("layer"), int):
-            return value["layer"]
-    meta = info.get("metadata") if isinstance(info.get("metadata"), dict) else {}
-    hook = meta.get("hook_layer") if meta else None
-    return hook if isinstance(hook, int) else None
+    return sae_site(info)[0]
 
 
 def load_inputs(config: AblateConfig, loaded: LoadedModel | None = None) -> AblateInputs:
@@ -522,8 +551,13 @@ def load_inputs(config: AblateConfig, loaded: LoadedModel | None = None) -> Abla
     examples = list(benchmark.examples(config.split, config.limit, config.seed, config.benchmark_options))
     if not examples:
         raise ConfigError(f"benchmark {config.benchmark!r} gave no examples for split {config.split!r}")
-    layer = resolve_layer(config, loaded, dict(info) if isinstance(info, dict) else {})
-    return AblateInputs(loaded, sae, dict(info) if isinstance(info, dict) else {}, examples, layer)
+    info = dict(info) if isinstance(info, dict) else {}
+    trained_site = sae_site(info)[1]
+    if trained_site is not None and trained_site != config.site:
+        raise ConfigError(f"the SAE in {config.sae} was trained on the {trained_site!r} site, not {config.site!r}; "
+                          f"pass --site {trained_site}")
+    layer = resolve_layer(config, loaded, info)
+    return AblateInputs(loaded, sae, info, examples, layer)
 
 
 def check_weights(adapter: Any, model_path: str | None) -> None:
@@ -671,6 +705,7 @@ def analyse(config: AblateConfig, inputs: AblateInputs) -> tuple[dict[str, Any],
         },
         "rank": {"method": config.rank, "order": "most negative attribution first" if config.rank == "attribution"
                  else "highest mean activation first", "top": ranked[: max(config.top_k + [config.exact_top, 1])]},
+        "sae_metrics_eval": reconstruction_metrics(data),
         "active_features": int(active.sum()), "d_sae": int(sae.W_dec.shape[0]),
         "sweeps": sweeps,
         "features": features,
@@ -742,7 +777,11 @@ def provenance(config: AblateConfig, inputs: AblateInputs, data: EvalData) -> di
             from scircuits.platform.provenance import file_sha256
 
             sae_prov["weights_sha256"] = file_sha256(weights)
-        sae_prov["info"] = {k: v for k, v in inputs.sae_info.items() if k in ("config_hash", "metrics", "train", "store", "created")}
+        meta = inputs.sae_info.get("meta") or {}
+        sae_prov.update({k: meta.get(k) for k in ("config_hash", "metrics", "steps", "tokens", "created", "variant")
+                         if k in meta})
+        if isinstance(meta.get("store"), dict):
+            sae_prov["store_path"] = meta["store"].get("path")
     store_prov: dict[str, Any] | None = None
     if config.store:
         try:

@@ -201,6 +201,7 @@ class RunConfig(StageConfig):
     expansion: int = Field(default=4, gt=0)
     sae_hparams: dict[str, Any] = Field(default_factory=dict)
     train_lr: float = Field(default=1e-3, gt=0)
+    train_batch_size: int = Field(default=4096, gt=0)
     # ablate
     rank: Literal["attribution", "activation"] = "attribution"
     top_k: list[int] = Field(default_factory=lambda: [1, 5, 20, 50])
