@@ -185,9 +185,9 @@ def test_bad_inputs_are_explained(tmp_path):
         ActivationStoreWriter.open(tmp_path / "c.zarr", synthetic_attrs(n_tokens=3), d_model=D)
     with pytest.raises(ConfigError, match="float16, float32"):
         ActivationStoreWriter.open(tmp_path / "d.zarr", synthetic_attrs(), d_model=D, dtype="int8")
-    with ActivationStoreWriter.open(tmp_path / "e.zarr", synthetic_attrs(), d_model=D) as writer:
-        with pytest.raises(ScircuitsError, match=r"shape \(4, 5\), expected \(4, 12\)"):
-            writer.append_example(0, np.arange(4), np.zeros((4, 5)))
+    with ActivationStoreWriter.open(tmp_path / "e.zarr", synthetic_attrs(), d_model=D) as writer, \
+            pytest.raises(ScircuitsError, match=r"shape \(4, 5\), expected \(4, 12\)"):
+        writer.append_example(0, np.arange(4), np.zeros((4, 5)))
     (tmp_path / "f").mkdir()
     (tmp_path / "f" / "notes.txt").write_text("x")
     with pytest.raises(NotAStoreError, match="not an activation store"):

@@ -14,8 +14,8 @@ share is one row longer than the smallest may drop that row.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 

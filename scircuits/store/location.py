@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import zarr
+import zarr.errors
 
 from scircuits.store.errors import NotAStoreError, StoreLockedError
 from scircuits.store.format import ARRAYS, FORMAT, FORMAT_VERSION
@@ -50,7 +51,7 @@ def read_group(path: str | os.PathLike[str], storage_options: dict[str, Any] | N
         raise NotAStoreError(f"{path}: no such activation store (the path does not exist)")
     try:
         group = open_group(path, "r", storage_options)
-    except Exception as exc:  # zarr raises several kinds for "no group here"
+    except (zarr.errors.BaseZarrError, OSError, ValueError, KeyError) as exc:  # no group, or a broken one
         raise NotAStoreError(
             f"{path} is not an activation store: no Zarr v3 group could be opened there ({exc})"
         ) from None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Iterator, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -23,7 +24,7 @@ SHUFFLE_BUFFER_BYTES = 256 << 20
 
 
 class LabelledBatch(NamedTuple):
-    acts: "torch.Tensor"  # (batch, d_model) float32
+    acts: torch.Tensor  # (batch, d_model) float32
     example_ids: np.ndarray  # (batch,) int32
     token_ids: np.ndarray
     positions: np.ndarray
@@ -124,7 +125,7 @@ class ActivationStore:
         if not 0 <= eval_fraction < 1:
             raise ConfigError(f"eval_fraction must be in [0, 1), not {eval_fraction}")
         ids = self.unique_example_ids
-        n_eval = int(round(eval_fraction * ids.shape[0]))
+        n_eval = round(eval_fraction * ids.shape[0])
         if eval_fraction > 0 and ids.shape[0] >= 2:
             n_eval = min(max(n_eval, 1), ids.shape[0] - 1)
         order = np.random.default_rng(seed).permutation(ids.shape[0])
@@ -169,7 +170,7 @@ class ActivationStore:
         drop_last: bool = False,
         epoch: int = 0,
         split_seed: int = 0,
-    ) -> Iterator["torch.Tensor"]:
+    ) -> Iterator[torch.Tensor]:
         """Shuffled float32 batches (batch_size, d_model) of one epoch; see scircuits.store.batches.
 
         The train/eval split draws whole examples with ``split_seed`` (independent of ``seed``, so

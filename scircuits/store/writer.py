@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from zarr.errors import NodeNotFoundError
 
 from scircuits.platform.errors import ScircuitsError
 from scircuits.platform.provenance import now_iso
@@ -46,6 +47,9 @@ from scircuits.store.format import (
 from scircuits.store.location import WriterLock, check_format, local_path, open_group, remove_partial_files
 
 _FIRST_CAPACITY_CHUNKS = 16
+# Write every chunk, even all-zero ones: zarr's emptiness test is slow on float16, and a store whose
+# files all exist is simpler to compare and to read with other tools.
+_ARRAY_CONFIG = {"write_empty_chunks": True}
 
 
 class ActivationStoreWriter:
@@ -57,7 +61,7 @@ class ActivationStoreWriter:
         self._lock = lock
         self.complete = complete
         self._closed = False
-        self._arrays = {name: group[name] for name in ARRAYS} if not complete else {}
+        self._arrays = {name: group[name].with_config(_ARRAY_CONFIG) for name in ARRAYS} if not complete else {}
         attrs = dict(group.attrs)
         self.d_model = int(attrs["d_model"])
         self.dtype = str(attrs["dtype"])
@@ -98,7 +102,7 @@ class ActivationStoreWriter:
         dtype: str = "float16",
         chunk_rows: int | None = None,
         compressor: str | None = DEFAULT_COMPRESSOR,
-    ) -> "ActivationStoreWriter":
+    ) -> ActivationStoreWriter:
         """Create a store, resume an incomplete one with the same identity, or reopen a complete one.
 
         ``chunk_rows`` (default: about 4 MiB of acts per chunk) and ``compressor`` apply to a new
@@ -143,7 +147,7 @@ class ActivationStoreWriter:
             try:
                 open_group(text, "r")
                 exists = True
-            except Exception:
+            except (NodeNotFoundError, FileNotFoundError):
                 exists = False
         if not exists:
             attrs = {
@@ -255,10 +259,10 @@ class ActivationStoreWriter:
             if self._lock is not None:
                 self._lock.release()
 
-    def __enter__(self) -> "ActivationStoreWriter":
+    def __enter__(self) -> ActivationStoreWriter:
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         self.close(complete=exc_type is None)
 
     # ------------------------------------------------------------------ internals
@@ -272,23 +276,24 @@ class ActivationStoreWriter:
             )
 
     def _checked_rows(self, example_index: int, rows: np.ndarray) -> np.ndarray:
+        """The rows in the store's dtype; refuses NaN, inf and values that overflow that dtype."""
         if not np.issubdtype(rows.dtype, np.floating):
             rows = rows.astype(np.float32)
+        with np.errstate(over="ignore"):
+            stored = np.ascontiguousarray(rows, dtype=self.dtype)
+        if _all_finite(stored):
+            return stored
         n_nan = int(np.isnan(rows).sum())
         n_inf = int(np.isinf(rows).sum())
-        with np.errstate(over="ignore"):
-            stored = rows.astype(self.dtype, copy=False)
         n_overflow = int((~np.isfinite(stored)).sum()) - n_nan - n_inf
-        if n_nan or n_inf or n_overflow:
-            parts = [f"{n_nan} NaN", f"{n_inf} inf"]
-            if n_overflow:
-                parts.append(f"{n_overflow} finite values too large for {self.dtype} (use --dtype float32)")
-            raise NonFiniteActivationsError(
-                f"example {example_index}: activations hold {', '.join(parts)} among {rows.size} values "
-                f"({rows.shape[0]} tokens); nothing of this example was stored",
-                example_index=example_index, n_nan=n_nan, n_inf=n_inf, n_overflow=n_overflow,
-            )
-        return stored
+        parts = [f"{n_nan} NaN", f"{n_inf} inf"]
+        if n_overflow:
+            parts.append(f"{n_overflow} finite values too large for {self.dtype} (use --dtype float32)")
+        raise NonFiniteActivationsError(
+            f"example {example_index}: activations hold {', '.join(parts)} among {rows.size} values "
+            f"({rows.shape[0]} tokens); nothing of this example was stored",
+            example_index=example_index, n_nan=n_nan, n_inf=n_inf, n_overflow=n_overflow,
+        )
 
     def _write_buffer(self) -> None:
         """Write the buffered chunk (zero-padded when partial), then record the progress it covers."""
@@ -338,6 +343,15 @@ def _create_missing_arrays(group: Any, d_model: int, dtype: str, attrs: Any) -> 
         if name not in group:
             group.create_array(name, shape=(0,), chunks=(rows,), dtype=ID_DTYPE, compressors=codecs,
                                fill_value=0)
+
+
+_EXPONENT_BITS = {np.dtype("float16"): (np.uint16, 0x7C00), np.dtype("float32"): (np.uint32, 0x7F800000)}
+
+
+def _all_finite(values: np.ndarray) -> bool:
+    """No NaN or inf: checked on the exponent bits (float16 arithmetic is slow on many CPUs)."""
+    uint, mask = _EXPONENT_BITS[values.dtype]
+    return values.size == 0 or int(np.bitwise_and(values.view(uint), mask).max()) != mask
 
 
 def _as_numpy(values: Any) -> np.ndarray:
