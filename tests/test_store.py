@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -274,3 +275,45 @@ def test_stats_on_a_sample_reads_whole_blocks(tmp_path):
     stats = ActivationStore(path).stats(max_rows=40)
     assert stats["rows"] == 48 and stats["rows_total"] > 48
     assert json.dumps({k: v for k, v in stats.items() if not hasattr(v, "shape")})
+
+
+def test_fsspec_url_write_resume_and_read():
+    """A store on any fsspec URL (here the in-memory filesystem) is written, resumed and read the same way."""
+    url = "memory://scircuits-test/resume.zarr"
+    writer = ActivationStoreWriter.open(url, synthetic_attrs(), d_model=D, chunk_rows=16)
+    for i in range(6):
+        writer.append_example(i, *synthetic_example(i, D))
+    writer.close(complete=False)
+    writer = ActivationStoreWriter.open(url, synthetic_attrs(), d_model=D, chunk_rows=16)
+    assert writer.n_examples_written == 6
+    for i in range(6, 12):
+        writer.append_example(i, *synthetic_example(i, D))
+    writer.close()
+    store = ActivationStore(url)
+    _, acts, examples, _ = expected_rows(12)
+    assert store.complete and store.size_on_disk() > 0
+    np.testing.assert_array_equal(store.read_rows(0, store.n_tokens), acts.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(store.example_ids, examples)
+    with pytest.raises(StoreMismatchError, match="seed: stored 0, now 1"):
+        ActivationStoreWriter.open(url, synthetic_attrs(seed=1), d_model=D)
+
+
+def test_writer_memory_is_one_chunk_not_the_store(tmp_path):
+    d_model, chunk_rows = 64, 128
+    writer = ActivationStoreWriter.open(tmp_path / "s.zarr", synthetic_attrs(), d_model=d_model,
+                                        chunk_rows=chunk_rows)
+    examples = [synthetic_example(i, d_model, max_tokens=64) for i in range(8)]
+    tracemalloc.start()
+    try:
+        total = 0
+        for i in range(400):
+            token_ids, acts = examples[i % 8]
+            writer.append_example(i, token_ids, acts)
+            total += acts.shape[0]
+        writer.close()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    stored_bytes = total * d_model * 2
+    assert stored_bytes > 20 * chunk_rows * d_model * 2
+    assert peak < 4 * chunk_rows * d_model * 4 + (256 << 10) < stored_bytes / 4, (peak, stored_bytes)
