@@ -1,0 +1,173 @@
+"""The causal study on tiny models: attribution against exact ablation, results.json, the guards."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scircuits.platform.causal import (
+    AblateInputs,
+    Study,
+    control_draws,
+    feature_statistics,
+    prepare_eval,
+    resolve_layer,
+    run_ablate,
+)
+from scircuits.platform.config import AblateConfig
+from scircuits.platform.errors import ConfigError
+from scircuits.platform.plugins import get_plugins
+from scircuits.platform.sae_module import SparseAutoencoder
+from scircuits.platform.splice import SpliceError, SplitModel
+from scircuits.platform.statistics import spearman
+from scircuits.testing import tiny_loaded_model
+
+
+class ReluSAE(SparseAutoencoder):
+    variant = "relu-test"
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.pre_activation(x))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_loaded_model("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return list(get_plugins().benchmarks.get("arithmetic").examples("test", 12, 0, {}))
+
+
+def constant_feature_sae(d_in: int, norms: list[float], seed: int = 0) -> ReluSAE:
+    """Every feature is 1 on every token (no encoder weights, bias 1); feature i writes a random
+    direction of norm ``norms[i]``: zero-ablating it moves the residual by exactly that vector."""
+    torch.manual_seed(seed)
+    sae = ReluSAE(d_in, len(norms))
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.b_enc.fill_(1.0)
+        sae.b_dec.zero_()
+        directions = torch.randn(len(norms), d_in)
+        directions /= directions.norm(dim=1, keepdim=True)
+        sae.W_dec.copy_(directions * torch.tensor(norms)[:, None])
+    return sae.eval()
+
+
+def test_attribution_agrees_with_exact_ablation_in_sign_and_rank(tiny, examples):
+    norms = [0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05]  # small: the linear regime
+    sae = constant_feature_sae(tiny.d_model, norms)
+    split = SplitModel(tiny, tiny.n_layers - 2, "resid")
+    data = prepare_eval(split, sae, tiny.tokenizer, examples, batch_size=6, max_length=None)
+    stats, _, _ = feature_statistics(data)
+    zero = get_plugins().ablations.get("zero")
+    study = Study(split, sae, data, zero, None, stats, seed=0)
+    attribution = study.attribution()
+    spliced = study.run("splice")
+    exact = np.array([study.run("splice", study.ablate_edit([i], tag=i)).mean_logprob - spliced.mean_logprob
+                      for i in range(len(norms))])
+    assert np.all(np.abs(exact) > 1e-6)  # every feature matters a little
+    assert np.array_equal(np.sign(attribution), np.sign(exact))
+    assert spearman(attribution, exact) >= 0.9
+    assert int(np.argmin(attribution)) == int(np.argmin(exact))  # the same most harmful feature
+    np.testing.assert_allclose(attribution, exact, rtol=0.3, atol=1e-3)  # first order: close, not equal
+
+
+def test_attribution_predicts_the_effect_of_a_feature_along_the_target_direction(tiny, examples):
+    """At the last block, a feature writing along +W_U[t] - mean raises the target's log-prob where t is
+    the target, so ablating it must lower the log-prob: attribution and exact both negative."""
+    split = SplitModel(tiny, tiny.n_layers - 1, "resid")
+    tokens = [tiny.tokenizer(e.target, add_special_tokens=False)["input_ids"][0] for e in examples]
+    target = max(set(tokens), key=tokens.count)
+    chosen = [e for e, t in zip(examples, tokens) if t == target]
+    unembed = split.unembed.weight.detach()
+    direction = unembed[target] - unembed.mean(0)
+    sae = constant_feature_sae(tiny.d_model, [0.1, 0.1])
+    with torch.no_grad():
+        sae.W_dec[0] = 0.05 * direction / direction.norm()
+        sae.W_dec[1] = -0.05 * direction / direction.norm()
+    data = prepare_eval(split, sae, tiny.tokenizer, chosen, batch_size=8, max_length=None)
+    stats, _, _ = feature_statistics(data)
+    study = Study(split, sae, data, get_plugins().ablations.get("zero"), None, stats, seed=0)
+    attribution = study.attribution()
+    base = study.run("splice")
+    exact = [study.run("splice", study.ablate_edit([i], tag=i)).mean_logprob - base.mean_logprob for i in (0, 1)]
+    assert attribution[0] < 0 < attribution[1]
+    assert exact[0] < 0 < exact[1]
+
+
+def test_control_draws_are_seeded_active_and_outside_the_top_k():
+    active = np.zeros(100, dtype=bool)
+    active[::2] = True
+    ranked = list(range(0, 100, 2))
+    draws = control_draws(5, ranked, active, draws=4, seed=3)
+    assert draws == control_draws(5, ranked, active, draws=4, seed=3)
+    assert draws != control_draws(5, ranked, active, draws=4, seed=4)
+    for features in draws:
+        assert len(features) == 5 and len(set(features)) == 5
+        assert all(active[f] and f not in ranked[:5] for f in features)
+
+
+def small_config(tmp_path, **overrides) -> AblateConfig:
+    values = dict(sae="", out=str(tmp_path / "causal"), top_k=[1, 3], random_controls=2, exact_top=4,
+                  faithfulness_n=[1, 2, 4], bootstrap=200, progress=False, layer=2)
+    values.update(overrides)
+    return AblateConfig(**values)
+
+
+def test_run_ablate_writes_results_with_the_documented_keys(tiny, examples, tmp_path):
+    torch.manual_seed(0)
+    sae = ReluSAE(tiny.d_model, 2 * tiny.d_model).eval()
+    out = run_ablate(small_config(tmp_path), inputs=AblateInputs(tiny, sae, {}, examples, 2))
+    results = json.loads((out / "results.json").read_text())
+    assert results["splice"]["max_abs_logit_diff"] < 1e-4
+    for key in ("accuracy", "logprob"):
+        assert key in results["baseline"] and key in results["reconstruction"]
+    assert "ce_loss_recovered" in results["reconstruction"]
+    assert [s["k"] for s in results["sweeps"]] == [1, 3]
+    for sweep in results["sweeps"]:
+        for key in ("ablation", "accuracy_delta", "accuracy_ci", "logprob_delta", "logprob_ci"):
+            assert key in sweep and key in (sweep["control"] if "delta" in key or "ci" in key else sweep)
+        assert sweep["logprob_ci"][0] <= sweep["logprob_delta"] <= sweep["logprob_ci"][1]
+        assert len(sweep["control"]["draws"]) == 2
+    features = results["features"]
+    assert len(features) >= 4
+    for feature in features:
+        for key in ("id", "attribution", "exact_logprob_delta", "exact_accuracy_delta", "top_tokens", "promoted",
+                    "suppressed"):
+            assert key in feature
+    assert all(f["exact_logprob_delta"] is not None for f in features[:4])
+    assert len(features[0]["promoted"]) == 10 and features[0]["top_tokens"]
+    assert results["attribution_vs_exact_spearman"] is not None
+    assert [p["n"] for p in results["faithfulness"]] == [1, 2, 4]
+    for section in ("model", "sae", "benchmark"):
+        assert section in results["provenance"]
+    assert results["provenance"]["model"]["revision"] == "tiny-random-seed0"
+    rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
+    assert len(rows) == len(examples) and {"clean", "splice", "top1", "feature" + str(features[0]["id"])} <= set(rows[0]["scores"])
+
+
+def test_a_splice_that_changes_the_logits_stops_the_stage(tiny, examples, tmp_path, monkeypatch):
+    import scircuits.platform.causal as causal
+
+    def without_error_term(sae, x, edit=None, error_term=True):
+        return sae.decode(sae.encode(x))
+
+    monkeypatch.setattr(causal, "spliced_output", without_error_term)
+    torch.manual_seed(0)
+    sae = ReluSAE(tiny.d_model, 2 * tiny.d_model).eval()
+    with pytest.raises(SpliceError, match="does not reproduce the clean model"):
+        run_ablate(small_config(tmp_path), inputs=AblateInputs(tiny, sae, {}, examples[:4], 2))
+    assert not (tmp_path / "causal" / "results.json").exists()
+
+
+def test_layer_must_match_the_layer_the_sae_was_trained_on(tiny):
+    info = {"meta": {"store": {"attrs": {"layer": 1, "site": "resid"}}}}
+    assert resolve_layer(AblateConfig(), tiny, info) == 1
+    with pytest.raises(ConfigError, match="trained on layer 1"):
+        resolve_layer(AblateConfig(layer=2), tiny, info)
+    assert resolve_layer(AblateConfig(), tiny, {}) == tiny.n_layers // 2
