@@ -1,0 +1,166 @@
+"""Collection speed: our tracing + store write against plain transformers on the same prompts.
+
+    python bench/collect.py                                  # SmolLM2, layer 15, 16 x 128 tokens, 8 batches
+    python bench/collect.py --batches 2 --batch-size 4 --seq-len 64 --rounds 1   # a quick check
+
+On the same token batches (arithmetic few-shot prompts cut to --seq-len tokens, so no padding):
+
+- full forward   a plain transformers forward through every block and the lm_head
+- hook stop      a torch forward hook on block --layer that raises to stop the forward there
+- ours           the collect stage's loop (nnsight trace stopped after the layer + store write)
+
+Each round runs every method once over all batches (interleaved, so machine drift hits them alike);
+the table gives the median tokens/s over rounds, the ratios the issue sets targets for
+(ours / hook stop >= 0.9; hook stop / full forward >= 1.7 at layer 15 of 30) and the peak RSS.
+Not a test: figures depend on whatever else runs on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from scircuits.platform.collect import trace_into_store
+from scircuits.platform.config import CollectConfig
+from scircuits.platform.plugins import get_plugins
+from scircuits.platform.sequences import encode_example
+
+
+class StopForward(Exception):
+    pass
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_full_forward(model, batches) -> float:
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in batches:
+            model(input_ids=batch, use_cache=False)
+    return time.perf_counter() - start
+
+
+def time_hook_stop(model, block, batches) -> float:
+    captured = []
+
+    def hook(_module, _inputs, output):
+        captured.append((output[0] if isinstance(output, tuple) else output).float().cpu())
+        raise StopForward
+
+    handle = block.register_forward_hook(hook)
+    try:
+        start = time.perf_counter()
+        with torch.no_grad():
+            for batch in batches:
+                try:
+                    model(input_ids=batch, use_cache=False)
+                except StopForward:
+                    pass
+                captured.clear()
+        return time.perf_counter() - start
+    finally:
+        handle.remove()
+
+
+def time_ours(config: CollectConfig, loaded, layer, benchmark, options, workdir: Path, round_index: int) -> float:
+    out = workdir / f"round{round_index}.zarr"
+    summary = trace_into_store(config.model_copy(update={"out": str(out)}), loaded, layer, benchmark, options)
+    shutil.rmtree(out, ignore_errors=True)
+    return summary.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model-path")
+    parser.add_argument("--layer", type=int, default=15)
+    parser.add_argument("--site", default="resid", choices=["resid", "mlp", "attn"])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="store dtype")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    plugins = get_plugins()
+    rss_start = rss_mib()
+    loaded = plugins.models.get(args.model).load(model_path=args.model_path)
+    rss_loaded = rss_mib()
+    layer = loaded.adapter.layer_or_default(args.layer, loaded.n_layers)
+    benchmark = plugins.benchmarks.get("arithmetic")
+    n_examples = args.batch_size * args.batches
+    # Enough shots that every prompt is longer than --seq-len; encode_example keeps its end.
+    config = CollectConfig(model=args.model, model_path=args.model_path, layer=layer, site=args.site,
+                           limit=n_examples, batch_size=args.batch_size, dtype=args.dtype,
+                           max_length=args.seq_len, progress=False,
+                           benchmark_options={"n_shots": max(3, args.seq_len // 8), "n_examples": max(n_examples, 200)})
+    options = benchmark.parse_options(config.benchmark_options)
+    examples = list(benchmark.examples(config.split, config.limit, config.seed, options))
+    sequences = [encode_example(loaded.tokenizer, e, args.seq_len).input_ids for e in examples]
+    lengths = {len(s) for s in sequences}
+    if lengths != {args.seq_len}:
+        raise SystemExit(f"prompts are {sorted(lengths)} tokens long, not all {args.seq_len}; lower --seq-len")
+    batches = [torch.tensor(sequences[i : i + args.batch_size]) for i in range(0, n_examples, args.batch_size)]
+    block = loaded.module(f"{loaded.adapter.blocks_path}.{layer}")
+    n_tokens = n_examples * args.seq_len
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-collect-"))
+    times: dict[str, list[float]] = {"full forward": [], "hook stop": [], "ours": []}
+    try:
+        # warm-up: one batch each
+        time_full_forward(loaded.model, batches[:1])
+        time_hook_stop(loaded.model, block, batches[:1])
+        warm = config.model_copy(update={"limit": args.batch_size})
+        time_ours(warm, loaded, layer, benchmark, options, workdir, -1)
+        for round_index in range(args.rounds):
+            times["full forward"].append(time_full_forward(loaded.model, batches))
+            times["hook stop"].append(time_hook_stop(loaded.model, block, batches))
+            times["ours"].append(time_ours(config, loaded, layer, benchmark, options, workdir, round_index))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    rate = {name: n_tokens / statistics.median(ts) for name, ts in times.items()}
+    print(f"model {args.model} ({loaded.n_layers} blocks, d_model {loaded.d_model}), {args.site} of block {layer}; "
+          f"{args.batches} batches of {args.batch_size} x {args.seq_len} tokens, {args.rounds} rounds, "
+          f"{torch.get_num_threads()} threads, store dtype {args.dtype}")
+    print(f"{'method':<14} {'tokens/s':>10} {'rounds (s)':>28}")
+    for name, ts in times.items():
+        print(f"{name:<14} {rate[name]:>10.0f} {', '.join(f'{t:.2f}' for t in ts):>28}")
+    ours_vs_hook = rate["ours"] / rate["hook stop"]
+    stop_vs_full = rate["hook stop"] / rate["full forward"]
+    print(f"ours / hook stop       {ours_vs_hook:.3f}   (target >= 0.9)")
+    print(f"hook stop / full       {stop_vs_full:.3f}   (target >= 1.7 for layer 15 of 30; "
+          f"ideal {loaded.n_layers / (layer + 1):.2f} without embedding and lm_head costs)")
+    print(f"ours / full            {rate['ours'] / rate['full forward']:.3f}")
+    print(f"RSS: start {rss_start:.0f} MiB, model loaded {rss_loaded:.0f} MiB, peak {peak_rss_mib():.0f} MiB "
+          f"(peak - loaded = {peak_rss_mib() - rss_loaded:.0f} MiB)")
+    if args.json:
+        print(json.dumps({"tokens_per_s": rate, "seconds": times, "ours_vs_hook_stop": ours_vs_hook,
+                          "hook_stop_vs_full": stop_vs_full, "rss_loaded_mib": rss_loaded,
+                          "peak_rss_mib": peak_rss_mib(), "n_tokens": n_tokens, "layer": layer,
+                          "threads": torch.get_num_threads()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
