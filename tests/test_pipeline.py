@@ -1,0 +1,157 @@
+"""`scircuits run` orchestration: stage skipping, config-hash invalidation, resume, early weights check.
+
+The stages are replaced by fakes that write the artifacts' completion markers, so these tests
+check the pipeline's decisions alone, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import scircuits.platform.causal as causal
+import scircuits.platform.collect as collect_module
+import scircuits.platform.report as report_module
+import scircuits.platform.training as training
+from scircuits.platform.checkpoint import META_FILE, WEIGHTS_FILE
+from scircuits.platform.config import RunConfig
+from scircuits.platform.pipeline import plan, run_pipeline
+
+
+class FakeStages:
+    def __init__(self, monkeypatch) -> None:
+        self.calls: list[str] = []
+        self.resumed: list[bool] = []
+        self.fail_train = False
+        monkeypatch.setattr(collect_module, "collect", self.collect)
+        monkeypatch.setattr(training, "train", self.train)
+        monkeypatch.setattr(causal, "run_ablate", self.ablate)
+        monkeypatch.setattr(report_module, "write_report", self.report)
+        monkeypatch.setattr(causal, "check_weights", lambda adapter, model_path: None)
+
+    def collect(self, config):
+        self.calls.append("collect")
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "zarr.json").write_text(json.dumps({"attributes": {"complete": True, "config_hash": config.config_hash()}}))
+        return out
+
+    def train(self, config):
+        self.calls.append("train")
+        self.resumed.append(config.resume)
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        if self.fail_train:
+            (out / "training_state.json").write_text("{}")
+            raise KeyboardInterrupt  # killed half-way
+        (out / WEIGHTS_FILE).write_bytes(b"weights")
+        (out / META_FILE).write_text(json.dumps({"complete": True, "config_hash": config.config_hash()}))
+        return out
+
+    def ablate(self, config):
+        self.calls.append("ablate")
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps({"config_hash": config.config_hash()}))
+        return out
+
+    def report(self, run_dirs, out=None):
+        self.calls.append("report")
+        for name in ("report.md", "report.html"):
+            (Path(out) / name).write_text("report")
+        return []
+
+
+@pytest.fixture
+def stages(monkeypatch):
+    return FakeStages(monkeypatch)
+
+
+def config(tmp_path, **overrides) -> RunConfig:
+    return RunConfig(out=str(tmp_path / "runs"), progress=False, **overrides)
+
+
+def test_run_directory_is_named_after_model_benchmark_site_and_layer(tmp_path):
+    the_plan = plan(config(tmp_path, layer=7, site="mlp"))
+    assert the_plan.run_dir == tmp_path / "runs" / "smollm2-135m__arithmetic__mlp7"
+    assert plan(config(tmp_path)).run_dir.name == "smollm2-135m__arithmetic__resid15"  # the adapter's default
+
+
+def test_collection_and_evaluation_use_disjoint_splits_and_enough_examples(tmp_path):
+    the_plan = plan(config(tmp_path, limit=50, collect_limit=900))
+    assert (the_plan.collect.split, the_plan.ablate.split) == ("train", "test")
+    # arithmetic generates n_examples per split: it is asked for enough
+    assert the_plan.collect.benchmark_options["n_examples"] >= 900
+    assert the_plan.ablate.benchmark_options == the_plan.collect.benchmark_options
+
+
+def test_a_complete_run_is_skipped_entirely(tmp_path, stages):
+    run_dir = run_pipeline(config(tmp_path))
+    assert stages.calls == ["collect", "train", "ablate", "report"]
+    stages.calls.clear()
+    assert run_pipeline(config(tmp_path)) == run_dir
+    assert stages.calls == []
+
+
+@pytest.mark.parametrize("change, redone", [
+    ({"exact_top": 3}, ["ablate", "report"]),
+    ({"top_k": [1, 2]}, ["ablate", "report"]),
+    ({"train_tokens": 5000}, ["train", "ablate", "report"]),
+    ({"sae": "relu"}, ["train", "ablate", "report"]),
+    ({"collect_limit": 300}, ["collect", "train", "ablate", "report"]),
+])
+def test_a_changed_flag_redoes_the_stages_it_affects_and_those_after(tmp_path, stages, change, redone):
+    run_pipeline(config(tmp_path))
+    stages.calls.clear()
+    run_pipeline(config(tmp_path, **change))
+    assert stages.calls == redone
+    stages.calls.clear()
+    run_pipeline(config(tmp_path, **change))
+    assert stages.calls == []
+
+
+def test_volatile_flags_redo_nothing(tmp_path, stages):
+    run_pipeline(config(tmp_path))
+    stages.calls.clear()
+    run_pipeline(RunConfig(out=str(tmp_path / "runs"), progress=True))
+    assert stages.calls == []
+
+
+def test_stale_artifacts_are_removed_before_a_stage_is_redone(tmp_path, stages):
+    run_dir = run_pipeline(config(tmp_path))
+    (run_dir / "sae" / "leftover.txt").write_text("from the old SAE")
+    run_pipeline(config(tmp_path, train_tokens=5000))
+    assert not (run_dir / "sae" / "leftover.txt").exists()
+
+
+def test_an_interrupted_training_is_resumed_not_restarted(tmp_path, stages):
+    stages.fail_train = True
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config(tmp_path))
+    assert stages.calls == ["collect", "train"] and stages.resumed == [False]
+    stages.fail_train = False
+    stages.calls.clear()
+    run_dir = run_pipeline(config(tmp_path))
+    assert stages.calls == ["train", "ablate", "report"]
+    assert stages.resumed == [False, True]
+    state = json.loads((run_dir / "pipeline.json").read_text())
+    assert state["stages"]["train"]["completed_key"] == state["stages"]["train"]["started_key"]
+
+
+def test_unavailable_weights_stop_the_run_before_any_work(tmp_path, monkeypatch, capsys):
+    from scircuits.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(collect_module, "collect", lambda config: pytest.fail("collect ran"))
+    out = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--model", "phi-2", "--benchmark", "logic", "--out", str(out)])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "microsoft/phi-2" in message
+    for way in ("--model-path", "Hugging Face cache", "--remote"):
+        assert way in message
+    assert "Traceback" not in message
+    assert not out.exists()
