@@ -38,12 +38,16 @@ CHILD = textwrap.dedent(
             calls["n"] += 1
             return calls["n"] == int(nth)
         if where == "attrs":
-            original_update = Group.update_attributes
+            original_update, original_update_async = Group.update_attributes, Group.update_attributes_async
             def update(self, *args, **kwargs):
                 if die_on_nth():
                     os.kill(os.getpid(), signal.SIGKILL)
                 return original_update(self, *args, **kwargs)
-            Group.update_attributes = update
+            async def update_async(self, *args, **kwargs):
+                if die_on_nth():
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return await original_update_async(self, *args, **kwargs)
+            Group.update_attributes, Group.update_attributes_async = update, update_async
         else:
             original_put = local._put
             def put(file_path, value, exclusive=False):

@@ -12,12 +12,14 @@ to an uninterrupted one.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from zarr.core.sync import sync as zarr_sync
 from zarr.errors import NodeNotFoundError
 
 from scircuits.platform.errors import ScircuitsError
@@ -250,8 +252,7 @@ class ActivationStoreWriter:
             if not self.complete:
                 self.flush()
                 if complete:
-                    for array in self._arrays.values():
-                        array.resize((self._n_tokens, *array.shape[1:]))
+                    self._resize(self._n_tokens)
                     self._set_attrs({"complete": True})
                     self.complete = True
         finally:
@@ -296,26 +297,46 @@ class ActivationStoreWriter:
         )
 
     def _write_buffer(self) -> None:
-        """Write the buffered chunk (zero-padded when partial), then record the progress it covers."""
+        """Write the buffered chunk (zero-padded when partial), then record the progress it covers.
+
+        The four chunk writes and the progress update run in one trip to zarr's event loop (each
+        synchronous zarr call is a thread hand-off, costly on a busy CPU); the update starts only
+        after every write has finished.
+        """
         start, stop = self._buf_start, self._buf_start + self.chunk_rows
         if self._buf_fill < self.chunk_rows:
             self._buf_acts[self._buf_fill :] = 0
             for values in self._buf_ids.values():
                 values[self._buf_fill :] = 0
         self._ensure_capacity(stop)
-        self._arrays[ACTS][start:stop] = self._buf_acts
-        for name in ID_ARRAYS:
-            self._arrays[name][start:stop] = self._buf_ids[name]
-        self._record_progress()
+        columns = {ACTS: self._buf_acts, **self._buf_ids}
+        progress = self._progress_after(self._buf_start + self._buf_fill)
+
+        async def write_then_record() -> None:
+            await asyncio.gather(*(self._arrays[name].async_array.setitem(slice(start, stop), values)
+                                   for name, values in columns.items()))
+            if progress is not None:
+                self._group = await self._group.update_attributes_async(_progress_attrs(self._group, progress))
+
+        zarr_sync(write_then_record())
+        if progress is not None:
+            self._recorded_tokens, self._recorded_examples = progress
+
+    def _progress_after(self, durable_rows: int) -> tuple[int, int] | None:
+        """Pop the examples that end within ``durable_rows``; the new (n_tokens, n_examples) or None."""
+        tokens, examples = self._recorded_tokens, self._recorded_examples
+        while self._pending and self._pending[0][0] <= durable_rows:
+            tokens, examples = self._pending.popleft()
+        if (tokens, examples) == (self._recorded_tokens, self._recorded_examples):
+            return None
+        return tokens, examples
 
     def _record_progress(self) -> None:
-        durable = self._buf_start + self._buf_fill if self._buf_fill else self._buf_start
-        tokens, examples = self._recorded_tokens, self._recorded_examples
-        while self._pending and self._pending[0][0] <= durable:
-            tokens, examples = self._pending.popleft()
-        if (tokens, examples) != (self._recorded_tokens, self._recorded_examples):
-            self._set_attrs({"n_tokens": tokens, "n_examples": examples})
-            self._recorded_tokens, self._recorded_examples = tokens, examples
+        """Record examples that are already entirely written (those ending at a chunk boundary)."""
+        progress = self._progress_after(self._buf_start)
+        if progress is not None:
+            self._set_attrs(_progress_attrs(self._group, progress))
+            self._recorded_tokens, self._recorded_examples = progress
 
     def _set_attrs(self, changes: dict[str, Any]) -> None:
         """One write of the group's metadata (zarr's ``attrs.update`` writes once per key)."""
@@ -326,10 +347,21 @@ class ActivationStoreWriter:
             return
         grown = max(rows, 2 * self._capacity, _FIRST_CAPACITY_CHUNKS * self.chunk_rows)
         grown = -(-grown // self.chunk_rows) * self.chunk_rows
-        for array in self._arrays.values():
-            if array.shape[0] != grown:
-                array.resize((grown, *array.shape[1:]))
+        self._resize(grown)
         self._capacity = grown
+
+    def _resize(self, rows: int) -> None:
+        arrays = [a for a in self._arrays.values() if a.shape[0] != rows]
+
+        async def resize_all() -> None:
+            await asyncio.gather(*(a.async_array.resize((rows, *a.shape[1:])) for a in arrays))
+
+        zarr_sync(resize_all())
+
+
+def _progress_attrs(group: Any, progress: tuple[int, int]) -> dict[str, Any]:
+    """All of the group's attributes with new progress (update_attributes_async replaces them all)."""
+    return {**group.attrs.asdict(), "n_tokens": progress[0], "n_examples": progress[1]}
 
 
 def _create_missing_arrays(group: Any, d_model: int, dtype: str, attrs: Any) -> None:
