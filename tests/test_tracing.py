@@ -111,6 +111,18 @@ def test_remote_without_an_ndif_key_is_a_clear_error(monkeypatch):
         load_remote(get_plugins().models.get("llama-3-8b"), backend=True)
 
 
+def test_remote_without_the_hub_is_a_clear_error(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    from scircuits.platform.errors import WeightsUnavailableError
+
+    monkeypatch.setenv("NDIF_API_KEY", "test-key")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(WeightsUnavailableError, match="meta-llama/Meta-Llama-3-8B.*offline"):
+        load_remote(get_plugins().models.get("llama-3-8b"), backend=True)
+
+
 @pytest.mark.slow
 def test_smollm2_traced_rows_equal_a_per_example_forward(smollm2):
     from scircuits.platform.sequences import encode_example

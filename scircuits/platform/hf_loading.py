@@ -105,6 +105,28 @@ def check_local_folder(adapter: "ModelAdapter", model_path: str | Path) -> Weigh
     return WeightsSource(str(folder), local=True, revision=_snapshot_commit(folder.resolve()))
 
 
+class HubUnreachable(Exception):
+    """Why the hub cannot serve a repository now (wrapped into a user-facing error by the callers)."""
+
+
+def hub_revision(repo_id: str) -> str | None:
+    """The hub's current commit of ``repo_id``; HubUnreachable, fast, when it cannot serve it."""
+    if is_hf_offline():
+        raise HubUnreachable("the hub is offline (HF_HUB_OFFLINE=1)")
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        info = model_info(repo_id, timeout=10)
+    except GatedRepoError:
+        raise HubUnreachable(f"{repo_id} is gated: accept its licence on huggingface.co and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise HubUnreachable(f"the hub has no repository {repo_id} (or it is private: set HF_TOKEN)") from None
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types
+        raise HubUnreachable(f"the hub cannot be reached ({type(exc).__name__}: {exc})") from None
+    return getattr(info, "sha", None)
+
+
 def check_hub_repo(adapter: "ModelAdapter", repo_id: str) -> WeightsSource:
     """A cached repo, or one the hub will serve now; else WeightsUnavailableError, fast."""
     from huggingface_hub import try_to_load_from_cache
@@ -114,25 +136,30 @@ def check_hub_repo(adapter: "ModelAdapter", repo_id: str) -> WeightsSource:
         cached = [f for f in WEIGHT_FILES if isinstance(try_to_load_from_cache(repo_id, f), str)]
         if cached:
             return WeightsSource(repo_id, local=False, revision=_snapshot_commit(config_path))
-    if is_hf_offline():
-        raise WeightsUnavailableError(weights_help(
-            adapter, f"{repo_id} is not in the Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1)"))
-    from huggingface_hub import model_info
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
     try:
-        info = model_info(repo_id, timeout=10)
-    except GatedRepoError:
+        revision = hub_revision(repo_id)
+    except HubUnreachable as exc:
         raise WeightsUnavailableError(weights_help(
-            adapter, f"{repo_id} is gated: accept its licence on huggingface.co and set HF_TOKEN")) from None
-    except RepositoryNotFoundError:
-        raise WeightsUnavailableError(weights_help(
-            adapter, f"the hub has no repository {repo_id} (or it is private: set HF_TOKEN)")) from None
-    except Exception as exc:  # noqa: BLE001 - network errors come in many types
-        raise WeightsUnavailableError(weights_help(
-            adapter, f"{repo_id} is not in the Hugging Face cache and the hub cannot be reached "
-                     f"({type(exc).__name__}: {exc})")) from None
-    return WeightsSource(repo_id, local=False, revision=getattr(info, "sha", None))
+            adapter, f"{repo_id} is not in the Hugging Face cache and {exc}")) from None
+    return WeightsSource(repo_id, local=False, revision=revision)
+
+
+def check_hub_config(adapter: "ModelAdapter", repo_id: str) -> str | None:
+    """Remote execution needs only the config and tokenizer here: cached, or from the hub now.
+    Returns the repository's commit when known."""
+    from huggingface_hub import try_to_load_from_cache
+
+    config_path = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(config_path, str):
+        return _snapshot_commit(config_path)
+    try:
+        return hub_revision(repo_id)
+    except HubUnreachable as exc:
+        raise WeightsUnavailableError(
+            f"--remote runs {adapter.name!r} on NDIF but needs its config and tokenizer ({repo_id}) here: "
+            f"they are not in the Hugging Face cache and {exc}. Connect to the network, set HF_HOME to a "
+            "cache that holds them, or pass --model-path DIR with config.json and the tokenizer files."
+        ) from None
 
 
 def check_weights_available(adapter: "ModelAdapter", model_path: str | Path | None = None) -> WeightsSource:

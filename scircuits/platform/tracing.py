@@ -102,7 +102,7 @@ def load_remote(adapter: "ModelAdapter", *, model_path: str | None = None,
     ``model_path`` (a local folder) replaces the hub id; with ``backend="local"`` nothing leaves
     this machine (nnsight's offline stand-in for NDIF, used by the tests).
     """
-    from scircuits.platform.hf_loading import config_sizes, weights_revision
+    from scircuits.platform.hf_loading import check_hub_config, config_sizes, weights_revision
     from scircuits.platform.models import LoadedModel
 
     if backend is True and not ndif_api_key():
@@ -110,18 +110,22 @@ def load_remote(adapter: "ModelAdapter", *, model_path: str | None = None,
             "--remote runs the model on NDIF and needs an API key: set NDIF_API_KEY (get one at "
             "https://login.ndif.us), or drop --remote to run the model here."
         )
+    if backend is True and model_path is not None:
+        raise ConfigError("--remote runs a hub model on NDIF, which knows it by its repository id; "
+                          "a local --model-path cannot be sent there. Drop one of the two.")
     if backend is True and not adapter.remote:
         print(f"warning: {adapter.name} is not known to be served by NDIF; trying anyway", file=sys.stderr)
     source = str(model_path) if model_path is not None else adapter.hf_id
     if not source:
         raise ConfigError(f"model {adapter.name!r} names no hub repository to run remotely")
+    hub_commit = None if os.path.isdir(source) else check_hub_config(adapter, source)
     try:
         from nnsight.modeling.transformers import TransformersModel
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(source)
         wrapped = TransformersModel(source, task="text-generation", tokenizer=copy.deepcopy(tokenizer))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise WeightsUnavailableError(
             f"cannot read the config and tokenizer of {source} for remote execution: {exc}. Remote "
             "execution needs network access to the Hugging Face hub (or a local folder via --model-path)."
@@ -131,10 +135,10 @@ def load_remote(adapter: "ModelAdapter", *, model_path: str | None = None,
     if resolve is not None:
         adapter = resolve(module)
     n_layers, d_model = config_sizes(module.config)
-    if model_path is not None:
-        revision = weights_revision(model_path)
+    if os.path.isdir(source):
+        revision = weights_revision(source)
     else:
-        revision = getattr(module.config, "_commit_hash", None) or "ndif:unknown"
+        revision = hub_commit or getattr(module.config, "_commit_hash", None) or "unknown"
     loaded = LoadedModel(adapter=adapter, model=module, tokenizer=tokenizer, model_id=source,
                          revision=revision, dtype="remote", device="ndif" if backend is True else "local",
                          n_layers=n_layers, d_model=d_model)
