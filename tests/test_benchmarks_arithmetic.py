@@ -95,6 +95,15 @@ def test_more_examples_extend_fewer(bench):
     few = list(bench.examples(options={"n_examples": 20}))
     many = list(bench.examples(options={"n_examples": 80}))
     assert many[:20] == few
+    assert list(bench.examples(limit=20, options={"n_examples": 80})) == few
+
+
+def test_a_limit_beyond_n_examples_continues_the_same_sequence(bench):
+    default = list(bench.examples())
+    longer = list(bench.examples(limit=260))
+    assert len(default) == 200 and len(longer) == 260
+    assert longer[:200] == default
+    assert len({e.prompt.rsplit("\n", 1)[1] for e in longer}) == 260, "still distinct problems"
 
 
 def test_train_and_test_problems_are_disjoint_whatever_the_seeds(bench):
@@ -144,8 +153,18 @@ def test_invalid_options_are_config_errors(bench, options, fragment):
 
 
 def test_asking_for_more_problems_than_exist_names_the_count(bench):
-    with pytest.raises(ConfigError, match=r"only \d+ distinct test problems exist .* lower n_examples"):
+    with pytest.raises(ConfigError, match=r"only \d+ distinct test problems exist .* ask for fewer \(n_examples or limit, now 200\)"):
         bench.examples(options={"digits": 1})  # 200 wanted, about 20 one-digit test additions exist
+    with pytest.raises(ConfigError, match=r"only \d+ distinct test problems exist .*now 50\)"):
+        bench.examples(limit=50, options={"digits": 1, "n_examples": 5})
+    assert len(list(bench.examples(limit=3, options={"digits": 1, "n_examples": 5}))) == 3
+
+
+def test_negative_or_huge_limits_are_config_errors(bench):
+    with pytest.raises(ConfigError, match="limit must be a whole number >= 0"):
+        bench.examples(limit=-2)
+    with pytest.raises(ConfigError, match="at most 100,000 examples"):
+        bench.examples(limit=100_001)
 
 
 def test_unknown_split_lists_the_splits(bench):

@@ -12,8 +12,11 @@ operand first, so every answer is a whole number >= 0. Each problem (operation, 
 "test" split or the "train" split by a fixed hash of the problem (a fifth are test), whatever the
 seed, so the two splits never share a problem.
 
-Order. The split's problems are drawn one after the other from a generator seeded by (split, seed):
-``n_examples=N`` gives a prefix of ``n_examples=M > N``, and ``limit`` takes a prefix of that.
+Order. The split's problems are drawn one after the other from a generator seeded by (split, seed),
+an endless sequence of distinct problems: ``n_examples`` (default 200) is how many are given when no
+``limit`` is; a ``limit`` takes the first ``limit`` of the same sequence, even beyond ``n_examples``
+(so collecting activations from 5,000 problems is ``limit=5000``). A shorter run is always a prefix
+of a longer one.
 
 Shots. Every example has its own ``n_shots`` solved problems of the same operation, drawn from the
 train split (never the example's own problem) by a generator seeded by (split, seed, example index),
@@ -30,13 +33,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from scircuits import Benchmark, Example
 from scircuits.platform.errors import ConfigError
-from scircuits.plugins.benchmarks.datafiles import take
+from scircuits.plugins.benchmarks.datafiles import check_limit
 
 Operation = Literal["+", "-", "*"]
 Problem = tuple[str, int, int]  # (operation, a, b)
 
 TEST_FRACTION_DENOMINATOR = 5  # one problem in five is a test problem
 ENUMERATE_UP_TO = 200_000  # problem spaces this small are counted exactly before sampling
+MAX_EXAMPLES = 100_000
 
 
 class ArithmeticOptions(BaseModel):
@@ -45,7 +49,7 @@ class ArithmeticOptions(BaseModel):
     operations: list[Operation] = Field(default_factory=lambda: ["+"], min_length=1)
     digits: int = Field(default=2, ge=1, le=9)
     n_shots: int = Field(default=3, ge=0, le=32)
-    n_examples: int = Field(default=200, ge=1, le=100_000)
+    n_examples: int = Field(default=200, ge=1, le=MAX_EXAMPLES)  # the split's size when no limit is given
     seed: int | None = None  # when given, replaces the run's seed for this benchmark
 
     @field_validator("operations", mode="before")
@@ -147,19 +151,22 @@ class ArithmeticBenchmark(Benchmark):
         self.check_split(split)
         opts: ArithmeticOptions = self.parse_options(options)  # type: ignore[assignment]
         space = ProblemSpace(opts.operations, opts.digits)
-        self._check_enough_problems(space, split, opts)
+        count = opts.n_examples if limit is None else check_limit(limit)
+        self._check_enough_problems(space, split, count, opts)
         used_seed = opts.seed if opts.seed is not None else seed
-        return take(self._generate(space, split, used_seed, opts), limit)
+        return self._generate(space, split, used_seed, count, opts)
 
-    def _check_enough_problems(self, space: ProblemSpace, split: str, opts: ArithmeticOptions) -> None:
+    def _check_enough_problems(self, space: ProblemSpace, split: str, count: int, opts: ArithmeticOptions) -> None:
+        if count > MAX_EXAMPLES:
+            raise ConfigError(f"benchmark 'arithmetic' generates at most {MAX_EXAMPLES:,} examples, asked for {count:,}")
         if space.size() > ENUMERATE_UP_TO:
-            return  # at least a few thousand problems per split: n_examples <= 100,000 always fits
+            return  # at least 160,000 problems per split: any count up to MAX_EXAMPLES fits
         available = space.count_in_split(split)
-        if opts.n_examples > available:
+        if count > available:
             raise ConfigError(
                 f"benchmark 'arithmetic': only {available} distinct {split} problems exist with "
-                f"digits={opts.digits} and operations={opts.operations}; lower n_examples (now "
-                f"{opts.n_examples}) or raise digits"
+                f"digits={opts.digits} and operations={opts.operations}; ask for fewer (n_examples or "
+                f"limit, now {count}) or raise digits"
             )
         if opts.n_shots:
             for op in opts.operations:
@@ -170,9 +177,11 @@ class ArithmeticBenchmark(Benchmark):
                         f"digits={opts.digits} exist for the shots; lower n_shots (now {opts.n_shots})"
                     )
 
-    def _generate(self, space: ProblemSpace, split: str, seed: int, opts: ArithmeticOptions) -> Iterator[Example]:
+    def _generate(
+        self, space: ProblemSpace, split: str, seed: int, count: int, opts: ArithmeticOptions
+    ) -> Iterator[Example]:
         rng = random.Random(f"arithmetic/{split}/{seed}")
-        problems = _sample_distinct(space, rng, split, opts.n_examples)
+        problems = _sample_distinct(space, rng, split, count)
         for index, problem in enumerate(problems):
             shot_rng = random.Random(f"arithmetic/shots/{split}/{seed}/{index}")
             shots = list(_sample_distinct(space, shot_rng, "train", opts.n_shots, exclude=problem,

@@ -12,13 +12,17 @@ from scircuits.platform.errors import ConfigError, DataFormatError
 T = TypeVar("T")
 
 
+def check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ConfigError(f"limit must be a whole number >= 0 or None, got {limit!r}")
+    return limit
+
+
 def take(items: Iterable[T], limit: int | None) -> Iterator[T]:
     """The first ``limit`` items (all when ``limit`` is None)."""
     if limit is None:
         return iter(items)
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise ConfigError(f"limit must be a whole number >= 0 or None, got {limit!r}")
-    return itertools.islice(items, limit)
+    return itertools.islice(items, check_limit(limit))
 
 
 def resolve_data_file(benchmark: str, data: str, split: str, suffix: str, expected: str) -> Path:
