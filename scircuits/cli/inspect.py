@@ -10,20 +10,21 @@ import numpy as np
 from scircuits.cli.common import echo_json
 
 _SHOWN_TOP_DIMS = 5
+DEFAULT_STATS_ROWS = 262_144
 
 
 @click.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (per-dimension lists included).")
-@click.option("--max-rows", type=click.IntRange(min=1), default=None,
-              help="Compute statistics on about this many rows (whole chunks spread over the store).")
-def inspect(store: str, as_json: bool, max_rows: int | None) -> None:
+@click.option("--max-rows", type=click.IntRange(min=0), default=DEFAULT_STATS_ROWS, show_default=True,
+              help="Statistics on about this many rows (whole chunks spread over the store); 0 = every row.")
+def inspect(store: str, as_json: bool, max_rows: int) -> None:
     """Show an activation store's attributes, shape, size on disk and per-dimension statistics."""
     from scircuits.store import ActivationStore
 
     reader = ActivationStore(store)
     info = reader.describe()
-    stats = reader.stats(max_rows=max_rows)
+    stats = reader.stats(max_rows=max_rows or None)
     if as_json:
         echo_json({**info, "stats": _jsonable(stats)})
         return

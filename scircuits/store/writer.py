@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,9 @@ class ActivationStoreWriter:
         self._lock = lock
         self.complete = complete
         self._closed = False
+        self._inflight: Future[Any] | None = None
+        self._inflight_progress: tuple[int, int] | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._arrays = {name: group[name].with_config(_ARRAY_CONFIG) for name in ARRAYS} if not complete else {}
         attrs = dict(group.attrs)
         self.d_model = int(attrs["d_model"])
@@ -84,6 +88,8 @@ class ActivationStoreWriter:
                 f"({self._recorded_tokens} tokens of width {self.d_model}); delete the store and collect again"
             )
         self._pending: deque[tuple[int, int]] = deque()  # (end row, examples counted at that end)
+        # Double buffering: one chunk is written in the background while the next one fills.
+        self._spare: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
         self._buf_acts = np.zeros((self.chunk_rows, self.d_model), dtype=self.dtype)
         self._buf_ids = {name: np.zeros(self.chunk_rows, dtype=ID_DTYPE) for name in ID_ARRAYS}
         self._buf_start = (self._recorded_tokens // self.chunk_rows) * self.chunk_rows
@@ -230,7 +236,8 @@ class ActivationStoreWriter:
             self._buf_fill = stop
             done += take
             if self._buf_fill == self.chunk_rows:
-                self._write_buffer()
+                self._write_buffer(wait=False)
+                self._swap_buffers()
                 self._buf_start += self.chunk_rows
                 self._buf_fill = 0
         if not self._buf_fill:
@@ -240,7 +247,7 @@ class ActivationStoreWriter:
         """Write every appended example and record it, so a crash from now on keeps it."""
         self._check_writable()
         if self._buf_fill:
-            self._write_buffer()
+            self._write_buffer(wait=True)
         else:
             self._record_progress()
 
@@ -257,6 +264,8 @@ class ActivationStoreWriter:
                     self.complete = True
         finally:
             self._closed = True
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
             if self._lock is not None:
                 self._lock.release()
 
@@ -296,31 +305,58 @@ class ActivationStoreWriter:
             example_index=example_index, n_nan=n_nan, n_inf=n_inf, n_overflow=n_overflow,
         )
 
-    def _write_buffer(self) -> None:
+    def _write_buffer(self, *, wait: bool) -> None:
         """Write the buffered chunk (zero-padded when partial), then record the progress it covers.
 
-        The four chunk writes and the progress update run in one trip to zarr's event loop (each
-        synchronous zarr call is a thread hand-off, costly on a busy CPU); the update starts only
-        after every write has finished.
+        The four chunk writes and the progress update run in one trip to zarr's event loop, the
+        update only after every write has finished. Without ``wait`` the trip runs on a background
+        thread while the caller fills the other buffer; at most one write is in flight.
         """
         start, stop = self._buf_start, self._buf_start + self.chunk_rows
         if self._buf_fill < self.chunk_rows:
             self._buf_acts[self._buf_fill :] = 0
             for values in self._buf_ids.values():
                 values[self._buf_fill :] = 0
+        self._wait()
         self._ensure_capacity(stop)
         columns = {ACTS: self._buf_acts, **self._buf_ids}
         progress = self._progress_after(self._buf_start + self._buf_fill)
+        arrays, group = self._arrays, self._group
 
-        async def write_then_record() -> None:
-            await asyncio.gather(*(self._arrays[name].async_array.setitem(slice(start, stop), values)
+        async def write_then_record() -> Any:
+            await asyncio.gather(*(arrays[name].async_array.setitem(slice(start, stop), values)
                                    for name, values in columns.items()))
-            if progress is not None:
-                self._group = await self._group.update_attributes_async(_progress_attrs(self._group, progress))
+            if progress is None:
+                return group
+            return await group.update_attributes_async(_progress_attrs(group, progress))
 
-        zarr_sync(write_then_record())
+        if wait:
+            self._finish(zarr_sync(write_then_record()), progress)
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scircuits-store-writer")
+        self._inflight = self._executor.submit(zarr_sync, write_then_record())
+        self._inflight_progress = progress
+
+    def _wait(self) -> None:
+        """Wait for the write in flight (raising its error, if any) and take note of its progress."""
+        if self._inflight is not None:
+            future, progress = self._inflight, self._inflight_progress
+            self._inflight, self._inflight_progress = None, None
+            self._finish(future.result(), progress)
+
+    def _finish(self, group: Any, progress: tuple[int, int] | None) -> None:
+        self._group = group
         if progress is not None:
             self._recorded_tokens, self._recorded_examples = progress
+
+    def _swap_buffers(self) -> None:
+        """Fill the other buffer next (its own write finished before the last one started)."""
+        if self._spare is None:
+            self._spare = (np.zeros_like(self._buf_acts), {n: np.zeros_like(v) for n, v in self._buf_ids.items()})
+        current = (self._buf_acts, self._buf_ids)
+        self._buf_acts, self._buf_ids = self._spare
+        self._spare = current
 
     def _progress_after(self, durable_rows: int) -> tuple[int, int] | None:
         """Pop the examples that end within ``durable_rows``; the new (n_tokens, n_examples) or None."""
@@ -333,6 +369,7 @@ class ActivationStoreWriter:
 
     def _record_progress(self) -> None:
         """Record examples that are already entirely written (those ending at a chunk boundary)."""
+        self._wait()
         progress = self._progress_after(self._buf_start)
         if progress is not None:
             self._set_attrs(_progress_attrs(self._group, progress))
@@ -340,6 +377,7 @@ class ActivationStoreWriter:
 
     def _set_attrs(self, changes: dict[str, Any]) -> None:
         """One write of the group's metadata (zarr's ``attrs.update`` writes once per key)."""
+        self._wait()
         self._group.update_attributes(changes)
 
     def _ensure_capacity(self, rows: int) -> None:
@@ -351,6 +389,7 @@ class ActivationStoreWriter:
         self._capacity = grown
 
     def _resize(self, rows: int) -> None:
+        self._wait()
         arrays = [a for a in self._arrays.values() if a.shape[0] != rows]
 
         async def resize_all() -> None:
