@@ -98,7 +98,8 @@ def summarise(results_path: Any) -> None:
     base, rec = results["baseline"], results["reconstruction"]
     click.echo(f"{results_path}: {results['n_examples']} examples; splice max |Δlogit| "
                f"{results['splice']['max_abs_logit_diff']:.2e}; accuracy clean {base['accuracy']:.3f}, "
-               f"SAE {rec['accuracy']:.3f}; CE loss recovered {rec['ce_loss_recovered']}")
+               f"SAE {rec['accuracy']:.3f}; CE loss recovered "
+               f"{'–' if rec['ce_loss_recovered'] is None else format(rec['ce_loss_recovered'], '.3f')}")
     for s in results["sweeps"]:
         control = s.get("control") or {}
         click.echo(f"  top {s['k']:>4}: Δlogprob {s['logprob_delta']:+.3f} {fmt_ci(s['logprob_ci'])}  control "

@@ -135,6 +135,13 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
+def log_ticks(ax: Any, values: list[int]) -> None:
+    """A log x axis labelled with the values themselves (1, 5, 20, ...)."""
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(values, [str(v) for v in values])
+
+
 def figure_training(run: RunData) -> bytes | None:
     train = [r for r in run.train_log if "loss" in r and "eval" not in r]
     evals = [r for r in run.train_log if isinstance(r.get("eval"), dict) and "fvu" in r["eval"]]
@@ -176,7 +183,7 @@ def figure_sweeps(run: RunData, metric: str) -> bytes | None:
                           [x[f"{metric}_ci"][1] - x[f"{metric}_delta"] for x in c]],
                     fmt="s--", capsize=3, color="gray", label="random active features (control)")
     ax.axhline(0, color="black", linewidth=0.5)
-    ax.set_xscale("log")
+    log_ticks(ax, ks)
     ax.set_xlabel("features ablated (k)")
     ax.set_ylabel(f"Δ{metric} vs splice")
     ax.set_title(f"Ablating the top k features: Δ{metric} (95% bootstrap CI)")
@@ -193,7 +200,7 @@ def figure_faithfulness(run: RunData) -> bytes | None:
     ax.plot([p["n"] for p in points], [p["value"] for p in points], "o-")
     ax.axhline(1, color="gray", linestyle="--", linewidth=0.8)
     ax.axhline(0, color="black", linewidth=0.5)
-    ax.set_xscale("log")
+    log_ticks(ax, [p["n"] for p in points])
     ax.set_xlabel("features kept (n), the rest mean-ablated")
     ax.set_ylabel("faithfulness")
     ax.set_title("Faithfulness (m(S) − m(∅)) / (m(all) − m(∅)), m = mean logprob")
