@@ -207,3 +207,19 @@ def test_smollm2_stored_rows_equal_a_per_example_forward(smollm2, tmp_path):
         assert token_ids.tolist() == list(ids)
         # float16 storage: relative rounding 2**-11 per value
         assert relative_error(acts.astype(np.float32), reference_rows(smollm2, 15, "resid", ids)) < 2e-3
+
+
+def test_sequences_longer_than_the_model_takes_keep_the_end_of_the_prompt(tiny_gpt2, tmp_path, shared_data):
+    folder, loaded = tiny_gpt2
+    config = tiny_config(folder, tmp_path / "logic.zarr", benchmark="logic", limit=2,
+                         benchmark_options={"data": str(shared_data / "logiqa")})
+    run_collect(config)
+    store = ActivationStore(config.out)
+    limit = loaded.model.config.n_positions
+    examples = list(get_plugins().benchmarks.get("logic").examples("test", 2, 0, config.benchmark_options))
+    for index, example in enumerate(examples):
+        full = encode_example(loaded.tokenizer, example).input_ids
+        assert len(full) > limit  # the case under test
+        stored = store.token_ids[store.example_ids == index]
+        assert stored.tolist() == list(encode_example(loaded.tokenizer, example, limit).input_ids)
+        assert stored.tolist()[-3:] == list(full[-3:])

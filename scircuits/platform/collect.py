@@ -147,6 +147,23 @@ def run_collect(config: CollectConfig, *, remote_backend: RemoteBackend = True) 
     return trace_into_store(config, loaded, layer, benchmark, options)
 
 
+def max_positions(loaded: Any) -> int | None:
+    """The longest sequence the model takes (its position table), if it declares one."""
+    config = loaded.model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    return int(value) if value else None
+
+
+def sequence_limit(config: CollectConfig, loaded: Any) -> int | None:
+    limit = max_positions(loaded)
+    if config.max_length is not None:
+        if limit is not None and config.max_length > limit:
+            raise ConfigError(f"--max-length {config.max_length} is longer than {config.model} takes ({limit} tokens)")
+        return config.max_length
+    return limit
+
+
 def trace_into_store(config: CollectConfig, loaded: Any, layer: int, benchmark: Any, options: Any) -> CollectSummary:
     from scircuits.platform.progress import progress
     from scircuits.platform.sequences import encode_example
@@ -161,6 +178,8 @@ def trace_into_store(config: CollectConfig, loaded: Any, layer: int, benchmark: 
         return CollectSummary(Path(config.out), writer.n_examples_written, writer.n_tokens_written, 0, 0,
                               0.0, already_complete=True)
     tracer = SiteTracer(loaded, layer, config.site)
+    max_length = sequence_limit(config, loaded)
+    n_cut = 0
     skip = writer.n_examples_written
     new_examples = new_tokens = 0
     examples = benchmark.examples(config.split, config.limit, config.seed, options)
@@ -171,8 +190,11 @@ def trace_into_store(config: CollectConfig, loaded: Any, layer: int, benchmark: 
         if skip:
             bar.advance(skip, status="resumed")
         for window in _windows(remaining, config.batch_size * SORT_WINDOW_BATCHES):
-            encoded = [(index, encode_example(loaded.tokenizer, example, config.max_length).input_ids)
-                       for index, example in window]
+            encoded = []
+            for index, example in window:
+                ids = encode_example(loaded.tokenizer, example, max_length).input_ids
+                n_cut += max_length is not None and len(ids) == max_length
+                encoded.append((index, ids))
             rows: dict[int, Any] = {}
             by_length = sorted(encoded, key=lambda item: len(item[1]))
             for batch in _windows(by_length, config.batch_size):
@@ -184,6 +206,9 @@ def trace_into_store(config: CollectConfig, loaded: Any, layer: int, benchmark: 
             new_examples += len(encoded)
             elapsed = max(time.monotonic() - start, 1e-9)
             bar.advance(len(encoded), status=f"{writer.n_tokens_written} tokens, {new_tokens / elapsed:.0f} tok/s")
+    if n_cut:
+        print(f"note: {n_cut} sequences reached {max_length} tokens and were cut to the end of their prompt "
+              "and their target (--max-length)", file=sys.stderr)
     if new_examples == 0 and skip == 0:
         print(f"warning: benchmark {config.benchmark!r} gave no examples", file=sys.stderr)
     return CollectSummary(Path(config.out), writer.n_examples_written, writer.n_tokens_written, new_examples,
