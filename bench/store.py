@@ -171,7 +171,8 @@ def main() -> None:
         rate = mb / seconds
         ratio_text = "-" if ratio is None else f"{ratio:.3f}"
         stored_text = "-" if stored is None else f"{stored / 1e6:,.1f} MB"
-        print(f"{name:<26}{rate:>9,.0f}{n / seconds:>12,.0f}{rate / memmap_rate:>10.2f}{ratio_text:>8}{stored_text:>15}")
+        print(f"{name:<26}{rate:>9,.0f}{n / seconds:>12,.0f}{rate / memmap_rate:>10.2f}"
+              f"{ratio_text:>8}{stored_text:>15}")
     print()
     print(f"{'READ (float32 batches)':<38}{'MB/s':>9}{'tokens/s':>12}")
     for name, seconds, mb in readers:

@@ -189,10 +189,12 @@ def test_bad_inputs_are_explained(tmp_path):
     with ActivationStoreWriter.open(tmp_path / "e.zarr", synthetic_attrs(), d_model=D) as writer, \
             pytest.raises(ScircuitsError, match=r"shape \(4, 5\), expected \(4, 12\)"):
         writer.append_example(0, np.arange(4), np.zeros((4, 5)))
-    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "sub").mkdir(parents=True)
     (tmp_path / "f" / "notes.txt").write_text("x")
+    (tmp_path / "f" / "sub" / "draft.partial").write_text("keep me")
     with pytest.raises(NotAStoreError, match="not an activation store"):
         ActivationStoreWriter.open(tmp_path / "f", synthetic_attrs(), d_model=D)
+    assert (tmp_path / "f" / "sub" / "draft.partial").exists()  # nothing of a foreign folder is touched
 
 
 def test_second_writer_is_locked_out(tmp_path):
@@ -266,7 +268,8 @@ def test_stats_match_numpy_and_count_nonfinite(tmp_path):
     np.testing.assert_allclose(stats["abs_max"], np.nanmax(np.abs(finite), axis=0))
     good_rows = np.isfinite(acts).all(axis=1)
     norms = np.linalg.norm(acts[good_rows].astype(np.float64), axis=1)
-    assert stats["norm"]["mean"] == pytest.approx(norms.mean()) and stats["norm"]["max"] == pytest.approx(norms.max())
+    assert stats["norm"]["mean"] == pytest.approx(norms.mean())
+    assert stats["norm"]["max"] == pytest.approx(norms.max())
     assert stats["norm"]["std"] == pytest.approx(norms.std())
 
 

@@ -74,7 +74,8 @@ def test_deterministic_per_seed_and_different_per_epoch_and_seed(store):
     assert first != order(seed=6, epoch=0)
     # the plain tensor batches are the same rows in the same order
     plain = np.concatenate([b.numpy() for b in store.iter_batches(16, seed=5, shuffle_buffer_rows=48)])
-    labelled = np.concatenate([b.acts.numpy() for b in store.iter_labelled_batches(16, seed=5, shuffle_buffer_rows=48)])
+    labelled = np.concatenate([b.acts.numpy()
+                               for b in store.iter_labelled_batches(16, seed=5, shuffle_buffer_rows=48)])
     np.testing.assert_array_equal(plain, labelled)
 
 

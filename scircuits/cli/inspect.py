@@ -70,8 +70,9 @@ def _print_text(info: dict[str, Any], stats: dict[str, Any]) -> None:
     if not stats["rows"]:
         return
     mean, std, abs_max = stats["mean"], stats["std"], stats["abs_max"]
-    click.echo(f"    per-dim mean  min {np.nanmin(mean):.4g}  median {np.nanmedian(mean):.4g}  max {np.nanmax(mean):.4g}")
-    click.echo(f"    per-dim std   min {np.nanmin(std):.4g}  median {np.nanmedian(std):.4g}  max {np.nanmax(std):.4g}")
+    for label, values in (("mean", mean), ("std ", std)):
+        click.echo(f"    per-dim {label}  min {np.nanmin(values):.4g}  median {np.nanmedian(values):.4g}  "
+                   f"max {np.nanmax(values):.4g}")
     click.echo(f"    min {np.nanmin(stats['min']):.4g}  max {np.nanmax(stats['max']):.4g}")
     top = np.argsort(np.nan_to_num(abs_max, nan=-1.0))[::-1][:_SHOWN_TOP_DIMS]
     listed = ", ".join(f"{int(d)} ({abs_max[d]:.4g})" for d in top)
@@ -81,6 +82,7 @@ def _print_text(info: dict[str, Any], stats: dict[str, Any]) -> None:
                f"min {norm['min']:.4g}  max {norm['max']:.4g}")
     if stats["nonfinite_total"]:
         bad_dims = int((stats["nonfinite"] > 0).sum())
-        click.echo(f"  WARNING: {stats['nonfinite_total']:,} non-finite values (NaN/inf) in {bad_dims} dimension(s)")
+        click.echo(f"  WARNING: {stats['nonfinite_total']:,} non-finite values (NaN/inf) "
+                   f"in {bad_dims} dimension(s)")
     else:
         click.echo("    no non-finite values")

@@ -174,8 +174,9 @@ class ActivationStore:
         """Shuffled float32 batches (batch_size, d_model) of one epoch; see scircuits.store.batches.
 
         The train/eval split draws whole examples with ``split_seed`` (independent of ``seed``, so
-        every shuffling seed sees the same split): eval examples never appear in train batches. Memory: the shuffle buffer (default about 256 MiB of
-        float32 rows, at least two blocks) plus one block being read.
+        every shuffling seed sees the same split): eval examples never appear in train batches.
+        Memory: the shuffle buffer (default about 256 MiB of float32 rows, at least two blocks) plus
+        one block being read.
         """
         import torch
 

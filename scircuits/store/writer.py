@@ -146,11 +146,15 @@ class ActivationStoreWriter:
         if local is not None:
             exists = (local / "zarr.json").exists()
             if not exists:
-                remove_partial_files(local)  # a killed first write of the group's zarr.json
-            if not exists and any(local.iterdir()):
-                raise NotAStoreError(
-                    f"{text} exists and is not an activation store; choose another --out or delete it"
-                )
+                # Only the temporary file of a killed first write of zarr.json may be there already.
+                leftovers = [p for p in local.iterdir()
+                             if not (p.name.startswith("zarr.") and p.name.endswith(".partial"))]
+                if leftovers:
+                    raise NotAStoreError(
+                        f"{text} exists and is not an activation store; choose another --out or delete it"
+                    )
+                for tmp in local.iterdir():
+                    tmp.unlink()
         else:
             try:
                 open_group(text, "r")
