@@ -49,6 +49,22 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where Linux refuses."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def hwm_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def time_full_forward(model, batches) -> float:
     start = time.perf_counter()
     with torch.no_grad():
@@ -79,9 +95,15 @@ def time_hook_stop(model, block, batches) -> float:
         handle.remove()
 
 
-def time_ours(config: CollectConfig, loaded, layer, benchmark, options, workdir: Path, round_index: int) -> float:
+def time_ours(config: CollectConfig, loaded, layer, benchmark, options, workdir: Path, round_index: int,
+              peaks: list[float]) -> float:
     out = workdir / f"round{round_index}.zarr"
-    summary = trace_into_store(config.model_copy(update={"out": str(out)}), loaded, layer, benchmark, options)
+    if reset_peak_rss():
+        before = rss_mib()
+        summary = trace_into_store(config.model_copy(update={"out": str(out)}), loaded, layer, benchmark, options)
+        peaks.append(hwm_mib() - before)
+    else:
+        summary = trace_into_store(config.model_copy(update={"out": str(out)}), loaded, layer, benchmark, options)
     shutil.rmtree(out, ignore_errors=True)
     return summary.seconds
 
@@ -127,16 +149,19 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-collect-"))
     times: dict[str, list[float]] = {"full forward": [], "hook stop": [], "ours": []}
+    ours_peaks: list[float] = []  # RSS growth above the level before each collection
     try:
-        # warm-up: one batch each
+        # warm-up: one batch each (this also pages in every weight)
         time_full_forward(loaded.model, batches[:1])
+        rss_warm = rss_mib()
         time_hook_stop(loaded.model, block, batches[:1])
         warm = config.model_copy(update={"limit": args.batch_size})
-        time_ours(warm, loaded, layer, benchmark, options, workdir, -1)
+        time_ours(warm, loaded, layer, benchmark, options, workdir, -1, [])
         for round_index in range(args.rounds):
             times["full forward"].append(time_full_forward(loaded.model, batches))
             times["hook stop"].append(time_hook_stop(loaded.model, block, batches))
-            times["ours"].append(time_ours(config, loaded, layer, benchmark, options, workdir, round_index))
+            times["ours"].append(time_ours(config, loaded, layer, benchmark, options, workdir, round_index,
+                                           ours_peaks))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -153,11 +178,15 @@ def main() -> None:
     print(f"hook stop / full       {stop_vs_full:.3f}   (target >= 1.7 for layer 15 of 30; "
           f"ideal {loaded.n_layers / (layer + 1):.2f} without embedding and lm_head costs)")
     print(f"ours / full            {rate['ours'] / rate['full forward']:.3f}")
-    print(f"RSS: start {rss_start:.0f} MiB, model loaded {rss_loaded:.0f} MiB, peak {peak_rss_mib():.0f} MiB "
-          f"(peak - loaded = {peak_rss_mib() - rss_loaded:.0f} MiB)")
+    print(f"RSS: start {rss_start:.0f} MiB, model loaded {rss_loaded:.0f} MiB, after a forward {rss_warm:.0f} MiB, "
+          f"process peak {peak_rss_mib():.0f} MiB (includes the full forward's logits)")
+    if ours_peaks:
+        print(f"RSS growth while collecting (ours): at most {max(ours_peaks):.0f} MiB above the level before it")
     if args.json:
         print(json.dumps({"tokens_per_s": rate, "seconds": times, "ours_vs_hook_stop": ours_vs_hook,
                           "hook_stop_vs_full": stop_vs_full, "rss_loaded_mib": rss_loaded,
+                          "rss_after_forward_mib": rss_warm,
+                          "collect_rss_growth_mib": max(ours_peaks) if ours_peaks else None,
                           "peak_rss_mib": peak_rss_mib(), "n_tokens": n_tokens, "layer": layer,
                           "threads": torch.get_num_threads()}, indent=2))
 
