@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import os
 import sys
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -50,7 +49,8 @@ class TracedModel:
         return envoy_at(self.nn, path)
 
 
-_TRACED: "weakref.WeakKeyDictionary[Any, TracedModel]" = weakref.WeakKeyDictionary()
+# The wrapper lives on the module it wraps, so it goes when the model goes.
+_TRACED_ATTRIBUTE = "_scircuits_traced_model"
 
 
 def envoy_at(root: Any, path: str) -> Any:
@@ -66,14 +66,14 @@ def traced_model(loaded: "LoadedModel") -> TracedModel:
     nnsight sets pad = eos and left padding on the tokenizer it is given; it gets a copy, so
     ``loaded.tokenizer`` is left as it is.
     """
-    existing = _TRACED.get(loaded.model)
+    existing = getattr(loaded.model, _TRACED_ATTRIBUTE, None)
     if existing is not None:
         return existing
     from nnsight.modeling.transformers import TransformersModel
 
     wrapped = TransformersModel(loaded.model, tokenizer=copy.deepcopy(loaded.tokenizer))
     traced = TracedModel(wrapped, remote=False)
-    _TRACED[loaded.model] = traced
+    object.__setattr__(loaded.model, _TRACED_ATTRIBUTE, traced)  # not a submodule: keep it out of nn.Module's registries
     return traced
 
 
@@ -142,7 +142,7 @@ def load_remote(adapter: "ModelAdapter", *, model_path: str | None = None,
     loaded = LoadedModel(adapter=adapter, model=module, tokenizer=tokenizer, model_id=source,
                          revision=revision, dtype="remote", device="ndif" if backend is True else "local",
                          n_layers=n_layers, d_model=d_model)
-    _TRACED[module] = TracedModel(wrapped, remote=backend)
+    object.__setattr__(module, _TRACED_ATTRIBUTE, TracedModel(wrapped, remote=backend))
     return loaded
 
 
