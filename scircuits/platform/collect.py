@@ -11,9 +11,10 @@ from __future__ import annotations
 import itertools
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from scircuits.platform.config import CollectConfig
 from scircuits.platform.errors import ConfigError

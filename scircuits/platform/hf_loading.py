@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from scircuits.platform.errors import ConfigError, WeightsUnavailableError
 
@@ -44,7 +45,7 @@ TINY_SIZES: Mapping[str, int] = {
 }
 
 
-def torch_dtype(name: str) -> "torch.dtype":
+def torch_dtype(name: str) -> torch.dtype:
     import torch
 
     if name not in DTYPES:
@@ -73,7 +74,7 @@ class WeightsSource:
     revision: str | None  # known before loading: the snapshot commit of a cached repo
 
 
-def weights_help(adapter: "ModelAdapter", reason: str) -> str:
+def weights_help(adapter: ModelAdapter, reason: str) -> str:
     repo = adapter.hf_id or adapter.name
     remote_note = (f"NDIF serves {repo}" if adapter.remote
                    else f"if NDIF serves {repo}")
@@ -93,7 +94,7 @@ def _snapshot_commit(path: str | Path) -> str | None:
     return match.group(1) if match else None
 
 
-def check_local_folder(adapter: "ModelAdapter", model_path: str | Path) -> WeightsSource:
+def check_local_folder(adapter: ModelAdapter, model_path: str | Path) -> WeightsSource:
     folder = Path(model_path).expanduser()
     if not folder.is_dir():
         raise WeightsUnavailableError(weights_help(adapter, f"--model-path {folder} is not a folder"))
@@ -127,7 +128,7 @@ def hub_revision(repo_id: str) -> str | None:
     return getattr(info, "sha", None)
 
 
-def check_hub_repo(adapter: "ModelAdapter", repo_id: str) -> WeightsSource:
+def check_hub_repo(adapter: ModelAdapter, repo_id: str) -> WeightsSource:
     """A cached repo, or one the hub will serve now; else WeightsUnavailableError, fast."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -144,7 +145,7 @@ def check_hub_repo(adapter: "ModelAdapter", repo_id: str) -> WeightsSource:
     return WeightsSource(repo_id, local=False, revision=revision)
 
 
-def check_hub_config(adapter: "ModelAdapter", repo_id: str) -> str | None:
+def check_hub_config(adapter: ModelAdapter, repo_id: str) -> str | None:
     """Remote execution needs only the config and tokenizer here: cached, or from the hub now.
     Returns the repository's commit when known."""
     from huggingface_hub import try_to_load_from_cache
@@ -162,7 +163,7 @@ def check_hub_config(adapter: "ModelAdapter", repo_id: str) -> str | None:
         ) from None
 
 
-def check_weights_available(adapter: "ModelAdapter", model_path: str | Path | None = None) -> WeightsSource:
+def check_weights_available(adapter: ModelAdapter, model_path: str | Path | None = None) -> WeightsSource:
     """Where ``adapter``'s weights would load from, or WeightsUnavailableError naming the ways to supply them.
 
     Adapters with their own source (a packaged file) override ``check_weights`` and call this
@@ -214,8 +215,8 @@ def config_sizes(config: Any) -> tuple[int, int]:
     return int(n_layers), int(d_model)
 
 
-def loaded_model(adapter: "ModelAdapter", model: Any, tokenizer: Any, *, model_id: str, revision: str,
-                 dtype: str, device: str) -> "LoadedModel":
+def loaded_model(adapter: ModelAdapter, model: Any, tokenizer: Any, *, model_id: str, revision: str,
+                 dtype: str, device: str) -> LoadedModel:
     """Wrap a loaded transformers model: eval mode, sizes read from its config."""
     from scircuits.platform.models import LoadedModel
 
@@ -235,8 +236,8 @@ def load_pretrained(source: str, *, dtype: str, device: str, **kwargs: Any) -> t
     return model, tokenizer
 
 
-def load_hf_model(adapter: "ModelAdapter", model_path: str | Path | None = None, dtype: str = "float32",
-                  device: str = "cpu") -> "LoadedModel":
+def load_hf_model(adapter: ModelAdapter, model_path: str | Path | None = None, dtype: str = "float32",
+                  device: str = "cpu") -> LoadedModel:
     """Load ``adapter``'s model from ``model_path`` if given, else from its hub id (cache first)."""
     source = check_weights_available(adapter, model_path)
     model, tokenizer = load_pretrained(source.location, dtype=dtype, device=device)
@@ -248,7 +249,7 @@ def load_hf_model(adapter: "ModelAdapter", model_path: str | Path | None = None,
                         dtype=dtype, device=device)
 
 
-def tiny_config(adapter: "ModelAdapter", **overrides: Any) -> Any:
+def tiny_config(adapter: ModelAdapter, **overrides: Any) -> Any:
     """A small randomly-initialisable config of ``adapter``'s architecture (``model_type``).
 
     The common sizes of TINY_SIZES are applied where the architecture has them, then the adapter's

@@ -20,8 +20,9 @@ from __future__ import annotations
 import copy
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from scircuits.platform.errors import ConfigError, ScircuitsError, WeightsUnavailableError
 
@@ -60,7 +61,7 @@ def envoy_at(root: Any, path: str) -> Any:
     return envoy
 
 
-def traced_model(loaded: "LoadedModel") -> TracedModel:
+def traced_model(loaded: LoadedModel) -> TracedModel:
     """The nnsight wrapper of ``loaded.model`` (made once per model and reused).
 
     nnsight sets pad = eos and left padding on the tokenizer it is given; it gets a copy, so
@@ -77,7 +78,7 @@ def traced_model(loaded: "LoadedModel") -> TracedModel:
     return traced
 
 
-def nnsight_model(loaded: "LoadedModel") -> Any:
+def nnsight_model(loaded: LoadedModel) -> Any:
     """The nnsight ``TransformersModel`` over ``loaded`` (pass ``**traced_model(loaded).trace_kwargs()``
     to its ``trace`` so that remote models run remotely)."""
     return traced_model(loaded).nn
@@ -95,8 +96,8 @@ def ndif_api_key() -> str | None:
         return None
 
 
-def load_remote(adapter: "ModelAdapter", *, model_path: str | None = None,
-                backend: RemoteBackend = True) -> "LoadedModel":
+def load_remote(adapter: ModelAdapter, *, model_path: str | None = None,
+                backend: RemoteBackend = True) -> LoadedModel:
     """A LoadedModel whose weights stay on NDIF: the module tree is built on the meta device.
 
     ``model_path`` (a local folder) replaces the hub id; with ``backend="local"`` nothing leaves
@@ -146,7 +147,7 @@ def load_remote(adapter: "ModelAdapter", *, model_path: str | None = None,
     return loaded
 
 
-def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, position_ids), each (batch, longest), padded on the right."""
     import torch
 
@@ -175,7 +176,7 @@ def pad_token_id(tokenizer: Any) -> int:
 class SiteTracer:
     """Reads the output of ``site`` in block ``layer`` for batches of token sequences."""
 
-    def __init__(self, loaded: "LoadedModel", layer: int, site: str) -> None:
+    def __init__(self, loaded: LoadedModel, layer: int, site: str) -> None:
         self.loaded = loaded
         self.layer = layer
         self.site = site
@@ -186,8 +187,8 @@ class SiteTracer:
         first = next(iter(loaded.model.parameters()), None)
         self.device = first.device if first is not None and not first.is_meta else "cpu"
 
-    def trace_padded(self, input_ids: "torch.Tensor", attention_mask: "torch.Tensor",
-                     position_ids: "torch.Tensor") -> "torch.Tensor":
+    def trace_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     position_ids: torch.Tensor) -> torch.Tensor:
         """The site's output (batch, seq, d_model) for one padded batch; the forward stops after it."""
         import torch
 
@@ -195,7 +196,7 @@ class SiteTracer:
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         if not self.traced.remote:
             inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        with torch.no_grad():
+        with torch.no_grad():  # noqa: SIM117 - nnsight reads the inner block's own source
             with self.traced.nn.trace(**inputs, use_cache=False, **self.traced.trace_kwargs()) as tracer:
                 output = envoy.output
                 if isinstance(output, tuple):  # attention modules return (output, weights)
@@ -204,7 +205,7 @@ class SiteTracer:
                 tracer.stop()
         return saved
 
-    def trace(self, sequences: Sequence[Sequence[int]]) -> list["torch.Tensor"]:
+    def trace(self, sequences: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """One float32 CPU tensor (len(seq), d_model) per sequence: its rows, pads dropped."""
         input_ids, attention_mask, position_ids = pad_right(sequences, self.pad_id)
         output = self.trace_padded(input_ids, attention_mask, position_ids)

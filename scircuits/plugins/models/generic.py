@@ -48,7 +48,7 @@ class GenericHFAdapter(HFModelAdapter):
     blocks_path: str = ""
     remote: bool = True  # whether NDIF serves a given repo is NDIF's to say
 
-    def specialize(self, repo_id: str) -> "GenericHFAdapter":
+    def specialize(self, repo_id: str) -> GenericHFAdapter:
         from scircuits.platform.errors import ConfigError
 
         if not repo_id:
@@ -56,7 +56,7 @@ class GenericHFAdapter(HFModelAdapter):
         return dataclasses.replace(self, name=f"hf:{repo_id}", hf_id=repo_id,
                                    description=f"{repo_id} (generic Hugging Face adapter)")
 
-    def resolved_for(self, model: Any) -> "GenericHFAdapter":
+    def resolved_for(self, model: Any) -> GenericHFAdapter:
         """This adapter with the block path, sites and sizes of the loaded ``model``."""
         from scircuits.platform.hf_loading import config_sizes
 
