@@ -119,7 +119,7 @@ def test_default_layer_and_an_explicit_equal_layer_are_one_command(tiny_gpt2, tm
 def collect_command(folder: Path, out: Path, n: int) -> list[str]:
     return [sys.executable, "-c", "from scircuits.cli import main; main()", "collect",
             "--model", "gpt2-medium", "--model-path", str(folder), "--layer", "1", "--limit", str(n),
-            "--option", f"n_examples={n}", "--option", "digits=3", "--batch-size", "1", "--chunk-rows", "64",
+            "--option", f"n_examples={n}", "--option", "digits=3", "--batch-size", "3", "--chunk-rows", "64",
             "--out", str(out), "--no-progress"]
 
 
@@ -132,7 +132,7 @@ def recorded(out: Path) -> dict:
 
 def test_resume_after_kill_9_ends_identical_to_an_uninterrupted_run(tiny_gpt2, tmp_path):
     folder, _ = tiny_gpt2
-    n = 200
+    n = 1000
     killed, whole = tmp_path / "killed.zarr", tmp_path / "whole.zarr"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(collect_command(folder, killed, n), env=env,
@@ -158,7 +158,7 @@ def test_resume_after_kill_9_ends_identical_to_an_uninterrupted_run(tiny_gpt2, t
     torch.set_num_threads(1)  # as in the subprocesses (OMP_NUM_THREADS=1): the same rounding
     try:
         run_collect(CollectConfig(model="gpt2-medium", model_path=str(folder), layer=1, limit=n,
-                                  benchmark_options={"n_examples": n, "digits": 3}, batch_size=1,
+                                  benchmark_options={"n_examples": n, "digits": 3}, batch_size=3,
                                   chunk_rows=64, out=str(whole), progress=False))
     finally:
         torch.set_num_threads(threads)

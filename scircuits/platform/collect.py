@@ -184,13 +184,17 @@ def trace_into_store(config: CollectConfig, loaded: Any, layer: int, benchmark: 
     skip = writer.n_examples_written
     new_examples = new_tokens = 0
     examples = benchmark.examples(config.split, config.limit, config.seed, options)
-    remaining = itertools.islice(enumerate(examples), skip, None)
+    # Batches are formed within fixed windows of example indices, so a resumed run (same batch size)
+    # re-traces the partial window it stopped in and its rows come out bit-identical to an
+    # uninterrupted run's; rows already stored are not appended again.
+    window_size = config.batch_size * SORT_WINDOW_BATCHES
+    remaining = itertools.islice(enumerate(examples), skip - skip % window_size, None)
     total = config.limit
     with writer, progress(f"collect {config.model} {config.site}{layer} {config.benchmark}", total=total,
                           enabled=config.progress, unit="examples") as bar:
         if skip:
             bar.advance(skip, status="resumed")
-        for window in _windows(remaining, config.batch_size * SORT_WINDOW_BATCHES):
+        for window in _windows(remaining, window_size):
             encoded = []
             for index, example in window:
                 ids = encode_example(loaded.tokenizer, example, max_length).input_ids
@@ -201,12 +205,17 @@ def trace_into_store(config: CollectConfig, loaded: Any, layer: int, benchmark: 
             for batch in _windows(by_length, config.batch_size):
                 for (index, _), acts in zip(batch, tracer.trace([ids for _, ids in batch])):
                     rows[index] = acts
+            appended = 0
             for index, ids in encoded:
-                writer.append_example(index, ids, rows.pop(index).numpy())
+                acts = rows.pop(index)
+                if index < skip:
+                    continue
+                writer.append_example(index, ids, acts.numpy())
                 new_tokens += len(ids)
-            new_examples += len(encoded)
+                appended += 1
+            new_examples += appended
             elapsed = max(time.monotonic() - start, 1e-9)
-            bar.advance(len(encoded), status=f"{writer.n_tokens_written} tokens, {new_tokens / elapsed:.0f} tok/s")
+            bar.advance(appended, status=f"{writer.n_tokens_written} tokens, {new_tokens / elapsed:.0f} tok/s")
     if n_cut:
         print(f"note: {n_cut} sequences reached {max_length} tokens and were cut to the end of their prompt "
               "and their target (--max-length)", file=sys.stderr)
