@@ -17,6 +17,7 @@ import scircuits.platform.report as report_module
 import scircuits.platform.training as training
 from scircuits.platform.checkpoint import META_FILE, WEIGHTS_FILE
 from scircuits.platform.config import RunConfig
+from scircuits.platform.errors import ConfigError
 from scircuits.platform.pipeline import plan, run_pipeline
 
 
@@ -82,9 +83,28 @@ def test_run_directory_is_named_after_model_benchmark_site_and_layer(tmp_path):
 def test_collection_and_evaluation_use_disjoint_splits_and_enough_examples(tmp_path):
     the_plan = plan(config(tmp_path, limit=50, collect_limit=900))
     assert (the_plan.collect.split, the_plan.ablate.split) == ("train", "test")
-    # arithmetic generates n_examples per split: it is asked for enough
-    assert the_plan.collect.benchmark_options["n_examples"] >= 900
-    assert the_plan.ablate.benchmark_options == the_plan.collect.benchmark_options
+    # arithmetic generates n_examples per split (a prefix of any larger n): each stage asks for enough
+    assert the_plan.collect.benchmark_options["n_examples"] == 900
+    assert the_plan.ablate.benchmark_options["n_examples"] == 200  # the benchmark's default covers 50
+    assert plan(config(tmp_path, limit=300)).ablate.benchmark_options["n_examples"] == 300
+    chosen = plan(config(tmp_path, benchmark_options={"n_examples": 1000}))
+    assert chosen.collect.benchmark_options["n_examples"] == chosen.ablate.benchmark_options["n_examples"] == 1000
+
+
+def test_the_default_stages_get_the_examples_they_ask_for(tmp_path):
+    from scircuits.platform.plugins import get_plugins
+
+    the_plan = plan(config(tmp_path))
+    for stage in (the_plan.collect, the_plan.ablate):
+        benchmark = get_plugins().benchmarks.get(stage.benchmark)
+        examples = list(benchmark.examples(stage.split, stage.limit, stage.seed, stage.benchmark_options))
+        assert len(examples) == stage.limit
+
+
+def test_impossible_benchmark_options_stop_the_run_before_any_work(tmp_path, stages):
+    with pytest.raises(ConfigError, match="distinct test problems"):
+        run_pipeline(config(tmp_path, limit=5000))
+    assert stages.calls == []
 
 
 def test_a_complete_run_is_skipped_entirely(tmp_path, stages):

@@ -103,11 +103,11 @@ def plan(config: RunConfig) -> Plan:
     benchmark.check_split(collect_split)
     layer = resolve_layer(adapter, config)
     run_dir = Path(config.out) / run_dir_name(config.model, config.benchmark, config.site, layer)
-    needed = max(n for n in (config.collect_limit, config.limit, 0) if n is not None) or None
-    options = sized_options(benchmark, config.benchmark_options, needed)
+    collect_options = sized_options(benchmark, config.benchmark_options, config.collect_limit)
+    options = sized_options(benchmark, config.benchmark_options, config.limit)
 
     collect = CollectConfig(
-        model=config.model, benchmark=config.benchmark, benchmark_options=options, layer=layer,
+        model=config.model, benchmark=config.benchmark, benchmark_options=collect_options, layer=layer,
         site=config.site, split=collect_split, limit=config.collect_limit, seed=config.seed,
         device=config.device, model_path=config.model_path, remote=config.remote,
         out=str(run_dir / STORE_DIR), progress=config.progress)
@@ -212,11 +212,25 @@ def check_model_weights(config: RunConfig) -> None:
         raise
 
 
+def check_examples(the_plan: Plan) -> None:
+    """Ask the benchmark for the first example of each stage now, so that bad benchmark options or
+    splits stop the run before any work."""
+    from scircuits.platform.plugins import get_plugins
+
+    for stage in (the_plan.collect, the_plan.ablate):
+        benchmark = get_plugins().benchmarks.get(stage.benchmark)
+        first = next(iter(benchmark.examples(stage.split, stage.limit, stage.seed, stage.benchmark_options)), None)
+        if first is None:
+            raise ConfigError(f"benchmark {stage.benchmark!r} gives no examples for split {stage.split!r} "
+                              f"with options {stage.benchmark_options}")
+
+
 def run_pipeline(config: RunConfig) -> Path:
     """Run (or continue) the whole study; returns the run directory."""
     started = time.monotonic()
     the_plan = plan(config)
     check_model_weights(config)
+    check_examples(the_plan)
     run_dir = the_plan.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     state = PipelineState(run_dir)
