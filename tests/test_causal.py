@@ -171,3 +171,18 @@ def test_layer_must_match_the_layer_the_sae_was_trained_on(tiny):
     with pytest.raises(ConfigError, match="trained on layer 1"):
         resolve_layer(AblateConfig(layer=2), tiny, info)
     assert resolve_layer(AblateConfig(), tiny, {}) == tiny.n_layers // 2
+
+
+def test_positions_before_edit_from_position_are_left_unedited(tiny, examples):
+    torch.manual_seed(0)
+    sae = ReluSAE(tiny.d_model, 2 * tiny.d_model).eval()
+    split = SplitModel(tiny, 2, "resid")
+    data = prepare_eval(split, sae, tiny.tokenizer, examples[:4], batch_size=4, max_length=None)
+    stats, _, _ = feature_statistics(data, first_position=1)
+    study = Study(split, sae, data, get_plugins().ablations.get("zero"), None, stats, seed=0, first_position=1)
+    eb = data.batches[0]
+    with torch.no_grad():
+        spliced = study.site_value(eb, "splice", None)
+        ablated = study.site_value(eb, "splice", study.ablate_edit(range(sae.d_sae), tag=0)(0))
+    assert torch.equal(ablated[:, 0], spliced[:, 0])
+    assert not torch.allclose(ablated[:, 1:], spliced[:, 1:])

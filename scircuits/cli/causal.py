@@ -70,6 +70,8 @@ def with_options(options: list[Any]):
 @click.option("--faithfulness-n", callback=int_list, help="Numbers of top features kept.  [1,2,5,10,20,50,100,200]")
 @click.option("--limit", type=int, help="Number of evaluation examples (default: all).")
 @click.option("--bootstrap", type=int, help="Bootstrap replicates.  [1000]")
+@click.option("--edit-from-position", type=int,
+              help="Edit features only at positions >= this (1 spares the first token, the attention sink).  [1]")
 @click.option("--splice-tolerance", type=float, help="Largest |logit difference| the splice may cause.  [1e-3]")
 @click.option("--batch-size", type=int, help="Sequences per forward pass.  [16]")
 @click.option("--out", help="Output folder.  [causal]")
@@ -127,6 +129,8 @@ def fmt_ci(ci: Any) -> str:
 @click.option("--top-k", callback=int_list, help="Numbers of top features to ablate.  [1,5,20,50]")
 @click.option("--random-controls", type=int, help="Random draws per k.  [3]")
 @click.option("--exact-top", type=int, help="Top features ablated one at a time.  [10]")
+@click.option("--edit-from-position", type=int,
+              help="Edit features only at positions >= this (1 spares the first token, the attention sink).  [1]")
 @click.option("--remote/--no-remote", default=None, help="Collect on NDIF (the causal stage needs local weights).")
 @click.option("--out", help="Parent folder of the run directory.  [runs]")
 @config_option

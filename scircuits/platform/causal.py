@@ -141,6 +141,11 @@ def token_mask(batch: SequenceBatch) -> torch.Tensor:
     return batch.attention_mask.bool()
 
 
+def edit_mask(batch: SequenceBatch, first_position: int) -> torch.Tensor:
+    """(B, T) True where features are edited: real tokens at positions >= ``first_position``."""
+    return token_mask(batch) & (batch.position_ids >= first_position)
+
+
 # ----------------------------------------------------------------------------- conditions
 
 
@@ -170,8 +175,10 @@ class Study:
     """Runs conditions over prepared evaluation data."""
 
     def __init__(self, split: SplitModel, sae: torch.nn.Module, data: EvalData, ablation: Ablation,
-                 ablation_options: Any, stats: FeatureStats, seed: int, show: Progress | None = None) -> None:
+                 ablation_options: Any, stats: FeatureStats, seed: int, show: Progress | None = None,
+                 first_position: int = 0) -> None:
         self.split, self.sae, self.data = split, sae, data
+        self.first_position = first_position
         self.ablation, self.ablation_options, self.stats = ablation, ablation_options, stats
         self.seed = seed
         self.show = show
@@ -184,7 +191,10 @@ class Study:
             return x
         if mode == "zero":
             return torch.zeros_like(x)
-        features = edit(eb.features) if edit is not None else eb.features
+        features = eb.features
+        if edit is not None:
+            where = edit_mask(eb.batch, self.first_position)[..., None]
+            features = torch.where(where, edit(features), features)
         out = self.sae.decode(features)
         if mode == "splice":
             out = out + eb.error
@@ -259,7 +269,7 @@ class Study:
                 with torch.no_grad():
                     ablated = self.ablation.apply(eb.features, everything.to(eb.features.device), self.stats,
                                                   self.ablation_options, generator)
-                    delta = (ablated - eb.features) * token_mask(eb.batch)[..., None]
+                    delta = (ablated - eb.features) * edit_mask(eb.batch, self.first_position)[..., None]
                 with torch.enable_grad():
                     features = eb.features.detach().clone().requires_grad_(True)
                     value = (self.sae.decode(features) + eb.error).to(eb.cache.site_output.dtype)
@@ -280,7 +290,8 @@ class Study:
 # ----------------------------------------------------------------------------- feature statistics
 
 
-def feature_statistics(data: EvalData, n_samples: int = 4096, seed: int = 0) -> tuple[FeatureStats, np.ndarray, np.ndarray]:
+def feature_statistics(data: EvalData, n_samples: int = 4096, seed: int = 0, first_position: int = 0
+                       ) -> tuple[FeatureStats, np.ndarray, np.ndarray]:
     """Mean activation over the evaluation tokens, a pool of token rows for resampling, and per-feature
     (mean activation, firing frequency) arrays."""
     d_sae = data.batches[0].features.shape[-1]
@@ -289,7 +300,7 @@ def feature_statistics(data: EvalData, n_samples: int = 4096, seed: int = 0) -> 
     rows: list[torch.Tensor] = []
     count = 0
     for eb in data.batches:
-        f = eb.features[token_mask(eb.batch)]
+        f = eb.features[edit_mask(eb.batch, first_position)]
         total += f.double().sum(0).cpu()
         fired += (f > 0).double().sum(0).cpu()
         count += f.shape[0]
@@ -409,7 +420,8 @@ def rows_from_eval(data: EvalData) -> TokenRows:
 
 
 def top_contexts(sae: torch.nn.Module, rows: TokenRows, features: Sequence[int], tokenizer: Any,
-                 n_top: int = 5, before: int = 10, after: int = 2, block: int = 8192) -> dict[int, list[dict[str, Any]]]:
+                 n_top: int = 5, before: int = 10, after: int = 2, block: int = 8192,
+                 first_position: int = 0) -> dict[int, list[dict[str, Any]]]:
     """For each feature: its ``n_top`` highest-activating tokens, each with its context and the
     feature's activation on every context token."""
     if not features:
@@ -421,6 +433,7 @@ def top_contexts(sae: torch.nn.Module, rows: TokenRows, features: Sequence[int],
         for start in range(0, rows.n_tokens, block):
             stop = min(start + block, rows.n_tokens)
             f = sae.encode(torch.from_numpy(rows.read(start, stop)).to(sae.W_dec.dtype))[:, idx].T  # (F, n)
+            f = f.masked_fill(torch.from_numpy(rows.positions[start:stop] < first_position), -float("inf"))
             values = torch.cat([best_values, f.float()], dim=1)
             row_ids = torch.cat([best_rows, torch.arange(start, stop).expand(len(features), -1)], dim=1)
             top = torch.topk(values, min(n_top, values.shape[1]), dim=1)
@@ -605,14 +618,16 @@ def analyse(config: AblateConfig, inputs: AblateInputs) -> tuple[dict[str, Any],
     with progress("ablate: lower blocks + SAE", total=len(inputs.examples), enabled=config.progress,
                   unit="examples") as show:
         data = prepare_eval(split, sae, tokenizer, inputs.examples, config.batch_size, config.max_length, show)
-    stats, mean_activation, frequency = feature_statistics(data, seed=config.seed)
+    stats, mean_activation, frequency = feature_statistics(data, seed=config.seed,
+                                                           first_position=config.edit_from_position)
     active = frequency > 0
     bootstrap = Bootstrap(data.n_examples, config.bootstrap, config.seed)
 
     faith_n = sorted({n for n in config.faithfulness_n if 0 < n <= sae.W_dec.shape[0]})
     total = planned_conditions(config, len(faith_n))
     with progress("ablate: conditions", total=total, enabled=config.progress, unit="passes") as show:
-        study = Study(split, sae, data, ablation, ablation_options, stats, config.seed, show)
+        study = Study(split, sae, data, ablation, ablation_options, stats, config.seed, show,
+                      first_position=config.edit_from_position)
         splice = check_splice(config, loaded, split, sae, data)
         clean = study.run("clean", ce=True, status="clean")
         spliced = study.run("splice", status="splice")
@@ -671,7 +686,7 @@ def analyse(config: AblateConfig, inputs: AblateInputs) -> tuple[dict[str, Any],
     described = ranked[: max(len(exact_features), min(10, len(ranked)))]
     lens = unembedding_effects(split, sae, described, tokenizer)
     rows, contexts_source = context_rows(config, data)
-    contexts = top_contexts(sae, rows, described, tokenizer)
+    contexts = top_contexts(sae, rows, described, tokenizer, first_position=config.edit_from_position)
     features = []
     for rank, feature in enumerate(described):
         ex = exact.get(feature)
@@ -715,7 +730,8 @@ def analyse(config: AblateConfig, inputs: AblateInputs) -> tuple[dict[str, Any],
         "statistics": {"bootstrap_replicates": config.bootstrap, "level": 0.95, "paired": True, "seed": config.seed,
                        "significance": "the top-k interval excludes the control's interval"},
         "contexts_source": contexts_source,
-        "stats_source": "evaluation tokens (mean over every token of the evaluation sequences)",
+        "stats_source": "evaluation tokens at the edited positions",
+        "edited_positions": f"every position >= {config.edit_from_position} of every sequence",
         "unembedding": "decoder direction x final-norm weight (centred for LayerNorm) @ W_U; direct path only",
         "n_conditions": study.n_conditions,
         "provenance": provenance(config, inputs, data),

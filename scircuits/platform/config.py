@@ -164,6 +164,9 @@ class AblateConfig(StageConfig):
     bootstrap: int = Field(default=1000, gt=0)
     splice_tolerance: float = Field(default=1e-3, gt=0)
     splice_check_examples: int | None = Field(default=32, gt=0)  # None: every example
+    # features are edited at positions >= this; 1 leaves the first token alone (the attention sink,
+    # whose huge activations make any feature firing there look essential)
+    edit_from_position: int = Field(default=1, ge=0)
     faithfulness_n: list[int] = Field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100, 200])
     max_length: int | None = Field(default=None, gt=1)
     batch_size: int = Field(default=16, gt=0)
@@ -209,3 +212,4 @@ class RunConfig(StageConfig):
     exact_top: int = Field(default=10, ge=0)
     faithfulness_n: list[int] = Field(default_factory=lambda: [1, 5, 10, 20, 50, 100])
     bootstrap: int = Field(default=1000, gt=0)
+    edit_from_position: int = Field(default=1, ge=0)  # see AblateConfig

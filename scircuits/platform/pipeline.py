@@ -121,7 +121,7 @@ def plan(config: RunConfig) -> Plan:
         sae=str(run_dir / SAE_DIR), store=str(run_dir / STORE_DIR), ablation=config.ablation, rank=config.rank,
         top_k=config.top_k, random_controls=config.random_controls, exact_top=config.exact_top,
         faithfulness_n=config.faithfulness_n, limit=config.limit, split=config.split, seed=config.seed,
-        bootstrap=config.bootstrap, device=config.device, model_path=config.model_path,
+        bootstrap=config.bootstrap, edit_from_position=config.edit_from_position, device=config.device, model_path=config.model_path,
         out=str(run_dir / CAUSAL_DIR), progress=config.progress)
     keys = {"collect": chained_key(collect.config_hash())}
     keys["train"] = chained_key(train.config_hash(), keys["collect"])
