@@ -313,26 +313,36 @@ def feature_statistics(data: EvalData, n_samples: int = 4096, seed: int = 0, fir
     return FeatureStats(mean=mean, samples=pool), mean.numpy(), (fired / max(count, 1)).numpy()
 
 
-def reconstruction_metrics(data: EvalData) -> dict[str, float]:
-    """FVU, L0 and dead fraction of the SAE on the evaluation tokens (DESIGN.md definitions)."""
-    sq_err = sq = 0.0
-    sum_x: torch.Tensor | None = None
-    tokens, active = 0, 0.0
-    fired: torch.Tensor | None = None
-    for eb in data.batches:
-        mask = token_mask(eb.batch)
-        x = eb.cache.site_output[mask].double()
-        sq_err += float(eb.error[mask].double().pow(2).sum())
-        sq += float(x.pow(2).sum())
-        sum_x = x.sum(0) if sum_x is None else sum_x + x.sum(0)
-        tokens += x.shape[0]
-        on = eb.features[mask] > 0
-        active += float(on.sum())
-        fired = on.any(0) if fired is None else fired | on.any(0)
-    variance = sq - float(sum_x.pow(2).sum()) / tokens if sum_x is not None and tokens else 0.0
-    return {"fvu": sq_err / variance if variance > 0 else float("nan"), "l0": active / max(tokens, 1),
-            "dead_fraction": 1.0 - float(fired.float().mean()) if fired is not None else float("nan"),
-            "tokens": tokens}
+def reconstruction_metrics(data: EvalData, first_position: int = 0) -> dict[str, float]:
+    """FVU, L0 and dead fraction of the SAE on the evaluation tokens (DESIGN.md definitions); also
+    the FVU over positions >= ``first_position`` only (the first token's huge activations can
+    dominate both sums of squares)."""
+
+    def fvu(position_from: int) -> tuple[float, int, float, torch.Tensor | None]:
+        sq_err = sq = active = 0.0
+        sum_x: torch.Tensor | None = None
+        fired: torch.Tensor | None = None
+        tokens = 0
+        for eb in data.batches:
+            mask = edit_mask(eb.batch, position_from)
+            x = eb.cache.site_output[mask].double()
+            sq_err += float(eb.error[mask].double().pow(2).sum())
+            sq += float(x.pow(2).sum())
+            sum_x = x.sum(0) if sum_x is None else sum_x + x.sum(0)
+            tokens += x.shape[0]
+            on = eb.features[mask] > 0
+            active += float(on.sum())
+            fired = on.any(0) if fired is None else fired | on.any(0)
+        variance = sq - float(sum_x.pow(2).sum()) / tokens if sum_x is not None and tokens else 0.0
+        return (sq_err / variance if variance > 0 else float("nan")), tokens, active, fired
+
+    value, tokens, active, fired = fvu(0)
+    result = {"fvu": value, "l0": active / max(tokens, 1),
+              "dead_fraction": 1.0 - float(fired.float().mean()) if fired is not None else float("nan"),
+              "tokens": tokens}
+    if first_position > 0:
+        result[f"fvu_positions_from_{first_position}"] = fvu(first_position)[0]
+    return result
 
 
 def control_draws(k: int, ranked_top: Sequence[int], active: np.ndarray, draws: int, seed: int) -> list[list[int]]:
@@ -720,7 +730,7 @@ def analyse(config: AblateConfig, inputs: AblateInputs) -> tuple[dict[str, Any],
         },
         "rank": {"method": config.rank, "order": "most negative attribution first" if config.rank == "attribution"
                  else "highest mean activation first", "top": ranked[: max(config.top_k + [config.exact_top, 1])]},
-        "sae_metrics_eval": reconstruction_metrics(data),
+        "sae_metrics_eval": reconstruction_metrics(data, config.edit_from_position),
         "active_features": int(active.sum()), "d_sae": int(sae.W_dec.shape[0]),
         "sweeps": sweeps,
         "features": features,

@@ -265,6 +265,8 @@ def metric_rows(run: RunData) -> list[list[Any]]:
         ["FVU", fmt(m.get("fvu")), m.get("source")],
         ["L0 (active latents per token)", fmt(m.get("l0"), 1), m.get("source")],
         ["dead fraction", fmt(m.get("dead_fraction")), m.get("source")],
+        *[[f"FVU without the first {key.rsplit('_', 1)[1]} position(s)", fmt(value), "evaluation tokens"]
+          for key, value in res.get("sae_metrics_eval", {}).items() if key.startswith("fvu_positions_from_")],
         ["CE loss recovered", fmt(rec.get("ce_loss_recovered")),
          f"CE clean {fmt(rec.get('ce_loss_clean'))}, SAE {fmt(rec.get('ce_loss'))}, zeroed site {fmt(rec.get('ce_loss_zero_site'))}"],
         ["accuracy: clean / SAE reconstruction / zeroed site",
