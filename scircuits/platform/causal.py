@@ -33,6 +33,7 @@ from scircuits.platform.ablations import Ablation, FeatureStats
 from scircuits.platform.benchmarks import Example
 from scircuits.platform.config import AblateConfig
 from scircuits.platform.errors import ConfigError
+from scircuits.platform.metrics import ReconstructionStats
 from scircuits.platform.models import LoadedModel
 from scircuits.platform.progress import Progress, progress
 from scircuits.platform.provenance import base_provenance
@@ -314,34 +315,21 @@ def feature_statistics(data: EvalData, n_samples: int = 4096, seed: int = 0, fir
 
 
 def reconstruction_metrics(data: EvalData, first_position: int = 0) -> dict[str, float]:
-    """FVU, L0 and dead fraction of the SAE on the evaluation tokens (DESIGN.md definitions); also
-    the FVU over positions >= ``first_position`` only (the first token's huge activations can
-    dominate both sums of squares)."""
+    """FVU, relative error, L0 and dead fraction of the SAE on the evaluation tokens (DESIGN.md
+    definitions, ``scircuits.platform.metrics``); also the FVU over positions >= ``first_position``
+    only (the first token's huge activations can dominate both sums of squares)."""
 
-    def fvu(position_from: int) -> tuple[float, int, float, torch.Tensor | None]:
-        sq_err = sq = active = 0.0
-        sum_x: torch.Tensor | None = None
-        fired: torch.Tensor | None = None
-        tokens = 0
+    def stats(position_from: int) -> dict[str, float]:
+        acc = ReconstructionStats(d_sae=data.batches[0].features.shape[-1]) if data.batches else None
         for eb in data.batches:
             mask = edit_mask(eb.batch, position_from)
-            x = eb.cache.site_output[mask].double()
-            sq_err += float(eb.error[mask].double().pow(2).sum())
-            sq += float(x.pow(2).sum())
-            sum_x = x.sum(0) if sum_x is None else sum_x + x.sum(0)
-            tokens += x.shape[0]
-            on = eb.features[mask] > 0
-            active += float(on.sum())
-            fired = on.any(0) if fired is None else fired | on.any(0)
-        variance = sq - float(sum_x.pow(2).sum()) / tokens if sum_x is not None and tokens else 0.0
-        return (sq_err / variance if variance > 0 else float("nan")), tokens, active, fired
+            x = eb.cache.site_output[mask]
+            acc.update(x, x - eb.error[mask], eb.features[mask])  # type: ignore[union-attr]
+        return acc.result() if acc is not None else {"tokens": 0}
 
-    value, tokens, active, fired = fvu(0)
-    result = {"fvu": value, "l0": active / max(tokens, 1),
-              "dead_fraction": 1.0 - float(fired.float().mean()) if fired is not None else float("nan"),
-              "tokens": tokens}
+    result = stats(0)
     if first_position > 0:
-        result[f"fvu_positions_from_{first_position}"] = fvu(first_position)[0]
+        result[f"fvu_positions_from_{first_position}"] = stats(first_position).get("fvu", float("nan"))
     return result
 
 

@@ -5,6 +5,10 @@
 - L0 = mean number of active latents per token.
 - dead fraction = fraction of latents that never fire on the evaluated tokens.
 - MSE = mean over tokens and dimensions of (x - x_hat)^2, in the units of the raw activations.
+- relative error = mean over tokens of |x - x_hat|^2 / |x|^2. FVU weighs tokens and dimensions by
+  their variance, so in a residual stream with a few massive dimensions (SmolLM2's dimension 507
+  holds ~98% of the variance at layer 15) FVU mostly measures those; the per-token relative error
+  weighs every token alike. ``top_dim_variance_share`` says how dominated FVU is.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ class ReconstructionStats:
     sum_sq_error: float = 0.0
     sum_sq: float = 0.0
     sum_x: torch.Tensor | None = None
+    sum_x2: torch.Tensor | None = None
+    sum_relative_error: float = 0.0
     active_total: float = 0.0
     fired: torch.Tensor | None = field(default=None, repr=False)
 
@@ -32,8 +38,12 @@ class ReconstructionStats:
         self.d_in = x.shape[1]
         self.sum_sq_error += float((x64 - x_hat64).pow(2).sum())
         self.sum_sq += float(x64.pow(2).sum())
+        token_error = (x64 - x_hat64).pow(2).sum(dim=1)
+        self.sum_relative_error += float((token_error / x64.pow(2).sum(dim=1).clamp_min(1e-30)).sum())
         batch_sum = x64.sum(dim=0).cpu()
         self.sum_x = batch_sum if self.sum_x is None else self.sum_x + batch_sum
+        batch_sq = x64.pow(2).sum(dim=0).cpu()
+        self.sum_x2 = batch_sq if self.sum_x2 is None else self.sum_x2 + batch_sq
         active = acts > 0
         self.active_total += float(active.sum())
         batch_fired = active.any(dim=0).cpu()
@@ -49,6 +59,8 @@ class ReconstructionStats:
         self.sum_sq_error += other.sum_sq_error
         self.sum_sq += other.sum_sq
         self.sum_x = self.sum_x + other.sum_x  # type: ignore[operator]
+        self.sum_x2 = self.sum_x2 + other.sum_x2  # type: ignore[operator]
+        self.sum_relative_error += other.sum_relative_error
         self.active_total += other.active_total
         self.fired = self.fired | other.fired  # type: ignore[operator]
 
@@ -70,7 +82,16 @@ class ReconstructionStats:
             "l0": self.active_total / self.tokens,
             "dead_fraction": dead,
             "mse": self.sum_sq_error / (self.tokens * self.d_in),
+            "relative_error": self.sum_relative_error / self.tokens,
+            "top_dim_variance_share": self.top_dim_variance_share(),
         }
+
+    def top_dim_variance_share(self) -> float:
+        if self.sum_x is None or self.sum_x2 is None:
+            return float("nan")
+        per_dim = self.sum_x2 - self.sum_x.pow(2) / self.tokens
+        total = float(per_dim.sum())
+        return float(per_dim.max()) / total if total > 0 else float("nan")
 
 
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:

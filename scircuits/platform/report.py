@@ -263,6 +263,9 @@ def metric_rows(run: RunData) -> list[list[Any]]:
     rec, base, splice = res.get("reconstruction", {}), res.get("baseline", {}), res.get("splice", {})
     return [
         ["FVU", fmt(m.get("fvu")), m.get("source")],
+        ["relative error per token (mean |x - x̂|² / |x|²)", fmt(m.get("relative_error")), m.get("source")],
+        ["variance share of the largest dimension", fmt(m.get("top_dim_variance_share")),
+         "FVU mostly measures that dimension when this is near 1"],
         ["L0 (active latents per token)", fmt(m.get("l0"), 1), m.get("source")],
         ["dead fraction", fmt(m.get("dead_fraction")), m.get("source")],
         *[[f"FVU without the first {key.rsplit('_', 1)[1]} position(s)", fmt(value), "evaluation tokens"]
