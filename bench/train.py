@@ -127,7 +127,8 @@ def worker_ours(args: argparse.Namespace, data: Any) -> dict:
     sae = get_plugins().saes.get(args.variant).build(data.shape[1], args.d_sae, hparams)
     sae.encoder_bf16 = args.bf16
     steps = (data.shape[0] - EVAL_TOKENS) // args.batch
-    trainer = SAETrainer(sae, lr=args.lr, total_steps=steps, warmup_steps=min(10, steps), grad_clip=1.0)
+    # the peers' loops run Adam at a constant rate: so does ours here (no warm-up, no decay)
+    trainer = SAETrainer(sae, lr=args.lr, total_steps=steps, warmup_steps=0, decay_fraction=0.0, grad_clip=1.0)
     trainer.initialize_from_sample(torch.from_numpy(data[:4096].copy()))
 
     def evaluate(x: Any) -> dict:
@@ -297,6 +298,7 @@ def main(argv: list[str] | None = None) -> None:
             plan += [("sparsify topk", peers, "sparsify", "topk", False), ("saelens topk", peers, "saelens", "topk", False)]
         if not args.skip_relu:
             plan.append(("ours relu", ours, "ours", "relu", False))
+            plan.append(("ours relu bf16", ours, "ours", "relu", True))
             if peers:
                 plan.append(("saelens standard", peers, "saelens", "relu", False))
         rows = []
@@ -317,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['l0']:>7.1f} {r['dead_fraction']:>6.3f}")
     by_name = {r["trainer"]: r for r in rows if "error" not in r}
     for ours_name, peer_name in (("ours topk", "sparsify topk"), ("ours topk bf16", "sparsify topk"),
-                                 ("ours relu", "saelens standard")):
+                                 ("ours relu", "saelens standard"), ("ours relu bf16", "saelens standard")):
         if ours_name in by_name and peer_name in by_name:
             ratio = by_name[ours_name]["tokens_per_s"] / by_name[peer_name]["tokens_per_s"]
             print(f"{ours_name} / {peer_name}: {ratio:.2f}x tokens/s")

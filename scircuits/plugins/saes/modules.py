@@ -48,7 +48,8 @@ class ReLUSAE(SparseAutoencoder):
 
     def train_forward(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None) -> TrainOutput:
         f = self.encode(x)
-        x_hat = self.decode(f)
+        # with encoder_bf16 the decoder product runs in bfloat16 too: relu has no sparse path
+        x_hat = encoder_product(f, self.W_dec, self.encoder_bf16) + self.b_dec
         dec_norms = self.W_dec.norm(dim=1)
         mse = mse_per_element(x, x_hat)
         l1 = (f * dec_norms).sum(dim=-1).mean()
