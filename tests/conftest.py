@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("SCIRCUITS_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.fail(f"benchmark data not found at {SHARED_DATA}: the project expects ../shared/data beside it")
+        pytest.fail(f"benchmark data not found at {SHARED_DATA}: the project expects ../shared/data beside it "
+                    "(or set SCIRCUITS_SHARED_DATA)")
     return SHARED_DATA
 
 
