@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any, Iterator, Literal, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 

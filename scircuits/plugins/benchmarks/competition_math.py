@@ -22,15 +22,16 @@ whichever split is asked for).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
-from scircuits import Benchmark, Example
-from scircuits.platform.errors import ConfigError, DataFormatError
+from scircuits import Example
+from scircuits.platform.errors import DataFormatError
 from scircuits.plugins.benchmarks.boxed import UnbalancedBoxError, last_boxed
-from scircuits.plugins.benchmarks.datafiles import read_jsonl, require_text, resolve_data_file, take
+from scircuits.plugins.benchmarks.datafiles import DataFileBenchmark, read_jsonl, require_text
 
 EXPECTED_DATA = "a directory holding test.jsonl and/or math500.jsonl (MATH format), or one .jsonl file"
 MATH_TYPES = (
@@ -98,28 +99,17 @@ def parse_level(value: Any, where: str) -> int | None:
     return None if match.group(1) == "?" else int(match.group(1))
 
 
-class MathBenchmark(Benchmark):
+class MathBenchmark(DataFileBenchmark):
     name = "math"
     description = "MATH competition problems; the target is the last \\boxed{...} answer (--data PATH)."
     splits = ("test", "math500", "train")
     multiple_choice = False
     Options = MathOptions
 
-    def examples(
-        self,
-        split: str = "test",
-        limit: int | None = None,
-        seed: int = 0,
-        options: Mapping[str, Any] | BaseModel | None = None,
-    ) -> Iterator[Example]:
-        self.check_split(split)
-        opts: MathOptions = self.parse_options(options)  # type: ignore[assignment]
-        if opts.data is None:
-            raise ConfigError(f"benchmark 'math' needs data: pass --data PATH ({EXPECTED_DATA})")
-        path = resolve_data_file(self.name, opts.data, split, ".jsonl", EXPECTED_DATA)
-        return take(self._examples(path, split, opts), limit)
+    data_suffix = ".jsonl"
+    expected_data = EXPECTED_DATA
 
-    def _examples(self, path: Path, split: str, opts: MathOptions) -> Iterator[Example]:
+    def examples_from(self, path: Path, split: str, opts: MathOptions) -> Iterator[Example]:  # type: ignore[override]
         for index, (line_no, row) in enumerate(read_jsonl(path)):
             where = f"{path}, line {line_no}"
             problem = require_text(row, "problem", where).strip()

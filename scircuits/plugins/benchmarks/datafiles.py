@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
+from scircuits import Benchmark, Example
 from scircuits.platform.errors import ConfigError, DataFormatError
 
 T = TypeVar("T")
@@ -74,3 +76,26 @@ def require_text(row: dict[str, Any], key: str, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise DataFormatError(f"{where}: expected {key!r} to be a non-empty string, got {value!r:.80}")
     return value
+
+
+class DataFileBenchmark(Benchmark):
+    """A benchmark read from one file per split: ``data`` (an option) is that file or its folder.
+
+    Subclasses set ``data_suffix`` and ``expected_data`` (what a valid ``data`` holds) and implement
+    ``examples_from(path, split, options)``; the ``limit`` is applied here.
+    """
+
+    data_suffix: str = ""
+    expected_data: str = ""
+
+    def examples(self, split="test", limit=None, seed=0, options=None):  # type: ignore[no-untyped-def]
+        self.check_split(split)
+        opts = self.parse_options(options)
+        if getattr(opts, "data", None) is None:
+            raise ConfigError(f"benchmark {self.name!r} needs data: pass --data PATH ({self.expected_data})")
+        path = resolve_data_file(self.name, opts.data, split, self.data_suffix, self.expected_data)
+        return take(self.examples_from(path, split, opts), limit)
+
+    def examples_from(self, path: Path, split: str, opts: Any) -> Iterator[Example]:
+        raise NotImplementedError
+

@@ -20,7 +20,8 @@ the ``datasets`` package is installed and the hub can be reached.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Iterator, Literal, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -111,7 +112,7 @@ class GSM8KBenchmark(Benchmark):
 def _hub_rows(split: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """Rows of openai/gsm8k from the Hugging Face hub, read through `datasets` (imported here)."""
     try:
-        import datasets  # noqa: PLC0415 - optional, heavy
+        import datasets
     except ImportError:
         raise ConfigError(
             f"benchmark 'gsm8k' needs data: pass --data PATH ({EXPECTED_DATA}). Reading {HF_DATASET} from "

@@ -25,14 +25,15 @@ Examples follow the file order (``seed`` is not used); ids are "logic/<split>/<b
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from scircuits import Benchmark, Example
-from scircuits.platform.errors import ConfigError, DataFormatError
-from scircuits.plugins.benchmarks.datafiles import resolve_data_file, take
+from scircuits import Example
+from scircuits.platform.errors import DataFormatError
+from scircuits.plugins.benchmarks.datafiles import DataFileBenchmark
 
 EXPECTED_DATA = "a directory holding test.txt and eval.txt (LogiQA English format), or one .txt file"
 LETTERS = ("A", "B", "C", "D")
@@ -121,28 +122,17 @@ def render_prompt(context: str, question: str, options: list[str]) -> str:
     return f"{context}\nQuestion: {question}\n{lettered}\nAnswer:"
 
 
-class LogiQABenchmark(Benchmark):
+class LogiQABenchmark(DataFileBenchmark):
     name = "logic"
     description = "LogiQA logical reasoning, multiple choice over four options (--data PATH)."
     splits = ("test", "eval", "train")
     multiple_choice = True
     Options = LogiQAOptions
 
-    def examples(
-        self,
-        split: str = "test",
-        limit: int | None = None,
-        seed: int = 0,
-        options: Mapping[str, Any] | BaseModel | None = None,
-    ) -> Iterator[Example]:
-        self.check_split(split)
-        opts: LogiQAOptions = self.parse_options(options)  # type: ignore[assignment]
-        if opts.data is None:
-            raise ConfigError(f"benchmark 'logic' needs data: pass --data PATH ({EXPECTED_DATA})")
-        path = resolve_data_file(self.name, opts.data, split, ".txt", EXPECTED_DATA)
-        return take(self._examples(path, split, opts), limit)
+    data_suffix = ".txt"
+    expected_data = EXPECTED_DATA
 
-    def _examples(self, path: Path, split: str, opts: LogiQAOptions) -> Iterator[Example]:
+    def examples_from(self, path: Path, split: str, opts: LogiQAOptions) -> Iterator[Example]:  # type: ignore[override]
         for index, (first_line, lines) in enumerate(_read_blocks(path)):
             answer, context, question, options = parse_block(lines, first_line, path)
             answer_index = LETTERS.index(answer)

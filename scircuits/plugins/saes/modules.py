@@ -110,19 +110,23 @@ class TopKSAE(SparseAutoencoder):
     def train_forward(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None) -> TrainOutput:
         values, indices = self.encode_sparse(x)
         x_hat = self.decode_sparse(values, indices)
-        mse = mse_per_element(x, x_hat)
-        terms = {"mse": mse}
-        loss = mse
-        if dead_mask is not None and self.hparams["auxk_alpha"] > 0:
-            terms["auxk"] = self.auxk_loss(x, x_hat, dead_mask)
-            loss = loss + self.hparams["auxk_alpha"] * terms["auxk"]
-        terms["loss"] = loss
+        terms = self.reconstruction_terms(x, x_hat, dead_mask)
         with torch.no_grad():
             active = values > 0
             fired = torch.zeros(self.d_sae, dtype=torch.long, device=x.device)
             fired.index_add_(0, indices[active], torch.ones_like(indices[active]))
             l0 = float(active.sum(dim=-1).float().mean())
         return TrainOutput(terms, x_hat, fired, l0)
+
+    def reconstruction_terms(self, x: torch.Tensor, x_hat: torch.Tensor,
+                             dead_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """mse, plus AuxK on the dead latents when there are any; ``loss`` is their weighted sum."""
+        terms = {"mse": mse_per_element(x, x_hat)}
+        terms["loss"] = terms["mse"]
+        if dead_mask is not None and self.hparams["auxk_alpha"] > 0:
+            terms["auxk"] = self.auxk_loss(x, x_hat, dead_mask)
+            terms["loss"] = terms["mse"] + self.hparams["auxk_alpha"] * terms["auxk"]
+        return terms
 
     def auxk_loss(self, x: torch.Tensor, x_hat: torch.Tensor, dead_mask: torch.Tensor) -> torch.Tensor:
         """The largest ``k_aux`` dead latents reconstruct the residual the live ones left (dense:
@@ -166,13 +170,7 @@ class BatchTopKSAE(TopKSAE):
         values, flat_idx = flat.topk(self.k * acts.shape[0], sorted=False)
         f = torch.zeros_like(flat).scatter(0, flat_idx, values).reshape(acts.shape)
         x_hat = self.decode(f)
-        mse = mse_per_element(x, x_hat)
-        terms = {"mse": mse}
-        loss = mse
-        if dead_mask is not None and self.hparams["auxk_alpha"] > 0:
-            terms["auxk"] = self.auxk_loss(x, x_hat, dead_mask)
-            loss = loss + self.hparams["auxk_alpha"] * terms["auxk"]
-        terms["loss"] = loss
+        terms = self.reconstruction_terms(x, x_hat, dead_mask)
         with torch.no_grad():
             fired = fired_counts(f)
             l0 = float((f > 0).sum(dim=-1).float().mean())
