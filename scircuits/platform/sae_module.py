@@ -56,6 +56,9 @@ class SparseAutoencoder(nn.Module):
     # -- initialisation ----------------------------------------------------------------------
 
     decoder_init_norm: float = 0.1
+    # The encoder starts as the decoder's transpose times this. Adam's steps have a fixed size, so
+    # the encoder's starting scale sets how fast it moves relative to itself.
+    encoder_init_scale: float = 1.0
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -64,7 +67,7 @@ class SparseAutoencoder(nn.Module):
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
         norm = 1.0 if self.unit_norm_decoder else self.decoder_init_norm
         self.W_dec.mul_(norm)
-        self.W_enc.copy_(self.W_dec.t())
+        self.W_enc.copy_(self.W_dec.t() * self.encoder_init_scale)
         self.b_enc.zero_()
         self.b_dec.zero_()
 
