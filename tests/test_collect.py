@@ -223,3 +223,17 @@ def test_sequences_longer_than_the_model_takes_keep_the_end_of_the_prompt(tiny_g
         stored = store.token_ids[store.example_ids == index]
         assert stored.tolist() == list(encode_example(loaded.tokenizer, example, limit).input_ids)
         assert stored.tolist()[-3:] == list(full[-3:])
+
+
+def test_bad_benchmark_data_fails_before_any_weights_load(tmp_path):
+    from tests.cli_helpers import run_cli
+
+    bad = tmp_path / "test.jsonl"
+    bad.write_text('{"question": "q", "answer": "no final line"}\n')
+    out = tmp_path / "never.zarr"
+    for extra in ([], ["--data", str(bad)]):
+        result = run_cli("collect", "--benchmark", "gsm8k", "--limit", "2", "--out", str(out), *extra)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and "Loading weights" not in result.stderr
+        assert not out.exists()
+    assert f"{bad}, line 1" in result.stderr

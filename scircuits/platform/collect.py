@@ -125,6 +125,8 @@ def run_collect(config: CollectConfig, *, remote_backend: RemoteBackend = True) 
     benchmark = plugins.benchmarks.get(config.benchmark)
     benchmark.check_split(config.split)
     options = benchmark.parse_options(config.benchmark_options)
+    # missing or malformed data fails here, before any weights load
+    next(iter(benchmark.examples(config.split, 1, config.seed, options)), None)
     if adapter.n_layers:  # a declared adapter: check the layer and site before loading anything
         config = config.model_copy(update={"layer": _check_site(adapter, config.layer, config.site)})
         done = _check_existing_store(config)
