@@ -156,11 +156,17 @@ def figure_training(run: RunData) -> bytes | None:
     ax.set_xlabel("step")
     if evals:
         ax2 = ax.twinx()
-        ax2.plot([r["step"] for r in evals], [r["eval"]["fvu"] for r in evals], "o-", color="tab:red",
-                 label="held-out FVU")
-        ax2.set_ylabel("FVU", color="tab:red")
+        steps = [r["step"] for r in evals]
+        ax2.plot(steps, [r["eval"]["fvu"] for r in evals], "o-", color="tab:red", label="held-out FVU")
+        if all("relative_error" in r["eval"] for r in evals):
+            ax2.plot(steps, [r["eval"]["relative_error"] for r in evals], "s--", color="tab:orange",
+                     label="held-out relative error per token")
+        ax2.set_yscale("log")  # FVU spans decades; a linear axis hides its scale in an offset label
+        ax2.set_ylabel("held-out metric (log)")
     ax.set_title("SAE training")
-    fig.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.subplots_adjust(bottom=0.3)
+    fig.legend(loc="lower center", ncol=3, fontsize=7, frameon=False)
     return _png(fig)
 
 
