@@ -13,6 +13,7 @@ import pytest
 
 import scircuits.platform.causal as causal
 import scircuits.platform.collect as collect_module
+import scircuits.platform.hf_loading as hf_loading
 import scircuits.platform.report as report_module
 import scircuits.platform.training as training
 from scircuits.platform.checkpoint import META_FILE, WEIGHTS_FILE
@@ -30,7 +31,7 @@ class FakeStages:
         monkeypatch.setattr(training, "train", self.train)
         monkeypatch.setattr(causal, "run_ablate", self.ablate)
         monkeypatch.setattr(report_module, "write_report", self.report)
-        monkeypatch.setattr(causal, "check_weights", lambda adapter, model_path: None)
+        monkeypatch.setattr(hf_loading, "check_weights_available", lambda adapter, model_path: None)
 
     def collect(self, config):
         self.calls.append("collect")

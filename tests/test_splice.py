@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from scircuits.platform.sae_module import SparseAutoencoder
 from scircuits.platform.scoring import make_batch
 from scircuits.platform.sequences import EncodedSequence
 from scircuits.platform.splice import SplitModel, clean_logits, nnsight_site_logits, spliced_output
-from scircuits.platform.sae_module import SparseAutoencoder
 from scircuits.testing import tiny_loaded_model
 
 ARCHITECTURES = ["smollm2-135m", "gpt2-medium", "pythia-1.4b", "gemma-2b", "phi-2", "llama-3-8b", "mistral-7b"]

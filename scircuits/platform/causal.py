@@ -509,7 +509,7 @@ class AblateInputs:
 
 
 def resolve_layer(config: AblateConfig, loaded: LoadedModel, sae_info: dict[str, Any]) -> int:
-    trained_at = sae_layer(sae_info)
+    trained_at = sae_site(sae_info)[0]
     if config.layer is not None:
         if trained_at is not None and trained_at != config.layer:
             raise ConfigError(f"the SAE was trained on layer {trained_at}, but --layer {config.layer} was given; "
@@ -533,10 +533,6 @@ def sae_site(info: dict[str, Any]) -> tuple[int | None, str | None]:
     return (int(layer) if isinstance(layer, int) else None, site if isinstance(site, str) else None)
 
 
-def sae_layer(info: dict[str, Any]) -> int | None:
-    return sae_site(info)[0]
-
-
 def load_inputs(config: AblateConfig, loaded: LoadedModel | None = None) -> AblateInputs:
     """Check the weights, load the model, the SAE and the examples (model weights checked first)."""
     from scircuits.platform.plugins import get_plugins
@@ -550,7 +546,9 @@ def load_inputs(config: AblateConfig, loaded: LoadedModel | None = None) -> Abla
     if not Path(config.sae).is_dir():
         raise ConfigError(f"--sae {config.sae} is not a folder; give the folder that `scircuits train` wrote")
     if loaded is None:
-        check_weights(adapter, config.model_path)
+        from scircuits.platform.hf_loading import check_weights_available
+
+        check_weights_available(adapter, config.model_path)
     from scircuits.platform.checkpoint import load_sae
 
     sae, info = load_sae(config.sae)
@@ -569,17 +567,6 @@ def load_inputs(config: AblateConfig, loaded: LoadedModel | None = None) -> Abla
                           f"pass --site {trained_site}")
     layer = resolve_layer(config, loaded, info)
     return AblateInputs(loaded, sae, info, examples, layer)
-
-
-def check_weights(adapter: Any, model_path: str | None) -> None:
-    """WeightsUnavailableError before any work when the model's weights cannot be had."""
-    custom = getattr(adapter, "check_weights", None)
-    if callable(custom):
-        custom(model_path)
-        return
-    from scircuits.platform.hf_loading import check_weights_available
-
-    check_weights_available(adapter, model_path)
 
 
 def run_ablate(config: AblateConfig, loaded: LoadedModel | None = None, inputs: AblateInputs | None = None) -> Path:

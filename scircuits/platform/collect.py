@@ -42,15 +42,6 @@ def model_dtype_for(config: CollectConfig) -> str:
     return "float32" if config.device == "cpu" else "bfloat16"
 
 
-def _check_site(adapter: Any, layer: int | None, site: str, n_layers: int | None = None) -> int:
-    try:
-        resolved = adapter.layer_or_default(layer, n_layers)
-        adapter.site_path(resolved, site, n_layers=n_layers)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return resolved
-
-
 def store_attrs(config: CollectConfig, loaded: Any, layer: int) -> dict[str, Any]:
     """The store's identity: what was traced, from which weights, by which command."""
     return {
@@ -128,7 +119,7 @@ def run_collect(config: CollectConfig, *, remote_backend: RemoteBackend = True) 
     # missing or malformed data fails here, before any weights load
     next(iter(benchmark.examples(config.split, 1, config.seed, options)), None)
     if adapter.n_layers:  # a declared adapter: check the layer and site before loading anything
-        config = config.model_copy(update={"layer": _check_site(adapter, config.layer, config.site)})
+        config = config.model_copy(update={"layer": adapter.resolve_site(config.layer, config.site)})
         done = _check_existing_store(config)
         if done is not None:
             return done
@@ -142,7 +133,7 @@ def run_collect(config: CollectConfig, *, remote_backend: RemoteBackend = True) 
 
         check_weights_available(adapter, config.model_path)
         loaded = adapter.load(model_path=config.model_path, dtype=model_dtype_for(config), device=config.device)
-    layer = _check_site(loaded.adapter, config.layer, config.site, loaded.n_layers)
+    layer = loaded.adapter.resolve_site(config.layer, config.site, loaded.n_layers)
     config = config.model_copy(update={"layer": layer})
     done = _check_existing_store(config)
     if done is not None:

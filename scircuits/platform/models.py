@@ -80,6 +80,17 @@ class ModelAdapter:
         sub = self.site_paths[site]
         return f"{self.blocks_path}.{layer}" + (f".{sub}" if sub else "")
 
+    def resolve_site(self, layer: int | None, site: str | Site, n_layers: int | None = None) -> int:
+        """The layer (default: the adapter's) after checking that it and the site exist; ConfigError if not."""
+        from scircuits.platform.errors import ConfigError
+
+        try:
+            resolved = self.layer_or_default(layer, n_layers)
+            self.site_path(resolved, site, n_layers=n_layers)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return resolved
+
     def load(self, *, model_path: str | None = None, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
         raise NotImplementedError
 

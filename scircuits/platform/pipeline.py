@@ -70,12 +70,7 @@ def resolve_layer(adapter: Any, config: RunConfig) -> int:
     n_layers = adapter.n_layers
     if not n_layers:  # an adapter that learns its sizes from the config (e.g. hf:ORG/NAME)
         n_layers = config_layer_count(config.model_path or adapter.hf_id)
-    try:
-        layer = adapter.layer_or_default(config.layer, n_layers)
-        adapter.site_path(layer, config.site, n_layers=n_layers)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return layer
+    return adapter.resolve_site(config.layer, config.site, n_layers)
 
 
 def config_layer_count(source: str) -> int:
@@ -197,13 +192,13 @@ def say(message: str) -> None:
 
 def check_model_weights(config: RunConfig) -> None:
     """Stop before any work when the weights cannot be had (WeightsUnavailableError names the ways)."""
-    from scircuits.platform.causal import check_weights
     from scircuits.platform.errors import WeightsUnavailableError
+    from scircuits.platform.hf_loading import check_weights_available
     from scircuits.platform.plugins import get_plugins
 
     adapter = get_plugins().models.get(config.model)
     try:
-        check_weights(adapter, config.model_path)
+        check_weights_available(adapter, config.model_path)
     except WeightsUnavailableError as exc:
         if config.remote:
             raise WeightsUnavailableError(

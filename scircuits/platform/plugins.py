@@ -43,6 +43,7 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     registered: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
+    traceback: str | None = field(default=None, repr=False)  # of an import failure, for debugging
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,7 +96,7 @@ class PluginSet:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             info.error = f"import failed: {type(exc).__name__}: {exc}"
-            info.traceback = traceback.format_exc()  # type: ignore[attr-defined]
+            info.traceback = traceback.format_exc()
             return
         info.module = getattr(module, "__name__", info.module)
         unknown = [

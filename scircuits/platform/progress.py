@@ -41,7 +41,8 @@ class Progress:
 def progress(description: str, total: float | None = None, enabled: bool = True, unit: str = "") -> Iterator[Progress]:
     p = Progress(description, total, enabled, unit)
     if enabled and sys.stderr.isatty():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as RichProgress
 
         with RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TimeRemainingColumn(), TextColumn("{task.fields[status]}"), transient=False) as bar:

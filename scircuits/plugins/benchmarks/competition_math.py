@@ -60,9 +60,9 @@ class MathOptions(BaseModel):
     level: list[int] | None = None  # keep only these levels (1-5)
     type: list[str] | None = None  # keep only these subjects, e.g. ["Algebra", "Number Theory"]
 
-    @field_validator("level", mode="before")
+    @field_validator("level", "type", mode="before")
     @classmethod
-    def _level_list(cls, value: Any) -> Any:
+    def _comma_lists(cls, value: Any) -> Any:
         return _comma_list(value)
 
     @field_validator("level")
@@ -71,11 +71,6 @@ class MathOptions(BaseModel):
         if value is not None and any(not 1 <= level <= 5 for level in value):
             raise ValueError(f"levels are 1 to 5, got {value}")
         return value
-
-    @field_validator("type", mode="before")
-    @classmethod
-    def _type_list(cls, value: Any) -> Any:
-        return _comma_list(value)
 
     @field_validator("type")
     @classmethod
