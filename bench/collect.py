@@ -18,6 +18,7 @@ Not a test: figures depend on whatever else runs on the machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import shutil
@@ -85,31 +86,43 @@ def time_hook_stop(model, block, batches) -> float:
         start = time.perf_counter()
         with torch.no_grad():
             for batch in batches:
-                try:
+                with contextlib.suppress(StopForward):
                     model(input_ids=batch, use_cache=False)
-                except StopForward:
-                    pass
                 captured.clear()
         return time.perf_counter() - start
     finally:
         handle.remove()
 
 
-def time_ours(config: CollectConfig, loaded, layer, benchmark, options, workdir: Path, round_index: int,
-              peaks: list[float]) -> float:
+def time_ours(
+    config: CollectConfig,
+    loaded,
+    layer,
+    benchmark,
+    options,
+    workdir: Path,
+    round_index: int,
+    peaks: list[float],
+) -> float:
     out = workdir / f"round{round_index}.zarr"
     if reset_peak_rss():
         before = rss_mib()
-        summary = trace_into_store(config.model_copy(update={"out": str(out)}), loaded, layer, benchmark, options)
+        summary = trace_into_store(
+            config.model_copy(update={"out": str(out)}), loaded, layer, benchmark, options
+        )
         peaks.append(hwm_mib() - before)
     else:
-        summary = trace_into_store(config.model_copy(update={"out": str(out)}), loaded, layer, benchmark, options)
+        summary = trace_into_store(
+            config.model_copy(update={"out": str(out)}), loaded, layer, benchmark, options
+        )
     shutil.rmtree(out, ignore_errors=True)
     return summary.seconds
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--model-path")
     parser.add_argument("--layer", type=int, default=15)
@@ -133,17 +146,29 @@ def main() -> None:
     benchmark = plugins.benchmarks.get("arithmetic")
     n_examples = args.batch_size * args.batches
     # Enough shots that every prompt is longer than --seq-len; encode_example keeps its end.
-    config = CollectConfig(model=args.model, model_path=args.model_path, layer=layer, site=args.site,
-                           limit=n_examples, batch_size=args.batch_size, dtype=args.dtype,
-                           max_length=args.seq_len, progress=False,
-                           benchmark_options={"n_shots": max(3, args.seq_len // 8), "n_examples": max(n_examples, 200)})
+    config = CollectConfig(
+        model=args.model,
+        model_path=args.model_path,
+        layer=layer,
+        site=args.site,
+        limit=n_examples,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        max_length=args.seq_len,
+        progress=False,
+        benchmark_options={"n_shots": max(3, args.seq_len // 8), "n_examples": max(n_examples, 200)},
+    )
     options = benchmark.parse_options(config.benchmark_options)
     examples = list(benchmark.examples(config.split, config.limit, config.seed, options))
     sequences = [encode_example(loaded.tokenizer, e, args.seq_len).input_ids for e in examples]
     lengths = {len(s) for s in sequences}
     if lengths != {args.seq_len}:
-        raise SystemExit(f"prompts are {sorted(lengths)} tokens long, not all {args.seq_len}; lower --seq-len")
-    batches = [torch.tensor(sequences[i : i + args.batch_size]) for i in range(0, n_examples, args.batch_size)]
+        raise SystemExit(
+            f"prompts are {sorted(lengths)} tokens long, not all {args.seq_len}; lower --seq-len"
+        )
+    batches = [
+        torch.tensor(sequences[i : i + args.batch_size]) for i in range(0, n_examples, args.batch_size)
+    ]
     block = loaded.module(f"{loaded.adapter.blocks_path}.{layer}")
     n_tokens = n_examples * args.seq_len
 
@@ -160,35 +185,56 @@ def main() -> None:
         for round_index in range(args.rounds):
             times["full forward"].append(time_full_forward(loaded.model, batches))
             times["hook stop"].append(time_hook_stop(loaded.model, block, batches))
-            times["ours"].append(time_ours(config, loaded, layer, benchmark, options, workdir, round_index,
-                                           ours_peaks))
+            times["ours"].append(
+                time_ours(config, loaded, layer, benchmark, options, workdir, round_index, ours_peaks)
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     rate = {name: n_tokens / statistics.median(ts) for name, ts in times.items()}
-    print(f"model {args.model} ({loaded.n_layers} blocks, d_model {loaded.d_model}), {args.site} of block {layer}; "
-          f"{args.batches} batches of {args.batch_size} x {args.seq_len} tokens, {args.rounds} rounds, "
-          f"{torch.get_num_threads()} threads, store dtype {args.dtype}")
+    print(
+        f"model {args.model} ({loaded.n_layers} blocks, d_model {loaded.d_model}), {args.site} of block {layer}; "
+        f"{args.batches} batches of {args.batch_size} x {args.seq_len} tokens, {args.rounds} rounds, "
+        f"{torch.get_num_threads()} threads, store dtype {args.dtype}"
+    )
     print(f"{'method':<14} {'tokens/s':>10} {'rounds (s)':>28}")
     for name, ts in times.items():
         print(f"{name:<14} {rate[name]:>10.0f} {', '.join(f'{t:.2f}' for t in ts):>28}")
     ours_vs_hook = rate["ours"] / rate["hook stop"]
     stop_vs_full = rate["hook stop"] / rate["full forward"]
     print(f"ours / hook stop       {ours_vs_hook:.3f}   (target >= 0.9)")
-    print(f"hook stop / full       {stop_vs_full:.3f}   (target >= 1.7 for layer 15 of 30; "
-          f"ideal {loaded.n_layers / (layer + 1):.2f} without embedding and lm_head costs)")
+    print(
+        f"hook stop / full       {stop_vs_full:.3f}   (target >= 1.7 for layer 15 of 30; "
+        f"ideal {loaded.n_layers / (layer + 1):.2f} without embedding and lm_head costs)"
+    )
     print(f"ours / full            {rate['ours'] / rate['full forward']:.3f}")
-    print(f"RSS: start {rss_start:.0f} MiB, model loaded {rss_loaded:.0f} MiB, after a forward {rss_warm:.0f} MiB, "
-          f"process peak {peak_rss_mib():.0f} MiB (includes the full forward's logits)")
+    print(
+        f"RSS: start {rss_start:.0f} MiB, model loaded {rss_loaded:.0f} MiB, after a forward {rss_warm:.0f} MiB, "
+        f"process peak {peak_rss_mib():.0f} MiB (includes the full forward's logits)"
+    )
     if ours_peaks:
-        print(f"RSS growth while collecting (ours): at most {max(ours_peaks):.0f} MiB above the level before it")
+        print(
+            f"RSS growth while collecting (ours): at most {max(ours_peaks):.0f} MiB above the level before it"
+        )
     if args.json:
-        print(json.dumps({"tokens_per_s": rate, "seconds": times, "ours_vs_hook_stop": ours_vs_hook,
-                          "hook_stop_vs_full": stop_vs_full, "rss_loaded_mib": rss_loaded,
-                          "rss_after_forward_mib": rss_warm,
-                          "collect_rss_growth_mib": max(ours_peaks) if ours_peaks else None,
-                          "peak_rss_mib": peak_rss_mib(), "n_tokens": n_tokens, "layer": layer,
-                          "threads": torch.get_num_threads()}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "tokens_per_s": rate,
+                    "seconds": times,
+                    "ours_vs_hook_stop": ours_vs_hook,
+                    "hook_stop_vs_full": stop_vs_full,
+                    "rss_loaded_mib": rss_loaded,
+                    "rss_after_forward_mib": rss_warm,
+                    "collect_rss_growth_mib": max(ours_peaks) if ours_peaks else None,
+                    "peak_rss_mib": peak_rss_mib(),
+                    "n_tokens": n_tokens,
+                    "layer": layer,
+                    "threads": torch.get_num_threads(),
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

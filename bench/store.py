@@ -48,10 +48,16 @@ def load_rows(args: argparse.Namespace) -> Rows:
         store = ActivationStore(args.store)
         n = min(args.rows, store.n_tokens)
         a = store.attrs
-        label = (f"store {args.store} (source={a.get('source')}, {a.get('model')} {a.get('site')}{a.get('layer')}, "
-                 f"{a.get('benchmark')})")
-        return Rows(store.read_rows(0, n).astype(dtype), store.read_ids("token_ids", 0, n),
-                    store.read_ids("example_ids", 0, n), label)
+        label = (
+            f"store {args.store} (source={a.get('source')}, {a.get('model')} {a.get('site')}{a.get('layer')}, "
+            f"{a.get('benchmark')})"
+        )
+        return Rows(
+            store.read_rows(0, n).astype(dtype),
+            store.read_ids("token_ids", 0, n),
+            store.read_ids("example_ids", 0, n),
+            label,
+        )
     if args.npy:
         acts = np.load(args.npy, mmap_mode="r")[: args.rows].astype(dtype)
         label = f"npy {args.npy} (examples of {args.example_tokens} rows assumed)"
@@ -60,7 +66,9 @@ def load_rows(args: argparse.Namespace) -> Rows:
         acts = rng.standard_normal((args.rows, args.d_model), dtype=np.float32).astype(dtype)
         label = "GENERATED Gaussian rows (not activations; compression figures meaningless)"
     n = acts.shape[0]
-    return Rows(acts, np.zeros(n, dtype=np.int32), (np.arange(n) // args.example_tokens).astype(np.int32), label)
+    return Rows(
+        acts, np.zeros(n, dtype=np.int32), (np.arange(n) // args.example_tokens).astype(np.int32), label
+    )
 
 
 def bench_memmap(rows: Rows, workdir: Path, chunk_rows: int) -> float:
@@ -75,11 +83,25 @@ def bench_memmap(rows: Rows, workdir: Path, chunk_rows: int) -> float:
 
 
 def bench_writer(rows: Rows, path: Path, codec: str, chunk_rows: int | None) -> float:
-    attrs = {"source": "imported", "model": "bench", "model_id": "bench", "model_revision": "bench", "layer": 0,
-             "site": "resid", "benchmark": "bench", "split": "bench"}
+    attrs = {
+        "source": "imported",
+        "model": "bench",
+        "model_id": "bench",
+        "model_revision": "bench",
+        "layer": 0,
+        "site": "resid",
+        "benchmark": "bench",
+        "split": "bench",
+    }
     start = time.perf_counter()
-    with ActivationStoreWriter.open(path, attrs, d_model=rows.acts.shape[1], dtype=str(rows.acts.dtype),
-                                    chunk_rows=chunk_rows, compressor=None if codec == "none" else codec) as writer:
+    with ActivationStoreWriter.open(
+        path,
+        attrs,
+        d_model=rows.acts.shape[1],
+        dtype=str(rows.acts.dtype),
+        chunk_rows=chunk_rows,
+        compressor=None if codec == "none" else codec,
+    ) as writer:
         for example_id, token_ids, acts in rows.examples():
             writer.append_example(example_id, token_ids, acts)
     return time.perf_counter() - start
@@ -106,14 +128,18 @@ def bench_memmap_random_batches(path: Path, batch_size: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--store", help="take rows from this activation store")
     parser.add_argument("--npy", help="take rows from this (tokens, d_model) .npy file")
     parser.add_argument("--rows", type=int, default=200_000, help="rows to use (default 200,000)")
     parser.add_argument("--d-model", type=int, default=576, help="width of generated rows")
     parser.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     parser.add_argument("--example-tokens", type=int, default=128, help="rows per example without a store")
-    parser.add_argument("--chunk-rows", type=int, default=None, help="store chunk rows (default: the writer's)")
+    parser.add_argument(
+        "--chunk-rows", type=int, default=None, help="store chunk rows (default: the writer's)"
+    )
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--codecs", default=",".join(CODECS), help="comma-separated compressors to compare")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is shown")
@@ -149,21 +175,28 @@ def main() -> None:
         readers = []
         for codec in codecs:
             path = workdir / f"store-{codec.replace(':', '_')}.zarr"
-            seconds = best_write(lambda path=path, codec=codec: bench_writer(rows, path, codec, chunk_rows), path)
+            seconds = best_write(
+                lambda path=path, codec=codec: bench_writer(rows, path, codec, chunk_rows), path
+            )
             acts_bytes = size_on_disk(path / "acts")
-            table.append((f"writer {codec}", codec, seconds, raw_mb, rows.acts.nbytes / acts_bytes, acts_bytes))
+            table.append(
+                (f"writer {codec}", codec, seconds, raw_mb, rows.acts.nbytes / acts_bytes, acts_bytes)
+            )
             read_s = min(bench_reader(path, args.batch_size)[0] for _ in range(args.repeat))
             readers.append((f"iter_batches {codec}", read_s, n * d_model * 4 / 1e6))
-        memmap_read_s = min(bench_memmap_random_batches(workdir / "memmap.npy", args.batch_size)
-                            for _ in range(args.repeat))
+        memmap_read_s = min(
+            bench_memmap_random_batches(workdir / "memmap.npy", args.batch_size) for _ in range(args.repeat)
+        )
         readers.append(("memmap random batches (fancy index)", memmap_read_s, n * d_model * 4 / 1e6))
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"data: {rows.label}")
-    print(f"rows: {n:,} x {d_model} {rows.acts.dtype} = {raw_mb:,.1f} MB; chunk rows "
-          f"{chunk_rows or 'writer default'}; batch {args.batch_size}; best of {args.repeat}")
+    print(
+        f"rows: {n:,} x {d_model} {rows.acts.dtype} = {raw_mb:,.1f} MB; chunk rows "
+        f"{chunk_rows or 'writer default'}; batch {args.batch_size}; best of {args.repeat}"
+    )
     print()
     print(f"{'WRITE':<26}{'MB/s':>9}{'tokens/s':>12}{'x memmap':>10}{'ratio':>8}{'acts on disk':>15}")
     memmap_rate = raw_mb / memmap_s
@@ -171,8 +204,10 @@ def main() -> None:
         rate = mb / seconds
         ratio_text = "-" if ratio is None else f"{ratio:.3f}"
         stored_text = "-" if stored is None else f"{stored / 1e6:,.1f} MB"
-        print(f"{name:<26}{rate:>9,.0f}{n / seconds:>12,.0f}{rate / memmap_rate:>10.2f}"
-              f"{ratio_text:>8}{stored_text:>15}")
+        print(
+            f"{name:<26}{rate:>9,.0f}{n / seconds:>12,.0f}{rate / memmap_rate:>10.2f}"
+            f"{ratio_text:>8}{stored_text:>15}"
+        )
     print()
     print(f"{'READ (float32 batches)':<38}{'MB/s':>9}{'tokens/s':>12}")
     for name, seconds, mb in readers:

@@ -29,8 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PEERS_VENV = ROOT / ".scircuits-cache" / "venv-peers"
@@ -39,6 +40,7 @@ EVAL_TOKENS = 8192
 
 
 # -- data ---------------------------------------------------------------------------------------
+
 
 def make_synthetic(path: Path, n_tokens: int, d_model: int, seed: int = 0) -> None:
     """Activation-like data: sparse non-negative combinations (about 24 per token) of 16,384 unit
@@ -62,7 +64,7 @@ def make_synthetic(path: Path, n_tokens: int, d_model: int, seed: int = 0) -> No
         mags = torch.rand(n, per_token, generator=g) * 2
         x = torch.nn.functional.embedding_bag(idx, atoms, per_sample_weights=mags, mode="sum")
         x = (x + offset) * scales + 0.05 * torch.randn(n, d_model, generator=g)
-        out[start:start + n] = x.numpy()
+        out[start : start + n] = x.numpy()
     out.flush()
 
 
@@ -78,7 +80,7 @@ def export_store(store: str, path: Path, n_tokens: int) -> int:
     done = 0
     for batch in s.iter_batches(8192, seed=0, split="all"):
         take = min(batch.shape[0], n - done)
-        out[done:done + take] = batch[:take].numpy()
+        out[done : done + take] = batch[:take].numpy()
         done += take
         if done >= n:
             break
@@ -87,6 +89,7 @@ def export_store(store: str, path: Path, n_tokens: int) -> int:
 
 
 # -- shared measurement (runs in every venv) --------------------------------------------------------
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -100,22 +103,31 @@ def run_loop(data: Any, batch: int, step: Callable[[Any], None], eval_fn: Callab
     step(torch.from_numpy(data[:batch].copy()))  # warm-up step (allocations), not timed
     started = time.perf_counter()
     for i in range(1, steps):
-        step(torch.from_numpy(data[i * batch:(i + 1) * batch].copy()))
+        step(torch.from_numpy(data[i * batch : (i + 1) * batch].copy()))
     seconds = time.perf_counter() - started
     metrics = eval_fn(torch.from_numpy(data[n_train:].copy()))
-    return {"tokens_per_s": (steps - 1) * batch / seconds, "steps": steps, "seconds": seconds,
-            "peak_rss_mb": peak_rss_mb(), **metrics}
+    return {
+        "tokens_per_s": (steps - 1) * batch / seconds,
+        "steps": steps,
+        "seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        **metrics,
+    }
 
 
 def reconstruction_metrics(x: Any, x_hat: Any, acts: Any) -> dict:
     x64, e64 = x.double(), (x - x_hat).double()
     fvu = float(e64.pow(2).sum() / (x64 - x64.mean(dim=0)).pow(2).sum())
     active = acts > 0
-    return {"fvu": fvu, "l0": float(active.sum(dim=1).float().mean()),
-            "dead_fraction": float((~active.any(dim=0)).float().mean())}
+    return {
+        "fvu": fvu,
+        "l0": float(active.sum(dim=1).float().mean()),
+        "dead_fraction": float((~active.any(dim=0)).float().mean()),
+    }
 
 
 # -- workers ----------------------------------------------------------------------------------------
+
 
 def worker_ours(args: argparse.Namespace, data: Any) -> dict:
     import torch
@@ -128,7 +140,9 @@ def worker_ours(args: argparse.Namespace, data: Any) -> dict:
     sae.encoder_bf16 = args.bf16
     steps = (data.shape[0] - EVAL_TOKENS) // args.batch
     # the peers' loops run Adam at a constant rate: so does ours here (no warm-up, no decay)
-    trainer = SAETrainer(sae, lr=args.lr, total_steps=steps, warmup_steps=0, decay_fraction=0.0, grad_clip=1.0)
+    trainer = SAETrainer(
+        sae, lr=args.lr, total_steps=steps, warmup_steps=0, decay_fraction=0.0, grad_clip=1.0
+    )
     trainer.initialize_from_sample(torch.from_numpy(data[:4096].copy()))
 
     def evaluate(x: Any) -> dict:
@@ -189,7 +203,9 @@ def worker_saelens(args: argparse.Namespace, data: Any) -> dict:
 
         # SAELens' MSE sums over dimensions where ours averages: the same pressure is l1 * d_in.
         l1 = args.l1 * data.shape[1]
-        sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=data.shape[1], d_sae=args.d_sae, l1_coefficient=l1))
+        sae = StandardTrainingSAE(
+            StandardTrainingSAEConfig(d_in=data.shape[1], d_sae=args.d_sae, l1_coefficient=l1)
+        )
         coefficients = {"l1": l1}
     sample = torch.from_numpy(data[:4096].copy())
     with torch.no_grad():
@@ -200,8 +216,15 @@ def worker_saelens(args: argparse.Namespace, data: Any) -> dict:
 
     def step(x: Any) -> None:
         dead = fired_recently >= 10_000_000
-        out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients=coefficients, dead_neuron_mask=dead,
-                                                       n_training_steps=done[0], is_logging_step=False))
+        out = sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=x,
+                coefficients=coefficients,
+                dead_neuron_mask=dead,
+                n_training_steps=done[0],
+                is_logging_step=False,
+            )
+        )
         done[0] += 1
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -232,9 +255,14 @@ def worker_main(args: argparse.Namespace) -> None:
 
 # -- driver -----------------------------------------------------------------------------------------
 
+
 def ensure_peers_venv(venv: Path) -> Path:
     python = venv / "bin" / "python"
-    check = [str(python), "-c", "import torch, sae_lens, sparsify; assert torch.__version__.startswith('2.13.0')"]
+    check = [
+        str(python),
+        "-c",
+        "import torch, sae_lens, sparsify; assert torch.__version__.startswith('2.13.0')",
+    ]
     if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
         return python
     print(f"[bench] setting up {venv} (torch==2.13.0 first, then {' '.join(PEER_PACKAGES)})", file=sys.stderr)
@@ -246,16 +274,37 @@ def ensure_peers_venv(venv: Path) -> Path:
     return python
 
 
-def run_worker(python: str, name: str, variant: str, data: Path, args: argparse.Namespace, bf16: bool = False) -> dict:
-    cmd = [python, str(Path(__file__).resolve()), "--worker", name, "--variant", variant, "--data", str(data),
-           "--d-sae", str(args.d_sae), "--k", str(args.k), "--batch", str(args.batch), "--lr", str(args.lr),
-           "--l1", str(args.l1), "--threads", str(args.threads)] + (["--bf16"] if bf16 else [])
+def run_worker(
+    python: str, name: str, variant: str, data: Path, args: argparse.Namespace, bf16: bool = False
+) -> dict:
+    cmd = [
+        python,
+        str(Path(__file__).resolve()),
+        "--worker",
+        name,
+        "--variant",
+        variant,
+        "--data",
+        str(data),
+        "--d-sae",
+        str(args.d_sae),
+        "--k",
+        str(args.k),
+        "--batch",
+        str(args.batch),
+        "--lr",
+        str(args.lr),
+        "--l1",
+        str(args.l1),
+        "--threads",
+        str(args.threads),
+    ] + (["--bf16"] if bf16 else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["failed"]}
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -295,7 +344,10 @@ def main(argv: list[str] | None = None) -> None:
         peers = None if args.skip_peers else str(ensure_peers_venv(args.peers_venv))
         plan = [("ours topk", ours, "ours", "topk", False), ("ours topk bf16", ours, "ours", "topk", True)]
         if peers:
-            plan += [("sparsify topk", peers, "sparsify", "topk", False), ("saelens topk", peers, "saelens", "topk", False)]
+            plan += [
+                ("sparsify topk", peers, "sparsify", "topk", False),
+                ("saelens topk", peers, "saelens", "topk", False),
+            ]
         if not args.skip_relu:
             plan.append(("ours relu", ours, "ours", "relu", False))
             plan.append(("ours relu bf16", ours, "ours", "relu", True))
@@ -306,8 +358,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[bench] {label} ...", file=sys.stderr, flush=True)
             rows.append({"trainer": label, **run_worker(python, worker, variant, data, args, bf16)})
 
-    print(f"\nSAE training, CPU, {args.threads} threads, {source}, d_sae {args.d_sae}, k {args.k}, "
-          f"batch {args.batch}, one pass, held-out {EVAL_TOKENS} tokens\n")
+    print(
+        f"\nSAE training, CPU, {args.threads} threads, {source}, d_sae {args.d_sae}, k {args.k}, "
+        f"batch {args.batch}, one pass, held-out {EVAL_TOKENS} tokens\n"
+    )
     header = f"{'trainer':<18} {'tokens/s':>10} {'peak RSS MB':>12} {'FVU':>7} {'L0':>7} {'dead':>6}"
     print(header)
     print("-" * len(header))
@@ -315,17 +369,26 @@ def main(argv: list[str] | None = None) -> None:
         if "error" in r:
             print(f"{r['trainer']:<18} failed: {r['error']}")
             continue
-        print(f"{r['trainer']:<18} {r['tokens_per_s']:>10,.0f} {r['peak_rss_mb']:>12,.0f} {r['fvu']:>7.3f} "
-              f"{r['l0']:>7.1f} {r['dead_fraction']:>6.3f}")
+        print(
+            f"{r['trainer']:<18} {r['tokens_per_s']:>10,.0f} {r['peak_rss_mb']:>12,.0f} {r['fvu']:>7.3f} "
+            f"{r['l0']:>7.1f} {r['dead_fraction']:>6.3f}"
+        )
     by_name = {r["trainer"]: r for r in rows if "error" not in r}
-    for ours_name, peer_name in (("ours topk", "sparsify topk"), ("ours topk bf16", "sparsify topk"),
-                                 ("ours relu", "saelens standard"), ("ours relu bf16", "saelens standard")):
+    for ours_name, peer_name in (
+        ("ours topk", "sparsify topk"),
+        ("ours topk bf16", "sparsify topk"),
+        ("ours relu", "saelens standard"),
+        ("ours relu bf16", "saelens standard"),
+    ):
         if ours_name in by_name and peer_name in by_name:
             ratio = by_name[ours_name]["tokens_per_s"] / by_name[peer_name]["tokens_per_s"]
             print(f"{ours_name} / {peer_name}: {ratio:.2f}x tokens/s")
     if args.json:
-        args.json.write_text(json.dumps({"source": source, "args": {k: str(v) for k, v in vars(args).items()},
-                                         "rows": rows}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"source": source, "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2
+            )
+        )
 
 
 if __name__ == "__main__":

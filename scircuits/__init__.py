@@ -22,6 +22,6 @@ __all__ = [
     "ModelAdapter",
     "SAEVariant",
     "Site",
-    "hookimpl",
     "__version__",
+    "hookimpl",
 ]

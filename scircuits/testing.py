@@ -38,7 +38,8 @@ def _tokenizer_json() -> str:
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
     tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])])
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
     return tok.to_str()
 
 
@@ -49,8 +50,12 @@ def tiny_tokenizer() -> Any:
 
     return PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
-        pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
-        padding_side="right", model_max_length=512,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        padding_side="right",
+        model_max_length=512,
     )
 
 
@@ -71,11 +76,16 @@ def tiny_model(adapter: str | ModelAdapter, seed: int = 0, **config_overrides: A
 
     adapter = _adapter(adapter)
     tokenizer = tiny_tokenizer()
-    special_ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-                   "eos_token_id": tokenizer.eos_token_id}
+    special_ids = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
     config = tiny_config(adapter, **{**special_ids, **config_overrides})
     if config.vocab_size < len(tokenizer):
-        raise ValueError(f"tiny vocab_size {config.vocab_size} is smaller than the tokenizer's {len(tokenizer)}")
+        raise ValueError(
+            f"tiny vocab_size {config.vocab_size} is smaller than the tokenizer's {len(tokenizer)}"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -95,8 +105,15 @@ def tiny_loaded_model(adapter: str | ModelAdapter, seed: int = 0, **config_overr
     resolve = getattr(adapter, "resolved_for", None)  # the generic adapter finds its blocks
     if resolve is not None:
         adapter = resolve(model)
-    return loaded_model(adapter, model, tiny_tokenizer(), model_id=f"tiny-random:{adapter.name}",
-                        revision=f"tiny-random-seed{seed}", dtype="float32", device="cpu")
+    return loaded_model(
+        adapter,
+        model,
+        tiny_tokenizer(),
+        model_id=f"tiny-random:{adapter.name}",
+        revision=f"tiny-random-seed{seed}",
+        dtype="float32",
+        device="cpu",
+    )
 
 
 def save_tiny_model(loaded: LoadedModel, folder: str | Path) -> Path:

@@ -14,8 +14,10 @@ SHARED_DATA = Path(os.environ.get("SCIRCUITS_SHARED_DATA", PROJECT_ROOT.parent /
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.fail(f"benchmark data not found at {SHARED_DATA}: the project expects ../shared/data beside it "
-                    "(or set SCIRCUITS_SHARED_DATA)")
+        pytest.fail(
+            f"benchmark data not found at {SHARED_DATA}: the project expects ../shared/data beside it "
+            "(or set SCIRCUITS_SHARED_DATA)"
+        )
     return SHARED_DATA
 
 

@@ -6,8 +6,9 @@ import textwrap
 from pathlib import Path
 
 
-def make_plugin_dist(root: Path, dist: str, module: str, source: str, entry_name: str | None = None,
-                     version: str = "1.0") -> Path:
+def make_plugin_dist(
+    root: Path, dist: str, module: str, source: str, entry_name: str | None = None, version: str = "1.0"
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / f"{module}.py").write_text(textwrap.dedent(source))
     info = root / f"{dist.replace('-', '_')}-{version}.dist-info"

@@ -46,9 +46,9 @@ def test_mean_without_stats_says_what_is_missing(acts):
 
 
 def test_resample_draws_values_of_the_same_feature_and_is_seeded(acts):
-    samples = torch.tensor([[0.0, 100.0, 0.0, 300.0, 0.0],
-                            [0.0, 101.0, 0.0, 301.0, 0.0],
-                            [0.0, 102.0, 0.0, 302.0, 0.0]])
+    samples = torch.tensor(
+        [[0.0, 100.0, 0.0, 300.0, 0.0], [0.0, 101.0, 0.0, 301.0, 0.0], [0.0, 102.0, 0.0, 302.0, 0.0]]
+    )
     stats = FeatureStats(mean=samples.mean(0), samples=samples)
     ablation = ABLATIONS.get("resample")
     out = ablation.apply(acts, IDX, stats, {"seed": 3})

@@ -153,7 +153,10 @@ def test_invalid_options_are_config_errors(bench, options, fragment):
 
 
 def test_asking_for_more_problems_than_exist_names_the_count(bench):
-    with pytest.raises(ConfigError, match=r"only \d+ distinct test problems exist .* ask for fewer \(n_examples or limit, now 200\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"only \d+ distinct test problems exist .* ask for fewer \(n_examples or limit, now 200\)",
+    ):
         bench.examples(options={"digits": 1})  # 200 wanted, about 20 one-digit test additions exist
     with pytest.raises(ConfigError, match=r"only \d+ distinct test problems exist .*now 50\)"):
         bench.examples(limit=50, options={"digits": 1, "n_examples": 5})

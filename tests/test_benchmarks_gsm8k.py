@@ -76,8 +76,9 @@ def test_answers_with_thousands_separators_keep_the_file_text(bench, gsm8k_dir):
 def test_order_is_the_file_order_and_limit_a_prefix(bench, gsm8k_dir, shared_data):
     lines = (shared_data / "gsm8k" / "test.jsonl").read_text().splitlines()
     examples = list(bench.examples("test", limit=25, options={"data": gsm8k_dir}))
-    assert [e.target.strip() for e in examples] == [json.loads(line)["answer"].split("####")[-1].strip()
-                                                     for line in lines[:25]]
+    assert [e.target.strip() for e in examples] == [
+        json.loads(line)["answer"].split("####")[-1].strip() for line in lines[:25]
+    ]
     assert list(bench.examples("test", limit=5, seed=9, options={"data": gsm8k_dir})) == examples[:5]
 
 
@@ -100,7 +101,7 @@ def test_a_directory_without_the_split_file_names_what_it_has(bench, tmp_path):
 
 def test_without_data_or_datasets_the_error_says_to_pass_data(bench, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
-    with pytest.raises(ConfigError, match="pass --data PATH .*`datasets` package, which is not installed"):
+    with pytest.raises(ConfigError, match=r"pass --data PATH .*`datasets` package, which is not installed"):
         bench.examples()
 
 
@@ -114,7 +115,9 @@ def test_without_data_the_hub_dataset_is_read_through_datasets(bench, monkeypatc
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     examples = list(bench.examples("train"))
     assert calls == [("openai/gsm8k", "main", "train")]
-    assert [(e.id, e.target, e.meta["source"]) for e in examples] == [("gsm8k/train/0", " 5", "hf:openai/gsm8k")]
+    assert [(e.id, e.target, e.meta["source"]) for e in examples] == [
+        ("gsm8k/train/0", " 5", "hf:openai/gsm8k")
+    ]
 
 
 def test_an_unreachable_hub_is_a_config_error(bench, monkeypatch):
@@ -133,7 +136,10 @@ def test_an_unreachable_hub_is_a_config_error(bench, monkeypatch):
         ("[1, 2]", r"line 2: expected a JSON object per line, got list"),
         ({"question": "q"}, r"line 2: expected the field 'answer'; the object has \['question'\]"),
         ({"question": "", "answer": "#### 1"}, r"line 2: expected 'question' to be a non-empty string"),
-        ({"question": "q", "answer": "2 + 3 = 5"}, r"line 2: expected the 'answer' to end with a '#### N' line"),
+        (
+            {"question": "q", "answer": "2 + 3 = 5"},
+            r"line 2: expected the 'answer' to end with a '#### N' line",
+        ),
         ({"question": "q", "answer": "2 + 3 = 5\n####  "}, r"line 2: expected a number after '####'"),
     ],
 )

@@ -23,8 +23,13 @@ def logiqa_dir(shared_data) -> str:
     return str(shared_data / "logiqa")
 
 
-def block(answer: str = "b", options: tuple[str, ...] = ("A.one", "B.two", "C.three", "D.four"),
-          context: str = "All cats purr.", question: str = "Which is true?", separator: str = "") -> list[str]:
+def block(
+    answer: str = "b",
+    options: tuple[str, ...] = ("A.one", "B.two", "C.three", "D.four"),
+    context: str = "All cats purr.",
+    question: str = "Which is true?",
+    separator: str = "",
+) -> list[str]:
     return [separator, answer, context, question, *options]
 
 
@@ -57,8 +62,10 @@ def test_first_test_example(bench, logiqa_dir):
 
 @pytest.mark.parametrize("split", ["test", "eval"])
 def test_multiple_choice_invariants(bench, logiqa_dir, shared_data, split):
-    answers = [line.strip().upper() for line in
-               (shared_data / "logiqa" / f"{split}.txt").read_text(encoding="utf-8").split("\n")[1::8]]
+    answers = [
+        line.strip().upper()
+        for line in (shared_data / "logiqa" / f"{split}.txt").read_text(encoding="utf-8").split("\n")[1::8]
+    ]
     examples = list(bench.examples(split, options={"data": logiqa_dir}))
     assert [e.meta["answer_letter"] for e in examples] == answers
     for example in examples:
@@ -67,7 +74,7 @@ def test_multiple_choice_invariants(bench, logiqa_dir, shared_data, split):
         assert LETTERS[example.answer_index] == example.meta["answer_letter"]
         lines = example.prompt.split("\n")
         assert lines[-1] == "Answer:"
-        for letter, choice, line in zip(LETTERS, example.choices, lines[-5:-1]):
+        for letter, choice, line in zip(LETTERS, example.choices, lines[-5:-1], strict=False):
             assert choice.startswith(" ") and choice.strip()
             assert line == f"{letter}.{choice}", "the prompt lists the same options as the choices"
     assert len({e.answer_index for e in examples}) == 4
@@ -127,11 +134,21 @@ def test_missing_split_file_names_the_directory(bench, tmp_path):
         (block(separator="x"), 9, "expected the blank line that starts a block, got 'x'"),
         (block(context=""), 11, "expected the context, got an empty line"),
         (block(question=" "), 12, "expected the question, got an empty line"),
-        (block(options=("A.one", "A.two", "C.three", "D.four")), 14,
-         "expected option B, a line starting with 'B.', got 'A.two'"),
-        (block(options=("A.one", "B.two", "C.three", "B.four")), 16,
-         "expected option D, a line starting with 'D.', got 'B.four'"),
-        (block(options=("A.one", "B.", "C.three", "D.four")), 14, "expected the text of option B, got an empty line"),
+        (
+            block(options=("A.one", "A.two", "C.three", "D.four")),
+            14,
+            "expected option B, a line starting with 'B.', got 'A.two'",
+        ),
+        (
+            block(options=("A.one", "B.two", "C.three", "B.four")),
+            16,
+            "expected option D, a line starting with 'D.', got 'B.four'",
+        ),
+        (
+            block(options=("A.one", "B.", "C.three", "D.four")),
+            14,
+            "expected the text of option B, got an empty line",
+        ),
     ],
 )
 def test_malformed_blocks_name_file_line_and_expectation(bench, tmp_path, bad_block, line, expected):
@@ -149,5 +166,7 @@ def test_a_missing_option_line_shifts_the_next_block_and_is_caught(bench, tmp_pa
 
 def test_a_file_ending_mid_block_is_an_error(bench, tmp_path):
     path = write_blocks(tmp_path / "test.txt", [block(), block()[:5]])
-    with pytest.raises(DataFormatError, match=re.escape(f"{path}, line 9: expected a block of 8 lines") + ".*ends after 5"):
+    with pytest.raises(
+        DataFormatError, match=re.escape(f"{path}, line 9: expected a block of 8 lines") + ".*ends after 5"
+    ):
         list(bench.examples("test", options={"data": str(path)}))

@@ -28,7 +28,12 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
-GOOD_ROW = {"problem": "1/2 + 0?", "level": "Level 1", "type": "Algebra", "solution": "It is $\\boxed{\\frac12}$."}
+GOOD_ROW = {
+    "problem": "1/2 + 0?",
+    "level": "Level 1",
+    "type": "Algebra",
+    "solution": "It is $\\boxed{\\frac12}$.",
+}
 
 
 @pytest.mark.parametrize(
@@ -87,7 +92,7 @@ def test_math500_targets_equal_its_published_answers(bench, math_dir, shared_dat
 
 def test_gold_prompt_plus_target_is_the_solution_up_to_the_box(bench, math_dir, shared_data):
     rows = [json.loads(line) for line in (shared_data / "math" / "test.jsonl").read_text().splitlines()[:200]]
-    for row, example in zip(rows, bench.examples("test", limit=200, options={"data": math_dir})):
+    for row, example in zip(rows, bench.examples("test", limit=200, options={"data": math_dir}), strict=False):
         solution = example.prompt.split("\nSolution: ", 1)[1] + example.target + "}"
         assert row["solution"].startswith(solution)
 
@@ -104,7 +109,9 @@ def test_level_and_type_filters_keep_file_row_ids(bench, math_dir, shared_data):
     rows = [json.loads(line) for line in (shared_data / "math" / "test.jsonl").read_text().splitlines()]
     options = {"data": math_dir, "level": [5], "type": ["Number Theory"]}
     examples = list(bench.examples("test", options=options))
-    expected = [i for i, row in enumerate(rows) if row["level"] == "Level 5" and row["type"] == "Number Theory"]
+    expected = [
+        i for i, row in enumerate(rows) if row["level"] == "Level 5" and row["type"] == "Number Theory"
+    ]
     assert [e.id for e in examples] == [f"math/test/{i}" for i in expected]
     assert len(examples) > 0
     assert sum(1 for _ in bench.examples("test", options={"data": math_dir, "level": "4,5"})) == 1214 + 1324
@@ -141,9 +148,15 @@ def test_no_data_says_to_pass_it(bench):
 @pytest.mark.parametrize(
     "bad_row, expected",
     [
-        ({**GOOD_ROW, "solution": "It is 1/2."}, r"expected the 'solution' to give its answer in \\boxed\{\.\.\.\}.*found none"),
+        (
+            {**GOOD_ROW, "solution": "It is 1/2."},
+            r"expected the 'solution' to give its answer in \\boxed\{\.\.\.\}.*found none",
+        ),
         ({**GOOD_ROW, "solution": "$\\boxed{}$"}, r"expected the 'solution' .*found an empty box"),
-        ({**GOOD_ROW, "solution": "$\\boxed{\\frac{1}{2}$"}, r"expected the solution's last \\boxed\{\.\.\.\} to close"),
+        (
+            {**GOOD_ROW, "solution": "$\\boxed{\\frac{1}{2}$"},
+            r"expected the solution's last \\boxed\{\.\.\.\} to close",
+        ),
         ({**GOOD_ROW, "level": "hard"}, r"expected 'level' like \"Level 3\" or 3, got 'hard'"),
         ({k: v for k, v in GOOD_ROW.items() if k != "level"}, r"expected the field 'level'"),
         ({k: v for k, v in GOOD_ROW.items() if k != "problem"}, r"expected the field 'problem'"),

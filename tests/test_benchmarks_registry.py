@@ -33,7 +33,13 @@ def test_builtins_are_registered_through_the_plugin_manager():
 
 def test_facts_list_the_options():
     benchmarks = get_plugins().benchmarks
-    assert benchmarks.get("arithmetic").facts()["options"] == ["operations", "digits", "n_shots", "n_examples", "seed"]
+    assert benchmarks.get("arithmetic").facts()["options"] == [
+        "operations",
+        "digits",
+        "n_shots",
+        "n_examples",
+        "seed",
+    ]
     assert benchmarks.get("gsm8k").facts()["options"] == ["data", "cot"]
     assert benchmarks.get("math").facts()["options"] == ["data", "cot", "level", "type"]
     assert benchmarks.get("logic").facts()["options"] == ["data", "choices"]
@@ -43,8 +49,11 @@ def test_facts_list_the_options():
 def test_unknown_option_is_rejected_with_the_valid_ones(name):
     benchmark = get_plugins().benchmarks.get(name)
     valid = ", ".join(benchmark.Options.model_fields)
-    with pytest.raises(ConfigError, match=rf"benchmark '{name}' options: shots: Extra inputs are not permitted.*"
-                                          rf"Valid fields: {re.escape(valid)}\."):
+    with pytest.raises(
+        ConfigError,
+        match=rf"benchmark '{name}' options: shots: Extra inputs are not permitted.*"
+        rf"Valid fields: {re.escape(valid)}\.",
+    ):
         benchmark.examples("test", options={"shots": 3})
 
 
@@ -89,13 +98,17 @@ def test_prompt_plus_target_tokenises_like_the_natural_text_and_arithmetic_score
     cases = [
         *benchmarks.get("arithmetic").examples("test", limit=40),
         *benchmarks.get("gsm8k").examples("test", limit=10, options=data_options(shared_data, "gsm8k")),
-        *benchmarks.get("gsm8k").examples("test", limit=10, options={**data_options(shared_data, "gsm8k"),
-                                                                      "cot": "none"}),
+        *benchmarks.get("gsm8k").examples(
+            "test", limit=10, options={**data_options(shared_data, "gsm8k"), "cot": "none"}
+        ),
     ]
     for example in cases:
         natural = tokenizer(example.prompt + example.target, add_special_tokens=True)["input_ids"]
         assert list(encode_example(tokenizer, example).input_ids) == list(natural), example.id
-    assert tokenizer("= 17", add_special_tokens=False)["input_ids"][1:] == tokenizer(" 17", add_special_tokens=False)["input_ids"]
+    assert (
+        tokenizer("= 17", add_special_tokens=False)["input_ids"][1:]
+        == tokenizer(" 17", add_special_tokens=False)["input_ids"]
+    )
 
     # The default arithmetic format gives a real, measurable accuracy (teacher-forced, every target token argmax).
     sequences = [encode_example(tokenizer, example) for example in cases[:40]]
@@ -108,7 +121,12 @@ def test_prompt_plus_target_tokenises_like_the_natural_text_and_arithmetic_score
     with torch.no_grad():
         predicted = smollm2.model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
     correct = sum(
-        bool((predicted[row, s.target_start - 1 : len(s.input_ids) - 1] == ids[row, s.target_start : len(s.input_ids)]).all())
+        bool(
+            (
+                predicted[row, s.target_start - 1 : len(s.input_ids) - 1]
+                == ids[row, s.target_start : len(s.input_ids)]
+            ).all()
+        )
         for row, s in enumerate(sequences)
     )
     assert 4 <= correct <= 36, f"{correct}/40 correct: SmolLM2 gets about a quarter of these right"

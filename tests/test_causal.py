@@ -68,8 +68,12 @@ def test_attribution_agrees_with_exact_ablation_in_sign_and_rank(tiny, examples)
     study = Study(split, sae, data, zero, None, stats, seed=0)
     attribution = study.attribution()
     spliced = study.run("splice")
-    exact = np.array([study.run("splice", study.ablate_edit([i], tag=i)).mean_logprob - spliced.mean_logprob
-                      for i in range(len(norms))])
+    exact = np.array(
+        [
+            study.run("splice", study.ablate_edit([i], tag=i)).mean_logprob - spliced.mean_logprob
+            for i in range(len(norms))
+        ]
+    )
     assert np.all(np.abs(exact) > 1e-6)  # every feature matters a little
     assert np.array_equal(np.sign(attribution), np.sign(exact))
     assert spearman(attribution, exact) >= 0.9
@@ -83,7 +87,7 @@ def test_attribution_predicts_the_effect_of_a_feature_along_the_target_direction
     split = SplitModel(tiny, tiny.n_layers - 1, "resid")
     tokens = [tiny.tokenizer(e.target, add_special_tokens=False)["input_ids"][0] for e in examples]
     target = max(set(tokens), key=tokens.count)
-    chosen = [e for e, t in zip(examples, tokens) if t == target]
+    chosen = [e for e, t in zip(examples, tokens, strict=False) if t == target]
     unembed = split.unembed.weight.detach()
     direction = unembed[target] - unembed.mean(0)
     sae = constant_feature_sae(tiny.d_model, [0.1, 0.1])
@@ -95,7 +99,9 @@ def test_attribution_predicts_the_effect_of_a_feature_along_the_target_direction
     study = Study(split, sae, data, get_plugins().ablations.get("zero"), None, stats, seed=0)
     attribution = study.attribution()
     base = study.run("splice")
-    exact = [study.run("splice", study.ablate_edit([i], tag=i)).mean_logprob - base.mean_logprob for i in (0, 1)]
+    exact = [
+        study.run("splice", study.ablate_edit([i], tag=i)).mean_logprob - base.mean_logprob for i in (0, 1)
+    ]
     assert attribution[0] < 0 < attribution[1]
     assert exact[0] < 0 < exact[1]
 
@@ -113,8 +119,17 @@ def test_control_draws_are_seeded_active_and_outside_the_top_k():
 
 
 def small_config(tmp_path, **overrides) -> AblateConfig:
-    values = dict(sae="", out=str(tmp_path / "causal"), top_k=[1, 3], random_controls=2, exact_top=4,
-                  faithfulness_n=[1, 2, 4], bootstrap=200, progress=False, layer=2)
+    values = dict(
+        sae="",
+        out=str(tmp_path / "causal"),
+        top_k=[1, 3],
+        random_controls=2,
+        exact_top=4,
+        faithfulness_n=[1, 2, 4],
+        bootstrap=200,
+        progress=False,
+        layer=2,
+    )
     values.update(overrides)
     return AblateConfig(**values)
 
@@ -137,8 +152,15 @@ def test_run_ablate_writes_results_with_the_documented_keys(tiny, examples, tmp_
     features = results["features"]
     assert len(features) >= 4
     for feature in features:
-        for key in ("id", "attribution", "exact_logprob_delta", "exact_accuracy_delta", "top_tokens", "promoted",
-                    "suppressed"):
+        for key in (
+            "id",
+            "attribution",
+            "exact_logprob_delta",
+            "exact_accuracy_delta",
+            "top_tokens",
+            "promoted",
+            "suppressed",
+        ):
             assert key in feature
     assert all(f["exact_logprob_delta"] is not None for f in features[:4])
     assert len(features[0]["promoted"]) == 10 and features[0]["top_tokens"]
@@ -148,7 +170,12 @@ def test_run_ablate_writes_results_with_the_documented_keys(tiny, examples, tmp_
         assert section in results["provenance"]
     assert results["provenance"]["model"]["revision"] == "tiny-random-seed0"
     rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
-    assert len(rows) == len(examples) and {"clean", "splice", "top1", "feature" + str(features[0]["id"])} <= set(rows[0]["scores"])
+    assert len(rows) == len(examples) and {
+        "clean",
+        "splice",
+        "top1",
+        "feature" + str(features[0]["id"]),
+    } <= set(rows[0]["scores"])
 
 
 def test_a_splice_that_changes_the_logits_stops_the_stage(tiny, examples, tmp_path, monkeypatch):
@@ -179,7 +206,9 @@ def test_positions_before_edit_from_position_are_left_unedited(tiny, examples):
     split = SplitModel(tiny, 2, "resid")
     data = prepare_eval(split, sae, tiny.tokenizer, examples[:4], batch_size=4, max_length=None)
     stats, _, _ = feature_statistics(data, first_position=1)
-    study = Study(split, sae, data, get_plugins().ablations.get("zero"), None, stats, seed=0, first_position=1)
+    study = Study(
+        split, sae, data, get_plugins().ablations.get("zero"), None, stats, seed=0, first_position=1
+    )
     eb = data.batches[0]
     with torch.no_grad():
         spliced = study.site_value(eb, "splice", None)

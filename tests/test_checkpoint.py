@@ -22,17 +22,43 @@ from scircuits.platform.plugins import get_plugins
 VARIANTS = ["relu", "topk", "batchtopk", "jumprelu", "gated"]
 D_IN, D_SAE = 12, 40
 # SAELens (>= 6) rules: architecture spelling and the tensors its SAE classes hold (load_state_dict is strict).
-SAELENS_ARCH = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "gated": "gated"}
+SAELENS_ARCH = {
+    "relu": "standard",
+    "topk": "topk",
+    "batchtopk": "jumprelu",
+    "jumprelu": "jumprelu",
+    "gated": "gated",
+}
 SAELENS_TENSORS = {
     "standard": {"W_enc": (D_IN, D_SAE), "W_dec": (D_SAE, D_IN), "b_enc": (D_SAE,), "b_dec": (D_IN,)},
     "topk": {"W_enc": (D_IN, D_SAE), "W_dec": (D_SAE, D_IN), "b_enc": (D_SAE,), "b_dec": (D_IN,)},
-    "jumprelu": {"W_enc": (D_IN, D_SAE), "W_dec": (D_SAE, D_IN), "b_enc": (D_SAE,), "b_dec": (D_IN,),
-                 "threshold": (D_SAE,)},
-    "gated": {"W_enc": (D_IN, D_SAE), "W_dec": (D_SAE, D_IN), "b_dec": (D_IN,), "b_gate": (D_SAE,),
-              "r_mag": (D_SAE,), "b_mag": (D_SAE,)},
+    "jumprelu": {
+        "W_enc": (D_IN, D_SAE),
+        "W_dec": (D_SAE, D_IN),
+        "b_enc": (D_SAE,),
+        "b_dec": (D_IN,),
+        "threshold": (D_SAE,),
+    },
+    "gated": {
+        "W_enc": (D_IN, D_SAE),
+        "W_dec": (D_SAE, D_IN),
+        "b_dec": (D_IN,),
+        "b_gate": (D_SAE,),
+        "r_mag": (D_SAE,),
+        "b_mag": (D_SAE,),
+    },
 }
-SAELENS_CFG_KEYS = {"architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input",
-                    "normalize_activations", "reshape_activations", "metadata"}
+SAELENS_CFG_KEYS = {
+    "architecture",
+    "d_in",
+    "d_sae",
+    "dtype",
+    "device",
+    "apply_b_dec_to_input",
+    "normalize_activations",
+    "reshape_activations",
+    "metadata",
+}
 
 
 def trained_like(name: str):
@@ -64,12 +90,14 @@ def test_round_trip(tmp_path, name):
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_files_follow_saelens_rules(tmp_path, name):
-    save_sae(tmp_path, trained_like(name), cfg={}, scircuits_meta={"config_hash": "h", "metrics": {"fvu": 0.1}})
+    save_sae(
+        tmp_path, trained_like(name), cfg={}, scircuits_meta={"config_hash": "h", "metrics": {"fvu": 0.1}}
+    )
     assert {p.name for p in tmp_path.iterdir()} == {CFG_FILE, WEIGHTS_FILE, META_FILE}
     cfg = json.loads((tmp_path / CFG_FILE).read_text())
     arch = SAELENS_ARCH[name]
     assert cfg["architecture"] == arch
-    assert SAELENS_CFG_KEYS <= set(cfg)
+    assert set(cfg) >= SAELENS_CFG_KEYS
     assert cfg["d_in"] == D_IN and cfg["d_sae"] == D_SAE and cfg["dtype"] == "float32"
     assert cfg["normalize_activations"] == "none" and cfg["apply_b_dec_to_input"] is True
     assert cfg["metadata"]["sae_lens_version"] >= "6"
@@ -103,9 +131,20 @@ def test_a_plain_saelens_checkpoint_loads(tmp_path):
     w_enc, w_dec = torch.randn(D_IN, D_SAE), torch.randn(D_SAE, D_IN)
     b_enc, b_dec = torch.randn(D_SAE), torch.randn(D_IN)
     save_file({"W_enc": w_enc, "W_dec": w_dec, "b_enc": b_enc, "b_dec": b_dec}, str(tmp_path / WEIGHTS_FILE))
-    (tmp_path / CFG_FILE).write_text(json.dumps({
-        "architecture": "standard", "d_in": D_IN, "d_sae": D_SAE, "dtype": "float32", "device": "cpu",
-        "apply_b_dec_to_input": False, "normalize_activations": "none", "metadata": {"sae_lens_version": "6.5.0"}}))
+    (tmp_path / CFG_FILE).write_text(
+        json.dumps(
+            {
+                "architecture": "standard",
+                "d_in": D_IN,
+                "d_sae": D_SAE,
+                "dtype": "float32",
+                "device": "cpu",
+                "apply_b_dec_to_input": False,
+                "normalize_activations": "none",
+                "metadata": {"sae_lens_version": "6.5.0"},
+            }
+        )
+    )
     sae, info = load_sae(tmp_path)
     x = torch.randn(10, D_IN)
     with torch.no_grad():
@@ -122,7 +161,7 @@ def test_refuses_pickle(tmp_path):
 
 def test_bad_cfg_json_names_the_file(tmp_path):
     save_sae(tmp_path, trained_like("relu"), cfg={}, scircuits_meta={})
-    (tmp_path / CFG_FILE).write_text("{\n  \"d_in\": 3,\n  oops\n}")
+    (tmp_path / CFG_FILE).write_text('{\n  "d_in": 3,\n  oops\n}')
     with pytest.raises(DataFormatError, match=r"cfg.json, line 3"):
         load_sae(tmp_path)
 

@@ -18,7 +18,9 @@ FAMILIES = ["models", "benchmarks", "saes", "ablations"]
 @pytest.fixture(scope="module")
 def broken_plugin_path(tmp_path_factory):
     root = tmp_path_factory.mktemp("broken")
-    make_plugin_dist(root, "exploding-plugin", "exploding_plugin_mod", "raise ImportError('no such thing: libfoo')\n")
+    make_plugin_dist(
+        root, "exploding-plugin", "exploding_plugin_mod", "raise ImportError('no such thing: libfoo')\n"
+    )
     return root
 
 

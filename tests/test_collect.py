@@ -36,7 +36,8 @@ def tiny_gpt2(tmp_path_factory):
 def reference_rows(loaded, layer, site, ids):
     captured = []
     handle = loaded.site_module(layer, site).register_forward_hook(
-        lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
+        lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out)
+    )
     try:
         with torch.no_grad():
             loaded.model(input_ids=torch.tensor([list(ids)]))
@@ -46,29 +47,60 @@ def reference_rows(loaded, layer, site, ids):
 
 
 def relative_error(actual, expected):
-    return float((np.linalg.norm(actual - expected, axis=-1)
-                  / np.maximum(np.linalg.norm(expected, axis=-1), 1e-12)).max())
+    return float(
+        (
+            np.linalg.norm(actual - expected, axis=-1) / np.maximum(np.linalg.norm(expected, axis=-1), 1e-12)
+        ).max()
+    )
 
 
 def store_rows_by_example(store):
     acts = store.read_rows(0, store.n_tokens)
     ids = store.example_ids
-    return {int(e): (acts[ids == e], store.token_ids[ids == e], store.positions[ids == e]) for e in np.unique(ids)}
+    return {
+        int(e): (acts[ids == e], store.token_ids[ids == e], store.positions[ids == e]) for e in np.unique(ids)
+    }
 
 
 def test_collect_command_stores_each_example_as_traced_alone(tiny_gpt2, tmp_path):
     folder, loaded = tiny_gpt2
     out = tmp_path / "acts.zarr"
-    result = CliRunner().invoke(cli, [
-        "collect", "--model", "gpt2-medium", "--model-path", str(folder), "--layer", "2", "--site", "mlp",
-        "--limit", "6", "--batch-size", "4", "--dtype", "float32", "--option", "n_shots=1",
-        "--out", str(out), "--no-progress"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "collect",
+            "--model",
+            "gpt2-medium",
+            "--model-path",
+            str(folder),
+            "--layer",
+            "2",
+            "--site",
+            "mlp",
+            "--limit",
+            "6",
+            "--batch-size",
+            "4",
+            "--dtype",
+            "float32",
+            "--option",
+            "n_shots=1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "6 examples" in result.output
     store = ActivationStore(out)
     attrs = store.attrs
     assert attrs["complete"] and attrs["source"] == "traced" and attrs["n_examples"] == 6
-    assert (attrs["model"], attrs["model_id"], attrs["layer"], attrs["site"]) == ("gpt2-medium", str(folder), 2, "mlp")
+    assert (attrs["model"], attrs["model_id"], attrs["layer"], attrs["site"]) == (
+        "gpt2-medium",
+        str(folder),
+        2,
+        "mlp",
+    )
     assert attrs["model_revision"].startswith("sha256:") and attrs["site_path"] == "transformer.h.2.mlp"
     assert (attrs["benchmark"], attrs["split"], attrs["d_model"]) == ("arithmetic", "test", 64)
     config = CollectConfig.validated(attrs["config"])
@@ -86,8 +118,15 @@ def test_collect_command_stores_each_example_as_traced_alone(tiny_gpt2, tmp_path
 
 
 def tiny_config(folder: Path, out: Path, **changes) -> CollectConfig:
-    values = {"model": "gpt2-medium", "model_path": str(folder), "layer": 1, "limit": 5, "batch_size": 2,
-              "out": str(out), "progress": False}
+    values = {
+        "model": "gpt2-medium",
+        "model_path": str(folder),
+        "layer": 1,
+        "limit": 5,
+        "batch_size": 2,
+        "out": str(out),
+        "progress": False,
+    }
     values.update(changes)
     return CollectConfig(**values)
 
@@ -112,15 +151,38 @@ def test_default_layer_and_an_explicit_equal_layer_are_one_command(tiny_gpt2, tm
     out = tmp_path / "acts.zarr"
     run_collect(tiny_config(folder, out, model="hf:" + str(folder), model_path=None, layer=None))
     assert ActivationStore(out).attrs["layer"] == 2  # the middle of 4 blocks, found by the generic adapter
-    assert run_collect(tiny_config(folder, out, model="hf:" + str(folder), model_path=None, layer=2)).already_complete
+    assert run_collect(
+        tiny_config(folder, out, model="hf:" + str(folder), model_path=None, layer=2)
+    ).already_complete
     assert adapter.name == "hf:" + str(folder)
 
 
 def collect_command(folder: Path, out: Path, n: int) -> list[str]:
-    return [sys.executable, "-c", "from scircuits.cli import main; main()", "collect",
-            "--model", "gpt2-medium", "--model-path", str(folder), "--layer", "1", "--limit", str(n),
-            "--option", f"n_examples={n}", "--option", "digits=3", "--batch-size", "3", "--chunk-rows", "64",
-            "--out", str(out), "--no-progress"]
+    return [
+        sys.executable,
+        "-c",
+        "from scircuits.cli import main; main()",
+        "collect",
+        "--model",
+        "gpt2-medium",
+        "--model-path",
+        str(folder),
+        "--layer",
+        "1",
+        "--limit",
+        str(n),
+        "--option",
+        f"n_examples={n}",
+        "--option",
+        "digits=3",
+        "--batch-size",
+        "3",
+        "--chunk-rows",
+        "64",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
 
 
 def recorded(out: Path) -> dict:
@@ -135,8 +197,9 @@ def test_resume_after_kill_9_ends_identical_to_an_uninterrupted_run(tiny_gpt2, t
     n = 1000
     killed, whole = tmp_path / "killed.zarr", tmp_path / "whole.zarr"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(collect_command(folder, killed, n), env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        collect_command(folder, killed, n), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         if recorded(killed).get("n_examples", 0) >= 10:
@@ -148,8 +211,9 @@ def test_resume_after_kill_9_ends_identical_to_an_uninterrupted_run(tiny_gpt2, t
     at_kill = recorded(killed)
     assert not at_kill["complete"] and 10 <= at_kill["n_examples"] < n
 
-    resumed = subprocess.run(collect_command(folder, killed, n), env=env, capture_output=True, text=True,
-                             timeout=300, check=False)
+    resumed = subprocess.run(
+        collect_command(folder, killed, n), env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"{n} examples" in resumed.stdout
     traced_now = int(re.search(r"\((\d+) examples traced now", resumed.stdout).group(1))
@@ -157,14 +221,28 @@ def test_resume_after_kill_9_ends_identical_to_an_uninterrupted_run(tiny_gpt2, t
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the subprocesses (OMP_NUM_THREADS=1): the same rounding
     try:
-        run_collect(CollectConfig(model="gpt2-medium", model_path=str(folder), layer=1, limit=n,
-                                  benchmark_options={"n_examples": n, "digits": 3}, batch_size=3,
-                                  chunk_rows=64, out=str(whole), progress=False))
+        run_collect(
+            CollectConfig(
+                model="gpt2-medium",
+                model_path=str(folder),
+                layer=1,
+                limit=n,
+                benchmark_options={"n_examples": n, "digits": 3},
+                batch_size=3,
+                chunk_rows=64,
+                out=str(whole),
+                progress=False,
+            )
+        )
     finally:
         torch.set_num_threads(threads)
 
     a, b = ActivationStore(killed), ActivationStore(whole)
-    assert a.complete and b.complete and (a.n_examples, a.n_tokens) == (b.n_examples, b.n_tokens) == (n, b.n_tokens)
+    assert (
+        a.complete
+        and b.complete
+        and (a.n_examples, a.n_tokens) == (b.n_examples, b.n_tokens) == (n, b.n_tokens)
+    )
     assert np.array_equal(a.read_rows(0, a.n_tokens), b.read_rows(0, b.n_tokens))
     for name in ("token_ids", "example_ids", "positions"):
         assert np.array_equal(getattr(a, name), getattr(b, name))
@@ -173,8 +251,10 @@ def test_resume_after_kill_9_ends_identical_to_an_uninterrupted_run(tiny_gpt2, t
 def test_remote_collect_in_nnsight_local_mode_matches_local_collect(tiny_gpt2, tmp_path):
     folder, _ = tiny_gpt2
     local = run_collect(tiny_config(folder, tmp_path / "local.zarr", site="attn", dtype="float32"))
-    remote = run_collect(tiny_config(folder, tmp_path / "remote.zarr", site="attn", dtype="float32", remote=True),
-                         remote_backend="local")
+    remote = run_collect(
+        tiny_config(folder, tmp_path / "remote.zarr", site="attn", dtype="float32", remote=True),
+        remote_backend="local",
+    )
     a, b = ActivationStore(local.path), ActivationStore(remote.path)
     assert b.attrs["model_dtype"] == "remote" and b.attrs["config"]["remote"] is True
     assert np.array_equal(a.token_ids, b.token_ids)
@@ -188,8 +268,11 @@ def test_non_finite_activations_are_refused_not_stored(tmp_path):
     folder = save_tiny_model(loaded, tmp_path / "nan-model")
     out = tmp_path / "acts.zarr"
     with pytest.raises(NonFiniteActivationsError, match="NaN"):
-        run_collect(CollectConfig(model="llama-3-8b", model_path=str(folder), layer=1, limit=2,
-                                  out=str(out), progress=False))
+        run_collect(
+            CollectConfig(
+                model="llama-3-8b", model_path=str(folder), layer=1, limit=2, out=str(out), progress=False
+            )
+        )
     assert recorded(out)["n_examples"] == 0 and not recorded(out)["complete"]
 
 
@@ -211,8 +294,13 @@ def test_smollm2_stored_rows_equal_a_per_example_forward(smollm2, tmp_path):
 
 def test_sequences_longer_than_the_model_takes_keep_the_end_of_the_prompt(tiny_gpt2, tmp_path, shared_data):
     folder, loaded = tiny_gpt2
-    config = tiny_config(folder, tmp_path / "logic.zarr", benchmark="logic", limit=2,
-                         benchmark_options={"data": str(shared_data / "logiqa")})
+    config = tiny_config(
+        folder,
+        tmp_path / "logic.zarr",
+        benchmark="logic",
+        limit=2,
+        benchmark_options={"data": str(shared_data / "logiqa")},
+    )
     run_collect(config)
     store = ActivationStore(config.out)
     limit = loaded.model.config.n_positions

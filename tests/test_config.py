@@ -40,15 +40,15 @@ def test_unknown_field_and_bad_choice(tmp_path):
 
 
 def test_unreadable_config_files(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match=r"does not exist"):
         CollectConfig.from_sources(tmp_path / "missing.toml")
     broken = tmp_path / "broken.toml"
     broken.write_text("model = \n")
-    with pytest.raises(ConfigError, match="is not valid TOML"):
+    with pytest.raises(ConfigError, match=r"is not valid TOML"):
         CollectConfig.from_sources(broken)
     other = tmp_path / "cfg.ini"
     other.write_text("x")
-    with pytest.raises(ConfigError, match="use a .toml, .yaml or .yml file"):
+    with pytest.raises(ConfigError, match=r"use a .toml, .yaml or .yml file"):
         CollectConfig.from_sources(other)
 
 

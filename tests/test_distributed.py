@@ -54,7 +54,7 @@ def ddp_worker(out_dir: str) -> None:
     dist = from_environment("cpu")
     try:
         half = GLOBAL_BATCH // dist.world_size
-        mine = [x[dist.rank * half:(dist.rank + 1) * half] for x in fixed_batches()]
+        mine = [x[dist.rank * half : (dist.rank + 1) * half] for x in fixed_batches()]
         for variant in VARIANTS:
             state = run_trainer(variant, mine, dist)
             if dist.is_main:
@@ -83,8 +83,20 @@ def store(tmp_path_factory):
 
 
 def cfg(store, out: Path, **kw) -> TrainConfig:
-    values = dict(store=str(store), sae="topk", hparams={"k": 4}, expansion=2, batch_size=64, epochs=2,
-                  lr=3e-3, warmup_steps=5, eval_every=20, eval_tokens=512, out=str(out), progress=False)
+    values = dict(
+        store=str(store),
+        sae="topk",
+        hparams={"k": 4},
+        expansion=2,
+        batch_size=64,
+        epochs=2,
+        lr=3e-3,
+        warmup_steps=5,
+        eval_every=20,
+        eval_tokens=512,
+        out=str(out),
+        progress=False,
+    )
     values.update(kw)
     return TrainConfig(**values)
 
@@ -101,8 +113,10 @@ def test_nproc_2_trains_with_disjoint_shares(store, tmp_path):
 
 
 def test_several_saes_spread_over_devices(store, tmp_path):
-    jobs = [cfg(store, tmp_path / name, sae=name, hparams={"k": 4} if name == "topk" else {}, epochs=1)
-            for name in ("topk", "relu")]
+    jobs = [
+        cfg(store, tmp_path / name, sae=name, hparams={"k": 4} if name == "topk" else {}, epochs=1)
+        for name in ("topk", "relu")
+    ]
     outs = train_many(jobs, ["cpu", "cpu"])
     assert [p.name for p in outs] == ["topk", "relu"]
     for path in outs:

@@ -15,8 +15,10 @@ from tests.cli_helpers import run_cli
 def plugins():
     loaded = load_plugins()
     if "example" not in loaded.plugins:
-        pytest.fail("scircuits-example-plugin is not installed: run scripts/setup "
-                    "(pip install -e examples/scircuits-example-plugin)")
+        pytest.fail(
+            "scircuits-example-plugin is not installed: run scripts/setup "
+            "(pip install -e examples/scircuits-example-plugin)"
+        )
     return loaded
 
 

@@ -56,7 +56,9 @@ def test_builtin_adapters_are_registered_with_real_sizes():
         adapter = models.get(name)
         assert (adapter.n_layers, adapter.d_model, adapter.blocks_path) == (n_layers, d_model, blocks)
         assert adapter.site_paths["attn"] == attn
-    defaults = {n: models.get(n).layer_or_default(None) for n in ("gpt2-medium", "pythia-1.4b", "gemma-2b", "phi-2")}
+    defaults = {
+        n: models.get(n).layer_or_default(None) for n in ("gpt2-medium", "pythia-1.4b", "gemma-2b", "phi-2")
+    }
     assert defaults == {"gpt2-medium": 12, "pythia-1.4b": 12, "gemma-2b": 9, "phi-2": 16}
     assert models.get("smollm2-135m").layer_or_default(None) == 15
     assert models.get("llama-3-8b").remote and not models.get("smollm2-135m").remote
@@ -69,11 +71,15 @@ def test_adapter_sites_equal_a_plain_forward_hook(name):
     assert type(loaded.model).__name__ == model_class
     assert loaded.d_model == loaded.model.config.get_text_config().hidden_size
     layer = 2
-    expected_paths = {"resid": f"{blocks}.{layer}", "mlp": f"{blocks}.{layer}.mlp", "attn": f"{blocks}.{layer}.{attn}"}
+    expected_paths = {
+        "resid": f"{blocks}.{layer}",
+        "mlp": f"{blocks}.{layer}.mlp",
+        "attn": f"{blocks}.{layer}.{attn}",
+    }
     for site, path in expected_paths.items():
         rows = SiteTracer(loaded, layer, site).trace(SEQUENCES)
         module = loaded.module(path)  # located independently of the adapter's declaration
-        for sequence, traced in zip(SEQUENCES, rows):
+        for sequence, traced in zip(SEQUENCES, rows, strict=False):
             assert traced.shape == (len(sequence), loaded.d_model)
             assert_rows_close(traced, hooked_alone(loaded, module, sequence))
 
@@ -85,11 +91,14 @@ def test_sites_are_distinct_modules():
     assert not torch.allclose(rows["mlp"], rows["attn"])
 
 
-@pytest.mark.parametrize("model_type,blocks,attn", [
-    ("llama", "model.layers", "self_attn"),
-    ("gpt2", "transformer.h", "attn"),
-    ("gpt_neox", "gpt_neox.layers", "attention"),
-])
+@pytest.mark.parametrize(
+    "model_type,blocks,attn",
+    [
+        ("llama", "model.layers", "self_attn"),
+        ("gpt2", "transformer.h", "attn"),
+        ("gpt_neox", "gpt_neox.layers", "attention"),
+    ],
+)
 def test_generic_hf_adapter_finds_blocks_in_a_saved_folder(tmp_path, model_type, blocks, attn):
     declared = {"llama": "llama-3-8b", "gpt2": "gpt2-medium", "gpt_neox": "pythia-1.4b"}[model_type]
     reference = tiny_loaded_model(declared, seed=3)
@@ -140,9 +149,23 @@ def test_phi2_offline_names_the_weights_and_the_ways_to_supply_them(empty_offlin
 
 def test_collect_command_reports_unavailable_weights_without_traceback(empty_offline_hub):
     result = subprocess.run(
-        [sys.executable, "-c", "from scircuits.cli import main; main()", "collect", "--model", "phi-2",
-         "--limit", "2", "--out", str(empty_offline_hub / "s.zarr"), "--no-progress"],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-c",
+            "from scircuits.cli import main; main()",
+            "collect",
+            "--model",
+            "phi-2",
+            "--limit",
+            "2",
+            "--out",
+            str(empty_offline_hub / "s.zarr"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(empty_offline_hub / "hf")},
     )
     assert result.returncode == 2, result.stderr
@@ -151,18 +174,20 @@ def test_collect_command_reports_unavailable_weights_without_traceback(empty_off
 
 
 def test_missing_model_path_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(WeightsUnavailableError, match="not a folder"):
+    with pytest.raises(WeightsUnavailableError, match=r"not a folder"):
         get_plugins().models.get("gpt2-medium").load(model_path=str(tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(WeightsUnavailableError, match="no config.json"):
+    with pytest.raises(WeightsUnavailableError, match=r"no config.json"):
         get_plugins().models.get("gpt2-medium").load(model_path=str(tmp_path / "empty"))
 
 
 def test_listing_models_imports_no_torch():
-    code = ("import sys; from scircuits.platform.plugins import get_plugins; "
-            "assert 'hf:' in get_plugins().models.names(); "
-            "heavy = [m for m in ('torch', 'transformers', 'nnsight') if m in sys.modules]; "
-            "assert not heavy, heavy")
+    code = (
+        "import sys; from scircuits.platform.plugins import get_plugins; "
+        "assert 'hf:' in get_plugins().models.names(); "
+        "heavy = [m for m in ('torch', 'transformers', 'nnsight') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

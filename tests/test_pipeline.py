@@ -37,7 +37,9 @@ class FakeStages:
         self.calls.append("collect")
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "zarr.json").write_text(json.dumps({"attributes": {"complete": True, "config_hash": config.config_hash()}}))
+        (out / "zarr.json").write_text(
+            json.dumps({"attributes": {"complete": True, "config_hash": config.config_hash()}})
+        )
         return out
 
     def train(self, config):
@@ -89,7 +91,11 @@ def test_collection_and_evaluation_use_disjoint_splits_and_enough_examples(tmp_p
     assert the_plan.ablate.benchmark_options["n_examples"] == 200  # the benchmark's default covers 50
     assert plan(config(tmp_path, limit=300)).ablate.benchmark_options["n_examples"] == 300
     chosen = plan(config(tmp_path, benchmark_options={"n_examples": 1000}))
-    assert chosen.collect.benchmark_options["n_examples"] == chosen.ablate.benchmark_options["n_examples"] == 1000
+    assert (
+        chosen.collect.benchmark_options["n_examples"]
+        == chosen.ablate.benchmark_options["n_examples"]
+        == 1000
+    )
 
 
 def test_the_default_stages_get_the_examples_they_ask_for(tmp_path):
@@ -116,13 +122,16 @@ def test_a_complete_run_is_skipped_entirely(tmp_path, stages):
     assert stages.calls == []
 
 
-@pytest.mark.parametrize("change, redone", [
-    ({"exact_top": 3}, ["ablate", "report"]),
-    ({"top_k": [1, 2]}, ["ablate", "report"]),
-    ({"train_tokens": 5000}, ["train", "ablate", "report"]),
-    ({"sae": "relu"}, ["train", "ablate", "report"]),
-    ({"collect_limit": 300}, ["collect", "train", "ablate", "report"]),
-])
+@pytest.mark.parametrize(
+    "change, redone",
+    [
+        ({"exact_top": 3}, ["ablate", "report"]),
+        ({"top_k": [1, 2]}, ["ablate", "report"]),
+        ({"train_tokens": 5000}, ["train", "ablate", "report"]),
+        ({"sae": "relu"}, ["train", "ablate", "report"]),
+        ({"collect_limit": 300}, ["collect", "train", "ablate", "report"]),
+    ],
+)
 def test_a_changed_flag_redoes_the_stages_it_affects_and_those_after(tmp_path, stages, change, redone):
     run_pipeline(config(tmp_path))
     stages.calls.clear()

@@ -37,12 +37,16 @@ def test_builtins_load_without_entry_points():
     assert not plugins.failed()
     assert {"zero", "mean", "resample", "clamp"} <= set(plugins.ablations.names())
     info = plugins.plugins["builtin:ablations"]
-    assert info.hooks == ["register_ablations"] and info.registered == {"ablations": ["zero", "mean", "resample", "clamp"]}
+    assert info.hooks == ["register_ablations"] and info.registered == {
+        "ablations": ["zero", "mean", "resample", "clamp"]
+    }
 
 
 def test_entry_point_plugin_is_loaded_with_its_distribution(tmp_path, monkeypatch):
     module = unique("good_plugin")
-    make_plugin_dist(tmp_path, "good-plugin", module, BENCHMARK_PLUGIN.format(name="tiny-bench"), version="2.3")
+    make_plugin_dist(
+        tmp_path, "good-plugin", module, BENCHMARK_PLUGIN.format(name="tiny-bench"), version="2.3"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     plugins = load_plugins()
     info = plugins.plugins["good-plugin"]

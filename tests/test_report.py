@@ -18,38 +18,88 @@ def fake_run(root: Path, model: str, fvu: float, recovered: float) -> Path:
     (run / "causal").mkdir(parents=True)
     (run / "sae").mkdir()
     sweep = lambda k, d: {  # noqa: E731
-        "k": k, "ablation": "zero", "features": list(range(k)), "accuracy_delta": d / 10, "accuracy_ci": [d / 10 - 0.05, d / 10 + 0.05],
-        "logprob_delta": d, "logprob_ci": [d - 0.1, d + 0.1], "significant_logprob": d < -0.3, "significant_accuracy": False,
-        "control": {"accuracy_delta": 0.0, "accuracy_ci": [-0.02, 0.02], "logprob_delta": -0.01, "logprob_ci": [-0.05, 0.03],
-                    "draws": []}}
+        "k": k,
+        "ablation": "zero",
+        "features": list(range(k)),
+        "accuracy_delta": d / 10,
+        "accuracy_ci": [d / 10 - 0.05, d / 10 + 0.05],
+        "logprob_delta": d,
+        "logprob_ci": [d - 0.1, d + 0.1],
+        "significant_logprob": d < -0.3,
+        "significant_accuracy": False,
+        "control": {
+            "accuracy_delta": 0.0,
+            "accuracy_ci": [-0.02, 0.02],
+            "logprob_delta": -0.01,
+            "logprob_ci": [-0.05, 0.03],
+            "draws": [],
+        },
+    }
     feature = lambda i: {  # noqa: E731
-        "id": i, "rank": i + 1, "attribution": -0.1 * (i + 1), "mean_activation": 0.5, "frequency": 0.2,
-        "exact_logprob_delta": -0.12 * (i + 1), "exact_logprob_ci": [-0.2 * (i + 1), -0.05], "exact_accuracy_delta": -0.01,
+        "id": i,
+        "rank": i + 1,
+        "attribution": -0.1 * (i + 1),
+        "mean_activation": 0.5,
+        "frequency": 0.2,
+        "exact_logprob_delta": -0.12 * (i + 1),
+        "exact_logprob_ci": [-0.2 * (i + 1), -0.05],
+        "exact_accuracy_delta": -0.01,
         "exact_accuracy_ci": [-0.03, 0.0],
-        "top_tokens": [{"token": "=", "activation": 2.0, "example": 0, "position": 3, "focus": 2,
-                        "context": [["1", 0.0], ["+", 0.5], ["=", 2.0], ["<b>", 0.1]]}],
-        "promoted": [{"token": " 7", "logit": 1.0}], "suppressed": [{"token": "\n", "logit": -1.0}]}
+        "top_tokens": [
+            {
+                "token": "=",
+                "activation": 2.0,
+                "example": 0,
+                "position": 3,
+                "focus": 2,
+                "context": [["1", 0.0], ["+", 0.5], ["=", 2.0], ["<b>", 0.1]],
+            }
+        ],
+        "promoted": [{"token": " 7", "logit": 1.0}],
+        "suppressed": [{"token": "\n", "logit": -1.0}],
+    }
     results = {
-        "config_hash": "x", "n_examples": 40, "n_tokens": 1600, "layer": 3, "site": "resid",
+        "config_hash": "x",
+        "n_examples": 40,
+        "n_tokens": 1600,
+        "layer": 3,
+        "site": "resid",
         "splice": {"max_abs_logit_diff": 2e-7, "examples_checked": 32, "tolerance": 1e-3},
         "baseline": {"accuracy": 0.4, "logprob": -2.0, "ce_loss": 2.5},
-        "reconstruction": {"accuracy": 0.3, "logprob": -2.4, "ce_loss": 2.9, "ce_loss_clean": 2.5,
-                           "ce_loss_zero_site": 8.0, "ce_loss_recovered": recovered, "zero_site_accuracy": 0.0},
+        "reconstruction": {
+            "accuracy": 0.3,
+            "logprob": -2.4,
+            "ce_loss": 2.9,
+            "ce_loss_clean": 2.5,
+            "ce_loss_zero_site": 8.0,
+            "ce_loss_recovered": recovered,
+            "zero_site_accuracy": 0.0,
+        },
         "rank": {"method": "attribution"},
         "sweeps": [sweep(1, -0.1), sweep(5, -0.6)],
         "features": [feature(i) for i in range(3)],
         "attribution_vs_exact_spearman": 0.8,
-        "faithfulness": [{"n": 1, "value": 0.2, "logprob": -2.3, "accuracy": 0.3}, {"n": 10, "value": 0.9, "logprob": -2.05, "accuracy": 0.38}],
+        "faithfulness": [
+            {"n": 1, "value": 0.2, "logprob": -2.3, "accuracy": 0.3},
+            {"n": 10, "value": 0.9, "logprob": -2.05, "accuracy": 0.38},
+        ],
         "sae_metrics_eval": {"fvu": 0.5, "l0": 30.0, "dead_fraction": 0.1},
-        "contexts_source": "store", "unembedding": "W_dec @ W_U",
-        "provenance": {"model": {"name": model, "model_id": f"org/{model}", "revision": "abc123"},
-                       "benchmark": {"name": "arithmetic", "split": "test"},
-                       "sae": {"path": str(run / "sae"), "variant": "topk", "d_sae": 256},
-                       "store": {"source": "traced", "n_examples": 100, "n_tokens": 4000}},
+        "contexts_source": "store",
+        "unembedding": "W_dec @ W_U",
+        "provenance": {
+            "model": {"name": model, "model_id": f"org/{model}", "revision": "abc123"},
+            "benchmark": {"name": "arithmetic", "split": "test"},
+            "sae": {"path": str(run / "sae"), "variant": "topk", "d_sae": 256},
+            "store": {"source": "traced", "n_examples": 100, "n_tokens": 4000},
+        },
     }
     (run / "causal" / "results.json").write_text(json.dumps(results))
-    (run / "sae" / "scircuits.json").write_text(json.dumps({"metrics": {"fvu": fvu, "l0": 32.0, "dead_fraction": 0.05}}))
-    log = [{"step": s, "loss": 1.0 / s, "l0": 32} for s in range(1, 20)] + [{"step": 19, "eval": {"fvu": fvu}}]
+    (run / "sae" / "scircuits.json").write_text(
+        json.dumps({"metrics": {"fvu": fvu, "l0": 32.0, "dead_fraction": 0.05}})
+    )
+    log = [{"step": s, "loss": 1.0 / s, "l0": 32} for s in range(1, 20)] + [
+        {"step": 19, "eval": {"fvu": fvu}}
+    ]
     (run / "sae" / "train_log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n{cut by a cra")
     return run
 
@@ -59,8 +109,18 @@ def test_one_run_report_has_every_section_and_embeds_its_figures(tmp_path):
     files = write_report([run])
     md = (run / "report.md").read_text()
     page = (run / "report.html").read_text()
-    for text in ("Provenance", "abc123", "SAE quality", "0.210", "0.870", "Ablation sweeps", "Feature importance",
-                 "Faithfulness", "Top features", "promotes"):
+    for text in (
+        "Provenance",
+        "abc123",
+        "SAE quality",
+        "0.210",
+        "0.870",
+        "Ablation sweeps",
+        "Feature importance",
+        "Faithfulness",
+        "Top features",
+        "promotes",
+    ):
         assert text in md, text
     for name in ("training", "ablation_logprob", "ablation_accuracy", "importance", "faithfulness"):
         assert (run / "figures" / f"{name}.png").is_file()
@@ -79,8 +139,14 @@ def test_comparison_of_several_runs_compares_fvu_and_ce_loss_recovered(tmp_path)
     write_report([a, b], out)
     md = (out / "report.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| model"))
-    assert "FVU" in header and "CE loss recovered" in header and "MSE" not in header and " loss |" not in header
-    rows = [line for line in md.splitlines() if line.startswith("| gpt2-medium") or line.startswith("| pythia-1.4b")]
+    assert (
+        "FVU" in header and "CE loss recovered" in header and "MSE" not in header and " loss |" not in header
+    )
+    rows = [
+        line
+        for line in md.splitlines()
+        if line.startswith("| gpt2-medium") or line.startswith("| pythia-1.4b")
+    ]
     assert len(rows) == 2 and "0.310" in rows[0] and "0.750" in rows[0] and "0.420" in rows[1]
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 10
 
@@ -93,5 +159,5 @@ def test_report_command(tmp_path, capsys):
 
 
 def test_a_directory_without_results_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="no causal/results.json"):
+    with pytest.raises(ConfigError, match=r"no causal/results.json"):
         write_report([tmp_path])

@@ -124,7 +124,7 @@ def test_sparse_topk_kernels_match_the_dense_fallback():
     v2, i2, g2 = run(dense_topk_encode, dense_decode)
     assert torch.equal(i1.sort(dim=1).values, i2.sort(dim=1).values)
     assert torch.allclose(v1.sort(dim=1).values, v2.sort(dim=1).values)
-    for a, b in zip(g1, g2):
+    for a, b in zip(g1, g2, strict=False):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
@@ -139,7 +139,7 @@ def test_topk_module_sparse_and_eager_paths_agree():
     assert torch.allclose(a.terms["loss"], b.terms["loss"], rtol=1e-5)
     a.terms["loss"].backward()
     b.terms["loss"].backward()
-    for (name, p), q in zip(sparse.named_parameters(), eager.parameters()):
+    for (name, p), q in zip(sparse.named_parameters(), eager.parameters(), strict=False):
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
 
 
@@ -175,9 +175,11 @@ def test_hyperparameters_are_validated():
 
 
 def test_listing_variants_does_not_import_torch():
-    code = ("import sys; import scircuits.plugins.saes as s; "
-            "from scircuits.platform.plugins import get_plugins; names = sorted(v.name for v in get_plugins().saes); "
-            "print(names); assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; import scircuits.plugins.saes as s; "
+        "from scircuits.platform.plugins import get_plugins; names = sorted(v.name for v in get_plugins().saes); "
+        "print(names); assert 'torch' not in sys.modules, 'torch imported'"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "['batchtopk', 'gated', 'jumprelu', 'relu', 'topk']" in result.stdout

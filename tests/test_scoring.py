@@ -24,8 +24,9 @@ def tiny():
 
 def full_logits(model, batch):
     with torch.no_grad():
-        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                     position_ids=batch.position_ids).logits
+        return model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ).logits
 
 
 def test_make_batch_right_pads_and_selects_target_predictions():
@@ -35,19 +36,24 @@ def test_make_batch_right_pads_and_selects_target_predictions():
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
     assert batch.position_ids.tolist() == [[0, 1, 2, 3], [0, 1, 2, 0]]
     # position p predicts token p + 1: sequence 0 predicts 7 and 8 from positions 1 and 2
-    assert list(zip(batch.pred_rows.tolist(), batch.pred_cols.tolist())) == [(0, 1), (0, 2), (1, 1)]
+    assert list(zip(batch.pred_rows.tolist(), batch.pred_cols.tolist(), strict=False)) == [(0, 1), (0, 2), (1, 1)]
     assert batch.target_ids.tolist() == [7, 8, 11]
 
 
 def test_padded_batch_scores_equal_one_sequence_at_a_time(tiny):
-    seqs = [EncodedSequence(tuple(range(5, 25)), 15), EncodedSequence((30, 31, 32, 33, 34), 3),
-            EncodedSequence((40, 41, 42, 43, 44, 45, 46, 47), 6)]
+    seqs = [
+        EncodedSequence(tuple(range(5, 25)), 15),
+        EncodedSequence((30, 31, 32, 33, 34), 3),
+        EncodedSequence((40, 41, 42, 43, 44, 45, 46, 47), 6),
+    ]
     batch = make_batch(seqs, pad_id=0)
     logits = full_logits(tiny.model, batch)[batch.pred_rows, batch.pred_cols]
     together, ok_together = sequence_scores(logits, batch)
     for i, seq in enumerate(seqs):
         single = make_batch([seq])
-        alone, ok_alone = sequence_scores(full_logits(tiny.model, single)[single.pred_rows, single.pred_cols], single)
+        alone, ok_alone = sequence_scores(
+            full_logits(tiny.model, single)[single.pred_rows, single.pred_cols], single
+        )
         assert float(together[i]) == pytest.approx(float(alone[0]), abs=1e-4)
         assert bool(ok_together[i]) == bool(ok_alone[0])
 
@@ -72,10 +78,12 @@ def test_multiple_choice_correct_when_gold_choice_is_strictly_most_likely():
         def __call__(self, text, add_special_tokens=True):
             return {"input_ids": ([0] if add_special_tokens else []) + [ord(c) % 50 for c in text]}
 
-    examples = [Example("a", "Q", " x", choices=(" x", " y"), answer_index=0),
-                Example("b", "Q", " y", choices=(" x", " y"), answer_index=1),
-                Example("c", "Q", " z")]
-    sequences, layouts = layout_examples(Tok(), examples)
+    examples = [
+        Example("a", "Q", " x", choices=(" x", " y"), answer_index=0),
+        Example("b", "Q", " y", choices=(" x", " y"), answer_index=1),
+        Example("c", "Q", " z"),
+    ]
+    _sequences, layouts = layout_examples(Tok(), examples)
     assert [l.sequence_indices for l in layouts] == [(0, 1), (2, 3), (4,)]
     seq_logprob = torch.tensor([-1.0, -2.0, -1.0, -1.0, -3.0])
     seq_correct = torch.tensor([False, False, False, False, True])

@@ -11,7 +11,15 @@ from scircuits.platform.sequences import EncodedSequence
 from scircuits.platform.splice import SplitModel, clean_logits, nnsight_site_logits, spliced_output
 from scircuits.testing import tiny_loaded_model
 
-ARCHITECTURES = ["smollm2-135m", "gpt2-medium", "pythia-1.4b", "gemma-2b", "phi-2", "llama-3-8b", "mistral-7b"]
+ARCHITECTURES = [
+    "smollm2-135m",
+    "gpt2-medium",
+    "pythia-1.4b",
+    "gemma-2b",
+    "phi-2",
+    "llama-3-8b",
+    "mistral-7b",
+]
 
 
 class ReluSAE(SparseAutoencoder):
@@ -31,8 +39,11 @@ def random_sae(d_in: int, seed: int = 0, expansion: int = 4) -> ReluSAE:
 
 
 def padded_batch():
-    seqs = [EncodedSequence(tuple(range(5, 19)), 9), EncodedSequence(tuple(range(30, 37)), 4),
-            EncodedSequence(tuple(range(60, 71)), 7)]
+    seqs = [
+        EncodedSequence(tuple(range(5, 19)), 9),
+        EncodedSequence(tuple(range(30, 37)), 4),
+        EncodedSequence(tuple(range(60, 71)), 7),
+    ]
     return make_batch(seqs, pad_id=0)
 
 
@@ -68,8 +79,12 @@ def test_reconstruction_without_error_term_differs_and_model_is_restored():
     split = SplitModel(loaded, 2, "resid")
     cache = split.lower(batch)
     with torch.no_grad():
-        recon = split.upper(batch, cache, spliced_output(sae, cache.site_output, error_term=False), all_positions=True)
-    traced = nnsight_site_logits(loaded, 2, "resid", batch, lambda x: spliced_output(sae, x, error_term=False))
+        recon = split.upper(
+            batch, cache, spliced_output(sae, cache.site_output, error_term=False), all_positions=True
+        )
+    traced = nnsight_site_logits(
+        loaded, 2, "resid", batch, lambda x: spliced_output(sae, x, error_term=False)
+    )
     assert float((recon - traced)[mask].abs().max()) < 1e-5
     assert float((recon - clean)[mask].abs().max()) > 1e-3
     # the blocks swapped out for the fast path are back: the plain model is untouched

@@ -27,9 +27,16 @@ D = 12
 
 def traced_attrs(**changes):
     attrs = {
-        "model": "smollm2-135m", "model_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "model_revision": "abc123",
-        "layer": 15, "site": "resid", "benchmark": "arithmetic", "split": "test", "source": "traced",
-        "config_hash": "h1", "config": {"limit": 10, "seed": 0},
+        "model": "smollm2-135m",
+        "model_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "model_revision": "abc123",
+        "layer": 15,
+        "site": "resid",
+        "benchmark": "arithmetic",
+        "split": "test",
+        "source": "traced",
+        "config_hash": "h1",
+        "config": {"limit": 10, "seed": 0},
     }
     attrs.update(changes)
     return attrs
@@ -39,7 +46,12 @@ def expected_rows(n_examples, d_model=D, seed=0):
     tokens, acts, examples, positions = [], [], [], []
     for i in range(n_examples):
         t, a = synthetic_example(i, d_model, seed=seed)
-        tokens.append(t), acts.append(a), examples.append(np.full(len(t), i)), positions.append(np.arange(len(t)))
+        (
+            tokens.append(t),
+            acts.append(a),
+            examples.append(np.full(len(t), i)),
+            positions.append(np.arange(len(t))),
+        )
     return [np.concatenate(x) for x in (tokens, acts, examples, positions)]
 
 
@@ -82,18 +94,23 @@ def test_round_trip_float32(tmp_path):
 
 
 def test_float16_rounding_and_compressed_round_trip(tmp_path):
-    path = write_synthetic_store(tmp_path / "s.zarr", n_examples=7, d_model=D, chunk_rows=8, compressor="zstd")
+    path = write_synthetic_store(
+        tmp_path / "s.zarr", n_examples=7, d_model=D, chunk_rows=8, compressor="zstd"
+    )
     store = ActivationStore(path)
     _, acts, _, _ = expected_rows(7)
-    np.testing.assert_array_equal(store.read_rows(0, store.n_tokens), acts.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(
+        store.read_rows(0, store.n_tokens), acts.astype(np.float16).astype(np.float32)
+    )
     assert store.compressors == ["ZstdCodec"]
 
 
 def test_examples_longer_than_a_chunk_and_torch_input(tmp_path):
     torch = pytest.importorskip("torch")
     acts = torch.randn(37, D, dtype=torch.bfloat16)
-    with ActivationStoreWriter.open(tmp_path / "s.zarr", synthetic_attrs(), d_model=D, chunk_rows=8,
-                                    dtype="float32") as writer:
+    with ActivationStoreWriter.open(
+        tmp_path / "s.zarr", synthetic_attrs(), d_model=D, chunk_rows=8, dtype="float32"
+    ) as writer:
         writer.append_example(0, torch.arange(37), acts)
         writer.append_example(1, np.arange(3), np.ones((3, D)))
     store = ActivationStore(tmp_path / "s.zarr")
@@ -117,13 +134,14 @@ def test_resume_in_process_and_reopen_complete(tmp_path):
     writer.close()
     reference = write_synthetic_store(tmp_path / "ref.zarr", n_examples=10, d_model=D, chunk_rows=8)
     resumed, uninterrupted = ActivationStore(path), ActivationStore(reference)
-    np.testing.assert_array_equal(resumed.read_rows(0, resumed.n_tokens),
-                                  uninterrupted.read_rows(0, uninterrupted.n_tokens))
+    np.testing.assert_array_equal(
+        resumed.read_rows(0, resumed.n_tokens), uninterrupted.read_rows(0, uninterrupted.n_tokens)
+    )
     np.testing.assert_array_equal(resumed.example_ids, uninterrupted.example_ids)
 
     again = ActivationStoreWriter.open(path, synthetic_attrs(), d_model=D, chunk_rows=8)
     assert again.complete and again.n_examples_written == 10
-    with pytest.raises(StoreCompleteError, match="already complete"):
+    with pytest.raises(StoreCompleteError, match=r"already complete"):
         again.append_example(10, *synthetic_example(10, D))
     again.close()
     assert ActivationStore(path).n_examples == 10
@@ -148,9 +166,9 @@ def test_mismatch_is_refused_with_the_differences_named(tmp_path):
     message = str(info.value)
     assert "layer: stored 15, now 3" in message and "config_hash: stored 'h1', now 'h2'" in message
     assert "--out" in message and "delete" in message
-    with pytest.raises(StoreMismatchError, match="d_model: stored 12, now 16"):
+    with pytest.raises(StoreMismatchError, match=r"d_model: stored 12, now 16"):
         ActivationStoreWriter.open(path, traced_attrs(), d_model=16)
-    with pytest.raises(StoreMismatchError, match="dtype: stored 'float16', now 'float32'"):
+    with pytest.raises(StoreMismatchError, match=r"dtype: stored 'float16', now 'float32'"):
         ActivationStoreWriter.open(path, traced_attrs(), d_model=D, dtype="float32")
     # the refused openings changed nothing, and left no lock behind
     assert ActivationStoreWriter.open(path, traced_attrs(), d_model=D).complete
@@ -167,7 +185,7 @@ def test_nan_and_overflow_refused_and_nothing_stored(tmp_path):
     assert (info.value.example_index, info.value.n_nan, info.value.n_inf) == (7, 2, 1)
     huge = np.ones((2, D), dtype=np.float32)
     huge[0, 0] = 1e6
-    with pytest.raises(NonFiniteActivationsError, match="too large for float16"):
+    with pytest.raises(NonFiniteActivationsError, match=r"too large for float16"):
         writer.append_example(8, np.arange(2), huge)
     writer.append_example(9, np.arange(2), np.full((2, D), 2.0))
     writer.close()
@@ -177,22 +195,27 @@ def test_nan_and_overflow_refused_and_nothing_stored(tmp_path):
 
 
 def test_bad_inputs_are_explained(tmp_path):
-    with pytest.raises(ConfigError, match="model, model_id, model_revision"):
-        ActivationStoreWriter.open(tmp_path / "a.zarr", {"source": "traced", "layer": 1, "site": "resid",
-                                                          "benchmark": "b", "split": "test"}, d_model=D)
-    with pytest.raises(ConfigError, match="source"):
+    with pytest.raises(ConfigError, match=r"model, model_id, model_revision"):
+        ActivationStoreWriter.open(
+            tmp_path / "a.zarr",
+            {"source": "traced", "layer": 1, "site": "resid", "benchmark": "b", "split": "test"},
+            d_model=D,
+        )
+    with pytest.raises(ConfigError, match=r"source"):
         ActivationStoreWriter.open(tmp_path / "b.zarr", {"source": "made-up"}, d_model=D)
-    with pytest.raises(ConfigError, match="set by the writer"):
+    with pytest.raises(ConfigError, match=r"set by the writer"):
         ActivationStoreWriter.open(tmp_path / "c.zarr", synthetic_attrs(n_tokens=3), d_model=D)
-    with pytest.raises(ConfigError, match="float16, float32"):
+    with pytest.raises(ConfigError, match=r"float16, float32"):
         ActivationStoreWriter.open(tmp_path / "d.zarr", synthetic_attrs(), d_model=D, dtype="int8")
-    with ActivationStoreWriter.open(tmp_path / "e.zarr", synthetic_attrs(), d_model=D) as writer, \
-            pytest.raises(ScircuitsError, match=r"shape \(4, 5\), expected \(4, 12\)"):
+    with (
+        ActivationStoreWriter.open(tmp_path / "e.zarr", synthetic_attrs(), d_model=D) as writer,
+        pytest.raises(ScircuitsError, match=r"shape \(4, 5\), expected \(4, 12\)"),
+    ):
         writer.append_example(0, np.arange(4), np.zeros((4, 5)))
     (tmp_path / "f" / "sub").mkdir(parents=True)
     (tmp_path / "f" / "notes.txt").write_text("x")
     (tmp_path / "f" / "sub" / "draft.partial").write_text("keep me")
-    with pytest.raises(NotAStoreError, match="not an activation store"):
+    with pytest.raises(NotAStoreError, match=r"not an activation store"):
         ActivationStoreWriter.open(tmp_path / "f", synthetic_attrs(), d_model=D)
     assert (tmp_path / "f" / "sub" / "draft.partial").exists()  # nothing of a foreign folder is touched
 
@@ -200,25 +223,25 @@ def test_bad_inputs_are_explained(tmp_path):
 def test_second_writer_is_locked_out(tmp_path):
     path = tmp_path / "s.zarr"
     first = ActivationStoreWriter.open(path, synthetic_attrs(), d_model=D)
-    with pytest.raises(StoreLockedError, match="another process"):
+    with pytest.raises(StoreLockedError, match=r"another process"):
         ActivationStoreWriter.open(path, synthetic_attrs(), d_model=D)
     first.close()
     ActivationStoreWriter.open(path, synthetic_attrs(), d_model=D).close()
 
 
 def test_reader_errors(tmp_path):
-    with pytest.raises(NotAStoreError, match="does not exist"):
+    with pytest.raises(NotAStoreError, match=r"does not exist"):
         ActivationStore(tmp_path / "missing.zarr")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(NotAStoreError, match="not an activation store"):
+    with pytest.raises(NotAStoreError, match=r"not an activation store"):
         ActivationStore(tmp_path / "empty")
     zarr.open_group(tmp_path / "other.zarr", mode="w", attributes={"format": "something-else"})
-    with pytest.raises(NotAStoreError, match="'format' attribute is 'something-else'"):
+    with pytest.raises(NotAStoreError, match=r"'format' attribute is 'something-else'"):
         ActivationStore(tmp_path / "other.zarr")
     path = write_synthetic_store(tmp_path / "s.zarr", n_examples=3, d_model=D)
     group = zarr.open_group(path, mode="r+")
     group.attrs["format_version"] = 2
-    with pytest.raises(NotAStoreError, match="format_version 2 is not supported.*upgrade scircuits"):
+    with pytest.raises(NotAStoreError, match=r"format_version 2 is not supported.*upgrade scircuits"):
         ActivationStore(path)
 
 
@@ -227,16 +250,32 @@ def _foreign_store(path, n_tokens, d_model, *, chunks, shards=None, version=1):
     rng = np.random.default_rng(3)
     acts = rng.standard_normal((n_tokens, d_model)).astype(np.float32)
     example_ids = np.repeat(np.arange(n_tokens // 5 + 1), 5)[:n_tokens].astype(np.int32)
-    attrs = {"format": "scircuits.activations", "format_version": version, "model": "gpt2", "model_id": "gpt2",
-             "model_revision": "r", "layer": 3, "site": "resid", "benchmark": "x", "split": "test",
-             "d_model": d_model, "dtype": "float32", "n_tokens": n_tokens, "n_examples": int(example_ids[-1]) + 1,
-             "source": "imported", "complete": True, "created": "2026-01-01T00:00:00+00:00",
-             "scircuits_version": "other-tool"}
+    attrs = {
+        "format": "scircuits.activations",
+        "format_version": version,
+        "model": "gpt2",
+        "model_id": "gpt2",
+        "model_revision": "r",
+        "layer": 3,
+        "site": "resid",
+        "benchmark": "x",
+        "split": "test",
+        "d_model": d_model,
+        "dtype": "float32",
+        "n_tokens": n_tokens,
+        "n_examples": int(example_ids[-1]) + 1,
+        "source": "imported",
+        "complete": True,
+        "created": "2026-01-01T00:00:00+00:00",
+        "scircuits_version": "other-tool",
+    }
     group = zarr.open_group(path, mode="w", attributes=attrs)
     group.create_array("acts", shape=acts.shape, chunks=chunks, shards=shards, dtype="float32")[:] = acts
     group.create_array("token_ids", shape=(n_tokens,), chunks=(7,), dtype="int32")[:] = np.arange(n_tokens)
     group.create_array("example_ids", shape=(n_tokens,), chunks=(7,), dtype="int32")[:] = example_ids
-    group.create_array("positions", shape=(n_tokens,), chunks=(7,), dtype="int32")[:] = np.arange(n_tokens) % 5
+    group.create_array("positions", shape=(n_tokens,), chunks=(7,), dtype="int32")[:] = (
+        np.arange(n_tokens) % 5
+    )
     return acts
 
 
@@ -295,16 +334,19 @@ def test_fsspec_url_write_resume_and_read():
     store = ActivationStore(url)
     _, acts, examples, _ = expected_rows(12)
     assert store.complete and store.size_on_disk() > 0
-    np.testing.assert_array_equal(store.read_rows(0, store.n_tokens), acts.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(
+        store.read_rows(0, store.n_tokens), acts.astype(np.float16).astype(np.float32)
+    )
     np.testing.assert_array_equal(store.example_ids, examples)
-    with pytest.raises(StoreMismatchError, match="seed: stored 0, now 1"):
+    with pytest.raises(StoreMismatchError, match=r"seed: stored 0, now 1"):
         ActivationStoreWriter.open(url, synthetic_attrs(seed=1), d_model=D)
 
 
 def test_writer_memory_is_one_chunk_not_the_store(tmp_path):
     d_model, chunk_rows = 64, 128
-    writer = ActivationStoreWriter.open(tmp_path / "s.zarr", synthetic_attrs(), d_model=d_model,
-                                        chunk_rows=chunk_rows)
+    writer = ActivationStoreWriter.open(
+        tmp_path / "s.zarr", synthetic_attrs(), d_model=d_model, chunk_rows=chunk_rows
+    )
     examples = [synthetic_example(i, d_model, max_tokens=64) for i in range(8)]
     writer.append_example(0, *examples[0])
     writer.flush()  # zarr's lazy imports and thread pools start here, outside the measurement

@@ -23,12 +23,12 @@ def store(tmp_path_factory) -> ActivationStore:
 
 def row_keys(batches) -> list[tuple[int, int]]:
     """(example id, position) of every row, in order: identifies a row uniquely."""
-    return [(int(e), int(p)) for b in batches for e, p in zip(b.example_ids, b.positions)]
+    return [(int(e), int(p)) for b in batches for e, p in zip(b.example_ids, b.positions, strict=False)]
 
 
 def rows_of(store: ActivationStore, example_ids) -> set[tuple[int, int]]:
     wanted = np.isin(store.example_ids, example_ids)
-    return set(zip(store.example_ids[wanted].tolist(), store.positions[wanted].tolist()))
+    return set(zip(store.example_ids[wanted].tolist(), store.positions[wanted].tolist(), strict=False))
 
 
 def test_split_is_by_whole_examples_and_seeded(store):
@@ -45,21 +45,23 @@ def test_split_is_by_whole_examples_and_seeded(store):
 
 def test_every_train_row_exactly_once_per_epoch_and_never_an_eval_row(store):
     train_ids, eval_ids = store.split_examples(0.1, seed=0)
-    keys = row_keys(store.iter_labelled_batches(16, seed=3, split="train", eval_fraction=0.1,
-                                                shuffle_buffer_rows=48))
+    keys = row_keys(
+        store.iter_labelled_batches(16, seed=3, split="train", eval_fraction=0.1, shuffle_buffer_rows=48)
+    )
     assert len(keys) == len(set(keys))
     assert set(keys) == rows_of(store, train_ids)
-    eval_keys = row_keys(store.iter_labelled_batches(16, seed=3, split="eval", eval_fraction=0.1,
-                                                     shuffle_buffer_rows=48))
+    eval_keys = row_keys(
+        store.iter_labelled_batches(16, seed=3, split="eval", eval_fraction=0.1, shuffle_buffer_rows=48)
+    )
     assert set(eval_keys) == rows_of(store, eval_ids) and not set(eval_keys) & set(keys)
     assert store.n_rows("train", eval_fraction=0.1) == len(keys)
 
 
 def test_batches_carry_the_stored_rows(store):
     reference = store.read_rows(0, store.n_tokens)
-    index = {key: i for i, key in enumerate(zip(store.example_ids.tolist(), store.positions.tolist()))}
+    index = {key: i for i, key in enumerate(zip(store.example_ids.tolist(), store.positions.tolist(), strict=False))}
     for batch in store.iter_labelled_batches(16, seed=1, split="all", shuffle_buffer_rows=40):
-        rows = [index[(int(e), int(p))] for e, p in zip(batch.example_ids, batch.positions)]
+        rows = [index[(int(e), int(p))] for e, p in zip(batch.example_ids, batch.positions, strict=False)]
         np.testing.assert_array_equal(batch.acts.numpy(), reference[rows])
         np.testing.assert_array_equal(batch.token_ids, store.token_ids[rows])
 
@@ -74,24 +76,35 @@ def test_deterministic_per_seed_and_different_per_epoch_and_seed(store):
     assert first != order(seed=6, epoch=0)
     # the plain tensor batches are the same rows in the same order
     plain = np.concatenate([b.numpy() for b in store.iter_batches(16, seed=5, shuffle_buffer_rows=48)])
-    labelled = np.concatenate([b.acts.numpy()
-                               for b in store.iter_labelled_batches(16, seed=5, shuffle_buffer_rows=48)])
+    labelled = np.concatenate(
+        [b.acts.numpy() for b in store.iter_labelled_batches(16, seed=5, shuffle_buffer_rows=48)]
+    )
     np.testing.assert_array_equal(plain, labelled)
 
 
 def test_rows_are_mixed_across_chunks(store):
     """A batch draws rows from several chunks, not one chunk's rows in a run."""
     batch = next(iter(store.iter_labelled_batches(32, seed=0, split="all", shuffle_buffer_rows=128)))
-    row_index = {key: i for i, key in enumerate(zip(store.example_ids.tolist(), store.positions.tolist()))}
-    chunks = {row_index[(int(e), int(p))] // CHUNK_ROWS for e, p in zip(batch.example_ids, batch.positions)}
+    row_index = {key: i for i, key in enumerate(zip(store.example_ids.tolist(), store.positions.tolist(), strict=False))}
+    chunks = {row_index[(int(e), int(p))] // CHUNK_ROWS for e, p in zip(batch.example_ids, batch.positions, strict=False)}
     assert len(chunks) >= 3
 
 
 @pytest.mark.parametrize("world_size,drop_last", [(2, False), (3, False), (3, True)])
 def test_rank_shares_are_disjoint_and_equally_long(store, world_size, drop_last):
     shares = [
-        [b for b in store.iter_labelled_batches(16, seed=2, rank=rank, world_size=world_size, drop_last=drop_last,
-                                               shuffle_buffer_rows=48, epoch=1)]
+        [
+            b
+            for b in store.iter_labelled_batches(
+                16,
+                seed=2,
+                rank=rank,
+                world_size=world_size,
+                drop_last=drop_last,
+                shuffle_buffer_rows=48,
+                epoch=1,
+            )
+        ]
         for rank in range(world_size)
     ]
     expected = store.batches_per_epoch(16, world_size=world_size, drop_last=drop_last)
@@ -126,8 +139,9 @@ def test_bad_options_are_explained(store):
 def test_reader_holds_at_most_buffer_plus_one_chunk(tmp_path):
     """Bounded memory: the counters and the Python heap both stay at buffer + one chunk, far below the store."""
     d_model, chunk_rows, buffer_rows = 64, 256, 512
-    path = write_synthetic_store(tmp_path / "big.zarr", n_examples=600, d_model=d_model, chunk_rows=chunk_rows,
-                                 max_tokens=64)
+    path = write_synthetic_store(
+        tmp_path / "big.zarr", n_examples=600, d_model=d_model, chunk_rows=chunk_rows, max_tokens=64
+    )
     store = ActivationStore(path)
     store_bytes = store.n_tokens * d_model * 4
     assert store.n_tokens > 30 * chunk_rows

@@ -73,8 +73,14 @@ CHILD = textwrap.dedent(
 
 def run_child(script: Path, store: Path, kill: str = "") -> subprocess.CompletedProcess:
     env = {**os.environ, "KILL": kill}
-    return subprocess.run([sys.executable, str(script), str(store), str(N_EXAMPLES), str(D), str(CHUNK_ROWS)],
-                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, str(script), str(store), str(N_EXAMPLES), str(D), str(CHUNK_ROWS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def assert_identical_stores(resumed: Path, reference: Path) -> None:
@@ -131,7 +137,9 @@ def test_sigkill_from_outside_mid_run_then_resume(tmp_path, child, reference):
     for stop_after in (17, 41):
         proc = subprocess.Popen(
             [sys.executable, str(child), str(store), str(N_EXAMPLES), str(D), str(CHUNK_ROWS)],
-            env={**os.environ, "SLOW": "1"}, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "SLOW": "1"},
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert proc.stdout is not None
         for line in proc.stdout:

@@ -21,7 +21,8 @@ def reference_rows(loaded, layer, site, sequence):
     """The site's output for one sequence run alone through the plain model (no nnsight, no padding)."""
     captured = []
     handle = loaded.site_module(layer, site).register_forward_hook(
-        lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
+        lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out)
+    )
     try:
         with torch.no_grad():
             loaded.model(input_ids=torch.tensor([sequence]))
@@ -42,7 +43,7 @@ def test_batched_rows_equal_each_example_traced_alone(name):
     loaded = tiny_loaded_model(name)
     tracer = SiteTracer(loaded, 3, "resid")
     batched = tracer.trace(SEQUENCES)
-    for sequence, rows in zip(SEQUENCES, batched):
+    for sequence, rows in zip(SEQUENCES, batched, strict=False):
         assert rows.shape == (len(sequence), loaded.d_model)  # pad positions dropped
         alone = tracer.trace([sequence])[0]
         assert relative_error(rows, alone) < 1e-5
@@ -66,8 +67,12 @@ def test_left_padding_would_be_wrong_for_absolute_positions():
 def test_forward_stops_after_the_traced_layer():
     loaded = tiny_loaded_model("llama-3-8b")
     fired: list[str] = []
-    handles = [loaded.site_module(layer, "resid").register_forward_hook(
-        lambda *_a, layer=layer: fired.append(f"block{layer}")) for layer in range(loaded.n_layers)]
+    handles = [
+        loaded.site_module(layer, "resid").register_forward_hook(
+            lambda *_a, layer=layer: fired.append(f"block{layer}")
+        )
+        for layer in range(loaded.n_layers)
+    ]
     handles.append(loaded.model.lm_head.register_forward_hook(lambda *_a: fired.append("lm_head")))
     try:
         SiteTracer(loaded, 1, "mlp").trace(SEQUENCES)
@@ -98,7 +103,7 @@ def test_remote_path_in_nnsight_local_mode_equals_local_tracing(tmp_path, name, 
     assert remote.model.device.type == "meta"  # no weights were loaded to build it
     local_rows = SiteTracer(loaded, 2, site).trace(SEQUENCES)
     remote_rows = SiteTracer(remote, 2, site).trace(SEQUENCES)
-    for local, far in zip(local_rows, remote_rows):
+    for local, far in zip(local_rows, remote_rows, strict=False):
         assert relative_error(far, local) < 1e-6
 
 
@@ -107,7 +112,7 @@ def test_remote_without_an_ndif_key_is_a_clear_error(monkeypatch):
 
     monkeypatch.delenv("NDIF_API_KEY", raising=False)
     monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", None)
-    with pytest.raises(ConfigError, match="NDIF_API_KEY"):
+    with pytest.raises(ConfigError, match=r"NDIF_API_KEY"):
         load_remote(get_plugins().models.get("llama-3-8b"), backend=True)
 
 
@@ -119,7 +124,7 @@ def test_remote_without_the_hub_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("NDIF_API_KEY", "test-key")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(WeightsUnavailableError, match="meta-llama/Meta-Llama-3-8B.*offline"):
+    with pytest.raises(WeightsUnavailableError, match=r"meta-llama/Meta-Llama-3-8B.*offline"):
         load_remote(get_plugins().models.get("llama-3-8b"), backend=True)
 
 
@@ -132,5 +137,5 @@ def test_smollm2_traced_rows_equal_a_per_example_forward(smollm2):
     sequences = [encode_example(smollm2.tokenizer, e).input_ids for e in examples]
     assert len({len(s) for s in sequences}) > 1  # the batch is padded
     rows = SiteTracer(smollm2, 15, "resid").trace(sequences)
-    for sequence, traced in zip(sequences, rows):
+    for sequence, traced in zip(sequences, rows, strict=False):
         assert relative_error(traced, reference_rows(smollm2, 15, "resid", list(sequence))) < 1e-4

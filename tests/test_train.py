@@ -33,9 +33,22 @@ def store(tmp_path_factory):
 
 
 def config(store, out, **overrides) -> TrainConfig:
-    values = dict(store=str(store), sae="topk", hparams={"k": 4}, expansion=2, batch_size=64, epochs=2,
-                  lr=3e-3, warmup_steps=5, eval_every=10, log_every=5, eval_tokens=512, checkpoint_every=7,
-                  out=str(out), progress=False)
+    values = dict(
+        store=str(store),
+        sae="topk",
+        hparams={"k": 4},
+        expansion=2,
+        batch_size=64,
+        epochs=2,
+        lr=3e-3,
+        warmup_steps=5,
+        eval_every=10,
+        log_every=5,
+        eval_tokens=512,
+        checkpoint_every=7,
+        out=str(out),
+        progress=False,
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -68,11 +81,14 @@ def test_a_complete_checkpoint_with_the_same_config_is_skipped(store, tmp_path, 
     assert (tmp_path / "sae" / WEIGHTS_FILE).stat().st_mtime_ns != before
 
 
-@pytest.mark.parametrize("sae,hparams,stop", [
-    ("topk", {"k": 4, "dead_tokens": 64}, 11),  # mid-epoch; AuxK active (dead latents)
-    ("batchtopk", {"k": 4}, 50),  # in the second epoch
-    ("jumprelu", {}, 11),
-])
+@pytest.mark.parametrize(
+    "sae,hparams,stop",
+    [
+        ("topk", {"k": 4, "dead_tokens": 64}, 11),  # mid-epoch; AuxK active (dead latents)
+        ("batchtopk", {"k": 4}, 50),  # in the second epoch
+        ("jumprelu", {}, 11),
+    ],
+)
 def test_resume_ends_with_the_same_weights(store, tmp_path, sae, hparams, stop):
     straight = train(config(store, tmp_path / "straight", sae=sae, hparams=hparams))
     interrupted = config(store, tmp_path / "resumed", sae=sae, hparams=hparams)
@@ -132,21 +148,42 @@ def test_geometric_median_resists_outliers():
 def test_cli_train(store, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli"
-    args = ["--store", str(store), "--sae", "relu", "--l1", "0.01", "--hparam", "decorrelation_tokens=32",
-            "--expansion", "2", "--batch-size", "64", "--tokens", "640", "--out", str(out), "--no-progress"]
+    args = [
+        "--store",
+        str(store),
+        "--sae",
+        "relu",
+        "--l1",
+        "0.01",
+        "--hparam",
+        "decorrelation_tokens=32",
+        "--expansion",
+        "2",
+        "--batch-size",
+        "64",
+        "--tokens",
+        "640",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     result = runner.invoke(train_command, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     meta = json.loads((out / META_FILE).read_text())
     assert meta["hparams"]["l1"] == 0.01 and meta["hparams"]["decorrelation_tokens"] == 32
     assert meta["steps"] == 10 and meta["tokens"] == 640
-    bad = runner.invoke(train_command, ["--store", str(store), "--sae", "relu", "--k", "3", "--out", str(out)])
+    bad = runner.invoke(
+        train_command, ["--store", str(store), "--sae", "relu", "--k", "3", "--out", str(out)]
+    )
     assert bad.exit_code != 0 and "k" in str(bad.exception)
 
 
 def test_cli_train_from_a_config_file(store, tmp_path):
     cfg_file = tmp_path / "train.toml"
-    cfg_file.write_text(f'[train]\nstore = "{store}"\nsae = "gated"\nexpansion = 2\nbatch_size = 64\n'
-                        f'tokens = 320\nout = "{tmp_path / "from_file"}"\nprogress = false\n')
+    cfg_file.write_text(
+        f'[train]\nstore = "{store}"\nsae = "gated"\nexpansion = 2\nbatch_size = 64\n'
+        f'tokens = 320\nout = "{tmp_path / "from_file"}"\nprogress = false\n'
+    )
     result = CliRunner().invoke(train_command, ["--config", str(cfg_file)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "from_file" / META_FILE).read_text())["variant"] == "gated"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import click
 
@@ -15,7 +16,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def config_option(f: F) -> F:
     return click.option(
-        "--config", "config_file", type=click.Path(dir_okay=False),
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False),
         help="TOML or YAML file with this stage's settings; flags override it.",
     )(f)
 
@@ -55,6 +58,6 @@ def echo_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     """A plain aligned text table (no rich: listing must stay fast)."""
     cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=False)).rstrip())
     for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)).rstrip())

@@ -43,8 +43,14 @@ def _family_command(family: str, columns: list[str], help_text: str) -> click.Co
         registry = plugin_set.registries[family]
         rows: list[dict[str, Any]] = []
         for obj in registry:
-            rows.append({"name": obj.name, "description": obj.description,
-                         "plugin": registry.owner(obj.name), **obj.facts()})
+            rows.append(
+                {
+                    "name": obj.name,
+                    "description": obj.description,
+                    "plugin": registry.owner(obj.name),
+                    **obj.facts(),
+                }
+            )
         if as_json:
             echo_json(rows)
         else:
@@ -56,11 +62,12 @@ def _family_command(family: str, columns: list[str], help_text: str) -> click.Co
 
 
 models = _family_command(
-    "models", ["name", "hf_id", "n_layers", "d_model", "default_layer", "description"],
-    "List model adapters (name, weights, layers, width).")
+    "models",
+    ["name", "hf_id", "n_layers", "d_model", "default_layer", "description"],
+    "List model adapters (name, weights, layers, width).",
+)
 benchmarks = _family_command(
-    "benchmarks", ["name", "splits", "multiple_choice", "description"], "List benchmarks.")
-saes = _family_command(
-    "saes", ["name", "saelens_architecture", "description"], "List SAE variants.")
-ablations = _family_command(
-    "ablations", ["name", "options", "description"], "List ablation strategies.")
+    "benchmarks", ["name", "splits", "multiple_choice", "description"], "List benchmarks."
+)
+saes = _family_command("saes", ["name", "saelens_architecture", "description"], "List SAE variants.")
+ablations = _family_command("ablations", ["name", "options", "description"], "List ablation strategies.")

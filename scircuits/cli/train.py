@@ -14,14 +14,21 @@ from scircuits.platform.errors import ConfigError
 
 @click.command()
 @config_option
-@click.option("--store", "stores", multiple=True, help="Activation store (repeat to train one SAE per store).")
+@click.option(
+    "--store", "stores", multiple=True, help="Activation store (repeat to train one SAE per store)."
+)
 @click.option("--sae", help="SAE variant (scircuits saes); a comma list trains one SAE per variant.")
 @click.option("--expansion", type=int, help="d_sae = expansion x d_model.")
 @click.option("--k", type=int, help="Active latents per token (topk, batchtopk).")
 @click.option("--l1", type=float, help="L1 coefficient (relu, gated).")
 @click.option("--decorrelation", type=float, help="Decorrelation coefficient (relu).")
-@click.option("--hparam", "hparams", multiple=True, metavar="KEY=VALUE",
-              help="Any variant hyperparameter (see `scircuits saes --json`); repeatable.")
+@click.option(
+    "--hparam",
+    "hparams",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any variant hyperparameter (see `scircuits saes --json`); repeatable.",
+)
 @click.option("--lr", type=float, help="Adam learning rate.")
 @click.option("--batch-size", type=int, help="Global batch (split evenly over --nproc processes).")
 @click.option("--epochs", type=int, help="Passes over the training split.")
@@ -36,11 +43,21 @@ from scircuits.platform.errors import ConfigError
 @click.option("--seed", type=int)
 @click.option("--resume", is_flag=True, default=None, help="Continue from the last checkpoint in --out.")
 @click.option("--preset", help="Named configuration: phase4 (the Phase 4 report's relu SAE).")
-@click.option("--tracker", type=click.Choice(["none", "wandb", "tensorboard"]), help="Also log to wandb/tensorboard.")
+@click.option(
+    "--tracker", type=click.Choice(["none", "wandb", "tensorboard"]), help="Also log to wandb/tensorboard."
+)
 @click.option("--progress/--no-progress", default=None)
 @click.option("--out", help="Checkpoint directory (with several SAEs: one sub-directory each).")
-def train(config_file: str | None, stores: tuple[str, ...], sae: str | None, k: int | None, l1: float | None,
-          decorrelation: float | None, hparams: tuple[str, ...], **flags: Any) -> None:
+def train(
+    config_file: str | None,
+    stores: tuple[str, ...],
+    sae: str | None,
+    k: int | None,
+    l1: float | None,
+    decorrelation: float | None,
+    hparams: tuple[str, ...],
+    **flags: Any,
+) -> None:
     """Train a sparse autoencoder on an activation store.
 
     Writes OUT/cfg.json + sae_weights.safetensors (SAELens format), scircuits.json and
@@ -57,7 +74,9 @@ def train(config_file: str | None, stores: tuple[str, ...], sae: str | None, k: 
     merged_hparams = {**base.hparams, **extra}
     store_list = list(stores) or ([base.store] if base.store else [])
     sae_given = sae or ("sae" in base.model_fields_set and base.sae)
-    sae_list: list[str | None] = [s.strip() for s in sae_given.split(",") if s.strip()] if sae_given else [None]
+    sae_list: list[str | None] = (
+        [s.strip() for s in sae_given.split(",") if s.strip()] if sae_given else [None]
+    )
     if not store_list:
         raise ConfigError("train: give the activation store with --store PATH (or store = ... in --config)")
     jobs: list[TrainConfig] = []
@@ -65,8 +84,12 @@ def train(config_file: str | None, stores: tuple[str, ...], sae: str | None, k: 
     for store in store_list:
         for name in sae_list:
             out = Path(base.out) / f"{Path(store.rstrip('/')).stem}__{name}" if several else Path(base.out)
-            values = {**base.model_dump(exclude_unset=True), "store": store, "hparams": merged_hparams,
-                      "out": str(out)}
+            values = {
+                **base.model_dump(exclude_unset=True),
+                "store": store,
+                "hparams": merged_hparams,
+                "out": str(out),
+            }
             if name is not None:
                 values["sae"] = name
             jobs.append(TrainConfig.validated(values))
@@ -102,8 +125,9 @@ def validate() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
-def validate_sae(ctx: click.Context, names: str | None, tokens: int | None, epochs: int | None, seed: int,
-                 as_json: bool) -> None:
+def validate_sae(
+    ctx: click.Context, names: str | None, tokens: int | None, epochs: int | None, seed: int, as_json: bool
+) -> None:
     """Train each variant on a planted sparse dictionary and report MMCS and atoms recovered.
 
     Activations are sparse non-negative combinations of known unit atoms plus noise. MMCS is the
@@ -115,7 +139,9 @@ def validate_sae(ctx: click.Context, names: str | None, tokens: int | None, epoc
     from scircuits.plugins.saes.variants import BUILTIN_VARIANTS
 
     registry = get_plugins().saes
-    selected = [n.strip() for n in names.split(",") if n.strip()] if names else [v.name for v in BUILTIN_VARIANTS]
+    selected = (
+        [n.strip() for n in names.split(",") if n.strip()] if names else [v.name for v in BUILTIN_VARIANTS]
+    )
     for name in selected:
         registry.get(name)
     setup = PlantedSetup(seed=seed)
@@ -130,14 +156,30 @@ def validate_sae(ctx: click.Context, names: str | None, tokens: int | None, epoc
         if not as_json:
             click.echo(f"{name}: MMCS {result.mmcs:.3f} ({result.seconds:.1f} s)", err=True)
     if as_json:
-        echo_json({"setup": setup.__dict__, "threshold": MMCS_THRESHOLD, "results": [r.to_dict() for r in results]})
+        echo_json(
+            {"setup": setup.__dict__, "threshold": MMCS_THRESHOLD, "results": [r.to_dict() for r in results]}
+        )
     else:
-        click.echo(f"planted dictionary: d_in {setup.d_in}, {setup.n_atoms} atoms, d_sae {setup.d_sae}, "
-                   f"mean L0 {setup.sparsity:g}, noise {setup.noise:g}, {setup.n_tokens} tokens x {setup.epochs} epochs")
-        echo_table([{"sae": r.sae, "mmcs": f"{r.mmcs:.3f}", "recovered": f"{r.recovered:.3f}",
-                     "fvu": f"{r.fvu:.3f}", "l0": f"{r.l0:.2f}", "dead": f"{r.dead_fraction:.3f}",
-                     "seconds": f"{r.seconds:.1f}", "pass": "yes" if r.passed else "NO"} for r in results],
-                   ["sae", "mmcs", "recovered", "fvu", "l0", "dead", "seconds", "pass"])
+        click.echo(
+            f"planted dictionary: d_in {setup.d_in}, {setup.n_atoms} atoms, d_sae {setup.d_sae}, "
+            f"mean L0 {setup.sparsity:g}, noise {setup.noise:g}, {setup.n_tokens} tokens x {setup.epochs} epochs"
+        )
+        echo_table(
+            [
+                {
+                    "sae": r.sae,
+                    "mmcs": f"{r.mmcs:.3f}",
+                    "recovered": f"{r.recovered:.3f}",
+                    "fvu": f"{r.fvu:.3f}",
+                    "l0": f"{r.l0:.2f}",
+                    "dead": f"{r.dead_fraction:.3f}",
+                    "seconds": f"{r.seconds:.1f}",
+                    "pass": "yes" if r.passed else "NO",
+                }
+                for r in results
+            ],
+            ["sae", "mmcs", "recovered", "fvu", "l0", "dead", "seconds", "pass"],
+        )
     failed = [r.sae for r in results if not r.passed]
     if failed:
         click.echo(f"MMCS below {MMCS_THRESHOLD} for: {', '.join(failed)}", err=True)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -22,8 +23,8 @@ class FeatureStats:
     that ``resample`` draws replacement values from.
     """
 
-    mean: "torch.Tensor"
-    samples: "torch.Tensor | None" = None
+    mean: torch.Tensor
+    samples: torch.Tensor | None = None
 
 
 class NoOptions(BaseModel):
@@ -47,12 +48,12 @@ class Ablation:
 
     def apply(
         self,
-        acts: "torch.Tensor",
-        indices: "torch.Tensor",
+        acts: torch.Tensor,
+        indices: torch.Tensor,
         stats: FeatureStats | None = None,
         options: Mapping[str, Any] | BaseModel | None = None,
-        generator: "torch.Generator | None" = None,
-    ) -> "torch.Tensor":
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def facts(self) -> dict[str, Any]:

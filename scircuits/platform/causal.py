@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,8 +107,15 @@ def group_batches(layouts: Sequence[ExampleLayout], batch_size: int) -> list[lis
     return groups
 
 
-def prepare_eval(split: SplitModel, sae: torch.nn.Module, tokenizer: Any, examples: list[Example],
-                 batch_size: int, max_length: int | None, show: Progress | None = None) -> EvalData:
+def prepare_eval(
+    split: SplitModel,
+    sae: torch.nn.Module,
+    tokenizer: Any,
+    examples: list[Example],
+    batch_size: int,
+    max_length: int | None,
+    show: Progress | None = None,
+) -> EvalData:
     """Encode the examples, batch them, and run the lower blocks and the SAE once per batch."""
     sequences, layouts = layout_examples(tokenizer, examples, max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -117,9 +125,14 @@ def prepare_eval(split: SplitModel, sae: torch.nn.Module, tokenizer: Any, exampl
     for group in group_batches(layouts, batch_size):
         seq_ids = [j for i in group for j in layouts[i].sequence_indices]
         local = {g: l for l, g in enumerate(seq_ids)}
-        local_layouts = [ExampleLayout(layouts[i].example_id,
-                                       tuple(local[j] for j in layouts[i].sequence_indices),
-                                       layouts[i].answer_index) for i in group]
+        local_layouts = [
+            ExampleLayout(
+                layouts[i].example_id,
+                tuple(local[j] for j in layouts[i].sequence_indices),
+                layouts[i].answer_index,
+            )
+            for i in group
+        ]
         batch = make_batch([sequences[j] for j in seq_ids], pad_id).to(device)
         cache = split.lower(batch)
         with torch.no_grad():
@@ -175,9 +188,18 @@ class ConditionScores:
 class Study:
     """Runs conditions over prepared evaluation data."""
 
-    def __init__(self, split: SplitModel, sae: torch.nn.Module, data: EvalData, ablation: Ablation,
-                 ablation_options: Any, stats: FeatureStats, seed: int, show: Progress | None = None,
-                 first_position: int = 0) -> None:
+    def __init__(
+        self,
+        split: SplitModel,
+        sae: torch.nn.Module,
+        data: EvalData,
+        ablation: Ablation,
+        ablation_options: Any,
+        stats: FeatureStats,
+        seed: int,
+        show: Progress | None = None,
+        first_position: int = 0,
+    ) -> None:
         self.split, self.sae, self.data = split, sae, data
         self.first_position = first_position
         self.ablation, self.ablation_options, self.stats = ablation, ablation_options, stats
@@ -203,8 +225,13 @@ class Study:
             raise ValueError(f"unknown site mode {mode!r}")
         return out.to(x.dtype)
 
-    def run(self, mode: SiteMode = "splice", edit_for: Callable[[int], FeatureEdit | None] | None = None,
-            ce: bool = False, status: str = "") -> ConditionScores:
+    def run(
+        self,
+        mode: SiteMode = "splice",
+        edit_for: Callable[[int], FeatureEdit | None] | None = None,
+        ce: bool = False,
+        status: str = "",
+    ) -> ConditionScores:
         """Score every example with the site's output set by ``mode`` (features edited by ``edit_for(b)``)."""
         n = self.data.n_examples
         logprob = np.zeros(n)
@@ -237,7 +264,9 @@ class Study:
 
         def edit_for(b: int) -> FeatureEdit:
             generator = torch.Generator().manual_seed(derived_seed(self.seed, tag, b))
-            return lambda f: self.ablation.apply(f, idx.to(f.device), self.stats, self.ablation_options, generator)
+            return lambda f: self.ablation.apply(
+                f, idx.to(f.device), self.stats, self.ablation_options, generator
+            )
 
         return edit_for
 
@@ -266,10 +295,15 @@ class Study:
         everything = torch.arange(self.d_sae)
         try:
             for b, eb in enumerate(self.data.batches):
-                generator = torch.Generator().manual_seed(derived_seed(self.seed, -10**9, b))
+                generator = torch.Generator().manual_seed(derived_seed(self.seed, -(10**9), b))
                 with torch.no_grad():
-                    ablated = self.ablation.apply(eb.features, everything.to(eb.features.device), self.stats,
-                                                  self.ablation_options, generator)
+                    ablated = self.ablation.apply(
+                        eb.features,
+                        everything.to(eb.features.device),
+                        self.stats,
+                        self.ablation_options,
+                        generator,
+                    )
                     delta = (ablated - eb.features) * edit_mask(eb.batch, self.first_position)[..., None]
                 with torch.enable_grad():
                     features = eb.features.detach().clone().requires_grad_(True)
@@ -280,7 +314,7 @@ class Study:
                     seq_lp[gold].sum().backward()
                 total += (features.grad * delta).sum(dim=(0, 1)).double().cpu()
         finally:
-            for p, flag in zip(params, saved):
+            for p, flag in zip(params, saved, strict=False):
                 p.requires_grad_(flag)
         self.n_conditions += 3  # a backward costs about two forwards
         if self.show is not None:
@@ -291,8 +325,9 @@ class Study:
 # ----------------------------------------------------------------------------- feature statistics
 
 
-def feature_statistics(data: EvalData, n_samples: int = 4096, seed: int = 0, first_position: int = 0
-                       ) -> tuple[FeatureStats, np.ndarray, np.ndarray]:
+def feature_statistics(
+    data: EvalData, n_samples: int = 4096, seed: int = 0, first_position: int = 0
+) -> tuple[FeatureStats, np.ndarray, np.ndarray]:
     """Mean activation over the evaluation tokens, a pool of token rows for resampling, and per-feature
     (mean activation, firing frequency) arrays."""
     d_sae = data.batches[0].features.shape[-1]
@@ -333,21 +368,26 @@ def reconstruction_metrics(data: EvalData, first_position: int = 0) -> dict[str,
     return result
 
 
-def control_draws(k: int, ranked_top: Sequence[int], active: np.ndarray, draws: int, seed: int) -> list[list[int]]:
+def control_draws(
+    k: int, ranked_top: Sequence[int], active: np.ndarray, draws: int, seed: int
+) -> list[list[int]]:
     """``draws`` sets of k features among the active ones outside the top k (seeded by seed and k)."""
     top = set(int(i) for i in ranked_top[:k])
     pool = [int(i) for i in np.flatnonzero(active) if int(i) not in top]
     if len(pool) < k:
         pool = [i for i in range(len(active)) if i not in top]
     rng = np.random.default_rng([seed, k])
-    return [sorted(int(i) for i in rng.choice(pool, size=min(k, len(pool)), replace=False)) for _ in range(draws)]
+    return [
+        sorted(int(i) for i in rng.choice(pool, size=min(k, len(pool)), replace=False)) for _ in range(draws)
+    ]
 
 
 # ----------------------------------------------------------------------------- feature descriptions
 
 
-def unembedding_effects(split: SplitModel, sae: torch.nn.Module, features: Sequence[int], tokenizer: Any,
-                        n: int = 10) -> dict[int, dict[str, list[dict[str, Any]]]]:
+def unembedding_effects(
+    split: SplitModel, sae: torch.nn.Module, features: Sequence[int], tokenizer: Any, n: int = 10
+) -> dict[int, dict[str, list[dict[str, Any]]]]:
     """Tokens each feature's decoder direction promotes and suppresses through the unembedding.
 
     The direction passes through the final norm's elementwise weight (LayerNorm also centres it;
@@ -375,8 +415,14 @@ def unembedding_effects(split: SplitModel, sae: torch.nn.Module, features: Seque
         top = torch.topk(scores[row], n)
         bottom = torch.topk(-scores[row], n)
         out[int(feature)] = {
-            "promoted": [{"token": tokenizer.decode([int(t)]), "logit": float(v)} for v, t in zip(top.values, top.indices)],
-            "suppressed": [{"token": tokenizer.decode([int(t)]), "logit": float(-v)} for v, t in zip(bottom.values, bottom.indices)],
+            "promoted": [
+                {"token": tokenizer.decode([int(t)]), "logit": float(v)}
+                for v, t in zip(top.values, top.indices, strict=False)
+            ],
+            "suppressed": [
+                {"token": tokenizer.decode([int(t)]), "logit": float(-v)}
+                for v, t in zip(bottom.values, bottom.indices, strict=False)
+            ],
         }
     return out
 
@@ -397,8 +443,9 @@ def rows_from_store(path: str) -> TokenRows:
     from scircuits.store.reader import ActivationStore
 
     store = ActivationStore(path)
-    return TokenRows(f"store:{path}", store.n_tokens, store.token_ids, store.example_ids, store.positions,
-                     store.read_rows)
+    return TokenRows(
+        f"store:{path}", store.n_tokens, store.token_ids, store.example_ids, store.positions, store.read_rows
+    )
 
 
 def rows_from_eval(data: EvalData) -> TokenRows:
@@ -413,13 +460,27 @@ def rows_from_eval(data: EvalData) -> TokenRows:
             examples.append(np.full(n, eb.example_indices[local]))
             positions.append(np.arange(n))
     stacked = np.concatenate(acts)
-    return TokenRows("evaluation examples", len(stacked), np.concatenate(tokens), np.concatenate(examples),
-                     np.concatenate(positions), lambda a, b: stacked[a:b])
+    return TokenRows(
+        "evaluation examples",
+        len(stacked),
+        np.concatenate(tokens),
+        np.concatenate(examples),
+        np.concatenate(positions),
+        lambda a, b: stacked[a:b],
+    )
 
 
-def top_contexts(sae: torch.nn.Module, rows: TokenRows, features: Sequence[int], tokenizer: Any,
-                 n_top: int = 5, before: int = 10, after: int = 2, block: int = 8192,
-                 first_position: int = 0) -> dict[int, list[dict[str, Any]]]:
+def top_contexts(
+    sae: torch.nn.Module,
+    rows: TokenRows,
+    features: Sequence[int],
+    tokenizer: Any,
+    n_top: int = 5,
+    before: int = 10,
+    after: int = 2,
+    block: int = 8192,
+    first_position: int = 0,
+) -> dict[int, list[dict[str, Any]]]:
     """For each feature: its ``n_top`` highest-activating tokens, each with its context and the
     feature's activation on every context token."""
     if not features:
@@ -439,7 +500,7 @@ def top_contexts(sae: torch.nn.Module, rows: TokenRows, features: Sequence[int],
     out: dict[int, list[dict[str, Any]]] = {}
     for fi, feature in enumerate(features):
         contexts = []
-        for value, row in zip(best_values[fi].tolist(), best_rows[fi].tolist()):
+        for value, row in zip(best_values[fi].tolist(), best_rows[fi].tolist(), strict=False):
             if row < 0 or value <= 0:
                 continue
             example, position = int(rows.example_ids[row]), int(rows.positions[row])
@@ -451,14 +512,19 @@ def top_contexts(sae: torch.nn.Module, rows: TokenRows, features: Sequence[int],
                 hi += 1
             with torch.no_grad():
                 acts = sae.encode(torch.from_numpy(rows.read(lo, hi)).to(sae.W_dec.dtype))[:, feature]
-            contexts.append({
-                "token": tokenizer.decode([int(rows.token_ids[row])]),
-                "activation": float(value),
-                "example": example,
-                "position": position,
-                "context": [[tokenizer.decode([int(t)]), float(a)] for t, a in zip(rows.token_ids[lo:hi], acts.tolist())],
-                "focus": row - lo,
-            })
+            contexts.append(
+                {
+                    "token": tokenizer.decode([int(rows.token_ids[row])]),
+                    "activation": float(value),
+                    "example": example,
+                    "position": position,
+                    "context": [
+                        [tokenizer.decode([int(t)]), float(a)]
+                        for t, a in zip(rows.token_ids[lo:hi], acts.tolist(), strict=False)
+                    ],
+                    "focus": row - lo,
+                }
+            )
         out[int(feature)] = contexts
     return out
 
@@ -469,18 +535,34 @@ def top_contexts(sae: torch.nn.Module, rows: TokenRows, features: Sequence[int],
 def effect(bootstrap: Bootstrap, scores: ConditionScores, reference: ConditionScores) -> dict[str, Any]:
     acc = bootstrap.interval(scores.correct.astype(float) - reference.correct.astype(float))
     lp = bootstrap.interval(scores.logprob - reference.logprob)
-    return {"accuracy_delta": acc.mean, "accuracy_ci": acc.as_list(),
-            "logprob_delta": lp.mean, "logprob_ci": lp.as_list()}
+    return {
+        "accuracy_delta": acc.mean,
+        "accuracy_ci": acc.as_list(),
+        "logprob_delta": lp.mean,
+        "logprob_ci": lp.as_list(),
+    }
 
 
-def control_effect(bootstrap: Bootstrap, draws: list[ConditionScores], reference: ConditionScores) -> dict[str, Any]:
+def control_effect(
+    bootstrap: Bootstrap, draws: list[ConditionScores], reference: ConditionScores
+) -> dict[str, Any]:
     """Effect of the mean over the control draws, per example (paired with the reference)."""
     acc = np.mean([d.correct.astype(float) for d in draws], axis=0) - reference.correct.astype(float)
     lp = np.mean([d.logprob for d in draws], axis=0) - reference.logprob
     a, l = bootstrap.interval(acc), bootstrap.interval(lp)
-    return {"accuracy_delta": a.mean, "accuracy_ci": a.as_list(), "logprob_delta": l.mean, "logprob_ci": l.as_list(),
-            "draws": [{"accuracy_delta": float(d.accuracy - reference.accuracy),
-                       "logprob_delta": float(d.mean_logprob - reference.mean_logprob)} for d in draws]}
+    return {
+        "accuracy_delta": a.mean,
+        "accuracy_ci": a.as_list(),
+        "logprob_delta": l.mean,
+        "logprob_ci": l.as_list(),
+        "draws": [
+            {
+                "accuracy_delta": float(d.accuracy - reference.accuracy),
+                "logprob_delta": float(d.mean_logprob - reference.mean_logprob),
+            }
+            for d in draws
+        ],
+    }
 
 
 def excludes(a: list[float], b: list[float]) -> bool:
@@ -512,8 +594,10 @@ def resolve_layer(config: AblateConfig, loaded: LoadedModel, sae_info: dict[str,
     trained_at = sae_site(sae_info)[0]
     if config.layer is not None:
         if trained_at is not None and trained_at != config.layer:
-            raise ConfigError(f"the SAE was trained on layer {trained_at}, but --layer {config.layer} was given; "
-                              f"drop --layer or use an SAE trained on layer {config.layer}")
+            raise ConfigError(
+                f"the SAE was trained on layer {trained_at}, but --layer {config.layer} was given; "
+                f"drop --layer or use an SAE trained on layer {config.layer}"
+            )
         return config.layer
     if trained_at is not None:
         return trained_at
@@ -555,21 +639,27 @@ def load_inputs(config: AblateConfig, loaded: LoadedModel | None = None) -> Abla
     if loaded is None:
         loaded = adapter.load(model_path=config.model_path, dtype="float32", device=config.device)
     if int(sae.W_dec.shape[1]) != loaded.d_model:
-        raise ConfigError(f"the SAE in {config.sae} has d_in {sae.W_dec.shape[1]}, but {config.model} has "
-                          f"width {loaded.d_model}: it was trained on another model")
+        raise ConfigError(
+            f"the SAE in {config.sae} has d_in {sae.W_dec.shape[1]}, but {config.model} has "
+            f"width {loaded.d_model}: it was trained on another model"
+        )
     examples = list(benchmark.examples(config.split, config.limit, config.seed, config.benchmark_options))
     if not examples:
         raise ConfigError(f"benchmark {config.benchmark!r} gave no examples for split {config.split!r}")
     info = dict(info) if isinstance(info, dict) else {}
     trained_site = sae_site(info)[1]
     if trained_site is not None and trained_site != config.site:
-        raise ConfigError(f"the SAE in {config.sae} was trained on the {trained_site!r} site, not {config.site!r}; "
-                          f"pass --site {trained_site}")
+        raise ConfigError(
+            f"the SAE in {config.sae} was trained on the {trained_site!r} site, not {config.site!r}; "
+            f"pass --site {trained_site}"
+        )
     layer = resolve_layer(config, loaded, info)
     return AblateInputs(loaded, sae, info, examples, layer)
 
 
-def run_ablate(config: AblateConfig, loaded: LoadedModel | None = None, inputs: AblateInputs | None = None) -> Path:
+def run_ablate(
+    config: AblateConfig, loaded: LoadedModel | None = None, inputs: AblateInputs | None = None
+) -> Path:
     """The ablation study of ``config``; returns the output folder (results.json, examples.jsonl)."""
     started = time.monotonic()
     inputs = inputs or load_inputs(config, loaded)
@@ -587,7 +677,9 @@ def run_ablate(config: AblateConfig, loaded: LoadedModel | None = None, inputs: 
 
 
 def planned_conditions(config: AblateConfig, faithfulness_points: int) -> int:
-    return 4 + 3 + len(config.top_k) * (1 + config.random_controls) + config.exact_top + faithfulness_points + 1
+    return (
+        4 + 3 + len(config.top_k) * (1 + config.random_controls) + config.exact_top + faithfulness_points + 1
+    )
 
 
 def analyse(config: AblateConfig, inputs: AblateInputs) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -600,19 +692,32 @@ def analyse(config: AblateConfig, inputs: AblateInputs) -> tuple[dict[str, Any],
     split = SplitModel(loaded, inputs.layer, config.site)
     tokenizer = loaded.tokenizer
 
-    with progress("ablate: lower blocks + SAE", total=len(inputs.examples), enabled=config.progress,
-                  unit="examples") as show:
-        data = prepare_eval(split, sae, tokenizer, inputs.examples, config.batch_size, config.max_length, show)
-    stats, mean_activation, frequency = feature_statistics(data, seed=config.seed,
-                                                           first_position=config.edit_from_position)
+    with progress(
+        "ablate: lower blocks + SAE", total=len(inputs.examples), enabled=config.progress, unit="examples"
+    ) as show:
+        data = prepare_eval(
+            split, sae, tokenizer, inputs.examples, config.batch_size, config.max_length, show
+        )
+    stats, mean_activation, frequency = feature_statistics(
+        data, seed=config.seed, first_position=config.edit_from_position
+    )
     active = frequency > 0
     bootstrap = Bootstrap(data.n_examples, config.bootstrap, config.seed)
 
     faith_n = sorted({n for n in config.faithfulness_n if 0 < n <= sae.W_dec.shape[0]})
     total = planned_conditions(config, len(faith_n))
     with progress("ablate: conditions", total=total, enabled=config.progress, unit="passes") as show:
-        study = Study(split, sae, data, ablation, ablation_options, stats, config.seed, show,
-                      first_position=config.edit_from_position)
+        study = Study(
+            split,
+            sae,
+            data,
+            ablation,
+            ablation_options,
+            stats,
+            config.seed,
+            show,
+            first_position=config.edit_from_position,
+        )
         splice = check_splice(config, loaded, split, sae, data)
         clean = study.run("clean", ce=True, status="clean")
         spliced = study.run("splice", status="splice")
@@ -626,23 +731,40 @@ def analyse(config: AblateConfig, inputs: AblateInputs) -> tuple[dict[str, Any],
             order = np.argsort(-mean_activation, kind="stable")
         ranked = [int(i) for i in order]
 
-        conditions: dict[str, ConditionScores] = {"clean": clean, "splice": spliced,
-                                                  "reconstruction": recon, "zero_site": zeroed}
+        conditions: dict[str, ConditionScores] = {
+            "clean": clean,
+            "splice": spliced,
+            "reconstruction": recon,
+            "zero_site": zeroed,
+        }
         sweeps = []
         for k in config.top_k:
             if k > len(ranked):
                 continue
             top = study.run("splice", study.ablate_edit(ranked[:k], tag=k), status=f"top {k}")
-            draws = [study.run("splice", study.ablate_edit(features, tag=10_000 * (r + 1) + k), status=f"control {k}.{r}")
-                     for r, features in enumerate(control_draws(k, ranked, active, config.random_controls, config.seed))]
+            draws = [
+                study.run(
+                    "splice", study.ablate_edit(features, tag=10_000 * (r + 1) + k), status=f"control {k}.{r}"
+                )
+                for r, features in enumerate(
+                    control_draws(k, ranked, active, config.random_controls, config.seed)
+                )
+            ]
             conditions[f"top{k}"] = top
             for r, d in enumerate(draws):
                 conditions[f"control{k}_{r}"] = d
-            entry = {"k": k, "ablation": config.ablation, "features": ranked[:k], **effect(bootstrap, top, spliced)}
+            entry = {
+                "k": k,
+                "ablation": config.ablation,
+                "features": ranked[:k],
+                **effect(bootstrap, top, spliced),
+            }
             if draws:
                 entry["control"] = control_effect(bootstrap, draws, spliced)
                 entry["significant_logprob"] = excludes(entry["logprob_ci"], entry["control"]["logprob_ci"])
-                entry["significant_accuracy"] = excludes(entry["accuracy_ci"], entry["control"]["accuracy_ci"])
+                entry["significant_accuracy"] = excludes(
+                    entry["accuracy_ci"], entry["control"]["accuracy_ci"]
+                )
             else:
                 entry["control"] = None
                 entry["significant_logprob"] = entry["significant_accuracy"] = None
@@ -651,7 +773,9 @@ def analyse(config: AblateConfig, inputs: AblateInputs) -> tuple[dict[str, Any],
         exact_features = ranked[: min(config.exact_top, len(ranked))]
         exact: dict[int, dict[str, Any]] = {}
         for i, feature in enumerate(exact_features):
-            scores = study.run("splice", study.ablate_edit([feature], tag=-(feature + 1)), status=f"feature {feature}")
+            scores = study.run(
+                "splice", study.ablate_edit([feature], tag=-(feature + 1)), status=f"feature {feature}"
+            )
             conditions[f"feature{feature}"] = scores
             exact[feature] = effect(bootstrap, scores, spliced)
 
@@ -661,12 +785,16 @@ def analyse(config: AblateConfig, inputs: AblateInputs) -> tuple[dict[str, Any],
         for n in faith_n:
             kept = study.run("splice", study.keep_only_edit(ranked[:n]), status=f"faithfulness {n}")
             value = (kept.mean_logprob - empty.mean_logprob) / denominator if denominator else None
-            faithfulness.append({"n": n, "value": value, "logprob": kept.mean_logprob, "accuracy": kept.accuracy})
+            faithfulness.append(
+                {"n": n, "value": value, "logprob": kept.mean_logprob, "accuracy": kept.accuracy}
+            )
         conditions["keep_none"] = empty
 
     spearman_value = None
     if len(exact_features) >= 2:
-        spearman_value = spearman(attribution[exact_features], np.array([exact[f]["logprob_delta"] for f in exact_features]))
+        spearman_value = spearman(
+            attribution[exact_features], np.array([exact[f]["logprob_delta"] for f in exact_features])
+        )
 
     described = ranked[: max(len(exact_features), min(10, len(ranked)))]
     lens = unembedding_effects(split, sae, described, tokenizer)
@@ -675,45 +803,71 @@ def analyse(config: AblateConfig, inputs: AblateInputs) -> tuple[dict[str, Any],
     features = []
     for rank, feature in enumerate(described):
         ex = exact.get(feature)
-        features.append({
-            "id": feature, "rank": rank + 1,
-            "attribution": float(attribution[feature]),
-            "mean_activation": float(mean_activation[feature]),
-            "frequency": float(frequency[feature]),
-            "exact_logprob_delta": ex["logprob_delta"] if ex else None,
-            "exact_logprob_ci": ex["logprob_ci"] if ex else None,
-            "exact_accuracy_delta": ex["accuracy_delta"] if ex else None,
-            "exact_accuracy_ci": ex["accuracy_ci"] if ex else None,
-            "top_tokens": contexts.get(feature, []),
-            "promoted": lens.get(feature, {}).get("promoted", []),
-            "suppressed": lens.get(feature, {}).get("suppressed", []),
-        })
+        features.append(
+            {
+                "id": feature,
+                "rank": rank + 1,
+                "attribution": float(attribution[feature]),
+                "mean_activation": float(mean_activation[feature]),
+                "frequency": float(frequency[feature]),
+                "exact_logprob_delta": ex["logprob_delta"] if ex else None,
+                "exact_logprob_ci": ex["logprob_ci"] if ex else None,
+                "exact_accuracy_delta": ex["accuracy_delta"] if ex else None,
+                "exact_accuracy_ci": ex["accuracy_ci"] if ex else None,
+                "top_tokens": contexts.get(feature, []),
+                "promoted": lens.get(feature, {}).get("promoted", []),
+                "suppressed": lens.get(feature, {}).get("suppressed", []),
+            }
+        )
 
     results = {
-        "format": RESULTS_FORMAT, "format_version": RESULTS_FORMAT_VERSION,
-        "config": config.model_dump(mode="json"), "config_hash": config.config_hash(),
-        "n_examples": data.n_examples, "n_tokens": data.n_tokens,
-        "layer": inputs.layer, "site": config.site,
+        "format": RESULTS_FORMAT,
+        "format_version": RESULTS_FORMAT_VERSION,
+        "config": config.model_dump(mode="json"),
+        "config_hash": config.config_hash(),
+        "n_examples": data.n_examples,
+        "n_tokens": data.n_tokens,
+        "layer": inputs.layer,
+        "site": config.site,
         "splice": splice,
         "baseline": {"accuracy": clean.accuracy, "logprob": clean.mean_logprob, "ce_loss": clean.ce},
         "splice_scores": {"accuracy": spliced.accuracy, "logprob": spliced.mean_logprob},
         "reconstruction": {
-            "accuracy": recon.accuracy, "logprob": recon.mean_logprob, "ce_loss": recon.ce,
-            "ce_loss_zero_site": zeroed.ce, "ce_loss_clean": clean.ce,
+            "accuracy": recon.accuracy,
+            "logprob": recon.mean_logprob,
+            "ce_loss": recon.ce,
+            "ce_loss_zero_site": zeroed.ce,
+            "ce_loss_clean": clean.ce,
             "ce_loss_recovered": ce_loss_recovered(clean.ce, recon.ce, zeroed.ce),
-            "zero_site_accuracy": zeroed.accuracy, "zero_site_logprob": zeroed.mean_logprob,
+            "zero_site_accuracy": zeroed.accuracy,
+            "zero_site_logprob": zeroed.mean_logprob,
         },
-        "rank": {"method": config.rank, "order": "most negative attribution first" if config.rank == "attribution"
-                 else "highest mean activation first", "top": ranked[: max(config.top_k + [config.exact_top, 1])]},
+        "rank": {
+            "method": config.rank,
+            "order": "most negative attribution first"
+            if config.rank == "attribution"
+            else "highest mean activation first",
+            "top": ranked[: max([*config.top_k, config.exact_top, 1])],
+        },
         "sae_metrics_eval": reconstruction_metrics(data, config.edit_from_position),
-        "active_features": int(active.sum()), "d_sae": int(sae.W_dec.shape[0]),
+        "active_features": int(active.sum()),
+        "d_sae": int(sae.W_dec.shape[0]),
         "sweeps": sweeps,
         "features": features,
         "attribution_vs_exact_spearman": spearman_value,
         "faithfulness": faithfulness,
-        "faithfulness_reference": {"all": spliced.mean_logprob, "none": empty.mean_logprob, "metric": "mean logprob"},
-        "statistics": {"bootstrap_replicates": config.bootstrap, "level": 0.95, "paired": True, "seed": config.seed,
-                       "significance": "the top-k interval excludes the control's interval"},
+        "faithfulness_reference": {
+            "all": spliced.mean_logprob,
+            "none": empty.mean_logprob,
+            "metric": "mean logprob",
+        },
+        "statistics": {
+            "bootstrap_replicates": config.bootstrap,
+            "level": 0.95,
+            "paired": True,
+            "seed": config.seed,
+            "significance": "the top-k interval excludes the control's interval",
+        },
         "contexts_source": contexts_source,
         "stats_source": "evaluation tokens at the edited positions",
         "edited_positions": f"every position >= {config.edit_from_position} of every sequence",
@@ -723,9 +877,16 @@ def analyse(config: AblateConfig, inputs: AblateInputs) -> tuple[dict[str, Any],
     }
     per_example = []
     for i, example in enumerate(data.examples):
-        per_example.append({"id": example.id, "target": example.target,
-                            "scores": {name: {"logprob": float(s.logprob[i]), "correct": bool(s.correct[i])}
-                                       for name, s in conditions.items()}})
+        per_example.append(
+            {
+                "id": example.id,
+                "target": example.target,
+                "scores": {
+                    name: {"logprob": float(s.logprob[i]), "correct": bool(s.correct[i])}
+                    for name, s in conditions.items()
+                },
+            }
+        )
     return results, per_example
 
 
@@ -735,8 +896,9 @@ def context_rows(config: AblateConfig, data: EvalData) -> tuple[TokenRows, str]:
     return rows_from_eval(data), "evaluation examples"
 
 
-def check_splice(config: AblateConfig, loaded: LoadedModel, split: SplitModel, sae: torch.nn.Module,
-                 data: EvalData) -> dict[str, Any]:
+def check_splice(
+    config: AblateConfig, loaded: LoadedModel, split: SplitModel, sae: torch.nn.Module, data: EvalData
+) -> dict[str, Any]:
     """Clean model vs the SAE spliced in through nnsight (error term kept), and the fast path vs
     nnsight, on the first ``splice_check_examples`` examples. Stops when beyond the tolerance."""
     worst_splice, worst_fast, checked = 0.0, 0.0, 0
@@ -746,32 +908,42 @@ def check_splice(config: AblateConfig, loaded: LoadedModel, split: SplitModel, s
         batch = eb.batch
         mask = token_mask(batch)
         clean = clean_logits(loaded, batch)
-        traced = nnsight_site_logits(loaded, split.layer, split.site, batch,
-                                     lambda x: spliced_output(sae, x, error_term=True))
+        traced = nnsight_site_logits(
+            loaded, split.layer, split.site, batch, lambda x: spliced_output(sae, x, error_term=True)
+        )
         with torch.no_grad():
             value = (sae.decode(eb.features) + eb.error).to(eb.cache.site_output.dtype)
             fast = split.upper(batch, eb.cache, value, all_positions=True)
         worst_splice = max(worst_splice, float((traced - clean)[mask].abs().max()))
         worst_fast = max(worst_fast, float((fast - traced)[mask].abs().max()))
         checked += len(eb.example_indices)
-    result = {"max_abs_logit_diff": worst_splice, "fast_path_max_abs_diff": worst_fast,
-              "examples_checked": checked, "tolerance": config.splice_tolerance, "method": "nnsight"}
+    result = {
+        "max_abs_logit_diff": worst_splice,
+        "fast_path_max_abs_diff": worst_fast,
+        "examples_checked": checked,
+        "tolerance": config.splice_tolerance,
+        "method": "nnsight",
+    }
     if worst_splice > config.splice_tolerance or worst_fast > config.splice_tolerance:
         raise SpliceError(
             f"the spliced model does not reproduce the clean model: max |logit difference| "
             f"{worst_splice:.3g} (nnsight splice vs clean) and {worst_fast:.3g} (fast path vs nnsight) on "
             f"{checked} examples, tolerance {config.splice_tolerance:g}. The SAE in {config.sae} may not "
             f"match layer {split.layer} {split.site} of {config.model}, or the model runs in low precision; "
-            f"raise --splice-tolerance only if you accept that difference")
+            f"raise --splice-tolerance only if you accept that difference"
+        )
     return result
 
 
 def provenance(config: AblateConfig, inputs: AblateInputs, data: EvalData) -> dict[str, Any]:
     loaded = inputs.loaded
     sae_dir = Path(config.sae) if config.sae else None
-    sae_prov: dict[str, Any] = {"path": str(sae_dir) if sae_dir else None,
-                                "d_in": int(inputs.sae.W_dec.shape[1]), "d_sae": int(inputs.sae.W_dec.shape[0]),
-                                "variant": getattr(inputs.sae, "variant", type(inputs.sae).__name__)}
+    sae_prov: dict[str, Any] = {
+        "path": str(sae_dir) if sae_dir else None,
+        "d_in": int(inputs.sae.W_dec.shape[1]),
+        "d_sae": int(inputs.sae.W_dec.shape[0]),
+        "variant": getattr(inputs.sae, "variant", type(inputs.sae).__name__),
+    }
     if sae_dir is not None:
         weights = sae_dir / "sae_weights.safetensors"
         if weights.is_file():
@@ -779,8 +951,13 @@ def provenance(config: AblateConfig, inputs: AblateInputs, data: EvalData) -> di
 
             sae_prov["weights_sha256"] = file_sha256(weights)
         meta = inputs.sae_info.get("meta") or {}
-        sae_prov.update({k: meta.get(k) for k in ("config_hash", "metrics", "steps", "tokens", "created", "variant")
-                         if k in meta})
+        sae_prov.update(
+            {
+                k: meta.get(k)
+                for k in ("config_hash", "metrics", "steps", "tokens", "created", "variant")
+                if k in meta
+            }
+        )
         if isinstance(meta.get("store"), dict):
             sae_prov["store_path"] = meta["store"].get("path")
     store_prov: dict[str, Any] | None = None
@@ -788,18 +965,34 @@ def provenance(config: AblateConfig, inputs: AblateInputs, data: EvalData) -> di
         try:
             from scircuits.store.reader import ActivationStore
 
-            store_prov = {"path": config.store, **{k: v for k, v in ActivationStore(config.store).attrs.items()}}
-        except Exception as exc:  # noqa: BLE001 - provenance must not stop the stage
+            store_prov = {
+                "path": config.store,
+                **{k: v for k, v in ActivationStore(config.store).attrs.items()},
+            }
+        except Exception as exc:
             store_prov = {"path": config.store, "error": str(exc)}
     return {
         **base_provenance(),
-        "model": {"name": config.model, "model_id": loaded.model_id, "revision": loaded.revision,
-                  "dtype": loaded.dtype, "n_layers": loaded.n_layers, "d_model": loaded.d_model},
+        "model": {
+            "name": config.model,
+            "model_id": loaded.model_id,
+            "revision": loaded.revision,
+            "dtype": loaded.dtype,
+            "n_layers": loaded.n_layers,
+            "d_model": loaded.d_model,
+        },
         "sae": sae_prov,
         "store": store_prov,
-        "benchmark": {"name": config.benchmark, "split": config.split, "limit": config.limit,
-                      "n_examples": data.n_examples, "n_tokens": data.n_tokens, "options": config.benchmark_options},
-        "layer": inputs.layer, "site": config.site,
+        "benchmark": {
+            "name": config.benchmark,
+            "split": config.split,
+            "limit": config.limit,
+            "n_examples": data.n_examples,
+            "n_tokens": data.n_tokens,
+            "options": config.benchmark_options,
+        },
+        "layer": inputs.layer,
+        "site": config.site,
     }
 
 

@@ -50,6 +50,7 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 
 # -- atomic file writes ------------------------------------------------------------------------
 
+
 def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
@@ -66,7 +67,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
     _publish(tmp, path)
 
 
-def write_tensors_atomic(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def write_tensors_atomic(
+    path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     from safetensors.torch import save_file
 
     tmp = _tmp_path(path)
@@ -88,11 +91,15 @@ def read_json(path: Path) -> dict[str, Any]:
 
 # -- the checkpoint ------------------------------------------------------------------------------
 
+
 def saelens_cfg(sae: SparseAutoencoder, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """cfg.json as SAELens >= 6 writes it (``SAEConfig.to_dict``), for ``sae``'s architecture."""
     extra = dict(extra or {})
-    metadata = {"sae_lens_version": SAELENS_FORMAT_VERSION, "sae_lens_training_version": None,
-                **extra.pop("metadata", {})}
+    metadata = {
+        "sae_lens_version": SAELENS_FORMAT_VERSION,
+        "sae_lens_training_version": None,
+        **extra.pop("metadata", {}),
+    }
     cfg: dict[str, Any] = {
         "architecture": sae.saelens_architecture,
         "d_in": sae.d_in,
@@ -109,8 +116,14 @@ def saelens_cfg(sae: SparseAutoencoder, extra: Mapping[str, Any] | None = None) 
     return cfg
 
 
-def save_sae(out_dir: str | Path, sae: SparseAutoencoder, *, cfg: Mapping[str, Any],
-             scircuits_meta: Mapping[str, Any], complete: bool = True) -> Path:
+def save_sae(
+    out_dir: str | Path,
+    sae: SparseAutoencoder,
+    *,
+    cfg: Mapping[str, Any],
+    scircuits_meta: Mapping[str, Any],
+    complete: bool = True,
+) -> Path:
     """Write ``sae`` (weights applying to raw activations) as a checkpoint in ``out_dir``.
 
     ``cfg`` adds to / overrides cfg.json fields (e.g. ``{"metadata": {"model_name": ...}}``);
@@ -169,21 +182,30 @@ def load_sae(path: str | Path, device: str = "cpu") -> tuple[SparseAutoencoder, 
     weights_path = root / WEIGHTS_FILE
     if not weights_path.is_file():
         pickles = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        hint = (f"; found {', '.join(pickles)}, which would need unpickling: scircuits loads only "
-                "safetensors (convert it with safetensors.torch.save_file)") if pickles else ""
+        hint = (
+            (
+                f"; found {', '.join(pickles)}, which would need unpickling: scircuits loads only "
+                "safetensors (convert it with safetensors.torch.save_file)"
+            )
+            if pickles
+            else ""
+        )
         raise DataFormatError(f"SAE checkpoint {root} has no {WEIGHTS_FILE}{hint}")
     cfg = read_json(root / CFG_FILE)
     meta = read_json(root / META_FILE) if (root / META_FILE).is_file() else {}
     architecture = cfg.get("architecture", "standard")
     variant_name = meta.get("variant") or ARCHITECTURE_VARIANTS.get(architecture)
     if variant_name is None:
-        raise DataFormatError(f"{root / CFG_FILE}: architecture {architecture!r} is not supported "
-                              f"(known: {', '.join(ARCHITECTURE_VARIANTS)})")
+        raise DataFormatError(
+            f"{root / CFG_FILE}: architecture {architecture!r} is not supported "
+            f"(known: {', '.join(ARCHITECTURE_VARIANTS)})"
+        )
     normalize = cfg.get("normalize_activations") or "none"
     if normalize != "none":
         raise DataFormatError(
             f"{root / CFG_FILE}: normalize_activations={normalize!r} is not supported; fold the "
-            "normalisation into the weights (SAELens: fold_activation_norm_scaling_factor) and save again")
+            "normalisation into the weights (SAELens: fold_activation_norm_scaling_factor) and save again"
+        )
     for key in ("d_in", "d_sae"):
         if not isinstance(cfg.get(key), int):
             raise DataFormatError(f"{root / CFG_FILE}: {key!r} must be an integer, got {cfg.get(key)!r}")
@@ -218,7 +240,10 @@ def _absorb_b_dec_input(sae: SparseAutoencoder) -> None:
 
 # -- training state (for --resume) ------------------------------------------------------------
 
-def save_training_state(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+
+def save_training_state(
+    out_dir: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
+) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_tensors_atomic(out / STATE_WEIGHTS_FILE, tensors)

@@ -67,7 +67,7 @@ def _existing_store_attrs(out: str) -> dict[str, Any] | None:
 
     try:
         return dict(read_group(out, None).attrs)
-    except Exception:  # noqa: BLE001 - the writer reports what is wrong with it
+    except Exception:
         return None
 
 
@@ -78,17 +78,28 @@ def _check_existing_store(config: CollectConfig) -> CollectSummary | None:
     if attrs is None or not isinstance(attrs.get("config"), dict):
         return None
     stored, now = attrs["config"], config.identity()
-    differences = [f"{key}: stored {stored.get(key, '<absent>')!r}, now {now.get(key, '<absent>')!r}"
-                   for key in sorted(stored.keys() | now.keys()) if stored.get(key) != now.get(key)]
+    differences = [
+        f"{key}: stored {stored.get(key, '<absent>')!r}, now {now.get(key, '<absent>')!r}"
+        for key in sorted(stored.keys() | now.keys())
+        if stored.get(key) != now.get(key)
+    ]
     if differences:
         from scircuits.store import StoreMismatchError
 
         raise StoreMismatchError(
             f"{config.out} holds activations of a different collection ({'; '.join(differences)}). "
-            "Write to another --out, or delete the existing store to replace it.")
+            "Write to another --out, or delete the existing store to replace it."
+        )
     if attrs.get("complete"):
-        return CollectSummary(Path(config.out), int(attrs.get("n_examples", 0)), int(attrs.get("n_tokens", 0)),
-                              0, 0, 0.0, already_complete=True)
+        return CollectSummary(
+            Path(config.out),
+            int(attrs.get("n_examples", 0)),
+            int(attrs.get("n_tokens", 0)),
+            0,
+            0,
+            0.0,
+            already_complete=True,
+        )
     return None
 
 
@@ -132,7 +143,9 @@ def run_collect(config: CollectConfig, *, remote_backend: RemoteBackend = True) 
         from scircuits.platform.hf_loading import check_weights_available
 
         check_weights_available(adapter, config.model_path)
-        loaded = adapter.load(model_path=config.model_path, dtype=model_dtype_for(config), device=config.device)
+        loaded = adapter.load(
+            model_path=config.model_path, dtype=model_dtype_for(config), device=config.device
+        )
     layer = loaded.adapter.resolve_site(config.layer, config.site, loaded.n_layers)
     config = config.model_copy(update={"layer": layer})
     done = _check_existing_store(config)
@@ -153,24 +166,40 @@ def sequence_limit(config: CollectConfig, loaded: Any) -> int | None:
     limit = max_positions(loaded)
     if config.max_length is not None:
         if limit is not None and config.max_length > limit:
-            raise ConfigError(f"--max-length {config.max_length} is longer than {config.model} takes ({limit} tokens)")
+            raise ConfigError(
+                f"--max-length {config.max_length} is longer than {config.model} takes ({limit} tokens)"
+            )
         return config.max_length
     return limit
 
 
-def trace_into_store(config: CollectConfig, loaded: Any, layer: int, benchmark: Any, options: Any) -> CollectSummary:
+def trace_into_store(
+    config: CollectConfig, loaded: Any, layer: int, benchmark: Any, options: Any
+) -> CollectSummary:
     from scircuits.platform.progress import progress
     from scircuits.platform.sequences import encode_example
     from scircuits.platform.tracing import SiteTracer
     from scircuits.store import ActivationStoreWriter
 
     start = time.monotonic()
-    writer = ActivationStoreWriter.open(config.out, store_attrs(config, loaded, layer),
-                                        d_model=loaded.d_model, dtype=config.dtype, chunk_rows=config.chunk_rows)
+    writer = ActivationStoreWriter.open(
+        config.out,
+        store_attrs(config, loaded, layer),
+        d_model=loaded.d_model,
+        dtype=config.dtype,
+        chunk_rows=config.chunk_rows,
+    )
     if writer.complete:
         writer.close()
-        return CollectSummary(Path(config.out), writer.n_examples_written, writer.n_tokens_written, 0, 0,
-                              0.0, already_complete=True)
+        return CollectSummary(
+            Path(config.out),
+            writer.n_examples_written,
+            writer.n_tokens_written,
+            0,
+            0,
+            0.0,
+            already_complete=True,
+        )
     tracer = SiteTracer(loaded, layer, config.site)
     max_length = sequence_limit(config, loaded)
     n_cut = 0
@@ -183,8 +212,15 @@ def trace_into_store(config: CollectConfig, loaded: Any, layer: int, benchmark: 
     window_size = config.batch_size * SORT_WINDOW_BATCHES
     remaining = itertools.islice(enumerate(examples), skip - skip % window_size, None)
     total = config.limit
-    with writer, progress(f"collect {config.model} {config.site}{layer} {config.benchmark}", total=total,
-                          enabled=config.progress, unit="examples") as bar:
+    with (
+        writer,
+        progress(
+            f"collect {config.model} {config.site}{layer} {config.benchmark}",
+            total=total,
+            enabled=config.progress,
+            unit="examples",
+        ) as bar,
+    ):
         if skip:
             bar.advance(skip, status="resumed")
         for window in _windows(remaining, window_size):
@@ -196,7 +232,7 @@ def trace_into_store(config: CollectConfig, loaded: Any, layer: int, benchmark: 
             rows: dict[int, Any] = {}
             by_length = sorted(encoded, key=lambda item: len(item[1]))
             for batch in _windows(by_length, config.batch_size):
-                for (index, _), acts in zip(batch, tracer.trace([ids for _, ids in batch])):
+                for (index, _), acts in zip(batch, tracer.trace([ids for _, ids in batch]), strict=False):
                     rows[index] = acts
             appended = 0
             for index, ids in encoded:
@@ -208,11 +244,22 @@ def trace_into_store(config: CollectConfig, loaded: Any, layer: int, benchmark: 
                 appended += 1
             new_examples += appended
             elapsed = max(time.monotonic() - start, 1e-9)
-            bar.advance(appended, status=f"{writer.n_tokens_written} tokens, {new_tokens / elapsed:.0f} tok/s")
+            bar.advance(
+                appended, status=f"{writer.n_tokens_written} tokens, {new_tokens / elapsed:.0f} tok/s"
+            )
     if n_cut:
-        print(f"note: {n_cut} sequences reached {max_length} tokens and were cut to the end of their prompt "
-              "and their target (--max-length)", file=sys.stderr)
+        print(
+            f"note: {n_cut} sequences reached {max_length} tokens and were cut to the end of their prompt "
+            "and their target (--max-length)",
+            file=sys.stderr,
+        )
     if new_examples == 0 and skip == 0:
         print(f"warning: benchmark {config.benchmark!r} gave no examples", file=sys.stderr)
-    return CollectSummary(Path(config.out), writer.n_examples_written, writer.n_tokens_written, new_examples,
-                          new_tokens, time.monotonic() - start)
+    return CollectSummary(
+        Path(config.out),
+        writer.n_examples_written,
+        writer.n_tokens_written,
+        new_examples,
+        new_tokens,
+        time.monotonic() - start,
+    )

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -112,7 +113,8 @@ class CollectConfig(StageConfig):
 class TrainConfig(StageConfig):
     stage: ClassVar[str] = "train"
     volatile: ClassVar[frozenset[str]] = frozenset(
-        {"out", "device", "resume", "progress", "nproc", "log_every", "checkpoint_every", "tracker"})
+        {"out", "device", "resume", "progress", "nproc", "log_every", "checkpoint_every", "tracker"}
+    )
 
     store: str = ""
     sae: str = "topk"

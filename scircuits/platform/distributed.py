@@ -80,8 +80,9 @@ def from_environment(device: str) -> DistContext:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
         created = True
-    return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=this_device,
-                       initialized_here=created)
+    return DistContext(
+        rank=rank, world_size=world, local_rank=local_rank, device=this_device, initialized_here=created
+    )
 
 
 def free_port() -> int:
@@ -90,9 +91,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _spawned(local_rank: int, world: int, port: int, threads: int, fn: Callable[..., Any], args: tuple) -> None:
-    os.environ.update({"RANK": str(local_rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(local_rank),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+def _spawned(
+    local_rank: int, world: int, port: int, threads: int, fn: Callable[..., Any], args: tuple
+) -> None:
+    os.environ.update(
+        {
+            "RANK": str(local_rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(local_rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     import torch
 
     torch.set_num_threads(threads)
@@ -108,8 +118,13 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> None:
 
     threads = max(1, (os.cpu_count() or 1) // nproc)
     try:
-        mp.start_processes(_spawned, args=(nproc, free_port(), threads, fn, args), nprocs=nproc,
-                           join=True, start_method="spawn")
+        mp.start_processes(
+            _spawned,
+            args=(nproc, free_port(), threads, fn, args),
+            nprocs=nproc,
+            join=True,
+            start_method="spawn",
+        )
     except mp.ProcessRaisedException as exc:
         raise ScircuitsError(f"distributed training failed in a worker process:\n{exc}") from None
     except mp.ProcessExitedException as exc:
@@ -126,6 +141,7 @@ def all_reduce_(tensor: Any, op: str = "sum") -> Any:
 
 # -- independent jobs over devices --------------------------------------------------------------
 
+
 def parse_devices(device: str) -> list[str]:
     devices = [d.strip() for d in device.split(",") if d.strip()]
     if not devices:
@@ -136,12 +152,16 @@ def parse_devices(device: str) -> list[str]:
 def _job_process(fn: Callable[[Any, str], Any], job: Any, device: str, results: Any, index: int) -> None:
     try:
         results.put((index, "ok", str(fn(job, device))))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+    except BaseException as exc:
         results.put((index, "error", f"{type(exc).__name__}: {exc}"))
 
 
-def run_jobs_on_devices(jobs: Sequence[Any], devices: Sequence[str], fn: Callable[[Any, str], Any],
-                        threads_per_job: int | None = None) -> list[str]:
+def run_jobs_on_devices(
+    jobs: Sequence[Any],
+    devices: Sequence[str],
+    fn: Callable[[Any, str], Any],
+    threads_per_job: int | None = None,
+) -> list[str]:
     """Run ``fn(job, device)`` for every job, each in its own spawned process, at most one job per
     device at a time (a device may be listed twice to run two jobs on it). Jobs start in order as
     devices free up. Returns ``str(fn(...))`` per job, in job order; raises ScircuitsError naming
@@ -181,8 +201,11 @@ def run_jobs_on_devices(jobs: Sequence[Any], devices: Sequence[str], fn: Callabl
         except queue.Empty:
             break
         outcomes[index] = (status, message)
-    failed = [f"job {i} ({jobs[i]!r}): {outcomes.get(i, ('error', 'no result'))[1]}"
-              for i in range(len(jobs)) if outcomes.get(i, ("error", ""))[0] != "ok"]
+    failed = [
+        f"job {i} ({jobs[i]!r}): {outcomes.get(i, ('error', 'no result'))[1]}"
+        for i in range(len(jobs))
+        if outcomes.get(i, ("error", ""))[0] != "ok"
+    ]
     if failed:
         raise ScircuitsError("some training jobs failed:\n" + "\n".join(failed))
     return [outcomes[i][1] for i in range(len(jobs))]

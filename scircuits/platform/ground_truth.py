@@ -11,9 +11,10 @@ fraction of atoms recovered (best cosine > 0.9).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -99,8 +100,12 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def validate_variant(name: str, setup: PlantedSetup | None = None, hparams: dict[str, Any] | None = None,
-                     threads: int | None = 1) -> VariantResult:
+def validate_variant(
+    name: str,
+    setup: PlantedSetup | None = None,
+    hparams: dict[str, Any] | None = None,
+    threads: int | None = 1,
+) -> VariantResult:
     from scircuits.platform.plugins import get_plugins
     from scircuits.platform.training import SAETrainer
 
@@ -114,25 +119,46 @@ def validate_variant(name: str, setup: PlantedSetup | None = None, hparams: dict
         eval_x = data.sample(4096)
         sae = get_plugins().saes.get(name).build(setup.d_in, setup.d_sae, chosen)
         steps_per_epoch = setup.n_tokens // setup.batch_size
-        trainer = SAETrainer(sae, lr=setup.lr, total_steps=steps_per_epoch * setup.epochs,
-                             warmup_steps=min(50, steps_per_epoch), decay_fraction=0.2, grad_clip=1.0)
+        trainer = SAETrainer(
+            sae,
+            lr=setup.lr,
+            total_steps=steps_per_epoch * setup.epochs,
+            warmup_steps=min(50, steps_per_epoch),
+            decay_fraction=0.2,
+            grad_clip=1.0,
+        )
         trainer.initialize_from_sample(train_x[:4096])
         order = torch.Generator().manual_seed(setup.seed + 1)
         for _ in range(setup.epochs):
             permutation = torch.randperm(setup.n_tokens, generator=order)
             for i in range(steps_per_epoch):
-                trainer.train_step(train_x[permutation[i * setup.batch_size:(i + 1) * setup.batch_size]])
+                trainer.train_step(train_x[permutation[i * setup.batch_size : (i + 1) * setup.batch_size]])
         metrics = trainer.evaluate(iter(eval_x.split(1024)), eval_x.shape[0])
         folded = trainer.folded_copy()
         scores = mean_max_cosine(folded.W_dec.detach(), data.atoms, threshold=MMCS_THRESHOLD)
-    return VariantResult(sae=name, mmcs=scores["mmcs"], recovered=scores["recovered"], fvu=metrics["fvu"],
-                         l0=metrics["l0"], dead_fraction=metrics["dead_fraction"],
-                         seconds=time.monotonic() - started, hparams=chosen)
+    return VariantResult(
+        sae=name,
+        mmcs=scores["mmcs"],
+        recovered=scores["recovered"],
+        fvu=metrics["fvu"],
+        l0=metrics["l0"],
+        dead_fraction=metrics["dead_fraction"],
+        seconds=time.monotonic() - started,
+        hparams=chosen,
+    )
 
 
 def validate(names: list[str], setup: PlantedSetup | None = None) -> list[VariantResult]:
     return [validate_variant(name, setup) for name in names]
 
 
-__all__ = ["MMCS_THRESHOLD", "PlantedDictionary", "PlantedSetup", "ReconstructionStats", "VALIDATE_HPARAMS",
-           "VariantResult", "validate", "validate_variant"]
+__all__ = [
+    "MMCS_THRESHOLD",
+    "VALIDATE_HPARAMS",
+    "PlantedDictionary",
+    "PlantedSetup",
+    "ReconstructionStats",
+    "VariantResult",
+    "validate",
+    "validate_variant",
+]

@@ -22,8 +22,12 @@ if TYPE_CHECKING:
 
     from scircuits.platform.models import LoadedModel, ModelAdapter
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 # Above this many bytes of weights, a local folder's revision hashes a sample of each file.
 FULL_HASH_LIMIT = 2 << 30
@@ -61,7 +65,7 @@ def is_hf_offline() -> bool:
         from huggingface_hub import constants
 
         return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -76,8 +80,7 @@ class WeightsSource:
 
 def weights_help(adapter: ModelAdapter, reason: str) -> str:
     repo = adapter.hf_id or adapter.name
-    remote_note = (f"NDIF serves {repo}" if adapter.remote
-                   else f"if NDIF serves {repo}")
+    remote_note = f"NDIF serves {repo}" if adapter.remote else f"if NDIF serves {repo}"
     return (
         f"The weights of model {adapter.name!r} ({repo}) are not available: {reason}. "
         f"Supply them one of these ways: "
@@ -102,7 +105,8 @@ def check_local_folder(adapter: ModelAdapter, model_path: str | Path) -> Weights
         raise WeightsUnavailableError(weights_help(adapter, f"{folder} has no config.json"))
     if not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir() if p.is_file()):
         raise WeightsUnavailableError(
-            weights_help(adapter, f"{folder} holds no weights file (*.safetensors or *.bin)"))
+            weights_help(adapter, f"{folder} holds no weights file (*.safetensors or *.bin)")
+        )
     return WeightsSource(str(folder), local=True, revision=_snapshot_commit(folder.resolve()))
 
 
@@ -120,10 +124,14 @@ def hub_revision(repo_id: str) -> str | None:
     try:
         info = model_info(repo_id, timeout=10)
     except GatedRepoError:
-        raise HubUnreachable(f"{repo_id} is gated: accept its licence on huggingface.co and set HF_TOKEN") from None
+        raise HubUnreachable(
+            f"{repo_id} is gated: accept its licence on huggingface.co and set HF_TOKEN"
+        ) from None
     except RepositoryNotFoundError:
-        raise HubUnreachable(f"the hub has no repository {repo_id} (or it is private: set HF_TOKEN)") from None
-    except Exception as exc:  # noqa: BLE001 - network errors come in many types
+        raise HubUnreachable(
+            f"the hub has no repository {repo_id} (or it is private: set HF_TOKEN)"
+        ) from None
+    except Exception as exc:
         raise HubUnreachable(f"the hub cannot be reached ({type(exc).__name__}: {exc})") from None
     return getattr(info, "sha", None)
 
@@ -140,8 +148,9 @@ def check_hub_repo(adapter: ModelAdapter, repo_id: str) -> WeightsSource:
     try:
         revision = hub_revision(repo_id)
     except HubUnreachable as exc:
-        raise WeightsUnavailableError(weights_help(
-            adapter, f"{repo_id} is not in the Hugging Face cache and {exc}")) from None
+        raise WeightsUnavailableError(
+            weights_help(adapter, f"{repo_id} is not in the Hugging Face cache and {exc}")
+        ) from None
     return WeightsSource(repo_id, local=False, revision=revision)
 
 
@@ -215,15 +224,32 @@ def config_sizes(config: Any) -> tuple[int, int]:
     return int(n_layers), int(d_model)
 
 
-def loaded_model(adapter: ModelAdapter, model: Any, tokenizer: Any, *, model_id: str, revision: str,
-                 dtype: str, device: str) -> LoadedModel:
+def loaded_model(
+    adapter: ModelAdapter,
+    model: Any,
+    tokenizer: Any,
+    *,
+    model_id: str,
+    revision: str,
+    dtype: str,
+    device: str,
+) -> LoadedModel:
     """Wrap a loaded transformers model: eval mode, sizes read from its config."""
     from scircuits.platform.models import LoadedModel
 
     model.eval()
     n_layers, d_model = config_sizes(model.config)
-    return LoadedModel(adapter=adapter, model=model, tokenizer=tokenizer, model_id=model_id,
-                       revision=revision, dtype=dtype, device=device, n_layers=n_layers, d_model=d_model)
+    return LoadedModel(
+        adapter=adapter,
+        model=model,
+        tokenizer=tokenizer,
+        model_id=model_id,
+        revision=revision,
+        dtype=dtype,
+        device=device,
+        n_layers=n_layers,
+        d_model=d_model,
+    )
 
 
 def load_pretrained(source: str, *, dtype: str, device: str, **kwargs: Any) -> tuple[Any, Any]:
@@ -236,17 +262,22 @@ def load_pretrained(source: str, *, dtype: str, device: str, **kwargs: Any) -> t
     return model, tokenizer
 
 
-def load_hf_model(adapter: ModelAdapter, model_path: str | Path | None = None, dtype: str = "float32",
-                  device: str = "cpu") -> LoadedModel:
+def load_hf_model(
+    adapter: ModelAdapter, model_path: str | Path | None = None, dtype: str = "float32", device: str = "cpu"
+) -> LoadedModel:
     """Load ``adapter``'s model from ``model_path`` if given, else from its hub id (cache first)."""
     source = check_weights_available(adapter, model_path)
     model, tokenizer = load_pretrained(source.location, dtype=dtype, device=device)
     revision = source.revision
     if revision is None:
-        revision = weights_revision(source.location) if source.local else (
-            getattr(model.config, "_commit_hash", None) or "unknown")
-    return loaded_model(adapter, model, tokenizer, model_id=source.location, revision=revision,
-                        dtype=dtype, device=device)
+        revision = (
+            weights_revision(source.location)
+            if source.local
+            else (getattr(model.config, "_commit_hash", None) or "unknown")
+        )
+    return loaded_model(
+        adapter, model, tokenizer, model_id=source.location, revision=revision, dtype=dtype, device=device
+    )
 
 
 def tiny_config(adapter: ModelAdapter, **overrides: Any) -> Any:

@@ -6,8 +6,9 @@ Nothing here imports torch or transformers at module import time; ``load`` does.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -28,7 +29,7 @@ DEFAULT_SITE_PATHS: Mapping[str, str] = {"resid": "", "mlp": "mlp", "attn": "sel
 class LoadedModel:
     """A model ready to trace: the torch module, its tokenizer, and where it came from."""
 
-    adapter: "ModelAdapter"
+    adapter: ModelAdapter
     model: Any  # a transformers PreTrainedModel (causal LM)
     tokenizer: Any
     model_id: str  # hub id, local path or packaged file it was loaded from
@@ -38,7 +39,7 @@ class LoadedModel:
     n_layers: int
     d_model: int
 
-    def module(self, path: str) -> "torch.nn.Module":
+    def module(self, path: str) -> torch.nn.Module:
         obj: Any = self.model
         for part in path.split("."):
             obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
@@ -47,7 +48,7 @@ class LoadedModel:
     def site_path(self, layer: int, site: str | Site) -> str:
         return self.adapter.site_path(layer, site, n_layers=self.n_layers)
 
-    def site_module(self, layer: int, site: str | Site) -> "torch.nn.Module":
+    def site_module(self, layer: int, site: str | Site) -> torch.nn.Module:
         return self.module(self.site_path(layer, site))
 
 
@@ -91,7 +92,9 @@ class ModelAdapter:
             raise ConfigError(str(exc)) from None
         return resolved
 
-    def load(self, *, model_path: str | None = None, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
+    def load(
+        self, *, model_path: str | None = None, dtype: str = "float32", device: str = "cpu"
+    ) -> LoadedModel:
         raise NotImplementedError
 
     def facts(self) -> dict[str, Any]:
@@ -125,7 +128,9 @@ class HFModelAdapter(ModelAdapter):
     model_type: str = ""
     tiny_overrides: Mapping[str, Any] = field(default_factory=dict)
 
-    def load(self, *, model_path: str | None = None, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
+    def load(
+        self, *, model_path: str | None = None, dtype: str = "float32", device: str = "cpu"
+    ) -> LoadedModel:
         from scircuits.platform.hf_loading import load_hf_model
 
         return load_hf_model(self, model_path=model_path, dtype=dtype, device=device)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -14,7 +15,11 @@ M = TypeVar("M", bound=BaseModel)
 def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
-        + (f" (got {e['input']!r})" if e.get("type") != "missing" and not isinstance(e.get("input"), dict) else "")
+        + (
+            f" (got {e['input']!r})"
+            if e.get("type") != "missing" and not isinstance(e.get("input"), dict)
+            else ""
+        )
         for e in exc.errors()
     )
 

@@ -18,9 +18,10 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from scircuits.platform.config import AblateConfig, CollectConfig, RunConfig, TrainConfig
 from scircuits.platform.errors import ConfigError
@@ -83,8 +84,10 @@ def config_layer_count(source: str) -> int:
     except OSError as exc:
         from scircuits.platform.errors import WeightsUnavailableError
 
-        raise WeightsUnavailableError(f"cannot read the configuration of {source}: {exc}. Give --model-path "
-                                      f"DIR (a folder with config.json and the weights)") from None
+        raise WeightsUnavailableError(
+            f"cannot read the configuration of {source}: {exc}. Give --model-path "
+            f"DIR (a folder with config.json and the weights)"
+        ) from None
 
 
 def plan(config: RunConfig) -> Plan:
@@ -102,22 +105,58 @@ def plan(config: RunConfig) -> Plan:
     options = sized_options(benchmark, config.benchmark_options, config.limit)
 
     collect = CollectConfig(
-        model=config.model, benchmark=config.benchmark, benchmark_options=collect_options, layer=layer,
-        site=config.site, split=collect_split, limit=config.collect_limit, seed=config.seed,
-        device=config.device, model_path=config.model_path, remote=config.remote,
-        out=str(run_dir / STORE_DIR), progress=config.progress)
+        model=config.model,
+        benchmark=config.benchmark,
+        benchmark_options=collect_options,
+        layer=layer,
+        site=config.site,
+        split=collect_split,
+        limit=config.collect_limit,
+        seed=config.seed,
+        device=config.device,
+        model_path=config.model_path,
+        remote=config.remote,
+        out=str(run_dir / STORE_DIR),
+        progress=config.progress,
+    )
     train = TrainConfig(
-        store=str(run_dir / STORE_DIR), sae=config.sae, hparams=config.sae_hparams, expansion=config.expansion,
-        lr=config.train_lr, tokens=config.train_tokens, batch_size=config.train_batch_size, seed=config.seed, device=config.device,
-        out=str(run_dir / SAE_DIR), progress=config.progress,
-        warmup_steps=min(100, max(1, config.train_tokens // config.train_batch_size // 10)))
+        store=str(run_dir / STORE_DIR),
+        sae=config.sae,
+        hparams=config.sae_hparams,
+        expansion=config.expansion,
+        lr=config.train_lr,
+        tokens=config.train_tokens,
+        batch_size=config.train_batch_size,
+        seed=config.seed,
+        device=config.device,
+        out=str(run_dir / SAE_DIR),
+        progress=config.progress,
+        warmup_steps=min(100, max(1, config.train_tokens // config.train_batch_size // 10)),
+    )
     ablate = AblateConfig(
-        model=config.model, benchmark=config.benchmark, benchmark_options=options, layer=layer, site=config.site,
-        sae=str(run_dir / SAE_DIR), store=str(run_dir / STORE_DIR), ablation=config.ablation, rank=config.rank,
-        top_k=config.top_k, random_controls=config.random_controls, exact_top=config.exact_top,
-        faithfulness_n=config.faithfulness_n, limit=config.limit, split=config.split, seed=config.seed,
-        bootstrap=config.bootstrap, edit_from_position=config.edit_from_position, device=config.device, model_path=config.model_path,
-        out=str(run_dir / CAUSAL_DIR), progress=config.progress)
+        model=config.model,
+        benchmark=config.benchmark,
+        benchmark_options=options,
+        layer=layer,
+        site=config.site,
+        sae=str(run_dir / SAE_DIR),
+        store=str(run_dir / STORE_DIR),
+        ablation=config.ablation,
+        rank=config.rank,
+        top_k=config.top_k,
+        random_controls=config.random_controls,
+        exact_top=config.exact_top,
+        faithfulness_n=config.faithfulness_n,
+        limit=config.limit,
+        split=config.split,
+        seed=config.seed,
+        bootstrap=config.bootstrap,
+        edit_from_position=config.edit_from_position,
+        device=config.device,
+        model_path=config.model_path,
+        out=str(run_dir / CAUSAL_DIR),
+        progress=config.progress,
+    )
     keys = {"collect": chained_key(collect.config_hash())}
     keys["train"] = chained_key(train.config_hash(), keys["collect"])
     keys["ablate"] = chained_key(ablate.config_hash(), keys["train"])
@@ -203,7 +242,8 @@ def check_model_weights(config: RunConfig) -> None:
         if config.remote:
             raise WeightsUnavailableError(
                 f"{exc} (--remote covers collection only: the causal stage runs the model hundreds of "
-                "times on this machine, so it needs the weights here)") from None
+                "times on this machine, so it needs the weights here)"
+            ) from None
         raise
 
 
@@ -214,10 +254,14 @@ def check_examples(the_plan: Plan) -> None:
 
     for stage in (the_plan.collect, the_plan.ablate):
         benchmark = get_plugins().benchmarks.get(stage.benchmark)
-        first = next(iter(benchmark.examples(stage.split, stage.limit, stage.seed, stage.benchmark_options)), None)
+        first = next(
+            iter(benchmark.examples(stage.split, stage.limit, stage.seed, stage.benchmark_options)), None
+        )
         if first is None:
-            raise ConfigError(f"benchmark {stage.benchmark!r} gives no examples for split {stage.split!r} "
-                              f"with options {stage.benchmark_options}")
+            raise ConfigError(
+                f"benchmark {stage.benchmark!r} gives no examples for split {stage.split!r} "
+                f"with options {stage.benchmark_options}"
+            )
 
 
 def run_pipeline(config: RunConfig) -> Path:
@@ -232,8 +276,9 @@ def run_pipeline(config: RunConfig) -> Path:
     state.data["run_config"] = config.model_dump(mode="json")
     say(f"run directory {run_dir}")
 
-    def stage(name: str, artifact: Path, complete: Callable[[], bool], work: Callable[[bool], Any],
-              resumable: bool) -> None:
+    def stage(
+        name: str, artifact: Path, complete: Callable[[], bool], work: Callable[[bool], Any], resumable: bool
+    ) -> None:
         key = the_plan.keys[name]
         recorded = state.stage(name)
         if recorded.get("completed_key") == key and complete():
@@ -270,11 +315,27 @@ def run_pipeline(config: RunConfig) -> Path:
 
         write_report([run_dir], out=run_dir)
 
-    stage("collect", run_dir / STORE_DIR, lambda: store_complete(run_dir / STORE_DIR), do_collect, resumable=True)
-    stage("train", run_dir / SAE_DIR,
-          lambda: sae_complete(run_dir / SAE_DIR, the_plan.train.config_hash()), do_train, resumable=True)
-    stage("ablate", run_dir / CAUSAL_DIR,
-          lambda: results_complete(run_dir / CAUSAL_DIR, the_plan.ablate.config_hash()), do_ablate, resumable=False)
+    stage(
+        "collect",
+        run_dir / STORE_DIR,
+        lambda: store_complete(run_dir / STORE_DIR),
+        do_collect,
+        resumable=True,
+    )
+    stage(
+        "train",
+        run_dir / SAE_DIR,
+        lambda: sae_complete(run_dir / SAE_DIR, the_plan.train.config_hash()),
+        do_train,
+        resumable=True,
+    )
+    stage(
+        "ablate",
+        run_dir / CAUSAL_DIR,
+        lambda: results_complete(run_dir / CAUSAL_DIR, the_plan.ablate.config_hash()),
+        do_ablate,
+        resumable=False,
+    )
     stage("report", run_dir / "report.html", lambda: report_complete(run_dir), do_report, resumable=False)
     state.record("run", completed=now_iso(), seconds=round(time.monotonic() - started, 1))
     say(f"done in {time.monotonic() - started:.0f} s: {run_dir / 'report.html'}")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import importlib
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
@@ -55,7 +56,9 @@ def _family_base(family: str) -> type:
     from scircuits.platform.models import ModelAdapter
     from scircuits.platform.saes import SAEVariant
 
-    return {"models": ModelAdapter, "benchmarks": Benchmark, "saes": SAEVariant, "ablations": Ablation}[family]
+    return {"models": ModelAdapter, "benchmarks": Benchmark, "saes": SAEVariant, "ablations": Ablation}[
+        family
+    ]
 
 
 class PluginSet:
@@ -92,7 +95,7 @@ class PluginSet:
         self.plugins[name] = info
         try:
             module = load()
-        except BaseException as exc:  # noqa: BLE001 - a broken plugin must never stop the CLI
+        except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             info.error = f"import failed: {type(exc).__name__}: {exc}"
@@ -128,11 +131,17 @@ class PluginSet:
             base = _family_base(family)
             added: list[str] = []
 
-            def register(obj: Any, _registry: Registry[Any] = registry, _base: type = base,
-                         _family: str = family, _added: list[str] = added) -> None:
+            def register(
+                obj: Any,
+                _registry: Registry[Any] = registry,
+                _base: type = base,
+                _family: str = family,
+                _added: list[str] = added,
+            ) -> None:
                 if not isinstance(obj, _base):
-                    raise TypeError(f"{name} registered {obj!r} as one of {_family}, "
-                                    f"but it is not a {_base.__name__}")
+                    raise TypeError(
+                        f"{name} registered {obj!r} as one of {_family}, but it is not a {_base.__name__}"
+                    )
                 _registry.add(obj, owner=name)
                 _added.append(obj.name)
 
@@ -140,7 +149,7 @@ class PluginSet:
                 impl(register=register)
             except PluginConflictError as exc:
                 info.error = str(exc)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 info.error = f"{hook_name} raised {type(exc).__name__}: {exc}"
             if added:
                 info.registered[family] = added
@@ -150,8 +159,13 @@ class PluginSet:
 
         for module_name in BUILTIN_MODULES:
             short = module_name.rsplit(".", 1)[-1]
-            info = PluginInfo(name=f"builtin:{short}", module=module_name, builtin=True,
-                              distribution="scircuits", version=__version__)
+            info = PluginInfo(
+                name=f"builtin:{short}",
+                module=module_name,
+                builtin=True,
+                distribution="scircuits",
+                version=__version__,
+            )
             self.add_module(info.name, lambda m=module_name: importlib.import_module(m), info)
 
     def load_entry_points(self, allow: set[str] | None) -> None:
@@ -160,15 +174,23 @@ class PluginSet:
                 continue
             if ep.name in self.plugins:
                 self.plugins[f"{ep.name} ({ep.value})"] = PluginInfo(
-                    name=ep.name, module=ep.value, builtin=False, error=(
+                    name=ep.name,
+                    module=ep.value,
+                    builtin=False,
+                    error=(
                         f"a plugin named {ep.name!r} is already loaded from "
-                        f"{self.plugins[ep.name].module}; not loading {ep.value}")
+                        f"{self.plugins[ep.name].module}; not loading {ep.value}"
+                    ),
                 )
                 continue
             dist = getattr(ep, "dist", None)
-            info = PluginInfo(name=ep.name, module=ep.value, builtin=False,
-                              distribution=dist.name if dist else None,
-                              version=dist.version if dist else None)
+            info = PluginInfo(
+                name=ep.name,
+                module=ep.value,
+                builtin=False,
+                distribution=dist.name if dist else None,
+                version=dist.version if dist else None,
+            )
             self.add_module(ep.name, lambda e=ep: _load_entry_point(e), info)
 
 

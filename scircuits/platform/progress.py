@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 
 class Progress:
@@ -33,19 +34,30 @@ class Progress:
         self._last_line = time.monotonic()
         total = f"/{self.total:g}" if self.total else ""
         rate = self.done / max(self._last_line - self._start, 1e-9)
-        print(f"[{self.description}] {self.done:g}{total} {self.unit} ({rate:.1f}/s) {self.status}".rstrip(),
-              file=sys.stderr, flush=True)
+        print(
+            f"[{self.description}] {self.done:g}{total} {self.unit} ({rate:.1f}/s) {self.status}".rstrip(),
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 @contextmanager
-def progress(description: str, total: float | None = None, enabled: bool = True, unit: str = "") -> Iterator[Progress]:
+def progress(
+    description: str, total: float | None = None, enabled: bool = True, unit: str = ""
+) -> Iterator[Progress]:
     p = Progress(description, total, enabled, unit)
     if enabled and sys.stderr.isatty():
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
         from rich.progress import Progress as RichProgress
 
-        with RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeRemainingColumn(), TextColumn("{task.fields[status]}"), transient=False) as bar:
+        with RichProgress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            transient=False,
+        ) as bar:
             p._bar, p._task = bar, bar.add_task(description, total=total, status="")
             yield p
     else:

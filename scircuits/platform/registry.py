@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Generic, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 from scircuits.platform.errors import PluginConflictError, UnknownNameError
 
@@ -52,7 +53,7 @@ class Registry(Generic[T]):
             prefix = name.split(":", 1)[0] + ":"
             handler = self._items.get(prefix)
             if handler is not None:
-                return handler.specialize(name[len(prefix):])  # type: ignore[attr-defined]
+                return handler.specialize(name[len(prefix) :])  # type: ignore[attr-defined]
         known = sorted(self._items)
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         hint = f" Did you mean {close[0]!r}?" if close else ""

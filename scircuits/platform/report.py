@@ -13,9 +13,10 @@ import html
 import io
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from scircuits.platform.errors import ConfigError
 
@@ -55,7 +56,9 @@ def load_run(run_dir: str | Path) -> RunData:
     path = Path(run_dir)
     results_path = causal_dir(path) / "results.json"
     if not results_path.is_file():
-        raise ConfigError(f"{path} holds no causal/results.json: run `scircuits run` or `scircuits ablate` first")
+        raise ConfigError(
+            f"{path} holds no causal/results.json: run `scircuits run` or `scircuits ablate` first"
+        )
     try:
         results = json.loads(results_path.read_text())
     except json.JSONDecodeError as exc:
@@ -102,7 +105,9 @@ def fmt_ci(ci: Sequence[float] | None) -> str:
 
 def md_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", "\\n") for c in row) + " |" for row in rows]
+    lines += [
+        "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", "\\n") for c in row) + " |" for row in rows
+    ]
     return "\n".join(lines)
 
 
@@ -150,7 +155,9 @@ def figure_training(run: RunData) -> bytes | None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     if train:
-        ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="training loss")
+        ax.plot(
+            [r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="training loss"
+        )
         ax.set_yscale("log")
         ax.set_ylabel("loss (normalised units)")
     ax.set_xlabel("step")
@@ -159,8 +166,13 @@ def figure_training(run: RunData) -> bytes | None:
         steps = [r["step"] for r in evals]
         ax2.plot(steps, [r["eval"]["fvu"] for r in evals], "o-", color="tab:red", label="held-out FVU")
         if all("relative_error" in r["eval"] for r in evals):
-            ax2.plot(steps, [r["eval"]["relative_error"] for r in evals], "s--", color="tab:orange",
-                     label="held-out relative error per token")
+            ax2.plot(
+                steps,
+                [r["eval"]["relative_error"] for r in evals],
+                "s--",
+                color="tab:orange",
+                label="held-out relative error per token",
+            )
         ax2.set_yscale("log")  # FVU spans decades; a linear axis hides its scale in an offset label
         ax2.set_ylabel("held-out metric (log)")
     ax.set_title("SAE training")
@@ -180,14 +192,29 @@ def figure_sweeps(run: RunData, metric: str) -> bytes | None:
     mean = [s[f"{metric}_delta"] for s in sweeps]
     low = [s[f"{metric}_delta"] - s[f"{metric}_ci"][0] for s in sweeps]
     high = [s[f"{metric}_ci"][1] - s[f"{metric}_delta"] for s in sweeps]
-    ax.errorbar(ks, mean, yerr=[low, high], fmt="o-", capsize=3, label=f"top-k ({run.results.get('rank', {}).get('method', '')})")
+    ax.errorbar(
+        ks,
+        mean,
+        yerr=[low, high],
+        fmt="o-",
+        capsize=3,
+        label=f"top-k ({run.results.get('rank', {}).get('method', '')})",
+    )
     controls = [s for s in sweeps if s.get("control")]
     if controls:
         c = [s["control"] for s in controls]
-        ax.errorbar([s["k"] for s in controls], [x[f"{metric}_delta"] for x in c],
-                    yerr=[[x[f"{metric}_delta"] - x[f"{metric}_ci"][0] for x in c],
-                          [x[f"{metric}_ci"][1] - x[f"{metric}_delta"] for x in c]],
-                    fmt="s--", capsize=3, color="gray", label="random active features (control)")
+        ax.errorbar(
+            [s["k"] for s in controls],
+            [x[f"{metric}_delta"] for x in c],
+            yerr=[
+                [x[f"{metric}_delta"] - x[f"{metric}_ci"][0] for x in c],
+                [x[f"{metric}_ci"][1] - x[f"{metric}_delta"] for x in c],
+            ],
+            fmt="s--",
+            capsize=3,
+            color="gray",
+            label="random active features (control)",
+        )
     ax.axhline(0, color="black", linewidth=0.5)
     log_ticks(ax, ks)
     ax.set_xlabel("features ablated (k)")
@@ -221,8 +248,10 @@ def figure_importance(run: RunData) -> bytes | None:
     fig, ax = plt.subplots(figsize=(6, 3.4))
     x = list(range(len(feats)))
     exact = [f["exact_logprob_delta"] for f in feats]
-    err = [[f["exact_logprob_delta"] - f["exact_logprob_ci"][0] for f in feats],
-           [f["exact_logprob_ci"][1] - f["exact_logprob_delta"] for f in feats]]
+    err = [
+        [f["exact_logprob_delta"] - f["exact_logprob_ci"][0] for f in feats],
+        [f["exact_logprob_ci"][1] - f["exact_logprob_delta"] for f in feats],
+    ]
     ax.bar([i - 0.2 for i in x], exact, width=0.4, yerr=err, capsize=2, label="exact ablation")
     ax.bar([i + 0.2 for i in x], [f["attribution"] for f in feats], width=0.4, label="attribution estimate")
     ax.set_xticks(x, [str(f["id"]) for f in feats], rotation=60, fontsize=7)
@@ -257,9 +286,15 @@ def provenance_rows(run: RunData) -> list[list[Any]]:
         ["layer / site", f"{res.get('layer')} / {res.get('site')}"],
         ["benchmark", f"{bench.get('name')} ({bench.get('split')})"],
         ["evaluation examples / tokens", f"{res.get('n_examples')} / {res.get('n_tokens')}"],
-        ["activations", f"{store.get('source', '–')} store, {store.get('n_examples', '–')} examples, "
-                        f"{store.get('n_tokens', '–')} tokens ({store.get('benchmark', '–')} {store.get('split', '')})"],
-        ["SAE", f"{sae.get('variant')} d_sae={sae.get('d_sae')}, weights sha256 {str(sae.get('weights_sha256', '–'))[:16]}"],
+        [
+            "activations",
+            f"{store.get('source', '–')} store, {store.get('n_examples', '–')} examples, "
+            f"{store.get('n_tokens', '–')} tokens ({store.get('benchmark', '–')} {store.get('split', '')})",
+        ],
+        [
+            "SAE",
+            f"{sae.get('variant')} d_sae={sae.get('d_sae')}, weights sha256 {str(sae.get('weights_sha256', '–'))[:16]}",
+        ],
         ["created", f"{prov.get('created')} (scircuits {prov.get('scircuits_version')})"],
     ]
 
@@ -270,19 +305,38 @@ def metric_rows(run: RunData) -> list[list[Any]]:
     return [
         ["FVU", fmt(m.get("fvu")), m.get("source")],
         ["relative error per token (mean |x - x̂|² / |x|²)", fmt(m.get("relative_error")), m.get("source")],
-        ["variance share of the largest dimension", fmt(m.get("top_dim_variance_share")),
-         "FVU mostly measures that dimension when this is near 1"],
+        [
+            "variance share of the largest dimension",
+            fmt(m.get("top_dim_variance_share")),
+            "FVU mostly measures that dimension when this is near 1",
+        ],
         ["L0 (active latents per token)", fmt(m.get("l0"), 1), m.get("source")],
         ["dead fraction", fmt(m.get("dead_fraction")), m.get("source")],
-        *[[f"FVU without the first {key.rsplit('_', 1)[1]} position(s)", fmt(value), "evaluation tokens"]
-          for key, value in res.get("sae_metrics_eval", {}).items() if key.startswith("fvu_positions_from_")],
-        ["CE loss recovered", fmt(rec.get("ce_loss_recovered")),
-         f"CE clean {fmt(rec.get('ce_loss_clean'))}, SAE {fmt(rec.get('ce_loss'))}, zeroed site {fmt(rec.get('ce_loss_zero_site'))}"],
-        ["accuracy: clean / SAE reconstruction / zeroed site",
-         f"{fmt(base.get('accuracy'))} / {fmt(rec.get('accuracy'))} / {fmt(rec.get('zero_site_accuracy'))}", "benchmark examples"],
-        ["mean logprob: clean / SAE reconstruction", f"{fmt(base.get('logprob'))} / {fmt(rec.get('logprob'))}", "gold target"],
-        ["splice exactness (max |Δlogit|)", fmt(splice.get("max_abs_logit_diff")),
-         f"SAE + error term via nnsight, {splice.get('examples_checked')} examples, tolerance {splice.get('tolerance')}"],
+        *[
+            [f"FVU without the first {key.rsplit('_', 1)[1]} position(s)", fmt(value), "evaluation tokens"]
+            for key, value in res.get("sae_metrics_eval", {}).items()
+            if key.startswith("fvu_positions_from_")
+        ],
+        [
+            "CE loss recovered",
+            fmt(rec.get("ce_loss_recovered")),
+            f"CE clean {fmt(rec.get('ce_loss_clean'))}, SAE {fmt(rec.get('ce_loss'))}, zeroed site {fmt(rec.get('ce_loss_zero_site'))}",
+        ],
+        [
+            "accuracy: clean / SAE reconstruction / zeroed site",
+            f"{fmt(base.get('accuracy'))} / {fmt(rec.get('accuracy'))} / {fmt(rec.get('zero_site_accuracy'))}",
+            "benchmark examples",
+        ],
+        [
+            "mean logprob: clean / SAE reconstruction",
+            f"{fmt(base.get('logprob'))} / {fmt(rec.get('logprob'))}",
+            "gold target",
+        ],
+        [
+            "splice exactness (max |Δlogit|)",
+            fmt(splice.get("max_abs_logit_diff")),
+            f"SAE + error term via nnsight, {splice.get('examples_checked')} examples, tolerance {splice.get('tolerance')}",
+        ],
     ]
 
 
@@ -290,27 +344,69 @@ def sweep_rows(run: RunData) -> list[list[Any]]:
     rows = []
     for s in run.results.get("sweeps") or []:
         c = s.get("control") or {}
-        rows.append([s["k"], s["ablation"], fmt(s["logprob_delta"]), fmt_ci(s["logprob_ci"]),
-                     fmt(c.get("logprob_delta")), fmt_ci(c.get("logprob_ci")), fmt(s.get("significant_logprob")),
-                     fmt(s["accuracy_delta"]), fmt_ci(s["accuracy_ci"]), fmt(c.get("accuracy_delta")),
-                     fmt_ci(c.get("accuracy_ci")), fmt(s.get("significant_accuracy"))])
+        rows.append(
+            [
+                s["k"],
+                s["ablation"],
+                fmt(s["logprob_delta"]),
+                fmt_ci(s["logprob_ci"]),
+                fmt(c.get("logprob_delta")),
+                fmt_ci(c.get("logprob_ci")),
+                fmt(s.get("significant_logprob")),
+                fmt(s["accuracy_delta"]),
+                fmt_ci(s["accuracy_ci"]),
+                fmt(c.get("accuracy_delta")),
+                fmt_ci(c.get("accuracy_ci")),
+                fmt(s.get("significant_accuracy")),
+            ]
+        )
     return rows
 
 
-SWEEP_HEADER = ["k", "ablation", "Δlogprob", "95% CI", "control Δlogprob", "control CI", "significant",
-                "Δaccuracy", "95% CI", "control Δacc", "control CI", "significant"]
+SWEEP_HEADER = [
+    "k",
+    "ablation",
+    "Δlogprob",
+    "95% CI",
+    "control Δlogprob",
+    "control CI",
+    "significant",
+    "Δaccuracy",
+    "95% CI",
+    "control Δacc",
+    "control CI",
+    "significant",
+]
 
 
 def importance_rows(run: RunData) -> list[list[Any]]:
     feats = [f for f in run.results.get("features") or [] if f.get("exact_logprob_delta") is not None]
     feats.sort(key=lambda f: f["exact_logprob_delta"])
-    return [[i + 1, f["id"], fmt(f["exact_logprob_delta"]), fmt_ci(f["exact_logprob_ci"]),
-             fmt(f["exact_accuracy_delta"]), fmt(f["attribution"]), fmt(f.get("mean_activation")),
-             fmt(f.get("frequency"))] for i, f in enumerate(feats)]
+    return [
+        [
+            i + 1,
+            f["id"],
+            fmt(f["exact_logprob_delta"]),
+            fmt_ci(f["exact_logprob_ci"]),
+            fmt(f["exact_accuracy_delta"]),
+            fmt(f["attribution"]),
+            fmt(f.get("mean_activation")),
+            fmt(f.get("frequency")),
+        ]
+        for i, f in enumerate(feats)
+    ]
 
 
-IMPORTANCE_HEADER = ["rank", "feature", "exact Δlogprob", "95% CI", "exact Δaccuracy", "attribution",
-                     "mean activation", "firing frequency"]
+IMPORTANCE_HEADER = [
+    "rank",
+    "feature",
+    "exact Δlogprob",
+    "95% CI",
+    "exact Δaccuracy",
+    "attribution",
+    "mean activation",
+    "firing frequency",
+]
 
 
 def findings(run: RunData) -> list[str]:
@@ -323,14 +419,17 @@ def findings(run: RunData) -> list[str]:
             f"Ablating the top {best['k']} features ({best['ablation']}) changes the gold log-prob by "
             f"{fmt(best['logprob_delta'])} {fmt_ci(best['logprob_ci'])} per example, against "
             f"{fmt(best['control']['logprob_delta'])} {fmt_ci(best['control']['logprob_ci'])} for "
-            f"{best['k']} random active features: the intervals do not overlap.")
+            f"{best['k']} random active features: the intervals do not overlap."
+        )
     elif res.get("sweeps"):
         lines.append("No top-k ablation moved the log-prob with an interval that excludes the control's.")
     acc = [s for s in res.get("sweeps") or [] if s.get("significant_accuracy")]
     if acc:
         best = min(acc, key=lambda s: s["accuracy_delta"])
-        lines.append(f"Accuracy: top {best['k']} ablated → {fmt(best['accuracy_delta'])} {fmt_ci(best['accuracy_ci'])} "
-                     f"vs control {fmt(best['control']['accuracy_delta'])} {fmt_ci(best['control']['accuracy_ci'])}.")
+        lines.append(
+            f"Accuracy: top {best['k']} ablated → {fmt(best['accuracy_delta'])} {fmt_ci(best['accuracy_ci'])} "
+            f"vs control {fmt(best['control']['accuracy_delta'])} {fmt_ci(best['control']['accuracy_ci'])}."
+        )
     rho = res.get("attribution_vs_exact_spearman")
     if rho is not None:
         lines.append(f"Attribution estimates vs exact single-feature ablations: Spearman ρ = {fmt(rho, 2)}.")
@@ -338,11 +437,17 @@ def findings(run: RunData) -> list[str]:
 
 
 def feature_md(feature: dict[str, Any]) -> str:
-    lines = [f"#### Feature {feature['id']} (rank {feature['rank']})",
-             f"attribution {fmt(feature['attribution'])}, exact Δlogprob {fmt(feature.get('exact_logprob_delta'))} "
-             f"{fmt_ci(feature.get('exact_logprob_ci'))}, firing frequency {fmt(feature.get('frequency'))}", ""]
+    lines = [
+        f"#### Feature {feature['id']} (rank {feature['rank']})",
+        f"attribution {fmt(feature['attribution'])}, exact Δlogprob {fmt(feature.get('exact_logprob_delta'))} "
+        f"{fmt_ci(feature.get('exact_logprob_ci'))}, firing frequency {fmt(feature.get('frequency'))}",
+        "",
+    ]
     for ctx in feature.get("top_tokens", [])[:5]:
-        parts = [f"**[{show_token(t)}]**" if i == ctx["focus"] else show_token(t) for i, (t, _) in enumerate(ctx["context"])]
+        parts = [
+            f"**[{show_token(t)}]**" if i == ctx["focus"] else show_token(t)
+            for i, (t, _) in enumerate(ctx["context"])
+        ]
         lines.append(f"- {fmt(ctx['activation'])}: `" + "".join(parts).replace("`", "'") + "`")
     promoted = ", ".join(f"`{show_token(p['token'])}`" for p in feature.get("promoted", [])[:8])
     suppressed = ", ".join(f"`{show_token(p['token'])}`" for p in feature.get("suppressed", [])[:8])
@@ -351,21 +456,29 @@ def feature_md(feature: dict[str, Any]) -> str:
 
 
 def feature_html(feature: dict[str, Any]) -> str:
-    out = [f"<h4>Feature {feature['id']} (rank {feature['rank']})</h4>",
-           f"<p>attribution {fmt(feature['attribution'])}, exact Δlogprob {fmt(feature.get('exact_logprob_delta'))} "
-           f"{fmt_ci(feature.get('exact_logprob_ci'))}, firing frequency {fmt(feature.get('frequency'))}</p><ul>"]
+    out = [
+        f"<h4>Feature {feature['id']} (rank {feature['rank']})</h4>",
+        f"<p>attribution {fmt(feature['attribution'])}, exact Δlogprob {fmt(feature.get('exact_logprob_delta'))} "
+        f"{fmt_ci(feature.get('exact_logprob_ci'))}, firing frequency {fmt(feature.get('frequency'))}</p><ul>",
+    ]
     for ctx in feature.get("top_tokens", [])[:5]:
         top = max((a for _, a in ctx["context"]), default=0.0) or 1.0
         spans = []
         for i, (token, act) in enumerate(ctx["context"]):
             alpha = max(0.0, min(1.0, act / top))
             border = "border-bottom:2px solid #000;" if i == ctx["focus"] else ""
-            spans.append(f'<span class="tok" style="background:rgba(255,80,0,{alpha:.2f});{border}" '
-                         f'title="{act:.3g}">{html.escape(show_token(token))}</span>')
+            spans.append(
+                f'<span class="tok" style="background:rgba(255,80,0,{alpha:.2f});{border}" '
+                f'title="{act:.3g}">{html.escape(show_token(token))}</span>'
+            )
         out.append(f"<li><code>{fmt(ctx['activation'])}</code> {''.join(spans)}</li>")
     out.append("</ul>")
-    promoted = " ".join(f"<code>{html.escape(show_token(p['token']))}</code>" for p in feature.get("promoted", [])[:8])
-    suppressed = " ".join(f"<code>{html.escape(show_token(p['token']))}</code>" for p in feature.get("suppressed", [])[:8])
+    promoted = " ".join(
+        f"<code>{html.escape(show_token(p['token']))}</code>" for p in feature.get("promoted", [])[:8]
+    )
+    suppressed = " ".join(
+        f"<code>{html.escape(show_token(p['token']))}</code>" for p in feature.get("suppressed", [])[:8]
+    )
     out.append(f"<p>promotes: {promoted or '–'}<br>suppresses: {suppressed or '–'}</p>")
     return "\n".join(out)
 
@@ -410,8 +523,10 @@ class Document:
             self.written.append(self.figures_dir / file_name)
         self.md += [f"![{caption}]({FIGURES_DIR}/{file_name})", ""]
         data = base64.b64encode(png).decode()
-        self.html.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        self.html.append(
+            f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
 
     def raw(self, md: str, html_text: str) -> None:
         self.md += [md, ""]
@@ -420,8 +535,10 @@ class Document:
     def write(self, out: Path, title: str) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.md").write_text("\n".join(self.md))
-        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                f"<style>{CSS}</style></head><body>{''.join(self.html)}</body></html>")
+        page = (
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(self.html)}</body></html>"
+        )
         (out / "report.html").write_text(page)
         return [out / "report.md", out / "report.html", *self.written]
 
@@ -436,25 +553,37 @@ def run_sections(doc: Document, run: RunData, level: int = 2) -> None:
     doc.table(["metric", "value", "measured on"], metric_rows(run))
     doc.figure("training", FIGURES["training"](run), "SAE training loss and held-out FVU")
     doc.heading("Ablation sweeps", level)
-    doc.paragraph("Effects are mean changes per example versus the unablated splice (SAE with its error term), "
-                  "with paired 95% bootstrap intervals over examples; the control ablates the same number of "
-                  "features drawn at random among those active on the benchmark. Significant: the intervals "
-                  "do not overlap.")
+    doc.paragraph(
+        "Effects are mean changes per example versus the unablated splice (SAE with its error term), "
+        "with paired 95% bootstrap intervals over examples; the control ablates the same number of "
+        "features drawn at random among those active on the benchmark. Significant: the intervals "
+        "do not overlap."
+    )
     doc.table(SWEEP_HEADER, sweep_rows(run))
-    doc.figure("ablation_logprob", FIGURES["ablation_logprob"](run), "Δlogprob when ablating the top k features")
-    doc.figure("ablation_accuracy", FIGURES["ablation_accuracy"](run), "Δaccuracy when ablating the top k features")
+    doc.figure(
+        "ablation_logprob", FIGURES["ablation_logprob"](run), "Δlogprob when ablating the top k features"
+    )
+    doc.figure(
+        "ablation_accuracy", FIGURES["ablation_accuracy"](run), "Δaccuracy when ablating the top k features"
+    )
     doc.heading("Feature importance (exact single-feature ablations)", level)
     doc.table(IMPORTANCE_HEADER, importance_rows(run))
     doc.figure("importance", FIGURES["importance"](run), "exact vs attribution, per feature")
     doc.heading("Faithfulness", level)
-    doc.table(["n kept", "faithfulness", "mean logprob", "accuracy"],
-              [[p["n"], fmt(p["value"]), fmt(p.get("logprob")), fmt(p.get("accuracy"))]
-               for p in run.results.get("faithfulness") or []])
+    doc.table(
+        ["n kept", "faithfulness", "mean logprob", "accuracy"],
+        [
+            [p["n"], fmt(p["value"]), fmt(p.get("logprob")), fmt(p.get("accuracy"))]
+            for p in run.results.get("faithfulness") or []
+        ],
+    )
     doc.figure("faithfulness", FIGURES["faithfulness"](run), "faithfulness of keeping the top n features")
     doc.heading("Top features", level)
-    doc.paragraph(f"Contexts from the {run.results.get('contexts_source', '?')} (tokens shaded by the feature's "
-                  f"activation, the top token underlined). Promoted/suppressed tokens: "
-                  f"{run.results.get('unembedding', '')}.")
+    doc.paragraph(
+        f"Contexts from the {run.results.get('contexts_source', '?')} (tokens shaded by the feature's "
+        f"activation, the top token underlined). Promoted/suppressed tokens: "
+        f"{run.results.get('unembedding', '')}."
+    )
     for feature in run.results.get("features") or []:
         doc.raw(feature_md(feature), feature_html(feature))
 
@@ -465,21 +594,41 @@ def comparison_rows(runs: Sequence[RunData]) -> list[list[Any]]:
         res, m = run.results, run.sae_metrics()
         sweeps = res.get("sweeps") or []
         best = min(sweeps, key=lambda s: s["logprob_delta"]) if sweeps else None
-        rows.append([
-            res.get("provenance", {}).get("model", {}).get("name"), res.get("provenance", {}).get("benchmark", {}).get("name"),
-            f"{res.get('site')}{res.get('layer')}", res.get("n_examples"), fmt(m.get("fvu")), fmt(m.get("l0"), 1),
-            fmt(m.get("dead_fraction")), fmt(res.get("reconstruction", {}).get("ce_loss_recovered")),
-            fmt(res.get("baseline", {}).get("accuracy")),
-            f"top {best['k']}: {fmt(best['logprob_delta'])}" if best else "–",
-            fmt(best["control"]["logprob_delta"]) if best and best.get("control") else "–",
-            fmt(any(s.get("significant_logprob") for s in sweeps)),
-            fmt(res.get("attribution_vs_exact_spearman"), 2),
-        ])
+        rows.append(
+            [
+                res.get("provenance", {}).get("model", {}).get("name"),
+                res.get("provenance", {}).get("benchmark", {}).get("name"),
+                f"{res.get('site')}{res.get('layer')}",
+                res.get("n_examples"),
+                fmt(m.get("fvu")),
+                fmt(m.get("l0"), 1),
+                fmt(m.get("dead_fraction")),
+                fmt(res.get("reconstruction", {}).get("ce_loss_recovered")),
+                fmt(res.get("baseline", {}).get("accuracy")),
+                f"top {best['k']}: {fmt(best['logprob_delta'])}" if best else "–",
+                fmt(best["control"]["logprob_delta"]) if best and best.get("control") else "–",
+                fmt(any(s.get("significant_logprob") for s in sweeps)),
+                fmt(res.get("attribution_vs_exact_spearman"), 2),
+            ]
+        )
     return rows
 
 
-COMPARISON_HEADER = ["model", "benchmark", "site", "examples", "FVU", "L0", "dead fraction", "CE loss recovered",
-                     "accuracy", "largest Δlogprob", "control", "significant", "Spearman ρ"]
+COMPARISON_HEADER = [
+    "model",
+    "benchmark",
+    "site",
+    "examples",
+    "FVU",
+    "L0",
+    "dead fraction",
+    "CE loss recovered",
+    "accuracy",
+    "largest Δlogprob",
+    "control",
+    "significant",
+    "Spearman ρ",
+]
 
 
 def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> list[Path]:
@@ -491,8 +640,10 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
     if len(runs) == 1:
         run = runs[0]
         target = Path(out) if out is not None else run.path
-        title = (f"scircuits: {run.provenance.get('model', {}).get('name')} on "
-                 f"{run.provenance.get('benchmark', {}).get('name')}, {run.results.get('site')} layer {run.results.get('layer')}")
+        title = (
+            f"scircuits: {run.provenance.get('model', {}).get('name')} on "
+            f"{run.provenance.get('benchmark', {}).get('name')}, {run.results.get('site')} layer {run.results.get('layer')}"
+        )
         doc = Document(title, target / FIGURES_DIR)
         run_sections(doc, run)
         return doc.write(target, title)
@@ -500,9 +651,11 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
     title = f"scircuits: comparison of {len(runs)} runs"
     doc = Document(title, target / FIGURES_DIR)
     doc.heading("Comparison")
-    doc.paragraph("FVU and CE loss recovered compare SAEs across models; raw reconstruction losses do not (they "
-                  "scale with each model's activation norm). Δlogprob: the top-k ablation with the largest drop, "
-                  "per example, against the same number of random active features.")
+    doc.paragraph(
+        "FVU and CE loss recovered compare SAEs across models; raw reconstruction losses do not (they "
+        "scale with each model's activation norm). Δlogprob: the top-k ablation with the largest drop, "
+        "per example, against the same number of random active features."
+    )
     doc.table(COMPARISON_HEADER, comparison_rows(runs))
     for run in runs:
         doc.heading(run.name)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -32,7 +33,9 @@ class SAEVariant:
     def parse_hparams(self, raw: Mapping[str, Any] | BaseModel | None = None) -> BaseModel:
         return parse_options(self.Hyperparameters, raw, f"SAE variant {self.name!r} hyperparameters")
 
-    def build(self, d_in: int, d_sae: int, hparams: Mapping[str, Any] | BaseModel | None = None) -> "SparseAutoencoder":
+    def build(
+        self, d_in: int, d_sae: int, hparams: Mapping[str, Any] | BaseModel | None = None
+    ) -> SparseAutoencoder:
         raise NotImplementedError
 
     def facts(self) -> dict[str, Any]:

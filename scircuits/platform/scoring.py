@@ -7,8 +7,8 @@ are right-padded, so real tokens never see padding, and carry explicit position 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import torch
 
@@ -38,7 +38,7 @@ class SequenceBatch:
     def n_tokens(self) -> int:
         return int(self.lengths.sum())
 
-    def to(self, device: str | torch.device) -> "SequenceBatch":
+    def to(self, device: str | torch.device) -> SequenceBatch:
         return SequenceBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
@@ -84,7 +84,9 @@ def sequence_scores(target_logits: torch.Tensor, batch: SequenceBatch) -> tuple[
     token_hit = (target_logits.argmax(dim=-1) == batch.target_ids).to(torch.float32)
     seq_logprob = torch.zeros(batch.size, dtype=token_logprob.dtype, device=token_logprob.device)
     seq_logprob = seq_logprob.index_add(0, batch.pred_rows, token_logprob)
-    misses = torch.zeros(batch.size, device=token_hit.device).index_add(0, batch.pred_rows, 1.0 - token_hit.detach())
+    misses = torch.zeros(batch.size, device=token_hit.device).index_add(
+        0, batch.pred_rows, 1.0 - token_hit.detach()
+    )
     return seq_logprob, misses == 0
 
 
@@ -110,8 +112,9 @@ class ExampleLayout:
         return self.sequence_indices[self.answer_index or 0]
 
 
-def layout_examples(tokenizer, examples: Iterable[Example], max_length: int | None = None
-                    ) -> tuple[list[EncodedSequence], list[ExampleLayout]]:
+def layout_examples(
+    tokenizer, examples: Iterable[Example], max_length: int | None = None
+) -> tuple[list[EncodedSequence], list[ExampleLayout]]:
     """Encode every example (one sequence per choice for multiple choice) with the shared encoder."""
     sequences: list[EncodedSequence] = []
     layouts: list[ExampleLayout] = []
@@ -119,13 +122,19 @@ def layout_examples(tokenizer, examples: Iterable[Example], max_length: int | No
         encoded = encode_choices(tokenizer, example, max_length)
         start = len(sequences)
         sequences.extend(encoded)
-        layouts.append(ExampleLayout(example.id, tuple(range(start, start + len(encoded))),
-                                     example.answer_index if example.choices is not None else None))
+        layouts.append(
+            ExampleLayout(
+                example.id,
+                tuple(range(start, start + len(encoded))),
+                example.answer_index if example.choices is not None else None,
+            )
+        )
     return sequences, layouts
 
 
-def example_scores(seq_logprob: torch.Tensor, seq_correct: torch.Tensor, layouts: Sequence[ExampleLayout]
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def example_scores(
+    seq_logprob: torch.Tensor, seq_correct: torch.Tensor, layouts: Sequence[ExampleLayout]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example (logprob of the gold continuation, correct) from per-sequence scores."""
     logprob = torch.empty(len(layouts), dtype=torch.float64)
     correct = torch.empty(len(layouts), dtype=torch.bool)

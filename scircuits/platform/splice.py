@@ -15,9 +15,10 @@ so that with no edit the model computes exactly what it computed before. Two way
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,8 +34,9 @@ class SpliceError(ScircuitsError):
     """The spliced model does not reproduce the clean model's logits."""
 
 
-def spliced_output(sae: nn.Module, x: torch.Tensor, edit: FeatureEdit | None = None,
-                   error_term: bool = True) -> torch.Tensor:
+def spliced_output(
+    sae: nn.Module, x: torch.Tensor, edit: FeatureEdit | None = None, error_term: bool = True
+) -> torch.Tensor:
     """The site's new output: the SAE's (edited) reconstruction, plus its error term when kept."""
     dtype = x.dtype
     xs = x.to(sae.W_dec.dtype)
@@ -51,7 +53,7 @@ def _first(output: Any) -> torch.Tensor:
 
 
 def _replace_first(output: Any, value: torch.Tensor) -> Any:
-    return (value,) + tuple(output[1:]) if isinstance(output, tuple) else value
+    return (value, *tuple(output[1:])) if isinstance(output, tuple) else value
 
 
 def envoy_at(wrapped: Any, path: str) -> Any:
@@ -74,26 +76,38 @@ def nnsight_model(loaded: LoadedModel) -> Any:
     return _NNSIGHT_WRAPPERS[key]
 
 
-def nnsight_site_logits(loaded: LoadedModel, layer: int, site: str, batch: SequenceBatch,
-                        transform: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+def nnsight_site_logits(
+    loaded: LoadedModel,
+    layer: int,
+    site: str,
+    batch: SequenceBatch,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> torch.Tensor:
     """Full logits (B, T, V) with the site's output replaced by ``transform(output)`` inside an nnsight trace."""
     wrapped = nnsight_model(loaded)
     path = loaded.site_path(layer, site)
-    with torch.no_grad():
-        with wrapped.trace(batch.input_ids, attention_mask=batch.attention_mask,
-                           position_ids=batch.position_ids, use_cache=False):
-            if transform is not None:
-                env = envoy_at(wrapped, path)
-                output = env.output
-                env.output = _replace_first(output, transform(_first(output)))
-            logits = wrapped.output.logits.save()
+    with torch.no_grad(), wrapped.trace(
+        batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=False,
+    ):
+        if transform is not None:
+            env = envoy_at(wrapped, path)
+            output = env.output
+            env.output = _replace_first(output, transform(_first(output)))
+        logits = wrapped.output.logits.save()
     return logits
 
 
 def clean_logits(loaded: LoadedModel, batch: SequenceBatch) -> torch.Tensor:
     with torch.no_grad():
-        return loaded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                            position_ids=batch.position_ids, use_cache=False).logits
+        return loaded.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        ).logits
 
 
 class _PassThrough(nn.Module):
@@ -149,8 +163,12 @@ class SplitModel:
         self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
 
     def _inputs(self, batch: SequenceBatch) -> dict[str, Any]:
-        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                "position_ids": batch.position_ids, "use_cache": False}
+        return {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            "position_ids": batch.position_ids,
+            "use_cache": False,
+        }
 
     def lower(self, batch: SequenceBatch) -> LowerCache:
         """Run the model up to the site (no further) and keep what the upper part needs."""
@@ -186,12 +204,13 @@ class SplitModel:
             for i in range(self.layer):
                 self.blocks[i] = _PassThrough(originals[i])
             if self.site == "resid":
-                value = site_value if cache.output_rest is None else (site_value,) + cache.output_rest
+                value = site_value if cache.output_rest is None else (site_value, *cache.output_rest)
                 self.blocks[self.layer] = _Given(originals[self.layer], value)
             else:
+
                 def give_block_input(module, args, kwargs):
                     if args:
-                        return (cache.block_input,) + tuple(args[1:]), kwargs
+                        return (cache.block_input, *tuple(args[1:])), kwargs
                     return args, {**kwargs, "hidden_states": cache.block_input}
 
                 def give_site(module, args, output):
@@ -212,8 +231,9 @@ class SplitModel:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
-    def upper(self, batch: SequenceBatch, cache: LowerCache, site_value: torch.Tensor,
-              all_positions: bool = False) -> torch.Tensor:
+    def upper(
+        self, batch: SequenceBatch, cache: LowerCache, site_value: torch.Tensor, all_positions: bool = False
+    ) -> torch.Tensor:
         """Logits with the site's output set to ``site_value``: at the target predictions (M, V), or
         at every position (B, T, V) when ``all_positions``. Differentiable in ``site_value``."""
         site_value = site_value.to(cache.site_output.dtype)
@@ -225,6 +245,10 @@ class SplitModel:
 
     def final_norm(self) -> nn.Module | None:
         """The norm applied before the unembedding (the last norm module directly under the base model)."""
-        norms = [m for name, m in self.base.named_children() if "norm" in type(m).__name__.lower()
-                 or name in ("ln_f", "norm", "final_layernorm", "final_layer_norm")]
+        norms = [
+            m
+            for name, m in self.base.named_children()
+            if "norm" in type(m).__name__.lower()
+            or name in ("ln_f", "norm", "final_layernorm", "final_layer_norm")
+        ]
         return norms[-1] if norms else None

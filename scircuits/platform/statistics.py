@@ -20,7 +20,7 @@ class Interval:
     def as_list(self) -> list[float]:
         return [self.low, self.high]
 
-    def excludes(self, other: "Interval") -> bool:
+    def excludes(self, other: Interval) -> bool:
         """True when the two intervals do not overlap."""
         return self.high < other.low or other.high < self.low
 

@@ -74,7 +74,9 @@ def traced_model(loaded: LoadedModel) -> TracedModel:
 
     wrapped = TransformersModel(loaded.model, tokenizer=copy.deepcopy(loaded.tokenizer))
     traced = TracedModel(wrapped, remote=False)
-    object.__setattr__(loaded.model, _TRACED_ATTRIBUTE, traced)  # not a submodule: keep it out of nn.Module's registries
+    object.__setattr__(
+        loaded.model, _TRACED_ATTRIBUTE, traced
+    )  # not a submodule: keep it out of nn.Module's registries
     return traced
 
 
@@ -92,12 +94,13 @@ def ndif_api_key() -> str | None:
         from nnsight import CONFIG
 
         return CONFIG.API.APIKEY or None
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 
-def load_remote(adapter: ModelAdapter, *, model_path: str | None = None,
-                backend: RemoteBackend = True) -> LoadedModel:
+def load_remote(
+    adapter: ModelAdapter, *, model_path: str | None = None, backend: RemoteBackend = True
+) -> LoadedModel:
     """A LoadedModel whose weights stay on NDIF: the module tree is built on the meta device.
 
     ``model_path`` (a local folder) replaces the hub id; with ``backend="local"`` nothing leaves
@@ -112,8 +115,10 @@ def load_remote(adapter: ModelAdapter, *, model_path: str | None = None,
             "https://login.ndif.us), or drop --remote to run the model here."
         )
     if backend is True and model_path is not None:
-        raise ConfigError("--remote runs a hub model on NDIF, which knows it by its repository id; "
-                          "a local --model-path cannot be sent there. Drop one of the two.")
+        raise ConfigError(
+            "--remote runs a hub model on NDIF, which knows it by its repository id; "
+            "a local --model-path cannot be sent there. Drop one of the two."
+        )
     if backend is True and not adapter.remote:
         print(f"warning: {adapter.name} is not known to be served by NDIF; trying anyway", file=sys.stderr)
     source = str(model_path) if model_path is not None else adapter.hf_id
@@ -140,14 +145,24 @@ def load_remote(adapter: ModelAdapter, *, model_path: str | None = None,
         revision = weights_revision(source)
     else:
         revision = hub_commit or getattr(module.config, "_commit_hash", None) or "unknown"
-    loaded = LoadedModel(adapter=adapter, model=module, tokenizer=tokenizer, model_id=source,
-                         revision=revision, dtype="remote", device="ndif" if backend is True else "local",
-                         n_layers=n_layers, d_model=d_model)
+    loaded = LoadedModel(
+        adapter=adapter,
+        model=module,
+        tokenizer=tokenizer,
+        model_id=source,
+        revision=revision,
+        dtype="remote",
+        device="ndif" if backend is True else "local",
+        n_layers=n_layers,
+        d_model=d_model,
+    )
     object.__setattr__(module, _TRACED_ATTRIBUTE, TracedModel(wrapped, remote=backend))
     return loaded
 
 
-def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_right(
+    sequences: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, position_ids), each (batch, longest), padded on the right."""
     import torch
 
@@ -161,7 +176,9 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
             raise ValueError(f"sequence {row} is empty")
         input_ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
         attention_mask[row, : len(seq)] = 1
-    position_ids = torch.arange(width, dtype=torch.long).unsqueeze(0).expand(len(sequences), width).contiguous()
+    position_ids = (
+        torch.arange(width, dtype=torch.long).unsqueeze(0).expand(len(sequences), width).contiguous()
+    )
     return input_ids, attention_mask, position_ids
 
 
@@ -187,8 +204,9 @@ class SiteTracer:
         first = next(iter(loaded.model.parameters()), None)
         self.device = first.device if first is not None and not first.is_meta else "cpu"
 
-    def trace_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     position_ids: torch.Tensor) -> torch.Tensor:
+    def trace_padded(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
         """The site's output (batch, seq, d_model) for one padded batch; the forward stops after it."""
         import torch
 

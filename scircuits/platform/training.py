@@ -46,25 +46,40 @@ INIT_SAMPLE_TOKENS = 16384
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The Phase 4 report's configuration.
-    "phase4": {"sae": "relu", "expansion": 8, "epochs": 20, "batch_size": 32, "lr": 1e-4,
-               "hparams": {"l1": 1e-4, "decorrelation": 0.01}},
+    "phase4": {
+        "sae": "relu",
+        "expansion": 8,
+        "epochs": 20,
+        "batch_size": 32,
+        "lr": 1e-4,
+        "hparams": {"l1": 1e-4, "decorrelation": 0.01},
+    },
 }
 
 
 # -- the optimiser loop --------------------------------------------------------------------------
 
+
 class SAETrainer:
     """Adam + schedule + clipping + decoder constraint + dead-latent tracking for one SAE."""
 
-    def __init__(self, sae: SparseAutoencoder, *, lr: float, total_steps: int, warmup_steps: int = 0,
-                 decay_fraction: float = 0.2, grad_clip: float | None = 1.0,
-                 dist: DistContext | None = None) -> None:
+    def __init__(
+        self,
+        sae: SparseAutoencoder,
+        *,
+        lr: float,
+        total_steps: int,
+        warmup_steps: int = 0,
+        decay_fraction: float = 0.2,
+        grad_clip: float | None = 1.0,
+        dist: DistContext | None = None,
+    ) -> None:
         self.sae = sae
         self.dist = dist or DistContext()
         self.base_lr = lr
         self.total_steps = max(1, total_steps)
         self.warmup_steps = warmup_steps
-        self.decay_steps = int(round(decay_fraction * self.total_steps))
+        self.decay_steps = round(decay_fraction * self.total_steps)
         self.grad_clip = grad_clip
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
         self.step = 0
@@ -75,7 +90,9 @@ class SAETrainer:
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
-            device_ids = [torch.device(self.dist.device).index] if self.dist.device.startswith("cuda") else None
+            device_ids = (
+                [torch.device(self.dist.device).index] if self.dist.device.startswith("cuda") else None
+            )
             self.forward_module = DistributedDataParallel(self.forward_module, device_ids=device_ids)
 
     def lr_at(self, step: int) -> float:
@@ -141,12 +158,14 @@ class SAETrainer:
         return tensors
 
     def state_meta(self) -> dict[str, Any]:
-        groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
-                  for g in self.optimizer.state_dict()["param_groups"]]
+        groups = [
+            {k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
+            for g in self.optimizer.state_dict()["param_groups"]
+        ]
         return {"step": self.step, "tokens": self.tokens, "scale": self.scale, "param_groups": groups}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         self.sae.load_state_dict(model_state)
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
@@ -215,6 +234,7 @@ def geometric_median(x: torch.Tensor, iterations: int = 50, eps: float = 1e-6) -
 
 # -- the stage ---------------------------------------------------------------------------------
 
+
 def apply_preset(config: TrainConfig) -> TrainConfig:
     """Fill the fields a preset sets, unless they were given explicitly."""
     if not config.preset:
@@ -247,8 +267,10 @@ def train(config: TrainConfig, *, stop_after_steps: int | None = None) -> Path:
         print(f"[train] {out} already holds a complete checkpoint for this config; skipping", file=sys.stderr)
         return out
     if "," in config.device and not under_launcher() and config.nproc == 1:
-        raise ConfigError(f"--device {config.device}: several devices spread several SAEs (use train_many or "
-                          "several --store/--sae); for one SAE on several GPUs use --nproc")
+        raise ConfigError(
+            f"--device {config.device}: several devices spread several SAEs (use train_many or "
+            "several --store/--sae); for one SAE on several GPUs use --nproc"
+        )
     if config.nproc > 1 and not under_launcher():
         launch(config.nproc, _distributed_entry, config.model_dump(mode="json"), stop_after_steps)
         return out
@@ -284,17 +306,23 @@ def _train_rank(config: TrainConfig, dist: DistContext, stop_after_steps: int | 
     out = Path(config.out)
     store = open_store(config.store)
     if not store.complete:
-        print(f"[train] warning: store {config.store} is not complete; training on the rows it has",
-              file=sys.stderr)
+        print(
+            f"[train] warning: store {config.store} is not complete; training on the rows it has",
+            file=sys.stderr,
+        )
     if config.batch_size % dist.world_size:
-        raise ConfigError(f"batch_size {config.batch_size} must be divisible by the number of processes "
-                          f"({dist.world_size})")
+        raise ConfigError(
+            f"batch_size {config.batch_size} must be divisible by the number of processes ({dist.world_size})"
+        )
     local_batch = config.batch_size // dist.world_size
     read = dict(eval_fraction=config.eval_fraction, split_seed=0)
-    steps_per_epoch = store.batches_per_epoch(local_batch, split="train", world_size=dist.world_size,
-                                              drop_last=True, **read)
+    steps_per_epoch = store.batches_per_epoch(
+        local_batch, split="train", world_size=dist.world_size, drop_last=True, **read
+    )
     if steps_per_epoch == 0:
-        raise ConfigError(f"store {config.store} has fewer training rows than one batch of {config.batch_size}")
+        raise ConfigError(
+            f"store {config.store} has fewer training rows than one batch of {config.batch_size}"
+        )
     if config.tokens is not None:
         total_steps = max(1, math.ceil(config.tokens / config.batch_size))
     else:
@@ -304,22 +332,37 @@ def _train_rank(config: TrainConfig, dist: DistContext, stop_after_steps: int | 
     d_in = store.d_model
     sae = variant.build(d_in, config.expansion * d_in, config.hparams).to(dist.device)
     sae.encoder_bf16 = config.bf16
-    trainer = SAETrainer(sae, lr=config.lr, total_steps=total_steps, warmup_steps=config.warmup_steps,
-                         decay_fraction=config.decay_fraction, grad_clip=config.grad_clip, dist=dist)
+    trainer = SAETrainer(
+        sae,
+        lr=config.lr,
+        total_steps=total_steps,
+        warmup_steps=config.warmup_steps,
+        decay_fraction=config.decay_fraction,
+        grad_clip=config.grad_clip,
+        dist=dist,
+    )
     config_hash = config.config_hash()
     epoch, batch_in_epoch = 0, 0
     state = ckpt.load_training_state(out) if config.resume else None
     if state is not None:
         tensors, meta = state
         if meta.get("config_hash") != config_hash:
-            raise ConfigError(f"--resume: {out} holds a training state for a different config "
-                              f"(hash {meta.get('config_hash')}, now {config_hash}); use another --out "
-                              "or drop --resume to start over")
+            raise ConfigError(
+                f"--resume: {out} holds a training state for a different config "
+                f"(hash {meta.get('config_hash')}, now {config_hash}); use another --out "
+                "or drop --resume to start over"
+            )
         trainer.load_state(tensors, meta)
         epoch, batch_in_epoch = int(meta["epoch"]), int(meta["batch_in_epoch"])
     else:
-        sample = next(store.iter_batches(min(INIT_SAMPLE_TOKENS, store.n_rows("train", **read)),
-                                         seed=config.seed, split="train", **read))
+        sample = next(
+            store.iter_batches(
+                min(INIT_SAMPLE_TOKENS, store.n_rows("train", **read)),
+                seed=config.seed,
+                split="train",
+                **read,
+            )
+        )
         trainer.initialize_from_sample(sample)
         if dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
@@ -334,19 +377,36 @@ def _train_rank(config: TrainConfig, dist: DistContext, stop_after_steps: int | 
 
     def save_state() -> None:
         if dist.is_main:
-            ckpt.save_training_state(out, trainer.state_tensors(), {
-                **trainer.state_meta(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                "config_hash": config_hash, "total_steps": total_steps})
+            ckpt.save_training_state(
+                out,
+                trainer.state_tensors(),
+                {
+                    **trainer.state_meta(),
+                    "epoch": epoch,
+                    "batch_in_epoch": batch_in_epoch,
+                    "config_hash": config_hash,
+                    "total_steps": total_steps,
+                },
+            )
 
     start_time = time.monotonic()
     start_tokens = trainer.tokens
     last_eval: dict[str, Any] = {}
-    with progress(f"train {config.sae}", total=total_steps, enabled=config.progress and dist.is_main,
-                  unit="steps") as bar:
+    with progress(
+        f"train {config.sae}", total=total_steps, enabled=config.progress and dist.is_main, unit="steps"
+    ) as bar:
         bar.advance(trainer.step)
         while trainer.step < total_steps:
-            batches = store.iter_batches(local_batch, seed=config.seed, split="train", rank=dist.rank,
-                                         world_size=dist.world_size, drop_last=True, epoch=epoch, **read)
+            batches = store.iter_batches(
+                local_batch,
+                seed=config.seed,
+                split="train",
+                rank=dist.rank,
+                world_size=dist.world_size,
+                drop_last=True,
+                epoch=epoch,
+                **read,
+            )
             for _ in range(batch_in_epoch):
                 next(batches)
             for x in batches:
@@ -356,10 +416,18 @@ def _train_rank(config: TrainConfig, dist: DistContext, stop_after_steps: int | 
                 batch_in_epoch += 1
                 if trainer.step % config.log_every == 0 or trainer.step == total_steps:
                     rate = (trainer.tokens - start_tokens) / max(time.monotonic() - start_time, 1e-9)
-                    logger.write({"step": trainer.step, "tokens": trainer.tokens, "epoch": epoch,
-                                  "lr": trainer.lr_at(trainer.step - 1), "l0": out_step.l0,
-                                  "dead_fraction_train": _dead_fraction(trainer),
-                                  "tokens_per_s": rate, **{k: float(v.detach()) for k, v in out_step.terms.items()}})
+                    logger.write(
+                        {
+                            "step": trainer.step,
+                            "tokens": trainer.tokens,
+                            "epoch": epoch,
+                            "lr": trainer.lr_at(trainer.step - 1),
+                            "l0": out_step.l0,
+                            "dead_fraction_train": _dead_fraction(trainer),
+                            "tokens_per_s": rate,
+                            **{k: float(v.detach()) for k, v in out_step.terms.items()},
+                        }
+                    )
                 if trainer.step % config.eval_every == 0 and trainer.step < total_steps and dist.is_main:
                     last_eval = trainer.evaluate(eval_batches(), config.eval_tokens)
                     logger.write({"step": trainer.step, "tokens": trainer.tokens, "eval": last_eval})
@@ -389,8 +457,9 @@ def _train_rank(config: TrainConfig, dist: DistContext, stop_after_steps: int | 
             "world_size": dist.world_size,
             "seconds": elapsed,
         }
-        ckpt.save_sae(out, trainer.folded_copy(), cfg={"metadata": _saelens_metadata(store.attrs)},
-                      scircuits_meta=meta)
+        ckpt.save_sae(
+            out, trainer.folded_copy(), cfg={"metadata": _saelens_metadata(store.attrs)}, scircuits_meta=meta
+        )
         for name in (ckpt.STATE_WEIGHTS_FILE, ckpt.STATE_META_FILE):
             (out / name).unlink(missing_ok=True)
     logger.close()
@@ -435,15 +504,19 @@ class _Logger:
             if config.tracker == "wandb":
                 import wandb  # type: ignore[import-not-found]
 
-                self.tracker = wandb.init(project="scircuits", config=config.model_dump(mode="json"),
-                                          dir=str(out), resume="allow")
+                self.tracker = wandb.init(
+                    project="scircuits", config=config.model_dump(mode="json"), dir=str(out), resume="allow"
+                )
             else:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tracker = SummaryWriter(log_dir=str(out / "tensorboard"))
         except ImportError as exc:
-            print(f"[train] {config.tracker} was asked for but is not installed ({exc}); logging to "
-                  f"{self.path} only", file=sys.stderr)
+            print(
+                f"[train] {config.tracker} was asked for but is not installed ({exc}); logging to "
+                f"{self.path} only",
+                file=sys.stderr,
+            )
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -467,6 +540,7 @@ class _Logger:
 
 
 # -- several SAEs over several devices ----------------------------------------------------------
+
 
 def _train_job(config_values: dict[str, Any], device: str) -> str:
     config = TrainConfig.validated({**config_values, "device": device})

@@ -81,7 +81,9 @@ class ShuffleBuffer:
 
     def __post_init__(self) -> None:
         self.acts = np.empty((self.capacity, self.d_model), dtype=np.float32)
-        self.ids = {name: np.empty(self.capacity, dtype=np.int32) for name in ID_ARRAYS} if self.with_ids else {}
+        self.ids = (
+            {name: np.empty(self.capacity, dtype=np.int32) for name in ID_ARRAYS} if self.with_ids else {}
+        )
 
     @property
     def space(self) -> int:

@@ -27,14 +27,37 @@ ACT_DTYPES = ("float16", "float32")
 SOURCES = ("traced", "synthetic", "imported")
 
 REQUIRED_ATTRS = (
-    "format", "format_version", "model", "model_id", "model_revision", "layer", "site", "benchmark",
-    "split", "d_model", "dtype", "n_tokens", "n_examples", "source", "complete", "created",
+    "format",
+    "format_version",
+    "model",
+    "model_id",
+    "model_revision",
+    "layer",
+    "site",
+    "benchmark",
+    "split",
+    "d_model",
+    "dtype",
+    "n_tokens",
+    "n_examples",
+    "source",
+    "complete",
+    "created",
     "scircuits_version",
 )
 # Bookkeeping the writer maintains; never part of a store's identity.
 VOLATILE_ATTRS = frozenset(
-    {"format", "format_version", "n_tokens", "n_examples", "complete", "created", "scircuits_version",
-     "chunk_rows", "compressor"}
+    {
+        "format",
+        "format_version",
+        "n_tokens",
+        "n_examples",
+        "complete",
+        "created",
+        "scircuits_version",
+        "chunk_rows",
+        "compressor",
+    }
 )
 # Set by the writer from its own arguments; a caller's attrs may repeat them only with equal values.
 WRITER_ATTRS = frozenset(VOLATILE_ATTRS | {"d_model", "dtype"})
@@ -101,7 +124,9 @@ def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple
     """(key, old value, new value) for each differing identity attribute; absent values are '<absent>'."""
     absent = "<absent>"
     keys = sorted(old.keys() | new.keys())
-    return [(k, old.get(k, absent), new.get(k, absent)) for k in keys if old.get(k, absent) != new.get(k, absent)]
+    return [
+        (k, old.get(k, absent), new.get(k, absent)) for k in keys if old.get(k, absent) != new.get(k, absent)
+    ]
 
 
 def check_act_dtype(dtype: str) -> str:

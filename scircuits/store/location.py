@@ -19,7 +19,7 @@ def local_path(path: str | os.PathLike[str]) -> Path | None:
     """The local folder for a path or file:// URL; None for any other fsspec URL."""
     text = os.fspath(path)
     if text.startswith("file://"):
-        return Path(text[len("file://"):])
+        return Path(text[len("file://") :])
     if "://" in text:
         return None
     return Path(text)

@@ -139,8 +139,10 @@ class ActivationStore:
             if split == "all":
                 counts = [stop - start for start, stop in bounds]
             else:
-                counts = [self._selected(self.read_ids("example_ids", a, b), split, eval_ids).shape[0]
-                          for a, b in bounds]
+                counts = [
+                    self._selected(self.read_ids("example_ids", a, b), split, eval_ids).shape[0]
+                    for a, b in bounds
+                ]
             self._count_cache[key] = np.array(counts, dtype=np.int64)
         return self._count_cache[key]
 
@@ -180,10 +182,19 @@ class ActivationStore:
         """
         import torch
 
-        for batch in self._iter_arrays(batch_size, seed=seed, split=split, eval_fraction=eval_fraction,
-                                       shuffle_buffer_rows=shuffle_buffer_rows, rank=rank,
-                                       world_size=world_size, drop_last=drop_last, epoch=epoch,
-                                       split_seed=split_seed, with_ids=False):
+        for batch in self._iter_arrays(
+            batch_size,
+            seed=seed,
+            split=split,
+            eval_fraction=eval_fraction,
+            shuffle_buffer_rows=shuffle_buffer_rows,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+            epoch=epoch,
+            split_seed=split_seed,
+            with_ids=False,
+        ):
             yield torch.from_numpy(batch["acts"])
 
     def iter_labelled_batches(self, batch_size: int, **options: Any) -> Iterator[LabelledBatch]:
@@ -191,11 +202,20 @@ class ActivationStore:
         import torch
 
         for batch in self._iter_arrays(batch_size, with_ids=True, **options):
-            yield LabelledBatch(torch.from_numpy(batch["acts"]), batch["example_ids"], batch["token_ids"],
-                                batch["positions"])
+            yield LabelledBatch(
+                torch.from_numpy(batch["acts"]), batch["example_ids"], batch["token_ids"], batch["positions"]
+            )
 
-    def batches_per_epoch(self, batch_size: int, *, split: Split = "train", eval_fraction: float = 0.05,
-                          split_seed: int = 0, world_size: int = 1, drop_last: bool = False) -> int:
+    def batches_per_epoch(
+        self,
+        batch_size: int,
+        *,
+        split: Split = "train",
+        eval_fraction: float = 0.05,
+        split_seed: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> int:
         """How many batches each rank gets per epoch (the same for every rank and epoch)."""
         share = self.n_rows(split, eval_fraction=eval_fraction, split_seed=split_seed) // world_size
         return share // batch_size if drop_last else -(-share // batch_size)
@@ -224,8 +244,16 @@ class ActivationStore:
         if world_size <= 0 or not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} is not in [0, world_size={world_size})")
         _, eval_ids = self.split_examples(eval_fraction, split_seed)
-        plan = plan_epoch(self.block_bounds(), self._selected_counts(split, eval_ids), batch_size=batch_size,
-                          seed=seed, epoch=epoch, rank=rank, world_size=world_size, drop_last=drop_last)
+        plan = plan_epoch(
+            self.block_bounds(),
+            self._selected_counts(split, eval_ids),
+            batch_size=batch_size,
+            seed=seed,
+            epoch=epoch,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+        )
         self.last_counters = BufferCounters()
 
         def read_block(start: int, stop: int, with_ids: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -236,9 +264,15 @@ class ActivationStore:
             return self._selected(ids["example_ids"], split, eval_ids)
 
         yield from stream_batches(
-            read_block, select_rows, plan, d_model=self.d_model, batch_size=batch_size,
+            read_block,
+            select_rows,
+            plan,
+            d_model=self.d_model,
+            batch_size=batch_size,
             buffer_rows=shuffle_buffer_rows or self.default_shuffle_buffer_rows(),
-            rng=np.random.default_rng([seed, epoch, rank, 1]), with_ids=with_ids, counters=self.last_counters,
+            rng=np.random.default_rng([seed, epoch, rank, 1]),
+            with_ids=with_ids,
+            counters=self.last_counters,
         )
 
     # ------------------------------------------------------------------ statistics

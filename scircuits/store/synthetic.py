@@ -10,13 +10,16 @@ import numpy as np
 from scircuits.store.writer import ActivationStoreWriter
 
 
-def synthetic_example(index: int, d_model: int, *, seed: int = 0, max_tokens: int = 24,
-                      vocab: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_example(
+    index: int, d_model: int, *, seed: int = 0, max_tokens: int = 24, vocab: int = 1000
+) -> tuple[np.ndarray, np.ndarray]:
     """(token_ids, acts) of example ``index``: the same arrays every time for the same arguments."""
     rng = np.random.default_rng([seed, index])
     n = int(rng.integers(1, max_tokens + 1))
     token_ids = rng.integers(0, vocab, size=n, dtype=np.int32)
-    acts = rng.standard_normal((n, d_model), dtype=np.float32) * (1 + np.arange(d_model, dtype=np.float32) % 3)
+    acts = rng.standard_normal((n, d_model), dtype=np.float32) * (
+        1 + np.arange(d_model, dtype=np.float32) % 3
+    )
     return token_ids, acts
 
 
@@ -38,8 +41,14 @@ def write_synthetic_store(
     attrs: dict[str, Any] | None = None,
 ) -> str:
     """Write (or finish) a complete synthetic store of ``n_examples`` examples; returns its path."""
-    with ActivationStoreWriter.open(path, attrs or synthetic_attrs(seed=seed), d_model=d_model, dtype=dtype,
-                                    chunk_rows=chunk_rows, compressor=compressor) as writer:
+    with ActivationStoreWriter.open(
+        path,
+        attrs or synthetic_attrs(seed=seed),
+        d_model=d_model,
+        dtype=dtype,
+        chunk_rows=chunk_rows,
+        compressor=compressor,
+    ) as writer:
         for index in range(writer.n_examples_written, n_examples if not writer.complete else 0):
             writer.append_example(index, *synthetic_example(index, d_model, seed=seed, max_tokens=max_tokens))
     return os.fspath(path)

@@ -67,7 +67,9 @@ class ActivationStoreWriter:
         self._inflight: Future[Any] | None = None
         self._inflight_progress: tuple[int, int] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._arrays = {name: group[name].with_config(_ARRAY_CONFIG) for name in ARRAYS} if not complete else {}
+        self._arrays = (
+            {name: group[name].with_config(_ARRAY_CONFIG) for name in ARRAYS} if not complete else {}
+        )
         attrs = dict(group.attrs)
         self.d_model = int(attrs["d_model"])
         self.dtype = str(attrs["dtype"])
@@ -97,7 +99,9 @@ class ActivationStoreWriter:
         if self._buf_fill:  # the recorded rows of the chunk that resumes
             self._buf_acts[: self._buf_fill] = acts[self._buf_start : self._recorded_tokens]
             for name in ID_ARRAYS:
-                self._buf_ids[name][: self._buf_fill] = self._arrays[name][self._buf_start : self._recorded_tokens]
+                self._buf_ids[name][: self._buf_fill] = self._arrays[name][
+                    self._buf_start : self._recorded_tokens
+                ]
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -141,14 +145,18 @@ class ActivationStoreWriter:
             raise
 
     @classmethod
-    def _open_or_create(cls, text: str, local: Path | None, identity: dict[str, Any], rows: int,
-                        compressor: str | None) -> Any:
+    def _open_or_create(
+        cls, text: str, local: Path | None, identity: dict[str, Any], rows: int, compressor: str | None
+    ) -> Any:
         if local is not None:
             exists = (local / "zarr.json").exists()
             if not exists:
                 # Only the temporary file of a killed first write of zarr.json may be there already.
-                leftovers = [p for p in local.iterdir()
-                             if not (p.name.startswith("zarr.") and p.name.endswith(".partial"))]
+                leftovers = [
+                    p
+                    for p in local.iterdir()
+                    if not (p.name.startswith("zarr.") and p.name.endswith(".partial"))
+                ]
                 if leftovers:
                     raise NotAStoreError(
                         f"{text} exists and is not an activation store; choose another --out or delete it"
@@ -163,9 +171,16 @@ class ActivationStoreWriter:
                 exists = False
         if not exists:
             attrs = {
-                "format": FORMAT, "format_version": FORMAT_VERSION, **identity,
-                "n_tokens": 0, "n_examples": 0, "complete": False, "created": now_iso(),
-                "scircuits_version": _version(), "chunk_rows": rows, "compressor": compressor,
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                **identity,
+                "n_tokens": 0,
+                "n_examples": 0,
+                "complete": False,
+                "created": now_iso(),
+                "scircuits_version": _version(),
+                "chunk_rows": rows,
+                "compressor": compressor,
             }
             group = open_group(text, "w-", attributes=attrs)
         else:
@@ -306,7 +321,10 @@ class ActivationStoreWriter:
         raise NonFiniteActivationsError(
             f"example {example_index}: activations hold {', '.join(parts)} among {rows.size} values "
             f"({rows.shape[0]} tokens); nothing of this example was stored",
-            example_index=example_index, n_nan=n_nan, n_inf=n_inf, n_overflow=n_overflow,
+            example_index=example_index,
+            n_nan=n_nan,
+            n_inf=n_inf,
+            n_overflow=n_overflow,
         )
 
     def _write_buffer(self, *, wait: bool) -> None:
@@ -328,8 +346,12 @@ class ActivationStoreWriter:
         arrays, group = self._arrays, self._group
 
         async def write_then_record() -> Any:
-            await asyncio.gather(*(arrays[name].async_array.setitem(slice(start, stop), values)
-                                   for name, values in columns.items()))
+            await asyncio.gather(
+                *(
+                    arrays[name].async_array.setitem(slice(start, stop), values)
+                    for name, values in columns.items()
+                )
+            )
             if progress is None:
                 return group
             return await group.update_attributes_async(_progress_attrs(group, progress))
@@ -357,7 +379,10 @@ class ActivationStoreWriter:
     def _swap_buffers(self) -> None:
         """Fill the other buffer next (its own write finished before the last one started)."""
         if self._spare is None:
-            self._spare = (np.zeros_like(self._buf_acts), {n: np.zeros_like(v) for n, v in self._buf_ids.items()})
+            self._spare = (
+                np.zeros_like(self._buf_acts),
+                {n: np.zeros_like(v) for n, v in self._buf_ids.items()},
+            )
         current = (self._buf_acts, self._buf_ids)
         self._buf_acts, self._buf_ids = self._spare
         self._spare = current
@@ -412,12 +437,14 @@ def _create_missing_arrays(group: Any, d_model: int, dtype: str, attrs: Any) -> 
     rows = int(attrs["chunk_rows"])
     codecs = compressor_codecs(attrs.get("compressor"))
     if ACTS not in group:
-        group.create_array(ACTS, shape=(0, d_model), chunks=(rows, d_model), dtype=dtype,
-                           compressors=codecs, fill_value=0)
+        group.create_array(
+            ACTS, shape=(0, d_model), chunks=(rows, d_model), dtype=dtype, compressors=codecs, fill_value=0
+        )
     for name in ID_ARRAYS:
         if name not in group:
-            group.create_array(name, shape=(0,), chunks=(rows,), dtype=ID_DTYPE, compressors=codecs,
-                               fill_value=0)
+            group.create_array(
+                name, shape=(0,), chunks=(rows,), dtype=ID_DTYPE, compressors=codecs, fill_value=0
+            )
 
 
 _EXPONENT_BITS = {np.dtype("float16"): (np.uint16, 0x7C00), np.dtype("float32"): (np.uint32, 0x7F800000)}

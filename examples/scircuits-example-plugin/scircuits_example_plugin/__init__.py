@@ -9,11 +9,30 @@ from pydantic import BaseModel, ConfigDict, Field
 from scircuits import Ablation, Benchmark, Example, hookimpl
 
 CAPITALS = {
-    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",
-    "China": "Beijing", "Russia": "Moscow", "Egypt": "Cairo", "Greece": "Athens", "Portugal": "Lisbon",
-    "Austria": "Vienna", "Poland": "Warsaw", "Norway": "Oslo", "Sweden": "Stockholm", "Ireland": "Dublin",
-    "Canada": "Ottawa", "Peru": "Lima", "Kenya": "Nairobi", "Cuba": "Havana", "Hungary": "Budapest",
-    "Finland": "Helsinki", "Denmark": "Copenhagen", "Belgium": "Brussels", "Thailand": "Bangkok",
+    "France": "Paris",
+    "Germany": "Berlin",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Japan": "Tokyo",
+    "China": "Beijing",
+    "Russia": "Moscow",
+    "Egypt": "Cairo",
+    "Greece": "Athens",
+    "Portugal": "Lisbon",
+    "Austria": "Vienna",
+    "Poland": "Warsaw",
+    "Norway": "Oslo",
+    "Sweden": "Stockholm",
+    "Ireland": "Dublin",
+    "Canada": "Ottawa",
+    "Peru": "Lima",
+    "Kenya": "Nairobi",
+    "Cuba": "Havana",
+    "Hungary": "Budapest",
+    "Finland": "Helsinki",
+    "Denmark": "Copenhagen",
+    "Belgium": "Brussels",
+    "Thailand": "Bangkok",
 }
 
 
@@ -34,9 +53,15 @@ class CapitalsBenchmark(Benchmark):
         rng = random.Random(seed)
         for i, country in enumerate(countries[:limit]):
             others = [c for c in countries if c != country]
-            shots = "".join(f"The capital of {c} is {CAPITALS[c]}.\n" for c in rng.sample(others, opts.n_shots))
-            yield Example(id=f"capitals/{split}/{i}", prompt=f"{shots}The capital of {country} is",
-                          target=f" {CAPITALS[country]}", meta={"country": country})
+            shots = "".join(
+                f"The capital of {c} is {CAPITALS[c]}.\n" for c in rng.sample(others, opts.n_shots)
+            )
+            yield Example(
+                id=f"capitals/{split}/{i}",
+                prompt=f"{shots}The capital of {country} is",
+                target=f" {CAPITALS[country]}",
+                meta={"country": country},
+            )
 
 
 class SignFlipAblation(Ablation):

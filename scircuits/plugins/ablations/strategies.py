@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
     import torch
 
 
-def _edited_copy(acts: "torch.Tensor", indices: "torch.Tensor", values: "torch.Tensor") -> "torch.Tensor":
+def _edited_copy(acts: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``acts`` with columns ``indices`` of its last dimension replaced by ``values`` (broadcast)."""
     out = acts.clone()
     out[..., indices] = values.to(out.dtype)
@@ -56,7 +57,9 @@ class ResampleOptions(BaseModel):
 
 class ResampleAblation(Ablation):
     name = "resample"
-    description = "Replace the features, at every token, by their values at a random token of other examples (seeded)."
+    description = (
+        "Replace the features, at every token, by their values at a random token of other examples (seeded)."
+    )
     Options = ResampleOptions
 
     def apply(self, acts, indices, stats=None, options=None, generator=None):
@@ -78,7 +81,7 @@ class ClampOptions(BaseModel):
     scale: float | None = Field(default=None, description="multiply the features by this factor")
 
     @model_validator(mode="after")
-    def one_of(self) -> "ClampOptions":
+    def one_of(self) -> ClampOptions:
         if (self.value is None) == (self.scale is None):
             raise ValueError("give exactly one of value (clamp to it) or scale (multiply by it)")
         return self

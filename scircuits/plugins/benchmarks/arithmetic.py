@@ -79,7 +79,7 @@ def answer_of(problem: Problem) -> int:
 
 
 def split_of(problem: Problem) -> str:
-    """"test" or "train": a fixed function of the problem alone."""
+    """ "test" or "train": a fixed function of the problem alone."""
     op, a, b = problem
     digest = hashlib.sha256(f"{op} {a} {b}".encode()).digest()
     return "test" if int.from_bytes(digest[:8], "big") % TEST_FRACTION_DENOMINATOR == 0 else "train"
@@ -122,7 +122,11 @@ class ProblemSpace:
 
 
 def _sample_distinct(
-    space: ProblemSpace, rng: random.Random, split: str, count: int, exclude: Problem | None = None,
+    space: ProblemSpace,
+    rng: random.Random,
+    split: str,
+    count: int,
+    exclude: Problem | None = None,
     operation: str | None = None,
 ) -> Iterator[Problem]:
     """``count`` distinct problems of ``split``, in draw order (rejection sampling)."""
@@ -157,9 +161,13 @@ class ArithmeticBenchmark(Benchmark):
         used_seed = opts.seed if opts.seed is not None else seed
         return self._generate(space, split, used_seed, count, opts)
 
-    def _check_enough_problems(self, space: ProblemSpace, split: str, count: int, opts: ArithmeticOptions) -> None:
+    def _check_enough_problems(
+        self, space: ProblemSpace, split: str, count: int, opts: ArithmeticOptions
+    ) -> None:
         if count > MAX_EXAMPLES:
-            raise ConfigError(f"benchmark 'arithmetic' generates at most {MAX_EXAMPLES:,} examples, asked for {count:,}")
+            raise ConfigError(
+                f"benchmark 'arithmetic' generates at most {MAX_EXAMPLES:,} examples, asked for {count:,}"
+            )
         if space.size() > ENUMERATE_UP_TO:
             return  # at least 160,000 problems per split: any count up to MAX_EXAMPLES fits
         available = space.count_in_split(split)
@@ -185,8 +193,11 @@ class ArithmeticBenchmark(Benchmark):
         problems = _sample_distinct(space, rng, split, count)
         for index, problem in enumerate(problems):
             shot_rng = random.Random(f"arithmetic/shots/{split}/{seed}/{index}")
-            shots = list(_sample_distinct(space, shot_rng, "train", opts.n_shots, exclude=problem,
-                                          operation=problem[0]))
+            shots = list(
+                _sample_distinct(
+                    space, shot_rng, "train", opts.n_shots, exclude=problem, operation=problem[0]
+                )
+            )
             lines = [f"{render(shot)} {answer_of(shot)}" for shot in shots] + [render(problem)]
             op, a, b = problem
             answer = answer_of(problem)
@@ -194,7 +205,12 @@ class ArithmeticBenchmark(Benchmark):
                 id=f"arithmetic/{split}/{index}",
                 prompt="\n".join(lines),
                 target=f" {answer}",
-                meta={"operation": op, "a": a, "b": b, "answer": answer,
-                      "shots": [list(shot) for shot in shots], "seed": seed},
+                meta={
+                    "operation": op,
+                    "a": a,
+                    "b": b,
+                    "answer": answer,
+                    "shots": [list(shot) for shot in shots],
+                    "seed": seed,
+                },
             )
-

@@ -116,7 +116,9 @@ class MathBenchmark(DataFileBenchmark):
             try:
                 box = last_boxed(solution)
             except UnbalancedBoxError as exc:
-                raise DataFormatError(f"{where}: expected the solution's last \\boxed{{...}} to close: {exc}") from None
+                raise DataFormatError(
+                    f"{where}: expected the solution's last \\boxed{{...}} to close: {exc}"
+                ) from None
             if box is None or not box.content.strip():
                 raise DataFormatError(
                     f"{where}: expected the 'solution' to give its answer in \\boxed{{...}} (or \\fbox{{...}}), "
@@ -127,7 +129,7 @@ class MathBenchmark(DataFileBenchmark):
             if opts.type is not None and subject not in opts.type:
                 continue
             if opts.cot == "gold":
-                prompt = f"Problem: {problem}\nSolution: {solution[:box.start]}"
+                prompt = f"Problem: {problem}\nSolution: {solution[: box.start]}"
             else:
                 prompt = f"Problem: {problem}\nAnswer: $\\boxed{{"
             yield Example(

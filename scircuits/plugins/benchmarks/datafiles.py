@@ -45,7 +45,9 @@ def resolve_data_file(benchmark: str, data: str, split: str, suffix: str, expect
         return candidate
     if path.is_file():
         return path
-    raise ConfigError(f"benchmark {benchmark!r}: data path {path} does not exist. Pass --data PATH with {expected}.")
+    raise ConfigError(
+        f"benchmark {benchmark!r}: data path {path} does not exist. Pass --data PATH with {expected}."
+    )
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -98,4 +100,3 @@ class DataFileBenchmark(Benchmark):
 
     def examples_from(self, path: Path, split: str, opts: Any) -> Iterator[Example]:
         raise NotImplementedError
-

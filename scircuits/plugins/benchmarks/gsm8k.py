@@ -49,7 +49,9 @@ def split_answer(answer: str, where: str) -> tuple[str, str]:
     reasoning, final = answer.rsplit(_FINAL, 1)
     final = final.strip()
     if not final:
-        raise DataFormatError(f"{where}: expected a number after '####' at the end of the 'answer', found nothing")
+        raise DataFormatError(
+            f"{where}: expected a number after '####' at the end of the 'answer', found nothing"
+        )
     return _CALCULATOR.sub("", reasoning).strip(), final
 
 
@@ -66,7 +68,9 @@ def numeric_value(text: str) -> int | float | None:
 
 class GSM8KBenchmark(Benchmark):
     name = "gsm8k"
-    description = "GSM8K word problems: the question and its gold reasoning, then the final number (--data PATH)."
+    description = (
+        "GSM8K word problems: the question and its gold reasoning, then the final number (--data PATH)."
+    )
     splits = ("test", "train")
     multiple_choice = False
     Options = GSM8KOptions

@@ -78,14 +78,14 @@ def _option_label(line: str, letter: str) -> tuple[str | None, str]:
 
 def parse_option_lines(option_lines: list[str], first_line: int, path: Path) -> list[str]:
     """The texts of options A-D from the four option lines of a block (see the module docstring)."""
-    parsed = [_option_label(line.strip(), letter) for line, letter in zip(option_lines, LETTERS)]
+    parsed = [_option_label(line.strip(), letter) for line, letter in zip(option_lines, LETTERS, strict=False)]
     labels = [label for label, _ in parsed]
     if all(label is not None for label in labels) and sorted(labels) == list(LETTERS):  # type: ignore[type-var]
         by_label = {label: text.strip() for label, text in parsed}
         texts = [by_label[letter] for letter in LETTERS]
     else:
         texts = []
-        for offset, ((label, text), letter) in enumerate(zip(parsed, LETTERS)):
+        for offset, ((label, text), letter) in enumerate(zip(parsed, LETTERS, strict=False)):
             if label is not None and label != letter:
                 raise DataFormatError(
                     f"{path}, line {first_line + offset}: expected option {letter}, a line starting with "
@@ -113,12 +113,14 @@ def parse_block(lines: list[str], first_line: int, path: Path) -> tuple[str, str
         )
     for offset, (what, text) in ((2, ("context", context)), (3, ("question", question))):
         if not text:
-            raise DataFormatError(f"{path}, line {first_line + offset}: expected the {what}, got an empty line")
+            raise DataFormatError(
+                f"{path}, line {first_line + offset}: expected the {what}, got an empty line"
+            )
     return answer.upper(), context, question, parse_option_lines(lines[4:8], first_line + 4, path)
 
 
 def render_prompt(context: str, question: str, options: list[str]) -> str:
-    lettered = "\n".join(f"{letter}. {text}" for letter, text in zip(LETTERS, options))
+    lettered = "\n".join(f"{letter}. {text}" for letter, text in zip(LETTERS, options, strict=False))
     return f"{context}\nQuestion: {question}\n{lettered}\nAnswer:"
 
 

@@ -53,8 +53,9 @@ class GenericHFAdapter(HFModelAdapter):
 
         if not repo_id:
             raise ConfigError("hf: needs a repository id or a folder, e.g. --model hf:EleutherAI/pythia-70m")
-        return dataclasses.replace(self, name=f"hf:{repo_id}", hf_id=repo_id,
-                                   description=f"{repo_id} (generic Hugging Face adapter)")
+        return dataclasses.replace(
+            self, name=f"hf:{repo_id}", hf_id=repo_id, description=f"{repo_id} (generic Hugging Face adapter)"
+        )
 
     def resolved_for(self, model: Any) -> GenericHFAdapter:
         """This adapter with the block path, sites and sizes of the loaded ``model``."""
@@ -62,10 +63,18 @@ class GenericHFAdapter(HFModelAdapter):
 
         blocks_path, sites, n_layers = find_decoder_blocks(model)
         _, d_model = config_sizes(model.config)
-        return dataclasses.replace(self, blocks_path=blocks_path, site_paths=sites, n_layers=n_layers,
-                                   d_model=d_model, model_type=getattr(model.config, "model_type", ""))
+        return dataclasses.replace(
+            self,
+            blocks_path=blocks_path,
+            site_paths=sites,
+            n_layers=n_layers,
+            d_model=d_model,
+            model_type=getattr(model.config, "model_type", ""),
+        )
 
-    def load(self, *, model_path: str | None = None, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
+    def load(
+        self, *, model_path: str | None = None, dtype: str = "float32", device: str = "cpu"
+    ) -> LoadedModel:
         if self.name == "hf:":
             from scircuits.platform.errors import ConfigError
 

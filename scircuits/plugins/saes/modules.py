@@ -39,6 +39,7 @@ from scircuits.plugins.saes.sparse_ops import (
 
 # -- relu (SAELens "standard") ---------------------------------------------------------------
 
+
 class ReLUSAE(SparseAutoencoder):
     variant = "relu"
     saelens_architecture = "standard"
@@ -84,13 +85,14 @@ def decorrelation_penalty(f: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 # -- topk ------------------------------------------------------------------------------------
 
+
 class TopKSAE(SparseAutoencoder):
     variant = "topk"
     saelens_architecture = "topk"
     unit_norm_decoder = True
     # rows of norm 1/sqrt(3), as a default nn.Linear init gives at any width: measured on
     # bench/train.py, one pass ends at FVU 0.667 against 0.684 with norm-1 rows
-    encoder_init_scale = 3 ** -0.5
+    encoder_init_scale = 3**-0.5
 
     def __init__(self, d_in: int, d_sae: int, hparams: dict[str, Any] | None = None) -> None:
         super().__init__(d_in, d_sae, hparams)
@@ -121,8 +123,9 @@ class TopKSAE(SparseAutoencoder):
             l0 = float(active.sum(dim=-1).float().mean())
         return TrainOutput(terms, x_hat, fired, l0)
 
-    def reconstruction_terms(self, x: torch.Tensor, x_hat: torch.Tensor,
-                             dead_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def reconstruction_terms(
+        self, x: torch.Tensor, x_hat: torch.Tensor, dead_mask: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
         """mse, plus AuxK on the dead latents when there are any; ``loss`` is their weighted sum."""
         terms = {"mse": mse_per_element(x, x_hat)}
         terms["loss"] = terms["mse"]
@@ -152,6 +155,7 @@ class TopKSAE(SparseAutoencoder):
 
 
 # -- batchtopk (saved as SAELens "jumprelu") --------------------------------------------------
+
 
 class BatchTopKSAE(TopKSAE):
     variant = "batchtopk"
@@ -207,6 +211,7 @@ class BatchTopKSAE(TopKSAE):
 
 
 # -- jumprelu --------------------------------------------------------------------------------
+
 
 def _rectangle(u: torch.Tensor) -> torch.Tensor:
     return ((u > -0.5) & (u < 0.5)).to(u.dtype)
@@ -288,6 +293,7 @@ class JumpReLUSAE(SparseAutoencoder):
 
 # -- gated -----------------------------------------------------------------------------------
 
+
 class GatedSAE(SparseAutoencoder):
     """Gated SAE (Rajamanoharan et al. 2024). SAELens' gated architecture has no ``b_enc``: the
     gate bias is ``b_gate`` and the magnitude path is ``W_enc * exp(r_mag)`` with ``b_mag``."""
@@ -335,8 +341,14 @@ class GatedSAE(SparseAutoencoder):
         return TrainOutput(terms, x_hat, fired, l0)
 
     def saelens_tensors(self) -> dict[str, torch.Tensor]:
-        return {"W_enc": self.W_enc, "W_dec": self.W_dec, "b_dec": self.b_dec,
-                "b_gate": self.b_gate, "r_mag": self.r_mag, "b_mag": self.b_mag}
+        return {
+            "W_enc": self.W_enc,
+            "W_dec": self.W_dec,
+            "b_dec": self.b_dec,
+            "b_gate": self.b_gate,
+            "r_mag": self.r_mag,
+            "b_mag": self.b_mag,
+        }
 
 
 MODULES: dict[str, type[SparseAutoencoder]] = {
@@ -346,5 +358,3 @@ MODULES: dict[str, type[SparseAutoencoder]] = {
 
 def build_module(variant: str, d_in: int, d_sae: int, hparams: dict[str, Any]) -> SparseAutoencoder:
     return MODULES[variant](d_in, d_sae, hparams)
-
-

@@ -23,8 +23,14 @@ class _TopKEncode(torch.autograd.Function):
     """(x_centered, W_enc, b_enc) -> (relu'd top-k values, their indices)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, k: int,  # type: ignore[override]
-                bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        w_enc: torch.Tensor,
+        b_enc: torch.Tensor,
+        k: int,  # type: ignore[override]
+        bf16: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         pre = encoder_product(x, w_enc, bf16)
         pre += b_enc
         values, indices = pre.topk(k, dim=-1, sorted=False)
@@ -58,14 +64,16 @@ def scatter_outer(indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tens
     return grad
 
 
-def topk_encode(x_centered: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
-                bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_encode(
+    x_centered: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, k: int, bf16: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k latents of ``relu(x_centered @ W_enc + b_enc)``: (values, indices), each (B, k)."""
     return _TopKEncode.apply(x_centered, w_enc, b_enc, k, bf16)
 
 
-def dense_topk_encode(x_centered: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
-                      bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def dense_topk_encode(
+    x_centered: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, k: int, bf16: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     pre = encoder_product(x_centered, w_enc, bf16) + b_enc
     values, indices = pre.topk(k, dim=-1, sorted=False)
     return values.relu(), indices

@@ -22,7 +22,9 @@ class _Hyperparameters(BaseModel):
 
 
 class ReLUHyperparameters(_Hyperparameters):
-    l1: float = Field(default=3e-3, ge=0, description="L1 coefficient (activations weighted by decoder norms)")
+    l1: float = Field(
+        default=3e-3, ge=0, description="L1 coefficient (activations weighted by decoder norms)"
+    )
     decorrelation: float = Field(default=0.01, ge=0, description="Phase 4 decorrelation coefficient")
     decorrelation_tokens: int = Field(default=256, ge=2, description="tokens per batch used for the penalty")
 
@@ -31,18 +33,23 @@ class TopKHyperparameters(_Hyperparameters):
     k: int = Field(default=32, gt=0)
     auxk_alpha: float = Field(default=1 / 32, ge=0, description="AuxK loss coefficient")
     k_aux: int | None = Field(default=None, gt=0, description="dead latents used by AuxK (default d_in/2)")
-    dead_tokens: int = Field(default=1_000_000, gt=0, description="tokens without firing until a latent is dead")
+    dead_tokens: int = Field(
+        default=1_000_000, gt=0, description="tokens without firing until a latent is dead"
+    )
     sparse: bool = Field(default=True, description="sparse decoder and encoder backward (False: dense eager)")
 
 
 class BatchTopKHyperparameters(TopKHyperparameters):
-    threshold_momentum: float = Field(default=0.99, ge=0, lt=1,
-                                      description="running mean of the smallest kept activation")
+    threshold_momentum: float = Field(
+        default=0.99, ge=0, lt=1, description="running mean of the smallest kept activation"
+    )
 
 
 class JumpReLUHyperparameters(_Hyperparameters):
     l0: float = Field(default=2e-3, ge=0, description="L0 penalty coefficient")
-    bandwidth: float = Field(default=0.05, gt=0, description="rectangle kernel width of the threshold gradient")
+    bandwidth: float = Field(
+        default=0.05, gt=0, description="rectangle kernel width of the threshold gradient"
+    )
     init_threshold: float = Field(default=0.05, gt=0)
 
 
@@ -53,7 +60,9 @@ class GatedHyperparameters(_Hyperparameters):
 class BuiltinSAEVariant(SAEVariant):
     Hyperparameters: ClassVar[type[BaseModel]] = _Hyperparameters
 
-    def build(self, d_in: int, d_sae: int, hparams: Mapping[str, Any] | BaseModel | None = None) -> SparseAutoencoder:
+    def build(
+        self, d_in: int, d_sae: int, hparams: Mapping[str, Any] | BaseModel | None = None
+    ) -> SparseAutoencoder:
         from scircuits.plugins.saes.modules import build_module
 
         parsed = self.parse_hparams(hparams)
@@ -96,5 +105,9 @@ class GatedVariant(BuiltinSAEVariant):
 
 
 BUILTIN_VARIANTS: tuple[type[BuiltinSAEVariant], ...] = (
-    ReLUVariant, TopKVariant, BatchTopKVariant, JumpReLUVariant, GatedVariant,
+    ReLUVariant,
+    TopKVariant,
+    BatchTopKVariant,
+    JumpReLUVariant,
+    GatedVariant,
 )
