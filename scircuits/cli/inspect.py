@@ -25,17 +25,45 @@ DEFAULT_STATS_ROWS = 262_144
     show_default=True,
     help="Statistics on about this many rows (whole chunks spread over the store); 0 = every row.",
 )
-def inspect(store: str, as_json: bool, max_rows: int) -> None:
-    """Show an activation store's attributes, shape, size on disk and per-dimension statistics."""
+@click.option(
+    "--fast",
+    is_flag=True,
+    help="Only check that every data file exists; by default every file is also read and decoded.",
+)
+def inspect(store: str, as_json: bool, max_rows: int, fast: bool) -> None:
+    """Show an activation store's attributes, shape, size on disk and per-dimension statistics,
+    after checking every data file (exit code 2 when any is missing, undecodable or non-finite)."""
     from scircuits.store import ActivationStore
+    from scircuits.store.errors import DamagedStoreError
 
     reader = ActivationStore(store)
+    integrity = reader.verify(fast=fast)
     info = reader.describe()
-    stats = reader.stats(max_rows=max_rows or None)
+    stats = None
+    if not integrity["damaged"]:
+        try:
+            stats = reader.stats(max_rows=max_rows or None)
+        except DamagedStoreError as exc:  # --fast skipped decoding; the statistics found the damage
+            integrity.update(ok=False, damaged=[str(exc)])
     if as_json:
-        echo_json({**info, "stats": _jsonable(stats)})
-        return
-    _print_text(info, stats)
+        echo_json({**info, "integrity": integrity, "stats": None if stats is None else _jsonable(stats)})
+    else:
+        _print_text(info, stats, integrity)
+    if integrity["missing"] or integrity["damaged"]:
+        raise SystemExit(2)
+
+
+def _integrity_line(integrity: dict[str, Any]) -> str:
+    what = "present" if integrity["fast"] else "present and decodable"
+    if integrity["ok"]:
+        return f"  integrity    all {integrity['checked_files']:,} data files {what}"
+    problems = []
+    for key, label in (("missing", "missing"), ("damaged", "cannot be decoded")):
+        if integrity[key]:
+            problems.append(f"{label}: {', '.join(integrity[key][:5])}")
+    if integrity["nonfinite_rows"]:
+        problems.append(f"{integrity['nonfinite_rows']:,} rows hold NaN or inf")
+    return "  DAMAGED      " + "; ".join(problems) + " (delete the store and collect it again)"
 
 
 def _jsonable(value: Any) -> Any:
@@ -58,7 +86,7 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes:.1f} TiB"
 
 
-def _print_text(info: dict[str, Any], stats: dict[str, Any]) -> None:
+def _print_text(info: dict[str, Any], stats: dict[str, Any] | None, integrity: dict[str, Any]) -> None:
     attrs = info["attrs"]
     status = "complete" if info["complete"] else "INCOMPLETE (collection stopped; re-run it to resume)"
     click.echo(f"{info['path']}: {status}")
@@ -72,6 +100,7 @@ def _print_text(info: dict[str, Any], stats: dict[str, Any]) -> None:
         f"  on disk      {_size(info['size_on_disk'])} ({codecs}; acts raw {_size(info['acts_raw_bytes'])}, "
         f"ratio {ratio:.2f})"
     )
+    click.echo(_integrity_line(integrity))
     click.echo("  attributes")
     for key in sorted(attrs):
         value = attrs[key]
@@ -79,6 +108,8 @@ def _print_text(info: dict[str, Any], stats: dict[str, Any]) -> None:
             repr(value) if not isinstance(value, (dict, list)) else f"{type(value).__name__} of {len(value)}"
         )
         click.echo(f"    {key:<18} {text}")
+    if stats is None:
+        return
     click.echo(f"  statistics over {stats['rows']:,} of {stats['rows_total']:,} rows")
     if not stats["rows"]:
         return

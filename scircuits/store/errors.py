@@ -24,6 +24,10 @@ class NotAStoreError(DataFormatError):
     """The path is missing, or is not a format-v1 scircuits activation store."""
 
 
+class DamagedStoreError(NotAStoreError):
+    """A store's data file is missing or cannot be decoded."""
+
+
 class StoreLockedError(ScircuitsError):
     """Another process is writing to the same store."""
 

@@ -13,6 +13,7 @@ from scircuits.platform.errors import ConfigError
 from scircuits.store.batches import BufferCounters, plan_epoch, stream_batches
 from scircuits.store.errors import NotAStoreError
 from scircuits.store.format import ACTS, ID_ARRAYS
+from scircuits.store.integrity import check_blocks_present, check_finite_rows, read_checked, verify
 from scircuits.store.location import read_group, size_on_disk
 from scircuits.store.stats import StatsAccumulator
 
@@ -46,6 +47,7 @@ class ActivationStore:
         self.complete = bool(self.attrs.get("complete", False))
         self.source = self.attrs.get("source")
         self._check_shapes()
+        check_blocks_present(self.path, self._arrays_written_whole(), self.n_tokens)
         self.last_counters = BufferCounters()
         self._count_cache: dict[tuple[str, bytes], np.ndarray] = {}
 
@@ -83,11 +85,29 @@ class ActivationStore:
         """Rows [start, stop) as float32 (read contiguous ranges; use iter_batches for shuffling)."""
         if not 0 <= start <= stop <= self.n_tokens:
             raise IndexError(f"rows [{start}, {stop}) outside the store's {self.n_tokens} rows")
-        return np.asarray(self._acts[start:stop], dtype=np.float32)
+        rows = self._read_acts(start, stop)
+        return rows.astype(np.float32, copy=False)
+
+    def _read_acts(self, start: int, stop: int, example_ids: np.ndarray | None = None) -> np.ndarray:
+        """Rows [start, stop) as stored; a damaged file or a non-finite row is an error naming it."""
+        rows = read_checked(self.path, self._acts, start, stop)
+        if example_ids is None and stop > start:
+            example_ids = self.read_ids("example_ids", start, stop)
+        check_finite_rows(self.path, rows, start, example_ids)
+        return rows
 
     def read_ids(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         stop = self.n_tokens if stop is None else stop
-        return np.asarray(self._ids[name][start:stop], dtype=np.int32)
+        return read_checked(self.path, self._ids[name], start, stop).astype(np.int32, copy=False)
+
+    def _arrays_written_whole(self) -> dict[str, Any]:
+        """Arrays whose every block must exist on disk. Our writer writes even fill-value blocks
+        ("chunk_rows" marks its stores); another tool may skip an all-zero id block, never acts."""
+        return {ACTS: self._acts, **(self._ids if "chunk_rows" in self.attrs else {})}
+
+    def verify(self, *, fast: bool = False) -> dict[str, Any]:
+        """Check every data file: present and, unless ``fast``, decodable with finite values."""
+        return verify(self.path, self._arrays_written_whole(), self.n_tokens, fast=fast)
 
     @cached_property
     def token_ids(self) -> np.ndarray:
@@ -258,7 +278,8 @@ class ActivationStore:
 
         def read_block(start: int, stop: int, with_ids: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
             names = ID_ARRAYS if with_ids else ("example_ids",)
-            return np.asarray(self._acts[start:stop]), {n: self.read_ids(n, start, stop) for n in names}
+            ids = {n: self.read_ids(n, start, stop) for n in names}
+            return self._read_acts(start, stop, ids["example_ids"]), ids
 
         def select_rows(start: int, stop: int, ids: dict[str, np.ndarray]) -> np.ndarray:
             return self._selected(ids["example_ids"], split, eval_ids)
@@ -290,7 +311,7 @@ class ActivationStore:
             bounds = [candidates[i] for i in picks]
         acc = StatsAccumulator(self.d_model)
         for start, stop in bounds:
-            acc.add(np.asarray(self._acts[start:stop]))
+            acc.add(read_checked(self.path, self._acts, start, stop))
         result = acc.result()
         result["rows_total"] = self.n_tokens
         return result

@@ -47,6 +47,7 @@ from scircuits.store.format import (
     identity_of,
     normalise_compressor,
 )
+from scircuits.store.integrity import all_finite
 from scircuits.store.location import WriterLock, check_format, local_path, open_group, remove_partial_files
 
 _FIRST_CAPACITY_CHUNKS = 16
@@ -87,7 +88,8 @@ class ActivationStoreWriter:
         if short or acts.shape[1:] != (self.d_model,):
             raise NotAStoreError(
                 f"{path}: arrays {', '.join(short) or ACTS} do not match the recorded progress "
-                f"({self._recorded_tokens} tokens of width {self.d_model}); delete the store and collect again"
+                f"({self._recorded_tokens} tokens of width {self.d_model}); "
+                "delete the store and collect again"
             )
         self._pending: deque[tuple[int, int]] = deque()  # (end row, examples counted at that end)
         # Double buffering: one chunk is written in the background while the next one fills.
@@ -310,7 +312,7 @@ class ActivationStoreWriter:
             rows = rows.astype(np.float32)
         with np.errstate(over="ignore"):
             stored = np.ascontiguousarray(rows, dtype=self.dtype)
-        if _all_finite(stored):
+        if all_finite(stored):
             return stored
         n_nan = int(np.isnan(rows).sum())
         n_inf = int(np.isinf(rows).sum())
@@ -445,15 +447,6 @@ def _create_missing_arrays(group: Any, d_model: int, dtype: str, attrs: Any) -> 
             group.create_array(
                 name, shape=(0,), chunks=(rows,), dtype=ID_DTYPE, compressors=codecs, fill_value=0
             )
-
-
-_EXPONENT_BITS = {np.dtype("float16"): (np.uint16, 0x7C00), np.dtype("float32"): (np.uint32, 0x7F800000)}
-
-
-def _all_finite(values: np.ndarray) -> bool:
-    """No NaN or inf: checked on the exponent bits (float16 arithmetic is slow on many CPUs)."""
-    uint, mask = _EXPONENT_BITS[values.dtype]
-    return values.size == 0 or int(np.bitwise_and(values.view(uint), mask).max()) != mask
 
 
 def _as_numpy(values: Any) -> np.ndarray:

@@ -1,0 +1,241 @@
+"""One rule for every artifact folder the tool writes (SAE checkpoints, causal results, runs, ...).
+
+- A folder the tool writes carries a marker file, ``.scircuits-artifact.json``, naming its kind and
+  identity (the content key of the settings that made it). The tool only ever removes or overwrites
+  a folder whose marker it wrote; anything else is refused with a message that says what to do.
+- A folder made with other settings is never deleted: it is moved aside to a sibling
+  ``<name>.superseded-<UTC time>`` folder, and the message says where.
+- Writers hold an exclusive lock on the folder (``flock``, released when the process dies).
+- Multi-file state is published by one rename (:func:`publish_dir`), and temporary files that a
+  killed process left behind are removed when their process is gone (:func:`remove_orphans`).
+- Writability is checked before heavy work (:func:`check_writable`).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scircuits.platform.errors import ScircuitsError
+
+MARKER_FILE = ".scircuits-artifact.json"
+LOCK_FILE = ".scircuits-lock"
+_TMP_PATTERN = re.compile(r"\.tmp-(\d+)$")
+
+
+class ArtifactError(ScircuitsError):
+    """An artifact folder cannot be used as asked: not ours, locked, or not writable."""
+
+
+@dataclass(frozen=True)
+class Marker:
+    kind: str
+    identity: str
+    created: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "identity": self.identity, "created": self.created}
+
+
+def read_marker(folder: Path) -> Marker | None:
+    """The folder's marker, or None when it has none (or an unreadable one)."""
+    try:
+        data = json.loads((folder / MARKER_FILE).read_text())
+        return Marker(kind=str(data["kind"]), identity=str(data["identity"]), created=str(data["created"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_marker(folder: Path, kind: str, identity: str) -> Marker:
+    marker = Marker(kind=kind, identity=identity, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    write_text_atomic(folder / MARKER_FILE, json.dumps(marker.to_json(), indent=2) + "\n")
+    return marker
+
+
+def _user_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in (MARKER_FILE, LOCK_FILE))
+
+
+def claim(folder: Path, kind: str, identity: str, *, option: str = "--out") -> str:
+    """Make ``folder`` this artifact's home. Returns "new", "same" (made with the same identity: the
+    caller may resume or skip) or "superseded" (an earlier artifact of this kind was moved aside).
+
+    Refuses a folder holding files the tool did not write, or an artifact of another kind.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ArtifactError(f"{folder} is a file, not a folder: choose another {option}")
+    if not folder.exists() or not _user_files(folder):
+        check_writable(folder, option=option)
+        write_marker(folder, kind, identity)
+        return "new"
+    marker = read_marker(folder)
+    if marker is None:
+        shown = ", ".join(_user_files(folder)[:3])
+        raise ArtifactError(
+            f"{folder} holds files scircuits did not write ({shown}...): it will not remove or "
+            f"overwrite them; choose another {option} or move them away"
+        )
+    if marker.kind != kind:
+        raise ArtifactError(f"{folder} holds a {marker.kind} artifact, not a {kind}: choose another {option}")
+    if marker.identity == identity:
+        return "same"
+    aside = move_aside(folder)
+    write_marker(folder, kind, identity)
+    return f"superseded:{aside}"
+
+
+def move_aside(folder: Path) -> Path:
+    """Rename ``folder`` to a new sibling ``<name>.superseded-<time>``; the folder is recreated empty."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = folder.with_name(f"{folder.name}.superseded-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{folder.name}.superseded-{stamp}-{n}")
+    os.replace(folder, target)
+    folder.mkdir()
+    return target
+
+
+class FolderLock:
+    """An exclusive lock on an artifact folder; a second writer is refused at once."""
+
+    def __init__(self, folder: Path, what: str = "artifact") -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise ArtifactError(
+                f"{folder}: another scircuits process is writing this {what}; wait for it to finish "
+                "or write elsewhere"
+            ) from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def tmp_name(path: Path) -> Path:
+    """The temporary sibling a process writes before renaming onto ``path``."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = tmp_name(path)
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def publish_dir(staging: Path, final: Path) -> None:
+    """Publish a folder of files written under ``staging`` as ``final`` with one rename.
+
+    An existing ``final`` (an older state) is renamed away first and removed after; a kill between
+    the two renames leaves the old state under ``.<name>.old-<pid>`` and no ``final``, which
+    :func:`recover_published` puts back. Readers therefore see the old state or the new, whole.
+    """
+    for path in staging.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover_published(final: Path) -> None:
+    """Undo a publish_dir killed between its renames: restore the old state if no new one exists."""
+    olds = sorted(final.parent.glob(f".{final.name}.old-*"))
+    for old in olds:
+        if not final.exists():
+            os.replace(old, final)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_orphans(folder: Path) -> list[Path]:
+    """Remove ``*.tmp-PID`` files and folders in ``folder`` whose process no longer runs."""
+    removed: list[Path] = []
+    if not Path(folder).is_dir():
+        return removed
+    for path in Path(folder).iterdir():
+        match = _TMP_PATTERN.search(path.name)
+        if match is None or int(match.group(1)) == os.getpid() or _pid_alive(int(match.group(1))):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def check_writable(folder: Path, *, option: str = "--out") -> None:
+    """Create ``folder`` if needed and prove a file can be written there, before any heavy work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tmp_name(folder / ".write-probe")
+        with open(probe, "wb") as fh:
+            fh.write(b"0" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
+        probe.unlink()
+    except OSError as exc:
+        raise ArtifactError(
+            f"{folder}: cannot write here ({describe_os_error(exc)}); choose another {option}"
+        ) from None
+
+
+def describe_os_error(exc: OSError) -> str:
+    reasons: dict[int, str] = {
+        errno.EACCES: "permission denied",
+        errno.EROFS: "read-only file system",
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.ENAMETOOLONG: "the path is too long",
+        errno.ENOTDIR: "a part of the path is a file",
+    }
+    return reasons.get(exc.errno or -1, exc.strerror or str(exc))
+
+
+def describe(result: str) -> dict[str, Any]:
+    """claim()'s result as a dict: {"state": new|same|superseded, "moved_to": path or None}."""
+    state, _, aside = result.partition(":")
+    return {"state": state, "moved_to": aside or None}
