@@ -4,11 +4,11 @@ The names below are the public plugin API. Third-party plugins import only these
 imports torch, transformers or nnsight: heavy libraries load when a plugin actually does work.
 """
 
-from scircuits.platform.ablations import Ablation, FeatureStats
-from scircuits.platform.benchmarks import Benchmark, Example
-from scircuits.platform.hookspecs import hookimpl
-from scircuits.platform.models import HFModelAdapter, LoadedModel, ModelAdapter, Site
-from scircuits.platform.saes import SAEVariant
+from scircuits.platform.contract.ablations import Ablation, FeatureStats
+from scircuits.platform.contract.benchmarks import Benchmark, Example
+from scircuits.platform.contract.hookspecs import hookimpl
+from scircuits.platform.contract.models import HFModelAdapter, LoadedModel, ModelAdapter, Site
+from scircuits.platform.contract.saes import SAEVariant
 
 __version__ = "0.1.0"
 

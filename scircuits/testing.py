@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from scircuits.platform.models import LoadedModel, ModelAdapter
+from scircuits.platform.contract.models import LoadedModel, ModelAdapter
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 TINY_CHARACTERS = "".join(c for c in string.printable if c not in "\r\x0b\x0c")
@@ -62,7 +62,7 @@ def tiny_tokenizer() -> Any:
 def _adapter(adapter: str | ModelAdapter) -> ModelAdapter:
     if isinstance(adapter, ModelAdapter):
         return adapter
-    from scircuits.platform.plugins import get_plugins
+    from scircuits.platform.manager.plugin_set import get_plugins
 
     return get_plugins().models.get(adapter)
 
@@ -72,7 +72,7 @@ def tiny_model(adapter: str | ModelAdapter, seed: int = 0, **config_overrides: A
     import torch
     from transformers import AutoModelForCausalLM
 
-    from scircuits.platform.hf_loading import tiny_config
+    from scircuits.platform.contract.hf_loading import tiny_config
 
     adapter = _adapter(adapter)
     tokenizer = tiny_tokenizer()
@@ -98,7 +98,7 @@ def tiny_loaded_model(adapter: str | ModelAdapter, seed: int = 0, **config_overr
     For the generic ``hf:`` adapter pass a specialised adapter with a ``model_type``; its block
     path is discovered as when loading real weights.
     """
-    from scircuits.platform.hf_loading import loaded_model
+    from scircuits.platform.contract.hf_loading import loaded_model
 
     adapter = _adapter(adapter)
     model = tiny_model(adapter, seed, **config_overrides)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from scircuits.platform.plugins import load_plugins
+from scircuits.platform.manager.plugin_set import load_plugins
 from tests.cli_helpers import run_cli
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scircuits.platform.sae_module import SparseAutoencoder
-from scircuits.platform.scoring import make_batch
-from scircuits.platform.sequences import EncodedSequence
-from scircuits.platform.splice import SplitModel, clean_logits, nnsight_site_logits, spliced_output
+from scircuits.platform.contract.sae_module import SparseAutoencoder
+from scircuits.platform.model.scoring import make_batch
+from scircuits.platform.model.sequences import EncodedSequence
+from scircuits.platform.model.splice import SplitModel, clean_logits, nnsight_site_logits, spliced_output
 from scircuits.testing import tiny_loaded_model
 
 ARCHITECTURES = [
@@ -115,8 +115,8 @@ def test_gradient_flows_to_the_site_value():
 
 @pytest.mark.slow
 def test_splice_is_exact_on_smollm2(smollm2):
-    from scircuits.platform.plugins import get_plugins
-    from scircuits.platform.scoring import layout_examples
+    from scircuits.platform.manager.plugin_set import get_plugins
+    from scircuits.platform.model.scoring import layout_examples
 
     examples = list(get_plugins().benchmarks.get("arithmetic").examples("test", 4, 0, {}))
     sequences, _ = layout_examples(smollm2.tokenizer, examples)

@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from scircuits.platform.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError
 from scircuits.store import ActivationStore
 from scircuits.store.synthetic import write_synthetic_store
 
@@ -59,7 +59,10 @@ def test_every_train_row_exactly_once_per_epoch_and_never_an_eval_row(store):
 
 def test_batches_carry_the_stored_rows(store):
     reference = store.read_rows(0, store.n_tokens)
-    index = {key: i for i, key in enumerate(zip(store.example_ids.tolist(), store.positions.tolist(), strict=False))}
+    index = {
+        key: i
+        for i, key in enumerate(zip(store.example_ids.tolist(), store.positions.tolist(), strict=False))
+    }
     for batch in store.iter_labelled_batches(16, seed=1, split="all", shuffle_buffer_rows=40):
         rows = [index[(int(e), int(p))] for e, p in zip(batch.example_ids, batch.positions, strict=False)]
         np.testing.assert_array_equal(batch.acts.numpy(), reference[rows])
@@ -85,8 +88,14 @@ def test_deterministic_per_seed_and_different_per_epoch_and_seed(store):
 def test_rows_are_mixed_across_chunks(store):
     """A batch draws rows from several chunks, not one chunk's rows in a run."""
     batch = next(iter(store.iter_labelled_batches(32, seed=0, split="all", shuffle_buffer_rows=128)))
-    row_index = {key: i for i, key in enumerate(zip(store.example_ids.tolist(), store.positions.tolist(), strict=False))}
-    chunks = {row_index[(int(e), int(p))] // CHUNK_ROWS for e, p in zip(batch.example_ids, batch.positions, strict=False)}
+    row_index = {
+        key: i
+        for i, key in enumerate(zip(store.example_ids.tolist(), store.positions.tolist(), strict=False))
+    }
+    chunks = {
+        row_index[(int(e), int(p))] // CHUNK_ROWS
+        for e, p in zip(batch.example_ids, batch.positions, strict=False)
+    }
     assert len(chunks) >= 3
 
 

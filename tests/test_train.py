@@ -9,10 +9,10 @@ import torch
 from click.testing import CliRunner
 
 from scircuits.cli.train import train as train_command
-from scircuits.platform.checkpoint import LOG_FILE, META_FILE, STATE_META_FILE, WEIGHTS_FILE, load_sae
 from scircuits.platform.config import TrainConfig
-from scircuits.platform.errors import ConfigError
-from scircuits.platform.training import apply_preset, geometric_median, train
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.train.checkpoint import LOG_FILE, META_FILE, STATE_META_FILE, WEIGHTS_FILE, load_sae
+from scircuits.platform.train.training import apply_preset, geometric_median, train
 from scircuits.store.synthetic import write_synthetic_store
 
 D_MODEL = 16

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from scircuits import __version__
-from scircuits.platform.errors import ScircuitsError
+from scircuits.platform.contract.errors import ScircuitsError
 
 # command name -> "module:attribute"
 COMMANDS: dict[str, str] = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scircuits.platform.errors import DataFormatError, ScircuitsError
+from scircuits.platform.contract.errors import DataFormatError, ScircuitsError
 
 
 class StoreMismatchError(ScircuitsError):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
-from scircuits.platform.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError
 from scircuits.store.batches import BufferCounters, plan_epoch, stream_batches
 from scircuits.store.errors import NotAStoreError
 from scircuits.store.format import ACTS, ID_ARRAYS

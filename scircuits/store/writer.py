@@ -23,8 +23,8 @@ import numpy as np
 from zarr.core.sync import sync as zarr_sync
 from zarr.errors import NodeNotFoundError
 
-from scircuits.platform.errors import ScircuitsError
-from scircuits.platform.provenance import now_iso
+from scircuits.platform.common.provenance import now_iso
+from scircuits.platform.contract.errors import ScircuitsError
 from scircuits.store.errors import (
     NonFiniteActivationsError,
     NotAStoreError,

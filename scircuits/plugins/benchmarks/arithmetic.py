@@ -33,7 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from scircuits import Benchmark, Example
-from scircuits.platform.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError
 from scircuits.plugins.benchmarks.datafiles import check_limit
 
 Operation = Literal["+", "-", "*"]

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from scircuits import Example
-from scircuits.platform.errors import DataFormatError
+from scircuits.platform.contract.errors import DataFormatError
 from scircuits.plugins.benchmarks.boxed import UnbalancedBoxError, last_boxed
 from scircuits.plugins.benchmarks.datafiles import DataFileBenchmark, read_jsonl, require_text
 

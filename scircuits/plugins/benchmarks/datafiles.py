@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from scircuits import Benchmark, Example
-from scircuits.platform.errors import ConfigError, DataFormatError
+from scircuits.platform.contract.errors import ConfigError, DataFormatError
 
 T = TypeVar("T")
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from scircuits import Benchmark, Example
-from scircuits.platform.errors import ConfigError, DataFormatError
+from scircuits.platform.contract.errors import ConfigError, DataFormatError
 from scircuits.plugins.benchmarks.datafiles import read_jsonl, require_text, resolve_data_file, take
 
 HF_DATASET = "openai/gsm8k"

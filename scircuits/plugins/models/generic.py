@@ -21,8 +21,8 @@ def find_decoder_blocks(model: Any) -> tuple[str, dict[str, str], int]:
     """(blocks_path, site_paths, n_layers) of a transformers causal LM."""
     import torch
 
-    from scircuits.platform.errors import ConfigError
-    from scircuits.platform.hf_loading import config_sizes
+    from scircuits.platform.contract.errors import ConfigError
+    from scircuits.platform.contract.hf_loading import config_sizes
 
     n_layers, _ = config_sizes(model.config)
     for path, module in model.named_modules():
@@ -49,7 +49,7 @@ class GenericHFAdapter(HFModelAdapter):
     remote: bool = True  # whether NDIF serves a given repo is NDIF's to say
 
     def specialize(self, repo_id: str) -> GenericHFAdapter:
-        from scircuits.platform.errors import ConfigError
+        from scircuits.platform.contract.errors import ConfigError
 
         if not repo_id:
             raise ConfigError("hf: needs a repository id or a folder, e.g. --model hf:EleutherAI/pythia-70m")
@@ -59,7 +59,7 @@ class GenericHFAdapter(HFModelAdapter):
 
     def resolved_for(self, model: Any) -> GenericHFAdapter:
         """This adapter with the block path, sites and sizes of the loaded ``model``."""
-        from scircuits.platform.hf_loading import config_sizes
+        from scircuits.platform.contract.hf_loading import config_sizes
 
         blocks_path, sites, n_layers = find_decoder_blocks(model)
         _, d_model = config_sizes(model.config)
@@ -76,7 +76,7 @@ class GenericHFAdapter(HFModelAdapter):
         self, *, model_path: str | None = None, dtype: str = "float32", device: str = "cpu"
     ) -> LoadedModel:
         if self.name == "hf:":
-            from scircuits.platform.errors import ConfigError
+            from scircuits.platform.contract.errors import ConfigError
 
             raise ConfigError("name the model after the prefix: --model hf:ORG/NAME")
         loaded = super().load(model_path=model_path, dtype=dtype, device=device)

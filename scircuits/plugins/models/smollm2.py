@@ -59,7 +59,7 @@ def converted_folder(gguf: Path, sha256: str) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from scircuits.platform.provenance import base_provenance
+    from scircuits.platform.common.provenance import base_provenance
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
@@ -98,7 +98,7 @@ class SmolLM2Adapter(HFModelAdapter):
 
     def check_weights(self, model_path: str | None = None):
         """WeightsSource for the pipeline's early check (see hf_loading.check_weights_available)."""
-        from scircuits.platform.hf_loading import WeightsSource, check_hub_repo, check_local_folder
+        from scircuits.platform.contract.hf_loading import WeightsSource, check_hub_repo, check_local_folder
 
         gguf = self.gguf_source(model_path)
         if gguf is not None:
@@ -108,7 +108,7 @@ class SmolLM2Adapter(HFModelAdapter):
         try:
             return check_hub_repo(self, self.hf_id)
         except Exception as exc:
-            from scircuits.platform.errors import WeightsUnavailableError
+            from scircuits.platform.contract.errors import WeightsUnavailableError
 
             if isinstance(exc, WeightsUnavailableError):
                 raise WeightsUnavailableError(
@@ -119,8 +119,8 @@ class SmolLM2Adapter(HFModelAdapter):
     def load(
         self, *, model_path: str | None = None, dtype: str = "float32", device: str = "cpu"
     ) -> LoadedModel:
-        from scircuits.platform.hf_loading import load_hf_model, load_pretrained, loaded_model
-        from scircuits.platform.provenance import file_sha256
+        from scircuits.platform.common.provenance import file_sha256
+        from scircuits.platform.contract.hf_loading import load_hf_model, load_pretrained, loaded_model
 
         gguf = self.gguf_source(model_path)
         if gguf is None:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from scircuits.platform.sae_module import (
+from scircuits.platform.contract.sae_module import (
     SparseAutoencoder,
     TrainOutput,
     encoder_product,

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scircuits import SAEVariant
 
 if TYPE_CHECKING:
-    from scircuits.platform.sae_module import SparseAutoencoder
+    from scircuits.platform.contract.sae_module import SparseAutoencoder
 
 
 class _Hyperparameters(BaseModel):

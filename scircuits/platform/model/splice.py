@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from scircuits.platform.errors import ScircuitsError
-from scircuits.platform.models import LoadedModel, Site
-from scircuits.platform.scoring import SequenceBatch
+from scircuits.platform.contract.errors import ScircuitsError
+from scircuits.platform.contract.models import LoadedModel, Site
+from scircuits.platform.model.scoring import SequenceBatch
 
 FeatureEdit = Callable[[torch.Tensor], torch.Tensor]  # feature activations (..., d_sae) -> edited
 
@@ -86,11 +86,14 @@ def nnsight_site_logits(
     """Full logits (B, T, V) with the site's output replaced by ``transform(output)`` inside an nnsight trace."""
     wrapped = nnsight_model(loaded)
     path = loaded.site_path(layer, site)
-    with torch.no_grad(), wrapped.trace(
-        batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
+    with (
+        torch.no_grad(),
+        wrapped.trace(
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        ),
     ):
         if transform is not None:
             env = envoy_at(wrapped, path)

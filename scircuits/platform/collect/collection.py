@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from scircuits.platform.config import CollectConfig
-from scircuits.platform.errors import ConfigError
-from scircuits.platform.tracing import RemoteBackend
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.model.tracing import RemoteBackend
 
 # Examples are encoded and sorted by length within windows of this many batches, so a batch pads
 # little; they are stored in benchmark order.
@@ -120,7 +120,7 @@ def run_collect(config: CollectConfig, *, remote_backend: RemoteBackend = True) 
     ``remote_backend`` applies when ``config.remote``: True runs on NDIF, "local" runs nnsight's
     offline stand-in of the remote path (tests).
     """
-    from scircuits.platform.plugins import get_plugins
+    from scircuits.platform.manager.plugin_set import get_plugins
 
     plugins = get_plugins()
     adapter = plugins.models.get(config.model)
@@ -136,11 +136,11 @@ def run_collect(config: CollectConfig, *, remote_backend: RemoteBackend = True) 
             return done
 
     if config.remote:
-        from scircuits.platform.tracing import load_remote
+        from scircuits.platform.model.tracing import load_remote
 
         loaded = load_remote(adapter, model_path=config.model_path, backend=remote_backend)
     else:
-        from scircuits.platform.hf_loading import check_weights_available
+        from scircuits.platform.contract.hf_loading import check_weights_available
 
         check_weights_available(adapter, config.model_path)
         loaded = adapter.load(
@@ -176,9 +176,9 @@ def sequence_limit(config: CollectConfig, loaded: Any) -> int | None:
 def trace_into_store(
     config: CollectConfig, loaded: Any, layer: int, benchmark: Any, options: Any
 ) -> CollectSummary:
-    from scircuits.platform.progress import progress
-    from scircuits.platform.sequences import encode_example
-    from scircuits.platform.tracing import SiteTracer
+    from scircuits.platform.common.progress import progress
+    from scircuits.platform.model.sequences import encode_example
+    from scircuits.platform.model.tracing import SiteTracer
     from scircuits.store import ActivationStoreWriter
 
     start = time.monotonic()

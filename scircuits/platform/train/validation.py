@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from scircuits.platform.metrics import ReconstructionStats, mean_max_cosine
+from scircuits.platform.train.metrics import ReconstructionStats, mean_max_cosine
 
 MMCS_THRESHOLD = 0.9
 
@@ -106,8 +106,8 @@ def validate_variant(
     hparams: dict[str, Any] | None = None,
     threads: int | None = 1,
 ) -> VariantResult:
-    from scircuits.platform.plugins import get_plugins
-    from scircuits.platform.training import SAETrainer
+    from scircuits.platform.manager.plugin_set import get_plugins
+    from scircuits.platform.train.training import SAETrainer
 
     setup = setup or PlantedSetup()
     chosen = {**VALIDATE_HPARAMS.get(name, {}), **(hparams or {})}

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scircuits.platform.errors import ConfigError, WeightsUnavailableError
+from scircuits.platform.contract.errors import ConfigError, WeightsUnavailableError
 
 if TYPE_CHECKING:
     import torch
 
-    from scircuits.platform.models import LoadedModel, ModelAdapter
+    from scircuits.platform.contract.models import LoadedModel, ModelAdapter
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -235,7 +235,7 @@ def loaded_model(
     device: str,
 ) -> LoadedModel:
     """Wrap a loaded transformers model: eval mode, sizes read from its config."""
-    from scircuits.platform.models import LoadedModel
+    from scircuits.platform.contract.models import LoadedModel
 
     model.eval()
     n_layers, d_model = config_sizes(model.config)

@@ -83,7 +83,7 @@ class ModelAdapter:
 
     def resolve_site(self, layer: int | None, site: str | Site, n_layers: int | None = None) -> int:
         """The layer (default: the adapter's) after checking that it and the site exist; ConfigError if not."""
-        from scircuits.platform.errors import ConfigError
+        from scircuits.platform.contract.errors import ConfigError
 
         try:
             resolved = self.layer_or_default(layer, n_layers)
@@ -131,13 +131,13 @@ class HFModelAdapter(ModelAdapter):
     def load(
         self, *, model_path: str | None = None, dtype: str = "float32", device: str = "cpu"
     ) -> LoadedModel:
-        from scircuits.platform.hf_loading import load_hf_model
+        from scircuits.platform.contract.hf_loading import load_hf_model
 
         return load_hf_model(self, model_path=model_path, dtype=dtype, device=device)
 
     def tiny_config(self) -> Any:
         """A small transformers config of this architecture, for tests on random weights."""
-        from scircuits.platform.hf_loading import tiny_config
+        from scircuits.platform.contract.hf_loading import tiny_config
 
         return tiny_config(self)
 

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from scircuits.platform.options import defaults, parse_options
+from scircuits.platform.contract.options import defaults, parse_options
 
 if TYPE_CHECKING:
-    from scircuits.platform.sae_module import SparseAutoencoder
+    from scircuits.platform.contract.sae_module import SparseAutoencoder
 
 
 class NoHyperparameters(BaseModel):

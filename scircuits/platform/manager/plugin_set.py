@@ -19,9 +19,9 @@ from typing import Any
 
 import pluggy
 
-from scircuits.platform import hookspecs
-from scircuits.platform.errors import PluginConflictError
-from scircuits.platform.registry import Registry
+from scircuits.platform.contract import hookspecs
+from scircuits.platform.contract.errors import PluginConflictError
+from scircuits.platform.manager.registry import Registry
 
 ENTRY_POINT_GROUP = "scircuits"
 ALLOW_LIST_ENV = "SCIRCUITS_LOAD_PLUGINS"
@@ -51,10 +51,10 @@ class PluginInfo:
 
 
 def _family_base(family: str) -> type:
-    from scircuits.platform.ablations import Ablation
-    from scircuits.platform.benchmarks import Benchmark
-    from scircuits.platform.models import ModelAdapter
-    from scircuits.platform.saes import SAEVariant
+    from scircuits.platform.contract.ablations import Ablation
+    from scircuits.platform.contract.benchmarks import Benchmark
+    from scircuits.platform.contract.models import ModelAdapter
+    from scircuits.platform.contract.saes import SAEVariant
 
     return {"models": ModelAdapter, "benchmarks": Benchmark, "saes": SAEVariant, "ablations": Ablation}[
         family

@@ -12,7 +12,7 @@ Training details:
   asks (gradient component parallel to each row removed before the step, rows renormalised after);
 - dead latents: tokens since each latent last fired (variants with AuxK get a dead mask);
 - every ``eval_every`` steps and at the end: FVU, L0, dead fraction, MSE on held-out examples
-  (``scircuits.platform.metrics``), appended to ``train_log.jsonl``;
+  (``scircuits.platform.train.metrics``), appended to ``train_log.jsonl``;
 - every ``checkpoint_every`` steps: the full training state (weights, Adam moments, step, epoch,
   position in the epoch, dead-latent counters, RNG) so ``--resume`` ends with the same weights as
   an uninterrupted run. Under DDP every rank reads a disjoint share of each epoch; gradients are
@@ -31,13 +31,19 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from scircuits.platform import checkpoint as ckpt
+from scircuits.platform.common.progress import progress
 from scircuits.platform.config import TrainConfig
-from scircuits.platform.distributed import DistContext, all_reduce_, from_environment, launch, under_launcher
-from scircuits.platform.errors import ConfigError
-from scircuits.platform.metrics import ReconstructionStats
-from scircuits.platform.progress import progress
-from scircuits.platform.sae_module import SparseAutoencoder, TrainOutput
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.sae_module import SparseAutoencoder, TrainOutput
+from scircuits.platform.train import checkpoint as ckpt
+from scircuits.platform.train.distributed import (
+    DistContext,
+    all_reduce_,
+    from_environment,
+    launch,
+    under_launcher,
+)
+from scircuits.platform.train.metrics import ReconstructionStats
 
 if TYPE_CHECKING:
     from scircuits.store import ActivationStore
@@ -183,7 +189,7 @@ class SAETrainer:
 
     @torch.no_grad()
     def evaluate(self, batches: Iterator[torch.Tensor], max_tokens: int) -> dict[str, Any]:
-        """FVU, L0, dead fraction, MSE on raw activations (``scircuits.platform.metrics``)."""
+        """FVU, L0, dead fraction, MSE on raw activations (``scircuits.platform.train.metrics``)."""
         sae = self.sae
         was_training = sae.training
         sae.eval()
@@ -300,7 +306,7 @@ def open_store(path: str) -> ActivationStore:
 
 
 def _train_rank(config: TrainConfig, dist: DistContext, stop_after_steps: int | None) -> None:
-    from scircuits.platform.plugins import get_plugins
+    from scircuits.platform.manager.plugin_set import get_plugins
 
     torch.manual_seed(config.seed)
     out = Path(config.out)
@@ -550,7 +556,7 @@ def _train_job(config_values: dict[str, Any], device: str) -> str:
 def train_many(configs: list[TrainConfig], devices: list[str]) -> list[Path]:
     """Train independent SAEs, one at a time per device (``--device cuda:0,cuda:1`` with several
     stores or variants). Each job runs in its own process; returns the checkpoint directories."""
-    from scircuits.platform.distributed import run_jobs_on_devices
+    from scircuits.platform.train.distributed import run_jobs_on_devices
 
     if len(configs) == 1 and len(devices) == 1:
         return [train(configs[0].model_copy(update={"device": devices[0]}))]

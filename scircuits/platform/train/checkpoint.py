@@ -25,13 +25,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scircuits.platform.errors import DataFormatError
-from scircuits.platform.provenance import base_provenance
+from scircuits.platform.common.provenance import base_provenance
+from scircuits.platform.contract.errors import DataFormatError
 
 if TYPE_CHECKING:
     import torch
 
-    from scircuits.platform.sae_module import SparseAutoencoder
+    from scircuits.platform.contract.sae_module import SparseAutoencoder
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -174,7 +174,7 @@ def load_sae(path: str | Path, device: str = "cpu") -> tuple[SparseAutoencoder, 
     """
     from safetensors.torch import load_file
 
-    from scircuits.platform.plugins import get_plugins
+    from scircuits.platform.manager.plugin_set import get_plugins
 
     root = Path(path)
     if not root.is_dir():
