@@ -171,3 +171,39 @@ def test_reader_holds_at_most_buffer_plus_one_chunk(tmp_path):
     assert counters.blocks_read == -(-store.n_tokens // chunk_rows) and counters.rows_read == store.n_tokens
     bound = (buffer_rows + 3 * chunk_rows) * d_model * 4 + 4 * 128 * d_model * 4 + (256 << 10)
     assert peak < bound < store_bytes / 2, (peak, bound, store_bytes)
+
+
+@pytest.mark.parametrize(
+    "batch_size,buffer_rows,world_size,drop_last",
+    [(16, 64, 1, False), (7, 40, 1, True), (32, 300, 2, True), (5, 8, 3, False)],
+)
+def test_seeking_yields_the_batches_an_unsought_stream_yields_there(
+    tmp_path, batch_size, buffer_rows, world_size, drop_last
+):
+    path = write_synthetic_store(tmp_path / "s.zarr", n_examples=40, d_model=8, seed=3, chunk_rows=32)
+    store = ActivationStore(path)
+    for rank in range(world_size):
+        options = dict(
+            seed=4,
+            epoch=1,
+            shuffle_buffer_rows=buffer_rows,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+        )
+        full = [b.numpy() for b in store.iter_batches(batch_size, **options)]
+        assert len(full) > 3
+        for start in (1, 2, len(full) // 2, len(full) - 1, len(full)):
+            sought = [b.numpy() for b in store.iter_batches(batch_size, start_batch=start, **options)]
+            assert len(sought) == len(full) - start
+            assert all(np.array_equal(a, b) for a, b in zip(full[start:], sought, strict=True))
+
+
+def test_seeking_reads_no_activations_of_the_skipped_batches(tmp_path):
+    path = write_synthetic_store(tmp_path / "s.zarr", n_examples=200, d_model=8, seed=1, chunk_rows=16)
+    store = ActivationStore(path)
+    options = dict(seed=0, shuffle_buffer_rows=32)
+    n = len(list(store.iter_batches(8, **options)))
+    list(store.iter_batches(8, start_batch=n - 1, **options))
+    # only the blocks holding the rows of the last batch (the buffer's rows) are read
+    assert store.last_counters.rows_read <= 32 + 16 * 4 < store.n_tokens

@@ -4,6 +4,7 @@ listing plugins never pays for torch, transformers or nnsight."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from typing import Any
 

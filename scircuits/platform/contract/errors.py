@@ -1,8 +1,19 @@
-"""Errors a user can act on. The CLI prints their message, never a traceback."""
+"""Errors a user can act on. The CLI prints their message, never a traceback.
 
+The three roots (ScircuitsError, ConfigError, DataFormatError) live in ``scircuits.errors`` so that
+the store, below the platform, raises them too; they are re-exported here.
+"""
 
-class ScircuitsError(Exception):
-    """Base for every error whose message tells the user what was wrong and what to do."""
+from scircuits.errors import ConfigError, DataFormatError, ScircuitsError
+
+__all__ = [
+    "ConfigError",
+    "DataFormatError",
+    "PluginConflictError",
+    "ScircuitsError",
+    "UnknownNameError",
+    "WeightsUnavailableError",
+]
 
 
 class UnknownNameError(ScircuitsError, KeyError):
@@ -12,14 +23,6 @@ class UnknownNameError(ScircuitsError, KeyError):
 
 class PluginConflictError(ScircuitsError):
     pass
-
-
-class ConfigError(ScircuitsError):
-    pass
-
-
-class DataFormatError(ScircuitsError):
-    """A malformed data file: the message names the file, the line and what was expected."""
 
 
 class WeightsUnavailableError(ScircuitsError):

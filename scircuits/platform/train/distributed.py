@@ -19,8 +19,6 @@ from typing import Any
 
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 
-ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
 
 @dataclass
 class DistContext:

@@ -31,9 +31,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from scircuits import Example
-from scircuits.platform.contract.errors import DataFormatError
-from scircuits.plugins.benchmarks.datafiles import DataFileBenchmark
+from scircuits import DataFormatError, Example
+
+from .datafiles import DataFileBenchmark
 
 EXPECTED_DATA = "a directory holding test.txt and eval.txt (LogiQA English format), or one .txt file"
 LETTERS = ("A", "B", "C", "D")
