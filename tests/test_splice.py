@@ -132,3 +132,31 @@ def test_splice_is_exact_on_smollm2(smollm2):
     with torch.no_grad():
         fast = split.upper(batch, cache, spliced_output(sae, cache.site_output), all_positions=True)
     assert float((fast - traced)[mask].abs().max()) < 1e-3
+
+
+def test_model_specific_behaviour_comes_from_the_adapter():
+    """The split model asks the adapter (not the model class) for the softcap and the final norm."""
+    import dataclasses
+
+    loaded = tiny_loaded_model("smollm2-135m")
+
+    @dataclasses.dataclass(eq=False)
+    class Capped(type(loaded.adapter)):
+        def logit_softcap(self, model):
+            return 0.5
+
+        def final_norm(self, model):
+            return None
+
+    loaded.adapter = Capped(
+        **{f.name: getattr(loaded.adapter, f.name) for f in dataclasses.fields(loaded.adapter)}
+    )
+    split = SplitModel(loaded, 1, "resid")
+    batch = padded_batch()
+    cache = split.lower(batch)
+    with torch.no_grad():
+        logits = split.upper(batch, cache, cache.site_output, all_positions=True)
+    assert float(logits.abs().max()) <= 0.5
+    assert split.final_norm() is None
+    directions = torch.randn(3, loaded.d_model)
+    assert torch.equal(split.through_final_norm(directions), directions)
