@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from scircuits.platform.collect import trace_into_store
+from scircuits.platform.collect.collection import trace_into_store
 from scircuits.platform.config import CollectConfig
-from scircuits.platform.plugins import get_plugins
-from scircuits.platform.sequences import encode_example
+from scircuits.platform.manager.plugin_set import get_plugins
+from scircuits.platform.model.sequences import encode_example
 
 
 class StopForward(Exception):

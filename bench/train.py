@@ -132,8 +132,8 @@ def reconstruction_metrics(x: Any, x_hat: Any, acts: Any) -> dict:
 def worker_ours(args: argparse.Namespace, data: Any) -> dict:
     import torch
 
-    from scircuits.platform.plugins import get_plugins
-    from scircuits.platform.training import SAETrainer
+    from scircuits.platform.manager.plugin_set import get_plugins
+    from scircuits.platform.train.training import SAETrainer
 
     hparams = {"k": args.k} if args.variant == "topk" else {"l1": args.l1, "decorrelation": 0.0}
     sae = get_plugins().saes.get(args.variant).build(data.shape[1], args.d_sae, hparams)

@@ -1,27 +1,68 @@
 """scircuits: sparse-feature circuit analysis of language models.
 
-The names below are the public plugin API. Third-party plugins import only these. Nothing here
-imports torch, transformers or nnsight: heavy libraries load when a plugin actually does work.
+The names below are the public plugin API: a plugin of any family (built-in or third-party) imports
+only these. Nothing here imports torch, transformers or nnsight: the SAE torch module base and its
+helpers (``SparseAutoencoder``, ``TrainOutput``, ``encoder_product``, ``mse_per_element``,
+``fired_counts``) are loaded on first access, so listing plugins stays fast.
 """
 
-from scircuits.platform.ablations import Ablation, FeatureStats
-from scircuits.platform.benchmarks import Benchmark, Example
-from scircuits.platform.hookspecs import hookimpl
-from scircuits.platform.models import HFModelAdapter, LoadedModel, ModelAdapter, Site
-from scircuits.platform.saes import SAEVariant
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from scircuits.errors import ConfigError, DataFormatError, ScircuitsError
+from scircuits.platform.common.provenance import base_provenance, file_sha256
+from scircuits.platform.contract.ablations import Ablation, FeatureStats
+from scircuits.platform.contract.benchmarks import Benchmark, Example
+from scircuits.platform.contract.errors import PluginConflictError, UnknownNameError, WeightsUnavailableError
+from scircuits.platform.contract.hf_loading import WeightsSource
+from scircuits.platform.contract.hookspecs import hookimpl
+from scircuits.platform.contract.models import HFModelAdapter, LoadedModel, ModelAdapter, Site
+from scircuits.platform.contract.saes import SAEVariant
+from scircuits.version import __version__
+
+if TYPE_CHECKING:
+    from scircuits.platform.contract.sae_module import (
+        SparseAutoencoder,
+        TrainOutput,
+        encoder_product,
+        fired_counts,
+        mse_per_element,
+    )
+
+_TORCH_NAMES = ("SparseAutoencoder", "TrainOutput", "encoder_product", "fired_counts", "mse_per_element")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_NAMES:
+        from scircuits.platform.contract import sae_module
+
+        return getattr(sae_module, name)
+    raise AttributeError(f"module 'scircuits' has no attribute {name!r}")
+
 
 __all__ = [
     "Ablation",
     "Benchmark",
+    "ConfigError",
+    "DataFormatError",
     "Example",
     "FeatureStats",
     "HFModelAdapter",
     "LoadedModel",
     "ModelAdapter",
+    "PluginConflictError",
     "SAEVariant",
+    "ScircuitsError",
     "Site",
+    "SparseAutoencoder",
+    "TrainOutput",
+    "UnknownNameError",
+    "WeightsSource",
+    "WeightsUnavailableError",
     "__version__",
+    "base_provenance",
+    "encoder_product",
+    "file_sha256",
+    "fired_counts",
     "hookimpl",
+    "mse_per_element",
 ]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from scircuits import FeatureStats
-from scircuits.platform.errors import ConfigError
-from scircuits.platform.plugins import load_plugins
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.manager.plugin_set import load_plugins
 
 ABLATIONS = load_plugins(entry_points_too=False).ablations
 

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from scircuits.platform import artifacts
-from scircuits.platform.artifacts import (
+from scircuits.platform.common import artifacts
+from scircuits.platform.common.artifacts import (
     ArtifactError,
     FolderLock,
     claim,

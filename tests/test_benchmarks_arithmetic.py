@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from scircuits.platform.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError
 from scircuits.plugins.benchmarks.arithmetic import ArithmeticBenchmark, split_of
 
 EQUATION = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)")

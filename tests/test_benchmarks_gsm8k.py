@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scircuits.platform.errors import ConfigError, DataFormatError
+from scircuits.platform.contract.errors import ConfigError, DataFormatError
 from scircuits.plugins.benchmarks.gsm8k import GSM8KBenchmark
 
 JANET_QUESTION = "Janet’s ducks lay 16 eggs per day."

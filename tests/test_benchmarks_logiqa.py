@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scircuits.platform.errors import ConfigError, DataFormatError
+from scircuits.platform.contract.errors import ConfigError, DataFormatError
 from scircuits.plugins.benchmarks.logiqa import LogiQABenchmark
 
 LETTERS = "ABCD"

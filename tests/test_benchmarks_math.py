@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scircuits.platform.errors import ConfigError, DataFormatError
+from scircuits.platform.contract.errors import ConfigError, DataFormatError
 from scircuits.plugins.benchmarks.boxed import UnbalancedBoxError, last_boxed
 from scircuits.plugins.benchmarks.competition_math import MATH_TYPES, MathBenchmark
 
@@ -92,7 +92,9 @@ def test_math500_targets_equal_its_published_answers(bench, math_dir, shared_dat
 
 def test_gold_prompt_plus_target_is_the_solution_up_to_the_box(bench, math_dir, shared_data):
     rows = [json.loads(line) for line in (shared_data / "math" / "test.jsonl").read_text().splitlines()[:200]]
-    for row, example in zip(rows, bench.examples("test", limit=200, options={"data": math_dir}), strict=False):
+    for row, example in zip(
+        rows, bench.examples("test", limit=200, options={"data": math_dir}), strict=False
+    ):
         solution = example.prompt.split("\nSolution: ", 1)[1] + example.target + "}"
         assert row["solution"].startswith(solution)
 

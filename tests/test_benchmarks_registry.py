@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from scircuits import Benchmark
-from scircuits.platform.errors import ConfigError
-from scircuits.platform.plugins import get_plugins
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.manager.plugin_set import get_plugins
 
 BUILTIN = {"arithmetic": False, "gsm8k": False, "math": False, "logic": True}  # name -> multiple choice
 
@@ -91,7 +91,7 @@ def test_importing_the_benchmarks_loads_no_heavy_library():
 def test_prompt_plus_target_tokenises_like_the_natural_text_and_arithmetic_scores(smollm2, shared_data):
     import torch
 
-    from scircuits.platform.sequences import encode_example
+    from scircuits.platform.model.sequences import encode_example
 
     tokenizer = smollm2.tokenizer
     benchmarks = get_plugins().benchmarks

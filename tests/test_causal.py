@@ -18,10 +18,10 @@ from scircuits.platform.causal import (
     run_ablate,
 )
 from scircuits.platform.config import AblateConfig
-from scircuits.platform.errors import ConfigError
-from scircuits.platform.plugins import get_plugins
-from scircuits.platform.sae_module import SparseAutoencoder
-from scircuits.platform.splice import SpliceError, SplitModel
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.sae_module import SparseAutoencoder
+from scircuits.platform.manager.plugin_set import get_plugins
+from scircuits.platform.model.splice import SpliceError, SplitModel
 from scircuits.platform.statistics import spearman
 from scircuits.testing import tiny_loaded_model
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from scircuits.platform.checkpoint import (
+from scircuits.platform.contract.errors import DataFormatError
+from scircuits.platform.manager.plugin_set import get_plugins
+from scircuits.platform.train.checkpoint import (
     CFG_FILE,
     META_FILE,
     WEIGHTS_FILE,
@@ -16,8 +18,6 @@ from scircuits.platform.checkpoint import (
     load_sae,
     save_sae,
 )
-from scircuits.platform.errors import DataFormatError
-from scircuits.platform.plugins import get_plugins
 
 VARIANTS = ["relu", "topk", "batchtopk", "jumprelu", "gated"]
 D_IN, D_SAE = 12, 40
@@ -189,7 +189,7 @@ def test_folding_the_input_scale_applies_to_raw_activations(name):
 
 
 def test_an_interrupted_overwrite_is_not_complete(tmp_path, monkeypatch):
-    from scircuits.platform import checkpoint
+    from scircuits.platform.train import checkpoint
 
     save_sae(tmp_path, trained_like("relu"), cfg={}, scircuits_meta={"config_hash": "h"})
 

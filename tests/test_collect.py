@@ -17,10 +17,10 @@ import torch
 from click.testing import CliRunner
 
 from scircuits.cli import cli
-from scircuits.platform.collect import run_collect
+from scircuits.platform.collect.collection import run_collect
 from scircuits.platform.config import CollectConfig
-from scircuits.platform.plugins import get_plugins
-from scircuits.platform.sequences import encode_example
+from scircuits.platform.manager.plugin_set import get_plugins
+from scircuits.platform.model.sequences import encode_example
 from scircuits.store import ActivationStore, NonFiniteActivationsError, StoreMismatchError
 from scircuits.testing import save_tiny_model, tiny_loaded_model
 

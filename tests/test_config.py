@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scircuits.platform.config import CollectConfig, RunConfig, TrainConfig
-from scircuits.platform.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError
 
 
 def test_toml_section_and_flag_override(tmp_path):

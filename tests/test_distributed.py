@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from scircuits.platform.checkpoint import META_FILE
 from scircuits.platform.config import TrainConfig
-from scircuits.platform.distributed import launch, rank_device
-from scircuits.platform.training import train, train_many
+from scircuits.platform.train.checkpoint import META_FILE
+from scircuits.platform.train.distributed import launch, rank_device
+from scircuits.platform.train.training import train, train_many
 from scircuits.store.synthetic import write_synthetic_store
 
 TOLERANCE = 2e-5
@@ -29,8 +29,8 @@ def fixed_batches() -> list[torch.Tensor]:
 
 
 def run_trainer(variant: str, batches: list[torch.Tensor], dist=None) -> dict[str, torch.Tensor]:
-    from scircuits.platform.plugins import get_plugins
-    from scircuits.platform.training import SAETrainer
+    from scircuits.platform.manager.plugin_set import get_plugins
+    from scircuits.platform.train.training import SAETrainer
 
     torch.manual_seed(0)
     # The decorrelation penalty is computed per rank on its local batch (not a mean over tokens), so
@@ -48,7 +48,7 @@ VARIANTS = ("topk", "relu")
 
 
 def ddp_worker(out_dir: str) -> None:
-    from scircuits.platform.distributed import from_environment
+    from scircuits.platform.train.distributed import from_environment
 
     torch.set_num_threads(1)
     dist = from_environment("cpu")

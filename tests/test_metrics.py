@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from scircuits.platform.metrics import ReconstructionStats, fvu
+from scircuits.platform.train.metrics import ReconstructionStats, fvu
 
 
 def test_fvu_matches_its_definition_across_merged_batches():

@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from scircuits.platform.errors import WeightsUnavailableError
-from scircuits.platform.plugins import get_plugins
-from scircuits.platform.tracing import SiteTracer
+from scircuits.platform.contract.errors import WeightsUnavailableError
+from scircuits.platform.manager.plugin_set import get_plugins
+from scircuits.platform.model.tracing import SiteTracer
 from scircuits.testing import save_tiny_model, tiny_loaded_model
 
 DECLARED = {
@@ -135,7 +135,7 @@ def empty_offline_hub(tmp_path, monkeypatch):
 
 
 def test_phi2_offline_names_the_weights_and_the_ways_to_supply_them(empty_offline_hub):
-    from scircuits.platform.hf_loading import check_weights_available
+    from scircuits.platform.contract.hf_loading import check_weights_available
 
     adapter = get_plugins().models.get("phi-2")
     with pytest.raises(WeightsUnavailableError) as info:
@@ -183,7 +183,7 @@ def test_missing_model_path_folder_is_a_clear_error(tmp_path):
 
 def test_listing_models_imports_no_torch():
     code = (
-        "import sys; from scircuits.platform.plugins import get_plugins; "
+        "import sys; from scircuits.platform.manager.plugin_set import get_plugins; "
         "assert 'hf:' in get_plugins().models.names(); "
         "heavy = [m for m in ('torch', 'transformers', 'nnsight') if m in sys.modules]; "
         "assert not heavy, heavy"

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 import scircuits.platform.causal as causal
-import scircuits.platform.collect as collect_module
-import scircuits.platform.hf_loading as hf_loading
+import scircuits.platform.collect.collection as collect_module
+import scircuits.platform.contract.hf_loading as hf_loading
 import scircuits.platform.report as report_module
-import scircuits.platform.training as training
-from scircuits.platform.checkpoint import META_FILE, WEIGHTS_FILE
+import scircuits.platform.train.training as training
 from scircuits.platform.config import RunConfig
-from scircuits.platform.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.pipeline import plan, run_pipeline
+from scircuits.platform.train.checkpoint import META_FILE, WEIGHTS_FILE
 
 
 class FakeStages:
@@ -99,7 +99,7 @@ def test_collection_and_evaluation_use_disjoint_splits_and_enough_examples(tmp_p
 
 
 def test_the_default_stages_get_the_examples_they_ask_for(tmp_path):
-    from scircuits.platform.plugins import get_plugins
+    from scircuits.platform.manager.plugin_set import get_plugins
 
     the_plan = plan(config(tmp_path))
     for stage in (the_plan.collect, the_plan.ablate):

@@ -7,8 +7,8 @@ import uuid
 import pytest
 
 from scircuits import Benchmark
-from scircuits.platform.errors import PluginConflictError, UnknownNameError
-from scircuits.platform.plugins import BUILTIN_MODULES, load_plugins
+from scircuits.platform.contract.errors import PluginConflictError, UnknownNameError
+from scircuits.platform.manager.plugin_set import BUILTIN_MODULES, load_plugins
 from tests.plugin_factory import make_plugin_dist
 
 BENCHMARK_PLUGIN = """

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from scircuits.cli import main
-from scircuits.platform.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.report import write_report
 
 

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from scircuits.platform.errors import ConfigError
-from scircuits.platform.plugins import get_plugins
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.manager.plugin_set import get_plugins
 from scircuits.plugins.saes.modules import decorrelation_penalty
 from scircuits.plugins.saes.sparse_ops import dense_decode, dense_topk_encode, sparse_decode, topk_encode
 
@@ -177,7 +177,7 @@ def test_hyperparameters_are_validated():
 def test_listing_variants_does_not_import_torch():
     code = (
         "import sys; import scircuits.plugins.saes as s; "
-        "from scircuits.platform.plugins import get_plugins; names = sorted(v.name for v in get_plugins().saes); "
+        "from scircuits.platform.manager.plugin_set import get_plugins; names = sorted(v.name for v in get_plugins().saes); "
         "print(names); assert 'torch' not in sys.modules, 'torch imported'"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scircuits.platform.benchmarks import Example
-from scircuits.platform.scoring import (
+from scircuits.platform.contract.benchmarks import Example
+from scircuits.platform.model.scoring import (
     example_scores,
     layout_examples,
     make_batch,
     next_token_nll,
     sequence_scores,
 )
-from scircuits.platform.sequences import EncodedSequence
+from scircuits.platform.model.sequences import EncodedSequence
 from scircuits.testing import tiny_loaded_model
 
 
@@ -36,7 +36,11 @@ def test_make_batch_right_pads_and_selects_target_predictions():
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
     assert batch.position_ids.tolist() == [[0, 1, 2, 3], [0, 1, 2, 0]]
     # position p predicts token p + 1: sequence 0 predicts 7 and 8 from positions 1 and 2
-    assert list(zip(batch.pred_rows.tolist(), batch.pred_cols.tolist(), strict=False)) == [(0, 1), (0, 2), (1, 1)]
+    assert list(zip(batch.pred_rows.tolist(), batch.pred_cols.tolist(), strict=False)) == [
+        (0, 1),
+        (0, 2),
+        (1, 1),
+    ]
     assert batch.target_ids.tolist() == [7, 8, 11]
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scircuits.platform.sae_module import SparseAutoencoder
-from scircuits.platform.scoring import make_batch
-from scircuits.platform.sequences import EncodedSequence
-from scircuits.platform.splice import SplitModel, clean_logits, nnsight_site_logits, spliced_output
+from scircuits.platform.contract.sae_module import SparseAutoencoder
+from scircuits.platform.model.scoring import make_batch
+from scircuits.platform.model.sequences import EncodedSequence
+from scircuits.platform.model.splice import SplitModel, clean_logits, nnsight_site_logits, spliced_output
 from scircuits.testing import tiny_loaded_model
 
 ARCHITECTURES = [
@@ -115,8 +115,8 @@ def test_gradient_flows_to_the_site_value():
 
 @pytest.mark.slow
 def test_splice_is_exact_on_smollm2(smollm2):
-    from scircuits.platform.plugins import get_plugins
-    from scircuits.platform.scoring import layout_examples
+    from scircuits.platform.manager.plugin_set import get_plugins
+    from scircuits.platform.model.scoring import layout_examples
 
     examples = list(get_plugins().benchmarks.get("arithmetic").examples("test", 4, 0, {}))
     sequences, _ = layout_examples(smollm2.tokenizer, examples)
@@ -132,3 +132,31 @@ def test_splice_is_exact_on_smollm2(smollm2):
     with torch.no_grad():
         fast = split.upper(batch, cache, spliced_output(sae, cache.site_output), all_positions=True)
     assert float((fast - traced)[mask].abs().max()) < 1e-3
+
+
+def test_model_specific_behaviour_comes_from_the_adapter():
+    """The split model asks the adapter (not the model class) for the softcap and the final norm."""
+    import dataclasses
+
+    loaded = tiny_loaded_model("smollm2-135m")
+
+    @dataclasses.dataclass(eq=False)
+    class Capped(type(loaded.adapter)):
+        def logit_softcap(self, model):
+            return 0.5
+
+        def final_norm(self, model):
+            return None
+
+    loaded.adapter = Capped(
+        **{f.name: getattr(loaded.adapter, f.name) for f in dataclasses.fields(loaded.adapter)}
+    )
+    split = SplitModel(loaded, 1, "resid")
+    batch = padded_batch()
+    cache = split.lower(batch)
+    with torch.no_grad():
+        logits = split.upper(batch, cache, cache.site_output, all_positions=True)
+    assert float(logits.abs().max()) <= 0.5
+    assert split.final_norm() is None
+    directions = torch.randn(3, loaded.d_model)
+    assert torch.equal(split.through_final_norm(directions), directions)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from scircuits.platform.errors import ConfigError, DataFormatError, ScircuitsError
+from scircuits.platform.contract.errors import ConfigError, DataFormatError, ScircuitsError
 from scircuits.store import (
     ActivationStore,
     ActivationStoreWriter,

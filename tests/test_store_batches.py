@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from scircuits.platform.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError
 from scircuits.store import ActivationStore
 from scircuits.store.synthetic import write_synthetic_store
 
@@ -59,7 +59,10 @@ def test_every_train_row_exactly_once_per_epoch_and_never_an_eval_row(store):
 
 def test_batches_carry_the_stored_rows(store):
     reference = store.read_rows(0, store.n_tokens)
-    index = {key: i for i, key in enumerate(zip(store.example_ids.tolist(), store.positions.tolist(), strict=False))}
+    index = {
+        key: i
+        for i, key in enumerate(zip(store.example_ids.tolist(), store.positions.tolist(), strict=False))
+    }
     for batch in store.iter_labelled_batches(16, seed=1, split="all", shuffle_buffer_rows=40):
         rows = [index[(int(e), int(p))] for e, p in zip(batch.example_ids, batch.positions, strict=False)]
         np.testing.assert_array_equal(batch.acts.numpy(), reference[rows])
@@ -85,8 +88,14 @@ def test_deterministic_per_seed_and_different_per_epoch_and_seed(store):
 def test_rows_are_mixed_across_chunks(store):
     """A batch draws rows from several chunks, not one chunk's rows in a run."""
     batch = next(iter(store.iter_labelled_batches(32, seed=0, split="all", shuffle_buffer_rows=128)))
-    row_index = {key: i for i, key in enumerate(zip(store.example_ids.tolist(), store.positions.tolist(), strict=False))}
-    chunks = {row_index[(int(e), int(p))] // CHUNK_ROWS for e, p in zip(batch.example_ids, batch.positions, strict=False)}
+    row_index = {
+        key: i
+        for i, key in enumerate(zip(store.example_ids.tolist(), store.positions.tolist(), strict=False))
+    }
+    chunks = {
+        row_index[(int(e), int(p))] // CHUNK_ROWS
+        for e, p in zip(batch.example_ids, batch.positions, strict=False)
+    }
     assert len(chunks) >= 3
 
 
@@ -162,3 +171,39 @@ def test_reader_holds_at_most_buffer_plus_one_chunk(tmp_path):
     assert counters.blocks_read == -(-store.n_tokens // chunk_rows) and counters.rows_read == store.n_tokens
     bound = (buffer_rows + 3 * chunk_rows) * d_model * 4 + 4 * 128 * d_model * 4 + (256 << 10)
     assert peak < bound < store_bytes / 2, (peak, bound, store_bytes)
+
+
+@pytest.mark.parametrize(
+    "batch_size,buffer_rows,world_size,drop_last",
+    [(16, 64, 1, False), (7, 40, 1, True), (32, 300, 2, True), (5, 8, 3, False)],
+)
+def test_seeking_yields_the_batches_an_unsought_stream_yields_there(
+    tmp_path, batch_size, buffer_rows, world_size, drop_last
+):
+    path = write_synthetic_store(tmp_path / "s.zarr", n_examples=40, d_model=8, seed=3, chunk_rows=32)
+    store = ActivationStore(path)
+    for rank in range(world_size):
+        options = dict(
+            seed=4,
+            epoch=1,
+            shuffle_buffer_rows=buffer_rows,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+        )
+        full = [b.numpy() for b in store.iter_batches(batch_size, **options)]
+        assert len(full) > 3
+        for start in (1, 2, len(full) // 2, len(full) - 1, len(full)):
+            sought = [b.numpy() for b in store.iter_batches(batch_size, start_batch=start, **options)]
+            assert len(sought) == len(full) - start
+            assert all(np.array_equal(a, b) for a, b in zip(full[start:], sought, strict=True))
+
+
+def test_seeking_reads_no_activations_of_the_skipped_batches(tmp_path):
+    path = write_synthetic_store(tmp_path / "s.zarr", n_examples=200, d_model=8, seed=1, chunk_rows=16)
+    store = ActivationStore(path)
+    options = dict(seed=0, shuffle_buffer_rows=32)
+    n = len(list(store.iter_batches(8, **options)))
+    list(store.iter_batches(8, start_batch=n - 1, **options))
+    # only the blocks holding the rows of the last batch (the buffer's rows) are read
+    assert store.last_counters.rows_read <= 32 + 16 * 4 < store.n_tokens

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scircuits.platform.errors import ConfigError
-from scircuits.platform.plugins import get_plugins
-from scircuits.platform.tracing import SiteTracer, load_remote, nnsight_model, pad_right, traced_model
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.manager.plugin_set import get_plugins
+from scircuits.platform.model.tracing import SiteTracer, load_remote, nnsight_model, pad_right, traced_model
 from scircuits.testing import save_tiny_model, tiny_loaded_model
 
 SEQUENCES = [[1, 20, 21, 22, 23, 24, 25, 26, 27, 28], [1, 40, 41], [1, 50, 51, 52, 53, 54], [1, 60]]
@@ -119,7 +119,7 @@ def test_remote_without_an_ndif_key_is_a_clear_error(monkeypatch):
 def test_remote_without_the_hub_is_a_clear_error(monkeypatch, tmp_path):
     from huggingface_hub import constants
 
-    from scircuits.platform.errors import WeightsUnavailableError
+    from scircuits.platform.contract.errors import WeightsUnavailableError
 
     monkeypatch.setenv("NDIF_API_KEY", "test-key")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -130,7 +130,7 @@ def test_remote_without_the_hub_is_a_clear_error(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_traced_rows_equal_a_per_example_forward(smollm2):
-    from scircuits.platform.sequences import encode_example
+    from scircuits.platform.model.sequences import encode_example
 
     benchmark = get_plugins().benchmarks.get("arithmetic")
     examples = list(benchmark.examples("test", limit=4, seed=0))

@@ -9,10 +9,10 @@ import torch
 from click.testing import CliRunner
 
 from scircuits.cli.train import train as train_command
-from scircuits.platform.checkpoint import LOG_FILE, META_FILE, STATE_META_FILE, WEIGHTS_FILE, load_sae
 from scircuits.platform.config import TrainConfig
-from scircuits.platform.errors import ConfigError
-from scircuits.platform.training import apply_preset, geometric_median, train
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.train.checkpoint import LOG_FILE, META_FILE, STATE_META_FILE, WEIGHTS_FILE, load_sae
+from scircuits.platform.train.training import apply_preset, geometric_median, train
 from scircuits.store.synthetic import write_synthetic_store
 
 D_MODEL = 16
@@ -187,3 +187,22 @@ def test_cli_train_from_a_config_file(store, tmp_path):
     result = CliRunner().invoke(train_command, ["--config", str(cfg_file)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "from_file" / META_FILE).read_text())["variant"] == "gated"
+
+
+def test_presets_live_on_the_variant_of_the_plugin_set_given():
+    from scircuits import SAEVariant
+    from scircuits.platform.manager.plugin_set import load_plugins
+
+    class Planted(SAEVariant):
+        name = "planted-only"
+        saelens_architecture = "standard"
+        presets = {"tiny": {"expansion": 2, "lr": 5e-4}}  # noqa: RUF012
+
+    plugins = load_plugins(entry_points_too=False)
+    plugins.saes.add(Planted(), owner="test")
+    cfg = apply_preset(TrainConfig(store="s", preset="tiny"), plugins)
+    assert (cfg.sae, cfg.expansion, cfg.lr) == ("planted-only", 2, 5e-4)
+    with pytest.raises(ConfigError, match="unknown preset 'tiny'"):
+        apply_preset(TrainConfig(store="s", preset="tiny"), load_plugins(entry_points_too=False))
+    with pytest.raises(ConfigError, match="'topk' has no preset 'phase4'"):
+        apply_preset(TrainConfig(store="s", preset="phase4", sae="topk"), plugins)

@@ -8,8 +8,8 @@ import torch
 from click.testing import CliRunner
 
 from scircuits.cli.train import validate
-from scircuits.platform.ground_truth import PlantedDictionary, PlantedSetup
-from scircuits.platform.metrics import mean_max_cosine
+from scircuits.platform.train.metrics import mean_max_cosine
+from scircuits.platform.train.validation import PlantedDictionary, PlantedSetup
 
 
 def test_every_variant_recovers_the_planted_dictionary():

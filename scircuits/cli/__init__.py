@@ -4,13 +4,14 @@ listing plugins never pays for torch, transformers or nnsight."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from typing import Any
 
 import click
 
 from scircuits import __version__
-from scircuits.platform.errors import ScircuitsError
+from scircuits.platform.contract.errors import ScircuitsError
 
 # command name -> "module:attribute"
 COMMANDS: dict[str, str] = {

@@ -51,7 +51,7 @@ def collect(config_file: str | None, data: str | None, options: tuple[str, ...],
     Each example is traced as prompt + target tokens. Rerunning a killed command resumes where it
     stopped; a different command into an existing store is refused with the difference named.
     """
-    from scircuits.platform.collect import run_collect
+    from scircuits.platform.collect.collection import run_collect
 
     benchmark_options = parse_key_values(options, "--option")
     if data is not None:

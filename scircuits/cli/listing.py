@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from scircuits.cli.common import echo_json, echo_table
-from scircuits.platform.plugins import get_plugins
+from scircuits.platform.manager.plugin_set import get_plugins
 
 json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 

@@ -9,7 +9,7 @@ import click
 
 from scircuits.cli.common import config_option, echo_json, echo_table, parse_key_values, stage_config
 from scircuits.platform.config import TrainConfig
-from scircuits.platform.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError
 
 
 @click.command()
@@ -63,9 +63,9 @@ def train(
     Writes OUT/cfg.json + sae_weights.safetensors (SAELens format), scircuits.json and
     train_log.jsonl. Skips when OUT already holds a complete checkpoint of the same config.
     """
-    from scircuits.platform.distributed import parse_devices
-    from scircuits.platform.training import train as train_one
-    from scircuits.platform.training import train_many
+    from scircuits.platform.train.distributed import parse_devices
+    from scircuits.platform.train.training import train as train_one
+    from scircuits.platform.train.training import train_many
 
     variant_flags = {"k": k, "l1": l1, "decorrelation": decorrelation}
     extra = {key: value for key, value in variant_flags.items() if value is not None}
@@ -106,8 +106,8 @@ def train(
 
 def _check_hparams(config: TrainConfig) -> None:
     """Fail before any work when a hyperparameter does not belong to the variant."""
-    from scircuits.platform.plugins import get_plugins
-    from scircuits.platform.training import apply_preset
+    from scircuits.platform.manager.plugin_set import get_plugins
+    from scircuits.platform.train.training import apply_preset
 
     resolved = apply_preset(config)
     get_plugins().saes.get(resolved.sae).parse_hparams(resolved.hparams)
@@ -134,8 +134,8 @@ def validate_sae(
     mean over true atoms of the best cosine with a learned decoder row; an atom counts as
     recovered above 0.9. Exits 1 when a variant's MMCS is below 0.9.
     """
-    from scircuits.platform.ground_truth import MMCS_THRESHOLD, PlantedSetup, validate_variant
-    from scircuits.platform.plugins import get_plugins
+    from scircuits.platform.manager.plugin_set import get_plugins
+    from scircuits.platform.train.validation import MMCS_THRESHOLD, PlantedSetup, validate_variant
     from scircuits.plugins.saes.variants import BUILTIN_VARIANTS
 
     registry = get_plugins().saes

@@ -30,15 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from scircuits.platform.ablations import Ablation, FeatureStats
-from scircuits.platform.benchmarks import Example
+from scircuits.platform.common.progress import Progress, progress
+from scircuits.platform.common.provenance import base_provenance
 from scircuits.platform.config import AblateConfig
-from scircuits.platform.errors import ConfigError
-from scircuits.platform.metrics import ReconstructionStats
-from scircuits.platform.models import LoadedModel
-from scircuits.platform.progress import Progress, progress
-from scircuits.platform.provenance import base_provenance
-from scircuits.platform.scoring import (
+from scircuits.platform.contract.ablations import Ablation, FeatureStats
+from scircuits.platform.contract.benchmarks import Example
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.models import LoadedModel
+from scircuits.platform.model.scoring import (
     ExampleLayout,
     SequenceBatch,
     example_scores,
@@ -47,7 +46,7 @@ from scircuits.platform.scoring import (
     next_token_nll,
     sequence_scores,
 )
-from scircuits.platform.splice import (
+from scircuits.platform.model.splice import (
     FeatureEdit,
     LowerCache,
     SpliceError,
@@ -57,6 +56,7 @@ from scircuits.platform.splice import (
     spliced_output,
 )
 from scircuits.platform.statistics import Bootstrap, Interval, spearman
+from scircuits.platform.train.metrics import ReconstructionStats
 
 RESULTS_FILE = "results.json"
 EXAMPLES_FILE = "examples.jsonl"
@@ -619,7 +619,7 @@ def sae_site(info: dict[str, Any]) -> tuple[int | None, str | None]:
 
 def load_inputs(config: AblateConfig, loaded: LoadedModel | None = None) -> AblateInputs:
     """Check the weights, load the model, the SAE and the examples (model weights checked first)."""
-    from scircuits.platform.plugins import get_plugins
+    from scircuits.platform.manager.plugin_set import get_plugins
 
     plugins = get_plugins()
     adapter = plugins.models.get(config.model)
@@ -630,10 +630,10 @@ def load_inputs(config: AblateConfig, loaded: LoadedModel | None = None) -> Abla
     if not Path(config.sae).is_dir():
         raise ConfigError(f"--sae {config.sae} is not a folder; give the folder that `scircuits train` wrote")
     if loaded is None:
-        from scircuits.platform.hf_loading import check_weights_available
+        from scircuits.platform.contract.hf_loading import check_weights_available
 
         check_weights_available(adapter, config.model_path)
-    from scircuits.platform.checkpoint import load_sae
+    from scircuits.platform.train.checkpoint import load_sae
 
     sae, info = load_sae(config.sae)
     if loaded is None:
@@ -683,7 +683,7 @@ def planned_conditions(config: AblateConfig, faithfulness_points: int) -> int:
 
 
 def analyse(config: AblateConfig, inputs: AblateInputs) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from scircuits.platform.plugins import get_plugins
+    from scircuits.platform.manager.plugin_set import get_plugins
 
     loaded, sae = inputs.loaded, inputs.sae
     sae.eval()
@@ -947,7 +947,7 @@ def provenance(config: AblateConfig, inputs: AblateInputs, data: EvalData) -> di
     if sae_dir is not None:
         weights = sae_dir / "sae_weights.safetensors"
         if weights.is_file():
-            from scircuits.platform.provenance import file_sha256
+            from scircuits.platform.common.provenance import file_sha256
 
             sae_prov["weights_sha256"] = file_sha256(weights)
         meta = inputs.sae_info.get("meta") or {}

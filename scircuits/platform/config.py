@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from scircuits.platform.errors import ConfigError
-from scircuits.platform.options import describe_validation_error
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.options import describe_validation_error
 
 C = TypeVar("C", bound="StageConfig")
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scircuits.platform.common.provenance import now_iso
 from scircuits.platform.config import AblateConfig, CollectConfig, RunConfig, TrainConfig
-from scircuits.platform.errors import ConfigError
-from scircuits.platform.provenance import now_iso
+from scircuits.platform.contract.errors import ConfigError
 
 STATE_FILE = "pipeline.json"
 STORE_DIR = "activations.zarr"
@@ -77,12 +77,12 @@ def resolve_layer(adapter: Any, config: RunConfig) -> int:
 def config_layer_count(source: str) -> int:
     from transformers import AutoConfig
 
-    from scircuits.platform.hf_loading import config_sizes
+    from scircuits.platform.contract.hf_loading import config_sizes
 
     try:
         return config_sizes(AutoConfig.from_pretrained(source))[0]
     except OSError as exc:
-        from scircuits.platform.errors import WeightsUnavailableError
+        from scircuits.platform.contract.errors import WeightsUnavailableError
 
         raise WeightsUnavailableError(
             f"cannot read the configuration of {source}: {exc}. Give --model-path "
@@ -91,7 +91,7 @@ def config_layer_count(source: str) -> int:
 
 
 def plan(config: RunConfig) -> Plan:
-    from scircuits.platform.plugins import get_plugins
+    from scircuits.platform.manager.plugin_set import get_plugins
 
     plugins = get_plugins()
     adapter = plugins.models.get(config.model)
@@ -199,7 +199,7 @@ def store_complete(path: Path) -> bool:
 
 
 def sae_complete(path: Path, config_hash: str) -> bool:
-    from scircuits.platform.checkpoint import is_complete
+    from scircuits.platform.train.checkpoint import is_complete
 
     return is_complete(path, config_hash)
 
@@ -231,9 +231,9 @@ def say(message: str) -> None:
 
 def check_model_weights(config: RunConfig) -> None:
     """Stop before any work when the weights cannot be had (WeightsUnavailableError names the ways)."""
-    from scircuits.platform.errors import WeightsUnavailableError
-    from scircuits.platform.hf_loading import check_weights_available
-    from scircuits.platform.plugins import get_plugins
+    from scircuits.platform.contract.errors import WeightsUnavailableError
+    from scircuits.platform.contract.hf_loading import check_weights_available
+    from scircuits.platform.manager.plugin_set import get_plugins
 
     adapter = get_plugins().models.get(config.model)
     try:
@@ -250,7 +250,7 @@ def check_model_weights(config: RunConfig) -> None:
 def check_examples(the_plan: Plan) -> None:
     """Ask the benchmark for the first example of each stage now, so that bad benchmark options or
     splits stop the run before any work."""
-    from scircuits.platform.plugins import get_plugins
+    from scircuits.platform.manager.plugin_set import get_plugins
 
     for stage in (the_plan.collect, the_plan.ablate):
         benchmark = get_plugins().benchmarks.get(stage.benchmark)
@@ -296,12 +296,12 @@ def run_pipeline(config: RunConfig) -> Path:
         state.record(name, completed_key=key, completed=now_iso(), seconds=round(time.monotonic() - t0, 1))
 
     def do_collect(resume: bool) -> None:
-        from scircuits.platform.collect import collect
+        from scircuits.platform.collect.collection import collect
 
         collect(the_plan.collect)
 
     def do_train(resume: bool) -> None:
-        from scircuits.platform.training import train
+        from scircuits.platform.train.training import train
 
         train(the_plan.train.model_copy(update={"resume": resume}))
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scircuits.platform.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError
 
 FIGURES_DIR = "figures"
 

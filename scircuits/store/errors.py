@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from scircuits.platform.errors import DataFormatError, ScircuitsError
+from scircuits.errors import DataFormatError, ScircuitsError
 
 
-class StoreMismatchError(ScircuitsError):
+class StoreError(ScircuitsError):
+    """Base of the activation store's errors."""
+
+
+class StoreMismatchError(StoreError):
     """An existing store was made by a different command (model, layer, config...)."""
 
 
-class NonFiniteActivationsError(ScircuitsError):
+class NonFiniteActivationsError(StoreError):
     """An example's activations hold NaN or inf (or overflow the store's dtype)."""
 
     def __init__(self, message: str, *, example_index: int, n_nan: int, n_inf: int, n_overflow: int):
@@ -20,7 +24,7 @@ class NonFiniteActivationsError(ScircuitsError):
         self.n_overflow = n_overflow
 
 
-class NotAStoreError(DataFormatError):
+class NotAStoreError(StoreError, DataFormatError):
     """The path is missing, or is not a format-v1 scircuits activation store."""
 
 
@@ -28,9 +32,9 @@ class DamagedStoreError(NotAStoreError):
     """A store's data file is missing or cannot be decoded."""
 
 
-class StoreLockedError(ScircuitsError):
+class StoreLockedError(StoreError):
     """Another process is writing to the same store."""
 
 
-class StoreCompleteError(ScircuitsError):
+class StoreCompleteError(StoreError):
     """Rows were appended to a store that is already complete."""

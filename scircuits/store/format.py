@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from scircuits.platform.errors import ConfigError
+from scircuits.errors import ConfigError
 
 FORMAT = "scircuits.activations"
 FORMAT_VERSION = 1
@@ -24,7 +24,6 @@ ID_ARRAYS = ("token_ids", "example_ids", "positions")
 ARRAYS = (ACTS, *ID_ARRAYS)
 ID_DTYPE = np.dtype("int32")
 ACT_DTYPES = ("float16", "float32")
-SOURCES = ("traced", "synthetic", "imported")
 
 REQUIRED_ATTRS = (
     "format",

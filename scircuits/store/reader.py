@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
-from scircuits.platform.errors import ConfigError
+from scircuits.errors import ConfigError
 from scircuits.store.batches import BufferCounters, plan_epoch, stream_batches
 from scircuits.store.errors import NotAStoreError
 from scircuits.store.format import ACTS, ID_ARRAYS
@@ -192,8 +192,13 @@ class ActivationStore:
         drop_last: bool = False,
         epoch: int = 0,
         split_seed: int = 0,
+        start_batch: int = 0,
     ) -> Iterator[torch.Tensor]:
         """Shuffled float32 batches (batch_size, d_model) of one epoch; see scircuits.store.batches.
+
+        ``start_batch`` seeks: the epoch's batches from that one on, identical to those an unsought
+        iterator yields there, without reading the activations of the batches skipped (a resumed
+        training run starts mid-epoch this way).
 
         The train/eval split draws whole examples with ``split_seed`` (independent of ``seed``, so
         every shuffling seed sees the same split): eval examples never appear in train batches.
@@ -214,6 +219,7 @@ class ActivationStore:
             epoch=epoch,
             split_seed=split_seed,
             with_ids=False,
+            start_batch=start_batch,
         ):
             yield torch.from_numpy(batch["acts"])
 
@@ -257,6 +263,7 @@ class ActivationStore:
         epoch: int = 0,
         split_seed: int = 0,
         with_ids: bool,
+        start_batch: int = 0,
     ) -> Iterator[dict[str, np.ndarray]]:
         split = _check_split(split)
         if batch_size <= 0:
@@ -294,6 +301,8 @@ class ActivationStore:
             rng=np.random.default_rng([seed, epoch, rank, 1]),
             with_ids=with_ids,
             counters=self.last_counters,
+            start_batch=start_batch,
+            read_example_ids=lambda start, stop: self.read_ids("example_ids", start, stop),
         )
 
     # ------------------------------------------------------------------ statistics

@@ -13,6 +13,7 @@ to an uninterrupted one.
 from __future__ import annotations
 
 import asyncio
+import datetime as _dt
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,12 +24,11 @@ import numpy as np
 from zarr.core.sync import sync as zarr_sync
 from zarr.errors import NodeNotFoundError
 
-from scircuits.platform.errors import ScircuitsError
-from scircuits.platform.provenance import now_iso
 from scircuits.store.errors import (
     NonFiniteActivationsError,
     NotAStoreError,
     StoreCompleteError,
+    StoreError,
     StoreMismatchError,
 )
 from scircuits.store.format import (
@@ -49,6 +49,7 @@ from scircuits.store.format import (
 )
 from scircuits.store.integrity import all_finite
 from scircuits.store.location import WriterLock, check_format, local_path, open_group, remove_partial_files
+from scircuits.version import __version__
 
 _FIRST_CAPACITY_CHUNKS = 16
 # Write every chunk, even all-zero ones: zarr's emptiness test is slow on float16, and a store whose
@@ -124,12 +125,12 @@ class ActivationStoreWriter:
         """
         dtype = check_act_dtype(dtype)
         if d_model <= 0:
-            raise ScircuitsError(f"d_model must be positive, not {d_model}")
+            raise StoreError(f"d_model must be positive, not {d_model}")
         identity = identity_attrs(attrs, d_model=d_model, dtype=dtype)
         compressor = normalise_compressor(compressor)
         rows = chunk_rows or default_chunk_rows(d_model, dtype)
         if rows <= 0:
-            raise ScircuitsError(f"chunk_rows must be positive, not {rows}")
+            raise StoreError(f"chunk_rows must be positive, not {rows}")
         text = os.fspath(path)
         local = local_path(text)
         lock = None
@@ -179,7 +180,7 @@ class ActivationStoreWriter:
                 "n_tokens": 0,
                 "n_examples": 0,
                 "complete": False,
-                "created": now_iso(),
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "scircuits_version": _version(),
                 "chunk_rows": rows,
                 "compressor": compressor,
@@ -229,16 +230,16 @@ class ActivationStoreWriter:
         rows = _as_numpy(acts)
         n = tokens.shape[0]
         if rows.ndim != 2 or rows.shape != (n, self.d_model):
-            raise ScircuitsError(
+            raise StoreError(
                 f"example {example_index}: activations have shape {tuple(rows.shape)}, expected "
                 f"({n}, {self.d_model}) for {n} token ids"
             )
         if not 0 <= int(example_index) <= np.iinfo(ID_DTYPE).max:
-            raise ScircuitsError(f"example index {example_index} is not a non-negative int32")
+            raise StoreError(f"example index {example_index} is not a non-negative int32")
         stored = self._checked_rows(int(example_index), rows)
         token_ids32 = tokens.astype(ID_DTYPE)
         if not np.array_equal(token_ids32, tokens):
-            raise ScircuitsError(f"example {example_index}: token ids do not fit int32")
+            raise StoreError(f"example {example_index}: token ids do not fit int32")
         columns = {
             "token_ids": token_ids32,
             "example_ids": np.full(n, example_index, dtype=ID_DTYPE),
@@ -299,7 +300,7 @@ class ActivationStoreWriter:
     # ------------------------------------------------------------------ internals
     def _check_writable(self) -> None:
         if self._closed:
-            raise ScircuitsError(f"{self.path}: the writer is closed")
+            raise StoreError(f"{self.path}: the writer is closed")
         if self.complete:
             raise StoreCompleteError(
                 f"{self.path} is already complete ({self._n_examples} examples); nothing more can be "
@@ -459,6 +460,4 @@ def _as_numpy(values: Any) -> np.ndarray:
 
 
 def _version() -> str:
-    from scircuits import __version__
-
     return __version__

@@ -1,4 +1,6 @@
-"""Example scircuits plugin: one benchmark and one ablation, through the public API only."""
+"""Example scircuits plugin, written only against the names ``scircuits`` exports: a benchmark and an
+ablation (here), an SAE variant (``tied_sae``). The entry point names this module; hook
+implementations of the other modules are imported into it, so the plugin manager finds them here."""
 
 from __future__ import annotations
 
@@ -7,6 +9,10 @@ import random
 from pydantic import BaseModel, ConfigDict, Field
 
 from scircuits import Ablation, Benchmark, Example, hookimpl
+
+from .tied_sae import register_sae_variants
+
+__all__ = ["register_ablations", "register_benchmarks", "register_sae_variants"]
 
 CAPITALS = {
     "France": "Paris",

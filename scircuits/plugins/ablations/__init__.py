@@ -1,7 +1,8 @@
 """Built-in ablations: zero, mean, resample, clamp."""
 
 from scircuits import hookimpl
-from scircuits.plugins.ablations.strategies import ClampAblation, MeanAblation, ResampleAblation, ZeroAblation
+
+from .strategies import ClampAblation, MeanAblation, ResampleAblation, ZeroAblation
 
 
 @hookimpl

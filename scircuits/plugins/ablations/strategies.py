@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from scircuits import Ablation, FeatureStats
-from scircuits.platform.errors import ConfigError
+from scircuits import Ablation, ConfigError, FeatureStats
 
 if TYPE_CHECKING:
     import torch
@@ -25,8 +24,9 @@ def _require_stats(name: str, stats: FeatureStats | None, field: str) -> Any:
     value = None if stats is None else getattr(stats, field)
     if value is None:
         raise ConfigError(
-            f"the {name!r} ablation needs feature statistics ({field}); they come from the activation "
-            "store, so pass --store or ablate inside `scircuits run`"
+            f"the {name!r} ablation needs feature statistics ({field}) and was given none: pass "
+            "stats=FeatureStats(...) (`scircuits ablate` and `run` compute them from the SAE's features "
+            "on the evaluation examples)"
         )
     return value
 

@@ -32,9 +32,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from scircuits import Benchmark, Example
-from scircuits.platform.errors import ConfigError
-from scircuits.plugins.benchmarks.datafiles import check_limit
+from scircuits import Benchmark, ConfigError, Example
+
+from .datafiles import check_limit
 
 Operation = Literal["+", "-", "*"]
 Problem = tuple[str, int, int]  # (operation, a, b)

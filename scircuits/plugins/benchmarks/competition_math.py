@@ -28,10 +28,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from scircuits import Example
-from scircuits.platform.errors import DataFormatError
-from scircuits.plugins.benchmarks.boxed import UnbalancedBoxError, last_boxed
-from scircuits.plugins.benchmarks.datafiles import DataFileBenchmark, read_jsonl, require_text
+from scircuits import DataFormatError, Example
+
+from .boxed import UnbalancedBoxError, last_boxed
+from .datafiles import DataFileBenchmark, read_jsonl, require_text
 
 EXPECTED_DATA = "a directory holding test.jsonl and/or math500.jsonl (MATH format), or one .jsonl file"
 MATH_TYPES = (

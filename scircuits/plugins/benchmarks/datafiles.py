@@ -8,8 +8,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from scircuits import Benchmark, Example
-from scircuits.platform.errors import ConfigError, DataFormatError
+from scircuits import Benchmark, ConfigError, DataFormatError, Example
 
 T = TypeVar("T")
 

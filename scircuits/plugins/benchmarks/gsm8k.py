@@ -25,9 +25,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from scircuits import Benchmark, Example
-from scircuits.platform.errors import ConfigError, DataFormatError
-from scircuits.plugins.benchmarks.datafiles import read_jsonl, require_text, resolve_data_file, take
+from scircuits import Benchmark, ConfigError, DataFormatError, Example
+
+from .datafiles import read_jsonl, require_text, resolve_data_file, take
 
 HF_DATASET = "openai/gsm8k"
 EXPECTED_DATA = "a directory holding train.jsonl and test.jsonl (GSM8K format), or one .jsonl file"

@@ -31,9 +31,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from scircuits import Example
-from scircuits.platform.errors import DataFormatError
-from scircuits.plugins.benchmarks.datafiles import DataFileBenchmark
+from scircuits import DataFormatError, Example
+
+from .datafiles import DataFileBenchmark
 
 EXPECTED_DATA = "a directory holding test.txt and eval.txt (LogiQA English format), or one .txt file"
 LETTERS = ("A", "B", "C", "D")
@@ -78,7 +78,9 @@ def _option_label(line: str, letter: str) -> tuple[str | None, str]:
 
 def parse_option_lines(option_lines: list[str], first_line: int, path: Path) -> list[str]:
     """The texts of options A-D from the four option lines of a block (see the module docstring)."""
-    parsed = [_option_label(line.strip(), letter) for line, letter in zip(option_lines, LETTERS, strict=False)]
+    parsed = [
+        _option_label(line.strip(), letter) for line, letter in zip(option_lines, LETTERS, strict=False)
+    ]
     labels = [label for label, _ in parsed]
     if all(label is not None for label in labels) and sorted(labels) == list(LETTERS):  # type: ignore[type-var]
         by_label = {label: text.strip() for label, text in parsed}

@@ -4,9 +4,10 @@ Importing this package imports no torch or transformers: adapters load them when
 """
 
 from scircuits import hookimpl
-from scircuits.plugins.models.declarations import HF_ADAPTERS
-from scircuits.plugins.models.generic import GenericHFAdapter
-from scircuits.plugins.models.smollm2 import SmolLM2Adapter
+
+from .declarations import HF_ADAPTERS
+from .generic import GenericHFAdapter
+from .smollm2 import SmolLM2Adapter
 
 
 @hookimpl

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from scircuits import HFModelAdapter, LoadedModel
+from scircuits import ConfigError, HFModelAdapter, LoadedModel
 
 MLP_NAMES = ("mlp", "feed_forward", "ffn", "mlp_block", "block_sparse_moe")
 ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention", "attn_block")
@@ -21,10 +21,7 @@ def find_decoder_blocks(model: Any) -> tuple[str, dict[str, str], int]:
     """(blocks_path, site_paths, n_layers) of a transformers causal LM."""
     import torch
 
-    from scircuits.platform.errors import ConfigError
-    from scircuits.platform.hf_loading import config_sizes
-
-    n_layers, _ = config_sizes(model.config)
+    n_layers, _ = HFModelAdapter.config_sizes(model.config)
     for path, module in model.named_modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
             block = module[0]
@@ -49,8 +46,6 @@ class GenericHFAdapter(HFModelAdapter):
     remote: bool = True  # whether NDIF serves a given repo is NDIF's to say
 
     def specialize(self, repo_id: str) -> GenericHFAdapter:
-        from scircuits.platform.errors import ConfigError
-
         if not repo_id:
             raise ConfigError("hf: needs a repository id or a folder, e.g. --model hf:EleutherAI/pythia-70m")
         return dataclasses.replace(
@@ -59,10 +54,8 @@ class GenericHFAdapter(HFModelAdapter):
 
     def resolved_for(self, model: Any) -> GenericHFAdapter:
         """This adapter with the block path, sites and sizes of the loaded ``model``."""
-        from scircuits.platform.hf_loading import config_sizes
-
         blocks_path, sites, n_layers = find_decoder_blocks(model)
-        _, d_model = config_sizes(model.config)
+        _, d_model = self.config_sizes(model.config)
         return dataclasses.replace(
             self,
             blocks_path=blocks_path,
@@ -76,8 +69,6 @@ class GenericHFAdapter(HFModelAdapter):
         self, *, model_path: str | None = None, dtype: str = "float32", device: str = "cpu"
     ) -> LoadedModel:
         if self.name == "hf:":
-            from scircuits.platform.errors import ConfigError
-
             raise ConfigError("name the model after the prefix: --model hf:ORG/NAME")
         loaded = super().load(model_path=model_path, dtype=dtype, device=device)
         loaded.adapter = self.resolved_for(loaded.model)

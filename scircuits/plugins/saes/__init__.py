@@ -2,7 +2,8 @@
 plugin API). Importing this package does not import torch."""
 
 from scircuits import hookimpl
-from scircuits.plugins.saes.variants import BUILTIN_VARIANTS
+
+from .variants import BUILTIN_VARIANTS
 
 
 @hookimpl

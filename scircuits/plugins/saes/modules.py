@@ -22,14 +22,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from scircuits.platform.sae_module import (
+from scircuits import (
     SparseAutoencoder,
     TrainOutput,
     encoder_product,
     fired_counts,
     mse_per_element,
 )
-from scircuits.plugins.saes.sparse_ops import (
+
+from .sparse_ops import (
     dense_decode,
     dense_topk_encode,
     scatter_dense,
@@ -339,6 +340,11 @@ class GatedSAE(SparseAutoencoder):
             fired = fired_counts(f)
             l0 = float((f > 0).sum(dim=-1).float().mean())
         return TrainOutput(terms, x_hat, fired, l0)
+
+    @torch.no_grad()
+    def absorb_input_shift(self, shift: torch.Tensor) -> None:
+        self.b_gate.add_(shift)
+        self.b_mag.add_(shift * self.r_mag.exp())
 
     def saelens_tensors(self) -> dict[str, torch.Tensor]:
         return {

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from scircuits.platform.sae_module import encoder_product
+from scircuits import encoder_product
 
 
 class _TopKEncode(torch.autograd.Function):

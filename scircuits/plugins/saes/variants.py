@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scircuits import SAEVariant
 
 if TYPE_CHECKING:
-    from scircuits.platform.sae_module import SparseAutoencoder
+    from scircuits import SparseAutoencoder
 
 
 class _Hyperparameters(BaseModel):
@@ -63,7 +63,7 @@ class BuiltinSAEVariant(SAEVariant):
     def build(
         self, d_in: int, d_sae: int, hparams: Mapping[str, Any] | BaseModel | None = None
     ) -> SparseAutoencoder:
-        from scircuits.plugins.saes.modules import build_module
+        from .modules import build_module
 
         parsed = self.parse_hparams(hparams)
         return build_module(self.name, d_in, d_sae, parsed.model_dump())
@@ -74,6 +74,18 @@ class ReLUVariant(BuiltinSAEVariant):
     description = "ReLU SAE with an L1 penalty and the Phase 4 decorrelation penalty"
     saelens_architecture = "standard"
     Hyperparameters = ReLUHyperparameters
+    reads_saelens_checkpoints = True
+    validation_hparams: ClassVar[Mapping[str, Any]] = {"l1": 0.1}
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        # The configuration of the Phase 4 report (the study this project continues).
+        "phase4": {
+            "expansion": 8,
+            "epochs": 20,
+            "batch_size": 32,
+            "lr": 1e-4,
+            "hparams": {"l1": 1e-4, "decorrelation": 0.01},
+        },
+    }
 
 
 class TopKVariant(BuiltinSAEVariant):
@@ -81,13 +93,19 @@ class TopKVariant(BuiltinSAEVariant):
     description = "TopK SAE (k latents per token) with the AuxK loss for dead latents"
     saelens_architecture = "topk"
     Hyperparameters = TopKHyperparameters
+    reads_saelens_checkpoints = True
+    validation_hparams: ClassVar[Mapping[str, Any]] = {"k": 3, "dead_tokens": 4096}
+
+    def hparams_from_saelens_cfg(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
+        return {"k": cfg["k"]} if "k" in cfg else {}
 
 
 class BatchTopKVariant(BuiltinSAEVariant):
     name = "batchtopk"
     description = "BatchTopK SAE (k latents per token on average) with a learned inference threshold"
-    saelens_architecture = "jumprelu"
+    saelens_architecture = "jumprelu"  # saved as JumpReLU; SAELens jumprelu files load as jumprelu
     Hyperparameters = BatchTopKHyperparameters
+    validation_hparams: ClassVar[Mapping[str, Any]] = {"k": 3, "dead_tokens": 4096}
 
 
 class JumpReLUVariant(BuiltinSAEVariant):
@@ -95,6 +113,8 @@ class JumpReLUVariant(BuiltinSAEVariant):
     description = "JumpReLU SAE: learned thresholds (straight-through estimator), L0 penalty"
     saelens_architecture = "jumprelu"
     Hyperparameters = JumpReLUHyperparameters
+    reads_saelens_checkpoints = True
+    validation_hparams: ClassVar[Mapping[str, Any]] = {"l0": 0.05, "init_threshold": 0.5, "bandwidth": 0.2}
 
 
 class GatedVariant(BuiltinSAEVariant):
@@ -102,6 +122,8 @@ class GatedVariant(BuiltinSAEVariant):
     description = "Gated SAE: separate gate and magnitude paths sharing encoder directions"
     saelens_architecture = "gated"
     Hyperparameters = GatedHyperparameters
+    reads_saelens_checkpoints = True
+    validation_hparams: ClassVar[Mapping[str, Any]] = {"l1": 0.3}
 
 
 BUILTIN_VARIANTS: tuple[type[BuiltinSAEVariant], ...] = (

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from scircuits.version import __version__
+
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -22,6 +24,4 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
 
 
 def base_provenance() -> dict[str, Any]:
-    from scircuits import __version__
-
     return {"scircuits_version": __version__, "created": now_iso(), "host_pid": os.getpid()}

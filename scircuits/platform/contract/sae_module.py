@@ -145,6 +145,12 @@ class SparseAutoencoder(nn.Module):
             raise ValueError(f"{name}: expected shape {tuple(target.shape)}, got {tuple(value.shape)}")
         target.data.copy_(value.to(target.dtype))
 
+    @torch.no_grad()
+    def absorb_input_shift(self, shift: torch.Tensor) -> None:
+        """Add ``shift`` (d_sae,) to every encoder pre-activation: how a checkpoint saved with
+        ``apply_b_dec_to_input=False`` is made to fit this module, which always subtracts b_dec."""
+        self.b_enc.add_(shift)
+
     def saelens_cfg(self) -> dict[str, Any]:
         """Architecture-specific cfg.json fields (e.g. ``k`` for topk)."""
         return {}

@@ -18,7 +18,10 @@ from typing import Any
 
 import torch
 
-from scircuits.platform.metrics import ReconstructionStats, mean_max_cosine
+from scircuits.platform.contract.saes import SAEVariant
+from scircuits.platform.manager.plugin_set import transitional_plugins
+from scircuits.platform.train.metrics import ReconstructionStats, mean_max_cosine
+from scircuits.platform.train.training import SAETrainer
 
 MMCS_THRESHOLD = 0.9
 
@@ -39,16 +42,6 @@ class PlantedSetup:
     @property
     def d_sae(self) -> int:
         return self.expansion * self.n_atoms
-
-
-# Hyperparameters that suit the default setup (true L0 about 3); everything else is the variant's default.
-VALIDATE_HPARAMS: dict[str, dict[str, Any]] = {
-    "relu": {"l1": 0.1},
-    "topk": {"k": 3, "dead_tokens": 4096},
-    "batchtopk": {"k": 3, "dead_tokens": 4096},
-    "jumprelu": {"l0": 0.05, "init_threshold": 0.5, "bandwidth": 0.2},
-    "gated": {"l1": 0.3},
-}
 
 
 class PlantedDictionary:
@@ -101,23 +94,24 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def validate_variant(
-    name: str,
+    variant: SAEVariant,
     setup: PlantedSetup | None = None,
     hparams: dict[str, Any] | None = None,
     threads: int | None = 1,
 ) -> VariantResult:
-    from scircuits.platform.plugins import get_plugins
-    from scircuits.platform.training import SAETrainer
-
+    """Train ``variant`` on a planted dictionary with its ``validation_hparams`` (then ``hparams``)."""
+    if isinstance(variant, str):  # transitional: cli/train.py still passes a name
+        variant = transitional_plugins(None).saes.get(variant)
+    name = variant.name
     setup = setup or PlantedSetup()
-    chosen = {**VALIDATE_HPARAMS.get(name, {}), **(hparams or {})}
+    chosen = {**variant.validation_hparams, **(hparams or {})}
     started = time.monotonic()
     with torch_threads(threads):
         torch.manual_seed(setup.seed)
         data = PlantedDictionary(setup)
         train_x = data.sample(setup.n_tokens)
         eval_x = data.sample(4096)
-        sae = get_plugins().saes.get(name).build(setup.d_in, setup.d_sae, chosen)
+        sae = variant.build(setup.d_in, setup.d_sae, chosen)
         steps_per_epoch = setup.n_tokens // setup.batch_size
         trainer = SAETrainer(
             sae,
@@ -148,17 +142,11 @@ def validate_variant(
     )
 
 
-def validate(names: list[str], setup: PlantedSetup | None = None) -> list[VariantResult]:
-    return [validate_variant(name, setup) for name in names]
-
-
 __all__ = [
     "MMCS_THRESHOLD",
-    "VALIDATE_HPARAMS",
     "PlantedDictionary",
     "PlantedSetup",
     "ReconstructionStats",
     "VariantResult",
-    "validate",
     "validate_variant",
 ]

@@ -21,7 +21,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from scircuits.platform.models import LoadedModel, ModelAdapter
+from scircuits.platform.contract.models import LoadedModel, ModelAdapter
+from scircuits.platform.manager.plugin_set import get_plugins
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 TINY_CHARACTERS = "".join(c for c in string.printable if c not in "\r\x0b\x0c")
@@ -62,8 +63,6 @@ def tiny_tokenizer() -> Any:
 def _adapter(adapter: str | ModelAdapter) -> ModelAdapter:
     if isinstance(adapter, ModelAdapter):
         return adapter
-    from scircuits.platform.plugins import get_plugins
-
     return get_plugins().models.get(adapter)
 
 
@@ -72,8 +71,6 @@ def tiny_model(adapter: str | ModelAdapter, seed: int = 0, **config_overrides: A
     import torch
     from transformers import AutoModelForCausalLM
 
-    from scircuits.platform.hf_loading import tiny_config
-
     adapter = _adapter(adapter)
     tokenizer = tiny_tokenizer()
     special_ids = {
@@ -81,7 +78,7 @@ def tiny_model(adapter: str | ModelAdapter, seed: int = 0, **config_overrides: A
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
-    config = tiny_config(adapter, **{**special_ids, **config_overrides})
+    config = adapter.tiny_config(**{**special_ids, **config_overrides})
     if config.vocab_size < len(tokenizer):
         raise ValueError(
             f"tiny vocab_size {config.vocab_size} is smaller than the tokenizer's {len(tokenizer)}"
@@ -98,15 +95,10 @@ def tiny_loaded_model(adapter: str | ModelAdapter, seed: int = 0, **config_overr
     For the generic ``hf:`` adapter pass a specialised adapter with a ``model_type``; its block
     path is discovered as when loading real weights.
     """
-    from scircuits.platform.hf_loading import loaded_model
-
     adapter = _adapter(adapter)
     model = tiny_model(adapter, seed, **config_overrides)
-    resolve = getattr(adapter, "resolved_for", None)  # the generic adapter finds its blocks
-    if resolve is not None:
-        adapter = resolve(model)
-    return loaded_model(
-        adapter,
+    adapter = adapter.resolved_for(model)  # the generic adapter finds its blocks
+    return adapter.wrap(
         model,
         tiny_tokenizer(),
         model_id=f"tiny-random:{adapter.name}",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scircuits.platform.errors import ScircuitsError
+from scircuits.errors import ScircuitsError
 
 MARKER_FILE = ".scircuits-artifact.json"
 LOCK_FILE = ".scircuits-lock"

@@ -25,13 +25,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scircuits.platform.errors import DataFormatError
-from scircuits.platform.provenance import base_provenance
+from scircuits.platform.common.provenance import base_provenance
+from scircuits.platform.contract.errors import DataFormatError
+from scircuits.platform.contract.saes import SAEVariant
+from scircuits.platform.manager.plugin_set import PluginSet, transitional_plugins
+from scircuits.platform.manager.registry import Registry
 
 if TYPE_CHECKING:
     import torch
 
-    from scircuits.platform.sae_module import SparseAutoencoder
+    from scircuits.platform.contract.sae_module import SparseAutoencoder
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -43,8 +46,6 @@ CHECKPOINT_FORMAT = "scircuits.sae"
 CHECKPOINT_FORMAT_VERSION = 1
 SAELENS_FORMAT_VERSION = "6.0.0"  # the cfg.json layout we write (SAELens >= 6: "metadata" table)
 
-# Our variant for a SAELens architecture, when a checkpoint has no scircuits.json.
-ARCHITECTURE_VARIANTS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 
 
@@ -166,16 +167,32 @@ def is_complete(out_dir: str | Path, config_hash: str | None = None) -> bool:
     return bool(meta.get("complete")) and (config_hash is None or meta.get("config_hash") == config_hash)
 
 
-def load_sae(path: str | Path, device: str = "cpu") -> tuple[SparseAutoencoder, dict[str, Any]]:
-    """Load a checkpoint written by ``save_sae`` (or by SAELens) without unpickling anything.
+def saelens_reader(variants: Registry[SAEVariant], architecture: str, where: Path) -> SAEVariant:
+    """The registered variant that reads SAELens checkpoints of ``architecture``."""
+    readers = [v for v in variants if v.reads_saelens_checkpoints and v.saelens_architecture == architecture]
+    if len(readers) != 1:
+        known = sorted({v.saelens_architecture for v in variants if v.reads_saelens_checkpoints})
+        problem = "is not supported" if not readers else "is read by several variants"
+        names = f" ({', '.join(v.name for v in readers)})" if readers else ""
+        raise DataFormatError(
+            f"{where}: architecture {architecture!r} {problem}{names} (known: {', '.join(known)})"
+        )
+    return readers[0]
+
+
+def load_sae(
+    path: str | Path, plugins: PluginSet | None = None, device: str = "cpu"
+) -> tuple[SparseAutoencoder, dict[str, Any]]:
+    """Load a checkpoint written by ``save_sae`` (or by SAELens) without unpickling anything, with
+    the SAE variants of ``plugins``.
 
     Returns the module (eval mode; ``encode``/``decode`` apply to raw activations) and ``info``:
     ``{"cfg": cfg.json, "meta": scircuits.json or {}, "variant": name, "path": str}``.
     """
+    import torch
     from safetensors.torch import load_file
 
-    from scircuits.platform.plugins import get_plugins
-
+    variants = transitional_plugins(plugins).saes
     root = Path(path)
     if not root.is_dir():
         raise DataFormatError(f"SAE checkpoint {root} is not a directory")
@@ -194,12 +211,11 @@ def load_sae(path: str | Path, device: str = "cpu") -> tuple[SparseAutoencoder, 
     cfg = read_json(root / CFG_FILE)
     meta = read_json(root / META_FILE) if (root / META_FILE).is_file() else {}
     architecture = cfg.get("architecture", "standard")
-    variant_name = meta.get("variant") or ARCHITECTURE_VARIANTS.get(architecture)
-    if variant_name is None:
-        raise DataFormatError(
-            f"{root / CFG_FILE}: architecture {architecture!r} is not supported "
-            f"(known: {', '.join(ARCHITECTURE_VARIANTS)})"
-        )
+    if meta.get("variant"):
+        variant = variants.get(meta["variant"])
+    else:
+        variant = saelens_reader(variants, architecture, root / CFG_FILE)
+    variant_name = variant.name
     normalize = cfg.get("normalize_activations") or "none"
     if normalize != "none":
         raise DataFormatError(
@@ -210,9 +226,8 @@ def load_sae(path: str | Path, device: str = "cpu") -> tuple[SparseAutoencoder, 
         if not isinstance(cfg.get(key), int):
             raise DataFormatError(f"{root / CFG_FILE}: {key!r} must be an integer, got {cfg.get(key)!r}")
     hparams = dict(meta.get("hparams") or {})
-    if not meta and architecture == "topk" and "k" in cfg:
-        hparams["k"] = cfg["k"]
-    variant = get_plugins().saes.get(variant_name)
+    if not meta:
+        hparams.update(variant.hparams_from_saelens_cfg(cfg))
     sae = variant.build(cfg["d_in"], cfg["d_sae"], hparams)
     tensors = load_file(str(weights_path))
     try:
@@ -220,22 +235,11 @@ def load_sae(path: str | Path, device: str = "cpu") -> tuple[SparseAutoencoder, 
     except ValueError as exc:
         raise DataFormatError(f"{weights_path}: {exc}") from None
     if cfg.get("apply_b_dec_to_input") is False:
-        # Our modules always subtract b_dec before encoding; compensate through b_enc.
-        _absorb_b_dec_input(sae)
+        # Our modules always subtract b_dec before encoding; compensate through the encoder biases.
+        with torch.no_grad():
+            sae.absorb_input_shift(sae.b_dec @ sae.W_enc)
     sae.to(device).eval()
     return sae, {"cfg": cfg, "meta": meta, "variant": variant_name, "path": str(root)}
-
-
-def _absorb_b_dec_input(sae: SparseAutoencoder) -> None:
-    import torch
-
-    with torch.no_grad():
-        shift = sae.b_dec @ sae.W_enc
-        if hasattr(sae, "b_gate"):
-            sae.b_gate.add_(shift)
-            sae.b_mag.add_(shift * sae.r_mag.exp())
-        else:
-            sae.b_enc.add_(shift)
 
 
 # -- training state (for --resume) ------------------------------------------------------------

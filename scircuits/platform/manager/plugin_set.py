@@ -19,9 +19,14 @@ from typing import Any
 
 import pluggy
 
-from scircuits.platform import hookspecs
-from scircuits.platform.errors import PluginConflictError
-from scircuits.platform.registry import Registry
+from scircuits.platform.contract import hookspecs
+from scircuits.platform.contract.ablations import Ablation
+from scircuits.platform.contract.benchmarks import Benchmark
+from scircuits.platform.contract.errors import PluginConflictError
+from scircuits.platform.contract.models import ModelAdapter
+from scircuits.platform.contract.saes import SAEVariant
+from scircuits.platform.manager.registry import Registry
+from scircuits.version import __version__
 
 ENTRY_POINT_GROUP = "scircuits"
 ALLOW_LIST_ENV = "SCIRCUITS_LOAD_PLUGINS"
@@ -50,15 +55,16 @@ class PluginInfo:
         return asdict(self)
 
 
-def _family_base(family: str) -> type:
-    from scircuits.platform.ablations import Ablation
-    from scircuits.platform.benchmarks import Benchmark
-    from scircuits.platform.models import ModelAdapter
-    from scircuits.platform.saes import SAEVariant
+FAMILY_BASES: dict[str, type] = {
+    "models": ModelAdapter,
+    "benchmarks": Benchmark,
+    "saes": SAEVariant,
+    "ablations": Ablation,
+}
 
-    return {"models": ModelAdapter, "benchmarks": Benchmark, "saes": SAEVariant, "ablations": Ablation}[
-        family
-    ]
+
+def _family_base(family: str) -> type:
+    return FAMILY_BASES[family]
 
 
 class PluginSet:
@@ -155,8 +161,6 @@ class PluginSet:
                 info.registered[family] = added
 
     def load_builtins(self) -> None:
-        from scircuits import __version__
-
         for module_name in BUILTIN_MODULES:
             short = module_name.rsplit(".", 1)[-1]
             info = PluginInfo(
@@ -218,5 +222,15 @@ def load_plugins(*, entry_points_too: bool = True) -> PluginSet:
 
 @lru_cache(maxsize=1)
 def get_plugins() -> PluginSet:
-    """The process-wide plugin set (loaded once)."""
+    """The process-wide plugin set (loaded once). Only the CLI and the top of the pipeline call it;
+    library functions take the plugin set as an argument."""
     return load_plugins()
+
+
+def transitional_plugins(plugins: PluginSet | None) -> PluginSet:
+    """``plugins``, or the process-wide set while some callers (pipeline, CLI) do not pass one yet.
+
+    Transitional: once every caller passes its plugin set, the library functions' ``plugins``
+    parameter becomes required and this function goes.
+    """
+    return plugins if plugins is not None else get_plugins()

@@ -12,7 +12,7 @@ Training details:
   asks (gradient component parallel to each row removed before the step, rows renormalised after);
 - dead latents: tokens since each latent last fired (variants with AuxK get a dead mask);
 - every ``eval_every`` steps and at the end: FVU, L0, dead fraction, MSE on held-out examples
-  (``scircuits.platform.metrics``), appended to ``train_log.jsonl``;
+  (``scircuits.platform.train.metrics``), appended to ``train_log.jsonl``;
 - every ``checkpoint_every`` steps: the full training state (weights, Adam moments, step, epoch,
   position in the epoch, dead-latent counters, RNG) so ``--resume`` ends with the same weights as
   an uninterrupted run. Under DDP every rank reads a disjoint share of each epoch; gradients are
@@ -27,35 +27,30 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from scircuits.platform import checkpoint as ckpt
+from scircuits.platform.common.progress import progress
 from scircuits.platform.config import TrainConfig
-from scircuits.platform.distributed import DistContext, all_reduce_, from_environment, launch, under_launcher
-from scircuits.platform.errors import ConfigError
-from scircuits.platform.metrics import ReconstructionStats
-from scircuits.platform.progress import progress
-from scircuits.platform.sae_module import SparseAutoencoder, TrainOutput
-
-if TYPE_CHECKING:
-    from scircuits.store import ActivationStore
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.sae_module import SparseAutoencoder, TrainOutput
+from scircuits.platform.contract.saes import SAEVariant
+from scircuits.platform.manager.plugin_set import PluginSet, get_plugins, transitional_plugins
+from scircuits.platform.manager.registry import Registry
+from scircuits.platform.train import checkpoint as ckpt
+from scircuits.platform.train.distributed import (
+    DistContext,
+    all_reduce_,
+    from_environment,
+    launch,
+    run_jobs_on_devices,
+    under_launcher,
+)
+from scircuits.platform.train.metrics import ReconstructionStats
+from scircuits.store import ActivationStore
 
 INIT_SAMPLE_TOKENS = 16384
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # The Phase 4 report's configuration.
-    "phase4": {
-        "sae": "relu",
-        "expansion": 8,
-        "epochs": 20,
-        "batch_size": 32,
-        "lr": 1e-4,
-        "hparams": {"l1": 1e-4, "decorrelation": 0.01},
-    },
-}
-
 
 # -- the optimiser loop --------------------------------------------------------------------------
 
@@ -183,7 +178,7 @@ class SAETrainer:
 
     @torch.no_grad()
     def evaluate(self, batches: Iterator[torch.Tensor], max_tokens: int) -> dict[str, Any]:
-        """FVU, L0, dead fraction, MSE on raw activations (``scircuits.platform.metrics``)."""
+        """FVU, L0, dead fraction, MSE on raw activations (``scircuits.platform.train.metrics``)."""
         sae = self.sae
         was_training = sae.training
         sae.eval()
@@ -235,14 +230,37 @@ def geometric_median(x: torch.Tensor, iterations: int = 50, eps: float = 1e-6) -
 # -- the stage ---------------------------------------------------------------------------------
 
 
-def apply_preset(config: TrainConfig) -> TrainConfig:
-    """Fill the fields a preset sets, unless they were given explicitly."""
+def find_preset(
+    variants: Registry[SAEVariant], name: str, sae: str | None
+) -> tuple[SAEVariant, dict[str, Any]]:
+    """The variant that owns preset ``name`` (``sae`` when given) and the preset's settings."""
+    if sae is not None:
+        variant = variants.get(sae)
+        if name not in variant.presets:
+            known = ", ".join(sorted(variant.presets)) or "none"
+            raise ConfigError(f"SAE variant {sae!r} has no preset {name!r}; its presets: {known}")
+        return variant, dict(variant.presets[name])
+    owners = [v for v in variants if name in v.presets]
+    if not owners:
+        known = sorted({p for v in variants for p in v.presets})
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(known) or 'none'}")
+    if len(owners) > 1:
+        raise ConfigError(
+            f"preset {name!r} is declared by several SAE variants ({', '.join(v.name for v in owners)}); "
+            "choose one with --sae"
+        )
+    return owners[0], dict(owners[0].presets[name])
+
+
+def apply_preset(config: TrainConfig, plugins: PluginSet | None = None) -> TrainConfig:
+    """Fill the fields a preset sets (and the variant that declares it), unless given explicitly."""
     if not config.preset:
         return config
-    if config.preset not in PRESETS:
-        raise ConfigError(f"unknown preset {config.preset!r}; known presets: {', '.join(PRESETS)}")
-    preset = PRESETS[config.preset]
     given = config.model_fields_set
+    variant, preset = find_preset(
+        transitional_plugins(plugins).saes, config.preset, config.sae if "sae" in given else None
+    )
+    preset = {"sae": variant.name, **preset}
     values = config.model_dump()
     for key, value in preset.items():
         if key == "hparams":
@@ -254,14 +272,18 @@ def apply_preset(config: TrainConfig) -> TrainConfig:
     return TrainConfig.validated(values)
 
 
-def train(config: TrainConfig, *, stop_after_steps: int | None = None) -> Path:
-    """Train one SAE as ``config`` says; returns the checkpoint directory.
+def train(
+    config: TrainConfig, plugins: PluginSet | None = None, *, stop_after_steps: int | None = None
+) -> Path:
+    """Train one SAE of ``plugins``' variant ``config.sae`` as ``config`` says; returns the checkpoint
+    directory.
 
     Skips (returns at once) when ``config.out`` holds a complete checkpoint with the same
     ``config_hash``. ``stop_after_steps`` ends the run early after writing a resumable state (what a
     killed run leaves behind; tests use it).
     """
-    config = apply_preset(config)
+    plugins = transitional_plugins(plugins)
+    config = apply_preset(config, plugins)
     out = Path(config.out)
     if ckpt.is_complete(out, config.config_hash()):
         print(f"[train] {out} already holds a complete checkpoint for this config; skipping", file=sys.stderr)
@@ -276,32 +298,31 @@ def train(config: TrainConfig, *, stop_after_steps: int | None = None) -> Path:
         return out
     dist = from_environment(config.device)
     try:
-        _train_rank(config, dist, stop_after_steps)
+        _train_rank(config, plugins.saes.get(config.sae), dist, stop_after_steps)
     finally:
         dist.close()
     return out
 
 
 def _distributed_entry(config_values: dict[str, Any], stop_after_steps: int | None) -> None:
+    """The top of a DDP worker process: it loads the plugin set of its own process."""
     config = TrainConfig.validated(config_values)
     dist = from_environment(config.device)
     try:
-        _train_rank(config, dist, stop_after_steps)
+        _train_rank(config, get_plugins().saes.get(config.sae), dist, stop_after_steps)
     finally:
         dist.close()
 
 
 def open_store(path: str) -> ActivationStore:
-    from scircuits.store import ActivationStore
-
     if not path:
         raise ConfigError("train: give the activation store with --store PATH")
     return ActivationStore(path)
 
 
-def _train_rank(config: TrainConfig, dist: DistContext, stop_after_steps: int | None) -> None:
-    from scircuits.platform.plugins import get_plugins
-
+def _train_rank(
+    config: TrainConfig, variant: SAEVariant, dist: DistContext, stop_after_steps: int | None
+) -> None:
     torch.manual_seed(config.seed)
     out = Path(config.out)
     store = open_store(config.store)
@@ -328,7 +349,6 @@ def _train_rank(config: TrainConfig, dist: DistContext, stop_after_steps: int | 
     else:
         total_steps = steps_per_epoch * (config.epochs or 1)
 
-    variant = get_plugins().saes.get(config.sae)
     d_in = store.d_model
     sae = variant.build(d_in, config.expansion * d_in, config.hparams).to(dist.device)
     sae.encoder_bf16 = config.bf16
@@ -405,10 +425,9 @@ def _train_rank(config: TrainConfig, dist: DistContext, stop_after_steps: int | 
                 world_size=dist.world_size,
                 drop_last=True,
                 epoch=epoch,
+                start_batch=batch_in_epoch,  # resumed mid-epoch: seek, reading no skipped batch
                 **read,
             )
-            for _ in range(batch_in_epoch):
-                next(batches)
             for x in batches:
                 if batch_in_epoch >= steps_per_epoch or trainer.step >= total_steps:
                     break
@@ -543,17 +562,18 @@ class _Logger:
 
 
 def _train_job(config_values: dict[str, Any], device: str) -> str:
+    """The top of a job process: it loads the plugin set of its own process."""
     config = TrainConfig.validated({**config_values, "device": device})
-    return str(train(config))
+    return str(train(config, get_plugins()))
 
 
-def train_many(configs: list[TrainConfig], devices: list[str]) -> list[Path]:
+def train_many(
+    configs: list[TrainConfig], devices: list[str], plugins: PluginSet | None = None
+) -> list[Path]:
     """Train independent SAEs, one at a time per device (``--device cuda:0,cuda:1`` with several
     stores or variants). Each job runs in its own process; returns the checkpoint directories."""
-    from scircuits.platform.distributed import run_jobs_on_devices
-
     if len(configs) == 1 and len(devices) == 1:
-        return [train(configs[0].model_copy(update={"device": devices[0]}))]
+        return [train(configs[0].model_copy(update={"device": devices[0]}), plugins)]
     outs = [c.out for c in configs]
     if len(set(outs)) != len(outs):
         raise ConfigError("several SAEs would be written to the same --out directory")
@@ -561,4 +581,4 @@ def train_many(configs: list[TrainConfig], devices: list[str]) -> list[Path]:
     return [Path(r) for r in results]
 
 
-__all__ = ["PRESETS", "SAETrainer", "apply_preset", "geometric_median", "train", "train_many"]
+__all__ = ["SAETrainer", "apply_preset", "find_preset", "geometric_median", "train", "train_many"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from scircuits.platform.benchmarks import Example
+from scircuits.platform.contract.benchmarks import Example
 
 
 @dataclass(frozen=True)

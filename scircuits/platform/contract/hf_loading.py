@@ -1,8 +1,10 @@
-"""The shared Hugging Face loader: weights from a local folder or the hub (cache), with provenance.
+"""The shared Hugging Face loader behind ``HFModelAdapter``: weights from a local folder or the hub
+(cache), with provenance.
 
-``check_weights_available`` answers "can these weights be loaded here?" cheaply (no weights are
-read), so a pipeline can fail before any heavy work; ``load_hf_model`` loads them. torch and
-transformers are imported inside the functions.
+``default_weights_check`` (``ModelAdapter.check_weights``) answers "can these weights be loaded
+here?" cheaply (no weights are read), so a pipeline can fail before any heavy work;
+``HFModelAdapter.load`` loads them with ``load_pretrained``. torch and transformers are imported
+inside the functions. Part of the contract: it imports no other part of the platform.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scircuits.platform.errors import ConfigError, WeightsUnavailableError
+from scircuits.platform.contract.errors import ConfigError, WeightsUnavailableError
 
 if TYPE_CHECKING:
     import torch
 
-    from scircuits.platform.models import LoadedModel, ModelAdapter
+    from scircuits.platform.contract.models import ModelAdapter
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -173,14 +175,12 @@ def check_hub_config(adapter: ModelAdapter, repo_id: str) -> str | None:
 
 
 def check_weights_available(adapter: ModelAdapter, model_path: str | Path | None = None) -> WeightsSource:
-    """Where ``adapter``'s weights would load from, or WeightsUnavailableError naming the ways to supply them.
+    """Where ``adapter``'s weights would load from, or WeightsUnavailableError naming the ways to supply them."""
+    return adapter.check_weights(model_path)
 
-    Adapters with their own source (a packaged file) override ``check_weights`` and call this
-    only for the hub fallback.
-    """
-    own_check = getattr(adapter, "check_weights", None)
-    if own_check is not None:
-        return own_check(model_path)
+
+def default_weights_check(adapter: ModelAdapter, model_path: str | Path | None = None) -> WeightsSource:
+    """``ModelAdapter.check_weights``'s default: a local folder, or the hub repository ``hf_id``."""
     if model_path is not None:
         return check_local_folder(adapter, model_path)
     if os.path.isdir(os.path.expanduser(adapter.hf_id)):  # an hf: adapter named by a local folder
@@ -224,34 +224,6 @@ def config_sizes(config: Any) -> tuple[int, int]:
     return int(n_layers), int(d_model)
 
 
-def loaded_model(
-    adapter: ModelAdapter,
-    model: Any,
-    tokenizer: Any,
-    *,
-    model_id: str,
-    revision: str,
-    dtype: str,
-    device: str,
-) -> LoadedModel:
-    """Wrap a loaded transformers model: eval mode, sizes read from its config."""
-    from scircuits.platform.models import LoadedModel
-
-    model.eval()
-    n_layers, d_model = config_sizes(model.config)
-    return LoadedModel(
-        adapter=adapter,
-        model=model,
-        tokenizer=tokenizer,
-        model_id=model_id,
-        revision=revision,
-        dtype=dtype,
-        device=device,
-        n_layers=n_layers,
-        d_model=d_model,
-    )
-
-
 def load_pretrained(source: str, *, dtype: str, device: str, **kwargs: Any) -> tuple[Any, Any]:
     """(model, tokenizer) via AutoModelForCausalLM / AutoTokenizer from a folder or hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -260,24 +232,6 @@ def load_pretrained(source: str, *, dtype: str, device: str, **kwargs: Any) -> t
     placement = {} if device == "cpu" else {"device_map": device}
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype(dtype), **placement, **kwargs)
     return model, tokenizer
-
-
-def load_hf_model(
-    adapter: ModelAdapter, model_path: str | Path | None = None, dtype: str = "float32", device: str = "cpu"
-) -> LoadedModel:
-    """Load ``adapter``'s model from ``model_path`` if given, else from its hub id (cache first)."""
-    source = check_weights_available(adapter, model_path)
-    model, tokenizer = load_pretrained(source.location, dtype=dtype, device=device)
-    revision = source.revision
-    if revision is None:
-        revision = (
-            weights_revision(source.location)
-            if source.local
-            else (getattr(model.config, "_commit_hash", None) or "unknown")
-        )
-    return loaded_model(
-        adapter, model, tokenizer, model_id=source.location, revision=revision, dtype=dtype, device=device
-    )
 
 
 def tiny_config(adapter: ModelAdapter, **overrides: Any) -> Any:

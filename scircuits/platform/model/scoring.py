@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from scircuits.platform.benchmarks import Example
-from scircuits.platform.sequences import EncodedSequence, encode_choices
+from scircuits.platform.contract.benchmarks import Example
+from scircuits.platform.model.sequences import EncodedSequence, encode_choices
 
 
 @dataclass

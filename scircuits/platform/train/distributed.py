@@ -17,9 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scircuits.platform.errors import ConfigError, ScircuitsError
-
-ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 
 
 @dataclass

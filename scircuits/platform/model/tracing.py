@@ -1,6 +1,6 @@
 """Reading one site of one layer with nnsight, locally or on NDIF, stopping the forward right after it.
 
-    from scircuits.platform.tracing import SiteTracer, nnsight_model
+    from scircuits.platform.model.tracing import SiteTracer, nnsight_model
     tracer = SiteTracer(loaded, layer=15, site="resid")
     rows = tracer.trace([seq.input_ids for seq in sequences])   # one (n_i, d_model) float32 tensor each
 
@@ -24,12 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from scircuits.platform.errors import ConfigError, ScircuitsError, WeightsUnavailableError
+from scircuits.platform.contract.errors import ConfigError, ScircuitsError, WeightsUnavailableError
+from scircuits.platform.contract.hf_loading import check_hub_config, weights_revision
+from scircuits.platform.contract.models import LoadedModel, ModelAdapter
 
 if TYPE_CHECKING:
     import torch
-
-    from scircuits.platform.models import LoadedModel, ModelAdapter
 
 RemoteBackend = bool | str  # False: run here; True: NDIF; "local": nnsight's offline remote stand-in
 
@@ -106,9 +106,6 @@ def load_remote(
     ``model_path`` (a local folder) replaces the hub id; with ``backend="local"`` nothing leaves
     this machine (nnsight's offline stand-in for NDIF, used by the tests).
     """
-    from scircuits.platform.hf_loading import check_hub_config, config_sizes, weights_revision
-    from scircuits.platform.models import LoadedModel
-
     if backend is True and not ndif_api_key():
         raise ConfigError(
             "--remote runs the model on NDIF and needs an API key: set NDIF_API_KEY (get one at "
@@ -137,10 +134,8 @@ def load_remote(
             "execution needs network access to the Hugging Face hub (or a local folder via --model-path)."
         ) from None
     module = wrapped._module
-    resolve = getattr(adapter, "resolved_for", None)
-    if resolve is not None:
-        adapter = resolve(module)
-    n_layers, d_model = config_sizes(module.config)
+    adapter = adapter.resolved_for(module)
+    n_layers, d_model = adapter.config_sizes(module.config)
     if os.path.isdir(source):
         revision = weights_revision(source)
     else:

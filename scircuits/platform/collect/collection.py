@@ -16,9 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scircuits.platform.common.progress import progress
 from scircuits.platform.config import CollectConfig
-from scircuits.platform.errors import ConfigError
-from scircuits.platform.tracing import RemoteBackend
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.manager.plugin_set import PluginSet, transitional_plugins
+from scircuits.platform.model.sequences import encode_example
+from scircuits.platform.model.tracing import RemoteBackend, SiteTracer, load_remote
+from scircuits.store import ActivationStoreWriter, StoreMismatchError
+from scircuits.store.location import read_group
 
 # Examples are encoded and sorted by length within windows of this many batches, so a batch pads
 # little; they are stored in benchmark order.
@@ -63,8 +68,6 @@ def store_attrs(config: CollectConfig, loaded: Any, layer: int) -> dict[str, Any
 def _existing_store_attrs(out: str) -> dict[str, Any] | None:
     if not (Path(out) / "zarr.json").is_file():
         return None
-    from scircuits.store.location import read_group
-
     try:
         return dict(read_group(out, None).attrs)
     except Exception:
@@ -84,8 +87,6 @@ def _check_existing_store(config: CollectConfig) -> CollectSummary | None:
         if stored.get(key) != now.get(key)
     ]
     if differences:
-        from scircuits.store import StoreMismatchError
-
         raise StoreMismatchError(
             f"{config.out} holds activations of a different collection ({'; '.join(differences)}). "
             "Write to another --out, or delete the existing store to replace it."
@@ -109,20 +110,23 @@ def _windows(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield window
 
 
-def collect(config: CollectConfig, *, remote_backend: RemoteBackend = True) -> Path:
+def collect(
+    config: CollectConfig, plugins: PluginSet | None = None, *, remote_backend: RemoteBackend = True
+) -> Path:
     """Run the collect stage; returns the store's path (see run_collect)."""
-    return run_collect(config, remote_backend=remote_backend).path
+    return run_collect(config, plugins, remote_backend=remote_backend).path
 
 
-def run_collect(config: CollectConfig, *, remote_backend: RemoteBackend = True) -> CollectSummary:
-    """Run the collect stage; returns where the store is and what it holds.
+def run_collect(
+    config: CollectConfig, plugins: PluginSet | None = None, *, remote_backend: RemoteBackend = True
+) -> CollectSummary:
+    """Run the collect stage with the model and benchmark of ``plugins``; returns where the store is
+    and what it holds.
 
     ``remote_backend`` applies when ``config.remote``: True runs on NDIF, "local" runs nnsight's
     offline stand-in of the remote path (tests).
     """
-    from scircuits.platform.plugins import get_plugins
-
-    plugins = get_plugins()
+    plugins = transitional_plugins(plugins)
     adapter = plugins.models.get(config.model)
     benchmark = plugins.benchmarks.get(config.benchmark)
     benchmark.check_split(config.split)
@@ -136,13 +140,9 @@ def run_collect(config: CollectConfig, *, remote_backend: RemoteBackend = True) 
             return done
 
     if config.remote:
-        from scircuits.platform.tracing import load_remote
-
         loaded = load_remote(adapter, model_path=config.model_path, backend=remote_backend)
     else:
-        from scircuits.platform.hf_loading import check_weights_available
-
-        check_weights_available(adapter, config.model_path)
+        adapter.check_weights(config.model_path)
         loaded = adapter.load(
             model_path=config.model_path, dtype=model_dtype_for(config), device=config.device
         )
@@ -154,16 +154,8 @@ def run_collect(config: CollectConfig, *, remote_backend: RemoteBackend = True) 
     return trace_into_store(config, loaded, layer, benchmark, options)
 
 
-def max_positions(loaded: Any) -> int | None:
-    """The longest sequence the model takes (its position table), if it declares one."""
-    config = loaded.model.config
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    value = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
-    return int(value) if value else None
-
-
 def sequence_limit(config: CollectConfig, loaded: Any) -> int | None:
-    limit = max_positions(loaded)
+    limit = loaded.adapter.max_positions(loaded.model)
     if config.max_length is not None:
         if limit is not None and config.max_length > limit:
             raise ConfigError(
@@ -176,11 +168,6 @@ def sequence_limit(config: CollectConfig, loaded: Any) -> int | None:
 def trace_into_store(
     config: CollectConfig, loaded: Any, layer: int, benchmark: Any, options: Any
 ) -> CollectSummary:
-    from scircuits.platform.progress import progress
-    from scircuits.platform.sequences import encode_example
-    from scircuits.platform.tracing import SiteTracer
-    from scircuits.store import ActivationStoreWriter
-
     start = time.monotonic()
     writer = ActivationStoreWriter.open(
         config.out,

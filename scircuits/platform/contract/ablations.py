@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from scircuits.platform.options import defaults, parse_options
+from scircuits.platform.contract.options import defaults, parse_options
 
 if TYPE_CHECKING:
     import torch

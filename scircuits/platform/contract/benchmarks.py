@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from scircuits.platform.errors import ConfigError
-from scircuits.platform.options import parse_options
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.options import parse_options
 
 
 @dataclass(frozen=True)

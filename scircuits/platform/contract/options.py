@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from scircuits.platform.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 

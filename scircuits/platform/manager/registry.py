@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from scircuits.platform.errors import PluginConflictError, UnknownNameError
+from scircuits.platform.contract.errors import PluginConflictError, UnknownNameError
 
 T = TypeVar("T")
 

@@ -23,9 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from scircuits.platform.errors import ScircuitsError
-from scircuits.platform.models import LoadedModel, Site
-from scircuits.platform.scoring import SequenceBatch
+from scircuits.platform.contract.errors import ScircuitsError
+from scircuits.platform.contract.models import LoadedModel, Site
+from scircuits.platform.model.scoring import SequenceBatch
+from scircuits.platform.model.tracing import traced_model
 
 FeatureEdit = Callable[[torch.Tensor], torch.Tensor]  # feature activations (..., d_sae) -> edited
 
@@ -56,26 +57,6 @@ def _replace_first(output: Any, value: torch.Tensor) -> Any:
     return (value, *tuple(output[1:])) if isinstance(output, tuple) else value
 
 
-def envoy_at(wrapped: Any, path: str) -> Any:
-    env = wrapped
-    for part in path.split("."):
-        env = env[int(part)] if part.isdigit() else getattr(env, part)
-    return env
-
-
-_NNSIGHT_WRAPPERS: dict[int, Any] = {}
-
-
-def nnsight_model(loaded: LoadedModel) -> Any:
-    """An nnsight wrapper of the loaded model (made once per model)."""
-    key = id(loaded.model)
-    if key not in _NNSIGHT_WRAPPERS:
-        from nnsight import NNsight
-
-        _NNSIGHT_WRAPPERS[key] = NNsight(loaded.model)
-    return _NNSIGHT_WRAPPERS[key]
-
-
 def nnsight_site_logits(
     loaded: LoadedModel,
     layer: int,
@@ -84,16 +65,21 @@ def nnsight_site_logits(
     transform: Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> torch.Tensor:
     """Full logits (B, T, V) with the site's output replaced by ``transform(output)`` inside an nnsight trace."""
-    wrapped = nnsight_model(loaded)
+    traced = traced_model(loaded)  # the one nnsight wrapper of this model (model.tracing)
+    wrapped = traced.nn
     path = loaded.site_path(layer, site)
-    with torch.no_grad(), wrapped.trace(
-        batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
+    with (
+        torch.no_grad(),
+        wrapped.trace(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+            **traced.trace_kwargs(),
+        ),
     ):
         if transform is not None:
-            env = envoy_at(wrapped, path)
+            env = traced.envoy(path)
             output = env.output
             env.output = _replace_first(output, transform(_first(output)))
         logits = wrapped.output.logits.save()
@@ -113,9 +99,9 @@ def clean_logits(loaded: LoadedModel, batch: SequenceBatch) -> torch.Tensor:
 class _PassThrough(nn.Module):
     """Stands in for a block below the site: returns its input hidden states untouched."""
 
-    def __init__(self, original: nn.Module) -> None:
+    def __init__(self, original: nn.Module, attributes: tuple[str, ...]) -> None:
         super().__init__()
-        for attr in ("attention_type", "layer_idx", "is_sliding"):
+        for attr in attributes:
             if hasattr(original, attr):
                 setattr(self, attr, getattr(original, attr))
 
@@ -126,8 +112,8 @@ class _PassThrough(nn.Module):
 class _Given(_PassThrough):
     """Stands in for the block whose output (the resid site) is given."""
 
-    def __init__(self, original: nn.Module, value: Any) -> None:
-        super().__init__(original)
+    def __init__(self, original: nn.Module, attributes: tuple[str, ...], value: Any) -> None:
+        super().__init__(original, attributes)
         self.value = value
 
     def forward(self, hidden_states: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
@@ -158,9 +144,11 @@ class SplitModel:
         self.blocks = loaded.module(loaded.adapter.blocks_path)
         self.block = self.blocks[layer]
         self.site_module = loaded.site_module(layer, self.site)
-        self.base = self.model.base_model
-        self.unembed = self.model.get_output_embeddings()
-        self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        adapter = loaded.adapter
+        self.adapter = adapter
+        self.base = adapter.base_model(self.model)
+        self.unembed = adapter.unembedding(self.model)
+        self.softcap = adapter.logit_softcap(self.model)
 
     def _inputs(self, batch: SequenceBatch) -> dict[str, Any]:
         return {
@@ -202,10 +190,10 @@ class SplitModel:
         handles = []
         try:
             for i in range(self.layer):
-                self.blocks[i] = _PassThrough(originals[i])
+                self.blocks[i] = _PassThrough(originals[i], self.adapter.block_attributes)
             if self.site == "resid":
                 value = site_value if cache.output_rest is None else (site_value, *cache.output_rest)
-                self.blocks[self.layer] = _Given(originals[self.layer], value)
+                self.blocks[self.layer] = _Given(originals[self.layer], self.adapter.block_attributes, value)
             else:
 
                 def give_block_input(module, args, kwargs):
@@ -244,11 +232,9 @@ class SplitModel:
         return self.unembed_hidden(hidden[batch.pred_rows, batch.pred_cols])
 
     def final_norm(self) -> nn.Module | None:
-        """The norm applied before the unembedding (the last norm module directly under the base model)."""
-        norms = [
-            m
-            for name, m in self.base.named_children()
-            if "norm" in type(m).__name__.lower()
-            or name in ("ln_f", "norm", "final_layernorm", "final_layer_norm")
-        ]
-        return norms[-1] if norms else None
+        """The norm applied before the unembedding (the adapter's ``final_norm``)."""
+        return self.adapter.final_norm(self.model)
+
+    def through_final_norm(self, directions: torch.Tensor) -> torch.Tensor:
+        """Residual directions as the final norm passes them on (the adapter's ``through_final_norm``)."""
+        return self.adapter.through_final_norm(directions, self.final_norm())

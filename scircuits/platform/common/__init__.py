@@ -1,0 +1,1 @@
+"""Small helpers every stage uses: progress display, provenance records."""
