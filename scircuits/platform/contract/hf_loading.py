@@ -175,7 +175,8 @@ def check_hub_config(adapter: ModelAdapter, repo_id: str) -> str | None:
 
 
 def check_weights_available(adapter: ModelAdapter, model_path: str | Path | None = None) -> WeightsSource:
-    """Where ``adapter``'s weights would load from, or WeightsUnavailableError naming the ways to supply them."""
+    """Where ``adapter``'s weights would load from (``adapter.check_weights``), or
+    WeightsUnavailableError naming the ways to supply them."""
     return adapter.check_weights(model_path)
 
 
