@@ -1,4 +1,4 @@
-"""The SAE spliced into the running model at one site, with its error term (DESIGN.md, "Metrics").
+"""The SAE spliced into the running model at one site, with its error term (docs/metrics.md).
 
     out = decode(edit(encode(x))) + (x - decode(encode(x)))
 
@@ -83,14 +83,17 @@ def nnsight_site_logits(
     batch: SequenceBatch,
     transform: Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> torch.Tensor:
-    """Full logits (B, T, V) with the site's output replaced by ``transform(output)`` inside an nnsight trace."""
+    """Full logits (B, T, V) with the site's output replaced by ``transform(output)``, in an nnsight trace."""
     wrapped = nnsight_model(loaded)
     path = loaded.site_path(layer, site)
-    with torch.no_grad(), wrapped.trace(
-        batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
+    with (
+        torch.no_grad(),
+        wrapped.trace(
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        ),
     ):
         if transform is not None:
             env = envoy_at(wrapped, path)
