@@ -113,6 +113,7 @@ def test_a_directory_without_the_split_file_names_what_it_has(bench, tmp_path):
 
 
 def test_without_data_or_datasets_the_error_says_to_pass_data(bench, monkeypatch):
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")  # online: the package is what is missing
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
     with pytest.raises(ConfigError, match=r"openai/gsm8k.*`datasets` package is not installed.*--data PATH"):
         bench.examples()
@@ -124,6 +125,7 @@ def fake_datasets(load_dataset) -> types.SimpleNamespace:
 
 
 def test_without_data_the_hub_dataset_is_read_through_datasets(bench, monkeypatch):
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")  # the library is faked: let it "reach the hub"
     calls = []
 
     def load_dataset(name, config, split):
@@ -139,6 +141,8 @@ def test_without_data_the_hub_dataset_is_read_through_datasets(bench, monkeypatc
 
 
 def test_an_unreachable_hub_is_a_config_error(bench, monkeypatch):
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+
     def load_dataset(name, config, split):
         raise ConnectionError("offline")
 

@@ -196,10 +196,32 @@ def test_without_the_datasets_package_the_error_names_the_ways_out(monkeypatch):
 
     from scircuits.platform.errors import ConfigError
 
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")  # online: the package is what is missing
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
     for bench in (GSM8KBenchmark(), MathBenchmark(), LogiQABenchmark()):
         with pytest.raises(ConfigError, match=r"`datasets` package is not installed.*--data PATH"):
             bench.examples()
+
+
+def test_offline_the_library_is_asked_only_when_a_cache_may_hold_the_dataset(tmp_path, monkeypatch):
+    import datasets
+
+    from scircuits.platform.errors import ConfigError
+
+    calls = []
+
+    def load_dataset(path, config, split):
+        calls.append(path)
+        return [{"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"}]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ConfigError, match=r"offline .* the cache does not hold it"):
+        GSM8KBenchmark().examples()  # neither cache exists
+    (tmp_path / "hub" / "datasets--openai--gsm8k").mkdir(parents=True)
+    assert [e.target for e in GSM8KBenchmark().examples()] == [" 5"]
+    assert calls == ["openai/gsm8k"]
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from typing import Any
 from scircuits.platform.errors import ConfigError
 
 Row = tuple[str, dict[str, Any]]  # ("<dataset> <split>, row N", the row's columns)
+OFFLINE_REASON = "offline (HF_DATASETS_OFFLINE or HF_HUB_OFFLINE is set) and the cache does not hold it"
 
 
 @dataclass(frozen=True)
@@ -28,17 +29,49 @@ class HubDataset:
     split: str
 
 
-def datasets_cache() -> str:
-    """Where `datasets` keeps what it has read (without importing it when it is not installed)."""
-    try:
-        from datasets import config
+TRUE = ("1", "true", "yes", "on")
 
-        return str(config.HF_DATASETS_CACHE)
-    except ImportError:
-        home = os.environ.get("HF_HOME") or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
-        )
-        return os.environ.get("HF_DATASETS_CACHE") or os.path.join(home, "datasets")
+
+def _hf_home() -> str:
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.environ.get("HF_HOME") or os.path.join(xdg, "huggingface")
+
+
+def datasets_cache() -> str:
+    """Where `datasets` keeps the datasets it has read, found as `datasets` finds it (not imported)."""
+    return os.environ.get("HF_DATASETS_CACHE") or os.path.join(_hf_home(), "datasets")
+
+
+def hub_cache() -> str:
+    """Where downloaded hub files are kept."""
+    return (
+        os.environ.get("HF_HUB_CACHE")
+        or os.environ.get("HUGGINGFACE_HUB_CACHE")
+        or os.path.join(_hf_home(), "hub")
+    )
+
+
+def offline() -> bool:
+    """HF_DATASETS_OFFLINE, or else HF_HUB_OFFLINE, set true (as `datasets` reads them)."""
+    flag = os.environ.get("HF_DATASETS_OFFLINE")
+    if flag is None:
+        flag = os.environ.get("HF_HUB_OFFLINE", "")
+    return flag.strip().lower() in TRUE
+
+
+def clearly_not_cached(source: HubDataset) -> bool:
+    """Offline, a hub dataset of which neither cache holds anything under its name: `datasets` could
+    only fail, so fail without importing it (fast). Any doubt leaves the answer to `datasets`."""
+    if not offline() or os.path.exists(source.path):
+        return False
+    name = source.path.rsplit("/", 1)[-1].lower()
+    for folder in (datasets_cache(), hub_cache()):
+        try:
+            if any(name in entry.lower() for entry in os.listdir(folder)):
+                return False
+        except OSError:
+            continue
+    return True
 
 
 def _help(benchmark: str, source: HubDataset, reason: str, expected_data: str) -> str:
@@ -53,6 +86,8 @@ def _help(benchmark: str, source: HubDataset, reason: str, expected_data: str) -
 
 def hub_rows(benchmark: str, source: HubDataset, expected_data: str) -> Iterator[Row]:
     """The rows of ``source``, loaded now (so a missing dataset fails before any model loads)."""
+    if clearly_not_cached(source):
+        raise ConfigError(_help(benchmark, source, OFFLINE_REASON, expected_data))
     try:
         import datasets
     except ImportError:
@@ -67,8 +102,8 @@ def hub_rows(benchmark: str, source: HubDataset, expected_data: str) -> Iterator
     try:
         dataset = datasets.load_dataset(source.path, source.config, split=source.split)
     except Exception as exc:  # offline with nothing cached, hub errors, unknown split: all fixed the same way
-        if datasets.config.HF_HUB_OFFLINE and isinstance(exc, ConnectionError):
-            reason = "offline (HF_DATASETS_OFFLINE or HF_HUB_OFFLINE is set) and the cache does not hold it"
+        if offline() and isinstance(exc, ConnectionError):
+            reason = OFFLINE_REASON
         else:
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
         raise ConfigError(_help(benchmark, source, reason, expected_data)) from None
