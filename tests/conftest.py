@@ -60,6 +60,21 @@ def _isolated_plugin_env(monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _progress_env_restored():
+    """An in-process command run with --no-progress sets variables that silence the libraries' bars
+    (``silence_library_progress_bars``); they must not leak into later tests and their subprocesses."""
+    from scircuits.platform.progress import QUIET_ENV
+
+    before = {name: os.environ.get(name) for name in QUIET_ENV}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def pytest_configure(config):
     # Two cores: keep torch from oversubscribing them when tests spawn processes.
     os.environ.setdefault("OMP_NUM_THREADS", "2")

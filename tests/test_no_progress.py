@@ -7,13 +7,16 @@ import re
 
 import pytest
 
+from scircuits.platform.progress import QUIET_ENV
 from tests.cli_helpers import run_cli
 
 BAR = re.compile(r"\d+%\||it/s\]|\r|Loading weights|Generating .* split")
 
 
 @pytest.mark.slow
-def test_a_no_progress_command_prints_no_progress_bar(tmp_path):
+def test_a_no_progress_command_prints_no_progress_bar(tmp_path, monkeypatch):
+    for name in QUIET_ENV:  # nothing inherited silences the bars: the flag alone must
+        monkeypatch.delenv(name, raising=False)
     quiet = run_cli("collect", "--limit", "2", "--no-progress", "--out", str(tmp_path / "quiet.zarr"))
     assert quiet.returncode == 0, quiet.stderr
     assert "2 examples" in quiet.stdout
