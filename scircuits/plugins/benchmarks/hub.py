@@ -79,8 +79,8 @@ def _help(benchmark: str, source: HubDataset, reason: str, expected_data: str) -
     return (
         f"benchmark {benchmark!r}: cannot read the Hugging Face dataset {source.path}{config}, split "
         f"{source.split!r}: {reason}. It is read once into the cache at {datasets_cache()} and offline "
-        f"from there afterwards: run once with network (HF_DATASETS_OFFLINE unset), or point HF_HOME at a "
-        f"cache that holds it, or pass --data PATH ({expected_data})."
+        f"from there afterwards: run once with network (HF_DATASETS_OFFLINE and HF_HUB_OFFLINE unset), "
+        f"or point HF_HOME at a cache that holds it, or pass --data PATH ({expected_data})."
     )
 
 
