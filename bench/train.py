@@ -10,7 +10,7 @@ CUDA torch), then sae-lens and eai-sparsify. The project's .venv is never touche
 
 Each trainer runs in its own process (same thread count) on the same float32 array: one pass,
 batch 4,096, Adam. Reported per trainer: tokens/s over the training loop, peak RSS of its process,
-and on held-out tokens FVU, L0 and dead fraction (definitions of DESIGN.md "Metrics").
+and on held-out tokens FVU, L0 and dead fraction (definitions in docs/metrics.md).
 
 Rows: ours topk (float32 and bfloat16 encoder product), sparsify TopK (SparseCoder, the training
 step its Trainer does: FVU + AuxK loss, decoder-parallel gradient removed, unit-norm decoder), SAELens

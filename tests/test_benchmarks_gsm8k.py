@@ -1,4 +1,5 @@
-"""GSM8K loader: real files, prompt formats, the hub path (faked), malformed input."""
+"""GSM8K loader: real files (committed first rows; the full files when present), prompt formats,
+the hub call (faked here; rebuilt on disk in test_benchmarks_hub.py), malformed input."""
 
 from __future__ import annotations
 
@@ -22,7 +23,13 @@ def bench() -> GSM8KBenchmark:
 
 
 @pytest.fixture(scope="module")
-def gsm8k_dir(shared_data) -> str:
+def gsm8k_dir(bench_data) -> str:
+    """The first 40 test / 30 train rows of the real files."""
+    return str(bench_data / "gsm8k")
+
+
+@pytest.fixture(scope="module")
+def full_gsm8k_dir(shared_data) -> str:
     return str(shared_data / "gsm8k")
 
 
@@ -35,7 +42,12 @@ GOOD_ROW = {"question": "What is 2 + 3?", "answer": "2 + 3 = <<2+3=5>>5\n#### 5"
 
 
 @pytest.mark.parametrize("split, rows", [("test", 1319), ("train", 7473)])
-def test_row_counts(bench, gsm8k_dir, split, rows):
+def test_row_counts(bench, full_gsm8k_dir, split, rows):
+    assert sum(1 for _ in bench.examples(split, options={"data": full_gsm8k_dir})) == rows
+
+
+@pytest.mark.parametrize("split, rows", [("test", 40), ("train", 30)])
+def test_fixture_row_counts(bench, gsm8k_dir, split, rows):
     assert sum(1 for _ in bench.examples(split, options={"data": gsm8k_dir})) == rows
 
 
@@ -60,21 +72,21 @@ def test_cot_none_gives_the_question_alone(bench, gsm8k_dir):
     assert example.target == " 18"
 
 
-def test_no_prompt_holds_the_final_line_or_a_calculator_annotation(bench, gsm8k_dir):
-    for example in bench.examples("test", options={"data": gsm8k_dir}):
+def test_no_prompt_holds_the_final_line_or_a_calculator_annotation(bench, full_gsm8k_dir):
+    for example in bench.examples("test", options={"data": full_gsm8k_dir}):
         assert "####" not in example.prompt and "<<" not in example.prompt
         assert example.target.startswith(" ") and example.target.strip()
 
 
-def test_answers_with_thousands_separators_keep_the_file_text(bench, gsm8k_dir):
-    with_comma = [e for e in bench.examples("test", options={"data": gsm8k_dir}) if "," in e.target]
+def test_answers_with_thousands_separators_keep_the_file_text(bench, full_gsm8k_dir):
+    with_comma = [e for e in bench.examples("test", options={"data": full_gsm8k_dir}) if "," in e.target]
     assert with_comma, "GSM8K test has answers like 2,125"
     for example in with_comma:
         assert example.meta["value"] == int(example.target.replace(",", ""))
 
 
-def test_order_is_the_file_order_and_limit_a_prefix(bench, gsm8k_dir, shared_data):
-    lines = (shared_data / "gsm8k" / "test.jsonl").read_text().splitlines()
+def test_order_is_the_file_order_and_limit_a_prefix(bench, gsm8k_dir):
+    lines = (Path(gsm8k_dir) / "test.jsonl").read_text().splitlines()
     examples = list(bench.examples("test", limit=25, options={"data": gsm8k_dir}))
     assert [e.target.strip() for e in examples] == [
         json.loads(line)["answer"].split("####")[-1].strip() for line in lines[:25]
@@ -82,9 +94,10 @@ def test_order_is_the_file_order_and_limit_a_prefix(bench, gsm8k_dir, shared_dat
     assert list(bench.examples("test", limit=5, seed=9, options={"data": gsm8k_dir})) == examples[:5]
 
 
-def test_a_jsonl_file_is_accepted_as_data(bench, shared_data):
-    path = str(shared_data / "gsm8k" / "test.jsonl")
-    assert sum(1 for _ in bench.examples("test", options={"data": path})) == 1319
+def test_a_jsonl_file_is_accepted_as_data(bench, gsm8k_dir):
+    path = str(Path(gsm8k_dir) / "test.jsonl")
+    assert sum(1 for _ in bench.examples("test", options={"data": path})) == 40
+    assert next(bench.examples("train", options={"data": path})).target == " 18", "one file serves any split"
 
 
 def test_missing_data_path_names_it_and_the_flag(bench, tmp_path):
@@ -100,19 +113,26 @@ def test_a_directory_without_the_split_file_names_what_it_has(bench, tmp_path):
 
 
 def test_without_data_or_datasets_the_error_says_to_pass_data(bench, monkeypatch):
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")  # online: the package is what is missing
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
-    with pytest.raises(ConfigError, match=r"pass --data PATH .*`datasets` package, which is not installed"):
+    with pytest.raises(ConfigError, match=r"openai/gsm8k.*`datasets` package is not installed.*--data PATH"):
         bench.examples()
 
 
+def fake_datasets(load_dataset) -> types.SimpleNamespace:
+    config = types.SimpleNamespace(HF_HUB_OFFLINE=False, HF_DATASETS_CACHE="/cache/datasets")
+    return types.SimpleNamespace(load_dataset=load_dataset, config=config)
+
+
 def test_without_data_the_hub_dataset_is_read_through_datasets(bench, monkeypatch):
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")  # the library is faked: let it "reach the hub"
     calls = []
 
     def load_dataset(name, config, split):
         calls.append((name, config, split))
         return [GOOD_ROW]
 
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets(load_dataset))
     examples = list(bench.examples("train"))
     assert calls == [("openai/gsm8k", "main", "train")]
     assert [(e.id, e.target, e.meta["source"]) for e in examples] == [
@@ -121,11 +141,15 @@ def test_without_data_the_hub_dataset_is_read_through_datasets(bench, monkeypatc
 
 
 def test_an_unreachable_hub_is_a_config_error(bench, monkeypatch):
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+
     def load_dataset(name, config, split):
         raise ConnectionError("offline")
 
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    with pytest.raises(ConfigError, match=r"could not read openai/gsm8k \(test\).*offline.*Pass --data PATH"):
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets(load_dataset))
+    with pytest.raises(
+        ConfigError, match=r"openai/gsm8k .*split 'test': ConnectionError: offline.*--data PATH"
+    ):
         bench.examples()
 
 

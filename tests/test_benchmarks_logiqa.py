@@ -1,4 +1,5 @@
-"""LogiQA (`logic`) loader: real files, multiple-choice invariants, label quirks, malformed blocks."""
+"""LogiQA (`logic`) loader: real files (committed first blocks; the full files when present),
+multiple-choice invariants, label quirks, malformed blocks."""
 
 from __future__ import annotations
 
@@ -19,7 +20,13 @@ def bench() -> LogiQABenchmark:
 
 
 @pytest.fixture(scope="module")
-def logiqa_dir(shared_data) -> str:
+def logiqa_dir(bench_data) -> str:
+    """The first 40 test / 30 eval blocks of the real files."""
+    return str(bench_data / "logiqa")
+
+
+@pytest.fixture(scope="module")
+def full_logiqa_dir(shared_data) -> str:
     return str(shared_data / "logiqa")
 
 
@@ -39,8 +46,13 @@ def write_blocks(path: Path, blocks: list[list[str]], trailing: str = "") -> Pat
 
 
 @pytest.mark.parametrize("split", ["test", "eval"])
-def test_row_counts(bench, logiqa_dir, split):
-    assert sum(1 for _ in bench.examples(split, options={"data": logiqa_dir})) == 651
+def test_row_counts(bench, full_logiqa_dir, split):
+    assert sum(1 for _ in bench.examples(split, options={"data": full_logiqa_dir})) == 651
+
+
+@pytest.mark.parametrize("split, blocks", [("test", 40), ("eval", 30)])
+def test_fixture_block_counts(bench, logiqa_dir, split, blocks):
+    assert sum(1 for _ in bench.examples(split, options={"data": logiqa_dir})) == blocks
 
 
 def test_first_test_example(bench, logiqa_dir):
@@ -60,13 +72,15 @@ def test_first_test_example(bench, logiqa_dir):
     assert example.choices[1] == " The leisure area is southwest of the cultural area"
 
 
+@pytest.mark.parametrize("which", ["fixture", "full"])
 @pytest.mark.parametrize("split", ["test", "eval"])
-def test_multiple_choice_invariants(bench, logiqa_dir, shared_data, split):
+def test_multiple_choice_invariants(bench, request, which, split):
+    folder = request.getfixturevalue("logiqa_dir" if which == "fixture" else "full_logiqa_dir")
     answers = [
         line.strip().upper()
-        for line in (shared_data / "logiqa" / f"{split}.txt").read_text(encoding="utf-8").split("\n")[1::8]
+        for line in (Path(folder) / f"{split}.txt").read_text(encoding="utf-8").split("\n")[1::8]
     ]
-    examples = list(bench.examples(split, options={"data": logiqa_dir}))
+    examples = list(bench.examples(split, options={"data": folder}))
     assert [e.meta["answer_letter"] for e in examples] == answers
     for example in examples:
         assert len(example.choices) == 4
@@ -86,9 +100,10 @@ def test_letter_choices(bench, logiqa_dir):
     assert example.target == " A"
 
 
-def test_labels_decide_option_order_when_lines_are_out_of_order(bench, logiqa_dir):
+def test_labels_decide_option_order_when_lines_are_out_of_order(bench, full_logiqa_dir):
     # test.txt line 865: options labelled A. C. B. D. in the file; answer b is "No.2 valve and No.3 valve."
-    valves = next(e for e in bench.examples("test", options={"data": logiqa_dir}) if e.meta["line"] == 865)
+    examples = bench.examples("test", options={"data": full_logiqa_dir})
+    valves = next(e for e in examples if e.meta["line"] == 865)
     assert valves.choices[1] == " No.2 valve and No.3 valve."
     assert valves.choices[2] == " No.3 valve and No.5 valve."
     assert valves.target == " No.2 valve and No.3 valve."
@@ -98,6 +113,10 @@ def test_loose_labels_are_removed_and_unlabelled_lines_kept(bench, logiqa_dir):
     examples = {e.meta["line"]: e for e in bench.examples("test", options={"data": logiqa_dir})}
     assert examples[17].choices[:2] == (" No dangshen", " No Shouwu")  # "A No dangshen", "B No Shouwu"
     assert examples[81].choices[0].startswith(" Many Chinese people")  # "A? Many Chinese people ..."
+
+
+def test_a_label_moved_into_the_text_is_kept(bench, full_logiqa_dir):
+    examples = {e.meta["line"]: e for e in bench.examples("test", options={"data": full_logiqa_dir})}
     assert examples[4353].choices[1] == " Storehouse B.3"  # the label moved into the text
 
 
@@ -115,8 +134,9 @@ def test_a_single_file_trailing_newlines_and_crlf_are_accepted(bench, tmp_path):
     assert examples[1].meta["line"] == 9
 
 
-def test_no_data_says_to_pass_it(bench):
-    with pytest.raises(ConfigError, match=r"benchmark 'logic' needs data: pass --data PATH"):
+def test_without_data_or_a_cached_hub_dataset_the_error_names_both(bench):
+    # conftest: HF_DATASETS_OFFLINE=1 and an empty cache
+    with pytest.raises(ConfigError, match=r"benchmark 'logic': .*extraordinarylab/logiqa.*--data PATH"):
         bench.examples()
 
 

@@ -1,4 +1,5 @@
-"""MATH loader and \\boxed{} extraction: real files, nested braces, filters, malformed input."""
+"""MATH loader and \\boxed{} extraction: real files (committed first rows; the full files when
+present), nested braces, filters, malformed input."""
 
 from __future__ import annotations
 
@@ -19,7 +20,13 @@ def bench() -> MathBenchmark:
 
 
 @pytest.fixture(scope="module")
-def math_dir(shared_data) -> str:
+def math_dir(bench_data) -> str:
+    """The first 40 rows of the real test.jsonl and math500.jsonl."""
+    return str(bench_data / "math")
+
+
+@pytest.fixture(scope="module")
+def full_math_dir(shared_data) -> str:
     return str(shared_data / "math")
 
 
@@ -66,8 +73,13 @@ def test_last_boxed_unbalanced_raises():
 
 
 @pytest.mark.parametrize("split, rows", [("test", 5000), ("math500", 500)])
-def test_row_counts(bench, math_dir, split, rows):
-    assert sum(1 for _ in bench.examples(split, options={"data": math_dir})) == rows
+def test_row_counts(bench, full_math_dir, split, rows):
+    assert sum(1 for _ in bench.examples(split, options={"data": full_math_dir})) == rows
+
+
+@pytest.mark.parametrize("split", ["test", "math500"])
+def test_fixture_rows_are_all_read(bench, math_dir, split):
+    assert sum(1 for _ in bench.examples(split, options={"data": math_dir})) == 40
 
 
 def test_first_test_example(bench, math_dir):
@@ -82,19 +94,27 @@ def test_first_test_example(bench, math_dir):
     assert example.meta["level"] == 3 and example.meta["type"] == "Algebra" and example.meta["line"] == 1
 
 
-def test_math500_targets_equal_its_published_answers(bench, math_dir, shared_data):
-    rows = [json.loads(line) for line in (shared_data / "math" / "math500.jsonl").read_text().splitlines()]
-    examples = list(bench.examples("math500", options={"data": math_dir}))
+def test_math500_targets_equal_its_published_answers(bench, full_math_dir):
+    rows = [json.loads(line) for line in (Path(full_math_dir) / "math500.jsonl").read_text().splitlines()]
+    examples = list(bench.examples("math500", options={"data": full_math_dir}))
     assert [e.target for e in examples] == [row["answer"] for row in rows]
     assert sum("{" in e.target for e in examples) > 50, "the check covers nested braces"
     assert examples[0].meta["type"] == "Precalculus", "math500's 'subject' is read as the type"
 
 
-def test_gold_prompt_plus_target_is_the_solution_up_to_the_box(bench, math_dir, shared_data):
-    rows = [json.loads(line) for line in (shared_data / "math" / "test.jsonl").read_text().splitlines()[:200]]
-    for row, example in zip(
-        rows, bench.examples("test", limit=200, options={"data": math_dir}), strict=False
-    ):
+def test_math500_fixture_targets_equal_its_published_answers(bench, math_dir):
+    rows = [json.loads(line) for line in (Path(math_dir) / "math500.jsonl").read_text().splitlines()]
+    examples = list(bench.examples("math500", options={"data": math_dir}))
+    assert [e.target for e in examples] == [row["answer"] for row in rows]
+    assert sum("{" in e.target for e in examples) >= 5, "the check covers nested braces"
+    assert examples[0].meta["type"] == "Precalculus", "math500's 'subject' is read as the type"
+
+
+def test_gold_prompt_plus_target_is_the_solution_up_to_the_box(bench, math_dir):
+    rows = [json.loads(line) for line in (Path(math_dir) / "test.jsonl").read_text().splitlines()]
+    examples = list(bench.examples("test", options={"data": math_dir}))
+    assert len(examples) == len(rows)
+    for row, example in zip(rows, examples, strict=True):
         solution = example.prompt.split("\nSolution: ", 1)[1] + example.target + "}"
         assert row["solution"].startswith(solution)
 
@@ -102,13 +122,15 @@ def test_gold_prompt_plus_target_is_the_solution_up_to_the_box(bench, math_dir, 
 def test_cot_none_prompt(bench, math_dir):
     example = next(bench.examples("test", options={"data": math_dir, "cot": "none"}))
     assert example.prompt == (
-        "Problem: How many vertical asymptotes does the graph of $y=\\frac{2}{x^2+x-6}$ have?\nAnswer: $\\boxed{"
+        "Problem: How many vertical asymptotes does the graph of $y=\\frac{2}{x^2+x-6}$ have?\n"
+        "Answer: $\\boxed{"
     )
     assert example.target == "2"
 
 
-def test_level_and_type_filters_keep_file_row_ids(bench, math_dir, shared_data):
-    rows = [json.loads(line) for line in (shared_data / "math" / "test.jsonl").read_text().splitlines()]
+def test_level_and_type_filters_keep_file_row_ids(bench, full_math_dir):
+    math_dir = full_math_dir
+    rows = [json.loads(line) for line in (Path(math_dir) / "test.jsonl").read_text().splitlines()]
     options = {"data": math_dir, "level": [5], "type": ["Number Theory"]}
     examples = list(bench.examples("test", options=options))
     expected = [
@@ -137,13 +159,16 @@ def test_invalid_filters_are_config_errors(bench, math_dir, options, fragment):
         bench.examples(options={"data": math_dir, **options})
 
 
-def test_every_math_type_is_in_the_real_file(bench, math_dir):
-    types = {e.meta["type"] for e in bench.examples("test", options={"data": math_dir})}
+def test_every_math_type_is_in_the_real_file(bench, full_math_dir):
+    types = {e.meta["type"] for e in bench.examples("test", options={"data": full_math_dir})}
     assert types == set(MATH_TYPES)
 
 
-def test_no_data_says_to_pass_it(bench):
-    with pytest.raises(ConfigError, match=r"benchmark 'math' needs data: pass --data PATH"):
+def test_without_data_or_a_cached_hub_dataset_the_error_names_both(bench):
+    # conftest: HF_DATASETS_OFFLINE=1 and an empty cache
+    with pytest.raises(
+        ConfigError, match=r"benchmark 'math': .*DigitalLearningGmbH/MATH-lighteval.*--data PATH"
+    ):
         bench.examples()
 
 

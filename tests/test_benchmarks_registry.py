@@ -15,9 +15,9 @@ from scircuits.platform.manager.plugin_set import get_plugins
 BUILTIN = {"arithmetic": False, "gsm8k": False, "math": False, "logic": True}  # name -> multiple choice
 
 
-def data_options(shared_data, name: str) -> dict:
+def data_options(bench_data, name: str) -> dict:
     folder = {"arithmetic": None, "gsm8k": "gsm8k", "math": "math", "logic": "logiqa"}[name]
-    return {} if folder is None else {"data": str(shared_data / folder)}
+    return {} if folder is None else {"data": str(bench_data / folder)}
 
 
 def test_builtins_are_registered_through_the_plugin_manager():
@@ -58,18 +58,18 @@ def test_unknown_option_is_rejected_with_the_valid_ones(name):
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN))
-def test_unknown_split_and_bad_limit_are_config_errors(name, shared_data):
+def test_unknown_split_and_bad_limit_are_config_errors(name, bench_data):
     benchmark = get_plugins().benchmarks.get(name)
     with pytest.raises(ConfigError, match=rf"benchmark '{name}' has no split 'validation'; its splits: test"):
-        benchmark.examples("validation", options=data_options(shared_data, name))
+        benchmark.examples("validation", options=data_options(bench_data, name))
     with pytest.raises(ConfigError, match="limit must be a whole number >= 0"):
-        benchmark.examples("test", limit=-1, options=data_options(shared_data, name))
+        benchmark.examples("test", limit=-1, options=data_options(bench_data, name))
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN))
-def test_examples_are_deterministic_with_unique_ids(name, shared_data):
+def test_examples_are_deterministic_with_unique_ids(name, bench_data):
     benchmark = get_plugins().benchmarks.get(name)
-    options = data_options(shared_data, name)
+    options = data_options(bench_data, name)
     first = list(benchmark.examples("test", limit=40, seed=0, options=options))
     assert first == list(benchmark.examples("test", limit=40, seed=0, options=options))
     assert len({e.id for e in first}) == 40
@@ -88,7 +88,7 @@ def test_importing_the_benchmarks_loads_no_heavy_library():
 
 
 @pytest.mark.slow
-def test_prompt_plus_target_tokenises_like_the_natural_text_and_arithmetic_scores(smollm2, shared_data):
+def test_prompt_plus_target_tokenises_like_the_natural_text_and_arithmetic_scores(smollm2, bench_data):
     import torch
 
     from scircuits.platform.model.sequences import encode_example
@@ -97,9 +97,9 @@ def test_prompt_plus_target_tokenises_like_the_natural_text_and_arithmetic_score
     benchmarks = get_plugins().benchmarks
     cases = [
         *benchmarks.get("arithmetic").examples("test", limit=40),
-        *benchmarks.get("gsm8k").examples("test", limit=10, options=data_options(shared_data, "gsm8k")),
+        *benchmarks.get("gsm8k").examples("test", limit=10, options=data_options(bench_data, "gsm8k")),
         *benchmarks.get("gsm8k").examples(
-            "test", limit=10, options={**data_options(shared_data, "gsm8k"), "cot": "none"}
+            "test", limit=10, options={**data_options(bench_data, "gsm8k"), "cot": "none"}
         ),
     ]
     for example in cases:
@@ -110,7 +110,8 @@ def test_prompt_plus_target_tokenises_like_the_natural_text_and_arithmetic_score
         == tokenizer(" 17", add_special_tokens=False)["input_ids"]
     )
 
-    # The default arithmetic format gives a real, measurable accuracy (teacher-forced, every target token argmax).
+    # The default arithmetic format gives a real, measurable accuracy
+    # (teacher-forced, every target token argmax).
     sequences = [encode_example(tokenizer, example) for example in cases[:40]]
     width = max(len(s.input_ids) for s in sequences)
     ids = torch.zeros((len(sequences), width), dtype=torch.long)

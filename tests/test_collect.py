@@ -292,14 +292,14 @@ def test_smollm2_stored_rows_equal_a_per_example_forward(smollm2, tmp_path):
         assert relative_error(acts.astype(np.float32), reference_rows(smollm2, 15, "resid", ids)) < 2e-3
 
 
-def test_sequences_longer_than_the_model_takes_keep_the_end_of_the_prompt(tiny_gpt2, tmp_path, shared_data):
+def test_sequences_longer_than_the_model_takes_keep_the_end_of_the_prompt(tiny_gpt2, tmp_path, bench_data):
     folder, loaded = tiny_gpt2
     config = tiny_config(
         folder,
         tmp_path / "logic.zarr",
         benchmark="logic",
         limit=2,
-        benchmark_options={"data": str(shared_data / "logiqa")},
+        benchmark_options={"data": str(bench_data / "logiqa")},
     )
     run_collect(config)
     store = ActivationStore(config.out)

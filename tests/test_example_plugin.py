@@ -1,8 +1,18 @@
-"""The example third-party package in examples/ is installed (scripts/setup) and used like any plugin."""
+"""The example third-party package in examples/ is found through its entry point and used like any plugin.
+
+scripts/setup installs it (pip install -e examples/scircuits-example-plugin). Where it is not
+installed, the tests lay it out themselves as an installed distribution would be (its package and a
+.dist-info folder with its entry point, both read from examples/) in a folder put on the path, so
+they test the same discovery either way.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+import sys
+from importlib.metadata import PackageNotFoundError, distribution, distributions
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,30 +22,82 @@ from scircuits.platform.manager.plugin_set import load_plugins
 from scircuits.testing import save_tiny_model, tiny_loaded_model
 from tests.cli_helpers import run_cli
 
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "scircuits-example-plugin"
+
+
+def lay_out_as_installed(site: Path) -> Path:
+    """``site`` holding the example package and its .dist-info (name, version, entry points)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    project = tomllib.loads((EXAMPLE / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    shutil.copytree(EXAMPLE / "scircuits_example_plugin", site / "scircuits_example_plugin")
+    dist_info = site / f"scircuits_example_plugin-{project['version']}.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n", encoding="utf-8"
+    )
+    groups = project["entry-points"]
+    lines = [
+        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) for group, eps in groups.items()
+    ]
+    (dist_info / "entry_points.txt").write_text("\n".join(lines), encoding="utf-8")
+    return site
+
 
 @pytest.fixture(scope="module")
-def plugins():
+def example_site(tmp_path_factory):
+    """None when the distribution is installed; else a folder to put on the path (here and in the CLI)."""
+    try:
+        distribution("scircuits-example-plugin")
+        yield None
+        return
+    except PackageNotFoundError:
+        pass
+    site = lay_out_as_installed(tmp_path_factory.mktemp("example-site"))
+    sys.path.insert(0, str(site))
+    try:
+        yield site
+    finally:
+        sys.path.remove(str(site))
+        for name in [m for m in sys.modules if m.split(".")[0] == "scircuits_example_plugin"]:
+            del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def plugins(example_site):
     loaded = load_plugins()
-    if "example" not in loaded.plugins:
-        pytest.fail(
-            "scircuits-example-plugin is not installed: run scripts/setup "
-            "(pip install -e examples/scircuits-example-plugin)"
-        )
+    assert "example" in loaded.plugins, "the example plugin's entry point was not found"
+    assert loaded.plugins["example"].error is None, loaded.plugins["example"].error
     return loaded
 
 
-def test_cli_lists_the_example_plugin():
-    rows = json.loads(run_cli("plugins", "--json").stdout)
-    example = next(r for r in rows if r["name"] == "example")
+def test_the_laid_out_distribution_is_the_examples_project(tmp_path):
+    site = lay_out_as_installed(tmp_path)
+    (dist,) = list(distributions(path=[str(site)]))
+    assert dist.metadata["Name"] == "scircuits-example-plugin"
+    assert [(ep.group, ep.name, ep.value) for ep in dist.entry_points] == [
+        ("scircuits", "example", "scircuits_example_plugin")
+    ]
+
+
+def test_cli_lists_the_example_plugin(example_site):
+    def listing(command: str) -> list[dict]:
+        result = run_cli(command, "--json", extra_path=example_site)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    example = next(r for r in listing("plugins") if r["name"] == "example")
     assert example["distribution"] == "scircuits-example-plugin" and example["error"] is None
     assert example["registered"] == {
         "benchmarks": ["capitals"],
         "saes": ["tied-relu"],
         "ablations": ["sign-flip"],
     }
-    benches = {r["name"]: r for r in json.loads(run_cli("benchmarks", "--json").stdout)}
+    benches = {r["name"]: r for r in listing("benchmarks")}
     assert benches["capitals"]["plugin"] == "example"
-    assert "sign-flip" in {r["name"] for r in json.loads(run_cli("ablations", "--json").stdout)}
+    assert "sign-flip" in {r["name"] for r in listing("ablations")}
 
 
 def test_example_benchmark_through_the_registry(plugins):

@@ -1,4 +1,4 @@
-"""Reconstruction metrics: FVU as DESIGN defines it, and the per-token relative error beside it."""
+"""Reconstruction metrics: FVU as docs/metrics.md defines it, and the per-token relative error beside it."""
 
 from __future__ import annotations
 

@@ -25,7 +25,12 @@ def config_option(f: F) -> F:
 
 def stage_config(cls: type[C], config_file: str | None, flags: Mapping[str, Any]) -> C:
     """Merge the config file with the flags that were given (None = not given) and validate."""
-    return cls.from_sources(config_file, flags)
+    config = cls.from_sources(config_file, flags)
+    if getattr(config, "progress", True) is False:
+        from scircuits.platform.common.progress import silence_library_progress_bars
+
+        silence_library_progress_bars()
+    return config
 
 
 def parse_key_values(items: Iterable[str], what: str) -> dict[str, Any]:

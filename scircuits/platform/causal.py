@@ -350,7 +350,7 @@ def feature_statistics(
 
 
 def reconstruction_metrics(data: EvalData, first_position: int = 0) -> dict[str, float]:
-    """FVU, relative error, L0 and dead fraction of the SAE on the evaluation tokens (DESIGN.md
+    """FVU, relative error, L0 and dead fraction of the SAE on the evaluation tokens (docs/metrics.md
     definitions, ``scircuits.platform.metrics``); also the FVU over positions >= ``first_position``
     only (the first token's huge activations can dominate both sums of squares)."""
 

@@ -1,4 +1,4 @@
-"""`scircuits run`: collect -> train -> ablate -> report into one run directory (DESIGN.md).
+"""`scircuits run`: collect -> train -> ablate -> report into one run directory (docs/formats.md).
 
     runs/<model>__<benchmark>__<site><layer>/
       activations.zarr/  sae/  causal/  report.md  report.html  figures/  pipeline.json

@@ -1,4 +1,4 @@
-"""The Zarr activation store, format v1 (see DESIGN.md): a resumable writer and a streaming reader.
+"""The Zarr activation store, format v1 (docs/formats.md): a resumable writer and a streaming reader.
 
 with ActivationStoreWriter.open(path, attrs, d_model=576) as writer:   # resumes a killed run
     for index, example in enumerate(examples):

@@ -1,4 +1,4 @@
-"""Teacher-forced scores of benchmark examples from one forward pass (DESIGN.md, "Benchmark").
+"""Teacher-forced scores of benchmark examples from one forward pass (docs/metrics.md, "Scores").
 
 ``logprob`` = Σ log P(target token | everything before it); ``correct`` = every target token is the
 argmax, or for multiple choice the gold choice has the strictly highest log-likelihood. Sequences
@@ -25,7 +25,8 @@ class SequenceBatch:
     position_ids: torch.Tensor  # (B, T) long, 0.. on real tokens
     lengths: torch.Tensor  # (B,)
     target_starts: torch.Tensor  # (B,)
-    # flat selection of target predictions: logits[pred_rows, pred_cols] predict input_ids[pred_rows, pred_cols + 1]
+    # flat selection of target predictions:
+    # logits[pred_rows, pred_cols] predict input_ids[pred_rows, pred_cols + 1]
     pred_rows: torch.Tensor  # (M,)
     pred_cols: torch.Tensor  # (M,)
     target_ids: torch.Tensor  # (M,)

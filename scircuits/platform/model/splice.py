@@ -1,4 +1,4 @@
-"""The SAE spliced into the running model at one site, with its error term (DESIGN.md, "Metrics").
+"""The SAE spliced into the running model at one site, with its error term (docs/metrics.md).
 
     out = decode(edit(encode(x))) + (x - decode(encode(x)))
 
@@ -64,7 +64,7 @@ def nnsight_site_logits(
     batch: SequenceBatch,
     transform: Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> torch.Tensor:
-    """Full logits (B, T, V) with the site's output replaced by ``transform(output)`` inside an nnsight trace."""
+    """Full logits (B, T, V) with the site's output replaced by ``transform(output)`` in an nnsight trace."""
     traced = traced_model(loaded)  # the one nnsight wrapper of this model (model.tracing)
     wrapped = traced.nn
     path = loaded.site_path(layer, site)

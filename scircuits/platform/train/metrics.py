@@ -1,4 +1,4 @@
-"""SAE quality metrics, as defined in DESIGN.md ("Metrics"), accumulated over batches.
+"""SAE quality metrics, as defined in docs/metrics.md, accumulated over batches.
 
 - FVU = sum |x - x_hat|^2 / sum |x - mean(x)|^2 (mean over all evaluated tokens); explained
   variance = 1 - FVU.

@@ -17,12 +17,19 @@ Examples follow the file order (``seed`` is not used); the ``level``/``type`` fi
 ids keep the row's index in the file: "math/<split>/<row index>". ``data`` is a directory holding
 ``<split>.jsonl`` (``test.jsonl``, ``math500.jsonl``, ``train.jsonl``) or one ``.jsonl`` file (used for
 whichever split is asked for).
+
+Without ``data`` the split is read through `datasets` into the Hugging Face cache (see ``hub.py``):
+``test``/``train`` from ``DigitalLearningGmbH/MATH-lighteval`` (config ``default``: the 5,000/7,500
+MATH problems in parquet, columns ``problem``, ``level``, ``type``, ``solution``), ``math500`` from
+``HuggingFaceH4/MATH-500`` (split ``test``: ``problem``, ``solution``, ``answer``, ``subject``, ``level``
+as a number, ``unique_id``). The columns are the file's fields, read by the same code; meta["row"]
+is the row's index there (meta["line"] for a file).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +39,7 @@ from scircuits import DataFormatError, Example
 
 from .boxed import UnbalancedBoxError, last_boxed
 from .datafiles import DataFileBenchmark, read_jsonl, require_text
+from .hub import HubDataset, Row
 
 EXPECTED_DATA = "a directory holding test.jsonl and/or math500.jsonl (MATH format), or one .jsonl file"
 MATH_TYPES = (
@@ -43,6 +51,11 @@ MATH_TYPES = (
     "Prealgebra",
     "Precalculus",
 )
+HUB_DATASETS = {
+    "test": HubDataset("DigitalLearningGmbH/MATH-lighteval", "default", "test"),
+    "train": HubDataset("DigitalLearningGmbH/MATH-lighteval", "default", "train"),
+    "math500": HubDataset("HuggingFaceH4/MATH-500", None, "test"),
+}
 _LEVEL = re.compile(r"(?:Level\s*)?(\d+|\?)", re.IGNORECASE)
 
 
@@ -96,7 +109,9 @@ def parse_level(value: Any, where: str) -> int | None:
 
 class MathBenchmark(DataFileBenchmark):
     name = "math"
-    description = "MATH competition problems; the target is the last \\boxed{...} answer (--data PATH)."
+    description = (
+        "MATH competition problems; the target is the last \\boxed{...} answer (hub mirror or --data)."
+    )
     splits = ("test", "math500", "train")
     multiple_choice = False
     Options = MathOptions
@@ -105,8 +120,26 @@ class MathBenchmark(DataFileBenchmark):
     expected_data = EXPECTED_DATA
 
     def examples_from(self, path: Path, split: str, opts: MathOptions) -> Iterator[Example]:  # type: ignore[override]
-        for index, (line_no, row) in enumerate(read_jsonl(path)):
-            where = f"{path}, line {line_no}"
+        rows = ((f"{path}, line {line_no}", row, {"line": line_no}) for line_no, row in read_jsonl(path))
+        return self._examples(rows, split, str(path), opts)
+
+    def hub_dataset(self, split: str) -> HubDataset | None:
+        return HUB_DATASETS.get(split)
+
+    def examples_from_hub(  # type: ignore[override]
+        self, rows: Iterator[Row], hub: HubDataset, split: str, opts: MathOptions
+    ) -> Iterator[Example]:
+        placed = ((where, row, {"row": index}) for index, (where, row) in enumerate(rows))
+        return self._examples(placed, split, f"hf:{hub.path}", opts)
+
+    def _examples(
+        self,
+        rows: Iterable[tuple[str, dict[str, Any], dict[str, int]]],
+        split: str,
+        source: str,
+        opts: MathOptions,
+    ) -> Iterator[Example]:
+        for index, (where, row, position) in enumerate(rows):
             problem = require_text(row, "problem", where).strip()
             solution = require_text(row, "solution", where)
             if "level" not in row:
@@ -121,8 +154,8 @@ class MathBenchmark(DataFileBenchmark):
                 ) from None
             if box is None or not box.content.strip():
                 raise DataFormatError(
-                    f"{where}: expected the 'solution' to give its answer in \\boxed{{...}} (or \\fbox{{...}}), "
-                    + ("found none" if box is None else "found an empty box")
+                    f"{where}: expected the 'solution' to give its answer in \\boxed{{...}} "
+                    "(or \\fbox{...}), " + ("found none" if box is None else "found an empty box")
                 )
             if opts.level is not None and level not in opts.level:
                 continue
@@ -136,5 +169,5 @@ class MathBenchmark(DataFileBenchmark):
                 id=f"math/{split}/{index}",
                 prompt=prompt,
                 target=box.content,
-                meta={"source": str(path), "line": line_no, "level": level, "type": subject},
+                meta={"source": source, **position, "level": level, "type": subject},
             )

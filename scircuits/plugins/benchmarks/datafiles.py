@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 from scircuits import Benchmark, ConfigError, DataFormatError, Example
 
+from .hub import HubDataset, Row, hub_rows
+
 T = TypeVar("T")
 
 
@@ -80,10 +82,12 @@ def require_text(row: dict[str, Any], key: str, where: str) -> str:
 
 
 class DataFileBenchmark(Benchmark):
-    """A benchmark read from one file per split: ``data`` (an option) is that file or its folder.
+    """A benchmark read from one file per split: ``data`` (an option) is that file or its folder;
+    without ``data``, from the split's Hugging Face dataset (``hub_dataset``), when it has one.
 
     Subclasses set ``data_suffix`` and ``expected_data`` (what a valid ``data`` holds) and implement
-    ``examples_from(path, split, options)``; the ``limit`` is applied here.
+    ``examples_from(path, split, options)``, and for the hub ``hub_dataset(split)`` and
+    ``examples_from_hub(rows, hub, split, options)``; the ``limit`` is applied here.
     """
 
     data_suffix: str = ""
@@ -92,10 +96,23 @@ class DataFileBenchmark(Benchmark):
     def examples(self, split="test", limit=None, seed=0, options=None):  # type: ignore[no-untyped-def]
         self.check_split(split)
         opts = self.parse_options(options)
-        if getattr(opts, "data", None) is None:
+        if getattr(opts, "data", None) is not None:
+            path = resolve_data_file(self.name, opts.data, split, self.data_suffix, self.expected_data)
+            return take(self.examples_from(path, split, opts), limit)
+        hub = self.hub_dataset(split)
+        if hub is None:
             raise ConfigError(f"benchmark {self.name!r} needs data: pass --data PATH ({self.expected_data})")
-        path = resolve_data_file(self.name, opts.data, split, self.data_suffix, self.expected_data)
-        return take(self.examples_from(path, split, opts), limit)
+        rows = hub_rows(self.name, hub, self.expected_data)
+        return take(self.examples_from_hub(rows, hub, split, opts), limit)
 
     def examples_from(self, path: Path, split: str, opts: Any) -> Iterator[Example]:
+        raise NotImplementedError
+
+    def hub_dataset(self, split: str) -> HubDataset | None:
+        """The Hugging Face dataset holding ``split`` (None: the benchmark needs ``data``)."""
+        return None
+
+    def examples_from_hub(
+        self, rows: Iterator[Row], hub: HubDataset, split: str, opts: Any
+    ) -> Iterator[Example]:
         raise NotImplementedError

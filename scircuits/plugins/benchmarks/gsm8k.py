@@ -13,8 +13,10 @@ as a number.
 
 Examples follow the file order (``seed`` is not used); ids are "gsm8k/<split>/<row index>".
 ``data`` is a directory holding ``train.jsonl``/``test.jsonl`` or one ``.jsonl`` file (used for
-whichever split is asked for). Without ``data`` the Hugging Face dataset ``openai/gsm8k`` is read when
-the ``datasets`` package is installed and the hub can be reached.
+whichever split is asked for). Without ``data`` the Hugging Face dataset ``openai/gsm8k`` (config
+``main``, splits ``train``/``test``) is read through `datasets` into the Hugging Face cache, and
+offline from there afterwards (see ``hub.py``); its columns ``question``/``answer`` are the file's
+fields, so both give the same examples.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from pydantic import BaseModel, ConfigDict
 from scircuits import Benchmark, ConfigError, DataFormatError, Example
 
 from .datafiles import read_jsonl, require_text, resolve_data_file, take
+from .hub import HubDataset, hub_rows
 
 HF_DATASET = "openai/gsm8k"
+HF_CONFIG = "main"
 EXPECTED_DATA = "a directory holding train.jsonl and test.jsonl (GSM8K format), or one .jsonl file"
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 _FINAL = "####"
@@ -38,7 +42,7 @@ _FINAL = "####"
 class GSM8KOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    data: str | None = None  # directory or .jsonl file; None reads openai/gsm8k through `datasets`
+    data: str | None = None  # directory or .jsonl file; None reads openai/gsm8k (main) through `datasets`
     cot: Literal["gold", "none"] = "gold"
 
 
@@ -69,7 +73,8 @@ def numeric_value(text: str) -> int | float | None:
 class GSM8KBenchmark(Benchmark):
     name = "gsm8k"
     description = (
-        "GSM8K word problems: the question and its gold reasoning, then the final number (--data PATH)."
+        "GSM8K word problems: the question and its gold reasoning, then the final number "
+        "(openai/gsm8k or --data)."
     )
     splits = ("test", "train")
     multiple_choice = False
@@ -91,9 +96,13 @@ class GSM8KBenchmark(Benchmark):
             )
             source = str(path)
         else:
-            rows = _hub_rows(split)
-            source = f"hf:{HF_DATASET}"
+            hub = self.hub_dataset(split)
+            rows = hub_rows(self.name, hub, EXPECTED_DATA)
+            source = f"hf:{hub.path}"
         return take(self._examples(rows, split, source, opts), limit)
+
+    def hub_dataset(self, split: str) -> HubDataset:
+        return HubDataset(HF_DATASET, HF_CONFIG, split)
 
     def _examples(
         self, rows: Iterable[tuple[str, dict[str, Any]]], split: str, source: str, opts: GSM8KOptions
@@ -111,22 +120,3 @@ class GSM8KBenchmark(Benchmark):
                 target=f" {final}",
                 meta={"source": source, "where": where, "answer": final, "value": numeric_value(final)},
             )
-
-
-def _hub_rows(split: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Rows of openai/gsm8k from the Hugging Face hub, read through `datasets` (imported here)."""
-    try:
-        import datasets
-    except ImportError:
-        raise ConfigError(
-            f"benchmark 'gsm8k' needs data: pass --data PATH ({EXPECTED_DATA}). Reading {HF_DATASET} from "
-            "the Hugging Face hub instead needs the `datasets` package, which is not installed."
-        ) from None
-    try:
-        dataset = datasets.load_dataset(HF_DATASET, "main", split=split)
-    except Exception as exc:  # offline, unknown split, hub errors: all fixed the same way
-        raise ConfigError(
-            f"benchmark 'gsm8k': could not read {HF_DATASET} ({split}) from the Hugging Face hub "
-            f"({type(exc).__name__}: {exc}). Pass --data PATH ({EXPECTED_DATA})."
-        ) from None
-    return ((f"{HF_DATASET} {split}, row {index}", dict(row)) for index, row in enumerate(dataset))
