@@ -119,37 +119,30 @@ def ablate(
     ablates the top features one at a time, measures faithfulness, and writes results.json and
     examples.jsonl into --out.
     """
-    from scircuits.platform.causal import run_ablate
+    from scircuits.platform.causal.stage import run_ablate
+    from scircuits.platform.plugins import get_plugins
 
     merge_options(AblateConfig, config_file, flags, "benchmark_options", options, "--option", data)
     merge_options(AblateConfig, config_file, flags, "ablation_options", ablation_options, "--ablation-option")
     config = stage_config(AblateConfig, config_file, flags)
-    out = run_ablate(config)
-    summarise(out / "results.json")
+    plugins = get_plugins()
+    out = run_ablate(config, plugins)
+    summarise(out, plugins)
 
 
-def summarise(results_path: Any) -> None:
-    import json
+def summarise(folder: Any, plugins: Any) -> None:
+    """One line per run, then each analysis's summary lines, from the typed results."""
+    from scircuits.platform.causal.registry import analyses_of
+    from scircuits.platform.causal.results import read_results, results_path
 
-    results = json.loads(results_path.read_text())
-    base, rec = results["baseline"], results["reconstruction"]
-    click.echo(
-        f"{results_path}: {results['n_examples']} examples; splice max |Δlogit| "
-        f"{results['splice']['max_abs_logit_diff']:.2e}; accuracy clean {base['accuracy']:.3f}, "
-        f"SAE {rec['accuracy']:.3f}; CE loss recovered "
-        f"{'–' if rec['ce_loss_recovered'] is None else format(rec['ce_loss_recovered'], '.3f')}"
-    )
-    for s in results["sweeps"]:
-        control = s.get("control") or {}
-        click.echo(
-            f"  top {s['k']:>4}: Δlogprob {s['logprob_delta']:+.3f} {fmt_ci(s['logprob_ci'])}  control "
-            f"{control.get('logprob_delta', float('nan')):+.3f} {fmt_ci(control.get('logprob_ci'))}  "
-            f"Δacc {s['accuracy_delta']:+.3f}  significant: {s.get('significant_logprob')}"
-        )
-
-
-def fmt_ci(ci: Any) -> str:
-    return "[–]" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    analyses = {a.name: a for a in analyses_of(plugins)}
+    results = read_results(folder, analyses.values())
+    done = [(analyses[n], results.result_of(analyses[n])) for n in results.analyses if n in analyses]
+    head = [f"{results.n_examples} examples"] + [p for a, r in done for p in a.headline(r)]
+    click.echo(f"{results_path(folder)}: {'; '.join(head)}")
+    for analysis, result in done:
+        for line in analysis.summary_lines(result):
+            click.echo(line)
 
 
 @click.command()
@@ -201,12 +194,13 @@ def run(
     ten minutes on a 2-core CPU.
     """
     from scircuits.platform.pipeline import run_pipeline
+    from scircuits.platform.plugins import get_plugins
 
     merge_options(RunConfig, config_file, flags, "benchmark_options", options, "--option", data)
     merge_options(RunConfig, config_file, flags, "sae_hparams", sae_options, "--sae-option")
     config = stage_config(RunConfig, config_file, flags)
     run_dir = run_pipeline(config)
-    summarise(run_dir / "causal" / "results.json")
+    summarise(run_dir / "causal", get_plugins())
     click.echo(f"report: {run_dir / 'report.html'}")
 
 
@@ -220,8 +214,9 @@ def run(
 def report(run_dirs: tuple[str, ...], out: str | None) -> None:
     """Write report.md and a self-contained report.html for one run directory, or one comparison
     table (FVU, CE loss recovered, effects) across several."""
-    from scircuits.platform.report import write_report
+    from scircuits.platform.plugins import get_plugins
+    from scircuits.platform.report.build import write_report
 
-    files = write_report(list(run_dirs), out)
+    files = write_report(list(run_dirs), get_plugins(), out)
     for path in files[:2]:
         click.echo(str(path))

@@ -306,14 +306,16 @@ def run_pipeline(config: RunConfig) -> Path:
         train(the_plan.train.model_copy(update={"resume": resume}))
 
     def do_ablate(resume: bool) -> None:
-        from scircuits.platform.causal import run_ablate
+        from scircuits.platform.causal.stage import run_ablate
+        from scircuits.platform.plugins import get_plugins
 
-        run_ablate(the_plan.ablate)
+        run_ablate(the_plan.ablate, get_plugins())
 
     def do_report(resume: bool) -> None:
-        from scircuits.platform.report import write_report
+        from scircuits.platform.plugins import get_plugins
+        from scircuits.platform.report.build import write_report
 
-        write_report([run_dir], out=run_dir)
+        write_report([run_dir], get_plugins(), out=run_dir)
 
     stage(
         "collect",
