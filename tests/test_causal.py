@@ -8,21 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from scircuits.platform.causal import (
-    AblateInputs,
-    Study,
-    control_draws,
-    feature_statistics,
-    prepare_eval,
-    resolve_layer,
-    run_ablate,
-)
+from scircuits.platform.causal.evaluation import prepare_eval
+from scircuits.platform.causal.stage import AblateInputs, resolve_layer, run_ablate
+from scircuits.platform.causal.statistics import control_draws, spearman
+from scircuits.platform.causal.study import Study, feature_statistics
 from scircuits.platform.config import AblateConfig
 from scircuits.platform.errors import ConfigError
 from scircuits.platform.plugins import get_plugins
 from scircuits.platform.sae_module import SparseAutoencoder
 from scircuits.platform.splice import SpliceError, SplitModel
-from scircuits.platform.statistics import spearman
 from scircuits.testing import tiny_loaded_model
 
 
@@ -137,7 +131,7 @@ def small_config(tmp_path, **overrides) -> AblateConfig:
 def test_run_ablate_writes_results_with_the_documented_keys(tiny, examples, tmp_path):
     torch.manual_seed(0)
     sae = ReluSAE(tiny.d_model, 2 * tiny.d_model).eval()
-    out = run_ablate(small_config(tmp_path), inputs=AblateInputs(tiny, sae, {}, examples, 2))
+    out = run_ablate(small_config(tmp_path), get_plugins(), inputs=AblateInputs(tiny, sae, {}, examples, 2))
     results = json.loads((out / "results.json").read_text())
     assert results["splice"]["max_abs_logit_diff"] < 1e-4
     for key in ("accuracy", "logprob"):
@@ -169,6 +163,16 @@ def test_run_ablate_writes_results_with_the_documented_keys(tiny, examples, tmp_
     for section in ("model", "sae", "benchmark"):
         assert section in results["provenance"]
     assert results["provenance"]["model"]["revision"] == "tiny-random-seed0"
+    assert results["schema_version"] == 2
+    assert results["analyses"] == [
+        "baseline",
+        "ranking",
+        "sweeps",
+        "exact",
+        "faithfulness",
+        "logit_effects",
+        "features",
+    ]
     rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
     assert len(rows) == len(examples) and {
         "clean",
@@ -179,7 +183,7 @@ def test_run_ablate_writes_results_with_the_documented_keys(tiny, examples, tmp_
 
 
 def test_a_splice_that_changes_the_logits_stops_the_stage(tiny, examples, tmp_path, monkeypatch):
-    import scircuits.platform.causal as causal
+    import scircuits.platform.causal.study as causal
 
     def without_error_term(sae, x, edit=None, error_term=True):
         return sae.decode(sae.encode(x))
@@ -188,7 +192,7 @@ def test_a_splice_that_changes_the_logits_stops_the_stage(tiny, examples, tmp_pa
     torch.manual_seed(0)
     sae = ReluSAE(tiny.d_model, 2 * tiny.d_model).eval()
     with pytest.raises(SpliceError, match="does not reproduce the clean model"):
-        run_ablate(small_config(tmp_path), inputs=AblateInputs(tiny, sae, {}, examples[:4], 2))
+        run_ablate(small_config(tmp_path), get_plugins(), inputs=AblateInputs(tiny, sae, {}, examples[:4], 2))
     assert not (tmp_path / "causal" / "results.json").exists()
 
 

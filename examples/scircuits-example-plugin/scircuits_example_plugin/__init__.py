@@ -1,4 +1,4 @@
-"""Example scircuits plugin: one benchmark and one ablation, through the public API only."""
+"""Example scircuits plugin: a benchmark, an ablation and an analysis, through the public API only."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import random
 from pydantic import BaseModel, ConfigDict, Field
 
 from scircuits import Ablation, Benchmark, Example, hookimpl
+from scircuits_example_plugin.analysis import SpliceAgreementAnalysis
 
 CAPITALS = {
     "France": "Paris",
@@ -82,3 +83,8 @@ def register_benchmarks(register):
 @hookimpl
 def register_ablations(register):
     register(SignFlipAblation())
+
+
+@hookimpl
+def register_analyses(register):
+    register(SpliceAgreementAnalysis())

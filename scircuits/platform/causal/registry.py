@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 from weakref import WeakKeyDictionary
 
+from scircuits.platform.causal.results import StudyResults
 from scircuits.platform.contract.analyses import Analysis
 from scircuits.platform.errors import ConfigError, PluginConflictError
 from scircuits.platform.registry import Registry
@@ -57,7 +58,7 @@ def study_order(analyses: Registry[Analysis]) -> list[Analysis]:
     not run before it, or two write the same results.json field."""
     ordered = sorted(analyses, key=lambda a: (a.order, a.name))
     seen: set[str] = set()
-    owners: dict[str, str] = {}
+    owners: dict[str, str] = {key: "the study itself" for key in StudyResults.model_fields}
     for analysis in ordered:
         for needed in analysis.after:
             if needed not in seen:

@@ -155,7 +155,8 @@ def migrate(data: dict[str, Any], analyses: Iterable[Analysis], source: str) -> 
                 f"{source} has format_version {data.get('format_version')!r} and no schema_version; "
                 "this scircuits reads format_version 1 or a schema_version: rerun the ablate stage"
             )
-        present = [a.name for a in analyses if all(k in data for k in a.Result.model_fields)]
+        ordered = sorted(analyses, key=lambda a: (a.order, a.name))
+        present = [a.name for a in ordered if all(k in data for k in a.Result.model_fields)]
         return {**data, "schema_version": SCHEMA_VERSION, "analyses": present}
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise ConfigError(
