@@ -193,14 +193,15 @@ def run(
     flag redoes the stages it affects. The defaults (SmolLM2-135M on arithmetic) finish in about
     ten minutes on a 2-core CPU.
     """
-    from scircuits.platform.pipeline import run_pipeline
+    from scircuits.platform.pipeline.run import run_pipeline
     from scircuits.platform.plugins import get_plugins
 
     merge_options(RunConfig, config_file, flags, "benchmark_options", options, "--option", data)
     merge_options(RunConfig, config_file, flags, "sae_hparams", sae_options, "--sae-option")
     config = stage_config(RunConfig, config_file, flags)
-    run_dir = run_pipeline(config)
-    summarise(run_dir / "causal", get_plugins())
+    plugins = get_plugins()
+    run_dir = run_pipeline(config, plugins)
+    summarise(run_dir / "causal", plugins)
     click.echo(f"report: {run_dir / 'report.html'}")
 
 

@@ -54,6 +54,9 @@ class StageConfig(BaseModel):
     stage: ClassVar[str] = ""
     # Fields that do not change the artifact (where it goes, how fast, how it is shown).
     volatile: ClassVar[frozenset[str]] = frozenset()
+    # Fields that say where an input is: the hash records only whether one is given, so that a
+    # moved run directory or weights folder keeps its hashes.
+    located: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def from_sources(
@@ -75,7 +78,10 @@ class StageConfig(BaseModel):
             raise ConfigError(f"invalid {cls.stage} config: {describe_validation_error(exc)}") from None
 
     def identity(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude=set(self.volatile))
+        values = self.model_dump(mode="json", exclude=set(self.volatile))
+        for name in self.located & values.keys():
+            values[name] = None if values[name] in (None, "") else "given"
+        return values
 
     def config_hash(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
@@ -88,6 +94,7 @@ SiteName = Literal["resid", "mlp", "attn"]
 class CollectConfig(StageConfig):
     stage: ClassVar[str] = "collect"
     volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "batch_size", "progress", "chunk_rows"})
+    located: ClassVar[frozenset[str]] = frozenset({"model_path"})
 
     model: str = "smollm2-135m"
     benchmark: str = "arithmetic"
@@ -115,6 +122,7 @@ class TrainConfig(StageConfig):
     volatile: ClassVar[frozenset[str]] = frozenset(
         {"out", "device", "resume", "progress", "nproc", "log_every", "checkpoint_every", "tracker"}
     )
+    located: ClassVar[frozenset[str]] = frozenset({"store"})
 
     store: str = ""
     sae: str = "topk"
@@ -146,6 +154,7 @@ class TrainConfig(StageConfig):
 class AblateConfig(StageConfig):
     stage: ClassVar[str] = "ablate"
     volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "batch_size", "progress"})
+    located: ClassVar[frozenset[str]] = frozenset({"sae", "store", "model_path"})
 
     model: str = "smollm2-135m"
     benchmark: str = "arithmetic"
