@@ -78,22 +78,19 @@ class CollectStage(Stage):
 
     def configure(self, run: RunConfig, context: PlanContext) -> CollectConfig:
         benchmark = context.benchmark
-        split = run.collect_split or ("train" if "train" in benchmark.splits else run.split)
-        benchmark.check_split(split)
+        settings = run.collect.model_dump()
+        settings["split"] = settings["split"] or ("train" if "train" in benchmark.splits else run.split)
+        benchmark.check_split(settings["split"])
         return CollectConfig(
-            model=run.model,
-            benchmark=run.benchmark,
-            benchmark_options=sized_options(benchmark, run.benchmark_options, run.collect_limit),
-            layer=context.layer,
-            site=run.site,
-            split=split,
-            limit=run.collect_limit,
-            seed=run.seed,
-            device=run.device,
-            model_path=run.model_path,
-            remote=run.remote,
-            out=str(self.artifact(context.run_dir)),
-            progress=run.progress,
+            **{
+                **settings,
+                **run.shared(),
+                "benchmark_options": sized_options(benchmark, run.benchmark_options, run.collect.limit),
+                "layer": context.layer,
+                "remote": run.remote,
+                "out": str(self.artifact(context.run_dir)),
+                "progress": run.progress,
+            }
         )
 
     def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
@@ -113,19 +110,16 @@ class TrainStage(Stage):
     resumable = True
 
     def configure(self, run: RunConfig, context: PlanContext) -> TrainConfig:
+        settings = run.train.model_dump()
+        if settings["warmup_steps"] is None:
+            settings["warmup_steps"] = min(100, max(1, settings["tokens"] // settings["batch_size"] // 10))
         return TrainConfig(
+            **settings,
             store=str(context.run_dir / CollectStage.artifact_name),
-            sae=run.sae,
-            hparams=run.sae_hparams,
-            expansion=run.expansion,
-            lr=run.train_lr,
-            tokens=run.train_tokens,
-            batch_size=run.train_batch_size,
             seed=run.seed,
             device=run.device,
             out=str(self.artifact(context.run_dir)),
             progress=run.progress,
-            warmup_steps=min(100, max(1, run.train_tokens // run.train_batch_size // 10)),
         )
 
     def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
@@ -144,28 +138,19 @@ class AblateStage(Stage):
 
     def configure(self, run: RunConfig, context: PlanContext) -> AblateConfig:
         return AblateConfig(
-            model=run.model,
-            benchmark=run.benchmark,
-            benchmark_options=sized_options(context.benchmark, run.benchmark_options, run.limit),
-            layer=context.layer,
-            site=run.site,
-            sae=str(context.run_dir / TrainStage.artifact_name),
-            store=str(context.run_dir / CollectStage.artifact_name),
-            ablation=run.ablation,
-            rank=run.rank,
-            top_k=run.top_k,
-            random_controls=run.random_controls,
-            exact_top=run.exact_top,
-            faithfulness_n=run.faithfulness_n,
-            limit=run.limit,
-            split=run.split,
-            seed=run.seed,
-            bootstrap=run.bootstrap,
-            edit_from_position=run.edit_from_position,
-            device=run.device,
-            model_path=run.model_path,
-            out=str(self.artifact(context.run_dir)),
-            progress=run.progress,
+            **{
+                **run.ablate.model_dump(),
+                **run.shared(),
+                "benchmark_options": sized_options(
+                    context.benchmark, run.benchmark_options, run.ablate.limit
+                ),
+                "layer": context.layer,
+                "sae": str(context.run_dir / TrainStage.artifact_name),
+                "store": str(context.run_dir / CollectStage.artifact_name),
+                "split": run.split,
+                "out": str(self.artifact(context.run_dir)),
+                "progress": run.progress,
+            }
         )
 
     def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
