@@ -219,3 +219,18 @@ def test_positions_before_edit_from_position_are_left_unedited(tiny, examples):
         ablated = study.site_value(eb, "splice", study.ablate_edit(range(sae.d_sae), tag=0)(0))
     assert torch.equal(ablated[:, 0], spliced[:, 0])
     assert not torch.allclose(ablated[:, 1:], spliced[:, 1:])
+
+
+def test_the_final_norm_gain_is_read_from_the_norm_itself_exactly():
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from scircuits.platform.causal.study import norm_gain
+
+    torch.manual_seed(0)
+    llama, gemma = LlamaRMSNorm(16, eps=1e-5), GemmaRMSNorm(16, eps=1e-6)
+    with torch.no_grad():
+        llama.weight.normal_()
+        gemma.weight.normal_()
+    assert torch.equal(norm_gain(llama, 16), llama.weight.float())
+    assert torch.equal(norm_gain(gemma, 16), 1.0 + gemma.weight.float())  # Gemma scales by 1 + weight

@@ -310,29 +310,34 @@ def check_splice(
     return result
 
 
+def norm_gain(norm: torch.nn.Module, width: int) -> torch.Tensor:
+    """The elementwise gain of an RMS-style norm, whatever its parametrisation (weight, 1 + weight,
+    none): the norm of a constant vector of RMS 2^10, which it divides back to exactly 1 (a power of
+    two, so eps vanishes and no rounding enters)."""
+    probe = torch.full((1, width), 1024.0, dtype=next(norm.parameters(), torch.empty(0)).dtype)
+    with torch.no_grad():
+        return norm(probe)[0].detach().float()
+
+
 def unembedding_effects(
     split: SplitModel, sae: torch.nn.Module, features: Sequence[int], tokenizer: Any, n: int = 10
 ) -> dict[int, dict[str, list[dict[str, Any]]]]:
     """Tokens each feature's decoder direction promotes and suppresses through the unembedding.
 
-    The direction passes through the final norm's elementwise weight (LayerNorm also centres it;
-    Gemma's RMSNorm scales by 1 + weight); the norm's division by the token's scale is a positive
-    factor, so it leaves the ranking unchanged. Blocks between the site and the end are not
-    included (the direct path only).
+    The direction passes through the final norm's elementwise gain (LayerNorm also centres it);
+    the norm's division by the token's scale is a positive factor, so it leaves the ranking
+    unchanged. Blocks between the site and the end are not included (the direct path only).
     """
     if not features:
         return {}
     directions = sae.W_dec.detach()[list(features)].float()
     norm = split.final_norm()
-    if norm is not None:
-        if isinstance(norm, torch.nn.LayerNorm):
-            directions = directions - directions.mean(dim=-1, keepdim=True)
-        weight = getattr(norm, "weight", None)
-        if weight is not None:
-            w = weight.detach().float()
-            if "gemma" in type(norm).__name__.lower():
-                w = 1.0 + w
-            directions = directions * w
+    if isinstance(norm, torch.nn.LayerNorm):
+        directions = directions - directions.mean(dim=-1, keepdim=True)
+        if norm.weight is not None:
+            directions = directions * norm.weight.detach().float()
+    elif norm is not None:
+        directions = directions * norm_gain(norm, directions.shape[-1])
     unembed = split.unembed.weight.detach().float()  # (vocab, d)
     scores = directions @ unembed.T
     out: dict[int, dict[str, list[dict[str, Any]]]] = {}
