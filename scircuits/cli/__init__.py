@@ -14,6 +14,7 @@ import click
 
 from scircuits import __version__
 from scircuits.platform.errors import ScircuitsError
+from scircuits.platform.plugins import get_plugins
 
 # command name -> "module:attribute"
 COMMANDS: dict[str, str] = {
@@ -39,8 +40,6 @@ _plugin_commands: WeakKeyDictionary[Any, dict[str, click.Command]] = WeakKeyDict
 def plugin_commands() -> dict[str, click.Command]:
     """Commands the loaded plugins add through ``register_commands(cli)``; a failing hook is recorded
     on its plugin (``scircuits plugins`` shows it) and never stops the CLI."""
-    from scircuits.platform.plugins import get_plugins
-
     plugins = get_plugins()
     if plugins in _plugin_commands:
         return _plugin_commands[plugins]

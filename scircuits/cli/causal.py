@@ -1,5 +1,6 @@
 """`scircuits ablate`, `scircuits run` and `scircuits report`: the causal study, the whole pipeline,
-and the report. Heavy modules are imported inside the commands."""
+and the report. The modules that load torch (the study, the pipeline, the report's matplotlib) are
+imported inside the commands, so that `--help` stays fast."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from typing import Any
 import click
 
 from scircuits.cli.common import config_option, parse_key_values, stage_config
+from scircuits.platform.causal.registry import analyses_of
+from scircuits.platform.causal.results import read_results, results_path
 from scircuits.platform.config import AblateConfig, RunConfig
 from scircuits.platform.config.options import run_options, stage_options
+from scircuits.platform.plugins import get_plugins
 
 
 def merge_options(
@@ -73,7 +77,6 @@ def ablate(
     examples.jsonl into --out.
     """
     from scircuits.platform.causal.stage import run_ablate
-    from scircuits.platform.plugins import get_plugins
 
     merge_options(AblateConfig, config_file, flags, "benchmark_options", options, "--option", data)
     merge_options(AblateConfig, config_file, flags, "ablation_options", ablation_options, "--ablation-option")
@@ -85,9 +88,6 @@ def ablate(
 
 def summarise(folder: Any, plugins: Any) -> None:
     """One line per run, then each analysis's summary lines, from the typed results."""
-    from scircuits.platform.causal.registry import analyses_of
-    from scircuits.platform.causal.results import read_results, results_path
-
     analyses = {a.name: a for a in analyses_of(plugins)}
     results = read_results(folder, analyses.values())
     done = [(analyses[n], results.result_of(analyses[n])) for n in results.analyses if n in analyses]
@@ -124,7 +124,6 @@ def run(
     [run.train] and [run.ablate] tables of --config. README gives the default run's measured times.
     """
     from scircuits.platform.pipeline.run import run_pipeline
-    from scircuits.platform.plugins import get_plugins
 
     merge_options(RunConfig, config_file, flags, "benchmark_options", options, "--option", data)
     merge_options(RunConfig, config_file, flags, "train.hparams", sae_options, "--sae-option")
@@ -146,7 +145,6 @@ def run(
 def report(run_dirs: tuple[str, ...], out: str | None) -> None:
     """Write report.md and a self-contained report.html for one run directory, or one comparison
     table (FVU, CE loss recovered, effects) across several."""
-    from scircuits.platform.plugins import get_plugins
     from scircuits.platform.report.build import write_report
 
     files = write_report(list(run_dirs), get_plugins(), out)

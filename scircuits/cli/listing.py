@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from scircuits.cli import plugin_commands
 from scircuits.cli.common import echo_json, echo_table
 from scircuits.platform.causal.registry import analyses_of, study_order
 from scircuits.platform.errors import ConfigError
@@ -22,8 +23,6 @@ def plugins(as_json: bool) -> None:
     Plugins that failed to load are listed with their error. Set SCIRCUITS_LOAD_PLUGINS to a
     comma-separated allow-list of third-party plugin names (empty: none) to skip broken ones.
     """
-    from scircuits.cli import plugin_commands
-
     plugin_set = get_plugins()
     analyses_of(plugin_set)  # runs the analysis and command hooks, so that their names and errors show
     plugin_commands()

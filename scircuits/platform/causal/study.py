@@ -34,6 +34,7 @@ from scircuits.platform.splice import (
     nnsight_site_logits,
     spliced_output,
 )
+from scircuits.store.reader import ActivationStore
 
 SiteMode = str  # "clean" | "splice" | "reconstruction" | "zero"
 
@@ -370,8 +371,6 @@ class TokenRows:
 
 
 def rows_from_store(path: str) -> TokenRows:
-    from scircuits.store.reader import ActivationStore
-
     store = ActivationStore(path)
     return TokenRows(
         f"store:{path}", store.n_tokens, store.token_ids, store.example_ids, store.positions, store.read_rows
