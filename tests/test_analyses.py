@@ -174,3 +174,30 @@ def test_an_older_results_file_is_migrated_and_others_refused(plugins, tmp_path)
         read_results(write(tmp_path, {**old, "n_examples": "many"}), analyses)
     with pytest.raises(ConfigError, match="does not exist"):
         read_results(tmp_path / "nowhere", analyses)
+
+
+def test_a_failing_plugin_analysis_stops_with_its_name_and_writes_nothing(tmp_path):
+    class Broken(Analysis):
+        name = "broken"
+        order = 5
+
+        def run(self, context):
+            raise ValueError("oops")
+
+    class BrokenPlugin:
+        @staticmethod
+        @hookimpl
+        def register_analyses(register):
+            register(Broken())
+
+    plugin_set = load_plugins(entry_points_too=False)
+    plugin_set.pm.register(BrokenPlugin, name="broken-plugin")
+    tiny = tiny_loaded_model("smollm2-135m")
+    examples = list(plugin_set.benchmarks.get("arithmetic").examples("test", 2, 0, {}))
+    sae = ReluSAE(tiny.d_model, 2 * tiny.d_model).eval()
+    config = AblateConfig(sae="", out=str(tmp_path / "causal"), progress=False, layer=2)
+    with pytest.raises(
+        ConfigError, match="analysis 'broken' of plugin broken-plugin failed: ValueError: oops"
+    ):
+        run_ablate(config, plugin_set, inputs=AblateInputs(tiny, sae, {}, examples, 2))
+    assert not (tmp_path / "causal").exists()

@@ -25,8 +25,9 @@ from scircuits.platform.causal.statistics import Bootstrap
 from scircuits.platform.causal.study import Study, feature_statistics
 from scircuits.platform.config import AblateConfig
 from scircuits.platform.contract.analyses import Analysis, AnalysisResult
-from scircuits.platform.errors import ConfigError
+from scircuits.platform.errors import ConfigError, ScircuitsError
 from scircuits.platform.models import LoadedModel
+from scircuits.platform.plugins import ALLOW_LIST_ENV
 from scircuits.platform.progress import progress
 from scircuits.platform.splice import SplitModel
 
@@ -40,7 +41,8 @@ def run_study(
     plugins: Any,
 ) -> tuple[StudyResults, list[ExampleRow]]:
     """Run every registered analysis on ``examples``; results (provenance left empty) and rows."""
-    analyses = study_order(analyses_of(plugins))
+    registry = analyses_of(plugins)
+    analyses = study_order(registry)
     sae.eval()
     ablation = plugins.ablations.get(config.ablation)
     ablation_options = ablation.parse_options(config.ablation_options)
@@ -79,7 +81,18 @@ def run_study(
     with progress("ablate: conditions", total=total, enabled=config.progress, unit="passes") as show:
         study.show = show
         for analysis in analyses:
-            result = analysis.run(context)
+            owner = registry.owner(analysis.name)
+            try:
+                result = analysis.run(context)
+            except (ScircuitsError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                if owner.startswith("builtin:"):
+                    raise
+                raise ConfigError(
+                    f"analysis {analysis.name!r} of plugin {owner} failed: {type(exc).__name__}: {exc}. "
+                    f"Nothing was written; exclude the plugin with {ALLOW_LIST_ENV} to run without it"
+                ) from exc
             if not isinstance(result, analysis.Result):
                 raise ConfigError(
                     f"analysis {analysis.name!r} returned {type(result).__name__}, not its declared "
