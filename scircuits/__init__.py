@@ -9,14 +9,19 @@ helpers (``SparseAutoencoder``, ``TrainOutput``, ``encoder_product``, ``mse_per_
 from typing import TYPE_CHECKING, Any
 
 from scircuits.errors import ConfigError, DataFormatError, ScircuitsError
+from scircuits.platform.causal.context import StudyContext
+from scircuits.platform.causal.results import StudyResults
+from scircuits.platform.causal.statistics import Interval, spearman
 from scircuits.platform.common.provenance import base_provenance, file_sha256
 from scircuits.platform.contract.ablations import Ablation, FeatureStats
+from scircuits.platform.contract.analyses import Analysis, AnalysisResult
 from scircuits.platform.contract.benchmarks import Benchmark, Example
 from scircuits.platform.contract.errors import PluginConflictError, UnknownNameError, WeightsUnavailableError
 from scircuits.platform.contract.hf_loading import WeightsSource
 from scircuits.platform.contract.hookspecs import hookimpl
 from scircuits.platform.contract.models import HFModelAdapter, LoadedModel, ModelAdapter, Site
 from scircuits.platform.contract.saes import SAEVariant
+from scircuits.platform.report.document import ReportDocument
 from scircuits.version import __version__
 
 if TYPE_CHECKING:
@@ -41,15 +46,19 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Ablation",
+    "Analysis",
+    "AnalysisResult",
     "Benchmark",
     "ConfigError",
     "DataFormatError",
     "Example",
     "FeatureStats",
     "HFModelAdapter",
+    "Interval",
     "LoadedModel",
     "ModelAdapter",
     "PluginConflictError",
+    "ReportDocument",
     "SAEVariant",
     "ScircuitsError",
     "Site",
@@ -58,6 +67,8 @@ __all__ = [
     "UnknownNameError",
     "WeightsSource",
     "WeightsUnavailableError",
+    "StudyContext",
+    "StudyResults",
     "__version__",
     "base_provenance",
     "encoder_product",
@@ -65,4 +76,5 @@ __all__ = [
     "fired_counts",
     "hookimpl",
     "mse_per_element",
+    "spearman",
 ]

@@ -8,21 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from scircuits.platform.causal import (
-    AblateInputs,
-    Study,
-    control_draws,
-    feature_statistics,
-    prepare_eval,
-    resolve_layer,
-    run_ablate,
-)
+from scircuits.platform.causal.evaluation import prepare_eval
+from scircuits.platform.causal.stage import AblateInputs, resolve_layer, run_ablate
+from scircuits.platform.causal.statistics import control_draws, spearman
+from scircuits.platform.causal.study import Study, feature_statistics
 from scircuits.platform.config import AblateConfig
 from scircuits.platform.contract.errors import ConfigError
-from scircuits.platform.contract.sae_module import SparseAutoencoder
 from scircuits.platform.manager.plugin_set import get_plugins
+from scircuits.platform.contract.sae_module import SparseAutoencoder
 from scircuits.platform.model.splice import SpliceError, SplitModel
-from scircuits.platform.statistics import spearman
 from scircuits.testing import tiny_loaded_model
 
 
@@ -137,7 +131,7 @@ def small_config(tmp_path, **overrides) -> AblateConfig:
 def test_run_ablate_writes_results_with_the_documented_keys(tiny, examples, tmp_path):
     torch.manual_seed(0)
     sae = ReluSAE(tiny.d_model, 2 * tiny.d_model).eval()
-    out = run_ablate(small_config(tmp_path), inputs=AblateInputs(tiny, sae, {}, examples, 2))
+    out = run_ablate(small_config(tmp_path), get_plugins(), inputs=AblateInputs(tiny, sae, {}, examples, 2))
     results = json.loads((out / "results.json").read_text())
     assert results["splice"]["max_abs_logit_diff"] < 1e-4
     for key in ("accuracy", "logprob"):
@@ -169,6 +163,16 @@ def test_run_ablate_writes_results_with_the_documented_keys(tiny, examples, tmp_
     for section in ("model", "sae", "benchmark"):
         assert section in results["provenance"]
     assert results["provenance"]["model"]["revision"] == "tiny-random-seed0"
+    assert results["schema_version"] == 2
+    assert results["analyses"] == [
+        "baseline",
+        "ranking",
+        "sweeps",
+        "exact",
+        "faithfulness",
+        "logit_effects",
+        "features",
+    ]
     rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
     assert len(rows) == len(examples) and {
         "clean",
@@ -179,7 +183,7 @@ def test_run_ablate_writes_results_with_the_documented_keys(tiny, examples, tmp_
 
 
 def test_a_splice_that_changes_the_logits_stops_the_stage(tiny, examples, tmp_path, monkeypatch):
-    import scircuits.platform.causal as causal
+    import scircuits.platform.causal.study as causal
 
     def without_error_term(sae, x, edit=None, error_term=True):
         return sae.decode(sae.encode(x))
@@ -188,7 +192,7 @@ def test_a_splice_that_changes_the_logits_stops_the_stage(tiny, examples, tmp_pa
     torch.manual_seed(0)
     sae = ReluSAE(tiny.d_model, 2 * tiny.d_model).eval()
     with pytest.raises(SpliceError, match="does not reproduce the clean model"):
-        run_ablate(small_config(tmp_path), inputs=AblateInputs(tiny, sae, {}, examples[:4], 2))
+        run_ablate(small_config(tmp_path), get_plugins(), inputs=AblateInputs(tiny, sae, {}, examples[:4], 2))
     assert not (tmp_path / "causal" / "results.json").exists()
 
 
@@ -215,3 +219,18 @@ def test_positions_before_edit_from_position_are_left_unedited(tiny, examples):
         ablated = study.site_value(eb, "splice", study.ablate_edit(range(sae.d_sae), tag=0)(0))
     assert torch.equal(ablated[:, 0], spliced[:, 0])
     assert not torch.allclose(ablated[:, 1:], spliced[:, 1:])
+
+
+def test_the_final_norm_gain_is_read_from_the_norm_itself_exactly():
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from scircuits.platform.contract.models import norm_gain
+
+    torch.manual_seed(0)
+    llama, gemma = LlamaRMSNorm(16, eps=1e-5), GemmaRMSNorm(16, eps=1e-6)
+    with torch.no_grad():
+        llama.weight.normal_()
+        gemma.weight.normal_()
+    assert torch.equal(norm_gain(llama, 16), llama.weight.float())
+    assert torch.equal(norm_gain(gemma, 16), 1.0 + gemma.weight.float())  # Gemma scales by 1 + weight

@@ -101,3 +101,43 @@ def test_unknown_command_is_a_clear_error():
     result = run_cli("colect")
     assert result.returncode == 2
     assert "No such command 'colect'" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def command_plugin_path(tmp_path_factory):
+    root = tmp_path_factory.mktemp("commands")
+    make_plugin_dist(
+        root,
+        "greeting-plugin",
+        "greeting_plugin_mod",
+        """
+        import click
+        from scircuits import hookimpl
+
+        @hookimpl
+        def register_commands(cli):
+            @cli.command()
+            @click.argument("name")
+            def greet(name):
+                "Say hello."
+                click.echo(f"hello {name}")
+
+            @cli.command()
+            def run():
+                "Would shadow the built-in run."
+        """,
+    )
+    return root
+
+
+def test_a_plugin_adds_a_command_and_cannot_take_a_builtin_name(command_plugin_path):
+    result = run_cli("greet", "world", extra_path=command_plugin_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "hello world"
+    listing = run_cli("--help", extra_path=command_plugin_path)
+    assert "greet" in listing.stdout and "Say hello." in listing.stdout
+    rows = json.loads(run_cli("plugins", "--json", extra_path=command_plugin_path).stdout)
+    plugin = next(r for r in rows if r["name"] == "greeting-plugin")
+    assert plugin["registered"].get("commands") == ["greet", "run"]
+    assert "command 'run' is already defined" in plugin["error"]
+    assert "Usage: scircuits run" in run_cli("run", "--help", extra_path=command_plugin_path).stdout

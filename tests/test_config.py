@@ -58,3 +58,60 @@ def test_config_hash_ignores_volatile_fields_only():
     assert base.config_hash() != RunConfig(layer=3).config_hash()
     assert CollectConfig(batch_size=4).config_hash() == CollectConfig(batch_size=32).config_hash()
     assert CollectConfig(dtype="float32").config_hash() != CollectConfig().config_hash()
+
+
+def test_every_flag_is_generated_from_its_field_with_the_fields_help_and_default():
+    import click
+
+    from scircuits.cli.causal import ablate, run
+    from scircuits.cli.collect import collect
+    from scircuits.cli.train import train
+    from scircuits.platform.config import AblateConfig
+    from scircuits.platform.config.options import default_of, run_fields, shown_default
+
+    for command, fields in (
+        (collect, CollectConfig.model_fields),
+        (train, TrainConfig.model_fields),
+        (ablate, AblateConfig.model_fields),
+        (run, run_fields()),
+    ):
+        options = {p.name: p for p in command.params if isinstance(p, click.Option)}
+        for name, info in fields.items():
+            if isinstance(default_of(info), dict) or name not in options:
+                continue  # dict fields are read as KEY=VALUE pairs
+            if command is train and name in {"store", "sae"}:
+                continue  # dict fields, and train's --store/--sae that take several values
+            option = options[name]
+            assert option.help.startswith(info.description), (command.name, name)
+            default = shown_default(default_of(info))
+            assert default is None or option.help.endswith(f"[{default}]"), (command.name, name)
+            assert option.default is None  # not given: the config file's value stands
+        generated = {n for n, i in fields.items() if not isinstance(default_of(i), dict)}
+        assert generated - {"store", "sae", "hparams"} <= set(options), command.name
+
+
+def test_run_config_is_composed_of_the_stage_configs(tmp_path):
+    from scircuits.platform.config.stages import RunAblate, RunTrain
+
+    assert set(RunTrain.model_fields) < set(TrainConfig.model_fields)
+    assert RunTrain.model_fields["lr"].description == TrainConfig.model_fields["lr"].description
+    path = tmp_path / "run.toml"
+    path.write_text("[run]\nlimit = 40\n[run.train]\ntokens = 5000\nlr = 0.01\n[run.ablate]\nexact_top = 4\n")
+    config = RunConfig.from_sources(path, {"train_lr": 0.02, "top_k": [1, 2]})
+    assert (config.train.tokens, config.train.lr) == (5000, 0.02)  # the flag wins over the table
+    assert (config.ablate.limit, config.ablate.exact_top, config.ablate.top_k) == (40, 4, [1, 2])
+    assert RunConfig().ablate.top_k == [1, 5, 20, 50] != RunAblate.model_fields["top_k"].default
+    with pytest.raises(ConfigError, match=r"train\.lr: Input should be greater than 0"):
+        RunConfig.from_sources(None, {"train_lr": -1})
+
+
+def test_hashes_record_whether_a_path_is_given_not_where():
+    from scircuits.platform.config import AblateConfig
+
+    assert (
+        AblateConfig(sae="/a/sae", store="/a/s").config_hash()
+        == AblateConfig(sae="/b/x", store="/c").config_hash()
+    )
+    assert AblateConfig(sae="/a/sae", store="/a/s").config_hash() != AblateConfig(sae="/a/sae").config_hash()
+    assert CollectConfig(model_path="/w1").config_hash() == CollectConfig(model_path="/w2").config_hash()
+    assert TrainConfig(store="/a").config_hash() == TrainConfig(store="/b").config_hash()

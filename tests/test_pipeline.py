@@ -11,15 +11,21 @@ from pathlib import Path
 
 import pytest
 
-import scircuits.platform.causal as causal
 import scircuits.platform.collect.collection as collect_module
-import scircuits.platform.contract.hf_loading as hf_loading
-import scircuits.platform.report as report_module
-import scircuits.platform.train.training as training
+import scircuits.platform.pipeline.run as pipeline_run
+from scircuits.platform.causal.results import RESULTS_FILE
+from scircuits.platform.train.checkpoint import META_FILE, WEIGHTS_FILE
 from scircuits.platform.config import RunConfig
 from scircuits.platform.contract.errors import ConfigError
-from scircuits.platform.pipeline import plan, run_pipeline
-from scircuits.platform.train.checkpoint import META_FILE, WEIGHTS_FILE
+from scircuits.platform.pipeline.run import plan
+from scircuits.platform.pipeline.run import run_pipeline as run_with
+from scircuits.platform.pipeline.stages import STAGES
+from scircuits.platform.manager.plugin_set import get_plugins
+from scircuits.store.synthetic import write_synthetic_store
+
+
+def run_pipeline(config):
+    return run_with(config, get_plugins())
 
 
 class FakeStages:
@@ -27,24 +33,22 @@ class FakeStages:
         self.calls: list[str] = []
         self.resumed: list[bool] = []
         self.fail_train = False
-        monkeypatch.setattr(collect_module, "collect", self.collect)
-        monkeypatch.setattr(training, "train", self.train)
-        monkeypatch.setattr(causal, "run_ablate", self.ablate)
-        monkeypatch.setattr(report_module, "write_report", self.report)
-        monkeypatch.setattr(hf_loading, "check_weights_available", lambda adapter, model_path: None)
+        fakes = {"collect": self.collect, "train": self.train, "ablate": self.ablate, "report": self.report}
+        for stage in STAGES:
+            fake = fakes[stage.name]
+            monkeypatch.setattr(
+                stage, "run", lambda config, run_dir, plugins, resume, f=fake: f(config, run_dir, resume)
+            )
+        monkeypatch.setattr(pipeline_run, "check_weights_available", lambda adapter, model_path: None)
 
-    def collect(self, config):
+    def collect(self, config, run_dir, resume):
         self.calls.append("collect")
-        out = Path(config.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "zarr.json").write_text(
-            json.dumps({"attributes": {"complete": True, "config_hash": config.config_hash()}})
-        )
-        return out
+        write_synthetic_store(config.out, n_examples=3, d_model=4)
+        return Path(config.out)
 
-    def train(self, config):
+    def train(self, config, run_dir, resume):
         self.calls.append("train")
-        self.resumed.append(config.resume)
+        self.resumed.append(resume)
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
         if self.fail_train:
@@ -54,17 +58,17 @@ class FakeStages:
         (out / META_FILE).write_text(json.dumps({"complete": True, "config_hash": config.config_hash()}))
         return out
 
-    def ablate(self, config):
+    def ablate(self, config, run_dir, resume):
         self.calls.append("ablate")
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({"config_hash": config.config_hash()}))
+        (out / RESULTS_FILE).write_text(json.dumps({"config_hash": config.config_hash()}))
         return out
 
-    def report(self, run_dirs, out=None):
+    def report(self, config, run_dir, resume):
         self.calls.append("report")
         for name in ("report.md", "report.html"):
-            (Path(out) / name).write_text("report")
+            (run_dir / name).write_text("report")
         return []
 
 
@@ -78,19 +82,21 @@ def config(tmp_path, **overrides) -> RunConfig:
 
 
 def test_run_directory_is_named_after_model_benchmark_site_and_layer(tmp_path):
-    the_plan = plan(config(tmp_path, layer=7, site="mlp"))
+    the_plan = plan(config(tmp_path, layer=7, site="mlp"), get_plugins())
     assert the_plan.run_dir == tmp_path / "runs" / "smollm2-135m__arithmetic__mlp7"
-    assert plan(config(tmp_path)).run_dir.name == "smollm2-135m__arithmetic__resid15"  # the adapter's default
+    assert (
+        plan(config(tmp_path), get_plugins()).run_dir.name == "smollm2-135m__arithmetic__resid15"
+    )  # the adapter's default
 
 
 def test_collection_and_evaluation_use_disjoint_splits_and_enough_examples(tmp_path):
-    the_plan = plan(config(tmp_path, limit=50, collect_limit=900))
+    the_plan = plan(config(tmp_path, limit=50, collect_limit=900), get_plugins())
     assert (the_plan.collect.split, the_plan.ablate.split) == ("train", "test")
     # arithmetic generates n_examples per split (a prefix of any larger n): each stage asks for enough
     assert the_plan.collect.benchmark_options["n_examples"] == 900
     assert the_plan.ablate.benchmark_options["n_examples"] == 200  # the benchmark's default covers 50
-    assert plan(config(tmp_path, limit=300)).ablate.benchmark_options["n_examples"] == 300
-    chosen = plan(config(tmp_path, benchmark_options={"n_examples": 1000}))
+    assert plan(config(tmp_path, limit=300), get_plugins()).ablate.benchmark_options["n_examples"] == 300
+    chosen = plan(config(tmp_path, benchmark_options={"n_examples": 1000}), get_plugins())
     assert (
         chosen.collect.benchmark_options["n_examples"]
         == chosen.ablate.benchmark_options["n_examples"]
@@ -99,9 +105,7 @@ def test_collection_and_evaluation_use_disjoint_splits_and_enough_examples(tmp_p
 
 
 def test_the_default_stages_get_the_examples_they_ask_for(tmp_path):
-    from scircuits.platform.manager.plugin_set import get_plugins
-
-    the_plan = plan(config(tmp_path))
+    the_plan = plan(config(tmp_path), get_plugins())
     for stage in (the_plan.collect, the_plan.ablate):
         benchmark = get_plugins().benchmarks.get(stage.benchmark)
         examples = list(benchmark.examples(stage.split, stage.limit, stage.seed, stage.benchmark_options))
@@ -185,3 +189,28 @@ def test_unavailable_weights_stop_the_run_before_any_work(tmp_path, monkeypatch,
         assert way in message
     assert "Traceback" not in message
     assert not out.exists()
+
+
+def test_a_moved_run_directory_and_weights_folder_skip_every_stage(tmp_path, stages):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    run_dir = run_pipeline(config(tmp_path, model_path=str(weights)))
+    assert stages.calls == ["collect", "train", "ablate", "report"]
+    moved_weights, moved_out = tmp_path / "elsewhere" / "weights", tmp_path / "elsewhere" / "runs"
+    moved_out.mkdir(parents=True)
+    weights.rename(moved_weights)
+    run_dir.rename(moved_out / run_dir.name)
+    stages.calls.clear()
+    moved = RunConfig(out=str(moved_out), progress=False, model_path=str(moved_weights))
+    assert run_pipeline(moved) == moved_out / run_dir.name
+    assert stages.calls == []
+
+
+def test_each_stage_is_a_unit_in_one_ordered_list(tmp_path):
+    assert [s.name for s in STAGES] == ["collect", "train", "ablate", "report"]
+    the_plan = plan(config(tmp_path), get_plugins())
+    assert list(the_plan.keys) == [s.name for s in STAGES]
+    for stage in STAGES:
+        assert not stage.complete(the_plan.run_dir, the_plan.configs[stage.name])
+        if stage.Config is not None:
+            assert isinstance(the_plan.configs[stage.name], stage.Config)

@@ -9,91 +9,154 @@ from pathlib import Path
 import pytest
 
 from scircuits.cli import main
+from scircuits.platform.causal.registry import analyses_of
+from scircuits.platform.causal.results import StatisticsInfo, StudyResults, write_study
 from scircuits.platform.contract.errors import ConfigError
-from scircuits.platform.report import write_report
+from scircuits.platform.manager.plugin_set import get_plugins
+from scircuits.platform.report.build import write_report as write_report_with
+from scircuits.plugins.analyses.baseline import (
+    BaselineResult,
+    CleanScores,
+    Reconstruction,
+    Scores,
+    SpliceCheck,
+)
+from scircuits.plugins.analyses.exact import ExactResult
+from scircuits.plugins.analyses.faithfulness import (
+    FaithfulnessPoint,
+    FaithfulnessReference,
+    FaithfulnessResult,
+)
+from scircuits.plugins.analyses.features import (
+    Feature,
+    FeaturesResult,
+    LogitEffectsResult,
+    TokenContext,
+    TokenLogit,
+)
+from scircuits.plugins.analyses.ranking import RankInfo, RankingResult
+from scircuits.plugins.analyses.sweeps import ControlEffect, Sweep, SweepsResult
+
+
+def write_report(run_dirs, out=None):
+    return write_report_with(run_dirs, get_plugins(), out)
 
 
 def fake_run(root: Path, model: str, fvu: float, recovered: float) -> Path:
+    """A run directory whose results.json is built through the results schema and the built-in
+    analyses' result types."""
     run = root / f"{model}__arithmetic__resid3"
-    (run / "causal").mkdir(parents=True)
-    (run / "sae").mkdir()
-    sweep = lambda k, d: {  # noqa: E731
-        "k": k,
-        "ablation": "zero",
-        "features": list(range(k)),
-        "accuracy_delta": d / 10,
-        "accuracy_ci": [d / 10 - 0.05, d / 10 + 0.05],
-        "logprob_delta": d,
-        "logprob_ci": [d - 0.1, d + 0.1],
-        "significant_logprob": d < -0.3,
-        "significant_accuracy": False,
-        "control": {
-            "accuracy_delta": 0.0,
-            "accuracy_ci": [-0.02, 0.02],
-            "logprob_delta": -0.01,
-            "logprob_ci": [-0.05, 0.03],
-            "draws": [],
+    (run / "sae").mkdir(parents=True)
+    analyses = {a.name: a for a in analyses_of(get_plugins())}
+
+    def sweep(k: int, d: float) -> Sweep:
+        return Sweep(
+            k=k,
+            ablation="zero",
+            features=list(range(k)),
+            accuracy_delta=d / 10,
+            accuracy_ci=[d / 10 - 0.05, d / 10 + 0.05],
+            logprob_delta=d,
+            logprob_ci=[d - 0.1, d + 0.1],
+            significant_logprob=d < -0.3,
+            significant_accuracy=False,
+            control=ControlEffect(
+                accuracy_delta=0.0,
+                accuracy_ci=[-0.02, 0.02],
+                logprob_delta=-0.01,
+                logprob_ci=[-0.05, 0.03],
+                draws=[],
+            ),
+        )
+
+    def feature(i: int) -> Feature:
+        return Feature(
+            id=i,
+            rank=i + 1,
+            attribution=-0.1 * (i + 1),
+            mean_activation=0.5,
+            frequency=0.2,
+            exact_logprob_delta=-0.12 * (i + 1),
+            exact_logprob_ci=[-0.2 * (i + 1), -0.05],
+            exact_accuracy_delta=-0.01,
+            exact_accuracy_ci=[-0.03, 0.0],
+            top_tokens=[
+                TokenContext(
+                    token="=",
+                    activation=2.0,
+                    example=0,
+                    position=3,
+                    focus=2,
+                    context=[("1", 0.0), ("+", 0.5), ("=", 2.0), ("<b>", 0.1)],
+                )
+            ],
+            promoted=[TokenLogit(token=" 7", logit=1.0)],
+            suppressed=[TokenLogit(token="\n", logit=-1.0)],
+        )
+
+    results = [
+        BaselineResult(
+            splice=SpliceCheck(
+                max_abs_logit_diff=2e-7,
+                fast_path_max_abs_diff=1e-7,
+                examples_checked=32,
+                tolerance=1e-3,
+                method="nnsight",
+            ),
+            baseline=CleanScores(accuracy=0.4, logprob=-2.0, ce_loss=2.5),
+            splice_scores=Scores(accuracy=0.4, logprob=-2.0),
+            reconstruction=Reconstruction(
+                accuracy=0.3,
+                logprob=-2.4,
+                ce_loss=2.9,
+                ce_loss_clean=2.5,
+                ce_loss_zero_site=8.0,
+                ce_loss_recovered=recovered,
+                zero_site_accuracy=0.0,
+                zero_site_logprob=-9.0,
+            ),
+            sae_metrics_eval={"fvu": 0.5, "l0": 30.0, "dead_fraction": 0.1},
+        ),
+        RankingResult(rank=RankInfo(method="attribution", order="most negative first", top=[0, 1, 2])),
+        SweepsResult(sweeps=[sweep(1, -0.1), sweep(5, -0.6)]),
+        ExactResult(attribution_vs_exact_spearman=0.8),
+        FaithfulnessResult(
+            faithfulness=[
+                FaithfulnessPoint(n=1, value=0.2, logprob=-2.3, accuracy=0.3),
+                FaithfulnessPoint(n=10, value=0.9, logprob=-2.05, accuracy=0.38),
+            ],
+            faithfulness_reference=FaithfulnessReference(all=-2.0, none=-3.0, metric="mean logprob"),
+        ),
+        LogitEffectsResult(unembedding="W_dec @ W_U"),
+        FeaturesResult(features=[feature(i) for i in range(3)], contexts_source="store"),
+    ]
+    names = ["baseline", "ranking", "sweeps", "exact", "faithfulness", "logit_effects", "features"]
+    study = StudyResults.assemble(
+        {
+            "config": {},
+            "config_hash": "x",
+            "n_examples": 40,
+            "n_tokens": 1600,
+            "layer": 3,
+            "site": "resid",
+            "active_features": 200,
+            "d_sae": 256,
+            "statistics": StatisticsInfo(
+                bootstrap_replicates=1000, level=0.95, paired=True, seed=0, significance="disjoint"
+            ),
+            "stats_source": "evaluation tokens",
+            "edited_positions": "every position >= 1",
+            "n_conditions": 30,
+            "provenance": {
+                "model": {"name": model, "model_id": f"org/{model}", "revision": "abc123"},
+                "benchmark": {"name": "arithmetic", "split": "test"},
+                "sae": {"path": str(run / "sae"), "variant": "topk", "d_sae": 256},
+                "store": {"source": "traced", "n_examples": 100, "n_tokens": 4000},
+            },
         },
-    }
-    feature = lambda i: {  # noqa: E731
-        "id": i,
-        "rank": i + 1,
-        "attribution": -0.1 * (i + 1),
-        "mean_activation": 0.5,
-        "frequency": 0.2,
-        "exact_logprob_delta": -0.12 * (i + 1),
-        "exact_logprob_ci": [-0.2 * (i + 1), -0.05],
-        "exact_accuracy_delta": -0.01,
-        "exact_accuracy_ci": [-0.03, 0.0],
-        "top_tokens": [
-            {
-                "token": "=",
-                "activation": 2.0,
-                "example": 0,
-                "position": 3,
-                "focus": 2,
-                "context": [["1", 0.0], ["+", 0.5], ["=", 2.0], ["<b>", 0.1]],
-            }
-        ],
-        "promoted": [{"token": " 7", "logit": 1.0}],
-        "suppressed": [{"token": "\n", "logit": -1.0}],
-    }
-    results = {
-        "config_hash": "x",
-        "n_examples": 40,
-        "n_tokens": 1600,
-        "layer": 3,
-        "site": "resid",
-        "splice": {"max_abs_logit_diff": 2e-7, "examples_checked": 32, "tolerance": 1e-3},
-        "baseline": {"accuracy": 0.4, "logprob": -2.0, "ce_loss": 2.5},
-        "reconstruction": {
-            "accuracy": 0.3,
-            "logprob": -2.4,
-            "ce_loss": 2.9,
-            "ce_loss_clean": 2.5,
-            "ce_loss_zero_site": 8.0,
-            "ce_loss_recovered": recovered,
-            "zero_site_accuracy": 0.0,
-        },
-        "rank": {"method": "attribution"},
-        "sweeps": [sweep(1, -0.1), sweep(5, -0.6)],
-        "features": [feature(i) for i in range(3)],
-        "attribution_vs_exact_spearman": 0.8,
-        "faithfulness": [
-            {"n": 1, "value": 0.2, "logprob": -2.3, "accuracy": 0.3},
-            {"n": 10, "value": 0.9, "logprob": -2.05, "accuracy": 0.38},
-        ],
-        "sae_metrics_eval": {"fvu": 0.5, "l0": 30.0, "dead_fraction": 0.1},
-        "contexts_source": "store",
-        "unembedding": "W_dec @ W_U",
-        "provenance": {
-            "model": {"name": model, "model_id": f"org/{model}", "revision": "abc123"},
-            "benchmark": {"name": "arithmetic", "split": "test"},
-            "sae": {"path": str(run / "sae"), "variant": "topk", "d_sae": 256},
-            "store": {"source": "traced", "n_examples": 100, "n_tokens": 4000},
-        },
-    }
-    (run / "causal" / "results.json").write_text(json.dumps(results))
+        [(analyses[n], r) for n, r in zip(names, results, strict=True)],
+    )
+    write_study(run / "causal", study, [])
     (run / "sae" / "scircuits.json").write_text(
         json.dumps({"metrics": {"fvu": fvu, "l0": 32.0, "dead_fraction": 0.05}})
     )
@@ -161,3 +224,28 @@ def test_report_command(tmp_path, capsys):
 def test_a_directory_without_results_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"no causal/results.json"):
         write_report([tmp_path])
+
+
+def test_a_run_of_an_analysis_no_plugin_provides_still_reports(tmp_path):
+    run = fake_run(tmp_path, "phi-2", fvu=0.3, recovered=0.8)
+    path = run / "causal" / "results.json"
+    data = json.loads(path.read_text())
+    data["analyses"].append("uninstalled")
+    data["uninstalled_value"] = 3
+    path.write_text(json.dumps(data))
+    write_report([run])
+    assert (
+        "analysis 'uninstalled' ran, but no installed plugin provides it" in (run / "report.md").read_text()
+    )
+
+
+def test_an_older_results_file_reports_the_same(tmp_path):
+    run = fake_run(tmp_path, "phi-2", fvu=0.3, recovered=0.8)
+    write_report([run])
+    current = (run / "report.md").read_text()
+    path = run / "causal" / "results.json"
+    data = json.loads(path.read_text())
+    del data["schema_version"], data["analyses"]  # the format before schema_version
+    path.write_text(json.dumps(data))
+    write_report([run])
+    assert (run / "report.md").read_text() == current

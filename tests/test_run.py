@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from scircuits.cli import main
 from scircuits.testing import save_tiny_model, tiny_loaded_model
 
@@ -77,3 +79,51 @@ def test_scircuits_run_end_to_end_on_a_tiny_model(tmp_path, capsys):
     page = (run / "report.html").read_text()
     assert "data:image/png;base64," in page and "Feature importance" in page
     assert "report.html" in capsys.readouterr().out
+
+
+def test_a_plugin_analysis_appears_in_results_and_report_without_a_core_edit(tmp_path):
+    """The example plugin (examples/scircuits-example-plugin, this checkout's copy first on the path)
+    adds the analysis `splice-agreement`; `scircuits run` writes its result and its report section."""
+    from pathlib import Path
+
+    from tests.cli_helpers import run_cli
+
+    plugin_dir = Path(__file__).resolve().parents[1] / "examples" / "scircuits-example-plugin"
+    folder = save_tiny_model(tiny_loaded_model("smollm2-135m"), tmp_path / "tiny")
+    out = tmp_path / "runs"
+    result = run_cli(
+        "run",
+        "--model",
+        f"hf:{folder}",
+        "--layer",
+        "2",
+        "--limit",
+        "8",
+        "--collect-limit",
+        "24",
+        "--train-tokens",
+        "3000",
+        "--train-batch-size",
+        "512",
+        "--top-k",
+        "1",
+        "--random-controls",
+        "1",
+        "--exact-top",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+        extra_path=plugin_dir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    if "splice-agreement" not in run_cli("analyses", extra_path=plugin_dir).stdout:
+        pytest.skip("scircuits-example-plugin is not installed (scripts/setup)")
+    run = next(out.iterdir())
+    results = json.loads((run / "causal" / "results.json").read_text())
+    assert results["analyses"][-1] == "splice-agreement"
+    agreement = results["splice_agreement"]
+    assert agreement["examples"] == 8 and 0.0 <= agreement["same_correctness"] <= 1.0
+    assert 0.0 <= agreement["mean_abs_logprob_change"] <= agreement["largest_logprob_change"]
+    assert "Splice agreement (example plugin)" in (run / "report.md").read_text()
+    assert "splice agreement:" in result.stdout

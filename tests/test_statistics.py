@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scircuits.platform.statistics import Bootstrap, Interval, ranks, spearman
+from scircuits.platform.causal.statistics import Bootstrap, Interval, ranks, spearman
 
 
 def test_constant_effect_has_a_zero_width_interval_at_its_value():

@@ -1,5 +1,6 @@
 """The `scircuits` command line. Subcommands live in their own modules and import lazily, so
-listing plugins never pays for torch, transformers or nnsight."""
+listing plugins never pays for torch, transformers or nnsight. Plugins add commands with the
+``register_commands(cli)`` hook (as in `llm`); a built-in command's name cannot be taken."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import importlib
 import importlib.util
 import sys
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import click
 
 from scircuits import __version__
 from scircuits.platform.contract.errors import ScircuitsError
+from scircuits.platform.manager.plugin_set import get_plugins
 
 # command name -> "module:attribute"
 COMMANDS: dict[str, str] = {
@@ -20,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "benchmarks": "scircuits.cli.listing:benchmarks",
     "saes": "scircuits.cli.listing:saes",
     "ablations": "scircuits.cli.listing:ablations",
+    "analyses": "scircuits.cli.listing:analyses",
     "collect": "scircuits.cli.collect:collect",
     "inspect": "scircuits.cli.inspect:inspect",
     "train": "scircuits.cli.train:train",
@@ -30,9 +34,43 @@ COMMANDS: dict[str, str] = {
 }
 
 
+_plugin_commands: WeakKeyDictionary[Any, dict[str, click.Command]] = WeakKeyDictionary()
+
+
+def plugin_commands() -> dict[str, click.Command]:
+    """Commands the loaded plugins add through ``register_commands(cli)``; a failing hook is recorded
+    on its plugin (``scircuits plugins`` shows it) and never stops the CLI."""
+    plugins = get_plugins()
+    if plugins in _plugin_commands:
+        return _plugin_commands[plugins]
+    commands: dict[str, click.Command] = {}
+    for name, module in plugins.pm.list_name_plugin():
+        impl = getattr(module, "register_commands", None)
+        if impl is None or not hasattr(impl, "scircuits_impl"):
+            continue
+        group = click.Group()
+        info = plugins.plugins.get(name)
+        try:
+            impl(cli=group)
+        except Exception as exc:
+            if info is not None:
+                info.error = f"register_commands raised {type(exc).__name__}: {exc}"
+            continue
+        for command_name, command in group.commands.items():
+            if command_name in COMMANDS or command_name in commands:
+                if info is not None:
+                    info.error = f"command {command_name!r} is already defined; not adding {name}'s"
+                continue
+            commands[command_name] = command
+        if group.commands and info is not None:
+            info.registered["commands"] = sorted(group.commands)
+    _plugin_commands[plugins] = commands
+    return commands
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(n for n in COMMANDS if self._spec_exists(n))
+        return sorted([n for n in COMMANDS if self._spec_exists(n)] + list(plugin_commands()))
 
     @staticmethod
     def _spec_exists(name: str) -> bool:
@@ -40,7 +78,9 @@ class LazyGroup(click.Group):
         return importlib.util.find_spec(module) is not None
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in COMMANDS or not self._spec_exists(name):
+        if name not in COMMANDS:
+            return plugin_commands().get(name)
+        if not self._spec_exists(name):
             return None
         module, attr = COMMANDS[name].split(":")
         return getattr(importlib.import_module(module), attr)

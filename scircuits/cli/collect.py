@@ -8,42 +8,17 @@ import click
 
 from scircuits.cli.common import config_option, parse_key_values, stage_config
 from scircuits.platform.config import CollectConfig
+from scircuits.platform.config.options import stage_options
 
 
 @click.command()
-@click.option("--model", help="Model adapter name (see `scircuits models`), or hf:ORG/NAME.  [smollm2-135m]")
-@click.option("--benchmark", help="Benchmark name (see `scircuits benchmarks`).  [arithmetic]")
-@click.option("--layer", type=int, help="Block to read; default: the adapter's default (the middle block).")
-@click.option(
-    "--site",
-    type=click.Choice(["resid", "mlp", "attn"]),
-    help="resid = the block's output; mlp / attn = those sub-modules' outputs.  [resid]",
-)
-@click.option("--split", help="Benchmark split.  [test]")
-@click.option("--limit", type=int, help="Number of benchmark examples to trace (default: all).")
-@click.option("--seed", type=int, help="Seed of the benchmark's example order.  [0]")
-@click.option("--batch-size", type=int, help="Examples per forward pass.  [16]")
-@click.option("--max-length", type=int, help="Truncate longer sequences, keeping the end of the prompt.")
-@click.option(
-    "--dtype", type=click.Choice(["float16", "float32"]), help="Stored activation dtype.  [float16]"
-)
-@click.option(
-    "--model-dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-    help="Compute dtype of the model; auto = float32 on CPU, bfloat16 on a GPU.  [auto]",
-)
-@click.option("--device", help="cpu, cuda, cuda:0, ...  [cpu]")
-@click.option("--model-path", type=click.Path(), help="Load the weights from this local folder.")
-@click.option("--remote/--no-remote", default=None, help="Run the model on NDIF (needs NDIF_API_KEY).")
+@stage_options(CollectConfig, leave_out={"benchmark_options"})
 @click.option(
     "--data", type=click.Path(), help="Benchmark data file or dataset id (the benchmark's 'data' option)."
 )
 @click.option(
     "--option", "options", multiple=True, metavar="KEY=VALUE", help="A benchmark option; repeatable."
 )
-@click.option("--out", help="Store path (a folder, or an fsspec URL).  [activations.zarr]")
-@click.option("--chunk-rows", type=int, help="Rows per store chunk of a new store (default: ~4 MiB of rows).")
-@click.option("--progress/--no-progress", default=None, help="Show progress.  [on]")
 @config_option
 def collect(config_file: str | None, data: str | None, options: tuple[str, ...], **flags: Any) -> None:
     """Trace one site of one layer on a benchmark's prompts into an activation store.

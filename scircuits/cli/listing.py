@@ -1,4 +1,4 @@
-"""`scircuits plugins|models|benchmarks|saes|ablations`: what is installed. Imports no torch."""
+"""`scircuits plugins|models|benchmarks|saes|ablations|analyses`: what is installed. Imports no torch."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from typing import Any
 
 import click
 
+from scircuits.cli import plugin_commands
 from scircuits.cli.common import echo_json, echo_table
+from scircuits.platform.causal.registry import analyses_of, study_order
+from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.manager.plugin_set import get_plugins
 
 json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -20,7 +23,10 @@ def plugins(as_json: bool) -> None:
     Plugins that failed to load are listed with their error. Set SCIRCUITS_LOAD_PLUGINS to a
     comma-separated allow-list of third-party plugin names (empty: none) to skip broken ones.
     """
-    infos = list(get_plugins().plugins.values())
+    plugin_set = get_plugins()
+    analyses_of(plugin_set)  # runs the analysis and command hooks, so that their names and errors show
+    plugin_commands()
+    infos = list(plugin_set.plugins.values())
     if as_json:
         echo_json([i.to_dict() for i in infos])
         return
@@ -71,3 +77,35 @@ benchmarks = _family_command(
 )
 saes = _family_command("saes", ["name", "saelens_architecture", "description"], "List SAE variants.")
 ablations = _family_command("ablations", ["name", "options", "description"], "List ablation strategies.")
+
+
+@click.command()
+@json_flag
+def analyses(as_json: bool) -> None:
+    """List the analyses of the causal study, in the order `scircuits ablate` runs them."""
+    plugin_set = get_plugins()
+    registry = analyses_of(plugin_set)
+    try:
+        ordered = study_order(registry)
+        problem = None
+    except ConfigError as exc:
+        ordered, problem = sorted(registry, key=lambda a: (a.order, a.name)), str(exc)
+    rows = [
+        {
+            "name": a.name,
+            "order": a.order,
+            "after": ",".join(a.after),
+            "fields": ",".join(a.Result.model_fields),
+            "plugin": registry.owner(a.name),
+            "description": a.description,
+        }
+        for a in ordered
+    ]
+    if as_json:
+        echo_json(rows)
+    else:
+        echo_table(rows, ["name", "order", "after", "fields", "plugin", "description"])
+    for failed in plugin_set.failed():
+        click.echo(f"warning: plugin {failed.name} failed to load: {failed.error}", err=True)
+    if problem:
+        click.echo(f"warning: {problem}", err=True)

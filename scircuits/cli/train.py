@@ -9,6 +9,7 @@ import click
 
 from scircuits.cli.common import config_option, echo_json, echo_table, parse_key_values, stage_config
 from scircuits.platform.config import TrainConfig
+from scircuits.platform.config.options import stage_options
 from scircuits.platform.contract.errors import ConfigError
 
 
@@ -18,7 +19,6 @@ from scircuits.platform.contract.errors import ConfigError
     "--store", "stores", multiple=True, help="Activation store (repeat to train one SAE per store)."
 )
 @click.option("--sae", help="SAE variant (scircuits saes); a comma list trains one SAE per variant.")
-@click.option("--expansion", type=int, help="d_sae = expansion x d_model.")
 @click.option("--k", type=int, help="Active latents per token (topk, batchtopk).")
 @click.option("--l1", type=float, help="L1 coefficient (relu, gated).")
 @click.option("--decorrelation", type=float, help="Decorrelation coefficient (relu).")
@@ -29,25 +29,7 @@ from scircuits.platform.contract.errors import ConfigError
     metavar="KEY=VALUE",
     help="Any variant hyperparameter (see `scircuits saes --json`); repeatable.",
 )
-@click.option("--lr", type=float, help="Adam learning rate.")
-@click.option("--batch-size", type=int, help="Global batch (split evenly over --nproc processes).")
-@click.option("--epochs", type=int, help="Passes over the training split.")
-@click.option("--tokens", type=int, help="Train on this many tokens instead of whole epochs.")
-@click.option("--eval-fraction", type=float, help="Share of examples held out for evaluation.")
-@click.option("--eval-every", type=int, help="Steps between evaluations.")
-@click.option("--checkpoint-every", type=int, help="Steps between resumable checkpoints.")
-@click.option("--warmup-steps", type=int, help="Linear learning-rate warm-up steps.")
-@click.option("--bf16/--no-bf16", default=None, help="bfloat16 encoder product (float32 weights).")
-@click.option("--device", help="cpu, cuda, cuda:0; a comma list spreads several SAEs over devices.")
-@click.option("--nproc", type=int, help="Data-parallel processes (torch.distributed DDP) for one SAE.")
-@click.option("--seed", type=int)
-@click.option("--resume", is_flag=True, default=None, help="Continue from the last checkpoint in --out.")
-@click.option("--preset", help="Named configuration: phase4 (the Phase 4 report's relu SAE).")
-@click.option(
-    "--tracker", type=click.Choice(["none", "wandb", "tensorboard"]), help="Also log to wandb/tensorboard."
-)
-@click.option("--progress/--no-progress", default=None)
-@click.option("--out", help="Checkpoint directory (with several SAEs: one sub-directory each).")
+@stage_options(TrainConfig, leave_out={"store", "sae", "hparams"})
 def train(
     config_file: str | None,
     stores: tuple[str, ...],
@@ -119,7 +101,7 @@ def validate() -> None:
 
 
 @validate.command("sae")
-@click.option("--sae", "names", help="Comma list of variants (default: every built-in variant).")
+@click.option("--sae", "names", help="Comma list of variants (default: every registered variant).")
 @click.option("--tokens", type=int, help="Training tokens of the planted dataset.")
 @click.option("--epochs", type=int)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -136,12 +118,9 @@ def validate_sae(
     """
     from scircuits.platform.manager.plugin_set import get_plugins
     from scircuits.platform.train.validation import MMCS_THRESHOLD, PlantedSetup, validate_variant
-    from scircuits.plugins.saes.variants import BUILTIN_VARIANTS
 
     registry = get_plugins().saes
-    selected = (
-        [n.strip() for n in names.split(",") if n.strip()] if names else [v.name for v in BUILTIN_VARIANTS]
-    )
+    selected = [n.strip() for n in names.split(",") if n.strip()] if names else registry.names()
     for name in selected:
         registry.get(name)
     setup = PlantedSetup(seed=seed)
@@ -162,7 +141,8 @@ def validate_sae(
     else:
         click.echo(
             f"planted dictionary: d_in {setup.d_in}, {setup.n_atoms} atoms, d_sae {setup.d_sae}, "
-            f"mean L0 {setup.sparsity:g}, noise {setup.noise:g}, {setup.n_tokens} tokens x {setup.epochs} epochs"
+            f"mean L0 {setup.sparsity:g}, noise {setup.noise:g}, "
+            f"{setup.n_tokens} tokens x {setup.epochs} epochs"
         )
         echo_table(
             [

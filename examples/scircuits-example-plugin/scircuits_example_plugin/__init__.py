@@ -1,6 +1,7 @@
 """Example scircuits plugin, written only against the names ``scircuits`` exports: a benchmark and an
-ablation (here), an SAE variant (``tied_sae``). The entry point names this module; hook
-implementations of the other modules are imported into it, so the plugin manager finds them here."""
+ablation (here), an SAE variant (``tied_sae``) and an analysis (``analysis``). The entry point names
+this module; hook implementations of the other modules are imported into it, so the plugin manager
+finds them here."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import random
 from pydantic import BaseModel, ConfigDict, Field
 
 from scircuits import Ablation, Benchmark, Example, hookimpl
+from scircuits_example_plugin.analysis import SpliceAgreementAnalysis
 
 from .tied_sae import register_sae_variants
 
@@ -88,3 +90,8 @@ def register_benchmarks(register):
 @hookimpl
 def register_ablations(register):
     register(SignFlipAblation())
+
+
+@hookimpl
+def register_analyses(register):
+    register(SpliceAgreementAnalysis())

@@ -38,3 +38,13 @@ FAMILY_HOOKS: dict[str, str] = {
     "saes": "register_sae_variants",
     "ablations": "register_ablations",
 }
+
+
+@hookspec
+def register_analyses(register: Callable[[Any], None]) -> None:
+    """Register Analysis instances of the causal study: ``register(analysis)``."""
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add click commands to the ``scircuits`` command group: ``@cli.command()`` (as in `llm`)."""

@@ -178,21 +178,16 @@ class ModelAdapter:
 
     def through_final_norm(self, directions: torch.Tensor, norm: Any) -> torch.Tensor:
         """Residual directions (n, d) as the final norm passes them on, up to a positive per-token
-        factor: centred by a LayerNorm, scaled by the norm's elementwise weight (``1 + weight`` for
-        Gemma's RMSNorm)."""
+        factor: centred and scaled by a LayerNorm; scaled by any other norm's elementwise gain,
+        whatever its parametrisation (``weight``, Gemma's ``1 + weight``, none)."""
         import torch
 
         if norm is None:
             return directions
         if isinstance(norm, torch.nn.LayerNorm):
             directions = directions - directions.mean(dim=-1, keepdim=True)
-        weight = getattr(norm, "weight", None)
-        if weight is not None:
-            w = weight.detach().float()
-            if "gemma" in type(norm).__name__.lower():
-                w = 1.0 + w
-            directions = directions * w
-        return directions
+            return directions if norm.weight is None else directions * norm.weight.detach().float()
+        return directions * norm_gain(norm, directions.shape[-1])
 
     def tiny_config(self, **overrides: Any) -> Any:
         """A small transformers config of this architecture, for tests on random weights."""
@@ -264,3 +259,14 @@ class HFModelAdapter(ModelAdapter):
 
     def facts(self) -> dict[str, Any]:
         return {**super().facts(), "model_type": self.model_type}
+
+
+def norm_gain(norm: Any, width: int) -> torch.Tensor:
+    """The elementwise gain of an RMS-style norm, whatever its parametrisation: the norm of a constant
+    vector of RMS 2^10, which it divides back to exactly 1 (a power of two, so eps vanishes and no
+    rounding enters)."""
+    import torch
+
+    probe = torch.full((1, width), 1024.0, dtype=next(norm.parameters(), torch.empty(0)).dtype)
+    with torch.no_grad():
+        return norm(probe)[0].detach().float()

@@ -36,6 +36,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "scircuits.plugins.benchmarks",
     "scircuits.plugins.saes",
     "scircuits.plugins.ablations",
+    "scircuits.plugins.analyses",
 )
 
 

@@ -1,4 +1,5 @@
-"""Statistics of per-example effects: seeded paired bootstrap intervals and rank correlation.
+"""Statistics of per-example effects: seeded paired bootstrap intervals, rank correlation, effects of
+a condition against a reference, random control draws.
 
 Every condition is scored on the same examples, so effects are paired: the bootstrap resamples
 examples (one index set per replicate, shared by every condition of a run), never tokens.
@@ -6,7 +7,9 @@ examples (one index set per replicate, shared by every condition of a run), neve
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -76,3 +79,63 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     if denom == 0.0:
         return None
     return float((ra * rb).sum() / denom)
+
+
+# ----------------------------------------------------------------------------- effects of conditions
+
+
+def effect(bootstrap: Bootstrap, scores: Any, reference: Any) -> dict[str, Any]:
+    """Mean per-example change of accuracy and gold log-prob of ``scores`` versus ``reference``
+    (two ``ConditionScores``), with paired bootstrap intervals."""
+    acc = bootstrap.interval(scores.correct.astype(float) - reference.correct.astype(float))
+    lp = bootstrap.interval(scores.logprob - reference.logprob)
+    return {
+        "accuracy_delta": acc.mean,
+        "accuracy_ci": acc.as_list(),
+        "logprob_delta": lp.mean,
+        "logprob_ci": lp.as_list(),
+    }
+
+
+def control_effect(bootstrap: Bootstrap, draws: Sequence[Any], reference: Any) -> dict[str, Any]:
+    """Effect of the mean over the control draws, per example (paired with the reference)."""
+    acc = np.mean([d.correct.astype(float) for d in draws], axis=0) - reference.correct.astype(float)
+    lp = np.mean([d.logprob for d in draws], axis=0) - reference.logprob
+    a, lpi = bootstrap.interval(acc), bootstrap.interval(lp)
+    return {
+        "accuracy_delta": a.mean,
+        "accuracy_ci": a.as_list(),
+        "logprob_delta": lpi.mean,
+        "logprob_ci": lpi.as_list(),
+        "draws": [
+            {
+                "accuracy_delta": float(d.accuracy - reference.accuracy),
+                "logprob_delta": float(d.mean_logprob - reference.mean_logprob),
+            }
+            for d in draws
+        ],
+    }
+
+
+def excludes(a: Sequence[float], b: Sequence[float]) -> bool:
+    """True when the intervals [a0, a1] and [b0, b1] do not overlap."""
+    return Interval(0, a[0], a[1]).excludes(Interval(0, b[0], b[1]))
+
+
+def control_draws(
+    k: int, ranked_top: Sequence[int], active: np.ndarray, draws: int, seed: int
+) -> list[list[int]]:
+    """``draws`` sets of k features among the active ones outside the top k (seeded by seed and k)."""
+    top = set(int(i) for i in ranked_top[:k])
+    pool = [int(i) for i in np.flatnonzero(active) if int(i) not in top]
+    if len(pool) < k:
+        pool = [i for i in range(len(active)) if i not in top]
+    rng = np.random.default_rng([seed, k])
+    return [
+        sorted(int(i) for i in rng.choice(pool, size=min(k, len(pool)), replace=False)) for _ in range(draws)
+    ]
+
+
+def derived_seed(*parts: int) -> int:
+    """A deterministic 31-bit seed from integers (Python's hash() of strings changes per process)."""
+    return int(np.random.SeedSequence([p % (1 << 32) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)

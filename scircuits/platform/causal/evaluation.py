@@ -1,0 +1,102 @@
+"""The evaluation data of a causal study: the benchmark's examples encoded, batched, and run once
+through the blocks below the site and the SAE (``SplitModel.lower``); every condition then runs only
+the blocks above (``SplitModel.upper``) on these batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from scircuits.platform.contract.benchmarks import Example
+from scircuits.platform.common.progress import Progress
+from scircuits.platform.model.scoring import ExampleLayout, SequenceBatch, layout_examples, make_batch
+from scircuits.platform.model.splice import LowerCache, SplitModel
+
+
+@dataclass
+class EvalBatch:
+    batch: SequenceBatch
+    example_indices: list[int]  # examples (global indices) whose sequences this batch holds
+    layouts: list[ExampleLayout]  # their layouts, sequence indices local to the batch
+    cache: LowerCache
+    features: torch.Tensor  # (B, T, d_sae) SAE features of the clean site output
+    error: torch.Tensor  # (B, T, d) site output minus the SAE reconstruction
+
+
+@dataclass
+class EvalData:
+    examples: list[Example]
+    batches: list[EvalBatch]
+    n_tokens: int
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.examples)
+
+
+def group_batches(layouts: Sequence[ExampleLayout], batch_size: int) -> list[list[int]]:
+    """Consecutive examples grouped so that a batch holds about ``batch_size`` sequences, examples whole."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    count = 0
+    for i, layout in enumerate(layouts):
+        n = len(layout.sequence_indices)
+        if current and count + n > batch_size:
+            groups.append(current)
+            current, count = [], 0
+        current.append(i)
+        count += n
+    if current:
+        groups.append(current)
+    return groups
+
+
+def prepare_eval(
+    split: SplitModel,
+    sae: torch.nn.Module,
+    tokenizer: Any,
+    examples: list[Example],
+    batch_size: int,
+    max_length: int | None,
+    show: Progress | None = None,
+) -> EvalData:
+    """Encode the examples, batch them, and run the lower blocks and the SAE once per batch."""
+    sequences, layouts = layout_examples(tokenizer, examples, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(split.model.parameters()).device
+    batches: list[EvalBatch] = []
+    n_tokens = 0
+    for group in group_batches(layouts, batch_size):
+        seq_ids = [j for i in group for j in layouts[i].sequence_indices]
+        local = {g: i for i, g in enumerate(seq_ids)}
+        local_layouts = [
+            ExampleLayout(
+                layouts[i].example_id,
+                tuple(local[j] for j in layouts[i].sequence_indices),
+                layouts[i].answer_index,
+            )
+            for i in group
+        ]
+        batch = make_batch([sequences[j] for j in seq_ids], pad_id).to(device)
+        cache = split.lower(batch)
+        with torch.no_grad():
+            x = cache.site_output.to(sae.W_dec.dtype)
+            features = sae.encode(x)
+            error = x - sae.decode(features)
+        batches.append(EvalBatch(batch, list(group), local_layouts, cache, features, error))
+        n_tokens += batch.n_tokens
+        if show is not None:
+            show.advance(len(group))
+    return EvalData(examples, batches, n_tokens)
+
+
+def token_mask(batch: SequenceBatch) -> torch.Tensor:
+    return batch.attention_mask.bool()
+
+
+def edit_mask(batch: SequenceBatch, first_position: int) -> torch.Tensor:
+    """(B, T) True where features are edited: real tokens at positions >= ``first_position``."""
+    return token_mask(batch) & (batch.position_ids >= first_position)

@@ -1,0 +1,198 @@
+"""The causal study's artifacts: ``results.json`` (``StudyResults``) and ``examples.jsonl``
+(``ExampleRow`` per line). This module alone knows their file names and format.
+
+results.json holds the study-level fields typed below and, at the top level, the fields of every
+analysis's result (``Analysis.Result``); ``analyses`` lists the analyses in the order they ran.
+``schema_version`` numbers this layout. A file of the first layout (``format_version`` 1, no
+``schema_version``) is migrated on reading: its analyses are the registered ones whose fields it
+holds. A file of another format or a newer schema is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from scircuits.platform.contract.analyses import Analysis, AnalysisResult
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.options import describe_validation_error
+
+RESULTS_FILE = "results.json"
+EXAMPLES_FILE = "examples.jsonl"
+RESULTS_FORMAT = "scircuits.causal"
+RESULTS_FORMAT_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+class StatisticsInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bootstrap_replicates: int
+    level: float
+    paired: bool
+    seed: int
+    significance: str
+
+
+class StudyResults(BaseModel):
+    """results.json: the study-level fields, plus each analysis's result fields (extra keys)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: Literal["scircuits.causal"] = RESULTS_FORMAT
+    format_version: int = RESULTS_FORMAT_VERSION
+    schema_version: int = SCHEMA_VERSION
+    analyses: list[str]
+    config: dict[str, Any]
+    config_hash: str
+    n_examples: int
+    n_tokens: int
+    layer: int
+    site: str
+    active_features: int
+    d_sae: int
+    statistics: StatisticsInfo
+    stats_source: str
+    edited_positions: str
+    n_conditions: int
+    provenance: dict[str, Any]
+    wall_seconds: float | None = None
+
+    @classmethod
+    def assemble(
+        cls, fields: dict[str, Any], results: Sequence[tuple[Analysis, AnalysisResult]]
+    ) -> StudyResults:
+        """Study-level ``fields`` and each analysis's result, in run order."""
+        extra: dict[str, Any] = {}
+        for _, result in results:
+            extra.update(result.model_dump(mode="python"))
+        return cls(**fields, analyses=[a.name for a, _ in results], **extra)
+
+    def analysis_fields(self) -> dict[str, Any]:
+        return dict(self.__pydantic_extra__ or {})
+
+    def result_of(self, analysis: Analysis) -> AnalysisResult | None:
+        """The typed result of ``analysis`` in this file; None when it did not run."""
+        if analysis.name not in self.analyses:
+            return None
+        extra = self.analysis_fields()
+        values = {key: extra[key] for key in analysis.Result.model_fields if key in extra}
+        try:
+            return analysis.Result.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(
+                f"the {analysis.name!r} result in results.json does not match its schema: "
+                f"{describe_validation_error(exc)}"
+            ) from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="python"), indent=2)
+
+
+class ConditionScore(BaseModel):
+    logprob: float
+    correct: bool
+
+
+class ExampleRow(BaseModel):
+    """One line of examples.jsonl: an example's score under every recorded condition."""
+
+    id: str
+    target: str
+    scores: dict[str, ConditionScore]
+
+
+# ----------------------------------------------------------------------------- reading and writing
+
+
+def results_path(folder: str | Path) -> Path:
+    return Path(folder) / RESULTS_FILE
+
+
+def examples_path(folder: str | Path) -> Path:
+    return Path(folder) / EXAMPLES_FILE
+
+
+def write_study(folder: str | Path, results: StudyResults, rows: Iterable[ExampleRow]) -> Path:
+    """Write examples.jsonl then results.json (each atomically; results.json last marks completion)."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (EXAMPLES_FILE + ".tmp")
+    with open(tmp, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row.model_dump(mode="python")) + "\n")
+    tmp.replace(examples_path(out))
+    tmp = out / (RESULTS_FILE + ".tmp")
+    tmp.write_text(results.to_json())
+    tmp.replace(results_path(out))
+    return out
+
+
+def read_examples(folder: str | Path) -> list[ExampleRow]:
+    rows = []
+    for line in examples_path(folder).read_text().splitlines():
+        if line.strip():
+            rows.append(ExampleRow.model_validate_json(line))
+    return rows
+
+
+def migrate(data: dict[str, Any], analyses: Iterable[Analysis], source: str) -> dict[str, Any]:
+    """The dict of an older results.json in the current layout; ConfigError when it cannot be read."""
+    if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(
+            f"{source} is not a scircuits causal results file (format {found!r}, expected "
+            f"{RESULTS_FORMAT!r}); give the causal/ folder that `scircuits ablate` or `scircuits run` wrote"
+        )
+    version = data.get("schema_version")
+    if version is None:
+        if data.get("format_version") != 1:
+            raise ConfigError(
+                f"{source} has format_version {data.get('format_version')!r} and no schema_version; "
+                "this scircuits reads format_version 1 or a schema_version: rerun the ablate stage"
+            )
+        ordered = sorted(analyses, key=lambda a: (a.order, a.name))
+        present = [a.name for a in ordered if all(k in data for k in a.Result.model_fields)]
+        return {**data, "schema_version": SCHEMA_VERSION, "analyses": present}
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"{source} has schema_version {version!r}, newer than this scircuits reads "
+            f"({SCHEMA_VERSION}): upgrade scircuits, or rerun the ablate stage with this one"
+        )
+    return data
+
+
+def read_results(path: str | Path, analyses: Iterable[Analysis] = ()) -> StudyResults:
+    """results.json (a file, or the folder holding it) as typed results, migrated when older."""
+    path = Path(path)
+    if path.is_dir():
+        path = results_path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: run `scircuits run` or `scircuits ablate` first")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
+    data = migrate(data, list(analyses), str(path))
+    try:
+        return StudyResults.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"{path} does not match the results schema: {describe_validation_error(exc)}"
+        ) from None
+
+
+def recorded_config_hash(folder: str | Path) -> str | None:
+    """The config hash a complete results.json in ``folder`` was made under (None: none readable)."""
+    path = results_path(folder)
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text()).get("config_hash")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None

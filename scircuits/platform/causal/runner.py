@@ -1,0 +1,138 @@
+"""The causal study as an ordered list of analyses over shared per-batch machinery.
+
+The examples are encoded and batched once; the blocks below the site and the SAE run once per batch
+(``prepare_eval``). The feature statistics and one seeded bootstrap are computed once. Then every
+registered analysis runs in order (``registry.study_order``) with a ``StudyContext``; each condition
+it scores runs only the blocks above the site. The study-level fields and each analysis's result
+make results.json; the per-example scores of the recorded conditions make examples.jsonl.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scircuits.platform.contract.benchmarks import Example
+from scircuits.platform.causal.context import StudyContext
+from scircuits.platform.causal.evaluation import prepare_eval
+from scircuits.platform.causal.registry import analyses_of, study_order
+from scircuits.platform.causal.results import (
+    ConditionScore,
+    ExampleRow,
+    StatisticsInfo,
+    StudyResults,
+)
+from scircuits.platform.causal.statistics import Bootstrap
+from scircuits.platform.causal.study import Study, feature_statistics
+from scircuits.platform.config import AblateConfig
+from scircuits.platform.contract.analyses import Analysis, AnalysisResult
+from scircuits.platform.contract.errors import ConfigError, ScircuitsError
+from scircuits.platform.contract.models import LoadedModel
+from scircuits.platform.manager.plugin_set import ALLOW_LIST_ENV
+from scircuits.platform.common.progress import progress
+from scircuits.platform.model.splice import SplitModel
+
+
+def run_study(
+    config: AblateConfig,
+    loaded: LoadedModel,
+    sae: Any,
+    examples: list[Example],
+    layer: int,
+    plugins: Any,
+) -> tuple[StudyResults, list[ExampleRow]]:
+    """Run every registered analysis on ``examples``; results (provenance left empty) and rows."""
+    registry = analyses_of(plugins)
+    analyses = study_order(registry)
+    sae.eval()
+    ablation = plugins.ablations.get(config.ablation)
+    ablation_options = ablation.parse_options(config.ablation_options)
+    split = SplitModel(loaded, layer, config.site)
+    with progress(
+        "ablate: lower blocks + SAE", total=len(examples), enabled=config.progress, unit="examples"
+    ) as show:
+        data = prepare_eval(
+            split, sae, loaded.tokenizer, examples, config.batch_size, config.max_length, show
+        )
+    stats, mean_activation, frequency = feature_statistics(
+        data, seed=config.seed, first_position=config.edit_from_position
+    )
+    study = Study(
+        split,
+        sae,
+        data,
+        ablation,
+        ablation_options,
+        stats,
+        config.seed,
+        first_position=config.edit_from_position,
+    )
+    context = StudyContext(
+        config=config,
+        loaded=loaded,
+        study=study,
+        layer=layer,
+        stats=stats,
+        mean_activation=mean_activation,
+        frequency=frequency,
+        bootstrap=Bootstrap(data.n_examples, config.bootstrap, config.seed),
+    )
+    total = sum(a.passes(context) for a in analyses)
+    done: list[tuple[Analysis, AnalysisResult]] = []
+    with progress("ablate: conditions", total=total, enabled=config.progress, unit="passes") as show:
+        study.show = show
+        for analysis in analyses:
+            owner = registry.owner(analysis.name)
+            try:
+                result = analysis.run(context)
+            except (ScircuitsError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                if owner.startswith("builtin:"):
+                    raise
+                raise ConfigError(
+                    f"analysis {analysis.name!r} of plugin {owner} failed: {type(exc).__name__}: {exc}. "
+                    f"Nothing was written; exclude the plugin with {ALLOW_LIST_ENV} to run without it"
+                ) from exc
+            if not isinstance(result, analysis.Result):
+                raise ConfigError(
+                    f"analysis {analysis.name!r} returned {type(result).__name__}, not its declared "
+                    f"result type {analysis.Result.__name__}"
+                )
+            context.results[analysis.name] = result
+            done.append((analysis, result))
+        study.show = None
+
+    fields = {
+        "config": config.model_dump(mode="json"),
+        "config_hash": config.config_hash(),
+        "n_examples": data.n_examples,
+        "n_tokens": data.n_tokens,
+        "layer": layer,
+        "site": config.site,
+        "active_features": int(context.active.sum()),
+        "d_sae": context.d_sae,
+        "statistics": StatisticsInfo(
+            bootstrap_replicates=config.bootstrap,
+            level=0.95,
+            paired=True,
+            seed=config.seed,
+            significance="the top-k interval excludes the control's interval",
+        ),
+        "stats_source": "evaluation tokens at the edited positions",
+        "edited_positions": f"every position >= {config.edit_from_position} of every sequence",
+        "n_conditions": study.n_conditions,
+        "provenance": {},
+    }
+    results = StudyResults.assemble(fields, done)
+    rows = [
+        ExampleRow(
+            id=example.id,
+            target=example.target,
+            scores={
+                name: ConditionScore(logprob=float(s.logprob[i]), correct=bool(s.correct[i]))
+                for name, s in context.scores.items()
+            },
+        )
+        for i, example in enumerate(data.examples)
+    ]
+    return results, rows

@@ -1,0 +1,162 @@
+"""The ablate stage: ``run_ablate(config, plugins) -> Path`` loads the model, the SAE and the
+examples, runs the study (``runner.run_study``) and writes ``causal/results.json`` and
+``causal/examples.jsonl`` (``results``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scircuits.platform.contract.benchmarks import Example
+from scircuits.platform.causal.results import write_study
+from scircuits.platform.causal.runner import run_study
+from scircuits.platform.train.checkpoint import load_sae
+from scircuits.platform.config import AblateConfig
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.hf_loading import check_weights_available
+from scircuits.platform.contract.models import LoadedModel
+from scircuits.platform.common.provenance import base_provenance, file_sha256
+from scircuits.store.reader import ActivationStore
+
+
+@dataclass
+class AblateInputs:
+    """What the stage works on; ``run_ablate`` builds it from the config (tests may pass their own)."""
+
+    loaded: LoadedModel
+    sae: Any  # an SAE module (scircuits.platform.contract.sae_module)
+    sae_info: dict[str, Any]
+    examples: list[Example]
+    layer: int
+    benchmark_info: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_layer(config: AblateConfig, loaded: LoadedModel, sae_info: dict[str, Any]) -> int:
+    trained_at = sae_site(sae_info)[0]
+    if config.layer is not None:
+        if trained_at is not None and trained_at != config.layer:
+            raise ConfigError(
+                f"the SAE was trained on layer {trained_at}, but --layer {config.layer} was given; "
+                f"drop --layer or use an SAE trained on layer {config.layer}"
+            )
+        return config.layer
+    if trained_at is not None:
+        return trained_at
+    return loaded.adapter.layer_or_default(None, loaded.n_layers)
+
+
+def sae_site(info: dict[str, Any]) -> tuple[int | None, str | None]:
+    """(layer, site) the SAE was trained on, from its scircuits.json (the store's attributes) or cfg.json."""
+    meta = info.get("meta") if isinstance(info.get("meta"), dict) else {}
+    store = meta.get("store") if isinstance(meta.get("store"), dict) else {}
+    attrs = store.get("attrs") if isinstance(store.get("attrs"), dict) else {}
+    layer, site = attrs.get("layer"), attrs.get("site")
+    if layer is None:
+        cfg = info.get("cfg") if isinstance(info.get("cfg"), dict) else {}
+        metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+        layer = metadata.get("hook_layer")
+    return (int(layer) if isinstance(layer, int) else None, site if isinstance(site, str) else None)
+
+
+def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None = None) -> AblateInputs:
+    """Check the weights, load the model, the SAE and the examples (model weights checked first)."""
+    adapter = plugins.models.get(config.model)
+    benchmark = plugins.benchmarks.get(config.benchmark)
+    benchmark.check_split(config.split)
+    if not config.sae:
+        raise ConfigError("ablate needs --sae DIR (an SAE checkpoint folder from `scircuits train`)")
+    if not Path(config.sae).is_dir():
+        raise ConfigError(f"--sae {config.sae} is not a folder; give the folder that `scircuits train` wrote")
+    if loaded is None:
+        check_weights_available(adapter, config.model_path)
+    sae, info = load_sae(config.sae)
+    if loaded is None:
+        loaded = adapter.load(model_path=config.model_path, dtype="float32", device=config.device)
+    if int(sae.W_dec.shape[1]) != loaded.d_model:
+        raise ConfigError(
+            f"the SAE in {config.sae} has d_in {sae.W_dec.shape[1]}, but {config.model} has "
+            f"width {loaded.d_model}: it was trained on another model"
+        )
+    examples = list(benchmark.examples(config.split, config.limit, config.seed, config.benchmark_options))
+    if not examples:
+        raise ConfigError(f"benchmark {config.benchmark!r} gave no examples for split {config.split!r}")
+    info = dict(info) if isinstance(info, dict) else {}
+    trained_site = sae_site(info)[1]
+    if trained_site is not None and trained_site != config.site:
+        raise ConfigError(
+            f"the SAE in {config.sae} was trained on the {trained_site!r} site, not {config.site!r}; "
+            f"pass --site {trained_site}"
+        )
+    layer = resolve_layer(config, loaded, info)
+    return AblateInputs(loaded, sae, info, examples, layer)
+
+
+def provenance(config: AblateConfig, inputs: AblateInputs, n_examples: int, n_tokens: int) -> dict[str, Any]:
+    loaded = inputs.loaded
+    sae_dir = Path(config.sae) if config.sae else None
+    sae_prov: dict[str, Any] = {
+        "path": str(sae_dir) if sae_dir else None,
+        "d_in": int(inputs.sae.W_dec.shape[1]),
+        "d_sae": int(inputs.sae.W_dec.shape[0]),
+        "variant": getattr(inputs.sae, "variant", type(inputs.sae).__name__),
+    }
+    if sae_dir is not None:
+        weights = sae_dir / "sae_weights.safetensors"
+        if weights.is_file():
+            sae_prov["weights_sha256"] = file_sha256(weights)
+        meta = inputs.sae_info.get("meta") or {}
+        sae_prov.update(
+            {
+                k: meta.get(k)
+                for k in ("config_hash", "metrics", "steps", "tokens", "created", "variant")
+                if k in meta
+            }
+        )
+        if isinstance(meta.get("store"), dict):
+            sae_prov["store_path"] = meta["store"].get("path")
+    store_prov: dict[str, Any] | None = None
+    if config.store:
+        try:
+            store_prov = {
+                "path": config.store,
+                **{k: v for k, v in ActivationStore(config.store).attrs.items()},
+            }
+        except Exception as exc:
+            store_prov = {"path": config.store, "error": str(exc)}
+    return {
+        **base_provenance(),
+        "model": {
+            "name": config.model,
+            "model_id": loaded.model_id,
+            "revision": loaded.revision,
+            "dtype": loaded.dtype,
+            "n_layers": loaded.n_layers,
+            "d_model": loaded.d_model,
+        },
+        "sae": sae_prov,
+        "store": store_prov,
+        "benchmark": {
+            "name": config.benchmark,
+            "split": config.split,
+            "limit": config.limit,
+            "n_examples": n_examples,
+            "n_tokens": n_tokens,
+            "options": config.benchmark_options,
+        },
+        "layer": inputs.layer,
+        "site": config.site,
+    }
+
+
+def run_ablate(
+    config: AblateConfig, plugins: Any, loaded: LoadedModel | None = None, inputs: AblateInputs | None = None
+) -> Path:
+    """The ablation study of ``config``; returns the output folder (results.json, examples.jsonl)."""
+    started = time.monotonic()
+    inputs = inputs or load_inputs(config, plugins, loaded)
+    results, rows = run_study(config, inputs.loaded, inputs.sae, inputs.examples, inputs.layer, plugins)
+    results.provenance = provenance(config, inputs, results.n_examples, results.n_tokens)
+    results.wall_seconds = round(time.monotonic() - started, 1)
+    return write_study(config.out, results, rows)

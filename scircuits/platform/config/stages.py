@@ -1,0 +1,325 @@
+"""One pydantic config per stage. The same object serves the CLI (its options are generated from
+the fields: ``scircuits.platform.config.options``), the config file and the artifact.
+
+Every setting is declared once: name, type, default and help (``Field(description=...)``).
+A config file is TOML or YAML; it may hold the stage's fields at top level or under a table named
+after the stage (``[collect]``, ``[train]``, ``[ablate]``, ``[run]``). Flags override the file.
+Each artifact records ``config_hash()``: the hash of the fields that change what the stage makes.
+
+``RunConfig`` is composed of the stage configs: the settings every stage shares, and one section
+per stage (``collect``, ``train``, ``ablate``) made from that stage's config with the fields the run
+sets itself left out and the run's own defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic_core import PydanticUndefined
+
+from scircuits.platform.config.files import read_config_file
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.options import describe_validation_error
+
+C = TypeVar("C", bound="StageConfig")
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    stage: ClassVar[str] = ""
+    # Fields that do not change the artifact (where it goes, how fast, how it is shown).
+    volatile: ClassVar[frozenset[str]] = frozenset()
+    # Fields that say where an input is: the hash records only whether one is given, so that a
+    # moved run directory or weights folder keeps its hashes.
+    located: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def from_sources(
+        cls: type[C], config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> C:
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            data = read_config_file(config_file)
+            section = data.get(cls.stage)
+            values.update(section if isinstance(section, dict) else data)
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.validated(values)
+
+    @classmethod
+    def validated(cls: type[C], values: Mapping[str, Any]) -> C:
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid {cls.stage} config: {describe_validation_error(exc)}") from None
+
+    def identity(self) -> dict[str, Any]:
+        values = self.model_dump(mode="json", exclude=set(self.volatile))
+        for name in self.located & values.keys():
+            values[name] = None if values[name] in (None, "") else "given"
+        return values
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+SiteName = Literal["resid", "mlp", "attn"]
+
+
+def D(default: Any = None, description: str = "", **constraints: Any) -> Any:
+    """A field: its default, help text and constraints, declared once."""
+    factory = default in (dict, list) or (isinstance(default, type) and issubclass(default, BaseModel))
+    if factory or (callable(default) and not isinstance(default, type)):
+        return Field(default_factory=default, description=description, **constraints)
+    return Field(default=default, description=description, **constraints)
+
+
+class CollectConfig(StageConfig):
+    stage: ClassVar[str] = "collect"
+    volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "batch_size", "progress", "chunk_rows"})
+    located: ClassVar[frozenset[str]] = frozenset({"model_path"})
+
+    model: str = D("smollm2-135m", "Model adapter name (see `scircuits models`), or hf:ORG/NAME.")
+    benchmark: str = D("arithmetic", "Benchmark name (see `scircuits benchmarks`).")
+    benchmark_options: dict[str, Any] = D(dict, "Benchmark options (--option KEY=VALUE, --data).")
+    layer: int | None = D(None, "Block to read; default: the adapter's default (the middle block).", ge=0)
+    site: SiteName = D("resid", "resid = the block's output; mlp / attn = those sub-modules' outputs.")
+    split: str = D("test", "Benchmark split.")
+    limit: int | None = D(None, "Number of benchmark examples to trace (default: all).", gt=0)
+    seed: int = D(0, "Seed of the benchmark's example order.")
+    batch_size: int = D(16, "Examples per forward pass.", gt=0)
+    dtype: Literal["float16", "float32"] = D("float16", "Stored activation dtype.")
+    model_dtype: Literal["auto", "float32", "bfloat16", "float16"] = D(
+        "auto", "Compute dtype of the model; auto = float32 on CPU, bfloat16 on a GPU."
+    )
+    max_length: int | None = D(None, "Truncate longer sequences, keeping the end of the prompt.", gt=0)
+    device: str = D("cpu", "cpu, cuda, cuda:0, ...")
+    model_path: str | None = D(None, "Load the weights from this local folder.")
+    remote: bool = D(False, "Run the model on NDIF (needs NDIF_API_KEY).")
+    out: str = D("activations.zarr", "Store path (a folder, or an fsspec URL).")
+    chunk_rows: int | None = D(None, "Rows per store chunk of a new store (default: ~4 MiB of rows).", gt=0)
+    progress: bool = D(True, "Show progress.")
+
+
+class TrainConfig(StageConfig):
+    stage: ClassVar[str] = "train"
+    volatile: ClassVar[frozenset[str]] = frozenset(
+        {"out", "device", "resume", "progress", "nproc", "log_every", "checkpoint_every", "tracker"}
+    )
+    located: ClassVar[frozenset[str]] = frozenset({"store"})
+
+    store: str = D("", "Activation store to train on.")
+    sae: str = D("topk", "SAE variant (see `scircuits saes`).")
+    hparams: dict[str, Any] = D(dict, "Variant hyperparameters (k, l1, ...).")
+    expansion: int = D(8, "d_sae = expansion x d_model.", gt=0)
+    lr: float = D(1e-4, "Adam learning rate.", gt=0)
+    batch_size: int = D(4096, "Global batch in tokens (split evenly over --nproc processes).", gt=0)
+    epochs: int | None = D(None, "Passes over the training split.", gt=0)
+    tokens: int | None = D(None, "Train on this many tokens instead of whole epochs.", gt=0)
+    eval_fraction: float = D(0.05, "Share of examples held out for evaluation.", ge=0, lt=1)
+    eval_every: int = D(200, "Steps between evaluations.", gt=0)
+    log_every: int = D(50, "Steps between training-log lines.", gt=0)
+    warmup_steps: int = D(100, "Linear learning-rate warm-up steps.", ge=0)
+    grad_clip: float | None = D(1.0, "Clip the gradient norm to this (none: no clipping).")
+    bf16: bool = D(False, "bfloat16 encoder product (float32 weights).")
+    device: str = D("cpu", "cpu, cuda, cuda:0; a comma list spreads several SAEs over devices.")
+    nproc: int = D(1, "Data-parallel processes (torch.distributed DDP) for one SAE.", gt=0)
+    seed: int = D(0, "Seed of initialisation and batch order.")
+    resume: bool = D(False, "Continue from the last checkpoint in --out.")
+    preset: str | None = D(
+        None, "A named preset of the variant's hyperparameters (see `scircuits saes --json`)."
+    )
+    out: str = D("sae", "Checkpoint directory (with several SAEs: one sub-directory each).")
+    progress: bool = D(True, "Show progress.")
+    eval_tokens: int = D(65536, "Held-out tokens per evaluation.", gt=0)
+    checkpoint_every: int = D(500, "Steps between resumable checkpoints.", gt=0)
+    decay_fraction: float = D(0.2, "Final share of steps with a linear learning-rate decay.", ge=0, le=1)
+    tracker: Literal["none", "wandb", "tensorboard"] = D("none", "Also log to wandb or tensorboard.")
+
+
+class AblateConfig(StageConfig):
+    stage: ClassVar[str] = "ablate"
+    volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "batch_size", "progress"})
+    located: ClassVar[frozenset[str]] = frozenset({"sae", "store", "model_path"})
+
+    model: str = D("smollm2-135m", "Model adapter name (see `scircuits models`).")
+    benchmark: str = D("arithmetic", "Benchmark name (see `scircuits benchmarks`).")
+    benchmark_options: dict[str, Any] = D(dict, "Benchmark options (--option KEY=VALUE, --data).")
+    layer: int | None = D(None, "Block of the site; default: the layer the SAE was trained on.", ge=0)
+    site: SiteName = D("resid", "Site of the SAE.")
+    sae: str = D("", "SAE checkpoint folder (from `scircuits train`).")
+    store: str | None = D(None, "Activation store, for the features' top-activating contexts.")
+    ablation: str = D("zero", "Ablation (see `scircuits ablations`).")
+    ablation_options: dict[str, Any] = D(dict, "Ablation options (--ablation-option KEY=VALUE).")
+    rank: Literal["attribution", "activation"] = D("attribution", "How features are ranked.")
+    top_k: list[int] = D(lambda: [1, 5, 10, 50], "Numbers of top features to ablate.")
+    random_controls: int = D(5, "Random draws of k active features per k.", ge=0)
+    exact_top: int = D(20, "Top features ablated one at a time.", ge=0)
+    limit: int | None = D(None, "Number of evaluation examples (default: all).", gt=0)
+    split: str = D("test", "Benchmark split to evaluate on.")
+    seed: int = D(0, "Seed of examples, controls and bootstrap.")
+    bootstrap: int = D(1000, "Bootstrap replicates.", gt=0)
+    splice_tolerance: float = D(1e-3, "Largest |logit difference| the splice may cause.", gt=0)
+    splice_check_examples: int | None = D(
+        32, "Examples the splice is checked on through nnsight (none: every example).", gt=0
+    )
+    edit_from_position: int = D(
+        1, "Edit features only at positions >= this (1 spares the first token, the attention sink).", ge=0
+    )
+    faithfulness_n: list[int] = D(lambda: [1, 2, 5, 10, 20, 50, 100, 200], "Numbers of top features kept.")
+    max_length: int | None = D(None, "Truncate longer sequences, keeping the end of the prompt.", gt=1)
+    batch_size: int = D(16, "Sequences per forward pass.", gt=0)
+    device: str = D("cpu", "cpu, cuda, ...")
+    model_path: str | None = D(None, "Load the weights from this local folder.")
+    out: str = D("causal", "Output folder.")
+    progress: bool = D(True, "Show progress.")
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def section(
+    name: str,
+    config: type[StageConfig],
+    leave_out: set[str],
+    defaults: Mapping[str, Any],
+    descriptions: Mapping[str, str] | None = None,
+    optional: set[str] | None = None,
+) -> type[BaseModel]:
+    """The fields of ``config`` minus ``leave_out``, with the run's ``defaults`` (and help where the
+    run's meaning differs); ``optional`` fields also accept None (the run then decides)."""
+    fields: dict[str, Any] = {}
+    for field_name, info in config.model_fields.items():
+        if field_name in leave_out:
+            continue
+        info = copy.copy(info)
+        annotation = info.annotation
+        if field_name in (optional or set()):
+            annotation = annotation | None  # type: ignore[operator]
+        if field_name in defaults:
+            value = defaults[field_name]
+            info.default, info.default_factory = (
+                (PydanticUndefined, value) if callable(value) else (value, None)
+            )
+        if descriptions and field_name in descriptions:
+            info.description = descriptions[field_name]
+        fields[field_name] = (annotation, info)
+    return create_model(name, __config__=ConfigDict(extra="forbid", validate_assignment=True), **fields)
+
+
+RUN_SHARED = {"model", "benchmark", "benchmark_options", "layer", "site", "seed", "device", "model_path"}
+RUN_SETS = {"out", "progress"}
+
+RunCollect = section(
+    "RunCollect",
+    CollectConfig,
+    RUN_SHARED | RUN_SETS | {"remote"},
+    {"limit": 2000, "split": None},
+    {
+        "split": "Split traced for SAE training; default: train if the benchmark has it, else --split.",
+        "limit": "Examples traced for SAE training.",
+    },
+    optional={"split"},
+)
+RunTrain = section(
+    "RunTrain",
+    TrainConfig,
+    RUN_SETS | {"store", "seed", "device", "resume"},
+    {"tokens": 1_200_000, "expansion": 4, "lr": 1e-3, "warmup_steps": None},
+    {
+        "sae": "SAE variant to train (see `scircuits saes`).",
+        "tokens": "SAE training tokens.",
+        "batch_size": "SAE training batch, in tokens.",
+        "warmup_steps": "Learning-rate warm-up steps; default: a tenth of the steps, at most 100.",
+    },
+    optional={"warmup_steps"},
+)
+RunAblate = section(
+    "RunAblate",
+    AblateConfig,
+    RUN_SHARED | RUN_SETS | {"sae", "store", "split"},
+    {
+        "limit": 160,
+        "top_k": lambda: [1, 5, 20, 50],
+        "random_controls": 3,
+        "exact_top": 10,
+        "faithfulness_n": lambda: [1, 5, 10, 20, 50, 100],
+    },
+    {"limit": "Evaluation examples for the causal stage (none: all)."},
+)
+
+# flat names (flags, and keys of a flat [run] table) -> (section, field); every other section field
+# is reachable as <section>_<field>, e.g. train_lr, collect_batch_size, ablate_splice_tolerance
+RUN_FLAT_NAMES: dict[str, tuple[str, str]] = {
+    "limit": ("ablate", "limit"),
+    "sae": ("train", "sae"),
+    "sae_hparams": ("train", "hparams"),
+    "expansion": ("train", "expansion"),
+    "ablation": ("ablate", "ablation"),
+    "rank": ("ablate", "rank"),
+    "top_k": ("ablate", "top_k"),
+    "random_controls": ("ablate", "random_controls"),
+    "exact_top": ("ablate", "exact_top"),
+    "faithfulness_n": ("ablate", "faithfulness_n"),
+    "bootstrap": ("ablate", "bootstrap"),
+    "edit_from_position": ("ablate", "edit_from_position"),
+}
+RUN_SECTIONS: dict[str, type[BaseModel]] = {"collect": RunCollect, "train": RunTrain, "ablate": RunAblate}
+
+
+def flat_run_names() -> dict[str, tuple[str, str]]:
+    """Every flat name of a run section field: the names above, else <section>_<field>."""
+    taken = {v: k for k, v in RUN_FLAT_NAMES.items()}
+    return {
+        taken.get((s, f), f"{s}_{f}"): (s, f) for s, model in RUN_SECTIONS.items() for f in model.model_fields
+    }
+
+
+class RunConfig(StageConfig):
+    stage: ClassVar[str] = "run"
+    volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "progress"})
+    located: ClassVar[frozenset[str]] = frozenset({"model_path"})
+
+    model: str = D("smollm2-135m", "Model adapter name (see `scircuits models`).")
+    benchmark: str = D("arithmetic", "Benchmark name (see `scircuits benchmarks`).")
+    benchmark_options: dict[str, Any] = D(dict, "Benchmark options (--option KEY=VALUE, --data).")
+    layer: int | None = D(None, "Block of the site; default: the adapter's default.", ge=0)
+    site: SiteName = D("resid", "Site of the SAE.")
+    split: str = D("test", "Benchmark split to evaluate on.")
+    seed: int = D(0, "Seed of examples, SAE training, controls and bootstrap.")
+    device: str = D("cpu", "cpu, cuda, ...")
+    model_path: str | None = D(None, "Load the weights from this local folder.")
+    remote: bool = D(False, "Collect on NDIF (the causal stage needs local weights).")
+    out: str = D("runs", "Parent folder of the run directory.")
+    progress: bool = D(True, "Show progress.")
+    collect: RunCollect = D(RunCollect, "Collection settings (the [run.collect] table).")  # type: ignore[valid-type]
+    train: RunTrain = D(RunTrain, "SAE training settings (the [run.train] table).")  # type: ignore[valid-type]
+    ablate: RunAblate = D(RunAblate, "Causal-study settings (the [run.ablate] table).")  # type: ignore[valid-type]
+
+    @model_validator(mode="before")
+    @classmethod
+    def nest_flat_names(cls, values: Any) -> Any:
+        """Flat names (``train_tokens``, ``limit``, ...) go into their section; they win over the
+        section's table (flags override the config file)."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        names = flat_run_names()
+        for flat in [k for k in values if k in names]:
+            section_name, field_name = names[flat]
+            current = values.get(section_name)
+            if isinstance(current, BaseModel):
+                current = current.model_dump(exclude_unset=True)
+            values[section_name] = {**(current or {}), field_name: values.pop(flat)}
+        return values
+
+    def shared(self) -> dict[str, Any]:
+        """The settings every stage config takes from the run."""
+        return {name: getattr(self, name) for name in RUN_SHARED}

@@ -1,0 +1,1 @@
+"""`scircuits run`: the stages as units (``stages``), the run (``run``), pipeline.json (``state``)."""

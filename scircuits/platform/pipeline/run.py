@@ -1,0 +1,172 @@
+"""`scircuits run`: the stages of ``stages.STAGES`` (collect -> train -> ablate -> report) into one
+run directory (DESIGN.md).
+
+    runs/<model>__<benchmark>__<site><layer>/
+      activations.zarr/  sae/  causal/  report.md  report.html  figures/  pipeline.json
+
+Each stage has a key: the hash of its own configuration and the key of the stage before it, so a
+changed flag redoes the stage it affects and every stage after it. ``pipeline.json`` records each
+stage's key when it starts and when it is complete. A stage is skipped when its artifact is
+complete and was made under the current key; it is continued (collection and training resume) when
+it was started under the current key; otherwise its stale artifact is removed and the stage is
+redone. The model's weights are checked before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scircuits.platform.config import RunConfig, StageConfig
+from scircuits.platform.contract.errors import ConfigError, WeightsUnavailableError
+from scircuits.platform.contract.hf_loading import check_weights_available, config_sizes
+from scircuits.platform.pipeline.stages import STAGES, PlanContext, Stage
+from scircuits.platform.pipeline.state import PipelineState
+from scircuits.platform.common.provenance import now_iso
+
+
+def run_dir_name(model: str, benchmark: str, site: str, layer: int) -> str:
+    safe = lambda text: "".join(c if c.isalnum() or c in "-._" else "-" for c in text)  # noqa: E731
+    return f"{safe(model)}__{safe(benchmark)}__{site}{layer}"
+
+
+def chained_key(config_hash: str, *upstream: str) -> str:
+    return hashlib.sha256("|".join((config_hash, *upstream)).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Plan:
+    """The stage configurations of one run (by stage name; None for a stage without one), and the
+    key of each stage."""
+
+    run_dir: Path
+    layer: int
+    configs: dict[str, StageConfig | None]
+    keys: dict[str, str]
+
+    def __getattr__(self, name: str) -> Any:  # plan.collect, plan.train, plan.ablate
+        configs = self.__dict__.get("configs", {})
+        if name in configs:
+            return configs[name]
+        raise AttributeError(name)
+
+
+def resolve_layer(adapter: Any, config: RunConfig) -> int:
+    """The layer of the run, known before any weights load (it names the run directory)."""
+    n_layers = adapter.n_layers
+    if not n_layers:  # an adapter that learns its sizes from the config (e.g. hf:ORG/NAME)
+        n_layers = config_layer_count(config.model_path or adapter.hf_id)
+    return adapter.resolve_site(config.layer, config.site, n_layers)
+
+
+def config_layer_count(source: str) -> int:
+    from transformers import AutoConfig
+
+    try:
+        return config_sizes(AutoConfig.from_pretrained(source))[0]
+    except OSError as exc:
+        raise WeightsUnavailableError(
+            f"cannot read the configuration of {source}: {exc}. Give --model-path "
+            f"DIR (a folder with config.json and the weights)"
+        ) from None
+
+
+def plan(config: RunConfig, plugins: Any) -> Plan:
+    adapter = plugins.models.get(config.model)
+    benchmark = plugins.benchmarks.get(config.benchmark)
+    benchmark.check_split(config.split)
+    layer = resolve_layer(adapter, config)
+    run_dir = Path(config.out) / run_dir_name(config.model, config.benchmark, config.site, layer)
+    context = PlanContext(run_dir, layer, benchmark, plugins)
+    configs: dict[str, StageConfig | None] = {}
+    keys: dict[str, str] = {}
+    upstream: tuple[str, ...] = ()
+    for stage in STAGES:
+        configs[stage.name] = stage.configure(config, context)
+        keys[stage.name] = chained_key(stage.identity(configs[stage.name]), *upstream)
+        upstream = (keys[stage.name],)
+    return Plan(run_dir, layer, configs, keys)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def say(message: str) -> None:
+    print(f"[run] {message}", file=sys.stderr, flush=True)
+
+
+def check_model_weights(config: RunConfig, plugins: Any) -> None:
+    """Stop before any work when the weights cannot be had (WeightsUnavailableError names the ways)."""
+    adapter = plugins.models.get(config.model)
+    try:
+        check_weights_available(adapter, config.model_path)
+    except WeightsUnavailableError as exc:
+        if config.remote:
+            raise WeightsUnavailableError(
+                f"{exc} (--remote covers collection only: the causal stage runs the model hundreds of "
+                "times on this machine, so it needs the weights here)"
+            ) from None
+        raise
+
+
+def check_examples(the_plan: Plan, plugins: Any) -> None:
+    """Ask the benchmark for the first example of each stage that reads one now, so that bad
+    benchmark options or splits stop the run before any work."""
+    for stage in the_plan.configs.values():
+        if stage is None or not hasattr(stage, "benchmark"):
+            continue
+        benchmark = plugins.benchmarks.get(stage.benchmark)
+        first = next(
+            iter(benchmark.examples(stage.split, stage.limit, stage.seed, stage.benchmark_options)), None
+        )
+        if first is None:
+            raise ConfigError(
+                f"benchmark {stage.benchmark!r} gives no examples for split {stage.split!r} "
+                f"with options {stage.benchmark_options}"
+            )
+
+
+def run_stage(stage: Stage, the_plan: Plan, state: PipelineState, plugins: Any) -> None:
+    run_dir, config = the_plan.run_dir, the_plan.configs[stage.name]
+    key, artifact = the_plan.keys[stage.name], stage.artifact(the_plan.run_dir)
+    recorded = state.stage(stage.name)
+    if recorded.completed_key == key and stage.complete(run_dir, config):
+        say(f"{stage.name}: up to date ({artifact}), skipped")
+        return
+    same_start = recorded.started_key == key
+    if artifact.exists() and not (stage.resumable and same_start):
+        say(f"{stage.name}: removing {artifact}, made with other settings")
+        remove(artifact)
+    resume = stage.resumable and same_start and artifact.exists()
+    say(f"{stage.name}: {'continuing' if resume else 'starting'}")
+    state.record(stage.name, started_key=key, completed_key=None, started=now_iso())
+    t0 = time.monotonic()
+    stage.run(config, run_dir, plugins, resume)
+    state.record(stage.name, completed_key=key, completed=now_iso(), seconds=round(time.monotonic() - t0, 1))
+
+
+def run_pipeline(config: RunConfig, plugins: Any) -> Path:
+    """Run (or continue) the whole study; returns the run directory."""
+    started = time.monotonic()
+    the_plan = plan(config, plugins)
+    check_model_weights(config, plugins)
+    check_examples(the_plan, plugins)
+    run_dir = the_plan.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = PipelineState(run_dir)
+    state.set_run_config(config.model_dump(mode="json"))
+    say(f"run directory {run_dir}")
+    for stage in STAGES:
+        run_stage(stage, the_plan, state, plugins)
+    state.record("run", completed=now_iso(), seconds=round(time.monotonic() - started, 1))
+    say(f"done in {time.monotonic() - started:.0f} s: {run_dir / 'report.html'}")
+    return run_dir

@@ -1,0 +1,185 @@
+"""The stages of `scircuits run`, each a unit: its config type, how the run's settings make that
+config, its artifact in the run directory, its completion check, and ``run``. ``STAGES`` is their
+order; a stage's key chains its config hash with the key of the stage before it, so adding a stage
+is one entry in that list.
+
+Config hashes leave out where things are (``StageConfig.volatile``: output and input paths, the
+weights folder), so a run directory or a weights folder that moved is still up to date.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import scircuits.platform.causal.stage as ablate_module
+import scircuits.platform.collect.collection as collect_module
+import scircuits.platform.report.build as report_module
+import scircuits.platform.train.training as training_module
+from scircuits.platform.causal.results import recorded_config_hash, results_path
+from scircuits.platform.train.checkpoint import is_complete
+from scircuits.platform.config import AblateConfig, CollectConfig, RunConfig, StageConfig, TrainConfig
+from scircuits.platform.report.document import REPORT_HTML, REPORT_MD
+from scircuits.store.reader import ActivationStore
+
+REPORT_VERSION = 1  # bump when the report changes, to rewrite the reports of finished runs
+
+
+@dataclass
+class PlanContext:
+    """What every stage's configuration needs beyond the run's settings."""
+
+    run_dir: Path
+    layer: int
+    benchmark: Any  # the Benchmark plugin
+    plugins: Any  # the PluginSet
+
+
+class Stage:
+    name: ClassVar[str]
+    Config: ClassVar[type[StageConfig] | None] = None
+    artifact_name: ClassVar[str]
+    resumable: ClassVar[bool] = False
+
+    def configure(self, run: RunConfig, context: PlanContext) -> StageConfig | None:
+        raise NotImplementedError
+
+    def identity(self, config: StageConfig | None) -> str:
+        """What the stage's key hashes: its config's hash."""
+        assert config is not None
+        return config.config_hash()
+
+    def artifact(self, run_dir: Path) -> Path:
+        return run_dir / self.artifact_name
+
+    def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
+        raise NotImplementedError
+
+    def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
+        raise NotImplementedError
+
+
+def sized_options(benchmark: Any, options: dict[str, Any], needed: int | None) -> dict[str, Any]:
+    """A benchmark that generates a fixed number of examples (an ``n_examples`` option) is asked for
+    at least ``needed``, unless the user set it."""
+    fields = getattr(getattr(benchmark, "Options", None), "model_fields", {})
+    if needed is None or "n_examples" not in fields or "n_examples" in options:
+        return dict(options)
+    default = fields["n_examples"].default
+    return {**options, "n_examples": max(needed, default if isinstance(default, int) else 0)}
+
+
+class CollectStage(Stage):
+    name = "collect"
+    Config = CollectConfig
+    artifact_name = "activations.zarr"
+    resumable = True
+
+    def configure(self, run: RunConfig, context: PlanContext) -> CollectConfig:
+        benchmark = context.benchmark
+        settings = run.collect.model_dump()
+        settings["split"] = settings["split"] or ("train" if "train" in benchmark.splits else run.split)
+        benchmark.check_split(settings["split"])
+        return CollectConfig(
+            **{
+                **settings,
+                **run.shared(),
+                "benchmark_options": sized_options(benchmark, run.benchmark_options, run.collect.limit),
+                "layer": context.layer,
+                "remote": run.remote,
+                "out": str(self.artifact(context.run_dir)),
+                "progress": run.progress,
+            }
+        )
+
+    def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
+        try:
+            return ActivationStore(self.artifact(run_dir)).complete
+        except Exception:  # absent, half-written or not a store
+            return False
+
+    def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
+        collect_module.collect(config)
+
+
+class TrainStage(Stage):
+    name = "train"
+    Config = TrainConfig
+    artifact_name = "sae"
+    resumable = True
+
+    def configure(self, run: RunConfig, context: PlanContext) -> TrainConfig:
+        settings = run.train.model_dump()
+        if settings["warmup_steps"] is None:
+            settings["warmup_steps"] = min(100, max(1, settings["tokens"] // settings["batch_size"] // 10))
+        return TrainConfig(
+            **settings,
+            store=str(context.run_dir / CollectStage.artifact_name),
+            seed=run.seed,
+            device=run.device,
+            out=str(self.artifact(context.run_dir)),
+            progress=run.progress,
+        )
+
+    def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
+        assert config is not None
+        return is_complete(self.artifact(run_dir), config.config_hash())
+
+    def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
+        assert isinstance(config, TrainConfig)
+        training_module.train(config.model_copy(update={"resume": resume}))
+
+
+class AblateStage(Stage):
+    name = "ablate"
+    Config = AblateConfig
+    artifact_name = "causal"
+
+    def configure(self, run: RunConfig, context: PlanContext) -> AblateConfig:
+        return AblateConfig(
+            **{
+                **run.ablate.model_dump(),
+                **run.shared(),
+                "benchmark_options": sized_options(
+                    context.benchmark, run.benchmark_options, run.ablate.limit
+                ),
+                "layer": context.layer,
+                "sae": str(context.run_dir / TrainStage.artifact_name),
+                "store": str(context.run_dir / CollectStage.artifact_name),
+                "split": run.split,
+                "out": str(self.artifact(context.run_dir)),
+                "progress": run.progress,
+            }
+        )
+
+    def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
+        assert config is not None
+        return recorded_config_hash(self.artifact(run_dir)) == config.config_hash()
+
+    def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
+        ablate_module.run_ablate(config, plugins)
+
+
+class ReportStage(Stage):
+    name = "report"
+    artifact_name = REPORT_HTML
+
+    def configure(self, run: RunConfig, context: PlanContext) -> None:
+        return None
+
+    def identity(self, config: StageConfig | None) -> str:
+        return f"report-v{REPORT_VERSION}"
+
+    def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
+        return (run_dir / REPORT_HTML).is_file() and (run_dir / REPORT_MD).is_file()
+
+    def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
+        report_module.write_report([run_dir], plugins, out=run_dir)
+
+
+STAGES: tuple[Stage, ...] = (CollectStage(), TrainStage(), AblateStage(), ReportStage())
+
+
+def ablate_results(run_dir: Path) -> Path:
+    return results_path(AblateStage().artifact(run_dir))

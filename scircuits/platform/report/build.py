@@ -1,0 +1,233 @@
+"""The report of one run directory, or a comparison of several.
+
+``write_report([run_dir], plugins)`` writes ``report.md``, a self-contained ``report.html`` (figures
+embedded as base64 PNG) and ``figures/*.png`` into the run directory: provenance, the findings of
+every analysis, then each analysis's own section in the order the study ran them. With several run
+directories it writes one comparison table (FVU and CE loss recovered, never raw losses: they scale
+with the activations' norm and cannot be compared across models) followed by each run's sections.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scircuits.platform.causal.registry import analyses_of
+from scircuits.platform.causal.results import StudyResults, read_results, results_path
+from scircuits.platform.contract.analyses import Analysis
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.report.document import FIGURES_DIR, ReportDocument, fmt
+
+CAUSAL_DIR = "causal"
+
+
+@dataclass
+class RunData:
+    """Everything the report reads from one run directory."""
+
+    path: Path
+    results: StudyResults
+    sae_meta: dict[str, Any] = field(default_factory=dict)
+    train_log: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.results.provenance
+
+    def sae_metrics(self, results: Any = None) -> dict[str, Any]:
+        """FVU, L0, dead fraction: from training's held-out tokens when known, else the evaluation tokens."""
+        metrics = self.sae_meta.get("metrics") if isinstance(self.sae_meta.get("metrics"), dict) else None
+        if metrics and "fvu" in metrics:
+            return {**metrics, "source": f"held-out store tokens ({metrics.get('split', 'eval')})"}
+        return {**self.results.analysis_fields().get("sae_metrics_eval", {}), "source": "evaluation tokens"}
+
+
+def causal_dir(run_dir: Path) -> Path:
+    return run_dir / CAUSAL_DIR if results_path(run_dir / CAUSAL_DIR).is_file() else run_dir
+
+
+def sae_folder(run_dir: Path, results: StudyResults) -> Path:
+    """The run's SAE folder: where provenance says it was, else ``sae/`` beside the results (a moved run)."""
+    recorded = (results.provenance.get("sae") or {}).get("path")
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
+    return run_dir / "sae"
+
+
+def load_run(run_dir: str | Path, analyses: Sequence[Analysis] = ()) -> RunData:
+    path = Path(run_dir)
+    if not results_path(causal_dir(path)).is_file():
+        raise ConfigError(
+            f"{path} holds no causal/results.json: run `scircuits run` or `scircuits ablate` first"
+        )
+    results = read_results(causal_dir(path), analyses)
+    sae_dir = sae_folder(path, results)
+    meta: dict[str, Any] = {}
+    if (sae_dir / "scircuits.json").is_file():
+        meta = json.loads((sae_dir / "scircuits.json").read_text())
+    log: list[dict[str, Any]] = []
+    if (sae_dir / "train_log.jsonl").is_file():
+        for line in (sae_dir / "train_log.jsonl").read_text().splitlines():
+            if line.strip():
+                try:
+                    log.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash
+    return RunData(path, results, meta, log)
+
+
+# ----------------------------------------------------------------------------- run-level parts
+
+
+def figure_training(run: RunData) -> bytes | None:
+    train = [r for r in run.train_log if "loss" in r and "eval" not in r]
+    evals = [r for r in run.train_log if isinstance(r.get("eval"), dict) and "fvu" in r["eval"]]
+    if not train and not evals:
+        return None
+    plt = ReportDocument.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if train:
+        ax.plot(
+            [r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="training loss"
+        )
+        ax.set_yscale("log")
+        ax.set_ylabel("loss (normalised units)")
+    ax.set_xlabel("step")
+    if evals:
+        ax2 = ax.twinx()
+        steps = [r["step"] for r in evals]
+        ax2.plot(steps, [r["eval"]["fvu"] for r in evals], "o-", color="tab:red", label="held-out FVU")
+        if all("relative_error" in r["eval"] for r in evals):
+            ax2.plot(
+                steps,
+                [r["eval"]["relative_error"] for r in evals],
+                "s--",
+                color="tab:orange",
+                label="held-out relative error per token",
+            )
+        ax2.set_yscale("log")  # FVU spans decades; a linear axis hides its scale in an offset label
+        ax2.set_ylabel("held-out metric (log)")
+    ax.set_title("SAE training")
+    fig.tight_layout()
+    fig.subplots_adjust(bottom=0.3)
+    fig.legend(loc="lower center", ncol=3, fontsize=7, frameon=False)
+    return ReportDocument.png(fig)
+
+
+def provenance_rows(run: RunData) -> list[list[Any]]:
+    prov, res = run.provenance, run.results
+    model, bench, store = prov.get("model", {}), prov.get("benchmark", {}), prov.get("store") or {}
+    sae = prov.get("sae", {})
+    return [
+        ["model", f"{model.get('name')} ({model.get('model_id')})"],
+        ["weights", model.get("revision")],
+        ["layer / site", f"{res.layer} / {res.site}"],
+        ["benchmark", f"{bench.get('name')} ({bench.get('split')})"],
+        ["evaluation examples / tokens", f"{res.n_examples} / {res.n_tokens}"],
+        [
+            "activations",
+            f"{store.get('source', '–')} store, {store.get('n_examples', '–')} examples, "
+            f"{store.get('n_tokens', '–')} tokens ({store.get('benchmark', '–')} {store.get('split', '')})",
+        ],
+        [
+            "SAE",
+            f"{sae.get('variant')} d_sae={sae.get('d_sae')}, "
+            f"weights sha256 {str(sae.get('weights_sha256', '–'))[:16]}",
+        ],
+        ["created", f"{prov.get('created')} (scircuits {prov.get('scircuits_version')})"],
+    ]
+
+
+def ran(run: RunData, analyses: Sequence[Analysis]) -> list[tuple[Analysis | None, str, Any]]:
+    """(analysis, name, typed result) for each analysis of the run, in run order; analysis None
+    when no installed plugin provides it."""
+    by_name = {a.name: a for a in analyses}
+    out = []
+    for name in run.results.analyses:
+        analysis = by_name.get(name)
+        out.append((analysis, name, run.results.result_of(analysis) if analysis else None))
+    return out
+
+
+def run_sections(doc: ReportDocument, run: RunData, analyses: Sequence[Analysis], level: int = 2) -> None:
+    doc.describe_run(run.sae_metrics, lambda: figure_training(run), level, doc.figure_prefix)
+    done = ran(run, analyses)
+    doc.heading("Provenance")
+    doc.table(["", ""], provenance_rows(run))
+    doc.heading("Findings")
+    lines = [line for a, _, r in done if a is not None for line in a.findings(doc, r, run.results)]
+    for line in lines or ["(no findings)"]:
+        doc.paragraph(line)
+    for analysis, name, result in done:
+        if analysis is None:
+            doc.heading(name)
+            doc.paragraph(f"(analysis {name!r} ran, but no installed plugin provides it: not shown)")
+            continue
+        analysis.report(doc, result, run.results)
+
+
+def comparison_table(
+    doc: ReportDocument, runs: Sequence[RunData], analyses: Sequence[Analysis]
+) -> tuple[list[str], list[list[Any]]]:
+    header = ["model", "benchmark", "site", "examples", "FVU", "L0", "dead fraction"]
+    columns: list[dict[str, str]] = []
+    for run in runs:
+        res, m = run.results, run.sae_metrics()
+        row = {
+            "model": res.provenance.get("model", {}).get("name"),
+            "benchmark": res.provenance.get("benchmark", {}).get("name"),
+            "site": f"{res.site}{res.layer}",
+            "examples": res.n_examples,
+            "FVU": fmt(m.get("fvu")),
+            "L0": fmt(m.get("l0"), 1),
+            "dead fraction": fmt(m.get("dead_fraction")),
+        }
+        for analysis, _, result in ran(run, analyses):
+            if analysis is not None:
+                for key, value in analysis.comparison(doc, result).items():
+                    row[key] = value
+                    if key not in header:
+                        header.append(key)
+        columns.append(row)
+    return header, [[row.get(h, "–") for h in header] for row in columns]
+
+
+def write_report(run_dirs: Sequence[str | Path], plugins: Any, out: str | Path | None = None) -> list[Path]:
+    """Write the report of one run (into it, unless ``out``) or the comparison of several (into ``out``,
+    default ``./report``); returns the files written."""
+    if not run_dirs:
+        raise ConfigError("give at least one run directory")
+    analyses = list(analyses_of(plugins))
+    runs = [load_run(d, analyses) for d in run_dirs]
+    if len(runs) == 1:
+        run = runs[0]
+        target = Path(out) if out is not None else run.path
+        title = (
+            f"scircuits: {run.provenance.get('model', {}).get('name')} on "
+            f"{run.provenance.get('benchmark', {}).get('name')}, {run.results.site} layer {run.results.layer}"
+        )
+        doc = ReportDocument(title, target / FIGURES_DIR)
+        run_sections(doc, run, analyses)
+        return doc.write(target, title)
+    target = Path(out) if out is not None else Path("report")
+    title = f"scircuits: comparison of {len(runs)} runs"
+    doc = ReportDocument(title, target / FIGURES_DIR)
+    doc.heading("Comparison")
+    doc.paragraph(
+        "FVU and CE loss recovered compare SAEs across models; raw reconstruction losses do not (they "
+        "scale with each model's activation norm). Δlogprob: the top-k ablation with the largest drop, "
+        "per example, against the same number of random active features."
+    )
+    doc.table(*comparison_table(doc, runs, analyses))
+    for run in runs:
+        doc.heading(run.name, level=2)
+        doc.figure_prefix = f"{run.name}__"
+        run_sections(doc, run, analyses, level=3)
+    return doc.write(target, title)
