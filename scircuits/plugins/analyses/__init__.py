@@ -3,12 +3,12 @@ reconstruction, ranking, sweeps with controls, exact per-feature ablation, faith
 effects and feature contexts (in that order)."""
 
 from scircuits import hookimpl
-from scircuits.plugins.analyses.baseline import Baseline
-from scircuits.plugins.analyses.exact import ExactAblation
-from scircuits.plugins.analyses.faithfulness import Faithfulness
-from scircuits.plugins.analyses.features import FeatureContexts, LogitEffects
-from scircuits.plugins.analyses.ranking import Ranking
-from scircuits.plugins.analyses.sweeps import Sweeps
+from .baseline import Baseline
+from .exact import ExactAblation
+from .faithfulness import Faithfulness
+from .features import FeatureContexts, LogitEffects
+from .ranking import Ranking
+from .sweeps import Sweeps
 
 
 @hookimpl
