@@ -78,7 +78,7 @@ def test_a_permuted_copy_of_one_sae_matches_perfectly(tiny_runs, tmp_path, capsy
     assert ref["floor_rotation"]["d_b"] == results["runs"][0]["d_model"]
     report = (out / "report.md").read_text()
     assert "ceiling A" in report and "floor A" in report and (out / "figures" / "pair0-1.png").is_file()
-    assert "one-to-one corr 1.000" in capsys.readouterr().out
+    assert "mean max corr 1.000, one-to-one 1.000 (A's ceiling" in capsys.readouterr().out
 
 
 def test_two_architectures_with_different_tokenizers_compare_on_character_spans(tiny_runs, tmp_path):

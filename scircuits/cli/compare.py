@@ -43,7 +43,7 @@ import click
 def compare(run_dirs: tuple[str, ...], **flags: object) -> None:
     """Match the SAE features of two or more runs (activation correlation, one-to-one matches, decoder
     RSA, causal agreement), each number beside the run's seed-twin ceiling and untrained/random floors."""
-    from scircuits.platform.compare.report import write_report
+    from scircuits.platform.compare.report import summary_lines, write_report
     from scircuits.platform.compare.study import CompareOptions, compare_runs
 
     if len(run_dirs) < 2:
@@ -54,17 +54,6 @@ def compare(run_dirs: tuple[str, ...], **flags: object) -> None:
         raise click.UsageError(str(exc).splitlines()[0] + ": " + str(exc).splitlines()[-1].strip()) from None
     results = compare_runs(list(run_dirs), options)
     report = write_report(results, Path(options.out))
-    for pair in results.pairs:
-        a, b = results.runs[pair.a], results.runs[pair.b]
-        c = pair.comparison
-        ceiling = a.reference.ceiling
-        click.echo(
-            f"{a.label} vs {b.label}: one-to-one corr {c.hungarian.mean:.3f}"
-            + (f" (ceiling {ceiling.hungarian.mean:.3f}" if ceiling else " (no ceiling")
-            + (
-                f", floor {a.reference.floor_untrained.hungarian.mean:.3f})"
-                if a.reference.floor_untrained
-                else ")"
-            )
-        )
+    for line in summary_lines(results):
+        click.echo(line)
     click.echo(f"wrote {Path(options.out) / 'results.json'} and {report}")

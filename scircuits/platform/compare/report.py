@@ -102,6 +102,52 @@ def _contexts(pair: PairResult) -> list[str]:
     return lines
 
 
+def _mean(c: Comparison | None, field: str = "hungarian") -> str:
+    return "–" if c is None else _f(getattr(c, field).mean)
+
+
+def _refs(run: RunEntry, field: str) -> str:
+    ref = run.reference
+    return " / ".join(_mean(c, field) for c in (ref.ceiling, ref.floor_untrained, ref.floor_rotation))
+
+
+def summary_lines(results: CompareResults) -> list[str]:
+    """One line per pair: mean max correlation (A -> B) beside A's ceiling and floors."""
+    runs = results.runs
+    lines = []
+    for pair in results.pairs:
+        a, b, c = runs[pair.a], runs[pair.b], pair.comparison
+        lines.append(
+            f"{a.label} vs {b.label}: mean max corr {_mean(c, 'max_a_to_b')}, one-to-one {_mean(c)} "
+            f"(A's ceiling / untrained floor / random-basis floor: max corr {_refs(a, 'max_a_to_b')}, "
+            f"one-to-one {_refs(a, 'hungarian')}); "
+            f"decoder RSA {_f(c.geometry.rsa)} (p={_p(c.geometry.p_value)})"
+        )
+    return lines
+
+
+def summary_table(results: CompareResults) -> list[str]:
+    runs = results.runs
+    lines = [
+        "| A | B | mean max corr A→B | A's ceiling / untrained / random basis | one-to-one corr | "
+        "A's ceiling / untrained / random basis | share 1-to-1 > 0.7 (A's ceiling) | decoder RSA (p) | "
+        "exact-effect corr [95% CI] (pairs) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for pair in results.pairs:
+        a, b, c = runs[pair.a], runs[pair.b], pair.comparison
+        eff = pair.effect_agreement
+        ceiling = a.reference.ceiling
+        ci = f" [{_f(eff.ci[0], 2)}, {_f(eff.ci[1], 2)}]" if eff.ci else ""
+        lines.append(
+            f"| {a.label} | {b.label} | {_mean(c, 'max_a_to_b')} | {_refs(a, 'max_a_to_b')} | {_mean(c)} | "
+            f"{_refs(a, 'hungarian')} | {_f(c.hungarian.above_07)} "
+            f"({_f(ceiling.hungarian.above_07) if ceiling else '–'}) | "
+            f"{_f(c.geometry.rsa)} ({_p(c.geometry.p_value)}) | {_f(eff.pearson, 2)}{ci} ({eff.n_pairs}) |"
+        )
+    return lines
+
+
 def write_report(results: CompareResults, out: Path) -> Path:
     runs = results.runs
     lines = [
@@ -121,7 +167,7 @@ def write_report(results: CompareResults, out: Path) -> Path:
     for i, r in enumerate(runs):
         note = (r.reference.note or "").replace("|", "\\|")
         lines.append(f"| {i} | {r.label} | {r.sae_variant} | {r.d_model} | {r.d_sae} | {note} |")
-    lines.append("")
+    lines += ["", "### Summary (normalised quantities only)", "", *summary_table(results), ""]
     for pair in results.pairs:
         a, b = runs[pair.a], runs[pair.b]
         c = pair.comparison

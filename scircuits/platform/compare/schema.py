@@ -11,7 +11,9 @@ FORMAT = "scircuits.compare"
 
 
 class MatchedDistribution(BaseModel):
-    """Matched correlations: mean/quantiles over the matched latents, shares over all live latents."""
+    """Matched correlations: mean/quantiles over the matched latents; shares above 0.5/0.7/0.9 over
+    all live latents of the matching's source side (for one-to-one matches: A's), so a latent left
+    unmatched counts as below."""
 
     n: int
     mean: float | None

@@ -136,7 +136,7 @@ def measure(
         alive_b=alive_b,
         max_a_to_b=_dist(forward.corr, alive_a),
         max_b_to_a=_dist(backward.corr, alive_b),
-        hungarian=_dist(hung.corr, min(alive_a, alive_b)),
+        hungarian=_dist(hung.corr, alive_a),  # shares: of A's live latents, unmatched ones below
         hungarian_method=hung.method,
         geometry=Geometry(
             rsa=_nan_none(geo.rsa),
