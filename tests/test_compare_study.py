@@ -142,3 +142,11 @@ def test_bad_run_directories_fail_with_one_line(tiny_runs, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["compare", str(tiny_runs[0])])
     assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", *map(str, tiny_runs), "--limit", "0"])
+    assert exc.value.code == 2 and "--limit 0" in capsys.readouterr().err
+    out = tmp_path / "refused"
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", *map(str, tiny_runs), "--source", "store", "--out", str(out), "--no-progress"])
+    assert exc.value.code == 2 and "do not hold the same tokens" in capsys.readouterr().err
+    assert not out.exists()  # refused before any work

@@ -48,10 +48,14 @@ def compare(run_dirs: tuple[str, ...], **flags: object) -> None:
 
     if len(run_dirs) < 2:
         raise click.UsageError("give at least two run directories")
+    from pydantic import ValidationError
+
     try:
         options = CompareOptions(**flags)
-    except Exception as exc:  # pydantic's message names the field and the value
-        raise click.UsageError(str(exc).splitlines()[0] + ": " + str(exc).splitlines()[-1].strip()) from None
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        flag = "--" + str(error["loc"][0]).replace("_", "-")
+        raise click.UsageError(f"{flag} {error.get('input')!r}: {error['msg']}") from None
     results = compare_runs(list(run_dirs), options)
     report = write_report(results, Path(options.out))
     for line in summary_lines(results):

@@ -269,6 +269,26 @@ def _context_side(latent: int, top: TopRows, texts: list[str], start_col: int) -
     return ContextSide(latent=latent, contexts=contexts)
 
 
+def pair_source(run_a: Run, run_b: Run, options: CompareOptions) -> Literal["stores", "model"]:
+    """Where a pair's activations come from; refuses impossible pairs before any work is done."""
+    if options.source in ("auto", "store") and run_a.store_path is not None and run_b.store_path is not None:
+        store_a, store_b = internals.open_store(run_a.store_path), internals.open_store(run_b.store_path)
+        if stores_hold_the_same_tokens(store_a, store_b):
+            return "stores"
+    if options.source == "store":
+        raise internals.config_error(
+            f"--source store: the stores of {run_a.path} and {run_b.path} do not hold the same tokens; "
+            "use --source model"
+        )
+    benchmark = run_a.config.get("benchmark")
+    if benchmark != run_b.config.get("benchmark"):
+        raise internals.config_error(
+            f"{run_a.path} ran on {benchmark!r} and {run_b.path} on {run_b.config.get('benchmark')!r}; "
+            "compare traces both models on one benchmark's examples: give runs on the same benchmark"
+        )
+    return "model"
+
+
 def compare_pair(
     run_a: Run, run_b: Run, saes: tuple[Any, Any], options: CompareOptions, loaded_cache: dict[tuple, Any]
 ) -> tuple[Comparison, Matches, AlignmentCounts, list[ContextPair]]:
@@ -277,19 +297,7 @@ def compare_pair(
     decoders = (_decoder(sae_a), _decoder(sae_b))
     labels = (run_a.label, run_b.label)
     counts = AlignmentCounts()
-    stores_match = (
-        options.source in ("auto", "store")
-        and run_a.store_path is not None
-        and run_b.store_path is not None
-        and stores_hold_the_same_tokens(
-            internals.open_store(run_a.store_path), internals.open_store(run_b.store_path)
-        )
-    )
-    if options.source == "store" and not stores_match:
-        raise internals.config_error(
-            f"--source store: the stores of {run_a.path} and {run_b.path} do not hold the same tokens; "
-            "use --source model"
-        )
+    stores_match = pair_source(run_a, run_b, options) == "stores"
     if stores_match:
         store_a, store_b = internals.open_store(run_a.store_path), internals.open_store(run_b.store_path)
         chunks = paired_store_chunks(
@@ -299,11 +307,6 @@ def compare_pair(
         return comparison, hung, counts, []
 
     benchmark = run_a.config.get("benchmark")
-    if benchmark != run_b.config.get("benchmark"):
-        raise internals.config_error(
-            f"{run_a.path} ran on {benchmark!r} and {run_b.path} on {run_b.config.get('benchmark')!r}; "
-            "compare traces both models on one benchmark's examples: give runs on the same benchmark"
-        )
     split = options.split or str(run_a.config.get("split", "test"))
     examples = internals.benchmark_examples(
         benchmark,
@@ -394,6 +397,9 @@ def compare_runs(paths: list[str | Path], options: CompareOptions) -> CompareRes
     if len(paths) < 2:
         raise internals.config_error("compare needs at least two run directories")
     runs = [read_run(p) for p in paths]
+    index_pairs = list(itertools.combinations(range(len(runs)), 2))
+    for i, j in index_pairs:
+        pair_source(runs[i], runs[j], options)  # impossible pairs fail before any work
     saes = [internals.load_sae(run.sae_path)[0] for run in runs]
     entries = []
     for run, sae in zip(runs, saes, strict=True):
@@ -401,7 +407,7 @@ def compare_runs(paths: list[str | Path], options: CompareOptions) -> CompareRes
         entries.append(run_entry(run, sae, reference(run, sae, options)))
     loaded_cache: dict[tuple, Any] = {}
     pairs = []
-    for i, j in itertools.combinations(range(len(runs)), 2):
+    for i, j in index_pairs:
         say(f"compare: {runs[i].name} vs {runs[j].name}")
         comparison, hung, counts, contexts = compare_pair(
             runs[i], runs[j], (saes[i], saes[j]), options, loaded_cache
