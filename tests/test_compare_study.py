@@ -64,6 +64,9 @@ def test_a_permuted_copy_of_one_sae_matches_perfectly(tiny_runs, tmp_path, capsy
     (pair,) = results["pairs"]
     c = pair["comparison"]
     assert c["source"] == "stores" and c["alignment"] == "token"
+    # the best pair's contexts are the same tokens on both sides (decoded from the store)
+    best = pair["contexts"][0]
+    assert best["a"]["contexts"] and best["a"]["contexts"] == best["b"]["contexts"]
     assert c["hungarian"]["above_09"] == 1.0 and c["hungarian"]["mean"] > 0.9999
     assert c["max_a_to_b"]["above_09"] == 1.0 and c["max_b_to_a"]["above_09"] == 1.0
     assert all(perm[p["b"]] == p["a"] for p in c["top_pairs"]) and c["top_pairs"]

@@ -85,7 +85,7 @@ def histogram_figure(pair: PairResult, runs: list[RunEntry], path: Path) -> None
 
 def _contexts(pair: PairResult) -> list[str]:
     if not pair.contexts:
-        return ["(top contexts are shown when the source is the models: `--source model`)"]
+        return ["(no top contexts: the run's model could not be loaded to decode them)"]
     lines = ["| corr | A latent: top contexts | B latent: top contexts |", "|---|---|---|"]
 
     def cell(side) -> str:

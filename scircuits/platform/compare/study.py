@@ -269,6 +269,41 @@ def _context_side(latent: int, top: TopRows, texts: list[str], start_col: int) -
     return ContextSide(latent=latent, contexts=contexts)
 
 
+def store_contexts(
+    run: Run, store: Any, hung: Matches, tops: tuple[TopRows, TopRows], options: CompareOptions, cache: dict
+) -> list[ContextPair]:
+    """Top contexts of the best pairs from a store's token ids, decoded with the run's tokenizer
+    (both stores hold the same tokens). Without loadable weights there are no contexts."""
+    if options.contexts == 0 or len(hung) == 0:
+        return []
+    key = (run.model, run.config.get("model_path"))
+    if key not in cache:
+        try:
+            cache[key] = internals.load_model(run.model, run.config.get("model_path"))
+        except Exception as exc:
+            say(f"compare: no top contexts ({exc})")
+            return []
+    tokenizer = cache[key].tokenizer
+    example_ids, token_ids, positions = (store.read_ids(n) for n in ("example_ids", "token_ids", "positions"))
+
+    def side(latent: int, top: TopRows) -> ContextSide:
+        contexts = []
+        for value, label in top.of(latent):
+            rows = np.flatnonzero(example_ids == label[0])
+            tokens = token_ids[rows][np.argsort(positions[rows])]
+            pos = int(label[2])
+            before = tokenizer.decode(tokens[max(0, pos - 16) : pos].tolist())
+            contexts.append((before, tokenizer.decode([int(tokens[pos])]), value))
+        return ContextSide(latent=latent, contexts=contexts)
+
+    return [
+        ContextPair(corr=float(c), a=side(int(a), tops[0]), b=side(int(b), tops[1]))
+        for a, b, c in zip(
+            hung.a_index[: options.contexts], hung.b_index[: options.contexts], hung.corr, strict=False
+        )
+    ]
+
+
 def pair_source(run_a: Run, run_b: Run, options: CompareOptions) -> Literal["stores", "model"]:
     """Where a pair's activations come from; refuses impossible pairs before any work is done."""
     if options.source in ("auto", "store") and run_a.store_path is not None and run_b.store_path is not None:
@@ -303,8 +338,10 @@ def compare_pair(
         chunks = paired_store_chunks(
             store_a, store_b, sae_encoder(sae_a), sae_encoder(sae_b), options.max_tokens
         )
-        comparison, hung = measure("pair", labels, "stores", "token", chunks, dims, decoders, options)
-        return comparison, hung, counts, []
+        tops = (TopRows(dims[0]), TopRows(dims[1]))
+        comparison, hung = measure("pair", labels, "stores", "token", chunks, dims, decoders, options, tops)
+        contexts = store_contexts(run_a, store_a, hung, tops, options, loaded_cache)
+        return comparison, hung, counts, contexts
 
     benchmark = run_a.config.get("benchmark")
     split = options.split or str(run_a.config.get("split", "test"))
