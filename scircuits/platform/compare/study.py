@@ -172,14 +172,10 @@ def twin_command(run: Run, twin_dir: Path, seed: int) -> str:
         f"--sae {tc.get('sae', 'topk')}",
         f"--seed {seed}",
     ]
-    for key, flag in (
-        ("expansion", "--expansion"),
-        ("lr", "--lr"),
-        ("batch_size", "--batch-size"),
-        ("tokens", "--tokens"),
-    ):
-        if tc.get(key) is not None:
-            parts.append(f"{flag} {tc[key]}")
+    flags = {"expansion": "--expansion", "lr": "--lr", "batch_size": "--batch-size", "tokens": "--tokens"}
+    parts += [f"{flag} {tc[key]}" for key, flag in flags.items() if tc.get(key) is not None]
+    hparams = tc.get("hparams") or {}
+    parts += [f"--{key} {hparams[key]}" for key in ("k", "l1") if hparams.get(key) is not None]
     parts.append(f"--out {twin_dir}")
     return " ".join(parts)
 
