@@ -141,7 +141,7 @@ def test_bad_run_directories_fail_with_one_line(tiny_runs, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as exc:
         main(["compare", str(tiny_runs[0]), str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
-    assert exc.value.code == 2 and "causal/results.json" in capsys.readouterr().err
+    assert exc.value.code == 2 and "causal/results.json and no sae/scircuits.json" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["compare", str(tiny_runs[0])])
     assert exc.value.code == 2
@@ -153,3 +153,16 @@ def test_bad_run_directories_fail_with_one_line(tiny_runs, tmp_path, capsys):
         main(["compare", *map(str, tiny_runs), "--source", "store", "--out", str(out), "--no-progress"])
     assert exc.value.code == 2 and "do not hold the same tokens" in capsys.readouterr().err
     assert not out.exists()  # refused before any work
+
+
+def test_a_run_without_causal_results_compares_without_causal_agreement(tiny_runs, tmp_path, capsys):
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(tiny_runs[0], unfinished)
+    shutil.rmtree(unfinished / "causal")
+    out = tmp_path / "cmp"
+    args = ["compare", str(tiny_runs[0]), str(unfinished), "--out", str(out), "--no-train-twins"]
+    main([*args, "--permutations", "9", "--no-progress"])
+    (pair,) = json.loads((out / "results.json").read_text())["pairs"]
+    assert pair["comparison"]["hungarian"]["mean"] > 0.9999  # the same SAE on the same store
+    assert pair["effect_agreement"]["n_pairs"] == 0 and pair["top_k"] == []
+    assert "causal agreement is left out" in capsys.readouterr().err

@@ -1,9 +1,11 @@
 """What compare needs from a run directory (``scircuits run`` output): its causal results, its SAE,
-its store, and the model, layer, site and benchmark that produced them."""
+its store, and the model, layer, site and benchmark that produced them. A run whose causal stage
+has not finished is read from its SAE's record (no causal agreement then)."""
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,22 +49,54 @@ class Run:
         return f"{self.model} {self.site}{self.layer}"
 
 
+def _config_without_results(root: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(config, results) for a run whose causal stage has not finished: model, layer, site and
+    benchmark from its SAE's record of the store it trained on; no features (no causal agreement)."""
+    meta_path = root / "sae" / "scircuits.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    store = meta.get("store") if isinstance(meta.get("store"), dict) else {}
+    attrs = store.get("attrs") if isinstance(store.get("attrs"), dict) else {}
+    if not attrs.get("model") or attrs.get("layer") is None:
+        return None
+    collect = attrs.get("config") if isinstance(attrs.get("config"), dict) else {}
+    config = {
+        "model": attrs["model"],
+        "model_path": collect.get("model_path"),
+        "layer": attrs["layer"],
+        "site": attrs.get("site", "resid"),
+        "benchmark": attrs.get("benchmark"),
+        "benchmark_options": collect.get("benchmark_options") or {},
+        "split": "test",
+        "seed": collect.get("seed", 0),
+        "sae": str(root / "sae"),
+        "store": store.get("path"),
+    }
+    return config, {"layer": attrs["layer"], "site": attrs.get("site"), "features": [], "config": config}
+
+
 def read_run(path: str | Path) -> Run:
     root = Path(path)
     results_path = root / RESULTS
     if not root.is_dir():
         raise internals.config_error(f"run directory {root} does not exist")
     if not results_path.is_file():
-        raise internals.config_error(
-            f"{root} has no {RESULTS}: give a folder written by `scircuits run` (or run its ablate stage)"
-        )
-    try:
-        results = json.loads(results_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise internals.config_error(
-            f"{results_path}, line {exc.lineno}: not valid JSON ({exc.msg})"
-        ) from None
-    config = results.get("config")
+        fallback = _config_without_results(root)
+        if fallback is None:
+            raise internals.config_error(
+                f"{root} has no {RESULTS} and no sae/scircuits.json: give a folder written by `scircuits run`"
+            )
+        config, results = fallback
+        print(f"compare: {root} has no {RESULTS} yet: its causal agreement is left out", file=sys.stderr)
+    else:
+        try:
+            results = json.loads(results_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise internals.config_error(
+                f"{results_path}, line {exc.lineno}: not valid JSON ({exc.msg})"
+            ) from None
+        config = results.get("config")
     if not isinstance(config, dict) or not config.get("sae") or not config.get("model"):
         raise internals.config_error(f"{results_path} records no config with the model and the SAE")
     sae_path = Path(config["sae"])
