@@ -1,0 +1,136 @@
+"""The typed results of ``scircuits compare`` (``compare/results.json``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = 1
+FORMAT = "scircuits.compare"
+
+
+class MatchedDistribution(BaseModel):
+    """Matched correlations: mean/quantiles over the matched latents; shares above 0.5/0.7/0.9 over
+    all live latents of the matching's source side (for one-to-one matches: A's), so a latent left
+    unmatched counts as below."""
+
+    n: int
+    mean: float | None
+    median: float | None
+    q10: float | None
+    q90: float | None
+    above_05: float
+    above_07: float
+    above_09: float
+    hist_edges: list[float]
+    hist_counts: list[int]
+
+
+class Geometry(BaseModel):
+    """RSA (Spearman) of matched decoder directions; p from a shuffled-pairing null."""
+
+    rsa: float | None
+    p_value: float | None
+    null_mean: float | None
+    null_q95: float | None
+    n_pairs: int
+    n_permutations: int
+
+
+class MatchedPair(BaseModel):
+    a: int
+    b: int
+    corr: float
+
+
+ComparisonKind = Literal["pair", "ceiling-seed", "floor-untrained", "floor-rotation"]
+
+
+class Comparison(BaseModel):
+    kind: ComparisonKind
+    a: str  # what was compared (run label, or "twin seed 1", "untrained", "random basis")
+    b: str
+    source: Literal["model", "store", "stores"]
+    alignment: Literal["token", "char-span"]
+    n_tokens: int
+    d_a: int
+    d_b: int
+    alive_a: int
+    alive_b: int
+    max_a_to_b: MatchedDistribution
+    max_b_to_a: MatchedDistribution
+    hungarian: MatchedDistribution
+    hungarian_method: str
+    geometry: Geometry
+    top_pairs: list[MatchedPair]
+    seconds: float
+
+
+class Reference(BaseModel):
+    """A run's own ceiling (seed twin on its store) and floors (untrained SAE, random basis)."""
+
+    ceiling: Comparison | None = None
+    floor_untrained: Comparison | None = None
+    floor_rotation: Comparison | None = None
+    twin_path: str | None = None
+    note: str | None = None  # why a reference is missing, and how to get it
+
+
+class RunEntry(BaseModel):
+    path: str
+    label: str
+    model: str
+    layer: int
+    site: str
+    benchmark: str
+    sae_variant: str
+    d_model: int
+    d_sae: int
+    reference: Reference
+
+
+class EffectAgreement(BaseModel):
+    n_pairs: int
+    pearson: float | None
+    ci: tuple[float, float] | None
+    pairs: list[tuple[int, int, float, float]]
+
+
+class TopKAgreement(BaseModel):
+    k: int
+    matched_in_top_k: int
+    expected_by_chance: float
+
+
+class ContextSide(BaseModel):
+    latent: int
+    contexts: list[tuple[str, str, float]]  # (text before the token, the token, activation)
+
+
+class ContextPair(BaseModel):
+    corr: float
+    a: ContextSide
+    b: ContextSide
+
+
+class PairResult(BaseModel):
+    a: int  # index into runs
+    b: int
+    comparison: Comparison
+    alignment_pairs: int
+    alignment_tokens_a: int
+    alignment_tokens_b: int
+    effect_agreement: EffectAgreement
+    top_k: list[TopKAgreement]
+    contexts: list[ContextPair] = Field(default_factory=list)
+
+
+class CompareResults(BaseModel):
+    format: str = FORMAT
+    schema_version: int = SCHEMA_VERSION
+    options: dict[str, Any]
+    runs: list[RunEntry]
+    pairs: list[PairResult]
+    provenance: dict[str, Any]
+    wall_seconds: float

@@ -1,0 +1,168 @@
+"""`scircuits compare` end to end on tiny runs: a permuted copy of one SAE matches perfectly; two tiny
+architectures with different tokenizers compare on character spans, with ceiling and floors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from scircuits.cli import main
+from tests.compare_tiny import tiny_models, tiny_run
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    model_a, model_b = tiny_models(root)
+    return tiny_run(model_a, 2, root / "runs-a"), tiny_run(model_b, 1, root / "runs-b")
+
+
+def permuted_copy(run, dest, perm):
+    """A copy of ``run`` whose SAE is the same SAE with latents reordered: new latent j = old perm[j]."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(run, dest)
+    weights = load_file(str(dest / "sae" / "sae_weights.safetensors"))
+    weights["W_enc"] = weights["W_enc"][:, perm].contiguous()
+    weights["b_enc"] = weights["b_enc"][perm].contiguous()
+    weights["W_dec"] = weights["W_dec"][perm].contiguous()
+    save_file(weights, str(dest / "sae" / "sae_weights.safetensors"), metadata={"format": "pt"})
+    results_path = dest / "causal" / "results.json"
+    results = json.loads(results_path.read_text())
+    new_id = np.argsort(perm)  # old latent i is new latent new_id[i]
+    results["config"]["sae"] = str(dest / "sae")
+    for feature in results["features"]:
+        feature["id"] = int(new_id[feature["id"]])
+    results_path.write_text(json.dumps(results))
+    return dest
+
+
+def test_a_permuted_copy_of_one_sae_matches_perfectly(tiny_runs, tmp_path, capsys):
+    run_a = tiny_runs[0]
+    d_sae = json.loads((run_a / "sae" / "cfg.json").read_text())["d_sae"]
+    perm = np.random.default_rng(0).permutation(d_sae)
+    run_b = permuted_copy(run_a, tmp_path / "permuted", perm)
+    out = tmp_path / "cmp"
+    main(
+        [
+            "compare",
+            str(run_a),
+            str(run_b),
+            "--out",
+            str(out),
+            "--no-train-twins",
+            "--permutations",
+            "99",
+            "--no-progress",
+        ]
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert results["format"] == "scircuits.compare" and results["schema_version"] == 1
+    (pair,) = results["pairs"]
+    c = pair["comparison"]
+    assert c["source"] == "stores" and c["alignment"] == "token"
+    # the best pair's contexts are the same tokens on both sides (decoded from the store)
+    best = pair["contexts"][0]
+    assert best["a"]["contexts"] and best["a"]["contexts"] == best["b"]["contexts"]
+    assert c["hungarian"]["above_09"] == 1.0 and c["hungarian"]["mean"] > 0.9999
+    assert c["max_a_to_b"]["above_09"] == 1.0 and c["max_b_to_a"]["above_09"] == 1.0
+    assert all(perm[p["b"]] == p["a"] for p in c["top_pairs"]) and c["top_pairs"]
+    assert c["geometry"]["rsa"] > 0.9999 and c["geometry"]["p_value"] == pytest.approx(1 / 100)
+    eff = pair["effect_agreement"]
+    assert eff["n_pairs"] == 8 and eff["pearson"] > 0.9999
+    # results.json describes its top 10 features: k up to 10
+    assert [(t["k"], t["matched_in_top_k"]) for t in pair["top_k"]] == [(5, 5), (10, 10)]
+    ref = results["runs"][0]["reference"]
+    assert ref["ceiling"] is None and "scircuits train" in ref["note"] and "--seed 1" in ref["note"]
+    assert ref["floor_untrained"]["hungarian"]["mean"] < 0.999
+    assert ref["floor_rotation"]["d_b"] == results["runs"][0]["d_model"]
+    report = (out / "report.md").read_text()
+    assert "ceiling A" in report and "floor A" in report and (out / "figures" / "pair0-1.png").is_file()
+    assert "mean max corr 1.000, one-to-one 1.000 (A's ceiling" in capsys.readouterr().out
+
+
+def test_two_architectures_with_different_tokenizers_compare_on_character_spans(tiny_runs, tmp_path):
+    out = tmp_path / "cmp"
+    main(
+        [
+            "compare",
+            *map(str, tiny_runs),
+            "--out",
+            str(out),
+            "--limit",
+            "24",
+            "--permutations",
+            "49",
+            "--no-progress",
+        ]
+    )
+    results = json.loads((out / "results.json").read_text())
+    (pair,) = results["pairs"]
+    c = pair["comparison"]
+    assert c["source"] == "model" and c["alignment"] == "char-span"
+    # the digit-pair tokenizer has fewer tokens; every one of its tokens ends where a character does
+    assert 0 < pair["alignment_pairs"] == pair["alignment_tokens_b"] < pair["alignment_tokens_a"]
+    assert c["n_tokens"] == pair["alignment_pairs"]
+    for run in results["runs"]:
+        ref = run["reference"]
+        assert ref["ceiling"]["kind"] == "ceiling-seed" and ref["twin_path"].startswith(str(out / "twins"))
+        assert ref["floor_untrained"] and ref["floor_rotation"]
+    assert -1 <= c["hungarian"]["mean"] <= 1 and c["hungarian"]["n"] > 0
+    contexts = pair["contexts"]
+    assert contexts and all(side["contexts"] for ctx in contexts for side in (ctx["a"], ctx["b"]))
+    assert "alignment: char-span" in (out / "report.md").read_text()
+    # a second compare reuses the seed twins it trained
+    twin_files = sorted(p.name for p in (out / "twins").iterdir())
+    main(
+        [
+            "compare",
+            *map(str, tiny_runs),
+            "--out",
+            str(out),
+            "--limit",
+            "8",
+            "--permutations",
+            "9",
+            "--no-progress",
+        ]
+    )
+    assert sorted(p.name for p in (out / "twins").iterdir()) == twin_files
+
+
+def test_bad_run_directories_fail_with_one_line(tiny_runs, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", str(tiny_runs[0]), str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and "does not exist" in err and "Traceback" not in err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", str(tiny_runs[0]), str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and "causal/results.json and no sae/scircuits.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", str(tiny_runs[0])])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", *map(str, tiny_runs), "--limit", "0"])
+    assert exc.value.code == 2 and "--limit 0" in capsys.readouterr().err
+    out = tmp_path / "refused"
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", *map(str, tiny_runs), "--source", "store", "--out", str(out), "--no-progress"])
+    assert exc.value.code == 2 and "do not hold the same tokens" in capsys.readouterr().err
+    assert not out.exists()  # refused before any work
+
+
+def test_a_run_without_causal_results_compares_without_causal_agreement(tiny_runs, tmp_path, capsys):
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(tiny_runs[0], unfinished)
+    shutil.rmtree(unfinished / "causal")
+    out = tmp_path / "cmp"
+    args = ["compare", str(tiny_runs[0]), str(unfinished), "--out", str(out), "--no-train-twins"]
+    main([*args, "--permutations", "9", "--no-progress"])
+    (pair,) = json.loads((out / "results.json").read_text())["pairs"]
+    assert pair["comparison"]["hungarian"]["mean"] > 0.9999  # the same SAE on the same store
+    assert pair["effect_agreement"]["n_pairs"] == 0 and pair["top_k"] == []
+    assert "causal agreement is left out" in capsys.readouterr().err
