@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from scircuits.platform.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError
 
 
 @dataclass(frozen=True)
