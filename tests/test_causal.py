@@ -14,7 +14,7 @@ from scircuits.platform.causal.statistics import control_draws, spearman
 from scircuits.platform.causal.study import Study, feature_statistics
 from scircuits.platform.config import AblateConfig
 from scircuits.platform.contract.errors import ConfigError
-from scircuits.platform.manager.plugin_set import get_plugins
+from scircuits.platform.manager.plugin_set import get_plugins, load_plugins
 from scircuits.platform.contract.sae_module import SparseAutoencoder
 from scircuits.platform.model.splice import SpliceError, SplitModel
 from scircuits.testing import tiny_loaded_model
@@ -131,7 +131,8 @@ def small_config(tmp_path, **overrides) -> AblateConfig:
 def test_run_ablate_writes_results_with_the_documented_keys(tiny, examples, tmp_path):
     torch.manual_seed(0)
     sae = ReluSAE(tiny.d_model, 2 * tiny.d_model).eval()
-    out = run_ablate(small_config(tmp_path), get_plugins(), inputs=AblateInputs(tiny, sae, {}, examples, 2))
+    builtins_only = load_plugins(entry_points_too=False)  # installed plugins may add analyses
+    out = run_ablate(small_config(tmp_path), builtins_only, inputs=AblateInputs(tiny, sae, {}, examples, 2))
     results = json.loads((out / "results.json").read_text())
     assert results["splice"]["max_abs_logit_diff"] < 1e-4
     for key in ("accuracy", "logprob"):
