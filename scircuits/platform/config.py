@@ -120,7 +120,10 @@ class TrainConfig(StageConfig):
     sae: str = "topk"
     hparams: dict[str, Any] = Field(default_factory=dict)  # variant hyperparameters (k, l1, ...)
     expansion: int = Field(default=8, gt=0)
-    lr: float = Field(default=1e-4, gt=0)
+    # Adam learning rate; None: the width rule 2e-4 / sqrt(d_sae / 2**14) (sparsify's default,
+    # scircuits.platform.training.width_scaled_lr), resolved when training starts and recorded in the
+    # checkpoint's scircuits.json
+    lr: float | None = Field(default=None, gt=0)
     batch_size: int = Field(default=4096, gt=0)
     epochs: int | None = Field(default=None, gt=0)
     tokens: int | None = Field(default=None, gt=0)
@@ -205,7 +208,7 @@ class RunConfig(StageConfig):
     train_tokens: int = Field(default=1_200_000, gt=0)
     expansion: int = Field(default=4, gt=0)
     sae_hparams: dict[str, Any] = Field(default_factory=dict)
-    train_lr: float = Field(default=1e-3, gt=0)
+    train_lr: float | None = Field(default=None, gt=0)  # None: the width rule (see TrainConfig.lr)
     train_batch_size: int = Field(default=4096, gt=0)
     # ablate
     rank: Literal["attribution", "activation"] = "attribution"
