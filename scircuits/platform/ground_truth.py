@@ -34,7 +34,8 @@ class PlantedSetup:
     batch_size: int = 128
     epochs: int = 3
     lr: float = 3e-3
-    seed: int = 0
+    seed: int = 0  # the planted data
+    init_seed: int = 1  # the SAE initialisation, independent of the data
 
     @property
     def d_sae(self) -> int:
@@ -46,7 +47,8 @@ VALIDATE_HPARAMS: dict[str, dict[str, Any]] = {
     "relu": {"l1": 0.1},
     "topk": {"k": 3, "dead_tokens": 4096},
     "batchtopk": {"k": 3, "dead_tokens": 4096},
-    "jumprelu": {"l0": 0.05, "init_threshold": 0.5, "bandwidth": 0.2},
+    # l0 0.1 with the unit-norm decoder (0.05 suited the free-norm one: MMCS 0.88 at init seed 1)
+    "jumprelu": {"l0": 0.1, "init_threshold": 0.5, "bandwidth": 0.2},
     "gated": {"l1": 0.3},
 }
 
@@ -113,8 +115,8 @@ def validate_variant(
     chosen = {**VALIDATE_HPARAMS.get(name, {}), **(hparams or {})}
     started = time.monotonic()
     with torch_threads(threads):
-        torch.manual_seed(setup.seed)
         data = PlantedDictionary(setup)
+        torch.manual_seed(setup.init_seed)
         train_x = data.sample(setup.n_tokens)
         eval_x = data.sample(4096)
         sae = get_plugins().saes.get(name).build(setup.d_in, setup.d_sae, chosen)
