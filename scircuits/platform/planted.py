@@ -61,9 +61,11 @@ class HardPlantedSetup(BaseModel):
     magnitude_mean: float = Field(default=1.0, gt=0)
     noise: float = Field(default=0.05, ge=0)
     k: int = Field(default=8, gt=0)  # for topk / batchtopk
-    n_tokens: int = Field(default=393_216, gt=0)  # training tokens (passes over the pool)
+    # training tokens (passes over the pool): about 12 s of one core per variant; at a third of this
+    # topk reached MCC 0.888, here 0.907
+    n_tokens: int = Field(default=1_179_648, gt=0)
     pool_tokens: int = Field(default=65_536, gt=0)  # distinct training tokens drawn
-    # 1,536 steps; at 1024 (384 steps) topk reached MCC 0.77 where 256 gave 0.89
+    # 4,608 steps; with a third of the tokens, batch 1024 (384 steps) gave topk MCC 0.77 and 256 gave 0.89
     batch_size: int = Field(default=256, gt=0)
     eval_tokens: int = Field(default=8192, gt=0)
     kmeans_tokens: int = Field(default=16384, gt=0)
