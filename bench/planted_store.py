@@ -10,6 +10,11 @@ mean 8 active atoms per token); magnitudes exponential with mean 1; Gaussian noi
 deviation 0.05 per dimension; 131,072 tokens in 1,024 examples of 128 tokens. The store is labelled
 ``source="synthetic"``. ``score`` compares the checkpoint's decoder rows with the atoms: MMCS, the
 share of atoms whose best cosine exceeds 0.9, and one-to-one (Hungarian) MCC.
+
+Measured 2026-11-26 (seed 1234, topk k 8, expansion 8, 1.5M tokens, learning rate by the width rule,
+8e-4 at d_sae 1024), on a shared 2-core CPU:
+- `--batch-size 1024` (1,465 steps): 85.0% of atoms at cosine > 0.9, MMCS 0.954, MCC 0.951, FVU 0.07;
+- the default batch 4,096 (367 steps): 29.1%, MMCS 0.763, MCC 0.752, FVU 0.13.
 """
 
 from __future__ import annotations
