@@ -12,7 +12,7 @@ from scircuits.platform.significance import (
     min_draws,
     paired_difference,
     permutation_p_value,
-    test_top_k,
+    top_k_significance,
 )
 from scircuits.platform.statistics import Bootstrap
 
@@ -50,7 +50,7 @@ def test_top_k_three_figures_exact():
     controls_5 = rng.normal(0.0, 0.05, size=(99, n))
     top_1 = np.full(n, -1.0)  # far beyond every control: p = 1/100
     top_5 = controls_5[0].copy()  # one more control set
-    result = test_top_k({1: (top_1, controls_1), 5: (top_5, controls_5)}, Bootstrap(n, 200, seed=0))
+    result = top_k_significance({1: (top_1, controls_1), 5: (top_5, controls_5)}, Bootstrap(n, 200, seed=0))
     t1, t5 = result.by_k()[1], result.by_k()[5]
     assert t1.p_value == pytest.approx(1 / 100) and t1.p_holm == pytest.approx(2 / 100)
     expected_5 = (1 + np.sum(np.abs(controls_5.mean(axis=1)) >= abs(top_5.mean()))) / 100
@@ -66,7 +66,7 @@ def test_too_few_draws_cannot_be_significant_and_it_is_said():
     n = 20
     controls = np.zeros((20, n)) + np.random.default_rng(0).normal(0, 0.01, size=(20, n))
     effects = {k: (np.full(n, -5.0), controls) for k in (1, 5, 20, 50)}
-    result = test_top_k(effects, Bootstrap(n, 100, seed=0))
+    result = top_k_significance(effects, Bootstrap(n, 100, seed=0))
     assert not result.attainable
     assert all(t.p_value == pytest.approx(1 / 21) and not t.significant for t in result.tests)
 
@@ -79,7 +79,7 @@ def null_study(set_spread: float, seed: int, trials: int = 400, n: int = 40, dra
     for trial in range(trials):
         example = rng.normal(0, 1, size=n)  # shared by every set on that example
         sets = example + rng.normal(0, 0.5, (draws + 1, n)) + rng.normal(0, set_spread, (draws + 1, 1))
-        (test,) = test_top_k({1: (sets[0], sets[1:])}, Bootstrap(n, 200, seed=trial)).tests
+        (test,) = top_k_significance({1: (sets[0], sets[1:])}, Bootstrap(n, 200, seed=trial)).tests
         p_values.append(test.p_value)
         interval_hits += test.difference.excludes_zero
         calls += test.significant
@@ -136,11 +136,11 @@ def test_unmatched_controls_call_an_effect_that_matched_controls_do_not():
     top_effect = effect(top)
 
     unmatched = sample_unmatched_controls(top, frequency > 0, draws=99, rng=1)
-    loose = test_top_k({5: (top_effect, np.array([effect(s) for s in unmatched]))}, bootstrap)
+    loose = top_k_significance({5: (top_effect, np.array([effect(s) for s in unmatched]))}, bootstrap)
     assert loose.tests[0].significant  # rare features do nothing: the top set looks special
 
     matched = sample_matched_controls(top, frequency, size, activity, draws=99, rng=1)
     assert not matched.widened
-    tight = test_top_k({5: (top_effect, np.array([effect(s) for s in matched.ids]))}, bootstrap)
+    tight = top_k_significance({5: (top_effect, np.array([effect(s) for s in matched.ids]))}, bootstrap)
     assert not tight.tests[0].significant
     assert tight.tests[0].p_value > 0.2

@@ -131,7 +131,7 @@ def min_draws(m: int, alpha: float = ALPHA) -> int:
     return draws
 
 
-def test_top_k(
+def top_k_significance(
     effects: Mapping[int, tuple[np.ndarray, np.ndarray]],
     bootstrap: Bootstrap,
     *,
@@ -181,9 +181,6 @@ def test_top_k(
     )
 
 
-# pytest would collect ``test_top_k`` from a test module that imports it by name
-test_top_k.__test__ = False  # type: ignore[attr-defined]
-
 __all__ = [
     "ALPHA",
     "KTest",
@@ -193,5 +190,5 @@ __all__ = [
     "min_draws",
     "paired_difference",
     "permutation_p_value",
-    "test_top_k",
+    "top_k_significance",
 ]
