@@ -14,7 +14,8 @@ share of atoms whose best cosine exceeds 0.9, and one-to-one (Hungarian) MCC.
 Measured 2026-11-26 (seed 1234, topk k 8, expansion 8, 1.5M tokens, learning rate by the width rule,
 8e-4 at d_sae 1024), on a shared 2-core CPU:
 - `--batch-size 1024` (1,465 steps): 85.0% of atoms at cosine > 0.9, MMCS 0.954, MCC 0.951, FVU 0.07;
-- the default batch 4,096 (367 steps): 29.1%, MMCS 0.763, MCC 0.752, FVU 0.13.
+- the default batch 4,096 (367 steps): 29.1%, MMCS 0.763, MCC 0.752, FVU 0.13;
+- `--batch-size 1024 --lr 1.6e-3` (twice the rule): 96.1%, MMCS 0.977, MCC 0.974, FVU 0.063.
 """
 
 from __future__ import annotations
