@@ -89,9 +89,11 @@ def test_jumprelu_threshold_gets_a_gradient_from_the_l0_penalty():
     assert (sae.log_threshold.grad < 0).any()
 
 
-def test_unit_norm_decoder_is_kept():
+@pytest.mark.parametrize("name", ["topk", "batchtopk", "jumprelu"])
+def test_unit_norm_decoder_is_kept(name):
     torch.manual_seed(0)
-    sae = build("topk")
+    sae = build(name)
+    assert sae.unit_norm_decoder
     x = torch.randn(32, 16)
     opt = torch.optim.SGD(sae.parameters(), lr=0.5)
     out = sae.train_forward(x)
@@ -161,10 +163,25 @@ def test_decorrelation_penalty():
     correlated = base.repeat(1, 8) + 0.01 * torch.rand(4000, 8)
     assert float(decorrelation_penalty(independent)) < 0.01
     assert float(decorrelation_penalty(correlated)) > 0.9
-    # both Gram forms give the same value
-    wide = torch.randn(6, 20).relu()
-    tall = wide.t().contiguous()
-    assert float(decorrelation_penalty(wide)) >= 0 and float(decorrelation_penalty(tall)) >= 0
+
+
+def brute_force_decorrelation(f: torch.Tensor) -> float:
+    """Mean over distinct latent pairs of the squared Pearson correlation, by torch.corrcoef."""
+    c = torch.corrcoef(f.double().t())
+    m = c.shape[0]
+    off_diagonal = c[~torch.eye(m, dtype=torch.bool)]
+    return float(off_diagonal.pow(2).sum() / (m * (m - 1)))
+
+
+@pytest.mark.parametrize("shape", [(6, 20), (200, 12), (40, 40)])
+def test_decorrelation_penalty_matches_corrcoef(shape):
+    """Both Gram forms (fewer tokens than latents, and more) against a brute-force computation."""
+    torch.manual_seed(1)
+    base = torch.randn(shape[0], 1)
+    f = (torch.randn(*shape) + 0.7 * base).relu() + 0.01 * torch.rand(*shape)  # partly correlated
+    expected = brute_force_decorrelation(f)
+    assert 0.01 < expected < 0.9
+    assert float(decorrelation_penalty(f)) == pytest.approx(expected, rel=1e-4)
 
 
 def test_hyperparameters_are_validated():

@@ -12,7 +12,7 @@ from scircuits.cli.train import train as train_command
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.train.checkpoint import LOG_FILE, META_FILE, STATE_META_FILE, WEIGHTS_FILE, load_sae
-from scircuits.platform.train.training import apply_preset, geometric_median, train
+from scircuits.platform.train.training import apply_preset, geometric_median, train, width_scaled_lr
 from scircuits.store.synthetic import write_synthetic_store
 
 D_MODEL = 16
@@ -126,6 +126,21 @@ def test_training_streams_batches_from_the_reader(store, tmp_path, monkeypatch):
     n_tokens = ActivationStore(store).n_tokens
     assert requested and max(requested) < n_tokens
     assert 64 in requested
+
+
+def test_the_width_rule_learning_rate(store, tmp_path):
+    assert width_scaled_lr(2**14) == pytest.approx(2e-4)
+    assert width_scaled_lr(1024) == pytest.approx(8e-4)  # 512 atoms x 2 in the issue 11 check
+    assert width_scaled_lr(4 * 2**14) == pytest.approx(1e-4)
+    out = train(config(store, tmp_path / "sae", lr=None, epochs=1))
+    meta = json.loads((out / META_FILE).read_text())
+    expected = 2e-4 / (2 * D_MODEL / 2**14) ** 0.5
+    assert meta["train_config"]["lr"] == pytest.approx(expected)
+    assert meta["lr_rule"].startswith("width")
+    first = json.loads((out / LOG_FILE).read_text().splitlines()[0])
+    assert first["lr"] == pytest.approx(expected)  # warm-up over 5 steps: step 5 runs at the full rate
+    given = train(config(store, tmp_path / "given", lr=1e-3, epochs=1))
+    assert json.loads((given / META_FILE).read_text())["train_config"]["lr"] == 1e-3
 
 
 def test_phase4_preset():

@@ -119,7 +119,9 @@ class TrainConfig(StageConfig):
     sae: str = D("topk", "SAE variant (see `scircuits saes`).")
     hparams: dict[str, Any] = D(dict, "Variant hyperparameters (k, l1, ...).")
     expansion: int = D(8, "d_sae = expansion x d_model.", gt=0)
-    lr: float = D(1e-4, "Adam learning rate.", gt=0)
+    lr: float | None = D(
+        1e-4, "Adam learning rate (None: the width rule 2e-4 / sqrt(d_sae / 2**14), sparsify's).", gt=0
+    )
     batch_size: int = D(4096, "Global batch in tokens (split evenly over --nproc processes).", gt=0)
     epochs: int | None = D(None, "Passes over the training split.", gt=0)
     tokens: int | None = D(None, "Train on this many tokens instead of whole epochs.", gt=0)

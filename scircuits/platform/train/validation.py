@@ -37,7 +37,8 @@ class PlantedSetup:
     batch_size: int = 128
     epochs: int = 3
     lr: float = 3e-3
-    seed: int = 0
+    seed: int = 0  # the planted data
+    init_seed: int = 1  # the SAE initialisation, independent of the data
 
     @property
     def d_sae(self) -> int:
@@ -107,8 +108,8 @@ def validate_variant(
     chosen = {**variant.validation_hparams, **(hparams or {})}
     started = time.monotonic()
     with torch_threads(threads):
-        torch.manual_seed(setup.seed)
         data = PlantedDictionary(setup)
+        torch.manual_seed(setup.init_seed)
         train_x = data.sample(setup.n_tokens)
         eval_x = data.sample(4096)
         sae = variant.build(setup.d_in, setup.d_sae, chosen)

@@ -256,6 +256,9 @@ class _Step(torch.autograd.Function):
 class JumpReLUSAE(SparseAutoencoder):
     variant = "jumprelu"
     saelens_architecture = "jumprelu"
+    # the thresholds and the kernel bandwidth are in units of the pre-activations; with free decoder
+    # norms the encoder could rescale them and the fixed bandwidth would drift against them
+    unit_norm_decoder = True
 
     def __init__(self, d_in: int, d_sae: int, hparams: dict[str, Any] | None = None) -> None:
         super().__init__(d_in, d_sae, hparams)

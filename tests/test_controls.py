@@ -1,0 +1,107 @@
+"""Matched control sampling: exact matches on constructed features, widening, overlap, failures."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from scircuits.platform.controls import (
+    DEFAULT_DRAWS,
+    ControlSamplingError,
+    ablation_size,
+    sample_matched_controls,
+    sample_unmatched_controls,
+)
+
+
+def universe(n_examples: int = 10):
+    """Features 0, 1 are the top; 2 matches 0, 3 matches 1; the rest are off on some axis."""
+    frequency = np.array([0.20, 0.05, 0.15, 0.08, 0.001, 0.20, 0.90, 0.0])
+    size = np.array([100.0, 10.0, 60.0, 15.0, 0.5, 900.0, 100.0, 0.0])
+    activity = np.ones((n_examples, 8), dtype=bool)
+    activity[:, 7] = False  # never fires
+    activity[1:, 4] = False  # rare: one example only
+    return frequency, size, activity
+
+
+def test_each_control_is_the_only_feature_matched_on_frequency_and_size():
+    frequency, size, activity = universe()
+    controls = sample_matched_controls([0, 1], frequency, size, activity, draws=5, rng=0)
+    assert controls.ids == [[2, 3]] * 5
+    first = controls.sets[0].matches
+    assert [(m.top, m.control, m.band) for m in first] == [(0, 2, 2.0), (1, 3, 2.0)]
+    assert first[0].frequency_ratio == pytest.approx(0.75) and first[0].size_ratio == pytest.approx(0.6)
+    assert controls.widened == 0
+
+
+def test_band_widens_step_by_step_and_is_recorded():
+    frequency, size, activity = universe()
+    size[2] = 30.0  # ratio 0.3 to feature 0: outside 2x and 3x, inside 4x
+    controls = sample_matched_controls([0, 1], frequency, size, activity, draws=3, rng=0)
+    assert [m.band for m in controls.sets[0].matches] == [4.0, 2.0]
+    assert controls.ids == [[2, 3]] * 3
+    assert controls.widened == 3
+
+
+def test_no_candidate_within_any_band_falls_back_to_any_active_feature():
+    frequency, size, activity = universe()
+    controls = sample_matched_controls([0], frequency, size, activity, draws=40, band=1.01, widen=(), rng=3)
+    for control_set in controls.sets:
+        (match,) = control_set.matches
+        assert match.band is None and match.control not in (0, 7)
+    # the fallback draws among every active feature outside the top set
+    assert {s.features[0] for s in controls.sets} == {1, 2, 3, 4, 5, 6}
+
+
+def test_controls_must_be_active_on_the_top_features_examples():
+    frequency, size, activity = universe()
+    activity[:, 2] = False
+    activity[0, 2] = True  # feature 2 now fires on 1 of the 10 examples feature 0 fires on
+    controls = sample_matched_controls([0, 1], frequency, size, activity, draws=3, rng=0)
+    assert all(s.matches[0].control != 2 for s in controls.sets)
+
+
+def test_sets_have_the_top_size_distinct_members_and_never_a_top_feature():
+    rng = np.random.default_rng(1)
+    d_sae, n_examples = 300, 40
+    frequency = rng.uniform(0.001, 0.3, d_sae)
+    size = frequency * rng.uniform(50, 150, d_sae)
+    activity = rng.random((n_examples, d_sae)) < 0.7
+    top = [int(i) for i in np.argsort(-size)[:10]]
+    controls = sample_matched_controls(top, frequency, size, activity, rng=5)
+    assert len(controls.sets) == DEFAULT_DRAWS == 20
+    for features in controls.ids:
+        assert len(features) == len(set(features)) == 10
+        assert not set(features) & set(top)
+    for control_set in controls.sets:
+        for m in control_set.matches:
+            if m.band is not None:
+                assert 1 / m.band <= m.frequency_ratio <= m.band
+                assert 1 / m.band <= m.size_ratio <= m.band
+    again = sample_matched_controls(top, frequency, size, activity, rng=5)
+    assert again.ids == controls.ids and controls.seed == 5
+
+
+def test_too_few_features_is_an_error_not_a_smaller_set():
+    frequency, size, activity = universe()
+    with pytest.raises(ControlSamplingError, match="no control feature left"):
+        sample_matched_controls([0, 1, 2, 3, 5], frequency, size, activity, draws=1, rng=0)
+
+
+def test_bad_inputs_are_refused():
+    frequency, size, activity = universe()
+    with pytest.raises(ValueError, match="distinct"):
+        sample_matched_controls([0, 0], frequency, size, activity)
+    with pytest.raises(ValueError, match="same features"):
+        sample_matched_controls([0], frequency, size[:-1], activity)
+    with pytest.raises(ValueError, match="band"):
+        sample_matched_controls([0], frequency, size, activity, band=0.5)
+
+
+def test_ablation_size_and_the_unmatched_draw():
+    assert ablation_size(np.array([2.0, 0.0]), np.array([0.5, 3.0])).tolist() == [1.0, 0.0]
+    sets = sample_unmatched_controls([0, 1], np.array([1, 1, 1, 0, 1], dtype=bool), draws=50, rng=0)
+    assert all(len(s) == 2 and set(s) <= {2, 4} for s in sets)
+    assert not math.isnan(sets[0][0])
