@@ -73,8 +73,8 @@ def write(path: str, seed: int) -> None:
 
 
 def score(store: str, checkpoint: str) -> None:
-    from scircuits.platform.checkpoint import load_sae
-    from scircuits.platform.planted import dictionary_scores
+    from scircuits.platform.train.checkpoint import load_sae
+    from scircuits.platform.train.planted import dictionary_scores
 
     atoms = np.load(f"{store}.atoms.npy")
     sae, meta = load_sae(checkpoint)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from scircuits.platform.controls import (
+from scircuits.platform.causal.controls import (
     DEFAULT_DRAWS,
     ControlSamplingError,
     ablation_size,

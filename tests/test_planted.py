@@ -11,7 +11,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from scircuits.platform.planted import (
+from scircuits.platform.train.planted import (
     HardPlantedSetup,
     PlantedData,
     dictionary_scores,
@@ -93,7 +93,7 @@ def test_kmeans_finds_one_sparse_atoms_and_random_rows_do_not():
 
 
 def test_small_table_end_to_end():
-    from scircuits.platform.plugins import get_plugins
+    from scircuits.platform.manager.plugin_set import get_plugins
 
     table = validate_hard(
         [get_plugins().saes.get("topk")],

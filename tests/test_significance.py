@@ -6,15 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scircuits.platform.controls import sample_matched_controls, sample_unmatched_controls
-from scircuits.platform.significance import (
+from scircuits.platform.causal.controls import sample_matched_controls, sample_unmatched_controls
+from scircuits.platform.causal.significance import (
     holm,
     min_draws,
     paired_difference,
     permutation_p_value,
     top_k_significance,
 )
-from scircuits.platform.statistics import Bootstrap
+from scircuits.platform.causal.statistics import Bootstrap
 
 
 def test_holm_exact():

@@ -41,7 +41,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from scircuits.platform.ground_truth import torch_threads
+from scircuits.platform.config import TrainConfig
+from scircuits.platform.train.training import SAETrainer, width_scaled_lr
+from scircuits.platform.train.validation import torch_threads
 
 MCC_THRESHOLD = 0.9
 
@@ -257,8 +259,6 @@ def train_variant(
     ``atoms``."""
     import torch
 
-    from scircuits.platform.config import TrainConfig
-    from scircuits.platform.training import SAETrainer, width_scaled_lr
 
     defaults = TrainConfig()
     fields = getattr(variant, "Hyperparameters", None)

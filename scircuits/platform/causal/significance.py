@@ -2,7 +2,7 @@
 
 For each k the inputs are per-example effects (score under the ablation minus the score with the
 plain splice, one value per evaluation example) of the top-k set and of R matched control sets
-(``scircuits.platform.controls``), all on the same examples.
+(``scircuits.platform.causal.controls``), all on the same examples.
 
 - ``difference``: a paired bootstrap interval of the per-example difference d_i = top_i - mean_r
   control_{r,i}. Each replicate resamples examples once and uses the same indices for the top set
@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel
 
-from scircuits.platform.statistics import Bootstrap
+from scircuits.platform.causal.statistics import Bootstrap
 
 Alternative = Literal["magnitude", "less", "greater"]
 ALPHA = 0.05
