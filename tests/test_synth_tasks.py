@@ -18,7 +18,7 @@ from scircuits.plugins.synth.tasks import (
 
 def test_addition_variables_sit_where_each_answer_digit_is_predicted():
     p = addition_problem(457, 168, 3)
-    assert p.prompt == "4 5 7 + 1 6 8 ="
+    assert p.prompt == "7 5 4 + 8 6 1 ="  # least significant digit first
     assert p.target == " 5 2 6 0"  # 625, least significant digit first, then the final carry
     assert p.tokens[p.answer_start - 1] == "="
     columns = [cell for cell in p.variables if cell]

@@ -31,6 +31,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "scircuits.plugins.benchmarks",
     "scircuits.plugins.saes",
     "scircuits.plugins.ablations",
+    "scircuits.plugins.synth",
 )
 
 

@@ -5,13 +5,15 @@ traces is ``<bos>`` + prompt + answer (``scircuits`` encodes prompt tokens with 
 special tokens, then the target without), so ``Problem.variables[p]`` describes token ``p`` of that
 sequence, position 0 being ``<bos>``.
 
-``addition`` (digits = n): ``a_{n-1} .. a_0 + b_{n-1} .. b_0 =`` then the sum **least significant
-digit first**, n + 1 digits (the last one is the final carry). Operands are zero-padded to n digits.
+``addition`` (digits = n): every number is written **least significant digit first**:
+``a_0 .. a_{n-1} + b_0 .. b_{n-1} =`` then the sum's n + 1 digits (the last one is the final carry).
+Operands are zero-padded to n digits, so a column's digits sit at the same distance from the
+answer digit they make whatever the column (relative positions are all a rotary model sees).
 The logits at the position before answer digit i predict it; that position carries the variables
 of column i: ``sum_digit`` (s_i), ``carry_in`` (c_i) and ``carry_out`` (c_{i+1}), where
 s_i = (a_i + b_i + c_i) mod 10 and c_{i+1} = (a_i + b_i + c_i) >= 10. Example (n = 3)::
 
-    prompt "4 5 7 + 1 6 8 ="   target " 5 2 6 0"   (457 + 168 = 625)
+    prompt "7 5 4 + 8 6 1 ="   target " 5 2 6 0"   (457 + 168 = 625)
 
 ``logic`` (steps = n): a chain of n assignments to distinct variables, each but the first reading
 the previous one through ``is`` (copy) or ``not`` (negate), then a query::
@@ -103,9 +105,9 @@ def addition_problem(a: int, b: int, digits: int) -> Problem:
     a_digits = [(a // 10**i) % 10 for i in range(digits)]  # least significant first
     b_digits = [(b // 10**i) % 10 for i in range(digits)]
     prompt = (
-        *[str(d) for d in reversed(a_digits)],
+        *[str(d) for d in a_digits],
         "+",
-        *[str(d) for d in reversed(b_digits)],
+        *[str(d) for d in b_digits],
         "=",
     )
     carries = [0]  # carries[i] = carry into column i
