@@ -37,6 +37,9 @@ class SynthModelAdapter(HFModelAdapter):
     model_type: str = "llama"
     n_layers: int = DEFAULT_LAYERS
     d_model: int = DEFAULT_D_MODEL
+    # after block 0 of 2: an edit there reaches the answer through block 1's attention; the last
+    # block's output at a non-answer position reaches no answer at all
+    default_layer: int | None = (DEFAULT_LAYERS - 1) // 2
     site_paths: dict[str, str] = field(
         default_factory=lambda: {"resid": "", "mlp": "mlp", "attn": "self_attn"}
     )
