@@ -119,3 +119,44 @@ def test_benchmark_examples_carry_ground_truth_and_counterfactual_pairs():
     assert len(pairs) >= 2 and all(cf.prompt != original.prompt for original, cf, _ in pairs)
     train_keys = {e.meta["key"] for e in bench.examples(split="train", limit=50)}
     assert not train_keys & {e.meta["key"] for e in bench.examples(limit=50)}
+
+
+class _IdentitySAE(torch.nn.Module):
+    """encode = relu(x), W_dec = I: zero-ablating feature f removes the positive part of dimension f."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.W_dec = torch.nn.Parameter(torch.eye(d), requires_grad=False)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x.relu()
+
+
+class _SilentSAE(_IdentitySAE):
+    """No feature ever fires: ablating any of them is a null edit (it still runs through the hook)."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def test_null_edit_through_the_model_reports_no_effect_and_a_real_edit_does(tiny_logic):
+    import numpy as np
+
+    from scircuits.plugins.synth.evaluation import answer_scores, attribution
+    from scircuits.plugins.synth.scoring import specificity
+
+    loaded = get_plugins().models.get(f"hf:{tiny_logic}").load()
+    model, tok = loaded.model, loaded.tokenizer
+    examples = list(get_plugins().benchmarks.get("synth-logic").examples(limit=120, options={"size": 3}))
+    depends = np.array([e.meta["facts"]["query"] >= 1 for e in examples])
+    sae = _IdentitySAE(loaded.d_model)
+    clean, _ = answer_scores(model, tok, examples)
+    silent = _SilentSAE(loaded.d_model)
+    null, _ = answer_scores(model, tok, examples, layer=0, sae=silent, features=list(range(loaded.d_model)))
+    result = specificity(clean, null, depends)
+    assert not result.independent.excludes_zero and not result.dependent.excludes_zero
+    every = list(range(loaded.d_model))
+    edited, _ = answer_scores(model, tok, examples, layer=0, sae=sae, features=every)
+    assert np.abs(edited - clean).max() > 1e-3  # removing the positive part of the residual matters
+    scores = attribution(model, tok, examples[:16], 0, sae)
+    assert scores.shape == (loaded.d_model,) and np.isfinite(scores).all()
