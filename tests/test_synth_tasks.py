@@ -92,3 +92,11 @@ def test_bad_sizes_are_refused():
         task_spec("logic", 20)
     with pytest.raises(ValueError, match="unknown synthetic task"):
         task_spec("modular")
+
+
+def test_asking_for_more_problems_than_a_split_holds_is_a_clear_error():
+    from scircuits.platform.errors import ScircuitsError
+    from scircuits.plugins.synth.benchmarks import SynthBenchmark
+
+    with pytest.raises(ScircuitsError, match=r"only \d+ distinct test problems exist"):
+        list(SynthBenchmark("addition").examples(limit=500, options={"size": 1}))

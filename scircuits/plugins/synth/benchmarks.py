@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from scircuits import Benchmark, Example
-from scircuits.plugins.synth.tasks import TASKS, Counterfactual, Problem, TaskSpec, task_spec
+from scircuits.plugins.synth.tasks import TASKS, Counterfactual, ExhaustedError, Problem, TaskSpec, task_spec
 
 MAX_EXAMPLES = 100_000
 
@@ -131,9 +131,16 @@ class SynthBenchmark(Benchmark):
         return self._generate(spec, split, used_seed, count)
 
     def _generate(self, spec: TaskSpec, split: str, seed: int, count: int) -> Iterator[Example]:
-        for index, problem in enumerate(spec.problems(split, seed)):
-            if index >= count:
-                return
+        from scircuits.plugins.synth._internal import UserError
+
+        problems = spec.problems(split, seed)
+        for index in range(count):
+            try:
+                problem = next(problems)
+            except ExhaustedError as exc:
+                raise UserError(
+                    f"benchmark {self.name!r}: {exc}; ask for fewer (limit or n_examples)"
+                ) from None
             yield problem_example(spec, problem, f"{self.name}/{split}/{index}", seed)
 
     def counterfactual_pairs(

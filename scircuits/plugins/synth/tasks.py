@@ -47,6 +47,10 @@ def split_of(key: str) -> str:
     return "test" if int.from_bytes(digest[:8], "big") % TEST_FRACTION_DENOMINATOR == 0 else "train"
 
 
+class ExhaustedError(ValueError):
+    """A split has fewer distinct problems than were asked for."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One problem: its symbols, and per token of ``<bos>`` + prompt + answer its known variables."""
@@ -280,7 +284,9 @@ class TaskSpec:
             if problem.split != split or problem.key in seen:
                 misses += 1
                 if misses > 1000 * (len(seen) + 1):
-                    raise ValueError(f"{self.name} size {self.size}: no more distinct {split} problems")
+                    raise ExhaustedError(
+                        f"{self.name} size {self.size}: only {len(seen)} distinct {split} problems exist"
+                    )
                 continue
             seen.add(problem.key)
             yield problem

@@ -13,7 +13,6 @@ It is written to a temporary folder and renamed into place when complete.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -26,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from scircuits.plugins.synth.tasks import Problem, TaskSpec, task_spec
+from scircuits.plugins.synth.tasks import ExhaustedError, Problem, TaskSpec, task_spec
 from scircuits.plugins.synth.tokenizer import build_tokenizer, encode_problem_ids
 
 INFO_FILE = "synth.json"
@@ -132,8 +131,15 @@ def _lr_at(step: int, settings: TrainSettings) -> float:
 
 
 def heldout_problems(spec: TaskSpec, n: int) -> list[Problem]:
-    """The fixed held-out set (test split; the same for every training seed)."""
-    return list(itertools.islice(spec.problems("test", seed=0, stream="heldout"), n))
+    """The fixed held-out set (test split; the same for every training seed); fewer when fewer exist."""
+    problems: list[Problem] = []
+    stream = spec.problems("test", seed=0, stream="heldout")
+    while len(problems) < n:
+        try:
+            problems.append(next(stream))
+        except ExhaustedError:
+            break
+    return problems
 
 
 def versions() -> dict[str, str]:
