@@ -26,6 +26,7 @@ def synth() -> None:
 @click.option("--eval-examples", type=int, default=2000, show_default=True, help="Held-out problems scored.")
 @click.option("--stop-at", type=float, help="Stop at the first evaluation with held-out accuracy >= this.")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda (not bit-reproducible).")
 @click.option(
     "--out",
     type=click.Path(file_okay=False),

@@ -95,11 +95,12 @@ def model_config(settings: TrainSettings, tokenizer: Any) -> Any:
     )
 
 
-def batch_tensors(tokenizer: Any, problems: list[Problem]) -> tuple[Any, Any]:
+def batch_tensors(tokenizer: Any, problems: list[Problem], device: Any = "cpu") -> tuple[Any, Any]:
     """(input_ids, labels): labels are -100 except on the answer tokens. Problems of a task share a length."""
     import torch
 
     ids = torch.tensor([encode_problem_ids(tokenizer, p.tokens) for p in problems], dtype=torch.long)
+    ids = ids.to(device)
     labels = ids.clone()
     labels[:, : problems[0].answer_start] = -100
     return ids, labels
@@ -114,7 +115,7 @@ def exact_match(model: Any, tokenizer: Any, problems: list[Problem], batch_size:
     with torch.no_grad():
         for start in range(0, len(problems), batch_size):
             chunk = problems[start : start + batch_size]
-            ids, _ = batch_tensors(tokenizer, chunk)
+            ids, _ = batch_tensors(tokenizer, chunk, next(model.parameters()).device)
             first = chunk[0].answer_start
             logits = model(input_ids=ids).logits[:, first - 1 : -1]
             hits += int((logits.argmax(-1) == ids[:, first:]).all(dim=1).sum())
@@ -178,7 +179,7 @@ def train_model(
     tokenizer = build_tokenizer(spec)
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
-    model = LlamaForCausalLM(model_config(settings, tokenizer))
+    model = LlamaForCausalLM(model_config(settings, tokenizer)).to(settings.device)
     model.train()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, betas=(0.9, 0.98), weight_decay=settings.weight_decay
@@ -207,7 +208,9 @@ def train_model(
     for step in range(1, settings.steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step - 1, settings)
-        ids, labels = batch_tensors(tokenizer, [next(stream) for _ in range(settings.batch_size)])
+        ids, labels = batch_tensors(
+            tokenizer, [next(stream) for _ in range(settings.batch_size)], settings.device
+        )
         loss = model(input_ids=ids, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -242,13 +245,14 @@ def train_model(
         "train_wall_s": round(wall, 2),
         "train_cpu_s": round(cpu, 2),
         "torch_threads": torch.get_num_threads(),
+        "device": settings.device,
         "created": now_iso(),
         "versions": versions(),
     }
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
+    model.to("cpu").save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / CURVE_FILE).write_text("".join(json.dumps(r) + "\n" for r in curve))
     (tmp / INFO_FILE).write_text(json.dumps(record, indent=2) + "\n")
