@@ -54,6 +54,7 @@ class TrainSettings(BaseModel):
     threads: int = Field(
         default=1, ge=1, description="torch CPU threads (1: deterministic and best on a busy CPU)"
     )
+    device: str = Field(default="cpu", description="cpu, or cuda for a GPU (not bit-reproducible there)")
     stop_at: float | None = Field(
         default=None, gt=0, le=1, description="stop at the first evaluation with held-out accuracy >= this"
     )
