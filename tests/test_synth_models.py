@@ -21,7 +21,18 @@ def tiny_logic(tmp_path_factory):
     """A tiny logic model trained through the CLI (seconds)."""
     out = tmp_path_factory.mktemp("synth") / "logic-tiny"
     args = ["synth", "train", "--task", "logic", "--size", "3", "--layers", "1", "--d-model", "32"]
-    args += ["--steps", "150", "--batch-size", "64", "--eval-every", "50", "--eval-examples", "200"]
+    args += [
+        "--steps",
+        "150",
+        "--batch-size",
+        "64",
+        "--lr",
+        "3e-3",
+        "--eval-every",
+        "50",
+        "--eval-examples",
+        "200",
+    ]
     result = CliRunner().invoke(cli, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out

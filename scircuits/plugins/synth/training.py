@@ -46,7 +46,7 @@ class TrainSettings(BaseModel):
     seed: int = 0
     steps: int = Field(default=3000, ge=0)
     batch_size: int = Field(default=128, ge=1)
-    lr: float = Field(default=3e-3, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
     warmup: int = Field(default=100, ge=0)
     eval_every: int = Field(default=250, ge=1)
