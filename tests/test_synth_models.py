@@ -171,3 +171,17 @@ def test_null_edit_through_the_model_reports_no_effect_and_a_real_edit_does(tiny
     assert np.abs(edited - clean).max() > 1e-3  # removing the positive part of the residual matters
     scores = attribution(model, tok, examples[:16], 0, sae)
     assert scores.shape == (loaded.d_model,) and np.isfinite(scores).all()
+
+
+def test_collect_traces_a_trained_synth_model_end_to_end(tiny_logic, tmp_path):
+    from scircuits.store import ActivationStore
+
+    out = tmp_path / "acts.zarr"
+    args = ["collect", "--model", f"hf:{tiny_logic}", "--benchmark", "synth-logic", "--option", "size=3"]
+    result = CliRunner().invoke(
+        cli, [*args, "--layer", "0", "--limit", "20", "--out", str(out), "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    example = next(iter(get_plugins().benchmarks.get("synth-logic").examples(limit=1, options={"size": 3})))
+    store = ActivationStore(out)
+    assert store.shape == (20 * len(example.meta["tokens"]), 32)
