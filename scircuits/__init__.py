@@ -12,7 +12,7 @@ from scircuits.errors import ConfigError, DataFormatError, ScircuitsError
 from scircuits.platform.causal.context import StudyContext
 from scircuits.platform.causal.results import StudyResults
 from scircuits.platform.causal.statistics import Interval, spearman
-from scircuits.platform.common.provenance import base_provenance, file_sha256
+from scircuits.platform.common.provenance import base_provenance, cache_root, file_sha256, now_iso
 from scircuits.platform.contract.ablations import Ablation, FeatureStats
 from scircuits.platform.contract.analyses import Analysis, AnalysisResult
 from scircuits.platform.contract.benchmarks import Benchmark, Example
@@ -41,6 +41,10 @@ def __getattr__(name: str) -> Any:
         from scircuits.platform.contract import sae_module
 
         return getattr(sae_module, name)
+    if name == "load_sae":  # (SAE module, info) from a checkpoint folder; imports torch
+        from scircuits.platform.train.checkpoint import load_sae
+
+        return load_sae
     raise AttributeError(f"module 'scircuits' has no attribute {name!r}")
 
 
@@ -63,18 +67,21 @@ __all__ = [
     "ScircuitsError",
     "Site",
     "SparseAutoencoder",
+    "StudyContext",
+    "StudyResults",
     "TrainOutput",
     "UnknownNameError",
     "WeightsSource",
     "WeightsUnavailableError",
-    "StudyContext",
-    "StudyResults",
     "__version__",
     "base_provenance",
+    "cache_root",
     "encoder_product",
     "file_sha256",
     "fired_counts",
     "hookimpl",
+    "load_sae",
     "mse_per_element",
+    "now_iso",
     "spearman",
 ]

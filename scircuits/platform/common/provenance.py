@@ -25,3 +25,12 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
 
 def base_provenance() -> dict[str, Any]:
     return {"scircuits_version": __version__, "created": now_iso(), "host_pid": os.getpid()}
+
+
+CACHE_ENV = "SCIRCUITS_CACHE"
+
+
+def cache_root() -> Path:
+    """Where scircuits caches converted weights and trained helper models: ``$SCIRCUITS_CACHE`` or
+    ``~/.cache/scircuits``."""
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/scircuits").expanduser()

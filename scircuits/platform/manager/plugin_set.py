@@ -37,6 +37,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "scircuits.plugins.saes",
     "scircuits.plugins.ablations",
     "scircuits.plugins.analyses",
+    "scircuits.plugins.synth",
 )
 
 

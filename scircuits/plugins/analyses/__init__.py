@@ -3,6 +3,7 @@ reconstruction, ranking, sweeps with controls, exact per-feature ablation, faith
 effects and feature contexts (in that order)."""
 
 from scircuits import hookimpl
+
 from .baseline import Baseline
 from .exact import ExactAblation
 from .faithfulness import Faithfulness

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from scircuits import Benchmark, ConfigError, DataFormatError, Example
+from scircuits import Benchmark, DataFormatError, Example
 
 from .datafiles import read_jsonl, require_text, resolve_data_file, take
 from .hub import HubDataset, hub_rows

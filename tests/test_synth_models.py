@@ -1,0 +1,187 @@
+"""Training the tiny config, determinism, the saved folder, loading by path and by name, the benchmarks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from scircuits.cli import cli
+from scircuits.platform.plugins import get_plugins
+from scircuits.plugins.synth.models import default_folder
+from scircuits.plugins.synth.training import TrainSettings, train_model
+
+TINY = {"size": 3, "layers": 1, "d_model": 32, "batch_size": 64, "eval_examples": 200}
+
+
+@pytest.fixture(scope="module")
+def tiny_logic(tmp_path_factory):
+    """A tiny logic model trained through the CLI (seconds)."""
+    out = tmp_path_factory.mktemp("synth") / "logic-tiny"
+    args = ["synth", "train", "--task", "logic", "--size", "3", "--layers", "1", "--d-model", "32"]
+    args += [
+        "--steps",
+        "150",
+        "--batch-size",
+        "64",
+        "--lr",
+        "3e-3",
+        "--eval-every",
+        "50",
+        "--eval-examples",
+        "200",
+    ]
+    result = CliRunner().invoke(cli, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_tiny_training_writes_the_folder_and_accuracy_rises(tiny_logic):
+    names = {p.name for p in tiny_logic.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "training.jsonl", "synth.json"} <= names
+    curve = [json.loads(line) for line in (tiny_logic / "training.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in curve] == [0, 50, 100, 150]
+    assert curve[-1]["heldout_accuracy"] > curve[0]["heldout_accuracy"] + 0.2
+    assert curve[-1]["loss"] < curve[1]["loss"]
+    info = json.loads((tiny_logic / "synth.json").read_text())
+    assert info["task"] == "logic" and info["seed"] == 0 and info["size"] == 3
+    assert info["heldout_accuracy"] == pytest.approx(curve[-1]["heldout_accuracy"])
+    assert {"torch", "transformers", "scircuits"} <= set(info["versions"])
+    assert info["settings"]["layers"] == 1 and info["train_cpu_s"] > 0
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_training_is_deterministic_given_the_seed(tmp_path):
+    settings = TrainSettings(task="addition", steps=15, eval_every=15, **{**TINY, "eval_examples": 20})
+    first = train_model(settings, tmp_path / "a")
+    second = train_model(settings, tmp_path / "b")
+    other = train_model(settings.model_copy(update={"seed": 1}), tmp_path / "c")
+    a, b, c = _weights(tmp_path / "a"), _weights(tmp_path / "b"), _weights(tmp_path / "c")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert first["heldout_accuracy"] == second["heldout_accuracy"]
+    assert other["seed"] == 1
+
+
+def test_an_existing_folder_is_not_overwritten(tiny_logic):
+    before = (tiny_logic / "synth.json").read_text()
+    result = CliRunner().invoke(
+        cli, ["synth", "train", "--task", "logic", "--steps", "1", "--out", str(tiny_logic)]
+    )
+    assert result.exit_code != 0 and "--overwrite" in str(result.exception or result.output)
+    assert (tiny_logic / "synth.json").read_text() == before
+
+
+def test_bad_settings_are_one_line_errors():
+    from scircuits.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", "train", "--task", "logic", "--size", "40", "--out", "/nonexistent/x"])
+    assert exit_info.value.code == 2
+
+
+def test_the_folder_loads_through_the_generic_adapter_and_matches_the_benchmark(tiny_logic):
+    plugins = get_plugins()
+    loaded = plugins.models.get(f"hf:{tiny_logic}").load()
+    assert loaded.adapter.blocks_path == "model.layers" and loaded.n_layers == 1
+    bench = plugins.benchmarks.get("synth-logic")
+    example = next(iter(bench.examples(limit=1, options={"size": 3})))
+    tok = loaded.tokenizer
+    ids = tok(example.prompt)["input_ids"] + tok(example.target, add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids) == example.meta["tokens"]
+    with torch.no_grad():
+        logits = loaded.model(input_ids=torch.tensor([ids])).logits
+    assert logits.shape == (1, len(ids), len(tok))
+
+
+def test_the_named_model_loads_from_the_cache_or_says_how_to_train_it(tmp_path, monkeypatch, tiny_logic):
+    monkeypatch.setenv("SCIRCUITS_CACHE", str(tmp_path))
+    adapter = get_plugins().models.get("synth-logic")
+    with pytest.raises(Exception, match="scircuits synth train --task logic"):
+        adapter.load()
+    target = default_folder("logic")
+    target.parent.mkdir(parents=True)
+    target.symlink_to(tiny_logic, target_is_directory=True)
+    loaded = adapter.load()
+    assert loaded.n_layers == 1 and loaded.adapter.name == "synth-logic"
+    assert loaded.site_path(0, "resid") == "model.layers.0"
+
+
+def test_benchmark_examples_carry_ground_truth_and_counterfactual_pairs():
+    bench = get_plugins().benchmarks.get("synth-addition")
+    examples = list(bench.examples(limit=5, options={"size": 3}))
+    assert examples == list(bench.examples(limit=5, options={"size": 3}))
+    for example in examples:
+        meta = example.meta
+        assert len(meta["variables"]) == len(meta["tokens"])
+        assert " ".join(meta["tokens"][1:]) == f"{example.prompt}{example.target}"
+        flipped = [c["variable"] for c in meta["counterfactuals"]]
+        assert flipped and set(flipped) <= {"carry_in@1", "carry_in@2", "carry_in@3"}  # some cannot flip
+        for record in meta["counterfactuals"]:
+            assert record["depends"] == bool(meta["facts"]["carries"][int(record["variable"][-1])])
+    pairs = list(bench.counterfactual_pairs(limit=2, options={"size": 3}))
+    assert len(pairs) >= 2 and all(cf.prompt != original.prompt for original, cf, _ in pairs)
+    train_keys = {e.meta["key"] for e in bench.examples(split="train", limit=50)}
+    assert not train_keys & {e.meta["key"] for e in bench.examples(limit=50)}
+
+
+class _IdentitySAE(torch.nn.Module):
+    """encode = relu(x), W_dec = I: zero-ablating feature f removes the positive part of dimension f."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.W_dec = torch.nn.Parameter(torch.eye(d), requires_grad=False)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x.relu()
+
+
+class _SilentSAE(_IdentitySAE):
+    """No feature ever fires: ablating any of them is a null edit (it still runs through the hook)."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def test_null_edit_through_the_model_reports_no_effect_and_a_real_edit_does(tiny_logic):
+    import numpy as np
+
+    from scircuits.plugins.synth.evaluation import answer_scores, attribution
+    from scircuits.plugins.synth.scoring import specificity
+
+    loaded = get_plugins().models.get(f"hf:{tiny_logic}").load()
+    model, tok = loaded.model, loaded.tokenizer
+    examples = list(get_plugins().benchmarks.get("synth-logic").examples(limit=120, options={"size": 3}))
+    depends = np.array([e.meta["facts"]["query"] >= 1 for e in examples])
+    sae = _IdentitySAE(loaded.d_model)
+    clean, _ = answer_scores(model, tok, examples)
+    silent = _SilentSAE(loaded.d_model)
+    null, _ = answer_scores(model, tok, examples, layer=0, sae=silent, features=list(range(loaded.d_model)))
+    result = specificity(clean, null, depends)
+    assert not result.independent.excludes_zero and not result.dependent.excludes_zero
+    every = list(range(loaded.d_model))
+    edited, _ = answer_scores(model, tok, examples, layer=0, sae=sae, features=every)
+    assert np.abs(edited - clean).max() > 1e-3  # removing the positive part of the residual matters
+    scores = attribution(model, tok, examples[:16], 0, sae)
+    assert scores.shape == (loaded.d_model,) and np.isfinite(scores).all()
+
+
+def test_collect_traces_a_trained_synth_model_end_to_end(tiny_logic, tmp_path):
+    from scircuits.store import ActivationStore
+
+    out = tmp_path / "acts.zarr"
+    args = ["collect", "--model", f"hf:{tiny_logic}", "--benchmark", "synth-logic", "--option", "size=3"]
+    result = CliRunner().invoke(
+        cli, [*args, "--layer", "0", "--limit", "20", "--out", str(out), "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    example = next(iter(get_plugins().benchmarks.get("synth-logic").examples(limit=1, options={"size": 3})))
+    store = ActivationStore(out)
+    assert store.shape == (20 * len(example.meta["tokens"]), 32)
