@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "ablate": "scircuits.cli.causal:ablate",
     "run": "scircuits.cli.causal:run",
     "report": "scircuits.cli.causal:report",
+    "dashboard": "scircuits.cli.dashboard:dashboard",
 }
 
 

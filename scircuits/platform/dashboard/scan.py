@@ -1,0 +1,241 @@
+"""One streaming pass over the activation store through the SAE, and a second one for context windows.
+
+Pass 1 encodes the store in blocks of rows and keeps, per latent: how often it fires, the sum and
+maximum of its activations, a histogram of its nonzero activations on fixed log-spaced bins, its
+``n_top`` largest activations (row and value), and a uniform sample of ``reservoir`` of its nonzero
+activations (the rows with the smallest random keys). Memory is O(d_sae x (bins + n_top +
+reservoir)) plus one block; a tokens x latents matrix is never held.
+
+Pass 2 encodes only the rows inside the chosen contexts' windows and gathers each context's latent
+activation over its window. Positions before ``first_position`` (the run's edited positions start
+there; the first token's activations dwarf the rest) are left out of everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+# Histogram bins: 10 per decade over [1e-4, 1e4), plus one bin below and one above.
+HIST_LOG10_MIN = -4.0
+HIST_BINS_PER_DECADE = 10
+HIST_DECADES = 8
+N_HIST = HIST_DECADES * HIST_BINS_PER_DECADE + 2
+
+
+def hist_bin_edges() -> np.ndarray:
+    """Edges of the inner bins (log-spaced); bin 0 holds (0, 1e-4), the last bin [1e4, inf)."""
+    return 10.0 ** (
+        HIST_LOG10_MIN + np.arange(HIST_DECADES * HIST_BINS_PER_DECADE + 1) / HIST_BINS_PER_DECADE
+    )
+
+
+@dataclass
+class ScanSettings:
+    n_top: int = 8
+    n_quantiles: int = 4
+    per_quantile: int = 2
+    reservoir: int = 64
+    before: int = 20
+    after: int = 6
+    block_rows: int = 4096
+    seed: int = 0
+
+
+@dataclass
+class Scan:
+    """Pass-1 totals per latent."""
+
+    d_sae: int
+    n_top: int
+    reservoir: int
+    n_tokens: int = 0  # tokens counted (positions >= first_position)
+    counts: np.ndarray = field(init=False)
+    sums: np.ndarray = field(init=False)
+    maxes: np.ndarray = field(init=False)
+    hist: np.ndarray = field(init=False)
+    top_values: np.ndarray = field(init=False)  # (n_top, d_sae), -inf where empty
+    top_rows: np.ndarray = field(init=False)
+    sample_keys: np.ndarray = field(init=False)  # (d_sae, reservoir), inf where empty
+    sample_rows: np.ndarray = field(init=False)
+    sample_values: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.counts = np.zeros(self.d_sae, dtype=np.int64)
+        self.sums = np.zeros(self.d_sae, dtype=np.float64)
+        self.maxes = np.zeros(self.d_sae, dtype=np.float32)
+        self.hist = np.zeros((self.d_sae, N_HIST), dtype=np.int64)
+        self.top_values = np.full((self.n_top, self.d_sae), -np.inf, dtype=np.float32)
+        self.top_rows = np.full((self.n_top, self.d_sae), -1, dtype=np.int64)
+        self.sample_keys = np.full((self.d_sae, self.reservoir), np.inf)
+        self.sample_rows = np.full((self.d_sae, self.reservoir), -1, dtype=np.int64)
+        self.sample_values = np.zeros((self.d_sae, self.reservoir), dtype=np.float32)
+
+    # -------------------------------------------------------------- per block
+    def add(self, f: torch.Tensor, first_row: int, rng: np.random.Generator) -> None:
+        """Fold in a block of latent activations ``f`` (rows, d_sae) whose first row is ``first_row``."""
+        import torch
+
+        self.n_tokens += f.shape[0]
+        fired = f > 0
+        self.counts += fired.sum(0).numpy()
+        self.sums += f.double().sum(0).numpy()
+        self.maxes = np.maximum(self.maxes, f.max(0).values.numpy())
+        k = min(self.n_top, f.shape[0])
+        top = torch.topk(f, k, dim=0)
+        values = np.concatenate([self.top_values, top.values.numpy()])
+        rows = np.concatenate([self.top_rows, top.indices.numpy() + first_row])
+        keep = np.argsort(-values, axis=0, kind="stable")[: self.n_top]
+        self.top_values = np.take_along_axis(values, keep, 0)
+        self.top_rows = np.take_along_axis(rows, keep, 0)
+
+        row_idx, latent = (t.numpy() for t in fired.nonzero(as_tuple=True))
+        if row_idx.size == 0:
+            return
+        vals = f[row_idx, latent].numpy()
+        bins = np.clip(
+            np.floor((np.log10(vals) - HIST_LOG10_MIN) * HIST_BINS_PER_DECADE).astype(np.int64) + 1,
+            0,
+            N_HIST - 1,
+        )
+        np.add.at(self.hist, (latent, bins), 1)
+        self._sample(latent, row_idx + first_row, vals, rng.random(row_idx.size))
+
+    def _sample(self, latent: np.ndarray, rows: np.ndarray, vals: np.ndarray, keys: np.ndarray) -> None:
+        """Keep, per latent, the ``reservoir`` entries with the smallest keys (old and new together)."""
+        held = np.isfinite(self.sample_keys)
+        old_latent, old_slot = np.nonzero(held)
+        latent = np.concatenate([old_latent, latent])
+        keys = np.concatenate([self.sample_keys[held], keys])
+        rows = np.concatenate([self.sample_rows[old_latent, old_slot], rows])
+        vals = np.concatenate([self.sample_values[old_latent, old_slot], vals])
+        order = np.lexsort((keys, latent))
+        latent, keys, rows, vals = latent[order], keys[order], rows[order], vals[order]
+        starts = np.flatnonzero(np.r_[True, latent[1:] != latent[:-1]])
+        rank = np.arange(latent.size) - np.repeat(starts, np.diff(np.r_[starts, latent.size]))
+        keep = rank < self.reservoir
+        latent, rank = latent[keep], rank[keep]
+        self.sample_keys[:] = np.inf
+        self.sample_keys[latent, rank] = keys[keep]
+        self.sample_rows[latent, rank] = rows[keep]
+        self.sample_values[latent, rank] = vals[keep]
+
+    # -------------------------------------------------------------- per latent
+    def top(self, latent: int) -> list[tuple[int, float]]:
+        """(row, activation) of the largest activations, largest first; positive ones only."""
+        return [
+            (int(r), float(v))
+            for v, r in zip(self.top_values[:, latent], self.top_rows[:, latent], strict=True)
+            if r >= 0 and v > 0
+        ]
+
+    def sample(self, latent: int) -> list[tuple[int, float]]:
+        """(row, activation) of the uniform sample of nonzero activations, by activation ascending."""
+        held = np.isfinite(self.sample_keys[latent])
+        rows, vals = self.sample_rows[latent, held], self.sample_values[latent, held]
+        order = np.argsort(vals, kind="stable")
+        return [(int(rows[i]), float(vals[i])) for i in order]
+
+
+def encode_block(sae: torch.nn.Module, acts: np.ndarray) -> torch.Tensor:
+    import torch
+
+    with torch.no_grad():
+        return sae.encode(torch.from_numpy(acts).to(sae.W_dec.dtype)).float()
+
+
+def scan_store(
+    sae: torch.nn.Module,
+    read_rows: Callable[[int, int], np.ndarray],
+    positions: np.ndarray,
+    n_tokens: int,
+    first_position: int,
+    settings: ScanSettings,
+    on_block: Callable[[int], None] | None = None,
+) -> Scan:
+    """Pass 1 over rows [0, n_tokens)."""
+    import torch
+
+    scan = Scan(int(sae.W_dec.shape[0]), settings.n_top, settings.reservoir)
+    rng = np.random.default_rng([settings.seed, 14])
+    for start in range(0, n_tokens, settings.block_rows):
+        stop = min(start + settings.block_rows, n_tokens)
+        left_out = torch.from_numpy(positions[start:stop] < first_position)
+        f = encode_block(sae, read_rows(start, stop)).masked_fill(left_out[:, None], 0.0)
+        scan.add(f, start, rng)
+        scan.n_tokens -= int(left_out.sum())
+        if on_block is not None:
+            on_block(stop - start)
+    return scan
+
+
+@dataclass
+class Window:
+    """A context: rows [lo, hi) of one example around ``row``, and the latent's activation on each."""
+
+    latent: int
+    row: int
+    lo: int
+    hi: int
+    values: np.ndarray | None = None
+
+
+@dataclass
+class Runs:
+    """The store's rows grouped into runs of equal example id (one run per traced sequence)."""
+
+    starts: np.ndarray  # first row of each run
+    ends: np.ndarray  # one past its last row
+    of_row: np.ndarray  # run index of each row
+
+    @classmethod
+    def of(cls, example_ids: np.ndarray) -> Runs:
+        n = example_ids.size
+        starts = np.flatnonzero(np.r_[True, example_ids[1:] != example_ids[:-1]]) if n else np.zeros(0, int)
+        return cls(starts, np.r_[starts[1:], n], np.searchsorted(starts, np.arange(n), side="right") - 1)
+
+
+def make_windows(requests: Sequence[tuple[int, int]], runs: Runs, settings: ScanSettings) -> list[Window]:
+    """A window of ``before`` tokens before and ``after`` after each (latent, row), inside its example."""
+    windows = []
+    for latent, row in requests:
+        run = runs.of_row[row]
+        lo = max(int(runs.starts[run]), row - settings.before)
+        windows.append(Window(latent, row, lo, min(int(runs.ends[run]), row + settings.after + 1)))
+    return windows
+
+
+def fill_windows(
+    sae: torch.nn.Module,
+    read_rows: Callable[[int, int], np.ndarray],
+    windows: list[Window],
+    block_rows: int,
+) -> None:
+    """Pass 2: each window's latent activations, encoding only the rows some window covers."""
+    if not windows:
+        return
+    lengths = np.array([w.hi - w.lo for w in windows])
+    rows = np.concatenate([np.arange(w.lo, w.hi) for w in windows])
+    latents = np.repeat(np.array([w.latent for w in windows]), lengths)
+    values = np.zeros(rows.size, dtype=np.float32)
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    cursor = 0
+    while cursor < order.size:
+        start = int(sorted_rows[cursor])
+        stop_at = int(np.searchsorted(sorted_rows, start + block_rows, side="left"))
+        cells = order[cursor:stop_at]
+        block = read_rows(start, int(sorted_rows[stop_at - 1]) + 1)
+        needed, local = np.unique(rows[cells] - start, return_inverse=True)
+        f = encode_block(sae, block[needed])
+        values[cells] = f[local, latents[cells]].numpy()
+        cursor = stop_at
+    offsets = np.r_[0, np.cumsum(lengths)]
+    for i, window in enumerate(windows):
+        window.values = values[offsets[i] : offsets[i + 1]]
