@@ -311,9 +311,11 @@ def run_pipeline(config: RunConfig) -> Path:
         run_ablate(the_plan.ablate)
 
     def do_report(resume: bool) -> None:
+        from scircuits.platform.dashboard import build_dashboard
         from scircuits.platform.report import write_report
 
         write_report([run_dir], out=run_dir)
+        build_dashboard(run_dir, say=say)  # run_dir/dashboard/, linked from the report
 
     stage(
         "collect",

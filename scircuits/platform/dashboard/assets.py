@@ -1,3 +1,4 @@
+# ruff: noqa: E501
 """The site's stylesheet and scripts (plain CSS and JavaScript, no library, nothing fetched)."""
 
 CSS = r"""
@@ -185,8 +186,17 @@ FEATURE_JS = r"""
       svg.append(bar);
     });
     svg.append(mk("line", {x1: L, x2: W - R, y1: H - B, y2: H - B}), mk("line", {x1: L, x2: L, y1: T, y2: H - B}));
-    for (let d = Math.ceil(x0); d <= Math.floor(x1); d++) {
-      svg.append(mk("line", {x1: X(d), x2: X(d), y1: H - B, y2: H - B + 4}), mk("text", {x: X(d), y: H - B + 16, "text-anchor": "middle"}, SC.fmt(10 ** d)));
+    let ticks = [];
+    for (const steps of [[1], [1, 2, 5], [1, 1.5, 2, 3, 5, 7]]) {
+      ticks = [];
+      for (let d = Math.floor(x0); d <= Math.ceil(x1); d++) {
+        for (const m of steps) { const t = Math.log10(m) + d; if (t >= x0 && t <= x1) ticks.push(t); }
+      }
+      if (ticks.length >= 3) break;
+    }
+    for (const t of ticks) {
+      svg.append(mk("line", {x1: X(t), x2: X(t), y1: H - B, y2: H - B + 4}),
+                 mk("text", {x: X(t), y: H - B + 16, "text-anchor": "middle"}, SC.fmt(10 ** t, 2)));
     }
     svg.append(mk("text", {x: (L + W) / 2, y: H - 6, "text-anchor": "middle"}, "activation (log scale)"));
     svg.append(mk("text", {x: L - 6, y: T + 8, "text-anchor": "end"}, String(peak)), mk("text", {x: L - 6, y: H - B, "text-anchor": "end"}, "0"));

@@ -53,7 +53,8 @@ def page(title: str, body: str, *, depth: int, scripts: list[str]) -> str:
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{html.escape(title)}</title>\n"
-        f'<link rel="stylesheet" href="{up}assets/dashboard.css">\n</head>\n<body>\n{body}\n{tags}\n</body>\n</html>\n'
+        f'<link rel="stylesheet" href="{up}assets/dashboard.css">\n</head>\n'
+        f"<body>\n{body}\n{tags}\n</body>\n</html>\n"
     )
 
 
@@ -103,13 +104,14 @@ def index_body(extracted: Extracted, report_href: str | None) -> str:
     return f"""<header>
 {report}
 <h1>Feature dashboard</h1>
-<p>{html.escape(run_label(extracted))}. {shown} feature pages; {extracted.n_active} of {extracted.d_sae} latents
-fire on the {extracted.n_tokens} scanned store tokens.</p>
+<p>{html.escape(run_label(extracted))}. {shown} feature pages; {extracted.n_active} of
+{extracted.d_sae} latents fire on the {extracted.n_tokens} scanned store tokens.</p>
 </header>
 <main>
-<p class="muted">Rank, attribution and exact ablation come from <code>causal/results.json</code>, which records them for its
-{len(extracted.inputs.results.get("features", []))} top-ranked features; the other columns come from a scan of the activation
-store through the SAE. Click a column header to sort; click again to reverse.</p>
+<p class="muted">Rank, attribution and exact ablation come from <code>causal/results.json</code>, which
+records them for its {len(extracted.inputs.results.get("features", []))} top-ranked features; the other
+columns come from a scan of the activation store through the SAE. Click a column header to sort; click
+again to reverse.</p>
 <div class="controls" role="search">
 <label for="search">Search</label>
 <input id="search" type="search" placeholder="feature id or token" aria-describedby="count">
@@ -123,7 +125,8 @@ store through the SAE. Click a column header to sort; click again to reverse.</p
 </table>
 <div class="pager"><button type="button" id="prev">Previous</button><span id="page"></span>
 <button type="button" id="next">Next</button></div>
-<noscript><p class="error">The table is drawn by JavaScript; the feature pages are in the features/ folder.</p></noscript>
+<noscript><p class="error">The table is drawn by JavaScript; the feature pages are in the features/
+folder.</p></noscript>
 </main>"""
 
 
