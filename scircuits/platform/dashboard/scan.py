@@ -216,8 +216,12 @@ def fill_windows(
     read_rows: Callable[[int, int], np.ndarray],
     windows: list[Window],
     block_rows: int,
+    left_out: np.ndarray | None = None,
 ) -> None:
-    """Pass 2: each window's latent activations, encoding only the rows some window covers."""
+    """Pass 2: each window's latent activations, encoding only the rows some window covers.
+
+    Rows where ``left_out`` (a per-row mask) is true get 0, as in pass 1.
+    """
     if not windows:
         return
     lengths = np.array([w.hi - w.lo for w in windows])
@@ -235,6 +239,8 @@ def fill_windows(
         needed, local = np.unique(rows[cells] - start, return_inverse=True)
         f = encode_block(sae, block[needed])
         values[cells] = f[local, latents[cells]].numpy()
+        if left_out is not None:
+            values[cells[left_out[rows[cells]]]] = 0.0
         cursor = stop_at
     offsets = np.r_[0, np.cumsum(lengths)]
     for i, window in enumerate(windows):
