@@ -86,9 +86,9 @@ class Scan:
         fired = f > 0
         self.counts += fired.sum(0).numpy()
         self.sums += f.double().sum(0).numpy()
-        self.maxes = np.maximum(self.maxes, f.max(0).values.numpy())
         k = min(self.n_top, f.shape[0])
         top = torch.topk(f, k, dim=0)
+        self.maxes = np.maximum(self.maxes, top.values[0].numpy())
         values = np.concatenate([self.top_values, top.values.numpy()])
         rows = np.concatenate([self.top_rows, top.indices.numpy() + first_row])
         keep = np.argsort(-values, axis=0, kind="stable")[: self.n_top]
