@@ -124,11 +124,13 @@ def test_context_windows_hold_the_dense_activations_within_their_example(dense):
     for window in windows:
         assert len(set(store.example_ids[window.lo : window.hi])) == 1
         assert window.lo <= window.row < window.hi <= window.row + 4
-        np.testing.assert_allclose(window.values, f[window.lo : window.hi, window.latent], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            window.values, f[window.lo : window.hi, window.latent], rtol=1e-5, atol=1e-6
+        )
 
 
 def test_the_dashboard_has_one_page_per_active_feature_and_consistent_data(run, dense):
-    store, sae, f = dense
+    store, _, f = dense
     site = run / "dashboard"  # written by `scircuits run`'s report stage
     active = np.flatnonzero((f > 0).any(0))
     pages = sorted(int(p.stem) for p in (site / "features").glob("*.html"))
@@ -240,4 +242,3 @@ def test_features_must_be_positive(run, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["dashboard", str(run), "--features", "0"])
     assert exit_info.value.code == 2
-

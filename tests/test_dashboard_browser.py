@@ -66,7 +66,9 @@ class Watched:
         self.page.on("pageerror", lambda e: self.problems.append(f"uncaught: {e}"))
         self.page.on(
             "request",
-            lambda r: None if r.url.startswith(("file:", "data:")) else self.problems.append(f"network: {r.url}"),
+            lambda r: (
+                None if r.url.startswith(("file:", "data:")) else self.problems.append(f"network: {r.url}")
+            ),
         )
 
     def open(self, path: Path) -> None:
@@ -88,7 +90,9 @@ def column(page, index: int) -> list[str]:
 
 
 def row_ids(page) -> list[int]:
-    return [int(x) for x in page.locator("#features tbody tr").evaluate_all("rs => rs.map(r => r.dataset.id)")]
+    return [
+        int(x) for x in page.locator("#features tbody tr").evaluate_all("rs => rs.map(r => r.dataset.id)")
+    ]
 
 
 def test_index_sorts_and_filters(watched, site):
@@ -146,7 +150,9 @@ def test_feature_page_shows_histogram_contexts_and_effects(watched, site):
     assert page.locator("section[aria-labelledby=quantiles] ol.contexts > li").count() > 0
     assert "direct path" in page.locator("#logits").text_content()
     assert page.locator("section[aria-labelledby=effects] table caption").count() == 1
-    assert "No compared runs for this run yet" in page.locator("section[aria-labelledby=matches]").text_content()
+    assert (
+        "No compared runs for this run yet" in page.locator("section[aria-labelledby=matches]").text_content()
+    )
 
     shaded = page.locator(".tok.on")
     assert shaded.count() > 0
@@ -179,7 +185,7 @@ def test_every_link_resolves_and_pages_load_cleanly(watched, site):
             target = Path(unquote(url.path))
             assert target.is_file(), f"{path}: link {href} does not resolve"
             checked += 1
-            inside = target.suffix == ".html" and site in target.parents or target == start
+            inside = target.suffix == ".html" and site.resolve() in target.parents
             if inside and target not in seen:
                 seen.add(target)
                 queue.append(target)
@@ -189,4 +195,7 @@ def test_every_link_resolves_and_pages_load_cleanly(watched, site):
     report = (run_dir / "report.html").resolve()
     watched.open(report)
     link = watched.page.get_by_role("link", name="Open the feature dashboard")
-    assert Path(unquote(urlparse(link.get_attribute("href") and link.evaluate("a => a.href")).path)) == start
+    assert Path(unquote(urlparse(link.evaluate("a => a.href")).path)) == start
+    link.click()
+    watched.page.wait_for_selector("#features tbody tr")
+    assert watched.problems == []
