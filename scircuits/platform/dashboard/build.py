@@ -183,7 +183,9 @@ def extract(
     requests = [(f, r) for f in chosen for r, _ in top[f]]
     requests += [(f, r) for f in chosen for band in bands[f] for r, _ in band[5]]
     windows = make_windows(requests, runs, settings)
-    fill_windows(sae, store.read_rows, windows, settings.block_rows, positions < inputs.first_position)
+    fill_windows(
+        sae, store.read_rows, windows, settings.rows_per_block(d_sae), positions < inputs.first_position
+    )
     by_request = {(w.latent, w.row): w for w in windows}
     timings["contexts"] = round(time.monotonic() - t0, 2)
 

@@ -44,8 +44,11 @@ class ScanSettings:
     reservoir: int = 64
     before: int = 20
     after: int = 6
-    block_rows: int = 4096
+    block_rows: int | None = None  # default: about 16M latent activations per block
     seed: int = 0
+
+    def rows_per_block(self, d_sae: int) -> int:
+        return self.block_rows or max(256, min(8192, (1 << 24) // max(d_sae, 1)))
 
 
 @dataclass
@@ -85,7 +88,7 @@ class Scan:
         self.n_tokens += f.shape[0]
         fired = f > 0
         self.counts += fired.sum(0).numpy()
-        self.sums += f.double().sum(0).numpy()
+        self.sums += f.sum(0, dtype=torch.float64).numpy()
         k = min(self.n_top, f.shape[0])
         top = torch.topk(f, k, dim=0)
         self.maxes = np.maximum(self.maxes, top.values[0].numpy())
@@ -109,10 +112,17 @@ class Scan:
 
     def _sample(self, latent: np.ndarray, rows: np.ndarray, vals: np.ndarray, keys: np.ndarray) -> None:
         """Keep, per latent, the ``reservoir`` entries with the smallest keys (old and new together)."""
-        held = np.isfinite(self.sample_keys)
-        old_latent, old_slot = np.nonzero(held)
+        # A new entry can only enter a full reservoir with a key below its largest key.
+        fits = keys < self.sample_keys.max(axis=1)[latent]
+        if not fits.any():
+            return
+        latent, rows, vals, keys = latent[fits], rows[fits], vals[fits], keys[fits]
+        touched = np.unique(latent)
+        held = np.isfinite(self.sample_keys[touched])
+        old_index, old_slot = np.nonzero(held)
+        old_latent = touched[old_index]
         latent = np.concatenate([old_latent, latent])
-        keys = np.concatenate([self.sample_keys[held], keys])
+        keys = np.concatenate([self.sample_keys[old_latent, old_slot], keys])
         rows = np.concatenate([self.sample_rows[old_latent, old_slot], rows])
         vals = np.concatenate([self.sample_values[old_latent, old_slot], vals])
         order = np.lexsort((keys, latent))
@@ -121,7 +131,7 @@ class Scan:
         rank = np.arange(latent.size) - np.repeat(starts, np.diff(np.r_[starts, latent.size]))
         keep = rank < self.reservoir
         latent, rank = latent[keep], rank[keep]
-        self.sample_keys[:] = np.inf
+        self.sample_keys[touched] = np.inf
         self.sample_keys[latent, rank] = keys[keep]
         self.sample_rows[latent, rank] = rows[keep]
         self.sample_values[latent, rank] = vals[keep]
@@ -164,8 +174,9 @@ def scan_store(
 
     scan = Scan(int(sae.W_dec.shape[0]), settings.n_top, settings.reservoir)
     rng = np.random.default_rng([settings.seed, 14])
-    for start in range(0, n_tokens, settings.block_rows):
-        stop = min(start + settings.block_rows, n_tokens)
+    step = settings.rows_per_block(scan.d_sae)
+    for start in range(0, n_tokens, step):
+        stop = min(start + step, n_tokens)
         left_out = torch.from_numpy(positions[start:stop] < first_position)
         f = encode_block(sae, read_rows(start, stop)).masked_fill(left_out[:, None], 0.0)
         scan.add(f, start, rng)
