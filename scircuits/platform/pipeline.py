@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from scircuits.platform.config import AblateConfig, CollectConfig, RunConfig, TrainConfig
-from scircuits.platform.errors import ConfigError
+from scircuits.platform.errors import ConfigError, ScircuitsError
 from scircuits.platform.provenance import now_iso
 
 STATE_FILE = "pipeline.json"
@@ -315,7 +315,10 @@ def run_pipeline(config: RunConfig) -> Path:
         from scircuits.platform.report import write_report
 
         write_report([run_dir], out=run_dir)
-        build_dashboard(run_dir, say=say)  # run_dir/dashboard/, linked from the report
+        try:  # run_dir/dashboard/, linked from the report; its failure leaves the report in place
+            build_dashboard(run_dir, say=say)
+        except ScircuitsError as exc:
+            say(f"dashboard: not written ({exc}); retry with `scircuits dashboard {run_dir}`")
 
     stage(
         "collect",

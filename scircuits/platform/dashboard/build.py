@@ -192,19 +192,16 @@ def extract(
     t0 = time.monotonic()
     say("loading the model for its tokenizer and unembedding")
     loaded = sources.load_model(inputs)
+    decoder = sources.CachedDecoder(loaded.tokenizer)
     lens: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for i in range(0, len(chosen), LOGIT_CHUNK):
-        lens.update(sources.direct_path_effects(loaded, sae, inputs, chosen[i : i + LOGIT_CHUNK]))
+        lens.update(sources.direct_path_effects(loaded, sae, inputs, chosen[i : i + LOGIT_CHUNK], decoder))
     timings["logits"] = round(time.monotonic() - t0, 2)
 
-    tokenizer = loaded.tokenizer
     token_ids = store.token_ids
-    decoded: dict[int, str] = {}
 
     def decode(token: int) -> str:
-        if token not in decoded:
-            decoded[token] = tokenizer.decode([token])
-        return decoded[token]
+        return decoder.decode([token])
 
     def context(window: Window, value: float) -> Context:
         run = int(runs.of_row[window.row])

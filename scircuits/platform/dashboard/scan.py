@@ -51,9 +51,51 @@ class ScanSettings:
         return self.block_rows or max(256, min(8192, (1 << 24) // max(d_sae, 1)))
 
 
+class SmallestKeys:
+    """Per latent, the ``k`` entries (row, value) offered so far with the smallest keys."""
+
+    def __init__(self, d_sae: int, k: int) -> None:
+        self.k = k
+        self.keys = np.full((d_sae, k), np.inf)
+        self.rows = np.full((d_sae, k), -1, dtype=np.int64)
+        self.values = np.zeros((d_sae, k), dtype=np.float32)
+
+    def offer(self, latent: np.ndarray, rows: np.ndarray, values: np.ndarray, keys: np.ndarray) -> None:
+        # A new entry can only enter a full set with a key below its largest key.
+        fits = keys < self.keys.max(axis=1)[latent]
+        if not fits.any():
+            return
+        latent, rows, values, keys = latent[fits], rows[fits], values[fits], keys[fits]
+        touched = np.unique(latent)
+        held_index, held_slot = np.nonzero(np.isfinite(self.keys[touched]))
+        held_latent = touched[held_index]
+        latent = np.concatenate([held_latent, latent])
+        keys = np.concatenate([self.keys[held_latent, held_slot], keys])
+        rows = np.concatenate([self.rows[held_latent, held_slot], rows])
+        values = np.concatenate([self.values[held_latent, held_slot], values])
+        order = np.lexsort((keys, latent))
+        latent, keys, rows, values = latent[order], keys[order], rows[order], values[order]
+        starts = np.flatnonzero(np.r_[True, latent[1:] != latent[:-1]])
+        rank = np.arange(latent.size) - np.repeat(starts, np.diff(np.r_[starts, latent.size]))
+        keep = rank < self.k
+        latent, rank = latent[keep], rank[keep]
+        self.keys[touched] = np.inf
+        self.rows[touched] = -1
+        self.keys[latent, rank] = keys[keep]
+        self.rows[latent, rank] = rows[keep]
+        self.values[latent, rank] = values[keep]
+
+    def entries(self, latent: int) -> list[tuple[int, float]]:
+        """(row, value) in key order."""
+        held = np.isfinite(self.keys[latent])
+        order = np.argsort(self.keys[latent, held], kind="stable")
+        rows, values = self.rows[latent, held][order], self.values[latent, held][order]
+        return [(int(r), float(v)) for r, v in zip(rows, values, strict=True)]
+
+
 @dataclass
 class Scan:
-    """Pass-1 totals per latent."""
+    """Pass-1 totals per latent (numpy throughout: torch's column reductions are far slower here)."""
 
     d_sae: int
     n_top: int
@@ -63,94 +105,46 @@ class Scan:
     sums: np.ndarray = field(init=False)
     maxes: np.ndarray = field(init=False)
     hist: np.ndarray = field(init=False)
-    top_values: np.ndarray = field(init=False)  # (n_top, d_sae), -inf where empty
-    top_rows: np.ndarray = field(init=False)
-    sample_keys: np.ndarray = field(init=False)  # (d_sae, reservoir), inf where empty
-    sample_rows: np.ndarray = field(init=False)
-    sample_values: np.ndarray = field(init=False)
+    largest: SmallestKeys = field(init=False)  # keyed by -activation
+    sampled: SmallestKeys = field(init=False)  # keyed by a uniform random number: a uniform sample
 
     def __post_init__(self) -> None:
         self.counts = np.zeros(self.d_sae, dtype=np.int64)
         self.sums = np.zeros(self.d_sae, dtype=np.float64)
         self.maxes = np.zeros(self.d_sae, dtype=np.float32)
         self.hist = np.zeros((self.d_sae, N_HIST), dtype=np.int64)
-        self.top_values = np.full((self.n_top, self.d_sae), -np.inf, dtype=np.float32)
-        self.top_rows = np.full((self.n_top, self.d_sae), -1, dtype=np.int64)
-        self.sample_keys = np.full((self.d_sae, self.reservoir), np.inf)
-        self.sample_rows = np.full((self.d_sae, self.reservoir), -1, dtype=np.int64)
-        self.sample_values = np.zeros((self.d_sae, self.reservoir), dtype=np.float32)
+        self.largest = SmallestKeys(self.d_sae, self.n_top)
+        self.sampled = SmallestKeys(self.d_sae, self.reservoir)
 
-    # -------------------------------------------------------------- per block
-    def add(self, f: torch.Tensor, first_row: int, rng: np.random.Generator) -> None:
+    def add(self, f: np.ndarray, first_row: int, rng: np.random.Generator) -> None:
         """Fold in a block of latent activations ``f`` (rows, d_sae) whose first row is ``first_row``."""
-        import torch
-
+        f = np.asarray(f, dtype=np.float32)
         self.n_tokens += f.shape[0]
         fired = f > 0
-        self.counts += fired.sum(0).numpy()
-        self.sums += f.sum(0, dtype=torch.float64).numpy()
-        k = min(self.n_top, f.shape[0])
-        top = torch.topk(f, k, dim=0)
-        self.maxes = np.maximum(self.maxes, top.values[0].numpy())
-        values = np.concatenate([self.top_values, top.values.numpy()])
-        rows = np.concatenate([self.top_rows, top.indices.numpy() + first_row])
-        keep = np.argsort(-values, axis=0, kind="stable")[: self.n_top]
-        self.top_values = np.take_along_axis(values, keep, 0)
-        self.top_rows = np.take_along_axis(rows, keep, 0)
-
-        row_idx, latent = (t.numpy() for t in fired.nonzero(as_tuple=True))
+        self.counts += np.count_nonzero(fired, axis=0)
+        self.sums += f.sum(0, dtype=np.float64)
+        self.maxes = np.maximum(self.maxes, f.max(0, initial=0.0))
+        row_idx, latent = np.nonzero(fired)
         if row_idx.size == 0:
             return
-        vals = f[row_idx, latent].numpy()
+        vals = f[row_idx, latent]
         bins = np.clip(
             np.floor((np.log10(vals) - HIST_LOG10_MIN) * HIST_BINS_PER_DECADE).astype(np.int64) + 1,
             0,
             N_HIST - 1,
         )
         np.add.at(self.hist, (latent, bins), 1)
-        self._sample(latent, row_idx + first_row, vals, rng.random(row_idx.size))
+        rows = row_idx + first_row
+        self.largest.offer(latent, rows, vals, -vals.astype(np.float64))
+        self.sampled.offer(latent, rows, vals, rng.random(row_idx.size))
 
-    def _sample(self, latent: np.ndarray, rows: np.ndarray, vals: np.ndarray, keys: np.ndarray) -> None:
-        """Keep, per latent, the ``reservoir`` entries with the smallest keys (old and new together)."""
-        # A new entry can only enter a full reservoir with a key below its largest key.
-        fits = keys < self.sample_keys.max(axis=1)[latent]
-        if not fits.any():
-            return
-        latent, rows, vals, keys = latent[fits], rows[fits], vals[fits], keys[fits]
-        touched = np.unique(latent)
-        held = np.isfinite(self.sample_keys[touched])
-        old_index, old_slot = np.nonzero(held)
-        old_latent = touched[old_index]
-        latent = np.concatenate([old_latent, latent])
-        keys = np.concatenate([self.sample_keys[old_latent, old_slot], keys])
-        rows = np.concatenate([self.sample_rows[old_latent, old_slot], rows])
-        vals = np.concatenate([self.sample_values[old_latent, old_slot], vals])
-        order = np.lexsort((keys, latent))
-        latent, keys, rows, vals = latent[order], keys[order], rows[order], vals[order]
-        starts = np.flatnonzero(np.r_[True, latent[1:] != latent[:-1]])
-        rank = np.arange(latent.size) - np.repeat(starts, np.diff(np.r_[starts, latent.size]))
-        keep = rank < self.reservoir
-        latent, rank = latent[keep], rank[keep]
-        self.sample_keys[touched] = np.inf
-        self.sample_keys[latent, rank] = keys[keep]
-        self.sample_rows[latent, rank] = rows[keep]
-        self.sample_values[latent, rank] = vals[keep]
-
-    # -------------------------------------------------------------- per latent
     def top(self, latent: int) -> list[tuple[int, float]]:
-        """(row, activation) of the largest activations, largest first; positive ones only."""
-        return [
-            (int(r), float(v))
-            for v, r in zip(self.top_values[:, latent], self.top_rows[:, latent], strict=True)
-            if r >= 0 and v > 0
-        ]
+        """(row, activation) of the largest activations, largest first."""
+        return self.largest.entries(latent)
 
     def sample(self, latent: int) -> list[tuple[int, float]]:
         """(row, activation) of the uniform sample of nonzero activations, by activation ascending."""
-        held = np.isfinite(self.sample_keys[latent])
-        rows, vals = self.sample_rows[latent, held], self.sample_values[latent, held]
-        order = np.argsort(vals, kind="stable")
-        return [(int(rows[i]), float(vals[i])) for i in order]
+        return sorted(self.sampled.entries(latent), key=lambda e: e[1])
 
 
 def encode_block(sae: torch.nn.Module, acts: np.ndarray) -> torch.Tensor:
@@ -170,15 +164,14 @@ def scan_store(
     on_block: Callable[[int], None] | None = None,
 ) -> Scan:
     """Pass 1 over rows [0, n_tokens)."""
-    import torch
-
     scan = Scan(int(sae.W_dec.shape[0]), settings.n_top, settings.reservoir)
     rng = np.random.default_rng([settings.seed, 14])
     step = settings.rows_per_block(scan.d_sae)
     for start in range(0, n_tokens, step):
         stop = min(start + step, n_tokens)
-        left_out = torch.from_numpy(positions[start:stop] < first_position)
-        f = encode_block(sae, read_rows(start, stop)).masked_fill(left_out[:, None], 0.0)
+        left_out = positions[start:stop] < first_position
+        f = encode_block(sae, read_rows(start, stop)).numpy()
+        f[left_out] = 0.0
         scan.add(f, start, rng)
         scan.n_tokens -= int(left_out.sum())
         if on_block is not None:

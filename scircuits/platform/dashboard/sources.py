@@ -113,12 +113,31 @@ def load_model(inputs: RunInputs) -> Any:
     return adapter.load(model_path=config.get("model_path"), dtype="float32", device="cpu")
 
 
+class CachedDecoder:
+    """``decode([id])`` of a tokenizer, remembered per token (the dashboard decodes the same ids often)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._seen: dict[tuple[int, ...], str] = {}
+
+    def decode(self, ids: Sequence[int]) -> str:
+        key = tuple(int(i) for i in ids)
+        if key not in self._seen:
+            self._seen[key] = self.tokenizer.decode(list(key))
+        return self._seen[key]
+
+
 def direct_path_effects(
-    loaded: Any, sae: torch.nn.Module, inputs: RunInputs, features: Sequence[int], n: int = 10
+    loaded: Any,
+    sae: torch.nn.Module,
+    inputs: RunInputs,
+    features: Sequence[int],
+    decoder: CachedDecoder,
+    n: int = 10,
 ) -> dict[int, dict[str, list[dict[str, Any]]]]:
     """{feature: {"promoted": [{token, logit}], "suppressed": [...]}} through the unembedding only."""
     from scircuits.platform.causal import unembedding_effects
     from scircuits.platform.splice import SplitModel
 
     split = SplitModel(loaded, inputs.layer, inputs.site)
-    return unembedding_effects(split, sae, list(features), loaded.tokenizer, n=n)
+    return unembedding_effects(split, sae, list(features), decoder, n=n)
