@@ -192,6 +192,8 @@ def extract(
     t0 = time.monotonic()
     say("loading the model for its tokenizer and unembedding")
     loaded = sources.load_model(inputs)
+    timings["model_load"] = round(time.monotonic() - t0, 2)
+    t0 = time.monotonic()
     decoder = sources.CachedDecoder(loaded.tokenizer)
     lens: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for i in range(0, len(chosen), LOGIT_CHUNK):
