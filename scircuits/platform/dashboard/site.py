@@ -73,6 +73,7 @@ def meta(extracted: Extracted) -> dict[str, Any]:
     results, config = extracted.inputs.results, extracted.inputs.config
     settings = ScanSettings()
     stats = results.get("statistics") or {}
+    store_split = ((results.get("provenance") or {}).get("store") or {}).get("split", "?")
     return {
         "run": run_label(extracted),
         "layer": results["layer"],
@@ -84,7 +85,7 @@ def meta(extracted: Extracted) -> dict[str, Any]:
         "interval": f"paired bootstrap over examples, {stats.get('bootstrap_replicates', '?')} replicates",
         "tokens_note": (
             f"{extracted.n_tokens} store tokens at positions ≥ {extracted.inputs.first_position} "
-            f"(split {config.get('split', '?')} of the store's collection)"
+            f"(the {store_split} split the store was collected on)"
         ),
         "reservoir": settings.reservoir,
         "n_quantiles": settings.n_quantiles,
