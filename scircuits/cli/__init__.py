@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "run": "scircuits.cli.causal:run",
     "report": "scircuits.cli.causal:report",
     "compare": "scircuits.cli.compare:compare",
+    "dashboard": "scircuits.cli.dashboard:dashboard",
 }
 
 

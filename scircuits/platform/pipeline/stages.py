@@ -9,6 +9,7 @@ weights folder), so a run directory or a weights folder that moved is still up t
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,7 +18,9 @@ import scircuits.platform.causal.stage as ablate_module
 import scircuits.platform.collect.collection as collect_module
 import scircuits.platform.report.build as report_module
 import scircuits.platform.train.training as training_module
+from scircuits.errors import ScircuitsError
 from scircuits.platform.causal.results import recorded_config_hash, results_path
+from scircuits.platform.dashboard import build_dashboard
 from scircuits.platform.train.checkpoint import is_complete
 from scircuits.platform.config import AblateConfig, CollectConfig, RunConfig, StageConfig, TrainConfig
 from scircuits.platform.report.document import REPORT_HTML, REPORT_MD
@@ -176,6 +179,14 @@ class ReportStage(Stage):
 
     def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
         report_module.write_report([run_dir], plugins, out=run_dir)
+        try:  # run_dir/dashboard/, linked from the report; its failure leaves the report in place
+            build_dashboard(run_dir, say=_say)
+        except ScircuitsError as exc:
+            _say(f"dashboard: not written ({exc}); retry with `scircuits dashboard {run_dir}`")
+
+
+def _say(message: str) -> None:
+    print(f"[run] {message}", file=sys.stderr, flush=True)
 
 
 STAGES: tuple[Stage, ...] = (CollectStage(), TrainStage(), AblateStage(), ReportStage())

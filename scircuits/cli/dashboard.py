@@ -1,0 +1,34 @@
+"""`scircuits dashboard RUN_DIR`: a static feature dashboard (and a Neuronpedia export) for a finished run."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--features",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Pages for at most this many features: results.json's ranked ones first, then by firing count "
+    "(default: every feature that fires on the store).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write the site here instead of RUN_DIR/dashboard (the report then gets no link).",
+)
+def dashboard(run_dir: str, features: int | None, out: str | None) -> None:
+    """Write RUN_DIR/dashboard: a sortable index of features and one page per feature, opening from disk."""
+    from scircuits.platform.dashboard import build_dashboard
+
+    summary = build_dashboard(
+        run_dir, features=features, out=out, say=lambda m: click.echo(f"[dashboard] {m}", err=True)
+    )
+    click.echo(
+        f"dashboard: {summary.out / 'index.html'}  ({summary.n_pages} feature pages of {summary.n_active} "
+        f"active / {summary.d_sae} latents; {summary.size_bytes / 2**20:.1f} MiB in {summary.n_files} files; "
+        f"{summary.seconds:.1f} s)"
+    )

@@ -1,0 +1,311 @@
+# ruff: noqa: E501
+"""The site's stylesheet and scripts (plain CSS and JavaScript, no library, nothing fetched)."""
+
+CSS = r"""
+:root { --fg: #1b1b1b; --muted: #5a5a5a; --line: #d0d0d0; --accent: #0b5cad; --shade: 255, 140, 0; }
+* { box-sizing: border-box; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg); margin: 0; }
+header, main, footer { max-width: 1100px; margin: 0 auto; padding: 0 1rem; }
+header { padding-top: 1rem; }
+h1 { font-size: 1.5rem; margin: .3rem 0; }
+h2 { font-size: 1.2rem; margin: 1.6rem 0 .5rem; border-bottom: 1px solid var(--line); }
+h3 { font-size: 1rem; margin: 1rem 0 .4rem; }
+a { color: var(--accent); }
+a:focus, button:focus, input:focus, .tok:focus { outline: 3px solid #ffbf47; outline-offset: 1px; }
+.muted { color: var(--muted); }
+nav a { margin-right: 1rem; }
+table { border-collapse: collapse; width: 100%; margin: .5rem 0; }
+th, td { text-align: left; padding: .3rem .5rem; border-bottom: 1px solid var(--line); vertical-align: top; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+th button { font: inherit; font-weight: bold; background: none; border: 0; padding: 0; cursor: pointer; color: inherit; }
+th[aria-sort="ascending"] button::after { content: " ▲"; }
+th[aria-sort="descending"] button::after { content: " ▼"; }
+.controls { display: flex; flex-wrap: wrap; gap: 1rem; align-items: center; margin: 1rem 0 .5rem; }
+.controls input[type=search] { font: inherit; padding: .25rem .4rem; min-width: 18rem; }
+.pager { display: flex; gap: 1rem; align-items: center; margin: .5rem 0 2rem; }
+.pager button { font: inherit; padding: .2rem .7rem; }
+dl.facts { display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; }
+dl.facts dt { color: var(--muted); }
+dl.facts dd { margin: 0; font-variant-numeric: tabular-nums; }
+figure { margin: .5rem 0; }
+figcaption { color: var(--muted); font-size: .9rem; }
+svg.hist rect.bar { fill: #d97706; }
+svg.hist text { font-size: 11px; fill: #333; }
+svg.hist line { stroke: #555; }
+.contexts { list-style: none; padding: 0; margin: 0; }
+.contexts li { padding: .35rem 0; border-bottom: 1px dashed var(--line); }
+.ctx { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: .9rem; white-space: pre-wrap; word-break: break-word; }
+.tok { border-radius: 2px; position: relative; }
+.tok.on { cursor: help; box-shadow: inset 0 -2px 0 rgba(0,0,0,.25); }
+.tok.focus { outline: 2px solid #111; }
+.tok.on:focus::after, .tok.on:hover::after { content: attr(data-act); position: absolute; left: 0; top: 1.4em; z-index: 2;
+  background: #111; color: #fff; font-size: .75rem; padding: 0 .3rem; border-radius: 2px; white-space: nowrap; }
+.meta { color: var(--muted); font-size: .85rem; }
+details { margin-top: .25rem; }
+details pre { white-space: pre-wrap; background: #f6f6f6; padding: .5rem; font-size: .85rem; }
+mark.focus { background: rgba(var(--shade), .6); outline: 1px solid #111; }
+.logits { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
+.note { background: #f3f6fa; border-left: 4px solid var(--accent); padding: .5rem .8rem; }
+.error { background: #fdecea; border-left: 4px solid #b3261e; padding: .5rem .8rem; }
+"""
+
+COMMON_JS = r"""
+"use strict";
+window.SC = window.SC || {};
+SC.fmt = function (v, digits) {
+  if (v === null || v === undefined || Number.isNaN(v)) return "–";
+  if (v === 0) return "0";
+  const a = Math.abs(v);
+  if (a >= 1e4 || a < 1e-3) return v.toExponential(2);
+  return v.toPrecision(digits || 3);
+};
+SC.pct = function (v) { return v === null || v === undefined ? "–" : (100 * v).toPrecision(3) + "%"; };
+SC.visible = function (t) { return t.replace(/ /g, "␣").replace(/\n/g, "⏎").replace(/\t/g, "⇥") || "∅"; };
+SC.el = function (tag, attrs, children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined) continue;
+    if (k === "text") node.textContent = v; else node.setAttribute(k, v);
+  }
+  for (const c of children || []) node.append(c);
+  return node;
+};
+"""
+
+INDEX_JS = r"""
+(function () {
+  const data = window.SC_INDEX;
+  const table = document.getElementById("features");
+  const body = table.querySelector("tbody");
+  const search = document.getElementById("search");
+  const ablatedOnly = document.getElementById("ablated-only");
+  const count = document.getElementById("count");
+  const pageLabel = document.getElementById("page");
+  const prev = document.getElementById("prev"), next = document.getElementById("next");
+  const PAGE = 100;
+  const cols = data.columns;  // [{key, label, numeric}]
+  const at = Object.fromEntries(cols.map((c, i) => [c.key, i]));
+  let rows = data.rows, sortKey = null, sortDir = 1, page = 0;
+
+  function value(row, key) { return row[at[key]]; }
+  function compare(a, b) {
+    const x = value(a, sortKey), y = value(b, sortKey);
+    const xn = x === null || x === undefined, yn = y === null || y === undefined;
+    if (xn || yn) return xn === yn ? a[0] - b[0] : (xn ? 1 : -1);  // missing values last
+    if (typeof x === "string") return sortDir * x.localeCompare(y) || a[0] - b[0];
+    return sortDir * (x - y) || a[0] - b[0];
+  }
+  function filtered() {
+    const q = search.value.trim().toLowerCase();
+    return data.rows.filter(r => {
+      if (ablatedOnly.checked && value(r, "exact") === null) return false;
+      if (!q) return true;
+      return String(r[0]) === q || value(r, "summary").toLowerCase().includes(q);
+    });
+  }
+  function cell(row, col) {
+    const v = value(row, col.key);
+    if (col.key === "id") {
+      return SC.el("th", {scope: "row"}, [SC.el("a", {href: "features/" + v + ".html", text: "Feature " + v})]);
+    }
+    let text;
+    if (col.key === "interval") text = v ? "[" + SC.fmt(v[0]) + ", " + SC.fmt(v[1]) + "]" : "–";
+    else if (col.key === "frequency") text = SC.pct(v);
+    else if (col.key === "rank") text = v === null ? "–" : String(v);
+    else if (col.numeric) text = SC.fmt(v);
+    else text = v;
+    return SC.el("td", {class: col.numeric ? "num" : null, text: text});
+  }
+  function render() {
+    rows = filtered();
+    if (sortKey) rows.sort(compare);
+    const pages = Math.max(1, Math.ceil(rows.length / PAGE));
+    page = Math.min(page, pages - 1);
+    body.replaceChildren(...rows.slice(page * PAGE, (page + 1) * PAGE).map(
+      r => SC.el("tr", {"data-id": r[0]}, cols.map(c => cell(r, c)))));
+    count.textContent = rows.length + " of " + data.rows.length + " features";
+    pageLabel.textContent = "Page " + (page + 1) + " of " + pages;
+    prev.disabled = page === 0; next.disabled = page >= pages - 1;
+  }
+  for (const th of table.querySelectorAll("thead th[data-key]")) {
+    th.querySelector("button").addEventListener("click", () => {
+      const key = th.dataset.key;
+      if (sortKey === key) sortDir = -sortDir;
+      else { sortKey = key; sortDir = th.dataset.numeric === "1" && key !== "rank" && key !== "id" ? -1 : 1; }
+      for (const other of table.querySelectorAll("thead th[data-key]")) other.setAttribute("aria-sort", "none");
+      th.setAttribute("aria-sort", sortDir === 1 ? "ascending" : "descending");
+      page = 0; render();
+    });
+  }
+  search.addEventListener("input", () => { page = 0; render(); });
+  ablatedOnly.addEventListener("change", () => { page = 0; render(); });
+  prev.addEventListener("click", () => { page -= 1; render(); });
+  next.addEventListener("click", () => { page += 1; render(); });
+  render();
+})();
+"""
+
+FEATURE_JS = r"""
+(function () {
+  const f = window.SC_FEATURE, meta = window.SC_META;
+  const main = document.getElementById("feature");
+  const el = SC.el;
+  if (!f) { main.replaceChildren(el("p", {class: "error", text: "This feature's data file did not load."})); return; }
+  window.SC_EXAMPLES = window.SC_EXAMPLES || {};
+
+  function section(id, title, children) {
+    return el("section", {"aria-labelledby": id}, [el("h2", {id: id, text: title}), ...children]);
+  }
+  function facts(pairs) {
+    const dl = el("dl", {class: "facts"});
+    for (const [k, v] of pairs) dl.append(el("dt", {text: k}), el("dd", {text: v}));
+    return dl;
+  }
+  function histogram() {
+    const h = f.histogram, W = 640, H = 220, L = 56, B = 40, T = 10, R = 10;
+    const svgNS = "http://www.w3.org/2000/svg";
+    const mk = (tag, attrs, text) => {
+      const n = document.createElementNS(svgNS, tag);
+      for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+      if (text !== undefined) n.textContent = text;
+      return n;
+    };
+    const total = h.counts.reduce((a, b) => a + b, 0);
+    const label = "Histogram of the " + total + " nonzero activations of feature " + f.id +
+      " on a logarithmic activation axis from " + SC.fmt(h.edges[0]) + " to " + SC.fmt(h.edges[h.edges.length - 1]) +
+      "; the tallest bar holds " + Math.max(...h.counts) + " tokens.";
+    const svg = mk("svg", {class: "hist", role: "img", viewBox: `0 0 ${W} ${H}`, width: "100%",
+                           "aria-labelledby": "hist-title hist-desc", id: "histogram"});
+    svg.append(mk("title", {id: "hist-title"}, "Activation histogram of feature " + f.id), mk("desc", {id: "hist-desc"}, label));
+    const lx = h.edges.map(Math.log10), x0 = lx[0], x1 = lx[lx.length - 1], peak = Math.max(...h.counts, 1);
+    const X = v => L + (W - L - R) * (v - x0) / Math.max(x1 - x0, 1e-9), Y = c => H - B - (H - B - T) * c / peak;
+    h.counts.forEach((c, i) => {
+      if (!c) return;
+      const bar = mk("rect", {class: "bar", x: X(lx[i]) + 0.5, y: Y(c), width: Math.max(X(lx[i + 1]) - X(lx[i]) - 1, 1), height: H - B - Y(c)});
+      bar.append(mk("title", {}, c + " activations in [" + SC.fmt(h.edges[i]) + ", " + SC.fmt(h.edges[i + 1]) + ")"));
+      svg.append(bar);
+    });
+    svg.append(mk("line", {x1: L, x2: W - R, y1: H - B, y2: H - B}), mk("line", {x1: L, x2: L, y1: T, y2: H - B}));
+    let ticks = [];
+    for (const steps of [[1], [1, 2, 5], [1, 1.5, 2, 3, 5, 7]]) {
+      ticks = [];
+      for (let d = Math.floor(x0); d <= Math.ceil(x1); d++) {
+        for (const m of steps) { const t = Math.log10(m) + d; if (t >= x0 && t <= x1) ticks.push(t); }
+      }
+      if (ticks.length >= 3) break;
+    }
+    for (const t of ticks) {
+      svg.append(mk("line", {x1: X(t), x2: X(t), y1: H - B, y2: H - B + 4}),
+                 mk("text", {x: X(t), y: H - B + 16, "text-anchor": "middle"}, SC.fmt(10 ** t, 2)));
+    }
+    svg.append(mk("text", {x: (L + W) / 2, y: H - 6, "text-anchor": "middle"}, "activation (log scale)"));
+    svg.append(mk("text", {x: L - 6, y: T + 8, "text-anchor": "end"}, String(peak)), mk("text", {x: L - 6, y: H - B, "text-anchor": "end"}, "0"));
+    svg.append(mk("text", {x: 12, y: (H - B) / 2, transform: `rotate(-90 12 ${(H - B) / 2})`, "text-anchor": "middle"}, "tokens"));
+    return el("figure", {}, [svg, el("figcaption", {text: label})]);
+  }
+  function tokens(ctx) {
+    const toks = window.SC_EXAMPLES[ctx.run];
+    const line = el("div", {class: "ctx"});
+    if (!toks) { line.textContent = "(example tokens missing)"; return line; }
+    const peak = Math.max(f.max_activation, 1e-9);
+    ctx.values.forEach((v, i) => {
+      const t = toks[ctx.start + i];
+      const span = el("span", {class: "tok" + (v > 0 ? " on" : "") + (i === ctx.focus ? " focus" : ""), text: t});
+      if (v > 0) {
+        const text = "activation " + SC.fmt(v);
+        span.style.backgroundColor = `rgba(var(--shade), ${Math.min(1, 0.15 + 0.85 * v / peak).toFixed(3)})`;
+        span.setAttribute("tabindex", "0");
+        span.setAttribute("title", text);
+        span.setAttribute("data-act", SC.fmt(v));
+        span.setAttribute("aria-label", JSON.stringify(t) + ", " + text);
+      }
+      line.append(span);
+    });
+    return line;
+  }
+  function whole(ctx) {
+    const toks = window.SC_EXAMPLES[ctx.run] || [];
+    const at = ctx.start + ctx.focus;
+    const pre = el("pre", {}, [toks.slice(0, at).join(""), el("mark", {class: "focus", text: toks[at] || ""}), toks.slice(at + 1).join("")]);
+    return el("details", {}, [el("summary", {text: "Whole sequence (example " + ctx.example + ")"}), pre]);
+  }
+  function contextList(list) {
+    return el("ol", {class: "contexts"}, list.map(ctx => el("li", {}, [
+      el("div", {class: "meta", text: "activation " + SC.fmt(ctx.activation) + " on " +
+         JSON.stringify(window.SC_EXAMPLES[ctx.run] ? window.SC_EXAMPLES[ctx.run][ctx.start + ctx.focus] : "?") +
+         " · example " + ctx.example + ", token " + (ctx.start + ctx.focus)}),
+      tokens(ctx), whole(ctx)])));
+  }
+  function effects() {
+    const a = f.ablation;
+    if (!a) {
+      return [el("p", {class: "note", text: "results.json describes only the " + meta.n_described +
+        " top-ranked features (ranking: " + meta.rank_order + "); this feature is not among them, so no attribution " +
+        "or ablation effect was recorded for it."})];
+    }
+    const ci = v => v ? "[" + SC.fmt(v[0]) + ", " + SC.fmt(v[1]) + "]" : "–";
+    const rows = [
+      ["Rank", a.rank === null ? "–" : String(a.rank), ""],
+      ["Attribution (estimated Δ log-prob)", SC.fmt(a.attribution), "gradient × ablation estimate"],
+      ["Exact ablation: Δ log-prob", SC.fmt(a.exact_logprob_delta), ci(a.exact_logprob_ci)],
+      ["Exact ablation: Δ accuracy", SC.fmt(a.exact_accuracy_delta), ci(a.exact_accuracy_ci)],
+      ["Firing frequency on the evaluation tokens", SC.pct(a.frequency), ""],
+    ];
+    const table = el("table", {}, [
+      el("caption", {text: "Effect of ablating feature " + f.id + " (" + meta.ablation + ") on " + meta.benchmark +
+        ", versus the unablated splice; " + meta.interval}),
+      el("thead", {}, [el("tr", {}, [el("th", {scope: "col", text: "Quantity"}), el("th", {scope: "col", class: "num", text: "Value"}), el("th", {scope: "col", text: "95% interval / note"})])]),
+      el("tbody", {}, rows.map(r => el("tr", {}, [el("th", {scope: "row", text: r[0]}), el("td", {class: "num", text: r[1]}), el("td", {text: r[2]})]))),
+    ]);
+    const out = [table];
+    if (a.exact_logprob_delta === null) out.push(el("p", {class: "muted", text: "Only the top " + meta.exact_top + " features were ablated one at a time; this one has its attribution only."}));
+    return out;
+  }
+  function logitTable(title, list) {
+    return el("table", {}, [el("caption", {text: title}),
+      el("thead", {}, [el("tr", {}, [el("th", {scope: "col", text: "Token"}), el("th", {scope: "col", class: "num", text: "Logit effect"})])]),
+      el("tbody", {}, list.map(e => el("tr", {}, [el("th", {scope: "row", text: SC.visible(e.token)}), el("td", {class: "num", text: SC.fmt(e.logit)})])))]);
+  }
+  function matches() {
+    if (!f.matches.length) return [el("p", {class: "note", text: "No compared runs for this run yet. Once `scircuits compare` " +
+      "matches this run's features with another run's, the matched features are listed here with links."})];
+    return [el("ul", {}, f.matches.map(m => el("li", {}, [
+      m.href ? el("a", {href: m.href, text: m.run + " · feature " + m.feature}) : m.run + " · feature " + m.feature,
+      " (similarity " + SC.fmt(m.similarity) + ")"])))];
+  }
+  function render() {
+    const bands = f.quantiles.map(q => el("section", {"aria-label": "quantile band " + q.quantile}, [
+      el("h3", {text: "Band " + q.quantile + " of " + q.of + ": activations " + SC.fmt(q.bin_min) + " to " + SC.fmt(q.bin_max) +
+        " (" + SC.pct(q.fraction) + " of the sampled nonzero activations)"}),
+      q.contexts.length ? contextList(q.contexts) : el("p", {class: "muted", text: "Its samples are already among the top contexts."})]));
+    main.replaceChildren(
+      section("facts", "Summary", [facts([
+        ["Firing frequency", SC.pct(f.frequency) + " (" + f.n_fired + " of " + f.n_tokens + " tokens)"],
+        ["Mean activation (all tokens)", SC.fmt(f.mean_activation)],
+        ["Largest activation", SC.fmt(f.max_activation)],
+        ["Tokens scanned", meta.tokens_note]])]),
+      section("hist", "Activation histogram", [histogram()]),
+      section("effects", "Ablation effects and attribution", effects()),
+      section("logits", "Logit effects (direct path)", [
+        el("p", {class: "muted", text: "The decoder direction through the final norm's weight and the unembedding only: " +
+          "the blocks after layer " + meta.layer + " are left out."}),
+        el("div", {class: "logits"}, [logitTable("Promoted tokens", f.promoted), logitTable("Suppressed tokens", f.suppressed)])]),
+      section("top", "Top contexts", [el("p", {class: "muted", text: "Shading grows with the activation; hover or focus a shaded token to read its value."}),
+        contextList(f.top)]),
+      section("quantiles", "Contexts sampled by activation quantile", [
+        el("p", {class: "muted", text: "A uniform sample of " + meta.reservoir + " of the feature's nonzero activations, cut into " +
+          meta.n_quantiles + " bands of equal count; a few contexts from each band."}), ...bands]),
+      section("matches", "Matches in compared runs", matches()));
+  }
+  const shards = [...new Set([...f.top, ...f.quantiles.flatMap(q => q.contexts)].map(c => Math.floor(c.run / meta.shard_size)))];
+  let pending = shards.length;
+  if (!pending) render();
+  for (const s of shards) {
+    const tag = document.createElement("script");
+    tag.src = "../data/examples/" + s + ".js";
+    tag.onload = () => { if (--pending === 0) render(); };
+    tag.onerror = () => main.replaceChildren(el("p", {class: "error", text: "Could not load " + tag.src}));
+    document.body.append(tag);
+  }
+})();
+"""

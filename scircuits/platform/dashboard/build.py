@@ -1,0 +1,307 @@
+"""Build a run's dashboard: scan the store through the SAE, describe each active feature, write the site.
+
+summary = build_dashboard("runs/smollm2-135m__arithmetic__resid15")   # -> RUN_DIR/dashboard/
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scircuits.platform.dashboard import sources
+from scircuits.platform.dashboard.scan import (
+    HIST_BINS_PER_DECADE,
+    HIST_LOG10_MIN,
+    N_HIST,
+    Runs,
+    Scan,
+    ScanSettings,
+    Window,
+    fill_windows,
+    make_windows,
+    scan_store,
+)
+from scircuits.platform.dashboard.schema import (
+    Ablation,
+    Context,
+    FeaturePage,
+    Histogram,
+    IndexRow,
+    LogitEffect,
+    QuantileGroup,
+)
+from scircuits.platform.contract.errors import ConfigError
+
+DASHBOARD_DIR = "dashboard"
+LOGIT_CHUNK = 256  # features per unembedding product (chunk x vocab floats at once)
+
+
+@dataclass
+class DashboardSummary:
+    out: Path
+    d_sae: int
+    n_active: int
+    n_pages: int
+    n_tokens: int
+    seconds: float
+    size_bytes: int
+    n_files: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Extracted:
+    """Everything the site and the export are written from."""
+
+    inputs: sources.RunInputs
+    pages: list[FeaturePage]
+    examples: dict[int, list[str]]  # run index -> the sequence's tokens, decoded one by one
+    d_sae: int
+    n_active: int
+    n_tokens: int
+    n_sequences: int  # traced sequences in the store
+    neuron_alignment: dict[int, tuple[list[int], list[float], list[float]]]
+
+
+def visible(token: str) -> str:
+    """A token as a short label: spaces and line breaks made visible."""
+    return token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥") or "∅"
+
+
+def histogram(counts: np.ndarray) -> Histogram:
+    edges = 10.0 ** (HIST_LOG10_MIN + (np.arange(N_HIST + 1) - 1) / HIST_BINS_PER_DECADE)
+    nonzero = np.flatnonzero(counts)
+    if nonzero.size == 0:
+        return Histogram(edges=[], counts=[])
+    lo, hi = int(nonzero[0]), int(nonzero[-1])
+    return Histogram(
+        edges=[float(e) for e in edges[lo : hi + 2]], counts=[int(c) for c in counts[lo : hi + 1]]
+    )
+
+
+def feature_order(results: dict[str, Any], scan: Scan) -> list[int]:
+    """Active features: those results.json ranks first (in its order), then by firing count."""
+    active = scan.counts > 0
+    ranked = [int(f["id"]) for f in results.get("features", [])]
+    ranked += [int(i) for i in (results.get("rank") or {}).get("top", [])]
+    seen: set[int] = set()
+    order = [i for i in ranked if 0 <= i < active.size and active[i] and not (i in seen or seen.add(i))]
+    rest = np.flatnonzero(active)
+    rest = rest[np.argsort(-scan.counts[rest], kind="stable")]
+    return order + [int(i) for i in rest if int(i) not in seen]
+
+
+def quantile_picks(
+    sample: list[tuple[int, float]], settings: ScanSettings, exclude: set[int]
+) -> list[tuple[int, int, float, float, float, list[tuple[int, float]]]]:
+    """(band, of, min, max, fraction, picks) per quantile band of the sample, highest band first."""
+    if not sample:
+        return []
+    bands = [b for b in np.array_split(np.arange(len(sample)), settings.n_quantiles) if b.size]
+    out = []
+    for number, band in enumerate(bands, start=1):
+        spots = np.unique(np.linspace(0, band.size - 1, settings.per_quantile).round().astype(int))
+        picks = [sample[band[s]] for s in spots if sample[band[s]][0] not in exclude]
+        values = [sample[i][1] for i in band]
+        out.append((number, len(bands), min(values), max(values), band.size / len(sample), picks))
+    return out[::-1]
+
+
+def build_dashboard(
+    run_dir: str | Path,
+    *,
+    features: int | None = None,
+    out: str | Path | None = None,
+    settings: ScanSettings | None = None,
+    say: Callable[[str], None] | None = None,
+) -> DashboardSummary:
+    """Write RUN_DIR/dashboard (or ``out``): index, one page per active feature, the Neuronpedia export."""
+    from scircuits.platform.dashboard.neuronpedia import write_neuronpedia
+    from scircuits.platform.dashboard.site import link_from_report, write_site
+
+    if features is not None and features <= 0:
+        raise ConfigError(f"--features must be a positive number, not {features}")
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    settings = settings or ScanSettings()
+    inputs = sources.read_run(run_dir)
+    target = Path(out) if out is not None else inputs.run_dir / DASHBOARD_DIR
+    extracted = extract(inputs, settings, features, timings, say or (lambda _: None))
+    t0 = time.monotonic()
+    write_site(target, extracted)
+    write_neuronpedia(target / "neuronpedia", extracted)
+    timings["write"] = round(time.monotonic() - t0, 2)
+    if out is None or target.resolve() == (inputs.run_dir / DASHBOARD_DIR).resolve():
+        link_from_report(inputs.run_dir, target)
+    files = [p for p in target.rglob("*") if p.is_file()]
+    return DashboardSummary(
+        out=target,
+        d_sae=extracted.d_sae,
+        n_active=extracted.n_active,
+        n_pages=len(extracted.pages),
+        n_tokens=extracted.n_tokens,
+        seconds=round(time.monotonic() - started, 1),
+        size_bytes=sum(p.stat().st_size for p in files),
+        n_files=len(files),
+        timings=timings,
+    )
+
+
+def extract(
+    inputs: sources.RunInputs,
+    settings: ScanSettings,
+    max_features: int | None,
+    timings: dict[str, float],
+    say: Callable[[str], None],
+) -> Extracted:
+    t0 = time.monotonic()
+    store = sources.open_store(inputs)
+    sae = sources.load_sae(inputs)
+    d_in, d_sae = int(sae.W_dec.shape[1]), int(sae.W_dec.shape[0])
+    if d_in != store.d_model:
+        raise ConfigError(
+            f"the SAE in {inputs.sae_path} reads width {d_in}, the store {inputs.store_path} holds "
+            f"width {store.d_model}: they are not from the same run"
+        )
+    positions, example_ids = store.positions, store.example_ids
+    say(f"scanning {store.n_tokens} tokens through {d_sae} latents")
+    scan = scan_store(sae, store.read_rows, positions, store.n_tokens, inputs.first_position, settings)
+    timings["scan"] = round(time.monotonic() - t0, 2)
+
+    order = feature_order(inputs.results, scan)
+    chosen = order[:max_features] if max_features else order
+    t0 = time.monotonic()
+    runs = Runs.of(example_ids)
+    top = {f: scan.top(f) for f in chosen}
+    bands = {f: quantile_picks(scan.sample(f), settings, {r for r, _ in top[f]}) for f in chosen}
+    requests = [(f, r) for f in chosen for r, _ in top[f]]
+    requests += [(f, r) for f in chosen for band in bands[f] for r, _ in band[5]]
+    windows = make_windows(requests, runs, settings)
+    fill_windows(
+        sae, store.read_rows, windows, settings.rows_per_block(d_sae), positions < inputs.first_position
+    )
+    by_request = {(w.latent, w.row): w for w in windows}
+    timings["contexts"] = round(time.monotonic() - t0, 2)
+
+    t0 = time.monotonic()
+    say("loading the model for its tokenizer and unembedding")
+    loaded = sources.load_model(inputs)
+    timings["model_load"] = round(time.monotonic() - t0, 2)
+    t0 = time.monotonic()
+    decoder = sources.CachedDecoder(loaded.tokenizer)
+    lens: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for i in range(0, len(chosen), LOGIT_CHUNK):
+        lens.update(sources.direct_path_effects(loaded, sae, inputs, chosen[i : i + LOGIT_CHUNK], decoder))
+    timings["logits"] = round(time.monotonic() - t0, 2)
+
+    token_ids = store.token_ids
+
+    def decode(token: int) -> str:
+        return decoder.decode([token])
+
+    def context(window: Window, value: float) -> Context:
+        run = int(runs.of_row[window.row])
+        return Context(
+            run=run,
+            example=int(example_ids[window.row]),
+            start=window.lo - int(runs.starts[run]),
+            focus=window.row - window.lo,
+            activation=round(value, 4),
+            values=[round(float(v), 4) for v in window.values],  # type: ignore[union-attr]
+        )
+
+    described = {int(f["id"]): f for f in inputs.results.get("features", [])}
+    pages = []
+    for f in chosen:
+        ablation = None
+        if f in described:
+            ablation = Ablation(**{k: described[f].get(k) for k in Ablation.model_fields})
+        pages.append(
+            FeaturePage(
+                id=f,
+                n_fired=int(scan.counts[f]),
+                n_tokens=scan.n_tokens,
+                frequency=float(scan.counts[f] / max(scan.n_tokens, 1)),
+                mean_activation=float(scan.sums[f] / max(scan.n_tokens, 1)),
+                max_activation=float(scan.maxes[f]),
+                histogram=histogram(scan.hist[f]),
+                top=[context(by_request[(f, r)], v) for r, v in top[f]],
+                quantiles=[
+                    QuantileGroup(
+                        quantile=n,
+                        of=of,
+                        bin_min=lo,
+                        bin_max=hi,
+                        fraction=frac,
+                        contexts=[context(by_request[(f, r)], v) for r, v in picks],
+                    )
+                    for n, of, lo, hi, frac, picks in bands[f]
+                ],
+                promoted=[LogitEffect(**e) for e in lens.get(f, {}).get("promoted", [])],
+                suppressed=[LogitEffect(**e) for e in lens.get(f, {}).get("suppressed", [])],
+                ablation=ablation,
+            )
+        )
+    used_runs = sorted({c.run for p in pages for c in all_contexts(p)})
+    examples = {
+        run: [decode(int(t)) for t in token_ids[runs.starts[run] : runs.ends[run]]] for run in used_runs
+    }
+    return Extracted(
+        inputs=inputs,
+        pages=pages,
+        examples=examples,
+        d_sae=d_sae,
+        n_active=int((scan.counts > 0).sum()),
+        n_tokens=scan.n_tokens,
+        n_sequences=int(runs.starts.size),
+        neuron_alignment=neuron_alignment(sae, chosen),
+    )
+
+
+def all_contexts(page: FeaturePage) -> list[Context]:
+    return [*page.top, *(c for band in page.quantiles for c in band.contexts)]
+
+
+def neuron_alignment(
+    sae: Any, features: Sequence[int], n: int = 3
+) -> dict[int, tuple[list[int], list[float], list[float]]]:
+    """Per feature: the model dimensions its decoder direction loads on most (index, value, share of L1)."""
+    w = sae.W_dec.detach().float()
+    out = {}
+    for f in features:
+        row = w[f]
+        top = row.abs().topk(min(n, row.numel()))
+        l1 = float(row.abs().sum()) or 1.0
+        idx = [int(i) for i in top.indices]
+        out[int(f)] = (
+            idx,
+            [round(float(row[i]), 4) for i in idx],
+            [round(abs(float(row[i])) / l1, 4) for i in idx],
+        )
+    return out
+
+
+def index_rows(pages: Sequence[FeaturePage], examples: dict[int, list[str]]) -> list[IndexRow]:
+    rows = []
+    for page in pages:
+        focus = Counter(visible(examples[c.run][c.start + c.focus]) for c in page.top)
+        ablation = page.ablation or Ablation()
+        rows.append(
+            IndexRow(
+                id=page.id,
+                frequency=page.frequency,
+                max_activation=page.max_activation,
+                rank=ablation.rank,
+                attribution=ablation.attribution,
+                exact_logprob_delta=ablation.exact_logprob_delta,
+                exact_logprob_ci=ablation.exact_logprob_ci,
+                summary=" ".join(token for token, _ in focus.most_common(3)),
+            )
+        )
+    return rows

@@ -1,0 +1,261 @@
+"""Write the static site: index.html, features/<id>.html, data/*.js, assets/*; and the report's link.
+
+Data files are JavaScript that assigns to a global (``window.SC_INDEX``, ``window.SC_FEATURE``,
+``window.SC_EXAMPLES``) so that pages opened from ``file://`` load them with a <script> tag (Chromium
+blocks fetch() of local files). A feature page loads only its own data file and the example shards
+its contexts need.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scircuits.platform.dashboard.assets import COMMON_JS, CSS, FEATURE_JS, INDEX_JS
+from scircuits.platform.common.provenance import base_provenance
+
+if TYPE_CHECKING:
+    from scircuits.platform.dashboard.build import Extracted
+
+SHARD_SIZE = 64  # sequences per example shard
+MARKER = "scircuits-dashboard-link"
+
+COLUMNS = [
+    {"key": "id", "label": "Feature", "numeric": True},
+    {"key": "rank", "label": "Rank", "numeric": True},
+    {"key": "attribution", "label": "Attribution", "numeric": True},
+    {"key": "exact", "label": "Exact Δ log-prob", "numeric": True},
+    {"key": "interval", "label": "95% interval", "numeric": False},
+    {"key": "frequency", "label": "Firing frequency", "numeric": True},
+    {"key": "max", "label": "Max activation", "numeric": True},
+    {"key": "summary", "label": "Top tokens", "numeric": False},
+]
+
+
+def js_literal(value: Any) -> str:
+    """JSON as a JavaScript literal that is safe inside a <script> element."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.replace("</", "<\\/")
+
+
+def js_assign(target: str, value: Any) -> str:
+    return f"{target}={js_literal(value)};\n"
+
+
+def page(title: str, body: str, *, depth: int, scripts: list[str]) -> str:
+    up = "../" * depth
+    tags = "\n".join(f'<script src="{up}{s}"></script>' for s in scripts)
+    return (
+        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)}</title>\n"
+        f'<link rel="stylesheet" href="{up}assets/dashboard.css">\n</head>\n'
+        f"<body>\n{body}\n{tags}\n</body>\n</html>\n"
+    )
+
+
+def run_label(extracted: Extracted) -> str:
+    results = extracted.inputs.results
+    config = extracted.inputs.config
+    return (
+        f"{config.get('model')} · {config.get('benchmark')} · layer {results['layer']} {results['site']} · "
+        f"{extracted.d_sae} latents"
+    )
+
+
+def meta(extracted: Extracted) -> dict[str, Any]:
+    from scircuits.platform.dashboard.scan import ScanSettings
+
+    results, config = extracted.inputs.results, extracted.inputs.config
+    settings = ScanSettings()
+    stats = results.get("statistics") or {}
+    store_split = ((results.get("provenance") or {}).get("store") or {}).get("split", "?")
+    return {
+        "run": run_label(extracted),
+        "layer": results["layer"],
+        "benchmark": f"{config.get('benchmark')} ({results.get('n_examples')} examples)",
+        "ablation": config.get("ablation"),
+        "exact_top": config.get("exact_top"),
+        "n_described": len(results.get("features", [])),
+        "rank_order": (results.get("rank") or {}).get("order", ""),
+        "interval": f"paired bootstrap over examples, {stats.get('bootstrap_replicates', '?')} replicates",
+        "tokens_note": (
+            f"{extracted.n_tokens} store tokens at positions ≥ {extracted.inputs.first_position} "
+            f"(the {store_split} split the store was collected on)"
+        ),
+        "reservoir": settings.reservoir,
+        "n_quantiles": settings.n_quantiles,
+        "shard_size": SHARD_SIZE,
+    }
+
+
+def index_body(extracted: Extracted, report_href: str | None) -> str:
+    heads = "".join(
+        f'<th scope="col" data-key="{c["key"]}" data-numeric="{int(c["numeric"])}" aria-sort="none"'
+        f'{" class=num" if c["numeric"] and c["key"] != "id" else ""}><button type="button">'
+        f"{html.escape(c['label'])}</button></th>"
+        for c in COLUMNS
+    )
+    report = f'<nav><a href="{html.escape(report_href)}">Run report</a></nav>' if report_href else ""
+    shown = len(extracted.pages)
+    return f"""<header>
+{report}
+<h1>Feature dashboard</h1>
+<p>{html.escape(run_label(extracted))}. {shown} feature pages; {extracted.n_active} of
+{extracted.d_sae} latents fire on the {extracted.n_tokens} scanned store tokens.</p>
+</header>
+<main>
+<p class="muted">Rank, attribution and exact ablation come from <code>causal/results.json</code>, which
+records them for its {len(extracted.inputs.results.get("features", []))} top-ranked features; the other
+columns come from a scan of the activation store through the SAE. Click a column header to sort; click
+again to reverse.</p>
+<div class="controls" role="search">
+<label for="search">Search</label>
+<input id="search" type="search" placeholder="feature id or token" aria-describedby="count">
+<label><input type="checkbox" id="ablated-only"> only features ablated one at a time</label>
+<span id="count" aria-live="polite"></span>
+</div>
+<table id="features">
+<caption>Features of this run's SAE</caption>
+<thead><tr>{heads}</tr></thead>
+<tbody></tbody>
+</table>
+<div class="pager"><button type="button" id="prev">Previous</button><span id="page"></span>
+<button type="button" id="next">Next</button></div>
+<noscript><p class="error">The table is drawn by JavaScript; the feature pages are in the features/
+folder.</p></noscript>
+</main>"""
+
+
+def feature_body(feature: int, neighbours: tuple[int | None, int | None]) -> str:
+    prev, nxt = neighbours
+    links = ['<a href="../index.html">All features</a>']
+    if prev is not None:
+        links.append(f'<a href="{prev}.html" rel="prev">Previous feature ({prev})</a>')
+    if nxt is not None:
+        links.append(f'<a href="{nxt}.html" rel="next">Next feature ({nxt})</a>')
+    return f"""<header>
+<nav>{" ".join(links)}</nav>
+<h1>Feature {feature}</h1>
+</header>
+<main id="feature"><p class="muted">Loading…</p></main>"""
+
+
+def index_data(extracted: Extracted) -> dict[str, Any]:
+    from scircuits.platform.dashboard.build import index_rows
+
+    rows = []
+    for row in index_rows(extracted.pages, extracted.examples):
+        rows.append(
+            [
+                row.id,
+                row.rank,
+                row.attribution,
+                row.exact_logprob_delta,
+                row.exact_logprob_ci,
+                row.frequency,
+                row.max_activation,
+                row.summary,
+            ]
+        )
+    return {"columns": COLUMNS, "rows": rows}
+
+
+def relative_report(target: Path, run_dir: Path) -> str | None:
+    report = run_dir / "report.html"
+    if not report.is_file():
+        return None
+    return Path(os.path.relpath(report.resolve(), target.resolve())).as_posix()
+
+
+def write_site(target: Path, extracted: Extracted) -> None:
+    """(Re)write the site under ``target``; an existing site there is replaced."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    for sub in ("assets", "data/features", "data/examples", "features"):
+        (tmp / sub).mkdir(parents=True)
+    (tmp / "assets" / "dashboard.css").write_text(CSS)
+    (tmp / "assets" / "common.js").write_text(COMMON_JS)
+    (tmp / "assets" / "index.js").write_text(INDEX_JS)
+    (tmp / "assets" / "feature.js").write_text(FEATURE_JS)
+    (tmp / "data" / "meta.js").write_text(js_assign("window.SC_META", meta(extracted)))
+    (tmp / "data" / "index.js").write_text(js_assign("window.SC_INDEX", index_data(extracted)))
+    shards: dict[int, dict[str, list[str]]] = {}
+    for run, tokens in extracted.examples.items():
+        shards.setdefault(run // SHARD_SIZE, {})[str(run)] = tokens
+    for shard, content in shards.items():
+        (tmp / "data" / "examples" / f"{shard}.js").write_text(
+            f"Object.assign(window.SC_EXAMPLES=window.SC_EXAMPLES||{{}},{js_literal(content)});\n"
+        )
+    ids = [p.id for p in extracted.pages]
+    for i, feature_page in enumerate(extracted.pages):
+        fid = feature_page.id
+        (tmp / "data" / "features" / f"{fid}.js").write_text(
+            js_assign("window.SC_FEATURE", feature_page.model_dump(mode="json"))
+        )
+        neighbours = (ids[i - 1] if i > 0 else None, ids[i + 1] if i + 1 < len(ids) else None)
+        (tmp / "features" / f"{fid}.html").write_text(
+            page(
+                f"Feature {fid} · {run_label(extracted)}",
+                feature_body(fid, neighbours),
+                depth=1,
+                scripts=["assets/common.js", "data/meta.js", f"data/features/{fid}.js", "assets/feature.js"],
+            )
+        )
+    report_href = relative_report(target, extracted.inputs.run_dir)
+    (tmp / "index.html").write_text(
+        page(
+            f"Features · {run_label(extracted)}",
+            index_body(extracted, report_href),
+            depth=0,
+            scripts=["assets/common.js", "data/index.js", "assets/index.js"],
+        )
+    )
+    (tmp / "manifest.json").write_text(
+        json.dumps(
+            {
+                "format": "scircuits.dashboard",
+                "format_version": 1,
+                "run_dir": str(extracted.inputs.run_dir),
+                "results_config_hash": extracted.inputs.results.get("config_hash"),
+                "sae_sha256": ((extracted.inputs.results.get("provenance") or {}).get("sae") or {}).get(
+                    "weights_sha256"
+                ),
+                "store": str(extracted.inputs.store_path),
+                "d_sae": extracted.d_sae,
+                "active_features": extracted.n_active,
+                "pages": len(extracted.pages),
+                "tokens_scanned": extracted.n_tokens,
+                "first_position": extracted.inputs.first_position,
+                **base_provenance(),
+            },
+            indent=2,
+        )
+    )
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.replace(target)
+
+
+def link_from_report(run_dir: Path, target: Path) -> None:
+    """Add a link to the dashboard to the run's report.md and report.html (once)."""
+    href = Path(os.path.relpath((target / "index.html").resolve(), run_dir.resolve())).as_posix()
+    md = run_dir / "report.md"
+    if md.is_file() and MARKER not in (text := md.read_text()):
+        md.write_text(
+            text.rstrip("\n") + f"\n\n<!-- {MARKER} -->\n## Feature dashboard\n\n"
+            f"[Open the feature dashboard]({href}): one page per active feature, opens from disk.\n"
+        )
+    page_html = run_dir / "report.html"
+    if page_html.is_file() and MARKER not in (text := page_html.read_text()):
+        block = (
+            f'<section id="{MARKER}"><h2>Feature dashboard</h2><p><a href="{html.escape(href)}">'
+            "Open the feature dashboard</a>: one page per active feature, opens from disk.</p></section>\n"
+        )
+        at = text.rfind("</body>")
+        page_html.write_text(text[:at] + block + text[at:] if at >= 0 else text + block)

@@ -1,0 +1,143 @@
+"""Everything the dashboard reads from a finished run directory, through as few internals as possible.
+
+This is the only dashboard module that knows the run directory's layout or imports scircuits'
+internals; re-point these functions when the core moves (issue 9):
+
+- ``causal/results.json`` (keys as written by ``scircuits.platform.causal`` analyses``);
+- the activation store (``scircuits.store.ActivationStore``);
+- the SAE checkpoint (``scircuits.platform.checkpoint.load_sae``);
+- the model, for its tokenizer and unembedding (``get_plugins().models.get(name).load``);
+- the direct-path logit effects (``scircuits.platform.causal.study.unembedding_effects`` over a
+  ``scircuits.platform.splice.SplitModel``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scircuits.platform.contract.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from scircuits.store import ActivationStore
+
+RESULTS = Path("causal") / "results.json"
+STORE = "activations.zarr"
+SAE = "sae"
+REPORT_FILES = ("report.html", "report.md")
+
+
+@dataclass
+class RunInputs:
+    """The artifacts of one finished run that the dashboard reads."""
+
+    run_dir: Path
+    results: dict[str, Any]
+    store_path: Path
+    sae_path: Path
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.results.get("config") or {}
+
+    @property
+    def layer(self) -> int:
+        return int(self.results["layer"])
+
+    @property
+    def site(self) -> str:
+        return str(self.results["site"])
+
+    @property
+    def first_position(self) -> int:
+        return int(self.config.get("edit_from_position") or 0)
+
+
+def _existing(candidates: Sequence[Path | None], what: str, run_dir: Path) -> Path:
+    for path in candidates:
+        if path is not None and path.exists():
+            return path
+    raise ConfigError(
+        f"{run_dir}: no {what} found (looked in {', '.join(str(p) for p in candidates if p)}); "
+        "give the directory that `scircuits run` wrote"
+    )
+
+
+def read_run(run_dir: str | Path) -> RunInputs:
+    """The results, store and SAE of a run directory; ConfigError naming what is missing."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ConfigError(f"{run} is not a directory; give a run directory written by `scircuits run`")
+    results_path = run / RESULTS
+    if not results_path.is_file():
+        raise ConfigError(f"{results_path} is missing: run the ablation stage first (`scircuits run`)")
+    try:
+        results = json.loads(results_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{results_path} is not valid JSON ({exc}); rerun the ablation stage") from None
+    for key in ("config", "layer", "site", "d_sae", "features"):
+        if key not in results:
+            raise ConfigError(f"{results_path} has no {key!r}: it was not written by `scircuits ablate`")
+    config = results["config"]
+    store = _existing(
+        [run / STORE, Path(config["store"]) if config.get("store") else None], "activation store", run
+    )
+    sae = _existing([run / SAE, Path(config["sae"]) if config.get("sae") else None], "SAE checkpoint", run)
+    return RunInputs(run, results, store, sae)
+
+
+def open_store(inputs: RunInputs) -> ActivationStore:
+    from scircuits.store import ActivationStore
+
+    return ActivationStore(inputs.store_path)
+
+
+def load_sae(inputs: RunInputs) -> torch.nn.Module:
+    from scircuits.platform.train.checkpoint import load_sae as load
+
+    sae, _ = load(inputs.sae_path)
+    return sae.eval()
+
+
+def load_model(inputs: RunInputs) -> Any:
+    """The run's model (LoadedModel: tokenizer, weights) on the CPU in float32."""
+    from scircuits.platform.manager.plugin_set import get_plugins
+
+    config = inputs.config
+    adapter = get_plugins().models.get(config["model"])
+    return adapter.load(model_path=config.get("model_path"), dtype="float32", device="cpu")
+
+
+class CachedDecoder:
+    """``decode([id])`` of a tokenizer, remembered per token (the dashboard decodes the same ids often)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._seen: dict[tuple[int, ...], str] = {}
+
+    def decode(self, ids: Sequence[int]) -> str:
+        key = tuple(int(i) for i in ids)
+        if key not in self._seen:
+            self._seen[key] = self.tokenizer.decode(list(key))
+        return self._seen[key]
+
+
+def direct_path_effects(
+    loaded: Any,
+    sae: torch.nn.Module,
+    inputs: RunInputs,
+    features: Sequence[int],
+    decoder: CachedDecoder,
+    n: int = 10,
+) -> dict[int, dict[str, list[dict[str, Any]]]]:
+    """{feature: {"promoted": [{token, logit}], "suppressed": [...]}} through the unembedding only."""
+    from scircuits.platform.causal.study import unembedding_effects
+    from scircuits.platform.model.splice import SplitModel
+
+    split = SplitModel(loaded, inputs.layer, inputs.site)
+    return unembedding_effects(split, sae, list(features), decoder, n=n)
