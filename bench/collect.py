@@ -193,7 +193,8 @@ def main() -> None:
 
     rate = {name: n_tokens / statistics.median(ts) for name, ts in times.items()}
     print(
-        f"model {args.model} ({loaded.n_layers} blocks, d_model {loaded.d_model}), {args.site} of block {layer}; "
+        f"model {args.model} ({loaded.n_layers} blocks, d_model {loaded.d_model}), "
+        f"{args.site} of block {layer}; "
         f"{args.batches} batches of {args.batch_size} x {args.seq_len} tokens, {args.rounds} rounds, "
         f"{torch.get_num_threads()} threads, store dtype {args.dtype}"
     )
@@ -209,7 +210,8 @@ def main() -> None:
     )
     print(f"ours / full            {rate['ours'] / rate['full forward']:.3f}")
     print(
-        f"RSS: start {rss_start:.0f} MiB, model loaded {rss_loaded:.0f} MiB, after a forward {rss_warm:.0f} MiB, "
+        f"RSS: start {rss_start:.0f} MiB, model loaded {rss_loaded:.0f} MiB, "
+        f"after a forward {rss_warm:.0f} MiB, "
         f"process peak {peak_rss_mib():.0f} MiB (includes the full forward's logits)"
     )
     if ours_peaks:

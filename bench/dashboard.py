@@ -31,9 +31,9 @@ def main() -> None:
 
     import torch
 
-    from scircuits.platform.train.checkpoint import load_sae, save_sae
     from scircuits.platform.dashboard import build_dashboard
     from scircuits.platform.manager.plugin_set import get_plugins
+    from scircuits.platform.train.checkpoint import load_sae, save_sae
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="scircuits-dashboard-bench-"))
     work.mkdir(parents=True, exist_ok=True)

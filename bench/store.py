@@ -49,7 +49,8 @@ def load_rows(args: argparse.Namespace) -> Rows:
         n = min(args.rows, store.n_tokens)
         a = store.attrs
         label = (
-            f"store {args.store} (source={a.get('source')}, {a.get('model')} {a.get('site')}{a.get('layer')}, "
+            f"store {args.store} (source={a.get('source')}, "
+            f"{a.get('model')} {a.get('site')}{a.get('layer')}, "
             f"{a.get('benchmark')})"
         )
         return Rows(
@@ -200,7 +201,7 @@ def main() -> None:
     print()
     print(f"{'WRITE':<26}{'MB/s':>9}{'tokens/s':>12}{'x memmap':>10}{'ratio':>8}{'acts on disk':>15}")
     memmap_rate = raw_mb / memmap_s
-    for name, codec, seconds, mb, ratio, stored in table:
+    for name, _codec, seconds, mb, ratio, stored in table:
         rate = mb / seconds
         ratio_text = "-" if ratio is None else f"{ratio:.3f}"
         stored_text = "-" if stored is None else f"{stored / 1e6:,.1f} MB"

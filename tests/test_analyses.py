@@ -15,9 +15,9 @@ from scircuits.platform.causal.results import SCHEMA_VERSION, read_results
 from scircuits.platform.causal.stage import AblateInputs, run_ablate
 from scircuits.platform.config import AblateConfig
 from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.sae_module import SparseAutoencoder
 from scircuits.platform.manager.plugin_set import load_plugins
 from scircuits.platform.manager.registry import Registry
-from scircuits.platform.contract.sae_module import SparseAutoencoder
 from scircuits.testing import tiny_loaded_model
 
 

@@ -14,8 +14,8 @@ from scircuits.platform.causal.statistics import control_draws, spearman
 from scircuits.platform.causal.study import Study, feature_statistics
 from scircuits.platform.config import AblateConfig
 from scircuits.platform.contract.errors import ConfigError
-from scircuits.platform.manager.plugin_set import get_plugins, load_plugins
 from scircuits.platform.contract.sae_module import SparseAutoencoder
+from scircuits.platform.manager.plugin_set import get_plugins, load_plugins
 from scircuits.platform.model.splice import SpliceError, SplitModel
 from scircuits.testing import tiny_loaded_model
 

@@ -21,7 +21,8 @@ from scircuits.platform.train.checkpoint import (
 
 VARIANTS = ["relu", "topk", "batchtopk", "jumprelu", "gated"]
 D_IN, D_SAE = 12, 40
-# SAELens (>= 6) rules: architecture spelling and the tensors its SAE classes hold (load_state_dict is strict).
+# SAELens (>= 6) rules: architecture spelling and the tensors its SAE classes hold
+# (load_state_dict is strict).
 SAELENS_ARCH = {
     "relu": "standard",
     "topk": "topk",

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from scircuits.cli import main
-from scircuits.platform.train.checkpoint import load_sae
 from scircuits.platform.dashboard import build_dashboard
 from scircuits.platform.dashboard.scan import (
     Runs,
@@ -20,6 +19,7 @@ from scircuits.platform.dashboard.scan import (
     scan_store,
 )
 from scircuits.platform.dashboard.site import MARKER, link_from_report
+from scircuits.platform.train.checkpoint import load_sae
 from scircuits.store import ActivationStore
 from tests.dashboard_run import read_js, tiny_run
 

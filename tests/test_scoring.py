@@ -88,7 +88,7 @@ def test_multiple_choice_correct_when_gold_choice_is_strictly_most_likely():
         Example("c", "Q", " z"),
     ]
     _sequences, layouts = layout_examples(Tok(), examples)
-    assert [l.sequence_indices for l in layouts] == [(0, 1), (2, 3), (4,)]
+    assert [layout.sequence_indices for layout in layouts] == [(0, 1), (2, 3), (4,)]
     seq_logprob = torch.tensor([-1.0, -2.0, -1.0, -1.0, -3.0])
     seq_correct = torch.tensor([False, False, False, False, True])
     logprob, correct = example_scores(seq_logprob, seq_correct, layouts)

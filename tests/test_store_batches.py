@@ -146,7 +146,7 @@ def test_bad_options_are_explained(store):
 
 
 def test_reader_holds_at_most_buffer_plus_one_chunk(tmp_path):
-    """Bounded memory: the counters and the Python heap both stay at buffer + one chunk, far below the store."""
+    """Bounded memory: the counters and the Python heap stay at buffer + one chunk, far below the store."""
     d_model, chunk_rows, buffer_rows = 64, 256, 512
     path = write_synthetic_store(
         tmp_path / "big.zarr", n_examples=600, d_model=d_model, chunk_rows=chunk_rows, max_tokens=64

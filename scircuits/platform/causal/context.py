@@ -17,9 +17,9 @@ from scircuits.platform.causal.statistics import Bootstrap, control_draws, contr
 from scircuits.platform.contract.analyses import AnalysisResult
 
 if TYPE_CHECKING:
-    from scircuits.platform.contract.ablations import FeatureStats
     from scircuits.platform.causal.study import ConditionScores, Study
     from scircuits.platform.config import AblateConfig
+    from scircuits.platform.contract.ablations import FeatureStats
     from scircuits.platform.contract.models import LoadedModel
 
 R = TypeVar("R", bound=AnalysisResult)

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.common.progress import Progress
+from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.model.scoring import ExampleLayout, SequenceBatch, layout_examples, make_batch
 from scircuits.platform.model.splice import LowerCache, SplitModel
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.causal.context import StudyContext
 from scircuits.platform.causal.evaluation import prepare_eval
 from scircuits.platform.causal.registry import analyses_of, study_order
@@ -23,12 +22,13 @@ from scircuits.platform.causal.results import (
 )
 from scircuits.platform.causal.statistics import Bootstrap
 from scircuits.platform.causal.study import Study, feature_statistics
+from scircuits.platform.common.progress import progress
 from scircuits.platform.config import AblateConfig
 from scircuits.platform.contract.analyses import Analysis, AnalysisResult
+from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.contract.models import LoadedModel
 from scircuits.platform.manager.plugin_set import ALLOW_LIST_ENV
-from scircuits.platform.common.progress import progress
 from scircuits.platform.model.splice import SplitModel
 
 

@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.causal.results import write_study
 from scircuits.platform.causal.runner import run_study
-from scircuits.platform.train.checkpoint import load_sae
+from scircuits.platform.common.provenance import base_provenance, file_sha256
 from scircuits.platform.config import AblateConfig
+from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.hf_loading import check_weights_available
 from scircuits.platform.contract.models import LoadedModel
-from scircuits.platform.common.provenance import base_provenance, file_sha256
+from scircuits.platform.train.checkpoint import load_sae
 from scircuits.store.reader import ActivationStore
 
 

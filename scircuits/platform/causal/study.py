@@ -19,12 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from scircuits.platform.contract.ablations import Ablation, FeatureStats
 from scircuits.platform.causal.evaluation import EvalBatch, EvalData, edit_mask, token_mask
 from scircuits.platform.causal.statistics import derived_seed
-from scircuits.platform.train.metrics import ReconstructionStats
-from scircuits.platform.contract.models import LoadedModel
 from scircuits.platform.common.progress import Progress
+from scircuits.platform.contract.ablations import Ablation, FeatureStats
+from scircuits.platform.contract.models import LoadedModel
 from scircuits.platform.model.scoring import example_scores, next_token_nll, sequence_scores
 from scircuits.platform.model.splice import (
     FeatureEdit,
@@ -34,6 +33,7 @@ from scircuits.platform.model.splice import (
     nnsight_site_logits,
     spliced_output,
 )
+from scircuits.platform.train.metrics import ReconstructionStats
 from scircuits.store.reader import ActivationStore
 
 SiteMode = str  # "clean" | "splice" | "reconstruction" | "zero"

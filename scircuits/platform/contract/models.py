@@ -90,7 +90,7 @@ class ModelAdapter:
         return f"{self.blocks_path}.{layer}" + (f".{sub}" if sub else "")
 
     def resolve_site(self, layer: int | None, site: str | Site, n_layers: int | None = None) -> int:
-        """The layer (default: the adapter's) after checking that it and the site exist; ConfigError if not."""
+        """The layer (default: the adapter's), checked with the site; ConfigError if either is absent."""
         try:
             resolved = self.layer_or_default(layer, n_layers)
             self.site_path(resolved, site, n_layers=n_layers)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.dashboard import sources
 from scircuits.platform.dashboard.scan import (
     HIST_BINS_PER_DECADE,
@@ -36,7 +37,6 @@ from scircuits.platform.dashboard.schema import (
     LogitEffect,
     QuantileGroup,
 )
-from scircuits.platform.contract.errors import ConfigError
 
 DASHBOARD_DIR = "dashboard"
 LOGIT_CHUNK = 256  # features per unembedding product (chunk x vocab floats at once)

@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scircuits.platform.dashboard.assets import COMMON_JS, CSS, FEATURE_JS, INDEX_JS
 from scircuits.platform.common.provenance import base_provenance
+from scircuits.platform.dashboard.assets import COMMON_JS, CSS, FEATURE_JS, INDEX_JS
 
 if TYPE_CHECKING:
     from scircuits.platform.dashboard.build import Extracted

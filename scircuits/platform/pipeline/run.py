@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scircuits.platform.common.provenance import now_iso
 from scircuits.platform.config import RunConfig, StageConfig
 from scircuits.platform.contract.errors import ConfigError, WeightsUnavailableError
 from scircuits.platform.contract.hf_loading import check_weights_available, config_sizes
 from scircuits.platform.pipeline.stages import STAGES, PlanContext, Stage
 from scircuits.platform.pipeline.state import PipelineState
-from scircuits.platform.common.provenance import now_iso
 
 
 def run_dir_name(model: str, benchmark: str, site: str, layer: int) -> str:

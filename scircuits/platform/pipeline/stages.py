@@ -20,10 +20,10 @@ import scircuits.platform.report.build as report_module
 import scircuits.platform.train.training as training_module
 from scircuits.errors import ScircuitsError
 from scircuits.platform.causal.results import recorded_config_hash, results_path
-from scircuits.platform.dashboard import build_dashboard
-from scircuits.platform.train.checkpoint import is_complete
 from scircuits.platform.config import AblateConfig, CollectConfig, RunConfig, StageConfig, TrainConfig
+from scircuits.platform.dashboard import build_dashboard
 from scircuits.platform.report.document import REPORT_HTML, REPORT_MD
+from scircuits.platform.train.checkpoint import is_complete
 from scircuits.store.reader import ActivationStore
 
 REPORT_VERSION = 1  # bump when the report changes, to rewrite the reports of finished runs
