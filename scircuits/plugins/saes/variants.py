@@ -25,7 +25,7 @@ class ReLUHyperparameters(_Hyperparameters):
     l1: float = Field(
         default=3e-3, ge=0, description="L1 coefficient (activations weighted by decoder norms)"
     )
-    decorrelation: float = Field(default=0.01, ge=0, description="Phase 4 decorrelation coefficient")
+    decorrelation: float = Field(default=0.01, ge=0, description="Decorrelation coefficient (the penalty of the Phase 4 study this project grew from)")
     decorrelation_tokens: int = Field(default=256, ge=2, description="tokens per batch used for the penalty")
 
 
@@ -71,7 +71,7 @@ class BuiltinSAEVariant(SAEVariant):
 
 class ReLUVariant(BuiltinSAEVariant):
     name = "relu"
-    description = "ReLU SAE with an L1 penalty and the Phase 4 decorrelation penalty"
+    description = "ReLU SAE with an L1 penalty and a decorrelation penalty (from the Phase 4 study)"
     saelens_architecture = "standard"
     Hyperparameters = ReLUHyperparameters
     reads_saelens_checkpoints = True
