@@ -8,16 +8,20 @@ import torch
 from click.testing import CliRunner
 
 from scircuits.cli.train import validate
+from scircuits.platform.manager.plugin_set import load_plugins
 from scircuits.platform.train.metrics import mean_max_cosine
 from scircuits.platform.train.validation import PlantedDictionary, PlantedSetup
 
 
-def test_every_variant_recovers_the_planted_dictionary():
-    result = CliRunner().invoke(validate, ["sae", "--json"], catch_exceptions=False)
+def test_every_builtin_variant_recovers_the_planted_dictionary():
+    builtins = sorted(v.name for v in load_plugins(entry_points_too=False).saes)
+    assert set(builtins) == {"relu", "topk", "batchtopk", "jumprelu", "gated"}
+    args = ["sae", "--json", "--sae", ",".join(builtins)]
+    result = CliRunner().invoke(validate, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     rows = {r["sae"]: r for r in report["results"]}
-    assert set(rows) == {"relu", "topk", "batchtopk", "jumprelu", "gated"}
+    assert set(rows) == set(builtins)
     for name, row in rows.items():
         assert row["mmcs"] >= 0.9 and row["passed"], (name, row)
         assert row["recovered"] >= 0.5, (name, row)
