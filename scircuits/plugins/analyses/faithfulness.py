@@ -48,7 +48,9 @@ class Faithfulness(Analysis):
     def run(self, context: StudyContext) -> FaithfulnessResult:
         ranked: list[int] = context.shared["ranked"]
         spliced = context.shared["splice"]
-        empty = context.run_condition("splice", context.keep_only_edit([]), status="faithfulness ∅")
+        empty = context.run_condition(
+            "splice", context.keep_only_edit([]), status="faithfulness ∅", record="keep_none"
+        )
         curve = []
         denominator = spliced.mean_logprob - empty.mean_logprob
         for n in points(context):
@@ -59,7 +61,6 @@ class Faithfulness(Analysis):
             curve.append(
                 FaithfulnessPoint(n=n, value=value, logprob=kept.mean_logprob, accuracy=kept.accuracy)
             )
-        context.scores["keep_none"] = empty
         return FaithfulnessResult(
             faithfulness=curve,
             faithfulness_reference=FaithfulnessReference(
