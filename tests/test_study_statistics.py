@@ -178,3 +178,24 @@ def test_ce_loss_recovered_and_faithfulness_have_their_exact_values(tiny, exampl
         null.W_dec.zero_()  # the reconstruction is the zeroed site
     results, _ = run(tiny, examples, tmp_path / "null", null, top_k=[1], random_controls=0)
     assert results["reconstruction"]["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_faithfulness_intervals_and_the_fvu_variants(tiny, examples, tmp_path):
+    results, _ = run(tiny, examples, tmp_path, random_sae(tiny.d_model), random_controls=0)
+    assert results["faithfulness_reference"]["label"] == "features only, error term kept"
+    for point in results["faithfulness"]:
+        low, high = point["ci"]
+        assert low <= point["value"] <= high
+    metrics = results["sae_metrics_eval"]
+    assert metrics["massive_dimensions"] >= 0
+    assert 0 < metrics["fvu_standardised"] and 0 < metrics["fvu_without_massive_dimensions"]
+
+
+def test_the_ratio_interval_of_a_constructed_case():
+    from scircuits.platform.causal.statistics import Bootstrap
+
+    bootstrap = Bootstrap(4, 200, seed=0)
+    empty, full = np.zeros(4), np.array([1.0, 2.0, 3.0, 4.0])
+    assert bootstrap.ratio_interval(full, empty, full) == pytest.approx([1.0, 1.0])  # keep all
+    assert bootstrap.ratio_interval(empty, empty, full) == pytest.approx([0.0, 0.0])  # keep none
+    assert bootstrap.ratio_interval(full, empty, empty) is None  # undefined: full == empty

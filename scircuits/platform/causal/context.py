@@ -203,7 +203,38 @@ class StudyContext:
         return self.study.attribution(self.selection)
 
     def reconstruction_metrics(self) -> dict[str, float]:
-        return self.study.reconstruction_metrics()
+        """The SAE's reconstruction metrics on the evaluation tokens, with FVU also computed without
+        the massive dimensions and with each dimension standardised (``fvu_variants``)."""
+        return {**self.study.reconstruction_metrics(), **self.fvu_variants()}
+
+    def fvu_variants(self, massive_factor: float = 100.0) -> dict[str, float]:
+        """FVU at the edited positions (i) leaving out the massive dimensions (mean square above
+        ``massive_factor`` x the median dimension's) and (ii) with every dimension standardised by
+        its own mean and standard deviation (each dimension weighs the same)."""
+        from scircuits.platform.causal.evaluation import edit_mask
+
+        xs, errors = [], []
+        for eb in self.study.data.batches:
+            mask = edit_mask(eb.batch, self.config.edit_from_position)
+            xs.append(eb.cache.site_output[mask].double().cpu().numpy())
+            errors.append(eb.error[mask].double().cpu().numpy())
+        if not xs:
+            return {}
+        x, error = np.concatenate(xs), np.concatenate(errors)
+        square = (x**2).mean(axis=0)
+        massive = square > massive_factor * np.median(square)
+        centred = x - x.mean(axis=0)
+        kept = ~massive
+        variance_kept = float((centred[:, kept] ** 2).sum())
+        std = x.std(axis=0)
+        std[std == 0] = 1.0
+        return {
+            "massive_dimensions": int(massive.sum()),
+            "fvu_without_massive_dimensions": float((error[:, kept] ** 2).sum()) / variance_kept
+            if variance_kept > 0
+            else float("nan"),
+            "fvu_standardised": float(((error / std) ** 2).sum() / ((centred / std) ** 2).sum()),
+        }
 
     def logit_effects(
         self, features: Sequence[int], n: int = 10

@@ -49,6 +49,19 @@ class Bootstrap:
         low, high = np.quantile(replicate_means, [tail, 1.0 - tail])
         return Interval(float(values.mean()), float(low), float(high))
 
+    def ratio_interval(self, kept: np.ndarray, empty: np.ndarray, full: np.ndarray) -> list[float] | None:
+        """Percentile interval of (mean kept − mean empty) / (mean full − mean empty), the three
+        per-example arrays resampled together; None when a replicate's denominator is 0."""
+        kept, empty, full = (
+            np.asarray(v, dtype=np.float64)[self.indices].mean(axis=1) for v in (kept, empty, full)
+        )
+        denominator = full - empty
+        if np.any(denominator == 0):
+            return None
+        tail = (1.0 - self.level) / 2.0
+        low, high = np.quantile((kept - empty) / denominator, [tail, 1.0 - tail])
+        return [float(low), float(high)]
+
 
 def ranks(values: np.ndarray) -> np.ndarray:
     """Ranks starting at 1, ties sharing their average rank."""
