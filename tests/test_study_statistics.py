@@ -188,7 +188,7 @@ def test_faithfulness_intervals_and_the_fvu_variants(tiny, examples, tmp_path):
         assert low <= point["value"] <= high
     metrics = results["sae_metrics_eval"]
     assert metrics["massive_dimensions"] >= 0
-    assert 0 < metrics["fvu_standardised"] and 0 < metrics["fvu_without_massive_dimensions"]
+    assert metrics["fvu_standardised"] > 0 and metrics["fvu_without_massive_dimensions"] > 0
 
 
 def test_the_ratio_interval_of_a_constructed_case():
@@ -199,3 +199,65 @@ def test_the_ratio_interval_of_a_constructed_case():
     assert bootstrap.ratio_interval(full, empty, full) == pytest.approx([1.0, 1.0])  # keep all
     assert bootstrap.ratio_interval(empty, empty, full) == pytest.approx([0.0, 0.0])  # keep none
     assert bootstrap.ratio_interval(full, empty, empty) is None  # undefined: full == empty
+
+
+def helpful_direction(tiny, examples) -> torch.Tensor:
+    """The direction along which the site's output raises the gold log-probs (summed gradient), read
+    from the attribution of unit features that are 1 everywhere (attribution_j = −0.01 · grad_j)."""
+    d = tiny.d_model
+    probe = ReluSAE(d, d)
+    with torch.no_grad():
+        probe.W_enc.zero_()
+        probe.b_enc.fill_(1.0)
+        probe.b_dec.zero_()
+        probe.W_dec.copy_(0.01 * torch.eye(d))
+    gradient = -torch.from_numpy(study_of(tiny, examples, probe.eval(), first_position=1).attribution())
+    return (gradient / gradient.norm()).float()
+
+
+def twins_and_rare_sae(d: int, direction: torch.Tensor, n_rare: int = 2000) -> ReluSAE:
+    """Features 0-9 fire on every token and write the same vector (exchangeable twins); the others
+    fire on some tokens and write almost nothing. A top feature among the twins does no more than a
+    matched control (another twin), but far more than a random active feature."""
+    torch.manual_seed(0)
+    sae = ReluSAE(d, 10 + n_rare)
+    with torch.no_grad():
+        sae.b_dec.zero_()
+        sae.W_enc.zero_()
+        sae.b_enc.fill_(1.0)
+        sae.W_dec[:10] = 0.05 * direction
+        sae.W_enc[:, 10:] = 4.0 * torch.randn(d, n_rare)  # the tiny model's residual norm is about 0.27
+        sae.b_enc[10:] = -1.5  # fires where the random projection is large: a few % of tokens
+        sae.W_dec[10:] = 1e-5 * torch.randn(n_rare, d)
+    return sae.eval()
+
+
+def test_matched_controls_do_not_call_an_effect_significant_that_unmatched_ones_would(
+    tiny, examples, tmp_path
+):
+    from scircuits.platform.causal.controls import sample_unmatched_controls
+    from scircuits.platform.causal.significance import top_k_significance
+    from scircuits.platform.causal.statistics import Bootstrap
+
+    sae = twins_and_rare_sae(tiny.d_model, helpful_direction(tiny, examples))
+    results, _ = run(
+        tiny, examples, tmp_path, sae, top_k=[1], random_controls=None, selection_fraction=0.0, exact_top=0
+    )
+    sweep = results["sweeps"][0]
+    assert sweep["features"][0] < 10  # a twin ranks first
+    assert all(ids[0] < 10 for ids in sweep["control_sets"]["features"])  # matched: another twin
+    assert sweep["test_logprob"]["p_holm"] == 1.0 and sweep["significant_logprob"] is False
+
+    # the same effect against controls drawn uniformly among active features (the old method)
+    study = study_of(tiny, examples, sae, first_position=1, batch_size=16)
+    spliced = study.run("splice")
+    top = study.run("splice", study.ablate_edit(sweep["features"], tag=1)).logprob - spliced.logprob
+    _, _, frequency = feature_statistics(study.data, first_position=1)
+    unmatched = sample_unmatched_controls(sweep["features"], frequency > 0, draws=20, rng=0)
+    assert (frequency[10:] > 0).sum() > 1000 and not any(ids[0] < 10 for ids in unmatched)
+    controls = np.stack(
+        [study.run("splice", study.ablate_edit(ids, tag=2)).logprob - spliced.logprob for ids in unmatched]
+    )
+    old = top_k_significance({1: (top, controls)}, Bootstrap(len(top), 200, seed=0))
+    assert old.tests[0].significant, old.tests[0].difference
+    assert old.tests[0].top_effect == pytest.approx(sweep["logprob_delta"])
