@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from scircuits.errors import ConfigError, DataFormatError, ScircuitsError
 from scircuits.platform.causal.context import StudyContext
+from scircuits.platform.causal.controls import ControlSamplingError
 from scircuits.platform.causal.results import StudyResults
-from scircuits.platform.causal.statistics import Interval, spearman
+from scircuits.platform.causal.significance import KTest, top_k_significance
+from scircuits.platform.causal.statistics import Interval, spearman, spearman_interval
 from scircuits.platform.common.provenance import base_provenance, cache_root, file_sha256, now_iso
 from scircuits.platform.contract.ablations import Ablation, FeatureStats
 from scircuits.platform.contract.analyses import Analysis, AnalysisResult
@@ -54,11 +56,13 @@ __all__ = [
     "AnalysisResult",
     "Benchmark",
     "ConfigError",
+    "ControlSamplingError",
     "DataFormatError",
     "Example",
     "FeatureStats",
     "HFModelAdapter",
     "Interval",
+    "KTest",
     "LoadedModel",
     "ModelAdapter",
     "PluginConflictError",
@@ -84,4 +88,6 @@ __all__ = [
     "mse_per_element",
     "now_iso",
     "spearman",
+    "spearman_interval",
+    "top_k_significance",
 ]

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from scircuits.platform.causal.statistics import Bootstrap, control_draws, control_effect, effect
+from scircuits.platform.causal.controls import MatchedControls, ablation_size, sample_matched_controls
+from scircuits.platform.causal.significance import min_draws
+from scircuits.platform.causal.statistics import (
+    Bootstrap,
+    control_draws,
+    control_effect,
+    derived_seed,
+    effect,
+)
 from scircuits.platform.contract.analyses import AnalysisResult
 
 if TYPE_CHECKING:
@@ -36,7 +44,9 @@ class StudyContext:
     stats: FeatureStats  # mean activation and a pool of token rows (for mean / resample ablations)
     mean_activation: np.ndarray  # per feature, over the edited evaluation tokens
     frequency: np.ndarray  # per feature: share of edited evaluation tokens where it fires
-    bootstrap: Bootstrap  # one seeded set of replicates shared by every effect (paired)
+    bootstrap: Bootstrap  # one seeded set of replicates over the evaluation examples, shared (paired)
+    selection: np.ndarray | None = None  # example indices features are ranked on (None: every example)
+    evaluation: np.ndarray | None = None  # example indices effects are measured on (None: every example)
     results: dict[str, AnalysisResult] = field(default_factory=dict)  # by analysis name, so far
     scores: dict[str, ConditionScores] = field(default_factory=dict)  # recorded for examples.jsonl
     shared: dict[str, Any] = field(default_factory=dict)  # in-memory values analyses hand on
@@ -58,6 +68,21 @@ class StudyContext:
     @property
     def n_examples(self) -> int:
         return self.study.data.n_examples
+
+    @property
+    def evaluation_indices(self) -> np.ndarray:
+        return np.arange(self.n_examples) if self.evaluation is None else self.evaluation
+
+    @property
+    def n_evaluation(self) -> int:
+        return len(self.evaluation_indices)
+
+    @property
+    def random_controls(self) -> int:
+        """Control sets per k: the configured number, or by default the fewest that let a
+        Holm-corrected permutation p-value across the top_k values reach < 0.05."""
+        configured = self.config.random_controls
+        return min_draws(max(len(self.config.top_k), 1)) if configured is None else configured
 
     @property
     def active(self) -> np.ndarray:
@@ -87,10 +112,15 @@ class StudyContext:
     ) -> ConditionScores:
         """Scores with the site's output set by ``mode`` ("clean", "splice", "reconstruction",
         "zero"), features edited by ``edit_for(batch_index)``; ``record`` names it in examples.jsonl."""
-        scores = self.study.run(mode, edit_for, ce=ce, status=status)
+        if self.evaluation is None:
+            scores = self.study.run(mode, edit_for, ce=ce, status=status)
+            if record is not None:
+                self.scores[record] = scores
+            return scores
+        full = self.study.run(mode, edit_for, ce=ce, status=status, examples=self.evaluation)
         if record is not None:
-            self.scores[record] = scores
-        return scores
+            self.scores[record] = full
+        return full.subset(self.evaluation)
 
     def ablate_edit(self, indices: Sequence[int], tag: int) -> Callable[[int], Any]:
         """Edits ablating ``indices`` with the configured ablation, seeded by (seed, tag, batch)."""
@@ -109,7 +139,54 @@ class StudyContext:
         return control_effect(self.bootstrap, draws, reference)
 
     def control_draws(self, k: int, ranked: Sequence[int], draws: int) -> list[list[int]]:
+        """The old unmatched draws (uniform among active features); kept for comparison."""
         return control_draws(k, ranked, self.active, draws, self.config.seed)
+
+    def control_statistics(self) -> dict[str, np.ndarray]:
+        """On the evaluation examples' edited tokens: per-feature firing frequency, ablation size
+        (Σ activation × decoder-row norm) and per-example activity (n_evaluation, d_sae)."""
+        cached = self.shared.get("_control_statistics")
+        if cached is not None:
+            return cached
+        from scircuits.platform.causal.evaluation import edit_mask
+
+        position = {int(i): j for j, i in enumerate(self.evaluation_indices)}
+        fired = np.zeros(self.d_sae)
+        sums = np.zeros(self.d_sae)
+        tokens = 0
+        activity = np.zeros((len(position), self.d_sae), dtype=bool)
+        for eb in self.study.data.batches:
+            mask = edit_mask(eb.batch, self.config.edit_from_position)
+            for example, layout in zip(eb.example_indices, eb.layouts, strict=True):
+                if example not in position:
+                    continue
+                rows = list(layout.sequence_indices)
+                f = eb.features[rows][mask[rows]].detach().float().cpu().numpy()
+                fired += (f > 0).sum(axis=0)
+                sums += f.sum(axis=0)
+                tokens += f.shape[0]
+                activity[position[example]] = (f > 0).any(axis=0)
+        norms = self.sae.W_dec.detach().float().norm(dim=1).cpu().numpy()
+        stats = {
+            "frequency": fired / max(tokens, 1),
+            "size": ablation_size(sums, norms),
+            "activity": activity,
+        }
+        self.shared["_control_statistics"] = stats
+        return stats
+
+    def matched_controls(self, top: Sequence[int], draws: int) -> MatchedControls:
+        """``draws`` control sets matched to ``top`` on frequency, ablation size and the examples they
+        fire on (``scircuits.platform.causal.controls``), seeded by (seed, len(top))."""
+        stats = self.control_statistics()
+        return sample_matched_controls(
+            top,
+            stats["frequency"],
+            stats["size"],
+            stats["activity"],
+            draws=draws,
+            rng=derived_seed(self.config.seed, 7919, len(top)),
+        )
 
     # -- measurements ---------------------------------------------------------------------------
 
@@ -121,11 +198,43 @@ class StudyContext:
         return self.study.check_splice(self.loaded, c.splice_check_examples, c.splice_tolerance, described)
 
     def attribution(self) -> np.ndarray:
-        """Per feature: the linear estimate of the mean change of the gold log-prob when ablated."""
-        return self.study.attribution()
+        """Per feature: the linear estimate of the mean change of the gold log-prob when ablated, on
+        the selection examples."""
+        return self.study.attribution(self.selection)
 
     def reconstruction_metrics(self) -> dict[str, float]:
-        return self.study.reconstruction_metrics()
+        """The SAE's reconstruction metrics on the evaluation tokens, with FVU also computed without
+        the massive dimensions and with each dimension standardised (``fvu_variants``)."""
+        return {**self.study.reconstruction_metrics(), **self.fvu_variants()}
+
+    def fvu_variants(self, massive_factor: float = 100.0) -> dict[str, float]:
+        """FVU at the edited positions (i) leaving out the massive dimensions (mean square above
+        ``massive_factor`` x the median dimension's) and (ii) with every dimension standardised by
+        its own mean and standard deviation (each dimension weighs the same)."""
+        from scircuits.platform.causal.evaluation import edit_mask
+
+        xs, errors = [], []
+        for eb in self.study.data.batches:
+            mask = edit_mask(eb.batch, self.config.edit_from_position)
+            xs.append(eb.cache.site_output[mask].double().cpu().numpy())
+            errors.append(eb.error[mask].double().cpu().numpy())
+        if not xs:
+            return {}
+        x, error = np.concatenate(xs), np.concatenate(errors)
+        square = (x**2).mean(axis=0)
+        massive = square > massive_factor * np.median(square)
+        centred = x - x.mean(axis=0)
+        kept = ~massive
+        variance_kept = float((centred[:, kept] ** 2).sum())
+        std = x.std(axis=0)
+        std[std == 0] = 1.0
+        return {
+            "massive_dimensions": int(massive.sum()),
+            "fvu_without_massive_dimensions": float((error[:, kept] ** 2).sum()) / variance_kept
+            if variance_kept > 0
+            else float("nan"),
+            "fvu_standardised": float(((error / std) ** 2).sum() / ((centred / std) ** 2).sum()),
+        }
 
     def logit_effects(
         self, features: Sequence[int], n: int = 10

@@ -38,6 +38,37 @@ class StatisticsInfo(BaseModel):
     significance: str
 
 
+class EvaluationSplit(BaseModel):
+    """Which examples features were ranked on and which their effects were measured on."""
+
+    method: str
+    n_selection: int
+    n_evaluation: int
+    selection_fraction: float
+    seed: int
+
+    @classmethod
+    def describe(cls, n_examples: int, selection: Any, evaluation: Any, config: Any) -> EvaluationSplit:
+        if selection is None or evaluation is None:
+            return cls(
+                method="none: ranked and measured on the same examples",
+                n_selection=n_examples,
+                n_evaluation=n_examples,
+                selection_fraction=config.selection_fraction,
+                seed=config.seed,
+            )
+        return cls(
+            method=(
+                "held-out: attribution ranks features on a seeded random selection split; every "
+                "condition (sweeps, exact ablations, faithfulness, baselines) is measured on the rest"
+            ),
+            n_selection=len(selection),
+            n_evaluation=len(evaluation),
+            selection_fraction=config.selection_fraction,
+            seed=config.seed,
+        )
+
+
 class StudyResults(BaseModel):
     """results.json: the study-level fields, plus each analysis's result fields (extra keys)."""
 
@@ -59,6 +90,7 @@ class StudyResults(BaseModel):
     stats_source: str
     edited_positions: str
     n_conditions: int
+    evaluation_split: EvaluationSplit | None = None
     provenance: dict[str, Any]
     wall_seconds: float | None = None
 
@@ -156,7 +188,11 @@ def migrate(data: dict[str, Any], analyses: Iterable[Analysis], source: str) -> 
                 "this scircuits reads format_version 1 or a schema_version: rerun the ablate stage"
             )
         ordered = sorted(analyses, key=lambda a: (a.order, a.name))
-        present = [a.name for a in ordered if all(k in data for k in a.Result.model_fields)]
+        present = [
+            a.name
+            for a in ordered
+            if all(k in data for k, info in a.Result.model_fields.items() if info.is_required())
+        ]
         return {**data, "schema_version": SCHEMA_VERSION, "analyses": present}
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise ConfigError(

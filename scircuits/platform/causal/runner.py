@@ -11,16 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from scircuits.platform.causal.context import StudyContext
 from scircuits.platform.causal.evaluation import prepare_eval
 from scircuits.platform.causal.registry import analyses_of, study_order
 from scircuits.platform.causal.results import (
     ConditionScore,
+    EvaluationSplit,
     ExampleRow,
     StatisticsInfo,
     StudyResults,
 )
-from scircuits.platform.causal.statistics import Bootstrap
+from scircuits.platform.causal.statistics import Bootstrap, selection_split
 from scircuits.platform.causal.study import Study, feature_statistics
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import AblateConfig
@@ -47,6 +50,12 @@ def run_study(
     ablation = plugins.ablations.get(config.ablation)
     ablation_options = ablation.parse_options(config.ablation_options)
     split = SplitModel(loaded, layer, config.site)
+    selection, evaluation = selection_split(len(examples), config.selection_fraction, config.seed)
+    if selection is not None and evaluation is not None:
+        # selection first, so that most batches hold only one split (a condition skips selection batches)
+        examples = [examples[i] for i in (*selection, *evaluation)]
+        selection = np.arange(len(selection))
+        evaluation = np.arange(len(selection), len(examples))
     with progress(
         "ablate: lower blocks + SAE", total=len(examples), enabled=config.progress, unit="examples"
     ) as show:
@@ -74,7 +83,11 @@ def run_study(
         stats=stats,
         mean_activation=mean_activation,
         frequency=frequency,
-        bootstrap=Bootstrap(data.n_examples, config.bootstrap, config.seed),
+        bootstrap=Bootstrap(
+            data.n_examples if evaluation is None else len(evaluation), config.bootstrap, config.seed
+        ),
+        selection=selection,
+        evaluation=evaluation,
     )
     total = sum(a.passes(context) for a in analyses)
     done: list[tuple[Analysis, AnalysisResult]] = []
@@ -116,8 +129,12 @@ def run_study(
             level=0.95,
             paired=True,
             seed=config.seed,
-            significance="the top-k interval excludes the control's interval",
+            significance=(
+                "paired bootstrap interval of top-k minus the mean matched control excludes 0 and the "
+                "Holm-corrected permutation p < 0.05 across the k values"
+            ),
         ),
+        "evaluation_split": EvaluationSplit.describe(data.n_examples, selection, evaluation, config),
         "stats_source": "evaluation tokens at the edited positions",
         "edited_positions": f"every position >= {config.edit_from_position} of every sequence",
         "n_conditions": study.n_conditions,
@@ -131,6 +148,7 @@ def run_study(
             scores={
                 name: ConditionScore(logprob=float(s.logprob[i]), correct=bool(s.correct[i]))
                 for name, s in context.scores.items()
+                if s.scored is None or s.scored[i]
             },
         )
         for i, example in enumerate(data.examples)

@@ -49,6 +49,19 @@ class Bootstrap:
         low, high = np.quantile(replicate_means, [tail, 1.0 - tail])
         return Interval(float(values.mean()), float(low), float(high))
 
+    def ratio_interval(self, kept: np.ndarray, empty: np.ndarray, full: np.ndarray) -> list[float] | None:
+        """Percentile interval of (mean kept − mean empty) / (mean full − mean empty), the three
+        per-example arrays resampled together; None when a replicate's denominator is 0."""
+        kept, empty, full = (
+            np.asarray(v, dtype=np.float64)[self.indices].mean(axis=1) for v in (kept, empty, full)
+        )
+        denominator = full - empty
+        if np.any(denominator == 0):
+            return None
+        tail = (1.0 - self.level) / 2.0
+        low, high = np.quantile((kept - empty) / denominator, [tail, 1.0 - tail])
+        return [float(low), float(high)]
+
 
 def ranks(values: np.ndarray) -> np.ndarray:
     """Ranks starting at 1, ties sharing their average rank."""
@@ -79,6 +92,28 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     if denom == 0.0:
         return None
     return float((ra * rb).sum() / denom)
+
+
+def spearman_interval(
+    a: np.ndarray, b: np.ndarray, replicates: int = 1000, seed: int = 0, level: float = 0.95
+) -> list[float] | None:
+    """Percentile bootstrap interval of Spearman's ρ, resampling the (a_i, b_i) pairs; None when
+    fewer than 3 pairs or when too few replicates are defined."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(replicates):
+        pick = rng.integers(0, len(a), size=len(a))
+        rho = spearman(a[pick], b[pick])
+        if rho is not None:
+            values.append(rho)
+    if len(values) < replicates // 2:
+        return None
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [tail, 1.0 - tail])
+    return [float(low), float(high)]
 
 
 # ----------------------------------------------------------------------------- effects of conditions
@@ -139,3 +174,15 @@ def control_draws(
 def derived_seed(*parts: int) -> int:
     """A deterministic 31-bit seed from integers (Python's hash() of strings changes per process)."""
     return int(np.random.SeedSequence([p % (1 << 32) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def selection_split(
+    n_examples: int, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    """Seeded disjoint (selection, evaluation) example indices, selection ≈ ``fraction`` of them;
+    (None, None) when ``fraction`` is 0 or there are fewer than 2 examples (rank and measure on all)."""
+    if fraction <= 0 or n_examples < 2:
+        return None, None
+    order = np.random.default_rng(derived_seed(seed, 4241)).permutation(n_examples)
+    n_selection = min(max(round(fraction * n_examples), 1), n_examples - 1)
+    return np.sort(order[:n_selection]), np.sort(order[n_selection:])

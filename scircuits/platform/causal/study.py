@@ -47,6 +47,13 @@ class ConditionScores:
     correct: np.ndarray
     nll_sum: float = 0.0
     nll_count: int = 0
+    scored: np.ndarray | None = None  # per example: whether it was scored (None: every example)
+
+    def subset(self, indices: np.ndarray) -> ConditionScores:
+        """The scores of the examples ``indices`` only (in that order)."""
+        return ConditionScores(
+            self.logprob[indices], self.correct[indices], self.nll_sum, self.nll_count, None
+        )
 
     @property
     def accuracy(self) -> float:
@@ -107,14 +114,20 @@ class Study:
         edit_for: Callable[[int], FeatureEdit | None] | None = None,
         ce: bool = False,
         status: str = "",
+        examples: np.ndarray | None = None,
     ) -> ConditionScores:
-        """Score every example with the site's output set by ``mode`` (features edited by ``edit_for(b)``)."""
+        """Score every example (or the batches holding one of ``examples``) with the site's output set
+        by ``mode`` (features edited by ``edit_for(b)``)."""
         n = self.data.n_examples
         logprob = np.zeros(n)
         correct = np.zeros(n, dtype=bool)
+        scored = np.zeros(n, dtype=bool)
+        wanted = None if examples is None else set(int(i) for i in examples)
         nll_sum, nll_count = 0.0, 0
         with torch.no_grad():
             for b, eb in enumerate(self.data.batches):
+                if wanted is not None and not wanted.intersection(eb.example_indices):
+                    continue
                 edit = edit_for(b) if edit_for is not None else None
                 value = self.site_value(eb, mode, edit)
                 logits = self.split.upper(eb.batch, eb.cache, value, all_positions=ce)
@@ -127,10 +140,11 @@ class Study:
                 lp, ok = example_scores(seq_lp, seq_ok, eb.layouts)
                 logprob[eb.example_indices] = lp.numpy()
                 correct[eb.example_indices] = ok.numpy()
+                scored[eb.example_indices] = True
         self.n_conditions += 1
         if self.show is not None:
             self.show.advance(1, status)
-        return ConditionScores(logprob, correct, nll_sum, nll_count)
+        return ConditionScores(logprob, correct, nll_sum, nll_count, None if wanted is None else scored)
 
     # -- edits -------------------------------------------------------------------------------
 
@@ -161,8 +175,11 @@ class Study:
 
     # -- attribution -------------------------------------------------------------------------
 
-    def attribution(self) -> np.ndarray:
-        """Per feature: Σ over examples and positions of ∂logprob/∂f · (ablated − actual), / n examples."""
+    def attribution(self, examples: np.ndarray | None = None) -> np.ndarray:
+        """Per feature: Σ over examples and positions of ∂logprob/∂f · (ablated − actual), / n examples;
+        over ``examples`` only when given (the selection split). Sequences of a batch are independent,
+        so backpropagating only the chosen examples' gold log-probs leaves the others' gradients 0."""
+        wanted = None if examples is None else set(int(i) for i in examples)
         total = torch.zeros(self.d_sae, dtype=torch.float64)
         params = [p for p in self.split.model.parameters()] + [p for p in self.sae.parameters()]
         saved = [p.requires_grad for p in params]
@@ -171,6 +188,13 @@ class Study:
         everything = torch.arange(self.d_sae)
         try:
             for b, eb in enumerate(self.data.batches):
+                chosen = [
+                    layout.gold_sequence
+                    for i, layout in zip(eb.example_indices, eb.layouts, strict=True)
+                    if wanted is None or i in wanted
+                ]
+                if not chosen:
+                    continue
                 generator = torch.Generator().manual_seed(derived_seed(self.seed, -(10**9), b))
                 with torch.no_grad():
                     ablated = self.ablation.apply(
@@ -186,7 +210,7 @@ class Study:
                     value = (self.sae.decode(features) + eb.error).to(eb.cache.site_output.dtype)
                     logits = self.split.upper(eb.batch, eb.cache, value)
                     seq_lp, _ = sequence_scores(logits, eb.batch)
-                    gold = torch.tensor([layout.gold_sequence for layout in eb.layouts], device=seq_lp.device)
+                    gold = torch.tensor(chosen, device=seq_lp.device)
                     seq_lp[gold].sum().backward()
                 total += (features.grad * delta).sum(dim=(0, 1)).double().cpu()
         finally:
@@ -195,7 +219,7 @@ class Study:
         self.n_conditions += 3  # a backward costs about two forwards
         if self.show is not None:
             self.show.advance(3, "attribution")
-        return (total / self.data.n_examples).numpy()
+        return (total / (self.data.n_examples if wanted is None else max(len(wanted), 1))).numpy()
 
     # -- measurements analyses read ----------------------------------------------------------
 

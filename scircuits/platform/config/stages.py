@@ -162,8 +162,19 @@ class AblateConfig(StageConfig):
     ablation_options: dict[str, Any] = D(dict, "Ablation options (--ablation-option KEY=VALUE).")
     rank: Literal["attribution", "activation"] = D("attribution", "How features are ranked.")
     top_k: list[int] = D(lambda: [1, 5, 10, 50], "Numbers of top features to ablate.")
-    random_controls: int = D(5, "Random draws of k active features per k.", ge=0)
-    exact_top: int = D(20, "Top features ablated one at a time.", ge=0)
+    random_controls: int | None = D(
+        None,
+        "Matched control sets per k; default: the fewest for which a Holm-corrected p < 0.05 is "
+        "attainable across top_k (80 for 4 k values).",
+        ge=0,
+    )
+    selection_fraction: float = D(
+        0.5,
+        "Share of the examples features are ranked on; effects are measured on the rest (0: same).",
+        ge=0,
+        lt=1,
+    )
+    exact_top: int = D(50, "Top features ablated one at a time.", ge=0)
     limit: int | None = D(None, "Number of evaluation examples (default: all).", gt=0)
     split: str = D("test", "Benchmark split to evaluate on.")
     seed: int = D(0, "Seed of examples, controls and bootstrap.")
@@ -250,8 +261,8 @@ RunAblate = section(
     {
         "limit": 160,
         "top_k": lambda: [1, 5, 20, 50],
-        "random_controls": 3,
-        "exact_top": 10,
+        "random_controls": None,
+        "exact_top": 50,
         "faithfulness_n": lambda: [1, 5, 10, 20, 50, 100],
     },
     {"limit": "Evaluation examples for the causal stage (none: all)."},

@@ -94,6 +94,7 @@ class Baseline(Analysis):
         fmt = section.fmt
         m = section.sae_metrics(results)
         rec, base, splice = result.reconstruction, result.baseline, result.splice
+        ev = result.sae_metrics_eval
         section.heading("SAE quality")
         section.table(
             ["metric", "value", "measured on"],
@@ -103,6 +104,16 @@ class Baseline(Analysis):
                     "relative error per token (mean |x - x̂|² / |x|²)",
                     fmt(m.get("relative_error")),
                     m.get("source"),
+                ],
+                [
+                    f"FVU without the {ev.get('massive_dimensions', '–')} massive dimension(s)",
+                    fmt(ev.get("fvu_without_massive_dimensions")),
+                    "evaluation tokens; massive: mean square > 100 x the median dimension's",
+                ],
+                [
+                    "FVU with every dimension standardised",
+                    fmt(ev.get("fvu_standardised")),
+                    "evaluation tokens; each dimension weighs the same",
                 ],
                 [
                     "variance share of the largest dimension",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from scircuits import Analysis, AnalysisResult, spearman
+from scircuits import Analysis, AnalysisResult, spearman, spearman_interval
 
 if TYPE_CHECKING:
     from scircuits import ReportDocument, StudyContext, StudyResults
@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 class ExactResult(AnalysisResult):
     attribution_vs_exact_spearman: float | None
+    attribution_vs_exact_spearman_ci: list[float] | None = None  # bootstrap over the features
+    attribution_vs_exact_n: int | None = None  # features the correlation is over
 
 
 class ExactAblation(Analysis):
@@ -41,11 +43,19 @@ class ExactAblation(Analysis):
             )
             exact[feature] = context.effect(scores, spliced)
         context.shared["exact"] = exact
-        rho = None
+        rho, interval = None, None
         if len(features) >= 2:
-            attribution = context.shared["attribution"]
-            rho = spearman(attribution[features], np.array([exact[f]["logprob_delta"] for f in features]))
-        return ExactResult(attribution_vs_exact_spearman=rho)
+            attribution = context.shared["attribution"][features]
+            measured = np.array([exact[f]["logprob_delta"] for f in features])
+            rho = spearman(attribution, measured)
+            interval = spearman_interval(
+                attribution, measured, replicates=context.config.bootstrap, seed=context.seed
+            )
+        return ExactResult(
+            attribution_vs_exact_spearman=rho,
+            attribution_vs_exact_spearman_ci=interval,
+            attribution_vs_exact_n=len(features),
+        )
 
     def report(self, section: ReportDocument, result: ExactResult, results: StudyResults) -> None:
         fmt, fmt_ci = section.fmt, section.fmt_ci
@@ -53,6 +63,11 @@ class ExactAblation(Analysis):
             f for f in results.model_dump().get("features") or [] if f.get("exact_logprob_delta") is not None
         ]
         section.heading(self.description)
+        section.paragraph(
+            f"Spearman ρ between attribution and exact ablation over the top "
+            f"{result.attribution_vs_exact_n} features: {fmt(result.attribution_vs_exact_spearman, 2)} "
+            f"{fmt_ci(result.attribution_vs_exact_spearman_ci)} (95% bootstrap over features)."
+        )
         section.table(
             [
                 "rank",
@@ -111,7 +126,9 @@ class ExactAblation(Analysis):
         if rho is None:
             return []
         return [
-            f"Attribution estimates vs exact single-feature ablations: Spearman ρ = {section.fmt(rho, 2)}."
+            f"Attribution estimates (selection examples) vs exact single-feature ablations (evaluation "
+            f"examples) over the top {result.attribution_vs_exact_n} features: Spearman ρ = "
+            f"{section.fmt(rho, 2)} {section.fmt_ci(result.attribution_vs_exact_spearman_ci)}."
         ]
 
     def comparison(self, section: ReportDocument, result: ExactResult) -> dict[str, str]:

@@ -1,13 +1,18 @@
-"""Sweeps with controls: ablate the top k features for each k, against the same number of random
-features active on the benchmark (the mean over several seeded draws, per example)."""
+"""Sweeps with matched controls: ablate the top k features for each k, against R control sets of k
+features matched to the top ones on firing frequency, ablation size and the examples they fire on
+(measured on the evaluation examples). Per k and metric: the top-k effect, the control distribution,
+a paired bootstrap interval of the per-example difference top − mean(controls), a permutation
+p-value and its Holm correction across the k values; "significant" needs the interval to exclude 0
+and p_holm < 0.05. The old comparison of two marginal intervals is kept as ``marginal_disjoint_*``."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydantic import BaseModel
 
-from scircuits import Analysis, AnalysisResult, Interval
+from scircuits import Analysis, AnalysisResult, ControlSamplingError, Interval, KTest, top_k_significance
 
 if TYPE_CHECKING:
     from scircuits import ReportDocument, StudyContext, StudyResults
@@ -29,17 +34,43 @@ class ControlEffect(Effect):
     draws: list[DrawEffect]
 
 
+class ControlSets(BaseModel):
+    """The matched control sets of one k: ids per draw, and the band each match used."""
+
+    features: list[list[int]]
+    bands: list[list[float | None]]  # per draw, per feature: ratio band used (None: unbounded)
+    band: float  # the band tried first
+    widened: int  # matches that needed a wider band than ``band``
+    min_overlap: float
+
+
 class Sweep(Effect):
     k: int
     ablation: str
     features: list[int]
     control: ControlEffect | None
-    significant_logprob: bool | None
+    significant_logprob: bool | None  # the paired test: interval excludes 0 and p_holm < alpha
     significant_accuracy: bool | None
+    control_sets: ControlSets | None = None
+    test_logprob: KTest | None = None
+    test_accuracy: KTest | None = None
+    marginal_disjoint_logprob: bool | None = None  # old comparison: the two marginal intervals disjoint
+    marginal_disjoint_accuracy: bool | None = None
+    control_note: str | None = None
+
+
+class SignificanceInfo(BaseModel):
+    alpha: float
+    alternative: str
+    n_controls: int
+    attainable: bool
+    method: str
+    controls: str
 
 
 class SweepsResult(AnalysisResult):
     sweeps: list[Sweep]
+    significance: SignificanceInfo | None = None
 
 
 def excludes(a: list[float], b: list[float]) -> bool:
@@ -54,93 +85,155 @@ class Sweeps(Analysis):
     after = ("baseline", "ranking")
 
     def passes(self, context: StudyContext) -> int:
-        return len(context.config.top_k) * (1 + context.config.random_controls)
+        return len(context.config.top_k) * (1 + context.random_controls)
 
     def run(self, context: StudyContext) -> SweepsResult:
         config = context.config
         ranked: list[int] = context.shared["ranked"]
         spliced = context.shared["splice"]
-        sweeps = []
+        draws_per_k = context.random_controls
+        entries: dict[int, dict[str, Any]] = {}
+        per_example: dict[str, dict[int, tuple[Any, Any]]] = {"logprob": {}, "accuracy": {}}
         for k in config.top_k:
             if k > len(ranked):
                 continue
             top = context.run_condition(
                 "splice", context.ablate_edit(ranked[:k], tag=k), status=f"top {k}", record=f"top{k}"
             )
-            draws = [
-                context.run_condition(
-                    "splice",
-                    context.ablate_edit(features, tag=10_000 * (r + 1) + k),
-                    status=f"control {k}.{r}",
-                    record=f"control{k}_{r}",
-                )
-                for r, features in enumerate(context.control_draws(k, ranked, config.random_controls))
-            ]
             entry: dict[str, Any] = {
                 "k": k,
                 "ablation": config.ablation,
                 "features": ranked[:k],
                 **context.effect(top, spliced),
+                "control": None,
+                "significant_logprob": None,
+                "significant_accuracy": None,
             }
-            if draws:
-                entry["control"] = context.control_effect(draws, spliced)
-                entry["significant_logprob"] = excludes(entry["logprob_ci"], entry["control"]["logprob_ci"])
-                entry["significant_accuracy"] = excludes(
-                    entry["accuracy_ci"], entry["control"]["accuracy_ci"]
+            entries[k] = entry
+            if draws_per_k == 0:
+                continue
+            try:
+                matched = context.matched_controls(ranked[:k], draws_per_k)
+            except ControlSamplingError as exc:
+                entry["control_note"] = str(exc)
+                continue
+            draws = [
+                context.run_condition(
+                    "splice",
+                    context.ablate_edit(features, tag=10_000 * (r + 1) + k),
+                    status=f"control {k}.{r}",
                 )
-            else:
-                entry["control"] = None
-                entry["significant_logprob"] = entry["significant_accuracy"] = None
-            sweeps.append(Sweep(**entry))
-        return SweepsResult(sweeps=sweeps)
+                for r, features in enumerate(matched.ids)
+            ]
+            entry["control"] = context.control_effect(draws, spliced)
+            entry["control_sets"] = ControlSets(
+                features=matched.ids,
+                bands=[[m.band for m in s.matches] for s in matched.sets],
+                band=matched.band,
+                widened=matched.widened,
+                min_overlap=matched.min_overlap,
+            )
+            for metric in ("logprob", "accuracy"):
+                entry[f"marginal_disjoint_{metric}"] = excludes(
+                    entry[f"{metric}_ci"], entry["control"][f"{metric}_ci"]
+                )
+            per_example["logprob"][k] = (
+                top.logprob - spliced.logprob,
+                np.stack([d.logprob - spliced.logprob for d in draws]),
+            )
+            per_example["accuracy"][k] = (
+                top.correct.astype(float) - spliced.correct.astype(float),
+                np.stack([d.correct.astype(float) - spliced.correct.astype(float) for d in draws]),
+            )
+        info = None
+        for metric, effects in per_example.items():
+            if not effects:
+                continue
+            tested = top_k_significance(effects, context.bootstrap)
+            for test in tested.tests:
+                entries[test.k][f"test_{metric}"] = test
+                entries[test.k][f"significant_{metric}"] = test.significant
+            if metric == "logprob":
+                info = SignificanceInfo(
+                    alpha=tested.alpha,
+                    alternative=tested.alternative,
+                    n_controls=tested.n_controls,
+                    attainable=tested.attainable,
+                    method=tested.method,
+                    controls=(
+                        "each control set has k features, each matched to one top feature on firing "
+                        "frequency and ablation size (Σ activation × decoder-row norm) within the band, "
+                        "active on at least half the evaluation examples the top feature is active on"
+                    ),
+                )
+        return SweepsResult(sweeps=[Sweep(**entries[k]) for k in entries], significance=info)
 
     # -- report ---------------------------------------------------------------------------------
 
     def report(self, section: ReportDocument, result: SweepsResult, results: StudyResults) -> None:
         fmt, fmt_ci = section.fmt, section.fmt_ci
         section.heading("Ablation sweeps")
+        split = results.model_dump().get("evaluation_split") or {}
         section.paragraph(
             "Effects are mean changes per example versus the unablated splice (SAE with its error term), "
-            "with paired 95% bootstrap intervals over examples; the control ablates the same number of "
-            "features drawn at random among those active on the benchmark. Significant: the intervals "
-            "do not overlap."
-        )
-        rows = []
-        for s in result.sweeps:
-            c = s.control
-            rows.append(
-                [
-                    s.k,
-                    s.ablation,
-                    fmt(s.logprob_delta),
-                    fmt_ci(s.logprob_ci),
-                    fmt(c.logprob_delta if c else None),
-                    fmt_ci(c.logprob_ci if c else None),
-                    fmt(s.significant_logprob),
-                    fmt(s.accuracy_delta),
-                    fmt_ci(s.accuracy_ci),
-                    fmt(c.accuracy_delta if c else None),
-                    fmt_ci(c.accuracy_ci if c else None),
-                    fmt(s.significant_accuracy),
-                ]
+            "with paired 95% bootstrap intervals over the evaluation examples"
+            + (
+                f" ({split['n_evaluation']} held out; features ranked on {split['n_selection']} others)"
+                if split.get("method", "").startswith("held-out")
+                else ""
             )
-        section.table(
-            [
-                "k",
-                "ablation",
-                "Δlogprob",
-                "95% CI",
-                "control Δlogprob",
-                "control CI",
-                "significant",
-                "Δaccuracy",
-                "95% CI",
-                "control Δacc",
-                "control CI",
-                "significant",
-            ],
-            rows,
+            + ". Each control set ablates k features, each matched to a top feature on firing frequency "
+            "and ablation size and active on the same examples. Per k: the control distribution over "
+            "the R sets, the paired bootstrap interval of the per-example difference top − mean(control), "
+            "the permutation p-value and its Holm correction across the k values. Significant: the "
+            "interval excludes 0 and p_holm < 0.05. 'marginal' is the old, weaker comparison (the two "
+            "marginal intervals do not overlap)."
         )
+        info = result.significance
+        if info is not None and not info.attainable:
+            section.paragraph(
+                f"With {info.n_controls} control sets per k and {len(result.sweeps)} k values, no "
+                f"Holm-corrected p-value can reach {info.alpha}: nothing can be called significant."
+            )
+        for metric, label in (("logprob", "Δlogprob"), ("accuracy", "Δaccuracy")):
+            rows = []
+            for s in result.sweeps:
+                c = s.control
+                test: KTest | None = getattr(s, f"test_{metric}")
+                draws = [getattr(d, f"{metric}_delta") for d in c.draws] if c else []
+                rows.append(
+                    [
+                        s.k,
+                        s.ablation,
+                        fmt(getattr(s, f"{metric}_delta")),
+                        fmt_ci(getattr(s, f"{metric}_ci")),
+                        fmt(getattr(c, f"{metric}_delta") if c else None),
+                        f"{fmt(min(draws))} … {fmt(max(draws))} (R={len(draws)})" if draws else "–",
+                        fmt(test.difference.mean if test else None),
+                        fmt_ci([test.difference.low, test.difference.high] if test else None),
+                        fmt(test.p_value if test else None, 3),
+                        fmt(test.p_holm if test else None, 3),
+                        fmt(getattr(s, f"significant_{metric}")),
+                        fmt(getattr(s, f"marginal_disjoint_{metric}")),
+                    ]
+                )
+            section.table(
+                [
+                    "k",
+                    "ablation",
+                    label,
+                    "95% CI",
+                    "control mean",
+                    "control range",
+                    "top − control",
+                    "paired 95% CI",
+                    "p",
+                    "p (Holm)",
+                    "significant",
+                    "marginal",
+                ],
+                rows,
+            )
         method = results.model_dump().get("rank", {}).get("method", "")
         section.figure(
             "ablation_logprob",
@@ -195,21 +288,35 @@ class Sweeps(Analysis):
         if significant:
             best = min(significant, key=lambda s: s.logprob_delta)
             assert best.control is not None
+            test = best.test_logprob
+            if test is None:  # an older results.json: significance was two disjoint marginal intervals
+                against = (
+                    f"{fmt(best.control.logprob_delta)} {fmt_ci(best.control.logprob_ci)} for {best.k} "
+                    "random active features: the marginal intervals do not overlap (older, weaker test)."
+                )
+            else:
+                against = (
+                    f"{fmt(best.control.logprob_delta)} for {len(best.control.draws)} matched control sets: "
+                    f"difference {fmt(test.difference.mean)} "
+                    f"{fmt_ci([test.difference.low, test.difference.high])}, p = {fmt(test.p_value, 3)} "
+                    f"(Holm {fmt(test.p_holm, 3)})."
+                )
             lines.append(
                 f"Ablating the top {best.k} features ({best.ablation}) changes the gold log-prob by "
-                f"{fmt(best.logprob_delta)} {fmt_ci(best.logprob_ci)} per example, against "
-                f"{fmt(best.control.logprob_delta)} {fmt_ci(best.control.logprob_ci)} for "
-                f"{best.k} random active features: the intervals do not overlap."
+                f"{fmt(best.logprob_delta)} {fmt_ci(best.logprob_ci)} per example, against {against}"
             )
         elif result.sweeps:
-            lines.append("No top-k ablation moved the log-prob with an interval that excludes the control's.")
+            lines.append(
+                "No top-k ablation moved the log-prob significantly more than matched controls "
+                "(paired interval excluding 0 and Holm-corrected p < 0.05)."
+            )
         acc = [s for s in result.sweeps if s.significant_accuracy]
         if acc:
             best = min(acc, key=lambda s: s.accuracy_delta)
             assert best.control is not None
             lines.append(
                 f"Accuracy: top {best.k} ablated → {fmt(best.accuracy_delta)} {fmt_ci(best.accuracy_ci)} "
-                f"vs control {fmt(best.control.accuracy_delta)} {fmt_ci(best.control.accuracy_ci)}."
+                f"vs matched controls {fmt(best.control.accuracy_delta)} (significant by the paired test)."
             )
         return lines
 
@@ -220,7 +327,9 @@ class Sweeps(Analysis):
             lines.append(
                 f"  top {s.k:>4}: Δlogprob {s.logprob_delta:+.3f} {ci(s.logprob_ci)}  control "
                 f"{c.logprob_delta if c else float('nan'):+.3f} {ci(c.logprob_ci if c else None)}  "
-                f"Δacc {s.accuracy_delta:+.3f}  significant: {s.significant_logprob}"
+                f"Δacc {s.accuracy_delta:+.3f}  "
+                f"p_holm {s.test_logprob.p_holm if s.test_logprob else float('nan'):.3f}  "
+                f"significant: {s.significant_logprob}"
             )
         return lines
 

@@ -25,7 +25,11 @@ class ReLUHyperparameters(_Hyperparameters):
     l1: float = Field(
         default=3e-3, ge=0, description="L1 coefficient (activations weighted by decoder norms)"
     )
-    decorrelation: float = Field(default=0.01, ge=0, description="Decorrelation coefficient (the penalty of the Phase 4 study this project grew from)")
+    decorrelation: float = Field(
+        default=0.01,
+        ge=0,
+        description="Decorrelation coefficient (the penalty of the Phase 4 study this project grew from)",
+    )
     decorrelation_tokens: int = Field(default=256, ge=2, description="tokens per batch used for the penalty")
 
 

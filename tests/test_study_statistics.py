@@ -1,0 +1,263 @@
+"""The study's statistics wired in: matched controls and the paired test in results.json, the
+selection / evaluation split, the attribution position mask and exact-valued CE loss recovered and
+faithfulness on constructed SAEs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scircuits.platform.causal.evaluation import prepare_eval
+from scircuits.platform.causal.stage import AblateInputs, run_ablate
+from scircuits.platform.causal.statistics import selection_split
+from scircuits.platform.causal.study import Study, feature_statistics
+from scircuits.platform.config import AblateConfig
+from scircuits.platform.contract.sae_module import SparseAutoencoder
+from scircuits.platform.manager.plugin_set import get_plugins, load_plugins
+from scircuits.platform.model.splice import SplitModel
+from scircuits.testing import tiny_loaded_model
+
+
+class ReluSAE(SparseAutoencoder):
+    variant = "relu-test"
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.pre_activation(x))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_loaded_model("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return list(get_plugins().benchmarks.get("arithmetic").examples("test", 12, 0, {}))
+
+
+def config(tmp_path, **overrides) -> AblateConfig:
+    values = dict(
+        sae="",
+        out=str(tmp_path / "causal"),
+        top_k=[1, 3],
+        random_controls=4,
+        exact_top=4,
+        faithfulness_n=[1, 2],
+        bootstrap=200,
+        progress=False,
+        layer=2,
+    )
+    values.update(overrides)
+    return AblateConfig(**values)
+
+
+def run(tiny, examples, tmp_path, sae, **overrides) -> dict:
+    builtins_only = load_plugins(entry_points_too=False)
+    out = run_ablate(
+        config(tmp_path, **overrides), builtins_only, inputs=AblateInputs(tiny, sae, {}, examples, 2)
+    )
+    return json.loads((out / "results.json").read_text()), out
+
+
+def random_sae(d: int, seed: int = 0) -> ReluSAE:
+    torch.manual_seed(seed)
+    return ReluSAE(d, 4 * d).eval()
+
+
+def test_results_hold_control_ids_paired_intervals_p_values_and_the_split(tiny, examples, tmp_path):
+    results, out = run(tiny, examples, tmp_path, random_sae(tiny.d_model))
+    split = results["evaluation_split"]
+    assert split["n_selection"] + split["n_evaluation"] == len(examples) == results["n_examples"]
+    assert split["n_selection"] == 6 and split["method"].startswith("held-out")
+    info = results["significance"]
+    assert info["n_controls"] == 4 and info["attainable"] is False  # 2 k values: 2 / 5 >= 0.05
+    for sweep in results["sweeps"]:
+        k, sets = sweep["k"], sweep["control_sets"]
+        assert len(sets["features"]) == 4 and len(sets["bands"]) == 4
+        for ids in sets["features"]:
+            assert len(ids) == len(set(ids)) == k and not set(ids) & set(sweep["features"])
+        for metric in ("logprob", "accuracy"):
+            test = sweep[f"test_{metric}"]
+            d = test["difference"]
+            assert d["low"] <= d["mean"] <= d["high"] and d["n_examples"] == split["n_evaluation"]
+            assert test["p_value"] in {j / 5 for j in range(1, 6)}
+            assert test["p_value"] <= test["p_holm"] <= 1
+            assert len(test["control_effects"]) == 4
+            # not attainable: never significant, whatever the interval says
+            assert sweep[f"significant_{metric}"] is False
+            assert isinstance(sweep[f"marginal_disjoint_{metric}"], bool)
+            # the top effect is the mean of the held-out per-example deltas
+            assert test["top_effect"] == pytest.approx(sweep[f"{metric}_delta"])
+    assert results["attribution_vs_exact_n"] == 4
+    rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
+    assert len(rows) == len(examples)
+    assert all("clean" in row["scores"] for row in rows[split["n_selection"] :])  # held-out rows scored
+
+
+def test_the_default_number_of_controls_makes_significance_attainable(tiny, examples, tmp_path):
+    from scircuits.platform.causal.significance import min_draws
+
+    assert AblateConfig().random_controls is None  # resolved from top_k by the study
+    results, _ = run(tiny, examples, tmp_path, random_sae(tiny.d_model), top_k=[1], random_controls=None)
+    assert results["significance"]["n_controls"] == min_draws(1) == 20
+    assert results["significance"]["attainable"] is True
+
+
+def test_the_split_is_seeded_disjoint_and_can_be_turned_off():
+    sel, ev = selection_split(10, 0.5, seed=3)
+    assert len(sel) == 5 and not set(sel) & set(ev) and sorted([*sel, *ev]) == list(range(10))
+    assert np.array_equal(sel, selection_split(10, 0.5, seed=3)[0])
+    assert not np.array_equal(sel, selection_split(10, 0.5, seed=4)[0])
+    assert selection_split(10, 0.0, seed=3) == (None, None)
+
+
+def constant_sae(d: int, n: int) -> ReluSAE:
+    torch.manual_seed(0)
+    sae = ReluSAE(d, n)
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.b_enc.fill_(1.0)
+        sae.b_dec.zero_()
+        directions = torch.randn(n, d)
+        sae.W_dec.copy_(0.02 * directions / directions.norm(dim=1, keepdim=True))
+    return sae.eval()
+
+
+def study_of(tiny, examples, sae, first_position=0, batch_size=4) -> Study:
+    split = SplitModel(tiny, 2, "resid")
+    data = prepare_eval(split, sae, tiny.tokenizer, examples, batch_size=batch_size, max_length=None)
+    stats, _, _ = feature_statistics(data, first_position=first_position)
+    zero = get_plugins().ablations.get("zero")
+    return Study(split, sae, data, zero, None, stats, seed=0, first_position=first_position)
+
+
+def test_attribution_on_a_subset_counts_only_its_examples(tiny, examples):
+    study = study_of(tiny, examples[:8], constant_sae(tiny.d_model, 6), batch_size=8)
+    whole = study.attribution()
+    part, rest = np.array([0, 3, 5]), np.array([1, 2, 4, 6, 7])
+    combined = (3 * study.attribution(part) + 5 * study.attribution(rest)) / 8
+    np.testing.assert_allclose(combined, whole, rtol=1e-5, atol=1e-9)
+    assert not np.allclose(study.attribution(part), whole, rtol=1e-3)
+
+
+def test_the_attribution_position_mask(tiny, examples):
+    sae = constant_sae(tiny.d_model, 6)  # every feature fires at every position
+    everywhere = study_of(tiny, examples[:4], sae, first_position=0).attribution()
+    spared = study_of(tiny, examples[:4], sae, first_position=1).attribution()
+    beyond = study_of(tiny, examples[:4], sae, first_position=10_000).attribution()
+    assert np.all(beyond == 0)  # no position edited: no estimated effect
+    assert np.all(everywhere != 0) and not np.allclose(everywhere, spared, rtol=1e-4)
+
+
+def identity_sae(d: int) -> ReluSAE:
+    """relu(x) − relu(−x) = x: reconstruction without error."""
+    sae = ReluSAE(d, 2 * d)
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae.eval()
+
+
+def test_ce_loss_recovered_and_faithfulness_have_their_exact_values(tiny, examples, tmp_path):
+    d = tiny.d_model
+    results, _ = run(
+        tiny, examples, tmp_path, identity_sae(d), top_k=[1], random_controls=0, faithfulness_n=[1, 2 * d]
+    )
+    assert results["reconstruction"]["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-5)
+    keep_all = next(p for p in results["faithfulness"] if p["n"] == 2 * d)
+    assert keep_all["value"] == pytest.approx(1.0, abs=1e-9)  # keeping every feature is the splice
+
+    null = identity_sae(d)
+    with torch.no_grad():
+        null.W_dec.zero_()  # the reconstruction is the zeroed site
+    results, _ = run(tiny, examples, tmp_path / "null", null, top_k=[1], random_controls=0)
+    assert results["reconstruction"]["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_faithfulness_intervals_and_the_fvu_variants(tiny, examples, tmp_path):
+    results, _ = run(tiny, examples, tmp_path, random_sae(tiny.d_model), random_controls=0)
+    assert results["faithfulness_reference"]["label"] == "features only, error term kept"
+    for point in results["faithfulness"]:
+        low, high = point["ci"]
+        assert low <= point["value"] <= high
+    metrics = results["sae_metrics_eval"]
+    assert metrics["massive_dimensions"] >= 0
+    assert metrics["fvu_standardised"] > 0 and metrics["fvu_without_massive_dimensions"] > 0
+
+
+def test_the_ratio_interval_of_a_constructed_case():
+    from scircuits.platform.causal.statistics import Bootstrap
+
+    bootstrap = Bootstrap(4, 200, seed=0)
+    empty, full = np.zeros(4), np.array([1.0, 2.0, 3.0, 4.0])
+    assert bootstrap.ratio_interval(full, empty, full) == pytest.approx([1.0, 1.0])  # keep all
+    assert bootstrap.ratio_interval(empty, empty, full) == pytest.approx([0.0, 0.0])  # keep none
+    assert bootstrap.ratio_interval(full, empty, empty) is None  # undefined: full == empty
+
+
+def helpful_direction(tiny, examples) -> torch.Tensor:
+    """The direction along which the site's output raises the gold log-probs (summed gradient), read
+    from the attribution of unit features that are 1 everywhere (attribution_j = −0.01 · grad_j)."""
+    d = tiny.d_model
+    probe = ReluSAE(d, d)
+    with torch.no_grad():
+        probe.W_enc.zero_()
+        probe.b_enc.fill_(1.0)
+        probe.b_dec.zero_()
+        probe.W_dec.copy_(0.01 * torch.eye(d))
+    gradient = -torch.from_numpy(study_of(tiny, examples, probe.eval(), first_position=1).attribution())
+    return (gradient / gradient.norm()).float()
+
+
+def twins_and_rare_sae(d: int, direction: torch.Tensor, n_rare: int = 2000) -> ReluSAE:
+    """Features 0-9 fire on every token and write the same vector (exchangeable twins); the others
+    fire on some tokens and write almost nothing. A top feature among the twins does no more than a
+    matched control (another twin), but far more than a random active feature."""
+    torch.manual_seed(0)
+    sae = ReluSAE(d, 10 + n_rare)
+    with torch.no_grad():
+        sae.b_dec.zero_()
+        sae.W_enc.zero_()
+        sae.b_enc.fill_(1.0)
+        sae.W_dec[:10] = 0.05 * direction
+        sae.W_enc[:, 10:] = 4.0 * torch.randn(d, n_rare)  # the tiny model's residual norm is about 0.27
+        sae.b_enc[10:] = -1.5  # fires where the random projection is large: a few % of tokens
+        sae.W_dec[10:] = 1e-5 * torch.randn(n_rare, d)
+    return sae.eval()
+
+
+def test_matched_controls_do_not_call_an_effect_significant_that_unmatched_ones_would(
+    tiny, examples, tmp_path
+):
+    from scircuits.platform.causal.controls import sample_unmatched_controls
+    from scircuits.platform.causal.significance import top_k_significance
+    from scircuits.platform.causal.statistics import Bootstrap
+
+    sae = twins_and_rare_sae(tiny.d_model, helpful_direction(tiny, examples))
+    results, _ = run(
+        tiny, examples, tmp_path, sae, top_k=[1], random_controls=None, selection_fraction=0.0, exact_top=0
+    )
+    sweep = results["sweeps"][0]
+    assert sweep["features"][0] < 10  # a twin ranks first
+    assert all(ids[0] < 10 for ids in sweep["control_sets"]["features"])  # matched: another twin
+    assert sweep["test_logprob"]["p_holm"] == 1.0 and sweep["significant_logprob"] is False
+
+    # the same effect against controls drawn uniformly among active features (the old method)
+    study = study_of(tiny, examples, sae, first_position=1, batch_size=16)
+    spliced = study.run("splice")
+    top = study.run("splice", study.ablate_edit(sweep["features"], tag=1)).logprob - spliced.logprob
+    _, _, frequency = feature_statistics(study.data, first_position=1)
+    unmatched = sample_unmatched_controls(sweep["features"], frequency > 0, draws=20, rng=0)
+    assert (frequency[10:] > 0).sum() > 1000 and not any(ids[0] < 10 for ids in unmatched)
+    controls = np.stack(
+        [study.run("splice", study.ablate_edit(ids, tag=2)).logprob - spliced.logprob for ids in unmatched]
+    )
+    old = top_k_significance({1: (top, controls)}, Bootstrap(len(top), 200, seed=0))
+    assert old.tests[0].significant, old.tests[0].difference
+    assert old.tests[0].top_effect == pytest.approx(sweep["logprob_delta"])
