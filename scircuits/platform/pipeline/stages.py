@@ -18,9 +18,9 @@ import scircuits.platform.collect.collection as collect_module
 import scircuits.platform.report.build as report_module
 import scircuits.platform.train.training as training_module
 from scircuits.platform.causal.results import recorded_config_hash, results_path
-from scircuits.platform.train.checkpoint import is_complete
 from scircuits.platform.config import AblateConfig, CollectConfig, RunConfig, StageConfig, TrainConfig
 from scircuits.platform.report.document import REPORT_HTML, REPORT_MD
+from scircuits.platform.train.checkpoint import is_complete
 from scircuits.store.reader import ActivationStore
 
 REPORT_VERSION = 1  # bump when the report changes, to rewrite the reports of finished runs
@@ -128,7 +128,7 @@ class TrainStage(Stage):
 
     def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
         assert isinstance(config, TrainConfig)
-        training_module.train(config.model_copy(update={"resume": resume}))
+        training_module.train(config.model_copy(update={"resume": resume}), plugins)
 
 
 class AblateStage(Stage):
