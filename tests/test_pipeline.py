@@ -14,13 +14,13 @@ import pytest
 import scircuits.platform.collect.collection as collect_module
 import scircuits.platform.pipeline.run as pipeline_run
 from scircuits.platform.causal.results import RESULTS_FILE
-from scircuits.platform.train.checkpoint import META_FILE, WEIGHTS_FILE
 from scircuits.platform.config import RunConfig
 from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.manager.plugin_set import get_plugins
 from scircuits.platform.pipeline.run import plan
 from scircuits.platform.pipeline.run import run_pipeline as run_with
 from scircuits.platform.pipeline.stages import STAGES
-from scircuits.platform.manager.plugin_set import get_plugins
+from scircuits.platform.train.checkpoint import META_FILE, WEIGHTS_FILE
 from scircuits.store.synthetic import write_synthetic_store
 
 
@@ -178,7 +178,7 @@ def test_unavailable_weights_stop_the_run_before_any_work(tmp_path, monkeypatch,
     from scircuits.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(collect_module, "collect", lambda config: pytest.fail("collect ran"))
+    monkeypatch.setattr(collect_module, "collect", lambda config, plugins: pytest.fail("collect ran"))
     out = tmp_path / "runs"
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "--model", "phi-2", "--benchmark", "logic", "--out", str(out)])

@@ -100,7 +100,7 @@ class CollectStage(Stage):
             return False
 
     def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
-        collect_module.collect(config)
+        collect_module.collect(config, plugins)
 
 
 class TrainStage(Stage):
