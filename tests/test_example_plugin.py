@@ -94,6 +94,7 @@ def test_cli_lists_the_example_plugin(example_site):
         "benchmarks": ["capitals"],
         "saes": ["tied-relu"],
         "ablations": ["sign-flip"],
+        "analyses": ["splice-agreement"],
     }
     benches = {r["name"]: r for r in listing("benchmarks")}
     assert benches["capitals"]["plugin"] == "example"
