@@ -73,7 +73,7 @@ def write(path: str, seed: int) -> None:
 
 
 def score(store: str, checkpoint: str) -> None:
-    from scircuits.platform.train.checkpoint import load_sae
+    from scircuits import load_sae  # the process-wide plugin set
     from scircuits.platform.train.planted import dictionary_scores
 
     atoms = np.load(f"{store}.atoms.npy")

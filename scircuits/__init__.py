@@ -35,6 +35,19 @@ if TYPE_CHECKING:
         mse_per_element,
     )
 
+
+def load_sae(path: Any, plugins: Any = None, device: str = "cpu") -> Any:
+    """(SAE module in eval mode, info) from a checkpoint folder, with the SAE variants of ``plugins``.
+
+    The convenience for plugin authors: ``plugins`` defaults to the process-wide plugin set (the
+    core's own functions always take the plugin set). Imports torch when called.
+    """
+    from scircuits.platform.manager.plugin_set import get_plugins
+    from scircuits.platform.train.checkpoint import load_sae as load_checkpoint
+
+    return load_checkpoint(path, plugins if plugins is not None else get_plugins(), device)
+
+
 _TORCH_NAMES = ("SparseAutoencoder", "TrainOutput", "encoder_product", "fired_counts", "mse_per_element")
 
 
@@ -43,10 +56,6 @@ def __getattr__(name: str) -> Any:
         from scircuits.platform.contract import sae_module
 
         return getattr(sae_module, name)
-    if name == "load_sae":  # (SAE module, info) from a checkpoint folder; imports torch
-        from scircuits.platform.train.checkpoint import load_sae
-
-        return load_sae
     raise AttributeError(f"module 'scircuits' has no attribute {name!r}")
 
 

@@ -80,7 +80,7 @@ def trained_like(name: str):
 def test_round_trip(tmp_path, name):
     sae = trained_like(name)
     save_sae(tmp_path, sae, cfg={"metadata": {"model_name": "m"}}, scircuits_meta={"config_hash": "abc"})
-    loaded, info = load_sae(tmp_path)
+    loaded, info = load_sae(tmp_path, get_plugins())
     assert type(loaded) is type(sae) and info["variant"] == name
     x = torch.randn(30, D_IN) * 2
     with torch.no_grad():
@@ -146,7 +146,7 @@ def test_a_plain_saelens_checkpoint_loads(tmp_path):
             }
         )
     )
-    sae, info = load_sae(tmp_path)
+    sae, info = load_sae(tmp_path, get_plugins())
     x = torch.randn(10, D_IN)
     with torch.no_grad():
         assert torch.allclose(sae.encode(x), (x @ w_enc + b_enc).relu(), atol=1e-5)
@@ -157,14 +157,14 @@ def test_refuses_pickle(tmp_path):
     (tmp_path / CFG_FILE).write_text(json.dumps({"architecture": "standard", "d_in": 2, "d_sae": 4}))
     torch.save({"W_enc": torch.zeros(2, 4)}, tmp_path / "sae_weights.pt")
     with pytest.raises(DataFormatError, match="unpickling"):
-        load_sae(tmp_path)
+        load_sae(tmp_path, get_plugins())
 
 
 def test_bad_cfg_json_names_the_file(tmp_path):
     save_sae(tmp_path, trained_like("relu"), cfg={}, scircuits_meta={})
     (tmp_path / CFG_FILE).write_text('{\n  "d_in": 3,\n  oops\n}')
     with pytest.raises(DataFormatError, match=r"cfg.json, line 3"):
-        load_sae(tmp_path)
+        load_sae(tmp_path, get_plugins())
 
 
 def test_wrong_tensor_shapes_are_reported(tmp_path):
@@ -173,7 +173,7 @@ def test_wrong_tensor_shapes_are_reported(tmp_path):
     cfg["d_sae"] = D_SAE + 1
     (tmp_path / CFG_FILE).write_text(json.dumps(cfg))
     with pytest.raises(DataFormatError, match="shape"):
-        load_sae(tmp_path)
+        load_sae(tmp_path, get_plugins())
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -134,25 +134,29 @@ def tiny_config(folder: Path, out: Path, **changes) -> CollectConfig:
 def test_a_different_command_into_an_existing_store_is_refused_naming_the_difference(tiny_gpt2, tmp_path):
     folder, _ = tiny_gpt2
     out = tmp_path / "acts.zarr"
-    first = run_collect(tiny_config(folder, out))
+    first = run_collect(tiny_config(folder, out), get_plugins())
     assert (first.n_examples, first.new_examples) == (5, 5)
-    again = run_collect(tiny_config(folder, out, batch_size=3))  # batch size does not change the rows
+    again = run_collect(
+        tiny_config(folder, out, batch_size=3), get_plugins()
+    )  # batch size does not change the rows
     assert again.already_complete and again.new_examples == 0
     with pytest.raises(StoreMismatchError) as info:
-        run_collect(tiny_config(folder, out, layer=2))
+        run_collect(tiny_config(folder, out, layer=2), get_plugins())
     assert "layer: stored 1, now 2" in str(info.value)
     with pytest.raises(StoreMismatchError, match="site: stored 'resid', now 'attn'"):
-        run_collect(tiny_config(folder, out, site="attn"))
+        run_collect(tiny_config(folder, out, site="attn"), get_plugins())
 
 
 def test_default_layer_and_an_explicit_equal_layer_are_one_command(tiny_gpt2, tmp_path):
     folder, _ = tiny_gpt2
     adapter = get_plugins().models.get("hf:" + str(folder))
     out = tmp_path / "acts.zarr"
-    run_collect(tiny_config(folder, out, model="hf:" + str(folder), model_path=None, layer=None))
+    run_collect(
+        tiny_config(folder, out, model="hf:" + str(folder), model_path=None, layer=None), get_plugins()
+    )
     assert ActivationStore(out).attrs["layer"] == 2  # the middle of 4 blocks, found by the generic adapter
     assert run_collect(
-        tiny_config(folder, out, model="hf:" + str(folder), model_path=None, layer=2)
+        tiny_config(folder, out, model="hf:" + str(folder), model_path=None, layer=2), get_plugins()
     ).already_complete
     assert adapter.name == "hf:" + str(folder)
 
@@ -232,7 +236,8 @@ def test_resume_after_kill_9_ends_identical_to_an_uninterrupted_run(tiny_gpt2, t
                 chunk_rows=64,
                 out=str(whole),
                 progress=False,
-            )
+            ),
+            get_plugins(),
         )
     finally:
         torch.set_num_threads(threads)
@@ -250,9 +255,12 @@ def test_resume_after_kill_9_ends_identical_to_an_uninterrupted_run(tiny_gpt2, t
 
 def test_remote_collect_in_nnsight_local_mode_matches_local_collect(tiny_gpt2, tmp_path):
     folder, _ = tiny_gpt2
-    local = run_collect(tiny_config(folder, tmp_path / "local.zarr", site="attn", dtype="float32"))
+    local = run_collect(
+        tiny_config(folder, tmp_path / "local.zarr", site="attn", dtype="float32"), get_plugins()
+    )
     remote = run_collect(
         tiny_config(folder, tmp_path / "remote.zarr", site="attn", dtype="float32", remote=True),
+        get_plugins(),
         remote_backend="local",
     )
     a, b = ActivationStore(local.path), ActivationStore(remote.path)
@@ -271,7 +279,8 @@ def test_non_finite_activations_are_refused_not_stored(tmp_path):
         run_collect(
             CollectConfig(
                 model="llama-3-8b", model_path=str(folder), layer=1, limit=2, out=str(out), progress=False
-            )
+            ),
+            get_plugins(),
         )
     assert recorded(out)["n_examples"] == 0 and not recorded(out)["complete"]
 
@@ -279,7 +288,7 @@ def test_non_finite_activations_are_refused_not_stored(tmp_path):
 @pytest.mark.slow
 def test_smollm2_stored_rows_equal_a_per_example_forward(smollm2, tmp_path):
     config = CollectConfig(limit=4, batch_size=4, layer=15, out=str(tmp_path / "smol.zarr"), progress=False)
-    summary = run_collect(config)
+    summary = run_collect(config, get_plugins())
     store = ActivationStore(summary.path)
     assert store.attrs["model_revision"] == smollm2.revision and store.dtype == "float16"
     examples = list(get_plugins().benchmarks.get("arithmetic").examples("test", 4, 0))
@@ -301,7 +310,7 @@ def test_sequences_longer_than_the_model_takes_keep_the_end_of_the_prompt(tiny_g
         limit=2,
         benchmark_options={"data": str(bench_data / "logiqa")},
     )
-    run_collect(config)
+    run_collect(config, get_plugins())
     store = ActivationStore(config.out)
     limit = loaded.model.config.n_positions
     examples = list(get_plugins().benchmarks.get("logic").examples("test", 2, 0, config.benchmark_options))

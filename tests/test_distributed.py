@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from scircuits.platform.config import TrainConfig
+from scircuits.platform.manager.plugin_set import get_plugins
 from scircuits.platform.train.checkpoint import META_FILE
 from scircuits.platform.train.distributed import launch, rank_device
 from scircuits.platform.train.training import train, train_many
@@ -104,8 +105,8 @@ def cfg(store, out: Path, **kw) -> TrainConfig:
 def test_nproc_2_trains_with_disjoint_shares(store, tmp_path):
     """End to end through the store: each rank reads its own share; rank 0 writes the checkpoint.
     The data order differs from one process, so FVU is compared within 0.05."""
-    single = json.loads((train(cfg(store, tmp_path / "one")) / META_FILE).read_text())
-    ddp = json.loads((train(cfg(store, tmp_path / "two", nproc=2)) / META_FILE).read_text())
+    single = json.loads((train(cfg(store, tmp_path / "one"), get_plugins()) / META_FILE).read_text())
+    ddp = json.loads((train(cfg(store, tmp_path / "two", nproc=2), get_plugins()) / META_FILE).read_text())
     assert ddp["complete"] and ddp["world_size"] == 2 and single["world_size"] == 1
     assert ddp["steps"] <= single["steps"] and ddp["steps"] >= single["steps"] - 2
     assert abs(ddp["metrics"]["fvu"] - single["metrics"]["fvu"]) < 0.05
@@ -117,7 +118,7 @@ def test_several_saes_spread_over_devices(store, tmp_path):
         cfg(store, tmp_path / name, sae=name, hparams={"k": 4} if name == "topk" else {}, epochs=1)
         for name in ("topk", "relu")
     ]
-    outs = train_many(jobs, ["cpu", "cpu"])
+    outs = train_many(jobs, ["cpu", "cpu"], get_plugins())
     assert [p.name for p in outs] == ["topk", "relu"]
     for path in outs:
         assert json.loads((path / META_FILE).read_text())["complete"]

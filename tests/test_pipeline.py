@@ -178,7 +178,7 @@ def test_unavailable_weights_stop_the_run_before_any_work(tmp_path, monkeypatch,
     from scircuits.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(collect_module, "collect", lambda config: pytest.fail("collect ran"))
+    monkeypatch.setattr(collect_module, "collect", lambda config, plugins: pytest.fail("collect ran"))
     out = tmp_path / "runs"
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "--model", "phi-2", "--benchmark", "logic", "--out", str(out)])

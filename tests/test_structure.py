@@ -21,7 +21,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "scircuits"
 PLATFORM = PACKAGE / "platform"
-CORE_SUBPACKAGES = ("contract", "manager", "model", "train", "collect", "common")
+# every subpackage of the core (the local-import rule covers them all)
+CORE_SUBPACKAGES = tuple(
+    sorted(p.name for p in PLATFORM.iterdir() if p.is_dir() and (p / "__init__.py").is_file())
+)
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,15 @@ def test_no_import_cycle_between_the_parts():
 LOCAL_IMPORT_RULE_ROOTS = [*(PLATFORM / name for name in CORE_SUBPACKAGES), PACKAGE / "store"]
 
 
+def test_the_local_import_rule_covers_every_core_subpackage():
+    expected = {"causal", "collect", "common", "compare", "config", "contract", "manager", "model"}
+    expected |= {"pipeline", "report", "train"}
+    assert expected <= set(CORE_SUBPACKAGES)
+    assert not [p for p in PLATFORM.glob("*.py") if p.name != "__init__.py"], (
+        "platform/ holds only subpackages"
+    )
+
+
 @pytest.mark.parametrize("root", LOCAL_IMPORT_RULE_ROOTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_function_local_imports_are_for_heavy_libraries_only(root):
     bad = [i for i in internal_imports(root) if i.local]
@@ -184,18 +196,11 @@ def builtin_plugin_names() -> set[str]:
     return {name for registry in plugins.registries.values() for name in registry.names()}
 
 
-# Modules of issue 9's other half (causal study, stage configs) still name built-in defaults and the
-# "zero" site mode; they leave this list when they are reworked.
-NOT_YET_CHECKED: set[str] = set()
-
-
 def test_the_platform_names_no_builtin_plugin():
     names = builtin_plugin_names()
     assert {"relu", "smollm2-135m", "arithmetic", "zero"} <= names  # the check has something to find
     found = []
     for path in python_files(PLATFORM):
-        if path.relative_to(PLATFORM).as_posix() in NOT_YET_CHECKED:
-            continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from scircuits.cli import cli
-from scircuits.platform.plugins import get_plugins
+from scircuits.platform.manager.plugin_set import get_plugins
 from scircuits.plugins.synth.models import default_folder
 from scircuits.plugins.synth.training import TrainSettings, train_model
 

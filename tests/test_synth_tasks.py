@@ -95,7 +95,7 @@ def test_bad_sizes_are_refused():
 
 
 def test_asking_for_more_problems_than_a_split_holds_is_a_clear_error():
-    from scircuits.platform.errors import ScircuitsError
+    from scircuits.errors import ScircuitsError
     from scircuits.plugins.synth.benchmarks import SynthBenchmark
 
     with pytest.raises(ScircuitsError, match=r"only \d+ distinct test problems exist"):

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from scircuits.cli.train import train as train_command
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.manager.plugin_set import get_plugins
 from scircuits.platform.train.checkpoint import LOG_FILE, META_FILE, STATE_META_FILE, WEIGHTS_FILE, load_sae
 from scircuits.platform.train.training import apply_preset, geometric_median, train, width_scaled_lr
 from scircuits.store.synthetic import write_synthetic_store
@@ -54,7 +55,7 @@ def config(store, out, **overrides) -> TrainConfig:
 
 
 def test_train_writes_a_complete_checkpoint_and_log(store, tmp_path):
-    out = train(config(store, tmp_path / "sae"))
+    out = train(config(store, tmp_path / "sae"), get_plugins())
     meta = json.loads((out / META_FILE).read_text())
     assert meta["complete"] and meta["variant"] == "topk" and meta["store"]["attrs"]["source"] == "synthetic"
     assert meta["config_hash"] == config(store, tmp_path / "sae").config_hash()
@@ -65,19 +66,19 @@ def test_train_writes_a_complete_checkpoint_and_log(store, tmp_path):
     evals = [r["eval"] for r in records if "eval" in r]
     assert len(evals) >= 2 and records[-1]["final"] is True
     assert any("mse" in r and "lr" in r for r in records)
-    sae, _ = load_sae(out)
+    sae, _ = load_sae(out, get_plugins())
     x = torch.randn(5, D_MODEL)
     assert sae(x).shape == x.shape
 
 
 def test_a_complete_checkpoint_with_the_same_config_is_skipped(store, tmp_path, capsys):
     cfg = config(store, tmp_path / "sae", epochs=1)
-    train(cfg)
+    train(cfg, get_plugins())
     before = (tmp_path / "sae" / WEIGHTS_FILE).stat().st_mtime_ns
-    train(cfg)
+    train(cfg, get_plugins())
     assert (tmp_path / "sae" / WEIGHTS_FILE).stat().st_mtime_ns == before
     assert "skipping" in capsys.readouterr().err
-    train(config(store, tmp_path / "sae", epochs=1, seed=5))  # another config trains again
+    train(config(store, tmp_path / "sae", epochs=1, seed=5), get_plugins())  # another config trains again
     assert (tmp_path / "sae" / WEIGHTS_FILE).stat().st_mtime_ns != before
 
 
@@ -90,21 +91,21 @@ def test_a_complete_checkpoint_with_the_same_config_is_skipped(store, tmp_path, 
     ],
 )
 def test_resume_ends_with_the_same_weights(store, tmp_path, sae, hparams, stop):
-    straight = train(config(store, tmp_path / "straight", sae=sae, hparams=hparams))
+    straight = train(config(store, tmp_path / "straight", sae=sae, hparams=hparams), get_plugins())
     interrupted = config(store, tmp_path / "resumed", sae=sae, hparams=hparams)
-    train(interrupted, stop_after_steps=stop)
+    train(interrupted, get_plugins(), stop_after_steps=stop)
     state = json.loads((tmp_path / "resumed" / STATE_META_FILE).read_text())
     assert state["step"] == stop and state["batch_in_epoch"] > 0
     assert state["epoch"] == (1 if stop == 50 else 0)
     assert not (tmp_path / "resumed" / META_FILE).exists()
-    train(interrupted.model_copy(update={"resume": True}))
+    train(interrupted.model_copy(update={"resume": True}), get_plugins())
     assert (straight / WEIGHTS_FILE).read_bytes() == (tmp_path / "resumed" / WEIGHTS_FILE).read_bytes()
 
 
 def test_resume_refuses_a_state_of_another_config(store, tmp_path):
-    train(config(store, tmp_path / "sae"), stop_after_steps=3)
+    train(config(store, tmp_path / "sae"), get_plugins(), stop_after_steps=3)
     with pytest.raises(ConfigError, match="different config"):
-        train(config(store, tmp_path / "sae", lr=1e-2, resume=True))
+        train(config(store, tmp_path / "sae", lr=1e-2, resume=True), get_plugins())
 
 
 def test_training_streams_batches_from_the_reader(store, tmp_path, monkeypatch):
@@ -122,7 +123,7 @@ def test_training_streams_batches_from_the_reader(store, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ActivationStore, "iter_batches", spy)
     monkeypatch.setattr(ActivationStore, "read_rows", no_whole_reads)
-    train(config(store, tmp_path / "sae", epochs=1))
+    train(config(store, tmp_path / "sae", epochs=1), get_plugins())
     n_tokens = ActivationStore(store).n_tokens
     assert requested and max(requested) < n_tokens
     assert 64 in requested
@@ -132,25 +133,25 @@ def test_the_width_rule_learning_rate(store, tmp_path):
     assert width_scaled_lr(2**14) == pytest.approx(2e-4)
     assert width_scaled_lr(1024) == pytest.approx(8e-4)  # 512 atoms x 2 in the issue 11 check
     assert width_scaled_lr(4 * 2**14) == pytest.approx(1e-4)
-    out = train(config(store, tmp_path / "sae", lr=None, epochs=1))
+    out = train(config(store, tmp_path / "sae", lr=None, epochs=1), get_plugins())
     meta = json.loads((out / META_FILE).read_text())
     expected = 2e-4 / (2 * D_MODEL / 2**14) ** 0.5
     assert meta["train_config"]["lr"] == pytest.approx(expected)
     assert meta["lr_rule"].startswith("width")
     first = json.loads((out / LOG_FILE).read_text().splitlines()[0])
     assert first["lr"] == pytest.approx(expected)  # warm-up over 5 steps: step 5 runs at the full rate
-    given = train(config(store, tmp_path / "given", lr=1e-3, epochs=1))
+    given = train(config(store, tmp_path / "given", lr=1e-3, epochs=1), get_plugins())
     assert json.loads((given / META_FILE).read_text())["train_config"]["lr"] == 1e-3
 
 
 def test_phase4_preset():
-    cfg = apply_preset(TrainConfig(store="s", preset="phase4"))
+    cfg = apply_preset(TrainConfig(store="s", preset="phase4"), get_plugins())
     assert (cfg.sae, cfg.expansion, cfg.epochs, cfg.batch_size, cfg.lr) == ("relu", 8, 20, 32, 1e-4)
     assert cfg.hparams == {"l1": 1e-4, "decorrelation": 0.01}
-    mine = apply_preset(TrainConfig(store="s", preset="phase4", lr=1e-3, hparams={"l1": 1e-3}))
+    mine = apply_preset(TrainConfig(store="s", preset="phase4", lr=1e-3, hparams={"l1": 1e-3}), get_plugins())
     assert mine.lr == 1e-3 and mine.hparams["l1"] == 1e-3 and mine.hparams["decorrelation"] == 0.01
     with pytest.raises(ConfigError, match="phase4"):
-        apply_preset(TrainConfig(store="s", preset="nope"))
+        apply_preset(TrainConfig(store="s", preset="nope"), get_plugins())
 
 
 def test_geometric_median_resists_outliers():

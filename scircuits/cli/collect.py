@@ -27,6 +27,7 @@ def collect(config_file: str | None, data: str | None, options: tuple[str, ...],
     stopped; a different command into an existing store is refused with the difference named.
     """
     from scircuits.platform.collect.collection import run_collect
+    from scircuits.platform.manager.plugin_set import get_plugins
 
     benchmark_options = parse_key_values(options, "--option")
     if data is not None:
@@ -35,7 +36,7 @@ def collect(config_file: str | None, data: str | None, options: tuple[str, ...],
         from_file = CollectConfig.from_sources(config_file, {}).benchmark_options if config_file else {}
         flags["benchmark_options"] = {**from_file, **benchmark_options}
     config = stage_config(CollectConfig, config_file, flags)
-    summary = run_collect(config)
+    summary = run_collect(config, get_plugins())
     if summary.already_complete:
         click.echo(
             f"{summary.path}: already complete ({summary.n_examples} examples, "

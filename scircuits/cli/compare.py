@@ -45,6 +45,7 @@ def compare(run_dirs: tuple[str, ...], **flags: object) -> None:
     RSA, causal agreement), each number beside the run's seed-twin ceiling and untrained/random floors."""
     from scircuits.platform.compare.report import summary_lines, write_report
     from scircuits.platform.compare.study import CompareOptions, compare_runs
+    from scircuits.platform.manager.plugin_set import get_plugins
 
     if len(run_dirs) < 2:
         raise click.UsageError("give at least two run directories")
@@ -56,7 +57,7 @@ def compare(run_dirs: tuple[str, ...], **flags: object) -> None:
         error = exc.errors()[0]
         flag = "--" + str(error["loc"][0]).replace("_", "-")
         raise click.UsageError(f"{flag} {error.get('input')!r}: {error['msg']}") from None
-    results = compare_runs(list(run_dirs), options)
+    results = compare_runs(list(run_dirs), options, get_plugins())
     report = write_report(results, Path(options.out))
     for line in summary_lines(results):
         click.echo(line)

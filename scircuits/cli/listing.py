@@ -9,7 +9,7 @@ import click
 from scircuits.cli import plugin_commands
 from scircuits.cli.common import echo_json, echo_table
 from scircuits.platform.causal.registry import analyses_of, study_order
-from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.manager.plugin_set import get_plugins
 
 json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -52,17 +52,22 @@ def _family_command(family: str, columns: list[str], help_text: str) -> click.Co
             rows.append(
                 {
                     "name": obj.name,
+                    "default": "*" if registry.is_default(obj.name) else "",
                     "description": obj.description,
                     "plugin": registry.owner(obj.name),
                     **obj.facts(),
                 }
             )
         if as_json:
-            echo_json(rows)
+            echo_json([{**row, "default": bool(row["default"])} for row in rows])
         else:
-            echo_table(rows, columns)
+            echo_table(rows, ["name", "default", *columns[1:]])
         for failed in plugin_set.failed():
             click.echo(f"warning: plugin {failed.name} failed to load: {failed.error}", err=True)
+        try:
+            registry.default()
+        except ScircuitsError as exc:
+            click.echo(f"warning: {exc}", err=True)
 
     return command
 
@@ -70,13 +75,19 @@ def _family_command(family: str, columns: list[str], help_text: str) -> click.Co
 models = _family_command(
     "models",
     ["name", "hf_id", "n_layers", "d_model", "default_layer", "description"],
-    "List model adapters (name, weights, layers, width).",
+    "List model adapters (name, weights, layers, width); * marks the default.",
 )
 benchmarks = _family_command(
-    "benchmarks", ["name", "splits", "multiple_choice", "description"], "List benchmarks."
+    "benchmarks",
+    ["name", "splits", "multiple_choice", "description"],
+    "List benchmarks; * marks the default.",
 )
-saes = _family_command("saes", ["name", "saelens_architecture", "description"], "List SAE variants.")
-ablations = _family_command("ablations", ["name", "options", "description"], "List ablation strategies.")
+saes = _family_command(
+    "saes", ["name", "saelens_architecture", "description"], "List SAE variants; * marks the default."
+)
+ablations = _family_command(
+    "ablations", ["name", "options", "description"], "List ablation strategies; * marks the default."
+)
 
 
 @click.command()

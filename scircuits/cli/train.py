@@ -45,6 +45,7 @@ def train(
     Writes OUT/cfg.json + sae_weights.safetensors (SAELens format), scircuits.json and
     train_log.jsonl. Skips when OUT already holds a complete checkpoint of the same config.
     """
+    from scircuits.platform.manager.plugin_set import get_plugins
     from scircuits.platform.train.distributed import parse_devices
     from scircuits.platform.train.training import train as train_one
     from scircuits.platform.train.training import train_many
@@ -75,24 +76,24 @@ def train(
             if name is not None:
                 values["sae"] = name
             jobs.append(TrainConfig.validated(values))
+    plugins = get_plugins()
     for job in jobs:
-        _check_hparams(job)
+        _check_hparams(job, plugins)
     devices = parse_devices(base.device)
     if len(jobs) == 1 and (len(devices) == 1 or base.nproc > 1):
-        out_dir = train_one(jobs[0])
+        out_dir = train_one(jobs[0], plugins)
         click.echo(str(out_dir))
         return
-    for out_dir in train_many(jobs, devices):
+    for out_dir in train_many(jobs, devices, plugins):
         click.echo(str(out_dir))
 
 
-def _check_hparams(config: TrainConfig) -> None:
+def _check_hparams(config: TrainConfig, plugins: Any) -> None:
     """Fail before any work when a hyperparameter does not belong to the variant."""
-    from scircuits.platform.manager.plugin_set import get_plugins
     from scircuits.platform.train.training import apply_preset
 
-    resolved = apply_preset(config)
-    get_plugins().saes.get(resolved.sae).parse_hparams(resolved.hparams)
+    resolved = apply_preset(config, plugins).with_plugin_defaults(plugins)
+    plugins.saes.get(resolved.sae).parse_hparams(resolved.hparams)
 
 
 @click.group()
@@ -150,7 +151,7 @@ def validate_sae(
         setup.epochs = epochs
     results = []
     for name in selected:
-        result = validate_variant(name, setup)
+        result = validate_variant(registry.get(name), setup)
         results.append(result)
         if not as_json:
             click.echo(f"{name}: MMCS {result.mmcs:.3f} ({result.seconds:.1f} s)", err=True)

@@ -71,7 +71,7 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
         raise ConfigError(f"--sae {config.sae} is not a folder; give the folder that `scircuits train` wrote")
     if loaded is None:
         check_weights_available(adapter, config.model_path)
-    sae, info = load_sae(config.sae)
+    sae, info = load_sae(config.sae, plugins)
     if loaded is None:
         loaded = adapter.load(model_path=config.model_path, dtype="float32", device=config.device)
     if int(sae.W_dec.shape[1]) != loaded.d_model:
@@ -155,6 +155,7 @@ def run_ablate(
 ) -> Path:
     """The ablation study of ``config``; returns the output folder (results.json, examples.jsonl)."""
     started = time.monotonic()
+    config = config.with_plugin_defaults(plugins)
     inputs = inputs or load_inputs(config, plugins, loaded)
     results, rows = run_study(config, inputs.loaded, inputs.sae, inputs.examples, inputs.layer, plugins)
     results.provenance = provenance(config, inputs, results.n_examples, results.n_tokens)

@@ -36,7 +36,7 @@ from scircuits.platform.model.splice import (
 from scircuits.platform.train.metrics import ReconstructionStats
 from scircuits.store.reader import ActivationStore
 
-SiteMode = str  # "clean" | "splice" | "reconstruction" | "zero"
+SiteMode = str  # "clean" | "splice" | "reconstruction" | "zeroed-site"
 
 
 @dataclass
@@ -95,7 +95,7 @@ class Study:
         x = eb.cache.site_output
         if mode == "clean":
             return x
-        if mode == "zero":
+        if mode == "zeroed-site":
             return torch.zeros_like(x)
         features = eb.features
         if edit is not None:

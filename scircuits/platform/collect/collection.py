@@ -19,7 +19,7 @@ from typing import Any
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import CollectConfig
 from scircuits.platform.contract.errors import ConfigError
-from scircuits.platform.manager.plugin_set import PluginSet, transitional_plugins
+from scircuits.platform.manager.plugin_set import PluginSet
 from scircuits.platform.model.sequences import encode_example
 from scircuits.platform.model.tracing import RemoteBackend, SiteTracer, load_remote
 from scircuits.store import ActivationStoreWriter, StoreMismatchError
@@ -110,15 +110,13 @@ def _windows(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield window
 
 
-def collect(
-    config: CollectConfig, plugins: PluginSet | None = None, *, remote_backend: RemoteBackend = True
-) -> Path:
+def collect(config: CollectConfig, plugins: PluginSet, *, remote_backend: RemoteBackend = True) -> Path:
     """Run the collect stage; returns the store's path (see run_collect)."""
     return run_collect(config, plugins, remote_backend=remote_backend).path
 
 
 def run_collect(
-    config: CollectConfig, plugins: PluginSet | None = None, *, remote_backend: RemoteBackend = True
+    config: CollectConfig, plugins: PluginSet, *, remote_backend: RemoteBackend = True
 ) -> CollectSummary:
     """Run the collect stage with the model and benchmark of ``plugins``; returns where the store is
     and what it holds.
@@ -126,7 +124,7 @@ def run_collect(
     ``remote_backend`` applies when ``config.remote``: True runs on NDIF, "local" runs nnsight's
     offline stand-in of the remote path (tests).
     """
-    plugins = transitional_plugins(plugins)
+    config = config.with_plugin_defaults(plugins)
     adapter = plugins.models.get(config.model)
     benchmark = plugins.benchmarks.get(config.benchmark)
     benchmark.check_split(config.split)

@@ -53,6 +53,7 @@ from scircuits.platform.compare.sources import (
     store_chunks,
     stores_hold_the_same_tokens,
 )
+from scircuits.platform.manager.plugin_set import PluginSet
 
 RESULTS_FILE = "results.json"
 UNTRAINED_SEED = 12345
@@ -169,7 +170,7 @@ def twin_command(run: Run, twin_dir: Path, seed: int) -> str:
     parts = [
         "scircuits train",
         f"--store {run.store_path}",
-        f"--sae {tc.get('sae', 'topk')}",
+        *([f"--sae {tc['sae']}"] if tc.get("sae") else []),  # none: the plugin set's default
         f"--seed {seed}",
     ]
     flags = {"expansion": "--expansion", "lr": "--lr", "batch_size": "--batch-size", "tokens": "--tokens"}
@@ -180,7 +181,7 @@ def twin_command(run: Run, twin_dir: Path, seed: int) -> str:
     return " ".join(parts)
 
 
-def seed_twin(run: Run, options: CompareOptions) -> tuple[Path | None, str | None]:
+def seed_twin(run: Run, options: CompareOptions, core: internals.Core) -> tuple[Path | None, str | None]:
     """The run's SAE retrained with another seed on the same store: found, trained, or how to."""
     tc = dict(run.sae_meta.get("train_config") or {})
     seed = int(tc.get("seed", 0)) + options.twin_seed_offset
@@ -197,11 +198,11 @@ def seed_twin(run: Run, options: CompareOptions) -> tuple[Path | None, str | Non
     tc.update(
         seed=seed, out=str(twin_dir), store=str(run.store_path), resume=False, progress=options.progress
     )
-    return internals.train_sae(tc), None
+    return core.train_sae(tc), None
 
 
-def reference(run: Run, sae: Any, options: CompareOptions) -> Reference:
-    twin_path, note = seed_twin(run, options)
+def reference(run: Run, sae: Any, options: CompareOptions, core: internals.Core) -> Reference:
+    twin_path, note = seed_twin(run, options, core)
     ref = Reference(twin_path=str(twin_path) if twin_path else None, note=note)
     if run.store_path is None:
         ref.note = f"no ceiling or floor: {run.path} has no activation store"
@@ -212,7 +213,7 @@ def reference(run: Run, sae: Any, options: CompareOptions) -> Reference:
     dec = _decoder(sae)
     name = "SAE"
     if twin_path is not None:
-        twin, _ = internals.load_sae(twin_path)
+        twin, _ = core.load_sae(twin_path)
         ref.ceiling, _ = measure(
             "ceiling-seed",
             (name, "seed twin"),
@@ -225,7 +226,7 @@ def reference(run: Run, sae: Any, options: CompareOptions) -> Reference:
         )
     variant = run.sae_meta.get("variant") or run.results.get("provenance", {}).get("sae", {}).get("variant")
     hparams = run.sae_meta.get("hparams") or getattr(sae, "hparams", {})
-    untrained = internals.untrained_sae(variant or sae.variant, d_model, d_sae, hparams, UNTRAINED_SEED)
+    untrained = core.untrained_sae(variant or sae.variant, d_model, d_sae, hparams, UNTRAINED_SEED)
     ref.floor_untrained, _ = measure(
         "floor-untrained",
         (name, "untrained"),
@@ -266,7 +267,13 @@ def _context_side(latent: int, top: TopRows, texts: list[str], start_col: int) -
 
 
 def store_contexts(
-    run: Run, store: Any, hung: Matches, tops: tuple[TopRows, TopRows], options: CompareOptions, cache: dict
+    run: Run,
+    store: Any,
+    hung: Matches,
+    tops: tuple[TopRows, TopRows],
+    options: CompareOptions,
+    cache: dict,
+    core: internals.Core,
 ) -> list[ContextPair]:
     """Top contexts of the best pairs from a store's token ids, decoded with the run's tokenizer
     (both stores hold the same tokens). Without loadable weights there are no contexts."""
@@ -275,7 +282,7 @@ def store_contexts(
     key = (run.model, run.config.get("model_path"))
     if key not in cache:
         try:
-            cache[key] = internals.load_model(run.model, run.config.get("model_path"))
+            cache[key] = core.load_model(run.model, run.config.get("model_path"))
         except Exception as exc:
             say(f"compare: no top contexts ({exc})")
             return []
@@ -321,7 +328,12 @@ def pair_source(run_a: Run, run_b: Run, options: CompareOptions) -> Literal["sto
 
 
 def compare_pair(
-    run_a: Run, run_b: Run, saes: tuple[Any, Any], options: CompareOptions, loaded_cache: dict[tuple, Any]
+    run_a: Run,
+    run_b: Run,
+    saes: tuple[Any, Any],
+    options: CompareOptions,
+    loaded_cache: dict[tuple, Any],
+    core: internals.Core,
 ) -> tuple[Comparison, Matches, AlignmentCounts, list[ContextPair]]:
     sae_a, sae_b = saes
     dims = (int(sae_a.d_sae), int(sae_b.d_sae))
@@ -336,12 +348,12 @@ def compare_pair(
         )
         tops = (TopRows(dims[0]), TopRows(dims[1]))
         comparison, hung = measure("pair", labels, "stores", "token", chunks, dims, decoders, options, tops)
-        contexts = store_contexts(run_a, store_a, hung, tops, options, loaded_cache)
+        contexts = store_contexts(run_a, store_a, hung, tops, options, loaded_cache, core)
         return comparison, hung, counts, contexts
 
     benchmark = run_a.config.get("benchmark")
     split = options.split or str(run_a.config.get("split", "test"))
-    examples = internals.benchmark_examples(
+    examples = core.benchmark_examples(
         benchmark,
         split,
         options.limit,
@@ -354,7 +366,7 @@ def compare_pair(
     def side(run: Run, sae: Any) -> ModelSide:
         key = (run.model, run.config.get("model_path"))
         if key not in loaded_cache:
-            loaded_cache[key] = internals.load_model(run.model, run.config.get("model_path"))
+            loaded_cache[key] = core.load_model(run.model, run.config.get("model_path"))
         loaded = loaded_cache[key]
         return ModelSide(loaded, internals.site_tracer(loaded, run.layer, run.site), sae_encoder(sae))
 
@@ -424,26 +436,28 @@ def write_results(results: CompareResults, out: Path) -> Path:
     return path
 
 
-def compare_runs(paths: list[str | Path], options: CompareOptions) -> CompareResults:
-    """Compare every pair of runs; writes ``<out>/results.json`` and returns the results."""
+def compare_runs(paths: list[str | Path], options: CompareOptions, plugins: PluginSet) -> CompareResults:
+    """Compare every pair of runs with the plugin objects of ``plugins``; writes
+    ``<out>/results.json`` and returns the results."""
     start = time.monotonic()
+    core = internals.Core(plugins)
     if len(paths) < 2:
         raise internals.config_error("compare needs at least two run directories")
     runs = [read_run(p) for p in paths]
     index_pairs = list(itertools.combinations(range(len(runs)), 2))
     for i, j in index_pairs:
         pair_source(runs[i], runs[j], options)  # impossible pairs fail before any work
-    saes = [internals.load_sae(run.sae_path)[0] for run in runs]
+    saes = [core.load_sae(run.sae_path)[0] for run in runs]
     entries = []
     for run, sae in zip(runs, saes, strict=True):
         say(f"compare: ceiling and floors of {run.name}")
-        entries.append(run_entry(run, sae, reference(run, sae, options)))
+        entries.append(run_entry(run, sae, reference(run, sae, options, core)))
     loaded_cache: dict[tuple, Any] = {}
     pairs = []
     for i, j in index_pairs:
         say(f"compare: {runs[i].name} vs {runs[j].name}")
         comparison, hung, counts, contexts = compare_pair(
-            runs[i], runs[j], (saes[i], saes[j]), options, loaded_cache
+            runs[i], runs[j], (saes[i], saes[j]), options, loaded_cache, core
         )
         effect, top_k = causal_agreement(runs[i], runs[j], hung, int(saes[j].d_sae), options)
         pairs.append(

@@ -6,6 +6,11 @@ A config file is TOML or YAML; it may hold the stage's fields at top level or un
 after the stage (``[collect]``, ``[train]``, ``[ablate]``, ``[run]``). Flags override the file.
 Each artifact records ``config_hash()``: the hash of the fields that change what the stage makes.
 
+The fields that name a plugin object (model, benchmark, SAE variant, ablation) default to None, "the
+plugin set's default": the object its plugin marks ``default = True`` (docs/plugins.md, "Defaults").
+``with_plugin_defaults(plugins)`` fills them where the work is planned, before any hash is taken, so
+the resolved config, its hash and everything recorded name the object used.
+
 ``RunConfig`` is composed of the stage configs: the settings every stage shares, and one section
 per stage (``collect``, ``train``, ``ablate``) made from that stage's config with the fields the run
 sets itself left out and the run's own defaults.
@@ -18,7 +23,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic_core import PydanticUndefined
@@ -27,7 +32,14 @@ from scircuits.platform.config.files import read_config_file
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.options import describe_validation_error
 
+if TYPE_CHECKING:
+    from scircuits.platform.manager.plugin_set import PluginSet
+
 C = TypeVar("C", bound="StageConfig")
+
+
+def plugin_default_help(what: str, family: str) -> str:
+    return f"{what} (see `scircuits {family}`); default: the plugin set's default, marked * there."
 
 
 class StageConfig(BaseModel):
@@ -39,6 +51,17 @@ class StageConfig(BaseModel):
     # Fields that say where an input is: the hash records only whether one is given, so that a
     # moved run directory or weights folder keeps its hashes.
     located: ClassVar[frozenset[str]] = frozenset()
+    # Fields that name a plugin object -> its family; None there means the family's default.
+    plugin_fields: ClassVar[Mapping[str, str]] = {}
+
+    def with_plugin_defaults(self: C, plugins: PluginSet) -> C:
+        """This config with every plugin field left None set to ``plugins``' default for it."""
+        update = {
+            name: plugins.registries[family].default()
+            for name, family in self.plugin_fields.items()
+            if getattr(self, name) is None
+        }
+        return self.model_copy(update=update) if update else self
 
     @classmethod
     def from_sources(
@@ -86,8 +109,10 @@ class CollectConfig(StageConfig):
     volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "batch_size", "progress", "chunk_rows"})
     located: ClassVar[frozenset[str]] = frozenset({"model_path"})
 
-    model: str = D("smollm2-135m", "Model adapter name (see `scircuits models`), or hf:ORG/NAME.")
-    benchmark: str = D("arithmetic", "Benchmark name (see `scircuits benchmarks`).")
+    plugin_fields: ClassVar[Mapping[str, str]] = {"model": "models", "benchmark": "benchmarks"}
+
+    model: str | None = D(None, plugin_default_help("Model adapter name, or hf:ORG/NAME", "models"))
+    benchmark: str | None = D(None, plugin_default_help("Benchmark name", "benchmarks"))
     benchmark_options: dict[str, Any] = D(dict, "Benchmark options (--option KEY=VALUE, --data).")
     layer: int | None = D(None, "Block to read; default: the adapter's default (the middle block).", ge=0)
     site: SiteName = D("resid", "resid = the block's output; mlp / attn = those sub-modules' outputs.")
@@ -114,9 +139,10 @@ class TrainConfig(StageConfig):
         {"out", "device", "resume", "progress", "nproc", "log_every", "checkpoint_every", "tracker"}
     )
     located: ClassVar[frozenset[str]] = frozenset({"store"})
+    plugin_fields: ClassVar[Mapping[str, str]] = {"sae": "saes"}
 
     store: str = D("", "Activation store to train on.")
-    sae: str = D("topk", "SAE variant (see `scircuits saes`).")
+    sae: str | None = D(None, plugin_default_help("SAE variant", "saes"))
     hparams: dict[str, Any] = D(dict, "Variant hyperparameters (k, l1, ...).")
     expansion: int = D(8, "d_sae = expansion x d_model.", gt=0)
     lr: float | None = D(
@@ -150,15 +176,20 @@ class AblateConfig(StageConfig):
     stage: ClassVar[str] = "ablate"
     volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "batch_size", "progress"})
     located: ClassVar[frozenset[str]] = frozenset({"sae", "store", "model_path"})
+    plugin_fields: ClassVar[Mapping[str, str]] = {
+        "model": "models",
+        "benchmark": "benchmarks",
+        "ablation": "ablations",
+    }
 
-    model: str = D("smollm2-135m", "Model adapter name (see `scircuits models`).")
-    benchmark: str = D("arithmetic", "Benchmark name (see `scircuits benchmarks`).")
+    model: str | None = D(None, plugin_default_help("Model adapter name", "models"))
+    benchmark: str | None = D(None, plugin_default_help("Benchmark name", "benchmarks"))
     benchmark_options: dict[str, Any] = D(dict, "Benchmark options (--option KEY=VALUE, --data).")
     layer: int | None = D(None, "Block of the site; default: the layer the SAE was trained on.", ge=0)
     site: SiteName = D("resid", "Site of the SAE.")
     sae: str = D("", "SAE checkpoint folder (from `scircuits train`).")
     store: str | None = D(None, "Activation store, for the features' top-activating contexts.")
-    ablation: str = D("zero", "Ablation (see `scircuits ablations`).")
+    ablation: str | None = D(None, plugin_default_help("Ablation", "ablations"))
     ablation_options: dict[str, Any] = D(dict, "Ablation options (--ablation-option KEY=VALUE).")
     rank: Literal["attribution", "activation"] = D("attribution", "How features are ranked.")
     top_k: list[int] = D(lambda: [1, 5, 10, 50], "Numbers of top features to ablate.")
@@ -247,7 +278,7 @@ RunTrain = section(
     RUN_SETS | {"store", "seed", "device", "resume"},
     {"tokens": 1_200_000, "expansion": 4, "lr": 1e-3, "warmup_steps": None},
     {
-        "sae": "SAE variant to train (see `scircuits saes`).",
+        "sae": plugin_default_help("SAE variant to train", "saes"),
         "tokens": "SAE training tokens.",
         "batch_size": "SAE training batch, in tokens.",
         "warmup_steps": "Learning-rate warm-up steps; default: a tenth of the steps, at most 100.",
@@ -299,9 +330,15 @@ class RunConfig(StageConfig):
     stage: ClassVar[str] = "run"
     volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "progress"})
     located: ClassVar[frozenset[str]] = frozenset({"model_path"})
+    plugin_fields: ClassVar[Mapping[str, str]] = {"model": "models", "benchmark": "benchmarks"}
+    # fields of the sections that name a plugin object -> its family
+    section_plugin_fields: ClassVar[Mapping[tuple[str, str], str]] = {
+        ("train", "sae"): "saes",
+        ("ablate", "ablation"): "ablations",
+    }
 
-    model: str = D("smollm2-135m", "Model adapter name (see `scircuits models`).")
-    benchmark: str = D("arithmetic", "Benchmark name (see `scircuits benchmarks`).")
+    model: str | None = D(None, plugin_default_help("Model adapter name", "models"))
+    benchmark: str | None = D(None, plugin_default_help("Benchmark name", "benchmarks"))
     benchmark_options: dict[str, Any] = D(dict, "Benchmark options (--option KEY=VALUE, --data).")
     layer: int | None = D(None, "Block of the site; default: the adapter's default.", ge=0)
     site: SiteName = D("resid", "Site of the SAE.")
@@ -332,6 +369,15 @@ class RunConfig(StageConfig):
                 current = current.model_dump(exclude_unset=True)
             values[section_name] = {**(current or {}), field_name: values.pop(flat)}
         return values
+
+    def with_plugin_defaults(self, plugins: PluginSet) -> RunConfig:
+        resolved = StageConfig.with_plugin_defaults(self, plugins)
+        for (section_name, field_name), family in self.section_plugin_fields.items():
+            part = getattr(resolved, section_name)
+            if getattr(part, field_name) is None:
+                part = part.model_copy(update={field_name: plugins.registries[family].default()})
+                resolved = resolved.model_copy(update={section_name: part})
+        return resolved
 
     def shared(self) -> dict[str, Any]:
         """The settings every stage config takes from the run."""

@@ -39,6 +39,8 @@ class Ablation:
     new tensor (the input is never modified in place) equal to ``acts`` outside ``indices``.
     """
 
+    # True on the one object used when the config names none (docs/plugins.md, "Defaults").
+    default: ClassVar[bool] = False
     name: str = ""
     description: str = ""
     Options: ClassVar[type[BaseModel]] = NoOptions

@@ -46,6 +46,8 @@ class Benchmark:
     ``extra="forbid"``; a ``data`` field takes a path or dataset id) and implement ``examples``.
     """
 
+    # True on the one object used when the config names none (docs/plugins.md, "Defaults").
+    default: ClassVar[bool] = False
     name: str = ""
     description: str = ""
     splits: tuple[str, ...] = ("test",)

@@ -12,7 +12,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from scircuits.platform.contract import hf_loading
 from scircuits.platform.contract.errors import ConfigError
@@ -63,6 +63,8 @@ class LoadedModel:
 class ModelAdapter:
     """Base of every model adapter. Subclass it, or declare an :class:`HFModelAdapter`."""
 
+    # True on the one object used when the config names none (docs/plugins.md, "Defaults").
+    default: ClassVar[bool] = False
     name: str = ""
     hf_id: str = ""
     description: str = ""

@@ -30,6 +30,8 @@ class SAEVariant:
     ``build`` must import torch lazily so that listing plugins stays fast.
     """
 
+    # True on the one object used when the config names none (docs/plugins.md, "Defaults").
+    default: ClassVar[bool] = False
     name: str = ""
     description: str = ""
     saelens_architecture: str = ""

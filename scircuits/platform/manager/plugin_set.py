@@ -150,7 +150,7 @@ class PluginSet:
                     raise TypeError(
                         f"{name} registered {obj!r} as one of {_family}, but it is not a {_base.__name__}"
                     )
-                _registry.add(obj, owner=name)
+                _registry.add(obj, owner=name, builtin=info.builtin)
                 _added.append(obj.name)
 
             try:
@@ -227,12 +227,3 @@ def get_plugins() -> PluginSet:
     """The process-wide plugin set (loaded once). Only the CLI and the top of the pipeline call it;
     library functions take the plugin set as an argument."""
     return load_plugins()
-
-
-def transitional_plugins(plugins: PluginSet | None) -> PluginSet:
-    """``plugins``, or the process-wide set while some callers (pipeline, CLI) do not pass one yet.
-
-    Transitional: once every caller passes its plugin set, the library functions' ``plugins``
-    parameter becomes required and this function goes.
-    """
-    return plugins if plugins is not None else get_plugins()

@@ -24,8 +24,9 @@ class Registry(Generic[T]):
     _items: dict[str, T] = field(default_factory=dict)
     _owners: dict[str, str] = field(default_factory=dict)
     _conflicts: dict[str, list[str]] = field(default_factory=dict)
+    _builtin: set[str] = field(default_factory=set)
 
-    def add(self, obj: T, owner: str) -> None:
+    def add(self, obj: T, owner: str, builtin: bool = False) -> None:
         name = getattr(obj, "name", None)
         if not isinstance(name, str) or not name:
             raise TypeError(f"{type(obj).__name__} registered by {owner} has no string 'name'")
@@ -39,6 +40,37 @@ class Registry(Generic[T]):
             )
         self._items[name] = obj
         self._owners[name] = owner
+        if builtin:
+            self._builtin.add(name)
+
+    def default(self) -> str:
+        """The name of the family's default: the object whose class says ``default = True``.
+
+        Built-in plugins' defaults win: a third-party plugin's claim counts only where no built-in
+        object claims the family (the user names another object in the config to use it). Two
+        claims at the same level are an error naming both.
+        """
+        claims = [n for n, obj in self._items.items() if getattr(obj, "default", False) is True]
+        builtin = [n for n in claims if n in self._builtin]
+        chosen = builtin or claims
+        if len(chosen) > 1:
+            owners = " and ".join(f"{n!r} ({self._owners[n]})" for n in sorted(chosen))
+            raise PluginConflictError(
+                f"more than one default {self.family[:-1]}: {owners} both set default = True. "
+                f"Set it on one only, or exclude a plugin with SCIRCUITS_LOAD_PLUGINS."
+            )
+        if not chosen:
+            raise UnknownNameError(
+                f"no default {self.family[:-1]}: no registered plugin sets default = True; "
+                f"name one (see `scircuits {self.family}`)."
+            )
+        return chosen[0]
+
+    def is_default(self, name: str) -> bool:
+        try:
+            return self.default() == name
+        except (PluginConflictError, UnknownNameError):
+            return False
 
     def get(self, name: str) -> T:
         if name in self._conflicts:

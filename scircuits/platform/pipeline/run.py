@@ -77,6 +77,7 @@ def config_layer_count(source: str) -> int:
 
 
 def plan(config: RunConfig, plugins: Any) -> Plan:
+    config = config.with_plugin_defaults(plugins)
     adapter = plugins.models.get(config.model)
     benchmark = plugins.benchmarks.get(config.benchmark)
     benchmark.check_split(config.split)
@@ -157,6 +158,7 @@ def run_stage(stage: Stage, the_plan: Plan, state: PipelineState, plugins: Any) 
 def run_pipeline(config: RunConfig, plugins: Any) -> Path:
     """Run (or continue) the whole study; returns the run directory."""
     started = time.monotonic()
+    config = config.with_plugin_defaults(plugins)  # before any hash: what is recorded names what runs
     the_plan = plan(config, plugins)
     check_model_weights(config, plugins)
     check_examples(the_plan, plugins)

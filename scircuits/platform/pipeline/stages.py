@@ -103,7 +103,7 @@ class CollectStage(Stage):
             return False
 
     def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
-        collect_module.collect(config)
+        collect_module.collect(config, plugins)
 
 
 class TrainStage(Stage):
@@ -131,7 +131,7 @@ class TrainStage(Stage):
 
     def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
         assert isinstance(config, TrainConfig)
-        training_module.train(config.model_copy(update={"resume": resume}))
+        training_module.train(config.model_copy(update={"resume": resume}), plugins)
 
 
 class AblateStage(Stage):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from scircuits.platform.common.provenance import base_provenance
 from scircuits.platform.contract.errors import DataFormatError
 from scircuits.platform.contract.saes import SAEVariant
-from scircuits.platform.manager.plugin_set import PluginSet, transitional_plugins
+from scircuits.platform.manager.plugin_set import PluginSet
 from scircuits.platform.manager.registry import Registry
 
 if TYPE_CHECKING:
@@ -181,7 +181,7 @@ def saelens_reader(variants: Registry[SAEVariant], architecture: str, where: Pat
 
 
 def load_sae(
-    path: str | Path, plugins: PluginSet | None = None, device: str = "cpu"
+    path: str | Path, plugins: PluginSet, device: str = "cpu"
 ) -> tuple[SparseAutoencoder, dict[str, Any]]:
     """Load a checkpoint written by ``save_sae`` (or by SAELens) without unpickling anything, with
     the SAE variants of ``plugins``.
@@ -192,7 +192,7 @@ def load_sae(
     import torch
     from safetensors.torch import load_file
 
-    variants = transitional_plugins(plugins).saes
+    variants = plugins.saes
     root = Path(path)
     if not root.is_dir():
         raise DataFormatError(f"SAE checkpoint {root} is not a directory")

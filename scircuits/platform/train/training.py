@@ -36,7 +36,7 @@ from scircuits.platform.config import TrainConfig
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.sae_module import SparseAutoencoder, TrainOutput
 from scircuits.platform.contract.saes import SAEVariant
-from scircuits.platform.manager.plugin_set import PluginSet, get_plugins, transitional_plugins
+from scircuits.platform.manager.plugin_set import PluginSet, get_plugins
 from scircuits.platform.manager.registry import Registry
 from scircuits.platform.train import checkpoint as ckpt
 from scircuits.platform.train.distributed import (
@@ -272,14 +272,12 @@ def find_preset(
     return owners[0], dict(owners[0].presets[name])
 
 
-def apply_preset(config: TrainConfig, plugins: PluginSet | None = None) -> TrainConfig:
+def apply_preset(config: TrainConfig, plugins: PluginSet) -> TrainConfig:
     """Fill the fields a preset sets (and the variant that declares it), unless given explicitly."""
     if not config.preset:
         return config
     given = config.model_fields_set
-    variant, preset = find_preset(
-        transitional_plugins(plugins).saes, config.preset, config.sae if "sae" in given else None
-    )
+    variant, preset = find_preset(plugins.saes, config.preset, config.sae if "sae" in given else None)
     preset = {"sae": variant.name, **preset}
     values = config.model_dump()
     for key, value in preset.items():
@@ -292,9 +290,7 @@ def apply_preset(config: TrainConfig, plugins: PluginSet | None = None) -> Train
     return TrainConfig.validated(values)
 
 
-def train(
-    config: TrainConfig, plugins: PluginSet | None = None, *, stop_after_steps: int | None = None
-) -> Path:
+def train(config: TrainConfig, plugins: PluginSet, *, stop_after_steps: int | None = None) -> Path:
     """Train one SAE of ``plugins``' variant ``config.sae`` as ``config`` says; returns the checkpoint
     directory.
 
@@ -302,8 +298,7 @@ def train(
     ``config_hash``. ``stop_after_steps`` ends the run early after writing a resumable state (what a
     killed run leaves behind; tests use it).
     """
-    plugins = transitional_plugins(plugins)
-    config = apply_preset(config, plugins)
+    config = apply_preset(config, plugins).with_plugin_defaults(plugins)
     out = Path(config.out)
     if ckpt.is_complete(out, config.config_hash()):
         print(f"[train] {out} already holds a complete checkpoint for this config; skipping", file=sys.stderr)
@@ -590,9 +585,7 @@ def _train_job(config_values: dict[str, Any], device: str) -> str:
     return str(train(config, get_plugins()))
 
 
-def train_many(
-    configs: list[TrainConfig], devices: list[str], plugins: PluginSet | None = None
-) -> list[Path]:
+def train_many(configs: list[TrainConfig], devices: list[str], plugins: PluginSet) -> list[Path]:
     """Train independent SAEs, one at a time per device (``--device cuda:0,cuda:1`` with several
     stores or variants). Each job runs in its own process; returns the checkpoint directories."""
     if len(configs) == 1 and len(devices) == 1:

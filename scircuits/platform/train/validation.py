@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from scircuits.platform.contract.saes import SAEVariant
-from scircuits.platform.manager.plugin_set import transitional_plugins
 from scircuits.platform.train.metrics import ReconstructionStats, mean_max_cosine
 from scircuits.platform.train.training import SAETrainer
 
@@ -101,8 +100,6 @@ def validate_variant(
     threads: int | None = 1,
 ) -> VariantResult:
     """Train ``variant`` on a planted dictionary with its ``validation_hparams`` (then ``hparams``)."""
-    if isinstance(variant, str):  # transitional: cli/train.py still passes a name
-        variant = transitional_plugins(None).saes.get(variant)
     name = variant.name
     setup = setup or PlantedSetup()
     chosen = {**variant.validation_hparams, **(hparams or {})}

@@ -33,6 +33,7 @@ def _require_stats(name: str, stats: FeatureStats | None, field: str) -> Any:
 
 class ZeroAblation(Ablation):
     name = "zero"
+    default = True  # the family's default (docs/plugins.md, "Defaults")
     description = "Set the features to 0."
 
     def apply(self, acts, indices, stats=None, options=None, generator=None):

@@ -71,7 +71,7 @@ class Baseline(Analysis):
         recon = context.run_condition(
             "reconstruction", ce=True, status="reconstruction", record="reconstruction"
         )
-        zeroed = context.run_condition("zero", ce=True, status="zero site", record="zero_site")
+        zeroed = context.run_condition("zeroed-site", ce=True, status="zero site", record="zero_site")
         context.shared["splice"] = spliced  # the reference of every effect
         return BaselineResult(
             splice=SpliceCheck(**splice),

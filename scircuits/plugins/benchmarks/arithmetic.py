@@ -141,6 +141,7 @@ def _sample_distinct(
 
 class ArithmeticBenchmark(Benchmark):
     name = "arithmetic"
+    default = True  # the family's default (docs/plugins.md, "Defaults")
     description = "Generated few-shot arithmetic (e.g. '12 + 5 = 17' shots, then 'a + b ='); offline, seeded."
     splits = ("test", "train")
     multiple_choice = False

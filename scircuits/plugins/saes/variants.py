@@ -94,6 +94,7 @@ class ReLUVariant(BuiltinSAEVariant):
 
 class TopKVariant(BuiltinSAEVariant):
     name = "topk"
+    default = True  # the family's default (docs/plugins.md, "Defaults")
     description = "TopK SAE (k latents per token) with the AuxK loss for dead latents"
     saelens_architecture = "topk"
     Hyperparameters = TopKHyperparameters
