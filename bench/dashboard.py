@@ -45,12 +45,12 @@ def main() -> None:
     store = work / "activations.zarr"
     if not store.exists():
         store.symlink_to((args.run_dir / "activations.zarr").resolve())
-    trained, _ = load_sae(args.run_dir / "sae")
+    trained, _ = load_sae(args.run_dir / "sae", get_plugins())
     torch.manual_seed(0)
     wide = get_plugins().saes.get("topk").build(int(trained.W_dec.shape[1]), args.latents, {"k": args.k})
     save_sae(work / "sae", wide, cfg={}, scircuits_meta={"note": "random TopK SAE for bench/dashboard.py"})
     started = time.monotonic()
-    summary = build_dashboard(work, say=print)
+    summary = build_dashboard(work, get_plugins(), say=print)
     print(
         json.dumps(
             {

@@ -19,6 +19,7 @@ from scircuits.platform.dashboard.scan import (
     scan_store,
 )
 from scircuits.platform.dashboard.site import MARKER, link_from_report
+from scircuits.platform.manager.plugin_set import get_plugins
 from scircuits.platform.train.checkpoint import load_sae
 from scircuits.store import ActivationStore
 from tests.dashboard_run import read_js, tiny_run
@@ -62,7 +63,7 @@ def run(tmp_path_factory):
 def dense(run):
     """The store encoded at once (small enough here), with the rows the scan leaves out zeroed."""
     store = ActivationStore(run / "activations.zarr")
-    sae, _ = load_sae(run / "sae")
+    sae, _ = load_sae(run / "sae", get_plugins())
     f = encode_block(sae, store.read_rows(0, store.n_tokens)).numpy()
     f[store.positions < 1] = 0.0
     return store, sae, f
@@ -216,7 +217,7 @@ def test_a_latent_that_never_fires_gets_no_page(run, tmp_path):
     if "threshold" in weights:
         weights["threshold"][7] = 1e4
     save_file(weights, str(copy / "sae" / "sae_weights.safetensors"))
-    summary = build_dashboard(copy)
+    summary = build_dashboard(copy, get_plugins())
     assert not (copy / "dashboard" / "features" / "7.html").exists()
     assert summary.n_pages == summary.n_active < summary.d_sae
     skipped = json.loads((copy / "dashboard" / "neuronpedia" / "skipped_indexes.json").read_text())

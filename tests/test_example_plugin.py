@@ -141,3 +141,43 @@ def test_scircuits_run_end_to_end_with_the_example_sae_variant(tmp_path):
     assert 0 <= results["splice"]["max_abs_logit_diff"] < 1e-4  # the tied SAE splices exactly
     assert [s["k"] for s in results["sweeps"]] == [1, 2]
     assert (run / "report.html").is_file()
+
+
+def test_scircuits_run_end_to_end_with_all_five_example_extensions(tmp_path):
+    """A third-party package written only against `scircuits` adds an architecture the core never
+    names (Qwen2, loaded from a local folder), a benchmark, an ablation, an SAE variant and an
+    analysis; one `scircuits run` uses all five."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from scircuits.testing import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    folder = tmp_path / "qwen2"
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "runs"
+    args = ["run", "--model", "example-qwen2", "--model-path", str(folder), "--layer", "2"]
+    args += ["--benchmark", "capitals", "--ablation", "sign-flip", "--sae", "tied-relu", "--limit", "12"]
+    args += ["--collect-limit", "24", "--train-tokens", "3000", "--train-batch-size", "256", "--top-k", "1,2"]
+    main([*args, "--random-controls", "2", "--exact-top", "2", "--out", str(out), "--no-progress"])
+    (run,) = out.iterdir()
+    results = json.loads((run / "causal" / "results.json").read_text())
+    assert results["config"]["model"] == "example-qwen2" and results["config"]["benchmark"] == "capitals"
+    assert results["config"]["ablation"] == "sign-flip"
+    assert json.loads((run / "sae" / "scircuits.json").read_text())["variant"] == "tied-relu"
+    assert "splice-agreement" in results["analyses"] and results["splice_agreement"]["examples"] > 0
+    assert 0 <= results["splice"]["max_abs_logit_diff"] < 1e-4
+    assert "Splice agreement" in (run / "report.md").read_text()

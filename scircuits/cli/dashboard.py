@@ -23,9 +23,14 @@ import click
 def dashboard(run_dir: str, features: int | None, out: str | None) -> None:
     """Write RUN_DIR/dashboard: a sortable index of features and one page per feature, opening from disk."""
     from scircuits.platform.dashboard import build_dashboard
+    from scircuits.platform.manager.plugin_set import get_plugins
 
     summary = build_dashboard(
-        run_dir, features=features, out=out, say=lambda m: click.echo(f"[dashboard] {m}", err=True)
+        run_dir,
+        get_plugins(),
+        features=features,
+        out=out,
+        say=lambda m: click.echo(f"[dashboard] {m}", err=True),
     )
     click.echo(
         f"dashboard: {summary.out / 'index.html'}  ({summary.n_pages} feature pages of {summary.n_active} "

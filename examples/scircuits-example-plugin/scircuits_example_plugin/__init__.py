@@ -12,9 +12,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from scircuits import Ablation, Benchmark, Example, hookimpl
 from scircuits_example_plugin.analysis import SpliceAgreementAnalysis
 
+from .model import register_models
 from .tied_sae import register_sae_variants
 
-__all__ = ["register_ablations", "register_benchmarks", "register_sae_variants"]
+__all__ = [
+    "register_ablations",
+    "register_analyses",
+    "register_benchmarks",
+    "register_models",
+    "register_sae_variants",
+]
 
 CAPITALS = {
     "France": "Paris",

@@ -1,7 +1,7 @@
 """Feature dashboards: a static site per run (index + one page per active feature) and a Neuronpedia export.
 
     from scircuits.platform.dashboard import build_dashboard
-    summary = build_dashboard(run_dir)           # RUN_DIR/dashboard/index.html, opens from file://
+    summary = build_dashboard(run_dir, plugins)           # RUN_DIR/dashboard/index.html, opens from file://
 
 Modules: ``sources`` (the only one that reads the run directory and scircuits' internals), ``scan``
 (streaming passes over the store through the SAE), ``schema`` (the typed data written), ``build``

@@ -1,6 +1,6 @@
 """Build a run's dashboard: scan the store through the SAE, describe each active feature, write the site.
 
-summary = build_dashboard("runs/smollm2-135m__arithmetic__resid15")   # -> RUN_DIR/dashboard/
+summary = build_dashboard("runs/smollm2-135m__arithmetic__resid15", plugins)   # -> RUN_DIR/dashboard/
 """
 
 from __future__ import annotations
@@ -115,6 +115,7 @@ def quantile_picks(
 
 def build_dashboard(
     run_dir: str | Path,
+    plugins: Any,
     *,
     features: int | None = None,
     out: str | Path | None = None,
@@ -132,7 +133,7 @@ def build_dashboard(
     settings = settings or ScanSettings()
     inputs = sources.read_run(run_dir)
     target = Path(out) if out is not None else inputs.run_dir / DASHBOARD_DIR
-    extracted = extract(inputs, settings, features, timings, say or (lambda _: None))
+    extracted = extract(inputs, plugins, settings, features, timings, say or (lambda _: None))
     t0 = time.monotonic()
     write_site(target, extracted)
     write_neuronpedia(target / "neuronpedia", extracted)
@@ -155,6 +156,7 @@ def build_dashboard(
 
 def extract(
     inputs: sources.RunInputs,
+    plugins: Any,
     settings: ScanSettings,
     max_features: int | None,
     timings: dict[str, float],
@@ -162,7 +164,7 @@ def extract(
 ) -> Extracted:
     t0 = time.monotonic()
     store = sources.open_store(inputs)
-    sae = sources.load_sae(inputs)
+    sae = sources.load_sae(inputs, plugins)
     d_in, d_sae = int(sae.W_dec.shape[1]), int(sae.W_dec.shape[0])
     if d_in != store.d_model:
         raise ConfigError(
@@ -191,7 +193,7 @@ def extract(
 
     t0 = time.monotonic()
     say("loading the model for its tokenizer and unembedding")
-    loaded = sources.load_model(inputs)
+    loaded = sources.load_model(inputs, plugins)
     timings["model_load"] = round(time.monotonic() - t0, 2)
     t0 = time.monotonic()
     decoder = sources.CachedDecoder(loaded.tokenizer)

@@ -97,19 +97,17 @@ def open_store(inputs: RunInputs) -> ActivationStore:
     return ActivationStore(inputs.store_path)
 
 
-def load_sae(inputs: RunInputs) -> torch.nn.Module:
+def load_sae(inputs: RunInputs, plugins: Any) -> torch.nn.Module:
     from scircuits.platform.train.checkpoint import load_sae as load
 
-    sae, _ = load(inputs.sae_path)
+    sae, _ = load(inputs.sae_path, plugins)
     return sae.eval()
 
 
-def load_model(inputs: RunInputs) -> Any:
+def load_model(inputs: RunInputs, plugins: Any) -> Any:
     """The run's model (LoadedModel: tokenizer, weights) on the CPU in float32."""
-    from scircuits.platform.manager.plugin_set import get_plugins
-
     config = inputs.config
-    adapter = get_plugins().models.get(config["model"])
+    adapter = plugins.models.get(config["model"])
     return adapter.load(model_path=config.get("model_path"), dtype="float32", device="cpu")
 
 

@@ -180,7 +180,7 @@ class ReportStage(Stage):
     def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
         report_module.write_report([run_dir], plugins, out=run_dir)
         try:  # run_dir/dashboard/, linked from the report; its failure leaves the report in place
-            build_dashboard(run_dir, say=_say)
+            build_dashboard(run_dir, plugins, say=_say)
         except ScircuitsError as exc:
             _say(f"dashboard: not written ({exc}); retry with `scircuits dashboard {run_dir}`")
 
