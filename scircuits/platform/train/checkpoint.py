@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scircuits.platform.common.artifacts import (
+    ArtifactError,
     claim,
+    describe_os_error,
     describe,
     publish_dir,
     read_marker,
@@ -147,12 +149,20 @@ def save_sae(
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / META_FILE
     if meta_path.exists():
-        previous = read_json(meta_path)
+        try:
+            previous = read_json(meta_path)
+        except DataFormatError:  # damaged: it already does not read as complete
+            previous = {}
         if previous.get("complete"):
             write_json_atomic(meta_path, {**previous, "complete": False})
     tensors = sae.saelens_tensors()
-    write_tensors_atomic(out / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
-    write_json_atomic(out / CFG_FILE, saelens_cfg(sae, cfg))
+    try:
+        write_tensors_atomic(out / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
+        write_json_atomic(out / CFG_FILE, saelens_cfg(sae, cfg))
+    except OSError as exc:
+        raise ArtifactError(
+            f"{out}: cannot write the checkpoint ({describe_os_error(exc)}); free space or choose another --out"
+        ) from None
     meta = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
@@ -256,7 +266,15 @@ def load_sae(
     if not meta:
         hparams.update(variant.hparams_from_saelens_cfg(cfg))
     sae = variant.build(cfg["d_in"], cfg["d_sae"], hparams)
-    tensors = load_file(str(weights_path))
+    from safetensors import SafetensorError
+
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise DataFormatError(
+            f"{weights_path}: not a readable safetensors file ({str(exc).splitlines()[0]}); train it again "
+            "or restore the file"
+        ) from None
     try:
         sae.load_saelens_tensors(tensors)
     except ValueError as exc:
@@ -284,15 +302,22 @@ def save_training_state(
     staging = out / f".{STATE_DIR}.tmp-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
-    staging.mkdir()
-    save_file(
-        {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-        str(staging / Path(STATE_WEIGHTS_FILE).name),
-    )
-    (staging / Path(STATE_META_FILE).name).write_text(
-        json.dumps({**base_provenance(), **dict(meta)}, indent=2, sort_keys=True, default=str) + "\n"
-    )
-    publish_dir(staging, out / STATE_DIR)
+    try:
+        staging.mkdir()
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+            str(staging / Path(STATE_WEIGHTS_FILE).name),
+        )
+        (staging / Path(STATE_META_FILE).name).write_text(
+            json.dumps({**base_provenance(), **dict(meta)}, indent=2, sort_keys=True, default=str) + "\n"
+        )
+        publish_dir(staging, out / STATE_DIR)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ArtifactError(
+            f"{out}: cannot save the training state ({describe_os_error(exc)}); the last saved state is "
+            "kept: free space or fix the folder, then run again with --resume"
+        ) from None
 
 
 def remove_training_state(out_dir: str | Path) -> None:

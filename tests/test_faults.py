@@ -1,0 +1,295 @@
+"""Fault injection: crashes between every write and rename of the training state, kill -9 at seeded
+random points of training (a subprocess), an injected ENOSPC, and truncated or missing files of each
+artifact. Seeded and small (tiny synthetic stores), so it runs in CI.
+
+``KILL_POINTS`` counts every kill or crash point the module tries; the README quotes it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import scircuits.platform.common.artifacts as artifacts
+import scircuits.platform.train.checkpoint as ckpt
+from scircuits.platform.common.artifacts import ArtifactError
+from scircuits.platform.config import TrainConfig
+from scircuits.platform.contract.errors import ConfigError, DataFormatError
+from scircuits.platform.train.training import train
+from scircuits.store.synthetic import write_synthetic_store
+
+SEED = 20261126
+D_MODEL = 16
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("store") / "acts.zarr"
+    return write_synthetic_store(path, n_examples=120, d_model=D_MODEL, dtype="float32", chunk_rows=128)
+
+
+def config(store, out, **overrides) -> TrainConfig:
+    values = dict(
+        store=str(store),
+        sae="topk",
+        hparams={"k": 4},
+        expansion=2,
+        batch_size=32,
+        epochs=1,
+        lr=3e-3,
+        warmup_steps=3,
+        eval_every=100,
+        log_every=5,
+        eval_tokens=256,
+        checkpoint_every=4,
+        out=str(out),
+        progress=False,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def straight(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "sae"
+    return train(config(store, out)).joinpath(ckpt.WEIGHTS_FILE).read_bytes()
+
+
+class SimulatedKill(BaseException):
+    """Raised in place of a write or rename: the process 'dies' there (nothing after it runs)."""
+
+
+# Every filesystem step of save_training_state: the tensors, the metadata, the rename of the old state
+# aside, the rename of the staging folder into place, the removal of the old state.
+STATE_STEPS = ("save_file", "write_text", "replace_old", "replace_new", "rmtree_old")
+
+
+def crash_at(monkeypatch, step: str, on_save: int) -> None:
+    """Make the ``on_save``-th save_training_state die at ``step``."""
+    saves = {"n": 0}
+    original_save = ckpt.save_training_state
+
+    def counting_save(*args, **kwargs):
+        saves["n"] += 1
+        return original_save(*args, **kwargs)
+
+    def armed() -> bool:
+        return saves["n"] == on_save
+
+    import safetensors.torch as st
+
+    real_save_file, real_write_text = st.save_file, Path.write_text
+    real_replace, real_rmtree = os.replace, shutil.rmtree
+    replaces = {"n": 0}
+
+    def save_file(*args, **kwargs):
+        if armed() and step == "save_file":
+            raise SimulatedKill(step)
+        return real_save_file(*args, **kwargs)
+
+    def write_text(self, *args, **kwargs):
+        if armed() and step == "write_text" and self.name == "state.json":
+            raise SimulatedKill(step)
+        return real_write_text(self, *args, **kwargs)
+
+    def replace(src, dst):
+        if armed() and Path(dst).name.startswith((".training_state.old", "training_state")):
+            replaces["n"] += 1
+            if (step, Path(dst).name.startswith(".")) in (("replace_old", True), ("replace_new", False)):
+                raise SimulatedKill(step)
+        return real_replace(src, dst)
+
+    def rmtree(path, *args, **kwargs):
+        if armed() and step == "rmtree_old" and ".training_state.old" in str(path):
+            raise SimulatedKill(step)
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_training_state", counting_save)
+    monkeypatch.setattr("scircuits.platform.train.training.ckpt.save_training_state", counting_save)
+    monkeypatch.setattr(st, "save_file", save_file)
+    monkeypatch.setattr(Path, "write_text", write_text)
+    monkeypatch.setattr(artifacts.os, "replace", replace)
+    monkeypatch.setattr(artifacts.shutil, "rmtree", rmtree)
+
+
+@pytest.mark.parametrize("step", STATE_STEPS)
+def test_a_crash_between_any_write_and_rename_of_the_training_state_resumes_bit_identical(
+    store, tmp_path, straight, monkeypatch, step
+):
+    out = tmp_path / "sae"
+    with monkeypatch.context() as patch:
+        crash_at(patch, step, on_save=2)  # the second save replaces an existing state
+        with pytest.raises(SimulatedKill):
+            train(config(store, out))
+    state = ckpt.load_training_state(out)
+    assert state is not None, "a whole state (old or new) must survive"
+    assert state[1]["step"] in (4, 8)
+    train(config(store, out, resume=True))
+    assert (out / ckpt.WEIGHTS_FILE).read_bytes() == straight
+
+
+KILL_CHILD = textwrap.dedent(
+    """
+    import os, random, signal, sys, json
+    import torch
+    torch.set_num_threads(1)
+    from scircuits.platform.config import TrainConfig
+    import scircuits.platform.train.training as training
+    values = json.loads(sys.argv[1])
+    kill_after = int(sys.argv[2])
+    calls = {"n": 0}
+    real_step = training.SAETrainer.train_step
+    def step(self, x):
+        calls["n"] += 1
+        if calls["n"] == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_step(self, x)
+    training.SAETrainer.train_step = step
+    training.train(TrainConfig(**values))
+    """
+)
+
+
+def run_train_child(values: dict, kill_after: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run(
+        [sys.executable, "-c", KILL_CHILD, json.dumps(values), str(kill_after)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+KILL_TRAIN_POINTS = sorted(random.Random(SEED).sample(range(2, 15), 3))
+
+
+@pytest.mark.parametrize("kill_after", KILL_TRAIN_POINTS)
+def test_kill_9_during_training_then_resume_is_bit_identical(store, tmp_path, straight, kill_after):
+    out = tmp_path / "sae"
+    values = config(store, out).model_dump(mode="json")
+    killed = run_train_child(values, kill_after)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not ckpt.is_complete(out)
+    resume = ckpt.has_training_state(out)
+    train(config(store, out, resume=resume))
+    assert (out / ckpt.WEIGHTS_FILE).read_bytes() == straight
+
+
+KILL_POINTS = len(STATE_STEPS) + len(KILL_TRAIN_POINTS)
+
+
+def test_enospc_while_saving_the_state_is_one_line_and_keeps_the_old_state(store, tmp_path, monkeypatch):
+    out = tmp_path / "sae"
+    train(config(store, out), stop_after_steps=4)
+    before = (out / ckpt.STATE_WEIGHTS_FILE).read_bytes()
+    import safetensors.torch as st
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(st, "save_file", full)
+    with pytest.raises(ArtifactError, match="no space left on the device") as caught:
+        train(config(store, out, resume=True))
+    assert "\n" not in str(caught.value)
+    assert (out / ckpt.STATE_WEIGHTS_FILE).read_bytes() == before
+
+
+def test_train_refuses_a_folder_of_user_files(store, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    with pytest.raises(ArtifactError, match="did not write"):
+        train(config(store, out))
+    assert (out / "notes.txt").read_text() == "precious"
+
+
+def test_train_moves_aside_a_checkpoint_of_other_settings(store, tmp_path):
+    out = tmp_path / "sae"
+    train(config(store, out))
+    old = (out / ckpt.WEIGHTS_FILE).read_bytes()
+    train(config(store, out, seed=3))
+    [aside] = tmp_path.glob("sae.superseded-*")
+    assert (aside / ckpt.WEIGHTS_FILE).read_bytes() == old
+    assert ckpt.is_complete(out, config(store, out, seed=3).config_hash())
+
+
+def test_a_second_trainer_on_one_folder_is_refused(store, tmp_path):
+    out = tmp_path / "sae"
+    with artifacts.FolderLock(out, "SAE checkpoint"):
+        with pytest.raises(ArtifactError, match="another scircuits process"):
+            train(config(store, out))
+
+
+def test_a_rerun_without_resume_does_not_discard_a_saved_state(store, tmp_path):
+    out = tmp_path / "sae"
+    train(config(store, out), stop_after_steps=4)
+    with pytest.raises(ConfigError, match="add --resume"):
+        train(config(store, out))
+    assert ckpt.has_training_state(out)
+
+
+def test_a_nan_loss_stops_training_naming_the_batch(store, tmp_path, monkeypatch):
+    import scircuits.platform.train.training as training
+
+    real = training.SAETrainer.train_step
+
+    def poisoned(self, x):
+        if self.step == 2:
+            x = x.clone()
+            x[0, 0] = float("nan")
+        return real(self, x)
+
+    monkeypatch.setattr(training.SAETrainer, "train_step", poisoned)
+    with pytest.raises(training.NonFiniteTrainingError, match="training batch 2 of epoch 0") as caught:
+        train(config(store, tmp_path / "sae"))
+    assert "\n" not in str(caught.value)
+    assert not ckpt.is_complete(tmp_path / "sae")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "disguise", "missing"])
+def test_a_damaged_checkpoint_gives_a_one_line_error(store, tmp_path, damage):
+    out = train(config(store, tmp_path / "sae"))
+    weights = out / ckpt.WEIGHTS_FILE
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif damage == "disguise":
+        weights.write_bytes(b"PK\x03\x04 this is a zip, not safetensors")
+    else:
+        weights.unlink()
+    with pytest.raises(DataFormatError, match=str(weights.name)) as caught:
+        ckpt.load_sae(out)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "missing"])
+def test_a_damaged_scircuits_json_is_redone_not_trusted(store, tmp_path, damage):
+    out = train(config(store, tmp_path / "sae"))
+    meta = out / ckpt.META_FILE
+    if damage == "truncate":
+        meta.write_text(meta.read_text()[:20])
+    else:
+        meta.unlink()
+    assert not ckpt.is_complete(out, config(store, out).config_hash())
+    train(config(store, out))
+    assert ckpt.is_complete(out, config(store, out).config_hash())
