@@ -236,9 +236,11 @@ def test_train_moves_aside_a_checkpoint_of_other_settings(store, tmp_path):
 
 def test_a_second_trainer_on_one_folder_is_refused(store, tmp_path):
     out = tmp_path / "sae"
-    with artifacts.FolderLock(out, "SAE checkpoint"):
-        with pytest.raises(ArtifactError, match="another scircuits process"):
-            train(config(store, out))
+    with (
+        artifacts.FolderLock(out, "SAE checkpoint"),
+        pytest.raises(ArtifactError, match="another scircuits process"),
+    ):
+        train(config(store, out))
 
 
 def test_a_rerun_without_resume_does_not_discard_a_saved_state(store, tmp_path):

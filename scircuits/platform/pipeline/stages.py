@@ -18,9 +18,10 @@ import scircuits.platform.collect.collection as collect_module
 import scircuits.platform.report.build as report_module
 import scircuits.platform.train.training as training_module
 from scircuits.platform.causal.results import recorded_config_hash, results_path
-from scircuits.platform.train.checkpoint import is_complete
+from scircuits.platform.common.artifacts import read_marker
 from scircuits.platform.config import AblateConfig, CollectConfig, RunConfig, StageConfig, TrainConfig
 from scircuits.platform.report.document import REPORT_HTML, REPORT_MD
+from scircuits.platform.train.checkpoint import is_complete
 from scircuits.store.reader import ActivationStore
 
 REPORT_VERSION = 1  # bump when the report changes, to rewrite the reports of finished runs
@@ -41,6 +42,9 @@ class Stage:
     Config: ClassVar[type[StageConfig] | None] = None
     artifact_name: ClassVar[str]
     resumable: ClassVar[bool] = False
+    # The artifact records the hash of the config that made it, so ``complete`` proves identity
+    # without pipeline.json.
+    self_identifying: ClassVar[bool] = True
 
     def configure(self, run: RunConfig, context: PlanContext) -> StageConfig | None:
         raise NotImplementedError
@@ -55,6 +59,10 @@ class Stage:
 
     def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
         raise NotImplementedError
+
+    def started(self, run_dir: Path, config: StageConfig | None) -> bool:
+        """Whether the (incomplete) artifact was started with this config, from the artifact itself."""
+        return False
 
     def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
         raise NotImplementedError
@@ -93,11 +101,21 @@ class CollectStage(Stage):
             }
         )
 
-    def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
+    def _recorded_hash(self, run_dir: Path) -> tuple[bool, str | None]:
         try:
-            return ActivationStore(self.artifact(run_dir)).complete
+            store = ActivationStore(self.artifact(run_dir))
+            return store.complete, store.attrs.get("config_hash")
         except Exception:  # absent, half-written or not a store
-            return False
+            return False, None
+
+    def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
+        assert config is not None
+        done, recorded = self._recorded_hash(run_dir)
+        return done and recorded == config.config_hash()
+
+    def started(self, run_dir: Path, config: StageConfig | None) -> bool:
+        assert config is not None
+        return self._recorded_hash(run_dir)[1] == config.config_hash()
 
     def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
         collect_module.collect(config)
@@ -125,6 +143,11 @@ class TrainStage(Stage):
     def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
         assert config is not None
         return is_complete(self.artifact(run_dir), config.config_hash())
+
+    def started(self, run_dir: Path, config: StageConfig | None) -> bool:
+        assert config is not None
+        marker = read_marker(self.artifact(run_dir))
+        return marker is not None and marker.identity == config.config_hash()
 
     def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
         assert isinstance(config, TrainConfig)
@@ -164,6 +187,7 @@ class AblateStage(Stage):
 class ReportStage(Stage):
     name = "report"
     artifact_name = REPORT_HTML
+    self_identifying = False  # the pages do not record what made them: pipeline.json decides
 
     def configure(self, run: RunConfig, context: PlanContext) -> None:
         return None

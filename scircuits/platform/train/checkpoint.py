@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 from scircuits.platform.common.artifacts import (
     ArtifactError,
     claim,
-    describe_os_error,
     describe,
+    describe_os_error,
     publish_dir,
     read_marker,
     recover_published,
@@ -161,7 +161,8 @@ def save_sae(
         write_json_atomic(out / CFG_FILE, saelens_cfg(sae, cfg))
     except OSError as exc:
         raise ArtifactError(
-            f"{out}: cannot write the checkpoint ({describe_os_error(exc)}); free space or choose another --out"
+            f"{out}: cannot write the checkpoint ({describe_os_error(exc)}); free space or choose "
+            "another --out"
         ) from None
     meta = {
         "format": CHECKPOINT_FORMAT,

@@ -259,7 +259,6 @@ def train_variant(
     ``atoms``."""
     import torch
 
-
     defaults = TrainConfig()
     fields = getattr(variant, "Hyperparameters", None)
     fields = getattr(fields, "model_fields", {})

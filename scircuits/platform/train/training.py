@@ -320,12 +320,14 @@ def train(
         claimed = ckpt.claim_checkpoint(out, config.config_hash())
         if claimed["moved_to"]:
             print(
-                f"[train] {out} held a checkpoint made with other settings; moved it to {claimed['moved_to']}",
+                f"[train] {out} held a checkpoint made with other settings; moved it to "
+                f"{claimed['moved_to']}",
                 file=sys.stderr,
             )
         if ckpt.is_complete(out, config.config_hash()):
             print(
-                f"[train] {out} already holds a complete checkpoint for this config; skipping", file=sys.stderr
+                f"[train] {out} already holds a complete checkpoint for this config; skipping",
+                file=sys.stderr,
             )
             return out
         if not config.resume and ckpt.has_training_state(out):
