@@ -295,3 +295,94 @@ def test_a_damaged_scircuits_json_is_redone_not_trusted(store, tmp_path, damage)
     assert not ckpt.is_complete(out, config(store, out).config_hash())
     train(config(store, out))
     assert ckpt.is_complete(out, config(store, out).config_hash())
+
+
+# -- ablate --out and --store ---------------------------------------------------------------------
+
+
+def ablate_config(out, **overrides):
+    from scircuits.platform.config import AblateConfig
+
+    return AblateConfig(**{"sae": "", "out": str(out), "progress": False, **overrides})
+
+
+def run_ablate(config):
+    from scircuits.platform.causal.stage import run_ablate as run
+    from scircuits.platform.manager.plugin_set import get_plugins
+
+    return run(config, get_plugins())
+
+
+def test_ablate_refuses_a_folder_of_user_files_before_any_work(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "results.json").write_text('{"mine": true}')
+    with pytest.raises(ArtifactError, match="did not write") as caught:
+        run_ablate(ablate_config(out))
+    assert "\n" not in str(caught.value)
+    assert (out / "results.json").read_text() == '{"mine": true}'
+
+
+def test_ablate_moves_aside_results_of_other_settings(tmp_path):
+    out = tmp_path / "causal"
+    out.mkdir()
+    (out / "results.json").write_text('{"config_hash": "older"}')
+    with pytest.raises(ConfigError, match="needs --sae"):  # the claim comes first, then the inputs
+        run_ablate(ablate_config(out))
+    [aside] = tmp_path.glob("causal.superseded-*")
+    assert json.loads((aside / "results.json").read_text()) == {"config_hash": "older"}
+
+
+def test_a_second_ablate_on_one_folder_is_refused(tmp_path):
+    out = tmp_path / "causal"
+    with (
+        artifacts.FolderLock(out, "causal results"),
+        pytest.raises(ArtifactError, match="another scircuits process"),
+    ):
+        run_ablate(ablate_config(out))
+
+
+@pytest.mark.parametrize(
+    "where, reason",
+    [("under_a_file", "a part of the path is a file"), ("too_long", "the path is too long")],
+)
+def test_an_unwritable_out_is_refused_before_any_work(tmp_path, where, reason):
+    if where == "under_a_file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "causal"
+    else:
+        out = tmp_path / ("x" * 300)
+    with pytest.raises(ArtifactError, match=reason) as caught:
+        run_ablate(ablate_config(out))
+    assert "choose another --out" in str(caught.value)
+
+
+def test_enospc_while_writing_results_is_one_line(tmp_path, monkeypatch):
+    import scircuits.platform.causal.stage as stage
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    fake_inputs = stage.AblateInputs(None, None, {}, [], 0)
+    monkeypatch.setattr(stage, "load_inputs", lambda config, plugins, loaded: fake_inputs)
+    monkeypatch.setattr(
+        stage, "run_study", lambda *args: (type("R", (), {"n_examples": 0, "n_tokens": 0})(), [])
+    )
+    monkeypatch.setattr(stage, "provenance", lambda *args: {})
+    monkeypatch.setattr(stage, "write_study", full)
+    with pytest.raises(ArtifactError, match="no space left on the device") as caught:
+        run_ablate(ablate_config(tmp_path / "causal"))
+    assert "\n" not in str(caught.value)
+
+
+def test_ablate_store_must_match_the_sae(tmp_path):
+    from scircuits.platform.causal.stage import check_store_matches_sae
+    from scircuits.store.synthetic import synthetic_attrs
+
+    attrs = {**synthetic_attrs(), "model": "smollm2-135m", "layer": 3, "site": "resid"}
+    path = write_synthetic_store(tmp_path / "s.zarr", n_examples=2, d_model=4, attrs=attrs)
+    info = {"meta": {"store": {"attrs": {"model": "smollm2-135m", "layer": 15, "site": "resid"}}}}
+    with pytest.raises(ConfigError, match="layer: store 3, SAE 15"):
+        check_store_matches_sae(path, "sae", info)
+    info["meta"]["store"]["attrs"]["layer"] = 3
+    check_store_matches_sae(path, "sae", info)  # the matching store is accepted
