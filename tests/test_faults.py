@@ -386,3 +386,92 @@ def test_ablate_store_must_match_the_sae(tmp_path):
         check_store_matches_sae(path, "sae", info)
     info["meta"]["store"]["attrs"]["layer"] = 3
     check_store_matches_sae(path, "sae", info)  # the matching store is accepted
+
+
+# -- data files: content hash, empty, not UTF-8, a bad line far in --------------------------------
+
+
+def collect_config(data, out, **overrides):
+    from scircuits.platform.config import CollectConfig
+
+    return CollectConfig(
+        **{
+            "benchmark": "gsm8k",
+            "benchmark_options": {"data": str(data)},
+            "split": "test",
+            "out": str(out),
+            "progress": False,
+            **overrides,
+        }
+    )
+
+
+def collect_without_weights(config, monkeypatch):
+    """run_collect, failing the test if it gets as far as loading weights."""
+    import scircuits.platform.collect.collection as collection
+    from scircuits.platform.manager.plugin_set import get_plugins
+
+    adapter = get_plugins().models.get(config.model)
+    monkeypatch.setattr(type(adapter), "check_weights", lambda *a, **k: pytest.fail("weights were loaded"))
+    return collection.run_collect(config, get_plugins())
+
+
+@pytest.fixture
+def gsm8k_file(bench_data, tmp_path):
+    path = tmp_path / "test.jsonl"
+    shutil.copy(bench_data / "gsm8k" / "test.jsonl", path)
+    return path
+
+
+def test_an_edited_data_file_changes_the_data_hash(gsm8k_file):
+    from scircuits.platform.collect.datahash import data_sha256
+
+    before = data_sha256({"data": str(gsm8k_file)})
+    assert before == data_sha256({"data": str(gsm8k_file)}) and data_sha256({}) is None
+    gsm8k_file.write_text(gsm8k_file.read_text().replace("16 eggs", "17 eggs"))
+    assert data_sha256({"data": str(gsm8k_file)}) != before
+
+
+def test_a_store_of_an_edited_data_file_is_not_already_complete(gsm8k_file, tmp_path):
+    import scircuits.platform.collect.collection as collection
+    from scircuits.store import StoreMismatchError
+    from scircuits.store.synthetic import synthetic_attrs
+
+    config = collect_config(gsm8k_file, tmp_path / "s.zarr", layer=3)
+    attrs = {
+        **synthetic_attrs(),
+        "config": config.identity(),
+        "config_hash": config.config_hash(),
+        "data_sha256": collection.data_sha256(config.benchmark_options),
+    }
+    write_synthetic_store(config.out, n_examples=2, d_model=4, attrs=attrs)
+    assert collection._check_existing_store(config).already_complete
+    gsm8k_file.write_text(gsm8k_file.read_text().replace("16 eggs", "17 eggs"))
+    with pytest.raises(StoreMismatchError, match="changed since the store was collected"):
+        collection._check_existing_store(config)
+
+
+def test_an_empty_data_file_is_an_error_before_any_work(tmp_path, monkeypatch):
+    empty = tmp_path / "test.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="holds no examples") as caught:
+        collect_without_weights(collect_config(empty, tmp_path / "s.zarr"), monkeypatch)
+    assert str(empty) in str(caught.value) and not (tmp_path / "s.zarr").exists()
+
+
+def test_a_non_utf8_data_file_names_file_and_line(gsm8k_file, tmp_path, monkeypatch):
+    lines = gsm8k_file.read_bytes().splitlines(keepends=True)
+    lines[6] = lines[6].replace(b"a", b"\xff", 1)
+    gsm8k_file.write_bytes(b"".join(lines))
+    with pytest.raises(DataFormatError, match="line 7: not UTF-8") as caught:
+        collect_without_weights(collect_config(gsm8k_file, tmp_path / "s.zarr"), monkeypatch)
+    assert str(gsm8k_file) in str(caught.value)
+
+
+def test_a_bad_line_far_into_the_data_file_stops_before_the_weights(gsm8k_file, tmp_path, monkeypatch):
+    with open(gsm8k_file, "a") as fh:
+        fh.write("{not json\n")
+    n_lines = len(gsm8k_file.read_text().splitlines())
+    with pytest.raises(DataFormatError, match=f"line {n_lines}"):
+        collect_without_weights(collect_config(gsm8k_file, tmp_path / "s.zarr"), monkeypatch)
+    assert not (tmp_path / "s.zarr").exists()

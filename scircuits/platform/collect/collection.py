@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scircuits.platform.collect.datahash import data_sha256
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import CollectConfig
 from scircuits.platform.contract.errors import ConfigError
@@ -62,6 +63,7 @@ def store_attrs(config: CollectConfig, loaded: Any, layer: int) -> dict[str, Any
         "source": "traced",
         "config_hash": config.config_hash(),
         "config": config.identity(),
+        "data_sha256": data_sha256(config.benchmark_options),
     }
 
 
@@ -86,6 +88,11 @@ def _check_existing_store(config: CollectConfig) -> CollectSummary | None:
         for key in sorted(stored.keys() | now.keys())
         if stored.get(key) != now.get(key)
     ]
+    now_data = data_sha256(config.benchmark_options)
+    if not differences and attrs.get("data_sha256", now_data) != now_data:
+        differences.append(
+            f"the data file {config.benchmark_options.get('data')} changed since the store was collected"
+        )
     if differences:
         raise StoreMismatchError(
             f"{config.out} holds activations of a different collection ({'; '.join(differences)}). "
@@ -131,8 +138,8 @@ def run_collect(
     benchmark = plugins.benchmarks.get(config.benchmark)
     benchmark.check_split(config.split)
     options = benchmark.parse_options(config.benchmark_options)
-    # missing or malformed data fails here, before any weights load
-    next(iter(benchmark.examples(config.split, 1, config.seed, options)), None)
+    # missing, empty or malformed data fails here, in full, before any weights load or any store exists
+    check_all_examples(benchmark, config, options)
     if adapter.n_layers:  # a declared adapter: check the layer and site before loading anything
         config = config.model_copy(update={"layer": adapter.resolve_site(config.layer, config.site)})
         done = _check_existing_store(config)
@@ -152,6 +159,20 @@ def run_collect(
     if done is not None:
         return done
     return trace_into_store(config, loaded, layer, benchmark, options)
+
+
+def check_all_examples(benchmark: Any, config: CollectConfig, options: Any) -> int:
+    """Read every example the collection will trace (a bad line anywhere stops it now); no example
+    at all is an error. Returns how many."""
+    count = sum(1 for _ in benchmark.examples(config.split, config.limit, config.seed, options))
+    if count == 0:
+        data = config.benchmark_options.get("data")
+        source = f"the data file {data}" if data else f"split {config.split!r}"
+        raise ConfigError(
+            f"benchmark {config.benchmark!r}: {source} holds no examples; give a file with at least one "
+            "example (or another --split)"
+        )
+    return count
 
 
 def sequence_limit(config: CollectConfig, loaded: Any) -> int | None:

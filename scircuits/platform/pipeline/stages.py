@@ -18,6 +18,7 @@ import scircuits.platform.collect.collection as collect_module
 import scircuits.platform.report.build as report_module
 import scircuits.platform.train.training as training_module
 from scircuits.platform.causal.results import recorded_config_hash, results_path
+from scircuits.platform.collect.datahash import data_sha256
 from scircuits.platform.common.artifacts import read_marker
 from scircuits.platform.config import AblateConfig, CollectConfig, RunConfig, StageConfig, TrainConfig
 from scircuits.platform.report.document import REPORT_HTML, REPORT_MD
@@ -101,21 +102,25 @@ class CollectStage(Stage):
             }
         )
 
-    def _recorded_hash(self, run_dir: Path) -> tuple[bool, str | None]:
+    def identity(self, config: StageConfig | None) -> str:
+        """The config's hash and the data file's content: an edited data file redoes the run."""
+        assert isinstance(config, CollectConfig)
+        return f"{config.config_hash()}:{data_sha256(config.benchmark_options)}"
+
+    def _recorded(self, run_dir: Path) -> tuple[bool, str | None]:
         try:
             store = ActivationStore(self.artifact(run_dir))
-            return store.complete, store.attrs.get("config_hash")
+            attrs = store.attrs
+            return store.complete, f"{attrs.get('config_hash')}:{attrs.get('data_sha256')}"
         except Exception:  # absent, half-written or not a store
             return False, None
 
     def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
-        assert config is not None
-        done, recorded = self._recorded_hash(run_dir)
-        return done and recorded == config.config_hash()
+        done, recorded = self._recorded(run_dir)
+        return done and recorded == self.identity(config)
 
     def started(self, run_dir: Path, config: StageConfig | None) -> bool:
-        assert config is not None
-        return self._recorded_hash(run_dir)[1] == config.config_hash()
+        return self._recorded(run_dir)[1] == self.identity(config)
 
     def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
         collect_module.collect(config)
