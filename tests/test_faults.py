@@ -475,3 +475,19 @@ def test_a_bad_line_far_into_the_data_file_stops_before_the_weights(gsm8k_file, 
     with pytest.raises(DataFormatError, match=f"line {n_lines}"):
         collect_without_weights(collect_config(gsm8k_file, tmp_path / "s.zarr"), monkeypatch)
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_k_larger_than_d_sae_is_a_one_line_error(store, tmp_path):
+    with pytest.raises(ConfigError, match="k=1000 is larger than the SAE's 32 latents"):
+        train(config(store, tmp_path / "sae", hparams={"k": 1000}))
+
+
+def test_top_k_larger_than_d_sae_is_an_error_not_a_silent_drop(store, tmp_path, monkeypatch):
+    import scircuits.platform.causal.stage as stage
+    from scircuits.platform.manager.plugin_set import get_plugins
+
+    sae_dir = train(config(store, tmp_path / "sae"))
+    monkeypatch.setattr(stage, "check_weights_available", lambda *a: None)
+    cfg = ablate_config(tmp_path / "causal", sae=str(sae_dir), top_k=[1, 64])
+    with pytest.raises(ConfigError, match=r"--top-k 64: the SAE .* has only 32 latents"):
+        stage.load_inputs(cfg, get_plugins())

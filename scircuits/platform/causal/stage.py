@@ -125,6 +125,13 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
         check_weights_available(adapter, config.model_path)
     sae, info = load_sae(config.sae)
     check_store_matches_sae(config.store, config.sae, info)
+    d_sae = int(sae.W_dec.shape[0])
+    too_big = [k for k in config.top_k if k > d_sae]
+    if too_big:
+        raise ConfigError(
+            f"--top-k {', '.join(map(str, too_big))}: the SAE in {config.sae} has only {d_sae} latents; give "
+            f"values <= {d_sae}"
+        )
     if loaded is None:
         loaded = adapter.load(model_path=config.model_path, dtype="float32", device=config.device)
     if int(sae.W_dec.shape[1]) != loaded.d_model:

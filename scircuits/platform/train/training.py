@@ -402,6 +402,12 @@ def _train_rank(
         total_steps = steps_per_epoch * (config.epochs or 1)
 
     d_in = store.d_model
+    k = getattr(variant.parse_hparams(config.hparams), "k", None)
+    if isinstance(k, int) and k > config.expansion * d_in:
+        raise ConfigError(
+            f"--hparam k={k} is larger than the SAE's {config.expansion * d_in} latents (expansion "
+            f"{config.expansion} x store width {d_in}); give k <= {config.expansion * d_in}"
+        )
     sae = variant.build(d_in, config.expansion * d_in, config.hparams).to(dist.device)
     sae.encoder_bf16 = config.bf16
     lr = resolved_lr(config, sae.d_sae)
