@@ -491,3 +491,31 @@ def test_top_k_larger_than_d_sae_is_an_error_not_a_silent_drop(store, tmp_path, 
     cfg = ablate_config(tmp_path / "causal", sae=str(sae_dir), top_k=[1, 64])
     with pytest.raises(ConfigError, match=r"--top-k 64: the SAE .* has only 32 latents"):
         stage.load_inputs(cfg, get_plugins())
+
+
+# -- config files: no silent misreadings ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", ["collect", "run"])
+def test_limit_true_is_not_one(stage):
+    from scircuits.platform.config import CollectConfig, RunConfig
+
+    model = CollectConfig if stage == "collect" else RunConfig
+    with pytest.raises(ConfigError, match="limit must be a number, got True"):
+        model.validated({"limit": True})
+
+
+def test_a_top_level_key_beside_a_stage_table_is_an_error(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('lr = 0.01\n[train]\nsae = "topk"\n')
+    with pytest.raises(
+        ConfigError, match=r"top-level setting\(s\) lr would be ignored .* move them into \[train\]"
+    ):
+        TrainConfig.from_sources(path)
+
+
+def test_an_sae_hyperparameter_at_the_top_of_train_points_to_hparams(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nk = 16\n")
+    with pytest.raises(ConfigError, match=r"hparams = \{k = 16\}.*--hparam k=16"):
+        TrainConfig.from_sources(path)
