@@ -519,3 +519,14 @@ def test_an_sae_hyperparameter_at_the_top_of_train_points_to_hparams(tmp_path):
     path.write_text("[train]\nk = 16\n")
     with pytest.raises(ConfigError, match=r"hparams = \{k = 16\}.*--hparam k=16"):
         TrainConfig.from_sources(path)
+
+
+@pytest.mark.parametrize("device, message", [("tpu", "unknown device"), ("cuda", "no CUDA GPU")])
+def test_an_unusable_device_is_a_one_line_error_before_any_work(store, tmp_path, device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match=message):
+        train(config(store, tmp_path / "sae", device=device))
+    with pytest.raises(ConfigError, match=message):
+        run_ablate(ablate_config(tmp_path / "causal", device=device))
+    assert not (tmp_path / "sae").exists() and not (tmp_path / "causal").exists()

@@ -23,6 +23,7 @@ from scircuits.platform.common.artifacts import (
     remove_orphans,
     write_marker,
 )
+from scircuits.platform.common.device import check_device
 from scircuits.platform.common.provenance import base_provenance, file_sha256
 from scircuits.platform.config import AblateConfig
 from scircuits.platform.contract.benchmarks import Example
@@ -216,6 +217,7 @@ def run_ablate(
     """The ablation study of ``config``; returns the output folder (results.json, examples.jsonl)."""
     started = time.monotonic()
     out = Path(config.out)
+    check_device(config.device)
     check_writable(out, option="--out")  # before any model loads
     with FolderLock(out, "causal results"):
         remove_orphans(out)

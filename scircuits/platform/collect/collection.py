@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scircuits.platform.collect.datahash import data_sha256
+from scircuits.platform.common.device import check_device
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import CollectConfig
 from scircuits.platform.contract.errors import ConfigError
@@ -137,6 +138,8 @@ def run_collect(
     adapter = plugins.models.get(config.model)
     benchmark = plugins.benchmarks.get(config.benchmark)
     benchmark.check_split(config.split)
+    if not config.remote:
+        check_device(config.device)
     options = benchmark.parse_options(config.benchmark_options)
     # missing, empty or malformed data fails here, in full, before any weights load or any store exists
     check_all_examples(benchmark, config, options)

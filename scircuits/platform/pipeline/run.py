@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from scircuits.platform.common.artifacts import FolderLock, check_writable, move_aside
+from scircuits.platform.common.device import check_device
 from scircuits.platform.common.provenance import now_iso
 from scircuits.platform.config import RunConfig, StageConfig
 from scircuits.platform.contract.errors import ConfigError, WeightsUnavailableError
@@ -203,6 +204,7 @@ def run_pipeline(config: RunConfig, plugins: Any) -> Path:
     """Run (or continue) the whole study; returns the run directory."""
     started = time.monotonic()
     the_plan = plan(config, plugins)
+    check_device(config.device)
     validate_settings(the_plan, plugins, plugins.models.get(config.model))
     check_model_weights(config, plugins)
     check_examples(the_plan, plugins)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from scircuits.platform.common.artifacts import FolderLock, read_marker
+from scircuits.platform.common.device import check_device
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.contract.errors import ConfigError
@@ -307,6 +308,7 @@ def train(
     config = apply_preset(config, plugins)
     out = Path(config.out)
     plugins.saes.get(config.sae)  # an unknown variant stops here, before the folder is touched
+    check_device(config.device)
     if under_launcher():  # a DDP worker: the launching process holds the folder's lock
         return _train_checked(config, plugins, stop_after_steps)
     with FolderLock(out, "SAE checkpoint"):
