@@ -196,9 +196,6 @@ def test_kill_9_during_training_then_resume_is_bit_identical(store, tmp_path, st
     assert (out / ckpt.WEIGHTS_FILE).read_bytes() == straight
 
 
-KILL_POINTS = len(STATE_STEPS) + len(KILL_TRAIN_POINTS)
-
-
 def test_enospc_while_saving_the_state_is_one_line_and_keeps_the_old_state(store, tmp_path, monkeypatch):
     out = tmp_path / "sae"
     train(config(store, out), stop_after_steps=4)
@@ -530,3 +527,58 @@ def test_an_unusable_device_is_a_one_line_error_before_any_work(store, tmp_path,
     with pytest.raises(ConfigError, match=message):
         run_ablate(ablate_config(tmp_path / "causal", device=device))
     assert not (tmp_path / "sae").exists() and not (tmp_path / "causal").exists()
+
+
+# -- kill -9 during collect (a tiny GPT-2 from a folder, as in test_collect) -----------------------
+
+COLLECT_N = 150
+KILL_COLLECT_POINTS = sorted(random.Random(SEED + 1).sample(range(5, COLLECT_N - 20), 2))
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    """A tiny GPT-2 folder, and the store of an uninterrupted collection (in a subprocess, as the
+    killed ones, so the rounding is the same)."""
+    from scircuits.testing import save_tiny_model, tiny_loaded_model
+    from tests.test_collect import collect_command
+
+    root = tmp_path_factory.mktemp("collect")
+    folder = save_tiny_model(tiny_loaded_model("gpt2-medium", seed=11), root / "model")
+    whole = root / "whole.zarr"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(collect_command(folder, whole, COLLECT_N), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return folder, whole
+
+
+@pytest.mark.parametrize("kill_at", KILL_COLLECT_POINTS)
+def test_kill_9_during_collect_then_resume_equals_the_uninterrupted_store(collected, tmp_path, kill_at):
+    import time
+
+    import numpy as np
+
+    from scircuits.store import ActivationStore
+    from tests.test_collect import collect_command, recorded
+
+    folder, whole = collected
+    killed = tmp_path / "killed.zarr"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = collect_command(folder, killed, COLLECT_N)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if recorded(killed).get("n_examples", 0) >= kill_at:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the collection ended before the kill point"
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = ActivationStore(killed), ActivationStore(whole)
+    assert a.complete and (a.n_examples, a.n_tokens) == (b.n_examples, b.n_tokens)
+    assert np.array_equal(a.read_rows(0, a.n_tokens), b.read_rows(0, b.n_tokens))
+    assert np.array_equal(a.example_ids, b.example_ids) and np.array_equal(a.token_ids, b.token_ids)
+
+
+KILL_POINTS = len(STATE_STEPS) + len(KILL_TRAIN_POINTS) + len(KILL_COLLECT_POINTS)
