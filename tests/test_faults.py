@@ -582,3 +582,30 @@ def test_kill_9_during_collect_then_resume_equals_the_uninterrupted_store(collec
 
 
 KILL_POINTS = len(STATE_STEPS) + len(KILL_TRAIN_POINTS) + len(KILL_COLLECT_POINTS)
+
+
+def test_a_truncated_store_zarr_json_in_collect_is_a_one_line_error_before_the_weights(tmp_path, monkeypatch):
+    from scircuits.store.errors import DamagedStoreError
+
+    out = tmp_path / "s.zarr"
+    write_synthetic_store(out, n_examples=3, d_model=4)
+    zarr_json = out / "zarr.json"
+    zarr_json.write_text(zarr_json.read_text()[:40])
+    damaged = zarr_json.read_text()
+    with pytest.raises(DamagedStoreError, match=r"zarr\.json cannot be read") as caught:
+        collect_without_weights(
+            collect_config(None, out, benchmark="arithmetic", benchmark_options={}), monkeypatch
+        )
+    assert "\n" not in str(caught.value) and zarr_json.read_text() == damaged
+
+
+def test_enospc_while_writing_the_checkpoint_is_one_line(store, tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "write_tensors_atomic", full)
+    with pytest.raises(
+        ArtifactError, match=r"cannot write the checkpoint \(no space left on the device"
+    ) as caught:
+        train(config(store, tmp_path / "sae"))
+    assert "\n" not in str(caught.value) and not ckpt.is_complete(tmp_path / "sae")

@@ -25,6 +25,7 @@ from scircuits.platform.manager.plugin_set import PluginSet, transitional_plugin
 from scircuits.platform.model.sequences import encode_example
 from scircuits.platform.model.tracing import RemoteBackend, SiteTracer, load_remote
 from scircuits.store import ActivationStoreWriter, StoreMismatchError
+from scircuits.store.errors import DamagedStoreError
 from scircuits.store.location import read_group
 
 # Examples are encoded and sorted by length within windows of this many batches, so a batch pads
@@ -73,8 +74,12 @@ def _existing_store_attrs(out: str) -> dict[str, Any] | None:
         return None
     try:
         return dict(read_group(out, None).attrs)
-    except Exception:
-        return None
+    except Exception as exc:
+        raise DamagedStoreError(
+            f"{out}: the store's zarr.json cannot be read "
+            f"({str(exc).splitlines()[0] if str(exc) else exc!r}); it is damaged: move it away (or "
+            "delete it) and collect again"
+        ) from None
 
 
 def _check_existing_store(config: CollectConfig) -> CollectSummary | None:
