@@ -609,3 +609,18 @@ def test_enospc_while_writing_the_checkpoint_is_one_line(store, tmp_path, monkey
     ) as caught:
         train(config(store, tmp_path / "sae"))
     assert "\n" not in str(caught.value) and not ckpt.is_complete(tmp_path / "sae")
+
+
+def test_an_empty_failed_collection_does_not_block_the_corrected_command(tmp_path, monkeypatch):
+    import scircuits.platform.collect.collection as collection
+    from scircuits.store import ActivationStoreWriter
+
+    first = collect_config(None, tmp_path / "s.zarr", benchmark="arithmetic", benchmark_options={}, limit=5)
+    from scircuits.store.synthetic import synthetic_attrs
+
+    attrs = {**synthetic_attrs(), "config": first.identity(), "config_hash": first.config_hash()}
+    ActivationStoreWriter.open(first.out, attrs, d_model=4).close(complete=False)  # failed at once
+    corrected = first.model_copy(update={"limit": 3})
+    assert collection._check_existing_store(corrected) is None  # not refused
+    [aside] = tmp_path.glob("s.zarr.superseded-*")
+    assert (aside / "zarr.json").is_file() and not (tmp_path / "s.zarr").exists()

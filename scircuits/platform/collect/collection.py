@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scircuits.platform.collect.datahash import data_sha256
+from scircuits.platform.common.artifacts import move_aside
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import CollectConfig
@@ -26,7 +27,7 @@ from scircuits.platform.model.sequences import encode_example
 from scircuits.platform.model.tracing import RemoteBackend, SiteTracer, load_remote
 from scircuits.store import ActivationStoreWriter, StoreMismatchError
 from scircuits.store.errors import DamagedStoreError
-from scircuits.store.location import read_group
+from scircuits.store.location import WriterLock, read_group
 
 # Examples are encoded and sorted by length within windows of this many batches, so a batch pads
 # little; they are stored in benchmark order.
@@ -99,6 +100,17 @@ def _check_existing_store(config: CollectConfig) -> CollectSummary | None:
         differences.append(
             f"the data file {config.benchmark_options.get('data')} changed since the store was collected"
         )
+    if differences and not attrs.get("complete") and int(attrs.get("n_examples", 0) or 0) == 0:
+        # A collection that failed before its first example holds nothing: set it aside so that it
+        # does not block the corrected command.
+        lock = WriterLock(Path(config.out))  # refused while another process writes it
+        lock.release()
+        aside = move_aside(Path(config.out))
+        Path(config.out).rmdir()
+        print(
+            f"[collect] {config.out} held an empty, failed collection; moved it to {aside}", file=sys.stderr
+        )
+        return None
     if differences:
         raise StoreMismatchError(
             f"{config.out} holds activations of a different collection ({'; '.join(differences)}). "
