@@ -4,6 +4,7 @@ examples, runs the study (``runner.run_study``) and writes ``causal/results.json
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -218,7 +219,27 @@ def run_ablate(
     started = time.monotonic()
     out = Path(config.out)
     check_device(config.device)
+    try:
+        fresh = not out.exists()
+    except OSError:  # a path too long to look up: check_writable says so
+        fresh = False
     check_writable(out, option="--out")  # before any model loads
+    try:
+        return _run_ablate_in(out, config, plugins, loaded, inputs, started)
+    except BaseException:
+        if fresh:  # a failed first run leaves no folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run_ablate_in(
+    out: Path,
+    config: AblateConfig,
+    plugins: Any,
+    loaded: LoadedModel | None,
+    inputs: AblateInputs | None,
+    started: float,
+) -> Path:
     with FolderLock(out, "causal results"):
         remove_orphans(out)
         claim_results_folder(out, config.config_hash())
