@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -193,6 +194,20 @@ def test_a_splice_that_changes_the_logits_stops_the_stage(tiny, examples, tmp_pa
     torch.manual_seed(0)
     sae = ReluSAE(tiny.d_model, 2 * tiny.d_model).eval()
     with pytest.raises(SpliceError, match="does not reproduce the clean model"):
+        run_ablate(small_config(tmp_path), get_plugins(), inputs=AblateInputs(tiny, sae, {}, examples[:4], 2))
+    assert not (tmp_path / "causal" / "results.json").exists()
+
+
+def test_a_nan_splice_fails_the_check(tiny, examples, tmp_path):
+    from scircuits.platform.causal.study import worst_of
+
+    assert math.isnan(worst_of(0.0, float("nan"))) and math.isnan(worst_of(float("nan"), 1.0))
+    torch.manual_seed(0)
+    sae = ReluSAE(tiny.d_model, 2 * tiny.d_model).eval()
+    with torch.no_grad():
+        sae.W_dec[0].fill_(float("nan"))
+        sae.b_enc.fill_(1.0)  # every latent fires, so the NaN row reaches the output
+    with pytest.raises(SpliceError, match="nan"):
         run_ablate(small_config(tmp_path), get_plugins(), inputs=AblateInputs(tiny, sae, {}, examples[:4], 2))
     assert not (tmp_path / "causal" / "results.json").exists()
 

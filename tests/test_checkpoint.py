@@ -198,7 +198,7 @@ def test_an_interrupted_overwrite_is_not_complete(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint, "write_tensors_atomic", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(checkpoint.ArtifactError, match="cannot write the checkpoint"):
         save_sae(tmp_path, trained_like("relu"), cfg={}, scircuits_meta={"config_hash": "h"})
     assert not is_complete(tmp_path, "h")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -14,6 +14,7 @@ import pytest
 import scircuits.platform.collect.collection as collect_module
 import scircuits.platform.pipeline.run as pipeline_run
 from scircuits.platform.causal.results import RESULTS_FILE
+from scircuits.platform.common.artifacts import write_marker
 from scircuits.platform.config import RunConfig
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.manager.plugin_set import get_plugins
@@ -21,7 +22,7 @@ from scircuits.platform.pipeline.run import plan
 from scircuits.platform.pipeline.run import run_pipeline as run_with
 from scircuits.platform.pipeline.stages import STAGES
 from scircuits.platform.train.checkpoint import META_FILE, WEIGHTS_FILE
-from scircuits.store.synthetic import write_synthetic_store
+from scircuits.store.synthetic import synthetic_attrs, write_synthetic_store
 
 
 def run_pipeline(config):
@@ -43,7 +44,12 @@ class FakeStages:
 
     def collect(self, config, run_dir, resume):
         self.calls.append("collect")
-        write_synthetic_store(config.out, n_examples=3, d_model=4)
+        write_synthetic_store(
+            config.out,
+            n_examples=3,
+            d_model=4,
+            attrs={**synthetic_attrs(), "config_hash": config.config_hash()},
+        )
         return Path(config.out)
 
     def train(self, config, run_dir, resume):
@@ -52,7 +58,8 @@ class FakeStages:
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
         if self.fail_train:
-            (out / "training_state.json").write_text("{}")
+            write_marker(out, "sae", config.config_hash())
+            (out / "training_state").mkdir()
             raise KeyboardInterrupt  # killed half-way
         (out / WEIGHTS_FILE).write_bytes(b"weights")
         (out / META_FILE).write_text(json.dumps({"complete": True, "config_hash": config.config_hash()}))
@@ -153,11 +160,72 @@ def test_volatile_flags_redo_nothing(tmp_path, stages):
     assert stages.calls == []
 
 
-def test_stale_artifacts_are_removed_before_a_stage_is_redone(tmp_path, stages):
+def test_stale_artifacts_are_moved_aside_not_deleted_before_a_stage_is_redone(tmp_path, stages):
     run_dir = run_pipeline(config(tmp_path))
     (run_dir / "sae" / "leftover.txt").write_text("from the old SAE")
     run_pipeline(config(tmp_path, train_tokens=5000))
     assert not (run_dir / "sae" / "leftover.txt").exists()
+    [aside] = run_dir.glob("sae.superseded-*")
+    assert (aside / "leftover.txt").read_text() == "from the old SAE"
+    assert (aside / WEIGHTS_FILE).is_file()
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.name not in ("pipeline.json", ".scircuits-lock")
+    }
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"sae_hparams": {"foo": 1}}, "foo"),
+        ({"ablation": "nosuch"}, "nosuch"),
+        ({"sae_hparams": {"k": 100000}}, "k=100000"),
+        ({"top_k": [1, 100000]}, "--top-k 100000"),
+    ],
+)
+def test_a_bad_setting_for_an_existing_run_touches_nothing(tmp_path, stages, bad, message):
+    run_dir = run_pipeline(config(tmp_path))
+    before = snapshot(run_dir)
+    stages.calls.clear()
+    from scircuits.errors import ScircuitsError
+
+    with pytest.raises(ScircuitsError, match=message) as caught:
+        run_pipeline(config(tmp_path, **bad))
+    assert "\n" not in str(caught.value)
+    assert stages.calls == [] and snapshot(run_dir) == before
+    assert not list(run_dir.glob("*.superseded-*"))
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_lost_pipeline_json_keeps_complete_matching_artifacts(tmp_path, stages, damage):
+    run_dir = run_pipeline(config(tmp_path))
+    (run_dir / "sae" / "mine.txt").write_text("user file")
+    before = snapshot(run_dir)
+    state = run_dir / "pipeline.json"
+    if damage == "missing":
+        state.unlink()
+    else:
+        state.write_text(state.read_text()[:30])
+    stages.calls.clear()
+    run_pipeline(config(tmp_path))
+    assert stages.calls == ["report"]  # only the pages, which record no identity, are redone
+    after = snapshot(run_dir)
+    assert {k: v for k, v in after.items() if not k.startswith("report")} == {
+        k: v for k, v in before.items() if not k.startswith("report")
+    }
+
+
+def test_a_second_run_on_one_directory_is_refused(tmp_path, stages):
+    from scircuits.platform.common.artifacts import ArtifactError, FolderLock
+
+    run_dir = plan(config(tmp_path), get_plugins()).run_dir
+    with FolderLock(run_dir, "run"), pytest.raises(ArtifactError, match="another scircuits process"):
+        run_pipeline(config(tmp_path))
+    assert stages.calls == []
 
 
 def test_an_interrupted_training_is_resumed_not_restarted(tmp_path, stages):

@@ -25,6 +25,7 @@ from zarr.core.sync import sync as zarr_sync
 from zarr.errors import NodeNotFoundError
 
 from scircuits.store.errors import (
+    DamagedStoreError,
     NonFiniteActivationsError,
     NotAStoreError,
     StoreCompleteError,
@@ -140,7 +141,15 @@ class ActivationStoreWriter:
             local.mkdir(parents=True, exist_ok=True)
             lock = WriterLock(local)
         try:
-            group = cls._open_or_create(text, local, identity, rows, compressor)
+            try:
+                group = cls._open_or_create(text, local, identity, rows, compressor)
+            except ValueError as exc:  # a truncated or edited zarr.json (JSONDecodeError) or array metadata
+                if isinstance(exc, StoreError):
+                    raise
+                raise DamagedStoreError(
+                    f"{text}: the store's metadata cannot be read ({str(exc).splitlines()[0]}); it is "
+                    "damaged: move it away (or delete it) and collect again"
+                ) from None
             return cls(text, group, lock, complete=bool(group.attrs.get("complete")))
         except BaseException:
             if lock is not None:

@@ -4,13 +4,27 @@ examples, runs the study (``runner.run_study``) and writes ``causal/results.json
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scircuits.platform.causal.results import write_study
+from scircuits.platform.causal.results import recorded_config_hash, write_study
 from scircuits.platform.causal.runner import run_study
+from scircuits.platform.common.artifacts import (
+    ArtifactError,
+    FolderLock,
+    check_writable,
+    claim,
+    describe,
+    describe_os_error,
+    read_marker,
+    remove_orphans,
+    write_marker,
+)
+from scircuits.platform.common.device import check_device
 from scircuits.platform.common.provenance import base_provenance, file_sha256
 from scircuits.platform.config import AblateConfig
 from scircuits.platform.contract.benchmarks import Example
@@ -60,6 +74,46 @@ def sae_site(info: dict[str, Any]) -> tuple[int | None, str | None]:
     return (int(layer) if isinstance(layer, int) else None, site if isinstance(site, str) else None)
 
 
+def check_store_matches_sae(store_path: str | None, sae_path: str | None, info: dict[str, Any]) -> None:
+    """``--store`` must hold the activations the SAE was trained on: same model, layer and site (its
+    feature contexts are read from it), as far as the SAE's scircuits.json records them."""
+    if not store_path:
+        return
+    meta = info.get("meta") if isinstance(info.get("meta"), dict) else {}
+    trained = (meta.get("store") or {}).get("attrs") if isinstance(meta.get("store"), dict) else None
+    if not isinstance(trained, dict):
+        return
+    try:
+        given = ActivationStore(store_path).attrs
+    except Exception as exc:
+        raise ConfigError(f"--store {store_path}: not a readable activation store ({exc})") from None
+    differences = [
+        f"{key}: store {given.get(key)!r}, SAE {trained.get(key)!r}"
+        for key in ("model", "layer", "site")
+        if key in trained and given.get(key) != trained.get(key)
+    ]
+    if differences:
+        raise ConfigError(
+            f"--store {store_path} does not hold the activations the SAE in {sae_path} was trained on "
+            f"({'; '.join(differences)}); give the store it was trained on, or leave --store out"
+        )
+
+
+def claim_results_folder(out: Path, config_hash: str) -> None:
+    """``--out`` of ablate: refuse a folder of the user's files, move aside results of other settings
+    (results.json written before markers existed are recognised by their config hash)."""
+    if out.is_dir() and read_marker(out) is None:
+        recorded = recorded_config_hash(out)
+        if recorded is not None:
+            write_marker(out, "causal", recorded)
+    claimed = describe(claim(out, "causal", config_hash, option="--out"))
+    if claimed["moved_to"]:
+        print(
+            f"[ablate] {out} held results of other settings; moved them to {claimed['moved_to']}",
+            file=sys.stderr,
+        )
+
+
 def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None = None) -> AblateInputs:
     """Check the weights, load the model, the SAE and the examples (model weights checked first)."""
     adapter = plugins.models.get(config.model)
@@ -72,6 +126,14 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
     if loaded is None:
         check_weights_available(adapter, config.model_path)
     sae, info = load_sae(config.sae, plugins)
+    check_store_matches_sae(config.store, config.sae, info)
+    d_sae = int(sae.W_dec.shape[0])
+    too_big = [k for k in config.top_k if k > d_sae]
+    if too_big:
+        raise ConfigError(
+            f"--top-k {', '.join(map(str, too_big))}: the SAE in {config.sae} has only {d_sae} latents; give "
+            f"values <= {d_sae}"
+        )
     if loaded is None:
         loaded = adapter.load(model_path=config.model_path, dtype="float32", device=config.device)
     if int(sae.W_dec.shape[1]) != loaded.d_model:
@@ -156,8 +218,40 @@ def run_ablate(
     """The ablation study of ``config``; returns the output folder (results.json, examples.jsonl)."""
     started = time.monotonic()
     config = config.with_plugin_defaults(plugins)
-    inputs = inputs or load_inputs(config, plugins, loaded)
-    results, rows = run_study(config, inputs.loaded, inputs.sae, inputs.examples, inputs.layer, plugins)
-    results.provenance = provenance(config, inputs, results.n_examples, results.n_tokens)
-    results.wall_seconds = round(time.monotonic() - started, 1)
-    return write_study(config.out, results, rows)
+    out = Path(config.out)
+    check_device(config.device)
+    try:
+        fresh = not out.exists()
+    except OSError:  # a path too long to look up: check_writable says so
+        fresh = False
+    check_writable(out, option="--out")  # before any model loads
+    try:
+        return _run_ablate_in(out, config, plugins, loaded, inputs, started)
+    except BaseException:
+        if fresh:  # a failed first run leaves no folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run_ablate_in(
+    out: Path,
+    config: AblateConfig,
+    plugins: Any,
+    loaded: LoadedModel | None,
+    inputs: AblateInputs | None,
+    started: float,
+) -> Path:
+    with FolderLock(out, "causal results"):
+        remove_orphans(out)
+        claim_results_folder(out, config.config_hash())
+        inputs = inputs or load_inputs(config, plugins, loaded)
+        results, rows = run_study(config, inputs.loaded, inputs.sae, inputs.examples, inputs.layer, plugins)
+        results.provenance = provenance(config, inputs, results.n_examples, results.n_tokens)
+        results.wall_seconds = round(time.monotonic() - started, 1)
+        try:
+            return write_study(out, results, rows)
+        except OSError as exc:
+            raise ArtifactError(
+                f"{out}: cannot write the results ({describe_os_error(exc)}); free space or choose another "
+                "--out, then run again"
+            ) from None

@@ -12,6 +12,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -291,6 +292,13 @@ def reconstruction_metrics(data: EvalData, first_position: int = 0) -> dict[str,
     return result
 
 
+def worst_of(worst: float, value: float) -> float:
+    """The larger difference, where NaN counts as the worst of all (``max(0.0, nan)`` is 0.0)."""
+    if math.isnan(worst) or math.isnan(value):
+        return math.nan
+    return max(worst, value)
+
+
 def check_splice(
     loaded: LoadedModel,
     split: SplitModel,
@@ -315,8 +323,8 @@ def check_splice(
         with torch.no_grad():
             value = (sae.decode(eb.features) + eb.error).to(eb.cache.site_output.dtype)
             fast = split.upper(batch, eb.cache, value, all_positions=True)
-        worst_splice = max(worst_splice, float((traced - clean)[mask].abs().max()))
-        worst_fast = max(worst_fast, float((fast - traced)[mask].abs().max()))
+        worst_splice = worst_of(worst_splice, float((traced - clean)[mask].abs().max()))
+        worst_fast = worst_of(worst_fast, float((fast - traced)[mask].abs().max()))
         checked += len(eb.example_indices)
     result = {
         "max_abs_logit_diff": worst_splice,
@@ -325,7 +333,8 @@ def check_splice(
         "tolerance": tolerance,
         "method": "nnsight",
     }
-    if worst_splice > tolerance or worst_fast > tolerance:
+    # ``not (x <= tol)`` so that NaN (a non-finite SAE or model output) fails the check
+    if not (worst_splice <= tolerance and worst_fast <= tolerance):
         raise SpliceError(
             f"the spliced model does not reproduce the clean model: max |logit difference| "
             f"{worst_splice:.3g} (nnsight splice vs clean) and {worst_fast:.3g} (fast path vs nnsight) on "

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scircuits.platform.collect.datahash import data_sha256
+from scircuits.platform.common.artifacts import move_aside
+from scircuits.platform.common.device import check_device
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import CollectConfig
 from scircuits.platform.contract.errors import ConfigError
@@ -23,7 +26,8 @@ from scircuits.platform.manager.plugin_set import PluginSet
 from scircuits.platform.model.sequences import encode_example
 from scircuits.platform.model.tracing import RemoteBackend, SiteTracer, load_remote
 from scircuits.store import ActivationStoreWriter, StoreMismatchError
-from scircuits.store.location import read_group
+from scircuits.store.errors import DamagedStoreError
+from scircuits.store.location import WriterLock, read_group
 
 # Examples are encoded and sorted by length within windows of this many batches, so a batch pads
 # little; they are stored in benchmark order.
@@ -62,6 +66,7 @@ def store_attrs(config: CollectConfig, loaded: Any, layer: int) -> dict[str, Any
         "source": "traced",
         "config_hash": config.config_hash(),
         "config": config.identity(),
+        "data_sha256": data_sha256(config.benchmark_options),
     }
 
 
@@ -70,8 +75,12 @@ def _existing_store_attrs(out: str) -> dict[str, Any] | None:
         return None
     try:
         return dict(read_group(out, None).attrs)
-    except Exception:
-        return None
+    except Exception as exc:
+        raise DamagedStoreError(
+            f"{out}: the store's zarr.json cannot be read "
+            f"({str(exc).splitlines()[0] if str(exc) else exc!r}); it is damaged: move it away (or "
+            "delete it) and collect again"
+        ) from None
 
 
 def _check_existing_store(config: CollectConfig) -> CollectSummary | None:
@@ -86,6 +95,22 @@ def _check_existing_store(config: CollectConfig) -> CollectSummary | None:
         for key in sorted(stored.keys() | now.keys())
         if stored.get(key) != now.get(key)
     ]
+    now_data = data_sha256(config.benchmark_options)
+    if not differences and attrs.get("data_sha256", now_data) != now_data:
+        differences.append(
+            f"the data file {config.benchmark_options.get('data')} changed since the store was collected"
+        )
+    if differences and not attrs.get("complete") and int(attrs.get("n_examples", 0) or 0) == 0:
+        # A collection that failed before its first example holds nothing: set it aside so that it
+        # does not block the corrected command.
+        lock = WriterLock(Path(config.out))  # refused while another process writes it
+        lock.release()
+        aside = move_aside(Path(config.out))
+        Path(config.out).rmdir()
+        print(
+            f"[collect] {config.out} held an empty, failed collection; moved it to {aside}", file=sys.stderr
+        )
+        return None
     if differences:
         raise StoreMismatchError(
             f"{config.out} holds activations of a different collection ({'; '.join(differences)}). "
@@ -128,9 +153,11 @@ def run_collect(
     adapter = plugins.models.get(config.model)
     benchmark = plugins.benchmarks.get(config.benchmark)
     benchmark.check_split(config.split)
+    if not config.remote:
+        check_device(config.device)
     options = benchmark.parse_options(config.benchmark_options)
-    # missing or malformed data fails here, before any weights load
-    next(iter(benchmark.examples(config.split, 1, config.seed, options)), None)
+    # missing, empty or malformed data fails here, in full, before any weights load or any store exists
+    check_all_examples(benchmark, config, options)
     if adapter.n_layers:  # a declared adapter: check the layer and site before loading anything
         config = config.model_copy(update={"layer": adapter.resolve_site(config.layer, config.site)})
         done = _check_existing_store(config)
@@ -150,6 +177,20 @@ def run_collect(
     if done is not None:
         return done
     return trace_into_store(config, loaded, layer, benchmark, options)
+
+
+def check_all_examples(benchmark: Any, config: CollectConfig, options: Any) -> int:
+    """Read every example the collection will trace (a bad line anywhere stops it now); no example
+    at all is an error. Returns how many."""
+    count = sum(1 for _ in benchmark.examples(config.split, config.limit, config.seed, options))
+    if count == 0:
+        data = config.benchmark_options.get("data")
+        source = f"the data file {data}" if data else f"split {config.split!r}"
+        raise ConfigError(
+            f"benchmark {config.benchmark!r}: {source} holds no examples; give a file with at least one "
+            "example (or another --split)"
+        )
+    return count
 
 
 def sequence_limit(config: CollectConfig, loaded: Any) -> int | None:

@@ -23,7 +23,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic_core import PydanticUndefined
@@ -71,16 +71,36 @@ class StageConfig(BaseModel):
         if config_file is not None:
             data = read_config_file(config_file)
             section = data.get(cls.stage)
+            if isinstance(section, dict):
+                ignored = sorted(k for k, v in data.items() if not isinstance(v, dict))
+                if ignored:
+                    raise ConfigError(
+                        f"config file {config_file}: the top-level setting(s) {', '.join(ignored)} would be "
+                        f"ignored because a [{cls.stage}] table exists; move them into [{cls.stage}]"
+                    )
             values.update(section if isinstance(section, dict) else data)
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return cls.validated(values)
+
+    @model_validator(mode="before")
+    @classmethod
+    def no_bool_for_numbers(cls, values: Any) -> Any:
+        return reject_bool_numbers(cls, values)
 
     @classmethod
     def validated(cls: type[C], values: Mapping[str, Any]) -> C:
         try:
             return cls(**values)
         except ValidationError as exc:
-            raise ConfigError(f"invalid {cls.stage} config: {describe_validation_error(exc)}") from None
+            hint = ""
+            extras = [e["loc"][0] for e in exc.errors() if e["type"] == "extra_forbidden" and e["loc"]]
+            if extras and "hparams" in cls.model_fields:
+                key, value = extras[0], values.get(str(extras[0]))
+                hint = (
+                    f" (SAE hyperparameters go in hparams: `hparams = {{{key} = {value!r}}}` in the config "
+                    f"file, or --hparam {key}={value})"
+                )
+            raise ConfigError(f"invalid {cls.stage} config: {describe_validation_error(exc)}{hint}") from None
 
     def identity(self) -> dict[str, Any]:
         values = self.model_dump(mode="json", exclude=set(self.volatile))
@@ -94,6 +114,22 @@ class StageConfig(BaseModel):
 
 
 SiteName = Literal["resid", "mlp", "attn"]
+
+
+def reject_bool_numbers(cls: type[BaseModel], values: Any) -> Any:
+    """``limit: true`` is not 1: a number field takes no true/false."""
+    if isinstance(values, dict):
+        for name, value in values.items():
+            field = cls.model_fields.get(name)
+            if isinstance(value, bool) and field is not None and _numeric(field.annotation):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+    return values
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field's type is a number (int or float, optionally None), and not bool."""
+    args = get_args(annotation) or (annotation,)
+    return any(a in (int, float) for a in args) and bool not in args
 
 
 def D(default: Any = None, description: str = "", **constraints: Any) -> Any:
@@ -255,7 +291,14 @@ def section(
         if descriptions and field_name in descriptions:
             info.description = descriptions[field_name]
         fields[field_name] = (annotation, info)
-    return create_model(name, __config__=ConfigDict(extra="forbid", validate_assignment=True), **fields)
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        name,
+        __config__=ConfigDict(extra="forbid", validate_assignment=True),
+        __validators__={
+            "no_bool_for_numbers": model_validator(mode="before")(classmethod(reject_bool_numbers))
+        },
+        **fields,
+    )
 
 
 RUN_SHARED = {"model", "benchmark", "benchmark_options", "layer", "site", "seed", "device", "model_path"}

@@ -8,20 +8,27 @@ Each stage has a key: the hash of its own configuration and the key of the stage
 changed flag redoes the stage it affects and every stage after it. ``pipeline.json`` records each
 stage's key when it starts and when it is complete. A stage is skipped when its artifact is
 complete and was made under the current key; it is continued (collection and training resume) when
-it was started under the current key; otherwise its stale artifact is removed and the stage is
-redone. The model's weights are checked before anything runs.
+it was started under the current key; otherwise its stale artifact is moved aside (never deleted) and
+the stage is redone. The model's weights are checked before anything runs.
+
+``pipeline.json`` is a log, not the authority: a stage whose artifact proves by itself that it was
+made with the current settings (the store's attrs, the SAE's config_hash, results.json's config
+hash) is up to date even when ``pipeline.json`` is lost or truncated, as long as every stage before
+it was up to date too. Every setting is validated before the run directory is touched, and the run
+directory is locked against a second ``run``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scircuits.platform.common.artifacts import FolderLock, check_writable, move_aside
+from scircuits.platform.common.device import check_device
 from scircuits.platform.common.provenance import now_iso
 from scircuits.platform.config import RunConfig, StageConfig
 from scircuits.platform.contract.errors import ConfigError, WeightsUnavailableError
@@ -94,11 +101,41 @@ def plan(config: RunConfig, plugins: Any) -> Plan:
     return Plan(run_dir, layer, configs, keys)
 
 
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
+def set_aside(path: Path) -> Path | None:
+    """Move a superseded artifact folder aside (``<name>.superseded-<time>``); a file artifact (a
+    report page) is rewritten by its stage instead. Returns where it went."""
+    if not path.is_dir():
+        return None
+    aside = move_aside(path)
+    path.rmdir()  # move_aside leaves an empty folder; the stage makes its own
+    return aside
+
+
+def validate_settings(the_plan: Plan, plugins: Any, adapter: Any) -> None:
+    """Every setting that can be checked without the weights, before the run directory is touched:
+    plugin names, SAE hyperparameters against the variant, the ablation, top-k against d_sae."""
+    train_config, ablate_config = the_plan.configs.get("train"), the_plan.configs.get("ablate")
+    d_model = int(getattr(adapter, "d_model", 0) or 0)
+    d_sae = None
+    if train_config is not None:
+        variant = plugins.saes.get(train_config.sae)
+        hparams = variant.parse_hparams(train_config.hparams)
+        if d_model:
+            d_sae = train_config.expansion * d_model
+            k = getattr(hparams, "k", None)
+            if isinstance(k, int) and k > d_sae:
+                raise ConfigError(
+                    f"SAE option k={k} is larger than the SAE's {d_sae} latents (expansion "
+                    f"{train_config.expansion} x width {d_model}); give k <= {d_sae}"
+                )
+    if ablate_config is not None:
+        plugins.ablations.get(ablate_config.ablation)
+        too_big = [k for k in ablate_config.top_k if d_sae is not None and k > d_sae]
+        if too_big:
+            raise ConfigError(
+                f"--top-k {', '.join(map(str, too_big))}: larger than the SAE's {d_sae} latents; give values "
+                f"<= {d_sae}"
+            )
 
 
 def say(message: str) -> None:
@@ -136,23 +173,32 @@ def check_examples(the_plan: Plan, plugins: Any) -> None:
             )
 
 
-def run_stage(stage: Stage, the_plan: Plan, state: PipelineState, plugins: Any) -> None:
+def run_stage(
+    stage: Stage, the_plan: Plan, state: PipelineState, plugins: Any, upstream_current: bool = False
+) -> bool:
+    """Run, continue or skip one stage. Returns True when it was skipped as up to date (its artifact
+    proves it), which lets the next stage trust its own artifact without ``pipeline.json``."""
     run_dir, config = the_plan.run_dir, the_plan.configs[stage.name]
     key, artifact = the_plan.keys[stage.name], stage.artifact(the_plan.run_dir)
     recorded = state.stage(stage.name)
-    if recorded.completed_key == key and stage.complete(run_dir, config):
+    upstream_current = upstream_current and stage.self_identifying
+    if (recorded.completed_key == key or upstream_current) and stage.complete(run_dir, config):
         say(f"{stage.name}: up to date ({artifact}), skipped")
-        return
-    same_start = recorded.started_key == key
+        if recorded.completed_key != key:
+            state.record(stage.name, started_key=key, completed_key=key, completed=now_iso())
+        return True
+    same_start = recorded.started_key == key or (upstream_current and stage.started(run_dir, config))
     if artifact.exists() and not (stage.resumable and same_start):
-        say(f"{stage.name}: removing {artifact}, made with other settings")
-        remove(artifact)
+        aside = set_aside(artifact)
+        if aside is not None:
+            say(f"{stage.name}: {artifact} was made with other settings; moved it to {aside}")
     resume = stage.resumable and same_start and artifact.exists()
     say(f"{stage.name}: {'continuing' if resume else 'starting'}")
     state.record(stage.name, started_key=key, completed_key=None, started=now_iso())
     t0 = time.monotonic()
     stage.run(config, run_dir, plugins, resume)
     state.record(stage.name, completed_key=key, completed=now_iso(), seconds=round(time.monotonic() - t0, 1))
+    return False
 
 
 def run_pipeline(config: RunConfig, plugins: Any) -> Path:
@@ -160,15 +206,19 @@ def run_pipeline(config: RunConfig, plugins: Any) -> Path:
     started = time.monotonic()
     config = config.with_plugin_defaults(plugins)  # before any hash: what is recorded names what runs
     the_plan = plan(config, plugins)
+    check_device(config.device)
+    validate_settings(the_plan, plugins, plugins.models.get(config.model))
     check_model_weights(config, plugins)
     check_examples(the_plan, plugins)
     run_dir = the_plan.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = PipelineState(run_dir)
-    state.set_run_config(config.model_dump(mode="json"))
-    say(f"run directory {run_dir}")
-    for stage in STAGES:
-        run_stage(stage, the_plan, state, plugins)
-    state.record("run", completed=now_iso(), seconds=round(time.monotonic() - started, 1))
+    check_writable(run_dir, option="--out")
+    with FolderLock(run_dir, "run"):
+        state = PipelineState(run_dir)
+        state.set_run_config(config.model_dump(mode="json"))
+        say(f"run directory {run_dir}")
+        upstream_current = True
+        for stage in STAGES:
+            upstream_current = run_stage(stage, the_plan, state, plugins, upstream_current)
+        state.record("run", completed=now_iso(), seconds=round(time.monotonic() - started, 1))
     say(f"done in {time.monotonic() - started:.0f} s: {run_dir / 'report.html'}")
     return run_dir

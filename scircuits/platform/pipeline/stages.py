@@ -20,6 +20,8 @@ import scircuits.platform.report.build as report_module
 import scircuits.platform.train.training as training_module
 from scircuits.errors import ScircuitsError
 from scircuits.platform.causal.results import recorded_config_hash, results_path
+from scircuits.platform.collect.datahash import data_sha256
+from scircuits.platform.common.artifacts import read_marker
 from scircuits.platform.config import AblateConfig, CollectConfig, RunConfig, StageConfig, TrainConfig
 from scircuits.platform.dashboard import build_dashboard
 from scircuits.platform.report.document import REPORT_HTML, REPORT_MD
@@ -44,6 +46,9 @@ class Stage:
     Config: ClassVar[type[StageConfig] | None] = None
     artifact_name: ClassVar[str]
     resumable: ClassVar[bool] = False
+    # The artifact records the hash of the config that made it, so ``complete`` proves identity
+    # without pipeline.json.
+    self_identifying: ClassVar[bool] = True
 
     def configure(self, run: RunConfig, context: PlanContext) -> StageConfig | None:
         raise NotImplementedError
@@ -58,6 +63,10 @@ class Stage:
 
     def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
         raise NotImplementedError
+
+    def started(self, run_dir: Path, config: StageConfig | None) -> bool:
+        """Whether the (incomplete) artifact was started with this config, from the artifact itself."""
+        return False
 
     def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
         raise NotImplementedError
@@ -96,11 +105,25 @@ class CollectStage(Stage):
             }
         )
 
-    def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
+    def identity(self, config: StageConfig | None) -> str:
+        """The config's hash and the data file's content: an edited data file redoes the run."""
+        assert isinstance(config, CollectConfig)
+        return f"{config.config_hash()}:{data_sha256(config.benchmark_options)}"
+
+    def _recorded(self, run_dir: Path) -> tuple[bool, str | None]:
         try:
-            return ActivationStore(self.artifact(run_dir)).complete
+            store = ActivationStore(self.artifact(run_dir))
+            attrs = store.attrs
+            return store.complete, f"{attrs.get('config_hash')}:{attrs.get('data_sha256')}"
         except Exception:  # absent, half-written or not a store
-            return False
+            return False, None
+
+    def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
+        done, recorded = self._recorded(run_dir)
+        return done and recorded == self.identity(config)
+
+    def started(self, run_dir: Path, config: StageConfig | None) -> bool:
+        return self._recorded(run_dir)[1] == self.identity(config)
 
     def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
         collect_module.collect(config, plugins)
@@ -128,6 +151,11 @@ class TrainStage(Stage):
     def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
         assert config is not None
         return is_complete(self.artifact(run_dir), config.config_hash())
+
+    def started(self, run_dir: Path, config: StageConfig | None) -> bool:
+        assert config is not None
+        marker = read_marker(self.artifact(run_dir))
+        return marker is not None and marker.identity == config.config_hash()
 
     def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
         assert isinstance(config, TrainConfig)
@@ -167,6 +195,7 @@ class AblateStage(Stage):
 class ReportStage(Stage):
     name = "report"
     artifact_name = REPORT_HTML
+    self_identifying = False  # the pages do not record what made them: pipeline.json decides
 
     def configure(self, run: RunConfig, context: PlanContext) -> None:
         return None

@@ -10,7 +10,8 @@ Layout of a checkpoint directory::
                                standard/topk: b_enc; jumprelu: b_enc, threshold; gated: b_gate, r_mag, b_mag
     scircuits.json             variant, hparams, train config, store provenance, metrics, config_hash,
                                complete
-    training_state.safetensors + training_state.json   (while training / for --resume)
+    training_state/            (while training / for --resume) state.safetensors + state.json,
+                               published together by one directory rename (never a mixed pair)
     train_log.jsonl            one JSON object per log or eval step
 
 Every file is written to a temporary name and renamed; ``scircuits.json`` is marked incomplete
@@ -21,10 +22,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scircuits.platform.common.artifacts import (
+    ArtifactError,
+    claim,
+    describe,
+    describe_os_error,
+    publish_dir,
+    read_marker,
+    recover_published,
+    remove_orphans,
+    write_marker,
+)
 from scircuits.platform.common.provenance import base_provenance
 from scircuits.platform.contract.errors import DataFormatError
 from scircuits.platform.contract.saes import SAEVariant
@@ -39,8 +52,9 @@ if TYPE_CHECKING:
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 META_FILE = "scircuits.json"
-STATE_WEIGHTS_FILE = "training_state.safetensors"
-STATE_META_FILE = "training_state.json"
+STATE_DIR = "training_state"
+STATE_WEIGHTS_FILE = f"{STATE_DIR}/state.safetensors"
+STATE_META_FILE = f"{STATE_DIR}/state.json"
 LOG_FILE = "train_log.jsonl"
 CHECKPOINT_FORMAT = "scircuits.sae"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -135,12 +149,21 @@ def save_sae(
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / META_FILE
     if meta_path.exists():
-        previous = read_json(meta_path)
+        try:
+            previous = read_json(meta_path)
+        except DataFormatError:  # damaged: it already does not read as complete
+            previous = {}
         if previous.get("complete"):
             write_json_atomic(meta_path, {**previous, "complete": False})
     tensors = sae.saelens_tensors()
-    write_tensors_atomic(out / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
-    write_json_atomic(out / CFG_FILE, saelens_cfg(sae, cfg))
+    try:
+        write_tensors_atomic(out / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
+        write_json_atomic(out / CFG_FILE, saelens_cfg(sae, cfg))
+    except OSError as exc:
+        raise ArtifactError(
+            f"{out}: cannot write the checkpoint ({describe_os_error(exc)}); free space or choose "
+            "another --out"
+        ) from None
     meta = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
@@ -165,6 +188,21 @@ def is_complete(out_dir: str | Path, config_hash: str | None = None) -> bool:
     except DataFormatError:
         return False
     return bool(meta.get("complete")) and (config_hash is None or meta.get("config_hash") == config_hash)
+
+
+def claim_checkpoint(out_dir: str | Path, config_hash: str) -> dict[str, Any]:
+    """Make ``out_dir`` the home of the checkpoint of ``config_hash`` (artifacts.claim): a folder of
+    the user's files is refused, a checkpoint of other settings is moved aside. A checkpoint written
+    before markers existed is recognised by its scircuits.json."""
+    out = Path(out_dir)
+    if out.is_dir() and read_marker(out) is None and (out / META_FILE).is_file():
+        try:
+            meta = read_json(out / META_FILE)
+        except DataFormatError:
+            meta = {}
+        if meta.get("format") == CHECKPOINT_FORMAT:
+            write_marker(out, "sae", str(meta.get("config_hash")))
+    return describe(claim(out, "sae", config_hash))
 
 
 def saelens_reader(variants: Registry[SAEVariant], architecture: str, where: Path) -> SAEVariant:
@@ -229,7 +267,15 @@ def load_sae(
     if not meta:
         hparams.update(variant.hparams_from_saelens_cfg(cfg))
     sae = variant.build(cfg["d_in"], cfg["d_sae"], hparams)
-    tensors = load_file(str(weights_path))
+    from safetensors import SafetensorError
+
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise DataFormatError(
+            f"{weights_path}: not a readable safetensors file ({str(exc).splitlines()[0]}); train it again "
+            "or restore the file"
+        ) from None
     try:
         sae.load_saelens_tensors(tensors)
     except ValueError as exc:
@@ -248,16 +294,57 @@ def load_sae(
 def save_training_state(
     out_dir: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
 ) -> None:
+    """Write the tensors and their metadata into a staging folder and publish it as
+    ``training_state/`` by one rename, so a kill at any point leaves the old state or the new one."""
+    from safetensors.torch import save_file
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_tensors_atomic(out / STATE_WEIGHTS_FILE, tensors)
-    write_json_atomic(out / STATE_META_FILE, {**base_provenance(), **dict(meta)})
+    staging = out / f".{STATE_DIR}.tmp-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    try:
+        staging.mkdir()
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+            str(staging / Path(STATE_WEIGHTS_FILE).name),
+        )
+        (staging / Path(STATE_META_FILE).name).write_text(
+            json.dumps({**base_provenance(), **dict(meta)}, indent=2, sort_keys=True, default=str) + "\n"
+        )
+        publish_dir(staging, out / STATE_DIR)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ArtifactError(
+            f"{out}: cannot save the training state ({describe_os_error(exc)}); the last saved state is "
+            "kept: free space or fix the folder, then run again with --resume"
+        ) from None
+
+
+def remove_training_state(out_dir: str | Path) -> None:
+    shutil.rmtree(Path(out_dir) / STATE_DIR, ignore_errors=True)
+
+
+def has_training_state(out_dir: str | Path) -> bool:
+    out = Path(out_dir)
+    recover_published(out / STATE_DIR)
+    return (out / STATE_DIR).is_dir()
 
 
 def load_training_state(out_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     out = Path(out_dir)
+    remove_orphans(out)
+    recover_published(out / STATE_DIR)
     if not (out / STATE_WEIGHTS_FILE).is_file() or not (out / STATE_META_FILE).is_file():
         return None
-    return load_file(str(out / STATE_WEIGHTS_FILE)), read_json(out / STATE_META_FILE)
+    try:
+        tensors = load_file(str(out / STATE_WEIGHTS_FILE))
+    except (SafetensorError, OSError) as exc:
+        raise DataFormatError(
+            f"{out / STATE_WEIGHTS_FILE}: unreadable training state ({exc}); drop --resume (add --force) "
+            "to start over"
+        ) from None
+    return tensors, read_json(out / STATE_META_FILE)

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from scircuits.platform.common.artifacts import FolderLock, read_marker
+from scircuits.platform.common.device import check_device
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.contract.errors import ConfigError
@@ -300,9 +302,41 @@ def train(config: TrainConfig, plugins: PluginSet, *, stop_after_steps: int | No
     """
     config = apply_preset(config, plugins).with_plugin_defaults(plugins)
     out = Path(config.out)
-    if ckpt.is_complete(out, config.config_hash()):
-        print(f"[train] {out} already holds a complete checkpoint for this config; skipping", file=sys.stderr)
-        return out
+    plugins.saes.get(config.sae)  # an unknown variant stops here, before the folder is touched
+    check_device(config.device)
+    if under_launcher():  # a DDP worker: the launching process holds the folder's lock
+        return _train_checked(config, plugins, stop_after_steps)
+    with FolderLock(out, "SAE checkpoint"):
+        marker = read_marker(out)
+        if config.resume and marker is not None and marker.identity != config.config_hash():
+            raise ConfigError(
+                f"--resume: {out} holds a training state for a different config "
+                f"(hash {marker.identity}, now {config.config_hash()}); use another --out "
+                "or drop --resume to start over (the old one is then moved aside)"
+            )
+        claimed = ckpt.claim_checkpoint(out, config.config_hash())
+        if claimed["moved_to"]:
+            print(
+                f"[train] {out} held a checkpoint made with other settings; moved it to "
+                f"{claimed['moved_to']}",
+                file=sys.stderr,
+            )
+        if ckpt.is_complete(out, config.config_hash()):
+            print(
+                f"[train] {out} already holds a complete checkpoint for this config; skipping",
+                file=sys.stderr,
+            )
+            return out
+        if not config.resume and ckpt.has_training_state(out):
+            raise ConfigError(
+                f"{out / ckpt.STATE_DIR} holds a saved training state of this config; add --resume to "
+                f"continue it, or remove {out / ckpt.STATE_DIR} to start over"
+            )
+        return _train_checked(config, plugins, stop_after_steps)
+
+
+def _train_checked(config: TrainConfig, plugins: PluginSet, stop_after_steps: int | None) -> Path:
+    out = Path(config.out)
     if "," in config.device and not under_launcher() and config.nproc == 1:
         raise ConfigError(
             f"--device {config.device}: several devices spread several SAEs (use train_many or "
@@ -365,6 +399,12 @@ def _train_rank(
         total_steps = steps_per_epoch * (config.epochs or 1)
 
     d_in = store.d_model
+    k = getattr(variant.parse_hparams(config.hparams), "k", None)
+    if isinstance(k, int) and k > config.expansion * d_in:
+        raise ConfigError(
+            f"--hparam k={k} is larger than the SAE's {config.expansion * d_in} latents (expansion "
+            f"{config.expansion} x store width {d_in}); give k <= {config.expansion * d_in}"
+        )
     sae = variant.build(d_in, config.expansion * d_in, config.hparams).to(dist.device)
     sae.encoder_bf16 = config.bf16
     lr = resolved_lr(config, sae.d_sae)
@@ -448,6 +488,7 @@ def _train_rank(
                 if batch_in_epoch >= steps_per_epoch or trainer.step >= total_steps:
                     break
                 out_step = trainer.train_step(x)
+                check_finite(trainer, out_step, config, epoch, batch_in_epoch, local_batch)
                 batch_in_epoch += 1
                 if trainer.step % config.log_every == 0 or trainer.step == total_steps:
                     rate = (trainer.tokens - start_tokens) / max(time.monotonic() - start_time, 1e-9)
@@ -497,11 +538,33 @@ def _train_rank(
         ckpt.save_sae(
             out, trainer.folded_copy(), cfg={"metadata": _saelens_metadata(store.attrs)}, scircuits_meta=meta
         )
-        for name in (ckpt.STATE_WEIGHTS_FILE, ckpt.STATE_META_FILE):
-            (out / name).unlink(missing_ok=True)
+        ckpt.remove_training_state(out)
     logger.close()
     if dist.enabled:
         torch.distributed.barrier()
+
+
+class NonFiniteTrainingError(ConfigError):
+    """The loss or the weights became NaN or infinite; nothing is marked complete."""
+
+
+def check_finite(
+    trainer: SAETrainer, out: TrainOutput, config: TrainConfig, epoch: int, batch: int, batch_rows: int
+) -> None:
+    """Stop at the first non-finite loss or weight, naming the store rows of the batch that made it."""
+    loss = out.terms["loss"].detach()
+    bad = None if bool(torch.isfinite(loss)) else f"loss is {float(loss)}"
+    if bad is None:
+        for name, param in trainer.sae.named_parameters():
+            if not bool(torch.isfinite(param).all()):
+                bad = f"weight {name} is not finite"
+                break
+    if bad is not None:
+        raise NonFiniteTrainingError(
+            f"train: {bad} at step {trainer.step} (store {config.store}, training batch {batch} of epoch "
+            f"{epoch}: {batch_rows} shuffled rows, seed {config.seed}); check the store with "
+            "`scircuits inspect` or lower --lr; nothing was marked complete"
+        )
 
 
 def _dead_fraction(trainer: SAETrainer) -> float:

@@ -1,0 +1,626 @@
+"""Fault injection: crashes between every write and rename of the training state, kill -9 at seeded
+random points of training (a subprocess), an injected ENOSPC, and truncated or missing files of each
+artifact. Seeded and small (tiny synthetic stores), so it runs in CI.
+
+``KILL_POINTS`` counts every kill or crash point the module tries; the README quotes it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import scircuits.platform.common.artifacts as artifacts
+import scircuits.platform.train.checkpoint as ckpt
+from scircuits.platform.common.artifacts import ArtifactError
+from scircuits.platform.config import TrainConfig
+from scircuits.platform.contract.errors import ConfigError, DataFormatError
+from scircuits.platform.train.training import train
+from scircuits.store.synthetic import write_synthetic_store
+
+SEED = 20261126
+D_MODEL = 16
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("store") / "acts.zarr"
+    return write_synthetic_store(path, n_examples=120, d_model=D_MODEL, dtype="float32", chunk_rows=128)
+
+
+def config(store, out, **overrides) -> TrainConfig:
+    values = dict(
+        store=str(store),
+        sae="topk",
+        hparams={"k": 4},
+        expansion=2,
+        batch_size=32,
+        epochs=1,
+        lr=3e-3,
+        warmup_steps=3,
+        eval_every=100,
+        log_every=5,
+        eval_tokens=256,
+        checkpoint_every=4,
+        out=str(out),
+        progress=False,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def straight(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "sae"
+    return train(config(store, out)).joinpath(ckpt.WEIGHTS_FILE).read_bytes()
+
+
+class SimulatedKill(BaseException):
+    """Raised in place of a write or rename: the process 'dies' there (nothing after it runs)."""
+
+
+# Every filesystem step of save_training_state: the tensors, the metadata, the rename of the old state
+# aside, the rename of the staging folder into place, the removal of the old state.
+STATE_STEPS = ("save_file", "write_text", "replace_old", "replace_new", "rmtree_old")
+
+
+def crash_at(monkeypatch, step: str, on_save: int) -> None:
+    """Make the ``on_save``-th save_training_state die at ``step``."""
+    saves = {"n": 0}
+    original_save = ckpt.save_training_state
+
+    def counting_save(*args, **kwargs):
+        saves["n"] += 1
+        return original_save(*args, **kwargs)
+
+    def armed() -> bool:
+        return saves["n"] == on_save
+
+    import safetensors.torch as st
+
+    real_save_file, real_write_text = st.save_file, Path.write_text
+    real_replace, real_rmtree = os.replace, shutil.rmtree
+    replaces = {"n": 0}
+
+    def save_file(*args, **kwargs):
+        if armed() and step == "save_file":
+            raise SimulatedKill(step)
+        return real_save_file(*args, **kwargs)
+
+    def write_text(self, *args, **kwargs):
+        if armed() and step == "write_text" and self.name == "state.json":
+            raise SimulatedKill(step)
+        return real_write_text(self, *args, **kwargs)
+
+    def replace(src, dst):
+        if armed() and Path(dst).name.startswith((".training_state.old", "training_state")):
+            replaces["n"] += 1
+            if (step, Path(dst).name.startswith(".")) in (("replace_old", True), ("replace_new", False)):
+                raise SimulatedKill(step)
+        return real_replace(src, dst)
+
+    def rmtree(path, *args, **kwargs):
+        if armed() and step == "rmtree_old" and ".training_state.old" in str(path):
+            raise SimulatedKill(step)
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_training_state", counting_save)
+    monkeypatch.setattr("scircuits.platform.train.training.ckpt.save_training_state", counting_save)
+    monkeypatch.setattr(st, "save_file", save_file)
+    monkeypatch.setattr(Path, "write_text", write_text)
+    monkeypatch.setattr(artifacts.os, "replace", replace)
+    monkeypatch.setattr(artifacts.shutil, "rmtree", rmtree)
+
+
+@pytest.mark.parametrize("step", STATE_STEPS)
+def test_a_crash_between_any_write_and_rename_of_the_training_state_resumes_bit_identical(
+    store, tmp_path, straight, monkeypatch, step
+):
+    out = tmp_path / "sae"
+    with monkeypatch.context() as patch:
+        crash_at(patch, step, on_save=2)  # the second save replaces an existing state
+        with pytest.raises(SimulatedKill):
+            train(config(store, out))
+    state = ckpt.load_training_state(out)
+    assert state is not None, "a whole state (old or new) must survive"
+    assert state[1]["step"] in (4, 8)
+    train(config(store, out, resume=True))
+    assert (out / ckpt.WEIGHTS_FILE).read_bytes() == straight
+
+
+KILL_CHILD = textwrap.dedent(
+    """
+    import os, random, signal, sys, json
+    import torch
+    torch.set_num_threads(1)
+    from scircuits.platform.config import TrainConfig
+    import scircuits.platform.train.training as training
+    values = json.loads(sys.argv[1])
+    kill_after = int(sys.argv[2])
+    calls = {"n": 0}
+    real_step = training.SAETrainer.train_step
+    def step(self, x):
+        calls["n"] += 1
+        if calls["n"] == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_step(self, x)
+    training.SAETrainer.train_step = step
+    training.train(TrainConfig(**values))
+    """
+)
+
+
+def run_train_child(values: dict, kill_after: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run(
+        [sys.executable, "-c", KILL_CHILD, json.dumps(values), str(kill_after)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+KILL_TRAIN_POINTS = sorted(random.Random(SEED).sample(range(2, 15), 3))
+
+
+@pytest.mark.parametrize("kill_after", KILL_TRAIN_POINTS)
+def test_kill_9_during_training_then_resume_is_bit_identical(store, tmp_path, straight, kill_after):
+    out = tmp_path / "sae"
+    values = config(store, out).model_dump(mode="json")
+    killed = run_train_child(values, kill_after)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not ckpt.is_complete(out)
+    resume = ckpt.has_training_state(out)
+    train(config(store, out, resume=resume))
+    assert (out / ckpt.WEIGHTS_FILE).read_bytes() == straight
+
+
+def test_enospc_while_saving_the_state_is_one_line_and_keeps_the_old_state(store, tmp_path, monkeypatch):
+    out = tmp_path / "sae"
+    train(config(store, out), stop_after_steps=4)
+    before = (out / ckpt.STATE_WEIGHTS_FILE).read_bytes()
+    import safetensors.torch as st
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(st, "save_file", full)
+    with pytest.raises(ArtifactError, match="no space left on the device") as caught:
+        train(config(store, out, resume=True))
+    assert "\n" not in str(caught.value)
+    assert (out / ckpt.STATE_WEIGHTS_FILE).read_bytes() == before
+
+
+def test_train_refuses_a_folder_of_user_files(store, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    with pytest.raises(ArtifactError, match="did not write"):
+        train(config(store, out))
+    assert (out / "notes.txt").read_text() == "precious"
+
+
+def test_train_moves_aside_a_checkpoint_of_other_settings(store, tmp_path):
+    out = tmp_path / "sae"
+    train(config(store, out))
+    old = (out / ckpt.WEIGHTS_FILE).read_bytes()
+    train(config(store, out, seed=3))
+    [aside] = tmp_path.glob("sae.superseded-*")
+    assert (aside / ckpt.WEIGHTS_FILE).read_bytes() == old
+    assert ckpt.is_complete(out, config(store, out, seed=3).config_hash())
+
+
+def test_a_second_trainer_on_one_folder_is_refused(store, tmp_path):
+    out = tmp_path / "sae"
+    with (
+        artifacts.FolderLock(out, "SAE checkpoint"),
+        pytest.raises(ArtifactError, match="another scircuits process"),
+    ):
+        train(config(store, out))
+
+
+def test_a_rerun_without_resume_does_not_discard_a_saved_state(store, tmp_path):
+    out = tmp_path / "sae"
+    train(config(store, out), stop_after_steps=4)
+    with pytest.raises(ConfigError, match="add --resume"):
+        train(config(store, out))
+    assert ckpt.has_training_state(out)
+
+
+def test_a_nan_loss_stops_training_naming_the_batch(store, tmp_path, monkeypatch):
+    import scircuits.platform.train.training as training
+
+    real = training.SAETrainer.train_step
+
+    def poisoned(self, x):
+        if self.step == 2:
+            x = x.clone()
+            x[0, 0] = float("nan")
+        return real(self, x)
+
+    monkeypatch.setattr(training.SAETrainer, "train_step", poisoned)
+    with pytest.raises(training.NonFiniteTrainingError, match="training batch 2 of epoch 0") as caught:
+        train(config(store, tmp_path / "sae"))
+    assert "\n" not in str(caught.value)
+    assert not ckpt.is_complete(tmp_path / "sae")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "disguise", "missing"])
+def test_a_damaged_checkpoint_gives_a_one_line_error(store, tmp_path, damage):
+    out = train(config(store, tmp_path / "sae"))
+    weights = out / ckpt.WEIGHTS_FILE
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif damage == "disguise":
+        weights.write_bytes(b"PK\x03\x04 this is a zip, not safetensors")
+    else:
+        weights.unlink()
+    with pytest.raises(DataFormatError, match=str(weights.name)) as caught:
+        ckpt.load_sae(out)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "missing"])
+def test_a_damaged_scircuits_json_is_redone_not_trusted(store, tmp_path, damage):
+    out = train(config(store, tmp_path / "sae"))
+    meta = out / ckpt.META_FILE
+    if damage == "truncate":
+        meta.write_text(meta.read_text()[:20])
+    else:
+        meta.unlink()
+    assert not ckpt.is_complete(out, config(store, out).config_hash())
+    train(config(store, out))
+    assert ckpt.is_complete(out, config(store, out).config_hash())
+
+
+# -- ablate --out and --store ---------------------------------------------------------------------
+
+
+def ablate_config(out, **overrides):
+    from scircuits.platform.config import AblateConfig
+
+    return AblateConfig(**{"sae": "", "out": str(out), "progress": False, **overrides})
+
+
+def run_ablate(config):
+    from scircuits.platform.causal.stage import run_ablate as run
+    from scircuits.platform.manager.plugin_set import get_plugins
+
+    return run(config, get_plugins())
+
+
+def test_ablate_refuses_a_folder_of_user_files_before_any_work(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "results.json").write_text('{"mine": true}')
+    with pytest.raises(ArtifactError, match="did not write") as caught:
+        run_ablate(ablate_config(out))
+    assert "\n" not in str(caught.value)
+    assert (out / "results.json").read_text() == '{"mine": true}'
+
+
+def test_ablate_moves_aside_results_of_other_settings(tmp_path):
+    out = tmp_path / "causal"
+    out.mkdir()
+    (out / "results.json").write_text('{"config_hash": "older"}')
+    with pytest.raises(ConfigError, match="needs --sae"):  # the claim comes first, then the inputs
+        run_ablate(ablate_config(out))
+    [aside] = tmp_path.glob("causal.superseded-*")
+    assert json.loads((aside / "results.json").read_text()) == {"config_hash": "older"}
+
+
+def test_a_second_ablate_on_one_folder_is_refused(tmp_path):
+    out = tmp_path / "causal"
+    with (
+        artifacts.FolderLock(out, "causal results"),
+        pytest.raises(ArtifactError, match="another scircuits process"),
+    ):
+        run_ablate(ablate_config(out))
+
+
+@pytest.mark.parametrize(
+    "where, reason",
+    [("under_a_file", "a part of the path is a file"), ("too_long", "the path is too long")],
+)
+def test_an_unwritable_out_is_refused_before_any_work(tmp_path, where, reason):
+    if where == "under_a_file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "causal"
+    else:
+        out = tmp_path / ("x" * 300)
+    with pytest.raises(ArtifactError, match=reason) as caught:
+        run_ablate(ablate_config(out))
+    assert "choose another --out" in str(caught.value)
+
+
+def test_enospc_while_writing_results_is_one_line(tmp_path, monkeypatch):
+    import scircuits.platform.causal.stage as stage
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    fake_inputs = stage.AblateInputs(None, None, {}, [], 0)
+    monkeypatch.setattr(stage, "load_inputs", lambda config, plugins, loaded: fake_inputs)
+    monkeypatch.setattr(
+        stage, "run_study", lambda *args: (type("R", (), {"n_examples": 0, "n_tokens": 0})(), [])
+    )
+    monkeypatch.setattr(stage, "provenance", lambda *args: {})
+    monkeypatch.setattr(stage, "write_study", full)
+    with pytest.raises(ArtifactError, match="no space left on the device") as caught:
+        run_ablate(ablate_config(tmp_path / "causal"))
+    assert "\n" not in str(caught.value)
+
+
+def test_ablate_store_must_match_the_sae(tmp_path):
+    from scircuits.platform.causal.stage import check_store_matches_sae
+    from scircuits.store.synthetic import synthetic_attrs
+
+    attrs = {**synthetic_attrs(), "model": "smollm2-135m", "layer": 3, "site": "resid"}
+    path = write_synthetic_store(tmp_path / "s.zarr", n_examples=2, d_model=4, attrs=attrs)
+    info = {"meta": {"store": {"attrs": {"model": "smollm2-135m", "layer": 15, "site": "resid"}}}}
+    with pytest.raises(ConfigError, match="layer: store 3, SAE 15"):
+        check_store_matches_sae(path, "sae", info)
+    info["meta"]["store"]["attrs"]["layer"] = 3
+    check_store_matches_sae(path, "sae", info)  # the matching store is accepted
+
+
+# -- data files: content hash, empty, not UTF-8, a bad line far in --------------------------------
+
+
+def collect_config(data, out, **overrides):
+    from scircuits.platform.config import CollectConfig
+
+    return CollectConfig(
+        **{
+            "benchmark": "gsm8k",
+            "benchmark_options": {"data": str(data)},
+            "split": "test",
+            "out": str(out),
+            "progress": False,
+            **overrides,
+        }
+    )
+
+
+def collect_without_weights(config, monkeypatch):
+    """run_collect, failing the test if it gets as far as loading weights."""
+    import scircuits.platform.collect.collection as collection
+    from scircuits.platform.manager.plugin_set import get_plugins
+
+    adapter = get_plugins().models.get(config.model)
+    monkeypatch.setattr(type(adapter), "check_weights", lambda *a, **k: pytest.fail("weights were loaded"))
+    return collection.run_collect(config, get_plugins())
+
+
+@pytest.fixture
+def gsm8k_file(bench_data, tmp_path):
+    path = tmp_path / "test.jsonl"
+    shutil.copy(bench_data / "gsm8k" / "test.jsonl", path)
+    return path
+
+
+def test_an_edited_data_file_changes_the_data_hash(gsm8k_file):
+    from scircuits.platform.collect.datahash import data_sha256
+
+    before = data_sha256({"data": str(gsm8k_file)})
+    assert before == data_sha256({"data": str(gsm8k_file)}) and data_sha256({}) is None
+    gsm8k_file.write_text(gsm8k_file.read_text().replace("16 eggs", "17 eggs"))
+    assert data_sha256({"data": str(gsm8k_file)}) != before
+
+
+def test_a_store_of_an_edited_data_file_is_not_already_complete(gsm8k_file, tmp_path):
+    import scircuits.platform.collect.collection as collection
+    from scircuits.store import StoreMismatchError
+    from scircuits.store.synthetic import synthetic_attrs
+
+    config = collect_config(gsm8k_file, tmp_path / "s.zarr", layer=3)
+    attrs = {
+        **synthetic_attrs(),
+        "config": config.identity(),
+        "config_hash": config.config_hash(),
+        "data_sha256": collection.data_sha256(config.benchmark_options),
+    }
+    write_synthetic_store(config.out, n_examples=2, d_model=4, attrs=attrs)
+    assert collection._check_existing_store(config).already_complete
+    gsm8k_file.write_text(gsm8k_file.read_text().replace("16 eggs", "17 eggs"))
+    with pytest.raises(StoreMismatchError, match="changed since the store was collected"):
+        collection._check_existing_store(config)
+
+
+def test_an_empty_data_file_is_an_error_before_any_work(tmp_path, monkeypatch):
+    empty = tmp_path / "test.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="holds no examples") as caught:
+        collect_without_weights(collect_config(empty, tmp_path / "s.zarr"), monkeypatch)
+    assert str(empty) in str(caught.value) and not (tmp_path / "s.zarr").exists()
+
+
+def test_a_non_utf8_data_file_names_file_and_line(gsm8k_file, tmp_path, monkeypatch):
+    lines = gsm8k_file.read_bytes().splitlines(keepends=True)
+    lines[6] = lines[6].replace(b"a", b"\xff", 1)
+    gsm8k_file.write_bytes(b"".join(lines))
+    with pytest.raises(DataFormatError, match="line 7: not UTF-8") as caught:
+        collect_without_weights(collect_config(gsm8k_file, tmp_path / "s.zarr"), monkeypatch)
+    assert str(gsm8k_file) in str(caught.value)
+
+
+def test_a_bad_line_far_into_the_data_file_stops_before_the_weights(gsm8k_file, tmp_path, monkeypatch):
+    with open(gsm8k_file, "a") as fh:
+        fh.write("{not json\n")
+    n_lines = len(gsm8k_file.read_text().splitlines())
+    with pytest.raises(DataFormatError, match=f"line {n_lines}"):
+        collect_without_weights(collect_config(gsm8k_file, tmp_path / "s.zarr"), monkeypatch)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_k_larger_than_d_sae_is_a_one_line_error(store, tmp_path):
+    with pytest.raises(ConfigError, match="k=1000 is larger than the SAE's 32 latents"):
+        train(config(store, tmp_path / "sae", hparams={"k": 1000}))
+
+
+def test_top_k_larger_than_d_sae_is_an_error_not_a_silent_drop(store, tmp_path, monkeypatch):
+    import scircuits.platform.causal.stage as stage
+    from scircuits.platform.manager.plugin_set import get_plugins
+
+    sae_dir = train(config(store, tmp_path / "sae"))
+    monkeypatch.setattr(stage, "check_weights_available", lambda *a: None)
+    cfg = ablate_config(tmp_path / "causal", sae=str(sae_dir), top_k=[1, 64])
+    with pytest.raises(ConfigError, match=r"--top-k 64: the SAE .* has only 32 latents"):
+        stage.load_inputs(cfg, get_plugins())
+
+
+# -- config files: no silent misreadings ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", ["collect", "run"])
+def test_limit_true_is_not_one(stage):
+    from scircuits.platform.config import CollectConfig, RunConfig
+
+    model = CollectConfig if stage == "collect" else RunConfig
+    with pytest.raises(ConfigError, match="limit must be a number, got True"):
+        model.validated({"limit": True})
+
+
+def test_a_top_level_key_beside_a_stage_table_is_an_error(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('lr = 0.01\n[train]\nsae = "topk"\n')
+    with pytest.raises(
+        ConfigError, match=r"top-level setting\(s\) lr would be ignored .* move them into \[train\]"
+    ):
+        TrainConfig.from_sources(path)
+
+
+def test_an_sae_hyperparameter_at_the_top_of_train_points_to_hparams(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nk = 16\n")
+    with pytest.raises(ConfigError, match=r"hparams = \{k = 16\}.*--hparam k=16"):
+        TrainConfig.from_sources(path)
+
+
+@pytest.mark.parametrize("device, message", [("tpu", "unknown device"), ("cuda", "no CUDA GPU")])
+def test_an_unusable_device_is_a_one_line_error_before_any_work(store, tmp_path, device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match=message):
+        train(config(store, tmp_path / "sae", device=device))
+    with pytest.raises(ConfigError, match=message):
+        run_ablate(ablate_config(tmp_path / "causal", device=device))
+    assert not (tmp_path / "sae").exists() and not (tmp_path / "causal").exists()
+
+
+# -- kill -9 during collect (a tiny GPT-2 from a folder, as in test_collect) -----------------------
+
+COLLECT_N = 150
+KILL_COLLECT_POINTS = sorted(random.Random(SEED + 1).sample(range(5, COLLECT_N - 20), 2))
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    """A tiny GPT-2 folder, and the store of an uninterrupted collection (in a subprocess, as the
+    killed ones, so the rounding is the same)."""
+    from scircuits.testing import save_tiny_model, tiny_loaded_model
+    from tests.test_collect import collect_command
+
+    root = tmp_path_factory.mktemp("collect")
+    folder = save_tiny_model(tiny_loaded_model("gpt2-medium", seed=11), root / "model")
+    whole = root / "whole.zarr"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(collect_command(folder, whole, COLLECT_N), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return folder, whole
+
+
+@pytest.mark.parametrize("kill_at", KILL_COLLECT_POINTS)
+def test_kill_9_during_collect_then_resume_equals_the_uninterrupted_store(collected, tmp_path, kill_at):
+    import time
+
+    import numpy as np
+
+    from scircuits.store import ActivationStore
+    from tests.test_collect import collect_command, recorded
+
+    folder, whole = collected
+    killed = tmp_path / "killed.zarr"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = collect_command(folder, killed, COLLECT_N)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if recorded(killed).get("n_examples", 0) >= kill_at:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the collection ended before the kill point"
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = ActivationStore(killed), ActivationStore(whole)
+    assert a.complete and (a.n_examples, a.n_tokens) == (b.n_examples, b.n_tokens)
+    assert np.array_equal(a.read_rows(0, a.n_tokens), b.read_rows(0, b.n_tokens))
+    assert np.array_equal(a.example_ids, b.example_ids) and np.array_equal(a.token_ids, b.token_ids)
+
+
+KILL_POINTS = len(STATE_STEPS) + len(KILL_TRAIN_POINTS) + len(KILL_COLLECT_POINTS)
+
+
+def test_a_truncated_store_zarr_json_in_collect_is_a_one_line_error_before_the_weights(tmp_path, monkeypatch):
+    from scircuits.store.errors import DamagedStoreError
+
+    out = tmp_path / "s.zarr"
+    write_synthetic_store(out, n_examples=3, d_model=4)
+    zarr_json = out / "zarr.json"
+    zarr_json.write_text(zarr_json.read_text()[:40])
+    damaged = zarr_json.read_text()
+    with pytest.raises(DamagedStoreError, match=r"zarr\.json cannot be read") as caught:
+        collect_without_weights(
+            collect_config(None, out, benchmark="arithmetic", benchmark_options={}), monkeypatch
+        )
+    assert "\n" not in str(caught.value) and zarr_json.read_text() == damaged
+
+
+def test_enospc_while_writing_the_checkpoint_is_one_line(store, tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "write_tensors_atomic", full)
+    with pytest.raises(
+        ArtifactError, match=r"cannot write the checkpoint \(no space left on the device"
+    ) as caught:
+        train(config(store, tmp_path / "sae"))
+    assert "\n" not in str(caught.value) and not ckpt.is_complete(tmp_path / "sae")
+
+
+def test_an_empty_failed_collection_does_not_block_the_corrected_command(tmp_path, monkeypatch):
+    import scircuits.platform.collect.collection as collection
+    from scircuits.store import ActivationStoreWriter
+
+    first = collect_config(None, tmp_path / "s.zarr", benchmark="arithmetic", benchmark_options={}, limit=5)
+    from scircuits.store.synthetic import synthetic_attrs
+
+    attrs = {**synthetic_attrs(), "config": first.identity(), "config_hash": first.config_hash()}
+    ActivationStoreWriter.open(first.out, attrs, d_model=4).close(complete=False)  # failed at once
+    corrected = first.model_copy(update={"limit": 3})
+    assert collection._check_existing_store(corrected) is None  # not refused
+    [aside] = tmp_path.glob("s.zarr.superseded-*")
+    assert (aside / "zarr.json").is_file() and not (tmp_path / "s.zarr").exists()
