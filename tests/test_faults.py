@@ -26,12 +26,17 @@ import scircuits.platform.train.checkpoint as ckpt
 from scircuits.platform.common.artifacts import ArtifactError
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.contract.errors import ConfigError, DataFormatError
-from scircuits.platform.train.training import train
+from scircuits.platform.manager.plugin_set import get_plugins
+from scircuits.platform.train.training import train as train_with
 from scircuits.store.synthetic import write_synthetic_store
 
 SEED = 20261126
 D_MODEL = 16
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def train(config, **options):
+    return train_with(config, get_plugins(), **options)
 
 
 @pytest.fixture(autouse=True)
@@ -165,7 +170,8 @@ KILL_CHILD = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
         return real_step(self, x)
     training.SAETrainer.train_step = step
-    training.train(TrainConfig(**values))
+    from scircuits.platform.manager.plugin_set import get_plugins
+    training.train(TrainConfig(**values), get_plugins())
     """
 )
 
@@ -277,7 +283,7 @@ def test_a_damaged_checkpoint_gives_a_one_line_error(store, tmp_path, damage):
     else:
         weights.unlink()
     with pytest.raises(DataFormatError, match=str(weights.name)) as caught:
-        ckpt.load_sae(out)
+        ckpt.load_sae(out, get_plugins())
     assert "\n" not in str(caught.value)
 
 
@@ -408,7 +414,7 @@ def collect_without_weights(config, monkeypatch):
     import scircuits.platform.collect.collection as collection
     from scircuits.platform.manager.plugin_set import get_plugins
 
-    adapter = get_plugins().models.get(config.model)
+    adapter = get_plugins().models.get(config.with_plugin_defaults(get_plugins()).model)
     monkeypatch.setattr(type(adapter), "check_weights", lambda *a, **k: pytest.fail("weights were loaded"))
     return collection.run_collect(config, get_plugins())
 
@@ -487,7 +493,7 @@ def test_top_k_larger_than_d_sae_is_an_error_not_a_silent_drop(store, tmp_path, 
     monkeypatch.setattr(stage, "check_weights_available", lambda *a: None)
     cfg = ablate_config(tmp_path / "causal", sae=str(sae_dir), top_k=[1, 64])
     with pytest.raises(ConfigError, match=r"--top-k 64: the SAE .* has only 32 latents"):
-        stage.load_inputs(cfg, get_plugins())
+        stage.load_inputs(cfg.with_plugin_defaults(get_plugins()), get_plugins())
 
 
 # -- config files: no silent misreadings ----------------------------------------------------------

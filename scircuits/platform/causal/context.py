@@ -148,15 +148,13 @@ class StudyContext:
         cached = self.shared.get("_control_statistics")
         if cached is not None:
             return cached
-        from scircuits.platform.causal.evaluation import edit_mask
-
         position = {int(i): j for j, i in enumerate(self.evaluation_indices)}
         fired = np.zeros(self.d_sae)
         sums = np.zeros(self.d_sae)
         tokens = 0
         activity = np.zeros((len(position), self.d_sae), dtype=bool)
         for eb in self.study.data.batches:
-            mask = edit_mask(eb.batch, self.config.edit_from_position)
+            mask = eb.edit_mask(self.config.edit_from_position)
             for example, layout in zip(eb.example_indices, eb.layouts, strict=True):
                 if example not in position:
                     continue
@@ -211,11 +209,9 @@ class StudyContext:
         """FVU at the edited positions (i) leaving out the massive dimensions (mean square above
         ``massive_factor`` x the median dimension's) and (ii) with every dimension standardised by
         its own mean and standard deviation (each dimension weighs the same)."""
-        from scircuits.platform.causal.evaluation import edit_mask
-
         xs, errors = [], []
         for eb in self.study.data.batches:
-            mask = edit_mask(eb.batch, self.config.edit_from_position)
+            mask = eb.edit_mask(self.config.edit_from_position)
             xs.append(eb.cache.site_output[mask].double().cpu().numpy())
             errors.append(eb.error[mask].double().cpu().numpy())
         if not xs:

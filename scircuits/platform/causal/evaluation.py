@@ -25,6 +25,10 @@ class EvalBatch:
     features: torch.Tensor  # (B, T, d_sae) SAE features of the clean site output
     error: torch.Tensor  # (B, T, d) site output minus the SAE reconstruction
 
+    def edit_mask(self, first_position: int) -> torch.Tensor:
+        """(B, T) True where features are edited: real tokens at positions >= ``first_position``."""
+        return edit_mask(self.batch, first_position)
+
 
 @dataclass
 class EvalData:

@@ -6,7 +6,6 @@ summary = build_dashboard("runs/smollm2-135m__arithmetic__resid15", plugins)   #
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.dashboard import sources
+from scircuits.platform.dashboard.neuronpedia import write_neuronpedia
 from scircuits.platform.dashboard.scan import (
     HIST_BINS_PER_DECADE,
     HIST_LOG10_MIN,
@@ -33,10 +33,10 @@ from scircuits.platform.dashboard.schema import (
     Context,
     FeaturePage,
     Histogram,
-    IndexRow,
     LogitEffect,
     QuantileGroup,
 )
+from scircuits.platform.dashboard.site import link_from_report, write_site
 
 DASHBOARD_DIR = "dashboard"
 LOGIT_CHUNK = 256  # features per unembedding product (chunk x vocab floats at once)
@@ -67,11 +67,6 @@ class Extracted:
     n_tokens: int
     n_sequences: int  # traced sequences in the store
     neuron_alignment: dict[int, tuple[list[int], list[float], list[float]]]
-
-
-def visible(token: str) -> str:
-    """A token as a short label: spaces and line breaks made visible."""
-    return token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥") or "∅"
 
 
 def histogram(counts: np.ndarray) -> Histogram:
@@ -123,9 +118,6 @@ def build_dashboard(
     say: Callable[[str], None] | None = None,
 ) -> DashboardSummary:
     """Write RUN_DIR/dashboard (or ``out``): index, one page per active feature, the Neuronpedia export."""
-    from scircuits.platform.dashboard.neuronpedia import write_neuronpedia
-    from scircuits.platform.dashboard.site import link_from_report, write_site
-
     if features is not None and features <= 0:
         raise ConfigError(f"--features must be a positive number, not {features}")
     started = time.monotonic()
@@ -287,23 +279,3 @@ def neuron_alignment(
             [round(abs(float(row[i])) / l1, 4) for i in idx],
         )
     return out
-
-
-def index_rows(pages: Sequence[FeaturePage], examples: dict[int, list[str]]) -> list[IndexRow]:
-    rows = []
-    for page in pages:
-        focus = Counter(visible(examples[c.run][c.start + c.focus]) for c in page.top)
-        ablation = page.ablation or Ablation()
-        rows.append(
-            IndexRow(
-                id=page.id,
-                frequency=page.frequency,
-                max_activation=page.max_activation,
-                rank=ablation.rank,
-                attribution=ablation.attribution,
-                exact_logprob_delta=ablation.exact_logprob_delta,
-                exact_logprob_ci=ablation.exact_logprob_ci,
-                summary=" ".join(token for token, _ in focus.most_common(3)),
-            )
-        )
-    return rows

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from scircuits.platform.common.provenance import base_provenance
 from scircuits.platform.dashboard.assets import COMMON_JS, CSS, FEATURE_JS, INDEX_JS
+from scircuits.platform.dashboard.rows import index_rows
+from scircuits.platform.dashboard.scan import ScanSettings
 
 if TYPE_CHECKING:
     from scircuits.platform.dashboard.build import Extracted
@@ -68,8 +70,6 @@ def run_label(extracted: Extracted) -> str:
 
 
 def meta(extracted: Extracted) -> dict[str, Any]:
-    from scircuits.platform.dashboard.scan import ScanSettings
-
     results, config = extracted.inputs.results, extracted.inputs.config
     settings = ScanSettings()
     stats = results.get("statistics") or {}
@@ -146,8 +146,6 @@ def feature_body(feature: int, neighbours: tuple[int | None, int | None]) -> str
 
 
 def index_data(extracted: Extracted) -> dict[str, Any]:
-    from scircuits.platform.dashboard.build import index_rows
-
     rows = []
     for row in index_rows(extracted.pages, extracted.examples):
         rows.append(

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scircuits.platform.causal.study import unembedding_effects
 from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.model.splice import SplitModel
+from scircuits.platform.train.checkpoint import load_sae as load
+from scircuits.store import ActivationStore
 
 if TYPE_CHECKING:
     import torch
-
-    from scircuits.store import ActivationStore
 
 RESULTS = Path("causal") / "results.json"
 STORE = "activations.zarr"
@@ -92,14 +94,10 @@ def read_run(run_dir: str | Path) -> RunInputs:
 
 
 def open_store(inputs: RunInputs) -> ActivationStore:
-    from scircuits.store import ActivationStore
-
     return ActivationStore(inputs.store_path)
 
 
 def load_sae(inputs: RunInputs, plugins: Any) -> torch.nn.Module:
-    from scircuits.platform.train.checkpoint import load_sae as load
-
     sae, _ = load(inputs.sae_path, plugins)
     return sae.eval()
 
@@ -134,8 +132,5 @@ def direct_path_effects(
     n: int = 10,
 ) -> dict[int, dict[str, list[dict[str, Any]]]]:
     """{feature: {"promoted": [{token, logit}], "suppressed": [...]}} through the unembedding only."""
-    from scircuits.platform.causal.study import unembedding_effects
-    from scircuits.platform.model.splice import SplitModel
-
     split = SplitModel(loaded, inputs.layer, inputs.site)
     return unembedding_effects(split, sae, list(features), decoder, n=n)
