@@ -91,6 +91,7 @@ def test_cli_lists_the_example_plugin(example_site):
     example = next(r for r in listing("plugins") if r["name"] == "example")
     assert example["distribution"] == "scircuits-example-plugin" and example["error"] is None
     assert example["registered"] == {
+        "models": ["example-qwen2"],
         "benchmarks": ["capitals"],
         "saes": ["tied-relu"],
         "ablations": ["sign-flip"],
