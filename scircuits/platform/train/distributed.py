@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import socket
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ class DistContext:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                # every rank arrives before any tears its connections down: a rank that destroys the
+                # group while another still talks to it aborts that one ("terminate called ...")
+                dist.barrier()
                 dist.destroy_process_group()
             self.initialized_here = False
 
@@ -105,6 +109,11 @@ def _spawned(
 
     torch.set_num_threads(threads)
     fn(*args)
+    # Skip the interpreter's teardown: gloo's threads, torn down there, abort a finished rank now and
+    # then ("terminate called without an active exception") after all of its work is written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> None:
