@@ -25,12 +25,12 @@ from scircuits.platform.common.artifacts import (
 
 def test_claim_new_same_and_superseded(tmp_path):
     folder = tmp_path / "sae"
-    assert claim(folder, "sae", "key-a") == "new"
+    assert claim(folder, "sae", "key-a").state == "new"
     (folder / "weights.bin").write_text("A")
-    assert claim(folder, "sae", "key-a") == "same"
-    result = artifacts.describe(claim(folder, "sae", "key-b"))
-    assert result["state"] == "superseded"
-    moved = tmp_path / os.path.basename(result["moved_to"])
+    assert claim(folder, "sae", "key-a").state == "same"
+    result = claim(folder, "sae", "key-b")
+    assert result.state == "superseded"
+    moved = tmp_path / result.moved_to.name
     assert (moved / "weights.bin").read_text() == "A"  # nothing deleted
     assert read_marker(folder).identity == "key-b" and not (folder / "weights.bin").exists()
 
@@ -53,7 +53,7 @@ def test_claim_refuses_user_files_and_other_kinds(tmp_path):
 
 def test_an_empty_existing_folder_is_claimed(tmp_path):
     (tmp_path / "e").mkdir()
-    assert claim(tmp_path / "e", "run", "k") == "new"
+    assert claim(tmp_path / "e", "run", "k").state == "new"
 
 
 def _hold_lock(folder, ready, release):

@@ -18,7 +18,6 @@ from scircuits.platform.common.artifacts import (
     FolderLock,
     check_writable,
     claim,
-    describe,
     describe_os_error,
     read_marker,
     remove_orphans,
@@ -106,10 +105,10 @@ def claim_results_folder(out: Path, config_hash: str) -> None:
         recorded = recorded_config_hash(out)
         if recorded is not None:
             write_marker(out, "causal", recorded)
-    claimed = describe(claim(out, "causal", config_hash, option="--out"))
-    if claimed["moved_to"]:
+    claimed = claim(out, "causal", config_hash, option="--out")
+    if claimed.moved_to:
         print(
-            f"[ablate] {out} held results of other settings; moved them to {claimed['moved_to']}",
+            f"[ablate] {out} held results of other settings; moved them to {claimed.moved_to}",
             file=sys.stderr,
         )
 

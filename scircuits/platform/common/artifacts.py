@@ -22,7 +22,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from scircuits.errors import ScircuitsError
 
@@ -64,9 +63,17 @@ def _user_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in (MARKER_FILE, LOCK_FILE))
 
 
-def claim(folder: Path, kind: str, identity: str, *, option: str = "--out") -> str:
-    """Make ``folder`` this artifact's home. Returns "new", "same" (made with the same identity: the
-    caller may resume or skip) or "superseded" (an earlier artifact of this kind was moved aside).
+@dataclass(frozen=True)
+class Claimed:
+    """What ``claim`` found: "new", "same" (made with the same identity: the caller may resume or
+    skip) or "superseded" (an earlier artifact of this kind was moved to ``moved_to``)."""
+
+    state: str
+    moved_to: Path | None = None
+
+
+def claim(folder: Path, kind: str, identity: str, *, option: str = "--out") -> Claimed:
+    """Make ``folder`` this artifact's home (see :class:`Claimed`).
 
     Refuses a folder holding files the tool did not write, or an artifact of another kind.
     """
@@ -76,7 +83,7 @@ def claim(folder: Path, kind: str, identity: str, *, option: str = "--out") -> s
     if not folder.exists() or not _user_files(folder):
         check_writable(folder, option=option)
         write_marker(folder, kind, identity)
-        return "new"
+        return Claimed("new")
     marker = read_marker(folder)
     if marker is None:
         shown = ", ".join(_user_files(folder)[:3])
@@ -87,10 +94,10 @@ def claim(folder: Path, kind: str, identity: str, *, option: str = "--out") -> s
     if marker.kind != kind:
         raise ArtifactError(f"{folder} holds a {marker.kind} artifact, not a {kind}: choose another {option}")
     if marker.identity == identity:
-        return "same"
+        return Claimed("same")
     aside = move_aside(folder)
     write_marker(folder, kind, identity)
-    return f"superseded:{aside}"
+    return Claimed("superseded", aside)
 
 
 def move_aside(folder: Path) -> Path:
@@ -233,9 +240,3 @@ def describe_os_error(exc: OSError) -> str:
         errno.ENOTDIR: "a part of the path is a file",
     }
     return reasons.get(exc.errno or -1, exc.strerror or str(exc))
-
-
-def describe(result: str) -> dict[str, Any]:
-    """claim()'s result as a dict: {"state": new|same|superseded, "moved_to": path or None}."""
-    state, _, aside = result.partition(":")
-    return {"state": state, "moved_to": aside or None}

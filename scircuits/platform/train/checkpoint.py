@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from scircuits.platform.common.artifacts import (
     ArtifactError,
+    Claimed,
     claim,
-    describe,
     describe_os_error,
     publish_dir,
     read_marker,
@@ -190,7 +190,7 @@ def is_complete(out_dir: str | Path, config_hash: str | None = None) -> bool:
     return bool(meta.get("complete")) and (config_hash is None or meta.get("config_hash") == config_hash)
 
 
-def claim_checkpoint(out_dir: str | Path, config_hash: str) -> dict[str, Any]:
+def claim_checkpoint(out_dir: str | Path, config_hash: str) -> Claimed:
     """Make ``out_dir`` the home of the checkpoint of ``config_hash`` (artifacts.claim): a folder of
     the user's files is refused, a checkpoint of other settings is moved aside. A checkpoint written
     before markers existed is recognised by its scircuits.json."""
@@ -202,7 +202,7 @@ def claim_checkpoint(out_dir: str | Path, config_hash: str) -> dict[str, Any]:
             meta = {}
         if meta.get("format") == CHECKPOINT_FORMAT:
             write_marker(out, "sae", str(meta.get("config_hash")))
-    return describe(claim(out, "sae", config_hash))
+    return claim(out, "sae", config_hash)
 
 
 def saelens_reader(variants: Registry[SAEVariant], architecture: str, where: Path) -> SAEVariant:

@@ -315,10 +315,9 @@ def train(config: TrainConfig, plugins: PluginSet, *, stop_after_steps: int | No
                 "or drop --resume to start over (the old one is then moved aside)"
             )
         claimed = ckpt.claim_checkpoint(out, config.config_hash())
-        if claimed["moved_to"]:
+        if claimed.moved_to:
             print(
-                f"[train] {out} held a checkpoint made with other settings; moved it to "
-                f"{claimed['moved_to']}",
+                f"[train] {out} held a checkpoint made with other settings; moved it to {claimed.moved_to}",
                 file=sys.stderr,
             )
         if ckpt.is_complete(out, config.config_hash()):
