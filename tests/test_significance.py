@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from scircuits.platform.causal.controls import sample_matched_controls, sample_unmatched_controls
 from scircuits.platform.causal.significance import (
     holm,
     min_draws,
+    normal_p_value,
     paired_difference,
     permutation_p_value,
     top_k_significance,
@@ -61,14 +63,49 @@ def test_top_k_three_figures_exact():
     assert result.attainable and result.n_controls == 99
 
 
-def test_too_few_draws_cannot_be_significant_and_it_is_said():
+def test_below_min_draws_the_call_rests_on_the_normal_prediction_p():
     assert min_draws(4) == 80 and min_draws(1) == 20
     n = 20
-    controls = np.zeros((20, n)) + np.random.default_rng(0).normal(0, 0.01, size=(20, n))
+    rng = np.random.default_rng(0)
+    controls = rng.normal(0, 0.01, size=(20, n))
     effects = {k: (np.full(n, -5.0), controls) for k in (1, 5, 20, 50)}
     result = top_k_significance(effects, Bootstrap(n, 100, seed=0))
-    assert not result.attainable
-    assert all(t.p_value == pytest.approx(1 / 21) and not t.significant for t in result.tests)
+    # exact p is 1/21 at best; Holm x 4 could never pass 0.05, so the normal fit decides
+    assert result.basis == "normal" and result.attainable and "normal fit" in result.method
+    means = controls.mean(axis=1)
+    t = (-5.0 - means.mean()) / (means.std(ddof=1) * np.sqrt(1 + 1 / 20))
+    expected = 2 * stats.t(df=19).sf(abs(t))
+    for test in result.tests:
+        assert test.p_value == pytest.approx(1 / 21) and test.basis == "normal"
+        assert test.p_normal == pytest.approx(expected, rel=1e-9)
+        assert test.p_holm == pytest.approx(min(1.0, 4 * expected), rel=1e-9)
+        assert test.significant
+
+
+def test_the_normal_call_needs_the_top_set_beyond_every_control():
+    """A heavy-tailed control law: one control set as extreme as the top set. The normal fit says
+    p is small; the controls themselves say otherwise, and no call is made."""
+    n = 20
+    base = np.random.default_rng(1).normal(0, 0.01, size=(20, n))
+    controls = base.copy()
+    controls[3] -= 3.0  # one control set moves the score as much as the top set
+    effects = {k: (np.full(n, -3.0), controls) for k in (1, 5, 20, 50)}
+    result = top_k_significance(effects, Bootstrap(n, 100, seed=0))
+    for test in result.tests:
+        assert test.p_value == pytest.approx(2 / 21)
+        assert test.difference.excludes_zero
+        assert not test.significant
+
+
+def test_normal_p_value_exact_and_alternatives():
+    controls = [-0.1, 0.0, 0.1, 0.2]
+    mean, sd = 0.05, np.std(controls, ddof=1) * np.sqrt(1 + 1 / 4)
+    t = (-0.5 - mean) / sd
+    assert normal_p_value(-0.5, controls) == pytest.approx(2 * stats.t(df=3).sf(abs(t)))
+    assert normal_p_value(-0.5, controls, "less") == pytest.approx(stats.t(df=3).cdf(t))
+    assert normal_p_value(-0.5, controls, "greater") == pytest.approx(stats.t(df=3).sf(t))
+    assert normal_p_value(1.0, [0.5]) is None
+    assert normal_p_value(1.0, [0.5, 0.5]) == 0.0 and normal_p_value(0.5, [0.5, 0.5]) == 1.0
 
 
 def null_study(set_spread: float, seed: int, trials: int = 400, n: int = 40, draws: int = 39):
@@ -92,6 +129,23 @@ def test_p_values_are_uniform_under_the_null(set_spread):
     for quantile in (0.05, 0.25, 0.5, 0.75):  # P(p <= j/40) = j/40 exactly
         assert abs((p <= quantile).mean() - quantile) < 0.07, quantile
     assert calls < 0.08
+
+
+def test_the_normal_basis_makes_few_calls_under_the_null():
+    """Four k values, R = 20 (the default): the top sets are one more draw from the controls' law;
+    calls (normal basis, Holm across the four) stay at or under the 5% level."""
+    rng = np.random.default_rng(21)
+    trials, n, draws, calls = 300, 40, 20, 0
+    for trial in range(trials):
+        effects = {}
+        for k in (1, 5, 20, 50):
+            example = rng.normal(0, 1, size=n)
+            sets = example + rng.normal(0, 0.5, (draws + 1, n)) + rng.normal(0, 0.1, (draws + 1, 1))
+            effects[k] = (sets[0], sets[1:])
+        result = top_k_significance(effects, Bootstrap(n, 100, seed=trial))
+        assert result.basis == "normal"
+        calls += any(t.significant for t in result.tests)
+    assert calls / trials < 0.06
 
 
 def test_the_interval_alone_is_calibrated_only_when_sets_do_not_differ():

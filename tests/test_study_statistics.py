@@ -73,7 +73,8 @@ def test_results_hold_control_ids_paired_intervals_p_values_and_the_split(tiny, 
     assert split["n_selection"] + split["n_evaluation"] == len(examples) == results["n_examples"]
     assert split["n_selection"] == 6 and split["method"].startswith("held-out")
     info = results["significance"]
-    assert info["n_controls"] == 4 and info["attainable"] is False  # 2 k values: 2 / 5 >= 0.05
+    # 2 k values: 2 / 5 >= 0.05, so the exact p cannot carry the call and the normal fit does
+    assert info["n_controls"] == 4 and info["basis"] == "normal" and info["attainable"] is True
     for sweep in results["sweeps"]:
         k, sets = sweep["k"], sweep["control_sets"]
         assert len(sets["features"]) == 4 and len(sets["bands"]) == 4
@@ -84,26 +85,34 @@ def test_results_hold_control_ids_paired_intervals_p_values_and_the_split(tiny, 
             d = test["difference"]
             assert d["low"] <= d["mean"] <= d["high"] and d["n_examples"] == split["n_evaluation"]
             assert test["p_value"] in {j / 5 for j in range(1, 6)}
-            assert test["p_value"] <= test["p_holm"] <= 1
+            assert test["basis"] == "normal" and test["p_normal"] <= test["p_holm"] <= 1
             assert len(test["control_effects"]) == 4
-            # not attainable: never significant, whatever the interval says
-            assert sweep[f"significant_{metric}"] is False
+            # a call needs the interval, the corrected p and the top set beyond every control
+            expected = d["low"] > 0 or d["high"] < 0
+            expected = expected and test["p_holm"] < 0.05 and test["p_value"] == pytest.approx(1 / 5)
+            assert sweep[f"significant_{metric}"] is expected
             assert isinstance(sweep[f"marginal_disjoint_{metric}"], bool)
             # the top effect is the mean of the held-out per-example deltas
             assert test["top_effect"] == pytest.approx(sweep[f"{metric}_delta"])
     assert results["attribution_vs_exact_n"] == 4
+    # the mean-ablation sweep beside the zero one by default, over the same top-k sets
+    companions = results["companions"]
+    assert [(c["k"], c["ablation"]) for c in companions] == [(1, "mean"), (3, "mean")]
+    assert all(c["logprob_ci"][0] <= c["logprob_delta"] <= c["logprob_ci"][1] for c in companions)
     rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
     assert len(rows) == len(examples)
     assert all("clean" in row["scores"] for row in rows[split["n_selection"] :])  # held-out rows scored
 
 
 def test_the_default_number_of_controls_makes_significance_attainable(tiny, examples, tmp_path):
-    from scircuits.platform.causal.significance import min_draws
-
-    assert AblateConfig().random_controls is None  # resolved from top_k by the study
-    results, _ = run(tiny, examples, tmp_path, random_sae(tiny.d_model), top_k=[1], random_controls=None)
-    assert results["significance"]["n_controls"] == min_draws(1) == 20
-    assert results["significance"]["attainable"] is True
+    assert AblateConfig().random_controls == 20
+    results, _ = run(tiny, examples, tmp_path, random_sae(tiny.d_model), top_k=[1, 2], random_controls=20)
+    significance = results["significance"]
+    assert significance["n_controls"] == 20 and significance["attainable"] is True
+    assert significance["basis"] == "normal"  # 2 k values need R >= 39 for the exact p alone
+    for sweep in results["sweeps"]:
+        assert sweep["test_logprob"]["basis"] == "normal"
+        assert 0 <= sweep["test_logprob"]["p_normal"] <= 1
 
 
 def test_the_split_is_seeded_disjoint_and_can_be_turned_off():
@@ -129,7 +138,7 @@ def constant_sae(d: int, n: int) -> ReluSAE:
 def study_of(tiny, examples, sae, first_position=0, batch_size=4) -> Study:
     split = SplitModel(tiny, 2, "resid")
     data = prepare_eval(split, sae, tiny.tokenizer, examples, batch_size=batch_size, max_length=None)
-    stats, _, _ = feature_statistics(data, first_position=first_position)
+    stats, _, _, _ = feature_statistics(data, first_position=first_position)
     zero = get_plugins().ablations.get("zero")
     return Study(split, sae, data, zero, None, stats, seed=0, first_position=first_position)
 
@@ -241,7 +250,7 @@ def test_matched_controls_do_not_call_an_effect_significant_that_unmatched_ones_
 
     sae = twins_and_rare_sae(tiny.d_model, helpful_direction(tiny, examples))
     results, _ = run(
-        tiny, examples, tmp_path, sae, top_k=[1], random_controls=None, selection_fraction=0.0, exact_top=0
+        tiny, examples, tmp_path, sae, top_k=[1], random_controls=20, selection_fraction=0.0, exact_top=0
     )
     sweep = results["sweeps"][0]
     assert sweep["features"][0] < 10  # a twin ranks first
@@ -252,7 +261,7 @@ def test_matched_controls_do_not_call_an_effect_significant_that_unmatched_ones_
     study = study_of(tiny, examples, sae, first_position=1, batch_size=16)
     spliced = study.run("splice")
     top = study.run("splice", study.ablate_edit(sweep["features"], tag=1)).logprob - spliced.logprob
-    _, _, frequency = feature_statistics(study.data, first_position=1)
+    _, _, frequency, _ = feature_statistics(study.data, first_position=1)
     unmatched = sample_unmatched_controls(sweep["features"], frequency > 0, draws=20, rng=0)
     assert (frequency[10:] > 0).sum() > 1000 and not any(ids[0] < 10 for ids in unmatched)
     controls = np.stack(
@@ -261,3 +270,27 @@ def test_matched_controls_do_not_call_an_effect_significant_that_unmatched_ones_
     old = top_k_significance({1: (top, controls)}, Bootstrap(len(top), 200, seed=0))
     assert old.tests[0].significant, old.tests[0].difference
     assert old.tests[0].top_effect == pytest.approx(sweep["logprob_delta"])
+
+
+def test_resample_values_come_from_other_examples_only(tiny, examples):
+    """Every pool row is traced back to its example; a batch is edited from the rows of the other
+    batches' examples only, and a resample edit writes only values found in those rows."""
+    sae = random_sae(tiny.d_model)
+    split = SplitModel(tiny, 2, "resid")
+    data = prepare_eval(split, sae, tiny.tokenizer, examples[:8], batch_size=4, max_length=None)
+    stats, _, _, owners = feature_statistics(data, n_samples=10_000, first_position=1)
+    for eb in data.batches:  # each row is one of its example's own feature rows
+        for example, layout in zip(eb.example_indices, eb.layouts, strict=True):
+            own = eb.features[list(layout.sequence_indices)][eb.edit_mask(1)[list(layout.sequence_indices)]]
+            rows = stats.samples[torch.from_numpy(owners == example)]
+            assert len(rows) == len(own) and torch.equal(rows, own)
+    resample = get_plugins().ablations.get("resample")
+    study = Study(split, sae, data, resample, resample.parse_options(None), stats, seed=0, first_position=1)
+    study.pool_examples = owners
+    for b, eb in enumerate(data.batches):
+        pool = study.batch_stats(b).samples
+        others = stats.samples[torch.from_numpy(~np.isin(owners, eb.example_indices))]
+        assert torch.equal(pool, others) and len(pool) < len(stats.samples)
+        edited = study.ablate_edit(range(study.d_sae), tag=3)(b)(eb.features)
+        values = {tuple(row.tolist()) for row in others}
+        assert all(tuple(row.tolist()) in values for row in edited[eb.edit_mask(1)])

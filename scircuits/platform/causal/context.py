@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from scircuits.platform.causal.controls import MatchedControls, ablation_size, sample_matched_controls
-from scircuits.platform.causal.significance import min_draws
 from scircuits.platform.causal.statistics import (
     Bootstrap,
     control_draws,
@@ -79,10 +78,8 @@ class StudyContext:
 
     @property
     def random_controls(self) -> int:
-        """Control sets per k: the configured number, or by default the fewest that let a
-        Holm-corrected permutation p-value across the top_k values reach < 0.05."""
-        configured = self.config.random_controls
-        return min_draws(max(len(self.config.top_k), 1)) if configured is None else configured
+        """Matched control sets per k."""
+        return self.config.random_controls
 
     @property
     def active(self) -> np.ndarray:
@@ -122,9 +119,17 @@ class StudyContext:
             self.scores[record] = full
         return full.subset(self.evaluation)
 
-    def ablate_edit(self, indices: Sequence[int], tag: int) -> Callable[[int], Any]:
-        """Edits ablating ``indices`` with the configured ablation, seeded by (seed, tag, batch)."""
-        return self.study.ablate_edit(indices, tag)
+    @property
+    def companion_ablations(self) -> list[str]:
+        """Ablations swept over top_k beside the configured one (``sweep_also``)."""
+        return list(self.study.companions)
+
+    def ablate_edit(
+        self, indices: Sequence[int], tag: int, ablation: str | None = None
+    ) -> Callable[[int], Any]:
+        """Edits ablating ``indices`` with the configured ablation (or the companion ``ablation``),
+        seeded by (seed, tag, batch)."""
+        return self.study.ablate_edit(indices, tag, ablation)
 
     def keep_only_edit(self, keep: Sequence[int]) -> Callable[[int], Any]:
         """Edits mean-ablating every feature outside ``keep``."""

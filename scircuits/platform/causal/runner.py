@@ -35,6 +35,21 @@ from scircuits.platform.manager.plugin_set import ALLOW_LIST_ENV
 from scircuits.platform.model.splice import SplitModel
 
 
+def companion_ablations(config: AblateConfig, plugins: Any) -> dict[str, tuple[Any, Any]]:
+    """The ablations swept over top_k beside the main one: ``sweep_also``, or by default those whose
+    plugin sets ``companion = True``; the main ablation itself is left out."""
+    names = config.sweep_also
+    if names is None:
+        names = [a.name for a in plugins.ablations if getattr(a, "companion", False) is True]
+    main = config.ablation or plugins.ablations.default()
+    out = {}
+    for name in names:
+        if name != main:
+            ablation = plugins.ablations.get(name)
+            out[name] = (ablation, ablation.parse_options(None))
+    return out
+
+
 def run_study(
     config: AblateConfig,
     loaded: LoadedModel,
@@ -62,7 +77,7 @@ def run_study(
         data = prepare_eval(
             split, sae, loaded.tokenizer, examples, config.batch_size, config.max_length, show
         )
-    stats, mean_activation, frequency = feature_statistics(
+    stats, mean_activation, frequency, pool_examples = feature_statistics(
         data, seed=config.seed, first_position=config.edit_from_position
     )
     study = Study(
@@ -75,6 +90,8 @@ def run_study(
         config.seed,
         first_position=config.edit_from_position,
     )
+    study.pool_examples = pool_examples
+    study.companions = companion_ablations(config, plugins)
     context = StudyContext(
         config=config,
         loaded=loaded,

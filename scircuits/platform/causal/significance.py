@@ -15,10 +15,16 @@ plain splice, one value per evaluation example) of the top-k set and of R matche
 - ``p_holm``: Holm's step-down correction across the k values tested.
 - ``significant``: the interval excludes 0 AND p_holm < ``alpha``.
 
-With R draws the smallest p-value is 1/(R+1) and Holm multiplies the smallest of m p-values by m,
-so nothing can be significant unless (R + 1) * alpha > m; ``min_draws(m, alpha)`` gives the
-smallest R that allows it (80 for m = 4 k values at alpha 0.05). ``SignificanceResult.attainable``
-says whether the run's R allowed a significant call at all.
+With R draws the smallest permutation p-value is 1/(R+1) and Holm multiplies the smallest of m
+p-values by m, so the permutation p alone can call nothing significant unless (R + 1) * alpha > m;
+``min_draws(m, alpha)`` gives the smallest such R (80 for m = 4 k values at alpha 0.05). Below it
+(the default R = 20 keeps the run inside its time budget) the decision uses ``p_normal``: the
+two-sided prediction p-value of the top set's effect against a normal law fitted to the R control
+effects (t = (top − mean) / (sd·√(1 + 1/R)), R − 1 degrees of freedom), Holm-corrected across k,
+and it also requires the exact permutation p at its minimum 1/(R+1) (the top set beyond every
+control), so a poor normal fit in the tails cannot make a call the controls themselves contradict.
+``KTest.basis`` says which p a call rests on; ``SignificanceResult.attainable`` whether a
+significant call was possible at all.
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel
+from scipy import stats as scipy_stats
 
 from scircuits.platform.causal.statistics import Bootstrap
 
 Alternative = Literal["magnitude", "less", "greater"]
+Basis = Literal["permutation", "normal"]
 ALPHA = 0.05
 
 
@@ -49,15 +57,32 @@ class PairedDifference(BaseModel):
         return self.low > 0 or self.high < 0
 
 
+METHODS: dict[str, str] = {
+    "permutation": (
+        "paired bootstrap of top - mean(control) per example; permutation p-value (1 + #controls at "
+        "least as large) / (R + 1); Holm across k; significant = interval excludes 0 and p_holm < alpha"
+    ),
+    "normal": (
+        "paired bootstrap of top - mean(control) per example; permutation p-value (1 + #controls at "
+        "least as large) / (R + 1), too coarse at this R for Holm across k, so the call uses the "
+        "two-sided prediction p-value against a normal fit of the R control effects (t with R - 1 "
+        "degrees of freedom), Holm across k; significant = interval excludes 0, p_holm < alpha and "
+        "the top set beyond every control set"
+    ),
+}
+
+
 class KTest(BaseModel):
     k: int
     top_effect: float  # mean over examples
     control_effects: list[float]  # mean over examples, one per control set
     control_mean: float
     difference: PairedDifference
-    p_value: float
-    p_holm: float
+    p_value: float  # exact permutation p
+    p_holm: float  # Holm-corrected ``basis`` p
     significant: bool
+    p_normal: float | None = None  # prediction p against a normal fit of the control effects
+    basis: Basis = "permutation"  # the p-value the Holm correction and the call rest on
 
 
 class SignificanceResult(BaseModel):
@@ -65,11 +90,13 @@ class SignificanceResult(BaseModel):
     alpha: float
     alternative: Alternative
     n_controls: int
-    attainable: bool  # whether R and the number of k values allow p_holm < alpha at all
-    method: str = (
-        "paired bootstrap of top - mean(control) per example; permutation p-value (1 + #controls at "
-        "least as large) / (R + 1); Holm across k; significant = interval excludes 0 and p_holm < alpha"
-    )
+    attainable: bool  # whether R and the number of k values allow a significant call at all
+    basis: Basis = "permutation"
+    method: str = ""
+
+    def model_post_init(self, context: object) -> None:
+        if not self.method:
+            self.method = METHODS[self.basis]
 
     def by_k(self) -> dict[int, KTest]:
         return {t.k: t for t in self.tests}
@@ -110,6 +137,31 @@ def permutation_p_value(
     return float((1 + hits.sum()) / (c.size + 1))
 
 
+def normal_p_value(
+    top_effect: float, control_effects: Sequence[float], alternative: Alternative = "magnitude"
+) -> float | None:
+    """The prediction p-value of ``top_effect`` as one more draw from a normal law fitted to the
+    control effects: t = (top - mean) / (sd * sqrt(1 + 1/R)) on R - 1 degrees of freedom; two-sided
+    for ``magnitude``. None with fewer than 2 controls."""
+    c = np.asarray(control_effects, dtype=np.float64)
+    if c.size < 2:
+        return None
+    spread = float(c.std(ddof=1)) * math.sqrt(1 + 1 / c.size)
+    distance = top_effect - float(c.mean())
+    if spread == 0:
+        far = {"magnitude": distance != 0, "less": distance < 0, "greater": distance > 0}[alternative]
+        return 0.0 if far else 1.0
+    t = distance / spread
+    law = scipy_stats.t(df=c.size - 1)
+    if alternative == "magnitude":
+        return float(min(1.0, 2 * law.sf(abs(t))))
+    if alternative == "less":
+        return float(law.cdf(t))
+    if alternative == "greater":
+        return float(law.sf(t))
+    raise ValueError(f"alternative must be magnitude, less or greater, not {alternative!r}")
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm-adjusted p-values, in the input order (monotone step-down, capped at 1)."""
     p = np.asarray(p_values, dtype=np.float64)
@@ -148,36 +200,48 @@ def top_k_significance(
         top = np.asarray(top, dtype=np.float64)
         controls = np.atleast_2d(np.asarray(controls, dtype=np.float64))
         control_means = controls.mean(axis=1)
+        top_effect = float(top.mean())
         rows.append(
             (
                 k,
-                float(top.mean()),
+                top_effect,
                 control_means,
                 paired_difference(top, controls, bootstrap),
-                permutation_p_value(float(top.mean()), control_means, alternative),
+                permutation_p_value(top_effect, control_means, alternative),
+                normal_p_value(top_effect, control_means, alternative),
             )
         )
-    adjusted = holm([r[4] for r in rows])
-    tests = [
-        KTest(
-            k=k,
-            top_effect=top_effect,
-            control_effects=control_means.tolist(),
-            control_mean=float(control_means.mean()),
-            difference=difference,
-            p_value=p,
-            p_holm=p_adj,
-            significant=difference.excludes_zero and p_adj < alpha,
+    n_controls = min(len(r[2]) for r in rows)
+    exact_enough = len(ks) / (n_controls + 1) < alpha
+    basis: Basis = "permutation" if exact_enough or n_controls < 2 else "normal"
+    adjusted = holm([r[4] if basis == "permutation" else r[5] for r in rows])
+    tests = []
+    for (k, top_effect, control_means, difference, p, p_normal), p_adj in zip(rows, adjusted, strict=True):
+        beyond_every_control = p <= 1 / (len(control_means) + 1) + 1e-12
+        significant = difference.excludes_zero and p_adj < alpha
+        if basis == "normal":
+            significant = significant and beyond_every_control
+        tests.append(
+            KTest(
+                k=k,
+                top_effect=top_effect,
+                control_effects=control_means.tolist(),
+                control_mean=float(control_means.mean()),
+                difference=difference,
+                p_value=p,
+                p_normal=p_normal,
+                p_holm=p_adj,
+                significant=significant,
+                basis=basis,
+            )
         )
-        for (k, top_effect, control_means, difference, p), p_adj in zip(rows, adjusted, strict=True)
-    ]
-    n_controls = min(len(t.control_effects) for t in tests)
     return SignificanceResult(
         tests=tests,
         alpha=alpha,
         alternative=alternative,
         n_controls=n_controls,
-        attainable=len(ks) / (n_controls + 1) < alpha,
+        attainable=exact_enough or basis == "normal",
+        basis=basis,
     )
 
 
@@ -188,6 +252,7 @@ __all__ = [
     "SignificanceResult",
     "holm",
     "min_draws",
+    "normal_p_value",
     "paired_difference",
     "permutation_p_value",
     "top_k_significance",

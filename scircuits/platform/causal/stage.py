@@ -217,6 +217,8 @@ def run_ablate(
     """The ablation study of ``config``; returns the output folder (results.json, examples.jsonl)."""
     started = time.monotonic()
     config = config.with_plugin_defaults(plugins)
+    for name in config.sweep_also or []:
+        plugins.ablations.get(name)  # an unknown name fails here, listing the known ones
     out = Path(config.out)
     check_device(config.device)
     try:

@@ -91,6 +91,22 @@ class Study:
         self.show = show
         self.d_sae = int(sae.W_dec.shape[0])
         self.n_conditions = 0
+        self.pool_examples: np.ndarray | None = None  # example index of each row of stats.samples
+        self.companions: dict[str, tuple[Ablation, Any]] = {}  # further ablations swept beside the main one
+        self._batch_stats: dict[int, FeatureStats] = {}
+
+    def batch_stats(self, b: int) -> FeatureStats:
+        """The feature statistics batch ``b`` is edited with: the resample pool without the rows of
+        the batch's own examples, so that replacement values always come from other examples."""
+        if self.pool_examples is None or self.stats.samples is None:
+            return self.stats
+        cached = self._batch_stats.get(b)
+        if cached is None:
+            own = np.isin(self.pool_examples, self.data.batches[b].example_indices)
+            keep = torch.from_numpy(np.flatnonzero(~own))
+            cached = FeatureStats(mean=self.stats.mean, samples=self.stats.samples[keep])
+            self._batch_stats[b] = cached
+        return cached
 
     def site_value(self, eb: EvalBatch, mode: SiteMode, edit: FeatureEdit | None) -> torch.Tensor:
         x = eb.cache.site_output
@@ -149,15 +165,20 @@ class Study:
 
     # -- edits -------------------------------------------------------------------------------
 
-    def ablate_edit(self, indices: Sequence[int], tag: int) -> Callable[[int], FeatureEdit]:
-        """Edits ablating ``indices`` with the configured ablation; the generator is seeded per batch."""
+    def ablate_edit(
+        self, indices: Sequence[int], tag: int, ablation: str | None = None
+    ) -> Callable[[int], FeatureEdit]:
+        """Edits ablating ``indices`` with the configured ablation (or the companion ``ablation``);
+        the generator is seeded per batch."""
         idx = torch.as_tensor(list(indices), dtype=torch.long)
+        how, options = (
+            (self.ablation, self.ablation_options) if ablation is None else self.companions[ablation]
+        )
 
         def edit_for(b: int) -> FeatureEdit:
             generator = torch.Generator().manual_seed(derived_seed(self.seed, tag, b))
-            return lambda f: self.ablation.apply(
-                f, idx.to(f.device), self.stats, self.ablation_options, generator
-            )
+            stats = self.batch_stats(b)
+            return lambda f: how.apply(f, idx.to(f.device), stats, options, generator)
 
         return edit_for
 
@@ -201,7 +222,7 @@ class Study:
                     ablated = self.ablation.apply(
                         eb.features,
                         everything.to(eb.features.device),
-                        self.stats,
+                        self.batch_stats(b),
                         self.ablation_options,
                         generator,
                     )
@@ -251,26 +272,38 @@ class Study:
 
 def feature_statistics(
     data: EvalData, n_samples: int = 4096, seed: int = 0, first_position: int = 0
-) -> tuple[FeatureStats, np.ndarray, np.ndarray]:
-    """Mean activation over the evaluation tokens, a pool of token rows for resampling, and per-feature
-    (mean activation, firing frequency) arrays."""
+) -> tuple[FeatureStats, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean activation over the evaluation tokens, a pool of token rows for resampling, per-feature
+    (mean activation, firing frequency) arrays, and the example index of each pool row."""
     d_sae = data.batches[0].features.shape[-1]
     total = torch.zeros(d_sae, dtype=torch.float64)
     fired = torch.zeros(d_sae, dtype=torch.float64)
     rows: list[torch.Tensor] = []
+    owners: list[np.ndarray] = []
     count = 0
     for eb in data.batches:
-        f = eb.features[edit_mask(eb.batch, first_position)]
+        mask = edit_mask(eb.batch, first_position)
+        f = eb.features[mask]
         total += f.double().sum(0).cpu()
         fired += (f > 0).double().sum(0).cpu()
         count += f.shape[0]
         rows.append(f.cpu())
+        example_of_sequence = np.zeros(mask.shape[0], dtype=np.int64)
+        for example, layout in zip(eb.example_indices, eb.layouts, strict=True):
+            example_of_sequence[list(layout.sequence_indices)] = example
+        owners.append(np.repeat(example_of_sequence, mask.sum(dim=1).cpu().numpy()))
     mean = (total / max(count, 1)).float()
     pool = torch.cat(rows)
+    pool_examples = np.concatenate(owners)
     if pool.shape[0] > n_samples:
         pick = torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(seed))[:n_samples]
-        pool = pool[pick]
-    return FeatureStats(mean=mean, samples=pool), mean.numpy(), (fired / max(count, 1)).numpy()
+        pool, pool_examples = pool[pick], pool_examples[pick.numpy()]
+    return (
+        FeatureStats(mean=mean, samples=pool),
+        mean.numpy(),
+        (fired / max(count, 1)).numpy(),
+        pool_examples,
+    )
 
 
 def reconstruction_metrics(data: EvalData, first_position: int = 0) -> dict[str, float]:

@@ -34,6 +34,15 @@ def int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> l
     return numbers
 
 
+def name_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    """Comma-separated names; "none" or an empty string is the empty list."""
+    if value is None:
+        return None
+    if value.strip().lower() in ("", "none"):
+        return []
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
 def _unwrap_optional(annotation: Any) -> Any:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -72,6 +81,8 @@ def option_for(name: str, info: FieldInfo) -> Callable[[Any], Any] | None:
         return click.option(f"{flag}/--no-{name.replace('_', '-')}", name, **kwargs)
     if origin is dict or annotation is dict:
         return None
+    if origin is list and typing.get_args(annotation) == (str,):
+        return click.option(flag, name, callback=name_list, metavar="NAME,NAME,...", **kwargs)
     if origin is list:
         return click.option(flag, name, callback=int_list, metavar="N,N,...", **kwargs)
     if origin is Literal:

@@ -228,11 +228,16 @@ class AblateConfig(StageConfig):
     ablation: str | None = D(None, plugin_default_help("Ablation", "ablations"))
     ablation_options: dict[str, Any] = D(dict, "Ablation options (--ablation-option KEY=VALUE).")
     rank: Literal["attribution", "activation"] = D("attribution", "How features are ranked.")
-    top_k: list[int] = D(lambda: [1, 5, 10, 50], "Numbers of top features to ablate.")
-    random_controls: int | None = D(
+    sweep_also: list[str] | None = D(
         None,
-        "Matched control sets per k; default: the fewest for which a Holm-corrected p < 0.05 is "
-        "attainable across top_k (80 for 4 k values).",
+        "Further ablations swept over top_k beside --ablation, without controls (default: those their "
+        "plugins mark as companions, i.e. mean; none: an empty list).",
+    )
+    top_k: list[int] = D(lambda: [1, 5, 10, 50], "Numbers of top features to ablate.")
+    random_controls: int = D(
+        20,
+        "Matched control sets per k (below 80 for 4 k values the significance call uses a normal fit "
+        "of the control effects beside the exact permutation p; see docs/metrics.md).",
         ge=0,
     )
     selection_fraction: float = D(
@@ -335,7 +340,6 @@ RunAblate = section(
     {
         "limit": 160,
         "top_k": lambda: [1, 5, 20, 50],
-        "random_controls": None,
         "exact_top": 50,
         "faithfulness_n": lambda: [1, 5, 10, 20, 50, 100],
     },

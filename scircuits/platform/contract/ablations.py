@@ -41,6 +41,8 @@ class Ablation:
 
     # True on the one object used when the config names none (docs/plugins.md, "Defaults").
     default: ClassVar[bool] = False
+    # True: swept over top_k beside the main ablation unless the config names ``sweep_also``.
+    companion: ClassVar[bool] = False
     name: str = ""
     description: str = ""
     Options: ClassVar[type[BaseModel]] = NoOptions

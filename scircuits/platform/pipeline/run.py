@@ -130,6 +130,8 @@ def validate_settings(the_plan: Plan, plugins: Any, adapter: Any) -> None:
                 )
     if ablate_config is not None:
         plugins.ablations.get(ablate_config.ablation)
+        for name in ablate_config.sweep_also or []:
+            plugins.ablations.get(name)
         too_big = [k for k in ablate_config.top_k if d_sae is not None and k > d_sae]
         if too_big:
             raise ConfigError(

@@ -44,6 +44,7 @@ class ZeroAblation(Ablation):
 
 class MeanAblation(Ablation):
     name = "mean"
+    companion = True  # swept beside the main ablation by default
     description = "Replace the features by their mean activation over the benchmark's tokens."
 
     def apply(self, acts, indices, stats=None, options=None, generator=None):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from scircuits import Analysis, AnalysisResult, ControlSamplingError, Interval, KTest, top_k_significance
 
@@ -66,11 +66,20 @@ class SignificanceInfo(BaseModel):
     attainable: bool
     method: str
     controls: str
+    basis: str = "permutation"  # the p-value the Holm correction and the call rest on
+
+
+class CompanionSweep(Effect):
+    """The top k features ablated another way (``sweep_also``), against the same splice, no controls."""
+
+    k: int
+    ablation: str
 
 
 class SweepsResult(AnalysisResult):
     sweeps: list[Sweep]
     significance: SignificanceInfo | None = None
+    companions: list[CompanionSweep] = Field(default_factory=list)
 
 
 def excludes(a: list[float], b: list[float]) -> bool:
@@ -85,7 +94,7 @@ class Sweeps(Analysis):
     after = ("baseline", "ranking")
 
     def passes(self, context: StudyContext) -> int:
-        return len(context.config.top_k) * (1 + context.random_controls)
+        return len(context.config.top_k) * (1 + context.random_controls + len(context.companion_ablations))
 
     def run(self, context: StudyContext) -> SweepsResult:
         config = context.config
@@ -145,6 +154,24 @@ class Sweeps(Analysis):
                 top.correct.astype(float) - spliced.correct.astype(float),
                 np.stack([d.correct.astype(float) - spliced.correct.astype(float) for d in draws]),
             )
+        companions = [
+            CompanionSweep(
+                k=k,
+                ablation=name,
+                **context.effect(
+                    context.run_condition(
+                        "splice",
+                        context.ablate_edit(ranked[:k], tag=k, ablation=name),
+                        status=f"top {k} ({name})",
+                        record=f"top{k}_{name}",
+                    ),
+                    spliced,
+                ),
+            )
+            for name in context.companion_ablations
+            for k in config.top_k
+            if k <= len(ranked)
+        ]
         info = None
         for metric, effects in per_example.items():
             if not effects:
@@ -160,13 +187,16 @@ class Sweeps(Analysis):
                     n_controls=tested.n_controls,
                     attainable=tested.attainable,
                     method=tested.method,
+                    basis=tested.basis,
                     controls=(
                         "each control set has k features, each matched to one top feature on firing "
                         "frequency and ablation size (Σ activation × decoder-row norm) within the band, "
                         "active on at least half the evaluation examples the top feature is active on"
                     ),
                 )
-        return SweepsResult(sweeps=[Sweep(**entries[k]) for k in entries], significance=info)
+        return SweepsResult(
+            sweeps=[Sweep(**entries[k]) for k in entries], significance=info, companions=companions
+        )
 
     # -- report ---------------------------------------------------------------------------------
 
@@ -185,16 +215,18 @@ class Sweeps(Analysis):
             + ". Each control set ablates k features, each matched to a top feature on firing frequency "
             "and ablation size and active on the same examples. Per k: the control distribution over "
             "the R sets, the paired bootstrap interval of the per-example difference top − mean(control), "
-            "the permutation p-value and its Holm correction across the k values. Significant: the "
-            "interval excludes 0 and p_holm < 0.05. 'marginal' is the old, weaker comparison (the two "
-            "marginal intervals do not overlap)."
+            "the exact permutation p-value, the prediction p-value against a normal fit of the control "
+            "effects, and the Holm correction across the k values of the p the call rests on. "
+            "'marginal' is the old, weaker comparison (the two marginal intervals do not overlap)."
         )
         info = result.significance
-        if info is not None and not info.attainable:
-            section.paragraph(
-                f"With {info.n_controls} control sets per k and {len(result.sweeps)} k values, no "
-                f"Holm-corrected p-value can reach {info.alpha}: nothing can be called significant."
-            )
+        if info is not None:
+            section.paragraph(f"Significance ({info.n_controls} control sets per k): {info.method}.")
+            if not info.attainable:
+                section.paragraph(
+                    f"With {info.n_controls} control sets per k and {len(result.sweeps)} k values, no "
+                    f"Holm-corrected p-value can reach {info.alpha}: nothing can be called significant."
+                )
         for metric, label in (("logprob", "Δlogprob"), ("accuracy", "Δaccuracy")):
             rows = []
             for s in result.sweeps:
@@ -212,6 +244,7 @@ class Sweeps(Analysis):
                         fmt(test.difference.mean if test else None),
                         fmt_ci([test.difference.low, test.difference.high] if test else None),
                         fmt(test.p_value if test else None, 3),
+                        fmt(test.p_normal if test else None, 3),
                         fmt(test.p_holm if test else None, 3),
                         fmt(getattr(s, f"significant_{metric}")),
                         fmt(getattr(s, f"marginal_disjoint_{metric}")),
@@ -227,12 +260,32 @@ class Sweeps(Analysis):
                     "control range",
                     "top − control",
                     "paired 95% CI",
-                    "p",
+                    "p (exact)",
+                    "p (normal)",
                     "p (Holm)",
                     "significant",
                     "marginal",
                 ],
                 rows,
+            )
+        if result.companions:
+            section.paragraph(
+                "The same top-k sets ablated other ways, against the same splice (no controls): how much "
+                "of the effect depends on the ablation's choice of replacement value."
+            )
+            section.table(
+                ["k", "ablation", "Δlogprob", "95% CI", "Δaccuracy", "95% CI"],
+                [
+                    [
+                        c.k,
+                        c.ablation,
+                        fmt(c.logprob_delta),
+                        fmt_ci(c.logprob_ci),
+                        fmt(c.accuracy_delta),
+                        fmt_ci(c.accuracy_ci),
+                    ]
+                    for c in result.companions
+                ],
             )
         method = results.model_dump().get("rank", {}).get("method", "")
         section.figure(
@@ -271,7 +324,20 @@ class Sweeps(Analysis):
                 fmt="s--",
                 capsize=3,
                 color="gray",
-                label="random active features (control)",
+                label="matched controls (mean of R sets)",
+            )
+        for name in sorted({c.ablation for c in result.companions}):
+            rows = [c for c in result.companions if c.ablation == name]
+            ax.errorbar(
+                [c.k for c in rows],
+                [getattr(c, f"{metric}_delta") for c in rows],
+                yerr=[
+                    [getattr(c, f"{metric}_delta") - getattr(c, f"{metric}_ci")[0] for c in rows],
+                    [getattr(c, f"{metric}_ci")[1] - getattr(c, f"{metric}_delta") for c in rows],
+                ],
+                fmt="^:",
+                capsize=3,
+                label=f"top-k, {name} ablation",
             )
         ax.axhline(0, color="black", linewidth=0.5)
         section.log_ticks(ax, ks)
