@@ -46,6 +46,7 @@ class StudyContext:
     bootstrap: Bootstrap  # one seeded set of replicates over the evaluation examples, shared (paired)
     selection: np.ndarray | None = None  # example indices features are ranked on (None: every example)
     evaluation: np.ndarray | None = None  # example indices effects are measured on (None: every example)
+    sae_info: dict[str, Any] = field(default_factory=dict)  # the checkpoint's metadata (scircuits.json)
     results: dict[str, AnalysisResult] = field(default_factory=dict)  # by analysis name, so far
     scores: dict[str, ConditionScores] = field(default_factory=dict)  # recorded for examples.jsonl
     shared: dict[str, Any] = field(default_factory=dict)  # in-memory values analyses hand on
@@ -199,6 +200,13 @@ class StudyContext:
         c = self.config
         described = f"The SAE in {c.sae} may not match layer {self.layer} {c.site} of {c.model}"
         return self.study.check_splice(self.loaded, c.splice_check_examples, c.splice_tolerance, described)
+
+    @property
+    def sae_training_metrics(self) -> dict[str, Any]:
+        """The reconstruction metrics the checkpoint recorded on its training store's held-out
+        tokens (empty for an SAE without them, e.g. one from another tool)."""
+        metrics = self.sae_info.get("metrics")
+        return dict(metrics) if isinstance(metrics, dict) else {}
 
     def attribution(self) -> np.ndarray:
         """Per feature: the linear estimate of the mean change of the gold log-prob when ablated, on

@@ -57,8 +57,10 @@ def run_study(
     examples: list[Example],
     layer: int,
     plugins: Any,
+    sae_info: dict[str, Any] | None = None,
 ) -> tuple[StudyResults, list[ExampleRow]]:
-    """Run every registered analysis on ``examples``; results (provenance left empty) and rows."""
+    """Run every registered analysis on ``examples``; results (provenance left empty) and rows.
+    ``sae_info``: the checkpoint's metadata (its training metrics feed the reconstruction gate)."""
     registry = analyses_of(plugins)
     analyses = study_order(registry)
     sae.eval()
@@ -105,6 +107,7 @@ def run_study(
         ),
         selection=selection,
         evaluation=evaluation,
+        sae_info=dict(sae_info or {}),
     )
     total = sum(a.passes(context) for a in analyses)
     done: list[tuple[Analysis, AnalysisResult]] = []

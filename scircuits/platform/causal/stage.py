@@ -246,7 +246,9 @@ def _run_ablate_in(
         remove_orphans(out)
         claim_results_folder(out, config.config_hash())
         inputs = inputs or load_inputs(config, plugins, loaded)
-        results, rows = run_study(config, inputs.loaded, inputs.sae, inputs.examples, inputs.layer, plugins)
+        results, rows = run_study(
+            config, inputs.loaded, inputs.sae, inputs.examples, inputs.layer, plugins, inputs.sae_info
+        )
         results.provenance = provenance(config, inputs, results.n_examples, results.n_tokens)
         results.wall_seconds = round(time.monotonic() - started, 1)
         try:

@@ -248,7 +248,16 @@ class Study:
     def check_splice(
         self, loaded: LoadedModel, check_examples: int | None, tolerance: float, described: str
     ) -> dict[str, Any]:
-        return check_splice(loaded, self.split, self.sae, self.data, check_examples, tolerance, described)
+        return check_splice(
+            loaded,
+            self.split,
+            self.sae,
+            self.data,
+            check_examples,
+            tolerance,
+            described,
+            self.first_position,
+        )
 
     def reconstruction_metrics(self) -> dict[str, float]:
         return reconstruction_metrics(self.data, self.first_position)
@@ -340,10 +349,15 @@ def check_splice(
     check_examples: int | None,
     tolerance: float,
     described: str,
+    first_position: int = 0,
+    edited_features: int = 16,
 ) -> dict[str, Any]:
-    """Clean model vs the SAE spliced in through nnsight (error term kept), and the fast path vs
-    nnsight, on the first ``check_examples`` examples. Stops when beyond the tolerance."""
-    worst_splice, worst_fast, checked = 0.0, 0.0, 0
+    """On the first ``check_examples`` examples: the clean model vs the SAE spliced in through nnsight
+    (error term kept: an identity, so this catches hooks and dtypes, not a wrong SAE), and the fast
+    path vs nnsight, both unedited and with the batch's ``edited_features`` most active features
+    zeroed at the edited positions (so that the fast path's edit is checked, not only its identity).
+    Stops when beyond the tolerance. Whether the SAE fits the site is the reconstruction gate's job."""
+    worst_splice, worst_fast, worst_edited, checked = 0.0, 0.0, 0.0, 0
     for eb in data.batches:
         if check_examples is not None and checked >= check_examples:
             break
@@ -353,26 +367,52 @@ def check_splice(
         traced = nnsight_site_logits(
             loaded, split.layer, split.site, batch, lambda x: spliced_output(sae, x, error_term=True)
         )
+        where = edit_mask(batch, first_position)[..., None]
+        busiest = (
+            eb.features[where[..., 0]].float().mean(dim=0).topk(min(edited_features, eb.features.shape[-1]))
+        )
+        chosen = busiest.indices
+
+        def zeroed(
+            f: torch.Tensor, chosen: torch.Tensor = chosen, where: torch.Tensor = where
+        ) -> torch.Tensor:
+            out = f.clone()
+            out[..., chosen] = 0
+            return torch.where(where, out, f)
+
+        def edited_splice(x: torch.Tensor, zeroed: Callable[..., torch.Tensor] = zeroed) -> torch.Tensor:
+            xs = x.to(sae.W_dec.dtype)
+            features = sae.encode(xs)
+            return (sae.decode(zeroed(features)) + xs - sae.decode(features)).to(x.dtype)
+
+        traced_edit = nnsight_site_logits(loaded, split.layer, split.site, batch, edited_splice)
         with torch.no_grad():
-            value = (sae.decode(eb.features) + eb.error).to(eb.cache.site_output.dtype)
+            dtype = eb.cache.site_output.dtype
+            value = (sae.decode(eb.features) + eb.error).to(dtype)
             fast = split.upper(batch, eb.cache, value, all_positions=True)
+            edited = (sae.decode(zeroed(eb.features)) + eb.error).to(dtype)
+            fast_edit = split.upper(batch, eb.cache, edited, all_positions=True)
         worst_splice = worst_of(worst_splice, float((traced - clean)[mask].abs().max()))
         worst_fast = worst_of(worst_fast, float((fast - traced)[mask].abs().max()))
+        worst_edited = worst_of(worst_edited, float((fast_edit - traced_edit)[mask].abs().max()))
         checked += len(eb.example_indices)
     result = {
         "max_abs_logit_diff": worst_splice,
         "fast_path_max_abs_diff": worst_fast,
+        "edited_fast_path_max_abs_diff": worst_edited,
+        "edited_features": edited_features,
         "examples_checked": checked,
         "tolerance": tolerance,
         "method": "nnsight",
     }
     # ``not (x <= tol)`` so that NaN (a non-finite SAE or model output) fails the check
-    if not (worst_splice <= tolerance and worst_fast <= tolerance):
+    if not (worst_splice <= tolerance and worst_fast <= tolerance and worst_edited <= tolerance):
         raise SpliceError(
             f"the spliced model does not reproduce the clean model: max |logit difference| "
-            f"{worst_splice:.3g} (nnsight splice vs clean) and {worst_fast:.3g} (fast path vs nnsight) on "
-            f"{checked} examples, tolerance {tolerance:g}. {described}, or the model runs in low precision; "
-            f"raise --splice-tolerance only if you accept that difference"
+            f"{worst_splice:.3g} (nnsight splice vs clean), {worst_fast:.3g} (fast path vs nnsight) and "
+            f"{worst_edited:.3g} (the same with {edited_features} features zeroed) on {checked} examples, "
+            f"tolerance {tolerance:g}. {described}, or the model runs in low precision; raise "
+            f"--splice-tolerance only if you accept that difference"
         )
     return result
 

@@ -252,6 +252,19 @@ class AblateConfig(StageConfig):
     seed: int = D(0, "Seed of examples, controls and bootstrap.")
     bootstrap: int = D(1000, "Bootstrap replicates.", gt=0)
     splice_tolerance: float = D(1e-3, "Largest |logit difference| the splice may cause.", gt=0)
+    max_relative_error: float = D(
+        0.5,
+        "Reconstruction gate: largest per-token relative error |x - x̂|²/|x|² of the SAE on the evaluation "
+        "tokens.",
+        gt=0,
+    )
+    max_error_growth: float = D(
+        3.0,
+        "Reconstruction gate: largest ratio of that error to the one the checkpoint recorded on its "
+        "training store.",
+        gt=1,
+    )
+    min_ce_loss_recovered: float = D(0.5, "Reconstruction gate: smallest CE loss recovered.")
     splice_check_examples: int | None = D(
         32, "Examples the splice is checked on through nnsight (none: every example).", gt=0
     )

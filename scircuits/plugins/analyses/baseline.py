@@ -7,10 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from scircuits import Analysis, AnalysisResult
+from scircuits import Analysis, AnalysisResult, ScircuitsError
 
 if TYPE_CHECKING:
     from scircuits import ReportDocument, StudyContext, StudyResults
+
+
+class ReconstructionGateError(ScircuitsError):
+    """The SAE does not reconstruct the site it is spliced into well enough to study its features."""
 
 
 class SpliceCheck(BaseModel):
@@ -19,6 +23,32 @@ class SpliceCheck(BaseModel):
     examples_checked: int
     tolerance: float
     method: str
+    edited_fast_path_max_abs_diff: float | None = None
+    edited_features: int | None = None
+
+
+class ReconstructionGate(BaseModel):
+    """The SAE's fit to the site: thresholds and what was measured against them."""
+
+    relative_error: float  # per token |x - x̂|² / |x|² on the evaluation tokens
+    training_relative_error: float | None  # the same on the checkpoint's training store (held out)
+    error_growth: float | None  # relative_error / training_relative_error
+    ce_loss_recovered: float | None
+    max_relative_error: float
+    max_error_growth: float
+    min_ce_loss_recovered: float
+    passed: bool
+
+
+class BehaviourChange(BaseModel):
+    """The reconstruction alone (no error term) against the clean model, per example, paired."""
+
+    accuracy_delta: float
+    accuracy_ci: list[float]
+    logprob_delta: float
+    logprob_ci: list[float]
+    changes_behaviour: bool  # either interval excludes 0
+    warning: str | None = None
 
 
 class Scores(BaseModel):
@@ -47,12 +77,84 @@ class BaselineResult(AnalysisResult):
     splice_scores: Scores
     reconstruction: Reconstruction
     sae_metrics_eval: dict[str, Any]  # FVU, relative error, L0, dead fraction on the evaluation tokens
+    gate: ReconstructionGate | None = None
+    behaviour: BehaviourChange | None = None
 
 
 def ce_loss_recovered(clean: float | None, sae: float | None, zero: float | None) -> float | None:
     if clean is None or sae is None or zero is None or zero == clean:
         return None
     return (zero - sae) / (zero - clean)
+
+
+def reconstruction_gate(
+    context: StudyContext, metrics: dict[str, Any], recovered: float | None
+) -> ReconstructionGate:
+    """Refuses an SAE that does not fit the site: the splice with its error term is exact for any
+    SAE, so only the reconstruction itself can tell a wrong layer, site, model or scale."""
+    config = context.config
+    relative_error = float(metrics.get("relative_error", float("nan")))
+    trained = context.sae_training_metrics.get("relative_error")
+    trained = float(trained) if isinstance(trained, (int, float)) and trained > 0 else None
+    growth = relative_error / trained if trained else None
+    problems = []
+    if not relative_error <= config.max_relative_error:
+        problems.append(
+            f"per-token relative error {relative_error:.3g} on the evaluation tokens (limit "
+            f"{config.max_relative_error:g}, --max-relative-error)"
+        )
+    if growth is not None and not growth <= config.max_error_growth:
+        problems.append(
+            f"relative error {relative_error:.3g} is {growth:.1f}x the {trained:.3g} it had on its training "
+            f"store (limit {config.max_error_growth:g}x, --max-error-growth)"
+        )
+    if recovered is not None and not recovered >= config.min_ce_loss_recovered:
+        problems.append(
+            f"CE loss recovered {recovered:.3g} (limit {config.min_ce_loss_recovered:g}, "
+            "--min-ce-loss-recovered)"
+        )
+    gate = ReconstructionGate(
+        relative_error=relative_error,
+        training_relative_error=trained,
+        error_growth=growth,
+        ce_loss_recovered=recovered,
+        max_relative_error=config.max_relative_error,
+        max_error_growth=config.max_error_growth,
+        min_ce_loss_recovered=config.min_ce_loss_recovered,
+        passed=not problems,
+    )
+    if problems:
+        raise ReconstructionGateError(
+            f"the SAE in {config.sae or '(given)'} does not reconstruct layer {context.layer} "
+            f"{config.site} of {config.model}: {'; '.join(problems)}. Likely causes: the SAE was trained "
+            "on another layer, site or model, or its input scale is not applied. Check --layer, --site "
+            "and --model against the SAE's training; relax the limit only if you know why the fit is "
+            "worse here"
+        )
+    return gate
+
+
+def behaviour_change(context: StudyContext, recon: Any, clean: Any) -> BehaviourChange:
+    effect = context.effect(recon, clean)
+    changes = any(effect[f"{m}_ci"][0] > 0 or effect[f"{m}_ci"][1] < 0 for m in ("accuracy", "logprob"))
+    warning = None
+    acc, lp = effect["accuracy_ci"], effect["logprob_ci"]
+    if changes:
+        warning = (
+            f"the SAE's reconstruction alone changes behaviour: accuracy {effect['accuracy_delta']:+.3f} "
+            f"[{acc[0]:+.3f}, {acc[1]:+.3f}], gold log-prob {effect['logprob_delta']:+.3f} "
+            f"[{lp[0]:+.3f}, {lp[1]:+.3f}] "
+            "versus the clean model; effects are measured with the error term kept, but features that "
+            "reconstruct the site this differently may not be the ones the model uses"
+        )
+    return BehaviourChange(
+        accuracy_delta=effect["accuracy_delta"],
+        accuracy_ci=effect["accuracy_ci"],
+        logprob_delta=effect["logprob_delta"],
+        logprob_ci=effect["logprob_ci"],
+        changes_behaviour=changes,
+        warning=warning,
+    )
 
 
 class Baseline(Analysis):
@@ -73,6 +175,9 @@ class Baseline(Analysis):
         )
         zeroed = context.run_condition("zeroed-site", ce=True, status="zero site", record="zero_site")
         context.shared["splice"] = spliced  # the reference of every effect
+        recovered = ce_loss_recovered(clean.ce, recon.ce, zeroed.ce)
+        metrics = context.reconstruction_metrics()
+        gate = reconstruction_gate(context, metrics, recovered)
         return BaselineResult(
             splice=SpliceCheck(**splice),
             baseline=CleanScores(accuracy=clean.accuracy, logprob=clean.mean_logprob, ce_loss=clean.ce),
@@ -83,11 +188,13 @@ class Baseline(Analysis):
                 ce_loss=recon.ce,
                 ce_loss_zero_site=zeroed.ce,
                 ce_loss_clean=clean.ce,
-                ce_loss_recovered=ce_loss_recovered(clean.ce, recon.ce, zeroed.ce),
+                ce_loss_recovered=recovered,
                 zero_site_accuracy=zeroed.accuracy,
                 zero_site_logprob=zeroed.mean_logprob,
             ),
-            sae_metrics_eval=context.reconstruction_metrics(),
+            sae_metrics_eval=metrics,
+            gate=gate,
+            behaviour=behaviour_change(context, recon, clean),
         )
 
     def report(self, section: ReportDocument, result: BaselineResult, results: StudyResults) -> None:
@@ -153,9 +260,22 @@ class Baseline(Analysis):
                     f"SAE + error term via nnsight, {splice.examples_checked} examples, "
                     f"tolerance {splice.tolerance}",
                 ],
+                [
+                    "fast path vs nnsight with features edited (max |Δlogit|)",
+                    fmt(splice.edited_fast_path_max_abs_diff),
+                    f"the {splice.edited_features} most active features zeroed",
+                ],
+                *gate_rows(result.gate, fmt),
+                *behaviour_rows(result.behaviour, fmt, section.fmt_ci),
             ],
         )
+        if result.behaviour is not None and result.behaviour.warning:
+            section.paragraph(f"**Warning:** {result.behaviour.warning}.")
         section.figure("training", section.training_figure(), "SAE training loss and held-out FVU")
+
+    def summary_lines(self, result: BaselineResult) -> list[str]:
+        behaviour = result.behaviour
+        return [f"  warning: {behaviour.warning}"] if behaviour is not None and behaviour.warning else []
 
     def headline(self, result: BaselineResult) -> list[str]:
         recovered = result.reconstruction.ce_loss_recovered
@@ -170,3 +290,31 @@ class Baseline(Analysis):
             "CE loss recovered": section.fmt(result.reconstruction.ce_loss_recovered),
             "accuracy": section.fmt(result.baseline.accuracy),
         }
+
+
+def gate_rows(gate: ReconstructionGate | None, fmt: Any) -> list[list[Any]]:
+    if gate is None:
+        return []
+    return [
+        [
+            "reconstruction gate",
+            "passed" if gate.passed else "failed",
+            f"relative error {fmt(gate.relative_error)} (≤ {gate.max_relative_error:g}); "
+            f"{fmt(gate.error_growth)}x its training store's {fmt(gate.training_relative_error)} "
+            f"(≤ {gate.max_error_growth:g}x); CE loss recovered ≥ {gate.min_ce_loss_recovered:g}",
+        ]
+    ]
+
+
+def behaviour_rows(behaviour: BehaviourChange | None, fmt: Any, fmt_ci: Any) -> list[list[Any]]:
+    if behaviour is None:
+        return []
+    return [
+        [
+            "reconstruction vs clean: Δaccuracy, Δlogprob",
+            f"{fmt(behaviour.accuracy_delta)} {fmt_ci(behaviour.accuracy_ci)}, "
+            f"{fmt(behaviour.logprob_delta)} {fmt_ci(behaviour.logprob_ci)}",
+            "evaluation examples, paired; "
+            + ("changes behaviour" if behaviour.changes_behaviour else "no change shown"),
+        ]
+    ]
