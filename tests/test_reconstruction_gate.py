@@ -9,6 +9,8 @@ mean and the top of the layer's spectrum, and nothing of the other layers that i
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -98,7 +100,6 @@ def test_an_sae_fitted_to_one_layer_is_refused_at_the_next_and_the_previous(
     assert own < 0.05  # it does reconstruct its own layer
 
     out = ablate(smollm2, sae, examples, plugins, tmp_path, LAYER, own)
-    import json
 
     result = json.loads((out / "results.json").read_text())
     gate, splice = result["gate"], result["splice"]
@@ -118,5 +119,5 @@ def test_a_random_sae_is_refused(smollm2, examples, plugins, tmp_path):
 
     torch.manual_seed(0)
     sae = PlusMinusSAE(smollm2.d_model, 4 * smollm2.d_model).eval()
-    with pytest.raises(ReconstructionGateError, match="relative error .* --max-relative-error"):
+    with pytest.raises(ReconstructionGateError, match=r"relative error .* --max-relative-error"):
         ablate(smollm2, sae, examples, plugins, tmp_path, LAYER, None)
