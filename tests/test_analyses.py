@@ -105,6 +105,7 @@ def test_a_plugin_analysis_lands_in_results_json_and_examples(plugins, tmp_path)
     sae = ReluSAE(tiny.d_model, 2 * tiny.d_model).eval()
     config = AblateConfig(
         sae="",
+        reconstruction_gate=False,
         out=str(tmp_path / "causal"),
         top_k=[1],
         random_controls=1,
@@ -195,7 +196,9 @@ def test_a_failing_plugin_analysis_stops_with_its_name_and_writes_nothing(tmp_pa
     tiny = tiny_loaded_model("smollm2-135m")
     examples = list(plugin_set.benchmarks.get("arithmetic").examples("test", 2, 0, {}))
     sae = ReluSAE(tiny.d_model, 2 * tiny.d_model).eval()
-    config = AblateConfig(sae="", out=str(tmp_path / "causal"), progress=False, layer=2)
+    config = AblateConfig(
+        sae="", out=str(tmp_path / "causal"), progress=False, layer=2, reconstruction_gate=False
+    )
     with pytest.raises(
         ConfigError, match="analysis 'broken' of plugin broken-plugin failed: ValueError: oops"
     ):

@@ -124,6 +124,7 @@ def small_config(tmp_path, **overrides) -> AblateConfig:
         bootstrap=200,
         progress=False,
         layer=2,
+        reconstruction_gate=False,  # random SAEs on a tiny model, on purpose
     )
     values.update(overrides)
     return AblateConfig(**values)

@@ -49,6 +49,7 @@ def config(tmp_path, **overrides) -> AblateConfig:
         bootstrap=200,
         progress=False,
         layer=2,
+        reconstruction_gate=False,  # random and constructed SAEs on a tiny model, on purpose
     )
     values.update(overrides)
     return AblateConfig(**values)
@@ -294,3 +295,28 @@ def test_resample_values_come_from_other_examples_only(tiny, examples):
         edited = study.ablate_edit(range(study.d_sae), tag=3)(b)(eb.features)
         values = {tuple(row.tolist()) for row in others}
         assert all(tuple(row.tolist()) in values for row in edited[eb.edit_mask(1)])
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean", "resample"])
+def test_skipping_unchanged_sequences_equals_the_eager_path(tiny, examples, ablation):
+    """Edited conditions run only the sequences whose features change; every score equals the
+    eager path's (all sequences through the upper blocks), and sequences were in fact skipped."""
+    sae = random_sae(tiny.d_model, seed=3)
+    split = SplitModel(tiny, 2, "resid")
+    data = prepare_eval(split, sae, tiny.tokenizer, examples, batch_size=4, max_length=None)
+    stats, _, frequency, owners = feature_statistics(data, first_position=1)
+    how = get_plugins().ablations.get(ablation)
+    rare = [int(i) for i in np.argsort(frequency) if frequency[i] > 0][:3]  # fire in few sequences
+    fast = Study(split, sae, data, how, how.parse_options(None), stats, seed=0, first_position=1)
+    eager = Study(split, sae, data, how, how.parse_options(None), stats, seed=0, first_position=1)
+    eager.skip_unchanged = False
+    for study in (fast, eager):
+        study.pool_examples = owners
+    for features in (rare, list(range(sae.d_sae))):
+        a = fast.run("splice", fast.ablate_edit(features, tag=5))
+        b = eager.run("splice", eager.ablate_edit(features, tag=5))
+        np.testing.assert_allclose(a.logprob, b.logprob, rtol=1e-5, atol=1e-5)
+        assert np.array_equal(a.correct, b.correct)
+    assert eager.sequences_skipped == 0
+    if ablation == "zero":
+        assert fast.sequences_skipped > 0  # rare features leave most sequences as they were

@@ -90,6 +90,9 @@ class StudyResults(BaseModel):
     stats_source: str
     edited_positions: str
     n_conditions: int
+    # edited conditions run the upper blocks only on sequences whose features the edit changes
+    sequences_run: int | None = None
+    sequences_unchanged: int | None = None
     evaluation_split: EvaluationSplit | None = None
     provenance: dict[str, Any]
     wall_seconds: float | None = None

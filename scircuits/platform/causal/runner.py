@@ -158,6 +158,8 @@ def run_study(
         "stats_source": "evaluation tokens at the edited positions",
         "edited_positions": f"every position >= {config.edit_from_position} of every sequence",
         "n_conditions": study.n_conditions,
+        "sequences_run": study.sequences_run,
+        "sequences_unchanged": study.sequences_skipped,
         "provenance": {},
     }
     results = StudyResults.assemble(fields, done)

@@ -94,6 +94,11 @@ class Study:
         self.pool_examples: np.ndarray | None = None  # example index of each row of stats.samples
         self.companions: dict[str, tuple[Ablation, Any]] = {}  # further ablations swept beside the main one
         self._batch_stats: dict[int, FeatureStats] = {}
+        # an edited splice runs the upper blocks only on the sequences whose features it changes
+        self.skip_unchanged = True
+        self._splice_scores: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.sequences_run = 0
+        self.sequences_skipped = 0
 
     def batch_stats(self, b: int) -> FeatureStats:
         """The feature statistics batch ``b`` is edited with: the resample pool without the rows of
@@ -146,14 +151,19 @@ class Study:
                 if wanted is not None and not wanted.intersection(eb.example_indices):
                     continue
                 edit = edit_for(b) if edit_for is not None else None
-                value = self.site_value(eb, mode, edit)
-                logits = self.split.upper(eb.batch, eb.cache, value, all_positions=ce)
-                if ce:
-                    s, c = next_token_nll(logits, eb.batch)
-                    nll_sum += s
-                    nll_count += c
-                    logits = logits[eb.batch.pred_rows, eb.batch.pred_cols]
-                seq_lp, seq_ok = sequence_scores(logits, eb.batch)
+                if mode == "splice" and edit is not None and not ce and self.skip_unchanged:
+                    seq_lp, seq_ok = self._edited_splice_scores(b, eb, edit)
+                else:
+                    value = self.site_value(eb, mode, edit)
+                    logits = self.split.upper(eb.batch, eb.cache, value, all_positions=ce)
+                    if ce:
+                        s, c = next_token_nll(logits, eb.batch)
+                        nll_sum += s
+                        nll_count += c
+                        logits = logits[eb.batch.pred_rows, eb.batch.pred_cols]
+                    seq_lp, seq_ok = sequence_scores(logits, eb.batch)
+                    if mode == "splice" and edit is None and not ce:
+                        self._splice_scores[b] = (seq_lp, seq_ok)
                 lp, ok = example_scores(seq_lp, seq_ok, eb.layouts)
                 logprob[eb.example_indices] = lp.numpy()
                 correct[eb.example_indices] = ok.numpy()
@@ -162,6 +172,40 @@ class Study:
         if self.show is not None:
             self.show.advance(1, status)
         return ConditionScores(logprob, correct, nll_sum, nll_count, None if wanted is None else scored)
+
+    def _splice_sequence_scores(self, b: int, eb: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sequence scores of batch ``b`` under the plain splice (computed once, kept)."""
+        cached = self._splice_scores.get(b)
+        if cached is None:
+            logits = self.split.upper(eb.batch, eb.cache, self.site_value(eb, "splice", None))
+            cached = sequence_scores(logits, eb.batch)
+            self._splice_scores[b] = cached
+        return cached
+
+    def _edited_splice_scores(
+        self, b: int, eb: EvalBatch, edit: FeatureEdit
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sequence scores with features edited. A sequence whose features the edit leaves exactly
+        as they were has exactly the splice's output, so only the changed sequences run the upper
+        blocks; the others take the splice's scores (the eager path: ``skip_unchanged = False``)."""
+        features = eb.features
+        where = edit_mask(eb.batch, self.first_position)[..., None]
+        edited = torch.where(where, edit(features), features)
+        changed = (edited != features).flatten(1).any(dim=1)
+        reference_lp, reference_ok = self._splice_sequence_scores(b, eb)
+        if not bool(changed.any()):
+            return reference_lp, reference_ok
+        keep = torch.nonzero(changed).squeeze(1)
+        value = (self.sae.decode(edited[keep]) + eb.error[keep]).to(eb.cache.site_output.dtype)
+        part = eb.batch.rows(keep)
+        logits = self.split.upper(part, eb.cache.rows(keep), value)
+        part_lp, part_ok = sequence_scores(logits, part)
+        seq_lp, seq_ok = reference_lp.clone(), reference_ok.clone()
+        seq_lp[keep] = part_lp.to(seq_lp.dtype)
+        seq_ok[keep] = part_ok
+        self.sequences_run += len(keep)
+        self.sequences_skipped += int(changed.numel() - len(keep))
+        return seq_lp, seq_ok
 
     # -- edits -------------------------------------------------------------------------------
 

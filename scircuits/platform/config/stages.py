@@ -252,6 +252,11 @@ class AblateConfig(StageConfig):
     seed: int = D(0, "Seed of examples, controls and bootstrap.")
     bootstrap: int = D(1000, "Bootstrap replicates.", gt=0)
     splice_tolerance: float = D(1e-3, "Largest |logit difference| the splice may cause.", gt=0)
+    reconstruction_gate: bool = D(
+        True,
+        "Refuse an SAE that does not reconstruct the site (limits below); off only to study a poor or "
+        "random SAE on purpose.",
+    )
     max_relative_error: float = D(
         0.5,
         "Reconstruction gate: largest per-token relative error |x - x̂|²/|x|² of the SAE on the evaluation "

@@ -42,6 +42,22 @@ class SequenceBatch:
     def to(self, device: str | torch.device) -> SequenceBatch:
         return SequenceBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
+    def rows(self, keep: torch.Tensor) -> SequenceBatch:
+        """The batch of the sequences ``keep`` (sorted 1-D indices), same width; predictions renumbered."""
+        chosen = torch.isin(self.pred_rows, keep)
+        renumber = torch.full((self.size,), -1, dtype=torch.long, device=keep.device)
+        renumber[keep] = torch.arange(len(keep), device=keep.device)
+        return SequenceBatch(
+            input_ids=self.input_ids[keep],
+            attention_mask=self.attention_mask[keep],
+            position_ids=self.position_ids[keep],
+            lengths=self.lengths[keep],
+            target_starts=self.target_starts[keep],
+            pred_rows=renumber[self.pred_rows[chosen]],
+            pred_cols=self.pred_cols[chosen],
+            target_ids=self.target_ids[chosen],
+        )
+
 
 def make_batch(sequences: Sequence[EncodedSequence], pad_id: int = 0) -> SequenceBatch:
     if not sequences:

@@ -132,6 +132,18 @@ class LowerCache:
     block_input: torch.Tensor | None  # (B, T, d): hidden state entering the site's block (mlp/attn sites)
     output_rest: tuple | None  # the rest of the block's output when it is a tuple (resid site)
 
+    def rows(self, keep: torch.Tensor) -> LowerCache:
+        """The cache of the sequences ``keep`` only (tensors with a batch dimension are sliced)."""
+        size = self.site_output.shape[0]
+
+        def part(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == size:
+                return value[keep]
+            return value
+
+        rest = None if self.output_rest is None else tuple(part(v) for v in self.output_rest)
+        return LowerCache(self.site_output[keep], part(self.block_input), rest)
+
 
 class SplitModel:
     """A loaded causal LM split at (layer, site): ``lower`` once per batch, ``upper`` per condition."""

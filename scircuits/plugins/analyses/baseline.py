@@ -123,13 +123,13 @@ def reconstruction_gate(
         min_ce_loss_recovered=config.min_ce_loss_recovered,
         passed=not problems,
     )
-    if problems:
+    if problems and config.reconstruction_gate:
         raise ReconstructionGateError(
             f"the SAE in {config.sae or '(given)'} does not reconstruct layer {context.layer} "
             f"{config.site} of {config.model}: {'; '.join(problems)}. Likely causes: the SAE was trained "
             "on another layer, site or model, or its input scale is not applied. Check --layer, --site "
             "and --model against the SAE's training; relax the limit only if you know why the fit is "
-            "worse here"
+            "worse here (--no-reconstruction-gate studies it anyway)"
         )
     return gate
 
