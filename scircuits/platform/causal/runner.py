@@ -50,7 +50,7 @@ def companion_ablations(config: AblateConfig, plugins: Any) -> dict[str, tuple[A
     return out
 
 
-def run_study(
+def prepare_study(
     config: AblateConfig,
     loaded: LoadedModel,
     sae: Any,
@@ -58,11 +58,9 @@ def run_study(
     layer: int,
     plugins: Any,
     sae_info: dict[str, Any] | None = None,
-) -> tuple[StudyResults, list[ExampleRow]]:
-    """Run every registered analysis on ``examples``; results (provenance left empty) and rows.
-    ``sae_info``: the checkpoint's metadata (its training metrics feed the reconstruction gate)."""
-    registry = analyses_of(plugins)
-    analyses = study_order(registry)
+) -> StudyContext:
+    """The study's shared state: examples split into selection and evaluation, encoded, batched and
+    run once through the lower blocks and the SAE; feature statistics; one seeded bootstrap."""
     sae.eval()
     ablation = plugins.ablations.get(config.ablation)
     ablation_options = ablation.parse_options(config.ablation_options)
@@ -94,7 +92,7 @@ def run_study(
     )
     study.pool_examples = pool_examples
     study.companions = companion_ablations(config, plugins)
-    context = StudyContext(
+    return StudyContext(
         config=config,
         loaded=loaded,
         study=study,
@@ -109,6 +107,24 @@ def run_study(
         evaluation=evaluation,
         sae_info=dict(sae_info or {}),
     )
+
+
+def run_study(
+    config: AblateConfig,
+    loaded: LoadedModel,
+    sae: Any,
+    examples: list[Example],
+    layer: int,
+    plugins: Any,
+    sae_info: dict[str, Any] | None = None,
+) -> tuple[StudyResults, list[ExampleRow]]:
+    """Run every registered analysis on ``examples``; results (provenance left empty) and rows.
+    ``sae_info``: the checkpoint's metadata (its training metrics feed the reconstruction gate)."""
+    registry = analyses_of(plugins)
+    analyses = study_order(registry)
+    context = prepare_study(config, loaded, sae, examples, layer, plugins, sae_info)
+    study, data = context.study, context.study.data
+    selection, evaluation = context.selection, context.evaluation
     total = sum(a.passes(context) for a in analyses)
     done: list[tuple[Analysis, AnalysisResult]] = []
     with progress("ablate: conditions", total=total, enabled=config.progress, unit="passes") as show:
@@ -151,7 +167,9 @@ def run_study(
             seed=config.seed,
             significance=(
                 "paired bootstrap interval of top-k minus the mean matched control excludes 0 and the "
-                "Holm-corrected permutation p < 0.05 across the k values"
+                "Holm-corrected p < 0.05 across the k values: the permutation p when R >= 20 x (number "
+                "of k), else a normal fit of the control effects with the top set beyond every control "
+                "(significance.method says which)"
             ),
         ),
         "evaluation_split": EvaluationSplit.describe(data.n_examples, selection, evaluation, config),
