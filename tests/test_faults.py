@@ -587,9 +587,6 @@ def test_kill_9_during_collect_then_resume_equals_the_uninterrupted_store(collec
     assert np.array_equal(a.example_ids, b.example_ids) and np.array_equal(a.token_ids, b.token_ids)
 
 
-KILL_POINTS = len(STATE_STEPS) + len(KILL_TRAIN_POINTS) + len(KILL_COLLECT_POINTS)
-
-
 def test_a_truncated_store_zarr_json_in_collect_is_a_one_line_error_before_the_weights(tmp_path, monkeypatch):
     from scircuits.store.errors import DamagedStoreError
 
@@ -630,3 +627,191 @@ def test_an_empty_failed_collection_does_not_block_the_corrected_command(tmp_pat
     assert collection._check_existing_store(corrected) is None  # not refused
     [aside] = tmp_path.glob("s.zarr.superseded-*")
     assert (aside / "zarr.json").is_file() and not (tmp_path / "s.zarr").exists()
+
+
+# -- kill -9 at seeded points of `ablate` and `run` (a tiny SmolLM2-shaped model from a folder) ----
+#
+# The child counts events: every os.replace (each atomic publish of every artifact), every training
+# step, and every pass of the model below and above the spliced site (the ablation study's work). An
+# uninterrupted child reports how many events it saw; a killed child SIGKILLs itself just before the
+# N-th, for N drawn (seeded) from that range. The rerun must end with the uninterrupted artifacts.
+
+EVENT_CHILD = textwrap.dedent(
+    """
+    import atexit, os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    kill_at, count_file = int(sys.argv[1]), sys.argv[2]
+    events = {"n": 0}
+
+    def event():
+        events["n"] += 1
+        if events["n"] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def counted(function):
+        def wrapper(*args, **kwargs):
+            event()
+            return function(*args, **kwargs)
+        return wrapper
+
+    os.replace = counted(os.replace)
+    import scircuits.platform.train.training as training
+    from scircuits.platform.model.splice import SplitModel
+    training.SAETrainer.train_step = counted(training.SAETrainer.train_step)
+    SplitModel.lower = counted(SplitModel.lower)
+    SplitModel._upper_mode = counted(SplitModel._upper_mode)
+    atexit.register(lambda: open(count_file, "w").write(str(events["n"])))
+    from scircuits.cli import main
+    main(sys.argv[3:])
+    """
+)
+
+TINY_RUN_FLAGS = ["--limit", "6", "--top-k", "1,2", "--random-controls", "1", "--exact-top", "1"]
+TINY_RUN_FLAGS += ["--bootstrap", "20", "--faithfulness-n", "1", "--no-progress"]
+KILL_RUN_POINTS = 3
+KILL_ABLATE_POINTS = 3
+# Where in each command's events the kills fall, as fractions drawn once from the seed.
+_fractions = random.Random(SEED + 2)
+RUN_KILL_FRACTIONS = sorted(round(_fractions.random(), 3) for _ in range(KILL_RUN_POINTS))
+ABLATE_KILL_FRACTIONS = sorted(round(_fractions.random(), 3) for _ in range(KILL_ABLATE_POINTS))
+
+
+def event_child(argv: list[str], kill_at: int, count_file: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    return subprocess.run(
+        [sys.executable, "-c", EVENT_CHILD, str(kill_at), str(count_file), *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_smollm(tmp_path_factory):
+    from scircuits.testing import save_tiny_model, tiny_loaded_model
+
+    return save_tiny_model(tiny_loaded_model("smollm2-135m"), tmp_path_factory.mktemp("smollm") / "model")
+
+
+def run_argv(model: Path, out: Path) -> list[str]:
+    return [
+        *("run", "--model", f"hf:{model}", "--layer", "2", "--collect-limit", "16", "--train-tokens"),
+        *("1500", "--train-batch-size", "128", "--train-checkpoint-every", "2", "--out", str(out)),
+        *TINY_RUN_FLAGS,
+    ]
+
+
+def counted_run(argv: list[str], where: Path) -> int:
+    """Run ``argv`` uninterrupted in a child; the number of events it saw."""
+    done = event_child(argv, 0, where / "events")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return int((where / "events").read_text())
+
+
+def kill_then_rerun(argv: list[str], kill_at: int, where: Path, folder: Path) -> None:
+    """Kill the command at its ``kill_at``-th event, check the lock it held is free, rerun it."""
+    killed = event_child(argv, kill_at, where / "killed-events")
+    assert killed.returncode == -signal.SIGKILL, f"ended before event {kill_at}: {killed.stderr[-2000:]}"
+    with artifacts.FolderLock(folder):  # the dead process's lock does not block anyone
+        pass
+    rerun = event_child(argv, 0, where / "rerun-events")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+
+
+VOLATILE_RESULT_FIELDS = ("provenance", "wall_seconds")
+
+
+def comparable_results(folder: Path) -> dict:
+    data = json.loads((folder / "results.json").read_text())
+    config = dict(data.get("config") or {})
+    for path_field in ("out", "sae", "store"):
+        config.pop(path_field, None)
+    return {**{k: v for k, v in data.items() if k not in VOLATILE_RESULT_FIELDS}, "config": config}
+
+
+def leftovers(root: Path) -> list[str]:
+    """Temporary files, half-published states or superseded folders anywhere under ``root``."""
+    names = (".tmp", ".old-", ".superseded-", ".partial")
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if any(n in p.name for n in names))
+
+
+@pytest.fixture(scope="module")
+def whole_run(tiny_smollm, tmp_path_factory):
+    where = tmp_path_factory.mktemp("whole-run")
+    n_events = counted_run(run_argv(tiny_smollm, where / "runs"), where)
+    [run_dir] = (where / "runs").iterdir()
+    return run_dir, n_events
+
+
+def assert_same_run(run_dir: Path, whole: Path) -> None:
+    import numpy as np
+
+    from scircuits.store import ActivationStore
+
+    a, b = ActivationStore(run_dir / "activations.zarr"), ActivationStore(whole / "activations.zarr")
+    assert a.complete and (a.n_examples, a.n_tokens) == (b.n_examples, b.n_tokens)
+    assert np.array_equal(a.read_rows(0, a.n_tokens), b.read_rows(0, b.n_tokens))
+    assert np.array_equal(a.token_ids, b.token_ids)
+    weights = Path("sae") / ckpt.WEIGHTS_FILE
+    assert (run_dir / weights).read_bytes() == (whole / weights).read_bytes()
+    assert comparable_results(run_dir / "causal") == comparable_results(whole / "causal")
+    examples = Path("causal") / "examples.jsonl"
+    assert (run_dir / examples).read_text() == (whole / examples).read_text()
+    assert (run_dir / "report.html").is_file() and (run_dir / "report.md").is_file()
+
+
+@pytest.mark.parametrize("fraction", RUN_KILL_FRACTIONS)
+def test_kill_9_during_run_then_rerun_equals_the_uninterrupted_run(
+    tiny_smollm, whole_run, tmp_path, fraction
+):
+    whole, n_events = whole_run
+    kill_at = 1 + int(fraction * (n_events - 1))
+    argv = run_argv(tiny_smollm, tmp_path / "runs")
+    run_dir = tmp_path / "runs" / whole.name
+    kill_then_rerun(argv, kill_at, tmp_path, run_dir)
+    assert_same_run(run_dir, whole)
+    assert leftovers(run_dir) == []
+
+
+def ablate_argv(model: Path, run_dir: Path, out: Path) -> list[str]:
+    return [
+        *("ablate", "--model", f"hf:{model}", "--sae", str(run_dir / "sae")),
+        *("--store", str(run_dir / "activations.zarr"), "--out", str(out)),
+        *TINY_RUN_FLAGS,
+    ]
+
+
+@pytest.fixture(scope="module")
+def whole_ablate(tiny_smollm, whole_run, tmp_path_factory):
+    where = tmp_path_factory.mktemp("whole-ablate")
+    n_events = counted_run(ablate_argv(tiny_smollm, whole_run[0], where / "causal"), where)
+    return where / "causal", n_events
+
+
+@pytest.mark.parametrize("fraction", ABLATE_KILL_FRACTIONS)
+def test_kill_9_during_ablate_then_rerun_equals_the_uninterrupted_results(
+    tiny_smollm, whole_run, whole_ablate, tmp_path, fraction
+):
+    whole, n_events = whole_ablate
+    out = tmp_path / "causal"
+    kill_then_rerun(
+        ablate_argv(tiny_smollm, whole_run[0], out), 1 + int(fraction * (n_events - 1)), tmp_path, out
+    )
+    assert comparable_results(out) == comparable_results(whole)
+    assert (out / "examples.jsonl").read_text() == (whole / "examples.jsonl").read_text()
+    assert leftovers(tmp_path) == []
+
+
+KILL_POINTS = (
+    len(STATE_STEPS)
+    + len(KILL_TRAIN_POINTS)
+    + len(KILL_COLLECT_POINTS)
+    + KILL_RUN_POINTS
+    + KILL_ABLATE_POINTS
+)

@@ -98,19 +98,17 @@ def check_store_matches_sae(store_path: str | None, sae_path: str | None, info: 
         )
 
 
-def claim_results_folder(out: Path, config_hash: str) -> None:
+def claim_results_folder(out: Path, config_hash: str, force: bool = False) -> None:
     """``--out`` of ablate: refuse a folder of the user's files, move aside results of other settings
     (results.json written before markers existed are recognised by their config hash)."""
     if out.is_dir() and read_marker(out) is None:
         recorded = recorded_config_hash(out)
         if recorded is not None:
             write_marker(out, "causal", recorded)
-    claimed = claim(out, "causal", config_hash, option="--out")
+    claimed = claim(out, "causal", config_hash, option="--out", force=force)
     if claimed.moved_to:
-        print(
-            f"[ablate] {out} held results of other settings; moved them to {claimed.moved_to}",
-            file=sys.stderr,
-        )
+        held = "files scircuits did not write" if claimed.state == "forced" else "results of other settings"
+        print(f"[ablate] {out} held {held}; moved them to {claimed.moved_to}", file=sys.stderr)
 
 
 def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None = None) -> AblateInputs:
@@ -242,7 +240,7 @@ def _run_ablate_in(
 ) -> Path:
     with FolderLock(out, "causal results"):
         remove_orphans(out)
-        claim_results_folder(out, config.config_hash())
+        claim_results_folder(out, config.config_hash(), force=config.force)
         inputs = inputs or load_inputs(config, plugins, loaded)
         results, rows = run_study(config, inputs.loaded, inputs.sae, inputs.examples, inputs.layer, plugins)
         results.provenance = provenance(config, inputs, results.n_examples, results.n_tokens)

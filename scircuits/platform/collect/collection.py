@@ -26,8 +26,8 @@ from scircuits.platform.manager.plugin_set import PluginSet
 from scircuits.platform.model.sequences import encode_example
 from scircuits.platform.model.tracing import RemoteBackend, SiteTracer, load_remote
 from scircuits.store import ActivationStoreWriter, StoreMismatchError
-from scircuits.store.errors import DamagedStoreError
-from scircuits.store.location import WriterLock, read_group
+from scircuits.store.errors import DamagedStoreError, NotAStoreError
+from scircuits.store.location import WriterLock, local_path, read_group
 
 # Examples are encoded and sorted by length within windows of this many batches, so a batch pads
 # little; they are stored in benchmark order.
@@ -71,21 +71,48 @@ def store_attrs(config: CollectConfig, loaded: Any, layer: int) -> dict[str, Any
 
 
 def _existing_store_attrs(out: str) -> dict[str, Any] | None:
+    local = local_path(out)
+    if local is not None and local.exists() and not local.is_dir():
+        raise NotAStoreError(f"{out} is a file, not an activation store; choose another --out")
     if not (Path(out) / "zarr.json").is_file():
+        if local is not None and local.is_dir():
+            others = sorted(p.name for p in local.iterdir() if not p.name.endswith(".partial"))
+            if others:  # refused now, before any weights load, not when the writer opens
+                raise NotAStoreError(
+                    f"{out} exists and is not an activation store (it holds {', '.join(others[:3])}); "
+                    "choose another --out, or pass --force to move it aside (nothing is deleted)"
+                )
         return None
     try:
         return dict(read_group(out, None).attrs)
     except Exception as exc:
         raise DamagedStoreError(
             f"{out}: the store's zarr.json cannot be read "
-            f"({str(exc).splitlines()[0] if str(exc) else exc!r}); it is damaged: move it away (or "
-            "delete it) and collect again"
+            f"({str(exc).splitlines()[0] if str(exc) else exc!r}); it is damaged: move it away and "
+            "collect again, or pass --force to move it aside"
         ) from None
 
 
 def _check_existing_store(config: CollectConfig) -> CollectSummary | None:
     """Before loading any model: refuse a store made by a different command, naming the settings
-    that differ; a complete store made by this very command means there is nothing to do."""
+    that differ, a damaged store or a folder of other files; with ``--force`` move any of those
+    aside instead. A complete store made by this very command means there is nothing to do."""
+    try:
+        return _existing_store_state(config)
+    except (StoreMismatchError, NotAStoreError, DamagedStoreError) as exc:
+        local = local_path(config.out)
+        if not config.force or local is None or not local.is_dir():
+            raise
+        lock = WriterLock(local)  # refused while another process writes it
+        lock.release()
+        aside = move_aside(local)
+        local.rmdir()
+        reason = str(exc).split(";")[0].split(" (")[0]
+        print(f"[collect] --force: {reason}; moved it to {aside}", file=sys.stderr)
+        return None
+
+
+def _existing_store_state(config: CollectConfig) -> CollectSummary | None:
     attrs = _existing_store_attrs(config.out)
     if attrs is None or not isinstance(attrs.get("config"), dict):
         return None
@@ -114,7 +141,7 @@ def _check_existing_store(config: CollectConfig) -> CollectSummary | None:
     if differences:
         raise StoreMismatchError(
             f"{config.out} holds activations of a different collection ({'; '.join(differences)}). "
-            "Write to another --out, or delete the existing store to replace it."
+            "Write to another --out, or pass --force to move it aside (nothing is deleted)."
         )
     if attrs.get("complete"):
         return CollectSummary(

@@ -66,16 +66,21 @@ def _user_files(folder: Path) -> list[str]:
 @dataclass(frozen=True)
 class Claimed:
     """What ``claim`` found: "new", "same" (made with the same identity: the caller may resume or
-    skip) or "superseded" (an earlier artifact of this kind was moved to ``moved_to``)."""
+    skip), "superseded" (an earlier artifact of this kind was moved to ``moved_to``) or "forced"
+    (files the tool did not write, or another kind of artifact, moved to ``moved_to`` by --force)."""
 
     state: str
     moved_to: Path | None = None
 
 
-def claim(folder: Path, kind: str, identity: str, *, option: str = "--out") -> Claimed:
+FORCE_HINT = "or pass --force to move it aside (nothing is deleted)"
+
+
+def claim(folder: Path, kind: str, identity: str, *, option: str = "--out", force: bool = False) -> Claimed:
     """Make ``folder`` this artifact's home (see :class:`Claimed`).
 
-    Refuses a folder holding files the tool did not write, or an artifact of another kind.
+    Refuses a folder holding files the tool did not write, or an artifact of another kind, unless
+    ``force``: then that folder is moved aside as a superseded one would be.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -85,14 +90,20 @@ def claim(folder: Path, kind: str, identity: str, *, option: str = "--out") -> C
         write_marker(folder, kind, identity)
         return Claimed("new")
     marker = read_marker(folder)
-    if marker is None:
-        shown = ", ".join(_user_files(folder)[:3])
+    if marker is None or marker.kind != kind:
+        if force:
+            aside = move_aside(folder)
+            write_marker(folder, kind, identity)
+            return Claimed("forced", aside)
+        if marker is None:
+            shown = ", ".join(_user_files(folder)[:3])
+            raise ArtifactError(
+                f"{folder} holds files scircuits did not write ({shown}...): it will not remove or "
+                f"overwrite them; choose another {option}, move them away, {FORCE_HINT}"
+            )
         raise ArtifactError(
-            f"{folder} holds files scircuits did not write ({shown}...): it will not remove or "
-            f"overwrite them; choose another {option} or move them away"
+            f"{folder} holds a {marker.kind} artifact, not a {kind}: choose another {option}, {FORCE_HINT}"
         )
-    if marker.kind != kind:
-        raise ArtifactError(f"{folder} holds a {marker.kind} artifact, not a {kind}: choose another {option}")
     if marker.identity == identity:
         return Claimed("same")
     aside = move_aside(folder)

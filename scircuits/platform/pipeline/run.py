@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scircuits.platform.common.artifacts import FolderLock, check_writable, move_aside
+from scircuits.platform.common.artifacts import FolderLock, check_writable, move_aside, remove_orphans
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.provenance import now_iso
 from scircuits.platform.config import RunConfig, StageConfig
@@ -188,7 +188,9 @@ def run_stage(
             state.record(stage.name, started_key=key, completed_key=key, completed=now_iso())
         return True
     same_start = recorded.started_key == key or (upstream_current and stage.started(run_dir, config))
-    if artifact.exists() and not (stage.resumable and same_start):
+    # An artifact started under this key is the stage's own: a resumable stage continues it, another
+    # stage rewrites it in place (its writer claims the folder as "same").
+    if artifact.exists() and not same_start:
         aside = set_aside(artifact)
         if aside is not None:
             say(f"{stage.name}: {artifact} was made with other settings; moved it to {aside}")
@@ -213,6 +215,7 @@ def run_pipeline(config: RunConfig, plugins: Any) -> Path:
     run_dir = the_plan.run_dir
     check_writable(run_dir, option="--out")
     with FolderLock(run_dir, "run"):
+        remove_orphans(run_dir)
         state = PipelineState(run_dir)
         state.set_run_config(config.model_dump(mode="json"))
         say(f"run directory {run_dir}")

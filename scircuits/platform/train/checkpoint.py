@@ -190,9 +190,10 @@ def is_complete(out_dir: str | Path, config_hash: str | None = None) -> bool:
     return bool(meta.get("complete")) and (config_hash is None or meta.get("config_hash") == config_hash)
 
 
-def claim_checkpoint(out_dir: str | Path, config_hash: str) -> Claimed:
+def claim_checkpoint(out_dir: str | Path, config_hash: str, *, force: bool = False) -> Claimed:
     """Make ``out_dir`` the home of the checkpoint of ``config_hash`` (artifacts.claim): a folder of
-    the user's files is refused, a checkpoint of other settings is moved aside. A checkpoint written
+    the user's files is refused (moved aside with ``force``), a checkpoint of other settings is moved
+    aside. A checkpoint written
     before markers existed is recognised by its scircuits.json."""
     out = Path(out_dir)
     if out.is_dir() and read_marker(out) is None and (out / META_FILE).is_file():
@@ -202,7 +203,7 @@ def claim_checkpoint(out_dir: str | Path, config_hash: str) -> Claimed:
             meta = {}
         if meta.get("format") == CHECKPOINT_FORMAT:
             write_marker(out, "sae", str(meta.get("config_hash")))
-    return claim(out, "sae", config_hash)
+    return claim(out, "sae", config_hash, force=force)
 
 
 def saelens_reader(variants: Registry[SAEVariant], architecture: str, where: Path) -> SAEVariant:
