@@ -815,3 +815,106 @@ KILL_POINTS = (
     + KILL_RUN_POINTS
     + KILL_ABLATE_POINTS
 )
+
+
+# -- --force: what is refused today is moved aside (never deleted) with --force --------------------
+
+
+def test_train_force_moves_aside_a_folder_of_user_files(store, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    with pytest.raises(ArtifactError, match="pass --force to move it aside") as caught:
+        train(config(store, out))
+    assert "\n" not in str(caught.value) and (out / "notes.txt").read_text() == "precious"
+    train(config(store, out, force=True))
+    [aside] = tmp_path.glob("mine.superseded-*")
+    assert (aside / "notes.txt").read_text() == "precious" and not (out / "notes.txt").exists()
+    assert ckpt.is_complete(out, config(store, out).config_hash())
+
+
+def test_train_force_moves_aside_an_unresumed_training_state(store, tmp_path, straight):
+    out = tmp_path / "sae"
+    train(config(store, out), stop_after_steps=4)
+    with pytest.raises(ConfigError, match="add --resume to continue it, or --force"):
+        train(config(store, out))
+    train(config(store, out, force=True))
+    [aside] = tmp_path.glob("sae.superseded-*")
+    assert ckpt.has_training_state(aside)
+    assert (out / ckpt.WEIGHTS_FILE).read_bytes() == straight  # started over, not resumed
+
+
+def test_ablate_force_moves_aside_a_folder_of_user_files(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "results.json").write_text('{"mine": true}')
+    with pytest.raises(ArtifactError, match="pass --force to move it aside"):
+        run_ablate(ablate_config(out))
+    with pytest.raises(ConfigError, match="needs --sae"):  # claimed with --force, then the inputs
+        run_ablate(ablate_config(out, force=True))
+    [aside] = tmp_path.glob("mine.superseded-*")
+    assert (aside / "results.json").read_text() == '{"mine": true}'
+
+
+def test_collect_refuses_a_folder_of_user_files_before_the_weights_and_force_moves_it(tmp_path, monkeypatch):
+    from scircuits.store.errors import NotAStoreError
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    arithmetic = dict(benchmark="arithmetic", benchmark_options={}, limit=3)
+    with pytest.raises(NotAStoreError, match=r"not an activation store .*pass --force") as caught:
+        collect_without_weights(collect_config(None, out, **arithmetic), monkeypatch)
+    assert "\n" not in str(caught.value) and (out / "notes.txt").read_text() == "precious"
+
+    import scircuits.platform.collect.collection as collection
+
+    assert collection._check_existing_store(collect_config(None, out, force=True, **arithmetic)) is None
+    [aside] = tmp_path.glob("mine.superseded-*")
+    assert (aside / "notes.txt").read_text() == "precious" and not out.exists()
+
+
+def test_collect_force_moves_aside_a_store_of_another_collection(tmp_path):
+    import scircuits.platform.collect.collection as collection
+    from scircuits.store import StoreMismatchError
+    from scircuits.store.synthetic import synthetic_attrs
+
+    first = collect_config(None, tmp_path / "s.zarr", benchmark="arithmetic", benchmark_options={}, limit=5)
+    attrs = {**synthetic_attrs(), "config": first.identity(), "config_hash": first.config_hash()}
+    write_synthetic_store(first.out, n_examples=2, d_model=4, attrs=attrs)
+    other = first.model_copy(update={"limit": 4})
+    with pytest.raises(StoreMismatchError, match=r"limit: stored 5, now 4.*pass --force"):
+        collection._check_existing_store(other)
+    assert collection._check_existing_store(other.model_copy(update={"force": True})) is None
+    [aside] = tmp_path.glob("s.zarr.superseded-*")
+    assert (aside / "zarr.json").is_file() and not (tmp_path / "s.zarr").exists()
+
+
+@pytest.fixture
+def fake_stages(monkeypatch):
+    from tests.test_pipeline import FakeStages
+
+    return FakeStages(monkeypatch)
+
+
+def test_run_refuses_a_run_directory_of_user_files_and_force_moves_it(tmp_path, fake_stages):
+    from scircuits.platform.config import RunConfig
+    from scircuits.platform.pipeline.run import plan, run_pipeline
+
+    settings = RunConfig(out=str(tmp_path / "runs"), progress=False)
+    run_dir = plan(settings, get_plugins()).run_dir
+    run_dir.mkdir(parents=True)
+    (run_dir / "thesis.tex").write_text("precious")
+    with pytest.raises(ArtifactError, match=r"did not write \(thesis.tex\).*pass --force") as caught:
+        run_pipeline(settings, get_plugins())
+    assert "\n" not in str(caught.value) and fake_stages.calls == []
+    assert (run_dir / "thesis.tex").read_text() == "precious"
+    forced = settings.model_copy(update={"force": True})
+    assert all(c is None or c.force for c in plan(forced, get_plugins()).configs.values())
+    run_pipeline(forced, get_plugins())
+    assert fake_stages.calls == ["collect", "train", "ablate", "report"]
+    [aside] = run_dir.parent.glob(f"{run_dir.name}.superseded-*")
+    assert (aside / "thesis.tex").read_text() == "precious" and not (run_dir / "thesis.tex").exists()
+    fake_stages.calls.clear()
+    run_pipeline(settings, get_plugins())  # the run it wrote is its own: no --force needed
+    assert fake_stages.calls == []

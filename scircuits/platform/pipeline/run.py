@@ -27,14 +27,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scircuits.platform.common.artifacts import FolderLock, check_writable, move_aside, remove_orphans
+from scircuits.platform.common.artifacts import (
+    LOCK_FILE,
+    MARKER_FILE,
+    ArtifactError,
+    FolderLock,
+    check_writable,
+    move_aside,
+    read_marker,
+    remove_orphans,
+    write_marker,
+)
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.provenance import now_iso
 from scircuits.platform.config import RunConfig, StageConfig
 from scircuits.platform.contract.errors import ConfigError, WeightsUnavailableError
 from scircuits.platform.contract.hf_loading import check_weights_available, config_sizes
 from scircuits.platform.pipeline.stages import STAGES, PlanContext, Stage
-from scircuits.platform.pipeline.state import PipelineState
+from scircuits.platform.pipeline.state import STATE_FILE, PipelineState
+from scircuits.platform.report.document import REPORT_HTML, REPORT_MD
 
 
 def run_dir_name(model: str, benchmark: str, site: str, layer: int) -> str:
@@ -138,6 +149,31 @@ def validate_settings(the_plan: Plan, plugins: Any, adapter: Any) -> None:
             )
 
 
+RUN_ENTRIES = frozenset(
+    {stage.artifact_name for stage in STAGES}
+    | {STATE_FILE, REPORT_MD, REPORT_HTML, "figures", "dashboard", MARKER_FILE, LOCK_FILE}
+)
+
+
+def claim_run_dir(run_dir: Path, force: bool) -> None:
+    """A run directory that holds neither a run marker nor any run artifact but other files is not
+    a run the tool wrote: refused, or moved aside with ``--force``."""
+    if not run_dir.is_dir() or read_marker(run_dir) is not None:
+        return
+    names = sorted(
+        p.name for p in run_dir.iterdir() if ".superseded-" not in p.name and ".tmp-" not in p.name
+    )
+    if not names or any(name in RUN_ENTRIES for name in names):
+        return
+    if not force:
+        raise ArtifactError(
+            f"{run_dir} holds files scircuits did not write ({', '.join(names[:3])}) and no run: it will "
+            f"not write a run among them; choose another --out, or pass --force to move them aside"
+        )
+    aside = move_aside(run_dir)
+    say(f"--force: {run_dir} held files scircuits did not write; moved them to {aside}")
+
+
 def say(message: str) -> None:
     print(f"[run] {message}", file=sys.stderr, flush=True)
 
@@ -213,9 +249,12 @@ def run_pipeline(config: RunConfig, plugins: Any) -> Path:
     check_model_weights(config, plugins)
     check_examples(the_plan, plugins)
     run_dir = the_plan.run_dir
+    claim_run_dir(run_dir, config.force)
     check_writable(run_dir, option="--out")
     with FolderLock(run_dir, "run"):
         remove_orphans(run_dir)
+        if read_marker(run_dir) is None:
+            write_marker(run_dir, "run", "run")  # a run directory's stages carry their own identities
         state = PipelineState(run_dir)
         state.set_run_config(config.model_dump(mode="json"))
         say(f"run directory {run_dir}")
