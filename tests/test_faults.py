@@ -918,3 +918,94 @@ def test_run_refuses_a_run_directory_of_user_files_and_force_moves_it(tmp_path, 
     fake_stages.calls.clear()
     run_pipeline(settings, get_plugins())  # the run it wrote is its own: no --force needed
     assert fake_stages.calls == []
+
+
+# -- a disk that fills up: ENOSPC injected where each stage really writes ----------------------------
+
+ENOSPC_CHILD = textwrap.dedent(
+    """
+    import errno, sys
+    import torch
+    torch.set_num_threads(1)
+    import zarr.storage._local as local
+    fail_at = int(sys.argv[1])
+    calls = {"n": 0}
+    real_put = local._put
+    def put(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] >= fail_at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_put(*args, **kwargs)
+    local._put = put
+    from scircuits.cli import main
+    main(sys.argv[2:])
+    """
+)
+ENOSPC_COLLECT_WRITES = sorted(random.Random(SEED + 4).sample(range(4, 30), 2))
+
+
+@pytest.mark.parametrize("fail_at", ENOSPC_COLLECT_WRITES)
+def test_a_full_disk_during_collect_is_one_line_and_the_rerun_resumes_to_the_same_store(
+    collected, tmp_path, fail_at
+):
+    import numpy as np
+
+    from scircuits.store import ActivationStore
+    from tests.test_collect import collect_command, recorded
+
+    folder, whole = collected
+    out = tmp_path / "s.zarr"
+    command = collect_command(folder, out, COLLECT_N)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full = subprocess.run(
+        [sys.executable, "-c", ENOSPC_CHILD, str(fail_at), *command[3:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert full.returncode == 2, full.stderr[-2000:]
+    [message] = [line for line in full.stderr.splitlines() if line.startswith("Error:")]
+    assert "no space left on the device" in message and "run the same command again" in message
+    assert "Traceback" not in full.stderr
+    assert not recorded(out).get("complete")
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = ActivationStore(out), ActivationStore(whole)
+    assert a.complete and (a.n_examples, a.n_tokens) == (b.n_examples, b.n_tokens)
+    assert np.array_equal(a.read_rows(0, a.n_tokens), b.read_rows(0, b.n_tokens))
+    assert not [p for p in out.rglob("*") if p.name.endswith(".partial")]
+
+
+def test_a_full_disk_while_writing_the_sae_is_one_line_and_resume_ends_identical(
+    store, tmp_path, straight, monkeypatch, capsys
+):
+    import safetensors.torch as st
+    from safetensors import SafetensorError
+
+    from scircuits.cli import main
+
+    out = tmp_path / "sae"
+    real_save_file = st.save_file
+
+    def full(tensors, filename, *args, **kwargs):  # what safetensors raises on a full disk
+        if Path(filename).name.startswith("." + ckpt.WEIGHTS_FILE):
+            Path(filename).write_bytes(b"half")
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real_save_file(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(st, "save_file", full)
+    values = config(store, out).model_dump(mode="json")
+    argv = ["train", "--store", str(store), "--k", "4", "--out", str(out), "--no-progress"]
+    for name in ("expansion", "batch_size", "epochs", "lr", "warmup_steps", "eval_every", "log_every"):
+        argv += ["--" + name.replace("_", "-"), str(values[name])]
+    argv += ["--eval-tokens", "256", "--checkpoint-every", "4"]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    [message] = capsys.readouterr().err.strip().splitlines()
+    assert "cannot write the checkpoint (no space left on the device)" in message
+    assert not ckpt.is_complete(out) and not list(out.glob(".*.tmp-*"))
+    monkeypatch.setattr(st, "save_file", real_save_file)
+    main([*argv, "--resume"])
+    assert (out / ckpt.WEIGHTS_FILE).read_bytes() == straight

@@ -9,6 +9,7 @@ Memory stays bounded: a few batches of examples are held at a time, never the wh
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -17,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from scircuits.platform.collect.datahash import data_sha256
-from scircuits.platform.common.artifacts import move_aside
+from scircuits.platform.common.artifacts import (
+    DISK_ERRNOS,
+    ArtifactError,
+    check_can_create,
+    describe_os_error,
+    move_aside,
+)
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import CollectConfig
@@ -86,11 +93,41 @@ def _existing_store_attrs(out: str) -> dict[str, Any] | None:
     try:
         return dict(read_group(out, None).attrs)
     except Exception as exc:
+        if _holds_no_examples(_raw_attrs(out)):
+            # Its creation was cut short (a kill or a full disk before every array existed): it holds
+            # nothing, so it must not block the command that made it.
+            _set_aside_empty(Path(out), "an empty collection whose creation was cut short")
+            return None
         raise DamagedStoreError(
             f"{out}: the store's zarr.json cannot be read "
             f"({str(exc).splitlines()[0] if str(exc) else exc!r}); it is damaged: move it away and "
             "collect again, or pass --force to move it aside"
         ) from None
+
+
+def _raw_attrs(out: str) -> dict[str, Any] | None:
+    try:
+        attrs = json.loads((Path(out) / "zarr.json").read_text()).get("attributes")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return attrs if isinstance(attrs, dict) else None
+
+
+def _holds_no_examples(attrs: dict[str, Any] | None) -> bool:
+    if attrs is None or attrs.get("complete"):
+        return False
+    try:
+        return int(attrs.get("n_examples", 0) or 0) == 0
+    except (TypeError, ValueError):
+        return False
+
+
+def _set_aside_empty(folder: Path, what: str) -> None:
+    lock = WriterLock(folder)  # refused while another process writes it
+    lock.release()
+    aside = move_aside(folder)
+    folder.rmdir()
+    print(f"[collect] {folder} held {what}; moved it to {aside}", file=sys.stderr)
 
 
 def _check_existing_store(config: CollectConfig) -> CollectSummary | None:
@@ -127,16 +164,10 @@ def _existing_store_state(config: CollectConfig) -> CollectSummary | None:
         differences.append(
             f"the data file {config.benchmark_options.get('data')} changed since the store was collected"
         )
-    if differences and not attrs.get("complete") and int(attrs.get("n_examples", 0) or 0) == 0:
+    if differences and _holds_no_examples(attrs):
         # A collection that failed before its first example holds nothing: set it aside so that it
         # does not block the corrected command.
-        lock = WriterLock(Path(config.out))  # refused while another process writes it
-        lock.release()
-        aside = move_aside(Path(config.out))
-        Path(config.out).rmdir()
-        print(
-            f"[collect] {config.out} held an empty, failed collection; moved it to {aside}", file=sys.stderr
-        )
+        _set_aside_empty(Path(config.out), "an empty, failed collection")
         return None
     if differences:
         raise StoreMismatchError(
@@ -185,6 +216,9 @@ def run_collect(
     options = benchmark.parse_options(config.benchmark_options)
     # missing, empty or malformed data fails here, in full, before any weights load or any store exists
     check_all_examples(benchmark, config, options)
+    local = local_path(config.out)
+    if local is not None:
+        check_can_create(local)  # a read-only or unreachable --out stops here, before the weights load
     if adapter.n_layers:  # a declared adapter: check the layer and site before loading anything
         config = config.model_copy(update={"layer": adapter.resolve_site(config.layer, config.site)})
         done = _check_existing_store(config)
@@ -203,7 +237,15 @@ def run_collect(
     done = _check_existing_store(config)
     if done is not None:
         return done
-    return trace_into_store(config, loaded, layer, benchmark, options)
+    try:
+        return trace_into_store(config, loaded, layer, benchmark, options)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        raise ArtifactError(
+            f"{config.out}: cannot write the store ({describe_os_error(exc)}); the examples already "
+            "stored are kept: free space, then run the same command again to continue"
+        ) from None
 
 
 def check_all_examples(benchmark: Any, config: CollectConfig, options: Any) -> int:

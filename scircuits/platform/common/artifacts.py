@@ -127,10 +127,15 @@ def move_aside(folder: Path) -> Path:
 class FolderLock:
     """An exclusive lock on an artifact folder; a second writer is refused at once."""
 
-    def __init__(self, folder: Path, what: str = "artifact") -> None:
+    def __init__(self, folder: Path, what: str = "artifact", option: str = "--out") -> None:
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self._fd: int | None = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._fd: int | None = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ArtifactError(
+                f"{folder}: cannot write here ({describe_os_error(exc)}); choose another {option}"
+            ) from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -241,6 +246,38 @@ def check_writable(folder: Path, *, option: str = "--out") -> None:
         ) from None
 
 
+def check_can_create(path: Path, *, option: str = "--out") -> None:
+    """Prove that ``path`` (a folder, existing or not) can be written, creating nothing: a file is
+    written and removed in it, or in its nearest existing parent."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return  # the command's own check names what is there
+    try:
+        probe_in = path
+        while not probe_in.exists():
+            if probe_in.parent == probe_in:
+                break
+            probe_in = probe_in.parent
+        if not probe_in.is_dir():
+            raise OSError(errno.ENOTDIR, "Not a directory", str(probe_in))
+        probe = tmp_name(probe_in / ".write-probe")
+        with open(probe, "wb") as fh:
+            fh.write(b"0" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
+        probe.unlink()
+    except OSError as exc:
+        raise ArtifactError(
+            f"{path}: cannot write here ({describe_os_error(exc)}); choose another {option}"
+        ) from None
+
+
+# Errors of where things are written (not of the tool): each gets a one-line message, not a traceback.
+DISK_ERRNOS = frozenset(
+    {errno.EACCES, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ENOTDIR, errno.EFBIG}
+)
+
+
 def describe_os_error(exc: OSError) -> str:
     reasons: dict[int, str] = {
         errno.EACCES: "permission denied",
@@ -249,5 +286,6 @@ def describe_os_error(exc: OSError) -> str:
         errno.EDQUOT: "disk quota exceeded",
         errno.ENAMETOOLONG: "the path is too long",
         errno.ENOTDIR: "a part of the path is a file",
+        errno.EFBIG: "the file is too large for the file system",
     }
     return reasons.get(exc.errno or -1, exc.strerror or str(exc))
