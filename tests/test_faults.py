@@ -1009,3 +1009,43 @@ def test_a_full_disk_while_writing_the_sae_is_one_line_and_resume_ends_identical
     monkeypatch.setattr(st, "save_file", real_save_file)
     main([*argv, "--resume"])
     assert (out / ckpt.WEIGHTS_FILE).read_bytes() == straight
+
+
+def test_a_read_only_out_stops_train_with_one_line(store, tmp_path, monkeypatch):
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(artifacts.os, "open", read_only)
+    with pytest.raises(ArtifactError, match=r"cannot write here \(read-only file system\); choose another"):
+        train(config(store, tmp_path / "sae"))
+
+
+def test_collect_checks_its_out_before_the_weights_and_creates_nothing(tmp_path, monkeypatch):
+    out = tmp_path / ("x" * 300)
+    arithmetic = dict(benchmark="arithmetic", benchmark_options={}, limit=3)
+    with pytest.raises(ArtifactError, match=r"the path is too long\); choose another --out"):
+        collect_without_weights(collect_config(None, out, **arithmetic), monkeypatch)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_sae_option_for_a_run_of_an_hf_folder_model_touches_nothing(tiny_smollm, tmp_path, fake_stages):
+    from scircuits.platform.config import RunConfig
+    from scircuits.platform.pipeline.run import run_pipeline
+
+    settings = RunConfig(model=f"hf:{tiny_smollm}", layer=2, out=str(tmp_path / "runs"), progress=False)
+    run_dir = run_pipeline(settings, get_plugins())
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".scircuits-lock"}
+    fake_stages.calls.clear()
+    bad = settings.model_copy(update={"train": settings.train.model_copy(update={"hparams": {"k": 100000}})})
+    with pytest.raises(
+        ConfigError, match=r"k=100000 is larger than the SAE's 256 latents \(expansion 4 x width 64\)"
+    ):
+        run_pipeline(bad, get_plugins())
+    assert fake_stages.calls == []
+    assert {
+        p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".scircuits-lock"
+    } == before

@@ -83,10 +83,24 @@ def resolve_layer(adapter: Any, config: RunConfig) -> int:
 
 
 def config_layer_count(source: str) -> int:
+    return model_config_sizes(source)[0]
+
+
+def model_width(adapter: Any, config: RunConfig) -> int:
+    """The model's width, known before any weights load (0 when its configuration cannot be read)."""
+    if getattr(adapter, "d_model", 0):
+        return int(adapter.d_model)
+    try:
+        return model_config_sizes(config.model_path or adapter.hf_id)[1]
+    except (WeightsUnavailableError, ConfigError):
+        return 0
+
+
+def model_config_sizes(source: str) -> tuple[int, int]:
     from transformers import AutoConfig
 
     try:
-        return config_sizes(AutoConfig.from_pretrained(source))[0]
+        return config_sizes(AutoConfig.from_pretrained(source))
     except OSError as exc:
         raise WeightsUnavailableError(
             f"cannot read the configuration of {source}: {exc}. Give --model-path "
@@ -122,11 +136,11 @@ def set_aside(path: Path) -> Path | None:
     return aside
 
 
-def validate_settings(the_plan: Plan, plugins: Any, adapter: Any) -> None:
+def validate_settings(the_plan: Plan, plugins: Any, adapter: Any, d_model: int) -> None:
     """Every setting that can be checked without the weights, before the run directory is touched:
-    plugin names, SAE hyperparameters against the variant, the ablation, top-k against d_sae."""
+    plugin names, SAE hyperparameters against the variant, the ablation, top-k against d_sae
+    (``d_model``: the model's width, 0 when unknown)."""
     train_config, ablate_config = the_plan.configs.get("train"), the_plan.configs.get("ablate")
-    d_model = int(getattr(adapter, "d_model", 0) or 0)
     d_sae = None
     if train_config is not None:
         variant = plugins.saes.get(train_config.sae)
@@ -245,7 +259,8 @@ def run_pipeline(config: RunConfig, plugins: Any) -> Path:
     config = config.with_plugin_defaults(plugins)  # before any hash: what is recorded names what runs
     the_plan = plan(config, plugins)
     check_device(config.device)
-    validate_settings(the_plan, plugins, plugins.models.get(config.model))
+    adapter = plugins.models.get(config.model)
+    validate_settings(the_plan, plugins, adapter, model_width(adapter, config))
     check_model_weights(config, plugins)
     check_examples(the_plan, plugins)
     run_dir = the_plan.run_dir
