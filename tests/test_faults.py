@@ -35,6 +35,21 @@ D_MODEL = 16
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+# Every kill, crash or full-disk point a test tried, e.g. "run: event 41 of 71"; printed at the end.
+TRIED: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_tried_points(request):
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and TRIED:
+        kinds = sorted({point.split(":")[0] for point in TRIED})
+        reporter.write_line(
+            f"fault suite: {len(TRIED)} kill/crash/full-disk points tried ({', '.join(kinds)})"
+        )
+
+
 def train(config, **options):
     return train_with(config, get_plugins(), **options)
 
@@ -146,6 +161,7 @@ def test_a_crash_between_any_write_and_rename_of_the_training_state_resumes_bit_
         crash_at(patch, step, on_save=2)  # the second save replaces an existing state
         with pytest.raises(SimulatedKill):
             train(config(store, out))
+    TRIED.append(f"training-state crash: {step}")
     state = ckpt.load_training_state(out)
     assert state is not None, "a whole state (old or new) must survive"
     assert state[1]["step"] in (4, 8)
@@ -196,6 +212,7 @@ def test_kill_9_during_training_then_resume_is_bit_identical(store, tmp_path, st
     values = config(store, out).model_dump(mode="json")
     killed = run_train_child(values, kill_after)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
+    TRIED.append(f"train kill -9: step {kill_after}")
     assert not ckpt.is_complete(out)
     resume = ckpt.has_training_state(out)
     train(config(store, out, resume=resume))
@@ -579,6 +596,7 @@ def test_kill_9_during_collect_then_resume_equals_the_uninterrupted_store(collec
         time.sleep(0.005)
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, "the collection ended before the kill point"
+    TRIED.append(f"collect kill -9: after {kill_at} examples")
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = ActivationStore(killed), ActivationStore(whole)
@@ -718,6 +736,7 @@ def kill_then_rerun(argv: list[str], kill_at: int, where: Path, folder: Path) ->
     """Kill the command at its ``kill_at``-th event, check the lock it held is free, rerun it."""
     killed = event_child(argv, kill_at, where / "killed-events")
     assert killed.returncode == -signal.SIGKILL, f"ended before event {kill_at}: {killed.stderr[-2000:]}"
+    TRIED.append(f"{argv[0]} kill -9: event {kill_at}")
     with artifacts.FolderLock(folder):  # the dead process's lock does not block anyone
         pass
     rerun = event_child(argv, 0, where / "rerun-events")
@@ -965,6 +984,7 @@ def test_a_full_disk_during_collect_is_one_line_and_the_rerun_resumes_to_the_sam
         timeout=120,
     )
     assert full.returncode == 2, full.stderr[-2000:]
+    TRIED.append(f"collect full disk: write {fail_at}")
     [message] = [line for line in full.stderr.splitlines() if line.startswith("Error:")]
     assert "no space left on the device" in message and "run the same command again" in message
     assert "Traceback" not in full.stderr
