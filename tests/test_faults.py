@@ -52,6 +52,8 @@ def report_tried_points(request):
         reporter.write_line(
             f"fault suite: {len(kills)} kill or crash points, {len(TRIED) - len(kills)} full-disk points"
         )
+        for point in TRIED:
+            reporter.write_line(f"  {point}")
 
 
 def train(config, **options):
@@ -740,7 +742,10 @@ def kill_then_rerun(argv: list[str], kill_at: int, where: Path, folder: Path) ->
     """Kill the command at its ``kill_at``-th event, check the lock it held is free, rerun it."""
     killed = event_child(argv, kill_at, where / "killed-events")
     assert killed.returncode == -signal.SIGKILL, f"ended before event {kill_at}: {killed.stderr[-2000:]}"
-    TRIED.append(f"{argv[0]} kill -9: event {kill_at}")
+    started = [
+        line.split("]")[1].split(":")[0].strip() for line in killed.stderr.splitlines() if ": start" in line
+    ]
+    TRIED.append(f"{argv[0]} kill -9: event {kill_at}{f' in {started[-1]}' if started else ''}")
     with artifacts.FolderLock(folder):  # the dead process's lock does not block anyone
         pass
     rerun = event_child(argv, 0, where / "rerun-events")
