@@ -1078,3 +1078,41 @@ def test_a_bad_sae_option_for_a_run_of_an_hf_folder_model_touches_nothing(tiny_s
     assert {
         p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".scircuits-lock"
     } == before
+
+
+def test_a_bad_line_far_into_the_data_file_stops_ablate_before_the_weights(gsm8k_file, tmp_path, monkeypatch):
+    import scircuits.platform.causal.stage as stage
+
+    with open(gsm8k_file, "a") as fh:
+        fh.write("{not json\n")
+    n_lines = len(gsm8k_file.read_text().splitlines())
+    monkeypatch.setattr(stage, "check_weights_available", lambda *a: pytest.fail("weights were checked"))
+    settings = ablate_config(
+        tmp_path / "causal",
+        sae=str(tmp_path),
+        benchmark="gsm8k",
+        benchmark_options={"data": str(gsm8k_file)},
+        limit=None,
+    )
+    with pytest.raises(DataFormatError, match=f"line {n_lines}") as caught:
+        run_ablate(settings)
+    assert "\n" not in str(caught.value) and not (tmp_path / "causal").exists()
+
+
+def test_a_bad_line_far_into_the_data_file_stops_run_before_any_stage(gsm8k_file, tmp_path, fake_stages):
+    from scircuits.platform.config import RunConfig
+    from scircuits.platform.pipeline.run import run_pipeline
+
+    with open(gsm8k_file, "a") as fh:
+        fh.write("{not json\n")
+    n_lines = len(gsm8k_file.read_text().splitlines())
+    settings = RunConfig(
+        benchmark="gsm8k",
+        benchmark_options={"data": str(gsm8k_file)},
+        limit=None,
+        out=str(tmp_path / "runs"),
+        progress=False,
+    )
+    with pytest.raises(DataFormatError, match=f"line {n_lines}"):
+        run_pipeline(settings, get_plugins())
+    assert fake_stages.calls == [] and not (tmp_path / "runs").exists()

@@ -120,6 +120,10 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
         raise ConfigError("ablate needs --sae DIR (an SAE checkpoint folder from `scircuits train`)")
     if not Path(config.sae).is_dir():
         raise ConfigError(f"--sae {config.sae} is not a folder; give the folder that `scircuits train` wrote")
+    # every example is read (a bad line anywhere stops here) before any weights are checked or loaded
+    examples = list(benchmark.examples(config.split, config.limit, config.seed, config.benchmark_options))
+    if not examples:
+        raise ConfigError(f"benchmark {config.benchmark!r} gave no examples for split {config.split!r}")
     if loaded is None:
         check_weights_available(adapter, config.model_path)
     sae, info = load_sae(config.sae, plugins)
@@ -138,9 +142,6 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
             f"the SAE in {config.sae} has d_in {sae.W_dec.shape[1]}, but {config.model} has "
             f"width {loaded.d_model}: it was trained on another model"
         )
-    examples = list(benchmark.examples(config.split, config.limit, config.seed, config.benchmark_options))
-    if not examples:
-        raise ConfigError(f"benchmark {config.benchmark!r} gave no examples for split {config.split!r}")
     info = dict(info) if isinstance(info, dict) else {}
     trained_site = sae_site(info)[1]
     if trained_site is not None and trained_site != config.site:

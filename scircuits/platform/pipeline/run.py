@@ -207,16 +207,16 @@ def check_model_weights(config: RunConfig, plugins: Any) -> None:
 
 
 def check_examples(the_plan: Plan, plugins: Any) -> None:
-    """Ask the benchmark for the first example of each stage that reads one now, so that bad
-    benchmark options or splits stop the run before any work."""
+    """Read every example each stage will read, so that bad benchmark options, splits or a bad line
+    anywhere in a data file stop the run before any work."""
     for stage in the_plan.configs.values():
         if stage is None or not hasattr(stage, "benchmark"):
             continue
         benchmark = plugins.benchmarks.get(stage.benchmark)
-        first = next(
-            iter(benchmark.examples(stage.split, stage.limit, stage.seed, stage.benchmark_options)), None
+        count = sum(
+            1 for _ in benchmark.examples(stage.split, stage.limit, stage.seed, stage.benchmark_options)
         )
-        if first is None:
+        if count == 0:
             raise ConfigError(
                 f"benchmark {stage.benchmark!r} gives no examples for split {stage.split!r} "
                 f"with options {stage.benchmark_options}"
