@@ -697,8 +697,11 @@ KILL_RUN_POINTS = 3
 KILL_ABLATE_POINTS = 2
 # Where in each command's events the kills fall, as fractions drawn once from the seed.
 _fractions = random.Random(SEED + 2)
-RUN_KILL_FRACTIONS = sorted(round(_fractions.random(), 3) for _ in range(KILL_RUN_POINTS))
-ABLATE_KILL_FRACTIONS = sorted(round(_fractions.random(), 3) for _ in range(KILL_ABLATE_POINTS))
+# One point in each equal share of the events (stratified), so the points spread over the stages.
+RUN_KILL_FRACTIONS = [round((i + _fractions.random()) / KILL_RUN_POINTS, 3) for i in range(KILL_RUN_POINTS)]
+ABLATE_KILL_FRACTIONS = [
+    round((i + _fractions.random()) / KILL_ABLATE_POINTS, 3) for i in range(KILL_ABLATE_POINTS)
+]
 
 
 def event_child(argv: list[str], kill_at: int, count_file: Path) -> subprocess.CompletedProcess:
@@ -748,8 +751,15 @@ def kill_then_rerun(argv: list[str], kill_at: int, where: Path, folder: Path) ->
     TRIED.append(f"{argv[0]} kill -9: event {kill_at}{f' in {started[-1]}' if started else ''}")
     with artifacts.FolderLock(folder):  # the dead process's lock does not block anyone
         pass
-    rerun = event_child(argv, 0, where / "rerun-events")
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    rerun_here(argv)
+
+
+def rerun_here(argv: list[str]) -> None:
+    """The same command again, as a user reruns it; in this process, which has torch loaded already
+    (one thread, as the children)."""
+    from scircuits.cli import main
+
+    main(argv)
 
 
 VOLATILE_RESULT_FIELDS = ("provenance", "wall_seconds")
@@ -998,8 +1008,7 @@ def test_a_full_disk_during_collect_is_one_line_and_the_rerun_resumes_to_the_sam
     assert "no space left on the device" in message and "run the same command again" in message
     assert "Traceback" not in full.stderr
     assert not recorded(out).get("complete")
-    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    rerun_here(command[3:])
     a, b = ActivationStore(out), ActivationStore(whole)
     assert a.complete and (a.n_examples, a.n_tokens) == (b.n_examples, b.n_tokens)
     assert np.array_equal(a.read_rows(0, a.n_tokens), b.read_rows(0, b.n_tokens))
