@@ -35,6 +35,27 @@ D_MODEL = 16
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+# Every kill, crash or full-disk point a test tried, e.g. "run: event 41 of 71"; printed at the end.
+TRIED: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_tried_points(request):
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None or not TRIED:
+        return
+    kills = [point for point in TRIED if "full disk" not in point]
+    with capture.global_and_fixture_disabled():
+        reporter.write_line("")
+        reporter.write_line(
+            f"fault suite: {len(kills)} kill or crash points, {len(TRIED) - len(kills)} full-disk points"
+        )
+        for point in TRIED:
+            reporter.write_line(f"  {point}")
+
+
 def train(config, **options):
     return train_with(config, get_plugins(), **options)
 
@@ -146,6 +167,7 @@ def test_a_crash_between_any_write_and_rename_of_the_training_state_resumes_bit_
         crash_at(patch, step, on_save=2)  # the second save replaces an existing state
         with pytest.raises(SimulatedKill):
             train(config(store, out))
+    TRIED.append(f"training-state crash: {step}")
     state = ckpt.load_training_state(out)
     assert state is not None, "a whole state (old or new) must survive"
     assert state[1]["step"] in (4, 8)
@@ -196,6 +218,7 @@ def test_kill_9_during_training_then_resume_is_bit_identical(store, tmp_path, st
     values = config(store, out).model_dump(mode="json")
     killed = run_train_child(values, kill_after)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
+    TRIED.append(f"train kill -9: step {kill_after}")
     assert not ckpt.is_complete(out)
     resume = ckpt.has_training_state(out)
     train(config(store, out, resume=resume))
@@ -579,15 +602,12 @@ def test_kill_9_during_collect_then_resume_equals_the_uninterrupted_store(collec
         time.sleep(0.005)
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, "the collection ended before the kill point"
-    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    TRIED.append(f"collect kill -9: after {kill_at} examples")
+    rerun_here(command[3:])
     a, b = ActivationStore(killed), ActivationStore(whole)
     assert a.complete and (a.n_examples, a.n_tokens) == (b.n_examples, b.n_tokens)
     assert np.array_equal(a.read_rows(0, a.n_tokens), b.read_rows(0, b.n_tokens))
     assert np.array_equal(a.example_ids, b.example_ids) and np.array_equal(a.token_ids, b.token_ids)
-
-
-KILL_POINTS = len(STATE_STEPS) + len(KILL_TRAIN_POINTS) + len(KILL_COLLECT_POINTS)
 
 
 def test_a_truncated_store_zarr_json_in_collect_is_a_one_line_error_before_the_weights(tmp_path, monkeypatch):
@@ -630,3 +650,477 @@ def test_an_empty_failed_collection_does_not_block_the_corrected_command(tmp_pat
     assert collection._check_existing_store(corrected) is None  # not refused
     [aside] = tmp_path.glob("s.zarr.superseded-*")
     assert (aside / "zarr.json").is_file() and not (tmp_path / "s.zarr").exists()
+
+
+# -- kill -9 at seeded points of `ablate` and `run` (a tiny SmolLM2-shaped model from a folder) ----
+#
+# The child counts events: every os.replace (each atomic publish of every artifact), every training
+# step, and every pass of the model below and above the spliced site (the ablation study's work). An
+# uninterrupted child reports how many events it saw; a killed child SIGKILLs itself just before the
+# N-th, for N drawn (seeded) from that range. The rerun must end with the uninterrupted artifacts.
+
+EVENT_CHILD = textwrap.dedent(
+    """
+    import atexit, os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    kill_at, count_file = int(sys.argv[1]), sys.argv[2]
+    events = {"n": 0}
+
+    def event():
+        events["n"] += 1
+        if events["n"] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def counted(function):
+        def wrapper(*args, **kwargs):
+            event()
+            return function(*args, **kwargs)
+        return wrapper
+
+    os.replace = counted(os.replace)
+    import scircuits.platform.train.training as training
+    from scircuits.platform.model.splice import SplitModel
+    training.SAETrainer.train_step = counted(training.SAETrainer.train_step)
+    SplitModel.lower = counted(SplitModel.lower)
+    SplitModel._upper_mode = counted(SplitModel._upper_mode)
+    atexit.register(lambda: open(count_file, "w").write(str(events["n"])))
+    from scircuits.cli import main
+    main(sys.argv[3:])
+    """
+)
+
+TINY_RUN_FLAGS = ["--limit", "6", "--top-k", "1,2", "--random-controls", "1", "--exact-top", "1"]
+TINY_RUN_FLAGS += ["--bootstrap", "20", "--faithfulness-n", "1", "--no-progress"]
+KILL_RUN_POINTS = 3
+KILL_ABLATE_POINTS = 2
+# Where in each command's events the kills fall, as fractions drawn once from the seed.
+_fractions = random.Random(SEED + 2)
+# One point in each equal share of the events (stratified), so the points spread over the stages.
+RUN_KILL_FRACTIONS = [round((i + _fractions.random()) / KILL_RUN_POINTS, 3) for i in range(KILL_RUN_POINTS)]
+ABLATE_KILL_FRACTIONS = [
+    round((i + _fractions.random()) / KILL_ABLATE_POINTS, 3) for i in range(KILL_ABLATE_POINTS)
+]
+
+
+def event_child(argv: list[str], kill_at: int, count_file: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    return subprocess.run(
+        [sys.executable, "-c", EVENT_CHILD, str(kill_at), str(count_file), *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_smollm(tmp_path_factory):
+    from scircuits.testing import save_tiny_model, tiny_loaded_model
+
+    return save_tiny_model(tiny_loaded_model("smollm2-135m"), tmp_path_factory.mktemp("smollm") / "model")
+
+
+def run_argv(model: Path, out: Path) -> list[str]:
+    return [
+        *("run", "--model", f"hf:{model}", "--layer", "2", "--collect-limit", "16", "--train-tokens"),
+        *("1500", "--train-batch-size", "128", "--train-checkpoint-every", "2", "--out", str(out)),
+        *TINY_RUN_FLAGS,
+    ]
+
+
+def counted_run(argv: list[str], where: Path) -> int:
+    """Run ``argv`` uninterrupted in a child; the number of events it saw."""
+    done = event_child(argv, 0, where / "events")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return int((where / "events").read_text())
+
+
+def kill_then_rerun(argv: list[str], kill_at: int, where: Path, folder: Path) -> None:
+    """Kill the command at its ``kill_at``-th event, check the lock it held is free, rerun it."""
+    killed = event_child(argv, kill_at, where / "killed-events")
+    assert killed.returncode == -signal.SIGKILL, f"ended before event {kill_at}: {killed.stderr[-2000:]}"
+    started = [
+        line.split("]")[1].split(":")[0].strip() for line in killed.stderr.splitlines() if ": start" in line
+    ]
+    TRIED.append(f"{argv[0]} kill -9: event {kill_at}{f' in {started[-1]}' if started else ''}")
+    with artifacts.FolderLock(folder):  # the dead process's lock does not block anyone
+        pass
+    rerun_here(argv)
+
+
+def rerun_here(argv: list[str]) -> None:
+    """The same command again, as a user reruns it; in this process, which has torch loaded already
+    (one thread, as the children)."""
+    from scircuits.cli import main
+
+    main(argv)
+
+
+VOLATILE_RESULT_FIELDS = ("provenance", "wall_seconds")
+
+
+def comparable_results(folder: Path) -> dict:
+    data = json.loads((folder / "results.json").read_text())
+    config = dict(data.get("config") or {})
+    for path_field in ("out", "sae", "store"):
+        config.pop(path_field, None)
+    return {**{k: v for k, v in data.items() if k not in VOLATILE_RESULT_FIELDS}, "config": config}
+
+
+def leftovers(root: Path) -> list[str]:
+    """Temporary files, half-published states or superseded folders anywhere under ``root``."""
+    names = (".tmp", ".old-", ".superseded-", ".partial")
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if any(n in p.name for n in names))
+
+
+@pytest.fixture(scope="module")
+def whole_run(tiny_smollm, tmp_path_factory):
+    where = tmp_path_factory.mktemp("whole-run")
+    n_events = counted_run(run_argv(tiny_smollm, where / "runs"), where)
+    [run_dir] = (where / "runs").iterdir()
+    return run_dir, n_events
+
+
+def assert_same_run(run_dir: Path, whole: Path) -> None:
+    import numpy as np
+
+    from scircuits.store import ActivationStore
+
+    a, b = ActivationStore(run_dir / "activations.zarr"), ActivationStore(whole / "activations.zarr")
+    assert a.complete and (a.n_examples, a.n_tokens) == (b.n_examples, b.n_tokens)
+    assert np.array_equal(a.read_rows(0, a.n_tokens), b.read_rows(0, b.n_tokens))
+    assert np.array_equal(a.token_ids, b.token_ids)
+    weights = Path("sae") / ckpt.WEIGHTS_FILE
+    assert (run_dir / weights).read_bytes() == (whole / weights).read_bytes()
+    assert comparable_results(run_dir / "causal") == comparable_results(whole / "causal")
+    examples = Path("causal") / "examples.jsonl"
+    assert (run_dir / examples).read_text() == (whole / examples).read_text()
+    assert (run_dir / "report.html").is_file() and (run_dir / "report.md").is_file()
+
+
+@pytest.mark.parametrize("fraction", RUN_KILL_FRACTIONS)
+def test_kill_9_during_run_then_rerun_equals_the_uninterrupted_run(
+    tiny_smollm, whole_run, tmp_path, fraction
+):
+    whole, n_events = whole_run
+    kill_at = 1 + int(fraction * (n_events - 1))
+    argv = run_argv(tiny_smollm, tmp_path / "runs")
+    run_dir = tmp_path / "runs" / whole.name
+    kill_then_rerun(argv, kill_at, tmp_path, run_dir)
+    assert_same_run(run_dir, whole)
+    assert leftovers(run_dir) == []
+
+
+def ablate_argv(model: Path, run_dir: Path, out: Path) -> list[str]:
+    return [
+        *("ablate", "--model", f"hf:{model}", "--sae", str(run_dir / "sae")),
+        *("--store", str(run_dir / "activations.zarr"), "--out", str(out)),
+        *TINY_RUN_FLAGS,
+    ]
+
+
+@pytest.fixture(scope="module")
+def whole_ablate(tiny_smollm, whole_run, tmp_path_factory):
+    where = tmp_path_factory.mktemp("whole-ablate")
+    n_events = counted_run(ablate_argv(tiny_smollm, whole_run[0], where / "causal"), where)
+    return where / "causal", n_events
+
+
+@pytest.mark.parametrize("fraction", ABLATE_KILL_FRACTIONS)
+def test_kill_9_during_ablate_then_rerun_equals_the_uninterrupted_results(
+    tiny_smollm, whole_run, whole_ablate, tmp_path, fraction
+):
+    whole, n_events = whole_ablate
+    out = tmp_path / "causal"
+    kill_then_rerun(
+        ablate_argv(tiny_smollm, whole_run[0], out), 1 + int(fraction * (n_events - 1)), tmp_path, out
+    )
+    assert comparable_results(out) == comparable_results(whole)
+    assert (out / "examples.jsonl").read_text() == (whole / "examples.jsonl").read_text()
+    assert leftovers(tmp_path) == []
+
+
+KILL_POINTS = (
+    len(STATE_STEPS)
+    + len(KILL_TRAIN_POINTS)
+    + len(KILL_COLLECT_POINTS)
+    + KILL_RUN_POINTS
+    + KILL_ABLATE_POINTS
+)
+
+
+# -- --force: what is refused today is moved aside (never deleted) with --force --------------------
+
+
+def test_train_force_moves_aside_a_folder_of_user_files(store, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    with pytest.raises(ArtifactError, match="pass --force to move it aside") as caught:
+        train(config(store, out))
+    assert "\n" not in str(caught.value) and (out / "notes.txt").read_text() == "precious"
+    train(config(store, out, force=True))
+    [aside] = tmp_path.glob("mine.superseded-*")
+    assert (aside / "notes.txt").read_text() == "precious" and not (out / "notes.txt").exists()
+    assert ckpt.is_complete(out, config(store, out).config_hash())
+
+
+def test_train_force_moves_aside_an_unresumed_training_state(store, tmp_path, straight):
+    out = tmp_path / "sae"
+    train(config(store, out), stop_after_steps=4)
+    with pytest.raises(ConfigError, match="add --resume to continue it, or --force"):
+        train(config(store, out))
+    train(config(store, out, force=True))
+    [aside] = tmp_path.glob("sae.superseded-*")
+    assert ckpt.has_training_state(aside)
+    assert (out / ckpt.WEIGHTS_FILE).read_bytes() == straight  # started over, not resumed
+
+
+def test_ablate_force_moves_aside_a_folder_of_user_files(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "results.json").write_text('{"mine": true}')
+    with pytest.raises(ArtifactError, match="pass --force to move it aside"):
+        run_ablate(ablate_config(out))
+    with pytest.raises(ConfigError, match="needs --sae"):  # claimed with --force, then the inputs
+        run_ablate(ablate_config(out, force=True))
+    [aside] = tmp_path.glob("mine.superseded-*")
+    assert (aside / "results.json").read_text() == '{"mine": true}'
+
+
+def test_collect_refuses_a_folder_of_user_files_before_the_weights_and_force_moves_it(tmp_path, monkeypatch):
+    from scircuits.store.errors import NotAStoreError
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    arithmetic = dict(benchmark="arithmetic", benchmark_options={}, limit=3)
+    with pytest.raises(NotAStoreError, match=r"not an activation store .*pass --force") as caught:
+        collect_without_weights(collect_config(None, out, **arithmetic), monkeypatch)
+    assert "\n" not in str(caught.value) and (out / "notes.txt").read_text() == "precious"
+
+    import scircuits.platform.collect.collection as collection
+
+    assert collection._check_existing_store(collect_config(None, out, force=True, **arithmetic)) is None
+    [aside] = tmp_path.glob("mine.superseded-*")
+    assert (aside / "notes.txt").read_text() == "precious" and not out.exists()
+
+
+def test_collect_force_moves_aside_a_store_of_another_collection(tmp_path):
+    import scircuits.platform.collect.collection as collection
+    from scircuits.store import StoreMismatchError
+    from scircuits.store.synthetic import synthetic_attrs
+
+    first = collect_config(None, tmp_path / "s.zarr", benchmark="arithmetic", benchmark_options={}, limit=5)
+    attrs = {**synthetic_attrs(), "config": first.identity(), "config_hash": first.config_hash()}
+    write_synthetic_store(first.out, n_examples=2, d_model=4, attrs=attrs)
+    other = first.model_copy(update={"limit": 4})
+    with pytest.raises(StoreMismatchError, match=r"limit: stored 5, now 4.*pass --force"):
+        collection._check_existing_store(other)
+    assert collection._check_existing_store(other.model_copy(update={"force": True})) is None
+    [aside] = tmp_path.glob("s.zarr.superseded-*")
+    assert (aside / "zarr.json").is_file() and not (tmp_path / "s.zarr").exists()
+
+
+@pytest.fixture
+def fake_stages(monkeypatch):
+    from tests.test_pipeline import FakeStages
+
+    return FakeStages(monkeypatch)
+
+
+def test_run_refuses_a_run_directory_of_user_files_and_force_moves_it(tmp_path, fake_stages):
+    from scircuits.platform.config import RunConfig
+    from scircuits.platform.pipeline.run import plan, run_pipeline
+
+    settings = RunConfig(out=str(tmp_path / "runs"), progress=False)
+    run_dir = plan(settings, get_plugins()).run_dir
+    run_dir.mkdir(parents=True)
+    (run_dir / "thesis.tex").write_text("precious")
+    with pytest.raises(ArtifactError, match=r"did not write \(thesis.tex\).*pass --force") as caught:
+        run_pipeline(settings, get_plugins())
+    assert "\n" not in str(caught.value) and fake_stages.calls == []
+    assert (run_dir / "thesis.tex").read_text() == "precious"
+    forced = settings.model_copy(update={"force": True})
+    assert all(c is None or c.force for c in plan(forced, get_plugins()).configs.values())
+    run_pipeline(forced, get_plugins())
+    assert fake_stages.calls == ["collect", "train", "ablate", "report"]
+    [aside] = run_dir.parent.glob(f"{run_dir.name}.superseded-*")
+    assert (aside / "thesis.tex").read_text() == "precious" and not (run_dir / "thesis.tex").exists()
+    fake_stages.calls.clear()
+    run_pipeline(settings, get_plugins())  # the run it wrote is its own: no --force needed
+    assert fake_stages.calls == []
+
+
+# -- a disk that fills up: ENOSPC injected where each stage really writes ----------------------------
+
+ENOSPC_CHILD = textwrap.dedent(
+    """
+    import errno, sys
+    import torch
+    torch.set_num_threads(1)
+    import zarr.storage._local as local
+    fail_at = int(sys.argv[1])
+    calls = {"n": 0}
+    real_put = local._put
+    def put(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] >= fail_at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_put(*args, **kwargs)
+    local._put = put
+    from scircuits.cli import main
+    main(sys.argv[2:])
+    """
+)
+ENOSPC_COLLECT_WRITES = sorted(random.Random(SEED + 4).sample(range(4, 30), 2))
+
+
+@pytest.mark.parametrize("fail_at", ENOSPC_COLLECT_WRITES)
+def test_a_full_disk_during_collect_is_one_line_and_the_rerun_resumes_to_the_same_store(
+    collected, tmp_path, fail_at
+):
+    import numpy as np
+
+    from scircuits.store import ActivationStore
+    from tests.test_collect import collect_command, recorded
+
+    folder, whole = collected
+    out = tmp_path / "s.zarr"
+    command = collect_command(folder, out, COLLECT_N)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full = subprocess.run(
+        [sys.executable, "-c", ENOSPC_CHILD, str(fail_at), *command[3:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert full.returncode == 2, full.stderr[-2000:]
+    TRIED.append(f"collect full disk: write {fail_at}")
+    [message] = [line for line in full.stderr.splitlines() if line.startswith("Error:")]
+    assert "no space left on the device" in message and "run the same command again" in message
+    assert "Traceback" not in full.stderr
+    assert not recorded(out).get("complete")
+    rerun_here(command[3:])
+    a, b = ActivationStore(out), ActivationStore(whole)
+    assert a.complete and (a.n_examples, a.n_tokens) == (b.n_examples, b.n_tokens)
+    assert np.array_equal(a.read_rows(0, a.n_tokens), b.read_rows(0, b.n_tokens))
+    assert not [p for p in out.rglob("*") if p.name.endswith(".partial")]
+
+
+def test_a_full_disk_while_writing_the_sae_is_one_line_and_resume_ends_identical(
+    store, tmp_path, straight, monkeypatch, capsys
+):
+    import safetensors.torch as st
+    from safetensors import SafetensorError
+
+    from scircuits.cli import main
+
+    out = tmp_path / "sae"
+    real_save_file = st.save_file
+
+    def full(tensors, filename, *args, **kwargs):  # what safetensors raises on a full disk
+        if Path(filename).name.startswith("." + ckpt.WEIGHTS_FILE):
+            Path(filename).write_bytes(b"half")
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real_save_file(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(st, "save_file", full)
+    values = config(store, out).model_dump(mode="json")
+    argv = ["train", "--store", str(store), "--k", "4", "--out", str(out), "--no-progress"]
+    for name in ("expansion", "batch_size", "epochs", "lr", "warmup_steps", "eval_every", "log_every"):
+        argv += ["--" + name.replace("_", "-"), str(values[name])]
+    argv += ["--eval-tokens", "256", "--checkpoint-every", "4"]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    [message] = capsys.readouterr().err.strip().splitlines()
+    assert "cannot write the checkpoint (no space left on the device)" in message
+    assert not ckpt.is_complete(out) and not list(out.glob(".*.tmp-*"))
+    monkeypatch.setattr(st, "save_file", real_save_file)
+    main([*argv, "--resume"])
+    assert (out / ckpt.WEIGHTS_FILE).read_bytes() == straight
+
+
+def test_a_read_only_out_stops_train_with_one_line(store, tmp_path, monkeypatch):
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(artifacts.os, "open", read_only)
+    with pytest.raises(ArtifactError, match=r"cannot write here \(read-only file system\); choose another"):
+        train(config(store, tmp_path / "sae"))
+
+
+def test_collect_checks_its_out_before_the_weights_and_creates_nothing(tmp_path, monkeypatch):
+    out = tmp_path / ("x" * 300)
+    arithmetic = dict(benchmark="arithmetic", benchmark_options={}, limit=3)
+    with pytest.raises(ArtifactError, match=r"the path is too long\); choose another --out"):
+        collect_without_weights(collect_config(None, out, **arithmetic), monkeypatch)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_sae_option_for_a_run_of_an_hf_folder_model_touches_nothing(tiny_smollm, tmp_path, fake_stages):
+    from scircuits.platform.config import RunConfig
+    from scircuits.platform.pipeline.run import run_pipeline
+
+    settings = RunConfig(model=f"hf:{tiny_smollm}", layer=2, out=str(tmp_path / "runs"), progress=False)
+    run_dir = run_pipeline(settings, get_plugins())
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".scircuits-lock"}
+    fake_stages.calls.clear()
+    bad = settings.model_copy(update={"train": settings.train.model_copy(update={"hparams": {"k": 100000}})})
+    with pytest.raises(
+        ConfigError, match=r"k=100000 is larger than the SAE's 256 latents \(expansion 4 x width 64\)"
+    ):
+        run_pipeline(bad, get_plugins())
+    assert fake_stages.calls == []
+    assert {
+        p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".scircuits-lock"
+    } == before
+
+
+def test_a_bad_line_far_into_the_data_file_stops_ablate_before_the_weights(gsm8k_file, tmp_path, monkeypatch):
+    import scircuits.platform.causal.stage as stage
+
+    with open(gsm8k_file, "a") as fh:
+        fh.write("{not json\n")
+    n_lines = len(gsm8k_file.read_text().splitlines())
+    monkeypatch.setattr(stage, "check_weights_available", lambda *a: pytest.fail("weights were checked"))
+    settings = ablate_config(
+        tmp_path / "causal",
+        sae=str(tmp_path),
+        benchmark="gsm8k",
+        benchmark_options={"data": str(gsm8k_file)},
+        limit=None,
+    )
+    with pytest.raises(DataFormatError, match=f"line {n_lines}") as caught:
+        run_ablate(settings)
+    assert "\n" not in str(caught.value) and not (tmp_path / "causal").exists()
+
+
+def test_a_bad_line_far_into_the_data_file_stops_run_before_any_stage(gsm8k_file, tmp_path, fake_stages):
+    from scircuits.platform.config import RunConfig
+    from scircuits.platform.pipeline.run import run_pipeline
+
+    with open(gsm8k_file, "a") as fh:
+        fh.write("{not json\n")
+    n_lines = len(gsm8k_file.read_text().splitlines())
+    settings = RunConfig(
+        benchmark="gsm8k",
+        benchmark_options={"data": str(gsm8k_file)},
+        limit=None,
+        out=str(tmp_path / "runs"),
+        progress=False,
+    )
+    with pytest.raises(DataFormatError, match=f"line {n_lines}"):
+        run_pipeline(settings, get_plugins())
+    assert fake_stages.calls == [] and not (tmp_path / "runs").exists()

@@ -112,6 +112,18 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        from scircuits.platform.common.artifacts import DISK_ERRNOS, describe_os_error
+
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(
+            f"Error: {where}cannot write ({describe_os_error(exc)}); free space or choose another --out, "
+            "then run the same command again (what was already written is kept)",
+            err=True,
+        )
+        sys.exit(2)
     if isinstance(rv, int) and rv:
         sys.exit(rv)
     return None

@@ -171,7 +171,8 @@ class ActivationStoreWriter:
                 ]
                 if leftovers:
                     raise NotAStoreError(
-                        f"{text} exists and is not an activation store; choose another --out or delete it"
+                        f"{text} exists and is not an activation store; choose another --out, or pass "
+                        "--force to move it aside"
                     )
                 for tmp in local.iterdir():
                     tmp.unlink()
@@ -201,13 +202,15 @@ class ActivationStoreWriter:
             try:
                 check_format(text, stored)
             except NotAStoreError as exc:
-                raise NotAStoreError(f"{exc}; choose another --out or delete it") from None
+                raise NotAStoreError(
+                    f"{exc}; choose another --out, or pass --force to move it aside"
+                ) from None
             differences = identity_differences(identity_of(stored), identity)
             if differences:
                 listed = "; ".join(f"{k}: stored {old!r}, now {new!r}" for k, old, new in differences)
                 raise StoreMismatchError(
                     f"{text} holds activations of a different collection ({listed}). "
-                    "Write to another --out, or delete the existing store to replace it."
+                    "Write to another --out, or pass --force to move it aside (nothing is deleted)."
                 )
             if stored.get("complete"):
                 return group

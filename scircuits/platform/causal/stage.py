@@ -98,19 +98,17 @@ def check_store_matches_sae(store_path: str | None, sae_path: str | None, info: 
         )
 
 
-def claim_results_folder(out: Path, config_hash: str) -> None:
+def claim_results_folder(out: Path, config_hash: str, force: bool = False) -> None:
     """``--out`` of ablate: refuse a folder of the user's files, move aside results of other settings
     (results.json written before markers existed are recognised by their config hash)."""
     if out.is_dir() and read_marker(out) is None:
         recorded = recorded_config_hash(out)
         if recorded is not None:
             write_marker(out, "causal", recorded)
-    claimed = claim(out, "causal", config_hash, option="--out")
+    claimed = claim(out, "causal", config_hash, option="--out", force=force)
     if claimed.moved_to:
-        print(
-            f"[ablate] {out} held results of other settings; moved them to {claimed.moved_to}",
-            file=sys.stderr,
-        )
+        held = "files scircuits did not write" if claimed.state == "forced" else "results of other settings"
+        print(f"[ablate] {out} held {held}; moved them to {claimed.moved_to}", file=sys.stderr)
 
 
 def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None = None) -> AblateInputs:
@@ -122,6 +120,10 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
         raise ConfigError("ablate needs --sae DIR (an SAE checkpoint folder from `scircuits train`)")
     if not Path(config.sae).is_dir():
         raise ConfigError(f"--sae {config.sae} is not a folder; give the folder that `scircuits train` wrote")
+    # every example is read (a bad line anywhere stops here) before any weights are checked or loaded
+    examples = list(benchmark.examples(config.split, config.limit, config.seed, config.benchmark_options))
+    if not examples:
+        raise ConfigError(f"benchmark {config.benchmark!r} gave no examples for split {config.split!r}")
     if loaded is None:
         check_weights_available(adapter, config.model_path)
     sae, info = load_sae(config.sae, plugins)
@@ -140,9 +142,6 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
             f"the SAE in {config.sae} has d_in {sae.W_dec.shape[1]}, but {config.model} has "
             f"width {loaded.d_model}: it was trained on another model"
         )
-    examples = list(benchmark.examples(config.split, config.limit, config.seed, config.benchmark_options))
-    if not examples:
-        raise ConfigError(f"benchmark {config.benchmark!r} gave no examples for split {config.split!r}")
     info = dict(info) if isinstance(info, dict) else {}
     trained_site = sae_site(info)[1]
     if trained_site is not None and trained_site != config.site:
@@ -244,7 +243,7 @@ def _run_ablate_in(
 ) -> Path:
     with FolderLock(out, "causal results"):
         remove_orphans(out)
-        claim_results_folder(out, config.config_hash())
+        claim_results_folder(out, config.config_hash(), force=config.force)
         inputs = inputs or load_inputs(config, plugins, loaded)
         results, rows = run_study(
             config, inputs.loaded, inputs.sae, inputs.examples, inputs.layer, plugins, inputs.sae_info

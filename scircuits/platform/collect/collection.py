@@ -9,6 +9,7 @@ Memory stays bounded: a few batches of examples are held at a time, never the wh
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -17,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from scircuits.platform.collect.datahash import data_sha256
-from scircuits.platform.common.artifacts import move_aside
+from scircuits.platform.common.artifacts import (
+    DISK_ERRNOS,
+    ArtifactError,
+    check_can_create,
+    describe_os_error,
+    move_aside,
+)
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import CollectConfig
@@ -26,8 +33,8 @@ from scircuits.platform.manager.plugin_set import PluginSet
 from scircuits.platform.model.sequences import encode_example
 from scircuits.platform.model.tracing import RemoteBackend, SiteTracer, load_remote
 from scircuits.store import ActivationStoreWriter, StoreMismatchError
-from scircuits.store.errors import DamagedStoreError
-from scircuits.store.location import WriterLock, read_group
+from scircuits.store.errors import DamagedStoreError, NotAStoreError
+from scircuits.store.location import WriterLock, local_path, read_group
 
 # Examples are encoded and sorted by length within windows of this many batches, so a batch pads
 # little; they are stored in benchmark order.
@@ -71,21 +78,78 @@ def store_attrs(config: CollectConfig, loaded: Any, layer: int) -> dict[str, Any
 
 
 def _existing_store_attrs(out: str) -> dict[str, Any] | None:
+    local = local_path(out)
+    if local is not None and local.exists() and not local.is_dir():
+        raise NotAStoreError(f"{out} is a file, not an activation store; choose another --out")
     if not (Path(out) / "zarr.json").is_file():
+        if local is not None and local.is_dir():
+            others = sorted(p.name for p in local.iterdir() if not p.name.endswith(".partial"))
+            if others:  # refused now, before any weights load, not when the writer opens
+                raise NotAStoreError(
+                    f"{out} exists and is not an activation store (it holds {', '.join(others[:3])}); "
+                    "choose another --out, or pass --force to move it aside (nothing is deleted)"
+                )
         return None
     try:
         return dict(read_group(out, None).attrs)
     except Exception as exc:
+        if _holds_no_examples(_raw_attrs(out)):
+            # Its creation was cut short (a kill or a full disk before every array existed): it holds
+            # nothing, so it must not block the command that made it.
+            _set_aside_empty(Path(out), "an empty collection whose creation was cut short")
+            return None
         raise DamagedStoreError(
             f"{out}: the store's zarr.json cannot be read "
-            f"({str(exc).splitlines()[0] if str(exc) else exc!r}); it is damaged: move it away (or "
-            "delete it) and collect again"
+            f"({str(exc).splitlines()[0] if str(exc) else exc!r}); it is damaged: move it away and "
+            "collect again, or pass --force to move it aside"
         ) from None
+
+
+def _raw_attrs(out: str) -> dict[str, Any] | None:
+    try:
+        attrs = json.loads((Path(out) / "zarr.json").read_text()).get("attributes")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return attrs if isinstance(attrs, dict) else None
+
+
+def _holds_no_examples(attrs: dict[str, Any] | None) -> bool:
+    if attrs is None or attrs.get("complete"):
+        return False
+    try:
+        return int(attrs.get("n_examples", 0) or 0) == 0
+    except (TypeError, ValueError):
+        return False
+
+
+def _set_aside_empty(folder: Path, what: str) -> None:
+    lock = WriterLock(folder)  # refused while another process writes it
+    lock.release()
+    aside = move_aside(folder)
+    folder.rmdir()
+    print(f"[collect] {folder} held {what}; moved it to {aside}", file=sys.stderr)
 
 
 def _check_existing_store(config: CollectConfig) -> CollectSummary | None:
     """Before loading any model: refuse a store made by a different command, naming the settings
-    that differ; a complete store made by this very command means there is nothing to do."""
+    that differ, a damaged store or a folder of other files; with ``--force`` move any of those
+    aside instead. A complete store made by this very command means there is nothing to do."""
+    try:
+        return _existing_store_state(config)
+    except (StoreMismatchError, NotAStoreError, DamagedStoreError) as exc:
+        local = local_path(config.out)
+        if not config.force or local is None or not local.is_dir():
+            raise
+        lock = WriterLock(local)  # refused while another process writes it
+        lock.release()
+        aside = move_aside(local)
+        local.rmdir()
+        reason = str(exc).split(";")[0].split(" (")[0]
+        print(f"[collect] --force: {reason}; moved it to {aside}", file=sys.stderr)
+        return None
+
+
+def _existing_store_state(config: CollectConfig) -> CollectSummary | None:
     attrs = _existing_store_attrs(config.out)
     if attrs is None or not isinstance(attrs.get("config"), dict):
         return None
@@ -100,21 +164,15 @@ def _check_existing_store(config: CollectConfig) -> CollectSummary | None:
         differences.append(
             f"the data file {config.benchmark_options.get('data')} changed since the store was collected"
         )
-    if differences and not attrs.get("complete") and int(attrs.get("n_examples", 0) or 0) == 0:
+    if differences and _holds_no_examples(attrs):
         # A collection that failed before its first example holds nothing: set it aside so that it
         # does not block the corrected command.
-        lock = WriterLock(Path(config.out))  # refused while another process writes it
-        lock.release()
-        aside = move_aside(Path(config.out))
-        Path(config.out).rmdir()
-        print(
-            f"[collect] {config.out} held an empty, failed collection; moved it to {aside}", file=sys.stderr
-        )
+        _set_aside_empty(Path(config.out), "an empty, failed collection")
         return None
     if differences:
         raise StoreMismatchError(
             f"{config.out} holds activations of a different collection ({'; '.join(differences)}). "
-            "Write to another --out, or delete the existing store to replace it."
+            "Write to another --out, or pass --force to move it aside (nothing is deleted)."
         )
     if attrs.get("complete"):
         return CollectSummary(
@@ -158,6 +216,9 @@ def run_collect(
     options = benchmark.parse_options(config.benchmark_options)
     # missing, empty or malformed data fails here, in full, before any weights load or any store exists
     check_all_examples(benchmark, config, options)
+    local = local_path(config.out)
+    if local is not None:
+        check_can_create(local)  # a read-only or unreachable --out stops here, before the weights load
     if adapter.n_layers:  # a declared adapter: check the layer and site before loading anything
         config = config.model_copy(update={"layer": adapter.resolve_site(config.layer, config.site)})
         done = _check_existing_store(config)
@@ -176,7 +237,15 @@ def run_collect(
     done = _check_existing_store(config)
     if done is not None:
         return done
-    return trace_into_store(config, loaded, layer, benchmark, options)
+    try:
+        return trace_into_store(config, loaded, layer, benchmark, options)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        raise ArtifactError(
+            f"{config.out}: cannot write the store ({describe_os_error(exc)}); the examples already "
+            "stored are kept: free space, then run the same command again to continue"
+        ) from None
 
 
 def check_all_examples(benchmark: Any, config: CollectConfig, options: Any) -> int:

@@ -66,16 +66,21 @@ def _user_files(folder: Path) -> list[str]:
 @dataclass(frozen=True)
 class Claimed:
     """What ``claim`` found: "new", "same" (made with the same identity: the caller may resume or
-    skip) or "superseded" (an earlier artifact of this kind was moved to ``moved_to``)."""
+    skip), "superseded" (an earlier artifact of this kind was moved to ``moved_to``) or "forced"
+    (files the tool did not write, or another kind of artifact, moved to ``moved_to`` by --force)."""
 
     state: str
     moved_to: Path | None = None
 
 
-def claim(folder: Path, kind: str, identity: str, *, option: str = "--out") -> Claimed:
+FORCE_HINT = "or pass --force to move it aside (nothing is deleted)"
+
+
+def claim(folder: Path, kind: str, identity: str, *, option: str = "--out", force: bool = False) -> Claimed:
     """Make ``folder`` this artifact's home (see :class:`Claimed`).
 
-    Refuses a folder holding files the tool did not write, or an artifact of another kind.
+    Refuses a folder holding files the tool did not write, or an artifact of another kind, unless
+    ``force``: then that folder is moved aside as a superseded one would be.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -85,14 +90,20 @@ def claim(folder: Path, kind: str, identity: str, *, option: str = "--out") -> C
         write_marker(folder, kind, identity)
         return Claimed("new")
     marker = read_marker(folder)
-    if marker is None:
-        shown = ", ".join(_user_files(folder)[:3])
+    if marker is None or marker.kind != kind:
+        if force:
+            aside = move_aside(folder)
+            write_marker(folder, kind, identity)
+            return Claimed("forced", aside)
+        if marker is None:
+            shown = ", ".join(_user_files(folder)[:3])
+            raise ArtifactError(
+                f"{folder} holds files scircuits did not write ({shown}...): it will not remove or "
+                f"overwrite them; choose another {option}, move them away, {FORCE_HINT}"
+            )
         raise ArtifactError(
-            f"{folder} holds files scircuits did not write ({shown}...): it will not remove or "
-            f"overwrite them; choose another {option} or move them away"
+            f"{folder} holds a {marker.kind} artifact, not a {kind}: choose another {option}, {FORCE_HINT}"
         )
-    if marker.kind != kind:
-        raise ArtifactError(f"{folder} holds a {marker.kind} artifact, not a {kind}: choose another {option}")
     if marker.identity == identity:
         return Claimed("same")
     aside = move_aside(folder)
@@ -116,10 +127,15 @@ def move_aside(folder: Path) -> Path:
 class FolderLock:
     """An exclusive lock on an artifact folder; a second writer is refused at once."""
 
-    def __init__(self, folder: Path, what: str = "artifact") -> None:
+    def __init__(self, folder: Path, what: str = "artifact", option: str = "--out") -> None:
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self._fd: int | None = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._fd: int | None = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ArtifactError(
+                f"{folder}: cannot write here ({describe_os_error(exc)}); choose another {option}"
+            ) from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -230,6 +246,38 @@ def check_writable(folder: Path, *, option: str = "--out") -> None:
         ) from None
 
 
+def check_can_create(path: Path, *, option: str = "--out") -> None:
+    """Prove that ``path`` (a folder, existing or not) can be written, creating nothing: a file is
+    written and removed in it, or in its nearest existing parent."""
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_dir():  # a name too long fails here (ENAMETOOLONG)
+            return  # the command's own check names what is there
+        probe_in = path
+        while not probe_in.exists():
+            if probe_in.parent == probe_in:
+                break
+            probe_in = probe_in.parent
+        if not probe_in.is_dir():
+            raise OSError(errno.ENOTDIR, "Not a directory", str(probe_in))
+        probe = tmp_name(probe_in / ".write-probe")
+        with open(probe, "wb") as fh:
+            fh.write(b"0" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
+        probe.unlink()
+    except OSError as exc:
+        raise ArtifactError(
+            f"{path}: cannot write here ({describe_os_error(exc)}); choose another {option}"
+        ) from None
+
+
+# Errors of where things are written (not of the tool): each gets a one-line message, not a traceback.
+DISK_ERRNOS = frozenset(
+    {errno.EACCES, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ENOTDIR, errno.EFBIG}
+)
+
+
 def describe_os_error(exc: OSError) -> str:
     reasons: dict[int, str] = {
         errno.EACCES: "permission denied",
@@ -238,5 +286,6 @@ def describe_os_error(exc: OSError) -> str:
         errno.EDQUOT: "disk quota exceeded",
         errno.ENAMETOOLONG: "the path is too long",
         errno.ENOTDIR: "a part of the path is a file",
+        errno.EFBIG: "the file is too large for the file system",
     }
     return reasons.get(exc.errno or -1, exc.strerror or str(exc))

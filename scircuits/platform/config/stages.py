@@ -142,7 +142,9 @@ def D(default: Any = None, description: str = "", **constraints: Any) -> Any:
 
 class CollectConfig(StageConfig):
     stage: ClassVar[str] = "collect"
-    volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "batch_size", "progress", "chunk_rows"})
+    volatile: ClassVar[frozenset[str]] = frozenset(
+        {"out", "device", "batch_size", "progress", "chunk_rows", "force"}
+    )
     located: ClassVar[frozenset[str]] = frozenset({"model_path"})
 
     plugin_fields: ClassVar[Mapping[str, str]] = {"model": "models", "benchmark": "benchmarks"}
@@ -167,12 +169,16 @@ class CollectConfig(StageConfig):
     out: str = D("activations.zarr", "Store path (a folder, or an fsspec URL).")
     chunk_rows: int | None = D(None, "Rows per store chunk of a new store (default: ~4 MiB of rows).", gt=0)
     progress: bool = D(True, "Show progress.")
+    force: bool = D(
+        False,
+        "Instead of refusing, move aside (not delete) a folder at --out that is not this collection's store.",
+    )
 
 
 class TrainConfig(StageConfig):
     stage: ClassVar[str] = "train"
     volatile: ClassVar[frozenset[str]] = frozenset(
-        {"out", "device", "resume", "progress", "nproc", "log_every", "checkpoint_every", "tracker"}
+        {"out", "device", "resume", "progress", "nproc", "log_every", "checkpoint_every", "tracker", "force"}
     )
     located: ClassVar[frozenset[str]] = frozenset({"store"})
     plugin_fields: ClassVar[Mapping[str, str]] = {"sae": "saes"}
@@ -206,11 +212,15 @@ class TrainConfig(StageConfig):
     checkpoint_every: int = D(500, "Steps between resumable checkpoints.", gt=0)
     decay_fraction: float = D(0.2, "Final share of steps with a linear learning-rate decay.", ge=0, le=1)
     tracker: Literal["none", "wandb", "tensorboard"] = D("none", "Also log to wandb or tensorboard.")
+    force: bool = D(
+        False,
+        "Instead of refusing, move aside (not delete) a folder of other files, or an unresumed state.",
+    )
 
 
 class AblateConfig(StageConfig):
     stage: ClassVar[str] = "ablate"
-    volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "batch_size", "progress"})
+    volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "batch_size", "progress", "force"})
     located: ClassVar[frozenset[str]] = frozenset({"sae", "store", "model_path"})
     plugin_fields: ClassVar[Mapping[str, str]] = {
         "model": "models",
@@ -283,6 +293,9 @@ class AblateConfig(StageConfig):
     model_path: str | None = D(None, "Load the weights from this local folder.")
     out: str = D("causal", "Output folder.")
     progress: bool = D(True, "Show progress.")
+    force: bool = D(
+        False, "Move aside (never delete) a folder at --out that scircuits did not write instead of refusing."
+    )
 
 
 # ----------------------------------------------------------------------------- the run
@@ -325,7 +338,7 @@ def section(
 
 
 RUN_SHARED = {"model", "benchmark", "benchmark_options", "layer", "site", "seed", "device", "model_path"}
-RUN_SETS = {"out", "progress"}
+RUN_SETS = {"out", "progress", "force"}
 
 RunCollect = section(
     "RunCollect",
@@ -393,7 +406,7 @@ def flat_run_names() -> dict[str, tuple[str, str]]:
 
 class RunConfig(StageConfig):
     stage: ClassVar[str] = "run"
-    volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "progress"})
+    volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "progress", "force"})
     located: ClassVar[frozenset[str]] = frozenset({"model_path"})
     plugin_fields: ClassVar[Mapping[str, str]] = {"model": "models", "benchmark": "benchmarks"}
     # fields of the sections that name a plugin object -> its family
@@ -414,6 +427,9 @@ class RunConfig(StageConfig):
     remote: bool = D(False, "Collect on NDIF (the causal stage needs local weights).")
     out: str = D("runs", "Parent folder of the run directory.")
     progress: bool = D(True, "Show progress.")
+    force: bool = D(
+        False, "Move aside (never delete) what a stage cannot prove it wrote instead of refusing."
+    )
     collect: RunCollect = D(RunCollect, "Collection settings (the [run.collect] table).")  # type: ignore[valid-type]
     train: RunTrain = D(RunTrain, "SAE training settings (the [run.train] table).")  # type: ignore[valid-type]
     ablate: RunAblate = D(RunAblate, "Causal-study settings (the [run.ablate] table).")  # type: ignore[valid-type]

@@ -27,14 +27,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scircuits.platform.common.artifacts import FolderLock, check_writable, move_aside
+from scircuits.platform.common.artifacts import (
+    LOCK_FILE,
+    MARKER_FILE,
+    ArtifactError,
+    FolderLock,
+    check_writable,
+    move_aside,
+    read_marker,
+    remove_orphans,
+    write_marker,
+)
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.provenance import now_iso
 from scircuits.platform.config import RunConfig, StageConfig
 from scircuits.platform.contract.errors import ConfigError, WeightsUnavailableError
 from scircuits.platform.contract.hf_loading import check_weights_available, config_sizes
 from scircuits.platform.pipeline.stages import STAGES, PlanContext, Stage
-from scircuits.platform.pipeline.state import PipelineState
+from scircuits.platform.pipeline.state import STATE_FILE, PipelineState
+from scircuits.platform.report.document import REPORT_HTML, REPORT_MD
 
 
 def run_dir_name(model: str, benchmark: str, site: str, layer: int) -> str:
@@ -72,10 +83,24 @@ def resolve_layer(adapter: Any, config: RunConfig) -> int:
 
 
 def config_layer_count(source: str) -> int:
+    return model_config_sizes(source)[0]
+
+
+def model_width(adapter: Any, config: RunConfig) -> int:
+    """The model's width, known before any weights load (0 when its configuration cannot be read)."""
+    if getattr(adapter, "d_model", 0):
+        return int(adapter.d_model)
+    try:
+        return model_config_sizes(config.model_path or adapter.hf_id)[1]
+    except (WeightsUnavailableError, ConfigError):
+        return 0
+
+
+def model_config_sizes(source: str) -> tuple[int, int]:
     from transformers import AutoConfig
 
     try:
-        return config_sizes(AutoConfig.from_pretrained(source))[0]
+        return config_sizes(AutoConfig.from_pretrained(source))
     except OSError as exc:
         raise WeightsUnavailableError(
             f"cannot read the configuration of {source}: {exc}. Give --model-path "
@@ -111,11 +136,11 @@ def set_aside(path: Path) -> Path | None:
     return aside
 
 
-def validate_settings(the_plan: Plan, plugins: Any, adapter: Any) -> None:
+def validate_settings(the_plan: Plan, plugins: Any, adapter: Any, d_model: int) -> None:
     """Every setting that can be checked without the weights, before the run directory is touched:
-    plugin names, SAE hyperparameters against the variant, the ablation, top-k against d_sae."""
+    plugin names, SAE hyperparameters against the variant, the ablation, top-k against d_sae
+    (``d_model``: the model's width, 0 when unknown)."""
     train_config, ablate_config = the_plan.configs.get("train"), the_plan.configs.get("ablate")
-    d_model = int(getattr(adapter, "d_model", 0) or 0)
     d_sae = None
     if train_config is not None:
         variant = plugins.saes.get(train_config.sae)
@@ -140,6 +165,31 @@ def validate_settings(the_plan: Plan, plugins: Any, adapter: Any) -> None:
             )
 
 
+RUN_ENTRIES = frozenset(
+    {stage.artifact_name for stage in STAGES}
+    | {STATE_FILE, REPORT_MD, REPORT_HTML, "figures", "dashboard", MARKER_FILE, LOCK_FILE}
+)
+
+
+def claim_run_dir(run_dir: Path, force: bool) -> None:
+    """A run directory that holds neither a run marker nor any run artifact but other files is not
+    a run the tool wrote: refused, or moved aside with ``--force``."""
+    if not run_dir.is_dir() or read_marker(run_dir) is not None:
+        return
+    names = sorted(
+        p.name for p in run_dir.iterdir() if ".superseded-" not in p.name and ".tmp-" not in p.name
+    )
+    if not names or any(name in RUN_ENTRIES for name in names):
+        return
+    if not force:
+        raise ArtifactError(
+            f"{run_dir} holds files scircuits did not write ({', '.join(names[:3])}) and no run: it will "
+            f"not write a run among them; choose another --out, or pass --force to move them aside"
+        )
+    aside = move_aside(run_dir)
+    say(f"--force: {run_dir} held files scircuits did not write; moved them to {aside}")
+
+
 def say(message: str) -> None:
     print(f"[run] {message}", file=sys.stderr, flush=True)
 
@@ -159,16 +209,16 @@ def check_model_weights(config: RunConfig, plugins: Any) -> None:
 
 
 def check_examples(the_plan: Plan, plugins: Any) -> None:
-    """Ask the benchmark for the first example of each stage that reads one now, so that bad
-    benchmark options or splits stop the run before any work."""
+    """Read every example each stage will read, so that bad benchmark options, splits or a bad line
+    anywhere in a data file stop the run before any work."""
     for stage in the_plan.configs.values():
         if stage is None or not hasattr(stage, "benchmark"):
             continue
         benchmark = plugins.benchmarks.get(stage.benchmark)
-        first = next(
-            iter(benchmark.examples(stage.split, stage.limit, stage.seed, stage.benchmark_options)), None
+        count = sum(
+            1 for _ in benchmark.examples(stage.split, stage.limit, stage.seed, stage.benchmark_options)
         )
-        if first is None:
+        if count == 0:
             raise ConfigError(
                 f"benchmark {stage.benchmark!r} gives no examples for split {stage.split!r} "
                 f"with options {stage.benchmark_options}"
@@ -190,7 +240,9 @@ def run_stage(
             state.record(stage.name, started_key=key, completed_key=key, completed=now_iso())
         return True
     same_start = recorded.started_key == key or (upstream_current and stage.started(run_dir, config))
-    if artifact.exists() and not (stage.resumable and same_start):
+    # An artifact started under this key is the stage's own: a resumable stage continues it, another
+    # stage rewrites it in place (its writer claims the folder as "same").
+    if artifact.exists() and not same_start:
         aside = set_aside(artifact)
         if aside is not None:
             say(f"{stage.name}: {artifact} was made with other settings; moved it to {aside}")
@@ -209,12 +261,17 @@ def run_pipeline(config: RunConfig, plugins: Any) -> Path:
     config = config.with_plugin_defaults(plugins)  # before any hash: what is recorded names what runs
     the_plan = plan(config, plugins)
     check_device(config.device)
-    validate_settings(the_plan, plugins, plugins.models.get(config.model))
+    adapter = plugins.models.get(config.model)
+    validate_settings(the_plan, plugins, adapter, model_width(adapter, config))
     check_model_weights(config, plugins)
     check_examples(the_plan, plugins)
     run_dir = the_plan.run_dir
+    claim_run_dir(run_dir, config.force)
     check_writable(run_dir, option="--out")
     with FolderLock(run_dir, "run"):
+        remove_orphans(run_dir)
+        if read_marker(run_dir) is None:
+            write_marker(run_dir, "run", "run")  # a run directory's stages carry their own identities
         state = PipelineState(run_dir)
         state.set_run_config(config.model_dump(mode="json"))
         say(f"run directory {run_dir}")

@@ -102,6 +102,7 @@ class CollectStage(Stage):
                 "remote": run.remote,
                 "out": str(self.artifact(context.run_dir)),
                 "progress": run.progress,
+                "force": run.force,
             }
         )
 
@@ -146,6 +147,7 @@ class TrainStage(Stage):
             device=run.device,
             out=str(self.artifact(context.run_dir)),
             progress=run.progress,
+            force=run.force,
         )
 
     def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
@@ -181,12 +183,18 @@ class AblateStage(Stage):
                 "split": run.split,
                 "out": str(self.artifact(context.run_dir)),
                 "progress": run.progress,
+                "force": run.force,
             }
         )
 
     def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
         assert config is not None
         return recorded_config_hash(self.artifact(run_dir)) == config.config_hash()
+
+    def started(self, run_dir: Path, config: StageConfig | None) -> bool:
+        assert config is not None
+        marker = read_marker(self.artifact(run_dir))
+        return marker is not None and marker.identity == config.config_hash()
 
     def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
         ablate_module.run_ablate(config, plugins)

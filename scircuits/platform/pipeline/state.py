@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from scircuits.platform.common.artifacts import write_text_atomic
+
 STATE_FILE = "pipeline.json"
 
 
@@ -54,6 +56,6 @@ class PipelineState:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data.model_dump(mode="json", exclude_none=False), indent=2))
-        tmp.replace(self.path)
+        write_text_atomic(
+            self.path, json.dumps(self.data.model_dump(mode="json", exclude_none=False), indent=2)
+        )

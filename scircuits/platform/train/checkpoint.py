@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -82,13 +83,36 @@ def write_json_atomic(path: Path, data: Any) -> None:
     _publish(tmp, path)
 
 
+def save_tensors(
+    tensors: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """safetensors' save_file, whose I/O failures (a full disk) are raised as the OSError they are:
+    safetensors wraps them in a SafetensorError that names the errno only in its text."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata
+        )
+    except SafetensorError as exc:
+        Path(path).unlink(missing_ok=True)
+        found = re.search(r"os error (\d+)", str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
 def write_tensors_atomic(
     path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
-    from safetensors.torch import save_file
-
     tmp = _tmp_path(path)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    try:
+        save_tensors(tensors, tmp, metadata=metadata)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     _publish(tmp, path)
 
 
@@ -190,9 +214,10 @@ def is_complete(out_dir: str | Path, config_hash: str | None = None) -> bool:
     return bool(meta.get("complete")) and (config_hash is None or meta.get("config_hash") == config_hash)
 
 
-def claim_checkpoint(out_dir: str | Path, config_hash: str) -> Claimed:
+def claim_checkpoint(out_dir: str | Path, config_hash: str, *, force: bool = False) -> Claimed:
     """Make ``out_dir`` the home of the checkpoint of ``config_hash`` (artifacts.claim): a folder of
-    the user's files is refused, a checkpoint of other settings is moved aside. A checkpoint written
+    the user's files is refused (moved aside with ``force``), a checkpoint of other settings is moved
+    aside. A checkpoint written
     before markers existed is recognised by its scircuits.json."""
     out = Path(out_dir)
     if out.is_dir() and read_marker(out) is None and (out / META_FILE).is_file():
@@ -202,7 +227,7 @@ def claim_checkpoint(out_dir: str | Path, config_hash: str) -> Claimed:
             meta = {}
         if meta.get("format") == CHECKPOINT_FORMAT:
             write_marker(out, "sae", str(meta.get("config_hash")))
-    return claim(out, "sae", config_hash)
+    return claim(out, "sae", config_hash, force=force)
 
 
 def saelens_reader(variants: Registry[SAEVariant], architecture: str, where: Path) -> SAEVariant:
@@ -296,8 +321,6 @@ def save_training_state(
 ) -> None:
     """Write the tensors and their metadata into a staging folder and publish it as
     ``training_state/`` by one rename, so a kill at any point leaves the old state or the new one."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     staging = out / f".{STATE_DIR}.tmp-{os.getpid()}"
@@ -305,10 +328,7 @@ def save_training_state(
         shutil.rmtree(staging)
     try:
         staging.mkdir()
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-            str(staging / Path(STATE_WEIGHTS_FILE).name),
-        )
+        save_tensors(tensors, staging / Path(STATE_WEIGHTS_FILE).name)
         (staging / Path(STATE_META_FILE).name).write_text(
             json.dumps({**base_provenance(), **dict(meta)}, indent=2, sort_keys=True, default=str) + "\n"
         )

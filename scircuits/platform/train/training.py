@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from scircuits.platform.common.artifacts import FolderLock, read_marker
+from scircuits.platform.common.artifacts import FolderLock, move_aside, read_marker, write_marker
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import TrainConfig
@@ -314,12 +314,14 @@ def train(config: TrainConfig, plugins: PluginSet, *, stop_after_steps: int | No
                 f"(hash {marker.identity}, now {config.config_hash()}); use another --out "
                 "or drop --resume to start over (the old one is then moved aside)"
             )
-        claimed = ckpt.claim_checkpoint(out, config.config_hash())
+        claimed = ckpt.claim_checkpoint(out, config.config_hash(), force=config.force)
         if claimed.moved_to:
-            print(
-                f"[train] {out} held a checkpoint made with other settings; moved it to {claimed.moved_to}",
-                file=sys.stderr,
+            held = (
+                "files scircuits did not write"
+                if claimed.state == "forced"
+                else "a checkpoint made with other settings"
             )
+            print(f"[train] {out} held {held}; moved it to {claimed.moved_to}", file=sys.stderr)
         if ckpt.is_complete(out, config.config_hash()):
             print(
                 f"[train] {out} already holds a complete checkpoint for this config; skipping",
@@ -327,10 +329,14 @@ def train(config: TrainConfig, plugins: PluginSet, *, stop_after_steps: int | No
             )
             return out
         if not config.resume and ckpt.has_training_state(out):
-            raise ConfigError(
-                f"{out / ckpt.STATE_DIR} holds a saved training state of this config; add --resume to "
-                f"continue it, or remove {out / ckpt.STATE_DIR} to start over"
-            )
+            if not config.force:
+                raise ConfigError(
+                    f"{out / ckpt.STATE_DIR} holds a saved training state of this config; add --resume to "
+                    "continue it, or --force to move it aside and start over"
+                )
+            aside = move_aside(out)
+            write_marker(out, "sae", config.config_hash())
+            print(f"[train] --force: moved the unresumed training state in {out} to {aside}", file=sys.stderr)
         return _train_checked(config, plugins, stop_after_steps)
 
 
