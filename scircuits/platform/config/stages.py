@@ -212,6 +212,13 @@ class TrainConfig(StageConfig):
     decay_fraction: float = D(0.2, "Final share of steps with a linear learning-rate decay.", ge=0, le=1)
     tracker: Literal["none", "wandb", "tensorboard"] = D("none", "Also log to wandb or tensorboard.")
 
+    # bumped when the same settings train differently (2: seeds split into init and data streams,
+    # issue 11), so a checkpoint of the older recipe is not taken as this config's
+    recipe: ClassVar[int] = 2
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "recipe": self.recipe}
+
 
 class AblateConfig(StageConfig):
     stage: ClassVar[str] = "ablate"
@@ -324,7 +331,7 @@ RunTrain = section(
     "RunTrain",
     TrainConfig,
     RUN_SETS | {"store", "seed", "device", "resume"},
-    {"tokens": 1_200_000, "expansion": 4, "lr": 1e-3, "warmup_steps": None},
+    {"tokens": 1_200_000, "expansion": 4, "warmup_steps": None},
     {
         "sae": plugin_default_help("SAE variant to train", "saes"),
         "tokens": "SAE training tokens.",
