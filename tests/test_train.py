@@ -140,20 +140,23 @@ def test_training_streams_batches_from_the_reader(store, tmp_path, monkeypatch):
 def test_the_default_learning_rate_rule():
     assert width_scaled_lr(2**14) == pytest.approx(2e-4)
     assert width_scaled_lr(4 * 2**14) == pytest.approx(1e-4)
-    # sparsify's width rule at a 256-token batch, square-root batch scaling above it
-    assert default_lr(2**14, 256) == pytest.approx(2e-4)
-    assert default_lr(1024, 4096) == pytest.approx(3.2e-3)  # the issue 11 planted check at the defaults
-    assert default_lr(1024, 1024) == pytest.approx(1.6e-3)
-    assert default_lr(4 * 1024, 1024) == pytest.approx(0.8e-3)
+    # sparsify's width rule at a 64-token batch, square-root batch scaling from there
+    assert default_lr(2**14, 64) == pytest.approx(2e-4)
+    assert default_lr(1024, 4096) == pytest.approx(6.4e-3)  # the issue 11 planted check at the defaults
+    assert default_lr(1024, 1024) == pytest.approx(3.2e-3)
+    assert default_lr(4 * 1024, 1024) == pytest.approx(1.6e-3)
+    assert default_lr(2**14, 4096) == pytest.approx(1.6e-3)
     with pytest.raises(ValueError):
         default_lr(1024, 0)
 
 
 def test_without_lr_the_rule_is_used_and_recorded(store, tmp_path):
     assert TrainConfig(store="s").lr is None and TrainConfig(store="s").warmup_steps is None
-    out = train(config(store, tmp_path / "sae", lr=None, warmup_steps=None, epochs=1), get_plugins())
+    out = train(
+        config(store, tmp_path / "sae", lr=None, warmup_steps=None, batch_size=128, epochs=1), get_plugins()
+    )
     meta = json.loads((out / META_FILE).read_text())
-    expected = 2e-4 / (2 * D_MODEL / 2**14) ** 0.5 * (64 / 256) ** 0.5
+    expected = 2e-4 / (2 * D_MODEL / 2**14) ** 0.5 * (128 / 64) ** 0.5
     assert meta["train_config"]["lr"] == pytest.approx(expected)
     assert meta["lr_rule"] == LR_RULE
     steps = meta["steps"]

@@ -183,7 +183,7 @@ class TrainConfig(StageConfig):
     expansion: int = D(8, "d_sae = expansion x d_model.", gt=0)
     lr: float | None = D(
         None,
-        "Adam learning rate; default: 2e-4 * sqrt(2**14 / d_sae) * sqrt(batch_size / 256) (sparsify's "
+        "Adam learning rate; default: 2e-4 * sqrt(2**14 / d_sae) * sqrt(batch_size / 64) (sparsify's "
         "width rule with square-root batch scaling; docs/training.md).",
         gt=0,
     )
