@@ -64,10 +64,11 @@ class HardPlantedSetup(BaseModel):
     noise: float = Field(default=0.05, ge=0)
     k: int = Field(default=8, gt=0)  # for topk / batchtopk
     # training tokens (passes over the pool): about 12 s of one core per variant; at a third of this
-    # topk reached MCC 0.888, here 0.907
+    # topk reached MCC 0.888, here 0.907 (width rule alone, 1.6e-3); 0.909 with the default rule (3.2e-3)
     n_tokens: int = Field(default=1_179_648, gt=0)
     pool_tokens: int = Field(default=65_536, gt=0)  # distinct training tokens drawn
-    # 4,608 steps; with a third of the tokens, batch 1024 (384 steps) gave topk MCC 0.77 and 256 gave 0.89
+    # 4,608 steps; with a third of the tokens and the width rule alone, batch 1024 (384 steps) gave topk
+    # MCC 0.77 and 256 gave 0.89
     batch_size: int = Field(default=256, gt=0)
     eval_tokens: int = Field(default=8192, gt=0)
     kmeans_tokens: int = Field(default=16384, gt=0)
