@@ -11,8 +11,9 @@ deviation 0.05 per dimension; 131,072 tokens in 1,024 examples of 128 tokens. Th
 ``source="synthetic"``. ``score`` compares the checkpoint's decoder rows with the atoms: MMCS, the
 share of atoms whose best cosine exceeds 0.9, and one-to-one (Hungarian) MCC.
 
-Measured 2026-11-26 (seed 1234, topk k 8, expansion 8, 1.5M tokens, learning rate by the width rule,
-8e-4 at d_sae 1024), on a shared 2-core CPU:
+bench/planted_defaults.py runs the acceptance check as one table (the defaults and alternatives).
+Measured 2026-11-26 before the batch factor of the default rule (seed 1234, topk k 8, expansion 8,
+1.5M tokens, lr by the width rule alone, 8e-4 at d_sae 1024), on a shared 2-core CPU:
 - `--batch-size 1024` (1,465 steps): 85.0% of atoms at cosine > 0.9, MMCS 0.954, MCC 0.951, FVU 0.07;
 - the default batch 4,096 (367 steps): 29.1%, MMCS 0.763, MCC 0.752, FVU 0.13;
 - `--batch-size 1024 --lr 1.6e-3` (twice the rule): 96.1%, MMCS 0.977, MCC 0.974, FVU 0.063.

@@ -103,7 +103,7 @@ def test_small_table_end_to_end():
     assert names == ["random decoder", "spherical k-means", "topk"]
     random_row, _, topk = table.rows
     assert topk.kind == "sae" and topk.hparams == {"k": 4} and topk.l0 == pytest.approx(4.0)
-    assert topk.lr == pytest.approx(2e-4 / math.sqrt(128 / 2**14))
+    assert topk.lr == pytest.approx(2e-4 / math.sqrt(128 / 2**14) * math.sqrt(256 / 64))  # the default rule
     assert topk.mcc > random_row.mcc + 0.1
     assert topk.passed == (topk.mcc >= 0.9) and (topk.passed or topk.note)
     assert 1.5 < table.true_l0 < 3.5

@@ -106,6 +106,26 @@ def test_unit_norm_decoder_is_kept(name):
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-5)
 
 
+def test_jumprelu_decoder_rows_stay_unit_norm_through_training():
+    """Over many Adam steps of the training loop (not one hand-made step): with the norms fixed the
+    thresholds and the kernel bandwidth stay in the units of the pre-activations."""
+    from scircuits.platform.train.training import SAETrainer
+
+    torch.manual_seed(0)
+    sae = build("jumprelu", l0=0.01, init_threshold=0.1, bandwidth=0.05)
+    trainer = SAETrainer(sae, lr=1e-2, total_steps=60, warmup_steps=5)
+    x = torch.randn(2048, 16) * 3.0
+    trainer.initialize_from_sample(x)
+    start = sae.W_enc.detach().clone()
+    for step in range(60):
+        trainer.train_step(x[(step * 128) % 2048 :][:128])
+    assert not torch.equal(sae.W_enc, start)  # it trained
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-5)
+    # the saved copy applies to raw activations: its rows all have norm 1 / input scale
+    folded = trainer.folded_copy()
+    assert torch.allclose(folded.W_dec.norm(dim=1), torch.full((64,), 1 / trainer.scale), rtol=1e-5)
+
+
 def test_sparse_topk_kernels_match_the_dense_fallback():
     torch.manual_seed(0)
     d, m, k = 24, 96, 6

@@ -13,7 +13,17 @@ from scircuits.platform.config import TrainConfig
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.manager.plugin_set import get_plugins
 from scircuits.platform.train.checkpoint import LOG_FILE, META_FILE, STATE_META_FILE, WEIGHTS_FILE, load_sae
-from scircuits.platform.train.training import apply_preset, geometric_median, train, width_scaled_lr
+from scircuits.platform.train.training import (
+    LR_RULE,
+    SAETrainer,
+    apply_preset,
+    default_lr,
+    derived_seeds,
+    geometric_median,
+    train,
+    width_scaled_lr,
+)
+from scircuits.store import ActivationStore
 from scircuits.store.synthetic import write_synthetic_store
 
 D_MODEL = 16
@@ -109,8 +119,6 @@ def test_resume_refuses_a_state_of_another_config(store, tmp_path):
 
 
 def test_training_streams_batches_from_the_reader(store, tmp_path, monkeypatch):
-    from scircuits.store import ActivationStore
-
     requested: list[int] = []
     original = ActivationStore.iter_batches
 
@@ -129,19 +137,60 @@ def test_training_streams_batches_from_the_reader(store, tmp_path, monkeypatch):
     assert 64 in requested
 
 
-def test_the_width_rule_learning_rate(store, tmp_path):
+def test_the_default_learning_rate_rule():
     assert width_scaled_lr(2**14) == pytest.approx(2e-4)
-    assert width_scaled_lr(1024) == pytest.approx(8e-4)  # 512 atoms x 2 in the issue 11 check
     assert width_scaled_lr(4 * 2**14) == pytest.approx(1e-4)
-    out = train(config(store, tmp_path / "sae", lr=None, epochs=1), get_plugins())
+    # sparsify's width rule at a 64-token batch, square-root batch scaling from there
+    assert default_lr(2**14, 64) == pytest.approx(2e-4)
+    assert default_lr(1024, 4096) == pytest.approx(6.4e-3)  # the issue 11 planted check at the defaults
+    assert default_lr(1024, 1024) == pytest.approx(3.2e-3)
+    assert default_lr(4 * 1024, 1024) == pytest.approx(1.6e-3)
+    assert default_lr(2**14, 4096) == pytest.approx(1.6e-3)
+    with pytest.raises(ValueError):
+        default_lr(1024, 0)
+
+
+def test_without_lr_the_rule_is_used_and_recorded(store, tmp_path):
+    assert TrainConfig(store="s").lr is None and TrainConfig(store="s").warmup_steps is None
+    out = train(
+        config(store, tmp_path / "sae", lr=None, warmup_steps=None, batch_size=128, epochs=1), get_plugins()
+    )
     meta = json.loads((out / META_FILE).read_text())
-    expected = 2e-4 / (2 * D_MODEL / 2**14) ** 0.5
+    expected = 2e-4 / (2 * D_MODEL / 2**14) ** 0.5 * (128 / 64) ** 0.5
     assert meta["train_config"]["lr"] == pytest.approx(expected)
-    assert meta["lr_rule"].startswith("width")
+    assert meta["lr_rule"] == LR_RULE
+    steps = meta["steps"]
+    assert meta["train_config"]["warmup_steps"] == max(1, steps // 10)
     first = json.loads((out / LOG_FILE).read_text().splitlines()[0])
-    assert first["lr"] == pytest.approx(expected)  # warm-up over 5 steps: step 5 runs at the full rate
+    # the first log line is at step 5, past a warm-up of max(1, steps // 10) = 1 step: the full rate
+    assert first["lr"] == pytest.approx(expected)
     given = train(config(store, tmp_path / "given", lr=1e-3, epochs=1), get_plugins())
-    assert json.loads((given / META_FILE).read_text())["train_config"]["lr"] == 1e-3
+    given_meta = json.loads((given / META_FILE).read_text())
+    assert given_meta["train_config"]["lr"] == 1e-3 and given_meta["lr_rule"] == "given"
+
+
+def test_initialisation_and_batch_order_have_independent_seeds(store, tmp_path, monkeypatch):
+    seeds = derived_seeds(0)
+    assert seeds.init != seeds.data and derived_seeds(0) == seeds and derived_seeds(1) != seeds
+    initial, batch_seeds = [], []
+    original_init, original_iter = SAETrainer.initialize_from_sample, ActivationStore.iter_batches
+
+    def spy_init(self, x_raw):
+        initial.append(self.sae.W_dec.detach().clone())
+        return original_init(self, x_raw)
+
+    def spy_iter(self, *args, **kwargs):
+        batch_seeds.append(kwargs["seed"])
+        return original_iter(self, *args, **kwargs)
+
+    monkeypatch.setattr(SAETrainer, "initialize_from_sample", spy_init)
+    monkeypatch.setattr(ActivationStore, "iter_batches", spy_iter)
+    out = train(config(store, tmp_path / "sae", epochs=1), get_plugins())
+    assert json.loads((out / META_FILE).read_text())["seeds"] == {"seed": 0, **seeds._asdict()}
+    assert batch_seeds and set(batch_seeds) == {seeds.data}
+    torch.manual_seed(seeds.init)
+    expected = get_plugins().saes.get("topk").build(D_MODEL, 2 * D_MODEL, {"k": 4}).W_dec
+    assert torch.equal(initial[0], expected)
 
 
 def test_phase4_preset():

@@ -188,7 +188,10 @@ class TrainConfig(StageConfig):
     hparams: dict[str, Any] = D(dict, "Variant hyperparameters (k, l1, ...).")
     expansion: int = D(8, "d_sae = expansion x d_model.", gt=0)
     lr: float | None = D(
-        1e-4, "Adam learning rate (None: the width rule 2e-4 / sqrt(d_sae / 2**14), sparsify's).", gt=0
+        None,
+        "Adam learning rate; default: 2e-4 * sqrt(2**14 / d_sae) * sqrt(batch_size / 64) (sparsify's "
+        "width rule with square-root batch scaling; docs/training.md).",
+        gt=0,
     )
     batch_size: int = D(4096, "Global batch in tokens (split evenly over --nproc processes).", gt=0)
     epochs: int | None = D(None, "Passes over the training split.", gt=0)
@@ -196,12 +199,14 @@ class TrainConfig(StageConfig):
     eval_fraction: float = D(0.05, "Share of examples held out for evaluation.", ge=0, lt=1)
     eval_every: int = D(200, "Steps between evaluations.", gt=0)
     log_every: int = D(50, "Steps between training-log lines.", gt=0)
-    warmup_steps: int = D(100, "Linear learning-rate warm-up steps.", ge=0)
+    warmup_steps: int | None = D(
+        None, "Linear learning-rate warm-up steps; default: a tenth of the steps, at most 100.", ge=0
+    )
     grad_clip: float | None = D(1.0, "Clip the gradient norm to this (none: no clipping).")
     bf16: bool = D(False, "bfloat16 encoder product (float32 weights).")
     device: str = D("cpu", "cpu, cuda, cuda:0; a comma list spreads several SAEs over devices.")
     nproc: int = D(1, "Data-parallel processes (torch.distributed DDP) for one SAE.", gt=0)
-    seed: int = D(0, "Seed of initialisation and batch order.")
+    seed: int = D(0, "Seed; initialisation and batch order draw from independent streams derived from it.")
     resume: bool = D(False, "Continue from the last checkpoint in --out.")
     preset: str | None = D(
         None, "A named preset of the variant's hyperparameters (see `scircuits saes --json`)."
@@ -216,6 +221,13 @@ class TrainConfig(StageConfig):
         False,
         "Instead of refusing, move aside (not delete) a folder of other files, or an unresumed state.",
     )
+
+    # bumped when the same settings train differently (2: seeds split into init and data streams,
+    # issue 11), so a checkpoint of the older recipe is not taken as this config's
+    recipe: ClassVar[int] = 2
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "recipe": self.recipe}
 
 
 class AblateConfig(StageConfig):
@@ -355,7 +367,7 @@ RunTrain = section(
     "RunTrain",
     TrainConfig,
     RUN_SETS | {"store", "seed", "device", "resume"},
-    {"tokens": 1_200_000, "expansion": 4, "lr": 1e-3, "warmup_steps": None},
+    {"tokens": 1_200_000, "expansion": 4, "warmup_steps": None},
     {
         "sae": plugin_default_help("SAE variant to train", "saes"),
         "tokens": "SAE training tokens.",

@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -54,24 +54,65 @@ from scircuits.store import ActivationStore
 
 INIT_SAMPLE_TOKENS = 16384
 
-# The default learning rate follows the SAE's width (sparsify's rule): 2e-4 at 2**14 latents, scaled
-# by 1/sqrt(d_sae / 2**14). A fixed rate under-trains small SAEs: on a planted dictionary of 512 atoms
-# in 128 dimensions (d_sae 1024) 1e-4 recovered no atom at cosine > 0.9 where this rule's 8e-4
-# recovered 98% (issue 11).
+# The default learning rate (issue 11; docs/training.md). Two factors:
+# - width (sparsify's rule, after Gao et al. 2024): 2e-4 at 2**14 latents, times 1/sqrt(d_sae / 2**14);
+# - batch (the square-root rule for Adam, Malladi et al. 2022): times sqrt(batch_size / 64), so that
+#   sparsify's value is the rate at a 64-token batch.
+# The batch anchor is our calibration, not sparsify's (whose batches are far larger): on the planted
+# dictionary of bench/planted_defaults.py (512 atoms in 128 dimensions, d_sae 1024, 1.5M tokens at the
+# default batch of 4096, 366 steps) the width rule alone (8e-4) recovered 29% of the atoms at cosine
+# > 0.9; 1.6e-3 75%, 3.2e-3 94%, 4.8e-3 96%, 6.4e-3 (this rule) 96%.
 WIDTH_RULE_LR = 2e-4
 WIDTH_RULE_LATENTS = 2**14
+BATCH_RULE_TOKENS = 64
+LR_RULE = "2e-4 * sqrt(2**14 / d_sae) * sqrt(batch_size / 64)"
 
 
 def width_scaled_lr(d_sae: int) -> float:
-    """The default Adam learning rate of an SAE with ``d_sae`` latents."""
+    """sparsify's width rule: the Adam learning rate of an SAE with ``d_sae`` latents at a 64-token batch."""
     if d_sae < 1:
         raise ValueError(f"d_sae must be positive, got {d_sae}")
     return WIDTH_RULE_LR / math.sqrt(d_sae / WIDTH_RULE_LATENTS)
 
 
+def default_lr(d_sae: int, batch_size: int) -> float:
+    """The default Adam learning rate (``LR_RULE``) of an SAE with ``d_sae`` latents trained on
+    batches of ``batch_size`` tokens."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    return width_scaled_lr(d_sae) * math.sqrt(batch_size / BATCH_RULE_TOKENS)
+
+
 def resolved_lr(config: TrainConfig, d_sae: int) -> float:
-    """``config.lr`` when given, else the width rule."""
-    return config.lr if config.lr is not None else width_scaled_lr(d_sae)
+    """``config.lr`` when given, else the default rule at ``config.batch_size``."""
+    return config.lr if config.lr is not None else default_lr(d_sae, config.batch_size)
+
+
+def default_warmup_steps(total_steps: int) -> int:
+    """Warm-up when none is given: a tenth of the steps, at most 100."""
+    return min(100, max(1, total_steps // 10))
+
+
+def resolved_warmup_steps(config: TrainConfig, total_steps: int) -> int:
+    return config.warmup_steps if config.warmup_steps is not None else default_warmup_steps(total_steps)
+
+
+class TrainSeeds(NamedTuple):
+    """Independent seeds derived from ``--seed``: SAE initialisation (torch) and batch order (store)."""
+
+    init: int
+    data: int
+
+
+def derived_seeds(seed: int) -> TrainSeeds:
+    """Two independent streams of one seed (numpy ``SeedSequence.spawn``), so that changing how the
+    data are shuffled never correlates with how the weights are drawn."""
+    import numpy as np
+
+    init, data = (
+        int(child.generate_state(1, np.uint32)[0]) for child in np.random.SeedSequence(seed).spawn(2)
+    )
+    return TrainSeeds(init=init, data=data)
 
 
 # -- the optimiser loop --------------------------------------------------------------------------
@@ -377,7 +418,8 @@ def open_store(path: str) -> ActivationStore:
 def _train_rank(
     config: TrainConfig, variant: SAEVariant, dist: DistContext, stop_after_steps: int | None
 ) -> None:
-    torch.manual_seed(config.seed)
+    seeds = derived_seeds(config.seed)
+    torch.manual_seed(seeds.init)
     out = Path(config.out)
     store = open_store(config.store)
     if not store.complete:
@@ -413,11 +455,12 @@ def _train_rank(
     sae = variant.build(d_in, config.expansion * d_in, config.hparams).to(dist.device)
     sae.encoder_bf16 = config.bf16
     lr = resolved_lr(config, sae.d_sae)
+    warmup_steps = resolved_warmup_steps(config, total_steps)
     trainer = SAETrainer(
         sae,
         lr=lr,
         total_steps=total_steps,
-        warmup_steps=config.warmup_steps,
+        warmup_steps=warmup_steps,
         decay_fraction=config.decay_fraction,
         grad_clip=config.grad_clip,
         dist=dist,
@@ -439,7 +482,7 @@ def _train_rank(
         sample = next(
             store.iter_batches(
                 min(INIT_SAMPLE_TOKENS, store.n_rows("train", **read)),
-                seed=config.seed,
+                seed=seeds.data,
                 split="train",
                 **read,
             )
@@ -454,7 +497,7 @@ def _train_rank(
 
     def eval_batches() -> Iterator[torch.Tensor]:
         split = "eval" if has_eval else "train"
-        return store.iter_batches(min(config.batch_size, 8192), seed=config.seed, split=split, **read)
+        return store.iter_batches(min(config.batch_size, 8192), seed=seeds.data, split=split, **read)
 
     def save_state() -> None:
         if dist.is_main:
@@ -480,7 +523,7 @@ def _train_rank(
         while trainer.step < total_steps:
             batches = store.iter_batches(
                 local_batch,
-                seed=config.seed,
+                seed=seeds.data,
                 split="train",
                 rank=dist.rank,
                 world_size=dist.world_size,
@@ -529,9 +572,10 @@ def _train_rank(
         logger.write({"step": trainer.step, "tokens": trainer.tokens, "eval": final, "final": True})
         meta = {
             "config_hash": config_hash,
-            # lr as used (the width rule's value when config.lr is None); the hash is of config as given
-            "train_config": {**config.model_dump(mode="json"), "lr": lr},
-            "lr_rule": "given" if config.lr is not None else "width: 2e-4 / sqrt(d_sae / 2**14)",
+            # lr and warm-up as used (the rules' values when not given); the hash is of config as given
+            "train_config": {**config.model_dump(mode="json"), "lr": lr, "warmup_steps": warmup_steps},
+            "lr_rule": "given" if config.lr is not None else LR_RULE,
+            "seeds": {"seed": config.seed, **seeds._asdict()},
             "store": {"path": config.store, "attrs": store.attrs},
             "metrics": final,
             "steps": trainer.step,
@@ -567,7 +611,8 @@ def check_finite(
     if bad is not None:
         raise NonFiniteTrainingError(
             f"train: {bad} at step {trainer.step} (store {config.store}, training batch {batch} of epoch "
-            f"{epoch}: {batch_rows} shuffled rows, seed {config.seed}); check the store with "
+            f"{epoch}: {batch_rows} shuffled rows, seed {config.seed}, data seed "
+            f"{derived_seeds(config.seed).data}); check the store with "
             "`scircuits inspect` or lower --lr; nothing was marked complete"
         )
 
@@ -666,8 +711,13 @@ def train_many(configs: list[TrainConfig], devices: list[str], plugins: PluginSe
 
 
 __all__ = [
+    "LR_RULE",
     "SAETrainer",
+    "TrainSeeds",
     "apply_preset",
+    "default_lr",
+    "default_warmup_steps",
+    "derived_seeds",
     "find_preset",
     "geometric_median",
     "resolved_lr",
