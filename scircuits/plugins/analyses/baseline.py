@@ -87,6 +87,16 @@ def ce_loss_recovered(clean: float | None, sae: float | None, zero: float | None
     return (zero - sae) / (zero - clean)
 
 
+# CE loss recovered divides by CE(zeroed site) − CE(clean): below this many nats the site hardly
+# matters to the loss (a tiny random model) and the ratio says nothing about the SAE.
+CE_GAP_NATS = 0.1
+
+
+def meaningful(context: StudyContext, recovered: float | None) -> bool:
+    gap = context.shared.get("ce_gap")
+    return recovered is not None and gap is not None and gap >= CE_GAP_NATS
+
+
 def reconstruction_gate(
     context: StudyContext, metrics: dict[str, Any], recovered: float | None
 ) -> ReconstructionGate:
@@ -108,7 +118,7 @@ def reconstruction_gate(
             f"relative error {relative_error:.3g} is {growth:.1f}x the {trained:.3g} it had on its training "
             f"store (limit {config.max_error_growth:g}x, --max-error-growth)"
         )
-    if recovered is not None and not recovered >= config.min_ce_loss_recovered:
+    if meaningful(context, recovered) and not recovered >= config.min_ce_loss_recovered:
         problems.append(
             f"CE loss recovered {recovered:.3g} (limit {config.min_ce_loss_recovered:g}, "
             "--min-ce-loss-recovered)"
@@ -176,6 +186,8 @@ class Baseline(Analysis):
         zeroed = context.run_condition("zeroed-site", ce=True, status="zero site", record="zero_site")
         context.shared["splice"] = spliced  # the reference of every effect
         recovered = ce_loss_recovered(clean.ce, recon.ce, zeroed.ce)
+        if clean.ce is not None and zeroed.ce is not None:
+            context.shared["ce_gap"] = zeroed.ce - clean.ce
         metrics = context.reconstruction_metrics()
         gate = reconstruction_gate(context, metrics, recovered)
         return BaselineResult(
