@@ -5,12 +5,18 @@ Rows are JSON objects with ``problem``, ``solution``, ``level`` ("Level 3" or 3)
 ``\\fbox{...}`` of the solution, nested braces kept (``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``).
 Prompts (``cot`` option)::
 
-    gold (default): "Problem: {problem}\\nSolution: {solution up to and including its last '\\boxed{'}"
-    none:           "Problem: {problem}\\nAnswer: $\\boxed{"
-    target:         "{boxed content}"
+    none (default): "Problem: {problem}\\nAnswer: $\\boxed{"
+    gold:           "Problem: {problem}\\nSolution: {solution up to and including its last '\\boxed{'}"
+    target:         "{boxed content}"      delimiter: "}"
 
-so in both modes the model writes the answer inside the box, where the solution writes it. A
-solution without a boxed answer is a DataFormatError (every MATH solution has one; skipping rows
+so in both modes the model writes the answer inside the box, where the solution writes it, and
+closes the box: the "}" is scored with the answer (tokenised with it: "{2}}" ends in one "}}"
+token). ``gold`` puts the gold solution in the prompt, which often states the answer before boxing
+it, so accuracy there largely measures copying; the mode is named in the run directory and the
+report (``label``: "cot-none", "cot-gold"). meta["answer_in_prompt"]: the boxed content occurs in
+the prompt (as a whole number when it is one, see ``answers.occurs_in``).
+
+A solution without a boxed answer is a DataFormatError (every MATH solution has one; skipping rows
 silently would change what "the test set" means).
 
 Examples follow the file order (``seed`` is not used); the ``level``/``type`` filters drop rows but
@@ -37,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from scircuits import DataFormatError, Example
 
+from .answers import occurs_in
 from .boxed import UnbalancedBoxError, last_boxed
 from .datafiles import DataFileBenchmark, read_jsonl, require_text
 from .hub import HubDataset, Row
@@ -69,7 +76,7 @@ class MathOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: str | None = None  # directory or .jsonl file
-    cot: Literal["gold", "none"] = "gold"
+    cot: Literal["none", "gold"] = "none"  # gold: the gold solution up to its box in the prompt
     level: list[int] | None = None  # keep only these levels (1-5)
     type: list[str] | None = None  # keep only these subjects, e.g. ["Algebra", "Number Theory"]
 
@@ -123,6 +130,10 @@ class MathBenchmark(DataFileBenchmark):
         rows = ((f"{path}, line {line_no}", row, {"line": line_no}) for line_no, row in read_jsonl(path))
         return self._examples(rows, split, str(path), opts)
 
+    def label(self, options: Any = None) -> str:
+        opts: MathOptions = self.parse_options(options)  # type: ignore[assignment]
+        return f"cot-{opts.cot}"
+
     def hub_dataset(self, split: str) -> HubDataset | None:
         return HUB_DATASETS.get(split)
 
@@ -169,5 +180,13 @@ class MathBenchmark(DataFileBenchmark):
                 id=f"math/{split}/{index}",
                 prompt=prompt,
                 target=box.content,
-                meta={"source": source, **position, "level": level, "type": subject},
+                delimiter="}",
+                meta={
+                    "source": source,
+                    **position,
+                    "level": level,
+                    "type": subject,
+                    "prompt_mode": opts.cot,
+                    "answer_in_prompt": occurs_in(box.content, prompt),
+                },
             )
