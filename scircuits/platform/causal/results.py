@@ -91,6 +91,7 @@ class StudyResults(BaseModel):
     edited_positions: str
     n_conditions: int
     evaluation_split: EvaluationSplit | None = None
+    score: str | None = None  # what every per-example log-prob is (scoring.score_name)
     provenance: dict[str, Any]
     wall_seconds: float | None = None
 

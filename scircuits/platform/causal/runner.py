@@ -32,6 +32,7 @@ from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.contract.models import LoadedModel
 from scircuits.platform.manager.plugin_set import ALLOW_LIST_ENV
+from scircuits.platform.model.scoring import score_name
 from scircuits.platform.model.splice import SplitModel
 
 
@@ -138,6 +139,7 @@ def run_study(
         "stats_source": "evaluation tokens at the edited positions",
         "edited_positions": f"every position >= {config.edit_from_position} of every sequence",
         "n_conditions": study.n_conditions,
+        "score": score_name(layout for eb in data.batches for layout in eb.layouts),
         "provenance": {},
     }
     results = StudyResults.assemble(fields, done)
