@@ -91,7 +91,7 @@ def test_first_test_example(bench, math_dir):
     )
     assert example.prompt.endswith("Therefore, the graph has $\\boxed{")
     assert example.target == "2"
-    assert example.delimiter == "}"  # the box closes after the answer
+    assert example.delimiter == "}$"  # "Therefore, the graph has $\\boxed{2}$ vertical asymptotes."
     assert example.meta["level"] == 3 and example.meta["type"] == "Algebra" and example.meta["line"] == 1
     assert example.meta["prompt_mode"] == "gold"
 
@@ -127,10 +127,20 @@ def test_cot_none_prompt_is_the_default(bench, math_dir):
         "Problem: How many vertical asymptotes does the graph of $y=\\frac{2}{x^2+x-6}$ have?\n"
         "Answer: $\\boxed{"
     )
-    assert example.target == "2" and example.delimiter == "}"
+    assert example.target == "2" and example.delimiter == "}$"  # closes the box and the "$" before it
     assert next(bench.examples("test", options={"data": math_dir})) == example
     assert example.meta["prompt_mode"] == "none"
     assert bench.label() == "cot-none" and bench.label({"cot": "gold"}) == "cot-gold"
+
+
+def test_the_gold_delimiter_is_how_the_solution_closes_its_box(bench, tmp_path):
+    """ "}$" and "}." are single tokens, so the delimiter takes the character after the "}" with it."""
+    solutions = ("So $\\boxed{2}$.", "So $\\boxed{\\frac{1}{2}}.$", "$$\\boxed{x}\n$$", "\\boxed{3}")
+    rows = [{"problem": "p", "level": 1, "type": "Algebra", "solution": s} for s in solutions]
+    path = tmp_path / "test.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    examples = list(bench.examples("test", options={"data": str(path), "cot": "gold"}))
+    assert [e.delimiter for e in examples] == ["}$", "}.", "}", "}"]
 
 
 def test_answer_in_prompt_is_marked(bench, math_dir):

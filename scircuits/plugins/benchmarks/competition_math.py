@@ -7,11 +7,15 @@ Prompts (``cot`` option)::
 
     none (default): "Problem: {problem}\\nAnswer: $\\boxed{"
     gold:           "Problem: {problem}\\nSolution: {solution up to and including its last '\\boxed{'}"
-    target:         "{boxed content}"      delimiter: "}"
+    target:         "{boxed content}"
+    delimiter:      "}$" (none); "}$", "}." or "}" (gold: as the solution closes its box)
 
 so in both modes the model writes the answer inside the box, where the solution writes it, and
-closes the box: the "}" is scored with the answer (tokenised with it: "{2}}" ends in one "}}"
-token). ``gold`` puts the gold solution in the prompt, which often states the answer before boxing
+closes the box; the delimiter is scored with the answer. It includes the character after the "}"
+when SmolLM2-style tokenizers merge the two ("}$" and "}." are single tokens, so a model that closes
+the box naturally never writes a lone "}" there): "}$" after ``none``'s "$\\boxed{", and in
+``gold`` mode what the solution itself writes ("}$" in "\\boxed{2}$.", "}." in "\\boxed{2}.$", else
+"}"). ``gold`` puts the gold solution in the prompt, which often states the answer before boxing
 it, so accuracy there largely measures copying; the mode is named in the run directory and the
 report (``label``: "cot-none", "cot-gold"). meta["answer_in_prompt"]: the boxed content occurs in
 the prompt (as a whole number when it is one, see ``answers.occurs_in``).
@@ -104,6 +108,13 @@ class MathOptions(BaseModel):
         return [by_lower[name.lower()] for name in value]
 
 
+def box_delimiter(solution: str, end: int) -> str:
+    """What closes the box at ``solution[end]`` (its "}"), with the next character when that is "$"
+    or "." (tokenisers merge "}$" and "}." into one token)."""
+    following = solution[end + 1 : end + 2]
+    return "}" + following if following in ("$", ".") else "}"
+
+
 def parse_level(value: Any, where: str) -> int | None:
     """3 from "Level 3" or 3; None for "Level ?" (a few MATH rows)."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -180,7 +191,7 @@ class MathBenchmark(DataFileBenchmark):
                 id=f"math/{split}/{index}",
                 prompt=prompt,
                 target=box.content,
-                delimiter="}",
+                delimiter=box_delimiter(solution, box.end) if opts.cot == "gold" else "}$",
                 meta={
                     "source": source,
                     **position,
