@@ -204,3 +204,22 @@ def test_a_failing_plugin_analysis_stops_with_its_name_and_writes_nothing(tmp_pa
     ):
         run_ablate(config, plugin_set, inputs=AblateInputs(tiny, sae, {}, examples, 2))
     assert not (tmp_path / "causal").exists()
+
+
+def test_baseline_splits_accuracy_by_whether_the_answer_is_in_the_prompt():
+    import numpy as np
+
+    from scircuits.plugins.analyses.baseline import split_accuracy
+
+    marks = [True, False, True, False, False]
+    clean = np.array([True, False, False, True, True])
+    spliced = np.array([True, True, True, False, False])
+    split = split_accuracy(marks, clean, spliced)
+    assert (split.n_in_prompt, split.n_not_in_prompt) == (2, 3)
+    assert split.clean_in_prompt == 0.5 and split.clean_not_in_prompt == pytest.approx(2 / 3)
+    assert split.splice_in_prompt == 1.0 and split.splice_not_in_prompt == pytest.approx(1 / 3)
+    everything_in = split_accuracy([True] * 5, clean, spliced)
+    assert everything_in.clean_not_in_prompt is None and everything_in.clean_in_prompt == 0.6
+    assert (
+        split_accuracy([True, None, False, False, False], clean, spliced) is None
+    )  # not every example marked

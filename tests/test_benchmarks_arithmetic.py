@@ -48,6 +48,20 @@ def test_default_examples_are_three_shot_two_digit_additions(bench):
         assert example.meta["answer"] == a + b
 
 
+def test_the_line_separator_ends_every_answer_and_answers_in_shots_are_marked(bench):
+    examples = list(bench.examples(limit=200))
+    for example in examples:
+        assert example.delimiter == "\n"
+        # a shot is "a + b = c" followed by the separator: the scored answer is written the same way
+        assert (example.prompt + example.target + example.delimiter).count("\n") == 4
+        shots, _ = parse(example)
+        numbers = {str(n) for shot in shots for n in (shot[0], shot[2], shot[3])} | {
+            m for m in re.findall(r"\d+", example.prompt.split("\n")[-1])
+        }
+        assert example.meta["answer_in_prompt"] == (example.target.strip() in numbers), example.id
+    assert 0 < sum(e.meta["answer_in_prompt"] for e in examples) < len(examples)
+
+
 @pytest.mark.parametrize("operations", [["+"], ["-"], ["*"], ["+", "-", "*"]])
 def test_targets_and_shots_recompute(bench, operations):
     examples = list(bench.examples("test", options={"operations": operations, "n_examples": 60, "digits": 2}))

@@ -52,7 +52,7 @@ def test_fixture_row_counts(bench, gsm8k_dir, split, rows):
 
 
 def test_first_test_example_with_gold_reasoning(bench, gsm8k_dir):
-    example = next(bench.examples("test", options={"data": gsm8k_dir}))
+    example = next(bench.examples("test", options={"data": gsm8k_dir, "cot": "gold"}))
     assert example.id == "gsm8k/test/0"
     assert example.prompt.startswith(f"Question: {JANET_QUESTION}")
     assert example.prompt.endswith(
@@ -60,8 +60,36 @@ def test_first_test_example_with_gold_reasoning(bench, gsm8k_dir):
         "She makes 9 * 2 = $18 every day at the farmer’s market.\nThe answer is"
     )
     assert example.target == " 18"
+    assert example.delimiter == "."  # "The answer is 18."
     assert example.meta["value"] == 18
     assert example.meta["where"].endswith("test.jsonl, line 1")
+    assert example.meta["prompt_mode"] == "gold"
+    assert example.meta["answer_in_prompt"] is True  # "$18 every day" in the gold reasoning
+
+
+def test_the_default_prompt_holds_no_gold_solution(bench, gsm8k_dir):
+    """Default cot="none": the question alone, the answer line ended by "\\n"; the mode is the label."""
+    default = next(bench.examples("test", options={"data": gsm8k_dir}))
+    explicit = next(bench.examples("test", options={"data": gsm8k_dir, "cot": "none"}))
+    assert default == explicit
+    assert default.prompt.startswith(f"Question: {JANET_QUESTION}")
+    assert default.prompt.endswith("at the farmers' market?\nAnswer:")
+    assert default.delimiter == "\n"
+    assert default.meta["prompt_mode"] == "none"
+    assert default.meta["answer_in_prompt"] is False
+    assert bench.label() == "cot-none" and bench.label({"cot": "gold"}) == "cot-gold"
+
+
+def test_answer_in_prompt_marks_whole_numbers_only(bench, tmp_path):
+    rows = [
+        {"question": "A box holds 180 pens and 12 pencils. How many?", "answer": "x\n#### 18"},
+        {"question": "Tom has 18 apples and 0.5 pears. How many?", "answer": "x\n#### 18"},
+        {"question": "It costs $1,600 in total. How much?", "answer": "x\n#### 1,600"},
+    ]
+    path = tmp_path / "test.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    marks = [e.meta["answer_in_prompt"] for e in bench.examples("test", options={"data": str(path)})]
+    assert marks == [False, True, True]
 
 
 def test_cot_none_gives_the_question_alone(bench, gsm8k_dir):

@@ -83,7 +83,7 @@ def test_fixture_rows_are_all_read(bench, math_dir, split):
 
 
 def test_first_test_example(bench, math_dir):
-    example = next(bench.examples("test", options={"data": math_dir}))
+    example = next(bench.examples("test", options={"data": math_dir, "cot": "gold"}))
     assert example.id == "math/test/0"
     assert example.prompt.startswith(
         "Problem: How many vertical asymptotes does the graph of $y=\\frac{2}{x^2+x-6}$ have?\n"
@@ -91,7 +91,9 @@ def test_first_test_example(bench, math_dir):
     )
     assert example.prompt.endswith("Therefore, the graph has $\\boxed{")
     assert example.target == "2"
+    assert example.delimiter == "}$"  # "Therefore, the graph has $\\boxed{2}$ vertical asymptotes."
     assert example.meta["level"] == 3 and example.meta["type"] == "Algebra" and example.meta["line"] == 1
+    assert example.meta["prompt_mode"] == "gold"
 
 
 def test_math500_targets_equal_its_published_answers(bench, full_math_dir):
@@ -112,20 +114,43 @@ def test_math500_fixture_targets_equal_its_published_answers(bench, math_dir):
 
 def test_gold_prompt_plus_target_is_the_solution_up_to_the_box(bench, math_dir):
     rows = [json.loads(line) for line in (Path(math_dir) / "test.jsonl").read_text().splitlines()]
-    examples = list(bench.examples("test", options={"data": math_dir}))
+    examples = list(bench.examples("test", options={"data": math_dir, "cot": "gold"}))
     assert len(examples) == len(rows)
     for row, example in zip(rows, examples, strict=True):
-        solution = example.prompt.split("\nSolution: ", 1)[1] + example.target + "}"
+        solution = example.prompt.split("\nSolution: ", 1)[1] + example.target + example.delimiter
         assert row["solution"].startswith(solution)
 
 
-def test_cot_none_prompt(bench, math_dir):
+def test_cot_none_prompt_is_the_default(bench, math_dir):
     example = next(bench.examples("test", options={"data": math_dir, "cot": "none"}))
     assert example.prompt == (
         "Problem: How many vertical asymptotes does the graph of $y=\\frac{2}{x^2+x-6}$ have?\n"
         "Answer: $\\boxed{"
     )
-    assert example.target == "2"
+    assert example.target == "2" and example.delimiter == "}$"  # closes the box and the "$" before it
+    assert next(bench.examples("test", options={"data": math_dir})) == example
+    assert example.meta["prompt_mode"] == "none"
+    assert bench.label() == "cot-none" and bench.label({"cot": "gold"}) == "cot-gold"
+
+
+def test_the_gold_delimiter_is_how_the_solution_closes_its_box(bench, tmp_path):
+    """ "}$" and "}." are single tokens, so the delimiter takes the character after the "}" with it."""
+    solutions = ("So $\\boxed{2}$.", "So $\\boxed{\\frac{1}{2}}.$", "$$\\boxed{x}\n$$", "\\boxed{3}")
+    rows = [{"problem": "p", "level": 1, "type": "Algebra", "solution": s} for s in solutions]
+    path = tmp_path / "test.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    examples = list(bench.examples("test", options={"data": str(path), "cot": "gold"}))
+    assert [e.delimiter for e in examples] == ["}$", "}.", "}", "}"]
+
+
+def test_answer_in_prompt_is_marked(bench, math_dir):
+    """In gold mode the solution often states its answer before boxing it; without it, less often."""
+    gold = list(bench.examples("test", options={"data": math_dir, "cot": "gold"}))
+    none = list(bench.examples("test", options={"data": math_dir}))
+    for example in gold + none:
+        if example.meta["answer_in_prompt"]:
+            assert example.target.strip() in example.prompt, example.id
+    assert sum(e.meta["answer_in_prompt"] for e in gold) > sum(e.meta["answer_in_prompt"] for e in none)
 
 
 def test_level_and_type_filters_keep_file_row_ids(bench, full_math_dir):

@@ -14,9 +14,11 @@ from scircuits.platform.causal.stage import AblateInputs, resolve_layer, run_abl
 from scircuits.platform.causal.statistics import control_draws, spearman
 from scircuits.platform.causal.study import Study, feature_statistics
 from scircuits.platform.config import AblateConfig
+from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.sae_module import SparseAutoencoder
 from scircuits.platform.manager.plugin_set import get_plugins, load_plugins
+from scircuits.platform.model.scoring import GOLD_LOGPROB
 from scircuits.platform.model.splice import SpliceError, SplitModel
 from scircuits.testing import tiny_loaded_model
 
@@ -101,6 +103,49 @@ def test_attribution_predicts_the_effect_of_a_feature_along_the_target_direction
     assert exact[0] < 0 < exact[1]
 
 
+def multiple_choice(examples, distractor):
+    """The arithmetic examples as two-way multiple choice: the gold answer first, then ``distractor(e)``."""
+    return [
+        Example(e.id, e.prompt, e.target, (e.target, distractor(e)), 0, e.meta, e.delimiter) for e in examples
+    ]
+
+
+def mc_study(tiny, examples, norms):
+    sae = constant_feature_sae(tiny.d_model, norms)
+    split = SplitModel(tiny, tiny.n_layers - 2, "resid")
+    data = prepare_eval(split, sae, tiny.tokenizer, examples, batch_size=6, max_length=None)
+    stats, _, _ = feature_statistics(data)
+    return Study(split, sae, data, get_plugins().ablations.get("zero"), None, stats, seed=0)
+
+
+def test_multiple_choice_attribution_differentiates_the_margin_not_the_gold_log_prob(tiny, examples):
+    """With the distractor equal to the gold choice the margin is 0 whatever the features do: its
+    attribution is 0, though the gold log-prob alone moves when a feature is ablated."""
+    norms = [0.01, 0.03, 0.05]
+    same = mc_study(tiny, multiple_choice(examples, lambda e: e.target), norms)
+    spliced = same.run("splice")
+    assert np.all(spliced.logprob == 0.0) and not spliced.correct.any()  # a tie is not correct
+    np.testing.assert_allclose(same.attribution(), 0.0, atol=1e-7)  # float32 noise only
+    gold_only = mc_study(tiny, examples, norms)  # free-form: the gold log-prob, which does move
+    assert np.all(np.abs(gold_only.attribution()) > 1e-4)
+
+
+def test_multiple_choice_attribution_agrees_with_the_exact_margin_change(tiny, examples):
+    norms = [0.001, 0.002, 0.005, 0.01, 0.015, 0.02]  # small: the linear regime
+    study = mc_study(tiny, multiple_choice(examples, lambda e: f" {int(e.target) + 1}"), norms)
+    attribution = study.attribution()
+    spliced = study.run("splice")
+    exact = np.array(
+        [
+            study.run("splice", study.ablate_edit([i], tag=i)).mean_logprob - spliced.mean_logprob
+            for i in range(len(norms))
+        ]
+    )
+    assert np.all(np.abs(exact) > 1e-7)
+    assert np.array_equal(np.sign(attribution), np.sign(exact))
+    np.testing.assert_allclose(attribution, exact, rtol=0.3, atol=1e-4)
+
+
 def test_control_draws_are_seeded_active_and_outside_the_top_k():
     active = np.zeros(100, dtype=bool)
     active[::2] = True
@@ -183,6 +228,18 @@ def test_run_ablate_writes_results_with_the_documented_keys(tiny, examples, tmp_
         "top1",
         "feature" + str(features[0]["id"]),
     } <= set(rows[0]["scores"])
+    assert results["score"] == GOLD_LOGPROB  # free-form examples: the gold log-prob
+    # accuracy apart for examples whose answer is in the prompt, as examples.jsonl gives it for the
+    # evaluation examples (its last n_evaluation rows: the study puts the selection split first)
+    marked = {e.id: e.meta["answer_in_prompt"] for e in examples}
+    evaluated = rows[-results["evaluation_split"]["n_evaluation"] :]
+    split = results["accuracy_by_answer_in_prompt"]
+    for inside, key in ((True, "in_prompt"), (False, "not_in_prompt")):
+        group = [r for r in evaluated if marked[r["id"]] is inside]
+        assert split[f"n_{key}"] == len(group) > 0
+        for condition in ("clean", "splice"):
+            expected = np.mean([r["scores"][condition]["correct"] for r in group])
+            assert split[f"{condition}_{key}"] == pytest.approx(expected)
 
 
 def test_a_splice_that_changes_the_logits_stops_the_stage(tiny, examples, tmp_path, monkeypatch):

@@ -96,6 +96,18 @@ def test_run_directory_is_named_after_model_benchmark_site_and_layer(tmp_path):
     )  # the adapter's default
 
 
+def test_run_directory_names_the_benchmark_prompt_mode(tmp_path):
+    names = [
+        plan(config(tmp_path, benchmark=name, benchmark_options=options), get_plugins()).run_dir.name
+        for name, options in (("gsm8k", {}), ("gsm8k", {"cot": "gold"}), ("math", {"cot": "none"}))
+    ]
+    assert names == [
+        "smollm2-135m__gsm8k-cot-none__resid15",
+        "smollm2-135m__gsm8k-cot-gold__resid15",
+        "smollm2-135m__math-cot-none__resid15",
+    ]
+
+
 def test_collection_and_evaluation_use_disjoint_splits_and_enough_examples(tmp_path):
     the_plan = plan(config(tmp_path, limit=50, collect_limit=900), get_plugins())
     assert (the_plan.collect.split, the_plan.ablate.split) == ("train", "test")

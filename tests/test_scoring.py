@@ -1,19 +1,26 @@
-"""Teacher-forced scoring: padding, the argmax rule, multiple choice, next-token CE."""
+"""Teacher-forced scoring: padding, the argmax rule, the answer delimiter, the multiple-choice margin,
+next-token CE."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.model.scoring import (
+    GOLD_LOGPROB,
+    MARGIN,
+    example_objective,
     example_scores,
     layout_examples,
     make_batch,
     next_token_nll,
+    score_name,
     sequence_scores,
 )
-from scircuits.platform.model.sequences import EncodedSequence
+from scircuits.platform.model.sequences import EncodedSequence, encode_example
 from scircuits.testing import tiny_loaded_model
 
 
@@ -77,23 +84,91 @@ def test_logprob_is_the_sum_of_target_token_logprobs_and_correct_needs_every_arg
     assert correct.tolist() == [True, False]
 
 
-def test_multiple_choice_correct_when_gold_choice_is_strictly_most_likely():
-    class Tok:
-        def __call__(self, text, add_special_tokens=True):
-            return {"input_ids": ([0] if add_special_tokens else []) + [ord(c) % 50 for c in text]}
+class CharTok:
+    """One token per character (id = code point), a 0 first when special tokens are asked for."""
 
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": ([0] if add_special_tokens else []) + [ord(c) for c in text]}
+
+
+def test_multiple_choice_correct_when_gold_choice_is_strictly_most_likely():
     examples = [
         Example("a", "Q", " x", choices=(" x", " y"), answer_index=0),
         Example("b", "Q", " y", choices=(" x", " y"), answer_index=1),
         Example("c", "Q", " z"),
     ]
-    _sequences, layouts = layout_examples(Tok(), examples)
+    _sequences, layouts = layout_examples(CharTok(), examples)
     assert [layout.sequence_indices for layout in layouts] == [(0, 1), (2, 3), (4,)]
     seq_logprob = torch.tensor([-1.0, -2.0, -1.0, -1.0, -3.0])
     seq_correct = torch.tensor([False, False, False, False, True])
-    logprob, correct = example_scores(seq_logprob, seq_correct, layouts)
-    assert logprob.tolist() == [-1.0, -1.0, -3.0]
+    score, correct = example_scores(seq_logprob, seq_correct, layouts)
+    # multiple choice: the margin logprob(gold) - logsumexp(distractors); free-form: the gold log-prob
+    assert score.tolist() == pytest.approx([1.0, 0.0, -3.0], abs=1e-6)
     assert correct.tolist() == [True, False, True]  # a tie is not correct
+
+
+def test_the_multiple_choice_margin_is_gold_minus_the_logsumexp_of_the_distractors():
+    examples = [Example("a", "Q", " b", choices=(" a", " b", " c"), answer_index=1), Example("f", "Q", " z")]
+    _sequences, layouts = layout_examples(CharTok(), examples)
+    seq_logprob = torch.tensor([-2.0, -1.0, -3.0, -4.0], requires_grad=True)
+    objective = example_objective(seq_logprob, layouts)
+    # -1 - log(e^-2 + e^-3) = 1 - log(1 + e^-1)
+    assert objective.tolist() == pytest.approx([1.0 - math.log(1.0 + math.exp(-1.0)), -4.0], abs=1e-6)
+    objective.sum().backward()
+    # d/d gold = 1; d/d distractor j = -softmax(distractors)_j; the free-form example's own log-prob: 1
+    shares = torch.softmax(torch.tensor([-2.0, -3.0]), 0)
+    expected = [-float(shares[0]), 1.0, -float(shares[1]), 1.0]
+    assert seq_logprob.grad.tolist() == pytest.approx(expected, abs=1e-6)
+    assert score_name(layouts[:1]) == MARGIN and score_name(layouts[1:]) == GOLD_LOGPROB
+    assert MARGIN in score_name(layouts) and GOLD_LOGPROB in score_name(layouts)
+
+
+def delimited_logits(batch, vocab: int, last_argmax: int) -> torch.Tensor:
+    """Logits at the prediction positions: every continuation token the argmax, except that the last
+    prediction's argmax is ``last_argmax``."""
+    logits = torch.zeros((len(batch.target_ids), vocab))
+    logits[torch.arange(len(batch.target_ids)), batch.target_ids] = 4.0
+    logits[-1, last_argmax] = 6.0
+    return logits
+
+
+def test_an_answer_is_correct_only_when_the_model_ends_it_with_the_delimiter():
+    example = Example("e", "45 + 38 =", " 83", delimiter="\n")
+    sequences, _layouts = layout_examples(CharTok(), [example])
+    # the scored continuation is the target and the delimiter; the traced sequence has no delimiter
+    assert sequences[0].input_ids[sequences[0].target_start :] == tuple(ord(c) for c in " 83\n")
+    assert encode_example(CharTok(), example).input_ids == sequences[0].input_ids[:-1]
+    batch = make_batch(sequences)
+    vocab = 128
+    # " 83" then "0": every target token is the argmax, but the answer goes on (" 830"): wrong
+    goes_on = delimited_logits(batch, vocab, last_argmax=ord("0"))
+    logprob, correct = sequence_scores(goes_on, batch)
+    assert correct.tolist() == [False]
+    # " 83" then "\n": right
+    ends = delimited_logits(batch, vocab, last_argmax=ord("\n"))
+    logprob_ends, correct_ends = sequence_scores(ends, batch)
+    assert correct_ends.tolist() == [True]
+    # the log-prob sums over the delimiter's token too: four tokens, " ", "8", "3", "\n"
+    per_token = torch.log_softmax(ends, -1)[torch.arange(4), batch.target_ids]
+    assert len(batch.target_ids) == 4
+    assert float(logprob_ends[0]) == pytest.approx(float(per_token.sum()), abs=1e-5)
+    assert float(logprob[0]) < float(logprob_ends[0])
+
+
+def test_without_a_delimiter_the_answer_end_is_not_checked():
+    sequences, _ = layout_examples(CharTok(), [Example("e", "45 + 38 =", " 83")])
+    batch = make_batch(sequences)
+    assert len(batch.target_ids) == 3
+    _, correct = sequence_scores(delimited_logits(batch, 128, last_argmax=ord("3")), batch)
+    assert correct.tolist() == [True]
+
+
+def test_a_delimiter_follows_every_choice_of_a_multiple_choice_example():
+    example = Example("m", "Q:", " A", choices=(" A", " B"), answer_index=0, delimiter=".")
+    sequences, _ = layout_examples(CharTok(), [example])
+    assert [s.input_ids[s.target_start :] for s in sequences] == [(32, 65, 46), (32, 66, 46)]
+    with pytest.raises(ValueError, match="delimiter"):
+        Example("x", "Q", " A", delimiter=None)  # type: ignore[arg-type]
 
 
 def test_next_token_nll_ignores_padding(tiny):

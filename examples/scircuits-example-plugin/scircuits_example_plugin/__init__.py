@@ -75,6 +75,7 @@ class CapitalsBenchmark(Benchmark):
                 id=f"capitals/{split}/{i}",
                 prompt=f"{shots}The capital of {country} is",
                 target=f" {CAPITALS[country]}",
+                delimiter=".",  # the shots end each answer with "."; scored with it
                 meta={"country": country},
             )
 

@@ -96,6 +96,7 @@ class StudyResults(BaseModel):
     sequences_run: int | None = None
     sequences_unchanged: int | None = None
     evaluation_split: EvaluationSplit | None = None
+    score: str | None = None  # what every per-example log-prob is (scoring.score_name)
     provenance: dict[str, Any]
     wall_seconds: float | None = None
 

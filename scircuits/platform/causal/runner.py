@@ -32,6 +32,7 @@ from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.contract.models import LoadedModel
 from scircuits.platform.manager.plugin_set import ALLOW_LIST_ENV
+from scircuits.platform.model.scoring import score_name
 from scircuits.platform.model.splice import SplitModel
 
 
@@ -178,6 +179,7 @@ def run_study(
         "n_conditions": study.n_conditions,
         "sequences_run": study.sequences_run,
         "sequences_unchanged": study.sequences_skipped,
+        "score": score_name(layout for eb in data.batches for layout in eb.layouts),
         "provenance": {},
     }
     results = StudyResults.assemble(fields, done)

@@ -150,7 +150,8 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
             f"pass --site {trained_site}"
         )
     layer = resolve_layer(config, loaded, info)
-    return AblateInputs(loaded, sae, info, examples, layer)
+    label = {"label": benchmark.label(config.benchmark_options)}
+    return AblateInputs(loaded, sae, info, examples, layer, benchmark_info=label)
 
 
 def provenance(config: AblateConfig, inputs: AblateInputs, n_examples: int, n_tokens: int) -> dict[str, Any]:
@@ -204,6 +205,7 @@ def provenance(config: AblateConfig, inputs: AblateInputs, n_examples: int, n_to
             "n_examples": n_examples,
             "n_tokens": n_tokens,
             "options": config.benchmark_options,
+            **inputs.benchmark_info,
         },
         "layer": inputs.layer,
         "site": config.site,

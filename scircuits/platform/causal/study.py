@@ -25,7 +25,12 @@ from scircuits.platform.causal.statistics import derived_seed
 from scircuits.platform.common.progress import Progress
 from scircuits.platform.contract.ablations import Ablation, FeatureStats
 from scircuits.platform.contract.models import LoadedModel
-from scircuits.platform.model.scoring import example_scores, next_token_nll, sequence_scores
+from scircuits.platform.model.scoring import (
+    example_objective,
+    example_scores,
+    next_token_nll,
+    sequence_scores,
+)
 from scircuits.platform.model.splice import (
     FeatureEdit,
     SpliceError,
@@ -242,9 +247,11 @@ class Study:
     # -- attribution -------------------------------------------------------------------------
 
     def attribution(self, examples: np.ndarray | None = None) -> np.ndarray:
-        """Per feature: Σ over examples and positions of ∂logprob/∂f · (ablated − actual), / n examples;
-        over ``examples`` only when given (the selection split). Sequences of a batch are independent,
-        so backpropagating only the chosen examples' gold log-probs leaves the others' gradients 0."""
+        """Per feature: Σ over examples and positions of ∂score/∂f · (ablated − actual), / n examples,
+        the score being ``example_objective`` (the gold log-prob; the margin over the distractors for
+        multiple choice); over ``examples`` only when given (the selection split). Sequences of a
+        batch are independent, so backpropagating only the chosen examples' scores leaves the others'
+        gradients 0."""
         wanted = None if examples is None else set(int(i) for i in examples)
         total = torch.zeros(self.d_sae, dtype=torch.float64)
         params = [p for p in self.split.model.parameters()] + [p for p in self.sae.parameters()]
@@ -255,7 +262,7 @@ class Study:
         try:
             for b, eb in enumerate(self.data.batches):
                 chosen = [
-                    layout.gold_sequence
+                    layout
                     for i, layout in zip(eb.example_indices, eb.layouts, strict=True)
                     if wanted is None or i in wanted
                 ]
@@ -276,8 +283,7 @@ class Study:
                     value = (self.sae.decode(features) + eb.error).to(eb.cache.site_output.dtype)
                     logits = self.split.upper(eb.batch, eb.cache, value)
                     seq_lp, _ = sequence_scores(logits, eb.batch)
-                    gold = torch.tensor(chosen, device=seq_lp.device)
-                    seq_lp[gold].sum().backward()
+                    example_objective(seq_lp, chosen).sum().backward()
                 total += (features.grad * delta).sum(dim=(0, 1)).double().cpu()
         finally:
             for p, flag in zip(params, saved, strict=False):

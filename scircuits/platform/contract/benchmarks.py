@@ -14,10 +14,18 @@ from scircuits.platform.contract.options import parse_options
 
 @dataclass(frozen=True)
 class Example:
-    """One scored item. ``target`` is the continuation scored after ``prompt``.
+    """One scored item. ``target`` is the answer scored after ``prompt``.
+
+    ``delimiter`` is the text that follows the answer in the benchmark's format (the "\\n" between
+    few-shot lines, the "." that ends a sentence, the "}" that closes a box). It is scored as part of
+    the target: the scored continuation is ``target + delimiter``, so an answer counts as correct
+    only when the model also ends it there (" 83" followed by "0" is " 830", not " 83"), and the
+    log-prob sums over the delimiter's tokens too. "" scores the target alone; use it only where the
+    answer's end is fixed by the task (a fixed-length answer) or for multiple choice, whose choices
+    compete with each other. Tracing (``scircuits collect``) uses prompt + target, without it.
 
     Multiple choice: ``choices`` are the candidate continuations, ``answer_index`` the gold one and
-    ``target == choices[answer_index]``.
+    ``target == choices[answer_index]``; a delimiter, when given, follows every choice.
     """
 
     id: str
@@ -26,8 +34,17 @@ class Example:
     choices: tuple[str, ...] | None = None
     answer_index: int | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    delimiter: str = ""
+
+    @property
+    def continuations(self) -> tuple[str, ...]:
+        """The scored continuations: each choice (or the target alone), followed by the delimiter."""
+        answers = self.choices if self.choices is not None else (self.target,)
+        return tuple(answer + self.delimiter for answer in answers)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.delimiter, str):
+            raise ValueError(f"example {self.id}: delimiter must be a string, got {self.delimiter!r:.40}")
         if self.choices is not None:
             if self.answer_index is None or not 0 <= self.answer_index < len(self.choices):
                 raise ValueError(f"example {self.id}: answer_index must index choices")
@@ -65,6 +82,11 @@ class Benchmark:
         options: Mapping[str, Any] | BaseModel | None = None,
     ) -> Iterator[Example]:
         raise NotImplementedError
+
+    def label(self, options: Mapping[str, Any] | BaseModel | None = None) -> str:
+        """A short tag for options that change what the score measures (e.g. a prompt mode,
+        "cot-none"), or "" when none do; it goes into the run directory's name and the report."""
+        return ""
 
     def check_split(self, split: str) -> None:
         if split not in self.splits:

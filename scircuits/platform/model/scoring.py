@@ -1,8 +1,14 @@
 """Teacher-forced scores of benchmark examples from one forward pass (docs/metrics.md, "Scores").
 
-``logprob`` = Σ log P(target token | everything before it); ``correct`` = every target token is the
-argmax, or for multiple choice the gold choice has the strictly highest log-likelihood. Sequences
-are right-padded, so real tokens never see padding, and carry explicit position ids 0..len-1.
+A sequence's continuation is its target followed by the example's delimiter (``Example.delimiter``).
+Per sequence: ``logprob`` = Σ log P(continuation token | everything before it); ``correct`` = every
+continuation token is the argmax, so an answer is right only when the model also ends it there.
+
+Per example (``example_objective``, the one score conditions report and attribution differentiates):
+the gold sequence's log-prob, or for multiple choice the margin log-prob(gold) − logsumexp(log-probs
+of the distractors). ``correct``: the gold sequence is correct, or for multiple choice the gold
+choice has the strictly highest log-prob. Sequences are right-padded, so real tokens never see
+padding, and carry explicit position ids 0..len-1.
 """
 
 from __future__ import annotations
@@ -149,18 +155,52 @@ def layout_examples(
     return sequences, layouts
 
 
+GOLD_LOGPROB = "gold log-prob: Σ log P over the target's and the delimiter's tokens"
+MARGIN = "margin log-prob(gold) − logsumexp(log-prob of the distractors)"
+
+
+def distractors(layout: ExampleLayout) -> list[int]:
+    """The sequences of an example's wrong choices (none for a free-form example)."""
+    if layout.answer_index is None:
+        return []
+    return [j for j in layout.sequence_indices if j != layout.gold_sequence]
+
+
+def example_objective(seq_logprob: torch.Tensor, layouts: Sequence[ExampleLayout]) -> torch.Tensor:
+    """Per example, the score effects are measured on and attribution differentiates (keeps the graph):
+    the gold sequence's log-prob, or for multiple choice logprob(gold) − logsumexp(distractors)."""
+    scores = []
+    for layout in layouts:
+        gold = seq_logprob[layout.gold_sequence]
+        others = distractors(layout)
+        if others:
+            index = torch.tensor(others, device=seq_logprob.device)
+            gold = gold - torch.logsumexp(seq_logprob[index], dim=0)
+        scores.append(gold)
+    if not scores:
+        return seq_logprob.new_zeros(0)
+    return torch.stack(scores)
+
+
+def score_name(layouts: Iterable[ExampleLayout]) -> str:
+    """What ``example_objective`` computes for these examples (results.json's ``score``)."""
+    kinds = {MARGIN if distractors(layout) else GOLD_LOGPROB for layout in layouts}
+    if len(kinds) == 1:
+        return kinds.pop()
+    return f"{MARGIN} (multiple choice); {GOLD_LOGPROB} (free-form)"
+
+
 def example_scores(
     seq_logprob: torch.Tensor, seq_correct: torch.Tensor, layouts: Sequence[ExampleLayout]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example (logprob of the gold continuation, correct) from per-sequence scores."""
-    logprob = torch.empty(len(layouts), dtype=torch.float64)
+    """Per-example (``example_objective``, correct) from per-sequence scores."""
+    score = example_objective(seq_logprob.detach(), layouts).to(torch.float64).cpu()
     correct = torch.empty(len(layouts), dtype=torch.bool)
     for i, layout in enumerate(layouts):
         gold = layout.gold_sequence
-        logprob[i] = float(seq_logprob[gold])
         if layout.answer_index is None:
             correct[i] = bool(seq_correct[gold])
         else:
-            others = [float(seq_logprob[j]) for j in layout.sequence_indices if j != gold]
+            others = [float(seq_logprob[j]) for j in distractors(layout)]
             correct[i] = all(float(seq_logprob[gold]) > o for o in others)
-    return logprob, correct
+    return score, correct

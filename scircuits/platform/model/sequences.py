@@ -1,8 +1,10 @@
 """Turning examples into token sequences, the one way tracing and scoring both use.
 
 The sequence of an example is its prompt's tokens (with the tokenizer's special tokens) followed by
-its target's tokens (without). The target is scored teacher-forced: the logits at position
-``target_start - 1 + i`` predict target token ``i``.
+its continuation's tokens (without). Tracing uses prompt + target (``encode_example``); scoring uses
+prompt + target + the example's delimiter (``encode_choices``), the continuation tokenised as one
+text, so "}" after "\\frac{1}{2}" becomes the "}}" the model would write. The continuation is
+scored teacher-forced: the logits at position ``target_start - 1 + i`` predict its token ``i``.
 """
 
 from __future__ import annotations
@@ -37,12 +39,11 @@ def encode(tokenizer: Any, prompt: str, continuation: str, max_length: int | Non
 
 
 def encode_example(tokenizer: Any, example: Example, max_length: int | None = None) -> EncodedSequence:
-    """The gold sequence: prompt + target (for multiple choice, the gold choice)."""
+    """The traced sequence: prompt + target (for multiple choice, the gold choice), no delimiter."""
     return encode(tokenizer, example.prompt, example.target, max_length)
 
 
 def encode_choices(tokenizer: Any, example: Example, max_length: int | None = None) -> list[EncodedSequence]:
-    """One sequence per choice (multiple choice), or the single gold sequence."""
-    if example.choices is None:
-        return [encode_example(tokenizer, example, max_length)]
-    return [encode(tokenizer, example.prompt, c, max_length) for c in example.choices]
+    """The scored sequences: one per choice (multiple choice), or the single gold one; each
+    continuation is followed by the example's delimiter."""
+    return [encode(tokenizer, example.prompt, c, max_length) for c in example.continuations]

@@ -1,7 +1,7 @@
 """`scircuits run`: the stages of ``stages.STAGES`` (collect -> train -> ablate -> report) into one
 run directory (DESIGN.md).
 
-    runs/<model>__<benchmark>__<site><layer>/
+    runs/<model>__<benchmark>[-<label>]__<site><layer>/
       activations.zarr/  sae/  causal/  report.md  report.html  figures/  pipeline.json
 
 Each stage has a key: the hash of its own configuration and the key of the stage before it, so a
@@ -48,9 +48,12 @@ from scircuits.platform.pipeline.state import STATE_FILE, PipelineState
 from scircuits.platform.report.document import REPORT_HTML, REPORT_MD
 
 
-def run_dir_name(model: str, benchmark: str, site: str, layer: int) -> str:
+def run_dir_name(model: str, benchmark: str, site: str, layer: int, label: str = "") -> str:
+    """The run directory's name; ``label`` is the benchmark's tag for options that change what is
+    measured (``Benchmark.label``, e.g. a prompt mode: "gsm8k-cot-none")."""
     safe = lambda text: "".join(c if c.isalnum() or c in "-._" else "-" for c in text)  # noqa: E731
-    return f"{safe(model)}__{safe(benchmark)}__{site}{layer}"
+    named = f"{benchmark}-{label}" if label else benchmark
+    return f"{safe(model)}__{safe(named)}__{site}{layer}"
 
 
 def chained_key(config_hash: str, *upstream: str) -> str:
@@ -114,7 +117,8 @@ def plan(config: RunConfig, plugins: Any) -> Plan:
     benchmark = plugins.benchmarks.get(config.benchmark)
     benchmark.check_split(config.split)
     layer = resolve_layer(adapter, config)
-    run_dir = Path(config.out) / run_dir_name(config.model, config.benchmark, config.site, layer)
+    label = benchmark.label(config.benchmark_options)
+    run_dir = Path(config.out) / run_dir_name(config.model, config.benchmark, config.site, layer, label)
     context = PlanContext(run_dir, layer, benchmark, plugins)
     configs: dict[str, StageConfig | None] = {}
     keys: dict[str, str] = {}

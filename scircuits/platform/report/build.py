@@ -121,6 +121,12 @@ def figure_training(run: RunData) -> bytes | None:
     return ReportDocument.png(fig)
 
 
+def benchmark_row(bench: dict[str, Any]) -> str:
+    """ "gsm8k (test), mode cot-none": the benchmark, its split and its label (`Benchmark.label`) if any."""
+    label = bench.get("label")
+    return f"{bench.get('name')} ({bench.get('split')})" + (f", mode {label}" if label else "")
+
+
 def provenance_rows(run: RunData) -> list[list[Any]]:
     prov, res = run.provenance, run.results
     model, bench, store = prov.get("model", {}), prov.get("benchmark", {}), prov.get("store") or {}
@@ -129,8 +135,9 @@ def provenance_rows(run: RunData) -> list[list[Any]]:
         ["model", f"{model.get('name')} ({model.get('model_id')})"],
         ["weights", model.get("revision")],
         ["layer / site", f"{res.layer} / {res.site}"],
-        ["benchmark", f"{bench.get('name')} ({bench.get('split')})"],
+        ["benchmark", benchmark_row(bench)],
         ["evaluation examples / tokens", f"{res.n_examples} / {res.n_tokens}"],
+        ["score per example", res.score or "gold log-prob (recorded before the score was named)"],
         [
             "activations",
             f"{store.get('source', '–')} store, {store.get('n_examples', '–')} examples, "

@@ -1,10 +1,15 @@
 """Baseline and reconstruction: the splice check, then the clean model, the splice (SAE + error
-term), the SAE reconstruction alone and the zeroed site, each scored on every example."""
+term), the SAE reconstruction alone and the zeroed site, each scored on every example.
+
+When the benchmark marks ``meta["answer_in_prompt"]`` (the answer occurs in the prompt, so it can be
+copied), the clean and splice accuracies are also given apart for the examples with and without it.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydantic import BaseModel
 
 from scircuits import Analysis, AnalysisResult, ScircuitsError
@@ -71,6 +76,17 @@ class Reconstruction(BaseModel):
     zero_site_logprob: float
 
 
+class AccuracyByAnswerInPrompt(BaseModel):
+    """Accuracy on the examples whose answer occurs in the prompt and on the others (None: no example)."""
+
+    n_in_prompt: int
+    n_not_in_prompt: int
+    clean_in_prompt: float | None
+    clean_not_in_prompt: float | None
+    splice_in_prompt: float | None
+    splice_not_in_prompt: float | None
+
+
 class BaselineResult(AnalysisResult):
     splice: SpliceCheck
     baseline: CleanScores
@@ -79,6 +95,38 @@ class BaselineResult(AnalysisResult):
     sae_metrics_eval: dict[str, Any]  # FVU, relative error, L0, dead fraction on the evaluation tokens
     gate: ReconstructionGate | None = None
     behaviour: BehaviourChange | None = None
+    accuracy_by_answer_in_prompt: AccuracyByAnswerInPrompt | None = None  # benchmarks that mark it
+
+
+def split_accuracy(
+    in_prompt: list[bool | None], clean: np.ndarray, spliced: np.ndarray
+) -> AccuracyByAnswerInPrompt | None:
+    """Clean and splice accuracy apart for examples marked True / False (None when any is unmarked)."""
+    if not in_prompt or any(mark is None for mark in in_prompt):
+        return None
+    marked = np.array(in_prompt, dtype=bool)
+
+    def mean(correct: np.ndarray, where: np.ndarray) -> float | None:
+        return float(correct[where].mean()) if where.any() else None
+
+    return AccuracyByAnswerInPrompt(
+        n_in_prompt=int(marked.sum()),
+        n_not_in_prompt=int((~marked).sum()),
+        clean_in_prompt=mean(clean, marked),
+        clean_not_in_prompt=mean(clean, ~marked),
+        splice_in_prompt=mean(spliced, marked),
+        splice_not_in_prompt=mean(spliced, ~marked),
+    )
+
+
+def answer_in_prompt_marks(context: StudyContext) -> list[bool | None]:
+    """``meta["answer_in_prompt"]`` of each evaluation example, in evaluation order (None: unmarked)."""
+    examples = context.study.data.examples
+    marks = []
+    for i in context.evaluation_indices:
+        mark = examples[int(i)].meta.get("answer_in_prompt")
+        marks.append(mark if isinstance(mark, bool) else None)
+    return marks
 
 
 def ce_loss_recovered(clean: float | None, sae: float | None, zero: float | None) -> float | None:
@@ -207,6 +255,9 @@ class Baseline(Analysis):
             sae_metrics_eval=metrics,
             gate=gate,
             behaviour=behaviour_change(context, recon, clean),
+            accuracy_by_answer_in_prompt=split_accuracy(
+                answer_in_prompt_marks(context), clean.correct, spliced.correct
+            ),
         )
 
     def report(self, section: ReportDocument, result: BaselineResult, results: StudyResults) -> None:
@@ -264,8 +315,9 @@ class Baseline(Analysis):
                 [
                     "mean logprob: clean / SAE reconstruction",
                     f"{fmt(base.logprob)} / {fmt(rec.logprob)}",
-                    "gold target",
+                    results.score or "gold target",
                 ],
+                *answer_in_prompt_rows(result.accuracy_by_answer_in_prompt, fmt),
                 [
                     "splice exactness (max |Δlogit|)",
                     fmt(splice.max_abs_logit_diff),
@@ -329,4 +381,21 @@ def behaviour_rows(behaviour: BehaviourChange | None, fmt: Any, fmt_ci: Any) -> 
             "evaluation examples, paired; "
             + ("changes behaviour" if behaviour.changes_behaviour else "no change shown"),
         ]
+    ]
+
+
+def answer_in_prompt_rows(split: AccuracyByAnswerInPrompt | None, fmt: Any) -> list[list[Any]]:
+    if split is None:
+        return []
+    return [
+        [
+            f"accuracy, answer in the prompt ({split.n_in_prompt} examples): clean / splice",
+            f"{fmt(split.clean_in_prompt)} / {fmt(split.splice_in_prompt)}",
+            "the answer can be copied from the prompt",
+        ],
+        [
+            f"accuracy, answer not in the prompt ({split.n_not_in_prompt} examples): clean / splice",
+            f"{fmt(split.clean_not_in_prompt)} / {fmt(split.splice_not_in_prompt)}",
+            "the benchmark's meta['answer_in_prompt']",
+        ],
     ]

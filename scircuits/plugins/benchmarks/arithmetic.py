@@ -3,9 +3,11 @@
 An example (3 shots, addition, 2 digits)::
 
     prompt: "34 + 51 = 85\\n27 + 60 = 87\\n13 + 92 = 105\\n45 + 38 ="
-    target: " 83"
+    target: " 83"     delimiter: "\\n"
 
-The target has a leading space so that prompt + target tokenises like the natural text.
+The target has a leading space so that prompt + target tokenises like the natural text. Shots are
+separated by "\\n", so "\\n" follows an answer and is scored with it: " 83" followed by "0" is
+wrong. meta["answer_in_prompt"]: the answer occurs as a number in the prompt (in a shot).
 
 Problems. Operands have exactly ``digits`` digits (0-9 for one digit). Subtraction puts the larger
 operand first, so every answer is a whole number >= 0. Each problem (operation, a, b) belongs to the
@@ -34,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from scircuits import Benchmark, ConfigError, Example
 
+from .answers import occurs_in
 from .datafiles import check_limit
 
 Operation = Literal["+", "-", "*"]
@@ -42,6 +45,7 @@ Problem = tuple[str, int, int]  # (operation, a, b)
 TEST_FRACTION_DENOMINATOR = 5  # one problem in five is a test problem
 ENUMERATE_UP_TO = 200_000  # problem spaces this small are counted exactly before sampling
 MAX_EXAMPLES = 100_000
+SEPARATOR = "\n"  # between shots, so it ends every answer
 
 
 class ArithmeticOptions(BaseModel):
@@ -202,10 +206,12 @@ class ArithmeticBenchmark(Benchmark):
             lines = [f"{render(shot)} {answer_of(shot)}" for shot in shots] + [render(problem)]
             op, a, b = problem
             answer = answer_of(problem)
+            prompt = SEPARATOR.join(lines)
             yield Example(
                 id=f"arithmetic/{split}/{index}",
-                prompt="\n".join(lines),
+                prompt=prompt,
                 target=f" {answer}",
+                delimiter=SEPARATOR,
                 meta={
                     "operation": op,
                     "a": a,
@@ -213,5 +219,6 @@ class ArithmeticBenchmark(Benchmark):
                     "answer": answer,
                     "shots": [list(shot) for shot in shots],
                     "seed": seed,
+                    "answer_in_prompt": occurs_in(str(answer), prompt),
                 },
             )

@@ -5,12 +5,22 @@ Rows are JSON objects with ``problem``, ``solution``, ``level`` ("Level 3" or 3)
 ``\\fbox{...}`` of the solution, nested braces kept (``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``).
 Prompts (``cot`` option)::
 
-    gold (default): "Problem: {problem}\\nSolution: {solution up to and including its last '\\boxed{'}"
-    none:           "Problem: {problem}\\nAnswer: $\\boxed{"
+    none (default): "Problem: {problem}\\nAnswer: $\\boxed{"
+    gold:           "Problem: {problem}\\nSolution: {solution up to and including its last '\\boxed{'}"
     target:         "{boxed content}"
+    delimiter:      "}$" (none); "}$", "}." or "}" (gold: as the solution closes its box)
 
-so in both modes the model writes the answer inside the box, where the solution writes it. A
-solution without a boxed answer is a DataFormatError (every MATH solution has one; skipping rows
+so in both modes the model writes the answer inside the box, where the solution writes it, and
+closes the box; the delimiter is scored with the answer. It includes the character after the "}"
+when SmolLM2-style tokenizers merge the two ("}$" and "}." are single tokens, so a model that closes
+the box naturally never writes a lone "}" there): "}$" after ``none``'s "$\\boxed{", and in
+``gold`` mode what the solution itself writes ("}$" in "\\boxed{2}$.", "}." in "\\boxed{2}.$", else
+"}"). ``gold`` puts the gold solution in the prompt, which often states the answer before boxing
+it, so accuracy there largely measures copying; the mode is named in the run directory and the
+report (``label``: "cot-none", "cot-gold"). meta["answer_in_prompt"]: the boxed content occurs in
+the prompt (as a whole number when it is one, see ``answers.occurs_in``).
+
+A solution without a boxed answer is a DataFormatError (every MATH solution has one; skipping rows
 silently would change what "the test set" means).
 
 Examples follow the file order (``seed`` is not used); the ``level``/``type`` filters drop rows but
@@ -37,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from scircuits import DataFormatError, Example
 
+from .answers import occurs_in
 from .boxed import UnbalancedBoxError, last_boxed
 from .datafiles import DataFileBenchmark, read_jsonl, require_text
 from .hub import HubDataset, Row
@@ -69,7 +80,7 @@ class MathOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: str | None = None  # directory or .jsonl file
-    cot: Literal["gold", "none"] = "gold"
+    cot: Literal["none", "gold"] = "none"  # gold: the gold solution up to its box in the prompt
     level: list[int] | None = None  # keep only these levels (1-5)
     type: list[str] | None = None  # keep only these subjects, e.g. ["Algebra", "Number Theory"]
 
@@ -97,6 +108,13 @@ class MathOptions(BaseModel):
         return [by_lower[name.lower()] for name in value]
 
 
+def box_delimiter(solution: str, end: int) -> str:
+    """What closes the box at ``solution[end]`` (its "}"), with the next character when that is "$"
+    or "." (tokenisers merge "}$" and "}." into one token)."""
+    following = solution[end + 1 : end + 2]
+    return "}" + following if following in ("$", ".") else "}"
+
+
 def parse_level(value: Any, where: str) -> int | None:
     """3 from "Level 3" or 3; None for "Level ?" (a few MATH rows)."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -122,6 +140,10 @@ class MathBenchmark(DataFileBenchmark):
     def examples_from(self, path: Path, split: str, opts: MathOptions) -> Iterator[Example]:  # type: ignore[override]
         rows = ((f"{path}, line {line_no}", row, {"line": line_no}) for line_no, row in read_jsonl(path))
         return self._examples(rows, split, str(path), opts)
+
+    def label(self, options: Any = None) -> str:
+        opts: MathOptions = self.parse_options(options)  # type: ignore[assignment]
+        return f"cot-{opts.cot}"
 
     def hub_dataset(self, split: str) -> HubDataset | None:
         return HUB_DATASETS.get(split)
@@ -169,5 +191,13 @@ class MathBenchmark(DataFileBenchmark):
                 id=f"math/{split}/{index}",
                 prompt=prompt,
                 target=box.content,
-                meta={"source": source, **position, "level": level, "type": subject},
+                delimiter=box_delimiter(solution, box.end) if opts.cot == "gold" else "}$",
+                meta={
+                    "source": source,
+                    **position,
+                    "level": level,
+                    "type": subject,
+                    "prompt_mode": opts.cot,
+                    "answer_in_prompt": occurs_in(box.content, prompt),
+                },
             )

@@ -2,9 +2,15 @@
 
 The gold ``answer`` is reasoning lines, then a last line ``#### N``. Prompts (``cot`` option)::
 
-    gold (default): "Question: {question}\\nAnswer: {reasoning}\\nThe answer is"
-    none:           "Question: {question}\\nAnswer:"
+    none (default): "Question: {question}\\nAnswer:"                            delimiter "\\n"
+    gold:           "Question: {question}\\nAnswer: {reasoning}\\nThe answer is"  delimiter "."
     target:         " {N}"
+
+``none`` asks for the answer directly. ``gold`` puts the gold solution in the prompt: its reasoning
+usually ends on the answer, so accuracy there largely measures copying it; the mode is named in the
+run directory and the report (``label``: "cot-none", "cot-gold"). The delimiter is what ends the
+answer in each format (the answer line; the sentence "The answer is N.") and is scored with it.
+meta["answer_in_prompt"]: N occurs as a number in the prompt (``answers.occurs_in``).
 
 ``reasoning`` is the gold answer without its ``#### N`` line and with the calculator annotations
 ``<<48/2=24>>`` removed (they are tool calls, not text a model reads or writes). ``N`` is the text
@@ -29,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 
 from scircuits import Benchmark, DataFormatError, Example
 
+from .answers import occurs_in
 from .datafiles import read_jsonl, require_text, resolve_data_file, take
 from .hub import HubDataset, hub_rows
 
@@ -43,7 +50,7 @@ class GSM8KOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: str | None = None  # directory or .jsonl file; None reads openai/gsm8k (main) through `datasets`
-    cot: Literal["gold", "none"] = "gold"
+    cot: Literal["none", "gold"] = "none"  # gold: the gold solution in the prompt
 
 
 def split_answer(answer: str, where: str) -> tuple[str, str]:
@@ -73,8 +80,8 @@ def numeric_value(text: str) -> int | float | None:
 class GSM8KBenchmark(Benchmark):
     name = "gsm8k"
     description = (
-        "GSM8K word problems: the question and its gold reasoning, then the final number "
-        "(openai/gsm8k or --data)."
+        "GSM8K word problems: the question, then the final number (cot=gold: after the gold "
+        "reasoning) (openai/gsm8k or --data)."
     )
     splits = ("test", "train")
     multiple_choice = False
@@ -101,6 +108,10 @@ class GSM8KBenchmark(Benchmark):
             source = f"hf:{hub.path}"
         return take(self._examples(rows, split, source, opts), limit)
 
+    def label(self, options: Mapping[str, Any] | BaseModel | None = None) -> str:
+        opts: GSM8KOptions = self.parse_options(options)  # type: ignore[assignment]
+        return f"cot-{opts.cot}"
+
     def hub_dataset(self, split: str) -> HubDataset:
         return HubDataset(HF_DATASET, HF_CONFIG, split)
 
@@ -111,12 +122,20 @@ class GSM8KBenchmark(Benchmark):
             question = require_text(row, "question", where).strip()
             reasoning, final = split_answer(require_text(row, "answer", where), where)
             if opts.cot == "gold":
-                prompt = f"Question: {question}\nAnswer: {reasoning}\nThe answer is"
+                prompt, delimiter = f"Question: {question}\nAnswer: {reasoning}\nThe answer is", "."
             else:
-                prompt = f"Question: {question}\nAnswer:"
+                prompt, delimiter = f"Question: {question}\nAnswer:", "\n"
             yield Example(
                 id=f"gsm8k/{split}/{index}",
                 prompt=prompt,
                 target=f" {final}",
-                meta={"source": source, "where": where, "answer": final, "value": numeric_value(final)},
+                delimiter=delimiter,
+                meta={
+                    "source": source,
+                    "where": where,
+                    "answer": final,
+                    "value": numeric_value(final),
+                    "prompt_mode": opts.cot,
+                    "answer_in_prompt": occurs_in(final, prompt),
+                },
             )

@@ -8,6 +8,7 @@ four option lines "A.…" to "D.…". The prompt::
 
 ``choices`` (option ``choices``): "text" (default) scores the four option texts, each with a leading
 space (" {option text}"); "letter" scores " A", " B", " C", " D". target = choices[answer_index].
+No delimiter: the choices compete with each other, so none needs to end (docs/metrics.md).
 
 Option labels. The published English files are a machine translation and a few option lines lost or
 moved their label: "A No dangshen", "A? Many ...", "d.The ...", the order "A. C. B. D." (the labels,

@@ -14,6 +14,10 @@ Each ``Example.meta`` holds:
 
 ``counterfactual_pairs`` yields (original, counterfactual) ``Example`` pairs for interchange
 experiments.
+
+The examples have no delimiter (``Example.delimiter == ""``): a task's answer has a fixed number of
+tokens given its size (the digits of the sum, or one value), so its end needs no check, and the models
+never see a token after it.
 """
 
 from __future__ import annotations
