@@ -114,7 +114,7 @@ def mc_study(tiny, examples, norms):
     sae = constant_feature_sae(tiny.d_model, norms)
     split = SplitModel(tiny, tiny.n_layers - 2, "resid")
     data = prepare_eval(split, sae, tiny.tokenizer, examples, batch_size=6, max_length=None)
-    stats, _, _ = feature_statistics(data)
+    stats, _, _, _ = feature_statistics(data)
     return Study(split, sae, data, get_plugins().ablations.get("zero"), None, stats, seed=0)
 
 
