@@ -85,7 +85,8 @@ def ablate(loaded, sae, examples, plugins, tmp_path, layer: int, training_error:
         progress=False,
         layer=layer,
     )
-    info = {} if training_error is None else {"metrics": {"relative_error": training_error}}
+    # as load_sae gives it: scircuits.json under "meta"
+    info = {} if training_error is None else {"meta": {"metrics": {"relative_error": training_error}}}
     return run_ablate(config, plugins, inputs=AblateInputs(loaded, sae, info, examples, layer))
 
 

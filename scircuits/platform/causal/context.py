@@ -205,7 +205,8 @@ class StudyContext:
     def sae_training_metrics(self) -> dict[str, Any]:
         """The reconstruction metrics the checkpoint recorded on its training store's held-out
         tokens (empty for an SAE without them, e.g. one from another tool)."""
-        metrics = self.sae_info.get("metrics")
+        meta = self.sae_info.get("meta")
+        metrics = (meta if isinstance(meta, dict) else {}).get("metrics")
         return dict(metrics) if isinstance(metrics, dict) else {}
 
     def attribution(self) -> np.ndarray:

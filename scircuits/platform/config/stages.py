@@ -367,7 +367,10 @@ RunTrain = section(
     "RunTrain",
     TrainConfig,
     RUN_SETS | {"store", "seed", "device", "resume"},
-    {"tokens": 1_200_000, "expansion": 4, "warmup_steps": None},
+    # lr pinned: the width/batch rule (4.3e-3 here) leaves 83% of the latents dead and misfits the
+    # massive dimension on SmolLM2 layer 15 (standardised FVU 2.0); 1e-3 gives 31% dead, relative
+    # error 0.0069 (docs/training.md, "Real activations")
+    {"tokens": 1_200_000, "expansion": 4, "lr": 1e-3, "warmup_steps": None},
     {
         "sae": plugin_default_help("SAE variant to train", "saes"),
         "tokens": "SAE training tokens.",
