@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import string
 from pathlib import Path
+
+import numpy as np
 
 from scircuits.cli import main
 from scircuits.testing import save_tiny_model, tiny_loaded_model, tiny_model
@@ -50,3 +54,23 @@ def tiny_run(model_folder: Path, layer: int, out: Path, seed: int = 0) -> Path:
     )  # fmt: skip
     (run,) = [p for p in out.iterdir() if p.name.endswith(f"resid{layer}")]
     return run
+
+
+def permuted_copy(run, dest, perm):
+    """A copy of ``run`` whose SAE is the same SAE with latents reordered: new latent j = old perm[j]."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(run, dest)
+    weights = load_file(str(dest / "sae" / "sae_weights.safetensors"))
+    weights["W_enc"] = weights["W_enc"][:, perm].contiguous()
+    weights["b_enc"] = weights["b_enc"][perm].contiguous()
+    weights["W_dec"] = weights["W_dec"][perm].contiguous()
+    save_file(weights, str(dest / "sae" / "sae_weights.safetensors"), metadata={"format": "pt"})
+    results_path = dest / "causal" / "results.json"
+    results = json.loads(results_path.read_text())
+    new_id = np.argsort(perm)  # old latent i is new latent new_id[i]
+    results["config"]["sae"] = str(dest / "sae")
+    for feature in results["features"]:
+        feature["id"] = int(new_id[feature["id"]])
+    results_path.write_text(json.dumps(results))
+    return dest

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scircuits.cli import main
-from tests.compare_tiny import tiny_models, tiny_run
+from tests.compare_tiny import permuted_copy, tiny_models, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -18,26 +18,6 @@ def tiny_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     model_a, model_b = tiny_models(root)
     return tiny_run(model_a, 2, root / "runs-a"), tiny_run(model_b, 1, root / "runs-b")
-
-
-def permuted_copy(run, dest, perm):
-    """A copy of ``run`` whose SAE is the same SAE with latents reordered: new latent j = old perm[j]."""
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(run, dest)
-    weights = load_file(str(dest / "sae" / "sae_weights.safetensors"))
-    weights["W_enc"] = weights["W_enc"][:, perm].contiguous()
-    weights["b_enc"] = weights["b_enc"][perm].contiguous()
-    weights["W_dec"] = weights["W_dec"][perm].contiguous()
-    save_file(weights, str(dest / "sae" / "sae_weights.safetensors"), metadata={"format": "pt"})
-    results_path = dest / "causal" / "results.json"
-    results = json.loads(results_path.read_text())
-    new_id = np.argsort(perm)  # old latent i is new latent new_id[i]
-    results["config"]["sae"] = str(dest / "sae")
-    for feature in results["features"]:
-        feature["id"] = int(new_id[feature["id"]])
-    results_path.write_text(json.dumps(results))
-    return dest
 
 
 def test_a_permuted_copy_of_one_sae_matches_perfectly(tiny_runs, tmp_path, capsys):

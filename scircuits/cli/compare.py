@@ -62,3 +62,19 @@ def compare(run_dirs: tuple[str, ...], **flags: object) -> None:
     for line in summary_lines(results):
         click.echo(line)
     click.echo(f"wrote {Path(options.out) / 'results.json'} and {report}")
+    link_dashboards(results, Path(options.out))
+
+
+def link_dashboards(results: object, out: Path) -> None:
+    """Refresh the match data of the compared runs' existing dashboards (their generated match files
+    only), so each feature page lists its matches here; a failure leaves the results in place."""
+    from scircuits.platform.contract.errors import ConfigError
+    from scircuits.platform.dashboard.matches import compared_sites, refresh_matches
+
+    for run_dir, site in compared_sites(results):
+        try:
+            n = refresh_matches(site, run_dir, [out])
+        except ConfigError as exc:
+            click.echo(f"compare: {site} not linked ({exc})", err=True)
+            continue
+        click.echo(f"linked {n} comparisons into {site}")

@@ -20,7 +20,15 @@ import click
     default=None,
     help="Write the site here instead of RUN_DIR/dashboard (the report then gets no link).",
 )
-def dashboard(run_dir: str, features: int | None, out: str | None) -> None:
+@click.option(
+    "--compare",
+    "compare",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="A `scircuits compare --out` folder that compared this run (repeatable): each feature page lists "
+    "its matched features there, linked. Folders given before are kept.",
+)
+def dashboard(run_dir: str, features: int | None, out: str | None, compare: tuple[str, ...]) -> None:
     """Write RUN_DIR/dashboard: a sortable index of features and one page per feature, opening from disk."""
     from scircuits.platform.dashboard import build_dashboard
     from scircuits.platform.manager.plugin_set import get_plugins
@@ -30,10 +38,12 @@ def dashboard(run_dir: str, features: int | None, out: str | None) -> None:
         get_plugins(),
         features=features,
         out=out,
+        compare=compare,
         say=lambda m: click.echo(f"[dashboard] {m}", err=True),
     )
     click.echo(
         f"dashboard: {summary.out / 'index.html'}  ({summary.n_pages} feature pages of {summary.n_active} "
         f"active / {summary.d_sae} latents; {summary.size_bytes / 2**20:.1f} MiB in {summary.n_files} files; "
         f"{summary.seconds:.1f} s)"
+        + (f"; matches from {summary.n_comparisons} comparisons" if summary.n_comparisons else "")
     )

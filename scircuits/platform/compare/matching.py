@@ -43,6 +43,28 @@ class Matches:
         return len(self.a_index)
 
 
+@dataclass
+class MatchSet:
+    """All of one comparison's matches: one-to-one, and each live latent's best partner each way."""
+
+    hungarian: Matches
+    a_to_b: Matches
+    b_to_a: Matches
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of a matches file (``compare/matches/pair-I-J.npz``; keys in docs/formats.md)."""
+        out: dict[str, np.ndarray] = {}
+        for name, m in (
+            ("hungarian", self.hungarian),
+            ("max_a_to_b", self.a_to_b),
+            ("max_b_to_a", self.b_to_a),
+        ):
+            out[f"{name}_a"] = m.a_index.astype(np.int32)
+            out[f"{name}_b"] = m.b_index.astype(np.int32)
+            out[f"{name}_corr"] = m.corr.astype(np.float32)
+        return out
+
+
 def max_matches(cm: CorrelationMatrix) -> tuple[Matches, Matches]:
     """(A -> B, B -> A): each live latent's most correlated live partner (many-to-one allowed)."""
     corr = cm.corr

@@ -78,7 +78,8 @@ class Reference(BaseModel):
 
 
 class RunEntry(BaseModel):
-    path: str
+    path: str  # as given on the command line
+    resolved_path: str | None = None  # absolute, so a dashboard can find its run in these results
     label: str
     model: str
     layer: int
@@ -124,6 +125,9 @@ class PairResult(BaseModel):
     effect_agreement: EffectAgreement
     top_k: list[TopKAgreement]
     contexts: list[ContextPair] = Field(default_factory=list)
+    # every live latent's matches (one-to-one and max-correlation both ways), as arrays in an .npz
+    # file beside results.json (path relative to it; keys in docs/formats.md)
+    matches_file: str | None = None
 
 
 class CompareResults(BaseModel):

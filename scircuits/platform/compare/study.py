@@ -25,7 +25,13 @@ from scircuits.platform.compare.causal_agreement import (
 )
 from scircuits.platform.compare.correlation import CorrelationAccumulator
 from scircuits.platform.compare.geometry import random_rotation, rsa
-from scircuits.platform.compare.matching import Matches, distribution, hungarian_matches, max_matches
+from scircuits.platform.compare.matching import (
+    Matches,
+    MatchSet,
+    distribution,
+    hungarian_matches,
+    max_matches,
+)
 from scircuits.platform.compare.runs import Run, read_run
 from scircuits.platform.compare.schema import (
     CompareResults,
@@ -56,6 +62,7 @@ from scircuits.platform.compare.sources import (
 from scircuits.platform.manager.plugin_set import PluginSet
 
 RESULTS_FILE = "results.json"
+MATCHES_DIR = "matches"
 UNTRAINED_SEED = 12345
 ROTATION_SEED = 54321
 
@@ -106,7 +113,7 @@ def measure(
     decoders: tuple[np.ndarray, np.ndarray],
     options: CompareOptions,
     tops: tuple[TopRows, TopRows] | None = None,
-) -> tuple[Comparison, Matches]:
+) -> tuple[Comparison, MatchSet]:
     start = time.monotonic()
     acc = CorrelationAccumulator(*dims)
     for chunk in chunks:
@@ -159,7 +166,7 @@ def measure(
         seconds=time.monotonic() - start,
     )
     del cm
-    return comparison, hung
+    return comparison, MatchSet(hung, forward, backward)
 
 
 # -- a run's own ceiling and floors -------------------------------------------------------------
@@ -334,7 +341,7 @@ def compare_pair(
     options: CompareOptions,
     loaded_cache: dict[tuple, Any],
     core: internals.Core,
-) -> tuple[Comparison, Matches, AlignmentCounts, list[ContextPair]]:
+) -> tuple[Comparison, MatchSet, AlignmentCounts, list[ContextPair]]:
     sae_a, sae_b = saes
     dims = (int(sae_a.d_sae), int(sae_b.d_sae))
     decoders = (_decoder(sae_a), _decoder(sae_b))
@@ -347,9 +354,11 @@ def compare_pair(
             store_a, store_b, sae_encoder(sae_a), sae_encoder(sae_b), options.max_tokens
         )
         tops = (TopRows(dims[0]), TopRows(dims[1]))
-        comparison, hung = measure("pair", labels, "stores", "token", chunks, dims, decoders, options, tops)
-        contexts = store_contexts(run_a, store_a, hung, tops, options, loaded_cache, core)
-        return comparison, hung, counts, contexts
+        comparison, matches = measure(
+            "pair", labels, "stores", "token", chunks, dims, decoders, options, tops
+        )
+        contexts = store_contexts(run_a, store_a, matches.hungarian, tops, options, loaded_cache, core)
+        return comparison, matches, counts, contexts
 
     benchmark = run_a.config.get("benchmark")
     split = options.split or str(run_a.config.get("split", "test"))
@@ -374,7 +383,8 @@ def compare_pair(
     texts: list[str] = []
     tops = (TopRows(dims[0]), TopRows(dims[1]))
     chunks = model_chunks(side_a, side_b, examples, options.batch_size, counts, texts)
-    comparison, hung = measure("pair", labels, "model", "token", chunks, dims, decoders, options, tops)
+    comparison, matches = measure("pair", labels, "model", "token", chunks, dims, decoders, options, tops)
+    hung = matches.hungarian
     comparison.alignment = counts.mode
     contexts = [
         ContextPair(
@@ -386,7 +396,7 @@ def compare_pair(
             hung.a_index[: options.contexts], hung.b_index[: options.contexts], hung.corr, strict=False
         )
     ]
-    return comparison, hung, counts, contexts
+    return comparison, matches, counts, contexts
 
 
 def causal_agreement(
@@ -415,6 +425,7 @@ def causal_agreement(
 def run_entry(run: Run, sae: Any, ref: Reference) -> RunEntry:
     return RunEntry(
         path=str(run.path),
+        resolved_path=str(run.path.resolve()),
         label=run.label,
         model=run.model,
         layer=run.layer,
@@ -425,6 +436,17 @@ def run_entry(run: Run, sae: Any, ref: Reference) -> RunEntry:
         d_sae=int(sae.d_sae),
         reference=ref,
     )
+
+
+def write_matches(matches: MatchSet, out: Path, i: int, j: int) -> str:
+    """Every live latent's matches of runs i and j as arrays; returns the path relative to ``out``."""
+    relative = Path(MATCHES_DIR) / f"pair-{i}-{j}.npz"
+    path = out / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    np.savez_compressed(tmp, **matches.arrays())
+    os.replace(tmp, path)
+    return relative.as_posix()
 
 
 def write_results(results: CompareResults, out: Path) -> Path:
@@ -456,10 +478,10 @@ def compare_runs(paths: list[str | Path], options: CompareOptions, plugins: Plug
     pairs = []
     for i, j in index_pairs:
         say(f"compare: {runs[i].name} vs {runs[j].name}")
-        comparison, hung, counts, contexts = compare_pair(
+        comparison, matches, counts, contexts = compare_pair(
             runs[i], runs[j], (saes[i], saes[j]), options, loaded_cache, core
         )
-        effect, top_k = causal_agreement(runs[i], runs[j], hung, int(saes[j].d_sae), options)
+        effect, top_k = causal_agreement(runs[i], runs[j], matches.hungarian, int(saes[j].d_sae), options)
         pairs.append(
             PairResult(
                 a=i,
@@ -471,6 +493,7 @@ def compare_runs(paths: list[str | Path], options: CompareOptions, plugins: Plug
                 effect_agreement=effect,
                 top_k=top_k,
                 contexts=contexts,
+                matches_file=write_matches(matches, Path(options.out), i, j),
             )
         )
     results = CompareResults(

@@ -266,12 +266,44 @@ FEATURE_JS = r"""
       el("thead", {}, [el("tr", {}, [el("th", {scope: "col", text: "Token"}), el("th", {scope: "col", class: "num", text: "Logit effect"})])]),
       el("tbody", {}, list.map(e => el("tr", {}, [el("th", {scope: "row", text: SC.visible(e.token)}), el("td", {class: "num", text: SC.fmt(e.logit)})])))]);
   }
+  function spread(s) {
+    return s ? SC.fmt(s.median) + " (" + SC.fmt(s.q10) + " to " + SC.fmt(s.q90) + ")" : "–";
+  }
+  function figures(c) {
+    return el("table", {class: "figures"}, [
+      el("caption", {text: "Matched correlations over the " + c.n_tokens + " compared tokens (" + c.alignment +
+        "-aligned): median (10th to 90th percentile) over matched live latents, so a feature's correlation reads " +
+        "against this pair, the ceiling and the floors"}),
+      el("thead", {}, [el("tr", {}, [el("th", {scope: "col", text: "Comparison"}),
+        el("th", {scope: "col", class: "num", text: "One-to-one"}), el("th", {scope: "col", class: "num", text: "Max-correlation"})])]),
+      el("tbody", {}, c.rows.map(r => el("tr", {}, [el("th", {scope: "row", text: r.what}),
+        el("td", {class: "num", text: spread(r.one_to_one)}), el("td", {class: "num", text: spread(r.max)})])))]);
+  }
   function matches() {
-    if (!f.matches.length) return [el("p", {class: "note", text: "No compared runs for this run yet. Once `scircuits compare` " +
-      "matches this run's features with another run's, the matched features are listed here with links."})];
-    return [el("ul", {}, f.matches.map(m => el("li", {}, [
-      m.href ? el("a", {href: m.href, text: m.run + " · feature " + m.feature}) : m.run + " · feature " + m.feature,
-      " (similarity " + SC.fmt(m.similarity) + ")"])))];
+    const comparisons = window.SC_COMPARISONS || [];
+    if (!comparisons.length) return [el("p", {class: "note", text: "No compared runs for this run yet. Run `scircuits compare` " +
+      "on this run and another, then `scircuits dashboard RUN_DIR --compare COMPARE_DIR` (compare also refreshes existing " +
+      "dashboards): the matched features are listed here with links."})];
+    const mine = window.SC_MATCHES || [];
+    return comparisons.map((c, i) => {
+      const found = mine.filter(m => m.comparison === i);
+      const list = found.length ? el("table", {class: "matched"}, [
+        el("caption", {text: "Features of " + c.other + " matched to feature " + f.id}),
+        el("thead", {}, [el("tr", {}, [el("th", {scope: "col", text: "Matched feature"}),
+          el("th", {scope: "col", class: "num", text: "Correlation"}), el("th", {scope: "col", text: "Match kind"})])]),
+        el("tbody", {}, found.map(m => el("tr", {}, [
+          el("th", {scope: "row"}, [m.href ? el("a", {href: m.href, text: "Feature " + m.feature}) :
+            "Feature " + m.feature + " (no dashboard page)"]),
+          el("td", {class: "num", text: SC.fmt(m.similarity)}), el("td", {text: m.kinds.join(", ")})])))])
+        : el("p", {class: "muted", text: "No match: this feature was not live on the compared tokens, or had no positively " +
+          "correlated partner."});
+      return el("section", {"aria-label": "comparison with " + c.other}, [
+        el("h3", {text: "Versus " + c.other}),
+        list, figures(c),
+        c.note ? el("p", {class: "muted", text: c.note}) : "",
+        el("p", {class: "meta", text: "From " + c.compare_dir}),
+      ]);
+    });
   }
   function render() {
     const bands = f.quantiles.map(q => el("section", {"aria-label": "quantile band " + q.quantile}, [
@@ -295,14 +327,16 @@ FEATURE_JS = r"""
       section("quantiles", "Contexts sampled by activation quantile", [
         el("p", {class: "muted", text: "A uniform sample of " + meta.reservoir + " of the feature's nonzero activations, cut into " +
           meta.n_quantiles + " bands of equal count; a few contexts from each band."}), ...bands]),
-      section("matches", "Matches in compared runs", matches()));
+      section("matches", "Matched features in compared runs", matches()));
   }
   const shards = [...new Set([...f.top, ...f.quantiles.flatMap(q => q.contexts)].map(c => Math.floor(c.run / meta.shard_size)))];
-  let pending = shards.length;
+  const sources = shards.map(s => "../data/examples/" + s + ".js");
+  if ((window.SC_COMPARISONS || []).length) sources.push("../data/matches/" + f.id + ".js");
+  let pending = sources.length;
   if (!pending) render();
-  for (const s of shards) {
+  for (const src of sources) {
     const tag = document.createElement("script");
-    tag.src = "../data/examples/" + s + ".js";
+    tag.src = src;
     tag.onload = () => { if (--pending === 0) render(); };
     tag.onerror = () => main.replaceChildren(el("p", {class: "error", text: "Could not load " + tag.src}));
     document.body.append(tag);

@@ -15,6 +15,7 @@ import numpy as np
 
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.dashboard import sources
+from scircuits.platform.dashboard.matches import check_compare_dirs, recorded_compare_dirs, refresh_matches
 from scircuits.platform.dashboard.neuronpedia import write_neuronpedia
 from scircuits.platform.dashboard.scan import (
     HIST_BINS_PER_DECADE,
@@ -52,6 +53,7 @@ class DashboardSummary:
     seconds: float
     size_bytes: int
     n_files: int
+    n_comparisons: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -116,8 +118,10 @@ def build_dashboard(
     out: str | Path | None = None,
     settings: ScanSettings | None = None,
     say: Callable[[str], None] | None = None,
+    compare: Sequence[str | Path] = (),
 ) -> DashboardSummary:
-    """Write RUN_DIR/dashboard (or ``out``): index, one page per active feature, the Neuronpedia export."""
+    """Write RUN_DIR/dashboard (or ``out``): index, one page per active feature, the Neuronpedia export,
+    and the matched features of ``compare`` folders (plus those a previous build of the site recorded)."""
     if features is not None and features <= 0:
         raise ConfigError(f"--features must be a positive number, not {features}")
     started = time.monotonic()
@@ -125,10 +129,13 @@ def build_dashboard(
     settings = settings or ScanSettings()
     inputs = sources.read_run(run_dir)
     target = Path(out) if out is not None else inputs.run_dir / DASHBOARD_DIR
+    compare_dirs = [*recorded_compare_dirs(target), *(Path(c) for c in compare)]
+    check_compare_dirs(compare_dirs, inputs.run_dir)  # before the scan: a bad folder costs nothing
     extracted = extract(inputs, plugins, settings, features, timings, say or (lambda _: None))
     t0 = time.monotonic()
     write_site(target, extracted)
     write_neuronpedia(target / "neuronpedia", extracted)
+    n_comparisons = refresh_matches(target, inputs.run_dir, compare_dirs) if compare_dirs else 0
     timings["write"] = round(time.monotonic() - t0, 2)
     if out is None or target.resolve() == (inputs.run_dir / DASHBOARD_DIR).resolve():
         link_from_report(inputs.run_dir, target)
@@ -142,6 +149,7 @@ def build_dashboard(
         seconds=round(time.monotonic() - started, 1),
         size_bytes=sum(p.stat().st_size for p in files),
         n_files=len(files),
+        n_comparisons=n_comparisons,
         timings=timings,
     )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 
 class Context(BaseModel):
@@ -53,12 +53,14 @@ class Ablation(BaseModel):
 
 
 class Match(BaseModel):
-    """A feature of another run matched to this one (filled once `scircuits compare` exists)."""
+    """A feature of another run matched to this one by `scircuits compare` (data/matches/<id>.js)."""
 
-    run: str
+    comparison: int  # index into window.SC_COMPARISONS (data/comparisons.js)
+    run: str  # the other run's label
     feature: int
-    similarity: float
-    href: str | None = None
+    similarity: float  # activation correlation over the compared tokens
+    kinds: list[str]  # "one-to-one" (Hungarian) and/or "max-correlation" (this feature's best partner)
+    href: str | None = None  # the other run's feature page, relative to this site's features/ folder
 
 
 class FeaturePage(BaseModel):
@@ -74,7 +76,6 @@ class FeaturePage(BaseModel):
     promoted: list[LogitEffect]
     suppressed: list[LogitEffect]
     ablation: Ablation | None = None
-    matches: list[Match] = Field(default_factory=list)
 
 
 class IndexRow(BaseModel):

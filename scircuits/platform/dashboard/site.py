@@ -1,5 +1,7 @@
 """Write the static site: index.html, features/<id>.html, data/*.js, assets/*; and the report's link.
 
+The match data (data/comparisons.js, data/matches/) is written empty here and filled by ``matches``.
+
 Data files are JavaScript that assigns to a global (``window.SC_INDEX``, ``window.SC_FEATURE``,
 ``window.SC_EXAMPLES``) so that pages opened from ``file://`` load them with a <script> tag (Chromium
 blocks fetch() of local files). A feature page loads only its own data file and the example shards
@@ -183,6 +185,7 @@ def write_site(target: Path, extracted: Extracted) -> None:
     (tmp / "assets" / "feature.js").write_text(FEATURE_JS)
     (tmp / "data" / "meta.js").write_text(js_assign("window.SC_META", meta(extracted)))
     (tmp / "data" / "index.js").write_text(js_assign("window.SC_INDEX", index_data(extracted)))
+    (tmp / "data" / "comparisons.js").write_text(js_assign("window.SC_COMPARISONS", []))
     shards: dict[int, dict[str, list[str]]] = {}
     for run, tokens in extracted.examples.items():
         shards.setdefault(run // SHARD_SIZE, {})[str(run)] = tokens
@@ -202,7 +205,13 @@ def write_site(target: Path, extracted: Extracted) -> None:
                 f"Feature {fid} · {run_label(extracted)}",
                 feature_body(fid, neighbours),
                 depth=1,
-                scripts=["assets/common.js", "data/meta.js", f"data/features/{fid}.js", "assets/feature.js"],
+                scripts=[
+                    "assets/common.js",
+                    "data/meta.js",
+                    "data/comparisons.js",
+                    f"data/features/{fid}.js",
+                    "assets/feature.js",
+                ],
             )
         )
     report_href = relative_report(target, extracted.inputs.run_dir)

@@ -8,18 +8,26 @@ internals; re-point these functions when the core moves (issue 9):
 - the SAE checkpoint (``scircuits.platform.checkpoint.load_sae``);
 - the model, for its tokenizer and unembedding (``get_plugins().models.get(name).load``);
 - the direct-path logit effects (``scircuits.platform.causal.study.unembedding_effects`` over a
-  ``scircuits.platform.splice.SplitModel``).
+  ``scircuits.platform.splice.SplitModel``);
+- a ``scircuits compare`` folder: its ``results.json`` (``scircuits.platform.compare.schema``) and the
+  per-pair matches files beside it.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from pydantic import ValidationError
+
 from scircuits.platform.causal.study import unembedding_effects
+from scircuits.platform.compare.schema import FORMAT as COMPARE_FORMAT
+from scircuits.platform.compare.schema import CompareResults
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.model.splice import SplitModel
 from scircuits.platform.train.checkpoint import load_sae as load
@@ -134,3 +142,33 @@ def direct_path_effects(
     """{feature: {"promoted": [{token, logit}], "suppressed": [...]}} through the unembedding only."""
     split = SplitModel(loaded, inputs.layer, inputs.site)
     return unembedding_effects(split, sae, list(features), decoder, n=n)
+
+
+COMPARE_RESULTS = "results.json"
+
+
+def read_comparison(compare_dir: str | Path) -> CompareResults:
+    """The results of a ``scircuits compare --out DIR`` folder; ConfigError naming what is wrong."""
+    path = Path(compare_dir) / COMPARE_RESULTS
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: give the --out folder of `scircuits compare`")
+    try:
+        results = CompareResults.model_validate_json(path.read_text())
+    except (ValidationError, ValueError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(
+            f"{path} is not a `scircuits compare` results file ({first}); rerun compare"
+        ) from None
+    if results.format != COMPARE_FORMAT:
+        raise ConfigError(f"{path} has format {results.format!r}, not {COMPARE_FORMAT!r}")
+    return results
+
+
+def read_match_arrays(compare_dir: str | Path, relative: str) -> dict[str, np.ndarray]:
+    """The arrays of one pair's matches file (keys in docs/formats.md)."""
+    path = Path(compare_dir) / relative
+    try:
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ConfigError(f"{path} could not be read ({exc}); rerun `scircuits compare`") from None

@@ -1,0 +1,215 @@
+"""Matched features in compared runs: the match data of a dashboard, from ``scircuits compare`` folders.
+
+A dashboard records the compare folders whose matches it shows in ``comparisons.json``; refreshing
+(re)writes only generated files of the site:
+
+- ``data/comparisons.js`` (``window.SC_COMPARISONS``): one entry per comparison involving this run,
+  with the pair's matched-correlation summaries beside this run's ceiling (seed twin) and floors
+  (untrained SAE, random basis);
+- ``data/matches/<id>.js`` (``window.SC_MATCHES``) per feature page: its one-to-one and
+  max-correlation partners in every comparison, each linked to the other run's feature page when
+  that run's dashboard has one (a relative link, so it works from ``file://``).
+
+    refresh_matches(run_dir / "dashboard", run_dir, [Path("compare")])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from scircuits.platform.compare.schema import CompareResults, Comparison, MatchedDistribution, RunEntry
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.dashboard import sources
+from scircuits.platform.dashboard.schema import Match
+from scircuits.platform.dashboard.site import js_assign
+
+COMPARISONS_FILE = "comparisons.json"  # in the site folder: the compare folders it shows
+DASHBOARD_DIR = "dashboard"
+
+
+def recorded_compare_dirs(site: Path) -> list[Path]:
+    """The compare folders a site records (those that still hold results), oldest first."""
+    path = site / COMPARISONS_FILE
+    if not path.is_file():
+        return []
+    try:
+        dirs = json.loads(path.read_text()).get("compare_dirs", [])
+    except (json.JSONDecodeError, AttributeError):
+        return []
+    return [Path(d) for d in dirs if (Path(d) / sources.COMPARE_RESULTS).is_file()]
+
+
+def _unique(paths: Iterable[Path]) -> list[Path]:
+    seen: dict[Path, None] = {}
+    for p in paths:
+        seen.setdefault(p.resolve(), None)
+    return list(seen)
+
+
+def run_index(results: CompareResults, run_dir: Path) -> int | None:
+    """Which of the compared runs ``run_dir`` is (by resolved path), or None."""
+    here = run_dir.resolve()
+    for i, entry in enumerate(results.runs):
+        if Path(entry.resolved_path or entry.path).resolve() == here:
+            return i
+    return None
+
+
+def _summary(d: MatchedDistribution | None) -> dict[str, Any] | None:
+    if d is None or d.n == 0:
+        return None
+    return {"n": d.n, "median": d.median, "q10": d.q10, "q90": d.q90, "mean": d.mean}
+
+
+def _reference_row(what: str, c: Comparison | None) -> dict[str, Any]:
+    return {
+        "what": what,
+        "one_to_one": _summary(c.hungarian) if c else None,
+        "max": _summary(c.max_a_to_b) if c else None,  # this run's SAE is side A of its references
+    }
+
+
+def comparison_entry(compare_dir: Path, results: CompareResults, pair_at: int, side: int) -> dict[str, Any]:
+    """What a feature page shows about one comparison: the other run, and its figures beside the
+    ceiling and floors of this run (``side`` 0: this run is the pair's A)."""
+    pair = results.pairs[pair_at]
+    this_i, other_i = (pair.a, pair.b) if side == 0 else (pair.b, pair.a)
+    this: RunEntry = results.runs[this_i]
+    other: RunEntry = results.runs[other_i]
+    c = pair.comparison
+    ref = this.reference
+    return {
+        "compare_dir": str(compare_dir),
+        "other": other.label,
+        "other_path": other.resolved_path or other.path,
+        "n_tokens": c.n_tokens,
+        "alignment": c.alignment,
+        "rows": [
+            {
+                "what": f"this pair ({this.label} vs {other.label})",
+                "one_to_one": _summary(c.hungarian),
+                "max": _summary(c.max_a_to_b if side == 0 else c.max_b_to_a),
+            },
+            _reference_row("ceiling: this SAE vs its seed twin", ref.ceiling),
+            _reference_row("floor: vs an untrained SAE", ref.floor_untrained),
+            _reference_row("floor: vs a random basis", ref.floor_rotation),
+        ],
+        "note": ref.note,
+    }
+
+
+def feature_href(site: Path, other_run: Path, feature: int) -> str | None:
+    """A link from this site's features/ folder to the other run's page for ``feature``, if it exists."""
+    target = other_run / DASHBOARD_DIR / "features" / f"{feature}.html"
+    if not target.is_file():
+        return None
+    return Path(os.path.relpath(target.resolve(), (site / "features").resolve())).as_posix()
+
+
+def check_compare_dirs(compare_dirs: Sequence[Path], run_dir: Path) -> None:
+    """ConfigError unless every folder holds compare results that include ``run_dir``."""
+    for compare_dir in compare_dirs:
+        _own_index(compare_dir, sources.read_comparison(compare_dir), run_dir)
+
+
+def _own_index(compare_dir: Path, results: CompareResults, run_dir: Path) -> int:
+    me = run_index(results, run_dir)
+    if me is None:
+        compared = ", ".join(r.resolved_path or r.path for r in results.runs)
+        raise ConfigError(
+            f"{compare_dir / sources.COMPARE_RESULTS} did not compare {run_dir} (it compared {compared}); "
+            "give a compare folder of this run"
+        )
+    return me
+
+
+def feature_matches(
+    site: Path, compare_dirs: Sequence[Path], run_dir: Path, features: Sequence[int]
+) -> tuple[list[dict[str, Any]], dict[int, list[Match]]]:
+    """(comparison entries, {feature: its matches}) over every comparison involving ``run_dir``."""
+    wanted = set(features)
+    entries: list[dict[str, Any]] = []
+    by_feature: dict[int, list[Match]] = {f: [] for f in features}
+    for compare_dir in compare_dirs:
+        results = sources.read_comparison(compare_dir)
+        me = _own_index(compare_dir, results, run_dir)
+        for at, pair in enumerate(results.pairs):
+            if me not in (pair.a, pair.b) or pair.matches_file is None:
+                continue
+            side = 0 if me == pair.a else 1
+            number = len(entries)
+            entries.append(comparison_entry(compare_dir, results, at, side))
+            other_run = Path(entries[-1]["other_path"])
+            arrays = sources.read_match_arrays(compare_dir, pair.matches_file)
+            mine, theirs = ("a", "b") if side == 0 else ("b", "a")
+            max_key = "max_a_to_b" if side == 0 else "max_b_to_a"
+            found: dict[tuple[int, int], Match] = {}
+            for key, kind in (("hungarian", "one-to-one"), (max_key, "max-correlation")):
+                for f, g, corr in zip(
+                    arrays[f"{key}_{mine}"].tolist(),
+                    arrays[f"{key}_{theirs}"].tolist(),
+                    arrays[f"{key}_corr"].tolist(),
+                    strict=True,
+                ):
+                    if f not in wanted:
+                        continue
+                    if (f, g) in found:
+                        found[(f, g)].kinds.append(kind)
+                        continue
+                    found[(f, g)] = Match(
+                        comparison=number,
+                        run=entries[-1]["other"],
+                        feature=g,
+                        similarity=round(float(corr), 4),
+                        kinds=[kind],
+                        href=feature_href(site, other_run, g),
+                    )
+            for (f, _), match in found.items():
+                by_feature[f].append(match)
+    return entries, by_feature
+
+
+def site_features(site: Path) -> list[int]:
+    return sorted(int(p.stem) for p in (site / "data" / "features").glob("*.js") if p.stem.isdigit())
+
+
+def refresh_matches(site: Path, run_dir: Path, compare_dirs: Sequence[Path]) -> int:
+    """(Re)write a site's match data from ``compare_dirs`` plus those it already records; returns the
+    number of comparisons shown. Touches only comparisons.json, data/comparisons.js, data/matches/."""
+    if not (site / "data" / "features").is_dir():
+        raise ConfigError(f"{site} is not a dashboard folder: build it with `scircuits dashboard {run_dir}`")
+    dirs = _unique([*recorded_compare_dirs(site), *compare_dirs])
+    features = site_features(site)
+    entries, by_feature = feature_matches(site, dirs, run_dir, features)
+    matches_dir = site / "data" / "matches"
+    tmp = matches_dir.with_name(f".matches.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    if entries:
+        for f in features:
+            payload = [m.model_dump(mode="json") for m in by_feature[f]]
+            (tmp / f"{f}.js").write_text(js_assign("window.SC_MATCHES", payload))
+    if matches_dir.exists():
+        shutil.rmtree(matches_dir)
+    tmp.replace(matches_dir)
+    (site / "data" / "comparisons.js").write_text(js_assign("window.SC_COMPARISONS", entries))
+    (site / COMPARISONS_FILE).write_text(
+        json.dumps({"compare_dirs": [str(d) for d in dirs]}, indent=2) + "\n"
+    )
+    return len(entries)
+
+
+def compared_sites(results: CompareResults) -> list[tuple[Path, Path]]:
+    """(run dir, its dashboard folder) of each compared run that has a dashboard."""
+    out = []
+    for entry in results.runs:
+        run = Path(entry.resolved_path or entry.path)
+        if (run / DASHBOARD_DIR / "data" / "features").is_dir():
+            out.append((run, run / DASHBOARD_DIR))
+    return out

@@ -1,0 +1,94 @@
+"""Matched features on dashboard pages: compare's per-latent matches file, and the match data that
+`scircuits compare` and `scircuits dashboard --compare` write into the compared runs' dashboards."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scircuits.cli import main
+from tests.dashboard_run import compared_run, read_js
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    return compared_run(tmp_path_factory)
+
+
+def test_compare_stores_every_live_latents_matches(compared):
+    run, copy, compare_dir, perm = compared
+    results = json.loads((compare_dir / "results.json").read_text())
+    (pair,) = results["pairs"]
+    assert [Path(r["resolved_path"]) for r in results["runs"]] == [run.resolve(), copy.resolve()]
+    with np.load(compare_dir / pair["matches_file"]) as data:
+        arrays = {k: data[k] for k in data.files}
+    c = pair["comparison"]
+    assert len(arrays["max_a_to_b_a"]) == c["alive_a"] and len(arrays["max_b_to_a_b"]) == c["alive_b"]
+    assert len(set(arrays["max_a_to_b_a"].tolist())) == c["alive_a"]  # one best partner per live latent
+    new_id = np.argsort(perm)  # latent i of the run is latent new_id[i] of the copy
+    assert (arrays["hungarian_b"] == new_id[arrays["hungarian_a"]]).all()
+    assert (arrays["max_a_to_b_b"] == new_id[arrays["max_a_to_b_a"]]).all()
+    assert (arrays["max_b_to_a_a"] == perm[arrays["max_b_to_a_b"]]).all()
+    assert np.allclose(arrays["hungarian_corr"], 1.0, atol=1e-4)
+    assert len(arrays["hungarian_a"]) >= len(c["top_pairs"])
+    assert [p["a"] for p in c["top_pairs"]] == arrays["hungarian_a"][: len(c["top_pairs"])].tolist()
+
+
+def test_each_feature_page_gets_its_matches_linked_to_the_other_runs_page(compared):
+    run, copy, compare_dir, perm = compared
+    new_id = np.argsort(perm)
+    site, other = run / "dashboard", copy / "dashboard"
+    (entry,) = read_js(site / "data" / "comparisons.js")
+    assert Path(entry["other_path"]) == copy.resolve() and Path(entry["compare_dir"]) == compare_dir.resolve()
+    whats = [row["what"] for row in entry["rows"]]
+    assert whats[0].startswith("this pair") and whats[1].startswith("ceiling") and len(whats) == 4
+    assert entry["rows"][0]["one_to_one"]["median"] == pytest.approx(1.0, abs=1e-4)
+    assert entry["rows"][1]["one_to_one"] is None and "--no-train-twins" in entry["note"]  # no twin
+    assert entry["rows"][2]["one_to_one"]["median"] < 0.9  # the untrained floor sits below
+    pages = sorted(int(p.stem) for p in (site / "features").glob("*.html"))
+    linked = 0
+    for f in pages:
+        matches = read_js(site / "data" / "matches" / f"{f}.js")
+        for m in matches:
+            assert m["comparison"] == 0 and m["feature"] == new_id[f]
+            assert set(m["kinds"]) == {"one-to-one", "max-correlation"}  # one row when both agree
+            if m["href"] is not None:
+                target = (site / "features" / m["href"]).resolve()
+                assert target == (other / "features" / f"{new_id[f]}.html").resolve() and target.is_file()
+                linked += 1
+    assert linked > 0
+    # and the copy's pages link back
+    back = read_js(other / "data" / "matches" / f"{new_id[pages[0]]}.js")
+    assert [(m["feature"], os.path.basename(m["href"])) for m in back] == [(pages[0], f"{pages[0]}.html")]
+
+
+def test_a_rebuilt_dashboard_keeps_its_comparisons(compared, tmp_path):
+    run, copy, compare_dir, _ = compared
+    recorded = json.loads((run / "dashboard" / "comparisons.json").read_text())["compare_dirs"]
+    assert [Path(d) for d in recorded] == [compare_dir.resolve()]
+    out = tmp_path / "again"
+    main(["dashboard", str(copy), "--out", str(out), "--compare", str(compare_dir)])
+    assert len(read_js(out / "data" / "comparisons.js")) == 1
+    assert list((out / "data" / "matches").glob("*.js"))
+
+
+@pytest.mark.parametrize("bad", ["missing", "other"])
+def test_a_compare_folder_of_other_runs_fails_in_one_line(compared, tmp_path, capsys, bad):
+    run, _, compare_dir, _ = compared
+    folder = tmp_path / "cmp"
+    if bad == "other":
+        folder.mkdir()
+        results = json.loads((compare_dir / "results.json").read_text())
+        for entry in results["runs"]:
+            entry["resolved_path"] = entry["path"] = str(tmp_path / "elsewhere")
+        (folder / "results.json").write_text(json.dumps(results))
+    with pytest.raises(SystemExit) as exc:
+        main(["dashboard", str(run), "--out", str(tmp_path / "site"), "--compare", str(folder)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert ("is missing" if bad == "missing" else "did not compare") in err
+    assert not (tmp_path / "site").exists()
