@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from tests.dashboard_run import read_js, tiny_run
+from tests.dashboard_run import compared_run, read_js
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
 
@@ -53,7 +53,9 @@ def browser():
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    return tiny_run(tmp_path_factory) / "dashboard"
+    """The tiny run's dashboard, its matches linked to a compared permuted copy's dashboard."""
+    run, _, _, _ = compared_run(tmp_path_factory)
+    return run / "dashboard"
 
 
 class Watched:
@@ -150,9 +152,15 @@ def test_feature_page_shows_histogram_contexts_and_effects(watched, site):
     assert page.locator("section[aria-labelledby=quantiles] ol.contexts > li").count() > 0
     assert "direct path" in page.locator("#logits").text_content()
     assert page.locator("section[aria-labelledby=effects] table caption").count() == 1
-    assert (
-        "No compared runs for this run yet" in page.locator("section[aria-labelledby=matches]").text_content()
-    )
+    matches = page.locator("section[aria-labelledby=matches]")
+    assert matches.locator("h2").text_content() == "Matched features in compared runs"
+    (match,) = read_js(site / "data" / "matches" / f"{first}.js")
+    link = matches.get_by_role("link", name=f"Feature {match['feature']}")
+    assert Path(unquote(urlparse(link.evaluate("a => a.href")).path)).name == f"{match['feature']}.html"
+    row = link.locator("xpath=ancestor::tr")
+    assert "one-to-one, max-correlation" in row.text_content()
+    figures = matches.locator("table.figures tbody tr")
+    assert figures.count() == 4 and figures.nth(1).locator("th").text_content().startswith("ceiling")
 
     shaded = page.locator(".tok.on")
     assert shaded.count() > 0

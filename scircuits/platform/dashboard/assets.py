@@ -46,6 +46,7 @@ details pre { white-space: pre-wrap; background: #f6f6f6; padding: .5rem; font-s
 mark.focus { background: rgba(var(--shade), .6); outline: 1px solid #111; }
 .logits { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
 .note { background: #f3f6fa; border-left: 4px solid var(--accent); padding: .5rem .8rem; }
+table.figures td { white-space: nowrap; }
 .error { background: #fdecea; border-left: 4px solid #b3261e; padding: .5rem .8rem; }
 """
 

@@ -85,13 +85,13 @@ def comparison_entry(compare_dir: Path, results: CompareResults, pair_at: int, s
     ref = this.reference
     return {
         "compare_dir": str(compare_dir),
-        "other": other.label,
+        "other": f"{other.label} · {Path(other.path).name}",  # labels alone repeat for one model
         "other_path": other.resolved_path or other.path,
         "n_tokens": c.n_tokens,
         "alignment": c.alignment,
         "rows": [
             {
-                "what": f"this pair ({this.label} vs {other.label})",
+                "what": "this pair",
                 "one_to_one": _summary(c.hungarian),
                 "max": _summary(c.max_a_to_b if side == 0 else c.max_b_to_a),
             },
