@@ -92,3 +92,26 @@ def test_a_compare_folder_of_other_runs_fails_in_one_line(compared, tmp_path, ca
     assert exc.value.code == 2 and "Traceback" not in err
     assert ("is missing" if bad == "missing" else "did not compare") in err
     assert not (tmp_path / "site").exists()
+
+
+def test_building_a_dashboard_refreshes_the_partners_links_to_it(compared):
+    """A partner refreshed while this run had no dashboard has no links to it; (re)building this
+    run's dashboard with the comparison restores them. Leaves the shared sites as they were."""
+    from scircuits.platform.dashboard.matches import refresh_matches
+
+    run, copy, compare_dir, _ = compared
+    other_page = copy / "dashboard" / "data" / "matches"
+    hidden = run.parent / "dashboard-hidden"
+    (run / "dashboard").rename(hidden)
+    try:
+        refresh_matches(copy / "dashboard", copy, [])
+    finally:
+        hidden.rename(run / "dashboard")
+    assert all(m["href"] is None for p in other_page.glob("*.js") for m in read_js(p))
+    main(["dashboard", str(run), "--compare", str(compare_dir)])
+    hrefs = [m["href"] for p in other_page.glob("*.js") for m in read_js(p)]
+    assert hrefs and any(h is not None for h in hrefs)
+    for page in other_page.glob("*.js"):
+        for m in read_js(page):
+            if m["href"] is not None:
+                assert (copy / "dashboard" / "features" / m["href"]).resolve().is_file()

@@ -15,7 +15,12 @@ import numpy as np
 
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.dashboard import sources
-from scircuits.platform.dashboard.matches import check_compare_dirs, recorded_compare_dirs, refresh_matches
+from scircuits.platform.dashboard.matches import (
+    check_compare_dirs,
+    recorded_compare_dirs,
+    refresh_matches,
+    refresh_partners,
+)
 from scircuits.platform.dashboard.neuronpedia import write_neuronpedia
 from scircuits.platform.dashboard.scan import (
     HIST_BINS_PER_DECADE,
@@ -136,6 +141,8 @@ def build_dashboard(
     write_site(target, extracted)
     write_neuronpedia(target / "neuronpedia", extracted)
     n_comparisons = refresh_matches(target, inputs.run_dir, compare_dirs) if compare_dirs else 0
+    if compare_dirs and target.resolve() == (inputs.run_dir / DASHBOARD_DIR).resolve():
+        refresh_partners(compare_dirs, inputs.run_dir, say or (lambda _: None))
     timings["write"] = round(time.monotonic() - t0, 2)
     if out is None or target.resolve() == (inputs.run_dir / DASHBOARD_DIR).resolve():
         link_from_report(inputs.run_dir, target)

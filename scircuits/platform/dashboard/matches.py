@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +213,19 @@ def compared_sites(results: CompareResults) -> list[tuple[Path, Path]]:
         if (run / DASHBOARD_DIR / "data" / "features").is_dir():
             out.append((run, run / DASHBOARD_DIR))
     return out
+
+
+def refresh_partners(compare_dirs: Sequence[Path], run_dir: Path, say: Callable[[str], None]) -> None:
+    """Refresh the other compared runs' dashboards that show one of ``compare_dirs``, so their links
+    to this run's (re)built pages resolve; a partner that fails is named and left as it was."""
+    for compare_dir in _unique(compare_dirs):
+        results = sources.read_comparison(compare_dir)
+        for other_run, site in compared_sites(results):
+            if other_run.resolve() == run_dir.resolve():
+                continue
+            if compare_dir not in _unique(recorded_compare_dirs(site)):
+                continue
+            try:
+                refresh_matches(site, other_run, [])
+            except ConfigError as exc:
+                say(f"{site}: match links not refreshed ({exc})")
