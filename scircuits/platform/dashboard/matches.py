@@ -63,7 +63,7 @@ def run_index(results: CompareResults, run_dir: Path) -> int | None:
 def _summary(d: MatchedDistribution | None) -> dict[str, Any] | None:
     if d is None or d.n == 0:
         return None
-    return {"n": d.n, "median": d.median, "q10": d.q10, "q90": d.q90, "mean": d.mean}
+    return {"n": d.n, "median": d.median, "q10": d.q10, "q90": d.q90}
 
 
 def _reference_row(what: str, c: Comparison | None) -> dict[str, Any]:
