@@ -76,7 +76,7 @@ def test_a_rebuilt_dashboard_keeps_its_comparisons(compared, tmp_path):
     assert list((out / "data" / "matches").glob("*.js"))
 
 
-@pytest.mark.parametrize("bad", ["missing", "other"])
+@pytest.mark.parametrize("bad", ["missing", "other", "old"])
 def test_a_compare_folder_of_other_runs_fails_in_one_line(compared, tmp_path, capsys, bad):
     run, _, compare_dir, _ = compared
     folder = tmp_path / "cmp"
@@ -86,11 +86,18 @@ def test_a_compare_folder_of_other_runs_fails_in_one_line(compared, tmp_path, ca
         for entry in results["runs"]:
             entry["resolved_path"] = entry["path"] = str(tmp_path / "elsewhere")
         (folder / "results.json").write_text(json.dumps(results))
+    if bad == "old":
+        folder.mkdir()
+        results = json.loads((compare_dir / "results.json").read_text())
+        for pair in results["pairs"]:
+            del pair["matches_file"]
+        (folder / "results.json").write_text(json.dumps(results))
     with pytest.raises(SystemExit) as exc:
         main(["dashboard", str(run), "--out", str(tmp_path / "site"), "--compare", str(folder)])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "Traceback" not in err
-    assert ("is missing" if bad == "missing" else "did not compare") in err
+    expected = {"missing": "is missing", "other": "did not compare", "old": "names no matches file"}[bad]
+    assert expected in err
     assert not (tmp_path / "site").exists()
 
 

@@ -4,8 +4,12 @@ beside each run's ceiling and floors. The work lives in ``scircuits.platform.com
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from scircuits.platform.compare.schema import CompareResults
 
 
 @click.command()
@@ -65,7 +69,7 @@ def compare(run_dirs: tuple[str, ...], **flags: object) -> None:
     link_dashboards(results, Path(options.out))
 
 
-def link_dashboards(results: object, out: Path) -> None:
+def link_dashboards(results: CompareResults, out: Path) -> None:
     """Refresh the match data of the compared runs' existing dashboards (their generated match files
     only), so each feature page lists its matches here; a failure leaves the results in place."""
     from scircuits.platform.contract.errors import ConfigError

@@ -5,7 +5,8 @@
 
 Modules: ``sources`` (the only one that reads the run directory and scircuits' internals), ``scan``
 (streaming passes over the store through the SAE), ``schema`` (the typed data written), ``build``
-(extraction), ``site`` and ``assets`` (the pages), ``neuronpedia`` (the export).
+(extraction), ``site`` and ``assets`` (the pages), ``neuronpedia`` (the export), ``matches`` (matched
+features in compared runs, from ``scircuits compare`` folders, linked between the runs' sites).
 """
 
 from scircuits.platform.dashboard.build import DASHBOARD_DIR, DashboardSummary, build_dashboard

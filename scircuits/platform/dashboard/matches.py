@@ -114,7 +114,13 @@ def feature_href(site: Path, other_run: Path, feature: int) -> str | None:
 def check_compare_dirs(compare_dirs: Sequence[Path], run_dir: Path) -> None:
     """ConfigError unless every folder holds compare results that include ``run_dir``."""
     for compare_dir in compare_dirs:
-        _own_index(compare_dir, sources.read_comparison(compare_dir), run_dir)
+        results = sources.read_comparison(compare_dir)
+        me = _own_index(compare_dir, results, run_dir)
+        if any(me in (p.a, p.b) and p.matches_file is None for p in results.pairs):
+            raise ConfigError(
+                f"{compare_dir / sources.COMPARE_RESULTS} names no matches file (written by an older "
+                "`scircuits compare`): rerun the compare to list matched features on the dashboard"
+            )
 
 
 def _own_index(compare_dir: Path, results: CompareResults, run_dir: Path) -> int:
