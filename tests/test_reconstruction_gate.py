@@ -107,7 +107,10 @@ def test_an_sae_fitted_to_one_layer_is_refused_at_the_next_and_the_previous(
     assert gate["passed"] and gate["error_growth"] < 3
     # the fast path agrees with nnsight when features are edited, not only for the identity
     assert splice["edited_fast_path_max_abs_diff"] <= splice["tolerance"]
-    assert result["behaviour"]["accuracy_ci"][0] <= result["behaviour"]["accuracy_delta"]
+    # the behaviour change is the reconstruction against the clean model on the same examples
+    behaviour, recon, clean = result["behaviour"], result["reconstruction"], result["baseline"]
+    assert behaviour["accuracy_delta"] == pytest.approx(recon["accuracy"] - clean["accuracy"])
+    assert behaviour["logprob_delta"] == pytest.approx(recon["logprob"] - clean["logprob"])
 
     for layer in (LAYER - 1, LAYER + 1):
         with pytest.raises(ReconstructionGateError, match=r"(?s)x the .* training store.*--layer"):

@@ -118,16 +118,18 @@ class Study:
             self._batch_stats[b] = cached
         return cached
 
+    def edited_features(self, eb: EvalBatch, edit: FeatureEdit) -> torch.Tensor:
+        """The batch's features with ``edit`` applied at the edited positions only."""
+        where = edit_mask(eb.batch, self.first_position)[..., None]
+        return torch.where(where, edit(eb.features), eb.features)
+
     def site_value(self, eb: EvalBatch, mode: SiteMode, edit: FeatureEdit | None) -> torch.Tensor:
         x = eb.cache.site_output
         if mode == "clean":
             return x
         if mode == "zeroed-site":
             return torch.zeros_like(x)
-        features = eb.features
-        if edit is not None:
-            where = edit_mask(eb.batch, self.first_position)[..., None]
-            features = torch.where(where, edit(features), features)
+        features = eb.features if edit is None else self.edited_features(eb, edit)
         out = self.sae.decode(features)
         if mode == "splice":
             out = out + eb.error
@@ -193,10 +195,8 @@ class Study:
         """Per-sequence scores with features edited. A sequence whose features the edit leaves exactly
         as they were has exactly the splice's output, so only the changed sequences run the upper
         blocks; the others take the splice's scores (the eager path: ``skip_unchanged = False``)."""
-        features = eb.features
-        where = edit_mask(eb.batch, self.first_position)[..., None]
-        edited = torch.where(where, edit(features), features)
-        changed = (edited != features).flatten(1).any(dim=1)
+        edited = self.edited_features(eb, edit)
+        changed = (edited != eb.features).flatten(1).any(dim=1)
         reference_lp, reference_ok = self._splice_sequence_scores(b, eb)
         if not bool(changed.any()):
             return reference_lp, reference_ok

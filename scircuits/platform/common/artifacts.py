@@ -229,17 +229,22 @@ def remove_orphans(folder: Path) -> list[Path]:
     return removed
 
 
+def write_probe(folder: Path) -> None:
+    """Write, sync and remove a 4 KiB file in ``folder``: raises the OSError a real write would."""
+    probe = tmp_name(folder / ".write-probe")
+    with open(probe, "wb") as fh:
+        fh.write(b"0" * 4096)
+        fh.flush()
+        os.fsync(fh.fileno())
+    probe.unlink()
+
+
 def check_writable(folder: Path, *, option: str = "--out") -> None:
     """Create ``folder`` if needed and prove a file can be written there, before any heavy work."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = tmp_name(folder / ".write-probe")
-        with open(probe, "wb") as fh:
-            fh.write(b"0" * 4096)
-            fh.flush()
-            os.fsync(fh.fileno())
-        probe.unlink()
+        write_probe(folder)
     except OSError as exc:
         raise ArtifactError(
             f"{folder}: cannot write here ({describe_os_error(exc)}); choose another {option}"
@@ -260,12 +265,7 @@ def check_can_create(path: Path, *, option: str = "--out") -> None:
             probe_in = probe_in.parent
         if not probe_in.is_dir():
             raise OSError(errno.ENOTDIR, "Not a directory", str(probe_in))
-        probe = tmp_name(probe_in / ".write-probe")
-        with open(probe, "wb") as fh:
-            fh.write(b"0" * 4096)
-            fh.flush()
-            os.fsync(fh.fileno())
-        probe.unlink()
+        write_probe(probe_in)
     except OSError as exc:
         raise ArtifactError(
             f"{path}: cannot write here ({describe_os_error(exc)}); choose another {option}"

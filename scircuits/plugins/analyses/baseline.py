@@ -140,13 +140,8 @@ def ce_loss_recovered(clean: float | None, sae: float | None, zero: float | None
 CE_GAP_NATS = 0.1
 
 
-def meaningful(context: StudyContext, recovered: float | None) -> bool:
-    gap = context.shared.get("ce_gap")
-    return recovered is not None and gap is not None and gap >= CE_GAP_NATS
-
-
 def reconstruction_gate(
-    context: StudyContext, metrics: dict[str, Any], recovered: float | None
+    context: StudyContext, metrics: dict[str, Any], recovered: float | None, ce_gap: float | None
 ) -> ReconstructionGate:
     """Refuses an SAE that does not fit the site: the splice with its error term is exact for any
     SAE, so only the reconstruction itself can tell a wrong layer, site, model or scale."""
@@ -166,7 +161,8 @@ def reconstruction_gate(
             f"relative error {relative_error:.3g} is {growth:.1f}x the {trained:.3g} it had on its training "
             f"store (limit {config.max_error_growth:g}x, --max-error-growth)"
         )
-    if meaningful(context, recovered) and not recovered >= config.min_ce_loss_recovered:
+    ce_counts = recovered is not None and ce_gap is not None and ce_gap >= CE_GAP_NATS
+    if ce_counts and not recovered >= config.min_ce_loss_recovered:
         problems.append(
             f"CE loss recovered {recovered:.3g} (limit {config.min_ce_loss_recovered:g}, "
             "--min-ce-loss-recovered)"
@@ -234,10 +230,9 @@ class Baseline(Analysis):
         zeroed = context.run_condition("zeroed-site", ce=True, status="zero site", record="zero_site")
         context.shared["splice"] = spliced  # the reference of every effect
         recovered = ce_loss_recovered(clean.ce, recon.ce, zeroed.ce)
-        if clean.ce is not None and zeroed.ce is not None:
-            context.shared["ce_gap"] = zeroed.ce - clean.ce
+        ce_gap = None if clean.ce is None or zeroed.ce is None else zeroed.ce - clean.ce
         metrics = context.reconstruction_metrics()
-        gate = reconstruction_gate(context, metrics, recovered)
+        gate = reconstruction_gate(context, metrics, recovered, ce_gap)
         return BaselineResult(
             splice=SpliceCheck(**splice),
             baseline=CleanScores(accuracy=clean.accuracy, logprob=clean.mean_logprob, ce_loss=clean.ce),
