@@ -220,7 +220,9 @@ def test_run_ablate_writes_results_with_the_documented_keys(tiny, examples, tmp_
         "faithfulness",
         "logit_effects",
         "features",
+        "ground-truth",
     ]
+    assert results["ground_truth"] is None  # a benchmark without per-token variables
     rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
     assert len(rows) == len(examples) and {
         "clean",

@@ -185,3 +185,34 @@ def test_collect_traces_a_trained_synth_model_end_to_end(tiny_logic, tmp_path):
     example = next(iter(get_plugins().benchmarks.get("synth-logic").examples(limit=1, options={"size": 3})))
     store = ActivationStore(out)
     assert store.shape == (20 * len(example.meta["tokens"]), 32)
+
+
+def test_the_ground_truth_analysis_scores_a_run_and_its_null_edit_is_exactly_null(tiny_logic, tmp_path):
+    """`scircuits run` on a synth benchmark: results.json and the report carry the ground-truth scores."""
+    args = ["run", "--model", f"hf:{tiny_logic}", "--benchmark", "synth-logic", "--option", "size=3"]
+    args += ["--layer", "0", "--sae", "topk", "--expansion", "4", "--limit", "60", "--collect-limit", "400"]
+    args += ["--train-tokens", "8000", "--train-batch-size", "256", "--top-k", "1,5"]
+    args += ["--random-controls", "2", "--exact-top", "3", "--no-progress", "--out", str(tmp_path)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    run = next(p for p in tmp_path.iterdir() if p.is_dir())
+    results = json.loads((run / "causal" / "results.json").read_text())
+    assert "ground-truth" in results["analyses"]
+    truth = results["ground_truth"]
+    assert truth["task"] == "logic" and truth["examples"] == 60
+    assert truth["labelled_tokens"] == 60 * 4  # three `;` and the query per problem
+    assert set(truth["feature_recovery"]) == {"sae", "probe", "raw", "random-decoder"}
+    labels = {r["label"] for r in truth["feature_recovery"]["sae"]["labels"]}
+    assert {"value=0", "value=1", "negated=1", "answer=0"} <= labels
+    for rec in truth["feature_recovery"].values():
+        assert all(0.0 <= r["auroc"] <= 1.0 for r in rec["labels"])
+    null = truth["null_edit"]
+    assert null["features"] == [] and null["dependent"]["n"] > 0 and null["independent"]["n"] > 0
+    for side in ("dependent", "independent"):
+        assert null[side]["mean"] == 0.0 and not null[side]["excludes_zero"]
+    assert not null["specific"]
+    edit = truth["specificity"]
+    assert edit["features"] and edit["dependent"]["n"] == null["dependent"]["n"]
+    report = (run / "report.md").read_text()
+    assert "Ground truth: recovery of the known variables" in report
+    assert "ground truth:" in result.output

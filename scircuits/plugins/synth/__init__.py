@@ -1,6 +1,7 @@
 """Built-in plugin ``synth``: small transformers trained here on tasks with known variables.
 
-Registers the benchmarks ``synth-addition`` and ``synth-logic`` (examples carry per-token ground
+Registers the analysis ``ground-truth`` (scores a study on these benchmarks against the known
+variables), the benchmarks ``synth-addition`` and ``synth-logic`` (examples carry per-token ground
 truth and counterfactual pairs in ``meta``) and the models of the same names (the folders
 ``scircuits synth train`` writes). ``scoring`` holds the feature- and causal-recovery measures.
 Importing this package imports no torch.
@@ -18,6 +19,13 @@ TASK_NAMES = ("addition", "logic")
 def register_benchmarks(register):
     for task in TASK_NAMES:
         register(SynthBenchmark(task))
+
+
+@hookimpl
+def register_analyses(register):
+    from .analysis import GroundTruthAnalysis
+
+    register(GroundTruthAnalysis())
 
 
 @hookimpl

@@ -12,7 +12,7 @@ def synth() -> None:
 
 @synth.command()
 @click.option("--task", type=click.Choice(["addition", "logic"]), required=True, help="The task to learn.")
-@click.option("--size", type=int, help="Digits (addition, default 4) or chain steps (logic, default 6).")
+@click.option("--size", type=int, help="Digits (addition, default 4) or chain steps (logic, default 3).")
 @click.option("--layers", type=int, default=2, show_default=True, help="Decoder blocks.")
 @click.option("--d-model", type=int, default=128, show_default=True, help="Residual width.")
 @click.option("--heads", type=int, help="Attention heads (default: d_model // 32).")

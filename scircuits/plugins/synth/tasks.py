@@ -315,7 +315,7 @@ class TaskSpec:
 TASKS: dict[str, dict[str, int]] = {
     # task -> size parameter name and its default, bounds
     "addition": {"default": 4, "min": 1, "max": 9},
-    "logic": {"default": 6, "min": 2, "max": len(LOGIC_NAMES)},
+    "logic": {"default": 3, "min": 2, "max": len(LOGIC_NAMES)},
 }
 
 

@@ -1,0 +1,439 @@
+"""The ``ground-truth`` analysis: on a benchmark whose examples carry per-token variables in ``meta``
+(``synth-addition``, ``synth-logic``), score what the study found against what is known.
+
+- **Feature recovery**, on every example's labelled tokens (the site's output, as the study traced
+  it): per variable value, the best single SAE feature's AUROC and F1, and the share of values with
+  a feature at AUROC >= 0.9; beside it a logistic probe on the raw activations (the ceiling), the
+  best raw dimension, and a random-decoder SAE of the same width and L0.
+- **Causal recovery**: the known causal set is the best feature of each variable value where it is
+  aligned (AUROC >= the threshold; 0.9, and 0.75 as a looser bar). The study's own ranking (the
+  order its sweeps take features in) is scored against it: precision and recall at k, AUROC.
+- **Specificity**: the feature(s) best aligned with the carry into a column (addition:
+  ``carry_in=1``) or with a step's value (logic: ``value=0`` and ``value=1``) are zero-ablated at one
+  column's / step's position at a time; the change of the answer's log-prob on problems whose answer
+  depends on that carry / step against those where it does not, each with a bootstrap interval, and
+  a null edit (nothing ablated) through the same path beside it.
+
+On any other benchmark the result is ``null``. The floor of an SAE trained on the untrained model
+is this same analysis on a run of that model (``bench/synth_recovery.py`` puts them side by side).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from scircuits import Analysis, AnalysisResult
+
+from .scoring import (
+    AUROC_RECOVERED,
+    Label,
+    Recovery,
+    aligned_features,
+    feature_recovery,
+    probe_recovery,
+    random_decoder_features,
+    ranking_recovery,
+    specificity,
+    variable_labels,
+)
+
+if TYPE_CHECKING:
+    from scircuits import ReportDocument, StudyContext, StudyResults
+
+ALIGNED_AT = (AUROC_RECOVERED, 0.75)
+SOURCES = ("sae", "probe", "raw", "random-decoder")
+
+
+class LabelScore(BaseModel):
+    label: str
+    n: int
+    n_positive: int
+    unit: int  # best feature / dimension (-1 for the probe)
+    auroc: float
+    f1: float
+    sign: int = 1
+
+
+class SourceRecovery(BaseModel):
+    source: str
+    threshold: float
+    share_recovered: float
+    mean_auroc: float
+    labels: list[LabelScore]
+
+    def by_label(self) -> dict[str, LabelScore]:
+        return {r.label: r for r in self.labels}
+
+
+class RankingScore(BaseModel):
+    min_auroc: float
+    causal_set: list[int]
+    precision_at_k: dict[int, float]
+    recall_at_k: dict[int, float]
+    auroc: float
+
+
+class IntervalScore(BaseModel):
+    mean: float
+    low: float
+    high: float
+    n: int
+    excludes_zero: bool
+
+
+class SpecificityScore(BaseModel):
+    variable: str  # what the edited features are aligned with
+    features: list[int]
+    feature_auroc: dict[str, float]
+    dependent: IntervalScore
+    independent: IntervalScore
+    difference: IntervalScore
+    confidence: float
+    specific: bool
+
+
+class GroundTruth(BaseModel):
+    task: str
+    examples: int
+    labelled_tokens: int
+    random_decoder_k: int
+    feature_recovery: dict[str, SourceRecovery]  # by source: sae, probe, raw, random-decoder
+    causal_recovery: list[RankingScore]  # one per alignment bar with a non-empty causal set
+    causal_recovery_note: str
+    specificity: SpecificityScore | None
+    null_edit: SpecificityScore | None
+
+
+class GroundTruthResult(AnalysisResult):
+    ground_truth: GroundTruth | None
+
+
+def _has_ground_truth(examples: list[Any]) -> bool:
+    return bool(examples) and all(
+        isinstance(e.meta, dict) and "variables" in e.meta and "tokens" in e.meta for e in examples
+    )
+
+
+def _source(rec: Recovery) -> SourceRecovery:
+    return SourceRecovery.model_validate(rec.to_dict())
+
+
+class LabelledTokens:
+    """The site's output and SAE features at every token that carries a known variable."""
+
+    def __init__(self, context: StudyContext) -> None:
+        examples = context.study.data.examples
+        raw, feats, variables, owner, position = [], [], [], [], []
+        for eb in context.study.data.batches:
+            real = eb.edit_mask(0)
+            for example, layout in zip(eb.example_indices, eb.layouts, strict=True):
+                meta = examples[example].meta
+                for row in layout.sequence_indices:
+                    positions = eb.batch.position_ids[row][real[row]].tolist()
+                    columns = np.flatnonzero(real[row].cpu().numpy())
+                    if len(positions) != len(meta["tokens"]):
+                        raise ValueError(
+                            f"{examples[example].id}: the model's tokenizer gives {len(positions)} tokens, "
+                            f"the ground truth {len(meta['tokens'])}; the model was not trained on this task"
+                        )
+                    for column, p in zip(columns, positions, strict=True):
+                        cell = meta["variables"][p]
+                        if not cell:
+                            continue
+                        raw.append(eb.cache.site_output[row, column].float().cpu().numpy())
+                        feats.append(eb.features[row, column].float().cpu().numpy())
+                        variables.append(dict(cell))
+                        owner.append(example)
+                        position.append(p)
+        self.raw = np.stack(raw).astype(np.float64)
+        self.features = np.stack(feats).astype(np.float64)
+        self.variables = variables
+        self.example = np.array(owner)
+        self.position = np.array(position)
+
+
+def position_edit(context: StudyContext, features: list[int], where: dict[int, set[int]]) -> Any:
+    """Edits zero-ablating ``features`` only at the positions ``where[example]`` of each example."""
+    import torch
+
+    idx = torch.as_tensor(features, dtype=torch.long)
+    batches = context.study.data.batches
+
+    def edit_for(b: int) -> Any:
+        eb = batches[b]
+        mask = torch.zeros(eb.features.shape[:2], dtype=torch.bool)
+        for example, layout in zip(eb.example_indices, eb.layouts, strict=True):
+            wanted = where.get(int(example), set())
+            for row in layout.sequence_indices:
+                for p in wanted:
+                    mask[row] |= eb.batch.position_ids[row].cpu() == p
+        mask &= eb.edit_mask(0).cpu()
+
+        def edit(f: torch.Tensor) -> torch.Tensor:
+            if not len(idx):
+                return f
+            out = f.clone()
+            out[..., idx] = torch.where(mask.to(f.device)[..., None], 0.0, f[..., idx]).to(f.dtype)
+            return out
+
+        return edit
+
+    return edit_for
+
+
+def _interval(d: dict[str, Any]) -> IntervalScore:
+    return IntervalScore(**d)
+
+
+class GroundTruthAnalysis(Analysis):
+    name = "ground-truth"
+    description = "Ground truth: recovery of the known variables"
+    order = 80
+    after = ("baseline", "ranking")
+    Result = GroundTruthResult
+
+    def passes(self, context: StudyContext) -> int:
+        if not _has_ground_truth(context.study.data.examples):
+            return 0
+        return 2 * _max_index(context.study.data.examples) + 2
+
+    def run(self, context: StudyContext) -> GroundTruthResult:
+        examples = context.study.data.examples
+        if not _has_ground_truth(examples):
+            return GroundTruthResult(ground_truth=None)
+        task = str(examples[0].meta.get("task", ""))
+        tokens = LabelledTokens(context)
+        labels = variable_labels(tokens.variables)
+        l0 = float((tokens.features > 0).sum(axis=1).mean())
+        k = max(1, round(l0))
+        sae = feature_recovery(tokens.features, labels, source="sae")
+        recoveries = {
+            "sae": sae,
+            "probe": probe_recovery(tokens.raw, labels, groups=tokens.example, seed=context.seed),
+            "raw": feature_recovery(tokens.raw, labels, source="raw", signed=True),
+            "random-decoder": feature_recovery(
+                random_decoder_features(tokens.raw, context.d_sae, k, seed=context.seed),
+                labels,
+                source="random-decoder",
+            ),
+        }
+        causal, note = self._causal(context, sae, labels)
+        spec, null = self._specificity(context, task, sae)
+        return GroundTruthResult(
+            ground_truth=GroundTruth(
+                task=task,
+                examples=len(examples),
+                labelled_tokens=len(tokens.variables),
+                random_decoder_k=k,
+                feature_recovery={name: _source(rec) for name, rec in recoveries.items()},
+                causal_recovery=causal,
+                causal_recovery_note=note,
+                specificity=spec,
+                null_edit=null,
+            )
+        )
+
+    @staticmethod
+    def _causal(context: StudyContext, sae: Recovery, labels: list[Label]) -> tuple[list[RankingScore], str]:
+        ranked = context.shared.get("ranked")
+        if ranked is None:
+            return [], "the ranking analysis left no order"
+        scores = np.zeros(context.d_sae)
+        scores[np.asarray(ranked)] = np.arange(len(ranked), 0, -1)
+        out: list[RankingScore] = []
+        empty: list[str] = []
+        for bar in ALIGNED_AT:
+            causal_set = aligned_features(sae, [label.name for label in labels], min_auroc=bar)
+            if not causal_set:
+                empty.append(f"{bar:g}")
+                continue
+            r = ranking_recovery(scores, causal_set)
+            out.append(
+                RankingScore(
+                    min_auroc=bar,
+                    causal_set=list(r.causal_set),
+                    precision_at_k=r.precision_at_k,
+                    recall_at_k=r.recall_at_k,
+                    auroc=r.auroc,
+                )
+            )
+        note = (
+            "the study's ranking against the best-aligned feature of each variable value"
+            if not empty
+            else f"no SAE feature reaches AUROC {' or '.join(empty)} for any variable: no causal set there"
+        )
+        return out, note
+
+    @staticmethod
+    def _specificity(
+        context: StudyContext, task: str, sae: Recovery
+    ) -> tuple[SpecificityScore | None, SpecificityScore | None]:
+        examples = context.study.data.examples
+        by_label = sae.by_label()
+        wanted = ["carry_in=1"] if task == "addition" else ["value=0", "value=1"]
+        found = {w: by_label[w] for w in wanted if w in by_label and by_label[w].unit >= 0}
+        if not found:
+            return None, None
+        features = sorted({r.unit for r in found.values()})
+        key = "column" if task == "addition" else "step"
+        indices = sorted({c[key] for c in examples[0].meta["variables"] if key in c})
+        if task == "addition":
+            indices = [i for i in indices if i >= 1]  # column 0 never receives a carry
+        evaluation = context.evaluation_indices
+        base = context.scores["splice"].logprob[evaluation]  # recorded over every example
+        out = []
+        for edited in (features, []):
+            clean_all, edited_all, depends_all = [], [], []
+            for index in indices:
+                where: dict[int, set[int]] = {}
+                depends = np.zeros(len(examples), dtype=bool)
+                for e, example in enumerate(examples):
+                    for p, cell in enumerate(example.meta["variables"]):
+                        if cell.get(key) == index and ("carry_in" in cell or "value" in cell):
+                            where.setdefault(e, set()).add(p)
+                            if task == "addition":
+                                depends[e] = bool(cell["carry_in"])
+                    if task == "logic":
+                        depends[e] = example.meta["facts"]["query"] >= index
+                scores = context.run_condition(
+                    "splice",
+                    position_edit(context, edited, where),
+                    status=f"ground truth {key} {index}" + ("" if edited else " (null)"),
+                )
+                clean_all.append(base)
+                edited_all.append(scores.logprob)
+                depends_all.append(depends[evaluation])
+            result = specificity(
+                np.concatenate(clean_all),
+                np.concatenate(edited_all),
+                np.concatenate(depends_all),
+                seed=context.seed,
+            ).to_dict()
+            out.append(
+                SpecificityScore(
+                    variable=" / ".join(found),
+                    features=list(edited),
+                    feature_auroc={w: r.auroc for w, r in found.items()},
+                    dependent=_interval(result["dependent"]),
+                    independent=_interval(result["independent"]),
+                    difference=_interval(result["difference"]),
+                    confidence=result["confidence"],
+                    specific=result["specific"],
+                )
+            )
+        return out[0], out[1]
+
+    # -- output -------------------------------------------------------------------------------
+
+    def report(self, section: ReportDocument, result: GroundTruthResult, results: StudyResults) -> None:
+        g = result.ground_truth
+        if g is None:
+            return
+        section.heading(self.description)
+        section.paragraph(
+            f"Task {g.task}: {g.labelled_tokens:,} labelled tokens of {g.examples} examples. Feature "
+            f"recovery: per variable value, the best single unit's AUROC (share of values at AUROC ≥ "
+            f"{AUROC_RECOVERED:g}). The probe is the ceiling (is the variable linearly there at all); "
+            f"the random-decoder SAE has the same width and L0 ({g.random_decoder_k})."
+        )
+        recs = g.feature_recovery
+        section.table(
+            ["source", "share at AUROC ≥ 0.9", "mean best AUROC"],
+            [[name, section.fmt(r.share_recovered), section.fmt(r.mean_auroc)] for name, r in recs.items()],
+        )
+        tables = {name: r.by_label() for name, r in recs.items()}
+        rows = []
+        for label, r in tables["sae"].items():
+            rows.append(
+                [label, r.unit, section.fmt(r.auroc), section.fmt(r.f1)]
+                + [section.fmt(tables[n][label].auroc) if label in tables[n] else "n/a" for n in SOURCES[1:]]
+            )
+        section.table(["variable", "SAE feature", "AUROC", "F1", "probe", "raw dim", "random decoder"], rows)
+        if g.causal_recovery:
+            section.table(
+                ["aligned at", "causal set", "P@1", "P@5", "R@5", "R@20", "ranking AUROC"],
+                [
+                    [
+                        f"AUROC ≥ {c.min_auroc:g}",
+                        ", ".join(map(str, c.causal_set[:12])) + (" …" if len(c.causal_set) > 12 else ""),
+                        section.fmt(c.precision_at_k.get(1)),
+                        section.fmt(c.precision_at_k.get(5)),
+                        section.fmt(c.recall_at_k.get(5)),
+                        section.fmt(c.recall_at_k.get(20)),
+                        section.fmt(c.auroc),
+                    ]
+                    for c in g.causal_recovery
+                ],
+            )
+        section.paragraph(f"Causal recovery: {g.causal_recovery_note}.")
+        if g.specificity is not None and g.null_edit is not None:
+            section.table(
+                ["edit", "Δ log-prob, answer depends", "Δ log-prob, does not", "specific"],
+                [
+                    [
+                        f"features {s.features or '∅ (null edit)'} ({s.variable})",
+                        _fmt_interval(s.dependent),
+                        _fmt_interval(s.independent),
+                        str(s.specific),
+                    ]
+                    for s in (g.specificity, g.null_edit)
+                ],
+            )
+
+    def findings(
+        self, section: ReportDocument, result: GroundTruthResult, results: StudyResults
+    ) -> list[str]:
+        g = result.ground_truth
+        if g is None:
+            return []
+        sae, probe = g.feature_recovery["sae"].by_label(), g.feature_recovery["probe"].by_label()
+        missed = [
+            label
+            for label, r in sae.items()
+            if r.auroc < AUROC_RECOVERED <= (probe[label].auroc if label in probe else 0.0)
+        ]
+        lines = [
+            f"Ground truth: an SAE feature recovers {g.feature_recovery['sae'].share_recovered:.0%} of the "
+            f"{len(sae)} variable values at AUROC ≥ {AUROC_RECOVERED:g}; a probe on the raw activations "
+            f"{g.feature_recovery['probe'].share_recovered:.0%}, the random-decoder SAE "
+            f"{g.feature_recovery['random-decoder'].share_recovered:.0%}."
+        ]
+        if missed:
+            lines.append("The SAE misses what the probe shows is present: " + ", ".join(missed) + ".")
+        return lines
+
+    def summary_lines(self, result: GroundTruthResult) -> list[str]:
+        g = result.ground_truth
+        if g is None:
+            return []
+        rec = g.feature_recovery
+        shares = {name: r.share_recovered for name, r in rec.items()}
+        line = (
+            f"  ground truth: {shares['sae']:.2f} of variable values recovered by an SAE feature "
+            f"(probe {shares['probe']:.2f}, random decoder {shares['random-decoder']:.2f})"
+        )
+        if g.causal_recovery:
+            c = g.causal_recovery[0]
+            line += f"; ranking AUROC vs the causal set (AUROC ≥ {c.min_auroc:g}) {c.auroc:.2f}"
+        return [line]
+
+    def comparison(self, section: ReportDocument, result: GroundTruthResult) -> dict[str, str]:
+        g = result.ground_truth
+        if g is None:
+            return {}
+        return {
+            "GT recovered (SAE / probe)": f"{section.fmt(g.feature_recovery['sae'].share_recovered)} / "
+            f"{section.fmt(g.feature_recovery['probe'].share_recovered)}"
+        }
+
+
+def _fmt_interval(i: IntervalScore) -> str:
+    return f"{i.mean:+.4g} [{i.low:+.3g}, {i.high:+.3g}] (n={i.n})"
+
+
+def _max_index(examples: list[Any]) -> int:
+    cells = examples[0].meta["variables"]
+    return len({c.get("column", c.get("step")) for c in cells if "column" in c or "step" in c})
