@@ -172,9 +172,9 @@ def print_variant(task: str, variant: str, s: dict) -> None:
             continue
         d, i = sp["dependent"], sp["independent"]
         print(
-            f"{name} (features {sp['features']}, {sp['variable']}): Δlogprob dependent {d['mean']:+.4f} "
-            f"[{d['low']:+.4f}, {d['high']:+.4f}] (n={d['n']}), independent {i['mean']:+.4f} "
-            f"[{i['low']:+.4f}, {i['high']:+.4f}] (n={i['n']}); specific: {sp['specific']}"
+            f"{name} (features {sp['features']}, {sp['variable']}): Δlogprob dependent {d['mean']:+.3g} "
+            f"[{d['low']:+.3g}, {d['high']:+.3g}] (n={d['n']}), independent {i['mean']:+.3g} "
+            f"[{i['low']:+.3g}, {i['high']:+.3g}] (n={i['n']}); specific: {sp['specific']}"
         )
     p = s["pipeline"]
     print(f"pipeline: clean accuracy {fmt(p['accuracy_clean'])}, splice max |Δlogit| "
@@ -235,8 +235,8 @@ def main() -> None:
     fam = sub.add_parser("family", help="train several seeds and sizes")
     fam.add_argument("--task", required=True, choices=["addition", "logic"])
     fam.add_argument("--seeds", default="0,1,2")
-    fam.add_argument("--sizes", default="1x64,2x128", help="LAYERSxD_MODEL,...")
-    fam.add_argument("--steps", type=int, default=3000)
+    fam.add_argument("--sizes", default="2x128,3x128", help="LAYERSxD_MODEL,...")
+    fam.add_argument("--steps", type=int, default=6000)
     fam.add_argument("--stop-at", type=float, default=0.995)
     rec = sub.add_parser("recover", help="pipeline + ground-truth scores on one trained model")
     rec.add_argument("--model-dir", required=True)

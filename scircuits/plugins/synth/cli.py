@@ -19,7 +19,13 @@ def synth() -> None:
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the weights and the data order."
 )
-@click.option("--steps", type=int, default=3000, show_default=True, help="Optimizer steps.")
+@click.option(
+    "--steps",
+    type=int,
+    default=6000,
+    show_default=True,
+    help="Optimizer steps (the cosine schedule's length).",
+)
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Problems per step.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW, cosine).")
 @click.option("--eval-every", type=int, default=250, show_default=True, help="Steps between evaluations.")

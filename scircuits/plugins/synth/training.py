@@ -44,7 +44,7 @@ class TrainSettings(BaseModel):
     heads: int | None = Field(default=None, ge=1, description="None: d_model // 32 (at least 1)")
     mlp_ratio: int = Field(default=4, ge=1, le=8)
     seed: int = 0
-    steps: int = Field(default=3000, ge=0)
+    steps: int = Field(default=6000, ge=0)
     batch_size: int = Field(default=128, ge=1)
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
