@@ -11,7 +11,8 @@ Operands are zero-padded to n digits, so a column's digits sit at the same dista
 answer digit they make whatever the column (relative positions are all a rotary model sees).
 The logits at the position before answer digit i predict it; that position carries the variables
 of column i: ``sum_digit`` (s_i), ``carry_in`` (c_i) and ``carry_out`` (c_{i+1}), where
-s_i = (a_i + b_i + c_i) mod 10 and c_{i+1} = (a_i + b_i + c_i) >= 10. Example (n = 3)::
+s_i = (a_i + b_i + c_i) mod 10 and c_{i+1} = (a_i + b_i + c_i) >= 10, and the column's operand digits
+``a_digit`` (a_i) and ``b_digit`` (b_i), which the position must gather from the prompt. Example (n = 3)::
 
     prompt "7 5 4 + 8 6 1 ="   target " 5 2 6 0"   (457 + 168 = 625)
 
@@ -128,7 +129,7 @@ def addition_problem(a: int, b: int, digits: int) -> Problem:
     for i in range(digits + 1):
         cell = {"column": i, "sum_digit": sums[i], "carry_in": carries[i]}
         if i < digits:
-            cell["carry_out"] = carries[i + 1]
+            cell.update(carry_out=carries[i + 1], a_digit=a_digits[i], b_digit=b_digits[i])
         variables[first + i] = cell
     return Problem(
         task="addition",
