@@ -229,6 +229,26 @@ def family(args: Any) -> None:
             )
 
 
+def models(args: Any) -> None:
+    """The trained models in the cache folder (the family), one row each."""
+    from scircuits.plugins.synth._internal import cache_root
+
+    print(
+        "| model | task (size) | parameters | held-out exact match | steps (of schedule) | CPU s | wall s |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for info_file in sorted((cache_root() / "synth").glob("*/synth.json")):
+        info = json.loads(info_file.read_text())
+        if info["steps_done"] == 0:
+            continue  # an untrained floor
+        s = info["settings"]
+        print(
+            f"| {info_file.parent.name} | {info['task']} ({info['size']}) | {info['n_parameters']:,} | "
+            f"{info['heldout_accuracy']:.4f} ({info['heldout_examples']}) | "
+            f"{info['steps_done']} ({s['steps']}) | {info['train_cpu_s']:.0f} | {info['train_wall_s']:.0f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
@@ -246,6 +266,7 @@ def main() -> None:
     rec.add_argument("--runs", default="runs/synth")
     rec.add_argument("--out", default="synth_recovery.json")
     rec.add_argument("extra", nargs="*", help="further `scircuits run` options, after --")
+    sub.add_parser("models", help="the trained family in the cache, a row each")
     tab = sub.add_parser("table", help="the acceptance table from recover JSON files")
     tab.add_argument("files", nargs="+")
     args = parser.parse_args()
@@ -254,6 +275,8 @@ def main() -> None:
     elif args.command == "recover":
         args.sae = args.sae or ["topk"]
         recover(args)
+    elif args.command == "models":
+        models(args)
     elif args.command == "table":
         table(args)
     else:
