@@ -42,7 +42,7 @@ def test_addition_digits_and_carries_reconstruct_the_sum(seed):
         i = cell["column"]
         total = (a // 10**i) % 10 + (b // 10**i) % 10 + cell["carry_in"]
         assert cell["sum_digit"] == total % 10 and cell["carry_out"] == int(total >= 10)
-        assert (cell["a_digit"], cell["b_digit"]) == ((p.facts["a"] // 10**i) % 10, (p.facts["b"] // 10**i) % 10)
+        assert (cell["a_digit"], cell["b_digit"]) == ((a // 10**i) % 10, (b // 10**i) % 10)
 
 
 def test_addition_counterfactual_flips_exactly_that_carry():
