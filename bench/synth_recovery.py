@@ -107,7 +107,8 @@ def summarise(results: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
 
 
 SWEEP_KEYS = ("k", "logprob_delta", "logprob_ci", "accuracy_delta", "significant")
-FLOOR_RUN = ["--top-k", "1,5", "--random-controls", "2", "--exact-top", "0"]  # only its SAE is read
+# only its SAE's recovery is read; these come last, so they win over the same options in `extra`
+FLOOR_RUN = ["--top-k", "1,5", "--random-controls", "2", "--exact-top", "0"]
 
 
 def recover(args: Any) -> None:
@@ -126,7 +127,7 @@ def recover(args: Any) -> None:
         run_dir, wall = run_pipeline(model_dir, task, size, layer, variant, out_runs / variant, extra)
         floor_dir, floor_wall = run_pipeline(
             untrained, task, size, layer, variant, out_runs / f"{variant}-floor",
-            ["--limit", str(args.limit), *FLOOR_RUN],
+            ["--limit", str(args.limit), *args.extra, *FLOOR_RUN],  # same SAE settings
         )  # fmt: skip
         results = json.loads((run_dir / "causal" / "results.json").read_text())
         floor = json.loads((floor_dir / "causal" / "results.json").read_text())
