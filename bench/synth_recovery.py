@@ -106,7 +106,7 @@ def summarise(results: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-SWEEP_KEYS = ("k", "logprob_delta", "logprob_ci", "accuracy_delta", "significant")
+SWEEP_KEYS = ("k", "logprob_delta", "logprob_ci", "accuracy_delta")
 # only its SAE's recovery is read; these come last, so they win over the same options in `extra`
 FLOOR_RUN = ["--top-k", "1,5", "--random-controls", "2", "--exact-top", "0"]
 

@@ -132,47 +132,6 @@ def test_benchmark_examples_carry_ground_truth_and_counterfactual_pairs():
     assert not train_keys & {e.meta["key"] for e in bench.examples(limit=50)}
 
 
-class _IdentitySAE(torch.nn.Module):
-    """encode = relu(x), W_dec = I: zero-ablating feature f removes the positive part of dimension f."""
-
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.W_dec = torch.nn.Parameter(torch.eye(d), requires_grad=False)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return x.relu()
-
-
-class _SilentSAE(_IdentitySAE):
-    """No feature ever fires: ablating any of them is a null edit (it still runs through the hook)."""
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(x)
-
-
-def test_null_edit_through_the_model_reports_no_effect_and_a_real_edit_does(tiny_logic):
-    import numpy as np
-
-    from scircuits.plugins.synth.evaluation import answer_scores, attribution
-    from scircuits.plugins.synth.scoring import specificity
-
-    loaded = get_plugins().models.get(f"hf:{tiny_logic}").load()
-    model, tok = loaded.model, loaded.tokenizer
-    examples = list(get_plugins().benchmarks.get("synth-logic").examples(limit=120, options={"size": 3}))
-    depends = np.array([e.meta["facts"]["query"] >= 1 for e in examples])
-    sae = _IdentitySAE(loaded.d_model)
-    clean, _ = answer_scores(model, tok, examples)
-    silent = _SilentSAE(loaded.d_model)
-    null, _ = answer_scores(model, tok, examples, layer=0, sae=silent, features=list(range(loaded.d_model)))
-    result = specificity(clean, null, depends)
-    assert not result.independent.excludes_zero and not result.dependent.excludes_zero
-    every = list(range(loaded.d_model))
-    edited, _ = answer_scores(model, tok, examples, layer=0, sae=sae, features=every)
-    assert np.abs(edited - clean).max() > 1e-3  # removing the positive part of the residual matters
-    scores = attribution(model, tok, examples[:16], 0, sae)
-    assert scores.shape == (loaded.d_model,) and np.isfinite(scores).all()
-
-
 def test_collect_traces_a_trained_synth_model_end_to_end(tiny_logic, tmp_path):
     from scircuits.store import ActivationStore
 
@@ -187,15 +146,21 @@ def test_collect_traces_a_trained_synth_model_end_to_end(tiny_logic, tmp_path):
     assert store.shape == (20 * len(example.meta["tokens"]), 32)
 
 
-def test_the_ground_truth_analysis_scores_a_run_and_its_null_edit_is_exactly_null(tiny_logic, tmp_path):
-    """`scircuits run` on a synth benchmark: results.json and the report carry the ground-truth scores."""
-    args = ["run", "--model", f"hf:{tiny_logic}", "--benchmark", "synth-logic", "--option", "size=3"]
+def test_the_ground_truth_analysis_scores_a_run_and_its_null_edit_is_exactly_null(tmp_path):
+    """`scircuits run` on a synth benchmark: results.json and the report carry the ground-truth scores.
+
+    Two blocks, the site the first: an edit at a step's `;` reaches the answer through the second
+    block, so the real edit must move it while the null edit, through the same path, must not."""
+    model = tmp_path / "logic-2x32"
+    settings = TrainSettings(task="logic", **{**TINY, "layers": 2}, steps=300, lr=3e-3, eval_every=100)
+    train_model(settings, model)
+    args = ["run", "--model", f"hf:{model}", "--benchmark", "synth-logic", "--option", "size=3"]
     args += ["--layer", "0", "--sae", "topk", "--expansion", "4", "--limit", "60", "--collect-limit", "400"]
     args += ["--train-tokens", "8000", "--train-batch-size", "256", "--top-k", "1,5"]
-    args += ["--random-controls", "2", "--exact-top", "3", "--no-progress", "--out", str(tmp_path)]
+    args += ["--random-controls", "2", "--exact-top", "3", "--no-progress", "--out", str(tmp_path / "runs")]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    run = next(p for p in tmp_path.iterdir() if p.is_dir())
+    run = next((tmp_path / "runs").iterdir())
     results = json.loads((run / "causal" / "results.json").read_text())
     assert "ground-truth" in results["analyses"]
     truth = results["ground_truth"]
@@ -213,6 +178,7 @@ def test_the_ground_truth_analysis_scores_a_run_and_its_null_edit_is_exactly_nul
     assert not null["specific"]
     edit = truth["specificity"]
     assert edit["features"] and edit["dependent"]["n"] == null["dependent"]["n"]
+    assert edit["dependent"]["mean"] != 0.0 or edit["independent"]["mean"] != 0.0  # the edit is live
     report = (run / "report.md").read_text()
     assert "Ground truth: recovery of the known variables" in report
     assert "ground truth:" in result.output

@@ -126,33 +126,35 @@ class LabelledTokens:
 
     def __init__(self, context: StudyContext) -> None:
         examples = context.study.data.examples
-        raw, feats, variables, owner, position = [], [], [], [], []
+        raw, feats, variables, owner = [], [], [], []
         for eb in context.study.data.batches:
-            real = eb.edit_mask(0)
+            real = eb.edit_mask(0).cpu()
+            position_ids = eb.batch.position_ids.cpu()
             for example, layout in zip(eb.example_indices, eb.layouts, strict=True):
                 meta = examples[example].meta
                 for row in layout.sequence_indices:
-                    positions = eb.batch.position_ids[row][real[row]].tolist()
-                    columns = np.flatnonzero(real[row].cpu().numpy())
-                    if len(positions) != len(meta["tokens"]):
+                    columns = np.flatnonzero(real[row].numpy())
+                    if len(columns) != len(meta["tokens"]):
                         raise ValueError(
-                            f"{examples[example].id}: the model's tokenizer gives {len(positions)} tokens, "
+                            f"{examples[example].id}: the model's tokenizer gives {len(columns)} tokens, "
                             f"the ground truth {len(meta['tokens'])}; the model was not trained on this task"
                         )
-                    for column, p in zip(columns, positions, strict=True):
-                        cell = meta["variables"][p]
-                        if not cell:
-                            continue
-                        raw.append(eb.cache.site_output[row, column].float().cpu().numpy())
-                        feats.append(eb.features[row, column].float().cpu().numpy())
-                        variables.append(dict(cell))
-                        owner.append(example)
-                        position.append(p)
-        self.raw = np.stack(raw).astype(np.float64)
-        self.features = np.stack(feats).astype(np.float64)
+                    labelled = [
+                        (int(c), p)
+                        for c, p in zip(columns, position_ids[row, columns].tolist(), strict=True)
+                        if meta["variables"][p]
+                    ]
+                    if not labelled:
+                        continue
+                    cols = [c for c, _ in labelled]
+                    raw.append(eb.cache.site_output[row, cols].float().cpu().numpy())
+                    feats.append(eb.features[row, cols].float().cpu().numpy())
+                    variables += [dict(meta["variables"][p]) for _, p in labelled]
+                    owner += [example] * len(labelled)
+        self.raw = np.concatenate(raw).astype(np.float64)
+        self.features = np.concatenate(feats).astype(np.float64)
         self.variables = variables
-        self.example = np.array(owner)
-        self.position = np.array(position)
+        self.example = np.array(owner)  # the example of each token (the probe's split groups)
 
 
 def position_edit(context: StudyContext, features: list[int], where: dict[int, set[int]]) -> Any:
