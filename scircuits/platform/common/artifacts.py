@@ -5,7 +5,12 @@
   a folder whose marker it wrote; anything else is refused with a message that says what to do.
 - A folder made with other settings is never deleted: it is moved aside to a sibling
   ``<name>.superseded-<UTC time>`` folder, and the message says where.
-- Writers hold an exclusive lock on the folder (``flock``, released when the process dies).
+- Writers hold an exclusive lock on the folder (``flock``, released when the process dies). A folder
+  inside a run (or compare) folder is also covered by that container's lock: a writer there takes it
+  shared, so it is refused while ``run`` holds it, and ``run`` is refused while it writes
+  (:func:`enclosing_container`). The worker processes of a distributed writer hold a group lock
+  (:func:`hold_for_group`) that keeps the folder refused until the last of them is gone.
+- An ``--out`` that is, or holds, a folder the command reads is refused (:func:`check_out_apart`).
 - Multi-file state is published by one rename (:func:`publish_dir`), and temporary files that a
   killed process left behind are removed when their process is gone (:func:`remove_orphans`).
 - Writability is checked before heavy work (:func:`check_writable`).
@@ -20,6 +25,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +33,9 @@ from scircuits.errors import ScircuitsError
 
 MARKER_FILE = ".scircuits-artifact.json"
 LOCK_FILE = ".scircuits-lock"
+GROUP_LOCK_FILE = ".scircuits-group-lock"
+# Kinds of artifact folder that hold other artifacts: writing inside one takes its lock (shared).
+CONTAINER_KINDS = frozenset({"run", "compare"})
 _TMP_PATTERN = re.compile(r"\.tmp-(\d+)$")
 
 
@@ -60,7 +69,12 @@ def write_marker(folder: Path, kind: str, identity: str) -> Marker:
 
 
 def _user_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name not in (MARKER_FILE, LOCK_FILE))
+    return sorted(p.name for p in folder.iterdir() if p.name not in (MARKER_FILE, LOCK_FILE, GROUP_LOCK_FILE))
+
+
+def only_bookkeeping(folder: Path) -> bool:
+    """True when ``folder`` holds nothing but the tool's marker and lock files (or does not exist)."""
+    return not folder.is_dir() or not _user_files(folder)
 
 
 @dataclass(frozen=True)
@@ -124,29 +138,107 @@ def move_aside(folder: Path) -> Path:
     return target
 
 
-class FolderLock:
-    """An exclusive lock on an artifact folder; a second writer is refused at once."""
+# Folders this process holds a lock on (resolved): a writer inside one of them needs no second lock.
+_HELD: dict[Path, int] = {}
 
-    def __init__(self, folder: Path, what: str = "artifact", option: str = "--out") -> None:
+
+def _key(folder: Path) -> Path:
+    return Path(os.path.abspath(folder)).resolve()
+
+
+def enclosing_container(folder: Path) -> tuple[Path, str] | None:
+    """The nearest folder above ``folder`` whose marker names a container kind (a run directory, a
+    compare folder), with that kind; None when there is none."""
+    for parent in _key(folder).parents:
+        marker = read_marker(parent)
+        if marker is not None and marker.kind in CONTAINER_KINDS:
+            return parent, marker.kind
+    return None
+
+
+def _flock(path: Path, exclusive: bool) -> int | None:
+    """An open, locked fd on ``path`` (created if missing), or None when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _group_alive(folder: Path) -> bool:
+    """True while worker processes of an earlier distributed writer still hold ``folder``'s group lock."""
+    path = folder / GROUP_LOCK_FILE
+    if not path.exists():
+        return False
+    fd = _flock(path, exclusive=True)
+    if fd is None:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    return False
+
+
+class FolderLock:
+    """An exclusive lock on an artifact folder; a second writer is refused at once.
+
+    ``shared``: a reader's lock (several readers at once, no writer). A folder inside a run or compare
+    folder also takes that container's lock, shared, unless this process holds it already (``run``
+    writing its own stages), so a command writing inside a run is refused while ``run`` writes it.
+    """
+
+    def __init__(
+        self, folder: Path, what: str = "artifact", option: str = "--out", *, shared: bool = False
+    ) -> None:
         folder = Path(folder)
+        self._fd: int | None = None
+        self._container: FolderLock | None = None
+        self._key: Path | None = None
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            self._fd: int | None = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _flock(folder / LOCK_FILE, exclusive=not shared)
         except OSError as exc:
             raise ArtifactError(
                 f"{folder}: cannot write here ({describe_os_error(exc)}); choose another {option}"
             ) from None
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = None
+        if fd is None:
             raise ArtifactError(
                 f"{folder}: another scircuits process is writing this {what}; wait for it to finish "
                 "or write elsewhere"
-            ) from None
+            )
+        self._fd = fd
+        if not shared and _group_alive(folder):
+            self.release()
+            raise ArtifactError(
+                f"{folder}: worker processes of an earlier distributed run still write this {what}; "
+                "wait for them to end (or end them), then run again"
+            )
+        self._key = _key(folder)
+        _HELD[self._key] = _HELD.get(self._key, 0) + 1
+        container = enclosing_container(folder)
+        if container is not None and container[0] not in _HELD:
+            run_dir, kind = container
+            try:
+                self._container = FolderLock(run_dir, f"{kind} folder", option, shared=True)
+            except ArtifactError:
+                self.release()
+                raise ArtifactError(
+                    f"{folder} is inside the {kind} folder {run_dir}, which another scircuits process "
+                    f"(`scircuits {kind}`) is writing; wait for it to finish or write elsewhere"
+                ) from None
 
     def release(self) -> None:
+        if self._container is not None:
+            self._container.release()
+            self._container = None
+        if self._key is not None:
+            left = _HELD.get(self._key, 1) - 1
+            if left > 0:
+                _HELD[self._key] = left
+            else:
+                _HELD.pop(self._key, None)
+            self._key = None
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
@@ -157,6 +249,40 @@ class FolderLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+_GROUP_FDS: list[int] = []
+
+
+def hold_for_group(folder: Path) -> None:
+    """Called by each worker of a distributed writer: hold ``folder``'s group lock until this process
+    ends, so that no new writer is let in while any worker lives (even if their parent died)."""
+    fd = _flock(Path(folder) / GROUP_LOCK_FILE, exclusive=False)
+    if fd is not None:
+        _GROUP_FDS.append(fd)
+
+
+def check_out_apart(
+    out: Path, *, read: Sequence[Path] = (), holds: Sequence[Path] = (), option: str = "--out"
+) -> Path:
+    """``out`` made absolute, after refusing an empty ``out`` and one that is, or holds, a folder the
+    command reads (``read``: also one inside such a folder; ``holds``: folders ``out`` may lie inside,
+    such as a run directory, but not be or contain)."""
+    if not str(out).strip():
+        raise ArtifactError(f"{option} is empty: give the folder to write")
+    where = _key(Path(out).expanduser())
+    for path, inside_ok in [*((p, False) for p in read), *((p, True) for p in holds)]:
+        other = _key(path)
+        if where == other or where in other.parents:
+            what = "is" if where == other else "holds"
+            raise ArtifactError(
+                f"{option} {out} {what} {other}, which this command reads; give a folder outside it"
+            )
+        if not inside_ok and other in where.parents:
+            raise ArtifactError(
+                f"{option} {out} is inside {other}, which this command reads; give a folder outside it"
+            )
+    return where
 
 
 def tmp_name(path: Path) -> Path:
@@ -212,13 +338,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_orphans(folder: Path) -> list[Path]:
-    """Remove ``*.tmp-PID`` files and folders in ``folder`` whose process no longer runs."""
+def remove_orphans(folder: Path, prefix: str = "") -> list[Path]:
+    """Remove ``*.tmp-PID`` files and folders in ``folder`` whose process no longer runs (only those
+    whose name starts with ``prefix``, in a folder the tool does not own)."""
     removed: list[Path] = []
     if not Path(folder).is_dir():
         return removed
     for path in Path(folder).iterdir():
-        match = _TMP_PATTERN.search(path.name)
+        match = _TMP_PATTERN.search(path.name) if path.name.startswith(prefix) else None
         if match is None or int(match.group(1)) == os.getpid() or _pid_alive(int(match.group(1))):
             continue
         if path.is_dir():

@@ -3,22 +3,32 @@
 - ``DistContext``: this process's rank and world size (``world_size == 1``: not distributed).
 - ``from_environment``: the context torchrun (or our own launcher) set in RANK / WORLD_SIZE /
   LOCAL_RANK / MASTER_ADDR / MASTER_PORT, initialising the process group (gloo on CPU, NCCL on GPU).
-- ``launch``: run ``fn(*args)`` in ``nproc`` spawned processes with that environment.
+- ``launch``: run ``fn(*args)`` in ``nproc`` spawned processes with that environment. Each worker dies
+  with its launcher (a parent-death signal on Linux, else a watchdog on the parent's pid) and holds
+  the output folder's group lock while it lives, so a killed launcher leaves no worker writing and
+  no new writer is let in beside one.
 - ``run_jobs_on_devices``: independent jobs (one SAE each), one at a time per device.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import queue
+import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from scircuits.platform.common.artifacts import hold_for_group
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -93,9 +103,41 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent(parent: int) -> None:
+    """End this process when ``parent`` ends: SIGKILL from the kernel on Linux, else a watchdog thread."""
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    if armed:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _spawned(
-    local_rank: int, world: int, port: int, threads: int, fn: Callable[..., Any], args: tuple
+    local_rank: int,
+    world: int,
+    port: int,
+    threads: int,
+    fn: Callable[..., Any],
+    args: tuple,
+    parent: int,
+    hold: str | None,
 ) -> None:
+    _die_with_parent(parent)
+    if hold is not None:
+        hold_for_group(Path(hold))
     os.environ.update(
         {
             "RANK": str(local_rank),
@@ -116,10 +158,11 @@ def _spawned(
     os._exit(0)
 
 
-def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> None:
+def launch(nproc: int, fn: Callable[..., Any], *args: Any, hold: Path | None = None) -> None:
     """Run ``fn(*args)`` in ``nproc`` processes on this machine (spawn), as ranks 0..nproc-1.
 
-    ``fn`` must be importable (a module-level function). Raises ScircuitsError if a rank fails.
+    ``fn`` must be importable (a module-level function). Raises ScircuitsError if a rank fails. The
+    workers die with this process; with ``hold`` each holds that folder's group lock while it lives.
     """
     import torch.multiprocessing as mp
 
@@ -127,7 +170,7 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> None:
     try:
         mp.start_processes(
             _spawned,
-            args=(nproc, free_port(), threads, fn, args),
+            args=(nproc, free_port(), threads, fn, args, os.getpid(), None if hold is None else str(hold)),
             nprocs=nproc,
             join=True,
             start_method="spawn",

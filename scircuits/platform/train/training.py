@@ -389,7 +389,7 @@ def _train_checked(config: TrainConfig, plugins: PluginSet, stop_after_steps: in
             "several --store/--sae); for one SAE on several GPUs use --nproc"
         )
     if config.nproc > 1 and not under_launcher():
-        launch(config.nproc, _distributed_entry, config.model_dump(mode="json"), stop_after_steps)
+        launch(config.nproc, _distributed_entry, config.model_dump(mode="json"), stop_after_steps, hold=out)
         return out
     dist = from_environment(config.device)
     try:
