@@ -65,7 +65,7 @@ def ensure_untrained(model_dir: Path, info: dict[str, Any]) -> Path:
         cli(
             "synth", "train", "--task", info["task"], "--size", str(info["size"]),
             "--layers", str(s["layers"]), "--d-model", str(s["d_model"]), "--seed", str(info["seed"]),
-            "--steps", "0", "--eval-examples", "100", "--out", str(folder), "--overwrite",
+            "--steps", "0", "--eval-examples", "100", "--out", str(folder), "--force",
         )  # fmt: skip
     return folder
 
@@ -219,7 +219,7 @@ def family(args: Any) -> None:
         for seed in args.seeds.split(","):
             _, wall = cli(
                 "synth", "train", "--task", args.task, "--layers", layers, "--d-model", d_model,
-                "--seed", seed, "--steps", str(args.steps), "--stop-at", str(args.stop_at), "--overwrite",
+                "--seed", seed, "--steps", str(args.steps), "--stop-at", str(args.stop_at), "--force",
             )  # fmt: skip
             folder = default_folder(args.task, int(layers), int(d_model), int(seed))
             info = json.loads((folder / "synth.json").read_text())

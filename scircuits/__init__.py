@@ -14,6 +14,15 @@ from scircuits.platform.causal.controls import ControlSamplingError
 from scircuits.platform.causal.results import StudyResults
 from scircuits.platform.causal.significance import KTest, top_k_significance
 from scircuits.platform.causal.statistics import Interval, spearman, spearman_interval
+from scircuits.platform.common.artifacts import (
+    ArtifactError,
+    FolderLock,
+    publish_into,
+    read_marker,
+    remove_orphans,
+    write_marker,
+)
+from scircuits.platform.common.artifacts import claim as claim_folder
 from scircuits.platform.common.provenance import base_provenance, cache_root, file_sha256, now_iso
 from scircuits.platform.contract.ablations import Ablation, FeatureStats
 from scircuits.platform.contract.analyses import Analysis, AnalysisResult
@@ -63,12 +72,14 @@ __all__ = [
     "Ablation",
     "Analysis",
     "AnalysisResult",
+    "ArtifactError",
     "Benchmark",
     "ConfigError",
     "ControlSamplingError",
     "DataFormatError",
     "Example",
     "FeatureStats",
+    "FolderLock",
     "HFModelAdapter",
     "Interval",
     "KTest",
@@ -89,6 +100,7 @@ __all__ = [
     "__version__",
     "base_provenance",
     "cache_root",
+    "claim_folder",
     "encoder_product",
     "file_sha256",
     "fired_counts",
@@ -96,7 +108,11 @@ __all__ = [
     "load_sae",
     "mse_per_element",
     "now_iso",
+    "publish_into",
+    "read_marker",
+    "remove_orphans",
     "spearman",
     "spearman_interval",
     "top_k_significance",
+    "write_marker",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -70,13 +71,16 @@ def test_training_is_deterministic_given_the_seed(tmp_path):
     assert other["seed"] == 1
 
 
-def test_an_existing_folder_is_not_overwritten(tiny_logic):
-    before = (tiny_logic / "synth.json").read_text()
-    result = CliRunner().invoke(
-        cli, ["synth", "train", "--task", "logic", "--steps", "1", "--out", str(tiny_logic)]
-    )
-    assert result.exit_code != 0 and "--overwrite" in str(result.exception or result.output)
-    assert (tiny_logic / "synth.json").read_text() == before
+def test_a_model_of_other_settings_is_moved_aside_not_overwritten(tiny_logic, tmp_path):
+    folder = tmp_path / "logic-tiny"
+    shutil.copytree(tiny_logic, folder)
+    before = (folder / "synth.json").read_text()
+    args = ["synth", "train", "--task", "logic", "--size", "3", "--layers", "1", "--d-model", "32"]
+    args += ["--steps", "1", "--eval-every", "1", "--eval-examples", "10", "--out", str(folder)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    [aside] = tmp_path.glob("logic-tiny.superseded-*")
+    assert (aside / "synth.json").read_text() == before
 
 
 def test_bad_settings_are_one_line_errors():

@@ -44,9 +44,16 @@ if TYPE_CHECKING:
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--progress/--no-progress", default=True)
-def compare(run_dirs: tuple[str, ...], **flags: object) -> None:
+@click.option(
+    "--force/--no-force",
+    default=False,
+    help="Instead of refusing an --out that holds files scircuits did not write, move them aside "
+    "(nothing is deleted).",
+)
+def compare(run_dirs: tuple[str, ...], force: bool, **flags: object) -> None:
     """Match the SAE features of two or more runs (activation correlation, one-to-one matches, decoder
     RSA, causal agreement), each number beside the run's seed-twin ceiling and untrained/random floors."""
+    from scircuits.platform.compare.output import compare_folder
     from scircuits.platform.compare.report import summary_lines, write_report
     from scircuits.platform.compare.study import CompareOptions, compare_runs
     from scircuits.platform.manager.plugin_set import get_plugins
@@ -61,23 +68,24 @@ def compare(run_dirs: tuple[str, ...], **flags: object) -> None:
         error = exc.errors()[0]
         flag = "--" + str(error["loc"][0]).replace("_", "-")
         raise click.UsageError(f"{flag} {error.get('input')!r}: {error['msg']}") from None
-    results = compare_runs(list(run_dirs), options, get_plugins())
-    report = write_report(results, Path(options.out))
-    for line in summary_lines(results):
-        click.echo(line)
-    click.echo(f"wrote {Path(options.out) / 'results.json'} and {report}")
-    link_dashboards(results, Path(options.out))
+    with compare_folder(options.out, run_dirs, force, lambda m: click.echo(m, err=True)):
+        results = compare_runs(list(run_dirs), options, get_plugins())
+        report = write_report(results, Path(options.out))
+        for line in summary_lines(results):
+            click.echo(line)
+        click.echo(f"wrote {Path(options.out) / 'results.json'} and {report}")
+        link_dashboards(results, Path(options.out))
 
 
 def link_dashboards(results: CompareResults, out: Path) -> None:
     """Refresh the match data of the compared runs' existing dashboards (their generated match files
     only), so each feature page lists its matches here; a failure leaves the results in place."""
     from scircuits.platform.contract.errors import ConfigError
-    from scircuits.platform.dashboard.matches import compared_sites, refresh_matches
+    from scircuits.platform.dashboard.matches import compared_sites, refresh_matches_locked
 
     for run_dir, site in compared_sites(results):
         try:
-            n = refresh_matches(site, run_dir, [out])
+            n = refresh_matches_locked(site, run_dir, [out])
         except ConfigError as exc:
             click.echo(f"compare: {site} not linked ({exc})", err=True)
             continue

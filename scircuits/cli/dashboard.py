@@ -28,7 +28,15 @@ import click
     help="A `scircuits compare --out` folder that compared this run (repeatable): each feature page lists "
     "its matched features there, linked. Folders given before are kept.",
 )
-def dashboard(run_dir: str, features: int | None, out: str | None, compare: tuple[str, ...]) -> None:
+@click.option(
+    "--force/--no-force",
+    default=False,
+    help="Instead of refusing an --out that holds files scircuits did not write, move them aside "
+    "(nothing is deleted).",
+)
+def dashboard(
+    run_dir: str, features: int | None, out: str | None, compare: tuple[str, ...], force: bool
+) -> None:
     """Write RUN_DIR/dashboard: a sortable index of features and one page per feature, opening from disk."""
     from scircuits.platform.dashboard import build_dashboard
     from scircuits.platform.manager.plugin_set import get_plugins
@@ -39,6 +47,7 @@ def dashboard(run_dir: str, features: int | None, out: str | None, compare: tupl
         features=features,
         out=out,
         compare=compare,
+        force=force,
         say=lambda m: click.echo(f"[dashboard] {m}", err=True),
     )
     click.echo(

@@ -251,6 +251,15 @@ class FolderLock:
         self.release()
 
 
+def read_lock(folder: Path, what: str) -> FolderLock | None:
+    """A reader's lock on an artifact folder another command may be writing (refused while it does);
+    None when this process holds the folder already or no process ever locked it."""
+    folder = Path(folder)
+    if _key(folder) in _HELD or not (folder / LOCK_FILE).exists():
+        return None
+    return FolderLock(folder, what, shared=True)
+
+
 _GROUP_FDS: list[int] = []
 
 
@@ -263,7 +272,7 @@ def hold_for_group(folder: Path) -> None:
 
 
 def check_out_apart(
-    out: Path, *, read: Sequence[Path] = (), holds: Sequence[Path] = (), option: str = "--out"
+    out: str | Path, *, read: Sequence[Path] = (), holds: Sequence[Path] = (), option: str = "--out"
 ) -> Path:
     """``out`` made absolute, after refusing an empty ``out`` and one that is, or holds, a folder the
     command reads (``read``: also one inside such a folder; ``holds``: folders ``out`` may lie inside,
@@ -316,6 +325,27 @@ def publish_dir(staging: Path, final: Path) -> None:
     os.replace(staging, final)
     if old.exists():
         shutil.rmtree(old)
+
+
+def publish_into(staging: Path, folder: Path, last: str | None = None) -> None:
+    """Move every entry of ``staging`` into ``folder`` (the folder keeps its marker and lock),
+    replacing same-named entries: a file by one rename, a folder by two (the old one is renamed to a
+    ``.tmp-PID`` name first, which :func:`remove_orphans` clears after a kill). ``last`` is moved in
+    last (the file that says the folder is complete)."""
+    for path in staging.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+    for entry in sorted(staging.iterdir(), key=lambda p: (p.name == last, p.name)):
+        dest = folder / entry.name
+        if dest.is_dir() and not dest.is_symlink():
+            old = folder / f".{entry.name}.replaced.tmp-{os.getpid()}"
+            os.replace(dest, old)
+            os.replace(entry, dest)
+            shutil.rmtree(old)
+        else:
+            os.replace(entry, dest)
+    staging.rmdir()
 
 
 def recover_published(final: Path) -> None:

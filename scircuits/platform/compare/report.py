@@ -8,8 +8,10 @@ normalised quantities (correlations, shares, RSA, p-values, counts): no raw loss
 from __future__ import annotations
 
 import html
+import os
 from pathlib import Path
 
+from scircuits.platform.common.artifacts import tmp_name, write_text_atomic
 from scircuits.platform.compare.schema import CompareResults, Comparison, PairResult, RunEntry
 
 REPORT_FILE = "report.md"
@@ -79,8 +81,11 @@ def histogram_figure(pair: PairResult, runs: list[RunEntry], path: Path) -> None
     axes[1].legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    tmp = tmp_name(path)
+    with open(tmp, "wb") as fh:
+        fig.savefig(fh, dpi=110, format="png")
     plt.close(fig)
+    os.replace(tmp, path)
 
 
 def _contexts(pair: PairResult) -> list[str]:
@@ -209,5 +214,5 @@ def write_report(results: CompareResults, out: Path) -> Path:
         lines += _contexts(pair)
         lines.append("")
     path = out / REPORT_FILE
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path

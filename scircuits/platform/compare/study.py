@@ -443,8 +443,9 @@ def write_matches(matches: MatchSet, out: Path, i: int, j: int) -> str:
     relative = Path(MATCHES_DIR) / f"pair-{i}-{j}.npz"
     path = out / relative
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez_compressed(tmp, **matches.arrays())
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:  # a file object: savez does not add ".npz" to the temporary name
+        np.savez_compressed(fh, **matches.arrays())
     os.replace(tmp, path)
     return relative.as_posix()
 

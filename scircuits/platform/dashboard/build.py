@@ -5,6 +5,8 @@ summary = build_dashboard("runs/smollm2-135m__arithmetic__resid15", plugins)   #
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +15,16 @@ from typing import Any
 
 import numpy as np
 
+from scircuits.platform.common.artifacts import (
+    FolderLock,
+    check_out_apart,
+    claim,
+    only_bookkeeping,
+    read_lock,
+    read_marker,
+    remove_orphans,
+    write_marker,
+)
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.dashboard import sources
 from scircuits.platform.dashboard.matches import (
@@ -21,7 +33,6 @@ from scircuits.platform.dashboard.matches import (
     refresh_matches,
     refresh_partners,
 )
-from scircuits.platform.dashboard.neuronpedia import write_neuronpedia
 from scircuits.platform.dashboard.scan import (
     HIST_BINS_PER_DECADE,
     HIST_LOG10_MIN,
@@ -124,29 +135,54 @@ def build_dashboard(
     settings: ScanSettings | None = None,
     say: Callable[[str], None] | None = None,
     compare: Sequence[str | Path] = (),
+    force: bool = False,
 ) -> DashboardSummary:
     """Write RUN_DIR/dashboard (or ``out``): index, one page per active feature, the Neuronpedia export,
-    and the matched features of ``compare`` folders (plus those a previous build of the site recorded)."""
+    and the matched features of ``compare`` folders (plus those a previous build of the site recorded).
+
+    The site folder follows the artifact rule (``scircuits.platform.common.artifacts``): files
+    scircuits did not write are refused (moved aside with ``force``), never deleted; an ``out`` that
+    is, or holds, what the dashboard reads is refused; the folder is locked while it is written, and
+    the run is read under its lock (refused while `scircuits run` writes it)."""
     if features is not None and features <= 0:
         raise ConfigError(f"--features must be a positive number, not {features}")
     started = time.monotonic()
     timings: dict[str, float] = {}
     settings = settings or ScanSettings()
+    say = say or (lambda _: None)
     inputs = sources.read_run(run_dir)
-    target = Path(out) if out is not None else inputs.run_dir / DASHBOARD_DIR
-    compare_dirs = [*recorded_compare_dirs(target), *(Path(c) for c in compare)]
-    check_compare_dirs(compare_dirs, inputs.run_dir)  # before the scan: a bad folder costs nothing
-    extracted = extract(inputs, plugins, settings, features, timings, say or (lambda _: None))
-    t0 = time.monotonic()
-    write_site(target, extracted)
-    write_neuronpedia(target / "neuronpedia", extracted)
-    n_comparisons = refresh_matches(target, inputs.run_dir, compare_dirs) if compare_dirs else 0
-    if compare_dirs and target.resolve() == (inputs.run_dir / DASHBOARD_DIR).resolve():
-        refresh_partners(compare_dirs, inputs.run_dir, say or (lambda _: None))
-    timings["write"] = round(time.monotonic() - t0, 2)
-    if out is None or target.resolve() == (inputs.run_dir / DASHBOARD_DIR).resolve():
-        link_from_report(inputs.run_dir, target)
-    files = [p for p in target.rglob("*") if p.is_file()]
+    default = inputs.run_dir / DASHBOARD_DIR
+    read = [(inputs.run_dir / sources.RESULTS).parent, inputs.sae_path, inputs.store_path]
+    target = check_out_apart(
+        out if out is not None else default, read=[*read, *(Path(c) for c in compare)], holds=[inputs.run_dir]
+    )
+    in_run = target == default.resolve()
+    existed = target.exists()
+    with FolderLock(target, "dashboard", option="--out"):
+        run_lock = read_lock(inputs.run_dir, "run")
+        try:
+            compare_dirs = [*recorded_compare_dirs(target), *(Path(c) for c in compare)]
+            check_out_apart(target, read=compare_dirs)
+            check_compare_dirs(compare_dirs, inputs.run_dir)  # before the scan: a bad folder costs nothing
+            claim_site(target, force, say)
+            extracted = extract(inputs, plugins, settings, features, timings, say)
+            t0 = time.monotonic()
+            write_site(target, extracted)
+            n_comparisons = refresh_matches(target, inputs.run_dir, compare_dirs) if compare_dirs else 0
+            if compare_dirs and in_run:
+                refresh_partners(compare_dirs, inputs.run_dir, say)
+            timings["write"] = round(time.monotonic() - t0, 2)
+            if out is None or in_run:
+                remove_orphans(inputs.run_dir, prefix=".report.")
+                link_from_report(inputs.run_dir, target)
+        except BaseException:
+            if not existed and only_bookkeeping(target):  # a failed first build leaves no folder
+                shutil.rmtree(target, ignore_errors=True)
+            raise
+        finally:
+            if run_lock is not None:
+                run_lock.release()
+    files = [p for p in target.rglob("*") if p.is_file() and not p.name.startswith(".")]
     return DashboardSummary(
         out=target,
         d_sae=extracted.d_sae,
@@ -159,6 +195,30 @@ def build_dashboard(
         n_comparisons=n_comparisons,
         timings=timings,
     )
+
+
+def claim_site(target: Path, force: bool, say: Callable[[str], None]) -> None:
+    """Make ``target`` the site's folder: a site an earlier version wrote (no marker) is adopted,
+    stale temporaries of dead builds are removed, anything else not ours is refused (or, with
+    ``force``, moved aside)."""
+    remove_orphans(target)
+    remove_orphans(target.parent, prefix=f".{target.name}.tmp-")  # where earlier versions staged
+    if read_marker(target) is None and _is_site(target):
+        write_marker(target, SITE_KIND, SITE_KIND)
+    claimed = claim(target, SITE_KIND, SITE_KIND, option="--out", force=force)
+    if claimed.moved_to is not None:
+        say(f"{target} held files scircuits did not write; moved them to {claimed.moved_to}")
+
+
+SITE_KIND = "dashboard"
+
+
+def _is_site(folder: Path) -> bool:
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == "scircuits.dashboard"
 
 
 def extract(

@@ -22,6 +22,14 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from scircuits.platform.common.artifacts import (
+    ArtifactError,
+    FolderLock,
+    publish_dir,
+    recover_published,
+    remove_orphans,
+    write_text_atomic,
+)
 from scircuits.platform.compare.schema import CompareResults, Comparison, MatchedDistribution, RunEntry
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.dashboard import sources
@@ -193,6 +201,8 @@ def refresh_matches(site: Path, run_dir: Path, compare_dirs: Sequence[Path]) -> 
     features = site_features(site)
     entries, by_feature = feature_matches(site, dirs, run_dir, features)
     matches_dir = site / "data" / "matches"
+    remove_orphans(matches_dir.parent)
+    recover_published(matches_dir)
     tmp = matches_dir.with_name(f".matches.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -201,14 +211,22 @@ def refresh_matches(site: Path, run_dir: Path, compare_dirs: Sequence[Path]) -> 
         for f in features:
             payload = [m.model_dump(mode="json") for m in by_feature[f]]
             (tmp / f"{f}.js").write_text(js_assign("window.SC_MATCHES", payload))
-    if matches_dir.exists():
-        shutil.rmtree(matches_dir)
-    tmp.replace(matches_dir)
-    (site / "data" / "comparisons.js").write_text(js_assign("window.SC_COMPARISONS", entries))
-    (site / COMPARISONS_FILE).write_text(
-        json.dumps({"compare_dirs": [str(d) for d in dirs]}, indent=2) + "\n"
+    publish_dir(tmp, matches_dir)
+    write_text_atomic(site / "data" / "comparisons.js", js_assign("window.SC_COMPARISONS", entries))
+    write_text_atomic(
+        site / COMPARISONS_FILE, json.dumps({"compare_dirs": [str(d) for d in dirs]}, indent=2) + "\n"
     )
     return len(entries)
+
+
+def refresh_matches_locked(site: Path, run_dir: Path, compare_dirs: Sequence[Path]) -> int:
+    """``refresh_matches`` for a command that does not hold the site: under the site's lock (and the
+    run's, when the site is inside it); a lock held elsewhere is a ConfigError naming the site."""
+    try:
+        with FolderLock(site, "dashboard"):
+            return refresh_matches(site, run_dir, compare_dirs)
+    except ArtifactError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def compared_sites(results: CompareResults) -> list[tuple[Path, Path]]:
@@ -232,6 +250,6 @@ def refresh_partners(compare_dirs: Sequence[Path], run_dir: Path, say: Callable[
             if compare_dir not in _unique(recorded_compare_dirs(site)):
                 continue
             try:
-                refresh_matches(site, other_run, [])
+                refresh_matches_locked(site, other_run, [])
             except ConfigError as exc:
                 say(f"{site}: match links not refreshed ({exc})")

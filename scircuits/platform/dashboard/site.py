@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scircuits.platform.common.artifacts import publish_into, write_text_atomic
 from scircuits.platform.common.provenance import base_provenance
 from scircuits.platform.dashboard.assets import COMMON_JS, CSS, FEATURE_JS, INDEX_JS
 from scircuits.platform.dashboard.rows import index_rows
@@ -173,8 +174,10 @@ def relative_report(target: Path, run_dir: Path) -> str | None:
 
 
 def write_site(target: Path, extracted: Extracted) -> None:
-    """(Re)write the site under ``target``; an existing site there is replaced."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    """(Re)write the site in ``target`` (claimed and locked by the caller): written under
+    ``target/.site.tmp-PID``, then moved in entry by entry, index.html last; the entries of an earlier
+    site are replaced, nothing else in ``target`` is touched."""
+    tmp = target / f".site.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     for sub in ("assets", "data/features", "data/examples", "features"):
@@ -244,9 +247,7 @@ def write_site(target: Path, extracted: Extracted) -> None:
             indent=2,
         )
     )
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.replace(target)
+    publish_into(tmp, target, last="index.html")
 
 
 def link_from_report(run_dir: Path, target: Path) -> None:
@@ -254,9 +255,10 @@ def link_from_report(run_dir: Path, target: Path) -> None:
     href = Path(os.path.relpath((target / "index.html").resolve(), run_dir.resolve())).as_posix()
     md = run_dir / "report.md"
     if md.is_file() and MARKER not in (text := md.read_text()):
-        md.write_text(
+        write_text_atomic(
+            md,
             text.rstrip("\n") + f"\n\n<!-- {MARKER} -->\n## Feature dashboard\n\n"
-            f"[Open the feature dashboard]({href}): one page per active feature, opens from disk.\n"
+            f"[Open the feature dashboard]({href}): one page per active feature, opens from disk.\n",
         )
     page_html = run_dir / "report.html"
     if page_html.is_file() and MARKER not in (text := page_html.read_text()):
@@ -265,4 +267,4 @@ def link_from_report(run_dir: Path, target: Path) -> None:
             "Open the feature dashboard</a>: one page per active feature, opens from disk.</p></section>\n"
         )
         at = text.rfind("</body>")
-        page_html.write_text(text[:at] + block + text[at:] if at >= 0 else text + block)
+        write_text_atomic(page_html, text[:at] + block + text[at:] if at >= 0 else text + block)

@@ -4,10 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
+from scircuits import (
+    ArtifactError,
+    FolderLock,
+    cache_root,
+    claim_folder,
+    now_iso,
+    publish_into,
+    read_marker,
+    remove_orphans,
+    write_marker,
+)
 from scircuits import ConfigError as UserError
-from scircuits import cache_root, now_iso
 
-__all__ = ["UserError", "cache_root", "check_local_folder", "load_sae", "now_iso"]
+__all__ = [
+    "ArtifactError",
+    "FolderLock",
+    "UserError",
+    "cache_root",
+    "check_local_folder",
+    "claim_folder",
+    "load_sae",
+    "now_iso",
+    "publish_into",
+    "read_marker",
+    "remove_orphans",
+    "write_marker",
+]
 
 
 def check_local_folder(adapter: Any, model_path: Any) -> Any:

@@ -39,8 +39,14 @@ def synth() -> None:
     help="Folder to write (default: $SCIRCUITS_CACHE/synth/<task>-L<layers>-d<d_model>-s<seed>, "
     "where the models `synth-addition` / `synth-logic` are found).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace a folder that is not empty.")
-def train(out: str | None, overwrite: bool, **flags: object) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Instead of refusing an --out that holds files scircuits did not write, move them aside to "
+    "<out>.superseded-<time> (nothing is deleted). A model of other settings is always moved aside.",
+)
+@click.option("--overwrite", is_flag=True, hidden=True, help="Deprecated: the same as --force.")
+def train(out: str | None, force: bool, overwrite: bool, **flags: object) -> None:
     """Train a small LlamaForCausalLM on a task; write weights, tokenizer, curve and accuracy to --out.
 
     Deterministic given the seed (and the thread count). The loss is on the answer tokens; held-out
@@ -57,7 +63,11 @@ def train(out: str | None, overwrite: bool, **flags: object) -> None:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
         raise UserError(f"invalid synth train settings: {problems}") from None
-    folder = out or str(default_folder(settings.task, settings.layers, settings.d_model, settings.seed))
+    folder = (
+        out
+        if out is not None
+        else str(default_folder(settings.task, settings.layers, settings.d_model, settings.seed))
+    )
 
     def show(row: dict) -> None:
         loss = "" if row["loss"] is None else f" loss {row['loss']:.4f}"
@@ -67,7 +77,12 @@ def train(out: str | None, overwrite: bool, **flags: object) -> None:
             err=True,
         )
 
-    record = train_model(settings, folder, overwrite=overwrite, on_eval=show)
+    if overwrite:
+        click.echo(
+            "synth train: --overwrite is deprecated; it now means --force (moves aside, deletes nothing)",
+            err=True,
+        )
+    record = train_model(settings, folder, force=force or overwrite, on_eval=show)
     click.echo(
         f"{folder}: {record['task']} (size {record['size']}), {record['n_parameters']:,} parameters, "
         f"{record['steps_done']} steps in {record['train_wall_s']:.0f} s "

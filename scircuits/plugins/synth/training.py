@@ -8,16 +8,24 @@ on test-split problems that training never sees.
 
 The output folder holds ``config.json`` + ``model.safetensors`` (save_pretrained), the tokenizer,
 ``training.jsonl`` (the curve) and ``synth.json`` (task, seed, settings, accuracy, times, versions).
-It is written to a temporary folder and renamed into place when complete.
+It follows scircuits' artifact rule: the folder is locked while it is written (a second trainer is
+refused), files scircuits did not write are refused (moved aside with ``force``, never deleted), a
+model of other settings is moved aside to ``<name>.superseded-<time>``, and the same settings'
+complete model is kept (skipped). The files are written under ``.synth.tmp-PID`` in the folder and
+moved in when complete, ``synth.json`` last (the folder is complete when it names these settings).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import math
 import os
 import platform
+import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +38,8 @@ from .tokenizer import build_tokenizer, encode_problem_ids
 
 INFO_FILE = "synth.json"
 CURVE_FILE = "training.jsonl"
+KIND = "synth-model"
+STAGING = ".synth.tmp-"
 
 
 class TrainSettings(BaseModel):
@@ -160,22 +170,82 @@ def versions() -> dict[str, str]:
     }
 
 
+def settings_identity(settings: TrainSettings) -> str:
+    """The content key of what decides the weights (the folder's marker identity)."""
+    return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from ._internal import UserError
+
+        raise UserError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+
+
+def _adopt_earlier(out: Path) -> None:
+    """A model folder an earlier version wrote (synth.json, no marker) is recognised as ours."""
+    from ._internal import read_marker, write_marker
+
+    if not out.is_dir() or read_marker(out) is not None:
+        return
+    try:
+        info = read_info(out)
+        identity = settings_identity(TrainSettings(**info["settings"])) if info else None
+    except (ValueError, TypeError, KeyError):
+        identity = None
+    if info is not None and info.get("kind") == "scircuits-synth-model":
+        write_marker(out, KIND, identity or "earlier")
+
+
+def is_complete(out: Path, settings: TrainSettings) -> bool:
+    try:
+        info = read_info(out)
+    except ValueError:
+        return False
+    return info is not None and info.get("settings") == settings.model_dump(mode="json")
+
+
 def train_model(
     settings: TrainSettings,
     out: str | Path,
     *,
-    overwrite: bool = False,
+    force: bool = False,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train, write the folder ``out`` and return its ``synth.json`` record."""
+    """Train, write the folder ``out`` and return its ``synth.json`` record (the folder's own record,
+    without training, when it already holds this model)."""
+    from ._internal import FolderLock, UserError, claim_folder, remove_orphans
+
+    if not str(out).strip():
+        raise UserError("--out is empty: give the folder to write the model to")
+    out = Path(out).expanduser()
+    check_device(settings.device)
+    with FolderLock(out, "synth model"):
+        remove_orphans(out)
+        remove_orphans(out.parent, prefix=f"{out.name}.tmp-")  # where earlier versions staged
+        _adopt_earlier(out)
+        claimed = claim_folder(out, KIND, settings_identity(settings), force=force)
+        if claimed.moved_to is not None:
+            held = (
+                "files scircuits did not write" if claimed.state == "forced" else "a model of other settings"
+            )
+            print(f"[synth] {out} held {held}; moved it to {claimed.moved_to}", file=sys.stderr)
+        if claimed.state == "same" and is_complete(out, settings):
+            print(f"[synth] {out} already holds this model (same settings); kept it", file=sys.stderr)
+            return read_info(out) or {}
+        return _train_into(settings, out, on_eval)
+
+
+def _train_into(
+    settings: TrainSettings, out: Path, on_eval: Callable[[dict[str, Any]], None] | None
+) -> dict[str, Any]:
     import torch
     from transformers import LlamaForCausalLM
 
-    from ._internal import UserError, now_iso
+    from ._internal import now_iso
 
-    out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
     spec = settings.spec
     tokenizer = build_tokenizer(spec)
     torch.set_num_threads(settings.threads)
@@ -250,17 +320,45 @@ def train_model(
         "created": now_iso(),
         "versions": versions(),
     }
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.to("cpu").save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / CURVE_FILE).write_text("".join(json.dumps(r) + "\n" for r in curve))
-    (tmp / INFO_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    write_folder(out, model, tokenizer, curve, record)
     return record
+
+
+def write_folder(
+    out: Path, model: Any, tokenizer: Any, curve: list[dict[str, Any]], record: dict[str, Any]
+) -> None:
+    """Write the files under ``out/.synth.tmp-PID`` and move them in, synth.json last. A full or
+    unwritable disk is one line; the staging files are removed and nothing else is touched."""
+    from ._internal import UserError, publish_into
+
+    tmp = out / f"{STAGING}{os.getpid()}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        model.to("cpu").save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / CURVE_FILE).write_text("".join(json.dumps(r) + "\n" for r in curve))
+        (tmp / INFO_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        publish_into(tmp, out, last=INFO_FILE)
+    except Exception as exc:
+        code = _io_errno(exc)
+        if code is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(
+            f"{out}: cannot write the trained model ({os.strerror(code).lower()}); free space or choose "
+            "another --out, then run again (nothing already there was removed)"
+        ) from None
+
+
+def _io_errno(exc: BaseException) -> int | None:
+    """The errno of a write failure: an OSError's, or the one safetensors names only in its text."""
+    if isinstance(exc, OSError):
+        code = exc.errno
+    else:
+        found = re.search(r"os error (\d+)", str(exc))
+        code = int(found.group(1)) if found else None
+    return code if code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG) else None
 
 
 def read_info(folder: str | Path) -> dict[str, Any] | None:
