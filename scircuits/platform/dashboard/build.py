@@ -167,7 +167,7 @@ def build_dashboard(
             claim_site(target, force, say)
             extracted = extract(inputs, plugins, settings, features, timings, say)
             t0 = time.monotonic()
-            write_site(target, extracted)
+            write_site(target, extracted)  # with the Neuronpedia export in neuronpedia/
             n_comparisons = refresh_matches(target, inputs.run_dir, compare_dirs) if compare_dirs else 0
             if compare_dirs and in_run:
                 refresh_partners(compare_dirs, inputs.run_dir, say)

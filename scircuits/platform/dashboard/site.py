@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from scircuits.platform.common.artifacts import publish_into, write_text_atomic
 from scircuits.platform.common.provenance import base_provenance
 from scircuits.platform.dashboard.assets import COMMON_JS, CSS, FEATURE_JS, INDEX_JS
+from scircuits.platform.dashboard.neuronpedia import write_neuronpedia
 from scircuits.platform.dashboard.rows import index_rows
 from scircuits.platform.dashboard.scan import ScanSettings
 
@@ -247,6 +248,7 @@ def write_site(target: Path, extracted: Extracted) -> None:
             indent=2,
         )
     )
+    write_neuronpedia(tmp / "neuronpedia", extracted)
     publish_into(tmp, target, last="index.html")
 
 
