@@ -684,6 +684,9 @@ EVENT_CHILD = textwrap.dedent(
     training.SAETrainer.train_step = counted(training.SAETrainer.train_step)
     SplitModel.lower = counted(SplitModel.lower)
     SplitModel._upper_mode = counted(SplitModel._upper_mode)
+    if os.environ.get("SC_COUNT_SYNTH"):  # synth train: every batch (training steps and evaluations)
+        import scircuits.plugins.synth.training as synth
+        synth.batch_tensors = counted(synth.batch_tensors)
     atexit.register(lambda: open(count_file, "w").write(str(events["n"])))
     from scircuits.cli import main
     main(sys.argv[3:])
@@ -703,9 +706,12 @@ ABLATE_KILL_FRACTIONS = [
 ]
 
 
-def event_child(argv: list[str], kill_at: int, count_file: Path) -> subprocess.CompletedProcess:
+def event_child(
+    argv: list[str], kill_at: int, count_file: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
+        **(extra_env or {}),
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     }
@@ -733,16 +739,24 @@ def run_argv(model: Path, out: Path) -> list[str]:
     ]
 
 
-def counted_run(argv: list[str], where: Path) -> int:
+def counted_run(argv: list[str], where: Path, extra_env: dict[str, str] | None = None) -> int:
     """Run ``argv`` uninterrupted in a child; the number of events it saw."""
-    done = event_child(argv, 0, where / "events")
+    done = event_child(argv, 0, where / "events", extra_env)
     assert done.returncode == 0, done.stderr[-3000:]
     return int((where / "events").read_text())
 
 
-def kill_then_rerun(argv: list[str], kill_at: int, where: Path, folder: Path) -> None:
-    """Kill the command at its ``kill_at``-th event, check the lock it held is free, rerun it."""
-    killed = event_child(argv, kill_at, where / "killed-events")
+def kill_then_rerun(
+    argv: list[str],
+    kill_at: int,
+    where: Path,
+    folder: Path,
+    extra_env: dict[str, str] | None = None,
+    rerun_in_child: bool = False,
+) -> None:
+    """Kill the command at its ``kill_at``-th event, check the lock it held is free, rerun it (in a
+    child like the uninterrupted one when its floating-point sums depend on the process' BLAS threads)."""
+    killed = event_child(argv, kill_at, where / "killed-events", extra_env)
     assert killed.returncode == -signal.SIGKILL, f"ended before event {kill_at}: {killed.stderr[-2000:]}"
     started = [
         line.split("]")[1].split(":")[0].strip() for line in killed.stderr.splitlines() if ": start" in line
@@ -750,7 +764,11 @@ def kill_then_rerun(argv: list[str], kill_at: int, where: Path, folder: Path) ->
     TRIED.append(f"{argv[0]} kill -9: event {kill_at}{f' in {started[-1]}' if started else ''}")
     with artifacts.FolderLock(folder):  # the dead process's lock does not block anyone
         pass
-    rerun_here(argv)
+    if rerun_in_child:
+        done = event_child(argv, 0, where / "rerun-events", extra_env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    else:
+        rerun_here(argv)
 
 
 def rerun_here(argv: list[str]) -> None:
@@ -845,12 +863,129 @@ def test_kill_9_during_ablate_then_rerun_equals_the_uninterrupted_results(
     assert leftovers(tmp_path) == []
 
 
+# -- kill -9 at seeded points of `dashboard`, `compare` and `synth train` (the commands' own outputs) --
+
+KILL_DASHBOARD_POINTS = KILL_COMPARE_POINTS = KILL_SYNTH_POINTS = 2
+_later = random.Random(SEED + 3)
+DASHBOARD_KILL_FRACTIONS = [round((i + _later.random()) / 2, 3) for i in range(KILL_DASHBOARD_POINTS)]
+COMPARE_KILL_FRACTIONS = [round((i + _later.random()) / 2, 3) for i in range(KILL_COMPARE_POINTS)]
+SYNTH_KILL_FRACTIONS = [round((i + _later.random()) / 2, 3) for i in range(KILL_SYNTH_POINTS)]
+
+
+def dashboard_argv(run_dir: Path, out: Path) -> list[str]:
+    return ["dashboard", str(run_dir), "--out", str(out), "--features", "3"]
+
+
+def site_files(site: Path) -> dict[str, bytes]:
+    """The site's files but its manifest (which records when and by what it was built)."""
+    skip = {"manifest.json", artifacts.MARKER_FILE, artifacts.LOCK_FILE}
+    return {
+        str(p.relative_to(site)): p.read_bytes()
+        for p in site.rglob("*")
+        if p.is_file() and p.name not in skip
+    }
+
+
+@pytest.fixture(scope="module")
+def whole_dashboard(whole_run, tmp_path_factory):
+    where = tmp_path_factory.mktemp("whole-dashboard")
+    n_events = counted_run(dashboard_argv(whole_run[0], where / "site"), where)
+    return where / "site", n_events
+
+
+@pytest.mark.parametrize("fraction", DASHBOARD_KILL_FRACTIONS)
+def test_kill_9_during_dashboard_then_rerun_equals_the_uninterrupted_site(
+    whole_run, whole_dashboard, tmp_path, fraction
+):
+    whole, n_events = whole_dashboard
+    out = tmp_path / "site"
+    argv = dashboard_argv(whole_run[0], out)
+    kill_then_rerun(argv, 1 + int(fraction * (n_events - 1)), tmp_path, out)
+    assert site_files(out) == site_files(whole)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def two_runs(whole_run, tmp_path_factory):
+    """Two copies of the whole run (compare refreshes the dashboards of what it compares)."""
+    where = tmp_path_factory.mktemp("two-runs")
+    return [Path(shutil.copytree(whole_run[0], where / name)) for name in ("a", "b")]
+
+
+def compare_argv(runs: list[Path], out: Path) -> list[str]:
+    return [
+        *("compare", str(runs[0]), str(runs[1]), "--out", str(out), "--no-train-twins", "--source"),
+        *("store", "--max-tokens", "2000", "--permutations", "9", "--rsa-pairs", "20", "--no-progress"),
+    ]
+
+
+def comparable_comparison(out: Path) -> dict:
+    data = json.loads((out / "results.json").read_text().replace(str(out), "OUT"))
+    return {k: v for k, v in data.items() if k not in ("provenance", "wall_seconds", "options")}
+
+
+@pytest.fixture(scope="module")
+def whole_compare(two_runs, tmp_path_factory):
+    where = tmp_path_factory.mktemp("whole-compare")
+    n_events = counted_run(compare_argv(two_runs, where / "cmp"), where)
+    return where / "cmp", n_events
+
+
+@pytest.mark.parametrize("fraction", COMPARE_KILL_FRACTIONS)
+def test_kill_9_during_compare_then_rerun_equals_the_uninterrupted_results(
+    two_runs, whole_compare, tmp_path, fraction
+):
+    import numpy as np
+
+    whole, n_events = whole_compare
+    out = tmp_path / "cmp"
+    kill_at = 1 + int(fraction * (n_events - 1))
+    kill_then_rerun(compare_argv(two_runs, out), kill_at, tmp_path, out, rerun_in_child=True)
+    assert comparable_comparison(out) == comparable_comparison(whole)
+    for npz in (whole / "matches").glob("*.npz"):
+        a, b = np.load(npz), np.load(out / "matches" / npz.name)
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert (out / "report.md").is_file()
+    assert leftovers(tmp_path) == [] and leftovers(two_runs[0].parent) == []
+
+
+SYNTH_ARGV = ["synth", "train", "--task", "logic", "--size", "3", "--layers", "1", "--d-model", "32"]
+SYNTH_ARGV += ["--steps", "12", "--batch-size", "16", "--eval-every", "4", "--eval-examples", "20"]
+SYNTH_ENV = {"SC_COUNT_SYNTH": "1"}
+
+
+def synth_curve(folder: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (folder / "training.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in ("wall_s", "cpu_s")} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def whole_synth(tmp_path_factory):
+    where = tmp_path_factory.mktemp("whole-synth")
+    n_events = counted_run([*SYNTH_ARGV, "--out", str(where / "model")], where, SYNTH_ENV)
+    return where / "model", n_events
+
+
+@pytest.mark.parametrize("fraction", SYNTH_KILL_FRACTIONS)
+def test_kill_9_during_synth_train_then_rerun_equals_the_uninterrupted_model(whole_synth, tmp_path, fraction):
+    whole, n_events = whole_synth
+    out = tmp_path / "model"
+    argv = [*SYNTH_ARGV, "--out", str(out)]
+    kill_then_rerun(argv, 1 + int(fraction * (n_events - 1)), tmp_path, out, SYNTH_ENV)
+    assert (out / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
+    assert synth_curve(out) == synth_curve(whole)
+    assert leftovers(tmp_path) == []
+
+
 KILL_POINTS = (
     len(STATE_STEPS)
     + len(KILL_TRAIN_POINTS)
     + len(KILL_COLLECT_POINTS)
     + KILL_RUN_POINTS
     + KILL_ABLATE_POINTS
+    + KILL_DASHBOARD_POINTS
+    + KILL_COMPARE_POINTS
+    + KILL_SYNTH_POINTS
 )
 
 

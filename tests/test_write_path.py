@@ -151,6 +151,7 @@ def test_commands_writing_inside_a_run_are_refused_while_run_holds_it(run, tmp_p
             ["dashboard", str(run), "--out", str(tmp_path / "site")],  # reads the run it writes
             "another scircuits process",
         )
+        assert not (tmp_path / "site").exists()
         argv = ["train", "--store", str(run / "activations.zarr"), "--sae", "topk", "--k", "4"]
         one_line_error(capsys, [*argv, "--out", str(run / "sae"), "--no-progress"], "scircuits run")
         with pytest.raises(ArtifactError, match="scircuits run"):
@@ -284,3 +285,13 @@ def test_the_site_folder_is_locked_while_a_dashboard_writes_it(run, tmp_path, ca
     with Holder(site, "dashboard"):
         one_line_error(capsys, ["dashboard", str(run), "--out", str(site)], "another scircuits process")
     shutil.rmtree(site)
+
+
+def test_a_folder_moved_aside_stays_locked_by_its_writer(tmp_path):
+    folder = user_folder(tmp_path / "out")
+    with FolderLock(folder, "SAE checkpoint"):
+        artifacts.claim(folder, "sae", "abc", force=True)  # moves the user's files aside
+        with pytest.raises(ArtifactError, match="another scircuits process"):
+            FolderLock(folder, "SAE checkpoint")
+    [aside] = tmp_path.glob("out.superseded-*")
+    assert (aside / "thesis.txt").is_file()

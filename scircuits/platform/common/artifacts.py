@@ -126,7 +126,8 @@ def claim(folder: Path, kind: str, identity: str, *, option: str = "--out", forc
 
 
 def move_aside(folder: Path) -> Path:
-    """Rename ``folder`` to a new sibling ``<name>.superseded-<time>``; the folder is recreated empty."""
+    """Rename ``folder`` to a new sibling ``<name>.superseded-<time>``; the folder is recreated empty
+    but for its lock files."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = folder.with_name(f"{folder.name}.superseded-{stamp}")
     n = 1
@@ -135,6 +136,9 @@ def move_aside(folder: Path) -> Path:
         target = folder.with_name(f"{folder.name}.superseded-{stamp}-{n}")
     os.replace(folder, target)
     folder.mkdir()
+    for name in (LOCK_FILE, GROUP_LOCK_FILE):  # a lock held on the folder stays held on the new one:
+        if (target / name).exists():  # flock follows the file, which is moved back, not reopened
+            os.replace(target / name, folder / name)
     return target
 
 

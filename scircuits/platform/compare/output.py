@@ -11,6 +11,7 @@ compare processes are removed. The seed twins in ``twins/`` are kept across reru
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from scircuits.platform.common.artifacts import (
     FolderLock,
     check_out_apart,
     claim,
+    only_bookkeeping,
     read_marker,
     remove_orphans,
     write_marker,
@@ -46,6 +48,7 @@ def compare_folder(
     """Check, lock and claim the compare folder ``out`` for the comparison of ``run_dirs``."""
     runs = [Path(r) for r in run_dirs]
     folder = check_out_apart(out, read=[r / part for r in runs for part in RUN_PARTS], holds=runs)
+    existed = folder.exists()
     with FolderLock(folder, "comparison"):
         for where in (folder, *(folder / sub for sub in SUBFOLDERS)):
             remove_orphans(where)
@@ -54,4 +57,9 @@ def compare_folder(
         claimed = claim(folder, KIND, KIND, option="--out", force=force)
         if claimed.moved_to is not None:
             say(f"compare: {folder} held files scircuits did not write; moved them to {claimed.moved_to}")
-        yield folder
+        try:
+            yield folder
+        except BaseException:
+            if not existed and only_bookkeeping(folder):  # a failed first compare leaves no folder
+                shutil.rmtree(folder, ignore_errors=True)
+            raise

@@ -159,8 +159,9 @@ def build_dashboard(
     in_run = target == default.resolve()
     existed = target.exists()
     with FolderLock(target, "dashboard", option="--out"):
-        run_lock = read_lock(inputs.run_dir, "run")
+        run_lock = None
         try:
+            run_lock = read_lock(inputs.run_dir, "run")
             compare_dirs = [*recorded_compare_dirs(target), *(Path(c) for c in compare)]
             check_out_apart(target, read=compare_dirs)
             check_compare_dirs(compare_dirs, inputs.run_dir)  # before the scan: a bad folder costs nothing
