@@ -295,3 +295,22 @@ def test_a_folder_moved_aside_stays_locked_by_its_writer(tmp_path):
             FolderLock(folder, "SAE checkpoint")
     [aside] = tmp_path.glob("out.superseded-*")
     assert (aside / "thesis.txt").is_file()
+
+
+def test_a_reader_locks_a_run_on_a_read_only_file_system(tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / artifacts.LOCK_FILE).touch()
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if flags & (os.O_RDWR | os.O_WRONLY | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(artifacts.os, "open", read_only)
+    lock = artifacts.read_lock(folder, "run")  # a dashboard --out elsewhere reads the run
+    assert lock is not None
+    lock.release()
+    with pytest.raises(ArtifactError, match="read-only"):
+        FolderLock(folder, "run")  # a writer is refused in one line

@@ -162,7 +162,12 @@ def enclosing_container(folder: Path) -> tuple[Path, str] | None:
 
 def _flock(path: Path, exclusive: bool) -> int | None:
     """An open, locked fd on ``path`` (created if missing), or None when another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exclusive or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not path.exists():
+            raise
+        fd = os.open(path, os.O_RDONLY)  # a reader of a read-only folder (flock needs no write access)
     try:
         fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:
