@@ -119,7 +119,8 @@ def test_dashboard_out_that_is_or_holds_an_input_is_refused(run, tmp_path, capsy
         "inside causal": str(run / "causal" / "site"),
     }[where]
     monkeypatch.chdir(run / "sae" if where == "parent of run" else run)
-    one_line_error(capsys, ["dashboard", str(run), "--out", out])
+    why = "is empty" if where == "empty" else "which this command reads"
+    one_line_error(capsys, ["dashboard", str(run), "--out", out], why)
     assert snapshot(run) == before
 
 
@@ -196,7 +197,8 @@ def test_compare_out_that_is_or_holds_a_run_is_refused(tmp_path_factory, capsys,
         "empty": "",
         "a run's sae": str(run / "sae"),
     }
-    one_line_error(capsys, ["compare", str(run), str(copy), "--out", out[where]])
+    why = "is empty" if where == "empty" else "which this command reads"
+    one_line_error(capsys, ["compare", str(run), str(copy), "--out", out[where]], why)
     assert snapshot(run) == before
 
 
