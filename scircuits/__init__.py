@@ -14,6 +14,7 @@ from scircuits.platform.causal.controls import ControlSamplingError
 from scircuits.platform.causal.results import StudyResults
 from scircuits.platform.causal.significance import KTest, top_k_significance
 from scircuits.platform.causal.statistics import Interval, spearman, spearman_interval
+from scircuits.platform.common.device import check_device
 from scircuits.platform.common.provenance import base_provenance, cache_root, file_sha256, now_iso
 from scircuits.platform.contract.ablations import Ablation, FeatureStats
 from scircuits.platform.contract.analyses import Analysis, AnalysisResult
@@ -89,6 +90,7 @@ __all__ = [
     "__version__",
     "base_provenance",
     "cache_root",
+    "check_device",
     "encoder_product",
     "file_sha256",
     "fired_counts",

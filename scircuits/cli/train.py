@@ -112,9 +112,15 @@ def validate() -> None:
     "equal-frequency problem with per-variant validation settings.",
 )
 @click.option("--sae", "names", help="Comma list of variants (default: every registered variant).")
-@click.option("--tokens", type=int, help="Training tokens of the planted dataset.")
-@click.option("--epochs", type=int, help="Passes over the data (easy problem only).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Data seed (hard: init seed + 1).")
+@click.option("--tokens", type=click.IntRange(min=1), help="Training tokens of the planted dataset.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Passes over the data (easy problem only).")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Data seed (hard: init seed + 1).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def validate_sae(

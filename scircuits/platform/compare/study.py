@@ -59,6 +59,7 @@ from scircuits.platform.compare.sources import (
     store_chunks,
     stores_hold_the_same_tokens,
 )
+from scircuits.platform.config.stages import STRICT
 from scircuits.platform.manager.plugin_set import PluginSet
 
 RESULTS_FILE = "results.json"
@@ -68,6 +69,7 @@ ROTATION_SEED = 54321
 
 
 class CompareOptions(BaseModel):
+    model_config = STRICT
     out: str = "compare"
     limit: int = Field(default=200, gt=0)  # benchmark examples traced when the source is the models
     split: str | None = None  # None: run A's evaluation split
@@ -81,7 +83,7 @@ class CompareOptions(BaseModel):
     top_pairs: int = Field(default=20, ge=0)
     top_k: list[int] = Field(default_factory=lambda: [5, 10])
     contexts: int = Field(default=6, ge=0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     progress: bool = True
 
 

@@ -48,7 +48,7 @@ def train(out: str | None, overwrite: bool, **flags: object) -> None:
     """
     from pydantic import ValidationError
 
-    from ._internal import UserError
+    from ._internal import UserError, check_device
     from .models import default_folder
     from .training import TrainSettings, train_model
 
@@ -57,6 +57,7 @@ def train(out: str | None, overwrite: bool, **flags: object) -> None:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
         raise UserError(f"invalid synth train settings: {problems}") from None
+    check_device(settings.device)
     folder = out or str(default_folder(settings.task, settings.layers, settings.d_model, settings.seed))
 
     def show(row: dict) -> None:

@@ -35,7 +35,7 @@ CURVE_FILE = "training.jsonl"
 class TrainSettings(BaseModel):
     """Everything that decides the trained weights (and how the run is logged)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no NaN or inf in a number
 
     task: Literal["addition", "logic"]
     size: int | None = Field(default=None, description="digits (addition) or steps (logic); None: default")
@@ -43,7 +43,7 @@ class TrainSettings(BaseModel):
     d_model: int = Field(default=128, ge=8, le=1024)
     heads: int | None = Field(default=None, ge=1, description="None: d_model // 32 (at least 1)")
     mlp_ratio: int = Field(default=4, ge=1, le=8)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     steps: int = Field(default=6000, ge=0)
     batch_size: int = Field(default=128, ge=1)
     lr: float = Field(default=1e-3, gt=0)
