@@ -60,6 +60,7 @@ from scircuits.platform.compare.sources import (
     stores_hold_the_same_tokens,
 )
 from scircuits.platform.config.stages import STRICT
+from scircuits.platform.contract.errors import ScircuitsError
 from scircuits.platform.manager.plugin_set import PluginSet
 
 RESULTS_FILE = "results.json"
@@ -194,11 +195,14 @@ def seed_twin(run: Run, options: CompareOptions, core: internals.Core) -> tuple[
     """The run's SAE retrained with another seed on the same store: found, trained, or how to."""
     tc = dict(run.sae_meta.get("train_config") or {})
     seed = int(tc.get("seed", 0)) + options.twin_seed_offset
-    twin_dir = Path(options.out) / "twins" / f"{run.name}__seed{seed}"
-    if internals.sae_complete(twin_dir):
-        return twin_dir, None
     if run.store_path is None:
         return None, f"no ceiling: {run.path} has no activation store to train a seed twin on"
+    # keyed by what the twin is trained from (the SAE's config and the store), not the folder's name:
+    # two runs of one name in different folders get their own twins
+    key = f"{str(run.sae_meta.get('config_hash') or 'nohash')[:8]}-{internals.store_key(run.store_path)}"
+    twin_dir = Path(options.out) / "twins" / f"{run.name}__{key}__seed{seed}"
+    if internals.sae_complete(twin_dir):
+        return twin_dir, None
     if not options.train_twins or not tc:
         how = twin_command(run, twin_dir, seed)
         why = "--no-train-twins was given" if tc else f"{run.sae_path}/scircuits.json records no train config"
@@ -460,6 +464,19 @@ def write_results(results: CompareResults, out: Path) -> Path:
     return path
 
 
+def _load_sae(core: internals.Core, run: Run) -> Any:
+    """The run's SAE; a damaged checkpoint is a one-line error naming it."""
+    try:
+        return core.load_sae(run.sae_path)[0]
+    except ScircuitsError:
+        raise
+    except Exception as exc:  # safetensors, torch or a variant failing on damaged files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise internals.config_error(
+            f"{run.sae_path}: the SAE cannot be loaded ({reason}); restore it or rerun `scircuits run`"
+        ) from None
+
+
 def compare_runs(paths: list[str | Path], options: CompareOptions, plugins: PluginSet) -> CompareResults:
     """Compare every pair of runs with the plugin objects of ``plugins``; writes
     ``<out>/results.json`` and returns the results."""
@@ -467,11 +484,11 @@ def compare_runs(paths: list[str | Path], options: CompareOptions, plugins: Plug
     core = internals.Core(plugins)
     if len(paths) < 2:
         raise internals.config_error("compare needs at least two run directories")
-    runs = [read_run(p) for p in paths]
+    runs = [read_run(p, plugins) for p in paths]
     index_pairs = list(itertools.combinations(range(len(runs)), 2))
     for i, j in index_pairs:
         pair_source(runs[i], runs[j], options)  # impossible pairs fail before any work
-    saes = [core.load_sae(run.sae_path)[0] for run in runs]
+    saes = [_load_sae(core, run) for run in runs]
     entries = []
     for run, sae in zip(runs, saes, strict=True):
         say(f"compare: ceiling and floors of {run.name}")

@@ -132,9 +132,10 @@ def build_dashboard(
     started = time.monotonic()
     timings: dict[str, float] = {}
     settings = settings or ScanSettings()
-    inputs = sources.read_run(run_dir)
+    inputs = sources.read_run(run_dir, plugins)
     target = Path(out) if out is not None else inputs.run_dir / DASHBOARD_DIR
-    compare_dirs = [*recorded_compare_dirs(target), *(Path(c) for c in compare)]
+    recorded = recorded_compare_dirs(target, inputs.run_dir, say or (lambda _: None))
+    compare_dirs = [*recorded, *(Path(c) for c in compare)]
     check_compare_dirs(compare_dirs, inputs.run_dir)  # before the scan: a bad folder costs nothing
     extracted = extract(inputs, plugins, settings, features, timings, say or (lambda _: None))
     t0 = time.monotonic()

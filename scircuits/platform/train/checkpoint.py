@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scircuits.platform.common import jsonvalues
 from scircuits.platform.common.artifacts import (
     ArtifactError,
     Claimed,
@@ -79,7 +80,7 @@ def _publish(tmp: Path, path: Path) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = _tmp_path(path)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(jsonvalues.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     _publish(tmp, path)
 
 
