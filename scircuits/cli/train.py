@@ -49,6 +49,7 @@ def train(
     from scircuits.platform.train.distributed import parse_devices
     from scircuits.platform.train.training import train as train_one
     from scircuits.platform.train.training import train_many
+    from scircuits.store import ActivationStore
 
     variant_flags = {"k": k, "l1": l1, "decorrelation": decorrelation}
     extra = {key: value for key, value in variant_flags.items() if value is not None}
@@ -62,6 +63,8 @@ def train(
     )
     if not store_list:
         raise ConfigError("train: give the activation store with --store PATH (or store = ... in --config)")
+    for store in store_list:  # every store readable before any job starts
+        ActivationStore(store)
     jobs: list[TrainConfig] = []
     several = len(store_list) * len(sae_list) > 1
     for store in store_list:
