@@ -165,3 +165,28 @@ def test_results_json_never_holds_a_non_json_number():
         "b": [1.0, None, None],
         "c": [1.0, None],
     }
+
+
+def gate_context(training_metrics: dict, site_error: float = 0.9):
+    from types import SimpleNamespace
+
+    from scircuits.platform.config import AblateConfig
+
+    config = AblateConfig(sae="runs/x/sae", model="smollm2-135m")
+    return SimpleNamespace(config=config, sae_training_metrics=training_metrics, layer=15), {
+        "relative_error": site_error
+    }
+
+
+def test_the_gate_calls_an_sae_that_misfits_its_own_store_undertrained():
+    from scircuits.plugins.analyses.baseline import ReconstructionGateError, reconstruction_gate
+
+    context, metrics = gate_context({"relative_error": 0.6, "fvu": 0.61})
+    with pytest.raises(ReconstructionGateError, match="undertrained: raise --train-tokens") as exc:
+        reconstruction_gate(context, metrics, recovered=0.395, ce_gap=2.0)
+    assert "--layer" not in str(exc.value) and "FVU 0.61" in str(exc.value)
+    # fitted on its own store, misfit here: the layer, site or model is blamed, as before
+    context, metrics = gate_context({"relative_error": 0.01, "fvu": 0.02})
+    with pytest.raises(ReconstructionGateError, match="--layer") as exc:
+        reconstruction_gate(context, metrics, recovered=0.395, ce_gap=2.0)
+    assert "undertrained" not in str(exc.value)
