@@ -122,7 +122,7 @@ def _same_sae_or_no_features(root: Path, sae_path: Path, results: dict[str, Any]
     sae_record = provenance.get("sae") if isinstance(provenance.get("sae"), dict) else {}
     recorded = sae_record.get("weights_sha256")
     weights = sae_path / internals.SAE_WEIGHTS
-    if not recorded or not results.get("features") or internals.file_sha256(weights) == recorded:
+    if not recorded or not results.get("features") or internals.sae_weights_sha256(sae_path) == recorded:
         return results
     print(
         f"compare: {weights} is not the SAE {root / RESULTS} was measured with (sha256 differs): "
