@@ -190,3 +190,18 @@ def test_the_gate_calls_an_sae_that_misfits_its_own_store_undertrained():
     with pytest.raises(ReconstructionGateError, match="--layer") as exc:
         reconstruction_gate(context, metrics, recovered=0.395, ce_gap=2.0)
     assert "undertrained" not in str(exc.value)
+
+
+def test_an_sae_too_large_for_the_machine_is_refused_before_any_work(store, tmp_path, monkeypatch, capsys):
+    from scircuits.platform.train import size
+
+    monkeypatch.setattr(size, "machine_bytes", lambda: 2**30)  # a 1 GiB machine
+    err = refused(["run", "--expansion", "64", "--out", str(tmp_path / "runs")], capsys)
+    assert "--expansion 64" in err and "GiB" in err and not (tmp_path / "runs").exists()
+    err = refused(["train", "--store", str(store), "--expansion", "256", "--batch-size", "2**20"], capsys)
+    assert "not a valid integer" in err
+    monkeypatch.setattr(size, "machine_bytes", lambda: 2**10)
+    err = refused(
+        ["train", "--store", str(store), "--expansion", "256", "--out", str(tmp_path / "sae")], capsys
+    )
+    assert "--expansion 256" in err and not (tmp_path / "sae").exists()

@@ -47,6 +47,7 @@ def train(
     """
     from scircuits.platform.manager.plugin_set import get_plugins
     from scircuits.platform.train.distributed import parse_devices
+    from scircuits.platform.train.size import check_sae_memory
     from scircuits.platform.train.training import train as train_one
     from scircuits.platform.train.training import train_many
     from scircuits.store import ActivationStore
@@ -63,8 +64,7 @@ def train(
     )
     if not store_list:
         raise ConfigError("train: give the activation store with --store PATH (or store = ... in --config)")
-    for store in store_list:  # every store readable before any job starts
-        ActivationStore(store)
+    widths = {store: ActivationStore(store).d_model for store in store_list}  # each readable, before any job
     jobs: list[TrainConfig] = []
     several = len(store_list) * len(sae_list) > 1
     for store in store_list:
@@ -82,6 +82,7 @@ def train(
     plugins = get_plugins()
     for job in jobs:
         _check_hparams(job, plugins)
+        check_sae_memory(widths[job.store], job.expansion, job.batch_size, job.device)
     devices = parse_devices(base.device)
     if len(jobs) == 1 and (len(devices) == 1 or base.nproc > 1):
         out_dir = train_one(jobs[0], plugins)
