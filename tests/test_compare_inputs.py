@@ -169,3 +169,12 @@ def test_a_stale_comparison_is_dropped_with_a_note_not_refused(tmp_path_factory,
     assert f"dropped the comparison {compare_dir}" in err
     recorded = moved / "dashboard" / "comparisons.json"
     assert not recorded.exists() or json.loads(recorded.read_text())["compare_dirs"] == []
+
+
+def test_dashboard_reads_the_sae_of_the_folder_given(run, tmp_path, capsys):
+    copied = own_copy(run, tmp_path / "copied" / run.name)
+    moved = tmp_path / "moved" / run.name
+    shutil.copytree(copied, moved)  # its results.json names copied/sae
+    shutil.rmtree(moved / "sae")
+    err = refused(["dashboard", str(moved)], capsys)
+    assert "no SAE checkpoint found" in err and str(moved / "sae") in err

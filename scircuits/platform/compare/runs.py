@@ -112,7 +112,7 @@ def read_run(path: str | Path, plugins: Any = None) -> Run:
         )
     meta = _read_json(sae_path / "scircuits.json") if (sae_path / "scircuits.json").is_file() else {}
     results = _same_sae_or_no_features(root, sae_path, results)
-    return Run(root, results, config, sae_path, _store_of(root, config, meta), meta)
+    return Run(root, results, config, sae_path, run_store(root, config, meta), meta)
 
 
 def _same_sae_or_no_features(root: Path, sae_path: Path, results: dict[str, Any]) -> dict[str, Any]:
@@ -132,7 +132,7 @@ def _same_sae_or_no_features(root: Path, sae_path: Path, results: dict[str, Any]
     return {**results, "features": []}
 
 
-def _store_of(root: Path, config: dict[str, Any], meta: dict[str, Any]) -> Path | None:
+def run_store(root: Path, config: dict[str, Any], meta: dict[str, Any]) -> Path | None:
     """The run folder's activations.zarr; when it has none, the store recorded in results.json or the
     SAE's record, if its identity is the one the SAE was trained on; else None (no store)."""
     trained_on = meta.get("store") if isinstance(meta.get("store"), dict) else {}
@@ -150,12 +150,12 @@ def _store_of(root: Path, config: dict[str, Any], meta: dict[str, Any]) -> Path 
             continue
         if attrs is not None and internals.same_store(Path(recorded), attrs):
             print(
-                f"compare: {root} has no activations.zarr; using {recorded} (same store identity)",
+                f"note: {root} has no activations.zarr; using {recorded} (same store identity)",
                 file=sys.stderr,
             )
             return Path(recorded)
         print(
-            f"compare: {root} has no activations.zarr, and {recorded} is not the store its SAE was trained "
+            f"note: {root} has no activations.zarr, and {recorded} is not the store its SAE was trained "
             "on: no store for this run",
             file=sys.stderr,
         )

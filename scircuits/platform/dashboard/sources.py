@@ -27,6 +27,8 @@ from pydantic import ValidationError
 from scircuits.platform.causal.registry import analyses_of
 from scircuits.platform.causal.results import read_checked_results
 from scircuits.platform.causal.study import unembedding_effects
+from scircuits.platform.common.jsonvalues import load_file
+from scircuits.platform.compare.runs import run_store
 from scircuits.platform.compare.schema import FORMAT as COMPARE_FORMAT
 from scircuits.platform.compare.schema import CompareResults
 from scircuits.platform.contract.errors import ConfigError
@@ -93,10 +95,17 @@ def read_run(run_dir: str | Path, plugins: Any = None) -> RunInputs:
     if "features" not in results:
         raise ConfigError(f"{results_path} has no 'features': it was not written by `scircuits ablate`")
     config = results["config"]
-    store = _existing(
-        [run / STORE, Path(config["store"]) if config.get("store") else None], "activation store", run
-    )
-    sae = _existing([run / SAE, Path(config["sae"]) if config.get("sae") else None], "SAE checkpoint", run)
+    # the folder's own SAE, never the path results.json recorded (it may name another, later run)
+    sae = _existing([run / SAE], "SAE checkpoint", run)
+    meta_path = sae / "scircuits.json"
+    meta = load_file(meta_path) if meta_path.is_file() else {}
+    # its own store; the recorded one only when absent here and of the identity the SAE trained on
+    store = run_store(run, config, meta if isinstance(meta, dict) else {})
+    if store is None:
+        raise ConfigError(
+            f"{run}: no activation store found (no {STORE} there, and the store its results record is "
+            "missing or not the one its SAE was trained on); give the directory that `scircuits run` wrote"
+        )
     return RunInputs(run, results, store, sae)
 
 
