@@ -205,3 +205,23 @@ def test_an_sae_too_large_for_the_machine_is_refused_before_any_work(store, tmp_
         ["train", "--store", str(store), "--expansion", "256", "--out", str(tmp_path / "sae")], capsys
     )
     assert "--expansion 256" in err and not (tmp_path / "sae").exists()
+
+
+def test_deeply_nested_json_in_a_data_file_an_sae_config_or_an_option(store, tmp_path, capsys):
+    deep = "[" * 100_000 + "]" * 100_000
+    data = tmp_path / "test.jsonl"
+    data.write_text(deep + "\n")
+    err = refused(
+        ["collect", "--benchmark", "gsm8k", "--data", str(data), "--out", str(tmp_path / "c")], capsys
+    )
+    assert "nested too deeply" in err
+    sae = tmp_path / "sae"
+    sae.mkdir()
+    (sae / "cfg.json").write_text(deep)
+    (sae / "sae_weights.safetensors").write_bytes(b"")
+    err = refused(
+        ["ablate", "--sae", str(sae), "--model", "smollm2-135m", "--out", str(tmp_path / "a")], capsys
+    )
+    assert "nested too deeply" in err
+    err = refused(["train", "--store", str(store), "--hparam", f"k={deep}"], capsys)
+    assert "nested too deeply" in err

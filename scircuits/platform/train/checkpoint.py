@@ -124,6 +124,10 @@ def read_json(path: Path) -> dict[str, Any]:
         raise DataFormatError(f"{path} does not exist") from None
     except json.JSONDecodeError as exc:
         raise DataFormatError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise DataFormatError(f"{path} is not UTF-8 text (a binary file?)") from None
+    except RecursionError:
+        raise DataFormatError(f"{path}: JSON nested too deeply to read") from None
     if not isinstance(data, dict):
         raise DataFormatError(f"{path}: expected a JSON object")
     return data

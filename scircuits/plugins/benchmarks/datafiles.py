@@ -80,6 +80,8 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     f"{path}, line {line_no}: expected one JSON object per line, got invalid JSON ({exc.msg} "
                     f"at column {exc.colno})"
                 ) from None
+            except RecursionError:
+                raise DataFormatError(f"{path}, line {line_no}: JSON nested too deeply to read") from None
             if not isinstance(row, dict):
                 raise DataFormatError(
                     f"{path}, line {line_no}: expected a JSON object per line, got {type(row).__name__}"
