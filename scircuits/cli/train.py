@@ -64,7 +64,6 @@ def train(
     )
     if not store_list:
         raise ConfigError("train: give the activation store with --store PATH (or store = ... in --config)")
-    widths = {store: ActivationStore(store).d_model for store in store_list}  # each readable, before any job
     jobs: list[TrainConfig] = []
     several = len(store_list) * len(sae_list) > 1
     for store in store_list:
@@ -82,6 +81,8 @@ def train(
     plugins = get_plugins()
     for job in jobs:
         _check_hparams(job, plugins)
+    widths = {store: ActivationStore(store).d_model for store in store_list}  # each readable, before any job
+    for job in jobs:
         check_sae_memory(widths[job.store], job.expansion, job.batch_size, job.device)
     devices = parse_devices(base.device)
     if len(jobs) == 1 and (len(devices) == 1 or base.nproc > 1):
