@@ -23,6 +23,7 @@ from scircuits.platform.common.artifacts import (
     write_marker,
 )
 from scircuits.platform.common.artifacts import claim as claim_folder
+from scircuits.platform.common.device import check_device
 from scircuits.platform.common.provenance import base_provenance, cache_root, file_sha256, now_iso
 from scircuits.platform.contract.ablations import Ablation, FeatureStats
 from scircuits.platform.contract.analyses import Analysis, AnalysisResult
@@ -100,6 +101,7 @@ __all__ = [
     "__version__",
     "base_provenance",
     "cache_root",
+    "check_device",
     "claim_folder",
     "encoder_product",
     "file_sha256",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scircuits import file_sha256
 from scircuits.cli import main
 from scircuits.testing import save_tiny_model, tiny_loaded_model, tiny_model
 
@@ -70,6 +71,8 @@ def permuted_copy(run, dest, perm):
     results = json.loads(results_path.read_text())
     new_id = np.argsort(perm)  # old latent i is new latent new_id[i]
     results["config"]["sae"] = str(dest / "sae")
+    # measured as if with the permuted SAE: its record names those weights
+    results["provenance"]["sae"]["weights_sha256"] = file_sha256(dest / "sae" / "sae_weights.safetensors")
     for feature in results["features"]:
         feature["id"] = int(new_id[feature["id"]])
     results_path.write_text(json.dumps(results))

@@ -44,6 +44,10 @@ def parse_key_values(items: Iterable[str], what: str) -> dict[str, Any]:
             out[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
             out[key.strip()] = raw
+        except RecursionError:
+            raise click.BadParameter(
+                f"{key.strip()}: the value is nested too deeply", param_hint=what
+            ) from None
     return out
 
 

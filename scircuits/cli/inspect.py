@@ -8,6 +8,7 @@ import click
 import numpy as np
 
 from scircuits.cli.common import echo_json
+from scircuits.platform.common.jsonvalues import finite_or_none
 
 _SHOWN_TOP_DIMS = 5
 DEFAULT_STATS_ROWS = 262_144
@@ -46,11 +47,11 @@ def inspect(store: str, as_json: bool, max_rows: int, fast: bool) -> None:
         except DamagedStoreError as exc:  # --fast skipped decoding; the statistics found the damage
             integrity.update(ok=False, damaged=[str(exc)])
     if as_json:
-        echo_json({**info, "integrity": integrity, "stats": None if stats is None else _jsonable(stats)})
+        echo_json({**info, "integrity": integrity, "stats": None if stats is None else finite_or_none(stats)})
     else:
         _print_text(info, stats, integrity)
-    if integrity["missing"] or integrity["damaged"]:
-        raise SystemExit(2)
+    if not integrity["ok"] or (stats is not None and stats["nonfinite_total"]):
+        raise SystemExit(2)  # missing, undecodable or non-finite values, as the help says
 
 
 def _integrity_line(integrity: dict[str, Any]) -> str:
@@ -64,18 +65,6 @@ def _integrity_line(integrity: dict[str, Any]) -> str:
     if integrity["nonfinite_rows"]:
         problems.append(f"{integrity['nonfinite_rows']:,} rows hold NaN or inf")
     return "  DAMAGED      " + "; ".join(problems) + " (delete the store and collect it again)"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None  # JSON has no NaN
-    if isinstance(value, (np.floating, np.integer)):
-        return _jsonable(value.item())
-    return value
 
 
 def _size(n_bytes: float) -> str:

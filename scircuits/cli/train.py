@@ -47,8 +47,10 @@ def train(
     """
     from scircuits.platform.manager.plugin_set import get_plugins
     from scircuits.platform.train.distributed import parse_devices
+    from scircuits.platform.train.size import check_sae_memory
     from scircuits.platform.train.training import train as train_one
     from scircuits.platform.train.training import train_many
+    from scircuits.store import ActivationStore
 
     variant_flags = {"k": k, "l1": l1, "decorrelation": decorrelation}
     extra = {key: value for key, value in variant_flags.items() if value is not None}
@@ -79,6 +81,9 @@ def train(
     plugins = get_plugins()
     for job in jobs:
         _check_hparams(job, plugins)
+    widths = {store: ActivationStore(store).d_model for store in store_list}  # each readable, before any job
+    for job in jobs:
+        check_sae_memory(widths[job.store], job.expansion, job.batch_size, job.device)
     devices = parse_devices(base.device)
     if len(jobs) == 1 and (len(devices) == 1 or base.nproc > 1):
         out_dir = train_one(jobs[0], plugins)
@@ -112,9 +117,15 @@ def validate() -> None:
     "equal-frequency problem with per-variant validation settings.",
 )
 @click.option("--sae", "names", help="Comma list of variants (default: every registered variant).")
-@click.option("--tokens", type=int, help="Training tokens of the planted dataset.")
-@click.option("--epochs", type=int, help="Passes over the data (easy problem only).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Data seed (hard: init seed + 1).")
+@click.option("--tokens", type=click.IntRange(min=1), help="Training tokens of the planted dataset.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Passes over the data (easy problem only).")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Data seed (hard: init seed + 1).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def validate_sae(

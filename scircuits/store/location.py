@@ -56,7 +56,18 @@ def read_group(path: str | os.PathLike[str], storage_options: dict[str, Any] | N
             f"{path} is not an activation store: no Zarr v3 group could be opened there ({exc})"
         ) from None
     check_format(path, dict(group.attrs))
-    missing = [name for name in ARRAYS if name not in group]
+    missing = []
+    for name in ARRAYS:
+        try:
+            group[name]
+        except KeyError:
+            missing.append(name)
+        except (zarr.errors.BaseZarrError, OSError, ValueError, TypeError) as exc:  # a damaged zarr.json
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise NotAStoreError(
+                f"{path}: the metadata of array {name!r} cannot be read ({reason}); the store is damaged: "
+                "delete it and collect it again"
+            ) from None
     if missing:
         raise NotAStoreError(f"{path}: activation store is missing the array(s) {', '.join(missing)}")
     return group

@@ -11,6 +11,7 @@ holds. A file of another format or a newer schema is refused with the reason.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from scircuits.platform.common import jsonvalues
 from scircuits.platform.common.artifacts import tmp_name, write_text_atomic
 from scircuits.platform.contract.analyses import Analysis, AnalysisResult
 from scircuits.platform.contract.errors import ConfigError
@@ -118,7 +120,12 @@ class StudyResults(BaseModel):
         if analysis.name not in self.analyses:
             return None
         extra = self.analysis_fields()
-        values = {key: extra[key] for key in analysis.Result.model_fields if key in extra}
+        fields = analysis.Result.model_fields
+        values = {key: extra[key] for key in fields if key in extra}
+        # results.json writes an undefined number as null (jsonvalues): a plain float field reads it as NaN
+        values = {
+            k: math.nan if v is None and fields[k].annotation is float else v for k, v in values.items()
+        }
         try:
             return analysis.Result.model_validate(values)
         except ValidationError as exc:
@@ -128,7 +135,7 @@ class StudyResults(BaseModel):
             ) from None
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="python"), indent=2)
+        return jsonvalues.dumps(self.model_dump(mode="python"), indent=2)
 
 
 class ConditionScore(BaseModel):
@@ -215,17 +222,26 @@ def read_results(path: str | Path, analyses: Iterable[Analysis] = ()) -> StudyRe
         path = results_path(path)
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: run `scircuits run` or `scircuits ablate` first")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
-    data = migrate(data, list(analyses), str(path))
+    data = migrate(jsonvalues.load_file(path), list(analyses), str(path))
     try:
         return StudyResults.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
             f"{path} does not match the results schema: {describe_validation_error(exc)}"
         ) from None
+
+
+def read_checked_results(path: str | Path, analyses: Iterable[Analysis]) -> dict[str, Any]:
+    """results.json as a dict whose study fields and the fields of every analysis in ``analyses``
+    have their types; ConfigError, in one line, naming the first wrong one."""
+    analyses = list(analyses)
+    results = read_results(path, analyses)
+    for analysis in analyses:
+        try:
+            results.result_of(analysis)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}; rerun the ablate stage") from None
+    return results.model_dump(mode="python")
 
 
 def recorded_config_hash(folder: str | Path) -> str | None:

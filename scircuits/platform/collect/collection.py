@@ -108,7 +108,7 @@ def _existing_store_attrs(out: str) -> dict[str, Any] | None:
 def _raw_attrs(out: str) -> dict[str, Any] | None:
     try:
         attrs = json.loads((Path(out) / "zarr.json").read_text()).get("attributes")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
     return attrs if isinstance(attrs, dict) else None
 

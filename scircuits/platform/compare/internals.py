@@ -4,19 +4,32 @@ objects are methods of :class:`Core`, made from the plugin set the caller passes
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
-from scircuits.platform.common.provenance import base_provenance
+from scircuits.platform.causal.registry import analyses_of
+from scircuits.platform.causal.results import read_checked_results
+from scircuits.platform.common.jsonvalues import load_file
+from scircuits.platform.common.provenance import base_provenance, file_sha256
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.hf_loading import check_weights_available
 from scircuits.platform.manager.plugin_set import PluginSet
 from scircuits.platform.model.tracing import SiteTracer
-from scircuits.platform.train.checkpoint import is_complete
+from scircuits.platform.train.checkpoint import WEIGHTS_FILE, is_complete
 from scircuits.platform.train.checkpoint import load_sae as load_checkpoint
 from scircuits.platform.train.training import train
 from scircuits.store import ActivationStore
+from scircuits.store.format import identity_of
+
+SAE_WEIGHTS = WEIGHTS_FILE
+
+
+def sae_weights_sha256(sae_dir: str | Path) -> str:
+    """The sha256 of a checkpoint's weights file (what results.json records of the SAE it measured)."""
+    return file_sha256(Path(sae_dir) / WEIGHTS_FILE)
 
 
 class Core:
@@ -77,3 +90,37 @@ def provenance() -> dict[str, Any]:
 def config_error(message: str) -> Exception:
     """The one-line user error the CLI turns into exit code 2."""
     return ConfigError(message)
+
+
+def read_causal_results(path: str | Path, plugins: PluginSet | None = None) -> dict[str, Any]:
+    """causal/results.json as a dict, its study fields (and, given ``plugins``, every analysis's
+    fields) type-checked; ConfigError in one line otherwise."""
+    analyses = list(analyses_of(plugins)) if plugins is not None else []
+    return read_checked_results(path, analyses)
+
+
+def read_json_file(path: str | Path) -> Any:
+    """A JSON file's value; ConfigError in one line when it is not readable JSON."""
+    return load_file(path)
+
+
+def store_identity(path: str | Path) -> dict[str, Any]:
+    """What a store holds (format.identity_of its attributes), with its row count."""
+    store = ActivationStore(path)
+    return {**identity_of(dict(store.attrs)), "n_tokens": store.n_tokens}
+
+
+def same_store(path: str | Path, trained_on_attrs: dict[str, Any]) -> bool:
+    """Whether the store at ``path`` holds what a checkpoint recorded it trained on (identity and rows)."""
+    try:
+        found = store_identity(path)
+    except ConfigError:
+        return False
+    recorded = {**identity_of(trained_on_attrs), "n_tokens": trained_on_attrs.get("n_tokens")}
+    return found == recorded
+
+
+def store_key(path: str | Path) -> str:
+    """A short hash of a store's identity: two stores with the same key hold the same rows."""
+    blob = json.dumps(store_identity(path), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]

@@ -4,7 +4,6 @@ has not finished is read from its SAE's record (no causal agreement then)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +54,7 @@ def _config_without_results(root: Path) -> tuple[dict[str, Any], dict[str, Any]]
     meta_path = root / "sae" / "scircuits.json"
     if not meta_path.is_file():
         return None
-    meta = json.loads(meta_path.read_text())
+    meta = _read_json(meta_path)
     store = meta.get("store") if isinstance(meta.get("store"), dict) else {}
     attrs = store.get("attrs") if isinstance(store.get("attrs"), dict) else {}
     if not attrs.get("model") or attrs.get("layer") is None:
@@ -76,7 +75,17 @@ def _config_without_results(root: Path) -> tuple[dict[str, Any], dict[str, Any]]
     return config, {"layer": attrs["layer"], "site": attrs.get("site"), "features": [], "config": config}
 
 
-def read_run(path: str | Path) -> Run:
+def _read_json(path: Path) -> dict[str, Any]:
+    data = internals.read_json_file(path)
+    if not isinstance(data, dict):
+        raise internals.config_error(f"{path} holds a {type(data).__name__}, not a JSON object")
+    return data
+
+
+def read_run(path: str | Path, plugins: Any = None) -> Run:
+    """The run folder ``path`` as given: its own sae/ and activations.zarr, never the absolute paths
+    results.json recorded (they may name another, later run). The recorded store is used only when
+    the folder has none, and only when its identity is the one the SAE was trained on."""
     root = Path(path)
     results_path = root / RESULTS
     if not root.is_dir():
@@ -90,24 +99,64 @@ def read_run(path: str | Path) -> Run:
         config, results = fallback
         print(f"compare: {root} has no {RESULTS} yet: its causal agreement is left out", file=sys.stderr)
     else:
-        try:
-            results = json.loads(results_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise internals.config_error(
-                f"{results_path}, line {exc.lineno}: not valid JSON ({exc.msg})"
-            ) from None
+        results = internals.read_causal_results(results_path, plugins)
         config = results.get("config")
-    if not isinstance(config, dict) or not config.get("sae") or not config.get("model"):
+    if not isinstance(config, dict) or not isinstance(config.get("model"), str):
         raise internals.config_error(f"{results_path} records no config with the model and the SAE")
-    sae_path = Path(config["sae"])
-    if not sae_path.is_dir():
-        sae_path = root / "sae"  # the run folder was moved: its own sae/ folder
-    if not sae_path.is_dir():
-        raise internals.config_error(f"{root}: the SAE folder {config['sae']} does not exist")
-    store = config.get("store")
-    store_path = Path(store) if store and Path(store).is_dir() else None
-    if store_path is None and (root / "activations.zarr").is_dir():
-        store_path = root / "activations.zarr"
-    meta_path = sae_path / "scircuits.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return Run(root, results, config, sae_path, store_path, meta)
+    sae_path = root / "sae"
+    if not internals.sae_complete(sae_path):
+        what = "is not a complete SAE checkpoint" if sae_path.is_dir() else "does not exist"
+        raise internals.config_error(
+            f"{sae_path} {what}: compare reads the SAE of the run folder it is given; restore it, or rerun "
+            f"`scircuits run` for {root}"
+        )
+    meta = _read_json(sae_path / "scircuits.json") if (sae_path / "scircuits.json").is_file() else {}
+    results = _same_sae_or_no_features(root, sae_path, results)
+    return Run(root, results, config, sae_path, run_store(root, config, meta), meta)
+
+
+def _same_sae_or_no_features(root: Path, sae_path: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """``results``, without its features when they were measured with another SAE than sae/ holds
+    (results.json records the weights' sha256): their ids would name other latents."""
+    provenance = results.get("provenance") if isinstance(results.get("provenance"), dict) else {}
+    sae_record = provenance.get("sae") if isinstance(provenance.get("sae"), dict) else {}
+    recorded = sae_record.get("weights_sha256")
+    weights = sae_path / internals.SAE_WEIGHTS
+    if not recorded or not results.get("features") or internals.sae_weights_sha256(sae_path) == recorded:
+        return results
+    print(
+        f"compare: {weights} is not the SAE {root / RESULTS} was measured with (sha256 differs): "
+        "its causal agreement is left out (rerun its ablate stage to measure this SAE)",
+        file=sys.stderr,
+    )
+    return {**results, "features": []}
+
+
+def run_store(root: Path, config: dict[str, Any], meta: dict[str, Any]) -> Path | None:
+    """The run folder's activations.zarr; when it has none, the store recorded in results.json or the
+    SAE's record, if its identity is the one the SAE was trained on; else None (no store)."""
+    trained_on = meta.get("store") if isinstance(meta.get("store"), dict) else {}
+    attrs = trained_on.get("attrs") if isinstance(trained_on.get("attrs"), dict) else None
+    own = root / "activations.zarr"
+    if own.is_dir():
+        if attrs is not None and not internals.same_store(own, attrs):
+            raise internals.config_error(
+                f"{own} is not the store {root / 'sae'} was trained on (their identities differ): restore "
+                "the run's own store, or rerun `scircuits run`"
+            )
+        return own
+    for recorded in (config.get("store"), trained_on.get("path")):
+        if not isinstance(recorded, str) or not recorded or not Path(recorded).is_dir():
+            continue
+        if attrs is not None and internals.same_store(Path(recorded), attrs):
+            print(
+                f"note: {root} has no activations.zarr; using {recorded} (same store identity)",
+                file=sys.stderr,
+            )
+            return Path(recorded)
+        print(
+            f"note: {root} has no activations.zarr, and {recorded} is not the store its SAE was trained "
+            "on: no store for this run",
+            file=sys.stderr,
+        )
+    return None

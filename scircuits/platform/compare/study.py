@@ -59,6 +59,8 @@ from scircuits.platform.compare.sources import (
     store_chunks,
     stores_hold_the_same_tokens,
 )
+from scircuits.platform.config.stages import STRICT
+from scircuits.platform.contract.errors import ScircuitsError
 from scircuits.platform.manager.plugin_set import PluginSet
 
 RESULTS_FILE = "results.json"
@@ -68,6 +70,7 @@ ROTATION_SEED = 54321
 
 
 class CompareOptions(BaseModel):
+    model_config = STRICT
     out: str = "compare"
     limit: int = Field(default=200, gt=0)  # benchmark examples traced when the source is the models
     split: str | None = None  # None: run A's evaluation split
@@ -81,7 +84,7 @@ class CompareOptions(BaseModel):
     top_pairs: int = Field(default=20, ge=0)
     top_k: list[int] = Field(default_factory=lambda: [5, 10])
     contexts: int = Field(default=6, ge=0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     progress: bool = True
 
 
@@ -192,11 +195,14 @@ def seed_twin(run: Run, options: CompareOptions, core: internals.Core) -> tuple[
     """The run's SAE retrained with another seed on the same store: found, trained, or how to."""
     tc = dict(run.sae_meta.get("train_config") or {})
     seed = int(tc.get("seed", 0)) + options.twin_seed_offset
-    twin_dir = Path(options.out) / "twins" / f"{run.name}__seed{seed}"
-    if internals.sae_complete(twin_dir):
-        return twin_dir, None
     if run.store_path is None:
         return None, f"no ceiling: {run.path} has no activation store to train a seed twin on"
+    # keyed by what the twin is trained from (the SAE's config and the store), not the folder's name:
+    # two runs of one name in different folders get their own twins
+    key = f"{str(run.sae_meta.get('config_hash') or 'nohash')[:8]}-{internals.store_key(run.store_path)}"
+    twin_dir = Path(options.out) / "twins" / f"{run.name}__{key}__seed{seed}"
+    if internals.sae_complete(twin_dir):
+        return twin_dir, None
     if not options.train_twins or not tc:
         how = twin_command(run, twin_dir, seed)
         why = "--no-train-twins was given" if tc else f"{run.sae_path}/scircuits.json records no train config"
@@ -459,6 +465,19 @@ def write_results(results: CompareResults, out: Path) -> Path:
     return path
 
 
+def _load_sae(core: internals.Core, run: Run) -> Any:
+    """The run's SAE; a damaged checkpoint is a one-line error naming it."""
+    try:
+        return core.load_sae(run.sae_path)[0]
+    except ScircuitsError:
+        raise
+    except Exception as exc:  # safetensors, torch or a variant failing on damaged files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise internals.config_error(
+            f"{run.sae_path}: the SAE cannot be loaded ({reason}); restore it or rerun `scircuits run`"
+        ) from None
+
+
 def compare_runs(paths: list[str | Path], options: CompareOptions, plugins: PluginSet) -> CompareResults:
     """Compare every pair of runs with the plugin objects of ``plugins``; writes
     ``<out>/results.json`` and returns the results."""
@@ -466,11 +485,11 @@ def compare_runs(paths: list[str | Path], options: CompareOptions, plugins: Plug
     core = internals.Core(plugins)
     if len(paths) < 2:
         raise internals.config_error("compare needs at least two run directories")
-    runs = [read_run(p) for p in paths]
+    runs = [read_run(p, plugins) for p in paths]
     index_pairs = list(itertools.combinations(range(len(runs)), 2))
     for i, j in index_pairs:
         pair_source(runs[i], runs[j], options)  # impossible pairs fail before any work
-    saes = [core.load_sae(run.sae_path)[0] for run in runs]
+    saes = [_load_sae(core, run) for run in runs]
     entries = []
     for run, sae in zip(runs, saes, strict=True):
         say(f"compare: ceiling and floors of {run.name}")

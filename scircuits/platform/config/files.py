@@ -10,9 +10,16 @@ from scircuits.platform.contract.errors import ConfigError
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a regular file; give a .toml or .yaml file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (a binary file?); give a .toml or .yaml file"
+        ) from None
     try:
         if path.suffix == ".toml":
             try:
@@ -28,8 +35,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"config file {path}: use a .toml, .yaml or .yml file")
     except ConfigError:
         raise
+    except RecursionError:
+        raise ConfigError(f"config file {path}: nested too deeply to read") from None
     except Exception as exc:  # tomllib.TOMLDecodeError, yaml.YAMLError
-        raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+        reason = " ".join(str(exc).split())  # yaml's messages span lines
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {reason}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a table of settings, not {type(data).__name__}")
     return data

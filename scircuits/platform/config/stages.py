@@ -42,8 +42,13 @@ def plugin_default_help(what: str, family: str) -> str:
     return f"{what} (see `scircuits {family}`); default: the plugin set's default, marked * there."
 
 
+# Every config refuses NaN and inf in a number field (pydantic's allow_inf_nan): no setting means
+# "not a number", so none is let through to the work.
+STRICT = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
 class StageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = STRICT
 
     stage: ClassVar[str] = ""
     # Fields that do not change the artifact (where it goes, how fast, how it is shown).
@@ -100,7 +105,19 @@ class StageConfig(BaseModel):
                     f" (SAE hyperparameters go in hparams: `hparams = {{{key} = {value!r}}}` in the config "
                     f"file, or --hparam {key}={value})"
                 )
-            raise ConfigError(f"invalid {cls.stage} config: {describe_validation_error(exc)}{hint}") from None
+            located = [e["loc"] for e in exc.errors() if e["type"] != "extra_forbidden"]
+            flags = sorted({f for f in map(cls.flag_of, located) if f})
+            named = f" ({', '.join(flags)})" if flags else ""
+            raise ConfigError(
+                f"invalid {cls.stage} config: {describe_validation_error(exc)}{named}{hint}"
+            ) from None
+
+    @classmethod
+    def flag_of(cls, loc: tuple[Any, ...]) -> str | None:
+        """The command-line flag of a field's error location, e.g. ``--ablate-min-ce-loss-recovered``."""
+        if not loc or not isinstance(loc[0], str):
+            return None
+        return "--" + loc[0].replace("_", "-")
 
     def identity(self) -> dict[str, Any]:
         values = self.model_dump(mode="json", exclude=set(self.volatile))
@@ -114,6 +131,9 @@ class StageConfig(BaseModel):
 
 
 SiteName = Literal["resid", "mlp", "attn"]
+# widest SAE a run may ask for (256 x d_model: a million latents on a 4096-wide model); the memory an
+# SAE needs is also checked against the machine before training (train.training.check_sae_memory)
+MAX_EXPANSION = 256
 
 
 def reject_bool_numbers(cls: type[BaseModel], values: Any) -> Any:
@@ -156,13 +176,15 @@ class CollectConfig(StageConfig):
     site: SiteName = D("resid", "resid = the block's output; mlp / attn = those sub-modules' outputs.")
     split: str = D("test", "Benchmark split.")
     limit: int | None = D(None, "Number of benchmark examples to trace (default: all).", gt=0)
-    seed: int = D(0, "Seed of the benchmark's example order.")
+    seed: int = D(0, "Seed of the benchmark's example order.", ge=0)
     batch_size: int = D(16, "Examples per forward pass.", gt=0)
     dtype: Literal["float16", "float32"] = D("float16", "Stored activation dtype.")
     model_dtype: Literal["auto", "float32", "bfloat16", "float16"] = D(
         "auto", "Compute dtype of the model; auto = float32 on CPU, bfloat16 on a GPU."
     )
-    max_length: int | None = D(None, "Truncate longer sequences, keeping the end of the prompt.", gt=0)
+    max_length: int | None = D(
+        None, "Truncate longer sequences, keeping the end of the prompt (at least 2 tokens).", gt=1
+    )
     device: str = D("cpu", "cpu, cuda, cuda:0, ...")
     model_path: str | None = D(None, "Load the weights from this local folder.")
     remote: bool = D(False, "Run the model on NDIF (needs NDIF_API_KEY).")
@@ -186,7 +208,7 @@ class TrainConfig(StageConfig):
     store: str = D("", "Activation store to train on.")
     sae: str | None = D(None, plugin_default_help("SAE variant", "saes"))
     hparams: dict[str, Any] = D(dict, "Variant hyperparameters (k, l1, ...).")
-    expansion: int = D(8, "d_sae = expansion x d_model.", gt=0)
+    expansion: int = D(8, "d_sae = expansion x d_model (at most 256).", gt=0, le=MAX_EXPANSION)
     lr: float | None = D(
         None,
         "Adam learning rate; default: 2e-4 * sqrt(2**14 / d_sae) * sqrt(batch_size / 64) (sparsify's "
@@ -202,11 +224,13 @@ class TrainConfig(StageConfig):
     warmup_steps: int | None = D(
         None, "Linear learning-rate warm-up steps; default: a tenth of the steps, at most 100.", ge=0
     )
-    grad_clip: float | None = D(1.0, "Clip the gradient norm to this (none: no clipping).")
+    grad_clip: float | None = D(1.0, "Clip the gradient norm to this (none: no clipping).", gt=0)
     bf16: bool = D(False, "bfloat16 encoder product (float32 weights).")
     device: str = D("cpu", "cpu, cuda, cuda:0; a comma list spreads several SAEs over devices.")
     nproc: int = D(1, "Data-parallel processes (torch.distributed DDP) for one SAE.", gt=0)
-    seed: int = D(0, "Seed; initialisation and batch order draw from independent streams derived from it.")
+    seed: int = D(
+        0, "Seed; initialisation and batch order draw from independent streams derived from it.", ge=0
+    )
     resume: bool = D(False, "Continue from the last checkpoint in --out.")
     preset: str | None = D(
         None, "A named preset of the variant's hyperparameters (see `scircuits saes --json`)."
@@ -271,7 +295,7 @@ class AblateConfig(StageConfig):
     exact_top: int = D(50, "Top features ablated one at a time.", ge=0)
     limit: int | None = D(None, "Number of evaluation examples (default: all).", gt=0)
     split: str = D("test", "Benchmark split to evaluate on.")
-    seed: int = D(0, "Seed of examples, controls and bootstrap.")
+    seed: int = D(0, "Seed of examples, controls and bootstrap.", ge=0)
     bootstrap: int = D(1000, "Bootstrap replicates.", gt=0)
     splice_tolerance: float = D(1e-3, "Largest |logit difference| the splice may cause.", gt=0)
     reconstruction_gate: bool = D(
@@ -291,7 +315,9 @@ class AblateConfig(StageConfig):
         "training store.",
         gt=1,
     )
-    min_ce_loss_recovered: float = D(0.5, "Reconstruction gate: smallest CE loss recovered.")
+    min_ce_loss_recovered: float = D(
+        0.5, "Reconstruction gate: smallest CE loss recovered (0 to 1).", ge=0, le=1
+    )
     splice_check_examples: int | None = D(
         32, "Examples the splice is checked on through nnsight (none: every example).", gt=0
     )
@@ -341,7 +367,7 @@ def section(
         fields[field_name] = (annotation, info)
     return create_model(  # type: ignore[call-overload,no-any-return]
         name,
-        __config__=ConfigDict(extra="forbid", validate_assignment=True),
+        __config__=STRICT,
         __validators__={
             "no_bool_for_numbers": model_validator(mode="before")(classmethod(reject_bool_numbers))
         },
@@ -436,7 +462,7 @@ class RunConfig(StageConfig):
     layer: int | None = D(None, "Block of the site; default: the adapter's default.", ge=0)
     site: SiteName = D("resid", "Site of the SAE.")
     split: str = D("test", "Benchmark split to evaluate on.")
-    seed: int = D(0, "Seed of examples, SAE training, controls and bootstrap.")
+    seed: int = D(0, "Seed of examples, SAE training, controls and bootstrap.", ge=0)
     device: str = D("cpu", "cpu, cuda, ...")
     model_path: str | None = D(None, "Load the weights from this local folder.")
     remote: bool = D(False, "Collect on NDIF (the causal stage needs local weights).")
@@ -465,6 +491,13 @@ class RunConfig(StageConfig):
                 current = current.model_dump(exclude_unset=True)
             values[section_name] = {**(current or {}), field_name: values.pop(flat)}
         return values
+
+    @classmethod
+    def flag_of(cls, loc: tuple[Any, ...]) -> str | None:
+        if len(loc) >= 2 and loc[0] in RUN_SECTIONS:
+            flat = {v: k for k, v in flat_run_names().items()}.get((str(loc[0]), str(loc[1])))
+            return None if flat is None else "--" + flat.replace("_", "-")
+        return super().flag_of(loc)
 
     def with_plugin_defaults(self, plugins: PluginSet) -> RunConfig:
         resolved = StageConfig.with_plugin_defaults(self, plugins)

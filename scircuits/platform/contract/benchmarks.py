@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError, DataFormatError
 from scircuits.platform.contract.options import parse_options
 
 
@@ -43,6 +43,8 @@ class Example:
         return tuple(answer + self.delimiter for answer in answers)
 
     def __post_init__(self) -> None:
+        for text in (self.prompt, self.target, self.delimiter, *(self.choices or ())):
+            _check_encodable(text, self.id)
         if not isinstance(self.delimiter, str):
             raise ValueError(f"example {self.id}: delimiter must be a string, got {self.delimiter!r:.40}")
         if self.choices is not None:
@@ -50,6 +52,21 @@ class Example:
                 raise ValueError(f"example {self.id}: answer_index must index choices")
             if self.choices[self.answer_index] != self.target:
                 raise ValueError(f"example {self.id}: target must equal choices[answer_index]")
+
+
+def _check_encodable(text: Any, example_id: str) -> None:
+    """A lone surrogate (a JSON escape such as "\\ud800" without its pair) is not Unicode text: no
+    tokenizer takes it, so it is refused where the example is read, before any weights load."""
+    if not isinstance(text, str):
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = f"\\u{ord(text[exc.start]):04x}"
+        raise DataFormatError(
+            f"example {example_id}: its text holds a lone surrogate ({bad} at character {exc.start + 1}), "
+            "which is not valid Unicode; fix the data file (surrogate escapes come in pairs)"
+        ) from None
 
 
 class NoOptions(BaseModel):

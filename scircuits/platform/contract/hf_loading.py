@@ -10,6 +10,7 @@ inside the functions. Part of the contract: it imports no other part of the plat
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -105,11 +106,47 @@ def check_local_folder(adapter: ModelAdapter, model_path: str | Path) -> Weights
         raise WeightsUnavailableError(weights_help(adapter, f"--model-path {folder} is not a folder"))
     if not (folder / "config.json").is_file():
         raise WeightsUnavailableError(weights_help(adapter, f"{folder} has no config.json"))
-    if not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir() if p.is_file()):
+    files = [p for p in folder.iterdir() if p.is_file()]
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in files):
         raise WeightsUnavailableError(
             weights_help(adapter, f"{folder} holds no weights file (*.safetensors or *.bin)")
         )
+    check_no_code_or_pickles(folder, files)
     return WeightsSource(str(folder), local=True, revision=_snapshot_commit(folder.resolve()))
+
+
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_no_code_or_pickles(folder: Path, files: list[Path]) -> None:
+    """Refuse, before loading, a folder whose loading would run code from it: remote code named by an
+    ``auto_map`` in config.json or tokenizer_config.json, or weights only in pickle files (unpickling
+    runs code). scircuits never passes trust_remote_code and loads weights as safetensors only."""
+    for name in ("config.json", "tokenizer_config.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError, OSError):
+            raise ConfigError(
+                f"{path} is not readable JSON; give a model folder saved by transformers"
+            ) from None
+        if isinstance(data, dict) and data.get("auto_map"):
+            classes = ", ".join(map(str, data["auto_map"]))
+            raise ConfigError(
+                f"{path} names custom code (auto_map: {classes}), which scircuits never runs (no "
+                "trust_remote_code): use a model whose architecture transformers ships, or write a model "
+                "adapter plugin for it (docs/plugins.md)"
+            )
+    pickles = sorted(p.name for p in files if p.suffix in PICKLED_WEIGHTS)
+    if pickles and not any(p.suffix == ".safetensors" for p in files):
+        raise ConfigError(
+            f"{folder} holds its weights only as pickles ({', '.join(pickles)}), which scircuits never loads "
+            "(unpickling can run code): convert them to safetensors on a machine you trust, e.g. "
+            "`AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR)` (transformers writes "
+            "model.safetensors), then remove the .bin files"
+        )
 
 
 class HubUnreachable(Exception):

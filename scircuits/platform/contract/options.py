@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -31,6 +32,9 @@ def parse_options(model: type[M], raw: Mapping[str, Any] | BaseModel | None, wha
     if isinstance(raw, BaseModel):
         raw = raw.model_dump()
     values = {k: v for k, v in dict(raw or {}).items() if v is not None}
+    nonfinite = [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
+    if nonfinite:
+        raise ConfigError(f"{what}: {nonfinite[0]} must be a finite number, got {values[nonfinite[0]]!r}")
     try:
         return model(**values)
     except ValidationError as exc:

@@ -150,7 +150,7 @@ def build_dashboard(
     timings: dict[str, float] = {}
     settings = settings or ScanSettings()
     say = say or (lambda _: None)
-    inputs = sources.read_run(run_dir)
+    inputs = sources.read_run(run_dir, plugins)
     default = inputs.run_dir / DASHBOARD_DIR
     read = [(inputs.run_dir / sources.RESULTS).parent, inputs.sae_path, inputs.store_path]
     target = check_out_apart(
@@ -162,7 +162,7 @@ def build_dashboard(
         run_lock = None
         try:
             run_lock = read_lock(inputs.run_dir, "run")
-            compare_dirs = [*recorded_compare_dirs(target), *(Path(c) for c in compare)]
+            compare_dirs = [*recorded_compare_dirs(target, inputs.run_dir, say), *(Path(c) for c in compare)]
             check_out_apart(target, read=compare_dirs)
             check_compare_dirs(compare_dirs, inputs.run_dir)  # before the scan: a bad folder costs nothing
             claim_site(target, force, say)

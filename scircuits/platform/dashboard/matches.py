@@ -40,16 +40,36 @@ COMPARISONS_FILE = "comparisons.json"  # in the site folder: the compare folders
 DASHBOARD_DIR = "dashboard"
 
 
-def recorded_compare_dirs(site: Path) -> list[Path]:
-    """The compare folders a site records (those that still hold results), oldest first."""
+def recorded_compare_dirs(
+    site: Path, run_dir: Path | None = None, say: Callable[[str], None] | None = None
+) -> list[Path]:
+    """The compare folders a site records (those that still hold results), oldest first. Given
+    ``run_dir``, a recorded folder that no longer compared it (the run was copied or moved since, or
+    the folder was rewritten) is stale: dropped, with a note through ``say``, never an error."""
     path = site / COMPARISONS_FILE
     if not path.is_file():
         return []
     try:
         dirs = json.loads(path.read_text()).get("compare_dirs", [])
-    except (json.JSONDecodeError, AttributeError):
+    except (json.JSONDecodeError, AttributeError, RecursionError, UnicodeDecodeError):
         return []
-    return [Path(d) for d in dirs if (Path(d) / sources.COMPARE_RESULTS).is_file()]
+    kept = [Path(d) for d in dirs if isinstance(d, str) and (Path(d) / sources.COMPARE_RESULTS).is_file()]
+    if run_dir is None:
+        return kept
+    fresh = []
+    for compare_dir in kept:
+        try:
+            stale = run_index(sources.read_comparison(compare_dir), run_dir) is None
+        except ConfigError:
+            stale = True
+        if stale:
+            (say or (lambda _: None))(
+                f"dropped the comparison {compare_dir}: it did not compare {run_dir} (the run was copied or "
+                f"moved since); rerun `scircuits compare` with this folder to list its matches again"
+            )
+        else:
+            fresh.append(compare_dir)
+    return fresh
 
 
 def _unique(paths: Iterable[Path]) -> list[Path]:
@@ -197,7 +217,7 @@ def refresh_matches(site: Path, run_dir: Path, compare_dirs: Sequence[Path]) -> 
     number of comparisons shown. Touches only comparisons.json, data/comparisons.js, data/matches/."""
     if not (site / "data" / "features").is_dir():
         raise ConfigError(f"{site} is not a dashboard folder: build it with `scircuits dashboard {run_dir}`")
-    dirs = _unique([*recorded_compare_dirs(site), *compare_dirs])
+    dirs = _unique([*recorded_compare_dirs(site, run_dir), *compare_dirs])
     features = site_features(site)
     entries, by_feature = feature_matches(site, dirs, run_dir, features)
     matches_dir = site / "data" / "matches"

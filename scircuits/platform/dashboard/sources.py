@@ -15,7 +15,6 @@ internals; re-point these functions when the core moves (issue 9):
 
 from __future__ import annotations
 
-import json
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import ValidationError
 
+from scircuits.platform.causal.registry import analyses_of
+from scircuits.platform.causal.results import read_checked_results
 from scircuits.platform.causal.study import unembedding_effects
+from scircuits.platform.common.jsonvalues import load_file
+from scircuits.platform.compare.runs import run_store
 from scircuits.platform.compare.schema import FORMAT as COMPARE_FORMAT
 from scircuits.platform.compare.schema import CompareResults
 from scircuits.platform.contract.errors import ConfigError
@@ -78,26 +81,31 @@ def _existing(candidates: Sequence[Path | None], what: str, run_dir: Path) -> Pa
     )
 
 
-def read_run(run_dir: str | Path) -> RunInputs:
-    """The results, store and SAE of a run directory; ConfigError naming what is missing."""
+def read_run(run_dir: str | Path, plugins: Any = None) -> RunInputs:
+    """The results, store and SAE of a run directory; ConfigError naming what is missing or of the
+    wrong type (the study's fields, and every analysis of ``plugins``)."""
     run = Path(run_dir)
     if not run.is_dir():
         raise ConfigError(f"{run} is not a directory; give a run directory written by `scircuits run`")
     results_path = run / RESULTS
     if not results_path.is_file():
         raise ConfigError(f"{results_path} is missing: run the ablation stage first (`scircuits run`)")
-    try:
-        results = json.loads(results_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{results_path} is not valid JSON ({exc}); rerun the ablation stage") from None
-    for key in ("config", "layer", "site", "d_sae", "features"):
-        if key not in results:
-            raise ConfigError(f"{results_path} has no {key!r}: it was not written by `scircuits ablate`")
+    analyses = list(analyses_of(plugins)) if plugins is not None else []
+    results = read_checked_results(results_path, analyses)
+    if "features" not in results:
+        raise ConfigError(f"{results_path} has no 'features': it was not written by `scircuits ablate`")
     config = results["config"]
-    store = _existing(
-        [run / STORE, Path(config["store"]) if config.get("store") else None], "activation store", run
-    )
-    sae = _existing([run / SAE, Path(config["sae"]) if config.get("sae") else None], "SAE checkpoint", run)
+    # the folder's own SAE, never the path results.json recorded (it may name another, later run)
+    sae = _existing([run / SAE], "SAE checkpoint", run)
+    meta_path = sae / "scircuits.json"
+    meta = load_file(meta_path) if meta_path.is_file() else {}
+    # its own store; the recorded one only when absent here and of the identity the SAE trained on
+    store = run_store(run, config, meta if isinstance(meta, dict) else {})
+    if store is None:
+        raise ConfigError(
+            f"{run}: no activation store found (no {STORE} there, and the store its results record is "
+            "missing or not the one its SAE was trained on); give the directory that `scircuits run` wrote"
+        )
     return RunInputs(run, results, store, sae)
 
 

@@ -46,6 +46,7 @@ from scircuits.platform.contract.hf_loading import check_weights_available, conf
 from scircuits.platform.pipeline.stages import STAGES, PlanContext, Stage
 from scircuits.platform.pipeline.state import STATE_FILE, PipelineState
 from scircuits.platform.report.document import REPORT_HTML, REPORT_MD
+from scircuits.platform.train.size import check_sae_memory
 
 
 def run_dir_name(model: str, benchmark: str, site: str, layer: int, label: str = "") -> str:
@@ -151,6 +152,7 @@ def validate_settings(the_plan: Plan, plugins: Any, adapter: Any, d_model: int) 
         hparams = variant.parse_hparams(train_config.hparams)
         if d_model:
             d_sae = train_config.expansion * d_model
+            check_sae_memory(d_model, train_config.expansion, train_config.batch_size, train_config.device)
             k = getattr(hparams, "k", None)
             if isinstance(k, int) and k > d_sae:
                 raise ConfigError(

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scircuits.platform.common import jsonvalues
 from scircuits.platform.common.artifacts import (
     ArtifactError,
     Claimed,
@@ -79,7 +80,7 @@ def _publish(tmp: Path, path: Path) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = _tmp_path(path)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(jsonvalues.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     _publish(tmp, path)
 
 
@@ -123,6 +124,10 @@ def read_json(path: Path) -> dict[str, Any]:
         raise DataFormatError(f"{path} does not exist") from None
     except json.JSONDecodeError as exc:
         raise DataFormatError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise DataFormatError(f"{path} is not UTF-8 text (a binary file?)") from None
+    except RecursionError:
+        raise DataFormatError(f"{path}: JSON nested too deeply to read") from None
     if not isinstance(data, dict):
         raise DataFormatError(f"{path}: expected a JSON object")
     return data

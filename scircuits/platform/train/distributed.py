@@ -252,10 +252,17 @@ def run_jobs_on_devices(
             break
         outcomes[index] = (status, message)
     failed = [
-        f"job {i} ({jobs[i]!r}): {outcomes.get(i, ('error', 'no result'))[1]}"
+        f"job {i} ({_job_name(jobs[i])}): {outcomes.get(i, ('error', 'no result'))[1]}"
         for i in range(len(jobs))
         if outcomes.get(i, ("error", ""))[0] != "ok"
     ]
     if failed:
-        raise ScircuitsError("some training jobs failed:\n" + "\n".join(failed))
+        raise ScircuitsError(f"{len(failed)} of {len(jobs)} training jobs failed: " + "; ".join(failed))
     return [outcomes[i][1] for i in range(len(jobs))]
+
+
+def _job_name(job: Any) -> str:
+    """A job by its store and output folder (never its whole config)."""
+    if isinstance(job, dict) and "out" in job:
+        return f"store {job.get('store')} -> {job['out']}"
+    return str(getattr(job, "out", "?"))

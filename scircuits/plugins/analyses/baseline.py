@@ -140,6 +140,20 @@ def ce_loss_recovered(clean: float | None, sae: float | None, zero: float | None
 CE_GAP_NATS = 0.1
 
 
+# An SAE whose fraction of variance unexplained on its own training store's held-out tokens is above
+# this has not learned the site (docs/metrics.md, "Reconstruction gate"): a gate
+# failure is then blamed on too little training, not on the layer, site or model.
+UNDERTRAINED_FVU = 0.3
+
+
+def _undertrained(training_fvu: Any) -> bool:
+    return (
+        isinstance(training_fvu, (int, float))
+        and not isinstance(training_fvu, bool)
+        and training_fvu > UNDERTRAINED_FVU
+    )
+
+
 def reconstruction_gate(
     context: StudyContext, metrics: dict[str, Any], recovered: float | None, ce_gap: float | None
 ) -> ReconstructionGate:
@@ -177,6 +191,14 @@ def reconstruction_gate(
         min_ce_loss_recovered=config.min_ce_loss_recovered,
         passed=not problems,
     )
+    training_fvu = context.sae_training_metrics.get("fvu")
+    if problems and config.reconstruction_gate and _undertrained(training_fvu):
+        raise ReconstructionGateError(
+            f"the SAE in {config.sae or '(given)'} is undertrained: raise --train-tokens. It misfits its own "
+            f"training store too (FVU {training_fvu:.3g} there, above {UNDERTRAINED_FVU:g}), so its fit at "
+            f"layer {context.layer} {config.site} ({'; '.join(problems)}) is no sign of a wrong layer, site "
+            "or model; train it on more tokens and run again (--no-reconstruction-gate studies it anyway)"
+        )
     if problems and config.reconstruction_gate:
         raise ReconstructionGateError(
             f"the SAE in {config.sae or '(given)'} does not reconstruct layer {context.layer} "

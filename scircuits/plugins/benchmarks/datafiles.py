@@ -45,7 +45,16 @@ def resolve_data_file(benchmark: str, data: str, split: str, suffix: str, expect
             )
         return candidate
     if path.is_file():
+        if path.stat().st_size == 0:
+            raise ConfigError(
+                f"benchmark {benchmark!r}: data file {path} is empty. Pass --data PATH with {expected}."
+            )
         return path
+    if path.exists():  # /dev/null, a pipe, a socket
+        raise ConfigError(
+            f"benchmark {benchmark!r}: data path {path} is not a regular file or a folder. Pass --data PATH "
+            f"with {expected}."
+        )
     raise ConfigError(
         f"benchmark {benchmark!r}: data path {path} does not exist. Pass --data PATH with {expected}."
     )
@@ -71,6 +80,8 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     f"{path}, line {line_no}: expected one JSON object per line, got invalid JSON ({exc.msg} "
                     f"at column {exc.colno})"
                 ) from None
+            except RecursionError:
+                raise DataFormatError(f"{path}, line {line_no}: JSON nested too deeply to read") from None
             if not isinstance(row, dict):
                 raise DataFormatError(
                     f"{path}, line {line_no}: expected a JSON object per line, got {type(row).__name__}"

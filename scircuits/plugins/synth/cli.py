@@ -54,7 +54,7 @@ def train(out: str | None, force: bool, overwrite: bool, **flags: object) -> Non
     """
     from pydantic import ValidationError
 
-    from ._internal import UserError
+    from ._internal import UserError, check_device
     from .models import default_folder
     from .training import TrainSettings, train_model
 
@@ -63,6 +63,7 @@ def train(out: str | None, force: bool, overwrite: bool, **flags: object) -> Non
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
         raise UserError(f"invalid synth train settings: {problems}") from None
+    check_device(settings.device)
     folder = (
         out
         if out is not None

@@ -45,7 +45,7 @@ STAGING = ".synth.tmp-"
 class TrainSettings(BaseModel):
     """Everything that decides the trained weights (and how the run is logged)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no NaN or inf in a number
 
     task: Literal["addition", "logic"]
     size: int | None = Field(default=None, description="digits (addition) or steps (logic); None: default")
@@ -53,7 +53,7 @@ class TrainSettings(BaseModel):
     d_model: int = Field(default=128, ge=8, le=1024)
     heads: int | None = Field(default=None, ge=1, description="None: d_model // 32 (at least 1)")
     mlp_ratio: int = Field(default=4, ge=1, le=8)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     steps: int = Field(default=6000, ge=0)
     batch_size: int = Field(default=128, ge=1)
     lr: float = Field(default=1e-3, gt=0)
@@ -175,15 +175,6 @@ def settings_identity(settings: TrainSettings) -> str:
     return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
 
 
-def check_device(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        from ._internal import UserError
-
-        raise UserError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
-
-
 def _adopt_earlier(out: Path) -> None:
     """A model folder an earlier version wrote (synth.json, no marker) is recognised as ours."""
     from ._internal import read_marker, write_marker
@@ -216,7 +207,7 @@ def train_model(
 ) -> dict[str, Any]:
     """Train, write the folder ``out`` and return its ``synth.json`` record (the folder's own record,
     without training, when it already holds this model)."""
-    from ._internal import FolderLock, UserError, claim_folder, remove_orphans
+    from ._internal import FolderLock, UserError, check_device, claim_folder, remove_orphans
 
     if not str(out).strip():
         raise UserError("--out is empty: give the folder to write the model to")
