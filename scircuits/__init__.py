@@ -23,6 +23,32 @@ from scircuits.platform.contract.hf_loading import WeightsSource
 from scircuits.platform.contract.hookspecs import hookimpl
 from scircuits.platform.contract.models import HFModelAdapter, LoadedModel, ModelAdapter, Site
 from scircuits.platform.contract.saes import SAEVariant
+from scircuits.platform.contract.synth_tasks import (
+    MIN_LABEL_TOKENS,
+    SynthCounterfactual,
+    SynthProblem,
+    SynthTask,
+    SynthTaskBenchmark,
+)
+from scircuits.platform.groundtruth.scoring import (
+    Label,
+    LabelRecovery,
+    RankingRecovery,
+    Recovery,
+    Specificity,
+    aligned_features,
+    auroc,
+    best_f1,
+    feature_recovery,
+    probe_recovery,
+    random_decoder_features,
+    ranking_recovery,
+    specificity,
+    variable_labels,
+)
+from scircuits.platform.groundtruth.training import TrainSettings as SynthTrainSettings
+from scircuits.platform.groundtruth.training import read_info as read_synth_info
+from scircuits.platform.groundtruth.training import train_model as train_synth_model
 from scircuits.platform.report.document import ReportDocument
 from scircuits.version import __version__
 
@@ -48,6 +74,16 @@ def load_sae(path: Any, plugins: Any = None, device: str = "cpu") -> Any:
     return load_checkpoint(path, plugins if plugins is not None else get_plugins(), device)
 
 
+def synth_tasks(plugins: Any = None) -> Any:
+    """The registry of synthetic tasks (``register_synth_tasks``): ``.get(name)``, ``.names()``.
+
+    ``plugins`` defaults to the process-wide plugin set, as for :func:`load_sae`.
+    """
+    from scircuits.platform.manager.plugin_set import get_plugins
+
+    return (plugins if plugins is not None else get_plugins()).synth_tasks
+
+
 _TORCH_NAMES = ("SparseAutoencoder", "TrainOutput", "encoder_product", "fired_counts", "mse_per_element")
 
 
@@ -60,6 +96,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "MIN_LABEL_TOKENS",
     "Ablation",
     "Analysis",
     "AnalysisResult",
@@ -72,31 +109,53 @@ __all__ = [
     "HFModelAdapter",
     "Interval",
     "KTest",
+    "Label",
+    "LabelRecovery",
     "LoadedModel",
     "ModelAdapter",
     "PluginConflictError",
+    "RankingRecovery",
+    "Recovery",
     "ReportDocument",
     "SAEVariant",
     "ScircuitsError",
     "Site",
     "SparseAutoencoder",
+    "Specificity",
     "StudyContext",
     "StudyResults",
+    "SynthCounterfactual",
+    "SynthProblem",
+    "SynthTask",
+    "SynthTaskBenchmark",
+    "SynthTrainSettings",
     "TrainOutput",
     "UnknownNameError",
     "WeightsSource",
     "WeightsUnavailableError",
     "__version__",
+    "aligned_features",
+    "auroc",
     "base_provenance",
+    "best_f1",
     "cache_root",
     "encoder_product",
+    "feature_recovery",
     "file_sha256",
     "fired_counts",
     "hookimpl",
     "load_sae",
     "mse_per_element",
     "now_iso",
+    "probe_recovery",
+    "random_decoder_features",
+    "ranking_recovery",
+    "read_synth_info",
     "spearman",
     "spearman_interval",
+    "specificity",
+    "synth_tasks",
     "top_k_significance",
+    "train_synth_model",
+    "variable_labels",
 ]

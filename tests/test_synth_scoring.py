@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scircuits.plugins.synth.scoring import (
+from scircuits import (
     aligned_features,
     auroc,
     best_f1,
