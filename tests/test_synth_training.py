@@ -1,0 +1,70 @@
+"""Ground-truth models that train every time: the retry rule, and three seeds of a small family."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from scircuits import SynthTrainSettings, train_synth_model
+from scircuits.platform.groundtruth.training import attempt_seed
+from scircuits.plugins.synth.tasks import AdditionTask, LogicTask
+
+TINY = {"layers": 1, "d_model": 32, "batch_size": 32, "eval_examples": 50}
+
+
+def test_attempt_seeds_are_the_seed_then_distinct_derived_ones():
+    assert attempt_seed(7, 0) == 7
+    seeds = {attempt_seed(s, a) for s in range(20) for a in range(1, 4)}
+    assert len(seeds) == 60 and not seeds & set(range(20))
+
+
+def test_an_attempt_below_target_is_retried_from_a_derived_seed_and_every_attempt_is_recorded(tmp_path):
+    settings = SynthTrainSettings(**TINY, seed=3, steps=4, eval_every=2, max_attempts=2, target=0.99)
+    record = train_synth_model(LogicTask(2), settings, tmp_path / "m")
+    assert [a["seed"] for a in record["attempts"]] == [3, attempt_seed(3, 1)]
+    assert all(a["outcome"] == "ended below target" and a["steps_done"] == 4 for a in record["attempts"])
+    assert not record["reached_target"] and record["seed"] == 3
+    best = max(record["attempts"], key=lambda a: a["heldout_accuracy"])
+    assert record["heldout_accuracy"] == best["heldout_accuracy"] and record["weights_seed"] == best["seed"]
+    on_disk = json.loads((tmp_path / "m" / "synth.json").read_text())
+    assert on_disk["attempts"] == record["attempts"]
+    curve = [json.loads(line) for line in (tmp_path / "m" / "training.jsonl").read_text().splitlines()]
+    assert [(r["attempt"], r["step"]) for r in curve] == [(0, 0), (0, 2), (0, 4), (1, 0), (1, 2), (1, 4)]
+
+
+def test_an_attempt_that_stops_progressing_is_abandoned(tmp_path):
+    # a learning rate that moves nothing: the accuracy never rises, so patience 1 ends it early
+    settings = SynthTrainSettings(
+        **TINY, steps=40, eval_every=5, lr=1e-12, warmup=0, patience=1, max_attempts=1
+    )
+    record = train_synth_model(LogicTask(2), settings, tmp_path / "m")
+    [attempt] = record["attempts"]
+    assert attempt["outcome"].startswith("stalled") and attempt["steps_done"] in (5, 10)
+
+
+@pytest.mark.parametrize("task", [AdditionTask(2)], ids=["addition-2"])
+def test_three_seeds_of_a_small_family_reach_the_target(task, tmp_path):
+    """The CI-sized family: every seed reaches 0.99 held-out (the retry rule allowed), on any machine."""
+    settings = SynthTrainSettings(**SMALL)
+    cpu0 = time.process_time()
+    for seed in (0, 1, 2):
+        record = train_synth_model(task, settings.model_copy(update={"seed": seed}), tmp_path / f"s{seed}")
+        assert record["heldout_accuracy"] >= 0.99, record["attempts"]
+        assert record["reached_target"]
+    assert time.process_time() - cpu0 < 60  # CPU seconds, not wall (the machine may be shared)
+
+
+SMALL = {
+    "layers": 1,
+    "d_model": 64,
+    "batch_size": 64,
+    "lr": 3e-3,
+    "steps": 800,
+    "warmup": 50,
+    "eval_every": 50,
+    "eval_examples": 400,
+    "stop_at": 0.99,
+    "patience": 6,
+}
