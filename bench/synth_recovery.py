@@ -435,6 +435,8 @@ def _interchange(
     import numpy as np
     import torch
 
+    import scircuits
+
     have = [j for j, c in enumerate(cells) if name in c]
     values = sorted({cells[j][name] for j in have})
     if values != [0, 1]:
@@ -444,9 +446,8 @@ def _interchange(
         np.random.default_rng(1).choice(np.unique(groups), len(np.unique(groups)) // 3, replace=False)
     )
     train = np.array([groups[j] not in test_groups for j in have])
-    mu, sd = xs[train].mean(0), xs[train].std(0) + 1e-6
-    w = _logistic_direction((xs - mu) / sd, ys, train) / sd  # back to the raw space
-    u = torch.tensor(w / np.linalg.norm(w), dtype=torch.float32)
+    w = scircuits.probe_direction(xs, ys, train)
+    u = torch.tensor(w, dtype=torch.float32)
     r = torch.randn(len(w), generator=torch.Generator().manual_seed(0))
     r = r / r.norm()
     pairs = [
@@ -504,26 +505,6 @@ def _interchange(
         "whole_state": run(None),
         "unpatched": unpatched,
     }
-
-
-def _logistic_direction(x: Any, y: Any, train: Any) -> Any:
-    import numpy as np
-    import torch
-
-    xt = torch.tensor(x[train], dtype=torch.float64)
-    yt = torch.tensor(y[train], dtype=torch.float64)
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure() -> Any:
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w + b, yt) + 1e-3 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return np.asarray(w.detach().numpy())
 
 
 def main() -> None:

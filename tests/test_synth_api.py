@@ -77,6 +77,9 @@ def test_the_task_registers_and_its_benchmark_carries_the_declared_ground_truth(
     assert set(meta["variables"][4]) == {"value", "first"} and meta["index_keys"] == []
     [record] = meta["counterfactuals"]
     assert record["name"] == "value" and record["position"] == 4 and record["depends"] is True
+    listing = CliRunner().invoke(cli, ["synth", "tasks"])
+    assert listing.exit_code == 0
+    assert "modsum  (operands 2..5, default 3; plugin modsum-plugin)" in listing.output
 
 
 def test_an_unknown_task_is_a_one_line_error():

@@ -106,3 +106,16 @@ def train(task: str, size: int | None, out: str | None, overwrite: bool, **flags
             f"{record['attempt']}, seed {record['weights_seed']}). See {folder}/synth.json.",
             err=True,
         )
+
+
+@synth.command(name="tasks")
+def list_tasks() -> None:
+    """List the registered synthetic tasks (hook register_synth_tasks)."""
+    from scircuits import synth_tasks
+
+    registry = synth_tasks()
+    for task in registry:
+        click.echo(
+            f"{task.name}  ({task.size_name} {task.min_size}..{task.max_size}, default {task.default_size}; "
+            f"plugin {registry.owner(task.name)}): {task.description}"
+        )
