@@ -31,6 +31,7 @@ from scircuits.platform.contract.synth_tasks import (
     SynthTaskBenchmark,
 )
 from scircuits.platform.groundtruth.scoring import (
+    AUROC_RECOVERED,
     Label,
     LabelRecovery,
     RankingRecovery,
@@ -97,6 +98,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AUROC_RECOVERED",
     "MIN_LABEL_TOKENS",
     "Ablation",
     "Analysis",

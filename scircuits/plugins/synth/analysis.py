@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel
 
-from scircuits import Analysis, AnalysisResult
-
-from .scoring import (
+from scircuits import (
     AUROC_RECOVERED,
+    Analysis,
+    AnalysisResult,
     Label,
     Recovery,
     aligned_features,
