@@ -112,6 +112,7 @@ def test_a_third_party_task_trains_and_a_run_on_it_is_scored_end_to_end(modsum_p
     assert set(truth["readable_share"]) == {"sae", "probe", "raw", "random-decoder"}
     [edit], [null] = truth["specificity"], truth["null_edit"]
     assert edit["variable"].startswith("value=") and edit["features"]
-    assert null["features"] == [] and null["dependent"]["n"] == 60 and null["dependent"]["mean"] == 0.0
-    assert edit["dependent"]["n"] == 60 and edit["independent"]["n"] == 0  # every answer depends on it
+    assert null["features"] == [] and null["dependent"]["n"] > 0 and null["dependent"]["mean"] == 0.0
+    # every answer depends on the last operand: the evaluation examples all fall on one side
+    assert edit["dependent"]["n"] == null["dependent"]["n"] and edit["independent"]["n"] == 0
     assert "ground truth" in result.output
