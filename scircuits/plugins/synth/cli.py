@@ -26,6 +26,7 @@ def synth() -> None:
 @click.option("--steps", type=int, default=6000, show_default=True, help="Optimizer steps per attempt.")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Problems per step.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW, cosine).")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
 @click.option("--eval-every", type=int, default=250, show_default=True, help="Steps between evaluations.")
 @click.option("--eval-examples", type=int, default=2000, show_default=True, help="Held-out problems scored.")
 @click.option("--stop-at", type=float, help="Stop at the first evaluation with held-out accuracy >= this.")
