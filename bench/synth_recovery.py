@@ -369,8 +369,14 @@ def discriminate(args: Any) -> None:
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = LlamaForCausalLM.from_pretrained(model_dir).eval()
     torch.manual_seed(0)
-    stream = task.problems("test", seed=args.seed)
-    problems = [next(stream) for _ in range(args.problems)]
+    problems = []
+    for split in ("test", "train") if args.both_splits else ("test",):
+        stream = task.problems(split, seed=args.seed)
+        try:
+            while len(problems) < args.problems:
+                problems.append(next(stream))
+        except ValueError:  # the split holds fewer problems
+            pass
     ids = torch.tensor([tok.convert_tokens_to_ids(list(p.tokens)) for p in problems])
     _, hidden = _block_outputs(model, ids)
     rows = [(i, pos) for i, p in enumerate(problems) for pos, cell in enumerate(p.variables) if cell]
@@ -535,6 +541,9 @@ def main() -> None:
     dis.add_argument("--model-dir", required=True)
     dis.add_argument("--problems", type=int, default=1500, help="held-out problems traced")
     dis.add_argument("--seed", type=int, default=1, help="seed of the problems drawn")
+    dis.add_argument(
+        "--both-splits", action="store_true", help="add training problems when the test split is small"
+    )
     dis.add_argument("--expansion", type=int, default=4, help="random-decoder SAE width / d_model")
     dis.add_argument("--k", type=int, default=16, help="random-decoder SAE's L0")
     dis.add_argument("--out", default="synth_discriminate.json")

@@ -1,15 +1,12 @@
-"""Ground-truth models that train every time: the retry rule, and three seeds of a small family."""
+"""Ground-truth models that train every time: the retry rule and its records."""
 
 from __future__ import annotations
 
 import json
-import time
-
-import pytest
 
 from scircuits import SynthTrainSettings, train_synth_model
 from scircuits.platform.groundtruth.training import attempt_seed
-from scircuits.plugins.synth.tasks import AdditionTask, LogicTask
+from scircuits.plugins.synth.tasks import LogicTask
 
 TINY = {"layers": 1, "d_model": 32, "batch_size": 32, "eval_examples": 50}
 
@@ -42,35 +39,3 @@ def test_an_attempt_that_stops_progressing_is_abandoned(tmp_path):
     record = train_synth_model(LogicTask(2), settings, tmp_path / "m")
     [attempt] = record["attempts"]
     assert attempt["outcome"].startswith("stalled") and attempt["steps_done"] in (5, 10)
-
-
-@pytest.mark.parametrize("task", [AdditionTask(1)], ids=["addition-1"])
-def test_three_seeds_of_a_small_family_reach_the_target(task, tmp_path):
-    """The CI-sized family: every seed reaches 0.99 held-out (the retry rule allowed), on any machine.
-
-    One digit, two blocks of 64 (one block stalls one held-out problem short, 17 of 18, on every
-    attempt of some seeds: too small to be a family that trains every time)."""
-    settings = SynthTrainSettings(**SMALL)
-    cpu0 = time.process_time()
-    for seed in (0, 1, 2):
-        record = train_synth_model(task, settings.model_copy(update={"seed": seed}), tmp_path / f"s{seed}")
-        assert record["heldout_accuracy"] >= 0.99, record["attempts"]
-        assert record["reached_target"]
-        print(f"seed {seed}: {[(a['steps_done'], a['heldout_accuracy']) for a in record['attempts']]}")
-    print(f"CPU s: {time.process_time() - cpu0:.1f}")
-    assert time.process_time() - cpu0 < 60  # CPU seconds, not wall (the machine may be shared)
-
-
-SMALL = {
-    "layers": 2,
-    "d_model": 64,
-    "batch_size": 64,
-    "lr": 3e-3,
-    "steps": 1200,
-    "warmup": 50,
-    "eval_every": 50,
-    "eval_examples": 400,
-    "stop_at": 0.99,
-    "patience": 8,
-    "max_attempts": 3,
-}

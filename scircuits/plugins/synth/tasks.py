@@ -66,7 +66,9 @@ def addition_problem(a: int, b: int, digits: int) -> Problem:
     variables: list[dict[str, int]] = [{} for _ in range(n_tokens)]
     first = 1 + len(prompt) - 1  # the "=" predicts answer digit 0
     for i in range(digits + 1):
-        cell = {"column": i, "sum_digit": sums[i], "carry_in": carries[i]}
+        cell = {"column": i, "sum_digit": sums[i]}
+        if i:  # column 0 never receives a carry: a constant there is no variable, only a position
+            cell["carry_in"] = carries[i]
         if i < digits:
             cell.update(carry_out=carries[i + 1], a_digit=a_digits[i], b_digit=b_digits[i])
         variables[first + i] = cell
