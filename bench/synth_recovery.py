@@ -3,6 +3,8 @@
     python bench/synth_recovery.py family --task addition --seeds 0,1,2 --sizes 2x128,3x128
     python bench/synth_recovery.py recover --model-dir DIR --sae topk --sae relu ... [-- RUN OPTIONS]
     python bench/synth_recovery.py table addition.json logic.json
+    python bench/synth_recovery.py ranking addition-s0.json addition-s1.json addition-s2.json
+    python bench/synth_recovery.py discriminate --model-dir DIR [--problems 1500] --out disc.json
 
 ``recover``: for each SAE variant, ``scircuits run`` at its defaults on the trained model (trace ->
 SAE -> rank -> ablate), whose ``ground-truth`` analysis scores feature recovery (SAE feature, probe
@@ -10,7 +12,17 @@ ceiling, best raw dimension, random-decoder SAE), causal recovery (the study's r
 features aligned with the known variables) and specificity (with a null edit) on the run's
 evaluation examples; then a reduced run of an untrained model of the same architecture
 (``synth train --steps 0``) for the floor: its SAE's feature recovery. Prints a table per variant
-and writes everything to --out (JSON). ``table`` prints one row per (task, variant).
+and writes everything to --out (JSON). ``table`` prints one row per (task, variant); ``ranking``
+the study's ranking recovery across model seeds, only where every seed's causal set has >= 5
+members (else it says why not).
+
+``discriminate``: is there a site where a variable is linearly present (held-out probe AUROC >=
+0.95) but no raw dimension and no random-decoder SAE reads it (both < 0.8)? For every block output
+of the model it scores each variable value with the probe, the best raw dimension and the best unit
+of a random-decoder TopK SAE; for each binary variable the task declares counterfactuals for, it
+runs an interchange intervention on the probe's direction (the original's component along it
+replaced by the counterfactual's, at the variable's position) and reports how often the answer
+tokens downstream become the counterfactual's, beside a random direction and the full-state patch.
 """
 
 from __future__ import annotations
@@ -84,10 +96,18 @@ def summarise(results: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
     recovery["untrained-model"] = floor_truth["feature_recovery"]["sae"]
     return {
         "recovery": recovery,
+        "readable_labels": truth["readable_labels"],
+        "readable_share": truth["readable_share"]
+        | {
+            "untrained-model": _readable_share(
+                floor_truth["feature_recovery"]["sae"], truth["readable_labels"]
+            )
+        },
         "causal": truth["causal_recovery"],
         "causal_note": truth["causal_recovery_note"],
         "specificity": truth["specificity"],
         "null_edit": truth["null_edit"],
+        "specificity_note": truth["specificity_note"],
         "labelled_tokens": truth["labelled_tokens"],
         "pipeline": {
             "accuracy_clean": results["baseline"]["accuracy"],
@@ -104,6 +124,13 @@ def summarise(results: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
             "fvu": floor["sae_metrics_eval"]["fvu"],
         },
     }
+
+
+def _readable_share(recovery: dict[str, Any], readable: list[str]) -> float | None:
+    if not readable:
+        return None
+    by_label = {r["label"]: r["auroc"] for r in recovery["labels"]}
+    return sum(by_label.get(label, 0.0) >= 0.9 for label in readable) / len(readable)
 
 
 SWEEP_KEYS = ("k", "logprob_delta", "logprob_ci", "accuracy_delta")
@@ -147,10 +174,11 @@ def print_variant(task: str, variant: str, s: dict) -> None:
     rec = s["recovery"]
     print(f"\n## {task}, SAE {variant} (pipeline {s['wall_s']['pipeline']:.0f} s, untrained-model run "
           f"{s['wall_s']['pipeline_untrained']:.0f} s; {s['labelled_tokens']} labelled tokens)")  # fmt: skip
-    print("| source | share AUROC>=0.9 | mean best AUROC |")
+    n = len(s["readable_labels"])
+    print(f"| source | share AUROC>=0.9 of the {n} probe-readable values | mean best AUROC |")
     print("|---|---|---|")
     for name in SOURCES:
-        print(f"| {name} | {fmt(rec[name]['share_recovered'])} | {fmt(rec[name]['mean_auroc'])} |")
+        print(f"| {name} | {fmt(s['readable_share'].get(name))} | {fmt(rec[name]['mean_auroc'])} |")
     print("| variable | SAE feature | SAE AUROC | SAE F1 | probe | raw dim | random-dec | untrained |")
     print("|---|---|---|---|---|---|---|---|")
     tables = {name: {r["label"]: r for r in rec[name]["labels"]} for name in SOURCES}
@@ -164,13 +192,11 @@ def print_variant(task: str, variant: str, s: dict) -> None:
             f"causal set at AUROC>={c['min_auroc']} ({len(c['causal_set'])} features): "
             f"P@k {c['precision_at_k']} R@k {c['recall_at_k']} ranking AUROC {fmt(c['auroc'])}"
         )
-    if not s["causal"]:
-        print(f"causal recovery: {s['causal_note']}")
-    for name in ("specificity", "null_edit"):
-        sp = s[name]
-        if sp is None:
-            print(f"{name}: no feature for the edited variable")
-            continue
+    print(f"causal recovery: {s['causal_note']}")
+    print(f"specificity: {s['specificity_note']}")
+    for name, sp in [("specificity", x) for x in s["specificity"]] + [
+        ("null_edit", x) for x in s["null_edit"]
+    ]:
         d, i = sp["dependent"], sp["independent"]
         print(
             f"{name} (features {sp['features']}, {sp['variable']}): Δlogprob dependent {d['mean']:+.3g} "
@@ -189,31 +215,76 @@ def interval(i: dict[str, Any]) -> str:
 def table(args: Any) -> None:
     """One row per (task, variant) from several `recover` JSON files: the README's acceptance table."""
     print(
-        "| task | SAE | share ≥0.9: SAE / probe / raw / random-dec / untrained | mean best AUROC: SAE / "
-        "probe / untrained | ranking AUROC (causal set ≥0.9; ≥0.75) | P@5 (≥0.75) | "
-        "specificity Δlogprob: depends / not | wall s (run; untrained run) |"
+        "| task | SAE | probe-readable values (of all) "
+        "| share of them ≥0.9: SAE / raw / random-dec / untrained "
+        "| mean best AUROC: SAE / probe / untrained "
+        "| ranking AUROC (causal set ≥0.9; ≥0.75; n/a: < 5 members) "
+        "| P@5 (≥0.75) | specificity Δlogprob: depends / not | wall s (run; untrained run) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for path in args.files:
         report = json.loads(Path(path).read_text())
         task = report["model_info"]["task"]
         for variant, s in report["variants"].items():
             rec = s["recovery"]
-            shares = " / ".join(fmt(rec[n]["share_recovered"], 2) for n in SOURCES)
+            names = ("sae", "raw", "random-decoder", "untrained-model")
+            readable = f"{len(s['readable_labels'])} ({len(rec['sae']['labels'])})"
+            shares = readable + " | " + " / ".join(fmt(s["readable_share"].get(n), 2) for n in names)
             means = " / ".join(fmt(rec[n]["mean_auroc"], 2) for n in ("sae", "probe", "untrained-model"))
             by_bar = {c["min_auroc"]: c for c in s["causal"]}
             ranking = "; ".join(fmt(by_bar.get(b, {}).get("auroc"), 2) for b in (0.9, 0.75))
             p5 = fmt(by_bar.get(0.75, {}).get("precision_at_k", {}).get("5"), 2)
-            sp = s["specificity"]
-            spec = "n/a" if sp is None else f"{interval(sp['dependent'])} / {interval(sp['independent'])}"
+            spec = (
+                "; ".join(
+                    f"{sp['variable']}: {interval(sp['dependent'])} / {interval(sp['independent'])}"
+                    for sp in s["specificity"]
+                )
+                or "n/a"
+            )
             wall = f"{s['wall_s']['pipeline']:.0f}; {s['wall_s']['pipeline_untrained']:.0f}"
             print(f"| {task} | {variant} | {shares} | {means} | {ranking} | {p5} | {spec} | {wall} |")
+
+
+MIN_SEEDS = 3
+
+
+def ranking(args: Any) -> None:
+    """The study's ranking recovery across model seeds (one recover JSON per seed), per variant and
+    alignment bar: mean ranking AUROC with a t interval over seeds, only where at least MIN_SEEDS
+    seeds each have a causal set of >= 5 members (the analysis scores none smaller)."""
+    import numpy as np
+    from scipy import stats
+
+    reports = [json.loads(Path(p).read_text()) for p in args.files]
+    variants = sorted({v for r in reports for v in r["variants"]})
+    for variant in variants:
+        for bar in (0.9, 0.75):
+            values, sizes = [], []
+            for r in reports:
+                by_bar = {c["min_auroc"]: c for c in r["variants"].get(variant, {}).get("causal", [])}
+                if bar in by_bar:
+                    values.append(by_bar[bar]["auroc"])
+                    sizes.append(len(by_bar[bar]["causal_set"]))
+            head = f"{variant}, causal set at AUROC >= {bar}:"
+            if len(values) < MIN_SEEDS:
+                print(
+                    f"{head} not computed: {len(values)} of {len(reports)} seeds have a causal set of >= 5 "
+                    f"features (need {MIN_SEEDS})"
+                )
+                continue
+            mean = float(np.mean(values))
+            half = float(stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
+            print(
+                f"{head} ranking AUROC {mean:.3f} [{mean - half:.3f}, {mean + half:.3f}] (95% t interval, "
+                f"{len(values)} seeds; set sizes {sizes}; per seed {[round(v, 3) for v in values]})"
+            )
 
 
 def family(args: Any) -> None:
     """Train seeds x sizes of one task with `scircuits synth train` (default folders)."""
     from scircuits.plugins.synth.models import default_folder
 
+    failed = 0
     for size in args.sizes.split(","):
         layers, d_model = size.split("x")
         for seed in args.seeds.split(","):
@@ -223,11 +294,18 @@ def family(args: Any) -> None:
             )  # fmt: skip
             folder = default_folder(args.task, int(layers), int(d_model), int(seed))
             info = json.loads((folder / "synth.json").read_text())
+            tries = ", ".join(
+                f"seed {a['seed']}: {a['heldout_accuracy']:.4f} at step {a['steps_done']} ({a['outcome']})"
+                for a in info["attempts"]
+            )
             print(
-                f"{folder}: held-out {info['heldout_accuracy']:.4f} after {info['steps_done']} steps, "
-                f"{info['train_cpu_s']:.0f} CPU s, {wall:.0f} s wall",
+                f"{folder}: held-out {info['heldout_accuracy']:.4f}, {info['train_cpu_s']:.0f} CPU s, "
+                f"{wall:.0f} s wall; attempts: {tries}",
                 flush=True,
             )
+            failed += not info["reached_target"]
+    if failed:
+        raise SystemExit(f"{failed} model(s) of the family did not reach the target held-out accuracy")
 
 
 def models(args: Any) -> None:
@@ -250,11 +328,196 @@ def models(args: Any) -> None:
         )
 
 
+# -- discriminate -------------------------------------------------------------------------------------
+
+
+def _block_outputs(model: Any, ids: Any, patch: dict[int, Any] | None = None) -> tuple[Any, list[Any]]:
+    """(logits, [block output per layer]) of ``ids``; ``patch`` {layer: fn(hidden) -> hidden}."""
+    import torch
+
+    outputs: list[Any] = []
+    handles = []
+    for index, block in enumerate(model.model.layers):
+
+        def hook(_m: Any, _i: Any, out: Any, index: int = index) -> Any:
+            hidden = out[0] if isinstance(out, tuple) else out
+            if patch and index in patch:
+                hidden = patch[index](hidden)
+            outputs.append(hidden.detach())
+            return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+        handles.append(block.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, outputs
+
+
+def discriminate(args: Any) -> None:
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    import scircuits
+
+    model_dir = Path(args.model_dir).resolve()
+    info = json.loads((model_dir / "synth.json").read_text())
+    task = scircuits.synth_tasks().get(info["task"]).sized(info["size"])
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = LlamaForCausalLM.from_pretrained(model_dir).eval()
+    torch.manual_seed(0)
+    problems = []
+    for split in ("test", "train") if args.both_splits else ("test",):
+        stream = task.problems(split, seed=args.seed)
+        try:
+            while len(problems) < args.problems:
+                problems.append(next(stream))
+        except ValueError:  # the split holds fewer problems
+            pass
+    ids = torch.tensor([tok.convert_tokens_to_ids(list(p.tokens)) for p in problems])
+    _, hidden = _block_outputs(model, ids)
+    rows = [(i, pos) for i, p in enumerate(problems) for pos, cell in enumerate(p.variables) if cell]
+    cells = [problems[i].variables[pos] for i, pos in rows]
+    groups = np.array([i for i, _ in rows])
+    labels = scircuits.variable_labels(cells, exclude=task.index_keys)
+    d = hidden[0].shape[-1]
+    report: dict[str, Any] = {
+        "model": str(model_dir),
+        "model_info": info,
+        "problems": len(problems),
+        "sites": {},
+    }
+    for layer, h in enumerate(hidden):
+        x = np.stack([h[i, pos].numpy() for i, pos in rows]).astype(np.float64)
+        probe = scircuits.probe_recovery(x, labels, groups=groups, seed=0).by_label()
+        raw = scircuits.feature_recovery(x, labels, source="raw", signed=True).by_label()
+        rnd = scircuits.feature_recovery(
+            scircuits.random_decoder_features(x, args.expansion * d, args.k, seed=0), labels, source="random"
+        ).by_label()
+        site: dict[str, Any] = {"labels": {}, "interchange": {}}
+        for label in probe:
+            site["labels"][label] = {
+                "probe": probe[label].auroc,
+                "raw": raw[label].auroc,
+                "random_decoder": rnd[label].auroc,
+                "discriminates": probe[label].auroc >= 0.95
+                and raw[label].auroc < 0.8
+                and rnd[label].auroc < 0.8,
+            }
+        for name in sorted({cf.name for p in problems[:50] for cf in task.counterfactuals(p)}):
+            site["interchange"][name] = _interchange(
+                model, tok, task, problems, rows, cells, x, layer, name, groups
+            )
+        report["sites"][f"block {layer}"] = site
+        hits = [lab for lab, r in site["labels"].items() if r["discriminates"]]
+        print(f"block {layer}: {len(hits)} value(s) with probe >= 0.95 and raw, random-decoder < 0.8: {hits}")
+        for lab, r in site["labels"].items():
+            print(
+                f"  {lab}: probe {r['probe']:.3f} raw {r['raw']:.3f} random-decoder {r['random_decoder']:.3f}"
+            )
+        for name, r in site["interchange"].items():
+            print(f"  interchange {name}: {r}")
+    Path(args.out).write_text(json.dumps(report, indent=2, default=float))
+    print(f"written: {args.out}")
+
+
+def _interchange(
+    model: Any,
+    tok: Any,
+    task: Any,
+    problems: list[Any],
+    rows: list[Any],
+    cells: list[Any],
+    x: Any,
+    layer: int,
+    name: str,
+    groups: Any,
+) -> dict[str, Any]:
+    """Interchange on the probe direction of binary ``name`` at ``layer``: share of counterfactual
+    pairs whose downstream answer tokens become the counterfactual's."""
+    import numpy as np
+    import torch
+
+    import scircuits
+
+    have = [j for j, c in enumerate(cells) if name in c]
+    values = sorted({cells[j][name] for j in have})
+    if values != [0, 1]:
+        return {"skipped": f"{name} is not binary ({values})"}
+    xs, ys = x[have], np.array([cells[j][name] == 1 for j in have])
+    test_groups = set(
+        np.random.default_rng(1).choice(np.unique(groups), len(np.unique(groups)) // 3, replace=False)
+    )
+    train = np.array([groups[j] not in test_groups for j in have])
+    w = scircuits.probe_direction(xs, ys, train)
+    u = torch.tensor(w, dtype=torch.float32)
+    r = torch.randn(len(w), generator=torch.Generator().manual_seed(0))
+    r = r / r.norm()
+    pairs = [
+        (i, cf)
+        for i, p in enumerate(problems)
+        if i in test_groups
+        for cf in task.counterfactuals(p)
+        if cf.name == name and any(t - 1 >= cf.position for t in cf.changed_answer_positions)
+    ]
+    if not pairs:
+        return {"skipped": "no held-out counterfactual changes an answer token downstream of its position"}
+
+    def encode(ps: list[Any]) -> Any:
+        return torch.tensor([tok.convert_tokens_to_ids(list(p.tokens)) for p in ps])
+
+    orig = encode([problems[i] for i, _ in pairs])
+    cf_ids = encode([cf.counterfactual for _, cf in pairs])
+    _, cf_hidden = _block_outputs(model, cf_ids)
+    pos = torch.tensor([cf.position for _, cf in pairs])
+    rows_ = torch.arange(len(pairs))
+    h_cf = cf_hidden[layer][rows_, pos]
+
+    def run(direction: Any | None) -> float:
+        def patch(hidden: Any) -> Any:
+            out = hidden.clone()
+            here = out[rows_, pos]
+            if direction is None:
+                out[rows_, pos] = h_cf  # the whole state
+            else:
+                out[rows_, pos] = here + ((h_cf - here) @ direction)[:, None] * direction[None, :]
+            return out
+
+        logits, _ = _block_outputs(model, orig, {layer: patch})
+        pred = logits.argmax(-1)
+        ok = 0
+        for k, (_, cf) in enumerate(pairs):
+            targets = [t for t in cf.changed_answer_positions if t - 1 >= cf.position]
+            ok += all(int(pred[k, t - 1]) == int(cf_ids[k, t]) for t in targets)
+        return ok / len(pairs)
+
+    logits, _ = _block_outputs(model, orig)
+    pred = logits.argmax(-1)
+    unpatched = sum(
+        all(
+            int(pred[k, t - 1]) == int(cf_ids[k, t])
+            for t in cf.changed_answer_positions
+            if t - 1 >= cf.position
+        )
+        for k, (_, cf) in enumerate(pairs)
+    ) / len(pairs)
+    return {
+        "pairs": len(pairs),
+        "probe_direction": run(u),
+        "random_direction": run(r),
+        "whole_state": run(None),
+        "unpatched": unpatched,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
     fam = sub.add_parser("family", help="train several seeds and sizes")
-    fam.add_argument("--task", required=True, choices=["addition", "logic"])
+    fam.add_argument("--task", required=True, help="any registered synthetic task")
     fam.add_argument("--seeds", default="0,1,2")
     fam.add_argument("--sizes", default="2x128,3x128", help="LAYERSxD_MODEL,...")
     fam.add_argument("--steps", type=int, default=6000)
@@ -270,6 +533,20 @@ def main() -> None:
     sub.add_parser("models", help="the trained family in the cache, a row each")
     tab = sub.add_parser("table", help="the acceptance table from recover JSON files")
     tab.add_argument("files", nargs="+")
+    rk = sub.add_parser("ranking", help="ranking recovery across model seeds (recover JSON files)")
+    rk.add_argument("files", nargs="+")
+    dis = sub.add_parser(
+        "discriminate", help="sites where a probe reads a variable but no raw dim / random SAE"
+    )
+    dis.add_argument("--model-dir", required=True)
+    dis.add_argument("--problems", type=int, default=1500, help="held-out problems traced")
+    dis.add_argument("--seed", type=int, default=1, help="seed of the problems drawn")
+    dis.add_argument(
+        "--both-splits", action="store_true", help="add training problems when the test split is small"
+    )
+    dis.add_argument("--expansion", type=int, default=4, help="random-decoder SAE width / d_model")
+    dis.add_argument("--k", type=int, default=16, help="random-decoder SAE's L0")
+    dis.add_argument("--out", default="synth_discriminate.json")
     args = parser.parse_args()
     if args.command == "family":
         family(args)
@@ -280,6 +557,10 @@ def main() -> None:
         models(args)
     elif args.command == "table":
         table(args)
+    elif args.command == "ranking":
+        ranking(args)
+    elif args.command == "discriminate":
+        discriminate(args)
     else:
         parser.print_help()
 

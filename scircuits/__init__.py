@@ -14,15 +14,6 @@ from scircuits.platform.causal.controls import ControlSamplingError
 from scircuits.platform.causal.results import StudyResults
 from scircuits.platform.causal.significance import KTest, top_k_significance
 from scircuits.platform.causal.statistics import Interval, spearman, spearman_interval
-from scircuits.platform.common.artifacts import (
-    ArtifactError,
-    FolderLock,
-    publish_into,
-    read_marker,
-    remove_orphans,
-    write_marker,
-)
-from scircuits.platform.common.artifacts import claim as claim_folder
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.provenance import base_provenance, cache_root, file_sha256, now_iso
 from scircuits.platform.contract.ablations import Ablation, FeatureStats
@@ -33,6 +24,34 @@ from scircuits.platform.contract.hf_loading import WeightsSource
 from scircuits.platform.contract.hookspecs import hookimpl
 from scircuits.platform.contract.models import HFModelAdapter, LoadedModel, ModelAdapter, Site
 from scircuits.platform.contract.saes import SAEVariant
+from scircuits.platform.contract.synth_tasks import (
+    MIN_LABEL_TOKENS,
+    SynthCounterfactual,
+    SynthProblem,
+    SynthTask,
+    SynthTaskBenchmark,
+)
+from scircuits.platform.groundtruth.scoring import (
+    AUROC_RECOVERED,
+    Label,
+    LabelRecovery,
+    RankingRecovery,
+    Recovery,
+    Specificity,
+    aligned_features,
+    auroc,
+    best_f1,
+    feature_recovery,
+    probe_direction,
+    probe_recovery,
+    random_decoder_features,
+    ranking_recovery,
+    specificity,
+    variable_labels,
+)
+from scircuits.platform.groundtruth.training import TrainSettings as SynthTrainSettings
+from scircuits.platform.groundtruth.training import read_info as read_synth_info
+from scircuits.platform.groundtruth.training import train_model as train_synth_model
 from scircuits.platform.report.document import ReportDocument
 from scircuits.version import __version__
 
@@ -58,6 +77,16 @@ def load_sae(path: Any, plugins: Any = None, device: str = "cpu") -> Any:
     return load_checkpoint(path, plugins if plugins is not None else get_plugins(), device)
 
 
+def synth_tasks(plugins: Any = None) -> Any:
+    """The registry of synthetic tasks (``register_synth_tasks``): ``.get(name)``, ``.names()``.
+
+    ``plugins`` defaults to the process-wide plugin set, as for :func:`load_sae`.
+    """
+    from scircuits.platform.manager.plugin_set import get_plugins
+
+    return (plugins if plugins is not None else get_plugins()).synth_tasks
+
+
 _TORCH_NAMES = ("SparseAutoencoder", "TrainOutput", "encoder_product", "fired_counts", "mse_per_element")
 
 
@@ -70,51 +99,69 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AUROC_RECOVERED",
+    "MIN_LABEL_TOKENS",
     "Ablation",
     "Analysis",
     "AnalysisResult",
-    "ArtifactError",
     "Benchmark",
     "ConfigError",
     "ControlSamplingError",
     "DataFormatError",
     "Example",
     "FeatureStats",
-    "FolderLock",
     "HFModelAdapter",
     "Interval",
     "KTest",
+    "Label",
+    "LabelRecovery",
     "LoadedModel",
     "ModelAdapter",
     "PluginConflictError",
+    "RankingRecovery",
+    "Recovery",
     "ReportDocument",
     "SAEVariant",
     "ScircuitsError",
     "Site",
     "SparseAutoencoder",
+    "Specificity",
     "StudyContext",
     "StudyResults",
+    "SynthCounterfactual",
+    "SynthProblem",
+    "SynthTask",
+    "SynthTaskBenchmark",
+    "SynthTrainSettings",
     "TrainOutput",
     "UnknownNameError",
     "WeightsSource",
     "WeightsUnavailableError",
     "__version__",
+    "aligned_features",
+    "auroc",
     "base_provenance",
+    "best_f1",
     "cache_root",
     "check_device",
-    "claim_folder",
     "encoder_product",
+    "feature_recovery",
     "file_sha256",
     "fired_counts",
     "hookimpl",
     "load_sae",
     "mse_per_element",
     "now_iso",
-    "publish_into",
-    "read_marker",
-    "remove_orphans",
+    "probe_direction",
+    "probe_recovery",
+    "random_decoder_features",
+    "ranking_recovery",
+    "read_synth_info",
     "spearman",
     "spearman_interval",
+    "specificity",
+    "synth_tasks",
     "top_k_significance",
-    "write_marker",
+    "train_synth_model",
+    "variable_labels",
 ]

@@ -685,7 +685,7 @@ EVENT_CHILD = textwrap.dedent(
     SplitModel.lower = counted(SplitModel.lower)
     SplitModel._upper_mode = counted(SplitModel._upper_mode)
     if os.environ.get("SC_COUNT_SYNTH"):  # synth train: every batch (training steps and evaluations)
-        import scircuits.plugins.synth.training as synth
+        import scircuits.platform.groundtruth.training as synth
         synth.batch_tensors = counted(synth.batch_tensors)
     atexit.register(lambda: open(count_file, "w").write(str(events["n"])))
     from scircuits.cli import main
@@ -957,7 +957,18 @@ def test_kill_9_during_compare_then_rerun_equals_the_uninterrupted_results(
 
 
 SYNTH_ARGV = ["synth", "train", "--task", "logic", "--size", "3", "--layers", "1", "--d-model", "32"]
-SYNTH_ARGV += ["--steps", "12", "--batch-size", "16", "--eval-every", "4", "--eval-examples", "20"]
+SYNTH_ARGV += [
+    "--steps",
+    "12",
+    "--batch-size",
+    "16",
+    "--eval-every",
+    "4",
+    "--eval-examples",
+    "20",
+    "--max-attempts",
+    "1",
+]
 SYNTH_ENV = {"SC_COUNT_SYNTH": "1"}
 
 

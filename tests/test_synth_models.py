@@ -9,12 +9,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from scircuits import SynthTrainSettings as TrainSettings
+from scircuits import train_synth_model as train_model
 from scircuits.cli import cli
 from scircuits.platform.manager.plugin_set import get_plugins
 from scircuits.plugins.synth.models import default_folder
-from scircuits.plugins.synth.training import TrainSettings, train_model
+from scircuits.plugins.synth.tasks import AdditionTask, LogicTask
 
-TINY = {"size": 3, "layers": 1, "d_model": 32, "batch_size": 64, "eval_examples": 200}
+TINY = {"layers": 1, "d_model": 32, "batch_size": 64, "eval_examples": 200}
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +35,8 @@ def tiny_logic(tmp_path_factory):
         "50",
         "--eval-examples",
         "200",
+        "--max-attempts",
+        "1",
     ]
     result = CliRunner().invoke(cli, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -51,6 +55,8 @@ def test_tiny_training_writes_the_folder_and_accuracy_rises(tiny_logic):
     assert info["heldout_accuracy"] == pytest.approx(curve[-1]["heldout_accuracy"])
     assert {"torch", "transformers", "scircuits"} <= set(info["versions"])
     assert info["settings"]["layers"] == 1 and info["train_cpu_s"] > 0
+    assert [a["attempt"] for a in info["attempts"]] == [0] and info["weights_seed"] == 0
+    assert all(row["attempt"] == 0 for row in curve)
 
 
 def _weights(folder):
@@ -60,10 +66,12 @@ def _weights(folder):
 
 
 def test_training_is_deterministic_given_the_seed(tmp_path):
-    settings = TrainSettings(task="addition", steps=15, eval_every=15, **{**TINY, "eval_examples": 20})
-    first = train_model(settings, tmp_path / "a")
-    second = train_model(settings, tmp_path / "b")
-    other = train_model(settings.model_copy(update={"seed": 1}), tmp_path / "c")
+    task = AdditionTask(3)
+    once = {"max_attempts": 1}
+    settings = TrainSettings(steps=15, eval_every=15, **{**TINY, "eval_examples": 20}, **once)
+    first = train_model(task, settings, tmp_path / "a")
+    second = train_model(task, settings, tmp_path / "b")
+    other = train_model(task, settings.model_copy(update={"seed": 1}), tmp_path / "c")
     a, b, c = _weights(tmp_path / "a"), _weights(tmp_path / "b"), _weights(tmp_path / "c")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
@@ -156,8 +164,8 @@ def test_the_ground_truth_analysis_scores_a_run_and_its_null_edit_is_exactly_nul
     Two blocks, the site the first: an edit at a step's `;` reaches the answer through the second
     block, so the real edit must move it while the null edit, through the same path, must not."""
     model = tmp_path / "logic-2x32"
-    settings = TrainSettings(task="logic", **{**TINY, "layers": 2}, steps=300, lr=3e-3, eval_every=100)
-    train_model(settings, model)
+    settings = TrainSettings(**{**TINY, "layers": 2}, steps=300, lr=3e-3, eval_every=100, max_attempts=1)
+    train_model(LogicTask(3), settings, model)
     args = ["run", "--model", f"hf:{model}", "--benchmark", "synth-logic", "--option", "size=3"]
     args += ["--layer", "0", "--sae", "topk", "--expansion", "4", "--limit", "60", "--collect-limit", "400"]
     args += ["--train-tokens", "8000", "--train-batch-size", "256", "--top-k", "1,5"]
@@ -175,12 +183,13 @@ def test_the_ground_truth_analysis_scores_a_run_and_its_null_edit_is_exactly_nul
     assert {"value=0", "value=1", "negated=1", "answer=0"} <= labels
     for rec in truth["feature_recovery"].values():
         assert all(0.0 <= r["auroc"] <= 1.0 for r in rec["labels"])
-    null = truth["null_edit"]
+    assert len(truth["specificity"]) == len(truth["null_edit"]) == 1  # logic declares `value` flips
+    null = truth["null_edit"][0]
     assert null["features"] == [] and null["dependent"]["n"] > 0 and null["independent"]["n"] > 0
     for side in ("dependent", "independent"):
         assert null[side]["mean"] == 0.0 and not null[side]["excludes_zero"]
     assert not null["specific"]
-    edit = truth["specificity"]
+    edit = truth["specificity"][0]
     assert edit["features"] and edit["dependent"]["n"] == null["dependent"]["n"]
     assert edit["dependent"]["mean"] != 0.0 or edit["independent"]["mean"] != 0.0  # the edit is live
     report = (run / "report.md").read_text()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scircuits.plugins.synth.scoring import (
+from scircuits import (
     aligned_features,
     auroc,
     best_f1,
     feature_recovery,
+    probe_direction,
     probe_recovery,
     random_decoder_features,
     ranking_recovery,
@@ -91,6 +92,20 @@ def test_probe_reads_a_linearly_present_variable_that_no_single_unit_holds():
     assert probe.auroc > 0.95 and raw.auroc < probe.auroc
     shuffled = probe_recovery(acts, [labels[1].__class__("x", labels[1].rows, rng.permutation(labels[1].y))])
     assert abs(shuffled.labels[0].auroc - 0.5) < 0.1
+
+
+def test_probe_direction_points_along_the_planted_direction_in_the_raw_space():
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 2, size=3000).astype(bool)
+    direction = rng.standard_normal(16)
+    direction /= np.linalg.norm(direction)
+    scale = np.linspace(0.5, 5, 16)  # unequal unit variances: the raw-space direction must undo them
+    acts = rng.standard_normal((3000, 16)) * scale * 0.3 + np.outer(y, direction) * 2.0
+    # the Bayes direction for equal-covariance classes is Σ⁻¹ Δμ, not Δμ itself
+    bayes = direction / (scale * 0.3) ** 2
+    bayes /= np.linalg.norm(bayes)
+    found = probe_direction(acts, y)
+    assert np.isclose(np.linalg.norm(found), 1.0) and found @ bayes > 0.95
 
 
 def test_random_decoder_features_are_sparse_and_shaped():

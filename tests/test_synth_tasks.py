@@ -8,12 +8,15 @@ import random
 import pytest
 
 from scircuits.plugins.synth.tasks import (
+    AdditionTask,
+    LogicTask,
     addition_counterfactual,
     addition_problem,
     logic_counterfactual,
     logic_problem,
-    task_spec,
 )
+
+TASKS = {"addition": AdditionTask, "logic": LogicTask}
 
 
 def test_addition_variables_sit_where_each_answer_digit_is_predicted():
@@ -23,7 +26,7 @@ def test_addition_variables_sit_where_each_answer_digit_is_predicted():
     assert p.tokens[p.answer_start - 1] == "="
     columns = [cell for cell in p.variables if cell]
     assert [c["column"] for c in columns] == [0, 1, 2, 3]
-    assert [c["carry_in"] for c in columns] == [0, 1, 1, 0]
+    assert [c.get("carry_in") for c in columns] == [None, 1, 1, 0]  # column 0 receives no carry
     assert [c.get("carry_out") for c in columns] == [1, 1, 0, None]
     # each cell sits on the token whose logits predict that column's digit
     for pos, cell in enumerate(p.variables):
@@ -40,7 +43,7 @@ def test_addition_digits_and_carries_reconstruct_the_sum(seed):
     assert sum(d * 10**i for i, d in enumerate(digits)) == a + b
     for cell in (c for c in p.variables if c and "carry_out" in c):
         i = cell["column"]
-        total = (a // 10**i) % 10 + (b // 10**i) % 10 + cell["carry_in"]
+        total = (a // 10**i) % 10 + (b // 10**i) % 10 + cell.get("carry_in", 0)
         assert cell["sum_digit"] == total % 10 and cell["carry_out"] == int(total >= 10)
         assert (cell["a_digit"], cell["b_digit"]) == ((a // 10**i) % 10, (b // 10**i) % 10)
 
@@ -77,7 +80,7 @@ def test_logic_counterfactual_changes_the_answer_only_downstream_of_the_query():
 
 @pytest.mark.parametrize("task", ["addition", "logic"])
 def test_splits_are_disjoint_and_orders_deterministic(task):
-    spec = task_spec(task)
+    spec = TASKS[task]()
     test = list(itertools.islice(spec.problems("test", seed=3), 300))
     assert [p.key for p in test] == [p.key for p in itertools.islice(spec.problems("test", seed=3), 300)]
     assert [p.key for p in test] != [p.key for p in itertools.islice(spec.problems("test", seed=4), 300)]
@@ -90,14 +93,14 @@ def test_splits_are_disjoint_and_orders_deterministic(task):
 
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="outside"):
-        task_spec("logic", 20)
-    with pytest.raises(ValueError, match="unknown synthetic task"):
-        task_spec("modular")
+        LogicTask(20)
+    with pytest.raises(ValueError, match="outside"):
+        AdditionTask().sized(0)
 
 
 def test_asking_for_more_problems_than_a_split_holds_is_a_clear_error():
+    from scircuits import SynthTaskBenchmark
     from scircuits.errors import ScircuitsError
-    from scircuits.plugins.synth.benchmarks import SynthBenchmark
 
     with pytest.raises(ScircuitsError, match=r"only \d+ distinct test problems exist"):
-        list(SynthBenchmark("addition").examples(limit=500, options={"size": 1}))
+        list(SynthTaskBenchmark(AdditionTask()).examples(limit=500, options={"size": 1}))

@@ -205,7 +205,18 @@ def test_compare_out_that_is_or_holds_a_run_is_refused(tmp_path_factory, capsys,
 # -- synth train ----------------------------------------------------------------------------------
 
 SYNTH = ["synth", "train", "--task", "logic", "--size", "3", "--layers", "1", "--d-model", "32"]
-SYNTH += ["--steps", "3", "--batch-size", "16", "--eval-every", "3", "--eval-examples", "20"]
+SYNTH += [
+    "--steps",
+    "3",
+    "--batch-size",
+    "16",
+    "--eval-every",
+    "3",
+    "--eval-examples",
+    "20",
+    "--max-attempts",
+    "1",
+]
 
 
 def test_synth_train_refuses_user_files_and_force_or_overwrite_moves_them_aside(tmp_path, capsys):

@@ -32,11 +32,17 @@ def register_ablations(register: Callable[[Any], None]) -> None:
     """Register Ablation instances: ``register(ablation)``."""
 
 
+@hookspec
+def register_synth_tasks(register: Callable[[Any], None]) -> None:
+    """Register SynthTask instances (synthetic tasks with known variables): ``register(task)``."""
+
+
 FAMILY_HOOKS: dict[str, str] = {
     "models": "register_models",
     "benchmarks": "register_benchmarks",
     "saes": "register_sae_variants",
     "ablations": "register_ablations",
+    "synth_tasks": "register_synth_tasks",
 }
 
 

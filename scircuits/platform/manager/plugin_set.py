@@ -25,6 +25,7 @@ from scircuits.platform.contract.benchmarks import Benchmark
 from scircuits.platform.contract.errors import PluginConflictError
 from scircuits.platform.contract.models import ModelAdapter
 from scircuits.platform.contract.saes import SAEVariant
+from scircuits.platform.contract.synth_tasks import SynthTask
 from scircuits.platform.manager.registry import Registry
 from scircuits.version import __version__
 
@@ -62,6 +63,7 @@ FAMILY_BASES: dict[str, type] = {
     "benchmarks": Benchmark,
     "saes": SAEVariant,
     "ablations": Ablation,
+    "synth_tasks": SynthTask,
 }
 
 
@@ -70,7 +72,7 @@ def _family_base(family: str) -> type:
 
 
 class PluginSet:
-    """Every loaded plugin and the four registries they filled."""
+    """Every loaded plugin and the registries they filled (one per family)."""
 
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -93,6 +95,10 @@ class PluginSet:
     @property
     def ablations(self) -> Registry[Any]:
         return self.registries["ablations"]
+
+    @property
+    def synth_tasks(self) -> Registry[Any]:
+        return self.registries["synth_tasks"]
 
     def failed(self) -> list[PluginInfo]:
         return [p for p in self.plugins.values() if p.error]

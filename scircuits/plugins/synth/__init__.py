@@ -1,24 +1,30 @@
 """Built-in plugin ``synth``: small transformers trained here on tasks with known variables.
 
-Registers the analysis ``ground-truth`` (scores a study on these benchmarks against the known
-variables), the benchmarks ``synth-addition`` and ``synth-logic`` (examples carry per-token ground
-truth and counterfactual pairs in ``meta``) and the models of the same names (the folders
-``scircuits synth train`` writes). ``scoring`` holds the feature- and causal-recovery measures.
+Registers the synthetic tasks ``addition`` and ``logic`` (family ``synth_tasks``), their benchmarks
+``synth-addition`` and ``synth-logic`` (examples carry per-token ground truth and counterfactuals in
+``meta``), the models of the same names (the folders ``scircuits synth train`` writes), the analysis
+``ground-truth`` (scores a study on any benchmark whose examples declare variables) and the command
+``scircuits synth``. The trainer and the scoring functions are public (``scircuits``), so a third
+party's task (hook ``register_synth_tasks``) trains and is scored the same way.
 Importing this package imports no torch.
 """
 
-from scircuits import hookimpl
+from scircuits import SynthTaskBenchmark, hookimpl
 
-from .benchmarks import SynthBenchmark
 from .models import SynthModelAdapter
+from .tasks import BUILTIN_TASKS
 
-TASK_NAMES = ("addition", "logic")
+
+@hookimpl
+def register_synth_tasks(register):
+    for task in BUILTIN_TASKS:
+        register(task())
 
 
 @hookimpl
 def register_benchmarks(register):
-    for task in TASK_NAMES:
-        register(SynthBenchmark(task))
+    for task in BUILTIN_TASKS:
+        register(SynthTaskBenchmark(task()))
 
 
 @hookimpl
@@ -30,8 +36,8 @@ def register_analyses(register):
 
 @hookimpl
 def register_models(register):
-    for task in TASK_NAMES:
-        register(SynthModelAdapter.for_task(task))
+    for task in BUILTIN_TASKS:
+        register(SynthModelAdapter.for_task(task.name))
 
 
 @hookimpl

@@ -4,35 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from scircuits import (
-    ArtifactError,
-    FolderLock,
-    cache_root,
-    check_device,
-    claim_folder,
-    now_iso,
-    publish_into,
-    read_marker,
-    remove_orphans,
-    write_marker,
-)
 from scircuits import ConfigError as UserError
+from scircuits import cache_root, check_device, now_iso
 
-__all__ = [
-    "ArtifactError",
-    "FolderLock",
-    "UserError",
-    "cache_root",
-    "check_device",
-    "check_local_folder",
-    "claim_folder",
-    "load_sae",
-    "now_iso",
-    "publish_into",
-    "read_marker",
-    "remove_orphans",
-    "write_marker",
-]
+__all__ = ["UserError", "cache_root", "check_device", "check_local_folder", "load_sae", "now_iso"]
 
 
 def check_local_folder(adapter: Any, model_path: Any) -> Any:

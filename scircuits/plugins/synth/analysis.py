@@ -1,18 +1,22 @@
 """The ``ground-truth`` analysis: on a benchmark whose examples carry per-token variables in ``meta``
-(``synth-addition``, ``synth-logic``), score what the study found against what is known.
+(any registered synthetic task through ``SynthTaskBenchmark``), score what the study found against
+what is known.
 
 - **Feature recovery**, on every example's labelled tokens (the site's output, as the study traced
-  it): per variable value, the best single SAE feature's AUROC and F1, and the share of values with
-  a feature at AUROC >= 0.9; beside it a logistic probe on the raw activations (the ceiling), the
-  best raw dimension, and a random-decoder SAE of the same width and L0.
+  it): per variable value, the best single SAE feature's AUROC and F1; beside it a logistic probe on
+  the raw activations (the ceiling, held out), the best raw dimension, and a random-decoder SAE of
+  the same width and L0. Shares are over the labels the probe reads (AUROC >= 0.9), with their
+  count: a share over labels nobody can read says nothing about the SAE.
 - **Causal recovery**: the known causal set is the best feature of each variable value where it is
   aligned (AUROC >= the threshold; 0.9, and 0.75 as a looser bar). The study's own ranking (the
-  order its sweeps take features in) is scored against it: precision and recall at k, AUROC.
-- **Specificity**: the feature(s) best aligned with the carry into a column (addition:
-  ``carry_in=1``) or with a step's value (logic: ``value=0`` and ``value=1``) are zero-ablated at one
-  column's / step's position at a time; the change of the answer's log-prob on problems whose answer
-  depends on that carry / step against those where it does not, each with a bootstrap interval, and
-  a null edit (nothing ablated) through the same path beside it.
+  order its sweeps take features in) is scored against it (precision and recall at k, AUROC) only
+  where the set has ``MIN_CAUSAL_SET`` members; a smaller set is named, not scored.
+- **Specificity**, from the counterfactuals the task declares (``meta["counterfactuals"]``): for
+  each declared variable name, the SAE features best aligned with its values are zero-ablated at
+  the variable's position, one declared variable (``name@index``) at a time; the change of the
+  answer's log-prob on problems whose answer depends on it (the record's ``depends``) against those
+  where it does not, each with a bootstrap interval, and a null edit (nothing ablated) through the
+  same path beside it. No task name is consulted.
 
 On any other benchmark the result is ``null``. The floor of an SAE trained on the untrained model
 is this same analysis on a run of that model (``bench/synth_recovery.py`` puts them side by side).
@@ -25,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel
 
-from scircuits import Analysis, AnalysisResult
-
-from .scoring import (
+from scircuits import (
     AUROC_RECOVERED,
+    Analysis,
+    AnalysisResult,
     Label,
     Recovery,
     aligned_features,
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
     from scircuits import ReportDocument, StudyContext, StudyResults
 
 ALIGNED_AT = (AUROC_RECOVERED, 0.75)
+MIN_CAUSAL_SET = 5  # a ranking AUROC over fewer members is one or two ranks, not a measurement
 SOURCES = ("sae", "probe", "raw", "random-decoder")
 
 
@@ -101,10 +106,13 @@ class GroundTruth(BaseModel):
     labelled_tokens: int
     random_decoder_k: int
     feature_recovery: dict[str, SourceRecovery]  # by source: sae, probe, raw, random-decoder
-    causal_recovery: list[RankingScore]  # one per alignment bar with a non-empty causal set
+    readable_labels: list[str]  # the labels the probe reads (held-out AUROC >= 0.9)
+    readable_share: dict[str, float | None]  # by source: share of readable_labels at AUROC >= 0.9
+    causal_recovery: list[RankingScore]  # one per alignment bar whose causal set is big enough
     causal_recovery_note: str
-    specificity: SpecificityScore | None
-    null_edit: SpecificityScore | None
+    specificity: list[SpecificityScore]  # one per declared counterfactual variable name
+    null_edit: list[SpecificityScore]  # the same passes with nothing ablated
+    specificity_note: str
 
 
 class GroundTruthResult(AnalysisResult):
@@ -200,7 +208,7 @@ class GroundTruthAnalysis(Analysis):
     def passes(self, context: StudyContext) -> int:
         if not _has_ground_truth(context.study.data.examples):
             return 0
-        return 2 * _max_index(context.study.data.examples) + 2
+        return 2 * sum(len(v) for v in _declared_counterfactuals(context.study.data.examples).values())
 
     def run(self, context: StudyContext) -> GroundTruthResult:
         examples = context.study.data.examples
@@ -208,7 +216,7 @@ class GroundTruthAnalysis(Analysis):
             return GroundTruthResult(ground_truth=None)
         task = str(examples[0].meta.get("task", ""))
         tokens = LabelledTokens(context)
-        labels = variable_labels(tokens.variables)
+        labels = variable_labels(tokens.variables, exclude=_index_keys(examples))
         l0 = float((tokens.features > 0).sum(axis=1).mean())
         k = max(1, round(l0))
         sae = feature_recovery(tokens.features, labels, source="sae")
@@ -222,8 +230,9 @@ class GroundTruthAnalysis(Analysis):
                 source="random-decoder",
             ),
         }
+        readable = [r.label for r in recoveries["probe"].labels if r.auroc >= AUROC_RECOVERED]
         causal, note = self._causal(context, sae, labels)
-        spec, null = self._specificity(context, task, sae)
+        spec, null, spec_note = self._specificity(context, sae)
         return GroundTruthResult(
             ground_truth=GroundTruth(
                 task=task,
@@ -231,10 +240,13 @@ class GroundTruthAnalysis(Analysis):
                 labelled_tokens=len(tokens.variables),
                 random_decoder_k=k,
                 feature_recovery={name: _source(rec) for name, rec in recoveries.items()},
+                readable_labels=readable,
+                readable_share={name: readable_share(rec, readable) for name, rec in recoveries.items()},
                 causal_recovery=causal,
                 causal_recovery_note=note,
                 specificity=spec,
                 null_edit=null,
+                specificity_note=spec_note,
             )
         )
 
@@ -246,11 +258,11 @@ class GroundTruthAnalysis(Analysis):
         scores = np.zeros(context.d_sae)
         scores[np.asarray(ranked)] = np.arange(len(ranked), 0, -1)
         out: list[RankingScore] = []
-        empty: list[str] = []
+        small: list[str] = []
         for bar in ALIGNED_AT:
             causal_set = aligned_features(sae, [label.name for label in labels], min_auroc=bar)
-            if not causal_set:
-                empty.append(f"{bar:g}")
+            if len(causal_set) < MIN_CAUSAL_SET:
+                small.append(f"{len(causal_set)} at AUROC ≥ {bar:g}")
                 continue
             r = ranking_recovery(scores, causal_set)
             out.append(
@@ -262,71 +274,82 @@ class GroundTruthAnalysis(Analysis):
                     auroc=r.auroc,
                 )
             )
-        note = (
-            "the study's ranking against the best-aligned feature of each variable value"
-            if not empty
-            else f"no SAE feature reaches AUROC {' or '.join(empty)} for any variable: no causal set there"
-        )
+        note = "the study's ranking against the best-aligned feature of each variable value"
+        if small:
+            note += (
+                f"; not computed where the causal set has fewer than {MIN_CAUSAL_SET} features "
+                f"({', '.join(small)}): a ranking AUROC over so few is one or two ranks"
+            )
         return out, note
 
     @staticmethod
     def _specificity(
-        context: StudyContext, task: str, sae: Recovery
-    ) -> tuple[SpecificityScore | None, SpecificityScore | None]:
+        context: StudyContext, sae: Recovery
+    ) -> tuple[list[SpecificityScore], list[SpecificityScore], str]:
         examples = context.study.data.examples
+        declared = _declared_counterfactuals(examples)
+        if not declared:
+            return [], [], "the task declares no counterfactuals"
         by_label = sae.by_label()
-        wanted = ["carry_in=1"] if task == "addition" else ["value=0", "value=1"]
-        found = {w: by_label[w] for w in wanted if w in by_label and by_label[w].unit >= 0}
-        if not found:
-            return None, None
-        features = sorted({r.unit for r in found.values()})
-        key = "column" if task == "addition" else "step"
-        indices = sorted({c[key] for c in examples[0].meta["variables"] if key in c})
-        if task == "addition":
-            indices = [i for i in indices if i >= 1]  # column 0 never receives a carry
-        evaluation = context.evaluation_indices
+        evaluation = np.asarray(context.evaluation_indices)
         base = context.scores["splice"].logprob[evaluation]  # recorded over every example
-        out = []
-        for edited in (features, []):
-            clean_all, edited_all, depends_all = [], [], []
-            for index in indices:
-                where: dict[int, set[int]] = {}
-                depends = np.zeros(len(examples), dtype=bool)
-                for e, example in enumerate(examples):
-                    for p, cell in enumerate(example.meta["variables"]):
-                        if cell.get(key) == index and ("carry_in" in cell or "value" in cell):
-                            where.setdefault(e, set()).add(p)
-                            if task == "addition":
-                                depends[e] = bool(cell["carry_in"])
-                    if task == "logic":
-                        depends[e] = example.meta["facts"]["query"] >= index
-                scores = context.run_condition(
-                    "splice",
-                    position_edit(context, edited, where),
-                    status=f"ground truth {key} {index}" + ("" if edited else " (null)"),
-                )
-                clean_all.append(base)
-                edited_all.append(scores.logprob)
-                depends_all.append(depends[evaluation])
-            result = specificity(
-                np.concatenate(clean_all),
-                np.concatenate(edited_all),
-                np.concatenate(depends_all),
-                seed=context.seed,
-            ).to_dict()
-            out.append(
-                SpecificityScore(
-                    variable=" / ".join(found),
-                    features=list(edited),
-                    feature_auroc={w: r.auroc for w, r in found.items()},
-                    dependent=_interval(result["dependent"]),
-                    independent=_interval(result["independent"]),
-                    difference=_interval(result["difference"]),
-                    confidence=result["confidence"],
-                    specific=result["specific"],
-                )
+        specs: list[SpecificityScore] = []
+        nulls: list[SpecificityScore] = []
+        skipped: list[str] = []
+        for name, variables in declared.items():
+            values = sorted(
+                {r["value"] for e in examples for r in e.meta["counterfactuals"] if r["name"] == name}
             )
-        return out[0], out[1]
+            found = {
+                f"{name}={v}": by_label[f"{name}={v}"]
+                for v in values
+                if f"{name}={v}" in by_label and by_label[f"{name}={v}"].unit >= 0
+            }
+            if not found:
+                skipped.append(f"{name} (no scored label)")
+                continue
+            features = sorted({r.unit for r in found.values()})
+            for edited, out in ((features, specs), ([], nulls)):
+                clean_all, edited_all, depends_all = [], [], []
+                for variable in variables:
+                    where: dict[int, set[int]] = {}
+                    depends = np.zeros(len(examples), dtype=bool)
+                    for e, example in enumerate(examples):
+                        for record in example.meta["counterfactuals"]:
+                            if record["variable"] == variable:
+                                where[e] = {int(record["position"])}
+                                depends[e] = bool(record["depends"])
+                    scores = context.run_condition(
+                        "splice",
+                        position_edit(context, edited, where),
+                        status=f"ground truth {variable}" + ("" if edited else " (null)"),
+                    )
+                    has = np.array([int(e) in where for e in evaluation], dtype=bool)
+                    clean_all.append(base[has])
+                    edited_all.append(np.asarray(scores.logprob)[has])
+                    depends_all.append(depends[evaluation][has])
+                result = specificity(
+                    np.concatenate(clean_all),
+                    np.concatenate(edited_all),
+                    np.concatenate(depends_all),
+                    seed=context.seed,
+                ).to_dict()
+                out.append(
+                    SpecificityScore(
+                        variable=" / ".join(found),
+                        features=list(edited),
+                        feature_auroc={w: r.auroc for w, r in found.items()},
+                        dependent=_interval(result["dependent"]),
+                        independent=_interval(result["independent"]),
+                        difference=_interval(result["difference"]),
+                        confidence=result["confidence"],
+                        specific=result["specific"],
+                    )
+                )
+        note = "from the task's declared counterfactuals (one pass per declared variable)"
+        if skipped:
+            note += "; not measured: " + ", ".join(skipped)
+        return specs, nulls, note
 
     # -- output -------------------------------------------------------------------------------
 
@@ -337,14 +360,23 @@ class GroundTruthAnalysis(Analysis):
         section.heading(self.description)
         section.paragraph(
             f"Task {g.task}: {g.labelled_tokens:,} labelled tokens of {g.examples} examples. Feature "
-            f"recovery: per variable value, the best single unit's AUROC (share of values at AUROC ≥ "
-            f"{AUROC_RECOVERED:g}). The probe is the ceiling (is the variable linearly there at all); "
-            f"the random-decoder SAE has the same width and L0 ({g.random_decoder_k})."
+            f"recovery: per variable value, the best single unit's AUROC. The probe is the ceiling (is "
+            f"the variable linearly there at all, held out); it reads {len(g.readable_labels)} of "
+            f"{len(g.feature_recovery['sae'].labels)} values at AUROC ≥ {AUROC_RECOVERED:g}, and shares "
+            f"are over those. The random-decoder SAE has the same width and L0 ({g.random_decoder_k})."
         )
         recs = g.feature_recovery
+        n_readable = len(g.readable_labels)
         section.table(
-            ["source", "share at AUROC ≥ 0.9", "mean best AUROC"],
-            [[name, section.fmt(r.share_recovered), section.fmt(r.mean_auroc)] for name, r in recs.items()],
+            ["source", f"share of the {n_readable} probe-readable values at AUROC ≥ 0.9", "mean best AUROC"],
+            [
+                [
+                    name,
+                    section.fmt(g.readable_share.get(name)) if n_readable else "n/a",
+                    section.fmt(r.mean_auroc),
+                ]
+                for name, r in recs.items()
+            ],
         )
         tables = {name: r.by_label() for name, r in recs.items()}
         rows = []
@@ -371,7 +403,8 @@ class GroundTruthAnalysis(Analysis):
                 ],
             )
         section.paragraph(f"Causal recovery: {g.causal_recovery_note}.")
-        if g.specificity is not None and g.null_edit is not None:
+        section.paragraph(f"Specificity: {g.specificity_note}.")
+        if g.specificity:
             section.table(
                 ["edit", "Δ log-prob, answer depends", "Δ log-prob, does not", "specific"],
                 [
@@ -381,7 +414,8 @@ class GroundTruthAnalysis(Analysis):
                         _fmt_interval(s.independent),
                         str(s.specific),
                     ]
-                    for s in (g.specificity, g.null_edit)
+                    for pair in zip(g.specificity, g.null_edit, strict=True)
+                    for s in pair
                 ],
             )
 
@@ -397,12 +431,19 @@ class GroundTruthAnalysis(Analysis):
             for label, r in sae.items()
             if r.auroc < AUROC_RECOVERED <= (probe[label].auroc if label in probe else 0.0)
         ]
-        lines = [
-            f"Ground truth: an SAE feature recovers {g.feature_recovery['sae'].share_recovered:.0%} of the "
-            f"{len(sae)} variable values at AUROC ≥ {AUROC_RECOVERED:g}; a probe on the raw activations "
-            f"{g.feature_recovery['probe'].share_recovered:.0%}, the random-decoder SAE "
-            f"{g.feature_recovery['random-decoder'].share_recovered:.0%}."
-        ]
+        n = len(g.readable_labels)
+        if not n:
+            lines = [
+                f"Ground truth: the probe reads none of the {len(sae)} variable values at AUROC ≥ "
+                f"{AUROC_RECOVERED:g} at this site, so feature recovery is not measured here."
+            ]
+        else:
+            share = g.readable_share
+            lines = [
+                f"Ground truth: of the {n} variable values a held-out probe reads at AUROC ≥ "
+                f"{AUROC_RECOVERED:g} (of {len(sae)}), an SAE feature recovers {share['sae']:.0%}, the best "
+                f"raw dimension {share['raw']:.0%}, the random-decoder SAE {share['random-decoder']:.0%}."
+            ]
         if missed:
             lines.append("The SAE misses what the probe shows is present: " + ", ".join(missed) + ".")
         return lines
@@ -411,12 +452,15 @@ class GroundTruthAnalysis(Analysis):
         g = result.ground_truth
         if g is None:
             return []
-        rec = g.feature_recovery
-        shares = {name: r.share_recovered for name, r in rec.items()}
-        line = (
-            f"  ground truth: {shares['sae']:.2f} of variable values recovered by an SAE feature "
-            f"(probe {shares['probe']:.2f}, random decoder {shares['random-decoder']:.2f})"
-        )
+        n = len(g.readable_labels)
+        if not n:
+            line = "  ground truth: the probe reads no variable value at this site (recovery not measured)"
+        else:
+            share = g.readable_share
+            line = (
+                f"  ground truth: of {n} probe-readable variable values, {share['sae']:.2f} recovered by an "
+                f"SAE feature (raw dim {share['raw']:.2f}, random decoder {share['random-decoder']:.2f})"
+            )
         if g.causal_recovery:
             c = g.causal_recovery[0]
             line += f"; ranking AUROC vs the causal set (AUROC ≥ {c.min_auroc:g}) {c.auroc:.2f}"
@@ -427,8 +471,10 @@ class GroundTruthAnalysis(Analysis):
         if g is None:
             return {}
         return {
-            "GT recovered (SAE / probe)": f"{section.fmt(g.feature_recovery['sae'].share_recovered)} / "
-            f"{section.fmt(g.feature_recovery['probe'].share_recovered)}"
+            "GT recovered (SAE / random dec., of n probe-readable)": (
+                f"{section.fmt(g.readable_share.get('sae'))} / "
+                f"{section.fmt(g.readable_share.get('random-decoder'))} (n={len(g.readable_labels)})"
+            )
         }
 
 
@@ -436,6 +482,23 @@ def _fmt_interval(i: IntervalScore) -> str:
     return f"{i.mean:+.4g} [{i.low:+.3g}, {i.high:+.3g}] (n={i.n})"
 
 
-def _max_index(examples: list[Any]) -> int:
-    cells = examples[0].meta["variables"]
-    return len({c.get("column", c.get("step")) for c in cells if "column" in c or "step" in c})
+def _index_keys(examples: list[Any]) -> frozenset[str]:
+    """The keys the task declares as positions (``meta["index_keys"]``), never scored."""
+    return frozenset(k for e in examples for k in e.meta.get("index_keys", ()))
+
+
+def _declared_counterfactuals(examples: list[Any]) -> dict[str, list[str]]:
+    """Variable name -> the declared variables (``name@index``) of that name, in first-seen order."""
+    out: dict[str, dict[str, None]] = {}
+    for example in examples:
+        for record in example.meta.get("counterfactuals", ()):
+            out.setdefault(record["name"], {})[record["variable"]] = None
+    return {name: list(v) for name, v in out.items()}
+
+
+def readable_share(recovery: Recovery, readable: list[str]) -> float | None:
+    """Share of the probe-readable labels on which ``recovery``'s best unit reaches AUROC 0.9 (None: none)."""
+    if not readable:
+        return None
+    by_label = recovery.by_label()
+    return sum(by_label[r].auroc >= AUROC_RECOVERED for r in readable if r in by_label) / len(readable)

@@ -1,4 +1,4 @@
-"""`scircuits synth ...`: train the synthetic models."""
+"""`scircuits synth ...`: train a small model on any registered synthetic task."""
 
 from __future__ import annotations
 
@@ -11,26 +11,42 @@ def synth() -> None:
 
 
 @synth.command()
-@click.option("--task", type=click.Choice(["addition", "logic"]), required=True, help="The task to learn.")
-@click.option("--size", type=int, help="Digits (addition, default 4) or chain steps (logic, default 3).")
+@click.option(
+    "--task", required=True, help="A registered synthetic task (`scircuits plugins` lists synth_tasks)."
+)
+@click.option(
+    "--size", type=int, help="The task's size (addition: digits, default 4; logic: steps, default 3)."
+)
 @click.option("--layers", type=int, default=2, show_default=True, help="Decoder blocks.")
 @click.option("--d-model", type=int, default=128, show_default=True, help="Residual width.")
 @click.option("--heads", type=int, help="Attention heads (default: d_model // 32).")
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the weights and the data order."
 )
-@click.option(
-    "--steps",
-    type=int,
-    default=6000,
-    show_default=True,
-    help="Optimizer steps (the cosine schedule's length).",
-)
+@click.option("--steps", type=int, default=6000, show_default=True, help="Optimizer steps per attempt.")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Problems per step.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW, cosine).")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
 @click.option("--eval-every", type=int, default=250, show_default=True, help="Steps between evaluations.")
 @click.option("--eval-examples", type=int, default=2000, show_default=True, help="Held-out problems scored.")
 @click.option("--stop-at", type=float, help="Stop at the first evaluation with held-out accuracy >= this.")
+@click.option(
+    "--target", type=float, default=0.99, show_default=True, help="Held-out accuracy an attempt must reach."
+)
+@click.option(
+    "--max-attempts",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Attempts in all: one below --target restarts from a derived seed (1: no retry).",
+)
+@click.option(
+    "--patience",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Evaluations without progress (below --target) that abandon an attempt (0: never).",
+)
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, or cuda (not bit-reproducible).")
 @click.option(
@@ -46,20 +62,32 @@ def synth() -> None:
     "<out>.superseded-<time> (nothing is deleted). A model of other settings is always moved aside.",
 )
 @click.option("--overwrite", is_flag=True, hidden=True, help="Deprecated: the same as --force.")
-def train(out: str | None, force: bool, overwrite: bool, **flags: object) -> None:
+def train(
+    task: str, size: int | None, out: str | None, force: bool, overwrite: bool, **flags: object
+) -> None:
     """Train a small LlamaForCausalLM on a task; write weights, tokenizer, curve and accuracy to --out.
 
-    Deterministic given the seed (and the thread count). The loss is on the answer tokens; held-out
-    accuracy is exact match on test-split problems training never sees.
+    An attempt is deterministic given its seed (and the thread count) on one machine. One that ends
+    below --target, or stalls, is retried from a derived seed; synth.json records every attempt.
+    The loss is on the answer tokens; held-out accuracy is exact match on test-split problems
+    training never sees.
     """
     from pydantic import ValidationError
 
+    from scircuits import SynthTrainSettings, synth_tasks, train_synth_model
+
     from ._internal import UserError, check_device
     from .models import default_folder
-    from .training import TrainSettings, train_model
 
+    registry = synth_tasks()
+    if task not in registry:
+        raise UserError(f"unknown synthetic task {task!r}; registered tasks: {', '.join(registry.names())}")
     try:
-        settings = TrainSettings(**{k: v for k, v in flags.items() if v is not None})
+        spec = registry.get(task).sized(size)
+    except ValueError as exc:
+        raise UserError(f"invalid synth train settings: {exc}") from None
+    try:
+        settings = SynthTrainSettings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
         raise UserError(f"invalid synth train settings: {problems}") from None
@@ -67,14 +95,14 @@ def train(out: str | None, force: bool, overwrite: bool, **flags: object) -> Non
     folder = (
         out
         if out is not None
-        else str(default_folder(settings.task, settings.layers, settings.d_model, settings.seed))
+        else str(default_folder(task, settings.layers, settings.d_model, settings.seed))
     )
 
     def show(row: dict) -> None:
         loss = "" if row["loss"] is None else f" loss {row['loss']:.4f}"
         click.echo(
-            f"step {row['step']:>6}{loss} held-out accuracy {row['heldout_accuracy']:.4f} "
-            f"({row['wall_s']:.0f} s, {row['cpu_s']:.0f} CPU s)",
+            f"attempt {row['attempt']} step {row['step']:>6}{loss} held-out accuracy "
+            f"{row['heldout_accuracy']:.4f} ({row['wall_s']:.0f} s, {row['cpu_s']:.0f} CPU s)",
             err=True,
         )
 
@@ -83,10 +111,30 @@ def train(out: str | None, force: bool, overwrite: bool, **flags: object) -> Non
             "synth train: --overwrite is deprecated; it now means --force (moves aside, deletes nothing)",
             err=True,
         )
-    record = train_model(settings, folder, force=force or overwrite, on_eval=show)
+    record = train_synth_model(spec, settings, folder, force=force or overwrite, on_eval=show)
+    tries = record["attempts"]
     click.echo(
-        f"{folder}: {record['task']} (size {record['size']}), {record['n_parameters']:,} parameters, "
-        f"{record['steps_done']} steps in {record['train_wall_s']:.0f} s "
-        f"({record['train_cpu_s']:.0f} CPU s); "
+        f"{folder}: {record['task']} ({record['size_name']} {record['size']}), {record['n_parameters']:,} "
+        f"parameters, {record['steps_done']} steps in {record['train_wall_s']:.0f} s "
+        f"({record['train_cpu_s']:.0f} CPU s, {len(tries)} attempt{'s' if len(tries) > 1 else ''}); "
         f"held-out exact match {record['heldout_accuracy']:.4f} on {record['heldout_examples']} problems"
     )
+    if not record["reached_target"]:
+        click.echo(
+            f"warning: no attempt reached --target {settings.target}; kept the best (attempt "
+            f"{record['attempt']}, seed {record['weights_seed']}). See {folder}/synth.json.",
+            err=True,
+        )
+
+
+@synth.command(name="tasks")
+def list_tasks() -> None:
+    """List the registered synthetic tasks (hook register_synth_tasks)."""
+    from scircuits import synth_tasks
+
+    registry = synth_tasks()
+    for task in registry:
+        click.echo(
+            f"{task.name}  ({task.size_name} {task.min_size}..{task.max_size}, default {task.default_size}; "
+            f"plugin {registry.owner(task.name)}): {task.description}"
+        )

@@ -31,74 +31,13 @@ test), whatever the seed: training never sees a held-out problem.
 
 from __future__ import annotations
 
-import hashlib
 import random
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
-BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
-SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
-TEST_FRACTION_DENOMINATOR = 5
+from scircuits import SynthCounterfactual as Counterfactual
+from scircuits import SynthProblem as Problem
+from scircuits import SynthTask
+
 LOGIC_NAMES = tuple("abcdefgh")
-
-
-def split_of(key: str) -> str:
-    digest = hashlib.sha256(key.encode()).digest()
-    return "test" if int.from_bytes(digest[:8], "big") % TEST_FRACTION_DENOMINATOR == 0 else "train"
-
-
-class ExhaustedError(ValueError):
-    """A split has fewer distinct problems than were asked for."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem: its symbols, and per token of ``<bos>`` + prompt + answer its known variables."""
-
-    task: str
-    key: str  # canonical: equal keys are the same problem
-    prompt_tokens: tuple[str, ...]
-    answer_tokens: tuple[str, ...]
-    variables: tuple[dict[str, int], ...]  # one dict per token of the full sequence (often empty)
-    facts: dict[str, Any] = field(default_factory=dict)  # the problem's inputs and derived values
-
-    @property
-    def prompt(self) -> str:
-        return " ".join(self.prompt_tokens)
-
-    @property
-    def target(self) -> str:
-        return " " + " ".join(self.answer_tokens)
-
-    @property
-    def tokens(self) -> tuple[str, ...]:
-        return (BOS, *self.prompt_tokens, *self.answer_tokens)
-
-    @property
-    def answer_start(self) -> int:
-        """Index (in ``tokens``) of the first answer token."""
-        return 1 + len(self.prompt_tokens)
-
-    @property
-    def split(self) -> str:
-        return split_of(self.key)
-
-
-@dataclass(frozen=True)
-class Counterfactual:
-    """``problem`` with one variable flipped by a minimal edit of its input (same length, same positions).
-
-    ``variable`` names what was flipped (e.g. ``carry_in@2``: the carry into column 2);
-    ``position`` is the token where that variable sits; ``changed_answer_positions`` are the answer
-    tokens (indices into ``tokens``) that differ between the two answers.
-    """
-
-    original: Problem
-    counterfactual: Problem
-    variable: str
-    position: int
-    changed_answer_positions: tuple[int, ...]
 
 
 # -- addition ---------------------------------------------------------------------------------------
@@ -127,7 +66,9 @@ def addition_problem(a: int, b: int, digits: int) -> Problem:
     variables: list[dict[str, int]] = [{} for _ in range(n_tokens)]
     first = 1 + len(prompt) - 1  # the "=" predicts answer digit 0
     for i in range(digits + 1):
-        cell = {"column": i, "sum_digit": sums[i], "carry_in": carries[i]}
+        cell = {"column": i, "sum_digit": sums[i]}
+        if i:  # column 0 never receives a carry: a constant there is no variable, only a position
+            cell["carry_in"] = carries[i]
         if i < digits:
             cell.update(carry_out=carries[i + 1], a_digit=a_digits[i], b_digit=b_digits[i])
         variables[first + i] = cell
@@ -160,28 +101,19 @@ def addition_counterfactual(problem: Problem, column: int) -> Counterfactual:
     for d in candidates:
         if int(a_j + d + carries[j] >= 10) == want:
             new_b = b + (d - b_j) * 10**j
-            return _pair(problem, addition_problem(a, new_b, digits), f"carry_in@{column}", column)
+            # only a problem whose carry arrives (is 1) depends on what represents "a carry arrives"
+            return Counterfactual.between(
+                problem,
+                addition_problem(a, new_b, digits),
+                f"carry_in@{column}",
+                _column_position(problem, column),
+                depends=bool(carries[column]),
+            )
     raise ValueError(f"no digit flips the carry into column {column} of {problem.key} (a digit {a_j} = 9?)")
 
 
-def _pair(original: Problem, counterfactual: Problem, variable: str, index: int) -> Counterfactual:
-    start = original.answer_start
-    changed = tuple(
-        start + i
-        for i, (x, y) in enumerate(zip(original.answer_tokens, counterfactual.answer_tokens, strict=True))
-        if x != y
-    )
-    position = _variable_position(original, variable, index)
-    return Counterfactual(original, counterfactual, variable, position, changed)
-
-
-def _variable_position(problem: Problem, variable: str, index: int) -> int:
-    name = variable.split("@")[0]
-    where = "column" if problem.task == "addition" else "step"
-    for p, cell in enumerate(problem.variables):
-        if cell.get(where) == index and name in cell:
-            return p
-    raise ValueError(f"{problem.key} has no variable {variable}")
+def _column_position(problem: Problem, column: int) -> int:
+    return next(p for p, cell in enumerate(problem.variables) if cell.get("column") == column)
 
 
 # -- logic ------------------------------------------------------------------------------------------
@@ -245,86 +177,53 @@ def logic_counterfactual(problem: Problem, step: int) -> Counterfactual:
     else:
         negations[step - 1] = not negations[step - 1]
     other = logic_problem(tuple(f["names"]), first, tuple(negations), f["query"])
-    return _pair(problem, other, f"value@{step}", step)
+    position = next(p for p, cell in enumerate(problem.variables) if cell.get("step") == step)
+    return Counterfactual.between(problem, other, f"value@{step}", position)
 
 
-# -- task registry ----------------------------------------------------------------------------------
+# -- the registered tasks ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    """A task and its size parameter (digits for addition, steps for logic)."""
+class AdditionTask(SynthTask):
+    name = "addition"
+    description = "n-digit addition, least significant digit first; carries and sum digits per column"
+    size_name = "digits"
+    default_size, min_size, max_size = 4, 1, 9
+    index_keys = frozenset({"column"})
 
-    name: str
-    size: int
-
-    def vocabulary(self) -> list[str]:
-        if self.name == "addition":
-            symbols = [str(d) for d in range(10)] + ["+", "="]
-        else:
-            symbols = ["0", "1", "=", ";", "?", "is", "not", *LOGIC_NAMES]
-        return [*SPECIAL_TOKENS, *symbols]
-
-    def sequence_length(self) -> int:
-        return len(self.draw(random.Random(0)).tokens)
+    def symbols(self) -> list[str]:
+        return [*(str(d) for d in range(10)), "+", "="]
 
     def draw(self, rng: random.Random) -> Problem:
-        if self.name == "addition":
-            return addition_problem(rng.randrange(10**self.size), rng.randrange(10**self.size), self.size)
+        return addition_problem(rng.randrange(10**self.size), rng.randrange(10**self.size), self.size)
+
+    def counterfactuals(self, problem: Problem) -> list[Counterfactual]:
+        out = []
+        for column in range(1, self.size + 1):
+            try:
+                out.append(addition_counterfactual(problem, column))
+            except ValueError:  # no digit of b flips that carry
+                continue
+        return out
+
+
+class LogicTask(SynthTask):
+    name = "logic"
+    description = "a chain of is/not assignments and a query; each step's value at its ';'"
+    size_name = "steps"
+    default_size, min_size, max_size = 3, 2, len(LOGIC_NAMES)
+    index_keys = frozenset({"step"})
+
+    def symbols(self) -> list[str]:
+        return ["0", "1", "=", ";", "?", "is", "not", *LOGIC_NAMES]
+
+    def draw(self, rng: random.Random) -> Problem:
         names = tuple(rng.sample(LOGIC_NAMES, self.size))
         negations = tuple(rng.random() < 0.5 for _ in range(self.size - 1))
         return logic_problem(names, rng.randrange(2), negations, rng.randrange(self.size))
 
-    def problems(self, split: str, seed: int, stream: str = "examples") -> Iterator[Problem]:
-        """Distinct problems of ``split`` in a fixed order given (task, size, split, seed, stream)."""
-        rng = random.Random(f"synth/{self.name}{self.size}/{split}/{seed}/{stream}")
-        seen: set[str] = set()
-        misses = 0
-        while True:
-            problem = self.draw(rng)
-            if problem.split != split or problem.key in seen:
-                misses += 1
-                if misses > 1000 * (len(seen) + 1):
-                    raise ExhaustedError(
-                        f"{self.name} size {self.size}: only {len(seen)} distinct {split} problems exist"
-                    )
-                continue
-            seen.add(problem.key)
-            yield problem
-
-    def training_problems(self, seed: int) -> Iterator[Problem]:
-        """An endless stream of train-split problems (repeats allowed), fixed by the seed."""
-        rng = random.Random(f"synth/{self.name}{self.size}/train-stream/{seed}")
-        while True:
-            problem = self.draw(rng)
-            if problem.split == "train":
-                yield problem
-
     def counterfactuals(self, problem: Problem) -> list[Counterfactual]:
-        """One counterfactual per flippable variable of ``problem``."""
-        if self.name == "addition":
-            out = []
-            for column in range(1, self.size + 1):
-                try:
-                    out.append(addition_counterfactual(problem, column))
-                except ValueError:
-                    continue
-            return out
         return [logic_counterfactual(problem, step) for step in range(self.size)]
 
 
-TASKS: dict[str, dict[str, int]] = {
-    # task -> size parameter name and its default, bounds
-    "addition": {"default": 4, "min": 1, "max": 9},
-    "logic": {"default": 3, "min": 2, "max": len(LOGIC_NAMES)},
-}
-
-
-def task_spec(name: str, size: int | None = None) -> TaskSpec:
-    if name not in TASKS:
-        raise ValueError(f"unknown synthetic task {name!r}; tasks: {', '.join(TASKS)}")
-    bounds = TASKS[name]
-    size = bounds["default"] if size is None else size
-    if not bounds["min"] <= size <= bounds["max"]:
-        raise ValueError(f"task {name!r}: size {size} is outside {bounds['min']}..{bounds['max']}")
-    return TaskSpec(name, size)
+BUILTIN_TASKS: tuple[type[SynthTask], ...] = (AdditionTask, LogicTask)

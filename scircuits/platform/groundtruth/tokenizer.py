@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .tasks import BOS, EOS, PAD, UNK, TaskSpec
+from scircuits.platform.contract.synth_tasks import BOS, EOS, PAD, UNK, SynthTask
 
 
-def build_tokenizer(spec: TaskSpec) -> Any:
+def build_tokenizer(task: SynthTask) -> Any:
     """A transformers PreTrainedTokenizerFast over the task's vocabulary (save it with save_pretrained)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {symbol: i for i, symbol in enumerate(spec.vocabulary())}
+    vocab = {symbol: i for i, symbol in enumerate(task.vocabulary())}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.post_processor = processors.TemplateProcessing(
@@ -28,5 +28,5 @@ def encode_problem_ids(tokenizer: Any, tokens: tuple[str, ...]) -> list[int]:
     ids = tokenizer.convert_tokens_to_ids(list(tokens))
     unk = tokenizer.convert_tokens_to_ids(UNK)
     if unk in ids:
-        raise ValueError(f"symbols outside the vocabulary in {' '.join(tokens)!r}")
+        raise ValueError(f"symbols outside the task's vocabulary in {' '.join(tokens)!r}")
     return ids

@@ -233,12 +233,17 @@ def probe_recovery(
 
 def _fit_logistic(x: np.ndarray, y: np.ndarray, train: np.ndarray, l2: float) -> np.ndarray:
     """Scores of every row under a logistic regression (LBFGS, standardised inputs) fitted on ``train``."""
+    w, b = _logistic_weights(x, y, train, l2)
+    return x @ w + b
+
+
+def _logistic_weights(x: np.ndarray, y: np.ndarray, train: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
+    """(w, b) in the raw space of ``x`` of a logistic regression fitted on standardised ``x[train]``."""
     import torch
 
     mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
-    xt = torch.tensor((x - mu) / sd, dtype=torch.float64)
-    rows = torch.tensor(np.flatnonzero(train))
-    xs, ys = xt[rows], torch.tensor(y[train], dtype=torch.float64)
+    xs = torch.tensor((x[train] - mu) / sd, dtype=torch.float64)
+    ys = torch.tensor(y[train], dtype=torch.float64)
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
@@ -250,8 +255,19 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, train: np.ndarray, l2: float) ->
         return loss
 
     opt.step(closure)
-    with torch.no_grad():
-        return (xt @ w + b).numpy()
+    w_raw = w.detach().numpy() / sd
+    return w_raw, float(b.detach()) - float(mu @ w_raw)
+
+
+def probe_direction(
+    acts: np.ndarray, y: np.ndarray, train: np.ndarray | None = None, l2: float = 1e-3
+) -> np.ndarray:
+    """The unit direction (in the space of ``acts``) of a logistic probe for boolean ``y``, fitted on
+    the rows ``train`` (all by default): what an interchange intervention on the probe patches."""
+    acts = np.asarray(acts, dtype=np.float64)
+    train = np.ones(len(acts), dtype=bool) if train is None else np.asarray(train, dtype=bool)
+    w, _ = _logistic_weights(acts, np.asarray(y, dtype=bool), train, l2)
+    return w / np.linalg.norm(w)
 
 
 def random_decoder_features(acts: np.ndarray, d_sae: int, k: int, seed: int = 0) -> np.ndarray:

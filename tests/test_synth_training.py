@@ -1,0 +1,41 @@
+"""Ground-truth models that train every time: the retry rule and its records."""
+
+from __future__ import annotations
+
+import json
+
+from scircuits import SynthTrainSettings, train_synth_model
+from scircuits.platform.groundtruth.training import attempt_seed
+from scircuits.plugins.synth.tasks import LogicTask
+
+TINY = {"layers": 1, "d_model": 32, "batch_size": 32, "eval_examples": 50}
+
+
+def test_attempt_seeds_are_the_seed_then_distinct_derived_ones():
+    assert attempt_seed(7, 0) == 7
+    seeds = {attempt_seed(s, a) for s in range(20) for a in range(1, 4)}
+    assert len(seeds) == 60 and not seeds & set(range(20))
+
+
+def test_an_attempt_below_target_is_retried_from_a_derived_seed_and_every_attempt_is_recorded(tmp_path):
+    settings = SynthTrainSettings(**TINY, seed=3, steps=4, eval_every=2, max_attempts=2, target=0.99)
+    record = train_synth_model(LogicTask(2), settings, tmp_path / "m")
+    assert [a["seed"] for a in record["attempts"]] == [3, attempt_seed(3, 1)]
+    assert all(a["outcome"] == "ended below target" and a["steps_done"] == 4 for a in record["attempts"])
+    assert not record["reached_target"] and record["seed"] == 3
+    best = max(record["attempts"], key=lambda a: a["heldout_accuracy"])
+    assert record["heldout_accuracy"] == best["heldout_accuracy"] and record["weights_seed"] == best["seed"]
+    on_disk = json.loads((tmp_path / "m" / "synth.json").read_text())
+    assert on_disk["attempts"] == record["attempts"]
+    curve = [json.loads(line) for line in (tmp_path / "m" / "training.jsonl").read_text().splitlines()]
+    assert [(r["attempt"], r["step"]) for r in curve] == [(0, 0), (0, 2), (0, 4), (1, 0), (1, 2), (1, 4)]
+
+
+def test_an_attempt_that_stops_progressing_is_abandoned(tmp_path):
+    # a learning rate that moves nothing: the accuracy never rises, so patience 1 ends it early
+    settings = SynthTrainSettings(
+        **TINY, steps=40, eval_every=5, lr=1e-12, warmup=0, patience=1, max_attempts=1
+    )
+    record = train_synth_model(LogicTask(2), settings, tmp_path / "m")
+    [attempt] = record["attempts"]
+    assert attempt["outcome"].startswith("stalled") and attempt["steps_done"] in (5, 10)
