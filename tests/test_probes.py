@@ -10,13 +10,21 @@ End to end: `scircuits run` on a tiny trained synth model writes the typed resul
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from scircuits import DataFormatError
 from scircuits.cli import cli
-from scircuits.plugins.analyses.probes import LabelledTokens, ProbesResult, probe_study
+from scircuits.plugins.analyses.probes import (
+    LabelledTokens,
+    ProbesResult,
+    declares_variables,
+    labelled_tokens,
+    probe_study,
+)
 from scircuits.plugins.analyses.probing import (
     auroc,
     control_values,
@@ -178,3 +186,48 @@ def test_a_run_on_a_benchmark_with_variables_writes_the_probes(tmp_path):
     report = (run / "report.md").read_text()
     assert "Linear probes of the declared variables" in report
     assert "probes:" in result.output
+
+
+def _fake_context(variables_per_example, n_tokens=5, width=4):
+    """A study context of the shape `labelled_tokens` reads, over a model that has no config."""
+    import torch
+
+    batches = []
+    for i, _ in enumerate(variables_per_example):
+        batch = SimpleNamespace(
+            input_ids=torch.arange(n_tokens)[None] + 10 * (i % 3),
+            attention_mask=torch.ones(1, n_tokens, dtype=torch.long),
+            position_ids=torch.arange(n_tokens)[None],
+        )
+        batches.append(
+            SimpleNamespace(
+                batch=batch,
+                example_indices=[i],
+                layouts=[SimpleNamespace(sequence_indices=(0,))],
+                cache=SimpleNamespace(site_output=torch.randn(1, n_tokens, width)),
+            )
+        )
+    examples = [
+        SimpleNamespace(id=f"ex{i}", meta={"variables": v}) for i, v in enumerate(variables_per_example)
+    ]
+    study = SimpleNamespace(data=SimpleNamespace(examples=examples, batches=batches))
+    return SimpleNamespace(study=study, loaded=SimpleNamespace(model=object()), layer=0, config=None)
+
+
+def test_without_a_rebuildable_model_the_baseline_is_a_random_projection_and_says_why():
+    variables = [[{}, {"v": i % 2}, {}, {"v": (i // 2) % 2}, {}] for i in range(12)]
+    tokens, kind, note = labelled_tokens(_fake_context(variables), seed=1)
+    assert kind == "random projection" and "no config" in note
+    assert tokens.activations.shape == tokens.baseline.shape == (24, 4)
+    assert list(tokens.positions[:2]) == [1, 3] and tokens.variables[:2] == [{"v": 0}, {"v": 0}]
+    # the projection of one token id at one position is the same vector wherever it occurs
+    same = (tokens.token_ids == tokens.token_ids[0]) & (tokens.positions == tokens.positions[0])
+    assert np.allclose(tokens.baseline[same], tokens.baseline[0])
+
+
+def test_variables_that_do_not_fit_the_tokens_stop_with_one_line():
+    with pytest.raises(
+        DataFormatError, match=r"ex0: the model's tokenizer gives 5 tokens but .* describes 3"
+    ):
+        labelled_tokens(_fake_context([[{}, {"v": 1}, {}]]), seed=1)
+    assert not declares_variables([SimpleNamespace(meta={"tokens": []})])
