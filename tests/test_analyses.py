@@ -77,7 +77,8 @@ def registry_of(*analyses: Analysis) -> Registry[Analysis]:
 def test_the_study_runs_analyses_by_order_and_checks_what_they_read(plugins):
     names = [a.name for a in study_order(analyses_of(plugins))]
     assert names.index("clean-share") == names.index("baseline") + 1
-    assert names[-2:] == ["features", "ground-truth"]  # built-ins at 70 and 80, no other plugin later
+    # built-ins at 70, 80 and 85, no other plugin later
+    assert names[-3:] == ["features", "ground-truth", "probes"]
 
     class Early(CleanShare):
         name = "early"

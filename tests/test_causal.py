@@ -221,8 +221,10 @@ def test_run_ablate_writes_results_with_the_documented_keys(tiny, examples, tmp_
         "logit_effects",
         "features",
         "ground-truth",
+        "probes",
     ]
     assert results["ground_truth"] is None  # a benchmark without per-token variables
+    assert results["probes"] is None
     rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
     assert len(rows) == len(examples) and {
         "clean",

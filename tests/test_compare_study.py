@@ -40,10 +40,11 @@ def test_a_permuted_copy_of_one_sae_matches_perfectly(tiny_runs, tmp_path, capsy
         ]
     )
     results = json.loads((out / "results.json").read_text())
-    assert results["format"] == "scircuits.compare" and results["schema_version"] == 1
+    assert results["format"] == "scircuits.compare" and results["schema_version"] == 2
     (pair,) = results["pairs"]
     c = pair["comparison"]
     assert c["source"] == "stores" and c["alignment"] == "token"
+    assert pair["floors"] is None  # one model, layer and site: the run's own floors are the pair's
     # the best pair's contexts are the same tokens on both sides (decoded from the store)
     best = pair["contexts"][0]
     assert best["a"]["contexts"] and best["a"]["contexts"] == best["b"]["contexts"]
@@ -91,6 +92,20 @@ def test_two_architectures_with_different_tokenizers_compare_on_character_spans(
         assert ref["ceiling"]["kind"] == "ceiling-seed" and ref["twin_path"].startswith(str(out / "twins"))
         assert ref["floor_untrained"] and ref["floor_rotation"]
     assert -1 <= c["hungarian"]["mean"] <= 1 and c["hungarian"]["n"] > 0
+    # two models: the floors in the pair's spaces, on the pair's own tokens and alignment
+    floors = pair["floors"]
+    run_a, run_b = results["runs"]
+    for name, (d_a, d_b) in {
+        "a_vs_untrained_b": (run_a["d_sae"], run_b["d_sae"]),
+        "a_vs_basis_b": (run_a["d_sae"], run_b["d_model"]),
+        "untrained_a_vs_b": (run_a["d_sae"], run_b["d_sae"]),
+        "basis_a_vs_b": (run_a["d_model"], run_b["d_sae"]),
+    }.items():
+        f = floors[name]
+        assert (f["d_a"], f["d_b"]) == (d_a, d_b) and f["source"] == "model"
+        assert f["n_tokens"] == c["n_tokens"] and f["alignment"] == "char-span"
+    report = (out / "report.md").read_text()
+    assert "floor (A → B)" in report and "floor (B → A)" in report and "own store, another space" in report
     contexts = pair["contexts"]
     assert contexts and all(side["contexts"] for ctx in contexts for side in (ctx["a"], ctx["b"]))
     assert "alignment: char-span" in (out / "report.md").read_text()

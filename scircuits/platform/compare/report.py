@@ -1,8 +1,11 @@
 """The compare report section: ``compare/report.md`` with figures in ``compare/figures/``.
 
 Every similarity is printed beside the same quantity for the run's ceiling (its SAE vs a seed twin
-on the same store) and floors (an untrained SAE; a random orthonormal basis). The tables hold only
-normalised quantities (correlations, shares, RSA, p-values, counts): no raw losses.
+on the same store) and floors (an untrained SAE; a random orthonormal basis). For runs on different
+models, layers or sites the floors are those of the pair's own spaces (``PairResult.floors``: A's
+SAE against what learned nothing on B's activations, and the reverse); A's own-store floors are
+shown beside them for reference only. The tables hold only normalised quantities (correlations,
+shares, RSA, p-values, counts): no raw losses.
 """
 
 from __future__ import annotations
@@ -41,11 +44,21 @@ HEADER = (
 )
 
 
-def _references(lines: list[str], run: RunEntry, tag: str) -> None:
+def _references(lines: list[str], run: RunEntry, tag: str, own_store: str = "") -> None:
     ref = run.reference
     lines.append(_row(f"ceiling {tag}: {run.label} vs its seed twin", ref.ceiling))
-    lines.append(_row(f"floor {tag}: {run.label} vs untrained SAE", ref.floor_untrained))
-    lines.append(_row(f"floor {tag}: {run.label} vs random basis", ref.floor_rotation))
+    lines.append(_row(f"floor {tag}{own_store}: {run.label} vs untrained SAE", ref.floor_untrained))
+    lines.append(_row(f"floor {tag}{own_store}: {run.label} vs random basis", ref.floor_rotation))
+
+
+def floors_of(pair: PairResult, runs: list[RunEntry]) -> tuple[Comparison | None, Comparison | None, str]:
+    """(untrained-SAE floor, random-basis floor, where) of the pair's A → B figures: in the pair's
+    spaces when compare measured them (runs on different models, layers or sites), else A's own
+    floors (both runs read the same activations)."""
+    if pair.floors is not None:
+        return pair.floors.a_vs_untrained_b, pair.floors.a_vs_basis_b, "on B's activations"
+    ref = runs[pair.a].reference
+    return ref.floor_untrained, ref.floor_rotation, "A's store"
 
 
 def histogram_figure(pair: PairResult, runs: list[RunEntry], path: Path) -> None:
@@ -56,11 +69,12 @@ def histogram_figure(pair: PairResult, runs: list[RunEntry], path: Path) -> None
     import numpy as np
 
     a = runs[pair.a]
+    untrained, basis, where = floors_of(pair, runs)
     curves = [
         (f"{a.label} vs {runs[pair.b].label}", pair.comparison, "C0", "-"),
         ("ceiling (seed twin)", a.reference.ceiling, "C2", "--"),
-        ("floor (untrained SAE)", a.reference.floor_untrained, "C3", ":"),
-        ("floor (random basis)", a.reference.floor_rotation, "C7", ":"),
+        (f"floor (untrained SAE, {where})", untrained, "C3", ":"),
+        (f"floor (random basis, {where})", basis, "C7", ":"),
     ]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, field, title in (
@@ -111,23 +125,32 @@ def _mean(c: Comparison | None, field: str = "hungarian") -> str:
     return "–" if c is None else _f(getattr(c, field).mean)
 
 
-def _refs(run: RunEntry, field: str) -> str:
-    ref = run.reference
-    return " / ".join(_mean(c, field) for c in (ref.ceiling, ref.floor_untrained, ref.floor_rotation))
+def _refs(pair: PairResult, runs: list[RunEntry], field: str) -> str:
+    untrained, basis, _ = floors_of(pair, runs)
+    return " / ".join(_mean(c, field) for c in (runs[pair.a].reference.ceiling, untrained, basis))
 
 
 def summary_lines(results: CompareResults) -> list[str]:
-    """One line per pair: mean max correlation (A -> B) beside A's ceiling and floors."""
+    """One line per pair: mean max correlation (A -> B) beside A's ceiling and the pair's floors
+    (and, for runs in different spaces, B -> A beside its floors on A's activations)."""
     runs = results.runs
     lines = []
     for pair in results.pairs:
         a, b, c = runs[pair.a], runs[pair.b], pair.comparison
-        lines.append(
+        where = floors_of(pair, runs)[2]
+        line = (
             f"{a.label} vs {b.label}: mean max corr {_mean(c, 'max_a_to_b')}, one-to-one {_mean(c)} "
-            f"(A's ceiling / untrained floor / random-basis floor: max corr {_refs(a, 'max_a_to_b')}, "
-            f"one-to-one {_refs(a, 'hungarian')}); "
-            f"decoder RSA {_f(c.geometry.rsa)} (p={_p(c.geometry.p_value)})"
+            f"(A's ceiling / untrained floor / random-basis floor, floors {where}: max corr "
+            f"{_refs(pair, runs, 'max_a_to_b')}, one-to-one {_refs(pair, runs, 'hungarian')}); "
         )
+        if pair.floors is not None:
+            f = pair.floors
+            line += (
+                f"B → A mean max corr {_mean(c, 'max_b_to_a')} (floors on A's activations: untrained "
+                f"{_mean(f.untrained_a_vs_b, 'max_b_to_a')} / random basis "
+                f"{_mean(f.basis_a_vs_b, 'max_b_to_a')}); "
+            )
+        lines.append(line + f"decoder RSA {_f(c.geometry.rsa)} (p={_p(c.geometry.p_value)})")
     return lines
 
 
@@ -135,9 +158,9 @@ def summary_table(results: CompareResults) -> list[str]:
     runs = results.runs
     lines = [
         "| A | B | mean max corr A→B | A's ceiling / untrained / random basis | one-to-one corr | "
-        "A's ceiling / untrained / random basis | share 1-to-1 > 0.7 (A's ceiling) | decoder RSA (p) | "
-        "exact-effect corr [95% CI] (pairs) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "A's ceiling / untrained / random basis | floors | share 1-to-1 > 0.7 (A's ceiling) | "
+        "decoder RSA (p) | exact-effect corr [95% CI] (pairs) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for pair in results.pairs:
         a, b, c = runs[pair.a], runs[pair.b], pair.comparison
@@ -145,8 +168,9 @@ def summary_table(results: CompareResults) -> list[str]:
         ceiling = a.reference.ceiling
         ci = f" [{_f(eff.ci[0], 2)}, {_f(eff.ci[1], 2)}]" if eff.ci else ""
         lines.append(
-            f"| {a.label} | {b.label} | {_mean(c, 'max_a_to_b')} | {_refs(a, 'max_a_to_b')} | {_mean(c)} | "
-            f"{_refs(a, 'hungarian')} | {_f(c.hungarian.above_07)} "
+            f"| {a.label} | {b.label} | {_mean(c, 'max_a_to_b')} | {_refs(pair, runs, 'max_a_to_b')} | "
+            f"{_mean(c)} | {_refs(pair, runs, 'hungarian')} | {floors_of(pair, runs)[2]} | "
+            f"{_f(c.hungarian.above_07)} "
             f"({_f(ceiling.hungarian.above_07) if ceiling else '–'}) | "
             f"{_f(c.geometry.rsa)} ({_p(c.geometry.p_value)}) | {_f(eff.pearson, 2)}{ci} ({eff.n_pairs}) |"
         )
@@ -161,8 +185,11 @@ def write_report(results: CompareResults, out: Path) -> Path:
         "Activation matching of SAE latents over shared text (Pearson correlation, streamed), with each "
         "run's ceiling (its SAE against a seed twin trained on the same store) and floors (an untrained "
         "SAE of the same architecture; a random orthonormal basis of the activation space) beside every "
-        "number. Decoder RSA: Spearman correlation of the matched pairs' decoder cosine-similarity "
-        "matrices, p-value from a shuffled-pairing null.",
+        "number. For runs on different models, layers or sites the floors are measured in the pair's own "
+        "spaces, on the pair's tokens: A's SAE against an untrained SAE of B's kind (or a random basis of "
+        "B's space) applied to B's activations, and the reverse; each run's own-store floors are listed "
+        "beside them for reference only. Decoder RSA: Spearman correlation of the matched pairs' decoder "
+        "cosine-similarity matrices, p-value from a shuffled-pairing null.",
         "",
         "### Runs",
         "",
@@ -190,8 +217,18 @@ def write_report(results: CompareResults, out: Path) -> Path:
             HEADER,
             _row(f"**{a.label} vs {b.label}**", c),
         ]
-        _references(lines, a, "A")
-        _references(lines, b, "B")
+        own = ""
+        if pair.floors is not None:
+            f = pair.floors
+            lines += [
+                _row(f"floor (A → B): {a.label} vs untrained SAE on B's activations", f.a_vs_untrained_b),
+                _row(f"floor (A → B): {a.label} vs random basis of B's space", f.a_vs_basis_b),
+                _row(f"floor (B → A): untrained SAE on A's activations vs {b.label}", f.untrained_a_vs_b),
+                _row(f"floor (B → A): random basis of A's space vs {b.label}", f.basis_a_vs_b),
+            ]
+            own = " (own store, another space)"
+        _references(lines, a, "A", own)
+        _references(lines, b, "B", own)
         figure = Path("figures") / f"pair{pair.a}-{pair.b}.png"
         histogram_figure(pair, runs, out / figure)
         lines += ["", f"![matched correlations against ceiling and floor]({figure.as_posix()})", ""]

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: PairResult.floors
 FORMAT = "scircuits.compare"
 
 
@@ -44,7 +44,9 @@ class MatchedPair(BaseModel):
     corr: float
 
 
-ComparisonKind = Literal["pair", "ceiling-seed", "floor-untrained", "floor-rotation"]
+ComparisonKind = Literal[
+    "pair", "ceiling-seed", "floor-untrained", "floor-rotation", "pair-floor-untrained", "pair-floor-rotation"
+]
 
 
 class Comparison(BaseModel):
@@ -75,6 +77,19 @@ class Reference(BaseModel):
     floor_rotation: Comparison | None = None
     twin_path: str | None = None
     note: str | None = None  # why a reference is missing, and how to get it
+
+
+class PairFloors(BaseModel):
+    """Floors of a pair of runs on different models, layers or sites, in the pair's own spaces and on
+    its tokens: one side's SAE replaced by an untrained SAE of its variant and size, or by a random
+    orthonormal basis of its activation space, applied to that side's own activations.
+    ``a_vs_*_b`` floor the pair's A → B figures (``max_a_to_b``, ``hungarian``); ``*_a_vs_b`` floor
+    its B → A figures (``max_b_to_a``)."""
+
+    a_vs_untrained_b: Comparison
+    untrained_a_vs_b: Comparison
+    a_vs_basis_b: Comparison
+    basis_a_vs_b: Comparison
 
 
 class RunEntry(BaseModel):
@@ -124,6 +139,9 @@ class PairResult(BaseModel):
     alignment_tokens_b: int
     effect_agreement: EffectAgreement
     top_k: list[TopKAgreement]
+    # the floors in the pair's spaces (runs on different models, layers or sites); None when both
+    # runs read the same activations, whose own references (RunEntry.reference) are then in place
+    floors: PairFloors | None = None
     contexts: list[ContextPair] = Field(default_factory=list)
     # every live latent's matches (one-to-one and max-correlation both ways), as arrays in an .npz
     # file beside results.json (path relative to it; keys in docs/formats.md)

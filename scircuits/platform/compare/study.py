@@ -1,6 +1,7 @@
 """``scircuits compare``: match the features of two or more runs' SAEs, beside each run's ceiling
 (its SAE against a seed twin on the same store) and floors (an untrained SAE of the same
-architecture; a random orthonormal basis of the activation space), and write compare/results.json.
+architecture; a random orthonormal basis of the activation space), and, for runs on different
+models, layers or sites, the floors in the pair's own spaces (``floors``); write compare/results.json.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +26,7 @@ from scircuits.platform.compare.causal_agreement import (
     top_k_overlap,
 )
 from scircuits.platform.compare.correlation import CorrelationAccumulator
+from scircuits.platform.compare.floors import ROTATION_SEED, decoder, floor_jobs, same_space, untrained_like
 from scircuits.platform.compare.geometry import random_rotation, rsa
 from scircuits.platform.compare.matching import (
     Matches,
@@ -42,6 +45,7 @@ from scircuits.platform.compare.schema import (
     Geometry,
     MatchedDistribution,
     MatchedPair,
+    PairFloors,
     PairResult,
     Reference,
     RunEntry,
@@ -50,6 +54,7 @@ from scircuits.platform.compare.schema import (
 from scircuits.platform.compare.sources import (
     AlignmentCounts,
     Chunk,
+    Encoder,
     ModelSide,
     TopRows,
     basis_encoder,
@@ -65,8 +70,6 @@ from scircuits.platform.manager.plugin_set import PluginSet
 
 RESULTS_FILE = "results.json"
 MATCHES_DIR = "matches"
-UNTRAINED_SEED = 12345
-ROTATION_SEED = 54321
 
 
 class CompareOptions(BaseModel):
@@ -100,10 +103,6 @@ def _dist(values: np.ndarray, n_total: int) -> MatchedDistribution:
 
 def _nan_none(value: float) -> float | None:
     return None if value is None or np.isnan(value) else float(value)
-
-
-def _decoder(sae: Any) -> np.ndarray:
-    return sae.W_dec.detach().float().numpy()
 
 
 def measure(
@@ -223,7 +222,7 @@ def reference(run: Run, sae: Any, options: CompareOptions, core: internals.Core)
     store = internals.open_store(run.store_path)
     d_model, d_sae = int(sae.d_in), int(sae.d_sae)
     encode = sae_encoder(sae)
-    dec = _decoder(sae)
+    dec = decoder(sae)
     name = "SAE"
     if twin_path is not None:
         twin, _ = core.load_sae(twin_path)
@@ -234,12 +233,10 @@ def reference(run: Run, sae: Any, options: CompareOptions, core: internals.Core)
             "token",
             store_chunks(store, encode, sae_encoder(twin), options.max_tokens),
             (d_sae, int(twin.d_sae)),
-            (dec, _decoder(twin)),
+            (dec, decoder(twin)),
             options,
         )
-    variant = run.sae_meta.get("variant") or run.results.get("provenance", {}).get("sae", {}).get("variant")
-    hparams = run.sae_meta.get("hparams") or getattr(sae, "hparams", {})
-    untrained = core.untrained_sae(variant or sae.variant, d_model, d_sae, hparams, UNTRAINED_SEED)
+    untrained = untrained_like(run, sae, core)
     ref.floor_untrained, _ = measure(
         "floor-untrained",
         (name, "untrained"),
@@ -247,7 +244,7 @@ def reference(run: Run, sae: Any, options: CompareOptions, core: internals.Core)
         "token",
         store_chunks(store, encode, sae_encoder(untrained), options.max_tokens),
         (d_sae, d_sae),
-        (dec, _decoder(untrained)),
+        (dec, decoder(untrained)),
         options,
     )
     basis = random_rotation(d_model, ROTATION_SEED)
@@ -340,6 +337,30 @@ def pair_source(run_a: Run, run_b: Run, options: CompareOptions) -> Literal["sto
     return "model"
 
 
+def pair_floors(
+    runs: tuple[Run, Run],
+    saes: tuple[Any, Any],
+    chunks_for: Callable[[Encoder, Encoder], Iterator[Chunk]],
+    source: str,
+    options: CompareOptions,
+    core: internals.Core,
+) -> PairFloors | None:
+    """The floors in the pair's own spaces (``floors``), on the pair's tokens; None when both runs
+    read the same activations (their own references are then the pair's floors)."""
+    if same_space(*runs):
+        return None
+    say(f"compare: floors of {runs[0].name} vs {runs[1].name} in their own spaces")
+    counts = AlignmentCounts()
+    measured = {}
+    for job in floor_jobs(runs, saes, lambda a, b: chunks_for(a, b, counts), core):
+        comparison, _ = measure(
+            job.kind, job.labels, source, "token", job.chunks, job.dims, job.decoders, options
+        )
+        comparison.alignment = counts.mode if source == "model" else "token"
+        measured[job.field] = comparison
+    return PairFloors(**measured)
+
+
 def compare_pair(
     run_a: Run,
     run_b: Run,
@@ -347,24 +368,27 @@ def compare_pair(
     options: CompareOptions,
     loaded_cache: dict[tuple, Any],
     core: internals.Core,
-) -> tuple[Comparison, MatchSet, AlignmentCounts, list[ContextPair]]:
+) -> tuple[Comparison, MatchSet, AlignmentCounts, list[ContextPair], PairFloors | None]:
     sae_a, sae_b = saes
     dims = (int(sae_a.d_sae), int(sae_b.d_sae))
-    decoders = (_decoder(sae_a), _decoder(sae_b))
+    decoders = (decoder(sae_a), decoder(sae_b))
     labels = (run_a.label, run_b.label)
     counts = AlignmentCounts()
     stores_match = pair_source(run_a, run_b, options) == "stores"
     if stores_match:
         store_a, store_b = internals.open_store(run_a.store_path), internals.open_store(run_b.store_path)
-        chunks = paired_store_chunks(
-            store_a, store_b, sae_encoder(sae_a), sae_encoder(sae_b), options.max_tokens
-        )
+
+        def store_pair(encode_a: Encoder, encode_b: Encoder, _: AlignmentCounts) -> Iterator[Chunk]:
+            return paired_store_chunks(store_a, store_b, encode_a, encode_b, options.max_tokens)
+
+        chunks = store_pair(sae_encoder(sae_a), sae_encoder(sae_b), counts)
         tops = (TopRows(dims[0]), TopRows(dims[1]))
         comparison, matches = measure(
             "pair", labels, "stores", "token", chunks, dims, decoders, options, tops
         )
         contexts = store_contexts(run_a, store_a, matches.hungarian, tops, options, loaded_cache, core)
-        return comparison, matches, counts, contexts
+        floors = pair_floors((run_a, run_b), saes, store_pair, "stores", options, core)
+        return comparison, matches, counts, contexts, floors
 
     benchmark = run_a.config.get("benchmark")
     split = options.split or str(run_a.config.get("split", "test"))
@@ -388,6 +412,11 @@ def compare_pair(
     side_a, side_b = side(run_a, sae_a), side(run_b, sae_b)
     texts: list[str] = []
     tops = (TopRows(dims[0]), TopRows(dims[1]))
+
+    def traced_pair(encode_a: Encoder, encode_b: Encoder, tally: AlignmentCounts) -> Iterator[Chunk]:
+        sides = (replace(side_a, encode=encode_a), replace(side_b, encode=encode_b))
+        return model_chunks(*sides, examples, options.batch_size, tally, [])
+
     chunks = model_chunks(side_a, side_b, examples, options.batch_size, counts, texts)
     comparison, matches = measure("pair", labels, "model", "token", chunks, dims, decoders, options, tops)
     hung = matches.hungarian
@@ -402,7 +431,8 @@ def compare_pair(
             hung.a_index[: options.contexts], hung.b_index[: options.contexts], hung.corr, strict=False
         )
     ]
-    return comparison, matches, counts, contexts
+    floors = pair_floors((run_a, run_b), saes, traced_pair, "model", options, core)
+    return comparison, matches, counts, contexts, floors
 
 
 def causal_agreement(
@@ -498,7 +528,7 @@ def compare_runs(paths: list[str | Path], options: CompareOptions, plugins: Plug
     pairs = []
     for i, j in index_pairs:
         say(f"compare: {runs[i].name} vs {runs[j].name}")
-        comparison, matches, counts, contexts = compare_pair(
+        comparison, matches, counts, contexts, floors = compare_pair(
             runs[i], runs[j], (saes[i], saes[j]), options, loaded_cache, core
         )
         effect, top_k = causal_agreement(runs[i], runs[j], matches.hungarian, int(saes[j].d_sae), options)
@@ -512,6 +542,7 @@ def compare_runs(paths: list[str | Path], options: CompareOptions, plugins: Plug
                 alignment_tokens_b=counts.tokens_b,
                 effect_agreement=effect,
                 top_k=top_k,
+                floors=floors,
                 contexts=contexts,
                 matches_file=write_matches(matches, Path(options.out), i, j),
             )

@@ -111,6 +111,22 @@ def comparison_entry(compare_dir: Path, results: CompareResults, pair_at: int, s
     other: RunEntry = results.runs[other_i]
     c = pair.comparison
     ref = this.reference
+    floors = []
+    if pair.floors is not None:  # runs in different spaces: the floors on the other run's activations
+        untrained, basis = (
+            (pair.floors.a_vs_untrained_b, pair.floors.a_vs_basis_b)
+            if side == 0
+            else (pair.floors.untrained_a_vs_b, pair.floors.basis_a_vs_b)
+        )
+        floors = [
+            {
+                "what": f"floor: vs {what} on the other run's activations",
+                "one_to_one": _summary(f.hungarian),
+                "max": _summary(f.max_a_to_b if side == 0 else f.max_b_to_a),
+            }
+            for what, f in (("an untrained SAE", untrained), ("a random basis", basis))
+        ]
+    own = " (this run's store)" if floors else ""
     return {
         "compare_dir": str(compare_dir),
         "other": f"{other.label} · {Path(other.path).name}",  # labels alone repeat for one model
@@ -124,8 +140,9 @@ def comparison_entry(compare_dir: Path, results: CompareResults, pair_at: int, s
                 "max": _summary(c.max_a_to_b if side == 0 else c.max_b_to_a),
             },
             _reference_row("ceiling: this SAE vs its seed twin", ref.ceiling),
-            _reference_row("floor: vs an untrained SAE", ref.floor_untrained),
-            _reference_row("floor: vs a random basis", ref.floor_rotation),
+            *floors,
+            _reference_row(f"floor: vs an untrained SAE{own}", ref.floor_untrained),
+            _reference_row(f"floor: vs a random basis{own}", ref.floor_rotation),
         ],
         "note": ref.note,
     }

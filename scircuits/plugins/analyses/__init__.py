@@ -1,6 +1,6 @@
 """Built-in analyses of the causal study, registered like any plugin's: baseline and
 reconstruction, ranking, sweeps with controls, exact per-feature ablation, faithfulness, logit
-effects and feature contexts (in that order)."""
+effects, feature contexts and probes of declared per-token variables (in that order)."""
 
 from scircuits import hookimpl
 
@@ -8,6 +8,7 @@ from .baseline import Baseline
 from .exact import ExactAblation
 from .faithfulness import Faithfulness
 from .features import FeatureContexts, LogitEffects
+from .probes import Probes
 from .ranking import Ranking
 from .sweeps import Sweeps
 
@@ -22,5 +23,6 @@ def register_analyses(register):
         Faithfulness(),
         LogitEffects(),
         FeatureContexts(),
+        Probes(),
     ):
         register(analysis)
