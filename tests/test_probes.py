@@ -147,12 +147,10 @@ def test_a_variable_with_one_value_is_skipped_with_the_reason():
 
 def test_a_run_on_a_benchmark_with_variables_writes_the_probes(tmp_path):
     """`scircuits run` on a tiny trained logic model: probes beside a random-init model of its config."""
-    from scircuits.plugins.synth.training import TrainSettings, train_model
+    from scircuits import SynthTrainSettings, synth_tasks, train_synth_model
 
     model = tmp_path / "logic-1x32"
-    settings = TrainSettings(
-        task="logic",
-        size=3,
+    settings = SynthTrainSettings(
         layers=1,
         d_model=32,
         batch_size=64,
@@ -160,8 +158,9 @@ def test_a_run_on_a_benchmark_with_variables_writes_the_probes(tmp_path):
         steps=150,
         lr=3e-3,
         eval_every=150,
+        max_attempts=1,
     )
-    train_model(settings, model)
+    train_synth_model(synth_tasks().get("logic").sized(3), settings, model)
     args = ["run", "--model", f"hf:{model}", "--benchmark", "synth-logic", "--option", "size=3"]
     args += ["--layer", "0", "--sae", "topk", "--expansion", "2", "--limit", "60", "--collect-limit", "100"]
     args += ["--train-tokens", "2000", "--train-batch-size", "256", "--top-k", "1"]

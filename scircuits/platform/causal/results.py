@@ -11,7 +11,6 @@ holds. A file of another format or a newer schema is refused with the reason.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -122,12 +121,8 @@ class StudyResults(BaseModel):
         extra = self.analysis_fields()
         fields = analysis.Result.model_fields
         values = {key: extra[key] for key in fields if key in extra}
-        # results.json writes an undefined number as null (jsonvalues): a plain float field reads it as NaN
-        values = {
-            k: math.nan if v is None and fields[k].annotation is float else v for k, v in values.items()
-        }
-        try:
-            return analysis.Result.model_validate(values)
+        try:  # results.json writes an undefined number as null: a float field reads it back as NaN
+            return jsonvalues.validate_nulls_as_nan(analysis.Result, values)
         except ValidationError as exc:
             raise ConfigError(
                 f"the {analysis.name!r} result in results.json does not match its schema: "
@@ -224,7 +219,7 @@ def read_results(path: str | Path, analyses: Iterable[Analysis] = ()) -> StudyRe
         raise ConfigError(f"{path} does not exist: run `scircuits run` or `scircuits ablate` first")
     data = migrate(jsonvalues.load_file(path), list(analyses), str(path))
     try:
-        return StudyResults.model_validate(data)
+        return jsonvalues.validate_nulls_as_nan(StudyResults, data)
     except ValidationError as exc:
         raise ConfigError(
             f"{path} does not match the results schema: {describe_validation_error(exc)}"

@@ -50,3 +50,38 @@ def load_file(path: str | Path, what: str = "") -> Any:
         raise ConfigError(f"{name}, line {exc.lineno}: not valid JSON ({exc.msg})") from None
     except RecursionError:
         raise ConfigError(f"{name}: JSON nested too deeply to read; give a file scircuits wrote") from None
+
+
+def validate_nulls_as_nan(model: Any, data: Any) -> Any:
+    """``model.model_validate(data)`` where a null that stands for a float field (at any depth) reads
+    back as NaN: the inverse of writing a non-finite number as null. Any other mismatch raises the
+    model's ValidationError as usual."""
+    import copy
+
+    from pydantic import ValidationError
+
+    data = copy.deepcopy(data)
+    while True:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            nulls = [e["loc"] for e in exc.errors() if e["type"] == "float_type" and e["input"] is None]
+            if not nulls or not all(_set_at(data, loc, math.nan) for loc in nulls):
+                raise
+
+
+def _set_at(data: Any, loc: tuple[Any, ...], value: Any) -> bool:
+    """Set ``data[loc[0]][loc[1]]...`` to ``value``; False when the path is not plain keys and indexes."""
+    *parents, last = loc
+    for key in parents:
+        try:
+            data = data[key]
+        except (KeyError, IndexError, TypeError):
+            return False
+    try:
+        if data[last] is not None:
+            return False
+        data[last] = value
+    except (KeyError, IndexError, TypeError):
+        return False
+    return True
