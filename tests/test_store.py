@@ -66,7 +66,7 @@ def test_format_attributes_and_dtypes(tmp_path):
     group = zarr.open_group(path, mode="r")
     attrs = dict(group.attrs)
     assert set(REQUIRED_ATTRS) <= attrs.keys()
-    assert attrs["format"] == "scircuits.activations" and attrs["format_version"] == 1
+    assert attrs["format"] == "scircuits.activations" and attrs["format_version"] == 2
     assert attrs["source"] == "synthetic" and attrs["complete"] is True
     assert attrs["dtype"] == "float16" and attrs["d_model"] == D
     tokens, _, _, _ = expected_rows(9)
@@ -240,8 +240,8 @@ def test_reader_errors(tmp_path):
         ActivationStore(tmp_path / "other.zarr")
     path = write_synthetic_store(tmp_path / "s.zarr", n_examples=3, d_model=D)
     group = zarr.open_group(path, mode="r+")
-    group.attrs["format_version"] = 2
-    with pytest.raises(NotAStoreError, match=r"format_version 2 is not supported.*upgrade scircuits"):
+    group.attrs["format_version"] = 3
+    with pytest.raises(NotAStoreError, match=r"format_version 3 is not supported.*upgrade scircuits"):
         ActivationStore(path)
 
 
