@@ -60,7 +60,9 @@ def test_the_three_file_kinds_give_the_same_documents(tmp_path):
     pq.write_table(pa.table({"body": docs}), tmp_path / "c.parquet")
     txt = [t for _, t in corpus.documents(corpus.CorpusSpec(str(tmp_path / "c.txt")))]
     jsonl = [t for _, t in corpus.documents(corpus.CorpusSpec(str(tmp_path / "c.jsonl")))]
-    parquet = [t for _, t in corpus.documents(corpus.CorpusSpec(str(tmp_path / "c.parquet"), text_column="body"))]
+    parquet = [
+        t for _, t in corpus.documents(corpus.CorpusSpec(str(tmp_path / "c.parquet"), text_column="body"))
+    ]
     assert txt == jsonl == parquet == docs
     where = [w for w, _ in corpus.documents(corpus.CorpusSpec(str(tmp_path / "c.txt")))]
     assert where[10] == f"{tmp_path / 'c.txt'}:12"  # the blank line is skipped, line numbers kept
@@ -103,7 +105,11 @@ def test_documents_are_permuted_by_seed_and_the_same_for_the_same_seed(tmp_path)
     [
         ("empty.jsonl", b"", r"empty\.jsonl:1: the file is empty"),
         ("latin.txt", b"good line\nsecond\ncaf\xe9 au lait\n", r"latin\.txt:3: not UTF-8 text \(byte 0xe9"),
-        ("nocol.jsonl", b'{"text": "ok"}\n{"body": "no text here"}\n', r"nocol\.jsonl:2: no text column 'text'.*body"),
+        (
+            "nocol.jsonl",
+            b'{"text": "ok"}\n{"body": "no text here"}\n',
+            r"nocol\.jsonl:2: no text column 'text'.*body",
+        ),
         ("bad.jsonl", b'{"text": "ok"}\n{oops\n', r"bad\.jsonl:2: not a JSON object"),
     ],
 )
@@ -123,8 +129,16 @@ def test_bad_corpus_through_the_cli_exits_2_in_one_line_and_keeps_what_exists(tm
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     result = run_cli(
-        "collect", "--model", "gpt2-medium", "--model-path", str(folder), "--corpus", str(bad),
-        "--out", str(tmp_path / "out"), "--no-progress",
+        "collect",
+        "--model",
+        "gpt2-medium",
+        "--model-path",
+        str(folder),
+        "--corpus",
+        str(bad),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
     )
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
@@ -145,8 +159,16 @@ def test_hf_dataset_streamed_from_a_local_dataset_folder_matches_the_file(tmp_pa
 def test_offline_missing_dataset_is_one_line_naming_id_cache_flag_and_data(tmp_path, tiny_gpt2):
     folder, _ = tiny_gpt2
     result = run_cli(
-        "collect", "--model", "gpt2-medium", "--model-path", str(folder), "--corpus",
-        "no-such-org/no-such-corpus-xyz", "--out", str(tmp_path / "o"), "--no-progress",
+        "collect",
+        "--model",
+        "gpt2-medium",
+        "--model-path",
+        str(folder),
+        "--corpus",
+        "no-such-org/no-such-corpus-xyz",
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
         env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf")},
     )
     assert result.returncode == 2, result.stderr
@@ -176,8 +198,16 @@ def test_corpus_store_rows_are_the_packed_contexts_traced(tmp_path, tiny_gpt2):
     out = tmp_path / "s.zarr"
     summary = run_collect(
         CollectConfig(
-            model="gpt2-medium", model_path=str(folder), layer=2, corpus=str(path), context_size=16,
-            tokens=300, batch_size=4, out=str(out), progress=False, dtype="float32",
+            model="gpt2-medium",
+            model_path=str(folder),
+            layer=2,
+            corpus=str(path),
+            context_size=16,
+            tokens=300,
+            batch_size=4,
+            out=str(out),
+            progress=False,
+            dtype="float32",
         ),
         get_plugins(),
     )
@@ -197,9 +227,30 @@ def test_corpus_store_rows_are_the_packed_contexts_traced(tmp_path, tiny_gpt2):
 
 def corpus_command(folder: Path, corpus_path: Path, out: Path, tokens: int, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "scircuits", "collect", "--model", "gpt2-medium", "--model-path", str(folder),
-        "--layer", "1", "--corpus", str(corpus_path), "--context-size", "16", "--tokens", str(tokens),
-        "--batch-size", "3", "--chunk-rows", "64", "--out", str(out), "--no-progress", *extra,
+        sys.executable,
+        "-m",
+        "scircuits",
+        "collect",
+        "--model",
+        "gpt2-medium",
+        "--model-path",
+        str(folder),
+        "--layer",
+        "1",
+        "--corpus",
+        str(corpus_path),
+        "--context-size",
+        "16",
+        "--tokens",
+        str(tokens),
+        "--batch-size",
+        "3",
+        "--chunk-rows",
+        "64",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
     ]
 
 

@@ -75,18 +75,17 @@ def write_manifest(root: Path, collection_id: str, world_size: int, sites: list[
     """Create the manifest, or check that the one there is this collection's (else StoreMismatchError)."""
     if (root / MANIFEST).exists():
         manifest = read_manifest(root)
-        if (manifest.collection_id, manifest.world_size, manifest.sites) != (
-            collection_id,
-            world_size,
-            sites,
-        ):
+        found = (manifest.collection_id, manifest.world_size, manifest.sites)
+        if found == (collection_id, world_size, sites):
+            return manifest
+        # a manifest whose collection never wrote a store (it failed first) is replaced
+        if any((root / site).exists() for site in manifest.sites):
             raise StoreMismatchError(
                 f"{root} holds a different collection (id {manifest.collection_id}, "
                 f"{manifest.world_size} shard(s), sites {', '.join(manifest.sites)}; now id {collection_id}, "
                 f"{world_size} shard(s), sites {', '.join(sites)}). "
                 "Write to another --out, or pass --force to move it aside."
             )
-        return manifest
     manifest = Manifest(
         format=COLLECTION_FORMAT,
         format_version=COLLECTION_VERSION,

@@ -37,7 +37,7 @@ from scircuits.platform.common.artifacts import (
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import CollectConfig
-from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.manager.plugin_set import PluginSet
 from scircuits.platform.model.sequences import encode_example
 from scircuits.platform.model.tracing import RemoteBackend, SitesTracer, load_remote
@@ -370,7 +370,14 @@ def _move_aside_for_force(root: Path, reason: str) -> None:
 
 def _launch_ranks(config: CollectConfig, world: int) -> CollectSummary:
     start = time.monotonic()
-    launch(world, _collect_entry, config.model_dump(mode="json"))
+    try:
+        launch(world, _collect_entry, config.model_dump(mode="json"))
+    except ScircuitsError as exc:
+        detail = str(exc).replace("distributed training", "collection").splitlines()
+        raise ScircuitsError(
+            f"{' '.join(line.strip() for line in detail if line.strip())[-1500:]}; what the ranks wrote "
+            "is kept: run the same command again to continue"
+        ) from None
     from scircuits.store import ActivationStore
 
     first = read_manifest(Path(config.out)).sites[0]

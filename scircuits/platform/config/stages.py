@@ -207,7 +207,7 @@ class CollectConfig(StageConfig):
 
     def identity(self) -> dict[str, Any]:
         values = super().identity()
-        defaults = {name: self.model_fields[name].get_default(call_default_factory=True) for name in values}
+        defaults = {name: type(self).model_fields[name].get_default(call_default_factory=True) for name in values}
         for name in CORPUS_FIELDS | MULTI_FIELDS:
             if name in values and values[name] == defaults[name]:
                 del values[name]
