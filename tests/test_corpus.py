@@ -150,10 +150,10 @@ def test_hf_dataset_streamed_from_a_local_dataset_folder_matches_the_file(tmp_pa
     data = tmp_path / "ds" / "data"
     data.mkdir(parents=True)
     write_jsonl(data / "train.jsonl", DOCS[:30])
-    from_hub = [t for _, t in corpus.documents(corpus.CorpusSpec(f"hf:{tmp_path / 'ds'}", split="train"))]
+    from_hub = [t for _, t in corpus.documents(corpus.CorpusSpec(f"hub:{tmp_path / 'ds'}", split="train"))]
     assert from_hub == DOCS[:30]
     with pytest.raises(corpus.CorpusError, match=r"no text column 'body'.*text"):
-        next(corpus.documents(corpus.CorpusSpec(f"hf:{tmp_path / 'ds'}", text_column="body")))
+        next(corpus.documents(corpus.CorpusSpec(f"hub:{tmp_path / 'ds'}", text_column="body")))
 
 
 def test_offline_missing_dataset_is_one_line_naming_id_cache_flag_and_data(tmp_path, tiny_gpt2):

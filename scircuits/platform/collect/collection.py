@@ -38,11 +38,11 @@ from scircuits.platform.common.device import check_device
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import CollectConfig
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
-from scircuits.platform.manager.plugin_set import PluginSet
+from scircuits.platform.manager.plugin_set import PluginSet, get_plugins
 from scircuits.platform.model.sequences import encode_example
 from scircuits.platform.model.tracing import RemoteBackend, SitesTracer, load_remote
 from scircuits.platform.train.distributed import from_environment, launch, under_launcher
-from scircuits.store import ActivationStoreWriter, StoreMismatchError
+from scircuits.store import ActivationStore, ActivationStoreWriter, StoreMismatchError
 from scircuits.store.collection import MANIFEST, read_manifest, shard_path, site_key, write_manifest
 from scircuits.store.errors import DamagedStoreError, NotAStoreError
 from scircuits.store.location import WriterLock, local_path, read_group
@@ -378,8 +378,6 @@ def _launch_ranks(config: CollectConfig, world: int) -> CollectSummary:
             f"{' '.join(line.strip() for line in detail if line.strip())[-1500:]}; what the ranks wrote "
             "is kept: run the same command again to continue"
         ) from None
-    from scircuits.store import ActivationStore
-
     first = read_manifest(Path(config.out)).sites[0]
     store = ActivationStore(config.out, site=first, prefetch=0)
     return CollectSummary(
@@ -394,8 +392,6 @@ def _launch_ranks(config: CollectConfig, world: int) -> CollectSummary:
 
 def _collect_entry(config_values: dict[str, Any]) -> None:
     """The top of a collect rank: its own plugin set and process group (gloo on CPU)."""
-    from scircuits.platform.manager.plugin_set import get_plugins
-
     config = CollectConfig.validated(config_values)
     dist = from_environment(config.device)
     try:

@@ -6,7 +6,7 @@ Sources (``--corpus``):
 - a local ``.txt`` (one document per line, as `datasets`' text loader reads it), ``.jsonl`` (one
   JSON object per line, the document in ``--text-column``) or ``.parquet`` file (``--text-column``),
   or a folder of such files (read in name order, other files ignored);
-- ``hf:ID`` or a dataset id that is not a local path: streamed through ``datasets.load_dataset(ID,
+- ``hub:ID`` or a dataset id that is not a local path: streamed through ``datasets.load_dataset(ID,
   --corpus-config, split=--corpus-split, streaming=True)``; nothing is downloaded beyond what is read.
 
 Packing, as SAELens packs by default (``begin_batch_token="bos"``, ``sequence_separator_token="bos"``,
@@ -37,7 +37,7 @@ from scircuits.platform.contract.errors import ConfigError
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 SHUFFLE_WINDOW = 1024
-HF_PREFIX = "hf:"
+HF_PREFIX = "hub:"
 OFFLINE_FLAGS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 
 
@@ -74,7 +74,7 @@ def local_files(path: Path) -> list[Path]:
     if not path.exists():
         raise CorpusError(
             f"--corpus {path}: no such file or folder (give a .txt/.jsonl/.parquet file, a folder of them, "
-            "or a Hugging Face dataset id such as hf:HuggingFaceFW/fineweb)"
+            "or a Hugging Face dataset id such as hub:HuggingFaceFW/fineweb)"
         )
     if path.is_file():
         if path.suffix not in SUFFIXES:

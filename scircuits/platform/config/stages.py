@@ -188,7 +188,7 @@ class CollectConfig(StageConfig):
     corpus: str | None = D(
         None,
         "Collect from a text corpus instead of a benchmark: a .txt/.jsonl/.parquet file or folder, or a "
-        "Hugging Face dataset id (hf:ID), streamed.",
+        "Hugging Face dataset id (hub:ID), streamed.",
     )
     text_column: str = D(
         "text", "Corpus: the column (.jsonl key, parquet or dataset column) holding the text."
@@ -207,7 +207,8 @@ class CollectConfig(StageConfig):
 
     def identity(self) -> dict[str, Any]:
         values = super().identity()
-        defaults = {name: type(self).model_fields[name].get_default(call_default_factory=True) for name in values}
+        fields = type(self).model_fields
+        defaults = {name: fields[name].get_default(call_default_factory=True) for name in values}
         for name in CORPUS_FIELDS | MULTI_FIELDS:
             if name in values and values[name] == defaults[name]:
                 del values[name]
