@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from scircuits.store import ActivationStore, ActivationStoreWriter, StoreMismatc
 from scircuits.store.errors import NotAStoreError
 from scircuits.testing import save_tiny_model, tiny_loaded_model
 from tests.cli_helpers import run_cli
+from tests.collect_helpers import by_example, collect_process_command
 
 DOCS = [f"line {i}: {'alpha beta ' * (i % 5)}gamma {i * 3} delta." for i in range(200)]
 
@@ -41,14 +41,6 @@ def text(tmp_path_factory):
     path = tmp_path_factory.mktemp("corpus") / "c.jsonl"
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS * 3))
     return path
-
-
-def by_example(store: ActivationStore) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    acts = store.read_rows(0, store.n_tokens)
-    ids = store.example_ids
-    return {
-        int(e): (acts[ids == e], store.token_ids[ids == e], store.positions[ids == e]) for e in np.unique(ids)
-    }
 
 
 def config(folder, text, out, **extra) -> CollectConfig:
@@ -112,15 +104,8 @@ def test_layers_outside_the_model_or_a_missing_site_list_what_exists(tmp_path, t
 
 
 def collect_cli(folder, text, out, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "scircuits",
-        "collect",
-        "--model",
-        "gpt2-medium",
-        "--model-path",
-        str(folder),
+    return collect_process_command(
+        folder,
         "--corpus",
         str(text),
         "--context-size",
@@ -137,7 +122,7 @@ def collect_cli(folder, text, out, *extra: str) -> list[str]:
         str(out),
         "--no-progress",
         *extra,
-    ]
+    )
 
 
 def rank_pids(parent: int) -> list[int]:

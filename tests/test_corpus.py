@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from scircuits.platform.manager.plugin_set import get_plugins
 from scircuits.store import ActivationStore
 from scircuits.testing import save_tiny_model, tiny_loaded_model
 from tests.cli_helpers import run_cli
+from tests.collect_helpers import collect_process_command, one_line, recorded, tiny_collect_args
 
 DOCS = [f"document {i} tells of {'many ' * (i % 7)}things, number {i * 7}." for i in range(120)]
 
@@ -129,20 +129,11 @@ def test_bad_corpus_through_the_cli_exits_2_in_one_line_and_keeps_what_exists(tm
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     result = run_cli(
-        "collect",
-        "--model",
-        "gpt2-medium",
-        "--model-path",
-        str(folder),
-        "--corpus",
-        str(bad),
-        "--out",
-        str(tmp_path / "out"),
-        "--no-progress",
+        *tiny_collect_args(folder, "--corpus", str(bad), "--out", str(tmp_path / "out"), "--no-progress")
     )
     assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and f"{bad}:1: no text column 'text'" in lines[0] and "body" in lines[0]
+    line = one_line(result.stderr)
+    assert f"{bad}:1: no text column 'text'" in line and "body" in line
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
 
@@ -158,24 +149,15 @@ def test_hf_dataset_streamed_from_a_local_dataset_folder_matches_the_file(tmp_pa
 
 def test_offline_missing_dataset_is_one_line_naming_id_cache_flag_and_data(tmp_path, tiny_gpt2):
     folder, _ = tiny_gpt2
-    result = run_cli(
-        "collect",
-        "--model",
-        "gpt2-medium",
-        "--model-path",
-        str(folder),
-        "--corpus",
-        "no-such-org/no-such-corpus-xyz",
-        "--out",
-        str(tmp_path / "o"),
-        "--no-progress",
-        env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf")},
+    offline = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf")}
+    args = tiny_collect_args(
+        folder, "--corpus", "no-such-org/no-such-corpus-xyz", "--out", str(tmp_path / "o")
     )
+    result = run_cli(*args, env=offline)
     assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
+    line = one_line(result.stderr)
     for needed in ("no-such-org/no-such-corpus-xyz", str(tmp_path / "hf"), "HF_DATASETS_OFFLINE", "--data"):
-        assert needed in lines[0]
+        assert needed in line
     assert not (tmp_path / "o").exists()
 
 
@@ -225,16 +207,9 @@ def test_corpus_store_rows_are_the_packed_contexts_traced(tmp_path, tiny_gpt2):
         np.testing.assert_allclose(acts[rows], reference_site(loaded, 2, ids), rtol=1e-4, atol=1e-5)
 
 
-def corpus_command(folder: Path, corpus_path: Path, out: Path, tokens: int, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "scircuits",
-        "collect",
-        "--model",
-        "gpt2-medium",
-        "--model-path",
-        str(folder),
+def corpus_command(folder: Path, corpus_path: Path, out: Path, tokens: int) -> list[str]:
+    return collect_process_command(
+        folder,
         "--layer",
         "1",
         "--corpus",
@@ -250,15 +225,7 @@ def corpus_command(folder: Path, corpus_path: Path, out: Path, tokens: int, *ext
         "--out",
         str(out),
         "--no-progress",
-        *extra,
-    ]
-
-
-def recorded(path: Path) -> dict:
-    try:
-        return json.loads((path / "zarr.json").read_text())["attributes"]
-    except (OSError, ValueError, KeyError):
-        return {}
+    )
 
 
 def test_corpus_collection_resumes_after_kill_9_to_the_same_content(tmp_path, tiny_gpt2):

@@ -273,8 +273,22 @@ def run_collect(
     the store (or collection) is and what it holds (its first site).
 
     ``remote_backend`` applies when ``config.remote``: True runs on NDIF, "local" runs nnsight's
-    offline stand-in of the remote path (tests).
+    offline stand-in of the remote path (tests). Under torchrun (or ``--nproc``'s own launcher) this
+    process is one rank: it joins the process group (gloo on CPU, NCCL on GPUs; on its own device)
+    and writes its own shards.
     """
+    if not under_launcher():
+        return _run_collect(config, plugins, remote_backend=remote_backend)
+    dist = from_environment(config.device)
+    try:
+        return _run_collect(config.model_copy(update={"device": dist.device}), plugins)
+    finally:
+        dist.close()
+
+
+def _run_collect(
+    config: CollectConfig, plugins: PluginSet, *, remote_backend: RemoteBackend = True
+) -> CollectSummary:
     config = config.with_plugin_defaults(plugins)
     adapter = plugins.models.get(config.model)
     if not config.remote:
@@ -392,12 +406,7 @@ def _launch_ranks(config: CollectConfig, world: int) -> CollectSummary:
 
 def _collect_entry(config_values: dict[str, Any]) -> None:
     """The top of a collect rank: its own plugin set and process group (gloo on CPU)."""
-    config = CollectConfig.validated(config_values)
-    dist = from_environment(config.device)
-    try:
-        run_collect(config, get_plugins())
-    finally:
-        dist.close()
+    run_collect(CollectConfig.validated(config_values), get_plugins())
 
 
 def check_all_examples(benchmark: Any, config: CollectConfig, options: Any) -> int:
