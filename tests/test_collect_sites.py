@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from scircuits.platform.collect.collection import run_collect
 from scircuits.platform.config import CollectConfig
 from scircuits.platform.manager.plugin_set import get_plugins
 from scircuits.platform.model.tracing import SitesTracer
+from scircuits.platform.train.distributed import free_port
 from scircuits.store import ActivationStore, ActivationStoreWriter, StoreMismatchError
 from scircuits.store.errors import NotAStoreError
 from scircuits.testing import save_tiny_model, tiny_loaded_model
@@ -311,3 +313,25 @@ def test_real_smollm2_corpus_collection_at_two_layers(tmp_path, smollm2, text):
         got = store.read_rows(0, store.n_tokens)[store.example_ids == 2]
         error = np.linalg.norm(got - expected, axis=-1) / np.linalg.norm(expected, axis=-1)
         assert error.max() < 0.02, error.max()
+
+
+def test_the_same_command_under_torchrun_writes_the_same_collection(tmp_path, tiny_gpt2, text):
+    folder, _ = tiny_gpt2
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_collect(config(folder, text, one, layers="1,2", tokens=16 * 12), get_plugins())
+    torchrun = Path(sys.executable).with_name("torchrun")
+    args = collect_cli(folder, text, two, "--tokens", str(16 * 12))[2:]  # after "python -m"
+    result = subprocess.run(
+        [str(torchrun), "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for site in ("resid1", "resid2"):
+        a, b = by_example(ActivationStore(one, site=site)), by_example(ActivationStore(two / site))
+        assert a.keys() == b.keys() == set(range(12)) and ActivationStore(two / site).attrs["shards"] == 2
+        for key in a:
+            np.testing.assert_allclose(a[key][0], b[key][0], rtol=1e-5, atol=1e-6)  # other thread counts
+            assert np.array_equal(a[key][1], b[key][1]) and np.array_equal(a[key][2], b[key][2])
