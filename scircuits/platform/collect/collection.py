@@ -384,6 +384,7 @@ def _move_aside_for_force(root: Path, reason: str) -> None:
 
 def _launch_ranks(config: CollectConfig, world: int) -> CollectSummary:
     start = time.monotonic()
+    before = _held(Path(config.out), world)
     try:
         launch(world, _collect_entry, config.model_dump(mode="json"))
     except ScircuitsError as exc:
@@ -398,9 +399,23 @@ def _launch_ranks(config: CollectConfig, world: int) -> CollectSummary:
         Path(config.out),
         store.n_examples,
         store.n_tokens,
-        store.n_examples,
-        store.n_tokens,
+        store.n_examples - before[0],
+        store.n_tokens - before[1],
         time.monotonic() - start,
+        already_complete=before[2],
+    )
+
+
+def _held(root: Path, world: int) -> tuple[int, int, bool]:
+    """(sequences, tokens, complete) that the first site's shards record now ((0, 0, False) if none)."""
+    if not (root / MANIFEST).is_file():
+        return 0, 0, False
+    site = read_manifest(root).sites[0]
+    recorded = [_raw_attrs(str(shard_path(root, site, rank, world))) or {} for rank in range(world)]
+    return (
+        sum(int(a.get("n_examples", 0)) for a in recorded),
+        sum(int(a.get("n_tokens", 0)) for a in recorded),
+        all(a.get("complete") for a in recorded),
     )
 
 
