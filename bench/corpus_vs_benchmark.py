@@ -34,12 +34,22 @@ def main() -> None:
     parser.add_argument("saes", nargs="+")
     parser.add_argument("--eval", required=True, help="the evaluation store")
     parser.add_argument("--massive", type=float, default=50.0)
+    parser.add_argument(
+        "--split",
+        default="all",
+        choices=["all", "eval"],
+        help="eval: only the examples training holds out (eval_fraction 0.05, split seed 0)",
+    )
     args = parser.parse_args()
     store = ActivationStore(args.eval)
     x = store.read_rows(0, store.n_tokens)
+    rows = np.ones(store.n_tokens, dtype=bool)
+    if args.split == "eval":
+        rows = np.isin(store.example_ids, store.split_examples(0.05, 0)[1])
+    x = x[rows]
     variance = x.astype(np.float64).var(axis=0)
     keep = variance <= args.massive * np.median(variance)
-    late = store.positions >= 1
+    late = store.positions[rows] >= 1
     results = {}
     for path in args.saes:
         sae, info = load_sae(path, get_plugins())
@@ -60,7 +70,13 @@ def main() -> None:
         result["trained_on"] = (info["meta"].get("store") or {}).get("attrs", {}).get("data_source")
         result["train_tokens"] = info["meta"].get("tokens")
         results[path] = result
-    print(json.dumps({"eval_store": args.eval, "eval_tokens": int(x.shape[0]), "results": results}, indent=2))
+    summary = {
+        "eval_store": args.eval,
+        "split": args.split,
+        "eval_tokens": int(x.shape[0]),
+        "results": results,
+    }
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
