@@ -26,7 +26,10 @@ from scircuits.store import ActivationStore, ActivationStoreWriter, StoreMismatc
 from scircuits.store.errors import NotAStoreError
 from scircuits.testing import save_tiny_model, tiny_loaded_model
 from tests.cli_helpers import run_cli
-from tests.collect_helpers import by_example, collect_process_command
+from tests.collect_helpers import (
+    by_example,
+    collect_process_command,
+)
 
 DOCS = [f"line {i}: {'alpha beta ' * (i % 5)}gamma {i * 3} delta." for i in range(200)]
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from scircuits.platform.collect import corpus
 from scircuits.platform.collect.collection import run_collect
@@ -22,7 +21,13 @@ from scircuits.platform.manager.plugin_set import get_plugins
 from scircuits.store import ActivationStore
 from scircuits.testing import save_tiny_model, tiny_loaded_model
 from tests.cli_helpers import run_cli
-from tests.collect_helpers import collect_process_command, one_line, recorded, tiny_collect_args
+from tests.collect_helpers import (
+    collect_process_command,
+    one_line,
+    recorded,
+    tiny_collect_args,
+)
+from tests.test_collect import reference_rows
 
 DOCS = [f"document {i} tells of {'many ' * (i % 7)}things, number {i * 7}." for i in range(120)]
 
@@ -161,19 +166,6 @@ def test_offline_missing_dataset_is_one_line_naming_id_cache_flag_and_data(tmp_p
     assert not (tmp_path / "o").exists()
 
 
-def reference_site(loaded, layer, ids):
-    captured = []
-    handle = loaded.site_module(layer, "resid").register_forward_hook(
-        lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out)
-    )
-    try:
-        with torch.no_grad():
-            loaded.model(input_ids=torch.tensor([list(ids)]))
-    finally:
-        handle.remove()
-    return captured[0][0].float().numpy()
-
-
 def test_corpus_store_rows_are_the_packed_contexts_traced(tmp_path, tiny_gpt2):
     folder, loaded = tiny_gpt2
     path = write_jsonl(tmp_path / "c.jsonl", DOCS)
@@ -204,7 +196,7 @@ def test_corpus_store_rows_are_the_packed_contexts_traced(tmp_path, tiny_gpt2):
         rows = store.example_ids == index
         assert store.token_ids[rows].tolist() == ids and ids[0] == packing.bos_id
         assert store.positions[rows].tolist() == list(range(16))
-        np.testing.assert_allclose(acts[rows], reference_site(loaded, 2, ids), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(acts[rows], reference_rows(loaded, 2, "resid", ids), rtol=1e-4, atol=1e-5)
 
 
 def corpus_command(folder: Path, corpus_path: Path, out: Path, tokens: int) -> list[str]:
