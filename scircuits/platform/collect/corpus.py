@@ -139,7 +139,12 @@ def file_documents(path: Path, text_column: str) -> Iterator[tuple[str, str]]:
 
 
 def _parquet_documents(path: Path, text_column: str) -> Iterator[tuple[str, str]]:
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise CorpusError(
+            f"{path}:1: reading parquet needs pyarrow (pip install 'scircuits[hf]'), or give .jsonl/.txt"
+        ) from None
 
     try:
         table = pq.ParquetFile(path)
