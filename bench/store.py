@@ -1,5 +1,8 @@
 """Activation store throughput: our writer (uncompressed and compressed) against a numpy memmap of the
-same rows, the compression ratio of each codec, and the shuffling reader's throughput.
+same rows, the compression ratio of each codec, the shuffling reader's throughput, and whether the
+reader's prefetch hides the reads behind a training-sized matrix product per batch (``--work``).
+
+    python bench/store.py --dtype bfloat16 ...                 # bfloat16 stores (uint16 bits)
 
     python bench/store.py --store runs/x/activations.zarr      # rows of a real store (best)
     python bench/store.py --npy acts.npy                       # rows of a (tokens, d_model) .npy file
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from scircuits.store import ActivationStore, ActivationStoreWriter
+from scircuits.store.format import encode_acts, storage_dtype
 from scircuits.store.location import size_on_disk
 
 CODECS = ["none", "zstd:1", "zstd:3", "blosc-lz4", "blosc-zstd:1"]
@@ -29,7 +33,7 @@ CODECS = ["none", "zstd:1", "zstd:3", "blosc-lz4", "blosc-zstd:1"]
 
 @dataclass
 class Rows:
-    acts: np.ndarray  # (n, d_model) in the store dtype
+    acts: np.ndarray  # (n, d_model) in the store dtype (float32 for bfloat16, rounded when written)
     token_ids: np.ndarray
     example_ids: np.ndarray
     label: str
@@ -43,7 +47,7 @@ class Rows:
 
 
 def load_rows(args: argparse.Namespace) -> Rows:
-    dtype = np.dtype(args.dtype)
+    dtype = np.dtype("float32" if args.dtype == "bfloat16" else args.dtype)
     if args.store:
         store = ActivationStore(args.store)
         n = min(args.rows, store.n_tokens)
@@ -51,7 +55,7 @@ def load_rows(args: argparse.Namespace) -> Rows:
         label = (
             f"store {args.store} (source={a.get('source')}, "
             f"{a.get('model')} {a.get('site')}{a.get('layer')}, "
-            f"{a.get('benchmark')})"
+            f"{a.get('data_source')})"
         )
         return Rows(
             store.read_rows(0, n).astype(dtype),
@@ -72,18 +76,24 @@ def load_rows(args: argparse.Namespace) -> Rows:
     )
 
 
-def bench_memmap(rows: Rows, workdir: Path, chunk_rows: int) -> float:
+def stored_nbytes(rows: Rows, dtype: str) -> int:
+    return rows.acts.size * (2 if dtype == "bfloat16" else rows.acts.itemsize)
+
+
+def bench_memmap(rows: Rows, workdir: Path, chunk_rows: int, dtype: str) -> float:
+    """Reference write: the same rows (as uint16 bits for bfloat16, encoded inside the timing)."""
     path = workdir / "memmap.npy"
     start = time.perf_counter()
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=rows.acts.dtype, shape=rows.acts.shape)
+    shape = rows.acts.shape
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=storage_dtype(dtype), shape=shape)
     for i in range(0, rows.acts.shape[0], chunk_rows):
-        out[i : i + chunk_rows] = rows.acts[i : i + chunk_rows]
+        out[i : i + chunk_rows] = encode_acts(rows.acts[i : i + chunk_rows], dtype)
     out.flush()
     del out
     return time.perf_counter() - start
 
 
-def bench_writer(rows: Rows, path: Path, codec: str, chunk_rows: int | None) -> float:
+def bench_writer(rows: Rows, path: Path, codec: str, chunk_rows: int | None, dtype: str) -> float:
     attrs = {
         "source": "imported",
         "model": "bench",
@@ -91,15 +101,14 @@ def bench_writer(rows: Rows, path: Path, codec: str, chunk_rows: int | None) -> 
         "model_revision": "bench",
         "layer": 0,
         "site": "resid",
-        "benchmark": "bench",
-        "split": "bench",
+        "data_source": {"kind": "benchmark", "benchmark": "bench", "split": "bench"},
     }
     start = time.perf_counter()
     with ActivationStoreWriter.open(
         path,
         attrs,
         d_model=rows.acts.shape[1],
-        dtype=str(rows.acts.dtype),
+        dtype=dtype,
         chunk_rows=chunk_rows,
         compressor=None if codec == "none" else codec,
     ) as writer:
@@ -116,6 +125,38 @@ def bench_reader(path: Path, batch_size: int) -> tuple[float, int]:
     if n != store.n_tokens:
         raise RuntimeError(f"reader returned {n} rows of {store.n_tokens}")
     return seconds, n
+
+
+def bench_prefetch(path: Path, batch_size: int, work: int, prefetch: int) -> tuple[float, float]:
+    """(seconds reading with training-like work per batch, seconds of the work alone on the same
+    batches held in memory): a matrix product (batch x d) @ (d x work*d) and back, as an SAE step."""
+    import torch
+
+    store = ActivationStore(path, prefetch=prefetch)
+    d = store.d_model
+    gen = torch.Generator().manual_seed(0)
+    w_enc = torch.randn(d, work * d, generator=gen) / d**0.5
+    w_dec = torch.randn(work * d, d, generator=gen) / d**0.5
+
+    def step(x: torch.Tensor) -> None:
+        torch.relu(x @ w_enc) @ w_dec
+
+    start = time.perf_counter()
+    held = []
+    for batch in store.iter_batches(batch_size, split="all"):
+        step(batch)
+        if len(held) < 64:
+            held.append(batch)
+    with_reads = time.perf_counter() - start
+    start = time.perf_counter()
+    n = 0
+    while n < store.n_tokens:
+        for batch in held:
+            step(batch)
+            n += batch.shape[0]
+            if n >= store.n_tokens:
+                break
+    return with_reads, time.perf_counter() - start
 
 
 def bench_memmap_random_batches(path: Path, batch_size: int) -> float:
@@ -136,7 +177,10 @@ def main() -> None:
     parser.add_argument("--npy", help="take rows from this (tokens, d_model) .npy file")
     parser.add_argument("--rows", type=int, default=200_000, help="rows to use (default 200,000)")
     parser.add_argument("--d-model", type=int, default=576, help="width of generated rows")
-    parser.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    parser.add_argument("--dtype", default="float16", choices=["float16", "float32", "bfloat16"])
+    parser.add_argument(
+        "--work", type=int, default=8, help="prefetch check: SAE width multiple of the per-batch product"
+    )
     parser.add_argument("--example-tokens", type=int, default=128, help="rows per example without a store")
     parser.add_argument(
         "--chunk-rows", type=int, default=None, help="store chunk rows (default: the writer's)"
@@ -151,7 +195,7 @@ def main() -> None:
 
     rows = load_rows(args)
     n, d_model = rows.acts.shape
-    raw_mb = rows.acts.nbytes / 1e6
+    raw_mb = stored_nbytes(rows, args.dtype) / 1e6
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="scircuits-bench-store-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -159,7 +203,7 @@ def main() -> None:
         codecs = args.codecs.split(",")
         warmup = Rows(rows.acts[:2048], rows.token_ids[:2048], rows.example_ids[:2048], rows.label)
         for codec in codecs:  # first use of a codec, thread pools and files costs extra: not measured
-            bench_writer(warmup, workdir / "warmup.zarr", codec, chunk_rows)
+            bench_writer(warmup, workdir / "warmup.zarr", codec, chunk_rows, args.dtype)
             shutil.rmtree(workdir / "warmup.zarr")
 
         def best_write(run, path: Path) -> float:
@@ -171,31 +215,39 @@ def main() -> None:
                 times.append(run())
             return min(times)
 
-        memmap_s = best_write(lambda: bench_memmap(rows, workdir, chunk_rows or 4096), workdir / "memmap.npy")
+        memmap_s = best_write(
+            lambda: bench_memmap(rows, workdir, chunk_rows or 4096, args.dtype), workdir / "memmap.npy"
+        )
         table = [("numpy memmap", "-", memmap_s, raw_mb, None, None)]
         readers = []
         for codec in codecs:
             path = workdir / f"store-{codec.replace(':', '_')}.zarr"
             seconds = best_write(
-                lambda path=path, codec=codec: bench_writer(rows, path, codec, chunk_rows), path
+                lambda path=path, codec=codec: bench_writer(rows, path, codec, chunk_rows, args.dtype), path
             )
             acts_bytes = size_on_disk(path / "acts")
-            table.append(
-                (f"writer {codec}", codec, seconds, raw_mb, rows.acts.nbytes / acts_bytes, acts_bytes)
-            )
+            table.append((f"writer {codec}", codec, seconds, raw_mb, raw_mb * 1e6 / acts_bytes, acts_bytes))
             read_s = min(bench_reader(path, args.batch_size)[0] for _ in range(args.repeat))
             readers.append((f"iter_batches {codec}", read_s, n * d_model * 4 / 1e6))
         memmap_read_s = min(
             bench_memmap_random_batches(workdir / "memmap.npy", args.batch_size) for _ in range(args.repeat)
         )
         readers.append(("memmap random batches (fancy index)", memmap_read_s, n * d_model * 4 / 1e6))
+        first = workdir / f"store-{codecs[0].replace(':', '_')}.zarr"
+        overlap = {
+            depth: min(
+                (bench_prefetch(first, args.batch_size, args.work, depth) for _ in range(args.repeat)),
+                key=lambda t: t[0],
+            )
+            for depth in (0, 2)
+        }
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"data: {rows.label}")
     print(
-        f"rows: {n:,} x {d_model} {rows.acts.dtype} = {raw_mb:,.1f} MB; chunk rows "
+        f"rows: {n:,} x {d_model} {args.dtype} = {raw_mb:,.1f} MB; chunk rows "
         f"{chunk_rows or 'writer default'}; batch {args.batch_size}; best of {args.repeat}"
     )
     print()
@@ -213,6 +265,13 @@ def main() -> None:
     print(f"{'READ (float32 batches)':<38}{'MB/s':>9}{'tokens/s':>12}")
     for name, seconds, mb in readers:
         print(f"{name:<38}{mb / seconds:>9,.0f}{n / seconds:>12,.0f}")
+    print()
+    print(f"READ + an SAE-sized product per batch (d_sae = {args.work} x d_model), store {codecs[0]}")
+    for depth, (with_reads, in_memory) in overlap.items():
+        print(
+            f"  prefetch {depth}: {n / with_reads:>10,.0f} tokens/s; the same work on batches in memory "
+            f"{n / in_memory:>10,.0f} tokens/s; ratio {in_memory / with_reads:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def test_text_view(store_path):
     assert f"{store_path}: complete" in out
     assert f"{store.n_tokens:,} tokens x 6 (float16), 12 examples, chunks of 16 rows" in out
     assert "on disk" in out and "uncompressed" in out
-    assert "source             'synthetic'" in out and "format_version     1" in out
+    assert "source             'synthetic'" in out and "format_version     2" in out
     assert f"statistics over {store.n_tokens:,} of {store.n_tokens:,} rows" in out
     assert "largest |value| dims" in out and "token L2 norm" in out
     assert "no non-finite values" in out

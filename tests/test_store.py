@@ -66,7 +66,7 @@ def test_format_attributes_and_dtypes(tmp_path):
     group = zarr.open_group(path, mode="r")
     attrs = dict(group.attrs)
     assert set(REQUIRED_ATTRS) <= attrs.keys()
-    assert attrs["format"] == "scircuits.activations" and attrs["format_version"] == 1
+    assert attrs["format"] == "scircuits.activations" and attrs["format_version"] == 2
     assert attrs["source"] == "synthetic" and attrs["complete"] is True
     assert attrs["dtype"] == "float16" and attrs["d_model"] == D
     tokens, _, _, _ = expected_rows(9)
@@ -240,8 +240,8 @@ def test_reader_errors(tmp_path):
         ActivationStore(tmp_path / "other.zarr")
     path = write_synthetic_store(tmp_path / "s.zarr", n_examples=3, d_model=D)
     group = zarr.open_group(path, mode="r+")
-    group.attrs["format_version"] = 2
-    with pytest.raises(NotAStoreError, match=r"format_version 2 is not supported.*upgrade scircuits"):
+    group.attrs["format_version"] = 3
+    with pytest.raises(NotAStoreError, match=r"format_version 3 is not supported.*upgrade scircuits"):
         ActivationStore(path)
 
 
@@ -284,6 +284,9 @@ def test_reads_a_store_written_by_another_tool(tmp_path, chunks, shards):
     acts = _foreign_store(tmp_path / "f.zarr", 53, 6, chunks=chunks, shards=shards)
     store = ActivationStore(tmp_path / "f.zarr")
     assert store.source == "imported" and store.n_tokens == 53
+    # a version-1 store is read as version 2: its benchmark and split make the data_source record
+    assert store.attrs["format_version"] == 1
+    assert store.attrs["data_source"] == {"kind": "benchmark", "benchmark": "x", "split": "test"}
     assert store.block_rows == (shards or chunks)[0]
     np.testing.assert_array_equal(store.read_rows(0, 53), acts)
     rows = np.concatenate([b.numpy() for b in store.iter_batches(8, split="all", shuffle_buffer_rows=16)])
@@ -365,3 +368,28 @@ def test_writer_memory_is_one_chunk_not_the_store(tmp_path):
     stored_bytes = total * d_model * 2
     assert stored_bytes > 20 * chunk_rows * d_model * 2
     assert peak < 4 * chunk_rows * d_model * 4 + (256 << 10) < stored_bytes / 4, (peak, stored_bytes)
+
+
+def test_an_unfinished_version_1_store_is_read_but_not_appended_to(tmp_path):
+    path = tmp_path / "old.zarr"
+    attrs = {
+        "source": "traced",
+        "model": "m",
+        "model_id": "m",
+        "model_revision": "r",
+        "layer": 1,
+        "site": "resid",
+        "benchmark": "b",
+        "split": "test",
+    }
+    writer = ActivationStoreWriter.open(path, attrs, d_model=D, chunk_rows=8)
+    writer.append_example(0, np.arange(8), np.ones((8, D), dtype=np.float32))
+    writer.close(complete=False)
+    group = zarr.open_group(path, mode="r+")
+    group.attrs["format_version"] = 1
+    del group.attrs["data_source"]
+    assert ActivationStore(path).attrs["data_source"]["benchmark"] == "b"
+    with pytest.raises(
+        NotAStoreError, match=r"format_version 1 was written by an older scircuits.*not appended"
+    ):
+        ActivationStoreWriter.open(path, attrs, d_model=D, chunk_rows=8)

@@ -21,10 +21,14 @@ from scircuits.platform.config.options import stage_options
 )
 @config_option
 def collect(config_file: str | None, data: str | None, options: tuple[str, ...], **flags: Any) -> None:
-    """Trace one site of one layer on a benchmark's prompts into an activation store.
+    """Trace sites of a model on a benchmark's prompts, or on a text corpus, into activation stores.
 
-    Each example is traced as prompt + target tokens. Rerunning a killed command resumes where it
-    stopped; a different command into an existing store is refused with the difference named.
+    Each example is traced as prompt + target tokens; a corpus (--corpus FILE, FOLDER or hub:ID) is
+    packed into BOS-first contexts of --context-size tokens, up to --tokens. --layers/--sites read
+    several sites in one forward and --nproc N splits the sequences over N processes: both write a
+    collection (one store per site and process, joined by a manifest). Rerunning a killed command
+    resumes where it stopped; a different command into an existing store is refused with the
+    difference named.
     """
     from scircuits.platform.collect.collection import run_collect
     from scircuits.platform.manager.plugin_set import get_plugins

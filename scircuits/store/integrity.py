@@ -115,8 +115,11 @@ def check_finite_rows(path: str, rows: np.ndarray, start: int, example_ids: Iter
     )
 
 
-def verify(path: str, arrays: dict[str, Any], n_rows: int, *, fast: bool = False) -> dict[str, Any]:
-    """Check every file of every array: present, and (unless ``fast``) decodable and finite.
+def verify(
+    path: str, arrays: dict[str, Any], n_rows: int, *, fast: bool = False, decode: Any = None
+) -> dict[str, Any]:
+    """Check every file of every array: present, and (unless ``fast``) decodable and finite
+    (``decode`` maps stored rows to floats, for activations kept as bits).
 
     Returns {"checked_files", "missing", "damaged", "nonfinite_rows", "ok"}; never raises for damage.
     """
@@ -134,6 +137,8 @@ def verify(path: str, arrays: dict[str, Any], n_rows: int, *, fast: bool = False
                 except DamagedStoreError:
                     damaged.extend(block_keys(array, start, stop))
                     continue
+                if decode is not None and array is arrays.get("acts"):
+                    rows = decode(rows)
                 if rows.dtype.kind == "f" and not all_finite(rows):
                     nonfinite += int((~np.isfinite(rows.astype(np.float32)).all(axis=-1)).sum())
     return {

@@ -12,7 +12,7 @@ import zarr
 import zarr.errors
 
 from scircuits.store.errors import NotAStoreError, StoreLockedError
-from scircuits.store.format import ARRAYS, FORMAT, FORMAT_VERSION
+from scircuits.store.format import ARRAYS, FORMAT, FORMAT_VERSION, READABLE_VERSIONS
 
 
 def local_path(path: str | os.PathLike[str]) -> Path | None:
@@ -73,7 +73,8 @@ def read_group(path: str | os.PathLike[str], storage_options: dict[str, Any] | N
     return group
 
 
-def check_format(path: Any, attrs: dict[str, Any]) -> None:
+def check_format(path: Any, attrs: dict[str, Any], *, writing: bool = False) -> None:
+    """A scircuits store of a version this code reads (``writing``: of the version it writes)."""
     fmt = attrs.get("format")
     if fmt != FORMAT:
         raise NotAStoreError(
@@ -81,11 +82,17 @@ def check_format(path: Any, attrs: dict[str, Any]) -> None:
             f"(its 'format' attribute is {fmt!r}, expected {FORMAT!r})"
         )
     version = attrs.get("format_version")
-    if version != FORMAT_VERSION:
+    if writing and version in READABLE_VERSIONS and version != FORMAT_VERSION:
+        raise NotAStoreError(
+            f"{path}: activation store format_version {version!r} was written by an older scircuits; "
+            f"it can be read but not appended to (this scircuits writes version {FORMAT_VERSION}). "
+            "Finish it with the version that started it, or collect again into another --out"
+        )
+    if version not in READABLE_VERSIONS:
         hint = "upgrade scircuits" if isinstance(version, int) and version > FORMAT_VERSION else "rewrite it"
         raise NotAStoreError(
             f"{path}: activation store format_version {version!r} is not supported "
-            f"(this scircuits reads version {FORMAT_VERSION}); {hint}"
+            f"(this scircuits reads versions {', '.join(map(str, READABLE_VERSIONS))}); {hint}"
         )
 
 

@@ -1,9 +1,12 @@
-"""Reading a format-v1 store (ours or another tool's): attributes, rows, splits, batches, statistics."""
+"""Reading a store (format v2 or v1, ours or another tool's, or a collection's shards joined):
+attributes, rows, splits, batches (read ahead on a background thread), statistics."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -11,8 +14,9 @@ import numpy as np
 
 from scircuits.errors import ConfigError
 from scircuits.store.batches import BufferCounters, plan_epoch, stream_batches
+from scircuits.store.collection import check_shard, resolve_parts
 from scircuits.store.errors import NotAStoreError
-from scircuits.store.format import ACTS, ID_ARRAYS
+from scircuits.store.format import ACTS, ID_ARRAYS, decode_acts, upgraded_attrs
 from scircuits.store.integrity import check_blocks_present, check_finite_rows, read_checked, verify
 from scircuits.store.location import read_group, size_on_disk
 from scircuits.store.stats import StatsAccumulator
@@ -22,6 +26,26 @@ if TYPE_CHECKING:
 
 Split = Literal["train", "eval", "all"]
 SHUFFLE_BUFFER_BYTES = 256 << 20
+PREFETCH_BLOCKS = 2  # blocks read ahead of the one being consumed
+# Attributes that differ between the shards of one collection.
+_PER_SHARD = frozenset({"n_tokens", "n_examples", "complete", "created", "shard_rank"})
+
+
+@dataclass
+class _Part:
+    """One physical store of a logical store: its rows are rows [offset, offset + n_tokens)."""
+
+    path: str
+    acts: Any
+    ids: dict[str, Any]
+    attrs: dict[str, Any]
+    n_tokens: int
+    offset: int
+
+    def arrays_written_whole(self) -> dict[str, Any]:
+        """Arrays whose every block must exist on disk. Our writer writes even fill-value blocks
+        ("chunk_rows" marks its stores); another tool may skip an all-zero id block, never acts."""
+        return {ACTS: self.acts, **(self.ids if "chunk_rows" in self.attrs else {})}
 
 
 class LabelledBatch(NamedTuple):
@@ -34,38 +58,98 @@ class LabelledBatch(NamedTuple):
 class ActivationStore:
     """A read-only view of a store on a local path or any fsspec URL zarr can open."""
 
-    def __init__(self, path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        storage_options: dict[str, Any] | None = None,
+        *,
+        site: str | None = None,
+        prefetch: int = PREFETCH_BLOCKS,
+    ):
         self.path = os.fspath(path)
         self._storage_options = storage_options
-        self._group = read_group(path, storage_options)
-        self.attrs: dict[str, Any] = dict(self._group.attrs)
-        self._acts = self._group[ACTS]
-        self._ids = {name: self._group[name] for name in ID_ARRAYS}
-        self.n_tokens = _int_attr(self.path, self.attrs, "n_tokens")
+        self.prefetch = prefetch
+        paths, manifest = resolve_parts(self.path, site)
+        self.parts: list[_Part] = []
+        offset = 0
+        for rank, part_path in enumerate(paths):
+            group = read_group(part_path, storage_options)
+            attrs = upgraded_attrs(dict(group.attrs))
+            if manifest is not None:
+                check_shard(part_path, attrs, manifest, rank)
+            n = _int_attr(part_path, attrs, "n_tokens")
+            ids = {name: group[name] for name in ID_ARRAYS}
+            self.parts.append(_Part(part_path, group[ACTS], ids, attrs, n, offset))
+            offset += n
+        self.attrs: dict[str, Any] = self._joined_attrs(manifest)
+        self._acts = self.parts[0].acts
+        self.n_tokens = offset
         self.n_examples = _int_attr(self.path, self.attrs, "n_examples")
         self.d_model = _int_attr(self.path, self.attrs, "d_model")
         self.complete = bool(self.attrs.get("complete", False))
         self.source = self.attrs.get("source")
+        self.act_dtype = str(self.attrs.get("dtype") or self._acts.dtype)
         self._check_shapes()
-        check_blocks_present(self.path, self._arrays_written_whole(), self.n_tokens)
+        for part in self.parts:
+            check_blocks_present(part.path, part.arrays_written_whole(), part.n_tokens)
         self.last_counters = BufferCounters()
         self._count_cache: dict[tuple[str, bytes], np.ndarray] = {}
 
+    def _joined_attrs(self, manifest: Any) -> dict[str, Any]:
+        first = dict(self.parts[0].attrs)
+        if manifest is None:
+            return first
+        for part in self.parts[1:]:
+            differing = sorted(
+                k
+                for k in (part.attrs.keys() | first.keys()) - _PER_SHARD
+                if part.attrs.get(k) != first.get(k)
+            )
+            if differing:
+                raise NotAStoreError(
+                    f"{part.path} differs from {self.parts[0].path} in {', '.join(differing)}: the shards "
+                    "are not of one collection; move the odd one away and collect again"
+                )
+        first.pop("shard_rank", None)
+        first.update(
+            n_tokens=sum(p.n_tokens for p in self.parts),
+            n_examples=sum(int(p.attrs.get("n_examples", 0)) for p in self.parts),
+            complete=all(bool(p.attrs.get("complete")) for p in self.parts),
+            shards=len(self.parts),
+        )
+        return first
+
     def _check_shapes(self) -> None:
-        if self._acts.ndim != 2 or self._acts.shape[1] != self.d_model:
-            raise NotAStoreError(
-                f"{self.path}: acts has shape {self._acts.shape}, expected (n_tokens, {self.d_model})"
-            )
-        short = [n for n, a in {ACTS: self._acts, **self._ids}.items() if a.shape[0] < self.n_tokens]
-        if short:
-            raise NotAStoreError(
-                f"{self.path}: array(s) {', '.join(short)} hold fewer rows than n_tokens={self.n_tokens}"
-            )
+        for part in self.parts:
+            if part.acts.ndim != 2 or part.acts.shape[1] != self.d_model:
+                raise NotAStoreError(
+                    f"{part.path}: acts has shape {part.acts.shape}, expected (n_tokens, {self.d_model})"
+                )
+            arrays = {ACTS: part.acts, **part.ids}
+            short = [n for n, a in arrays.items() if a.shape[0] < part.n_tokens]
+            if short:
+                raise NotAStoreError(
+                    f"{part.path}: array(s) {', '.join(short)} hold fewer rows than n_tokens={part.n_tokens}"
+                )
+
+    def _read(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of one array as stored, across the parts they lie in."""
+        pieces = []
+        for part in self.parts:
+            lo, hi = max(start, part.offset), min(stop, part.offset + part.n_tokens)
+            if lo < hi:
+                array = part.acts if name == ACTS else part.ids[name]
+                pieces.append(read_checked(part.path, array, lo - part.offset, hi - part.offset))
+        if not pieces:
+            array = self.parts[0].acts if name == ACTS else self.parts[0].ids[name]
+            return read_checked(self.path, array, 0, 0)
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     # ------------------------------------------------------------------ plain reads
     @property
     def dtype(self) -> str:
-        return str(self._acts.dtype)
+        """The activations' dtype (bfloat16 for a store that keeps bfloat16 bits in uint16)."""
+        return self.act_dtype
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -78,8 +162,13 @@ class ActivationStore:
         return int((shards or self._acts.chunks)[0])
 
     def block_bounds(self) -> list[tuple[int, int]]:
+        """Each stored block's rows; a collection's blocks never straddle two of its shards."""
         step = self.block_rows
-        return [(start, min(start + step, self.n_tokens)) for start in range(0, self.n_tokens, step)]
+        return [
+            (part.offset + start, part.offset + min(start + step, part.n_tokens))
+            for part in self.parts
+            for start in range(0, part.n_tokens, step)
+        ]
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as float32 (read contiguous ranges; use iter_batches for shuffling)."""
@@ -90,7 +179,7 @@ class ActivationStore:
 
     def _read_acts(self, start: int, stop: int, example_ids: np.ndarray | None = None) -> np.ndarray:
         """Rows [start, stop) as stored; a damaged file or a non-finite row is an error naming it."""
-        rows = read_checked(self.path, self._acts, start, stop)
+        rows = decode_acts(self._read(ACTS, start, stop), self.act_dtype)
         if example_ids is None and stop > start:
             example_ids = self.read_ids("example_ids", start, stop)
         check_finite_rows(self.path, rows, start, example_ids)
@@ -98,16 +187,26 @@ class ActivationStore:
 
     def read_ids(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         stop = self.n_tokens if stop is None else stop
-        return read_checked(self.path, self._ids[name], start, stop).astype(np.int32, copy=False)
-
-    def _arrays_written_whole(self) -> dict[str, Any]:
-        """Arrays whose every block must exist on disk. Our writer writes even fill-value blocks
-        ("chunk_rows" marks its stores); another tool may skip an all-zero id block, never acts."""
-        return {ACTS: self._acts, **(self._ids if "chunk_rows" in self.attrs else {})}
+        return self._read(name, start, stop).astype(np.int32, copy=False)
 
     def verify(self, *, fast: bool = False) -> dict[str, Any]:
         """Check every data file: present and, unless ``fast``, decodable with finite values."""
-        return verify(self.path, self._arrays_written_whole(), self.n_tokens, fast=fast)
+        results = [
+            verify(p.path, p.arrays_written_whole(), p.n_tokens, fast=fast, decode=self._decoder())
+            for p in self.parts
+        ]
+        joined = dict(results[0])
+        for other in results[1:]:
+            for key in ("checked_files", "nonfinite_rows"):
+                joined[key] += other[key]
+            for key in ("missing", "damaged"):
+                joined[key] = joined[key] + other[key]
+        joined["ok"] = all(r["ok"] for r in results)
+        return joined
+
+    def _decoder(self):
+        dtype = self.act_dtype
+        return lambda rows: decode_acts(rows, dtype) if rows.ndim == 2 else rows
 
     @cached_property
     def token_ids(self) -> np.ndarray:
@@ -122,7 +221,7 @@ class ActivationStore:
         return self.read_ids("positions")
 
     def size_on_disk(self) -> int:
-        return size_on_disk(self.path, self._storage_options)
+        return sum(size_on_disk(p.path, self._storage_options) for p in self.parts)
 
     @property
     def compressors(self) -> list[str]:
@@ -288,6 +387,11 @@ class ActivationStore:
             ids = {n: self.read_ids(n, start, stop) for n in names}
             return self._read_acts(start, stop, ids["example_ids"]), ids
 
+        if self.prefetch > 0:
+            read_block = _Prefetcher(
+                read_block, [(a, b, with_ids) for a, b, _, _ in plan.blocks], self.prefetch
+            )
+
         def select_rows(start: int, stop: int, ids: dict[str, np.ndarray]) -> np.ndarray:
             return self._selected(ids["example_ids"], split, eval_ids)
 
@@ -320,7 +424,7 @@ class ActivationStore:
             bounds = [candidates[i] for i in picks]
         acc = StatsAccumulator(self.d_model)
         for start, stop in bounds:
-            acc.add(read_checked(self.path, self._acts, start, stop))
+            acc.add(decode_acts(self._read(ACTS, start, stop), self.act_dtype))
         result = acc.result()
         result["rows_total"] = self.n_tokens
         return result
@@ -328,7 +432,7 @@ class ActivationStore:
     def describe(self) -> dict[str, Any]:
         """Attributes and layout, for display."""
         stored = self.size_on_disk()
-        raw = self.n_tokens * self.d_model * np.dtype(self.dtype).itemsize
+        raw = self.n_tokens * self.d_model * np.dtype(self._acts.dtype).itemsize
         return {
             "path": self.path,
             "attrs": self.attrs,
@@ -339,7 +443,49 @@ class ActivationStore:
             "compressors": self.compressors,
             "size_on_disk": stored,
             "acts_raw_bytes": raw,
+            "parts": [p.path for p in self.parts] if len(self.parts) > 1 else None,
         }
+
+
+class _Prefetcher:
+    """``read_block`` for a stream that reads its blocks in a known order: up to ``depth`` blocks
+    ahead are read on a background thread while the caller works on the current one. A call out of
+    that order (a sought stream materialising its buffer) is read directly."""
+
+    def __init__(self, read_block: Any, order: list[tuple[int, int, bool]], depth: int):
+        self._read = read_block
+        self._order = order
+        self._index = {key: i for i, key in enumerate(order)}
+        self._next = 0  # index in order of the next block to submit
+        self._pending: dict[tuple[int, int, bool], Future[Any]] = {}
+        self._depth = depth
+        self._executor: ThreadPoolExecutor | None = None
+
+    def _fill(self) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scircuits-prefetch")
+        while len(self._pending) < self._depth and self._next < len(self._order):
+            key = self._order[self._next]
+            self._next += 1
+            self._pending[key] = self._executor.submit(self._read, *key)
+
+    def __call__(self, start: int, stop: int, with_ids: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        key = (start, stop, with_ids)
+        if key not in self._pending and self._index.get(key, -1) >= self._next:
+            for stale in self._pending.values():  # the stream skipped ahead: read on from this block
+                stale.cancel()
+            self._pending.clear()
+            self._next = self._index[key]
+            self._fill()
+        future = self._pending.pop(key, None)
+        if future is None:
+            return self._read(start, stop, with_ids)
+        self._fill()
+        return future.result()
+
+    def __del__(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _check_split(split: str) -> Split:

@@ -42,11 +42,14 @@ from scircuits.store.format import (
     ID_DTYPE,
     check_act_dtype,
     compressor_codecs,
+    decode_acts,
     default_chunk_rows,
+    encode_acts,
     identity_attrs,
     identity_differences,
     identity_of,
     normalise_compressor,
+    storage_dtype,
 )
 from scircuits.store.integrity import all_finite
 from scircuits.store.location import WriterLock, check_format, local_path, open_group, remove_partial_files
@@ -96,7 +99,7 @@ class ActivationStoreWriter:
         self._pending: deque[tuple[int, int]] = deque()  # (end row, examples counted at that end)
         # Double buffering: one chunk is written in the background while the next one fills.
         self._spare: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
-        self._buf_acts = np.zeros((self.chunk_rows, self.d_model), dtype=self.dtype)
+        self._buf_acts = np.zeros((self.chunk_rows, self.d_model), dtype=storage_dtype(self.dtype))
         self._buf_ids = {name: np.zeros(self.chunk_rows, dtype=ID_DTYPE) for name in ID_ARRAYS}
         self._buf_start = (self._recorded_tokens // self.chunk_rows) * self.chunk_rows
         self._buf_fill = self._recorded_tokens - self._buf_start
@@ -200,7 +203,7 @@ class ActivationStoreWriter:
             group = open_group(text, "r+")
             stored = dict(group.attrs)
             try:
-                check_format(text, stored)
+                check_format(text, stored, writing=not stored.get("complete"))
             except NotAStoreError as exc:
                 raise NotAStoreError(
                     f"{exc}; choose another --out, or pass --force to move it aside"
@@ -323,13 +326,14 @@ class ActivationStoreWriter:
         """The rows in the store's dtype; refuses NaN, inf and values that overflow that dtype."""
         if not np.issubdtype(rows.dtype, np.floating):
             rows = rows.astype(np.float32)
-        with np.errstate(over="ignore"):
-            stored = np.ascontiguousarray(rows, dtype=self.dtype)
-        if all_finite(stored):
+        stored = encode_acts(rows, self.dtype)
+        if all_finite(stored if self.dtype != "bfloat16" else rows) and (
+            self.dtype != "bfloat16" or all_finite(decode_acts(stored, self.dtype))
+        ):
             return stored
         n_nan = int(np.isnan(rows).sum())
         n_inf = int(np.isinf(rows).sum())
-        n_overflow = int((~np.isfinite(stored)).sum()) - n_nan - n_inf
+        n_overflow = int((~np.isfinite(decode_acts(stored, self.dtype))).sum()) - n_nan - n_inf
         parts = [f"{n_nan} NaN", f"{n_inf} inf"]
         if n_overflow:
             parts.append(f"{n_overflow} finite values too large for {self.dtype} (use --dtype float32)")
@@ -453,7 +457,12 @@ def _create_missing_arrays(group: Any, d_model: int, dtype: str, attrs: Any) -> 
     codecs = compressor_codecs(attrs.get("compressor"))
     if ACTS not in group:
         group.create_array(
-            ACTS, shape=(0, d_model), chunks=(rows, d_model), dtype=dtype, compressors=codecs, fill_value=0
+            ACTS,
+            shape=(0, d_model),
+            chunks=(rows, d_model),
+            dtype=storage_dtype(dtype),
+            compressors=codecs,
+            fill_value=0,
         )
     for name in ID_ARRAYS:
         if name not in group:

@@ -1,23 +1,32 @@
-"""The collect stage: trace one site of one layer on a benchmark's sequences into an activation store.
+"""The collect stage: trace sites of a model on a benchmark's sequences, or on a text corpus packed
+into contexts (``corpus``), into activation stores.
 
-Resumable: the store records how many whole examples it holds; a rerun of the same command skips
+One site in one process writes one store at ``--out``. Several sites (``--layers``, ``--sites``)
+and/or several processes (``--nproc``, or torchrun) write a collection: a manifest and one store per
+site and rank (``scircuits.store.collection``), all sites from the same forward, which stops after
+the last of them. Rank r takes the sequences whose index is r modulo the number of ranks.
+
+Resumable: each store records how many whole sequences it holds; a rerun of the same command skips
 them and appends the rest, so a killed collection ends identical to an uninterrupted one. A
 different command into an existing store is refused by the store, naming the difference.
-Memory stays bounded: a few batches of examples are held at a time, never the whole collection.
+Memory stays bounded: a few batches of sequences are held at a time, never the whole collection.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scircuits.platform.collect import corpus as corpus_source
 from scircuits.platform.collect.datahash import data_sha256
+from scircuits.platform.collect.driver import Item, SiteKey, write_items
 from scircuits.platform.common.artifacts import (
     DISK_ERRNOS,
     ArtifactError,
@@ -28,11 +37,13 @@ from scircuits.platform.common.artifacts import (
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import CollectConfig
-from scircuits.platform.contract.errors import ConfigError
-from scircuits.platform.manager.plugin_set import PluginSet
+from scircuits.platform.contract.errors import ConfigError, ScircuitsError
+from scircuits.platform.manager.plugin_set import PluginSet, get_plugins
 from scircuits.platform.model.sequences import encode_example
-from scircuits.platform.model.tracing import RemoteBackend, SiteTracer, load_remote
-from scircuits.store import ActivationStoreWriter, StoreMismatchError
+from scircuits.platform.model.tracing import RemoteBackend, SitesTracer, load_remote
+from scircuits.platform.train.distributed import from_environment, launch, under_launcher
+from scircuits.store import ActivationStore, ActivationStoreWriter, StoreMismatchError
+from scircuits.store.collection import MANIFEST, read_manifest, shard_path, site_key, write_manifest
 from scircuits.store.errors import DamagedStoreError, NotAStoreError
 from scircuits.store.location import WriterLock, local_path, read_group
 
@@ -58,23 +69,53 @@ def model_dtype_for(config: CollectConfig) -> str:
     return "float32" if config.device == "cpu" else "bfloat16"
 
 
-def store_attrs(config: CollectConfig, loaded: Any, layer: int) -> dict[str, Any]:
+def store_attrs(
+    config: CollectConfig, loaded: Any, layer: int, site: str | None = None, packing: Any = None
+) -> dict[str, Any]:
     """The store's identity: what was traced, from which weights, by which command."""
-    return {
+    site = site or config.site
+    attrs = {
         "model": config.model,
         "model_id": loaded.model_id,
         "model_revision": loaded.revision,
         "model_dtype": loaded.dtype,
         "layer": layer,
-        "site": config.site,
-        "site_path": loaded.site_path(layer, config.site),
-        "benchmark": config.benchmark,
-        "split": config.split,
+        "site": site,
+        "site_path": loaded.site_path(layer, site),
         "source": "traced",
         "config_hash": config.config_hash(),
         "config": config.identity(),
-        "data_sha256": data_sha256(config.benchmark_options),
     }
+    if config.corpus is None:
+        attrs.update(
+            benchmark=config.benchmark, split=config.split, data_sha256=data_sha256(config.benchmark_options)
+        )
+        return attrs
+    spec = corpus_spec(config)
+    attrs["data_source"] = {
+        "kind": "corpus",
+        "corpus": config.corpus,
+        "text_column": config.text_column,
+        "split": config.corpus_split if spec.local is None else None,
+        "config": config.corpus_config,
+        "seed": config.seed,
+        "tokens": config.tokens,
+        **(packing.record() if packing is not None else {}),
+    }
+    attrs["data_sha256"] = data_sha256({"data": str(spec.local)}) if spec.local is not None else None
+    return attrs
+
+
+def corpus_spec(config: CollectConfig) -> corpus_source.CorpusSpec:
+    assert config.corpus is not None
+    return corpus_source.CorpusSpec(
+        config.corpus, text_column=config.text_column, split=config.corpus_split, config=config.corpus_config
+    )
+
+
+def collection_id(config: CollectConfig, world_size: int) -> str:
+    """Names one collection: the same command with the same number of ranks has the same id."""
+    return hashlib.sha256(f"{config.config_hash()}/{world_size}".encode()).hexdigest()[:16]
 
 
 def _existing_store_attrs(out: str) -> dict[str, Any] | None:
@@ -151,6 +192,11 @@ def _check_existing_store(config: CollectConfig) -> CollectSummary | None:
 
 def _existing_store_state(config: CollectConfig) -> CollectSummary | None:
     attrs = _existing_store_attrs(config.out)
+    if attrs is None and (Path(config.out) / MANIFEST).is_file():
+        raise StoreMismatchError(
+            f"{config.out} holds a collection of several sites or shards, not one store; write to another "
+            "--out, or pass --force to move it aside (nothing is deleted)"
+        )
     if attrs is None or not isinstance(attrs.get("config"), dict):
         return None
     stored, now = attrs["config"], config.identity()
@@ -159,7 +205,9 @@ def _existing_store_state(config: CollectConfig) -> CollectSummary | None:
         for key in sorted(stored.keys() | now.keys())
         if stored.get(key) != now.get(key)
     ]
-    now_data = data_sha256(config.benchmark_options)
+    now_data = (
+        data_sha256(config.benchmark_options) if config.corpus is None else store_attrs_data_sha(config)
+    )
     if not differences and attrs.get("data_sha256", now_data) != now_data:
         differences.append(
             f"the data file {config.benchmark_options.get('data')} changed since the store was collected"
@@ -187,10 +235,9 @@ def _existing_store_state(config: CollectConfig) -> CollectSummary | None:
     return None
 
 
-def _windows(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    iterator = iter(items)
-    while window := list(itertools.islice(iterator, size)):
-        yield window
+def store_attrs_data_sha(config: CollectConfig) -> str | None:
+    spec = corpus_spec(config)
+    return data_sha256({"data": str(spec.local)}) if spec.local is not None else None
 
 
 def collect(config: CollectConfig, plugins: PluginSet, *, remote_backend: RemoteBackend = True) -> Path:
@@ -198,32 +245,87 @@ def collect(config: CollectConfig, plugins: PluginSet, *, remote_backend: Remote
     return run_collect(config, plugins, remote_backend=remote_backend).path
 
 
+def rank_and_world(config: CollectConfig) -> tuple[int, int]:
+    """This process's rank and the number of ranks: torchrun's (or our launcher's), else (0, nproc)."""
+    import os
+
+    if under_launcher():
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return 0, config.nproc
+
+
+def resolve_sites(adapter: Any, config: CollectConfig, n_layers: int | None = None) -> list[tuple[int, str]]:
+    """The (layer, site) pairs, each checked against the model: ConfigError listing what exists."""
+    resolved = []
+    for layer, site in config.site_list():
+        if site not in ("resid", "mlp", "attn") or site not in adapter.site_paths:
+            raise ConfigError(
+                f"{adapter.name} has no site {site!r}; its sites: {', '.join(adapter.site_paths)}"
+            )
+        resolved.append((adapter.resolve_site(layer, site, n_layers), site))
+    return sorted(set(resolved))
+
+
 def run_collect(
     config: CollectConfig, plugins: PluginSet, *, remote_backend: RemoteBackend = True
 ) -> CollectSummary:
-    """Run the collect stage with the model and benchmark of ``plugins``; returns where the store is
-    and what it holds.
+    """Run the collect stage with the model and benchmark (or corpus) of ``plugins``; returns where
+    the store (or collection) is and what it holds (its first site).
 
     ``remote_backend`` applies when ``config.remote``: True runs on NDIF, "local" runs nnsight's
-    offline stand-in of the remote path (tests).
+    offline stand-in of the remote path (tests). Under torchrun (or ``--nproc``'s own launcher) this
+    process is one rank: it joins the process group (gloo on CPU, NCCL on GPUs; on its own device)
+    and writes its own shards.
     """
+    if not under_launcher():
+        return _run_collect(config, plugins, remote_backend=remote_backend)
+    dist = from_environment(config.device)
+    try:
+        return _run_collect(config.model_copy(update={"device": dist.device}), plugins)
+    finally:
+        dist.close()
+
+
+def _run_collect(
+    config: CollectConfig, plugins: PluginSet, *, remote_backend: RemoteBackend = True
+) -> CollectSummary:
     config = config.with_plugin_defaults(plugins)
     adapter = plugins.models.get(config.model)
-    benchmark = plugins.benchmarks.get(config.benchmark)
-    benchmark.check_split(config.split)
     if not config.remote:
         check_device(config.device)
-    options = benchmark.parse_options(config.benchmark_options)
-    # missing, empty or malformed data fails here, in full, before any weights load or any store exists
-    check_all_examples(benchmark, config, options)
+    rank, world = rank_and_world(config)
+    if world > 1 and config.remote:
+        raise ConfigError(
+            "--nproc runs the model in several local processes; it cannot be combined with --remote"
+        )
+    benchmark = options = None
+    if config.corpus is None:
+        benchmark = plugins.benchmarks.get(config.benchmark)
+        benchmark.check_split(config.split)
+        options = benchmark.parse_options(config.benchmark_options)
+        # missing, empty or malformed data fails here, in full, before any weights load or any store exists
+        if rank == 0:
+            check_all_examples(benchmark, config, options)
+    elif rank == 0:
+        corpus_source.check_readable(corpus_spec(config))
     local = local_path(config.out)
     if local is not None:
         check_can_create(local)  # a read-only or unreachable --out stops here, before the weights load
-    if adapter.n_layers:  # a declared adapter: check the layer and site before loading anything
-        config = config.model_copy(update={"layer": adapter.resolve_site(config.layer, config.site)})
-        done = _check_existing_store(config)
-        if done is not None:
-            return done
+    many = len(config.site_list()) > 1 or world > 1
+    if many and local is None:
+        raise ConfigError("several sites or processes write a collection folder: give a local --out")
+    sites: list[SiteKey] | None = None
+    if adapter.n_layers:  # a declared adapter: check the layers and sites before loading anything
+        sites = resolve_sites(adapter, config)
+        if not many:
+            config = config.model_copy(update={"layer": sites[0][0]})
+            done = _check_existing_store(config)
+            if done is not None:
+                return done
+    if many and not under_launcher():
+        _prepare_collection(config, world, sites)
+        if world > 1:
+            return _launch_ranks(config, world)
 
     if config.remote:
         loaded = load_remote(adapter, model_path=config.model_path, backend=remote_backend)
@@ -232,13 +334,14 @@ def run_collect(
         loaded = adapter.load(
             model_path=config.model_path, dtype=model_dtype_for(config), device=config.device
         )
-    layer = loaded.adapter.resolve_site(config.layer, config.site, loaded.n_layers)
-    config = config.model_copy(update={"layer": layer})
-    done = _check_existing_store(config)
-    if done is not None:
-        return done
+    sites = resolve_sites(loaded.adapter, config, loaded.n_layers)
+    if not many:
+        config = config.model_copy(update={"layer": sites[0][0]})
+        done = _check_existing_store(config)
+        if done is not None:
+            return done
     try:
-        return trace_into_store(config, loaded, layer, benchmark, options)
+        return trace_into_stores(config, loaded, sites, benchmark, options, rank, world, many)
     except OSError as exc:
         if exc.errno not in DISK_ERRNOS:
             raise
@@ -246,6 +349,79 @@ def run_collect(
             f"{config.out}: cannot write the store ({describe_os_error(exc)}); the examples already "
             "stored are kept: free space, then run the same command again to continue"
         ) from None
+
+
+def _prepare_collection(config: CollectConfig, world: int, sites: list[SiteKey] | None) -> None:
+    """Write (or check) the manifest before any rank starts (when the sites are known before the model
+    loads); with --force move another collection, or a folder of other files, aside."""
+    root = Path(config.out)
+    if root.is_dir() and not (root / MANIFEST).exists() and any(root.iterdir()):
+        if not config.force:
+            raise NotAStoreError(
+                f"{config.out} exists and is not a collection (it holds "
+                f"{', '.join(sorted(p.name for p in root.iterdir())[:3])}); choose another --out, or pass "
+                "--force to move it aside (nothing is deleted)"
+            )
+        _move_aside_for_force(root, "not a collection")
+    if sites is None:
+        return
+    keys = [site_key(*s) for s in sites]
+    try:
+        write_manifest(root, collection_id(config, world), world, keys)
+    except (StoreMismatchError, NotAStoreError) as exc:
+        if not config.force:
+            raise
+        _move_aside_for_force(root, str(exc).split(" (")[0])
+        write_manifest(root, collection_id(config, world), world, keys)
+
+
+def _move_aside_for_force(root: Path, reason: str) -> None:
+    aside = move_aside(root)
+    if root.exists():
+        root.rmdir()
+    print(f"[collect] --force: {reason}; moved it to {aside}", file=sys.stderr)
+
+
+def _launch_ranks(config: CollectConfig, world: int) -> CollectSummary:
+    start = time.monotonic()
+    before = _held(Path(config.out), world)
+    try:
+        launch(world, _collect_entry, config.model_dump(mode="json"))
+    except ScircuitsError as exc:
+        detail = str(exc).replace("distributed training", "collection").splitlines()
+        raise ScircuitsError(
+            f"{' '.join(line.strip() for line in detail if line.strip())[-1500:]}; what the ranks wrote "
+            "is kept: run the same command again to continue"
+        ) from None
+    first = read_manifest(Path(config.out)).sites[0]
+    store = ActivationStore(config.out, site=first, prefetch=0)
+    return CollectSummary(
+        Path(config.out),
+        store.n_examples,
+        store.n_tokens,
+        store.n_examples - before[0],
+        store.n_tokens - before[1],
+        time.monotonic() - start,
+        already_complete=before[2],
+    )
+
+
+def _held(root: Path, world: int) -> tuple[int, int, bool]:
+    """(sequences, tokens, complete) that the first site's shards record now ((0, 0, False) if none)."""
+    if not (root / MANIFEST).is_file():
+        return 0, 0, False
+    site = read_manifest(root).sites[0]
+    recorded = [_raw_attrs(str(shard_path(root, site, rank, world))) or {} for rank in range(world)]
+    return (
+        sum(int(a.get("n_examples", 0)) for a in recorded),
+        sum(int(a.get("n_tokens", 0)) for a in recorded),
+        all(a.get("complete") for a in recorded),
+    )
+
+
+def _collect_entry(config_values: dict[str, Any]) -> None:
+    """The top of a collect rank: its own plugin set and process group (gloo on CPU)."""
+    run_collect(CollectConfig.validated(config_values), get_plugins())
 
 
 def check_all_examples(benchmark: Any, config: CollectConfig, options: Any) -> int:
@@ -273,88 +449,175 @@ def sequence_limit(config: CollectConfig, loaded: Any) -> int | None:
     return limit
 
 
-def trace_into_store(
-    config: CollectConfig, loaded: Any, layer: int, benchmark: Any, options: Any
+def _open_writers(
+    config: CollectConfig, loaded: Any, sites: list[SiteKey], rank: int, world: int, many: bool, packing: Any
+) -> dict[SiteKey, ActivationStoreWriter]:
+    writers: dict[SiteKey, ActivationStoreWriter] = {}
+    try:
+        for layer, site in sites:
+            attrs = store_attrs(config, loaded, layer, site, packing)
+            path: str | Path = config.out
+            if many:
+                attrs.update(collection_id=collection_id(config, world), shard_rank=rank, world_size=world)
+                path = shard_path(config.out, site_key(layer, site), rank, world)
+            writers[(layer, site)] = ActivationStoreWriter.open(
+                path, attrs, d_model=loaded.d_model, dtype=config.dtype, chunk_rows=config.chunk_rows
+            )
+    except BaseException:
+        for writer in writers.values():
+            writer.close(complete=False)
+        raise
+    return writers
+
+
+def trace_into_stores(
+    config: CollectConfig,
+    loaded: Any,
+    sites: list[SiteKey],
+    benchmark: Any,
+    options: Any,
+    rank: int = 0,
+    world: int = 1,
+    many: bool = False,
 ) -> CollectSummary:
     start = time.monotonic()
-    writer = ActivationStoreWriter.open(
-        config.out,
-        store_attrs(config, loaded, layer),
-        d_model=loaded.d_model,
-        dtype=config.dtype,
-        chunk_rows=config.chunk_rows,
+    if many:  # every rank writes or checks it: the same command writes the same manifest
+        write_manifest(Path(config.out), collection_id(config, world), world, [site_key(*s) for s in sites])
+    packing = (
+        None
+        if config.corpus is None
+        else corpus_source.Packing.for_tokenizer(loaded.tokenizer, config.context_size)
     )
-    if writer.complete:
-        writer.close()
+    writers = _open_writers(config, loaded, sites, rank, world, many, packing)
+    first = writers[sites[0]]
+    if all(w.complete for w in writers.values()):
+        for writer in writers.values():
+            writer.close()
         return CollectSummary(
             Path(config.out),
-            writer.n_examples_written,
-            writer.n_tokens_written,
+            first.n_examples_written,
+            first.n_tokens_written,
             0,
             0,
             0.0,
             already_complete=True,
         )
-    tracer = SiteTracer(loaded, layer, config.site)
-    max_length = sequence_limit(config, loaded)
-    n_cut = 0
-    skip = writer.n_examples_written
-    new_examples = new_tokens = 0
-    examples = benchmark.examples(config.split, config.limit, config.seed, options)
-    # Batches are formed within fixed windows of example indices, so a resumed run (same batch size)
-    # re-traces the partial window it stopped in and its rows come out bit-identical to an
-    # uninterrupted run's; rows already stored are not appended again.
-    window_size = config.batch_size * SORT_WINDOW_BATCHES
-    remaining = itertools.islice(enumerate(examples), skip - skip % window_size, None)
-    total = config.limit
-    with (
-        writer,
-        progress(
-            f"collect {config.model} {config.site}{layer} {config.benchmark}",
+    tracer = SitesTracer(loaded, sites)
+    n_cut = [0]
+    if config.corpus is None:
+        max_length = sequence_limit(config, loaded)
+        items_from = _benchmark_items(config, loaded, benchmark, options, max_length, rank, world, n_cut)
+        total = None if config.limit is None else len(range(rank, config.limit, world))
+        what, unit = config.benchmark, "examples"
+    else:
+        max_length = None
+        n_contexts = -(-config.tokens // config.context_size) if config.tokens else None
+        items_from = _corpus_items(config, loaded, packing, n_contexts, rank, world)
+        total = None if n_contexts is None else len(range(rank, n_contexts, world))
+        what, unit = f"corpus {config.corpus}", "contexts"
+    label = ",".join(site_key(*s) for s in sites)
+    shard = f" rank {rank}/{world}" if world > 1 else ""
+    skip = min(w.n_examples_written for w in writers.values())
+    try:
+        with progress(
+            f"collect {config.model} {label} {what}{shard}",
             total=total,
             enabled=config.progress,
-            unit="examples",
-        ) as bar,
-    ):
-        if skip:
-            bar.advance(skip, status="resumed")
-        for window in _windows(remaining, window_size):
-            encoded = []
-            for index, example in window:
-                ids = encode_example(loaded.tokenizer, example, max_length).input_ids
-                n_cut += max_length is not None and len(ids) == max_length
-                encoded.append((index, ids))
-            rows: dict[int, Any] = {}
-            by_length = sorted(encoded, key=lambda item: len(item[1]))
-            for batch in _windows(by_length, config.batch_size):
-                for (index, _), acts in zip(batch, tracer.trace([ids for _, ids in batch]), strict=False):
-                    rows[index] = acts
-            appended = 0
-            for index, ids in encoded:
-                acts = rows.pop(index)
-                if index < skip:
-                    continue
-                writer.append_example(index, ids, acts.numpy())
-                new_tokens += len(ids)
-                appended += 1
-            new_examples += appended
-            elapsed = max(time.monotonic() - start, 1e-9)
-            bar.advance(
-                appended, status=f"{writer.n_tokens_written} tokens, {new_tokens / elapsed:.0f} tok/s"
+            unit=unit,
+        ) as bar:
+            if skip:
+                bar.advance(skip, status="resumed")
+
+            def report(appended: int, new_tokens: int) -> None:
+                elapsed = max(time.monotonic() - start, 1e-9)
+                bar.advance(
+                    appended, status=f"{first.n_tokens_written} tokens, {new_tokens / elapsed:.0f} tok/s"
+                )
+
+            counts = write_items(
+                items_from,
+                writers,
+                tracer,
+                batch_size=config.batch_size,
+                window_size=config.batch_size * SORT_WINDOW_BATCHES,
+                on_window=report,
             )
-    if n_cut:
+    except BaseException:
+        for writer in writers.values():
+            writer.close(complete=False)
+        raise
+    for writer in writers.values():
+        writer.close()
+    if n_cut[0]:
         print(
-            f"note: {n_cut} sequences reached {max_length} tokens and were cut to the end of their prompt "
+            f"note: {n_cut[0]} sequences reached {max_length} tokens and were cut to the end of their prompt "
             "and their target (--max-length)",
             file=sys.stderr,
         )
-    if new_examples == 0 and skip == 0:
-        print(f"warning: benchmark {config.benchmark!r} gave no examples", file=sys.stderr)
+    if (
+        config.corpus is not None
+        and config.tokens
+        and first.n_tokens_written * world < config.tokens - world * config.context_size
+    ):
+        print(
+            f"note: the corpus ran out after {first.n_tokens_written} tokens{shard} "
+            f"(asked for {config.tokens} in all)",
+            file=sys.stderr,
+        )
+    if counts.new_examples == 0 and skip == 0:
+        print(f"warning: {what} gave no {unit}", file=sys.stderr)
     return CollectSummary(
         Path(config.out),
-        writer.n_examples_written,
-        writer.n_tokens_written,
-        new_examples,
-        new_tokens,
+        first.n_examples_written,
+        first.n_tokens_written,
+        counts.new_examples,
+        counts.new_tokens,
         time.monotonic() - start,
     )
+
+
+def trace_into_store(
+    config: CollectConfig, loaded: Any, layer: int, benchmark: Any, options: Any
+) -> CollectSummary:
+    """One site of one layer into the store at --out (the single-store case of trace_into_stores)."""
+    return trace_into_stores(config, loaded, [(layer, config.site)], benchmark, options)
+
+
+def _benchmark_items(
+    config: CollectConfig,
+    loaded: Any,
+    benchmark: Any,
+    options: Any,
+    max_length: int | None,
+    rank: int,
+    world: int,
+    n_cut: list[int],
+):
+    def items_from(start: int) -> Iterator[Item]:
+        examples = benchmark.examples(config.split, config.limit, config.seed, options)
+        mine = itertools.islice(enumerate(examples), rank, None, world)
+        for local, (index, example) in enumerate(mine):
+            if local < start:
+                continue
+            ids = encode_example(loaded.tokenizer, example, max_length).input_ids
+            n_cut[0] += max_length is not None and len(ids) == max_length
+            yield local, index, list(ids)
+
+    return items_from
+
+
+def _corpus_items(
+    config: CollectConfig, loaded: Any, packing: Any, n_contexts: int | None, rank: int, world: int
+):
+    spec = corpus_spec(config)
+
+    def items_from(start: int) -> Iterator[Item]:
+        packed = corpus_source.contexts(spec, loaded.tokenizer, packing, config.seed, limit=n_contexts)
+        for index, ids in enumerate(packed):
+            if index % world != rank:
+                continue
+            local = index // world
+            if local >= start:
+                yield local, index, ids
+
+    return items_from

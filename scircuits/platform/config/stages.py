@@ -160,10 +160,20 @@ def D(default: Any = None, description: str = "", **constraints: Any) -> Any:
     return Field(default=default, description=description, **constraints)
 
 
+# Collect settings of the corpus source and of multi-site and sharded collection. Left at their
+# defaults they are left out of the identity, so a benchmark collection's hash is what it was.
+CORPUS_FIELDS = frozenset(
+    {"corpus", "text_column", "corpus_split", "corpus_config", "context_size", "tokens"}
+)
+MULTI_FIELDS = frozenset({"layers", "sites"})
+# What a corpus collection never reads.
+BENCHMARK_FIELDS = frozenset({"benchmark", "benchmark_options", "split", "limit", "max_length"})
+
+
 class CollectConfig(StageConfig):
     stage: ClassVar[str] = "collect"
     volatile: ClassVar[frozenset[str]] = frozenset(
-        {"out", "device", "batch_size", "progress", "chunk_rows", "force"}
+        {"out", "device", "batch_size", "progress", "chunk_rows", "force", "nproc"}
     )
     located: ClassVar[frozenset[str]] = frozenset({"model_path"})
 
@@ -178,7 +188,9 @@ class CollectConfig(StageConfig):
     limit: int | None = D(None, "Number of benchmark examples to trace (default: all).", gt=0)
     seed: int = D(0, "Seed of the benchmark's example order.", ge=0)
     batch_size: int = D(16, "Examples per forward pass.", gt=0)
-    dtype: Literal["float16", "float32"] = D("float16", "Stored activation dtype.")
+    dtype: Literal["float16", "float32", "bfloat16"] = D(
+        "float16", "Stored activation dtype (bfloat16 is kept as its 16 bits, docs/formats.md)."
+    )
     model_dtype: Literal["auto", "float32", "bfloat16", "float16"] = D(
         "auto", "Compute dtype of the model; auto = float32 on CPU, bfloat16 on a GPU."
     )
@@ -195,6 +207,57 @@ class CollectConfig(StageConfig):
         False,
         "Instead of refusing, move aside (not delete) a folder at --out that is not this collection's store.",
     )
+    corpus: str | None = D(
+        None,
+        "Collect from a text corpus instead of a benchmark: a .txt/.jsonl/.parquet file or folder, or a "
+        "Hugging Face dataset id (hub:ID), streamed.",
+    )
+    text_column: str = D(
+        "text", "Corpus: the column (.jsonl key, parquet or dataset column) holding the text."
+    )
+    corpus_split: str = D("train", "Corpus: the Hugging Face dataset's split.")
+    corpus_config: str | None = D(None, "Corpus: the Hugging Face dataset's configuration name.")
+    context_size: int = D(128, "Corpus: tokens per packed context (BOS first).", ge=2)
+    tokens: int | None = D(None, "Corpus: stop after this many tokens (whole contexts, rounded up).", gt=0)
+    layers: str | None = D(
+        None, "Several blocks in one forward, e.g. 3,6,9,12: one store per site, joined by a manifest."
+    )
+    sites: str | None = D(None, "Several sites in one forward, e.g. resid,mlp,attn (with --layers, --layer).")
+    nproc: int = D(
+        1, "Collect in this many processes (torch.distributed; gloo on CPU), one shard each.", gt=0
+    )
+
+    def identity(self) -> dict[str, Any]:
+        values = super().identity()
+        fields = type(self).model_fields
+        defaults = {name: fields[name].get_default(call_default_factory=True) for name in values}
+        for name in CORPUS_FIELDS | MULTI_FIELDS:
+            if name in values and values[name] == defaults[name]:
+                del values[name]
+        if self.corpus is not None:
+            for name in BENCHMARK_FIELDS:
+                values.pop(name, None)
+        return values
+
+    def site_list(self, default_layer: int | None = None) -> list[tuple[int | None, str]]:
+        """The (layer, site) pairs to collect: --layers x --sites, else --layer and --site."""
+        layers = _int_list(self.layers, "--layers") if self.layers else [self.layer]
+        sites = [s.strip() for s in self.sites.split(",") if s.strip()] if self.sites else [self.site]
+        if not sites:
+            raise ConfigError("--sites: give at least one site, e.g. resid or resid,mlp")
+        return [(layer, site) for layer in layers for site in sites]
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"{flag}: give comma-separated block numbers, e.g. 3,6,9,12 (not {text!r})"
+        ) from None
+    if not values or any(v < 0 for v in values):
+        raise ConfigError(f"{flag}: give comma-separated non-negative block numbers (got {text!r})")
+    return sorted(set(values))
 
 
 class TrainConfig(StageConfig):
@@ -381,7 +444,7 @@ RUN_SETS = {"out", "progress", "force"}
 RunCollect = section(
     "RunCollect",
     CollectConfig,
-    RUN_SHARED | RUN_SETS | {"remote"},
+    RUN_SHARED | RUN_SETS | {"remote"} | CORPUS_FIELDS | MULTI_FIELDS | {"nproc"},
     {"limit": 2000, "split": None},
     {
         "split": "Split traced for SAE training; default: train if the benchmark has it, else --split.",

@@ -229,3 +229,58 @@ class SiteTracer:
             )
         output = output.detach().float().cpu()
         return [output[row, : len(seq)] for row, seq in enumerate(sequences)]
+
+
+# The order in which a block computes its sites; nnsight needs them read in execution order.
+_SITE_ORDER = {"attn": 0, "mlp": 1, "resid": 2}
+
+
+class SitesTracer:
+    """Reads several (layer, site) outputs in one forward, which stops after the last of them."""
+
+    def __init__(self, loaded: LoadedModel, sites: Sequence[tuple[int, str]]) -> None:
+        if not sites:
+            raise ConfigError("no site to trace")
+        self.loaded = loaded
+        self.sites = sorted(set(sites), key=lambda s: (s[0], _SITE_ORDER.get(s[1], 3)))
+        self.traced = traced_model(loaded)
+        self.paths = {s: loaded.site_path(*s) for s in self.sites}
+        self.envoys = {s: self.traced.envoy(path) for s, path in self.paths.items()}
+        self.pad_id = pad_token_id(loaded.tokenizer)
+        first = next(iter(loaded.model.parameters()), None)
+        self.device = first.device if first is not None and not first.is_meta else "cpu"
+
+    def trace_padded(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> dict[tuple[int, str], torch.Tensor]:
+        """Each site's output (batch, seq, d_model) for one padded batch."""
+        import torch
+
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        if not self.traced.remote:
+            inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        saved: dict[tuple[int, str], Any] = {}
+        with torch.no_grad():  # noqa: SIM117 - nnsight reads the inner block's own source
+            with self.traced.nn.trace(**inputs, use_cache=False, **self.traced.trace_kwargs()) as tracer:
+                for site in self.sites:
+                    output = self.envoys[site].output
+                    if isinstance(output, tuple):  # attention modules return (output, weights)
+                        output = output[0]
+                    saved[site] = output.save()
+                tracer.stop()
+        return saved
+
+    def trace(self, sequences: Sequence[Sequence[int]]) -> dict[tuple[int, str], list[torch.Tensor]]:
+        """Per site, one float32 CPU tensor (len(seq), d_model) per sequence, pads dropped."""
+        input_ids, attention_mask, position_ids = pad_right(sequences, self.pad_id)
+        outputs = self.trace_padded(input_ids, attention_mask, position_ids)
+        result = {}
+        for site, output in outputs.items():
+            if output.ndim != 3 or output.shape[:2] != input_ids.shape:
+                raise ScircuitsError(
+                    f"{self.paths[site]} returned a tensor of shape {tuple(output.shape)}, expected "
+                    f"({input_ids.shape[0]}, {input_ids.shape[1]}, d_model): the adapter's site path is wrong"
+                )
+            output = output.detach().float().cpu()
+            result[site] = [output[row, : len(seq)] for row, seq in enumerate(sequences)]
+        return result
