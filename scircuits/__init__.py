@@ -22,6 +22,7 @@ from scircuits.platform.contract.errors import PluginConflictError, UnknownNameE
 from scircuits.platform.contract.hf_loading import WeightsSource
 from scircuits.platform.contract.hookspecs import hookimpl
 from scircuits.platform.contract.models import HFModelAdapter, LoadedModel, ModelAdapter, Site
+from scircuits.platform.contract.sae_sources import HubLocation, PublishedSAE, SAESource
 from scircuits.platform.contract.saes import SAEVariant
 from scircuits.platform.report.document import ReportDocument
 from scircuits.version import __version__
@@ -70,12 +71,15 @@ __all__ = [
     "Example",
     "FeatureStats",
     "HFModelAdapter",
+    "HubLocation",
     "Interval",
     "KTest",
     "LoadedModel",
     "ModelAdapter",
     "PluginConflictError",
+    "PublishedSAE",
     "ReportDocument",
+    "SAESource",
     "SAEVariant",
     "ScircuitsError",
     "Site",

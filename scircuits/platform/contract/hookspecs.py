@@ -32,11 +32,17 @@ def register_ablations(register: Callable[[Any], None]) -> None:
     """Register Ablation instances: ``register(ablation)``."""
 
 
+@hookspec
+def register_sae_sources(register: Callable[[Any], None]) -> None:
+    """Register SAESource instances (published checkpoint layouts and schemes): ``register(source)``."""
+
+
 FAMILY_HOOKS: dict[str, str] = {
     "models": "register_models",
     "benchmarks": "register_benchmarks",
     "saes": "register_sae_variants",
     "ablations": "register_ablations",
+    "sae_sources": "register_sae_sources",
 }
 
 

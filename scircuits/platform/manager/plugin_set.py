@@ -24,6 +24,7 @@ from scircuits.platform.contract.ablations import Ablation
 from scircuits.platform.contract.benchmarks import Benchmark
 from scircuits.platform.contract.errors import PluginConflictError
 from scircuits.platform.contract.models import ModelAdapter
+from scircuits.platform.contract.sae_sources import SAESource
 from scircuits.platform.contract.saes import SAEVariant
 from scircuits.platform.manager.registry import Registry
 from scircuits.version import __version__
@@ -35,6 +36,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "scircuits.plugins.models",
     "scircuits.plugins.benchmarks",
     "scircuits.plugins.saes",
+    "scircuits.plugins.sae_sources",
     "scircuits.plugins.ablations",
     "scircuits.plugins.analyses",
     "scircuits.plugins.synth",
@@ -62,6 +64,7 @@ FAMILY_BASES: dict[str, type] = {
     "benchmarks": Benchmark,
     "saes": SAEVariant,
     "ablations": Ablation,
+    "sae_sources": SAESource,
 }
 
 
@@ -70,7 +73,7 @@ def _family_base(family: str) -> type:
 
 
 class PluginSet:
-    """Every loaded plugin and the four registries they filled."""
+    """Every loaded plugin and the registries they filled (one per family of ``FAMILY_HOOKS``)."""
 
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -93,6 +96,10 @@ class PluginSet:
     @property
     def ablations(self) -> Registry[Any]:
         return self.registries["ablations"]
+
+    @property
+    def sae_sources(self) -> Registry[Any]:
+        return self.registries["sae_sources"]
 
     def failed(self) -> list[PluginInfo]:
         return [p for p in self.plugins.values() if p.error]
