@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from scircuits.platform.common.provenance import file_sha256
 from scircuits.platform.contract.errors import ConfigError, DataFormatError
 from scircuits.platform.contract.hf_loading import is_hf_offline
 from scircuits.platform.contract.sae_sources import HubLocation
@@ -125,14 +126,6 @@ def git_blob_sha1(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_cached_file(path: Path) -> str | None:
     """The file's hash as the hub cache names its blob, checked; None for a file outside the cache's
     blob store (a local folder). DataFormatError for a blob whose content does not match its name."""
@@ -162,9 +155,10 @@ def verify_cached_file(path: Path) -> str | None:
 
 
 def verified_files(paths: list[Path]) -> dict[str, str]:
-    """``{file name: hash}`` of the files read, each checked against the cache's record of it."""
+    """``{path: hash}`` of ``paths``, each checked against the cache's record of it (a file outside
+    the cache's blob store: its sha256)."""
     out: dict[str, str] = {}
     for path in paths:
         digest = verify_cached_file(path)
-        out[path.name] = digest if digest is not None else f"sha256:{file_sha256(path)}"
+        out[str(path)] = digest if digest is not None else f"sha256:{file_sha256(path)}"
     return out

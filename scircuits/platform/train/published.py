@@ -31,6 +31,7 @@ class ResolvedSource:
     hub: HubFolder | None = None
     location: HubLocation | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    checked: dict[str, str] = field(default_factory=dict)  # hub files, checked before any is read
 
     def provenance(self, files: list[Path]) -> dict[str, Any]:
         """What was read: the spec, the layout, the hub repository, revision asked and commit read,
@@ -39,7 +40,7 @@ class ResolvedSource:
             "spec": self.spec,
             "format": self.reader.name if self.reader else "saelens-layout",
             "folder": str(self.folder),
-            "files": verified_files(files),
+            "files": {p.name: self.checked.get(str(p)) or verified_files([p])[str(p)] for p in files},
         }
         if self.hub is not None:
             loc = self.hub.location
@@ -81,6 +82,7 @@ def resolve_source(spec: str, plugins: PluginSet) -> ResolvedSource:
     """The folder ``spec`` names and the reader of its layout; ConfigError for a name that resolves
     to nothing (close matches listed), DataFormatError for a folder in no known layout."""
     split = split_scheme(spec, plugins)
+    checked: dict[str, str] = {}
     hub: HubFolder | None = None
     location: HubLocation | None = None
     if split is not None:
@@ -88,6 +90,9 @@ def resolve_source(spec: str, plugins: PluginSet) -> ResolvedSource:
         location = parse_hub_ref(ref) if scheme == HUB_SCHEME else schemes(plugins)[scheme].resolve(ref)
         hub = fetch_folder(location, spec)
         folder = hub.folder
+        # every file of the folder against the cache's hash of it, before anything is read
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        checked = verified_files(files)
     else:
         folder = Path(spec).expanduser()
         if not folder.is_dir():
@@ -97,7 +102,7 @@ def resolve_source(spec: str, plugins: PluginSet) -> ResolvedSource:
             )
     facts = dict(location.facts) if location is not None else {}
     if all((folder / name).is_file() for name in SAELENS_LAYOUT):
-        return ResolvedSource(spec, folder, None, hub, location, facts)
+        return ResolvedSource(spec, folder, None, hub, location, facts, checked)
     readers = [s for s in plugins.sae_sources if s.matches(folder, location)]
     if len(readers) > 1:
         raise DataFormatError(
@@ -105,5 +110,5 @@ def resolve_source(spec: str, plugins: PluginSet) -> ResolvedSource:
             "exclude one (SCIRCUITS_LOAD_PLUGINS)"
         )
     if not readers:  # the SAELens layout, whose reader says what is missing
-        return ResolvedSource(spec, folder, None, hub, location, facts)
-    return ResolvedSource(spec, folder, readers[0], hub, location, facts)
+        return ResolvedSource(spec, folder, None, hub, location, facts, checked)
+    return ResolvedSource(spec, folder, readers[0], hub, location, facts, checked)

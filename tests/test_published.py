@@ -1,0 +1,169 @@
+"""Published SAEs read through the hub cache offline: each layout (SAELens, Gemma Scope, Llama Scope,
+sparsify) written from an SAE of ours into a fake hub cache and read back by the same loader as a
+download, hook names mapped to sites both ways, and the bad inputs (unknown names, an offline miss,
+a damaged download, a d_in or site mismatch) refused in one line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from scircuits import ConfigError, DataFormatError
+from scircuits.cli import main
+from scircuits.platform.manager.plugin_set import load_plugins
+from scircuits.platform.train.checkpoint import load_sae
+from scircuits.testing import published as P
+
+PLUGINS = load_plugins(entry_points_too=False)
+D_IN, D_SAE = 576, 128  # SmolLM2-135M's width: the CLI's checks run against its adapter
+GEMMA_REPO, LLAMA_REPO = "google/gemma-scope-2b-pt-res", "fnlp/Llama3_1-8B-Base-LXR-8x"
+LLAMA_FACTOR = 20.177339901477833  # SAELens' norm_scaling_factor of llama_scope_lxr_8x/l3r_8x
+
+
+def random_sae(variant: str, seed: int = 0, **hparams):
+    torch.manual_seed(seed)
+    sae = PLUGINS.saes.get(variant).build(D_IN, D_SAE, hparams)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        if variant == "jumprelu":
+            sae.log_threshold.fill_(-2.0)  # one threshold for every latent (Llama Scope has one)
+    return sae.eval()
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+@pytest.fixture(scope="module")
+def saes():
+    return {"topk": random_sae("topk", k=8), "jumprelu": random_sae("jumprelu")}
+
+
+def write_layouts(cache: Path, saes) -> dict[str, tuple[str, object, str]]:
+    """{layout: (spec, original SAE, the hook name the files give)}."""
+    topk, jr = saes["topk"], saes["jumprelu"]
+    hook = "blocks.3.hook_resid_post"
+    P.hub_repo(cache, "org/saelens-saes", P.saelens_files(topk, hook, hook))
+    P.hub_repo(cache, GEMMA_REPO, P.gemma_scope_files(jr, "layer_3/width_16k/average_l0_20"))
+    norm_in = D_IN**0.5 / LLAMA_FACTOR
+    threshold = float(jr.threshold[0].detach())
+    P.hub_repo(
+        cache, LLAMA_REPO, P.llama_scope_files(jr, "Llama3_1-8B-Base-L3R-8x", hook, norm_in, threshold)
+    )
+    P.hub_repo(cache, "org/sparsify-saes", P.sparsify_files(topk, "layers.3"))
+    return {
+        "saelens-layout": (f"hf:org/saelens-saes/{hook}", topk, hook),
+        "gemma-scope": (f"hf:{GEMMA_REPO}/layer_3/width_16k/average_l0_20", jr, hook),
+        "llama-scope": ("saelens:llama_scope_lxr_8x/l3r_8x", jr, hook),
+        "sparsify": ("hf:org/sparsify-saes/layers.3", topk, "layers.3"),
+    }
+
+
+@pytest.mark.parametrize("layout", ["saelens-layout", "gemma-scope", "llama-scope", "sparsify"])
+def test_each_layout_reads_back_the_sae_it_was_written_from(hub, saes, layout):
+    spec, original, hook = write_layouts(hub, saes)[layout]
+    sae, info = load_sae(spec, PLUGINS)
+    x = torch.randn(256, D_IN) * 3
+    with torch.no_grad():
+        assert torch.allclose(sae.encode(x), original.encode(x), atol=1e-5, rtol=0)
+        assert torch.allclose(sae(x), original(x), atol=1e-5, rtol=0)
+        assert (sae.encode(x) > 0).any()  # the comparison saw active latents
+    source = info["source"]
+    assert source["format"] == layout and info["hook_name"] == hook
+    assert (len(source["commit"]) == 40 and source["repo_id"] in spec) or layout == "llama-scope"
+    assert all(h.startswith(("sha256:", "git sha1:")) for h in source["files"].values())
+
+
+def test_an_adapter_maps_its_sites_to_hook_names_both_ways():
+    adapter = PLUGINS.models.get("smollm2-135m")
+    for layer in (0, 15, 29):
+        for site in ("resid", "mlp", "attn"):
+            hook = adapter.hook_name(layer, site)
+            assert adapter.site_of_hook(hook) == (layer, site)
+            assert adapter.site_of_hook(adapter.site_path(layer, site)) == (layer, site)
+    assert adapter.hook_name(15, "resid") == "blocks.15.hook_resid_post"
+    assert adapter.site_of_hook("blocks.16.hook_resid_pre") == (15, "resid")
+    assert adapter.site_of_hook("layers.7") == (7, "resid")  # sparsify's hookpoint
+    assert adapter.site_of_hook("layers.7.mlp") == (7, "mlp")
+    assert adapter.site_of_hook("layers.15.resid") == (15, "resid")  # our cfg.json before this change
+    gpt2 = PLUGINS.models.get("gpt2-medium")
+    assert gpt2.site_of_hook("transformer.h.4.attn") == (4, "attn")
+    for bad in ("blocks.0.hook_resid_pre", "blocks.3.attn.hook_z", "blocks.99.hook_mlp_out", "hook_embed"):
+        with pytest.raises(ConfigError):
+            adapter.site_of_hook(bad)
+
+
+def test_unknown_release_or_sae_id_lists_close_matches():
+    source = PLUGINS.sae_sources.get("saelens")
+    with pytest.raises(ConfigError, match="gemma-scope-2b-pt-res-canonical"):
+        source.resolve("gemma-scope-2b-pt-res-canonicl/layer_3/width_16k/canonical")
+    with pytest.raises(ConfigError, match=r"close matches: layer_3/width_16k/canonical"):
+        source.resolve("gemma-scope-2b-pt-res-canonical/layer_3/width_16k/canonicl")
+    location = source.resolve("gemma-scope-2b-pt-res-canonical/layer_3/width_16k/canonical@abc")
+    assert (location.repo_id, location.revision) == (GEMMA_REPO, "abc")
+    assert location.path.startswith("layer_3/width_16k/average_l0_")
+
+
+def one_line_exit_2(args: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_an_offline_miss_exits_2_naming_the_repo_cache_offline_flag_and_a_folder(hub, capsys):
+    err = one_line_exit_2(["ablate", "--sae", "hf:org/not-downloaded/layers.3", "--limit", "4"], capsys)
+    for part in ("org/not-downloaded/layers.3", str(hub), "HF_HUB_OFFLINE", "--sae DIR"):
+        assert part in err
+
+
+def test_a_width_mismatch_is_refused_before_the_model_loads(hub, capsys, monkeypatch):
+    torch.manual_seed(1)
+    narrow = PLUGINS.saes.get("topk").build(64, 128, {"k": 4})
+    P.hub_repo(hub, "org/narrow", P.sparsify_files(narrow, "layers.3"))
+    adapter = type(PLUGINS.models.get("smollm2-135m"))
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(adapter, "load", never)
+    err = one_line_exit_2(["ablate", "--sae", "hf:org/narrow/layers.3", "--limit", "4"], capsys)
+    assert "width 64" in err and "576" in err
+
+
+def test_a_site_mismatch_names_the_hook_and_the_flag(hub, saes, capsys, monkeypatch):
+    write_layouts(hub, saes)
+    adapter = type(PLUGINS.models.get("smollm2-135m"))
+    monkeypatch.setattr(adapter, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    spec = "hf:org/saelens-saes/blocks.3.hook_resid_post"
+    err = one_line_exit_2(["ablate", "--sae", spec, "--layer", "5", "--limit", "4"], capsys)
+    assert "blocks.3.hook_resid_post" in err and "--layer 5" in err
+    err = one_line_exit_2(["ablate", "--sae", spec, "--site", "mlp", "--limit", "4"], capsys)
+    assert "blocks.3.hook_resid_post" in err and "--site mlp" in err
+
+
+def test_a_truncated_download_is_detected_and_never_used(hub, saes):
+    spec = write_layouts(hub, saes)["sparsify"][0]
+    snapshot = next((hub / "models--org--sparsify-saes" / "snapshots").iterdir())
+    blob = Path(os.path.realpath(snapshot / "layers.3" / "sae.safetensors"))
+    data = blob.read_bytes()
+    blob.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataFormatError, match="damaged or truncated"):
+        load_sae(spec, PLUGINS)
+
+
+def test_a_folder_of_an_unknown_layout_says_what_it_reads(tmp_path):
+    (tmp_path / "weights.npy").write_bytes(b"\0")
+    with pytest.raises(DataFormatError, match="sae_weights.safetensors"):
+        load_sae(tmp_path, PLUGINS)
