@@ -165,5 +165,5 @@ def test_a_truncated_download_is_detected_and_never_used(hub, saes):
 
 def test_a_folder_of_an_unknown_layout_says_what_it_reads(tmp_path):
     (tmp_path / "weights.npy").write_bytes(b"\0")
-    with pytest.raises(DataFormatError, match="sae_weights.safetensors"):
+    with pytest.raises(DataFormatError, match=r"sae_weights\.safetensors"):
         load_sae(tmp_path, PLUGINS)
