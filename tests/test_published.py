@@ -167,3 +167,33 @@ def test_a_folder_of_an_unknown_layout_says_what_it_reads(tmp_path):
     (tmp_path / "weights.npy").write_bytes(b"\0")
     with pytest.raises(DataFormatError, match=r"sae_weights\.safetensors"):
         load_sae(tmp_path, PLUGINS)
+
+
+def test_run_with_a_published_sae_skips_collection_and_training(hub, saes, monkeypatch, tmp_path):
+    from scircuits.platform.config import RunConfig
+    from scircuits.platform.pipeline.run import run_pipeline
+    from tests.test_pipeline import FakeStages
+
+    write_layouts(hub, saes)
+    stages = FakeStages(monkeypatch)
+    spec = "hf:org/sparsify-saes/layers.3"
+    config = RunConfig(out=str(tmp_path / "runs"), progress=False, sae=spec)
+    run_dir = run_pipeline(config, PLUGINS)
+    assert stages.calls == ["ablate", "report"]
+    assert run_dir.name.startswith("smollm2-135m__arithmetic__resid3__hf-org-sparsify-saes")
+    assert not (run_dir / "activations.zarr").exists() and not (run_dir / "sae").exists()
+    run_pipeline(config, PLUGINS)
+    assert stages.calls == ["ablate", "report"]  # the second run is up to date
+    other = run_pipeline(
+        config.model_copy(
+            update={
+                "train": config.train.model_copy(
+                    update={"sae": "hf:org/saelens-saes/blocks.3.hook_resid_post"}
+                )
+            }
+        ),
+        PLUGINS,
+    )
+    assert other != run_dir and stages.calls[-2:] == ["ablate", "report"]
+    with pytest.raises(ConfigError, match=r"layers\.3 .*--layer 5"):
+        run_pipeline(config.model_copy(update={"layer": 5}), PLUGINS)

@@ -28,7 +28,16 @@ import click
     help="A `scircuits compare --out` folder that compared this run (repeatable): each feature page lists "
     "its matched features there, linked. Folders given before are kept.",
 )
-def dashboard(run_dir: str, features: int | None, out: str | None, compare: tuple[str, ...]) -> None:
+@click.option(
+    "--store",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Scan this activation store (of the run's model, layer and site) instead of the run's own: a run "
+    "of a given SAE (--sae hf:..., saelens:...) collects none.",
+)
+def dashboard(
+    run_dir: str, features: int | None, out: str | None, compare: tuple[str, ...], store: str | None
+) -> None:
     """Write RUN_DIR/dashboard: a sortable index of features and one page per feature, opening from disk."""
     from scircuits.platform.dashboard import build_dashboard
     from scircuits.platform.manager.plugin_set import get_plugins
@@ -39,6 +48,7 @@ def dashboard(run_dir: str, features: int | None, out: str | None, compare: tupl
         features=features,
         out=out,
         compare=compare,
+        store=store,
         say=lambda m: click.echo(f"[dashboard] {m}", err=True),
     )
     click.echo(

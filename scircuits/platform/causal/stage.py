@@ -76,9 +76,10 @@ def sae_site(info: dict[str, Any]) -> tuple[int | None, str | None]:
     return (int(layer) if isinstance(layer, int) else None, site if isinstance(site, str) else None)
 
 
-def hook_site(config: AblateConfig, adapter: Any, info: dict[str, Any]) -> tuple[int, str] | None:
-    """(layer, site) a published SAE's hook name decides, checked against --layer and --site; None for
-    an SAE whose scircuits.json records its store (it says so itself) or that names no hook."""
+def hook_site(config: Any, adapter: Any, info: dict[str, Any]) -> tuple[int, str] | None:
+    """(layer, site) a published SAE's hook name decides, checked against ``config``'s layer and site
+    (--layer, --site); None for an SAE whose scircuits.json records its store (it says so itself) or
+    that names no hook. ``config.sae`` names the SAE in the messages."""
     hook = info.get("hook_name")
     if not hook or info.get("meta"):
         return None

@@ -20,7 +20,7 @@ class Run:
     path: Path
     results: dict[str, Any]
     config: dict[str, Any]  # the ablate config recorded in results.json
-    sae_path: Path
+    sae_path: Path | str  # a folder, or a published SAE's spec (hf:..., saelens:...)
     store_path: Path | None
     sae_meta: dict[str, Any] = field(default_factory=dict)
 
@@ -99,15 +99,17 @@ def read_run(path: str | Path) -> Run:
         config = results.get("config")
     if not isinstance(config, dict) or not config.get("sae") or not config.get("model"):
         raise internals.config_error(f"{results_path} records no config with the model and the SAE")
-    sae_path = Path(config["sae"])
-    if not sae_path.is_dir():
+    sae_path: Path | str = Path(config["sae"])
+    if not Path(sae_path).is_dir() and (root / "sae").is_dir():
         sae_path = root / "sae"  # the run folder was moved: its own sae/ folder
-    if not sae_path.is_dir():
+    elif not Path(sae_path).is_dir() and ":" in str(config["sae"]):
+        sae_path = str(config["sae"])  # a published SAE the run read as it is (hf:..., saelens:...)
+    elif not Path(sae_path).is_dir():
         raise internals.config_error(f"{root}: the SAE folder {config['sae']} does not exist")
     store = config.get("store")
     store_path = Path(store) if store and Path(store).is_dir() else None
     if store_path is None and (root / "activations.zarr").is_dir():
         store_path = root / "activations.zarr"
-    meta_path = sae_path / "scircuits.json"
+    meta_path = Path(sae_path) / "scircuits.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     return Run(root, results, config, sae_path, store_path, meta)

@@ -124,15 +124,17 @@ def build_dashboard(
     settings: ScanSettings | None = None,
     say: Callable[[str], None] | None = None,
     compare: Sequence[str | Path] = (),
+    store: str | Path | None = None,
 ) -> DashboardSummary:
     """Write RUN_DIR/dashboard (or ``out``): index, one page per active feature, the Neuronpedia export,
-    and the matched features of ``compare`` folders (plus those a previous build of the site recorded)."""
+    and the matched features of ``compare`` folders (plus those a previous build of the site recorded).
+    ``store`` scans that store instead of the run's (``sources.read_run``)."""
     if features is not None and features <= 0:
         raise ConfigError(f"--features must be a positive number, not {features}")
     started = time.monotonic()
     timings: dict[str, float] = {}
     settings = settings or ScanSettings()
-    inputs = sources.read_run(run_dir)
+    inputs = sources.read_run(run_dir, store)
     target = Path(out) if out is not None else inputs.run_dir / DASHBOARD_DIR
     compare_dirs = [*recorded_compare_dirs(target), *(Path(c) for c in compare)]
     check_compare_dirs(compare_dirs, inputs.run_dir)  # before the scan: a bad folder costs nothing

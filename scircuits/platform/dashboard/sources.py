@@ -49,7 +49,7 @@ class RunInputs:
     run_dir: Path
     results: dict[str, Any]
     store_path: Path
-    sae_path: Path
+    sae_path: Path | str  # a folder, or the spec of a published SAE the run read as it is
 
     @property
     def config(self) -> dict[str, Any]:
@@ -78,8 +78,10 @@ def _existing(candidates: Sequence[Path | None], what: str, run_dir: Path) -> Pa
     )
 
 
-def read_run(run_dir: str | Path) -> RunInputs:
-    """The results, store and SAE of a run directory; ConfigError naming what is missing."""
+def read_run(run_dir: str | Path, store: str | Path | None = None) -> RunInputs:
+    """The results, store and SAE of a run directory; ConfigError naming what is missing. ``store``:
+    an activation store of the run's model, layer and site to scan instead of the run's own (a run
+    of a given SAE collects none)."""
     run = Path(run_dir)
     if not run.is_dir():
         raise ConfigError(f"{run} is not a directory; give a run directory written by `scircuits run`")
@@ -94,11 +96,39 @@ def read_run(run_dir: str | Path) -> RunInputs:
         if key not in results:
             raise ConfigError(f"{results_path} has no {key!r}: it was not written by `scircuits ablate`")
     config = results["config"]
-    store = _existing(
-        [run / STORE, Path(config["store"]) if config.get("store") else None], "activation store", run
-    )
-    sae = _existing([run / SAE, Path(config["sae"]) if config.get("sae") else None], "SAE checkpoint", run)
-    return RunInputs(run, results, store, sae)
+    if store is not None:
+        store_path = given_store(Path(store), results)
+    elif not (run / STORE).exists() and not config.get("store"):
+        raise ConfigError(
+            f"{run} studied a given SAE ({config.get('sae')}) and collected no activations: give a store "
+            f"of {config.get('model')} layer {results['layer']} {results['site']} with --store DIR (e.g. "
+            "the activations.zarr of a run at the same site)"
+        )
+    else:
+        store_path = _existing(
+            [run / STORE, Path(config["store"]) if config.get("store") else None], "activation store", run
+        )
+    sae_ref = str(config.get("sae") or "")
+    if not (run / SAE).exists() and ":" in sae_ref and not Path(sae_ref).exists():
+        return RunInputs(run, results, store_path, sae_ref)  # a published SAE (hf:..., saelens:...)
+    sae = _existing([run / SAE, Path(sae_ref) if sae_ref else None], "SAE checkpoint", run)
+    return RunInputs(run, results, store_path, sae)
+
+
+def given_store(path: Path, results: dict[str, Any]) -> Path:
+    """``--store``: a store of the run's model, layer and site, else ConfigError naming the difference."""
+    try:
+        attrs = ActivationStore(path).attrs
+    except Exception as exc:
+        raise ConfigError(f"--store {path}: not a readable activation store ({exc})") from None
+    expected = {"model": results["config"].get("model"), "layer": results["layer"], "site": results["site"]}
+    differences = [f"{k} {attrs.get(k)!r}, run {v!r}" for k, v in expected.items() if attrs.get(k) != v]
+    if differences:
+        raise ConfigError(
+            f"--store {path} is not from the run's site ({'; '.join(differences)}); give a store of "
+            f"{expected['model']} layer {expected['layer']} {expected['site']}"
+        )
+    return path
 
 
 def open_store(inputs: RunInputs) -> ActivationStore:
