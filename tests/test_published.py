@@ -24,14 +24,7 @@ LLAMA_FACTOR = 20.177339901477833  # SAELens' norm_scaling_factor of llama_scope
 
 
 def random_sae(variant: str, seed: int = 0, **hparams):
-    torch.manual_seed(seed)
-    sae = PLUGINS.saes.get(variant).build(D_IN, D_SAE, hparams)
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-        if variant == "jumprelu":
-            sae.log_threshold.fill_(-2.0)  # one threshold for every latent (Llama Scope has one)
-    return sae.eval()
+    return P.random_sae(PLUGINS, variant, D_IN, D_SAE, seed, **hparams)
 
 
 @pytest.fixture

@@ -55,14 +55,7 @@ def hub(tmp_path, monkeypatch):
 
 
 def random_sae(variant: str, seed: int = 0, **hparams):
-    torch.manual_seed(seed)
-    sae = PLUGINS.saes.get(variant).build(D_IN, D_SAE, hparams)
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-        if variant == "jumprelu":
-            sae.log_threshold.fill_(-1.5)
-    return sae.eval()
+    return P.random_sae(PLUGINS, variant, D_IN, D_SAE, seed, noise=0.1, log_threshold=-1.5, **hparams)
 
 
 def inputs() -> torch.Tensor:

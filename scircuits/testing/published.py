@@ -20,6 +20,30 @@ from typing import Any
 
 import torch
 
+from scircuits.platform.train.checkpoint import saelens_cfg
+
+
+def random_sae(
+    plugins: Any,
+    variant: str,
+    d_in: int,
+    d_sae: int,
+    seed: int = 0,
+    noise: float = 0.05,
+    log_threshold: float = -2.0,
+    **hparams: Any,
+) -> Any:
+    """A ``variant`` SAE of ``plugins`` with random weights (eval mode); a JumpReLU one gets one
+    threshold, exp(``log_threshold``), for every latent (as Llama Scope has)."""
+    torch.manual_seed(seed)
+    sae = plugins.saes.get(variant).build(d_in, d_sae, hparams)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(torch.randn_like(p) * noise)
+        if hasattr(sae, "log_threshold"):
+            sae.log_threshold.fill_(log_threshold)
+    return sae.eval()
+
 
 def _blob_name(name: str, data: bytes) -> str:
     if name.endswith(".json"):
@@ -71,18 +95,7 @@ def _without_input_shift(w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def saelens_files(sae: Any, hook_name: str, folder: str = "") -> dict[str, bytes]:
     """SAELens' layout (cfg.json + sae_weights.safetensors) as SAELens 6 writes it."""
     prefix = f"{folder}/" if folder else ""
-    cfg = {
-        "architecture": sae.saelens_architecture,
-        "d_in": sae.d_in,
-        "d_sae": sae.d_sae,
-        "dtype": "float32",
-        "device": "cpu",
-        "apply_b_dec_to_input": True,
-        "normalize_activations": "none",
-        "reshape_activations": "none",
-        "metadata": {"sae_lens_version": "6.0.0", "hook_name": hook_name},
-        **sae.saelens_cfg(),
-    }
+    cfg = saelens_cfg(sae, {"metadata": {"hook_name": hook_name}})
     return {f"{prefix}cfg.json": _json(cfg), f"{prefix}sae_weights.safetensors": _safetensors(_weights(sae))}
 
 
