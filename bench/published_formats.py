@@ -73,22 +73,22 @@ def cli(*args: str, env: dict[str, str] | None = None) -> None:
         raise SystemExit(done.returncode)
 
 
-def leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+def leaves(data: Any, prefix: str = "", skip: frozenset[str] = frozenset()) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if isinstance(data, dict):
         for key, value in data.items():
-            if key not in SKIP:
-                out.update(leaves(value, f"{prefix}.{key}" if prefix else key))
+            if key not in SKIP and key not in skip:
+                out.update(leaves(value, f"{prefix}.{key}" if prefix else key, skip))
     elif isinstance(data, list):
         for i, value in enumerate(data):
-            out.update(leaves(value, f"{prefix}[{i}]"))
+            out.update(leaves(value, f"{prefix}[{i}]", skip))
     else:
         out[prefix] = data
     return out
 
 
-def difference(a_path: Path, b_path: Path) -> dict[str, Any]:
-    a, b = (leaves(json.loads(p.read_text())) for p in (a_path, b_path))
+def difference(a_path: Path, b_path: Path, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    a, b = (leaves(json.loads(p.read_text()), skip=skip) for p in (a_path, b_path))
     keys = sorted(set(a) | set(b))
     differing = [k for k in keys if a.get(k) != b.get(k)]
     numeric = [
@@ -122,10 +122,38 @@ def load_times(specs: dict[str, str]) -> dict[str, dict[str, float]]:
     return out
 
 
+def store_agreement(pairs: dict[str, tuple[str, Path]], store: Path) -> dict[str, dict[str, float]]:
+    """Max |difference| of encode and decode between each format's SAE and the native checkpoint it
+    came from, over every token of the run's store (real SmolLM2 layer-15 activations)."""
+    import torch
+
+    from scircuits.platform.manager.plugin_set import load_plugins
+    from scircuits.platform.train.checkpoint import load_sae
+    from scircuits.store.reader import ActivationStore
+
+    plugins = load_plugins(entry_points_too=False)
+    acts = ActivationStore(store)
+    x = torch.as_tensor(acts.read_rows(0, acts.n_tokens)).float()
+    out = {}
+    with torch.no_grad():
+        for name, (spec, native) in pairs.items():
+            a, b = load_sae(spec, plugins)[0], load_sae(native, plugins)[0]
+            fa, fb = a.encode(x), b.encode(x)
+            out[name] = {
+                "tokens": int(x.shape[0]),
+                "encode_max_abs": float((fa - fb).abs().max()),
+                "decode_max_abs": float((a.decode(fa) - b.decode(fb)).abs().max()),
+                "same_active_latents": bool(((fa > 0) == (fb > 0)).all()),
+            }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="/tmp/published-bench")
+    parser.add_argument("--budget-minutes", type=float, default=40, help="start no study after this")
     args = parser.parse_args()
+    started = time.monotonic()
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     cache = root / "hub"
@@ -133,24 +161,13 @@ def main() -> None:
     os.environ.update(env)
 
     runs = root / "runs"
-    cli("run", "--out", str(runs), "--collect-limit", "96", "--train-tokens", "150000", *SETTINGS)
     native = runs / "smollm2-135m__arithmetic__resid15"
+    cli("run", "--out", str(runs), "--collect-limit", "96", "--train-tokens", "150000", *SETTINGS)
     store = native / "activations.zarr"
     jr_dir = root / "jumprelu"
-    cli(
-        "train",
-        "--store",
-        str(store),
-        "--sae",
-        "jumprelu",
-        "--expansion",
-        "4",
-        "--tokens",
-        "150000",
-        "--out",
-        str(jr_dir),
-        "--no-progress",
-    )
+    if not (jr_dir / "scircuits.json").is_file():
+        train = ["--store", str(store), "--sae", "jumprelu", "--expansion", "4", "--tokens", "150000"]
+        cli("train", *train, "--out", str(jr_dir), "--no-progress")
 
     import torch
 
@@ -164,52 +181,67 @@ def main() -> None:
     with torch.no_grad():  # one threshold for every latent, as Llama Scope has
         jr.log_threshold.fill_(float(jr.log_threshold.median()))
     jr_one = root / "jumprelu-one-threshold"
-    save_sae(
-        jr_one,
-        jr,
-        cfg=read_json(jr_dir / "cfg.json"),
-        scircuits_meta={
-            k: v
-            for k, v in jr_info["meta"].items()
-            if k not in ("format", "format_version", "variant", "hparams")
-        },
-    )
+    kept = {
+        k: v
+        for k, v in jr_info["meta"].items()
+        if k not in ("format", "format_version", "variant", "hparams")
+    }
+    save_sae(jr_one, jr, cfg=read_json(jr_dir / "cfg.json"), scircuits_meta=kept)
     hook = "blocks.15.hook_resid_post"
-    norm = float(json.loads((native / "sae" / "scircuits.json").read_text()).get("input_scale") or 1.0)
+    norm = math.sqrt(jr.d_in) / 7.5  # any positive mean norm: the reader folds the scale back out
     P.hub_repo(cache, "scircuits-bench/saelens", P.saelens_files(topk, hook, hook))
     P.hub_repo(cache, "scircuits-bench/sparsify", P.sparsify_files(topk, "layers.15"))
     P.hub_repo(
         cache, "google/gemma-scope-2b-pt-res", P.gemma_scope_files(jr, "layer_15/width_16k/average_l0_32")
     )
-    P.hub_repo(
-        cache,
-        "fnlp/Llama3_1-8B-Base-LXR-8x",
-        P.llama_scope_files(
-            jr, "Llama3_1-8B-Base-L15R-8x", hook, math.sqrt(jr.d_in) / norm, float(jr.threshold[0].detach())
-        ),
-    )
+    llama = P.llama_scope_files(jr, "Llama3_1-8B-Base-L15R-8x", hook, norm, float(jr.threshold[0].detach()))
+    P.hub_repo(cache, "fnlp/Llama3_1-8B-Base-LXR-8x", llama)
     formats = {
-        "saelens-layout (hf:)": ("hf:scircuits-bench/saelens/blocks.15.hook_resid_post", native / "sae"),
         "sparsify (hf:)": ("hf:scircuits-bench/sparsify/layers.15", native / "sae"),
         "gemma-scope (hf:)": ("hf:google/gemma-scope-2b-pt-res/layer_15/width_16k/average_l0_32", jr_one),
+        "saelens-layout (hf:)": ("hf:scircuits-bench/saelens/blocks.15.hook_resid_post", native / "sae"),
         "llama-scope (saelens:)": ("saelens:llama_scope_lxr_8x/l15r_8x", jr_one),
     }
     report: dict[str, Any] = {"settings": SETTINGS, "formats": {}}
-    ablated: dict[str, Path] = {}
-    ablated[str(native / "sae")] = native / "causal" / "results.json"  # the native run's own study
-    cli(
-        "ablate",
-        "--sae",
-        str(jr_one),
-        "--store",
-        str(store),
-        "--out",
-        str(root / "ablate" / "jumprelu"),
-        *SETTINGS,
-        env=env,
+    report["store_agreement"] = store_agreement({k: (v[0], v[1]) for k, v in formats.items()}, store)
+    report["load_seconds"] = load_times(
+        {"native folder": str(native / "sae"), **{k: v[0] for k, v in formats.items()}}
     )
-    ablated[str(jr_one)] = root / "ablate" / "jumprelu" / "results.json"
+    print(json.dumps(report, indent=2), flush=True)
+    (root / "published_formats.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    def in_budget() -> bool:
+        return time.monotonic() - started < args.budget_minutes * 60
+
+    # the studies: run --sae (no collection, no training) against the native run, then ablate per format
+    if in_budget():
+        cli("run", "--out", str(runs), "--sae", formats["sparsify (hf:)"][0], *SETTINGS, env=env)
+        published_run = next(p for p in runs.iterdir() if "__hf-" in p.name)
+        report["run --sae sparsify vs native run"] = difference(
+            native / "causal" / "results.json",
+            published_run / "causal" / "results.json",
+            # without a store the top contexts come from the evaluation examples (said in contexts_source)
+            skip=frozenset({"top_tokens", "contexts_source"}),
+        )
+    ablated = {str(native / "sae"): native / "causal" / "results.json"}  # the native run's own study
     for name, (spec, native_sae) in formats.items():
+        if not in_budget():
+            report["formats"][name] = {"spec": spec, "study": "not run (time budget)"}
+            continue
+        if str(native_sae) not in ablated:
+            out = root / "ablate" / "jumprelu"
+            cli(
+                "ablate",
+                "--sae",
+                str(native_sae),
+                "--store",
+                str(store),
+                "--out",
+                str(out),
+                *SETTINGS,
+                env=env,
+            )
+            ablated[str(native_sae)] = out / "results.json"
         out = root / "ablate" / name.split()[0]
         cli("ablate", "--sae", spec, "--store", str(store), "--out", str(out), *SETTINGS, env=env)
         report["formats"][name] = {
@@ -217,14 +249,7 @@ def main() -> None:
             "native": str(native_sae),
             "vs_native": difference(ablated[str(native_sae)], out / "results.json"),
         }
-    cli("run", "--out", str(runs), "--sae", formats["sparsify (hf:)"][0], *SETTINGS, env=env)
-    published_run = next(p for p in runs.iterdir() if "__hf-" in p.name)
-    report["run --sae sparsify vs native run"] = difference(
-        native / "causal" / "results.json", published_run / "causal" / "results.json"
-    )
-    report["load_seconds"] = load_times(
-        {"native folder": str(native / "sae"), **{k: v[0] for k, v in formats.items()}}
-    )
+        (root / "published_formats.json").write_text(json.dumps(report, indent=2) + "\n")
     (root / "published_formats.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
