@@ -190,3 +190,44 @@ def test_run_with_a_published_sae_skips_collection_and_training(hub, saes, monke
     assert other != run_dir and stages.calls[-2:] == ["ablate", "report"]
     with pytest.raises(ConfigError, match=r"layers\.3 .*--layer 5"):
         run_pipeline(config.model_copy(update={"layer": 5}), PLUGINS)
+
+
+def test_a_study_of_a_published_sae_records_what_it_read_and_the_gate_reference(hub, tmp_path):
+    """A real (tiny, random) model, the causal study end to end on a SAELens release read from the
+    hub cache: the layer comes from the hook name, provenance names the release, repository, commit
+    and file hashes, and the gate's growth check uses the release's variance explained."""
+    import json
+
+    from scircuits.platform.causal.stage import load_inputs, run_ablate
+    from scircuits.platform.config import AblateConfig
+    from scircuits.testing import tiny_loaded_model
+
+    tiny = tiny_loaded_model("smollm2-135m")
+    sae = P.random_sae(PLUGINS, "topk", tiny.d_model, 64, k=4)
+    hook = "blocks.3.hook_resid_pre"  # gpt2-small-res-jb's table gives variance explained 0.999
+    P.hub_repo(hub, "jbloom/GPT2-Small-SAEs-Reformatted", P.saelens_files(sae, hook, hook))
+    config = AblateConfig(
+        sae=f"saelens:gpt2-small-res-jb/{hook}",
+        out=str(tmp_path / "causal"),
+        limit=6,
+        top_k=[1],
+        random_controls=2,
+        exact_top=1,
+        faithfulness_n=[1],
+        bootstrap=50,
+        progress=False,
+        reconstruction_gate=False,  # a random SAE on a random model, on purpose
+    ).with_plugin_defaults(PLUGINS)
+    inputs = load_inputs(config, PLUGINS, loaded=tiny)
+    assert inputs.layer == 2  # hook_resid_pre of block 3 is block 2's output
+    results = json.loads((run_ablate(config, PLUGINS, inputs=inputs) / "results.json").read_text())
+    source = results["provenance"]["sae"]["source"]
+    assert source["repo_id"] == "jbloom/GPT2-Small-SAEs-Reformatted" and len(source["commit"]) == 40
+    assert source["facts"]["release"] == "gpt2-small-res-jb" and set(source["files"]) == {
+        "cfg.json",
+        "sae_weights.safetensors",
+    }
+    gate = results["gate"]
+    assert gate["reference_metric"] == "fvu" and gate["reference"] == pytest.approx(0.001)
+    assert gate["error_growth"] == pytest.approx(results["sae_metrics_eval"]["fvu"] / 0.001)
+    assert "metadata" in gate["reference_source"] and results["layer"] == 2

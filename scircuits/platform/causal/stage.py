@@ -153,7 +153,7 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
         check_weights_available(adapter, config.model_path)
     sae, info = load_sae(config.sae, plugins)
     d_in = int(sae.W_dec.shape[1])
-    if adapter.d_model and d_in != adapter.d_model:  # known without loading the model
+    if loaded is None and adapter.d_model and d_in != adapter.d_model:  # known before the model loads
         raise ConfigError(
             f"the SAE {config.sae} reads width {d_in}, but {config.model} has width {adapter.d_model}: "
             "it was made for another model"

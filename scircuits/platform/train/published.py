@@ -72,8 +72,9 @@ def split_scheme(spec: str, plugins: PluginSet) -> tuple[str, str] | None:
 
 
 def is_published(spec: str | None, plugins: PluginSet) -> bool:
-    """Whether ``spec`` names an SAE to read rather than one to train (a scheme or a folder)."""
-    if not spec:
+    """Whether ``spec`` names an SAE to read rather than a variant to train (a scheme or a folder; a
+    registered variant's name wins over a folder of that name)."""
+    if not spec or spec in plugins.saes:
         return False
     return split_scheme(spec, plugins) is not None or Path(spec).is_dir()
 
