@@ -165,9 +165,11 @@ def main() -> None:
     cli("run", "--out", str(runs), "--collect-limit", "96", "--train-tokens", "150000", *SETTINGS)
     store = native / "activations.zarr"
     jr_dir = root / "jumprelu"
-    if not (jr_dir / "scircuits.json").is_file():
+    from scircuits.platform.train.checkpoint import is_complete
+
+    if not is_complete(jr_dir):
         train = ["--store", str(store), "--sae", "jumprelu", "--expansion", "4", "--tokens", "150000"]
-        cli("train", *train, "--out", str(jr_dir), "--no-progress")
+        cli("train", *train, "--out", str(jr_dir), "--no-progress", "--force")
 
     import torch
 
