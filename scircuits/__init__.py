@@ -23,6 +23,7 @@ from scircuits.platform.contract.errors import PluginConflictError, UnknownNameE
 from scircuits.platform.contract.hf_loading import WeightsSource
 from scircuits.platform.contract.hookspecs import hookimpl
 from scircuits.platform.contract.models import HFModelAdapter, LoadedModel, ModelAdapter, Site
+from scircuits.platform.contract.sae_sources import HubLocation, PublishedSAE, SAESource
 from scircuits.platform.contract.saes import SAEVariant
 from scircuits.platform.contract.synth_tasks import (
     MIN_LABEL_TOKENS,
@@ -111,6 +112,7 @@ __all__ = [
     "Example",
     "FeatureStats",
     "HFModelAdapter",
+    "HubLocation",
     "Interval",
     "KTest",
     "Label",
@@ -118,9 +120,11 @@ __all__ = [
     "LoadedModel",
     "ModelAdapter",
     "PluginConflictError",
+    "PublishedSAE",
     "RankingRecovery",
     "Recovery",
     "ReportDocument",
+    "SAESource",
     "SAEVariant",
     "ScircuitsError",
     "Site",

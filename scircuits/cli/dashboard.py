@@ -34,8 +34,20 @@ import click
     help="Instead of refusing an --out that holds files scircuits did not write, move them aside "
     "(nothing is deleted).",
 )
+@click.option(
+    "--store",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Scan this activation store (of the run's model, layer and site) instead of the run's own: a run "
+    "of a given SAE (--sae hf:..., saelens:...) collects none.",
+)
 def dashboard(
-    run_dir: str, features: int | None, out: str | None, compare: tuple[str, ...], force: bool
+    run_dir: str,
+    features: int | None,
+    out: str | None,
+    compare: tuple[str, ...],
+    force: bool,
+    store: str | None,
 ) -> None:
     """Write RUN_DIR/dashboard: a sortable index of features and one page per feature, opening from disk."""
     from scircuits.platform.dashboard import build_dashboard
@@ -48,6 +60,7 @@ def dashboard(
         out=out,
         compare=compare,
         force=force,
+        store=store,
         say=lambda m: click.echo(f"[dashboard] {m}", err=True),
     )
     click.echo(

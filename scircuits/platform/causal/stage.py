@@ -66,11 +66,35 @@ def sae_site(info: dict[str, Any]) -> tuple[int | None, str | None]:
     store = meta.get("store") if isinstance(meta.get("store"), dict) else {}
     attrs = store.get("attrs") if isinstance(store.get("attrs"), dict) else {}
     layer, site = attrs.get("layer"), attrs.get("site")
+    hooked = info.get("hook_site") if isinstance(info.get("hook_site"), dict) else {}
+    if layer is None and hooked:
+        layer, site = hooked.get("layer"), hooked.get("site")
     if layer is None:
         cfg = info.get("cfg") if isinstance(info.get("cfg"), dict) else {}
         metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
         layer = metadata.get("hook_layer")
     return (int(layer) if isinstance(layer, int) else None, site if isinstance(site, str) else None)
+
+
+def hook_site(config: Any, adapter: Any, info: dict[str, Any]) -> tuple[int, str] | None:
+    """(layer, site) a published SAE's hook name decides, checked against ``config``'s layer and site
+    (--layer, --site); None for an SAE whose scircuits.json records its store (it says so itself) or
+    that names no hook. ``config.sae`` names the SAE in the messages."""
+    hook = info.get("hook_name")
+    if not hook or info.get("meta"):
+        return None
+    layer, site = adapter.site_of_hook(str(hook))
+    if config.layer is not None and config.layer != layer:
+        raise ConfigError(
+            f"the SAE {config.sae} reads {hook} (layer {layer}, site {site}), but --layer {config.layer} "
+            f"was given; drop --layer or give --layer {layer}"
+        )
+    if config.site != site:
+        raise ConfigError(
+            f"the SAE {config.sae} reads {hook} (layer {layer}, site {site}), but --site {config.site} "
+            f"was given; give --site {site}"
+        )
+    return layer, site
 
 
 def check_store_matches_sae(store_path: str | None, sae_path: str | None, info: dict[str, Any]) -> None:
@@ -117,9 +141,10 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
     benchmark = plugins.benchmarks.get(config.benchmark)
     benchmark.check_split(config.split)
     if not config.sae:
-        raise ConfigError("ablate needs --sae DIR (an SAE checkpoint folder from `scircuits train`)")
-    if not Path(config.sae).is_dir():
-        raise ConfigError(f"--sae {config.sae} is not a folder; give the folder that `scircuits train` wrote")
+        raise ConfigError(
+            "ablate needs --sae: a checkpoint folder from `scircuits train`, or a published SAE "
+            "(hf:REPO/PATH, saelens:RELEASE/SAE_ID)"
+        )
     # every example is read (a bad line anywhere stops here) before any weights are checked or loaded
     examples = list(benchmark.examples(config.split, config.limit, config.seed, config.benchmark_options))
     if not examples:
@@ -127,6 +152,12 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
     if loaded is None:
         check_weights_available(adapter, config.model_path)
     sae, info = load_sae(config.sae, plugins)
+    d_in = int(sae.W_dec.shape[1])
+    if loaded is None and adapter.d_model and d_in != adapter.d_model:  # known before the model loads
+        raise ConfigError(
+            f"the SAE {config.sae} reads width {d_in}, but {config.model} has width {adapter.d_model}: "
+            "it was made for another model"
+        )
     check_store_matches_sae(config.store, config.sae, info)
     d_sae = int(sae.W_dec.shape[0])
     too_big = [k for k in config.top_k if k > d_sae]
@@ -135,14 +166,17 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
             f"--top-k {', '.join(map(str, too_big))}: the SAE in {config.sae} has only {d_sae} latents; give "
             f"values <= {d_sae}"
         )
+    hooked = hook_site(config, adapter, info)
     if loaded is None:
         loaded = adapter.load(model_path=config.model_path, dtype="float32", device=config.device)
-    if int(sae.W_dec.shape[1]) != loaded.d_model:
+    if d_in != loaded.d_model:
         raise ConfigError(
-            f"the SAE in {config.sae} has d_in {sae.W_dec.shape[1]}, but {config.model} has "
-            f"width {loaded.d_model}: it was trained on another model"
+            f"the SAE {config.sae} has d_in {d_in}, but {config.model} has "
+            f"width {loaded.d_model}: it was made for another model"
         )
     info = dict(info) if isinstance(info, dict) else {}
+    if hooked is not None:
+        info["hook_site"] = {"hook_name": info.get("hook_name"), "layer": hooked[0], "site": hooked[1]}
     trained_site = sae_site(info)[1]
     if trained_site is not None and trained_site != config.site:
         raise ConfigError(
@@ -177,6 +211,9 @@ def provenance(config: AblateConfig, inputs: AblateInputs, n_examples: int, n_to
         )
         if isinstance(meta.get("store"), dict):
             sae_prov["store_path"] = meta["store"].get("path")
+        for key in ("source", "hook_name", "published_metrics"):  # a published SAE: what was read
+            if inputs.sae_info.get(key) is not None:
+                sae_prov[key] = inputs.sae_info[key]
     store_prov: dict[str, Any] | None = None
     if config.store:
         try:

@@ -19,7 +19,7 @@ class Run:
     path: Path
     results: dict[str, Any]
     config: dict[str, Any]  # the ablate config recorded in results.json
-    sae_path: Path
+    sae_path: Path | str  # a folder, or a published SAE's spec (hf:..., saelens:...)
     store_path: Path | None
     sae_meta: dict[str, Any] = field(default_factory=dict)
 
@@ -104,6 +104,10 @@ def read_run(path: str | Path, plugins: Any = None) -> Run:
     if not isinstance(config, dict) or not isinstance(config.get("model"), str):
         raise internals.config_error(f"{results_path} records no config with the model and the SAE")
     sae_path = root / "sae"
+    spec = str(config.get("sae") or "")
+    if not sae_path.exists() and ":" in spec and not Path(spec).exists():
+        # a published SAE the run read as it is (hf:..., saelens:...): no sae/ folder of its own
+        return Run(root, results, config, spec, run_store(root, config, {}), {})
     if not internals.sae_complete(sae_path):
         what = "is not a complete SAE checkpoint" if sae_path.is_dir() else "does not exist"
         raise internals.config_error(

@@ -332,7 +332,11 @@ class AblateConfig(StageConfig):
     benchmark_options: dict[str, Any] = D(dict, "Benchmark options (--option KEY=VALUE, --data).")
     layer: int | None = D(None, "Block of the site; default: the layer the SAE was trained on.", ge=0)
     site: SiteName = D("resid", "Site of the SAE.")
-    sae: str = D("", "SAE checkpoint folder (from `scircuits train`).")
+    sae: str = D(
+        "",
+        "SAE: a checkpoint folder (from `scircuits train`, SAELens, or a published layout), "
+        "hf:REPO[/PATH][@REV] or saelens:RELEASE/SAE_ID (docs/formats.md, 'Published SAEs').",
+    )
     store: str | None = D(None, "Activation store, for the features' top-activating contexts.")
     ablation: str | None = D(None, plugin_default_help("Ablation", "ablations"))
     ablation_options: dict[str, Any] = D(dict, "Ablation options (--ablation-option KEY=VALUE).")
@@ -461,7 +465,11 @@ RunTrain = section(
     # error 0.0069 (docs/training.md, "Real activations")
     {"tokens": 1_200_000, "expansion": 4, "lr": 1e-3, "warmup_steps": None},
     {
-        "sae": plugin_default_help("SAE variant to train", "saes"),
+        "sae": plugin_default_help(
+            "SAE variant to train, or an SAE to study without collecting or training: a checkpoint "
+            "folder, hf:REPO/PATH or saelens:RELEASE/SAE_ID",
+            "saes",
+        ),
         "tokens": "SAE training tokens.",
         "batch_size": "SAE training batch, in tokens.",
         "warmup_steps": "Learning-rate warm-up steps; default: a tenth of the steps, at most 100.",

@@ -37,12 +37,18 @@ def register_synth_tasks(register: Callable[[Any], None]) -> None:
     """Register SynthTask instances (synthetic tasks with known variables): ``register(task)``."""
 
 
+@hookspec
+def register_sae_sources(register: Callable[[Any], None]) -> None:
+    """Register SAESource instances (published checkpoint layouts and schemes): ``register(source)``."""
+
+
 FAMILY_HOOKS: dict[str, str] = {
     "models": "register_models",
     "benchmarks": "register_benchmarks",
     "saes": "register_sae_variants",
     "ablations": "register_ablations",
     "synth_tasks": "register_synth_tasks",
+    "sae_sources": "register_sae_sources",
 }
 
 

@@ -31,6 +31,19 @@ class Site(str, enum.Enum):
 
 
 DEFAULT_SITE_PATHS: Mapping[str, str] = {"resid": "", "mlp": "mlp", "attn": "self_attn"}
+# TransformerLens' hook of each site in block N (``blocks.N.<hook>``); ``hook_resid_pre`` of block N
+# is the residual stream entering it, our ``resid`` site of block N - 1.
+TL_SITE_HOOKS: Mapping[str, str] = {
+    "resid": "hook_resid_post",
+    "mlp": "hook_mlp_out",
+    "attn": "hook_attn_out",
+}
+TL_RESID_PRE = "hook_resid_pre"
+
+
+def tl_hook_name(layer: int, site: str | Site) -> str:
+    """TransformerLens' name of a site (``blocks.15.hook_resid_post``): the same for every model."""
+    return f"blocks.{layer}.{TL_SITE_HOOKS[Site(site).value]}"
 
 
 @dataclass
@@ -90,6 +103,61 @@ class ModelAdapter:
         layer = self.layer_or_default(layer, n_layers)
         sub = self.site_paths[site]
         return f"{self.blocks_path}.{layer}" + (f".{sub}" if sub else "")
+
+    def hook_name(self, layer: int, site: str | Site) -> str:
+        """TransformerLens' name of the site (``blocks.15.hook_resid_post``)."""
+        return tl_hook_name(layer, site)
+
+    def site_of_hook(self, name: str, n_layers: int | None = None) -> tuple[int, str]:
+        """(layer, site) of a hook name as other tools write it: TransformerLens (``blocks.N.hook_
+        resid_post``, ``hook_resid_pre``, ``hook_mlp_out``, ``hook_attn_out``), this adapter's HF module
+        path (``model.layers.N``, ``model.layers.N.mlp``), a path under the base model as sparsify
+        writes it (``layers.N``), or ``layers.N.<site>`` (scircuits before TransformerLens names).
+        ConfigError for a name that is none of these or a site this adapter lacks."""
+        n = n_layers or self.n_layers
+        parts = name.split(".")
+        found: tuple[int, str] | None = None
+        if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit():
+            layer, hook = int(parts[1]), parts[2]
+            by_hook = {v: k for k, v in TL_SITE_HOOKS.items()}
+            if hook in by_hook:
+                found = (layer, by_hook[hook])
+            elif hook == TL_RESID_PRE and layer > 0:
+                found = (layer - 1, "resid")
+            elif hook == TL_RESID_PRE:
+                raise ConfigError(
+                    f"hook {name!r} is the embeddings' output, not a site of a block; scircuits reads "
+                    "block outputs (blocks.N.hook_resid_post)"
+                )
+        else:
+            found = self._site_of_module_path(name)
+        if found is None:
+            known = ", ".join(f"blocks.N.{h}" for h in (*TL_SITE_HOOKS.values(), TL_RESID_PRE))
+            raise ConfigError(
+                f"hook {name!r} names no site of {self.name} (known: {known}, or module paths like "
+                f"{self.site_path(0, 'resid', n_layers=max(n, 1))})"
+            )
+        layer, site = found
+        if site not in self.site_paths:
+            raise ConfigError(f"hook {name!r} is the {site!r} site, which {self.name} does not have")
+        if n and not 0 <= layer < n:
+            raise ConfigError(f"hook {name!r} names layer {layer}, but {self.name} has layers 0..{n - 1}")
+        return found
+
+    def _site_of_module_path(self, name: str) -> tuple[int, str] | None:
+        base_paths = {self.blocks_path, self.blocks_path.split(".", 1)[-1], "layers"}
+        for blocks in sorted(base_paths, key=len, reverse=True):
+            if not blocks or not name.startswith(blocks + "."):
+                continue
+            head, _, rest = name[len(blocks) + 1 :].partition(".")
+            if not head.isdigit():
+                continue
+            by_path = {v: k for k, v in self.site_paths.items()}
+            if rest in by_path:
+                return int(head), by_path[rest]
+            if rest in TL_SITE_HOOKS:  # layers.N.resid: scircuits' own name before this mapping
+                return int(head), rest
+        return None
 
     def resolve_site(self, layer: int | None, site: str | Site, n_layers: int | None = None) -> int:
         """The layer (default: the adapter's), checked with the site; ConfigError if either is absent."""

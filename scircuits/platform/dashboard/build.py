@@ -136,6 +136,7 @@ def build_dashboard(
     say: Callable[[str], None] | None = None,
     compare: Sequence[str | Path] = (),
     force: bool = False,
+    store: str | Path | None = None,
 ) -> DashboardSummary:
     """Write RUN_DIR/dashboard (or ``out``): index, one page per active feature, the Neuronpedia export,
     and the matched features of ``compare`` folders (plus those a previous build of the site recorded).
@@ -143,16 +144,18 @@ def build_dashboard(
     The site folder follows the artifact rule (``scircuits.platform.common.artifacts``): files
     scircuits did not write are refused (moved aside with ``force``), never deleted; an ``out`` that
     is, or holds, what the dashboard reads is refused; the folder is locked while it is written, and
-    the run is read under its lock (refused while `scircuits run` writes it)."""
+    the run is read under its lock (refused while `scircuits run` writes it). ``store`` scans that
+    store instead of the run's (``sources.read_run``)."""
     if features is not None and features <= 0:
         raise ConfigError(f"--features must be a positive number, not {features}")
     started = time.monotonic()
     timings: dict[str, float] = {}
     settings = settings or ScanSettings()
     say = say or (lambda _: None)
-    inputs = sources.read_run(run_dir, plugins)
+    inputs = sources.read_run(run_dir, plugins, store)
     default = inputs.run_dir / DASHBOARD_DIR
-    read = [(inputs.run_dir / sources.RESULTS).parent, inputs.sae_path, inputs.store_path]
+    read = [(inputs.run_dir / sources.RESULTS).parent, inputs.store_path]
+    read += [inputs.sae_path] if isinstance(inputs.sae_path, Path) else []
     target = check_out_apart(
         out if out is not None else default, read=[*read, *(Path(c) for c in compare)], holds=[inputs.run_dir]
     )

@@ -52,7 +52,7 @@ class RunInputs:
     run_dir: Path
     results: dict[str, Any]
     store_path: Path
-    sae_path: Path
+    sae_path: Path | str  # a folder, or the spec of a published SAE the run read as it is
 
     @property
     def config(self) -> dict[str, Any]:
@@ -81,9 +81,11 @@ def _existing(candidates: Sequence[Path | None], what: str, run_dir: Path) -> Pa
     )
 
 
-def read_run(run_dir: str | Path, plugins: Any = None) -> RunInputs:
+def read_run(run_dir: str | Path, plugins: Any = None, store: str | Path | None = None) -> RunInputs:
     """The results, store and SAE of a run directory; ConfigError naming what is missing or of the
-    wrong type (the study's fields, and every analysis of ``plugins``)."""
+    wrong type (the study's fields, and every analysis of ``plugins``). ``store``: an activation store
+    of the run's model, layer and site to scan instead of the run's own (a run of a given SAE collects
+    none)."""
     run = Path(run_dir)
     if not run.is_dir():
         raise ConfigError(f"{run} is not a directory; give a run directory written by `scircuits run`")
@@ -95,18 +97,47 @@ def read_run(run_dir: str | Path, plugins: Any = None) -> RunInputs:
     if "features" not in results:
         raise ConfigError(f"{results_path} has no 'features': it was not written by `scircuits ablate`")
     config = results["config"]
-    # the folder's own SAE, never the path results.json recorded (it may name another, later run)
-    sae = _existing([run / SAE], "SAE checkpoint", run)
-    meta_path = sae / "scircuits.json"
-    meta = load_file(meta_path) if meta_path.is_file() else {}
+    sae_ref = str(config.get("sae") or "")
+    if not (run / SAE).exists() and ":" in sae_ref and not Path(sae_ref).exists():
+        sae: Path | str = sae_ref  # a published SAE (hf:..., saelens:...), read as the run read it
+        meta: Any = {}
+    else:
+        # the folder's own SAE, never the path results.json recorded (it may name another, later run)
+        sae = _existing([run / SAE], "SAE checkpoint", run)
+        meta_path = sae / "scircuits.json"
+        meta = load_file(meta_path) if meta_path.is_file() else {}
+    if store is not None:
+        return RunInputs(run, results, given_store(Path(store), results), sae)
     # its own store; the recorded one only when absent here and of the identity the SAE trained on
-    store = run_store(run, config, meta if isinstance(meta, dict) else {})
-    if store is None:
+    store_path = run_store(run, config, meta if isinstance(meta, dict) else {})
+    if store_path is None and isinstance(sae, str):
+        raise ConfigError(
+            f"{run} studied a given SAE ({sae}) and collected no activations: give a store of "
+            f"{config.get('model')} layer {results['layer']} {results['site']} with --store DIR (e.g. "
+            "the activations.zarr of a run at the same site)"
+        )
+    if store_path is None:
         raise ConfigError(
             f"{run}: no activation store found (no {STORE} there, and the store its results record is "
             "missing or not the one its SAE was trained on); give the directory that `scircuits run` wrote"
         )
-    return RunInputs(run, results, store, sae)
+    return RunInputs(run, results, store_path, sae)
+
+
+def given_store(path: Path, results: dict[str, Any]) -> Path:
+    """``--store``: a store of the run's model, layer and site, else ConfigError naming the difference."""
+    try:
+        attrs = ActivationStore(path).attrs
+    except Exception as exc:
+        raise ConfigError(f"--store {path}: not a readable activation store ({exc})") from None
+    expected = {"model": results["config"].get("model"), "layer": results["layer"], "site": results["site"]}
+    differences = [f"{k} {attrs.get(k)!r}, run {v!r}" for k, v in expected.items() if attrs.get(k) != v]
+    if differences:
+        raise ConfigError(
+            f"--store {path} is not from the run's site ({'; '.join(differences)}); give a store of "
+            f"{expected['model']} layer {expected['layer']} {expected['site']}"
+        )
+    return path
 
 
 def open_store(inputs: RunInputs) -> ActivationStore:

@@ -24,6 +24,7 @@ from scircuits.platform.contract.ablations import Ablation
 from scircuits.platform.contract.benchmarks import Benchmark
 from scircuits.platform.contract.errors import PluginConflictError
 from scircuits.platform.contract.models import ModelAdapter
+from scircuits.platform.contract.sae_sources import SAESource
 from scircuits.platform.contract.saes import SAEVariant
 from scircuits.platform.contract.synth_tasks import SynthTask
 from scircuits.platform.manager.registry import Registry
@@ -36,6 +37,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "scircuits.plugins.models",
     "scircuits.plugins.benchmarks",
     "scircuits.plugins.saes",
+    "scircuits.plugins.sae_sources",
     "scircuits.plugins.ablations",
     "scircuits.plugins.analyses",
     "scircuits.plugins.synth",
@@ -64,6 +66,7 @@ FAMILY_BASES: dict[str, type] = {
     "saes": SAEVariant,
     "ablations": Ablation,
     "synth_tasks": SynthTask,
+    "sae_sources": SAESource,
 }
 
 
@@ -72,7 +75,7 @@ def _family_base(family: str) -> type:
 
 
 class PluginSet:
-    """Every loaded plugin and the registries they filled (one per family)."""
+    """Every loaded plugin and the registries they filled (one per family of ``FAMILY_HOOKS``)."""
 
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -99,6 +102,10 @@ class PluginSet:
     @property
     def synth_tasks(self) -> Registry[Any]:
         return self.registries["synth_tasks"]
+
+    @property
+    def sae_sources(self) -> Registry[Any]:
+        return self.registries["sae_sources"]
 
     def failed(self) -> list[PluginInfo]:
         return [p for p in self.plugins.values() if p.error]

@@ -25,8 +25,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+from scircuits.platform.causal.stage import hook_site
 from scircuits.platform.common.artifacts import (
     LOCK_FILE,
     MARKER_FILE,
@@ -46,6 +48,8 @@ from scircuits.platform.contract.hf_loading import check_weights_available, conf
 from scircuits.platform.pipeline.stages import STAGES, PlanContext, Stage
 from scircuits.platform.pipeline.state import STATE_FILE, PipelineState
 from scircuits.platform.report.document import REPORT_HTML, REPORT_MD
+from scircuits.platform.train.checkpoint import load_sae
+from scircuits.platform.train.published import is_published
 from scircuits.platform.train.size import check_sae_memory
 
 
@@ -112,19 +116,50 @@ def model_config_sizes(source: str) -> tuple[int, int]:
         ) from None
 
 
+def sae_slug(spec: str) -> str:
+    """A run directory's tag for a given SAE: its spec made safe, shortened with a hash when long."""
+    text = spec if ":" in spec else f"{Path(spec).resolve().name}-{_digest(str(Path(spec).resolve()))}"
+    safe = "".join(c if c.isalnum() or c in "-._" else "-" for c in text).strip("-")
+    return safe if len(safe) <= 72 else f"{safe[:63]}-{_digest(spec)}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def published_layer(config: RunConfig, plugins: Any, adapter: Any) -> int:
+    """The layer of a given SAE, from its hook name (checked against --layer and --site); the SAE is
+    read here, before any model weights, so a bad name or width stops the run first."""
+    spec = str(config.train.sae)
+    sae, info = load_sae(spec, plugins)
+    width = int(sae.W_dec.shape[1])
+    if adapter.d_model and width != adapter.d_model:
+        raise ConfigError(
+            f"the SAE {spec} reads width {width}, but {config.model} has width {adapter.d_model}: it was "
+            "made for another model"
+        )
+    hooked = hook_site(SimpleNamespace(sae=spec, layer=config.layer, site=config.site), adapter, info)
+    return hooked[0] if hooked is not None else resolve_layer(adapter, config)
+
+
 def plan(config: RunConfig, plugins: Any) -> Plan:
     config = config.with_plugin_defaults(plugins)
     adapter = plugins.models.get(config.model)
     benchmark = plugins.benchmarks.get(config.benchmark)
     benchmark.check_split(config.split)
-    layer = resolve_layer(adapter, config)
+    published = str(config.train.sae) if is_published(config.train.sae, plugins) else None
+    layer = published_layer(config, plugins, adapter) if published else resolve_layer(adapter, config)
     label = benchmark.label(config.benchmark_options)
-    run_dir = Path(config.out) / run_dir_name(config.model, config.benchmark, config.site, layer, label)
-    context = PlanContext(run_dir, layer, benchmark, plugins)
+    name = run_dir_name(config.model, config.benchmark, config.site, layer, label)
+    run_dir = Path(config.out) / (f"{name}__{sae_slug(published)}" if published else name)
+    context = PlanContext(run_dir, layer, benchmark, plugins, published)
     configs: dict[str, StageConfig | None] = {}
     keys: dict[str, str] = {}
-    upstream: tuple[str, ...] = ()
+    # a given SAE is the root of the chain: another SAE gives every stage another key
+    upstream: tuple[str, ...] = (f"sae:{published}",) if published else ()
     for stage in STAGES:
+        if published and stage.makes_the_sae:
+            continue
         configs[stage.name] = stage.configure(config, context)
         keys[stage.name] = chained_key(stage.identity(configs[stage.name]), *upstream)
         upstream = (keys[stage.name],)
@@ -281,8 +316,12 @@ def run_pipeline(config: RunConfig, plugins: Any) -> Path:
         state = PipelineState(run_dir)
         state.set_run_config(config.model_dump(mode="json"))
         say(f"run directory {run_dir}")
-        upstream_current = True
+        # a given SAE is not an artifact of the run: its stages trust pipeline.json, not their artifacts
+        upstream_current = "collect" in the_plan.keys
         for stage in STAGES:
+            if stage.name not in the_plan.keys:
+                say(f"{stage.name}: not needed (the SAE is given: {the_plan.ablate.sae})")
+                continue
             upstream_current = run_stage(stage, the_plan, state, plugins, upstream_current)
         state.record("run", completed=now_iso(), seconds=round(time.monotonic() - started, 1))
     say(f"done in {time.monotonic() - started:.0f} s: {run_dir / 'report.html'}")

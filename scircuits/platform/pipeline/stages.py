@@ -39,6 +39,7 @@ class PlanContext:
     layer: int
     benchmark: Any  # the Benchmark plugin
     plugins: Any  # the PluginSet
+    published_sae: str | None = None  # an SAE to study as it is: no collection, no training
 
 
 class Stage:
@@ -49,6 +50,8 @@ class Stage:
     # The artifact records the hash of the config that made it, so ``complete`` proves identity
     # without pipeline.json.
     self_identifying: ClassVar[bool] = True
+    # Left out of a run that studies a given SAE (collection and training make one)
+    makes_the_sae: ClassVar[bool] = False
 
     def configure(self, run: RunConfig, context: PlanContext) -> StageConfig | None:
         raise NotImplementedError
@@ -87,6 +90,7 @@ class CollectStage(Stage):
     Config = CollectConfig
     artifact_name = "activations.zarr"
     resumable = True
+    makes_the_sae = True
 
     def configure(self, run: RunConfig, context: PlanContext) -> CollectConfig:
         benchmark = context.benchmark
@@ -135,6 +139,7 @@ class TrainStage(Stage):
     Config = TrainConfig
     artifact_name = "sae"
     resumable = True
+    makes_the_sae = True
 
     def configure(self, run: RunConfig, context: PlanContext) -> TrainConfig:
         settings = run.train.model_dump()
@@ -178,8 +183,8 @@ class AblateStage(Stage):
                     context.benchmark, run.benchmark_options, run.ablate.limit
                 ),
                 "layer": context.layer,
-                "sae": str(context.run_dir / TrainStage.artifact_name),
-                "store": str(context.run_dir / CollectStage.artifact_name),
+                "sae": context.published_sae or str(context.run_dir / TrainStage.artifact_name),
+                "store": None if context.published_sae else str(context.run_dir / CollectStage.artifact_name),
                 "split": run.split,
                 "out": str(self.artifact(context.run_dir)),
                 "progress": run.progress,

@@ -45,6 +45,7 @@ from scircuits.platform.contract.errors import DataFormatError
 from scircuits.platform.contract.saes import SAEVariant
 from scircuits.platform.manager.plugin_set import PluginSet
 from scircuits.platform.manager.registry import Registry
+from scircuits.platform.train.published import resolve_source
 
 if TYPE_CHECKING:
     import torch
@@ -251,19 +252,46 @@ def saelens_reader(variants: Registry[SAEVariant], architecture: str, where: Pat
 def load_sae(
     path: str | Path, plugins: PluginSet, device: str = "cpu"
 ) -> tuple[SparseAutoencoder, dict[str, Any]]:
-    """Load a checkpoint written by ``save_sae`` (or by SAELens) without unpickling anything, with
-    the SAE variants of ``plugins``.
+    """Load an SAE without unpickling anything, with the SAE variants of ``plugins``: a checkpoint
+    folder written by ``save_sae`` or by SAELens, a folder in a layout a registered SAE source reads,
+    or a published SAE (``hf:REPO/PATH``, ``saelens:RELEASE/SAE_ID``; ``published.resolve_source``).
 
     Returns the module (eval mode; ``encode``/``decode`` apply to raw activations) and ``info``:
-    ``{"cfg": cfg.json, "meta": scircuits.json or {}, "variant": name, "path": str}``.
+    ``{"cfg": cfg.json, "meta": scircuits.json or {}, "variant": name, "path": str}``, plus for an
+    SAE not written by scircuits ``"source"`` (what was read: spec, layout, hub repo, commit, file
+    hashes), ``"hook_name"`` and ``"published_metrics"``.
     """
-    import torch
+    source = resolve_source(str(path), plugins)
+    root = source.folder
+    if source.reader is None:
+        cfg, meta, tensors, files = read_saelens_folder(root)
+        hook_name = (
+            (cfg.get("metadata") or {}).get("hook_name") if isinstance(cfg.get("metadata"), dict) else None
+        )
+        metrics: dict[str, Any] = {}
+    else:
+        published = source.reader.read(root, source.location)
+        cfg, meta, tensors, files = published.cfg, {}, published.tensors, published.files
+        hook_name, metrics = published.hook_name, dict(published.metrics)
+    where = root / CFG_FILE if source.reader is None else root
+    sae, variant_name = build_sae(cfg, meta, tensors, where, plugins)
+    sae.to(device).eval()
+    info: dict[str, Any] = {"cfg": cfg, "meta": meta, "variant": variant_name, "path": str(root)}
+    if not meta:
+        # not written by scircuits: record what was read (hub files are checked against their hashes)
+        info["source"] = source.provenance(files)
+        info["hook_name"] = hook_name or source.facts.get("hook_name")
+        info["published_metrics"] = {**source.facts.get("metrics", {}), **metrics}
+    return sae, info
+
+
+def read_saelens_folder(
+    root: Path,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor], list[Path]]:
+    """(cfg.json, scircuits.json or {}, tensors, files read) of a folder in the SAELens layout."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    variants = plugins.saes
-    root = Path(path)
-    if not root.is_dir():
-        raise DataFormatError(f"SAE checkpoint {root} is not a directory")
     weights_path = root / WEIGHTS_FILE
     if not weights_path.is_file():
         pickles = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -278,27 +306,6 @@ def load_sae(
         raise DataFormatError(f"SAE checkpoint {root} has no {WEIGHTS_FILE}{hint}")
     cfg = read_json(root / CFG_FILE)
     meta = read_json(root / META_FILE) if (root / META_FILE).is_file() else {}
-    architecture = cfg.get("architecture", "standard")
-    if meta.get("variant"):
-        variant = variants.get(meta["variant"])
-    else:
-        variant = saelens_reader(variants, architecture, root / CFG_FILE)
-    variant_name = variant.name
-    normalize = cfg.get("normalize_activations") or "none"
-    if normalize != "none":
-        raise DataFormatError(
-            f"{root / CFG_FILE}: normalize_activations={normalize!r} is not supported; fold the "
-            "normalisation into the weights (SAELens: fold_activation_norm_scaling_factor) and save again"
-        )
-    for key in ("d_in", "d_sae"):
-        if not isinstance(cfg.get(key), int):
-            raise DataFormatError(f"{root / CFG_FILE}: {key!r} must be an integer, got {cfg.get(key)!r}")
-    hparams = dict(meta.get("hparams") or {})
-    if not meta:
-        hparams.update(variant.hparams_from_saelens_cfg(cfg))
-    sae = variant.build(cfg["d_in"], cfg["d_sae"], hparams)
-    from safetensors import SafetensorError
-
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:
@@ -306,16 +313,48 @@ def load_sae(
             f"{weights_path}: not a readable safetensors file ({str(exc).splitlines()[0]}); train it again "
             "or restore the file"
         ) from None
+    return cfg, meta, tensors, [root / CFG_FILE, weights_path]
+
+
+def build_sae(
+    cfg: dict[str, Any],
+    meta: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    where: Path,
+    plugins: PluginSet,
+) -> tuple[SparseAutoencoder, str]:
+    """The module of ``plugins``' variant for a SAELens ``cfg`` (scircuits.json's variant when given)
+    holding ``tensors`` (SAELens names)."""
+    import torch
+
+    variants = plugins.saes
+    architecture = cfg.get("architecture", "standard")
+    if meta.get("variant"):
+        variant = variants.get(meta["variant"])
+    else:
+        variant = saelens_reader(variants, architecture, where)
+    normalize = cfg.get("normalize_activations") or "none"
+    if normalize != "none":
+        raise DataFormatError(
+            f"{where}: normalize_activations={normalize!r} is not supported; fold the "
+            "normalisation into the weights (SAELens: fold_activation_norm_scaling_factor) and save again"
+        )
+    for key in ("d_in", "d_sae"):
+        if not isinstance(cfg.get(key), int):
+            raise DataFormatError(f"{where}: {key!r} must be an integer, got {cfg.get(key)!r}")
+    hparams = dict(meta.get("hparams") or {})
+    if not meta:
+        hparams.update(variant.hparams_from_saelens_cfg(cfg))
+    sae = variant.build(cfg["d_in"], cfg["d_sae"], hparams)
     try:
         sae.load_saelens_tensors(tensors)
     except ValueError as exc:
-        raise DataFormatError(f"{weights_path}: {exc}") from None
+        raise DataFormatError(f"{where}: {exc}") from None
     if cfg.get("apply_b_dec_to_input") is False:
         # Our modules always subtract b_dec before encoding; compensate through the encoder biases.
         with torch.no_grad():
             sae.absorb_input_shift(sae.b_dec @ sae.W_enc)
-    sae.to(device).eval()
-    return sae, {"cfg": cfg, "meta": meta, "variant": variant_name, "path": str(root)}
+    return sae, variant.name
 
 
 # -- training state (for --resume) ------------------------------------------------------------

@@ -36,6 +36,7 @@ from scircuits.platform.common.device import check_device
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.models import tl_hook_name
 from scircuits.platform.contract.sae_module import SparseAutoencoder, TrainOutput
 from scircuits.platform.contract.saes import SAEVariant
 from scircuits.platform.manager.plugin_set import PluginSet, get_plugins
@@ -630,11 +631,11 @@ def _status(out: TrainOutput, last_eval: dict[str, Any]) -> str:
 
 
 def _saelens_metadata(attrs: dict[str, Any]) -> dict[str, Any]:
-    """SAELens metadata fields we know from the store (hook_name in our site naming)."""
+    """SAELens metadata fields we know from the store (hook_name as TransformerLens names the site)."""
     layer, site = attrs.get("layer"), attrs.get("site")
     return {
         "model_name": attrs.get("model_id") or attrs.get("model"),
-        "hook_name": f"layers.{layer}.{site}" if layer is not None and site else None,
+        "hook_name": tl_hook_name(layer, site) if layer is not None and site else None,
         "hook_layer": layer,
         "dataset_path": attrs.get("benchmark"),
     }
