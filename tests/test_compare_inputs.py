@@ -97,8 +97,10 @@ def test_the_recorded_store_is_used_only_when_the_folder_has_none(run, tmp_path,
     without = tmp_path / "without" / run.name
     shutil.copytree(run, without)
     shutil.rmtree(without / "activations.zarr")
+    other = tmp_path / "with" / run.name
+    shutil.copytree(run, other)  # compare refreshes the dashboards it compared: never the shared run's
     capsys.readouterr()
-    (pair,) = compare(without, run, tmp_path / "cmp", capsys)["pairs"]
+    (pair,) = compare(without, other, tmp_path / "cmp", capsys)["pairs"]
     assert pair["comparison"]["hungarian"]["mean"] > 0.9999  # same SAE, same store
     assert "(same store identity)" in capsys.readouterr().err
 

@@ -28,6 +28,7 @@ from scircuits.platform.common.artifacts import (
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.dashboard import sources
 from scircuits.platform.dashboard.matches import (
+    COMPARISONS_FILE,
     check_compare_dirs,
     recorded_compare_dirs,
     refresh_matches,
@@ -172,7 +173,10 @@ def build_dashboard(
             extracted = extract(inputs, plugins, settings, features, timings, say)
             t0 = time.monotonic()
             write_site(target, extracted)  # with the Neuronpedia export in neuronpedia/
-            n_comparisons = refresh_matches(target, inputs.run_dir, compare_dirs) if compare_dirs else 0
+            stale = not compare_dirs and (target / COMPARISONS_FILE).is_file()  # its record drops them
+            n_comparisons = (
+                refresh_matches(target, inputs.run_dir, compare_dirs) if compare_dirs or stale else 0
+            )
             if compare_dirs and in_run:
                 refresh_partners(compare_dirs, inputs.run_dir, say)
             timings["write"] = round(time.monotonic() - t0, 2)
