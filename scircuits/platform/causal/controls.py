@@ -6,8 +6,7 @@ feature and is drawn (seeded) among the features that
 - are not in the top-k set and not in ``exclude`` (the study passes its own top-ranked features,
   the top 2 x max(top_k) of the ranking: a control must not be a feature the study itself found
   important, which would make the controls look like the top set by construction);
-- have not been drawn yet for this k: the R sets of one k are drawn without replacement, so
-  R x k distinct features, each control effect a different feature's;
+- are not already in this set, and preferably have not been drawn yet for this k (see below);
 - fire on the evaluation tokens (frequency > 0);
 - are active on at least ``min_overlap`` of the evaluation examples the top feature is active on
   (the same examples);
@@ -18,9 +17,16 @@ feature and is drawn (seeded) among the features that
 When no feature qualifies, the band widens step by step through ``widen`` (the band factors tried
 after ``band``); past the last step the overlap requirement drops to "active on any of the top
 feature's examples" and the band becomes unbounded, and past that to any eligible feature. The band
-and overlap actually used are recorded for every drawn feature. When even that leaves no candidate
-(fewer eligible features than R x k), the draw fails with ``ControlSamplingError`` rather than
-returning fewer or repeated features.
+and overlap actually used are recorded for every drawn feature.
+
+The R sets of one k are drawn without replacement while the matched features last: a feature not yet
+drawn for this k is taken whenever one stands within the first ``FRESH_STEPS`` bands (0.5-4x). Past
+them, matching comes first: a feature already drawn for this k by another set (never twice in one set)
+is reused when it stands in a narrower band than any fresh one. On a few thousand latents R x k
+distinct matched features do not exist at large k (20 sets of 50 need 1,000), and widening to
+unmatched features would make the controls smaller than the top features. The number of distinct
+control features per k is recorded (``distinct`` in results.json; R x k when none repeated). When no
+candidate is left at all, the draw fails with ``ControlSamplingError``.
 
 Within the band a uniform draw would follow the density of features, which falls with frequency
 and size, so controls would be smaller than the top features. Each draw is therefore stratified on
@@ -42,6 +48,7 @@ from pydantic import BaseModel, ConfigDict
 DEFAULT_DRAWS = 20
 DEFAULT_BAND = 2.0  # ratios within 0.5-2x
 DEFAULT_WIDEN = (3.0, 4.0, 8.0, 16.0)
+FRESH_STEPS = 3  # bands 2x, 3x and 4x: a fresh feature there is taken before a repeat
 EXCLUDE_FACTOR = 2  # the study excludes its top EXCLUDE_FACTOR x max(top_k) ranked features
 
 
@@ -127,7 +134,8 @@ def sample_matched_controls(
     exclude: Sequence[int] = (),
     rng: np.random.Generator | int = 0,
 ) -> MatchedControls:
-    """``draws`` control sets matched to the features ``top``, no feature drawn twice.
+    """``draws`` control sets matched to the features ``top``; no feature twice in a set, and none
+    twice for this k while matched ones last (module docstring).
 
     ``frequency`` (d_sae,): firing frequency per token; ``size`` (d_sae,): ablation size (see
     ``ablation_size``); ``example_activity`` (n_examples, d_sae) bool: feature active anywhere in the
@@ -185,12 +193,14 @@ def sample_matched_controls(
         for offset in range(len(top)):
             j = (r + offset) % len(top)  # rotate which top feature picks first
             feature = top[j]
-            found = _draw(ladder[j], sides[j], used, balance, generator)
+            in_set = np.zeros(d_sae, dtype=bool)
+            in_set[[m.control for m in matches if m is not None]] = True
+            found = _draw(ladder[j], sides[j], used, in_set, balance, generator)
             if found is None:
                 raise ControlSamplingError(
                     f"no control feature left for top feature {feature}: fewer eligible features outside "
-                    f"the top {len(top)} and the {len(outside)} excluded ones than {draws} control sets "
-                    f"of {len(top)} distinct features need; lower --random-controls or the largest k"
+                    f"the top {len(top)} and the {len(outside)} excluded ones than one control set of "
+                    f"{len(top)} distinct features needs; lower the largest k"
                 )
             step, factor, overlap_needed, choice = found
             widened += step > 0
@@ -222,19 +232,30 @@ def sample_matched_controls(
     )
 
 
+def _narrowest(steps: list[Step], available: np.ndarray) -> int | None:
+    return next((i for i, (_, _, mask) in enumerate(steps) if (mask & available).any()), None)
+
+
 def _draw(
     steps: list[Step],
     sides: tuple[np.ndarray, np.ndarray],
     used: np.ndarray,
+    in_set: np.ndarray,
     balance: np.ndarray,
     generator: np.random.Generator,
 ) -> tuple[int, float | None, float, int] | None:
-    """(step index, band, overlap, feature): a uniform draw in the narrowest step with a candidate not
-    yet used, from the quadrant of ratio sides that restores ``balance`` when the narrowest or the
-    next step holds one."""
-    narrowest = next((i for i, (_, _, mask) in enumerate(steps) if (mask & ~used).any()), None)
-    if narrowest is None:
+    """(step index, band, overlap, feature): a uniform draw in the narrowest step with a candidate
+    (one not yet drawn for this k while one stands within ``FRESH_STEPS``, else the narrowest step
+    with any candidate outside this set), from the quadrant of ratio sides that restores ``balance``
+    when the narrowest or the next step holds one."""
+    fresh = _narrowest(steps, ~used)
+    reuse = _narrowest(steps, ~in_set)
+    if reuse is None:
         return None
+    if fresh is not None and (fresh < FRESH_STEPS or fresh <= reuse):
+        available, narrowest = ~used, fresh
+    else:
+        available, narrowest = ~in_set, reuse
     wanted = [None if b == 0 else b < 0 for b in balance]  # per axis: want ratio >= 1? (None: either)
     f_above, s_above = sides
     quadrants = []
@@ -252,11 +273,11 @@ def _draw(
             factor, overlap_needed, mask = steps[index]
             if factor is None and index > narrowest:
                 break  # never leave the bands for balance
-            candidates = np.flatnonzero(mask & ~used & quadrant)
+            candidates = np.flatnonzero(mask & available & quadrant)
             if len(candidates):
                 return index, factor, overlap_needed, int(generator.choice(candidates))
     factor, overlap_needed, mask = steps[narrowest]
-    return narrowest, factor, overlap_needed, int(generator.choice(np.flatnonzero(mask & ~used)))
+    return narrowest, factor, overlap_needed, int(generator.choice(np.flatnonzero(mask & available)))
 
 
 def sample_unmatched_controls(
