@@ -1,4 +1,5 @@
-"""Matched control sampling: exact matches on constructed features, widening, overlap, failures."""
+"""Matched control sampling: exact matches on constructed features, widening, overlap, draws without
+replacement within a k, the study's own top features excluded, balanced ratios, failures."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from scircuits.platform.causal.controls import (
     DEFAULT_DRAWS,
     ControlSamplingError,
     ablation_size,
+    excluded_features,
     sample_matched_controls,
     sample_unmatched_controls,
 )
@@ -28,44 +30,118 @@ def universe(n_examples: int = 10):
 
 def test_each_control_is_the_only_feature_matched_on_frequency_and_size():
     frequency, size, activity = universe()
-    controls = sample_matched_controls([0, 1], frequency, size, activity, draws=5, rng=0)
-    assert controls.ids == [[2, 3]] * 5
+    controls = sample_matched_controls([0, 1], frequency, size, activity, draws=1, rng=0)
+    assert controls.ids == [[2, 3]]
     first = controls.sets[0].matches
     assert [(m.top, m.control, m.band) for m in first] == [(0, 2, 2.0), (1, 3, 2.0)]
     assert first[0].frequency_ratio == pytest.approx(0.75) and first[0].size_ratio == pytest.approx(0.6)
     assert controls.widened == 0
 
 
+def test_draws_of_one_k_take_fresh_features_first_and_never_repeat_one_within_a_set():
+    """Fresh features while one stands within the first bands (0.5-4x); past them a matched feature
+    already drawn for this k by another set is reused rather than one outside the bands; never twice
+    within a set."""
+    frequency, size, activity = universe()
+    size[5] = size[2]  # a second feature matched to top feature 0 in the 2x band
+    frequency[5] = frequency[2]
+    controls = sample_matched_controls([0, 1], frequency, size, activity, draws=3, rng=0)
+    firsts = [ids[0] for ids in controls.ids]
+    assert sorted(set(firsts[:2])) == [2, 5]  # both fresh matched features before any repeat
+    assert firsts[2] in (2, 5)  # then a repeat in the band, not a feature outside it
+    assert all(len(set(ids)) == 2 and not {0, 1, 7} & set(ids) for ids in controls.ids)
+    assert all(m.band == 2.0 for s in controls.sets for m in s.matches)
+    # with no fresh matched feature left, the band is kept: the matched ones repeat
+    frequency, size, activity = universe()
+    repeated = sample_matched_controls([0, 1], frequency, size, activity, draws=2, rng=0)
+    assert repeated.ids == [[2, 3], [2, 3]] and repeated.widened == 0
+
+
 def test_band_widens_step_by_step_and_is_recorded():
     frequency, size, activity = universe()
     size[2] = 30.0  # ratio 0.3 to feature 0: outside 2x and 3x, inside 4x
-    controls = sample_matched_controls([0, 1], frequency, size, activity, draws=3, rng=0)
+    controls = sample_matched_controls([0, 1], frequency, size, activity, draws=1, rng=0)
     assert [m.band for m in controls.sets[0].matches] == [4.0, 2.0]
-    assert controls.ids == [[2, 3]] * 3
-    assert controls.widened == 3
+    assert controls.ids == [[2, 3]]
+    assert controls.widened == 1
 
 
 def test_no_candidate_within_any_band_falls_back_to_any_active_feature():
     frequency, size, activity = universe()
-    controls = sample_matched_controls([0], frequency, size, activity, draws=40, band=1.01, widen=(), rng=3)
+    controls = sample_matched_controls([0], frequency, size, activity, draws=6, band=1.01, widen=(), rng=3)
     for control_set in controls.sets:
         (match,) = control_set.matches
         assert match.band is None and match.control not in (0, 7)
-    # the fallback draws among every active feature outside the top set
-    assert {s.features[0] for s in controls.sets} == {1, 2, 3, 4, 5, 6}
+    # the fallback draws every active feature outside the top set, each once
+    assert sorted(s.features[0] for s in controls.sets) == [1, 2, 3, 4, 5, 6]
 
 
 def test_controls_must_be_active_on_the_top_features_examples():
     frequency, size, activity = universe()
     activity[:, 2] = False
     activity[0, 2] = True  # feature 2 now fires on 1 of the 10 examples feature 0 fires on
-    controls = sample_matched_controls([0, 1], frequency, size, activity, draws=3, rng=0)
-    assert all(s.matches[0].control != 2 for s in controls.sets)
+    controls = sample_matched_controls([0, 1], frequency, size, activity, draws=1, rng=0)
+    assert controls.sets[0].matches[0].control != 2
+
+
+def test_the_studys_own_top_features_are_never_controls():
+    frequency, size, activity = universe()
+    controls = sample_matched_controls([0], frequency, size, activity, draws=3, exclude=[0, 2, 5], rng=0)
+    assert controls.excluded == 2  # 0 is the top feature itself
+    assert not {0, 2, 5} & {f for ids in controls.ids for f in ids}
+    assert excluded_features([9, 8, 7, 6, 5, 4, 3], [1, 2]) == [9, 8, 7, 6]  # 2 x max(k)
+    assert excluded_features([9, 8], [5]) == [9, 8]
+
+
+def power_law_universe(seed: int = 1, d_sae: int = 3000, n_examples: int = 80):
+    """Feature frequencies and sizes falling as a power law (many small features, few large ones), as
+    in a real SAE; every feature active on most examples."""
+    rng = np.random.default_rng(seed)
+    frequency = np.clip(rng.pareto(1.0, d_sae) * 0.002 + 1e-4, 1e-4, 0.5)
+    size = frequency * rng.lognormal(np.log(100), 0.5, d_sae)
+    activity = rng.random((n_examples, d_sae)) < 0.8
+    return frequency, size, activity
+
+
+@pytest.mark.parametrize("k", [1, 5, 20, 50])
+def test_median_ratios_are_balanced_at_every_k(k):
+    """Top features spread over the larger half of the features, and 2 x k more features excluded
+    (the study's own ranking): a uniform draw within the band gives controls smaller than the top
+    (the density of features falls with size); the stratified draw keeps both median ratios within
+    0.9-1.1 at R = 20, without replacement while matched features last."""
+    frequency, size, activity = power_law_universe()
+    order = np.argsort(-size)
+    top = [int(i) for i in order[100 : 1100 : 1000 // k][:k]]
+    others = np.setdiff1d(np.arange(len(size)), top)
+    exclude = [int(i) for i in np.random.default_rng(k).choice(others, 2 * k, replace=False)]
+    controls = sample_matched_controls(top, frequency, size, activity, exclude=exclude, rng=k)
+    members = [f for ids in controls.ids for f in ids]
+    assert all(len(set(ids)) == k for ids in controls.ids)  # never a repeat within a set
+    # without replacement while matched features last: at k = 50 (1,000 draws from 2,900 features)
+    # a few are reused rather than drawn outside the bands
+    assert len(set(members)) >= (0.99 if k == 50 else 1.0) * 20 * k
+    assert 0.9 <= controls.median_ratio("frequency") <= 1.1
+    assert 0.9 <= controls.median_ratio("size") <= 1.1
+    # the same universe drawn uniformly within the band: the controls come out smaller
+    uniform = uniform_band_medians(top, frequency, size, exclude, draws=20)
+    assert uniform < 0.93 and abs(math.log(uniform)) > 2 * abs(math.log(controls.median_ratio("size")))
+
+
+def uniform_band_medians(top, frequency, size, exclude, draws: int) -> float:
+    """Median size ratio of uniform draws within the 2x band (the old sampler, with replacement)."""
+    rng = np.random.default_rng(0)
+    ratios = []
+    for t in top:
+        f_ratio, s_ratio = frequency / frequency[t], size / size[t]
+        ok = (f_ratio >= 0.5) & (f_ratio <= 2) & (s_ratio >= 0.5) & (s_ratio <= 2)
+        ok[list(top) + list(exclude)] = False
+        ratios.extend(s_ratio[rng.choice(np.flatnonzero(ok), draws)])
+    return float(np.median(ratios))
 
 
 def test_sets_have_the_top_size_distinct_members_and_never_a_top_feature():
     rng = np.random.default_rng(1)
-    d_sae, n_examples = 300, 40
+    d_sae, n_examples = 600, 40
     frequency = rng.uniform(0.001, 0.3, d_sae)
     size = frequency * rng.uniform(50, 150, d_sae)
     activity = rng.random((n_examples, d_sae)) < 0.7

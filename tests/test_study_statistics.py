@@ -74,27 +74,39 @@ def test_results_hold_control_ids_paired_intervals_p_values_and_the_split(tiny, 
     assert split["n_selection"] + split["n_evaluation"] == len(examples) == results["n_examples"]
     assert split["n_selection"] == 6 and split["method"].startswith("held-out")
     info = results["significance"]
-    # 2 k values: 2 / 5 >= 0.05, so the exact p cannot carry the call and the normal fit does
-    assert info["n_controls"] == 4 and info["basis"] == "normal" and info["attainable"] is True
+    # R = 4: the exact p is at least 1/5, so no call is possible at all
+    assert info["n_controls"] == 4 and info["attainable"] is False
+    assert info["basis"] == "permutation" and info["procedure"] == "fixed-sequence"
+    # the tiny random model never answers: accuracy is undefined, and says so
+    capability = results["capability"]
+    assert capability["clean_accuracy"] == 0.0 and capability["capable"] is False
+    assert "cannot do this benchmark" in capability["note"] and info["accuracy_defined"] is False
+    excluded = results["rank"]["top"][: 2 * 3]  # the study's own top 2 x max(top_k)
     for sweep in results["sweeps"]:
         k, sets = sweep["k"], sweep["control_sets"]
         assert len(sets["features"]) == 4 and len(sets["bands"]) == 4
+        members = [f for ids in sets["features"] for f in ids]
+        assert len(members) == len(set(members)) == 4 * k == sets["distinct"]  # none twice within a k
+        assert not set(members) & set(excluded) and sets["excluded"] == 6 - k
+        assert sets["median_frequency_ratio"] > 0 and sets["median_size_ratio"] > 0
         for ids in sets["features"]:
             assert len(ids) == len(set(ids)) == k and not set(ids) & set(sweep["features"])
+        assert sweep["significant_accuracy"] is None and sweep["test_accuracy"]["significant"] is None
         for metric in ("logprob", "accuracy"):
             test = sweep[f"test_{metric}"]
             d = test["difference"]
             assert d["low"] <= d["mean"] <= d["high"] and d["n_examples"] == split["n_evaluation"]
             assert test["p_value"] in {j / 5 for j in range(1, 6)}
-            assert test["basis"] == "normal" and test["p_normal"] <= test["p_holm"] <= 1
+            assert test["basis"] == "permutation" and test["p_value"] <= test["p_adjusted"] <= 1
+            assert test["p_normal"] is None and test["p_holm"] is None
             assert len(test["control_effects"]) == 4
-            # a call needs the interval, the corrected p and the top set beyond every control
-            expected = d["low"] > 0 or d["high"] < 0
-            expected = expected and test["p_holm"] < 0.05 and test["p_value"] == pytest.approx(1 / 5)
-            assert sweep[f"significant_{metric}"] is expected
             assert isinstance(sweep[f"marginal_disjoint_{metric}"], bool)
             # the top effect is the mean of the held-out per-example deltas
             assert test["top_effect"] == pytest.approx(sweep[f"{metric}_delta"])
+        assert sweep["significant_logprob"] is False
+    lines = summary(out)
+    assert any("cannot do this benchmark" in line for line in lines)
+    assert any("Δacc undefined" in line for line in lines) and not any("Δacc +" in line for line in lines)
     assert results["attribution_vs_exact_n"] == 4
     # the mean-ablation sweep beside the zero one by default, over the same top-k sets
     companions = results["companions"]
@@ -110,10 +122,26 @@ def test_the_default_number_of_controls_makes_significance_attainable(tiny, exam
     results, _ = run(tiny, examples, tmp_path, random_sae(tiny.d_model), top_k=[1, 2], random_controls=20)
     significance = results["significance"]
     assert significance["n_controls"] == 20 and significance["attainable"] is True
-    assert significance["basis"] == "normal"  # 2 k values need R >= 39 for the exact p alone
+    # 2 k values need R >= 39 for Holm; at 20 they are tested in sequence, the larger k first
+    assert significance["procedure"] == "fixed-sequence" and "fixed sequence" in significance["method"]
+    by_k = {s["k"]: s["test_logprob"] for s in results["sweeps"]}
+    assert by_k[2]["p_adjusted"] == by_k[2]["p_value"]
+    assert by_k[1]["p_adjusted"] == max(by_k[1]["p_value"], by_k[2]["p_value"])
     for sweep in results["sweeps"]:
-        assert sweep["test_logprob"]["basis"] == "normal"
-        assert 0 <= sweep["test_logprob"]["p_normal"] <= 1
+        members = [f for ids in sweep["control_sets"]["features"] for f in ids]
+        assert len(set(members)) == 20 * sweep["k"]
+
+
+def summary(out) -> list[str]:
+    """The CLI summary's analysis lines for the study in ``out``."""
+    from scircuits.platform.causal.registry import analyses_of
+    from scircuits.platform.causal.results import read_results
+
+    analyses = analyses_of(load_plugins(entry_points_too=False))
+    results = read_results(out, analyses)
+    return [
+        line for a in analyses if a.name in results.analyses for line in a.summary_lines(results.result_of(a))
+    ]
 
 
 def test_the_split_is_seeded_disjoint_and_can_be_turned_off():
@@ -255,8 +283,10 @@ def test_matched_controls_do_not_call_an_effect_significant_that_unmatched_ones_
     )
     sweep = results["sweeps"][0]
     assert sweep["features"][0] < 10  # a twin ranks first
-    assert all(ids[0] < 10 for ids in sweep["control_sets"]["features"])  # matched: another twin
-    assert sweep["test_logprob"]["p_holm"] == 1.0 and sweep["significant_logprob"] is False
+    # matched: the other twins (each before any repeats; the excluded top-ranked ones never)
+    twins = [ids[0] for ids in sweep["control_sets"]["features"] if ids[0] < 10]
+    assert len(set(twins[:7])) == 7 and not set(twins) & set(results["rank"]["top"][:2])
+    assert sweep["test_logprob"]["p_value"] >= 8 / 21 and sweep["significant_logprob"] is False
 
     # the same effect against controls drawn uniformly among active features (the old method)
     study = study_of(tiny, examples, sae, first_position=1, batch_size=16)
@@ -320,3 +350,70 @@ def test_skipping_unchanged_sequences_equals_the_eager_path(tiny, examples, abla
     assert eager.sequences_skipped == 0
     if ablation == "zero":
         assert fast.sequences_skipped > 0  # rare features leave most sequences as they were
+
+
+@pytest.mark.parametrize(
+    ("correct", "choices", "capable"),
+    [
+        ([1] * 8 + [0] * 32, None, True),  # free-form 0.2: capable
+        ([1] * 1 + [0] * 79, None, False),  # free-form 0.0125 <= 0.02
+        ([0] * 40, None, False),  # never answers
+        ([1] * 10 + [0] * 30, 4, False),  # multiple choice at chance (0.25 <= 1/4)
+        ([1] * 30 + [0] * 10, 4, True),  # multiple choice well above chance
+    ],
+)
+def test_the_capability_rule(correct, choices, capable):
+    from types import SimpleNamespace
+
+    from scircuits.platform.causal.statistics import Bootstrap
+    from scircuits.plugins.analyses.baseline import capability
+
+    n = len(correct)
+    example = SimpleNamespace(choices=None if choices is None else tuple("abcd"[:choices]))
+    context = SimpleNamespace(
+        study=SimpleNamespace(data=SimpleNamespace(examples=[example] * n)),
+        evaluation_indices=np.arange(n),
+        bootstrap=Bootstrap(n, 200, seed=0),
+    )
+    clean = SimpleNamespace(correct=np.array(correct, dtype=bool), accuracy=float(np.mean(correct)))
+    able = capability(context, clean)
+    assert able.capable is capable
+    assert able.chance == (0.0 if choices is None else 1 / choices)
+    assert able.floor == max(able.chance, 0.02)
+    assert (able.note is None) is capable
+
+
+def test_feature_statistics_are_over_the_evaluation_tokens_and_ranking_over_the_selection(tiny, examples):
+    """mean_activation, frequency, the mean-ablation values and the resample pool come from the
+    evaluation examples' edited tokens only; the ranking's activations from the selection ones."""
+    from scircuits.platform.causal.runner import prepare_study
+
+    sae = random_sae(tiny.d_model)
+    config = AblateConfig(
+        sae="", layer=2, progress=False, reconstruction_gate=False, edit_from_position=1, ablation="zero"
+    )
+    context = prepare_study(config, tiny, sae, examples, 2, load_plugins(entry_points_too=False))
+    data, evaluation, selection = context.study.data, context.evaluation, context.selection
+    assert evaluation is not None and selection is not None
+
+    def by_hand(which: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        rows = []
+        for eb in data.batches:
+            mask = eb.edit_mask(1)
+            for example, layout in zip(eb.example_indices, eb.layouts, strict=True):
+                if example in set(which.tolist()):
+                    seqs = list(layout.sequence_indices)
+                    rows.append(eb.features[seqs][mask[seqs]].double())
+        f = torch.cat(rows)
+        return f.mean(0).numpy(), (f > 0).double().mean(0).numpy(), len(f)
+
+    mean, frequency, n_tokens = by_hand(evaluation)
+    assert context.mean_activation == pytest.approx(mean, abs=1e-6)
+    assert context.frequency == pytest.approx(frequency)
+    assert context.stats.mean.numpy() == pytest.approx(mean, abs=1e-6)
+    assert set(context.study.pool_examples.tolist()) <= set(evaluation.tolist())
+    assert len(context.stats.samples) == min(n_tokens, 4096)
+    selection_mean, _, _ = by_hand(selection)
+    assert context.ranking_activation == pytest.approx(selection_mean, abs=1e-6)
+    everything, _, _ = by_hand(np.arange(data.n_examples))
+    assert np.abs(everything - mean).max() > 1e-4  # the old statistics differ

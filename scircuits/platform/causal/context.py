@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from scircuits.platform.causal.controls import MatchedControls, ablation_size, sample_matched_controls
+from scircuits.platform.causal.controls import (
+    MatchedControls,
+    ablation_size,
+    excluded_features,
+    sample_matched_controls,
+)
 from scircuits.platform.causal.statistics import (
     Bootstrap,
     control_draws,
@@ -44,6 +49,8 @@ class StudyContext:
     mean_activation: np.ndarray  # per feature, over the edited evaluation tokens
     frequency: np.ndarray  # per feature: share of edited evaluation tokens where it fires
     bootstrap: Bootstrap  # one seeded set of replicates over the evaluation examples, shared (paired)
+    # per feature, over the edited selection tokens (what ranking may see); None: ``mean_activation``
+    selection_activation: np.ndarray | None = None
     selection: np.ndarray | None = None  # example indices features are ranked on (None: every example)
     evaluation: np.ndarray | None = None  # example indices effects are measured on (None: every example)
     sae_info: dict[str, Any] = field(default_factory=dict)  # the checkpoint's metadata (scircuits.json)
@@ -68,6 +75,11 @@ class StudyContext:
     @property
     def n_examples(self) -> int:
         return self.study.data.n_examples
+
+    @property
+    def ranking_activation(self) -> np.ndarray:
+        """Mean activation per feature over the tokens features are ranked on (the selection split)."""
+        return self.mean_activation if self.selection_activation is None else self.selection_activation
 
     @property
     def evaluation_indices(self) -> np.ndarray:
@@ -179,9 +191,12 @@ class StudyContext:
         self.shared["_control_statistics"] = stats
         return stats
 
-    def matched_controls(self, top: Sequence[int], draws: int) -> MatchedControls:
+    def matched_controls(
+        self, top: Sequence[int], draws: int, exclude: Sequence[int] = ()
+    ) -> MatchedControls:
         """``draws`` control sets matched to ``top`` on frequency, ablation size and the examples they
-        fire on (``scircuits.platform.causal.controls``), seeded by (seed, len(top))."""
+        fire on (``scircuits.platform.causal.controls``), no feature twice, none of ``exclude``;
+        seeded by (seed, len(top))."""
         stats = self.control_statistics()
         return sample_matched_controls(
             top,
@@ -189,8 +204,13 @@ class StudyContext:
             stats["size"],
             stats["activity"],
             draws=draws,
+            exclude=exclude,
             rng=derived_seed(self.config.seed, 7919, len(top)),
         )
+
+    def excluded_from_controls(self, ranked: Sequence[int]) -> list[int]:
+        """The study's own top-ranked features, never drawn as controls: the top 2 x max(top_k)."""
+        return excluded_features(ranked, self.config.top_k)
 
     # -- measurements ---------------------------------------------------------------------------
 

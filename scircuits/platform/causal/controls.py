@@ -1,9 +1,12 @@
 """Matched random controls for a top-k feature set.
 
 A control set has as many features as the top-k set. Each of its features stands for one top
-feature and is drawn (uniformly, seeded) among the features that
+feature and is drawn (seeded) among the features that
 
-- are not in the top-k set and not already in this control set;
+- are not in the top-k set and not in ``exclude`` (the study passes its own top-ranked features,
+  the top 2 x max(top_k) of the ranking: a control must not be a feature the study itself found
+  important, which would make the controls look like the top set by construction);
+- are not already in this set, and preferably have not been drawn yet for this k (see below);
 - fire on the evaluation tokens (frequency > 0);
 - are active on at least ``min_overlap`` of the evaluation examples the top feature is active on
   (the same examples);
@@ -12,10 +15,26 @@ feature and is drawn (uniformly, seeded) among the features that
   ``band`` of the top feature's.
 
 When no feature qualifies, the band widens step by step through ``widen`` (the band factors tried
-after ``band``); past the last step the overlap requirement drops to "active on any example" and
-the band becomes unbounded. The band and overlap actually used are recorded for every drawn feature.
-When even that leaves no candidate (fewer eligible features than the set needs), the draw fails
-with ``ControlSamplingError`` rather than returning a smaller set.
+after ``band``); past the last step the overlap requirement drops to "active on any of the top
+feature's examples" and the band becomes unbounded, and past that to any eligible feature. The band
+and overlap actually used are recorded for every drawn feature.
+
+The R sets of one k are drawn without replacement while the matched features last: a feature not yet
+drawn for this k is taken whenever one stands within the first ``FRESH_STEPS`` bands (0.5-4x). Past
+them, matching comes first: a feature already drawn for this k by another set (never twice in one set)
+is reused when it stands in a narrower band than any fresh one. On a few thousand latents R x k
+distinct matched features do not exist at large k (20 sets of 50 need 1,000), and widening to
+unmatched features would make the controls smaller than the top features. The number of distinct
+control features per k is recorded (``distinct`` in results.json; R x k when none repeated). When no
+candidate is left at all, the draw fails with ``ControlSamplingError``.
+
+Within the band a uniform draw would follow the density of features, which falls with frequency
+and size, so controls would be smaller than the top features. Each draw is therefore stratified on
+the side of 1 of both ratios: it prefers the quadrant (frequency ratio above or below 1, size ratio
+above or below 1) that brings the counts of this k's matches above and below 1 back to balance,
+searched in the narrowest band holding any candidate and the next one. The median ratios of every
+k (``median_frequency_ratio``, ``median_size_ratio``) are recorded; they sit near 1 unless the top
+features are the largest of the SAE (no larger feature to balance with).
 """
 
 from __future__ import annotations
@@ -29,6 +48,8 @@ from pydantic import BaseModel, ConfigDict
 DEFAULT_DRAWS = 20
 DEFAULT_BAND = 2.0  # ratios within 0.5-2x
 DEFAULT_WIDEN = (3.0, 4.0, 8.0, 16.0)
+FRESH_STEPS = 3  # bands 2x, 3x and 4x: a fresh feature there is taken before a repeat
+EXCLUDE_FACTOR = 2  # the study excludes its top EXCLUDE_FACTOR x max(top_k) ranked features
 
 
 class ControlSamplingError(ValueError):
@@ -59,16 +80,29 @@ class MatchedControls(BaseModel):
     min_overlap: float
     seed: int | None
     widened: int  # matches that needed a wider band (or the overlap dropped) than ``band``
+    excluded: int = 0  # features outside the top set excluded from the draw (``exclude``)
 
     @property
     def ids(self) -> list[list[int]]:
         """The control feature ids, one list per draw (what results.json saves)."""
         return [s.features for s in self.sets]
 
+    def median_ratio(self, which: str) -> float | None:
+        """Median over every match of the control / top ``frequency`` or ``size`` ratio."""
+        values = [getattr(m, f"{which}_ratio") for s in self.sets for m in s.matches]
+        finite = [v for v in values if math.isfinite(v)]
+        return float(np.median(finite)) if finite else None
+
 
 def ablation_size(activation_sums: np.ndarray, decoder_norms: np.ndarray) -> np.ndarray:
     """Per-feature ablation size: (sum over evaluation tokens of the activation) x decoder-row norm."""
     return np.asarray(activation_sums, dtype=np.float64) * np.asarray(decoder_norms, dtype=np.float64)
+
+
+def excluded_features(ranked: Sequence[int], top_k: Sequence[int]) -> list[int]:
+    """The study's own top-ranked features, kept out of every control set: the top
+    ``EXCLUDE_FACTOR`` x max(top_k) of the ranking."""
+    return [int(i) for i in ranked[: EXCLUDE_FACTOR * max(top_k, default=0)]]
 
 
 def _ratio(values: np.ndarray, reference: float) -> np.ndarray:
@@ -84,6 +118,9 @@ def _within(ratio: np.ndarray, band: float | None, reference: float) -> np.ndarr
     return (ratio >= 1.0 / band) & (ratio <= band)
 
 
+Step = tuple[float | None, float, np.ndarray]  # band, overlap needed, eligibility mask
+
+
 def sample_matched_controls(
     top: Sequence[int],
     frequency: np.ndarray,
@@ -94,13 +131,15 @@ def sample_matched_controls(
     band: float = DEFAULT_BAND,
     widen: Sequence[float] = DEFAULT_WIDEN,
     min_overlap: float = 0.5,
+    exclude: Sequence[int] = (),
     rng: np.random.Generator | int = 0,
 ) -> MatchedControls:
-    """``draws`` control sets matched to the features ``top``.
+    """``draws`` control sets matched to the features ``top``; no feature twice in a set, and none
+    twice for this k while matched ones last (module docstring).
 
     ``frequency`` (d_sae,): firing frequency per token; ``size`` (d_sae,): ablation size (see
     ``ablation_size``); ``example_activity`` (n_examples, d_sae) bool: feature active anywhere in the
-    example; ``rng``: a numpy generator or a seed.
+    example; ``exclude``: features never drawn (besides ``top``); ``rng``: a numpy generator or a seed.
     """
     frequency = np.asarray(frequency, dtype=np.float64)
     size = np.asarray(size, dtype=np.float64)
@@ -121,15 +160,17 @@ def sample_matched_controls(
 
     base = (frequency > 0) & activity.any(axis=0)
     base[top] = False
+    outside = sorted({int(i) for i in exclude if 0 <= int(i) < d_sae} - set(top))
+    base[outside] = False
     n_examples = max(activity.shape[0], 1)
     overlap_counts = activity.T.astype(np.int64) @ activity.astype(np.int64)[:, top]  # (d_sae, len(top))
-    # per top feature: the ladder of eligibility masks, narrowest first
-    ladder: list[list[tuple[float | None, float, np.ndarray]]] = []
+    ladder: list[list[Step]] = []  # per top feature: eligibility masks, narrowest first
+    sides: list[tuple[np.ndarray, np.ndarray]] = []  # per top feature: frequency, size ratio >= 1
     for j, feature in enumerate(top):
         own = int(activity[:, feature].sum())
         overlap = overlap_counts[:, j] / own if own else np.zeros(d_sae)
         f_ratio, s_ratio = _ratio(frequency, frequency[feature]), _ratio(size, size[feature])
-        steps: list[tuple[float | None, float, np.ndarray]] = []
+        steps: list[Step] = []
         for factor in (band, *widen):
             mask = (
                 base
@@ -139,37 +180,46 @@ def sample_matched_controls(
             )
             steps.append((factor, min_overlap, mask))
         steps.append((None, 1.0 / n_examples if own else 0.0, base & ((overlap > 0) | (own == 0))))
+        steps.append((None, 0.0, base))
         ladder.append(steps)
+        sides.append((f_ratio >= 1, s_ratio >= 1))
 
-    sets: list[ControlSet] = []
+    used = np.zeros(d_sae, dtype=bool)
+    balance = np.zeros(2, dtype=np.int64)  # (frequency, size): matches above 1 minus matches below
+    chosen: list[list[ControlMatch | None]] = []
     widened = 0
-    for _ in range(draws):
-        taken = np.zeros(d_sae, dtype=bool)
-        matches: list[ControlMatch] = []
-        for j, feature in enumerate(top):
-            found = _narrowest_step(ladder[j], taken)
+    for r in range(draws):
+        matches: list[ControlMatch | None] = [None] * len(top)
+        for offset in range(len(top)):
+            j = (r + offset) % len(top)  # rotate which top feature picks first
+            feature = top[j]
+            in_set = np.zeros(d_sae, dtype=bool)
+            in_set[[m.control for m in matches if m is not None]] = True
+            found = _draw(ladder[j], sides[j], used, in_set, balance, generator)
             if found is None:
                 raise ControlSamplingError(
-                    f"no control feature left for top feature {feature}: fewer active features outside "
-                    f"the top {len(top)} than one control set needs"
+                    f"no control feature left for top feature {feature}: fewer eligible features outside "
+                    f"the top {len(top)} and the {len(outside)} excluded ones than one control set of "
+                    f"{len(top)} distinct features needs; lower the largest k"
                 )
-            step, factor, overlap_needed, candidates = found
+            step, factor, overlap_needed, choice = found
             widened += step > 0
-            choice = int(generator.choice(candidates))
-            taken[choice] = True
-            matches.append(
-                ControlMatch(
-                    top=feature,
-                    control=choice,
-                    band=factor,
-                    min_overlap=overlap_needed,
-                    frequency_ratio=float(frequency[choice] / frequency[feature])
-                    if frequency[feature] > 0
-                    else math.nan,
-                    size_ratio=float(size[choice] / size[feature]) if size[feature] > 0 else math.nan,
-                )
+            used[choice] = True
+            f_ratio = float(frequency[choice] / frequency[feature]) if frequency[feature] > 0 else math.nan
+            s_ratio = float(size[choice] / size[feature]) if size[feature] > 0 else math.nan
+            for axis, value in enumerate((f_ratio, s_ratio)):
+                if math.isfinite(value) and value != 1.0:
+                    balance[axis] += 1 if value > 1 else -1
+            matches[j] = ControlMatch(
+                top=feature,
+                control=choice,
+                band=factor,
+                min_overlap=overlap_needed,
+                frequency_ratio=f_ratio,
+                size_ratio=s_ratio,
             )
-        sets.append(ControlSet(features=[m.control for m in matches], matches=matches))
+        chosen.append(matches)
+    sets = [ControlSet(features=[m.control for m in ms if m], matches=[m for m in ms if m]) for ms in chosen]
     return MatchedControls(
         top=top,
         sets=sets,
@@ -178,18 +228,56 @@ def sample_matched_controls(
         min_overlap=min_overlap,
         seed=seed,
         widened=widened,
+        excluded=len(outside),
     )
 
 
-def _narrowest_step(
-    steps: list[tuple[float | None, float, np.ndarray]], taken: np.ndarray
-) -> tuple[int, float | None, float, np.ndarray] | None:
-    """(index, band, overlap, candidate ids) of the first step with a candidate not yet taken."""
-    for index, (factor, overlap_needed, mask) in enumerate(steps):
-        candidates = np.flatnonzero(mask & ~taken)
-        if len(candidates):
-            return index, factor, overlap_needed, candidates
-    return None
+def _narrowest(steps: list[Step], available: np.ndarray) -> int | None:
+    return next((i for i, (_, _, mask) in enumerate(steps) if (mask & available).any()), None)
+
+
+def _draw(
+    steps: list[Step],
+    sides: tuple[np.ndarray, np.ndarray],
+    used: np.ndarray,
+    in_set: np.ndarray,
+    balance: np.ndarray,
+    generator: np.random.Generator,
+) -> tuple[int, float | None, float, int] | None:
+    """(step index, band, overlap, feature): a uniform draw in the narrowest step with a candidate
+    (one not yet drawn for this k while one stands within ``FRESH_STEPS``, else the narrowest step
+    with any candidate outside this set), from the quadrant of ratio sides that restores ``balance``
+    when the narrowest or the next step holds one."""
+    fresh = _narrowest(steps, ~used)
+    reuse = _narrowest(steps, ~in_set)
+    if reuse is None:
+        return None
+    if fresh is not None and (fresh < FRESH_STEPS or fresh <= reuse):
+        available, narrowest = ~used, fresh
+    else:
+        available, narrowest = ~in_set, reuse
+    wanted = [None if b == 0 else b < 0 for b in balance]  # per axis: want ratio >= 1? (None: either)
+    f_above, s_above = sides
+    quadrants = []
+    for f_want, s_want in ((wanted[0], wanted[1]), (wanted[0], None), (None, wanted[1])):
+        if f_want is None and s_want is None:
+            continue
+        quadrant = np.ones_like(used)
+        if f_want is not None:
+            quadrant &= f_above == f_want
+        if s_want is not None:
+            quadrant &= s_above == s_want
+        quadrants.append(quadrant)
+    for quadrant in quadrants:
+        for index in range(narrowest, min(narrowest + 2, len(steps))):
+            factor, overlap_needed, mask = steps[index]
+            if factor is None and index > narrowest:
+                break  # never leave the bands for balance
+            candidates = np.flatnonzero(mask & available & quadrant)
+            if len(candidates):
+                return index, factor, overlap_needed, int(generator.choice(candidates))
+    factor, overlap_needed, mask = steps[narrowest]
+    return narrowest, factor, overlap_needed, int(generator.choice(np.flatnonzero(mask & available)))
 
 
 def sample_unmatched_controls(
@@ -212,11 +300,13 @@ __all__ = [
     "DEFAULT_BAND",
     "DEFAULT_DRAWS",
     "DEFAULT_WIDEN",
+    "EXCLUDE_FACTOR",
     "ControlMatch",
     "ControlSamplingError",
     "ControlSet",
     "MatchedControls",
     "ablation_size",
+    "excluded_features",
     "sample_matched_controls",
     "sample_unmatched_controls",
 ]

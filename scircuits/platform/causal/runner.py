@@ -78,8 +78,17 @@ def prepare_study(
         data = prepare_eval(
             split, sae, loaded.tokenizer, examples, config.batch_size, config.max_length, show
         )
+    # the ablation values, the resample pool and the feature descriptions: evaluation tokens only;
+    # the ranking's tie-break (and rank by activation): selection tokens only, as the attribution
     stats, mean_activation, frequency, pool_examples = feature_statistics(
-        data, seed=config.seed, first_position=config.edit_from_position
+        data, seed=config.seed, first_position=config.edit_from_position, examples=evaluation
+    )
+    selection_activation = (
+        mean_activation
+        if selection is None
+        else feature_statistics(
+            data, n_samples=0, first_position=config.edit_from_position, examples=selection
+        )[1]
     )
     study = Study(
         split,
@@ -101,6 +110,7 @@ def prepare_study(
         stats=stats,
         mean_activation=mean_activation,
         frequency=frequency,
+        selection_activation=selection_activation,
         bootstrap=Bootstrap(
             data.n_examples if evaluation is None else len(evaluation), config.bootstrap, config.seed
         ),
@@ -168,13 +178,18 @@ def run_study(
             seed=config.seed,
             significance=(
                 "paired bootstrap interval of top-k minus the mean matched control excludes 0 and the "
-                "Holm-corrected p < 0.05 across the k values: the permutation p when R >= 20 x (number "
-                "of k), else a normal fit of the control effects with the top set beyond every control "
-                "(significance.method says which)"
+                "exact permutation p, corrected across the k values, < 0.05: Holm when R >= 20 x (number "
+                "of k), else a fixed sequence from the largest k (significance.procedure says which)"
             ),
         ),
         "evaluation_split": EvaluationSplit.describe(data.n_examples, selection, evaluation, config),
-        "stats_source": "evaluation tokens at the edited positions",
+        "stats_source": (
+            "evaluation tokens at the edited positions (mean activation, frequency, mean-ablation values, "
+            "resample pool, controls); the ranking's tie-break and rank by activation use the "
+            "selection tokens"
+            if selection is not None
+            else "evaluation tokens at the edited positions"
+        ),
         "edited_positions": f"every position >= {config.edit_from_position} of every sequence",
         "n_conditions": study.n_conditions,
         "sequences_run": study.sequences_run,

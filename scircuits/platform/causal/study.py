@@ -330,11 +330,17 @@ class Study:
 
 
 def feature_statistics(
-    data: EvalData, n_samples: int = 4096, seed: int = 0, first_position: int = 0
+    data: EvalData,
+    n_samples: int = 4096,
+    seed: int = 0,
+    first_position: int = 0,
+    examples: np.ndarray | None = None,
 ) -> tuple[FeatureStats, np.ndarray, np.ndarray, np.ndarray]:
-    """Mean activation over the evaluation tokens, a pool of token rows for resampling, per-feature
+    """Over the edited tokens of ``examples`` (every example when None; the study passes its
+    evaluation examples): the mean activation, a pool of token rows for resampling, per-feature
     (mean activation, firing frequency) arrays, and the example index of each pool row."""
     d_sae = data.batches[0].features.shape[-1]
+    wanted = None if examples is None else set(int(i) for i in examples)
     total = torch.zeros(d_sae, dtype=torch.float64)
     fired = torch.zeros(d_sae, dtype=torch.float64)
     rows: list[torch.Tensor] = []
@@ -342,14 +348,16 @@ def feature_statistics(
     count = 0
     for eb in data.batches:
         mask = edit_mask(eb.batch, first_position)
+        example_of_sequence = np.full(mask.shape[0], -1, dtype=np.int64)
+        for example, layout in zip(eb.example_indices, eb.layouts, strict=True):
+            if wanted is None or int(example) in wanted:
+                example_of_sequence[list(layout.sequence_indices)] = example
+        mask = mask & torch.from_numpy(example_of_sequence >= 0).to(mask.device)[:, None]
         f = eb.features[mask]
         total += f.double().sum(0).cpu()
         fired += (f > 0).double().sum(0).cpu()
         count += f.shape[0]
         rows.append(f.cpu())
-        example_of_sequence = np.zeros(mask.shape[0], dtype=np.int64)
-        for example, layout in zip(eb.example_indices, eb.layouts, strict=True):
-            example_of_sequence[list(layout.sequence_indices)] = example
         owners.append(np.repeat(example_of_sequence, mask.sum(dim=1).cpu().numpy()))
     mean = (total / max(count, 1)).float()
     pool = torch.cat(rows)

@@ -349,8 +349,8 @@ class AblateConfig(StageConfig):
     top_k: list[int] = D(lambda: [1, 5, 10, 50], "Numbers of top features to ablate.")
     random_controls: int = D(
         20,
-        "Matched control sets per k (below 80 for 4 k values the significance call uses a normal fit "
-        "of the control effects beside the exact permutation p; see docs/metrics.md).",
+        "Matched control sets per k (below 80 for 4 k values the k values are tested in a fixed "
+        "sequence, largest first, on the exact permutation p; see docs/metrics.md).",
         ge=0,
     )
     selection_fraction: float = D(

@@ -116,6 +116,52 @@ class AccuracyByAnswerInPrompt(BaseModel):
     splice_not_in_prompt: float | None
 
 
+class Capability(BaseModel):
+    """Whether the model can do the benchmark at all (clean accuracy on the evaluation examples)."""
+
+    clean_accuracy: float
+    accuracy_ci: list[float]  # paired bootstrap 95% interval over the evaluation examples
+    chance: float  # 1 / choices for multiple choice (averaged over examples), 0 for free-form answers
+    floor: float  # max(chance, MIN_ACCURACY): at or below it the model cannot do the benchmark
+    capable: bool
+    note: str | None = None  # what the numbers mean when it cannot
+
+
+# Clean accuracy at or below max(chance, MIN_ACCURACY), or with its interval's upper bound below chance:
+# the model does not do the task, so accuracy effects are undefined (nothing to remove) and log-prob
+# effects measure how features move the probability of an answer the model does not give.
+MIN_ACCURACY = 0.02
+
+
+def capability(context: StudyContext, clean: Any) -> Capability:
+    """Can the model do the benchmark? From the clean accuracy on the evaluation examples."""
+    examples = context.study.data.examples
+    chances = [
+        1.0 / len(examples[int(i)].choices) if examples[int(i)].choices else 0.0
+        for i in context.evaluation_indices
+    ]
+    chance = float(np.mean(chances)) if chances else 0.0
+    interval = context.bootstrap.interval(clean.correct.astype(float)).as_list()
+    floor = max(chance, MIN_ACCURACY)
+    capable = not (clean.accuracy <= floor or interval[1] < chance)
+    note = None
+    if not capable:
+        note = (
+            f"clean accuracy {clean.accuracy:.3f} is at or below {floor:g} (chance {chance:.3g}): the model "
+            "cannot do this benchmark, so accuracy effects are undefined (their significance is not "
+            "tested) and log-prob effects measure how features move the probability of an answer the "
+            "model does not give, a behaviour it lacks"
+        )
+    return Capability(
+        clean_accuracy=clean.accuracy,
+        accuracy_ci=interval,
+        chance=chance,
+        floor=floor,
+        capable=capable,
+        note=note,
+    )
+
+
 class BaselineResult(AnalysisResult):
     splice: SpliceCheck
     baseline: CleanScores
@@ -125,6 +171,7 @@ class BaselineResult(AnalysisResult):
     gate: ReconstructionGate | None = None
     behaviour: BehaviourChange | None = None
     accuracy_by_answer_in_prompt: AccuracyByAnswerInPrompt | None = None  # benchmarks that mark it
+    capability: Capability | None = None  # None in an older results.json
 
 
 def split_accuracy(
@@ -284,6 +331,8 @@ class Baseline(Analysis):
         )
         zeroed = context.run_condition("zeroed-site", ce=True, status="zero site", record="zero_site")
         context.shared["splice"] = spliced  # the reference of every effect
+        able = capability(context, clean)
+        context.shared["capable"] = able.capable  # accuracy effects are undefined when it is not
         recovered = ce_loss_recovered(clean.ce, recon.ce, zeroed.ce)
         ce_gap = None if clean.ce is None or zeroed.ce is None else zeroed.ce - clean.ce
         metrics = context.reconstruction_metrics()
@@ -308,6 +357,7 @@ class Baseline(Analysis):
             accuracy_by_answer_in_prompt=split_accuracy(
                 answer_in_prompt_marks(context), clean.correct, spliced.correct
             ),
+            capability=able,
         )
 
     def report(self, section: ReportDocument, result: BaselineResult, results: StudyResults) -> None:
@@ -316,6 +366,8 @@ class Baseline(Analysis):
         rec, base, splice = result.reconstruction, result.baseline, result.splice
         ev = result.sae_metrics_eval
         section.heading("SAE quality")
+        if result.capability is not None and not result.capability.capable:
+            section.paragraph(f"**The model cannot do this benchmark:** {result.capability.note}.")
         section.table(
             ["metric", "value", "measured on"],
             [
@@ -388,8 +440,11 @@ class Baseline(Analysis):
         section.figure("training", section.training_figure(), "SAE training loss and held-out FVU")
 
     def summary_lines(self, result: BaselineResult) -> list[str]:
-        behaviour = result.behaviour
-        return [f"  warning: {behaviour.warning}"] if behaviour is not None and behaviour.warning else []
+        behaviour, able = result.behaviour, result.capability
+        lines = [f"  warning: {behaviour.warning}"] if behaviour is not None and behaviour.warning else []
+        if able is not None and not able.capable:
+            lines.insert(0, f"  warning: {able.note}")
+        return lines
 
     def headline(self, result: BaselineResult) -> list[str]:
         recovered = result.reconstruction.ce_loss_recovered

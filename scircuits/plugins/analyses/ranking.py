@@ -38,10 +38,10 @@ class Ranking(Analysis):
         config = context.config
         attribution = context.attribution()
         if config.rank == "attribution":
-            # most negative first; ties by activation
-            order = np.lexsort((-context.mean_activation, attribution))
+            # most negative first; ties by activation (both on the selection examples)
+            order = np.lexsort((-context.ranking_activation, attribution))
         else:
-            order = np.argsort(-context.mean_activation, kind="stable")
+            order = np.argsort(-context.ranking_activation, kind="stable")
         ranked = [int(i) for i in order]
         context.shared["attribution"] = attribution
         context.shared["ranked"] = ranked

@@ -1,9 +1,12 @@
 """Sweeps with matched controls: ablate the top k features for each k, against R control sets of k
 features matched to the top ones on firing frequency, ablation size and the examples they fire on
-(measured on the evaluation examples). Per k and metric: the top-k effect, the control distribution,
-a paired bootstrap interval of the per-example difference top − mean(controls), a permutation
-p-value and its Holm correction across the k values; "significant" needs the interval to exclude 0
-and p_holm < 0.05. The old comparison of two marginal intervals is kept as ``marginal_disjoint_*``."""
+(measured on the evaluation examples), no feature twice within a k and none of the study's own top
+2 x max(top_k). Per k and metric: the top-k effect, the control distribution, a paired bootstrap
+interval of the per-example difference top − mean(controls), the exact permutation p-value and its
+correction across the k values (``top_k_significance``: Holm, or a fixed sequence from the largest
+k when R is too small for Holm); "significant" needs the interval to exclude 0 and the corrected
+p < 0.05. Accuracy flags are None when the model cannot do the benchmark (baseline's capability).
+The old comparison of two marginal intervals is kept as ``marginal_disjoint_*``."""
 
 from __future__ import annotations
 
@@ -42,6 +45,10 @@ class ControlSets(BaseModel):
     band: float  # the band tried first
     widened: int  # matches that needed a wider band than ``band``
     min_overlap: float
+    distinct: int | None = None  # distinct control features over the R sets (R x k: none repeated)
+    excluded: int | None = None  # the study's own top-ranked features kept out of the draw
+    median_frequency_ratio: float | None = None  # median over every match of control / top
+    median_size_ratio: float | None = None
 
 
 class Sweep(Effect):
@@ -49,8 +56,8 @@ class Sweep(Effect):
     ablation: str
     features: list[int]
     control: ControlEffect | None
-    significant_logprob: bool | None  # the paired test: interval excludes 0 and p_holm < alpha
-    significant_accuracy: bool | None
+    significant_logprob: bool | None  # the paired test: interval excludes 0 and corrected p < alpha
+    significant_accuracy: bool | None  # None also when the model cannot do the benchmark
     control_sets: ControlSets | None = None
     test_logprob: KTest | None = None
     test_accuracy: KTest | None = None
@@ -66,7 +73,9 @@ class SignificanceInfo(BaseModel):
     attainable: bool
     method: str
     controls: str
-    basis: str = "permutation"  # the p-value the Holm correction and the call rest on
+    basis: str = "permutation"  # the p-value the call rests on ("normal" in older results.json)
+    procedure: str | None = None  # the correction across k: "holm" or "fixed-sequence"
+    accuracy_defined: bool = True  # False: the model cannot do the benchmark, accuracy not tested
 
 
 class CompanionSweep(Effect):
@@ -101,6 +110,8 @@ class Sweeps(Analysis):
         ranked: list[int] = context.shared["ranked"]
         spliced = context.shared["splice"]
         draws_per_k = context.random_controls
+        excluded = context.excluded_from_controls(ranked)
+        accuracy_defined = context.shared.get("capable", True) is not False
         entries: dict[int, dict[str, Any]] = {}
         per_example: dict[str, dict[int, tuple[Any, Any]]] = {"logprob": {}, "accuracy": {}}
         for k in config.top_k:
@@ -122,7 +133,7 @@ class Sweeps(Analysis):
             if draws_per_k == 0:
                 continue
             try:
-                matched = context.matched_controls(ranked[:k], draws_per_k)
+                matched = context.matched_controls(ranked[:k], draws_per_k, exclude=excluded)
             except ControlSamplingError as exc:
                 entry["control_note"] = str(exc)
                 continue
@@ -141,6 +152,10 @@ class Sweeps(Analysis):
                 band=matched.band,
                 widened=matched.widened,
                 min_overlap=matched.min_overlap,
+                distinct=len({f for ids in matched.ids for f in ids}),
+                excluded=matched.excluded,
+                median_frequency_ratio=matched.median_ratio("frequency"),
+                median_size_ratio=matched.median_ratio("size"),
             )
             for metric in ("logprob", "accuracy"):
                 entry[f"marginal_disjoint_{metric}"] = excludes(
@@ -178,6 +193,8 @@ class Sweeps(Analysis):
                 continue
             tested = top_k_significance(effects, context.bootstrap)
             for test in tested.tests:
+                if metric == "accuracy" and not accuracy_defined:
+                    test.significant = None
                 entries[test.k][f"test_{metric}"] = test
                 entries[test.k][f"significant_{metric}"] = test.significant
             if metric == "logprob":
@@ -188,10 +205,14 @@ class Sweeps(Analysis):
                     attainable=tested.attainable,
                     method=tested.method,
                     basis=tested.basis,
+                    procedure=tested.procedure,
+                    accuracy_defined=accuracy_defined,
                     controls=(
                         "each control set has k features, each matched to one top feature on firing "
                         "frequency and ablation size (Σ activation × decoder-row norm) within the band, "
-                        "active on at least half the evaluation examples the top feature is active on"
+                        "drawn on the side of 1 that keeps the median ratios near 1, active on at least "
+                        "half the evaluation examples the top feature is active on; no feature twice "
+                        f"within a k, and none of the study's own top {len(excluded)} ranked features"
                     ),
                 )
         return SweepsResult(
@@ -213,20 +234,53 @@ class Sweeps(Analysis):
                 else ""
             )
             + ". Each control set ablates k features, each matched to a top feature on firing frequency "
-            "and ablation size and active on the same examples. Per k: the control distribution over "
-            "the R sets, the paired bootstrap interval of the per-example difference top − mean(control), "
-            "the exact permutation p-value, the prediction p-value against a normal fit of the control "
-            "effects, and the Holm correction across the k values of the p the call rests on. "
-            "'marginal' is the old, weaker comparison (the two marginal intervals do not overlap)."
+            "and ablation size and active on the same examples; no feature appears twice among the sets "
+            "of one k, and the study's own top-ranked features are never controls. Per k: the control "
+            "distribution over the R sets, the paired bootstrap interval of the per-example difference "
+            "top − mean(control), the exact permutation p-value, and that p corrected across the k "
+            "values. 'marginal' is the old, weaker comparison (the two marginal intervals do not overlap)."
         )
         info = result.significance
         if info is not None:
             section.paragraph(f"Significance ({info.n_controls} control sets per k): {info.method}.")
             if not info.attainable:
                 section.paragraph(
-                    f"With {info.n_controls} control sets per k and {len(result.sweeps)} k values, no "
-                    f"Holm-corrected p-value can reach {info.alpha}: nothing can be called significant."
+                    f"With {info.n_controls} control sets per k no exact p-value can reach {info.alpha}: "
+                    "nothing can be called significant."
                 )
+            if not info.accuracy_defined:
+                section.paragraph(
+                    "**The model cannot do this benchmark** (clean accuracy at or below chance, see SAE "
+                    "quality): accuracy effects are undefined and not tested; log-prob effects measure "
+                    "how the features move the probability of an answer the model does not give."
+                )
+        balance = [
+            s for s in result.sweeps if s.control_sets and s.control_sets.median_size_ratio is not None
+        ]
+        if balance:
+            section.paragraph("How the matched controls compare with the top features (control / top):")
+            section.table(
+                [
+                    "k",
+                    "median frequency ratio",
+                    "median size ratio",
+                    "distinct controls",
+                    "excluded",
+                    "widened",
+                ],
+                [
+                    [
+                        s.k,
+                        fmt(s.control_sets.median_frequency_ratio),
+                        fmt(s.control_sets.median_size_ratio),
+                        s.control_sets.distinct,
+                        s.control_sets.excluded,
+                        s.control_sets.widened,
+                    ]
+                    for s in balance
+                    if s.control_sets is not None
+                ],
+            )
         for metric, label in (("logprob", "Δlogprob"), ("accuracy", "Δaccuracy")):
             rows = []
             for s in result.sweeps:
@@ -244,9 +298,8 @@ class Sweeps(Analysis):
                         fmt(test.difference.mean if test else None),
                         fmt_ci([test.difference.low, test.difference.high] if test else None),
                         fmt(test.p_value if test else None, 3),
-                        fmt(test.p_normal if test else None, 3),
-                        fmt(test.p_holm if test else None, 3),
-                        fmt(getattr(s, f"significant_{metric}")),
+                        fmt(test.corrected_p if test else None, 3),
+                        significance_text(getattr(s, f"significant_{metric}"), test),
                         fmt(getattr(s, f"marginal_disjoint_{metric}")),
                     ]
                 )
@@ -261,8 +314,7 @@ class Sweeps(Analysis):
                     "top − control",
                     "paired 95% CI",
                     "p (exact)",
-                    "p (normal)",
-                    "p (Holm)",
+                    "p (corrected)",
                     "significant",
                     "marginal",
                 ],
@@ -365,7 +417,7 @@ class Sweeps(Analysis):
                     f"{fmt(best.control.logprob_delta)} for {len(best.control.draws)} matched control sets: "
                     f"difference {fmt(test.difference.mean)} "
                     f"{fmt_ci([test.difference.low, test.difference.high])}, p = {fmt(test.p_value, 3)} "
-                    f"(Holm {fmt(test.p_holm, 3)})."
+                    f"(corrected across k {fmt(test.corrected_p, 3)})."
                 )
             lines.append(
                 f"Ablating the top {best.k} features ({best.ablation}) changes the gold log-prob by "
@@ -374,7 +426,12 @@ class Sweeps(Analysis):
         elif result.sweeps:
             lines.append(
                 "No top-k ablation moved the log-prob significantly more than matched controls "
-                "(paired interval excluding 0 and Holm-corrected p < 0.05)."
+                "(paired interval excluding 0 and corrected p < 0.05)."
+            )
+        if result.significance is not None and not result.significance.accuracy_defined:
+            lines.append(
+                "The model cannot do this benchmark (clean accuracy at or below chance): accuracy effects "
+                "are undefined, and the log-prob effects are about an answer the model does not give."
             )
         acc = [s for s in result.sweeps if s.significant_accuracy]
         if acc:
@@ -388,14 +445,21 @@ class Sweeps(Analysis):
 
     def summary_lines(self, result: SweepsResult) -> list[str]:
         lines = []
+        defined = result.significance is None or result.significance.accuracy_defined
         for s in result.sweeps:
             c = s.control
+            corrected = s.test_logprob.corrected_p if s.test_logprob else None
             lines.append(
                 f"  top {s.k:>4}: Δlogprob {s.logprob_delta:+.3f} {ci(s.logprob_ci)}  control "
                 f"{c.logprob_delta if c else float('nan'):+.3f} {ci(c.logprob_ci if c else None)}  "
-                f"Δacc {s.accuracy_delta:+.3f}  "
-                f"p_holm {s.test_logprob.p_holm if s.test_logprob else float('nan'):.3f}  "
+                + (f"Δacc {s.accuracy_delta:+.3f}  " if defined else "Δacc undefined  ")
+                + f"p {float('nan') if corrected is None else corrected:.3f}  "
                 f"significant: {s.significant_logprob}"
+            )
+        if not defined:
+            lines.append(
+                "  the model cannot do this benchmark: accuracy effects are undefined; log-prob effects "
+                "measure a behaviour the model lacks"
             )
         return lines
 
@@ -407,6 +471,13 @@ class Sweeps(Analysis):
             "control": fmt(best.control.logprob_delta) if best and best.control else "–",
             "significant": fmt(any(s.significant_logprob for s in result.sweeps)),
         }
+
+
+def significance_text(flag: bool | None, test: KTest | None) -> str:
+    """The significant column: yes/no, or why there is no call."""
+    if flag is None:
+        return "undefined" if test is not None else "–"
+    return "yes" if flag else "no"
 
 
 def ci(interval: list[float] | None) -> str:
