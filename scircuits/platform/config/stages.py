@@ -221,10 +221,18 @@ class TrainConfig(StageConfig):
         False,
         "Instead of refusing, move aside (not delete) a folder of other files, or an unresumed state.",
     )
+    exclude_tokens: Literal["outliers", "none"] = D(
+        "outliers",
+        "Tokens left out of fitting, the input scale and the metrics: outliers = position 0 where it is "
+        "an attention sink and any token with |x| > --outlier-factor x the median (docs/training.md); "
+        "none = every token.",
+    )
+    outlier_factor: float = D(10.0, "Norm cutoff of --exclude-tokens outliers, in medians.", gt=1)
 
     # bumped when the same settings train differently (2: seeds split into init and data streams,
-    # issue 11), so a checkpoint of the older recipe is not taken as this config's
-    recipe: ClassVar[int] = 2
+    # issue 11; 3: run-relative AuxK window, latent usage measured on training tokens, issue 20), so a
+    # checkpoint of the older recipe is not taken as this config's
+    recipe: ClassVar[int] = 3
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "recipe": self.recipe}
