@@ -375,9 +375,9 @@ RunTrain = section(
     "RunTrain",
     TrainConfig,
     RUN_SETS | {"store", "seed", "device", "resume"},
-    # lr pinned: the width/batch rule (4.3e-3 here) leaves 83% of the latents dead and misfits the
-    # massive dimension on SmolLM2 layer 15 (standardised FVU 2.0); 1e-3 gives 31% dead, relative
-    # error 0.0069 (docs/training.md, "Real activations")
+    # lr pinned: without the sinks the width/batch rule (4.3e-3 here) reconstructs typical tokens
+    # better than 1e-3 but leaves about half of the latents dead (silent for the whole AuxK window)
+    # where 1e-3 leaves under 1% (docs/training.md, "Real activations: the rate on the default store")
     {"tokens": 1_200_000, "expansion": 4, "lr": 1e-3, "warmup_steps": None},
     {
         "sae": plugin_default_help("SAE variant to train", "saes"),
