@@ -70,7 +70,7 @@ def relative_error(sae, x: torch.Tensor) -> float:
     return stats.result()["relative_error"]
 
 
-def ablate(loaded, sae, examples, plugins, tmp_path, layer: int, training_error: float | None):
+def ablate(loaded, sae, examples, plugins, tmp_path, layer: int, training_error: float | None, **meta):
     config = AblateConfig(
         sae="fitted",
         model="smollm2-135m",
@@ -86,7 +86,7 @@ def ablate(loaded, sae, examples, plugins, tmp_path, layer: int, training_error:
         layer=layer,
     )
     # as load_sae gives it: scircuits.json under "meta"
-    info = {} if training_error is None else {"meta": {"metrics": {"relative_error": training_error}}}
+    info = {} if training_error is None else {"meta": {"metrics": {"relative_error": training_error}, **meta}}
     return run_ablate(config, plugins, inputs=AblateInputs(loaded, sae, info, examples, layer))
 
 
@@ -125,3 +125,33 @@ def test_a_random_sae_is_refused(smollm2, examples, plugins, tmp_path):
     sae = PlusMinusSAE(smollm2.d_model, 4 * smollm2.d_model).eval()
     with pytest.raises(ReconstructionGateError, match=r"relative error .* --max-relative-error"):
         ablate(smollm2, sae, examples, plugins, tmp_path, LAYER, None)
+
+
+def test_the_study_scores_the_tokens_the_training_kept(smollm2, examples, plugins, tmp_path):
+    """A checkpoint that recorded a token exclusion (position 0 a sink, a norm cut) is scored on the
+    same tokens by the study; every token is still spliced, and the all-token figures are kept beside."""
+    from scircuits.platform.train.exclusion import TokenExclusion
+
+    sequences, _ = layout_examples(smollm2.tokenizer, examples, None)
+    batch = make_batch(sequences, smollm2.tokenizer.pad_token_id or 0)
+    x_all = SplitModel(smollm2, LAYER, "resid").lower(batch).site_output
+    real = batch.attention_mask.bool()
+    first = real & (batch.position_ids == 0)
+    norms = x_all.float().norm(dim=-1)
+    median = float(norms[real & ~first].median())
+    rule = TokenExclusion(
+        rule="outliers", factor=10, median_norm=median, norm_cutoff=10 * median, position0=True, rows=0
+    )
+    kept = real & rule.kept(x_all, batch.position_ids)
+    assert int(first.sum()) == len(examples) and not (kept & first).any()
+    x, x_kept = x_all[real].float(), x_all[kept].float()
+    sae = fitted_sae(x_kept)
+    own = relative_error(sae, x_kept)
+    out = ablate(smollm2, sae, examples, plugins, tmp_path, LAYER, own, token_exclusion=rule.model_dump())
+    result = json.loads((out / "results.json").read_text())
+    metrics = result["sae_metrics_eval"]
+    assert metrics["tokens"] == int(kept.sum()) and metrics["tokens_excluded"] == int((real & ~kept).sum())
+    assert metrics["relative_error"] == pytest.approx(own, rel=1e-3)
+    assert metrics["relative_error_all_tokens"] == pytest.approx(relative_error(sae, x), rel=1e-3)
+    assert result["gate"]["passed"] and result["gate"]["error_growth"] == pytest.approx(1.0, rel=1e-2)
+    assert result["splice"]["max_abs_logit_diff"] <= result["splice"]["tolerance"]  # every token spliced

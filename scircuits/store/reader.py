@@ -3,6 +3,7 @@ attributes, rows, splits, batches (read ahead on a background thread), statistic
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -94,6 +95,16 @@ class ActivationStore:
             check_blocks_present(part.path, part.arrays_written_whole(), part.n_tokens)
         self.last_counters = BufferCounters()
         self._count_cache: dict[tuple[str, bytes], np.ndarray] = {}
+        self.excluded_rows = np.empty(0, dtype=np.int64)  # rows no split selects (``excluding``)
+
+    def excluding(self, rows: np.ndarray) -> ActivationStore:
+        """A view of this store whose splits, counts and batches leave out ``rows`` (global row
+        indices), e.g. tokens a trainer does not fit. The files are not touched."""
+        view = copy.copy(self)
+        view.excluded_rows = np.union1d(self.excluded_rows, np.asarray(rows, dtype=np.int64))
+        view._count_cache = {}
+        view.last_counters = BufferCounters()
+        return view
 
     def _joined_attrs(self, manifest: Any) -> dict[str, Any]:
         first = dict(self.parts[0].attrs)
@@ -255,22 +266,29 @@ class ActivationStore:
         key = (split, eval_ids.tobytes())
         if key not in self._count_cache:
             bounds = self.block_bounds()
-            if split == "all":
+            if split == "all" and not self.excluded_rows.size:
                 counts = [stop - start for start, stop in bounds]
             else:
                 counts = [
-                    self._selected(self.read_ids("example_ids", a, b), split, eval_ids).shape[0]
+                    self._selected(self.read_ids("example_ids", a, b), split, eval_ids, a).shape[0]
                     for a, b in bounds
                 ]
             self._count_cache[key] = np.array(counts, dtype=np.int64)
         return self._count_cache[key]
 
-    @staticmethod
-    def _selected(example_ids: np.ndarray, split: Split, eval_ids: np.ndarray) -> np.ndarray:
+    def _selected(
+        self, example_ids: np.ndarray, split: Split, eval_ids: np.ndarray, start: int
+    ) -> np.ndarray:
+        """Block-local indices of the selected rows of the block whose first row is ``start``."""
         if split == "all":
-            return np.arange(example_ids.shape[0])
-        in_eval = np.isin(example_ids, eval_ids)
-        return np.flatnonzero(in_eval if split == "eval" else ~in_eval)
+            chosen = np.ones(example_ids.shape[0], dtype=bool)
+        else:
+            in_eval = np.isin(example_ids, eval_ids)
+            chosen = in_eval if split == "eval" else ~in_eval
+        if self.excluded_rows.size:
+            lo, hi = np.searchsorted(self.excluded_rows, [start, start + example_ids.shape[0]])
+            chosen[self.excluded_rows[lo:hi] - start] = False
+        return np.flatnonzero(chosen)
 
     def n_rows(self, split: Split = "all", *, eval_fraction: float = 0.05, split_seed: int = 0) -> int:
         """Rows in a split (train rows = rows of train examples)."""
@@ -393,7 +411,7 @@ class ActivationStore:
             )
 
         def select_rows(start: int, stop: int, ids: dict[str, np.ndarray]) -> np.ndarray:
-            return self._selected(ids["example_ids"], split, eval_ids)
+            return self._selected(ids["example_ids"], split, eval_ids, start)
 
         yield from stream_batches(
             read_block,

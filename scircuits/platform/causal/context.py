@@ -240,12 +240,13 @@ class StudyContext:
         return {**self.study.reconstruction_metrics(), **self.fvu_variants()}
 
     def fvu_variants(self, massive_factor: float = 100.0) -> dict[str, float]:
-        """FVU at the edited positions (i) leaving out the massive dimensions (mean square above
-        ``massive_factor`` x the median dimension's) and (ii) with every dimension standardised by
-        its own mean and standard deviation (each dimension weighs the same)."""
+        """FVU at the edited positions the SAE's training scored (its token exclusion applied) (i)
+        leaving out the massive dimensions (mean square above ``massive_factor`` x the median
+        dimension's) and (ii) with every dimension standardised by its own mean and standard
+        deviation (each dimension weighs the same)."""
         xs, errors = [], []
         for eb in self.study.data.batches:
-            mask = eb.edit_mask(self.config.edit_from_position)
+            mask = self.study.scored_mask(eb, self.config.edit_from_position)
             xs.append(eb.cache.site_output[mask].double().cpu().numpy())
             errors.append(eb.error[mask].double().cpu().numpy())
         if not xs:

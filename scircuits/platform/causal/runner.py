@@ -34,6 +34,7 @@ from scircuits.platform.contract.models import LoadedModel
 from scircuits.platform.manager.plugin_set import ALLOW_LIST_ENV
 from scircuits.platform.model.scoring import score_name
 from scircuits.platform.model.splice import SplitModel
+from scircuits.platform.train.exclusion import token_exclusion_of
 
 
 def companion_ablations(config: AblateConfig, plugins: Any) -> dict[str, tuple[Any, Any]]:
@@ -101,6 +102,7 @@ def prepare_study(
         first_position=config.edit_from_position,
     )
     study.pool_examples = pool_examples
+    study.token_exclusion = token_exclusion_of((sae_info or {}).get("meta"))
     study.companions = companion_ablations(config, plugins)
     return StudyContext(
         config=config,

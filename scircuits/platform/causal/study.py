@@ -39,6 +39,7 @@ from scircuits.platform.model.splice import (
     nnsight_site_logits,
     spliced_output,
 )
+from scircuits.platform.train.exclusion import TokenExclusion
 from scircuits.platform.train.metrics import ReconstructionStats
 from scircuits.store.reader import ActivationStore
 
@@ -91,6 +92,8 @@ class Study:
     ) -> None:
         self.split, self.sae, self.data = split, sae, data
         self.first_position = first_position
+        # the tokens the SAE's training left out of its fit and metrics (None: it recorded none)
+        self.token_exclusion: TokenExclusion | None = None
         self.ablation, self.ablation_options, self.stats = ablation, ablation_options, stats
         self.seed = seed
         self.show = show
@@ -310,7 +313,12 @@ class Study:
         )
 
     def reconstruction_metrics(self) -> dict[str, float]:
-        return reconstruction_metrics(self.data, self.first_position)
+        return reconstruction_metrics(self.data, self.first_position, self.token_exclusion)
+
+    def scored_mask(self, eb: EvalBatch, first_position: int = 0) -> torch.Tensor:
+        """(B, T) the real tokens at positions >= ``first_position`` that the SAE's training would
+        score: those its recorded token exclusion keeps."""
+        return scored_mask(eb, first_position, self.token_exclusion)
 
     def unembedding_effects(
         self, features: Sequence[int], tokenizer: Any, n: int = 10
@@ -373,22 +381,41 @@ def feature_statistics(
     )
 
 
-def reconstruction_metrics(data: EvalData, first_position: int = 0) -> dict[str, float]:
-    """FVU, relative error, L0 and dead fraction of the SAE on the evaluation tokens (DESIGN.md
-    definitions, ``scircuits.platform.train.metrics``); also the FVU over positions >= ``first_position``
-    only (the first token's huge activations can dominate both sums of squares)."""
+def scored_mask(eb: EvalBatch, first_position: int, exclusion: TokenExclusion | None) -> torch.Tensor:
+    """(B, T) real tokens at positions >= ``first_position`` that ``exclusion`` keeps (all without one)."""
+    mask = edit_mask(eb.batch, first_position)
+    if exclusion is not None and exclusion.active:
+        mask = mask & exclusion.kept(eb.cache.site_output, eb.batch.position_ids.to(mask.device))
+    return mask
 
-    def stats(position_from: int) -> dict[str, float]:
+
+def reconstruction_metrics(
+    data: EvalData, first_position: int = 0, exclusion: TokenExclusion | None = None
+) -> dict[str, float]:
+    """FVU, relative error, L0, dead and rare fractions of the SAE on the evaluation tokens (DESIGN.md
+    definitions, ``scircuits.platform.train.metrics``), on the tokens the SAE's training scored: those
+    its ``exclusion`` keeps (attention sinks and outlier-norm tokens left out). With an active
+    exclusion, ``*_all_tokens`` are the same over every token (the splice covers every token); with
+    ``first_position`` > 0, ``fvu_positions_from_<p>`` is the FVU over the kept tokens at positions >= p."""
+
+    def stats(position_from: int, rule: TokenExclusion | None) -> dict[str, float]:
         acc = ReconstructionStats(d_sae=data.batches[0].features.shape[-1]) if data.batches else None
         for eb in data.batches:
-            mask = edit_mask(eb.batch, position_from)
+            mask = scored_mask(eb, position_from, rule)
             x = eb.cache.site_output[mask]
             acc.update(x, x - eb.error[mask], eb.features[mask])  # type: ignore[union-attr]
         return acc.result() if acc is not None else {"tokens": 0}
 
-    result = stats(0)
+    result = stats(0, exclusion)
+    if exclusion is not None and exclusion.active:
+        every = stats(0, None)
+        result["tokens_excluded"] = every["tokens"] - result["tokens"]
+        for key in ("fvu", "relative_error"):
+            result[f"{key}_all_tokens"] = every.get(key, float("nan"))
     if first_position > 0:
-        result[f"fvu_positions_from_{first_position}"] = stats(first_position).get("fvu", float("nan"))
+        result[f"fvu_positions_from_{first_position}"] = stats(first_position, exclusion).get(
+            "fvu", float("nan")
+        )
     return result
 
 

@@ -308,10 +308,18 @@ class TrainConfig(StageConfig):
         False,
         "Instead of refusing, move aside (not delete) a folder of other files, or an unresumed state.",
     )
+    exclude_tokens: Literal["outliers", "none"] = D(
+        "outliers",
+        "Tokens left out of fitting, the input scale and the metrics: outliers = position 0 where it is "
+        "an attention sink and any token with |x| > --outlier-factor x the median (docs/training.md); "
+        "none = every token.",
+    )
+    outlier_factor: float = D(10.0, "Norm cutoff of --exclude-tokens outliers, in medians.", gt=1)
 
     # bumped when the same settings train differently (2: seeds split into init and data streams,
-    # issue 11), so a checkpoint of the older recipe is not taken as this config's
-    recipe: ClassVar[int] = 2
+    # issue 11; 3: run-relative AuxK window, latent usage measured on training tokens, issue 20), so a
+    # checkpoint of the older recipe is not taken as this config's
+    recipe: ClassVar[int] = 3
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "recipe": self.recipe}
@@ -460,9 +468,9 @@ RunTrain = section(
     "RunTrain",
     TrainConfig,
     RUN_SETS | {"store", "seed", "device", "resume"},
-    # lr pinned: the width/batch rule (4.3e-3 here) leaves 83% of the latents dead and misfits the
-    # massive dimension on SmolLM2 layer 15 (standardised FVU 2.0); 1e-3 gives 31% dead, relative
-    # error 0.0069 (docs/training.md, "Real activations")
+    # lr pinned: without the sinks the width/batch rule (4.3e-3 here) reconstructs typical tokens
+    # better than 1e-3 but leaves about half of the latents dead (silent for the whole AuxK window)
+    # where 1e-3 leaves under 1% (docs/training.md, "Real activations: the rate on the default store")
     {"tokens": 1_200_000, "expansion": 4, "lr": 1e-3, "warmup_steps": None},
     {
         "sae": plugin_default_help(

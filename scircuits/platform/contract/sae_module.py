@@ -39,7 +39,11 @@ class SparseAutoencoder(nn.Module):
     variant: str = ""
     saelens_architecture: str = "standard"
     unit_norm_decoder: bool = False
-    dead_tokens: int | None = None  # latents silent for this many training tokens count as dead
+    # AuxK-style losses: ``uses_dead_mask`` asks the trainer for a dead mask in ``train_forward``;
+    # ``dead_tokens`` fixes the window (latents silent for this many training tokens count as dead),
+    # None leaves it to the trainer (relative to the run's length, docs/training.md)
+    uses_dead_mask: bool = False
+    dead_tokens: int | None = None
 
     def __init__(self, d_in: int, d_sae: int, hparams: dict[str, Any] | None = None) -> None:
         super().__init__()

@@ -183,7 +183,7 @@ def run_sections(doc: ReportDocument, run: RunData, analyses: Sequence[Analysis]
 def comparison_table(
     doc: ReportDocument, runs: Sequence[RunData], analyses: Sequence[Analysis]
 ) -> tuple[list[str], list[list[Any]]]:
-    header = ["model", "benchmark", "site", "examples", "FVU", "L0", "dead fraction"]
+    header = ["model", "benchmark", "site", "examples", "FVU", "L0", "dead fraction", "rare fraction"]
     columns: list[dict[str, str]] = []
     for run in runs:
         res, m = run.results, run.sae_metrics()
@@ -195,6 +195,7 @@ def comparison_table(
             "FVU": fmt(m.get("fvu")),
             "L0": fmt(m.get("l0"), 1),
             "dead fraction": fmt(m.get("dead_fraction")),
+            "rare fraction": fmt(m.get("rare_fraction")),
         }
         for analysis, _, result in ran(run, analyses):
             if analysis is not None:

@@ -3,7 +3,10 @@
 - FVU = sum |x - x_hat|^2 / sum |x - mean(x)|^2 (mean over all evaluated tokens); explained
   variance = 1 - FVU.
 - L0 = mean number of active latents per token.
-- dead fraction = fraction of latents that never fire on the evaluated tokens.
+- dead fraction = fraction of latents that never fire on the evaluated tokens (``tokens`` says how
+  many: a dead fraction means little over fewer tokens than 1 / a rare latent's frequency).
+- rare fraction = fraction of latents that fire, but on fewer than ``RARE_FREQUENCY`` (1e-4) of the
+  evaluated tokens; apart from the dead ones. Over fewer than 10,000 tokens no latent can be rare.
 - MSE = mean over tokens and dimensions of (x - x_hat)^2, in the units of the raw activations.
 - relative error = mean over tokens of |x - x_hat|^2 / |x|^2. FVU weighs tokens and dimensions by
   their variance, so in a residual stream with a few massive dimensions (SmolLM2's dimension 507
@@ -18,6 +21,9 @@ from typing import Any
 
 import torch
 
+# A latent firing on fewer than this share of tokens is "rare" (apart from "dead": never fired).
+RARE_FREQUENCY = 1e-4
+
 
 @dataclass
 class ReconstructionStats:
@@ -30,7 +36,7 @@ class ReconstructionStats:
     sum_x2: torch.Tensor | None = None
     sum_relative_error: float = 0.0
     active_total: float = 0.0
-    fired: torch.Tensor | None = field(default=None, repr=False)
+    fired: torch.Tensor | None = field(default=None, repr=False)  # (d_sae,) tokens each latent fired on
 
     def update(self, x: torch.Tensor, x_hat: torch.Tensor, acts: torch.Tensor) -> None:
         x64, x_hat64 = x.double(), x_hat.double()
@@ -46,8 +52,8 @@ class ReconstructionStats:
         self.sum_x2 = batch_sq if self.sum_x2 is None else self.sum_x2 + batch_sq
         active = acts > 0
         self.active_total += float(active.sum())
-        batch_fired = active.any(dim=0).cpu()
-        self.fired = batch_fired if self.fired is None else (self.fired | batch_fired)
+        batch_fired = active.sum(dim=0).to("cpu", torch.int64)
+        self.fired = batch_fired if self.fired is None else (self.fired + batch_fired)
 
     def merge(self, other: ReconstructionStats) -> None:
         if other.tokens == 0:
@@ -62,7 +68,7 @@ class ReconstructionStats:
         self.sum_x2 = self.sum_x2 + other.sum_x2  # type: ignore[operator]
         self.sum_relative_error += other.sum_relative_error
         self.active_total += other.active_total
-        self.fired = self.fired | other.fired  # type: ignore[operator]
+        self.fired = self.fired + other.fired  # type: ignore[operator]
 
     def total_variance(self) -> float:
         if self.tokens == 0 or self.sum_x is None:
@@ -74,16 +80,26 @@ class ReconstructionStats:
             return {"tokens": 0}
         variance = self.total_variance()
         fvu = self.sum_sq_error / variance if variance > 0 else float("nan")
-        dead = 1.0 - float(self.fired.float().mean()) if self.fired is not None else float("nan")
         return {
             "tokens": self.tokens,
             "fvu": fvu,
             "explained_variance": 1.0 - fvu,
             "l0": self.active_total / self.tokens,
-            "dead_fraction": dead,
+            **self.latent_usage(),
             "mse": self.sum_sq_error / (self.tokens * self.d_in),
             "relative_error": self.sum_relative_error / self.tokens,
             "top_dim_variance_share": self.top_dim_variance_share(),
+        }
+
+    def latent_usage(self) -> dict[str, float]:
+        """Dead (never fired) and rare (fired on fewer than ``RARE_FREQUENCY`` of the tokens) fractions."""
+        if self.fired is None or self.tokens == 0:
+            return {"dead_fraction": float("nan"), "rare_fraction": float("nan")}
+        fired = self.fired.double()
+        rare = (fired > 0) & (fired < RARE_FREQUENCY * self.tokens)
+        return {
+            "dead_fraction": float((fired == 0).double().mean()),
+            "rare_fraction": float(rare.double().mean()),
         }
 
     def top_dim_variance_share(self) -> float:

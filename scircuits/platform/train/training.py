@@ -4,13 +4,19 @@
 loop on tensors, shared with the ground-truth check (``scircuits validate sae``).
 
 Training details:
+- tokens left out (``scircuits.platform.train.exclusion``): by default attention sinks and
+  outlier-norm tokens are not fitted, not used for the input scale and not scored; the rule and its
+  counts are recorded in ``scircuits.json`` (``token_exclusion``);
 - inputs are normalised by a constant ``scale`` = sqrt(d_in) / E|x| estimated on a training sample;
   the saved checkpoint has the scale folded into its weights (it applies to raw activations);
 - ``b_dec`` starts at the geometric median of that sample (Weiszfeld iterations);
 - Adam, linear warm-up over ``warmup_steps``, constant, then linear decay to zero over the final
   ``decay_fraction`` of the steps; gradient-norm clipping; unit-norm decoder rows where the variant
   asks (gradient component parallel to each row removed before the step, rows renormalised after);
-- dead latents: tokens since each latent last fired (variants with AuxK get a dead mask);
+- dead latents: tokens since each latent last fired; variants with AuxK get a dead mask over a window
+  relative to the run (``default_dead_window``) unless their hyperparameters fix one;
+- at the end, latent usage over up to ``USAGE_TOKENS`` training tokens with the final weights: the
+  dead (never fired) and rare (fired on < 1e-4 of them) fractions, and how many tokens they cover;
 - every ``eval_every`` steps and at the end: FVU, L0, dead fraction, MSE on held-out examples
   (``scircuits.platform.train.metrics``), appended to ``train_log.jsonl``;
 - every ``checkpoint_every`` steps: the full training state (weights, Adam moments, step, epoch,
@@ -50,10 +56,27 @@ from scircuits.platform.train.distributed import (
     run_jobs_on_devices,
     under_launcher,
 )
-from scircuits.platform.train.metrics import ReconstructionStats
+from scircuits.platform.train.exclusion import fit_exclusion
+from scircuits.platform.train.metrics import RARE_FREQUENCY, ReconstructionStats
 from scircuits.store import ActivationStore
 
 INIT_SAMPLE_TOKENS = 16384
+# latent usage (dead / rare) of the final SAE is counted over at most this many training tokens
+USAGE_TOKENS = 1 << 20
+
+# The AuxK dead window when a variant fixes none (issue 20): a tenth of the run's tokens, at most
+# DEAD_WINDOW_MAX (the fixed window used before, which never acted in runs of ~1M tokens) and at
+# least DEAD_WINDOW_MIN_BATCHES batches (a latent is not judged on fewer).
+DEAD_WINDOW_SHARE = 0.1
+DEAD_WINDOW_MAX = 1_000_000
+DEAD_WINDOW_MIN_BATCHES = 10
+
+
+def default_dead_window(total_tokens: int, batch_size: int) -> int:
+    """Training tokens a latent must stay silent to count as dead, for a run of ``total_tokens``."""
+    relative = min(round(DEAD_WINDOW_SHARE * total_tokens), DEAD_WINDOW_MAX)
+    return max(relative, DEAD_WINDOW_MIN_BATCHES * batch_size, 1)
+
 
 # The default learning rate (issue 11; docs/training.md). Two factors:
 # - width (sparsify's rule, after Gao et al. 2024): 2e-4 at 2**14 latents, times 1/sqrt(d_sae / 2**14);
@@ -132,7 +155,10 @@ class SAETrainer:
         decay_fraction: float = 0.2,
         grad_clip: float | None = 1.0,
         dist: DistContext | None = None,
+        dead_window: int | None = None,
     ) -> None:
+        """``dead_window``: tokens of silence after which a latent is dead (the variant's own
+        ``dead_tokens`` wins); None: ``default_dead_window`` of the run, from the first batch's size."""
         self.sae = sae
         self.dist = dist or DistContext()
         self.base_lr = lr
@@ -145,6 +171,7 @@ class SAETrainer:
         self.tokens = 0
         self.scale = 1.0
         self.tokens_since_fired = torch.zeros(sae.d_sae, dtype=torch.long)
+        self.dead_window: int | None = sae.dead_tokens or dead_window
         self.forward_module: torch.nn.Module = _TrainForward(sae)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -172,13 +199,21 @@ class SAETrainer:
         self.sae.b_dec.copy_(geometric_median(x * self.scale).to(self.sae.b_dec.device))
 
     def dead_mask(self) -> torch.Tensor | None:
-        if not self.sae.dead_tokens:
+        if not (self.sae.uses_dead_mask or self.sae.dead_tokens) or self.dead_window is None:
             return None
-        return (self.tokens_since_fired >= self.sae.dead_tokens).to(self.sae.W_dec.device)
+        return (self.tokens_since_fired >= self.dead_window).to(self.sae.W_dec.device)
+
+    def dead_fraction(self) -> float:
+        """Latents silent for the whole dead window (or for every token so far, early on)."""
+        window = min(self.dead_window or DEAD_WINDOW_MAX, max(self.tokens, 1))
+        return float((self.tokens_since_fired >= window).float().mean())
 
     def train_step(self, x_raw: torch.Tensor) -> TrainOutput:
         sae = self.sae
         x = x_raw.to(sae.W_dec.device, torch.float32) * self.scale
+        if self.dead_window is None:
+            batch = x.shape[0] * self.dist.world_size
+            self.dead_window = default_dead_window(self.total_steps * batch, batch)
         lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -242,7 +277,7 @@ class SAETrainer:
 
     @torch.no_grad()
     def evaluate(self, batches: Iterator[torch.Tensor], max_tokens: int) -> dict[str, Any]:
-        """FVU, L0, dead fraction, MSE on raw activations (``scircuits.platform.train.metrics``)."""
+        """FVU, L0, dead and rare fractions, MSE on raw activations (``scircuits.platform.train.metrics``)."""
         sae = self.sae
         was_training = sae.training
         sae.eval()
@@ -432,14 +467,22 @@ def _train_rank(
         raise ConfigError(
             f"batch_size {config.batch_size} must be divisible by the number of processes ({dist.world_size})"
         )
+    exclusion, excluded_rows = fit_exclusion(store, config.exclude_tokens, config.outlier_factor)
+    if excluded_rows.size:
+        store = store.excluding(excluded_rows)
+    if dist.is_main:
+        print(f"[train] {exclusion.describe()}", file=sys.stderr)
     local_batch = config.batch_size // dist.world_size
     read = dict(eval_fraction=config.eval_fraction, split_seed=0)
     steps_per_epoch = store.batches_per_epoch(
         local_batch, split="train", world_size=dist.world_size, drop_last=True, **read
     )
     if steps_per_epoch == 0:
+        left_out = f" ({exclusion.excluded} tokens left out: --exclude-tokens none keeps them)" * bool(
+            exclusion.excluded
+        )
         raise ConfigError(
-            f"store {config.store} has fewer training rows than one batch of {config.batch_size}"
+            f"store {config.store} has fewer training rows than one batch of {config.batch_size}{left_out}"
         )
     if config.tokens is not None:
         total_steps = max(1, math.ceil(config.tokens / config.batch_size))
@@ -465,6 +508,7 @@ def _train_rank(
         decay_fraction=config.decay_fraction,
         grad_clip=config.grad_clip,
         dist=dist,
+        dead_window=default_dead_window(total_steps * config.batch_size, config.batch_size),
     )
     config_hash = config.config_hash()
     epoch, batch_in_epoch = 0, 0
@@ -548,7 +592,8 @@ def _train_rank(
                             "epoch": epoch,
                             "lr": trainer.lr_at(trainer.step - 1),
                             "l0": out_step.l0,
-                            "dead_fraction_train": _dead_fraction(trainer),
+                            "dead_fraction_train": trainer.dead_fraction(),
+                            "dead_window": trainer.dead_window,
                             "tokens_per_s": rate,
                             **{k: float(v.detach()) for k, v in out_step.terms.items()},
                         }
@@ -570,6 +615,9 @@ def _train_rank(
     if dist.is_main:
         final = trainer.evaluate(eval_batches(), config.eval_tokens)
         final["split"] = "eval" if has_eval else "train"
+        final["eval_dead_fraction"] = final.pop("dead_fraction")
+        final.pop("rare_fraction")  # the held-out tokens are too few to tell rare from dead
+        final.update(_latent_usage(trainer, store, config, seeds.data, read))
         logger.write({"step": trainer.step, "tokens": trainer.tokens, "eval": final, "final": True})
         meta = {
             "config_hash": config_hash,
@@ -582,6 +630,8 @@ def _train_rank(
             "steps": trainer.step,
             "tokens": trainer.tokens,
             "input_scale": trainer.scale,
+            "token_exclusion": exclusion.model_dump(),
+            "dead_window_tokens": trainer.dead_window,
             "world_size": dist.world_size,
             "seconds": elapsed,
         }
@@ -618,9 +668,21 @@ def check_finite(
         )
 
 
-def _dead_fraction(trainer: SAETrainer) -> float:
-    window = trainer.sae.dead_tokens or 1_000_000
-    return float((trainer.tokens_since_fired >= min(window, max(trainer.tokens, 1))).float().mean())
+def _latent_usage(
+    trainer: SAETrainer, store: ActivationStore, config: TrainConfig, seed: int, read: dict[str, Any]
+) -> dict[str, Any]:
+    """Dead and rare fractions of the final SAE over up to ``USAGE_TOKENS`` training tokens (the
+    held-out split is too small to tell a rare latent from a dead one); the held-out split's own
+    dead fraction is kept as ``eval_dead_fraction``."""
+    batches = store.iter_batches(min(config.batch_size, 8192), seed=seed, split="train", **read)
+    usage = trainer.evaluate(batches, USAGE_TOKENS)
+    return {
+        "dead_fraction": usage["dead_fraction"],
+        "rare_fraction": usage["rare_fraction"],
+        "rare_threshold": RARE_FREQUENCY,
+        "usage_tokens": usage["tokens"],
+        "usage_split": "train",
+    }
 
 
 def _status(out: TrainOutput, last_eval: dict[str, Any]) -> str:
@@ -716,6 +778,7 @@ __all__ = [
     "SAETrainer",
     "TrainSeeds",
     "apply_preset",
+    "default_dead_window",
     "default_lr",
     "default_warmup_steps",
     "derived_seeds",

@@ -205,6 +205,38 @@ def answer_in_prompt_marks(context: StudyContext) -> list[bool | None]:
     return marks
 
 
+def latent_usage_rows(m: dict[str, Any], fmt: Any) -> list[list[Any]]:
+    """Dead (never fired) and rare (fired on < 1e-4 of the tokens) latents, and what they were counted on."""
+    tokens = m.get("usage_tokens", m.get("tokens"))
+    where = (
+        f"{tokens:,} training tokens, final weights"
+        if "usage_tokens" in m
+        else f"{m.get('source')}, {tokens if tokens is not None else '?'} tokens"
+    )
+    rows = [["dead fraction (never fired)", fmt(m.get("dead_fraction")), where]]
+    if "rare_fraction" in m:
+        threshold = m.get("rare_threshold", 1e-4)
+        rows.append(
+            [f"rare fraction (fired on < {threshold:g} of the tokens)", fmt(m["rare_fraction"]), where]
+        )
+    return rows
+
+
+def excluded_token_rows(ev: dict[str, Any], fmt: Any) -> list[list[Any]]:
+    """The metrics over every token, when the SAE's training left sinks and outliers out of its scores."""
+    if "relative_error_all_tokens" not in ev:
+        return []
+    return [
+        [
+            "relative error per token, every token",
+            fmt(ev["relative_error_all_tokens"]),
+            f"evaluation tokens including the {ev.get('tokens_excluded')} the SAE's training leaves out "
+            "(attention sinks, outlier norms)",
+        ],
+        ["FVU, every token", fmt(ev.get("fvu_all_tokens")), "evaluation tokens including those"],
+    ]
+
+
 def ce_loss_recovered(clean: float | None, sae: float | None, zero: float | None) -> float | None:
     if clean is None or sae is None or zero is None or zero == clean:
         return None
@@ -393,7 +425,8 @@ class Baseline(Analysis):
                     "FVU mostly measures that dimension when this is near 1",
                 ],
                 ["L0 (active latents per token)", fmt(m.get("l0"), 1), m.get("source")],
-                ["dead fraction", fmt(m.get("dead_fraction")), m.get("source")],
+                *latent_usage_rows(m, fmt),
+                *excluded_token_rows(ev, fmt),
                 *[
                     [
                         f"FVU without the first {key.rsplit('_', 1)[1]} position(s)",

@@ -98,7 +98,9 @@ class TopKSAE(SparseAutoencoder):
     def __init__(self, d_in: int, d_sae: int, hparams: dict[str, Any] | None = None) -> None:
         super().__init__(d_in, d_sae, hparams)
         self.k = int(self.hparams["k"])
-        self.dead_tokens = int(self.hparams["dead_tokens"])
+        self.uses_dead_mask = self.hparams["auxk_alpha"] > 0
+        window = self.hparams.get("dead_tokens")
+        self.dead_tokens = int(window) if window is not None else None
         self.sparse = bool(self.hparams.get("sparse", True))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,8 +37,11 @@ class TopKHyperparameters(_Hyperparameters):
     k: int = Field(default=32, gt=0)
     auxk_alpha: float = Field(default=1 / 32, ge=0, description="AuxK loss coefficient")
     k_aux: int | None = Field(default=None, gt=0, description="dead latents used by AuxK (default d_in/2)")
-    dead_tokens: int = Field(
-        default=1_000_000, gt=0, description="tokens without firing until a latent is dead"
+    dead_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="training tokens without firing until AuxK treats a latent as dead; default: a "
+        "tenth of the run's tokens, at most 1,000,000, at least 10 batches (docs/training.md)",
     )
     sparse: bool = Field(default=True, description="sparse decoder and encoder backward (False: dense eager)")
 
