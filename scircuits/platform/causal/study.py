@@ -131,14 +131,27 @@ class Study:
         if mode == "clean":
             return x
         if mode == "zeroed-site":
-            return torch.zeros_like(x)
+            return self._outside_exclusion(eb, torch.zeros_like(x))
         features = eb.features if edit is None else self.edited_features(eb, edit)
         out = self.sae.decode(features)
         if mode == "splice":
             out = out + eb.error
-        elif mode != "reconstruction":
+        elif mode == "reconstruction":
+            out = self._outside_exclusion(eb, out)
+        else:
             raise ValueError(f"unknown site mode {mode!r}")
         return out.to(x.dtype)
+
+    def _outside_exclusion(self, eb: EvalBatch, value: torch.Tensor) -> torch.Tensor:
+        """``value`` at the tokens the SAE's token exclusion keeps, the clean activation at those it
+        left out (attention sinks, outlier-norm tokens): the reconstruction-alone and zeroed-site
+        conditions replace the site only on the tokens the SAE was fitted to (as SAELens' evaluation
+        with special tokens excluded from the reconstruction). The splice covers every token."""
+        if self.token_exclusion is None or not self.token_exclusion.active:
+            return value
+        x = eb.cache.site_output
+        kept = self.token_exclusion.kept(x, eb.batch.position_ids.to(x.device))[..., None]
+        return torch.where(kept, value, x.to(value.dtype))
 
     def run(
         self,
