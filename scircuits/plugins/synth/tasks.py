@@ -186,6 +186,7 @@ def logic_counterfactual(problem: Problem, step: int) -> Counterfactual:
 
 class AdditionTask(SynthTask):
     name = "addition"
+    default = True  # the family's default (docs/plugins.md, "Defaults")
     description = "n-digit addition, least significant digit first; carries and sum digits per column"
     size_name = "digits"
     default_size, min_size, max_size = 4, 1, 9
