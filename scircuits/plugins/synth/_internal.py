@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from scircuits import ConfigError as UserError
-from scircuits import cache_root, check_device, now_iso
+from scircuits import cache_root, now_iso
 
-__all__ = ["UserError", "cache_root", "check_device", "check_local_folder", "load_sae", "now_iso"]
+__all__ = ["UserError", "cache_root", "check_local_folder", "load_sae", "now_iso"]
 
 
 def check_local_folder(adapter: Any, model_path: Any) -> Any:

@@ -76,7 +76,7 @@ def train(
 
     from scircuits import SynthTrainSettings, synth_tasks, train_synth_model
 
-    from ._internal import UserError, check_device
+    from ._internal import UserError
     from .models import default_folder
 
     registry = synth_tasks()
@@ -91,7 +91,6 @@ def train(
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
         raise UserError(f"invalid synth train settings: {problems}") from None
-    check_device(settings.device)
     folder = (
         out
         if out is not None
