@@ -2,6 +2,7 @@
 
     python bench/collect.py                                  # SmolLM2, layer 15, 16 x 128 tokens, 8 batches
     python bench/collect.py --batches 2 --batch-size 4 --seq-len 64 --rounds 1   # a quick check
+    python bench/collect.py --device cuda --model-dtype bfloat16 --batch-size 64 --batches 16
 
 On the same token batches (arithmetic few-shot prompts cut to --seq-len tokens, so no padding):
 
@@ -66,11 +67,18 @@ def hwm_mib() -> float:
     return float("nan")
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def time_full_forward(model, batches) -> float:
+    synchronize()
     start = time.perf_counter()
     with torch.no_grad():
         for batch in batches:
             model(input_ids=batch, use_cache=False)
+    synchronize()
     return time.perf_counter() - start
 
 
@@ -83,12 +91,14 @@ def time_hook_stop(model, block, batches) -> float:
 
     handle = block.register_forward_hook(hook)
     try:
+        synchronize()
         start = time.perf_counter()
         with torch.no_grad():
             for batch in batches:
                 with contextlib.suppress(StopForward):
                     model(input_ids=batch, use_cache=False)
                 captured.clear()
+        synchronize()
         return time.perf_counter() - start
     finally:
         handle.remove()
@@ -134,13 +144,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="store dtype")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument("--json-out", type=Path, help="write the results as JSON to this file")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--model-dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     plugins = get_plugins()
     rss_start = rss_mib()
-    loaded = plugins.models.get(args.model).load(model_path=args.model_path)
+    loaded = plugins.models.get(args.model).load(
+        model_path=args.model_path, dtype=args.model_dtype, device=args.device
+    )
     rss_loaded = rss_mib()
     layer = loaded.adapter.layer_or_default(args.layer, loaded.n_layers)
     benchmark = plugins.benchmarks.get("arithmetic")
@@ -156,6 +173,8 @@ def main() -> None:
         dtype=args.dtype,
         max_length=args.seq_len,
         progress=False,
+        device=args.device,
+        model_dtype=args.model_dtype,
         benchmark_options={"n_shots": max(3, args.seq_len // 8), "n_examples": max(n_examples, 200)},
     )
     options = benchmark.parse_options(config.benchmark_options)
@@ -167,7 +186,8 @@ def main() -> None:
             f"prompts are {sorted(lengths)} tokens long, not all {args.seq_len}; lower --seq-len"
         )
     batches = [
-        torch.tensor(sequences[i : i + args.batch_size]) for i in range(0, n_examples, args.batch_size)
+        torch.tensor(sequences[i : i + args.batch_size]).to(args.device)
+        for i in range(0, n_examples, args.batch_size)
     ]
     block = loaded.module(f"{loaded.adapter.blocks_path}.{layer}")
     n_tokens = n_examples * args.seq_len
@@ -196,7 +216,8 @@ def main() -> None:
         f"model {args.model} ({loaded.n_layers} blocks, d_model {loaded.d_model}), "
         f"{args.site} of block {layer}; "
         f"{args.batches} batches of {args.batch_size} x {args.seq_len} tokens, {args.rounds} rounds, "
-        f"{torch.get_num_threads()} threads, store dtype {args.dtype}"
+        f"{torch.get_num_threads()} threads, {args.device}, model {args.model_dtype}, "
+        f"store dtype {args.dtype}"
     )
     print(f"{'method':<14} {'tokens/s':>10} {'rounds (s)':>28}")
     for name, ts in times.items():
@@ -218,25 +239,31 @@ def main() -> None:
         print(
             f"RSS growth while collecting (ours): at most {max(ours_peaks):.0f} MiB above the level before it"
         )
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "tokens_per_s": rate,
-                    "seconds": times,
-                    "ours_vs_hook_stop": ours_vs_hook,
-                    "hook_stop_vs_full": stop_vs_full,
-                    "rss_loaded_mib": rss_loaded,
-                    "rss_after_forward_mib": rss_warm,
-                    "collect_rss_growth_mib": max(ours_peaks) if ours_peaks else None,
-                    "peak_rss_mib": peak_rss_mib(),
-                    "n_tokens": n_tokens,
-                    "layer": layer,
-                    "threads": torch.get_num_threads(),
-                },
-                indent=2,
-            )
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else None
+    if args.json or args.json_out:
+        text = json.dumps(
+            {
+                "tokens_per_s": rate,
+                "seconds": times,
+                "ours_vs_hook_stop": ours_vs_hook,
+                "hook_stop_vs_full": stop_vs_full,
+                "rss_loaded_mib": rss_loaded,
+                "rss_after_forward_mib": rss_warm,
+                "collect_rss_growth_mib": max(ours_peaks) if ours_peaks else None,
+                "peak_rss_mib": peak_rss_mib(),
+                "n_tokens": n_tokens,
+                "layer": layer,
+                "threads": torch.get_num_threads(),
+                "device": args.device,
+                "model_dtype": args.model_dtype,
+                "gpu_peak_allocated_mib": gpu_peak,
+            },
+            indent=2,
         )
+        if args.json:
+            print(text)
+        if args.json_out:
+            args.json_out.write_text(text)
 
 
 if __name__ == "__main__":

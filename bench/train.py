@@ -3,6 +3,7 @@
     python bench/train.py                         # 262,144 x 576 synthetic tokens, d_sae 4,608, k 32
     python bench/train.py --tokens 16384          # a quick check
     python bench/train.py --store runs/.../activations.zarr
+    python bench/train.py --device cuda --peers-python python3 --skip-saelens   # a GPU, peers importable
 
 The peers run in their own virtual environment (default .scircuits-cache/venv-peers, git-ignored),
 created on first use with torch==2.13.0 installed FIRST (so sae-lens / eai-sparsify cannot pull a
@@ -95,22 +96,41 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_loop(data: Any, batch: int, step: Callable[[Any], None], eval_fn: Callable[[Any], dict]) -> dict:
+def run_loop(
+    data: Any, batch: int, step: Callable[[Any], None], eval_fn: Callable[[Any], dict], device: str = "cpu"
+) -> dict:
+    """Every trainer gets each batch as a float32 tensor already on ``device`` (the host-to-device
+    copy is outside the timed step for all alike); on a GPU the clock stops after a synchronize."""
     import torch
 
+    cuda = device.startswith("cuda")
     n_train = data.shape[0] - EVAL_TOKENS
     steps = n_train // batch
-    step(torch.from_numpy(data[:batch].copy()))  # warm-up step (allocations), not timed
-    started = time.perf_counter()
+
+    def batch_at(i: int) -> Any:
+        return torch.from_numpy(data[i * batch : (i + 1) * batch].copy()).to(device)
+
+    step(batch_at(0))  # warm-up step (allocations, kernel selection), not timed
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    seconds = 0.0
     for i in range(1, steps):
-        step(torch.from_numpy(data[i * batch : (i + 1) * batch].copy()))
-    seconds = time.perf_counter() - started
-    metrics = eval_fn(torch.from_numpy(data[n_train:].copy()))
+        x = batch_at(i)
+        if cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        step(x)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - started
+    metrics = eval_fn(torch.from_numpy(data[n_train:].copy()).to(device))
     return {
         "tokens_per_s": (steps - 1) * batch / seconds,
         "steps": steps,
         "seconds": seconds,
         "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         **metrics,
     }
 
@@ -136,7 +156,7 @@ def worker_ours(args: argparse.Namespace, data: Any) -> dict:
     from scircuits.platform.train.training import SAETrainer
 
     hparams = {"k": args.k} if args.variant == "topk" else {"l1": args.l1, "decorrelation": 0.0}
-    sae = get_plugins().saes.get(args.variant).build(data.shape[1], args.d_sae, hparams)
+    sae = get_plugins().saes.get(args.variant).build(data.shape[1], args.d_sae, hparams).to(args.device)
     sae.encoder_bf16 = args.bf16
     steps = (data.shape[0] - EVAL_TOKENS) // args.batch
     # the peers' loops run Adam at a constant rate: so does ours here (no warm-up, no decay)
@@ -150,7 +170,7 @@ def worker_ours(args: argparse.Namespace, data: Any) -> dict:
             acts = sae.encode(x * trainer.scale)
             return reconstruction_metrics(x, sae.decode(acts) / trainer.scale, acts)
 
-    return run_loop(data, args.batch, trainer.train_step, evaluate)
+    return run_loop(data, args.batch, trainer.train_step, evaluate, args.device)
 
 
 def worker_sparsify(args: argparse.Namespace, data: Any) -> dict:
@@ -159,12 +179,12 @@ def worker_sparsify(args: argparse.Namespace, data: Any) -> dict:
 
     torch.manual_seed(0)
     cfg = SparseCoderConfig(num_latents=args.d_sae, k=args.k)
-    sae = SparseCoder(data.shape[1], cfg, device="cpu")
-    sample = torch.from_numpy(data[:4096].copy())
+    sae = SparseCoder(data.shape[1], cfg, device=args.device)
+    sample = torch.from_numpy(data[:4096].copy()).to(args.device)
     with torch.no_grad():
         sae.b_dec.copy_(sample.mean(dim=0))  # sparsify's Trainer initialises b_dec from the data
     opt = torch.optim.Adam(sae.parameters(), lr=args.lr)
-    tokens_since_fired = torch.zeros(args.d_sae, dtype=torch.long)
+    tokens_since_fired = torch.zeros(args.d_sae, dtype=torch.long, device=args.device)
     dead_after = 10_000_000
 
     def step(x: Any) -> None:
@@ -182,10 +202,12 @@ def worker_sparsify(args: argparse.Namespace, data: Any) -> dict:
     def evaluate(x: Any) -> dict:
         with torch.no_grad():
             out = sae(x)
-            acts = torch.zeros(x.shape[0], args.d_sae).scatter(1, out.latent_indices, out.latent_acts)
+            acts = torch.zeros(x.shape[0], args.d_sae, device=x.device).scatter(
+                1, out.latent_indices, out.latent_acts.float()
+            )
             return reconstruction_metrics(x, out.sae_out, acts)
 
-    return run_loop(data, args.batch, step, evaluate)
+    return run_loop(data, args.batch, step, evaluate, args.device)
 
 
 def worker_saelens(args: argparse.Namespace, data: Any) -> dict:
@@ -196,7 +218,9 @@ def worker_saelens(args: argparse.Namespace, data: Any) -> dict:
     if args.variant == "topk":
         from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
-        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=data.shape[1], d_sae=args.d_sae, k=args.k))
+        sae = TopKTrainingSAE(
+            TopKTrainingSAEConfig(d_in=data.shape[1], d_sae=args.d_sae, k=args.k, device=args.device)
+        )
         coefficients: dict[str, float] = {}
     else:
         from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
@@ -204,14 +228,16 @@ def worker_saelens(args: argparse.Namespace, data: Any) -> dict:
         # SAELens' MSE sums over dimensions where ours averages: the same pressure is l1 * d_in.
         l1 = args.l1 * data.shape[1]
         sae = StandardTrainingSAE(
-            StandardTrainingSAEConfig(d_in=data.shape[1], d_sae=args.d_sae, l1_coefficient=l1)
+            StandardTrainingSAEConfig(
+                d_in=data.shape[1], d_sae=args.d_sae, l1_coefficient=l1, device=args.device
+            )
         )
         coefficients = {"l1": l1}
-    sample = torch.from_numpy(data[:4096].copy())
+    sample = torch.from_numpy(data[:4096].copy()).to(args.device)
     with torch.no_grad():
         sae.b_dec.copy_(sample.mean(dim=0))
     opt = torch.optim.Adam(sae.parameters(), lr=args.lr)
-    fired_recently = torch.zeros(args.d_sae, dtype=torch.long)
+    fired_recently = torch.zeros(args.d_sae, dtype=torch.long, device=args.device)
     done = [0]
 
     def step(x: Any) -> None:
@@ -237,7 +263,7 @@ def worker_saelens(args: argparse.Namespace, data: Any) -> dict:
             acts = sae.encode(x)
             return reconstruction_metrics(x, sae.decode(acts), acts)
 
-    return run_loop(data, args.batch, step, evaluate)
+    return run_loop(data, args.batch, step, evaluate, args.device)
 
 
 WORKERS = {"ours": worker_ours, "sparsify": worker_sparsify, "saelens": worker_saelens}
@@ -298,6 +324,8 @@ def run_worker(
         str(args.l1),
         "--threads",
         str(args.threads),
+        "--device",
+        args.device,
     ] + (["--bf16"] if bf16 else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -321,6 +349,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--peers-venv", type=Path, default=DEFAULT_PEERS_VENV)
     p.add_argument("--skip-peers", action="store_true")
     p.add_argument("--skip-relu", action="store_true")
+    p.add_argument("--skip-saelens", action="store_true", help="leave SAELens out (sparsify only)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (every trainer on it)")
+    p.add_argument(
+        "--peers-python",
+        help="an interpreter that imports the peers already (e.g. on a GPU machine); no venv is made",
+    )
     p.add_argument("--json", type=Path, help="also write the results here")
     # worker role
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -341,17 +375,23 @@ def main(argv: list[str] | None = None) -> None:
             make_synthetic(data, args.tokens + EVAL_TOKENS, args.d_model)
             source = f"synthetic {args.tokens} x {args.d_model}"
         ours = sys.executable
-        peers = None if args.skip_peers else str(ensure_peers_venv(args.peers_venv))
+        if args.skip_peers:
+            peers = None
+        elif args.peers_python:
+            peers = args.peers_python
+        else:
+            peers = str(ensure_peers_venv(args.peers_venv))
         plan = [("ours topk", ours, "ours", "topk", False), ("ours topk bf16", ours, "ours", "topk", True)]
         if peers:
             plan += [
                 ("sparsify topk", peers, "sparsify", "topk", False),
-                ("saelens topk", peers, "saelens", "topk", False),
             ]
+            if not args.skip_saelens:
+                plan.append(("saelens topk", peers, "saelens", "topk", False))
         if not args.skip_relu:
             plan.append(("ours relu", ours, "ours", "relu", False))
             plan.append(("ours relu bf16", ours, "ours", "relu", True))
-            if peers:
+            if peers and not args.skip_saelens:
                 plan.append(("saelens standard", peers, "saelens", "relu", False))
         rows = []
         for label, python, worker, variant, bf16 in plan:
@@ -359,18 +399,21 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({"trainer": label, **run_worker(python, worker, variant, data, args, bf16)})
 
     print(
-        f"\nSAE training, CPU, {args.threads} threads, {source}, d_sae {args.d_sae}, k {args.k}, "
+        f"\nSAE training, {args.device}, {args.threads} threads, {source}, d_sae {args.d_sae}, k {args.k}, "
         f"batch {args.batch}, one pass, held-out {EVAL_TOKENS} tokens\n"
     )
-    header = f"{'trainer':<18} {'tokens/s':>10} {'peak RSS MB':>12} {'FVU':>7} {'L0':>7} {'dead':>6}"
+    gpu = args.device.startswith("cuda")
+    memory = "peak GPU MB" if gpu else "peak RSS MB"
+    header = f"{'trainer':<18} {'tokens/s':>10} {memory:>12} {'FVU':>7} {'L0':>7} {'dead':>6}"
     print(header)
     print("-" * len(header))
     for r in rows:
         if "error" in r:
             print(f"{r['trainer']:<18} failed: {r['error']}")
             continue
+        peak = r["peak_gpu_mb"] if gpu else r["peak_rss_mb"]
         print(
-            f"{r['trainer']:<18} {r['tokens_per_s']:>10,.0f} {r['peak_rss_mb']:>12,.0f} {r['fvu']:>7.3f} "
+            f"{r['trainer']:<18} {r['tokens_per_s']:>10,.0f} {peak:>12,.0f} {r['fvu']:>7.3f} "
             f"{r['l0']:>7.1f} {r['dead_fraction']:>6.3f}"
         )
     by_name = {r["trainer"]: r for r in rows if "error" not in r}

@@ -219,7 +219,8 @@ class StudyContext:
         SpliceError beyond the configured tolerance."""
         c = self.config
         described = f"The SAE in {c.sae} may not match layer {self.layer} {c.site} of {c.model}"
-        return self.study.check_splice(self.loaded, c.splice_check_examples, c.splice_tolerance, described)
+        tolerance = c.resolved_splice_tolerance()
+        return self.study.check_splice(self.loaded, c.splice_check_examples, tolerance, described)
 
     @property
     def sae_training_metrics(self) -> dict[str, Any]:

@@ -170,7 +170,9 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
     check_store_matches_sae(config.store, config.sae, info)
     hooked = hook_site(config, adapter, info)
     if loaded is None:
-        loaded = adapter.load(model_path=config.model_path, dtype="float32", device=config.device)
+        loaded = adapter.load(
+            model_path=config.model_path, dtype=config.resolved_model_dtype(), device=config.device
+        )
     if d_in != loaded.d_model:
         raise ConfigError(
             f"the SAE {config.sae} has d_in {d_in}, but {config.model} has "
@@ -186,8 +188,19 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
             f"pass --site {trained_site}"
         )
     layer = resolve_layer(config, loaded, info)
+    sae.to(site_device(loaded, layer))
     label = {"label": benchmark.label(config.benchmark_options)}
     return AblateInputs(loaded, sae, info, examples, layer, benchmark_info=label)
+
+
+def site_device(loaded: LoadedModel, layer: int) -> Any:
+    """Where block ``layer``'s weights are (with --device auto, the GPU holding that block): the SAE
+    runs there."""
+    import torch
+
+    block = loaded.module(f"{loaded.adapter.blocks_path}.{layer}")
+    first = next(block.parameters(), None)
+    return first.device if first is not None and not first.is_meta else torch.device("cpu")
 
 
 def provenance(config: AblateConfig, inputs: AblateInputs, n_examples: int, n_tokens: int) -> dict[str, Any]:
@@ -260,7 +273,7 @@ def run_ablate(
     for name in config.sweep_also or []:
         plugins.ablations.get(name)  # an unknown name fails here, listing the known ones
     out = Path(config.out)
-    check_device(config.device)
+    check_device(config.device, allow_auto=True)
     try:
         fresh = not out.exists()
     except OSError:  # a path too long to look up: check_writable says so

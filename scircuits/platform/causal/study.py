@@ -188,8 +188,8 @@ class Study:
                     if mode == "splice" and edit is None and not ce:
                         self._splice_scores[b] = (seq_lp, seq_ok)
                 lp, ok = example_scores(seq_lp, seq_ok, eb.layouts)
-                logprob[eb.example_indices] = lp.numpy()
-                correct[eb.example_indices] = ok.numpy()
+                logprob[eb.example_indices] = lp.cpu().numpy()
+                correct[eb.example_indices] = ok.cpu().numpy()
                 scored[eb.example_indices] = True
         self.n_conditions += 1
         if self.show is not None:
@@ -501,6 +501,7 @@ def check_splice(
         "edited_features": edited_features,
         "examples_checked": checked,
         "tolerance": tolerance,
+        "dtype": loaded.dtype,
         "method": "nnsight",
     }
     # ``not (x <= tol)`` so that NaN (a non-finite SAE or model output) fails the check
@@ -529,7 +530,7 @@ def unembedding_effects(
     directions = sae.W_dec.detach()[list(features)].float()
     directions = split.through_final_norm(directions)
     unembed = split.unembed.weight.detach().float()  # (vocab, d)
-    scores = directions @ unembed.T
+    scores = (directions.to(unembed.device) @ unembed.T).cpu()
     out: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for row, feature in enumerate(features):
         top = torch.topk(scores[row], n)
@@ -609,7 +610,8 @@ def top_contexts(
     with torch.no_grad():
         for start in range(0, rows.n_tokens, block):
             stop = min(start + block, rows.n_tokens)
-            f = sae.encode(torch.from_numpy(rows.read(start, stop)).to(sae.W_dec.dtype))[:, idx].T  # (F, n)
+            x = torch.from_numpy(rows.read(start, stop)).to(sae.W_dec.device, sae.W_dec.dtype)
+            f = sae.encode(x)[:, idx.to(x.device)].T.cpu()  # (F, n)
             f = f.masked_fill(torch.from_numpy(rows.positions[start:stop] < first_position), -float("inf"))
             values = torch.cat([best_values, f.float()], dim=1)
             row_ids = torch.cat([best_rows, torch.arange(start, stop).expand(len(features), -1)], dim=1)
@@ -629,7 +631,8 @@ def top_contexts(
             while hi < rows.n_tokens and hi - row <= after and rows.example_ids[hi] == example:
                 hi += 1
             with torch.no_grad():
-                acts = sae.encode(torch.from_numpy(rows.read(lo, hi)).to(sae.W_dec.dtype))[:, feature]
+                x = torch.from_numpy(rows.read(lo, hi)).to(sae.W_dec.device, sae.W_dec.dtype)
+                acts = sae.encode(x)[:, feature].cpu()
             contexts.append(
                 {
                     "token": tokenizer.decode([int(rows.token_ids[row])]),

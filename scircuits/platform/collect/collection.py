@@ -37,6 +37,7 @@ from scircuits.platform.common.artifacts import (
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import CollectConfig
+from scircuits.platform.config.stages import resolve_model_dtype
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.manager.plugin_set import PluginSet, get_plugins
 from scircuits.platform.model.sequences import encode_example
@@ -64,9 +65,7 @@ class CollectSummary:
 
 
 def model_dtype_for(config: CollectConfig) -> str:
-    if config.model_dtype != "auto":
-        return config.model_dtype
-    return "float32" if config.device == "cpu" else "bfloat16"
+    return resolve_model_dtype(config.model_dtype, config.device)
 
 
 def store_attrs(
@@ -292,7 +291,7 @@ def _run_collect(
     config = config.with_plugin_defaults(plugins)
     adapter = plugins.models.get(config.model)
     if not config.remote:
-        check_device(config.device)
+        check_device(config.device, allow_auto=True)
     rank, world = rank_and_world(config)
     if world > 1 and config.remote:
         raise ConfigError(

@@ -372,7 +372,12 @@ class AblateConfig(StageConfig):
     split: str = D("test", "Benchmark split to evaluate on.")
     seed: int = D(0, "Seed of examples, controls and bootstrap.", ge=0)
     bootstrap: int = D(1000, "Bootstrap replicates.", gt=0)
-    splice_tolerance: float = D(1e-3, "Largest |logit difference| the splice may cause.", gt=0)
+    splice_tolerance: float | None = D(
+        None,
+        "Largest |logit difference| the splice may cause; default: per model dtype (float32 1e-3, "
+        "bfloat16 and float16 in docs/scale.md, 'Choosing dtypes').",
+        gt=0,
+    )
     reconstruction_gate: bool = D(
         True,
         "Refuse an SAE that does not reconstruct the site (limits below); off only to study a poor or "
@@ -402,13 +407,49 @@ class AblateConfig(StageConfig):
     faithfulness_n: list[int] = D(lambda: [1, 2, 5, 10, 20, 50, 100, 200], "Numbers of top features kept.")
     max_length: int | None = D(None, "Truncate longer sequences, keeping the end of the prompt.", gt=1)
     batch_size: int = D(16, "Sequences per forward pass.", gt=0)
-    device: str = D("cpu", "cpu, cuda, ...")
+    device: str = D("cpu", "cpu, cuda, cuda:N, or auto (the model split over the visible GPUs).")
+    model_dtype: Literal["auto", "float32", "bfloat16", "float16"] = D(
+        "float32",
+        "Compute dtype of the model in every condition (auto = float32 on CPU, bfloat16 on a GPU); the "
+        "SAE stays float32.",
+    )
     model_path: str | None = D(None, "Load the weights from this local folder.")
     out: str = D("causal", "Output folder.")
     progress: bool = D(True, "Show progress.")
     force: bool = D(
         False, "Move aside (never delete) a folder at --out that scircuits did not write instead of refusing."
     )
+
+    def resolved_model_dtype(self) -> str:
+        return resolve_model_dtype(self.model_dtype, self.device)
+
+    def resolved_splice_tolerance(self) -> float:
+        if self.splice_tolerance is not None:
+            return self.splice_tolerance
+        return SPLICE_TOLERANCE[self.resolved_model_dtype()]
+
+    def identity(self) -> dict[str, Any]:
+        values = super().identity()
+        # the float32 defaults hash as before the dtype and its tolerance were settings
+        values["splice_tolerance"] = self.resolved_splice_tolerance()
+        if values.get("model_dtype") == "float32":
+            del values["model_dtype"]
+        return values
+
+
+def resolve_model_dtype(model_dtype: str, device: str) -> str:
+    """``auto`` is float32 on the CPU and bfloat16 on a GPU; any other value stands."""
+    if model_dtype != "auto":
+        return model_dtype
+    return "float32" if device == "cpu" else "bfloat16"
+
+
+# Largest |logit difference| the exact splice may cause, by the model's compute dtype. The unedited
+# splice reproduces a bfloat16 model exactly (x̂ + (x - x̂) rounds back to x), but an edited value is
+# no bfloat16 number: one-ulp rounding flips between the fast path and nnsight carry through the
+# upper blocks. Measured on an H200 (docs/scale.md, 'Model dtypes'): 0 unedited, 0.469 edited in
+# bfloat16 on SmolLM2; float16 (3 more mantissa bits) is set 4x tighter, not measured.
+SPLICE_TOLERANCE: dict[str, float] = {"float32": 1e-3, "bfloat16": 1.0, "float16": 0.25}
 
 
 # ----------------------------------------------------------------------------- the run

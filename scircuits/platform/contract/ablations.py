@@ -37,6 +37,8 @@ class Ablation:
     ``apply`` gets feature activations ``acts`` of shape (..., d_sae), the feature ``indices`` to edit
     (1-D long tensor), the stored ``stats``, parsed ``options`` and a seeded ``generator``; it returns a
     new tensor (the input is never modified in place) equal to ``acts`` outside ``indices``.
+    ``indices`` are on ``acts.device`` (a GPU with ``--device cuda``); the tensors of ``stats`` stay
+    on the CPU, and the generator is a CPU one.
     """
 
     # True on the one object used when the config names none (docs/plugins.md, "Defaults").

@@ -256,8 +256,10 @@ class ModelAdapter:
             return directions
         if isinstance(norm, torch.nn.LayerNorm):
             directions = directions - directions.mean(dim=-1, keepdim=True)
-            return directions if norm.weight is None else directions * norm.weight.detach().float()
-        return directions * norm_gain(norm, directions.shape[-1])
+            if norm.weight is None:
+                return directions
+            return directions * norm.weight.detach().float().to(directions.device)
+        return directions * norm_gain(norm, directions.shape[-1]).to(directions.device)
 
     def tiny_config(self, **overrides: Any) -> Any:
         """A small transformers config of this architecture, for tests on random weights."""
@@ -337,6 +339,7 @@ def norm_gain(norm: Any, width: int) -> torch.Tensor:
     rounding enters)."""
     import torch
 
-    probe = torch.full((1, width), 1024.0, dtype=next(norm.parameters(), torch.empty(0)).dtype)
+    reference = next(norm.parameters(), torch.empty(0))
+    probe = torch.full((1, width), 1024.0, dtype=reference.dtype, device=reference.device)
     with torch.no_grad():
         return norm(probe)[0].detach().float()

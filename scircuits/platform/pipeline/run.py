@@ -301,7 +301,7 @@ def run_pipeline(config: RunConfig, plugins: Any) -> Path:
     started = time.monotonic()
     config = config.with_plugin_defaults(plugins)  # before any hash: what is recorded names what runs
     the_plan = plan(config, plugins)
-    check_device(config.device)
+    check_device(config.device, allow_auto=True)
     adapter = plugins.models.get(config.model)
     validate_settings(the_plan, plugins, adapter, model_width(adapter, config))
     check_model_weights(config, plugins)

@@ -149,7 +149,8 @@ class TrainStage(Stage):
             **settings,
             store=str(context.run_dir / CollectStage.artifact_name),
             seed=run.seed,
-            device=run.device,
+            # an SAE is not split over GPUs: with --device auto it trains on the first one
+            device="cuda" if run.device == "auto" else run.device,
             out=str(self.artifact(context.run_dir)),
             progress=run.progress,
             force=run.force,

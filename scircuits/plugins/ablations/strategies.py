@@ -73,7 +73,8 @@ class ResampleAblation(Ablation):
             generator = torch.Generator().manual_seed(opts.seed)
         n_rows = acts[..., 0].numel()
         rows = torch.randint(0, samples.shape[0], (n_rows,), generator=generator)
-        values = samples[rows][:, indices].to(acts.device).reshape(*acts.shape[:-1], len(indices))
+        picked = samples[rows][:, indices.to(samples.device)].to(acts.device)
+        values = picked.reshape(*acts.shape[:-1], len(indices))
         return _edited_copy(acts, indices, values)
 
 

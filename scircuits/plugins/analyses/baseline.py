@@ -30,6 +30,7 @@ class SpliceCheck(BaseModel):
     method: str
     edited_fast_path_max_abs_diff: float | None = None
     edited_features: int | None = None
+    dtype: str | None = None  # the model's compute dtype the check ran in (its tolerance follows it)
 
 
 class ReconstructionGate(BaseModel):
