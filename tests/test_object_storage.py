@@ -135,3 +135,115 @@ def test_a_kill_during_an_upload_leaves_the_previous_state_readable(bucket, tmp_
     tokens, acts = expected(start + 5)
     assert store.complete and store.n_examples == start + 5
     np.testing.assert_array_equal(store.read_rows(0, store.n_tokens), acts)
+
+
+# -- SAE checkpoints and other artifact folders ------------------------------------------------
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCIRCUITS_REMOTE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def train_config(store: str, out: str, **changes):
+    from scircuits.platform.config import TrainConfig
+
+    values = dict(
+        store=store, sae="topk", hparams={"k": 4}, expansion=2, batch_size=64, epochs=2, lr=3e-3,
+        warmup_steps=5, eval_every=10, log_every=5, eval_tokens=512, checkpoint_every=7, out=out,
+        progress=False,
+    )  # fmt: skip
+    return TrainConfig(**{**values, **changes})
+
+
+def test_train_reads_a_store_on_s3_and_publishes_its_checkpoint_there(bucket, cache, tmp_path, capsys):  # noqa: F811
+    """train --store s3://... --out s3://...: a run stopped mid-way publishes its resumable state, the
+    resumed run ends with the weights of an uninterrupted local run, a rerun is skipped, and the
+    checkpoint loads from its URL."""
+    import torch
+
+    from scircuits.platform.manager.plugin_set import get_plugins
+    from scircuits.platform.train.checkpoint import META_FILE, WEIGHTS_FILE, load_sae
+    from scircuits.platform.train.training import train
+    from scircuits.store.synthetic import write_synthetic_store
+
+    torch.set_num_threads(1)
+    store = url_join(bucket, "acts.zarr")
+    write_synthetic_store(store, n_examples=120, d_model=16, dtype="float32", chunk_rows=128)
+    plugins = get_plugins()
+    straight = train(train_config(store, str(tmp_path / "straight")), plugins)
+    url = url_join(bucket, "sae")
+    train(train_config(store, url), plugins, stop_after_steps=11)
+    fs = s3fs_now()
+    pointer = json.loads(fs.cat_file(url_join(url, ".scircuits-current.json")))
+    generation = url_join(url, pointer["generation"])
+    assert fs.exists(url_join(generation, "training_state/state.json"))
+    assert not fs.exists(url_join(generation, META_FILE))
+    assert not fs.exists(url_join(url, LOCK_OBJECT))
+    train(train_config(store, url, resume=True), plugins)
+    pointer = json.loads(fs.cat_file(url_join(url, ".scircuits-current.json")))
+    generation = url_join(url, pointer["generation"])
+    assert fs.cat_file(url_join(generation, WEIGHTS_FILE)) == (straight / WEIGHTS_FILE).read_bytes()
+    assert json.loads(fs.cat_file(url_join(generation, META_FILE)))["complete"]
+    assert [p.rsplit("/", 1)[-1] for p in fs.ls(url) if "/g-" in p] == [pointer["generation"]]
+    capsys.readouterr()
+    train(train_config(store, url), plugins)
+    assert "already holds a complete checkpoint" in capsys.readouterr().err
+    sae, info = load_sae(url, plugins)
+    assert info["meta"]["complete"] and int(sae.W_dec.shape[0]) == 32
+
+
+PUBLISHER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from scircuits.platform.common.remote import publish_folder
+    print("start", flush=True)
+    publish_folder(Path(sys.argv[1]), sys.argv[2])
+    """
+)
+
+
+def test_a_kill_during_a_folder_upload_leaves_the_previous_generation(bucket, cache, tmp_path):  # noqa: F811
+    from scircuits.platform.common.remote import fetch_folder, publish_folder
+
+    url = url_join(bucket, "results")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "results.json").write_text('{"version": "old"}')
+    publish_folder(old, url)
+    new = tmp_path / "new"
+    (new / "parts").mkdir(parents=True)
+    for i in range(400):
+        (new / "parts" / f"{i:04d}.bin").write_bytes(os.urandom(2048))
+    (new / "results.json").write_text('{"version": "new"}')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", PUBLISHER, str(new), url], stdout=subprocess.PIPE, env=env)
+    fs = s3fs_now()
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"start"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            fs.invalidate_cache()
+            if len([p for p in fs.find(url) if "/parts/" in p]) >= 20:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    fs.invalidate_cache()
+    uploaded = [p for p in fs.find(url) if "/parts/" in p]
+    assert 20 <= len(uploaded) < 400  # killed mid-upload
+    got = fetch_folder(url, tmp_path / "read")
+    assert sorted(p.name for p in got.iterdir()) == ["results.json"]
+    assert (got / "results.json").read_text() == '{"version": "old"}'
+    publish_folder(new, url)  # the next publish completes and removes the orphaned generation
+    got = fetch_folder(url, tmp_path / "read")
+    assert (got / "results.json").read_text() == '{"version": "new"}' and len(
+        list((got / "parts").iterdir())
+    ) == 400
+    fs.invalidate_cache()
+    assert len([p for p in fs.ls(url) if "/g-" in p]) == 1
