@@ -268,3 +268,59 @@ def test_a_kill_during_a_folder_upload_leaves_the_previous_generation(bucket, ca
     ) == 150
     fs.invalidate_cache()
     assert len([p for p in fs.ls(url) if "/g-" in p]) == 1
+
+
+# -- commands given URLs -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory):
+    from scircuits.testing import save_tiny_model, tiny_loaded_model
+
+    folder = save_tiny_model(tiny_loaded_model("gpt2-medium", seed=11), tmp_path_factory.mktemp("tiny-gpt2"))
+    corpus = tmp_path_factory.mktemp("corpus") / "c.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"text": f"line {i}: alpha beta gamma {i * 3}."}) + "\n" for i in range(60))
+    )
+    return folder, corpus
+
+
+def collect_args(folder: Path, corpus: Path, out: str, *extra: str) -> list[str]:
+    return [
+        "collect", "--model", "gpt2-medium", "--model-path", str(folder), "--corpus", str(corpus),
+        "--context-size", "16", "--tokens", "320", "--batch-size", "4", "--chunk-rows", "64",
+        "--dtype", "float32", "--layer", "2", "--no-progress", "--out", out, *extra,
+    ]  # fmt: skip
+
+
+def test_collect_writes_its_store_to_s3(bucket, tiny_gpt2, tmp_path):  # noqa: F811
+    """`scircuits collect --out s3://...` end to end: the same rows as a local collection."""
+    from tests.cli_helpers import run_cli
+
+    folder, corpus = tiny_gpt2
+    url = url_join(bucket, "acts.zarr")
+    remote = run_cli(*collect_args(folder, corpus, url))
+    assert remote.returncode == 0, remote.stderr[-2000:]
+    local = run_cli(*collect_args(folder, corpus, str(tmp_path / "acts.zarr")))
+    assert local.returncode == 0, local.stderr[-2000:]
+    a, b = ActivationStore(url), ActivationStore(tmp_path / "acts.zarr")
+    assert a.complete and a.n_tokens == b.n_tokens == 320
+    np.testing.assert_array_equal(a.read_rows(0, a.n_tokens), b.read_rows(0, b.n_tokens))
+    assert not s3fs_now().exists(url_join(url, LOCK_OBJECT))
+
+
+def test_paths_that_cannot_be_urls_say_so_in_one_line(bucket, tiny_gpt2):  # noqa: F811
+    from tests.cli_helpers import run_cli
+
+    folder, corpus = tiny_gpt2
+    cases = [
+        (collect_args(folder, corpus, url_join(bucket, "m.zarr"), "--layers", "1,2"), "local --out"),
+        (
+            ["collect", "--model", "gpt2-medium", "--model-path", url_join(bucket, "w"), "--out", "x"],
+            "--model-path s3://",
+        ),
+    ]
+    for args, expected in cases:
+        result = run_cli(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr[-2000:]

@@ -25,6 +25,7 @@ from scircuits.platform.common.artifacts import (
 )
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.provenance import base_provenance, file_sha256
+from scircuits.platform.common.remote import is_url, remote_out
 from scircuits.platform.config import AblateConfig
 from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.contract.errors import ConfigError
@@ -259,6 +260,10 @@ def run_ablate(
     config = config.with_plugin_defaults(plugins)
     for name in config.sweep_also or []:
         plugins.ablations.get(name)  # an unknown name fails here, listing the known ones
+    if is_url(config.out):  # written in a local staging folder, then published (common.remote)
+        with remote_out(config.out, "causal results") as local:
+            run_ablate(config.model_copy(update={"out": str(local)}), plugins, loaded, inputs)
+        return Path(local)
     out = Path(config.out)
     check_device(config.device)
     try:

@@ -55,7 +55,7 @@ def staging_dir(url: str, role: str) -> Path:
     """The local folder standing for ``url`` (``role``: "out" for a writer, "in" for a reader)."""
     digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
     name = url.rstrip("/").rsplit("/", 1)[-1] or "root"
-    return cache_root() / role / f"{name}-{digest}"
+    return cache_root() / role / digest / name  # the URL's own name: a run directory's name matters
 
 
 def _current(fs: Any, root: str) -> str | None:
