@@ -324,3 +324,63 @@ def test_paths_that_cannot_be_urls_say_so_in_one_line(bucket, tiny_gpt2):  # noq
         result = run_cli(*args)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
+
+
+def test_run_publishes_its_run_directory_to_s3_and_skips_it_when_complete(bucket, cache, monkeypatch):  # noqa: F811
+    """`run --out s3://...` (the stages faked, as in test_pipeline): the run directory is one
+    generation under <out>/<run name>; a second run downloads it and has nothing to do."""
+    from scircuits.platform.config import RunConfig
+    from scircuits.platform.manager.plugin_set import get_plugins
+    from scircuits.platform.pipeline.run import run_pipeline
+    from tests.test_pipeline import FakeStages
+
+    stages = FakeStages(monkeypatch)
+    config = RunConfig(out=url_join(bucket, "runs"), progress=False)
+    local = run_pipeline(config, get_plugins())
+    assert stages.calls == ["collect", "train", "ablate", "report"]
+    url = url_join(bucket, "runs", local.name)
+    fs = s3fs_now()
+    pointer = json.loads(fs.cat_file(url_join(url, ".scircuits-current.json")))
+    files = {
+        p.split(pointer["generation"] + "/", 1)[1] for p in fs.find(url_join(url, pointer["generation"]))
+    }
+    assert {
+        "pipeline.json",
+        "report.html",
+        "sae/sae_weights.safetensors",
+        "activations.zarr/zarr.json",
+    } <= files
+    run_pipeline(config, get_plugins())
+    assert stages.calls == ["collect", "train", "ablate", "report"]  # all skipped the second time
+
+
+def test_ablate_writes_its_results_to_s3(bucket, cache, tmp_path):  # noqa: F811
+    import torch
+
+    from scircuits.platform.causal.stage import AblateInputs, run_ablate
+    from scircuits.platform.config import AblateConfig
+    from scircuits.platform.contract.sae_module import SparseAutoencoder
+    from scircuits.platform.manager.plugin_set import load_plugins
+    from scircuits.testing import tiny_loaded_model
+
+    class ReluSAE(SparseAutoencoder):
+        variant = "relu-test"
+
+        def encode(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.pre_activation(x))
+
+    plugins = load_plugins(entry_points_too=False)
+    tiny = tiny_loaded_model("smollm2-135m")
+    examples = list(plugins.benchmarks.get("arithmetic").examples("test", 4, 0, {}))
+    torch.manual_seed(0)
+    sae = ReluSAE(tiny.d_model, 2 * tiny.d_model).eval()
+    url = url_join(bucket, "causal")
+    config = AblateConfig(
+        sae="", out=url, top_k=[1], random_controls=2, exact_top=2, faithfulness_n=[1, 2], bootstrap=50,
+        progress=False, layer=2, reconstruction_gate=False,
+    )  # fmt: skip
+    run_ablate(config, plugins, inputs=AblateInputs(tiny, sae, {}, examples, 2))
+    fs = s3fs_now()
+    pointer = json.loads(fs.cat_file(url_join(url, ".scircuits-current.json")))
+    results = json.loads(fs.cat_file(url_join(url, pointer["generation"], "results.json")))
+    assert results["sweeps"][0]["k"] == 1 and not fs.exists(url_join(url, LOCK_OBJECT))

@@ -193,9 +193,10 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
 
 def provenance(config: AblateConfig, inputs: AblateInputs, n_examples: int, n_tokens: int) -> dict[str, Any]:
     loaded = inputs.loaded
-    sae_dir = Path(config.sae) if config.sae else None
+    # the folder read (a URL's local copy); the path as given is recorded
+    sae_dir = Path(inputs.sae_info.get("path") or config.sae) if config.sae else None
     sae_prov: dict[str, Any] = {
-        "path": str(sae_dir) if sae_dir else None,
+        "path": config.sae or None,
         "d_in": int(inputs.sae.W_dec.shape[1]),
         "d_sae": int(inputs.sae.W_dec.shape[0]),
         "variant": getattr(inputs.sae, "variant", type(inputs.sae).__name__),
