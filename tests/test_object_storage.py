@@ -285,28 +285,55 @@ def tiny_gpt2(tmp_path_factory):
     return folder, corpus
 
 
+COLLECT = dict(model="gpt2-medium", context_size=16, tokens=320, batch_size=4, chunk_rows=64, dtype="float32")
+
+
 def collect_args(folder: Path, corpus: Path, out: str, *extra: str) -> list[str]:
+    flags = [x for key, value in COLLECT.items() for x in (f"--{key.replace('_', '-')}", str(value))]
     return [
-        "collect", "--model", "gpt2-medium", "--model-path", str(folder), "--corpus", str(corpus),
-        "--context-size", "16", "--tokens", "320", "--batch-size", "4", "--chunk-rows", "64",
-        "--dtype", "float32", "--layer", "2", "--no-progress", "--out", out, *extra,
-    ]  # fmt: skip
+        "collect",
+        *flags,
+        "--model-path",
+        str(folder),
+        "--corpus",
+        str(corpus),
+        "--no-progress",
+        "--out",
+        out,
+        *extra,
+    ]
 
 
-def test_collect_writes_its_store_to_s3(bucket, tiny_gpt2, tmp_path):  # noqa: F811
-    """`scircuits collect --out s3://...` end to end: the same rows as a local collection."""
+def test_collect_writes_a_store_and_a_collection_of_sites_to_s3(bucket, tiny_gpt2, tmp_path):  # noqa: F811
+    """`scircuits collect --out s3://...` end to end, one store and a collection of two sites (its
+    manifest and one store per site): the same rows as a local collection."""
+    from scircuits.platform.collect.collection import run_collect
+    from scircuits.platform.config import CollectConfig
+    from scircuits.platform.manager.plugin_set import get_plugins
     from tests.cli_helpers import run_cli
 
     folder, corpus = tiny_gpt2
-    url = url_join(bucket, "acts.zarr")
-    remote = run_cli(*collect_args(folder, corpus, url))
-    assert remote.returncode == 0, remote.stderr[-2000:]
-    local = run_cli(*collect_args(folder, corpus, str(tmp_path / "acts.zarr")))
-    assert local.returncode == 0, local.stderr[-2000:]
-    a, b = ActivationStore(url), ActivationStore(tmp_path / "acts.zarr")
-    assert a.complete and a.n_tokens == b.n_tokens == 320
-    np.testing.assert_array_equal(a.read_rows(0, a.n_tokens), b.read_rows(0, b.n_tokens))
-    assert not s3fs_now().exists(url_join(url, LOCK_OBJECT))
+    one, many = url_join(bucket, "acts.zarr"), url_join(bucket, "sites")
+    result = run_cli(*collect_args(folder, corpus, one, "--layer", "2"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"{one}: ")
+    for out, layers in ((many, "1,2"), (str(tmp_path / "acts.zarr"), "2")):  # in this process: faster
+        config = CollectConfig(**COLLECT, model_path=str(folder), corpus=str(corpus), out=out, layers=layers)
+        run_collect(config.model_copy(update={"progress": False}), get_plugins())
+    local = ActivationStore(tmp_path / "acts.zarr")
+    rows = local.read_rows(0, local.n_tokens)
+    assert local.n_tokens == 320
+    for store in (
+        ActivationStore(one),
+        ActivationStore(many, site="resid2"),
+        ActivationStore(url_join(many, "resid2")),
+    ):
+        assert store.complete and store.n_tokens == 320
+        np.testing.assert_array_equal(store.read_rows(0, store.n_tokens), rows)
+    assert ActivationStore(url_join(many, "resid1")).n_tokens == 320
+    manifest = json.loads(s3fs_now().cat_file(url_join(many, "manifest.json")))
+    assert manifest["sites"] == ["resid1", "resid2"] and manifest["world_size"] == 1
+    assert not any(p.endswith(LOCK_OBJECT) for p in s3fs_now().find(bucket))
 
 
 def test_paths_that_cannot_be_urls_say_so_in_one_line(bucket, tiny_gpt2):  # noqa: F811
@@ -314,7 +341,10 @@ def test_paths_that_cannot_be_urls_say_so_in_one_line(bucket, tiny_gpt2):  # noq
 
     folder, corpus = tiny_gpt2
     cases = [
-        (collect_args(folder, corpus, url_join(bucket, "m.zarr"), "--layers", "1,2"), "local --out"),
+        (
+            collect_args(folder, corpus, url_join(bucket, "m"), "--layers", "1,2", "--nproc", "2"),
+            "local --out",
+        ),
         (
             ["collect", "--model", "gpt2-medium", "--model-path", url_join(bucket, "w"), "--out", "x"],
             "--model-path s3://",

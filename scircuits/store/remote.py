@@ -136,3 +136,70 @@ class RemoteLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class RemotePath:
+    """The few ``pathlib.Path`` operations a collection's manifest and folders need, on a URL:
+    ``/``, ``name``, ``parent``, ``exists``, ``is_file``, ``is_dir``, ``iterdir``, ``read_text``,
+    ``write_text`` (one PUT: whole or absent) and ``mkdir`` (nothing to do on object storage)."""
+
+    def __init__(self, url: str, fs: Any = None) -> None:
+        self.url = url.rstrip("/")
+        self._fs, self._path = (fs, self.url.split("://", 1)[1]) if fs is not None else filesystem(self.url)
+        self._path = self._path.rstrip("/")
+
+    def __truediv__(self, name: str) -> RemotePath:
+        return RemotePath(url_join(self.url, name), self._fs)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __fspath__(self) -> str:
+        return self.url
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RemotePath) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    @property
+    def name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> RemotePath:
+        head = self.url.rsplit("/", 1)[0]
+        return RemotePath(head, self._fs) if "://" in head and not head.endswith(":/") else self
+
+    def _fresh(self) -> Any:
+        self._fs.invalidate_cache(self._path)  # another process may have written since
+        return self._fs
+
+    def exists(self) -> bool:
+        return bool(self._fresh().exists(self._path))
+
+    def is_file(self) -> bool:
+        return bool(self._fresh().isfile(self._path))
+
+    def is_dir(self) -> bool:
+        return bool(self._fresh().isdir(self._path))
+
+    def iterdir(self) -> list[RemotePath]:
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self._fresh().ls(self._path, detail=False)]
+        return [self / name for name in names if name and name != LOCK_OBJECT]
+
+    def read_text(self) -> str:
+        return bytes(self._fs.cat_file(self._path)).decode()
+
+    def write_text(self, text: str) -> None:
+        self._fs.pipe_file(self._path, text.encode())
+
+    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
+        """Object storage has no folders: a key's prefix exists once an object is under it."""
+
+
+def as_location(path: str | os.PathLike[str]) -> Any:
+    """``Path`` for a local path, :class:`RemotePath` for a URL."""
+    local = local_path(path)
+    return local if local is not None else RemotePath(os.fspath(path))
