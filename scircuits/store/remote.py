@@ -50,6 +50,24 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
         raise StoreError(f"{url}: cannot open a {scheme}:// URL ({exc}); {hint}") from None
 
 
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """What reaching a remote filesystem may raise: OSError (s3fs turns S3's answers into it) and, when
+    botocore is installed, its own errors (an unreachable endpoint, missing credentials)."""
+    try:
+        from botocore.exceptions import BotoCoreError
+    except ImportError:
+        return (OSError,)
+    return (OSError, BotoCoreError)
+
+
+def unreachable(url: str, exc: BaseException) -> StoreError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return StoreError(
+        f"{url}: cannot reach it ({reason}); check the URL, the credentials and AWS_ENDPOINT_URL "
+        "(docs/scale.md)"
+    )
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -109,7 +127,7 @@ class RemoteLock:
                     f"{url}: another scircuits process is writing this {what} ({who}); wait for it to "
                     f"finish or write elsewhere. If that process is gone, delete {url_join(url, LOCK_OBJECT)}"
                 ) from None
-            except OSError as exc:
+            except transport_errors() as exc:
                 raise error(f"{url}: cannot write the lock object here ({exc}); write elsewhere") from None
             self._token = holder["token"]
             return
@@ -172,28 +190,33 @@ class RemotePath:
         head = self.url.rsplit("/", 1)[0]
         return RemotePath(head, self._fs) if "://" in head and not head.endswith(":/") else self
 
-    def _fresh(self) -> Any:
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         self._fs.invalidate_cache(self._path)  # another process may have written since
-        return self._fs
+        try:
+            return getattr(self._fs, method)(self._path, *args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except transport_errors() as exc:
+            raise unreachable(self.url, exc) from None
 
     def exists(self) -> bool:
-        return bool(self._fresh().exists(self._path))
+        return bool(self._call("exists"))
 
     def is_file(self) -> bool:
-        return bool(self._fresh().isfile(self._path))
+        return bool(self._call("isfile"))
 
     def is_dir(self) -> bool:
-        return bool(self._fresh().isdir(self._path))
+        return bool(self._call("isdir"))
 
     def iterdir(self) -> list[RemotePath]:
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self._fresh().ls(self._path, detail=False)]
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self._call("ls", detail=False)]
         return [self / name for name in names if name and name != LOCK_OBJECT]
 
     def read_text(self) -> str:
-        return bytes(self._fs.cat_file(self._path)).decode()
+        return bytes(self._call("cat_file")).decode()
 
     def write_text(self, text: str) -> None:
-        self._fs.pipe_file(self._path, text.encode())
+        self._call("pipe_file", text.encode())
 
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
         """Object storage has no folders: a key's prefix exists once an object is under it."""

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from scircuits.platform.common.artifacts import ArtifactError
-from scircuits.store.remote import RemoteLock, filesystem, is_url, url_join
+from scircuits.store.remote import RemoteLock, filesystem, is_url, transport_errors, url_join
 
 POINTER = ".scircuits-current.json"
 GENERATION_PREFIX = "g-"
@@ -64,7 +64,7 @@ def _current(fs: Any, root: str) -> str | None:
         data = json.loads(fs.cat_file(f"{root}/{POINTER}"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except (*transport_errors(), ValueError) as exc:
         raise ArtifactError(
             f"{root}/{POINTER} cannot be read ({exc}); the remote folder is damaged"
         ) from None
@@ -97,7 +97,7 @@ def fetch_folder(url: str, dest: Path, *, option: str = "--sae") -> Path:
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(path, str(target))
-    except OSError as exc:
+    except transport_errors() as exc:
         raise ArtifactError(f"{option} {url}: cannot read it ({exc})") from None
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
@@ -127,7 +127,7 @@ def publish_folder(local: Path, url: str) -> str:
             name = entry.rstrip("/").rsplit("/", 1)[-1]
             if name.startswith(GENERATION_PREFIX) and name != generation:
                 fs.rm(entry, recursive=True)
-    except OSError as exc:
+    except transport_errors() as exc:
         raise ArtifactError(
             f"{url}: the upload failed ({exc}); the previous state there is unchanged, run again"
         ) from None
