@@ -28,6 +28,12 @@ def expected(n_examples: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(tokens), np.concatenate(acts).astype(np.float16).astype(np.float32)
 
 
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` (nothing it holds is released by itself) and reap it."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
 def s3fs_now():
     import s3fs
 
@@ -114,11 +120,10 @@ def test_a_kill_during_an_upload_leaves_the_previous_state_readable(bucket, tmp_
         with pytest.raises(StoreLockedError, match=r"writing this activation store \(process"):
             ActivationStoreWriter.open(url, synthetic_attrs(), d_model=D)
         time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        kill(proc)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            kill(proc)
     store = ActivationStore(url)
     assert not store.complete and store.n_examples >= 13
     tokens, acts = expected(store.n_examples)
@@ -250,11 +255,10 @@ def test_a_kill_during_a_folder_upload_leaves_the_previous_generation(bucket, ca
             if len([p for p in fs.find(url) if "/parts/" in p]) >= 10:
                 break
             time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        kill(proc)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            kill(proc)
     fs.invalidate_cache()
     uploaded = [p for p in fs.find(url) if "/parts/" in p]
     assert 10 <= len(uploaded) < 150  # killed mid-upload

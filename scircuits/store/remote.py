@@ -68,7 +68,8 @@ def unreachable(url: str, exc: BaseException) -> StoreError:
     )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with that id runs (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -113,7 +114,7 @@ class RemoteLock:
                     held is not None
                     and held.get("host") == holder["host"]
                     and isinstance(held.get("pid"), int)
-                    and not _pid_alive(held["pid"])
+                    and not pid_alive(held["pid"])
                 )
                 if stale and attempt == 0:  # left by a killed process of this host: take it over
                     self._fs.rm_file(self._path)
