@@ -189,6 +189,7 @@ def test_train_publishes_its_checkpoint_on_s3_and_resumes_from_there(bucket, cac
     from its URL."""
     import torch
 
+    from scircuits.platform.common.artifacts import ArtifactError
     from scircuits.platform.manager.plugin_set import get_plugins
     from scircuits.platform.train.checkpoint import META_FILE, WEIGHTS_FILE, load_sae
     from scircuits.platform.train.training import train
@@ -199,6 +200,11 @@ def test_train_publishes_its_checkpoint_on_s3_and_resumes_from_there(bucket, cac
     plugins = get_plugins()
     straight = train(train_config(store, str(tmp_path / "straight")), plugins)
     url = url_join(bucket, "sae")
+    with (
+        RemoteLock(url, "SAE checkpoint"),
+        pytest.raises(ArtifactError, match=r"writing this SAE checkpoint"),
+    ):
+        train(train_config(store, url), plugins)  # another writer holds the URL
     train(train_config(store, url), plugins, stop_after_steps=11)
     fs = s3fs_now()
     pointer = json.loads(fs.cat_file(url_join(url, ".scircuits-current.json")))
