@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from scircuits.cli.common import config_option, parse_key_values, stage_config
+from scircuits.platform.common.remote import is_url
 from scircuits.platform.config import CollectConfig
 from scircuits.platform.config.options import stage_options
 
@@ -41,14 +42,15 @@ def collect(config_file: str | None, data: str | None, options: tuple[str, ...],
         flags["benchmark_options"] = {**from_file, **benchmark_options}
     config = stage_config(CollectConfig, config_file, flags)
     summary = run_collect(config, get_plugins())
+    where = config.out if is_url(config.out) else summary.path  # Path() would fold the // of s3://
     if summary.already_complete:
         click.echo(
-            f"{summary.path}: already complete ({summary.n_examples} examples, "
+            f"{where}: already complete ({summary.n_examples} examples, "
             f"{summary.n_tokens} tokens); nothing to do"
         )
         return
     rate = summary.new_tokens / summary.seconds if summary.seconds > 0 else 0.0
     click.echo(
-        f"{summary.path}: {summary.n_examples} examples, {summary.n_tokens} tokens "
+        f"{where}: {summary.n_examples} examples, {summary.n_tokens} tokens "
         f"({summary.new_examples} examples traced now in {summary.seconds:.1f} s, {rate:.0f} tokens/s)"
     )

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from scircuits.cli.common import config_option, echo_json, echo_table, parse_key_values, stage_config
+from scircuits.platform.common.remote import is_url, join_path
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.config.options import stage_options
 from scircuits.platform.contract.errors import ConfigError
@@ -68,7 +69,7 @@ def train(
     several = len(store_list) * len(sae_list) > 1
     for store in store_list:
         for name in sae_list:
-            out = Path(base.out) / f"{Path(store.rstrip('/')).stem}__{name}" if several else Path(base.out)
+            out = join_path(base.out, f"{Path(store.rstrip('/')).stem}__{name}") if several else base.out
             values = {
                 **base.model_dump(exclude_unset=True),
                 "store": store,
@@ -87,7 +88,7 @@ def train(
     devices = parse_devices(base.device)
     if len(jobs) == 1 and (len(devices) == 1 or base.nproc > 1):
         out_dir = train_one(jobs[0], plugins)
-        click.echo(str(out_dir))
+        click.echo(jobs[0].out if is_url(jobs[0].out) else str(out_dir))  # a URL: the local copy is a cache
         return
     for out_dir in train_many(jobs, devices, plugins):
         click.echo(str(out_dir))

@@ -15,13 +15,12 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from scircuits.store.errors import NotAStoreError, StoreMismatchError
-from scircuits.store.location import local_path
+from scircuits.store.remote import RemotePath, as_location
 from scircuits.version import __version__
 
 MANIFEST = "manifest.json"
@@ -50,11 +49,13 @@ def shard_name(rank: int, world_size: int) -> str:
     return f"{SHARD_PREFIX}{rank:05d}-of-{world_size:05d}"
 
 
-def shard_path(root: str | os.PathLike[str], site: str, rank: int, world_size: int) -> Path:
-    return Path(root) / site / shard_name(rank, world_size)
+def shard_path(root: str | os.PathLike[str], site: str, rank: int, world_size: int) -> Any:
+    """The shard's folder: a ``Path``, or a :class:`RemotePath` when ``root`` is a URL."""
+    return as_location(root) / site / shard_name(rank, world_size)
 
 
-def read_manifest(root: Path) -> Manifest:
+def read_manifest(root: Any) -> Manifest:
+    root = as_location(root)
     try:
         data = json.loads((root / MANIFEST).read_text())
         manifest = Manifest(**data)
@@ -71,8 +72,9 @@ def read_manifest(root: Path) -> Manifest:
     return manifest
 
 
-def write_manifest(root: Path, collection_id: str, world_size: int, sites: list[str]) -> Manifest:
+def write_manifest(root: Any, collection_id: str, world_size: int, sites: list[str]) -> Manifest:
     """Create the manifest, or check that the one there is this collection's (else StoreMismatchError)."""
+    root = as_location(root)
     if (root / MANIFEST).exists():
         manifest = read_manifest(root)
         found = (manifest.collection_id, manifest.world_size, manifest.sites)
@@ -95,10 +97,14 @@ def write_manifest(root: Path, collection_id: str, world_size: int, sites: list[
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         scircuits_version=__version__,
     )
+    text = json.dumps(manifest.model_dump(), indent=2) + "\n"
+    if isinstance(root, RemotePath):  # one PUT: the object is whole or absent
+        (root / MANIFEST).write_text(text)
+        return manifest
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{MANIFEST}.tmp-{os.getpid()}"
     with open(tmp, "w") as fh:
-        fh.write(json.dumps(manifest.model_dump(), indent=2) + "\n")
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, root / MANIFEST)
@@ -106,16 +112,15 @@ def write_manifest(root: Path, collection_id: str, world_size: int, sites: list[
 
 
 def is_collection(path: str | os.PathLike[str]) -> bool:
-    local = local_path(path)
-    return local is not None and (local / MANIFEST).is_file()
+    return bool((as_location(path) / MANIFEST).is_file())
 
 
 def resolve_parts(path: str | os.PathLike[str], site: str | None = None) -> tuple[list[str], Manifest | None]:
     """The store folders that make up the logical store at ``path`` (one for a plain store), and the
     manifest when ``path`` is a collection or one of its sites."""
     text = os.fspath(path)
-    local = local_path(text)
-    if local is None or ((local / "zarr.json").exists() and site is None):
+    local = as_location(text)  # a Path, or a RemotePath for a URL
+    if (local / "zarr.json").exists() and site is None:
         return [text], None
     if (local / MANIFEST).is_file():
         root = local

@@ -53,6 +53,7 @@ from scircuits.store.format import (
 )
 from scircuits.store.integrity import all_finite
 from scircuits.store.location import WriterLock, check_format, local_path, open_group, remove_partial_files
+from scircuits.store.remote import RemoteLock
 from scircuits.version import __version__
 
 _FIRST_CAPACITY_CHUNKS = 16
@@ -64,7 +65,7 @@ _ARRAY_CONFIG = {"write_empty_chunks": True}
 class ActivationStoreWriter:
     """Appends whole examples to a format-v1 store. Create with :meth:`open`."""
 
-    def __init__(self, path: str, group: Any, lock: WriterLock | None, *, complete: bool):
+    def __init__(self, path: str, group: Any, lock: WriterLock | RemoteLock | None, *, complete: bool):
         self.path = path
         self._group = group
         self._lock = lock
@@ -137,12 +138,14 @@ class ActivationStoreWriter:
             raise StoreError(f"chunk_rows must be positive, not {rows}")
         text = os.fspath(path)
         local = local_path(text)
-        lock = None
+        lock: WriterLock | RemoteLock
         if local is not None:
             if local.exists() and not local.is_dir():
                 raise NotAStoreError(f"{text} is a file, not an activation store; choose another --out")
             local.mkdir(parents=True, exist_ok=True)
             lock = WriterLock(local)
+        else:  # no flock on a remote filesystem: a lock object made by an exclusive (conditional) put
+            lock = RemoteLock(text, "activation store")
         try:
             try:
                 group = cls._open_or_create(text, local, identity, rows, compressor)
@@ -155,8 +158,7 @@ class ActivationStoreWriter:
                 ) from None
             return cls(text, group, lock, complete=bool(group.attrs.get("complete")))
         except BaseException:
-            if lock is not None:
-                lock.release()
+            lock.release()
             raise
 
     @classmethod
@@ -198,7 +200,8 @@ class ActivationStoreWriter:
                 "chunk_rows": rows,
                 "compressor": compressor,
             }
-            group = open_group(text, "w-", attributes=attrs)
+            # a remote store holds the writer's lock object already: "a" creates the group beside it
+            group = open_group(text, "w-" if local is not None else "a", attributes=attrs)
         else:
             group = open_group(text, "r+")
             stored = dict(group.attrs)

@@ -25,6 +25,7 @@ from scircuits.platform.common.artifacts import (
 )
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.provenance import base_provenance, file_sha256
+from scircuits.platform.common.remote import is_url, remote_out
 from scircuits.platform.config import AblateConfig
 from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.contract.errors import ConfigError
@@ -205,9 +206,10 @@ def site_device(loaded: LoadedModel, layer: int) -> Any:
 
 def provenance(config: AblateConfig, inputs: AblateInputs, n_examples: int, n_tokens: int) -> dict[str, Any]:
     loaded = inputs.loaded
-    sae_dir = Path(config.sae) if config.sae else None
+    # the folder read (a URL's local copy); the path as given is recorded
+    sae_dir = Path(inputs.sae_info.get("path") or config.sae) if config.sae else None
     sae_prov: dict[str, Any] = {
-        "path": str(sae_dir) if sae_dir else None,
+        "path": config.sae or None,
         "d_in": int(inputs.sae.W_dec.shape[1]),
         "d_sae": int(inputs.sae.W_dec.shape[0]),
         "variant": getattr(inputs.sae, "variant", type(inputs.sae).__name__),
@@ -272,6 +274,10 @@ def run_ablate(
     config = config.with_plugin_defaults(plugins)
     for name in config.sweep_also or []:
         plugins.ablations.get(name)  # an unknown name fails here, listing the known ones
+    if is_url(config.out):  # written in a local staging folder, then published (common.remote)
+        with remote_out(config.out, "causal results") as local:
+            run_ablate(config.model_copy(update={"out": str(local)}), plugins, loaded, inputs)
+        return Path(local)
     out = Path(config.out)
     check_device(config.device, allow_auto=True)
     try:

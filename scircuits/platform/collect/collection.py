@@ -47,6 +47,7 @@ from scircuits.store import ActivationStore, ActivationStoreWriter, StoreMismatc
 from scircuits.store.collection import MANIFEST, read_manifest, shard_path, site_key, write_manifest
 from scircuits.store.errors import DamagedStoreError, NotAStoreError
 from scircuits.store.location import WriterLock, local_path, read_group
+from scircuits.store.remote import RemotePath, as_location
 
 # Examples are encoded and sorted by length within windows of this many batches, so a batch pads
 # little; they are stored in benchmark order.
@@ -311,8 +312,11 @@ def _run_collect(
     if local is not None:
         check_can_create(local)  # a read-only or unreachable --out stops here, before the weights load
     many = len(config.site_list()) > 1 or world > 1
-    if many and local is None:
-        raise ConfigError("several sites or processes write a collection folder: give a local --out")
+    if world > 1 and local is None:
+        raise ConfigError(
+            "--nproc: several processes write a collection through a local folder: give a local --out "
+            "(several sites in one process may write to a URL)"
+        )
     sites: list[SiteKey] | None = None
     if adapter.n_layers:  # a declared adapter: check the layers and sites before loading anything
         sites = resolve_sites(adapter, config)
@@ -353,9 +357,9 @@ def _run_collect(
 def _prepare_collection(config: CollectConfig, world: int, sites: list[SiteKey] | None) -> None:
     """Write (or check) the manifest before any rank starts (when the sites are known before the model
     loads); with --force move another collection, or a folder of other files, aside."""
-    root = Path(config.out)
+    root = as_location(config.out)  # a Path, or a RemotePath for a URL
     if root.is_dir() and not (root / MANIFEST).exists() and any(root.iterdir()):
-        if not config.force:
+        if not config.force or isinstance(root, RemotePath):
             raise NotAStoreError(
                 f"{config.out} exists and is not a collection (it holds "
                 f"{', '.join(sorted(p.name for p in root.iterdir())[:3])}); choose another --out, or pass "
@@ -368,7 +372,7 @@ def _prepare_collection(config: CollectConfig, world: int, sites: list[SiteKey] 
     try:
         write_manifest(root, collection_id(config, world), world, keys)
     except (StoreMismatchError, NotAStoreError) as exc:
-        if not config.force:
+        if not config.force or isinstance(root, RemotePath):  # nothing is moved aside on object storage
             raise
         _move_aside_for_force(root, str(exc).split(" (")[0])
         write_manifest(root, collection_id(config, world), world, keys)
@@ -458,7 +462,7 @@ def _open_writers(
             path: str | Path = config.out
             if many:
                 attrs.update(collection_id=collection_id(config, world), shard_rank=rank, world_size=world)
-                path = shard_path(config.out, site_key(layer, site), rank, world)
+                path = str(shard_path(config.out, site_key(layer, site), rank, world))
             writers[(layer, site)] = ActivationStoreWriter.open(
                 path, attrs, d_model=loaded.d_model, dtype=config.dtype, chunk_rows=config.chunk_rows
             )
@@ -481,7 +485,7 @@ def trace_into_stores(
 ) -> CollectSummary:
     start = time.monotonic()
     if many:  # every rank writes or checks it: the same command writes the same manifest
-        write_manifest(Path(config.out), collection_id(config, world), world, [site_key(*s) for s in sites])
+        write_manifest(config.out, collection_id(config, world), world, [site_key(*s) for s in sites])
     packing = (
         None
         if config.corpus is None

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scircuits.errors import ScircuitsError
+from scircuits.store.remote import pid_alive
 
 MARKER_FILE = ".scircuits-artifact.json"
 LOCK_FILE = ".scircuits-lock"
@@ -367,16 +368,6 @@ def recover_published(final: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_orphans(folder: Path, prefix: str = "") -> list[Path]:
     """Remove ``*.tmp-PID`` files and folders in ``folder`` whose process no longer runs (only those
     whose name starts with ``prefix``, in a folder the tool does not own)."""
@@ -385,7 +376,7 @@ def remove_orphans(folder: Path, prefix: str = "") -> list[Path]:
         return removed
     for path in Path(folder).iterdir():
         match = _TMP_PATTERN.search(path.name) if path.name.startswith(prefix) else None
-        if match is None or int(match.group(1)) == os.getpid() or _pid_alive(int(match.group(1))):
+        if match is None or int(match.group(1)) == os.getpid() or pid_alive(int(match.group(1))):
             continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

@@ -31,6 +31,7 @@ from pydantic_core import PydanticUndefined
 from scircuits.platform.config.files import read_config_file
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.options import describe_validation_error
+from scircuits.store.remote import is_url
 
 if TYPE_CHECKING:
     from scircuits.platform.manager.plugin_set import PluginSet
@@ -58,6 +59,8 @@ class StageConfig(BaseModel):
     located: ClassVar[frozenset[str]] = frozenset()
     # Fields that name a plugin object -> its family; None there means the family's default.
     plugin_fields: ClassVar[Mapping[str, str]] = {}
+    # Paths that must be local (the others may be fsspec URLs such as s3://, docs/scale.md).
+    local_only: ClassVar[frozenset[str]] = frozenset({"model_path"})
 
     def with_plugin_defaults(self: C, plugins: PluginSet) -> C:
         """This config with every plugin field left None set to ``plugins``' default for it."""
@@ -91,6 +94,17 @@ class StageConfig(BaseModel):
     @classmethod
     def no_bool_for_numbers(cls, values: Any) -> Any:
         return reject_bool_numbers(cls, values)
+
+    @model_validator(mode="after")
+    def local_paths_are_local(self: C) -> C:
+        for name in self.local_only & type(self).model_fields.keys():
+            value = getattr(self, name)
+            if isinstance(value, str) and is_url(value):
+                raise ConfigError(
+                    f"{self.flag_of((name,))} {value} is a URL, but it must be a local folder: copy it "
+                    "here first (stores, SAE checkpoints and output folders may be URLs; docs/scale.md)"
+                )
+        return self
 
     @classmethod
     def validated(cls: type[C], values: Mapping[str, Any]) -> C:

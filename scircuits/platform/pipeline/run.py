@@ -42,6 +42,7 @@ from scircuits.platform.common.artifacts import (
 )
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.provenance import now_iso
+from scircuits.platform.common.remote import is_url, join_path, remote_out
 from scircuits.platform.config import RunConfig, StageConfig
 from scircuits.platform.contract.errors import ConfigError, WeightsUnavailableError
 from scircuits.platform.contract.hf_loading import check_weights_available, config_sizes
@@ -300,6 +301,12 @@ def run_pipeline(config: RunConfig, plugins: Any) -> Path:
     """Run (or continue) the whole study; returns the run directory."""
     started = time.monotonic()
     config = config.with_plugin_defaults(plugins)  # before any hash: what is recorded names what runs
+    if is_url(config.out):  # the run directory is staged locally, then published (common.remote)
+        url = join_path(config.out, plan(config.model_copy(update={"out": "."}), plugins).run_dir.name)
+        with remote_out(url, "run") as local:
+            run_pipeline(config.model_copy(update={"out": str(local.parent)}), plugins)
+        say(f"published the run directory to {url}")
+        return local
     the_plan = plan(config, plugins)
     check_device(config.device, allow_auto=True)
     adapter = plugins.models.get(config.model)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scircuits.platform.common import remote
 from scircuits.platform.contract.errors import ConfigError, DataFormatError
 from scircuits.platform.contract.sae_sources import HubLocation, SAESource
 from scircuits.platform.manager.plugin_set import PluginSet
@@ -76,7 +77,7 @@ def is_published(spec: str | None, plugins: PluginSet) -> bool:
     registered variant's name wins over a folder of that name)."""
     if not spec or spec in plugins.saes:
         return False
-    return split_scheme(spec, plugins) is not None or Path(spec).is_dir()
+    return split_scheme(spec, plugins) is not None or remote.is_url(spec) or Path(spec).is_dir()
 
 
 def resolve_source(spec: str, plugins: PluginSet) -> ResolvedSource:
@@ -94,6 +95,8 @@ def resolve_source(spec: str, plugins: PluginSet) -> ResolvedSource:
         # every file of the folder against the cache's hash of it, before anything is read
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         checked = verified_files(files)
+    elif remote.is_url(spec):  # a folder on object storage (s3://...): read from a local copy
+        folder = remote.fetch_folder(spec, remote.staging_dir(spec, "in"))
     else:
         folder = Path(spec).expanduser()
         if not folder.is_dir():

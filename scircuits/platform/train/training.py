@@ -40,6 +40,7 @@ import torch
 from scircuits.platform.common.artifacts import FolderLock, move_aside, read_marker, write_marker
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.progress import progress
+from scircuits.platform.common.remote import is_url, remote_out
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.models import tl_hook_name
@@ -378,9 +379,16 @@ def train(config: TrainConfig, plugins: PluginSet, *, stop_after_steps: int | No
     killed run leaves behind; tests use it).
     """
     config = apply_preset(config, plugins).with_plugin_defaults(plugins)
-    out = Path(config.out)
     plugins.saes.get(config.sae)  # an unknown variant stops here, before the folder is touched
     check_device(config.device)
+    if is_url(config.out) and not under_launcher():  # trained in a local staging folder, then published
+        with remote_out(config.out, "SAE checkpoint") as local:
+            done = train(
+                config.model_copy(update={"out": str(local)}), plugins, stop_after_steps=stop_after_steps
+            )
+        print(f"[train] published the checkpoint to {config.out}", file=sys.stderr)
+        return done
+    out = Path(config.out)
     if under_launcher():  # a DDP worker: the launching process holds the folder's lock
         return _train_checked(config, plugins, stop_after_steps)
     with FolderLock(out, "SAE checkpoint"):

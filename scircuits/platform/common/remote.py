@@ -1,0 +1,144 @@
+"""Artifact folders (SAE checkpoints, causal results, runs) at an fsspec URL such as ``s3://bucket/sae``.
+
+Object storage has no rename, so a folder cannot be published there by one rename as
+:func:`~scircuits.platform.common.artifacts.publish_dir` does locally. A remote folder is instead a
+series of generations and a pointer::
+
+    <url>/.scircuits-current.json     {"generation": "g-<UTC time>-<token>", ...}   one object
+    <url>/g-<UTC time>-<token>/...    the folder's files, as the command wrote them locally
+
+A command writing to a URL works in a local staging folder (the URL's current generation
+downloaded first, so that a complete artifact is skipped and a saved training state resumed), then
+uploads it as a new generation and only then rewrites the pointer (one PUT, atomic). A kill at any
+moment leaves the pointer on the previous generation, whole; generations no pointer names are
+removed by the next publish. The writer holds the URL's lock object (``scircuits.store.remote``)
+throughout, so a second writer is refused.
+
+A URL without a pointer (a checkpoint uploaded by other tools) is read as a plain folder.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from scircuits.platform.common.artifacts import ArtifactError
+from scircuits.store.remote import RemoteLock, filesystem, is_url, transport_errors, url_join
+
+POINTER = ".scircuits-current.json"
+GENERATION_PREFIX = "g-"
+
+__all__ = ["POINTER", "fetch_folder", "is_url", "join_path", "publish_folder", "remote_out", "staging_dir"]
+
+
+def join_path(base: str, name: str) -> str:
+    """``base/name`` for a local folder or a URL (``Path`` would fold the ``//`` of ``s3://``)."""
+    return url_join(base, name) if is_url(base) else str(Path(base) / name)
+
+
+def cache_root() -> Path:
+    """Where remote folders are staged and fetched: ``$SCIRCUITS_REMOTE_CACHE`` or
+    ``~/.cache/scircuits/remote``."""
+    given = os.environ.get("SCIRCUITS_REMOTE_CACHE")
+    return Path(given).expanduser() if given else Path.home() / ".cache" / "scircuits" / "remote"
+
+
+def staging_dir(url: str, role: str) -> Path:
+    """The local folder standing for ``url`` (``role``: "out" for a writer, "in" for a reader)."""
+    digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+    name = url.rstrip("/").rsplit("/", 1)[-1] or "root"
+    return cache_root() / role / digest / name  # the URL's own name: a run directory's name matters
+
+
+def _current(fs: Any, root: str) -> str | None:
+    """The generation the pointer names; None when there is no pointer."""
+    try:
+        data = json.loads(fs.cat_file(f"{root}/{POINTER}"))
+    except FileNotFoundError:
+        return None
+    except (*transport_errors(), ValueError) as exc:
+        raise ArtifactError(
+            f"{root}/{POINTER} cannot be read ({exc}); the remote folder is damaged"
+        ) from None
+    generation = data.get("generation") if isinstance(data, dict) else None
+    if not isinstance(generation, str) or not generation.startswith(GENERATION_PREFIX):
+        raise ArtifactError(f"{root}/{POINTER} names no generation; the remote folder is damaged")
+    return generation
+
+
+def fetch_folder(url: str, dest: Path, *, option: str = "--sae") -> Path:
+    """Download the folder at ``url`` (its current generation, or the plain folder) into ``dest``,
+    replacing what ``dest`` held; returns ``dest``."""
+    fs, root = filesystem(url)
+    root = root.rstrip("/")
+    fs.invalidate_cache(root)
+    try:
+        generation = _current(fs, root)
+        source = f"{root}/{generation}" if generation else root
+        if not fs.isdir(source):
+            raise ArtifactError(f"{option} {url}: no such folder (nothing is stored under that URL)")
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for path in fs.find(source):
+            rel = path[len(source) + 1 :]
+            if not rel or (generation is None and rel.split("/", 1)[0].startswith(GENERATION_PREFIX)):
+                continue
+            if rel in (POINTER, ".scircuits-lock"):
+                continue
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(path, str(target))
+    except transport_errors() as exc:
+        raise ArtifactError(f"{option} {url}: cannot read it ({exc})") from None
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest
+
+
+def publish_folder(local: Path, url: str) -> str:
+    """Upload ``local`` as a new generation of ``url``, point the URL at it, then remove the
+    generations no pointer names; returns the new generation's name."""
+    fs, root = filesystem(url)
+    root = root.rstrip("/")
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    generation = f"{GENERATION_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}"
+    try:
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            rel = path.relative_to(local).as_posix()
+            if rel.startswith(".scircuits-lock") or rel.startswith(".scircuits-group-lock"):
+                continue
+            fs.put_file(str(path), f"{root}/{generation}/{rel}")
+        pointer = {
+            "generation": generation,
+            "published": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        fs.pipe_file(f"{root}/{POINTER}", (json.dumps(pointer, indent=2) + "\n").encode())
+        fs.invalidate_cache(root)
+        for entry in fs.ls(root, detail=False):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith(GENERATION_PREFIX) and name != generation:
+                fs.rm(entry, recursive=True)
+    except transport_errors() as exc:
+        raise ArtifactError(
+            f"{url}: the upload failed ({exc}); the previous state there is unchanged, run again"
+        ) from None
+    return generation
+
+
+@contextmanager
+def remote_out(url: str, what: str) -> Iterator[Path]:
+    """For a command writing ``url``: hold its lock object, stage its current state in a local
+    folder (yielded), and publish that folder when the block ends without an error."""
+    with RemoteLock(url, what, error=ArtifactError):  # the lock object makes the folder exist
+        local = fetch_folder(url, staging_dir(url, "out"), option="--out")
+        yield local  # the command locks this folder as any local one
+        publish_folder(local, url)
