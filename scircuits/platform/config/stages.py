@@ -335,6 +335,13 @@ class AblateConfig(StageConfig):
         "ablation": "ablations",
     }
 
+    def identity(self) -> dict[str, Any]:
+        """``remote`` counts only when set, so that local studies keep the hash they had."""
+        values = super().identity()
+        if not values.get("remote"):
+            values.pop("remote", None)
+        return values
+
     model: str | None = D(None, plugin_default_help("Model adapter name", "models"))
     benchmark: str | None = D(None, plugin_default_help("Benchmark name", "benchmarks"))
     benchmark_options: dict[str, Any] = D(dict, "Benchmark options (--option KEY=VALUE, --data).")
@@ -404,6 +411,10 @@ class AblateConfig(StageConfig):
     batch_size: int = D(16, "Sequences per forward pass.", gt=0)
     device: str = D("cpu", "cpu, cuda, ...")
     model_path: str | None = D(None, "Load the weights from this local folder.")
+    remote: bool = D(
+        False,
+        "Run the model on NDIF (needs NDIF_API_KEY); the SAE, the edit values and the statistics stay here.",
+    )
     out: str = D("causal", "Output folder.")
     progress: bool = D(True, "Show progress.")
     force: bool = D(
@@ -487,7 +498,7 @@ RunTrain = section(
 RunAblate = section(
     "RunAblate",
     AblateConfig,
-    RUN_SHARED | RUN_SETS | {"sae", "store", "split"},
+    RUN_SHARED | RUN_SETS | {"sae", "store", "split", "remote"},
     {
         "limit": 160,
         "top_k": lambda: [1, 5, 20, 50],
@@ -544,7 +555,9 @@ class RunConfig(StageConfig):
     seed: int = D(0, "Seed of examples, SAE training, controls and bootstrap.", ge=0)
     device: str = D("cpu", "cpu, cuda, ...")
     model_path: str | None = D(None, "Load the weights from this local folder.")
-    remote: bool = D(False, "Collect on NDIF (the causal stage needs local weights).")
+    remote: bool = D(
+        False, "Run the model on NDIF, for collection and the causal study (needs NDIF_API_KEY)."
+    )
     out: str = D("runs", "Parent folder of the run directory.")
     progress: bool = D(True, "Show progress.")
     force: bool = D(
