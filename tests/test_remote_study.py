@@ -12,6 +12,7 @@ import torch
 
 from scircuits.platform.causal.stage import AblateInputs, run_ablate
 from scircuits.platform.config import AblateConfig
+from scircuits.platform.contract.ablations import Ablation
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.manager.plugin_set import get_plugins, load_plugins
 from scircuits.platform.model.scoring import layout_examples, make_batch
@@ -57,8 +58,8 @@ def config(tmp_path, name: str, **overrides) -> AblateConfig:
     return AblateConfig(**values)
 
 
-def study(tmp_path, loaded, examples, name: str, **overrides) -> tuple[dict, list[dict]]:
-    plugins = load_plugins(entry_points_too=False)
+def study(tmp_path, loaded, examples, name: str, plugins=None, **overrides) -> tuple[dict, list[dict]]:
+    plugins = plugins or load_plugins(entry_points_too=False)
     sae = sae_for(loaded.d_model)
     cfg = config(tmp_path, name, remote=loaded.device != "cpu", **overrides)
     out = run_ablate(cfg, plugins, inputs=AblateInputs(loaded, sae, {}, examples, 2))
@@ -106,6 +107,47 @@ def test_a_remote_study_equals_the_local_study(models, examples, tmp_path):
     assert (
         far["splice"]["max_abs_logit_diff"] < 1e-4 and far["splice"]["edited_fast_path_max_abs_diff"] < 1e-4
     )
+
+
+class Halve(Ablation):
+    """A plugin's ablation (as a third-party package would register it): halve the features."""
+
+    name = "halve-test"
+    description = "Multiply the chosen features by 0.5 (test plugin)."
+
+    def apply(self, acts, indices, stats=None, options=None, generator=None):
+        out = acts.clone()
+        out[..., indices] = 0.5 * acts[..., indices]
+        return out
+
+
+@pytest.mark.parametrize(
+    "ablation,options",
+    [("resample", {}), ("clamp", {"value": 2.0}), ("halve-test", {})],
+)
+def test_every_ablation_runs_inside_the_remote_trace_as_it_runs_here(
+    models, examples, tmp_path, ablation, options
+):
+    local, remote = models
+    plugins = load_plugins(entry_points_too=False)
+    plugins.ablations.add(Halve(), "test-plugin")
+    small = dict(
+        ablation=ablation,
+        ablation_options=options,
+        sweep_also=[],
+        top_k=[2],
+        random_controls=1,
+        exact_top=2,
+        faithfulness_n=[1],
+        bootstrap=100,
+    )
+    here, here_rows = study(tmp_path, local, examples, f"{ablation}-local", plugins=plugins, **small)
+    far, far_rows = study(tmp_path, remote, examples, f"{ablation}-remote", plugins=plugins, **small)
+    assert here["sweeps"][0]["ablation"] == ablation
+    assert_close(here["sweeps"], far["sweeps"], "sweeps")
+    assert_close(here_rows, far_rows)
+    by = far["remote"]["by_purpose"]
+    assert by["top 2"]["bytes_up"] < by["reconstruction"]["bytes_up"]  # sent as decoder-row changes
 
 
 ONCE = ("site activations (once)", "attribution gradients (once)", "splice check (once)")
