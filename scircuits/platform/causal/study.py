@@ -26,6 +26,7 @@ from scircuits.platform.common.progress import Progress
 from scircuits.platform.contract.ablations import Ablation, FeatureStats
 from scircuits.platform.contract.models import LoadedModel
 from scircuits.platform.contract.sae_module import SparseAutoencoder
+from scircuits.platform.model.remote_split import RemoteSplitModel
 from scircuits.platform.model.scoring import (
     SequenceBatch,
     distractors,
@@ -443,8 +444,6 @@ class Study:
     def unembedding_effects(
         self, features: Sequence[int], tokenizer: Any, n: int = 10
     ) -> dict[int, dict[str, list[dict[str, Any]]]]:
-        if self.remote:  # the unembedding weights stay on NDIF
-            return {}
         return unembedding_effects(self.split, self.sae, features, tokenizer, n)
 
     def top_contexts(
@@ -694,7 +693,11 @@ def check_remote_splice(
 
 
 def unembedding_effects(
-    split: SplitModel, sae: torch.nn.Module, features: Sequence[int], tokenizer: Any, n: int = 10
+    split: SplitModel | RemoteSplitModel,
+    sae: torch.nn.Module,
+    features: Sequence[int],
+    tokenizer: Any,
+    n: int = 10,
 ) -> dict[int, dict[str, list[dict[str, Any]]]]:
     """Tokens each feature's decoder direction promotes and suppresses through the unembedding.
 
@@ -706,20 +709,17 @@ def unembedding_effects(
         return {}
     directions = sae.W_dec.detach()[list(features)].float()
     directions = split.through_final_norm(directions)
-    unembed = split.unembed.weight.detach().float()  # (vocab, d)
-    scores = directions @ unembed.T
+    top_values, top_ids, bottom_values, bottom_ids = split.unembedding_extremes(directions, n)
     out: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for row, feature in enumerate(features):
-        top = torch.topk(scores[row], n)
-        bottom = torch.topk(-scores[row], n)
         out[int(feature)] = {
             "promoted": [
                 {"token": tokenizer.decode([int(t)]), "logit": float(v)}
-                for v, t in zip(top.values, top.indices, strict=False)
+                for v, t in zip(top_values[row], top_ids[row], strict=False)
             ],
             "suppressed": [
                 {"token": tokenizer.decode([int(t)]), "logit": float(-v)}
-                for v, t in zip(bottom.values, bottom.indices, strict=False)
+                for v, t in zip(bottom_values[row], bottom_ids[row], strict=False)
             ],
         }
     return out

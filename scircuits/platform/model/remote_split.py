@@ -228,6 +228,80 @@ class RemoteSplitModel:
         )
         return grads
 
+    def _module_path(self, module: Any) -> str:
+        return next(name for name, m in self.model.named_modules() if m is module)
+
+    def final_norm(self) -> torch.nn.Module | None:
+        """The final norm rebuilt here from its parameters and buffers (a few vectors; one request,
+        made once): what the adapter's ``through_final_norm`` reads."""
+        if hasattr(self, "_final_norm"):
+            return self._final_norm
+        import copy
+
+        import nnsight
+
+        meta = self.adapter.final_norm(self.model)
+        if meta is None:
+            self._final_norm = None
+            return None
+        envoy = self.traced.envoy(self._module_path(meta))
+        names = [n for n, _ in meta.named_parameters()] + [n for n, _ in meta.named_buffers()]
+        nn = self.traced.nn
+        first = torch.zeros((1, 1), dtype=torch.long)
+        with torch.no_grad():  # noqa: SIM117 - nnsight reads the inner block's own source
+            with self._session():
+                values = nnsight.save([])
+                with nn.trace(input_ids=first) as tracer:
+                    for name in names:
+                        part = envoy
+                        for attr in name.split("."):
+                            part = getattr(part, attr)
+                        values.append(part.detach().save())
+                    tracer.stop()
+        here = copy.deepcopy(meta).to_empty(device="cpu")
+        state = dict(zip(names, [v.detach().cpu() for v in values], strict=True))
+        here.load_state_dict(state, strict=False)
+        self._final_norm = here.eval()
+        self.log.records.append(
+            RequestRecord(
+                "final norm (once)", 1, tensor_bytes(first), sum(tensor_bytes(v) for v in state.values())
+            )
+        )
+        return self._final_norm
+
+    def through_final_norm(self, directions: torch.Tensor) -> torch.Tensor:
+        return self.adapter.through_final_norm(directions, self.final_norm())
+
+    def unembedding_extremes(self, directions: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+        """``SplitModel.unembedding_extremes`` computed on NDIF, in one request: the directions go
+        up, the (F, n) extremes come back (never the unembedding matrix)."""
+        import nnsight
+
+        unembed = self.traced.envoy(self._module_path(self.adapter.unembedding(self.model)))
+        nn = self.traced.nn
+        first = torch.zeros((1, 1), dtype=torch.long)
+        directions = directions.detach().float().cpu()
+        with torch.no_grad():  # noqa: SIM117 - nnsight reads the inner block's own source
+            with self._session():
+                out = nnsight.save([])
+                with nn.trace(input_ids=first) as tracer:
+                    scores = directions @ unembed.weight.float().T
+                    top, bottom = torch.topk(scores, n, dim=1), torch.topk(-scores, n, dim=1)
+                    out.append(
+                        (top.values.save(), top.indices.save(), bottom.values.save(), bottom.indices.save())
+                    )
+                    tracer.stop()
+        result = tuple(t.detach().cpu() for t in out[0])
+        self.log.records.append(
+            RequestRecord(
+                "logit effects (once)",
+                1,
+                tensor_bytes(first) + tensor_bytes(directions),
+                sum(tensor_bytes(t) for t in result),
+            )
+        )
+        return result
+
 
 def per_sequence(
     batch: SequenceBatch, token_logprob: torch.Tensor, hit: torch.Tensor, nll: torch.Tensor | None

@@ -296,6 +296,13 @@ class SplitModel:
             out.append(JobScores(seq_lp, seq_ok, nll_sum, nll_count))
         return out
 
+    def unembedding_extremes(self, directions: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+        """Per direction (F, d), the ``n`` largest and the ``n`` largest negated unembedding scores
+        ``direction @ W_U.T``: (values, token ids) of each, (F, n) apiece."""
+        scores = directions @ self.unembed.weight.detach().float().T  # (F, vocab)
+        top, bottom = torch.topk(scores, n, dim=1), torch.topk(-scores, n, dim=1)
+        return top.values, top.indices, bottom.values, bottom.indices
+
     def final_norm(self) -> nn.Module | None:
         """The norm applied before the unembedding (the adapter's ``final_norm``)."""
         return self.adapter.final_norm(self.model)
