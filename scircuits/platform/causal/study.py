@@ -319,7 +319,6 @@ class Study:
         saved = [p.requires_grad for p in params]
         for p in params:
             p.requires_grad_(False)
-        everything = torch.arange(self.d_sae)
         try:
             for b, eb in enumerate(self.data.batches):
                 chosen = [
@@ -329,16 +328,7 @@ class Study:
                 ]
                 if not chosen:
                     continue
-                generator = torch.Generator().manual_seed(derived_seed(self.seed, -(10**9), b))
-                with torch.no_grad():
-                    ablated = self.ablation.apply(
-                        eb.features,
-                        everything.to(eb.features.device),
-                        self.batch_stats(b),
-                        self.ablation_options,
-                        generator,
-                    )
-                    delta = (ablated - eb.features) * edit_mask(eb.batch, self.first_position)[..., None]
+                delta = self._ablation_delta(b, eb)
                 with torch.enable_grad():
                     features = eb.features.detach().clone().requires_grad_(True)
                     value = (self.sae.decode(features) + eb.error).to(eb.cache.site_output.dtype)
@@ -607,25 +597,18 @@ def check_splice(
         worst_fast = worst_of(worst_fast, float((fast - traced)[mask].abs().max()))
         worst_edited = worst_of(worst_edited, float((fast_edit - traced_edit)[mask].abs().max()))
         checked += len(eb.example_indices)
-    result = {
-        "max_abs_logit_diff": worst_splice,
-        "fast_path_max_abs_diff": worst_fast,
-        "edited_fast_path_max_abs_diff": worst_edited,
-        "edited_features": edited_features,
-        "examples_checked": checked,
-        "tolerance": tolerance,
-        "method": "nnsight",
-    }
-    # ``not (x <= tol)`` so that NaN (a non-finite SAE or model output) fails the check
-    if not (worst_splice <= tolerance and worst_fast <= tolerance and worst_edited <= tolerance):
-        raise SpliceError(
-            f"the spliced model does not reproduce the clean model: max |logit difference| "
-            f"{worst_splice:.3g} (nnsight splice vs clean), {worst_fast:.3g} (fast path vs nnsight) and "
-            f"{worst_edited:.3g} (the same with {edited_features} features zeroed) on {checked} examples, "
-            f"tolerance {tolerance:g}. {described}, or the model runs in low precision; raise "
-            f"--splice-tolerance only if you accept that difference"
-        )
-    return result
+    return splice_verdict(
+        (worst_splice, worst_fast, worst_edited),
+        edited_features,
+        checked,
+        tolerance,
+        "nnsight",
+        f"the spliced model does not reproduce the clean model: max |logit difference| "
+        f"{worst_splice:.3g} (nnsight splice vs clean), {worst_fast:.3g} (fast path vs nnsight) and "
+        f"{worst_edited:.3g} (the same with {edited_features} features zeroed) on {checked} examples, "
+        f"tolerance {tolerance:g}. {described}, or the model runs in low precision; raise "
+        f"--splice-tolerance only if you accept that difference",
+    )
 
 
 def check_remote_splice(
@@ -671,25 +654,42 @@ def check_remote_splice(
         worst_splice = worst_of(worst_splice, worst(splice, clean))
         worst_fast = worst_of(worst_fast, worst(identity, splice))
         worst_edited = worst_of(worst_edited, worst(delta, edited))
-    result = {
-        "max_abs_logit_diff": worst_splice,
-        "fast_path_max_abs_diff": worst_fast,
-        "edited_fast_path_max_abs_diff": worst_edited,
+    return splice_verdict(
+        (worst_splice, worst_fast, worst_edited),
+        edited_features,
+        checked,
+        tolerance,
+        "nnsight on NDIF: differences of the per-sequence target log-probs, not of logits",
+        f"the spliced model does not reproduce the clean model on NDIF: max |target log-prob "
+        f"difference| {worst_splice:.3g} (splice vs clean), {worst_fast:.3g} (the site untouched vs the "
+        f"splice) and {worst_edited:.3g} (the edit as decoder-row changes vs sent whole, "
+        f"{edited_features} features zeroed) on {checked} examples, tolerance {tolerance:g}. "
+        f"{described}, or the model runs in low precision; raise --splice-tolerance only if you "
+        "accept that difference",
+    )
+
+
+def splice_verdict(
+    worst: tuple[float, float, float],
+    edited_features: int,
+    checked: int,
+    tolerance: float,
+    method: str,
+    failure: str,
+) -> dict[str, Any]:
+    """The splice check's record, or a SpliceError with ``failure`` when a difference is beyond the
+    tolerance (``not (x <= tol)``, so that NaN, a non-finite SAE or model output, fails)."""
+    if not all(w <= tolerance for w in worst):
+        raise SpliceError(failure)
+    return {
+        "max_abs_logit_diff": worst[0],
+        "fast_path_max_abs_diff": worst[1],
+        "edited_fast_path_max_abs_diff": worst[2],
         "edited_features": edited_features,
         "examples_checked": checked,
         "tolerance": tolerance,
-        "method": "nnsight on NDIF: differences of the per-sequence target log-probs, not of logits",
+        "method": method,
     }
-    if not (worst_splice <= tolerance and worst_fast <= tolerance and worst_edited <= tolerance):
-        raise SpliceError(
-            f"the spliced model does not reproduce the clean model on NDIF: max |target log-prob "
-            f"difference| {worst_splice:.3g} (splice vs clean), {worst_fast:.3g} (the site untouched vs the "
-            f"splice) and {worst_edited:.3g} (the edit as decoder-row changes vs sent whole, "
-            f"{edited_features} features zeroed) on {checked} examples, tolerance {tolerance:g}. "
-            f"{described}, or the model "
-            f"runs in low precision; raise --splice-tolerance only if you accept that difference"
-        )
-    return result
 
 
 def unembedding_effects(
