@@ -12,6 +12,7 @@ import torch
 
 from scircuits.platform.common.progress import Progress
 from scircuits.platform.contract.benchmarks import Example
+from scircuits.platform.model.remote_split import RemoteSplitModel
 from scircuits.platform.model.scoring import ExampleLayout, SequenceBatch, layout_examples, make_batch
 from scircuits.platform.model.splice import LowerCache, SplitModel
 
@@ -59,7 +60,7 @@ def group_batches(layouts: Sequence[ExampleLayout], batch_size: int) -> list[lis
 
 
 def prepare_eval(
-    split: SplitModel,
+    split: SplitModel | RemoteSplitModel,
     sae: torch.nn.Module,
     tokenizer: Any,
     examples: list[Example],
@@ -70,9 +71,9 @@ def prepare_eval(
     """Encode the examples, batch them, and run the lower blocks and the SAE once per batch."""
     sequences, layouts = layout_examples(tokenizer, examples, max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = next(split.model.parameters()).device
-    batches: list[EvalBatch] = []
-    n_tokens = 0
+    remote = bool(getattr(split, "remote", False))  # the weights are on NDIF, the SAE is here
+    device = sae.W_dec.device if remote else next(split.model.parameters()).device
+    planned = []
     for group in group_batches(layouts, batch_size):
         seq_ids = [j for i in group for j in layouts[i].sequence_indices]
         local = {g: i for i, g in enumerate(seq_ids)}
@@ -84,8 +85,16 @@ def prepare_eval(
             )
             for i in group
         ]
-        batch = make_batch([sequences[j] for j in seq_ids], pad_id).to(device)
-        cache = split.lower(batch)
+        planned.append((group, local_layouts, make_batch([sequences[j] for j in seq_ids], pad_id).to(device)))
+    # on NDIF every batch's site output comes back in one request
+    caches = split.lower_all([batch for _, _, batch in planned]) if remote else None
+    batches: list[EvalBatch] = []
+    n_tokens = 0
+    for i, (group, local_layouts, batch) in enumerate(planned):
+        if caches is not None:
+            cache = LowerCache(caches[i].site_output.to(device), None, None)
+        else:
+            cache = split.lower(batch)
         with torch.no_grad():
             x = cache.site_output.to(sae.W_dec.dtype)
             features = sae.encode(x)

@@ -98,6 +98,7 @@ class StudyResults(BaseModel):
     sequences_unchanged: int | None = None
     evaluation_split: EvaluationSplit | None = None
     score: str | None = None  # what every per-example log-prob is (scoring.score_name)
+    remote: dict[str, Any] | None = None  # --remote: the NDIF requests made and the bytes sent/returned
     provenance: dict[str, Any]
     wall_seconds: float | None = None
 

@@ -32,8 +32,10 @@ from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.contract.models import LoadedModel
 from scircuits.platform.manager.plugin_set import ALLOW_LIST_ENV
+from scircuits.platform.model.remote_split import RemoteSplitModel
 from scircuits.platform.model.scoring import score_name
 from scircuits.platform.model.splice import SplitModel
+from scircuits.platform.model.tracing import runs_remotely
 from scircuits.platform.train.exclusion import token_exclusion_of
 
 
@@ -66,7 +68,11 @@ def prepare_study(
     sae.eval()
     ablation = plugins.ablations.get(config.ablation)
     ablation_options = ablation.parse_options(config.ablation_options)
-    split = SplitModel(loaded, layer, config.site)
+    split = (
+        RemoteSplitModel(loaded, layer, config.site)
+        if runs_remotely(loaded)
+        else SplitModel(loaded, layer, config.site)
+    )
     selection, evaluation = selection_split(len(examples), config.selection_fraction, config.seed)
     if selection is not None and evaluation is not None:
         # selection first, so that most batches hold only one split (a condition skips selection batches)
@@ -197,6 +203,7 @@ def run_study(
         "sequences_run": study.sequences_run,
         "sequences_unchanged": study.sequences_skipped,
         "score": score_name(layout for eb in data.batches for layout in eb.layouts),
+        "remote": study.split.log.summary() if isinstance(study.split, RemoteSplitModel) else None,
         "provenance": {},
     }
     results = StudyResults.assemble(fields, done)

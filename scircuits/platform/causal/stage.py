@@ -31,6 +31,7 @@ from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.hf_loading import check_weights_available
 from scircuits.platform.contract.models import LoadedModel
+from scircuits.platform.model.tracing import check_ndif, load_remote
 from scircuits.platform.train.checkpoint import load_sae
 from scircuits.store.reader import ActivationStore
 
@@ -150,7 +151,7 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
     examples = list(benchmark.examples(config.split, config.limit, config.seed, config.benchmark_options))
     if not examples:
         raise ConfigError(f"benchmark {config.benchmark!r} gave no examples for split {config.split!r}")
-    if loaded is None:
+    if loaded is None and not config.remote:
         check_weights_available(adapter, config.model_path)
     sae, info = load_sae(config.sae, plugins)
     d_in = int(sae.W_dec.shape[1])
@@ -170,7 +171,9 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
         )
     check_store_matches_sae(config.store, config.sae, info)
     hooked = hook_site(config, adapter, info)
-    if loaded is None:
+    if loaded is None and config.remote:
+        loaded = load_remote(adapter, model_path=config.model_path)
+    elif loaded is None:
         loaded = adapter.load(
             model_path=config.model_path, dtype=config.resolved_model_dtype(), device=config.device
         )
@@ -280,6 +283,8 @@ def run_ablate(
         return Path(local)
     out = Path(config.out)
     check_device(config.device, allow_auto=True)
+    if config.remote and loaded is None and inputs is None:
+        check_ndif(plugins.models.get(config.model), config.model_path)  # before any work
     try:
         fresh = not out.exists()
     except OSError:  # a path too long to look up: check_writable says so

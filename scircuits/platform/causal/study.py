@@ -25,14 +25,21 @@ from scircuits.platform.causal.statistics import derived_seed
 from scircuits.platform.common.progress import Progress
 from scircuits.platform.contract.ablations import Ablation, FeatureStats
 from scircuits.platform.contract.models import LoadedModel
+from scircuits.platform.contract.sae_module import SparseAutoencoder
+from scircuits.platform.model.remote_split import RemoteSplitModel
 from scircuits.platform.model.scoring import (
+    SequenceBatch,
+    distractors,
     example_objective,
     example_scores,
-    next_token_nll,
     sequence_scores,
 )
 from scircuits.platform.model.splice import (
     FeatureEdit,
+    JobScores,
+    LowerCache,
+    LowRankDelta,
+    ScoreJob,
     SpliceError,
     SplitModel,
     clean_logits,
@@ -162,7 +169,8 @@ class Study:
         examples: np.ndarray | None = None,
     ) -> ConditionScores:
         """Score every example (or the batches holding one of ``examples``) with the site's output set
-        by ``mode`` (features edited by ``edit_for(b)``)."""
+        by ``mode`` (features edited by ``edit_for(b)``). Every batch's scoring goes to the split model
+        at once (on NDIF: one request per condition)."""
         n = self.data.n_examples
         logprob = np.zeros(n)
         correct = np.zeros(n, dtype=bool)
@@ -170,22 +178,47 @@ class Study:
         wanted = None if examples is None else set(int(i) for i in examples)
         nll_sum, nll_count = 0.0, 0
         with torch.no_grad():
+            jobs: list[ScoreJob] = []
+            plans: list[tuple[int, EvalBatch, str, Any]] = []
             for b, eb in enumerate(self.data.batches):
                 if wanted is not None and not wanted.intersection(eb.example_indices):
                     continue
                 edit = edit_for(b) if edit_for is not None else None
                 if mode == "splice" and edit is not None and not ce and self.skip_unchanged:
-                    seq_lp, seq_ok = self._edited_splice_scores(b, eb, edit)
+                    edited = self.edited_features(eb, edit)
+                    changed = (edited != eb.features).flatten(1).any(dim=1)
+                    if b not in self._splice_scores:
+                        plans.append((b, eb, "reference", len(jobs)))
+                        jobs.append(self._job(eb, "splice", None))
+                    keep = torch.nonzero(changed).squeeze(1)
+                    plans.append((b, eb, "part", (keep, len(jobs) if len(keep) else None)))
+                    if len(keep):
+                        jobs.append(self._part_job(eb, edited, keep))
                 else:
-                    value = self.site_value(eb, mode, edit)
-                    logits = self.split.upper(eb.batch, eb.cache, value, all_positions=ce)
-                    if ce:
-                        s, c = next_token_nll(logits, eb.batch)
-                        nll_sum += s
-                        nll_count += c
-                        logits = logits[eb.batch.pred_rows, eb.batch.pred_cols]
-                    seq_lp, seq_ok = sequence_scores(logits, eb.batch)
-                    if mode == "splice" and edit is None and not ce:
+                    plans.append((b, eb, "whole", len(jobs)))
+                    jobs.append(self._job(eb, mode, edit, ce))
+            results = self.split.score_all(jobs, purpose=status or mode) if jobs else []
+            for b, eb, kind, where in plans:
+                if kind == "reference":
+                    job = results[where]
+                    self._splice_scores[b] = (job.seq_logprob, job.seq_correct)
+                    continue
+                if kind == "part":
+                    keep, at = where
+                    seq_lp, seq_ok = self._splice_scores[b]
+                    if at is not None:
+                        seq_lp, seq_ok = seq_lp.clone(), seq_ok.clone()
+                        seq_lp[keep] = results[at].seq_logprob.to(seq_lp.dtype)
+                        seq_ok[keep] = results[at].seq_correct
+                    if len(keep):
+                        self.sequences_run += len(keep)
+                        self.sequences_skipped += int(eb.batch.size - len(keep))
+                else:
+                    job = results[where]
+                    seq_lp, seq_ok = job.seq_logprob, job.seq_correct
+                    nll_sum += job.nll_sum
+                    nll_count += job.nll_count
+                    if mode == "splice" and edit_for is None and not ce:
                         self._splice_scores[b] = (seq_lp, seq_ok)
                 lp, ok = example_scores(seq_lp, seq_ok, eb.layouts)
                 logprob[eb.example_indices] = lp.cpu().numpy()
@@ -196,37 +229,47 @@ class Study:
             self.show.advance(1, status)
         return ConditionScores(logprob, correct, nll_sum, nll_count, None if wanted is None else scored)
 
-    def _splice_sequence_scores(self, b: int, eb: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sequence scores of batch ``b`` under the plain splice (computed once, kept)."""
-        cached = self._splice_scores.get(b)
-        if cached is None:
-            logits = self.split.upper(eb.batch, eb.cache, self.site_value(eb, "splice", None))
-            cached = sequence_scores(logits, eb.batch)
-            self._splice_scores[b] = cached
-        return cached
+    @property
+    def remote(self) -> bool:
+        return bool(getattr(self.split, "remote", False))
 
-    def _edited_splice_scores(
-        self, b: int, eb: EvalBatch, edit: FeatureEdit
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sequence scores with features edited. A sequence whose features the edit leaves exactly
-        as they were has exactly the splice's output, so only the changed sequences run the upper
-        blocks; the others take the splice's scores (the eager path: ``skip_unchanged = False``)."""
-        edited = self.edited_features(eb, edit)
-        changed = (edited != eb.features).flatten(1).any(dim=1)
-        reference_lp, reference_ok = self._splice_sequence_scores(b, eb)
-        if not bool(changed.any()):
-            return reference_lp, reference_ok
-        keep = torch.nonzero(changed).squeeze(1)
-        value = (self.sae.decode(edited[keep]) + eb.error[keep]).to(eb.cache.site_output.dtype)
-        part = eb.batch.rows(keep)
-        logits = self.split.upper(part, eb.cache.rows(keep), value)
-        part_lp, part_ok = sequence_scores(logits, part)
-        seq_lp, seq_ok = reference_lp.clone(), reference_ok.clone()
-        seq_lp[keep] = part_lp.to(seq_lp.dtype)
-        seq_ok[keep] = part_ok
-        self.sequences_run += len(keep)
-        self.sequences_skipped += int(changed.numel() - len(keep))
-        return seq_lp, seq_ok
+    def _job(self, eb: EvalBatch, mode: SiteMode, edit: FeatureEdit | None, ce: bool = False) -> ScoreJob:
+        """One batch of a condition. On NDIF the clean and plain-splice conditions leave the site
+        as the model computes it (the splice with its error term is that output, up to rounding)."""
+        if self.remote and (mode == "clean" or (mode == "splice" and edit is None)):
+            return ScoreJob(eb.batch, eb.cache, None, ce)
+        if self.remote and mode == "splice" and edit is not None:
+            edited = self.edited_features(eb, edit)
+            return self._edited_job(eb.batch, eb.cache, eb.features, eb.error, edited, ce)
+        return ScoreJob(eb.batch, eb.cache, self.site_value(eb, mode, edit), ce)
+
+    def _part_job(self, eb: EvalBatch, edited: torch.Tensor, keep: torch.Tensor) -> ScoreJob:
+        """The sequences ``keep`` of a batch whose features ``edited`` changes there."""
+        return self._edited_job(
+            eb.batch.rows(keep), eb.cache.rows(keep), eb.features[keep], eb.error[keep], edited[keep]
+        )
+
+    def _edited_job(
+        self,
+        batch: SequenceBatch,
+        cache: LowerCache,
+        features: torch.Tensor,
+        error: torch.Tensor,
+        edited: torch.Tensor,
+        ce: bool = False,
+    ) -> ScoreJob:
+        value = None if self.remote else (self.sae.decode(edited) + error).to(cache.site_output.dtype)
+        if not self.remote:
+            return ScoreJob(batch, cache, value, ce)
+        # NDIF: the change, as the decoder rows of the changed features and their change per token,
+        # when that is smaller than the whole new output (a linear decoder only)
+        change = edited - features
+        columns = torch.nonzero(change.flatten(0, -2).ne(0).any(dim=0)).squeeze(1)
+        n_tokens, d = cache.site_output.shape[0] * cache.site_output.shape[1], cache.site_output.shape[-1]
+        if linear_decoder(self.sae) and len(columns) * (n_tokens + d) < n_tokens * d:
+            delta = LowRankDelta(change[..., columns].contiguous(), self.sae.W_dec[columns].detach())
+            return ScoreJob(batch, cache, None, ce, delta=delta)
+        return ScoreJob(batch, cache, (self.sae.decode(edited) + error).to(cache.site_output.dtype), ce)
 
     # -- edits -------------------------------------------------------------------------------
 
@@ -269,12 +312,13 @@ class Study:
         batch are independent, so backpropagating only the chosen examples' scores leaves the others'
         gradients 0."""
         wanted = None if examples is None else set(int(i) for i in examples)
+        if self.remote:
+            return self._remote_attribution(wanted)
         total = torch.zeros(self.d_sae, dtype=torch.float64)
         params = [p for p in self.split.model.parameters()] + [p for p in self.sae.parameters()]
         saved = [p.requires_grad for p in params]
         for p in params:
             p.requires_grad_(False)
-        everything = torch.arange(self.d_sae)
         try:
             for b, eb in enumerate(self.data.batches):
                 chosen = [
@@ -284,16 +328,7 @@ class Study:
                 ]
                 if not chosen:
                     continue
-                generator = torch.Generator().manual_seed(derived_seed(self.seed, -(10**9), b))
-                with torch.no_grad():
-                    ablated = self.ablation.apply(
-                        eb.features,
-                        everything.to(eb.features.device),
-                        self.batch_stats(b),
-                        self.ablation_options,
-                        generator,
-                    )
-                    delta = (ablated - eb.features) * edit_mask(eb.batch, self.first_position)[..., None]
+                delta = self._ablation_delta(b, eb)
                 with torch.enable_grad():
                     features = eb.features.detach().clone().requires_grad_(True)
                     value = (self.sae.decode(features) + eb.error).to(eb.cache.site_output.dtype)
@@ -309,11 +344,74 @@ class Study:
             self.show.advance(3, "attribution")
         return (total / (self.data.n_examples if wanted is None else max(len(wanted), 1))).numpy()
 
+    def _ablation_delta(self, b: int, eb: EvalBatch) -> torch.Tensor:
+        """(ablated − actual) of every feature at the edited positions of batch ``b``."""
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, -(10**9), b))
+        everything = torch.arange(self.d_sae)
+        with torch.no_grad():
+            ablated = self.ablation.apply(
+                eb.features,
+                everything.to(eb.features.device),
+                self.batch_stats(b),
+                self.ablation_options,
+                generator,
+            )
+            return (ablated - eb.features) * edit_mask(eb.batch, self.first_position)[..., None]
+
+    def _remote_attribution(self, wanted: set[int] | None) -> np.ndarray:
+        """``attribution`` on NDIF: one request brings back each batch's gradient of the objective at
+        the site; the SAE's decoder carries it to the features here. The objective is linear in the
+        sequences' log-probs with weights taken at the splice (1 for the gold sequence, minus the
+        softmax over the distractors for a margin), so its gradient is the one autograd takes here."""
+        total = torch.zeros(self.d_sae, dtype=torch.float64)
+        chosen_batches = []
+        for b, eb in enumerate(self.data.batches):
+            chosen = [
+                layout
+                for i, layout in zip(eb.example_indices, eb.layouts, strict=True)
+                if wanted is None or i in wanted
+            ]
+            if chosen:
+                chosen_batches.append((b, eb, chosen))
+        missing = [(b, eb) for b, eb, _ in chosen_batches if b not in self._splice_scores]
+        if missing:
+            results = self.split.score_all(
+                [self._job(eb, "splice", None) for _, eb in missing], purpose="splice"
+            )
+            for (b, _), job in zip(missing, results, strict=True):
+                self._splice_scores[b] = (job.seq_logprob, job.seq_correct)
+        weights = []
+        for b, eb, chosen in chosen_batches:
+            seq_lp = self._splice_scores[b][0].detach()
+            w = torch.zeros(eb.batch.size, dtype=torch.float32)
+            for layout in chosen:
+                w[layout.gold_sequence] += 1.0
+                others = distractors(layout)
+                if others:
+                    w[others] -= torch.softmax(seq_lp[others].float(), dim=0)
+            weights.append(w)
+        grads = (
+            self.split.grad_all([eb.batch for _, eb, _ in chosen_batches], weights) if chosen_batches else []
+        )
+        for (b, eb, _), grad in zip(chosen_batches, grads, strict=True):
+            delta = self._ablation_delta(b, eb)
+            with torch.enable_grad():
+                features = eb.features.detach().clone().requires_grad_(True)
+                value = (self.sae.decode(features) + eb.error).to(eb.cache.site_output.dtype)
+                (features_grad,) = torch.autograd.grad(value, features, grad.to(value.device, value.dtype))
+            total += (features_grad * delta).sum(dim=(0, 1)).double().cpu()
+        self.n_conditions += 3
+        if self.show is not None:
+            self.show.advance(3, "attribution")
+        return (total / (self.data.n_examples if wanted is None else max(len(wanted), 1))).numpy()
+
     # -- measurements analyses read ----------------------------------------------------------
 
     def check_splice(
         self, loaded: LoadedModel, check_examples: int | None, tolerance: float, described: str
     ) -> dict[str, Any]:
+        if self.remote:
+            return check_remote_splice(self, check_examples, tolerance, described, loaded.dtype)
         return check_splice(
             loaded,
             self.split,
@@ -348,6 +446,11 @@ class Study:
         else:
             rows, source = rows_from_eval(self.data), "evaluation examples"
         return top_contexts(self.sae, rows, features, tokenizer, first_position=self.first_position), source
+
+
+def linear_decoder(sae: torch.nn.Module) -> bool:
+    """Whether the SAE decodes as ``f @ W_dec + b_dec`` (an edit is then a change along decoder rows)."""
+    return getattr(type(sae), "decode", None) is SparseAutoencoder.decode
 
 
 def feature_statistics(
@@ -494,30 +597,116 @@ def check_splice(
         worst_fast = worst_of(worst_fast, float((fast - traced)[mask].abs().max()))
         worst_edited = worst_of(worst_edited, float((fast_edit - traced_edit)[mask].abs().max()))
         checked += len(eb.example_indices)
-    result = {
-        "max_abs_logit_diff": worst_splice,
-        "fast_path_max_abs_diff": worst_fast,
-        "edited_fast_path_max_abs_diff": worst_edited,
+    return splice_verdict(
+        (worst_splice, worst_fast, worst_edited),
+        edited_features,
+        checked,
+        tolerance,
+        "nnsight",
+        f"the spliced model does not reproduce the clean model: max |logit difference| "
+        f"{worst_splice:.3g} (nnsight splice vs clean), {worst_fast:.3g} (fast path vs nnsight) and "
+        f"{worst_edited:.3g} (the same with {edited_features} features zeroed) on {checked} examples, "
+        f"tolerance {tolerance:g}. {described}, or the model runs in low precision; raise "
+        f"--splice-tolerance only if you accept that difference",
+        loaded.dtype,
+    )
+
+
+def check_remote_splice(
+    study: Study,
+    check_examples: int | None,
+    tolerance: float,
+    described: str,
+    dtype: str,
+    edited_features: int = 16,
+) -> dict[str, Any]:
+    """``check_splice`` on NDIF, in one request, on the per-sequence target log-probs (no logits come
+    back): the SAE spliced in with its error term (the whole new output sent) against the clean model;
+    the splice as NDIF runs it (the site untouched) against that; and the batch's most active
+    features zeroed sent as decoder-row changes against the same edit sent whole."""
+    jobs: list[ScoreJob] = []
+    checked = 0
+    for eb in study.data.batches:
+        if check_examples is not None and checked >= check_examples:
+            break
+        where = edit_mask(eb.batch, study.first_position)[..., None]
+        chosen = (
+            eb.features[where[..., 0]].float().mean(dim=0).topk(min(edited_features, study.d_sae)).indices
+        )
+        zeroed = eb.features.clone()
+        zeroed[..., chosen] = 0
+        zeroed = torch.where(where, zeroed, eb.features)
+        dtype = eb.cache.site_output.dtype
+        with torch.no_grad():
+            splice = (study.sae.decode(eb.features) + eb.error).to(dtype)
+            edited = (study.sae.decode(zeroed) + eb.error).to(dtype)
+            delta_job = study._edited_job(eb.batch, eb.cache, eb.features, eb.error, zeroed)
+        jobs += [
+            ScoreJob(eb.batch, eb.cache, None),
+            ScoreJob(eb.batch, eb.cache, splice),
+            study._job(eb, "splice", None),
+            ScoreJob(eb.batch, eb.cache, edited),
+            delta_job,
+        ]
+        checked += len(eb.example_indices)
+    results = study.split.score_all(jobs, purpose="splice check (once)")
+
+    def worst(a: JobScores, b: JobScores) -> float:
+        return float((a.seq_logprob.double() - b.seq_logprob.double()).abs().max())
+
+    worst_splice, worst_fast, worst_edited = 0.0, 0.0, 0.0
+    for i in range(0, len(results), 5):
+        clean, splice, identity, edited, delta = results[i : i + 5]
+        worst_splice = worst_of(worst_splice, worst(splice, clean))
+        worst_fast = worst_of(worst_fast, worst(identity, splice))
+        worst_edited = worst_of(worst_edited, worst(delta, edited))
+    return splice_verdict(
+        (worst_splice, worst_fast, worst_edited),
+        edited_features,
+        checked,
+        tolerance,
+        "nnsight on NDIF: differences of the per-sequence target log-probs, not of logits",
+        f"the spliced model does not reproduce the clean model on NDIF: max |target log-prob "
+        f"difference| {worst_splice:.3g} (splice vs clean), {worst_fast:.3g} (the site untouched vs the "
+        f"splice) and {worst_edited:.3g} (the edit as decoder-row changes vs sent whole, "
+        f"{edited_features} features zeroed) on {checked} examples, tolerance {tolerance:g}. "
+        f"{described}, or the model runs in low precision; raise --splice-tolerance only if you "
+        "accept that difference",
+        dtype,
+    )
+
+
+def splice_verdict(
+    worst: tuple[float, float, float],
+    edited_features: int,
+    checked: int,
+    tolerance: float,
+    method: str,
+    failure: str,
+    dtype: str,
+) -> dict[str, Any]:
+    """The splice check's record, or a SpliceError with ``failure`` when a difference is beyond the
+    tolerance (``not (x <= tol)``, so that NaN, a non-finite SAE or model output, fails)."""
+    if not all(w <= tolerance for w in worst):
+        raise SpliceError(failure)
+    return {
+        "max_abs_logit_diff": worst[0],
+        "fast_path_max_abs_diff": worst[1],
+        "edited_fast_path_max_abs_diff": worst[2],
         "edited_features": edited_features,
         "examples_checked": checked,
         "tolerance": tolerance,
-        "dtype": loaded.dtype,
-        "method": "nnsight",
+        "dtype": dtype,
+        "method": method,
     }
-    # ``not (x <= tol)`` so that NaN (a non-finite SAE or model output) fails the check
-    if not (worst_splice <= tolerance and worst_fast <= tolerance and worst_edited <= tolerance):
-        raise SpliceError(
-            f"the spliced model does not reproduce the clean model: max |logit difference| "
-            f"{worst_splice:.3g} (nnsight splice vs clean), {worst_fast:.3g} (fast path vs nnsight) and "
-            f"{worst_edited:.3g} (the same with {edited_features} features zeroed) on {checked} examples, "
-            f"tolerance {tolerance:g}. {described}, or the model runs in low precision; raise "
-            f"--splice-tolerance only if you accept that difference"
-        )
-    return result
 
 
 def unembedding_effects(
-    split: SplitModel, sae: torch.nn.Module, features: Sequence[int], tokenizer: Any, n: int = 10
+    split: SplitModel | RemoteSplitModel,
+    sae: torch.nn.Module,
+    features: Sequence[int],
+    tokenizer: Any,
+    n: int = 10,
 ) -> dict[int, dict[str, list[dict[str, Any]]]]:
     """Tokens each feature's decoder direction promotes and suppresses through the unembedding.
 
@@ -529,20 +718,17 @@ def unembedding_effects(
         return {}
     directions = sae.W_dec.detach()[list(features)].float()
     directions = split.through_final_norm(directions)
-    unembed = split.unembed.weight.detach().float()  # (vocab, d)
-    scores = (directions.to(unembed.device) @ unembed.T).cpu()
+    top_values, top_ids, bottom_values, bottom_ids = split.unembedding_extremes(directions, n)
     out: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for row, feature in enumerate(features):
-        top = torch.topk(scores[row], n)
-        bottom = torch.topk(-scores[row], n)
         out[int(feature)] = {
             "promoted": [
                 {"token": tokenizer.decode([int(t)]), "logit": float(v)}
-                for v, t in zip(top.values, top.indices, strict=False)
+                for v, t in zip(top_values[row], top_ids[row], strict=False)
             ],
             "suppressed": [
                 {"token": tokenizer.decode([int(t)]), "logit": float(-v)}
-                for v, t in zip(bottom.values, bottom.indices, strict=False)
+                for v, t in zip(bottom_values[row], bottom_ids[row], strict=False)
             ],
         }
     return out

@@ -41,7 +41,7 @@ from scircuits.platform.config.stages import resolve_model_dtype
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.manager.plugin_set import PluginSet, get_plugins
 from scircuits.platform.model.sequences import encode_example
-from scircuits.platform.model.tracing import RemoteBackend, SitesTracer, load_remote
+from scircuits.platform.model.tracing import RemoteBackend, SitesTracer, check_ndif, load_remote
 from scircuits.platform.train.distributed import from_environment, launch, under_launcher
 from scircuits.store import ActivationStore, ActivationStoreWriter, StoreMismatchError
 from scircuits.store.collection import MANIFEST, read_manifest, shard_path, site_key, write_manifest
@@ -298,6 +298,8 @@ def _run_collect(
         raise ConfigError(
             "--nproc runs the model in several local processes; it cannot be combined with --remote"
         )
+    if config.remote and remote_backend is True:
+        check_ndif(adapter, config.model_path)  # a key, a hub model NDIF serves: before any work
     benchmark = options = None
     if config.corpus is None:
         benchmark = plugins.benchmarks.get(config.benchmark)

@@ -428,6 +428,10 @@ class AblateConfig(StageConfig):
         "SAE stays float32.",
     )
     model_path: str | None = D(None, "Load the weights from this local folder.")
+    remote: bool = D(
+        False,
+        "Run the model on NDIF (needs NDIF_API_KEY); the SAE, the edit values and the statistics stay here.",
+    )
     out: str = D("causal", "Output folder.")
     progress: bool = D(True, "Show progress.")
     force: bool = D(
@@ -443,8 +447,11 @@ class AblateConfig(StageConfig):
         return SPLICE_TOLERANCE[self.resolved_model_dtype()]
 
     def identity(self) -> dict[str, Any]:
+        """``remote`` counts only when set, and the float32 defaults hash as before the dtype and its
+        tolerance were settings, so that local float32 studies keep the hash they had."""
         values = super().identity()
-        # the float32 defaults hash as before the dtype and its tolerance were settings
+        if not values.get("remote"):
+            values.pop("remote", None)
         values["splice_tolerance"] = self.resolved_splice_tolerance()
         if values.get("model_dtype") == "float32":
             del values["model_dtype"]
@@ -542,7 +549,7 @@ RunTrain = section(
 RunAblate = section(
     "RunAblate",
     AblateConfig,
-    RUN_SHARED | RUN_SETS | {"sae", "store", "split"},
+    RUN_SHARED | RUN_SETS | {"sae", "store", "split", "remote"},
     {
         "limit": 160,
         "top_k": lambda: [1, 5, 20, 50],
@@ -599,7 +606,9 @@ class RunConfig(StageConfig):
     seed: int = D(0, "Seed of examples, SAE training, controls and bootstrap.", ge=0)
     device: str = D("cpu", "cpu, cuda, ...")
     model_path: str | None = D(None, "Load the weights from this local folder.")
-    remote: bool = D(False, "Collect on NDIF (the causal stage needs local weights).")
+    remote: bool = D(
+        False, "Run the model on NDIF, for collection and the causal study (needs NDIF_API_KEY)."
+    )
     out: str = D("runs", "Parent folder of the run directory.")
     progress: bool = D(True, "Show progress.")
     force: bool = D(

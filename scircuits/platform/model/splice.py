@@ -25,7 +25,7 @@ from torch import nn
 
 from scircuits.platform.contract.errors import ScircuitsError
 from scircuits.platform.contract.models import LoadedModel, Site
-from scircuits.platform.model.scoring import SequenceBatch
+from scircuits.platform.model.scoring import SequenceBatch, next_token_nll, sequence_scores
 from scircuits.platform.model.tracing import traced_model
 
 FeatureEdit = Callable[[torch.Tensor], torch.Tensor]  # feature activations (..., d_sae) -> edited
@@ -145,6 +145,44 @@ class LowerCache:
         return LowerCache(self.site_output[keep], part(self.block_input), rest)
 
 
+@dataclass
+class LowRankDelta:
+    """The site's new output as ``x + coefficients @ rows``: (B, T, k) and (k, d)."""
+
+    coefficients: torch.Tensor
+    rows: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return tensor_bytes(self.coefficients) + tensor_bytes(self.rows)
+
+
+@dataclass
+class ScoreJob:
+    """One batch of one condition: the site's output set to ``value`` (None: left as the model
+    computes it), or, on NDIF, to the clean output plus ``delta`` when one is given."""
+
+    batch: SequenceBatch
+    cache: LowerCache
+    value: torch.Tensor | None
+    ce: bool = False
+    delta: LowRankDelta | None = None
+
+
+@dataclass
+class JobScores:
+    """Per sequence: Σ target log-prob, all targets argmax; the summed next-token NLL and its count."""
+
+    seq_logprob: torch.Tensor
+    seq_correct: torch.Tensor
+    nll_sum: float = 0.0
+    nll_count: int = 0
+
+
+def tensor_bytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
 class SplitModel:
     """A loaded causal LM split at (layer, site): ``lower`` once per batch, ``upper`` per condition."""
 
@@ -242,6 +280,29 @@ class SplitModel:
         if all_positions:
             return self.unembed_hidden(hidden)
         return self.unembed_hidden(hidden[batch.pred_rows, batch.pred_cols])
+
+    def score_all(self, jobs: list[ScoreJob], purpose: str = "condition") -> list[JobScores]:
+        """The scores of every job (the upper blocks once per job)."""
+        out = []
+        for job in jobs:
+            batch = job.batch
+            value = job.cache.site_output if job.value is None else job.value
+            logits = self.upper(batch, job.cache, value, all_positions=job.ce)
+            nll_sum, nll_count = 0.0, 0
+            if job.ce:
+                nll_sum, nll_count = next_token_nll(logits, batch)
+                logits = logits[batch.pred_rows, batch.pred_cols]
+            seq_lp, seq_ok = sequence_scores(logits, batch)
+            out.append(JobScores(seq_lp, seq_ok, nll_sum, nll_count))
+        return out
+
+    def unembedding_extremes(self, directions: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+        """Per direction (F, d), the ``n`` largest and the ``n`` largest negated unembedding scores
+        ``direction @ W_U.T``: (values, token ids) of each, (F, n) apiece."""
+        unembed = self.unembed.weight.detach().float()
+        scores = (directions.to(unembed.device) @ unembed.T).cpu()  # (F, vocab)
+        top, bottom = torch.topk(scores, n, dim=1), torch.topk(-scores, n, dim=1)
+        return top.values, top.indices, bottom.values, bottom.indices
 
     def final_norm(self) -> nn.Module | None:
         """The norm applied before the unembedding (the adapter's ``final_norm``)."""

@@ -80,6 +80,12 @@ def traced_model(loaded: LoadedModel) -> TracedModel:
     return traced
 
 
+def runs_remotely(loaded: LoadedModel) -> bool:
+    """Whether ``loaded`` was built by ``load_remote`` (its traces go to NDIF or its stand-in)."""
+    existing = getattr(loaded.model, _TRACED_ATTRIBUTE, None)
+    return bool(existing is not None and existing.remote)
+
+
 def nnsight_model(loaded: LoadedModel) -> Any:
     """The nnsight ``TransformersModel`` over ``loaded`` (pass ``**traced_model(loaded).trace_kwargs()``
     to its ``trace`` so that remote models run remotely)."""
@@ -96,6 +102,40 @@ def ndif_api_key() -> str | None:
         return CONFIG.API.APIKEY or None
     except Exception:
         return None
+
+
+def check_ndif(adapter: ModelAdapter, model_path: str | None = None) -> None:
+    """Before any work of a ``--remote`` command: an NDIF key, a hub model, and NDIF serving it now
+    (asked of NDIF's status page). One ConfigError line otherwise."""
+    if not ndif_api_key():
+        raise ConfigError(
+            "--remote runs the model on NDIF and needs an API key: set NDIF_API_KEY (get one at "
+            "https://login.ndif.us), or drop --remote to run the model here."
+        )
+    if model_path is not None:
+        raise ConfigError(
+            "--remote runs a hub model on NDIF, which knows it by its repository id; "
+            "a local --model-path cannot be sent there. Drop one of the two."
+        )
+    repo = adapter.hf_id
+    if not repo:
+        raise ConfigError(f"model {adapter.name!r} names no hub repository to run remotely")
+    import nnsight.ndif
+
+    served = nnsight.ndif.status(raw=True)
+    deployments = served.get("deployments", {}) if isinstance(served, dict) else {}
+    if not deployments:
+        raise ConfigError(
+            "--remote: NDIF's status page (https://nnsight.net/status) could not be read or lists no "
+            "model; check the network and NDIF's status, or drop --remote to run the model here."
+        )
+    repos = sorted({str(d.get("repo_id", name)) for name, d in deployments.items()})
+    if not any(r.lower() == repo.lower() for r in repos):
+        raise ConfigError(
+            f"--remote: NDIF does not serve {repo} ({adapter.name}) now; it serves "
+            f"{', '.join(repos[:12])}{' ...' if len(repos) > 12 else ''}. Pick one of those with "
+            "--model (hf:REPO), or drop --remote."
+        )
 
 
 def load_remote(

@@ -46,6 +46,7 @@ from scircuits.platform.common.remote import is_url, join_path, remote_out
 from scircuits.platform.config import RunConfig, StageConfig
 from scircuits.platform.contract.errors import ConfigError, WeightsUnavailableError
 from scircuits.platform.contract.hf_loading import check_weights_available, config_sizes
+from scircuits.platform.model.tracing import check_ndif
 from scircuits.platform.pipeline.stages import STAGES, PlanContext, Stage
 from scircuits.platform.pipeline.state import STATE_FILE, PipelineState
 from scircuits.platform.report.document import REPORT_HTML, REPORT_MD
@@ -239,15 +240,10 @@ def say(message: str) -> None:
 def check_model_weights(config: RunConfig, plugins: Any) -> None:
     """Stop before any work when the weights cannot be had (WeightsUnavailableError names the ways)."""
     adapter = plugins.models.get(config.model)
-    try:
-        check_weights_available(adapter, config.model_path)
-    except WeightsUnavailableError as exc:
-        if config.remote:
-            raise WeightsUnavailableError(
-                f"{exc} (--remote covers collection only: the causal stage runs the model hundreds of "
-                "times on this machine, so it needs the weights here)"
-            ) from None
-        raise
+    if config.remote:  # every stage that runs the model runs it on NDIF
+        check_ndif(adapter, config.model_path)
+        return
+    check_weights_available(adapter, config.model_path)
 
 
 def check_examples(the_plan: Plan, plugins: Any) -> None:

@@ -188,6 +188,7 @@ class AblateStage(Stage):
                 "store": None if context.published_sae else str(context.run_dir / CollectStage.artifact_name),
                 "split": run.split,
                 "out": str(self.artifact(context.run_dir)),
+                "remote": run.remote,
                 "progress": run.progress,
                 "force": run.force,
             }

@@ -118,6 +118,8 @@ def _random_init_model(loaded: Any, seed: int) -> tuple[Any | None, str]:
     model = loaded.model
     if getattr(model, "config", None) is None:
         return None, "the model has no config to rebuild it from"
+    if any(p.is_meta for p in model.parameters()):
+        return None, "the model runs remotely (--remote): no randomly initialised copy of it is run here"
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
