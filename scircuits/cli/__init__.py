@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> Any:
         exc.show()
         sys.exit(exc.exit_code)
     except ScircuitsError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        if not getattr(exc, "reported_elsewhere", False):  # a torchrun rank whose line rank 0 prints
+            click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,30 @@ def train(
     Writes OUT/cfg.json + sae_weights.safetensors (SAELens format), scircuits.json and
     train_log.jsonl. Skips when OUT already holds a complete checkpoint of the same config.
     """
+    from scircuits.platform.contract.errors import ScircuitsError
+    from scircuits.platform.train.distributed import under_launcher
+    from scircuits.platform.train.training import refuse_as_rank
+
+    try:
+        _train(config_file, stores, sae, k, l1, decorrelation, hparams, flags)
+    except ScircuitsError as exc:
+        if under_launcher() and not getattr(exc, "reported_elsewhere", False):
+            refuse_as_rank(str(flags.get("device") or "cpu"), exc)  # the other ranks stop too
+        raise
+
+
+def _train(
+    config_file: str | None,
+    stores: tuple[str, ...],
+    sae: str | None,
+    k: int | None,
+    l1: float | None,
+    decorrelation: float | None,
+    hparams: tuple[str, ...],
+    flags: dict[str, Any],
+) -> None:
     from scircuits.platform.manager.plugin_set import get_plugins
-    from scircuits.platform.train.distributed import parse_devices
+    from scircuits.platform.train.distributed import parse_devices, under_launcher
     from scircuits.platform.train.size import check_sae_memory
     from scircuits.platform.train.training import train as train_one
     from scircuits.platform.train.training import train_many
@@ -79,6 +102,13 @@ def train(
                 values["sae"] = name
             jobs.append(TrainConfig.validated(values))
     plugins = get_plugins()
+    if under_launcher():  # a torchrun rank: the ranks check together in train(), one line if refused
+        if len(jobs) > 1:
+            raise ConfigError("under torchrun train one SAE: give one --store and one --sae")
+        out_dir = train_one(jobs[0], plugins)
+        if os.environ.get("RANK") == "0":
+            click.echo(str(out_dir))
+        return
     for job in jobs:
         _check_hparams(job, plugins)
     widths = {store: ActivationStore(store).d_model for store in store_list}  # each readable, before any job
