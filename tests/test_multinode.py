@@ -22,12 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scircuits.platform.config import TrainConfig
-from scircuits.platform.manager.plugin_set import get_plugins
+from scircuits.cli import main
 from scircuits.platform.train import checkpoint as ckpt
 from scircuits.platform.train.distributed import free_port
 from scircuits.platform.train.exclusion import fit_exclusion, row_norms
-from scircuits.platform.train.training import train
 from scircuits.store import ActivationStore
 from scircuits.store.synthetic import write_synthetic_store
 
@@ -61,25 +59,6 @@ def settings(store, out: Path, changes: dict[str, str] | None = None, *more: str
     }
     flags = (x for key, value in values.items() for x in (f"--{key}", value))
     return ["train", *flags, "--no-progress", *more]
-
-
-def config(store, out: Path, **changes) -> TrainConfig:
-    values = dict(
-        store=str(store),
-        sae="topk",
-        hparams={"k": 4},
-        expansion=2,
-        batch_size=64,
-        epochs=EPOCHS,
-        lr=3e-3,
-        warmup_steps=5,
-        eval_every=10,
-        checkpoint_every=CHECKPOINT_EVERY,
-        out=str(out),
-        progress=False,
-    )
-    values.update(changes)
-    return TrainConfig(**values)
 
 
 def two_nodes(
@@ -146,8 +125,9 @@ def test_two_nodes_train_what_nproc_2_trains_and_only_rank_0_writes(store, two_n
     assert not rank1_out.exists(), "rank 1 wrote its --out"
     assert nodes[0].stdout.strip() == str(out) and nodes[1].stdout == ""  # the path, printed once
     assert scircuits_errors(nodes) == []
-    nproc = train(config(store, tmp_path / "nproc2", nproc=2), get_plugins())
-    single = train(config(store, tmp_path / "one"), get_plugins())
+    nproc, single = tmp_path / "nproc2", tmp_path / "one"
+    main(settings(store, nproc, None, "--nproc", "2"))  # the command line in this process
+    main(settings(store, single))
     assert (out / ckpt.WEIGHTS_FILE).read_bytes() == (nproc / ckpt.WEIGHTS_FILE).read_bytes()
     meta, meta_nproc, meta_single = (
         json.loads((path / ckpt.META_FILE).read_text()) for path in (out, nproc, single)
@@ -206,6 +186,7 @@ BAD = {
     "mismatch": ({}, {"k": "5"}, "different settings (--hparams {'k': 4} on rank 0, {'k': 5} on rank 1)"),
     "store": ({}, {"store": "/nonexistent/acts.zarr"}, "rank 1 of 2: /nonexistent/acts.zarr"),
     "width": ({}, {"expansion": "300"}, "rank 1 of 2: invalid train config"),
+    "misspelt": ({}, {"epochz": "3"}, "rank 1 of 2: No such option '--epochz'"),
 }
 
 

@@ -107,7 +107,13 @@ def main(argv: list[str] | None = None) -> Any:
     except click.UsageError as exc:
         # one line, as every other refusal: what was wrong, and where the help is
         where = exc.ctx.command_path if exc.ctx is not None else "scircuits"
-        click.echo(f"Error: {exc.format_message()} (see `{where} --help`)", err=True)
+        message = f"{exc.format_message()} (see `{where} --help`)"
+        if (argv if argv is not None else sys.argv[1:])[:1] == ["train"]:
+            from scircuits.cli.train import refused_rank_line
+
+            message = refused_rank_line(argv if argv is not None else sys.argv[1:], message)
+        if message:
+            click.echo(f"Error: {message}", err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()

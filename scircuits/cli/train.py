@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import click
 from scircuits.cli.common import config_option, echo_json, echo_table, parse_key_values, stage_config
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.config.options import stage_options
-from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 
 
 @click.command()
@@ -46,25 +48,48 @@ def train(
     Writes OUT/cfg.json + sae_weights.safetensors (SAELens format), scircuits.json and
     train_log.jsonl. Skips when OUT already holds a complete checkpoint of the same config.
     """
-    from scircuits.platform.contract.errors import ScircuitsError
+    with _ranks_stop_together(str(flags.get("device") or "cpu")):
+        _train(config_file, stores, sae, {"k": k, "l1": l1, "decorrelation": decorrelation}, hparams, flags)
+
+
+@contextmanager
+def _ranks_stop_together(device: str) -> Iterator[None]:
+    """Under torchrun, a refusal raised before this rank joined the others is sent to them (they
+    would otherwise wait for it); rank 0 prints it."""
     from scircuits.platform.train.distributed import under_launcher
     from scircuits.platform.train.training import refuse_as_rank
 
     try:
-        _train(config_file, stores, sae, k, l1, decorrelation, hparams, flags)
+        yield
     except ScircuitsError as exc:
         if under_launcher() and not getattr(exc, "reported_elsewhere", False):
-            refuse_as_rank(str(flags.get("device") or "cpu"), exc)  # the other ranks stop too
+            refuse_as_rank(device, exc)
         raise
+
+
+def refused_rank_line(argv: list[str], message: str) -> str:
+    """The line to print for a `train` command line that could not be read: as it is, or under
+    torchrun the line rank 0 prints for every rank ("" on the others), after this rank has told the
+    others, which would otherwise wait for it."""
+    from scircuits.platform.train.distributed import under_launcher
+    from scircuits.platform.train.training import refuse_as_rank
+
+    if not under_launcher():
+        return message
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("--device=")]
+    given += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--device"]
+    try:
+        refuse_as_rank(given[-1] if given else "cpu", ConfigError(message))
+    except ScircuitsError as exc:
+        return "" if getattr(exc, "reported_elsewhere", False) else str(exc)
+    return message
 
 
 def _train(
     config_file: str | None,
     stores: tuple[str, ...],
     sae: str | None,
-    k: int | None,
-    l1: float | None,
-    decorrelation: float | None,
+    variant_flags: dict[str, Any],
     hparams: tuple[str, ...],
     flags: dict[str, Any],
 ) -> None:
@@ -75,7 +100,6 @@ def _train(
     from scircuits.platform.train.training import train_many
     from scircuits.store import ActivationStore
 
-    variant_flags = {"k": k, "l1": l1, "decorrelation": decorrelation}
     extra = {key: value for key, value in variant_flags.items() if value is not None}
     extra.update(parse_key_values(hparams, "--hparam"))
     base = stage_config(TrainConfig, config_file, {**flags, "sae": None, "store": None})

@@ -21,8 +21,10 @@ Training details:
   (``scircuits.platform.train.metrics``), appended to ``train_log.jsonl``;
 - every ``checkpoint_every`` steps: the full training state (weights, Adam moments, step, epoch,
   position in the epoch, dead-latent counters, RNG) so ``--resume`` ends with the same weights as
-  an uninterrupted run. Under DDP every rank reads a disjoint share of each epoch; gradients are
-  all-reduced; rank 0 evaluates and writes.
+  an uninterrupted run. Under DDP every rank reads a disjoint share of each epoch (and of the
+  token-exclusion pass); gradients are all-reduced; rank 0 evaluates and writes. Under torchrun
+  (``_train_as_rank``) rank 0 also locks and claims the folder, and a refusal or a lost rank is one
+  line (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -460,7 +462,7 @@ def _train_checked(config: TrainConfig, plugins: PluginSet, stop_after_steps: in
     if config.nproc > 1:
         launch(config.nproc, _distributed_entry, config.model_dump(mode="json"), stop_after_steps, hold=out)
         return out
-    _train_rank(config, plugins.saes.get(config.sae), DistContext(device=config.device), stop_after_steps)
+    _train_rank(config, plugins.saes.get(config.sae), from_environment(config.device), stop_after_steps)
     return out
 
 
