@@ -181,6 +181,16 @@ def test_a_killed_rank_leaves_one_line_and_resume_ends_with_the_same_weights(
     assert not rank1_out.exists()
 
 
+def test_a_rank_lost_after_the_last_step_leaves_rank_0_s_checkpoint_complete(store, two_node_run, tmp_path):
+    out, rank1_out = tmp_path / "sae", tmp_path / "rank1"
+    nodes = two_nodes(settings(store, out), settings(store, rank1_out), script=KILL_SCRIPT, kill="1:end")
+    assert "exitcode  : -9" in nodes[1].stderr and nodes[0].returncode != 0
+    (line,) = scircuits_errors(nodes)
+    assert "rank 0 of 2 lost the other ranks" in line and f"the checkpoint in {out} is complete" in line, line
+    assert ckpt.is_complete(out) and not rank1_out.exists()
+    assert (out / ckpt.WEIGHTS_FILE).read_bytes() == (two_node_run[0] / ckpt.WEIGHTS_FILE).read_bytes()
+
+
 BAD = {
     "batch": ({"batch-size": "63"}, {"batch-size": "63"}, "--batch-size 63 is not divisible by the 2"),
     "mismatch": ({}, {"k": "5"}, "different settings (--hparams {'k': 4} on rank 0, {'k': 5} on rank 1)"),

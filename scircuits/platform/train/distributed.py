@@ -346,7 +346,7 @@ def lost_rank_error(dist: DistContext, exc: BaseException, what: str) -> LostRan
     first = first.split("] ", 1)[-1].split(". ", 1)[0][:200]  # gloo's source location and advice cut
     return LostRankError(
         f"rank {dist.rank} of {dist.world_size} lost the other ranks ({first}): a rank or its node died "
-        f"or the network dropped; nothing is marked complete and {what}",
+        f"or the network dropped; {what}",
         quiet=dist.local_rank != 0,
     )
 

@@ -571,12 +571,14 @@ def _train_rank(
     except Exception as exc:
         if not (dist.enabled and lost_peer(exc)):
             raise
-        raise lost_rank_error(
-            dist,
-            exc,
-            f"rank 0's --out {config.out} keeps the training state saved last (every "
-            f"{config.checkpoint_every} steps): start the same command on every node again with --resume",
-        ) from None
+        what = (
+            f"nothing is marked complete and rank 0's --out {config.out} keeps the training state saved "
+            f"last (every {config.checkpoint_every} steps): start the same command on every node again "
+            "with --resume"
+        )
+        if dist.is_main and ckpt.is_complete(config.out, config.config_hash()):
+            what = f"the checkpoint in {config.out} is complete (written before the other ranks were lost)"
+        raise lost_rank_error(dist, exc, what) from None
 
 
 def _fit(config: TrainConfig, variant: SAEVariant, dist: DistContext, stop_after_steps: int | None) -> None:
