@@ -107,13 +107,20 @@ def main(argv: list[str] | None = None) -> Any:
     except click.UsageError as exc:
         # one line, as every other refusal: what was wrong, and where the help is
         where = exc.ctx.command_path if exc.ctx is not None else "scircuits"
-        click.echo(f"Error: {exc.format_message()} (see `{where} --help`)", err=True)
+        message = f"{exc.format_message()} (see `{where} --help`)"
+        if (argv if argv is not None else sys.argv[1:])[:1] == ["train"]:
+            from scircuits.cli.train import refused_rank_line
+
+            message = refused_rank_line(argv if argv is not None else sys.argv[1:], message)
+        if message:
+            click.echo(f"Error: {message}", err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except ScircuitsError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        if not getattr(exc, "reported_elsewhere", False):  # a torchrun rank whose line rank 0 prints
+            click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ from scircuits.cli.common import config_option, echo_json, echo_table, parse_key
 from scircuits.platform.common.remote import is_url, join_path
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.config.options import stage_options
-from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 
 
 @click.command()
@@ -46,14 +49,58 @@ def train(
     Writes OUT/cfg.json + sae_weights.safetensors (SAELens format), scircuits.json and
     train_log.jsonl. Skips when OUT already holds a complete checkpoint of the same config.
     """
+    with _ranks_stop_together(str(flags.get("device") or "cpu")):
+        _train(config_file, stores, sae, {"k": k, "l1": l1, "decorrelation": decorrelation}, hparams, flags)
+
+
+@contextmanager
+def _ranks_stop_together(device: str) -> Iterator[None]:
+    """Under torchrun, a refusal raised before this rank joined the others is sent to them (they
+    would otherwise wait for it); rank 0 prints it."""
+    from scircuits.platform.train.distributed import under_launcher
+    from scircuits.platform.train.training import refuse_as_rank
+
+    try:
+        yield
+    except ScircuitsError as exc:
+        if under_launcher() and not getattr(exc, "reported_elsewhere", False):
+            refuse_as_rank(device, exc)
+        raise
+
+
+def refused_rank_line(argv: list[str], message: str) -> str:
+    """The line to print for a `train` command line that could not be read: as it is, or under
+    torchrun the line rank 0 prints for every rank ("" on the others), after this rank has told the
+    others, which would otherwise wait for it."""
+    from scircuits.platform.train.distributed import under_launcher
+    from scircuits.platform.train.training import refuse_as_rank
+
+    if not under_launcher():
+        return message
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("--device=")]
+    given += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--device"]
+    try:
+        refuse_as_rank(given[-1] if given else "cpu", ConfigError(message))
+    except ScircuitsError as exc:
+        return "" if getattr(exc, "reported_elsewhere", False) else str(exc)
+    return message
+
+
+def _train(
+    config_file: str | None,
+    stores: tuple[str, ...],
+    sae: str | None,
+    variant_flags: dict[str, Any],
+    hparams: tuple[str, ...],
+    flags: dict[str, Any],
+) -> None:
     from scircuits.platform.manager.plugin_set import get_plugins
-    from scircuits.platform.train.distributed import parse_devices
+    from scircuits.platform.train.distributed import parse_devices, under_launcher
     from scircuits.platform.train.size import check_sae_memory
     from scircuits.platform.train.training import train as train_one
     from scircuits.platform.train.training import train_many
     from scircuits.store import ActivationStore
 
-    variant_flags = {"k": k, "l1": l1, "decorrelation": decorrelation}
     extra = {key: value for key, value in variant_flags.items() if value is not None}
     extra.update(parse_key_values(hparams, "--hparam"))
     base = stage_config(TrainConfig, config_file, {**flags, "sae": None, "store": None})
@@ -80,6 +127,13 @@ def train(
                 values["sae"] = name
             jobs.append(TrainConfig.validated(values))
     plugins = get_plugins()
+    if under_launcher():  # a torchrun rank: the ranks check together in train(), one line if refused
+        if len(jobs) > 1:
+            raise ConfigError("under torchrun train one SAE: give one --store and one --sae")
+        out_dir = train_one(jobs[0], plugins)
+        if os.environ.get("RANK") == "0":
+            click.echo(str(out_dir))
+        return
     for job in jobs:
         _check_hparams(job, plugins)
     widths = {store: ActivationStore(store).d_model for store in store_list}  # each readable, before any job

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +48,18 @@ class _Part:
         """Arrays whose every block must exist on disk. Our writer writes even fill-value blocks
         ("chunk_rows" marks its stores); another tool may skip an all-zero id block, never acts."""
         return {ACTS: self.acts, **(self.ids if "chunk_rows" in self.attrs else {})}
+
+
+class ReadCount:
+    """Activation rows read from the files by a store and every view of it (threads included)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self._lock = threading.Lock()
+
+    def add(self, rows: int) -> None:
+        with self._lock:
+            self.rows += rows
 
 
 class LabelledBatch(NamedTuple):
@@ -96,6 +109,7 @@ class ActivationStore:
         self.last_counters = BufferCounters()
         self._count_cache: dict[tuple[str, bytes], np.ndarray] = {}
         self.excluded_rows = np.empty(0, dtype=np.int64)  # rows no split selects (``excluding``)
+        self.acts_read = ReadCount()  # shared with the views of ``excluding``
 
     def excluding(self, rows: np.ndarray) -> ActivationStore:
         """A view of this store whose splits, counts and batches leave out ``rows`` (global row
@@ -151,6 +165,8 @@ class ActivationStore:
             if lo < hi:
                 array = part.acts if name == ACTS else part.ids[name]
                 pieces.append(read_checked(part.path, array, lo - part.offset, hi - part.offset))
+                if name == ACTS:
+                    self.acts_read.add(hi - lo)
         if not pieces:
             array = self.parts[0].acts if name == ACTS else self.parts[0].ids[name]
             return read_checked(self.path, array, 0, 0)

@@ -411,7 +411,8 @@ class Study:
         self, loaded: LoadedModel, check_examples: int | None, tolerance: float, described: str
     ) -> dict[str, Any]:
         if self.remote:
-            return check_remote_splice(self, check_examples, tolerance, described, loaded.dtype)
+            dtype = str(loaded.dtype).removeprefix("torch.")
+            return check_remote_splice(self, check_examples, tolerance, described, dtype)
         return check_splice(
             loaded,
             self.split,
@@ -608,7 +609,7 @@ def check_splice(
         f"{worst_edited:.3g} (the same with {edited_features} features zeroed) on {checked} examples, "
         f"tolerance {tolerance:g}. {described}, or the model runs in low precision; raise "
         f"--splice-tolerance only if you accept that difference",
-        loaded.dtype,
+        str(loaded.dtype).removeprefix("torch."),
     )
 
 

@@ -7,6 +7,10 @@
   with its launcher (a parent-death signal on Linux, else a watchdog on the parent's pid) and holds
   the output folder's group lock while it lives, so a killed launcher leaves no worker writing and
   no new writer is let in beside one.
+- ``from_rank_zero`` / ``agree`` / ``broadcast_tensors``: what one rank decides or reads, shared
+  with the others (under torchrun rank 0 alone claims, locks and writes; the others learn its
+  outcome, so a refusal is printed once).
+- ``lost_peer``: an error of a collective whose other side is gone (a rank or node died).
 - ``run_jobs_on_devices``: independent jobs (one SAE each), one at a time per device.
 """
 
@@ -47,16 +51,32 @@ class DistContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def close(self) -> None:
+    def close(self, *, barrier: bool = True) -> None:
+        """Leave the process group. ``barrier=False`` after a failure: the other ranks may be gone or
+        waiting in another collective, and a barrier would then fail or wait for them."""
         if self.initialized_here:
             import torch.distributed as dist
 
             if dist.is_initialized():
                 # every rank arrives before any tears its connections down: a rank that destroys the
                 # group while another still talks to it aborts that one ("terminate called ...")
-                dist.barrier()
+                if barrier:
+                    dist.barrier()
                 dist.destroy_process_group()
             self.initialized_here = False
+
+
+class RankError(ScircuitsError):
+    """A failure of a distributed run. ``quiet``: another rank prints the same line (the CLI prints
+    nothing for this rank, and exits 2)."""
+
+    def __init__(self, message: str, *, quiet: bool = False) -> None:
+        super().__init__(message)
+        self.reported_elsewhere = quiet
+
+
+class LostRankError(RankError):
+    """A collective failed because another rank (or its node) is gone."""
 
 
 def under_launcher() -> bool:
@@ -75,6 +95,14 @@ def rank_device(device: str, local_rank: int) -> str:
     return one
 
 
+_JOINED: list[bool] = []  # set once this process has joined a process group
+
+
+def joined_a_group() -> bool:
+    """True once this process has joined the ranks' process group (even if it has left it since)."""
+    return bool(_JOINED)
+
+
 def from_environment(device: str) -> DistContext:
     if not under_launcher():
         return DistContext(device=rank_device(device, 0))
@@ -85,13 +113,23 @@ def from_environment(device: str) -> DistContext:
     world = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     this_device = rank_device(device, local_rank)
-    backend = "nccl" if this_device.startswith("cuda") else "gloo"
-    if this_device.startswith("cuda"):
+    # without CUDA the group still starts (gloo), so that the device check refuses on every rank at once
+    cuda = this_device.startswith("cuda") and torch.cuda.is_available()
+    backend = "nccl" if cuda else "gloo"
+    if cuda:
         torch.cuda.set_device(torch.device(this_device))
     created = False
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        try:
+            dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        except (RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RankError(
+                f"rank {rank} of {world}: torch.distributed could not start ({first}); check that every "
+                "node was started with the same --nnodes, --master-addr and --master-port"
+            ) from None
         created = True
+        _JOINED.append(True)
     return DistContext(
         rank=rank, world_size=world, local_rank=local_rank, device=this_device, initialized_here=created
     )
@@ -187,6 +225,130 @@ def all_reduce_(tensor: Any, op: str = "sum") -> Any:
     ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
     dist.all_reduce(tensor, op=ops[op])
     return tensor
+
+
+# -- sharing what one rank decides --------------------------------------------------------------
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def from_rank_zero(dist: DistContext, fn: Callable[[], Any]) -> Any:
+    """``fn()`` run on rank 0 alone; its value (or its refusal) on every rank. A ScircuitsError of
+    rank 0 is raised there as it is and on the others as a quiet RankError (printed once)."""
+    if not dist.enabled:
+        return fn()
+    import torch.distributed as tdist
+
+    box: list[Any] = [None]
+    if dist.is_main:
+        try:
+            value = fn()
+        except ScircuitsError as exc:
+            box[0] = ("error", str(exc))
+            tdist.broadcast_object_list(box, src=0)
+            raise
+        box[0] = ("ok", value)
+    tdist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise RankError(value, quiet=True)
+    return value
+
+
+def agree(dist: DistContext, fn: Callable[[], Any]) -> list[Any]:
+    """``fn()`` run on every rank (each checks what it was given and what it can read); the values
+    of all ranks, in rank order. When any rank's ``fn`` raised a ScircuitsError, every rank raises:
+    rank 0 with one line naming the first failing rank, the others quietly."""
+    if not dist.enabled:
+        return [fn()]
+    import torch.distributed as tdist
+
+    try:
+        mine: tuple[str, Any] = ("ok", fn())
+    except ScircuitsError as exc:
+        mine = ("error", str(exc))
+    found: list[Any] = [None] * dist.world_size
+    tdist.all_gather_object(found, mine)
+    failed = [(rank, value) for rank, (status, value) in enumerate(found) if status == "error"]
+    if failed:
+        rank, message = failed[0]
+        where = "" if rank == 0 else f"rank {rank} of {dist.world_size}: "
+        raise RankError(_one_line(where + message), quiet=not dist.is_main)
+    return [value for _, value in found]
+
+
+def broadcast_tensors(dist: DistContext, tensors: dict[str, Any] | None) -> dict[str, Any]:
+    """Rank 0's ``tensors`` (name -> CPU tensor) on every rank, as CPU tensors; the other ranks pass
+    None. Sent one tensor at a time (on the rank's device under NCCL), never pickled whole."""
+    if not dist.enabled:
+        return dict(tensors or {})
+    import torch
+    import torch.distributed as tdist
+
+    index: list[Any] = [None]
+    if dist.is_main:
+        assert tensors is not None
+        index[0] = [(name, tuple(t.shape), t.dtype) for name, t in tensors.items()]
+    tdist.broadcast_object_list(index, src=0)
+    device = torch.device(dist.device) if dist.device.startswith("cuda") else torch.device("cpu")
+    received: dict[str, Any] = {}
+    for name, shape, dtype in index[0]:
+        if dist.is_main:
+            assert tensors is not None
+            buffer = tensors[name].detach().to(device).contiguous()
+        else:
+            buffer = torch.empty(shape, dtype=dtype, device=device)
+        tdist.broadcast(buffer, src=0)
+        received[name] = buffer.cpu()
+    return received
+
+
+def gather_objects(dist: DistContext, value: Any) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order, on every rank."""
+    if not dist.enabled:
+        return [value]
+    import torch.distributed as tdist
+
+    found: list[Any] = [None] * dist.world_size
+    tdist.all_gather_object(found, value)
+    return found
+
+
+def sum_over_ranks(dist: DistContext, array: Any) -> Any:
+    """The element-wise sum of every rank's numpy ``array`` (same shape and dtype on each)."""
+    if not dist.enabled:
+        return array
+    import torch
+
+    device = dist.device if dist.device.startswith("cuda") else "cpu"
+    tensor = torch.from_numpy(array).to(device)
+    all_reduce_(tensor)
+    return tensor.cpu().numpy()
+
+
+LOST_PEER_MARKERS = ("Connection closed by peer", "Connection reset by peer", "gloo/transport", "NCCL")
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """True for the error a collective raises when another rank is gone (or the link to it broke)."""
+    import torch.distributed as tdist
+
+    if isinstance(exc, getattr(tdist, "DistError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in LOST_PEER_MARKERS)
+
+
+def lost_rank_error(dist: DistContext, exc: BaseException, what: str) -> LostRankError:
+    """One line for a rank whose collective failed; only the first rank of each node prints it."""
+    first = _one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    first = first.split("] ", 1)[-1].split(". ", 1)[0][:200]  # gloo's source location and advice cut
+    return LostRankError(
+        f"rank {dist.rank} of {dist.world_size} lost the other ranks ({first}): a rank or its node died "
+        f"or the network dropped; {what}",
+        quiet=dist.local_rank != 0,
+    )
 
 
 # -- independent jobs over devices --------------------------------------------------------------

@@ -88,17 +88,29 @@ def token_exclusion_of(meta: dict[str, Any] | None) -> TokenExclusion | None:
     return TokenExclusion.model_validate(found) if isinstance(found, dict) else None
 
 
-def fit_exclusion(
-    store: ActivationStore, rule: ExclusionRule, factor: float = DEFAULT_OUTLIER_FACTOR
-) -> tuple[TokenExclusion, np.ndarray]:
-    """Apply ``rule`` to ``store`` (one pass over its rows): the record and the excluded row indices."""
-    if rule == "none":
-        return TokenExclusion(rule="none", rows=store.n_tokens), np.empty(0, dtype=np.int64)
-    norms = np.empty(store.n_tokens, dtype=np.float32)
-    positions = np.empty(store.n_tokens, dtype=np.int64)
-    for start, stop in store.block_bounds():
+def row_norms(store: ActivationStore, *, rank: int = 0, world_size: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """|x| and position of every row of the store blocks ``rank`` reads (every ``world_size``-th
+    block); zeros elsewhere, so the ranks' arrays add up to the whole store's."""
+    norms = np.zeros(store.n_tokens, dtype=np.float32)
+    positions = np.zeros(store.n_tokens, dtype=np.int64)
+    for start, stop in store.block_bounds()[rank::world_size]:
         norms[start:stop] = np.linalg.norm(store.read_rows(start, stop), axis=1)
         positions[start:stop] = store.read_ids("positions", start, stop)
+    return norms, positions
+
+
+def fit_exclusion(
+    store: ActivationStore,
+    rule: ExclusionRule,
+    factor: float = DEFAULT_OUTLIER_FACTOR,
+    *,
+    measured: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[TokenExclusion, np.ndarray]:
+    """Apply ``rule`` to ``store`` (one pass over its rows, or ``measured``: what ``row_norms`` gives
+    for the whole store, e.g. summed over the ranks): the record and the excluded row indices."""
+    if rule == "none":
+        return TokenExclusion(rule="none", rows=store.n_tokens), np.empty(0, dtype=np.int64)
+    norms, positions = measured if measured is not None else row_norms(store)
     at_zero = positions == 0
     later = norms[~at_zero] if (~at_zero).any() else norms
     median = float(np.median(later)) if later.size else 0.0
@@ -128,5 +140,6 @@ __all__ = [
     "ExclusionRule",
     "TokenExclusion",
     "fit_exclusion",
+    "row_norms",
     "token_exclusion_of",
 ]

@@ -21,8 +21,10 @@ Training details:
   (``scircuits.platform.train.metrics``), appended to ``train_log.jsonl``;
 - every ``checkpoint_every`` steps: the full training state (weights, Adam moments, step, epoch,
   position in the epoch, dead-latent counters, RNG) so ``--resume`` ends with the same weights as
-  an uninterrupted run. Under DDP every rank reads a disjoint share of each epoch; gradients are
-  all-reduced; rank 0 evaluates and writes.
+  an uninterrupted run. Under DDP every rank reads a disjoint share of each epoch (and of the
+  token-exclusion pass); gradients are all-reduced; rank 0 evaluates and writes. Under torchrun
+  (``_train_as_rank``) rank 0 also locks and claims the folder, and a refusal or a lost rank is one
+  line (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import math
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,7 +45,7 @@ from scircuits.platform.common.device import check_device
 from scircuits.platform.common.progress import progress
 from scircuits.platform.common.remote import is_url, remote_out
 from scircuits.platform.config import TrainConfig
-from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.contract.models import tl_hook_name
 from scircuits.platform.contract.sae_module import SparseAutoencoder, TrainOutput
 from scircuits.platform.contract.saes import SAEVariant
@@ -51,15 +54,26 @@ from scircuits.platform.manager.registry import Registry
 from scircuits.platform.train import checkpoint as ckpt
 from scircuits.platform.train.distributed import (
     DistContext,
+    RankError,
+    agree,
     all_reduce_,
+    broadcast_tensors,
     from_environment,
+    from_rank_zero,
+    gather_objects,
+    joined_a_group,
     launch,
+    lost_peer,
+    lost_rank_error,
     run_jobs_on_devices,
+    sum_over_ranks,
     under_launcher,
 )
-from scircuits.platform.train.exclusion import fit_exclusion
+from scircuits.platform.train.exclusion import fit_exclusion, row_norms
 from scircuits.platform.train.metrics import RARE_FREQUENCY, ReconstructionStats
+from scircuits.platform.train.size import check_sae_memory
 from scircuits.store import ActivationStore
+from scircuits.version import __version__
 
 INIT_SAMPLE_TOKENS = 16384
 # latent usage (dead / rare) of the final SAE is counted over at most this many training tokens
@@ -376,81 +390,182 @@ def train(config: TrainConfig, plugins: PluginSet, *, stop_after_steps: int | No
 
     Skips (returns at once) when ``config.out`` holds a complete checkpoint with the same
     ``config_hash``. ``stop_after_steps`` ends the run early after writing a resumable state (what a
-    killed run leaves behind; tests use it).
+    killed run leaves behind; tests use it). Under torchrun this process is one rank: see
+    ``_train_as_rank``.
     """
-    config = apply_preset(config, plugins).with_plugin_defaults(plugins)
-    plugins.saes.get(config.sae)  # an unknown variant stops here, before the folder is touched
-    check_device(config.device)
-    if is_url(config.out) and not under_launcher():  # trained in a local staging folder, then published
+    if under_launcher():
+        return _train_as_rank(config, plugins, stop_after_steps)
+    config = _resolved(config, plugins)
+    if is_url(config.out):  # trained in a local staging folder, then published
         with remote_out(config.out, "SAE checkpoint") as local:
             done = train(
                 config.model_copy(update={"out": str(local)}), plugins, stop_after_steps=stop_after_steps
             )
         print(f"[train] published the checkpoint to {config.out}", file=sys.stderr)
         return done
+    check_world(config, config.nproc)
     out = Path(config.out)
-    if under_launcher():  # a DDP worker: the launching process holds the folder's lock
-        return _train_checked(config, plugins, stop_after_steps)
     with FolderLock(out, "SAE checkpoint"):
-        marker = read_marker(out)
-        if config.resume and marker is not None and marker.identity != config.config_hash():
-            raise ConfigError(
-                f"--resume: {out} holds a training state for a different config "
-                f"(hash {marker.identity}, now {config.config_hash()}); use another --out "
-                "or drop --resume to start over (the old one is then moved aside)"
-            )
-        claimed = ckpt.claim_checkpoint(out, config.config_hash(), force=config.force)
-        if claimed.moved_to:
-            held = (
-                "files scircuits did not write"
-                if claimed.state == "forced"
-                else "a checkpoint made with other settings"
-            )
-            print(f"[train] {out} held {held}; moved it to {claimed.moved_to}", file=sys.stderr)
-        if ckpt.is_complete(out, config.config_hash()):
-            print(
-                f"[train] {out} already holds a complete checkpoint for this config; skipping",
-                file=sys.stderr,
-            )
+        if _claim(config):
             return out
-        if not config.resume and ckpt.has_training_state(out):
-            if not config.force:
-                raise ConfigError(
-                    f"{out / ckpt.STATE_DIR} holds a saved training state of this config; add --resume to "
-                    "continue it, or --force to move it aside and start over"
-                )
-            aside = move_aside(out)
-            write_marker(out, "sae", config.config_hash())
-            print(f"[train] --force: moved the unresumed training state in {out} to {aside}", file=sys.stderr)
         return _train_checked(config, plugins, stop_after_steps)
+
+
+def _resolved(config: TrainConfig, plugins: PluginSet) -> TrainConfig:
+    """The preset and plugin defaults filled in; an unknown variant or an unusable device refused
+    before the folder is touched."""
+    config = apply_preset(config, plugins).with_plugin_defaults(plugins)
+    plugins.saes.get(config.sae)
+    check_device(config.device)
+    return config
+
+
+def check_world(config: TrainConfig, world_size: int) -> None:
+    if config.batch_size % world_size:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is not divisible by the {world_size} training processes; "
+            f"give a multiple of {world_size}"
+        )
+
+
+def _claim(config: TrainConfig) -> bool:
+    """Make ``config.out`` this checkpoint's folder (the caller holds its lock); True when it already
+    holds a complete checkpoint of this config (nothing to do)."""
+    out = Path(config.out)
+    marker = read_marker(out)
+    if config.resume and marker is not None and marker.identity != config.config_hash():
+        raise ConfigError(
+            f"--resume: {out} holds a training state for a different config "
+            f"(hash {marker.identity}, now {config.config_hash()}); use another --out "
+            "or drop --resume to start over (the old one is then moved aside)"
+        )
+    claimed = ckpt.claim_checkpoint(out, config.config_hash(), force=config.force)
+    if claimed.moved_to:
+        held = "files scircuits did not write"
+        if claimed.state != "forced":
+            held = "a checkpoint made with other settings"
+        print(f"[train] {out} held {held}; moved it to {claimed.moved_to}", file=sys.stderr)
+    if ckpt.is_complete(out, config.config_hash()):
+        print(f"[train] {out} already holds a complete checkpoint for this config; skipping", file=sys.stderr)
+        return True
+    if not config.resume and ckpt.has_training_state(out):
+        if not config.force:
+            raise ConfigError(
+                f"{out / ckpt.STATE_DIR} holds a saved training state of this config; add --resume to "
+                "continue it, or --force to move it aside and start over"
+            )
+        aside = move_aside(out)
+        write_marker(out, "sae", config.config_hash())
+        print(f"[train] --force: moved the unresumed training state in {out} to {aside}", file=sys.stderr)
+    return False
 
 
 def _train_checked(config: TrainConfig, plugins: PluginSet, stop_after_steps: int | None) -> Path:
     out = Path(config.out)
-    if "," in config.device and not under_launcher() and config.nproc == 1:
+    if "," in config.device and config.nproc == 1:
         raise ConfigError(
             f"--device {config.device}: several devices spread several SAEs (use train_many or "
             "several --store/--sae); for one SAE on several GPUs use --nproc"
         )
-    if config.nproc > 1 and not under_launcher():
+    if config.nproc > 1:
         launch(config.nproc, _distributed_entry, config.model_dump(mode="json"), stop_after_steps, hold=out)
         return out
-    dist = from_environment(config.device)
-    try:
-        _train_rank(config, plugins.saes.get(config.sae), dist, stop_after_steps)
-    finally:
-        dist.close()
+    _train_rank(config, plugins.saes.get(config.sae), from_environment(config.device), stop_after_steps)
     return out
 
 
 def _distributed_entry(config_values: dict[str, Any], stop_after_steps: int | None) -> None:
-    """The top of a DDP worker process: it loads the plugin set of its own process."""
+    """The top of a ``--nproc`` worker process: it loads the plugin set of its own process (the
+    launching process holds the folder's lock and has claimed it)."""
     config = TrainConfig.validated(config_values)
     dist = from_environment(config.device)
+    finished = False
     try:
         _train_rank(config, get_plugins().saes.get(config.sae), dist, stop_after_steps)
+        finished = True
     finally:
-        dist.close()
+        dist.close(barrier=finished)
+
+
+def _train_as_rank(config: TrainConfig, plugins: PluginSet, stop_after_steps: int | None) -> Path:
+    """One rank of ``torchrun ... -m scircuits train``. Every rank checks its settings and its store
+    (one line, from rank 0, when any rank is refused, before anything is written); rank 0 alone
+    locks, claims and writes ``--out`` (the other ranks never write, and need not see it: a resumed
+    state is read by rank 0 and sent to them)."""
+    dist = from_environment(config.device)
+    finished = False
+    try:
+        settings = agree(dist, lambda: _rank_settings(config, plugins, dist))
+        _check_same_settings(dist, settings)
+        config = _resolved(config, plugins)
+        out = Path(config.out)
+        with ExitStack() as held:
+
+            def claim_on_rank_zero() -> bool:
+                held.enter_context(FolderLock(out, "SAE checkpoint"))
+                return _claim(config)
+
+            if not from_rank_zero(dist, claim_on_rank_zero):
+                _train_rank(config, plugins.saes.get(config.sae), dist, stop_after_steps)
+        finished = True
+    finally:
+        dist.close(barrier=finished)
+    return out
+
+
+def _rank_settings(config: TrainConfig, plugins: PluginSet, dist: DistContext) -> dict[str, Any]:
+    """What this rank was given and can read, checked (the same checks as `scircuits train` makes
+    before any work), as a fingerprint every rank must share."""
+    if config.nproc > 1:
+        raise ConfigError(
+            "--nproc starts training processes of its own: under torchrun leave it out (torchrun's "
+            "--nnodes and --nproc-per-node set the processes)"
+        )
+    config = _resolved(config, plugins)
+    if is_url(config.out):
+        raise ConfigError(
+            f"--out {config.out}: under torchrun the checkpoint is written by rank 0 to a local or shared "
+            "folder; give a path (then copy it to the URL), or train with --nproc instead"
+        )
+    plugins.saes.get(config.sae).parse_hparams(config.hparams)
+    check_world(config, dist.world_size)
+    store = open_store(config.store)
+    check_sae_memory(store.d_model, config.expansion, config.batch_size // dist.world_size, dist.device)
+    return {
+        **{f"--{k.replace('_', '-')}": v for k, v in config.identity().items()},
+        "store rows": store.n_tokens,
+        "store width": store.d_model,
+        "scircuits": __version__,
+    }
+
+
+def refuse_as_rank(device: str, error: ScircuitsError) -> None:
+    """A torchrun rank refused before it reached ``train`` (its command line could not be read):
+    join the other ranks at their first check so that they stop too, with one line, not wait.
+    Nothing to do once this process has joined them (they learnt of its failure then)."""
+    if joined_a_group():
+        return
+    dist = from_environment(device)
+    try:
+        agree(dist, lambda: _raise(error))
+    finally:
+        dist.close(barrier=False)
+
+
+def _raise(error: ScircuitsError) -> None:
+    raise error
+
+
+def _check_same_settings(dist: DistContext, settings: list[dict[str, Any]]) -> None:
+    for rank, mine in enumerate(settings):
+        differ = [key for key in mine if mine[key] != settings[0].get(key)]
+        if differ:
+            shown = "; ".join(f"{k} {settings[0].get(k)} on rank 0, {mine[k]} on rank {rank}" for k in differ)
+            raise RankError(
+                f"the ranks were started with different settings ({shown}): start every node with the same "
+                "`scircuits train` arguments, store and scircuits version",
+                quiet=not dist.is_main,
+            )
 
 
 def open_store(path: str) -> ActivationStore:
@@ -462,6 +577,24 @@ def open_store(path: str) -> ActivationStore:
 def _train_rank(
     config: TrainConfig, variant: SAEVariant, dist: DistContext, stop_after_steps: int | None
 ) -> None:
+    """Train as this rank (the only one when not distributed); a collective that fails because
+    another rank is gone ends this one with one line."""
+    try:
+        _fit(config, variant, dist, stop_after_steps)
+    except Exception as exc:
+        if not (dist.enabled and lost_peer(exc)):
+            raise
+        what = (
+            f"nothing is marked complete and rank 0's --out {config.out} keeps the training state saved "
+            f"last (every {config.checkpoint_every} steps): start the same command on every node again "
+            "with --resume"
+        )
+        if dist.is_main and ckpt.is_complete(config.out, config.config_hash()):
+            what = f"the checkpoint in {config.out} is complete (written before the other ranks were lost)"
+        raise lost_rank_error(dist, exc, what) from None
+
+
+def _fit(config: TrainConfig, variant: SAEVariant, dist: DistContext, stop_after_steps: int | None) -> None:
     seeds = derived_seeds(config.seed)
     torch.manual_seed(seeds.init)
     out = Path(config.out)
@@ -471,11 +604,13 @@ def _train_rank(
             f"[train] warning: store {config.store} is not complete; training on the rows it has",
             file=sys.stderr,
         )
-    if config.batch_size % dist.world_size:
-        raise ConfigError(
-            f"batch_size {config.batch_size} must be divisible by the number of processes ({dist.world_size})"
-        )
-    exclusion, excluded_rows = fit_exclusion(store, config.exclude_tokens, config.outlier_factor)
+    measured = None
+    if dist.enabled and config.exclude_tokens != "none":  # each rank measures its own blocks
+        norms, positions = row_norms(store, rank=dist.rank, world_size=dist.world_size)
+        measured = (sum_over_ranks(dist, norms), sum_over_ranks(dist, positions))
+    exclusion, excluded_rows = fit_exclusion(
+        store, config.exclude_tokens, config.outlier_factor, measured=measured
+    )
     if excluded_rows.size:
         store = store.excluding(excluded_rows)
     if dist.is_main:
@@ -520,8 +655,12 @@ def _train_rank(
     )
     config_hash = config.config_hash()
     epoch, batch_in_epoch = 0, 0
-    state = ckpt.load_training_state(out) if config.resume else None
-    if state is not None:
+    saved: dict[str, torch.Tensor] = {}
+
+    def saved_state() -> dict[str, Any] | None:  # rank 0 reads it; the others receive it
+        state = ckpt.load_training_state(out)
+        if state is None:
+            return None
         tensors, meta = state
         if meta.get("config_hash") != config_hash:
             raise ConfigError(
@@ -529,21 +668,34 @@ def _train_rank(
                 f"(hash {meta.get('config_hash')}, now {config_hash}); use another --out "
                 "or drop --resume to start over"
             )
-        trainer.load_state(tensors, meta)
+        saved.update(tensors)
+        return meta
+
+    meta = from_rank_zero(dist, saved_state) if config.resume else None
+    if meta is not None:
+        trainer.load_state(broadcast_tensors(dist, saved if dist.is_main else None), meta)
         epoch, batch_in_epoch = int(meta["epoch"]), int(meta["batch_in_epoch"])
     else:
-        sample = next(
-            store.iter_batches(
-                min(INIT_SAMPLE_TOKENS, store.n_rows("train", **read)),
-                seed=seeds.data,
-                split="train",
-                **read,
-            )
-        )
-        trainer.initialize_from_sample(sample)
         if dist.is_main:
+            sample = next(
+                store.iter_batches(
+                    min(INIT_SAMPLE_TOKENS, store.n_rows("train", **read)),
+                    seed=seeds.data,
+                    split="train",
+                    **read,
+                )
+            )
+            trainer.initialize_from_sample(sample)
             out.mkdir(parents=True, exist_ok=True)
             (out / ckpt.LOG_FILE).unlink(missing_ok=True)
+        if dist.enabled:  # rank 0 read the sample: its scale and b_dec go to the others
+            scale = torch.tensor([trainer.scale], dtype=torch.float64)
+            start = broadcast_tensors(
+                dist, {"b_dec": trainer.sae.b_dec.detach(), "scale": scale} if dist.is_main else None
+            )
+            with torch.no_grad():
+                trainer.sae.b_dec.copy_(start["b_dec"])
+            trainer.scale = float(start["scale"][0])
 
     logger = _Logger(out, config, enabled=dist.is_main)
     has_eval = store.n_rows("eval", **read) > 0
@@ -620,6 +772,7 @@ def _train_rank(
                 epoch += 1
                 batch_in_epoch = 0
     elapsed = time.monotonic() - start_time
+    rows_read = gather_objects(dist, store.acts_read.rows)  # rank 0's own count is taken at the end
     if dist.is_main:
         final = trainer.evaluate(eval_batches(), config.eval_tokens)
         final["split"] = "eval" if has_eval else "train"
@@ -641,6 +794,8 @@ def _train_rank(
             "token_exclusion": exclusion.model_dump(),
             "dead_window_tokens": trainer.dead_window,
             "world_size": dist.world_size,
+            # activation rows each rank read from the store in this run (rank 0's include evaluation)
+            "activation_rows_read": [store.acts_read.rows, *rows_read[1:]],
             "seconds": elapsed,
         }
         ckpt.save_sae(
@@ -792,6 +947,7 @@ __all__ = [
     "derived_seeds",
     "find_preset",
     "geometric_median",
+    "refuse_as_rank",
     "resolved_lr",
     "train",
     "train_many",
