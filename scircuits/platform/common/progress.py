@@ -9,6 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from scircuits.platform.common.logs import get_logger
+
+log = get_logger(__name__)
+
 
 class Progress:
     def __init__(self, description: str, total: float | None, enabled: bool, unit: str = "") -> None:
@@ -35,10 +39,8 @@ class Progress:
         self._last_line = time.monotonic()
         total = f"/{self.total:g}" if self.total else ""
         rate = self.done / max(self._last_line - self._start, 1e-9)
-        print(
-            f"[{self.description}] {self.done:g}{total} {self.unit} ({rate:.1f}/s) {self.status}".rstrip(),
-            file=sys.stderr,
-            flush=True,
+        log.info(
+            f"[{self.description}] {self.done:g}{total} {self.unit} ({rate:.1f}/s) {self.status}".rstrip()
         )
 
 

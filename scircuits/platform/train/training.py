@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 
 from scircuits.platform.common.artifacts import FolderLock, move_aside, read_marker, write_marker
 from scircuits.platform.common.device import check_device
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.contract.errors import ConfigError
@@ -59,6 +59,8 @@ from scircuits.platform.train.distributed import (
 from scircuits.platform.train.exclusion import fit_exclusion
 from scircuits.platform.train.metrics import RARE_FREQUENCY, ReconstructionStats
 from scircuits.store import ActivationStore
+
+log = get_logger(__name__)
 
 INIT_SAMPLE_TOKENS = 16384
 # latent usage (dead / rare) of the final SAE is counted over at most this many training tokens
@@ -398,12 +400,9 @@ def train(config: TrainConfig, plugins: PluginSet, *, stop_after_steps: int | No
                 if claimed.state == "forced"
                 else "a checkpoint made with other settings"
             )
-            print(f"[train] {out} held {held}; moved it to {claimed.moved_to}", file=sys.stderr)
+            log.info(f"[train] {out} held {held}; moved it to {claimed.moved_to}")
         if ckpt.is_complete(out, config.config_hash()):
-            print(
-                f"[train] {out} already holds a complete checkpoint for this config; skipping",
-                file=sys.stderr,
-            )
+            log.info(f"[train] {out} already holds a complete checkpoint for this config; skipping")
             return out
         if not config.resume and ckpt.has_training_state(out):
             if not config.force:
@@ -413,7 +412,7 @@ def train(config: TrainConfig, plugins: PluginSet, *, stop_after_steps: int | No
                 )
             aside = move_aside(out)
             write_marker(out, "sae", config.config_hash())
-            print(f"[train] --force: moved the unresumed training state in {out} to {aside}", file=sys.stderr)
+            log.info(f"[train] --force: moved the unresumed training state in {out} to {aside}")
         return _train_checked(config, plugins, stop_after_steps)
 
 
@@ -459,10 +458,7 @@ def _train_rank(
     out = Path(config.out)
     store = open_store(config.store)
     if not store.complete:
-        print(
-            f"[train] warning: store {config.store} is not complete; training on the rows it has",
-            file=sys.stderr,
-        )
+        log.warning(f"[train] warning: store {config.store} is not complete; training on the rows it has")
     if config.batch_size % dist.world_size:
         raise ConfigError(
             f"batch_size {config.batch_size} must be divisible by the number of processes ({dist.world_size})"
@@ -471,7 +467,7 @@ def _train_rank(
     if excluded_rows.size:
         store = store.excluding(excluded_rows)
     if dist.is_main:
-        print(f"[train] {exclusion.describe()}", file=sys.stderr)
+        log.info(f"[train] {exclusion.describe()}")
     local_batch = config.batch_size // dist.world_size
     read = dict(eval_fraction=config.eval_fraction, split_seed=0)
     steps_per_epoch = store.batches_per_epoch(
@@ -725,10 +721,9 @@ class _Logger:
 
                 self.tracker = SummaryWriter(log_dir=str(out / "tensorboard"))
         except ImportError as exc:
-            print(
+            log.warning(
                 f"[train] {config.tracker} was asked for but is not installed ({exc}); logging to "
-                f"{self.path} only",
-                file=sys.stderr,
+                f"{self.path} only"
             )
 
     def write(self, record: dict[str, Any]) -> None:
