@@ -48,6 +48,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C", bound=StageConfig)
 
 
+class InvalidOption(ConfigError):
+    """An option of ``compare`` has a value it cannot take (the CLI reports it as a usage error)."""
+
+
 def user_errors(f: F) -> F:
     """The function's user-facing errors (``ScircuitsError``; a full disk as ``ArtifactError`` with
     the CLI's message) raised from the call, without the platform's frames behind it."""
@@ -139,16 +143,22 @@ def train(
     return read_checkpoint(out)
 
 
-def check_train_job(config: TrainConfig, plugins: PluginSet, d_model: int | None = None) -> None:
-    """Fail before any work when a hyperparameter does not belong to the variant, or the SAE does not
-    fit the machine (``d_model``: the store's width, read when not given)."""
-    from scircuits.platform.train.size import check_sae_memory
+def check_hparams(config: TrainConfig, plugins: PluginSet) -> None:
+    """Fail before any work when a hyperparameter does not belong to the variant."""
     from scircuits.platform.train.training import apply_preset
-    from scircuits.store import ActivationStore
 
     resolved = apply_preset(config, plugins).with_plugin_defaults(plugins)
     plugins.saes.get(resolved.sae).parse_hparams(resolved.hparams)
-    width = d_model if d_model is not None else ActivationStore(config.store).d_model
+
+
+def check_train_job(config: TrainConfig, plugins: PluginSet) -> None:
+    """Fail before any work when a hyperparameter does not belong to the variant, the store cannot be
+    read, or the SAE does not fit the machine."""
+    from scircuits.platform.train.size import check_sae_memory
+    from scircuits.store import ActivationStore
+
+    check_hparams(config, plugins)
+    width = ActivationStore(config.store).d_model
     check_sae_memory(width, config.expansion, config.batch_size, config.device)
 
 
@@ -205,7 +215,7 @@ def compare(
     except ValidationError as exc:
         error = exc.errors()[0]
         flag = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "compare"
-        raise ConfigError(f"{flag} {error.get('input')!r}: {error['msg']}") from None
+        raise InvalidOption(f"{flag} {error.get('input')!r}: {error['msg']}") from None
     if not resolved.progress:
         silence_library_progress_bars()
     plugins = plugin_set(plugins)

@@ -7,7 +7,15 @@ from typing import Any
 
 import click
 
-from scircuits.cli.common import config_option, echo_json, echo_table, parse_key_values, stage_config
+from scircuits.cli.common import (
+    config_option,
+    echo_json,
+    echo_result,
+    echo_table,
+    json_option,
+    parse_key_values,
+    stage_config,
+)
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.config.options import stage_options
 from scircuits.platform.contract.errors import ConfigError
@@ -30,6 +38,7 @@ from scircuits.platform.contract.errors import ConfigError
     help="Any variant hyperparameter (see `scircuits saes --json`); repeatable.",
 )
 @stage_options(TrainConfig, leave_out={"store", "sae", "hparams"})
+@json_option
 def train(
     config_file: str | None,
     stores: tuple[str, ...],
@@ -38,17 +47,20 @@ def train(
     l1: float | None,
     decorrelation: float | None,
     hparams: tuple[str, ...],
+    as_json: bool,
     **flags: Any,
 ) -> None:
     """Train a sparse autoencoder on an activation store.
 
     Writes OUT/cfg.json + sae_weights.safetensors (SAELens format), scircuits.json and
     train_log.jsonl. Skips when OUT already holds a complete checkpoint of the same config.
+    --json prints the checkpoint's result (a list of them when several SAEs are trained).
     """
+    from scircuits.api.stages import check_hparams, read_checkpoint
+    from scircuits.api.stages import train as train_stage
     from scircuits.platform.manager.plugin_set import get_plugins
     from scircuits.platform.train.distributed import parse_devices
     from scircuits.platform.train.size import check_sae_memory
-    from scircuits.platform.train.training import train as train_one
     from scircuits.platform.train.training import train_many
     from scircuits.store import ActivationStore
 
@@ -80,25 +92,24 @@ def train(
             jobs.append(TrainConfig.validated(values))
     plugins = get_plugins()
     for job in jobs:
-        _check_hparams(job, plugins)
+        check_hparams(job, plugins)
     widths = {store: ActivationStore(store).d_model for store in store_list}  # each readable, before any job
     for job in jobs:
         check_sae_memory(widths[job.store], job.expansion, job.batch_size, job.device)
     devices = parse_devices(base.device)
-    if len(jobs) == 1 and (len(devices) == 1 or base.nproc > 1):
-        out_dir = train_one(jobs[0], plugins)
-        click.echo(str(out_dir))
+    if len(jobs) == 1:
+        result = train_stage(jobs[0], plugins=plugins)
+        if as_json:
+            echo_result(result)
+        else:
+            click.echo(result.path)
         return
-    for out_dir in train_many(jobs, devices, plugins):
-        click.echo(str(out_dir))
-
-
-def _check_hparams(config: TrainConfig, plugins: Any) -> None:
-    """Fail before any work when a hyperparameter does not belong to the variant."""
-    from scircuits.platform.train.training import apply_preset
-
-    resolved = apply_preset(config, plugins).with_plugin_defaults(plugins)
-    plugins.saes.get(resolved.sae).parse_hparams(resolved.hparams)
+    results = [read_checkpoint(out_dir) for out_dir in train_many(jobs, devices, plugins)]
+    if as_json:
+        echo_json([r.model_dump(mode="json") for r in results])
+        return
+    for result in results:
+        click.echo(result.path)
 
 
 @click.group()

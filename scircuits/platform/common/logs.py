@@ -40,7 +40,10 @@ def set_level(level: str | int) -> None:
     """The level of every scircuits message in this process and the processes it spawns."""
     value = level_of(level)
     logging.getLogger(ROOT).setLevel(value)
-    os.environ[LEVEL_ENV] = logging.getLevelName(value)
+    if value == logging.INFO:  # the default: nothing to pass on
+        os.environ.pop(LEVEL_ENV, None)
+    else:
+        os.environ[LEVEL_ENV] = logging.getLevelName(value)
 
 
 def _install() -> None:

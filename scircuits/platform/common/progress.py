@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -48,6 +49,7 @@ class Progress:
 def progress(
     description: str, total: float | None = None, enabled: bool = True, unit: str = ""
 ) -> Iterator[Progress]:
+    enabled = enabled and log.isEnabledFor(logging.INFO)  # -q: no progress either
     p = Progress(description, total, enabled, unit)
     if enabled and sys.stderr.isatty():
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
