@@ -13,6 +13,7 @@ import pytest
 
 import scircuits
 from scircuits.cli import main
+from scircuits.platform.common import jsonvalues
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "examples" / "notebooks" / "study.ipynb"
@@ -85,7 +86,7 @@ def test_load_run_reads_the_run_into_typed_results(notebook_run):
     assert on_disk["config_hash"] == run.study.config_hash and on_disk["analyses"] == run.study.analyses
     assert run.train is not None and run.train.d_sae == run.study.d_sae and run.train.log()
     assert run.collect is not None and run.collect.n_examples == 48 and run.collect.complete
-    assert set(run.stage_seconds) == {"collect", "train", "ablate", "report"}
+    assert {"collect", "train", "ablate", "report"} <= set(run.stage_seconds)
     assert run.report is not None and Path(run.report).is_file()
     table = run.to_pandas("features")
     assert list(table["id"]) == [f["id"] for f in run.study.features]
@@ -105,11 +106,8 @@ def test_run_json_prints_the_run_result(notebook_run, capsys):
     out, run_dir, _ = notebook_run
     main(["run", "--model", f"hf:{out / 'tiny-model'}", *RUN_FLAGS, "--out", str(out / "runs"), "--json"])
     printed = json.loads(capsys.readouterr().out)
-    expected = json.loads(json.dumps(scircuits.load_run(run_dir).model_dump(mode="json")))
-    assert printed["path"] == str(run_dir) and printed["study"]["config_hash"] == expected["study"]["config_hash"]
-    assert printed["study"]["sweeps"] == json.loads(
-        json.dumps(expected["study"]["sweeps"]).replace("NaN", "null")
-    )
+    assert printed["path"] == str(run_dir)
+    assert printed == json.loads(jsonvalues.dumps(scircuits.load_run(run_dir).model_dump(mode="python")))
 
 
 def test_dashboard_json_prints_the_dashboard_result(notebook_run, capsys):
@@ -121,8 +119,10 @@ def test_dashboard_json_prints_the_dashboard_result(notebook_run, capsys):
 
 @pytest.mark.parametrize("command", ["collect", "train", "ablate", "run", "compare", "dashboard"])
 def test_every_stage_command_has_json(command, capsys):
-    with pytest.raises(SystemExit):
+    try:
         main([command, "--help"])
+    except SystemExit as exc:
+        assert exc.code == 0
     assert "--json" in capsys.readouterr().out
 
 
@@ -146,7 +146,7 @@ def platform_frames(exc: BaseException) -> list[str]:
     ("argv", "call"),
     [
         (["ablate", "--random-controls", "-1"], lambda: scircuits.ablate(random_controls=-1)),
-        (["run", "--train-lr", "0"], lambda: scircuits.run(train_lr=0)),
+        (["run", "--train-lr", "0"], lambda: scircuits.run(train_lr=0.0)),
         (["collect", "--limit", "0"], lambda: scircuits.collect(limit=0)),
         (["train", "--expansion", "999", "--store", "x"], lambda: scircuits.train(expansion=999, store="x")),
         (["run", "--model", "no-such-model"], lambda: scircuits.run(model="no-such-model")),
@@ -170,7 +170,7 @@ def test_the_api_refuses_what_the_cli_cannot_be_given(tmp_path):
         scircuits.compare([tmp_path])
     with pytest.raises(scircuits.ConfigError, match="not a folder: give a run directory"):
         scircuits.load_run(tmp_path / "missing")
-    with pytest.raises(scircuits.ConfigError, match="has no causal/results.json"):
+    with pytest.raises(scircuits.ConfigError, match=r"has no causal/results\.json"):
         scircuits.load_run(tmp_path)
     (tmp_path / "results.json").write_text('{"format": "other"}')
     with pytest.raises(scircuits.ConfigError, match="not a scircuits causal results file"):

@@ -41,9 +41,10 @@ def test_every_public_name_resolves():
     for name in scircuits.__all__:
         assert getattr(scircuits, name) is not None, name
     assert set(API_NAMES) <= set(scircuits.__all__)
-    assert scircuits.StudyResults is __import__(
-        "scircuits.platform.causal.results", fromlist=["StudyResults"]
-    ).StudyResults
+    assert (
+        scircuits.StudyResults
+        is __import__("scircuits.platform.causal.results", fromlist=["StudyResults"]).StudyResults
+    )
     assert "run" in dir(scircuits) and "SparseAutoencoder" in dir(scircuits)
 
 
