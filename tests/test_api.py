@@ -117,6 +117,22 @@ def test_dashboard_json_prints_the_dashboard_result(notebook_run, capsys):
     assert printed["index"] == str(run_dir / "dashboard" / "index.html") and printed["n_pages"] == 3
 
 
+def test_quiet_keeps_stderr_to_warnings_and_verbose_keeps_the_messages(notebook_run, capsys):
+    """The platform's messages go through logging: `-q` drops them, the default and `-v` keep them."""
+    _, run_dir, _ = notebook_run
+    main(["-q", "dashboard", str(run_dir), "--features", "2"])
+    quiet = capsys.readouterr()
+    assert quiet.err == "" and quiet.out.startswith("dashboard: ")
+    main(["dashboard", str(run_dir), "--features", "2"])
+    assert "[dashboard] scanning " in capsys.readouterr().err
+    main(["-v", "dashboard", str(run_dir), "--features", "2"])
+    assert "[dashboard] scanning " in capsys.readouterr().err
+    assert "SCIRCUITS_LOG_LEVEL" in os.environ  # passed on to spawned ranks
+    main(["dashboard", str(run_dir), "--features", "2"])
+    assert "SCIRCUITS_LOG_LEVEL" not in os.environ
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("command", ["collect", "train", "ablate", "run", "compare", "dashboard"])
 def test_every_stage_command_has_json(command, capsys):
     try:

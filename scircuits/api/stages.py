@@ -33,7 +33,7 @@ from scircuits.api.results import (
     RunResult,
     TrainResult,
 )
-from scircuits.platform.causal.results import migrate, results_path
+from scircuits.platform.causal.results import read_results, results_path
 from scircuits.platform.common import jsonvalues
 from scircuits.platform.common.artifacts import DISK_ERRNOS, ArtifactError, describe_os_error
 from scircuits.platform.common.logs import get_logger
@@ -265,18 +265,8 @@ def dashboard(
         store=store,
         say=lambda m: log.info(f"[dashboard] {m}"),
     )
-    return DashboardResult(
-        path=str(summary.out),
-        index=str(summary.out / "index.html"),
-        d_sae=summary.d_sae,
-        n_active=summary.n_active,
-        n_pages=summary.n_pages,
-        n_tokens=summary.n_tokens,
-        seconds=summary.seconds,
-        size_bytes=summary.size_bytes,
-        n_files=summary.n_files,
-        n_comparisons=summary.n_comparisons,
-    )
+    fields = {k: v for k, v in vars(summary).items() if k in DashboardResult.model_fields}
+    return DashboardResult(**fields, path=str(summary.out), index=str(summary.out / "index.html"))
 
 
 # ----------------------------------------------------------------------------- reading what was made
@@ -329,18 +319,10 @@ def read_study(path: str | Path, plugins: PluginSet) -> AblateResult:
     line when it cannot be read."""
     from scircuits.platform.causal.registry import analyses_of
 
+    study = read_results(path, analyses_of(plugins), AblateResult)
     file = Path(path)
-    if file.is_dir():
-        file = results_path(file)
-    if not file.is_file():
-        raise ConfigError(f"{file} does not exist: run `scircuits run` or `scircuits ablate` first")
-    data = migrate(jsonvalues.load_file(file), analyses_of(plugins), str(file))
-    try:
-        return jsonvalues.validate_nulls_as_nan(AblateResult, {**data, "path": str(file.parent)})
-    except ValidationError as exc:
-        raise ConfigError(
-            f"{file} does not match the results schema: {describe_validation_error(exc)}"
-        ) from None
+    study.path = str(file if file.is_dir() else file.parent)
+    return study
 
 
 def read_checkpoint(path: str | Path) -> TrainResult:
