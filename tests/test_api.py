@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import scircuits
+from scircuits.api.stages import read_checkpoint
 from scircuits.cli import main
 from scircuits.platform.common import jsonvalues
 
@@ -115,6 +116,24 @@ def test_dashboard_json_prints_the_dashboard_result(notebook_run, capsys):
     main(["dashboard", str(run_dir), "--features", "3", "--json"])
     printed = json.loads(capsys.readouterr().out)
     assert printed["index"] == str(run_dir / "dashboard" / "index.html") and printed["n_pages"] == 3
+
+
+def test_collect_and_train_json_print_their_results(notebook_run, tmp_path, capsys):
+    """`collect --json` and `train --json` (one SAE, and two) print the results the API returns."""
+    out, _, _ = notebook_run
+    store = tmp_path / "acts.zarr"
+    model = ["--model", f"hf:{out / 'tiny-model'}", "--layer", "2", "--no-progress"]
+    main(["collect", *model, "--limit", "32", "--out", str(store), "--json"])
+    collected = json.loads(capsys.readouterr().out)
+    assert collected["path"] == str(store) and collected["new_examples"] == collected["n_examples"] == 32
+    train = ["train", "--store", str(store), "--tokens", "2000", "--batch-size", "256", "--no-progress"]
+    main([*train, "--out", str(tmp_path / "sae"), "--json"])
+    trained = json.loads(capsys.readouterr().out)
+    assert trained == json.loads(jsonvalues.dumps(read_checkpoint(tmp_path / "sae").model_dump()))
+    assert trained["d_in"] == 64 and trained["tokens"] >= 2000 and "fvu" in trained["metrics"]
+    main([*train, "--sae", "topk,relu", "--out", str(tmp_path / "many"), "--json"])
+    both = json.loads(capsys.readouterr().out)
+    assert [r["variant"] for r in both] == ["topk", "relu"]
 
 
 def test_quiet_keeps_stderr_to_warnings_and_verbose_keeps_the_messages(notebook_run, capsys):

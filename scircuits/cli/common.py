@@ -33,10 +33,13 @@ def json_option(f: F) -> F:
 
 
 def echo_result(result: Any) -> None:
-    """A typed result of the API (a pydantic model) as JSON on stdout; a non-finite number is null."""
+    """A typed result of the API (a pydantic model, or a list of them) as JSON on stdout; a non-finite
+    number is null."""
     from scircuits.platform.common import jsonvalues
 
-    click.echo(jsonvalues.dumps(result.model_dump(mode="python"), indent=2))
+    many = isinstance(result, list)
+    data = [r.model_dump(mode="python") for r in result] if many else result.model_dump(mode="python")
+    click.echo(jsonvalues.dumps(data, indent=2))
 
 
 def stage_config(cls: type[C], config_file: str | None, flags: Mapping[str, Any]) -> C:

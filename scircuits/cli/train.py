@@ -106,7 +106,7 @@ def train(
         return
     results = [read_checkpoint(out_dir) for out_dir in train_many(jobs, devices, plugins)]
     if as_json:
-        echo_json([r.model_dump(mode="json") for r in results])
+        echo_result(results)
         return
     for result in results:
         click.echo(result.path)
