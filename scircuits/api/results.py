@@ -322,7 +322,9 @@ class CompareResult(CompareResults):
 
 
 class DashboardResult(Result):
-    """A written feature dashboard: where its index is, and what it holds."""
+    """A written feature dashboard: where its index is, and what it holds. (The fields of the
+    dashboard's ``DashboardSummary``, declared here because reading them must not import the
+    dashboard's builder, which loads torch.)"""
 
     path: str
     index: str
