@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import traceback
 from pathlib import Path
 
@@ -223,3 +224,13 @@ def test_a_config_object_and_keywords_combine(tmp_path):
     assert merged.ablate.limit == 7 and merged.train.tokens == 5000 and merged.out == str(tmp_path)
     with pytest.raises(scircuits.ConfigError, match="--train-tokens"):
         stage_config(scircuits.RunConfig, base, {"train_tokens": -1})
+
+
+def test_to_pandas_without_pandas_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas -> ImportError
+    result = scircuits.TrainResult(path=str(tmp_path), variant="topk", d_in=2, d_sae=4)
+    with pytest.raises(
+        scircuits.ConfigError, match=r"needs pandas, which is not installed: pip install pandas"
+    ):
+        result.to_pandas()
+    assert result.log() == [] and "TrainResult(path=" in repr(result)

@@ -139,7 +139,7 @@ def train(
     if len(devices) == 1 or resolved.nproc > 1:
         out = train_one(resolved, plugins)
     else:
-        out = next(iter(train_many([resolved], devices, plugins)))
+        out = train_many([resolved], devices, plugins)[0]
     return read_checkpoint(out)
 
 
