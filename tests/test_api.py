@@ -45,18 +45,21 @@ def notebook_run(tmp_path_factory):
     nbclient, nbformat = notebook_tools()
     out = tmp_path_factory.mktemp("notebook")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    before = os.environ.get("SCIRCUITS_NOTEBOOK_OUT")
+    # the kernel gets the notebook's folder, and Jupyter's own plot backend (not a headless one set here)
+    before = {name: os.environ.get(name) for name in ("SCIRCUITS_NOTEBOOK_OUT", "MPLBACKEND")}
     os.environ["SCIRCUITS_NOTEBOOK_OUT"] = str(out)
+    os.environ.pop("MPLBACKEND", None)
     try:
         client = nbclient.NotebookClient(
             notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(out)}}
         )
         client.execute()
     finally:
-        if before is None:
-            os.environ.pop("SCIRCUITS_NOTEBOOK_OUT", None)
-        else:
-            os.environ["SCIRCUITS_NOTEBOOK_OUT"] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     runs = list((out / "runs").iterdir())
     assert len(runs) == 1, runs
     return out, runs[0], notebook
