@@ -9,6 +9,10 @@ raises these without depending on another layer. ``scircuits`` and
 class ScircuitsError(Exception):
     """Base for every error whose message tells the user what was wrong and what to do."""
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython and Jupyter show for it: the one line the CLI prints, no traceback."""
+        return [f"{type(self).__name__}: {self}"]
+
 
 class ConfigError(ScircuitsError):
     """A setting, argument or option has a value that cannot work; the message names it."""

@@ -75,6 +75,16 @@ def _progress_env_restored():
             os.environ[name] = value
 
 
+@pytest.fixture(autouse=True)
+def _log_level_restored():
+    """An in-process command run with -q or -v sets the level of the scircuits logger (and the variable
+    its spawned processes read); later tests get the default back."""
+    yield
+    from scircuits.platform.common.logs import set_level
+
+    set_level("INFO")
+
+
 def pytest_configure(config):
     # Two cores: keep torch from oversubscribing them when tests spawn processes.
     os.environ.setdefault("OMP_NUM_THREADS", "2")

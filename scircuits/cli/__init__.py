@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -13,6 +14,7 @@ from weakref import WeakKeyDictionary
 import click
 
 from scircuits import __version__
+from scircuits.platform.common.logs import set_level
 from scircuits.platform.contract.errors import ScircuitsError
 from scircuits.platform.manager.plugin_set import get_plugins
 
@@ -90,12 +92,17 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="scircuits")
-def cli() -> None:
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr (no progress).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug messages too.")
+def cli(quiet: bool, verbose: bool) -> None:
     """Find the sparse features a language model uses to reason, and test whether they matter.
 
     `scircuits run` does the whole study: trace a layer's activations on a benchmark, train a
     sparse autoencoder on them, ablate its features inside the model, and write a report.
     """
+    if quiet and verbose:
+        raise click.UsageError("give -q or -v, not both")
+    set_level(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -4,13 +4,14 @@ imported inside the commands, so that `--help` stays fast."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
-from scircuits.cli.common import config_option, parse_key_values, stage_config
+from scircuits.cli.common import config_option, echo_result, json_option, parse_key_values, stage_config
 from scircuits.platform.causal.registry import analyses_of
-from scircuits.platform.causal.results import read_results, results_path
+from scircuits.platform.causal.results import StudyResults, results_path
 from scircuits.platform.config import AblateConfig, RunConfig
 from scircuits.platform.config.options import run_options, stage_options
 from scircuits.platform.manager.plugin_set import get_plugins
@@ -63,11 +64,13 @@ def with_options(options: list[Any]):
     help="An ablation option, e.g. value=0 for clamp; repeatable.",
 )
 @config_option
+@json_option
 def ablate(
     config_file: str | None,
     data: str | None,
     options: tuple[str, ...],
     ablation_options: tuple[str, ...],
+    as_json: bool,
     **flags: Any,
 ) -> None:
     """Ablate SAE features inside the running model and measure the benchmark score.
@@ -76,20 +79,22 @@ def ablate(
     ablates the top features one at a time, measures faithfulness, and writes results.json and
     examples.jsonl into --out.
     """
-    from scircuits.platform.causal.stage import run_ablate
+    from scircuits.api.stages import ablate as ablate_stage
 
     merge_options(AblateConfig, config_file, flags, "benchmark_options", options, "--option", data)
     merge_options(AblateConfig, config_file, flags, "ablation_options", ablation_options, "--ablation-option")
     config = stage_config(AblateConfig, config_file, flags)
     plugins = get_plugins()
-    out = run_ablate(config, plugins)
-    summarise(out, plugins)
+    result = ablate_stage(config, plugins=plugins)
+    if as_json:
+        echo_result(result)
+        return
+    summarise(result.path, result, plugins)
 
 
-def summarise(folder: Any, plugins: Any) -> None:
+def summarise(folder: Any, results: StudyResults, plugins: Any) -> None:
     """One line per run, then each analysis's summary lines, from the typed results."""
     analyses = {a.name: a for a in analyses_of(plugins)}
-    results = read_results(folder, analyses.values())
     done = [(analyses[n], results.result_of(analyses[n])) for n in results.analyses if n in analyses]
     head = [f"{results.n_examples} examples"] + [p for a, r in done for p in a.headline(r)]
     click.echo(f"{results_path(folder)}: {'; '.join(head)}")
@@ -109,11 +114,13 @@ def summarise(folder: Any, plugins: Any) -> None:
     help="An SAE hyperparameter, e.g. k=32; repeatable.",
 )
 @config_option
+@json_option
 def run(
     config_file: str | None,
     data: str | None,
     options: tuple[str, ...],
     sae_options: tuple[str, ...],
+    as_json: bool,
     **flags: Any,
 ) -> None:
     """The whole study: collect -> train -> ablate -> report into runs/<model>__<benchmark>__<site><layer>/.
@@ -123,16 +130,19 @@ def run(
     --train-lr, --collect-batch-size, --ablate-splice-tolerance) or in the [run.collect],
     [run.train] and [run.ablate] tables of --config. README gives the default run's measured times.
     """
-    from scircuits.platform.pipeline.run import run_pipeline
+    from scircuits.api.stages import run as run_stages
 
     merge_options(RunConfig, config_file, flags, "benchmark_options", options, "--option", data)
     merge_options(RunConfig, config_file, flags, "train.hparams", sae_options, "--sae-option")
     flags["sae_hparams"] = flags.pop("train.hparams", None)
     config = stage_config(RunConfig, config_file, flags)
     plugins = get_plugins()
-    run_dir = run_pipeline(config, plugins)
-    summarise(run_dir / "causal", plugins)
-    click.echo(f"report: {run_dir / 'report.html'}")
+    result = run_stages(config, plugins=plugins)
+    if as_json:
+        echo_result(result)
+        return
+    summarise(result.study.path, result.study, plugins)
+    click.echo(f"report: {Path(result.path) / 'report.html'}")
 
 
 @click.command()

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from scircuits.cli.common import config_option, parse_key_values, stage_config
+from scircuits.cli.common import config_option, echo_result, json_option, parse_key_values, stage_config
 from scircuits.platform.common.remote import is_url
 from scircuits.platform.config import CollectConfig
 from scircuits.platform.config.options import stage_options
@@ -21,7 +21,10 @@ from scircuits.platform.config.options import stage_options
     "--option", "options", multiple=True, metavar="KEY=VALUE", help="A benchmark option; repeatable."
 )
 @config_option
-def collect(config_file: str | None, data: str | None, options: tuple[str, ...], **flags: Any) -> None:
+@json_option
+def collect(
+    config_file: str | None, data: str | None, options: tuple[str, ...], as_json: bool, **flags: Any
+) -> None:
     """Trace sites of a model on a benchmark's prompts, or on a text corpus, into activation stores.
 
     Each example is traced as prompt + target tokens; a corpus (--corpus FILE, FOLDER or hub:ID) is
@@ -31,8 +34,7 @@ def collect(config_file: str | None, data: str | None, options: tuple[str, ...],
     resumes where it stopped; a different command into an existing store is refused with the
     difference named.
     """
-    from scircuits.platform.collect.collection import run_collect
-    from scircuits.platform.manager.plugin_set import get_plugins
+    from scircuits.api.stages import collect as collect_stage
 
     benchmark_options = parse_key_values(options, "--option")
     if data is not None:
@@ -41,7 +43,10 @@ def collect(config_file: str | None, data: str | None, options: tuple[str, ...],
         from_file = CollectConfig.from_sources(config_file, {}).benchmark_options if config_file else {}
         flags["benchmark_options"] = {**from_file, **benchmark_options}
     config = stage_config(CollectConfig, config_file, flags)
-    summary = run_collect(config, get_plugins())
+    summary = collect_stage(config)
+    if as_json:
+        echo_result(summary)
+        return
     where = config.out if is_url(config.out) else summary.path  # Path() would fold the // of s3://
     if summary.already_complete:
         click.echo(

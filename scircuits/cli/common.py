@@ -23,6 +23,25 @@ def config_option(f: F) -> F:
     )(f)
 
 
+def json_option(f: F) -> F:
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Print the typed result (docs/api.md) as JSON on stdout instead of the summary.",
+    )(f)
+
+
+def echo_result(result: Any) -> None:
+    """A typed result of the API (a pydantic model, or a list of them) as JSON on stdout; a non-finite
+    number is null."""
+    from scircuits.platform.common import jsonvalues
+
+    many = isinstance(result, list)
+    data = [r.model_dump(mode="python") for r in result] if many else result.model_dump(mode="python")
+    click.echo(jsonvalues.dumps(data, indent=2))
+
+
 def stage_config(cls: type[C], config_file: str | None, flags: Mapping[str, Any]) -> C:
     """Merge the config file with the flags that were given (None = not given) and validate."""
     config = cls.from_sources(config_file, flags)

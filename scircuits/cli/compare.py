@@ -4,12 +4,10 @@ beside each run's ceiling and floors. The work lives in ``scircuits.platform.com
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-if TYPE_CHECKING:
-    from scircuits.platform.compare.schema import CompareResults
+from scircuits.cli.common import echo_result, json_option
 
 
 @click.command()
@@ -50,43 +48,24 @@ if TYPE_CHECKING:
     help="Instead of refusing an --out that holds files scircuits did not write, move them aside "
     "(nothing is deleted).",
 )
-def compare(run_dirs: tuple[str, ...], force: bool, **flags: object) -> None:
+@json_option
+def compare(run_dirs: tuple[str, ...], force: bool, as_json: bool, **flags: object) -> None:
     """Match the SAE features of two or more runs (activation correlation, one-to-one matches, decoder
     RSA, causal agreement), each number beside the run's seed-twin ceiling and untrained/random floors."""
-    from scircuits.platform.compare.output import compare_folder
-    from scircuits.platform.compare.report import summary_lines, write_report
-    from scircuits.platform.compare.study import CompareOptions, compare_runs
-    from scircuits.platform.manager.plugin_set import get_plugins
+    from scircuits.api.stages import InvalidOption
+    from scircuits.api.stages import compare as compare_stage
+    from scircuits.platform.compare.report import REPORT_FILE, summary_lines
 
     if len(run_dirs) < 2:
         raise click.UsageError("give at least two run directories")
-    from pydantic import ValidationError
-
     try:
-        options = CompareOptions(**flags)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        flag = "--" + str(error["loc"][0]).replace("_", "-")
-        raise click.UsageError(f"{flag} {error.get('input')!r}: {error['msg']}") from None
-    with compare_folder(options.out, run_dirs, force, lambda m: click.echo(m, err=True)):
-        results = compare_runs(list(run_dirs), options, get_plugins())
-        report = write_report(results, Path(options.out))
-        for line in summary_lines(results):
-            click.echo(line)
-        click.echo(f"wrote {Path(options.out) / 'results.json'} and {report}")
-        link_dashboards(results, Path(options.out))
-
-
-def link_dashboards(results: CompareResults, out: Path) -> None:
-    """Refresh the match data of the compared runs' existing dashboards (their generated match files
-    only), so each feature page lists its matches here; a failure leaves the results in place."""
-    from scircuits.platform.contract.errors import ConfigError
-    from scircuits.platform.dashboard.matches import compared_sites, refresh_matches_locked
-
-    for run_dir, site in compared_sites(results):
-        try:
-            n = refresh_matches_locked(site, run_dir, [out])
-        except ConfigError as exc:
-            click.echo(f"compare: {site} not linked ({exc})", err=True)
-            continue
-        click.echo(f"linked {n} comparisons into {site}")
+        results = compare_stage(list(run_dirs), force=force, **flags)
+    except InvalidOption as exc:  # reported as click reports a bad option
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        echo_result(results)
+        return
+    for line in summary_lines(results):
+        click.echo(line)
+    out = Path(str(results.path))
+    click.echo(f"wrote {out / 'results.json'} and {out / REPORT_FILE}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from scircuits.cli.common import echo_result, json_option
+
 
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
@@ -41,6 +43,7 @@ import click
     help="Scan this activation store (of the run's model, layer and site) instead of the run's own: a run "
     "of a given SAE (--sae hf:..., saelens:...) collects none.",
 )
+@json_option
 def dashboard(
     run_dir: str,
     features: int | None,
@@ -48,23 +51,17 @@ def dashboard(
     compare: tuple[str, ...],
     force: bool,
     store: str | None,
+    as_json: bool,
 ) -> None:
     """Write RUN_DIR/dashboard: a sortable index of features and one page per feature, opening from disk."""
-    from scircuits.platform.dashboard import build_dashboard
-    from scircuits.platform.manager.plugin_set import get_plugins
+    from scircuits.api.stages import dashboard as dashboard_stage
 
-    summary = build_dashboard(
-        run_dir,
-        get_plugins(),
-        features=features,
-        out=out,
-        compare=compare,
-        force=force,
-        store=store,
-        say=lambda m: click.echo(f"[dashboard] {m}", err=True),
-    )
+    summary = dashboard_stage(run_dir, features=features, out=out, compare=compare, force=force, store=store)
+    if as_json:
+        echo_result(summary)
+        return
     click.echo(
-        f"dashboard: {summary.out / 'index.html'}  ({summary.n_pages} feature pages of {summary.n_active} "
+        f"dashboard: {summary.index}  ({summary.n_pages} feature pages of {summary.n_active} "
         f"active / {summary.d_sae} latents; {summary.size_bytes / 2**20:.1f} MiB in {summary.n_files} files; "
         f"{summary.seconds:.1f} s)"
         + (f"; matches from {summary.n_comparisons} comparisons" if summary.n_comparisons else "")

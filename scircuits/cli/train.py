@@ -10,7 +10,15 @@ from typing import Any
 
 import click
 
-from scircuits.cli.common import config_option, echo_json, echo_table, parse_key_values, stage_config
+from scircuits.cli.common import (
+    config_option,
+    echo_json,
+    echo_result,
+    echo_table,
+    json_option,
+    parse_key_values,
+    stage_config,
+)
 from scircuits.platform.common.remote import is_url, join_path
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.config.options import stage_options
@@ -34,6 +42,7 @@ from scircuits.platform.contract.errors import ConfigError, ScircuitsError
     help="Any variant hyperparameter (see `scircuits saes --json`); repeatable.",
 )
 @stage_options(TrainConfig, leave_out={"store", "sae", "hparams"})
+@json_option
 def train(
     config_file: str | None,
     stores: tuple[str, ...],
@@ -42,15 +51,25 @@ def train(
     l1: float | None,
     decorrelation: float | None,
     hparams: tuple[str, ...],
+    as_json: bool,
     **flags: Any,
 ) -> None:
     """Train a sparse autoencoder on an activation store.
 
     Writes OUT/cfg.json + sae_weights.safetensors (SAELens format), scircuits.json and
     train_log.jsonl. Skips when OUT already holds a complete checkpoint of the same config.
+    --json prints the checkpoint's result (a list of them when several SAEs are trained).
     """
     with _ranks_stop_together(str(flags.get("device") or "cpu")):
-        _train(config_file, stores, sae, {"k": k, "l1": l1, "decorrelation": decorrelation}, hparams, flags)
+        _train(
+            config_file,
+            stores,
+            sae,
+            {"k": k, "l1": l1, "decorrelation": decorrelation},
+            hparams,
+            flags,
+            as_json,
+        )
 
 
 @contextmanager
@@ -93,7 +112,10 @@ def _train(
     variant_flags: dict[str, Any],
     hparams: tuple[str, ...],
     flags: dict[str, Any],
+    as_json: bool = False,
 ) -> None:
+    from scircuits.api.stages import check_hparams, read_checkpoint
+    from scircuits.api.stages import train as train_stage
     from scircuits.platform.manager.plugin_set import get_plugins
     from scircuits.platform.train.distributed import parse_devices, under_launcher
     from scircuits.platform.train.size import check_sae_memory
@@ -135,25 +157,26 @@ def _train(
             click.echo(str(out_dir))
         return
     for job in jobs:
-        _check_hparams(job, plugins)
+        check_hparams(job, plugins)
     widths = {store: ActivationStore(store).d_model for store in store_list}  # each readable, before any job
     for job in jobs:
         check_sae_memory(widths[job.store], job.expansion, job.batch_size, job.device)
     devices = parse_devices(base.device)
     if len(jobs) == 1 and (len(devices) == 1 or base.nproc > 1):
-        out_dir = train_one(jobs[0], plugins)
-        click.echo(jobs[0].out if is_url(jobs[0].out) else str(out_dir))  # a URL: the local copy is a cache
+        result = train_stage(jobs[0], plugins=plugins)
+        if as_json:
+            echo_result(result)
+        else:
+            click.echo(
+                jobs[0].out if is_url(jobs[0].out) else result.path
+            )  # a URL: the local copy is a cache
         return
-    for out_dir in train_many(jobs, devices, plugins):
-        click.echo(str(out_dir))
-
-
-def _check_hparams(config: TrainConfig, plugins: Any) -> None:
-    """Fail before any work when a hyperparameter does not belong to the variant."""
-    from scircuits.platform.train.training import apply_preset
-
-    resolved = apply_preset(config, plugins).with_plugin_defaults(plugins)
-    plugins.saes.get(resolved.sae).parse_hparams(resolved.hparams)
+    results = [read_checkpoint(out_dir) for out_dir in train_many(jobs, devices, plugins)]
+    if as_json:
+        echo_result(results)
+        return
+    for result in results:
+        click.echo(result.path)
 
 
 @click.group()

@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -211,8 +211,16 @@ def migrate(data: dict[str, Any], analyses: Iterable[Analysis], source: str) -> 
     return data
 
 
-def read_results(path: str | Path, analyses: Iterable[Analysis] = ()) -> StudyResults:
-    """results.json (a file, or the folder holding it) as typed results, migrated when older."""
+R = TypeVar("R", bound=StudyResults)
+
+
+def read_results(
+    path: str | Path,
+    analyses: Iterable[Analysis] = (),
+    model: type[R] = StudyResults,  # type: ignore[assignment]
+) -> R:
+    """results.json (a file, or the folder holding it) as typed results (``model``: StudyResults or a
+    subclass), migrated when older."""
     path = Path(path)
     if path.is_dir():
         path = results_path(path)
@@ -220,7 +228,7 @@ def read_results(path: str | Path, analyses: Iterable[Analysis] = ()) -> StudyRe
         raise ConfigError(f"{path} does not exist: run `scircuits run` or `scircuits ablate` first")
     data = migrate(jsonvalues.load_file(path), list(analyses), str(path))
     try:
-        return jsonvalues.validate_nulls_as_nan(StudyResults, data)
+        return jsonvalues.validate_nulls_as_nan(model, data)  # type: ignore[no-any-return]
     except ValidationError as exc:
         raise ConfigError(
             f"{path} does not match the results schema: {describe_validation_error(exc)}"

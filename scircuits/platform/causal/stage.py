@@ -5,7 +5,6 @@ examples, runs the study (``runner.run_study``) and writes ``causal/results.json
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from scircuits.platform.common.artifacts import (
     write_marker,
 )
 from scircuits.platform.common.device import check_device
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.provenance import base_provenance, file_sha256
 from scircuits.platform.common.remote import is_url, remote_out
 from scircuits.platform.config import AblateConfig
@@ -34,6 +34,8 @@ from scircuits.platform.contract.models import LoadedModel
 from scircuits.platform.model.tracing import check_ndif, load_remote
 from scircuits.platform.train.checkpoint import load_sae
 from scircuits.store.reader import ActivationStore
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -134,7 +136,7 @@ def claim_results_folder(out: Path, config_hash: str, force: bool = False) -> No
     claimed = claim(out, "causal", config_hash, option="--out", force=force)
     if claimed.moved_to:
         held = "files scircuits did not write" if claimed.state == "forced" else "results of other settings"
-        print(f"[ablate] {out} held {held}; moved them to {claimed.moved_to}", file=sys.stderr)
+        log.info(f"[ablate] {out} held {held}; moved them to {claimed.moved_to}")
 
 
 def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None = None) -> AblateInputs:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from scircuits.platform.common.artifacts import (
     move_aside,
 )
 from scircuits.platform.common.device import check_device
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import CollectConfig
 from scircuits.platform.config.stages import resolve_model_dtype
@@ -48,6 +48,8 @@ from scircuits.store.collection import MANIFEST, read_manifest, shard_path, site
 from scircuits.store.errors import DamagedStoreError, NotAStoreError
 from scircuits.store.location import WriterLock, local_path, read_group
 from scircuits.store.remote import RemotePath, as_location
+
+log = get_logger(__name__)
 
 # Examples are encoded and sorted by length within windows of this many batches, so a batch pads
 # little; they are stored in benchmark order.
@@ -168,7 +170,7 @@ def _set_aside_empty(folder: Path, what: str) -> None:
     lock.release()
     aside = move_aside(folder)
     folder.rmdir()
-    print(f"[collect] {folder} held {what}; moved it to {aside}", file=sys.stderr)
+    log.info(f"[collect] {folder} held {what}; moved it to {aside}")
 
 
 def _check_existing_store(config: CollectConfig) -> CollectSummary | None:
@@ -186,7 +188,7 @@ def _check_existing_store(config: CollectConfig) -> CollectSummary | None:
         aside = move_aside(local)
         local.rmdir()
         reason = str(exc).split(";")[0].split(" (")[0]
-        print(f"[collect] --force: {reason}; moved it to {aside}", file=sys.stderr)
+        log.info(f"[collect] --force: {reason}; moved it to {aside}")
         return None
 
 
@@ -384,7 +386,7 @@ def _move_aside_for_force(root: Path, reason: str) -> None:
     aside = move_aside(root)
     if root.exists():
         root.rmdir()
-    print(f"[collect] --force: {reason}; moved it to {aside}", file=sys.stderr)
+    log.info(f"[collect] --force: {reason}; moved it to {aside}")
 
 
 def _launch_ranks(config: CollectConfig, world: int) -> CollectSummary:
@@ -554,23 +556,21 @@ def trace_into_stores(
     for writer in writers.values():
         writer.close()
     if n_cut[0]:
-        print(
+        log.info(
             f"note: {n_cut[0]} sequences reached {max_length} tokens and were cut to the end of their prompt "
-            "and their target (--max-length)",
-            file=sys.stderr,
+            "and their target (--max-length)"
         )
     if (
         config.corpus is not None
         and config.tokens
         and first.n_tokens_written * world < config.tokens - world * config.context_size
     ):
-        print(
+        log.info(
             f"note: the corpus ran out after {first.n_tokens_written} tokens{shard} "
-            f"(asked for {config.tokens} in all)",
-            file=sys.stderr,
+            f"(asked for {config.tokens} in all)"
         )
     if counts.new_examples == 0 and skip == 0:
-        print(f"warning: {what} gave no {unit}", file=sys.stderr)
+        log.warning(f"warning: {what} gave no {unit}")
     return CollectSummary(
         Path(config.out),
         first.n_examples_written,

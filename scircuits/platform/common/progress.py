@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from scircuits.platform.common.logs import get_logger
+
+log = get_logger(__name__)
 
 
 class Progress:
@@ -35,10 +40,8 @@ class Progress:
         self._last_line = time.monotonic()
         total = f"/{self.total:g}" if self.total else ""
         rate = self.done / max(self._last_line - self._start, 1e-9)
-        print(
-            f"[{self.description}] {self.done:g}{total} {self.unit} ({rate:.1f}/s) {self.status}".rstrip(),
-            file=sys.stderr,
-            flush=True,
+        log.info(
+            f"[{self.description}] {self.done:g}{total} {self.unit} ({rate:.1f}/s) {self.status}".rstrip()
         )
 
 
@@ -46,6 +49,7 @@ class Progress:
 def progress(
     description: str, total: float | None = None, enabled: bool = True, unit: str = ""
 ) -> Iterator[Progress]:
+    enabled = enabled and log.isEnabledFor(logging.INFO)  # -q: no progress either
     p = Progress(description, total, enabled, unit)
     if enabled and sys.stderr.isatty():
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn

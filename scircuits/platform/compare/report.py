@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import os
+import sys
 from pathlib import Path
 
 from scircuits.platform.common.artifacts import tmp_name, write_text_atomic
@@ -64,7 +65,8 @@ def floors_of(pair: PairResult, runs: list[RunEntry]) -> tuple[Comparison | None
 def histogram_figure(pair: PairResult, runs: list[RunEntry], path: Path) -> None:
     import matplotlib
 
-    matplotlib.use("Agg")
+    if "ipykernel" not in sys.modules:  # in a notebook the user's backend (inline) stays
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 

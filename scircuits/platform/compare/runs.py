@@ -4,12 +4,14 @@ has not finished is read from its SAE's record (no causal agreement then)."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.compare import internals
+
+log = get_logger(__name__)
 
 RESULTS = Path("causal") / "results.json"
 
@@ -97,7 +99,7 @@ def read_run(path: str | Path, plugins: Any = None) -> Run:
                 f"{root} has no {RESULTS} and no sae/scircuits.json: give a folder written by `scircuits run`"
             )
         config, results = fallback
-        print(f"compare: {root} has no {RESULTS} yet: its causal agreement is left out", file=sys.stderr)
+        log.info(f"compare: {root} has no {RESULTS} yet: its causal agreement is left out")
     else:
         results = internals.read_causal_results(results_path, plugins)
         config = results.get("config")
@@ -128,10 +130,9 @@ def _same_sae_or_no_features(root: Path, sae_path: Path, results: dict[str, Any]
     weights = sae_path / internals.SAE_WEIGHTS
     if not recorded or not results.get("features") or internals.sae_weights_sha256(sae_path) == recorded:
         return results
-    print(
+    log.info(
         f"compare: {weights} is not the SAE {root / RESULTS} was measured with (sha256 differs): "
-        "its causal agreement is left out (rerun its ablate stage to measure this SAE)",
-        file=sys.stderr,
+        "its causal agreement is left out (rerun its ablate stage to measure this SAE)"
     )
     return {**results, "features": []}
 
@@ -153,14 +154,10 @@ def run_store(root: Path, config: dict[str, Any], meta: dict[str, Any]) -> Path 
         if not isinstance(recorded, str) or not recorded or not Path(recorded).is_dir():
             continue
         if attrs is not None and internals.same_store(Path(recorded), attrs):
-            print(
-                f"note: {root} has no activations.zarr; using {recorded} (same store identity)",
-                file=sys.stderr,
-            )
+            log.info(f"note: {root} has no activations.zarr; using {recorded} (same store identity)")
             return Path(recorded)
-        print(
+        log.info(
             f"note: {root} has no activations.zarr, and {recorded} is not the store its SAE was trained "
-            "on: no store for this run",
-            file=sys.stderr,
+            "on: no store for this run"
         )
     return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
@@ -18,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.compare import internals
 from scircuits.platform.compare.causal_agreement import (
     effect_correlation,
@@ -68,6 +68,8 @@ from scircuits.platform.config.stages import STRICT
 from scircuits.platform.contract.errors import ScircuitsError
 from scircuits.platform.manager.plugin_set import PluginSet
 
+log = get_logger(__name__)
+
 RESULTS_FILE = "results.json"
 MATCHES_DIR = "matches"
 
@@ -92,7 +94,7 @@ class CompareOptions(BaseModel):
 
 
 def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    log.info(message)
 
 
 def _dist(values: np.ndarray, n_total: int) -> MatchedDistribution:

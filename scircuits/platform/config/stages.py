@@ -106,25 +106,32 @@ class StageConfig(BaseModel):
                 )
         return self
 
+    def __init__(self, **values: Any) -> None:
+        # a config built in Python (the API, a notebook) refuses a bad value as the CLI does: one line
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise type(self).config_error(exc, values) from None
+
     @classmethod
     def validated(cls: type[C], values: Mapping[str, Any]) -> C:
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            hint = ""
-            extras = [e["loc"][0] for e in exc.errors() if e["type"] == "extra_forbidden" and e["loc"]]
-            if extras and "hparams" in cls.model_fields:
-                key, value = extras[0], values.get(str(extras[0]))
-                hint = (
-                    f" (SAE hyperparameters go in hparams: `hparams = {{{key} = {value!r}}}` in the config "
-                    f"file, or --hparam {key}={value})"
-                )
-            located = [e["loc"] for e in exc.errors() if e["type"] != "extra_forbidden"]
-            flags = sorted({f for f in map(cls.flag_of, located) if f})
-            named = f" ({', '.join(flags)})" if flags else ""
-            raise ConfigError(
-                f"invalid {cls.stage} config: {describe_validation_error(exc)}{named}{hint}"
-            ) from None
+        return cls(**values)
+
+    @classmethod
+    def config_error(cls, exc: ValidationError, values: Mapping[str, Any]) -> ConfigError:
+        """The one-line ConfigError of a failed validation: the fields, their flags, and a hint."""
+        hint = ""
+        extras = [e["loc"][0] for e in exc.errors() if e["type"] == "extra_forbidden" and e["loc"]]
+        if extras and "hparams" in cls.model_fields:
+            key, value = extras[0], values.get(str(extras[0]))
+            hint = (
+                f" (SAE hyperparameters go in hparams: `hparams = {{{key} = {value!r}}}` in the config "
+                f"file, or --hparam {key}={value})"
+            )
+        located = [e["loc"] for e in exc.errors() if e["type"] != "extra_forbidden"]
+        flags = sorted({f for f in map(cls.flag_of, located) if f})
+        named = f" ({', '.join(flags)})" if flags else ""
+        return ConfigError(f"invalid {cls.stage} config: {describe_validation_error(exc)}{named}{hint}")
 
     @classmethod
     def flag_of(cls, loc: tuple[Any, ...]) -> str | None:

@@ -33,7 +33,6 @@ import os
 import platform
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,11 +49,14 @@ from scircuits.platform.common.artifacts import (
     write_marker,
 )
 from scircuits.platform.common.device import check_device
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.provenance import now_iso
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.synth_tasks import SynthProblem, SynthTask
 from scircuits.platform.groundtruth.tokenizer import build_tokenizer, encode_problem_ids
 from scircuits.version import __version__
+
+log = get_logger(__name__)
 
 INFO_FILE = "synth.json"
 CURVE_FILE = "training.jsonl"
@@ -340,9 +342,9 @@ def train_model(
             held = (
                 "files scircuits did not write" if claimed.state == "forced" else "a model of other settings"
             )
-            print(f"[synth] {out} held {held}; moved it to {claimed.moved_to}", file=sys.stderr)
+            log.info(f"[synth] {out} held {held}; moved it to {claimed.moved_to}")
         if claimed.state == "same" and is_complete(out, task, settings):
-            print(f"[synth] {out} already holds this model (same settings); kept it", file=sys.stderr)
+            log.info(f"[synth] {out} already holds this model (same settings); kept it")
             return read_info(out) or {}
         return _train_into(task, settings, out, on_eval)
 

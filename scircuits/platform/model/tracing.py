@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError, WeightsUnavailableError
 from scircuits.platform.contract.hf_loading import check_hub_config, weights_revision
 from scircuits.platform.contract.models import LoadedModel, ModelAdapter
+
+log = get_logger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -157,7 +159,7 @@ def load_remote(
             "a local --model-path cannot be sent there. Drop one of the two."
         )
     if backend is True and not adapter.remote:
-        print(f"warning: {adapter.name} is not known to be served by NDIF; trying anyway", file=sys.stderr)
+        log.warning(f"warning: {adapter.name} is not known to be served by NDIF; trying anyway")
     source = str(model_path) if model_path is not None else adapter.hf_id
     if not source:
         raise ConfigError(f"model {adapter.name!r} names no hub repository to run remotely")

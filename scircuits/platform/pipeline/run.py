@@ -21,7 +21,6 @@ directory is locked against a second ``run``.
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from scircuits.platform.common.artifacts import (
     write_marker,
 )
 from scircuits.platform.common.device import check_device
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.provenance import now_iso
 from scircuits.platform.common.remote import is_url, join_path, remote_out
 from scircuits.platform.config import RunConfig, StageConfig
@@ -53,6 +53,8 @@ from scircuits.platform.report.document import REPORT_HTML, REPORT_MD
 from scircuits.platform.train.checkpoint import load_sae
 from scircuits.platform.train.published import is_published
 from scircuits.platform.train.size import check_sae_memory
+
+log = get_logger(__name__)
 
 
 def run_dir_name(model: str, benchmark: str, site: str, layer: int, label: str = "") -> str:
@@ -234,7 +236,7 @@ def claim_run_dir(run_dir: Path, force: bool) -> None:
 
 
 def say(message: str) -> None:
-    print(f"[run] {message}", file=sys.stderr, flush=True)
+    log.info(f"[run] {message}")
 
 
 def check_model_weights(config: RunConfig, plugins: Any) -> None:

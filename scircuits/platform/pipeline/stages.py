@@ -9,7 +9,6 @@ weights folder), so a run directory or a weights folder that moved is still up t
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,11 +21,14 @@ from scircuits.errors import ScircuitsError
 from scircuits.platform.causal.results import recorded_config_hash, results_path
 from scircuits.platform.collect.datahash import data_sha256
 from scircuits.platform.common.artifacts import read_marker
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.config import AblateConfig, CollectConfig, RunConfig, StageConfig, TrainConfig
 from scircuits.platform.dashboard import build_dashboard
 from scircuits.platform.report.document import REPORT_HTML, REPORT_MD
 from scircuits.platform.train.checkpoint import is_complete
 from scircuits.store.reader import ActivationStore
+
+log = get_logger(__name__)
 
 REPORT_VERSION = 1  # bump when the report changes, to rewrite the reports of finished runs
 
@@ -230,7 +232,7 @@ class ReportStage(Stage):
 
 
 def _say(message: str) -> None:
-    print(f"[run] {message}", file=sys.stderr, flush=True)
+    log.info(f"[run] {message}")
 
 
 STAGES: tuple[Stage, ...] = (CollectStage(), TrainStage(), AblateStage(), ReportStage())

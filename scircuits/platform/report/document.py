@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import math
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,8 @@ def show_token(token: str) -> str:
 def pyplot() -> Any:
     import matplotlib
 
-    matplotlib.use("Agg")
+    if "ipykernel" not in sys.modules:  # in a notebook the user's backend (inline) stays
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -42,6 +41,7 @@ import torch
 
 from scircuits.platform.common.artifacts import FolderLock, move_aside, read_marker, write_marker
 from scircuits.platform.common.device import check_device
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.progress import progress
 from scircuits.platform.common.remote import is_url, remote_out
 from scircuits.platform.config import TrainConfig
@@ -74,6 +74,8 @@ from scircuits.platform.train.metrics import RARE_FREQUENCY, ReconstructionStats
 from scircuits.platform.train.size import check_sae_memory
 from scircuits.store import ActivationStore
 from scircuits.version import __version__
+
+log = get_logger(__name__)
 
 INIT_SAMPLE_TOKENS = 16384
 # latent usage (dead / rare) of the final SAE is counted over at most this many training tokens
@@ -401,7 +403,7 @@ def train(config: TrainConfig, plugins: PluginSet, *, stop_after_steps: int | No
             done = train(
                 config.model_copy(update={"out": str(local)}), plugins, stop_after_steps=stop_after_steps
             )
-        print(f"[train] published the checkpoint to {config.out}", file=sys.stderr)
+        log.info(f"[train] published the checkpoint to {config.out}")
         return done
     check_world(config, config.nproc)
     out = Path(config.out)
@@ -444,9 +446,9 @@ def _claim(config: TrainConfig) -> bool:
         held = "files scircuits did not write"
         if claimed.state != "forced":
             held = "a checkpoint made with other settings"
-        print(f"[train] {out} held {held}; moved it to {claimed.moved_to}", file=sys.stderr)
+        log.info(f"[train] {out} held {held}; moved it to {claimed.moved_to}")
     if ckpt.is_complete(out, config.config_hash()):
-        print(f"[train] {out} already holds a complete checkpoint for this config; skipping", file=sys.stderr)
+        log.info(f"[train] {out} already holds a complete checkpoint for this config; skipping")
         return True
     if not config.resume and ckpt.has_training_state(out):
         if not config.force:
@@ -456,7 +458,7 @@ def _claim(config: TrainConfig) -> bool:
             )
         aside = move_aside(out)
         write_marker(out, "sae", config.config_hash())
-        print(f"[train] --force: moved the unresumed training state in {out} to {aside}", file=sys.stderr)
+        log.info(f"[train] --force: moved the unresumed training state in {out} to {aside}")
     return False
 
 
@@ -600,10 +602,7 @@ def _fit(config: TrainConfig, variant: SAEVariant, dist: DistContext, stop_after
     out = Path(config.out)
     store = open_store(config.store)
     if not store.complete:
-        print(
-            f"[train] warning: store {config.store} is not complete; training on the rows it has",
-            file=sys.stderr,
-        )
+        log.warning(f"[train] warning: store {config.store} is not complete; training on the rows it has")
     measured = None
     if dist.enabled and config.exclude_tokens != "none":  # each rank measures its own blocks
         norms, positions = row_norms(store, rank=dist.rank, world_size=dist.world_size)
@@ -614,7 +613,7 @@ def _fit(config: TrainConfig, variant: SAEVariant, dist: DistContext, stop_after
     if excluded_rows.size:
         store = store.excluding(excluded_rows)
     if dist.is_main:
-        print(f"[train] {exclusion.describe()}", file=sys.stderr)
+        log.info(f"[train] {exclusion.describe()}")
     local_batch = config.batch_size // dist.world_size
     read = dict(eval_fraction=config.eval_fraction, split_seed=0)
     steps_per_epoch = store.batches_per_epoch(
@@ -888,10 +887,9 @@ class _Logger:
 
                 self.tracker = SummaryWriter(log_dir=str(out / "tensorboard"))
         except ImportError as exc:
-            print(
+            log.warning(
                 f"[train] {config.tracker} was asked for but is not installed ({exc}); logging to "
-                f"{self.path} only",
-                file=sys.stderr,
+                f"{self.path} only"
             )
 
     def write(self, record: dict[str, Any]) -> None:

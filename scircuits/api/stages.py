@@ -1,0 +1,411 @@
+"""The research API's entry points: one function per stage command, taking the stage's pydantic
+config (or its fields as keywords) and returning its typed result (``scircuits.api.results``).
+
+    import scircuits
+    run = scircuits.run(model="smollm2-135m", limit=40, train_tokens=200_000)
+    run.study.to_pandas("sweeps")
+    scircuits.load_run(run.path).feature(run.study.features[0]["id"])
+
+A user mistake raises the error the CLI reports (``ConfigError``, ``ArtifactError``, ... all
+``ScircuitsError``) with the CLI's one-line message, its traceback cut at the call (``user_errors``).
+The CLI's stage commands call these same functions.
+
+# Where a new command's entry point goes: a function here taking its config and returning its
+# result (a model in results.py), decorated with @user_errors, and its name in scircuits._LAZY.
+# (The circuit command, being built beside this API, belongs here in the same shape.)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from scircuits.api.results import (
+    AblateResult,
+    CollectResult,
+    CompareResult,
+    DashboardResult,
+    RunResult,
+    TrainResult,
+)
+from scircuits.platform.causal.results import read_results, results_path
+from scircuits.platform.common import jsonvalues
+from scircuits.platform.common.artifacts import DISK_ERRNOS, ArtifactError, describe_os_error
+from scircuits.platform.common.logs import get_logger
+from scircuits.platform.common.progress import silence_library_progress_bars
+from scircuits.platform.config import AblateConfig, CollectConfig, RunConfig, StageConfig, TrainConfig
+from scircuits.platform.contract.errors import ConfigError, ScircuitsError
+from scircuits.platform.contract.options import describe_validation_error
+from scircuits.platform.manager.plugin_set import PluginSet, get_plugins
+
+log = get_logger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C", bound=StageConfig)
+
+
+class InvalidOption(ConfigError):
+    """An option of ``compare`` has a value it cannot take (the CLI reports it as a usage error)."""
+
+
+def user_errors(f: F) -> F:
+    """The function's user-facing errors (``ScircuitsError``; a full disk as ``ArtifactError`` with
+    the CLI's message) raised from the call, without the platform's frames behind it."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except ScircuitsError as exc:
+            raise exc.with_traceback(None) from None
+        except OSError as exc:
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            error = disk_error(exc)
+        raise error from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def disk_error(exc: OSError) -> ArtifactError:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return ArtifactError(
+        f"{where}cannot write ({describe_os_error(exc)}); free space or choose another --out, then run "
+        "the same command again (what was already written is kept)"
+    )
+
+
+def stage_config(cls: type[C], config: C | None, settings: Mapping[str, Any]) -> C:
+    """``config`` (default: the defaults) with ``settings`` over it, validated as the CLI validates
+    a config file and flags: ConfigError in one line naming the setting."""
+    if config is not None and not isinstance(config, cls):
+        raise ConfigError(f"give a {cls.__name__} (or its fields as keywords), not a {type(config).__name__}")
+    values = config.model_dump(exclude_unset=True) if config is not None else {}
+    values.update(settings)
+    resolved = cls.validated(values)
+    if getattr(resolved, "progress", True) is False:
+        silence_library_progress_bars()
+    return resolved
+
+
+def plugin_set(plugins: PluginSet | None) -> PluginSet:
+    return plugins if plugins is not None else get_plugins()
+
+
+# ----------------------------------------------------------------------------- the stages
+
+
+@user_errors
+def collect(
+    config: CollectConfig | None = None, /, *, plugins: PluginSet | None = None, **settings: Any
+) -> CollectResult:
+    """Trace a model's activations on a benchmark (or a corpus) into a store (`scircuits collect`)."""
+    from scircuits.platform.collect.collection import run_collect
+
+    resolved = stage_config(CollectConfig, config, settings)
+    summary = run_collect(resolved, plugin_set(plugins))
+    return CollectResult(
+        path=str(summary.path),
+        n_examples=summary.n_examples,
+        n_tokens=summary.n_tokens,
+        new_examples=summary.new_examples,
+        new_tokens=summary.new_tokens,
+        seconds=summary.seconds,
+        already_complete=summary.already_complete,
+        complete=True,
+    )
+
+
+@user_errors
+def train(
+    config: TrainConfig | None = None, /, *, plugins: PluginSet | None = None, **settings: Any
+) -> TrainResult:
+    """Train one SAE on an activation store (`scircuits train`); skipped when ``out`` already holds
+    a complete checkpoint of the same config."""
+    from scircuits.platform.train.distributed import parse_devices
+    from scircuits.platform.train.training import train as train_one
+    from scircuits.platform.train.training import train_many
+
+    resolved = stage_config(TrainConfig, config, settings)
+    if not resolved.store:
+        raise ConfigError("train: give the activation store with --store PATH (or store = ... in --config)")
+    plugins = plugin_set(plugins)
+    check_train_job(resolved, plugins)
+    devices = parse_devices(resolved.device)
+    if len(devices) == 1 or resolved.nproc > 1:
+        out = train_one(resolved, plugins)
+    else:
+        out = train_many([resolved], devices, plugins)[0]
+    return read_checkpoint(out)
+
+
+def check_hparams(config: TrainConfig, plugins: PluginSet) -> None:
+    """Fail before any work when a hyperparameter does not belong to the variant."""
+    from scircuits.platform.train.training import apply_preset
+
+    resolved = apply_preset(config, plugins).with_plugin_defaults(plugins)
+    plugins.saes.get(resolved.sae).parse_hparams(resolved.hparams)
+
+
+def check_train_job(config: TrainConfig, plugins: PluginSet) -> None:
+    """Fail before any work when a hyperparameter does not belong to the variant, the store cannot be
+    read, or the SAE does not fit the machine."""
+    from scircuits.platform.train.size import check_sae_memory
+    from scircuits.store import ActivationStore
+
+    check_hparams(config, plugins)
+    width = ActivationStore(config.store).d_model
+    check_sae_memory(width, config.expansion, config.batch_size, config.device)
+
+
+@user_errors
+def ablate(
+    config: AblateConfig | None = None, /, *, plugins: PluginSet | None = None, **settings: Any
+) -> AblateResult:
+    """The causal study of an SAE's features in the running model (`scircuits ablate`): ranks,
+    top-k sweeps against matched controls, exact ablations, faithfulness. Returns results.json."""
+    from scircuits.platform.causal.stage import run_ablate
+
+    plugins = plugin_set(plugins)
+    out = run_ablate(stage_config(AblateConfig, config, settings), plugins)
+    return read_study(out, plugins)
+
+
+@user_errors
+def run(
+    config: RunConfig | None = None, /, *, plugins: PluginSet | None = None, **settings: Any
+) -> RunResult:
+    """The whole study, collect -> train -> ablate -> report, into one run directory (`scircuits run`);
+    a stage already done with the same settings is skipped. Flat names (``limit``, ``train_tokens``,
+    ``collect_limit``, ``sae_hparams``, ...) are the CLI's flags."""
+    from scircuits.platform.pipeline.run import run_pipeline
+
+    plugins = plugin_set(plugins)
+    run_dir = run_pipeline(stage_config(RunConfig, config, settings), plugins)
+    return read_run(run_dir, plugins)
+
+
+@user_errors
+def compare(
+    run_dirs: Sequence[str | Path],
+    options: Any = None,
+    /,
+    *,
+    force: bool = False,
+    plugins: PluginSet | None = None,
+    **settings: Any,
+) -> CompareResult:
+    """Match the SAE features of two or more runs beside each run's ceiling and floors
+    (`scircuits compare`); writes results.json, report.md and figures into ``out``."""
+    from scircuits.platform.compare.output import compare_folder
+    from scircuits.platform.compare.report import write_report
+    from scircuits.platform.compare.study import CompareOptions, compare_runs
+
+    runs = [str(r) for r in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
+    if len(runs) < 2:
+        raise ConfigError("compare: give at least two run directories")
+    values = options.model_dump(exclude_unset=True) if isinstance(options, BaseModel) else {}
+    values.update(settings)
+    try:
+        resolved = CompareOptions(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        flag = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "compare"
+        raise InvalidOption(f"{flag} {error.get('input')!r}: {error['msg']}") from None
+    if not resolved.progress:
+        silence_library_progress_bars()
+    plugins = plugin_set(plugins)
+    with compare_folder(resolved.out, runs, force, log.info):
+        results = compare_runs(runs, resolved, plugins)
+        write_report(results, Path(resolved.out))
+        link_dashboards(results, Path(resolved.out))
+    return CompareResult(**results.model_dump(mode="python"), path=str(Path(resolved.out)))
+
+
+def link_dashboards(results: Any, out: Path) -> None:
+    """Refresh the match data of the compared runs' existing dashboards (their generated match files
+    only), so each feature page lists its matches here; a failure leaves the results in place."""
+    from scircuits.platform.dashboard.matches import compared_sites, refresh_matches_locked
+
+    for run_dir, site in compared_sites(results):
+        try:
+            n = refresh_matches_locked(site, run_dir, [out])
+        except ConfigError as exc:
+            log.info(f"compare: {site} not linked ({exc})")
+            continue
+        log.info(f"linked {n} comparisons into {site}")
+
+
+@user_errors
+def dashboard(
+    run_dir: str | Path,
+    *,
+    features: int | None = None,
+    out: str | Path | None = None,
+    compare: Sequence[str | Path] = (),
+    force: bool = False,
+    store: str | Path | None = None,
+    plugins: PluginSet | None = None,
+) -> DashboardResult:
+    """A static feature dashboard for a finished run (`scircuits dashboard`): a sortable index and one
+    page per feature, opening from disk."""
+    from scircuits.platform.dashboard import build_dashboard
+
+    summary = build_dashboard(
+        run_dir,
+        plugin_set(plugins),
+        features=features,
+        out=out,
+        compare=compare,
+        force=force,
+        store=store,
+        say=lambda m: log.info(f"[dashboard] {m}"),
+    )
+    fields = {k: v for k, v in vars(summary).items() if k in DashboardResult.model_fields}
+    return DashboardResult(**fields, path=str(summary.out), index=str(summary.out / "index.html"))
+
+
+# ----------------------------------------------------------------------------- reading what was made
+
+
+@user_errors
+def load_study(path: str | Path, plugins: PluginSet | None = None) -> AblateResult:
+    """The results of a causal study: its folder (``causal/``), its results.json, or a run directory."""
+    path = Path(path)
+    if path.is_dir() and not results_path(path).is_file() and results_path(path / "causal").is_file():
+        path = path / "causal"
+    return read_study(path, plugin_set(plugins))
+
+
+@user_errors
+def load_run(path: str | Path, plugins: PluginSet | None = None) -> RunResult:
+    """A finished run directory (`scircuits run`'s) as the ``RunResult`` ``scircuits.run`` returns."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"{path} is not a folder: give a run directory that `scircuits run` wrote")
+    if not results_path(path / "causal").is_file():
+        raise ConfigError(
+            f"{path} has no causal/results.json: give a run directory of a finished `scircuits run` (or "
+            "run it again to finish it)"
+        )
+    return read_run(path, plugin_set(plugins))
+
+
+@user_errors
+def load_comparison(path: str | Path) -> CompareResult:
+    """A `scircuits compare` folder (or its results.json) as the ``CompareResult`` ``compare`` returns."""
+    from scircuits.platform.compare.schema import FORMAT
+
+    file = Path(path) / "results.json" if Path(path).is_dir() else Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{file} does not exist: give the --out folder of `scircuits compare`")
+    data = jsonvalues.load_file(file)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ConfigError(f"{file} is not a scircuits comparison (format {FORMAT!r})")
+    try:
+        return CompareResult.model_validate({**data, "path": str(file.parent)})
+    except ValidationError as exc:
+        raise ConfigError(
+            f"{file} does not match the comparison schema: {describe_validation_error(exc)}"
+        ) from None
+
+
+def read_study(path: str | Path, plugins: PluginSet) -> AblateResult:
+    """results.json (a file or its folder) as ``AblateResult``, migrated when older; ConfigError in one
+    line when it cannot be read."""
+    from scircuits.platform.causal.registry import analyses_of
+
+    study = read_results(path, analyses_of(plugins), AblateResult)
+    file = Path(path)
+    study.path = str(file if file.is_dir() else file.parent)
+    return study
+
+
+def read_checkpoint(path: str | Path) -> TrainResult:
+    """A checkpoint folder's scircuits.json as ``TrainResult``."""
+    from scircuits.platform.train.checkpoint import META_FILE, read_json
+
+    meta = read_json(Path(path) / META_FILE)
+    try:
+        return TrainResult(
+            path=str(path),
+            variant=str(meta.get("variant")),
+            hparams=meta.get("hparams") or {},
+            d_in=int(meta["d_in"]),
+            d_sae=int(meta["d_sae"]),
+            config_hash=meta.get("config_hash"),
+            steps=meta.get("steps"),
+            tokens=meta.get("tokens"),
+            seconds=meta.get("seconds"),
+            metrics=meta.get("metrics") or {},
+        )
+    except (KeyError, TypeError, ValueError, ValidationError) as exc:
+        raise ConfigError(
+            f"{Path(path) / META_FILE} is not a complete scircuits checkpoint record ({exc})"
+        ) from None
+
+
+def read_store(path: str | Path) -> CollectResult | None:
+    """What an activation store holds (None where there is no readable store)."""
+    from scircuits.store import ActivationStore
+
+    try:
+        store = ActivationStore(str(path))
+    except (ScircuitsError, OSError, ValueError, KeyError):
+        return None
+    keep = ("model", "layer", "site", "d_model", "dtype", "benchmark", "split")
+    return CollectResult(
+        path=str(path),
+        n_examples=store.n_examples,
+        n_tokens=store.n_tokens,
+        complete=store.complete,
+        attrs={k: v for k, v in store.attrs.items() if k in keep},
+    )
+
+
+def read_run(run_dir: str | Path, plugins: PluginSet) -> RunResult:
+    from scircuits.platform.pipeline.state import STATE_FILE
+    from scircuits.platform.report.document import REPORT_HTML
+    from scircuits.platform.train.checkpoint import META_FILE
+
+    root = Path(run_dir)
+    study = read_study(root / "causal", plugins)
+    train_result = read_checkpoint(root / "sae") if (root / "sae" / META_FILE).is_file() else None
+    store = read_store(root / "activations.zarr") if (root / "activations.zarr").is_dir() else None
+    seconds: dict[str, float] = {}
+    try:
+        stages = json.loads((root / STATE_FILE).read_text()).get("stages", {})
+        seconds = {
+            k: float(v["seconds"]) for k, v in stages.items() if isinstance(v, dict) and "seconds" in v
+        }
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    report = root / REPORT_HTML
+    index = root / "dashboard" / "index.html"
+    return RunResult(
+        path=str(root),
+        collect=store,
+        train=train_result,
+        study=study,
+        report=str(report) if report.is_file() else None,
+        dashboard=str(index) if index.is_file() else None,
+        stage_seconds=seconds,
+    )
+
+
+__all__ = [
+    "ablate",
+    "collect",
+    "compare",
+    "dashboard",
+    "load_comparison",
+    "load_run",
+    "load_study",
+    "run",
+    "train",
+    "user_errors",
+]

@@ -1,0 +1,64 @@
+"""The platform's messages: one ``logging`` logger per module under ``scircuits``.
+
+The ``scircuits`` logger writes each message as a bare line to the ``sys.stderr`` of the moment (so a
+test's or a notebook's replacement receives it), at INFO unless ``$SCIRCUITS_LOG_LEVEL`` or
+``set_level`` says otherwise; it does not propagate, so a root handler a notebook adds does not
+print each line twice. Processes spawned by the platform (distributed ranks) read the level from the
+environment, so ``-q``/``-v`` reach them too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+LEVEL_ENV = "SCIRCUITS_LOG_LEVEL"
+ROOT = "scircuits"
+
+
+class StderrLines(logging.Handler):
+    """Each record's message on its own line of the current ``sys.stderr``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # logging must never raise into the work
+            self.handleError(record)
+
+
+def level_of(name: str | int | None) -> int:
+    if isinstance(name, int):
+        return name
+    value = logging.getLevelName(str(name or "INFO").upper())
+    return value if isinstance(value, int) else logging.INFO
+
+
+def set_level(level: str | int) -> None:
+    """The level of every scircuits message in this process and the processes it spawns."""
+    value = level_of(level)
+    logging.getLogger(ROOT).setLevel(value)
+    if value == logging.INFO:  # the default: nothing to pass on
+        os.environ.pop(LEVEL_ENV, None)
+    else:
+        os.environ[LEVEL_ENV] = logging.getLevelName(value)
+
+
+def _install() -> None:
+    root = logging.getLogger(ROOT)
+    if not any(isinstance(h, StderrLines) for h in root.handlers):
+        handler = StderrLines()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+        root.propagate = False
+    root.setLevel(level_of(os.environ.get(LEVEL_ENV)))
+
+
+_install()
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The logger of a module (``get_logger(__name__)``), under the ``scircuits`` logger."""
+    return logging.getLogger(name if name.startswith(ROOT) else f"{ROOT}.{name}")
