@@ -55,7 +55,7 @@ def site_saes(d_in: int, scale: float = 1.0) -> list[SiteSAE]:
 def spliced(tiny, examples):
     model = SplicedModel(tiny, site_saes(tiny.d_model))
     batches = model.prepare(examples, 4, None, 1)
-    return model, batches, A.baseline_of(batches, "mean")
+    return model, batches, A.baseline_of(batches, "selection-mean")
 
 
 def test_the_sites_spliced_together_are_exact_and_a_tighter_tolerance_refuses(spliced):
@@ -147,7 +147,7 @@ def test_batched_edges_equal_one_backward_per_node_and_cost_one_per_downstream_s
 def test_in_the_linear_regime_attribution_ranks_nodes_and_edges_as_exact_patching_does(tiny, examples):
     model = SplicedModel(tiny, site_saes(tiny.d_model, scale=0.05))  # small features: near linear
     batches = model.prepare(examples, 4, None, 1)
-    base = A.baseline_of(batches, "mean")
+    base = A.baseline_of(batches, "selection-mean")
     effects = A.node_effects(model, batches, base)
     # features only: a random SAE's error term is most of the activation, and patching it is far
     # from linear
@@ -268,3 +268,21 @@ def test_a_circuit_too_large_for_memory_is_refused_up_front_with_an_estimate(tin
     with pytest.raises(ConfigError, match=r"needs about [\d.]+ GiB, above --max-memory-gb"):
         find_circuit(config(tmp_path, specs, max_memory_gb=1e-4), get_plugins(), loaded=tiny)
     assert not called  # refused before any forward pass
+
+
+def test_the_command_refuses_bad_saes_in_one_line_with_exit_2_and_writes_nothing(tmp_path, capsys):
+    from scircuits.cli import main
+
+    specs = saved_saes(tmp_path, 576, sites=[(6, "resid"), (3, "resid"), (9, "resid")])
+    out = tmp_path / "out"
+    for args, needle in [
+        ([f"--sae={s}" for s in specs], "out of the model's order (resid6, resid3, resid9)"),
+        ([f"--sae={specs[0]}"], "needs SAEs at two sites or more"),
+        ([], "circuit needs --sae once per site"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            main(["circuit", *args, "--limit", "4", "--out", str(out), "--no-progress"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err, err
+        assert not out.exists()

@@ -37,7 +37,7 @@ class Baseline:
     errors: list[torch.Tensor]  # (d_model,)
     frequency: list[np.ndarray]  # (d_sae,) share of the patched selection tokens where it fires
     activation: list[np.ndarray]  # (d_sae,) mean activation there
-    kind: str = "mean"
+    kind: str = "selection-mean"
 
 
 def baseline_of(batches: Sequence[CircuitBatch], kind: str) -> Baseline:
@@ -57,7 +57,7 @@ def baseline_of(batches: Sequence[CircuitBatch], kind: str) -> Baseline:
     device, dtype = batches[0].features[0].device, batches[0].features[0].dtype
     mean_f = [(s / count).to(device, dtype) for s in sums_f]
     mean_e = [(s / count).to(device, dtype) for s in sums_e]
-    if kind == "zero":
+    if kind == "zeros":
         mean_f, mean_e = [torch.zeros_like(m) for m in mean_f], [torch.zeros_like(m) for m in mean_e]
     return Baseline(
         mean_f,

@@ -32,8 +32,8 @@ class CircuitConfig(StageConfig):
         "integrated gradients over --ig-steps per site.",
     )
     ig_steps: int = D(8, "Integrated-gradients steps (with --method ig).", gt=0, le=256)
-    baseline: Literal["mean", "zero"] = D(
-        "mean", "What a node is patched to: its mean over the selection tokens, or zero."
+    baseline: Literal["selection-mean", "zeros"] = D(
+        "selection-mean", "What a node is patched to: its mean over the selection tokens, or zero."
     )
     nodes: int = D(
         30, "Node budget: the circuit keeps the nodes of largest |effect|, at most this many.", gt=0
