@@ -286,3 +286,15 @@ def test_the_command_refuses_bad_saes_in_one_line_with_exit_2_and_writes_nothing
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and needle in err, err
         assert not out.exists()
+
+
+def test_a_folder_of_per_site_checkpoints_is_read_in_the_models_order(tiny, tmp_path):
+    from scircuits.platform.circuit.sites import load_site_saes
+
+    folder = tmp_path / "saes"
+    specs = saved_saes(folder, tiny.d_model)
+    for spec, name in zip(specs, ["z_resid0", "a_mlp1", "m_resid2"], strict=True):
+        Path(spec).rename(folder / name)
+    adapter = get_plugins().models.get("smollm2-135m")
+    saes = load_site_saes([str(folder)], get_plugins(), adapter, "smollm2-135m")
+    assert [s.name for s in saes] == ["resid0", "mlp1", "resid2"]

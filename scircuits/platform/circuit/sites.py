@@ -49,19 +49,15 @@ class SiteSAE:
         return str(model) if model else None
 
 
-def expand_specs(specs: list[str]) -> list[str]:
+def expand_spec(spec: str) -> list[str]:
     """A local folder without cfg.json whose sub-folders are checkpoints (`scircuits train` on several
-    stores writes one per site) stands for those sub-folders."""
-    out: list[str] = []
-    for spec in specs:
-        folder = Path(spec)
-        if folder.is_dir() and not (folder / CFG_FILE).is_file():
-            inner = sorted(p for p in folder.iterdir() if p.is_dir() and (p / CFG_FILE).is_file())
-            if inner:
-                out.extend(str(p) for p in inner)
-                continue
-        out.append(spec)
-    return out
+    stores writes one per site) stands for those sub-folders; any other spec for itself."""
+    folder = Path(spec)
+    if folder.is_dir() and not (folder / CFG_FILE).is_file():
+        inner = sorted(p for p in folder.iterdir() if p.is_dir() and (p / CFG_FILE).is_file())
+        if inner:
+            return [str(p) for p in inner]
+    return [spec]
 
 
 def site_of(spec: str, info: dict[str, Any], adapter: Any) -> tuple[int, str]:
@@ -83,22 +79,26 @@ def load_site_saes(
 ) -> list[SiteSAE]:
     """Read every SAE and check them together (before the model loads); ``width``: the model's, when
     known before it loads."""
-    specs = expand_specs(specs)
-    if len(specs) < 2:
+    groups = [expand_spec(spec) for spec in specs]
+    if sum(len(g) for g in groups) < 2:
         raise ConfigError(
             "a circuit needs SAEs at two sites or more: give --sae once per site (or a folder holding "
             "one checkpoint per site)"
         )
     loaded: list[SiteSAE] = []
-    for spec in specs:
-        sae, info = load_sae(spec, plugins)
-        layer, site = site_of(spec, info, adapter)
-        if site not in adapter.site_paths:
-            raise ConfigError(
-                f"the SAE {spec} reads the {site!r} site, which {model_name} does not declare (its sites: "
-                f"{', '.join(adapter.site_paths)})"
-            )
-        loaded.append(SiteSAE(layer, site, sae, spec, dict(info)))
+    for group in groups:
+        found = []
+        for spec in group:
+            sae, info = load_sae(spec, plugins)
+            layer, site = site_of(spec, info, adapter)
+            if site not in adapter.site_paths:
+                raise ConfigError(
+                    f"the SAE {spec} reads the {site!r} site, which {model_name} does not declare (its "
+                    f"sites: {', '.join(adapter.site_paths)})"
+                )
+            found.append(SiteSAE(layer, site, sae, spec, dict(info)))
+        # a folder's checkpoints are named by their stores, not ordered: put them in the model's order
+        loaded.extend(sorted(found, key=lambda s: s.order) if len(group) > 1 else found)
     models = {s.trained_model for s in loaded if s.trained_model}
     if len(models) > 1:
         listed = "; ".join(f"{s.spec}: {s.trained_model}" for s in loaded if s.trained_model)
