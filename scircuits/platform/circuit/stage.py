@@ -66,16 +66,17 @@ def node_id(saes: list[SiteSAE], node: Node) -> str:
     return f"{saes[i].name}/{'error' if j == saes[i].d_sae else j}"
 
 
-def edge_memory_bytes(saes: list[SiteSAE], batch_size: int, length: int, nodes: int, n_layers: int) -> int:
-    """About what one batched edge backward holds: one vector per downstream node over the batch, at
-    every site's features and error term, and the blocks' activations it passes through."""
+def edge_memory_bytes(saes: list[SiteSAE], batch_size: int, length: int, nodes: int) -> int:
+    """About what one batched edge backward holds: one vector per downstream node (at most ``nodes``)
+    over the batch at the downstream site, its gradients at every upstream site (features and error
+    term), and the transient gradients of the blocks it passes through (taken as 24 x d_model)."""
     d_model = saes[0].d_in
-    per_vector = sum(s.d_sae + d_model for s in saes) + n_layers * 12 * d_model
+    per_vector = 2 * sum(s.d_sae + d_model for s in saes) + 24 * d_model
     return 4 * nodes * batch_size * length * per_vector
 
 
 def check_memory(config: CircuitConfig, saes: list[SiteSAE], loaded: LoadedModel, length: int) -> None:
-    need = edge_memory_bytes(saes, config.batch_size, length, config.nodes, loaded.n_layers)
+    need = edge_memory_bytes(saes, config.batch_size, length, config.nodes)
     if need > config.max_memory_gb * 2**30:
         raise ConfigError(
             f"the edge pass of a {config.nodes}-node circuit over batches of {config.batch_size} sequences "
