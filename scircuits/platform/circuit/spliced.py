@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from scircuits.platform.causal.evaluation import edit_mask, group_batches
+from scircuits.platform.causal.evaluation import edit_mask, encoded_batches
 from scircuits.platform.circuit.sites import SiteSAE
 from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.contract.errors import ScircuitsError
@@ -24,8 +24,6 @@ from scircuits.platform.model.scoring import (
     SequenceBatch,
     example_objective,
     example_scores,
-    layout_examples,
-    make_batch,
     sequence_scores,
 )
 from scircuits.platform.model.splice import _first, _replace_first
@@ -124,23 +122,10 @@ class SplicedModel:
         self, examples: list[Example], batch_size: int, max_length: int | None, first_position: int
     ) -> list[CircuitBatch]:
         """Encode and batch the examples; record every site's clean features and error term."""
-        tokenizer = self.loaded.tokenizer
-        sequences, layouts = layout_examples(tokenizer, examples, max_length)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         device = next(self.loaded.model.parameters()).device
         out: list[CircuitBatch] = []
-        for group in group_batches(layouts, batch_size):
-            seq_ids = [j for i in group for j in layouts[i].sequence_indices]
-            local = {g: k for k, g in enumerate(seq_ids)}
-            local_layouts = [
-                ExampleLayout(
-                    layouts[i].example_id,
-                    tuple(local[j] for j in layouts[i].sequence_indices),
-                    layouts[i].answer_index,
-                )
-                for i in group
-            ]
-            batch = make_batch([sequences[j] for j in seq_ids], pad_id).to(device)
+        chunks = encoded_batches(self.loaded.tokenizer, examples, batch_size, max_length, device)
+        for group, local_layouts, batch in chunks:
             features: list[torch.Tensor | None] = [None] * len(self.sites)
             errors: list[torch.Tensor | None] = [None] * len(self.sites)
 
