@@ -298,3 +298,19 @@ def test_a_folder_of_per_site_checkpoints_is_read_in_the_models_order(tiny, tmp_
     adapter = get_plugins().models.get("smollm2-135m")
     saes = load_site_saes([str(folder)], get_plugins(), adapter, "smollm2-135m")
     assert [s.name for s in saes] == ["resid0", "mlp1", "resid2"]
+
+
+@pytest.mark.slow
+def test_a_circuit_on_the_real_smollm2_is_exact_and_complete(smollm2, tmp_path):
+    """Bounded: random SAEs at three resid sites of the real model, 8 examples (4 + 4)."""
+    sites = [(3, "resid"), (9, "resid"), (15, "resid")]
+    specs = saved_saes(tmp_path, smollm2.d_model, models=("smollm2-135m",) * 3, sites=sites)
+    cfg = config(
+        tmp_path, specs, limit=8, batch_size=8, nodes=6, sizes=[1, 3], random_circuits=1, exact_top=3
+    )
+    results = read_circuit(run_circuit(cfg, get_plugins(), loaded=smollm2))
+    assert results.splice["max_abs_logit_diff"] < 1e-3
+    assert [s.name for s in results.sites] == ["resid3", "resid9", "resid15"]
+    assert results.nodes and results.edges and results.exact_nodes is not None
+    assert results.reference["full"]["mean"] > results.reference["empty"]["mean"]  # patching everything hurts
+    assert results.passes["batched_backwards"] <= results.passes["selection_batches"] * 2
