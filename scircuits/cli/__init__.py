@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "ablate": "scircuits.cli.causal:ablate",
     "run": "scircuits.cli.causal:run",
     "report": "scircuits.cli.causal:report",
+    "circuit": "scircuits.cli.circuit:circuit",
     "compare": "scircuits.cli.compare:compare",
     "dashboard": "scircuits.cli.dashboard:dashboard",
 }

@@ -4,7 +4,7 @@ the blocks above (``SplitModel.upper``) on these batches."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,21 +59,14 @@ def group_batches(layouts: Sequence[ExampleLayout], batch_size: int) -> list[lis
     return groups
 
 
-def prepare_eval(
-    split: SplitModel | RemoteSplitModel,
-    sae: torch.nn.Module,
-    tokenizer: Any,
-    examples: list[Example],
-    batch_size: int,
-    max_length: int | None,
-    show: Progress | None = None,
-) -> EvalData:
-    """Encode the examples, batch them, and run the lower blocks and the SAE once per batch."""
+def encoded_batches(
+    tokenizer: Any, examples: list[Example], batch_size: int, max_length: int | None, device: Any
+) -> Iterator[tuple[list[int], list[ExampleLayout], SequenceBatch]]:
+    """The examples encoded and grouped into batches of about ``batch_size`` sequences (examples
+    whole): per batch, its examples' indices, their layouts (sequence indices local to the batch) and
+    the padded batch on ``device``."""
     sequences, layouts = layout_examples(tokenizer, examples, max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    remote = bool(getattr(split, "remote", False))  # the weights are on NDIF, the SAE is here
-    device = sae.W_dec.device if remote else next(split.model.parameters()).device
-    planned = []
     for group in group_batches(layouts, batch_size):
         seq_ids = [j for i in group for j in layouts[i].sequence_indices]
         local = {g: i for i, g in enumerate(seq_ids)}
@@ -85,7 +78,22 @@ def prepare_eval(
             )
             for i in group
         ]
-        planned.append((group, local_layouts, make_batch([sequences[j] for j in seq_ids], pad_id).to(device)))
+        yield list(group), local_layouts, make_batch([sequences[j] for j in seq_ids], pad_id).to(device)
+
+
+def prepare_eval(
+    split: SplitModel | RemoteSplitModel,
+    sae: torch.nn.Module,
+    tokenizer: Any,
+    examples: list[Example],
+    batch_size: int,
+    max_length: int | None,
+    show: Progress | None = None,
+) -> EvalData:
+    """Encode the examples, batch them, and run the lower blocks and the SAE once per batch."""
+    remote = bool(getattr(split, "remote", False))  # the weights are on NDIF, the SAE is here
+    device = sae.W_dec.device if remote else next(split.model.parameters()).device
+    planned = list(encoded_batches(tokenizer, examples, batch_size, max_length, device))
     # on NDIF every batch's site output comes back in one request
     caches = split.lower_all([batch for _, _, batch in planned]) if remote else None
     batches: list[EvalBatch] = []

@@ -1,0 +1,203 @@
+"""The circuit's results.json (typed, ``CircuitResults``) and its graph exports: graph.json in the
+node/link shape of circuit-tracer's frontend models, and circuit.graphml (docs/circuits.md, "Files")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+from xml.sax.saxutils import quoteattr
+
+from pydantic import BaseModel, ConfigDict
+
+from scircuits.platform.common import jsonvalues
+from scircuits.platform.common.artifacts import write_text_atomic
+
+RESULTS_FILE = "results.json"
+GRAPH_FILE = "graph.json"
+GRAPHML_FILE = "circuit.graphml"
+OUTPUT_ID = "metric"
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SiteResult(Frozen):
+    name: str  # resid6, mlp3, ...
+    layer: int
+    site: str
+    d_sae: int
+    sae: str  # what --sae named
+    variant: str | None = None
+    active_features: int  # fire on the patched selection tokens
+
+
+class CircuitNode(Frozen):
+    id: str  # resid6/123, resid6/error
+    site: str
+    layer: int
+    kind: Literal["feature", "error"]
+    feature: int | None
+    effect: float  # attribution: mean change of the score when patched, per selection example
+    rank: int  # 1 = largest |effect| among every node
+    activation: float | None = None  # mean over the patched selection tokens (features)
+    frequency: float | None = None  # share of those tokens where it fires
+    exact_effect: float | None = None  # when among the exact checks
+
+
+class CircuitEdge(Frozen):
+    source: str
+    target: str  # a node id, or "metric"
+    weight: float  # attribution: direct effect, per selection example
+    exact: float | None = None
+    opposite_sign: bool | None = None
+
+
+class CurvePoint(Frozen):
+    size: int
+    faithfulness: float | None
+    faithfulness_ci: list[float] | None
+    completeness: float | None
+    completeness_ci: list[float] | None
+    random_draws: int
+    random_faithfulness: float | None = None
+    random_faithfulness_ci: list[float] | None = None
+    random_completeness: float | None = None
+    random_completeness_ci: list[float] | None = None
+
+
+class Agreement(Frozen):
+    n: int
+    spearman: float | None
+    spearman_ci: list[float] | None
+    opposite_sign: list[str]  # the nodes or edges whose exact effect has the other sign
+
+
+class CircuitResults(Frozen):
+    format: Literal["scircuits.circuit"] = "scircuits.circuit"
+    schema_version: int = 1
+    config: dict[str, Any]
+    config_hash: str
+    model: str
+    benchmark: str
+    score: str  # what the metric m is (scoring.score_name)
+    sites: list[SiteResult]
+    method: str
+    baseline: str
+    positions: str
+    n_selection: int
+    n_evaluation: int
+    n_nodes_total: int
+    thresholds: dict[str, float | int]
+    largest_effect: float
+    splice: dict[str, float]
+    reference: dict[str, dict[str, float]]  # m(M) and m(∅) on the evaluation examples
+    nodes: list[CircuitNode]
+    edges: list[CircuitEdge]
+    curves: list[CurvePoint]
+    exact_nodes: Agreement | None = None
+    exact_edges: Agreement | None = None
+    passes: dict[str, Any]
+    provenance: dict[str, Any]
+    wall_seconds: float | None = None
+
+    def to_json(self) -> str:
+        return jsonvalues.dumps(self.model_dump(mode="python"), indent=2)
+
+
+def read_circuit(folder: str | Path) -> CircuitResults:
+    data = jsonvalues.load_file(Path(folder) / RESULTS_FILE, "circuit results")
+    return jsonvalues.validate_nulls_as_nan(CircuitResults, data)
+
+
+def graph_json(results: CircuitResults) -> dict[str, Any]:
+    """The circuit as circuit-tracer's frontend models spell a graph (metadata, qParams, nodes, links);
+    positions are summed, so every node sits at ctx_idx 0 and the metric is one logit node."""
+    n_layers_shown = max((s.layer for s in results.sites), default=0) + 1
+    nodes: list[dict[str, Any]] = []
+    for node in results.nodes:
+        nodes.append(
+            {
+                "node_id": node.id,
+                "jsNodeId": node.id,
+                "feature": node.feature if node.feature is not None else -1,
+                "layer": str(node.layer),
+                "ctx_idx": 0,
+                "feature_type": "cross layer transcoder"
+                if node.kind == "feature"
+                else "mlp reconstruction error",
+                "clerp": f"{node.site} feature {node.feature}"
+                if node.kind == "feature"
+                else f"{node.site} error",
+                "influence": node.effect,
+                "activation": node.activation,
+                "site": node.site,
+            }
+        )
+    nodes.append(
+        {
+            "node_id": OUTPUT_ID,
+            "jsNodeId": OUTPUT_ID,
+            "feature": 0,
+            "layer": str(n_layers_shown),
+            "ctx_idx": 0,
+            "feature_type": "logit",
+            "is_target_logit": True,
+            "clerp": results.score,
+        }
+    )
+    return {
+        "metadata": {
+            "slug": f"{results.model}__{results.benchmark}",
+            "scan": results.model,
+            "transcoder_list": [s.sae for s in results.sites],
+            "prompt_tokens": [],
+            "prompt": f"{results.benchmark}: {results.n_selection} selection examples, positions summed",
+            "node_threshold": float(results.thresholds.get("node_threshold", 0.0)),
+            "schema_version": 1,
+        },
+        "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+        "nodes": nodes,
+        "links": [{"source": e.source, "target": e.target, "weight": e.weight} for e in results.edges],
+    }
+
+
+def graphml(results: CircuitResults) -> str:
+    keys = [
+        ("site", "node", "string"),
+        ("layer", "node", "int"),
+        ("kind", "node", "string"),
+        ("feature", "node", "int"),
+        ("effect", "node", "double"),
+        ("weight", "edge", "double"),
+    ]
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        '<graphml xmlns="http://graphml.graphdrawing.org/xmlns">',
+        *(f'  <key id="{k}" for="{f}" attr.name="{k}" attr.type="{t}"/>' for k, f, t in keys),
+        '  <graph id="circuit" edgedefault="directed">',
+    ]
+    for node in results.nodes:
+        data = {"site": node.site, "layer": node.layer, "kind": node.kind, "effect": node.effect}
+        if node.feature is not None:
+            data["feature"] = node.feature
+        lines.append(f"    <node id={quoteattr(node.id)}>")
+        lines.extend(f'      <data key="{k}">{v}</data>' for k, v in data.items())
+        lines.append("    </node>")
+    lines.append(f'    <node id="{OUTPUT_ID}"><data key="kind">metric</data></node>')
+    for k, edge in enumerate(results.edges):
+        lines.append(
+            f'    <edge id="e{k}" source={quoteattr(edge.source)} target={quoteattr(edge.target)}>'
+            f'<data key="weight">{edge.weight!r}</data></edge>'
+        )
+    lines += ["  </graph>", "</graphml>", ""]
+    return "\n".join(lines)
+
+
+def write_circuit(folder: Path, results: CircuitResults) -> Path:
+    """graph.json and circuit.graphml, then results.json last (its presence marks completion)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / GRAPH_FILE, jsonvalues.dumps(graph_json(results), indent=1))
+    write_text_atomic(folder / GRAPHML_FILE, graphml(results))
+    write_text_atomic(folder / RESULTS_FILE, results.to_json())
+    return folder

@@ -1,0 +1,171 @@
+"""Several SAEs spliced into the model at once, each site's output passing through a handler.
+
+Every site keeps its SAE error term, ``out = decode(f) + (x - decode(encode(x)))``, so the spliced
+model computes what the model computes (``check_exact`` measures it); the handlers edit features or
+error terms, or swap them for leaves autograd can differentiate. The forward stops at the target
+predictions: the unembedding runs only there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from scircuits.platform.causal.evaluation import edit_mask, encoded_batches
+from scircuits.platform.circuit.sites import SiteSAE
+from scircuits.platform.contract.benchmarks import Example
+from scircuits.platform.contract.errors import ScircuitsError
+from scircuits.platform.contract.models import LoadedModel
+from scircuits.platform.model.scoring import (
+    ExampleLayout,
+    SequenceBatch,
+    example_objective,
+    example_scores,
+    sequence_scores,
+)
+from scircuits.platform.model.splice import _first, _replace_first
+
+# handler(site index, the site's output x) -> its new output, or None to leave it
+Handler = Callable[[int, torch.Tensor], torch.Tensor | None]
+
+
+class CircuitSpliceError(ScircuitsError):
+    """The SAEs spliced together do not reproduce the model."""
+
+
+@dataclass
+class CircuitBatch:
+    """One batch of examples with each site's clean SAE features and error term."""
+
+    batch: SequenceBatch
+    example_indices: list[int]  # positions in the split's example list
+    layouts: list[ExampleLayout]
+    mask: torch.Tensor  # (B, T) the positions nodes are patched at
+    features: list[torch.Tensor]  # per site (B, T, d_sae)
+    errors: list[torch.Tensor]  # per site (B, T, d_model)
+
+
+class SplicedModel:
+    """The model with one SAE per site; ``run(batch, handler)`` gives per-example scores."""
+
+    def __init__(self, loaded: LoadedModel, sites: Sequence[SiteSAE]) -> None:
+        self.loaded = loaded
+        self.sites = list(sites)
+        self.modules = [loaded.site_module(s.layer, s.site) for s in self.sites]
+        adapter = loaded.adapter
+        self.base = adapter.base_model(loaded.model)
+        self.unembed = adapter.unembedding(loaded.model)
+        self.softcap = adapter.logit_softcap(loaded.model)
+        self.params = [p for p in loaded.model.parameters()] + [
+            p for s in self.sites for p in s.sae.parameters()
+        ]
+        for p in self.params:  # gradients are taken with respect to activations only
+            p.requires_grad_(False)
+
+    @contextmanager
+    def handled(self, handler: Handler | None) -> Iterator[None]:
+        handles = []
+        if handler is not None:
+            for i, module in enumerate(self.modules):
+
+                def hook(module, args, output, i=i):
+                    new = handler(i, _first(output))
+                    return None if new is None else _replace_first(output, new)
+
+                handles.append(module.register_forward_hook(hook))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def target_logits(self, batch: SequenceBatch, handler: Handler | None) -> torch.Tensor:
+        with self.handled(handler):
+            hidden = self.base(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                use_cache=False,
+            ).last_hidden_state
+        logits = self.unembed(hidden[batch.pred_rows, batch.pred_cols])
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def objective(self, cb: CircuitBatch, handler: Handler | None) -> torch.Tensor:
+        """Per example, the benchmark's score (``example_objective``), with its graph."""
+        seq_lp, _ = sequence_scores(self.target_logits(cb.batch, handler), cb.batch)
+        return example_objective(seq_lp, cb.layouts)
+
+    def scores(self, cb: CircuitBatch, handler: Handler | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per example (score, correct), no graph."""
+        with torch.no_grad():
+            seq_lp, seq_ok = sequence_scores(self.target_logits(cb.batch, handler), cb.batch)
+        return example_scores(seq_lp, seq_ok, cb.layouts)
+
+    # -- the SAE at a site -----------------------------------------------------------------------
+
+    def encode(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, error term) of the site's output ``x``."""
+        sae = self.sites[i].sae
+        xs = x.to(sae.W_dec.dtype)
+        features = sae.encode(xs)
+        return features, xs - sae.decode(features)
+
+    def decode(self, i: int, features: torch.Tensor, error: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return (self.sites[i].sae.decode(features) + error).to(like.dtype)
+
+    def prepare(
+        self, examples: list[Example], batch_size: int, max_length: int | None, first_position: int
+    ) -> list[CircuitBatch]:
+        """Encode and batch the examples; record every site's clean features and error term."""
+        device = next(self.loaded.model.parameters()).device
+        out: list[CircuitBatch] = []
+        chunks = encoded_batches(self.loaded.tokenizer, examples, batch_size, max_length, device)
+        for group, local_layouts, batch in chunks:
+            features: list[torch.Tensor | None] = [None] * len(self.sites)
+            errors: list[torch.Tensor | None] = [None] * len(self.sites)
+
+            def record(
+                i: int,
+                x: torch.Tensor,
+                features: list[torch.Tensor | None] = features,
+                errors: list[torch.Tensor | None] = errors,
+            ) -> None:
+                features[i], errors[i] = (t.detach() for t in self.encode(i, x))
+
+            with torch.no_grad(), self.handled(record):
+                self.base(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids,
+                    use_cache=False,
+                )
+            mask = edit_mask(batch, first_position)
+            out.append(CircuitBatch(batch, list(group), local_layouts, mask, features, errors))  # type: ignore[arg-type]
+        return out
+
+    def check_exact(self, batches: Sequence[CircuitBatch], tolerance: float) -> dict[str, float]:
+        """Max |logit difference| of the model with every SAE spliced in (error terms kept) against
+        the model alone, at the target predictions; CircuitSpliceError beyond ``tolerance``."""
+
+        def splice(i: int, x: torch.Tensor) -> torch.Tensor:
+            features, error = self.encode(i, x)
+            return self.decode(i, features, error, x)
+
+        worst = 0.0
+        with torch.no_grad():
+            for cb in batches:
+                clean = self.target_logits(cb.batch, None)
+                spliced = self.target_logits(cb.batch, splice)
+                worst = max(worst, float((spliced - clean).abs().max()))
+        if not worst <= tolerance:  # NaN fails too
+            raise CircuitSpliceError(
+                f"the model with the SAEs of {', '.join(s.name for s in self.sites)} spliced in (error terms "
+                f"kept) differs from the model by {worst:.3g} in the logits, beyond --splice-tolerance "
+                f"{tolerance:g}: an SAE does not match its site, or the model runs in low precision"
+            )
+        return {"max_abs_logit_diff": worst, "tolerance": tolerance, "sites": len(self.sites)}

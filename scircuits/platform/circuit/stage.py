@@ -1,0 +1,307 @@
+"""`scircuits circuit`: ``run_circuit(config, plugins) -> Path`` reads the SAEs and the examples,
+splices the SAEs in together (checked exact), attributes nodes and edges on the selection examples,
+evaluates circuits on the evaluation examples, re-measures the top nodes and edges exactly, and
+writes results.json, graph.json, circuit.graphml and report.md (docs/circuits.md)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scircuits.platform.causal.statistics import Bootstrap, selection_split
+from scircuits.platform.circuit.attribution import (
+    OUTPUT,
+    Counter,
+    Node,
+    baseline_of,
+    edge_weights,
+    node_effects,
+)
+from scircuits.platform.circuit.evaluate import curves
+from scircuits.platform.circuit.exact import agreement, exact_edge_effects, exact_node_effects
+from scircuits.platform.circuit.figure import write_report
+from scircuits.platform.circuit.results import (
+    OUTPUT_ID,
+    Agreement,
+    CircuitEdge,
+    CircuitNode,
+    CircuitResults,
+    CurvePoint,
+    SiteResult,
+    write_circuit,
+)
+from scircuits.platform.circuit.sites import SiteSAE, choose_sites, load_site_saes
+from scircuits.platform.circuit.spliced import CircuitBatch, SplicedModel
+from scircuits.platform.common.artifacts import (
+    ArtifactError,
+    FolderLock,
+    check_writable,
+    claim,
+    describe_os_error,
+    remove_orphans,
+)
+from scircuits.platform.common.device import check_device
+from scircuits.platform.common.provenance import base_provenance
+from scircuits.platform.config import CircuitConfig
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.hf_loading import check_weights_available
+from scircuits.platform.contract.models import LoadedModel
+from scircuits.platform.model.scoring import layout_examples, score_name
+
+KIND = "circuit"
+POSITIONS = (
+    "summed: a node is one feature (or error term) over every patched position; edges sum both positions"
+)
+
+
+def node_id(saes: list[SiteSAE], node: Node) -> str:
+    if node == OUTPUT:
+        return OUTPUT_ID
+    i, j = node
+    return f"{saes[i].name}/{'error' if j == saes[i].d_sae else j}"
+
+
+def edge_memory_bytes(saes: list[SiteSAE], batch_size: int, length: int, nodes: int) -> int:
+    """About what one batched edge backward holds: one vector per downstream node (at most ``nodes``)
+    over the batch at the downstream site, its gradients at every upstream site (features and error
+    term), and the transient gradients of the blocks it passes through (taken as 24 x d_model)."""
+    d_model = saes[0].d_in
+    per_vector = 2 * sum(s.d_sae + d_model for s in saes) + 24 * d_model
+    return 4 * nodes * batch_size * length * per_vector
+
+
+def check_memory(config: CircuitConfig, saes: list[SiteSAE], loaded: LoadedModel, length: int) -> None:
+    need = edge_memory_bytes(saes, config.batch_size, length, config.nodes)
+    if need > config.max_memory_gb * 2**30:
+        raise ConfigError(
+            f"the edge pass of a {config.nodes}-node circuit over batches of {config.batch_size} sequences "
+            f"of up to {length} tokens needs about {need / 2**30:.1f} GiB, above --max-memory-gb "
+            f"{config.max_memory_gb:g}; lower --nodes or --batch-size (or raise --max-memory-gb)"
+        )
+
+
+def load_examples(config: CircuitConfig, plugins: Any) -> list[Any]:
+    benchmark = plugins.benchmarks.get(config.benchmark)
+    benchmark.check_split(config.split)
+    examples = list(benchmark.examples(config.split, config.limit, config.seed, config.benchmark_options))
+    if len(examples) < 2:
+        raise ConfigError(
+            f"benchmark {config.benchmark!r} gave {len(examples)} example(s) for split {config.split!r}: a "
+            "circuit needs at least 2 (selection and evaluation)"
+        )
+    return examples
+
+
+def run_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None = None) -> Path:
+    started = time.monotonic()
+    config = config.with_plugin_defaults(plugins)
+    out = Path(config.out)
+    check_device(config.device)
+    try:
+        fresh = not out.exists()
+    except OSError:
+        fresh = False
+    check_writable(out, option="--out")
+    try:
+        with FolderLock(out, "circuit results"):
+            remove_orphans(out)
+            claimed = claim(out, KIND, config.config_hash(), option="--out", force=config.force)
+            if claimed.moved_to:
+                print(f"[circuit] {out} held other files; moved them to {claimed.moved_to}", file=sys.stderr)
+            results = find_circuit(config, plugins, loaded)
+            results.wall_seconds = round(time.monotonic() - started, 1)
+            try:
+                write_circuit(out, results)
+                write_report(out, results)
+            except OSError as exc:
+                raise ArtifactError(
+                    f"{out}: cannot write the results ({describe_os_error(exc)}); free space or choose "
+                    "another --out, then run again"
+                ) from None
+            return out
+    except BaseException:
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None = None) -> CircuitResults:
+    adapter = plugins.models.get(config.model)
+    if not config.sae:
+        raise ConfigError(
+            "circuit needs --sae once per site (checkpoint folders of `scircuits train`, a folder holding "
+            "one per site, or published SAEs hf:REPO/PATH, saelens:RELEASE/SAE_ID)"
+        )
+    examples = load_examples(config, plugins)  # a bad line anywhere stops here, before any weights
+    if loaded is None:
+        check_weights_available(adapter, config.model_path)
+    # the model's width is known before it loads only for the named weights (as ablate checks it)
+    width = adapter.d_model if loaded is None and config.model_path is None else None
+    saes = choose_sites(
+        load_site_saes(list(config.sae), plugins, adapter, str(config.model), width), config.sites
+    )
+    if loaded is None:
+        loaded = adapter.load(model_path=config.model_path, dtype="float32", device=config.device)
+    if saes[0].d_in != loaded.d_model:
+        raise ConfigError(
+            f"the SAEs read width {saes[0].d_in}, but {config.model} has width {loaded.d_model}: they were "
+            "made for another model"
+        )
+    for s in saes:
+        if s.layer >= loaded.n_layers:
+            raise ConfigError(
+                f"the SAE {s.spec} reads layer {s.layer}, but {config.model} has {loaded.n_layers}"
+            )
+    sequences, layouts = layout_examples(loaded.tokenizer, examples, config.max_length)
+    check_memory(config, saes, loaded, max(len(s.input_ids) for s in sequences))
+    selection, evaluation = selection_split(len(examples), config.selection_fraction, config.seed)
+    assert selection is not None and evaluation is not None  # fraction > 0 and >= 2 examples
+    model = SplicedModel(loaded, saes)
+    prepare = lambda idx: model.prepare(  # noqa: E731
+        [examples[int(k)] for k in idx], config.batch_size, config.max_length, config.edit_from_position
+    )
+    sel_batches, eval_batches = prepare(selection), prepare(evaluation)
+    splice = model.check_exact(sel_batches[:2] + eval_batches[:2], config.splice_tolerance)
+    counter = Counter()
+    base = baseline_of(sel_batches, config.baseline)
+    effects = node_effects(model, sel_batches, base, config.method, config.ig_steps, counter)
+    everything: list[Node] = [(i, j) for i, s in enumerate(saes) for j in range(s.d_sae + 1)]
+    magnitude = np.array([abs(effects[i][j]) for i, j in everything])
+    order = np.argsort(-magnitude, kind="stable")
+    ranked = [everything[k] for k in order]
+    rank_of = {node: r + 1 for r, node in enumerate(ranked)}
+    largest = float(magnitude.max()) if len(magnitude) else 0.0
+    kept = [n for n in ranked[: config.nodes] if abs(effects[n[0]][n[1]]) >= config.node_threshold]
+    kept = [n for n in kept if abs(effects[n[0]][n[1]]) > 0]
+    if not kept:
+        raise ConfigError(
+            f"no node passes --node-threshold {config.node_threshold:g}: the largest |effect| found is "
+            f"{largest:.3g}; give a lower threshold"
+        )
+    circuit = [[j for (i, j) in kept if i == site] for site in range(len(saes))]
+    weights = edge_weights(model, sel_batches, base, circuit, counter)
+    kept_edges = {k: w for k, w in weights.items() if abs(w) >= config.edge_threshold and w != 0}
+    if config.edge_threshold > 0 and not kept_edges:
+        biggest = max((abs(w) for w in weights.values()), default=0.0)
+        raise ConfigError(
+            f"no edge passes --edge-threshold {config.edge_threshold:g}: the largest |weight| found is "
+            f"{biggest:.3g}; give a lower threshold"
+        )
+    bootstrap = Bootstrap(len(evaluation), config.bootstrap, config.seed)
+    n_pool = sum(int((f > 0).sum()) + 1 for f in base.frequency)
+    sizes = sorted({n for n in config.sizes if n <= n_pool} | {len(kept)})
+    reference, points = curves(
+        model, eval_batches, base, ranked, sizes, config.random_circuits, bootstrap, config.seed, counter
+    )
+    exact_nodes = kept[: config.exact_top]
+    node_exact = exact_node_effects(model, sel_batches, base, exact_nodes, counter)
+    top_edges = sorted(kept_edges, key=lambda k: -abs(kept_edges[k]))[: config.exact_top]
+    edge_exact = exact_edge_effects(model, sel_batches, base, top_edges, counter)
+    node_agreement = agreement(
+        [effects[i][j] for i, j in exact_nodes], node_exact, config.seed, config.bootstrap
+    )
+    edge_agreement = agreement([kept_edges[e] for e in top_edges], edge_exact, config.seed, config.bootstrap)
+    exact_of_node = dict(zip(exact_nodes, node_exact, strict=True))
+    exact_of_edge = dict(zip(top_edges, edge_exact, strict=True))
+    nodes = [
+        CircuitNode(
+            id=node_id(saes, (i, j)),
+            site=saes[i].name,
+            layer=saes[i].layer,
+            kind="feature" if j < saes[i].d_sae else "error",
+            feature=j if j < saes[i].d_sae else None,
+            effect=float(effects[i][j]),
+            rank=rank_of[(i, j)],
+            activation=float(base.activation[i][j]) if j < saes[i].d_sae else None,
+            frequency=float(base.frequency[i][j]) if j < saes[i].d_sae else None,
+            exact_effect=exact_of_node.get((i, j)),
+        )
+        for i, j in kept
+    ]
+    edges = []
+    for (source, target), w in sorted(kept_edges.items(), key=lambda kv: -abs(kv[1])):
+        exact = exact_of_edge.get((source, target))
+        edges.append(
+            CircuitEdge(
+                source=node_id(saes, source),
+                target=node_id(saes, target),
+                weight=float(w),
+                exact=exact,
+                opposite_sign=None if exact is None else bool(np.sign(exact) * np.sign(w) < 0),
+            )
+        )
+    return CircuitResults(
+        config=config.model_dump(mode="json"),
+        config_hash=config.config_hash(),
+        model=str(config.model),
+        benchmark=str(config.benchmark),
+        score=score_name(layouts),
+        sites=[
+            SiteResult(
+                name=s.name,
+                layer=s.layer,
+                site=s.site,
+                d_sae=s.d_sae,
+                sae=s.spec,
+                variant=s.info.get("variant"),
+                active_features=int((base.frequency[i] > 0).sum()),
+            )
+            for i, s in enumerate(saes)
+        ],
+        method=config.method if config.method == "patching" else f"ig ({config.ig_steps} steps)",
+        baseline=config.baseline,
+        positions=POSITIONS,
+        n_selection=len(selection),
+        n_evaluation=len(evaluation),
+        n_nodes_total=len(everything),
+        thresholds={
+            "nodes": config.nodes,
+            "node_threshold": config.node_threshold,
+            "edge_threshold": config.edge_threshold,
+        },
+        largest_effect=largest,
+        splice=splice,
+        reference=reference,  # type: ignore[arg-type]
+        nodes=nodes,
+        edges=edges,
+        curves=[CurvePoint(**p) for p in points],  # type: ignore[arg-type]
+        exact_nodes=Agreement(
+            **{
+                **node_agreement,
+                "opposite_sign": [node_id(saes, exact_nodes[k]) for k in node_agreement["opposite_sign"]],
+            }  # type: ignore[arg-type,index]
+        ),
+        exact_edges=Agreement(
+            **{
+                **edge_agreement,
+                "opposite_sign": [
+                    f"{node_id(saes, top_edges[k][0])} -> {node_id(saes, top_edges[k][1])}"
+                    for k in edge_agreement["opposite_sign"]  # type: ignore[attr-defined]
+                ],
+            }
+        ),
+        passes={
+            "forwards": counter.forwards,
+            "backwards": counter.backwards,
+            "batched_backwards": counter.batched_backwards,
+            "by_stage": counter.by_stage,
+            "selection_batches": len(sel_batches),
+            "evaluation_batches": len(eval_batches),
+        },
+        provenance={
+            **base_provenance(),
+            "model": {"name": config.model, "model_id": loaded.model_id, "revision": loaded.revision},
+            "saes": [
+                {"spec": s.spec, "layer": s.layer, "site": s.site, "source": s.info.get("source")}
+                for s in saes
+            ],
+        },
+    )
+
+
+__all__ = ["CircuitBatch", "find_circuit", "run_circuit"]

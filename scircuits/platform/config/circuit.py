@@ -1,0 +1,68 @@
+"""The settings of `scircuits circuit` (docs/circuits.md): SAEs at several sites, how nodes and edges
+are attributed, how the circuit is chosen and how it is evaluated."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar, Literal
+
+from scircuits.platform.config.stages import D, StageConfig, plugin_default_help
+
+
+class CircuitConfig(StageConfig):
+    stage: ClassVar[str] = "circuit"
+    volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "batch_size", "progress", "force"})
+    located: ClassVar[frozenset[str]] = frozenset({"model_path"})
+    plugin_fields: ClassVar[Mapping[str, str]] = {"model": "models", "benchmark": "benchmarks"}
+
+    model: str | None = D(None, plugin_default_help("Model adapter name", "models"))
+    benchmark: str | None = D(None, plugin_default_help("Benchmark name", "benchmarks"))
+    benchmark_options: dict[str, object] = D(dict, "Benchmark options (--option KEY=VALUE, --data).")
+    sae: list[str] = D(
+        list,
+        "An SAE at one site (repeatable): a checkpoint folder of `scircuits train`, a folder holding "
+        "several (one per site), hf:REPO/PATH or saelens:RELEASE/SAE_ID. Given in the model's order.",
+    )
+    sites: str | None = D(
+        None, "The sites the circuit spans, e.g. resid3,resid6,mlp9 (default: every SAE's site)."
+    )
+    method: Literal["patching", "ig"] = D(
+        "patching",
+        "Node attribution: patching = gradient x (baseline - activation), one backward per batch; ig = "
+        "integrated gradients over --ig-steps per site.",
+    )
+    ig_steps: int = D(8, "Integrated-gradients steps (with --method ig).", gt=0, le=256)
+    baseline: Literal["selection-mean", "zeros"] = D(
+        "selection-mean", "What a node is patched to: its mean over the selection tokens, or zero."
+    )
+    nodes: int = D(
+        30, "Node budget: the circuit keeps the nodes of largest |effect|, at most this many.", gt=0
+    )
+    node_threshold: float = D(0.0, "Keep only nodes with |effect| >= this (0: the budget alone).", ge=0)
+    edge_threshold: float = D(0.0, "Report only edges with |weight| >= this (0: every edge).", ge=0)
+    sizes: list[int] = D(lambda: [1, 2, 5, 10, 20, 50, 100], "Circuit sizes of the evaluation curves.")
+    random_circuits: int = D(3, "Random circuits of the same size drawn per size.", ge=0)
+    exact_top: int = D(10, "Top nodes and top edges re-measured by exact intervention.", ge=0)
+    limit: int | None = D(160, "Examples (split into selection and evaluation).", gt=1)
+    selection_fraction: float = D(
+        0.5, "Share of the examples the circuit is found on; it is evaluated on the rest.", gt=0, lt=1
+    )
+    split: str = D("test", "Benchmark split.")
+    seed: int = D(0, "Seed of examples, the selection split, random circuits and bootstrap.", ge=0)
+    bootstrap: int = D(1000, "Bootstrap replicates.", gt=0)
+    edit_from_position: int = D(
+        1, "Patch nodes only at positions >= this (1 spares the first token, the attention sink).", ge=0
+    )
+    splice_tolerance: float = D(1e-3, "Largest |logit difference| the SAEs spliced together may cause.", gt=0)
+    max_memory_gb: float = D(
+        8.0, "Refuse, before any work, a circuit whose edge pass would need more memory than this.", gt=0
+    )
+    max_length: int | None = D(None, "Truncate longer sequences, keeping the end of the prompt.", gt=1)
+    batch_size: int = D(16, "Sequences per forward pass.", gt=0)
+    device: str = D("cpu", "cpu, cuda, ...")
+    model_path: str | None = D(None, "Load the weights from this local folder.")
+    out: str = D("circuit", "Output folder.")
+    progress: bool = D(True, "Show progress.")
+    force: bool = D(
+        False, "Move aside (never delete) a folder at --out that scircuits did not write instead of refusing."
+    )
