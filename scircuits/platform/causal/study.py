@@ -637,10 +637,10 @@ def check_remote_splice(
         zeroed = eb.features.clone()
         zeroed[..., chosen] = 0
         zeroed = torch.where(where, zeroed, eb.features)
-        dtype = eb.cache.site_output.dtype
+        site_dtype = eb.cache.site_output.dtype
         with torch.no_grad():
-            splice = (study.sae.decode(eb.features) + eb.error).to(dtype)
-            edited = (study.sae.decode(zeroed) + eb.error).to(dtype)
+            splice = (study.sae.decode(eb.features) + eb.error).to(site_dtype)
+            edited = (study.sae.decode(zeroed) + eb.error).to(site_dtype)
             delta_job = study._edited_job(eb.batch, eb.cache, eb.features, eb.error, zeroed)
         jobs += [
             ScoreJob(eb.batch, eb.cache, None),
