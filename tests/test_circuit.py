@@ -314,3 +314,19 @@ def test_a_circuit_on_the_real_smollm2_is_exact_and_complete(smollm2, tmp_path):
     assert results.nodes and results.edges and results.exact_nodes is not None
     assert results.reference["full"]["mean"] > results.reference["empty"]["mean"]  # patching everything hurts
     assert results.passes["batched_backwards"] <= results.passes["selection_batches"] * 2
+
+
+def test_graph_json_loads_in_circuit_tracers_frontend_models(tiny, tmp_path):
+    """graph.json validates against circuit-tracer's own frontend pydantic models (the peers install it
+    without its dependencies: circuit_tracer.frontend needs pydantic only), and every link joins two
+    of its nodes."""
+    from tests.test_published_reference import peer
+
+    models = peer("circuit_tracer.frontend.graph_models")
+    specs = saved_saes(tmp_path, tiny.d_model)
+    out = run_circuit(config(tmp_path, specs), get_plugins(), loaded=tiny)
+    graph = models.Model.model_validate(json.loads((out / "graph.json").read_text()))
+    ids = {n.node_id for n in graph.nodes}
+    assert len(ids) == len(graph.nodes) and graph.links
+    assert all(link["source"] in ids and link["target"] in ids for link in graph.links)
+    assert sum(n.is_target_logit for n in graph.nodes) == 1
