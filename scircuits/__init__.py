@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     )
     from scircuits.api.stages import (
         ablate,
+        circuit,
         collect,
         compare,
         dashboard,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
         spearman,
         spearman_interval,
     )
+    from scircuits.platform.circuit.results import CircuitResults
     from scircuits.platform.common.device import check_device
     from scircuits.platform.common.logs import set_level as set_log_level
     from scircuits.platform.common.provenance import (
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
         now_iso,
     )
     from scircuits.platform.compare.study import CompareOptions
+    from scircuits.platform.config.circuit import CircuitConfig
     from scircuits.platform.config.stages import (
         AblateConfig,
         CollectConfig,
@@ -193,6 +196,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "WeightsSource": ("scircuits.platform.contract.hf_loading", "WeightsSource"),
     "WeightsUnavailableError": ("scircuits.platform.contract.errors", "WeightsUnavailableError"),
     "ablate": ("scircuits.api.stages", "ablate"),
+    "circuit": ("scircuits.api.stages", "circuit"),
+    "CircuitConfig": ("scircuits.platform.config.circuit", "CircuitConfig"),
+    "CircuitResults": ("scircuits.platform.circuit.results", "CircuitResults"),
     "aligned_features": ("scircuits.platform.groundtruth.scoring", "aligned_features"),
     "auroc": ("scircuits.platform.groundtruth.scoring", "auroc"),
     "base_provenance": ("scircuits.platform.common.provenance", "base_provenance"),
@@ -273,6 +279,8 @@ __all__ = [
     "Analysis",
     "AnalysisResult",
     "Benchmark",
+    "CircuitConfig",
+    "CircuitResults",
     "CollectConfig",
     "CollectResult",
     "CompareOptions",
@@ -326,6 +334,7 @@ __all__ = [
     "best_f1",
     "cache_root",
     "check_device",
+    "circuit",
     "collect",
     "compare",
     "dashboard",

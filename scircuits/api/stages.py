@@ -34,11 +34,13 @@ from scircuits.api.results import (
     TrainResult,
 )
 from scircuits.platform.causal.results import read_results, results_path
+from scircuits.platform.circuit.results import CircuitResults
 from scircuits.platform.common import jsonvalues
 from scircuits.platform.common.artifacts import DISK_ERRNOS, ArtifactError, describe_os_error
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.progress import silence_library_progress_bars
 from scircuits.platform.config import AblateConfig, CollectConfig, RunConfig, StageConfig, TrainConfig
+from scircuits.platform.config.circuit import CircuitConfig
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.contract.options import describe_validation_error
 from scircuits.platform.manager.plugin_set import PluginSet, get_plugins
@@ -173,6 +175,20 @@ def ablate(
     plugins = plugin_set(plugins)
     out = run_ablate(stage_config(AblateConfig, config, settings), plugins)
     return read_study(out, plugins)
+
+
+@user_errors
+def circuit(
+    config: CircuitConfig | None = None, /, *, plugins: PluginSet | None = None, **settings: Any
+) -> CircuitResults:
+    """A feature circuit across several SAE sites (`scircuits circuit`): nodes and edges by attribution
+    patching, held-out faithfulness and completeness beside random circuits, exact checks. Returns its
+    results.json (docs/circuits.md)."""
+    from scircuits.platform.circuit.results import read_circuit
+    from scircuits.platform.circuit.stage import run_circuit
+
+    plugins = plugin_set(plugins)
+    return read_circuit(run_circuit(stage_config(CircuitConfig, config, settings), plugins))
 
 
 @user_errors
