@@ -6,7 +6,6 @@ writes results.json, graph.json, circuit.graphml and report.md (docs/circuits.md
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,12 +45,15 @@ from scircuits.platform.common.artifacts import (
     remove_orphans,
 )
 from scircuits.platform.common.device import check_device
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.provenance import base_provenance
 from scircuits.platform.config import CircuitConfig
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.hf_loading import check_weights_available
 from scircuits.platform.contract.models import LoadedModel
 from scircuits.platform.model.scoring import layout_examples, score_name
+
+log = get_logger(__name__)
 
 KIND = "circuit"
 POSITIONS = (
@@ -112,7 +114,7 @@ def run_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None 
             remove_orphans(out)
             claimed = claim(out, KIND, config.config_hash(), option="--out", force=config.force)
             if claimed.moved_to:
-                print(f"[circuit] {out} held other files; moved them to {claimed.moved_to}", file=sys.stderr)
+                log.info(f"[circuit] {out} held other files; moved them to {claimed.moved_to}")
             results = find_circuit(config, plugins, loaded)
             results.wall_seconds = round(time.monotonic() - started, 1)
             try:
