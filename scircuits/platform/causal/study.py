@@ -411,8 +411,7 @@ class Study:
         self, loaded: LoadedModel, check_examples: int | None, tolerance: float, described: str
     ) -> dict[str, Any]:
         if self.remote:
-            dtype = str(loaded.dtype).removeprefix("torch.")
-            return check_remote_splice(self, check_examples, tolerance, described, dtype)
+            return check_remote_splice(self, check_examples, tolerance, described, loaded.dtype)
         return check_splice(
             loaded,
             self.split,
@@ -609,7 +608,7 @@ def check_splice(
         f"{worst_edited:.3g} (the same with {edited_features} features zeroed) on {checked} examples, "
         f"tolerance {tolerance:g}. {described}, or the model runs in low precision; raise "
         f"--splice-tolerance only if you accept that difference",
-        str(loaded.dtype).removeprefix("torch."),
+        loaded.dtype,
     )
 
 
