@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from scircuits.files import write_atomic
 from scircuits.store.errors import NotAStoreError, StoreMismatchError
 from scircuits.store.remote import RemotePath, as_location
 from scircuits.version import __version__
@@ -102,12 +103,7 @@ def write_manifest(root: Any, collection_id: str, world_size: int, sites: list[s
         (root / MANIFEST).write_text(text)
         return manifest
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{MANIFEST}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, root / MANIFEST)
+    write_atomic(root / MANIFEST, text)
     return manifest
 
 

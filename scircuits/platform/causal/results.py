@@ -11,15 +11,14 @@ holds. A file of another format or a newer schema is refused with the reason.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from scircuits.files import atomic_path, write_atomic
 from scircuits.platform.common import jsonvalues
-from scircuits.platform.common.artifacts import tmp_name, write_text_atomic
 from scircuits.platform.contract.analyses import Analysis, AnalysisResult
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.options import describe_validation_error
@@ -162,14 +161,10 @@ def write_study(folder: str | Path, results: StudyResults, rows: Iterable[Exampl
     """Write examples.jsonl then results.json (each atomically; results.json last marks completion)."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(examples_path(out))
-    with open(tmp, "w") as fh:
+    with atomic_path(examples_path(out)) as tmp, open(tmp, "w") as fh:
         for row in rows:
             fh.write(json.dumps(row.model_dump(mode="python")) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, examples_path(out))
-    write_text_atomic(results_path(out), results.to_json())
+    write_atomic(results_path(out), results.to_json())
     return out
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scircuits.files import write_atomic
 from scircuits.platform.circuit.results import OUTPUT_ID, CircuitResults, CurvePoint
-from scircuits.platform.common.artifacts import write_text_atomic
 
 FIGURE_FILE = "circuit.png"
 REPORT_FILE = "report.md"
@@ -136,4 +136,4 @@ def section(results: CircuitResults) -> str:
 
 def write_report(folder: Path, results: CircuitResults) -> None:
     draw(results, folder / FIGURE_FILE)
-    write_text_atomic(folder / REPORT_FILE, section(results))
+    write_atomic(folder / REPORT_FILE, section(results))

@@ -9,8 +9,8 @@ from xml.sax.saxutils import quoteattr
 
 from pydantic import BaseModel, ConfigDict
 
+from scircuits.files import write_atomic
 from scircuits.platform.common import jsonvalues
-from scircuits.platform.common.artifacts import write_text_atomic
 
 RESULTS_FILE = "results.json"
 GRAPH_FILE = "graph.json"
@@ -197,7 +197,7 @@ def graphml(results: CircuitResults) -> str:
 def write_circuit(folder: Path, results: CircuitResults) -> Path:
     """graph.json and circuit.graphml, then results.json last (its presence marks completion)."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / GRAPH_FILE, jsonvalues.dumps(graph_json(results), indent=1))
-    write_text_atomic(folder / GRAPHML_FILE, graphml(results))
-    write_text_atomic(folder / RESULTS_FILE, results.to_json())
+    write_atomic(folder / GRAPH_FILE, jsonvalues.dumps(graph_json(results), indent=1))
+    write_atomic(folder / GRAPHML_FILE, graphml(results))
+    write_atomic(folder / RESULTS_FILE, results.to_json())
     return folder

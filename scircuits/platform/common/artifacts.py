@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scircuits.errors import ScircuitsError
+from scircuits.files import tmp_name, write_atomic
 from scircuits.store.remote import pid_alive
 
 MARKER_FILE = ".scircuits-artifact.json"
@@ -38,6 +39,8 @@ GROUP_LOCK_FILE = ".scircuits-group-lock"
 # Kinds of artifact folder that hold other artifacts: writing inside one takes its lock (shared).
 CONTAINER_KINDS = frozenset({"run", "compare"})
 _TMP_PATTERN = re.compile(r"\.tmp-(\d+)$")
+
+write_text_atomic = write_atomic  # the name callers used before scircuits.files held it
 
 
 class ArtifactError(ScircuitsError):
@@ -65,7 +68,7 @@ def read_marker(folder: Path) -> Marker | None:
 
 def write_marker(folder: Path, kind: str, identity: str) -> Marker:
     marker = Marker(kind=kind, identity=identity, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    write_text_atomic(folder / MARKER_FILE, json.dumps(marker.to_json(), indent=2) + "\n")
+    write_atomic(folder / MARKER_FILE, json.dumps(marker.to_json(), indent=2) + "\n")
     return marker
 
 
@@ -302,20 +305,6 @@ def check_out_apart(
                 f"{option} {out} is inside {other}, which this command reads; give a folder outside it"
             )
     return where
-
-
-def tmp_name(path: Path) -> Path:
-    """The temporary sibling a process writes before renaming onto ``path``."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = tmp_name(path)
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def publish_dir(staging: Path, final: Path) -> None:

@@ -11,11 +11,10 @@ shares, RSA, p-values, counts): no raw losses.
 from __future__ import annotations
 
 import html
-import os
 import sys
 from pathlib import Path
 
-from scircuits.platform.common.artifacts import tmp_name, write_text_atomic
+from scircuits.files import write_atomic
 from scircuits.platform.compare.schema import CompareResults, Comparison, PairResult, RunEntry
 
 REPORT_FILE = "report.md"
@@ -97,11 +96,10 @@ def histogram_figure(pair: PairResult, runs: list[RunEntry], path: Path) -> None
     axes[1].legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(path)
-    with open(tmp, "wb") as fh:
-        fig.savefig(fh, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        write_atomic(path, lambda fh: fig.savefig(fh, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def _contexts(pair: PairResult) -> list[str]:
@@ -253,5 +251,5 @@ def write_report(results: CompareResults, out: Path) -> Path:
         lines += _contexts(pair)
         lines.append("")
     path = out / REPORT_FILE
-    write_text_atomic(path, "\n".join(lines) + "\n")
+    write_atomic(path, "\n".join(lines) + "\n")
     return path

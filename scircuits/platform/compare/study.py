@@ -7,7 +7,6 @@ models, layers or sites, the floors in the pair's own spaces (``floors``); write
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
@@ -17,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from scircuits.files import write_atomic
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.compare import internals
 from scircuits.platform.compare.causal_agreement import (
@@ -481,19 +481,15 @@ def write_matches(matches: MatchSet, out: Path, i: int, j: int) -> str:
     relative = Path(MATCHES_DIR) / f"pair-{i}-{j}.npz"
     path = out / relative
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:  # a file object: savez does not add ".npz" to the temporary name
-        np.savez_compressed(fh, **matches.arrays())
-    os.replace(tmp, path)
+    # a file object: savez does not add ".npz" to the temporary name
+    write_atomic(path, lambda fh: np.savez_compressed(fh, **matches.arrays()))
     return relative.as_posix()
 
 
 def write_results(results: CompareResults, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS_FILE
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(results.model_dump_json(indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, results.model_dump_json(indent=2) + "\n")
     return path
 
 

@@ -22,13 +22,13 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from scircuits.files import write_atomic
 from scircuits.platform.common.artifacts import (
     ArtifactError,
     FolderLock,
     publish_dir,
     recover_published,
     remove_orphans,
-    write_text_atomic,
 )
 from scircuits.platform.compare.schema import CompareResults, Comparison, MatchedDistribution, RunEntry
 from scircuits.platform.contract.errors import ConfigError
@@ -249,8 +249,8 @@ def refresh_matches(site: Path, run_dir: Path, compare_dirs: Sequence[Path]) -> 
             payload = [m.model_dump(mode="json") for m in by_feature[f]]
             (tmp / f"{f}.js").write_text(js_assign("window.SC_MATCHES", payload))
     publish_dir(tmp, matches_dir)
-    write_text_atomic(site / "data" / "comparisons.js", js_assign("window.SC_COMPARISONS", entries))
-    write_text_atomic(
+    write_atomic(site / "data" / "comparisons.js", js_assign("window.SC_COMPARISONS", entries))
+    write_atomic(
         site / COMPARISONS_FILE, json.dumps({"compare_dirs": [str(d) for d in dirs]}, indent=2) + "\n"
     )
     return len(entries)

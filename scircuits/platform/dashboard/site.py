@@ -17,7 +17,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scircuits.platform.common.artifacts import publish_into, write_text_atomic
+from scircuits.files import write_atomic
+from scircuits.platform.common.artifacts import publish_into
 from scircuits.platform.common.provenance import base_provenance
 from scircuits.platform.dashboard.assets import COMMON_JS, CSS, FEATURE_JS, INDEX_JS
 from scircuits.platform.dashboard.neuronpedia import write_neuronpedia
@@ -257,7 +258,7 @@ def link_from_report(run_dir: Path, target: Path) -> None:
     href = Path(os.path.relpath((target / "index.html").resolve(), run_dir.resolve())).as_posix()
     md = run_dir / "report.md"
     if md.is_file() and MARKER not in (text := md.read_text()):
-        write_text_atomic(
+        write_atomic(
             md,
             text.rstrip("\n") + f"\n\n<!-- {MARKER} -->\n## Feature dashboard\n\n"
             f"[Open the feature dashboard]({href}): one page per active feature, opens from disk.\n",
@@ -269,4 +270,4 @@ def link_from_report(run_dir: Path, target: Path) -> None:
             "Open the feature dashboard</a>: one page per active feature, opens from disk.</p></section>\n"
         )
         at = text.rfind("</body>")
-        write_text_atomic(page_html, text[:at] + block + text[at:] if at >= 0 else text + block)
+        write_atomic(page_html, text[:at] + block + text[at:] if at >= 0 else text + block)

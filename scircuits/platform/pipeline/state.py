@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from scircuits.platform.common.artifacts import write_text_atomic
+from scircuits.files import write_atomic
 
 STATE_FILE = "pipeline.json"
 
@@ -56,6 +56,4 @@ class PipelineState:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(
-            self.path, json.dumps(self.data.model_dump(mode="json", exclude_none=False), indent=2)
-        )
+        write_atomic(self.path, json.dumps(self.data.model_dump(mode="json", exclude_none=False), indent=2))

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from scircuits.files import write_atomic
+
 FIGURES_DIR = "figures"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -147,7 +149,7 @@ class ReportDocument:
         file_name = f"{self.figure_prefix}{name}.png"
         if self.figures_dir is not None:
             self.figures_dir.mkdir(parents=True, exist_ok=True)
-            (self.figures_dir / file_name).write_bytes(image)
+            write_atomic(self.figures_dir / file_name, image)
             self.written.append(self.figures_dir / file_name)
         self.md += [f"![{caption}]({FIGURES_DIR}/{file_name})", ""]
         data = base64.b64encode(image).decode()
@@ -162,10 +164,10 @@ class ReportDocument:
 
     def write(self, out: Path, title: str) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
-        (out / REPORT_MD).write_text("\n".join(self.md))
+        write_atomic(out / REPORT_MD, "\n".join(self.md))
         page = (
             f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(self.html)}</body></html>"
         )
-        (out / REPORT_HTML).write_text(page)
+        write_atomic(out / REPORT_HTML, page)
         return [out / REPORT_MD, out / REPORT_HTML, *self.written]

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scircuits.files import atomic_path, write_atomic
 from scircuits.platform.common import jsonvalues
 from scircuits.platform.common.artifacts import (
     ArtifactError,
@@ -69,20 +70,8 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 # -- atomic file writes ------------------------------------------------------------------------
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = _tmp_path(path)
-    tmp.write_text(jsonvalues.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    _publish(tmp, path)
+    write_atomic(path, jsonvalues.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def save_tensors(
@@ -109,13 +98,8 @@ def save_tensors(
 def write_tensors_atomic(
     path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
-    tmp = _tmp_path(path)
-    try:
+    with atomic_path(path) as tmp:
         save_tensors(tensors, tmp, metadata=metadata)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    _publish(tmp, path)
 
 
 def read_json(path: Path) -> dict[str, Any]:
