@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
-from scircuits.platform.causal.statistics import Bootstrap, Interval, ranks, spearman
+from scircuits.platform.causal.statistics import Bootstrap, Interval, spearman, spearman_interval
+from scircuits.platform.groundtruth.scoring import auroc
 
 
 def test_constant_effect_has_a_zero_width_interval_at_its_value():
@@ -61,8 +63,31 @@ def test_interval_exclusion():
     assert not Interval(0, -3, -0.5).excludes(Interval(0, -1, 0))
 
 
-def test_ranks_average_ties():
-    assert ranks(np.array([10, 20, 20, 5])).tolist() == [2.0, 3.5, 3.5, 1.0]
+def test_tied_values_share_their_average_rank():
+    # ranks [2, 3.5, 3.5, 1] against [1, 2, 3, 4]: Pearson of the ranks, worked by hand
+    a, b = np.array([10, 20, 20, 5]), np.array([1, 2, 3, 4])
+    ra, rb = np.array([2, 3.5, 3.5, 1]) - 2.5, np.array([1, 2, 3, 4]) - 2.5
+    assert spearman(a, b) == pytest.approx((ra * rb).sum() / np.sqrt((ra**2).sum() * (rb**2).sum()))
+    # AUROC counts a positive tied with a negative as half: positives {1, 2}, negatives {1, 0}
+    assert auroc(np.array([1.0, 2.0, 1.0, 0.0]), np.array([True, True, False, False])) == pytest.approx(
+        (0.5 + 1 + 1 + 1) / 4
+    )
+
+
+def test_spearman_and_its_interval_equal_scipy_spearmanr_with_many_ties():
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 4, 40).astype(float)
+    b = a + rng.integers(0, 3, 40)
+    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    # the interval: the same replicates (one index draw each, in order) through spearmanr
+    draws = np.random.default_rng(7)
+    rhos = []
+    for _ in range(200):
+        pick = draws.integers(0, 40, size=40)
+        if len(set(a[pick])) > 1 and len(set(b[pick])) > 1:
+            rhos.append(spearmanr(a[pick], b[pick]).statistic)
+    expected = np.quantile(rhos, [0.025, 0.975])
+    assert spearman_interval(a, b, replicates=200, seed=7) == pytest.approx(expected.tolist(), abs=1e-12)
 
 
 def test_spearman_known_values():

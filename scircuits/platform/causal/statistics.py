@@ -63,35 +63,28 @@ class Bootstrap:
         return [float(low), float(high)]
 
 
-def ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks starting at 1, ties sharing their average rank."""
-    values = np.asarray(values, dtype=np.float64)
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    result = np.empty(len(values), dtype=np.float64)
-    start = 0
-    while start < len(values):
-        stop = start
-        while stop + 1 < len(values) and sorted_values[stop + 1] == sorted_values[start]:
-            stop += 1
-        result[order[start : stop + 1]] = (start + stop) / 2.0 + 1.0
-        start = stop + 1
-    return result
+def _rank_correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman's ρ of each row pair of ``a`` and ``b`` (R, n): the Pearson correlation of their
+    ranks (ties share their average rank, ``scipy.stats.rankdata``); NaN where a row is constant."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    denom = np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (ra * rb).sum(axis=1) / denom, np.nan)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     """Spearman rank correlation; None when it is undefined (fewer than 2 values or a constant)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
+    if a.shape != b.shape or a.ndim != 1:
         raise ValueError("spearman needs two sequences of the same length")
     if len(a) < 2:
         return None
-    ra, rb = ranks(a), ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = float(np.sqrt((ra**2).sum() * (rb**2).sum()))
-    if denom == 0.0:
-        return None
-    return float((ra * rb).sum() / denom)
+    rho = float(_rank_correlations(a[None], b[None])[0])
+    return None if np.isnan(rho) else rho
 
 
 def spearman_interval(
@@ -103,12 +96,9 @@ def spearman_interval(
     if len(a) < 3:
         return None
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(replicates):
-        pick = rng.integers(0, len(a), size=len(a))
-        rho = spearman(a[pick], b[pick])
-        if rho is not None:
-            values.append(rho)
+    picks = np.stack([rng.integers(0, len(a), size=len(a)) for _ in range(replicates)])
+    rhos = _rank_correlations(a[picks], b[picks])
+    values = rhos[~np.isnan(rhos)]
     if len(values) < replicates // 2:
         return None
     tail = (1.0 - level) / 2.0

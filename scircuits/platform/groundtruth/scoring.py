@@ -74,23 +74,6 @@ def variable_labels(
 # -- AUROC and F1 -----------------------------------------------------------------------------------
 
 
-def _tied_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..N of each column, ties given their average rank."""
-    n = x.shape[0]
-    order = np.argsort(x, axis=0, kind="stable")
-    xs = np.take_along_axis(x, order, axis=0)
-    idx = np.broadcast_to(np.arange(n)[:, None], xs.shape)
-    starts_group = np.ones(xs.shape, dtype=bool)
-    starts_group[1:] = xs[1:] != xs[:-1]
-    ends_group = np.ones(xs.shape, dtype=bool)
-    ends_group[:-1] = xs[1:] != xs[:-1]
-    start = np.maximum.accumulate(np.where(starts_group, idx, 0), axis=0)
-    end = np.minimum.accumulate(np.where(ends_group, idx, n - 1)[::-1], axis=0)[::-1]
-    ranks = np.empty(xs.shape, dtype=np.float64)
-    np.put_along_axis(ranks, order, (start + end) / 2.0 + 1.0, axis=0)
-    return ranks
-
-
 def auroc(scores: np.ndarray, y: np.ndarray, chunk: int = 256) -> np.ndarray:
     """AUROC of each column of ``scores`` (N,) or (N, F) at predicting boolean ``y`` (N,); ties count half."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -101,9 +84,11 @@ def auroc(scores: np.ndarray, y: np.ndarray, chunk: int = 256) -> np.ndarray:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError("AUROC needs both classes")
+    from scipy.stats import rankdata
+
     out = np.empty(scores.shape[1])
     for start in range(0, scores.shape[1], chunk):
-        ranks = _tied_ranks(scores[:, start : start + chunk])
+        ranks = rankdata(scores[:, start : start + chunk], axis=0)  # ties share their average rank
         out[start : start + chunk] = (ranks[y].sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
     return out[0] if single else out
 
