@@ -8,6 +8,7 @@ it. Object storage (fsspec URLs) has its own write path: one PUT is whole or abs
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,3 +65,56 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes | Callable[[IO[
             fh.write(data)
         else:
             data(fh)
+
+
+class Flock:
+    """A non-blocking ``flock`` on a lock file (created if missing) or a folder, released by
+    :meth:`release` or when the process ends (even by SIGKILL).
+
+    ``shared``: several holders at once, none while an exclusive one holds it. A shared lock on a
+    lock file the process cannot open for writing (a read-only folder) is taken on a read-only
+    descriptor: flock needs no write access.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, path: str | os.PathLike[str], *, shared: bool = False) -> Flock | None:
+        """The lock, or None when another process holds it in a conflicting mode. Raises the
+        OSError of a path that cannot be opened."""
+        target = Path(path)
+        if target.is_dir():
+            fd = os.open(target, os.O_RDONLY)
+        else:
+            try:
+                fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                if (
+                    not shared
+                    or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS)
+                    or not target.exists()
+                ):
+                    raise
+                fd = os.open(target, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return cls(fd)
+
+    @classmethod
+    def is_held(cls, path: str | os.PathLike[str]) -> bool:
+        """True while some process holds a lock on ``path`` (which must exist)."""
+        lock = cls.acquire(path)
+        if lock is None:
+            return True
+        lock.release()
+        return False
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

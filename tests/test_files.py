@@ -8,7 +8,7 @@ import os
 import pytest
 
 from scircuits import files
-from scircuits.files import atomic_path, tmp_name, write_atomic
+from scircuits.files import Flock, atomic_path, tmp_name, write_atomic
 
 
 def test_text_bytes_and_a_writer_function_land_whole(tmp_path):
@@ -70,3 +70,43 @@ def test_atomic_path_gives_a_path_for_writers_that_take_one(tmp_path):
         tmp.write_bytes(b"weights")
         assert not target.exists()
     assert target.read_bytes() == b"weights" and not tmp.exists()
+
+
+def test_flock_shared_and_exclusive_modes(tmp_path):
+    # flock locks belong to an open file description, so two acquisitions in one process contend
+    path = tmp_path / ".scircuits-lock"
+    writer = Flock.acquire(path)
+    assert writer is not None and path.is_file()
+    assert Flock.acquire(path) is None and Flock.acquire(path, shared=True) is None
+    assert Flock.is_held(path)
+    writer.release()
+    assert not Flock.is_held(path)
+    readers = [Flock.acquire(path, shared=True) for _ in range(2)]
+    assert all(r is not None for r in readers)
+    assert Flock.acquire(path) is None  # no writer while readers hold it
+    for r in readers:
+        r.release()
+    assert Flock.acquire(path) is not None
+
+
+def test_flock_on_a_folder_and_on_a_read_only_lock_file(tmp_path, monkeypatch):
+    folder = tmp_path / "store"
+    folder.mkdir()
+    held = Flock.acquire(folder)
+    assert held is not None and Flock.acquire(folder) is None
+    held.release()
+    path = tmp_path / ".lock"
+    path.touch()
+    real_open = os.open
+
+    def read_only(p, flags, *args):
+        if flags & (os.O_RDWR | os.O_WRONLY | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(p))
+        return real_open(p, flags, *args)
+
+    monkeypatch.setattr(files.os, "open", read_only)
+    reader = Flock.acquire(path, shared=True)  # flock needs no write access
+    assert reader is not None
+    with pytest.raises(OSError, match="Read-only"):
+        Flock.acquire(path)  # a writer needs it
+    reader.release()

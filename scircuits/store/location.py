@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import warnings
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import zarr
 import zarr.errors
 
+from scircuits.files import Flock
 from scircuits.store.errors import NotAStoreError, StoreLockedError
 from scircuits.store.format import ARRAYS, FORMAT, FORMAT_VERSION, READABLE_VERSIONS
 
@@ -96,25 +96,15 @@ def check_format(path: Any, attrs: dict[str, Any], *, writing: bool = False) -> 
         )
 
 
-class WriterLock:
-    """An exclusive flock on the store folder, released when the process dies (even by SIGKILL)."""
-
-    def __init__(self, folder: Path):
-        self._fd: int | None = os.open(folder, os.O_RDONLY)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = None
-            raise StoreLockedError(
-                f"{folder}: another process is writing to this store; wait for it or write elsewhere"
-            ) from None
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+def lock_store(folder: Path) -> Flock:
+    """An exclusive flock on the store folder itself, released when the process dies (even by
+    SIGKILL); refused with StoreLockedError while another process holds it."""
+    lock = Flock.acquire(folder)
+    if lock is None:
+        raise StoreLockedError(
+            f"{folder}: another process is writing to this store; wait for it or write elsewhere"
+        )
+    return lock
 
 
 def remove_partial_files(folder: Path) -> int:

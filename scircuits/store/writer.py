@@ -24,6 +24,7 @@ import numpy as np
 from zarr.core.sync import sync as zarr_sync
 from zarr.errors import NodeNotFoundError
 
+from scircuits.files import Flock
 from scircuits.store.errors import (
     DamagedStoreError,
     NonFiniteActivationsError,
@@ -52,7 +53,7 @@ from scircuits.store.format import (
     storage_dtype,
 )
 from scircuits.store.integrity import all_finite
-from scircuits.store.location import WriterLock, check_format, local_path, open_group, remove_partial_files
+from scircuits.store.location import check_format, local_path, lock_store, open_group, remove_partial_files
 from scircuits.store.remote import RemoteLock
 from scircuits.version import __version__
 
@@ -65,7 +66,7 @@ _ARRAY_CONFIG = {"write_empty_chunks": True}
 class ActivationStoreWriter:
     """Appends whole examples to a format-v1 store. Create with :meth:`open`."""
 
-    def __init__(self, path: str, group: Any, lock: WriterLock | RemoteLock | None, *, complete: bool):
+    def __init__(self, path: str, group: Any, lock: Flock | RemoteLock | None, *, complete: bool):
         self.path = path
         self._group = group
         self._lock = lock
@@ -138,12 +139,12 @@ class ActivationStoreWriter:
             raise StoreError(f"chunk_rows must be positive, not {rows}")
         text = os.fspath(path)
         local = local_path(text)
-        lock: WriterLock | RemoteLock
+        lock: Flock | RemoteLock
         if local is not None:
             if local.exists() and not local.is_dir():
                 raise NotAStoreError(f"{text} is a file, not an activation store; choose another --out")
             local.mkdir(parents=True, exist_ok=True)
-            lock = WriterLock(local)
+            lock = lock_store(local)
         else:  # no flock on a remote filesystem: a lock object made by an exclusive (conditional) put
             lock = RemoteLock(text, "activation store")
         try:

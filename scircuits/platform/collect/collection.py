@@ -46,7 +46,7 @@ from scircuits.platform.train.distributed import from_environment, launch, under
 from scircuits.store import ActivationStore, ActivationStoreWriter, StoreMismatchError
 from scircuits.store.collection import MANIFEST, read_manifest, shard_path, site_key, write_manifest
 from scircuits.store.errors import DamagedStoreError, NotAStoreError
-from scircuits.store.location import WriterLock, local_path, read_group
+from scircuits.store.location import local_path, lock_store, read_group
 from scircuits.store.remote import RemotePath, as_location
 
 log = get_logger(__name__)
@@ -166,7 +166,7 @@ def _holds_no_examples(attrs: dict[str, Any] | None) -> bool:
 
 
 def _set_aside_empty(folder: Path, what: str) -> None:
-    lock = WriterLock(folder)  # refused while another process writes it
+    lock = lock_store(folder)  # refused while another process writes it
     lock.release()
     aside = move_aside(folder)
     folder.rmdir()
@@ -183,7 +183,7 @@ def _check_existing_store(config: CollectConfig) -> CollectSummary | None:
         local = local_path(config.out)
         if not config.force or local is None or not local.is_dir():
             raise
-        lock = WriterLock(local)  # refused while another process writes it
+        lock = lock_store(local)  # refused while another process writes it
         lock.release()
         aside = move_aside(local)
         local.rmdir()

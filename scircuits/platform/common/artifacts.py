@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import re
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scircuits.errors import ScircuitsError
-from scircuits.files import tmp_name, write_atomic
+from scircuits.files import Flock, tmp_name, write_atomic
 from scircuits.store.remote import pid_alive
 
 MARKER_FILE = ".scircuits-artifact.json"
@@ -164,33 +163,10 @@ def enclosing_container(folder: Path) -> tuple[Path, str] | None:
     return None
 
 
-def _flock(path: Path, exclusive: bool) -> int | None:
-    """An open, locked fd on ``path`` (created if missing), or None when another process holds it."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        if exclusive or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not path.exists():
-            raise
-        fd = os.open(path, os.O_RDONLY)  # a reader of a read-only folder (flock needs no write access)
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
 def _group_alive(folder: Path) -> bool:
     """True while worker processes of an earlier distributed writer still hold ``folder``'s group lock."""
     path = folder / GROUP_LOCK_FILE
-    if not path.exists():
-        return False
-    fd = _flock(path, exclusive=True)
-    if fd is None:
-        return True
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
-    return False
+    return path.exists() and Flock.is_held(path)
 
 
 class FolderLock:
@@ -205,22 +181,22 @@ class FolderLock:
         self, folder: Path, what: str = "artifact", option: str = "--out", *, shared: bool = False
     ) -> None:
         folder = Path(folder)
-        self._fd: int | None = None
+        self._lock: Flock | None = None
         self._container: FolderLock | None = None
         self._key: Path | None = None
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            fd = _flock(folder / LOCK_FILE, exclusive=not shared)
+            lock = Flock.acquire(folder / LOCK_FILE, shared=shared)
         except OSError as exc:
             raise ArtifactError(
                 f"{folder}: cannot write here ({describe_os_error(exc)}); choose another {option}"
             ) from None
-        if fd is None:
+        if lock is None:
             raise ArtifactError(
                 f"{folder}: another scircuits process is writing this {what}; wait for it to finish "
                 "or write elsewhere"
             )
-        self._fd = fd
+        self._lock = lock
         if not shared and _group_alive(folder):
             self.release()
             raise ArtifactError(
@@ -252,10 +228,9 @@ class FolderLock:
             else:
                 _HELD.pop(self._key, None)
             self._key = None
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> FolderLock:
         return self
@@ -273,15 +248,15 @@ def read_lock(folder: Path, what: str) -> FolderLock | None:
     return FolderLock(folder, what, shared=True)
 
 
-_GROUP_FDS: list[int] = []
+_GROUP_LOCKS: list[Flock] = []
 
 
 def hold_for_group(folder: Path) -> None:
     """Called by each worker of a distributed writer: hold ``folder``'s group lock until this process
     ends, so that no new writer is let in while any worker lives (even if their parent died)."""
-    fd = _flock(Path(folder) / GROUP_LOCK_FILE, exclusive=False)
-    if fd is not None:
-        _GROUP_FDS.append(fd)
+    lock = Flock.acquire(Path(folder) / GROUP_LOCK_FILE, shared=True)
+    if lock is not None:
+        _GROUP_LOCKS.append(lock)
 
 
 def check_out_apart(
