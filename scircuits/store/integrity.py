@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from scircuits.store import zarr_internals
 from scircuits.store.errors import DamagedStoreError, NonFiniteActivationsError
 
 _EXPONENT_BITS = {np.dtype("float16"): (np.uint16, 0x7C00), np.dtype("float32"): (np.uint32, 0x7F800000)}
@@ -28,38 +29,27 @@ def all_finite(values: np.ndarray) -> bool:
 
 def _grid_rows(array: Any) -> int:
     """Rows per stored object (a shard when sharded, else a chunk)."""
-    return int(array.metadata.chunk_grid.chunk_shape[0])
+    return zarr_internals.grid_shape(array)[0]
 
 
 def block_keys(array: Any, start: int, stop: int) -> list[str]:
     """Store keys (relative to the store root) of the files holding rows [start, stop) of ``array``."""
-    grid = array.metadata.chunk_grid.chunk_shape
+    grid = zarr_internals.grid_shape(array)
     rows = int(grid[0])
     first, last = start // rows, max(start, stop - 1) // rows
     trailing = [range(math.ceil(n / c)) for n, c in zip(array.shape[1:], grid[1:], strict=True)]
     keys = []
     for row_block in range(first, last + 1):
         for rest in itertools.product(*trailing):
-            keys.append(f"{array.path}/{array.metadata.encode_chunk_key((row_block, *rest))}")
+            keys.append(zarr_internals.object_key(array, (row_block, *rest)))
     return keys
-
-
-def _present_keys(array: Any) -> set[str]:
-    from zarr.core.sync import sync
-
-    store = array.store_path.store
-
-    async def listing() -> set[str]:
-        return {key async for key in store.list_prefix(f"{array.path}/")}
-
-    return sync(listing())
 
 
 def missing_block_keys(array: Any, n_rows: int) -> list[str]:
     """The files that should hold rows [0, n_rows) of ``array`` but are absent."""
     if n_rows <= 0:
         return []
-    present = _present_keys(array)
+    present = zarr_internals.stored_keys(array)
     return [key for key in block_keys(array, 0, n_rows) if key not in present]
 
 

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from zarr.core.sync import sync as zarr_sync
 from zarr.errors import NodeNotFoundError
 
 from scircuits.files import Flock
+from scircuits.store import zarr_internals
 from scircuits.store.errors import (
     DamagedStoreError,
     NonFiniteActivationsError,
@@ -371,20 +371,20 @@ class ActivationStoreWriter:
         async def write_then_record() -> Any:
             await asyncio.gather(
                 *(
-                    arrays[name].async_array.setitem(slice(start, stop), values)
+                    zarr_internals.set_rows(arrays[name], start, stop, values)
                     for name, values in columns.items()
                 )
             )
             if progress is None:
                 return group
-            return await group.update_attributes_async(_progress_attrs(group, progress))
+            return await zarr_internals.replace_attributes(group, _progress_attrs(group, progress))
 
         if wait:
-            self._finish(zarr_sync(write_then_record()), progress)
+            self._finish(zarr_internals.run(write_then_record()), progress)
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scircuits-store-writer")
-        self._inflight = self._executor.submit(zarr_sync, write_then_record())
+        self._inflight = self._executor.submit(zarr_internals.run, write_then_record())
         self._inflight_progress = progress
 
     def _wait(self) -> None:
@@ -445,13 +445,13 @@ class ActivationStoreWriter:
         arrays = [a for a in self._arrays.values() if a.shape[0] != rows]
 
         async def resize_all() -> None:
-            await asyncio.gather(*(a.async_array.resize((rows, *a.shape[1:])) for a in arrays))
+            await asyncio.gather(*(zarr_internals.resize_rows(a, rows) for a in arrays))
 
-        zarr_sync(resize_all())
+        zarr_internals.run(resize_all())
 
 
 def _progress_attrs(group: Any, progress: tuple[int, int]) -> dict[str, Any]:
-    """All of the group's attributes with new progress (update_attributes_async replaces them all)."""
+    """All of the group's attributes with new progress (replace_attributes replaces them all)."""
     return {**group.attrs.asdict(), "n_tokens": progress[0], "n_examples": progress[1]}
 
 
