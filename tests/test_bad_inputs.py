@@ -223,5 +223,5 @@ def test_deeply_nested_json_in_a_data_file_an_sae_config_or_an_option(store, tmp
         ["ablate", "--sae", str(sae), "--model", "smollm2-135m", "--out", str(tmp_path / "a")], capsys
     )
     assert "nested too deeply" in err
-    err = refused(["train", "--store", str(store), "--hparam", f"k={deep}"], capsys)
+    err = refused(["train", "--store", str(store), "--sae-option", f"k={deep}"], capsys)
     assert "nested too deeply" in err

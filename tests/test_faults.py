@@ -543,7 +543,7 @@ def test_a_top_level_key_beside_a_stage_table_is_an_error(tmp_path):
 def test_an_sae_hyperparameter_at_the_top_of_train_points_to_hparams(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[train]\nk = 16\n")
-    with pytest.raises(ConfigError, match=r"hparams = \{k = 16\}.*--hparam k=16"):
+    with pytest.raises(ConfigError, match=r"hparams = \{k = 16\}.*--sae-option k=16"):
         TrainConfig.from_sources(path)
 
 

@@ -224,7 +224,7 @@ def test_cli_train(store, tmp_path):
         "relu",
         "--l1",
         "0.01",
-        "--hparam",
+        "--sae-option",
         "decorrelation_tokens=32",
         "--expansion",
         "2",
@@ -245,6 +245,33 @@ def test_cli_train(store, tmp_path):
         train_command, ["--store", str(store), "--sae", "relu", "--k", "3", "--out", str(out)]
     )
     assert bad.exit_code != 0 and "k" in str(bad.exception)
+
+
+def test_the_old_hparam_flag_still_works_and_warns_once(store, tmp_path):
+    """--sae-option is the one name on train and run; --hparam, train's old name, is a hidden alias."""
+    out = tmp_path / "old"
+    args = [
+        "--store",
+        str(store),
+        "--sae",
+        "relu",
+        "--hparam",
+        "l1=0.02",
+        "--hparam",
+        "decorrelation_tokens=16",
+    ]
+    args += ["--sae-option", "decorrelation_tokens=32"]  # the new name wins over the old one
+    args += ["--expansion", "2", "--batch-size", "64", "--tokens", "320", "--out", str(out), "--no-progress"]
+    result = CliRunner().invoke(train_command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("--hparam is deprecated: use --sae-option") == 1
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["hparams"]["l1"] == 0.02 and meta["hparams"]["decorrelation_tokens"] == 32
+    from scircuits.cli.causal import run as run_command
+
+    for command in (train_command, run_command):
+        shown = CliRunner().invoke(command, ["--help"]).output
+        assert "--sae-option" in shown and "--hparam" not in shown
 
 
 def test_cli_train_from_a_config_file(store, tmp_path):

@@ -9,7 +9,14 @@ from typing import Any
 
 import click
 
-from scircuits.cli.common import config_option, echo_result, json_option, parse_key_values, stage_config
+from scircuits.cli.common import (
+    config_option,
+    echo_result,
+    json_option,
+    parse_key_values,
+    sae_option,
+    stage_config,
+)
 from scircuits.platform.causal.registry import analyses_of
 from scircuits.platform.causal.results import StudyResults, results_path
 from scircuits.platform.config import AblateConfig, RunConfig
@@ -106,13 +113,7 @@ def summarise(folder: Any, results: StudyResults, plugins: Any) -> None:
 @click.command()
 @run_options(leave_out={"benchmark_options", "sae_hparams"})
 @with_options(benchmark_data_options)
-@click.option(
-    "--sae-option",
-    "sae_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="An SAE hyperparameter, e.g. k=32; repeatable.",
-)
+@sae_option
 @config_option
 @json_option
 def run(
@@ -120,6 +121,7 @@ def run(
     data: str | None,
     options: tuple[str, ...],
     sae_options: tuple[str, ...],
+    deprecated_sae_options: tuple[str, ...],
     as_json: bool,
     **flags: Any,
 ) -> None:
@@ -133,7 +135,9 @@ def run(
     from scircuits.api.stages import run as run_stages
 
     merge_options(RunConfig, config_file, flags, "benchmark_options", options, "--option", data)
-    merge_options(RunConfig, config_file, flags, "train.hparams", sae_options, "--sae-option")
+    merge_options(
+        RunConfig, config_file, flags, "train.hparams", deprecated_sae_options + sae_options, "--sae-option"
+    )
     flags["sae_hparams"] = flags.pop("train.hparams", None)
     config = stage_config(RunConfig, config_file, flags)
     plugins = get_plugins()

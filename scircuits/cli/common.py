@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.config import StageConfig
 
 C = TypeVar("C", bound=StageConfig)
@@ -29,6 +30,24 @@ def json_option(f: F) -> F:
         "as_json",
         is_flag=True,
         help="Print the typed result (docs/api.md) as JSON on stdout instead of the summary.",
+    )(f)
+
+
+SAE_OPTION_HELP = "An SAE hyperparameter, e.g. k=32 (see `scircuits saes --json`); repeatable."
+
+
+def sae_option(f: F) -> F:
+    """``--sae-option KEY=VALUE``: an SAE hyperparameter, on ``train`` and ``run``; ``--hparam``, its
+    old name on ``train``, still works (hidden) and warns once."""
+
+    def warn(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+        if value:
+            get_logger(__name__).warning("--hparam is deprecated: use --sae-option (the same KEY=VALUE)")
+        return value
+
+    f = click.option("--hparam", "deprecated_sae_options", multiple=True, hidden=True, callback=warn)(f)
+    return click.option(
+        "--sae-option", "sae_options", multiple=True, metavar="KEY=VALUE", help=SAE_OPTION_HELP
     )(f)
 
 

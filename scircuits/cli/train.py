@@ -17,6 +17,7 @@ from scircuits.cli.common import (
     echo_table,
     json_option,
     parse_key_values,
+    sae_option,
     stage_config,
 )
 from scircuits.platform.common.remote import is_url, join_path
@@ -34,13 +35,7 @@ from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 @click.option("--k", type=int, help="Active latents per token (topk, batchtopk).")
 @click.option("--l1", type=float, help="L1 coefficient (relu, gated).")
 @click.option("--decorrelation", type=float, help="Decorrelation coefficient (relu).")
-@click.option(
-    "--hparam",
-    "hparams",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Any variant hyperparameter (see `scircuits saes --json`); repeatable.",
-)
+@sae_option
 @stage_options(TrainConfig, leave_out={"store", "sae", "hparams"})
 @json_option
 def train(
@@ -50,7 +45,8 @@ def train(
     k: int | None,
     l1: float | None,
     decorrelation: float | None,
-    hparams: tuple[str, ...],
+    sae_options: tuple[str, ...],
+    deprecated_sae_options: tuple[str, ...],
     as_json: bool,
     **flags: Any,
 ) -> None:
@@ -66,7 +62,7 @@ def train(
             stores,
             sae,
             {"k": k, "l1": l1, "decorrelation": decorrelation},
-            hparams,
+            deprecated_sae_options + sae_options,
             flags,
             as_json,
         )
@@ -124,7 +120,7 @@ def _train(
     from scircuits.store import ActivationStore
 
     extra = {key: value for key, value in variant_flags.items() if value is not None}
-    extra.update(parse_key_values(hparams, "--hparam"))
+    extra.update(parse_key_values(hparams, "--sae-option"))
     base = stage_config(TrainConfig, config_file, {**flags, "sae": None, "store": None})
     merged_hparams = {**base.hparams, **extra}
     store_list = list(stores) or ([base.store] if base.store else [])

@@ -126,7 +126,7 @@ class StageConfig(BaseModel):
             key, value = extras[0], values.get(str(extras[0]))
             hint = (
                 f" (SAE hyperparameters go in hparams: `hparams = {{{key} = {value!r}}}` in the config "
-                f"file, or --hparam {key}={value})"
+                f"file, or --sae-option {key}={value})"
             )
         located = [e["loc"] for e in exc.errors() if e["type"] != "extra_forbidden"]
         flags = sorted({f for f in map(cls.flag_of, located) if f})

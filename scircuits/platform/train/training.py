@@ -635,7 +635,7 @@ def _fit(config: TrainConfig, variant: SAEVariant, dist: DistContext, stop_after
     k = getattr(variant.parse_hparams(config.hparams), "k", None)
     if isinstance(k, int) and k > config.expansion * d_in:
         raise ConfigError(
-            f"--hparam k={k} is larger than the SAE's {config.expansion * d_in} latents (expansion "
+            f"--sae-option k={k} is larger than the SAE's {config.expansion * d_in} latents (expansion "
             f"{config.expansion} x store width {d_in}); give k <= {config.expansion * d_in}"
         )
     sae = variant.build(d_in, config.expansion * d_in, config.hparams).to(dist.device)
