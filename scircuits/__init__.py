@@ -40,9 +40,7 @@ if TYPE_CHECKING:
         run,
         train,
     )
-    from scircuits.platform.causal.context import StudyContext
     from scircuits.platform.causal.controls import ControlSamplingError
-    from scircuits.platform.causal.results import StudyResults
     from scircuits.platform.causal.significance import (
         KTest,
         top_k_significance,
@@ -107,6 +105,7 @@ if TYPE_CHECKING:
         SAESource,
     )
     from scircuits.platform.contract.saes import SAEVariant
+    from scircuits.platform.contract.study import StudyContext, StudyResults
     from scircuits.platform.contract.synth_tasks import (
         MIN_LABEL_TOKENS,
         SynthCounterfactual,
@@ -182,8 +181,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Site": ("scircuits.platform.contract.models", "Site"),
     "SparseAutoencoder": ("scircuits.platform.contract.sae_module", "SparseAutoencoder"),
     "Specificity": ("scircuits.platform.groundtruth.scoring", "Specificity"),
-    "StudyContext": ("scircuits.platform.causal.context", "StudyContext"),
-    "StudyResults": ("scircuits.platform.causal.results", "StudyResults"),
+    "StudyContext": ("scircuits.platform.contract.study", "StudyContext"),
+    "StudyResults": ("scircuits.platform.contract.study", "StudyResults"),
     "SynthCounterfactual": ("scircuits.platform.contract.synth_tasks", "SynthCounterfactual"),
     "SynthProblem": ("scircuits.platform.contract.synth_tasks", "SynthProblem"),
     "SynthTask": ("scircuits.platform.contract.synth_tasks", "SynthTask"),

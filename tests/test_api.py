@@ -15,7 +15,7 @@ import pytest
 import scircuits
 from scircuits.api.stages import read_checkpoint
 from scircuits.cli import main
-from scircuits.platform.common import jsonvalues
+from scircuits.platform.contract import jsonvalues
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "examples" / "notebooks" / "study.ipynb"

@@ -43,7 +43,7 @@ def test_every_public_name_resolves():
     assert set(API_NAMES) <= set(scircuits.__all__)
     assert (
         scircuits.StudyResults
-        is __import__("scircuits.platform.causal.results", fromlist=["StudyResults"]).StudyResults
+        is __import__("scircuits.platform.contract.study", fromlist=["StudyResults"]).StudyResults
     )
     assert "run" in dir(scircuits) and "SparseAutoencoder" in dir(scircuits)
 

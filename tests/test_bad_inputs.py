@@ -157,7 +157,7 @@ def test_train_with_one_missing_store_of_two_names_it_without_the_config(store, 
 
 
 def test_results_json_never_holds_a_non_json_number():
-    from scircuits.platform.common.jsonvalues import dumps
+    from scircuits.platform.contract.jsonvalues import dumps
 
     text = dumps({"a": math.nan, "b": [1.0, math.inf, np.float32("nan")], "c": np.array([1.0, -np.inf])})
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON")) == {

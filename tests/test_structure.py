@@ -1,7 +1,8 @@
 """The layers of the package (docs/architecture.md), checked on the source's import statements.
 
 - ``scircuits.store`` imports nothing from ``scircuits.platform``;
-- ``scircuits.platform.contract`` imports nothing from the other parts of ``scircuits.platform``;
+- ``scircuits.platform.contract`` imports nothing from the other parts of ``scircuits.platform``,
+  and names none of their types even for type checkers (but the report writer's);
 - no import cycle between the parts (platform subpackages and modules, store, cli, plugins, testing);
 - in the core's subpackages, the store and the built-in plugins, no function-local import of the
   package's own modules (they are for heavy third-party libraries only);
@@ -109,6 +110,29 @@ def test_the_contract_imports_nothing_from_the_other_platform_parts():
         and not i.typing_only
     ]
     assert not bad, "\n".join(f"{i.path.relative_to(ROOT)}:{i.line} imports {i.target}" for i in bad)
+
+
+# ReportDocument, the report writer analyses draw their sections with, is the one type the contract
+# names (for type checkers only) from above it.
+CONTRACT_TYPING_ALLOWED = {"scircuits.platform.report.document.ReportDocument"}
+
+
+def test_the_contract_defines_the_types_its_families_name():
+    """Even for type checkers, the contract names only its own types (StudyContext and StudyResults
+    of the analysis family are defined in it), and the public names resolve to them."""
+    contract = "scircuits.platform.contract"
+    bad = [
+        i
+        for i in internal_imports(PLATFORM / "contract")
+        if i.target.startswith("scircuits.platform")
+        and not i.target.startswith(contract)
+        and i.target not in CONTRACT_TYPING_ALLOWED
+    ]
+    assert not bad, "\n".join(f"{i.path.relative_to(ROOT)}:{i.line} imports {i.target}" for i in bad)
+    import scircuits
+
+    for name in ("StudyContext", "StudyResults", "Analysis", "AnalysisResult"):
+        assert getattr(scircuits, name).__module__.startswith(contract + "."), name
 
 
 def test_no_import_cycle_between_the_parts():

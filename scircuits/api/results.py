@@ -15,9 +15,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from scircuits.platform.causal.results import StudyResults
 from scircuits.platform.compare.schema import CompareResults
 from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.study import StudyResults
 
 
 def to_pandas(rows: list[dict[str, Any]]) -> Any:

@@ -35,12 +35,12 @@ from scircuits.api.results import (
 )
 from scircuits.platform.causal.results import read_results, results_path
 from scircuits.platform.circuit.results import CircuitResults
-from scircuits.platform.common import jsonvalues
 from scircuits.platform.common.artifacts import DISK_ERRNOS, ArtifactError, describe_os_error
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.progress import silence_library_progress_bars
 from scircuits.platform.config import AblateConfig, CollectConfig, RunConfig, StageConfig, TrainConfig
 from scircuits.platform.config.circuit import CircuitConfig
+from scircuits.platform.contract import jsonvalues
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.contract.options import describe_validation_error
 from scircuits.platform.manager.plugin_set import PluginSet, get_plugins

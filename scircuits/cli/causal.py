@@ -18,9 +18,10 @@ from scircuits.cli.common import (
     stage_config,
 )
 from scircuits.platform.causal.registry import analyses_of
-from scircuits.platform.causal.results import StudyResults, results_path
+from scircuits.platform.causal.results import results_path
 from scircuits.platform.config import AblateConfig, RunConfig
 from scircuits.platform.config.options import run_options, stage_options
+from scircuits.platform.contract.study import StudyResults
 from scircuits.platform.manager.plugin_set import get_plugins
 
 

@@ -54,7 +54,7 @@ def sae_option(f: F) -> F:
 def echo_result(result: Any) -> None:
     """A typed result of the API (a pydantic model, or a list of them) as JSON on stdout; a non-finite
     number is null."""
-    from scircuits.platform.common import jsonvalues
+    from scircuits.platform.contract import jsonvalues
 
     many = isinstance(result, list)
     data = [r.model_dump(mode="python") for r in result] if many else result.model_dump(mode="python")

@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from scircuits.cli.common import echo_json
-from scircuits.platform.common.jsonvalues import finite_or_none
+from scircuits.platform.contract.jsonvalues import finite_or_none
 
 _SHOWN_TOP_DIMS = 5
 DEFAULT_STATS_ROWS = 262_144

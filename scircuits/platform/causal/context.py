@@ -1,4 +1,5 @@
-"""``StudyContext``: what an analysis's ``run`` works with (see ``scircuits.platform.contract.analyses``).
+"""``CausalStudyContext``: the causal stage's ``StudyContext`` (the contract's, in
+``scircuits.platform.contract.study``), what an analysis's ``run`` works with.
 
 The heavy parts (the model split at the site, the SAE, the evaluation batches whose lower blocks
 already ran) sit behind ``study``; the context adds the shared statistics, the results of the
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from scircuits.platform.causal.statistics import (
     effect,
 )
 from scircuits.platform.contract.analyses import AnalysisResult
+from scircuits.platform.contract.study import StudyContext
 
 if TYPE_CHECKING:
     from scircuits.platform.causal.study import ConditionScores, Study
@@ -34,11 +36,9 @@ if TYPE_CHECKING:
     from scircuits.platform.contract.ablations import FeatureStats
     from scircuits.platform.contract.models import LoadedModel
 
-R = TypeVar("R", bound=AnalysisResult)
-
 
 @dataclass
-class StudyContext:
+class CausalStudyContext(StudyContext):
     """The state of one causal study, shared by its analyses in order."""
 
     config: AblateConfig
@@ -75,40 +75,6 @@ class StudyContext:
     @property
     def n_examples(self) -> int:
         return self.study.data.n_examples
-
-    @property
-    def ranking_activation(self) -> np.ndarray:
-        """Mean activation per feature over the tokens features are ranked on (the selection split)."""
-        return self.mean_activation if self.selection_activation is None else self.selection_activation
-
-    @property
-    def evaluation_indices(self) -> np.ndarray:
-        return np.arange(self.n_examples) if self.evaluation is None else self.evaluation
-
-    @property
-    def n_evaluation(self) -> int:
-        return len(self.evaluation_indices)
-
-    @property
-    def random_controls(self) -> int:
-        """Matched control sets per k."""
-        return self.config.random_controls
-
-    @property
-    def active(self) -> np.ndarray:
-        """Per feature: fires on at least one edited evaluation token."""
-        return self.frequency > 0
-
-    @property
-    def seed(self) -> int:
-        return self.config.seed
-
-    def result(self, name: str, kind: type[R]) -> R:
-        """The result of an earlier analysis (name it in your ``after``)."""
-        value = self.results.get(name)
-        if not isinstance(value, kind):
-            raise KeyError(f"no {kind.__name__} result named {name!r} yet: list {name!r} in `after`")
-        return value
 
     # -- conditions: one pass of the blocks above the site over every example ------------------
 
@@ -221,14 +187,6 @@ class StudyContext:
         described = f"The SAE in {c.sae} may not match layer {self.layer} {c.site} of {c.model}"
         tolerance = c.resolved_splice_tolerance()
         return self.study.check_splice(self.loaded, c.splice_check_examples, tolerance, described)
-
-    @property
-    def sae_training_metrics(self) -> dict[str, Any]:
-        """The reconstruction metrics the checkpoint recorded on its training store's held-out
-        tokens (empty for an SAE without them, e.g. one from another tool)."""
-        meta = self.sae_info.get("meta")
-        metrics = (meta if isinstance(meta, dict) else {}).get("metrics")
-        return dict(metrics) if isinstance(metrics, dict) else {}
 
     def attribution(self) -> np.ndarray:
         """Per feature: the linear estimate of the mean change of the gold log-prob when ablated, on

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from scircuits.platform.causal.results import StudyResults
 from scircuits.platform.contract.analyses import Analysis
 from scircuits.platform.contract.errors import ConfigError, PluginConflictError
+from scircuits.platform.contract.study import StudyResults
 from scircuits.platform.manager.registry import Registry
 
 HOOK = "register_analyses"

@@ -11,126 +11,29 @@ holds. A file of another format or a newer schema is refused with the reason.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from scircuits.files import atomic_path, write_atomic
-from scircuits.platform.common import jsonvalues
-from scircuits.platform.contract.analyses import Analysis, AnalysisResult
+from scircuits.platform.contract import jsonvalues
+from scircuits.platform.contract.analyses import Analysis
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.options import describe_validation_error
+from scircuits.platform.contract.study import (
+    RESULTS_FORMAT,
+    SCHEMA_VERSION,
+    EvaluationSplit,
+    StatisticsInfo,
+    StudyResults,
+)
 
 RESULTS_FILE = "results.json"
 EXAMPLES_FILE = "examples.jsonl"
-RESULTS_FORMAT = "scircuits.causal"
-RESULTS_FORMAT_VERSION = 1
-SCHEMA_VERSION = 2
 
-
-class StatisticsInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    bootstrap_replicates: int
-    level: float
-    paired: bool
-    seed: int
-    significance: str
-
-
-class EvaluationSplit(BaseModel):
-    """Which examples features were ranked on and which their effects were measured on."""
-
-    method: str
-    n_selection: int
-    n_evaluation: int
-    selection_fraction: float
-    seed: int
-
-    @classmethod
-    def describe(cls, n_examples: int, selection: Any, evaluation: Any, config: Any) -> EvaluationSplit:
-        if selection is None or evaluation is None:
-            return cls(
-                method="none: ranked and measured on the same examples",
-                n_selection=n_examples,
-                n_evaluation=n_examples,
-                selection_fraction=config.selection_fraction,
-                seed=config.seed,
-            )
-        return cls(
-            method=(
-                "held-out: attribution ranks features on a seeded random selection split; every "
-                "condition (sweeps, exact ablations, faithfulness, baselines) is measured on the rest"
-            ),
-            n_selection=len(selection),
-            n_evaluation=len(evaluation),
-            selection_fraction=config.selection_fraction,
-            seed=config.seed,
-        )
-
-
-class StudyResults(BaseModel):
-    """results.json: the study-level fields, plus each analysis's result fields (extra keys)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    format: Literal["scircuits.causal"] = RESULTS_FORMAT
-    format_version: int = RESULTS_FORMAT_VERSION
-    schema_version: int = SCHEMA_VERSION
-    analyses: list[str]
-    config: dict[str, Any]
-    config_hash: str
-    n_examples: int
-    n_tokens: int
-    layer: int
-    site: str
-    active_features: int
-    d_sae: int
-    statistics: StatisticsInfo
-    stats_source: str
-    edited_positions: str
-    n_conditions: int
-    # edited conditions run the upper blocks only on sequences whose features the edit changes
-    sequences_run: int | None = None
-    sequences_unchanged: int | None = None
-    evaluation_split: EvaluationSplit | None = None
-    score: str | None = None  # what every per-example log-prob is (scoring.score_name)
-    remote: dict[str, Any] | None = None  # --remote: the NDIF requests made and the bytes sent/returned
-    provenance: dict[str, Any]
-    wall_seconds: float | None = None
-
-    @classmethod
-    def assemble(
-        cls, fields: dict[str, Any], results: Sequence[tuple[Analysis, AnalysisResult]]
-    ) -> StudyResults:
-        """Study-level ``fields`` and each analysis's result, in run order."""
-        extra: dict[str, Any] = {}
-        for _, result in results:
-            extra.update(result.model_dump(mode="python"))
-        return cls(**fields, analyses=[a.name for a, _ in results], **extra)
-
-    def analysis_fields(self) -> dict[str, Any]:
-        return dict(self.__pydantic_extra__ or {})
-
-    def result_of(self, analysis: Analysis) -> AnalysisResult | None:
-        """The typed result of ``analysis`` in this file; None when it did not run."""
-        if analysis.name not in self.analyses:
-            return None
-        extra = self.analysis_fields()
-        fields = analysis.Result.model_fields
-        values = {key: extra[key] for key in fields if key in extra}
-        try:  # results.json writes an undefined number as null: a float field reads it back as NaN
-            return jsonvalues.validate_nulls_as_nan(analysis.Result, values)
-        except ValidationError as exc:
-            raise ConfigError(
-                f"the {analysis.name!r} result in results.json does not match its schema: "
-                f"{describe_validation_error(exc)}"
-            ) from None
-
-    def to_json(self) -> str:
-        return jsonvalues.dumps(self.model_dump(mode="python"), indent=2)
+__all__ = ["SCHEMA_VERSION", "EvaluationSplit", "StatisticsInfo", "StudyResults"]  # defined in the contract
 
 
 class ConditionScore(BaseModel):

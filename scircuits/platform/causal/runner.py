@@ -13,16 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from scircuits.platform.causal.context import StudyContext
+from scircuits.platform.causal.context import CausalStudyContext
 from scircuits.platform.causal.evaluation import prepare_eval
 from scircuits.platform.causal.registry import analyses_of, study_order
-from scircuits.platform.causal.results import (
-    ConditionScore,
-    EvaluationSplit,
-    ExampleRow,
-    StatisticsInfo,
-    StudyResults,
-)
+from scircuits.platform.causal.results import ConditionScore, ExampleRow
 from scircuits.platform.causal.statistics import Bootstrap, selection_split
 from scircuits.platform.causal.study import Study, feature_statistics
 from scircuits.platform.common.progress import progress
@@ -31,6 +25,7 @@ from scircuits.platform.contract.analyses import Analysis, AnalysisResult
 from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.contract.models import LoadedModel
+from scircuits.platform.contract.study import EvaluationSplit, StatisticsInfo, StudyResults
 from scircuits.platform.manager.plugin_set import ALLOW_LIST_ENV
 from scircuits.platform.model.remote_split import RemoteSplitModel
 from scircuits.platform.model.scoring import score_name
@@ -62,7 +57,7 @@ def prepare_study(
     layer: int,
     plugins: Any,
     sae_info: dict[str, Any] | None = None,
-) -> StudyContext:
+) -> CausalStudyContext:
     """The study's shared state: examples split into selection and evaluation, encoded, batched and
     run once through the lower blocks and the SAE; feature statistics; one seeded bootstrap."""
     sae.eval()
@@ -110,7 +105,7 @@ def prepare_study(
     study.pool_examples = pool_examples
     study.token_exclusion = token_exclusion_of((sae_info or {}).get("meta"))
     study.companions = companion_ablations(config, plugins)
-    return StudyContext(
+    return CausalStudyContext(
         config=config,
         loaded=loaded,
         study=study,

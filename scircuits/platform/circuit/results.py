@@ -10,7 +10,7 @@ from xml.sax.saxutils import quoteattr
 from pydantic import BaseModel, ConfigDict
 
 from scircuits.files import write_atomic
-from scircuits.platform.common import jsonvalues
+from scircuits.platform.contract import jsonvalues
 
 RESULTS_FILE = "results.json"
 GRAPH_FILE = "graph.json"

@@ -11,11 +11,11 @@ from typing import Any
 
 from scircuits.platform.causal.registry import analyses_of
 from scircuits.platform.causal.results import read_checked_results
-from scircuits.platform.common.jsonvalues import load_file
 from scircuits.platform.common.provenance import base_provenance, file_sha256
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.hf_loading import check_weights_available
+from scircuits.platform.contract.jsonvalues import load_file
 from scircuits.platform.manager.plugin_set import PluginSet
 from scircuits.platform.model.tracing import SiteTracer
 from scircuits.platform.train.checkpoint import WEIGHTS_FILE, is_complete

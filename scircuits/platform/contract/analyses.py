@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-if TYPE_CHECKING:  # the concrete types live above the contract
-    from scircuits.platform.causal.context import StudyContext
-    from scircuits.platform.causal.results import StudyResults
-    from scircuits.platform.report.document import ReportDocument
+if TYPE_CHECKING:
+    from scircuits.platform.contract.study import StudyContext, StudyResults
+    from scircuits.platform.report.document import ReportDocument  # the report writer, above
 
 
 class AnalysisResult(BaseModel):

@@ -27,11 +27,11 @@ from pydantic import ValidationError
 from scircuits.platform.causal.registry import analyses_of
 from scircuits.platform.causal.results import read_checked_results
 from scircuits.platform.causal.study import unembedding_effects
-from scircuits.platform.common.jsonvalues import load_file
 from scircuits.platform.compare.runs import run_store
 from scircuits.platform.compare.schema import FORMAT as COMPARE_FORMAT
 from scircuits.platform.compare.schema import CompareResults
 from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.jsonvalues import load_file
 from scircuits.platform.model.splice import SplitModel
 from scircuits.platform.train.checkpoint import load_sae as load
 from scircuits.store import ActivationStore

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from scircuits.platform.causal.registry import analyses_of
-from scircuits.platform.causal.results import StudyResults, read_results, results_path
+from scircuits.platform.causal.results import read_results, results_path
 from scircuits.platform.contract.analyses import Analysis
 from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.study import StudyResults
 from scircuits.platform.report.document import FIGURES_DIR, ReportDocument, fmt
 
 CAUSAL_DIR = "causal"

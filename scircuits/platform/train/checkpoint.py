@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scircuits.files import atomic_path, write_atomic
-from scircuits.platform.common import jsonvalues
 from scircuits.platform.common.artifacts import (
     ArtifactError,
     Claimed,
@@ -42,6 +41,7 @@ from scircuits.platform.common.artifacts import (
     write_marker,
 )
 from scircuits.platform.common.provenance import base_provenance
+from scircuits.platform.contract import jsonvalues
 from scircuits.platform.contract.errors import DataFormatError
 from scircuits.platform.contract.saes import SAEVariant
 from scircuits.platform.manager.plugin_set import PluginSet
