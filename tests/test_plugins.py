@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from scircuits import Benchmark
+from scircuits.platform.contract import hookspecs
 from scircuits.platform.contract.errors import PluginConflictError, UnknownNameError
 from scircuits.platform.manager.plugin_set import BUILTIN_MODULES, load_plugins
 from tests.plugin_factory import make_plugin_dist
@@ -80,7 +81,9 @@ def register_benchmark(register):
     monkeypatch.syspath_prepend(str(tmp_path))
     info = load_plugins().plugins["typo-plugin"]
     assert "'register_benchmark' matches no hook" in info.error
-    assert "register_benchmarks" in info.error
+    known = info.error.split("known hooks: ")[1].split(", ")
+    assert known == hookspecs.hook_names()  # every hook, the family ones and the others
+    assert {"register_benchmarks", "register_analyses", "register_commands"} <= set(known)
 
 
 def test_hook_with_wrong_arguments_is_reported(tmp_path, monkeypatch):

@@ -197,13 +197,15 @@ def test_initialisation_and_batch_order_have_independent_seeds(store, tmp_path, 
     assert torch.equal(initial[0], expected)
 
 
-def test_phase4_preset():
-    cfg = apply_preset(TrainConfig(store="s", preset="phase4"), get_plugins())
+def test_the_prior_study_preset():
+    cfg = apply_preset(TrainConfig(store="s", preset="prior-study"), get_plugins())
     assert (cfg.sae, cfg.expansion, cfg.epochs, cfg.batch_size, cfg.lr) == ("relu", 8, 20, 32, 1e-4)
     assert cfg.hparams == {"l1": 1e-4, "decorrelation": 0.01}
-    mine = apply_preset(TrainConfig(store="s", preset="phase4", lr=1e-3, hparams={"l1": 1e-3}), get_plugins())
+    mine = apply_preset(
+        TrainConfig(store="s", preset="prior-study", lr=1e-3, hparams={"l1": 1e-3}), get_plugins()
+    )
     assert mine.lr == 1e-3 and mine.hparams["l1"] == 1e-3 and mine.hparams["decorrelation"] == 0.01
-    with pytest.raises(ConfigError, match="phase4"):
+    with pytest.raises(ConfigError, match="prior-study"):
         apply_preset(TrainConfig(store="s", preset="nope"), get_plugins())
 
 
@@ -300,5 +302,5 @@ def test_presets_live_on_the_variant_of_the_plugin_set_given():
     assert (cfg.sae, cfg.expansion, cfg.lr) == ("planted-only", 2, 5e-4)
     with pytest.raises(ConfigError, match="unknown preset 'tiny'"):
         apply_preset(TrainConfig(store="s", preset="tiny"), load_plugins(entry_points_too=False))
-    with pytest.raises(ConfigError, match="'topk' has no preset 'phase4'"):
-        apply_preset(TrainConfig(store="s", preset="phase4", sae="topk"), plugins)
+    with pytest.raises(ConfigError, match="'topk' has no preset 'prior-study'"):
+        apply_preset(TrainConfig(store="s", preset="prior-study", sae="topk"), plugins)

@@ -337,8 +337,8 @@ class TrainConfig(StageConfig):
     )
     outlier_factor: float = D(10.0, "Norm cutoff of --exclude-tokens outliers, in medians.", gt=1)
 
-    # bumped when the same settings train differently (2: seeds split into init and data streams,
-    # issue 11; 3: run-relative AuxK window, latent usage measured on training tokens, issue 20), so a
+    # bumped when the same settings train differently (2: seeds split into init and data streams;
+    # 3: run-relative AuxK window, latent usage measured on training tokens), so a
     # checkpoint of the older recipe is not taken as this config's
     recipe: ClassVar[int] = 3
 

@@ -60,3 +60,8 @@ def register_analyses(register: Callable[[Any], None]) -> None:
 @hookspec
 def register_commands(cli: Any) -> None:
     """Add click commands to the ``scircuits`` command group: ``@cli.command()`` (as in `llm`)."""
+
+
+def hook_names() -> list[str]:
+    """Every hook a plugin may implement, in the order this module declares them."""
+    return [name for name, value in globals().items() if hasattr(value, f"{PROJECT}_spec")]

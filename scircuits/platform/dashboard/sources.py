@@ -1,7 +1,7 @@
 """Everything the dashboard reads from a finished run directory, through as few internals as possible.
 
 This is the only dashboard module that knows the run directory's layout or imports scircuits'
-internals; re-point these functions when the core moves (issue 9):
+internals; re-point these functions when the core moves:
 
 - ``causal/results.json`` (keys as written by ``scircuits.platform.causal`` analyses``);
 - the activation store (``scircuits.store.ActivationStore``);

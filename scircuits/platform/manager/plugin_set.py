@@ -130,7 +130,7 @@ class PluginSet:
             and not hasattr(self.pm.hook, attr)
         ]
         if unknown:
-            known = ", ".join(hookspecs.FAMILY_HOOKS.values())
+            known = ", ".join(hookspecs.hook_names())
             info.error = (
                 f"hook implementation {', '.join(map(repr, unknown))} matches no hook; known hooks: {known}"
             )

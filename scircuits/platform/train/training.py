@@ -81,7 +81,7 @@ INIT_SAMPLE_TOKENS = 16384
 # latent usage (dead / rare) of the final SAE is counted over at most this many training tokens
 USAGE_TOKENS = 1 << 20
 
-# The AuxK dead window when a variant fixes none (issue 20): a tenth of the run's tokens, at most
+# The AuxK dead window when a variant fixes none (docs/training.md): a tenth of the run's tokens, at most
 # DEAD_WINDOW_MAX (the fixed window used before, which never acted in runs of ~1M tokens) and at
 # least DEAD_WINDOW_MIN_BATCHES batches (a latent is not judged on fewer).
 DEAD_WINDOW_SHARE = 0.1
@@ -95,7 +95,7 @@ def default_dead_window(total_tokens: int, batch_size: int) -> int:
     return max(relative, DEAD_WINDOW_MIN_BATCHES * batch_size, 1)
 
 
-# The default learning rate (issue 11; docs/training.md). Two factors:
+# The default learning rate (docs/training.md). Two factors:
 # - width (sparsify's rule, after Gao et al. 2024): 2e-4 at 2**14 latents, times 1/sqrt(d_sae / 2**14);
 # - batch (the square-root rule for Adam, Malladi et al. 2022): times sqrt(batch_size / 64), so that
 #   sparsify's value is the rate at a 64-token batch.

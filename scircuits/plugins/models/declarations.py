@@ -1,4 +1,4 @@
-"""The Hugging Face models of the Phase 4 study and its blocked ones: one declaration each."""
+"""The Hugging Face models of the earlier study and its blocked ones: one declaration each."""
 
 from scircuits import HFModelAdapter
 

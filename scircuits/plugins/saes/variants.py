@@ -28,7 +28,7 @@ class ReLUHyperparameters(_Hyperparameters):
     decorrelation: float = Field(
         default=0.01,
         ge=0,
-        description="Decorrelation coefficient (the penalty of the Phase 4 study this project grew from)",
+        description="Decorrelation coefficient (a penalty on correlated latents)",
     )
     decorrelation_tokens: int = Field(default=256, ge=2, description="tokens per batch used for the penalty")
 
@@ -78,14 +78,14 @@ class BuiltinSAEVariant(SAEVariant):
 
 class ReLUVariant(BuiltinSAEVariant):
     name = "relu"
-    description = "ReLU SAE with an L1 penalty and a decorrelation penalty (from the Phase 4 study)"
+    description = "ReLU SAE with an L1 penalty and a decorrelation penalty"
     saelens_architecture = "standard"
     Hyperparameters = ReLUHyperparameters
     reads_saelens_checkpoints = True
     validation_hparams: ClassVar[Mapping[str, Any]] = {"l1": 0.1}
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        # The configuration of the Phase 4 report (the study this project continues).
-        "phase4": {
+        # The configuration of the earlier study this project continues.
+        "prior-study": {
             "expansion": 8,
             "epochs": 20,
             "batch_size": 32,
