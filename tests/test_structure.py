@@ -242,3 +242,26 @@ def test_every_hook_is_documented():
     doc = (ROOT / "docs" / "plugins.md").read_text()
     missing = [name for name in hooks if f"### {name}" not in doc]
     assert not missing, f"hooks without a section in docs/plugins.md: {missing}"
+
+
+def test_every_packaged_data_file_is_declared_package_data():
+    """A file the package reads at run time (dashboard/static/...) ships in the wheel only when
+    pyproject's package-data names it; an installed scircuits without it could not build a site."""
+    import fnmatch
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    data = [p for p in PACKAGE.rglob("static/*") if p.is_file()]
+    assert data, "no packaged data files found"
+    missing = []
+    for path in data:
+        package_dir = next(d for d in path.parents if (d / "__init__.py").is_file())
+        relative = path.relative_to(package_dir).as_posix()
+        patterns = declared.get(module_name(package_dir / "__init__.py"), [])
+        if not any(fnmatch.fnmatch(relative, pattern) for pattern in patterns):
+            missing.append(str(path.relative_to(ROOT)))
+    assert not missing, f"not in [tool.setuptools.package-data]: {missing}"
