@@ -255,7 +255,7 @@ def test_every_packaged_data_file_is_declared_package_data():
         import tomli as tomllib
 
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    data = [p for p in PACKAGE.rglob("static/*") if p.is_file()]
+    data = [p for p in PACKAGE.rglob("*") if p.is_file() and "static" in p.relative_to(PACKAGE).parts]
     assert data, "no packaged data files found"
     missing = []
     for path in data:
