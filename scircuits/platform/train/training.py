@@ -597,6 +597,16 @@ def _train_rank(
 
 
 def _fit(config: TrainConfig, variant: SAEVariant, dist: DistContext, stop_after_steps: int | None) -> None:
+    for _ in fit_steps(config, variant, dist, stop_after_steps):
+        pass
+
+
+def fit_steps(
+    config: TrainConfig, variant: SAEVariant, dist: DistContext, stop_after_steps: int | None = None
+) -> Iterator[int]:
+    """The training of one SAE as a generator: yields the step count after each optimiser step, so
+    that several SAEs can be stepped in turn (``scircuits.platform.train.joint``); exhausting it is
+    ``_fit``. The caller holds the folder (locked and claimed)."""
     seeds = derived_seeds(config.seed)
     torch.manual_seed(seeds.init)
     out = Path(config.out)
@@ -767,6 +777,7 @@ def _fit(config: TrainConfig, variant: SAEVariant, dist: DistContext, stop_after
                     save_state()
                     logger.close()
                     return
+                yield trainer.step
             if trainer.step < total_steps:
                 epoch += 1
                 batch_in_epoch = 0
@@ -786,6 +797,7 @@ def _fit(config: TrainConfig, variant: SAEVariant, dist: DistContext, stop_after
             "lr_rule": "given" if config.lr is not None else LR_RULE,
             "seeds": {"seed": config.seed, **seeds._asdict()},
             "store": {"path": config.store, "attrs": store.attrs},
+            **({"collection": store.collection_site} if store.collection_site else {}),
             "metrics": final,
             "steps": trainer.step,
             "tokens": trainer.tokens,
