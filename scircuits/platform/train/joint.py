@@ -100,14 +100,14 @@ def site_stores(stores: list[str], sites: str | None = None, layers: str | None 
             and (blocks is None or (match is not None and int(match.group(2)) in blocks))
         ]
         site_names = set(manifest.sites) | {m.group(1) for m in parsed.values() if m}
-        for name, given, known in (
-            ("--sites", kinds or [], site_names),
-            ("--layers", [str(b) for b in blocks or []], {m.group(2) for m in parsed.values() if m}),
+        for name, what, given, known in (
+            ("--sites", "site", kinds or [], site_names),
+            ("--layers", "layer", [str(b) for b in blocks or []], {m.group(2) for m in parsed.values() if m}),
         ):
             unknown = [g for g in given if g not in known]
             if unknown:
                 raise ConfigError(
-                    f"{name} {','.join(given)}: {store} has no {', '.join(unknown)}; its sites: "
+                    f"{name} {','.join(given)}: {store} has no {what} {', '.join(unknown)}; its sites: "
                     f"{', '.join(manifest.sites)}"
                 )
         if not chosen:
