@@ -26,13 +26,14 @@ import torch
 from scircuits.platform.common.artifacts import FolderLock
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.progress import progress
+from scircuits.platform.common.remote import join_path
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.contract.models import tl_hook_name
 from scircuits.platform.manager.plugin_set import PluginSet
 from scircuits.platform.train import checkpoint as ckpt
 from scircuits.platform.train.distributed import from_environment
-from scircuits.platform.train.training import _claim, _resolved, fit_steps
+from scircuits.platform.train.training import _claim, _resolved, fit_steps, refuse_unresumed_state
 from scircuits.store import ActivationStore
 from scircuits.store.collection import is_collection, read_manifest
 from scircuits.version import __version__
@@ -115,7 +116,7 @@ def site_stores(stores: list[str], sites: str | None = None, layers: str | None 
                 f"--sites/--layers choose none of {store}'s sites ({', '.join(manifest.sites)}); "
                 "name some of them"
             )
-        expanded.extend(str(Path(store) / key) for key in chosen)
+        expanded.extend(join_path(store.rstrip("/"), key) for key in chosen)
     if (kinds is not None or blocks is not None) and not chose:
         raise ConfigError(
             "--sites/--layers choose sites of a collection (the folder of `scircuits collect --layers ... "
@@ -247,9 +248,11 @@ def train_joint(
         if config.nproc != 1 or "," in config.device:
             raise ConfigError("one pass over several sites runs in one process on one device")
     with ExitStack() as held:
+        for config in configs:  # every folder locked and checked before any is claimed
+            held.enter_context(FolderLock(Path(config.out), "SAE checkpoint"))
+            refuse_unresumed_state(config)
         pending = []
         for config in configs:
-            held.enter_context(FolderLock(Path(config.out), "SAE checkpoint"))
             if not _claim(config):
                 pending.append(config)
         members = [

@@ -451,15 +451,25 @@ def _claim(config: TrainConfig) -> bool:
         log.info(f"[train] {out} already holds a complete checkpoint for this config; skipping")
         return True
     if not config.resume and ckpt.has_training_state(out):
-        if not config.force:
-            raise ConfigError(
-                f"{out / ckpt.STATE_DIR} holds a saved training state of this config; add --resume to "
-                "continue it, or --force to move it aside and start over"
-            )
+        refuse_unresumed_state(config)
         aside = move_aside(out)
         write_marker(out, "sae", config.config_hash())
         log.info(f"[train] --force: moved the unresumed training state in {out} to {aside}")
     return False
+
+
+def refuse_unresumed_state(config: TrainConfig) -> None:
+    """A saved training state in ``config.out`` is neither resumed nor overwritten unless asked."""
+    out = Path(config.out)
+    if config.resume or config.force or not ckpt.has_training_state(out):
+        return
+    marker = read_marker(out)  # a state of other settings is moved aside by the claim, not refused
+    if marker is None or marker.identity != config.config_hash() or ckpt.is_complete(out, marker.identity):
+        return
+    raise ConfigError(
+        f"{out / ckpt.STATE_DIR} holds a saved training state of this config; add --resume to "
+        "continue it, or --force to move it aside and start over"
+    )
 
 
 def _train_checked(config: TrainConfig, plugins: PluginSet, stop_after_steps: int | None) -> Path:
