@@ -153,7 +153,7 @@ def _train(
     for index, store in enumerate(store_list):
         for name in sae_list:
             folder = sites[index].hook_name if sites else Path(store.rstrip("/")).stem
-            if name is not None and len(sae_list) > 1:
+            if name is not None and (len(sae_list) > 1 or not sites):
                 folder = f"{folder}__{name}"
             out = join_path(base.out, folder) if several else base.out
             values = {
