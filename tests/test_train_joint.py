@@ -291,21 +291,9 @@ def test_ablate_takes_one_sae_folder_of_the_joint_run(collection, joint, tmp_pat
 def test_circuit_runs_on_the_joint_run_folder(joint, tmp_path):
     from scircuits.platform.circuit.results import read_circuit
     from scircuits.platform.circuit.stage import run_circuit
-    from scircuits.platform.config import CircuitConfig
+    from tests.test_circuit import config as circuit_config
 
-    config = CircuitConfig(
-        model=MODEL,
-        benchmark="arithmetic",
-        sae=[str(joint)],
-        limit=8,
-        nodes=6,
-        sizes=[1, 3],
-        random_circuits=2,
-        exact_top=2,
-        bootstrap=50,
-        out=str(tmp_path / "circuit"),
-        progress=False,
-    )
+    config = circuit_config(tmp_path, [str(joint)], limit=8, nodes=6, sizes=[1, 3], exact_top=2, bootstrap=50)
     results = read_circuit(run_circuit(config, get_plugins(), loaded=tiny_loaded_model(MODEL)))
     assert [s.name for s in results.sites] == ["mlp0", "resid0", "mlp2", "resid2"]
     assert results.splice["max_abs_logit_diff"] < 1e-3
