@@ -31,6 +31,12 @@ from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 @click.option(
     "--store", "stores", multiple=True, help="Activation store (repeat to train one SAE per store)."
 )
+@click.option(
+    "--sites",
+    help="With a collection as --store: the sites to train, as collect names them (resid,mlp or resid6); "
+    "default every site.",
+)
+@click.option("--layers", help="With a collection as --store: the blocks to train, e.g. 3,6; default all.")
 @click.option("--sae", help="SAE variant (scircuits saes); a comma list trains one SAE per variant.")
 @click.option("--k", type=int, help="Active latents per token (topk, batchtopk).")
 @click.option("--l1", type=float, help="L1 coefficient (relu, gated).")
@@ -41,6 +47,8 @@ from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 def train(
     config_file: str | None,
     stores: tuple[str, ...],
+    sites: str | None,
+    layers: str | None,
     sae: str | None,
     k: int | None,
     l1: float | None,
@@ -54,12 +62,15 @@ def train(
 
     Writes OUT/cfg.json + sae_weights.safetensors (SAELens format), scircuits.json and
     train_log.jsonl. Skips when OUT already holds a complete checkpoint of the same config.
+    A collection of several sites (`collect --layers/--sites`) trains one SAE per site in one pass
+    over the data, into OUT/<hook name>/ with OUT/index.json listing them.
     --json prints the checkpoint's result (a list of them when several SAEs are trained).
     """
     with _ranks_stop_together(str(flags.get("device") or "cpu")):
         _train(
             config_file,
             stores,
+            (sites, layers),
             sae,
             {"k": k, "l1": l1, "decorrelation": decorrelation},
             deprecated_sae_options + sae_options,
@@ -104,6 +115,7 @@ def refused_rank_line(argv: list[str], message: str) -> str:
 def _train(
     config_file: str | None,
     stores: tuple[str, ...],
+    chosen_sites: tuple[str | None, str | None],
     sae: str | None,
     variant_flags: dict[str, Any],
     hparams: tuple[str, ...],
@@ -114,6 +126,7 @@ def _train(
     from scircuits.api.stages import train as train_stage
     from scircuits.platform.manager.plugin_set import get_plugins
     from scircuits.platform.train.distributed import parse_devices, under_launcher
+    from scircuits.platform.train.joint import one_collection, site_stores, train_joint, write_index
     from scircuits.platform.train.size import check_sae_memory
     from scircuits.platform.train.training import train as train_one
     from scircuits.platform.train.training import train_many
@@ -123,18 +136,22 @@ def _train(
     extra.update(parse_key_values(hparams, "--sae-option"))
     base = stage_config(TrainConfig, config_file, {**flags, "sae": None, "store": None})
     merged_hparams = {**base.hparams, **extra}
-    store_list = list(stores) or ([base.store] if base.store else [])
+    store_list = site_stores(list(stores) or ([base.store] if base.store else []), *chosen_sites)
     sae_given = sae or ("sae" in base.model_fields_set and base.sae)
     sae_list: list[str | None] = (
         [s.strip() for s in sae_given.split(",") if s.strip()] if sae_given else [None]
     )
     if not store_list:
         raise ConfigError("train: give the activation store with --store PATH (or store = ... in --config)")
+    sites = None if under_launcher() else one_collection(store_list)
     jobs: list[TrainConfig] = []
     several = len(store_list) * len(sae_list) > 1
-    for store in store_list:
+    for index, store in enumerate(store_list):
         for name in sae_list:
-            out = join_path(base.out, f"{Path(store.rstrip('/')).stem}__{name}") if several else base.out
+            folder = sites[index].hook_name if sites else Path(store.rstrip("/")).stem
+            if name is not None and (len(sae_list) > 1 or not sites):
+                folder = f"{folder}__{name}"
+            out = join_path(base.out, folder) if several else base.out
             values = {
                 **base.model_dump(exclude_unset=True),
                 "store": store,
@@ -158,6 +175,12 @@ def _train(
     for job in jobs:
         check_sae_memory(widths[job.store], job.expansion, job.batch_size, job.device)
     devices = parse_devices(base.device)
+    if sites and not is_url(base.out):
+        write_index(Path(base.out), [s for s in sites for _ in sae_list], jobs, plugins)
+    if sites and len(devices) == 1 and base.nproc == 1 and not is_url(base.out):
+        outs = train_joint(jobs, plugins, show_progress=base.progress)
+        _echo_results([read_checkpoint(out_dir) for out_dir in outs], as_json)
+        return
     if len(jobs) == 1 and (len(devices) == 1 or base.nproc > 1):
         result = train_stage(jobs[0], plugins=plugins)
         if as_json:
@@ -167,7 +190,10 @@ def _train(
                 jobs[0].out if is_url(jobs[0].out) else result.path
             )  # a URL: the local copy is a cache
         return
-    results = [read_checkpoint(out_dir) for out_dir in train_many(jobs, devices, plugins)]
+    _echo_results([read_checkpoint(out_dir) for out_dir in train_many(jobs, devices, plugins)], as_json)
+
+
+def _echo_results(results: list[Any], as_json: bool) -> None:
     if as_json:
         echo_result(results)
         return

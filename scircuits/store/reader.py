@@ -84,6 +84,7 @@ class ActivationStore:
         self._storage_options = storage_options
         self.prefetch = prefetch
         paths, manifest = resolve_parts(self.path, site)
+        self.manifest = manifest
         self.parts: list[_Part] = []
         offset = 0
         for rank, part_path in enumerate(paths):
@@ -110,6 +111,18 @@ class ActivationStore:
         self._count_cache: dict[tuple[str, bytes], np.ndarray] = {}
         self.excluded_rows = np.empty(0, dtype=np.int64)  # rows no split selects (``excluding``)
         self.acts_read = ReadCount()  # shared with the views of ``excluding``
+
+    @property
+    def collection_site(self) -> dict[str, str] | None:
+        """``{"collection", "site", "collection_id"}`` when this store is a site of a collection."""
+        if self.manifest is None:
+            return None
+        site_folder = os.path.dirname(self.parts[0].path.rstrip("/"))
+        return {
+            "collection": os.path.dirname(site_folder),
+            "site": os.path.basename(site_folder),
+            "collection_id": self.manifest.collection_id,
+        }
 
     def excluding(self, rows: np.ndarray) -> ActivationStore:
         """A view of this store whose splits, counts and batches leave out ``rows`` (global row

@@ -451,15 +451,25 @@ def _claim(config: TrainConfig) -> bool:
         log.info(f"[train] {out} already holds a complete checkpoint for this config; skipping")
         return True
     if not config.resume and ckpt.has_training_state(out):
-        if not config.force:
-            raise ConfigError(
-                f"{out / ckpt.STATE_DIR} holds a saved training state of this config; add --resume to "
-                "continue it, or --force to move it aside and start over"
-            )
+        refuse_unresumed_state(config)
         aside = move_aside(out)
         write_marker(out, "sae", config.config_hash())
         log.info(f"[train] --force: moved the unresumed training state in {out} to {aside}")
     return False
+
+
+def refuse_unresumed_state(config: TrainConfig) -> None:
+    """A saved training state in ``config.out`` is neither resumed nor overwritten unless asked."""
+    out = Path(config.out)
+    if config.resume or config.force or not ckpt.has_training_state(out):
+        return
+    marker = read_marker(out)  # a state of other settings is moved aside by the claim, not refused
+    if marker is None or marker.identity != config.config_hash() or ckpt.is_complete(out, marker.identity):
+        return
+    raise ConfigError(
+        f"{out / ckpt.STATE_DIR} holds a saved training state of this config; add --resume to "
+        "continue it, or --force to move it aside and start over"
+    )
 
 
 def _train_checked(config: TrainConfig, plugins: PluginSet, stop_after_steps: int | None) -> Path:
@@ -597,6 +607,16 @@ def _train_rank(
 
 
 def _fit(config: TrainConfig, variant: SAEVariant, dist: DistContext, stop_after_steps: int | None) -> None:
+    for _ in fit_steps(config, variant, dist, stop_after_steps):
+        pass
+
+
+def fit_steps(
+    config: TrainConfig, variant: SAEVariant, dist: DistContext, stop_after_steps: int | None = None
+) -> Iterator[int]:
+    """The training of one SAE as a generator: yields the step count after each optimiser step, so
+    that several SAEs can be stepped in turn (``scircuits.platform.train.joint``); exhausting it is
+    ``_fit``. The caller holds the folder (locked and claimed)."""
     seeds = derived_seeds(config.seed)
     torch.manual_seed(seeds.init)
     out = Path(config.out)
@@ -767,6 +787,7 @@ def _fit(config: TrainConfig, variant: SAEVariant, dist: DistContext, stop_after
                     save_state()
                     logger.close()
                     return
+                yield trainer.step
             if trainer.step < total_steps:
                 epoch += 1
                 batch_in_epoch = 0
@@ -786,6 +807,7 @@ def _fit(config: TrainConfig, variant: SAEVariant, dist: DistContext, stop_after
             "lr_rule": "given" if config.lr is not None else LR_RULE,
             "seeds": {"seed": config.seed, **seeds._asdict()},
             "store": {"path": config.store, "attrs": store.attrs},
+            **({"collection": store.collection_site} if store.collection_site else {}),
             "metrics": final,
             "steps": trainer.step,
             "tokens": trainer.tokens,
