@@ -1,6 +1,7 @@
-"""The dashboard's circuit page: a circuit over the tiny run's own SAE (resid2) and two random SAEs
-(resid0, mlp1), written into RUN/circuit and drawn by `scircuits dashboard RUN`; checked as files and
-in Chromium (skipped as the other browser tests are when Chromium or Playwright is missing)."""
+"""A run that holds a circuit: a circuit over the tiny run's own SAE (resid2) and two random SAEs
+(resid0, mlp1), written into RUN/circuit, drawn by `scircuits dashboard RUN` (checked as files and in
+Chromium, skipped as the other browser tests are when Chromium or Playwright is missing) and given a
+section in the run's report."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import pytest
 import torch
 
 from scircuits.cli import main
-from scircuits.platform.circuit.results import read_circuit
+from scircuits.platform.circuit.results import CurvePoint, read_circuit
 from scircuits.platform.circuit.stage import run_circuit
 from scircuits.platform.config import CircuitConfig
 from scircuits.platform.dashboard import build_dashboard
 from scircuits.platform.manager.plugin_set import get_plugins
+from scircuits.platform.report.build import write_report
+from scircuits.platform.report.circuit import verdict
 from scircuits.platform.train.checkpoint import save_sae
 from scircuits.testing.published import random_sae
 from tests.dashboard_run import read_js, tiny_run
@@ -181,3 +184,43 @@ def test_the_graph_loads_cleanly_filters_by_threshold_and_links_to_feature_pages
         assert watched.problems == [] and warnings == []
     finally:
         watched.page.close()
+
+
+def test_the_run_report_gets_a_circuit_section_with_figure_table_and_verdict(site):
+    run = site.parent
+    results = read_circuit(run / "circuit")
+    write_report([run], get_plugins())
+    md = (run / "report.md").read_text()
+    section = md[md.index("\n## Circuit\n") :]
+    assert "![The circuit" in section and (run / "figures" / "circuit.png").stat().st_size > 1000
+    assert section.count("\n| ") == 1 + len(results.curves)  # header + one row per circuit size
+    whole = next(p for p in results.curves if p.size == len(results.nodes))
+    assert verdict(whole) in section
+    assert "[Open the interactive graph](dashboard/circuit.html)" in section
+    assert 'href="dashboard/circuit.html"' in (run / "report.html").read_text()
+
+
+def point(f: float, ci: list[float], r: float) -> CurvePoint:
+    return CurvePoint(
+        size=5,
+        faithfulness=f,
+        faithfulness_ci=ci,
+        completeness=None,
+        completeness_ci=None,
+        random_draws=3,
+        random_faithfulness=r,
+    )
+
+
+@pytest.mark.parametrize(
+    "f,ci,r,words",
+    [
+        (0.0, [0.0, 0.0], 0.0, "Negative result: at 5 nodes the circuit is no more faithful than random"),
+        (0.1, [0.0, 0.3], 0.2, "Negative result"),
+        (0.5, [0.1, 0.9], 0.2, "not distinguishable from chance"),
+        (0.8, [0.6, 0.9], 0.2, "more faithful than random circuits of its size"),
+        (float("nan"), [], 0.2, "undefined"),
+    ],
+)
+def test_the_verdict_states_a_negative_result_plainly(f, ci, r, words):
+    assert words in verdict(point(f, ci, r))

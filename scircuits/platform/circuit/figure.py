@@ -5,6 +5,7 @@ score, red lowers it)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 from scircuits.platform.circuit.results import OUTPUT_ID, CircuitResults, CurvePoint
 from scircuits.platform.common.artifacts import write_text_atomic
@@ -25,7 +26,7 @@ def layout(results: CircuitResults) -> dict[str, tuple[float, float]]:
     return where
 
 
-def draw(results: CircuitResults, path: Path) -> None:
+def draw(results: CircuitResults, path: Path | BinaryIO) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
