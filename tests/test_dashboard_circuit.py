@@ -224,3 +224,52 @@ def point(f: float, ci: list[float], r: float) -> CurvePoint:
 )
 def test_the_verdict_states_a_negative_result_plainly(f, ci, r, words):
     assert words in verdict(point(f, ci, r))
+
+
+def test_run_with_circuit_saes_finds_reports_and_draws_the_circuit_and_resumes(site, tmp_path, caplog):
+    """`scircuits run --circuit-sae A,B`: the circuit stage writes RUN/circuit after the study, the
+    report gets its section, the dashboard its page; run again, every stage is up to date; without
+    the flag the plan has no circuit stage and the other stages keep their keys."""
+    from scircuits.platform.pipeline.run import plan
+    from scircuits.platform.pipeline.state import PipelineState
+
+    base = site.parent
+    model = json.loads((base / "causal" / "results.json").read_text())["config"]["model"]
+    specs = [str(p) for p in sorted(base.glob("sae-circuit-*"))]
+    assert len(specs) == 2  # the random resid0 and mlp1 SAEs the fixture made
+    args = [
+        "run", "--model", model, "--layer", "2", "--limit", "8", "--collect-limit", "40",
+        "--train-tokens", "4000", "--train-batch-size", "512", "--expansion", "2", "--top-k", "1,4",
+        "--random-controls", "2", "--exact-top", "3", "--bootstrap", "100",
+        "--out", str(tmp_path / "runs"), "--no-progress", "--circuit-sae", ",".join(specs),
+    ]  # fmt: skip
+    main(args)
+    (run,) = list((tmp_path / "runs").iterdir())
+    results = read_circuit(run / "circuit")
+    assert [s.name for s in results.sites] == ["resid0", "mlp1", "resid2"]
+    assert results.sites[2].sae == str(run / "sae") and results.n_selection + results.n_evaluation == 8
+    stages = PipelineState(run).data.stages
+    assert stages["circuit"].completed_key is not None
+    assert "\n## Circuit\n" in (run / "report.md").read_text()
+    assert (run / "dashboard" / "circuit.html").is_file()
+
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        main(args)
+    said = caplog.text
+    for name in ("collect", "train", "ablate", "circuit", "report"):
+        assert f"{name}: up to date" in said, name
+
+    with_circuit = plan(with_circuit_config(run, specs), get_plugins())
+    without = plan(with_circuit_config(run, []), get_plugins())
+    assert "circuit" in with_circuit.keys and "circuit" not in without.keys
+    assert all(without.keys[k] == with_circuit.keys[k] for k in ("collect", "train", "ablate"))
+
+
+def with_circuit_config(run: Path, saes: list[str]):
+    from scircuits.platform.config import RunConfig
+    from scircuits.platform.pipeline.state import PipelineState
+
+    recorded = dict(PipelineState(run).data.run_config or {})
+    recorded["circuit_sae"] = saes
+    return RunConfig.model_validate(recorded)
