@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from scircuits.platform.circuit.figure import draw
+from scircuits.platform.circuit.figure import cross_split_sentence, draw
 from scircuits.platform.circuit.results import RESULTS_FILE, CircuitResults, CurvePoint, read_circuit
 from scircuits.platform.report.document import ReportDocument, fmt, fmt_ci
 
@@ -98,6 +98,9 @@ def circuit_section(doc: ReportDocument, run_dir: Path) -> None:
     whole = next((p for p in r.curves if p.size == len(r.nodes)), None)
     if whole is not None:
         doc.paragraph(verdict(whole))
+    crossed = cross_split_sentence(r)
+    if crossed:
+        doc.paragraph(crossed)
     for label, agreement in (("nodes", r.exact_nodes), ("edges", r.exact_edges)):
         if agreement is None or agreement.n == 0:
             continue
