@@ -258,10 +258,7 @@ class CircuitStage(Stage):
         except Exception:  # absent or unreadable: not complete
             return False
 
-    def started(self, run_dir: Path, config: StageConfig | None) -> bool:
-        assert config is not None
-        marker = read_marker(self.artifact(run_dir))
-        return marker is not None and marker.identity == config.config_hash()
+    started = AblateStage.started  # the folder's marker names the config's hash, as ablate's does
 
     def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
         assert isinstance(config, CircuitConfig)
