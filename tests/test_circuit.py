@@ -330,3 +330,26 @@ def test_graph_json_loads_in_circuit_tracers_frontend_models(tiny, tmp_path):
     assert len(ids) == len(graph.nodes) and graph.links
     assert all(link["source"] in ids and link["target"] in ids for link in graph.links)
     assert sum(n.is_target_logit for n in graph.nodes) == 1
+
+
+def test_the_cross_split_check_measures_the_same_circuit_on_the_other_split(tiny, tmp_path):
+    specs = saved_saes(tmp_path, tiny.d_model)
+    out = run_circuit(config(tmp_path, specs, check_split="train"), get_plugins(), loaded=tiny)
+    results = read_circuit(out)
+    check = results.cross_split
+    assert check is not None and check.split == "train" and check.n_examples == results.n_evaluation
+    assert check.point.size == len(results.nodes) and check.point.random_draws == 2
+    assert check.point.faithfulness is not None and check.point.faithfulness == check.point.faithfulness
+    held_out = next(p for p in results.curves if p.size == len(results.nodes))
+    assert check.reference["full"]["mean"] != results.reference["full"]["mean"]  # other examples
+    assert check.point.faithfulness != held_out.faithfulness
+    assert "Cross-split check" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "split,needle", [("test", "is the split the circuit is found on"), ("nope", "has no split 'nope'")]
+)
+def test_a_bad_check_split_is_refused_before_the_model_loads(tmp_path, split, needle):
+    specs = saved_saes(tmp_path, 64)
+    with pytest.raises(ConfigError, match=needle):
+        find_circuit(config(tmp_path, specs, check_split=split), get_plugins())

@@ -336,6 +336,7 @@ class DashboardResult(Result):
     size_bytes: int
     n_files: int
     n_comparisons: int = 0
+    circuit: str | None = None  # circuit.html, when the dashboard draws a circuit
 
     def page(self, feature_id: int) -> str:
         """The page of a feature; ConfigError when the dashboard has none for it."""

@@ -265,10 +265,12 @@ def dashboard(
     compare: Sequence[str | Path] = (),
     force: bool = False,
     store: str | Path | None = None,
+    circuit: str | Path | None = None,
     plugins: PluginSet | None = None,
 ) -> DashboardResult:
     """A static feature dashboard for a finished run (`scircuits dashboard`): a sortable index and one
-    page per feature, opening from disk."""
+    page per feature, opening from disk; and circuit.html when the run holds a circuit (RUN/circuit) or
+    ``circuit`` names one."""
     from scircuits.platform.dashboard import build_dashboard
 
     summary = build_dashboard(
@@ -279,9 +281,11 @@ def dashboard(
         compare=compare,
         force=force,
         store=store,
+        circuit=circuit,
         say=lambda m: log.info(f"[dashboard] {m}"),
     )
     fields = {k: v for k, v in vars(summary).items() if k in DashboardResult.model_fields}
+    fields["circuit"] = str(summary.circuit) if summary.circuit is not None else None
     return DashboardResult(**fields, path=str(summary.out), index=str(summary.out / "index.html"))
 
 

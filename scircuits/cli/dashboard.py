@@ -43,6 +43,13 @@ from scircuits.cli.common import echo_result, json_option
     help="Scan this activation store (of the run's model, layer and site) instead of the run's own: a run "
     "of a given SAE (--sae hf:..., saelens:...) collects none.",
 )
+@click.option(
+    "--circuit",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Draw this `scircuits circuit --out` folder on circuit.html (default: RUN_DIR/circuit when it "
+    "holds one); its nodes at the run's own SAE link to their feature pages.",
+)
 @json_option
 def dashboard(
     run_dir: str,
@@ -51,12 +58,15 @@ def dashboard(
     compare: tuple[str, ...],
     force: bool,
     store: str | None,
+    circuit: str | None,
     as_json: bool,
 ) -> None:
     """Write RUN_DIR/dashboard: a sortable index of features and one page per feature, opening from disk."""
     from scircuits.api.stages import dashboard as dashboard_stage
 
-    summary = dashboard_stage(run_dir, features=features, out=out, compare=compare, force=force, store=store)
+    summary = dashboard_stage(
+        run_dir, features=features, out=out, compare=compare, force=force, store=store, circuit=circuit
+    )
     if as_json:
         echo_result(summary)
         return
@@ -65,4 +75,5 @@ def dashboard(
         f"active / {summary.d_sae} latents; {summary.size_bytes / 2**20:.1f} MiB in {summary.n_files} files; "
         f"{summary.seconds:.1f} s)"
         + (f"; matches from {summary.n_comparisons} comparisons" if summary.n_comparisons else "")
+        + (f"; circuit: {summary.circuit}" if summary.circuit else "")
     )

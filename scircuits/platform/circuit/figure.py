@@ -5,6 +5,7 @@ score, red lowers it)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 from scircuits.files import write_atomic
 from scircuits.platform.circuit.results import OUTPUT_ID, CircuitResults, CurvePoint
@@ -25,7 +26,7 @@ def layout(results: CircuitResults) -> dict[str, tuple[float, float]]:
     return where
 
 
-def draw(results: CircuitResults, path: Path) -> None:
+def draw(results: CircuitResults, path: Path | BinaryIO) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,6 +96,22 @@ def _curve_row(p: CurvePoint) -> str:
     )
 
 
+def cross_split_sentence(results: CircuitResults) -> str | None:
+    """--check-split: the circuit's faithfulness on the other split beside its held-out one."""
+    check = results.cross_split
+    if check is None:
+        return None
+    p = check.point
+    here = next((q for q in results.curves if q.size == p.size), None)
+    held_out = "" if here is None else f", against {_num(here.faithfulness)} {_ci(here.faithfulness_ci)} here"
+    return (
+        f"Cross-split check: the same {p.size}-node circuit on {check.n_examples} examples of the "
+        f"{check.split} split keeps faithfulness {_num(p.faithfulness)} {_ci(p.faithfulness_ci)} (random "
+        f"circuits {_num(p.random_faithfulness)}){held_out}; completeness {_num(p.completeness)} "
+        f"{_ci(p.completeness_ci)}."
+    )
+
+
 def section(results: CircuitResults) -> str:
     """The circuit's report section in Markdown."""
     r = results
@@ -129,6 +146,9 @@ def section(results: CircuitResults) -> str:
             f"Exact check of the top {agreement.n} {label}: Spearman ρ between attribution and exact "
             f"effect {_num(agreement.spearman)} {_ci(agreement.spearman_ci)}; opposite sign: {flagged}."
         )
+    crossed = cross_split_sentence(r)
+    if crossed:
+        lines += ["", crossed]
     lines += ["", "| node | effect | exact |", "|---|---|---|"]
     lines += [f"| {n.id} | {n.effect:.4f} | {_num(n.exact_effect)} |" for n in r.nodes[:20]]
     return "\n".join(lines) + "\n"

@@ -66,6 +66,15 @@ class CurvePoint(Frozen):
     random_completeness_ci: list[float] | None = None
 
 
+class CrossSplit(Frozen):
+    """The circuit found on the run's split, measured on another split's examples."""
+
+    split: str
+    n_examples: int
+    reference: dict[str, dict[str, float]]  # m(M) and m(∅) on those examples
+    point: CurvePoint  # faithfulness and completeness at the circuit's size, beside random circuits
+
+
 class Agreement(Frozen):
     n: int
     spearman: float | None
@@ -97,6 +106,7 @@ class CircuitResults(Frozen):
     curves: list[CurvePoint]
     exact_nodes: Agreement | None = None
     exact_edges: Agreement | None = None
+    cross_split: CrossSplit | None = None  # --check-split
     passes: dict[str, Any]
     provenance: dict[str, Any]
     wall_seconds: float | None = None

@@ -30,6 +30,7 @@ from scircuits.platform.circuit.results import (
     CircuitEdge,
     CircuitNode,
     CircuitResults,
+    CrossSplit,
     CurvePoint,
     SiteResult,
     write_circuit,
@@ -87,16 +88,30 @@ def check_memory(config: CircuitConfig, saes: list[SiteSAE], loaded: LoadedModel
         )
 
 
-def load_examples(config: CircuitConfig, plugins: Any) -> list[Any]:
+def load_examples(
+    config: CircuitConfig, plugins: Any, split: str | None = None, limit: int | None = None
+) -> list[Any]:
     benchmark = plugins.benchmarks.get(config.benchmark)
-    benchmark.check_split(config.split)
-    examples = list(benchmark.examples(config.split, config.limit, config.seed, config.benchmark_options))
+    split = split or config.split
+    benchmark.check_split(split)
+    examples = list(benchmark.examples(split, limit or config.limit, config.seed, config.benchmark_options))
     if len(examples) < 2:
         raise ConfigError(
-            f"benchmark {config.benchmark!r} gave {len(examples)} example(s) for split {config.split!r}: a "
+            f"benchmark {config.benchmark!r} gave {len(examples)} example(s) for split {split!r}: a "
             "circuit needs at least 2 (selection and evaluation)"
         )
     return examples
+
+
+def check_examples(config: CircuitConfig, plugins: Any, n_evaluation: int) -> list[Any] | None:
+    """--check-split: as many examples of that split as the evaluation has (None without it)."""
+    if config.check_split is None:
+        return None
+    if config.check_split == config.split:
+        raise ConfigError(
+            f"--check-split {config.check_split} is the split the circuit is found on; give another one"
+        )
+    return load_examples(config, plugins, config.check_split, max(n_evaluation, 2))
 
 
 def run_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None = None) -> Path:
@@ -140,6 +155,9 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
             "one per site, or published SAEs hf:REPO/PATH, saelens:RELEASE/SAE_ID)"
         )
     examples = load_examples(config, plugins)  # a bad line anywhere stops here, before any weights
+    selection, evaluation = selection_split(len(examples), config.selection_fraction, config.seed)
+    assert selection is not None and evaluation is not None  # fraction > 0 and >= 2 examples
+    other_examples = check_examples(config, plugins, len(evaluation))
     if loaded is None:
         check_weights_available(adapter, config.model_path)
     # the model's width is known before it loads only for the named weights (as ablate checks it)
@@ -161,8 +179,6 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
             )
     sequences, layouts = layout_examples(loaded.tokenizer, examples, config.max_length)
     check_memory(config, saes, loaded, max(len(s.input_ids) for s in sequences))
-    selection, evaluation = selection_split(len(examples), config.selection_fraction, config.seed)
-    assert selection is not None and evaluation is not None  # fraction > 0 and >= 2 examples
     model = SplicedModel(loaded, saes)
     prepare = lambda idx: model.prepare(  # noqa: E731
         [examples[int(k)] for k in idx], config.batch_size, config.max_length, config.edit_from_position
@@ -200,6 +216,28 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
     reference, points = curves(
         model, eval_batches, base, ranked, sizes, config.random_circuits, bootstrap, config.seed, counter
     )
+    cross_split = None
+    if other_examples is not None:
+        other_batches = model.prepare(
+            other_examples, config.batch_size, config.max_length, config.edit_from_position
+        )
+        other_reference, (other_point,) = curves(
+            model,
+            other_batches,
+            base,  # the selection's baseline: the circuit exactly as found
+            ranked,
+            [len(kept)],
+            config.random_circuits,
+            Bootstrap(len(other_examples), config.bootstrap, config.seed),
+            config.seed,
+            counter,
+        )
+        cross_split = CrossSplit(
+            split=str(config.check_split),
+            n_examples=len(other_examples),
+            reference=other_reference,  # type: ignore[arg-type]
+            point=CurvePoint(**other_point),  # type: ignore[arg-type]
+        )
     exact_nodes = kept[: config.exact_top]
     node_exact = exact_node_effects(model, sel_batches, base, exact_nodes, counter)
     top_edges = sorted(kept_edges, key=lambda k: -abs(kept_edges[k]))[: config.exact_top]
@@ -287,6 +325,7 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
                 ],
             }
         ),
+        cross_split=cross_split,
         passes={
             "forwards": counter.forwards,
             "backwards": counter.backwards,

@@ -48,6 +48,11 @@ class CircuitConfig(StageConfig):
         0.5, "Share of the examples the circuit is found on; it is evaluated on the rest.", gt=0, lt=1
     )
     split: str = D("test", "Benchmark split.")
+    check_split: str | None = D(
+        None,
+        "Also measure the circuit found on --split on as many examples of this other split (the "
+        "method's held-out check: does it keep its faithfulness there?).",
+    )
     seed: int = D(0, "Seed of examples, the selection split, random circuits and bootstrap.", ge=0)
     bootstrap: int = D(1000, "Bootstrap replicates.", gt=0)
     edit_from_position: int = D(

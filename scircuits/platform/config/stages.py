@@ -621,6 +621,12 @@ class RunConfig(StageConfig):
     force: bool = D(
         False, "Move aside (never delete) what a stage cannot prove it wrote instead of refusing."
     )
+    circuit_sae: list[str] = D(
+        list,
+        "SAEs at other sites of the same model (checkpoint folders, hf:..., saelens:...): after the study, "
+        "a feature circuit over them and the run's own SAE is found into RUN/circuit and reported "
+        "(docs/circuits.md; none: no circuit).",
+    )
     collect: RunCollect = D(RunCollect, "Collection settings (the [run.collect] table).")  # type: ignore[valid-type]
     train: RunTrain = D(RunTrain, "SAE training settings (the [run.train] table).")  # type: ignore[valid-type]
     ablate: RunAblate = D(RunAblate, "Causal-study settings (the [run.ablate] table).")  # type: ignore[valid-type]

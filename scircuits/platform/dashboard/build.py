@@ -27,6 +27,7 @@ from scircuits.platform.common.artifacts import (
 )
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.dashboard import sources
+from scircuits.platform.dashboard.circuit_page import CircuitPage, circuit_page
 from scircuits.platform.dashboard.matches import (
     COMPARISONS_FILE,
     check_compare_dirs,
@@ -72,6 +73,7 @@ class DashboardSummary:
     n_files: int
     n_comparisons: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    circuit: Path | None = None  # the circuit page, when the site draws one
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Extracted:
     n_tokens: int
     n_sequences: int  # traced sequences in the store
     neuron_alignment: dict[int, tuple[list[int], list[float], list[float]]]
+    circuit: CircuitPage | None = None  # the circuit page's content, when the site draws a circuit
 
 
 def histogram(counts: np.ndarray) -> Histogram:
@@ -138,6 +141,7 @@ def build_dashboard(
     compare: Sequence[str | Path] = (),
     force: bool = False,
     store: str | Path | None = None,
+    circuit: str | Path | None = None,
 ) -> DashboardSummary:
     """Write RUN_DIR/dashboard (or ``out``): index, one page per active feature, the Neuronpedia export,
     and the matched features of ``compare`` folders (plus those a previous build of the site recorded).
@@ -146,7 +150,8 @@ def build_dashboard(
     scircuits did not write are refused (moved aside with ``force``), never deleted; an ``out`` that
     is, or holds, what the dashboard reads is refused; the folder is locked while it is written, and
     the run is read under its lock (refused while `scircuits run` writes it). ``store`` scans that
-    store instead of the run's (``sources.read_run``)."""
+    store instead of the run's (``sources.read_run``). ``circuit``: a `scircuits circuit` folder to draw
+    on circuit.html (default: RUN/circuit when it holds one)."""
     if features is not None and features <= 0:
         raise ConfigError(f"--features must be a positive number, not {features}")
     started = time.monotonic()
@@ -157,6 +162,8 @@ def build_dashboard(
     default = inputs.run_dir / DASHBOARD_DIR
     read = [(inputs.run_dir / sources.RESULTS).parent, inputs.store_path]
     read += [inputs.sae_path] if isinstance(inputs.sae_path, Path) else []
+    circuit_folder = sources.circuit_dir(inputs.run_dir, circuit)
+    read += [circuit_folder] if circuit_folder is not None else []
     target = check_out_apart(
         out if out is not None else default, read=[*read, *(Path(c) for c in compare)], holds=[inputs.run_dir]
     )
@@ -169,8 +176,19 @@ def build_dashboard(
             compare_dirs = [*recorded_compare_dirs(target, inputs.run_dir, say), *(Path(c) for c in compare)]
             check_out_apart(target, read=compare_dirs)
             check_compare_dirs(compare_dirs, inputs.run_dir)  # before the scan: a bad folder costs nothing
+            circuit_results = None
+            if circuit_folder is not None:  # before the scan: a bad circuit costs nothing
+                circuit_results = sources.read_circuit_for(circuit_folder, inputs)
             claim_site(target, force, say)
             extracted = extract(inputs, plugins, settings, features, timings, say)
+            if circuit_folder is not None and circuit_results is not None:
+                extracted.circuit = circuit_page(
+                    circuit_folder,
+                    circuit_results,
+                    sources.site_of_run_sae(circuit_results, inputs),
+                    {p.id for p in extracted.pages},
+                    f"{inputs.site}{inputs.layer}",
+                )
             t0 = time.monotonic()
             write_site(target, extracted)  # with the Neuronpedia export in neuronpedia/
             stale = not compare_dirs and (target / COMPARISONS_FILE).is_file()  # its record drops them
@@ -202,6 +220,7 @@ def build_dashboard(
         n_files=len(files),
         n_comparisons=n_comparisons,
         timings=timings,
+        circuit=target / "circuit.html" if extracted.circuit is not None else None,
     )
 
 

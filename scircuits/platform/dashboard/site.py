@@ -21,6 +21,8 @@ from scircuits.files import write_atomic
 from scircuits.platform.common.artifacts import publish_into
 from scircuits.platform.common.provenance import base_provenance
 from scircuits.platform.dashboard.assets import COMMON_JS, CSS, FEATURE_JS, INDEX_JS
+from scircuits.platform.dashboard.circuit_page import PAGE as CIRCUIT_PAGE
+from scircuits.platform.dashboard.circuit_page import drop_stale_page, write_circuit_page
 from scircuits.platform.dashboard.neuronpedia import write_neuronpedia
 from scircuits.platform.dashboard.rows import index_rows
 from scircuits.platform.dashboard.scan import ScanSettings
@@ -105,7 +107,9 @@ def index_body(extracted: Extracted, report_href: str | None) -> str:
         f"{html.escape(c['label'])}</button></th>"
         for c in COLUMNS
     )
-    report = f'<nav><a href="{html.escape(report_href)}">Run report</a></nav>' if report_href else ""
+    links = [f'<a href="{html.escape(report_href)}">Run report</a>'] if report_href else []
+    links += [f'<a href="{CIRCUIT_PAGE}">Circuit graph</a>'] if extracted.circuit is not None else []
+    report = f"<nav>{' '.join(links)}</nav>" if links else ""
     shown = len(extracted.pages)
     return f"""<header>
 {report}
@@ -244,13 +248,18 @@ def write_site(target: Path, extracted: Extracted) -> None:
                 "pages": len(extracted.pages),
                 "tokens_scanned": extracted.n_tokens,
                 "first_position": extracted.inputs.first_position,
+                "circuit": str(extracted.circuit.folder) if extracted.circuit is not None else None,
                 **base_provenance(),
             },
             indent=2,
         )
     )
     write_neuronpedia(tmp / "neuronpedia", extracted)
+    if extracted.circuit is not None:
+        write_circuit_page(tmp, extracted.circuit, report_href, js_assign)
     publish_into(tmp, target, last="index.html")
+    if extracted.circuit is None:
+        drop_stale_page(target)
 
 
 def link_from_report(run_dir: Path, target: Path) -> None:

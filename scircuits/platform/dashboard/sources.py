@@ -10,7 +10,9 @@ internals; re-point these functions when the core moves:
 - the direct-path logit effects (``scircuits.platform.causal.study.unembedding_effects`` over a
   ``scircuits.platform.splice.SplitModel``);
 - a ``scircuits compare`` folder: its ``results.json`` (``scircuits.platform.compare.schema``) and the
-  per-pair matches files beside it.
+  per-pair matches files beside it;
+- a ``scircuits circuit`` folder (RUN/circuit, or ``--circuit``): its ``results.json``
+  (``scircuits.platform.circuit.results``), and which of its sites has the run's SAE.
 """
 
 from __future__ import annotations
@@ -27,12 +29,17 @@ from pydantic import ValidationError
 from scircuits.platform.causal.registry import analyses_of
 from scircuits.platform.causal.results import read_checked_results
 from scircuits.platform.causal.study import unembedding_effects
+from scircuits.platform.circuit.results import RESULTS_FILE as CIRCUIT_RESULTS
+from scircuits.platform.circuit.results import CircuitResults, read_circuit
+from scircuits.platform.common.artifacts import read_lock
+from scircuits.platform.common.provenance import file_sha256
 from scircuits.platform.compare.runs import run_store
 from scircuits.platform.compare.schema import FORMAT as COMPARE_FORMAT
 from scircuits.platform.compare.schema import CompareResults
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.jsonvalues import load_file
 from scircuits.platform.model.splice import SplitModel
+from scircuits.platform.train.checkpoint import WEIGHTS_FILE
 from scircuits.platform.train.checkpoint import load_sae as load
 from scircuits.store import ActivationStore
 
@@ -43,6 +50,7 @@ RESULTS = Path("causal") / "results.json"
 STORE = "activations.zarr"
 SAE = "sae"
 REPORT_FILES = ("report.html", "report.md")
+CIRCUIT = "circuit"  # where `scircuits run --circuit-layers` (or `circuit --out RUN/circuit`) writes
 
 
 @dataclass
@@ -211,3 +219,61 @@ def read_match_arrays(compare_dir: str | Path, relative: str) -> dict[str, np.nd
             return {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"{path} could not be read ({exc}); rerun `scircuits compare`") from None
+
+
+def circuit_dir(run_dir: Path, given: str | Path | None) -> Path | None:
+    """The circuit folder the dashboard draws: ``given`` (ConfigError when it holds no circuit), else
+    RUN/circuit when it holds one, else None."""
+    if given is not None:
+        folder = Path(given)
+        if not (folder / CIRCUIT_RESULTS).is_file():
+            raise ConfigError(
+                f"--circuit {folder}: no {CIRCUIT_RESULTS} there; give the --out folder of "
+                "`scircuits circuit`"
+            )
+        return folder
+    folder = run_dir / CIRCUIT
+    return folder if (folder / CIRCUIT_RESULTS).is_file() else None
+
+
+def read_circuit_for(folder: Path, inputs: RunInputs) -> CircuitResults:
+    """A circuit's typed results, read under the folder's lock (refused while `scircuits circuit`
+    writes it); ConfigError when it is not a circuit's or not of the run's model."""
+    lock = read_lock(folder, "circuit results")
+    try:
+        results = read_circuit(folder)
+    except (ValidationError, ValueError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(
+            f"{folder / CIRCUIT_RESULTS} is not a `scircuits circuit` results file ({first}); rerun circuit"
+        ) from None
+    finally:
+        if lock is not None:
+            lock.release()
+    if results.model != inputs.config.get("model"):
+        raise ConfigError(
+            f"the circuit in {folder} is of model {results.model!r}, the run {inputs.run_dir} of "
+            f"{inputs.config.get('model')!r}: give a circuit of the run's model"
+        )
+    return results
+
+
+def _weights_sha(spec: str | Path) -> str | None:
+    weights = Path(spec) / WEIGHTS_FILE
+    return file_sha256(weights) if weights.is_file() else None
+
+
+def site_of_run_sae(results: CircuitResults, inputs: RunInputs) -> str | None:
+    """The name of the circuit's site that uses the run's own SAE (same layer, site and weights, or
+    the same published SAE), whose features therefore have this dashboard's pages; else None."""
+    ours = _weights_sha(inputs.sae_path) if isinstance(inputs.sae_path, Path) else None
+    for site in results.sites:
+        if site.layer != inputs.layer or site.site != inputs.site:
+            continue
+        if isinstance(inputs.sae_path, str):
+            same = site.sae == inputs.sae_path
+        else:
+            same = ours is not None and _weights_sha(site.sae) == ours
+        if same:
+            return site.name
+    return None

@@ -162,7 +162,7 @@ def plan(config: RunConfig, plugins: Any) -> Plan:
     # a given SAE is the root of the chain: another SAE gives every stage another key
     upstream: tuple[str, ...] = (f"sae:{published}",) if published else ()
     for stage in STAGES:
-        if published and stage.makes_the_sae:
+        if (published and stage.makes_the_sae) or not stage.wanted(config):
             continue
         configs[stage.name] = stage.configure(config, context)
         keys[stage.name] = chained_key(stage.identity(configs[stage.name]), *upstream)
@@ -325,7 +325,8 @@ def run_pipeline(config: RunConfig, plugins: Any) -> Path:
         upstream_current = "collect" in the_plan.keys
         for stage in STAGES:
             if stage.name not in the_plan.keys:
-                say(f"{stage.name}: not needed (the SAE is given: {the_plan.ablate.sae})")
+                if stage.makes_the_sae:
+                    say(f"{stage.name}: not needed (the SAE is given: {the_plan.ablate.sae})")
                 continue
             upstream_current = run_stage(stage, the_plan, state, plugins, upstream_current)
         state.record("run", completed=now_iso(), seconds=round(time.monotonic() - started, 1))

@@ -14,15 +14,24 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import scircuits.platform.causal.stage as ablate_module
+import scircuits.platform.circuit.stage as circuit_module
 import scircuits.platform.collect.collection as collect_module
 import scircuits.platform.report.build as report_module
 import scircuits.platform.train.training as training_module
 from scircuits.errors import ScircuitsError
 from scircuits.platform.causal.results import recorded_config_hash, results_path
+from scircuits.platform.circuit.results import read_circuit
 from scircuits.platform.collect.datahash import data_sha256
 from scircuits.platform.common.artifacts import read_marker
 from scircuits.platform.common.logs import get_logger
-from scircuits.platform.config import AblateConfig, CollectConfig, RunConfig, StageConfig, TrainConfig
+from scircuits.platform.config import (
+    AblateConfig,
+    CircuitConfig,
+    CollectConfig,
+    RunConfig,
+    StageConfig,
+    TrainConfig,
+)
 from scircuits.platform.dashboard import build_dashboard
 from scircuits.platform.report.document import REPORT_HTML, REPORT_MD
 from scircuits.platform.train.checkpoint import is_complete
@@ -57,6 +66,10 @@ class Stage:
 
     def configure(self, run: RunConfig, context: PlanContext) -> StageConfig | None:
         raise NotImplementedError
+
+    def wanted(self, run: RunConfig) -> bool:
+        """Whether the run has this stage at all (an optional analysis is asked for by a flag)."""
+        return True
 
     def identity(self, config: StageConfig | None) -> str:
         """What the stage's key hashes: its config's hash."""
@@ -209,6 +222,49 @@ class AblateStage(Stage):
         ablate_module.run_ablate(config, plugins)
 
 
+class CircuitStage(Stage):
+    """A feature circuit over ``--circuit-sae`` and the run's own SAE (RUN/circuit), only when asked."""
+
+    name = "circuit"
+    Config = CircuitConfig
+    artifact_name = "circuit"
+
+    def wanted(self, run: RunConfig) -> bool:
+        return bool(run.circuit_sae)
+
+    def configure(self, run: RunConfig, context: PlanContext) -> CircuitConfig:
+        own = context.published_sae or str(context.run_dir / TrainStage.artifact_name)
+        return CircuitConfig(
+            model=run.model,
+            benchmark=run.benchmark,
+            benchmark_options=sized_options(context.benchmark, run.benchmark_options, run.ablate.limit),
+            model_path=run.model_path,
+            sae=[*run.circuit_sae, own],  # read in the model's order whatever the order given
+            limit=run.ablate.limit,
+            split=run.split,
+            seed=run.seed,
+            bootstrap=run.ablate.bootstrap,
+            edit_from_position=run.ablate.edit_from_position,
+            device="cpu" if run.device == "auto" else run.device,
+            out=str(self.artifact(context.run_dir)),
+            progress=run.progress,
+            force=run.force,
+        )
+
+    def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
+        assert config is not None
+        try:
+            return read_circuit(self.artifact(run_dir)).config_hash == config.config_hash()
+        except Exception:  # absent or unreadable: not complete
+            return False
+
+    started = AblateStage.started  # the folder's marker names the config's hash, as ablate's does
+
+    def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
+        assert isinstance(config, CircuitConfig)
+        circuit_module.run_circuit(config, plugins)
+
+
 class ReportStage(Stage):
     name = "report"
     artifact_name = REPORT_HTML
@@ -235,7 +291,7 @@ def _say(message: str) -> None:
     log.info(f"[run] {message}")
 
 
-STAGES: tuple[Stage, ...] = (CollectStage(), TrainStage(), AblateStage(), ReportStage())
+STAGES: tuple[Stage, ...] = (CollectStage(), TrainStage(), AblateStage(), CircuitStage(), ReportStage())
 
 
 def ablate_results(run_dir: Path) -> Path:

@@ -20,6 +20,7 @@ from scircuits.platform.causal.results import read_results, results_path
 from scircuits.platform.contract.analyses import Analysis
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.study import StudyResults
+from scircuits.platform.report.circuit import circuit_section
 from scircuits.platform.report.document import FIGURES_DIR, ReportDocument, fmt
 
 CAUSAL_DIR = "causal"
@@ -179,6 +180,7 @@ def run_sections(doc: ReportDocument, run: RunData, analyses: Sequence[Analysis]
             doc.paragraph(f"(analysis {name!r} ran, but no installed plugin provides it: not shown)")
             continue
         analysis.report(doc, result, run.results)
+    circuit_section(doc, run.path)  # when the run holds a circuit (RUN/circuit)
 
 
 def comparison_table(
