@@ -217,6 +217,7 @@ def point(f: float, ci: list[float], r: float) -> CurvePoint:
     [
         (0.0, [0.0, 0.0], 0.0, "Negative result: at 5 nodes the circuit is no more faithful than random"),
         (0.1, [0.0, 0.3], 0.2, "Negative result"),
+        (0.0, [0.0, 0.0], -0.004, "Negative result: at 5 nodes the circuit carries none of the behaviour"),
         (0.5, [0.1, 0.9], 0.2, "not distinguishable from chance"),
         (0.8, [0.6, 0.9], 0.2, "more faithful than random circuits of its size"),
         (float("nan"), [], 0.2, "undefined"),

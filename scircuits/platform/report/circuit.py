@@ -32,6 +32,12 @@ def verdict(point: CurvePoint) -> str:
             f"of its size ({fmt(f)} {fmt_ci(point.faithfulness_ci)} against {fmt(r)}): on held-out "
             "examples it does not carry the behaviour better than chance."
         )
+    if f <= 0:  # above random circuits only because they score below the empty circuit
+        return (
+            f"Negative result: at {point.size} nodes the circuit carries none of the behaviour on held-out "
+            f"examples (faithfulness {fmt(f)} {fmt_ci(point.faithfulness_ci)}, no better than the empty "
+            f"circuit; random circuits {fmt(r)})."
+        )
     low = (point.faithfulness_ci or [f])[0]
     if low <= r:
         return (
