@@ -207,6 +207,8 @@ def test_the_prior_study_preset():
     assert mine.lr == 1e-3 and mine.hparams["l1"] == 1e-3 and mine.hparams["decorrelation"] == 0.01
     with pytest.raises(ConfigError, match="prior-study"):
         apply_preset(TrainConfig(store="s", preset="nope"), get_plugins())
+    old_name = apply_preset(TrainConfig(store="s", preset="phase4"), get_plugins())  # the earlier name
+    assert old_name == cfg.model_copy(update={"preset": "phase4"})
 
 
 def test_geometric_median_resists_outliers():

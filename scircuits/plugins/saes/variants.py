@@ -83,16 +83,16 @@ class ReLUVariant(BuiltinSAEVariant):
     Hyperparameters = ReLUHyperparameters
     reads_saelens_checkpoints = True
     validation_hparams: ClassVar[Mapping[str, Any]] = {"l1": 0.1}
-    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        # The configuration of the earlier study this project continues.
-        "prior-study": {
-            "expansion": 8,
-            "epochs": 20,
-            "batch_size": 32,
-            "lr": 1e-4,
-            "hparams": {"l1": 1e-4, "decorrelation": 0.01},
-        },
+    _prior_study: ClassVar[Mapping[str, Any]] = {
+        "expansion": 8,
+        "epochs": 20,
+        "batch_size": 32,
+        "lr": 1e-4,
+        "hparams": {"l1": 1e-4, "decorrelation": 0.01},
     }
+    # The configuration of the earlier study this project continues; "phase4" is its older name,
+    # kept so that commands written with it still run.
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {"prior-study": _prior_study, "phase4": _prior_study}
 
 
 class TopKVariant(BuiltinSAEVariant):
