@@ -19,6 +19,8 @@ measures the largest logit difference on real inputs and records it with the see
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,8 @@ from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.provenance import now_iso
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.synth_tasks import SynthTask
+from scircuits.platform.groundtruth.tokenizer import encode_problem_ids
+from scircuits.platform.groundtruth.training import INFO_FILE, KIND, _io_errno, read_info, versions
 
 log = get_logger(__name__)
 
@@ -132,8 +136,6 @@ def _check_inputs(task: SynthTask | None, info: dict[str, Any], tokenizer: Any) 
     else seeded random sequences over the vocabulary (the rotation does not depend on the task)."""
     import torch
 
-    from scircuits.platform.groundtruth.tokenizer import encode_problem_ids
-
     if task is not None:
         problems = task.heldout_problems(CHECK_PROBLEMS)
         ids = torch.tensor([encode_problem_ids(tokenizer, p.tokens) for p in problems], dtype=torch.long)
@@ -150,12 +152,7 @@ def rotate_synth_model(
     stream rotated by ``R(seed)``; its ``synth.json`` is the source's plus ``rotation`` (seed, fold,
     measured max logit difference, source). ``out`` must not exist; ``source`` is only read. ``task``
     (the source's task at its size) supplies the inputs the logits are compared on."""
-    import json
-    import os
-
     from transformers import AutoTokenizer, LlamaForCausalLM
-
-    from scircuits.platform.groundtruth.training import INFO_FILE, KIND, _io_errno, read_info, versions
 
     source = Path(source).expanduser()
     info = read_info(source) if source.is_dir() else None
@@ -224,8 +221,6 @@ def rotate_synth_model(
 
 
 def _config_kind(folder: Path) -> str | None:
-    import json
-
     try:
         return json.loads((folder / "config.json").read_text()).get("model_type")
     except (OSError, ValueError):
