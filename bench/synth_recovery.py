@@ -22,7 +22,9 @@ of the model it scores each variable value with the probe, the best raw dimensio
 of a random-decoder TopK SAE; for each binary variable the task declares counterfactuals for, it
 runs an interchange intervention on the probe's direction (the original's component along it
 replaced by the counterfactual's, at the variable's position) and reports how often the answer
-tokens downstream become the counterfactual's, beside a random direction and the full-state patch.
+tokens downstream become the counterfactual's, beside the same patch along the difference of the
+class means (a direction that, unlike the probe's standardised fit, does not depend on the basis), a
+random direction and the full-state patch.
 """
 
 from __future__ import annotations
@@ -454,6 +456,10 @@ def _interchange(
     train = np.array([groups[j] not in test_groups for j in have])
     w = scircuits.probe_direction(xs, ys, train)
     u = torch.tensor(w, dtype=torch.float32)
+    # the probe standardises each coordinate, so its direction depends on the basis; the difference of
+    # the class means (training rows) does not: x -> x @ R maps it to itself times R
+    dmu = xs[train & ys].mean(0) - xs[train & ~ys].mean(0)
+    m = torch.tensor(dmu / np.linalg.norm(dmu), dtype=torch.float32)
     r = torch.randn(len(w), generator=torch.Generator().manual_seed(0))
     r = r / r.norm()
     pairs = [
@@ -507,6 +513,7 @@ def _interchange(
     return {
         "pairs": len(pairs),
         "probe_direction": run(u),
+        "mean_difference_direction": run(m),
         "random_direction": run(r),
         "whole_state": run(None),
         "unpatched": unpatched,

@@ -113,6 +113,7 @@ if TYPE_CHECKING:
         SynthTask,
         SynthTaskBenchmark,
     )
+    from scircuits.platform.groundtruth.rotation import rotate_residual, rotate_synth_model
     from scircuits.platform.groundtruth.scoring import (
         AUROC_RECOVERED,
         Label,
@@ -222,6 +223,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "random_decoder_features": ("scircuits.platform.groundtruth.scoring", "random_decoder_features"),
     "ranking_recovery": ("scircuits.platform.groundtruth.scoring", "ranking_recovery"),
     "read_synth_info": ("scircuits.platform.groundtruth.training", "read_info"),
+    "rotate_residual": ("scircuits.platform.groundtruth.rotation", "rotate_residual"),
+    "rotate_synth_model": ("scircuits.platform.groundtruth.rotation", "rotate_synth_model"),
     "run": ("scircuits.api.stages", "run"),
     "set_log_level": ("scircuits.platform.common.logs", "set_level"),
     "spearman": ("scircuits.platform.causal.statistics", "spearman"),
@@ -353,6 +356,8 @@ __all__ = [
     "random_decoder_features",
     "ranking_recovery",
     "read_synth_info",
+    "rotate_residual",
+    "rotate_synth_model",
     "run",
     "set_log_level",
     "spearman",
