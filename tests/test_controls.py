@@ -208,3 +208,33 @@ def test_ablation_size_and_the_unmatched_draw():
     sets = sample_unmatched_controls([0, 1], np.array([1, 1, 1, 0, 1], dtype=bool), draws=50, rng=0)
     assert all(len(s) == 2 and set(s) <= {2, 4} for s in sets)
     assert not math.isnan(sets[0][0])
+
+
+def test_a_median_off_target_is_warned_about_in_the_cli_summary():
+    from scircuits.plugins.analyses.sweeps import ControlSets, Sweep, Sweeps, SweepsResult, control_warnings
+
+    def sweep(k: int, off: list[str]) -> Sweep:
+        sets = ControlSets(
+            features=[[9]], bands=[[2.0]], band=2.0, widened=0, min_overlap=0.5, off_medians=off
+        )
+        return Sweep(
+            k=k,
+            ablation="zero",
+            features=[1],
+            accuracy_delta=0.0,
+            accuracy_ci=[0.0, 0.0],
+            logprob_delta=-1.0,
+            logprob_ci=[-1.5, -0.5],
+            control=None,
+            significant_logprob=None,
+            significant_accuracy=None,
+            control_sets=sets,
+        )
+
+    result = SweepsResult(sweeps=[sweep(1, ["frequency 0.62"]), sweep(5, []), sweep(20, ["size 1.31"])])
+    warnings = control_warnings(result)
+    assert len(warnings) == 2
+    assert "top 1" in warnings[0] and "frequency 0.62" in warnings[0] and "looks larger" in warnings[0]
+    assert "top 20" in warnings[1] and "looks smaller" in warnings[1]
+    lines = Sweeps().summary_lines(result)
+    assert [line for line in lines if "warning:" in line] == [f"  warning: {w}" for w in warnings]
