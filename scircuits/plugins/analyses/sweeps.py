@@ -52,6 +52,7 @@ class ControlSets(BaseModel):
     median_frequency_ratio: float | None = None  # median over every match of control / top
     median_size_ratio: float | None = None
     off_medians: list[str] | None = None  # the medians outside 0.9-1.1 ("frequency 0.62"); [] when none
+    neighbours: int | None = None  # each member one of this many nearest candidates (None: older files)
 
 
 class Sweep(Effect):
@@ -160,6 +161,7 @@ class Sweeps(Analysis):
                 median_frequency_ratio=matched.median_ratio("frequency"),
                 median_size_ratio=matched.median_ratio("size"),
                 off_medians=matched.off_medians(),
+                neighbours=matched.neighbours,
             )
             for metric in ("logprob", "accuracy"):
                 entry[f"marginal_disjoint_{metric}"] = excludes(
