@@ -35,7 +35,7 @@ from scircuits.plugins.analyses.features import (
     TokenLogit,
 )
 from scircuits.plugins.analyses.ranking import RankInfo, RankingResult
-from scircuits.plugins.analyses.sweeps import ControlEffect, Sweep, SweepsResult
+from scircuits.plugins.analyses.sweeps import ControlEffect, ControlSets, Sweep, SweepsResult
 
 
 def write_report(run_dirs, out=None):
@@ -66,6 +66,16 @@ def fake_run(root: Path, model: str, fvu: float, recovered: float) -> Path:
                 logprob_delta=-0.01,
                 logprob_ci=[-0.05, 0.03],
                 draws=[],
+            ),
+            control_sets=ControlSets(
+                features=[list(range(100, 100 + k))],
+                bands=[[2.0] * k],
+                band=2.0,
+                widened=0,
+                min_overlap=0.5,
+                median_frequency_ratio=0.62 if k == 1 else 1.0,
+                median_size_ratio=1.0,
+                off_medians=["frequency 0.62"] if k == 1 else [],
             ),
         )
 
@@ -183,8 +193,10 @@ def test_one_run_report_has_every_section_and_embeds_its_figures(tmp_path):
         "Faithfulness",
         "Top features",
         "promotes",
+        "**Warning:** the matched controls of top 1 are off target: median control / top ratio frequency",
     ):
         assert text in md, text
+    assert "top 5 are off target" not in md
     for name in ("training", "ablation_logprob", "ablation_accuracy", "importance", "faithfulness"):
         assert (run / "figures" / f"{name}.png").is_file()
         assert f"figures/{name}.png" in md

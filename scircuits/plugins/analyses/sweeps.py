@@ -1,12 +1,14 @@
 """Sweeps with matched controls: ablate the top k features for each k, against R control sets of k
 features matched to the top ones on firing frequency, ablation size and the examples they fire on
-(measured on the evaluation examples), no feature twice within a k and none of the study's own top
-2 x max(top_k). Per k and metric: the top-k effect, the control distribution, a paired bootstrap
-interval of the per-example difference top − mean(controls), the exact permutation p-value and its
-correction across the k values (``top_k_significance``: Holm, or a fixed sequence from the largest
-k when R is too small for Holm); "significant" needs the interval to exclude 0 and the corrected
-p < 0.05. Accuracy flags are None when the model cannot do the benchmark (baseline's capability).
-The old comparison of two marginal intervals is kept as ``marginal_disjoint_*``."""
+(measured on the evaluation examples; nearest neighbours balanced so the median ratios sit near 1),
+no feature twice within a set and none of the study's own top 2 x max(top_k). Per k and metric:
+the top-k effect, the control distribution, a paired bootstrap interval of the per-example
+difference top − mean(controls), the exact permutation p-value and its correction across the k
+values (``top_k_significance``: Holm, or a fixed sequence from the largest k when R is too small
+for Holm); "significant" needs the interval to exclude 0 and the corrected p < 0.05. Accuracy flags
+are None when the model cannot do the benchmark (baseline's capability). The old comparison of two
+marginal intervals is kept as ``marginal_disjoint_*``. A k whose median control / top ratio falls
+outside 0.9-1.1 is warned about in the report and the CLI summary (``control_warnings``)."""
 
 from __future__ import annotations
 
@@ -49,6 +51,8 @@ class ControlSets(BaseModel):
     excluded: int | None = None  # the study's own top-ranked features kept out of the draw
     median_frequency_ratio: float | None = None  # median over every match of control / top
     median_size_ratio: float | None = None
+    off_medians: list[str] | None = None  # the medians outside 0.9-1.1 ("frequency 0.62"); [] when none
+    neighbours: int | None = None  # each member one of this many nearest candidates (None: older files)
 
 
 class Sweep(Effect):
@@ -152,10 +156,12 @@ class Sweeps(Analysis):
                 band=matched.band,
                 widened=matched.widened,
                 min_overlap=matched.min_overlap,
-                distinct=len({f for ids in matched.ids for f in ids}),
+                distinct=matched.distinct,
                 excluded=matched.excluded,
                 median_frequency_ratio=matched.median_ratio("frequency"),
                 median_size_ratio=matched.median_ratio("size"),
+                off_medians=matched.off_medians(),
+                neighbours=matched.neighbours,
             )
             for metric in ("logprob", "accuracy"):
                 entry[f"marginal_disjoint_{metric}"] = excludes(
@@ -209,10 +215,11 @@ class Sweeps(Analysis):
                     accuracy_defined=accuracy_defined,
                     controls=(
                         "each control set has k features, each matched to one top feature on firing "
-                        "frequency and ablation size (Σ activation × decoder-row norm) within the band, "
-                        "drawn on the side of 1 that keeps the median ratios near 1, active on at least "
-                        "half the evaluation examples the top feature is active on; no feature twice "
-                        f"within a k, and none of the study's own top {len(excluded)} ranked features"
+                        "frequency and ablation size (Σ activation × decoder-row norm): one of its nearest "
+                        "neighbours in (log frequency, log size), drawn on the side of 1 that keeps the "
+                        "median ratios near 1, active on at least half the evaluation examples the top "
+                        "feature is active on where any is; no feature twice within a set, and none of "
+                        f"the study's own top {len(excluded)} ranked features"
                     ),
                 )
         return SweepsResult(
@@ -234,8 +241,9 @@ class Sweeps(Analysis):
                 else ""
             )
             + ". Each control set ablates k features, each matched to a top feature on firing frequency "
-            "and ablation size and active on the same examples; no feature appears twice among the sets "
-            "of one k, and the study's own top-ranked features are never controls. Per k: the control "
+            "and ablation size (a near neighbour, on the side of 1 that keeps the median ratios near 1) "
+            "and active on the same examples; no feature appears twice in one set, and the study's own "
+            "top-ranked features are never controls. Per k: the control "
             "distribution over the R sets, the paired bootstrap interval of the per-example difference "
             "top − mean(control), the exact permutation p-value, and that p corrected across the k "
             "values. 'marginal' is the old, weaker comparison (the two marginal intervals do not overlap)."
@@ -281,6 +289,8 @@ class Sweeps(Analysis):
                     if s.control_sets is not None
                 ],
             )
+            for warning in control_warnings(result):
+                section.paragraph(f"**Warning:** {warning}.")
         for metric, label in (("logprob", "Δlogprob"), ("accuracy", "Δaccuracy")):
             rows = []
             for s in result.sweeps:
@@ -461,6 +471,7 @@ class Sweeps(Analysis):
                 "  the model cannot do this benchmark: accuracy effects are undefined; log-prob effects "
                 "measure a behaviour the model lacks"
             )
+        lines.extend(f"  warning: {warning}" for warning in control_warnings(result))
         return lines
 
     def comparison(self, section: ReportDocument, result: SweepsResult) -> dict[str, str]:
@@ -471,6 +482,29 @@ class Sweeps(Analysis):
             "control": fmt(best.control.logprob_delta) if best and best.control else "–",
             "significant": fmt(any(s.significant_logprob for s in result.sweeps)),
         }
+
+
+def control_warnings(result: SweepsResult) -> list[str]:
+    """One line per k whose matched controls' median ratio to the top features is outside 0.9-1.1."""
+    lines = []
+    for s in result.sweeps:
+        off = s.control_sets.off_medians if s.control_sets is not None else None
+        if not off:
+            continue
+        below = {float(w.split()[-1]) < 1 for w in off}
+        bias = (
+            "looks larger than a matched one would (the controls are smaller)"
+            if below == {True}
+            else "looks smaller than a matched one would (the controls are larger)"
+            if below == {False}
+            else "may be biased either way"
+        )
+        lines.append(
+            f"the matched controls of top {s.k} are off target: median control / top ratio {', '.join(off)} "
+            f"(aimed at 0.9-1.1; too few features like the top ones outside the exclusions), so the "
+            f"contrast {bias}"
+        )
+    return lines
 
 
 def significance_text(flag: bool | None, test: KTest | None) -> str:
