@@ -6,31 +6,35 @@ feature and is drawn (seeded) among the features that
 - are not in the top-k set and not in ``exclude`` (the study passes its own top-ranked features,
   the top 2 x max(top_k) of the ranking: a control must not be a feature the study itself found
   important, which would make the controls look like the top set by construction);
-- are not already in this set (a feature may stand in several sets of one k, never twice in one);
+- are not already in this set, and preferably have not been drawn yet for this k (see below);
 - fire on the evaluation tokens (frequency > 0);
 - are active on at least ``min_overlap`` of the evaluation examples the top feature is active on
-  (the same examples); when none is left, on any of them, and past that any eligible feature (the
-  overlap used is recorded for every drawn feature).
+  (the same examples);
+- have a firing frequency within ``band`` of the top feature's: ratio in [1/band, band];
+- have an ablation size (sum over the evaluation tokens of activation x decoder-row norm) within
+  ``band`` of the top feature's.
 
-Among those, the match is by nearest neighbour in (log frequency, log ablation size), the distance
-being the larger of the two |log ratio| (control / top): a feature within distance log b is within
-the ratio band b on both. Each draw takes one of the ``neighbours`` nearest candidates (ties at the
-last distance included), a feature not yet drawn for this k when one of them is left.
+When no feature qualifies, the band widens step by step through ``widen`` (the band factors tried
+after ``band``); past the last step the overlap requirement drops to "active on any of the top
+feature's examples" and the band becomes unbounded, and past that to any eligible feature. The band
+and overlap actually used are recorded for every drawn feature.
 
-Nearest neighbours alone would follow the density of features, which falls with frequency and size:
-around a busy top feature most neighbours are smaller, and the controls come out smaller than the
-top features. Each draw is therefore balanced on the side of 1 of both ratios: it looks for its
-neighbours in the quadrant (frequency ratio >= 1 or < 1, size ratio >= 1 or < 1) that brings the
-counts of this k's matches above and below 1 back to balance, within ``balance_band`` (4x); where
-that quadrant is empty it balances the axis further from balance alone, then takes the nearest
-neighbours on any side. With the counts balanced, the median ratio of a k lies between the closest
-matches below and above 1. The medians of every k are recorded (``median_frequency_ratio``,
-``median_size_ratio``); ``off_medians`` lists those outside ``MEDIAN_RANGE`` (0.9-1.1), which happens
-when the pool cannot match: the top features are the busiest or largest of the SAE (no larger
-feature outside the exclusions), or too few features are eligible. The smallest band of ``band``,
-``*widen`` holding each match is recorded (None: beyond the last), and ``widened`` counts the matches
-outside ``band`` or with the overlap requirement dropped. When no candidate is left at all, the draw
-fails with ``ControlSamplingError``.
+The R sets of one k are drawn without replacement while the matched features last: a feature not yet
+drawn for this k is taken whenever one stands within the first ``FRESH_STEPS`` bands (0.5-4x). Past
+them, matching comes first: a feature already drawn for this k by another set (never twice in one set)
+is reused when it stands in a narrower band than any fresh one. On a few thousand latents R x k
+distinct matched features do not exist at large k (20 sets of 50 need 1,000), and widening to
+unmatched features would make the controls smaller than the top features. The number of distinct
+control features per k is recorded (``distinct`` in results.json; R x k when none repeated). When no
+candidate is left at all, the draw fails with ``ControlSamplingError``.
+
+Within the band a uniform draw would follow the density of features, which falls with frequency
+and size, so controls would be smaller than the top features. Each draw is therefore stratified on
+the side of 1 of both ratios: it prefers the quadrant (frequency ratio above or below 1, size ratio
+above or below 1) that brings the counts of this k's matches above and below 1 back to balance,
+searched in the narrowest band holding any candidate and the next one. The median ratios of every
+k (``median_frequency_ratio``, ``median_size_ratio``) are recorded; they sit near 1 unless the top
+features are the largest of the SAE (no larger feature to balance with).
 """
 
 from __future__ import annotations
@@ -44,9 +48,8 @@ from pydantic import BaseModel, ConfigDict
 DEFAULT_DRAWS = 20
 DEFAULT_BAND = 2.0  # ratios within 0.5-2x
 DEFAULT_WIDEN = (3.0, 4.0, 8.0, 16.0)
-DEFAULT_NEIGHBOURS = 3  # a draw takes one of the 3 nearest candidates (on the side it balances)
-BALANCE_BAND = 4.0  # a draw goes to the side of 1 that restores balance only within 0.25-4x
-MEDIAN_RANGE = (0.9, 1.1)  # the median control / top ratios aimed at, per k
+FRESH_STEPS = 3  # bands 2x, 3x and 4x: a fresh feature there is taken before a repeat
+MEDIAN_RANGE = (0.9, 1.1)  # the median control / top ratios aimed at, per k (off: warned)
 EXCLUDE_FACTOR = 2  # the study excludes its top EXCLUDE_FACTOR x max(top_k) ranked features
 
 
@@ -59,7 +62,7 @@ class ControlMatch(BaseModel):
 
     top: int  # the top feature this control stands for
     control: int
-    band: float | None  # smallest ratio band holding both ratios; None: beyond the widest
+    band: float | None  # ratio band used for frequency and ablation size; None: unbounded
     min_overlap: float  # share of the top feature's examples the control had to be active on
     frequency_ratio: float  # control / top
     size_ratio: float  # control / top (nan when the top feature's size is 0)
@@ -77,25 +80,24 @@ class MatchedControls(BaseModel):
     widen: list[float]
     min_overlap: float
     seed: int | None
-    widened: int  # matches outside ``band`` or with the overlap requirement dropped
+    widened: int  # matches that needed a wider band (or the overlap dropped) than ``band``
     excluded: int = 0  # features outside the top set excluded from the draw (``exclude``)
-    neighbours: int = DEFAULT_NEIGHBOURS
 
     @property
     def ids(self) -> list[list[int]]:
         """The control feature ids, one list per draw (what results.json saves)."""
         return [s.features for s in self.sets]
 
-    @property
-    def distinct(self) -> int:
-        """Distinct control features over the sets (R x k when none is repeated)."""
-        return len({f for s in self.sets for f in s.features})
-
     def median_ratio(self, which: str) -> float | None:
         """Median over every match of the control / top ``frequency`` or ``size`` ratio."""
         values = [getattr(m, f"{which}_ratio") for s in self.sets for m in s.matches]
         finite = [v for v in values if math.isfinite(v)]
         return float(np.median(finite)) if finite else None
+
+    @property
+    def distinct(self) -> int:
+        """Distinct control features over the sets (R x k when none is repeated)."""
+        return len({f for s in self.sets for f in s.features})
 
     def off_medians(self) -> list[str]:
         """The median ratios outside ``MEDIAN_RANGE``, in words ("frequency 0.62")."""
@@ -119,29 +121,20 @@ def excluded_features(ranked: Sequence[int], top_k: Sequence[int]) -> list[int]:
     return [int(i) for i in ranked[: EXCLUDE_FACTOR * max(top_k, default=0)]]
 
 
-def _log_ratio(values: np.ndarray, reference: float) -> np.ndarray:
-    """log(value / reference); nan for every feature when the reference is 0 (the axis is ignored),
-    -inf for a value of 0."""
-    if reference <= 0:
-        return np.full_like(values, np.nan)
-    with np.errstate(divide="ignore"):
-        return np.log(values / reference)
+def _ratio(values: np.ndarray, reference: float) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return values / reference if reference > 0 else np.full_like(values, np.nan)
 
 
-class _Neighbourhood:
-    """One top feature's candidates: eligibility tiers by overlap, distances and ratio sides."""
+def _within(ratio: np.ndarray, band: float | None, reference: float) -> np.ndarray:
+    if band is None:
+        return np.ones_like(ratio, dtype=bool)
+    if reference <= 0:  # a top feature of size 0 is matched by features of size 0
+        return np.zeros_like(ratio, dtype=bool)
+    return (ratio >= 1.0 / band) & (ratio <= band)
 
-    def __init__(
-        self, frequency: np.ndarray, size: np.ndarray, tiers: list[tuple[float, np.ndarray]], feature: int
-    ) -> None:
-        self.tiers = tiers
-        self.log_f = _log_ratio(frequency, float(frequency[feature]))
-        self.log_s = _log_ratio(size, float(size[feature]))
-        both = np.abs(np.stack([self.log_f, self.log_s]))
-        both[np.isnan(both)] = 0.0  # an axis the top feature gives no reference for does not count
-        self.distance = both.max(axis=0)
-        # per axis: the ratio's side of 1 (True: >= 1), or None when the axis is undefined
-        self.sides = [None if np.isnan(lr).all() else lr >= 0 for lr in (self.log_f, self.log_s)]
+
+Step = tuple[float | None, float, np.ndarray]  # band, overlap needed, eligibility mask
 
 
 def sample_matched_controls(
@@ -155,12 +148,10 @@ def sample_matched_controls(
     widen: Sequence[float] = DEFAULT_WIDEN,
     min_overlap: float = 0.5,
     exclude: Sequence[int] = (),
-    neighbours: int = DEFAULT_NEIGHBOURS,
-    balance_band: float = BALANCE_BAND,
     rng: np.random.Generator | int = 0,
 ) -> MatchedControls:
-    """``draws`` control sets matched to the features ``top`` (module docstring): nearest neighbours
-    in (log frequency, log size), balanced on the side of 1 of both ratios, no feature twice in a set.
+    """``draws`` control sets matched to the features ``top``; no feature twice in a set, and none
+    twice for this k while matched ones last (module docstring).
 
     ``frequency`` (d_sae,): firing frequency per token; ``size`` (d_sae,): ablation size (see
     ``ablation_size``); ``example_activity`` (n_examples, d_sae) bool: feature active anywhere in the
@@ -180,8 +171,6 @@ def sample_matched_controls(
         raise ValueError(f"top features must be distinct ids in [0, {d_sae}): {top}")
     if band < 1 or any(w < band for w in widen) or list(widen) != sorted(widen):
         raise ValueError(f"band {band} must be >= 1 and the widening steps {list(widen)} increasing from it")
-    if neighbours < 1 or balance_band < 1:
-        raise ValueError(f"neighbours {neighbours} must be >= 1 and balance_band {balance_band} >= 1")
     seed = rng if isinstance(rng, int) else None
     generator = np.random.default_rng(rng) if isinstance(rng, int) else rng
 
@@ -191,19 +180,25 @@ def sample_matched_controls(
     base[outside] = False
     n_examples = max(activity.shape[0], 1)
     overlap_counts = activity.T.astype(np.int64) @ activity.astype(np.int64)[:, top]  # (d_sae, len(top))
-    hoods: list[_Neighbourhood] = []
+    ladder: list[list[Step]] = []  # per top feature: eligibility masks, narrowest first
+    sides: list[tuple[np.ndarray, np.ndarray]] = []  # per top feature: frequency, size ratio >= 1
     for j, feature in enumerate(top):
         own = int(activity[:, feature].sum())
-        if own:
-            overlap = overlap_counts[:, j] / own
-            tiers = [(min_overlap, base & (overlap >= min_overlap)), (1.0 / n_examples, base & (overlap > 0))]
-        else:
-            tiers = []
-        tiers.append((0.0, base))
-        hoods.append(_Neighbourhood(frequency, size, tiers, feature))
-    bands = [band, *widen]
-    log_bands = [math.log(b) for b in bands]
-    limit = math.log(balance_band)
+        overlap = overlap_counts[:, j] / own if own else np.zeros(d_sae)
+        f_ratio, s_ratio = _ratio(frequency, frequency[feature]), _ratio(size, size[feature])
+        steps: list[Step] = []
+        for factor in (band, *widen):
+            mask = (
+                base
+                & (overlap >= min_overlap)
+                & _within(f_ratio, factor, frequency[feature])
+                & _within(s_ratio, factor, size[feature])
+            )
+            steps.append((factor, min_overlap, mask))
+        steps.append((None, 1.0 / n_examples if own else 0.0, base & ((overlap > 0) | (own == 0))))
+        steps.append((None, 0.0, base))
+        ladder.append(steps)
+        sides.append((f_ratio >= 1, s_ratio >= 1))
 
     used = np.zeros(d_sae, dtype=bool)
     balance = np.zeros(2, dtype=np.int64)  # (frequency, size): matches above 1 minus matches below
@@ -211,25 +206,23 @@ def sample_matched_controls(
     widened = 0
     for r in range(draws):
         matches: list[ControlMatch | None] = [None] * len(top)
-        in_set = np.zeros(d_sae, dtype=bool)
         for offset in range(len(top)):
             j = (r + offset) % len(top)  # rotate which top feature picks first
-            feature, hood = top[j], hoods[j]
-            tier = next(((need, mask & ~in_set) for need, mask in hood.tiers if (mask & ~in_set).any()), None)
-            if tier is None:
+            feature = top[j]
+            in_set = np.zeros(d_sae, dtype=bool)
+            in_set[[m.control for m in matches if m is not None]] = True
+            found = _draw(ladder[j], sides[j], used, in_set, balance, generator)
+            if found is None:
                 raise ControlSamplingError(
                     f"no control feature left for top feature {feature}: fewer eligible features outside "
                     f"the top {len(top)} and the {len(outside)} excluded ones than one control set of "
                     f"{len(top)} distinct features needs; lower the largest k"
                 )
-            overlap_needed, available = tier
-            choice = _draw(hood, available, used, balance, neighbours, limit, log_bands, generator)
-            used[choice] = in_set[choice] = True
-            distance = float(hood.distance[choice])
-            factor = next((b for b in bands if distance <= math.log(b) + 1e-12), None)
-            widened += factor != band or overlap_needed < min_overlap
-            f_ratio = math.exp(hood.log_f[choice]) if frequency[feature] > 0 else math.nan
-            s_ratio = math.exp(hood.log_s[choice]) if size[feature] > 0 else math.nan
+            step, factor, overlap_needed, choice = found
+            widened += step > 0
+            used[choice] = True
+            f_ratio = float(frequency[choice] / frequency[feature]) if frequency[feature] > 0 else math.nan
+            s_ratio = float(size[choice] / size[feature]) if size[feature] > 0 else math.nan
             for axis, value in enumerate((f_ratio, s_ratio)):
                 if math.isfinite(value) and value != 1.0:
                     balance[axis] += 1 if value > 1 else -1
@@ -252,62 +245,55 @@ def sample_matched_controls(
         seed=seed,
         widened=widened,
         excluded=len(outside),
-        neighbours=neighbours,
     )
 
 
+def _narrowest(steps: list[Step], available: np.ndarray) -> int | None:
+    return next((i for i, (_, _, mask) in enumerate(steps) if (mask & available).any()), None)
+
+
 def _draw(
-    hood: _Neighbourhood,
-    available: np.ndarray,
+    steps: list[Step],
+    sides: tuple[np.ndarray, np.ndarray],
     used: np.ndarray,
+    in_set: np.ndarray,
     balance: np.ndarray,
-    neighbours: int,
-    limit: float,
-    log_bands: Sequence[float],
     generator: np.random.Generator,
-) -> int:
-    """One of the ``neighbours`` nearest available candidates (ties included), a fresh one (not yet
-    drawn for this k) when one is among them; looked for first in the quadrant of ratio sides that
-    restores ``balance`` (within distance ``limit``), then on the side of the axis further from
-    balance alone, then anywhere."""
-    wanted = [
-        None if sides is None or b == 0 else (sides == (b < 0))
-        for sides, b in zip(hood.sides, balance, strict=True)
-    ]
-    order = sorted((a for a in range(2) if wanted[a] is not None), key=lambda a: -abs(int(balance[a])))
-    preferences: list[np.ndarray] = []
-    if len(order) == 2:
-        preferences.append(wanted[0] & wanted[1])
-    preferences.extend(wanted[a] for a in order)
-    near = hood.distance <= limit
-    for side in preferences:
-        candidates = available & side & near
-        if candidates.any():
-            return _nearest(hood.distance, candidates, used, neighbours, log_bands, generator)
-    return _nearest(hood.distance, available, used, neighbours, log_bands, generator)
-
-
-def _nearest(
-    distance: np.ndarray,
-    candidates: np.ndarray,
-    used: np.ndarray,
-    neighbours: int,
-    log_bands: Sequence[float],
-    generator: np.random.Generator,
-) -> int:
-    """One of the ``neighbours`` nearest ``candidates`` (ties included), none beyond the smallest of
-    ``log_bands`` holding the nearest; a fresh one (not ``used``) when one of them is."""
-    ids = np.flatnonzero(candidates)
-    d = distance[ids]
-    cutoff = np.partition(d, min(neighbours, len(d)) - 1)[min(neighbours, len(d)) - 1]
-    closest = float(d.min())
-    reach = next((b for b in log_bands if closest <= b + 1e-12), math.inf)
-    nearest = ids[(d <= cutoff) & (d <= reach)]
-    first = ids[d == closest]
-    if not used[first].any():  # the nearest itself first: it holds the median near 1
-        return int(generator.choice(first))
-    fresh = nearest[~used[nearest]]
-    return int(generator.choice(fresh if len(fresh) else nearest))
+) -> tuple[int, float | None, float, int] | None:
+    """(step index, band, overlap, feature): a uniform draw in the narrowest step with a candidate
+    (one not yet drawn for this k while one stands within ``FRESH_STEPS``, else the narrowest step
+    with any candidate outside this set), from the quadrant of ratio sides that restores ``balance``
+    when the narrowest or the next step holds one."""
+    fresh = _narrowest(steps, ~used)
+    reuse = _narrowest(steps, ~in_set)
+    if reuse is None:
+        return None
+    if fresh is not None and (fresh < FRESH_STEPS or fresh <= reuse):
+        available, narrowest = ~used, fresh
+    else:
+        available, narrowest = ~in_set, reuse
+    wanted = [None if b == 0 else b < 0 for b in balance]  # per axis: want ratio >= 1? (None: either)
+    f_above, s_above = sides
+    quadrants = []
+    for f_want, s_want in ((wanted[0], wanted[1]), (wanted[0], None), (None, wanted[1])):
+        if f_want is None and s_want is None:
+            continue
+        quadrant = np.ones_like(used)
+        if f_want is not None:
+            quadrant &= f_above == f_want
+        if s_want is not None:
+            quadrant &= s_above == s_want
+        quadrants.append(quadrant)
+    for quadrant in quadrants:
+        for index in range(narrowest, min(narrowest + 2, len(steps))):
+            factor, overlap_needed, mask = steps[index]
+            if factor is None and index > narrowest:
+                break  # never leave the bands for balance
+            candidates = np.flatnonzero(mask & available & quadrant)
+            if len(candidates):
+                return index, factor, overlap_needed, int(generator.choice(candidates))
+    factor, overlap_needed, mask = steps[narrowest]
+    return narrowest, factor, overlap_needed, int(generator.choice(np.flatnonzero(mask & available)))
 
 
 def sample_unmatched_controls(
@@ -327,13 +313,10 @@ def sample_unmatched_controls(
 
 
 __all__ = [
-    "BALANCE_BAND",
     "DEFAULT_BAND",
     "DEFAULT_DRAWS",
-    "DEFAULT_NEIGHBOURS",
     "DEFAULT_WIDEN",
     "EXCLUDE_FACTOR",
-    "MEDIAN_RANGE",
     "ControlMatch",
     "ControlSamplingError",
     "ControlSet",

@@ -1,7 +1,7 @@
 """Sweeps with matched controls: ablate the top k features for each k, against R control sets of k
 features matched to the top ones on firing frequency, ablation size and the examples they fire on
-(measured on the evaluation examples; nearest neighbours balanced so the median ratios sit near 1),
-no feature twice within a set and none of the study's own top 2 x max(top_k). Per k and metric:
+(measured on the evaluation examples), no feature twice in a set, none twice within a k while matched
+ones last, and none of the study's own top 2 x max(top_k). Per k and metric:
 the top-k effect, the control distribution, a paired bootstrap interval of the per-example
 difference top − mean(controls), the exact permutation p-value and its correction across the k
 values (``top_k_significance``: Holm, or a fixed sequence from the largest k when R is too small
@@ -52,7 +52,6 @@ class ControlSets(BaseModel):
     median_frequency_ratio: float | None = None  # median over every match of control / top
     median_size_ratio: float | None = None
     off_medians: list[str] | None = None  # the medians outside 0.9-1.1 ("frequency 0.62"); [] when none
-    neighbours: int | None = None  # each member one of this many nearest candidates (None: older files)
 
 
 class Sweep(Effect):
@@ -161,7 +160,6 @@ class Sweeps(Analysis):
                 median_frequency_ratio=matched.median_ratio("frequency"),
                 median_size_ratio=matched.median_ratio("size"),
                 off_medians=matched.off_medians(),
-                neighbours=matched.neighbours,
             )
             for metric in ("logprob", "accuracy"):
                 entry[f"marginal_disjoint_{metric}"] = excludes(
@@ -215,11 +213,10 @@ class Sweeps(Analysis):
                     accuracy_defined=accuracy_defined,
                     controls=(
                         "each control set has k features, each matched to one top feature on firing "
-                        "frequency and ablation size (Σ activation × decoder-row norm): one of its nearest "
-                        "neighbours in (log frequency, log size), drawn on the side of 1 that keeps the "
-                        "median ratios near 1, active on at least half the evaluation examples the top "
-                        "feature is active on where any is; no feature twice within a set, and none of "
-                        f"the study's own top {len(excluded)} ranked features"
+                        "frequency and ablation size (Σ activation × decoder-row norm) within the band, "
+                        "drawn on the side of 1 that keeps the median ratios near 1, active on at least "
+                        "half the evaluation examples the top feature is active on; no feature twice "
+                        f"within a k, and none of the study's own top {len(excluded)} ranked features"
                     ),
                 )
         return SweepsResult(
@@ -241,9 +238,8 @@ class Sweeps(Analysis):
                 else ""
             )
             + ". Each control set ablates k features, each matched to a top feature on firing frequency "
-            "and ablation size (a near neighbour, on the side of 1 that keeps the median ratios near 1) "
-            "and active on the same examples; no feature appears twice in one set, and the study's own "
-            "top-ranked features are never controls. Per k: the control "
+            "and ablation size and active on the same examples; no feature appears twice among the sets "
+            "of one k, and the study's own top-ranked features are never controls. Per k: the control "
             "distribution over the R sets, the paired bootstrap interval of the per-example difference "
             "top − mean(control), the exact permutation p-value, and that p corrected across the k "
             "values. 'marginal' is the old, weaker comparison (the two marginal intervals do not overlap)."
