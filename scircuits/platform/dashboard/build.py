@@ -170,6 +170,7 @@ def build_dashboard(
             check_out_apart(target, read=compare_dirs)
             check_compare_dirs(compare_dirs, inputs.run_dir)  # before the scan: a bad folder costs nothing
             claim_site(target, force, say)
+            sources.collect_store(inputs, plugins, say)  # a run of a given SAE: its evaluation examples
             extracted = extract(inputs, plugins, settings, features, timings, say)
             t0 = time.monotonic()
             write_site(target, extracted)  # with the Neuronpedia export in neuronpedia/
