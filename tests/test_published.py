@@ -192,23 +192,13 @@ def test_run_with_a_published_sae_skips_collection_and_training(hub, saes, monke
         run_pipeline(config.model_copy(update={"layer": 5}), PLUGINS)
 
 
-def test_a_study_of_a_published_sae_records_what_it_read_and_the_gate_reference(hub, tmp_path):
-    """A real (tiny, random) model, the causal study end to end on a SAELens release read from the
-    hub cache: the layer comes from the hook name, provenance names the release, repository, commit
-    and file hashes, and the gate's growth check uses the release's variance explained."""
-    import json
-
-    from scircuits.platform.causal.stage import load_inputs, run_ablate
+def small_study(sae: str, out: Path):
+    """A small study's settings on a tiny model, the gate off (a random SAE on a random model)."""
     from scircuits.platform.config import AblateConfig
-    from scircuits.testing import tiny_loaded_model
 
-    tiny = tiny_loaded_model("smollm2-135m")
-    sae = P.random_sae(PLUGINS, "topk", tiny.d_model, 64, k=4)
-    hook = "blocks.3.hook_resid_pre"  # gpt2-small-res-jb's table gives variance explained 0.999
-    P.hub_repo(hub, "jbloom/GPT2-Small-SAEs-Reformatted", P.saelens_files(sae, hook, hook))
-    config = AblateConfig(
-        sae=f"saelens:gpt2-small-res-jb/{hook}",
-        out=str(tmp_path / "causal"),
+    return AblateConfig(
+        sae=sae,
+        out=str(out),
         limit=6,
         top_k=[1],
         random_controls=2,
@@ -216,8 +206,24 @@ def test_a_study_of_a_published_sae_records_what_it_read_and_the_gate_reference(
         faithfulness_n=[1],
         bootstrap=50,
         progress=False,
-        reconstruction_gate=False,  # a random SAE on a random model, on purpose
+        reconstruction_gate=False,
     ).with_plugin_defaults(PLUGINS)
+
+
+def test_a_study_of_a_published_sae_records_what_it_read_and_the_gate_reference(hub, tmp_path):
+    """A real (tiny, random) model, the causal study end to end on a SAELens release read from the
+    hub cache: the layer comes from the hook name, provenance names the release, repository, commit
+    and file hashes, and the gate's growth check uses the release's variance explained."""
+    import json
+
+    from scircuits.platform.causal.stage import load_inputs, run_ablate
+    from scircuits.testing import tiny_loaded_model
+
+    tiny = tiny_loaded_model("smollm2-135m")
+    sae = P.random_sae(PLUGINS, "topk", tiny.d_model, 64, k=4)
+    hook = "blocks.3.hook_resid_pre"  # gpt2-small-res-jb's table gives variance explained 0.999
+    P.hub_repo(hub, "jbloom/GPT2-Small-SAEs-Reformatted", P.saelens_files(sae, hook, hook))
+    config = small_study(f"saelens:gpt2-small-res-jb/{hook}", tmp_path / "causal")
     inputs = load_inputs(config, PLUGINS, loaded=tiny)
     assert inputs.layer == 2  # hook_resid_pre of block 3 is block 2's output
     results = json.loads((run_ablate(config, PLUGINS, inputs=inputs) / "results.json").read_text())
@@ -242,7 +248,6 @@ def test_a_study_of_an_sae_without_metadata_measures_its_gate_reference_afresh(h
     from scircuits.platform.causal.evaluation import prepare_eval
     from scircuits.platform.causal.stage import load_inputs, run_ablate
     from scircuits.platform.causal.study import reconstruction_metrics
-    from scircuits.platform.config import AblateConfig
     from scircuits.platform.model.splice import SplitModel
     from scircuits.testing import tiny_loaded_model
 
@@ -250,18 +255,7 @@ def test_a_study_of_an_sae_without_metadata_measures_its_gate_reference_afresh(h
     sae = P.random_sae(PLUGINS, "topk", tiny.d_model, 64, k=4)
     hook = "blocks.3.hook_resid_post"
     P.hub_repo(hub, "org/saelens-saes", P.saelens_files(sae, hook, hook))
-    config = AblateConfig(
-        sae=f"hf:org/saelens-saes/{hook}",
-        out=str(tmp_path / "causal"),
-        limit=6,
-        top_k=[1],
-        random_controls=2,
-        exact_top=1,
-        faithfulness_n=[1],
-        bootstrap=50,
-        progress=False,
-        reconstruction_gate=False,  # a random SAE on a random model, on purpose
-    ).with_plugin_defaults(PLUGINS)
+    config = small_study(f"hf:org/saelens-saes/{hook}", tmp_path / "causal")
     inputs = load_inputs(config, PLUGINS, loaded=tiny)
     assert inputs.reference is not None and inputs.reference.split == "train"
     gate = json.loads((run_ablate(config, PLUGINS, inputs=inputs) / "results.json").read_text())["gate"]
