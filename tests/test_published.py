@@ -192,23 +192,13 @@ def test_run_with_a_published_sae_skips_collection_and_training(hub, saes, monke
         run_pipeline(config.model_copy(update={"layer": 5}), PLUGINS)
 
 
-def test_a_study_of_a_published_sae_records_what_it_read_and_the_gate_reference(hub, tmp_path):
-    """A real (tiny, random) model, the causal study end to end on a SAELens release read from the
-    hub cache: the layer comes from the hook name, provenance names the release, repository, commit
-    and file hashes, and the gate's growth check uses the release's variance explained."""
-    import json
-
-    from scircuits.platform.causal.stage import load_inputs, run_ablate
+def small_study(sae: str, out: Path):
+    """A small study's settings on a tiny model, the gate off (a random SAE on a random model)."""
     from scircuits.platform.config import AblateConfig
-    from scircuits.testing import tiny_loaded_model
 
-    tiny = tiny_loaded_model("smollm2-135m")
-    sae = P.random_sae(PLUGINS, "topk", tiny.d_model, 64, k=4)
-    hook = "blocks.3.hook_resid_pre"  # gpt2-small-res-jb's table gives variance explained 0.999
-    P.hub_repo(hub, "jbloom/GPT2-Small-SAEs-Reformatted", P.saelens_files(sae, hook, hook))
-    config = AblateConfig(
-        sae=f"saelens:gpt2-small-res-jb/{hook}",
-        out=str(tmp_path / "causal"),
+    return AblateConfig(
+        sae=sae,
+        out=str(out),
         limit=6,
         top_k=[1],
         random_controls=2,
@@ -216,8 +206,24 @@ def test_a_study_of_a_published_sae_records_what_it_read_and_the_gate_reference(
         faithfulness_n=[1],
         bootstrap=50,
         progress=False,
-        reconstruction_gate=False,  # a random SAE on a random model, on purpose
+        reconstruction_gate=False,
     ).with_plugin_defaults(PLUGINS)
+
+
+def test_a_study_of_a_published_sae_records_what_it_read_and_the_gate_reference(hub, tmp_path):
+    """A real (tiny, random) model, the causal study end to end on a SAELens release read from the
+    hub cache: the layer comes from the hook name, provenance names the release, repository, commit
+    and file hashes, and the gate's growth check uses the release's variance explained."""
+    import json
+
+    from scircuits.platform.causal.stage import load_inputs, run_ablate
+    from scircuits.testing import tiny_loaded_model
+
+    tiny = tiny_loaded_model("smollm2-135m")
+    sae = P.random_sae(PLUGINS, "topk", tiny.d_model, 64, k=4)
+    hook = "blocks.3.hook_resid_pre"  # gpt2-small-res-jb's table gives variance explained 0.999
+    P.hub_repo(hub, "jbloom/GPT2-Small-SAEs-Reformatted", P.saelens_files(sae, hook, hook))
+    config = small_study(f"saelens:gpt2-small-res-jb/{hook}", tmp_path / "causal")
     inputs = load_inputs(config, PLUGINS, loaded=tiny)
     assert inputs.layer == 2  # hook_resid_pre of block 3 is block 2's output
     results = json.loads((run_ablate(config, PLUGINS, inputs=inputs) / "results.json").read_text())
@@ -231,3 +237,81 @@ def test_a_study_of_a_published_sae_records_what_it_read_and_the_gate_reference(
     assert gate["reference_metric"] == "fvu" and gate["reference"] == pytest.approx(0.001)
     assert gate["error_growth"] == pytest.approx(results["sae_metrics_eval"]["fvu"] / 0.001)
     assert "metadata" in gate["reference_source"] and results["layer"] == 2
+
+
+def test_a_study_of_an_sae_without_metadata_measures_its_gate_reference_afresh(hub, tmp_path):
+    """An SAE that records no error of its own (SAELens layout, no metrics): the gate's growth check
+    compares with its error measured now on as many examples of the benchmark's train split, stated
+    as such with the token count; the value is the one those examples give."""
+    import json
+
+    from scircuits.platform.causal.evaluation import prepare_eval
+    from scircuits.platform.causal.stage import load_inputs, run_ablate
+    from scircuits.platform.causal.study import reconstruction_metrics
+    from scircuits.platform.model.splice import SplitModel
+    from scircuits.testing import tiny_loaded_model
+
+    tiny = tiny_loaded_model("smollm2-135m")
+    sae = P.random_sae(PLUGINS, "topk", tiny.d_model, 64, k=4)
+    hook = "blocks.3.hook_resid_post"
+    P.hub_repo(hub, "org/saelens-saes", P.saelens_files(sae, hook, hook))
+    config = small_study(f"hf:org/saelens-saes/{hook}", tmp_path / "causal")
+    inputs = load_inputs(config, PLUGINS, loaded=tiny)
+    assert inputs.reference is not None and inputs.reference.split == "train"
+    gate = json.loads((run_ablate(config, PLUGINS, inputs=inputs) / "results.json").read_text())["gate"]
+
+    examples = list(
+        PLUGINS.benchmarks.get(config.benchmark).examples("train", 6, 0, config.benchmark_options)
+    )
+    assert examples != inputs.examples
+    data = prepare_eval(SplitModel(tiny, 3, "resid"), inputs.sae, tiny.tokenizer, examples, 16, None)
+    expected = reconstruction_metrics(data)
+    assert gate["reference_metric"] == "relative_error"
+    assert gate["reference"] == pytest.approx(expected["relative_error"], rel=1e-6)
+    assert gate["reference_tokens"] == expected["tokens"] > 0
+    assert gate["reference_source"].startswith(
+        f"a fresh measurement on {expected['tokens']} tokens of 6 examples of the benchmark's train split"
+    )
+    assert gate["error_growth"] == pytest.approx(gate["relative_error"] / gate["reference"])
+    assert gate["training_relative_error"] is None  # not a training store's
+
+
+def test_the_gate_reference_prefers_training_then_metadata_then_a_fresh_measurement():
+    from types import SimpleNamespace
+
+    from scircuits.platform.causal.stage import reference_examples
+    from scircuits.platform.config import AblateConfig
+    from scircuits.plugins.analyses.baseline import gate_reference
+
+    asked = []
+
+    def context(training=None, published=None, fresh=None):
+        def measure():
+            asked.append(1)
+            return fresh
+
+        return SimpleNamespace(
+            sae_training_metrics=training or {},
+            sae_info={"published_metrics": published or {}},
+            fresh_reconstruction_metrics=measure,
+        )
+
+    fresh = {"split": "train", "examples": 4, "tokens": 40, "relative_error": 0.2, "fvu": 0.3}
+    metrics = {"relative_error": 0.25, "fvu": 0.3}
+    assert gate_reference(context({"relative_error": 0.1, "tokens": 99}, fresh=fresh), metrics)[::3] == (
+        "relative_error",
+        99,
+    )
+    assert gate_reference(context(published={"relative_error": 0.05}, fresh=fresh), metrics)[2] == (
+        "the published SAE's metadata"
+    )
+    assert gate_reference(context(published={"variance_explained": 0.9}, fresh=fresh), metrics)[0] == "fvu"
+    assert not asked  # metadata first: no measurement made
+    metric, value, source, tokens = gate_reference(context(fresh=fresh), metrics)
+    assert (metric, value, tokens) == ("relative_error", 0.2, 40) and "fresh measurement on 40" in source
+    assert gate_reference(context(), metrics)[:2] == (None, None)
+    assert "growth limit does not apply" in gate_reference(context(), metrics)[2]
+    # evaluating on the train split leaves no other split to measure on
+    arithmetic = PLUGINS.benchmarks.get("arithmetic")
+    assert reference_examples(arithmetic, AblateConfig(split="train"), 6) is None
+    assert reference_examples(arithmetic, AblateConfig(), 6).split == "train"

@@ -40,8 +40,9 @@ from scircuits.cli.common import echo_result, json_option
     "--store",
     type=click.Path(file_okay=False),
     default=None,
-    help="Scan this activation store (of the run's model, layer and site) instead of the run's own: a run "
-    "of a given SAE (--sae hf:..., saelens:...) collects none.",
+    help="Scan this activation store (of the run's model, layer and site) instead of the run's own. A run "
+    "of a given SAE (--sae hf:..., saelens:...) has none: without --store its evaluation examples are "
+    "traced into RUN_DIR/evaluation.zarr first.",
 )
 @click.option(
     "--circuit",

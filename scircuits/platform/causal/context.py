@@ -54,6 +54,9 @@ class CausalStudyContext(StudyContext):
     selection: np.ndarray | None = None  # example indices features are ranked on (None: every example)
     evaluation: np.ndarray | None = None  # example indices effects are measured on (None: every example)
     sae_info: dict[str, Any] = field(default_factory=dict)  # the checkpoint's metadata (scircuits.json)
+    # measures the SAE's error afresh on benchmark tokens apart from the evaluation examples (None:
+    # nothing to measure on); called at most once, by ``fresh_reconstruction_metrics``
+    measure_fresh: Callable[[], dict[str, Any] | None] | None = None
     results: dict[str, AnalysisResult] = field(default_factory=dict)  # by analysis name, so far
     scores: dict[str, ConditionScores] = field(default_factory=dict)  # recorded for examples.jsonl
     shared: dict[str, Any] = field(default_factory=dict)  # in-memory values analyses hand on
@@ -187,6 +190,16 @@ class CausalStudyContext(StudyContext):
         described = f"The SAE in {c.sae} may not match layer {self.layer} {c.site} of {c.model}"
         tolerance = c.resolved_splice_tolerance()
         return self.study.check_splice(self.loaded, c.splice_check_examples, tolerance, described)
+
+    def fresh_reconstruction_metrics(self) -> dict[str, Any] | None:
+        """The SAE's relative error and FVU measured now on tokens of the benchmark apart from the
+        evaluation examples (as many examples of the split collection traces, ``train``), with
+        ``split``, ``examples`` and ``tokens``: the reference of an SAE that records no error of its
+        own. None where the benchmark has no other split. Measured once, when first asked."""
+        if "fresh_reconstruction" not in self.shared:
+            measure = self.measure_fresh
+            self.shared["fresh_reconstruction"] = measure() if measure is not None else None
+        return self.shared["fresh_reconstruction"]
 
     def attribution(self) -> np.ndarray:
         """Per feature: the linear estimate of the mean change of the gold log-prob when ablated, on

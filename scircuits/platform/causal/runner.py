@@ -9,6 +9,8 @@ make results.json; the per-example scores of the recorded conditions make exampl
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,7 @@ from scircuits.platform.causal.evaluation import prepare_eval
 from scircuits.platform.causal.registry import analyses_of, study_order
 from scircuits.platform.causal.results import ConditionScore, ExampleRow
 from scircuits.platform.causal.statistics import Bootstrap, selection_split
-from scircuits.platform.causal.study import Study, feature_statistics
+from scircuits.platform.causal.study import Study, feature_statistics, reconstruction_metrics
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import AblateConfig
 from scircuits.platform.contract.analyses import Analysis, AnalysisResult
@@ -49,6 +51,43 @@ def companion_ablations(config: AblateConfig, plugins: Any) -> dict[str, tuple[A
     return out
 
 
+@dataclass
+class ReferenceExamples:
+    """Benchmark examples apart from the evaluation ones (``split``, read by ``load`` only when
+    asked) on which the SAE's error is measured afresh when it records none of its own."""
+
+    split: str
+    load: Callable[[], list[Example]]
+
+
+def fresh_measurement(
+    config: AblateConfig, loaded: LoadedModel, split: Any, study: Study, reference: ReferenceExamples
+) -> Callable[[], dict[str, Any] | None]:
+    """The SAE's relative error and FVU on ``reference``'s examples, on the tokens its training
+    would score (the same definitions as the evaluation tokens' metrics); None without tokens."""
+
+    def measure() -> dict[str, Any] | None:
+        examples = reference.load()
+        if not examples:
+            return None
+        # inside the conditions' progress bar: no bar of its own
+        data = prepare_eval(
+            split, study.sae, loaded.tokenizer, examples, config.batch_size, config.max_length
+        )
+        metrics = reconstruction_metrics(data, 0, study.token_exclusion)
+        if not metrics.get("tokens"):
+            return None
+        return {
+            "split": reference.split,
+            "examples": len(examples),
+            "tokens": int(metrics["tokens"]),
+            "relative_error": float(metrics["relative_error"]),
+            "fvu": float(metrics["fvu"]),
+        }
+
+    return measure
+
+
 def prepare_study(
     config: AblateConfig,
     loaded: LoadedModel,
@@ -57,9 +96,12 @@ def prepare_study(
     layer: int,
     plugins: Any,
     sae_info: dict[str, Any] | None = None,
+    reference: ReferenceExamples | None = None,
 ) -> CausalStudyContext:
     """The study's shared state: examples split into selection and evaluation, encoded, batched and
-    run once through the lower blocks and the SAE; feature statistics; one seeded bootstrap."""
+    run once through the lower blocks and the SAE; feature statistics; one seeded bootstrap.
+    ``reference``: examples to measure the SAE's error on afresh if the gate asks (``StudyContext.
+    fresh_reconstruction_metrics``)."""
     sae.eval()
     ablation = plugins.ablations.get(config.ablation)
     ablation_options = ablation.parse_options(config.ablation_options)
@@ -120,6 +162,9 @@ def prepare_study(
         selection=selection,
         evaluation=evaluation,
         sae_info=dict(sae_info or {}),
+        measure_fresh=None
+        if reference is None
+        else fresh_measurement(config, loaded, split, study, reference),
     )
 
 
@@ -131,12 +176,14 @@ def run_study(
     layer: int,
     plugins: Any,
     sae_info: dict[str, Any] | None = None,
+    reference: ReferenceExamples | None = None,
 ) -> tuple[StudyResults, list[ExampleRow]]:
     """Run every registered analysis on ``examples``; results (provenance left empty) and rows.
-    ``sae_info``: the checkpoint's metadata (its training metrics feed the reconstruction gate)."""
+    ``sae_info``: the checkpoint's metadata (its training metrics feed the reconstruction gate);
+    ``reference``: examples for a fresh measurement of its error when it records none."""
     registry = analyses_of(plugins)
     analyses = study_order(registry)
-    context = prepare_study(config, loaded, sae, examples, layer, plugins, sae_info)
+    context = prepare_study(config, loaded, sae, examples, layer, plugins, sae_info, reference)
     study, data = context.study, context.study.data
     selection, evaluation = context.selection, context.evaluation
     total = sum(a.passes(context) for a in analyses)

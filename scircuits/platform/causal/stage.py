@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from scircuits.platform.causal.results import recorded_config_hash, write_study
-from scircuits.platform.causal.runner import run_study
+from scircuits.platform.causal.runner import ReferenceExamples, run_study
 from scircuits.platform.common.artifacts import (
     ArtifactError,
     FolderLock,
@@ -48,6 +48,19 @@ class AblateInputs:
     examples: list[Example]
     layer: int
     benchmark_info: dict[str, Any] = field(default_factory=dict)
+    # examples for a fresh measurement of the SAE's error when it records none (None: no other split)
+    reference: ReferenceExamples | None = None
+
+
+def reference_examples(benchmark: Any, config: AblateConfig, n: int) -> ReferenceExamples | None:
+    """``n`` examples of the split collection would trace (train), read only if the gate asks; None
+    when that is the evaluation split itself (the measurement would repeat the evaluated one)."""
+    split = "train" if "train" in benchmark.splits else config.split
+    if split == config.split:
+        return None
+    return ReferenceExamples(
+        split, lambda: list(benchmark.examples(split, n, config.seed, config.benchmark_options))
+    )
 
 
 def resolve_layer(config: AblateConfig, loaded: LoadedModel, sae_info: dict[str, Any]) -> int:
@@ -196,7 +209,8 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
     layer = resolve_layer(config, loaded, info)
     sae.to(site_device(loaded, layer))
     label = {"label": benchmark.label(config.benchmark_options)}
-    return AblateInputs(loaded, sae, info, examples, layer, benchmark_info=label)
+    reference = reference_examples(benchmark, config, len(examples))
+    return AblateInputs(loaded, sae, info, examples, layer, benchmark_info=label, reference=reference)
 
 
 def site_device(loaded: LoadedModel, layer: int) -> Any:
@@ -313,7 +327,14 @@ def _run_ablate_in(
         claim_results_folder(out, config.config_hash(), force=config.force)
         inputs = inputs or load_inputs(config, plugins, loaded)
         results, rows = run_study(
-            config, inputs.loaded, inputs.sae, inputs.examples, inputs.layer, plugins, inputs.sae_info
+            config,
+            inputs.loaded,
+            inputs.sae,
+            inputs.examples,
+            inputs.layer,
+            plugins,
+            inputs.sae_info,
+            inputs.reference,
         )
         results.provenance = provenance(config, inputs, results.n_examples, results.n_tokens)
         results.wall_seconds = round(time.monotonic() - started, 1)

@@ -39,7 +39,6 @@ GROUP_LOCK_FILE = ".scircuits-group-lock"
 CONTAINER_KINDS = frozenset({"run", "compare"})
 _TMP_PATTERN = re.compile(r"\.tmp-(\d+)$")
 
-write_text_atomic = write_atomic  # the name callers used before scircuits.files held it
 
 
 class ArtifactError(ScircuitsError):

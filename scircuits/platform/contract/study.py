@@ -113,6 +113,13 @@ class StudyContext(ABC):
         metrics = (meta if isinstance(meta, dict) else {}).get("metrics")
         return dict(metrics) if isinstance(metrics, dict) else {}
 
+    def fresh_reconstruction_metrics(self) -> dict[str, Any] | None:
+        """The SAE's relative error and FVU measured now on tokens of the benchmark apart from the
+        evaluation examples, with ``split``, ``examples`` and ``tokens``: the reconstruction gate's
+        reference for an SAE that records no error of its own. None where nothing can be measured
+        (the default; the causal study measures it)."""
+        return None
+
     # -- conditions: one pass of the blocks above the site over every example ------------------
 
     @abstractmethod

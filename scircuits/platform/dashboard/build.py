@@ -180,6 +180,7 @@ def build_dashboard(
             if circuit_folder is not None:  # before the scan: a bad circuit costs nothing
                 circuit_results = sources.read_circuit_for(circuit_folder, inputs)
             claim_site(target, force, say)
+            sources.collect_store(inputs, plugins, say)  # a run of a given SAE: its evaluation examples
             extracted = extract(inputs, plugins, settings, features, timings, say)
             if circuit_folder is not None and circuit_results is not None:
                 extracted.circuit = circuit_page(

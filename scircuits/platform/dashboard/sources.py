@@ -4,7 +4,8 @@ This is the only dashboard module that knows the run directory's layout or impor
 internals; re-point these functions when the core moves:
 
 - ``causal/results.json`` (keys as written by ``scircuits.platform.causal`` analyses``);
-- the activation store (``scircuits.store.ActivationStore``);
+- the activation store (``scircuits.store.ActivationStore``); for a run of a given SAE, which
+  collected none, the run's evaluation examples traced at its site (``scircuits.platform.collect``);
 - the SAE checkpoint (``scircuits.platform.checkpoint.load_sae``);
 - the model, for its tokenizer and unembedding (``get_plugins().models.get(name).load``);
 - the direct-path logit effects (``scircuits.platform.causal.study.unembedding_effects`` over a
@@ -31,11 +32,13 @@ from scircuits.platform.causal.results import read_checked_results
 from scircuits.platform.causal.study import unembedding_effects
 from scircuits.platform.circuit.results import RESULTS_FILE as CIRCUIT_RESULTS
 from scircuits.platform.circuit.results import CircuitResults, read_circuit
+from scircuits.platform.collect.collection import run_collect
 from scircuits.platform.common.artifacts import read_lock
 from scircuits.platform.common.provenance import file_sha256
 from scircuits.platform.compare.runs import run_store
 from scircuits.platform.compare.schema import FORMAT as COMPARE_FORMAT
 from scircuits.platform.compare.schema import CompareResults
+from scircuits.platform.config import CollectConfig
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.jsonvalues import load_file
 from scircuits.platform.model.splice import SplitModel
@@ -48,6 +51,8 @@ if TYPE_CHECKING:
 
 RESULTS = Path("causal") / "results.json"
 STORE = "activations.zarr"
+# a run of a given SAE collects no store: the dashboard traces the run's evaluation examples here
+EVALUATION_STORE = "evaluation.zarr"
 SAE = "sae"
 REPORT_FILES = ("report.html", "report.md")
 CIRCUIT = "circuit"  # where `scircuits run --circuit-layers` (or `circuit --out RUN/circuit`) writes
@@ -61,6 +66,7 @@ class RunInputs:
     results: dict[str, Any]
     store_path: Path
     sae_path: Path | str  # a folder, or the spec of a published SAE the run read as it is
+    collect: CollectConfig | None = None  # how to trace ``store_path`` first (a run without a store)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -119,17 +125,47 @@ def read_run(run_dir: str | Path, plugins: Any = None, store: str | Path | None 
     # its own store; the recorded one only when absent here and of the identity the SAE trained on
     store_path = run_store(run, config, meta if isinstance(meta, dict) else {})
     if store_path is None and isinstance(sae, str):
-        raise ConfigError(
-            f"{run} studied a given SAE ({sae}) and collected no activations: give a store of "
-            f"{config.get('model')} layer {results['layer']} {results['site']} with --store DIR (e.g. "
-            "the activations.zarr of a run at the same site)"
-        )
+        own = run / EVALUATION_STORE
+        return RunInputs(run, results, own, sae, collect=evaluation_collection(results, own))
     if store_path is None:
         raise ConfigError(
             f"{run}: no activation store found (no {STORE} there, and the store its results record is "
             "missing or not the one its SAE was trained on); give the directory that `scircuits run` wrote"
         )
     return RunInputs(run, results, store_path, sae)
+
+
+def evaluation_collection(results: dict[str, Any], out: Path) -> CollectConfig:
+    """The collection of the study's own examples (benchmark, split, limit, seed) at its site."""
+    config = results["config"]
+    return CollectConfig(
+        model=config.get("model"),
+        benchmark=config.get("benchmark"),
+        benchmark_options=config.get("benchmark_options") or {},
+        layer=int(results["layer"]),
+        site=results["site"],
+        split=config.get("split") or "test",
+        limit=config.get("limit"),
+        seed=int(config.get("seed") or 0),
+        max_length=config.get("max_length"),
+        model_path=config.get("model_path"),
+        remote=bool(config.get("remote")),
+        out=str(out),
+        progress=False,
+    )
+
+
+def collect_store(inputs: RunInputs, plugins: Any, say: Any) -> None:
+    """Trace the run's evaluation examples into ``inputs.store_path`` when the run has no store
+    (a complete store of the same collection is kept as it is)."""
+    if inputs.collect is None:
+        return
+    summary = run_collect(inputs.collect, plugins)
+    if not summary.already_complete:
+        say(
+            f"dashboard: the run studied a given SAE and collected no store; traced its {summary.n_examples} "
+            f"evaluation examples ({summary.n_tokens} tokens) into {inputs.store_path}"
+        )
 
 
 def given_store(path: Path, results: dict[str, Any]) -> Path:

@@ -46,6 +46,7 @@ from scircuits.platform.common.remote import is_url, join_path, remote_out
 from scircuits.platform.config import RunConfig, StageConfig
 from scircuits.platform.contract.errors import ConfigError, WeightsUnavailableError
 from scircuits.platform.contract.hf_loading import check_weights_available, config_sizes
+from scircuits.platform.dashboard.sources import EVALUATION_STORE
 from scircuits.platform.model.tracing import check_ndif
 from scircuits.platform.pipeline.stages import STAGES, PlanContext, Stage
 from scircuits.platform.pipeline.state import STATE_FILE, PipelineState
@@ -212,7 +213,7 @@ def validate_settings(the_plan: Plan, plugins: Any, adapter: Any, d_model: int) 
 
 RUN_ENTRIES = frozenset(
     {stage.artifact_name for stage in STAGES}
-    | {STATE_FILE, REPORT_MD, REPORT_HTML, "figures", "dashboard", MARKER_FILE, LOCK_FILE}
+    | {STATE_FILE, REPORT_MD, REPORT_HTML, "figures", "dashboard", EVALUATION_STORE, MARKER_FILE, LOCK_FILE}
 )
 
 

@@ -48,30 +48,47 @@ class ReconstructionGate(BaseModel):
     reference_metric: str | None = None
     reference: float | None = None
     reference_source: str | None = None
+    reference_tokens: int | None = None  # the tokens the reference was measured on, when known
 
 
-def gate_reference(context: StudyContext, metrics: dict[str, Any]) -> tuple[str | None, float | None, str]:
-    """(metric, reference value, source in words) of the gate's growth check: the checkpoint's own
-    held-out relative error, else what a published SAE's metadata gives (relative error, or variance
-    explained as FVU), else none, said so."""
+TRAINING_STORE = "the held-out tokens of its training store"
+
+
+def gate_reference(
+    context: StudyContext, metrics: dict[str, Any]
+) -> tuple[str | None, float | None, str, int | None]:
+    """(metric, reference value, source in words, tokens it was measured on when known) of the gate's
+    growth check: the checkpoint's own held-out relative error, else what a published SAE's metadata
+    gives (relative error, or variance explained as FVU), else a fresh measurement on benchmark tokens
+    apart from the evaluation ones, else none, said so."""
     trained = context.sae_training_metrics.get("relative_error")
     if isinstance(trained, (int, float)) and trained > 0:
-        return "relative_error", float(trained), "the held-out tokens of its training store"
+        tokens = context.sae_training_metrics.get("tokens")
+        return "relative_error", float(trained), TRAINING_STORE, tokens if isinstance(tokens, int) else None
     info = context.sae_info if isinstance(context.sae_info, dict) else {}
     published = info.get("published_metrics") if isinstance(info.get("published_metrics"), dict) else {}
     given = published.get("relative_error")
     if isinstance(given, (int, float)) and given > 0:
-        return "relative_error", float(given), "the published SAE's metadata"
+        return "relative_error", float(given), "the published SAE's metadata", None
     explained = published.get("variance_explained")
     if isinstance(explained, (int, float)) and 0 <= explained < 1 and "fvu" in metrics:
-        return "fvu", 1.0 - float(explained), f"the published SAE's metadata (variance explained {explained})"
+        source = f"the published SAE's metadata (variance explained {explained})"
+        return "fvu", 1.0 - float(explained), source, None
+    fresh = context.fresh_reconstruction_metrics()
+    if fresh is not None and fresh["relative_error"] > 0:
+        source = (
+            f"a fresh measurement on {fresh['tokens']} tokens of {fresh['examples']} examples of the "
+            f"benchmark's {fresh['split']} split (the SAE records no error of its own)"
+        )
+        return "relative_error", float(fresh["relative_error"]), source, int(fresh["tokens"])
     return (
         None,
         None,
         (
-            "none recorded: the error measured here on the benchmark's evaluation tokens is the only "
-            "measurement, so the growth limit does not apply"
+            "none recorded, and the benchmark has no split apart from the evaluation one to measure it "
+            "on: the error measured here is the only measurement, so the growth limit does not apply"
         ),
+        None,
     )
 
 
@@ -270,8 +287,8 @@ def reconstruction_gate(
     SAE, so only the reconstruction itself can tell a wrong layer, site, model or scale."""
     config = context.config
     relative_error = float(metrics.get("relative_error", float("nan")))
-    metric, reference, source = gate_reference(context, metrics)
-    trained = reference if metric == "relative_error" else None
+    metric, reference, source, reference_tokens = gate_reference(context, metrics)
+    trained = reference if source == TRAINING_STORE else None
     measured = float(metrics.get(metric, float("nan"))) if metric else None
     growth = measured / reference if metric and reference else None
     problems = []
@@ -303,6 +320,7 @@ def reconstruction_gate(
         reference_metric=metric,
         reference=reference,
         reference_source=source,
+        reference_tokens=reference_tokens,
     )
     training_fvu = context.sae_training_metrics.get("fvu")
     if problems and config.reconstruction_gate and _undertrained(training_fvu):

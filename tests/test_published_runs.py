@@ -1,0 +1,114 @@
+"""A run of a published SAE beside the native run it came from, on a tiny random model: the native
+run's SAE written as a sparsify checkpoint into a hub cache and studied with `run --sae hf:...`
+(no collection, no training); its dashboard traces the run's evaluation examples into
+RUN/evaluation.zarr, and `compare` matches its features with the native run's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scircuits.cli import main
+from scircuits.platform.manager.plugin_set import load_plugins
+from scircuits.platform.train.checkpoint import load_sae
+from scircuits.store import ActivationStore
+from scircuits.testing import published as P
+from tests.dashboard_run import tiny_run
+
+PLUGINS = load_plugins(entry_points_too=False)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """(native run, published run, hub cache) with HF_HUB_CACHE/HF_HUB_OFFLINE set while building."""
+    native = tiny_run(tmp_path_factory)
+    cache = tmp_path_factory.mktemp("hub")
+    sae, _ = load_sae(native / "sae", PLUGINS)
+    P.hub_repo(cache, "org/tiny-sparsify", P.sparsify_files(sae, "layers.2"))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_HUB_CACHE", str(cache))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    model = json.loads((native / "causal" / "results.json").read_text())["config"]["model"]
+    out = tmp_path_factory.mktemp("published-runs")
+    main(
+        [
+            "run",
+            "--model",
+            model,
+            "--sae",
+            "hf:org/tiny-sparsify/layers.2",
+            "--limit",
+            "12",
+            "--top-k",
+            "1,4",
+            "--random-controls",
+            "2",
+            "--exact-top",
+            "3",
+            "--no-ablate-reconstruction-gate",  # a briefly trained SAE on a random model
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    (published,) = [p for p in out.iterdir() if "__hf-" in p.name]
+    yield native, published, cache
+    mp.undo()
+
+
+def test_the_dashboard_of_a_published_run_traces_its_evaluation_examples(runs, capsys):
+    _, published, _ = runs
+    assert not (published / "activations.zarr").exists() and not (published / "sae").exists()
+    store = ActivationStore(published / "evaluation.zarr")  # written by the run's report stage
+    results = json.loads((published / "causal" / "results.json").read_text())
+    assert (store.attrs["layer"], store.attrs["site"], store.attrs["config"]["split"]) == (2, "resid", "test")
+    assert len(store.unique_example_ids) == results["n_examples"] == 12
+    manifest = json.loads((published / "dashboard" / "manifest.json").read_text())
+    # one page per feature active on those tokens (position >= 1, as the scan skips the first)
+    sae, _ = load_sae("hf:org/tiny-sparsify/layers.2", PLUGINS)
+    f = sae.encode(torch.as_tensor(store.read_rows(0, store.shape[0])).float())
+    active = int((f[store.positions >= 1] > 0).any(dim=0).sum())
+    assert manifest["active_features"] == active > 0 and manifest["store"] == str(
+        published / "evaluation.zarr"
+    )
+
+    def written():  # the store's arrays, file by file
+        return {p: p.stat().st_mtime_ns for p in (published / "evaluation.zarr").rglob("*") if p.is_file()}
+
+    before = written()
+    main(["dashboard", str(published)])
+    assert "pages" in capsys.readouterr().out
+    # complete: not traced again (only the bookkeeping files beside the arrays are touched)
+    arrays = [p for p in before if "acts" in p.parts or "token_ids" in p.parts]
+    assert arrays and all(written()[p] == before[p] for p in arrays)
+
+
+def test_compare_matches_a_published_run_with_the_native_run_it_came_from(runs, tmp_path):
+    native, published, _ = runs
+    out = tmp_path / "cmp"
+    main(
+        [
+            "compare",
+            str(native),
+            str(published),
+            "--out",
+            str(out),
+            "--no-train-twins",
+            "--permutations",
+            "19",
+            "--no-progress",
+        ]
+    )
+    results = json.loads((out / "results.json").read_text())
+    (pair,) = results["pairs"]
+    assert pair["comparison"]["d_a"] == pair["comparison"]["d_b"]
+    # the same SAE read through sparsify's layout: every live latent matches its own copy
+    matched = pair["comparison"]["max_a_to_b"]
+    assert matched["n"] > 0 and matched["q10"] == pytest.approx(1.0, abs=1e-4)
+    top = np.array([[p["a"], p["b"]] for p in pair["comparison"]["top_pairs"]])
+    assert (top[:, 0] == top[:, 1]).all()
+    assert Path(results["runs"][1]["path"]) == published
