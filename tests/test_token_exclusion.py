@@ -226,3 +226,32 @@ def test_auxk_acts_in_the_run_and_revives_latents(planted_store, tmp_path):
     # without, FVU 0.13 against 0.20
     assert m0["dead_fraction"] > 0.1 and m["dead_fraction"] < m0["dead_fraction"] / 2
     assert m["fvu"] < m0["fvu"]
+
+
+def test_a_study_of_an_sae_without_a_recorded_rule_measures_the_outliers_on_its_own_tokens():
+    """``--exclude-tokens``: auto takes the checkpoint's rule where it has one; for an SAE that records
+    none (a published one) auto and outliers measure the rule on the study's own real tokens (position
+    0 a sink here, padding ignored); none keeps every token."""
+    from types import SimpleNamespace
+
+    from scircuits.platform.causal.runner import study_token_exclusion
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 6, D, generator=generator)
+    x[:, 0] *= 1000  # the sinks
+    x[2, 3] *= 500  # one outlier
+    mask = torch.ones(3, 6, dtype=torch.long)
+    mask[1, 5] = 0  # padding, never counted
+    x[1, 5] *= 10_000
+    batch = SimpleNamespace(attention_mask=mask, position_ids=torch.arange(6).expand(3, 6))
+    data = SimpleNamespace(batches=[SimpleNamespace(batch=batch, cache=SimpleNamespace(site_output=x))])
+    recorded = TokenExclusion(rule="outliers", factor=10, median_norm=1.0, norm_cutoff=10.0)
+
+    assert study_token_exclusion("auto", recorded, data) is recorded
+    assert study_token_exclusion("none", recorded, data) is None
+    for setting, given in (("auto", None), ("outliers", recorded)):
+        measured = study_token_exclusion(setting, given, data)
+        assert measured is not None and measured.position0 and measured.rows == 17
+        assert measured.excluded == 4 and measured.excluded_by_norm == 1
+        kept = measured.kept(x, batch.position_ids)
+        assert not kept[:, 0].any() and not kept[2, 3] and kept[0, 1:].all()

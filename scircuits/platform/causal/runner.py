@@ -21,6 +21,7 @@ from scircuits.platform.causal.registry import analyses_of, study_order
 from scircuits.platform.causal.results import ConditionScore, ExampleRow
 from scircuits.platform.causal.statistics import Bootstrap, selection_split
 from scircuits.platform.causal.study import Study, feature_statistics, reconstruction_metrics
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import AblateConfig
 from scircuits.platform.contract.analyses import Analysis, AnalysisResult
@@ -33,7 +34,9 @@ from scircuits.platform.model.remote_split import RemoteSplitModel
 from scircuits.platform.model.scoring import score_name
 from scircuits.platform.model.splice import SplitModel
 from scircuits.platform.model.tracing import runs_remotely
-from scircuits.platform.train.exclusion import token_exclusion_of
+from scircuits.platform.train.exclusion import TokenExclusion, exclusion_from_norms, token_exclusion_of
+
+log = get_logger(__name__)
 
 
 def companion_ablations(config: AblateConfig, plugins: Any) -> dict[str, tuple[Any, Any]]:
@@ -58,6 +61,29 @@ class ReferenceExamples:
 
     split: str
     load: Callable[[], list[Example]]
+
+
+def study_token_exclusion(setting: str, recorded: TokenExclusion | None, data: Any) -> TokenExclusion | None:
+    """The tokens the study scores (``--exclude-tokens``): the SAE's recorded rule under ``auto``; for an
+    SAE that records none (a published one) under ``auto``, and always under ``outliers``, the outliers
+    rule measured on the study's own tokens (its real tokens' |x| and positions at the site); None
+    (every token) under ``none``."""
+    if setting == "none":
+        return None
+    if setting == "auto" and recorded is not None:
+        return recorded
+    norms, positions = [], []
+    for eb in data.batches:
+        if getattr(eb.cache, "site_output", None) is None:  # nothing traced here (a remote study)
+            continue
+        real = eb.batch.attention_mask.bool()
+        norms.append(eb.cache.site_output.float().norm(dim=-1)[real].cpu().numpy())
+        positions.append(eb.batch.position_ids.to(real.device)[real].cpu().numpy())
+    if not norms:
+        return recorded
+    record, _ = exclusion_from_norms(np.concatenate(norms), np.concatenate(positions), "outliers")
+    log.info(f"scoring the study's tokens without the outliers measured on them: {record.describe()}")
+    return record
 
 
 def fresh_measurement(
@@ -145,7 +171,9 @@ def prepare_study(
         first_position=config.edit_from_position,
     )
     study.pool_examples = pool_examples
-    study.token_exclusion = token_exclusion_of((sae_info or {}).get("meta"))
+    study.token_exclusion = study_token_exclusion(
+        config.exclude_tokens, token_exclusion_of((sae_info or {}).get("meta")), data
+    )
     study.companions = companion_ablations(config, plugins)
     return CausalStudyContext(
         config=config,

@@ -40,7 +40,6 @@ CONTAINER_KINDS = frozenset({"run", "compare"})
 _TMP_PATTERN = re.compile(r"\.tmp-(\d+)$")
 
 
-
 class ArtifactError(ScircuitsError):
     """An artifact folder cannot be used as asked: not ours, locked, or not writable."""
 

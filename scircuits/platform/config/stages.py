@@ -434,6 +434,13 @@ class AblateConfig(StageConfig):
         "Compute dtype of the model in every condition (auto = float32 on CPU, bfloat16 on a GPU); the "
         "SAE stays float32.",
     )
+    exclude_tokens: Literal["auto", "outliers", "none"] = D(
+        "auto",
+        "Tokens the study scores and the reconstruction-alone condition replaces: auto = the rule the SAE's "
+        "training recorded, or for an SAE that records none (a published one) outliers measured on the "
+        "study's own tokens; outliers = position 0 where it is an attention sink and any token with |x| > "
+        "10 x the median, measured on the study's tokens; none = every token. The splice covers every token.",
+    )
     model_path: str | None = D(None, "Load the weights from this local folder.")
     remote: bool = D(
         False,
@@ -462,6 +469,8 @@ class AblateConfig(StageConfig):
         values["splice_tolerance"] = self.resolved_splice_tolerance()
         if values.get("model_dtype") == "float32":
             del values["model_dtype"]
+        if values.get("exclude_tokens") == "auto":  # what a study with a recorded rule always did
+            del values["exclude_tokens"]
         return values
 
 

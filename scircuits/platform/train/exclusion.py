@@ -111,6 +111,16 @@ def fit_exclusion(
     if rule == "none":
         return TokenExclusion(rule="none", rows=store.n_tokens), np.empty(0, dtype=np.int64)
     norms, positions = measured if measured is not None else row_norms(store)
+    return exclusion_from_norms(norms, positions, rule, factor)
+
+
+def exclusion_from_norms(
+    norms: np.ndarray, positions: np.ndarray, rule: ExclusionRule, factor: float = DEFAULT_OUTLIER_FACTOR
+) -> tuple[TokenExclusion, np.ndarray]:
+    """Apply ``rule`` to rows given by their norms |x| and positions: the record and the excluded row
+    indices (what ``fit_exclusion`` does for a store, here for any rows, e.g. a study's own tokens)."""
+    if rule == "none":
+        return TokenExclusion(rule="none", rows=len(norms)), np.empty(0, dtype=np.int64)
     at_zero = positions == 0
     later = norms[~at_zero] if (~at_zero).any() else norms
     median = float(np.median(later)) if later.size else 0.0
@@ -126,7 +136,7 @@ def fit_exclusion(
         norm_cutoff=cutoff,
         position0=bool(sink),
         position0_median_norm=zero_median,
-        rows=store.n_tokens,
+        rows=len(norms),
         excluded=int(excluded.sum()),
         excluded_position0=int((excluded & at_zero).sum()),
         excluded_by_norm=int((by_norm & ~at_zero).sum()),
@@ -139,6 +149,7 @@ __all__ = [
     "EXCLUSION_RULES",
     "ExclusionRule",
     "TokenExclusion",
+    "exclusion_from_norms",
     "fit_exclusion",
     "row_norms",
     "token_exclusion_of",
