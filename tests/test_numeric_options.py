@@ -17,6 +17,7 @@ REQUIRED: dict[str, list[str]] = {
     "compare": ["no-run-a", "no-run-b"],
     "dashboard": ["no-run"],
     "synth train": ["--task", "addition"],
+    "synth rotate": ["no-model", "--out", "no-out"],
 }
 BAD_VALUES = ("nan", "inf", "-inf", "-1")
 

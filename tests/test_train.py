@@ -266,9 +266,19 @@ def test_the_old_hparam_flag_still_works_and_warns_once(store, tmp_path):
     ]
     args += ["--sae-option", "decorrelation_tokens=32"]  # the new name wins over the old one
     args += ["--expansion", "2", "--batch-size", "64", "--tokens", "320", "--out", str(out), "--no-progress"]
-    result = CliRunner().invoke(train_command, args, catch_exceptions=False)
+    import logging
+
+    records: list[str] = []
+    counter = logging.Handler()
+    counter.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("scircuits").addHandler(counter)
+    try:
+        result = CliRunner().invoke(train_command, args, catch_exceptions=False)
+    finally:
+        logging.getLogger("scircuits").removeHandler(counter)
     assert result.exit_code == 0, result.output
-    assert result.stderr.count("--hparam is deprecated: use --sae-option") == 1
+    assert "--hparam is deprecated: use --sae-option" in result.stderr
+    assert sum("--hparam is deprecated" in m for m in records) == 1  # one warning per invocation
     meta = json.loads((out / META_FILE).read_text())
     assert meta["hparams"]["l1"] == 0.02 and meta["hparams"]["decorrelation_tokens"] == 32
     from scircuits.cli.causal import run as run_command

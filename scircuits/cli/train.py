@@ -136,11 +136,16 @@ def _train(
     extra.update(parse_key_values(hparams, "--sae-option"))
     base = stage_config(TrainConfig, config_file, {**flags, "sae": None, "store": None})
     merged_hparams = {**base.hparams, **extra}
-    store_list = site_stores(list(stores) or ([base.store] if base.store else []), *chosen_sites)
     sae_given = sae or ("sae" in base.model_fields_set and base.sae)
     sae_list: list[str | None] = (
         [s.strip() for s in sae_given.split(",") if s.strip()] if sae_given else [None]
     )
+    plugins = get_plugins()
+    if not under_launcher():  # the SAE options first: a bad number is refused before any store is read
+        for name in sae_list:
+            settings = {**base.model_dump(exclude_unset=True), "store": "-", "hparams": merged_hparams}
+            check_hparams(TrainConfig.validated({**settings, **({"sae": name} if name else {})}), plugins)
+    store_list = site_stores(list(stores) or ([base.store] if base.store else []), *chosen_sites)
     if not store_list:
         raise ConfigError("train: give the activation store with --store PATH (or store = ... in --config)")
     sites = None if under_launcher() else one_collection(store_list)
@@ -161,7 +166,6 @@ def _train(
             if name is not None:
                 values["sae"] = name
             jobs.append(TrainConfig.validated(values))
-    plugins = get_plugins()
     if under_launcher():  # a torchrun rank: the ranks check together in train(), one line if refused
         if len(jobs) > 1:
             raise ConfigError("under torchrun train one SAE: give one --store and one --sae")

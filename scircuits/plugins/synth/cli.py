@@ -141,7 +141,9 @@ def list_tasks() -> None:
 
 @synth.command()
 @click.argument("model", type=click.Path(file_okay=False))
-@click.option("--seed", type=int, required=True, help="Seed of the random orthogonal rotation.")
+@click.option(
+    "--seed", type=click.IntRange(min=0), required=True, help="Seed of the random orthogonal rotation."
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="New folder to write.")
 def rotate(model: str, seed: int, out: str) -> None:
     """Write MODEL with its residual basis changed: the same function, no privileged coordinates.
