@@ -173,8 +173,6 @@ def _train(
         if os.environ.get("RANK") == "0":
             click.echo(str(out_dir))
         return
-    for job in jobs:
-        check_hparams(job, plugins)
     widths = {store: ActivationStore(store).d_model for store in store_list}  # each readable, before any job
     for job in jobs:
         check_sae_memory(widths[job.store], job.expansion, job.batch_size, job.device)
