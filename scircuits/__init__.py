@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         run,
         train,
     )
+    from scircuits.platform.causal.adjusted import AdjustedContrast, adjusted_contrast, set_log_ratios
     from scircuits.platform.causal.controls import ControlSamplingError
     from scircuits.platform.causal.significance import (
         KTest,
@@ -148,6 +149,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "AUROC_RECOVERED": ("scircuits.platform.groundtruth.scoring", "AUROC_RECOVERED"),
     "AblateConfig": ("scircuits.platform.config.stages", "AblateConfig"),
     "AblateResult": ("scircuits.api.results", "AblateResult"),
+    "AdjustedContrast": ("scircuits.platform.causal.adjusted", "AdjustedContrast"),
     "Ablation": ("scircuits.platform.contract.ablations", "Ablation"),
     "Analysis": ("scircuits.platform.contract.analyses", "Analysis"),
     "AnalysisResult": ("scircuits.platform.contract.analyses", "AnalysisResult"),
@@ -231,6 +233,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "spearman_interval": ("scircuits.platform.causal.statistics", "spearman_interval"),
     "specificity": ("scircuits.platform.groundtruth.scoring", "specificity"),
     "top_k_significance": ("scircuits.platform.causal.significance", "top_k_significance"),
+    "adjusted_contrast": ("scircuits.platform.causal.adjusted", "adjusted_contrast"),
+    "set_log_ratios": ("scircuits.platform.causal.adjusted", "set_log_ratios"),
     "train": ("scircuits.api.stages", "train"),
     "train_synth_model": ("scircuits.platform.groundtruth.training", "train_model"),
     "variable_labels": ("scircuits.platform.groundtruth.scoring", "variable_labels"),
@@ -278,6 +282,7 @@ __all__ = [
     "AblateConfig",
     "AblateResult",
     "Ablation",
+    "AdjustedContrast",
     "Analysis",
     "AnalysisResult",
     "Benchmark",
@@ -330,6 +335,7 @@ __all__ = [
     "WeightsUnavailableError",
     "__version__",
     "ablate",
+    "adjusted_contrast",
     "aligned_features",
     "auroc",
     "base_provenance",
@@ -360,6 +366,7 @@ __all__ = [
     "rotate_synth_model",
     "run",
     "set_log_level",
+    "set_log_ratios",
     "spearman",
     "spearman_interval",
     "specificity",

@@ -197,6 +197,7 @@ def test_busiest_top_features_get_a_warning_when_no_larger_peer_is_left():
 
 
 def test_a_median_off_target_is_warned_about_in_the_cli_summary():
+    from scircuits import adjusted_contrast
     from scircuits.plugins.analyses.sweeps import ControlSets, Sweep, Sweeps, SweepsResult, control_warnings
 
     def sweep(k: int, off: list[str]) -> Sweep:
@@ -222,5 +223,27 @@ def test_a_median_off_target_is_warned_about_in_the_cli_summary():
     assert len(warnings) == 2
     assert "top 1" in warnings[0] and "frequency 0.62" in warnings[0] and "looks larger" in warnings[0]
     assert "top 20" in warnings[1] and "looks smaller" in warnings[1]
+    assert not any("adjusted" in w for w in warnings)  # none computed (an older results.json)
+    # with the adjusted contrast: its estimate, interval and extrapolation, or why there is none
+    top, controls = np.zeros(40) - 1.0, np.zeros((20, 40))
+    ratios = np.linspace(-0.7, -0.1, 20)
+    from scircuits.platform.causal.statistics import Bootstrap
+
+    result.sweeps[0].adjusted_logprob = adjusted_contrast(
+        top, controls + ratios[:, None], ratios, np.sin(ratios), Bootstrap(40, 200)
+    )
+    result.sweeps[2].adjusted_logprob = adjusted_contrast(
+        top, controls, np.full(20, -0.5), ratios, Bootstrap(40, 200)
+    )
+    warnings = control_warnings(result)
+    assert (
+        "; adjusted for the ratios (control effect read at ratio 1) top − control Δlogprob -1.000 "
+        in (warnings[0])
+    )
+    assert (
+        "-1.000 [-1.000, -1.000] against -0.600 raw, extrapolated (frequency, size, joint: ratio 1 outside"
+        in warnings[0]
+    )
+    assert "; no adjusted contrast (the control sets' ratios do not identify the effect" in warnings[1]
     lines = Sweeps().summary_lines(result)
     assert [line for line in lines if "warning:" in line] == [f"  warning: {w}" for w in warnings]

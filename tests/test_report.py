@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from scircuits import AdjustedContrast
 from scircuits.cli import main
 from scircuits.platform.causal.registry import analyses_of
 from scircuits.platform.causal.results import StatisticsInfo, StudyResults, write_study
@@ -76,6 +77,24 @@ def fake_run(root: Path, model: str, fvu: float, recovered: float) -> Path:
                 median_frequency_ratio=0.62 if k == 1 else 1.0,
                 median_size_ratio=1.0,
                 off_medians=["frequency 0.62"] if k == 1 else [],
+                log_frequency_ratio=[-0.48],
+                log_size_ratio=[0.0],
+            ),
+            adjusted_logprob=AdjustedContrast(
+                method="ols",
+                raw=d + 0.01,
+                adjusted=d + 0.2,
+                adjusted_control=-0.21,
+                ci=[d + 0.05, d + 0.35],
+                level=0.95,
+                coefficients=[-0.21, 0.4, 0.1],
+                rank=3,
+                n_sets=20,
+                replicates=1000,
+                log_frequency_range=[-0.69, -0.1],
+                log_size_range=[-0.2, 0.3],
+                extrapolated=["frequency"],
+                note="ratio 1 lies outside the control sets' ratios (frequency): the prediction extrapolates",
             ),
         )
 
@@ -194,6 +213,10 @@ def test_one_run_report_has_every_section_and_embeds_its_figures(tmp_path):
         "Top features",
         "promotes",
         "**Warning:** the matched controls of top 1 are off target: median control / top ratio frequency",
+        "adjusted for the ratios (control effect read at ratio 1) top − control Δlogprob +0.100 "
+        "[-0.050, +0.250] against -0.090 raw, extrapolated (frequency",
+        "Adjusted for the controls' ratios",
+        "| 1 | Δlogprob | -0.090 | -0.210 | 0.100 | [-0.050, 0.250] | 0.50–0.90 | 0.82–1.35 | frequency |",
     ):
         assert text in md, text
     assert "top 5 are off target" not in md
@@ -261,3 +284,17 @@ def test_an_older_results_file_reports_the_same(tmp_path):
     path.write_text(json.dumps(data))
     write_report([run])
     assert (run / "report.md").read_text() == current
+
+
+def test_an_older_results_file_without_the_adjusted_contrast_reports(tmp_path):
+    run = fake_run(tmp_path, "phi-2", fvu=0.3, recovered=0.8)
+    path = run / "causal" / "results.json"
+    data = json.loads(path.read_text())
+    for sweep in data["sweeps"]:
+        del sweep["adjusted_logprob"], sweep["adjusted_accuracy"]
+        del sweep["control_sets"]["log_frequency_ratio"], sweep["control_sets"]["log_size_ratio"]
+    path.write_text(json.dumps(data))
+    write_report([run])
+    md = (run / "report.md").read_text()
+    assert "**Warning:** the matched controls of top 1 are off target" in md
+    assert "Adjusted for the controls' ratios" not in md and "adjusted for the ratios" not in md

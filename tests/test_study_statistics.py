@@ -104,6 +104,12 @@ def test_results_hold_control_ids_paired_intervals_p_values_and_the_split(tiny, 
             # the top effect is the mean of the held-out per-example deltas
             assert test["top_effect"] == pytest.approx(sweep[f"{metric}_delta"])
         assert sweep["significant_logprob"] is False
+        # 4 sets are too few for the ratio-adjusted contrast: recorded as not adjusted, and why
+        adjusted = sweep["adjusted_logprob"]
+        assert adjusted["method"] == "none" and "too few" in adjusted["note"] and adjusted["adjusted"] is None
+        assert adjusted["raw"] == pytest.approx(sweep["test_logprob"]["difference"]["mean"])
+        assert sweep["adjusted_accuracy"] is None  # accuracy undefined here
+        assert len(sets["log_frequency_ratio"]) == len(sets["log_size_ratio"]) == 4
     lines = summary(out)
     assert any("cannot do this benchmark" in line for line in lines)
     assert any("Δacc undefined" in line for line in lines) and not any("Δacc +" in line for line in lines)
@@ -130,6 +136,18 @@ def test_the_default_number_of_controls_makes_significance_attainable(tiny, exam
     for sweep in results["sweeps"]:
         members = [f for ids in sweep["control_sets"]["features"] for f in ids]
         assert len(set(members)) == 20 * sweep["k"]
+        # the ratio-adjusted contrast refits from what results.json holds: the sets' effects and ratios
+        adjusted, test = sweep["adjusted_logprob"], sweep["test_logprob"]
+        sets = sweep["control_sets"]
+        design = np.column_stack([np.ones(20), sets["log_frequency_ratio"], sets["log_size_ratio"]])
+        if adjusted["method"] == "ols":
+            beta = np.linalg.pinv(design) @ np.array(test["control_effects"])
+            assert adjusted["adjusted_control"] == pytest.approx(beta[0], abs=1e-9)
+            assert adjusted["adjusted"] == pytest.approx(test["top_effect"] - beta[0], abs=1e-9)
+            assert adjusted["replicates"] >= 0.9 * 200 and adjusted["ci"][0] <= adjusted["ci"][1]
+        else:
+            assert adjusted["note"]
+        assert adjusted["raw"] == pytest.approx(test["difference"]["mean"])
 
 
 def summary(out) -> list[str]:

@@ -8,7 +8,10 @@ values (``top_k_significance``: Holm, or a fixed sequence from the largest k whe
 for Holm); "significant" needs the interval to exclude 0 and the corrected p < 0.05. Accuracy flags
 are None when the model cannot do the benchmark (baseline's capability). The old comparison of two
 marginal intervals is kept as ``marginal_disjoint_*``. A k whose median control / top ratio falls
-outside 0.9-1.1 is warned about in the report and the CLI summary (``control_warnings``)."""
+outside 0.9-1.1 is warned about in the report and the CLI summary (``control_warnings``). Beside the
+call, per k and metric, the covariate-adjusted contrast (``adjusted_contrast``): top − the control
+effect regressed on the sets' log frequency and size ratios and read at ratio 1, with a two-way
+bootstrap interval; it does not change the call."""
 
 from __future__ import annotations
 
@@ -17,7 +20,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from scircuits import Analysis, AnalysisResult, ControlSamplingError, Interval, KTest, top_k_significance
+from scircuits import (
+    AdjustedContrast,
+    Analysis,
+    AnalysisResult,
+    ControlSamplingError,
+    Interval,
+    KTest,
+    adjusted_contrast,
+    set_log_ratios,
+    top_k_significance,
+)
 
 if TYPE_CHECKING:
     from scircuits import ReportDocument, StudyContext, StudyResults
@@ -52,6 +65,10 @@ class ControlSets(BaseModel):
     median_frequency_ratio: float | None = None  # median over every match of control / top
     median_size_ratio: float | None = None
     off_medians: list[str] | None = None  # the medians outside 0.9-1.1 ("frequency 0.62"); [] when none
+    # per set: log(Σ over the set / Σ over the top set) of frequency and of ablation size (the
+    # covariates of the adjusted contrast)
+    log_frequency_ratio: list[float] | None = None
+    log_size_ratio: list[float] | None = None
 
 
 class Sweep(Effect):
@@ -67,6 +84,10 @@ class Sweep(Effect):
     marginal_disjoint_logprob: bool | None = None  # old comparison: the two marginal intervals disjoint
     marginal_disjoint_accuracy: bool | None = None
     control_note: str | None = None
+    # top − the control effect regressed on the sets' log ratios, read at ratio 1 (an estimate beside
+    # the raw contrast; the call does not use it). None in older results.json and without controls.
+    adjusted_logprob: AdjustedContrast | None = None
+    adjusted_accuracy: AdjustedContrast | None = None
 
 
 class SignificanceInfo(BaseModel):
@@ -149,6 +170,9 @@ class Sweeps(Analysis):
                 for r, features in enumerate(matched.ids)
             ]
             entry["control"] = context.control_effect(draws, spliced)
+            stats = context.control_statistics()
+            log_f = set_log_ratios(ranked[:k], matched.ids, stats["frequency"])
+            log_s = set_log_ratios(ranked[:k], matched.ids, stats["size"])
             entry["control_sets"] = ControlSets(
                 features=matched.ids,
                 bands=[[m.band for m in s.matches] for s in matched.sets],
@@ -160,6 +184,8 @@ class Sweeps(Analysis):
                 median_frequency_ratio=matched.median_ratio("frequency"),
                 median_size_ratio=matched.median_ratio("size"),
                 off_medians=matched.off_medians(),
+                log_frequency_ratio=log_f,
+                log_size_ratio=log_s,
             )
             for metric in ("logprob", "accuracy"):
                 entry[f"marginal_disjoint_{metric}"] = excludes(
@@ -191,6 +217,19 @@ class Sweeps(Analysis):
             for k in config.top_k
             if k <= len(ranked)
         ]
+        for metric, effects in per_example.items():
+            for k, (top_effect, control_effects) in effects.items():
+                if metric == "accuracy" and not accuracy_defined:
+                    continue
+                sets = entries[k]["control_sets"]
+                entries[k][f"adjusted_{metric}"] = adjusted_contrast(
+                    top_effect,
+                    control_effects,
+                    sets.log_frequency_ratio,
+                    sets.log_size_ratio,
+                    context.bootstrap,
+                    seed=[config.seed, 6007, k],
+                )
         info = None
         for metric, effects in per_example.items():
             if not effects:
@@ -287,6 +326,7 @@ class Sweeps(Analysis):
             )
             for warning in control_warnings(result):
                 section.paragraph(f"**Warning:** {warning}.")
+        self.report_adjusted(section, result)
         for metric, label in (("logprob", "Δlogprob"), ("accuracy", "Δaccuracy")):
             rows = []
             for s in result.sweeps:
@@ -355,6 +395,53 @@ class Sweeps(Analysis):
             "ablation_accuracy",
             self.figure(section, result, "accuracy", method),
             "Δaccuracy when ablating the top k features",
+        )
+
+    @staticmethod
+    def report_adjusted(section: ReportDocument, result: SweepsResult) -> None:
+        """The covariate-adjusted contrast per k and metric, beside the raw one."""
+        fmt, fmt_ci = section.fmt, section.fmt_ci
+        rows = [
+            [
+                s.k,
+                label,
+                fmt(a.raw),
+                fmt(a.adjusted_control),
+                fmt(a.adjusted),
+                fmt_ci(a.ci),
+                ratio_range(a.log_frequency_range),
+                ratio_range(a.log_size_range),
+                ", ".join(a.extrapolated) or "no",
+                a.note if a.note and (a.adjusted is None or a.ci is None) else "",
+            ]
+            for s in result.sweeps
+            for label, a in (("Δlogprob", s.adjusted_logprob), ("Δaccuracy", s.adjusted_accuracy))
+            if a is not None
+        ]
+        if not rows:
+            return
+        section.paragraph(
+            "Adjusted for the controls' ratios (an estimate beside the raw contrast; the call above does "
+            "not use it): the R control sets' effects regressed on their log frequency ratio and log size "
+            "ratio to the top set (Σ over the set / Σ over the top set), read at ratio 1; interval from a "
+            "bootstrap over examples (paired with the top set) and over control sets, refitting per "
+            "replicate. It assumes the control effect is linear in the two log ratios; where ratio 1 lies "
+            "outside the sets' ratios it extrapolates that line."
+        )
+        section.table(
+            [
+                "k",
+                "metric",
+                "top − control (raw)",
+                "control at ratio 1",
+                "top − control (adjusted)",
+                "95% CI",
+                "frequency ratios",
+                "size ratios",
+                "extrapolated",
+                "note",
+            ],
+            rows,
         )
 
     @staticmethod
@@ -498,9 +585,34 @@ def control_warnings(result: SweepsResult) -> list[str]:
         lines.append(
             f"the matched controls of top {s.k} are off target: median control / top ratio {', '.join(off)} "
             f"(aimed at 0.9-1.1; too few features like the top ones outside the exclusions), so the "
-            f"contrast {bias}"
+            f"contrast {bias}" + adjusted_text(s.adjusted_logprob)
         )
     return lines
+
+
+def adjusted_text(adjusted: AdjustedContrast | None) -> str:
+    """The adjusted log-prob contrast for a warning line; empty when there is none."""
+    if adjusted is None:
+        return ""
+    if adjusted.adjusted is None:
+        return f"; no adjusted contrast ({adjusted.note})"
+    interval = f" {ci(adjusted.ci)}" if adjusted.ci else " (no interval)"
+    beyond = (
+        f", extrapolated ({', '.join(adjusted.extrapolated)}: ratio 1 outside the sets' ratios)"
+        if adjusted.extrapolated
+        else ""
+    )
+    return (
+        f"; adjusted for the ratios (control effect read at ratio 1) top − control Δlogprob "
+        f"{adjusted.adjusted:+.3f}{interval} against {adjusted.raw:+.3f} raw{beyond}"
+    )
+
+
+def ratio_range(log_range: list[float] | None) -> str:
+    """A range of log ratios as ratios: "0.50–1.21"."""
+    if not log_range:
+        return "–"
+    return f"{np.exp(log_range[0]):.2f}–{np.exp(log_range[1]):.2f}"
 
 
 def significance_text(flag: bool | None, test: KTest | None) -> str:
