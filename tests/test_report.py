@@ -298,3 +298,23 @@ def test_an_older_results_file_without_the_adjusted_contrast_reports(tmp_path):
     md = (run / "report.md").read_text()
     assert "**Warning:** the matched controls of top 1 are off target" in md
     assert "Adjusted for the controls' ratios" not in md and "adjusted for the ratios" not in md
+
+
+def test_a_prompt_holding_html_is_escaped_in_the_page(tmp_path):
+    """A prompt's tokens, a promoted token and the benchmark's label holding `<script>` and `&`: shown as
+    text in report.html (the page runs no script), kept as written in report.md."""
+    hostile = "<script>alert(1)</script> & co"
+    run = fake_run(tmp_path, "phi-2", fvu=0.3, recovered=0.8)
+    path = run / "causal" / "results.json"
+    data = json.loads(path.read_text())
+    data["provenance"]["benchmark"]["label"] = hostile
+    feature = data["features"][0]
+    feature["top_tokens"][0]["context"][1][0] = hostile
+    feature["promoted"][0]["token"] = hostile
+    path.write_text(json.dumps(data))
+    write_report([run])
+    page = (run / "report.html").read_text()
+    assert "<script" not in page
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co"
+    assert page.count(escaped) == 3  # the provenance table, the context, the promoted tokens
+    assert hostile in (run / "report.md").read_text()

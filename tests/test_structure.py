@@ -245,7 +245,7 @@ def test_every_hook_is_documented():
 
 
 def test_every_packaged_data_file_is_declared_package_data():
-    """A file the package reads at run time (dashboard/static/...) ships in the wheel only when
+    """A file the package reads at run time (static/..., templates/...) ships in the wheel only when
     pyproject's package-data names it; an installed scircuits without it could not build a site."""
     import fnmatch
 
@@ -255,7 +255,8 @@ def test_every_packaged_data_file_is_declared_package_data():
         import tomli as tomllib
 
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    data = [p for p in PACKAGE.rglob("*") if p.is_file() and "static" in p.relative_to(PACKAGE).parts]
+    folders = {"static", "templates"}
+    data = [p for p in PACKAGE.rglob("*") if p.is_file() and folders & set(p.relative_to(PACKAGE).parts)]
     assert data, "no packaged data files found"
     missing = []
     for path in data:

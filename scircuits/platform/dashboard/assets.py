@@ -1,13 +1,11 @@
 """The site's stylesheet and scripts (plain CSS and JavaScript, no library, nothing fetched): packaged
 files in ``dashboard/static/``, copied into every site's ``assets/``."""
 
-from importlib.resources import files
-
-STATIC = files("scircuits.platform.dashboard") / "static"
+from scircuits.platform.common.pages import packaged_text
 
 
 def _read(name: str) -> str:
-    return (STATIC / name).read_text(encoding="utf-8")
+    return packaged_text("scircuits.platform.dashboard", "static", name)
 
 
 CSS = _read("dashboard.css")

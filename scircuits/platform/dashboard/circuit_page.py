@@ -2,27 +2,29 @@
 the vendored Cytoscape from packaged files (static/), its nodes linked to this dashboard's feature
 pages where the circuit's site uses the run's own SAE.
 
-The page's HTML, script and style are files in ``static/``; this module fills the template and writes
-the page's data (``data/circuit.js``, ``window.SC_CIRCUIT``) beside them.
+The page's script and style are files in ``static/`` and its HTML the template ``templates/circuit.html``;
+this module fills the template and writes the page's data (``data/circuit.js``, ``window.SC_CIRCUIT``)
+beside them.
 """
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from string import Template
 from typing import TYPE_CHECKING, Any
+
+from scircuits.platform.common.pages import packaged_text, render
 
 if TYPE_CHECKING:
     from scircuits.platform.circuit.results import CircuitNode, CircuitResults
 
+PACKAGE = "scircuits.platform.dashboard"
 PAGE = "circuit.html"
 DATA = "circuit.js"
 METRIC_ID = "metric"  # graph.json's id of the metric node
 STATIC = ("circuit.js", "circuit.css")
 VENDOR = ("cytoscape.min.js", "cytoscape.LICENSE")
+SCRIPTS = ["assets/vendor/cytoscape.min.js", "assets/common.js", f"data/{DATA}", "assets/circuit.js"]
 
 
 @dataclass
@@ -37,7 +39,7 @@ class CircuitPage:
 
 
 def static_text(*parts: str) -> str:
-    return resources.files("scircuits.platform.dashboard").joinpath("static", *parts).read_text("utf-8")
+    return packaged_text(PACKAGE, "static", *parts)
 
 
 def _why_unlinked(node: CircuitNode, linked_site: str | None, pages: set[int], run_site: str) -> str | None:
@@ -139,14 +141,17 @@ def write_circuit_page(tmp: Path, page: CircuitPage, report_href: str | None, js
     for name in VENDOR:
         (tmp / "assets" / "vendor" / name).write_text(static_text("vendor", name))
     (tmp / "data" / DATA).write_text(js_assign("window.SC_CIRCUIT", page.data))
-    report = f' <a href="{html.escape(report_href)}">Run report</a>' if report_href else ""
     (tmp / PAGE).write_text(
-        Template(static_text(PAGE)).substitute(
-            title=html.escape(page.title),
-            report_link=report,
-            summary=html.escape(page.summary),
-            links_note=html.escape(page.links_note),
-            source=html.escape(str(page.folder / "results.json")),
+        render(
+            PACKAGE,
+            PAGE,
+            title=page.title,
+            up="",
+            scripts=SCRIPTS,
+            report_href=report_href,
+            summary=page.summary,
+            links_note=page.links_note,
+            source=str(page.folder / "results.json"),
         )
     )
 

@@ -10,7 +10,6 @@ its contexts need.
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from scircuits.files import write_atomic
 from scircuits.platform.common.artifacts import publish_into
+from scircuits.platform.common.pages import render
 from scircuits.platform.common.provenance import base_provenance
 from scircuits.platform.dashboard.assets import COMMON_JS, CSS, FEATURE_JS, INDEX_JS
 from scircuits.platform.dashboard.circuit_page import PAGE as CIRCUIT_PAGE
@@ -30,6 +30,7 @@ from scircuits.platform.dashboard.scan import ScanSettings
 if TYPE_CHECKING:
     from scircuits.platform.dashboard.build import Extracted
 
+PACKAGE = "scircuits.platform.dashboard"  # its templates/ and static/ folders
 SHARD_SIZE = 64  # sequences per example shard
 MARKER = "scircuits-dashboard-link"
 
@@ -55,16 +56,10 @@ def js_assign(target: str, value: Any) -> str:
     return f"{target}={js_literal(value)};\n"
 
 
-def page(title: str, body: str, *, depth: int, scripts: list[str]) -> str:
-    up = "../" * depth
-    tags = "\n".join(f'<script src="{up}{s}"></script>' for s in scripts)
-    return (
-        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{html.escape(title)}</title>\n"
-        f'<link rel="stylesheet" href="{up}assets/dashboard.css">\n</head>\n'
-        f"<body>\n{body}\n{tags}\n</body>\n</html>\n"
-    )
+def page(template: str, title: str, *, depth: int, scripts: list[str], **values: Any) -> str:
+    """A page of the site from ``templates/<template>`` (``base.html``: the stylesheet, then the
+    scripts, all relative to a page ``depth`` folders below the site's root)."""
+    return render(PACKAGE, template, title=title, up="../" * depth, scripts=scripts, **values)
 
 
 def run_label(extracted: Extracted) -> str:
@@ -100,58 +95,19 @@ def meta(extracted: Extracted) -> dict[str, Any]:
     }
 
 
-def index_body(extracted: Extracted, report_href: str | None) -> str:
-    heads = "".join(
-        f'<th scope="col" data-key="{c["key"]}" data-numeric="{int(c["numeric"])}" aria-sort="none"'
-        f'{" class=num" if c["numeric"] and c["key"] != "id" else ""}><button type="button">'
-        f"{html.escape(c['label'])}</button></th>"
-        for c in COLUMNS
-    )
-    links = [f'<a href="{html.escape(report_href)}">Run report</a>'] if report_href else []
-    links += [f'<a href="{CIRCUIT_PAGE}">Circuit graph</a>'] if extracted.circuit is not None else []
-    report = f"<nav>{' '.join(links)}</nav>" if links else ""
-    shown = len(extracted.pages)
-    return f"""<header>
-{report}
-<h1>Feature dashboard</h1>
-<p>{html.escape(run_label(extracted))}. {shown} feature pages; {extracted.n_active} of
-{extracted.d_sae} latents fire on the {extracted.n_tokens} scanned store tokens.</p>
-</header>
-<main>
-<p class="muted">Rank, attribution and exact ablation come from <code>causal/results.json</code>, which
-records them for its {len(extracted.inputs.results.get("features", []))} top-ranked features; the other
-columns come from a scan of the activation store through the SAE. Click a column header to sort; click
-again to reverse.</p>
-<div class="controls" role="search">
-<label for="search">Search</label>
-<input id="search" type="search" placeholder="feature id or token" aria-describedby="count">
-<label><input type="checkbox" id="ablated-only"> only features ablated one at a time</label>
-<span id="count" aria-live="polite"></span>
-</div>
-<table id="features">
-<caption>Features of this run's SAE</caption>
-<thead><tr>{heads}</tr></thead>
-<tbody></tbody>
-</table>
-<div class="pager"><button type="button" id="prev">Previous</button><span id="page"></span>
-<button type="button" id="next">Next</button></div>
-<noscript><p class="error">The table is drawn by JavaScript; the feature pages are in the features/
-folder.</p></noscript>
-</main>"""
-
-
-def feature_body(feature: int, neighbours: tuple[int | None, int | None]) -> str:
-    prev, nxt = neighbours
-    links = ['<a href="../index.html">All features</a>']
-    if prev is not None:
-        links.append(f'<a href="{prev}.html" rel="prev">Previous feature ({prev})</a>')
-    if nxt is not None:
-        links.append(f'<a href="{nxt}.html" rel="next">Next feature ({nxt})</a>')
-    return f"""<header>
-<nav>{" ".join(links)}</nav>
-<h1>Feature {feature}</h1>
-</header>
-<main id="feature"><p class="muted">Loading…</p></main>"""
+def index_values(extracted: Extracted, report_href: str | None) -> dict[str, Any]:
+    links = [(report_href, "Run report")] if report_href else []
+    links += [(CIRCUIT_PAGE, "Circuit graph")] if extracted.circuit is not None else []
+    return {
+        "links": links,
+        "run": run_label(extracted),
+        "shown": len(extracted.pages),
+        "n_active": extracted.n_active,
+        "d_sae": extracted.d_sae,
+        "n_tokens": extracted.n_tokens,
+        "n_described": len(extracted.inputs.results.get("features", [])),
+        "columns": COLUMNS,
+    }
 
 
 def index_data(extracted: Extracted) -> dict[str, Any]:
@@ -211,8 +167,8 @@ def write_site(target: Path, extracted: Extracted) -> None:
         neighbours = (ids[i - 1] if i > 0 else None, ids[i + 1] if i + 1 < len(ids) else None)
         (tmp / "features" / f"{fid}.html").write_text(
             page(
+                "feature.html",
                 f"Feature {fid} · {run_label(extracted)}",
-                feature_body(fid, neighbours),
                 depth=1,
                 scripts=[
                     "assets/common.js",
@@ -221,15 +177,19 @@ def write_site(target: Path, extracted: Extracted) -> None:
                     f"data/features/{fid}.js",
                     "assets/feature.js",
                 ],
+                feature=fid,
+                prev=neighbours[0],
+                next=neighbours[1],
             )
         )
     report_href = relative_report(target, extracted.inputs.run_dir)
     (tmp / "index.html").write_text(
         page(
+            "index.html",
             f"Features · {run_label(extracted)}",
-            index_body(extracted, report_href),
             depth=0,
             scripts=["assets/common.js", "data/index.js", "assets/index.js"],
+            **index_values(extracted, report_href),
         )
     )
     (tmp / "manifest.json").write_text(
@@ -274,9 +234,6 @@ def link_from_report(run_dir: Path, target: Path) -> None:
         )
     page_html = run_dir / "report.html"
     if page_html.is_file() and MARKER not in (text := page_html.read_text()):
-        block = (
-            f'<section id="{MARKER}"><h2>Feature dashboard</h2><p><a href="{html.escape(href)}">'
-            "Open the feature dashboard</a>: one page per active feature, opens from disk.</p></section>\n"
-        )
+        block = render(PACKAGE, "report_link.html", marker=MARKER, href=href)
         at = text.rfind("</body>")
         write_atomic(page_html, text[:at] + block + text[at:] if at >= 0 else text + block)

@@ -77,10 +77,8 @@ def circuit_section(doc: ReportDocument, run_dir: Path) -> None:
         "(blue raises the metric, red lowers it); squares are SAE error terms.",
     )
     href = CIRCUIT_PAGE.as_posix()  # `scircuits run` and `scircuits dashboard RUN` draw it there
-    doc.raw(
-        f"[Open the interactive graph]({href}) (the run's dashboard; its nodes link to the feature pages).",
-        f'<p><a href="{href}">Open the interactive graph</a> (the run\'s dashboard; its nodes link to the '
-        "feature pages).</p>",
+    doc.paragraph(
+        f"[Open the interactive graph]({href}) (the run's dashboard; its nodes link to the feature pages)."
     )
     doc.table(
         ["circuit size", "faithfulness", "random", "completeness", "random"],

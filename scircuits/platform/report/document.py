@@ -1,5 +1,7 @@
-"""``ReportDocument``: the markdown and HTML versions of a report, built side by side, and the
-formatting and figure helpers analyses use to write their sections."""
+"""``ReportDocument``: a report written as markdown, block by block, and rendered to one self-contained
+HTML page (markdown-it-py for the blocks, the packaged ``templates/report.html`` for the page, the
+packaged ``static/report.css`` inlined, figures embedded as base64 PNG); and the formatting and figure
+helpers analyses use to write their sections."""
 
 from __future__ import annotations
 
@@ -13,15 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from scircuits.files import write_atomic
+from scircuits.platform.common.pages import Markup, markdown_html, packaged_text, render, render_string
 
 FIGURES_DIR = "figures"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
-
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:13px}\
-td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}
-th{background:#f3f3f3}.tok{font-family:monospace;white-space:pre;padding:0 1px}img{max-width:100%}"""
+PACKAGE = "scircuits.platform.report"  # its templates/ and static/ folders
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -50,12 +49,6 @@ def md_table(header: list[str], rows: list[list[Any]]) -> str:
         "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", "\\n") for c in row) + " |" for row in rows
     ]
     return "\n".join(lines)
-
-
-def html_table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def show_token(token: str) -> str:
@@ -87,9 +80,11 @@ def log_ticks(ax: Any, values: list[int]) -> None:
 
 
 class ReportDocument:
-    """Builds the markdown and the HTML versions side by side.
+    """Builds the report's markdown, block by block, and each block's HTML: the markdown rendered, a
+    figure embedded, or the HTML an analysis gives ``raw`` (it escapes what it takes from data).
 
-    Analyses write their sections with ``heading``, ``paragraph``, ``table``, ``figure`` and ``raw``,
+    Analyses write their sections with ``heading``, ``paragraph``, ``table``, ``figure`` and ``raw``
+    (its HTML from ``render_html``, a jinja2 template with every value escaped),
     format with ``fmt`` / ``fmt_ci`` / ``show_token`` / ``escape``, and draw with ``pyplot()``,
     ``png(fig)`` and ``log_ticks``. ``sae_metrics(results)`` and ``training_figure()`` describe the
     run being written (its SAE's training metadata and log).
@@ -105,7 +100,7 @@ class ReportDocument:
 
     def __init__(self, title: str, figures_dir: Path | None, figure_prefix: str = "") -> None:
         self.md: list[str] = [f"# {title}", ""]
-        self.html: list[str] = [f"<h1>{html.escape(title)}</h1>"]
+        self.html: list[Markup] = []
         self.figures_dir = figures_dir
         self.figure_prefix = figure_prefix
         self.written: list[Path] = []
@@ -130,18 +125,19 @@ class ReportDocument:
     def training_figure(self) -> bytes | None:
         return self._training_figure()
 
+    def _block(self, md: str, html_text: Markup | None = None) -> None:
+        self.md += [md, ""]
+        self.html.append(markdown_html(md) if html_text is None else html_text)
+
     def heading(self, text: str, level: int | None = None) -> None:
-        level = self.level if level is None else level
-        self.md += ["#" * level + " " + text, ""]
-        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        self._block("#" * (self.level if level is None else level) + " " + text)
 
     def paragraph(self, text: str) -> None:
-        self.md += [text, ""]
-        self.html.append(f"<p>{html.escape(text)}</p>")
+        """A paragraph of markdown (``**bold**``, links, code spans)."""
+        self._block(text)
 
     def table(self, header: list[str], rows: list[list[Any]]) -> None:
-        self.md += [md_table(header, rows), ""]
-        self.html.append(html_table(header, rows))
+        self._block(md_table(header, rows))
 
     def figure(self, name: str, image: bytes | None, caption: str) -> None:
         if image is None:
@@ -151,23 +147,27 @@ class ReportDocument:
             self.figures_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(self.figures_dir / file_name, image)
             self.written.append(self.figures_dir / file_name)
-        self.md += [f"![{caption}]({FIGURES_DIR}/{file_name})", ""]
         data = base64.b64encode(image).decode()
-        self.html.append(
-            f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        self._block(
+            f"![{caption}]({FIGURES_DIR}/{file_name})",
+            Markup(render(PACKAGE, "figure.html", caption=caption, data=data)),
         )
 
+    @staticmethod
+    def render_html(template: str, **values: Any) -> str:
+        """HTML for ``raw`` from the jinja2 template text ``template``: every value is escaped where the
+        template places it (a token, a prompt), unless the template marks it ``|safe``."""
+        return render_string(template, **values)
+
     def raw(self, md: str, html_text: str) -> None:
-        self.md += [md, ""]
-        self.html.append(html_text)
+        """A block written twice: ``md`` for report.md, ``html_text`` (trusted HTML, its data escaped
+        by the caller) for report.html."""
+        self._block(md, Markup(html_text))
 
     def write(self, out: Path, title: str) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / REPORT_MD, "\n".join(self.md))
-        page = (
-            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body>{''.join(self.html)}</body></html>"
-        )
+        css = Markup(packaged_text(PACKAGE, "static", "report.css"))
+        page = render(PACKAGE, "report.html", title=title, css=css, blocks=self.html)
         write_atomic(out / REPORT_HTML, page)
         return [out / REPORT_MD, out / REPORT_HTML, *self.written]

@@ -4,6 +4,7 @@ contexts; joined with the ranking and exact effects into the ``features`` table.
 
 from __future__ import annotations
 
+from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -12,6 +13,9 @@ from scircuits import Analysis, AnalysisResult
 
 if TYPE_CHECKING:
     from scircuits import ReportDocument, StudyContext, StudyResults
+
+
+FEATURE_TEMPLATE = files(__package__).joinpath("templates", "feature.html").read_text(encoding="utf-8")
 
 
 class TokenLogit(BaseModel):
@@ -141,25 +145,23 @@ def feature_md(section: ReportDocument, feature: Feature) -> str:
 
 
 def feature_html(section: ReportDocument, feature: Feature) -> str:
-    fmt, fmt_ci, show, esc = section.fmt, section.fmt_ci, section.show_token, section.escape
-    out = [
-        f"<h4>Feature {feature.id} (rank {feature.rank})</h4>",
-        f"<p>attribution {fmt(feature.attribution)}, exact Δlogprob {fmt(feature.exact_logprob_delta)} "
-        f"{fmt_ci(feature.exact_logprob_ci)}, firing frequency {fmt(feature.frequency)}</p><ul>",
-    ]
+    """Each context's tokens shaded by the feature's activation (relative to the context's top), the
+    top token underlined: ``templates/feature.html``."""
+    contexts = []
     for ctx in feature.top_tokens[:5]:
         top = max((a for _, a in ctx.context), default=0.0) or 1.0
-        spans = []
-        for i, (token, act) in enumerate(ctx.context):
-            alpha = max(0.0, min(1.0, act / top))
-            border = "border-bottom:2px solid #000;" if i == ctx.focus else ""
-            spans.append(
-                f'<span class="tok" style="background:rgba(255,80,0,{alpha:.2f});{border}" '
-                f'title="{act:.3g}">{esc(show(token))}</span>'
-            )
-        out.append(f"<li><code>{fmt(ctx.activation)}</code> {''.join(spans)}</li>")
-    out.append("</ul>")
-    promoted = " ".join(f"<code>{esc(show(p.token))}</code>" for p in feature.promoted[:8])
-    suppressed = " ".join(f"<code>{esc(show(p.token))}</code>" for p in feature.suppressed[:8])
-    out.append(f"<p>promotes: {promoted or '–'}<br>suppresses: {suppressed or '–'}</p>")
-    return "\n".join(out)
+        tokens = [
+            (token, act, max(0.0, min(1.0, act / top)), i == ctx.focus)
+            for i, (token, act) in enumerate(ctx.context)
+        ]
+        contexts.append({"activation": ctx.activation, "tokens": tokens})
+    return section.render_html(
+        FEATURE_TEMPLATE,
+        feature=feature,
+        contexts=contexts,
+        promoted=feature.promoted[:8],
+        suppressed=feature.suppressed[:8],
+        fmt=section.fmt,
+        fmt_ci=section.fmt_ci,
+        show=section.show_token,
+    )
