@@ -430,6 +430,15 @@ def discriminate(args: Any) -> None:
             print(f"  {lab}: probe {r['probe']:.3f} raw {r['raw']:.3f} random-decoder {floor}")
         for name, r in site["interchange"].items():
             print(f"  interchange {name}: {r}")
+            values = [lab for lab in site["labels"] if lab.split("=")[0] == name]
+            if "pairs" in r and values:
+                # the bar of issue 20: every value there, read by no raw dim / random dictionary, and
+                # the class-mean direction alone moves the answer where a random one and no patch do not
+                met = all(site["labels"][v]["discriminates"] for v in values) and r[
+                    "mean_difference_direction"
+                ] > max(r["random_direction"], r["unpatched"])
+                site.setdefault("meets_bar", {})[name] = met
+                print(f"  {name} meets the bar at block {layer}: {met}")
     Path(args.out).write_text(json.dumps(report, indent=2, default=float))
     print(f"written: {args.out}")
 
