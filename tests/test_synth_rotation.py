@@ -133,11 +133,23 @@ def test_discriminate_scores_a_rotated_model(tiny_model: Path, tmp_path: Path):
     out = tmp_path / "rotated"
     rotate_synth_model(tiny_model, out, seed=1, task=TASK)
     report = tmp_path / "disc.json"
-    args = {"model_dir": str(out), "problems": 60, "seed": 1, "both_splits": True, "expansion": 4, "k": 8}
+    args = {
+        "model_dir": str(out),
+        "problems": 60,
+        "seed": 1,
+        "both_splits": True,
+        "expansion": 4,
+        "k": 8,
+        "decoder_seeds": [0, 1],
+    }
     bench.discriminate(argparse.Namespace(**args, out=str(report)))
     sites = json.loads(report.read_text())["sites"]
     assert set(sites) == {"block 0", "block 1"}
     labels = sites["block 0"]["labels"]
     assert "carry_out=1" in labels and 0 <= labels["carry_out=1"]["raw"] <= 1
+    floor = labels["carry_out=1"]
+    assert len(floor["random_decoder_seeds"]) == 2
+    assert floor["random_decoder"] == max(floor["random_decoder_seeds"])
+    assert set(sites["block 0"]["probe_readable"]) <= set(labels)
     interchange = sites["block 0"]["interchange"]["carry_in"]
     assert interchange["pairs"] > 0 and 0 <= interchange["mean_difference_direction"] <= 1

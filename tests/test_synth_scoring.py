@@ -10,6 +10,7 @@ from scircuits import (
     auroc,
     best_f1,
     feature_recovery,
+    fit_logistic,
     probe_direction,
     probe_recovery,
     random_decoder_features,
@@ -106,6 +107,29 @@ def test_probe_direction_points_along_the_planted_direction_in_the_raw_space():
     bayes /= np.linalg.norm(bayes)
     found = probe_direction(acts, y)
     assert np.isclose(np.linalg.norm(found), 1.0) and found @ bayes > 0.95
+
+
+def test_fit_logistic_binary_and_multinomial_read_planted_classes_in_the_raw_space():
+    rng = np.random.default_rng(3)
+    n, d = 1500, 12
+    classes = rng.integers(0, 3, size=n)
+    means = rng.standard_normal((3, d)) * 2.0
+    acts = rng.standard_normal((n, d)) + means[classes]
+    train = np.arange(n) < 1000
+    multi = fit_logistic(acts, classes, train, n_classes=3)
+    assert multi.weights.shape == (d, 3) and np.shape(multi.bias) == (3,)
+    held = multi.scores(acts[~train]).argmax(1)
+    assert (held == classes[~train]).mean() > 0.9
+    # the fit standardises its inputs, so a per-coordinate rescaling and shift changes nothing
+    scale, shift = np.linspace(0.1, 10, d), rng.standard_normal(d) * 5
+    again = fit_logistic(acts * scale + shift, classes, train, n_classes=3)
+    assert np.allclose(again.scores(acts * scale + shift), multi.scores(acts), atol=1e-5)
+    binary = fit_logistic(acts, classes == 1, train)
+    assert binary.weights.shape == (d,) and isinstance(binary.bias, float)
+    assert auroc(binary.scores(acts[~train]), classes[~train] == 1) > 0.95
+    # a shuffled label is not read (the test can fail: a leak of the held-out rows would show here)
+    shuffled = fit_logistic(acts, rng.permutation(classes == 1), train)
+    assert auroc(shuffled.scores(acts[~train]), classes[~train] == 1) < 0.65
 
 
 def test_random_decoder_features_are_sparse_and_shaped():

@@ -206,7 +206,7 @@ def probe_recovery(
         test = np.array([gi in held for gi in g])
         if y[test].all() or (~y[test]).all() or y[~test].all() or (~y[~test]).all():
             continue
-        scores = _fit_logistic(x, y, ~test, l2)
+        scores = fit_logistic(x, y, ~test, l2=l2).scores(x)
         f1, _ = best_f1(scores[test], y[test])
         out.append(
             LabelRecovery(
@@ -216,32 +216,58 @@ def probe_recovery(
     return Recovery("probe", tuple(out))
 
 
-def _fit_logistic(x: np.ndarray, y: np.ndarray, train: np.ndarray, l2: float) -> np.ndarray:
-    """Scores of every row under a logistic regression (LBFGS, standardised inputs) fitted on ``train``."""
-    w, b = _logistic_weights(x, y, train, l2)
-    return x @ w + b
+@dataclass(frozen=True)
+class LogisticFit:
+    """A logistic regression in the raw space of its inputs: ``scores(x) = x @ weights + bias``.
+
+    ``weights`` is (d,) and ``bias`` a float for a binary fit (the logit of the positive class);
+    (d, C) and (C,) for a multinomial one (one logit per class).
+    """
+
+    weights: np.ndarray
+    bias: float | np.ndarray
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64) @ self.weights + self.bias
 
 
-def _logistic_weights(x: np.ndarray, y: np.ndarray, train: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
-    """(w, b) in the raw space of ``x`` of a logistic regression fitted on standardised ``x[train]``."""
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, train: np.ndarray, *, n_classes: int | None = None, l2: float = 1e-3
+) -> LogisticFit:
+    """A logistic regression fitted on the rows ``train`` of ``x`` (LBFGS, inputs standardised on those
+    rows, L2 penalty ``l2`` on the standardised weights), returned in the raw space of ``x``.
+
+    ``n_classes`` None: ``y`` is boolean and the fit binary (sigmoid); else ``y`` holds class indices
+    0 .. n_classes - 1 and the fit is multinomial (softmax). The one probe fit of scircuits: the
+    ground-truth ceiling (``probe_recovery``, ``probe_direction``) and the ``probes`` analysis use it.
+    """
     import torch
 
+    x = np.asarray(x, dtype=np.float64)
+    train = np.asarray(train, dtype=bool)
     mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
     xs = torch.tensor((x[train] - mu) / sd, dtype=torch.float64)
-    ys = torch.tensor(y[train], dtype=torch.float64)
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    shape = (x.shape[1],) if n_classes is None else (x.shape[1], n_classes)
+    w = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(shape[1:], dtype=torch.float64, requires_grad=True)
+    if n_classes is None:
+        ys = torch.tensor(np.asarray(y)[train], dtype=torch.float64)
+        loss_of = torch.nn.functional.binary_cross_entropy_with_logits
+    else:
+        ys = torch.tensor(np.asarray(y)[train], dtype=torch.long)
+        loss_of = torch.nn.functional.cross_entropy
     opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(xs @ w + b, ys) + l2 * (w * w).sum()
+        loss = loss_of(xs @ w + b, ys) + l2 * (w * w).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    w_raw = w.detach().numpy() / sd
-    return w_raw, float(b.detach()) - float(mu @ w_raw)
+    w_raw = w.detach().numpy() / (sd if n_classes is None else sd[:, None])
+    bias = b.detach().numpy() - mu @ w_raw
+    return LogisticFit(w_raw, float(bias) if n_classes is None else bias)
 
 
 def probe_direction(
@@ -251,7 +277,7 @@ def probe_direction(
     the rows ``train`` (all by default): what an interchange intervention on the probe patches."""
     acts = np.asarray(acts, dtype=np.float64)
     train = np.ones(len(acts), dtype=bool) if train is None else np.asarray(train, dtype=bool)
-    w, _ = _logistic_weights(acts, np.asarray(y, dtype=bool), train, l2)
+    w = fit_logistic(acts, np.asarray(y, dtype=bool), train, l2=l2).weights
     return w / np.linalg.norm(w)
 
 

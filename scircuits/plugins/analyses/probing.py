@@ -1,7 +1,8 @@
 """Linear probes scored honestly: held out by example, against a control task and a baseline.
 
 - The split keeps every token of an example on one side (``example_split``).
-- The probe is a multinomial logistic regression on standardised inputs (``fit_probe``), scored on
+- The probe is a multinomial logistic regression on standardised inputs (``fit_probe``, the public
+  ``scircuits.fit_logistic`` that the ground-truth scoring uses too), scored on
   the held-out tokens: accuracy over the variable's values, and per value the AUROC of its
   log-probability (one value against the rest).
 - The control task (Hewitt & Liang 2019, "Designing and interpreting probes with control tasks"):
@@ -11,7 +12,7 @@
 - ``identity_accuracy``: the held-out accuracy of the best rule that sees only the token id (each
   type's most common value in training), how much of the variable token identity alone gives.
 
-Pure numpy and torch; nothing here knows about studies or benchmarks.
+Pure numpy (the fit is scircuits' own); nothing here knows about studies or benchmarks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+
+import scircuits
 
 CONTROL_DRAWS = 100  # redraws allowed to get a control task with at least two values
 
@@ -69,39 +72,19 @@ def identity_accuracy(token_ids: np.ndarray, values: np.ndarray, test: np.ndarra
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     """Area under the ROC curve (ties count half); None without both classes."""
-    from scipy.stats import rankdata
-
     positive = np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
+    if positive.all() or not positive.any():
         return None
-    ranks = rankdata(scores)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(scircuits.auroc(np.asarray(scores, dtype=np.float64), positive))
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, train: np.ndarray, n_classes: int, l2: float) -> np.ndarray:
-    """Log-probabilities (n, n_classes) of every row under a multinomial logistic regression (LBFGS,
-    inputs standardised on the training rows) fitted to class indices ``y`` on ``train``."""
-    import torch
-
-    mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
-    xt = torch.tensor((x - mu) / sd, dtype=torch.float64)
-    rows = torch.as_tensor(np.flatnonzero(train))
-    xs, ys = xt[rows], torch.as_tensor(y[train], dtype=torch.long)
-    w = torch.zeros(x.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(xs @ w + b, ys) + l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    with torch.random.fork_rng(devices=[]):
-        opt.step(closure)
-    with torch.no_grad():
-        return torch.log_softmax(xt @ w + b, dim=1).numpy()
+    """Log-probabilities (n, n_classes) of every row under a multinomial logistic regression fitted to
+    class indices ``y`` on ``train`` (``scircuits.fit_logistic``: LBFGS, inputs standardised on the
+    training rows)."""
+    logits = scircuits.fit_logistic(x, y, train, n_classes=n_classes, l2=l2).scores(x)
+    logits -= logits.max(axis=1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
 
 
 @dataclass(frozen=True)
