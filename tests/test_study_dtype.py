@@ -142,3 +142,13 @@ def test_a_bfloat16_study_runs_checks_its_splice_at_the_dtype_tolerance_and_reco
         assert abs(b["logprob_delta"] - a["logprob_delta"]) <= half_width, (a["k"], a, b)
     rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
     assert rows and "splice" in rows[0]["scores"]
+
+
+def test_an_unknown_study_dtype_is_refused_in_one_line(capsys, tmp_path):
+    from scircuits.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ablate", "--sae", str(tmp_path), "--study-dtype", "float16", "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--study-dtype" in err[0] and "float16" in err[0], err

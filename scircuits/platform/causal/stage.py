@@ -12,6 +12,7 @@ from typing import Any
 
 from scircuits.platform.causal.results import recorded_config_hash, write_study
 from scircuits.platform.causal.runner import ReferenceExamples, run_study
+from scircuits.platform.common import device as devices
 from scircuits.platform.common.artifacts import (
     ArtifactError,
     FolderLock,
@@ -22,7 +23,7 @@ from scircuits.platform.common.artifacts import (
     remove_orphans,
     write_marker,
 )
-from scircuits.platform.common.device import bf16_hardware, check_device, check_study_dtype
+from scircuits.platform.common.device import check_device, check_study_dtype
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.provenance import base_provenance, file_sha256
 from scircuits.platform.common.remote import is_url, remote_out
@@ -292,7 +293,7 @@ def study_dtype_record(config: AblateConfig) -> dict[str, Any]:
         return {"dtype": "float32"}
     return {
         "dtype": config.study_dtype,
-        "hardware": bf16_hardware(config.device),
+        "hardware": devices.bf16_hardware(config.device),  # looked up now (tests stand in for it)
         "autocast": "the matrix products of the blocks above the site (attention included) in every "
         "condition and in the splice check's fast path",
         "kept_in_model_dtype": "the residual stream the blocks add into, the norms, the unembedding, "
