@@ -2,6 +2,7 @@
 
     python bench/study_dtype.py RUN_DIR --out DIR [--reference RESULTS_JSON] [--dtypes float32,bfloat16]
         [--top-k 1,5 --random-controls 2 --exact-top 3 --faithfulness-n 1,5 ...] [--emulate]
+    python bench/study_dtype.py RUN_DIR --compare FLOAT32_RESULTS BFLOAT16_RESULTS
 
 RUN_DIR is a finished `scircuits run`: its causal study's settings (results.json's config) are used,
 with its SAE and store, and any setting given here on top (a cut-down study). The model is loaded
@@ -85,6 +86,8 @@ SKIP = {
     "provenance",
     "wall_seconds",
     "top_tokens",
+    "promoted",
+    "suppressed",
     "logit_effects",
     "control_sets",
     "draws",
@@ -191,9 +194,20 @@ def main() -> None:
     parser.add_argument(
         "--study-tolerance", type=float, default=None, help="the bfloat16 fast path tolerance"
     )
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("FLOAT32_RESULTS", "BFLOAT16_RESULTS"),
+        help="only print the agreement table of two results.json files (no study is run)",
+    )
     for name in sorted(CUT_DOWN):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
     args = parser.parse_args()
+    if args.compare:
+        a, b = (json.loads(p.read_text()) for p in args.compare)
+        print(f"agrees by the criterion: {agreement(a, b, str(args.compare[0]))}")
+        return
 
     from scircuits.platform.causal.stage import run_ablate
     from scircuits.platform.common import device
