@@ -189,7 +189,9 @@ class CausalStudyContext(StudyContext):
         c = self.config
         described = f"The SAE in {c.sae} may not match layer {self.layer} {c.site} of {c.model}"
         tolerance = c.resolved_splice_tolerance()
-        return self.study.check_splice(self.loaded, c.splice_check_examples, tolerance, described)
+        return self.study.check_splice(
+            self.loaded, c.splice_check_examples, tolerance, described, c.resolved_fast_path_tolerance()
+        )
 
     def fresh_reconstruction_metrics(self) -> dict[str, Any] | None:
         """The SAE's relative error and FVU measured now on tokens of the benchmark apart from the

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from scircuits.platform.causal.context import CausalStudyContext
 from scircuits.platform.causal.evaluation import prepare_eval
@@ -134,7 +135,7 @@ def prepare_study(
     split = (
         RemoteSplitModel(loaded, layer, config.site)
         if runs_remotely(loaded)
-        else SplitModel(loaded, layer, config.site)
+        else SplitModel(loaded, layer, config.site, study_dtype=getattr(torch, config.study_dtype))
     )
     selection, evaluation = selection_split(len(examples), config.selection_fraction, config.seed)
     if selection is not None and evaluation is not None:

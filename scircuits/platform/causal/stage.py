@@ -12,6 +12,7 @@ from typing import Any
 
 from scircuits.platform.causal.results import recorded_config_hash, write_study
 from scircuits.platform.causal.runner import ReferenceExamples, run_study
+from scircuits.platform.common import device as devices
 from scircuits.platform.common.artifacts import (
     ArtifactError,
     FolderLock,
@@ -22,7 +23,7 @@ from scircuits.platform.common.artifacts import (
     remove_orphans,
     write_marker,
 )
-from scircuits.platform.common.device import check_device
+from scircuits.platform.common.device import check_device, check_study_dtype
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.provenance import base_provenance, file_sha256
 from scircuits.platform.common.remote import is_url, remote_out
@@ -282,6 +283,22 @@ def provenance(config: AblateConfig, inputs: AblateInputs, n_examples: int, n_to
         },
         "layer": inputs.layer,
         "site": config.site,
+        "study_dtype": study_dtype_record(config),
+    }
+
+
+def study_dtype_record(config: AblateConfig) -> dict[str, Any]:
+    """The dtype the conditions ran in, what computed it natively, and what stayed in the model's."""
+    if config.study_dtype == "float32":
+        return {"dtype": "float32"}
+    return {
+        "dtype": config.study_dtype,
+        "hardware": devices.bf16_hardware(config.device),  # looked up now (tests stand in for it)
+        "autocast": "the matrix products of the blocks above the site (attention included) in every "
+        "condition and in the splice check's fast path",
+        "kept_in_model_dtype": "the residual stream the blocks add into, the norms, the unembedding, "
+        "log-softmax and scores; the lower blocks, the SAE encode/decode and the attribution",
+        "fast_path_tolerance": config.resolved_fast_path_tolerance(),
     }
 
 
@@ -299,6 +316,7 @@ def run_ablate(
         return Path(local)
     out = Path(config.out)
     check_device(config.device, allow_auto=True)
+    check_study_dtype(config.study_dtype, config.device, config.remote)
     if config.remote and loaded is None and inputs is None:
         check_ndif(plugins.models.get(config.model), config.model_path)  # before any work
     try:

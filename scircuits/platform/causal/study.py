@@ -408,8 +408,14 @@ class Study:
     # -- measurements analyses read ----------------------------------------------------------
 
     def check_splice(
-        self, loaded: LoadedModel, check_examples: int | None, tolerance: float, described: str
+        self,
+        loaded: LoadedModel,
+        check_examples: int | None,
+        tolerance: float,
+        described: str,
+        fast_tolerance: float | None = None,
     ) -> dict[str, Any]:
+        """``fast_tolerance``: the fast path's (in the study dtype) against nnsight; default ``tolerance``."""
         if self.remote:
             return check_remote_splice(self, check_examples, tolerance, described, loaded.dtype)
         return check_splice(
@@ -421,6 +427,7 @@ class Study:
             tolerance,
             described,
             self.first_position,
+            fast_tolerance=fast_tolerance,
         )
 
     def reconstruction_metrics(self) -> dict[str, float]:
@@ -552,12 +559,17 @@ def check_splice(
     described: str,
     first_position: int = 0,
     edited_features: int = 16,
+    fast_tolerance: float | None = None,
 ) -> dict[str, Any]:
     """On the first ``check_examples`` examples: the clean model vs the SAE spliced in through nnsight
     (error term kept: an identity, so this catches hooks and dtypes, not a wrong SAE), and the fast
     path vs nnsight, both unedited and with the batch's ``edited_features`` most active features
     zeroed at the edited positions (so that the fast path's edit is checked, not only its identity).
-    Stops when beyond the tolerance. Whether the SAE fits the site is the reconstruction gate's job."""
+    The fast path runs in the conditions' dtype (``split.study_dtype``), checked against
+    ``fast_tolerance`` (default ``tolerance``); nnsight in the model's. Stops when beyond a
+    tolerance. Whether the SAE fits the site is the reconstruction gate's job."""
+    fast_tolerance = tolerance if fast_tolerance is None else fast_tolerance
+    study_dtype = split.study_dtype
     worst_splice, worst_fast, worst_edited, checked = 0.0, 0.0, 0.0, 0
     for eb in data.batches:
         if check_examples is not None and checked >= check_examples:
@@ -590,9 +602,9 @@ def check_splice(
         with torch.no_grad():
             dtype = eb.cache.site_output.dtype
             value = (sae.decode(eb.features) + eb.error).to(dtype)
-            fast = split.upper(batch, eb.cache, value, all_positions=True)
+            fast = split.upper(batch, eb.cache, value, all_positions=True, dtype=study_dtype)
             edited = (sae.decode(zeroed(eb.features)) + eb.error).to(dtype)
-            fast_edit = split.upper(batch, eb.cache, edited, all_positions=True)
+            fast_edit = split.upper(batch, eb.cache, edited, all_positions=True, dtype=study_dtype)
         worst_splice = worst_of(worst_splice, float((traced - clean)[mask].abs().max()))
         worst_fast = worst_of(worst_fast, float((fast - traced)[mask].abs().max()))
         worst_edited = worst_of(worst_edited, float((fast_edit - traced_edit)[mask].abs().max()))
@@ -606,9 +618,11 @@ def check_splice(
         f"the spliced model does not reproduce the clean model: max |logit difference| "
         f"{worst_splice:.3g} (nnsight splice vs clean), {worst_fast:.3g} (fast path vs nnsight) and "
         f"{worst_edited:.3g} (the same with {edited_features} features zeroed) on {checked} examples, "
-        f"tolerance {tolerance:g}. {described}, or the model runs in low precision; raise "
-        f"--splice-tolerance only if you accept that difference",
+        f"tolerance {tolerance:g} (fast path {fast_tolerance:g}). {described}, or the model runs in low "
+        f"precision; raise --splice-tolerance only if you accept that difference",
         loaded.dtype,
+        fast_tolerance=fast_tolerance,
+        study_dtype=None if study_dtype is None else str(study_dtype).removeprefix("torch."),
     )
 
 
@@ -684,12 +698,18 @@ def splice_verdict(
     method: str,
     failure: str,
     dtype: str,
+    fast_tolerance: float | None = None,
+    study_dtype: str | None = None,
 ) -> dict[str, Any]:
-    """The splice check's record, or a SpliceError with ``failure`` when a difference is beyond the
-    tolerance (``not (x <= tol)``, so that NaN, a non-finite SAE or model output, fails)."""
-    if not all(w <= tolerance for w in worst):
+    """The splice check's record, or a SpliceError with ``failure`` when a difference is beyond its
+    tolerance (``not (x <= tol)``, so that NaN, a non-finite SAE or model output, fails): the splice
+    against ``tolerance``, the fast path's two against ``fast_tolerance`` (default ``tolerance``)."""
+    fast = tolerance if fast_tolerance is None else fast_tolerance
+    if not (worst[0] <= tolerance and worst[1] <= fast and worst[2] <= fast):
         raise SpliceError(failure)
+    extra = {} if study_dtype is None else {"study_dtype": study_dtype, "fast_path_tolerance": fast}
     return {
+        **extra,
         "max_abs_logit_diff": worst[0],
         "fast_path_max_abs_diff": worst[1],
         "edited_fast_path_max_abs_diff": worst[2],

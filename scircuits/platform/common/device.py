@@ -40,3 +40,43 @@ def check_device(device: str, allow_auto: bool = False) -> None:
                 )
         if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
             raise ConfigError(f"--device {one}: MPS is not available on this machine; use --device cpu")
+
+
+def bf16_hardware(device: str) -> str | None:
+    """What runs bfloat16 matrix products natively on ``device`` (AMX, avx512_bf16, a CUDA GPU with
+    bf16), or None where torch would emulate them (several times slower than float32 on an AVX2 CPU)."""
+    import torch
+
+    kind = str(device).strip().split(":")[0]
+    if kind in ("cuda", "auto"):
+        return "cuda bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
+    if kind != "cpu":
+        return None
+    cpu = torch.cpu
+    if getattr(cpu, "_is_amx_tile_supported", lambda: False)():
+        return "amx"
+    if getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return "avx512_bf16"
+    return None
+
+
+def check_study_dtype(study_dtype: str, device: str, remote: bool = False) -> None:
+    """``--study-dtype bfloat16`` only where the hardware runs bfloat16 natively, and on a local model."""
+    if study_dtype == "float32":
+        return
+    if remote:
+        raise ConfigError(
+            f"--study-dtype {study_dtype} applies to a model run here, not on NDIF (--remote): drop one"
+        )
+    if bf16_hardware(device) is None:
+        import torch
+
+        what = (
+            f"no AMX or avx512_bf16; torch reports {torch.backends.cpu.get_cpu_capability()}"
+            if str(device).strip().startswith("cpu")
+            else "no GPU with bfloat16"
+        )
+        raise ConfigError(
+            f"--study-dtype {study_dtype}: device {device} has no native bfloat16 matrix products ({what}), "
+            "so they would run slower than float32; use --study-dtype float32"
+        )

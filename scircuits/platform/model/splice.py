@@ -186,8 +186,12 @@ def tensor_bytes(t: torch.Tensor | None) -> int:
 class SplitModel:
     """A loaded causal LM split at (layer, site): ``lower`` once per batch, ``upper`` per condition."""
 
-    def __init__(self, loaded: LoadedModel, layer: int, site: str | Site) -> None:
+    def __init__(
+        self, loaded: LoadedModel, layer: int, site: str | Site, study_dtype: torch.dtype | None = None
+    ) -> None:
         self.loaded = loaded
+        # the blocks above the site of every condition (``score_all``) under autocast to this dtype
+        self.study_dtype = None if study_dtype in (None, torch.float32) else study_dtype
         self.layer = layer
         self.site = Site(site).value
         self.model = loaded.model
@@ -270,13 +274,25 @@ class SplitModel:
         return logits
 
     def upper(
-        self, batch: SequenceBatch, cache: LowerCache, site_value: torch.Tensor, all_positions: bool = False
+        self,
+        batch: SequenceBatch,
+        cache: LowerCache,
+        site_value: torch.Tensor,
+        all_positions: bool = False,
+        dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         """Logits with the site's output set to ``site_value``: at the target predictions (M, V), or
-        at every position (B, T, V) when ``all_positions``. Differentiable in ``site_value``."""
+        at every position (B, T, V) when ``all_positions``. Differentiable in ``site_value``.
+        ``dtype`` (bfloat16): the blocks' matrix products under autocast to it; the residual stream
+        they add into, the final norm, the unembedding and the logits stay in the model's dtype."""
         site_value = site_value.to(cache.site_output.dtype)
-        with self._upper_mode(cache, site_value):
+        low = dtype is not None and dtype != site_value.dtype
+        with (
+            self._upper_mode(cache, site_value),
+            torch.autocast(site_value.device.type, dtype=dtype, enabled=low),
+        ):
             hidden = self.base(**self._inputs(batch)).last_hidden_state
+        hidden = hidden.to(site_value.dtype)
         if all_positions:
             return self.unembed_hidden(hidden)
         return self.unembed_hidden(hidden[batch.pred_rows, batch.pred_cols])
@@ -287,7 +303,7 @@ class SplitModel:
         for job in jobs:
             batch = job.batch
             value = job.cache.site_output if job.value is None else job.value
-            logits = self.upper(batch, job.cache, value, all_positions=job.ce)
+            logits = self.upper(batch, job.cache, value, all_positions=job.ce, dtype=self.study_dtype)
             nll_sum, nll_count = 0.0, 0
             if job.ce:
                 nll_sum, nll_count = next_token_nll(logits, batch)

@@ -39,7 +39,7 @@ from scircuits.platform.common.artifacts import (
     remove_orphans,
     write_marker,
 )
-from scircuits.platform.common.device import check_device
+from scircuits.platform.common.device import check_device, check_study_dtype
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.provenance import now_iso
 from scircuits.platform.common.remote import is_url, join_path, remote_out
@@ -308,6 +308,7 @@ def run_pipeline(config: RunConfig, plugins: Any) -> Path:
         return local
     the_plan = plan(config, plugins)
     check_device(config.device, allow_auto=True)
+    check_study_dtype(config.ablate.study_dtype, config.device, config.remote)
     adapter = plugins.models.get(config.model)
     validate_settings(the_plan, plugins, adapter, model_width(adapter, config))
     check_model_weights(config, plugins)

@@ -31,6 +31,10 @@ class SpliceCheck(BaseModel):
     edited_fast_path_max_abs_diff: float | None = None
     edited_features: int | None = None
     dtype: str | None = None  # the model's compute dtype the check ran in (its tolerance follows it)
+    # the conditions' upper blocks in a lower dtype (--study-dtype): the fast path ran in it, checked
+    # against its own tolerance (None: the model's dtype and ``tolerance``)
+    study_dtype: str | None = None
+    fast_path_tolerance: float | None = None
 
 
 class ReconstructionGate(BaseModel):
