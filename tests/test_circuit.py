@@ -219,6 +219,10 @@ def test_the_command_writes_typed_results_a_graph_and_a_report(tiny, tmp_path):
     assert results.exact_nodes is not None and results.exact_nodes.n == min(4, len(results.nodes))
     assert sum(e.exact is not None for e in results.edges) == min(4, len(results.edges))
     assert results.passes["batched_backwards"] <= results.passes["selection_batches"] * (len(SITES) - 1)
+    phases = results.phase_seconds
+    assert list(phases) == ["load", "attribution", "edges", "evaluation", "exact"]
+    assert all(t["wall"] >= 0 and t["cpu"] >= 0 for t in phases.values())
+    assert sum(t["wall"] for t in phases.values()) <= (results.wall_seconds or 0) + 0.1
     ids = {n.id for n in results.nodes} | {"metric"}
     assert all(e.source in ids and e.target in ids for e in results.edges)
     graph = json.loads((out / "graph.json").read_text())
