@@ -92,13 +92,17 @@ def edge_memory_bytes(saes: list[SiteSAE], batch_size: int, length: int, nodes: 
     return 4 * nodes * batch_size * length * per_vector
 
 
+def edge_batch_size(config: CircuitConfig) -> int:
+    return min(config.edge_batch_size, config.batch_size)
+
+
 def check_memory(config: CircuitConfig, saes: list[SiteSAE], loaded: LoadedModel, length: int) -> None:
-    need = edge_memory_bytes(saes, config.batch_size, length, config.nodes)
+    need = edge_memory_bytes(saes, edge_batch_size(config), length, config.nodes)
     if need > config.max_memory_gb * 2**30:
         raise ConfigError(
-            f"the edge pass of a {config.nodes}-node circuit over batches of {config.batch_size} sequences "
-            f"of up to {length} tokens needs about {need / 2**30:.1f} GiB, above --max-memory-gb "
-            f"{config.max_memory_gb:g}; lower --nodes or --batch-size (or raise --max-memory-gb)"
+            f"the edge pass of a {config.nodes}-node circuit over batches of {edge_batch_size(config)} "
+            f"sequences of up to {length} tokens needs about {need / 2**30:.1f} GiB, above --max-memory-gb "
+            f"{config.max_memory_gb:g}; lower --nodes or --edge-batch-size (or raise --max-memory-gb)"
         )
 
 
@@ -195,8 +199,8 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
     sequences, layouts = layout_examples(loaded.tokenizer, examples, config.max_length)
     check_memory(config, saes, loaded, max(len(s.input_ids) for s in sequences))
     model = SplicedModel(loaded, saes)
-    prepare = lambda idx: model.prepare(  # noqa: E731
-        [examples[int(k)] for k in idx], config.batch_size, config.max_length, config.edit_from_position
+    prepare = lambda idx, size=config.batch_size: model.prepare(  # noqa: E731
+        [examples[int(k)] for k in idx], size, config.max_length, config.edit_from_position
     )
     sel_batches, eval_batches = prepare(selection), prepare(evaluation)
     splice = model.check_exact(sel_batches[:2] + eval_batches[:2], config.splice_tolerance)
@@ -219,7 +223,12 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
         )
     circuit = [[j for (i, j) in kept if i == site] for site in range(len(saes))]
     clock.lap("attribution")
-    weights = edge_weights(model, sel_batches, base, circuit, counter)
+    # the edge pass holds one vector per downstream node over its batch: smaller batches bound its memory
+    edge_batches = sel_batches
+    if edge_batch_size(config) < config.batch_size:
+        edge_batches = prepare(selection, edge_batch_size(config))
+    weights = edge_weights(model, edge_batches, base, circuit, counter)
+    n_edge_batches, edge_batches = len(edge_batches), []
     clock.lap("edges")
     kept_edges = {k: w for k, w in weights.items() if abs(w) >= config.edge_threshold and w != 0}
     if config.edge_threshold > 0 and not kept_edges:
@@ -352,6 +361,7 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
             "batched_backwards": counter.batched_backwards,
             "by_stage": counter.by_stage,
             "selection_batches": len(sel_batches),
+            "edge_batches": n_edge_batches,
             "evaluation_batches": len(eval_batches),
         },
         phase_seconds=clock.seconds,
