@@ -144,6 +144,23 @@ def test_batched_edges_equal_one_backward_per_node_and_cost_one_per_downstream_s
     assert counter2.backwards == counter.backwards
 
 
+def test_edges_over_smaller_batches_are_the_same_edges(spliced, examples):
+    """--edge-batch-size bounds the edge pass's memory; the weights (means over the examples) do not
+    depend on it."""
+    model, batches, base = spliced
+    effects = A.node_effects(model, batches, base)
+    circuit = [
+        sorted({*map(int, np.argsort(-np.abs(e))[:3]), model.sites[i].d_sae}) for i, e in enumerate(effects)
+    ]
+    whole = A.edge_weights(model, batches, base, circuit)
+    counter = A.Counter()
+    halves = A.edge_weights(model, model.prepare(examples, 2, None, 1), base, circuit, counter)
+    assert whole.keys() == halves.keys()
+    for key, value in whole.items():
+        assert halves[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    assert counter.batched_backwards == 4 * (len(SITES) - 1)  # 4 batches of 2, one per downstream site
+
+
 def test_in_the_linear_regime_attribution_ranks_nodes_and_edges_as_exact_patching_does(tiny, examples):
     model = SplicedModel(tiny, site_saes(tiny.d_model, scale=0.05))  # small features: near linear
     batches = model.prepare(examples, 4, None, 1)
@@ -218,7 +235,13 @@ def test_the_command_writes_typed_results_a_graph_and_a_report(tiny, tmp_path):
     assert all(p.random_draws == 2 for p in results.curves)
     assert results.exact_nodes is not None and results.exact_nodes.n == min(4, len(results.nodes))
     assert sum(e.exact is not None for e in results.edges) == min(4, len(results.edges))
-    assert results.passes["batched_backwards"] <= results.passes["selection_batches"] * (len(SITES) - 1)
+    # one batched backward per downstream site and edge batch (--edge-batch-size sequences each)
+    assert results.passes["edge_batches"] == -(-results.n_selection // 4)
+    assert results.passes["batched_backwards"] <= results.passes["edge_batches"] * (len(SITES) - 1)
+    phases = results.phase_seconds
+    assert list(phases) == ["load", "attribution", "edges", "evaluation", "exact"]
+    assert all(t["wall"] >= 0 and t["cpu"] >= 0 for t in phases.values())
+    assert sum(t["wall"] for t in phases.values()) <= (results.wall_seconds or 0) + 0.1
     ids = {n.id for n in results.nodes} | {"metric"}
     assert all(e.source in ids and e.target in ids for e in results.edges)
     graph = json.loads((out / "graph.json").read_text())
@@ -313,7 +336,7 @@ def test_a_circuit_on_the_real_smollm2_is_exact_and_complete(smollm2, tmp_path):
     assert [s.name for s in results.sites] == ["resid3", "resid9", "resid15"]
     assert results.nodes and results.edges and results.exact_nodes is not None
     assert results.reference["full"]["mean"] > results.reference["empty"]["mean"]  # patching everything hurts
-    assert results.passes["batched_backwards"] <= results.passes["selection_batches"] * 2
+    assert results.passes["batched_backwards"] <= results.passes["edge_batches"] * 2
 
 
 def test_graph_json_loads_in_circuit_tracers_frontend_models(tiny, tmp_path):

@@ -38,6 +38,8 @@ class FakeStages:
             "collect": self.collect,
             "train": self.train,
             "ablate": self.ablate,
+            "circuit_collect": self.circuit,
+            "circuit_train": self.circuit,
             "circuit": self.circuit,
             "report": self.report,
         }
@@ -296,10 +298,13 @@ def test_a_moved_run_directory_and_weights_folder_skip_every_stage(tmp_path, sta
 
 
 def test_each_stage_is_a_unit_in_one_ordered_list(tmp_path):
-    assert [s.name for s in STAGES] == ["collect", "train", "ablate", "circuit", "report"]
+    assert [s.name for s in STAGES] == [
+        "collect", "train", "ablate", "circuit_collect", "circuit_train", "circuit", "report"
+    ]  # fmt: skip
     the_plan = plan(config(tmp_path), get_plugins())
-    # the circuit is an analysis asked for with --circuit-sae: without it the run has no such stage
-    assert list(the_plan.keys) == [s.name for s in STAGES if s.name != "circuit"]
+    # the circuit is an analysis asked for with --circuit-sae or --circuit-layers: without them the
+    # run has none of its stages
+    assert list(the_plan.keys) == ["collect", "train", "ablate", "report"]
     for stage in (s for s in STAGES if s.name in the_plan.keys):
         assert not stage.complete(the_plan.run_dir, the_plan.configs[stage.name])
         if stage.Config is not None:

@@ -110,6 +110,8 @@ class CircuitResults(Frozen):
     passes: dict[str, Any]
     provenance: dict[str, Any]
     wall_seconds: float | None = None
+    # per phase (load, attribution, edges, evaluation, exact): {"wall": s, "cpu": s} of this process
+    phase_seconds: dict[str, dict[str, float]] = {}
 
     def to_json(self) -> str:
         return jsonvalues.dumps(self.model_dump(mode="python"), indent=2)

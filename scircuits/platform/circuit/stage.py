@@ -62,6 +62,20 @@ POSITIONS = (
 )
 
 
+class PhaseClock:
+    """Wall and CPU seconds of consecutive phases (the CPU seconds are this process's: on a shared
+    machine the wall time is mostly waiting)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, dict[str, float]] = {}
+        self._wall, self._cpu = time.monotonic(), time.process_time()
+
+    def lap(self, phase: str) -> None:
+        wall, cpu = time.monotonic(), time.process_time()
+        self.seconds[phase] = {"wall": round(wall - self._wall, 2), "cpu": round(cpu - self._cpu, 2)}
+        self._wall, self._cpu = wall, cpu
+
+
 def node_id(saes: list[SiteSAE], node: Node) -> str:
     if node == OUTPUT:
         return OUTPUT_ID
@@ -78,13 +92,17 @@ def edge_memory_bytes(saes: list[SiteSAE], batch_size: int, length: int, nodes: 
     return 4 * nodes * batch_size * length * per_vector
 
 
+def edge_batch_size(config: CircuitConfig) -> int:
+    return min(config.edge_batch_size, config.batch_size)
+
+
 def check_memory(config: CircuitConfig, saes: list[SiteSAE], loaded: LoadedModel, length: int) -> None:
-    need = edge_memory_bytes(saes, config.batch_size, length, config.nodes)
+    need = edge_memory_bytes(saes, edge_batch_size(config), length, config.nodes)
     if need > config.max_memory_gb * 2**30:
         raise ConfigError(
-            f"the edge pass of a {config.nodes}-node circuit over batches of {config.batch_size} sequences "
-            f"of up to {length} tokens needs about {need / 2**30:.1f} GiB, above --max-memory-gb "
-            f"{config.max_memory_gb:g}; lower --nodes or --batch-size (or raise --max-memory-gb)"
+            f"the edge pass of a {config.nodes}-node circuit over batches of {edge_batch_size(config)} "
+            f"sequences of up to {length} tokens needs about {need / 2**30:.1f} GiB, above --max-memory-gb "
+            f"{config.max_memory_gb:g}; lower --nodes or --edge-batch-size (or raise --max-memory-gb)"
         )
 
 
@@ -154,6 +172,7 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
             "circuit needs --sae once per site (checkpoint folders of `scircuits train`, a folder holding "
             "one per site, or published SAEs hf:REPO/PATH, saelens:RELEASE/SAE_ID)"
         )
+    clock = PhaseClock()
     examples = load_examples(config, plugins)  # a bad line anywhere stops here, before any weights
     selection, evaluation = selection_split(len(examples), config.selection_fraction, config.seed)
     assert selection is not None and evaluation is not None  # fraction > 0 and >= 2 examples
@@ -180,11 +199,12 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
     sequences, layouts = layout_examples(loaded.tokenizer, examples, config.max_length)
     check_memory(config, saes, loaded, max(len(s.input_ids) for s in sequences))
     model = SplicedModel(loaded, saes)
-    prepare = lambda idx: model.prepare(  # noqa: E731
-        [examples[int(k)] for k in idx], config.batch_size, config.max_length, config.edit_from_position
+    prepare = lambda idx, size=config.batch_size: model.prepare(  # noqa: E731
+        [examples[int(k)] for k in idx], size, config.max_length, config.edit_from_position
     )
     sel_batches, eval_batches = prepare(selection), prepare(evaluation)
     splice = model.check_exact(sel_batches[:2] + eval_batches[:2], config.splice_tolerance)
+    clock.lap("load")
     counter = Counter()
     base = baseline_of(sel_batches, config.baseline)
     effects = node_effects(model, sel_batches, base, config.method, config.ig_steps, counter)
@@ -202,7 +222,14 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
             f"{largest:.3g}; give a lower threshold"
         )
     circuit = [[j for (i, j) in kept if i == site] for site in range(len(saes))]
-    weights = edge_weights(model, sel_batches, base, circuit, counter)
+    clock.lap("attribution")
+    # the edge pass holds one vector per downstream node over its batch: smaller batches bound its memory
+    edge_batches = sel_batches
+    if edge_batch_size(config) < config.batch_size:
+        edge_batches = prepare(selection, edge_batch_size(config))
+    weights = edge_weights(model, edge_batches, base, circuit, counter)
+    n_edge_batches, edge_batches = len(edge_batches), []
+    clock.lap("edges")
     kept_edges = {k: w for k, w in weights.items() if abs(w) >= config.edge_threshold and w != 0}
     if config.edge_threshold > 0 and not kept_edges:
         biggest = max((abs(w) for w in weights.values()), default=0.0)
@@ -238,6 +265,7 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
             reference=other_reference,  # type: ignore[arg-type]
             point=CurvePoint(**other_point),  # type: ignore[arg-type]
         )
+    clock.lap("evaluation")
     exact_nodes = kept[: config.exact_top]
     node_exact = exact_node_effects(model, sel_batches, base, exact_nodes, counter)
     top_edges = sorted(kept_edges, key=lambda k: -abs(kept_edges[k]))[: config.exact_top]
@@ -246,6 +274,7 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
         [effects[i][j] for i, j in exact_nodes], node_exact, config.seed, config.bootstrap
     )
     edge_agreement = agreement([kept_edges[e] for e in top_edges], edge_exact, config.seed, config.bootstrap)
+    clock.lap("exact")
     exact_of_node = dict(zip(exact_nodes, node_exact, strict=True))
     exact_of_edge = dict(zip(top_edges, edge_exact, strict=True))
     nodes = [
@@ -332,8 +361,10 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
             "batched_backwards": counter.batched_backwards,
             "by_stage": counter.by_stage,
             "selection_batches": len(sel_batches),
+            "edge_batches": n_edge_batches,
             "evaluation_batches": len(eval_batches),
         },
+        phase_seconds=clock.seconds,
         provenance={
             **base_provenance(),
             "model": {"name": config.model, "model_id": loaded.model_id, "revision": loaded.revision},

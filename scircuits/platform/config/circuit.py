@@ -11,7 +11,9 @@ from scircuits.platform.config.stages import D, StageConfig, plugin_default_help
 
 class CircuitConfig(StageConfig):
     stage: ClassVar[str] = "circuit"
-    volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "batch_size", "progress", "force"})
+    volatile: ClassVar[frozenset[str]] = frozenset(
+        {"out", "device", "batch_size", "edge_batch_size", "progress", "force"}
+    )
     located: ClassVar[frozenset[str]] = frozenset({"model_path"})
     plugin_fields: ClassVar[Mapping[str, str]] = {"model": "models", "benchmark": "benchmarks"}
 
@@ -64,6 +66,12 @@ class CircuitConfig(StageConfig):
     )
     max_length: int | None = D(None, "Truncate longer sequences, keeping the end of the prompt.", gt=1)
     batch_size: int = D(16, "Sequences per forward pass.", gt=0)
+    edge_batch_size: int = D(
+        4,
+        "Sequences per edge pass (at most --batch-size): its memory grows with --nodes x this, its passes "
+        "with the number of such batches.",
+        gt=0,
+    )
     device: str = D("cpu", "cpu, cuda, ...")
     model_path: str | None = D(None, "Load the weights from this local folder.")
     out: str = D("circuit", "Output folder.")

@@ -659,6 +659,13 @@ class RunConfig(StageConfig):
         "a feature circuit over them and the run's own SAE is found into RUN/circuit and reported "
         "(docs/circuits.md; none: no circuit).",
     )
+    circuit_layers: str | None = D(
+        None,
+        "Blocks of extra sites (at --site), e.g. 3,9,21: the run collects them in one forward (as "
+        "`collect --layers`), trains their SAEs in one joint pass with the run's SAE settings (as `train "
+        "--store COLLECTION`), then finds a feature circuit over them and its own SAE into RUN/circuit "
+        "(docs/circuits.md; none: no circuit).",
+    )
     collect: RunCollect = D(RunCollect, "Collection settings (the [run.collect] table).")  # type: ignore[valid-type]
     train: RunTrain = D(RunTrain, "SAE training settings (the [run.train] table).")  # type: ignore[valid-type]
     ablate: RunAblate = D(RunAblate, "Causal-study settings (the [run.ablate] table).")  # type: ignore[valid-type]
@@ -695,6 +702,16 @@ class RunConfig(StageConfig):
                 part = part.model_copy(update={field_name: plugins.registries[family].default()})
                 resolved = resolved.model_copy(update={section_name: part})
         return resolved
+
+    @model_validator(mode="after")
+    def circuit_layers_are_blocks(self) -> RunConfig:
+        if self.circuit_layers is not None:
+            _int_list(self.circuit_layers, "--circuit-layers")  # read here: a bad list is one line up front
+        return self
+
+    def circuit_layer_list(self) -> list[int]:
+        """``--circuit-layers`` as sorted distinct blocks (empty when not given)."""
+        return _int_list(self.circuit_layers, "--circuit-layers") if self.circuit_layers else []
 
     def shared(self) -> dict[str, Any]:
         """The settings every stage config takes from the run."""

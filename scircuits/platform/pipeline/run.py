@@ -157,7 +157,10 @@ def plan(config: RunConfig, plugins: Any) -> Plan:
     label = benchmark.label(config.benchmark_options)
     name = run_dir_name(config.model, config.benchmark, config.site, layer, label)
     run_dir = Path(config.out) / (f"{name}__{sae_slug(published)}" if published else name)
-    context = PlanContext(run_dir, layer, benchmark, plugins, published)
+    n_layers = None
+    if config.circuit_layers:  # its blocks are checked against the model before anything runs
+        n_layers = adapter.n_layers or config_layer_count(config.model_path or adapter.hf_id)
+    context = PlanContext(run_dir, layer, benchmark, plugins, published, n_layers)
     configs: dict[str, StageConfig | None] = {}
     keys: dict[str, str] = {}
     # a given SAE is the root of the chain: another SAE gives every stage another key

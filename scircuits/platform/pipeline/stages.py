@@ -32,9 +32,13 @@ from scircuits.platform.config import (
     StageConfig,
     TrainConfig,
 )
+from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.models import tl_hook_name
 from scircuits.platform.dashboard import build_dashboard
 from scircuits.platform.report.document import REPORT_HTML, REPORT_MD
 from scircuits.platform.train.checkpoint import is_complete
+from scircuits.platform.train.joint import one_collection, train_joint, write_index
+from scircuits.store.collection import is_collection, read_manifest, site_key
 from scircuits.store.reader import ActivationStore
 
 log = get_logger(__name__)
@@ -51,6 +55,7 @@ class PlanContext:
     benchmark: Any  # the Benchmark plugin
     plugins: Any  # the PluginSet
     published_sae: str | None = None  # an SAE to study as it is: no collection, no training
+    n_layers: int | None = None  # the model's blocks, where --circuit-layers needs them checked
 
 
 class Stage:
@@ -130,20 +135,28 @@ class CollectStage(Stage):
         assert isinstance(config, CollectConfig)
         return f"{config.config_hash()}:{data_sha256(config.benchmark_options)}"
 
-    def _recorded(self, run_dir: Path) -> tuple[bool, str | None]:
-        try:
-            store = ActivationStore(self.artifact(run_dir))
-            attrs = store.attrs
-            return store.complete, f"{attrs.get('config_hash')}:{attrs.get('data_sha256')}"
-        except Exception:  # absent, half-written or not a store
-            return False, None
+    def stores(self, run_dir: Path, config: StageConfig | None) -> list[Path]:
+        """The stores the stage writes: the artifact itself (one site)."""
+        return [self.artifact(run_dir)]
+
+    def _recorded(self, run_dir: Path, config: StageConfig | None) -> tuple[bool, str | None]:
+        done, identities = True, set()
+        for path in self.stores(run_dir, config):
+            try:
+                store = ActivationStore(path)
+                attrs = store.attrs
+                done = done and store.complete
+                identities.add(f"{attrs.get('config_hash')}:{attrs.get('data_sha256')}")
+            except Exception:  # absent, half-written or not a store
+                return False, None
+        return done, identities.pop() if len(identities) == 1 else None
 
     def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
-        done, recorded = self._recorded(run_dir)
+        done, recorded = self._recorded(run_dir, config)
         return done and recorded == self.identity(config)
 
     def started(self, run_dir: Path, config: StageConfig | None) -> bool:
-        return self._recorded(run_dir)[1] == self.identity(config)
+        return self._recorded(run_dir, config)[1] == self.identity(config)
 
     def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
         collect_module.collect(config, plugins)
@@ -222,24 +235,147 @@ class AblateStage(Stage):
         ablate_module.run_ablate(config, plugins)
 
 
+def circuit_layers(run: RunConfig, context: PlanContext) -> list[int]:
+    """The blocks of ``--circuit-layers`` other than the run's own, each checked against the model
+    (one line listing the blocks it has)."""
+    adapter = context.plugins.models.get(run.model)
+    layers = run.circuit_layer_list()
+    for layer in layers:
+        try:
+            adapter.resolve_site(layer, run.site, context.n_layers)
+        except ConfigError as exc:
+            raise ConfigError(f"--circuit-layers {run.circuit_layers}: {exc}") from None
+    extra = [layer for layer in layers if layer != context.layer]
+    if not extra:
+        raise ConfigError(
+            f"--circuit-layers {run.circuit_layers}: only the run's own block ({run.site}{context.layer}), "
+            "whose SAE is in the circuit already; give other blocks too, e.g. 3,9"
+        )
+    return extra
+
+
+class CircuitCollectStage(CollectStage):
+    """The sites of ``--circuit-layers`` (at the run's --site, the run's own block left out) collected
+    in one forward over the run's collection examples: a collection (one store for one site) in
+    RUN/circuit_activations; only when asked."""
+
+    name = "circuit_collect"
+    artifact_name = "circuit_activations"
+    makes_the_sae = False  # a run of a given SAE collects the circuit's other sites too
+
+    def wanted(self, run: RunConfig) -> bool:
+        return bool(run.circuit_layers)
+
+    def configure(self, run: RunConfig, context: PlanContext) -> CollectConfig:
+        layers = circuit_layers(run, context)
+        several = ",".join(map(str, layers)) if len(layers) > 1 else None
+        return (
+            super()
+            .configure(run, context)
+            .model_copy(
+                update={"layer": layers[0], "layers": several, "out": str(self.artifact(context.run_dir))}
+            )
+        )
+
+    def stores(self, run_dir: Path, config: StageConfig | None) -> list[Path]:
+        assert isinstance(config, CollectConfig)
+        pairs = config.site_list()
+        if len(pairs) == 1:
+            return [self.artifact(run_dir)]
+        return [self.artifact(run_dir) / site_key(layer or 0, site) for layer, site in pairs]
+
+
+class CircuitTrainStage(TrainStage):
+    """One SAE per site of RUN/circuit_activations, with the run's SAE settings, trained in one joint
+    pass over the collection (as `scircuits train --store COLLECTION`) into RUN/circuit_saes/<hook
+    name>/ with an index.json; only when asked."""
+
+    name = "circuit_train"
+    artifact_name = "circuit_saes"
+    makes_the_sae = False
+
+    def wanted(self, run: RunConfig) -> bool:
+        return bool(run.circuit_layers)
+
+    def configure(self, run: RunConfig, context: PlanContext) -> TrainConfig:
+        circuit_layers(run, context)
+        return (
+            super()
+            .configure(run, context)
+            .model_copy(update={"store": str(context.run_dir / CircuitCollectStage.artifact_name)})
+        )
+
+    @staticmethod
+    def folders(run_dir: Path, run: RunConfig, context: PlanContext) -> list[Path]:
+        """The checkpoint folders of the circuit's extra sites, in the model's order."""
+        root = run_dir / CircuitTrainStage.artifact_name
+        return [root / tl_hook_name(layer, run.site) for layer in circuit_layers(run, context)]
+
+    def jobs(self, config: TrainConfig) -> list[TrainConfig]:
+        """One config per store the collection stage wrote (none before it has), each into the folder
+        of its hook name; they share the config's hash (a store and a folder are where, not what)."""
+        collection, root = Path(config.store), Path(config.out)
+        if not collection.is_dir():
+            return []
+        stores = (
+            [collection / key for key in read_manifest(collection).sites]
+            if (is_collection(collection))
+            else [collection]
+        )
+        jobs = []
+        for store in stores:
+            attrs = ActivationStore(store).attrs
+            folder = root / tl_hook_name(int(attrs["layer"]), str(attrs["site"]))
+            jobs.append(config.model_copy(update={"store": str(store), "out": str(folder)}))
+        return jobs
+
+    def _jobs_or_none(self, config: StageConfig | None) -> list[TrainConfig]:
+        assert isinstance(config, TrainConfig)
+        try:
+            return self.jobs(config)
+        except Exception:  # the collection is absent or damaged: nothing of this stage is there
+            return []
+
+    def complete(self, run_dir: Path, config: StageConfig | None) -> bool:
+        jobs = self._jobs_or_none(config)
+        return bool(jobs) and all(is_complete(Path(job.out), job.config_hash()) for job in jobs)
+
+    def started(self, run_dir: Path, config: StageConfig | None) -> bool:
+        markers = [read_marker(Path(job.out)) for job in self._jobs_or_none(config)]
+        return any(m is not None and m.identity == config.config_hash() for m in markers)  # type: ignore[union-attr]
+
+    def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
+        assert isinstance(config, TrainConfig)
+        jobs = [job.model_copy(update={"resume": resume}) for job in self.jobs(config)]
+        if len(jobs) == 1:
+            training_module.train(jobs[0], plugins)
+            return
+        sites = one_collection([job.store for job in jobs])
+        assert sites is not None  # the sites of the collection the stage before wrote
+        write_index(Path(config.out), sites, jobs, plugins)
+        train_joint(jobs, plugins, show_progress=config.progress)
+
+
 class CircuitStage(Stage):
-    """A feature circuit over ``--circuit-sae`` and the run's own SAE (RUN/circuit), only when asked."""
+    """A feature circuit over ``--circuit-sae``, the SAEs of ``--circuit-layers`` and the run's own SAE
+    (RUN/circuit), only when asked."""
 
     name = "circuit"
     Config = CircuitConfig
     artifact_name = "circuit"
 
     def wanted(self, run: RunConfig) -> bool:
-        return bool(run.circuit_sae)
+        return bool(run.circuit_sae) or bool(run.circuit_layers)
 
     def configure(self, run: RunConfig, context: PlanContext) -> CircuitConfig:
         own = context.published_sae or str(context.run_dir / TrainStage.artifact_name)
+        trained = CircuitTrainStage.folders(context.run_dir, run, context) if run.circuit_layers else []
         return CircuitConfig(
             model=run.model,
             benchmark=run.benchmark,
             benchmark_options=sized_options(context.benchmark, run.benchmark_options, run.ablate.limit),
             model_path=run.model_path,
-            sae=[*run.circuit_sae, own],  # read in the model's order whatever the order given
+            sae=[*run.circuit_sae, *map(str, trained), own],  # read in the model order, whatever is given
             limit=run.ablate.limit,
             split=run.split,
             seed=run.seed,
@@ -291,7 +427,15 @@ def _say(message: str) -> None:
     log.info(f"[run] {message}")
 
 
-STAGES: tuple[Stage, ...] = (CollectStage(), TrainStage(), AblateStage(), CircuitStage(), ReportStage())
+STAGES: tuple[Stage, ...] = (
+    CollectStage(),
+    TrainStage(),
+    AblateStage(),
+    CircuitCollectStage(),
+    CircuitTrainStage(),
+    CircuitStage(),
+    ReportStage(),
+)
 
 
 def ablate_results(run_dir: Path) -> Path:
