@@ -224,41 +224,48 @@ def sources(args: argparse.Namespace) -> None:
 
 
 def stores(args: argparse.Namespace) -> None:
-    """FVU of each SAE over an evaluation store, with and without the massive dimensions."""
+    """Each SAE on a store's tokens, as the study scores them: positions >= 1, the outliers rule of
+    training applied to these rows (|x| > 10 x their median left out); FVU also without the massive
+    dimensions (mean square > 100 x the median dimension's, the study's rule) and the dead fraction
+    on these tokens."""
     import numpy as np
     import torch
 
     from scircuits.platform.manager.plugin_set import get_plugins
     from scircuits.platform.train.checkpoint import load_sae
+    from scircuits.platform.train.exclusion import exclusion_from_norms, row_norms
     from scircuits.platform.train.metrics import ReconstructionStats
     from scircuits.store import ActivationStore
 
-    def fvu_masked(x: np.ndarray, x_hat: np.ndarray, keep: np.ndarray) -> float:
-        x, x_hat = x[:, keep].astype(np.float64), x_hat[:, keep].astype(np.float64)
-        return float(((x - x_hat) ** 2).sum() / ((x - x.mean(axis=0)) ** 2).sum())
-
     store = ActivationStore(args.eval)
-    x = store.read_rows(0, store.n_tokens)
-    rows = store.positions >= 1
-    x = x[rows]
-    variance = x.astype(np.float64).var(axis=0)
-    keep = variance <= args.massive * np.median(variance)
+    norms, positions = row_norms(store)
+    _, excluded = exclusion_from_norms(norms, positions, "outliers")
+    keep_rows = positions >= 1
+    keep_rows[excluded] = False
+    x = store.read_rows(0, store.n_tokens)[keep_rows].astype(np.float64)
+    square = (x**2).mean(axis=0)
+    kept = square <= 100.0 * np.median(square)
+    centred = x - x.mean(axis=0)
     results = {}
     for path in args.saes:
         sae, info = load_sae(path, get_plugins())
         stats = ReconstructionStats(d_sae=info["cfg"]["d_sae"])
-        hats = []
+        fired = torch.zeros(info["cfg"]["d_sae"], dtype=torch.bool)
+        error = np.empty_like(x)
         with torch.no_grad():
             for start in range(0, x.shape[0], 4096):
-                batch = torch.from_numpy(x[start : start + 4096])
+                batch = torch.from_numpy(x[start : start + 4096]).float()
                 acts = sae.encode(batch)
                 x_hat = sae.decode(acts)
                 stats.update(batch, x_hat, acts)
-                hats.append(x_hat.numpy())
-        x_hat = np.concatenate(hats)
+                fired |= (acts > 0).any(dim=0)
+                error[start : start + 4096] = x[start : start + 4096] - x_hat.double().numpy()
         result = stats.result()
-        result["fvu_massive_excluded"] = fvu_masked(x, x_hat, keep)
-        result["massive_dims"] = np.flatnonzero(~keep).tolist()
+        result["fvu_without_massive_dimensions"] = float(
+            (error[:, kept] ** 2).sum() / (centred[:, kept] ** 2).sum()
+        )
+        result["massive_dimensions"] = int((~kept).sum())
+        result["dead_fraction_on_these_tokens"] = float(1 - fired.float().mean())
         results[path] = result
     print(json.dumps({"eval_store": args.eval, "eval_tokens": int(x.shape[0]), "results": results}, indent=2))
 
@@ -281,10 +288,9 @@ def main() -> None:
     p.add_argument("studies", nargs="+")
     p = sub.add_parser("sources", help="tokens per source in a corpus store (checked against it)")
     p.add_argument("store")
-    p = sub.add_parser("stores", help="offline FVU of SAEs on an evaluation store (positions >= 1)")
+    p = sub.add_parser("stores", help="SAEs on a store's tokens, without the model")
     p.add_argument("saes", nargs="+")
     p.add_argument("--eval", required=True)
-    p.add_argument("--massive", type=float, default=50.0)
     args = parser.parse_args()
     if args.command == "corpus":
         print(json.dumps(write_corpus(Path(args.data), Path(args.out), args.seed)))
