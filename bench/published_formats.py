@@ -20,7 +20,11 @@ layer 15 resid), copied into ``--out`` (the originals are only read):
    native one value by value, per section.
 
     python bench/published_formats.py --sae RUN/sae --store RUN/activations.zarr --out /tmp/published2 \
-        [--only prepare|studies] [--formats NAME,...]
+        [--only prepare|studies] [--formats NAME,...] [--study-of RUN/causal/results.json]
+
+``--study-of`` runs every study with the settings that finished study recorded (its ``config``: the
+full default study, gate on) instead of ``SETTINGS``, into ``OUT/ablate-full/``; when that study is of
+the native topk checkpoint itself (``--sae``), its results.json is the topk reference and is not rerun.
 """
 
 from __future__ import annotations
@@ -241,16 +245,28 @@ def formats(root: Path) -> dict[str, tuple[str, Path]]:
     }
 
 
-def study(root: Path, name: str, spec: str, loaded: Any, plugins: Any) -> dict[str, Any]:
-    """``scircuits ablate`` with ``SETTINGS`` in this process, on the model loaded once."""
+# a recorded study's config fields that say where it read and wrote, not what it measured
+WHERE = {"sae", "store", "out", "progress", "force", "model_path", "device"}
+
+
+def recorded_settings(results: Path) -> dict[str, Any]:
+    """The settings a finished study ran with (its results.json ``config``), without its paths."""
+    config = json.loads(results.read_text())["config"]
+    return {key: value for key, value in config.items() if key not in WHERE}
+
+
+def study(
+    folder: Path, name: str, spec: str, loaded: Any, plugins: Any, settings: dict[str, Any], store: Path
+) -> dict[str, Any]:
+    """``scircuits ablate`` with ``settings`` in this process, on the model loaded once."""
     from scircuits.platform.causal.stage import run_ablate
     from scircuits.platform.config import AblateConfig
 
-    out = root / "ablate" / name
+    out = folder / name
     if (out / "results.json").is_file():
         return {"out": str(out), "reused": True}
     config = AblateConfig(
-        sae=spec, store=str(root / "store.zarr"), out=str(out), progress=False, **SETTINGS
+        sae=spec, store=str(store), out=str(out), progress=False, **settings
     ).with_plugin_defaults(plugins)
     wall, cpu = time.monotonic(), time.process_time()
     run_ablate(config, plugins, loaded=loaded)
@@ -272,6 +288,12 @@ def main() -> None:
     parser.add_argument(
         "--formats", default=None, help="comma-separated format names, studied in this order (default: all)"
     )
+    parser.add_argument(
+        "--study-of",
+        type=Path,
+        default=None,
+        help="a finished study's results.json: run every study with its settings (the full default study)",
+    )
     args = parser.parse_args()
     root = args.out
     root.mkdir(parents=True, exist_ok=True)
@@ -288,7 +310,14 @@ def main() -> None:
     from scircuits.platform.manager.plugin_set import load_plugins
 
     plugins = load_plugins(entry_points_too=False)
-    report["settings"] = SETTINGS
+    settings, folder, key = SETTINGS, root / "ablate", "studies"
+    references: dict[str, Path] = {}
+    if args.study_of is not None:
+        settings, folder, key = recorded_settings(args.study_of), root / "ablate-full", "full_studies"
+        recorded = json.loads(args.study_of.read_text())["config"]["sae"]
+        if Path(recorded).resolve() == args.sae.resolve():
+            references["native-topk"] = args.study_of
+    report[f"{key}_settings"] = settings
     chosen = formats(root)
     if args.formats:
         chosen = {k: chosen[k] for k in args.formats.split(",")}  # in the order given
@@ -298,13 +327,16 @@ def main() -> None:
         "wall_s": round(time.monotonic() - wall, 1),
         "cpu_s": round(time.process_time() - cpu, 1),
     }
-    studies = report.setdefault("studies", {})
+    studies = report.setdefault(key, {})
+    store = root / "store.zarr"
     for name, (spec, native) in chosen.items():
-        if native.name not in studies:
-            studies[native.name] = study(root, native.name, str(native), loaded, plugins)
-        studies[name] = study(root, name, spec, loaded, plugins)
-        a, b = root / "ablate" / native.name / "results.json", root / "ablate" / name / "results.json"
-        studies[name]["vs_native"] = difference(a, b)
+        if native.name in references:
+            studies[native.name] = {"out": str(references[native.name].parent), "recorded": True}
+        elif native.name not in studies:
+            studies[native.name] = study(folder, native.name, str(native), loaded, plugins, settings, store)
+        studies[name] = study(folder, name, spec, loaded, plugins, settings, store)
+        a = references.get(native.name, folder / native.name / "results.json")
+        studies[name]["vs_native"] = difference(a, folder / name / "results.json")
         report_path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
