@@ -64,6 +64,8 @@ class SplicedModel:
         ]
         for p in self.params:  # gradients are taken with respect to activations only
             p.requires_grad_(False)
+        # per-example metric from the target logits, None: the benchmark's score (circuit/metrics.py)
+        self.metric: Callable[[torch.Tensor, CircuitBatch], torch.Tensor] | None = None
 
     @contextmanager
     def handled(self, handler: Handler | None) -> Iterator[None]:
@@ -96,14 +98,21 @@ class SplicedModel:
         return logits
 
     def objective(self, cb: CircuitBatch, handler: Handler | None) -> torch.Tensor:
-        """Per example, the benchmark's score (``example_objective``), with its graph."""
-        seq_lp, _ = sequence_scores(self.target_logits(cb.batch, handler), cb.batch)
+        """Per example, the benchmark's score (``example_objective``) or ``metric``, with its graph."""
+        logits = self.target_logits(cb.batch, handler)
+        if self.metric is not None:
+            return self.metric(logits, cb)
+        seq_lp, _ = sequence_scores(logits, cb.batch)
         return example_objective(seq_lp, cb.layouts)
 
     def scores(self, cb: CircuitBatch, handler: Handler | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per example (score, correct), no graph."""
+        """Per example (score, correct), no graph; with ``metric``, correct = the metric is above 0."""
         with torch.no_grad():
-            seq_lp, seq_ok = sequence_scores(self.target_logits(cb.batch, handler), cb.batch)
+            logits = self.target_logits(cb.batch, handler)
+            if self.metric is not None:
+                values = self.metric(logits, cb).to(torch.float64).cpu()
+                return values, values > 0
+            seq_lp, seq_ok = sequence_scores(logits, cb.batch)
         return example_scores(seq_lp, seq_ok, cb.layouts)
 
     # -- the SAE at a site -----------------------------------------------------------------------
