@@ -192,7 +192,7 @@ def _share(matrices: Sequence[np.ndarray] | object, source: np.ndarray, target: 
 
 def circuit_ground_truth(
     folder: str | Path,
-    plugins: Any,
+    plugins: Any = None,
     n_examples: int = 600,
     threshold: float = AUROC_RECOVERED,
     replicates: int = 1000,
@@ -201,6 +201,10 @@ def circuit_ground_truth(
     """Score the circuit in ``folder`` (written by ``scircuits circuit`` on a synth benchmark, ideally
     with ``--positions kept``) against its task's variables, on the first ``n_examples`` examples of
     the circuit's split and seed: its features' and every dictionary feature's activations there."""
+    if plugins is None:
+        from scircuits.platform.manager.plugin_set import get_plugins
+
+        plugins = get_plugins()
     results = read_circuit(folder)
     config = CircuitConfig.model_validate(results.config)
     benchmark = plugins.benchmarks.get(config.benchmark)

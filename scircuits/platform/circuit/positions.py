@@ -58,7 +58,7 @@ def node_effects_by_position(
     n_examples = sum(len(cb.layouts) for cb in batches)
     for cb in batches:
         _, grads_f, grads_e = total_gradients(model, cb)
-        for i, j in nodes:
+        for i, j in out:
             d_f, d_e = deltas(cb, base, i)
             if j < model.sites[i].d_sae:
                 out[(i, j)] += _value(grads_f[i], d_f, j).numpy()
