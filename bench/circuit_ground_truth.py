@@ -113,6 +113,12 @@ def table(rows: dict[str, dict]) -> str:
         "aligned features",
         lambda r: ", ".join(f"{n['node']}:{n['label']}" for n in gt(r)["nodes"] if n["aligned"]) or "none",
     )
+    row(
+        "best circuit feature per variable (AUROC)",
+        lambda r: "; ".join(
+            f"{key} {b['auroc']:.2f} ({b['node']})" for key, b in gt(r)["best_by_variable"].items()
+        ),
+    )
     row("precision", lambda r: fmt(gt(r)["precision"], gt(r)["precision_ci"]))
     row(
         "recall (of task labels)",

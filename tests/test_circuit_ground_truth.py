@@ -136,6 +136,8 @@ def test_the_scorer_finds_a_planted_aligned_feature_and_fails_a_circuit_without_
         ("resid0/3", good.nodes[1].label, False),
     ]
     assert good.precision == 0.5 and good.recall == 0.5 and good.covered == ["carry_in=1"]
+    best = good.best_by_variable["carry_in"]
+    assert (best.node, best.label, best.aligned) == ("resid1/7", "carry_in=1", True)
     assert good.recoverable == ["carry_in=0", "carry_in=1"] and good.recall_recoverable == 0.5
     assert good.precision_ci[0] <= 0.5 <= good.precision_ci[1]
     assert good.routes["prompt_to_answer"].value == pytest.approx(2 / 3)
@@ -151,7 +153,7 @@ def test_the_scorer_finds_a_planted_aligned_feature_and_fails_a_circuit_without_
         replicates=200,
     )
     assert bad.precision == 0 and bad.recall == 0 and bad.covered == []
-    assert all(a.auroc < 0.9 for a in bad.nodes)
+    assert all(a.auroc < 0.9 for a in bad.nodes) and not bad.best_by_variable["carry_in"].aligned
 
 
 def saved(folder, d_in: int) -> list[str]:

@@ -38,6 +38,7 @@ from scircuits.platform.config import CircuitConfig
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.models import LoadedModel
 from scircuits.platform.groundtruth.scoring import AUROC_RECOVERED, auroc, variable_labels
+from scircuits.platform.manager.plugin_set import get_plugins
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class GroundTruthScore:
     recall_recoverable: float | None
     recall_recoverable_ci: list[float] | None
     routes: dict[str, Share] = field(default_factory=dict)
+    # per variable (carry_in, sum_digit, ...): the circuit feature and label with the highest AUROC
+    best_by_variable: dict[str, NodeAlignment] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -92,14 +95,9 @@ def _interval(values: np.ndarray, replicates: int, seed: int) -> tuple[float | N
     return interval.mean, interval.as_list()
 
 
-def _best_label(x: np.ndarray, labels: Sequence, threshold: float) -> tuple[str | None, float]:
-    """The label ``x`` (one value per flattened token) separates best, high values meaning the label."""
-    best, best_auc = None, 0.0
-    for label in labels:
-        value = float(auroc(x[label.rows], label.y))
-        if value > best_auc:
-            best, best_auc = label.name, value
-    return best, best_auc
+def _label_aurocs(x: np.ndarray, labels: Sequence) -> np.ndarray:
+    """AUROC of ``x`` (one value per flattened token) at each label, high values meaning the label."""
+    return np.array([float(auroc(x[label.rows], label.y)) for label in labels])
 
 
 def score_circuit_ground_truth(
@@ -127,9 +125,18 @@ def score_circuit_ground_truth(
     labels = variable_labels(cells, exclude=index_keys)
     names = [label.name for label in labels]
     nodes = []
+    table = {}
     for node, acts in feature_activations.items():
-        label, value = _best_label(np.asarray(acts, dtype=np.float64).reshape(-1), labels, threshold)
-        nodes.append(NodeAlignment(node, label, value, value >= threshold))
+        table[node] = values = _label_aurocs(np.asarray(acts, dtype=np.float64).reshape(-1), labels)
+        k = int(np.argmax(values)) if len(values) else -1
+        best = float(values[k]) if k >= 0 else 0.0
+        nodes.append(NodeAlignment(node, names[k] if k >= 0 else None, best, best >= threshold))
+    by_variable: dict[str, NodeAlignment] = {}
+    for node, values in table.items():
+        for name, value in zip(names, values, strict=True):
+            key = name.split("=")[0]
+            if key not in by_variable or value > by_variable[key].auroc:
+                by_variable[key] = NodeAlignment(node, name, float(value), bool(value >= threshold))
     covered = sorted({n.label for n in nodes if n.aligned and n.label is not None})
     recoverable = None
     if dictionary is not None:
@@ -179,6 +186,7 @@ def score_circuit_ground_truth(
         recall_recoverable=rec_r,
         recall_recoverable_ci=rec_r_ci,
         routes=routes,
+        best_by_variable=dict(sorted(by_variable.items())),
     )
 
 
@@ -202,8 +210,6 @@ def circuit_ground_truth(
     with ``--positions kept``) against its task's variables, on the first ``n_examples`` examples of
     the circuit's split and seed: its features' and every dictionary feature's activations there."""
     if plugins is None:
-        from scircuits.platform.manager.plugin_set import get_plugins
-
         plugins = get_plugins()
     results = read_circuit(folder)
     config = CircuitConfig.model_validate(results.config)
