@@ -225,3 +225,25 @@ def test_kept_positions_on_examples_of_several_lengths_are_refused(synth, tmp_pa
     cfg = cfg.model_copy(update={"sae": saved(tmp_path / "t", tiny.d_model), "positions": "kept"})
     with pytest.raises(ConfigError, match="one length"):
         find_circuit(cfg, get_plugins(), loaded=tiny)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--benchmark", "arithmetic", "--metric", "counterfactual"], "declares no counterfactual pairs"),
+        (["--benchmark", "synth-addition", "--option", "size=2", "--check-seed", "0"], "--check-seed 0 is"),
+        (["--benchmark", "synth-addition", "--positions", "diagonal"], "diagonal"),
+    ],
+)
+def test_the_command_refuses_bad_metric_seed_and_positions_in_one_line(synth, tmp_path, capsys, args, needle):
+    from scircuits.cli import main
+
+    folder, loaded = synth
+    out = tmp_path / "out"
+    specs = [f"--sae={s}" for s in saved(tmp_path, loaded.d_model)]
+    with pytest.raises(SystemExit) as exc:
+        main(["circuit", "--model", f"hf:{folder}", *specs, *args, "--out", str(out), "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+    assert not out.exists()
