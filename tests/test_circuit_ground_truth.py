@@ -247,3 +247,10 @@ def test_the_command_refuses_bad_metric_seed_and_positions_in_one_line(synth, tm
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err, err
     assert not out.exists()
+
+
+def test_the_new_settings_leave_a_default_circuits_key_alone_and_key_a_circuit_that_uses_them():
+    plain = CircuitConfig(sae=["a", "b"])
+    assert not {"metric", "positions", "check_seed"} & set(plain.identity())
+    for change in ({"metric": "counterfactual"}, {"positions": "kept"}, {"check_seed": 1}):
+        assert CircuitConfig(sae=["a", "b"], **change).config_hash() != plain.config_hash()
