@@ -196,6 +196,9 @@ def test_a_counterfactual_circuit_with_positions_kept_is_checked_on_another_seed
     assert all(e.by_position is not None for e in results.edges)
     assert results.cross_seed is not None and results.cross_seed.seed == 3
     assert results.cross_seed.n_examples == results.n_evaluation
+    assert (
+        "Second-seed check" in (out / "report.md").read_text() and "seed 3" in (out / "report.md").read_text()
+    )
     score = circuit_ground_truth(out, get_plugins(), n_examples=60, replicates=50, loaded=loaded)
     assert score.n_feature_nodes + score.n_error_nodes == len(results.nodes)
     assert "carry_in=1" in score.labels and "sum_digit=0" in score.labels
