@@ -74,10 +74,9 @@ class CounterfactualMetric:
                 )
             self.counter_ids[example.id] = b
 
-    def __call__(self, logits: torch.Tensor, cb: Any) -> torch.Tensor:
-        batch = cb.batch
+    def __call__(self, logits: torch.Tensor, batch: Any, layouts: Sequence[Any]) -> torch.Tensor:
         out = []
-        for layout in cb.layouts:
+        for layout in layouts:
             rows = torch.nonzero(batch.pred_rows == layout.gold_sequence).squeeze(1)
             clean = batch.target_ids[rows]
             counter = self.counter_ids[layout.example_id].to(clean.device)
