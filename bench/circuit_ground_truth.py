@@ -68,7 +68,7 @@ def study(model: Path, sae: str, out: Path, args: argparse.Namespace) -> dict:
     own = next(p for p in results.curves if p.size == len(results.nodes))
     return {
         "model": str(model),
-        "trained": bool(info.get("reached_target")) and not args.untrained_from,
+        "heldout_accuracy": info.get("heldout_accuracy"),  # as synth.json records it
         "circuit": {
             "nodes": len(results.nodes),
             "edges": len(results.edges),
