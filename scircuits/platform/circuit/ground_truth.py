@@ -22,7 +22,7 @@ edges with positions kept, and answers:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,9 +190,9 @@ def score_circuit_ground_truth(
     )
 
 
-def _share(matrices: Sequence[np.ndarray] | object, source: np.ndarray, target: np.ndarray) -> Share:
+def _share(matrices: Iterable[np.ndarray], source: np.ndarray, target: np.ndarray) -> Share:
     """The share of the total |weight| of ``matrices`` on (source position, target position) pairs."""
-    mats = list(matrices)  # type: ignore[call-overload]
+    mats = list(matrices)
     total = float(sum(m.sum() for m in mats))
     part = float(sum(m[np.ix_(source, target)].sum() for m in mats))
     return Share(part / total if total > 0 else None, total)
