@@ -51,6 +51,11 @@ if TYPE_CHECKING:
         spearman,
         spearman_interval,
     )
+    from scircuits.platform.circuit.ground_truth import (
+        GroundTruthScore,
+        circuit_ground_truth,
+        score_circuit_ground_truth,
+    )
     from scircuits.platform.circuit.results import CircuitResults
     from scircuits.platform.common.device import check_device
     from scircuits.platform.common.logs import set_level as set_log_level
@@ -204,6 +209,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "circuit": ("scircuits.api.stages", "circuit"),
     "CircuitConfig": ("scircuits.platform.config.circuit", "CircuitConfig"),
     "CircuitResults": ("scircuits.platform.circuit.results", "CircuitResults"),
+    "GroundTruthScore": ("scircuits.platform.circuit.ground_truth", "GroundTruthScore"),
+    "circuit_ground_truth": ("scircuits.platform.circuit.ground_truth", "circuit_ground_truth"),
+    "score_circuit_ground_truth": ("scircuits.platform.circuit.ground_truth", "score_circuit_ground_truth"),
     "aligned_features": ("scircuits.platform.groundtruth.scoring", "aligned_features"),
     "auroc": ("scircuits.platform.groundtruth.scoring", "auroc"),
     "base_provenance": ("scircuits.platform.common.provenance", "base_provenance"),
@@ -303,6 +311,7 @@ __all__ = [
     "Example",
     "FeatureStats",
     "FeatureView",
+    "GroundTruthScore",
     "HFModelAdapter",
     "HubLocation",
     "Interval",
@@ -348,6 +357,7 @@ __all__ = [
     "cache_root",
     "check_device",
     "circuit",
+    "circuit_ground_truth",
     "collect",
     "compare",
     "dashboard",
@@ -371,6 +381,7 @@ __all__ = [
     "rotate_residual",
     "rotate_synth_model",
     "run",
+    "score_circuit_ground_truth",
     "set_log_level",
     "set_log_ratios",
     "spearman",

@@ -97,19 +97,25 @@ def _curve_row(p: CurvePoint) -> str:
 
 
 def cross_split_sentence(results: CircuitResults) -> str | None:
-    """--check-split: the circuit's faithfulness on the other split beside its held-out one."""
-    check = results.cross_split
-    if check is None:
-        return None
-    p = check.point
-    here = next((q for q in results.curves if q.size == p.size), None)
-    held_out = "" if here is None else f", against {_num(here.faithfulness)} {_ci(here.faithfulness_ci)} here"
-    return (
-        f"Cross-split check: the same {p.size}-node circuit on {check.n_examples} examples of the "
-        f"{check.split} split keeps faithfulness {_num(p.faithfulness)} {_ci(p.faithfulness_ci)} (random "
-        f"circuits {_num(p.random_faithfulness)}){held_out}; completeness {_num(p.completeness)} "
-        f"{_ci(p.completeness_ci)}."
-    )
+    """--check-split / --check-seed: the circuit's faithfulness on the other split's examples and on
+    another seed's, beside its held-out one."""
+    sentences = []
+    for title, check in (("Cross-split", results.cross_split), ("Second-seed", results.cross_seed)):
+        if check is None:
+            continue
+        p = check.point
+        here = next((q for q in results.curves if q.size == p.size), None)
+        held_out = (
+            "" if here is None else f", against {_num(here.faithfulness)} {_ci(here.faithfulness_ci)} here"
+        )
+        drawn = "" if title == "Cross-split" else f" drawn with seed {check.seed}"
+        sentences.append(
+            f"{title} check: the same {p.size}-node circuit on {check.n_examples} examples of the "
+            f"{check.split} split{drawn} keeps faithfulness {_num(p.faithfulness)} {_ci(p.faithfulness_ci)} "
+            f"(random circuits {_num(p.random_faithfulness)}){held_out}; completeness "
+            f"{_num(p.completeness)} {_ci(p.completeness_ci)}."
+        )
+    return " ".join(sentences) or None
 
 
 def section(results: CircuitResults) -> str:

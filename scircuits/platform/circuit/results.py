@@ -43,6 +43,7 @@ class CircuitNode(Frozen):
     activation: float | None = None  # mean over the patched selection tokens (features)
     frequency: float | None = None  # share of those tokens where it fires
     exact_effect: float | None = None  # when among the exact checks
+    by_position: list[float] | None = None  # --positions kept: the effect at each position
 
 
 class CircuitEdge(Frozen):
@@ -51,6 +52,8 @@ class CircuitEdge(Frozen):
     weight: float  # attribution: direct effect, per selection example
     exact: float | None = None
     opposite_sign: bool | None = None
+    # --positions kept: [source position][target position] (to the metric: [source position][0])
+    by_position: list[list[float]] | None = None
 
 
 class CurvePoint(Frozen):
@@ -70,6 +73,7 @@ class CrossSplit(Frozen):
     """The circuit found on the run's split, measured on another split's examples."""
 
     split: str
+    seed: int | None = None  # the examples' seed (None in results written before it was recorded)
     n_examples: int
     reference: dict[str, dict[str, float]]  # m(M) and m(∅) on those examples
     point: CurvePoint  # faithfulness and completeness at the circuit's size, beside random circuits
@@ -107,6 +111,7 @@ class CircuitResults(Frozen):
     exact_nodes: Agreement | None = None
     exact_edges: Agreement | None = None
     cross_split: CrossSplit | None = None  # --check-split
+    cross_seed: CrossSplit | None = None  # --check-seed: the same check on another seed's examples
     passes: dict[str, Any]
     provenance: dict[str, Any]
     wall_seconds: float | None = None

@@ -30,6 +30,7 @@ from scircuits.platform.model.splice import _first, _replace_first
 
 # handler(site index, the site's output x) -> its new output, or None to leave it
 Handler = Callable[[int, torch.Tensor], torch.Tensor | None]
+Metric = Callable[[torch.Tensor, SequenceBatch, Sequence[ExampleLayout]], torch.Tensor]
 
 
 class CircuitSpliceError(ScircuitsError):
@@ -64,6 +65,9 @@ class SplicedModel:
         ]
         for p in self.params:  # gradients are taken with respect to activations only
             p.requires_grad_(False)
+        # per-example metric from the target logits (logits, batch, layouts), None: the benchmark's
+        # score (circuit/metrics.py)
+        self.metric: Metric | None = None
 
     @contextmanager
     def handled(self, handler: Handler | None) -> Iterator[None]:
@@ -96,15 +100,32 @@ class SplicedModel:
         return logits
 
     def objective(self, cb: CircuitBatch, handler: Handler | None) -> torch.Tensor:
-        """Per example, the benchmark's score (``example_objective``), with its graph."""
-        seq_lp, _ = sequence_scores(self.target_logits(cb.batch, handler), cb.batch)
-        return example_objective(seq_lp, cb.layouts)
+        """Per example, the benchmark's score (``example_objective``) or ``metric``, with its graph."""
+        return self.objective_of(self.target_logits(cb.batch, handler), cb.batch, cb.layouts)
 
     def scores(self, cb: CircuitBatch, handler: Handler | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per example (score, correct), no graph."""
         with torch.no_grad():
-            seq_lp, seq_ok = sequence_scores(self.target_logits(cb.batch, handler), cb.batch)
-        return example_scores(seq_lp, seq_ok, cb.layouts)
+            return self.scores_of(self.target_logits(cb.batch, handler), cb.batch, cb.layouts)
+
+    def objective_of(
+        self, logits: torch.Tensor, batch: SequenceBatch, layouts: Sequence[ExampleLayout]
+    ) -> torch.Tensor:
+        """Per example, the score from the target logits, with its graph: ``metric`` when set."""
+        if self.metric is not None:
+            return self.metric(logits, batch, layouts)
+        seq_lp, _ = sequence_scores(logits, batch)
+        return example_objective(seq_lp, layouts)
+
+    def scores_of(
+        self, logits: torch.Tensor, batch: SequenceBatch, layouts: Sequence[ExampleLayout]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per example (score, correct) from the target logits; with ``metric``, correct = above 0."""
+        if self.metric is not None:
+            values = self.metric(logits.detach(), batch, layouts).to(torch.float64).cpu()
+            return values, values > 0
+        seq_lp, seq_ok = sequence_scores(logits.detach(), batch)
+        return example_scores(seq_lp, seq_ok, layouts)
 
     # -- the SAE at a site -----------------------------------------------------------------------
 

@@ -24,6 +24,12 @@ from scircuits.platform.circuit.attribution import (
 from scircuits.platform.circuit.evaluate import curves
 from scircuits.platform.circuit.exact import agreement, exact_edge_effects, exact_node_effects
 from scircuits.platform.circuit.figure import write_report
+from scircuits.platform.circuit.metrics import CounterfactualMetric, counterfactual_examples
+from scircuits.platform.circuit.positions import (
+    aligned_length,
+    edge_weights_by_position,
+    node_effects_by_position,
+)
 from scircuits.platform.circuit.results import (
     OUTPUT_ID,
     Agreement,
@@ -59,6 +65,10 @@ log = get_logger(__name__)
 KIND = "circuit"
 POSITIONS = (
     "summed: a node is one feature (or error term) over every patched position; edges sum both positions"
+)
+KEPT = (
+    "kept: a node is one feature (or error term) over every patched position, its effect also given per "
+    "position (by_position); an edge's weight also per (source position, target position)"
 )
 
 
@@ -107,12 +117,19 @@ def check_memory(config: CircuitConfig, saes: list[SiteSAE], loaded: LoadedModel
 
 
 def load_examples(
-    config: CircuitConfig, plugins: Any, split: str | None = None, limit: int | None = None
+    config: CircuitConfig,
+    plugins: Any,
+    split: str | None = None,
+    limit: int | None = None,
+    seed: int | None = None,
 ) -> list[Any]:
     benchmark = plugins.benchmarks.get(config.benchmark)
     split = split or config.split
+    seed = config.seed if seed is None else seed
     benchmark.check_split(split)
-    examples = list(benchmark.examples(split, limit or config.limit, config.seed, config.benchmark_options))
+    examples = list(benchmark.examples(split, limit or config.limit, seed, config.benchmark_options))
+    if config.metric == "counterfactual":
+        examples = counterfactual_examples(examples, str(config.benchmark), seed)
     if len(examples) < 2:
         raise ConfigError(
             f"benchmark {config.benchmark!r} gave {len(examples)} example(s) for split {split!r}: a "
@@ -130,6 +147,15 @@ def check_examples(config: CircuitConfig, plugins: Any, n_evaluation: int) -> li
             f"--check-split {config.check_split} is the split the circuit is found on; give another one"
         )
     return load_examples(config, plugins, config.check_split, max(n_evaluation, 2))
+
+
+def seed_examples(config: CircuitConfig, plugins: Any, n_evaluation: int) -> list[Any] | None:
+    """--check-seed: as many examples of --split drawn with that seed (None without it)."""
+    if config.check_seed is None:
+        return None
+    if config.check_seed == config.seed:
+        raise ConfigError(f"--check-seed {config.check_seed} is --seed; give another seed")
+    return load_examples(config, plugins, None, max(n_evaluation, 2), config.check_seed)
 
 
 def run_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None = None) -> Path:
@@ -177,6 +203,7 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
     selection, evaluation = selection_split(len(examples), config.selection_fraction, config.seed)
     assert selection is not None and evaluation is not None  # fraction > 0 and >= 2 examples
     other_examples = check_examples(config, plugins, len(evaluation))
+    seed_other = seed_examples(config, plugins, len(evaluation))
     if loaded is None:
         check_weights_available(adapter, config.model_path)
     # the model's width is known before it loads only for the named weights (as ablate checks it)
@@ -199,10 +226,15 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
     sequences, layouts = layout_examples(loaded.tokenizer, examples, config.max_length)
     check_memory(config, saes, loaded, max(len(s.input_ids) for s in sequences))
     model = SplicedModel(loaded, saes)
+    if config.metric == "counterfactual":
+        every = examples + (other_examples or []) + (seed_other or [])
+        model.metric = CounterfactualMetric(loaded.tokenizer, every, config.max_length)
     prepare = lambda idx, size=config.batch_size: model.prepare(  # noqa: E731
         [examples[int(k)] for k in idx], size, config.max_length, config.edit_from_position
     )
     sel_batches, eval_batches = prepare(selection), prepare(evaluation)
+    if config.positions == "kept":
+        aligned_length(sel_batches + eval_batches)  # refused before any attribution
     splice = model.check_exact(sel_batches[:2] + eval_batches[:2], config.splice_tolerance)
     clock.lap("load")
     counter = Counter()
@@ -243,11 +275,9 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
     reference, points = curves(
         model, eval_batches, base, ranked, sizes, config.random_circuits, bootstrap, config.seed, counter
     )
-    cross_split = None
-    if other_examples is not None:
-        other_batches = model.prepare(
-            other_examples, config.batch_size, config.max_length, config.edit_from_position
-        )
+
+    def held_out(others: list[Any], split: str, seed: int) -> CrossSplit:
+        other_batches = model.prepare(others, config.batch_size, config.max_length, config.edit_from_position)
         other_reference, (other_point,) = curves(
             model,
             other_batches,
@@ -255,16 +285,24 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
             ranked,
             [len(kept)],
             config.random_circuits,
-            Bootstrap(len(other_examples), config.bootstrap, config.seed),
+            Bootstrap(len(others), config.bootstrap, config.seed),
             config.seed,
             counter,
         )
-        cross_split = CrossSplit(
-            split=str(config.check_split),
-            n_examples=len(other_examples),
+        return CrossSplit(
+            split=split,
+            seed=seed,
+            n_examples=len(others),
             reference=other_reference,  # type: ignore[arg-type]
             point=CurvePoint(**other_point),  # type: ignore[arg-type]
         )
+
+    cross_split = None
+    if other_examples is not None:
+        cross_split = held_out(other_examples, str(config.check_split), config.seed)
+    cross_seed = None
+    if seed_other is not None and config.check_seed is not None:
+        cross_seed = held_out(seed_other, config.split, config.check_seed)
     clock.lap("evaluation")
     exact_nodes = kept[: config.exact_top]
     node_exact = exact_node_effects(model, sel_batches, base, exact_nodes, counter)
@@ -275,6 +313,14 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
     )
     edge_agreement = agreement([kept_edges[e] for e in top_edges], edge_exact, config.seed, config.bootstrap)
     clock.lap("exact")
+    node_positions: dict[Node, Any] = {}
+    edge_positions: dict[tuple[Node, Node], Any] = {}
+    if config.positions == "kept":
+        node_positions = node_effects_by_position(model, sel_batches, base, kept)
+        edge_positions = edge_weights_by_position(
+            model, prepare(selection, edge_batch_size(config)), base, circuit
+        )
+        clock.lap("positions")
     exact_of_node = dict(zip(exact_nodes, node_exact, strict=True))
     exact_of_edge = dict(zip(top_edges, edge_exact, strict=True))
     nodes = [
@@ -289,6 +335,7 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
             activation=float(base.activation[i][j]) if j < saes[i].d_sae else None,
             frequency=float(base.frequency[i][j]) if j < saes[i].d_sae else None,
             exact_effect=exact_of_node.get((i, j)),
+            by_position=node_positions[(i, j)].tolist() if (i, j) in node_positions else None,
         )
         for i, j in kept
     ]
@@ -302,6 +349,9 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
                 weight=float(w),
                 exact=exact,
                 opposite_sign=None if exact is None else bool(np.sign(exact) * np.sign(w) < 0),
+                by_position=edge_positions[(source, target)].tolist()
+                if (source, target) in edge_positions
+                else None,
             )
         )
     return CircuitResults(
@@ -309,7 +359,7 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
         config_hash=config.config_hash(),
         model=str(config.model),
         benchmark=str(config.benchmark),
-        score=score_name(layouts),
+        score=model.metric.name if isinstance(model.metric, CounterfactualMetric) else score_name(layouts),
         sites=[
             SiteResult(
                 name=s.name,
@@ -324,7 +374,7 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
         ],
         method=config.method if config.method == "patching" else f"ig ({config.ig_steps} steps)",
         baseline=config.baseline,
-        positions=POSITIONS,
+        positions=KEPT if config.positions == "kept" else POSITIONS,
         n_selection=len(selection),
         n_evaluation=len(evaluation),
         n_nodes_total=len(everything),
@@ -355,6 +405,7 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
             }
         ),
         cross_split=cross_split,
+        cross_seed=cross_seed,
         passes={
             "forwards": counter.forwards,
             "backwards": counter.backwards,

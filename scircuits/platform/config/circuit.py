@@ -28,6 +28,16 @@ class CircuitConfig(StageConfig):
     sites: str | None = D(
         None, "The sites the circuit spans, e.g. resid3,resid6,mlp9 (default: every SAE's site)."
     )
+    metric: Literal["score", "counterfactual"] = D(
+        "score",
+        "What the circuit explains: score = the benchmark's own score; counterfactual = the logit "
+        "difference between the clean and the counterfactual answer, where the benchmark declares pairs.",
+    )
+    positions: Literal["summed", "kept"] = D(
+        "summed",
+        "summed: a node is a feature over every position; kept: also split each node's effect and each "
+        "edge's weight over positions (needs examples of one length, e.g. the synth tasks).",
+    )
     method: Literal["patching", "ig"] = D(
         "patching",
         "Node attribution: patching = gradient x (baseline - activation), one backward per batch; ig = "
@@ -55,6 +65,12 @@ class CircuitConfig(StageConfig):
         "Also measure the circuit found on --split on as many examples of this other split (the "
         "method's held-out check: does it keep its faithfulness there?).",
     )
+    check_seed: int | None = D(
+        None,
+        "Also measure the circuit on as many examples drawn with this seed (from --split): a second "
+        "seed's examples.",
+        ge=0,
+    )
     seed: int = D(0, "Seed of examples, the selection split, random circuits and bootstrap.", ge=0)
     bootstrap: int = D(1000, "Bootstrap replicates.", gt=0)
     edit_from_position: int = D(
@@ -76,6 +92,21 @@ class CircuitConfig(StageConfig):
     model_path: str | None = D(None, "Load the weights from this local folder.")
     out: str = D("circuit", "Output folder.")
     progress: bool = D(True, "Show progress.")
+    # fields added after circuits were first keyed: left out of the hash at their defaults, so a
+    # circuit made before them keeps its key
+    unkeyed_defaults: ClassVar[Mapping[str, object]] = {
+        "metric": "score",
+        "positions": "summed",
+        "check_seed": None,
+    }
+
+    def identity(self) -> dict[str, object]:
+        values = super().identity()
+        for name, default in self.unkeyed_defaults.items():
+            if values.get(name) == default:
+                values.pop(name, None)
+        return values
+
     force: bool = D(
         False, "Move aside (never delete) a folder at --out that scircuits did not write instead of refusing."
     )
