@@ -11,8 +11,8 @@ train-split problems (the SAEs' training tokens; position 0, the BOS sink, left 
 stage's ``outliers`` rule does) and of ``--problems`` test-split problems drawn with ``--seed`` (the
 scored tokens: the very problems ``synth_recovery.py discriminate`` scores with the same flags).
 Then for each configuration of the grid it trains one SAE with the project's trainer
-(``SAETrainer`` on a registered variant, the training stage's default learning rate, warm-up,
-decay and clipping, as ``scircuits train`` runs it; the loop of ``platform/train/planted.py``) and
+(``train_in_memory``: ``SAETrainer`` on a registered variant, the training stage's batch, default
+learning rate, warm-up, decay and clipping, as ``scircuits train`` runs it, on rows in memory) and
 scores its best single feature per value of ``--variable`` (AUROC over the tokens where the variable
 is defined, ``scircuits.feature_recovery``), beside the floors on the same tokens: the best raw
 dimension (signed), random-decoder TopK SAEs (``scircuits.random_decoder_features``) of the
@@ -143,34 +143,18 @@ def train_sae(config: dict[str, Any], x: Any) -> tuple[Any, Any, dict[str, Any]]
 
     from scircuits.platform.config import TrainConfig
     from scircuits.platform.manager.plugin_set import get_plugins
-    from scircuits.platform.train.training import SAETrainer, default_lr, default_warmup_steps
+    from scircuits.platform.train.training import default_lr, train_in_memory
 
-    defaults = TrainConfig()
     variant = get_plugins().saes.get(config["variant"])
     d_in = x.shape[1]
     d_sae = config["expansion"] * d_in
-    batch = defaults.batch_size
+    batch = TrainConfig().batch_size
     steps = max(1, config["tokens"] // batch)
     started, cpu = time.monotonic(), time.process_time()
     torch.manual_seed(config["seed"])
     sae = variant.build(d_in, d_sae, config["hparams"])
     lr = config["lr"] if config["lr"] is not None else default_lr(d_sae, batch)
-    trainer = SAETrainer(
-        sae,
-        lr=lr,
-        total_steps=steps,
-        warmup_steps=default_warmup_steps(steps),
-        decay_fraction=defaults.decay_fraction,
-        grad_clip=defaults.grad_clip,
-    )
-    trainer.initialize_from_sample(x[:16384])
-    order = torch.Generator().manual_seed(config["seed"] + 1)
-    permutation, position = torch.randperm(len(x), generator=order), 0
-    for _ in range(steps):
-        if position + batch > len(x):
-            permutation, position = torch.randperm(len(x), generator=order), 0
-        trainer.train_step(x[permutation[position : position + batch]])
-        position += batch
+    trainer = train_in_memory(sae, x, lr=lr, batch_size=batch, steps=steps, order_seed=config["seed"] + 1)
     timing = {
         "lr_used": lr,
         "lr_rule": config["lr"] is None,
