@@ -12,7 +12,9 @@ Such a run did not store the control sets' per-example effects, only each set's 
 interval resamples the evaluation examples for the top set (the study's own bootstrap replicates)
 and the control sets with their recorded means: the controls' common example noise and its
 covariance with the top set are left out. The control mean's own interval is printed beside it to
-show how much that can be. A study run with this code records the full interval itself.
+show how much that can be. A study run with this code records the full interval itself, and its
+examples.jsonl holds every control set's per-example scores (``sets``, docs/formats.md): with such a
+file the script uses them, so the interval is the full two-way one.
 
 ``--per-member``: each set's covariate is the mean over its members of log(control / matched top
 feature) instead of log(Σ set / Σ top set), as a check of the definition's weight on the result.
@@ -48,7 +50,7 @@ def main() -> None:
     causal = args.run / "causal"
     results = json.loads((causal / "results.json").read_text())
     rows = [json.loads(line) for line in (causal / "examples.jsonl").read_text().splitlines()]
-    evaluated = [r for r in rows if r["scores"]]
+    evaluated = [r for r in rows if r.get("evaluation", bool(r["scores"]))]
     stats = np.load(args.stats)
     frequency, size = stats["frequency"], stats["size"]
     top_ranked = results["rank"]["top"]
@@ -76,7 +78,13 @@ def main() -> None:
             )
             assert abs(top.mean() - test["top_effect"]) < 1e-9, (k, metric)
             means = np.array(test["control_effects"])
-            controls = np.repeat(means[:, None], n, axis=1)  # per-example control effects were not stored
+            if all(f"control{k}" in r.get("sets", {}) for r in evaluated):
+                splice = np.array([float(r["scores"]["splice"][key]) for r in evaluated])
+                per_set = np.array([r["sets"][f"control{k}"][key] for r in evaluated], dtype=float)
+                controls = per_set.T - splice
+                assert np.allclose(controls.mean(axis=1), means, atol=1e-9), (k, metric)
+            else:  # an older file: per-example control effects were not stored
+                controls = np.repeat(means[:, None], n, axis=1)
             adjusted = adjusted_contrast(
                 top, controls, log_f, log_s, bootstrap, seed=[results["config"]["seed"], 6007, k]
             )

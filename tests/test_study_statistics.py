@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from scircuits import adjusted_contrast
 from scircuits.platform.causal.evaluation import prepare_eval
 from scircuits.platform.causal.stage import AblateInputs, run_ablate
-from scircuits.platform.causal.statistics import selection_split
+from scircuits.platform.causal.statistics import Bootstrap, selection_split
 from scircuits.platform.causal.study import Study, feature_statistics
 from scircuits.platform.config import AblateConfig
 from scircuits.platform.contract.sae_module import SparseAutoencoder
@@ -125,7 +126,7 @@ def test_results_hold_control_ids_paired_intervals_p_values_and_the_split(tiny, 
 
 def test_the_default_number_of_controls_makes_significance_attainable(tiny, examples, tmp_path):
     assert AblateConfig().random_controls == 20
-    results, _ = run(tiny, examples, tmp_path, random_sae(tiny.d_model), top_k=[1, 2], random_controls=20)
+    results, out = run(tiny, examples, tmp_path, random_sae(tiny.d_model), top_k=[1, 2], random_controls=20)
     significance = results["significance"]
     assert significance["n_controls"] == 20 and significance["attainable"] is True
     # 2 k values need R >= 39 for Holm; at 20 they are tested in sequence, the larger k first
@@ -148,6 +149,40 @@ def test_the_default_number_of_controls_makes_significance_attainable(tiny, exam
         else:
             assert adjusted["note"]
         assert adjusted["raw"] == pytest.approx(test["difference"]["mean"])
+    recomputed_from_files(out, results)
+
+
+def recomputed_from_files(out, results: dict) -> None:
+    """The adjusted contrast and its two-way interval, recomputed from examples.jsonl (per-example
+    top and control-set scores) and results.json (ratios, bootstrap settings) alone, equal the study's."""
+    rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
+    evaluated = [row for row in rows if row["evaluation"]]  # the held-out rows, in evaluation order
+    assert len(evaluated) == results["evaluation_split"]["n_evaluation"] < len(rows)
+    assert all(("sets" in row) == row["evaluation"] for row in rows)
+    assert all(f"top{s['k']}" in row["scores"] for row in evaluated for s in results["sweeps"])
+    settings = results["statistics"]
+    bootstrap = Bootstrap(
+        len(evaluated), settings["bootstrap_replicates"], seed=settings["seed"], level=settings["level"]
+    )
+    fitted = 0
+    for sweep in results["sweeps"]:
+        k, test = sweep["k"], sweep["test_logprob"]
+        splice = np.array([row["scores"]["splice"]["logprob"] for row in evaluated])
+        top = np.array([row["scores"][f"top{k}"]["logprob"] for row in evaluated]) - splice
+        controls = np.array([row["sets"][f"control{k}"]["logprob"] for row in evaluated]).T - splice
+        assert controls.shape == (20, len(evaluated))
+        assert controls.mean(axis=1) == pytest.approx(test["control_effects"], abs=1e-12)
+        sets = sweep["control_sets"]
+        again = adjusted_contrast(
+            top, controls, sets["log_frequency_ratio"], sets["log_size_ratio"], bootstrap,
+            seed=[results["config"]["seed"], 6007, k],
+        )  # fmt: skip
+        recorded = sweep["adjusted_logprob"]
+        assert again.method == recorded["method"] and again.replicates == recorded["replicates"]
+        for key in ("raw", "adjusted", "adjusted_control", "ci"):
+            assert getattr(again, key) == pytest.approx(recorded[key], abs=1e-12), (k, key)
+        fitted += again.method == "ols" and again.ci is not None
+    assert fitted, "no k had an adjusted contrast with an interval: the check compared nothing"
 
 
 def summary(out) -> list[str]:
@@ -435,3 +470,12 @@ def test_feature_statistics_are_over_the_evaluation_tokens_and_ranking_over_the_
     assert context.ranking_activation == pytest.approx(selection_mean, abs=1e-6)
     everything, _, _ = by_hand(np.arange(data.n_examples))
     assert np.abs(everything - mean).max() > 1e-4  # the old statistics differ
+
+
+def test_an_examples_line_written_before_sets_and_evaluation_still_loads(tmp_path):
+    from scircuits.platform.causal.results import read_examples
+
+    old = {"id": "a/1", "target": " 3", "scores": {"splice": {"logprob": -1.5, "correct": False}}}
+    (tmp_path / "examples.jsonl").write_text(json.dumps(old) + "\n")
+    (row,) = read_examples(tmp_path)
+    assert row.evaluation is None and row.sets is None and row.scores["splice"].logprob == -1.5

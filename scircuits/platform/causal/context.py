@@ -59,6 +59,7 @@ class CausalStudyContext(StudyContext):
     measure_fresh: Callable[[], dict[str, Any] | None] | None = None
     results: dict[str, AnalysisResult] = field(default_factory=dict)  # by analysis name, so far
     scores: dict[str, ConditionScores] = field(default_factory=dict)  # recorded for examples.jsonl
+    score_sets: dict[str, list[ConditionScores]] = field(default_factory=dict)  # ditto, in groups
     shared: dict[str, Any] = field(default_factory=dict)  # in-memory values analyses hand on
 
     # -- what the study is about -------------------------------------------------------------
@@ -88,18 +89,21 @@ class CausalStudyContext(StudyContext):
         ce: bool = False,
         status: str = "",
         record: str | None = None,
+        record_set: str | None = None,
     ) -> ConditionScores:
         """Scores with the site's output set by ``mode`` ("clean", "splice", "reconstruction",
-        "zero"), features edited by ``edit_for(batch_index)``; ``record`` names it in examples.jsonl."""
+        "zero"), features edited by ``edit_for(batch_index)``; ``record`` names it in examples.jsonl,
+        ``record_set`` appends it to that named group there."""
         if self.evaluation is None:
-            scores = self.study.run(mode, edit_for, ce=ce, status=status)
-            if record is not None:
-                self.scores[record] = scores
-            return scores
-        full = self.study.run(mode, edit_for, ce=ce, status=status, examples=self.evaluation)
+            full = scores = self.study.run(mode, edit_for, ce=ce, status=status)
+        else:
+            full = self.study.run(mode, edit_for, ce=ce, status=status, examples=self.evaluation)
+            scores = full.subset(self.evaluation)
         if record is not None:
             self.scores[record] = full
-        return full.subset(self.evaluation)
+        if record_set is not None:
+            self.score_sets.setdefault(record_set, []).append(full)
+        return scores
 
     @property
     def companion_ablations(self) -> list[str]:

@@ -41,12 +41,26 @@ class ConditionScore(BaseModel):
     correct: bool
 
 
+class ScoreSet(BaseModel):
+    """An example's scores under a group of conditions (``record_set``), in the group's order."""
+
+    logprob: list[float]
+    correct: list[bool]
+
+
 class ExampleRow(BaseModel):
-    """One line of examples.jsonl: an example's score under every recorded condition."""
+    """One line of examples.jsonl: an example's score under every recorded condition.
+
+    ``evaluation``: whether the example is one the effects are measured on (a selection example
+    sharing a batch with them is scored too, so ``scores`` alone does not say). ``sets``: on the
+    evaluation examples, the grouped conditions, e.g. ``control<k>``: the R matched control sets of
+    that k in the order of ``control_sets.features``. Both absent in files written before them."""
 
     id: str
     target: str
+    evaluation: bool | None = None
     scores: dict[str, ConditionScore]
+    sets: dict[str, ScoreSet] | None = None
 
 
 # ----------------------------------------------------------------------------- reading and writing
@@ -66,7 +80,7 @@ def write_study(folder: str | Path, results: StudyResults, rows: Iterable[Exampl
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(examples_path(out)) as tmp, open(tmp, "w") as fh:
         for row in rows:
-            fh.write(json.dumps(row.model_dump(mode="python")) + "\n")
+            fh.write(json.dumps(row.model_dump(mode="python", exclude_none=True)) + "\n")
     write_atomic(results_path(out), results.to_json())
     return out
 

@@ -19,7 +19,7 @@ import torch
 from scircuits.platform.causal.context import CausalStudyContext
 from scircuits.platform.causal.evaluation import prepare_eval
 from scircuits.platform.causal.registry import analyses_of, study_order
-from scircuits.platform.causal.results import ConditionScore, ExampleRow
+from scircuits.platform.causal.results import ConditionScore, ExampleRow, ScoreSet
 from scircuits.platform.causal.statistics import Bootstrap, selection_split
 from scircuits.platform.causal.study import Study, feature_statistics, reconstruction_metrics
 from scircuits.platform.common.logs import get_logger
@@ -278,15 +278,25 @@ def run_study(
         "provenance": {},
     }
     results = StudyResults.assemble(fields, done)
+    held_out = None if evaluation is None else {int(i) for i in evaluation}
     rows = [
         ExampleRow(
             id=example.id,
             target=example.target,
+            evaluation=held_out is None or i in held_out,
             scores={
                 name: ConditionScore(logprob=float(s.logprob[i]), correct=bool(s.correct[i]))
                 for name, s in context.scores.items()
                 if s.scored is None or s.scored[i]
             },
+            sets={
+                name: ScoreSet(
+                    logprob=[float(s.logprob[i]) for s in group], correct=[bool(s.correct[i]) for s in group]
+                )
+                for name, group in context.score_sets.items()
+                if held_out is None or i in held_out
+            }
+            or None,
         )
         for i, example in enumerate(data.examples)
     ]

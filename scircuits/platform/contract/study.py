@@ -51,6 +51,7 @@ class StudyContext(ABC):
     sae_info: dict[str, Any]  # the checkpoint's metadata (scircuits.json)
     results: dict[str, AnalysisResult]  # by analysis name, so far
     scores: dict[str, Any]  # condition scores recorded for examples.jsonl
+    score_sets: dict[str, list[Any]]  # ordered groups of condition scores (``record_set``), ditto
     shared: dict[str, Any]  # in-memory values analyses hand on
 
     # -- what the study is about -------------------------------------------------------------
@@ -130,10 +131,12 @@ class StudyContext(ABC):
         ce: bool = False,
         status: str = "",
         record: str | None = None,
+        record_set: str | None = None,
     ) -> Any:
         """Scores (per evaluation example) with the site's output set by ``mode`` ("clean",
         "splice", "reconstruction", "zero"), features edited by ``edit_for(batch_index)``;
-        ``record`` names it in examples.jsonl."""
+        ``record`` names it in examples.jsonl; ``record_set`` appends it to that named group there
+        (e.g. the R control sets of one k, in draw order)."""
 
     @property
     @abstractmethod

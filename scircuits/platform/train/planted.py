@@ -41,8 +41,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from scircuits.platform.config import TrainConfig
-from scircuits.platform.train.training import SAETrainer, default_lr, default_warmup_steps
+from scircuits.platform.train.training import default_lr, train_in_memory
 from scircuits.platform.train.validation import torch_threads
 
 MCC_THRESHOLD = 0.9
@@ -262,7 +261,6 @@ def train_variant(
     ``atoms``."""
     import torch
 
-    defaults = TrainConfig()
     fields = getattr(variant, "Hyperparameters", None)
     fields = getattr(fields, "model_fields", {})
     hparams = {"k": setup.k} if "k" in fields else {}
@@ -272,23 +270,9 @@ def train_variant(
         sae = variant.build(setup.d_in, setup.d_sae, hparams)
         lr = setup.lr if setup.lr is not None else default_lr(setup.d_sae, setup.batch_size)
         steps = max(1, setup.n_tokens // setup.batch_size)
-        trainer = SAETrainer(
-            sae,
-            lr=lr,
-            total_steps=steps,
-            warmup_steps=default_warmup_steps(steps),
-            decay_fraction=defaults.decay_fraction,
-            grad_clip=defaults.grad_clip,
+        trainer = train_in_memory(
+            sae, train_x, lr=lr, batch_size=setup.batch_size, steps=steps, order_seed=setup.data_seed + 1
         )
-        trainer.initialize_from_sample(train_x[:16384])
-        order = torch.Generator().manual_seed(setup.data_seed + 1)
-        permutation = torch.randperm(len(train_x), generator=order)
-        position = 0
-        for _ in range(steps):
-            if position + setup.batch_size > len(train_x):
-                permutation, position = torch.randperm(len(train_x), generator=order), 0
-            trainer.train_step(train_x[permutation[position : position + setup.batch_size]])
-            position += setup.batch_size
         metrics = trainer.evaluate(iter(eval_x.split(4096)), eval_x.shape[0])
         decoder = trainer.folded_copy().W_dec.detach()
     scores = dictionary_scores(decoder, atoms, setup.threshold)

@@ -318,6 +318,33 @@ class SAETrainer:
         return sae.eval()
 
 
+def train_in_memory(
+    sae: SparseAutoencoder, x: torch.Tensor, *, lr: float, batch_size: int, steps: int, order_seed: int
+) -> SAETrainer:
+    """``sae`` trained on the rows ``x`` (held in memory) for ``steps`` batches of ``batch_size``,
+    shuffled by ``order_seed`` and reshuffled at each pass, with the training stage's default warm-up,
+    decay and clipping; the input scale and ``b_dec`` set from the first 16,384 rows. The loop of the
+    planted benchmarks and the ground-truth SAE search (no store, no checkpoints)."""
+    defaults = TrainConfig()
+    trainer = SAETrainer(
+        sae,
+        lr=lr,
+        total_steps=steps,
+        warmup_steps=default_warmup_steps(steps),
+        decay_fraction=defaults.decay_fraction,
+        grad_clip=defaults.grad_clip,
+    )
+    trainer.initialize_from_sample(x[:16384])
+    order = torch.Generator().manual_seed(order_seed)
+    permutation, position = torch.randperm(len(x), generator=order), 0
+    for _ in range(steps):
+        if position + batch_size > len(x):
+            permutation, position = torch.randperm(len(x), generator=order), 0
+        trainer.train_step(x[permutation[position : position + batch_size]])
+        position += batch_size
+    return trainer
+
+
 class _TrainForward(torch.nn.Module):
     """Routes ``forward`` to ``train_forward`` so DDP can wrap it."""
 

@@ -166,6 +166,7 @@ class Sweeps(Analysis):
                     "splice",
                     context.ablate_edit(features, tag=10_000 * (r + 1) + k),
                     status=f"control {k}.{r}",
+                    record_set=f"control{k}",
                 )
                 for r, features in enumerate(matched.ids)
             ]
