@@ -27,6 +27,7 @@ from scircuits.platform.causal.statistics import (
     derived_seed,
     effect,
 )
+from scircuits.platform.causal.study import Condition
 from scircuits.platform.contract.analyses import AnalysisResult
 from scircuits.platform.contract.study import StudyContext
 
@@ -100,6 +101,24 @@ class CausalStudyContext(StudyContext):
         if record is not None:
             self.scores[record] = full
         return full.subset(self.evaluation)
+
+    def run_conditions(
+        self,
+        edits: Sequence[Callable[[int], Any]],
+        statuses: Sequence[str] | None = None,
+        records: Sequence[str | None] | None = None,
+    ) -> list[ConditionScores]:
+        """``run_condition("splice", edit)`` for each of ``edits``, their forwards stacked together
+        (``Study.run_many``); the same scores as one at a time, up to float rounding."""
+        statuses = list(statuses) if statuses is not None else [""] * len(edits)
+        records = list(records) if records is not None else [None] * len(edits)
+        conditions = [Condition("splice", e, False, s) for e, s in zip(edits, statuses, strict=True)]
+        out = []
+        for scores, record in zip(self.study.run_many(conditions, self.evaluation), records, strict=True):
+            if record is not None:
+                self.scores[record] = scores
+            out.append(scores if self.evaluation is None else scores.subset(self.evaluation))
+        return out
 
     @property
     def companion_ablations(self) -> list[str]:

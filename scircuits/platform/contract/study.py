@@ -135,6 +135,22 @@ class StudyContext(ABC):
         "splice", "reconstruction", "zero"), features edited by ``edit_for(batch_index)``;
         ``record`` names it in examples.jsonl."""
 
+    def run_conditions(
+        self,
+        edits: Sequence[Callable[[int], Any]],
+        statuses: Sequence[str] | None = None,
+        records: Sequence[str | None] | None = None,
+    ) -> list[Any]:
+        """``run_condition("splice", edit, status=..., record=...)`` for each of ``edits``, in order.
+        A context may run them together (the causal study stacks their forwards); this default runs
+        them one at a time."""
+        statuses = list(statuses) if statuses is not None else [""] * len(edits)
+        records = list(records) if records is not None else [None] * len(edits)
+        return [
+            self.run_condition("splice", edit, status=status, record=record)
+            for edit, status, record in zip(edits, statuses, records, strict=True)
+        ]
+
     @property
     @abstractmethod
     def companion_ablations(self) -> list[str]:
