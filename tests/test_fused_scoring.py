@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from scircuits.platform.causal.stage import AblateInputs, run_ablate
-from scircuits.platform.config import AblateConfig
 from scircuits.platform.manager.plugin_set import load_plugins
 from scircuits.platform.model import splice
 from scircuits.platform.model.scoring import make_batch
@@ -21,6 +20,7 @@ from scircuits.platform.model.sequences import EncodedSequence
 from scircuits.platform.model.splice import ScoreJob, SplitModel, fusable_groups, spliced_output
 from scircuits.testing import tiny_loaded_model
 from tests.test_splice import ARCHITECTURES, padded_batch, random_sae
+from tests.test_study_statistics import config as study_config
 from tests.test_study_statistics import examples, tiny  # noqa: F401 (fixtures)
 from tests.test_study_statistics import random_sae as study_sae
 
@@ -95,20 +95,10 @@ def test_a_stacked_study_reproduces_the_eager_study(tiny, examples, tmp_path, mo
     outputs = {}
     for name, budget in (("eager", None), ("stacked", splice.FUSE_TOKENS)):
         monkeypatch.setattr(splice, "FUSE_TOKENS", budget)
-        config = AblateConfig(
-            sae="",
-            out=str(tmp_path / name),
-            top_k=[1, 3],
-            random_controls=20,
-            exact_top=6,
-            faithfulness_n=[1, 2],
-            bootstrap=200,
-            progress=False,
-            layer=2,
-            ablation=ablation,
-            reconstruction_gate=False,
-            batch_size=4,  # batches of other widths; the resample pool of other batches' examples
-        )
+        # every analysis at a size that draws 20 control sets per k; batches of other widths; the
+        # resample pool of other batches' examples
+        settings = dict(random_controls=20, exact_top=6, ablation=ablation, batch_size=4)
+        config = study_config(tmp_path / name, **settings)
         inputs = AblateInputs(tiny, study_sae(tiny.d_model, seed=1), {}, examples, 2)
         out = run_ablate(config, plugins, inputs=inputs)
         results = json.loads((out / "results.json").read_text())

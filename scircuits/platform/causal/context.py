@@ -29,7 +29,7 @@ from scircuits.platform.causal.statistics import (
 )
 from scircuits.platform.causal.study import Condition
 from scircuits.platform.contract.analyses import AnalysisResult
-from scircuits.platform.contract.study import StudyContext
+from scircuits.platform.contract.study import StudyContext, condition_labels
 
 if TYPE_CHECKING:
     from scircuits.platform.causal.study import ConditionScores, Study
@@ -110,8 +110,7 @@ class CausalStudyContext(StudyContext):
     ) -> list[ConditionScores]:
         """``run_condition("splice", edit)`` for each of ``edits``, their forwards stacked together
         (``Study.run_many``); the same scores as one at a time, up to float rounding."""
-        statuses = list(statuses) if statuses is not None else [""] * len(edits)
-        records = list(records) if records is not None else [None] * len(edits)
+        statuses, records = condition_labels(len(edits), statuses, records)
         conditions = [Condition("splice", e, False, s) for e, s in zip(edits, statuses, strict=True)]
         out = []
         for scores, record in zip(self.study.run_many(conditions, self.evaluation), records, strict=True):

@@ -28,6 +28,16 @@ if TYPE_CHECKING:
 R = TypeVar("R", bound=AnalysisResult)
 
 
+def condition_labels(
+    n: int, statuses: Sequence[str] | None, records: Sequence[str | None] | None
+) -> tuple[list[str], list[str | None]]:
+    """``run_conditions``' statuses and records, one per condition (none given: "" and None)."""
+    return (
+        list(statuses) if statuses is not None else [""] * n,
+        list(records) if records is not None else [None] * n,
+    )
+
+
 class StudyContext(ABC):
     """The state of one causal study, shared by its analyses in order: what ``Analysis.run`` gets.
 
@@ -144,11 +154,11 @@ class StudyContext(ABC):
         """``run_condition("splice", edit, status=..., record=...)`` for each of ``edits``, in order.
         A context may run them together (the causal study stacks their forwards); this default runs
         them one at a time."""
-        statuses = list(statuses) if statuses is not None else [""] * len(edits)
-        records = list(records) if records is not None else [None] * len(edits)
         return [
             self.run_condition("splice", edit, status=status, record=record)
-            for edit, status, record in zip(edits, statuses, records, strict=True)
+            for edit, status, record in zip(
+                edits, *condition_labels(len(edits), statuses, records), strict=True
+            )
         ]
 
     @property
