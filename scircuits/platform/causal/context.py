@@ -27,8 +27,9 @@ from scircuits.platform.causal.statistics import (
     derived_seed,
     effect,
 )
+from scircuits.platform.causal.study import Condition
 from scircuits.platform.contract.analyses import AnalysisResult
-from scircuits.platform.contract.study import StudyContext
+from scircuits.platform.contract.study import StudyContext, condition_labels
 
 if TYPE_CHECKING:
     from scircuits.platform.causal.study import ConditionScores, Study
@@ -104,6 +105,27 @@ class CausalStudyContext(StudyContext):
         if record_set is not None:
             self.score_sets.setdefault(record_set, []).append(full)
         return scores
+
+    def run_conditions(
+        self,
+        edits: Sequence[Callable[[int], Any]],
+        statuses: Sequence[str] | None = None,
+        records: Sequence[str | None] | None = None,
+        record_set: str | None = None,
+    ) -> list[ConditionScores]:
+        """``run_condition("splice", edit)`` for each of ``edits``, their forwards stacked together
+        (``Study.run_many``); the same scores as one at a time, up to float rounding. ``record_set``
+        appends each, in order, to that named group of examples.jsonl's ``sets``."""
+        statuses, records = condition_labels(len(edits), statuses, records)
+        conditions = [Condition("splice", e, False, s) for e, s in zip(edits, statuses, strict=True)]
+        out = []
+        for scores, record in zip(self.study.run_many(conditions, self.evaluation), records, strict=True):
+            if record is not None:
+                self.scores[record] = scores
+            if record_set is not None:
+                self.score_sets.setdefault(record_set, []).append(scores)
+            out.append(scores if self.evaluation is None else scores.subset(self.evaluation))
+        return out
 
     @property
     def companion_ablations(self) -> list[str]:

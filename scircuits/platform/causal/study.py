@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -80,6 +80,30 @@ class ConditionScores:
     @property
     def ce(self) -> float | None:
         return self.nll_sum / self.nll_count if self.nll_count else None
+
+
+# site-value tokens ``Study.run_many`` plans before it scores them (~75 MB per 32k tokens at d = 576)
+PLANNED_TOKENS = 65_536
+
+
+@dataclass
+class Condition:
+    """One condition: the site's output set by ``mode``, features edited by ``edit_for(batch)``."""
+
+    mode: SiteMode = "splice"
+    edit_for: Callable[[int], FeatureEdit | None] | None = None
+    ce: bool = False
+    status: str = ""
+
+
+@dataclass
+class ConditionPlan:
+    """A condition's jobs for ``SplitModel.score_all`` and, per batch, how its scores are read back."""
+
+    condition: Condition
+    wanted: set[int] | None
+    jobs: list[ScoreJob] = field(default_factory=list)
+    steps: list[tuple[int, EvalBatch, str, Any]] = field(default_factory=list)
 
 
 class Study:
@@ -171,15 +195,40 @@ class Study:
         """Score every example (or the batches holding one of ``examples``) with the site's output set
         by ``mode`` (features edited by ``edit_for(b)``). Every batch's scoring goes to the split model
         at once (on NDIF: one request per condition)."""
-        n = self.data.n_examples
-        logprob = np.zeros(n)
-        correct = np.zeros(n, dtype=bool)
-        scored = np.zeros(n, dtype=bool)
+        return self.run_many([Condition(mode, edit_for, ce, status)], examples)[0]
+
+    def run_many(
+        self, conditions: Sequence[Condition], examples: np.ndarray | None = None
+    ) -> list[ConditionScores]:
+        """``run`` of each condition, their jobs scored together: locally, ``SplitModel.score_all``
+        stacks consecutive jobs, of one condition or of several, into bigger forwards. On NDIF each
+        condition stays one request (``remote_split``'s sessions are per condition)."""
+        if self.remote or len(conditions) <= 1:
+            return [self._run_plans([self._plan(c, examples)], c.status or c.mode)[0] for c in conditions]
+        # plans are scored once they hold PLANNED_TOKENS site values (memory stays bounded)
+        out: list[ConditionScores] = []
+        plans: list[ConditionPlan] = []
+        pending: set[int] = set()  # batches whose splice reference an earlier plan scores
+        planned = 0
+        for condition in conditions:
+            plans.append(self._plan(condition, examples, pending))
+            planned += sum(job.batch.size * int(job.batch.input_ids.shape[1]) for job in plans[-1].jobs)
+            if planned >= PLANNED_TOKENS:
+                out += self._run_plans(plans, plans[0].condition.status or plans[0].condition.mode)
+                plans, planned, pending = [], 0, set()
+        if plans:
+            out += self._run_plans(plans, plans[0].condition.status or plans[0].condition.mode)
+        return out
+
+    def _plan(
+        self, condition: Condition, examples: np.ndarray | None, pending: set[int] | None = None
+    ) -> ConditionPlan:
+        """The jobs of one condition: per batch, its edited scoring, or only the sequences the edit
+        changes beside the unedited splice's scores (computed once per batch, here if not yet)."""
+        mode, edit_for, ce = condition.mode, condition.edit_for, condition.ce
         wanted = None if examples is None else set(int(i) for i in examples)
-        nll_sum, nll_count = 0.0, 0
+        plan = ConditionPlan(condition, wanted)
         with torch.no_grad():
-            jobs: list[ScoreJob] = []
-            plans: list[tuple[int, EvalBatch, str, Any]] = []
             for b, eb in enumerate(self.data.batches):
                 if wanted is not None and not wanted.intersection(eb.example_indices):
                     continue
@@ -187,47 +236,68 @@ class Study:
                 if mode == "splice" and edit is not None and not ce and self.skip_unchanged:
                     edited = self.edited_features(eb, edit)
                     changed = (edited != eb.features).flatten(1).any(dim=1)
-                    if b not in self._splice_scores:
-                        plans.append((b, eb, "reference", len(jobs)))
-                        jobs.append(self._job(eb, "splice", None))
+                    if b not in self._splice_scores and (pending is None or b not in pending):
+                        plan.steps.append((b, eb, "reference", len(plan.jobs)))
+                        plan.jobs.append(self._job(eb, "splice", None))
+                        if pending is not None:
+                            pending.add(b)
                     keep = torch.nonzero(changed).squeeze(1)
-                    plans.append((b, eb, "part", (keep, len(jobs) if len(keep) else None)))
+                    plan.steps.append((b, eb, "part", (keep, len(plan.jobs) if len(keep) else None)))
                     if len(keep):
-                        jobs.append(self._part_job(eb, edited, keep))
+                        plan.jobs.append(self._part_job(eb, edited, keep))
                 else:
-                    plans.append((b, eb, "whole", len(jobs)))
-                    jobs.append(self._job(eb, mode, edit, ce))
-            results = self.split.score_all(jobs, purpose=status or mode) if jobs else []
-            for b, eb, kind, where in plans:
-                if kind == "reference":
-                    job = results[where]
-                    self._splice_scores[b] = (job.seq_logprob, job.seq_correct)
-                    continue
-                if kind == "part":
-                    keep, at = where
-                    seq_lp, seq_ok = self._splice_scores[b]
-                    if at is not None:
-                        seq_lp, seq_ok = seq_lp.clone(), seq_ok.clone()
-                        seq_lp[keep] = results[at].seq_logprob.to(seq_lp.dtype)
-                        seq_ok[keep] = results[at].seq_correct
-                    if len(keep):
-                        self.sequences_run += len(keep)
-                        self.sequences_skipped += int(eb.batch.size - len(keep))
-                else:
-                    job = results[where]
-                    seq_lp, seq_ok = job.seq_logprob, job.seq_correct
-                    nll_sum += job.nll_sum
-                    nll_count += job.nll_count
-                    if mode == "splice" and edit_for is None and not ce:
-                        self._splice_scores[b] = (seq_lp, seq_ok)
-                lp, ok = example_scores(seq_lp, seq_ok, eb.layouts)
-                logprob[eb.example_indices] = lp.cpu().numpy()
-                correct[eb.example_indices] = ok.cpu().numpy()
-                scored[eb.example_indices] = True
+                    plan.steps.append((b, eb, "whole", len(plan.jobs)))
+                    plan.jobs.append(self._job(eb, mode, edit, ce))
+        return plan
+
+    def _run_plans(self, plans: list[ConditionPlan], purpose: str) -> list[ConditionScores]:
+        """Score every plan's jobs in one ``score_all`` call, then each plan's conditions in order."""
+        jobs = [job for plan in plans for job in plan.jobs]
+        with torch.no_grad():
+            results = self.split.score_all(jobs, purpose=purpose) if jobs else []
+        out, start = [], 0
+        for plan in plans:
+            out.append(self._finish(plan, results[start : start + len(plan.jobs)]))
+            start += len(plan.jobs)
+        return out
+
+    def _finish(self, plan: ConditionPlan, results: list[JobScores]) -> ConditionScores:
+        mode, edit_for, ce = plan.condition.mode, plan.condition.edit_for, plan.condition.ce
+        n = self.data.n_examples
+        logprob = np.zeros(n)
+        correct = np.zeros(n, dtype=bool)
+        scored = np.zeros(n, dtype=bool)
+        nll_sum, nll_count = 0.0, 0
+        for b, eb, kind, where in plan.steps:
+            if kind == "reference":
+                job = results[where]
+                self._splice_scores[b] = (job.seq_logprob, job.seq_correct)
+                continue
+            if kind == "part":
+                keep, at = where
+                seq_lp, seq_ok = self._splice_scores[b]
+                if at is not None:
+                    seq_lp, seq_ok = seq_lp.clone(), seq_ok.clone()
+                    seq_lp[keep] = results[at].seq_logprob.to(seq_lp.dtype)
+                    seq_ok[keep] = results[at].seq_correct
+                if len(keep):
+                    self.sequences_run += len(keep)
+                    self.sequences_skipped += int(eb.batch.size - len(keep))
+            else:
+                job = results[where]
+                seq_lp, seq_ok = job.seq_logprob, job.seq_correct
+                nll_sum += job.nll_sum
+                nll_count += job.nll_count
+                if mode == "splice" and edit_for is None and not ce:
+                    self._splice_scores[b] = (seq_lp, seq_ok)
+            lp, ok = example_scores(seq_lp, seq_ok, eb.layouts)
+            logprob[eb.example_indices] = lp.cpu().numpy()
+            correct[eb.example_indices] = ok.cpu().numpy()
+            scored[eb.example_indices] = True
         self.n_conditions += 1
         if self.show is not None:
-            self.show.advance(1, status)
-        return ConditionScores(logprob, correct, nll_sum, nll_count, None if wanted is None else scored)
+            self.show.advance(1, plan.condition.status)
+        return ConditionScores(logprob, correct, nll_sum, nll_count, None if plan.wanted is None else scored)
 
     @property
     def remote(self) -> bool:

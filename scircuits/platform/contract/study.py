@@ -28,6 +28,16 @@ if TYPE_CHECKING:
 R = TypeVar("R", bound=AnalysisResult)
 
 
+def condition_labels(
+    n: int, statuses: Sequence[str] | None, records: Sequence[str | None] | None
+) -> tuple[list[str], list[str | None]]:
+    """``run_conditions``' statuses and records, one per condition (none given: "" and None)."""
+    return (
+        list(statuses) if statuses is not None else [""] * n,
+        list(records) if records is not None else [None] * n,
+    )
+
+
 class StudyContext(ABC):
     """The state of one causal study, shared by its analyses in order: what ``Analysis.run`` gets.
 
@@ -137,6 +147,24 @@ class StudyContext(ABC):
         "splice", "reconstruction", "zero"), features edited by ``edit_for(batch_index)``;
         ``record`` names it in examples.jsonl; ``record_set`` appends it to that named group there
         (e.g. the R control sets of one k, in draw order)."""
+
+    def run_conditions(
+        self,
+        edits: Sequence[Callable[[int], Any]],
+        statuses: Sequence[str] | None = None,
+        records: Sequence[str | None] | None = None,
+        record_set: str | None = None,
+    ) -> list[Any]:
+        """``run_condition("splice", edit, status=..., record=..., record_set=...)`` for each of
+        ``edits``, in order (``record_set`` appends every one of them to that group, in order). A
+        context may run them together (the causal study stacks their forwards); this default runs
+        them one at a time."""
+        return [
+            self.run_condition("splice", edit, status=status, record=record, record_set=record_set)
+            for edit, status, record in zip(
+                edits, *condition_labels(len(edits), statuses, records), strict=True
+            )
+        ]
 
     @property
     @abstractmethod

@@ -33,15 +33,14 @@ class ExactAblation(Analysis):
         ranked: list[int] = context.shared["ranked"]
         spliced = context.shared["splice"]
         features = ranked[: min(context.config.exact_top, len(ranked))]
-        exact = {}
-        for feature in features:
-            scores = context.run_condition(
-                "splice",
-                context.ablate_edit([feature], tag=-(feature + 1)),
-                status=f"feature {feature}",
-                record=f"feature{feature}",
-            )
-            exact[feature] = context.effect(scores, spliced)
+        runs = context.run_conditions(
+            [context.ablate_edit([feature], tag=-(feature + 1)) for feature in features],
+            statuses=[f"feature {feature}" for feature in features],
+            records=[f"feature{feature}" for feature in features],
+        )
+        exact = {
+            feature: context.effect(scores, spliced) for feature, scores in zip(features, runs, strict=True)
+        }
         context.shared["exact"] = exact
         rho, interval = None, None
         if len(features) >= 2:

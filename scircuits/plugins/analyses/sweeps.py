@@ -161,15 +161,14 @@ class Sweeps(Analysis):
             except ControlSamplingError as exc:
                 entry["control_note"] = str(exc)
                 continue
-            draws = [
-                context.run_condition(
-                    "splice",
-                    context.ablate_edit(features, tag=10_000 * (r + 1) + k),
-                    status=f"control {k}.{r}",
-                    record_set=f"control{k}",
-                )
-                for r, features in enumerate(matched.ids)
-            ]
+            draws = context.run_conditions(
+                [
+                    context.ablate_edit(features, tag=10_000 * (r + 1) + k)
+                    for r, features in enumerate(matched.ids)
+                ],
+                statuses=[f"control {k}.{r}" for r in range(len(matched.ids))],
+                record_set=f"control{k}",
+            )
             entry["control"] = context.control_effect(draws, spliced)
             stats = context.control_statistics()
             log_f = set_log_ratios(ranked[:k], matched.ids, stats["frequency"])
