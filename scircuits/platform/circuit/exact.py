@@ -63,7 +63,7 @@ def exact_node_effects(
                 features, error = _patched(cb, base, node, features, error, model.sites[i].d_sae)
                 return model.decode(i, features, error, x)
 
-            total += float((model.scores(cb, handler)[0] - reference).sum())
+            total += float((model.scores(cb, handler, start=node[0])[0] - reference).sum())
         counter.add("exact", forwards=len(batches))
         effects.append(total / max(n_examples, 1))
     return effects
@@ -84,8 +84,9 @@ def exact_edge_effects(
         by_source.setdefault(source, []).append(k)
     totals = np.zeros(len(edges))
     for cb in batches:
+        fresh = cb.gradients is None
         clean_scores, grads_f, grads_e = total_gradients(model, cb)
-        counter.add("exact", forwards=1, backwards=1)
+        counter.add("exact", forwards=int(fresh), backwards=int(fresh))
         for source, ks in by_source.items():
             i = source[0]
             leaves_f, leaves_e = list(cb.features), list(cb.errors)
@@ -93,7 +94,7 @@ def exact_edge_effects(
                 cb, base, source, cb.features[i], cb.errors[i], model.sites[i].d_sae
             )
             with torch.no_grad():
-                scores, recomputed = frozen_forward(model, cb, leaves_f, leaves_e)
+                scores, recomputed = frozen_forward(model, cb, leaves_f, leaves_e, start=i)
             counter.add("exact", forwards=1)
             for k in ks:
                 target = edges[k][1]

@@ -26,7 +26,7 @@ from scircuits.platform.model.scoring import (
     example_scores,
     sequence_scores,
 )
-from scircuits.platform.model.splice import _first, _replace_first
+from scircuits.platform.model.splice import LowerCache, SplitModel, _first, _replace_first
 
 # handler(site index, the site's output x) -> its new output, or None to leave it
 Handler = Callable[[int, torch.Tensor], torch.Tensor | None]
@@ -46,12 +46,18 @@ class CircuitBatch:
     mask: torch.Tensor  # (B, T) the positions nodes are patched at
     features: list[torch.Tensor]  # per site (B, T, d_sae)
     errors: list[torch.Tensor]  # per site (B, T, d_model)
+    # per site, the clean model's pass up to it (``SplitModel.lower``'s cache): a forward can start
+    # there, the blocks below being the same in every condition; None: the eager path only
+    lower: list[LowerCache] | None = None
+    # the total gradients of the score (``attribution.total_gradients``) once computed: the exact
+    # checks reuse the node attribution's
+    gradients: tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]] | None = None
 
 
 class SplicedModel:
     """The model with one SAE per site; ``run(batch, handler)`` gives per-example scores."""
 
-    def __init__(self, loaded: LoadedModel, sites: Sequence[SiteSAE]) -> None:
+    def __init__(self, loaded: LoadedModel, sites: Sequence[SiteSAE], fast: bool = True) -> None:
         self.loaded = loaded
         self.sites = list(sites)
         self.modules = [loaded.site_module(s.layer, s.site) for s in self.sites]
@@ -64,6 +70,10 @@ class SplicedModel:
         ]
         for p in self.params:  # gradients are taken with respect to activations only
             p.requires_grad_(False)
+        # the fast path (module docstring): one split of the model per site; False: every forward
+        # runs the whole model (the eager reference the tests compare the fast path with)
+        self.splits = [SplitModel(loaded, s.layer, s.site) for s in self.sites]
+        self.fast = fast
 
     @contextmanager
     def handled(self, handler: Handler | None) -> Iterator[None]:
@@ -95,15 +105,35 @@ class SplicedModel:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
-    def objective(self, cb: CircuitBatch, handler: Handler | None) -> torch.Tensor:
+    def logits(self, cb: CircuitBatch, handler: Handler | None, start: int = 0) -> torch.Tensor:
+        """The target logits with ``handler`` at the sites. ``start``: the handler leaves every site
+        before it as the model computes it (the caller's promise), so the fast path begins there:
+        the blocks below come from ``cb.lower``, the handler edits the site's cached clean output
+        and the blocks above run with it (``SplitModel.upper``)."""
+        if not self.fast or cb.lower is None:
+            return self.target_logits(cb.batch, handler)
+        cache = cb.lower[start]
+        value = None if handler is None else handler(start, cache.site_output)
+        after: Handler | None = None
+        if handler is not None:
+
+            def after(i: int, x: torch.Tensor) -> torch.Tensor | None:
+                return handler(i, x) if i > start else None
+
+        with self.handled(after):
+            return self.splits[start].upper(cb.batch, cache, cache.site_output if value is None else value)
+
+    def objective(self, cb: CircuitBatch, handler: Handler | None, start: int = 0) -> torch.Tensor:
         """Per example, the benchmark's score (``example_objective``), with its graph."""
-        seq_lp, _ = sequence_scores(self.target_logits(cb.batch, handler), cb.batch)
+        seq_lp, _ = sequence_scores(self.logits(cb, handler, start), cb.batch)
         return example_objective(seq_lp, cb.layouts)
 
-    def scores(self, cb: CircuitBatch, handler: Handler | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores(
+        self, cb: CircuitBatch, handler: Handler | None, start: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per example (score, correct), no graph."""
         with torch.no_grad():
-            seq_lp, seq_ok = sequence_scores(self.target_logits(cb.batch, handler), cb.batch)
+            seq_lp, seq_ok = sequence_scores(self.logits(cb, handler, start), cb.batch)
         return example_scores(seq_lp, seq_ok, cb.layouts)
 
     # -- the SAE at a site -----------------------------------------------------------------------
@@ -137,7 +167,7 @@ class SplicedModel:
             ) -> None:
                 features[i], errors[i] = (t.detach() for t in self.encode(i, x))
 
-            with torch.no_grad(), self.handled(record):
+            with torch.no_grad(), self.handled(record), self.lower_caught() as lower:
                 self.base(
                     input_ids=batch.input_ids,
                     attention_mask=batch.attention_mask,
@@ -145,8 +175,52 @@ class SplicedModel:
                     use_cache=False,
                 )
             mask = edit_mask(batch, first_position)
-            out.append(CircuitBatch(batch, list(group), local_layouts, mask, features, errors))  # type: ignore[arg-type]
+            out.append(
+                CircuitBatch(
+                    batch,
+                    list(group),
+                    local_layouts,
+                    mask,
+                    features,  # type: ignore[arg-type]
+                    errors,  # type: ignore[arg-type]
+                    lower() if self.fast else None,
+                )
+            )
         return out
+
+    @contextmanager
+    def lower_caught(self) -> Iterator[Callable[[], list[LowerCache]]]:
+        """During one clean forward, what ``SplitModel.lower`` keeps at every site (its output, the
+        rest of a block's tuple output, a non-resid site's block input), for all sites at once."""
+        outputs: list = [None] * len(self.sites)
+        inputs: list[torch.Tensor | None] = [None] * len(self.sites)
+        handles = []
+        for i, (site, module) in enumerate(zip(self.sites, self.modules, strict=True)):
+
+            def grab(module, args, output, i=i):
+                outputs[i] = output
+
+            handles.append(module.register_forward_hook(grab))
+            if site.site != "resid":
+
+                def grab_input(module, args, kwargs, i=i):
+                    inputs[i] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+                handles.append(self.splits[i].block.register_forward_pre_hook(grab_input, with_kwargs=True))
+
+        def caches() -> list[LowerCache]:
+            out = []
+            for i, site in enumerate(self.sites):
+                output = outputs[i]
+                rest = tuple(output[1:]) if isinstance(output, tuple) and site.site == "resid" else None
+                out.append(LowerCache(_first(output).detach(), inputs[i], rest))
+            return out
+
+        try:
+            yield caches
+        finally:
+            for h in handles:
+                h.remove()
 
     def check_exact(self, batches: Sequence[CircuitBatch], tolerance: float) -> dict[str, float]:
         """Max |logit difference| of the model with every SAE spliced in (error terms kept) against
