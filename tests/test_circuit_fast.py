@@ -68,6 +68,26 @@ def test_a_forward_started_at_any_site_gives_the_whole_models_logits(both):
             torch.testing.assert_close(model.logits(cb, None, start), whole, rtol=1e-5, atol=1e-5)
 
 
+def test_a_frozen_forward_stopped_at_a_site_recomputes_the_same_nodes_up_to_it(both):
+    model, batches, _ = both[True]
+    cb = batches[0]
+    leaves_f, leaves_e = list(cb.features), list(cb.errors)
+    _, whole = A.frozen_forward(model, cb, leaves_f, leaves_e, start=0)
+    scores, part = A.frozen_forward(model, cb, leaves_f, leaves_e, start=0, stop=1)
+    assert scores is None and part[2] is None
+    for i in (0, 1):
+        for a, b in zip(part[i], whole[i], strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_the_clean_scores_of_the_preparing_pass_are_the_models(both):
+    model, batches, _ = both[True]
+    for cb in batches:
+        assert cb.clean is not None
+        torch.testing.assert_close(cb.clean[0], model.scores(cb, None)[0], rtol=1e-5, atol=1e-5)
+        assert torch.equal(cb.clean[1], model.scores(cb, None)[1])
+
+
 def test_node_effects_edges_and_ig_are_the_eager_ones(both):
     (fast, fb, fbase), (eager, eb, ebase) = both[True], both[False]
     nodes_fast, nodes_eager = A.node_effects(fast, fb, fbase), A.node_effects(eager, eb, ebase)

@@ -188,17 +188,22 @@ def frozen_forward(
     leaves_f: list[torch.Tensor],
     leaves_e: list[torch.Tensor],
     start: int = 0,
-) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    stop: int | None = None,
+) -> tuple[torch.Tensor | None, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Scores with every site's output set from the given nodes (``leaves``), and each site's nodes
     as recomputed from its input: their change measures only direct effects of upstream nodes.
     ``start``: the leaves of the sites before it are the clean nodes, so the forward may begin there
-    (``SplicedModel.logits``; their recomputed nodes are then not given)."""
+    (``SplicedModel.logits``; their recomputed nodes are then not given). ``stop``: the forward ends
+    at that site (no scores; the recomputed nodes after it not given)."""
     recomputed: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(model.sites)
 
     def handler(i: int, x: torch.Tensor) -> torch.Tensor:
         recomputed[i] = model.encode(i, x)
         return model.decode(i, leaves_f[i], leaves_e[i], x)
 
+    if stop is not None:
+        model.run_to(cb, handler, stop, start)
+        return None, recomputed  # type: ignore[return-value]
     scores = model.objective(cb, handler, start)
     return scores, recomputed  # type: ignore[return-value]
 
@@ -227,6 +232,7 @@ def edge_weights(
             leaves_f = [f.clone().requires_grad_(True) for f in cb.features]
             leaves_e = [e.clone().requires_grad_(True) for e in cb.errors]
             scores, recomputed = frozen_forward(model, cb, leaves_f, leaves_e)
+            assert scores is not None
             direct = torch.autograd.grad(
                 scores.sum(), leaves_f + leaves_e, retain_graph=True, allow_unused=True
             )

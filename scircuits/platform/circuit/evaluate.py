@@ -46,7 +46,7 @@ def scores_keeping(
     out: list[np.ndarray] = []
     if kept is None:
         for cb in batches:
-            out.append(model.scores(cb, None)[0].numpy())
+            out.append(model.clean_scores(cb)[0].numpy())
         return np.concatenate(out)
     keep_f, keep_e = keep_masks(model, kept)
     if complement:

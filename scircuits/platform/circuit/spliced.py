@@ -9,7 +9,7 @@ predictions: the unembedding runs only there.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +26,7 @@ from scircuits.platform.model.scoring import (
     example_scores,
     sequence_scores,
 )
-from scircuits.platform.model.splice import LowerCache, SplitModel, _first, _replace_first
+from scircuits.platform.model.splice import LowerCache, SplitModel, _first, _replace_first, _StopForward
 
 # handler(site index, the site's output x) -> its new output, or None to leave it
 Handler = Callable[[int, torch.Tensor], torch.Tensor | None]
@@ -52,6 +52,8 @@ class CircuitBatch:
     # the total gradients of the score (``attribution.total_gradients``) once computed: the exact
     # checks reuse the node attribution's
     gradients: tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]] | None = None
+    # per example (score, correct) of the model itself, from the same clean pass (fast path)
+    clean: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class SplicedModel:
@@ -100,6 +102,10 @@ class SplicedModel:
                 position_ids=batch.position_ids,
                 use_cache=False,
             ).last_hidden_state
+        return self.at_targets(hidden, batch)
+
+    def at_targets(self, hidden: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:
+        """The logits at the target predictions from the last hidden states."""
         logits = self.unembed(hidden[batch.pred_rows, batch.pred_cols])
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
@@ -122,6 +128,25 @@ class SplicedModel:
 
         with self.handled(after):
             return self.splits[start].upper(cb.batch, cache, cache.site_output if value is None else value)
+
+    def clean_scores(self, cb: CircuitBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per example (score, correct) of the model itself (no site edited)."""
+        if self.fast and cb.clean is not None:
+            return cb.clean
+        return self.scores(cb, None)
+
+    def run_to(self, cb: CircuitBatch, handler: Handler, stop: int, start: int = 0) -> None:
+        """The forward of ``logits`` up to site ``stop`` only (its handler called, nothing after it
+        run): for a handler that records what it reads, when nothing beyond ``stop`` is wanted."""
+
+        def until(i: int, x: torch.Tensor) -> torch.Tensor | None:
+            new = handler(i, x)
+            if i == stop:
+                raise _StopForward
+            return new
+
+        with suppress(_StopForward):
+            self.logits(cb, until, start)
 
     def objective(self, cb: CircuitBatch, handler: Handler | None, start: int = 0) -> torch.Tensor:
         """Per example, the benchmark's score (``example_objective``), with its graph."""
@@ -168,12 +193,16 @@ class SplicedModel:
                 features[i], errors[i] = (t.detach() for t in self.encode(i, x))
 
             with torch.no_grad(), self.handled(record), self.lower_caught() as lower:
-                self.base(
+                hidden = self.base(
                     input_ids=batch.input_ids,
                     attention_mask=batch.attention_mask,
                     position_ids=batch.position_ids,
                     use_cache=False,
-                )
+                ).last_hidden_state
+                clean = None
+                if self.fast:  # the model's own scores come with this pass (as ``target_logits``)
+                    seq_lp, seq_ok = sequence_scores(self.at_targets(hidden, batch), batch)
+                    clean = example_scores(seq_lp, seq_ok, local_layouts)
             mask = edit_mask(batch, first_position)
             out.append(
                 CircuitBatch(
@@ -184,6 +213,7 @@ class SplicedModel:
                     features,  # type: ignore[arg-type]
                     errors,  # type: ignore[arg-type]
                     lower() if self.fast else None,
+                    clean=clean,
                 )
             )
         return out
