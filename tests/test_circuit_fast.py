@@ -12,7 +12,7 @@ import torch
 from scircuits.platform.causal.statistics import Bootstrap
 from scircuits.platform.circuit import attribution as A
 from scircuits.platform.circuit import stage
-from scircuits.platform.circuit.evaluate import curves, scores_keeping
+from scircuits.platform.circuit.evaluate import curves, cut_off, keep_masks, scores_keeping
 from scircuits.platform.circuit.exact import exact_edge_effects, exact_node_effects
 from scircuits.platform.circuit.spliced import SplicedModel
 from scircuits.platform.manager.plugin_set import get_plugins
@@ -109,6 +109,23 @@ def test_node_effects_edges_and_ig_are_the_eager_ones(both):
         np.testing.assert_allclose(a, b, **TOL)
 
 
+def test_a_circuit_without_a_node_at_some_resid_site_scores_as_the_empty_circuit(both):
+    """What the fast path's evaluation skips, checked on the eager path that runs it: a resid site
+    keeping no node, with none kept after it, passes on what ∅ passes on whatever came before."""
+    model, batches, base = both[False]
+    d_sae = [s.d_sae for s in model.sites]
+    empty = scores_keeping(model, batches, base, [])
+    full = scores_keeping(model, batches, base, None)
+    assert np.abs(full - empty).max() > 1e-2
+    for kept in ([(0, 3), (1, d_sae[1])], [(0, d_sae[0])], [(1, 5)]):
+        assert cut_off(model, *keep_masks(model, kept))
+        np.testing.assert_allclose(scores_keeping(model, batches, base, kept), empty, rtol=0, atol=1e-6)
+    # a resid site keeping nothing does not cut off the sites after it that keep nodes
+    for kept in ([(1, 5), (2, d_sae[2])], [(0, 3), (1, 2), (2, d_sae[2])]):
+        assert not cut_off(model, *keep_masks(model, kept))
+        assert np.abs(scores_keeping(model, batches, base, kept) - empty).max() > 1e-4
+
+
 def test_curves_and_exact_checks_are_the_eager_ones(both):
     (fast, fb, fbase), (eager, eb, ebase) = both[True], both[False]
     effects = A.node_effects(eager, eb, ebase)
@@ -158,5 +175,8 @@ def test_the_command_finds_the_same_circuit_on_either_path(tiny, tmp_path, monke
     assert_close(fast.reference, eager.reference)
     assert fast.exact_nodes.spearman == pytest.approx(eager.exact_nodes.spearman, abs=1e-9)
     assert fast.exact_edges.spearman == pytest.approx(eager.exact_edges.spearman, abs=1e-9)
-    # the fast path saves blocks, not passes: both count the same
-    assert fast.passes == eager.passes
+    # the same backward passes; fewer forwards on the fast path (m(M) from the preparing pass,
+    # conditions cut off at a resid site not run)
+    assert fast.passes["backwards"] == eager.passes["backwards"]
+    assert fast.passes["batched_backwards"] == eager.passes["batched_backwards"]
+    assert fast.passes["forwards"] < eager.passes["forwards"]
