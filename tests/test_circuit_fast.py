@@ -16,8 +16,10 @@ from scircuits.platform.circuit.evaluate import curves, cut_off, keep_masks, sco
 from scircuits.platform.circuit.exact import exact_edge_effects, exact_node_effects
 from scircuits.platform.circuit.spliced import SplicedModel
 from scircuits.platform.manager.plugin_set import get_plugins
-from scircuits.testing import tiny_loaded_model
+from tests import test_circuit
 from tests.test_circuit import SITES, config, saved_saes, site_saes
+
+tiny, examples = test_circuit.tiny, test_circuit.examples  # the fixtures, shared
 
 TOL = dict(rtol=1e-4, atol=1e-5)
 
@@ -36,16 +38,6 @@ def assert_close(a, b, path="") -> None:
         assert b == pytest.approx(a, rel=TOL["rtol"], abs=TOL["atol"]), path
     else:
         assert a == b, path
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_loaded_model("smollm2-135m")
-
-
-@pytest.fixture(scope="module")
-def examples():
-    return list(get_plugins().benchmarks.get("arithmetic").examples("test", 8, 0, {}))
 
 
 @pytest.fixture(scope="module")
