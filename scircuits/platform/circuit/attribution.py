@@ -95,7 +95,8 @@ class Counter:
 def total_gradients(
     model: SplicedModel, cb: CircuitBatch
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """Per-example scores, and ∂(Σ scores)/∂node for every feature and error term (total gradients).
+    """Per-example scores, and ∂(Σ scores)/∂node for every feature and error term (total gradients);
+    computed once per batch (kept in ``cb.gradients``).
 
     At each site the features used downstream are a copy of the encoded ones, and the error term is
     computed from the encoded ones: the site's gradient then splits into the node gradients without
@@ -113,12 +114,15 @@ def total_gradients(
         nodes_f[i], nodes_e[i] = node, error
         return model.decode(i, node, error, x)
 
+    if cb.gradients is not None:
+        return cb.gradients
     with torch.enable_grad():
         scores = model.objective(cb, handler)
         scores.sum().backward()
     grads_f = [n.grad if n.grad is not None else torch.zeros_like(n) for n in nodes_f]  # type: ignore[union-attr]
     grads_e = [n.grad if n.grad is not None else torch.zeros_like(n) for n in nodes_e]  # type: ignore[union-attr]
-    return scores.detach(), grads_f, grads_e
+    cb.gradients = (scores.detach(), grads_f, grads_e)  # the same batch's exact checks reuse them
+    return cb.gradients
 
 
 def node_effects(
@@ -139,8 +143,9 @@ def node_effects(
             grads_f, grads_e = integrated_gradients(model, cb, base, ig_steps)
             counter.add("nodes", forwards=n_sites * ig_steps, backwards=n_sites * ig_steps)
         else:
+            fresh = cb.gradients is None
             _, grads_f, grads_e = total_gradients(model, cb)
-            counter.add("nodes", forwards=1, backwards=1)
+            counter.add("nodes", forwards=int(fresh), backwards=int(fresh))
         for i in range(n_sites):
             d_f, d_e = deltas(cb, base, i)
             totals[i][:-1] += (grads_f[i] * d_f).sum(dim=(0, 1)).double().cpu().numpy()
@@ -168,7 +173,7 @@ def integrated_gradients(
                 ) -> torch.Tensor | None:
                     return model.decode(i, leaf_f, leaf_e, x) if j == i else None
 
-                scores = model.objective(cb, handler)
+                scores = model.objective(cb, handler, start=i)
                 g_f, g_e = torch.autograd.grad(scores.sum(), [leaf_f, leaf_e])
             acc_f += g_f
             acc_e += g_e
@@ -182,16 +187,24 @@ def frozen_forward(
     cb: CircuitBatch,
     leaves_f: list[torch.Tensor],
     leaves_e: list[torch.Tensor],
-) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    start: int = 0,
+    stop: int | None = None,
+) -> tuple[torch.Tensor | None, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Scores with every site's output set from the given nodes (``leaves``), and each site's nodes
-    as recomputed from its input: their change measures only direct effects of upstream nodes."""
+    as recomputed from its input: their change measures only direct effects of upstream nodes.
+    ``start``: the leaves of the sites before it are the clean nodes, so the forward may begin there
+    (``SplicedModel.logits``; their recomputed nodes are then not given). ``stop``: the forward ends
+    at that site (no scores; the recomputed nodes after it not given)."""
     recomputed: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(model.sites)
 
     def handler(i: int, x: torch.Tensor) -> torch.Tensor:
         recomputed[i] = model.encode(i, x)
         return model.decode(i, leaves_f[i], leaves_e[i], x)
 
-    scores = model.objective(cb, handler)
+    if stop is not None:
+        model.run_to(cb, handler, stop, start)
+        return None, recomputed  # type: ignore[return-value]
+    scores = model.objective(cb, handler, start)
     return scores, recomputed  # type: ignore[return-value]
 
 
@@ -212,12 +225,14 @@ def edge_weights(
         weights[key] = weights.get(key, 0.0) + value
 
     for cb in batches:
+        fresh = cb.gradients is None
         _, grads_f, grads_e = total_gradients(model, cb)
         d = [deltas(cb, base, i) for i in range(len(model.sites))]
         with torch.enable_grad():
             leaves_f = [f.clone().requires_grad_(True) for f in cb.features]
             leaves_e = [e.clone().requires_grad_(True) for e in cb.errors]
             scores, recomputed = frozen_forward(model, cb, leaves_f, leaves_e)
+            assert scores is not None
             direct = torch.autograd.grad(
                 scores.sum(), leaves_f + leaves_e, retain_graph=True, allow_unused=True
             )
@@ -255,7 +270,7 @@ def edge_weights(
                         w = _batched_weight(g_f, g_e, d[u], up_j, model.sites[u].d_sae, len(down_nodes))
                         for k, j in enumerate(down_nodes):
                             add(((u, up_j), (down, j)), float(w[k]))
-        counter.add("edges", forwards=2, backwards=2)
+        counter.add("edges", forwards=1 + fresh, backwards=1 + fresh)
     return {k: v / max(n_examples, 1) for k, v in weights.items()}
 
 

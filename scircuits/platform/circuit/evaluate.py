@@ -34,23 +34,38 @@ def keep_masks(model: SplicedModel, kept: Sequence[Node]) -> tuple[list[torch.Te
     return keep_f, keep_e
 
 
+def cut_off(model: SplicedModel, keep_f: Sequence[torch.Tensor], keep_e: Sequence[bool]) -> bool:
+    """Whether a resid site after the last site that keeps a node exists. A resid site keeping no
+    node passes on the baseline at every patched position, whatever the sites before it passed on,
+    and the clean model's values at the others (the first positions, patched nowhere, see only
+    themselves; padding is never attended to); with no node kept after it either, the condition
+    computes from there exactly what ∅ computes, so it scores exactly as m(∅)."""
+    kept = [i for i in range(len(model.sites)) if keep_e[i] or bool(keep_f[i].any())]
+    last = max(kept, default=-1)
+    return any(s.site == "resid" for s in model.sites[last + 1 :])
+
+
 def scores_keeping(
     model: SplicedModel,
     batches: Sequence[CircuitBatch],
     base: Baseline,
     kept: Sequence[Node] | None,
     complement: bool = False,
+    empty: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per example, the score with every node outside ``kept`` patched (``complement``: the nodes in
-    it patched); ``kept`` None: the model, no node patched."""
+    it patched); ``kept`` None: the model, no node patched. ``empty``: m(∅)'s scores, returned on
+    the fast path for a condition ``cut_off`` (no forward run)."""
     out: list[np.ndarray] = []
     if kept is None:
         for cb in batches:
-            out.append(model.scores(cb, None)[0].numpy())
+            out.append(model.clean_scores(cb)[0].numpy())
         return np.concatenate(out)
     keep_f, keep_e = keep_masks(model, kept)
     if complement:
         keep_f, keep_e = [~k for k in keep_f], [not k for k in keep_e]
+    if empty is not None and model.fast and cut_off(model, keep_f, keep_e):
+        return empty
     for cb in batches:
         mask = cb.mask[..., None]
 
@@ -95,9 +110,15 @@ def curves(
     """The reference scores (m(M), m(∅)) and, per size, the faithfulness and completeness of the
     top-ranked circuit and of matched random circuits, with intervals."""
     counter = counter or Counter()
-    full = scores_keeping(model, batches, base, None)
+    full = scores_keeping(model, batches, base, None)  # the preparing pass's scores (fast path)
     empty = scores_keeping(model, batches, base, [])
-    counter.add("evaluation", forwards=2 * len(batches))
+    counter.add("evaluation", forwards=len(batches) * (1 if model.fast else 2))
+
+    def measure(nodes: Sequence[Node], complement: bool = False) -> np.ndarray:
+        scores = scores_keeping(model, batches, base, nodes, complement, empty)
+        counter.add("evaluation", forwards=0 if scores is empty else len(batches))
+        return scores
+
     reference = {
         "full": bootstrap.interval(full).__dict__,
         "empty": bootstrap.interval(empty).__dict__,
@@ -106,15 +127,14 @@ def curves(
     points: list[dict[str, object]] = []
     for size in sizes:
         circuit = list(ranked[:size])
-        kept = scores_keeping(model, batches, base, circuit)
-        removed = scores_keeping(model, batches, base, circuit, complement=True)
+        kept = measure(circuit)
+        removed = measure(circuit, complement=True)
         rng = np.random.default_rng(derived_seed(seed, 6151, size))
         random_kept, random_removed = [], []
         for _ in range(random_circuits if len(pool) > size else 0):
             pick = [pool[int(k)] for k in rng.choice(len(pool), size=size, replace=False)]
-            random_kept.append(scores_keeping(model, batches, base, pick))
-            random_removed.append(scores_keeping(model, batches, base, pick, complement=True))
-        counter.add("evaluation", forwards=len(batches) * (2 + 2 * len(random_kept)))
+            random_kept.append(measure(pick))
+            random_removed.append(measure(pick, complement=True))
         point: dict[str, object] = {
             "size": size,
             "faithfulness": ratio(kept, empty, full),

@@ -48,7 +48,7 @@ def exact_node_effects(
     """Per node, the mean change of the score when it alone is patched."""
     counter = counter or Counter()
     n_examples = sum(len(cb.layouts) for cb in batches)
-    clean = [model.scores(cb, None)[0] for cb in batches]
+    clean = [model.clean_scores(cb)[0] for cb in batches]
     effects = []
     for node in nodes:
         total = 0.0
@@ -63,7 +63,7 @@ def exact_node_effects(
                 features, error = _patched(cb, base, node, features, error, model.sites[i].d_sae)
                 return model.decode(i, features, error, x)
 
-            total += float((model.scores(cb, handler)[0] - reference).sum())
+            total += float((model.scores(cb, handler, start=node[0])[0] - reference).sum())
         counter.add("exact", forwards=len(batches))
         effects.append(total / max(n_examples, 1))
     return effects
@@ -84,20 +84,25 @@ def exact_edge_effects(
         by_source.setdefault(source, []).append(k)
     totals = np.zeros(len(edges))
     for cb in batches:
+        fresh = cb.gradients is None
         clean_scores, grads_f, grads_e = total_gradients(model, cb)
-        counter.add("exact", forwards=1, backwards=1)
+        counter.add("exact", forwards=int(fresh), backwards=int(fresh))
         for source, ks in by_source.items():
             i = source[0]
             leaves_f, leaves_e = list(cb.features), list(cb.errors)
             leaves_f[i], leaves_e[i] = _patched(
                 cb, base, source, cb.features[i], cb.errors[i], model.sites[i].d_sae
             )
+            # a forward that ends at the last site read when no edge of this source reaches the metric
+            targets = [edges[k][1] for k in ks]
+            stop = None if OUTPUT in targets else max(t for t, _ in targets)
             with torch.no_grad():
-                scores, recomputed = frozen_forward(model, cb, leaves_f, leaves_e)
+                scores, recomputed = frozen_forward(model, cb, leaves_f, leaves_e, start=i, stop=stop)
             counter.add("exact", forwards=1)
             for k in ks:
                 target = edges[k][1]
                 if target == OUTPUT:
+                    assert scores is not None  # stop is None when a target is the metric
                     totals[k] += float((scores - clean_scores).sum())
                     continue
                 t, j = target

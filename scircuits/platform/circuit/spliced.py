@@ -9,7 +9,7 @@ predictions: the unembedding runs only there.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +26,7 @@ from scircuits.platform.model.scoring import (
     example_scores,
     sequence_scores,
 )
-from scircuits.platform.model.splice import _first, _replace_first
+from scircuits.platform.model.splice import LowerCache, SplitModel, _first, _replace_first, _StopForward
 
 # handler(site index, the site's output x) -> its new output, or None to leave it
 Handler = Callable[[int, torch.Tensor], torch.Tensor | None]
@@ -47,12 +47,20 @@ class CircuitBatch:
     mask: torch.Tensor  # (B, T) the positions nodes are patched at
     features: list[torch.Tensor]  # per site (B, T, d_sae)
     errors: list[torch.Tensor]  # per site (B, T, d_model)
+    # per site, the clean model's pass up to it (``SplitModel.lower``'s cache): a forward can start
+    # there, the blocks below being the same in every condition; None: the eager path only
+    lower: list[LowerCache] | None = None
+    # the total gradients of the score (``attribution.total_gradients``) once computed: the exact
+    # checks reuse the node attribution's
+    gradients: tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]] | None = None
+    # per example (score, correct) of the model itself, from the same clean pass (fast path)
+    clean: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class SplicedModel:
     """The model with one SAE per site; ``run(batch, handler)`` gives per-example scores."""
 
-    def __init__(self, loaded: LoadedModel, sites: Sequence[SiteSAE]) -> None:
+    def __init__(self, loaded: LoadedModel, sites: Sequence[SiteSAE], fast: bool = True) -> None:
         self.loaded = loaded
         self.sites = list(sites)
         self.modules = [loaded.site_module(s.layer, s.site) for s in self.sites]
@@ -68,6 +76,10 @@ class SplicedModel:
         # per-example metric from the target logits (logits, batch, layouts), None: the benchmark's
         # score (circuit/metrics.py)
         self.metric: Metric | None = None
+        # the fast path (module docstring): one split of the model per site; False: every forward
+        # runs the whole model (the eager reference the tests compare the fast path with)
+        self.splits = [SplitModel(loaded, s.layer, s.site) for s in self.sites]
+        self.fast = fast
 
     @contextmanager
     def handled(self, handler: Handler | None) -> Iterator[None]:
@@ -94,19 +106,62 @@ class SplicedModel:
                 position_ids=batch.position_ids,
                 use_cache=False,
             ).last_hidden_state
+        return self.at_targets(hidden, batch)
+
+    def at_targets(self, hidden: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:
+        """The logits at the target predictions from the last hidden states."""
         logits = self.unembed(hidden[batch.pred_rows, batch.pred_cols])
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
-    def objective(self, cb: CircuitBatch, handler: Handler | None) -> torch.Tensor:
-        """Per example, the benchmark's score (``example_objective``) or ``metric``, with its graph."""
-        return self.objective_of(self.target_logits(cb.batch, handler), cb.batch, cb.layouts)
+    def logits(self, cb: CircuitBatch, handler: Handler | None, start: int = 0) -> torch.Tensor:
+        """The target logits with ``handler`` at the sites. ``start``: the handler leaves every site
+        before it as the model computes it (the caller's promise), so the fast path begins there:
+        the blocks below come from ``cb.lower``, the handler edits the site's cached clean output
+        and the blocks above run with it (``SplitModel.upper``)."""
+        if not self.fast or cb.lower is None:
+            return self.target_logits(cb.batch, handler)
+        cache = cb.lower[start]
+        value = None if handler is None else handler(start, cache.site_output)
+        after: Handler | None = None
+        if handler is not None:
 
-    def scores(self, cb: CircuitBatch, handler: Handler | None) -> tuple[torch.Tensor, torch.Tensor]:
+            def after(i: int, x: torch.Tensor) -> torch.Tensor | None:
+                return handler(i, x) if i > start else None
+
+        with self.handled(after):
+            return self.splits[start].upper(cb.batch, cache, cache.site_output if value is None else value)
+
+    def clean_scores(self, cb: CircuitBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per example (score, correct) of the model itself (no site edited)."""
+        if self.fast and cb.clean is not None:
+            return cb.clean
+        return self.scores(cb, None)
+
+    def run_to(self, cb: CircuitBatch, handler: Handler, stop: int, start: int = 0) -> None:
+        """The forward of ``logits`` up to site ``stop`` only (its handler called, nothing after it
+        run): for a handler that records what it reads, when nothing beyond ``stop`` is wanted."""
+
+        def until(i: int, x: torch.Tensor) -> torch.Tensor | None:
+            new = handler(i, x)
+            if i == stop:
+                raise _StopForward
+            return new
+
+        with suppress(_StopForward):
+            self.logits(cb, until, start)
+
+    def objective(self, cb: CircuitBatch, handler: Handler | None, start: int = 0) -> torch.Tensor:
+        """Per example, the benchmark's score (``example_objective``) or ``metric``, with its graph."""
+        return self.objective_of(self.logits(cb, handler, start), cb.batch, cb.layouts)
+
+    def scores(
+        self, cb: CircuitBatch, handler: Handler | None, start: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per example (score, correct), no graph."""
         with torch.no_grad():
-            return self.scores_of(self.target_logits(cb.batch, handler), cb.batch, cb.layouts)
+            return self.scores_of(self.logits(cb, handler, start), cb.batch, cb.layouts)
 
     def objective_of(
         self, logits: torch.Tensor, batch: SequenceBatch, layouts: Sequence[ExampleLayout]
@@ -158,16 +213,64 @@ class SplicedModel:
             ) -> None:
                 features[i], errors[i] = (t.detach() for t in self.encode(i, x))
 
-            with torch.no_grad(), self.handled(record):
-                self.base(
+            with torch.no_grad(), self.handled(record), self.lower_caught() as lower:
+                hidden = self.base(
                     input_ids=batch.input_ids,
                     attention_mask=batch.attention_mask,
                     position_ids=batch.position_ids,
                     use_cache=False,
-                )
+                ).last_hidden_state
+                clean = None
+                if self.fast:  # the model's own scores come with this pass (as ``target_logits``)
+                    clean = self.scores_of(self.at_targets(hidden, batch), batch, local_layouts)
             mask = edit_mask(batch, first_position)
-            out.append(CircuitBatch(batch, list(group), local_layouts, mask, features, errors))  # type: ignore[arg-type]
+            out.append(
+                CircuitBatch(
+                    batch,
+                    list(group),
+                    local_layouts,
+                    mask,
+                    features,  # type: ignore[arg-type]
+                    errors,  # type: ignore[arg-type]
+                    lower() if self.fast else None,
+                    clean=clean,
+                )
+            )
         return out
+
+    @contextmanager
+    def lower_caught(self) -> Iterator[Callable[[], list[LowerCache]]]:
+        """During one clean forward, what ``SplitModel.lower`` keeps at every site (its output, the
+        rest of a block's tuple output, a non-resid site's block input), for all sites at once."""
+        outputs: list = [None] * len(self.sites)
+        inputs: list[torch.Tensor | None] = [None] * len(self.sites)
+        handles = []
+        for i, (site, module) in enumerate(zip(self.sites, self.modules, strict=True)):
+
+            def grab(module, args, output, i=i):
+                outputs[i] = output
+
+            handles.append(module.register_forward_hook(grab))
+            if site.site != "resid":
+
+                def grab_input(module, args, kwargs, i=i):
+                    inputs[i] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+                handles.append(self.splits[i].block.register_forward_pre_hook(grab_input, with_kwargs=True))
+
+        def caches() -> list[LowerCache]:
+            out = []
+            for i, site in enumerate(self.sites):
+                output = outputs[i]
+                rest = tuple(output[1:]) if isinstance(output, tuple) and site.site == "resid" else None
+                out.append(LowerCache(_first(output).detach(), inputs[i], rest))
+            return out
+
+        try:
+            yield caches
+        finally:
+            for h in handles:
+                h.remove()
 
     def check_exact(self, batches: Sequence[CircuitBatch], tolerance: float) -> dict[str, float]:
         """Max |logit difference| of the model with every SAE spliced in (error terms kept) against
