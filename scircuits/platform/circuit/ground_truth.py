@@ -1,4 +1,4 @@
-"""A circuit scored against a synthetic task's known mechanism (issue 23 item 6, docs/ground_truth.md
+"""A circuit scored against a synthetic task's known mechanism (docs/ground_truth.md
 "Circuits against ground truth").
 
 ``score_circuit_ground_truth`` takes a circuit's feature nodes with their activations at every token
