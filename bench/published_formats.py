@@ -79,13 +79,21 @@ def _number(v: Any) -> bool:
 
 def difference(a_path: Path, b_path: Path) -> dict[str, Any]:
     """Value by value, per top-level section of results.json: how many values, how many differ, the
-    largest |difference| of the numeric ones, and the differing keys (first 8)."""
+    largest |difference| of the numeric ones, and the differing keys (first 8). A value only one file
+    holds (a field newer code writes, an analysis only one process had installed) is counted apart,
+    in ``only_in_first`` / ``only_in_second``, not as a difference."""
     a, b = (leaves(json.loads(p.read_text())) for p in (a_path, b_path))
     sections: dict[str, dict[str, Any]] = {}
     for key in sorted(set(a) | set(b)):
-        section = sections.setdefault(key.split(".")[0].split("[")[0], {"values": 0, "differing": []})
+        section = sections.setdefault(
+            key.split(".")[0].split("[")[0],
+            {"values": 0, "differing": [], "only_in_first": 0, "only_in_second": 0},
+        )
+        if key not in b or key not in a:
+            section["only_in_first" if key not in b else "only_in_second"] += 1
+            continue
         section["values"] += 1
-        x, y = a.get(key, "<absent>"), b.get(key, "<absent>")
+        x, y = a[key], b[key]
         same = x == y or (_number(x) and _number(y) and math.isnan(x) and math.isnan(y))
         if not same:
             section["differing"].append(key)
