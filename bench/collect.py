@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-full", action="store_true", help="leave out the full forward (saves time)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="store dtype")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
@@ -211,16 +212,20 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-collect-"))
     times: dict[str, list[float]] = {"full forward": [], "hook stop": [], "ours": []}
+    if args.skip_full:
+        del times["full forward"]
     ours_peaks: list[float] = []  # RSS growth above the level before each collection
     try:
         # warm-up: one batch each (this also pages in every weight)
-        time_full_forward(loaded.model, batches[:1])
+        if not args.skip_full:
+            time_full_forward(loaded.model, batches[:1])
         rss_warm = rss_mib()
         time_hook_stop(loaded.model, block, batches[:1])
         warm = config.model_copy(update={"limit": args.batch_size})
         time_ours(warm, loaded, sites, benchmark, options, workdir, -1, [])
         for round_index in range(args.rounds):
-            times["full forward"].append(time_full_forward(loaded.model, batches))
+            if not args.skip_full:
+                times["full forward"].append(time_full_forward(loaded.model, batches))
             times["hook stop"].append(time_hook_stop(loaded.model, block, batches))
             times["ours"].append(
                 time_ours(config, loaded, sites, benchmark, options, workdir, round_index, ours_peaks)
@@ -241,13 +246,15 @@ def main() -> None:
     for name, ts in times.items():
         print(f"{name:<14} {rate[name]:>10.0f} {', '.join(f'{t:.2f}' for t in ts):>28}")
     ours_vs_hook = rate["ours"] / rate["hook stop"]
-    stop_vs_full = rate["hook stop"] / rate["full forward"]
     print(f"ours / hook stop       {ours_vs_hook:.3f}   (target >= 0.9)")
-    print(
-        f"hook stop / full       {stop_vs_full:.3f}   (target >= 1.7 for layer 15 of 30; "
-        f"ideal {loaded.n_layers / (layer + 1):.2f} without embedding and lm_head costs)"
-    )
-    print(f"ours / full            {rate['ours'] / rate['full forward']:.3f}")
+    stop_vs_full = None
+    if not args.skip_full:
+        stop_vs_full = rate["hook stop"] / rate["full forward"]
+        print(
+            f"hook stop / full       {stop_vs_full:.3f}   (target >= 1.7 for layer 15 of 30; "
+            f"ideal {loaded.n_layers / (layer + 1):.2f} without embedding and lm_head costs)"
+        )
+        print(f"ours / full            {rate['ours'] / rate['full forward']:.3f}")
     print(
         f"RSS: start {rss_start:.0f} MiB, model loaded {rss_loaded:.0f} MiB, "
         f"after a forward {rss_warm:.0f} MiB, "

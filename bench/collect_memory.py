@@ -326,11 +326,50 @@ def ranks(args: argparse.Namespace) -> dict:
     }
 
 
+def _proc_status(pid: int) -> dict[str, int]:
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) * 1024
+    return values
+
+
+def watch(args: argparse.Namespace) -> dict:
+    """Follow a running collection (``--pid``, writing ``--store``) until it ends: every --every
+    seconds its RSS, its kernel peak (VmHWM), its CPU seconds and the tokens its store records, one
+    JSON line each to --json-out's ``.jsonl`` (so that what was seen survives a stopped run)."""
+    proc = psutil.Process(args.pid)
+    lines = (args.json_out or Path("watch.json")).with_suffix(".jsonl")
+    start = time.monotonic()
+    last: dict = {}
+    with lines.open("a") as f:
+        while proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+            try:
+                status, cpu = _proc_status(args.pid), proc.cpu_times()
+            except (OSError, psutil.Error):
+                break
+            last = {
+                "seconds": round(time.monotonic() - start, 1),
+                "tokens": _recorded_tokens(args.store),
+                "rss_mib": round(status["VmRSS"] / 2**20),
+                "peak_rss_mib": round(status["VmHWM"] / 2**20),
+                "cpu_s": round(cpu.user + cpu.system, 1),
+                "loadavg": os.getloadavg(),
+            }
+            f.write(json.dumps(last) + "\n")
+            f.flush()
+            time.sleep(args.every)
+    print(json.dumps(last))
+    return last
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("mode", choices=["corpus", "memory", "ranks"])
+    parser.add_argument("mode", choices=["corpus", "memory", "ranks", "watch"])
+    parser.add_argument("--pid", type=int, help="watch: the collecting process")
     parser.add_argument("--out", type=Path, default=Path("/tmp/c21speed/corpus"), help="corpus: folder")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="corpus: benchmark data")
     parser.add_argument(
@@ -363,11 +402,13 @@ def main() -> None:
         ]
         report = build_corpus(args.out, args.data, roots, args.min_chars)
         print(json.dumps(report, indent=2))
-    else:
+    elif args.mode != "watch":
         if args.corpus is None:
             raise SystemExit(f"{args.mode}: give --corpus (build one with `{sys.argv[0]} corpus`)")
         args.workdir.mkdir(parents=True, exist_ok=True)
         report = memory(args) if args.mode == "memory" else ranks(args)
+    if args.mode == "watch":
+        report = watch(args)
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=2))
 

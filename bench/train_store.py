@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--eval-tokens", type=int, default=8192, help="final evaluation (untimed)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json-out", type=Path)
@@ -156,7 +157,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     # The final evaluation is outside the timed loop; keep it short.
-    training.USAGE_TOKENS = 8192
+    training.USAGE_TOKENS = args.eval_tokens
     workdir = Path(tempfile.mkdtemp(prefix="bench-train-store-", dir=args.workdir))
     try:
         if args.store:
@@ -176,7 +177,7 @@ def main() -> None:
             eval_every=10**6,
             log_every=10**6,
             checkpoint_every=10**6,
-            eval_tokens=8192,
+            eval_tokens=args.eval_tokens,
             exclude_tokens="none",
             progress=False,
             seed=0,
