@@ -17,7 +17,9 @@ on the same store and settings. They differ only in where the batches come from:
 
 Rounds alternate store and memory. The figure is tokens/s of the training loop (the ``seconds`` the
 trainer records in scircuits.json: every step, the reads inside it; the set-up, the initial sample and
-the final evaluation are outside it), median over rounds. Both runs must end with identical weights
+the final evaluation are outside it), median over rounds. The store runs also time how long the
+trainer waits for each batch (the reads the prefetch did not hide): a share of the loop that the
+machine's load moves less than the ratio of two runs. Both runs must end with identical weights
 (same batches, same seed): the bench stops if they do not. A generated store (no --store) is
 labelled as such: sparse sums of random unit atoms, not activations (fine for speed, nothing else).
 Not a test: figures depend on whatever else runs on the machine; the load average is printed.
@@ -32,6 +34,7 @@ import os
 import shutil
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +76,35 @@ class HeldStore:
         return self._store.iter_batches(batch_size, **kwargs)
 
 
+class TimedStore:
+    """The store as the trainer reads it, timing how long each training batch takes to arrive (the
+    time the trainer waits on the reader: near zero when the prefetch hides the reads)."""
+
+    def __init__(self, store: ActivationStore) -> None:
+        self._store = store
+        self.waited = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def iter_batches(self, batch_size: int, **kwargs: Any):
+        batches = self._store.iter_batches(batch_size, **kwargs)
+        if not (kwargs.get("split") == "train" and kwargs.get("drop_last")):
+            return batches
+        return self._timed(batches)
+
+    def _timed(self, batches):
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            finally:
+                self.waited += time.perf_counter() - start
+            yield batch
+
+
 def generate_store(path: Path, rows: int, d_model: int, dtype: str, seed: int = 0) -> None:
     """Activation-like rows: about 24 non-negative multiples of 8,192 random unit atoms, a shared
     offset and four dimensions of large variance, plus noise; examples of 128 rows."""
@@ -104,7 +136,11 @@ def generate_store(path: Path, rows: int, d_model: int, dtype: str, seed: int = 
 def run_once(config: TrainConfig, held: bool) -> dict[str, Any]:
     """One training run; returns its loop seconds, tokens and final weights."""
     original = training.open_store
-    if held:
+    timed = None
+    if not held:
+        timed = TimedStore(ActivationStore(config.store))
+        training.open_store = lambda _path: timed  # type: ignore[assignment]
+    else:
         store = HeldStore(ActivationStore(config.store))
         seed = training.derived_seeds(config.seed).data
         kwargs = dict(
@@ -133,7 +169,8 @@ def run_once(config: TrainConfig, held: bool) -> dict[str, Any]:
 
     weights = load_file(str(out / "sae_weights.safetensors"))
     shutil.rmtree(out, ignore_errors=True)
-    return {"seconds": meta["seconds"], "tokens": meta["tokens"], "weights": weights}
+    waited = timed.waited if timed is not None else 0.0
+    return {"seconds": meta["seconds"], "tokens": meta["tokens"], "weights": weights, "waited": waited}
 
 
 def main() -> None:
@@ -183,6 +220,7 @@ def main() -> None:
             seed=0,
         )
         times: dict[str, list[float]] = {"store": [], "memory": []}
+        waits: list[float] = []  # share of the store run's loop spent waiting for a batch
         weights: dict[str, dict[str, torch.Tensor]] = {}
         load_before = os.getloadavg()
         for round_index in range(args.rounds):
@@ -191,10 +229,14 @@ def main() -> None:
                 result = run_once(config.model_copy(update={"out": str(out)}), held=kind == "memory")
                 times[kind].append(result["tokens"] / result["seconds"])
                 weights.setdefault(kind, result["weights"])
+                if kind == "store":
+                    waits.append(result["waited"] / result["seconds"])
                 print(
                     f"round {round_index} {kind:<6} {result['tokens']:,} tokens "
                     f"in {result['seconds']:.2f} s: "
-                    f"{times[kind][-1]:.0f} tokens/s; load {os.getloadavg()}",
+                    f"{times[kind][-1]:.0f} tokens/s"
+                    + (f", {result['waited']:.2f} s waiting for batches" if kind == "store" else "")
+                    + f"; load {os.getloadavg()}",
                     flush=True,
                 )
         same = all(torch.equal(weights["store"][k], weights["memory"][k]) for k in weights["store"])
@@ -212,6 +254,10 @@ def main() -> None:
             "(medians); same weights"
         )
         print(f"store / memory {ratio:.3f} (target >= 0.9: {'met' if ratio >= 0.9 else 'NOT met'})")
+        print(
+            "share of the store runs' training loop spent waiting for a batch: "
+            + ", ".join(f"{w:.4f}" for w in waits)
+        )
         print(f"load average before {load_before}, after {os.getloadavg()}")
         if args.json_out:
             args.json_out.write_text(
@@ -226,6 +272,7 @@ def main() -> None:
                         "tokens_per_s": times,
                         "median": rate,
                         "store_over_memory": ratio,
+                        "store_wait_share": waits,
                         "threads": torch.get_num_threads(),
                         "loadavg_before": load_before,
                         "loadavg_after": os.getloadavg(),
