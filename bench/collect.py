@@ -258,7 +258,8 @@ def main() -> None:
     print(
         f"RSS: start {rss_start:.0f} MiB, model loaded {rss_loaded:.0f} MiB, "
         f"after a forward {rss_warm:.0f} MiB, "
-        f"process peak {peak_rss_mib():.0f} MiB (includes the full forward's logits)"
+        f"process peak {peak_rss_mib():.0f} MiB"
+        + ("" if args.skip_full else " (includes the full forward's logits)")
     )
     if ours_peaks:
         print(

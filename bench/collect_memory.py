@@ -326,6 +326,42 @@ def ranks(args: argparse.Namespace) -> dict:
     }
 
 
+def _matmul_rate(seconds: float) -> float:
+    """GFLOP/s of one thread multiplying 512 x 576 by 576 x 1536 (a block's MLP shape) for ``seconds``."""
+    import torch
+
+    torch.set_num_threads(1)
+    a, b = torch.randn(512, 576), torch.randn(576, 1536)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        n += 1
+    return n * 2 * 512 * 576 * 1536 / (time.perf_counter() - start) / 1e9
+
+
+def cores(args: argparse.Namespace) -> dict:
+    """The machine's own scaling, without scircuits: one single-threaded matrix-product process alone,
+    then two at once (what --nproc 2 asks of the two cores)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1) as pool:
+        alone = pool.submit(_matmul_rate, args.seconds).result()
+    with ProcessPoolExecutor(2) as pool:
+        both = [f.result() for f in [pool.submit(_matmul_rate, args.seconds) for _ in range(2)]]
+    ratio = sum(both) / alone
+    print(
+        f"one process alone {alone:.1f} GFLOP/s; two at once {both[0]:.1f} + {both[1]:.1f} GFLOP/s: "
+        f"{ratio:.2f}x the one (2.00 for two free cores); load {os.getloadavg()}"
+    )
+    return {
+        "mode": "cores",
+        "alone_gflops": alone,
+        "both_gflops": both,
+        "ratio": ratio,
+        "loadavg": os.getloadavg(),
+    }
+
+
 def _proc_status(pid: int) -> dict[str, int]:
     values = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -368,7 +404,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("mode", choices=["corpus", "memory", "ranks", "watch"])
+    parser.add_argument("mode", choices=["corpus", "memory", "ranks", "watch", "cores"])
+    parser.add_argument("--seconds", type=float, default=15.0, help="cores: seconds per measurement")
     parser.add_argument("--pid", type=int, help="watch: the collecting process")
     parser.add_argument("--out", type=Path, default=Path("/tmp/c21speed/corpus"), help="corpus: folder")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="corpus: benchmark data")
@@ -402,13 +439,15 @@ def main() -> None:
         ]
         report = build_corpus(args.out, args.data, roots, args.min_chars)
         print(json.dumps(report, indent=2))
-    elif args.mode != "watch":
+    elif args.mode not in ("watch", "cores"):
         if args.corpus is None:
             raise SystemExit(f"{args.mode}: give --corpus (build one with `{sys.argv[0]} corpus`)")
         args.workdir.mkdir(parents=True, exist_ok=True)
         report = memory(args) if args.mode == "memory" else ranks(args)
     if args.mode == "watch":
         report = watch(args)
+    if args.mode == "cores":
+        report = cores(args)
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=2))
 
