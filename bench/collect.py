@@ -3,12 +3,17 @@
     python bench/collect.py                                  # SmolLM2, layer 15, 16 x 128 tokens, 8 batches
     python bench/collect.py --batches 2 --batch-size 4 --seq-len 64 --rounds 1   # a quick check
     python bench/collect.py --device cuda --model-dtype bfloat16 --batch-size 64 --batches 16
+    python bench/collect.py --layers 3,9,15,21               # four sites in one forward (a collection)
 
 On the same token batches (arithmetic few-shot prompts cut to --seq-len tokens, so no padding):
 
 - full forward   a plain transformers forward through every block and the lm_head
 - hook stop      a torch forward hook on block --layer that raises to stop the forward there
 - ours           the collect stage's loop (nnsight trace stopped after the layer + store write)
+
+With --layers L1,L2,...: ours reads every listed block's --site in one forward and writes one store
+per site (the collection `collect --layers` writes, manifest included); hook stop stops a bare
+forward after the last of them (capturing only that block's output).
 
 Each round runs every method once over all batches (interleaved, so machine drift hits them alike);
 the table gives the median tokens/s over rounds, the ratios the issue sets targets for
@@ -30,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from scircuits.platform.collect.collection import trace_into_store
+from scircuits.platform.collect.collection import trace_into_stores
 from scircuits.platform.config import CollectConfig
 from scircuits.platform.manager.plugin_set import get_plugins
 from scircuits.platform.model.sequences import encode_example
@@ -107,7 +112,7 @@ def time_hook_stop(model, block, batches) -> float:
 def time_ours(
     config: CollectConfig,
     loaded,
-    layer,
+    sites: list[tuple[int, str]],
     benchmark,
     options,
     workdir: Path,
@@ -115,16 +120,19 @@ def time_ours(
     peaks: list[float],
 ) -> float:
     out = workdir / f"round{round_index}.zarr"
+    many = len(sites) > 1  # several sites: a collection (manifest + one store per site), as the CLI writes
+
+    def collect():
+        return trace_into_stores(
+            config.model_copy(update={"out": str(out)}), loaded, sites, benchmark, options, many=many
+        )
+
     if reset_peak_rss():
         before = rss_mib()
-        summary = trace_into_store(
-            config.model_copy(update={"out": str(out)}), loaded, layer, benchmark, options
-        )
+        summary = collect()
         peaks.append(hwm_mib() - before)
     else:
-        summary = trace_into_store(
-            config.model_copy(update={"out": str(out)}), loaded, layer, benchmark, options
-        )
+        summary = collect()
     shutil.rmtree(out, ignore_errors=True)
     return summary.seconds
 
@@ -136,11 +144,13 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--model-path")
     parser.add_argument("--layer", type=int, default=15)
+    parser.add_argument("--layers", help="several blocks in one forward, e.g. 3,9,15,21 (overrides --layer)")
     parser.add_argument("--site", default="resid", choices=["resid", "mlp", "attn"])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-full", action="store_true", help="leave out the full forward (saves time)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="store dtype")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
@@ -159,7 +169,14 @@ def main() -> None:
         model_path=args.model_path, dtype=args.model_dtype, device=args.device
     )
     rss_loaded = rss_mib()
-    layer = loaded.adapter.layer_or_default(args.layer, loaded.n_layers)
+    if args.layers:
+        layers = sorted(
+            {loaded.adapter.layer_or_default(int(x), loaded.n_layers) for x in args.layers.split(",")}
+        )
+    else:
+        layers = [loaded.adapter.layer_or_default(args.layer, loaded.n_layers)]
+    layer = layers[-1]  # the forward stops after the last
+    sites = [(block, args.site) for block in layers]
     benchmark = plugins.benchmarks.get("arithmetic")
     n_examples = args.batch_size * args.batches
     # Enough shots that every prompt is longer than --seq-len; encode_example keeps its end.
@@ -167,6 +184,7 @@ def main() -> None:
         model=args.model,
         model_path=args.model_path,
         layer=layer,
+        layers=",".join(map(str, layers)) if len(layers) > 1 else None,
         site=args.site,
         limit=n_examples,
         batch_size=args.batch_size,
@@ -194,19 +212,23 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-collect-"))
     times: dict[str, list[float]] = {"full forward": [], "hook stop": [], "ours": []}
+    if args.skip_full:
+        del times["full forward"]
     ours_peaks: list[float] = []  # RSS growth above the level before each collection
     try:
         # warm-up: one batch each (this also pages in every weight)
-        time_full_forward(loaded.model, batches[:1])
+        if not args.skip_full:
+            time_full_forward(loaded.model, batches[:1])
         rss_warm = rss_mib()
         time_hook_stop(loaded.model, block, batches[:1])
         warm = config.model_copy(update={"limit": args.batch_size})
-        time_ours(warm, loaded, layer, benchmark, options, workdir, -1, [])
+        time_ours(warm, loaded, sites, benchmark, options, workdir, -1, [])
         for round_index in range(args.rounds):
-            times["full forward"].append(time_full_forward(loaded.model, batches))
+            if not args.skip_full:
+                times["full forward"].append(time_full_forward(loaded.model, batches))
             times["hook stop"].append(time_hook_stop(loaded.model, block, batches))
             times["ours"].append(
-                time_ours(config, loaded, layer, benchmark, options, workdir, round_index, ours_peaks)
+                time_ours(config, loaded, sites, benchmark, options, workdir, round_index, ours_peaks)
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -214,7 +236,8 @@ def main() -> None:
     rate = {name: n_tokens / statistics.median(ts) for name, ts in times.items()}
     print(
         f"model {args.model} ({loaded.n_layers} blocks, d_model {loaded.d_model}), "
-        f"{args.site} of block {layer}; "
+        f"{args.site} of block{'s' if len(layers) > 1 else ''} {','.join(map(str, layers))}"
+        f"{' (one forward, stopped after the last)' if len(layers) > 1 else ''}; "
         f"{args.batches} batches of {args.batch_size} x {args.seq_len} tokens, {args.rounds} rounds, "
         f"{torch.get_num_threads()} threads, {args.device}, model {args.model_dtype}, "
         f"store dtype {args.dtype}"
@@ -223,17 +246,20 @@ def main() -> None:
     for name, ts in times.items():
         print(f"{name:<14} {rate[name]:>10.0f} {', '.join(f'{t:.2f}' for t in ts):>28}")
     ours_vs_hook = rate["ours"] / rate["hook stop"]
-    stop_vs_full = rate["hook stop"] / rate["full forward"]
     print(f"ours / hook stop       {ours_vs_hook:.3f}   (target >= 0.9)")
-    print(
-        f"hook stop / full       {stop_vs_full:.3f}   (target >= 1.7 for layer 15 of 30; "
-        f"ideal {loaded.n_layers / (layer + 1):.2f} without embedding and lm_head costs)"
-    )
-    print(f"ours / full            {rate['ours'] / rate['full forward']:.3f}")
+    stop_vs_full = None
+    if not args.skip_full:
+        stop_vs_full = rate["hook stop"] / rate["full forward"]
+        print(
+            f"hook stop / full       {stop_vs_full:.3f}   (target >= 1.7 for layer 15 of 30; "
+            f"ideal {loaded.n_layers / (layer + 1):.2f} without embedding and lm_head costs)"
+        )
+        print(f"ours / full            {rate['ours'] / rate['full forward']:.3f}")
     print(
         f"RSS: start {rss_start:.0f} MiB, model loaded {rss_loaded:.0f} MiB, "
         f"after a forward {rss_warm:.0f} MiB, "
-        f"process peak {peak_rss_mib():.0f} MiB (includes the full forward's logits)"
+        f"process peak {peak_rss_mib():.0f} MiB"
+        + ("" if args.skip_full else " (includes the full forward's logits)")
     )
     if ours_peaks:
         print(
@@ -253,6 +279,7 @@ def main() -> None:
                 "peak_rss_mib": peak_rss_mib(),
                 "n_tokens": n_tokens,
                 "layer": layer,
+                "layers": layers,
                 "threads": torch.get_num_threads(),
                 "device": args.device,
                 "model_dtype": args.model_dtype,
