@@ -135,8 +135,12 @@ def test_the_selection_enters_the_key_and_the_global_one_keeps_the_earlier_key()
     assert CircuitConfig(sae=["a", "b"], node_selection="global", nodes_per_site=3).config_hash() == (
         glob.config_hash()
     )
-    per_site = CircuitConfig(sae=["a", "b"], node_selection="per-site")
-    assert per_site.identity()["sizes"] == [1, 2, 4, 8, 16] and "nodes" not in per_site.identity()
+    # the sizes as measured: a default and the same list given are one key
+    explicit = CircuitConfig(sae=["a", "b"], node_selection="global", sizes=[1, 2, 5, 10, 20, 50, 100])
+    assert explicit.config_hash() == glob.config_hash()
+    per_site = CircuitConfig(sae=["a", "b"])  # the default selection
+    assert per_site.node_selection == "per-site"
+    assert per_site.identity()["sizes"] == [8, 32, 128, 512] and "nodes" not in per_site.identity()
     assert per_site.config_hash() != glob.config_hash()
     assert CircuitConfig(sae=["a", "b"], node_selection="per-site", nodes=5).config_hash() == (
         per_site.config_hash()

@@ -46,6 +46,7 @@ def circuit_into(run: Path, out: Path, sae_seed: int = 0) -> Path:
         benchmark="arithmetic",
         sae=[*specs, str(run / "sae")],
         limit=8,
+        node_selection="global",
         nodes=24,
         sizes=[4],
         random_circuits=1,

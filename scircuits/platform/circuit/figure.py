@@ -95,14 +95,15 @@ def budget_text(r: CircuitResults) -> str:
     return f"budget {r.thresholds['nodes']}"
 
 
-def _size(p: CurvePoint) -> str:
+def size_label(p: CurvePoint) -> str:
     return str(p.size) if p.nodes_per_site is None else f"{p.size} ({p.nodes_per_site} per site)"
 
 
 def _curve_row(p: CurvePoint) -> str:
     return (
-        f"| {_size(p)} | {_num(p.faithfulness)} {_ci(p.faithfulness_ci)} | {_num(p.random_faithfulness)} "
-        f"{_ci(p.random_faithfulness_ci)} | {_num(p.completeness)} {_ci(p.completeness_ci)} | "
+        f"| {size_label(p)} | {_num(p.faithfulness)} {_ci(p.faithfulness_ci)} | "
+        f"{_num(p.random_faithfulness)} {_ci(p.random_faithfulness_ci)} | "
+        f"{_num(p.completeness)} {_ci(p.completeness_ci)} | "
         f"{_num(p.random_completeness)} {_ci(p.random_completeness_ci)} |"
     )
 

@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 from scircuits.platform.config.stages import D, StageConfig, plugin_default_help
 
 GLOBAL_SIZES = (1, 2, 5, 10, 20, 50, 100)  # nodes in all
-PER_SITE_SIZES = (1, 2, 4, 8, 16)  # nodes per site
+PER_SITE_SIZES = (8, 32, 128, 512)  # nodes per site
 
 
 class CircuitConfig(StageConfig):
@@ -51,7 +51,7 @@ class CircuitConfig(StageConfig):
         "selection-mean", "What a node is patched to: its mean over the selection tokens, or zero."
     )
     node_selection: Literal["global", "per-site"] = D(
-        "global",
+        "per-site",
         "global: the circuit keeps the nodes of largest |effect| over every site (--nodes); per-site: the "
         "nodes of largest |effect| of each site (--nodes-per-site), so that every site has nodes.",
     )
@@ -66,9 +66,13 @@ class CircuitConfig(StageConfig):
     sizes: list[int] | None = D(
         None,
         "Circuit sizes of the evaluation curves: nodes in all (global selection; default "
-        "1,2,5,10,20,50,100) or nodes per site (per-site; default 1,2,4,8,16).",
+        "1,2,5,10,20,50,100) or nodes per site (per-site; default 8,32,128,512).",
     )
-    random_circuits: int = D(3, "Random circuits of the same size drawn per size.", ge=0)
+    random_circuits: int = D(
+        2,
+        "Random circuits of the same size drawn per size (each one's value is kept beside their mean).",
+        ge=0,
+    )
     exact_top: int = D(10, "Top nodes and top edges re-measured by exact intervention.", ge=0)
     limit: int | None = D(160, "Examples (split into selection and evaluation).", gt=1)
     selection_fraction: float = D(
