@@ -94,8 +94,15 @@ def test_per_site_curves_count_sizes_per_site_draw_matched_random_circuits_and_m
     assert [p["nodes_per_site"] for p in points_f] == [1, 3]
     assert [p["size"] for p in points_f] == [len(ranking.top(1)), len(ranking.top(3))]
     assert points_f[0]["size"] == len(fast.sites)  # one node at every site
+    full, empty = ref_f["full"]["mean"], ref_f["empty"]["mean"]
     for p in points_f:
         assert p["random_draws"] == 3 and len(p["random_faithfulness_draws"]) == 3
+        # m(C) is kept beside the ratio it gives
+        assert p["faithfulness"] == pytest.approx((p["score"]["mean"] - empty) / (full - empty), rel=1e-9)
+        assert p["completeness"] == pytest.approx(
+            (p["complement_score"]["mean"] - empty) / (full - empty), rel=1e-9
+        )
+        assert p["score"]["low"] <= p["score"]["mean"] <= p["score"]["high"]
         assert p["random_faithfulness"] == pytest.approx(
             float(np.mean(p["random_faithfulness_draws"])), abs=0.5
         )  # the mean circuit's ratio, near the draws' mean

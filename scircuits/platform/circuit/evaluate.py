@@ -154,6 +154,9 @@ def curves(
             "completeness": ratio(removed, empty, full),
             "completeness_ci": bootstrap.ratio_interval(removed, empty, full),
             "random_draws": len(random_kept),
+            # m(C) and m(M \ C) themselves, per example mean with its interval
+            "score": bootstrap.interval(kept).__dict__,
+            "complement_score": bootstrap.interval(removed).__dict__,
         }
         if random_kept:
             rk, rr = np.mean(random_kept, axis=0), np.mean(random_removed, axis=0)

@@ -85,6 +85,8 @@ class CurvePoint(Frozen):
     random_faithfulness_ci: list[float] | None = None
     random_completeness: float | None = None
     random_completeness_ci: list[float] | None = None
+    score: dict[str, float] | None = None  # m(C): mean, low, high over the held-out examples
+    complement_score: dict[str, float] | None = None  # m(M \ C)
     random_faithfulness_draws: list[float | None] | None = None  # per random circuit
     random_completeness_draws: list[float | None] | None = None
 
