@@ -262,3 +262,25 @@ def test_the_evaluation_batch_fills_the_token_budget_and_never_shrinks_below_the
     assert stage.evaluation_batch_size(cfg, tiny.tokenizer, examples) == stage.FUSE_TOKENS // longest
     big = stage.CircuitConfig(batch_size=10_000)
     assert stage.evaluation_batch_size(big, tiny.tokenizer, examples) == 10_000
+
+
+def test_exact_node_checks_on_one_wide_batch_and_attribution_on_its_views_match_narrow_batches(
+    both, examples
+):
+    """The selection is prepared in wide batches: the exact node checks run on them, the passes with
+    gradients on --batch-size views of them (the wide width): the same effects as narrow batches."""
+    model, _, _ = both[True]
+    wide = model.prepare(examples, len(examples), None, 1)
+    views = [part for cb in wide for part in cb.split(2)]
+    narrow = model.prepare(examples, 2, None, 1)
+    base = A.baseline_of(narrow, "selection-mean")
+    for a, b in zip(A.baseline_of(views, "selection-mean").features, base.features, strict=True):
+        torch.testing.assert_close(a, b)
+    from_views, from_narrow = A.node_effects(model, views, base), A.node_effects(model, narrow, base)
+    for a, b in zip(from_views, from_narrow, strict=True):
+        np.testing.assert_allclose(a, b, **TOL)
+    everything = [(i, j) for i, s in enumerate(model.sites) for j in range(s.d_sae + 1)]
+    top = sorted(everything, key=lambda n: -abs(from_narrow[n[0]][n[1]]))[:5]
+    np.testing.assert_allclose(
+        exact_node_effects(model, wide, base, top), exact_node_effects(model, narrow, base, top), **TOL
+    )

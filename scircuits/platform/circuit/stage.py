@@ -253,7 +253,11 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
         [examples[int(k)] for k in idx], size, config.max_length, config.edit_from_position
     )
     held_out_examples = [examples[int(k)] for k in evaluation]
-    sel_batches = prepare(selection)
+    # the selection in wide batches (the exact node checks' forwards), and as --batch-size views of
+    # them for every pass with gradients
+    wide = evaluation_batch_size(config, loaded.tokenizer, [examples[int(k)] for k in selection])
+    sel_wide = prepare(selection, wide)
+    sel_batches = [part for cb in sel_wide for part in cb.split(config.batch_size)]
     eval_batches = prepare(evaluation, evaluation_batch_size(config, loaded.tokenizer, held_out_examples))
     if config.positions == "kept":
         aligned_length(sel_batches + eval_batches)  # refused before any attribution
@@ -329,7 +333,7 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
         cross_seed = held_out(seed_other, config.split, config.check_seed)
     clock.lap("evaluation")
     exact_nodes = kept[: config.exact_top]
-    node_exact = exact_node_effects(model, sel_batches, base, exact_nodes, counter)
+    node_exact = exact_node_effects(model, sel_wide, base, exact_nodes, counter)
     top_edges = sorted(kept_edges, key=lambda k: -abs(kept_edges[k]))[: config.exact_top]
     edge_exact = exact_edge_effects(model, sel_batches, base, top_edges, counter)
     node_agreement = agreement(
