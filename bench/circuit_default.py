@@ -2,8 +2,9 @@
 
     python bench/circuit_default.py --sae SAE [--sae SAE ...] --out DIR [-- extra `scircuits circuit` flags]
 
-Runs `scircuits circuit` with its defaults (SmolLM2, arithmetic, 160 examples split 80/80, 30 nodes,
-sizes 1..100, 3 random circuits, 10 exact checks, 1000 bootstrap replicates) over the given trained
+Runs `scircuits circuit` with its defaults (SmolLM2, arithmetic, 160 examples split 80/80, the top 8
+nodes of each site, curves at 8, 32, 128 and 512 nodes per site beside 2 random circuits each, 10 exact
+checks, 1000 bootstrap replicates) over the given trained
 SAEs, in a child process, and prints: the wall and CPU seconds of each phase (from results.json's
 ``phase_seconds``), the child's total wall and CPU seconds and peak RSS (``getrusage`` of the
 children: the model lives only in the child), the nodes per site, the edges, faithfulness and
@@ -93,10 +94,11 @@ def report(summary: dict) -> None:
     print(f"edges {summary['edges']} ({summary['edges_to_metric']} to the metric)")
     ref = summary["reference"]
     print(f"m(M) {ref.get('full')}\nm(empty) {ref.get('empty')}")
-    print("size  faithfulness [CI]        random [CI]          completeness [CI]       random [CI]")
+    print("size (per site)  faithfulness [CI]     random [CI]          completeness [CI]       random [CI]")
     for p in summary["curves"]:
+        per_site = "" if p.get("nodes_per_site") is None else f"({p['nodes_per_site']})"
         print(
-            f"{p['size']:>4}  {num(p['faithfulness'])} {fmt_ci(p['faithfulness_ci']):<16} "
+            f"{p['size']:>4} {per_site:<6}  {num(p['faithfulness'])} {fmt_ci(p['faithfulness_ci']):<16} "
             f"{num(p['random_faithfulness'])} {fmt_ci(p['random_faithfulness_ci']):<16} "
             f"{num(p['completeness'])} {fmt_ci(p['completeness_ci']):<16} "
             f"{num(p['random_completeness'])} {fmt_ci(p['random_completeness_ci'])}"

@@ -48,6 +48,7 @@ def study(model: Path, sae: str, out: Path, args: argparse.Namespace) -> dict:
         metric=args.metric,
         positions="kept",
         limit=args.limit,
+        node_selection="global",
         nodes=args.nodes,
         sizes=[5, 10, 20],
         random_circuits=args.random_circuits,

@@ -212,6 +212,7 @@ def config(tmp_path: Path, specs: list[str], **kw) -> CircuitConfig:
         benchmark="arithmetic",
         sae=specs,
         limit=10,
+        node_selection="global",
         nodes=8,
         sizes=[1, 4],
         random_circuits=2,

@@ -172,3 +172,115 @@ def test_the_command_finds_the_same_circuit_on_either_path(tiny, tmp_path, monke
     assert fast.passes["backwards"] == eager.passes["backwards"]
     assert fast.passes["batched_backwards"] == eager.passes["batched_backwards"]
     assert fast.passes["forwards"] < eager.passes["forwards"]
+
+
+def test_edge_batches_cut_from_the_selection_batches_give_the_edges_of_batches_made_at_that_size(
+    both, examples
+):
+    """The edge pass runs on views of the selection batches (same width, the attribution's total
+    gradients cut with them) instead of batches tokenised and differentiated again at its size."""
+    model, _, _ = both[True]
+    wide = model.prepare(examples, 8, None, 1)
+    base = A.baseline_of(wide, "selection-mean")
+    A.node_effects(model, wide, base)  # the attribution: total gradients kept on the wide batches
+    parts = [part for cb in wide for part in cb.split(3)]
+    narrow = model.prepare(examples, 3, None, 1)
+    assert [p.example_indices for p in parts] == [n.example_indices for n in narrow]
+    assert all(p.gradients is not None for p in parts)
+    assert parts[1].batch.input_ids.shape[1] == wide[0].batch.input_ids.shape[1]  # the wide batch's width
+    for part, fresh in zip(parts, narrow, strict=True):
+        assert [x.example_id for x in part.layouts] == [x.example_id for x in fresh.layouts]
+        torch.testing.assert_close(part.clean[0], fresh.clean[0], rtol=1e-5, atol=1e-5)
+        scores, grads_f, _ = A.total_gradients(model, fresh)
+        torch.testing.assert_close(part.gradients[0], scores, rtol=1e-5, atol=1e-5)
+        width = fresh.batch.input_ids.shape[1]
+        for g_part, g_fresh in zip(part.gradients[1], grads_f, strict=True):
+            torch.testing.assert_close(g_part[:, :width], g_fresh, rtol=1e-4, atol=1e-6)
+            assert not g_part[:, width:].any()  # padding gets no gradient
+    effects = A.node_effects(model, wide, base)
+    circuit = [
+        sorted({*map(int, np.argsort(-np.abs(e))[:3]), model.sites[i].d_sae}) for i, e in enumerate(effects)
+    ]
+    from_parts = A.edge_weights(model, parts, base, circuit)
+    from_fresh = A.edge_weights(model, narrow, base, circuit)
+    assert from_parts.keys() == from_fresh.keys()
+    for key, value in from_fresh.items():
+        assert from_parts[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_a_site_keeping_every_node_is_left_unspliced_with_the_same_scores(both):
+    """A condition leaves a site that keeps every node as the model computes it (no SAE pass) and
+    starts at its first edited site: the same scores as splicing every site (the eager handler)."""
+    model, batches, base = both[False]
+    d_sae = [s.d_sae for s in model.sites]
+    for circuit in ([(2, 3)], [(1, d_sae[1]), (2, 3)], [(1, 4)]):
+        keep_f, keep_e = keep_masks(model, circuit)
+        keep_f, keep_e = [~k for k in keep_f], [not k for k in keep_e]  # the complement condition
+        assert keep_e[0] and bool(keep_f[0].all())  # site 0 keeps every node: left alone
+        expected = []
+        for cb in batches:
+
+            def every_site(i, x, cb=cb, keep_f=keep_f, keep_e=keep_e):
+                features, error = model.encode(i, x)
+                patched = cb.mask[..., None] & ~keep_f[i]
+                features = torch.where(patched, base.features[i], features)
+                if not keep_e[i]:
+                    error = torch.where(cb.mask[..., None], base.errors[i], error)
+                return model.decode(i, features, error, x)
+
+            expected.append(model.scores(cb, every_site)[0].numpy())
+        got = scores_keeping(model, batches, base, circuit, complement=True)
+        np.testing.assert_allclose(got, np.concatenate(expected), **TOL)
+    fast, fb, fbase = both[True]
+    np.testing.assert_allclose(
+        scores_keeping(fast, fb, fbase, [(2, 3)], complement=True),
+        scores_keeping(model, batches, base, [(2, 3)], complement=True),
+        **TOL,
+    )
+
+
+def test_the_evaluation_in_one_wide_batch_gives_the_curves_of_narrow_batches(both, examples):
+    """The held-out evaluation runs as few, wide forwards (stage.evaluation_batch_size): the same
+    reference scores and curves as batches of 2 sequences."""
+    model, batches, base = both[True]
+    effects = A.node_effects(model, batches, base)
+    everything = [(i, j) for i, s in enumerate(model.sites) for j in range(s.d_sae + 1)]
+    ranked = sorted(everything, key=lambda n: -abs(effects[n[0]][n[1]]))
+    boot = Bootstrap(len(examples), 50, 0)
+    wide = model.prepare(examples, len(examples), None, 1)
+    narrow = model.prepare(examples, 2, None, 1)
+    assert len(wide) == 1 and len(narrow) == len(examples) // 2
+    ref_w, points_w = curves(model, wide, base, ranked, [1, 4], 2, boot, 0)
+    ref_n, points_n = curves(model, narrow, base, ranked, [1, 4], 2, boot, 0)
+    assert_close(ref_w, ref_n)
+    assert_close(points_w, points_n)
+
+
+def test_the_evaluation_batch_fills_the_token_budget_and_never_shrinks_below_the_batch_size(tiny, examples):
+    cfg = stage.CircuitConfig(batch_size=4)
+    longest = max(len(s.input_ids) for s in stage.layout_examples(tiny.tokenizer, examples, None)[0])
+    assert stage.evaluation_batch_size(cfg, tiny.tokenizer, examples) == stage.FUSE_TOKENS // longest
+    big = stage.CircuitConfig(batch_size=10_000)
+    assert stage.evaluation_batch_size(big, tiny.tokenizer, examples) == 10_000
+
+
+def test_exact_node_checks_on_one_wide_batch_and_attribution_on_its_views_match_narrow_batches(
+    both, examples
+):
+    """The selection is prepared in wide batches: the exact node checks run on them, the passes with
+    gradients on --batch-size views of them (the wide width): the same effects as narrow batches."""
+    model, _, _ = both[True]
+    wide = model.prepare(examples, len(examples), None, 1)
+    views = [part for cb in wide for part in cb.split(2)]
+    narrow = model.prepare(examples, 2, None, 1)
+    base = A.baseline_of(narrow, "selection-mean")
+    for a, b in zip(A.baseline_of(views, "selection-mean").features, base.features, strict=True):
+        torch.testing.assert_close(a, b)
+    from_views, from_narrow = A.node_effects(model, views, base), A.node_effects(model, narrow, base)
+    for a, b in zip(from_views, from_narrow, strict=True):
+        np.testing.assert_allclose(a, b, **TOL)
+    everything = [(i, j) for i, s in enumerate(model.sites) for j in range(s.d_sae + 1)]
+    top = sorted(everything, key=lambda n: -abs(from_narrow[n[0]][n[1]]))[:5]
+    np.testing.assert_allclose(
+        exact_node_effects(model, wide, base, top), exact_node_effects(model, narrow, base, top), **TOL
+    )

@@ -173,6 +173,7 @@ def config(synth, tmp_path, **kw) -> CircuitConfig:
         benchmark_options=OPTIONS,
         sae=saved(tmp_path, loaded.d_model),
         limit=16,
+        node_selection="global",
         nodes=6,
         sizes=[2],
         random_circuits=1,

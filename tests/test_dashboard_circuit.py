@@ -46,6 +46,7 @@ def circuit_into(run: Path, out: Path, sae_seed: int = 0) -> Path:
         benchmark="arithmetic",
         sae=[*specs, str(run / "sae")],
         limit=8,
+        node_selection="global",
         nodes=24,
         sizes=[4],
         random_circuits=1,
@@ -285,3 +286,55 @@ def with_circuit_config(run: Path, saes: list[str]):
     recorded = dict(PipelineState(run).data.run_config or {})
     recorded["circuit_sae"] = saes
     return RunConfig.model_validate(recorded)
+
+
+def test_positions_kept_show_as_a_table_per_node_that_follows_the_slider(browser, site, tmp_path):  # noqa: F811
+    """A circuit with positions kept (results.json's position_tokens and by_position, written here
+    over the tiny run's circuit: the arithmetic prompts differ in length, so the command would refuse
+    kept positions on them) gets the "Effects by position" table: one column per position with its
+    index and token, one row per node with its values, hidden with the node by the slider."""
+    from scircuits.platform.circuit.results import PositionToken, write_circuit
+
+    run = tmp_path / "run"
+    shutil.copytree(site.parent, run, ignore=shutil.ignore_patterns("dashboard"))
+    results = read_circuit(run / "circuit")
+    tokens = [
+        PositionToken(index=0, token="<bos>", tokens=["<bos>"], distinct=1),
+        PositionToken(index=1, token=None, tokens=["7", "9", "1"], distinct=3),
+        PositionToken(index=2, token="+", tokens=["+"], distinct=1),
+    ]
+    shares = (0.0, 0.75, 0.25)
+    nodes = [n.model_copy(update={"by_position": [n.effect * s for s in shares]}) for n in results.nodes]
+    write_circuit(run / "circuit", results.model_copy(update={"nodes": nodes, "position_tokens": tokens}))
+    build_dashboard(run, get_plugins())
+    site_dir = run / "dashboard"
+    data = read_js(site_dir / "data" / "circuit.js")
+    assert [p["label"] for p in data["positions"]] == ["'<bos>'", "'7'|'9'|'1' (3)", "'+'"]
+    watched = Watched(browser)
+    try:
+        page = watched.page
+        watched.open(site_dir / "circuit.html")
+        page.wait_for_function("() => window.SC_CY !== undefined")
+        assert page.locator("#positions-section").is_visible()
+        heads = page.locator("#positions thead th").all_text_contents()
+        assert heads == ["Node", "0 '<bos>'", "1 '7'|'9'|'1' (3)", "2 '+'"]
+        assert page.locator("#positions tbody tr").count() == len(nodes)
+        first = nodes[0]
+        row = page.locator(f'#positions tbody tr[data-id="{first.id}"] td').all_text_contents()
+        expected = page.evaluate(f"() => {json.dumps(first.by_position)}.map(v => SC.fmt(v))")
+        assert row == expected
+        effects = sorted({abs(n.effect) for n in nodes})
+        slider = page.get_by_label("Hide nodes with |effect| below")
+        for _ in range(3):
+            slider.press("ArrowRight")
+        shown = sum(abs(n.effect) >= effects[3] for n in nodes)
+        wait_shown(page, shown)
+        assert page.locator("#positions tbody tr:not([hidden])").count() == shown
+        assert watched.problems == []
+    finally:
+        watched.page.close()
+
+
+def test_positions_summed_leave_the_positions_table_hidden(site):
+    assert read_js(site / "data" / "circuit.js")["positions"] is None
+    assert '<section id="positions-section" hidden>' in (site / "circuit.html").read_text()

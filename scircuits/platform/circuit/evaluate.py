@@ -19,6 +19,7 @@ import torch
 
 from scircuits.platform.causal.statistics import Bootstrap, derived_seed
 from scircuits.platform.circuit.attribution import Baseline, Counter, Node
+from scircuits.platform.circuit.selection import Selection
 from scircuits.platform.circuit.spliced import CircuitBatch, SplicedModel
 
 
@@ -66,10 +67,18 @@ def scores_keeping(
         keep_f, keep_e = [~k for k in keep_f], [not k for k in keep_e]
     if empty is not None and model.fast and cut_off(model, keep_f, keep_e):
         return empty
+    # a site that keeps every node is left as the model computes it (no SAE pass: the splice is exact
+    # up to rounding), and the forward starts at the first site that patches something
+    edited = [not (keep_e[i] and bool(keep_f[i].all())) for i in range(len(model.sites))]
+    if not any(edited):
+        return scores_keeping(model, batches, base, None)
+    start = edited.index(True)
     for cb in batches:
         mask = cb.mask[..., None]
 
-        def handler(i: int, x: torch.Tensor, mask: torch.Tensor = mask) -> torch.Tensor:
+        def handler(i: int, x: torch.Tensor, mask: torch.Tensor = mask) -> torch.Tensor | None:
+            if not edited[i]:
+                return None
             features, error = model.encode(i, x)
             patched = mask & ~keep_f[i].to(features.device)
             features = torch.where(patched, base.features[i], features)
@@ -77,7 +86,7 @@ def scores_keeping(
                 error = torch.where(mask, base.errors[i], error)
             return model.decode(i, features, error, x)
 
-        out.append(model.scores(cb, handler)[0].numpy())
+        out.append(model.scores(cb, handler, start)[0].numpy())
     return np.concatenate(out)
 
 
@@ -100,7 +109,7 @@ def curves(
     model: SplicedModel,
     batches: Sequence[CircuitBatch],
     base: Baseline,
-    ranked: Sequence[Node],
+    ranked: Sequence[Node] | Selection,
     sizes: Sequence[int],
     random_circuits: int,
     bootstrap: Bootstrap,
@@ -108,8 +117,10 @@ def curves(
     counter: Counter | None = None,
 ) -> tuple[dict[str, object], list[dict[str, object]]]:
     """The reference scores (m(M), m(∅)) and, per size, the faithfulness and completeness of the
-    top-ranked circuit and of matched random circuits, with intervals."""
+    top-ranked circuit and of matched random circuits, with intervals. ``ranked``: a ``Selection``
+    (sizes per site when it is per-site), or the nodes ranked globally."""
     counter = counter or Counter()
+    selection = ranked if isinstance(ranked, Selection) else Selection(False, list(ranked), [])
     full = scores_keeping(model, batches, base, None)  # the preparing pass's scores (fast path)
     empty = scores_keeping(model, batches, base, [])
     counter.add("evaluation", forwards=len(batches) * (1 if model.fast else 2))
@@ -126,22 +137,26 @@ def curves(
     pool = candidates(model, base)
     points: list[dict[str, object]] = []
     for size in sizes:
-        circuit = list(ranked[:size])
+        circuit = selection.top(size)
         kept = measure(circuit)
         removed = measure(circuit, complement=True)
         rng = np.random.default_rng(derived_seed(seed, 6151, size))
         random_kept, random_removed = [], []
-        for _ in range(random_circuits if len(pool) > size else 0):
-            pick = [pool[int(k)] for k in rng.choice(len(pool), size=size, replace=False)]
+        for _ in range(random_circuits if selection.has_random(size, pool) else 0):
+            pick = selection.random(size, pool, rng)
             random_kept.append(measure(pick))
             random_removed.append(measure(pick, complement=True))
         point: dict[str, object] = {
-            "size": size,
+            "size": len(circuit),
+            "nodes_per_site": size if selection.per_site else None,
             "faithfulness": ratio(kept, empty, full),
             "faithfulness_ci": bootstrap.ratio_interval(kept, empty, full),
             "completeness": ratio(removed, empty, full),
             "completeness_ci": bootstrap.ratio_interval(removed, empty, full),
             "random_draws": len(random_kept),
+            # m(C) and m(M \ C) themselves, per example mean with its interval
+            "score": bootstrap.interval(kept).__dict__,
+            "complement_score": bootstrap.interval(removed).__dict__,
         }
         if random_kept:
             rk, rr = np.mean(random_kept, axis=0), np.mean(random_removed, axis=0)
@@ -151,6 +166,9 @@ def curves(
                     "random_faithfulness_ci": bootstrap.ratio_interval(rk, empty, full),
                     "random_completeness": ratio(rr, empty, full),
                     "random_completeness_ci": bootstrap.ratio_interval(rr, empty, full),
+                    # each draw's own value: how far apart random circuits of this size fall
+                    "random_faithfulness_draws": [ratio(k, empty, full) for k in random_kept],
+                    "random_completeness_draws": [ratio(r, empty, full) for r in random_removed],
                 }
             )
         points.append(point)

@@ -88,10 +88,22 @@ def _num(value: float | None) -> str:
     return "—" if value is None or value != value else f"{value:.3f}"
 
 
+def budget_text(r: CircuitResults) -> str:
+    """How the nodes were chosen: the global budget, or the per-site one."""
+    if r.thresholds.get("node_selection") == "per-site":
+        return f"the top {r.thresholds['nodes_per_site']} of each site"
+    return f"budget {r.thresholds['nodes']}"
+
+
+def size_label(p: CurvePoint) -> str:
+    return str(p.size) if p.nodes_per_site is None else f"{p.size} ({p.nodes_per_site} per site)"
+
+
 def _curve_row(p: CurvePoint) -> str:
     return (
-        f"| {p.size} | {_num(p.faithfulness)} {_ci(p.faithfulness_ci)} | {_num(p.random_faithfulness)} "
-        f"{_ci(p.random_faithfulness_ci)} | {_num(p.completeness)} {_ci(p.completeness_ci)} | "
+        f"| {size_label(p)} | {_num(p.faithfulness)} {_ci(p.faithfulness_ci)} | "
+        f"{_num(p.random_faithfulness)} {_ci(p.random_faithfulness_ci)} | "
+        f"{_num(p.completeness)} {_ci(p.completeness_ci)} | "
         f"{_num(p.random_completeness)} {_ci(p.random_completeness_ci)} |"
     )
 
@@ -132,7 +144,7 @@ def section(results: CircuitResults) -> str:
         "",
         f"![circuit]({FIGURE_FILE})",
         "",
-        f"The circuit keeps {len(r.nodes)} of {r.n_nodes_total} nodes (budget {r.thresholds['nodes']}, "
+        f"The circuit keeps {len(r.nodes)} of {r.n_nodes_total} nodes ({budget_text(r)}, "
         f"largest |effect| {r.largest_effect:.3g}) and {len(r.edges)} edges.",
         "",
         "| size | faithfulness [95% CI] | random | completeness | random |",

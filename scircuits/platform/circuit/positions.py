@@ -12,7 +12,9 @@ edges, with one vector per (downstream node, position).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +40,33 @@ def aligned_length(batches: Sequence[CircuitBatch]) -> int:
             f"{len(lengths)} lengths ({min(lengths)}..{max(lengths)} tokens); use --positions summed"
         )
     return lengths.pop()
+
+
+SHOWN_TOKENS = 5  # the most frequent tokens a position lists when its examples differ there
+
+
+def position_tokens(tokenizer: Any, batches: Sequence[CircuitBatch]) -> list[dict[str, Any]]:
+    """Per aligned position, what it holds over the examples: ``token``, the one token every example
+    has there (None where they differ), and ``tokens``, the distinct tokens found there, most
+    frequent first (at most ``SHOWN_TOKENS``), with ``distinct`` their number."""
+    length = aligned_length(batches)
+    seen: list[Counter[int]] = [Counter() for _ in range(length)]
+    for cb in batches:
+        for row in cb.batch.input_ids[:, :length].tolist():
+            for t, token in enumerate(row):
+                seen[t][int(token)] += 1
+    out = []
+    for t, counts in enumerate(seen):
+        shown = [tokenizer.decode([token]) for token, _ in counts.most_common(SHOWN_TOKENS)]
+        out.append(
+            {
+                "index": t,
+                "token": shown[0] if len(counts) == 1 else None,
+                "tokens": shown,
+                "distinct": len(counts),
+            }
+        )
+    return out
 
 
 def _value(grad: torch.Tensor | None, delta: torch.Tensor, j: int | None) -> torch.Tensor:

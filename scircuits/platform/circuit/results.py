@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 from pydantic import BaseModel, ConfigDict
 
@@ -46,6 +46,23 @@ class CircuitNode(Frozen):
     by_position: list[float] | None = None  # --positions kept: the effect at each position
 
 
+class PositionToken(Frozen):
+    """One aligned position (--positions kept): what the examples hold there."""
+
+    index: int
+    token: str | None  # the token every selection example has there; None where they differ
+    tokens: list[str]  # the distinct tokens there, most frequent first (at most 5)
+    distinct: int  # how many distinct tokens
+
+    @property
+    def label(self) -> str:
+        """``'+'``, or ``'7'|'9'|… (10)`` where the examples differ."""
+        if self.token is not None:
+            return repr(self.token)
+        more = "|…" if self.distinct > len(self.tokens) else ""
+        return "|".join(map(repr, self.tokens)) + more + f" ({self.distinct})"
+
+
 class CircuitEdge(Frozen):
     source: str
     target: str  # a node id, or "metric"
@@ -57,7 +74,8 @@ class CircuitEdge(Frozen):
 
 
 class CurvePoint(Frozen):
-    size: int
+    size: int  # nodes in the circuit
+    nodes_per_site: int | None = None  # --node-selection per-site: the top this many of each site
     faithfulness: float | None
     faithfulness_ci: list[float] | None
     completeness: float | None
@@ -67,6 +85,10 @@ class CurvePoint(Frozen):
     random_faithfulness_ci: list[float] | None = None
     random_completeness: float | None = None
     random_completeness_ci: list[float] | None = None
+    score: dict[str, float] | None = None  # m(C): mean, low, high over the held-out examples
+    complement_score: dict[str, float] | None = None  # m(M \ C)
+    random_faithfulness_draws: list[float | None] | None = None  # per random circuit
+    random_completeness_draws: list[float | None] | None = None
 
 
 class CrossSplit(Frozen):
@@ -101,7 +123,7 @@ class CircuitResults(Frozen):
     n_selection: int
     n_evaluation: int
     n_nodes_total: int
-    thresholds: dict[str, float | int]
+    thresholds: dict[str, float | int | str | None]
     largest_effect: float
     splice: dict[str, float]
     reference: dict[str, dict[str, float]]  # m(M) and m(∅) on the evaluation examples
@@ -112,6 +134,8 @@ class CircuitResults(Frozen):
     exact_edges: Agreement | None = None
     cross_split: CrossSplit | None = None  # --check-split
     cross_seed: CrossSplit | None = None  # --check-seed: the same check on another seed's examples
+    # --positions kept: the aligned positions by_position counts (index, token), else None
+    position_tokens: list[PositionToken] | None = None
     passes: dict[str, Any]
     provenance: dict[str, Any]
     wall_seconds: float | None = None
@@ -127,14 +151,43 @@ def read_circuit(folder: str | Path) -> CircuitResults:
     return jsonvalues.validate_nulls_as_nan(CircuitResults, data)
 
 
+def node_positions(results: CircuitResults, node: CircuitNode) -> list[dict[str, Any]] | None:
+    """--positions kept: the node's effect at each aligned position with its token."""
+    if node.by_position is None or results.position_tokens is None:
+        return None
+    return [
+        {"ctx_idx": p.index, "token": p.label, "influence": v}
+        for p, v in zip(results.position_tokens, node.by_position, strict=True)
+    ]
+
+
+def edge_positions(edge: CircuitEdge) -> list[dict[str, Any]] | None:
+    """--positions kept: the edge's nonzero weights per (source position, target position); an edge
+    to the metric has no target position (None)."""
+    if edge.by_position is None:
+        return None
+    to_metric = edge.target == OUTPUT_ID
+    return [
+        {"source_ctx_idx": s, "target_ctx_idx": None if to_metric else t, "weight": w}
+        for s, row in enumerate(edge.by_position)
+        for t, w in enumerate(row)
+        if w != 0
+    ]
+
+
 def graph_json(results: CircuitResults) -> dict[str, Any]:
-    """The circuit as circuit-tracer's frontend models spell a graph (metadata, qParams, nodes, links);
-    positions are summed, so every node sits at ctx_idx 0 and the metric is one logit node."""
+    """The circuit as circuit-tracer's frontend models spell a graph (metadata, qParams, nodes, links).
+    A node is a feature over every position, so it sits at ctx_idx 0 and the metric is one logit node;
+    with positions kept, ``metadata.prompt_tokens`` holds each position's token and every node and link
+    carries ``by_position`` (fields circuit-tracer's models ignore)."""
     n_layers_shown = max((s.layer for s in results.sites), default=0) + 1
+    kept = results.position_tokens is not None
     nodes: list[dict[str, Any]] = []
     for node in results.nodes:
+        by_position = node_positions(results, node)
         nodes.append(
             {
+                **({"by_position": by_position} if by_position is not None else {}),
                 "node_id": node.id,
                 "jsNodeId": node.id,
                 "feature": node.feature if node.feature is not None else -1,
@@ -168,18 +221,30 @@ def graph_json(results: CircuitResults) -> dict[str, Any]:
             "slug": f"{results.model}__{results.benchmark}",
             "scan": results.model,
             "transcoder_list": [s.sae for s in results.sites],
-            "prompt_tokens": [],
-            "prompt": f"{results.benchmark}: {results.n_selection} selection examples, positions summed",
+            "prompt_tokens": [p.label for p in results.position_tokens or []],
+            "prompt": f"{results.benchmark}: {results.n_selection} selection examples, positions "
+            + ("kept" if kept else "summed"),
             "node_threshold": float(results.thresholds.get("node_threshold", 0.0)),
             "schema_version": 1,
         },
         "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
         "nodes": nodes,
-        "links": [{"source": e.source, "target": e.target, "weight": e.weight} for e in results.edges],
+        "links": [
+            {
+                "source": e.source,
+                "target": e.target,
+                "weight": e.weight,
+                **({"by_position": edge_positions(e)} if e.by_position is not None else {}),
+            }
+            for e in results.edges
+        ],
     }
 
 
 def graphml(results: CircuitResults) -> str:
+    """The circuit in GraphML. With positions kept, the graph's keys ``token_pos<t>`` name each
+    position's token and every node has ``effect_pos<t>``, its effect at position t."""
+    positions = results.position_tokens or []
     keys = [
         ("site", "node", "string"),
         ("layer", "node", "int"),
@@ -187,17 +252,29 @@ def graphml(results: CircuitResults) -> str:
         ("feature", "node", "int"),
         ("effect", "node", "double"),
         ("weight", "edge", "double"),
+        *((f"token_pos{p.index}", "graph", "string") for p in positions),
+        *((f"effect_pos{p.index}", "node", "double") for p in positions),
     ]
     lines = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         '<graphml xmlns="http://graphml.graphdrawing.org/xmlns">',
         *(f'  <key id="{k}" for="{f}" attr.name="{k}" attr.type="{t}"/>' for k, f, t in keys),
         '  <graph id="circuit" edgedefault="directed">',
+        *(f'    <data key="token_pos{p.index}">{escape(p.label)}</data>' for p in positions),
     ]
     for node in results.nodes:
-        data = {"site": node.site, "layer": node.layer, "kind": node.kind, "effect": node.effect}
+        data: dict[str, object] = {
+            "site": node.site,
+            "layer": node.layer,
+            "kind": node.kind,
+            "effect": node.effect,
+        }
         if node.feature is not None:
             data["feature"] = node.feature
+        if positions and node.by_position is not None:
+            data.update(
+                {f"effect_pos{p.index}": repr(v) for p, v in zip(positions, node.by_position, strict=True)}
+            )
         lines.append(f"    <node id={quoteattr(node.id)}>")
         lines.extend(f'      <data key="{k}">{v}</data>' for k, v in data.items())
         lines.append("    </node>")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from scircuits.platform.causal.evaluation import edit_mask, encoded_batches
+from scircuits.platform.causal.evaluation import edit_mask, encoded_batches, group_batches
 from scircuits.platform.circuit.sites import SiteSAE
 from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.contract.errors import ScircuitsError
@@ -55,6 +55,45 @@ class CircuitBatch:
     gradients: tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]] | None = None
     # per example (score, correct) of the model itself, from the same clean pass (fast path)
     clean: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def split(self, size: int) -> list[CircuitBatch]:
+        """The batch as consecutive sub-batches of about ``size`` sequences (examples whole), of the
+        same width, every tensor a view of this batch's rows. The total gradients are cut too: a
+        sequence's score depends on its own tokens only, so its rows of the gradient of the summed
+        scores are the gradient of its own example's score (padding is never attended to)."""
+        if len(self.batch.input_ids) <= size:
+            return [self]
+        out = []
+        for group in group_batches(self.layouts, size):
+            rows = [j for k in group for j in self.layouts[k].sequence_indices]
+            first, last = min(rows), max(rows) + 1  # an example's sequences are consecutive
+            seqs, examples = slice(first, last), slice(group[0], group[-1] + 1)
+            layouts = [
+                ExampleLayout(
+                    self.layouts[k].example_id,
+                    tuple(j - first for j in self.layouts[k].sequence_indices),
+                    self.layouts[k].answer_index,
+                )
+                for k in group
+            ]
+            gradients = None
+            if self.gradients is not None:
+                scores, grads_f, grads_e = self.gradients
+                gradients = (scores[examples], [g[seqs] for g in grads_f], [g[seqs] for g in grads_e])
+            out.append(
+                CircuitBatch(
+                    self.batch.rows(torch.arange(first, last, device=self.mask.device)),
+                    self.example_indices[examples],
+                    layouts,
+                    self.mask[seqs],
+                    [f[seqs] for f in self.features],
+                    [e[seqs] for e in self.errors],
+                    None if self.lower is None else [c.rows(seqs) for c in self.lower],  # type: ignore[arg-type]
+                    gradients,
+                    None if self.clean is None else (self.clean[0][examples], self.clean[1][examples]),
+                )
+            )
+        return out
 
 
 class SplicedModel:

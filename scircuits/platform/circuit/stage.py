@@ -29,6 +29,7 @@ from scircuits.platform.circuit.positions import (
     aligned_length,
     edge_weights_by_position,
     node_effects_by_position,
+    position_tokens,
 )
 from scircuits.platform.circuit.results import (
     OUTPUT_ID,
@@ -38,9 +39,11 @@ from scircuits.platform.circuit.results import (
     CircuitResults,
     CrossSplit,
     CurvePoint,
+    PositionToken,
     SiteResult,
     write_circuit,
 )
+from scircuits.platform.circuit.selection import select
 from scircuits.platform.circuit.sites import SiteSAE, choose_sites, load_site_saes
 from scircuits.platform.circuit.spliced import CircuitBatch, SplicedModel
 from scircuits.platform.common.artifacts import (
@@ -59,6 +62,7 @@ from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.hf_loading import check_weights_available
 from scircuits.platform.contract.models import LoadedModel
 from scircuits.platform.model.scoring import layout_examples, score_name
+from scircuits.platform.model.splice import FUSE_TOKENS
 
 log = get_logger(__name__)
 
@@ -106,13 +110,29 @@ def edge_batch_size(config: CircuitConfig) -> int:
     return min(config.edge_batch_size, config.batch_size)
 
 
+def evaluation_batch_size(config: CircuitConfig, tokenizer: Any, examples: list[Any]) -> int:
+    """Sequences per forward of the held-out evaluation (forwards only): as many as fill ablate's
+    budget of padded tokens per forward (``FUSE_TOKENS``), at least --batch-size. Fewer, wider
+    forwards do the same arithmetic with less thread synchronisation on a shared CPU."""
+    sequences, _ = layout_examples(tokenizer, examples, config.max_length)
+    longest = max((len(s.input_ids) for s in sequences), default=1)
+    return max(config.batch_size, FUSE_TOKENS // max(longest, 1))
+
+
+def node_budget(config: CircuitConfig, n_sites: int) -> int:
+    """The most nodes the circuit can keep."""
+    return config.nodes_per_site * n_sites if config.node_selection == "per-site" else config.nodes
+
+
 def check_memory(config: CircuitConfig, saes: list[SiteSAE], loaded: LoadedModel, length: int) -> None:
-    need = edge_memory_bytes(saes, edge_batch_size(config), length, config.nodes)
+    nodes = node_budget(config, len(saes))
+    need = edge_memory_bytes(saes, edge_batch_size(config), length, nodes)
     if need > config.max_memory_gb * 2**30:
+        lower = "--nodes-per-site" if config.node_selection == "per-site" else "--nodes"
         raise ConfigError(
-            f"the edge pass of a {config.nodes}-node circuit over batches of {edge_batch_size(config)} "
+            f"the edge pass of a {nodes}-node circuit over batches of {edge_batch_size(config)} "
             f"sequences of up to {length} tokens needs about {need / 2**30:.1f} GiB, above --max-memory-gb "
-            f"{config.max_memory_gb:g}; lower --nodes or --edge-batch-size (or raise --max-memory-gb)"
+            f"{config.max_memory_gb:g}; lower {lower} or --edge-batch-size (or raise --max-memory-gb)"
         )
 
 
@@ -232,22 +252,27 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
     prepare = lambda idx, size=config.batch_size: model.prepare(  # noqa: E731
         [examples[int(k)] for k in idx], size, config.max_length, config.edit_from_position
     )
-    sel_batches, eval_batches = prepare(selection), prepare(evaluation)
+    held_out_examples = [examples[int(k)] for k in evaluation]
+    # the selection in wide batches (the exact node checks' forwards), and as --batch-size views of
+    # them for every pass with gradients
+    wide = evaluation_batch_size(config, loaded.tokenizer, [examples[int(k)] for k in selection])
+    sel_wide = prepare(selection, wide)
+    sel_batches = [part for cb in sel_wide for part in cb.split(config.batch_size)]
+    eval_batches = prepare(evaluation, evaluation_batch_size(config, loaded.tokenizer, held_out_examples))
     if config.positions == "kept":
         aligned_length(sel_batches + eval_batches)  # refused before any attribution
-    splice = model.check_exact(sel_batches[:2] + eval_batches[:2], config.splice_tolerance)
+    checked = sel_batches[:2] + [p for cb in eval_batches for p in cb.split(config.batch_size)][:2]
+    splice = model.check_exact(checked, config.splice_tolerance)
     clock.lap("load")
     counter = Counter()
     base = baseline_of(sel_batches, config.baseline)
     effects = node_effects(model, sel_batches, base, config.method, config.ig_steps, counter)
-    everything: list[Node] = [(i, j) for i, s in enumerate(saes) for j in range(s.d_sae + 1)]
-    magnitude = np.array([abs(effects[i][j]) for i, j in everything])
-    order = np.argsort(-magnitude, kind="stable")
-    ranked = [everything[k] for k in order]
+    per_site = config.node_selection == "per-site"
+    budget = config.nodes_per_site if per_site else config.nodes
+    ranking, kept = select(effects, per_site, budget, config.node_threshold)
+    ranked = ranking.ranked
     rank_of = {node: r + 1 for r, node in enumerate(ranked)}
-    largest = float(magnitude.max()) if len(magnitude) else 0.0
-    kept = [n for n in ranked[: config.nodes] if abs(effects[n[0]][n[1]]) >= config.node_threshold]
-    kept = [n for n in kept if abs(effects[n[0]][n[1]]) > 0]
+    largest = float(abs(effects[ranked[0][0]][ranked[0][1]])) if ranked else 0.0
     if not kept:
         raise ConfigError(
             f"no node passes --node-threshold {config.node_threshold:g}: the largest |effect| found is "
@@ -255,10 +280,9 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
         )
     circuit = [[j for (i, j) in kept if i == site] for site in range(len(saes))]
     clock.lap("attribution")
-    # the edge pass holds one vector per downstream node over its batch: smaller batches bound its memory
-    edge_batches = sel_batches
-    if edge_batch_size(config) < config.batch_size:
-        edge_batches = prepare(selection, edge_batch_size(config))
+    # the edge pass holds one vector per downstream node over its batch: smaller batches bound its
+    # memory; they are views of the selection batches, with the attribution's total gradients
+    edge_batches = [part for cb in sel_batches for part in cb.split(edge_batch_size(config))]
     weights = edge_weights(model, edge_batches, base, circuit, counter)
     n_edge_batches, edge_batches = len(edge_batches), []
     clock.lap("edges")
@@ -270,20 +294,24 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
             f"{biggest:.3g}; give a lower threshold"
         )
     bootstrap = Bootstrap(len(evaluation), config.bootstrap, config.seed)
-    n_pool = sum(int((f > 0).sum()) + 1 for f in base.frequency)
-    sizes = sorted({n for n in config.sizes if n <= n_pool} | {len(kept)})
+    # the sizes up to the active nodes (per site: of the largest site), and the circuit's own
+    pools = [int((f > 0).sum()) + 1 for f in base.frequency]
+    own = budget if per_site else len(kept)
+    n_pool = max(pools) if per_site else sum(pools)
+    sizes = sorted({n for n in config.curve_sizes() if n <= n_pool} | {own})
     reference, points = curves(
-        model, eval_batches, base, ranked, sizes, config.random_circuits, bootstrap, config.seed, counter
+        model, eval_batches, base, ranking, sizes, config.random_circuits, bootstrap, config.seed, counter
     )
 
     def held_out(others: list[Any], split: str, seed: int) -> CrossSplit:
-        other_batches = model.prepare(others, config.batch_size, config.max_length, config.edit_from_position)
+        size = evaluation_batch_size(config, loaded.tokenizer, others)
+        other_batches = model.prepare(others, size, config.max_length, config.edit_from_position)
         other_reference, (other_point,) = curves(
             model,
             other_batches,
             base,  # the selection's baseline: the circuit exactly as found
-            ranked,
-            [len(kept)],
+            ranking,
+            [own],
             config.random_circuits,
             Bootstrap(len(others), config.bootstrap, config.seed),
             config.seed,
@@ -305,7 +333,7 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
         cross_seed = held_out(seed_other, config.split, config.check_seed)
     clock.lap("evaluation")
     exact_nodes = kept[: config.exact_top]
-    node_exact = exact_node_effects(model, sel_batches, base, exact_nodes, counter)
+    node_exact = exact_node_effects(model, sel_wide, base, exact_nodes, counter)
     top_edges = sorted(kept_edges, key=lambda k: -abs(kept_edges[k]))[: config.exact_top]
     edge_exact = exact_edge_effects(model, sel_batches, base, top_edges, counter)
     node_agreement = agreement(
@@ -315,10 +343,12 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
     clock.lap("exact")
     node_positions: dict[Node, Any] = {}
     edge_positions: dict[tuple[Node, Node], Any] = {}
+    tokens = None
     if config.positions == "kept":
+        tokens = [PositionToken(**t) for t in position_tokens(loaded.tokenizer, sel_batches)]
         node_positions = node_effects_by_position(model, sel_batches, base, kept)
         edge_positions = edge_weights_by_position(
-            model, prepare(selection, edge_batch_size(config)), base, circuit
+            model, [part for cb in sel_batches for part in cb.split(edge_batch_size(config))], base, circuit
         )
         clock.lap("positions")
     exact_of_node = dict(zip(exact_nodes, node_exact, strict=True))
@@ -377,9 +407,11 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
         positions=KEPT if config.positions == "kept" else POSITIONS,
         n_selection=len(selection),
         n_evaluation=len(evaluation),
-        n_nodes_total=len(everything),
+        n_nodes_total=len(ranked),
         thresholds={
-            "nodes": config.nodes,
+            "node_selection": config.node_selection,
+            "nodes": config.nodes if not per_site else budget * len(saes),
+            "nodes_per_site": budget if per_site else None,
             "node_threshold": config.node_threshold,
             "edge_threshold": config.edge_threshold,
         },
@@ -406,6 +438,7 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
         ),
         cross_split=cross_split,
         cross_seed=cross_seed,
+        position_tokens=tokens,
         passes={
             "forwards": counter.forwards,
             "backwards": counter.backwards,

@@ -8,6 +8,9 @@ from typing import ClassVar, Literal
 
 from scircuits.platform.config.stages import D, StageConfig, plugin_default_help
 
+GLOBAL_SIZES = (1, 2, 5, 10, 20, 50, 100)  # nodes in all
+PER_SITE_SIZES = (8, 32, 128, 512)  # nodes per site
+
 
 class CircuitConfig(StageConfig):
     stage: ClassVar[str] = "circuit"
@@ -47,13 +50,29 @@ class CircuitConfig(StageConfig):
     baseline: Literal["selection-mean", "zeros"] = D(
         "selection-mean", "What a node is patched to: its mean over the selection tokens, or zero."
     )
+    node_selection: Literal["global", "per-site"] = D(
+        "per-site",
+        "global: the circuit keeps the nodes of largest |effect| over every site (--nodes); per-site: the "
+        "nodes of largest |effect| of each site (--nodes-per-site), so that every site has nodes.",
+    )
     nodes: int = D(
-        30, "Node budget: the circuit keeps the nodes of largest |effect|, at most this many.", gt=0
+        30, "Global node budget: the circuit keeps the nodes of largest |effect|, at most this many.", gt=0
+    )
+    nodes_per_site: int = D(
+        8, "Per-site node budget (--node-selection per-site): at most this many nodes of each site.", gt=0
     )
     node_threshold: float = D(0.0, "Keep only nodes with |effect| >= this (0: the budget alone).", ge=0)
     edge_threshold: float = D(0.0, "Report only edges with |weight| >= this (0: every edge).", ge=0)
-    sizes: list[int] = D(lambda: [1, 2, 5, 10, 20, 50, 100], "Circuit sizes of the evaluation curves.")
-    random_circuits: int = D(3, "Random circuits of the same size drawn per size.", ge=0)
+    sizes: list[int] | None = D(
+        None,
+        "Circuit sizes of the evaluation curves: nodes in all (global selection; default "
+        "1,2,5,10,20,50,100) or nodes per site (per-site; default 8,32,128,512).",
+    )
+    random_circuits: int = D(
+        2,
+        "Random circuits of the same size drawn per size (each one's value is kept beside their mean).",
+        ge=0,
+    )
     exact_top: int = D(10, "Top nodes and top edges re-measured by exact intervention.", ge=0)
     limit: int | None = D(160, "Examples (split into selection and evaluation).", gt=1)
     selection_fraction: float = D(
@@ -105,7 +124,18 @@ class CircuitConfig(StageConfig):
         for name, default in self.unkeyed_defaults.items():
             if values.get(name) == default:
                 values.pop(name, None)
+        values["sizes"] = self.curve_sizes()  # the sizes measured, whether given or the default
+        # the budget of the other selection plays no part; a global circuit keeps its earlier key
+        values.pop("nodes" if self.node_selection == "per-site" else "nodes_per_site", None)
+        if self.node_selection == "global":
+            values.pop("node_selection", None)
         return values
+
+    def curve_sizes(self) -> list[int]:
+        """--sizes, or the default of the node selection (nodes in all, or nodes per site)."""
+        if self.sizes is not None:
+            return list(self.sizes)
+        return list(PER_SITE_SIZES if self.node_selection == "per-site" else GLOBAL_SIZES)
 
     force: bool = D(
         False, "Move aside (never delete) a folder at --out that scircuits did not write instead of refusing."

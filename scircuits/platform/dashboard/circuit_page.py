@@ -81,6 +81,7 @@ def circuit_page(
                     "frequency": node.frequency,
                     "href": None if why else f"features/{node.feature}.html",
                     "why": why,
+                    "by_position": node.by_position,
                 }
             )
     metric = {"id": METRIC_ID, "label": "metric", "site": "", "column": len(columns), "kind": "metric"}
@@ -89,6 +90,10 @@ def circuit_page(
         "metric_id": METRIC_ID,
         "score": results.score,
         "sites": [{"name": s.name, "linked": s.name == linked_site} for s in results.sites],
+        # --positions kept: each aligned position's index and token (the nodes' by_position follow them)
+        "positions": None
+        if results.position_tokens is None
+        else [{"index": p.index, "label": p.label} for p in results.position_tokens],
         "nodes": nodes,
         "edges": [
             {

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from scircuits.platform.circuit.figure import cross_split_sentence, draw
+from scircuits.platform.circuit.figure import budget_text, cross_split_sentence, draw, size_label
 from scircuits.platform.circuit.results import RESULTS_FILE, CircuitResults, CurvePoint, read_circuit
 from scircuits.platform.report.document import ReportDocument, fmt, fmt_ci
 
@@ -68,7 +68,8 @@ def circuit_section(doc: ReportDocument, run_dir: Path) -> None:
         f"A feature circuit over {sites} (docs/circuits.md; files in {CIRCUIT_DIR}/). Metric: {r.score}. "
         f"Found on {r.n_selection} selection examples by {r.method} against the {r.baseline} baseline; "
         f"measured on {r.n_evaluation} held-out examples. It keeps {len(r.nodes)} of {r.n_nodes_total} "
-        f"nodes (every site's SAE error term is a node) and {len(r.edges)} edges; positions {r.positions}."
+        f"nodes ({budget_text(r)}; every site's SAE error term is a node) and {len(r.edges)} edges; "
+        f"positions {r.positions}."
     )
     doc.figure(
         "circuit",
@@ -84,7 +85,7 @@ def circuit_section(doc: ReportDocument, run_dir: Path) -> None:
         ["circuit size", "faithfulness", "random", "completeness", "random"],
         [
             [
-                p.size,
+                size_label(p),
                 f"{fmt(p.faithfulness)} {fmt_ci(p.faithfulness_ci)}",
                 f"{fmt(p.random_faithfulness)} {fmt_ci(p.random_faithfulness_ci)}",
                 f"{fmt(p.completeness)} {fmt_ci(p.completeness_ci)}",

@@ -89,6 +89,23 @@
     nodeRow.set(n.id, tr);
     nodeBody.append(tr);
   }
+  // --positions kept: one row per node, one column per aligned position (index and token)
+  const positionRow = new Map();
+  if (data.positions) {
+    document.getElementById("positions-section").hidden = false;
+    const head = document.querySelector("#positions thead tr");
+    head.append(SC.el("th", { scope: "col", text: "Node" }));
+    for (const p of data.positions) {
+      head.append(SC.el("th", { scope: "col", class: "num", "data-index": String(p.index), text: p.index + " " + p.label }));
+    }
+    const body = document.querySelector("#positions tbody");
+    for (const n of data.nodes.filter(n => n.kind !== "metric" && n.by_position)) {
+      const cells = n.by_position.map(v => SC.el("td", { class: v >= 0 ? "num sign-pos" : "num sign-neg", text: SC.fmt(v) }));
+      const tr = SC.el("tr", { "data-id": n.id }, [SC.el("th", { scope: "row", text: n.label }), ...cells]);
+      positionRow.set(n.id, tr);
+      body.append(tr);
+    }
+  }
   const edgeBody = document.querySelector("#edges tbody");
   for (const e of data.edges) {
     const tr = SC.el("tr", {}, [
@@ -115,6 +132,7 @@
         shown += keep;
         cy.getElementById(n.id).toggleClass("hidden", !keep);
         nodeRow.get(n.id).hidden = !keep;
+        if (positionRow.has(n.id)) positionRow.get(n.id).hidden = !keep;
       }
       for (const s of data.sites) {
         const any = data.nodes.some(n => n.site === s.name && n.kind !== "metric" && Math.abs(n.effect) >= threshold);
