@@ -216,7 +216,11 @@ def main() -> None:
     from scircuits.platform.manager.plugin_set import get_plugins
 
     stored = json.loads((args.run_dir / "causal" / "results.json").read_text())
-    settings = {k: v for k, v in stored["config"].items() if k in AblateConfig.model_fields and k != "out"}
+    settings = {
+        k: v
+        for k, v in stored["config"].items()
+        if k in AblateConfig.model_fields and k not in ("out", "study_dtype")
+    }
     if settings.get("splice_tolerance") == SPLICE_TOLERANCE["float32"]:
         del settings["splice_tolerance"]  # the default, recorded: a given tolerance would hold for both
     settings.update(

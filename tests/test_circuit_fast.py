@@ -259,7 +259,7 @@ def test_the_evaluation_in_one_wide_batch_gives_the_curves_of_narrow_batches(bot
 def test_the_evaluation_batch_fills_the_token_budget_and_never_shrinks_below_the_batch_size(tiny, examples):
     cfg = stage.CircuitConfig(batch_size=4)
     longest = max(len(s.input_ids) for s in stage.layout_examples(tiny.tokenizer, examples, None)[0])
-    assert stage.evaluation_batch_size(cfg, tiny.tokenizer, examples) == stage.FUSE_TOKENS // longest
+    assert stage.evaluation_batch_size(cfg, tiny.tokenizer, examples) == stage.EVALUATION_TOKENS // longest
     big = stage.CircuitConfig(batch_size=10_000)
     assert stage.evaluation_batch_size(big, tiny.tokenizer, examples) == 10_000
 

@@ -62,11 +62,13 @@ from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.hf_loading import check_weights_available
 from scircuits.platform.contract.models import LoadedModel
 from scircuits.platform.model.scoring import layout_examples, score_name
-from scircuits.platform.model.splice import FUSE_TOKENS
 
 log = get_logger(__name__)
 
 KIND = "circuit"
+# padded tokens per forward of the held-out evaluation (``evaluation_batch_size``); the default
+# circuit's time (docs/circuits.md) was measured with it
+EVALUATION_TOKENS = 16_384
 POSITIONS = (
     "summed: a node is one feature (or error term) over every patched position; edges sum both positions"
 )
@@ -111,12 +113,12 @@ def edge_batch_size(config: CircuitConfig) -> int:
 
 
 def evaluation_batch_size(config: CircuitConfig, tokenizer: Any, examples: list[Any]) -> int:
-    """Sequences per forward of the held-out evaluation (forwards only): as many as fill ablate's
-    budget of padded tokens per forward (``FUSE_TOKENS``), at least --batch-size. Fewer, wider
+    """Sequences per forward of the held-out evaluation (forwards only): as many as fill a budget of
+    padded tokens per forward (``EVALUATION_TOKENS``), at least --batch-size. Fewer, wider
     forwards do the same arithmetic with less thread synchronisation on a shared CPU."""
     sequences, _ = layout_examples(tokenizer, examples, config.max_length)
     longest = max((len(s.input_ids) for s in sequences), default=1)
-    return max(config.batch_size, FUSE_TOKENS // max(longest, 1))
+    return max(config.batch_size, EVALUATION_TOKENS // max(longest, 1))
 
 
 def node_budget(config: CircuitConfig, n_sites: int) -> int:

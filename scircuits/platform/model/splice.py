@@ -183,10 +183,10 @@ def tensor_bytes(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.numel() * t.element_size()
 
 
-# padded tokens per stacked forward of the upper blocks: 2 to 4 conditions of the default study's
-# 80 evaluation sequences of 48 tokens; the activations of one forward stay below ~0.5 GB for
-# SmolLM2-135M (the MLP's (tokens, 1536) intermediate and the attention at these widths)
-FUSE_TOKENS = 16_384
+# padded tokens per stacked forward of the upper blocks (bench/ablate_batching.py on the default
+# study, quiet 2-core CPU): forwards of ~800-1,500 tokens are fastest; wider ones fall out of the
+# caches (16,384 tokens: 0.66x the speed of one forward per batch of 16 sequences)
+FUSE_TOKENS = 2_048
 
 
 def _fusable(job: ScoreJob) -> bool:
