@@ -4,7 +4,8 @@
     python bench/synth_sae_search.py search --model-dir M-rot0 --layer 1 --out search.json [--grid full]
     python bench/synth_sae_search.py table search-s0.json search-s1.json search-s2.json
 
-(a search may be split over processes with ``--only``; ``table`` merges the files of one model).
+(a search may be split over processes with ``--only``; ``table`` merges the files of one model;
+``--only 26 --init-seeds 1,2`` retrains one configuration from other SAE init seeds).
 
 ``search`` traces a trained synth model once: the block output ``--layer`` of ``--train-problems``
 train-split problems (the SAEs' training tokens; position 0, the BOS sink, left out as the training
@@ -227,6 +228,8 @@ def search(args: Any) -> None:
     configs = grid(args.grid)
     if args.only is not None:
         configs = [configs[i] for i in args.only]
+    if args.init_seeds is not None:
+        configs = [{**c, "seed": seed} for c in configs for seed in args.init_seeds]
     for config in configs:
         rows = data["train_x"] if config["rows"] == "all" else data["train_x"][defined]
         if config["inputs"] == "standardised":
@@ -338,6 +341,11 @@ def main() -> None:
     se.add_argument("--train-problems", type=int, default=4000, help="train-split problems traced")
     se.add_argument("--grid", choices=("quick", "full"), default="full")
     se.add_argument("--only", type=lambda s: [int(i) for i in s.split(",")], help="grid rows, e.g. 0,3")
+    se.add_argument(
+        "--init-seeds",
+        type=lambda s: [int(i) for i in s.split(",")],
+        help="run each selected configuration once per SAE init seed, e.g. 1,2 (default: the grid's own)",
+    )
     se.add_argument("--out", default="synth_sae_search.json")
     tb = sub.add_parser("table", help="the table from search JSON files")
     tb.add_argument("files", nargs="+")
