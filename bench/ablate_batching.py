@@ -66,8 +66,6 @@ def main() -> None:
         return [context.ablate_edit(s, tag=t) for s, t in zip(sets, tags, strict=True)]
 
     sizes = [int(t) for t in (args.fuse or str(splice.FUSE_TOKENS)).split(",") if t and t != "none"]
-    if args.fuse == "none":
-        sizes = []
     paths: dict[str, int | None] = {"eager": None, **{f"stacked {size}": size for size in sizes}}
     timings, scores = {}, {}
     for path, size in paths.items():
