@@ -4,8 +4,9 @@ An attempt is deterministic given its seed on one machine: the weights are initi
 ``torch.manual_seed(seed)`` and the training problems come from a generator seeded by (task, size,
 seed). Across machines, float rounding differs and an attempt that learns on one may stall on
 another, so training follows a **retry rule**: an attempt that ends below ``target`` held-out
-accuracy, or whose best held-out accuracy has not risen by ``MIN_PROGRESS`` for ``patience``
-evaluations while below ``target``, is abandoned and training restarts from the derived seed
+accuracy, or whose held-out accuracy (the mean of the latest ``SMOOTHING`` evaluations) has not
+risen above its best by ``MIN_PROGRESS`` for ``patience`` evaluations while below ``target``
+(:class:`ProgressWatch`), is abandoned and training restarts from the derived seed
 :func:`attempt_seed` (at most ``max_attempts`` attempts in all). Every attempt is recorded (its seed,
 steps, accuracy and outcome in ``synth.json``; its curve in ``training.jsonl`` under ``attempt``).
 The folder holds the weights of the first attempt that reached ``target``, else of the best one,
@@ -34,6 +35,7 @@ import platform
 import re
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -62,7 +64,8 @@ INFO_FILE = "synth.json"
 CURVE_FILE = "training.jsonl"
 KIND = "synth-model"
 STAGING = ".synth.tmp-"
-MIN_PROGRESS = 0.005  # a rise of the best held-out accuracy smaller than this is no progress
+MIN_PROGRESS = 0.005  # a rise of the best smoothed held-out accuracy smaller than this is no progress
+SMOOTHING = 3  # progress is judged on the mean of this many latest evaluations, not on one
 
 
 class TrainSettings(BaseModel):
@@ -251,7 +254,7 @@ def _run_attempt(
         return row
 
     evaluate(0, None)
-    best, since_best = 0.0, 0
+    watch = ProgressWatch(settings.patience)
     running: list[float] = []
     attempt.outcome = "ended below target"
     for step in range(1, settings.steps + 1):
@@ -276,16 +279,33 @@ def _run_attempt(
         if settings.stop_at is not None and accuracy >= settings.stop_at:
             attempt.outcome = "stopped at --stop-at"
             break
-        if accuracy >= best + MIN_PROGRESS:
-            best, since_best = accuracy, 0
-        else:
-            since_best += 1
-        if settings.patience and since_best >= settings.patience and accuracy < settings.target:
+        if watch.stalled(accuracy) and accuracy < settings.target:
             attempt.outcome = f"stalled: no progress for {settings.patience} evaluations"
             break
     attempt.accuracy = exact_match(model, tokenizer, heldout)
     if attempt.accuracy >= settings.target and not attempt.outcome.startswith("stopped"):
         attempt.outcome = "reached target"
+
+
+class ProgressWatch:
+    """The stall rule: ``stalled`` once the mean of the latest ``SMOOTHING`` held-out accuracies has
+    not risen by ``MIN_PROGRESS`` above its best for ``patience`` evaluations (0: never stalled). The
+    mean keeps one lucky evaluation on a plateau (0.1085 to 0.115 and back) from counting as progress."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.recent: deque[float] = deque(maxlen=SMOOTHING)
+        self.best = 0.0
+        self.since_best = 0
+
+    def stalled(self, accuracy: float) -> bool:
+        self.recent.append(accuracy)
+        smoothed = sum(self.recent) / len(self.recent)
+        if smoothed >= self.best + MIN_PROGRESS:
+            self.best, self.since_best = smoothed, 0
+        else:
+            self.since_best += 1
+        return bool(self.patience) and self.since_best >= self.patience
 
 
 def settings_identity(task: SynthTask, settings: TrainSettings) -> str:

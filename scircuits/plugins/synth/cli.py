@@ -45,7 +45,7 @@ def synth() -> None:
     type=int,
     default=8,
     show_default=True,
-    help="Evaluations without progress (below --target) that abandon an attempt (0: never).",
+    help="Evaluations without progress (mean of the latest 3, below --target) ending an attempt (0: never).",
 )
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, or cuda (not bit-reproducible).")
