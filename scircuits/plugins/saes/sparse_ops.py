@@ -5,13 +5,21 @@ With k active latents per token, everything but the encoder's forward product ca
 - decoding is a weighted sum of k decoder rows per token (``embedding_bag``);
 - the encoder's backward only needs the gradient at the k selected pre-activations: the input
   gradient is again a weighted sum of k rows of ``W_enc^T``, and the weight gradient is the
-  transpose of an ``embedding_bag`` weight gradient (a scatter-add of ``g * x`` into k rows).
+  transpose of an ``embedding_bag`` weight gradient (a scatter-add of ``g * x`` into k rows), on
+  the CPU one sparse-by-dense product (``scatter_outer``), as is the decoder's weight gradient;
+- the encoder's product and its top k run ``ROW_CHUNK`` rows at a time (``chunked_topk``).
 
 ``topk_encode`` and ``sparse_decode`` have dense equivalents (``dense_topk_encode``,
 ``dense_decode``) used as the eager fallback and in the equivalence tests.
+
+With ``bf16`` the pre-activations ``x @ W_enc + b_enc`` are one bfloat16 product with the bias added
+before its single rounding, and the top k are chosen among the bfloat16 values: the (B, d_sae)
+matrix is never widened to float32, which on CPUs with native bfloat16 costs more than the product.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -31,10 +39,8 @@ class _TopKEncode(torch.autograd.Function):
         k: int,  # type: ignore[override]
         bf16: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        pre = encoder_product(x, w_enc, bf16)
-        pre += b_enc
-        values, indices = pre.topk(k, dim=-1, sorted=False)
-        values = values.clamp_min(0)
+        values, indices = chunked_topk(x, w_enc, b_enc, k, bf16)
+        values = values.to(x.dtype).clamp_min(0)
         ctx.save_for_backward(x, w_enc, values, indices)
         ctx.mark_non_differentiable(indices)
         return values, indices
@@ -54,13 +60,87 @@ class _TopKEncode(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+ROW_CHUNK = 1024  # CPU rows per product-and-select: the (B, d_sae) pre-activations never exist
+
+
+def chunked_topk(
+    x: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, k: int, bf16: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``encoder_preactivation(...).topk(k, sorted=False)``, on the CPU ``ROW_CHUNK`` rows at a time
+    through one reused buffer: no allocation of the full matrix (and its page faults) per step, and
+    the same values (a row's product does not depend on the rows beside it; tested)."""
+    n = x.shape[0]
+    chunk = ROW_CHUNK if x.device.type == "cpu" else max(n, 1)
+    if n <= chunk:
+        return encoder_preactivation(x, w_enc, b_enc, bf16).topk(k, dim=-1, sorted=False)
+    dtype = torch.bfloat16 if bf16 else x.dtype
+    inputs, weights, bias = (t.to(dtype) for t in (x, w_enc, b_enc))
+    values = torch.empty(n, k, dtype=dtype, device=x.device)
+    indices = torch.empty(n, k, dtype=torch.long, device=x.device)
+    buffer = torch.empty(chunk, w_enc.shape[1], dtype=dtype, device=x.device)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        pre = buffer[: stop - start]
+        if bf16:
+            torch.addmm(bias, inputs[start:stop], weights, out=pre)
+        else:
+            torch.mm(inputs[start:stop], weights, out=pre)
+            pre += bias
+        torch.topk(pre, k, dim=-1, sorted=False, out=(values[start:stop], indices[start:stop]))
+    return values, indices
+
+
+def encoder_preactivation(
+    x: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, bf16: bool
+) -> torch.Tensor:
+    """``x @ W_enc + b_enc``: float32, or with ``bf16`` bfloat16 (product and bias, one rounding)."""
+    if bf16:
+        low = torch.bfloat16
+        return torch.addmm(b_enc.to(low), x.to(low), w_enc.to(low))
+    pre = encoder_product(x, w_enc, False)
+    pre += b_enc  # added after the product: bit-identical to the float32 path of earlier versions
+    return pre
+
+
+STABLE_SORT_PAIRS = 32_768  # from this many (token, latent) pairs torch sorts them stably on the CPU
+
+
 def scatter_outer(indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
     """``out[indices[b, j]] += weights[b, j] * rows[b]`` for an (n, d) ``out``: the weight gradient of
-    ``embedding_bag``, computed by its own backward (sorted segment sums in C++/CUDA)."""
+    ``embedding_bag``. ``embedding_bag``'s backward sorts the pairs by latent and sums each latent's
+    rows in that order; from ``STABLE_SORT_PAIRS`` pairs (every training batch of 4,096 tokens with
+    k >= 8) the sort is stable, so the order is token order, and on the CPU one sparse (n, B) by
+    dense product (MKL) gives the same bits faster (tested). Below that, and off the CPU, that
+    backward itself: the bits stay those of earlier versions everywhere."""
+    weights, rows = weights.detach(), rows.detach()
+    if rows.device.type != "cpu" or indices.numel() < STABLE_SORT_PAIRS:
+        return _embedding_bag_weight_grad(indices, weights, rows, n)
+    return _token_order_weight_grad(indices, weights, rows, n)
+
+
+def _token_order_weight_grad(
+    indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor, n: int
+) -> torch.Tensor:
+    flat = indices.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    crow = torch.zeros(n + 1, dtype=torch.long)
+    torch.cumsum(torch.bincount(flat, minlength=n), 0, out=crow[1:])
+    tokens = torch.div(order, indices.shape[-1], rounding_mode="floor")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        by_latent = torch.sparse_csr_tensor(
+            crow, tokens, weights.reshape(-1)[order], size=(n, rows.shape[0]), check_invariants=False
+        )
+        return by_latent @ rows
+
+
+def _embedding_bag_weight_grad(
+    indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor, n: int
+) -> torch.Tensor:
     with torch.enable_grad():
         table = torch.zeros(n, rows.shape[1], dtype=rows.dtype, device=rows.device, requires_grad=True)
-        out = F.embedding_bag(indices, table, per_sample_weights=weights.detach(), mode="sum")
-        (grad,) = torch.autograd.grad(out, table, grad_outputs=rows.detach())
+        out = F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
+        (grad,) = torch.autograd.grad(out, table, grad_outputs=rows)
     return grad
 
 
@@ -74,14 +154,42 @@ def topk_encode(
 def dense_topk_encode(
     x_centered: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, k: int, bf16: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    pre = encoder_product(x_centered, w_enc, bf16) + b_enc
+    if bf16:
+        values, indices = encoder_preactivation(x_centered, w_enc, b_enc, True).topk(k, dim=-1, sorted=False)
+        return values.to(x_centered.dtype).relu(), indices
+    pre = encoder_product(x_centered, w_enc, False) + b_enc
     values, indices = pre.topk(k, dim=-1, sorted=False)
     return values.relu(), indices
 
 
+class _SparseDecode(torch.autograd.Function):
+    """(indices, values, W_dec) -> ``embedding_bag``; its weight gradient by :func:`scatter_outer`."""
+
+    @staticmethod
+    def forward(ctx, indices: torch.Tensor, values: torch.Tensor, w_dec: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(indices, values, w_dec)
+        if not ctx.needs_input_grad[1]:
+            return F.embedding_bag(indices, w_dec, per_sample_weights=values, mode="sum")
+        # the values' gradient is embedding_bag's own backward: keep its graph (weights detached)
+        with torch.enable_grad():
+            ctx.leaf = values.detach().requires_grad_()
+            ctx.out = F.embedding_bag(indices, w_dec.detach(), per_sample_weights=ctx.leaf, mode="sum")
+        return ctx.out.detach()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        indices, values, w_dec = ctx.saved_tensors
+        grad_values = grad_w = None
+        if ctx.needs_input_grad[1]:
+            (grad_values,) = torch.autograd.grad(ctx.out, ctx.leaf, grad_out)
+        if ctx.needs_input_grad[2]:
+            grad_w = scatter_outer(indices, values, grad_out, w_dec.shape[0])
+        return None, grad_values, grad_w
+
+
 def sparse_decode(indices: torch.Tensor, values: torch.Tensor, w_dec: torch.Tensor) -> torch.Tensor:
     """``sum_j values[b, j] * W_dec[indices[b, j]]`` (no bias)."""
-    return F.embedding_bag(indices, w_dec, per_sample_weights=values, mode="sum")
+    return _SparseDecode.apply(indices, values, w_dec)
 
 
 def dense_decode(indices: torch.Tensor, values: torch.Tensor, w_dec: torch.Tensor) -> torch.Tensor:
