@@ -151,6 +151,55 @@ def test_sparse_topk_kernels_match_the_dense_fallback():
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_the_b_dec_gradient_through_the_sparse_encoder_matches_the_dense_one():
+    # b_dec given to the kernel: its gradient is -W_enc @ (the b_enc gradient), no per-token rows
+    torch.manual_seed(0)
+    x, w_enc, b_enc, b_dec = torch.randn(50, 24), torch.randn(24, 96), torch.randn(96), torch.randn(24)
+    results = []
+    for encode in (topk_encode, dense_topk_encode):
+        params = [t.clone().requires_grad_() for t in (w_enc, b_enc, b_dec)]
+        values, indices = encode(x, params[0], params[1], 6, False, params[2])
+        order = indices.argsort(dim=1)
+        (values.gather(1, order) * torch.arange(1.0, 7.0)).sum().backward()
+        results.append(
+            [indices.gather(1, order), values.gather(1, order).detach(), *(p.grad for p in params)]
+        )
+    sparse, dense = results
+    assert torch.equal(sparse[0], dense[0])
+    for a, b in zip(sparse[1:], dense[1:], strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert float(sparse[4].abs().sum()) > 0  # b_dec did get a gradient
+
+
+def masked_auxk(sae, x: torch.Tensor, x_hat: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+    """AuxK as it was first written: every latent's pre-activation, the live ones masked."""
+    k_aux = min(x.shape[-1] // 2, int(dead.sum()))
+    residual = (x - x_hat).detach()
+    pre = sae.pre_activation(x).masked_fill(~dead, float("-inf"))
+    values, indices = pre.topk(k_aux, dim=-1)
+    e_hat = dense_decode(indices, values.relu(), sae.W_dec)
+    variance = (residual - residual.mean(dim=0)).pow(2).sum(dim=-1).mean()
+    return (e_hat - residual).pow(2).sum(dim=-1).mean() / variance
+
+
+@pytest.mark.parametrize("n_dead", [3, 20, 64])
+def test_auxk_on_the_dead_latents_alone_is_the_masked_auxk(n_dead):
+    torch.manual_seed(n_dead)
+    sae = build("topk", d_in=16, d_sae=64)
+    x = torch.randn(40, 16)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[torch.randperm(64)[:n_dead]] = True
+    x_hat = sae.decode_sparse(*sae.encode_sparse(x)).detach()
+    ours = sae.auxk_loss(x, x_hat, dead)
+    ours_grads = torch.autograd.grad(ours, (sae.W_enc, sae.b_enc, sae.W_dec))
+    reference = masked_auxk(sae, x, x_hat, dead)
+    reference_grads = torch.autograd.grad(reference, (sae.W_enc, sae.b_enc, sae.W_dec))
+    assert float(ours.detach()) > 0 and torch.allclose(ours, reference, rtol=1e-5)
+    for a, b in zip(ours_grads, reference_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert float(sae.auxk_loss(x, x_hat, torch.zeros(64, dtype=torch.bool))) == 0.0
+
+
 def test_topk_module_sparse_and_eager_paths_agree():
     torch.manual_seed(0)
     sparse, eager = build("topk", sparse=True), build("topk", sparse=False)

@@ -109,7 +109,7 @@ class TopKSAE(SparseAutoencoder):
 
     def encode_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         encode = topk_encode if self.sparse else dense_topk_encode
-        return encode(x - self.b_dec, self.W_enc, self.b_enc, self.k, self.encoder_bf16)
+        return encode(x, self.W_enc, self.b_enc, self.k, self.encoder_bf16, self.b_dec)
 
     def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         decode = sparse_decode if self.sparse else dense_decode
@@ -140,16 +140,15 @@ class TopKSAE(SparseAutoencoder):
     def auxk_loss(self, x: torch.Tensor, x_hat: torch.Tensor, dead_mask: torch.Tensor) -> torch.Tensor:
         """The largest ``k_aux`` dead latents reconstruct the residual the live ones left (dense:
         it runs only while latents are dead)."""
-        n_dead = int(dead_mask.sum())
-        if n_dead == 0:
+        dead = dead_mask.nonzero().squeeze(1)
+        if dead.numel() == 0:
             return x.new_zeros(())
-        k_aux = min(self.hparams.get("k_aux") or x.shape[-1] // 2, n_dead)
+        k_aux = min(self.hparams.get("k_aux") or x.shape[-1] // 2, dead.numel())
         residual = (x - x_hat).detach()
-        pre = self.pre_activation(x)
-        pre = pre.masked_fill(~dead_mask, -math.inf)
-        values, indices = pre.topk(k_aux, dim=-1, sorted=False)
-        values = values.relu().nan_to_num(0.0, neginf=0.0)
-        e_hat = sparse_decode(indices, values, self.W_dec)
+        # only the dead latents' pre-activations: (B, n_dead), not (B, d_sae) with the rest masked
+        pre = encoder_product(x - self.b_dec, self.W_enc[:, dead], self.encoder_bf16) + self.b_enc[dead]
+        values, local = pre.topk(k_aux, dim=-1, sorted=False)
+        e_hat = sparse_decode(dead[local], values.relu(), self.W_dec)
         variance = (residual - residual.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-8)
         return (e_hat - residual).pow(2).sum(dim=-1).mean() / variance
 

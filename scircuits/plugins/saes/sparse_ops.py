@@ -28,7 +28,8 @@ from scircuits import encoder_product
 
 
 class _TopKEncode(torch.autograd.Function):
-    """(x_centered, W_enc, b_enc) -> (relu'd top-k values, their indices)."""
+    """(x, W_enc, b_enc, k, bf16, b_dec) -> (relu'd top-k values of ``(x - b_dec) @ W_enc + b_enc``,
+    their indices); ``b_dec`` None: x is already centred."""
 
     @staticmethod
     def forward(
@@ -38,26 +39,33 @@ class _TopKEncode(torch.autograd.Function):
         b_enc: torch.Tensor,
         k: int,  # type: ignore[override]
         bf16: bool,
+        b_dec: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        values, indices = chunked_topk(x, w_enc, b_enc, k, bf16)
+        centred = x if b_dec is None else x - b_dec
+        values, indices = chunked_topk(centred, w_enc, b_enc, k, bf16)
         values = values.to(x.dtype).clamp_min(0)
-        ctx.save_for_backward(x, w_enc, values, indices)
+        ctx.save_for_backward(centred, w_enc, values, indices)
         ctx.mark_non_differentiable(indices)
         return values, indices
 
     @staticmethod
     def backward(ctx, grad_values: torch.Tensor, _grad_indices: torch.Tensor):  # type: ignore[override]
-        x, w_enc, values, indices = ctx.saved_tensors
+        centred, w_enc, values, indices = ctx.saved_tensors
         g = grad_values * (values > 0)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = F.embedding_bag(indices, w_enc.t().contiguous(), per_sample_weights=g, mode="sum")
-        if ctx.needs_input_grad[1]:
-            grad_w = scatter_outer(indices, g, x, w_enc.shape[1]).t()
-        if ctx.needs_input_grad[2]:
+        grad_x = grad_w = grad_b = grad_b_dec = None
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b_dec = ctx.needs_input_grad[5]
+        if need_b or need_b_dec:
             grad_b = torch.zeros(w_enc.shape[1], dtype=g.dtype, device=g.device)
             grad_b.index_add_(0, indices.reshape(-1), g.reshape(-1))
-        return grad_x, grad_w, grad_b, None, None
+        if need_x:
+            grad_x = F.embedding_bag(indices, w_enc.t().contiguous(), per_sample_weights=g, mode="sum")
+        if need_b_dec:
+            # sum over tokens of -grad_x: -W_enc @ (the b_enc gradient), O(d x d_sae), not O(B x k x d)
+            grad_b_dec = -grad_x.sum(0) if grad_x is not None else -(w_enc @ grad_b)
+        if need_w:
+            grad_w = scatter_outer(indices, g, centred, w_enc.shape[1]).t()
+        return grad_x, grad_w, grad_b if need_b else None, None, None, grad_b_dec
 
 
 ROW_CHUNK = 1024  # CPU rows per product-and-select: the (B, d_sae) pre-activations never exist
@@ -145,15 +153,27 @@ def _embedding_bag_weight_grad(
 
 
 def topk_encode(
-    x_centered: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, k: int, bf16: bool = False
+    x: torch.Tensor,
+    w_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    k: int,
+    bf16: bool = False,
+    b_dec: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k latents of ``relu(x_centered @ W_enc + b_enc)``: (values, indices), each (B, k)."""
-    return _TopKEncode.apply(x_centered, w_enc, b_enc, k, bf16)
+    """Top-k latents of ``relu((x - b_dec) @ W_enc + b_enc)``: (values, indices), each (B, k).
+    Given ``b_dec`` here rather than subtracted before, its gradient costs O(d x d_sae)."""
+    return _TopKEncode.apply(x, w_enc, b_enc, k, bf16, b_dec)
 
 
 def dense_topk_encode(
-    x_centered: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, k: int, bf16: bool = False
+    x: torch.Tensor,
+    w_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    k: int,
+    bf16: bool = False,
+    b_dec: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    x_centered = x if b_dec is None else x - b_dec
     if bf16:
         values, indices = encoder_preactivation(x_centered, w_enc, b_enc, True).topk(k, dim=-1, sorted=False)
         return values.to(x_centered.dtype).relu(), indices
