@@ -108,3 +108,14 @@ def test_bf16_preactivations_round_once_and_stay_near_float32():
     exact = x.bfloat16().double() @ w.bfloat16().double() + b.bfloat16().double()
     # one rounding of the float32-accumulated sum: within half a bfloat16 step (2^-8 relative) of it
     assert ((low.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
+
+
+def test_sparse_decode_backward_runs_again_on_a_retained_graph():
+    indices = bags(40, 30, 4)
+    values = torch.rand(40, 4, requires_grad=True)
+    w_dec = torch.randn(30, 8, requires_grad=True)
+    loss = sparse_decode(indices, values, w_dec).pow(2).sum()
+    loss.backward(retain_graph=True)
+    first = values.grad.clone(), w_dec.grad.clone()
+    loss.backward()
+    assert torch.equal(values.grad, 2 * first[0]) and torch.equal(w_dec.grad, 2 * first[1])

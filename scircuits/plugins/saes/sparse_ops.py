@@ -23,6 +23,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from scircuits import encoder_product
 
@@ -197,11 +198,12 @@ class _SparseDecode(torch.autograd.Function):
         return ctx.out.detach()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         indices, values, w_dec = ctx.saved_tensors
         grad_values = grad_w = None
-        if ctx.needs_input_grad[1]:
-            (grad_values,) = torch.autograd.grad(ctx.out, ctx.leaf, grad_out)
+        if ctx.needs_input_grad[1]:  # the graph stays while ctx does: a retained outer graph reruns this
+            (grad_values,) = torch.autograd.grad(ctx.out, ctx.leaf, grad_out, retain_graph=True)
         if ctx.needs_input_grad[2]:
             grad_w = scatter_outer(indices, values, grad_out, w_dec.shape[0])
         return None, grad_values, grad_w
