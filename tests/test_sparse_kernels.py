@@ -26,16 +26,18 @@ def bags(n_tokens: int, n_latents: int, k: int, repeats: bool = False) -> torch.
     return torch.rand(n_tokens, n_latents, generator=g).topk(k, dim=1).indices
 
 
+@pytest.mark.parametrize("width", [8, 24, 32, 40, 576])
 @pytest.mark.parametrize("repeats", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_scatter_outer_on_the_cpu_is_embedding_bags_backward_bit_for_bit(repeats, threads):
+def test_scatter_outer_on_the_cpu_is_embedding_bags_backward_bit_for_bit(repeats, threads, width):
     # from 32,768 (token, latent) pairs (a training batch has 4,096 x k) embedding_bag's backward
     # sorts them stably (a radix sort) and so sums each latent's rows in token order, one fused
-    # multiply-add each, as the sparse product does
+    # multiply-add each, as the sparse product does (rows narrower than 32 floats, which MKL rounds
+    # otherwise, stay with embedding_bag's backward)
     torch.manual_seed(0)
     indices = bags(4100, 300, 8, repeats)
     assert indices.numel() >= STABLE_SORT_PAIRS
-    weights, rows = torch.randn(4100, 8), torch.randn(4100, 40)
+    weights, rows = torch.randn(4100, 8), torch.randn(4100, width)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -119,3 +121,21 @@ def test_sparse_decode_backward_runs_again_on_a_retained_graph():
     first = values.grad.clone(), w_dec.grad.clone()
     loss.backward()
     assert torch.equal(values.grad, 2 * first[0]) and torch.equal(w_dec.grad, 2 * first[1])
+
+
+def test_the_latent_sort_is_reused_only_for_equal_indices():
+    from scircuits.plugins.saes.sparse_ops import _LatentOrder
+
+    indices = bags(4100, 300, 8)
+    first = _LatentOrder.of(indices, 300)
+    assert _LatentOrder.of(indices.clone(), 300) is first  # the same pairs: the sort is reused
+    changed = indices.clone()
+    changed[0, 0] = (changed[0, 0] + 1) % 300
+    if changed[0, 0] in changed[0, 1:]:  # keep the bag's latents distinct
+        changed[0, 0] = next(i for i in range(300) if i not in changed[0])
+    other = _LatentOrder.of(changed, 300)
+    assert other is not first and not torch.equal(other[0], first[0])
+    weights, rows = torch.randn(4100, 8), torch.randn(4100, 16)
+    assert torch.equal(
+        scatter_outer(changed, weights, rows, 300), _embedding_bag_weight_grad(changed, weights, rows, 300)
+    )

@@ -19,7 +19,9 @@ matrix is never widened to float32, which on CPUs with native bfloat16 costs mor
 
 from __future__ import annotations
 
+import threading
 import warnings
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +114,7 @@ def encoder_preactivation(
 
 
 STABLE_SORT_PAIRS = 32_768  # from this many (token, latent) pairs torch sorts them stably on the CPU
+MIN_ROW_WIDTH = 32  # MKL rounds rows of 4, 8, ..., 24 floats otherwise than one FMA per pair
 
 
 def scatter_outer(indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
@@ -119,22 +122,46 @@ def scatter_outer(indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tens
     ``embedding_bag``. ``embedding_bag``'s backward sorts the pairs by latent and sums each latent's
     rows in that order; from ``STABLE_SORT_PAIRS`` pairs (every training batch of 4,096 tokens with
     k >= 8) the sort is stable, so the order is token order, and on the CPU one sparse (n, B) by
-    dense product (MKL) gives the same bits faster (tested). Below that, and off the CPU, that
-    backward itself: the bits stay those of earlier versions everywhere."""
+    dense product (MKL) gives the same bits faster (tested) for rows of at least ``MIN_ROW_WIDTH``
+    floats. Otherwise, and off the CPU, that backward itself: the bits stay those of earlier
+    versions everywhere."""
     weights, rows = weights.detach(), rows.detach()
-    if rows.device.type != "cpu" or indices.numel() < STABLE_SORT_PAIRS:
+    if rows.device.type != "cpu" or indices.numel() < STABLE_SORT_PAIRS or rows.shape[1] < MIN_ROW_WIDTH:
         return _embedding_bag_weight_grad(indices, weights, rows, n)
     return _token_order_weight_grad(indices, weights, rows, n)
+
+
+class _LatentOrder:
+    """The (token, latent) pairs sorted by latent (stably): CSR row pointers and each pair's token
+    and position. A step's decoder and encoder backward sort the same indices; the second reuses the
+    first's sort (two slots, AuxK's indices beside the step's, each checked by value, so a stale entry
+    is never used)."""
+
+    SLOTS = 2
+    _lock = threading.Lock()
+    _recent: ClassVar[list[tuple[torch.Tensor, int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]] = []
+
+    @classmethod
+    def of(cls, indices: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with cls._lock:
+            for kept, kept_n, sorted_pairs in cls._recent:
+                if kept_n == n and kept.shape == indices.shape and torch.equal(kept, indices):
+                    return sorted_pairs
+        flat = indices.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        crow = torch.zeros(n + 1, dtype=torch.long)
+        torch.cumsum(torch.bincount(flat, minlength=n), 0, out=crow[1:])
+        tokens = torch.div(order, indices.shape[-1], rounding_mode="floor")
+        sorted_pairs = (order, crow, tokens)
+        with cls._lock:
+            cls._recent = [(indices.clone(), n, sorted_pairs), *cls._recent[: cls.SLOTS - 1]]
+        return sorted_pairs
 
 
 def _token_order_weight_grad(
     indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor, n: int
 ) -> torch.Tensor:
-    flat = indices.reshape(-1)
-    order = torch.argsort(flat, stable=True)
-    crow = torch.zeros(n + 1, dtype=torch.long)
-    torch.cumsum(torch.bincount(flat, minlength=n), 0, out=crow[1:])
-    tokens = torch.div(order, indices.shape[-1], rounding_mode="floor")
+    order, crow, tokens = _LatentOrder.of(indices, n)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
         by_latent = torch.sparse_csr_tensor(
