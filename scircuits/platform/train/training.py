@@ -86,8 +86,8 @@ USAGE_TOKENS = 1 << 20
 # least DEAD_WINDOW_MIN_BATCHES batches (a latent is not judged on fewer).
 DEAD_WINDOW_SHARE = 0.1
 DEAD_WINDOW_MAX = 1_000_000
-FUSED_ADAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 DEAD_WINDOW_MIN_BATCHES = 10
+FUSED_ADAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # torch's fused Adam
 
 
 def default_dead_window(total_tokens: int, batch_size: int) -> int:

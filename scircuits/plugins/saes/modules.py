@@ -138,8 +138,8 @@ class TopKSAE(SparseAutoencoder):
         return terms
 
     def auxk_loss(self, x: torch.Tensor, x_hat: torch.Tensor, dead_mask: torch.Tensor) -> torch.Tensor:
-        """The largest ``k_aux`` dead latents reconstruct the residual the live ones left (dense:
-        it runs only while latents are dead)."""
+        """The largest ``k_aux`` dead latents reconstruct the residual the live ones left; only the
+        dead latents' pre-activations are computed."""
         dead = dead_mask.nonzero().squeeze(1)
         if dead.numel() == 0:
             return x.new_zeros(())
