@@ -202,12 +202,8 @@ def dense_topk_encode(
     b_dec: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     x_centered = x if b_dec is None else x - b_dec
-    if bf16:
-        values, indices = encoder_preactivation(x_centered, w_enc, b_enc, True).topk(k, dim=-1, sorted=False)
-        return values.to(x_centered.dtype).relu(), indices
-    pre = encoder_product(x_centered, w_enc, False) + b_enc
-    values, indices = pre.topk(k, dim=-1, sorted=False)
-    return values.relu(), indices
+    values, indices = encoder_preactivation(x_centered, w_enc, b_enc, bf16).topk(k, dim=-1, sorted=False)
+    return values.to(x_centered.dtype).relu(), indices
 
 
 class _SparseDecode(torch.autograd.Function):
