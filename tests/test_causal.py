@@ -231,7 +231,7 @@ def test_run_ablate_writes_results_with_the_documented_keys(tiny, examples, tmp_
         "splice",
         "top1",
         "feature" + str(features[0]["id"]),
-    } <= set(rows[0]["scores"])
+    } <= set(next(row for row in rows if row["evaluation"])["scores"])
     assert results["score"] == GOLD_LOGPROB  # free-form examples: the gold log-prob
     # accuracy apart for examples whose answer is in the prompt, as examples.jsonl gives it for the
     # evaluation examples (its last n_evaluation rows: the study puts the selection split first)

@@ -11,13 +11,15 @@ import pytest
 import torch
 
 from scircuits import adjusted_contrast
-from scircuits.platform.causal.evaluation import prepare_eval
+from scircuits.platform.causal.evaluation import group_batches, prepare_eval
 from scircuits.platform.causal.stage import AblateInputs, run_ablate
 from scircuits.platform.causal.statistics import Bootstrap, selection_split
 from scircuits.platform.causal.study import Study, feature_statistics
 from scircuits.platform.config import AblateConfig
+from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.contract.sae_module import SparseAutoencoder
 from scircuits.platform.manager.plugin_set import get_plugins, load_plugins
+from scircuits.platform.model.scoring import layout_examples
 from scircuits.platform.model.splice import SplitModel
 from scircuits.testing import tiny_loaded_model
 
@@ -479,3 +481,48 @@ def test_an_examples_line_written_before_sets_and_evaluation_still_loads(tmp_pat
     (tmp_path / "examples.jsonl").write_text(json.dumps(old) + "\n")
     (row,) = read_examples(tmp_path)
     assert row.evaluation is None and row.sets is None and row.scores["splice"].logprob == -1.5
+
+
+def mixed_length_examples(examples):
+    """The arithmetic examples with 0-5 extra shots each, so that consecutive ones differ in length."""
+    out = []
+    for i, e in enumerate(examples):
+        extra = "".join(f"{i + j} + {j} = {i + 2 * j}\n" for j in range(i % 6))
+        out.append(Example(e.id, extra + e.prompt, e.target, e.choices, e.answer_index, e.meta, e.delimiter))
+    return out
+
+
+def test_batches_are_in_length_order_and_score_as_one_example_per_batch(tiny, examples):
+    """Examples of similar length share a batch (less padding than consecutive ones), every example
+    in exactly one batch; padding never changes an example's scores; the splice check's batches are
+    those of the first examples."""
+    mixed = mixed_length_examples(examples[:12])
+    sae = constant_sae(tiny.d_model, 6)
+    split = SplitModel(tiny, 2, "resid")
+    data = prepare_eval(split, sae, tiny.tokenizer, mixed, batch_size=4, max_length=None)
+    held = sorted(i for eb in data.batches for i in eb.example_indices)
+    assert held == list(range(len(mixed)))
+    widths = [int(eb.batch.input_ids.shape[1]) for eb in data.batches]
+    assert widths == sorted(widths, reverse=True)
+    padded = sum(eb.batch.input_ids.numel() for eb in data.batches)
+    sequences, layouts = layout_examples(tiny.tokenizer, mixed)
+    consecutive = sum(
+        len(group) * max(len(sequences[i].input_ids) for i in group) for group in group_batches(layouts, 4)
+    )
+    assert padded < consecutive
+    assert min(data.by_first_example()[0].example_indices) == 0
+    halves = [[0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9, 11]]  # as the selection and evaluation splits
+    parted = prepare_eval(split, sae, tiny.tokenizer, mixed, batch_size=4, max_length=None, parts=halves)
+    held = [set(eb.example_indices) for eb in parted.batches]
+    assert all(h <= set(halves[0]) for h in held[:2]) and all(h <= set(halves[1]) for h in held[2:])
+
+    one_each = prepare_eval(split, sae, tiny.tokenizer, mixed, batch_size=1, max_length=None)
+    zero = get_plugins().ablations.get("zero")
+    stats, _, _, _ = feature_statistics(data)
+    scores = []
+    for eval_data in (data, one_each):
+        study = Study(split, sae, eval_data, zero, None, stats, seed=0)
+        scores.append(study.run("splice", study.ablate_edit([1, 3], tag=7)))
+    batched, alone = scores
+    np.testing.assert_allclose(batched.logprob, alone.logprob, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(batched.correct, alone.correct)

@@ -14,6 +14,7 @@ from scircuits.platform.common.progress import Progress
 from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.model.remote_split import RemoteSplitModel
 from scircuits.platform.model.scoring import ExampleLayout, SequenceBatch, layout_examples, make_batch
+from scircuits.platform.model.sequences import EncodedSequence
 from scircuits.platform.model.splice import LowerCache, SplitModel
 
 
@@ -41,6 +42,11 @@ class EvalData:
     def n_examples(self) -> int:
         return len(self.examples)
 
+    def by_first_example(self) -> list[EvalBatch]:
+        """The batches in the order of their first example (the lowest index they hold): the
+        batches are in length order, and checks that look at a few batches look at these."""
+        return sorted(self.batches, key=lambda eb: min(eb.example_indices))
+
 
 def group_batches(layouts: Sequence[ExampleLayout], batch_size: int) -> list[list[int]]:
     """Consecutive examples grouped so that a batch holds about ``batch_size`` sequences, examples whole."""
@@ -59,26 +65,53 @@ def group_batches(layouts: Sequence[ExampleLayout], batch_size: int) -> list[lis
     return groups
 
 
+def length_order(sequences: Sequence[EncodedSequence], layouts: Sequence[ExampleLayout]) -> list[int]:
+    """The examples' indices, longest first (by their longest sequence in tokens; ties in the given
+    order), so that batches of consecutive examples in this order hold little padding."""
+    longest = [max(len(sequences[j].input_ids) for j in layout.sequence_indices) for layout in layouts]
+    return sorted(range(len(layouts)), key=lambda i: (-longest[i], i))
+
+
 def encoded_batches(
-    tokenizer: Any, examples: list[Example], batch_size: int, max_length: int | None, device: Any
+    tokenizer: Any,
+    examples: list[Example],
+    batch_size: int,
+    max_length: int | None,
+    device: Any,
+    parts: Sequence[Sequence[int]] | None = None,
 ) -> Iterator[tuple[list[int], list[ExampleLayout], SequenceBatch]]:
-    """The examples encoded and grouped into batches of about ``batch_size`` sequences (examples
-    whole): per batch, its examples' indices, their layouts (sequence indices local to the batch) and
-    the padded batch on ``device``."""
+    """The examples encoded, put in ``length_order`` and grouped into batches of about ``batch_size``
+    sequences (examples whole): per batch, its examples' indices (into ``examples``), their layouts
+    (sequence indices local to the batch) and the padded batch on ``device``. ``parts``: disjoint
+    lists of example indices covering them all, batched apart (no batch holds two parts), in order."""
     sequences, layouts = layout_examples(tokenizer, examples, max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for group in group_batches(layouts, batch_size):
-        seq_ids = [j for i in group for j in layouts[i].sequence_indices]
-        local = {g: i for i, g in enumerate(seq_ids)}
-        local_layouts = [
-            ExampleLayout(
-                layouts[i].example_id,
-                tuple(local[j] for j in layouts[i].sequence_indices),
-                layouts[i].answer_index,
-            )
-            for i in group
-        ]
-        yield list(group), local_layouts, make_batch([sequences[j] for j in seq_ids], pad_id).to(device)
+    for part in [range(len(layouts))] if parts is None else parts:
+        part = [int(i) for i in part]
+        order = [part[k] for k in length_order(sequences, [layouts[i] for i in part])]
+        for local_group in group_batches([layouts[i] for i in order], batch_size):
+            group = [order[k] for k in local_group]
+            yield group, *_batch_of(group, sequences, layouts, pad_id, device)
+
+
+def _batch_of(
+    group: list[int],
+    sequences: Sequence[EncodedSequence],
+    layouts: Sequence[ExampleLayout],
+    pad_id: int,
+    device: Any,
+) -> tuple[list[ExampleLayout], SequenceBatch]:
+    seq_ids = [j for i in group for j in layouts[i].sequence_indices]
+    local = {g: i for i, g in enumerate(seq_ids)}
+    local_layouts = [
+        ExampleLayout(
+            layouts[i].example_id,
+            tuple(local[j] for j in layouts[i].sequence_indices),
+            layouts[i].answer_index,
+        )
+        for i in group
+    ]
+    return local_layouts, make_batch([sequences[j] for j in seq_ids], pad_id).to(device)
 
 
 def prepare_eval(
@@ -89,11 +122,13 @@ def prepare_eval(
     batch_size: int,
     max_length: int | None,
     show: Progress | None = None,
+    parts: Sequence[Sequence[int]] | None = None,
 ) -> EvalData:
-    """Encode the examples, batch them, and run the lower blocks and the SAE once per batch."""
+    """Encode the examples, batch them (``encoded_batches``: in length order, ``parts`` apart), and
+    run the lower blocks and the SAE once per batch."""
     remote = bool(getattr(split, "remote", False))  # the weights are on NDIF, the SAE is here
     device = sae.W_dec.device if remote else next(split.model.parameters()).device
-    planned = list(encoded_batches(tokenizer, examples, batch_size, max_length, device))
+    planned = list(encoded_batches(tokenizer, examples, batch_size, max_length, device, parts))
     # on NDIF every batch's site output comes back in one request
     caches = split.lower_all([batch for _, _, batch in planned]) if remote else None
     batches: list[EvalBatch] = []

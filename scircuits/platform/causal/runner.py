@@ -139,7 +139,8 @@ def prepare_study(
     )
     selection, evaluation = selection_split(len(examples), config.selection_fraction, config.seed)
     if selection is not None and evaluation is not None:
-        # selection first, so that most batches hold only one split (a condition skips selection batches)
+        # selection first, batched apart: a condition measured on the evaluation split skips the
+        # selection batches
         examples = [examples[i] for i in (*selection, *evaluation)]
         selection = np.arange(len(selection))
         evaluation = np.arange(len(selection), len(examples))
@@ -147,7 +148,14 @@ def prepare_study(
         "ablate: lower blocks + SAE", total=len(examples), enabled=config.progress, unit="examples"
     ) as show:
         data = prepare_eval(
-            split, sae, loaded.tokenizer, examples, config.batch_size, config.max_length, show
+            split,
+            sae,
+            loaded.tokenizer,
+            examples,
+            config.batch_size,
+            config.max_length,
+            show,
+            parts=None if selection is None else [selection, evaluation],
         )
     # the ablation values, the resample pool and the feature descriptions: evaluation tokens only;
     # the ranking's tie-break (and rank by activation): selection tokens only, as the attribution

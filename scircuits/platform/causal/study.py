@@ -631,7 +631,8 @@ def check_splice(
     edited_features: int = 16,
     fast_tolerance: float | None = None,
 ) -> dict[str, Any]:
-    """On the first ``check_examples`` examples: the clean model vs the SAE spliced in through nnsight
+    """On the batches of the first examples (``EvalData.by_first_example``), whole, until at least
+    ``check_examples`` examples: the clean model vs the SAE spliced in through nnsight
     (error term kept: an identity, so this catches hooks and dtypes, not a wrong SAE), and the fast
     path vs nnsight, both unedited and with the batch's ``edited_features`` most active features
     zeroed at the edited positions (so that the fast path's edit is checked, not only its identity).
@@ -641,7 +642,7 @@ def check_splice(
     fast_tolerance = tolerance if fast_tolerance is None else fast_tolerance
     study_dtype = split.study_dtype
     worst_splice, worst_fast, worst_edited, checked = 0.0, 0.0, 0.0, 0
-    for eb in data.batches:
+    for eb in data.by_first_example():
         if check_examples is not None and checked >= check_examples:
             break
         batch = eb.batch
@@ -710,7 +711,7 @@ def check_remote_splice(
     features zeroed sent as decoder-row changes against the same edit sent whole."""
     jobs: list[ScoreJob] = []
     checked = 0
-    for eb in study.data.batches:
+    for eb in study.data.by_first_example():
         if check_examples is not None and checked >= check_examples:
             break
         where = edit_mask(eb.batch, study.first_position)[..., None]
