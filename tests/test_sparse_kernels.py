@@ -1,5 +1,6 @@
-"""The CPU fast paths of the TopK kernels give the very bits of the plain PyTorch ops they replace,
-so a default run trains the same SAE as before them."""
+"""The CPU fast paths of the SAE kernels: the TopK ones give the very bits of the plain PyTorch ops they
+replace, so a default run trains the same SAE as before them; the fused ReLU step agrees with the
+eager one up to rounding."""
 
 from __future__ import annotations
 
@@ -139,3 +140,55 @@ def test_the_latent_sort_is_reused_only_for_equal_indices():
     assert torch.equal(
         scatter_outer(changed, weights, rows, 300), _embedding_bag_weight_grad(changed, weights, rows, 300)
     )
+
+
+def relu_sae(bf16: bool, decorrelation: float = 0.0):
+    from scircuits.plugins.saes.modules import ReLUSAE
+
+    torch.manual_seed(0)
+    sae = ReLUSAE(64, 256)
+    sae.hparams = {"l1": 5.0, "decorrelation": decorrelation, "decorrelation_tokens": 128}
+    sae.encoder_bf16 = bf16
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.1)
+        sae.b_enc.normal_(0, 0.05)
+        sae.b_dec.normal_(0, 0.1)
+    return sae
+
+
+def relu_step_of(sae, x: torch.Tensor, fused: bool):
+    sae.fused = fused
+    sae.zero_grad()
+    out = sae.train_forward(x)
+    out.terms["loss"].backward()
+    return out, {name: p.grad.clone() for name, p in sae.named_parameters()}
+
+
+def test_the_fused_relu_step_is_the_eager_one_in_float32():
+    sae, x = relu_sae(False), torch.randn(512, 64)
+    (fused, g_fused), (eager, g_eager) = relu_step_of(sae, x, True), relu_step_of(sae, x, False)
+    assert set(fused.terms) == set(eager.terms) == {"mse", "l1", "loss"}
+    for name in fused.terms:
+        torch.testing.assert_close(fused.terms[name], eager.terms[name], rtol=1e-6, atol=0)
+    torch.testing.assert_close(fused.x_hat, eager.x_hat, rtol=0, atol=0)
+    assert torch.equal(fused.fired, eager.fired) and fused.l0 == eager.l0 and 0 < fused.l0 < 256
+    for name, grad in g_eager.items():
+        torch.testing.assert_close(g_fused[name], grad, rtol=1e-5, atol=1e-7)
+
+
+def test_the_fused_relu_step_in_bfloat16_is_as_near_float32_as_the_eager_one():
+    x = torch.randn(512, 64)
+    _, reference = relu_step_of(relu_sae(False), x, False)
+    errors = {}
+    for fused in (True, False):
+        _, grads = relu_step_of(relu_sae(True), x, fused)
+        errors[fused] = {n: float((grads[n] - g).norm() / g.norm()) for n, g in reference.items()}
+    for name, eager_error in errors[False].items():
+        assert 0 < errors[True][name] <= 1.25 * eager_error + 1e-4, (name, errors)
+    assert errors[True]["W_enc"] < 0.05  # bfloat16's own rounding, not a wrong gradient
+
+
+def test_the_relu_step_keeps_the_eager_path_for_the_decorrelation_term():
+    sae, x = relu_sae(False, decorrelation=0.1), torch.randn(256, 64)
+    out, _ = relu_step_of(sae, x, True)
+    assert "decorrelation" in out.terms

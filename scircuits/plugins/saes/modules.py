@@ -33,6 +33,7 @@ from scircuits import (
 from .sparse_ops import (
     dense_decode,
     dense_topk_encode,
+    relu_step,
     scatter_dense,
     sparse_decode,
     topk_encode,
@@ -48,7 +49,23 @@ class ReLUSAE(SparseAutoencoder):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.pre_activation(x).relu()
 
+    fused = True  # train_forward through ``relu_step``; False: the eager reference below
+
     def train_forward(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None) -> TrainOutput:
+        if not self.fused or self.hparams["decorrelation"] > 0:  # decorrelation needs f itself
+            return self.train_forward_eager(x)
+        decoded, f_sum, fired = relu_step(
+            x - self.b_dec, self.W_enc, self.b_enc, self.W_dec, self.encoder_bf16
+        )
+        x_hat = decoded + self.b_dec
+        mse = mse_per_element(x, x_hat)
+        l1 = (f_sum * self.W_dec.norm(dim=1)).sum() / x.shape[0]
+        loss = mse + self.hparams["l1"] * l1
+        return TrainOutput(
+            {"mse": mse, "l1": l1, "loss": loss}, x_hat, fired, float(fired.sum()) / x.shape[0]
+        )
+
+    def train_forward_eager(self, x: torch.Tensor) -> TrainOutput:
         f = self.encode(x)
         # with encoder_bf16 the decoder product runs in bfloat16 too: relu has no sparse path
         x_hat = encoder_product(f, self.W_dec, self.encoder_bf16) + self.b_dec

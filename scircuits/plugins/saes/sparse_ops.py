@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -244,3 +244,52 @@ def dense_decode(indices: torch.Tensor, values: torch.Tensor, w_dec: torch.Tenso
 def scatter_dense(indices: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
     out = torch.zeros(*indices.shape[:-1], n, dtype=values.dtype, device=values.device)
     return out.scatter(-1, indices, values)
+
+
+class _ReLUStep(torch.autograd.Function):
+    """(x_centred, W_enc, b_enc, W_dec, bf16) -> (``f @ W_dec`` in float32, ``f.sum(0)``, how often
+    each latent fired, how many (token, latent) pairs fired) with ``f = relu(x_centred @ W_enc +
+    b_enc)``: the ReLU SAE's training forward without its (B, d_sae) elementwise passes. The l1 term
+    ``mean_t sum_i f_i |W_dec,i|`` is ``f.sum(0) @ |W_dec|`` / B, so its gradient reaches f as one
+    row; the backward adds it to the decoder's gradient and masks by ``f > 0`` in one pass each. With
+    ``bf16`` f and its gradient stay bfloat16 (the products' dtype) instead of widening to float32."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        w_enc: torch.Tensor,
+        b_enc: torch.Tensor,
+        w_dec: torch.Tensor,
+        bf16: bool,
+    ) -> tuple[torch.Tensor, ...]:
+        f = encoder_preactivation(x, w_enc, b_enc, bf16).relu_()
+        low = f.dtype
+        x_hat = (f @ w_dec.to(low)).to(x.dtype)
+        active = f > 0
+        fired = active.sum(dim=0)
+        ctx.save_for_backward(x, w_enc, w_dec, f)
+        ctx.mark_non_differentiable(fired)
+        return x_hat, f.sum(dim=0, dtype=torch.float32), fired
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g_x_hat: torch.Tensor, g_f_sum: torch.Tensor, _: Any) -> tuple[Any, ...]:
+        x, w_enc, w_dec, f = ctx.saved_tensors
+        low = f.dtype
+        g_x_hat = g_x_hat.to(low)
+        g_f = g_x_hat @ w_dec.to(low).T
+        g_f += g_f_sum.to(low)
+        g_pre = torch.ops.aten.threshold_backward(g_f, f, 0)
+        g_w_dec = (f.T @ g_x_hat).to(w_dec.dtype)
+        g_w_enc = (x.to(low).T @ g_pre).to(w_enc.dtype)
+        g_b_enc = g_pre.sum(dim=0, dtype=torch.float32).to(w_enc.dtype)
+        g_x = (g_pre @ w_enc.to(low).T).to(x.dtype)
+        return g_x, g_w_enc, g_b_enc, g_w_dec, None
+
+
+def relu_step(
+    x_centred: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, w_dec: torch.Tensor, bf16: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ReLU SAE's fused training forward (``_ReLUStep``): (``f @ W_dec``, ``f.sum(0)``, fired counts)."""
+    return _ReLUStep.apply(x_centred, w_enc, b_enc, w_dec, bf16)
