@@ -174,6 +174,14 @@ def test_the_fused_relu_step_is_the_eager_one_in_float32():
     assert torch.equal(fused.fired, eager.fired) and fused.l0 == eager.l0 and 0 < fused.l0 < 256
     for name, grad in g_eager.items():
         torch.testing.assert_close(g_fused[name], grad, rtol=1e-5, atol=1e-7)
+    # the input's gradient is formed only when asked for, and then it is the eager one
+    grads = []
+    for fused in (True, False):
+        sae.fused = fused
+        inputs = x.clone().requires_grad_(True)
+        sae.train_forward(inputs).terms["loss"].backward()
+        grads.append(inputs.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-8)
 
 
 def test_the_fused_relu_step_in_bfloat16_is_as_near_float32_as_the_eager_one():

@@ -55,7 +55,7 @@ class ReLUSAE(SparseAutoencoder):
         if not self.fused or self.hparams["decorrelation"] > 0:  # decorrelation needs f itself
             return self.train_forward_eager(x)
         decoded, f_sum, fired = relu_step(
-            x - self.b_dec, self.W_enc, self.b_enc, self.W_dec, self.encoder_bf16
+            x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.encoder_bf16
         )
         x_hat = decoded + self.b_dec
         mse = mse_per_element(x, x_hat)

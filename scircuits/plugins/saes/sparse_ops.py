@@ -247,12 +247,14 @@ def scatter_dense(indices: torch.Tensor, values: torch.Tensor, n: int) -> torch.
 
 
 class _ReLUStep(torch.autograd.Function):
-    """(x_centred, W_enc, b_enc, W_dec, bf16) -> (``f @ W_dec`` in float32, ``f.sum(0)``, how often
-    each latent fired, how many (token, latent) pairs fired) with ``f = relu(x_centred @ W_enc +
-    b_enc)``: the ReLU SAE's training forward without its (B, d_sae) elementwise passes. The l1 term
-    ``mean_t sum_i f_i |W_dec,i|`` is ``f.sum(0) @ |W_dec|`` / B, so its gradient reaches f as one
-    row; the backward adds it to the decoder's gradient and masks by ``f > 0`` in one pass each. With
-    ``bf16`` f and its gradient stay bfloat16 (the products' dtype) instead of widening to float32."""
+    """(x, W_enc, b_enc, W_dec, b_dec, bf16) -> (``f @ W_dec`` in float32, ``f.sum(0)``, how often
+    each latent fired) with ``f = relu((x - b_dec) @ W_enc + b_enc)``: the ReLU SAE's training
+    forward without its (B, d_sae) elementwise passes. The l1 term ``mean_t sum_i f_i |W_dec,i|`` is
+    ``f.sum(0) @ |W_dec|`` / B, so its gradient reaches f as one row; the backward adds it to the
+    decoder's gradient and masks by ``f > 0`` in one pass each. b_dec's gradient through the encoder
+    is ``-W_enc @ g_b_enc`` (the TopK encoder's rule), so the input's gradient, a fifth product, is
+    formed only when x itself needs one. With ``bf16`` f and its gradient stay bfloat16 (the
+    products' dtype) instead of widening to float32."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -261,35 +263,43 @@ class _ReLUStep(torch.autograd.Function):
         w_enc: torch.Tensor,
         b_enc: torch.Tensor,
         w_dec: torch.Tensor,
+        b_dec: torch.Tensor,
         bf16: bool,
     ) -> tuple[torch.Tensor, ...]:
-        f = encoder_preactivation(x, w_enc, b_enc, bf16).relu_()
+        centred = x - b_dec
+        f = encoder_preactivation(centred, w_enc, b_enc, bf16).relu_()
         low = f.dtype
         x_hat = (f @ w_dec.to(low)).to(x.dtype)
-        active = f > 0
-        fired = active.sum(dim=0)
-        ctx.save_for_backward(x, w_enc, w_dec, f)
+        fired = torch.count_nonzero(f, dim=0)
+        ctx.save_for_backward(centred, w_enc, w_dec, f)
         ctx.mark_non_differentiable(fired)
         return x_hat, f.sum(dim=0, dtype=torch.float32), fired
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, g_x_hat: torch.Tensor, g_f_sum: torch.Tensor, _: Any) -> tuple[Any, ...]:
-        x, w_enc, w_dec, f = ctx.saved_tensors
+        centred, w_enc, w_dec, f = ctx.saved_tensors
         low = f.dtype
         g_x_hat = g_x_hat.to(low)
         g_f = g_x_hat @ w_dec.to(low).T
         g_f += g_f_sum.to(low)
         g_pre = torch.ops.aten.threshold_backward(g_f, f, 0)
         g_w_dec = (f.T @ g_x_hat).to(w_dec.dtype)
-        g_w_enc = (x.to(low).T @ g_pre).to(w_enc.dtype)
+        g_w_enc = (centred.to(low).T @ g_pre).to(w_enc.dtype)
         g_b_enc = g_pre.sum(dim=0, dtype=torch.float32).to(w_enc.dtype)
-        g_x = (g_pre @ w_enc.to(low).T).to(x.dtype)
-        return g_x, g_w_enc, g_b_enc, g_w_dec, None
+        g_b_dec = -(w_enc @ g_b_enc)
+        g_x = (g_pre @ w_enc.to(low).T).to(centred.dtype) if ctx.needs_input_grad[0] else None
+        return g_x, g_w_enc, g_b_enc, g_w_dec, g_b_dec, None
 
 
 def relu_step(
-    x_centred: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, w_dec: torch.Tensor, bf16: bool = False
+    x: torch.Tensor,
+    w_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    w_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    bf16: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The ReLU SAE's fused training forward (``_ReLUStep``): (``f @ W_dec``, ``f.sum(0)``, fired counts)."""
-    return _ReLUStep.apply(x_centred, w_enc, b_enc, w_dec, bf16)
+    """The ReLU SAE's fused training forward (``_ReLUStep``): (``f @ W_dec``, ``f.sum(0)``, fired
+    counts), f the codes of x; b_dec is subtracted inside (add it to the first output yourself)."""
+    return _ReLUStep.apply(x, w_enc, b_enc, w_dec, b_dec, bf16)
