@@ -12,7 +12,7 @@ import json
 import pytest
 
 from scircuits import SynthTrainSettings, train_synth_model
-from scircuits.platform.groundtruth.training import attempt_seed
+from scircuits.platform.groundtruth.training import attempt_batch_size
 from scircuits.plugins.synth.tasks import AdditionTask
 
 # 8 heads of 8 dims: with the default 2 heads, 2-digit addition sat on its loss plateau (held-out
@@ -38,10 +38,13 @@ CI_FAMILY = {
 def test_every_seed_of_the_ci_family_reaches_the_target_and_records_what_the_rule_did(seed, tmp_path):
     record = train_synth_model(AdditionTask(2), SynthTrainSettings(**CI_FAMILY, seed=seed), tmp_path / "m")
     attempts = record["attempts"]
-    summary = [(a["seed"], a["steps_done"], a["heldout_accuracy"], a["outcome"]) for a in attempts]
+    summary = [(a["batch_size"], a["steps_done"], a["heldout_accuracy"], a["outcome"]) for a in attempts]
     assert record["reached_target"] and record["heldout_accuracy"] >= 0.99, summary
-    # the rule's record: attempt n ran from attempt_seed(seed, n); only the last one reached the target
-    assert [a["seed"] for a in attempts] == [attempt_seed(seed, n) for n in range(len(attempts))]
+    # the rule's record: attempt n ran from the seed with attempt_batch_size(64, n); only the last one
+    # reached the target
+    assert [(a["seed"], a["batch_size"]) for a in attempts] == [
+        (seed, attempt_batch_size(CI_FAMILY["batch_size"], n)) for n in range(len(attempts))
+    ]
     assert all(a["heldout_accuracy"] < 0.99 for a in attempts[:-1])
-    assert record["attempt"] == len(attempts) - 1 and record["weights_seed"] == attempts[-1]["seed"]
+    assert record["attempt"] == len(attempts) - 1 and record["batch_size"] == attempts[-1]["batch_size"]
     assert json.loads((tmp_path / "m" / "synth.json").read_text())["attempts"] == attempts

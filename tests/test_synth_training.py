@@ -5,30 +5,30 @@ from __future__ import annotations
 import json
 
 from scircuits import SynthTrainSettings, train_synth_model
-from scircuits.platform.groundtruth.training import ProgressWatch, attempt_seed
+from scircuits.platform.groundtruth.training import ProgressWatch, attempt_batch_size
 from scircuits.plugins.synth.tasks import LogicTask
 
 TINY = {"layers": 1, "d_model": 32, "batch_size": 32, "eval_examples": 50}
 
 
-def test_attempt_seeds_are_the_seed_then_distinct_derived_ones():
-    assert attempt_seed(7, 0) == 7
-    seeds = {attempt_seed(s, a) for s in range(20) for a in range(1, 4)}
-    assert len(seeds) == 60 and not seeds & set(range(20))
+def test_each_retry_doubles_the_batch():
+    assert [attempt_batch_size(128, a) for a in range(4)] == [128, 256, 512, 1024]
 
 
-def test_an_attempt_below_target_is_retried_from_a_derived_seed_and_every_attempt_is_recorded(tmp_path):
+def test_an_attempt_below_target_is_retried_with_twice_the_batch_and_every_attempt_is_recorded(tmp_path):
     settings = SynthTrainSettings(**TINY, seed=3, steps=4, eval_every=2, max_attempts=2, target=0.99)
     record = train_synth_model(LogicTask(2), settings, tmp_path / "m")
-    assert [a["seed"] for a in record["attempts"]] == [3, attempt_seed(3, 1)]
+    assert [(a["seed"], a["batch_size"]) for a in record["attempts"]] == [(3, 32), (3, 64)]
     assert all(a["outcome"] == "ended below target" and a["steps_done"] == 4 for a in record["attempts"])
     assert not record["reached_target"] and record["seed"] == 3
     best = max(record["attempts"], key=lambda a: a["heldout_accuracy"])
-    assert record["heldout_accuracy"] == best["heldout_accuracy"] and record["weights_seed"] == best["seed"]
+    assert record["heldout_accuracy"] == best["heldout_accuracy"]
+    assert record["batch_size"] == best["batch_size"] and record["attempt"] == best["attempt"]
     on_disk = json.loads((tmp_path / "m" / "synth.json").read_text())
     assert on_disk["attempts"] == record["attempts"]
     curve = [json.loads(line) for line in (tmp_path / "m" / "training.jsonl").read_text().splitlines()]
     assert [(r["attempt"], r["step"]) for r in curve] == [(0, 0), (0, 2), (0, 4), (1, 0), (1, 2), (1, 4)]
+    assert [r["batch_size"] for r in curve] == [32] * 3 + [64] * 3
 
 
 def test_an_attempt_that_stops_progressing_is_abandoned(tmp_path):

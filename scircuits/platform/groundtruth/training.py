@@ -6,9 +6,12 @@ seed). Across machines, float rounding differs and an attempt that learns on one
 another, so training follows a **retry rule**: an attempt that ends below ``target`` held-out
 accuracy, or whose held-out accuracy (the mean of the latest ``SMOOTHING`` evaluations) has not
 risen above its best by ``MIN_PROGRESS`` for ``patience`` evaluations while below ``target``
-(:class:`ProgressWatch`), is abandoned and training restarts from the derived seed
-:func:`attempt_seed` (at most ``max_attempts`` attempts in all). Every attempt is recorded (its seed,
-steps, accuracy and outcome in ``synth.json``; its curve in ``training.jsonl`` under ``attempt``).
+(:class:`ProgressWatch`), is abandoned and training restarts from the same seed with twice the
+batch (:func:`attempt_batch_size`; at most ``max_attempts`` attempts in all). On the Xeon host of
+2026-12-05 the two members of the default families that failed at batch 128, logic 2 × 128 seed 1
+and addition 2 × 128 seed 2, each reached the target at 256 (docs/ground_truth.md); derived seeds at
+128, the rule before, had rescued one of them. Every attempt is recorded (its seed, batch, steps,
+accuracy and outcome in ``synth.json``; its curve in ``training.jsonl`` under ``attempt``).
 The folder holds the weights of the first attempt that reached ``target``, else of the best one,
 and ``synth.json`` says which.
 
@@ -113,12 +116,9 @@ class TrainSettings(BaseModel):
         return self.heads or max(1, self.d_model // 32)
 
 
-def attempt_seed(seed: int, attempt: int) -> int:
-    """The seed of attempt ``attempt`` (0-based) of a run asked for ``seed``: attempt 0 uses ``seed``."""
-    if attempt == 0:
-        return seed
-    digest = hashlib.sha256(f"scircuits-synth-retry/{seed}/{attempt}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+def attempt_batch_size(batch_size: int, attempt: int) -> int:
+    """The batch of attempt ``attempt`` (0-based) of a run asked for ``batch_size``: doubled per retry."""
+    return batch_size * 2**attempt
 
 
 def model_config(task: SynthTask, settings: TrainSettings, tokenizer: Any) -> Any:
@@ -194,14 +194,15 @@ def versions() -> dict[str, str]:
 
 
 class _Attempt:
-    """One training attempt from one seed: its model, curve and outcome."""
+    """One training attempt (the run's seed, ``attempt_batch_size``): its model, curve and outcome."""
 
     def __init__(self, task: SynthTask, settings: TrainSettings, tokenizer: Any, index: int) -> None:
         import torch
         from transformers import LlamaForCausalLM
 
         self.index = index
-        self.seed = attempt_seed(settings.seed, index)
+        self.seed = settings.seed
+        self.batch_size = attempt_batch_size(settings.batch_size, index)
         torch.manual_seed(self.seed)
         self.model = LlamaForCausalLM(model_config(task, settings, tokenizer)).to(settings.device)
         self.curve: list[dict[str, Any]] = []
@@ -213,6 +214,7 @@ class _Attempt:
         return {
             "attempt": self.index,
             "seed": self.seed,
+            "batch_size": self.batch_size,
             "steps_done": self.steps_done,
             "heldout_accuracy": self.accuracy,
             "outcome": self.outcome,
@@ -242,6 +244,7 @@ def _run_attempt(
         row = {
             "attempt": attempt.index,
             "seed": attempt.seed,
+            "batch_size": attempt.batch_size,
             "step": step,
             "loss": loss,
             "heldout_accuracy": exact_match(model, tokenizer, heldout),
@@ -261,7 +264,7 @@ def _run_attempt(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step - 1, settings)
         ids, labels = batch_tensors(
-            tokenizer, [next(stream) for _ in range(settings.batch_size)], settings.device
+            tokenizer, [next(stream) for _ in range(attempt.batch_size)], settings.device
         )
         loss = model(input_ids=ids, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
@@ -407,6 +410,7 @@ def _train_into(
         "size_name": task.size_name,
         "seed": settings.seed,
         "weights_seed": chosen.seed,
+        "batch_size": chosen.batch_size,
         "attempt": chosen.index,
         "reached_target": chosen.accuracy >= settings.target,
         "attempts": [a.summary() for a in attempts],

@@ -38,7 +38,7 @@ def synth() -> None:
     type=int,
     default=3,
     show_default=True,
-    help="Attempts in all: one below --target restarts from a derived seed (1: no retry).",
+    help="Attempts in all: one below --target restarts with twice the batch (1: no retry).",
 )
 @click.option(
     "--patience",
@@ -68,7 +68,8 @@ def train(
     """Train a small LlamaForCausalLM on a task; write weights, tokenizer, curve and accuracy to --out.
 
     An attempt is deterministic given its seed (and the thread count) on one machine. One that ends
-    below --target, or stalls, is retried from a derived seed; synth.json records every attempt.
+    below --target, or stalls, is retried from the same seed with twice the batch; synth.json
+    records every attempt.
     The loss is on the answer tokens; held-out accuracy is exact match on test-split problems
     training never sees.
     """
@@ -121,7 +122,7 @@ def train(
     if not record["reached_target"]:
         click.echo(
             f"warning: no attempt reached --target {settings.target}; kept the best (attempt "
-            f"{record['attempt']}, seed {record['weights_seed']}). See {folder}/synth.json.",
+            f"{record['attempt']}, batch {record['batch_size']}). See {folder}/synth.json.",
             err=True,
         )
 
