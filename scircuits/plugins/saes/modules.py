@@ -52,7 +52,8 @@ class ReLUSAE(SparseAutoencoder):
     fused = True  # train_forward through ``relu_step``; False: the eager reference below
 
     def train_forward(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None) -> TrainOutput:
-        if not self.fused or self.hparams["decorrelation"] > 0:  # decorrelation needs f itself
+        # decorrelation needs f itself; a subclass with its own encode is not this step's relu
+        if not self.fused or self.hparams["decorrelation"] > 0 or type(self).encode is not ReLUSAE.encode:
             return self.train_forward_eager(x)
         decoded, f_sum, fired = relu_step(
             x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.encoder_bf16

@@ -252,7 +252,7 @@ class _ReLUStep(torch.autograd.Function):
     forward without its (B, d_sae) elementwise passes. The l1 term ``mean_t sum_i f_i |W_dec,i|`` is
     ``f.sum(0) @ |W_dec|`` / B, so its gradient reaches f as one row; the backward adds it to the
     decoder's gradient and masks by ``f > 0`` in one pass each. b_dec's gradient through the encoder
-    is ``-W_enc @ g_b_enc`` (the TopK encoder's rule), so the input's gradient, a fifth product, is
+    is ``-W_enc @ g_b_enc`` (the TopK encoder's rule), so the input's gradient, the sixth product, is
     formed only when x itself needs one. With ``bf16`` f and its gradient stay bfloat16 (the
     products' dtype) instead of widening to float32."""
 
