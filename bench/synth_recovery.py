@@ -297,7 +297,8 @@ def family(args: Any) -> None:
             folder = default_folder(args.task, int(layers), int(d_model), int(seed))
             info = json.loads((folder / "synth.json").read_text())
             tries = ", ".join(
-                f"seed {a['seed']}: {a['heldout_accuracy']:.4f} at step {a['steps_done']} ({a['outcome']})"
+                f"batch {a.get('batch_size', '?')}: {a['heldout_accuracy']:.4f} at step {a['steps_done']} "
+                f"({a['outcome']})"
                 for a in info["attempts"]
             )
             print(
