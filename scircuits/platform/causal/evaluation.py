@@ -87,8 +87,8 @@ def encoded_batches(
     sequences, layouts = layout_examples(tokenizer, examples, max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for part in [range(len(layouts))] if parts is None else parts:
-        part = [int(i) for i in part]
-        order = [part[k] for k in length_order(sequences, [layouts[i] for i in part])]
+        members = [int(i) for i in part]
+        order = [members[k] for k in length_order(sequences, [layouts[i] for i in members])]
         for local_group in group_batches([layouts[i] for i in order], batch_size):
             group = [order[k] for k in local_group]
             yield group, *_batch_of(group, sequences, layouts, pad_id, device)
