@@ -18,6 +18,12 @@ once; the stage (`run_ablate`) runs once per dtype into DIR/<dtype>. It prints:
   their absolute difference.
   ``--reference`` compares against a stored float32 results.json instead of (or beside) a float32 run.
 
+``--margins`` (with bfloat16 in ``--dtypes``) also scores every bfloat16 job in float32 and prints, per
+sequence, how far bfloat16 moves the decisive margin (the smallest, over the answer's tokens, of the
+target logit minus the best other logit: the sequence is correct when it is above 0), how many
+sequences change correctness, and the share within each margin of 0: the sequences a float32 recheck
+of bfloat16's close calls would have to rerun. (The stage's times then include the float32 rerun.)
+
 ``--emulate`` runs bfloat16 where the CPU has no native bfloat16 (the stage refuses it there): torch
 emulates the products, so the numbers are bfloat16's but the times are not (several times slower
 than float32); the provenance records the hardware as emulated. Not a test: times depend on whatever
@@ -178,6 +184,82 @@ class ConditionClock:
         Study.run = run  # type: ignore[method-assign]
 
 
+class MarginProbe:
+    """Every bfloat16 job (``SplitModel._score_one``, no CE) scored again in float32: per sequence
+    (bfloat16 margin, float32 margin, bfloat16 correct, float32 correct, Δ log-prob)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[float, float, bool, bool, float]] = []
+
+    @staticmethod
+    def margins(logits: Any, batch: Any) -> Any:
+        import torch
+
+        logits = logits.float()
+        target = logits.gather(1, batch.target_ids[:, None]).squeeze(1)
+        others = logits.scatter(1, batch.target_ids[:, None], float("-inf"))
+        margin = target - others.max(dim=1).values
+        out = torch.full((batch.size,), float("inf"))
+        return out.scatter_reduce(0, batch.pred_rows, margin, reduce="amin")
+
+    def install(self) -> None:
+        import torch
+
+        from scircuits.platform.model.scoring import sequence_scores
+        from scircuits.platform.model.splice import SplitModel
+
+        original = SplitModel._score_one
+        probe = self
+
+        def score_one(split: Any, job: Any) -> Any:
+            scores = original(split, job)
+            if split.study_dtype is None or job.ce:
+                return scores
+            value = job.cache.site_output if job.value is None else job.value
+            with torch.no_grad():
+                low = split.upper(job.batch, job.cache, value, dtype=split.study_dtype)
+                full = split.upper(job.batch, job.cache, value, dtype=None)
+            full_lp, full_ok = sequence_scores(full, job.batch)
+            low_m, full_m = probe.margins(low, job.batch), probe.margins(full, job.batch)
+            for i in range(job.batch.size):
+                probe.rows.append(
+                    (
+                        float(low_m[i]),
+                        float(full_m[i]),
+                        bool(scores.seq_correct[i]),
+                        bool(full_ok[i]),
+                        float(scores.seq_logprob[i] - full_lp[i]),
+                    )
+                )
+            return scores
+
+        SplitModel._score_one = score_one  # type: ignore[method-assign]
+
+    def summary(self) -> None:
+        import numpy as np
+
+        rows = self.rows
+        if not rows:
+            print("\nmargins: no bfloat16 job was scored")
+            return
+        low = np.array([r[0] for r in rows])
+        full = np.array([r[1] for r in rows])
+        error = np.abs(low - full)[np.isfinite(low)]
+        flips = np.array([r[2] != r[3] for r in rows])
+        logprob = np.abs([r[4] for r in rows])
+        print(
+            f"\nmargins: {len(rows):,} sequences scored in both dtypes; correctness differs on "
+            f"{int(flips.sum())} ({flips.mean():.1%})\n"
+            f"|bfloat16 - float32| of the decisive margin: median {np.median(error):.3f}, "
+            f"99% {np.quantile(error, 0.99):.3f}, max {error.max():.3f}; of the sequence log-prob: "
+            f"median {np.median(logprob):.3f}, max {logprob.max():.3f}"
+        )
+        print(f"{'recheck |margin| <=':>20} {'share of sequences':>19} {'flips left outside':>19}")
+        for tau in (0.25, 0.5, 1.0, 2.0):
+            inside = np.abs(low) <= tau
+            print(f"{tau:20.2f} {inside.mean():19.1%} {int((flips & ~inside).sum()):19d}")
+
+
 def kind_of(status: str) -> str:
     """The kind of a condition from its progress status ("control k=5 3/20" -> "control")."""
     words = status.split()
@@ -193,6 +275,9 @@ def main() -> None:
     parser.add_argument("--emulate", action="store_true", help="bfloat16 on a CPU without it (numbers only)")
     parser.add_argument(
         "--study-tolerance", type=float, default=None, help="the bfloat16 fast path tolerance"
+    )
+    parser.add_argument(
+        "--margins", action="store_true", help="score every bfloat16 job in float32 too: margins, flips"
     )
     parser.add_argument(
         "--compare",
@@ -241,6 +326,9 @@ def main() -> None:
     plugins = get_plugins()
     clock = ConditionClock()
     clock.install()
+    probe = MarginProbe() if args.margins else None
+    if probe is not None:
+        probe.install()
     loaded = None
     results: dict[str, dict[str, Any]] = {}
     totals: dict[str, tuple[float, float]] = {}
@@ -279,6 +367,8 @@ def main() -> None:
             f"{d}: {len(every)} conditions, {sum(w for w, _ in every):.0f} s wall, "
             f"{sum(c for _, c in every):.0f} s CPU in conditions"
         )
+    if probe is not None:
+        probe.summary()
     verdicts = []
     if "bfloat16" in results and "float32" in results:
         verdicts.append(agreement(results["float32"], results["bfloat16"], "float32 run now"))
