@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from pydantic import ValidationError
+
 from scircuits import SynthTrainSettings, train_synth_model
+from scircuits.cli import main
 from scircuits.platform.groundtruth.training import ProgressWatch, attempt_batch_size
 from scircuits.plugins.synth.tasks import LogicTask
 
@@ -13,6 +17,20 @@ TINY = {"layers": 1, "d_model": 32, "batch_size": 32, "eval_examples": 50}
 
 def test_each_retry_doubles_the_batch():
     assert [attempt_batch_size(128, a) for a in range(4)] == [128, 256, 512, 1024]
+
+
+def test_a_stop_below_the_target_is_refused_in_one_line(capsys):
+    with pytest.raises(ValidationError, match=r"stop_at 0\.4 is below target 0\.5"):
+        SynthTrainSettings(target=0.5, stop_at=0.4)
+    assert SynthTrainSettings(target=0.5, stop_at=0.5).stop_at == 0.5
+    with pytest.raises(SystemExit) as exc:
+        main(["synth", "train", "--task", "logic", "--target", "0.9", "--stop-at", "0.8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1
+    assert err[0] == (
+        "Error: invalid synth train settings: stop_at 0.8 is below target 0.9: every attempt would stop "
+        "short of the target and be retried; give a stop_at at or above the target"
+    )
 
 
 def test_an_attempt_below_target_is_retried_with_twice_the_batch_and_every_attempt_is_recorded(tmp_path):

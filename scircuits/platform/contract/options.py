@@ -13,9 +13,17 @@ from scircuits.platform.contract.errors import ConfigError
 M = TypeVar("M", bound=BaseModel)
 
 
+def _message(error: Any) -> str:
+    """A validator's own message without pydantic's "Value error, " prefix."""
+    if error.get("type") == "value_error" and "error" in error.get("ctx", {}):
+        return str(error["ctx"]["error"])
+    return str(error["msg"])
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
+        (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
+        + _message(e)
         + (
             f" (got {e['input']!r})"
             if e.get("type") != "missing" and not isinstance(e.get("input"), dict)

@@ -109,6 +109,11 @@ class TrainSettings(BaseModel):
     def _check(self) -> TrainSettings:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.n_heads}")
+        if self.stop_at is not None and self.stop_at < self.target:
+            raise ValueError(
+                f"stop_at {self.stop_at} is below target {self.target}: every attempt would stop short "
+                "of the target and be retried; give a stop_at at or above the target"
+            )
         return self
 
     @property

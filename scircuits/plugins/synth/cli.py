@@ -29,7 +29,11 @@ def synth() -> None:
 @click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
 @click.option("--eval-every", type=int, default=250, show_default=True, help="Steps between evaluations.")
 @click.option("--eval-examples", type=int, default=2000, show_default=True, help="Held-out problems scored.")
-@click.option("--stop-at", type=float, help="Stop at the first evaluation with held-out accuracy >= this.")
+@click.option(
+    "--stop-at",
+    type=float,
+    help="Stop at the first evaluation with held-out accuracy >= this (at least --target).",
+)
 @click.option(
     "--target", type=float, default=0.99, show_default=True, help="Held-out accuracy an attempt must reach."
 )
@@ -90,7 +94,11 @@ def train(
     try:
         settings = SynthTrainSettings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
+            + (str(e["ctx"]["error"]) if e["type"] == "value_error" and "ctx" in e else e["msg"])
+            for e in exc.errors()
+        )
         raise UserError(f"invalid synth train settings: {problems}") from None
     folder = (
         out
