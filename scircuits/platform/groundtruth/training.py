@@ -10,8 +10,9 @@ risen above its best by ``MIN_PROGRESS`` for ``patience`` evaluations while belo
 batch (:func:`attempt_batch_size`; at most ``max_attempts`` attempts in all). On the Xeon host of
 2026-12-05 the two members of the default families that failed at batch 128, logic 2 × 128 seed 1
 and addition 2 × 128 seed 2, each reached the target at 256, as did logic 3 × 128 seeds 0 and 2
-(docs/ground_truth.md); derived seeds at 128, the rule before, had rescued one of the first two. Every attempt is recorded (its seed, batch, steps,
-accuracy and outcome in ``synth.json``; its curve in ``training.jsonl`` under ``attempt``).
+(docs/ground_truth.md); derived seeds at 128, the rule before, had rescued one of the first two.
+Every attempt is recorded (its seed, batch, steps, accuracy and outcome in ``synth.json``; its curve
+in ``training.jsonl`` under ``attempt``).
 The folder holds the weights of the first attempt that reached ``target``, else of the best one,
 and ``synth.json`` says which.
 
