@@ -166,7 +166,7 @@ class Sweeps(Analysis):
                     context.ablate_edit(features, tag=10_000 * (r + 1) + k)
                     for r, features in enumerate(matched.ids)
                 ],
-                statuses=[f"control {k}.{r}" for r in range(len(matched.ids))],
+                statuses=[f"control k={k} {r + 1}/{len(matched.ids)}" for r in range(len(matched.ids))],
                 record_set=f"control{k}",
             )
             entry["control"] = context.control_effect(draws, spliced)
