@@ -292,7 +292,8 @@ def family(args: Any) -> None:
         for seed in args.seeds.split(","):
             _, wall = cli(
                 "synth", "train", "--task", args.task, "--layers", layers, "--d-model", d_model,
-                "--seed", seed, "--steps", str(args.steps), "--stop-at", str(args.stop_at), "--force",
+                "--seed", seed, "--steps", str(args.steps), "--stop-at", str(args.stop_at),
+                "--threads", str(args.threads), "--force",
             )  # fmt: skip
             folder = default_folder(args.task, int(layers), int(d_model), int(seed))
             info = json.loads((folder / "synth.json").read_text())
@@ -547,6 +548,9 @@ def main() -> None:
     fam.add_argument("--sizes", default="2x128,3x128", help="LAYERSxD_MODEL,...")
     fam.add_argument("--steps", type=int, default=6000)
     fam.add_argument("--stop-at", type=float, default=0.995)
+    fam.add_argument(
+        "--threads", type=int, default=1, help="torch threads per model (another count rounds otherwise)"
+    )
     rec = sub.add_parser("recover", help="pipeline + ground-truth scores on one trained model")
     rec.add_argument("--model-dir", required=True)
     rec.add_argument("--sae", action="append", default=None, help="SAE variant; repeatable (default: topk)")
