@@ -1,6 +1,6 @@
 """Score the whole pipeline against known variables on trained synth models (issue 12's table).
 
-    python bench/synth_recovery.py family --task addition --seeds 0,1,2 --sizes 2x128,3x128
+    python bench/synth_recovery.py family --task addition --seeds 0,1,2 --sizes 2x128,3x128 [--threads 2]
     python bench/synth_recovery.py recover --model-dir DIR --sae topk --sae relu ... [-- RUN OPTIONS]
     python bench/synth_recovery.py table addition.json logic.json
     python bench/synth_recovery.py ranking addition-s0.json addition-s1.json addition-s2.json
