@@ -98,6 +98,7 @@ if TYPE_CHECKING:
         ModelAdapter,
         Site,
     )
+    from scircuits.platform.contract.options import describe_validation_error
     from scircuits.platform.contract.sae_module import (
         SparseAutoencoder,
         TrainOutput,
@@ -221,6 +222,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "collect": ("scircuits.api.stages", "collect"),
     "compare": ("scircuits.api.stages", "compare"),
     "dashboard": ("scircuits.api.stages", "dashboard"),
+    "describe_validation_error": ("scircuits.platform.contract.options", "describe_validation_error"),
     "encoder_product": ("scircuits.platform.contract.sae_module", "encoder_product"),
     "feature_recovery": ("scircuits.platform.groundtruth.scoring", "feature_recovery"),
     "file_sha256": ("scircuits.platform.common.provenance", "file_sha256"),
@@ -361,6 +363,7 @@ __all__ = [
     "collect",
     "compare",
     "dashboard",
+    "describe_validation_error",
     "encoder_product",
     "feature_recovery",
     "file_sha256",

@@ -21,6 +21,14 @@ def _message(error: Any) -> str:
 
 
 def describe_validation_error(exc: ValidationError) -> str:
+    """A pydantic error in one line for a user: each problem as ``field: message (got value)``, a
+    model validator's own message without pydantic's prefix. For a plugin's settings::
+
+        try:
+            settings = MySettings(**flags)
+        except pydantic.ValidationError as exc:
+            raise scircuits.ConfigError(f"invalid settings: {scircuits.describe_validation_error(exc)}")
+    """
     return "; ".join(
         (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
         + _message(e)

@@ -79,7 +79,7 @@ def train(
     """
     from pydantic import ValidationError
 
-    from scircuits import SynthTrainSettings, synth_tasks, train_synth_model
+    from scircuits import SynthTrainSettings, describe_validation_error, synth_tasks, train_synth_model
 
     from ._internal import UserError
     from .models import default_folder
@@ -94,12 +94,7 @@ def train(
     try:
         settings = SynthTrainSettings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(
-            (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
-            + (str(e["ctx"]["error"]) if e["type"] == "value_error" and "ctx" in e else e["msg"])
-            for e in exc.errors()
-        )
-        raise UserError(f"invalid synth train settings: {problems}") from None
+        raise UserError(f"invalid synth train settings: {describe_validation_error(exc)}") from None
     folder = (
         out
         if out is not None
