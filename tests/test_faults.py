@@ -349,14 +349,14 @@ def test_ablate_refuses_a_folder_of_user_files_before_any_work(tmp_path):
     assert (out / "results.json").read_text() == '{"mine": true}'
 
 
-def test_ablate_moves_aside_results_of_other_settings(tmp_path):
+def test_ablate_refused_for_its_inputs_leaves_results_of_other_settings_in_place(tmp_path):
     out = tmp_path / "causal"
     out.mkdir()
     (out / "results.json").write_text('{"config_hash": "older"}')
-    with pytest.raises(ConfigError, match="needs --sae"):  # the claim comes first, then the inputs
+    with pytest.raises(ConfigError, match="needs --sae"):  # results are claimed only once there are new ones
         run_ablate(ablate_config(out))
-    [aside] = tmp_path.glob("causal.superseded-*")
-    assert json.loads((aside / "results.json").read_text()) == {"config_hash": "older"}
+    assert not list(tmp_path.glob("causal.superseded-*"))
+    assert json.loads((out / "results.json").read_text()) == {"config_hash": "older"}
 
 
 def test_a_second_ablate_on_one_folder_is_refused(tmp_path):
@@ -1040,10 +1040,10 @@ def test_ablate_force_moves_aside_a_folder_of_user_files(tmp_path):
     (out / "results.json").write_text('{"mine": true}')
     with pytest.raises(ArtifactError, match="pass --force to move it aside"):
         run_ablate(ablate_config(out))
-    with pytest.raises(ConfigError, match="needs --sae"):  # claimed with --force, then the inputs
+    with pytest.raises(ConfigError, match="needs --sae"):  # --force moves them only for new results
         run_ablate(ablate_config(out, force=True))
-    [aside] = tmp_path.glob("mine.superseded-*")
-    assert (aside / "results.json").read_text() == '{"mine": true}'
+    assert not list(tmp_path.glob("mine.superseded-*"))
+    assert (out / "results.json").read_text() == '{"mine": true}'
 
 
 def test_collect_refuses_a_folder_of_user_files_before_the_weights_and_force_moves_it(tmp_path, monkeypatch):

@@ -193,6 +193,20 @@ def test_stale_artifacts_are_moved_aside_not_deleted_before_a_stage_is_redone(tm
     assert (aside / WEIGHTS_FILE).is_file()
 
 
+@pytest.mark.parametrize("bookkeeping", [".scircuits-lock", ".scircuits-group-lock"])
+def test_a_stage_folder_with_its_lock_file_is_moved_aside_whole(tmp_path, stages, bookkeeping):
+    """A real stage leaves its lock file behind; redoing the stage moves the folder aside, lock file
+    and all (it used to be put back, and removing the emptied folder then failed)."""
+    run_dir = run_pipeline(config(tmp_path))
+    for stage in ("sae", "causal"):
+        (run_dir / stage / bookkeeping).write_text("")
+    run_pipeline(config(tmp_path, train_tokens=5000))
+    for stage in ("sae", "causal"):
+        [aside] = run_dir.glob(f"{stage}.superseded-*")
+        assert (aside / bookkeeping).exists()
+    assert (run_dir / "sae" / WEIGHTS_FILE).is_file()
+
+
 def snapshot(run_dir: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(run_dir)): p.read_bytes()

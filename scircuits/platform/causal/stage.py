@@ -16,6 +16,7 @@ from scircuits.platform.common import device as devices
 from scircuits.platform.common.artifacts import (
     ArtifactError,
     FolderLock,
+    check_claim,
     check_writable,
     claim,
     describe_os_error,
@@ -140,13 +141,19 @@ def check_store_matches_sae(store_path: str | None, sae_path: str | None, info: 
         )
 
 
-def claim_results_folder(out: Path, config_hash: str, force: bool = False) -> None:
-    """``--out`` of ablate: refuse a folder of the user's files, move aside results of other settings
-    (results.json written before markers existed are recognised by their config hash)."""
+def check_results_folder(out: Path, force: bool = False) -> None:
+    """``--out`` of ablate, before any work: refuse a folder of the user's files or of another kind of
+    artifact (results.json written before markers existed are recognised by their config hash)."""
     if out.is_dir() and read_marker(out) is None:
         recorded = recorded_config_hash(out)
         if recorded is not None:
             write_marker(out, "causal", recorded)
+    check_claim(out, "causal", option="--out", force=force)
+
+
+def claim_results_folder(out: Path, config_hash: str, force: bool = False) -> None:
+    """``--out`` of ablate, once the results are ready: move aside results of other settings."""
+    check_results_folder(out, force)
     claimed = claim(out, "causal", config_hash, option="--out", force=force)
     if claimed.moved_to:
         held = "files scircuits did not write" if claimed.state == "forced" else "results of other settings"
@@ -342,8 +349,8 @@ def _run_ablate_in(
 ) -> Path:
     with FolderLock(out, "causal results"):
         remove_orphans(out)
-        claim_results_folder(out, config.config_hash(), force=config.force)
-        inputs = inputs or load_inputs(config, plugins, loaded)
+        check_results_folder(out, force=config.force)  # claimed once the results are ready: a
+        inputs = inputs or load_inputs(config, plugins, loaded)  # failure leaves --out as it was
         results, rows = run_study(
             config,
             inputs.loaded,
@@ -356,6 +363,7 @@ def _run_ablate_in(
         )
         results.provenance = provenance(config, inputs, results.n_examples, results.n_tokens)
         results.wall_seconds = round(time.monotonic() - started, 1)
+        claim_results_folder(out, config.config_hash(), force=config.force)
         try:
             return write_study(out, results, rows)
         except OSError as exc:

@@ -49,6 +49,7 @@ from scircuits.platform.circuit.spliced import CircuitBatch, SplicedModel
 from scircuits.platform.common.artifacts import (
     ArtifactError,
     FolderLock,
+    check_claim,
     check_writable,
     claim,
     describe_os_error,
@@ -193,11 +194,17 @@ def run_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None 
     try:
         with FolderLock(out, "circuit results"):
             remove_orphans(out)
+            check_claim(out, KIND, option="--out", force=config.force)  # claimed once there are
+            results = find_circuit(config, plugins, loaded)  # results: a failure leaves --out as it was
+            results.wall_seconds = round(time.monotonic() - started, 1)
             claimed = claim(out, KIND, config.config_hash(), option="--out", force=config.force)
             if claimed.moved_to:
-                log.info(f"[circuit] {out} held other files; moved them to {claimed.moved_to}")
-            results = find_circuit(config, plugins, loaded)
-            results.wall_seconds = round(time.monotonic() - started, 1)
+                what = (
+                    "files scircuits did not write"
+                    if claimed.state == "forced"
+                    else "a circuit of other settings"
+                )
+                log.info(f"[circuit] {out} held {what}; moved it to {claimed.moved_to}")
             try:
                 write_circuit(out, results)
                 write_report(out, results)

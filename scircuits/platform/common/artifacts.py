@@ -91,6 +91,27 @@ class Claimed:
 FORCE_HINT = "or pass --force to move it aside (nothing is deleted)"
 
 
+def check_claim(folder: Path, kind: str, *, option: str = "--out", force: bool = False) -> None:
+    """Raise what :func:`claim` would refuse, touching nothing: a command checks before its work and
+    claims (moving a superseded artifact aside) only when it has something to write."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ArtifactError(f"{folder} is a file, not a folder: choose another {option}")
+    if not folder.exists() or not _user_files(folder) or force:
+        return
+    marker = read_marker(folder)
+    if marker is None:
+        shown = ", ".join(_user_files(folder)[:3])
+        raise ArtifactError(
+            f"{folder} holds files scircuits did not write ({shown}...): it will not remove or "
+            f"overwrite them; choose another {option}, move them away, {FORCE_HINT}"
+        )
+    if marker.kind != kind:
+        raise ArtifactError(
+            f"{folder} holds a {marker.kind} artifact, not a {kind}: choose another {option}, {FORCE_HINT}"
+        )
+
+
 def claim(folder: Path, kind: str, identity: str, *, option: str = "--out", force: bool = False) -> Claimed:
     """Make ``folder`` this artifact's home (see :class:`Claimed`).
 
@@ -98,27 +119,16 @@ def claim(folder: Path, kind: str, identity: str, *, option: str = "--out", forc
     ``force``: then that folder is moved aside as a superseded one would be.
     """
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ArtifactError(f"{folder} is a file, not a folder: choose another {option}")
+    check_claim(folder, kind, option=option, force=force)
     if not folder.exists() or not _user_files(folder):
         check_writable(folder, option=option)
         write_marker(folder, kind, identity)
         return Claimed("new")
     marker = read_marker(folder)
-    if marker is None or marker.kind != kind:
-        if force:
-            aside = move_aside(folder)
-            write_marker(folder, kind, identity)
-            return Claimed("forced", aside)
-        if marker is None:
-            shown = ", ".join(_user_files(folder)[:3])
-            raise ArtifactError(
-                f"{folder} holds files scircuits did not write ({shown}...): it will not remove or "
-                f"overwrite them; choose another {option}, move them away, {FORCE_HINT}"
-            )
-        raise ArtifactError(
-            f"{folder} holds a {marker.kind} artifact, not a {kind}: choose another {option}, {FORCE_HINT}"
-        )
+    if marker is None or marker.kind != kind:  # refused above unless force
+        aside = move_aside(folder)
+        write_marker(folder, kind, identity)
+        return Claimed("forced", aside)
     if marker.identity == identity:
         return Claimed("same")
     aside = move_aside(folder)
@@ -126,9 +136,9 @@ def claim(folder: Path, kind: str, identity: str, *, option: str = "--out", forc
     return Claimed("superseded", aside)
 
 
-def move_aside(folder: Path) -> Path:
+def move_aside(folder: Path, *, recreate: bool = True) -> Path:
     """Rename ``folder`` to a new sibling ``<name>.superseded-<time>``; the folder is recreated empty
-    but for its lock files."""
+    but for its lock files, or (``recreate`` False) not at all, its lock files going with it."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = folder.with_name(f"{folder.name}.superseded-{stamp}")
     n = 1
@@ -136,6 +146,8 @@ def move_aside(folder: Path) -> Path:
         n += 1
         target = folder.with_name(f"{folder.name}.superseded-{stamp}-{n}")
     os.replace(folder, target)
+    if not recreate:
+        return target
     folder.mkdir()
     for name in (LOCK_FILE, GROUP_LOCK_FILE):  # a lock held on the folder stays held on the new one:
         if (target / name).exists():  # flock follows the file, which is moved back, not reopened

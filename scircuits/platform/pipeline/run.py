@@ -179,9 +179,8 @@ def set_aside(path: Path) -> Path | None:
     report page) is rewritten by its stage instead. Returns where it went."""
     if not path.is_dir():
         return None
-    aside = move_aside(path)
-    path.rmdir()  # move_aside leaves an empty folder; the stage makes its own
-    return aside
+    # no other process holds its lock: stage folders are locked under the run directory's lock, held here
+    return move_aside(path, recreate=False)
 
 
 def validate_settings(the_plan: Plan, plugins: Any, adapter: Any, d_model: int) -> None:

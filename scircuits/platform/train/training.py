@@ -438,6 +438,7 @@ def train(config: TrainConfig, plugins: PluginSet, *, stop_after_steps: int | No
         log.info(f"[train] published the checkpoint to {config.out}")
         return done
     check_world(config, config.nproc)
+    check_inputs(config, plugins)
     out = Path(config.out)
     with FolderLock(out, "SAE checkpoint"):
         if _claim(config):
@@ -452,6 +453,26 @@ def _resolved(config: TrainConfig, plugins: PluginSet) -> TrainConfig:
     plugins.saes.get(config.sae)
     check_device(config.device)
     return config
+
+
+def check_inputs(config: TrainConfig, plugins: PluginSet) -> None:
+    """Before ``--out`` is claimed (which moves a checkpoint of other settings aside): the store opens
+    (its files all present), holds rows, and the variant's hyperparameters fit the SAE's width."""
+    hparams = plugins.saes.get(config.sae).parse_hparams(config.hparams)
+    store = open_store(config.store)
+    if store.n_tokens == 0:
+        raise ConfigError(
+            f"store {config.store} holds no activations: collect into it first, or give another --store"
+        )
+    check_k_fits(getattr(hparams, "k", None), config.expansion, store.d_model)
+
+
+def check_k_fits(k: Any, expansion: int, d_in: int) -> None:
+    if isinstance(k, int) and k > expansion * d_in:
+        raise ConfigError(
+            f"--sae-option k={k} is larger than the SAE's {expansion * d_in} latents (expansion "
+            f"{expansion} x store width {d_in}); give k <= {expansion * d_in}"
+        )
 
 
 def check_world(config: TrainConfig, world_size: int) -> None:
@@ -684,12 +705,7 @@ def fit_steps(
         total_steps = steps_per_epoch * (config.epochs or 1)
 
     d_in = store.d_model
-    k = getattr(variant.parse_hparams(config.hparams), "k", None)
-    if isinstance(k, int) and k > config.expansion * d_in:
-        raise ConfigError(
-            f"--sae-option k={k} is larger than the SAE's {config.expansion * d_in} latents (expansion "
-            f"{config.expansion} x store width {d_in}); give k <= {config.expansion * d_in}"
-        )
+    check_k_fits(getattr(variant.parse_hparams(config.hparams), "k", None), config.expansion, d_in)
     sae = variant.build(d_in, config.expansion * d_in, config.hparams).to(dist.device)
     sae.encoder_bf16 = config.bf16
     lr = resolved_lr(config, sae.d_sae)
