@@ -114,3 +114,20 @@ def test_a_finished_ablate_moves_results_of_other_settings_aside(run, tmp_path, 
     [aside] = out.parent.glob("causal.superseded-*")
     assert snapshot(aside) == before
     assert json.loads((out / "results.json").read_text())["config"]["top_k"] == [1]
+
+
+def test_run_redoes_a_stage_whose_folder_holds_its_lock_file(run, tmp_path):
+    """A finished run's stage folders keep their lock files; a changed setting redoes the study with
+    the old one moved aside whole (this used to crash on 'Directory not empty')."""
+    out = tmp_path / "runs"
+    shutil.copytree(run.parent, out)
+    copy = out / run.name
+    assert (copy / "causal" / artifacts.LOCK_FILE).exists()
+    before = snapshot(copy / "causal")
+    argv = ["run", "--model", model_of(run), "--layer", "2", "--limit", "12", "--collect-limit", "40"]
+    argv += ["--train-tokens", "4000", "--train-batch-size", "512", "--expansion", "2", "--top-k", "1"]
+    main([*argv, "--random-controls", "2", "--exact-top", "3", "--out", str(out), "--no-progress"])
+    [aside] = copy.glob("causal.superseded-*")
+    assert snapshot(aside) == before
+    assert json.loads((copy / "causal" / "results.json").read_text())["config"]["top_k"] == [1]
+    assert not list(copy.glob("sae.superseded-*"))  # train's settings did not change
