@@ -15,7 +15,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from scircuits.api.arguments import given, plugin_set
 from scircuits.platform.compare.schema import CompareResults
+from scircuits.platform.contract.analyses import Analysis, AnalysisResult
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.study import StudyResults
 
@@ -179,12 +181,26 @@ class AblateResult(StudyResults):
         """The table ``name`` (default: the top-k sweeps against their controls) as a DataFrame."""
         return to_pandas(self.table(name))
 
-    def result_of_name(self, name: str, plugins: Any = None) -> Any:
-        """The typed result of the analysis ``name`` (its plugin's ``Result`` class)."""
-        from scircuits.platform.manager.plugin_set import get_plugins
+    def result_of(self, analysis: Analysis | str, plugins: Any = None) -> AnalysisResult | None:
+        """The typed result of ``analysis`` (an ``Analysis``, or its name: ``result_of_name``); None
+        when it did not run in this study."""
+        if isinstance(analysis, str):
+            return self.result_of_name(analysis, plugins)
+        if not isinstance(analysis, Analysis):
+            raise ConfigError(f"result_of takes an Analysis or an analysis's name, not {given(analysis)}")
+        return super().result_of(analysis)
 
-        analysis = (plugins or get_plugins()).analyses.get(name)
-        return self.result_of(analysis)
+    def result_of_name(self, name: str, plugins: Any = None) -> AnalysisResult | None:
+        """The typed result of the analysis ``name`` (its plugin's ``Result`` class), looked up in
+        ``plugins`` (default: the installed plugins); None when it did not run in this study."""
+        from scircuits.platform.causal.registry import analyses_of
+
+        registered = analyses_of(plugin_set(plugins))
+        if not isinstance(name, str) or name not in registered:
+            ran = " (this study ran it; no installed plugin registers it)" if name in self.analyses else ""
+            known = ", ".join(registered.names()) or "none"
+            raise ConfigError(f"unknown analysis {name!r}{ran}; the known analyses: {known}")
+        return self.result_of(registered.get(name))
 
     def feature(self, feature_id: int) -> FeatureView:
         """A feature of the ``features`` table (the ranked ones), with its dashboard page if built."""

@@ -18,13 +18,22 @@ The CLI's stage commands call these same functions.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
+from scircuits.api.arguments import (
+    config_of,
+    given,
+    is_path,
+    optional_path,
+    path_arg,
+    path_list,
+    plugin_set,
+    whole_number,
+)
 from scircuits.api.results import (
     AblateResult,
     CollectResult,
@@ -33,7 +42,7 @@ from scircuits.api.results import (
     RunResult,
     TrainResult,
 )
-from scircuits.platform.causal.results import read_results, results_path
+from scircuits.platform.causal.results import read_checked_results, results_path
 from scircuits.platform.circuit.results import CircuitResults
 from scircuits.platform.common.artifacts import DISK_ERRNOS, ArtifactError, describe_os_error
 from scircuits.platform.common.logs import get_logger
@@ -43,7 +52,7 @@ from scircuits.platform.config.circuit import CircuitConfig
 from scircuits.platform.contract import jsonvalues
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.contract.options import describe_validation_error
-from scircuits.platform.manager.plugin_set import PluginSet, get_plugins
+from scircuits.platform.manager.plugin_set import PluginSet
 
 log = get_logger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -84,18 +93,13 @@ def disk_error(exc: OSError) -> ArtifactError:
 def stage_config(cls: type[C], config: C | None, settings: Mapping[str, Any]) -> C:
     """``config`` (default: the defaults) with ``settings`` over it, validated as the CLI validates
     a config file and flags: ConfigError in one line naming the setting."""
-    if config is not None and not isinstance(config, cls):
-        raise ConfigError(f"give a {cls.__name__} (or its fields as keywords), not a {type(config).__name__}")
+    config = config_of(cls, config)
     values = config.model_dump(exclude_unset=True) if config is not None else {}
     values.update(settings)
     resolved = cls.validated(values)
     if getattr(resolved, "progress", True) is False:
         silence_library_progress_bars()
     return resolved
-
-
-def plugin_set(plugins: PluginSet | None) -> PluginSet:
-    return plugins if plugins is not None else get_plugins()
 
 
 # ----------------------------------------------------------------------------- the stages
@@ -132,10 +136,10 @@ def train(
     from scircuits.platform.train.training import train as train_one
     from scircuits.platform.train.training import train_many
 
+    plugins = plugin_set(plugins)
     resolved = stage_config(TrainConfig, config, settings)
     if not resolved.store:
         raise ConfigError("train: give the activation store with --store PATH (or store = ... in --config)")
-    plugins = plugin_set(plugins)
     check_train_job(resolved, plugins)
     devices = parse_devices(resolved.device)
     if len(devices) == 1 or resolved.nproc > 1:
@@ -221,10 +225,9 @@ def compare(
     from scircuits.platform.compare.report import write_report
     from scircuits.platform.compare.study import CompareOptions, compare_runs
 
-    runs = [str(r) for r in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
-    if len(runs) < 2:
-        raise ConfigError("compare: give at least two run directories")
-    values = options.model_dump(exclude_unset=True) if isinstance(options, BaseModel) else {}
+    runs = run_folders(run_dirs)
+    options = config_of(CompareOptions, options)
+    values = options.model_dump(exclude_unset=True) if options is not None else {}
     values.update(settings)
     try:
         resolved = CompareOptions(**values)
@@ -232,14 +235,30 @@ def compare(
         error = exc.errors()[0]
         flag = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "compare"
         raise InvalidOption(f"{flag} {error.get('input')!r}: {error['msg']}") from None
+    plugins = plugin_set(plugins)
     if not resolved.progress:
         silence_library_progress_bars()
-    plugins = plugin_set(plugins)
     with compare_folder(resolved.out, runs, force, log.info):
         results = compare_runs(runs, resolved, plugins)
         write_report(results, Path(resolved.out))
         link_dashboards(results, Path(resolved.out))
     return CompareResult(**results.model_dump(mode="python"), path=str(Path(resolved.out)))
+
+
+def run_folders(run_dirs: Any) -> list[str]:
+    """compare's run directories: at least two paths, none of them a file."""
+    what, each = "compare: the run directories", "compare: each run directory"
+    if run_dirs is None or is_path(run_dirs):
+        raise ConfigError(f"{what} must be a list of paths (at least two), not {given(run_dirs)}")
+    runs = path_list(run_dirs, what, each)
+    if len(runs) < 2:
+        raise ConfigError("compare: give at least two run directories")
+    for run_dir in runs:
+        if run_dir.is_file():
+            raise ConfigError(
+                f"{run_dir} is a file, not a run folder: give the folders `scircuits run` wrote"
+            )
+    return [str(r) for r in runs]
 
 
 def link_dashboards(results: Any, out: Path) -> None:
@@ -262,7 +281,7 @@ def dashboard(
     *,
     features: int | None = None,
     out: str | Path | None = None,
-    compare: Sequence[str | Path] = (),
+    compare: str | Path | Sequence[str | Path] = (),
     force: bool = False,
     store: str | Path | None = None,
     circuit: str | Path | None = None,
@@ -270,15 +289,18 @@ def dashboard(
 ) -> DashboardResult:
     """A static feature dashboard for a finished run (`scircuits dashboard`): a sortable index and one
     page per feature, opening from disk; and circuit.html when the run holds a circuit (RUN/circuit) or
-    ``circuit`` names one."""
+    ``circuit`` names one. ``compare``: a `scircuits compare` folder, or a list of them."""
     from scircuits.platform.dashboard import build_dashboard
 
+    path_arg(run_dir, "dashboard: the run directory")
+    for name, value in (("out", out), ("store", store), ("circuit", circuit)):
+        optional_path(value, f"dashboard: {name}")
     summary = build_dashboard(
         run_dir,
         plugin_set(plugins),
-        features=features,
+        features=whole_number(features, "dashboard: features"),
         out=out,
-        compare=compare,
+        compare=path_list(compare, "dashboard: compare", "dashboard: each compare folder"),
         force=force,
         store=store,
         circuit=circuit,
@@ -295,16 +317,18 @@ def dashboard(
 @user_errors
 def load_study(path: str | Path, plugins: PluginSet | None = None) -> AblateResult:
     """The results of a causal study: its folder (``causal/``), its results.json, or a run directory."""
-    path = Path(path)
+    plugins = plugin_set(plugins)
+    path = path_arg(path, "load_study: the study")
     if path.is_dir() and not results_path(path).is_file() and results_path(path / "causal").is_file():
         path = path / "causal"
-    return read_study(path, plugin_set(plugins))
+    return read_study(path, plugins)
 
 
 @user_errors
 def load_run(path: str | Path, plugins: PluginSet | None = None) -> RunResult:
     """A finished run directory (`scircuits run`'s) as the ``RunResult`` ``scircuits.run`` returns."""
-    path = Path(path)
+    plugins = plugin_set(plugins)
+    path = path_arg(path, "load_run: the run directory")
     if not path.is_dir():
         raise ConfigError(f"{path} is not a folder: give a run directory that `scircuits run` wrote")
     if not results_path(path / "causal").is_file():
@@ -312,7 +336,7 @@ def load_run(path: str | Path, plugins: PluginSet | None = None) -> RunResult:
             f"{path} has no causal/results.json: give a run directory of a finished `scircuits run` (or "
             "run it again to finish it)"
         )
-    return read_run(path, plugin_set(plugins))
+    return read_run(path, plugins)
 
 
 @user_errors
@@ -320,7 +344,8 @@ def load_comparison(path: str | Path) -> CompareResult:
     """A `scircuits compare` folder (or its results.json) as the ``CompareResult`` ``compare`` returns."""
     from scircuits.platform.compare.schema import FORMAT
 
-    file = Path(path) / "results.json" if Path(path).is_dir() else Path(path)
+    folder = path_arg(path, "load_comparison: the compare folder")
+    file = folder / "results.json" if folder.is_dir() else folder
     if not file.is_file():
         raise ConfigError(f"{file} does not exist: give the --out folder of `scircuits compare`")
     data = jsonvalues.load_file(file)
@@ -336,10 +361,11 @@ def load_comparison(path: str | Path) -> CompareResult:
 
 def read_study(path: str | Path, plugins: PluginSet) -> AblateResult:
     """results.json (a file or its folder) as ``AblateResult``, migrated when older; ConfigError in one
-    line when it cannot be read."""
+    line when it cannot be read, or when an analysis's fields do not have their types (as `scircuits
+    report` refuses it)."""
     from scircuits.platform.causal.registry import analyses_of
 
-    study = read_results(path, analyses_of(plugins), AblateResult)
+    study = AblateResult.model_validate(read_checked_results(path, analyses_of(plugins)))
     file = Path(path)
     study.path = str(file if file.is_dir() else file.parent)
     return study
@@ -388,7 +414,6 @@ def read_store(path: str | Path) -> CollectResult | None:
 
 
 def read_run(run_dir: str | Path, plugins: PluginSet) -> RunResult:
-    from scircuits.platform.pipeline.state import STATE_FILE
     from scircuits.platform.report.document import REPORT_HTML
     from scircuits.platform.train.checkpoint import META_FILE
 
@@ -396,14 +421,6 @@ def read_run(run_dir: str | Path, plugins: PluginSet) -> RunResult:
     study = read_study(root / "causal", plugins)
     train_result = read_checkpoint(root / "sae") if (root / "sae" / META_FILE).is_file() else None
     store = read_store(root / "activations.zarr") if (root / "activations.zarr").is_dir() else None
-    seconds: dict[str, float] = {}
-    try:
-        stages = json.loads((root / STATE_FILE).read_text()).get("stages", {})
-        seconds = {
-            k: float(v["seconds"]) for k, v in stages.items() if isinstance(v, dict) and "seconds" in v
-        }
-    except (OSError, ValueError, AttributeError, TypeError):
-        pass
     report = root / REPORT_HTML
     index = root / "dashboard" / "index.html"
     return RunResult(
@@ -413,8 +430,20 @@ def read_run(run_dir: str | Path, plugins: PluginSet) -> RunResult:
         study=study,
         report=str(report) if report.is_file() else None,
         dashboard=str(index) if index.is_file() else None,
-        stage_seconds=seconds,
+        stage_seconds=stage_seconds(root),
     )
+
+
+def stage_seconds(run_dir: Path) -> dict[str, float]:
+    """How long each stage took (pipeline.json); a stage with no time (one that failed) is left out, and
+    an unreadable pipeline.json gives none."""
+    from scircuits.platform.pipeline.state import PipelineState
+
+    try:
+        stages = PipelineState(run_dir).data.stages
+    except (OSError, UnicodeDecodeError):
+        return {}
+    return {name: stage.seconds for name, stage in stages.items() if stage.seconds is not None}
 
 
 __all__ = [

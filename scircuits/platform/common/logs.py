@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 
+from scircuits.errors import ConfigError
+
 LEVEL_ENV = "SCIRCUITS_LOG_LEVEL"
 ROOT = "scircuits"
 
@@ -36,8 +38,16 @@ def level_of(name: str | int | None) -> int:
     return value if isinstance(value, int) else logging.INFO
 
 
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def set_level(level: str | int) -> None:
-    """The level of every scircuits message in this process and the processes it spawns."""
+    """The level of every scircuits message in this process and the processes it spawns; ConfigError
+    for a name that is no level."""
+    if not isinstance(level, int) and (not isinstance(level, str) or level.upper() not in LEVELS):
+        raise ConfigError(
+            f"unknown log level {level!r}: give one of {', '.join(LEVELS)} (or a logging level number)"
+        )
     value = level_of(level)
     logging.getLogger(ROOT).setLevel(value)
     if value == logging.INFO:  # the default: nothing to pass on
