@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from scircuits.cli import main
+from scircuits.platform.common.artifacts import read_marker, write_marker
 from scircuits.platform.dashboard import build_dashboard
 from scircuits.platform.dashboard.scan import (
     Runs,
@@ -23,6 +25,7 @@ from scircuits.platform.manager.plugin_set import get_plugins
 from scircuits.platform.train.checkpoint import load_sae
 from scircuits.store import ActivationStore
 from tests.dashboard_run import read_js, tiny_run
+from tests.read_only import make_read_only
 
 # The fields of SAEDashboard's NeuronpediaDashboardFeature / NeuronpediaDashboardActivation (to_dict).
 NP_FEATURE_FIELDS = {
@@ -243,3 +246,69 @@ def test_features_must_be_positive(run, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["dashboard", str(run), "--features", "0"])
     assert exit_info.value.code == 2
+
+
+def run_copy(run, where):
+    """A copy of the run (with its dashboard, as `cp -r` leaves it)."""
+    shutil.copytree(run, where)
+    return where
+
+
+def dashboard_refused(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dashboard", *argv])
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.startswith("Error")]
+    assert exit_info.value.code == 2 and "Traceback" not in err and len(lines) == 1
+    return lines[0]
+
+
+@pytest.mark.parametrize("marker", ["this version", "earlier version"])
+def test_another_runs_dashboard_is_refused_and_moved_aside_with_force(run, tmp_path, capsys, marker):
+    site = tmp_path / "site"
+    main(["dashboard", str(run), "--features", "3", "--out", str(site)])
+    if marker == "earlier version":  # its marker names only the kind; its manifest names the run
+        write_marker(site, "dashboard", "dashboard")
+    pages = sorted(p.name for p in (site / "features").iterdir())
+    other = run_copy(run, tmp_path / "other")
+    line = dashboard_refused([str(other), "--features", "2", "--out", str(site)], capsys)
+    assert f"{site} holds the dashboard of the run {run.resolve()}, not of {other}" in line
+    assert "pass --force to move it aside" in line
+    assert sorted(p.name for p in (site / "features").iterdir()) == pages
+    main(["dashboard", str(run), "--features", "3", "--out", str(site)])  # its own run: rewritten
+    assert not list(tmp_path.glob("site.superseded-*"))
+    main(["dashboard", str(other), "--features", "2", "--out", str(site), "--force"])
+    [aside] = tmp_path.glob("site.superseded-*")
+    assert sorted(p.name for p in (aside / "features").iterdir()) == pages
+    assert len(list((site / "features").iterdir())) == 2
+    assert json.loads((site / "manifest.json").read_text())["run_dir"] == str(other)
+
+
+def test_a_runs_own_dashboard_with_an_earlier_marker_is_rebuilt_in_place(run, tmp_path):
+    copy = run_copy(run, tmp_path / "copy")
+    write_marker(copy / "dashboard", "dashboard", "dashboard")
+    main(["dashboard", str(copy), "--features", "2"])
+    assert read_marker(copy / "dashboard").identity == str(copy.resolve())
+    assert len(list((copy / "dashboard" / "features").iterdir())) == 2
+    assert not list(tmp_path.glob("*.superseded-*"))
+
+
+def test_a_read_only_run_stops_the_dashboard_in_one_line(run, tmp_path, capsys, monkeypatch):
+    copy = run_copy(run, tmp_path / "copy")
+    pages = sorted(p.name for p in (copy / "dashboard" / "features").iterdir())
+    make_read_only(monkeypatch, copy)
+    line = dashboard_refused([str(copy), "--features", "2"], capsys)
+    assert f"{copy / 'dashboard'}: cannot write here (Operation not permitted); choose another --out" in line
+    assert sorted(p.name for p in (copy / "dashboard" / "features").iterdir()) == pages
+
+
+def test_a_truncated_compare_file_and_a_compare_folder_as_circuit_fail_in_one_line(run, tmp_path, capsys):
+    cmp = tmp_path / "cmp"
+    cmp.mkdir()
+    (cmp / "results.json").write_text('{"format": "scircuits.compare",\n "runs": [')
+    line = dashboard_refused([str(run), "--out", str(tmp_path / "site"), "--compare", str(cmp)], capsys)
+    assert "results.json is not valid JSON, line 2" in line and "validation error" not in line
+    write_marker(cmp, "compare", "compare")
+    line = dashboard_refused([str(run), "--out", str(tmp_path / "site"), "--circuit", str(cmp)], capsys)
+    assert f"--circuit {cmp} holds a compare artifact, not a circuit" in line
+    assert not (tmp_path / "site").exists()

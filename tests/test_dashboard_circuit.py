@@ -97,9 +97,9 @@ def test_a_site_rebuilt_elsewhere_without_the_circuit_keeps_no_stale_page(site, 
     run = site.parent
     other = tmp_path / "run"
     shutil.copytree(run, other, ignore=shutil.ignore_patterns("circuit", "dashboard"))
-    out = tmp_path / "site"
-    shutil.copytree(site, out)  # a site that drew a circuit, rebuilt for a run that has none
-    build_dashboard(other, get_plugins(), out=out)
+    out = other / "dashboard"
+    shutil.copytree(site, out)  # a site that drew a circuit, rebuilt for its copied run that has none
+    build_dashboard(other, get_plugins())  # (another run's site elsewhere is refused, not rebuilt)
     assert not (out / "circuit.html").exists() and not (out / "data" / "circuit.js").exists()
     assert "circuit.html" not in (out / "index.html").read_text()
 

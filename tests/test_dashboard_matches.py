@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 from scircuits.cli import main
 from tests.dashboard_run import compared_run, read_js
+from tests.read_only import make_read_only
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +124,32 @@ def test_building_a_dashboard_refreshes_the_partners_links_to_it(compared):
         for m in read_js(page):
             if m["href"] is not None:
                 assert (copy / "dashboard" / "features" / m["href"]).resolve().is_file()
+
+
+def test_a_run_compared_with_itself_is_refused(compared, tmp_path, capsys):
+    run = compared[0]
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", str(run), str(run.parent / "." / run.name), "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert f"{run.parent / '.' / run.name} is given twice; compare needs different runs" in err
+    assert not (tmp_path / "c").exists()
+
+
+def test_compare_warns_when_a_read_only_runs_dashboard_cannot_be_linked(
+    compared, tmp_path, capsys, monkeypatch
+):
+    run, copy = (shutil.copytree(p, tmp_path / p.name) for p in compared[:2])
+    pages = sorted(p.name for p in (copy / "dashboard" / "data").rglob("*"))
+    make_read_only(monkeypatch, copy)
+    out = tmp_path / "cmp"
+    argv = ["compare", str(run), str(copy), "--out", str(out), "--no-train-twins", "--limit", "4"]
+    main([*argv, "--permutations", "19", "--no-progress"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and (out / "results.json").is_file()
+    assert (
+        f"{copy / 'dashboard'} not linked (cannot write in {copy / 'dashboard'}: Operation not permitted)"
+        in err
+    )
+    assert sorted(p.name for p in (copy / "dashboard" / "data").rglob("*")) == pages
+    assert str(out) in (run / "dashboard" / "comparisons.json").read_text()

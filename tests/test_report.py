@@ -37,6 +37,7 @@ from scircuits.plugins.analyses.features import (
 )
 from scircuits.plugins.analyses.ranking import RankInfo, RankingResult
 from scircuits.plugins.analyses.sweeps import ControlEffect, ControlSets, Sweep, SweepsResult
+from tests.read_only import make_read_only
 
 
 def write_report(run_dirs, out=None):
@@ -318,3 +319,73 @@ def test_a_prompt_holding_html_is_escaped_in_the_page(tmp_path):
     escaped = "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co"
     assert page.count(escaped) == 3  # the provenance table, the context, the promoted tokens
     assert hostile in (run / "report.md").read_text()
+
+
+def report_refused(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.startswith("Error")]
+    assert exited.value.code == 2 and "Traceback" not in err and len(lines) == 1
+    return lines[0]
+
+
+def test_report_will_not_overwrite_another_runs_report(tmp_path, capsys):
+    a = fake_run(tmp_path, "gpt2-medium", fvu=0.31, recovered=0.75)
+    b = fake_run(tmp_path, "pythia-1.4b", fvu=0.42, recovered=0.66)
+    write_report([b])
+    before = {p: p.read_bytes() for p in [b / "report.md", b / "report.html", *(b / "figures").iterdir()]}
+    line = report_refused(["report", str(a), "--out", str(b)], capsys)
+    assert "is the run directory of another run" in line and "choose another --out" in line
+    assert {p: p.read_bytes() for p in before} == before
+    write_report([a])  # a run's own report is rewritten as before
+    assert (a / "report.md").read_text().startswith("# scircuits: gpt2-medium")
+
+
+def test_report_will_not_overwrite_the_report_of_other_runs(tmp_path, capsys):
+    a = fake_run(tmp_path, "gpt2-medium", fvu=0.31, recovered=0.75)
+    b = fake_run(tmp_path, "pythia-1.4b", fvu=0.42, recovered=0.66)
+    out = tmp_path / "out"
+    write_report([a], out)
+    write_report([a], out)  # the same report again: rewritten
+    line = report_refused(["report", str(b), "--out", str(out)], capsys)
+    assert "holds the report of other runs" in line and str(a.resolve()) in line
+    assert (out / "report.md").read_text().startswith("# scircuits: gpt2-medium")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "report.md").write_text("my notes")
+    line = report_refused(["report", str(a), "--out", str(tmp_path / "mine")], capsys)
+    assert "files scircuits did not write (report.md...)" in line
+    assert (tmp_path / "mine" / "report.md").read_text() == "my notes"
+
+
+def test_an_unmarked_report_folder_of_an_earlier_version_is_rewritten(tmp_path):
+    a = fake_run(tmp_path, "gpt2-medium", fvu=0.31, recovered=0.75)
+    out = tmp_path / "out"
+    write_report([a], out)
+    (out / ".scircuits-artifact.json").unlink()
+    write_report([a], out)
+    assert json.loads((out / ".scircuits-artifact.json").read_text())["kind"] == "report"
+
+
+def test_a_run_given_twice_and_a_causal_folder_are_refused(tmp_path, capsys):
+    a = fake_run(tmp_path, "gpt2-medium", fvu=0.31, recovered=0.75)
+    line = report_refused(
+        ["report", str(a), str(tmp_path / "." / a.name), "--out", str(tmp_path / "x")], capsys
+    )
+    assert "is given twice; a comparison needs different runs" in line
+    assert not (tmp_path / "x").exists()
+    line = report_refused(["report", str(a / "causal")], capsys)
+    assert f"is the causal folder of the run {a}" in line and f"scircuits report {a}" in line
+    assert not (a / "causal" / "report.md").exists()
+
+
+@pytest.mark.parametrize("where", ["run", "out"])
+def test_a_read_only_folder_stops_report_in_one_line(tmp_path, capsys, monkeypatch, where):
+    a = fake_run(tmp_path, "gpt2-medium", fvu=0.31, recovered=0.75)
+    folder = a if where == "run" else tmp_path / "ro"
+    folder.mkdir(exist_ok=True)
+    make_read_only(monkeypatch, folder)
+    argv = ["report", str(a)] + (["--out", str(folder)] if where == "out" else [])
+    line = report_refused(argv, capsys)
+    assert f"{folder}: cannot write here (Operation not permitted); choose another --out" in line
+    assert not (folder / "report.md").exists()

@@ -35,7 +35,7 @@ from scircuits.platform.compare.matching import (
     hungarian_matches,
     max_matches,
 )
-from scircuits.platform.compare.runs import Run, read_run
+from scircuits.platform.compare.runs import Run, check_distinct, read_run
 from scircuits.platform.compare.schema import (
     CompareResults,
     Comparison,
@@ -513,6 +513,7 @@ def compare_runs(paths: list[str | Path], options: CompareOptions, plugins: Plug
     core = internals.Core(plugins)
     if len(paths) < 2:
         raise internals.config_error("compare needs at least two run directories")
+    check_distinct(paths)
     runs = [read_run(p, plugins) for p in paths]
     index_pairs = list(itertools.combinations(range(len(runs)), 2))
     for i, j in index_pairs:

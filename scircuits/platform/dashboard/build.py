@@ -16,8 +16,11 @@ from typing import Any
 import numpy as np
 
 from scircuits.platform.common.artifacts import (
+    FORCE_HINT,
+    ArtifactError,
     FolderLock,
     check_out_apart,
+    check_writable,
     claim,
     only_bookkeeping,
     read_lock,
@@ -25,6 +28,7 @@ from scircuits.platform.common.artifacts import (
     remove_orphans,
     write_marker,
 )
+from scircuits.platform.common.artifacts import describe_os_error as describe
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.dashboard import sources
 from scircuits.platform.dashboard.circuit_page import CircuitPage, circuit_page
@@ -173,13 +177,16 @@ def build_dashboard(
         run_lock = None
         try:
             run_lock = read_lock(inputs.run_dir, "run")
-            compare_dirs = [*recorded_compare_dirs(target, inputs.run_dir, say), *(Path(c) for c in compare)]
+            own = check_owner(target, inputs.run_dir, in_run, force)
+            check_writable(target)
+            recorded = recorded_compare_dirs(target, inputs.run_dir, say) if own else []
+            compare_dirs = [*recorded, *(Path(c) for c in compare)]
             check_out_apart(target, read=compare_dirs)
             check_compare_dirs(compare_dirs, inputs.run_dir)  # before the scan: a bad folder costs nothing
             circuit_results = None
             if circuit_folder is not None:  # before the scan: a bad circuit costs nothing
                 circuit_results = sources.read_circuit_for(circuit_folder, inputs)
-            claim_site(target, force, say)
+            claim_site(target, inputs.run_dir, own, force, say)
             sources.collect_store(inputs, plugins, say)  # a run of a given SAE: its evaluation examples
             extracted = extract(inputs, plugins, settings, features, timings, say)
             if circuit_folder is not None and circuit_results is not None:
@@ -201,7 +208,10 @@ def build_dashboard(
             timings["write"] = round(time.monotonic() - t0, 2)
             if out is None or in_run:
                 remove_orphans(inputs.run_dir, prefix=".report.")
-                link_from_report(inputs.run_dir, target)
+                try:
+                    link_from_report(inputs.run_dir, target)
+                except OSError as exc:
+                    say(f"the report in {inputs.run_dir} does not link to the dashboard ({describe(exc)})")
         except BaseException:
             if not existed and only_bookkeeping(target):  # a failed first build leaves no folder
                 shutil.rmtree(target, ignore_errors=True)
@@ -225,28 +235,84 @@ def build_dashboard(
     )
 
 
-def claim_site(target: Path, force: bool, say: Callable[[str], None]) -> None:
-    """Make ``target`` the site's folder: a site an earlier version wrote (no marker) is adopted,
-    stale temporaries of dead builds are removed, anything else not ours is refused (or, with
-    ``force``, moved aside)."""
+def claim_site(target: Path, run_dir: Path, own: bool, force: bool, say: Callable[[str], None]) -> None:
+    """Make ``target`` the site's folder: this run's site (``own``, see :func:`check_owner`), also one
+    an earlier version wrote, keeps its entries; stale temporaries of dead builds are removed;
+    anything else is refused (or, with ``force``, moved aside)."""
     remove_orphans(target)
     remove_orphans(target.parent, prefix=f".{target.name}.tmp-")  # where earlier versions staged
-    if read_marker(target) is None and _is_site(target):
-        write_marker(target, SITE_KIND, SITE_KIND)
-    claimed = claim(target, SITE_KIND, SITE_KIND, option="--out", force=force)
+    identity = site_identity(run_dir)
+    if own and is_site(target):
+        write_marker(target, SITE_KIND, identity)
+    claimed = claim(target, SITE_KIND, identity, option="--out", force=force)
     if claimed.moved_to is not None:
-        say(f"{target} held files scircuits did not write; moved them to {claimed.moved_to}")
+        say(f"{target} held what is not this run's dashboard; moved it to {claimed.moved_to}")
 
 
 SITE_KIND = "dashboard"
 
 
-def _is_site(folder: Path) -> bool:
+def site_identity(run_dir: Path) -> str:
+    """A dashboard folder's marker identity: the resolved path of the run it shows."""
+    return str(run_dir.resolve())
+
+
+def is_site(folder: Path) -> bool:
+    """A dashboard's folder: its marker says so, or (an earlier version's, unmarked) its manifest."""
+    marker = read_marker(folder)
+    return marker.kind == SITE_KIND if marker is not None else _is_site(folder)
+
+
+def site_owner(target: Path) -> str | None:
+    """The run whose dashboard ``target`` holds: its marker's identity, or for a site of an earlier
+    version (no marker, or identity "dashboard") the absolute run path its manifest names; else None."""
+    marker = read_marker(target)
+    if marker is not None and marker.identity != SITE_KIND:
+        return marker.identity
+    recorded = _manifest(target).get("run_dir")
+    if isinstance(recorded, str) and Path(recorded).is_absolute():
+        return str(Path(recorded).resolve())
+    return None
+
+
+def check_owner(target: Path, run_dir: Path, in_run: bool, force: bool) -> bool:
+    """False when ``target`` holds the dashboard of another run and ``force`` moves it aside; refused
+    (ArtifactError) without ``force``. The run's own folder (``in_run``) is always its own."""
+    if in_run or not is_site(target):
+        return True
+    owner = site_owner(target)
+    if owner == site_identity(run_dir):
+        return True
+    if owner is None:
+        recorded = _manifest(target).get("results_config_hash")
+        if recorded is not None and recorded == read_config_hash(run_dir):
+            return True  # an earlier version's site naming its run by a relative path: the same results
+    if force:
+        return False
+    whose = f"the run {owner}" if owner is not None else "a run it does not name"
+    raise ArtifactError(
+        f"{target} holds the dashboard of {whose}, not of {run_dir}: choose another --out, {FORCE_HINT}"
+    )
+
+
+def read_config_hash(run_dir: Path) -> str | None:
+    try:
+        value = json.loads((run_dir / sources.RESULTS).read_text()).get("config_hash")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _manifest(folder: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("format") == "scircuits.dashboard"
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _is_site(folder: Path) -> bool:
+    return _manifest(folder).get("format") == "scircuits.dashboard"
 
 
 def extract(

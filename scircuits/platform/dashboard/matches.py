@@ -26,9 +26,11 @@ from scircuits.files import write_atomic
 from scircuits.platform.common.artifacts import (
     ArtifactError,
     FolderLock,
+    describe_os_error,
     publish_dir,
     recover_published,
     remove_orphans,
+    write_probe,
 )
 from scircuits.platform.compare.schema import CompareResults, Comparison, MatchedDistribution, RunEntry
 from scircuits.platform.contract.errors import ConfigError
@@ -258,12 +260,16 @@ def refresh_matches(site: Path, run_dir: Path, compare_dirs: Sequence[Path]) -> 
 
 def refresh_matches_locked(site: Path, run_dir: Path, compare_dirs: Sequence[Path]) -> int:
     """``refresh_matches`` for a command that does not hold the site: under the site's lock (and the
-    run's, when the site is inside it); a lock held elsewhere is a ConfigError naming the site."""
+    run's, when the site is inside it); a lock held elsewhere, or a site that cannot be written, is a
+    ConfigError naming the site."""
     try:
+        write_probe(site)
         with FolderLock(site, "dashboard"):
             return refresh_matches(site, run_dir, compare_dirs)
     except ArtifactError as exc:
         raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write in {site}: {describe_os_error(exc)}") from None
 
 
 def compared_sites(results: CompareResults) -> list[tuple[Path, Path]]:

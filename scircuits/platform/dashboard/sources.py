@@ -18,6 +18,7 @@ internals; re-point these functions when the core moves:
 
 from __future__ import annotations
 
+import json
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from scircuits.platform.causal.study import unembedding_effects
 from scircuits.platform.circuit.results import RESULTS_FILE as CIRCUIT_RESULTS
 from scircuits.platform.circuit.results import CircuitResults, read_circuit
 from scircuits.platform.collect.collection import run_collect
-from scircuits.platform.common.artifacts import read_lock
+from scircuits.platform.common.artifacts import read_lock, read_marker
 from scircuits.platform.common.provenance import file_sha256
 from scircuits.platform.compare.runs import run_store
 from scircuits.platform.compare.schema import FORMAT as COMPARE_FORMAT
@@ -230,13 +231,38 @@ def direct_path_effects(
 COMPARE_RESULTS = "results.json"
 
 
+def not_of_kind(folder: Path, kind: str, option: str, writer: str) -> None:
+    """ConfigError when ``folder``'s marker names another kind of artifact than ``kind``."""
+    marker = read_marker(folder)
+    if marker is not None and marker.kind != kind:
+        raise ConfigError(
+            f"{option} {folder} holds a {marker.kind} artifact, not a {kind}: give the --out folder "
+            f"of {writer}"
+        )
+
+
+def check_json(path: Path, text: str, command: str) -> None:
+    """ConfigError naming where ``text`` (the content of ``path``) stops being JSON."""
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not valid JSON, line {exc.lineno}: {exc.msg}; rerun `scircuits {command}`"
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"{path} is nested too deeply to read; rerun `scircuits {command}`") from None
+
+
 def read_comparison(compare_dir: str | Path) -> CompareResults:
     """The results of a ``scircuits compare --out DIR`` folder; ConfigError naming what is wrong."""
     path = Path(compare_dir) / COMPARE_RESULTS
+    not_of_kind(Path(compare_dir), "compare", "--compare", "`scircuits compare`")
     if not path.is_file():
         raise ConfigError(f"{path} is missing: give the --out folder of `scircuits compare`")
+    text = path.read_text()
+    check_json(path, text, "compare")
     try:
-        results = CompareResults.model_validate_json(path.read_text())
+        results = CompareResults.model_validate_json(text)
     except (ValidationError, ValueError) as exc:
         first = str(exc).splitlines()[0]
         raise ConfigError(
@@ -262,6 +288,7 @@ def circuit_dir(run_dir: Path, given: str | Path | None) -> Path | None:
     RUN/circuit when it holds one, else None."""
     if given is not None:
         folder = Path(given)
+        not_of_kind(folder, "circuit", "--circuit", "`scircuits circuit`")
         if not (folder / CIRCUIT_RESULTS).is_file():
             raise ConfigError(
                 f"--circuit {folder}: no {CIRCUIT_RESULTS} there; give the --out folder of "
@@ -277,6 +304,7 @@ def read_circuit_for(folder: Path, inputs: RunInputs) -> CircuitResults:
     writes it); ConfigError when it is not a circuit's or not of the run's model."""
     lock = read_lock(folder, "circuit results")
     try:
+        check_json(folder / CIRCUIT_RESULTS, (folder / CIRCUIT_RESULTS).read_text(), "circuit")
         results = read_circuit(folder)
     except (ValidationError, ValueError) as exc:
         first = str(exc).splitlines()[0]

@@ -17,11 +17,20 @@ from typing import Any
 
 from scircuits.platform.causal.registry import analyses_of
 from scircuits.platform.causal.results import read_results, results_path
+from scircuits.platform.common.artifacts import (
+    ArtifactError,
+    check_can_create,
+    check_writable,
+    claim,
+    only_bookkeeping,
+    read_marker,
+    write_marker,
+)
 from scircuits.platform.contract.analyses import Analysis
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.study import StudyResults
 from scircuits.platform.report.circuit import circuit_section
-from scircuits.platform.report.document import FIGURES_DIR, ReportDocument, fmt
+from scircuits.platform.report.document import FIGURES_DIR, REPORT_HTML, REPORT_MD, ReportDocument, fmt
 
 CAUSAL_DIR = "causal"
 
@@ -63,8 +72,20 @@ def sae_folder(run_dir: Path, results: StudyResults) -> Path:
     return run_dir / "sae"
 
 
+def check_not_causal(path: Path) -> None:
+    """ConfigError for the causal folder of a run: the report belongs in the run directory."""
+    if path.name == CAUSAL_DIR and results_path(path).is_file():
+        run = path.parent
+        if read_marker(run) is not None or results_path(run / CAUSAL_DIR).is_file():
+            raise ConfigError(
+                f"{path} is the causal folder of the run {run}, not a run directory: give the run "
+                f"(`scircuits report {run}`)"
+            )
+
+
 def load_run(run_dir: str | Path, analyses: Sequence[Analysis] = ()) -> RunData:
     path = Path(run_dir)
+    check_not_causal(path)
     if not results_path(causal_dir(path)).is_file():
         raise ConfigError(
             f"{path} holds no causal/results.json: run `scircuits run` or `scircuits ablate` first"
@@ -212,14 +233,16 @@ def comparison_table(
 
 def write_report(run_dirs: Sequence[str | Path], plugins: Any, out: str | Path | None = None) -> list[Path]:
     """Write the report of one run (into it, unless ``out``) or the comparison of several (into ``out``,
-    default ``./report``); returns the files written."""
+    default ``./report``); returns the files written. An ``out`` holding another run, or the report of
+    other runs, or anything else scircuits did not write there, is refused (:func:`claim_target`)."""
     if not run_dirs:
         raise ConfigError("give at least one run directory")
     analyses = list(analyses_of(plugins))
     runs = [load_run(d, analyses) for d in run_dirs]
+    check_distinct(runs)
     if len(runs) == 1:
         run = runs[0]
-        target = Path(out) if out is not None else run.path
+        target = claim_target(Path(out) if out is not None else run.path, runs)
         title = (
             f"scircuits: {run.provenance.get('model', {}).get('name')} on "
             f"{run.provenance.get('benchmark', {}).get('name')}, {run.results.site} layer {run.results.layer}"
@@ -227,7 +250,7 @@ def write_report(run_dirs: Sequence[str | Path], plugins: Any, out: str | Path |
         doc = ReportDocument(title, target / FIGURES_DIR)
         run_sections(doc, run, analyses)
         return doc.write(target, title)
-    target = Path(out) if out is not None else Path("report")
+    target = claim_target(Path(out) if out is not None else Path("report"), runs)
     title = f"scircuits: comparison of {len(runs)} runs"
     doc = ReportDocument(title, target / FIGURES_DIR)
     doc.heading("Comparison")
@@ -242,3 +265,91 @@ def write_report(run_dirs: Sequence[str | Path], plugins: Any, out: str | Path |
         doc.figure_prefix = f"{run.name}__"
         run_sections(doc, run, analyses, level=3)
     return doc.write(target, title)
+
+
+def check_distinct(runs: Sequence[RunData]) -> None:
+    seen: set[Path] = set()
+    for run in runs:
+        if run.path.resolve() in seen:
+            raise ConfigError(f"{run.path} is given twice; a comparison needs different runs")
+        seen.add(run.path.resolve())
+
+
+def report_identity(runs: Sequence[RunData]) -> str:
+    """A report folder's marker identity: the resolved paths of its runs, in order."""
+    return json.dumps([str(run.path.resolve()) for run in runs])
+
+
+def is_run_dir(folder: Path) -> bool:
+    marker = read_marker(folder)
+    return (marker is not None and marker.kind == "run") or results_path(folder / CAUSAL_DIR).is_file()
+
+
+def claim_target(target: Path, runs: Sequence[RunData]) -> Path:
+    """``target`` checked writable and made the report's home: the run's own directory (one run) as it
+    is; another run's directory, another artifact, or the report of other runs refused (ArtifactError);
+    a report folder of an earlier version (no marker) adopted; a new folder marked ``report``."""
+    if len(runs) == 1 and target.resolve() == runs[0].path.resolve():
+        check_writable(target)
+        check_can_create(target / FIGURES_DIR)
+        return target
+    if is_run_dir(target):
+        raise ArtifactError(
+            f"--out {target} is the run directory of another run, whose report it holds: choose another "
+            f"--out (`scircuits report {target}` rewrites that run's own)"
+        )
+    identity = report_identity(runs)
+    if target.exists() and not target.is_dir():
+        raise ArtifactError(f"--out {target} is a file, not a folder: choose another --out")
+    if read_marker(target) is None and _is_report(target):
+        write_marker(target, REPORT_KIND, identity)
+    refuse_other(target, identity)
+    claim(target, REPORT_KIND, identity)
+    check_writable(target)
+    check_can_create(target / FIGURES_DIR)
+    return target
+
+
+def refuse_other(target: Path, identity: str) -> None:
+    """ArtifactError when ``target`` holds anything but this report: files scircuits did not write,
+    another kind of artifact, or the report of other runs."""
+    marker = read_marker(target)
+    if marker is None:
+        if only_bookkeeping(target):
+            return
+        shown = ", ".join(sorted(p.name for p in target.iterdir())[:3])
+        raise ArtifactError(
+            f"--out {target} holds files scircuits did not write ({shown}...): it will not overwrite "
+            "them; choose another --out or move them away"
+        )
+    if marker.kind != REPORT_KIND:
+        raise ArtifactError(
+            f"--out {target} holds a {marker.kind} artifact, not a report: choose another --out"
+        )
+    if marker.identity != identity:
+        raise ArtifactError(
+            f"--out {target} holds the report of other runs ({', '.join(report_runs(marker.identity))}): "
+            "choose another --out, or move it away"
+        )
+
+
+def report_runs(identity: str) -> list[str]:
+    try:
+        runs = json.loads(identity)
+    except ValueError:
+        return [identity]
+    return [str(r) for r in runs] if isinstance(runs, list) else [identity]
+
+
+REPORT_KIND = "report"
+
+
+def _is_report(folder: Path) -> bool:
+    """An unmarked folder holding only what an earlier version of this command wrote."""
+    names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    if REPORT_MD not in names or not names <= {REPORT_MD, REPORT_HTML, FIGURES_DIR}:
+        return False
+    try:
+        return (folder / REPORT_MD).read_text().startswith("# scircuits: ")
+    except (OSError, UnicodeDecodeError):
+        return False
