@@ -35,7 +35,7 @@ def test_unknown_field_and_bad_choice(tmp_path):
     with pytest.raises(ConfigError) as err:
         CollectConfig.from_sources(path)
     message = str(err.value)
-    assert "sitee: Extra inputs are not permitted" in message
+    assert "unknown setting 'sitee'; did you mean 'site'?" in message
     assert "site: Input should be 'resid', 'mlp' or 'attn'" in message
 
 

@@ -23,6 +23,7 @@ from scircuits.cli.common import (
 from scircuits.platform.common.remote import is_url, join_path
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.config.options import stage_options
+from scircuits.platform.config.stages import looks_like_path
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 
 
@@ -137,9 +138,7 @@ def _train(
     base = stage_config(TrainConfig, config_file, {**flags, "sae": None, "store": None})
     merged_hparams = {**base.hparams, **extra}
     sae_given = sae or ("sae" in base.model_fields_set and base.sae)
-    sae_list: list[str | None] = (
-        [s.strip() for s in sae_given.split(",") if s.strip()] if sae_given else [None]
-    )
+    sae_list: list[str | None] = [*variant_names(sae_given, "train")] if sae_given else [None]
     plugins = get_plugins()
     if not under_launcher():  # the SAE options first: a bad number is refused before any store is read
         for name in sae_list:
@@ -195,6 +194,23 @@ def _train(
     _echo_results([read_checkpoint(out_dir) for out_dir in train_many(jobs, devices, plugins)], as_json)
 
 
+def variant_names(text: str, command: str) -> list[str]:
+    """The SAE variants of a comma list given to --sae: one at least, and names, not folders."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ConfigError(
+            f"--sae {text!r}: give one or more SAE variant names, e.g. topk or topk,relu "
+            "(see `scircuits saes`)"
+        )
+    for name in names:
+        if looks_like_path(name):
+            raise ConfigError(
+                f"--sae {name}: a path, but `scircuits {command}` takes SAE variant names (see `scircuits "
+                "saes`); a checkpoint folder is studied with `scircuits ablate --sae FOLDER`"
+            )
+    return names
+
+
 def _echo_results(results: list[Any], as_json: bool) -> None:
     if as_json:
         echo_result(results)
@@ -248,8 +264,13 @@ def validate_sae(
     """
     from scircuits.platform.manager.plugin_set import get_plugins
 
+    if problem == "hard" and epochs is not None:
+        raise ConfigError(
+            f"--epochs {epochs}: the hard problem trains for --tokens (one pass); --epochs applies to "
+            "--problem easy"
+        )
     registry = get_plugins().saes
-    selected = [n.strip() for n in names.split(",") if n.strip()] if names else registry.names()
+    selected = variant_names(names, "validate sae") if names is not None else registry.names()
     for name in selected:
         registry.get(name)
     if problem == "hard":

@@ -4,9 +4,11 @@ are attributed, how the circuit is chosen and how it is evaluated."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from scircuits.platform.config.stages import D, StageConfig, plugin_default_help
+from pydantic import AfterValidator
+
+from scircuits.platform.config.stages import D, StageConfig, counts, distinct, plugin_default_help
 
 GLOBAL_SIZES = (1, 2, 5, 10, 20, 50, 100)  # nodes in all
 PER_SITE_SIZES = (8, 32, 128, 512)  # nodes per site
@@ -23,7 +25,7 @@ class CircuitConfig(StageConfig):
     model: str | None = D(None, plugin_default_help("Model adapter name", "models"))
     benchmark: str | None = D(None, plugin_default_help("Benchmark name", "benchmarks"))
     benchmark_options: dict[str, object] = D(dict, "Benchmark options (--option KEY=VALUE, --data).")
-    sae: list[str] = D(
+    sae: Annotated[list[str], AfterValidator(distinct)] = D(
         list,
         "An SAE at one site (repeatable): a checkpoint folder of `scircuits train`, a folder holding "
         "several (one per site), hf:REPO/PATH or saelens:RELEASE/SAE_ID. Given in the model's order.",
@@ -63,7 +65,7 @@ class CircuitConfig(StageConfig):
     )
     node_threshold: float = D(0.0, "Keep only nodes with |effect| >= this (0: the budget alone).", ge=0)
     edge_threshold: float = D(0.0, "Report only edges with |weight| >= this (0: every edge).", ge=0)
-    sizes: list[int] | None = D(
+    sizes: Annotated[list[int], counts("[1, 5, 20, 50]")] | None = D(
         None,
         "Circuit sizes of the evaluation curves: nodes in all (global selection; default "
         "1,2,5,10,20,50,100) or nodes per site (per-site; default 8,32,128,512).",

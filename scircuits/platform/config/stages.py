@@ -19,17 +19,27 @@ sets itself left out and the run's own defaults.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 from pydantic_core import PydanticUndefined
 
 from scircuits.platform.config.files import read_config_file
-from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.contract.options import describe_validation_error
 from scircuits.store.remote import is_url
 
@@ -37,6 +47,65 @@ if TYPE_CHECKING:
     from scircuits.platform.manager.plugin_set import PluginSet
 
 C = TypeVar("C", bound="StageConfig")
+
+
+# the tables a config file may hold: one per command that reads --config
+STAGE_TABLES = ("collect", "train", "ablate", "run", "circuit")
+
+
+def check_tables(cls: type[StageConfig], data: Mapping[str, Any], config_file: str | Path) -> None:
+    """Refuse a table the command would not read: another command's table where this command's is
+    absent, or a table of no command (a typo, with the closest name)."""
+    own = isinstance(data.get(cls.stage), dict)
+    for name in [k for k, v in data.items() if isinstance(v, dict) and k != cls.stage]:
+        if name in cls.model_fields or (own and name in STAGE_TABLES):
+            continue  # a dict setting (refused in from_sources beside a stage table), or a shared file
+        if name in STAGE_TABLES:
+            tables = f"[{name}] and its [{name}.*] tables are" if name == "run" else f"[{name}] is"
+            raise ConfigError(
+                f"config file {config_file}: {tables} read by `scircuits {name} --config`; `scircuits "
+                f"{cls.stage}` reads the [{cls.stage}] table or top-level settings"
+            )
+        close = difflib.get_close_matches(name, [*STAGE_TABLES, *cls.model_fields], n=1)
+        hint = f"; did you mean [{close[0]}]?" if close else ""
+        known = ", ".join(f"[{t}]" for t in STAGE_TABLES)
+        raise ConfigError(f"config file {config_file}: unknown table [{name}]{hint} (tables: {known})")
+
+
+def sae_hyperparameter_names() -> set[str]:
+    """The hyperparameter names of every registered SAE variant."""
+    from scircuits.platform.manager.plugin_set import get_plugins
+
+    try:
+        registry = get_plugins().saes
+        return {n for name in registry.names() for n in registry.get(name).Hyperparameters.model_fields}
+    except ScircuitsError:  # a broken plugin set: no hint rather than another error
+        return set()
+
+
+def counts(example: str) -> AfterValidator:
+    """A list of distinct positive integers (numbers of features, circuit sizes)."""
+
+    def check(values: list[int]) -> list[int]:
+        if not values or any(v <= 0 for v in values):
+            raise ValueError(f"give positive integers, e.g. {example}")
+        if len(set(values)) < len(values):
+            raise ValueError(f"give each number once, e.g. {example}")
+        return values
+
+    return AfterValidator(check)
+
+
+def distinct(values: list[str]) -> list[str]:
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} given more than once; give each once")
+    return values
+
+
+def looks_like_path(value: str) -> bool:
+    """A folder rather than a name: a path separator or a leading '.', and no scheme (hf:, s3://)."""
+    return ":" not in value and ("/" in value or os.sep in value or value.startswith("."))
 
 
 def plugin_default_help(what: str, family: str) -> str:
@@ -78,17 +147,32 @@ class StageConfig(BaseModel):
         values: dict[str, Any] = {}
         if config_file is not None:
             data = read_config_file(config_file)
+            check_tables(cls, data, config_file)
             section = data.get(cls.stage)
             if isinstance(section, dict):
-                ignored = sorted(k for k, v in data.items() if not isinstance(v, dict))
+                ignored = sorted(
+                    k
+                    for k, v in data.items()
+                    if not isinstance(v, dict) or (k in cls.model_fields and k not in STAGE_TABLES)
+                )
                 if ignored:
                     raise ConfigError(
                         f"config file {config_file}: the top-level setting(s) {', '.join(ignored)} would be "
                         f"ignored because a [{cls.stage}] table exists; move them into [{cls.stage}]"
                     )
             values.update(section if isinstance(section, dict) else data)
+            cls.check_file_values(values, config_file)
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return cls.validated(values)
+
+    @classmethod
+    def check_file_values(cls, values: Mapping[str, Any], config_file: str | Path) -> None:
+        """Refuse settings a config file gives twice (no-op here; ``RunConfig`` has flat names)."""
+
+    @classmethod
+    def known_names(cls, loc: tuple[Any, ...]) -> dict[str, str]:
+        """Names a mistyped setting at ``loc`` may be close to -> the setting to suggest."""
+        return {name: name for name in cls.model_fields}
 
     @model_validator(mode="before")
     @classmethod
@@ -120,18 +204,34 @@ class StageConfig(BaseModel):
     @classmethod
     def config_error(cls, exc: ValidationError, values: Mapping[str, Any]) -> ConfigError:
         """The one-line ConfigError of a failed validation: the fields, their flags, and a hint."""
-        hint = ""
-        extras = [e["loc"][0] for e in exc.errors() if e["type"] == "extra_forbidden" and e["loc"]]
-        if extras and "hparams" in cls.model_fields:
-            key, value = extras[0], values.get(str(extras[0]))
-            hint = (
-                f" (SAE hyperparameters go in hparams: `hparams = {{{key} = {value!r}}}` in the config "
-                f"file, or --sae-option {key}={value})"
+        errors = exc.errors()
+        parts = [cls.unknown_setting(e["loc"], values) for e in errors if e["type"] == "extra_forbidden"]
+        others = [e for e in errors if e["type"] != "extra_forbidden"]
+        if others:
+            rest = ValidationError.from_exception_data(exc.title, others)  # type: ignore[arg-type]
+            flags = sorted({f for f in (cls.flag_of(e["loc"]) for e in others) if f})
+            named = f" ({', '.join(flags)})" if flags else ""
+            parts.append(f"{describe_validation_error(rest)}{named}")
+        return ConfigError(f"invalid {cls.stage} config: {'; '.join(parts)}")
+
+    @classmethod
+    def unknown_setting(cls, loc: tuple[Any, ...], values: Mapping[str, Any]) -> str:
+        """``unknown setting 'expnsion'; did you mean 'expansion'?``, or where an SAE hyperparameter
+        goes when the name is one."""
+        key = str(loc[-1]) if loc else "?"
+        where = ".".join(map(str, loc))
+        message = f"unknown setting {where!r}"
+        known = cls.known_names(loc)
+        close = difflib.get_close_matches(key, list(known), n=1)
+        if close:
+            return f"{message}; did you mean {known[close[0]]!r}?"
+        if "hparams" in cls.model_fields and key in sae_hyperparameter_names():
+            value = values.get(key)
+            return (
+                f"{message}: SAE hyperparameters go in hparams: `hparams = {{{key} = {value!r}}}` in the "
+                f"config file, or --sae-option {key}={value}"
             )
-        located = [e["loc"] for e in exc.errors() if e["type"] != "extra_forbidden"]
-        flags = sorted({f for f in map(cls.flag_of, located) if f})
-        named = f" ({', '.join(flags)})" if flags else ""
-        return ConfigError(f"invalid {cls.stage} config: {describe_validation_error(exc)}{named}{hint}")
+        return f"{message}; see `scircuits {cls.stage} --help` for the settings"
 
     @classmethod
     def flag_of(cls, loc: tuple[Any, ...]) -> str | None:
@@ -260,13 +360,57 @@ class CollectConfig(StageConfig):
                 values.pop(name, None)
         return values
 
-    def site_list(self, default_layer: int | None = None) -> list[tuple[int | None, str]]:
-        """The (layer, site) pairs to collect: --layers x --sites, else --layer and --site."""
-        layers = _int_list(self.layers, "--layers") if self.layers else [self.layer]
-        sites = [s.strip() for s in self.sites.split(",") if s.strip()] if self.sites else [self.site]
+    def with_plugin_defaults(self, plugins: PluginSet) -> CollectConfig:
+        """As a stage's; a corpus collection reads no benchmark, so none is filled in."""
+        resolved = super().with_plugin_defaults(plugins)
+        if self.corpus is not None and self.benchmark is None:
+            resolved = resolved.model_copy(update={"benchmark": None})
+        return resolved
+
+    @model_validator(mode="after")
+    def one_source_and_one_site_list(self) -> CollectConfig:
+        self.site_list()  # read here: a bad --layers or --sites is one line up front
+        if self.layers is not None and self.layer is not None and self.layer not in self._layers():
+            raise ConfigError(
+                f"--layer {self.layer} and --layers {self.layers}: give one (--layers lists every block)"
+            )
+        if self.sites is not None and self.site != "resid" and self.site not in self._sites():
+            raise ConfigError(
+                f"--site {self.site} and --sites {self.sites}: give one (--sites lists every site)"
+            )
+        if self.corpus is not None:
+            given = [name for name in sorted(BENCHMARK_FIELDS) if self._benchmark_setting(name)]
+            if given:
+                flags = ", ".join(
+                    "--data/--option" if n == "benchmark_options" else self.flag_of((n,)) or n for n in given
+                )
+                raise ConfigError(
+                    f"--corpus {self.corpus} and {flags}: a corpus collection reads no benchmark; give "
+                    "--corpus or the benchmark's settings, not both"
+                )
+        return self
+
+    def _benchmark_setting(self, name: str) -> bool:
+        """Whether a benchmark setting is given (split: other than its default)."""
+        value = getattr(self, name)
+        return value != "test" if name == "split" else value not in (None, {})
+
+    def _layers(self) -> list[int]:
+        return _int_list(self.layers, "--layers") if self.layers else [self.layer]  # type: ignore[list-item]
+
+    def _sites(self) -> list[str]:
+        if not self.sites:
+            return [self.site]
+        sites = [s.strip() for s in self.sites.split(",") if s.strip()]
         if not sites:
             raise ConfigError("--sites: give at least one site, e.g. resid or resid,mlp")
-        return [(layer, site) for layer in layers for site in sites]
+        if len(set(sites)) < len(sites):
+            raise ConfigError(f"--sites {self.sites}: give each site once, e.g. resid,mlp")
+        return sites
+
+    def site_list(self, default_layer: int | None = None) -> list[tuple[int | None, str]]:
+        """The (layer, site) pairs to collect: --layers x --sites, else --layer and --site."""
+        return [(layer, site) for layer in self._layers() for site in self._sites()]
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -278,7 +422,9 @@ def _int_list(text: str, flag: str) -> list[int]:
         ) from None
     if not values or any(v < 0 for v in values):
         raise ConfigError(f"{flag}: give comma-separated non-negative block numbers (got {text!r})")
-    return sorted(set(values))
+    if len(set(values)) < len(values):
+        raise ConfigError(f"{flag} {text}: give each block once, e.g. 3,6,9,12")
+    return sorted(values)
 
 
 class TrainConfig(StageConfig):
@@ -345,6 +491,20 @@ class TrainConfig(StageConfig):
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "recipe": self.recipe}
 
+    @model_validator(mode="after")
+    def one_length_and_a_variant(self) -> TrainConfig:
+        if self.tokens is not None and self.epochs is not None:
+            raise ConfigError(
+                f"--tokens {self.tokens} and --epochs {self.epochs}: give one (--tokens trains on that "
+                "many tokens, --epochs on whole passes)"
+            )
+        if self.sae and looks_like_path(self.sae) and not Path(self.sae).is_dir():
+            raise ConfigError(
+                f"--sae {self.sae}: no such checkpoint folder; `scircuits train` takes an SAE variant name "
+                "(see `scircuits saes`), and a checkpoint is studied with `scircuits ablate --sae FOLDER`"
+            )
+        return self
+
 
 class AblateConfig(StageConfig):
     stage: ClassVar[str] = "ablate"
@@ -375,7 +535,9 @@ class AblateConfig(StageConfig):
         "Further ablations swept over top_k beside --ablation, without controls (default: those their "
         "plugins mark as companions, i.e. mean; none: an empty list).",
     )
-    top_k: list[int] = D(lambda: [1, 5, 10, 50], "Numbers of top features to ablate.")
+    top_k: Annotated[list[int], counts("[1, 5, 20, 50]")] = D(
+        lambda: [1, 5, 10, 50], "Numbers of top features to ablate."
+    )
     random_controls: int = D(
         20,
         "Matched control sets per k (below 80 for 4 k values the k values are tested in a fixed "
@@ -425,7 +587,9 @@ class AblateConfig(StageConfig):
     edit_from_position: int = D(
         1, "Edit features only at positions >= this (1 spares the first token, the attention sink).", ge=0
     )
-    faithfulness_n: list[int] = D(lambda: [1, 2, 5, 10, 20, 50, 100, 200], "Numbers of top features kept.")
+    faithfulness_n: Annotated[list[int], counts("[1, 5, 10, 50]")] = D(
+        lambda: [1, 2, 5, 10, 20, 50, 100, 200], "Numbers of top features kept."
+    )
     max_length: int | None = D(None, "Truncate longer sequences, keeping the end of the prompt.", gt=1)
     batch_size: int = D(16, "Sequences per forward pass.", gt=0)
     device: str = D("cpu", "cpu, cuda, cuda:N, or auto (the model split over the visible GPUs).")
@@ -653,7 +817,7 @@ class RunConfig(StageConfig):
     force: bool = D(
         False, "Move aside (never delete) what a stage cannot prove it wrote instead of refusing."
     )
-    circuit_sae: list[str] = D(
+    circuit_sae: Annotated[list[str], AfterValidator(distinct)] = D(
         list,
         "SAEs at other sites of the same model (checkpoint folders, hf:..., saelens:...): after the study, "
         "a feature circuit over them and the run's own SAE is found into RUN/circuit and reported "
@@ -708,6 +872,45 @@ class RunConfig(StageConfig):
         if self.circuit_layers is not None:
             _int_list(self.circuit_layers, "--circuit-layers")  # read here: a bad list is one line up front
         return self
+
+    @model_validator(mode="after")
+    def trains_by_tokens_on_a_known_sae(self) -> RunConfig:
+        if self.train.epochs is not None:
+            raise ConfigError(
+                f"--train-epochs {self.train.epochs}: `scircuits run` trains for --train-tokens "
+                f"(default {RunTrain.model_fields['tokens'].default}); give --train-tokens instead"
+            )
+        sae = self.train.sae
+        if sae and looks_like_path(sae) and not is_url(sae) and not Path(sae).is_dir():
+            raise ConfigError(
+                f"--sae {sae}: no such checkpoint folder (--sae takes an SAE variant name, see `scircuits "
+                "saes`, or an existing checkpoint folder, hf:REPO/PATH or saelens:RELEASE/SAE_ID)"
+            )
+        return self
+
+    @classmethod
+    def check_file_values(cls, values: Mapping[str, Any], config_file: str | Path) -> None:
+        """A flat name and its section's table setting the same field is refused, naming both."""
+        names = flat_run_names()
+        for flat in [k for k in values if k in names]:
+            section_name, field_name = names[flat]
+            table = values.get(section_name)
+            if isinstance(table, dict) and field_name in table:
+                raise ConfigError(
+                    f"config file {config_file}: {flat} is set twice, {flat} = {values[flat]!r} in [run] and "
+                    f"{field_name} = {table[field_name]!r} in [run.{section_name}]; keep one"
+                )
+
+    @classmethod
+    def known_names(cls, loc: tuple[Any, ...]) -> dict[str, str]:
+        """In a section its fields; at top level the flat names, also reached by their field's name
+        (``tokns`` -> ``train_tokens``)."""
+        if len(loc) >= 2 and loc[0] in RUN_SECTIONS:
+            return {name: name for name in RUN_SECTIONS[str(loc[0])].model_fields}
+        flat = flat_run_names()
+        known = {field_name: name for name, (_, field_name) in flat.items()}
+        known.update({name: name for name in [*cls.model_fields, *flat]})
+        return known
 
     def circuit_layer_list(self) -> list[int]:
         """``--circuit-layers`` as sorted distinct blocks (empty when not given)."""

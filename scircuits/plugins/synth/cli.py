@@ -23,7 +23,13 @@ def synth() -> None:
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the weights and the data order."
 )
-@click.option("--steps", type=int, default=6000, show_default=True, help="Optimizer steps per attempt.")
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=6000,
+    show_default=True,
+    help="Optimizer steps per attempt.",
+)
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Problems per step.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW, cosine).")
 @click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
