@@ -151,3 +151,19 @@ def test_an_unknown_setting_names_the_closest_one(build, needle):
     assert needle in str(err.value)
     if "did you mean" in needle:
         assert "hparams" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("model", "needle"),
+    [
+        ("hf:/no/such/folder", "no such folder, and not a Hugging Face repository id"),
+        ("hf:./nosuch", "no such folder, and not a Hugging Face repository id"),
+        ("hf:{file}", "is a file: give the folder holding config.json"),
+    ],
+)
+def test_a_model_folder_that_is_missing_or_a_file_is_one_line(model, needle, tmp_path, capsys):
+    (tmp_path / "weights.bin").write_bytes(b"")
+    model = model.format(file=tmp_path / "weights.bin")
+    line = refused(["collect", "--model", model, "--limit", "4", "--out", str(tmp_path / "s.zarr")], capsys)
+    assert needle in line and model in line
+    assert not (tmp_path / "s.zarr").exists()

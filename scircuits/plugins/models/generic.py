@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from scircuits import ConfigError, HFModelAdapter, LoadedModel
@@ -38,6 +39,27 @@ def find_decoder_blocks(model: Any) -> tuple[str, dict[str, str], int]:
     )
 
 
+def check_model_source(repo_id: str) -> None:
+    """A local folder, or a name the hub could hold (ORG/NAME); a missing path or a file is refused."""
+    path = Path(repo_id).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ConfigError(
+            f"--model hf:{repo_id} is a file: give the folder holding config.json and the weights, or a "
+            "Hugging Face repository id (ORG/NAME)"
+        )
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ConfigError(
+            f"--model hf:{repo_id}: no such folder, and not a Hugging Face repository id (ORG/NAME)"
+        ) from None
+
+
 @dataclass(eq=False)
 class GenericHFAdapter(HFModelAdapter):
     name: str = "hf:"
@@ -48,6 +70,7 @@ class GenericHFAdapter(HFModelAdapter):
     def specialize(self, repo_id: str) -> GenericHFAdapter:
         if not repo_id:
             raise ConfigError("hf: needs a repository id or a folder, e.g. --model hf:EleutherAI/pythia-70m")
+        check_model_source(repo_id)
         return dataclasses.replace(
             self, name=f"hf:{repo_id}", hf_id=repo_id, description=f"{repo_id} (generic Hugging Face adapter)"
         )
