@@ -323,3 +323,25 @@ def test_each_stage_is_a_unit_in_one_ordered_list(tmp_path):
         assert not stage.complete(the_plan.run_dir, the_plan.configs[stage.name])
         if stage.Config is not None:
             assert isinstance(the_plan.configs[stage.name], stage.Config)
+
+
+@pytest.mark.parametrize("inside", ["", "causal"])
+def test_an_out_that_is_or_is_inside_a_run_directory_is_refused(tmp_path, stages, inside):
+    from scircuits.errors import ScircuitsError
+
+    run_dir = run_pipeline(config(tmp_path))
+    before = snapshot(run_dir)
+    stages.calls.clear()
+    with pytest.raises(ScircuitsError, match="the folder runs are made in: give") as caught:
+        run_pipeline(RunConfig(out=str(run_dir / inside), progress=False))
+    assert "\n" not in str(caught.value) and str(run_dir.parent) in str(caught.value)
+    assert stages.calls == [] and snapshot(run_dir) == before
+
+
+def test_a_missing_circuit_sae_is_refused_before_any_stage(tmp_path, stages):
+    from scircuits.errors import ScircuitsError
+
+    missing = str(tmp_path / "no-such-sae")
+    with pytest.raises(ScircuitsError, match=f"--circuit-sae {missing}: no such folder"):
+        run_pipeline(config(tmp_path, circuit_sae=[missing]))
+    assert stages.calls == [] and not (tmp_path / "runs").exists()

@@ -34,6 +34,7 @@ from scircuits.platform.common.artifacts import (
     ArtifactError,
     FolderLock,
     check_writable,
+    enclosing_container,
     move_aside,
     read_marker,
     remove_orphans,
@@ -183,10 +184,22 @@ def set_aside(path: Path) -> Path | None:
     return move_aside(path, recreate=False)
 
 
+def check_circuit_saes(the_plan: Plan, plugins: Any) -> None:
+    """Each --circuit-sae that names a local checkpoint is a folder, checked before any stage runs."""
+    circuit = the_plan.configs.get("circuit")
+    for spec in getattr(circuit, "sae", None) or []:
+        if not (is_published(spec, plugins) or str(spec).startswith(str(the_plan.run_dir))):
+            raise ConfigError(
+                f"--circuit-sae {spec}: no such folder; give a checkpoint folder of `scircuits train` (or "
+                "one holding one per site), hf:REPO/PATH or saelens:RELEASE/SAE_ID"
+            )
+
+
 def validate_settings(the_plan: Plan, plugins: Any, adapter: Any, d_model: int) -> None:
     """Every setting that can be checked without the weights, before the run directory is touched:
     plugin names, SAE hyperparameters against the variant, the ablation, top-k against d_sae
     (``d_model``: the model's width, 0 when unknown)."""
+    check_circuit_saes(the_plan, plugins)
     train_config, ablate_config = the_plan.configs.get("train"), the_plan.configs.get("ablate")
     d_sae = None
     if train_config is not None:
@@ -217,6 +230,22 @@ RUN_ENTRIES = frozenset(
     {stage.artifact_name for stage in STAGES}
     | {STATE_FILE, REPORT_MD, REPORT_HTML, "figures", "dashboard", EVALUATION_STORE, MARKER_FILE, LOCK_FILE}
 )
+
+
+def check_out_holds_runs(out: str) -> None:
+    """--out is the folder runs are made in: a run directory (or a folder inside one) is refused, since
+    the new run would be nested in it."""
+    folder = Path(out)
+    marker = read_marker(folder) if folder.is_dir() else None
+    inside = enclosing_container(folder)
+    run_dir = folder if marker is not None and marker.kind == "run" else None
+    if run_dir is None and inside is not None and inside[1] == "run":
+        run_dir = inside[0]
+    if run_dir is not None:
+        raise ConfigError(
+            f"--out {out} is {'' if run_dir == folder else 'inside '}the run directory {run_dir}; --out is "
+            f"the folder runs are made in: give {run_dir.parent} to continue or redo that run"
+        )
 
 
 def claim_run_dir(run_dir: Path, force: bool) -> None:
@@ -308,6 +337,7 @@ def run_pipeline(config: RunConfig, plugins: Any) -> Path:
             run_pipeline(config.model_copy(update={"out": str(local.parent)}), plugins)
         say(f"published the run directory to {url}")
         return local
+    check_out_holds_runs(config.out)
     the_plan = plan(config, plugins)
     check_device(config.device, allow_auto=True)
     check_study_dtype(config.ablate.study_dtype, config.device, config.remote)
