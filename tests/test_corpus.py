@@ -254,3 +254,16 @@ def test_corpus_collection_resumes_after_kill_9_to_the_same_content(tmp_path, ti
     assert np.array_equal(a.read_rows(0, a.n_tokens), b.read_rows(0, b.n_tokens))
     for name in ("token_ids", "example_ids", "positions"):
         assert np.array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_a_corpus_shorter_than_one_context_is_one_line_and_makes_no_store(tmp_path, tiny_gpt2):
+    folder, _ = tiny_gpt2
+    short = tmp_path / "short.txt"
+    short.write_text("a few words\n")
+    out = tmp_path / "store.zarr"
+    args = ["--corpus", str(short), "--layer", "2", "--out", str(out), "--no-progress"]
+    result = run_cli(*tiny_collect_args(folder, *args))
+    assert result.returncode == 2, result.stderr
+    line = one_line(result.stderr)
+    assert f"--corpus {short} gives fewer tokens than one context of --context-size" in line
+    assert not out.exists()

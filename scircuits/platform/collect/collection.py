@@ -342,6 +342,8 @@ def _run_collect(
             model_path=config.model_path, dtype=model_dtype_for(config), device=config.device
         )
     sites = resolve_sites(loaded.adapter, config, loaded.n_layers)
+    if config.corpus is not None and rank == 0:
+        check_one_context(config, loaded.tokenizer)
     if not many:
         config = config.model_copy(update={"layer": sites[0][0]})
         done = _check_existing_store(config)
@@ -356,6 +358,17 @@ def _run_collect(
             f"{config.out}: cannot write the store ({describe_os_error(exc)}); the examples already "
             "stored are kept: free space, then run the same command again to continue"
         ) from None
+
+
+def check_one_context(config: CollectConfig, tokenizer: Any) -> None:
+    """A corpus too short for one --context-size context would make an empty store: refused first."""
+    packing = corpus_source.Packing.for_tokenizer(tokenizer, config.context_size)
+    packed = corpus_source.contexts(corpus_spec(config), tokenizer, packing, config.seed, limit=1)
+    if next(packed, None) is None:
+        raise ConfigError(
+            f"--corpus {config.corpus} gives fewer tokens than one context of --context-size "
+            f"{config.context_size}: give a longer corpus or a smaller --context-size"
+        )
 
 
 def _prepare_collection(config: CollectConfig, world: int, sites: list[SiteKey] | None) -> None:
