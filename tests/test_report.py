@@ -354,8 +354,18 @@ def test_report_will_not_overwrite_the_report_of_other_runs(tmp_path, capsys):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "report.md").write_text("my notes")
     line = report_refused(["report", str(a), "--out", str(tmp_path / "mine")], capsys)
-    assert "files scircuits did not write (report.md...)" in line
+    assert "files scircuits did not write (report.md...)" in line and "--force" in line
     assert (tmp_path / "mine" / "report.md").read_text() == "my notes"
+    main(["report", str(b), "--out", str(out), "--force"])  # the report of other runs, moved aside
+    main(["report", str(a), "--out", str(tmp_path / "mine"), "--force"])  # the user's files, moved aside
+    assert (out / "report.md").read_text().startswith("# scircuits: pythia-1.4b")
+    [aside] = tmp_path.glob("out.superseded-*")
+    assert (aside / "report.md").read_text().startswith("# scircuits: gpt2-medium")
+    [mine] = tmp_path.glob("mine.superseded-*")
+    assert (mine / "report.md").read_text() == "my notes"
+    assert (tmp_path / "mine" / "report.md").read_text().startswith("# scircuits: gpt2-medium")
+    line = report_refused(["report", str(a), "--out", str(b), "--force"], capsys)  # never a run directory
+    assert "is the run directory of another run" in line
 
 
 def test_an_unmarked_report_folder_of_an_earlier_version_is_rewritten(tmp_path):

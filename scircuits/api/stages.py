@@ -270,7 +270,7 @@ def link_dashboards(results: Any, out: Path) -> None:
         try:
             n = refresh_matches_locked(site, run_dir, [out])
         except ConfigError as exc:
-            log.info(f"compare: {site} not linked ({exc})")
+            log.warning(f"warning: compare: {site} not linked ({exc})")
             continue
         log.info(f"linked {n} comparisons into {site}")
 

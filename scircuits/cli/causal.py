@@ -157,11 +157,17 @@ def run(
     type=click.Path(file_okay=False),
     help="Where to write: default the run directory (one run) or ./report (several).",
 )
-def report(run_dirs: tuple[str, ...], out: str | None) -> None:
+@click.option(
+    "--force/--no-force",
+    default=False,
+    help="Move aside (not delete) an --out holding other files or the report of other runs, instead of "
+    "refusing.",
+)
+def report(run_dirs: tuple[str, ...], out: str | None, force: bool) -> None:
     """Write report.md and a self-contained report.html for one run directory, or one comparison
     table (FVU, CE loss recovered, effects) across several."""
     from scircuits.platform.report.build import write_report
 
-    files = write_report(list(run_dirs), get_plugins(), out)
+    files = write_report(list(run_dirs), get_plugins(), out, force=force)
     for path in files[:2]:
         click.echo(str(path))

@@ -18,6 +18,7 @@ from typing import Any
 from scircuits.platform.causal.registry import analyses_of
 from scircuits.platform.causal.results import read_results, results_path
 from scircuits.platform.common.artifacts import (
+    FORCE_HINT,
     ArtifactError,
     check_can_create,
     check_writable,
@@ -26,11 +27,14 @@ from scircuits.platform.common.artifacts import (
     read_marker,
     write_marker,
 )
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.contract.analyses import Analysis
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.study import StudyResults
 from scircuits.platform.report.circuit import circuit_section
 from scircuits.platform.report.document import FIGURES_DIR, REPORT_HTML, REPORT_MD, ReportDocument, fmt
+
+log = get_logger(__name__)
 
 CAUSAL_DIR = "causal"
 
@@ -231,10 +235,13 @@ def comparison_table(
     return header, [[row.get(h, "–") for h in header] for row in columns]
 
 
-def write_report(run_dirs: Sequence[str | Path], plugins: Any, out: str | Path | None = None) -> list[Path]:
+def write_report(
+    run_dirs: Sequence[str | Path], plugins: Any, out: str | Path | None = None, force: bool = False
+) -> list[Path]:
     """Write the report of one run (into it, unless ``out``) or the comparison of several (into ``out``,
     default ``./report``); returns the files written. An ``out`` holding another run, or the report of
-    other runs, or anything else scircuits did not write there, is refused (:func:`claim_target`)."""
+    other runs, or anything else scircuits did not write there, is refused, or with ``force`` moved
+    aside (:func:`claim_target`)."""
     if not run_dirs:
         raise ConfigError("give at least one run directory")
     analyses = list(analyses_of(plugins))
@@ -242,7 +249,7 @@ def write_report(run_dirs: Sequence[str | Path], plugins: Any, out: str | Path |
     check_distinct(runs)
     if len(runs) == 1:
         run = runs[0]
-        target = claim_target(Path(out) if out is not None else run.path, runs)
+        target = claim_target(Path(out) if out is not None else run.path, runs, force)
         title = (
             f"scircuits: {run.provenance.get('model', {}).get('name')} on "
             f"{run.provenance.get('benchmark', {}).get('name')}, {run.results.site} layer {run.results.layer}"
@@ -250,7 +257,7 @@ def write_report(run_dirs: Sequence[str | Path], plugins: Any, out: str | Path |
         doc = ReportDocument(title, target / FIGURES_DIR)
         run_sections(doc, run, analyses)
         return doc.write(target, title)
-    target = claim_target(Path(out) if out is not None else Path("report"), runs)
+    target = claim_target(Path(out) if out is not None else Path("report"), runs, force)
     title = f"scircuits: comparison of {len(runs)} runs"
     doc = ReportDocument(title, target / FIGURES_DIR)
     doc.heading("Comparison")
@@ -285,10 +292,11 @@ def is_run_dir(folder: Path) -> bool:
     return (marker is not None and marker.kind == "run") or results_path(folder / CAUSAL_DIR).is_file()
 
 
-def claim_target(target: Path, runs: Sequence[RunData]) -> Path:
+def claim_target(target: Path, runs: Sequence[RunData], force: bool = False) -> Path:
     """``target`` checked writable and made the report's home: the run's own directory (one run) as it
     is; another run's directory, another artifact, or the report of other runs refused (ArtifactError);
-    a report folder of an earlier version (no marker) adopted; a new folder marked ``report``."""
+    a report folder of an earlier version (no marker) adopted; a new folder marked ``report``. With
+    ``force`` what is refused is moved aside instead (never a run directory)."""
     if len(runs) == 1 and target.resolve() == runs[0].path.resolve():
         check_writable(target)
         check_can_create(target / FIGURES_DIR)
@@ -303,8 +311,11 @@ def claim_target(target: Path, runs: Sequence[RunData]) -> Path:
         raise ArtifactError(f"--out {target} is a file, not a folder: choose another --out")
     if read_marker(target) is None and _is_report(target):
         write_marker(target, REPORT_KIND, identity)
-    refuse_other(target, identity)
-    claim(target, REPORT_KIND, identity)
+    if not force:
+        refuse_other(target, identity)
+    claimed = claim(target, REPORT_KIND, identity, force=force)
+    if claimed.moved_to is not None:
+        log.info(f"[report] --force: {target} held other files; moved them to {claimed.moved_to}")
     check_writable(target)
     check_can_create(target / FIGURES_DIR)
     return target
@@ -320,16 +331,16 @@ def refuse_other(target: Path, identity: str) -> None:
         shown = ", ".join(sorted(p.name for p in target.iterdir())[:3])
         raise ArtifactError(
             f"--out {target} holds files scircuits did not write ({shown}...): it will not overwrite "
-            "them; choose another --out or move them away"
+            f"them; choose another --out, move them away, {FORCE_HINT}"
         )
     if marker.kind != REPORT_KIND:
         raise ArtifactError(
-            f"--out {target} holds a {marker.kind} artifact, not a report: choose another --out"
+            f"--out {target} holds a {marker.kind} artifact, not a report: choose another --out, {FORCE_HINT}"
         )
     if marker.identity != identity:
         raise ArtifactError(
             f"--out {target} holds the report of other runs ({', '.join(report_runs(marker.identity))}): "
-            "choose another --out, or move it away"
+            f"choose another --out, {FORCE_HINT}"
         )
 
 
