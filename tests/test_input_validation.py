@@ -159,6 +159,7 @@ def test_an_unknown_setting_names_the_closest_one(build, needle):
         ("hf:/no/such/folder", "no such folder, and not a Hugging Face repository id"),
         ("hf:./nosuch", "no such folder, and not a Hugging Face repository id"),
         ("hf:{file}", "is a file: give the folder holding config.json"),
+        ("hf:", "hf: needs a repository id or a folder"),
     ],
 )
 def test_a_model_folder_that_is_missing_or_a_file_is_one_line(model, needle, tmp_path, capsys):

@@ -80,7 +80,12 @@ class Registry(Generic[T]):
                 "SCIRCUITS_LOAD_PLUGINS."
             )
         if name in self._items:
-            return self._items[name]
+            handler = self._items[name]
+            if name.endswith(":") and hasattr(handler, "specialize"):
+                return handler.specialize(
+                    ""
+                )  # a prefix alone ("hf:") names nothing: its handler says what to give
+            return handler
         if ":" in name:
             prefix = name.split(":", 1)[0] + ":"
             handler = self._items.get(prefix)
