@@ -168,3 +168,24 @@ def test_a_model_folder_that_is_missing_or_a_file_is_one_line(model, needle, tmp
     line = refused(["collect", "--model", model, "--limit", "4", "--out", str(tmp_path / "s.zarr")], capsys)
     assert needle in line and model in line
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_folder_without_sae_weights_says_what_it_holds(tmp_path):
+    from scircuits.errors import DataFormatError
+    from scircuits.platform.train.checkpoint import WEIGHTS_FILE, read_saelens_folder
+    from scircuits.store import ActivationStoreWriter
+
+    attrs = {"source": "imported", "model": "m", "model_id": "m", "model_revision": "r", "layer": 0}
+    attrs |= {"site": "resid", "data_source": {"kind": "benchmark", "benchmark": "b", "split": "test"}}
+    store = tmp_path / "acts.zarr"
+    with ActivationStoreWriter.open(store, attrs, d_model=4, dtype="float32") as writer:
+        writer.append_example(0, [1, 2], [[0.0] * 4, [1.0] * 4])
+    with pytest.raises(DataFormatError, match="it is an activation store"):
+        read_saelens_folder(store)
+    sites = tmp_path / "saes"
+    for name in ("layers.3", "layers.9"):
+        (sites / name).mkdir(parents=True)
+        (sites / name / WEIGHTS_FILE).write_bytes(b"")
+    held = r"it holds SAE checkpoints \(layers\.3, layers\.9\): give one of them"
+    with pytest.raises(DataFormatError, match=held):
+        read_saelens_folder(sites)

@@ -269,6 +269,17 @@ def load_sae(
     return sae, info
 
 
+def folder_hint(root: Path) -> str:
+    """What a folder without weights holds instead: an activation store, or SAE checkpoints inside it."""
+    if (root / "zarr.json").is_file() or (root / "acts").is_dir():
+        return ": it is an activation store (give it to `scircuits train --store`), not an SAE"
+    inner = sorted(p.name for p in root.iterdir() if (p / WEIGHTS_FILE).is_file()) if root.is_dir() else []
+    if inner:
+        shown = ", ".join(inner[:4]) + (" ..." if len(inner) > 4 else "")
+        return f"; it holds SAE checkpoints ({shown}): give one of them, e.g. {root / inner[0]}"
+    return ""
+
+
 def read_saelens_folder(
     root: Path,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor], list[Path]]:
@@ -285,7 +296,7 @@ def read_saelens_folder(
                 "safetensors (convert it with safetensors.torch.save_file)"
             )
             if pickles
-            else ""
+            else folder_hint(root)
         )
         raise DataFormatError(f"SAE checkpoint {root} has no {WEIGHTS_FILE}{hint}")
     cfg = read_json(root / CFG_FILE)
