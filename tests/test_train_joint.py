@@ -157,6 +157,9 @@ def test_a_subset_of_sites_and_a_rerun_that_skips_what_is_done(collection, joint
         (["--sites", "attn"], "has no site attn; its sites: mlp0, resid0, mlp2, resid2"),
         (["--layers", "1"], "has no layer 1; its sites"),
         (["--layers", "x"], "--layers: give comma-separated block numbers"),
+        (["--layers", "2,2"], "--layers 2,2: give each once"),
+        (["--sites", "mlp,mlp"], "--sites mlp,mlp: give each once"),
+        (["--layers", ","], "--layers ',': give one or more"),
     ],
 )
 def test_sites_not_collected_are_refused_listing_those_that_exist(collection, tmp_path, args, needle):

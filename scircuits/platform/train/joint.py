@@ -63,12 +63,19 @@ class SiteStore:
         return tl_hook_name(self.layer, self.site)
 
 
-def _wanted(text: str | None) -> list[str] | None:
-    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+def _wanted(text: str | None, flag: str = "--sites") -> list[str] | None:
+    if text is None:
+        return None
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise ConfigError(f"{flag} {text!r}: give one or more, comma-separated")
+    if len(set(parts)) < len(parts):
+        raise ConfigError(f"{flag} {text}: give each once")
+    return parts
 
 
 def _layers(text: str | None) -> list[int] | None:
-    parts = _wanted(text)
+    parts = _wanted(text, "--layers")
     if parts is None:
         return None
     try:
