@@ -172,7 +172,7 @@ def test_wrong_tensor_shapes_are_reported(tmp_path):
     cfg = json.loads((tmp_path / CFG_FILE).read_text())
     cfg["d_sae"] = D_SAE + 1
     (tmp_path / CFG_FILE).write_text(json.dumps(cfg))
-    with pytest.raises(DataFormatError, match="shape"):
+    with pytest.raises(DataFormatError, match=rf"the weights do not match .*d_sae {D_SAE + 1}\).*shape"):
         load_sae(tmp_path, get_plugins())
 
 

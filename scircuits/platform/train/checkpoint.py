@@ -344,7 +344,9 @@ def build_sae(
     try:
         sae.load_saelens_tensors(tensors)
     except ValueError as exc:
-        raise DataFormatError(f"{where}: {exc}") from None
+        raise DataFormatError(
+            f"the weights do not match {where} (d_in {cfg['d_in']}, d_sae {cfg['d_sae']}): {exc}"
+        ) from None
     if cfg.get("apply_b_dec_to_input") is False:
         # Our modules always subtract b_dec before encoding; compensate through the encoder biases.
         with torch.no_grad():
