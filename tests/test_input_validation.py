@@ -142,7 +142,7 @@ def test_a_setting_given_twice_in_a_run_file_is_refused(tmp_path):
         (lambda: TrainConfig(expnsion=4), "unknown setting 'expnsion'; did you mean 'expansion'?"),
         (lambda: TrainConfig(tokns=2000), "unknown setting 'tokns'; did you mean 'tokens'?"),
         (lambda: RunConfig(tokns=2000), "unknown setting 'tokns'; did you mean 'train_tokens'?"),
-        (lambda: TrainConfig(k=32), "SAE hyperparameters go in hparams: `hparams = {k = 32}`"),
+        (lambda: TrainConfig(k=32), "it goes in hparams: `hparams = {k = 32}`"),
     ],
 )
 def test_an_unknown_setting_names_the_closest_one(build, needle):

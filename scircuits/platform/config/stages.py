@@ -39,7 +39,7 @@ from pydantic import (
 from pydantic_core import PydanticUndefined
 
 from scircuits.platform.config.files import read_config_file
-from scircuits.platform.contract.errors import ConfigError, ScircuitsError
+from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.options import describe_validation_error
 from scircuits.store.remote import is_url
 
@@ -70,17 +70,6 @@ def check_tables(cls: type[StageConfig], data: Mapping[str, Any], config_file: s
         hint = f"; did you mean [{close[0]}]?" if close else ""
         known = ", ".join(f"[{t}]" for t in STAGE_TABLES)
         raise ConfigError(f"config file {config_file}: unknown table [{name}]{hint} (tables: {known})")
-
-
-def sae_hyperparameter_names() -> set[str]:
-    """The hyperparameter names of every registered SAE variant."""
-    from scircuits.platform.manager.plugin_set import get_plugins
-
-    try:
-        registry = get_plugins().saes
-        return {n for name in registry.names() for n in registry.get(name).Hyperparameters.model_fields}
-    except ScircuitsError:  # a broken plugin set: no hint rather than another error
-        return set()
 
 
 def counts(example: str) -> AfterValidator:
@@ -217,7 +206,7 @@ class StageConfig(BaseModel):
     @classmethod
     def unknown_setting(cls, loc: tuple[Any, ...], values: Mapping[str, Any]) -> str:
         """``unknown setting 'expnsion'; did you mean 'expansion'?``, or where an SAE hyperparameter
-        goes when the name is one."""
+        goes."""
         key = str(loc[-1]) if loc else "?"
         where = ".".join(map(str, loc))
         message = f"unknown setting {where!r}"
@@ -225,11 +214,11 @@ class StageConfig(BaseModel):
         close = difflib.get_close_matches(key, list(known), n=1)
         if close:
             return f"{message}; did you mean {known[close[0]]!r}?"
-        if "hparams" in cls.model_fields and key in sae_hyperparameter_names():
+        if "hparams" in cls.model_fields:  # the variants' own names are known to the plugins, not here
             value = values.get(key)
             return (
-                f"{message}: SAE hyperparameters go in hparams: `hparams = {{{key} = {value!r}}}` in the "
-                f"config file, or --sae-option {key}={value}"
+                f"{message}; if it is an SAE hyperparameter (`scircuits saes`), it goes in hparams: "
+                f"`hparams = {{{key} = {value!r}}}` in the config file, or --sae-option {key}={value}"
             )
         return f"{message}; see `scircuits {cls.stage} --help` for the settings"
 
