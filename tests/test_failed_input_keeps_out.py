@@ -4,7 +4,6 @@ redoes a stage whose folder still holds its lock file."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -14,19 +13,12 @@ import pytest
 from scircuits.cli import main
 from scircuits.platform.common import artifacts
 from tests.dashboard_run import tiny_run
+from tests.test_write_path import snapshot
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     return tiny_run(tmp_path_factory)
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != artifacts.LOCK_FILE
-    }
 
 
 def refused(capsys, argv: list[str], needle: str) -> None:

@@ -24,11 +24,7 @@ def synth() -> None:
     "--seed", type=int, default=0, show_default=True, help="Seed of the weights and the data order."
 )
 @click.option(
-    "--steps",
-    type=click.IntRange(min=1),
-    default=6000,
-    show_default=True,
-    help="Optimizer steps per attempt.",
+    "--steps", type=click.IntRange(1), default=6000, show_default=True, help="Optimizer steps per attempt."
 )
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Problems per step.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW, cosine).")
