@@ -251,3 +251,26 @@ def test_offline_with_nothing_cached_exits_2_naming_the_dataset_cache_and_flags(
     for part in (dataset, str(hf_home / "datasets"), "HF_DATASETS_OFFLINE", "--data PATH"):
         assert part in message, part
     assert not out.exists()
+
+
+def test_online_with_the_hub_unreachable_and_nothing_cached_fails_at_once(tmp_path, monkeypatch):
+    """`datasets` would retry the hub for about half a minute; a name that does not resolve (or no
+    connection within 3 s) is said at once, and `datasets` is not asked."""
+    import time
+
+    import datasets
+
+    from scircuits.errors import ConfigError
+
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # RFC 2606: never resolves
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("datasets was asked"))
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=r"the hub cannot be reached \(hub\.invalid: .*--data PATH"):
+        GSM8KBenchmark().examples()
+    assert time.monotonic() - start < 20  # against about 30 s of retries

@@ -10,9 +10,11 @@ ConfigError naming the dataset, the cache, ``HF_DATASETS_OFFLINE`` and ``--data 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 from scircuits import ConfigError
 
@@ -62,7 +64,25 @@ def offline() -> bool:
 def clearly_not_cached(source: HubDataset) -> bool:
     """Offline, a hub dataset of which neither cache holds anything under its name: `datasets` could
     only fail, so fail without importing it (fast). Any doubt leaves the answer to `datasets`."""
-    if not offline() or os.path.exists(source.path):
+    return offline() and nothing_cached(source)
+
+
+def hub_unreachable() -> str | None:
+    """Why the hub cannot be reached now (its name does not resolve, or no connection within 3 s), or
+    None. Behind a proxy (``HTTPS_PROXY`` ...) the answer is left to `datasets`."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as exc:
+        return f"the hub cannot be reached ({host}: {exc.strerror or exc})"
+    return None
+
+
+def nothing_cached(source: HubDataset) -> bool:
+    """Neither cache holds anything under the dataset's name (and it is no local folder)."""
+    if os.path.exists(source.path):
         return False
     name = source.path.rsplit("/", 1)[-1].lower()
     for folder in (datasets_cache(), hub_cache()):
@@ -99,6 +119,10 @@ def hub_rows(benchmark: str, source: HubDataset, expected_data: str) -> Iterator
                 expected_data,
             )
         ) from None
+    if not offline() and nothing_cached(source):  # `datasets` would retry for half a minute first
+        unreachable = hub_unreachable()
+        if unreachable is not None:
+            raise ConfigError(_help(benchmark, source, unreachable, expected_data))
     try:
         dataset = datasets.load_dataset(source.path, source.config, split=source.split)
     except Exception as exc:  # offline with nothing cached, hub errors, unknown split: all fixed the same way
