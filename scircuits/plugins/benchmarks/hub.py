@@ -72,9 +72,11 @@ def hub_unreachable() -> str | None:
     None. Behind a proxy (``HTTPS_PROXY`` ...) the answer is left to `datasets`."""
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None
-    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
-        socket.create_connection((host, 443), timeout=3).close()
+        socket.create_connection((host, port), timeout=3).close()
     except OSError as exc:
         return f"the hub cannot be reached ({host}: {exc.strerror or exc})"
     return None
