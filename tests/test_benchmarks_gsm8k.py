@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from scircuits.platform.contract.errors import ConfigError, DataFormatError
+from scircuits.plugins.benchmarks import hub
 from scircuits.plugins.benchmarks.gsm8k import GSM8KBenchmark
 
 JANET_QUESTION = "Janet’s ducks lay 16 eggs per day."
@@ -154,6 +155,7 @@ def fake_datasets(load_dataset) -> types.SimpleNamespace:
 
 def test_without_data_the_hub_dataset_is_read_through_datasets(bench, monkeypatch):
     monkeypatch.delenv("HF_DATASETS_OFFLINE")  # the library is faked: let it "reach the hub"
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: None)  # and the hub's probe with it
     calls = []
 
     def load_dataset(name, config, split):
@@ -169,7 +171,9 @@ def test_without_data_the_hub_dataset_is_read_through_datasets(bench, monkeypatc
 
 
 def test_an_unreachable_hub_is_a_config_error(bench, monkeypatch):
+    """Past the probe (a hub that answers it), `datasets`' own failure is the one line."""
     monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: None)
 
     def load_dataset(name, config, split):
         raise ConnectionError("offline")
