@@ -393,3 +393,38 @@ def test_an_unfinished_version_1_store_is_read_but_not_appended_to(tmp_path):
         NotAStoreError, match=r"format_version 1 was written by an older scircuits.*not appended"
     ):
         ActivationStoreWriter.open(path, attrs, d_model=D, chunk_rows=8)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "bfloat16"])
+def test_chunks_written_as_files_are_the_files_zarr_writes(tmp_path, monkeypatch, dtype):
+    """An uncompressed local store skips zarr's codec pipeline (zarr_internals.raw_chunk_writer): the
+    store it leaves is the store zarr's own writes leave, file for file and byte for byte."""
+    from scircuits.store import zarr_internals
+
+    def write(path):
+        with ActivationStoreWriter.open(path, synthetic_attrs(), d_model=D, chunk_rows=8, dtype=dtype) as w:
+            for i in range(9):
+                w.append_example(i, *synthetic_example(i, D, max_tokens=12))
+                if i == 4:
+                    w.flush()  # a partial chunk, padded, then rewritten whole
+
+    write(tmp_path / "raw.zarr")
+    calls = []
+    real = zarr_internals.raw_chunk_writer
+    monkeypatch.setattr(zarr_internals, "raw_chunk_writer", lambda a: calls.append(real(a)))
+    write(tmp_path / "zarr.zarr")
+    assert len(calls) == 4 and all(calls)  # the same arrays would have had raw writers: none used
+
+    def files(root):
+        return {
+            str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "zarr.json" and not p.name.startswith(".")
+        }
+
+    raw, through_zarr = files(tmp_path / "raw.zarr"), files(tmp_path / "zarr.zarr")
+    assert len(raw) > 4 and raw == through_zarr
+    np.testing.assert_array_equal(
+        ActivationStore(tmp_path / "raw.zarr").read_rows(0, 40),
+        ActivationStore(tmp_path / "zarr.zarr").read_rows(0, 40),
+    )

@@ -89,6 +89,8 @@ class ActivationStoreWriter:
             return
         acts = self._arrays[ACTS]
         self.chunk_rows = int(acts.chunks[0])
+        raw = {name: zarr_internals.raw_chunk_writer(a) for name, a in self._arrays.items()}
+        self._raw_writers = raw if all(w is not None for w in raw.values()) else None
         # A kill while growing the arrays can leave them of different lengths: use the shortest.
         self._capacity = min(int(a.shape[0]) for a in self._arrays.values())
         short = [n for n, a in self._arrays.items() if a.shape[0] < self._recorded_tokens]
@@ -103,6 +105,7 @@ class ActivationStoreWriter:
         self._spare: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
         self._buf_acts = np.zeros((self.chunk_rows, self.d_model), dtype=storage_dtype(self.dtype))
         self._buf_ids = {name: np.zeros(self.chunk_rows, dtype=ID_DTYPE) for name in ID_ARRAYS}
+        self._positions = np.arange(1024, dtype=ID_DTYPE)  # sliced for each example's positions
         self._buf_start = (self._recorded_tokens // self.chunk_rows) * self.chunk_rows
         self._buf_fill = self._recorded_tokens - self._buf_start
         if self._buf_fill:  # the recorded rows of the chunk that resumes
@@ -256,24 +259,22 @@ class ActivationStoreWriter:
         if not 0 <= int(example_index) <= np.iinfo(ID_DTYPE).max:
             raise StoreError(f"example index {example_index} is not a non-negative int32")
         stored = self._checked_rows(int(example_index), rows)
-        token_ids32 = tokens.astype(ID_DTYPE)
-        if not np.array_equal(token_ids32, tokens):
+        token_ids32 = tokens.astype(ID_DTYPE, copy=False)
+        if tokens.dtype != ID_DTYPE and not np.array_equal(token_ids32, tokens):
             raise StoreError(f"example {example_index}: token ids do not fit int32")
-        columns = {
-            "token_ids": token_ids32,
-            "example_ids": np.full(n, example_index, dtype=ID_DTYPE),
-            "positions": np.arange(n, dtype=ID_DTYPE),
-        }
+        if n > self._positions.shape[0]:
+            self._positions = np.arange(max(n, 2 * self._positions.shape[0]), dtype=ID_DTYPE)
         self._n_tokens += n
         self._n_examples += 1
         self._pending.append((self._n_tokens, self._n_examples))
         done = 0
         while done < n:
             take = min(self.chunk_rows - self._buf_fill, n - done)
-            stop = self._buf_fill + take
-            self._buf_acts[self._buf_fill : stop] = stored[done : done + take]
-            for name, values in columns.items():
-                self._buf_ids[name][self._buf_fill : stop] = values[done : done + take]
+            fill, stop = self._buf_fill, self._buf_fill + take
+            self._buf_acts[fill:stop] = stored[done : done + take]
+            self._buf_ids["token_ids"][fill:stop] = token_ids32[done : done + take]
+            self._buf_ids["example_ids"][fill:stop] = example_index
+            self._buf_ids["positions"][fill:stop] = self._positions[done : done + take]
             self._buf_fill = stop
             done += take
             if self._buf_fill == self.chunk_rows:
@@ -353,9 +354,10 @@ class ActivationStoreWriter:
     def _write_buffer(self, *, wait: bool) -> None:
         """Write the buffered chunk (zero-padded when partial), then record the progress it covers.
 
-        The four chunk writes and the progress update run in one trip to zarr's event loop, the
-        update only after every write has finished. Without ``wait`` the trip runs on a background
-        thread while the caller fills the other buffer; at most one write is in flight.
+        The four chunk writes, then the progress update, once every write has finished: written as
+        files directly for an uncompressed local store (``zarr_internals.raw_chunk_writer``), else
+        in one trip to zarr's event loop. Without ``wait`` they run on a background thread while
+        the caller fills the other buffer; at most one write is in flight.
         """
         start, stop = self._buf_start, self._buf_start + self.chunk_rows
         if self._buf_fill < self.chunk_rows:
@@ -368,23 +370,34 @@ class ActivationStoreWriter:
         progress = self._progress_after(self._buf_start + self._buf_fill)
         arrays, group = self._arrays, self._group
 
+        raw = self._raw_writers
+
         async def write_then_record() -> Any:
-            await asyncio.gather(
-                *(
-                    zarr_internals.set_rows(arrays[name], start, stop, values)
-                    for name, values in columns.items()
+            if raw is None:
+                await asyncio.gather(
+                    *(
+                        zarr_internals.set_rows(arrays[name], start, stop, values)
+                        for name, values in columns.items()
+                    )
                 )
-            )
             if progress is None:
                 return group
             return await zarr_internals.replace_attributes(group, _progress_attrs(group, progress))
 
+        def task() -> Any:
+            if raw is not None:
+                for name, values in columns.items():
+                    raw[name](start // self.chunk_rows, values)
+                if progress is None:
+                    return group
+            return zarr_internals.run(write_then_record())
+
         if wait:
-            self._finish(zarr_internals.run(write_then_record()), progress)
+            self._finish(task(), progress)
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scircuits-store-writer")
-        self._inflight = self._executor.submit(zarr_internals.run, write_then_record())
+        self._inflight = self._executor.submit(task)
         self._inflight_progress = progress
 
     def _wait(self) -> None:
