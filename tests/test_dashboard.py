@@ -307,7 +307,11 @@ def test_a_truncated_compare_file_and_a_compare_folder_as_circuit_fail_in_one_li
     cmp.mkdir()
     (cmp / "results.json").write_text('{"format": "scircuits.compare",\n "runs": [')
     line = dashboard_refused([str(run), "--out", str(tmp_path / "site"), "--compare", str(cmp)], capsys)
-    assert "results.json is not valid JSON, line 2" in line and "validation error" not in line
+    assert (
+        "results.json, line 2: not valid JSON" in line
+        and "rerun `scircuits compare`" in line
+        and "validation error" not in line
+    )
     write_marker(cmp, "compare", "compare")
     line = dashboard_refused([str(run), "--out", str(tmp_path / "site"), "--circuit", str(cmp)], capsys)
     assert f"--circuit {cmp} holds a compare artifact, not a circuit" in line

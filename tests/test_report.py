@@ -382,7 +382,7 @@ def test_a_run_given_twice_and_a_causal_folder_are_refused(tmp_path, capsys):
     line = report_refused(
         ["report", str(a), str(tmp_path / "." / a.name), "--out", str(tmp_path / "x")], capsys
     )
-    assert "is given twice; a comparison needs different runs" in line
+    assert "is given twice; report needs different runs" in line
     assert not (tmp_path / "x").exists()
     line = report_refused(["report", str(a / "causal")], capsys)
     assert f"is the causal folder of the run {a}" in line and f"scircuits report {a}" in line

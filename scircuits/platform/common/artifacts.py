@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scircuits.errors import ScircuitsError
+from scircuits.errors import ConfigError, ScircuitsError
 from scircuits.files import Flock, tmp_name, write_atomic
 from scircuits.store.remote import pid_alive
 
@@ -52,6 +52,16 @@ class Marker:
 
     def to_json(self) -> dict[str, str]:
         return {"kind": self.kind, "identity": self.identity, "created": self.created}
+
+
+def check_distinct(paths: Sequence[str | Path], command: str) -> None:
+    """ConfigError when one folder is given twice (compared by resolved path) to ``command``."""
+    seen: set[Path] = set()
+    for path in paths:
+        key = Path(path).expanduser().resolve()
+        if key in seen:
+            raise ConfigError(f"{path} is given twice; {command} needs different runs")
+        seen.add(key)
 
 
 def read_marker(folder: Path) -> Marker | None:

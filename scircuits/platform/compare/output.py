@@ -18,6 +18,7 @@ from pathlib import Path
 
 from scircuits.platform.common.artifacts import (
     FolderLock,
+    check_distinct,
     check_out_apart,
     claim,
     only_bookkeeping,
@@ -25,7 +26,6 @@ from scircuits.platform.common.artifacts import (
     remove_orphans,
     write_marker,
 )
-from scircuits.platform.compare.runs import check_distinct
 from scircuits.platform.compare.schema import FORMAT
 
 KIND = "compare"
@@ -47,7 +47,7 @@ def compare_folder(
     out: str | Path, run_dirs: Sequence[str | Path], force: bool, say: Callable[[str], None]
 ) -> Iterator[Path]:
     """Check, lock and claim the compare folder ``out`` for the comparison of ``run_dirs``."""
-    check_distinct(run_dirs)
+    check_distinct(run_dirs, "compare")
     runs = [Path(r) for r in run_dirs]
     folder = check_out_apart(out, read=[r / part for r in runs for part in RUN_PARTS], holds=runs)
     existed = folder.exists()

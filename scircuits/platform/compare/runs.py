@@ -4,7 +4,6 @@ has not finished is read from its SAE's record (no causal agreement then)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,16 +14,6 @@ from scircuits.platform.compare import internals
 log = get_logger(__name__)
 
 RESULTS = Path("causal") / "results.json"
-
-
-def check_distinct(paths: Sequence[str | Path]) -> None:
-    """A user error when one run directory is given twice (compared by resolved path)."""
-    seen: set[Path] = set()
-    for path in paths:
-        key = Path(path).expanduser().resolve()
-        if key in seen:
-            raise internals.config_error(f"{path} is given twice; compare needs different runs")
-        seen.add(key)
 
 
 @dataclass

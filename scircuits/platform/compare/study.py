@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from scircuits.files import write_atomic
+from scircuits.platform.common.artifacts import check_distinct
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.compare import internals
 from scircuits.platform.compare.causal_agreement import (
@@ -35,7 +36,7 @@ from scircuits.platform.compare.matching import (
     hungarian_matches,
     max_matches,
 )
-from scircuits.platform.compare.runs import Run, check_distinct, read_run
+from scircuits.platform.compare.runs import Run, read_run
 from scircuits.platform.compare.schema import (
     CompareResults,
     Comparison,
@@ -513,7 +514,7 @@ def compare_runs(paths: list[str | Path], options: CompareOptions, plugins: Plug
     core = internals.Core(plugins)
     if len(paths) < 2:
         raise internals.config_error("compare needs at least two run directories")
-    check_distinct(paths)
+    check_distinct(paths, "compare")
     runs = [read_run(p, plugins) for p in paths]
     index_pairs = list(itertools.combinations(range(len(runs)), 2))
     for i, j in index_pairs:

@@ -44,12 +44,18 @@ def load_file(path: str | Path, what: str = "") -> Any:
         raise ConfigError(f"{name} is not UTF-8 text (a binary file?); give a JSON file") from None
     except OSError as exc:
         raise ConfigError(f"{name} cannot be read ({exc.strerror or exc})") from None
+    return parse_text(text, name)
+
+
+def parse_text(text: str, name: str, fix: str = "give a file scircuits wrote") -> Any:
+    """The JSON value of ``text`` (the content of the file called ``name``); ConfigError, in one
+    line naming the line where it stops being JSON and ending with ``fix``, when it is not JSON."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{name}, line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        raise ConfigError(f"{name}, line {exc.lineno}: not valid JSON ({exc.msg}); {fix}") from None
     except RecursionError:
-        raise ConfigError(f"{name}: JSON nested too deeply to read; give a file scircuits wrote") from None
+        raise ConfigError(f"{name}: JSON nested too deeply to read; {fix}") from None
 
 
 def validate_nulls_as_nan(model: Any, data: Any) -> Any:

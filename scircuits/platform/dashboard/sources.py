@@ -18,7 +18,6 @@ internals; re-point these functions when the core moves:
 
 from __future__ import annotations
 
-import json
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from scircuits.platform.compare.schema import FORMAT as COMPARE_FORMAT
 from scircuits.platform.compare.schema import CompareResults
 from scircuits.platform.config import CollectConfig
 from scircuits.platform.contract.errors import ConfigError
-from scircuits.platform.contract.jsonvalues import load_file
+from scircuits.platform.contract.jsonvalues import load_file, parse_text
 from scircuits.platform.model.splice import SplitModel
 from scircuits.platform.train.checkpoint import WEIGHTS_FILE
 from scircuits.platform.train.checkpoint import load_sae as load
@@ -241,18 +240,6 @@ def not_of_kind(folder: Path, kind: str, option: str, writer: str) -> None:
         )
 
 
-def check_json(path: Path, text: str, command: str) -> None:
-    """ConfigError naming where ``text`` (the content of ``path``) stops being JSON."""
-    try:
-        json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path} is not valid JSON, line {exc.lineno}: {exc.msg}; rerun `scircuits {command}`"
-        ) from None
-    except RecursionError:
-        raise ConfigError(f"{path} is nested too deeply to read; rerun `scircuits {command}`") from None
-
-
 def read_comparison(compare_dir: str | Path) -> CompareResults:
     """The results of a ``scircuits compare --out DIR`` folder; ConfigError naming what is wrong."""
     path = Path(compare_dir) / COMPARE_RESULTS
@@ -260,7 +247,7 @@ def read_comparison(compare_dir: str | Path) -> CompareResults:
     if not path.is_file():
         raise ConfigError(f"{path} is missing: give the --out folder of `scircuits compare`")
     text = path.read_text()
-    check_json(path, text, "compare")
+    parse_text(text, str(path), "rerun `scircuits compare`")
     try:
         results = CompareResults.model_validate_json(text)
     except (ValidationError, ValueError) as exc:
@@ -304,7 +291,9 @@ def read_circuit_for(folder: Path, inputs: RunInputs) -> CircuitResults:
     writes it); ConfigError when it is not a circuit's or not of the run's model."""
     lock = read_lock(folder, "circuit results")
     try:
-        check_json(folder / CIRCUIT_RESULTS, (folder / CIRCUIT_RESULTS).read_text(), "circuit")
+        parse_text(
+            (folder / CIRCUIT_RESULTS).read_text(), str(folder / CIRCUIT_RESULTS), "rerun `scircuits circuit`"
+        )
         results = read_circuit(folder)
     except (ValidationError, ValueError) as exc:
         first = str(exc).splitlines()[0]

@@ -21,6 +21,7 @@ from scircuits.platform.common.artifacts import (
     FORCE_HINT,
     ArtifactError,
     check_can_create,
+    check_distinct,
     check_writable,
     claim,
     only_bookkeeping,
@@ -246,7 +247,7 @@ def write_report(
         raise ConfigError("give at least one run directory")
     analyses = list(analyses_of(plugins))
     runs = [load_run(d, analyses) for d in run_dirs]
-    check_distinct(runs)
+    check_distinct([run.path for run in runs], "report")
     if len(runs) == 1:
         run = runs[0]
         target = claim_target(Path(out) if out is not None else run.path, runs, force)
@@ -272,14 +273,6 @@ def write_report(
         doc.figure_prefix = f"{run.name}__"
         run_sections(doc, run, analyses, level=3)
     return doc.write(target, title)
-
-
-def check_distinct(runs: Sequence[RunData]) -> None:
-    seen: set[Path] = set()
-    for run in runs:
-        if run.path.resolve() in seen:
-            raise ConfigError(f"{run.path} is given twice; a comparison needs different runs")
-        seen.add(run.path.resolve())
 
 
 def report_identity(runs: Sequence[RunData]) -> str:
