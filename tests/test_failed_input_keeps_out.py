@@ -123,3 +123,18 @@ def test_run_redoes_a_stage_whose_folder_holds_its_lock_file(run, tmp_path):
     assert snapshot(aside) == before
     assert json.loads((copy / "causal" / "results.json").read_text())["config"]["top_k"] == [1]
     assert not list(copy.glob("sae.superseded-*"))  # train's settings did not change
+
+
+def test_run_trains_for_whole_epochs_with_train_epochs(run, tmp_path):
+    """`run --train-epochs N` trains N passes over the collected training split (it was refused)."""
+    out = tmp_path / "runs"
+    shutil.copytree(run.parent, out)
+    copy = out / run.name
+    argv = ["run", "--model", model_of(run), "--layer", "2", "--limit", "12", "--collect-limit", "40"]
+    argv += ["--train-epochs", "2", "--train-batch-size", "512", "--expansion", "2", "--top-k", "1"]
+    main([*argv, "--random-controls", "2", "--exact-top", "3", "--out", str(out), "--no-progress"])
+    meta = json.loads((copy / "sae" / "scircuits.json").read_text())
+    assert meta["train_config"]["epochs"] == 2 and meta["train_config"]["tokens"] is None
+    assert list(copy.glob("sae.superseded-*"))  # the token-trained SAE moved aside, not overwritten
+    per_pass = meta["token_exclusion"]["rows"] // 512  # whole batches of the training rows
+    assert per_pass >= 2 and meta["steps"] == 2 * per_pass and meta["tokens"] == 2 * per_pass * 512, meta

@@ -64,8 +64,9 @@ def test_conflicting_settings_are_refused():
         CollectConfig(corpus="c.jsonl", benchmark="gsm8k")
     with pytest.raises(ConfigError, match=r"--corpus c.jsonl and --data/--option"):
         CollectConfig(corpus="c.jsonl", benchmark_options={"data": "/nonexistent"})
-    with pytest.raises(ConfigError, match=r"--train-epochs 1: `scircuits run` trains for --train-tokens"):
-        RunConfig(train_epochs=1)
+    with pytest.raises(ConfigError, match=r"--train-tokens 5000 and --train-epochs 1: give one"):
+        RunConfig(train_epochs=1, train_tokens=5000)
+    assert (RunConfig(train_epochs=1).train.tokens, RunConfig().train.tokens) == (None, 1_200_000)
     assert CollectConfig(layer=3, layers="3,6").site_list() == [(3, "resid"), (6, "resid")]
 
 

@@ -864,11 +864,13 @@ class RunConfig(StageConfig):
 
     @model_validator(mode="after")
     def trains_by_tokens_on_a_known_sae(self) -> RunConfig:
-        if self.train.epochs is not None:
-            raise ConfigError(
-                f"--train-epochs {self.train.epochs}: `scircuits run` trains for --train-tokens "
-                f"(default {RunTrain.model_fields['tokens'].default}); give --train-tokens instead"
-            )
+        if self.train.epochs is not None and self.train.tokens is not None:
+            if "tokens" in self.train.model_fields_set:
+                raise ConfigError(
+                    f"--train-tokens {self.train.tokens} and --train-epochs {self.train.epochs}: give one "
+                    "(--train-tokens trains on that many tokens, --train-epochs on whole passes)"
+                )
+            self.train = self.train.model_copy(update={"tokens": None})  # epochs replace the default tokens
         sae = self.train.sae
         if sae and looks_like_path(sae) and not is_url(sae) and not Path(sae).is_dir():
             raise ConfigError(

@@ -171,7 +171,7 @@ class TrainStage(Stage):
 
     def configure(self, run: RunConfig, context: PlanContext) -> TrainConfig:
         settings = run.train.model_dump()
-        if settings["warmup_steps"] is None:
+        if settings["warmup_steps"] is None and settings["tokens"] is not None:  # else train resolves it
             settings["warmup_steps"] = min(100, max(1, settings["tokens"] // settings["batch_size"] // 10))
         return TrainConfig(
             **settings,
