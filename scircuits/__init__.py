@@ -92,6 +92,13 @@ if TYPE_CHECKING:
     )
     from scircuits.platform.contract.hf_loading import WeightsSource
     from scircuits.platform.contract.hookspecs import hookimpl
+    from scircuits.platform.contract.hub_datasets import (
+        datasets_cache,
+        hub_cache,
+        hub_nothing_cached,
+        hub_offline,
+        hub_unreachable,
+    )
     from scircuits.platform.contract.models import (
         HFModelAdapter,
         LoadedModel,
@@ -229,6 +236,11 @@ _LAZY: dict[str, tuple[str, str]] = {
     "fit_logistic": ("scircuits.platform.groundtruth.scoring", "fit_logistic"),
     "fired_counts": ("scircuits.platform.contract.sae_module", "fired_counts"),
     "hookimpl": ("scircuits.platform.contract.hookspecs", "hookimpl"),
+    "datasets_cache": ("scircuits.platform.contract.hub_datasets", "datasets_cache"),
+    "hub_cache": ("scircuits.platform.contract.hub_datasets", "hub_cache"),
+    "hub_nothing_cached": ("scircuits.platform.contract.hub_datasets", "hub_nothing_cached"),
+    "hub_offline": ("scircuits.platform.contract.hub_datasets", "hub_offline"),
+    "hub_unreachable": ("scircuits.platform.contract.hub_datasets", "hub_unreachable"),
     "load_comparison": ("scircuits.api.stages", "load_comparison"),
     "load_run": ("scircuits.api.stages", "load_run"),
     "load_study": ("scircuits.api.stages", "load_study"),
@@ -363,6 +375,7 @@ __all__ = [
     "collect",
     "compare",
     "dashboard",
+    "datasets_cache",
     "describe_validation_error",
     "encoder_product",
     "feature_recovery",
@@ -370,6 +383,10 @@ __all__ = [
     "fired_counts",
     "fit_logistic",
     "hookimpl",
+    "hub_cache",
+    "hub_nothing_cached",
+    "hub_offline",
+    "hub_unreachable",
     "load_comparison",
     "load_run",
     "load_sae",

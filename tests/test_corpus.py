@@ -166,6 +166,24 @@ def test_offline_missing_dataset_is_one_line_naming_id_cache_flag_and_data(tmp_p
     assert not (tmp_path / "o").exists()
 
 
+def test_online_with_the_hub_unreachable_a_hub_corpus_fails_at_once(tmp_path, tiny_gpt2):
+    """`datasets` would retry the hub for about half a minute first; the probe says it at once."""
+    folder, _ = tiny_gpt2
+    online = {"HF_DATASETS_OFFLINE": "0", "HF_HUB_OFFLINE": "0", "HF_DATASETS_CACHE": str(tmp_path / "hf")}
+    online |= {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_ENDPOINT": "https://hub.invalid"}  # RFC 2606
+    online |= dict.fromkeys(("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"), "")
+    args = tiny_collect_args(
+        folder, "--corpus", "hub:no-such-org/no-such-corpus-xyz", "--out", str(tmp_path / "o")
+    )
+    start = time.monotonic()
+    result = run_cli(*args, env=online)
+    assert result.returncode == 2, result.stderr
+    line = one_line(result.stderr)
+    assert "no-such-org/no-such-corpus-xyz" in line and "the hub cannot be reached (hub.invalid" in line, line
+    assert time.monotonic() - start < 25  # against about 30 s of retries on top of the start-up
+    assert not (tmp_path / "o").exists()
+
+
 def test_corpus_store_rows_are_the_packed_contexts_traced(tmp_path, tiny_gpt2):
     folder, loaded = tiny_gpt2
     path = write_jsonl(tmp_path / "c.jsonl", DOCS)

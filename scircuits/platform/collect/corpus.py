@@ -25,7 +25,6 @@ from 0 in stream order; with several ranks, context i belongs to rank i mod worl
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +33,16 @@ from typing import Any
 import numpy as np
 
 from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.hub_datasets import (
+    datasets_cache,
+    hub_nothing_cached,
+    hub_offline,
+    hub_unreachable,
+)
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 SHUFFLE_WINDOW = 1024
 HF_PREFIX = "hub:"
-OFFLINE_FLAGS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 
 
 @dataclass(frozen=True)
@@ -182,26 +186,11 @@ def _local_documents(spec: CorpusSpec) -> Iterator[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------------- the hub
-def _offline() -> bool:
-    for flag in OFFLINE_FLAGS:
-        value = os.environ.get(flag)
-        if value is not None:
-            return value.strip().lower() in ("1", "true", "yes", "on")
-    return False
-
-
-def _datasets_cache() -> str:
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
-    )
-    return os.environ.get("HF_DATASETS_CACHE") or os.path.join(home, "datasets")
-
-
 def _hub_help(spec: CorpusSpec, reason: str) -> str:
     config = f" (config {spec.config!r})" if spec.config else ""
     return (
         f"--corpus {spec.hub_id}{config}, split {spec.split!r}: cannot read this Hugging Face dataset: "
-        f"{reason}. It is streamed from the hub, or read from the cache at {_datasets_cache()}; with "
+        f"{reason}. It is streamed from the hub, or read from the cache at {datasets_cache()}; with "
         "HF_DATASETS_OFFLINE=1 only a cached dataset can be read: run with network "
         "(HF_DATASETS_OFFLINE and HF_HUB_OFFLINE unset), "
         "or give local files (--corpus PATH, or --data PATH to collect a benchmark instead)."
@@ -215,13 +204,17 @@ def _hub_documents(spec: CorpusSpec) -> Iterator[tuple[str, str]]:
         raise CorpusError(
             _hub_help(spec, "the `datasets` package is not installed (pip install 'scircuits[hf]')")
         ) from None
+    if not hub_offline() and hub_nothing_cached(spec.hub_id):  # `datasets` would retry for half a minute
+        unreachable = hub_unreachable()
+        if unreachable is not None:
+            raise CorpusError(_hub_help(spec, unreachable))
     try:
         dataset = datasets.load_dataset(spec.hub_id, spec.config, split=spec.split, streaming=True)
         rows = iter(dataset)
         first = next(rows, None)
     except Exception as exc:  # offline with nothing cached, hub errors, unknown split or config
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-        if _offline():
+        if hub_offline():
             reason = f"offline (HF_DATASETS_OFFLINE or HF_HUB_OFFLINE is set) and not cached ({reason})"
         raise CorpusError(_hub_help(spec, reason)) from None
     if first is None:

@@ -9,14 +9,11 @@ ConfigError naming the dataset, the cache, ``HF_DATASETS_OFFLINE`` and ``--data 
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
-from scircuits import ConfigError
+from scircuits import ConfigError, datasets_cache, hub_nothing_cached, hub_offline, hub_unreachable
 
 Row = tuple[str, dict[str, Any]]  # ("<dataset> <split>, row N", the row's columns)
 OFFLINE_REASON = "offline (HF_DATASETS_OFFLINE or HF_HUB_OFFLINE is set) and the cache does not hold it"
@@ -31,69 +28,15 @@ class HubDataset:
     split: str
 
 
-TRUE = ("1", "true", "yes", "on")
-
-
-def _hf_home() -> str:
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return os.environ.get("HF_HOME") or os.path.join(xdg, "huggingface")
-
-
-def datasets_cache() -> str:
-    """Where `datasets` keeps the datasets it has read, found as `datasets` finds it (not imported)."""
-    return os.environ.get("HF_DATASETS_CACHE") or os.path.join(_hf_home(), "datasets")
-
-
-def hub_cache() -> str:
-    """Where downloaded hub files are kept."""
-    return (
-        os.environ.get("HF_HUB_CACHE")
-        or os.environ.get("HUGGINGFACE_HUB_CACHE")
-        or os.path.join(_hf_home(), "hub")
-    )
-
-
 def offline() -> bool:
     """HF_DATASETS_OFFLINE, or else HF_HUB_OFFLINE, set true (as `datasets` reads them)."""
-    flag = os.environ.get("HF_DATASETS_OFFLINE")
-    if flag is None:
-        flag = os.environ.get("HF_HUB_OFFLINE", "")
-    return flag.strip().lower() in TRUE
+    return hub_offline()
 
 
 def clearly_not_cached(source: HubDataset) -> bool:
     """Offline, a hub dataset of which neither cache holds anything under its name: `datasets` could
     only fail, so fail without importing it (fast). Any doubt leaves the answer to `datasets`."""
-    return offline() and nothing_cached(source)
-
-
-def hub_unreachable() -> str | None:
-    """Why the hub cannot be reached now (its name does not resolve, or no connection within 3 s), or
-    None. Behind a proxy (``HTTPS_PROXY`` ...) the answer is left to `datasets`."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host = endpoint.hostname or "huggingface.co"
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=3).close()
-    except OSError as exc:
-        return f"the hub cannot be reached ({host}: {exc.strerror or exc})"
-    return None
-
-
-def nothing_cached(source: HubDataset) -> bool:
-    """Neither cache holds anything under the dataset's name (and it is no local folder)."""
-    if os.path.exists(source.path):
-        return False
-    name = source.path.rsplit("/", 1)[-1].lower()
-    for folder in (datasets_cache(), hub_cache()):
-        try:
-            if any(name in entry.lower() for entry in os.listdir(folder)):
-                return False
-        except OSError:
-            continue
-    return True
+    return offline() and hub_nothing_cached(source.path)
 
 
 def _help(benchmark: str, source: HubDataset, reason: str, expected_data: str) -> str:
@@ -121,7 +64,7 @@ def hub_rows(benchmark: str, source: HubDataset, expected_data: str) -> Iterator
                 expected_data,
             )
         ) from None
-    if not offline() and nothing_cached(source):  # `datasets` would retry for half a minute first
+    if not offline() and hub_nothing_cached(source.path):  # `datasets` would retry for half a minute first
         unreachable = hub_unreachable()
         if unreachable is not None:
             raise ConfigError(_help(benchmark, source, unreachable, expected_data))
