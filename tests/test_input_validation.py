@@ -67,6 +67,32 @@ def test_conflicting_settings_are_refused():
     with pytest.raises(ConfigError, match=r"--train-tokens 5000 and --train-epochs 1: give one"):
         RunConfig(train_epochs=1, train_tokens=5000)
     assert (RunConfig(train_epochs=1).train.tokens, RunConfig().train.tokens) == (None, 1_200_000)
+
+
+@pytest.mark.parametrize("text", ["[run]\ntrain_tokens = 500000\n", "[run.train]\ntokens = 500000\n"])
+def test_a_flag_for_epochs_replaces_the_files_tokens_and_the_reverse(tmp_path, text):
+    """--train-tokens and --train-epochs are one setting given two ways: a flag (or an API keyword)
+    for one replaces the other where a config file (or a given config) set it."""
+    from scircuits.api.stages import stage_config
+    from scircuits.platform.config.stages import TrainConfig
+
+    file = tmp_path / "c.toml"
+    file.write_text(text)
+    by_file = RunConfig.from_sources(file, {})
+    assert (by_file.train.tokens, by_file.train.epochs) == (500_000, None)
+    by_flag = RunConfig.from_sources(file, {"train_epochs": 2})
+    assert (by_flag.train.tokens, by_flag.train.epochs) == (None, 2)
+    file.write_text("[run.train]\nepochs = 3\n")
+    assert RunConfig.from_sources(file, {"train_tokens": 4096}).train.tokens == 4096
+    file.write_text("[train]\nstore = 'x'\ntokens = 9000\n")
+    assert (
+        TrainConfig.from_sources(file, {"epochs": 2}).tokens,
+        TrainConfig.from_sources(file, {}).tokens,
+    ) == (None, 9000)
+    keyword = stage_config(RunConfig, RunConfig(train_epochs=1), {"train_tokens": 5000})
+    assert (keyword.train.tokens, keyword.train.epochs) == (5000, None)
+    with pytest.raises(ConfigError, match=r"--train-tokens 5000 and --train-epochs 1: give one"):
+        RunConfig.from_sources(None, {"train_tokens": 5000, "train_epochs": 1})
     assert CollectConfig(layer=3, layers="3,6").site_list() == [(3, "resid"), (6, "resid")]
 
 

@@ -408,7 +408,9 @@ def test_chunks_written_as_files_are_the_files_zarr_writes(tmp_path, monkeypatch
                 if i == 4:
                     w.flush()  # a partial chunk, padded, then rewritten whole
 
-    write(tmp_path / "raw.zarr")
+    with monkeypatch.context() as patched:  # the raw run never writes a chunk through zarr
+        patched.setattr(zarr_internals, "set_rows", lambda *a: pytest.fail("a chunk went through zarr"))
+        write(tmp_path / "raw.zarr")
     calls = []
     real = zarr_internals.raw_chunk_writer
     monkeypatch.setattr(zarr_internals, "raw_chunk_writer", lambda a: calls.append(real(a)))
@@ -428,3 +430,23 @@ def test_chunks_written_as_files_are_the_files_zarr_writes(tmp_path, monkeypatch
         ActivationStore(tmp_path / "raw.zarr").read_rows(0, 40),
         ActivationStore(tmp_path / "zarr.zarr").read_rows(0, 40),
     )
+
+
+def test_arrays_chunked_otherwise_are_written_through_zarr(tmp_path):
+    """A store whose id arrays are chunked unlike its acts (another tool's) is not written raw."""
+    path = tmp_path / "s.zarr"
+    with ActivationStoreWriter.open(path, synthetic_attrs(), d_model=D, chunk_rows=8) as writer:
+        writer.append_example(0, *synthetic_example(0, D, max_tokens=12))
+        writer.close(complete=False)
+    group = zarr.open_group(path, mode="r+")
+    positions = group["positions"][:]
+    del group["positions"]
+    group.create_array("positions", shape=positions.shape, chunks=(4,), dtype="int32", compressors=None)
+    group["positions"][:] = positions
+    with ActivationStoreWriter.open(path, synthetic_attrs(), d_model=D, chunk_rows=8) as writer:
+        assert writer._raw_writers is None
+        for i in range(1, 5):
+            writer.append_example(i, *synthetic_example(i, D, max_tokens=12))
+    store = ActivationStore(path)
+    expected = np.concatenate([np.arange(len(synthetic_example(i, D, max_tokens=12)[0])) for i in range(5)])
+    np.testing.assert_array_equal(store.positions, expected)

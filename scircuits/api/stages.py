@@ -95,6 +95,10 @@ def stage_config(cls: type[C], config: C | None, settings: Mapping[str, Any]) ->
     a config file and flags: ConfigError in one line naming the setting."""
     config = config_of(cls, config)
     values = config.model_dump(exclude_unset=True) if config is not None else {}
+    for name in settings:
+        other = cls.either_or.get(name)
+        if other is not None and other not in settings:  # as a flag over a file
+            values.pop(other, None)
     values.update(settings)
     resolved = cls.validated(values)
     if getattr(resolved, "progress", True) is False:

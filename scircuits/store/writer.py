@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import os
+import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -90,7 +91,9 @@ class ActivationStoreWriter:
         acts = self._arrays[ACTS]
         self.chunk_rows = int(acts.chunks[0])
         raw = {name: zarr_internals.raw_chunk_writer(a) for name, a in self._arrays.items()}
-        self._raw_writers = raw if all(w is not None for w in raw.values()) else None
+        same_rows = all(int(a.chunks[0]) == self.chunk_rows for a in self._arrays.values())
+        native = sys.byteorder == "little"  # the buffers are native; raw chunks are little-endian
+        self._raw_writers = raw if same_rows and native and all(w is not None for w in raw.values()) else None
         # A kill while growing the arrays can leave them of different lengths: use the shortest.
         self._capacity = min(int(a.shape[0]) for a in self._arrays.values())
         short = [n for n, a in self._arrays.items() if a.shape[0] < self._recorded_tokens]

@@ -119,6 +119,8 @@ class StageConfig(BaseModel):
     plugin_fields: ClassVar[Mapping[str, str]] = {}
     # Paths that must be local (the others may be fsspec URLs such as s3://, docs/scale.md).
     local_only: ClassVar[frozenset[str]] = frozenset({"model_path"})
+    # settings of which one replaces the other: a flag setting one drops the other from the file
+    either_or: ClassVar[Mapping[str, str]] = {}
 
     def with_plugin_defaults(self: C, plugins: PluginSet) -> C:
         """This config with every plugin field left None set to ``plugins``' default for it."""
@@ -151,7 +153,12 @@ class StageConfig(BaseModel):
                     )
             values.update(section if isinstance(section, dict) else data)
             cls.check_file_values(values, config_file)
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        for name in given:
+            other = cls.either_or.get(name)
+            if other is not None and other not in given:
+                values.pop(other, None)
+        values.update(given)
         return cls.validated(values)
 
     @classmethod
@@ -423,6 +430,7 @@ class TrainConfig(StageConfig):
     )
     located: ClassVar[frozenset[str]] = frozenset({"store"})
     plugin_fields: ClassVar[Mapping[str, str]] = {"sae": "saes"}
+    either_or: ClassVar[Mapping[str, str]] = {"tokens": "epochs", "epochs": "tokens"}
 
     store: str = D("", "Activation store to train on.")
     sae: str | None = D(None, plugin_default_help("SAE variant", "saes"))
@@ -768,6 +776,8 @@ RUN_FLAT_NAMES: dict[str, tuple[str, str]] = {
     "study_dtype": ("ablate", "study_dtype"),
 }
 RUN_SECTIONS: dict[str, type[BaseModel]] = {"collect": RunCollect, "train": RunTrain, "ablate": RunAblate}
+# a flat name setting one of these replaces the other in its section's table (a flag over a file)
+EITHER_OR = {("train", "tokens"): "epochs", ("train", "epochs"): "tokens"}
 
 
 def flat_run_names() -> dict[str, tuple[str, str]]:
@@ -783,6 +793,7 @@ class RunConfig(StageConfig):
     volatile: ClassVar[frozenset[str]] = frozenset({"out", "device", "progress", "force"})
     located: ClassVar[frozenset[str]] = frozenset({"model_path"})
     plugin_fields: ClassVar[Mapping[str, str]] = {"model": "models", "benchmark": "benchmarks"}
+    either_or: ClassVar[Mapping[str, str]] = {"train_tokens": "train_epochs", "train_epochs": "train_tokens"}
     # fields of the sections that name a plugin object -> its family
     section_plugin_fields: ClassVar[Mapping[tuple[str, str], str]] = {
         ("train", "sae"): "saes",
@@ -832,12 +843,18 @@ class RunConfig(StageConfig):
             return values
         values = dict(values)
         names = flat_run_names()
-        for flat in [k for k in values if k in names]:
+        flats = [k for k in values if k in names]
+        given = {names[k] for k in flats}
+        for flat in flats:
             section_name, field_name = names[flat]
             current = values.get(section_name)
             if isinstance(current, BaseModel):
                 current = current.model_dump(exclude_unset=True)
-            values[section_name] = {**(current or {}), field_name: values.pop(flat)}
+            table = dict(current or {})
+            other = EITHER_OR.get((section_name, field_name))
+            if other is not None and (section_name, other) not in given:
+                table.pop(other, None)  # --train-epochs replaces the file's tokens, and the reverse
+            values[section_name] = {**table, field_name: values.pop(flat)}
         return values
 
     @classmethod

@@ -16,6 +16,7 @@ from pathlib import Path
 from scircuits.platform.common.provenance import file_sha256
 from scircuits.platform.contract.errors import ConfigError, DataFormatError
 from scircuits.platform.contract.hf_loading import is_hf_offline
+from scircuits.platform.contract.hub_datasets import hub_cache
 from scircuits.platform.contract.sae_sources import HubLocation
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -29,17 +30,6 @@ class HubFolder:
     folder: Path
     commit: str
     location: HubLocation
-
-
-def hub_cache() -> str:
-    """The cache huggingface_hub reads now (its environment variables are read at its import)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return str(Path(os.environ["HF_HOME"]) / "hub")
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
 
 
 def parse_hub_ref(ref: str, option: str = "--sae") -> HubLocation:
