@@ -547,7 +547,7 @@ class AblateConfig(StageConfig):
         ge=0,
         lt=1,
     )
-    exact_top: int = D(50, "Top features ablated one at a time.", ge=0)
+    exact_top: int = D(50, "Top features ablated one at a time (all of them when the SAE has fewer).", ge=0)
     limit: int | None = D(None, "Number of evaluation examples (default: all).", gt=0)
     split: str = D("test", "Benchmark split to evaluate on.")
     seed: int = D(0, "Seed of examples, controls and bootstrap.", ge=0)
@@ -585,7 +585,8 @@ class AblateConfig(StageConfig):
         1, "Edit features only at positions >= this (1 spares the first token, the attention sink).", ge=0
     )
     faithfulness_n: Annotated[list[int], counts("[1, 5, 10, 50]")] = D(
-        lambda: [1, 2, 5, 10, 20, 50, 100, 200], "Numbers of top features kept."
+        lambda: [1, 2, 5, 10, 20, 50, 100, 200],
+        "Numbers of top features kept (those above the SAE's latents are left out).",
     )
     max_length: int | None = D(None, "Truncate longer sequences, keeping the end of the prompt.", gt=1)
     batch_size: int = D(16, "Sequences per forward pass.", gt=0)
