@@ -216,3 +216,26 @@ def test_a_folder_without_sae_weights_says_what_it_holds(tmp_path):
     held = r"it holds SAE checkpoints \(layers\.3, layers\.9\): give one of them"
     with pytest.raises(DataFormatError, match=held):
         read_saelens_folder(sites)
+
+
+def test_every_list_setting_of_every_command_takes_a_comma_list_on_the_command_line():
+    """An Optional[Annotated[list[int], ...]] field (circuit --sizes) was a plain-text option whose
+    every value was refused ("Input should be a valid list")."""
+    from scircuits.platform.config.circuit import CircuitConfig
+    from scircuits.platform.config.options import option_for, run_fields
+    from scircuits.platform.config.stages import AblateConfig, CollectConfig, TrainConfig
+
+    fields = [*run_fields().items()]
+    for config in (CollectConfig, TrainConfig, AblateConfig, CircuitConfig):
+        fields += list(config.model_fields.items())
+    lists = [(name, info) for name, info in fields if "list[" in str(info.annotation)]
+    assert any(name == "sizes" for name, _ in lists) and any(name == "top_k" for name, _ in lists)
+    for name, info in lists:
+        option = option_for(name, info)
+
+        @option
+        def command(**kwargs):
+            return kwargs
+
+        [param] = command.__click_params__
+        assert param.metavar in ("N,N,...", "NAME,NAME,..."), (name, info.annotation)

@@ -44,10 +44,13 @@ def name_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 def _unwrap_optional(annotation: Any) -> Any:
+    """``X | None`` as ``X``, and ``Annotated[X, ...]`` (kept inside an Optional) as ``X``."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1:
-            return args[0]
+            annotation = args[0]
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
     return annotation
 
 
