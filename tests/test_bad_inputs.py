@@ -137,6 +137,18 @@ def test_an_hf_folder_with_remote_code_or_pickled_weights_says_why_and_what_to_d
     assert not (tmp_path / "c").exists()
 
 
+def test_an_hf_folder_with_truncated_weights_is_one_line(tiny_folder, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_folder, damaged)
+    [weights] = damaged.glob("*.safetensors")
+    weights.write_bytes(weights.read_bytes()[:3000])
+    err = refused(
+        ["collect", "--model", f"hf:{damaged}", "--limit", "2", "--out", str(tmp_path / "c")], capsys
+    )
+    assert "the model's weights cannot be read" in err and "damaged or incomplete" in err
+    assert not (tmp_path / "c").exists()
+
+
 def test_synth_train_on_a_missing_gpu_is_one_line(tmp_path, capsys):
     import torch
 

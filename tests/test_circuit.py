@@ -312,6 +312,23 @@ def test_the_command_refuses_bad_saes_in_one_line_with_exit_2_and_writes_nothing
         assert not out.exists()
 
 
+def test_an_out_that_is_or_holds_an_input_is_refused_and_nothing_moves(tmp_path, capsys):
+    """`--out` equal to an --sae folder (with --force it moved the input aside), or holding one, or the
+    model's folder: one line, no lock file left, nothing moved."""
+    from scircuits.cli import main
+
+    specs = saved_saes(tmp_path / "saes", 576, sites=[(3, "resid"), (6, "resid"), (9, "resid")])
+    before = sorted(p.name for p in (tmp_path / "saes").iterdir())
+    for out in (specs[0], str(tmp_path / "saes"), str(Path(specs[1]) / "circuit")):
+        with pytest.raises(SystemExit) as exc:
+            main(["circuit", *[f"--sae={s}" for s in specs], "--limit", "4", "--out", out, "--force"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "which this command reads" in err, err
+    assert sorted(p.name for p in (tmp_path / "saes").iterdir()) == before
+    assert not list((tmp_path / "saes").rglob(".scircuits-lock"))
+
+
 def test_a_folder_of_per_site_checkpoints_is_read_in_the_models_order(tiny, tmp_path):
     from scircuits.platform.circuit.sites import load_site_saes
 

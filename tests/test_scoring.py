@@ -178,3 +178,12 @@ def test_next_token_nll_ignores_padding(tiny):
     assert count == 3 + 2
     single = [next_token_nll(full_logits(tiny.model, make_batch([s])), make_batch([s])) for s in seqs]
     assert total == pytest.approx(sum(s for s, _ in single), rel=1e-5)
+
+
+def test_a_max_length_shorter_than_the_answer_is_one_line_naming_the_flag(tiny):
+    from scircuits.platform.contract.errors import ConfigError
+
+    example = Example(id="e", prompt="1 + 2 =", target=" 3 and then some more words")
+    assert len(encode_example(tiny.tokenizer, example, max_length=40).input_ids) <= 40
+    with pytest.raises(ConfigError, match=r"--max-length 3 leaves no room for the prompt: the answer"):
+        encode_example(tiny.tokenizer, example, max_length=3)

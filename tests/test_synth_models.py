@@ -91,6 +91,32 @@ def test_a_model_of_other_settings_is_moved_aside_not_overwritten(tiny_logic, tm
     assert (aside / "synth.json").read_text() == before
 
 
+def test_a_training_that_diverges_or_fails_keeps_the_model_at_out(tiny_logic, tmp_path, monkeypatch, capsys):
+    """The model of other settings at --out is moved aside only once the new one is trained: a loss
+    that becomes NaN (lr 1e12) is one line and nothing moves, and so is a failure mid-training."""
+    folder = tmp_path / "logic-tiny"
+    shutil.copytree(tiny_logic, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    args = ["synth", "train", "--task", "logic", "--size", "3", "--layers", "1", "--d-model", "32"]
+    args += ["--steps", "5", "--eval-every", "5", "--eval-examples", "10", "--out", str(folder)]
+    from scircuits.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--lr", "1e12", "--max-attempts", "1"])
+    assert exit_info.value.code == 2
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("Error")]
+    assert "diverged: the loss is nan at step" in line and "lower --lr" in line, line
+    from scircuits.platform.groundtruth import training
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_run_attempt", interrupted)
+    assert CliRunner().invoke(cli, args).exit_code != 0
+    assert not list(tmp_path.glob("logic-tiny.superseded-*"))
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+
+
 def test_bad_settings_are_one_line_errors():
     from scircuits.cli import main
 

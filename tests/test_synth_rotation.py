@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -120,7 +121,15 @@ def test_bad_input_is_one_line_and_exit_2(tiny_model: Path, tmp_path: Path, caps
     (other / "synth.json").write_text((tiny_model / "synth.json").read_text())
     (other / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     assert "Llama" in refused(str(other), "--seed", "0", "--out", str(tmp_path / "c"))
-    assert not any((tmp_path / n).exists() for n in ("a", "b", "c"))
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_model, truncated)
+    (truncated / "model.safetensors").write_bytes((truncated / "model.safetensors").read_bytes()[:3000])
+    assert "weights cannot be read" in refused(str(truncated), "--seed", "0", "--out", str(tmp_path / "d"))
+    (truncated / "synth.json").write_text((tiny_model / "synth.json").read_text()[:50])
+    assert "synth.json is not valid JSON" in refused(
+        str(truncated), "--seed", "0", "--out", str(tmp_path / "e")
+    )
+    assert not any((tmp_path / n).exists() for n in ("a", "b", "c", "d", "e"))
 
 
 def test_discriminate_scores_a_rotated_model(tiny_model: Path, tmp_path: Path):

@@ -50,6 +50,7 @@ from scircuits.platform.common.artifacts import (
     ArtifactError,
     FolderLock,
     check_claim,
+    check_out_apart,
     check_writable,
     claim,
     describe_os_error,
@@ -181,11 +182,20 @@ def seed_examples(config: CircuitConfig, plugins: Any, n_evaluation: int) -> lis
     return load_examples(config, plugins, None, max(n_evaluation, 2), config.check_seed)
 
 
+def local_inputs(config: CircuitConfig) -> list[Path]:
+    """The local folders the command reads: SAE folders and the model's (--model hf:DIR, --model-path)."""
+    specs = [*config.sae, config.model_path or ""]
+    if config.model and config.model.startswith("hf:"):
+        specs.append(config.model[len("hf:") :])
+    return [Path(spec).expanduser() for spec in specs if spec and Path(spec).expanduser().exists()]
+
+
 def run_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None = None) -> Path:
     started = time.monotonic()
     config = config.with_plugin_defaults(plugins)
     out = Path(config.out)
     check_device(config.device)
+    check_out_apart(out, read=local_inputs(config))
     try:
         fresh = not out.exists()
     except OSError:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scircuits.platform.contract.errors import ConfigError, WeightsUnavailableError
+from scircuits.platform.contract.errors import ConfigError, DataFormatError, WeightsUnavailableError
 
 if TYPE_CHECKING:
     import torch
@@ -264,11 +264,18 @@ def config_sizes(config: Any) -> tuple[int, int]:
 
 def load_pretrained(source: str, *, dtype: str, device: str, **kwargs: Any) -> tuple[Any, Any]:
     """(model, tokenizer) via AutoModelForCausalLM / AutoTokenizer from a folder or hub id."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     placement = {} if device == "cpu" else {"device_map": device}
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype(dtype), **placement, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype(dtype), **placement, **kwargs)
+    except SafetensorError as exc:  # a truncated or overwritten model.safetensors
+        raise DataFormatError(
+            f"{source}: the model's weights cannot be read ({str(exc).splitlines()[0]}); the .safetensors "
+            "file is damaged or incomplete: download or save the model again"
+        ) from None
     return model, tokenizer
 
 

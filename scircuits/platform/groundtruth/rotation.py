@@ -34,7 +34,7 @@ from scircuits.platform.common.artifacts import (
 )
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.provenance import now_iso
-from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError, DataFormatError
 from scircuits.platform.contract.synth_tasks import SynthTask
 from scircuits.platform.groundtruth.tokenizer import encode_problem_ids
 from scircuits.platform.groundtruth.training import INFO_FILE, KIND, _io_errno, read_info, versions
@@ -170,8 +170,16 @@ def rotate_synth_model(
         )
     if seed < 0:
         raise ConfigError(f"--seed {seed}: give a seed >= 0")
+    from safetensors import SafetensorError
+
     tokenizer = AutoTokenizer.from_pretrained(source)
-    original = LlamaForCausalLM.from_pretrained(source).eval()
+    try:
+        original = LlamaForCausalLM.from_pretrained(source).eval()
+    except SafetensorError as exc:
+        raise DataFormatError(
+            f"{source}: the model's weights cannot be read ({str(exc).splitlines()[0]}); the folder is "
+            "damaged: train it again (`scircuits synth train`)"
+        ) from None
     check_llama(original)
     rotated = LlamaForCausalLM.from_pretrained(source).eval()
     rotate_residual(rotated, seed)

@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scircuits.platform.common.artifacts import (
     FolderLock,
+    check_claim,
     claim,
     publish_into,
     read_marker,
@@ -57,7 +58,7 @@ from scircuits.platform.common.artifacts import (
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.provenance import now_iso
-from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError, DataFormatError
 from scircuits.platform.contract.synth_tasks import SynthProblem, SynthTask
 from scircuits.platform.groundtruth.tokenizer import build_tokenizer, encode_problem_ids
 from scircuits.version import __version__
@@ -277,7 +278,14 @@ def _run_attempt(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        running.append(float(loss.detach()))
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise SynthDivergedError(
+                f"synth train: attempt {attempt.index} (seed {attempt.seed}, batch {attempt.batch_size}) "
+                f"diverged: the loss is {value} at step {step}; lower --lr (now {settings.lr:g}). Nothing "
+                "was written; a model already at --out is kept"
+            )
+        running.append(value)
         attempt.steps_done = step
         if step % settings.eval_every and step != settings.steps:
             continue
@@ -362,28 +370,40 @@ def train_model(
         raise ConfigError("--out is empty: give the folder to write the model to")
     out = Path(out).expanduser()
     check_device(settings.device)
+    identity = settings_identity(task, settings)
     with FolderLock(out, "synth model"):
         remove_orphans(out)
         remove_orphans(out.parent, prefix=f"{out.name}.tmp-")  # where earlier versions staged
         _adopt_earlier(out)
-        claimed = claim(out, KIND, settings_identity(task, settings), force=force)
+        marker = read_marker(out) if out.is_dir() else None
+        same = marker is not None and marker.kind == KIND and marker.identity == identity
+        if same and is_complete(out, task, settings):
+            log.info(f"[synth] {out} already holds this model (same settings); kept it")
+            return read_info(out) or {}
+        check_claim(out, KIND, force=force)
+        # the model at --out (of other settings) stays until this one is trained: a failed or
+        # interrupted training leaves it in place
+        record, model, tokenizer, curve = _train(task, settings, on_eval)
+        claimed = claim(out, KIND, identity, force=force)
         if claimed.moved_to is not None:
             held = (
                 "files scircuits did not write" if claimed.state == "forced" else "a model of other settings"
             )
             log.info(f"[synth] {out} held {held}; moved it to {claimed.moved_to}")
-        if claimed.state == "same" and is_complete(out, task, settings):
-            log.info(f"[synth] {out} already holds this model (same settings); kept it")
-            return read_info(out) or {}
-        return _train_into(task, settings, out, on_eval)
+        write_folder(out, model, tokenizer, curve, record)
+        return record
 
 
-def _train_into(
+class SynthDivergedError(ConfigError):
+    """A training attempt's loss became NaN or infinite."""
+
+
+def _train(
     task: SynthTask,
     settings: TrainSettings,
-    out: Path,
     on_eval: Callable[[dict[str, Any]], None] | None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Any, Any, list[dict[str, Any]]]:
+    """Train under the retry rule: (synth.json's record, the kept model, the tokenizer, the curves)."""
     import torch
 
     tokenizer = build_tokenizer(task)
@@ -435,8 +455,7 @@ def _train_into(
         "created": now_iso(),
         "versions": versions(),
     }
-    write_folder(out, model, tokenizer, [row for a in attempts for row in a.curve], record)
-    return record
+    return record, model, tokenizer, [row for a in attempts for row in a.curve]
 
 
 def write_folder(
@@ -479,4 +498,14 @@ def read_info(folder: str | Path) -> dict[str, Any] | None:
     path = Path(folder) / INFO_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, RecursionError) as exc:
+        raise DamagedSynthFolderError(
+            f"{path} is not valid JSON ({str(exc).splitlines()[0]}): the model folder is damaged; train it "
+            "again (`scircuits synth train`)"
+        ) from None
+
+
+class DamagedSynthFolderError(DataFormatError, ValueError):
+    """A model folder's synth.json that cannot be read (a ValueError too, for callers that skip it)."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scircuits.platform.contract.benchmarks import Example
+from scircuits.platform.contract.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,10 @@ def encode(tokenizer: Any, prompt: str, continuation: str, max_length: int | Non
     if max_length is not None and len(prompt_ids) + len(target_ids) > max_length:
         keep = max_length - len(target_ids)
         if keep < 1:
-            raise ValueError(f"the continuation alone is longer than max_length={max_length}")
+            raise ConfigError(
+                f"--max-length {max_length} leaves no room for the prompt: the answer {continuation!r} alone "
+                f"is {len(target_ids)} tokens; give a larger --max-length (or none)"
+            )
         prompt_ids = prompt_ids[-keep:]  # keep the end of the prompt, next to the target
     return EncodedSequence(tuple(prompt_ids + target_ids), len(prompt_ids))
 
