@@ -93,6 +93,33 @@ def test_the_circuit_page_holds_every_node_and_links_only_pages_of_the_runs_sae(
     assert f"{len(results.nodes)} nodes" in (site / "circuit.html").read_text()
 
 
+def test_nodes_link_by_the_weights_the_circuit_used_not_by_what_its_path_holds_now(site):
+    """The circuit records each local SAE's weights hash: a retrained run SAE (other weights at the
+    same path) no longer gets the old circuit's nodes, and a relative path read from another folder
+    still links."""
+    from scircuits.platform.dashboard.sources import read_run, site_of_run_sae
+
+    run = site.parent
+    results = read_circuit(run / "circuit")
+    inputs = read_run(run, get_plugins())
+    ours = next(s for s in results.sites if s.name == "resid2")
+    assert ours.sae_sha256 is not None and site_of_run_sae(results, inputs) == "resid2"
+    retrained = results.model_copy(
+        update={
+            "sites": [
+                s.model_copy(update={"sae_sha256": "0" * 64}) if s is ours else s for s in results.sites
+            ]
+        }
+    )
+    assert site_of_run_sae(retrained, inputs) is None
+    elsewhere = results.model_copy(
+        update={
+            "sites": [s.model_copy(update={"sae": "relative/sae"}) if s is ours else s for s in results.sites]
+        }
+    )
+    assert site_of_run_sae(elsewhere, inputs) == "resid2"
+
+
 def test_a_site_rebuilt_elsewhere_without_the_circuit_keeps_no_stale_page(site, tmp_path):
     run = site.parent
     other = tmp_path / "run"

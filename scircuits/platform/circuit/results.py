@@ -28,6 +28,7 @@ class SiteResult(Frozen):
     site: str
     d_sae: int
     sae: str  # what --sae named
+    sae_sha256: str | None = None  # of its weights file when local, at the time of the circuit
     variant: str | None = None
     active_features: int  # fire on the patched selection tokens
 

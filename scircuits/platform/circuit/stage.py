@@ -58,12 +58,13 @@ from scircuits.platform.common.artifacts import (
 )
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.logs import get_logger
-from scircuits.platform.common.provenance import base_provenance
+from scircuits.platform.common.provenance import base_provenance, file_sha256
 from scircuits.platform.config import CircuitConfig
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.hf_loading import check_weights_available
 from scircuits.platform.contract.models import LoadedModel
 from scircuits.platform.model.scoring import layout_examples, score_name
+from scircuits.platform.train.checkpoint import WEIGHTS_FILE
 
 log = get_logger(__name__)
 
@@ -180,6 +181,12 @@ def seed_examples(config: CircuitConfig, plugins: Any, n_evaluation: int) -> lis
     if config.check_seed == config.seed:
         raise ConfigError(f"--check-seed {config.check_seed} is --seed; give another seed")
     return load_examples(config, plugins, None, max(n_evaluation, 2), config.check_seed)
+
+
+def weights_sha256(spec: str) -> str | None:
+    """The sha256 of a local checkpoint's weights file (None for a published SAE)."""
+    weights = Path(spec).expanduser() / WEIGHTS_FILE
+    return file_sha256(weights) if weights.is_file() else None
 
 
 def local_inputs(config: CircuitConfig) -> list[Path]:
@@ -416,6 +423,7 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
                 site=s.site,
                 d_sae=s.d_sae,
                 sae=s.spec,
+                sae_sha256=weights_sha256(s.spec),
                 variant=s.info.get("variant"),
                 active_features=int((base.frequency[i] > 0).sum()),
             )

@@ -325,8 +325,9 @@ def site_of_run_sae(results: CircuitResults, inputs: RunInputs) -> str | None:
             continue
         if isinstance(inputs.sae_path, str):
             same = site.sae == inputs.sae_path
-        else:
-            same = ours is not None and _weights_sha(site.sae) == ours
+        else:  # the weights the circuit used (recorded), else those at its path now (older results)
+            used = site.sae_sha256 if site.sae_sha256 is not None else _weights_sha(site.sae)
+            same = ours is not None and used == ours
         if same:
             return site.name
     return None
