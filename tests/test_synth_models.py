@@ -117,6 +117,30 @@ def test_a_training_that_diverges_or_fails_keeps_the_model_at_out(tiny_logic, tm
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
 
 
+def test_the_same_settings_over_damaged_weights_train_again_instead_of_keeping_them(tmp_path, caplog):
+    import json
+    import logging
+
+    from scircuits.platform.common.provenance import file_sha256
+
+    folder = tmp_path / "m"
+    args = ["synth", "train", "--task", "logic", "--size", "3", "--layers", "1", "--d-model", "32"]
+    args += ["--steps", "1", "--eval-every", "1", "--eval-examples", "10", "--out", str(folder)]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    info = json.loads((folder / "synth.json").read_text())
+    assert info["weights_sha256"] == file_sha256(folder / "model.safetensors")
+    with caplog.at_level(logging.INFO, logger="scircuits"):
+        assert CliRunner().invoke(cli, args).exit_code == 0
+    assert "already holds this model (same settings); kept it" in caplog.text
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:3000])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="scircuits"):
+        assert CliRunner().invoke(cli, args).exit_code == 0
+    assert "kept it" not in caplog.text
+    assert file_sha256(weights) == json.loads((folder / "synth.json").read_text())["weights_sha256"]
+
+
 def test_bad_settings_are_one_line_errors():
     from scircuits.cli import main
 

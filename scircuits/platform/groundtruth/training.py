@@ -57,7 +57,7 @@ from scircuits.platform.common.artifacts import (
 )
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.logs import get_logger
-from scircuits.platform.common.provenance import now_iso
+from scircuits.platform.common.provenance import file_sha256, now_iso
 from scircuits.platform.contract.errors import ConfigError, DataFormatError
 from scircuits.platform.contract.synth_tasks import SynthProblem, SynthTask
 from scircuits.platform.groundtruth.tokenizer import build_tokenizer, encode_problem_ids
@@ -69,6 +69,7 @@ INFO_FILE = "synth.json"
 CURVE_FILE = "training.jsonl"
 KIND = "synth-model"
 STAGING = ".synth.tmp-"
+WEIGHTS_FILE = "model.safetensors"  # as save_pretrained names it
 MIN_PROGRESS = 0.005  # a rise of the best smoothed held-out accuracy smaller than this is no progress
 SMOOTHING = 3  # progress is judged on the mean of this many latest evaluations, not on one
 
@@ -353,7 +354,17 @@ def is_complete(out: Path, task: SynthTask, settings: TrainSettings) -> bool:
         and info.get("task") == task.name
         and info.get("size") == task.size
         and info.get("settings") == settings.model_dump(mode="json")
+        and weights_intact(out, info)
     )
+
+
+def weights_intact(out: Path, info: dict[str, Any]) -> bool:
+    """The weights file is the one synth.json recorded (folders written before the record: present)."""
+    weights = out / WEIGHTS_FILE
+    if not weights.is_file():
+        return False
+    recorded = info.get("weights_sha256")
+    return recorded is None or file_sha256(weights) == recorded
 
 
 def train_model(
@@ -390,8 +401,7 @@ def train_model(
                 "files scircuits did not write" if claimed.state == "forced" else "a model of other settings"
             )
             log.info(f"[synth] {out} held {held}; moved it to {claimed.moved_to}")
-        write_folder(out, model, tokenizer, curve, record)
-        return record
+        return write_folder(out, model, tokenizer, curve, record)
 
 
 class SynthDivergedError(ConfigError):
@@ -460,18 +470,21 @@ def _train(
 
 def write_folder(
     out: Path, model: Any, tokenizer: Any, curve: list[dict[str, Any]], record: dict[str, Any]
-) -> None:
-    """Write the files under ``out/.synth.tmp-PID`` and move them in, synth.json last. A full or
-    unwritable disk is one line; the staging files are removed and nothing else is touched."""
+) -> dict[str, Any]:
+    """Write the files under ``out/.synth.tmp-PID`` and move them in, synth.json last (``record`` with
+    the weights' sha256 added; returned). A full or unwritable disk is one line; the staging files
+    are removed and nothing else is touched."""
     tmp = out / f"{STAGING}{os.getpid()}"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         model.to("cpu").save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        record = {**record, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)}
         (tmp / CURVE_FILE).write_text("".join(json.dumps(r) + "\n" for r in curve))
         (tmp / INFO_FILE).write_text(json.dumps(record, indent=2) + "\n")
         publish_into(tmp, out, last=INFO_FILE)
+        return record
     except Exception as exc:
         code = _io_errno(exc)
         if code is None:
