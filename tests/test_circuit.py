@@ -394,3 +394,24 @@ def test_a_bad_check_split_is_refused_before_the_model_loads(tmp_path, split, ne
     specs = saved_saes(tmp_path, 64)
     with pytest.raises(ConfigError, match=needle):
         find_circuit(config(tmp_path, specs, check_split=split), get_plugins())
+
+
+def test_saes_trained_on_other_weights_are_refused_and_another_commit_is_said(caplog):
+    """The circuit's SAEs must come from the weights it loads: two content hashes that differ are
+    refused in one line; two hub commits that differ are only logged (a commit may keep the weights)."""
+    import logging
+
+    from scircuits.platform.circuit.sites import SiteSAE, check_trained_on
+
+    def sae(revision):
+        info = {"meta": {"store": {"attrs": {"model": "m", "model_revision": revision}}}}
+        return SiteSAE(3, "resid", None, f"saes/{revision}", info)
+
+    check_trained_on([sae("sha256:" + "a" * 64), sae(None)], "sha256:" + "a" * 64, "m")
+    with pytest.raises(
+        ConfigError, match=r"the SAE saes/sha256:b+ was trained on activations of other weights"
+    ):
+        check_trained_on([sae("sha256:" + "b" * 64)], "sha256:" + "a" * 64, "m")
+    with caplog.at_level(logging.WARNING, logger="scircuits"):
+        check_trained_on([sae("1" * 40)], "2" * 40, "m")
+    assert f"trained on revision {'1' * 40} of its model; m is at {'2' * 40}" in caplog.text

@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from scircuits.platform.causal.stage import sae_site
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.model.tracing import _SITE_ORDER
 from scircuits.platform.train.checkpoint import CFG_FILE, load_sae
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -39,14 +42,43 @@ class SiteSAE:
     def order(self) -> tuple[int, int]:
         return (self.layer, _SITE_ORDER.get(self.site, 3))
 
-    @property
-    def trained_model(self) -> str | None:
-        """The model the SAE's training store was collected from (ours), or None when unrecorded."""
+    def _store_attr(self, name: str) -> str | None:
         meta = self.info.get("meta") if isinstance(self.info.get("meta"), dict) else {}
         store = meta.get("store") if isinstance(meta.get("store"), dict) else {}
         attrs = store.get("attrs") if isinstance(store.get("attrs"), dict) else {}
-        model = attrs.get("model")
-        return str(model) if model else None
+        value = attrs.get(name)
+        return str(value) if value else None
+
+    @property
+    def trained_model(self) -> str | None:
+        """The model the SAE's training store was collected from (ours), or None when unrecorded."""
+        return self._store_attr("model")
+
+    @property
+    def trained_revision(self) -> str | None:
+        """The revision of the weights that store was collected from (a hub commit, or a content hash
+        ``sha256:``/``sha256-sampled:`` of local files), or None when unrecorded."""
+        return self._store_attr("model_revision")
+
+
+def check_trained_on(saes: list[SiteSAE], revision: str | None, model_name: str) -> None:
+    """ConfigError when an SAE's training activations came from other weights than ``revision`` (the
+    loaded model's), both being content hashes of one kind; a differing hub commit is only logged
+    (a new commit may hold the same weights)."""
+    for s in saes:
+        trained = s.trained_revision
+        if not trained or not revision or trained == revision:
+            continue
+        kind, other = trained.split(":", 1)[0], revision.split(":", 1)[0]
+        if kind == other and kind.startswith("sha256"):
+            raise ConfigError(
+                f"the SAE {s.spec} was trained on activations of other weights ({trained[:24]}...) than "
+                f"{model_name} loaded here ({revision[:24]}...): give SAEs trained on this model"
+            )
+        log.warning(
+            f"[circuit] the SAE {s.spec} was trained on revision {trained} of its model; {model_name} "
+            f"is at {revision} here"
+        )
 
 
 def expand_spec(spec: str) -> list[str]:

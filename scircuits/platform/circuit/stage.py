@@ -44,7 +44,7 @@ from scircuits.platform.circuit.results import (
     write_circuit,
 )
 from scircuits.platform.circuit.selection import select
-from scircuits.platform.circuit.sites import SiteSAE, choose_sites, load_site_saes
+from scircuits.platform.circuit.sites import SiteSAE, check_trained_on, choose_sites, load_site_saes
 from scircuits.platform.circuit.spliced import CircuitBatch, SplicedModel
 from scircuits.platform.common.artifacts import (
     ArtifactError,
@@ -264,6 +264,7 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
             f"the SAEs read width {saes[0].d_in}, but {config.model} has width {loaded.d_model}: they were "
             "made for another model"
         )
+    check_trained_on(saes, loaded.revision, str(config.model))
     for s in saes:
         if s.layer >= loaded.n_layers:
             raise ConfigError(
