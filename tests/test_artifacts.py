@@ -121,3 +121,25 @@ def test_a_full_disk_is_reported_with_its_reason(tmp_path, monkeypatch):
     monkeypatch.setattr(artifacts.os, "fsync", full)
     with pytest.raises(ArtifactError, match=r"no space left on the device\); choose another --sae-out"):
         artifacts.check_writable(tmp_path / "out", option="--sae-out")
+
+
+def test_a_lock_on_a_folder_that_never_became_an_artifact_leaves_nothing_behind(tmp_path):
+    """A command refused after taking its lock (a folder of the user's, a new folder) leaves no lock
+    file there and no empty folder; a claimed folder keeps its lock file."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    with pytest.raises(ArtifactError), FolderLock(theirs):
+        claim(theirs, "synth model", "x")
+    assert sorted(p.name for p in theirs.iterdir()) == ["notes.txt"]
+    new = tmp_path / "new" / "deeper"
+    with FolderLock(new):
+        assert (new / artifacts.LOCK_FILE).exists()
+    assert not new.exists()
+    claimed = tmp_path / "claimed"
+    with FolderLock(claimed):
+        claim(claimed, "synth model", "x")
+    assert (claimed / artifacts.LOCK_FILE).exists()
+    with FolderLock(claimed):  # a lock file it found is left as it was
+        pass
+    assert (claimed / artifacts.LOCK_FILE).exists()

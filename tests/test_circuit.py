@@ -415,3 +415,11 @@ def test_saes_trained_on_other_weights_are_refused_and_another_commit_is_said(ca
     with caplog.at_level(logging.WARNING, logger="scircuits"):
         check_trained_on([sae("1" * 40)], "2" * 40, "m")
     assert f"trained on revision {'1' * 40} of its model; m is at {'2' * 40}" in caplog.text
+
+
+def test_an_edit_position_past_every_sequence_says_so(tiny, tmp_path):
+    specs = saved_saes(tmp_path, tiny.d_model)
+    with pytest.raises(
+        ConfigError, match=r"--edit-from-position 1000 is past every sequence \(the longest has"
+    ):
+        find_circuit(config(tmp_path, specs, edit_from_position=1000), get_plugins(), loaded=tiny)

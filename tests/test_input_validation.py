@@ -119,6 +119,7 @@ def test_conflicting_flags_are_one_line_and_nothing_written(argv, tmp_path, monk
         (["run", "--circuit-layers", "3,3"], "--circuit-layers 3,3: give each block once"),
         (["train", "--store", "x", "--sae", ","], "--sae ',': give one or more SAE variant names"),
         (["validate", "sae", "--sae", ","], "--sae ',': give one or more SAE variant names"),
+        (["validate", "sae", "--sae", "topk,relu,topk"], "--sae topk,relu,topk: topk given twice"),
         (["validate", "sae", "--epochs", "3"], "--epochs 3: the hard problem trains for --tokens"),
         (["synth", "train", "--task", "addition", "--steps", "0"], "'--steps': 0 is not in the range"),
         (["run", "--sae", "./nosae/"], "--sae ./nosae/: no such checkpoint folder (--sae takes an SAE"),

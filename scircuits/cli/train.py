@@ -208,6 +208,9 @@ def variant_names(text: str, command: str) -> list[str]:
                 f"--sae {name}: a path, but `scircuits {command}` takes SAE variant names (see `scircuits "
                 "saes`); a checkpoint folder is studied with `scircuits ablate --sae FOLDER`"
             )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"--sae {text}: {', '.join(repeated)} given twice; give each variant once")
     return names
 
 

@@ -271,7 +271,13 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
                 f"the SAE {s.spec} reads layer {s.layer}, but {config.model} has {loaded.n_layers}"
             )
     sequences, layouts = layout_examples(loaded.tokenizer, examples, config.max_length)
-    check_memory(config, saes, loaded, max(len(s.input_ids) for s in sequences))
+    longest = max(len(s.input_ids) for s in sequences)
+    if config.edit_from_position >= longest:
+        raise ConfigError(
+            f"--edit-from-position {config.edit_from_position} is past every sequence (the longest has "
+            f"{longest} tokens): no position would be patched; give a smaller one (1 spares the sink)"
+        )
+    check_memory(config, saes, loaded, longest)
     model = SplicedModel(loaded, saes)
     if config.metric == "counterfactual":
         every = examples + (other_examples or []) + (seed_other or [])

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -204,6 +205,11 @@ class FolderLock:
         self._lock: Flock | None = None
         self._container: FolderLock | None = None
         self._key: Path | None = None
+        self._folder = folder
+        # what this lock made, removed at release when the folder never became an artifact (a refused
+        # command leaves no lock file in a folder that is not scircuits', nor an empty folder)
+        self._made_folder = not shared and not folder.exists()
+        self._made_lock_file = not shared and not (folder / LOCK_FILE).exists()
         try:
             folder.mkdir(parents=True, exist_ok=True)
             lock = Flock.acquire(folder / LOCK_FILE, shared=shared)
@@ -249,6 +255,11 @@ class FolderLock:
                 _HELD.pop(self._key, None)
             self._key = None
         if self._lock is not None:
+            if self._made_lock_file and read_marker(self._folder) is None:
+                (self._folder / LOCK_FILE).unlink(missing_ok=True)  # still held: no one else has it
+                if self._made_folder:
+                    with contextlib.suppress(OSError):
+                        self._folder.rmdir()  # only when empty
             self._lock.release()
             self._lock = None
 

@@ -17,7 +17,7 @@ PER_SITE_SIZES = (8, 32, 128, 512)  # nodes per site
 class CircuitConfig(StageConfig):
     stage: ClassVar[str] = "circuit"
     volatile: ClassVar[frozenset[str]] = frozenset(
-        {"out", "device", "batch_size", "edge_batch_size", "progress", "force"}
+        {"out", "device", "batch_size", "edge_batch_size", "progress", "force", "max_memory_gb"}
     )
     located: ClassVar[frozenset[str]] = frozenset({"model_path"})
     plugin_fields: ClassVar[Mapping[str, str]] = {"model": "models", "benchmark": "benchmarks"}
