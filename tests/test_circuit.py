@@ -302,6 +302,7 @@ def test_the_command_refuses_bad_saes_in_one_line_with_exit_2_and_writes_nothing
     for args, needle in [
         ([f"--sae={s}" for s in specs], "out of the model's order (resid6, resid3, resid9)"),
         ([f"--sae={specs[0]}"], "needs SAEs at two sites or more"),
+        ([f"--sae={specs[0]}/cfg.json"], "is not a folder"),
         ([], "circuit needs --sae once per site"),
     ]:
         with pytest.raises(SystemExit) as exc:

@@ -113,6 +113,9 @@ def load_site_saes(
     known before it loads."""
     groups = [expand_spec(spec) for spec in specs]
     if sum(len(g) for g in groups) < 2:
+        for group in groups:  # what is wrong with the one given, if anything, says more
+            for spec in group:
+                load_sae(spec, plugins)
         raise ConfigError(
             "a circuit needs SAEs at two sites or more: give --sae once per site (or a folder holding "
             "one checkpoint per site)"
