@@ -202,3 +202,7 @@ def test_an_interrupted_overwrite_is_not_complete(tmp_path, monkeypatch):
         save_sae(tmp_path, trained_like("relu"), cfg={}, scircuits_meta={"config_hash": "h"})
     assert not is_complete(tmp_path, "h")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    with pytest.raises(
+        DataFormatError, match=r"an unfinished checkpoint \(its scircuits.json says complete: false"
+    ):
+        load_sae(tmp_path, get_plugins())  # ablate, circuit and compare do not study it

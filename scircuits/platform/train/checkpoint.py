@@ -258,6 +258,11 @@ def load_sae(
         cfg, meta, tensors, files = published.cfg, {}, published.tensors, published.files
         hook_name, metrics = published.hook_name, dict(published.metrics)
     where = root / CFG_FILE if source.reader is None else root
+    if meta.get("complete") is False:
+        raise DataFormatError(
+            f"{root}: an unfinished checkpoint (its {META_FILE} says complete: false: the training, or "
+            "the writing of its files, was interrupted); train it again (`scircuits train`)"
+        )
     sae, variant_name = build_sae(cfg, meta, tensors, where, plugins)
     sae.to(device).eval()
     info: dict[str, Any] = {"cfg": cfg, "meta": meta, "variant": variant_name, "path": str(root)}
