@@ -424,3 +424,13 @@ def test_an_edit_position_past_every_sequence_says_so(tiny, tmp_path):
         ConfigError, match=r"--edit-from-position 1000 is past every sequence \(the longest has"
     ):
         find_circuit(config(tmp_path, specs, edit_from_position=1000), get_plugins(), loaded=tiny)
+
+
+def test_sizes_past_the_nodes_that_fire_are_said_and_left_out(tiny, tmp_path, caplog):
+    import logging
+
+    specs = saved_saes(tmp_path, tiny.d_model)
+    with caplog.at_level(logging.WARNING, logger="scircuits"):
+        results = find_circuit(config(tmp_path, specs, sizes=[1, 100_000]), get_plugins(), loaded=tiny)
+    assert "--sizes 100000: more nodes than the" in caplog.text and "left out of the curves" in caplog.text
+    assert 100_000 not in {p.size for p in results.curves} and 1 in {p.size for p in results.curves}

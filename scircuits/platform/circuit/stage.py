@@ -332,6 +332,12 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
     own = budget if per_site else len(kept)
     n_pool = max(pools) if per_site else sum(pools)
     sizes = sorted({n for n in config.curve_sizes() if n <= n_pool} | {own})
+    beyond = [n for n in config.curve_sizes() if n > n_pool]
+    if beyond and config.sizes is not None:  # the defaults reach past small SAEs by design
+        log.warning(
+            f"[circuit] --sizes {', '.join(map(str, beyond))}: more nodes than the {n_pool} that fire "
+            f"({'per site' if per_site else 'in all'}, error terms included); left out of the curves"
+        )
     reference, points = curves(
         model, eval_batches, base, ranking, sizes, config.random_circuits, bootstrap, config.seed, counter
     )
