@@ -316,3 +316,47 @@ def test_saelens_loads_a_sae_of_the_joint_run(joint):
     with torch.no_grad():
         assert (ours.encode(x) - reference.encode(x)).abs().max().item() <= 1e-5
     assert reference.cfg.metadata.hook_name == hook
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_out_that_is_not_a_folder_of_site_saes_is_refused_and_left_as_it_was(collection, joint, tmp_path):
+    """A collection's SAEs went into any --out (a user's index.json overwritten), into the collection
+    read, or into a single SAE checkpoint."""
+    users = tmp_path / "u"
+    users.mkdir()
+    (users / "index.json").write_text('{"my": 1}')
+    (users / "notes.txt").write_text("x")
+    single = tmp_path / "single"
+    shutil.copytree(joint / HOOKS[1], single)
+    inside = tmp_path / "coll-copy"
+    shutil.copytree(collection, inside)
+    for out, needle in [
+        (users, "holds files scircuits did not write (index.json, notes.txt...) and no SAE index"),
+        (single, "holds a sae artifact, not a folder of per-site SAEs"),
+    ]:
+        before = _snapshot(out)
+        done = run_cli("train", "--store", str(collection), *TRAIN, "--out", str(out))
+        assert done.returncode == 2 and needle in one_line(done.stderr), done.stderr
+        assert _snapshot(out) == before
+    before = _snapshot(inside)
+    done = run_cli("train", "--store", str(inside), *TRAIN, "--out", str(inside))
+    assert done.returncode == 2 and "which this command reads" in one_line(done.stderr), done.stderr
+    assert _snapshot(inside) == before
+
+
+def test_a_refused_joint_training_moves_no_finished_sae_aside(collection, joint, tmp_path):
+    """--k larger than the SAE, or an --eval-fraction that leaves less than a batch, used to move every
+    finished SAE aside before the refusal."""
+    out = tmp_path / "saes"
+    shutil.copytree(joint, out)
+    before = _snapshot(out)
+    for change, needle in [
+        (["--k", "999"], "k=999 is larger than the SAE's"),
+        (["--eval-fraction", "0.999"], "fewer training rows than one batch of 128"),
+    ]:
+        done = run_cli("train", "--store", str(collection), *TRAIN, *change, "--out", str(out))
+        assert done.returncode == 2 and needle in one_line(done.stderr), done.stderr
+        assert _snapshot(out) == before and not list(tmp_path.glob("**/*.superseded-*"))

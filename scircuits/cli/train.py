@@ -127,7 +127,13 @@ def _train(
     from scircuits.api.stages import train as train_stage
     from scircuits.platform.manager.plugin_set import get_plugins
     from scircuits.platform.train.distributed import parse_devices, under_launcher
-    from scircuits.platform.train.joint import one_collection, site_stores, train_joint, write_index
+    from scircuits.platform.train.joint import (
+        check_set_folder,
+        one_collection,
+        site_stores,
+        train_joint,
+        write_index,
+    )
     from scircuits.platform.train.size import check_sae_memory
     from scircuits.platform.train.training import train as train_one
     from scircuits.platform.train.training import train_many
@@ -177,6 +183,7 @@ def _train(
         check_sae_memory(widths[job.store], job.expansion, job.batch_size, job.device)
     devices = parse_devices(base.device)
     if sites and not is_url(base.out):
+        check_set_folder(Path(base.out), store_list)
         write_index(Path(base.out), [s for s in sites for _ in sae_list], jobs, plugins)
     if sites and len(devices) == 1 and base.nproc == 1 and not is_url(base.out):
         outs = train_joint(jobs, plugins, show_progress=base.progress)

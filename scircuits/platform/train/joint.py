@@ -23,17 +23,23 @@ from typing import Any
 
 import torch
 
-from scircuits.platform.common.artifacts import FolderLock
+from scircuits.platform.common.artifacts import ArtifactError, FolderLock, check_out_apart, read_marker
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.progress import progress
-from scircuits.platform.common.remote import join_path
+from scircuits.platform.common.remote import is_url, join_path
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.contract.models import tl_hook_name
 from scircuits.platform.manager.plugin_set import PluginSet
 from scircuits.platform.train import checkpoint as ckpt
 from scircuits.platform.train.distributed import from_environment
-from scircuits.platform.train.training import _claim, _resolved, fit_steps, refuse_unresumed_state
+from scircuits.platform.train.training import (
+    _claim,
+    _resolved,
+    check_inputs,
+    fit_steps,
+    refuse_unresumed_state,
+)
 from scircuits.store import ActivationStore
 from scircuits.store.collection import is_collection, read_manifest
 from scircuits.version import __version__
@@ -170,6 +176,35 @@ def one_collection(stores: list[str]) -> list[SiteStore] | None:
     return result
 
 
+def check_set_folder(out: Path, stores: list[str]) -> None:
+    """``out`` may hold the SAEs of a collection's sites: new or empty, or an earlier such folder (its
+    index.json is ours); not a folder the user wrote, an SAE checkpoint or a store, and not the
+    collection read or anything in it. ArtifactError in one line, before anything is written."""
+    check_out_apart(out, read=[Path(s) for s in stores if not is_url(s)])
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ArtifactError(f"--out {out} is a file, not a folder: choose another --out")
+    marker = read_marker(out)
+    if marker is not None:
+        raise ArtifactError(
+            f"--out {out} holds a {marker.kind} artifact, not a folder of per-site SAEs: choose another --out"
+        )
+    entries = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        return
+    try:
+        ours = ckpt.read_json(out / INDEX_FILE).get("format") == INDEX_FORMAT
+    except (ScircuitsError, AttributeError):
+        ours = False
+    if not ours:
+        shown = ", ".join(sorted(entries)[:3])
+        raise ArtifactError(
+            f"--out {out} holds files scircuits did not write ({shown}...) and no SAE index: it will "
+            "not write the sites' SAEs among them; choose another --out"
+        )
+
+
 def write_index(out: Path, sites: list[SiteStore], configs: list[TrainConfig], plugins: PluginSet) -> Path:
     """``OUT/index.json``: the SAEs of this folder (entries of an earlier run at other sites kept)."""
     configs = [_resolved(c, plugins) for c in configs]
@@ -254,6 +289,8 @@ def train_joint(
     for config in configs:
         if config.nproc != 1 or "," in config.device:
             raise ConfigError("one pass over several sites runs in one process on one device")
+    for config in configs:  # every store and setting checked before any folder is claimed
+        check_inputs(config, plugins)
     with ExitStack() as held:
         for config in configs:  # every folder locked and checked before any is claimed
             held.enter_context(FolderLock(Path(config.out), "SAE checkpoint"))
@@ -291,4 +328,12 @@ def train_joint(
     return outs
 
 
-__all__ = ["INDEX_FILE", "SiteStore", "one_collection", "site_stores", "train_joint", "write_index"]
+__all__ = [
+    "INDEX_FILE",
+    "SiteStore",
+    "check_set_folder",
+    "one_collection",
+    "site_stores",
+    "train_joint",
+    "write_index",
+]

@@ -465,6 +465,20 @@ def check_inputs(config: TrainConfig, plugins: PluginSet) -> None:
             f"store {config.store} holds no activations: collect into it first, or give another --store"
         )
     check_k_fits(getattr(hparams, "k", None), config.expansion, store.d_model)
+    steps = store.batches_per_epoch(
+        config.batch_size // config.nproc,
+        split="train",
+        world_size=config.nproc,
+        drop_last=True,
+        eval_fraction=config.eval_fraction,
+        split_seed=0,
+    )
+    if steps == 0:  # (tokens left out by --exclude-tokens are counted when training starts)
+        raise ConfigError(
+            f"store {config.store} has fewer training rows than one batch of {config.batch_size} "
+            f"(--eval-fraction {config.eval_fraction:g} holds out the rest); give a smaller --batch-size "
+            "or --eval-fraction"
+        )
 
 
 def check_k_fits(k: Any, expansion: int, d_in: int) -> None:
