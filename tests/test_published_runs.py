@@ -112,3 +112,30 @@ def test_compare_matches_a_published_run_with_the_native_run_it_came_from(runs, 
     top = np.array([[p["a"], p["b"]] for p in pair["comparison"]["top_pairs"]])
     assert (top[:, 0] == top[:, 1]).all()
     assert Path(results["runs"][1]["path"]) == published
+
+
+def test_a_given_sae_with_other_weights_under_the_same_spec_is_studied_again(tmp_path, monkeypatch):
+    """`run --sae SPEC` chained its stages to the spec's text: new weights in the same folder, or a
+    hub ref moved to a new commit, kept the old study ("up to date")."""
+    from scircuits.platform.pipeline.run import sae_fingerprint
+    from scircuits.platform.train.checkpoint import save_sae
+
+    folder = tmp_path / "sae"
+    save_sae(folder, P.random_sae(PLUGINS, "topk", 16, 32, seed=0), cfg={}, scircuits_meta={})
+    first = sae_fingerprint(str(folder), PLUGINS)
+    assert first == sae_fingerprint(str(folder), PLUGINS) and first.startswith("files:")
+    save_sae(folder, P.random_sae(PLUGINS, "topk", 16, 32, seed=1), cfg={}, scircuits_meta={})
+    assert sae_fingerprint(str(folder), PLUGINS) != first
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    old = P.hub_repo(
+        cache, "org/s", P.sparsify_files(P.random_sae(PLUGINS, "topk", 16, 32, seed=0), "layers.2")
+    )
+    assert sae_fingerprint("hf:org/s/layers.2", PLUGINS) == f"commit:{old}"
+    new = P.hub_repo(
+        cache, "org/s", P.sparsify_files(P.random_sae(PLUGINS, "topk", 16, 32, seed=1), "layers.2")
+    )
+    assert new != old and sae_fingerprint("hf:org/s/layers.2", PLUGINS) == f"commit:{new}"
+    assert sae_fingerprint("hf:org/missing/layers.2", PLUGINS) == "unresolved"

@@ -42,10 +42,10 @@ from scircuits.platform.common.artifacts import (
 )
 from scircuits.platform.common.device import check_device, check_study_dtype
 from scircuits.platform.common.logs import get_logger
-from scircuits.platform.common.provenance import now_iso
+from scircuits.platform.common.provenance import file_sha256, now_iso
 from scircuits.platform.common.remote import is_url, join_path, remote_out
 from scircuits.platform.config import RunConfig, StageConfig
-from scircuits.platform.contract.errors import ConfigError, WeightsUnavailableError
+from scircuits.platform.contract.errors import ConfigError, ScircuitsError, WeightsUnavailableError
 from scircuits.platform.contract.hf_loading import check_weights_available, config_sizes
 from scircuits.platform.dashboard.sources import EVALUATION_STORE
 from scircuits.platform.model.tracing import check_ndif
@@ -53,10 +53,26 @@ from scircuits.platform.pipeline.stages import STAGES, PlanContext, Stage
 from scircuits.platform.pipeline.state import STATE_FILE, PipelineState
 from scircuits.platform.report.document import REPORT_HTML, REPORT_MD
 from scircuits.platform.train.checkpoint import load_sae
-from scircuits.platform.train.published import is_published
+from scircuits.platform.train.published import is_published, resolve_source
 from scircuits.platform.train.size import check_sae_memory
 
 log = get_logger(__name__)
+
+
+def sae_fingerprint(spec: str, plugins: Any) -> str:
+    """What names a given SAE's weights, so that a study of other weights under the same spec is redone:
+    the sha256 of a local folder's files, or the hub commit a published SAE resolves to now."""
+    folder = Path(spec).expanduser()
+    if not is_url(spec) and folder.is_dir():
+        digest = hashlib.sha256()
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            digest.update(f"{path.relative_to(folder).as_posix()}\0{file_sha256(path)}\0".encode())
+        return f"files:{digest.hexdigest()[:16]}"
+    try:
+        hub = resolve_source(spec, plugins).hub
+    except ScircuitsError:
+        return "unresolved"  # the study's own loading says what is wrong
+    return f"commit:{hub.commit}" if hub is not None else "unversioned"
 
 
 def run_dir_name(model: str, benchmark: str, site: str, layer: int, label: str = "") -> str:
@@ -165,7 +181,7 @@ def plan(config: RunConfig, plugins: Any) -> Plan:
     configs: dict[str, StageConfig | None] = {}
     keys: dict[str, str] = {}
     # a given SAE is the root of the chain: another SAE gives every stage another key
-    upstream: tuple[str, ...] = (f"sae:{published}",) if published else ()
+    upstream: tuple[str, ...] = (f"sae:{published}", sae_fingerprint(published, plugins)) if published else ()
     for stage in STAGES:
         if (published and stage.makes_the_sae) or not stage.wanted(config):
             continue
