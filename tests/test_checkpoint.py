@@ -206,3 +206,13 @@ def test_an_interrupted_overwrite_is_not_complete(tmp_path, monkeypatch):
         DataFormatError, match=r"an unfinished checkpoint \(its scircuits.json says complete: false"
     ):
         load_sae(tmp_path, get_plugins())  # ablate, circuit and compare do not study it
+
+
+def test_a_k_that_does_not_fit_the_latents_is_a_format_error(tmp_path):
+    save_sae(tmp_path, trained_like("topk"), cfg={}, scircuits_meta={})
+    meta = json.loads((tmp_path / "scircuits.json").read_text())
+    for k in (D_SAE + 1, 0):
+        meta["hparams"]["k"] = k
+        (tmp_path / "scircuits.json").write_text(json.dumps(meta))
+        with pytest.raises(DataFormatError, match=rf"k = {k} does not fit the SAE's {D_SAE} latents"):
+            load_sae(tmp_path, get_plugins())

@@ -315,3 +315,21 @@ def test_the_gate_reference_prefers_training_then_metadata_then_a_fresh_measurem
     arithmetic = PLUGINS.benchmarks.get("arithmetic")
     assert reference_examples(arithmetic, AblateConfig(split="train"), 6) is None
     assert reference_examples(arithmetic, AblateConfig(), 6).split == "train"
+
+
+def test_an_sae_of_a_layer_past_the_models_blocks_is_one_line(hub, tmp_path):
+    """A published SAE whose hook names block 7 of a model of 4 blocks: IndexError before."""
+    from scircuits.platform.causal.stage import load_inputs
+    from scircuits.platform.contract.errors import ConfigError
+    from scircuits.testing import tiny_loaded_model
+
+    tiny = tiny_loaded_model("smollm2-135m")
+    sae = P.random_sae(PLUGINS, "topk", tiny.d_model, 64, k=4)
+    hook = f"blocks.{tiny.n_layers + 3}.hook_resid_post"
+    P.hub_repo(hub, "org/deep-saes", P.saelens_files(sae, hook, hook))
+    config = small_study(f"hf:org/deep-saes/{hook}", tmp_path / "causal")
+    with pytest.raises(
+        ConfigError, match=rf"reads layer {tiny.n_layers + 3}, but .* has {tiny.n_layers} layers"
+    ):
+        load_inputs(config, PLUGINS, loaded=tiny)
+    assert not (tmp_path / "causal").exists()

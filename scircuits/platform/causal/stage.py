@@ -215,6 +215,11 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
             f"pass --site {trained_site}"
         )
     layer = resolve_layer(config, loaded, info)
+    if not 0 <= layer < loaded.n_layers:
+        raise ConfigError(
+            f"the SAE {config.sae} reads layer {layer}, but {config.model} has {loaded.n_layers} layers "
+            f"(0-{loaded.n_layers - 1}): it was made for another model"
+        )
     sae.to(site_device(loaded, layer))
     label = {"label": benchmark.label(config.benchmark_options)}
     reference = reference_examples(benchmark, config, len(examples))

@@ -345,6 +345,9 @@ def build_sae(
     hparams = dict(meta.get("hparams") or {})
     if not meta:
         hparams.update(variant.hparams_from_saelens_cfg(cfg))
+    k = hparams.get("k")
+    if isinstance(k, int) and not 0 < k <= cfg["d_sae"]:
+        raise DataFormatError(f"{where}: k = {k} does not fit the SAE's {cfg['d_sae']} latents (d_sae)")
     sae = variant.build(cfg["d_in"], cfg["d_sae"], hparams)
     try:
         sae.load_saelens_tensors(tensors)
