@@ -139,3 +139,20 @@ def test_a_given_sae_with_other_weights_under_the_same_spec_is_studied_again(tmp
     )
     assert new != old and sae_fingerprint("hf:org/s/layers.2", PLUGINS) == f"commit:{new}"
     assert sae_fingerprint("hf:org/missing/layers.2", PLUGINS) == "unresolved"
+
+
+def test_run_refuses_a_published_sae_past_the_models_blocks_before_making_its_folder(
+    tmp_path_factory, tmp_path, monkeypatch, capsys
+):
+    native = tiny_run(tmp_path_factory)
+    model = json.loads((native / "causal" / "results.json").read_text())["config"]["model"]
+    sae, _ = load_sae(native / "sae", PLUGINS)
+    hook = "blocks.9.hook_resid_post"  # the tiny model has 4 blocks
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    P.hub_repo(tmp_path / "hub", "org/deep", P.saelens_files(sae, hook, hook))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--model", model, "--sae", f"hf:org/deep/{hook}", "--out", str(tmp_path / "runs")])
+    assert exit_info.value.code == 2
+    assert "reads layer 9, but" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())

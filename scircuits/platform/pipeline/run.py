@@ -116,6 +116,16 @@ def config_layer_count(source: str) -> int:
     return model_config_sizes(source)[0]
 
 
+def model_layer_count(adapter: Any, config: RunConfig) -> int:
+    """The model's number of blocks, known before any weights load (0 when it cannot be read)."""
+    if getattr(adapter, "n_layers", 0):
+        return int(adapter.n_layers)
+    try:
+        return model_config_sizes(config.model_path or adapter.hf_id)[0]
+    except (WeightsUnavailableError, ConfigError):
+        return 0
+
+
 def model_width(adapter: Any, config: RunConfig) -> int:
     """The model's width, known before any weights load (0 when its configuration cannot be read)."""
     if getattr(adapter, "d_model", 0):
@@ -171,6 +181,13 @@ def plan(config: RunConfig, plugins: Any) -> Plan:
     benchmark.check_split(config.split)
     published = str(config.train.sae) if is_published(config.train.sae, plugins) else None
     layer = published_layer(config, plugins, adapter) if published else resolve_layer(adapter, config)
+    if published:
+        blocks = model_layer_count(adapter, config)
+        if blocks and layer >= blocks:
+            raise ConfigError(
+                f"--sae {published} reads layer {layer}, but {config.model} has {blocks} layers "
+                f"(0-{blocks - 1}): it was made for another model"
+            )
     label = benchmark.label(config.benchmark_options)
     name = run_dir_name(config.model, config.benchmark, config.site, layer, label)
     run_dir = Path(config.out) / (f"{name}__{sae_slug(published)}" if published else name)
