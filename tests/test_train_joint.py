@@ -334,7 +334,7 @@ def test_an_out_that_is_not_a_folder_of_site_saes_is_refused_and_left_as_it_was(
     inside = tmp_path / "coll-copy"
     shutil.copytree(collection, inside)
     for out, needle in [
-        (users, "holds files scircuits did not write (index.json, notes.txt...) and no SAE index"),
+        (users, "holds files scircuits did not write (index.json, notes.txt...)"),
         (single, "holds a sae artifact, not a folder of per-site SAEs"),
     ]:
         before = _snapshot(out)

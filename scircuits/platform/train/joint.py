@@ -190,19 +190,30 @@ def check_set_folder(out: Path, stores: list[str]) -> None:
         raise ArtifactError(
             f"--out {out} holds a {marker.kind} artifact, not a folder of per-site SAEs: choose another --out"
         )
-    entries = [p.name for p in out.iterdir() if not p.name.startswith(".")]
-    if not entries:
-        return
-    try:
-        ours = ckpt.read_json(out / INDEX_FILE).get("format") == INDEX_FORMAT
-    except (ScircuitsError, AttributeError):
-        ours = False
-    if not ours:
-        shown = ", ".join(sorted(entries)[:3])
+    foreign = [p.name for p in sorted(out.iterdir()) if not p.name.startswith(".") and not _site_entry(p)]
+    if foreign:
+        shown = ", ".join(foreign[:3])
         raise ArtifactError(
-            f"--out {out} holds files scircuits did not write ({shown}...) and no SAE index: it will "
-            "not write the sites' SAEs among them; choose another --out"
+            f"--out {out} holds files scircuits did not write ({shown}...): it will not write the sites' "
+            "SAEs among them; choose another --out"
         )
+
+
+def _site_entry(path: Path) -> bool:
+    """What a folder of site SAEs holds: our index, SAE checkpoints, and folders moved aside."""
+    if path.name == INDEX_FILE:
+        try:
+            return bool(ckpt.read_json(path).get("format") == INDEX_FORMAT)
+        except (ScircuitsError, AttributeError):
+            return False
+    if not path.is_dir():
+        return False
+    marker = read_marker(path)
+    return (
+        (marker is not None and marker.kind == "sae")
+        or (path / ckpt.CFG_FILE).is_file()
+        or ".superseded-" in path.name
+    )
 
 
 def write_index(out: Path, sites: list[SiteStore], configs: list[TrainConfig], plugins: PluginSet) -> Path:
