@@ -360,3 +360,18 @@ def test_a_refused_joint_training_moves_no_finished_sae_aside(collection, joint,
         done = run_cli("train", "--store", str(collection), *TRAIN, *change, "--out", str(out))
         assert done.returncode == 2 and needle in one_line(done.stderr), done.stderr
         assert _snapshot(out) == before and not list(tmp_path.glob("**/*.superseded-*"))
+
+
+def test_file_urls_are_the_local_paths_they_name(collection, tmp_path):
+    """file:///… was read as a relative folder `file:/…` (an SAE written under the working directory,
+    a collection not found)."""
+    from scircuits.platform.config.stages import TrainConfig
+
+    assert TrainConfig(store=f"file://{collection}", out=f"file://{tmp_path}/o").out == f"{tmp_path}/o"
+    out = tmp_path / "saes"
+    done = run_cli(
+        "train", "--store", f"file://{collection}", "--sites", "resid", "--layers", "0", *TRAIN,
+        "--out", f"file://{out}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / ckpt.META_FILE).is_file() and not Path("file:").exists()

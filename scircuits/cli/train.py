@@ -125,6 +125,7 @@ def _train(
 ) -> None:
     from scircuits.api.stages import check_hparams, read_checkpoint
     from scircuits.api.stages import train as train_stage
+    from scircuits.platform.config.stages import file_url_as_path
     from scircuits.platform.manager.plugin_set import get_plugins
     from scircuits.platform.train.distributed import parse_devices, under_launcher
     from scircuits.platform.train.joint import (
@@ -150,7 +151,8 @@ def _train(
         for name in sae_list:
             settings = {**base.model_dump(exclude_unset=True), "store": "-", "hparams": merged_hparams}
             check_hparams(TrainConfig.validated({**settings, **({"sae": name} if name else {})}), plugins)
-    store_list = site_stores(list(stores) or ([base.store] if base.store else []), *chosen_sites)
+    given = [file_url_as_path(s) for s in stores] or ([base.store] if base.store else [])
+    store_list = site_stores(given, *chosen_sites)
     if not store_list:
         raise ConfigError("train: give the activation store with --store PATH (or store = ... in --config)")
     sites = None if under_launcher() else one_collection(store_list)

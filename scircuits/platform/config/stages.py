@@ -41,6 +41,7 @@ from pydantic_core import PydanticUndefined
 from scircuits.platform.config.files import read_config_file
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.options import describe_validation_error
+from scircuits.store.location import local_path
 from scircuits.store.remote import is_url
 
 if TYPE_CHECKING:
@@ -175,6 +176,15 @@ class StageConfig(BaseModel):
     def no_bool_for_numbers(cls, values: Any) -> Any:
         return reject_bool_numbers(cls, values)
 
+    @model_validator(mode="before")
+    @classmethod
+    def file_urls_as_paths(cls, values: Any) -> Any:
+        """``file:///data/x`` is the local path ``/data/x`` (Path() would read it as ``file:/data/x``,
+        a folder under the working directory)."""
+        if isinstance(values, dict):
+            return {name: file_url_as_path(value) for name, value in values.items()}
+        return values
+
     @model_validator(mode="after")
     def local_paths_are_local(self: C) -> C:
         for name in self.local_only & type(self).model_fields.keys():
@@ -251,6 +261,14 @@ SiteName = Literal["resid", "mlp", "attn"]
 # widest SAE a run may ask for (256 x d_model: a million latents on a 4096-wide model); the memory an
 # SAE needs is also checked against the machine before training (train.training.check_sae_memory)
 MAX_EXPANSION = 256
+
+
+def file_url_as_path(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("file://"):
+        return str(local_path(value))
+    if isinstance(value, list):
+        return [file_url_as_path(v) for v in value]
+    return value
 
 
 def reject_bool_numbers(cls: type[BaseModel], values: Any) -> Any:
