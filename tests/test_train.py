@@ -92,6 +92,28 @@ def test_a_complete_checkpoint_with_the_same_config_is_skipped(store, tmp_path, 
     assert (tmp_path / "sae" / WEIGHTS_FILE).stat().st_mtime_ns != before
 
 
+def test_an_sae_of_an_unfinished_store_is_trained_again_once_the_store_is_finished(tmp_path, capsys):
+    """It was kept ("already holds a complete checkpoint") though its store had grown since."""
+    from scircuits.store import ActivationStoreWriter
+    from scircuits.store.synthetic import synthetic_attrs, synthetic_example
+
+    path = tmp_path / "acts.zarr"
+    with ActivationStoreWriter.open(path, synthetic_attrs(), d_model=D_MODEL, dtype="float32") as writer:
+        for i in range(120):
+            writer.append_example(i, *synthetic_example(i, D_MODEL))
+        writer.close(complete=False)
+    cfg = config(path, tmp_path / "sae", epochs=1)
+    train(cfg, get_plugins())
+    first = json.loads((tmp_path / "sae" / META_FILE).read_text())["store"]["attrs"]["n_tokens"]
+    write_synthetic_store(path, n_examples=240, d_model=D_MODEL, dtype="float32")  # finishes it
+    capsys.readouterr()
+    train(cfg, get_plugins())
+    assert "was trained on the store before it was complete; moved it" in capsys.readouterr().err
+    meta = json.loads((tmp_path / "sae" / META_FILE).read_text())
+    assert meta["store"]["attrs"]["n_tokens"] > first and meta["store"]["attrs"]["complete"]
+    assert list(tmp_path.glob("sae.superseded-*"))
+
+
 @pytest.mark.parametrize(
     "sae,hparams,stop",
     [

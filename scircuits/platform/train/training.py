@@ -514,15 +514,29 @@ def _claim(config: TrainConfig) -> bool:
         if claimed.state != "forced":
             held = "a checkpoint made with other settings"
         log.info(f"[train] {out} held {held}; moved it to {claimed.moved_to}")
-    if ckpt.is_complete(out, config.config_hash()):
+    if ckpt.is_complete(out, config.config_hash()) and not _store_grew(out, config):
         log.info(f"[train] {out} already holds a complete checkpoint for this config; skipping")
         return True
+    if ckpt.is_complete(out, config.config_hash()):  # trained on an unfinished store, finished since
+        aside = move_aside(out)
+        write_marker(out, "sae", config.config_hash())
+        log.info(f"[train] {out} was trained on the store before it was complete; moved it to {aside}")
     if not config.resume and ckpt.has_training_state(out):
         refuse_unresumed_state(config)
         aside = move_aside(out)
         write_marker(out, "sae", config.config_hash())
         log.info(f"[train] --force: moved the unresumed training state in {out} to {aside}")
     return False
+
+
+def _store_grew(out: Path, config: TrainConfig) -> bool:
+    """Whether the checkpoint at ``out`` was trained on fewer rows of its store than the store holds
+    now (a collection finished after an SAE was trained on its first rows)."""
+    try:
+        recorded = ckpt.read_json(out / ckpt.META_FILE)["store"]["attrs"]["n_tokens"]
+        return int(recorded) < open_store(config.store).n_tokens
+    except (ScircuitsError, KeyError, TypeError, ValueError):
+        return False
 
 
 def refuse_unresumed_state(config: TrainConfig) -> None:
