@@ -412,6 +412,10 @@ def test_ablate_store_must_match_the_sae(tmp_path):
         check_store_matches_sae(path, "sae", info)
     info["meta"]["store"]["attrs"]["layer"] = 3
     check_store_matches_sae(path, "sae", info)  # the matching store is accepted
+    published = {"meta": {}, "hook_name": "blocks.2.hook_mlp_out"}  # its hook decides (layer, site)
+    with pytest.raises(ConfigError, match="layer: store 3, SAE 2; site: store 'resid', SAE 'mlp'"):
+        check_store_matches_sae(path, "hf:org/s", published, hooked=(2, "mlp"))
+    check_store_matches_sae(path, "hf:org/s", published, hooked=(3, "resid"))
 
 
 # -- data files: content hash, empty, not UTF-8, a bad line far in --------------------------------

@@ -116,15 +116,20 @@ def hook_site(config: Any, adapter: Any, info: dict[str, Any]) -> tuple[int, str
     return layer, site
 
 
-def check_store_matches_sae(store_path: str | None, sae_path: str | None, info: dict[str, Any]) -> None:
+def check_store_matches_sae(
+    store_path: str | None, sae_path: str | None, info: dict[str, Any], hooked: tuple[int, str] | None = None
+) -> None:
     """``--store`` must hold the activations the SAE was trained on: same model, layer and site (its
-    feature contexts are read from it), as far as the SAE's scircuits.json records them."""
+    feature contexts are read from it), as far as the SAE's scircuits.json records them, or, for a
+    published SAE, the layer and site its hook names (``hooked``)."""
     if not store_path:
         return
     meta = info.get("meta") if isinstance(info.get("meta"), dict) else {}
     trained = (meta.get("store") or {}).get("attrs") if isinstance(meta.get("store"), dict) else None
     if not isinstance(trained, dict):
-        return
+        if hooked is None:
+            return
+        trained = {"layer": hooked[0], "site": hooked[1]}
     try:
         given = ActivationStore(store_path).attrs
     except Exception as exc:
@@ -192,8 +197,8 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
             f"the SAE {config.sae} reads width {d_in}, but {config.model} has width {adapter.d_model}: "
             "it was made for another model"
         )
-    check_store_matches_sae(config.store, config.sae, info)
     hooked = hook_site(config, adapter, info)
+    check_store_matches_sae(config.store, config.sae, info, hooked)
     if loaded is None and config.remote:
         loaded = load_remote(adapter, model_path=config.model_path)
     elif loaded is None:
