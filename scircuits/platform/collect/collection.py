@@ -38,7 +38,7 @@ from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import CollectConfig
 from scircuits.platform.config.stages import resolve_model_dtype
-from scircuits.platform.contract.errors import ConfigError, ScircuitsError
+from scircuits.platform.contract.errors import ConfigError, DataFormatError, ScircuitsError
 from scircuits.platform.manager.plugin_set import PluginSet, get_plugins
 from scircuits.platform.model.sequences import encode_example
 from scircuits.platform.model.tracing import RemoteBackend, SitesTracer, check_ndif, load_remote
@@ -407,6 +407,8 @@ def _launch_ranks(config: CollectConfig, world: int) -> CollectSummary:
     before = _held(Path(config.out), world)
     try:
         launch(world, _collect_entry, config.model_dump(mode="json"))
+    except (ConfigError, DataFormatError):
+        raise  # a worker refused its input: its one line (running again would not help)
     except ScircuitsError as exc:
         detail = str(exc).replace("distributed training", "collection").splitlines()
         raise ScircuitsError(

@@ -17,8 +17,10 @@
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 import queue
+import re
 import signal
 import socket
 import sys
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from scircuits.platform.common.artifacts import hold_for_group
-from scircuits.platform.contract.errors import ConfigError, ScircuitsError
+from scircuits.platform.contract.errors import ConfigError, DataFormatError, ScircuitsError
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -214,9 +216,29 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any, hold: Path | None = N
             start_method="spawn",
         )
     except mp.ProcessRaisedException as exc:
+        user = worker_user_error(str(exc))
+        if user is not None:  # a refusal of the worker's input: its one line, as in one process
+            raise user from None
         raise ScircuitsError(f"distributed training failed in a worker process:\n{exc}") from None
     except mp.ProcessExitedException as exc:
         raise ScircuitsError(f"a distributed training process died: {exc}") from None
+
+
+def worker_user_error(text: str) -> ScircuitsError | None:
+    """The user error a worker raised (a ConfigError or DataFormatError of scircuits, read from the
+    last line of its traceback), as one of this process; None for anything else."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    match = re.match(r"^(scircuits(?:\.\w+)*)\.(\w+): (.+)$", lines[-1]) if lines else None
+    if match is None:
+        return None
+    try:
+        cls = getattr(importlib.import_module(match.group(1)), match.group(2))
+    except (ImportError, AttributeError):
+        return None
+    for kind in (ConfigError, DataFormatError):
+        if isinstance(cls, type) and issubclass(cls, kind):
+            return kind(match.group(3))
+    return None
 
 
 def all_reduce_(tensor: Any, op: str = "sum") -> Any:
