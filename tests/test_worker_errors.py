@@ -40,3 +40,46 @@ def test_a_worker_refusal_is_its_one_line_and_a_crash_keeps_its_trace():
         launch(2, crash_on_rank_one)
     assert not isinstance(crashed.value, ConfigError)
     assert "failed in a worker process" in str(crashed.value) and "an internal failure" in str(crashed.value)
+
+
+def sleep_and_record(folder: str) -> None:
+    import time
+    from pathlib import Path
+
+    (Path(folder) / f"rank{os.environ['RANK']}.pid").write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+def test_sigint_to_the_launcher_alone_stops_its_workers(tmp_path):
+    """`kill -INT <launcher>` printed Aborted. while the workers trained on (the interpreter's exit
+    waited for them)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "from scircuits.platform.train.distributed import launch\n"
+        "from tests.test_worker_errors import sleep_and_record\n"
+        f"launch(2, sleep_and_record, {str(tmp_path)!r})\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("rank*.pid"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pids = [int(p.read_text()) for p in tmp_path.glob("rank*.pid")]
+    assert len(pids) == 2
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=60)
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in pids)

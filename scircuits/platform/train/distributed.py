@@ -208,13 +208,23 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any, hold: Path | None = N
 
     threads = max(1, (os.cpu_count() or 1) // nproc)
     try:
-        mp.start_processes(
+        context = mp.start_processes(
             _spawned,
             args=(nproc, free_port(), threads, fn, args, os.getpid(), None if hold is None else str(hold)),
             nprocs=nproc,
-            join=True,
+            join=False,
             start_method="spawn",
         )
+        try:
+            while not context.join():
+                pass
+        except KeyboardInterrupt:  # Ctrl-C or SIGINT to this process alone: the workers stop too
+            for process in context.processes:
+                if process.is_alive():
+                    process.terminate()
+            for process in context.processes:
+                process.join(timeout=30)
+            raise
     except mp.ProcessRaisedException as exc:
         user = worker_user_error(str(exc))
         if user is not None:  # a refusal of the worker's input: its one line, as in one process
