@@ -94,6 +94,9 @@ def test_a_flag_for_epochs_replaces_the_files_tokens_and_the_reverse(tmp_path, t
     with pytest.raises(ConfigError, match=r"--train-tokens 5000 and --train-epochs 1: give one"):
         RunConfig.from_sources(None, {"train_tokens": 5000, "train_epochs": 1})
     assert CollectConfig(layer=3, layers="3,6").site_list() == [(3, "resid"), (6, "resid")]
+    for empty in ("layers", "sites"):  # an empty list was read as not given (the default site traced)
+        with pytest.raises(ConfigError, match=rf"--{empty}: give"):
+            CollectConfig(**{empty: ""})
 
 
 @pytest.mark.parametrize(

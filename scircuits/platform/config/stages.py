@@ -410,10 +410,11 @@ class CollectConfig(StageConfig):
         return value != "test" if name == "split" else value not in (None, {})
 
     def _layers(self) -> list[int]:
-        return _int_list(self.layers, "--layers") if self.layers else [self.layer]  # type: ignore[list-item]
+        # an empty --layers is refused by _int_list, not read as "not given"
+        return _int_list(self.layers, "--layers") if self.layers is not None else [self.layer]  # type: ignore[list-item]
 
     def _sites(self) -> list[str]:
-        if not self.sites:
+        if self.sites is None:
             return [self.site]
         sites = [s.strip() for s in self.sites.split(",") if s.strip()]
         if not sites:
