@@ -156,3 +156,23 @@ def test_run_refuses_a_published_sae_past_the_models_blocks_before_making_its_fo
     assert exit_info.value.code == 2
     assert "reads layer 9, but" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_training_settings_beside_a_given_sae_are_said_to_be_unused(tmp_path_factory, caplog):
+    import logging
+
+    from scircuits.platform.config.stages import RunConfig
+    from scircuits.platform.pipeline.run import plan
+
+    native = tiny_run(tmp_path_factory)
+    model = json.loads((native / "causal" / "results.json").read_text())["config"]["model"]
+    config = RunConfig(
+        model=model,
+        sae=str(native / "sae"),
+        train_tokens=5000,
+        sae_hparams={"k": 3},
+        out=str(tmp_path_factory.mktemp("o")),
+    )
+    with caplog.at_level(logging.WARNING, logger="scircuits"):
+        plan(config.with_plugin_defaults(PLUGINS), PLUGINS)
+    assert "is studied as given (nothing is trained): --sae-option, --train-tokens not used" in caplog.text

@@ -182,6 +182,11 @@ def plan(config: RunConfig, plugins: Any) -> Plan:
     published = str(config.train.sae) if is_published(config.train.sae, plugins) else None
     layer = published_layer(config, plugins, adapter) if published else resolve_layer(adapter, config)
     if published:
+        unused = sorted(config.train.model_fields_set - {"sae"})
+        if unused:
+            named = {"hparams": "--sae-option"}  # the flag of the SAE options on the command line
+            flags = ", ".join(named.get(n) or RunConfig.flag_of(("train", n)) or n for n in unused)
+            log.warning(f"[run] --sae {published} is studied as given (nothing is trained): {flags} not used")
         blocks = model_layer_count(adapter, config)
         if blocks and layer >= blocks:
             raise ConfigError(
