@@ -118,20 +118,20 @@ def config_layer_count(source: str) -> int:
 
 def model_layer_count(adapter: Any, config: RunConfig) -> int:
     """The model's number of blocks, known before any weights load (0 when it cannot be read)."""
-    if getattr(adapter, "n_layers", 0):
-        return int(adapter.n_layers)
-    try:
-        return model_config_sizes(config.model_path or adapter.hf_id)[0]
-    except (WeightsUnavailableError, ConfigError):
-        return 0
+    return _known_size(adapter, config, "n_layers", 0)
 
 
 def model_width(adapter: Any, config: RunConfig) -> int:
     """The model's width, known before any weights load (0 when its configuration cannot be read)."""
-    if getattr(adapter, "d_model", 0):
-        return int(adapter.d_model)
+    return _known_size(adapter, config, "d_model", 1)
+
+
+def _known_size(adapter: Any, config: RunConfig, attribute: str, index: int) -> int:
+    """The adapter's ``attribute`` or else the model configuration's (blocks, width)[``index``]."""
+    if getattr(adapter, attribute, 0):
+        return int(getattr(adapter, attribute))
     try:
-        return model_config_sizes(config.model_path or adapter.hf_id)[1]
+        return model_config_sizes(config.model_path or adapter.hf_id)[index]
     except (WeightsUnavailableError, ConfigError):
         return 0
 
