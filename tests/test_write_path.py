@@ -154,6 +154,7 @@ def test_commands_writing_inside_a_run_are_refused_while_run_holds_it(run, tmp_p
         )
         assert not (tmp_path / "site").exists()
         argv = ["train", "--store", str(run / "activations.zarr"), "--sae", "topk", "--k", "4"]
+        argv += ["--batch-size", "256"]  # trainable on this small store: refused for the lock alone
         one_line_error(capsys, [*argv, "--out", str(run / "sae"), "--no-progress"], "scircuits run")
         with pytest.raises(ArtifactError, match="scircuits run"):
             FolderLock(run / "causal", "causal results")  # ablate --out RUN/causal

@@ -189,12 +189,12 @@ def weights_sha256(spec: str) -> str | None:
     return file_sha256(weights) if weights.is_file() else None
 
 
-def local_inputs(config: CircuitConfig) -> list[Path]:
-    """The local folders the command reads: SAE folders and the model's (--model hf:DIR, --model-path)."""
-    specs = [*config.sae, config.model_path or ""]
-    if config.model and config.model.startswith("hf:"):
-        specs.append(config.model[len("hf:") :])
-    return [Path(spec).expanduser() for spec in specs if spec and Path(spec).expanduser().exists()]
+def local_inputs(config: CircuitConfig, plugins: Any) -> list[Path]:
+    """The local folders the command reads: SAE folders and the model's (--model-path, or the folder
+    an adapter loads its weights from, e.g. --model hf:DIR)."""
+    source = getattr(plugins.models.get(config.model), "hf_id", None) if config.model else None
+    specs = [*config.sae, config.model_path or "", str(source or "")]
+    return [Path(spec).expanduser() for spec in specs if spec and Path(spec).expanduser().is_dir()]
 
 
 def run_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None = None) -> Path:
@@ -202,7 +202,7 @@ def run_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None 
     config = config.with_plugin_defaults(plugins)
     out = Path(config.out)
     check_device(config.device)
-    check_out_apart(out, read=local_inputs(config))
+    check_out_apart(out, read=local_inputs(config, plugins))
     try:
         fresh = not out.exists()
     except OSError:
