@@ -514,10 +514,11 @@ def _claim(config: TrainConfig) -> bool:
         if claimed.state != "forced":
             held = "a checkpoint made with other settings"
         log.info(f"[train] {out} held {held}; moved it to {claimed.moved_to}")
-    if ckpt.is_complete(out, config.config_hash()) and not _store_grew(out, config):
+    complete = ckpt.is_complete(out, config.config_hash())
+    if complete and not _store_grew(out, config):
         log.info(f"[train] {out} already holds a complete checkpoint for this config; skipping")
         return True
-    if ckpt.is_complete(out, config.config_hash()):  # trained on an unfinished store, finished since
+    if complete:  # trained on an unfinished store, finished since
         aside = move_aside(out)
         write_marker(out, "sae", config.config_hash())
         log.info(f"[train] {out} was trained on the store before it was complete; moved it to {aside}")
