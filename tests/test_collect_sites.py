@@ -23,6 +23,7 @@ from scircuits.platform.manager.plugin_set import get_plugins
 from scircuits.platform.model.tracing import SitesTracer
 from scircuits.platform.train.distributed import free_port
 from scircuits.store import ActivationStore, ActivationStoreWriter, StoreMismatchError
+from scircuits.store.collection import write_manifest
 from scircuits.store.errors import NotAStoreError
 from scircuits.testing import save_tiny_model, tiny_loaded_model
 from tests.cli_helpers import run_cli
@@ -224,9 +225,24 @@ def test_a_shard_of_another_collection_is_refused_never_merged(tmp_path, tiny_gp
     ):
         ActivationStore(first / "resid1")
     shutil.rmtree(first / "resid1" / "shard-00001-of-00002")
-    with pytest.raises(StoreMismatchError, match=r"holds a different collection"):
+    with pytest.raises(StoreMismatchError, match=r"holds a different collection \(seed 0 -> 5\)\. Write"):
         run_collect(config(folder, text, first, layers="1,2", seed=5), get_plugins())
     assert ActivationStore(first / "resid2").complete  # nothing already written was lost
+    again = run_collect(config(folder, text, first, layers="2,1"), get_plugins())  # the same blocks
+    assert again.already_complete
+
+
+def test_a_collection_of_other_processes_says_how_to_continue_it(tmp_path):
+    identity = {"model": "m", "layers": "1,2"}
+    write_manifest(tmp_path, "two", 2, ["resid1", "resid2"], identity)
+    (tmp_path / "resid1").mkdir()
+    with pytest.raises(
+        StoreMismatchError,
+        match=r"different collection \(processes 2 -> 1\)\. Collect it with --nproc 2 to continue it",
+    ):
+        write_manifest(tmp_path, "one", 1, ["resid1", "resid2"], identity)
+    with pytest.raises(StoreMismatchError, match=r"\(layers 1,2 -> 1,2,3; sites resid1,resid2 -> resid1,"):
+        write_manifest(tmp_path, "three", 2, ["resid1", "resid2", "resid3"], {**identity, "layers": "1,2,3"})
 
 
 def test_train_and_inspect_read_a_collection_site(tmp_path, tiny_gpt2, text):

@@ -40,6 +40,8 @@ class Manifest(BaseModel):
     sites: list[str]
     created: str = ""
     scircuits_version: str = ""
+    # the collecting command's settings (what its id hashes), so that a mismatch can name them
+    identity: dict[str, Any] | None = None
 
 
 def site_key(layer: int, site: str) -> str:
@@ -73,8 +75,15 @@ def read_manifest(root: Any) -> Manifest:
     return manifest
 
 
-def write_manifest(root: Any, collection_id: str, world_size: int, sites: list[str]) -> Manifest:
-    """Create the manifest, or check that the one there is this collection's (else StoreMismatchError)."""
+def write_manifest(
+    root: Any,
+    collection_id: str,
+    world_size: int,
+    sites: list[str],
+    identity: dict[str, Any] | None = None,
+) -> Manifest:
+    """Create the manifest, or check that the one there is this collection's (else StoreMismatchError,
+    naming the settings that differ)."""
     root = as_location(root)
     if (root / MANIFEST).exists():
         manifest = read_manifest(root)
@@ -83,12 +92,7 @@ def write_manifest(root: Any, collection_id: str, world_size: int, sites: list[s
             return manifest
         # a manifest whose collection never wrote a store (it failed first) is replaced
         if any((root / site).exists() for site in manifest.sites):
-            raise StoreMismatchError(
-                f"{root} holds a different collection (id {manifest.collection_id}, "
-                f"{manifest.world_size} shard(s), sites {', '.join(manifest.sites)}; now id {collection_id}, "
-                f"{world_size} shard(s), sites {', '.join(sites)}). "
-                "Write to another --out, or pass --force to move it aside."
-            )
+            raise StoreMismatchError(_mismatch(root, manifest, world_size, sites, identity))
     manifest = Manifest(
         format=COLLECTION_FORMAT,
         format_version=COLLECTION_VERSION,
@@ -97,6 +101,7 @@ def write_manifest(root: Any, collection_id: str, world_size: int, sites: list[s
         sites=sites,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         scircuits_version=__version__,
+        identity=identity,
     )
     text = json.dumps(manifest.model_dump(), indent=2) + "\n"
     if isinstance(root, RemotePath):  # one PUT: the object is whole or absent
@@ -105,6 +110,36 @@ def write_manifest(root: Any, collection_id: str, world_size: int, sites: list[s
     root.mkdir(parents=True, exist_ok=True)
     write_atomic(root / MANIFEST, text)
     return manifest
+
+
+def _mismatch(
+    root: Any, manifest: Manifest, world_size: int, sites: list[str], identity: dict[str, Any] | None
+) -> str:
+    """One line: what differs between the collection at ``root`` and the one asked for, and what to do."""
+    differences = []
+    if manifest.identity is not None and identity is not None:
+        for name in sorted(manifest.identity.keys() | identity.keys()):
+            was, now = manifest.identity.get(name), identity.get(name)
+            if was != now:
+                differences.append(f"{name} {_short(was)} -> {_short(now)}")
+    if manifest.sites != sites:
+        differences.append(f"sites {','.join(manifest.sites)} -> {','.join(sites)}")
+    if manifest.world_size != world_size:
+        differences.append(f"processes {manifest.world_size} -> {world_size}")
+    if not differences:  # a manifest from before identities were recorded
+        differences.append(f"id {manifest.collection_id}")
+    advice = "Write to another --out, or pass --force to move it aside."
+    if differences == [f"processes {manifest.world_size} -> {world_size}"]:
+        advice = (
+            f"Collect it with --nproc {manifest.world_size} to continue it (its shards are per process), "
+            "write to another --out, or pass --force to move it aside."
+        )
+    return f"{root} holds a different collection ({'; '.join(differences)}). {advice}"
+
+
+def _short(value: Any) -> str:
+    text = "unset" if value is None else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def is_collection(path: str | os.PathLike[str]) -> bool:

@@ -387,12 +387,12 @@ def _prepare_collection(config: CollectConfig, world: int, sites: list[SiteKey] 
         return
     keys = [site_key(*s) for s in sites]
     try:
-        write_manifest(root, collection_id(config, world), world, keys)
+        write_manifest(root, collection_id(config, world), world, keys, config.identity())
     except (StoreMismatchError, NotAStoreError) as exc:
         if not config.force or isinstance(root, RemotePath):  # nothing is moved aside on object storage
             raise
         _move_aside_for_force(root, str(exc).split(" (")[0])
-        write_manifest(root, collection_id(config, world), world, keys)
+        write_manifest(root, collection_id(config, world), world, keys, config.identity())
 
 
 def _move_aside_for_force(root: Path, reason: str) -> None:
@@ -504,7 +504,9 @@ def trace_into_stores(
 ) -> CollectSummary:
     start = time.monotonic()
     if many:  # every rank writes or checks it: the same command writes the same manifest
-        write_manifest(config.out, collection_id(config, world), world, [site_key(*s) for s in sites])
+        write_manifest(
+            config.out, collection_id(config, world), world, [site_key(*s) for s in sites], config.identity()
+        )
     packing = (
         None
         if config.corpus is None

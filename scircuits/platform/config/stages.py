@@ -369,6 +369,11 @@ class CollectConfig(StageConfig):
         for name in CORPUS_FIELDS | MULTI_FIELDS:
             if name in values and values[name] == defaults[name]:
                 del values[name]
+        # the blocks and sites are a set: --layers 2,1 collects what 1,2 does
+        if "layers" in values:
+            values["layers"] = ",".join(str(layer) for layer in self._layers())
+        if "sites" in values:
+            values["sites"] = ",".join(s for s in get_args(SiteName) if s in self._sites())
         if self.corpus is not None:
             for name in BENCHMARK_FIELDS:
                 values.pop(name, None)
