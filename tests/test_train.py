@@ -140,6 +140,17 @@ def test_resume_refuses_a_state_of_another_config(store, tmp_path):
         train(config(store, tmp_path / "sae", lr=1e-2, resume=True), get_plugins())
 
 
+def test_resume_refuses_a_state_of_another_process_count(store, tmp_path):
+    train(config(store, tmp_path / "sae"), get_plugins(), stop_after_steps=3)
+    meta_path = tmp_path / "sae" / STATE_META_FILE
+    state = json.loads(meta_path.read_text())
+    assert state["world_size"] == 1
+    meta_path.write_text(json.dumps({**state, "world_size": 2}))  # as two processes leave it
+    with pytest.raises(ConfigError, match=r"state of 2 process\(es\), now 1; resume it with --nproc 2"):
+        train(config(store, tmp_path / "sae", resume=True), get_plugins())
+    assert json.loads(meta_path.read_text())["step"] == 3  # the state is kept
+
+
 def test_training_streams_batches_from_the_reader(store, tmp_path, monkeypatch):
     requested: list[int] = []
     original = ActivationStore.iter_batches

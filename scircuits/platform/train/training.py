@@ -764,6 +764,13 @@ def fit_steps(
                 f"(hash {meta.get('config_hash')}, now {config_hash}); use another --out "
                 "or drop --resume to start over"
             )
+        processes = meta.get("world_size")  # each process reads its own share of an epoch's blocks
+        if processes is not None and int(processes) != dist.world_size:
+            raise ConfigError(
+                f"--resume: {out} holds a training state of {processes} process(es), now {dist.world_size}; "
+                f"resume it with --nproc {processes} (or as many torchrun processes), or drop --resume "
+                "to start over"
+            )
         saved.update(tensors)
         return meta
 
@@ -811,6 +818,7 @@ def fit_steps(
                     "batch_in_epoch": batch_in_epoch,
                     "config_hash": config_hash,
                     "total_steps": total_steps,
+                    "world_size": dist.world_size,
                 },
             )
 
