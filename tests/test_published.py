@@ -121,6 +121,19 @@ def test_an_offline_miss_exits_2_naming_the_repo_cache_offline_flag_and_a_folder
         assert part in err
 
 
+@pytest.mark.parametrize(
+    "spec,says",
+    [
+        ("hf:org/saelens-saes/../..", "no '.' or '..' parts"),
+        ("hf:org/saelens-saes/./x", "no '.' or '..' parts"),
+        ("hf:org/bad name/x", "'org/bad name' is not a Hugging Face repository id"),
+    ],
+)
+def test_a_hub_folder_outside_its_repository_is_refused(hub, capsys, spec, says):
+    err = one_line_exit_2(["ablate", "--sae", spec, "--limit", "4"], capsys)
+    assert says in err, err
+
+
 def test_a_width_mismatch_is_refused_before_the_model_loads(hub, capsys, monkeypatch):
     torch.manual_seed(1)
     narrow = PLUGINS.saes.get("topk").build(64, 128, {"k": 4})

@@ -34,14 +34,25 @@ class HubFolder:
 
 def parse_hub_ref(ref: str, option: str = "--sae") -> HubLocation:
     """``ORG/NAME[/PATH][@REVISION]`` as a HubLocation."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     body, _, revision = ref.partition("@")
     parts = [p for p in body.strip("/").split("/") if p]
+    example = "e.g. hf:ORG/NAME/layer_12 or hf:ORG/NAME@REVISION"
     if len(parts) < 2:
+        raise ConfigError(f"{option} hf:{ref}: name a hub repository and optionally a folder in it, {example}")
+    if any(part in (".", "..") for part in parts):  # the folder must lie inside the repository
+        raise ConfigError(f"{option} hf:{ref}: a hub folder has no '.' or '..' parts; {example}")
+    repo_id = "/".join(parts[:2])
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
         raise ConfigError(
-            f"{option} hf:{ref}: name a hub repository and optionally a folder in it, "
-            "e.g. hf:ORG/NAME/layer_12 or hf:ORG/NAME@REVISION"
-        )
-    return HubLocation("/".join(parts[:2]), "/".join(parts[2:]), revision or None)
+            f"{option} hf:{ref}: {repo_id!r} is not a Hugging Face repository id (ORG/NAME of letters, "
+            f"digits, '-', '_' and '.'); {example}"
+        ) from None
+    return HubLocation(repo_id, "/".join(parts[2:]), revision or None)
 
 
 def offline_help(location: HubLocation, spec: str, reason: str) -> str:
