@@ -237,3 +237,16 @@ def test_deeply_nested_json_in_a_data_file_an_sae_config_or_an_option(store, tmp
     assert "nested too deeply" in err
     err = refused(["train", "--store", str(store), "--sae-option", f"k={deep}"], capsys)
     assert "nested too deeply" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["collect", "--out", "memory://acts.zarr", "--limit", "2"],
+        ["train", "--store=memory://acts.zarr", "--out", "sae"],
+        ["run", "--out", "memory://runs"],
+    ],
+)
+def test_a_memory_url_on_the_command_line_is_refused(args, capsys):
+    err = refused(args, capsys)
+    assert "memory://" in err and "lives inside one Python process" in err and "s3://" in err

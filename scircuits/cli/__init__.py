@@ -106,7 +106,26 @@ def cli(quiet: bool, verbose: bool) -> None:
     set_level(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
+def in_process_url(args: list[str]) -> str | None:
+    """The first ``memory://`` URL among the arguments (``--out URL`` or ``--out=URL``), if any."""
+    for arg in args:
+        value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
+        if value.startswith("memory://"):
+            return value
+    return None
+
+
 def main(argv: list[str] | None = None) -> Any:
+    args = list(argv if argv is not None else sys.argv[1:])
+    url = in_process_url(args)
+    if url is not None:
+        click.echo(
+            f"Error: {url}: a memory:// folder lives inside one Python process, so a command starts "
+            "with it empty and loses what it writes at exit; give a folder or an s3:// URL (memory:// "
+            "works from the Python API)",
+            err=True,
+        )
+        sys.exit(2)
     try:
         rv = cli.main(args=argv, prog_name="scircuits", standalone_mode=False)
     except click.exceptions.Abort:
