@@ -38,6 +38,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticUndefined
 
+from scircuits.platform.common.fingerprint import weights_fingerprint
 from scircuits.platform.config.files import read_config_file
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.options import describe_validation_error
@@ -114,7 +115,8 @@ class StageConfig(BaseModel):
     # Fields that do not change the artifact (where it goes, how fast, how it is shown).
     volatile: ClassVar[frozenset[str]] = frozenset()
     # Fields that say where an input is: the hash records only whether one is given, so that a
-    # moved run directory or weights folder keeps its hashes.
+    # moved run directory or weights folder keeps its hashes (the stages chain to the inputs' own
+    # identities); ``model_path`` records its weights' fingerprint instead (below).
     located: ClassVar[frozenset[str]] = frozenset()
     # Fields that name a plugin object -> its family; None there means the family's default.
     plugin_fields: ClassVar[Mapping[str, str]] = {}
@@ -249,7 +251,12 @@ class StageConfig(BaseModel):
     def identity(self) -> dict[str, Any]:
         values = self.model_dump(mode="json", exclude=set(self.volatile))
         for name in self.located & values.keys():
-            values[name] = None if values[name] in (None, "") else "given"
+            if values[name] in (None, ""):
+                values[name] = None
+            elif name == "model_path":  # other weights in the same folder are another model
+                values[name] = f"weights:{weights_fingerprint(values[name])}"
+            else:
+                values[name] = "given"
         return values
 
     def config_hash(self) -> str:

@@ -41,8 +41,9 @@ from scircuits.platform.common.artifacts import (
     write_marker,
 )
 from scircuits.platform.common.device import check_device, check_study_dtype
+from scircuits.platform.common.fingerprint import weights_fingerprint
 from scircuits.platform.common.logs import get_logger
-from scircuits.platform.common.provenance import file_sha256, now_iso
+from scircuits.platform.common.provenance import now_iso
 from scircuits.platform.common.remote import is_url, join_path, remote_out
 from scircuits.platform.config import RunConfig, StageConfig
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError, WeightsUnavailableError
@@ -64,10 +65,7 @@ def sae_fingerprint(spec: str, plugins: Any) -> str:
     the sha256 of a local folder's files, or the hub commit a published SAE resolves to now."""
     folder = Path(spec).expanduser()
     if not is_url(spec) and folder.is_dir():
-        digest = hashlib.sha256()
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            digest.update(f"{path.relative_to(folder).as_posix()}\0{file_sha256(path)}\0".encode())
-        return f"files:{digest.hexdigest()[:16]}"
+        return f"files:{weights_fingerprint(folder)}"
     try:
         hub = resolve_source(spec, plugins).hub
     except ScircuitsError:

@@ -41,7 +41,9 @@ def parse_hub_ref(ref: str, option: str = "--sae") -> HubLocation:
     parts = [p for p in body.strip("/").split("/") if p]
     example = "e.g. hf:ORG/NAME/layer_12 or hf:ORG/NAME@REVISION"
     if len(parts) < 2:
-        raise ConfigError(f"{option} hf:{ref}: name a hub repository and optionally a folder in it, {example}")
+        raise ConfigError(
+            f"{option} hf:{ref}: name a hub repository and optionally a folder in it, {example}"
+        )
     if any(part in (".", "..") for part in parts):  # the folder must lie inside the repository
         raise ConfigError(f"{option} hf:{ref}: a hub folder has no '.' or '..' parts; {example}")
     repo_id = "/".join(parts[:2])
