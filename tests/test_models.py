@@ -111,6 +111,10 @@ def test_generic_hf_adapter_finds_blocks_in_a_saved_folder(tmp_path, model_type,
     for site in ("resid", "attn"):
         traced = SiteTracer(loaded, 1, site).trace(SEQUENCES[:1])[0]
         assert_rows_close(traced, hooked_alone(reference, reference.site_module(1, site), SEQUENCES[0]))
+    # a published SAE's module-path hook names the same site before the model loads as after
+    unloaded = get_plugins().models.get(f"hf:{tmp_path}")
+    for hook, site in ((f"{blocks}.1", "resid"), (f"{blocks}.1.mlp", "mlp"), (f"{blocks}.1.{attn}", "attn")):
+        assert unloaded.site_of_hook(hook) == loaded.adapter.site_of_hook(hook) == (1, site)
 
 
 def test_model_path_loads_a_declared_adapter_from_a_folder(tmp_path):

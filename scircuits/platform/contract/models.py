@@ -133,9 +133,9 @@ class ModelAdapter:
             found = self._site_of_module_path(name)
         if found is None:
             known = ", ".join(f"blocks.N.{h}" for h in (*TL_SITE_HOOKS.values(), TL_RESID_PRE))
+            example = self.site_path(0, "resid", n_layers=max(n, 1)) if self.blocks_path else "model.layers.0"
             raise ConfigError(
-                f"hook {name!r} names no site of {self.name} (known: {known}, or module paths like "
-                f"{self.site_path(0, 'resid', n_layers=max(n, 1))})"
+                f"hook {name!r} names no site of {self.name} (known: {known}, or module paths like {example})"
             )
         layer, site = found
         if site not in self.site_paths:

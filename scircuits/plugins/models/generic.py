@@ -16,6 +16,7 @@ from scircuits import ConfigError, HFModelAdapter, LoadedModel
 
 MLP_NAMES = ("mlp", "feed_forward", "ffn", "mlp_block", "block_sparse_moe")
 ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention", "attn_block")
+BLOCK_LISTS = ("layers", "h", "blocks", "block", "layer")  # the names transformers gives a block list
 
 
 def find_decoder_blocks(model: Any) -> tuple[str, dict[str, str], int]:
@@ -74,6 +75,24 @@ class GenericHFAdapter(HFModelAdapter):
         return dataclasses.replace(
             self, name=f"hf:{repo_id}", hf_id=repo_id, description=f"{repo_id} (generic Hugging Face adapter)"
         )
+
+    def _site_of_module_path(self, name: str) -> tuple[int, str] | None:
+        if self.blocks_path:
+            return super()._site_of_module_path(name)
+        # before the model loads, its block list is not known: read the usual layouts
+        # (model.layers.N.mlp, transformer.h.N.attn, gpt_neox.layers.N, ...)
+        parts = name.split(".")
+        for index, part in enumerate(parts[:-1]):
+            if part not in BLOCK_LISTS or not parts[index + 1].isdigit():
+                continue
+            layer, rest = int(parts[index + 1]), ".".join(parts[index + 2 :])
+            if rest in ("", "resid"):
+                return layer, "resid"
+            if rest in (*MLP_NAMES, "mlp"):
+                return layer, "mlp"
+            if rest in (*ATTN_NAMES, "attn"):
+                return layer, "attn"
+        return None
 
     def resolved_for(self, model: Any) -> GenericHFAdapter:
         """This adapter with the block path, sites and sizes of the loaded ``model``."""
