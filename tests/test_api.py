@@ -150,6 +150,13 @@ def test_quiet_keeps_stderr_to_warnings_and_verbose_keeps_the_messages(notebook_
     assert "[dashboard] scanning " in capsys.readouterr().err
     main(["-v", "dashboard", str(run_dir), "--features", "2"])
     assert "[dashboard] scanning " in capsys.readouterr().err
+    out, _, _ = notebook_run
+    main(["-v", "run", "--model", f"hf:{out / 'tiny-model'}", *RUN_FLAGS, "--out", str(out / "runs")])
+    verbose = capsys.readouterr().err
+    assert "[run] collect: key " in verbose and "; config hash " in verbose  # the debug messages
+    main(["run", "--model", f"hf:{out / 'tiny-model'}", *RUN_FLAGS, "--out", str(out / "runs")])
+    assert "[run] collect: key " not in capsys.readouterr().err
+    main(["-v", "dashboard", str(run_dir), "--features", "2"])
     assert "SCIRCUITS_LOG_LEVEL" in os.environ  # passed on to spawned ranks
     main(["dashboard", str(run_dir), "--features", "2"])
     assert "SCIRCUITS_LOG_LEVEL" not in os.environ
@@ -216,6 +223,14 @@ def test_the_api_refuses_what_the_cli_cannot_be_given(tmp_path):
         scircuits.load_study(tmp_path)
     with pytest.raises(scircuits.ConfigError, match="not a scircuits comparison"):
         scircuits.load_comparison(tmp_path)
+    with pytest.raises(scircuits.ConfigError, match=r"^--limit -1: Input should be greater than 0$"):
+        scircuits.CompareOptions(limit=-1)
+    with pytest.raises(scircuits.ConfigError, match=r"compare has no option 'limt'; did you mean 'limit'\?"):
+        scircuits.CompareOptions(limt=3)
+    with pytest.raises(scircuits.ConfigError, match="dashboard: force must be True or False, not the str"):
+        scircuits.dashboard(tmp_path, force="yes")
+    with pytest.raises(scircuits.ConfigError, match="compare: force must be True or False"):
+        scircuits.compare([tmp_path, tmp_path / "b"], force="no")
 
 
 def test_a_config_object_and_keywords_combine(tmp_path):

@@ -55,6 +55,13 @@ def whole_number(value: Any, what: str) -> int | None:
     return value
 
 
+def switch(value: Any, what: str) -> bool:
+    """True or False; ConfigError otherwise ("yes", 1, None would each read as something else)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be True or False, not {given(value)}")
+    return value
+
+
 def config_of(cls: type[M], config: Any) -> M | None:
     """``config`` when it is a ``cls`` or None; ConfigError otherwise (a dict, a str, another config)."""
     if config is not None and not isinstance(config, cls):

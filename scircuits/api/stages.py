@@ -32,6 +32,7 @@ from scircuits.api.arguments import (
     path_arg,
     path_list,
     plugin_set,
+    switch,
     whole_number,
 )
 from scircuits.api.results import (
@@ -57,10 +58,6 @@ from scircuits.platform.manager.plugin_set import PluginSet
 log = get_logger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C", bound=StageConfig)
-
-
-class InvalidOption(ConfigError):
-    """An option of ``compare`` has a value it cannot take (the CLI reports it as a usage error)."""
 
 
 def user_errors(f: F) -> F:
@@ -230,15 +227,11 @@ def compare(
     from scircuits.platform.compare.study import CompareOptions, compare_runs
 
     runs = run_folders(run_dirs)
+    switch(force, "compare: force")
     options = config_of(CompareOptions, options)
     values = options.model_dump(exclude_unset=True) if options is not None else {}
     values.update(settings)
-    try:
-        resolved = CompareOptions(**values)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        flag = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "compare"
-        raise InvalidOption(f"{flag} {error.get('input')!r}: {error['msg']}") from None
+    resolved = CompareOptions(**values)
     plugins = plugin_set(plugins)
     if not resolved.progress:
         silence_library_progress_bars()
@@ -289,16 +282,21 @@ def dashboard(
     force: bool = False,
     store: str | Path | None = None,
     circuit: str | Path | None = None,
+    progress: bool = True,
     plugins: PluginSet | None = None,
 ) -> DashboardResult:
     """A static feature dashboard for a finished run (`scircuits dashboard`): a sortable index and one
     page per feature, opening from disk; and circuit.html when the run holds a circuit (RUN/circuit) or
-    ``circuit`` names one. ``compare``: a `scircuits compare` folder, or a list of them."""
+    ``circuit`` names one. ``compare``: a `scircuits compare` folder, or a list of them. ``progress``:
+    False silences the libraries' bars (loading the model), as ``--no-progress`` does."""
     from scircuits.platform.dashboard import build_dashboard
 
     path_arg(run_dir, "dashboard: the run directory")
     for name, value in (("out", out), ("store", store), ("circuit", circuit)):
         optional_path(value, f"dashboard: {name}")
+    switch(force, "dashboard: force")
+    if not switch(progress, "dashboard: progress"):
+        silence_library_progress_bars()
     summary = build_dashboard(
         run_dir,
         plugin_set(plugins),

@@ -52,9 +52,9 @@ from scircuits.cli.common import echo_result, json_option
 def compare(run_dirs: tuple[str, ...], force: bool, as_json: bool, **flags: object) -> None:
     """Match the SAE features of two or more runs (activation correlation, one-to-one matches, decoder
     RSA, causal agreement), each number beside the run's seed-twin ceiling and untrained/random floors."""
-    from scircuits.api.stages import InvalidOption
     from scircuits.api.stages import compare as compare_stage
     from scircuits.platform.compare.report import REPORT_FILE, summary_lines
+    from scircuits.platform.compare.study import InvalidOption
 
     if len(run_dirs) < 2:
         raise click.UsageError("give at least two run directories")

@@ -51,6 +51,7 @@ from scircuits.cli.common import echo_result, json_option
     help="Draw this `scircuits circuit --out` folder on circuit.html (default: RUN_DIR/circuit when it "
     "holds one); its nodes at the run's own SAE link to their feature pages.",
 )
+@click.option("--progress/--no-progress", default=True, help="Show the libraries' bars (loading the model).")
 @json_option
 def dashboard(
     run_dir: str,
@@ -60,13 +61,21 @@ def dashboard(
     force: bool,
     store: str | None,
     circuit: str | None,
+    progress: bool,
     as_json: bool,
 ) -> None:
     """Write RUN_DIR/dashboard: a sortable index of features and one page per feature, opening from disk."""
     from scircuits.api.stages import dashboard as dashboard_stage
 
     summary = dashboard_stage(
-        run_dir, features=features, out=out, compare=compare, force=force, store=store, circuit=circuit
+        run_dir,
+        features=features,
+        out=out,
+        compare=compare,
+        force=force,
+        store=store,
+        circuit=circuit,
+        progress=progress,
     )
     if as_json:
         echo_result(summary)

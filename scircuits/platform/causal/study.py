@@ -13,6 +13,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 
 from scircuits.platform.causal.evaluation import EvalBatch, EvalData, edit_mask, token_mask
 from scircuits.platform.causal.statistics import derived_seed
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.progress import Progress
 from scircuits.platform.contract.ablations import Ablation, FeatureStats
 from scircuits.platform.contract.models import LoadedModel
@@ -49,6 +51,8 @@ from scircuits.platform.model.splice import (
 from scircuits.platform.train.exclusion import TokenExclusion
 from scircuits.platform.train.metrics import ReconstructionStats
 from scircuits.store.reader import ActivationStore
+
+log = get_logger(__name__)
 
 SiteMode = str  # "clean" | "splice" | "reconstruction" | "zeroed-site"
 
@@ -253,8 +257,13 @@ class Study:
     def _run_plans(self, plans: list[ConditionPlan], purpose: str) -> list[ConditionScores]:
         """Score every plan's jobs in one ``score_all`` call, then each plan's conditions in order."""
         jobs = [job for plan in plans for job in plan.jobs]
+        started = time.monotonic()
         with torch.no_grad():
             results = self.split.score_all(jobs, purpose=purpose) if jobs else []
+        log.debug(
+            f"[ablate] {purpose}: {len(plans)} condition(s), {len(jobs)} forward job(s) in "
+            f"{time.monotonic() - started:.2f} s"
+        )
         out, start = [], 0
         for plan in plans:
             out.append(self._finish(plan, results[start : start + len(plan.jobs)]))

@@ -542,6 +542,11 @@ def trace_into_stores(
     label = ",".join(site_key(*s) for s in sites)
     shard = f" rank {rank}/{world}" if world > 1 else ""
     skip = min(w.n_examples_written for w in writers.values())
+    log.debug(
+        f"[collect] {config.model} (revision {loaded.revision}) sites {label}{shard}: {skip} example(s) "
+        f"already written, batch {config.batch_size}, store dtype {config.dtype}, collection id "
+        f"{collection_id(config, world)}"
+    )
     try:
         with progress(
             f"collect {config.model} {label} {what}{shard}",

@@ -50,6 +50,10 @@ def set_level(level: str | int) -> None:
         )
     value = level_of(level)
     logging.getLogger(ROOT).setLevel(value)
+    if value > logging.INFO:  # -q: no progress, the libraries' bars included
+        from scircuits.platform.common.progress import silence_library_progress_bars
+
+        silence_library_progress_bars()
     if value == logging.INFO:  # the default: nothing to pass on
         os.environ.pop(LEVEL_ENV, None)
     else:

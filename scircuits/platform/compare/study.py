@@ -6,6 +6,7 @@ models, layers or sites, the floors in the pair's own spaces (``floors``); write
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from scircuits.files import write_atomic
 from scircuits.platform.common.artifacts import check_distinct
@@ -66,13 +67,17 @@ from scircuits.platform.compare.sources import (
     stores_hold_the_same_tokens,
 )
 from scircuits.platform.config.stages import STRICT
-from scircuits.platform.contract.errors import ScircuitsError
+from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.manager.plugin_set import PluginSet
 
 log = get_logger(__name__)
 
 RESULTS_FILE = "results.json"
 MATCHES_DIR = "matches"
+
+
+class InvalidOption(ConfigError):
+    """A compare option has a value it cannot take (the CLI reports it as a usage error)."""
 
 
 class CompareOptions(BaseModel):
@@ -92,6 +97,25 @@ class CompareOptions(BaseModel):
     contexts: int = Field(default=6, ge=0)
     seed: int = Field(default=0, ge=0)
     progress: bool = True
+
+    def __init__(self, **values: Any) -> None:
+        # built in Python or from the flags, a bad value is one line naming the option
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise InvalidOption(option_error(exc)) from None
+
+
+def option_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    name = str(error["loc"][0]) if error["loc"] else ""
+    flag = "--" + name.replace("_", "-") if name else "compare"
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(name, list(CompareOptions.model_fields), n=1)
+        known = ", ".join(CompareOptions.model_fields)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; the options: {known}"
+        return f"compare has no option {name!r}{hint}"
+    return f"{flag} {error.get('input')!r}: {error['msg']}"
 
 
 def say(message: str) -> None:

@@ -342,6 +342,10 @@ def run_stage(
     key, artifact = the_plan.keys[stage.name], stage.artifact(the_plan.run_dir)
     recorded = state.stage(stage.name)
     upstream_current = upstream_current and stage.self_identifying
+    log.debug(
+        f"[run] {stage.name}: key {key} (recorded: started {recorded.started_key}, completed "
+        f"{recorded.completed_key}); config hash {config.config_hash() if config is not None else None}"
+    )
     if (recorded.completed_key == key or upstream_current) and stage.complete(run_dir, config):
         say(f"{stage.name}: up to date ({artifact}), skipped")
         if recorded.completed_key != key:

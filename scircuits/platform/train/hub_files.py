@@ -13,12 +13,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.provenance import file_sha256
 from scircuits.platform.contract.errors import ConfigError, DataFormatError
 from scircuits.platform.contract.hf_loading import is_hf_offline
 from scircuits.platform.contract.hub_datasets import hub_cache
 from scircuits.platform.contract.sae_sources import HubLocation
 
+log = get_logger(__name__)
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 GIT_SHA1 = re.compile(r"^[0-9a-f]{40}$")
 
@@ -118,6 +120,7 @@ def fetch_folder(location: HubLocation, spec: str) -> HubFolder:
         if offline:
             raise ConfigError(offline_help(location, spec, why))
         raise ConfigError(f"--sae {spec}: {location.repo_id} {why} {location.path!r}")
+    log.debug(f"[hub] {location.describe()}: commit {root.name}, read from {folder}")
     return HubFolder(folder, root.name, location)
 
 

@@ -750,6 +750,12 @@ def fit_steps(
         dead_window=default_dead_window(total_steps * config.batch_size, config.batch_size),
     )
     config_hash = config.config_hash()
+    if dist.is_main:
+        log.debug(
+            f"[train] {config.sae} d_sae {sae.d_sae}: lr {lr:.3g}, warmup {warmup_steps} of {total_steps} "
+            f"steps ({steps_per_epoch} per epoch, {dist.world_size} process(es) of {local_batch} rows), "
+            f"dead window {trainer.dead_window} tokens, config hash {config_hash}"
+        )
     epoch, batch_in_epoch = 0, 0
     saved: dict[str, torch.Tensor] = {}
 
