@@ -87,3 +87,34 @@ def test_ablations_keep_dtype_and_gradients():
     out.sum().backward()
     assert torch.equal(acts.grad[:, IDX], torch.zeros(4, 2, dtype=torch.float64))
     assert torch.equal(acts.grad[:, KEEP], torch.ones(4, 3, dtype=torch.float64))
+
+
+class InPlace:
+    name = "in-place"
+
+    def __init__(self, result=None):
+        self.result = result
+
+    def parse_options(self, options):
+        return options
+
+    def apply(self, acts, indices, stats=None, options=None, generator=None):
+        acts[..., indices] = 0  # the plugin edits its input
+        return acts if self.result is None else self.result(acts)
+
+
+def test_the_study_gives_an_ablation_its_own_copy_and_checks_what_it_returns(acts):
+    from scircuits.platform.causal.checked_ablation import CheckedAblation
+
+    before = acts.clone()
+    out = CheckedAblation(InPlace(), "plugin m9").apply(acts, IDX, None, None, None)
+    assert torch.equal(acts, before), "the study's features are never edited by a plugin"
+    assert torch.equal(out, ABLATIONS.get("zero").apply(acts, IDX))
+    for result, says in (
+        (lambda a: a[..., :4], r"returned shape \(2, 3, 4\), not a tensor of the features' shape \(2, 3, 5\)"),
+        (lambda a: a.numpy(), "returned ndarray, not a tensor"),
+        (lambda a: a * float("nan"), "returned NaN or infinite values"),
+        (lambda a: 1 / 0, "failed: ZeroDivisionError: division by zero"),
+    ):
+        with pytest.raises(ConfigError, match=rf"^ablation 'in-place' of plugin m9 {says}.*--ablation"):
+            CheckedAblation(InPlace(result), "m9").apply(acts, IDX, None, None, None)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from scircuits.platform.causal.checked_ablation import checked
 from scircuits.platform.causal.context import CausalStudyContext
 from scircuits.platform.causal.evaluation import prepare_eval
 from scircuits.platform.causal.registry import analyses_of, study_order
@@ -50,7 +51,7 @@ def companion_ablations(config: AblateConfig, plugins: Any) -> dict[str, tuple[A
     out = {}
     for name in names:
         if name != main:
-            ablation = plugins.ablations.get(name)
+            ablation = checked(plugins, name)
             out[name] = (ablation, ablation.parse_options(None))
     return out
 
@@ -130,7 +131,7 @@ def prepare_study(
     ``reference``: examples to measure the SAE's error on afresh if the gate asks (``StudyContext.
     fresh_reconstruction_metrics``)."""
     sae.eval()
-    ablation = plugins.ablations.get(config.ablation)
+    ablation = checked(plugins, config.ablation)
     ablation_options = ablation.parse_options(config.ablation_options)
     split = (
         RemoteSplitModel(loaded, layer, config.site)
