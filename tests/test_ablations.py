@@ -111,7 +111,7 @@ def test_the_study_gives_an_ablation_its_own_copy_and_checks_what_it_returns(act
     assert torch.equal(acts, before), "the study's features are never edited by a plugin"
     assert torch.equal(out, ABLATIONS.get("zero").apply(acts, IDX))
     for result, says in (
-        (lambda a: a[..., :4], r"returned shape \(2, 3, 4\), not a tensor of the features' shape \(2, 3, 5\)"),
+        (lambda a: a[..., :4], r"returned shape \(2, 3, 4\), not a tensor of the features' shape"),
         (lambda a: a.numpy(), "returned ndarray, not a tensor"),
         (lambda a: a * float("nan"), "returned NaN or infinite values"),
         (lambda a: 1 / 0, "failed: ZeroDivisionError: division by zero"),

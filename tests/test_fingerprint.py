@@ -36,8 +36,16 @@ def test_other_weights_in_a_folder_are_another_model_and_a_moved_folder_the_same
     assert CollectConfig(model_path=str(tmp_path / "gone")).identity()["model_path"] == "weights:missing"
 
 
+def settle(folder):
+    """Files as if written a minute ago (a file modified within seconds is hashed afresh each time)."""
+    for path in folder.iterdir():
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns - 60 * 10**9))
+
+
 def test_a_rewritten_file_is_hashed_again_and_an_unchanged_one_read_once(tmp_path, monkeypatch):
     folder = model_folder(tmp_path / "m", b"\x01" * 1000)
+    settle(folder)
     first = weights_fingerprint(folder)
     reads: list[str] = []
     original = fingerprint.file_sha256
@@ -45,9 +53,10 @@ def test_a_rewritten_file_is_hashed_again_and_an_unchanged_one_read_once(tmp_pat
     monkeypatch.setattr(fingerprint, "_known", {})  # a new process: the stat cache on disk answers
     assert weights_fingerprint(folder) == first and reads == []
     (folder / "model.safetensors").write_bytes(b"\x03" * 1000)
-    stat = (folder / "model.safetensors").stat()
-    os.utime(folder / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert weights_fingerprint(folder) != first and len(reads) == 1
+    reads.clear()
+    weights_fingerprint(folder)
+    assert len(reads) == 1, "a file written just now is hashed again: it may change within its mtime tick"
 
 
 def test_a_hub_cache_link_is_named_by_its_blob_without_reading_it(tmp_path, monkeypatch):
@@ -61,3 +70,17 @@ def test_a_hub_cache_link_is_named_by_its_blob_without_reading_it(tmp_path, monk
     monkeypatch.setattr(fingerprint, "file_sha256", lambda p: pytest.fail(f"read {p}"))
     assert fingerprint.content_hash(snapshot / "model.safetensors") == f"blob:{name}"
     assert len(weights_fingerprint(snapshot)) == 16
+
+
+def test_a_model_named_by_its_folder_is_recorded_absolute_and_counted_by_its_weights(tmp_path, monkeypatch):
+    model_folder(tmp_path / "m", b"\x01" * 1000)
+    monkeypatch.chdir(tmp_path)
+    relative = CollectConfig(model="hf:m")
+    assert relative.model == f"hf:{tmp_path / 'm'}"  # found again from any folder (dashboard, circuit)
+    before = relative.config_hash()
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"\x02" * 1000)  # new weights, same folder
+    fingerprint._known.clear()
+    assert CollectConfig(model=f"hf:{tmp_path / 'm'}").config_hash() != before
+    moved = model_folder(tmp_path / "elsewhere", b"\x02" * 1000)
+    assert CollectConfig(model=f"hf:{moved}").config_hash() == CollectConfig(model="hf:m").config_hash()
+    assert CollectConfig(model="hf:org/name").model == "hf:org/name"  # a hub id is left as it is

@@ -2,9 +2,11 @@
 
 A file's sha256 is computed once and remembered by its stat (resolved path, size, mtime in ns,
 inode), in this process and in ``<cache>/file-hashes.json``, as git's index and make remember what
-they read: a file rewritten in place keeps none of them. A file that is a link into a Hugging Face
-cache's ``blobs/`` folder is named by its blob, which the cache names by the content's hash (the
-sha256 of an LFS file, the git blob sha1 of a small one), so a model in the hub cache is never read.
+they read: a file rewritten in place keeps none of them (one modified in the last seconds is hashed
+again each time, since a rewrite within the same mtime tick would keep them all). A file that is a
+link into a Hugging Face cache's ``blobs/`` folder is named by its blob, which the cache names by the
+content's hash (the sha256 of an LFS file, the git blob sha1 of a small one), so a model in the hub
+cache is never read.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from pathlib import Path
 
 from scircuits.files import write_atomic
@@ -19,6 +22,7 @@ from scircuits.platform.common.provenance import cache_root, file_sha256
 
 CACHE_FILE = "file-hashes.json"
 CACHE_ENTRIES = 4096  # the newest entries are kept
+SETTLED_SECONDS = 2.0
 HUB_BLOB = re.compile(r"^(?:[0-9a-f]{64}|[0-9a-f]{40})$")
 
 _known: dict[tuple[str, int, int, int], str] = {}
@@ -36,13 +40,15 @@ def content_hash(path: Path) -> str:
     stored = _read_cache()
     entry = stored.get(key[0])
     if entry is not None and tuple(entry[:3]) == key[1:]:
-        digest = str(entry[3])
-    else:
-        digest = f"sha256:{file_sha256(target)}"
+        return _known.setdefault(key, str(entry[3]))
+    digest = f"sha256:{file_sha256(target)}"
+    # a file written within the last seconds may be written again within the same mtime tick: its
+    # hash is not remembered until it has been still for a while (git's "racily clean" rule)
+    if time.time() - stat.st_mtime > SETTLED_SECONDS:
         stored.pop(key[0], None)
         stored[key[0]] = [*key[1:], digest]
         _write_cache(stored)
-    _known[key] = digest
+        _known[key] = digest
     return digest
 
 

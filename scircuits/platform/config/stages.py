@@ -187,6 +187,18 @@ class StageConfig(BaseModel):
             return {name: file_url_as_path(value) for name, value in values.items()}
         return values
 
+    @model_validator(mode="before")
+    @classmethod
+    def model_folders_absolute(cls, values: Any) -> Any:
+        """A model named by a local path after its prefix (``PREFIX:some/folder``) is recorded with the
+        absolute path, so a later command from another folder (dashboard, circuit) finds it."""
+        if isinstance(values, dict) and isinstance(values.get("model"), str):
+            folder = local_model_folder(values["model"])
+            if folder is not None:
+                prefix = values["model"].split(":", 1)[0]
+                values = {**values, "model": f"{prefix}:{folder.resolve()}"}
+        return values
+
     @model_validator(mode="after")
     def local_paths_are_local(self: C) -> C:
         for name in self.local_only & type(self).model_fields.keys():
@@ -250,6 +262,10 @@ class StageConfig(BaseModel):
 
     def identity(self) -> dict[str, Any]:
         values = self.model_dump(mode="json", exclude=set(self.volatile))
+        model = values.get("model")
+        folder = local_model_folder(model) if isinstance(model, str) else None
+        if folder is not None:  # the weights, wherever the folder lies
+            values["model"] = f"{model.split(':', 1)[0]}:weights:{weights_fingerprint(folder)}"
         for name in self.located & values.keys():
             if values[name] in (None, ""):
                 values[name] = None
@@ -268,6 +284,16 @@ SiteName = Literal["resid", "mlp", "attn"]
 # widest SAE a run may ask for (256 x d_model: a million latents on a 4096-wide model); the memory an
 # SAE needs is also checked against the machine before training (train.training.check_sae_memory)
 MAX_EXPANSION = 256
+
+
+def local_model_folder(model: str) -> Path | None:
+    """The local file or folder a ``PREFIX:PATH`` model name names (e.g. a folder of weights), or None
+    (a plain adapter name, a hub id, a path that does not exist)."""
+    prefix, colon, rest = model.partition(":")
+    if not colon or not prefix or not rest or is_url(model):
+        return None
+    path = Path(rest).expanduser()
+    return path if path.exists() else None
 
 
 def file_url_as_path(value: Any) -> Any:
