@@ -160,3 +160,13 @@ def test_model_specific_behaviour_comes_from_the_adapter():
     assert split.final_norm() is None
     directions = torch.randn(3, loaded.d_model)
     assert torch.equal(split.through_final_norm(directions), directions)
+
+
+def test_unembedding_extremes_of_a_vocabulary_smaller_than_asked():
+    """A synthetic task's model may have fewer tokens than the report's top 10 logit effects."""
+    loaded = tiny_loaded_model("gpt2-medium")
+    split = SplitModel(loaded, 1, "resid")
+    split.unembed = torch.nn.Linear(loaded.d_model, 7, bias=False)
+    top, top_ids, bottom, bottom_ids = split.unembedding_extremes(torch.randn(3, loaded.d_model), 10)
+    assert top.shape == bottom.shape == (3, 7)
+    assert sorted(top_ids[0].tolist()) == list(range(7))

@@ -277,7 +277,9 @@ class RemoteSplitModel:
         up, the (F, n) extremes come back (never the unembedding matrix)."""
         import nnsight
 
-        unembed = self.traced.envoy(self._module_path(self.adapter.unembedding(self.model)))
+        local_unembed = self.adapter.unembedding(self.model)
+        unembed = self.traced.envoy(self._module_path(local_unembed))
+        n = min(n, int(local_unembed.weight.shape[0]))
         nn = self.traced.nn
         first = torch.zeros((1, 1), dtype=torch.long)
         directions = directions.detach().float().cpu()

@@ -416,9 +416,10 @@ class SplitModel:
 
     def unembedding_extremes(self, directions: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
         """Per direction (F, d), the ``n`` largest and the ``n`` largest negated unembedding scores
-        ``direction @ W_U.T``: (values, token ids) of each, (F, n) apiece."""
+        ``direction @ W_U.T``: (values, token ids) of each, (F, n) apiece (n at most the vocabulary)."""
         unembed = self.unembed.weight.detach().float()
         scores = (directions.to(unembed.device) @ unembed.T).cpu()  # (F, vocab)
+        n = min(n, scores.shape[1])  # a small vocabulary (a synthetic task's) has fewer tokens
         top, bottom = torch.topk(scores, n, dim=1), torch.topk(-scores, n, dim=1)
         return top.values, top.indices, bottom.values, bottom.indices
 
