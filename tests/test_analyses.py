@@ -4,6 +4,7 @@ and results.json read back through its schema (older files migrated or refused).
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import torch
@@ -205,6 +206,32 @@ def test_a_failing_plugin_analysis_stops_with_its_name_and_writes_nothing(tmp_pa
     ):
         run_ablate(config, plugin_set, inputs=AblateInputs(tiny, sae, {}, examples, 2))
     assert not (tmp_path / "causal").exists()
+
+    class TensorResult(AnalysisResult):
+        sums: Any = None
+
+    class Unwritable(Analysis):
+        name = "unwritable"
+        order = 5
+        Result = TensorResult
+
+        def run(self, context):
+            return TensorResult(sums=torch.ones(2))
+
+    class UnwritablePlugin:
+        @staticmethod
+        @hookimpl
+        def register_analyses(register):
+            register(Unwritable())
+
+    plugin_set = load_plugins(entry_points_too=False)
+    plugin_set.pm.register(UnwritablePlugin, name="tensor-plugin")
+    with pytest.raises(
+        ConfigError,
+        match=r"analysis 'unwritable' of plugin tensor-plugin: its result field 'sums' cannot be written",
+    ):
+        run_ablate(config, plugin_set, inputs=AblateInputs(tiny, sae, {}, examples, 2))
+    assert not (tmp_path / "causal" / "examples.jsonl").exists()
 
 
 def test_baseline_splits_accuracy_by_whether_the_answer_is_in_the_prompt():

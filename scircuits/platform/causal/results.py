@@ -77,11 +77,12 @@ def examples_path(folder: str | Path) -> Path:
 def write_study(folder: str | Path, results: StudyResults, rows: Iterable[ExampleRow]) -> Path:
     """Write examples.jsonl then results.json (each atomically; results.json last marks completion)."""
     out = Path(folder)
+    text = results.to_json()  # first: results that cannot be written leave nothing half-written
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(examples_path(out)) as tmp, open(tmp, "w") as fh:
         for row in rows:
             fh.write(json.dumps(row.model_dump(mode="python", exclude_none=True)) + "\n")
-    write_atomic(results_path(out), results.to_json())
+    write_atomic(results_path(out), text)
     return out
 
 

@@ -26,6 +26,7 @@ from scircuits.platform.causal.study import Study, feature_statistics, reconstru
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.progress import progress
 from scircuits.platform.config import AblateConfig
+from scircuits.platform.contract import jsonvalues
 from scircuits.platform.contract.analyses import Analysis, AnalysisResult
 from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
@@ -206,6 +207,21 @@ def prepare_study(
     )
 
 
+def check_json_fields(name: str, owner: str, result: Any) -> None:
+    """Every field of an analysis's result can be written to results.json (numbers, text, lists and
+    dicts of them; numpy values and NaN are converted), else one line naming the field, before
+    anything is written."""
+    for field_name, value in result.model_dump(mode="python").items():
+        try:
+            jsonvalues.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"analysis {name!r} of plugin {owner}: its result field {field_name!r} cannot be written "
+                f"to results.json ({exc}); give it numbers, text, lists or dicts (e.g. tensor.tolist()). "
+                "Nothing was written"
+            ) from None
+
+
 def run_study(
     config: AblateConfig,
     loaded: LoadedModel,
@@ -243,9 +259,10 @@ def run_study(
                 ) from exc
             if not isinstance(result, analysis.Result):
                 raise ConfigError(
-                    f"analysis {analysis.name!r} returned {type(result).__name__}, not its declared "
-                    f"result type {analysis.Result.__name__}"
+                    f"analysis {analysis.name!r} of plugin {owner} returned {type(result).__name__}, not "
+                    f"its declared result type {analysis.Result.__name__}"
                 )
+            check_json_fields(analysis.name, owner, result)
             context.results[analysis.name] = result
             done.append((analysis, result))
         study.show = None
