@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -252,3 +253,54 @@ def test_to_pandas_without_pandas_says_what_to_install(tmp_path, monkeypatch):
     ):
         result.to_pandas()
     assert result.log() == [] and "TrainResult(path=" in repr(result)
+
+
+def test_a_newly_installed_analysis_runs_the_study_again_and_redraws_the_report(
+    notebook_run, tmp_path, capsys
+):
+    from scircuits import Analysis, AnalysisResult, hookimpl
+    from scircuits.platform.manager.plugin_set import load_plugins
+
+    out, run_dir, _ = notebook_run
+    copy = tmp_path / "runs" / run_dir.name
+    shutil.copytree(run_dir, copy)
+
+    class Count(AnalysisResult):
+        fresh_count: int = 0
+
+    class Fresh(Analysis):
+        name = "fresh-count"
+        order = 90
+        Result = Count
+
+        def run(self, context):
+            return Count(fresh_count=7)
+
+    class FreshPlugin:
+        @staticmethod
+        @hookimpl
+        def register_analyses(register):
+            register(Fresh())
+
+    plugins = load_plugins(entry_points_too=False)
+    plugins.pm.register(FreshPlugin, name="fresh-plugin")
+    rerun = scircuits.run(
+        plugins=plugins,
+        model=f"hf:{out / 'tiny-model'}",
+        out=str(tmp_path / "runs"),
+        layer=2,
+        limit=16,
+        collect_limit=48,
+        train_tokens=6000,
+        train_batch_size=512,
+        top_k=[1, 4],
+        random_controls=2,
+        exact_top=3,
+        progress=False,
+    )
+    said = capsys.readouterr().err
+    assert "ablate: the analyses fresh-count were installed since it ran; running it again in place" in said
+    assert "collect: up to date" in said and "train: up to date" in said
+    assert "report: up to date" not in said  # the report is drawn again from the new study
+    assert rerun.path == str(copy)
+    assert json.loads((copy / "causal" / "results.json").read_text())["fresh_count"] == 7

@@ -167,6 +167,6 @@ def test_unembedding_extremes_of_a_vocabulary_smaller_than_asked():
     loaded = tiny_loaded_model("gpt2-medium")
     split = SplitModel(loaded, 1, "resid")
     split.unembed = torch.nn.Linear(loaded.d_model, 7, bias=False)
-    top, top_ids, bottom, bottom_ids = split.unembedding_extremes(torch.randn(3, loaded.d_model), 10)
+    top, top_ids, bottom, _ = split.unembedding_extremes(torch.randn(3, loaded.d_model), 10)
     assert top.shape == bottom.shape == (3, 7)
     assert sorted(top_ids[0].tolist()) == list(range(7))

@@ -161,6 +161,15 @@ def read_checked_results(path: str | Path, analyses: Iterable[Analysis]) -> dict
     return results.model_dump(mode="python")
 
 
+def recorded_analyses(folder: str | Path) -> list[str] | None:
+    """The analyses a complete results.json in ``folder`` holds (None: none readable)."""
+    try:
+        value = json.loads(results_path(folder).read_text()).get("analyses")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return [str(v) for v in value] if isinstance(value, list) else None
+
+
 def recorded_config_hash(folder: str | Path) -> str | None:
     """The config hash a complete results.json in ``folder`` was made under (None: none readable)."""
     path = results_path(folder)

@@ -33,6 +33,7 @@ from scircuits.platform.contract.benchmarks import Example
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.hf_loading import check_weights_available
 from scircuits.platform.contract.models import LoadedModel
+from scircuits.platform.manager.failures import warn_failed_plugins
 from scircuits.platform.model.tracing import check_ndif, load_remote
 from scircuits.platform.train.checkpoint import load_sae
 from scircuits.store.reader import ActivationStore
@@ -324,6 +325,7 @@ def run_ablate(
 ) -> Path:
     """The ablation study of ``config``; returns the output folder (results.json, examples.jsonl)."""
     started = time.monotonic()
+    warn_failed_plugins(plugins)
     config = config.with_plugin_defaults(plugins)
     for name in config.sweep_also or []:
         plugins.ablations.get(name)  # an unknown name fails here, listing the known ones

@@ -51,13 +51,36 @@ def set_level(level: str | int) -> None:
     value = level_of(level)
     logging.getLogger(ROOT).setLevel(value)
     if value > logging.INFO:  # -q: no progress, the libraries' bars included
-        from scircuits.platform.common.progress import silence_library_progress_bars
-
         silence_library_progress_bars()
     if value == logging.INFO:  # the default: nothing to pass on
         os.environ.pop(LEVEL_ENV, None)
     else:
         os.environ[LEVEL_ENV] = logging.getLevelName(value)
+
+
+QUIET_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # huggingface_hub downloads, and transformers' "Loading weights"
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # datasets' "Generating split" bars
+    "TQDM_DISABLE": "1",  # plain tqdm bars (e.g. transformers' GGUF conversion), read when tqdm is imported
+}
+
+
+def silence_library_progress_bars() -> None:
+    """``--no-progress``: turn off the progress bars of the libraries we call, in this process and its
+    children (the variables), and in those libraries already imported (their switches)."""
+    os.environ.update(QUIET_ENV)
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()
 
 
 def _install() -> None:

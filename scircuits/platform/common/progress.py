@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from scircuits.platform.common.logs import get_logger
+from scircuits.platform.common.logs import QUIET_ENV, get_logger, silence_library_progress_bars
 
 log = get_logger(__name__)
 
@@ -71,26 +70,4 @@ def progress(
             p._print_line()
 
 
-QUIET_ENV = {
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # huggingface_hub downloads, and transformers' "Loading weights"
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # datasets' "Generating split" bars
-    "TQDM_DISABLE": "1",  # plain tqdm bars (e.g. transformers' GGUF conversion), read when tqdm is imported
-}
-
-
-def silence_library_progress_bars() -> None:
-    """``--no-progress``: turn off the progress bars of the libraries we call, in this process and its
-    children (the variables), and in those libraries already imported (their switches)."""
-    os.environ.update(QUIET_ENV)
-    if "huggingface_hub" in sys.modules:
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
-    if "transformers" in sys.modules:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
-    if "datasets" in sys.modules:
-        import datasets
-
-        datasets.disable_progress_bars()
+__all__ = ["QUIET_ENV", "Progress", "progress", "silence_library_progress_bars"]

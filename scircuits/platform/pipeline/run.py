@@ -49,6 +49,7 @@ from scircuits.platform.config import RunConfig, StageConfig
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError, WeightsUnavailableError
 from scircuits.platform.contract.hf_loading import check_weights_available, config_sizes
 from scircuits.platform.dashboard.sources import EVALUATION_STORE
+from scircuits.platform.manager.failures import warn_failed_plugins
 from scircuits.platform.model.tracing import check_ndif
 from scircuits.platform.pipeline.stages import STAGES, PlanContext, Stage
 from scircuits.platform.pipeline.state import STATE_FILE, PipelineState
@@ -334,10 +335,16 @@ def check_examples(the_plan: Plan, plugins: Any) -> None:
 
 
 def run_stage(
-    stage: Stage, the_plan: Plan, state: PipelineState, plugins: Any, upstream_current: bool = False
+    stage: Stage,
+    the_plan: Plan,
+    state: PipelineState,
+    plugins: Any,
+    upstream_current: bool = False,
+    upstream_ran: bool = False,
 ) -> bool:
     """Run, continue or skip one stage. Returns True when it was skipped as up to date (its artifact
-    proves it), which lets the next stage trust its own artifact without ``pipeline.json``."""
+    proves it), which lets the next stage trust its own artifact without ``pipeline.json``. A stage
+    after one that ran is never up to date (its input was just made again)."""
     run_dir, config = the_plan.run_dir, the_plan.configs[stage.name]
     key, artifact = the_plan.keys[stage.name], stage.artifact(the_plan.run_dir)
     recorded = state.stage(stage.name)
@@ -346,12 +353,24 @@ def run_stage(
         f"[run] {stage.name}: key {key} (recorded: started {recorded.started_key}, completed "
         f"{recorded.completed_key}); config hash {config.config_hash() if config is not None else None}"
     )
-    if (recorded.completed_key == key or upstream_current) and stage.complete(run_dir, config):
+    complete = (
+        not upstream_ran
+        and (recorded.completed_key == key or upstream_current)
+        and stage.complete(run_dir, config)
+    )
+    stale = stage.stale(run_dir, plugins) if complete else None
+    if complete and stale is None:
         say(f"{stage.name}: up to date ({artifact}), skipped")
         if recorded.completed_key != key:
             state.record(stage.name, started_key=key, completed_key=key, completed=now_iso())
         return True
-    same_start = recorded.started_key == key or (upstream_current and stage.started(run_dir, config))
+    if stale is not None:
+        say(f"{stage.name}: {stale}; running it again in place")
+    same_start = (
+        stale is not None
+        or recorded.started_key == key
+        or (upstream_current and stage.started(run_dir, config))
+    )
     # An artifact started under this key is the stage's own: a resumable stage continues it, another
     # stage rewrites it in place (its writer claims the folder as "same").
     if artifact.exists() and not same_start:
@@ -370,6 +389,7 @@ def run_stage(
 def run_pipeline(config: RunConfig, plugins: Any) -> Path:
     """Run (or continue) the whole study; returns the run directory."""
     started = time.monotonic()
+    warn_failed_plugins(plugins)
     config = config.with_plugin_defaults(plugins)  # before any hash: what is recorded names what runs
     if is_url(config.out):  # the run directory is staged locally, then published (common.remote)
         url = join_path(config.out, plan(config.model_copy(update={"out": "."}), plugins).run_dir.name)
@@ -396,13 +416,14 @@ def run_pipeline(config: RunConfig, plugins: Any) -> Path:
         state.set_run_config(config.model_dump(mode="json"))
         say(f"run directory {run_dir}")
         # a given SAE is not an artifact of the run: its stages trust pipeline.json, not their artifacts
-        upstream_current = "collect" in the_plan.keys
+        upstream_current, upstream_ran = "collect" in the_plan.keys, False
         for stage in STAGES:
             if stage.name not in the_plan.keys:
                 if stage.makes_the_sae:
                     say(f"{stage.name}: not needed (the SAE is given: {the_plan.ablate.sae})")
                 continue
-            upstream_current = run_stage(stage, the_plan, state, plugins, upstream_current)
+            upstream_current = run_stage(stage, the_plan, state, plugins, upstream_current, upstream_ran)
+            upstream_ran = upstream_ran or not upstream_current
         state.record("run", completed=now_iso(), seconds=round(time.monotonic() - started, 1))
     say(f"done in {time.monotonic() - started:.0f} s: {run_dir / 'report.html'}")
     return run_dir

@@ -19,7 +19,8 @@ import scircuits.platform.collect.collection as collect_module
 import scircuits.platform.report.build as report_module
 import scircuits.platform.train.training as training_module
 from scircuits.errors import ScircuitsError
-from scircuits.platform.causal.results import recorded_config_hash, results_path
+from scircuits.platform.causal.registry import analyses_of
+from scircuits.platform.causal.results import recorded_analyses, recorded_config_hash, results_path
 from scircuits.platform.circuit.results import read_circuit
 from scircuits.platform.collect.datahash import data_sha256
 from scircuits.platform.common.artifacts import read_marker
@@ -90,6 +91,11 @@ class Stage:
     def started(self, run_dir: Path, config: StageConfig | None) -> bool:
         """Whether the (incomplete) artifact was started with this config, from the artifact itself."""
         return False
+
+    def stale(self, run_dir: Path, plugins: Any) -> str | None:
+        """Why a complete artifact of the same settings is out of date with the installed plugins
+        (None: it is not)."""
+        return None
 
     def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
         raise NotImplementedError
@@ -230,6 +236,14 @@ class AblateStage(Stage):
         assert config is not None
         marker = read_marker(self.artifact(run_dir))
         return marker is not None and marker.identity == config.config_hash()
+
+    def stale(self, run_dir: Path, plugins: Any) -> str | None:
+        """A study made before an analysis was installed lacks its section: it is run again."""
+        recorded = recorded_analyses(self.artifact(run_dir))
+        if recorded is None:
+            return None
+        new = sorted({a.name for a in analyses_of(plugins)} - set(recorded))
+        return f"the analyses {', '.join(new)} were installed since it ran" if new else None
 
     def run(self, config: StageConfig | None, run_dir: Path, plugins: Any, resume: bool) -> None:
         ablate_module.run_ablate(config, plugins)
