@@ -77,8 +77,38 @@ def test_broken_plugin_is_shown_and_everything_else_works(broken_plugin_path):
     for family in FAMILIES:
         listed = run_cli(family, "--json", extra_path=broken_plugin_path)
         assert listed.returncode == 0 and json.loads(listed.stdout)
-        assert "exploding-plugin failed to load" in listed.stderr
+        assert "warning: plugin exploding-plugin: import failed" in listed.stderr
     assert run_cli("--help", extra_path=broken_plugin_path).returncode == 0
+
+
+def test_every_refusal_is_shown_and_the_builtin_default_stays(tmp_path):
+    make_plugin_dist(
+        tmp_path,
+        "shadowing-plugin",
+        "shadowing_plugin_mod",
+        """
+        from scircuits import Ablation, hookimpl
+
+        class Zero(Ablation):
+            name = "zero"
+
+        class Mean(Ablation):
+            name = "mean"
+
+        @hookimpl
+        def register_ablations(register):
+            register(Zero())
+            register(Mean())
+        """,
+    )
+    listing = run_cli("plugins", extra_path=tmp_path).stdout
+    shown = listing.split("shadowing-plugin  (", 1)[1]
+    assert shown.count("ERROR: ablation name") == 2 and "  ablations:" not in shown
+    ablations = run_cli("ablations", "--json", extra_path=tmp_path)
+    rows = {r["name"]: r for r in json.loads(ablations.stdout)}
+    assert rows["zero"]["default"] and rows["zero"]["plugin"] == "builtin:ablations"
+    warnings = ablations.stderr.splitlines()
+    assert len(warnings) == 2 and all(w.startswith("warning: plugin shadowing-plugin: ") for w in warnings)
 
 
 def test_allow_list_rescues_from_a_broken_plugin(broken_plugin_path):
@@ -138,6 +168,6 @@ def test_a_plugin_adds_a_command_and_cannot_take_a_builtin_name(command_plugin_p
     assert "greet" in listing.stdout and "Say hello." in listing.stdout
     rows = json.loads(run_cli("plugins", "--json", extra_path=command_plugin_path).stdout)
     plugin = next(r for r in rows if r["name"] == "greeting-plugin")
-    assert plugin["registered"].get("commands") == ["greet", "run"]
+    assert plugin["registered"].get("commands") == ["greet"]
     assert "command 'run' is already defined" in plugin["error"]
     assert "Usage: scircuits run" in run_cli("run", "--help", extra_path=command_plugin_path).stdout

@@ -111,7 +111,7 @@ def register_ablations(register):
     make_plugin_dist(tmp_path, "wrongtype-plugin", unique("wrongtype"), source)
     monkeypatch.syspath_prepend(str(tmp_path))
     info = load_plugins().plugins["wrongtype-plugin"]
-    assert "is not a Ablation" in info.error
+    assert "is not an Ablation" in info.error
 
 
 def test_allow_list_limits_entry_points(tmp_path, monkeypatch):
@@ -147,3 +147,126 @@ def test_unknown_name_lists_known_names_and_suggests():
     assert "Unknown ablation 'zeroo'" in message
     assert "Did you mean 'zero'?" in message
     assert "clamp, mean, resample, zero" in message
+
+
+def load_one(tmp_path, monkeypatch, dist: str, source: str):
+    make_plugin_dist(tmp_path / dist, dist, unique(dist.replace("-", "_")), source)
+    monkeypatch.syspath_prepend(str(tmp_path / dist))
+    plugins = load_plugins()
+    return plugins, plugins.plugins[dist]
+
+
+SHADOWING_PLUGIN = """
+from scircuits import Ablation, hookimpl
+
+class Zero(Ablation):
+    name = "zero"
+
+class Mine(Ablation):
+    name = "mine"
+
+@hookimpl
+def register_ablations(register):
+    register(Zero())
+    register(Mine())
+"""
+
+
+def test_a_builtin_name_stays_the_builtins_and_only_the_plugins_object_is_refused(tmp_path, monkeypatch):
+    plugins, info = load_one(tmp_path, monkeypatch, "shadow-plugin", SHADOWING_PLUGIN)
+    assert plugins.ablations.default() == "zero"
+    assert plugins.ablations.owner("zero") == "builtin:ablations"
+    assert plugins.ablations.owner("mine") == "shadow-plugin"
+    assert info.registered == {"ablations": ["mine"]}
+    (error,) = info.errors
+    assert "taken by the built-in plugin builtin:ablations" in error and "shadow-plugin's" in error
+    assert "rename it" in error and "SCIRCUITS_LOAD_PLUGINS" not in error
+
+
+def test_a_clash_between_plugins_refuses_that_name_alone(tmp_path, monkeypatch):
+    make_plugin_dist(tmp_path / "a", "first-plugin", unique("fa"), BENCHMARK_PLUGIN.format(name="clash"))
+    source = BENCHMARK_PLUGIN.replace("register(Tiny())", "register(Tiny())\n    register(Other())")
+    source += "\nclass Other(Tiny):\n    name = 'synth-first'\n"
+    make_plugin_dist(tmp_path / "b", "second-plugin", unique("fb"), source.format(name="clash"))
+    monkeypatch.syspath_prepend(str(tmp_path / "a"))
+    monkeypatch.syspath_prepend(str(tmp_path / "b"))
+    plugins = load_plugins()
+    assert plugins.benchmarks.owner("synth-first") == "second-plugin"
+    assert plugins.plugins["second-plugin"].registered == {"benchmarks": ["synth-first"]}
+    with pytest.raises(PluginConflictError, match="first-plugin and second-plugin, so neither"):
+        plugins.benchmarks.get("clash")
+
+
+def test_every_error_of_a_plugin_is_kept(tmp_path, monkeypatch):
+    source = """
+from scircuits import Ablation, Benchmark, hookimpl
+
+class Zero(Ablation):
+    name = "zero"
+
+class Mean(Ablation):
+    name = "mean"
+
+class Arithmetic(Benchmark):
+    name = "arithmetic"
+
+@hookimpl
+def register_ablations(register):
+    register(Zero())
+    register(Mean())
+
+@hookimpl
+def register_benchmarks(register):
+    register(Arithmetic())
+"""
+    _, info = load_one(tmp_path, monkeypatch, "thrice-plugin", source)
+    assert len(info.errors) == 3
+    assert [n for n in ("arithmetic", "zero", "mean") for e in info.errors if f"name {n!r}" in e] == [
+        "arithmetic",
+        "zero",
+        "mean",
+    ]
+    assert info.error == "; ".join(info.errors) and info.to_dict()["errors"] == info.errors
+
+
+def test_a_hook_argument_of_the_wrong_name_says_the_right_one_in_one_line(tmp_path, monkeypatch):
+    source = """
+from scircuits import hookimpl
+
+@hookimpl
+def register_benchmarks(reg):
+    pass
+"""
+    _, info = load_one(tmp_path, monkeypatch, "argname-plugin", source)
+    assert info.errors == [
+        "invalid hook implementation register_benchmarks(reg): the hook passes no 'reg'; "
+        "write def register_benchmarks(register)"
+    ]
+
+
+def test_a_hook_returning_its_objects_is_told_to_call_register(tmp_path, monkeypatch):
+    source = BENCHMARK_PLUGIN.replace("    register(Tiny())", "    return [Tiny()]")
+    plugins, info = load_one(tmp_path, monkeypatch, "returning-plugin", source.format(name="returned"))
+    assert info.errors == ["register_benchmarks returned a value; call register(obj) instead"]
+    assert "returned" not in plugins.benchmarks
+
+
+def test_registering_a_class_says_to_register_an_instance(tmp_path, monkeypatch):
+    source = BENCHMARK_PLUGIN.replace("register(Tiny())", "register(Tiny)\n    register(Fine())")
+    source += "\nclass Fine(Tiny):\n    name = 'fine'\n"
+    plugins, info = load_one(tmp_path, monkeypatch, "class-plugin", source.format(name="tiny"))
+    (error,) = info.errors
+    assert error.endswith("is not a Benchmark: register an instance: Tiny()")
+    assert "fine" in plugins.benchmarks
+
+
+def test_conflict_messages_use_the_singular_of_the_family():
+    from scircuits.platform.manager.registry import Registry
+
+    class Thing:
+        name = "x"
+
+    registry: Registry[Thing] = Registry("analyses")
+    registry.add(Thing(), owner="a")
+    with pytest.raises(PluginConflictError, match=r"^analysis name 'x'"):
+        registry.add(Thing(), owner="b")

@@ -61,14 +61,18 @@ def plugin_commands() -> dict[str, click.Command]:
             if info is not None:
                 info.error = f"register_commands raised {type(exc).__name__}: {exc}"
             continue
+        added: list[str] = []
         for command_name, command in group.commands.items():
             if command_name in COMMANDS or command_name in commands:
                 if info is not None:
-                    info.error = f"command {command_name!r} is already defined; not adding {name}'s"
+                    info.error = (
+                        f"command {command_name!r} is already defined; not adding {name}'s: rename it"
+                    )
                 continue
             commands[command_name] = command
-        if group.commands and info is not None:
-            info.registered["commands"] = sorted(group.commands)
+            added.append(command_name)
+        if added and info is not None:
+            info.registered["commands"] = sorted(added)
     _plugin_commands[plugins] = commands
     return commands
 

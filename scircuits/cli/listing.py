@@ -37,8 +37,15 @@ def plugins(as_json: bool) -> None:
             click.echo(f"  hooks: {', '.join(info.hooks)}")
         for family, names in info.registered.items():
             click.echo(f"  {family}: {', '.join(names)}")
-        if info.error:
-            click.echo(f"  ERROR: {info.error}")
+        for error in info.errors:
+            click.echo(f"  ERROR: {error}")
+
+
+def warn_failed(plugin_set: Any) -> None:
+    """One stderr line per error of each plugin, naming the plugin."""
+    for failed in plugin_set.failed():
+        for error in failed.errors:
+            click.echo(f"warning: plugin {failed.name}: {error}", err=True)
 
 
 def _family_command(family: str, columns: list[str], help_text: str) -> click.Command:
@@ -62,8 +69,7 @@ def _family_command(family: str, columns: list[str], help_text: str) -> click.Co
             echo_json([{**row, "default": bool(row["default"])} for row in rows])
         else:
             echo_table(rows, ["name", "default", *columns[1:]])
-        for failed in plugin_set.failed():
-            click.echo(f"warning: plugin {failed.name} failed to load: {failed.error}", err=True)
+        warn_failed(plugin_set)
         try:
             registry.default()
         except ScircuitsError as exc:
@@ -116,7 +122,6 @@ def analyses(as_json: bool) -> None:
         echo_json(rows)
     else:
         echo_table(rows, ["name", "order", "after", "fields", "plugin", "description"])
-    for failed in plugin_set.failed():
-        click.echo(f"warning: plugin {failed.name} failed to load: {failed.error}", err=True)
+    warn_failed(plugin_set)
     if problem:
         click.echo(f"warning: {problem}", err=True)

@@ -8,6 +8,7 @@ is the rescue switch: a comma-separated allow-list of entry-point plugin names (
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import traceback
 from collections.abc import Callable
@@ -53,11 +54,20 @@ class PluginInfo:
     version: str | None = None
     hooks: list[str] = field(default_factory=list)
     registered: dict[str, list[str]] = field(default_factory=dict)
-    error: str | None = None
+    errors: list[str] = field(default_factory=list)
     traceback: str | None = field(default=None, repr=False)  # of an import failure, for debugging
 
+    @property
+    def error(self) -> str | None:
+        """Every error of the plugin, joined with "; " (None when it has none)."""
+        return "; ".join(self.errors) or None
+
+    @error.setter
+    def error(self, message: str) -> None:
+        self.errors.append(message)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "error": self.error}
 
 
 FAMILY_BASES: dict[str, type] = {
@@ -138,42 +148,45 @@ class PluginSet:
         try:
             self.pm.register(module, name=name)
         except Exception as exc:  # pluggy.PluginValidationError: wrong arguments, etc.
-            info.error = f"invalid hook implementation: {exc}"
+            info.error = (
+                self._wrong_arguments(module) or f"invalid hook implementation: {' '.join(str(exc).split())}"
+            )
             return
         info.hooks = sorted(h.name for h in self.pm.get_hookcallers(module) or [])
         self._run_registrations(name, module, info)
+
+    def _wrong_arguments(self, module: ModuleType) -> str | None:
+        """What to fix in the first hook implementation of ``module`` that takes an argument its hook
+        does not pass (None when none does)."""
+        for attr in dir(module):
+            impl = getattr(module, attr, None)
+            if not hasattr(impl, f"{hookspecs.PROJECT}_impl") or not callable(impl):
+                continue
+            spec = getattr(self.pm.hook, attr).spec
+            wanted = list(spec.argnames) if spec is not None else []
+            try:
+                params = inspect.signature(impl).parameters.values()
+            except (TypeError, ValueError):
+                continue
+            given = [
+                p.name
+                for p in params
+                if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]
+            unknown = [a for a in given if a not in wanted]
+            if unknown:
+                return (
+                    f"invalid hook implementation {attr}({', '.join(given)}): the hook passes no "
+                    f"{', '.join(map(repr, unknown))}; write def {attr}({', '.join(wanted)})"
+                )
+        return None
 
     def _run_registrations(self, name: str, module: ModuleType, info: PluginInfo) -> None:
         for family, hook_name in hookspecs.FAMILY_HOOKS.items():
             impl = getattr(module, hook_name, None)
             if impl is None or not hasattr(impl, f"{hookspecs.PROJECT}_impl"):
                 continue
-            registry = self.registries[family]
-            base = _family_base(family)
-            added: list[str] = []
-
-            def register(
-                obj: Any,
-                _registry: Registry[Any] = registry,
-                _base: type = base,
-                _family: str = family,
-                _added: list[str] = added,
-            ) -> None:
-                if not isinstance(obj, _base):
-                    raise TypeError(
-                        f"{name} registered {obj!r} as one of {_family}, but it is not a {_base.__name__}"
-                    )
-                _registry.add(obj, owner=name, builtin=info.builtin)
-                _added.append(obj.name)
-
-            try:
-                impl(register=register)
-            except PluginConflictError as exc:
-                info.error = str(exc)
-            except Exception as exc:
-                info.error = f"{hook_name} raised {type(exc).__name__}: {exc}"
-            if added:
-                info.registered[family] = added
+            run_registration(impl, hook_name, self.registries[family], _family_base(family), info)
 
     def load_builtins(self) -> None:
         for module_name in BUILTIN_MODULES:
@@ -196,10 +209,10 @@ class PluginSet:
                     name=ep.name,
                     module=ep.value,
                     builtin=False,
-                    error=(
+                    errors=[
                         f"a plugin named {ep.name!r} is already loaded from "
-                        f"{self.plugins[ep.name].module}; not loading {ep.value}"
-                    ),
+                        f"{self.plugins[ep.name].module}; not loading {ep.value}: rename its entry point"
+                    ],
                 )
                 continue
             dist = getattr(ep, "dist", None)
@@ -211,6 +224,45 @@ class PluginSet:
                 version=dist.version if dist else None,
             )
             self.add_module(ep.name, lambda e=ep: _load_entry_point(e), info)
+
+
+def _article(word: str) -> str:
+    return f"an {word}" if word[:1].lower() in "aeiou" else f"a {word}"
+
+
+def run_registration(
+    impl: Callable[..., Any], hook_name: str, registry: Registry[Any], base: type, info: PluginInfo
+) -> None:
+    """Call a plugin's registration hook with ``register``, adding what it registers to ``registry``
+    and recording each refused object, and a hook that raises or returns a value, on ``info``; one
+    refused object leaves the plugin's others registered."""
+    added: list[str] = []
+
+    def register(obj: Any) -> None:
+        if not isinstance(obj, base):
+            hint = (
+                f": register an instance: {obj.__name__}()"
+                if isinstance(obj, type) and issubclass(obj, base)
+                else ""
+            )
+            info.error = f"{hook_name} registered {obj!r}, which is not {_article(base.__name__)}{hint}"
+            return
+        try:
+            registry.add(obj, owner=info.name, builtin=info.builtin)
+        except (PluginConflictError, TypeError) as exc:
+            info.error = str(exc)
+            return
+        added.append(obj.name)
+
+    try:
+        returned = impl(register=register)
+    except Exception as exc:
+        info.error = f"{hook_name} raised {type(exc).__name__}: {exc}"
+    else:
+        if returned is not None:
+            info.error = f"{hook_name} returned a value; call register(obj) instead"
+    if added:
+        info.registered[registry.family] = added
 
 
 def _load_entry_point(ep: EntryPoint) -> ModuleType:

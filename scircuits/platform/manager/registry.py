@@ -11,6 +11,13 @@ from scircuits.platform.contract.errors import PluginConflictError, UnknownNameE
 
 T = TypeVar("T")
 
+SINGULAR = {
+    "analyses": "analysis",
+    "saes": "SAE variant",
+    "sae_sources": "SAE source",
+    "synth_tasks": "synth task",
+}
+
 
 @dataclass
 class Registry(Generic[T]):
@@ -26,22 +33,42 @@ class Registry(Generic[T]):
     _conflicts: dict[str, list[str]] = field(default_factory=dict)
     _builtin: set[str] = field(default_factory=set)
 
+    @property
+    def kind(self) -> str:
+        """The family's singular, for messages: "model", "analysis"."""
+        return SINGULAR.get(self.family, self.family[:-1])
+
     def add(self, obj: T, owner: str, builtin: bool = False) -> None:
+        """Register ``obj`` under its name; PluginConflictError when the name is taken.
+
+        A built-in keeps its name: a third-party object of the same name is refused alone. Two
+        third-party objects of one name are both withdrawn, and ``get`` of the name says why.
+        """
         name = getattr(obj, "name", None)
         if not isinstance(name, str) or not name:
             raise TypeError(f"{type(obj).__name__} registered by {owner} has no string 'name'")
+        if name in self._builtin and not builtin:
+            raise PluginConflictError(
+                f"{self.kind} name {name!r} is taken by the built-in plugin {self._owners[name]}; "
+                f"{owner}'s {self.kind} {name!r} is not registered: rename it (names are global across "
+                "installed plugins)"
+            )
         if name in self._items or name in self._conflicts:
             owners = self._conflicts.setdefault(name, [self._owners.pop(name, "?")])
             owners.append(owner)
             self._items.pop(name, None)
-            raise PluginConflictError(
-                f"{self.family[:-1]} name {name!r} is registered by more than one plugin: "
-                f"{' and '.join(owners)}. Uninstall one, or exclude one with SCIRCUITS_LOAD_PLUGINS."
-            )
+            raise PluginConflictError(self._conflict_message(name))
         self._items[name] = obj
         self._owners[name] = owner
         if builtin:
             self._builtin.add(name)
+
+    def _conflict_message(self, name: str) -> str:
+        return (
+            f"{self.kind} name {name!r} is registered by more than one plugin: "
+            f"{' and '.join(self._conflicts[name])}, so neither is registered. Rename one (names are "
+            "global across installed plugins), uninstall one, or exclude one with SCIRCUITS_LOAD_PLUGINS."
+        )
 
     def default(self) -> str:
         """The name of the family's default: the object whose class says ``default = True``.
@@ -56,12 +83,12 @@ class Registry(Generic[T]):
         if len(chosen) > 1:
             owners = " and ".join(f"{n!r} ({self._owners[n]})" for n in sorted(chosen))
             raise PluginConflictError(
-                f"more than one default {self.family[:-1]}: {owners} both set default = True. "
+                f"more than one default {self.kind}: {owners} both set default = True. "
                 f"Set it on one only, or exclude a plugin with SCIRCUITS_LOAD_PLUGINS."
             )
         if not chosen:
             raise UnknownNameError(
-                f"no default {self.family[:-1]}: no registered plugin sets default = True; "
+                f"no default {self.kind}: no registered plugin sets default = True; "
                 f"name one (see `scircuits {self.family}`)."
             )
         return chosen[0]
@@ -74,11 +101,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name in self._conflicts:
-            raise PluginConflictError(
-                f"{self.family[:-1]} name {name!r} is registered by more than one plugin: "
-                f"{' and '.join(self._conflicts[name])}. Uninstall one, or exclude one with "
-                "SCIRCUITS_LOAD_PLUGINS."
-            )
+            raise PluginConflictError(self._conflict_message(name))
         if name in self._items:
             handler = self._items[name]
             if name.endswith(":") and hasattr(handler, "specialize"):
@@ -95,7 +118,7 @@ class Registry(Generic[T]):
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UnknownNameError(
-            f"Unknown {self.family[:-1]} {name!r}.{hint} Known {self.family}: {', '.join(known) or '(none)'}."
+            f"Unknown {self.kind} {name!r}.{hint} Known {self.family}: {', '.join(known) or '(none)'}."
         )
 
     def owner(self, name: str) -> str:
