@@ -270,3 +270,36 @@ def test_conflict_messages_use_the_singular_of_the_family():
     registry.add(Thing(), owner="a")
     with pytest.raises(PluginConflictError, match=r"^analysis name 'x'"):
         registry.add(Thing(), owner="b")
+
+
+def test_summary_lines_returning_a_str_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from scircuits.cli.causal import summarise
+
+    source = """
+from scircuits import Analysis, AnalysisResult, hookimpl
+
+class Said(Analysis):
+    name = "said"
+    Result = AnalysisResult
+
+    def headline(self, result):
+        return ["said"]
+
+    def summary_lines(self, result):
+        return "one line"
+
+@hookimpl
+def register_analyses(register):
+    register(Said())
+"""
+    plugins, _ = load_one(tmp_path, monkeypatch, "str-lines-plugin", source)
+    results = SimpleNamespace(n_examples=3, analyses=["said"], result_of=lambda analysis: None)
+    summarise(tmp_path, results, plugins)
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"{tmp_path / 'results.json'}: 3 examples; said"]
+    assert err == (
+        "warning: plugin str-lines-plugin: analysis 'said': summary_lines returned a str; "
+        "return a list of lines ([line, ...])\n"
+    )

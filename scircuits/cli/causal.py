@@ -102,13 +102,30 @@ def ablate(
 
 def summarise(folder: Any, results: StudyResults, plugins: Any) -> None:
     """One line per run, then each analysis's summary lines, from the typed results."""
-    analyses = {a.name: a for a in analyses_of(plugins)}
+    registry = analyses_of(plugins)
+    analyses = {a.name: a for a in registry}
     done = [(analyses[n], results.result_of(analyses[n])) for n in results.analyses if n in analyses]
-    head = [f"{results.n_examples} examples"] + [p for a, r in done for p in a.headline(r)]
+    head = [f"{results.n_examples} examples"] + [
+        p for a, r in done for p in _lines(a, "headline", r, registry.owner(a.name))
+    ]
     click.echo(f"{results_path(folder)}: {'; '.join(head)}")
     for analysis, result in done:
-        for line in analysis.summary_lines(result):
+        for line in _lines(analysis, "summary_lines", result, registry.owner(analysis.name)):
             click.echo(line)
+
+
+def _lines(analysis: Any, method: str, result: Any, owner: str) -> list[str]:
+    """What ``analysis.<method>(result)`` returns, or nothing, with one warning line, when that is
+    a string instead of a list of lines."""
+    lines = getattr(analysis, method)(result)
+    if isinstance(lines, str):
+        click.echo(
+            f"warning: plugin {owner}: analysis {analysis.name!r}: {method} returned a str; "
+            f"return a list of lines ([line, ...])",
+            err=True,
+        )
+        return []
+    return list(lines)
 
 
 @click.command()
