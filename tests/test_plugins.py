@@ -303,3 +303,30 @@ def register_analyses(register):
         "warning: plugin str-lines-plugin: analysis 'said': summary_lines returned a str; "
         "return a list of lines ([line, ...])\n"
     )
+
+
+def _doc_snippets() -> list[str]:
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    return re.findall(r"```python\n(.*?)```", doc, re.S)
+
+
+def test_the_docs_snippets_names_do_not_clash_with_the_example_plugin():
+    import re
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "scircuits-example-plugin"
+    named = re.compile(r"""\bname\s*=\s*["']([^"']+)["']""")
+    taken = {n for path in example.rglob("*.py") for n in named.findall(path.read_text())}
+    in_docs = {n for snippet in _doc_snippets() for n in named.findall(snippet)}
+    assert in_docs and not in_docs & taken
+
+
+def test_the_docs_synth_task_runs_at_its_default_size():
+    (snippet,) = [s for s in _doc_snippets() if "class Parity" in s]
+    scope: dict[str, object] = {}
+    exec(snippet, scope)
+    benchmark = scope["SynthTaskBenchmark"](scope["Parity"]())
+    assert len(list(benchmark.examples("test"))) == len(list(benchmark.examples("train"))) == 200
