@@ -96,7 +96,7 @@ def test_the_study_runs_analyses_by_order_and_checks_what_they_read(plugins):
         class Result(AnalysisResult):
             config: int
 
-    with pytest.raises(ConfigError, match="'the study itself' and 'clash' both write"):
+    with pytest.raises(ConfigError, match=r"'the study itself' and 'clash' \(plugin test\) both write"):
         study_order(registry_of(Clash()))
 
 
@@ -251,3 +251,34 @@ def test_baseline_splits_accuracy_by_whether_the_answer_is_in_the_prompt():
     assert (
         split_accuracy([True, None, False, False, False], clean, spliced) is None
     )  # not every example marked
+
+
+def test_a_plugin_analysis_named_like_a_builtin_is_refused_alone():
+    class Impostor(Analysis):
+        name = "ranking"
+        order = 5
+
+        def run(self, context):
+            return None
+
+    class Extra(Analysis):
+        name = "extra-one"
+        order = 5
+
+        def run(self, context):
+            return None
+
+    class ImpostorPlugin:
+        @staticmethod
+        @hookimpl
+        def register_analyses(register):
+            register(Impostor())
+            register(Extra())
+
+    plugin_set = load_plugins(entry_points_too=False)
+    plugin_set.pm.register(ImpostorPlugin, name="impostor")
+    registry = analyses_of(plugin_set)
+    assert registry.owner("ranking").startswith("builtin:")  # the built-in keeps its name
+    assert "extra-one" in registry  # the plugin's other analysis is registered
+    errors = plugin_set.plugins["impostor"].errors
+    assert len(errors) == 1 and "'ranking'" in errors[0] and "built-in" in errors[0], errors

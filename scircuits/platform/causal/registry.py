@@ -11,8 +11,9 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from scircuits.platform.contract.analyses import Analysis
-from scircuits.platform.contract.errors import ConfigError, PluginConflictError
+from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.study import StudyResults
+from scircuits.platform.manager.plugin_set import PluginInfo, run_registration
 from scircuits.platform.manager.registry import Registry
 
 HOOK = "register_analyses"
@@ -28,27 +29,8 @@ def analyses_of(plugins: Any) -> Registry[Analysis]:
         impl = getattr(module, HOOK, None)
         if impl is None or not hasattr(impl, "scircuits_impl"):
             continue
-        info = plugins.plugins.get(name)
-        added: list[str] = []
-
-        def register(obj: Any, _owner: str = name, _added: list[str] = added) -> None:
-            if not isinstance(obj, Analysis):
-                raise TypeError(f"{_owner} registered {obj!r} as an analysis, but it is not an Analysis")
-            if not isinstance(obj.name, str) or not obj.name:
-                raise TypeError(f"{type(obj).__name__} registered by {_owner} has no name")
-            registry.add(obj, owner=_owner)
-            _added.append(obj.name)
-
-        try:
-            impl(register=register)
-        except PluginConflictError as exc:
-            if info is not None:
-                info.error = str(exc)
-        except Exception as exc:
-            if info is not None:
-                info.error = f"{HOOK} raised {type(exc).__name__}: {exc}"
-        if added and info is not None:
-            info.registered["analyses"] = added
+        info = plugins.plugins.setdefault(name, PluginInfo(name=name, module=str(module), builtin=False))
+        run_registration(impl, HOOK, registry, Analysis, info)
     _cache[plugins] = registry
     return registry
 
@@ -69,9 +51,11 @@ def study_order(analyses: Registry[Analysis]) -> list[Analysis]:
                 )
         for key in analysis.Result.model_fields:
             if key in owners:
+                first = owners[key]
+                of = f" (plugin {analyses.owner(first)})" if first in analyses else ""
                 raise ConfigError(
-                    f"analyses {owners[key]!r} and {analysis.name!r} both write the results.json field "
-                    f"{key!r}; rename the field in one of them"
+                    f"analyses {first!r}{of} and {analysis.name!r} (plugin {analyses.owner(analysis.name)}) "
+                    f"both write the results.json field {key!r}; rename the field in one of them"
                 )
             owners[key] = analysis.name
         seen.add(analysis.name)

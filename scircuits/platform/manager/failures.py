@@ -1,5 +1,6 @@
-"""The plugins that failed to load, said once per process by the commands that do work (the listing
-commands print them too): a study run without a broken plugin's analysis says why it is missing."""
+"""What the plugins could not register (an import that failed, a refused object), said once per
+process by the commands that do work, as the listing commands print it: a study run without a broken
+plugin's analysis says why it is missing."""
 
 from __future__ import annotations
 
@@ -9,14 +10,13 @@ from scircuits.platform.common.logs import get_logger
 
 log = get_logger(__name__)
 _said: set[tuple[str, str]] = set()
+LISTING = "`scircuits plugins` lists every plugin"
 
 
 def warn_failed_plugins(plugins: Any) -> None:
     for failed in plugins.failed():
-        key = (str(failed.name), str(failed.error))
-        if key not in _said:
-            _said.add(key)
-            log.warning(
-                f"warning: plugin {failed.name} failed to load, so its objects are not used: "
-                f"{failed.error} (`scircuits plugins` lists every plugin)"
-            )
+        for error in getattr(failed, "errors", None) or [failed.error]:
+            key = (str(failed.name), str(error))
+            if key not in _said:
+                _said.add(key)
+                log.warning(f"warning: plugin {failed.name}: {error} ({LISTING})")
