@@ -131,3 +131,34 @@ def test_prompt_plus_target_tokenises_like_the_natural_text_and_arithmetic_score
         for row, s in enumerate(sequences)
     )
     assert 4 <= correct <= 36, f"{correct}/40 correct: SmolLM2 gets about a quarter of these right"
+
+
+class Faulty(Benchmark):
+    name = "faulty"
+
+    def __init__(self, items):
+        self.items = items
+
+    def examples(self, split="test", limit=None, seed=0, options=None):
+        for item in self.items:
+            yield item() if callable(item) else item
+
+
+def test_the_platform_reads_a_benchmarks_examples_checked_naming_it():
+    from scircuits import ConfigError, Example
+
+    good = Example(id="a", prompt="1 + 1 =", target=" 2")
+
+    def boom():
+        raise ValueError("data row 2 is malformed")
+
+    cases = [
+        ([good, {"prompt": "x"}], "benchmark 'faulty' gave a dict, not an Example"),
+        ([Example(id="e", prompt="p", target="")], "example 'e' has an empty target"),
+        ([good, good], "gives the example id 'a' twice"),
+        ([good, boom], "failed while reading its examples: ValueError: data row 2 is malformed"),
+    ]
+    for items, says in cases:
+        with pytest.raises(ConfigError, match=says):
+            list(Faulty(items).read_examples())
+    assert list(Faulty([good]).read_examples()) == [good]

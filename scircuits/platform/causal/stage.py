@@ -62,7 +62,7 @@ def reference_examples(benchmark: Any, config: AblateConfig, n: int) -> Referenc
     if split == config.split:
         return None
     return ReferenceExamples(
-        split, lambda: list(benchmark.examples(split, n, config.seed, config.benchmark_options))
+        split, lambda: list(benchmark.read_examples(split, n, config.seed, config.benchmark_options))
     )
 
 
@@ -177,7 +177,9 @@ def load_inputs(config: AblateConfig, plugins: Any, loaded: LoadedModel | None =
             "(hf:REPO/PATH, saelens:RELEASE/SAE_ID)"
         )
     # every example is read (a bad line anywhere stops here) before any weights are checked or loaded
-    examples = list(benchmark.examples(config.split, config.limit, config.seed, config.benchmark_options))
+    examples = list(
+        benchmark.read_examples(config.split, config.limit, config.seed, config.benchmark_options)
+    )
     if not examples:
         raise ConfigError(f"benchmark {config.benchmark!r} gave no examples for split {config.split!r}")
     if loaded is None and not config.remote:

@@ -214,7 +214,7 @@ def circuit_ground_truth(
     results = read_circuit(folder)
     config = CircuitConfig.model_validate(results.config)
     benchmark = plugins.benchmarks.get(config.benchmark)
-    examples = list(benchmark.examples(config.split, n_examples, config.seed, config.benchmark_options))
+    examples = list(benchmark.read_examples(config.split, n_examples, config.seed, config.benchmark_options))
     if not all("variables" in e.meta for e in examples):
         raise ConfigError(
             f"benchmark {config.benchmark!r} declares no per-token variables (Example.meta['variables']): "

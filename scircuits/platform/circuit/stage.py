@@ -152,7 +152,7 @@ def load_examples(
     split = split or config.split
     seed = config.seed if seed is None else seed
     benchmark.check_split(split)
-    examples = list(benchmark.examples(split, limit or config.limit, seed, config.benchmark_options))
+    examples = list(benchmark.read_examples(split, limit or config.limit, seed, config.benchmark_options))
     if config.metric == "counterfactual":
         examples = counterfactual_examples(examples, str(config.benchmark), seed)
     if len(examples) < 2:

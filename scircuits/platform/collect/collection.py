@@ -449,7 +449,7 @@ def _collect_entry(config_values: dict[str, Any]) -> None:
 def check_all_examples(benchmark: Any, config: CollectConfig, options: Any) -> int:
     """Read every example the collection will trace (a bad line anywhere stops it now); no example
     at all is an error. Returns how many."""
-    count = sum(1 for _ in benchmark.examples(config.split, config.limit, config.seed, options))
+    count = sum(1 for _ in benchmark.read_examples(config.split, config.limit, config.seed, options))
     if count == 0:
         data = config.benchmark_options.get("data")
         source = f"the data file {data}" if data else f"split {config.split!r}"
@@ -621,7 +621,7 @@ def _benchmark_items(
     n_cut: list[int],
 ):
     def items_from(start: int) -> Iterator[Item]:
-        examples = benchmark.examples(config.split, config.limit, config.seed, options)
+        examples = benchmark.read_examples(config.split, config.limit, config.seed, options)
         mine = itertools.islice(enumerate(examples), rank, None, world)
         for local, (index, example) in enumerate(mine):
             if local < start:

@@ -53,7 +53,7 @@ class Core:
     ) -> list[Any]:
         bench = self.plugins.benchmarks.get(benchmark)
         bench.check_split(split)
-        return list(bench.examples(split, limit, seed, options))
+        return list(bench.read_examples(split, limit, seed, options))
 
     def untrained_sae(self, variant: str, d_in: int, d_sae: int, hparams: dict[str, Any], seed: int) -> Any:
         """An SAE of the same variant and size with its initial (untrained) weights."""

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from scircuits.platform.contract.errors import ConfigError, DataFormatError
+from scircuits.platform.contract.errors import ConfigError, DataFormatError, ScircuitsError
 from scircuits.platform.contract.options import parse_options
 
 
@@ -99,6 +99,42 @@ class Benchmark:
         options: Mapping[str, Any] | BaseModel | None = None,
     ) -> Iterator[Example]:
         raise NotImplementedError
+
+    def read_examples(
+        self,
+        split: str = "test",
+        limit: int | None = None,
+        seed: int = 0,
+        options: Mapping[str, Any] | BaseModel | None = None,
+    ) -> Iterator[Example]:
+        """``examples`` as the platform reads them, each checked: an ``Example`` with a non-empty
+        target and an id of its own. A mistake, or an error the plugin raises, is one ConfigError
+        naming the benchmark (the platform never calls ``examples`` directly)."""
+        seen: set[str] = set()
+        where = f"benchmark {self.name!r}"
+        try:
+            for example in self.examples(split, limit, seed, options):
+                if not isinstance(example, Example):
+                    raise ConfigError(
+                        f"{where} gave a {type(example).__name__}, not an Example; yield "
+                        "scircuits.Example(id=..., prompt=..., target=...)"
+                    )
+                if not isinstance(example.target, str) or not example.target:
+                    raise ConfigError(f"{where}: example {example.id!r} has an empty target; give its answer")
+                if example.id in seen:
+                    raise ConfigError(
+                        f"{where} gives the example id {example.id!r} twice; give each example its own id "
+                        "(examples.jsonl and the splits are keyed by it)"
+                    )
+                seen.add(example.id)
+                yield example
+        except (ScircuitsError, KeyboardInterrupt, GeneratorExit):
+            raise
+        except Exception as exc:
+            raise ConfigError(
+                f"{where} failed while reading its examples: {type(exc).__name__}: {exc}; fix the benchmark "
+                "or its data"
+            ) from exc
 
     def label(self, options: Mapping[str, Any] | BaseModel | None = None) -> str:
         """A short tag for options that change what the score measures (e.g. a prompt mode,

@@ -325,7 +325,7 @@ def check_examples(the_plan: Plan, plugins: Any) -> None:
             continue
         benchmark = plugins.benchmarks.get(stage.benchmark)
         count = sum(
-            1 for _ in benchmark.examples(stage.split, stage.limit, stage.seed, stage.benchmark_options)
+            1 for _ in benchmark.read_examples(stage.split, stage.limit, stage.seed, stage.benchmark_options)
         )
         if count == 0:
             raise ConfigError(
