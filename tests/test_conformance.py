@@ -67,3 +67,18 @@ def test_the_documented_command_runs_one_plugins_suite(tmp_path):
         (word, int(n)) for n, word in re.findall(r"(\d+) (passed|skipped|failed|deselected)", result.stdout)
     )
     assert counts == {"passed": 8}, result.stdout[-2000:]
+
+
+def test_a_variant_whose_build_returns_no_sae_is_one_line_naming_it():
+    import torch
+
+    from scircuits import ConfigError, SAEVariant
+
+    class Linear(SAEVariant):
+        name = "linear-not-sae"
+
+        def build(self, d_in, d_sae, hparams=None):
+            return torch.nn.Linear(d_in, d_sae)
+
+    with pytest.raises(ConfigError, match=r"variant 'linear-not-sae': build returned a Linear, not a"):
+        Linear().make(4, 8)

@@ -61,7 +61,7 @@ class Core:
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            sae = self.plugins.saes.get(variant).build(d_in, d_sae, dict(hparams))
+            sae = self.plugins.saes.get(variant).make(d_in, d_sae, dict(hparams))
         return sae.eval()
 
     def train_sae(self, train_config: dict[str, Any]) -> Path:

@@ -12,10 +12,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.contract.options import defaults, parse_options
 
 if TYPE_CHECKING:
     from scircuits.platform.contract.sae_module import SparseAutoencoder
+
+# what the platform calls on an SAE (scircuits.SparseAutoencoder has all of it)
+SAE_INTERFACE = ("d_in", "d_sae", "W_dec", "encode", "decode", "train_forward", "saelens_tensors")
 
 
 class NoHyperparameters(BaseModel):
@@ -56,6 +60,30 @@ class SAEVariant:
         self, d_in: int, d_sae: int, hparams: Mapping[str, Any] | BaseModel | None = None
     ) -> SparseAutoencoder:
         raise NotImplementedError
+
+    def make(
+        self, d_in: int, d_sae: int, hparams: Mapping[str, Any] | BaseModel | None = None
+    ) -> SparseAutoencoder:
+        """``build`` as the platform calls it (do not override): its result checked to be a
+        SparseAutoencoder of the asked sizes, a mistake one ConfigError naming the variant."""
+        where = f"SAE variant {self.name!r}"
+        try:
+            sae = self.build(d_in, d_sae, hparams)
+        except (ScircuitsError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise ConfigError(f"{where} failed to build: {type(exc).__name__}: {exc}") from exc
+        missing = [a for a in SAE_INTERFACE if not hasattr(sae, a)]
+        if missing:
+            raise ConfigError(
+                f"{where}: build returned a {type(sae).__name__}, not a scircuits.SparseAutoencoder "
+                f"(it has no {', '.join(missing)}); subclass scircuits.SparseAutoencoder"
+            )
+        if (getattr(sae, "d_in", None), getattr(sae, "d_sae", None)) != (d_in, d_sae):
+            raise ConfigError(
+                f"{where}: build({d_in}, {d_sae}) returned an SAE of d_in {sae.d_in}, d_sae {sae.d_sae}"
+            )
+        return sae
 
     def facts(self) -> dict[str, Any]:
         return {

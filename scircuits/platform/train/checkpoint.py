@@ -348,7 +348,7 @@ def build_sae(
     k = hparams.get("k")
     if isinstance(k, int) and not 0 < k <= cfg["d_sae"]:
         raise DataFormatError(f"{where}: k = {k} does not fit the SAE's {cfg['d_sae']} latents (d_sae)")
-    sae = variant.build(cfg["d_in"], cfg["d_sae"], hparams)
+    sae = variant.make(cfg["d_in"], cfg["d_sae"], hparams)
     try:
         sae.load_saelens_tensors(tensors)
     except ValueError as exc:

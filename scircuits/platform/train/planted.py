@@ -267,7 +267,7 @@ def train_variant(
     started, cpu_started = time.monotonic(), time.process_time()
     with torch_threads(threads):
         torch.manual_seed(setup.init_seed)
-        sae = variant.build(setup.d_in, setup.d_sae, hparams)
+        sae = variant.make(setup.d_in, setup.d_sae, hparams)
         lr = setup.lr if setup.lr is not None else default_lr(setup.d_sae, setup.batch_size)
         steps = max(1, setup.n_tokens // setup.batch_size)
         trainer = train_in_memory(

@@ -735,7 +735,7 @@ def fit_steps(
 
     d_in = store.d_model
     check_k_fits(getattr(variant.parse_hparams(config.hparams), "k", None), config.expansion, d_in)
-    sae = variant.build(d_in, config.expansion * d_in, config.hparams).to(dist.device)
+    sae = variant.make(d_in, config.expansion * d_in, config.hparams).to(dist.device)
     sae.encoder_bf16 = config.bf16
     lr = resolved_lr(config, sae.d_sae)
     warmup_steps = resolved_warmup_steps(config, total_steps)

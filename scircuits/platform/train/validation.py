@@ -109,7 +109,7 @@ def validate_variant(
         torch.manual_seed(setup.init_seed)
         train_x = data.sample(setup.n_tokens)
         eval_x = data.sample(4096)
-        sae = variant.build(setup.d_in, setup.d_sae, chosen)
+        sae = variant.make(setup.d_in, setup.d_sae, chosen)
         steps_per_epoch = setup.n_tokens // setup.batch_size
         trainer = SAETrainer(
             sae,
