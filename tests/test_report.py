@@ -399,3 +399,48 @@ def test_a_read_only_folder_stops_report_in_one_line(tmp_path, capsys, monkeypat
     line = report_refused(argv, capsys)
     assert f"{folder}: cannot write here (Operation not permitted); choose another --out" in line
     assert not (folder / "report.md").exists()
+
+
+def test_a_plugin_analysis_whose_section_fails_leaves_the_rest_of_the_report(tmp_path, capsys):
+    from scircuits import Analysis, AnalysisResult, hookimpl
+    from scircuits.platform.manager.plugin_set import load_plugins
+
+    run = fake_run(tmp_path, "phi-2", fvu=0.3, recovered=0.8)
+    path = run / "causal" / "results.json"
+    data = json.loads(path.read_text())
+    data["analyses"].append("drawn-badly")
+    data["badly_value"] = 3
+    path.write_text(json.dumps(data))
+
+    class Badly(AnalysisResult):
+        badly_value: int = 0
+
+    class DrawnBadly(Analysis):
+        name = "drawn-badly"
+        order = 95
+        Result = Badly
+
+        def run(self, context):
+            return Badly(badly_value=3)
+
+        def findings(self, doc, result, results):
+            raise KeyError("nope")
+
+        def report(self, doc, result, results):
+            raise RuntimeError("cannot draw")
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def register_analyses(register):
+            register(DrawnBadly())
+
+    plugins = load_plugins(entry_points_too=False)
+    plugins.pm.register(Plugin, name="bad-drawing")
+    write_report_with([run], plugins)
+    text = (run / "report.md").read_text()
+    assert "analysis 'drawn-badly' could not draw its section" in text
+    assert "## Ablation sweeps" in text and "## Top features" in text  # the other sections are drawn
+    err = capsys.readouterr().err
+    assert "its report section failed (RuntimeError: cannot draw)" in err
+    assert "its findings failed (KeyError: 'nope')" in err

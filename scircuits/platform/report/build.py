@@ -30,7 +30,7 @@ from scircuits.platform.common.artifacts import (
 )
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.contract.analyses import Analysis
-from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.contract.study import StudyResults
 from scircuits.platform.report.circuit import circuit_section
 from scircuits.platform.report.document import FIGURES_DIR, REPORT_HTML, REPORT_MD, ReportDocument, fmt
@@ -191,13 +191,36 @@ def ran(run: RunData, analyses: Sequence[Analysis]) -> list[tuple[Analysis | Non
     return out
 
 
+def drawn(analysis: Analysis, what: str, draw: Any, failed: Any = None) -> Any:
+    """What a plugin analysis's ``draw`` returns; when it raises, a warning naming the analysis and
+    ``failed``, so that one broken section leaves the rest of the report (a built-in's error is ours:
+    raised)."""
+    try:
+        return draw()
+    except (ScircuitsError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if type(analysis).__module__.startswith("scircuits."):
+            raise
+        log.warning(
+            f"warning: analysis {analysis.name!r} ({type(analysis).__module__}): its {what} failed "
+            f"({type(exc).__name__}: {exc}); the report says so in its place"
+        )
+        return failed
+
+
 def run_sections(doc: ReportDocument, run: RunData, analyses: Sequence[Analysis], level: int = 2) -> None:
     doc.describe_run(run.sae_metrics, lambda: figure_training(run), level, doc.figure_prefix)
     done = ran(run, analyses)
     doc.heading("Provenance")
     doc.table(["", ""], provenance_rows(run))
     doc.heading("Findings")
-    lines = [line for a, _, r in done if a is not None for line in a.findings(doc, r, run.results)]
+    lines = [
+        line
+        for a, _, r in done
+        if a is not None
+        for line in drawn(a, "findings", lambda a=a, r=r: a.findings(doc, r, run.results)) or []
+    ]
     for line in lines or ["(no findings)"]:
         doc.paragraph(line)
     for analysis, name, result in done:
@@ -205,7 +228,12 @@ def run_sections(doc: ReportDocument, run: RunData, analyses: Sequence[Analysis]
             doc.heading(name)
             doc.paragraph(f"(analysis {name!r} ran, but no installed plugin provides it: not shown)")
             continue
-        analysis.report(doc, result, run.results)
+        failed = object()
+        section = drawn(
+            analysis, "report section", lambda a=analysis, r=result: a.report(doc, r, run.results), failed
+        )
+        if section is failed:
+            doc.paragraph(f"(analysis {name!r} could not draw its section; its results are in results.json)")
     circuit_section(doc, run.path)  # when the run holds a circuit (RUN/circuit)
 
 
