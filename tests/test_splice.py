@@ -170,3 +170,21 @@ def test_unembedding_extremes_of_a_vocabulary_smaller_than_asked():
     top, top_ids, bottom, _ = split.unembedding_extremes(torch.randn(3, loaded.d_model), 10)
     assert top.shape == bottom.shape == (3, 7)
     assert sorted(top_ids[0].tolist()) == list(range(7))
+
+
+def test_an_answer_the_tokenizer_cannot_write_is_refused_naming_the_example():
+    from scircuits import ConfigError, Example
+    from scircuits.platform.model.sequences import encode_choices, encode_example
+
+    class WordTokenizer:
+        unk_token, unk_token_id = "<unk>", 0
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [{"a": 1, "b": 2, "=": 3}.get(w, 0) for w in text.split()]}
+
+    tokenizer = WordTokenizer()
+    assert encode_example(tokenizer, Example(id="ok", prompt="a =", target=" b")).input_ids == (1, 3, 2)
+    with pytest.raises(ConfigError, match=r"example 'x': the answer ' é中' encodes to the tokenizer's unk"):
+        encode_example(tokenizer, Example(id="x", prompt="a =", target=" é中"))
+    with pytest.raises(ConfigError, match=r"example 'y': the answer ' ' encodes to no tokens"):
+        encode_choices(tokenizer, Example(id="y", prompt="a =", target=" "))

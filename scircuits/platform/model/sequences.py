@@ -30,7 +30,15 @@ def encode(tokenizer: Any, prompt: str, continuation: str, max_length: int | Non
     prompt_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
     target_ids = list(tokenizer(continuation, add_special_tokens=False)["input_ids"])
     if not target_ids:
-        raise ValueError(f"the continuation {continuation!r} encodes to no tokens")
+        raise ConfigError(
+            f"the answer {continuation!r} encodes to no tokens; give an answer the model can write"
+        )
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    if unknown is not None and unknown in target_ids and str(tokenizer.unk_token) not in continuation:
+        raise ConfigError(
+            f"the answer {continuation!r} encodes to the tokenizer's unknown token {tokenizer.unk_token!r}: "
+            "the model cannot write it, so it cannot be scored; give answers in the model's vocabulary"
+        )
     if max_length is not None and len(prompt_ids) + len(target_ids) > max_length:
         keep = max_length - len(target_ids)
         if keep < 1:
@@ -44,10 +52,21 @@ def encode(tokenizer: Any, prompt: str, continuation: str, max_length: int | Non
 
 def encode_example(tokenizer: Any, example: Example, max_length: int | None = None) -> EncodedSequence:
     """The traced sequence: prompt + target (for multiple choice, the gold choice), no delimiter."""
-    return encode(tokenizer, example.prompt, example.target, max_length)
+    return _with_id(example, lambda: encode(tokenizer, example.prompt, example.target, max_length))
 
 
 def encode_choices(tokenizer: Any, example: Example, max_length: int | None = None) -> list[EncodedSequence]:
     """The scored sequences: one per choice (multiple choice), or the single gold one; each
     continuation is followed by the example's delimiter."""
-    return [encode(tokenizer, example.prompt, c, max_length) for c in example.continuations]
+    return _with_id(
+        example, lambda: [encode(tokenizer, example.prompt, c, max_length) for c in example.continuations]
+    )
+
+
+def _with_id(example: Example, encoded: Any) -> Any:
+    try:
+        return encoded()
+    except ConfigError as exc:
+        if str(exc).startswith("the answer"):
+            raise ConfigError(f"example {example.id!r}: {exc}") from None
+        raise

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel
 
-from scircuits import Analysis, AnalysisResult, ScircuitsError
+from scircuits import Analysis, AnalysisResult, ConfigError, ScircuitsError
 
 if TYPE_CHECKING:
     from scircuits import ReportDocument, StudyContext, StudyResults
@@ -222,8 +222,14 @@ def answer_in_prompt_marks(context: StudyContext) -> list[bool | None]:
     examples = context.study.data.examples
     marks = []
     for i in context.evaluation_indices:
-        mark = examples[int(i)].meta.get("answer_in_prompt")
-        marks.append(mark if isinstance(mark, bool) else None)
+        example = examples[int(i)]
+        mark = example.meta.get("answer_in_prompt")
+        if mark is not None and not isinstance(mark, bool):
+            raise ConfigError(
+                f"example {example.id!r}: meta['answer_in_prompt'] must be True or False (or left out), not "
+                f"{mark!r}; fix the benchmark"
+            )
+        marks.append(mark)
     return marks
 
 
