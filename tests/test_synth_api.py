@@ -116,3 +116,39 @@ def test_a_third_party_task_trains_and_a_run_on_it_is_scored_end_to_end(modsum_p
     # every answer depends on the last operand: the evaluation examples all fall on one side
     assert edit["dependent"]["n"] == null["dependent"]["n"] and edit["independent"]["n"] == 0
     assert "ground truth" in result.output
+
+
+def test_a_tasks_mistakes_are_one_line_naming_it_before_training():
+    from scircuits import ConfigError, SynthProblem, SynthTask
+
+    def problem(tokens, answer, cells=None):
+        n = 1 + len(tokens) + len(answer)
+        return SynthProblem("bad", "".join(tokens), tokens, answer, tuple(cells or [{}] * n))
+
+    class Bad(SynthTask):
+        name = "bad"
+        size_name, default_size, min_size, max_size = "n", 2, 1, 4
+
+        def __init__(self, drawn, size=None):
+            super().__init__(size)
+            self.drawn = drawn
+
+        def symbols(self):
+            return ["a", "b", "="]
+
+        def draw(self, rng):
+            return self.drawn(rng)
+
+    cases = [
+        (lambda rng: problem(("a", "="), ("Z",)), r"holds 'Z', which symbols\(\) does not list"),
+        (
+            lambda rng: problem(("a",) * rng.randrange(1, 3) + ("=",), ("b",)),
+            "problems of .* tokens; every problem of a size must have one length",
+        ),
+        (lambda rng: problem(("a", "="), ("b",), [{}] * 2), "2 variable cells for 4 tokens"),
+        (lambda rng: {"prompt": "a"}, "draw returned a dict, not a SynthProblem"),
+    ]
+    for drawn, says in cases:
+        with pytest.raises(ConfigError, match=rf"^synth task 'bad' \(n 2\): .*{says}"):
+            Bad(drawn).check()
+    Bad(lambda rng: problem(("a", "="), ("b",))).check()

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from scircuits.platform.contract.benchmarks import Benchmark, Example
-from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 
 BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
@@ -212,6 +212,44 @@ class SynthTask:
     def counterfactuals(self, problem: SynthProblem) -> list[SynthCounterfactual]:
         """One minimal edit per flippable variable of ``problem`` (none by default)."""
         return []
+
+    def check(self, n: int = 64) -> None:
+        """Draw ``n`` problems and their counterfactuals as training and scoring will: each a
+        SynthProblem of the task's one length, in its symbols, with its variable cells; a mistake, or
+        an error the task raises, is one ConfigError naming the task (call it before any work)."""
+        where = f"synth task {self.name!r} ({self.size_name} {self.size})"
+        symbols = set(self.vocabulary())
+        rng = random.Random(f"{self._tag()}/check")
+        length = None
+        try:
+            for _ in range(n):
+                problem = self.draw(rng)
+                if not isinstance(problem, SynthProblem):
+                    raise ConfigError(
+                        f"{where}: draw returned a {type(problem).__name__}, not a SynthProblem"
+                    )
+                outside = sorted(set(problem.tokens) - symbols)
+                if outside:
+                    raise ConfigError(
+                        f"{where}: problem {problem.key} holds {', '.join(map(repr, outside))}, which "
+                        "symbols() does not list; add them to symbols()"
+                    )
+                if length is not None and len(problem.tokens) != length:
+                    raise ConfigError(
+                        f"{where}: problems of {length} and {len(problem.tokens)} tokens; every problem of "
+                        "a size must have one length (pad the operands)"
+                    )
+                length = len(problem.tokens)
+                for counterfactual in self.counterfactuals(problem):
+                    if not isinstance(counterfactual, SynthCounterfactual):
+                        raise ConfigError(
+                            f"{where}: counterfactuals returned a {type(counterfactual).__name__}; build "
+                            "them with SynthCounterfactual.between"
+                        )
+        except ScircuitsError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"{where}: {type(exc).__name__}: {exc}; fix the task") from exc
 
     # -- derived ------------------------------------------------------------------------------
 

@@ -381,6 +381,7 @@ def train_model(
         raise ConfigError("--out is empty: give the folder to write the model to")
     out = Path(out).expanduser()
     check_device(settings.device)
+    task.check()  # a task plugin's mistake is one line before any folder is touched
     identity = settings_identity(task, settings)
     with FolderLock(out, "synth model"):
         remove_orphans(out)
