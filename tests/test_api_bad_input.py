@@ -173,3 +173,15 @@ def test_loading_a_run_whose_pipeline_json_is_unreadable_has_no_seconds(run, tmp
     folder = study_copy(run, tmp_path / "run")
     (folder / "pipeline.json").write_text("[1, 2")
     assert scircuits.load_run(folder).stage_seconds == {}
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+
+@pytest.mark.parametrize("first", [{"limit": 16}, 3])
+def test_from_sources_given_settings_first_says_they_go_second(first):
+    with pytest.raises(scircuits.ConfigError, match=r"first argument is a config file's path") as raised:
+        scircuits.RunConfig.from_sources(first)
+    assert "from_sources(None, {...})" in str(raised.value) and "\n" not in str(raised.value)
+    with pytest.raises(scircuits.ConfigError, match=r"the settings \(the second argument\) must be a dict"):
+        scircuits.RunConfig.from_sources(None, 3)

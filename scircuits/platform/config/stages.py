@@ -138,6 +138,18 @@ class StageConfig(BaseModel):
     def from_sources(
         cls: type[C], config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
     ) -> C:
+        name = cls.__name__
+        if config_file is not None and not isinstance(config_file, (str, os.PathLike)):
+            raise ConfigError(
+                f"{name}.from_sources: the first argument is a config file's path (or None), not the "
+                f"{type(config_file).__name__} {config_file!r:.40}: give the settings second, "
+                f"{name}.from_sources(None, {{...}})"
+            )
+        if overrides is not None and not isinstance(overrides, Mapping):
+            raise ConfigError(
+                f"{name}.from_sources: the settings (the second argument) must be a dict, not the "
+                f"{type(overrides).__name__} {overrides!r:.40}"
+            )
         values: dict[str, Any] = {}
         if config_file is not None:
             data = read_config_file(config_file)
