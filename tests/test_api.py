@@ -245,6 +245,17 @@ def test_a_config_object_and_keywords_combine(tmp_path):
         stage_config(scircuits.RunConfig, base, {"train_tokens": -1})
 
 
+def test_a_section_keyword_keeps_the_sections_other_settings(tmp_path):
+    """``train={...}`` over a config's train section changes the fields it names and keeps the rest."""
+    from scircuits.api.stages import stage_config
+
+    base = scircuits.RunConfig(train={"tokens": 5000, "batch_size": 256})
+    merged = stage_config(scircuits.RunConfig, base, {"train": {"lr": 0.01}})
+    assert (merged.train.tokens, merged.train.batch_size, merged.train.lr) == (5000, 256, 0.01)
+    by_epochs = stage_config(scircuits.RunConfig, base, {"train": {"epochs": 2}})
+    assert (by_epochs.train.epochs, by_epochs.train.tokens, by_epochs.train.batch_size) == (2, None, 256)
+
+
 def test_to_pandas_without_pandas_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas -> ImportError
     result = scircuits.TrainResult(path=str(tmp_path), variant="topk", d_in=2, d_sae=4)

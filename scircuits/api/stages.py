@@ -96,11 +96,31 @@ def stage_config(cls: type[C], config: C | None, settings: Mapping[str, Any]) ->
         other = cls.either_or.get(name)
         if other is not None and other not in settings:  # as a flag over a file
             values.pop(other, None)
-    values.update(settings)
+    for name, value in settings.items():
+        current = values.get(name)
+        values[name] = (
+            merged_section(cls, name, current, value)
+            if isinstance(value, Mapping) and isinstance(current, dict)
+            else value
+        )
     resolved = cls.validated(values)
     if getattr(resolved, "progress", True) is False:
         silence_library_progress_bars()
     return resolved
+
+
+def merged_section(
+    cls: type[StageConfig], section: str, current: dict[str, Any], given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A section keyword (``train={"lr": 0.01}``) over the config's own values of that section: the
+    fields it names win, the rest are kept (``tokens`` given drops ``epochs``, as the flags do)."""
+    merged = {**current, **given}
+    prefix = f"{section}_"
+    for key in given:
+        other = cls.either_or.get(prefix + key)
+        if other is not None and other.startswith(prefix) and other[len(prefix) :] not in given:
+            merged.pop(other[len(prefix) :], None)
+    return merged
 
 
 # ----------------------------------------------------------------------------- the stages
