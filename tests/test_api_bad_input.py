@@ -185,3 +185,10 @@ def test_from_sources_given_settings_first_says_they_go_second(first):
     assert "from_sources(None, {...})" in str(raised.value) and "\n" not in str(raised.value)
     with pytest.raises(scircuits.ConfigError, match=r"the settings \(the second argument\) must be a dict"):
         scircuits.RunConfig.from_sources(None, 3)
+
+
+def test_load_study_of_an_interrupted_run_names_its_causal_results(run, tmp_path):
+    folder = study_copy(run, tmp_path / "run")
+    (folder / "causal" / "results.json").unlink()
+    with pytest.raises(scircuits.ConfigError, match=r"run/causal/results\.json does not exist"):
+        scircuits.load_study(folder)

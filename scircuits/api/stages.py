@@ -341,9 +341,14 @@ def load_study(path: str | Path, plugins: PluginSet | None = None) -> AblateResu
     """The results of a causal study: its folder (``causal/``), its results.json, or a run directory."""
     plugins = plugin_set(plugins)
     path = path_arg(path, "load_study: the study")
-    if path.is_dir() and not results_path(path).is_file() and results_path(path / "causal").is_file():
+    if path.is_dir() and not results_path(path).is_file() and is_run_folder(path):
         path = path / "causal"
     return read_study(path, plugins)
+
+
+def is_run_folder(path: Path) -> bool:
+    """A folder `scircuits run` wrote (a study in causal/, or the pipeline's record of its stages)."""
+    return (path / "causal").is_dir() or (path / "pipeline.json").is_file()
 
 
 @user_errors
