@@ -192,3 +192,10 @@ def test_load_study_of_an_interrupted_run_names_its_causal_results(run, tmp_path
     (folder / "causal" / "results.json").unlink()
     with pytest.raises(scircuits.ConfigError, match=r"run/causal/results\.json does not exist"):
         scircuits.load_study(folder)
+
+
+def test_a_config_of_another_kind_is_named_with_its_article():
+    with pytest.raises(scircuits.ConfigError, match=r"^give a RunConfig .*, not an AblateConfig$"):
+        scircuits.run(scircuits.AblateConfig())
+    with pytest.raises(scircuits.ConfigError, match=r"^give an AblateConfig .*, not a dict$"):
+        scircuits.ablate({"limit": 3})

@@ -24,6 +24,11 @@ def given(value: Any) -> str:
     return f"the {type(value).__name__} {text if len(text) <= 40 else text[:39] + '…'}"
 
 
+def a(word: str) -> str:
+    """``word`` after its indefinite article: "an AblateConfig", "a dict"."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 def is_path(value: Any) -> bool:
     return isinstance(value, (str, os.PathLike))
 
@@ -65,7 +70,9 @@ def switch(value: Any, what: str) -> bool:
 def config_of(cls: type[M], config: Any) -> M | None:
     """``config`` when it is a ``cls`` or None; ConfigError otherwise (a dict, a str, another config)."""
     if config is not None and not isinstance(config, cls):
-        raise ConfigError(f"give a {cls.__name__} (or its fields as keywords), not a {type(config).__name__}")
+        raise ConfigError(
+            f"give {a(cls.__name__)} (or its fields as keywords), not {a(type(config).__name__)}"
+        )
     return config
 
 
