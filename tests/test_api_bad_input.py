@@ -187,6 +187,20 @@ def test_from_sources_given_settings_first_says_they_go_second(first):
         scircuits.RunConfig.from_sources(None, 3)
 
 
+@pytest.mark.parametrize("feature_id", ["56", 5.0, True])
+def test_a_feature_id_that_is_no_int_says_so(run, feature_id):
+    with pytest.raises(scircuits.ConfigError, match=r"^feature id must be an int \(got the "):
+        scircuits.load_run(run).feature(feature_id)
+
+
+def test_a_feature_id_may_be_a_numpy_integer(run):
+    import numpy as np
+
+    study = scircuits.load_study(run)
+    first = study.features[0]["id"]
+    assert study.feature(np.int64(first)).id == first
+
+
 def test_load_study_of_an_interrupted_run_names_its_causal_results(run, tmp_path):
     folder = study_copy(run, tmp_path / "run")
     (folder / "causal" / "results.json").unlink()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,13 @@ def _short(value: Any, width: int = 120) -> str:
     else:
         text = str(value)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def feature_number(feature_id: Any) -> int:
+    """A feature id as an int (a numpy integer too); ConfigError for a str, a float, a bool."""
+    if isinstance(feature_id, bool) or not isinstance(feature_id, numbers.Integral):
+        raise ConfigError(f"feature id must be an int (got {given(feature_id)})")
+    return int(feature_id)
 
 
 class Result(BaseModel):
@@ -204,6 +212,7 @@ class AblateResult(StudyResults):
 
     def feature(self, feature_id: int) -> FeatureView:
         """A feature of the ``features`` table (the ranked ones), with its dashboard page if built."""
+        feature_id = feature_number(feature_id)
         for row in self.model_dump(mode="python").get("features") or []:
             if row.get("id") == feature_id:
                 return FeatureView(**row, page=self._page(feature_id))
@@ -356,6 +365,7 @@ class DashboardResult(Result):
 
     def page(self, feature_id: int) -> str:
         """The page of a feature; ConfigError when the dashboard has none for it."""
+        feature_id = feature_number(feature_id)
         page = Path(self.path) / "features" / f"{feature_id}.html"
         if not page.is_file():
             raise ConfigError(
