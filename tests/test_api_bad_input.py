@@ -213,3 +213,24 @@ def test_a_config_of_another_kind_is_named_with_its_article():
         scircuits.run(scircuits.AblateConfig())
     with pytest.raises(scircuits.ConfigError, match=r"^give an AblateConfig .*, not a dict$"):
         scircuits.ablate({"limit": 3})
+
+
+def train_result_with_log(folder: Path, text: str) -> scircuits.TrainResult:
+    (folder / "train_log.jsonl").write_text(text)
+    return scircuits.TrainResult(path=str(folder), variant="topk", d_in=2, d_sae=4)
+
+
+def test_a_train_log_cut_mid_line_reads_without_its_last_line(run, tmp_path):
+    text = (run / "sae" / "train_log.jsonl").read_text()
+    whole = text.count("\n")
+    result = train_result_with_log(tmp_path, text[: int(len(text) * 0.7)])
+    assert 0 < len(result.log()) < whole and len(result.to_pandas()) == len(result.log())
+
+
+def test_a_bad_line_inside_the_train_log_is_a_data_format_error_naming_it(tmp_path):
+    result = train_result_with_log(tmp_path, '{"step": 1}\n{"st\n{"step": 2}\n')
+    with pytest.raises(scircuits.DataFormatError, match=r"train_log\.jsonl:2: not a JSON object"):
+        result.log()
+    result = train_result_with_log(tmp_path, '{"step": 1}\n[1]\n')
+    with pytest.raises(scircuits.DataFormatError, match=r"train_log\.jsonl:2: not a JSON object"):
+        result.to_pandas()

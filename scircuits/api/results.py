@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from scircuits.api.arguments import given, plugin_set
+from scircuits.api.jsonl import read_log
 from scircuits.platform.compare.schema import CompareResults
 from scircuits.platform.contract.analyses import Analysis, AnalysisResult
 from scircuits.platform.contract.errors import ConfigError
@@ -120,7 +121,7 @@ class TrainResult(Result):
         path = Path(self.path) / "train_log.jsonl"
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_log(path)
 
     def to_pandas(self) -> Any:
         """The training log as a DataFrame (``eval.*`` columns for the evaluations)."""
