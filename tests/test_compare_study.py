@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import scircuits
 from scircuits.cli import main
+from scircuits.platform.compare.runs import Run, tag_alike
 from tests.compare_tiny import permuted_copy, tiny_models, tiny_run
 
 
@@ -62,7 +65,20 @@ def test_a_permuted_copy_of_one_sae_matches_perfectly(tiny_runs, tmp_path, capsy
     assert ref["floor_rotation"]["d_b"] == results["runs"][0]["d_model"]
     report = (out / "report.md").read_text()
     assert "ceiling A" in report and "floor A" in report and (out / "figures" / "pair0-1.png").is_file()
-    assert "mean max corr 1.000, one-to-one 1.000 (A's ceiling" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mean max corr 1.000, one-to-one 1.000 (A's ceiling" in printed
+    labels = [r["label"] for r in results["runs"]]
+    assert labels[1] == f"{labels[0].rsplit(' (', 1)[0]} (permuted)" and labels[0] != labels[1]
+    assert f"{labels[0]} vs {labels[1]}:" in printed
+    table = scircuits.load_comparison(out).to_pandas()
+    assert list(zip(table["comparison"], table["run_a"], strict=True)) == [
+        ("pair", 0),
+        ("floor_untrained", 0),
+        ("floor_rotation", 0),
+        ("floor_untrained", 1),
+        ("floor_rotation", 1),
+    ]
+    assert (table["a"][0], table["b"][0]) == tuple(labels) and table["b"][1] == "untrained"
 
 
 def test_two_architectures_with_different_tokenizers_compare_on_character_spans(tiny_runs, tmp_path):
@@ -161,3 +177,24 @@ def test_a_run_without_causal_results_compares_without_causal_agreement(tiny_run
     assert pair["comparison"]["hungarian"]["mean"] > 0.9999  # the same SAE on the same store
     assert pair["effect_agreement"]["n_pairs"] == 0 and pair["top_k"] == []
     assert "causal agreement is left out" in capsys.readouterr().err
+
+
+def alike(path: str, seed: int | None) -> Run:
+    meta = {} if seed is None else {"seeds": {"seed": seed}}
+    return Run(Path(path), {"layer": 2, "site": "resid"}, {"model": "m"}, "sae", None, meta)
+
+
+def test_runs_of_one_model_and_site_are_told_apart_by_seed_else_by_folder():
+    by_seed = [alike("a/x", 0), alike("b/x", 1), alike("c/y", None)]
+    tag_alike(by_seed[:2])
+    assert [r.label for r in by_seed[:2]] == ["m resid2 (seed 0)", "m resid2 (seed 1)"]
+    by_folder = [alike("/r/runs/x", 0), alike("/r/runs-seed1/x", 0), alike("/r/runs/z", None)]
+    tag_alike(by_folder)
+    assert [r.label for r in by_folder] == [
+        "m resid2 (runs/x)",
+        "m resid2 (runs-seed1/x)",
+        "m resid2 (runs/z)",
+    ]
+    other = [alike("a/x", 0), Run(Path("b/x"), {"layer": 3}, {"model": "m"}, "sae", None)]
+    tag_alike(other)
+    assert [r.tag for r in other] == [None, None]

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from scircuits.api.arguments import given, plugin_set
 from scircuits.api.jsonl import read_log
-from scircuits.platform.compare.schema import CompareResults
+from scircuits.platform.compare.schema import CompareResults, Comparison
 from scircuits.platform.contract.analyses import Analysis, AnalysisResult
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.study import StudyResults
@@ -304,30 +304,49 @@ class RunResult(Result):
     __str__ = __repr__
 
 
+def comparison_row(name: str, comparison: Comparison, run_a: int, run_b: int | None) -> dict[str, Any]:
+    return {
+        "comparison": name,
+        "run_a": run_a,
+        "run_b": run_b,
+        "a": comparison.a,
+        "b": comparison.b,
+        "kind": comparison.kind,
+        "hungarian_mean": comparison.hungarian.mean,
+        "max_a_to_b_mean": comparison.max_a_to_b.mean,
+        "max_b_to_a_mean": comparison.max_b_to_a.mean,
+        "rsa": comparison.geometry.rsa,
+        "n_tokens": comparison.n_tokens,
+    }
+
+
 class CompareResult(CompareResults):
     """The comparison of runs: compare's results.json (``CompareResults``) and where it is."""
 
     path: str | None = None
 
-    def to_pandas(self) -> Any:
-        """One row per comparison (run pairs, ceilings and floors) with its headline numbers."""
+    def table(self) -> list[dict[str, Any]]:
+        """One row per comparison: each run pair (and its floors in the pair's spaces, where the runs
+        read different activations), then each run's ceiling and floors. ``run_a``/``run_b`` index
+        ``runs`` (``run_b`` is None for a run's own references)."""
         rows = []
-        for pair in self.model_dump(mode="python").get("pairs") or []:
-            for key, value in pair.items():
-                if isinstance(value, dict) and "kind" in value and "hungarian" in value:
-                    rows.append(
-                        {
-                            "comparison": key,
-                            "a": value["a"],
-                            "b": value["b"],
-                            "kind": value["kind"],
-                            "hungarian_mean": value["hungarian"].get("mean"),
-                            "max_a_to_b_mean": value["max_a_to_b"].get("mean"),
-                            "rsa": (value.get("geometry") or {}).get("rsa"),
-                            "n_tokens": value["n_tokens"],
-                        }
-                    )
-        return to_pandas(rows)
+        for pair in self.pairs:
+            rows.append(comparison_row("pair", pair.comparison, pair.a, pair.b))
+            if pair.floors is not None:
+                rows += [
+                    comparison_row(name, getattr(pair.floors, name), pair.a, pair.b)
+                    for name in type(pair.floors).model_fields
+                ]
+        for index, run in enumerate(self.runs):
+            for name in ("ceiling", "floor_untrained", "floor_rotation"):
+                comparison = getattr(run.reference, name)
+                if comparison is not None:
+                    rows.append(comparison_row(name, comparison, index, None))
+        return rows
+
+    def to_pandas(self) -> Any:
+        """One row per comparison (run pairs, ceilings and floors: ``table``) with its headline numbers."""
+        return to_pandas(self.table())
 
     def __repr__(self) -> str:
         return (

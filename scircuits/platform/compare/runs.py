@@ -4,6 +4,7 @@ has not finished is read from its SAE's record (no causal agreement then)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ class Run:
     sae_path: Path | str  # a folder, or a published SAE's spec (hf:..., saelens:...)
     store_path: Path | None
     sae_meta: dict[str, Any] = field(default_factory=dict)
+    tag: str | None = None  # what tells it apart from a compared run of the same model and site
 
     @property
     def name(self) -> str:
@@ -47,7 +49,36 @@ class Run:
 
     @property
     def label(self) -> str:
-        return f"{self.model} {self.site}{self.layer}"
+        base = f"{self.model} {self.site}{self.layer}"
+        return base if self.tag is None else f"{base} ({self.tag})"
+
+    @property
+    def sae_seed(self) -> int | None:
+        seeds = self.sae_meta.get("seeds")
+        seed = seeds.get("seed") if isinstance(seeds, dict) else None
+        return seed if isinstance(seed, int) else None
+
+
+def tag_alike(runs: list[Run]) -> None:
+    """Runs of the same model and site (one label) are told apart: by their SAEs' seeds where those
+    differ, else by their folders (``name``, ``parent/name``, ...)."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    for group in (g for g in groups.values() if len(g) > 1):
+        for tags in _candidate_tags(group):
+            if None not in tags and len(set(tags)) == len(tags):
+                for run, tag in zip(group, tags, strict=True):
+                    run.tag = tag
+                break
+
+
+def _candidate_tags(group: list[Run]) -> Iterator[list[str | None]]:
+    yield [None if r.sae_seed is None else f"seed {r.sae_seed}" for r in group]
+    parts = [r.path.absolute().parts for r in group]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        yield ["/".join(p[-depth:]) for p in parts]
+    yield [f"run {i + 1}" for i in range(len(group))]
 
 
 def _config_without_results(root: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:

@@ -37,7 +37,7 @@ from scircuits.platform.compare.matching import (
     hungarian_matches,
     max_matches,
 )
-from scircuits.platform.compare.runs import Run, read_run
+from scircuits.platform.compare.runs import Run, read_run, tag_alike
 from scircuits.platform.compare.schema import (
     CompareResults,
     Comparison,
@@ -540,6 +540,7 @@ def compare_runs(paths: list[str | Path], options: CompareOptions, plugins: Plug
         raise internals.config_error("compare needs at least two run directories")
     check_distinct(paths, "compare")
     runs = [read_run(p, plugins) for p in paths]
+    tag_alike(runs)
     index_pairs = list(itertools.combinations(range(len(runs)), 2))
     for i, j in index_pairs:
         pair_source(runs[i], runs[j], options)  # impossible pairs fail before any work
