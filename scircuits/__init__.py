@@ -4,10 +4,10 @@ Two sets of names live here, and importing ``scircuits`` loads neither (only the
 every name is imported on first access, so ``import scircuits`` stays fast and loads no numpy,
 scipy, torch, transformers or nnsight (tests/test_api_import.py checks it).
 
-- The research API (docs/api.md): ``collect``, ``train``, ``ablate``, ``run``, ``compare`` and
-  ``dashboard`` take the stage configs the CLI uses (``CollectConfig``, ...) and return typed results
-  (``CollectResult``, ..., ``AblateResult`` being results.json's schema); ``load_run`` and
-  ``load_study`` read a finished run into the same objects.
+- The research API (docs/api.md): ``collect``, ``train``, ``ablate``, ``run``, ``circuit``,
+  ``compare`` and ``dashboard`` take the stage configs the CLI uses (``CollectConfig``, ...) and return
+  typed results (``CollectResult``, ..., ``AblateResult`` being results.json's schema); ``load_run``,
+  ``load_study``, ``load_circuit`` and ``load_comparison`` read what they made into the same objects.
 - The plugin API (docs/plugins.md): the names a plugin of any family, built-in or third-party,
   imports.
 """
@@ -19,6 +19,7 @@ from scircuits.errors import ConfigError, DataFormatError, ScircuitsError
 from scircuits.version import __version__
 
 if TYPE_CHECKING:
+    from scircuits.api.circuit_result import CircuitResult
     from scircuits.api.results import (
         AblateResult,
         CollectResult,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
         collect,
         compare,
         dashboard,
+        load_circuit,
         load_comparison,
         load_run,
         load_study,
@@ -216,6 +218,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ablate": ("scircuits.api.stages", "ablate"),
     "circuit": ("scircuits.api.stages", "circuit"),
     "CircuitConfig": ("scircuits.platform.config.circuit", "CircuitConfig"),
+    "CircuitResult": ("scircuits.api.circuit_result", "CircuitResult"),
     "CircuitResults": ("scircuits.platform.circuit.results", "CircuitResults"),
     "GroundTruthScore": ("scircuits.platform.circuit.ground_truth", "GroundTruthScore"),
     "circuit_ground_truth": ("scircuits.platform.circuit.ground_truth", "circuit_ground_truth"),
@@ -241,6 +244,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "hub_nothing_cached": ("scircuits.platform.contract.hub_datasets", "hub_nothing_cached"),
     "hub_offline": ("scircuits.platform.contract.hub_datasets", "hub_offline"),
     "hub_unreachable": ("scircuits.platform.contract.hub_datasets", "hub_unreachable"),
+    "load_circuit": ("scircuits.api.stages", "load_circuit"),
     "load_comparison": ("scircuits.api.stages", "load_comparison"),
     "load_run": ("scircuits.api.stages", "load_run"),
     "load_study": ("scircuits.api.stages", "load_study"),
@@ -313,6 +317,7 @@ __all__ = [
     "AnalysisResult",
     "Benchmark",
     "CircuitConfig",
+    "CircuitResult",
     "CircuitResults",
     "CollectConfig",
     "CollectResult",
@@ -387,6 +392,7 @@ __all__ = [
     "hub_nothing_cached",
     "hub_offline",
     "hub_unreachable",
+    "load_circuit",
     "load_comparison",
     "load_run",
     "load_sae",

@@ -164,7 +164,7 @@ def test_quiet_keeps_stderr_to_warnings_and_verbose_keeps_the_messages(notebook_
     capsys.readouterr()
 
 
-@pytest.mark.parametrize("command", ["collect", "train", "ablate", "run", "compare", "dashboard"])
+@pytest.mark.parametrize("command", ["collect", "train", "ablate", "run", "circuit", "compare", "dashboard"])
 def test_every_stage_command_has_json(command, capsys):
     try:
         main([command, "--help"])

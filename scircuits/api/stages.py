@@ -35,6 +35,7 @@ from scircuits.api.arguments import (
     switch,
     whole_number,
 )
+from scircuits.api.circuit_result import CircuitResult
 from scircuits.api.results import (
     AblateResult,
     CollectResult,
@@ -44,7 +45,7 @@ from scircuits.api.results import (
     TrainResult,
 )
 from scircuits.platform.causal.results import read_checked_results, results_path
-from scircuits.platform.circuit.results import CircuitResults
+from scircuits.platform.circuit.results import RESULTS_FILE as CIRCUIT_RESULTS
 from scircuits.platform.common.artifacts import DISK_ERRNOS, ArtifactError, describe_os_error
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.progress import silence_library_progress_bars
@@ -205,15 +206,14 @@ def ablate(
 @user_errors
 def circuit(
     config: CircuitConfig | None = None, /, *, plugins: PluginSet | None = None, **settings: Any
-) -> CircuitResults:
+) -> CircuitResult:
     """A feature circuit across several SAE sites (`scircuits circuit`): nodes and edges by attribution
     patching, held-out faithfulness and completeness beside random circuits, exact checks. Returns its
     results.json (docs/circuits.md)."""
-    from scircuits.platform.circuit.results import read_circuit
     from scircuits.platform.circuit.stage import run_circuit
 
     plugins = plugin_set(plugins)
-    return read_circuit(run_circuit(stage_config(CircuitConfig, config, settings), plugins))
+    return read_circuit_result(run_circuit(stage_config(CircuitConfig, config, settings), plugins))
 
 
 @user_errors
@@ -386,6 +386,39 @@ def load_comparison(path: str | Path) -> CompareResult:
         ) from None
 
 
+@user_errors
+def load_circuit(path: str | Path) -> CircuitResult:
+    """A `scircuits circuit` folder (its results.json, or a run directory holding circuit/) as the
+    ``CircuitResult`` ``circuit`` returns."""
+    folder = path_arg(path, "load_circuit: the circuit folder")
+    if folder.is_file():
+        folder = folder.parent
+    elif not (folder / CIRCUIT_RESULTS).is_file() and (folder / "circuit" / CIRCUIT_RESULTS).is_file():
+        folder = folder / "circuit"
+    return read_circuit_result(folder)
+
+
+def read_circuit_result(folder: Path) -> CircuitResult:
+    """``folder``/results.json as ``CircuitResult``; ConfigError in one line when it is missing, is
+    not a circuit's, or does not match the schema."""
+    file = folder / CIRCUIT_RESULTS
+    if not file.is_file():
+        raise ConfigError(
+            f"{file} does not exist: give the --out folder of `scircuits circuit` (or a run directory "
+            "with circuit/)"
+        )
+    data = jsonvalues.load_file(file, "circuit results")
+    kind = CircuitResult.model_fields["format"].default
+    if not isinstance(data, dict) or data.get("format") != kind:
+        raise ConfigError(f"{file} is not a scircuits circuit (format {kind!r})")
+    try:
+        return jsonvalues.validate_nulls_as_nan(CircuitResult, {**data, "path": str(folder)})
+    except ValidationError as exc:
+        raise ConfigError(
+            f"{file} does not match the circuit schema: {describe_validation_error(exc)}"
+        ) from None
+
+
 def read_study(path: str | Path, plugins: PluginSet) -> AblateResult:
     """results.json (a file or its folder) as ``AblateResult``, migrated when older; ConfigError in one
     line when it cannot be read, or when an analysis's fields do not have their types (as `scircuits
@@ -475,9 +508,11 @@ def stage_seconds(run_dir: Path) -> dict[str, float]:
 
 __all__ = [
     "ablate",
+    "circuit",
     "collect",
     "compare",
     "dashboard",
+    "load_circuit",
     "load_comparison",
     "load_run",
     "load_study",
