@@ -4,6 +4,7 @@ architectures with different tokenizers compare on character spans, with ceiling
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -23,7 +24,8 @@ def tiny_runs(tmp_path_factory):
     return tiny_run(model_a, 2, root / "runs-a"), tiny_run(model_b, 1, root / "runs-b")
 
 
-def test_a_permuted_copy_of_one_sae_matches_perfectly(tiny_runs, tmp_path, capsys):
+def test_a_permuted_copy_of_one_sae_matches_perfectly(tiny_runs, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="scircuits")
     run_a = tiny_runs[0]
     d_sae = json.loads((run_a / "sae" / "cfg.json").read_text())["d_sae"]
     perm = np.random.default_rng(0).permutation(d_sae)
@@ -70,6 +72,7 @@ def test_a_permuted_copy_of_one_sae_matches_perfectly(tiny_runs, tmp_path, capsy
     labels = [r["label"] for r in results["runs"]]
     assert labels[1] == f"{labels[0].rsplit(' (', 1)[0]} (permuted)" and labels[0] != labels[1]
     assert f"{labels[0]} vs {labels[1]}:" in printed
+    assert f"compare: {labels[0]} vs {labels[1]}" in caplog.text  # the progress line
     table = scircuits.load_comparison(out).to_pandas()
     assert list(zip(table["comparison"], table["run_a"], strict=True)) == [
         ("pair", 0),

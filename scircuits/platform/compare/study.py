@@ -547,12 +547,12 @@ def compare_runs(paths: list[str | Path], options: CompareOptions, plugins: Plug
     saes = [_load_sae(core, run) for run in runs]
     entries = []
     for run, sae in zip(runs, saes, strict=True):
-        say(f"compare: ceiling and floors of {run.name}")
+        say(f"compare: ceiling and floors of {run.label} ({run.path})")
         entries.append(run_entry(run, sae, reference(run, sae, options, core)))
     loaded_cache: dict[tuple, Any] = {}
     pairs = []
     for i, j in index_pairs:
-        say(f"compare: {runs[i].name} vs {runs[j].name}")
+        say(f"compare: {runs[i].label} vs {runs[j].label}")
         comparison, matches, counts, contexts, floors = compare_pair(
             runs[i], runs[j], (saes[i], saes[j]), options, loaded_cache, core
         )
