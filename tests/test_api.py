@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -171,6 +172,15 @@ def test_every_stage_command_has_json(command, capsys):
     except SystemExit as exc:
         assert exc.code == 0
     assert "--json" in capsys.readouterr().out
+
+
+def test_each_run_in_the_docs_examples_has_its_own_out():
+    """docs/api.md's examples run in one folder, in order: a second study in one run folder would move
+    the first one's stages aside, so every scircuits.run there (but the refused one) names its own out."""
+    calls = re.findall(r"scircuits\.run\((.*)\)", (ROOT / "docs" / "api.md").read_text())
+    outs = [re.search(r'out="([^"]+)"', c) for c in calls if "model=model" in c and "=-1" not in c]
+    assert len(outs) >= 3 and all(outs), calls
+    assert len({o.group(1) for o in outs if o}) == len(outs)
 
 
 # ----------------------------------------------------------------------------- bad input
