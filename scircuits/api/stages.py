@@ -12,7 +12,6 @@ The CLI's stage commands call these same functions.
 
 # Where a new command's entry point goes: a function here taking its config and returning its
 # result (a model in results.py), decorated with @user_errors, and its name in scircuits._LAZY.
-# (The circuit command, being built beside this API, belongs here in the same shape.)
 """
 
 from __future__ import annotations
