@@ -75,7 +75,7 @@ def test_compare_refuses_options_that_are_not_compare_options(tmp_path, options)
 
 
 def test_compare_names_a_mistyped_setting(tmp_path):
-    with pytest.raises(scircuits.ConfigError, match="compare has no option .limt.; did you mean .limit."):
+    with pytest.raises(scircuits.ConfigError, match=r"compare has no option 'limt'; did you mean 'limit'"):
         scircuits.compare([tmp_path / "a", tmp_path / "b"], limt=3)
 
 
