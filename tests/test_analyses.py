@@ -282,3 +282,25 @@ def test_a_plugin_analysis_named_like_a_builtin_is_refused_alone():
     assert "extra-one" in registry  # the plugin's other analysis is registered
     errors = plugin_set.plugins["impostor"].errors
     assert len(errors) == 1 and "'ranking'" in errors[0] and "built-in" in errors[0], errors
+
+
+def test_a_study_of_too_few_examples_says_what_its_numbers_are_worth(tmp_path, capsys):
+    plugin_set = load_plugins(entry_points_too=False)
+    tiny = tiny_loaded_model("smollm2-135m")
+    examples = list(plugin_set.benchmarks.get("arithmetic").read_examples("test", 1, 0, {}))
+    sae = ReluSAE(tiny.d_model, 2 * tiny.d_model).eval()
+    config = AblateConfig(
+        sae="",
+        out=str(tmp_path / "causal"),
+        progress=False,
+        layer=2,
+        reconstruction_gate=False,
+        top_k=[1],
+        random_controls=1,
+        exact_top=1,
+        faithfulness_n=[1],
+    )
+    run_ablate(config, plugin_set, inputs=AblateInputs(tiny, sae, {}, examples, 2))
+    err = capsys.readouterr().err
+    assert "1 example(s) cannot be split: features are ranked and measured on the same examples" in err
+    assert "effects are measured on 1 example(s)" in err

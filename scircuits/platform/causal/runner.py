@@ -40,6 +40,7 @@ from scircuits.platform.model.tracing import runs_remotely
 from scircuits.platform.train.exclusion import TokenExclusion, exclusion_from_norms, token_exclusion_of
 
 log = get_logger(__name__)
+FEW_EXAMPLES = 10  # evaluation examples below which the study warns that its intervals mean little
 
 
 def companion_ablations(config: AblateConfig, plugins: Any) -> dict[str, tuple[Any, Any]]:
@@ -140,6 +141,17 @@ def prepare_study(
         else SplitModel(loaded, layer, config.site, study_dtype=getattr(torch, config.study_dtype))
     )
     selection, evaluation = selection_split(len(examples), config.selection_fraction, config.seed)
+    measured = len(examples) if evaluation is None else len(evaluation)
+    if selection is None and config.selection_fraction > 0:
+        log.warning(
+            f"warning: {len(examples)} example(s) cannot be split: features are ranked and measured on "
+            "the same examples (no held-out evaluation); give a larger --limit"
+        )
+    if measured < FEW_EXAMPLES:
+        log.warning(
+            f"warning: effects are measured on {measured} example(s): their bootstrap intervals and "
+            f"the significance calls mean little below {FEW_EXAMPLES}; give a larger --limit"
+        )
     if selection is not None and evaluation is not None:
         # selection first, batched apart: a condition measured on the evaluation split skips the
         # selection batches
