@@ -107,6 +107,15 @@ def test_run_directory_is_named_after_model_benchmark_site_and_layer(tmp_path):
     )  # the adapter's default
 
 
+def test_a_model_named_by_a_long_folder_path_keeps_the_run_directory_name_short():
+    from scircuits.platform.pipeline.run import run_dir_name
+
+    deep = "hf:/" + "/".join(["a-rather-long-folder-name"] * 12) + "/tiny-model"
+    name = run_dir_name(deep, "arithmetic", "resid", 2)
+    assert len(name) < 120 and name.endswith("__arithmetic__resid2") and "tiny-model-" in name
+    assert name != run_dir_name(deep.replace("tiny", "tinx"), "arithmetic", "resid", 2)
+
+
 def test_run_directory_names_the_benchmark_prompt_mode(tmp_path):
     names = [
         plan(config(tmp_path, benchmark=name, benchmark_options=options), get_plugins()).run_dir.name

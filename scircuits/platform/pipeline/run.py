@@ -74,12 +74,19 @@ def sae_fingerprint(spec: str, plugins: Any) -> str:
     return f"commit:{hub.commit}" if hub is not None else "unversioned"
 
 
+MAX_MODEL_PART = 80  # characters of a run directory's name taken by the model (names stay < 255)
+
+
 def run_dir_name(model: str, benchmark: str, site: str, layer: int, label: str = "") -> str:
     """The run directory's name; ``label`` is the benchmark's tag for options that change what is
     measured (``Benchmark.label``, e.g. a prompt mode: "gsm8k-cot-none")."""
     safe = lambda text: "".join(c if c.isalnum() or c in "-._" else "-" for c in text)  # noqa: E731
     named = f"{benchmark}-{label}" if label else benchmark
-    return f"{safe(model)}__{safe(named)}__{site}{layer}"
+    model_part = safe(model)
+    if len(model_part) > MAX_MODEL_PART:  # a model named by a long folder path: its end and a hash
+        digest = hashlib.sha256(model.encode()).hexdigest()[:8]
+        model_part = f"{model_part[-(MAX_MODEL_PART - 9) :].lstrip('-')}-{digest}"
+    return f"{model_part}__{safe(named)}__{site}{layer}"
 
 
 def chained_key(config_hash: str, *upstream: str) -> str:
