@@ -95,7 +95,8 @@ def _config_without_results(root: Path) -> tuple[dict[str, Any], dict[str, Any]]
     collect = attrs.get("config") if isinstance(attrs.get("config"), dict) else {}
     config = {
         "model": attrs["model"],
-        "model_path": collect.get("model_path"),
+        # the store's config records the weights' fingerprint, not the folder: the folder is model_id
+        "model_path": attrs.get("model_id") if collect.get("model_path") else None,
         "layer": attrs["layer"],
         "site": attrs.get("site", "resid"),
         "benchmark": attrs.get("benchmark"),

@@ -282,7 +282,10 @@ class StageConfig(BaseModel):
             if values[name] in (None, ""):
                 values[name] = None
             elif name == "model_path":  # other weights in the same folder are another model
-                values[name] = f"weights:{weights_fingerprint(values[name])}"
+                given = str(values[name])  # (a recorded identity, read back, is kept as it is)
+                values[name] = (
+                    given if given.startswith("weights:") else f"weights:{weights_fingerprint(given)}"
+                )
             else:
                 values[name] = "given"
         return values
