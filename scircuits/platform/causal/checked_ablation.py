@@ -16,6 +16,8 @@ import torch
 
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 
+BUILTIN = "builtin:"
+
 
 @dataclass
 class CheckedAblation:
@@ -32,6 +34,8 @@ class CheckedAblation:
     def apply(
         self, features: torch.Tensor, indices: torch.Tensor, stats: Any, options: Any, generator: Any
     ) -> torch.Tensor:
+        if self.owner.startswith(BUILTIN):  # the built-ins' conformance tests hold them to this
+            return self.inner.apply(features, indices, stats, options, generator)
         try:
             result = self.inner.apply(features.clone(), indices, stats, options, generator)
         except (ScircuitsError, KeyboardInterrupt):
