@@ -330,3 +330,18 @@ def test_the_docs_synth_task_runs_at_its_default_size():
     exec(snippet, scope)
     benchmark = scope["SynthTaskBenchmark"](scope["Parity"]())
     assert len(list(benchmark.examples("test"))) == len(list(benchmark.examples("train"))) == 200
+
+
+def test_a_hook_function_without_its_marker_is_reported(tmp_path, monkeypatch):
+    source = """
+from scircuits import Benchmark
+
+
+def register_benchmarks(register):
+    register(None)
+"""
+    make_plugin_dist(tmp_path, "unmarked-plugin", "unmarked_mod", source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin_set = load_plugins()
+    info = plugin_set.plugins["unmarked-plugin"]
+    assert info.errors == ["register_benchmarks is not marked as a hook: put @scircuits.hookimpl above it"]

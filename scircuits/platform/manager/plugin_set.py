@@ -145,6 +145,14 @@ class PluginSet:
                 f"hook implementation {', '.join(map(repr, unknown))} matches no hook; known hooks: {known}"
             )
             return
+        unmarked = [
+            attr
+            for attr in hookspecs.hook_names()
+            if callable(getattr(module, attr, None))
+            and not hasattr(getattr(module, attr), f"{hookspecs.PROJECT}_impl")
+        ]
+        for attr in unmarked:  # pluggy would skip it without a word
+            info.error = f"{attr} is not marked as a hook: put @scircuits.hookimpl above it"
         try:
             self.pm.register(module, name=name)
         except Exception as exc:  # pluggy.PluginValidationError: wrong arguments, etc.
