@@ -342,6 +342,15 @@ def test_report_will_not_overwrite_another_runs_report(tmp_path, capsys):
     assert (a / "report.md").read_text().startswith("# scircuits: gpt2-medium")
 
 
+def test_report_never_writes_into_what_a_run_is_made_of(tmp_path, capsys):
+    a = fake_run(tmp_path, "gpt2-medium", fvu=0.31, recovered=0.75)
+    b = fake_run(tmp_path, "pythia-1.4b", fvu=0.42, recovered=0.66)
+    for inside in (a / "causal", a / "sae", a / "causal" / "deeper"):
+        line = report_refused(["report", str(a), str(b), "--out", str(inside), "--force"], capsys)
+        assert "which this command reads; give a folder outside it" in line, line
+    assert (a / "causal" / "results.json").is_file() and not list(a.glob("*.superseded-*"))
+
+
 def test_report_will_not_overwrite_the_report_of_other_runs(tmp_path, capsys):
     a = fake_run(tmp_path, "gpt2-medium", fvu=0.31, recovered=0.75)
     b = fake_run(tmp_path, "pythia-1.4b", fvu=0.42, recovered=0.66)

@@ -188,7 +188,9 @@ def test_compare_refuses_a_folder_of_user_files_and_force_moves_it_aside(tmp_pat
     assert json.loads((folder / "results.json").read_text())["format"] == "scircuits.compare"
 
 
-@pytest.mark.parametrize("where", ["a run", "the runs' parent", "empty", "a run's sae"])
+@pytest.mark.parametrize(
+    "where", ["a run", "the runs' parent", "empty", "a run's sae", "inside a run's dashboard"]
+)
 def test_compare_out_that_is_or_holds_a_run_is_refused(tmp_path_factory, capsys, where):
     run, copy, _compare, _perm = compared_run(tmp_path_factory)
     before = snapshot(run)
@@ -197,6 +199,7 @@ def test_compare_out_that_is_or_holds_a_run_is_refused(tmp_path_factory, capsys,
         "the runs' parent": str(run.parent),
         "empty": "",
         "a run's sae": str(run / "sae"),
+        "inside a run's dashboard": str(run / "dashboard" / "features"),
     }
     why = "is empty" if where == "empty" else "which this command reads"
     one_line_error(capsys, ["compare", str(run), str(copy), "--out", out[where]], why)

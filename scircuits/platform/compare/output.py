@@ -31,7 +31,8 @@ from scircuits.platform.compare.schema import FORMAT
 KIND = "compare"
 RESULTS_FILE = "results.json"
 SUBFOLDERS = ("matches", "figures")
-RUN_PARTS = ("causal", "sae", "activations.zarr")  # what compare reads in a run directory
+# what compare reads in a run directory, and the dashboard whose match files it refreshes
+RUN_PARTS = ("causal", "sae", "activations.zarr", "dashboard", "figures", "circuit")
 
 
 def _is_comparison(folder: Path) -> bool:

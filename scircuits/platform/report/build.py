@@ -22,6 +22,7 @@ from scircuits.platform.common.artifacts import (
     ArtifactError,
     check_can_create,
     check_distinct,
+    check_out_apart,
     check_writable,
     claim,
     only_bookkeeping,
@@ -36,6 +37,7 @@ from scircuits.platform.report.circuit import circuit_section
 from scircuits.platform.report.document import FIGURES_DIR, REPORT_HTML, REPORT_MD, ReportDocument, fmt
 
 log = get_logger(__name__)
+RUN_PARTS = ("causal", "sae", "activations.zarr", "circuit", "dashboard", "figures")  # a run's parts
 
 CAUSAL_DIR = "causal"
 
@@ -327,6 +329,8 @@ def claim_target(target: Path, runs: Sequence[RunData], force: bool = False) -> 
             f"--out {target} is the run directory of another run, whose report it holds: choose another "
             f"--out (`scircuits report {target}` rewrites that run's own)"
         )
+    # never into (or holding) what a run is made of: --force would move it aside
+    check_out_apart(target, read=[run.path / part for run in runs for part in RUN_PARTS])
     identity = report_identity(runs)
     if target.exists() and not target.is_dir():
         raise ArtifactError(f"--out {target} is a file, not a folder: choose another --out")
