@@ -453,3 +453,21 @@ def test_a_plugin_analysis_whose_section_fails_leaves_the_rest_of_the_report(tmp
     err = capsys.readouterr().err
     assert "its report section failed (RuntimeError: cannot draw)" in err
     assert "its findings failed (KeyError: 'nope')" in err
+
+
+def test_a_report_of_a_run_whose_sae_was_replaced_warns(tmp_path, capsys):
+    import hashlib
+
+    run = fake_run(tmp_path, "phi-2", fvu=0.3, recovered=0.8)
+    path = run / "causal" / "results.json"
+    data = json.loads(path.read_text())
+    data["provenance"]["sae"] = {"weights_sha256": hashlib.sha256(b"measured").hexdigest()}
+    path.write_text(json.dumps(data))
+    (run / "sae" / "sae_weights.safetensors").write_bytes(b"another SAE")
+    write_report([run])
+    err = capsys.readouterr().err
+    assert "sae_weights.safetensors is not the SAE the study in" in err and "rerun the study" in err
+    data["provenance"]["sae"]["weights_sha256"] = hashlib.sha256(b"another SAE").hexdigest()
+    path.write_text(json.dumps(data))
+    write_report([run])
+    assert "is not the SAE" not in capsys.readouterr().err

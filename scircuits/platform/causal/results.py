@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from scircuits.files import atomic_path, write_atomic
+from scircuits.platform.common.provenance import file_sha256
 from scircuits.platform.contract import jsonvalues
 from scircuits.platform.contract.analyses import Analysis
 from scircuits.platform.contract.errors import ConfigError
@@ -29,6 +30,7 @@ from scircuits.platform.contract.study import (
     StatisticsInfo,
     StudyResults,
 )
+from scircuits.platform.train.checkpoint import WEIGHTS_FILE
 
 RESULTS_FILE = "results.json"
 EXAMPLES_FILE = "examples.jsonl"
@@ -159,6 +161,23 @@ def read_checked_results(path: str | Path, analyses: Iterable[Analysis]) -> dict
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}; rerun the ablate stage") from None
     return results.model_dump(mode="python")
+
+
+def other_sae_than_measured(results: Any, sae_dir: Path) -> str | None:
+    """Why the SAE in ``sae_dir`` is not the one ``results`` (results.json's dict) was measured with
+    (its weights' sha256 differs from the recorded one), or None (the same, or nothing recorded)."""
+    provenance = results.get("provenance") if isinstance(results, dict) else None
+    recorded = (
+        (provenance or {}).get("sae", {}).get("weights_sha256") if isinstance(provenance, dict) else None
+    )
+    weights = Path(sae_dir) / WEIGHTS_FILE
+    if not isinstance(recorded, str) or not weights.is_file() or file_sha256(weights) == recorded:
+        return None
+    return (
+        f"{weights} is not the SAE the study in {Path(sae_dir).parent / 'causal'} measured (sha256 "
+        f"{file_sha256(weights)[:12]}, measured {recorded[:12]}): its causal numbers are the other SAE's; "
+        "rerun the study (`scircuits run`, or `scircuits ablate`)"
+    )
 
 
 def recorded_analyses(folder: str | Path) -> list[str] | None:

@@ -28,12 +28,13 @@ import numpy as np
 from pydantic import ValidationError
 
 from scircuits.platform.causal.registry import analyses_of
-from scircuits.platform.causal.results import read_checked_results
+from scircuits.platform.causal.results import other_sae_than_measured, read_checked_results
 from scircuits.platform.causal.study import unembedding_effects
 from scircuits.platform.circuit.results import RESULTS_FILE as CIRCUIT_RESULTS
 from scircuits.platform.circuit.results import CircuitResults, read_circuit
 from scircuits.platform.collect.collection import run_collect
 from scircuits.platform.common.artifacts import read_lock, read_marker
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.provenance import file_sha256
 from scircuits.platform.compare.runs import run_store
 from scircuits.platform.compare.schema import FORMAT as COMPARE_FORMAT
@@ -56,6 +57,9 @@ EVALUATION_STORE = "evaluation.zarr"
 SAE = "sae"
 REPORT_FILES = ("report.html", "report.md")
 CIRCUIT = "circuit"  # where `scircuits run --circuit-layers` (or `circuit --out RUN/circuit`) writes
+
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -118,6 +122,9 @@ def read_run(run_dir: str | Path, plugins: Any = None, store: str | Path | None 
     else:
         # the folder's own SAE, never the path results.json recorded (it may name another, later run)
         sae = _existing([run / SAE], "SAE checkpoint", run)
+        other = other_sae_than_measured(results, sae)
+        if other is not None:
+            log.warning(f"warning: {other}")
         meta_path = sae / "scircuits.json"
         meta = load_file(meta_path) if meta_path.is_file() else {}
     if store is not None:

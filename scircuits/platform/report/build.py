@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from scircuits.platform.causal.registry import analyses_of
-from scircuits.platform.causal.results import read_results, results_path
+from scircuits.platform.causal.results import other_sae_than_measured, read_results, results_path
 from scircuits.platform.common.artifacts import (
     FORCE_HINT,
     ArtifactError,
@@ -99,18 +99,21 @@ def load_run(run_dir: str | Path, analyses: Sequence[Analysis] = ()) -> RunData:
         )
     results = read_results(causal_dir(path), analyses)
     sae_dir = sae_folder(path, results)
+    other = other_sae_than_measured(results.model_dump(mode="python"), sae_dir)
+    if other is not None:
+        log.warning(f"warning: {other}")
     meta: dict[str, Any] = {}
     if (sae_dir / "scircuits.json").is_file():
         meta = json.loads((sae_dir / "scircuits.json").read_text())
-    log: list[dict[str, Any]] = []
+    train_log: list[dict[str, Any]] = []
     if (sae_dir / "train_log.jsonl").is_file():
         for line in (sae_dir / "train_log.jsonl").read_text().splitlines():
             if line.strip():
                 try:
-                    log.append(json.loads(line))
+                    train_log.append(json.loads(line))
                 except json.JSONDecodeError:
                     continue  # a line cut by a crash
-    return RunData(path, results, meta, log)
+    return RunData(path, results, meta, train_log)
 
 
 # ----------------------------------------------------------------------------- run-level parts
