@@ -165,6 +165,15 @@ def test_a_complete_run_is_skipped_entirely(tmp_path, stages):
     assert stages.calls == []
 
 
+def test_a_relative_out_is_the_same_run_as_its_absolute_spelling(tmp_path, stages, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = run_pipeline(RunConfig(out="runs", progress=False))
+    assert run_dir == tmp_path / "runs" / run_dir.name and run_dir.is_absolute()
+    stages.calls.clear()
+    assert run_pipeline(config(tmp_path)) == run_dir
+    assert stages.calls == []
+
+
 @pytest.mark.parametrize(
     "change, redone",
     [

@@ -404,6 +404,8 @@ def run_pipeline(config: RunConfig, plugins: Any) -> Path:
             run_pipeline(config.model_copy(update={"out": str(local.parent)}), plugins)
         say(f"published the run directory to {url}")
         return local
+    # absolute: the paths the stages record (the circuit's SAE folders) do not depend on the spelling
+    config = config.model_copy(update={"out": str(Path(config.out).expanduser().absolute())})
     check_out_holds_runs(config.out)
     the_plan = plan(config, plugins)
     check_device(config.device, allow_auto=True)
