@@ -237,14 +237,14 @@ def test_comparison_of_several_runs_compares_fvu_and_ce_loss_recovered(tmp_path)
     out = tmp_path / "cmp"
     write_report([a, b], out)
     md = (out / "report.md").read_text()
-    header = next(line for line in md.splitlines() if line.startswith("| model"))
+    header = next(line for line in md.splitlines() if line.startswith("| run | model"))
     assert (
         "FVU" in header and "CE loss recovered" in header and "MSE" not in header and " loss |" not in header
     )
     rows = [
         line
         for line in md.splitlines()
-        if line.startswith("| gpt2-medium") or line.startswith("| pythia-1.4b")
+        if line.startswith(f"| {a.name} | gpt2-medium") or line.startswith(f"| {b.name} | pythia-1.4b")
     ]
     assert len(rows) == 2 and "0.310" in rows[0] and "0.750" in rows[0] and "0.420" in rows[1]
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 10
@@ -471,3 +471,16 @@ def test_a_report_of_a_run_whose_sae_was_replaced_warns(tmp_path, capsys):
     path.write_text(json.dumps(data))
     write_report([run])
     assert "is not the SAE" not in capsys.readouterr().err
+
+
+def test_a_comparison_of_runs_of_one_folder_name_tells_them_apart(tmp_path):
+    a = fake_run(tmp_path / "runs0", "phi-2", fvu=0.3, recovered=0.8)
+    b = fake_run(tmp_path / "runs1", "phi-2", fvu=0.4, recovered=0.7)
+    assert a.name == b.name
+    out = tmp_path / "cmp"
+    write_report([a, b], out)
+    text = (out / "report.md").read_text()
+    assert f"## runs0/{a.name}" in text and f"## runs1/{b.name}" in text
+    assert f"| runs0/{a.name} |" in text and f"| runs1/{b.name} |" in text  # the comparison table
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert any(f.startswith("runs0__") for f in figures) and any(f.startswith("runs1__") for f in figures)

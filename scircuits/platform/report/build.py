@@ -245,11 +245,12 @@ def run_sections(doc: ReportDocument, run: RunData, analyses: Sequence[Analysis]
 def comparison_table(
     doc: ReportDocument, runs: Sequence[RunData], analyses: Sequence[Analysis]
 ) -> tuple[list[str], list[list[Any]]]:
-    header = ["model", "benchmark", "site", "examples", "FVU", "L0", "dead fraction", "rare fraction"]
+    header = ["run", "model", "benchmark", "site", "examples", "FVU", "L0", "dead fraction", "rare fraction"]
     columns: list[dict[str, str]] = []
-    for run in runs:
+    for run, label in zip(runs, run_labels(runs), strict=True):
         res, m = run.results, run.sae_metrics()
         row = {
+            "run": label,
             "model": res.provenance.get("model", {}).get("name"),
             "benchmark": res.provenance.get("benchmark", {}).get("name"),
             "site": f"{res.site}{res.layer}",
@@ -301,11 +302,21 @@ def write_report(
         "per example, against the same number of random active features."
     )
     doc.table(*comparison_table(doc, runs, analyses))
-    for run in runs:
-        doc.heading(run.name, level=2)
-        doc.figure_prefix = f"{run.name}__"
+    for run, label in zip(runs, run_labels(runs), strict=True):
+        doc.heading(label, level=2)
+        doc.figure_prefix = f"{label.replace('/', '__')}__"
         run_sections(doc, run, analyses, level=3)
     return doc.write(target, title)
+
+
+def run_labels(runs: Sequence[RunData]) -> list[str]:
+    """Each run's folder name, with as many parent folders as tell runs of one name apart (two runs of
+    one model, benchmark and site under different --out); the index first if even their paths agree."""
+    for depth in range(1, 5):
+        labels = ["/".join(run.path.resolve().parts[-depth:]) for run in runs]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{i + 1}. {run.name}" for i, run in enumerate(runs)]
 
 
 def report_identity(runs: Sequence[RunData]) -> str:
