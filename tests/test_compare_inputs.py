@@ -180,3 +180,13 @@ def test_dashboard_reads_the_sae_of_the_folder_given(run, tmp_path, capsys):
     shutil.rmtree(moved / "sae")
     err = refused(["dashboard", str(moved)], capsys)
     assert "no SAE checkpoint found" in err and str(moved / "sae") in err
+
+
+def test_a_split_the_benchmark_lacks_is_refused_before_any_twin_is_trained(run, tmp_path, capsys):
+    copy = own_copy(run, tmp_path / "copy")
+    line = refused(
+        ["compare", str(run), str(copy), "--out", str(tmp_path / "c"), "--split", "nosuch", "--no-progress"],
+        capsys,
+    )
+    assert "has no split 'nosuch'" in line
+    assert not list(tmp_path.glob("**/*twin*")) and not list(run.parent.glob("**/*twin*"))

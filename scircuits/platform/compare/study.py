@@ -68,6 +68,7 @@ from scircuits.platform.compare.sources import (
 )
 from scircuits.platform.config.stages import STRICT
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
+from scircuits.platform.contract.hf_loading import check_weights_available
 from scircuits.platform.manager.plugin_set import PluginSet
 
 log = get_logger(__name__)
@@ -344,6 +345,18 @@ def store_contexts(
     ]
 
 
+def check_inputs(runs: list[Run], traced: list[Run], options: CompareOptions, plugins: PluginSet) -> None:
+    """Before any twin is trained: a given --split exists in each run's benchmark, and the weights of
+    every model a pair traces can be had (a moved model folder was found only after the floors)."""
+    for run in runs:
+        name = run.config.get("benchmark")
+        if options.split is not None and name:
+            plugins.benchmarks.get(str(name)).check_split(options.split)
+    for run in {id(r): r for r in traced}.values():
+        adapter = plugins.models.get(str(run.config.get("model")))
+        check_weights_available(adapter, run.config.get("model_path"))
+
+
 def pair_source(run_a: Run, run_b: Run, options: CompareOptions) -> Literal["stores", "model"]:
     """Where a pair's activations come from; refuses impossible pairs before any work is done."""
     if options.source in ("auto", "store") and run_a.store_path is not None and run_b.store_path is not None:
@@ -542,8 +555,9 @@ def compare_runs(paths: list[str | Path], options: CompareOptions, plugins: Plug
     runs = [read_run(p, plugins) for p in paths]
     tag_alike(runs)
     index_pairs = list(itertools.combinations(range(len(runs)), 2))
-    for i, j in index_pairs:
-        pair_source(runs[i], runs[j], options)  # impossible pairs fail before any work
+    sources = [pair_source(runs[i], runs[j], options) for i, j in index_pairs]  # impossible pairs fail
+    traced = [runs[k] for (i, j), s in zip(index_pairs, sources, strict=True) if s == "model" for k in (i, j)]
+    check_inputs(runs, traced, options, plugins)
     saes = [_load_sae(core, run) for run in runs]
     entries = []
     for run, sae in zip(runs, saes, strict=True):
