@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from scircuits.platform.causal.runner import FEW_EXAMPLES
 from scircuits.platform.causal.statistics import Bootstrap, selection_split
 from scircuits.platform.circuit.attribution import (
     OUTPUT,
@@ -248,6 +249,11 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
     examples = load_examples(config, plugins)  # a bad line anywhere stops here, before any weights
     selection, evaluation = selection_split(len(examples), config.selection_fraction, config.seed)
     assert selection is not None and evaluation is not None  # fraction > 0 and >= 2 examples
+    if len(evaluation) < FEW_EXAMPLES:
+        log.warning(
+            f"warning: the circuit is evaluated on {len(evaluation)} held-out example(s): its intervals "
+            f"and faithfulness mean little below {FEW_EXAMPLES}; give a larger --limit"
+        )
     other_examples = check_examples(config, plugins, len(evaluation))
     seed_other = seed_examples(config, plugins, len(evaluation))
     if loaded is None:

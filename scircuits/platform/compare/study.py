@@ -119,6 +119,9 @@ def option_error(exc: ValidationError) -> str:
     return f"{flag} {error.get('input')!r}: {error['msg']}"
 
 
+FEW_TOKENS = 1000  # store tokens per comparison below which compare warns
+
+
 def say(message: str) -> None:
     log.info(message)
 
@@ -552,6 +555,11 @@ def compare_runs(paths: list[str | Path], options: CompareOptions, plugins: Plug
     if len(paths) < 2:
         raise internals.config_error("compare needs at least two run directories")
     check_distinct(paths, "compare")
+    if options.max_tokens is not None and options.max_tokens < FEW_TOKENS:
+        log.warning(
+            f"warning: --max-tokens {options.max_tokens}: correlations over so few tokens are noise (the "
+            f"floors can read 1.0); give at least {FEW_TOKENS}"
+        )
     runs = [read_run(p, plugins) for p in paths]
     tag_alike(runs)
     index_pairs = list(itertools.combinations(range(len(runs)), 2))
