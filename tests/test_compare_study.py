@@ -179,6 +179,11 @@ def test_a_run_without_causal_results_compares_without_causal_agreement(tiny_run
     (pair,) = json.loads((out / "results.json").read_text())["pairs"]
     assert pair["comparison"]["hungarian"]["mean"] > 0.9999  # the same SAE on the same store
     assert pair["effect_agreement"]["n_pairs"] == 0 and pair["top_k"] == []
+    assert (
+        pair["effect_agreement"]["note"]
+        == f"{unfinished}: its causal stage has not finished (no causal/results.json)"
+    )
+    assert f"None: {unfinished}: its causal stage has not finished" in (out / "report.md").read_text()
     assert "causal agreement is left out" in capsys.readouterr().err
 
 

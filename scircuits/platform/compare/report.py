@@ -237,7 +237,13 @@ def write_report(results: CompareResults, out: Path) -> Path:
         lines.append(
             f"Causal agreement: correlation of exact ablation effects over {eff.n_pairs} matched pairs "
             f"where both runs measured one: {_f(eff.pearson)}{interval}."
-            + ("" if eff.n_pairs >= 3 else " Too few pairs for a correlation.")
+            + (
+                f" None: {eff.note}."
+                if eff.note
+                else ""
+                if eff.n_pairs >= 3
+                else " Too few pairs for a correlation."
+            )
         )
         for t in pair.top_k:
             lines.append(

@@ -17,6 +17,9 @@ log = get_logger(__name__)
 RESULTS = Path("causal") / "results.json"
 
 
+NO_FEATURES = "_no_features"  # why a run has no measured features (compare's own key, never written)
+
+
 @dataclass
 class Run:
     path: Path
@@ -46,6 +49,12 @@ class Run:
     @property
     def features(self) -> list[dict[str, Any]]:
         return list(self.results.get("features") or [])
+
+    @property
+    def no_features(self) -> str | None:
+        """Why the run has no measured features to compare (None: it has them, or measured none)."""
+        why = self.results.get(NO_FEATURES)
+        return f"{self.path}: {why}" if why else None
 
     @property
     def label(self) -> str:
@@ -106,7 +115,8 @@ def _config_without_results(root: Path) -> tuple[dict[str, Any], dict[str, Any]]
         "sae": str(root / "sae"),
         "store": store.get("path"),
     }
-    return config, {"layer": attrs["layer"], "site": attrs.get("site"), "features": [], "config": config}
+    results = {"layer": attrs["layer"], "site": attrs.get("site"), "features": [], "config": config}
+    return config, {**results, NO_FEATURES: "its causal stage has not finished (no causal/results.json)"}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -166,7 +176,7 @@ def _same_sae_or_no_features(root: Path, sae_path: Path, results: dict[str, Any]
         f"compare: {weights} is not the SAE {root / RESULTS} was measured with (sha256 differs): "
         "its causal agreement is left out (rerun its ablate stage to measure this SAE)"
     )
-    return {**results, "features": []}
+    return {**results, "features": [], NO_FEATURES: "its SAE is not the one its study measured"}
 
 
 def run_store(root: Path, config: dict[str, Any], meta: dict[str, Any]) -> Path | None:

@@ -111,6 +111,7 @@ class EffectAgreement(BaseModel):
     pearson: float | None
     ci: tuple[float, float] | None
     pairs: list[tuple[int, int, float, float]]
+    note: str | None = None  # why there is none: a run without measured features
 
 
 class TopKAgreement(BaseModel):

@@ -488,7 +488,10 @@ def causal_agreement(
         exact_effects(run_b.features),
         seed=options.seed,
     )
-    agreement = EffectAgreement(n_pairs=eff.n_pairs, pearson=eff.pearson, ci=eff.ci, pairs=eff.pairs)
+    note = "; ".join(w for w in (run_a.no_features, run_b.no_features) if w) or None
+    agreement = EffectAgreement(
+        n_pairs=eff.n_pairs, pearson=eff.pearson, ci=eff.ci, pairs=eff.pairs, note=note
+    )
     ranked_a, ranked_b = ranked_ids(run_a.features), ranked_ids(run_b.features)
     top_k = []
     for k in options.top_k:
