@@ -224,6 +224,13 @@ def test_train_publishes_its_checkpoint_on_s3_and_resumes_from_there(bucket, cac
     assert "already holds a complete checkpoint" in capsys.readouterr().err
     sae, info = load_sae(url, plugins)
     assert info["meta"]["complete"] and int(sae.W_dec.shape[0]) == 32
+    # other settings at the URL: the earlier checkpoint is kept beside it, as locally, never deleted
+    train(train_config(store, url, epochs=1), plugins)
+    err = capsys.readouterr().err
+    [kept] = [p for p in fs.ls(bucket, detail=False, refresh=True) if ".superseded-" in p]
+    assert f"moved it to s3://{kept}" in err
+    assert load_sae(f"s3://{kept}", plugins)[0].W_dec.shape == sae.W_dec.shape
+    assert json.loads(fs.cat_file(url_join(f"s3://{kept}", ".scircuits-current.json")))["generation"]
 
 
 PUBLISHER = textwrap.dedent(

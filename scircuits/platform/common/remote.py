@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from scircuits.platform.common.artifacts import ArtifactError
+from scircuits.platform.common.logs import get_logger
 from scircuits.store.remote import RemoteLock, filesystem, is_url, transport_errors, url_join
 
+log = get_logger(__name__)
 POINTER = ".scircuits-current.json"
 GENERATION_PREFIX = "g-"
 
@@ -140,5 +142,17 @@ def remote_out(url: str, what: str) -> Iterator[Path]:
     folder (yielded), and publish that folder when the block ends without an error."""
     with RemoteLock(url, what, error=ArtifactError):  # the lock object makes the folder exist
         local = fetch_folder(url, staging_dir(url, "out"), option="--out")
+        before = set(_superseded(local))
         yield local  # the command locks this folder as any local one
+        # what the command moved aside (an artifact of other settings, or --force) is kept on the
+        # object storage as it is kept locally: beside the URL, never deleted by the publish
+        for aside in sorted(set(_superseded(local)) - before):
+            kept = f"{url.rstrip('/')}{aside.name[len(local.name) :]}"
+            publish_folder(aside, kept)
+            shutil.rmtree(aside, ignore_errors=True)
+            log.info(f"[{what}] {url} held {what} of other settings; moved it to {kept}")
         publish_folder(local, url)
+
+
+def _superseded(local: Path) -> list[Path]:
+    return [p for p in local.parent.glob(f"{local.name}.superseded-*") if p.is_dir()]
