@@ -250,3 +250,18 @@ def test_deeply_nested_json_in_a_data_file_an_sae_config_or_an_option(store, tmp
 def test_a_memory_url_on_the_command_line_is_refused(args, capsys):
     err = refused(args, capsys)
     assert "memory://" in err and "lives inside one Python process" in err and "s3://" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["circuit", "--sae", "a", "--sae", "b", "--out", "s3://bucket/circuit"],
+        ["dashboard", "s3://bucket/run"],
+        ["dashboard", ".", "--out", "s3://bucket/site"],
+        ["compare", "s3://bucket/a", "s3://bucket/b"],
+        ["report", ".", "--out", "s3://bucket/report"],
+    ],
+)
+def test_commands_of_local_folders_refuse_a_url_in_one_line(args, capsys):
+    err = refused(args, capsys)
+    assert "reads and writes local folders only" in err and "s3://bucket/" in err

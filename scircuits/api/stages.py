@@ -45,7 +45,7 @@ from scircuits.api.results import (
 )
 from scircuits.platform.causal.results import read_checked_results, results_path
 from scircuits.platform.circuit.results import RESULTS_FILE as CIRCUIT_RESULTS
-from scircuits.platform.common.artifacts import DISK_ERRNOS, ArtifactError, describe_os_error
+from scircuits.platform.common.artifacts import DISK_ERRNOS, ArtifactError, check_local, describe_os_error
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.progress import silence_library_progress_bars
 from scircuits.platform.config import AblateConfig, CollectConfig, RunConfig, StageConfig, TrainConfig
@@ -266,6 +266,8 @@ def run_folders(run_dirs: Any) -> list[str]:
     what, each = "compare: the run directories", "compare: each run directory"
     if run_dirs is None or is_path(run_dirs):
         raise ConfigError(f"{what} must be a list of paths (at least two), not {given(run_dirs)}")
+    for run_dir in run_dirs if isinstance(run_dirs, (list, tuple)) else []:
+        check_local(run_dir if is_path(run_dir) else None, "run directory", "compare")
     runs = path_list(run_dirs, what, each)
     if len(runs) < 2:
         raise ConfigError("compare: give at least two run directories")
@@ -314,6 +316,8 @@ def dashboard(
     for name, value in (("out", out), ("store", store), ("circuit", circuit)):
         optional_path(value, f"dashboard: {name}")
     switch(force, "dashboard: force")
+    for folder in [run_dir, *([compare] if is_path(compare) else list(compare or []))]:
+        check_local(folder if is_path(folder) else None, "folder", "dashboard")
     if not switch(progress, "dashboard: progress"):
         silence_library_progress_bars()
     summary = build_dashboard(

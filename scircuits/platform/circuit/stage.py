@@ -51,6 +51,7 @@ from scircuits.platform.common.artifacts import (
     ArtifactError,
     FolderLock,
     check_claim,
+    check_local,
     check_out_apart,
     check_writable,
     claim,
@@ -201,6 +202,7 @@ def local_inputs(config: CircuitConfig, plugins: Any) -> list[Path]:
 def run_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None = None) -> Path:
     started = time.monotonic()
     config = config.with_plugin_defaults(plugins)
+    check_local(config.out, "--out", "circuit")
     out = Path(config.out)
     check_device(config.device)
     check_out_apart(out, read=local_inputs(config, plugins))

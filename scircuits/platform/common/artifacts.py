@@ -31,7 +31,7 @@ from pathlib import Path
 
 from scircuits.errors import ConfigError, ScircuitsError
 from scircuits.files import Flock, tmp_name, write_atomic
-from scircuits.store.remote import pid_alive
+from scircuits.store.remote import is_url, pid_alive
 
 MARKER_FILE = ".scircuits-artifact.json"
 LOCK_FILE = ".scircuits-lock"
@@ -288,6 +288,16 @@ def hold_for_group(folder: Path) -> None:
     lock = Flock.acquire(Path(folder) / GROUP_LOCK_FILE, shared=True)
     if lock is not None:
         _GROUP_LOCKS.append(lock)
+
+
+def check_local(value: str | Path | None, option: str, command: str) -> None:
+    """ArtifactError when ``value`` is a URL (s3://...) where ``command`` reads or writes only local
+    folders: it would become a folder named ``s3:`` here (docs/scale.md lists what takes URLs)."""
+    if value is not None and is_url(str(value)):
+        raise ArtifactError(
+            f"{option} {value}: {command} reads and writes local folders only; copy the folder here (or "
+            'write locally and copy the result), see docs/scale.md, "Object storage"'
+        )
 
 
 def check_out_apart(

@@ -19,6 +19,7 @@ from pathlib import Path
 from scircuits.platform.common.artifacts import (
     FolderLock,
     check_distinct,
+    check_local,
     check_out_apart,
     claim,
     only_bookkeeping,
@@ -48,6 +49,9 @@ def compare_folder(
     out: str | Path, run_dirs: Sequence[str | Path], force: bool, say: Callable[[str], None]
 ) -> Iterator[Path]:
     """Check, lock and claim the compare folder ``out`` for the comparison of ``run_dirs``."""
+    for run_dir in run_dirs:
+        check_local(run_dir, "run directory", "compare")
+    check_local(out, "--out", "compare")
     check_distinct(run_dirs, "compare")
     runs = [Path(r) for r in run_dirs]
     folder = check_out_apart(out, read=[r / part for r in runs for part in RUN_PARTS], holds=runs)

@@ -19,6 +19,7 @@ from scircuits.platform.common.artifacts import (
     FORCE_HINT,
     ArtifactError,
     FolderLock,
+    check_local,
     check_out_apart,
     check_writable,
     claim,
@@ -158,6 +159,15 @@ def build_dashboard(
     on circuit.html (default: RUN/circuit when it holds one)."""
     if features is not None and features <= 0:
         raise ConfigError(f"--features must be a positive number, not {features}")
+    for option, value in [
+        ("run directory", run_dir),
+        ("--out", out),
+        ("--store", store),
+        ("--circuit", circuit),
+    ]:
+        check_local(value, option, "dashboard")
+    for folder in compare:
+        check_local(folder, "--compare", "dashboard")
     started = time.monotonic()
     timings: dict[str, float] = {}
     settings = settings or ScanSettings()

@@ -22,6 +22,7 @@ from scircuits.platform.common.artifacts import (
     ArtifactError,
     check_can_create,
     check_distinct,
+    check_local,
     check_out_apart,
     check_writable,
     claim,
@@ -279,6 +280,9 @@ def write_report(
     aside (:func:`claim_target`)."""
     if not run_dirs:
         raise ConfigError("give at least one run directory")
+    for run_dir in run_dirs:
+        check_local(run_dir, "run directory", "report")
+    check_local(out, "--out", "report")
     analyses = list(analyses_of(plugins))
     runs = [load_run(d, analyses) for d in run_dirs]
     check_distinct([run.path for run in runs], "report")
