@@ -450,3 +450,20 @@ def test_arrays_chunked_otherwise_are_written_through_zarr(tmp_path):
     store = ActivationStore(path)
     expected = np.concatenate([np.arange(len(synthetic_example(i, D, max_tokens=12)[0])) for i in range(5)])
     np.testing.assert_array_equal(store.positions, expected)
+
+
+def test_a_server_lost_before_the_lock_is_released_does_not_hide_the_commands_error(capsys):
+    import scircuits.platform.common.logs  # noqa: F401 - the CLI's handler of scircuits' loggers
+    from scircuits.store.remote import RemoteLock
+
+    lock = RemoteLock("memory://scircuits-test/lost-server", "store")
+
+    def gone(*args, **kwargs):
+        raise ConnectionError("Could not connect to the endpoint URL")
+
+    lock._fs.cat_file = gone
+    with pytest.raises(ValueError, match="the command's own error"), lock:
+        raise ValueError("the command's own error")
+    assert "could not delete the lock object memory://scircuits-test/lost-server/.scircuits-lock" in (
+        capsys.readouterr().err
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import logging
 import os
 import socket
 import uuid
@@ -129,7 +130,11 @@ class RemoteLock:
                     f"finish or write elsewhere. If that process is gone, delete {url_join(url, LOCK_OBJECT)}"
                 ) from None
             except transport_errors() as exc:
-                raise error(f"{url}: cannot write the lock object here ({exc}); write elsewhere") from None
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise error(
+                    f"{url}: cannot write the lock object ({reason}); check the URL, the credentials and "
+                    "AWS_ENDPOINT_URL (docs/scale.md), or write elsewhere"
+                ) from None
             self._token = holder["token"]
             return
 
@@ -145,10 +150,18 @@ class RemoteLock:
         if self._token is None:
             return
         token, self._token = self._token, None
-        held = self._holder()
-        if held is not None and held.get("token") == token:
-            with contextlib.suppress(FileNotFoundError):
-                self._fs.rm_file(self._path)
+        try:
+            held = self._holder()
+            if held is not None and held.get("token") == token:
+                with contextlib.suppress(FileNotFoundError):
+                    self._fs.rm_file(self._path)
+        except transport_errors() as exc:  # the server went away: the command's own error says more
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            lock = url_join(self.url, LOCK_OBJECT)
+            logging.getLogger("scircuits.store").warning(
+                f"warning: could not delete the lock object {lock} ({reason}); this host's next command "
+                "takes it over once the server answers"
+            )
 
     def __enter__(self) -> RemoteLock:
         return self

@@ -62,17 +62,24 @@ def staging_dir(url: str, role: str) -> Path:
 
 def _current(fs: Any, root: str) -> str | None:
     """The generation the pointer names; None when there is no pointer."""
+    url = f"{fs.unstrip_protocol(root)}/{POINTER}" if hasattr(fs, "unstrip_protocol") else f"{root}/{POINTER}"
     try:
-        data = json.loads(fs.cat_file(f"{root}/{POINTER}"))
+        raw = fs.cat_file(f"{root}/{POINTER}")
     except FileNotFoundError:
         return None
-    except (*transport_errors(), ValueError) as exc:
+    except transport_errors() as exc:  # credentials, the endpoint, the network: not the folder
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ArtifactError(
-            f"{root}/{POINTER} cannot be read ({exc}); the remote folder is damaged"
+            f"{url} cannot be read ({reason}); check the credentials, AWS_ENDPOINT_URL and the network "
+            "(docs/scale.md)"
         ) from None
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ArtifactError(f"{url} is not JSON ({exc}); the remote folder is damaged") from None
     generation = data.get("generation") if isinstance(data, dict) else None
     if not isinstance(generation, str) or not generation.startswith(GENERATION_PREFIX):
-        raise ArtifactError(f"{root}/{POINTER} names no generation; the remote folder is damaged")
+        raise ArtifactError(f"{url} names no generation; the remote folder is damaged")
     return generation
 
 
