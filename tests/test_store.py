@@ -456,10 +456,14 @@ def test_a_server_lost_before_the_lock_is_released_does_not_hide_the_commands_er
     import scircuits.platform.common.logs  # noqa: F401 - the CLI's handler of scircuits' loggers
     from scircuits.store.remote import RemoteLock
 
+    pytest.importorskip("botocore")
+
     lock = RemoteLock("memory://scircuits-test/lost-server", "store")
 
-    def gone(*args, **kwargs):
-        raise ConnectionError("Could not connect to the endpoint URL")
+    def gone(*args, **kwargs):  # what s3fs lets through when the server is down
+        from botocore.exceptions import EndpointConnectionError
+
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
 
     lock._fs.cat_file = gone
     with pytest.raises(ValueError, match="the command's own error"), lock:
