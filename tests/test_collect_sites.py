@@ -354,3 +354,18 @@ def test_the_same_command_under_torchrun_writes_the_same_collection(tmp_path, ti
         for key in a:
             np.testing.assert_allclose(a[key][0], b[key][0], rtol=1e-5, atol=1e-6)  # other thread counts
             assert np.array_equal(a[key][1], b[key][1]) and np.array_equal(a[key][2], b[key][2])
+
+
+def test_a_url_holding_something_else_is_refused_before_any_weights_load(tmp_path, tiny_gpt2, text):
+    import fsspec
+
+    folder, _ = tiny_gpt2
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/scircuits-test/held/.scircuits-current.json", b'{"generation": "g-1"}')
+    fs.pipe_file("/scircuits-test/held/g-1/sae_weights.safetensors", b"weights")
+    with pytest.raises(NotAStoreError, match=r"exists and is not an activation store \(it holds \.scircuits"):
+        run_collect(config(folder, text, "memory://scircuits-test/held"), get_plugins())
+    fs.pipe_file("/scircuits-test/coll/manifest.json", b"{}")
+    with pytest.raises(StoreMismatchError, match="holds a collection of several sites"):
+        run_collect(config(folder, text, "memory://scircuits-test/coll"), get_plugins())
+    assert fs.cat_file("/scircuits-test/held/g-1/sae_weights.safetensors") == b"weights"

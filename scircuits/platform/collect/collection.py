@@ -122,6 +122,9 @@ def collection_id(config: CollectConfig, world_size: int) -> str:
 
 def _existing_store_attrs(out: str) -> dict[str, Any] | None:
     local = local_path(out)
+    if local is None:  # a URL: what is there is checked here too (nothing at a URL is moved aside)
+        _check_url_holds_a_store_or_nothing(out)
+        return None  # the store's writer checks a store there against this command
     if local is not None and local.exists() and not local.is_dir():
         raise NotAStoreError(f"{out} is a file, not an activation store; choose another --out")
     if not (Path(out) / "zarr.json").is_file():
@@ -146,6 +149,22 @@ def _existing_store_attrs(out: str) -> dict[str, Any] | None:
             f"({str(exc).splitlines()[0] if str(exc) else exc!r}); it is damaged: move it away and "
             "collect again, or pass --force to move it aside"
         ) from None
+
+
+def _check_url_holds_a_store_or_nothing(out: str) -> None:
+    root = as_location(out)
+    if (root / "zarr.json").is_file() or not root.is_dir():
+        return
+    if (root / MANIFEST).is_file():
+        raise StoreMismatchError(
+            f"{out} holds a collection of several sites or shards, not one store; write to another --out"
+        )
+    others = sorted(p.name for p in root.iterdir() if not p.name.startswith(".scircuits-lock"))
+    if others:
+        raise NotAStoreError(
+            f"{out} exists and is not an activation store (it holds {', '.join(others[:3])}); choose "
+            "another --out (nothing at a URL is moved aside)"
+        )
 
 
 def _raw_attrs(out: str) -> dict[str, Any] | None:
