@@ -349,3 +349,18 @@ def test_presets_live_on_the_variant_of_the_plugin_set_given():
         apply_preset(TrainConfig(store="s", preset="tiny"), load_plugins(entry_points_too=False))
     with pytest.raises(ConfigError, match="'topk' has no preset 'prior-study'"):
         apply_preset(TrainConfig(store="s", preset="prior-study", sae="topk"), plugins)
+
+
+def test_a_lost_worker_process_says_how_to_continue(store, tmp_path, monkeypatch):
+    from scircuits.errors import ScircuitsError
+    from scircuits.platform.train import training
+
+    def died(*args, **kwargs):
+        raise ScircuitsError("a distributed training process died: process 1 terminated with signal SIGKILL")
+
+    monkeypatch.setattr(training, "launch", died)
+    with pytest.raises(
+        ScircuitsError,
+        match=r"SIGKILL; the last saved training state in .* run the same command with --resume",
+    ):
+        train(config(store, tmp_path / "sae", nproc=2, batch_size=64), get_plugins())

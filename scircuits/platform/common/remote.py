@@ -123,7 +123,7 @@ def publish_folder(local: Path, url: str) -> str:
     try:
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
             rel = path.relative_to(local).as_posix()
-            if rel.startswith(".scircuits-lock") or rel.startswith(".scircuits-group-lock"):
+            if path.name.startswith((".scircuits-lock", ".scircuits-group-lock")):  # at any depth
                 continue
             fs.put_file(str(path), f"{root}/{generation}/{rel}")
         pointer = {

@@ -45,7 +45,7 @@ from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.progress import progress
 from scircuits.platform.common.remote import is_url, remote_out
 from scircuits.platform.config import TrainConfig
-from scircuits.platform.contract.errors import ConfigError, ScircuitsError
+from scircuits.platform.contract.errors import ConfigError, DataFormatError, ScircuitsError
 from scircuits.platform.contract.models import tl_hook_name
 from scircuits.platform.contract.sae_module import SparseAutoencoder, TrainOutput
 from scircuits.platform.contract.saes import SAEVariant
@@ -562,7 +562,17 @@ def _train_checked(config: TrainConfig, plugins: PluginSet, stop_after_steps: in
             "several --store/--sae); for one SAE on several GPUs use --nproc"
         )
     if config.nproc > 1:
-        launch(config.nproc, _distributed_entry, config.model_dump(mode="json"), stop_after_steps, hold=out)
+        try:
+            launch(
+                config.nproc, _distributed_entry, config.model_dump(mode="json"), stop_after_steps, hold=out
+            )
+        except (ConfigError, DataFormatError):
+            raise  # a worker refused its input: its one line
+        except ScircuitsError as exc:
+            raise ScircuitsError(
+                f"{exc}; the last saved training state in {out} is kept: run the same command with "
+                "--resume to continue from it"
+            ) from None
         return out
     _train_rank(config, plugins.saes.get(config.sae), from_environment(config.device), stop_after_steps)
     return out
@@ -774,8 +784,8 @@ def fit_steps(
         if processes is not None and int(processes) != dist.world_size:
             raise ConfigError(
                 f"--resume: {out} holds a training state of {processes} process(es), now {dist.world_size}; "
-                f"resume it with --nproc {processes} (or as many torchrun processes), or drop --resume "
-                "to start over"
+                f"resume it with --nproc {processes} (or as many torchrun processes), or start over with "
+                "--force instead of --resume"
             )
         saved.update(tensors)
         return meta
