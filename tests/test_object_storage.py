@@ -221,7 +221,10 @@ def test_train_publishes_its_checkpoint_on_s3_and_resumes_from_there(bucket, cac
     assert [p.rsplit("/", 1)[-1] for p in fs.ls(url) if "/g-" in p] == [pointer["generation"]]
     capsys.readouterr()
     train(train_config(store, url), plugins)
-    assert "already holds a complete checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already holds a complete checkpoint" in err and "is unchanged; kept its current generation" in err
+    fs.invalidate_cache()
+    assert json.loads(fs.cat_file(url_join(url, ".scircuits-current.json"))) == pointer  # no new upload
     sae, info = load_sae(url, plugins)
     assert info["meta"]["complete"] and int(sae.W_dec.shape[0]) == 32
     # other settings at the URL: the earlier checkpoint is kept beside it, as locally, never deleted

@@ -150,6 +150,7 @@ def remote_out(url: str, what: str) -> Iterator[Path]:
     with RemoteLock(url, what, error=ArtifactError):  # the lock object makes the folder exist
         local = fetch_folder(url, staging_dir(url, "out"), option="--out")
         before = set(_superseded(local))
+        fetched = _contents(local)
         yield local  # the command locks this folder as any local one
         # what the command moved aside (an artifact of other settings, or --force) is kept on the
         # object storage as it is kept locally: beside the URL, never deleted by the publish
@@ -158,7 +159,19 @@ def remote_out(url: str, what: str) -> Iterator[Path]:
             publish_folder(aside, kept)
             shutil.rmtree(aside, ignore_errors=True)
             log.info(f"[{what}] {url} held {what} of other settings; moved it to {kept}")
+        if fetched and _contents(local) == fetched:  # found up to date: nothing to upload again
+            log.info(f"[{what}] {url} is unchanged; kept its current generation")
+            return
         publish_folder(local, url)
+
+
+def _contents(local: Path) -> dict[str, tuple[int, int]]:
+    """Each file's (size, mtime) by its path in ``local``, lock files left out."""
+    return {
+        p.relative_to(local).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in local.rglob("*")
+        if p.is_file() and not p.name.startswith((".scircuits-lock", ".scircuits-group-lock"))
+    }
 
 
 def _superseded(local: Path) -> list[Path]:
