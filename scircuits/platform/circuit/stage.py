@@ -251,11 +251,6 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
     examples = load_examples(config, plugins)  # a bad line anywhere stops here, before any weights
     selection, evaluation = selection_split(len(examples), config.selection_fraction, config.seed)
     assert selection is not None and evaluation is not None  # fraction > 0 and >= 2 examples
-    if len(evaluation) < FEW_EXAMPLES:
-        log.warning(
-            f"warning: the circuit is evaluated on {len(evaluation)} held-out example(s): its intervals "
-            f"and faithfulness mean little below {FEW_EXAMPLES}; give a larger --limit"
-        )
     other_examples = check_examples(config, plugins, len(evaluation))
     seed_other = seed_examples(config, plugins, len(evaluation))
     if loaded is None:
@@ -286,6 +281,11 @@ def find_circuit(config: CircuitConfig, plugins: Any, loaded: LoadedModel | None
             f"{longest} tokens): no position would be patched; give a smaller one (1 spares the sink)"
         )
     check_memory(config, saes, loaded, longest)
+    if len(evaluation) < FEW_EXAMPLES:
+        log.warning(
+            f"warning: the circuit is evaluated on {len(evaluation)} held-out example(s): its intervals "
+            f"and faithfulness mean little below {FEW_EXAMPLES}; give a larger --limit"
+        )
     model = SplicedModel(loaded, saes)
     if config.metric == "counterfactual":
         every = examples + (other_examples or []) + (seed_other or [])
