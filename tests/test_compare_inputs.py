@@ -193,7 +193,8 @@ def test_a_split_the_benchmark_lacks_is_refused_before_any_twin_is_trained(run, 
 
 
 def test_too_few_tokens_per_comparison_are_warned(run, tmp_path, capsys):
-    copy = own_copy(run, tmp_path / "copy")
-    args = ["compare", str(run), str(copy), "--out", str(tmp_path / "c"), "--no-train-twins"]
+    # copies on both sides: compare links itself into the runs' dashboards, and the run is shared
+    first, second = own_copy(run, tmp_path / "first"), own_copy(run, tmp_path / "second")
+    args = ["compare", str(first), str(second), "--out", str(tmp_path / "c"), "--no-train-twins"]
     main([*args, "--permutations", "9", "--max-tokens", "50", "--no-progress"])
     assert "warning: --max-tokens 50: correlations over so few tokens are noise" in capsys.readouterr().err

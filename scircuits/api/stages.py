@@ -316,7 +316,8 @@ def dashboard(
     for name, value in (("out", out), ("store", store), ("circuit", circuit)):
         optional_path(value, f"dashboard: {name}")
     switch(force, "dashboard: force")
-    for folder in [run_dir, *([compare] if is_path(compare) else list(compare or []))]:
+    given = [compare] if is_path(compare) else list(compare) if isinstance(compare, (list, tuple)) else []
+    for folder in [run_dir, *given]:
         check_local(folder if is_path(folder) else None, "folder", "dashboard")
     if not switch(progress, "dashboard: progress"):
         silence_library_progress_bars()
