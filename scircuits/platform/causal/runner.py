@@ -21,7 +21,7 @@ from scircuits.platform.causal.context import CausalStudyContext
 from scircuits.platform.causal.evaluation import prepare_eval
 from scircuits.platform.causal.registry import analyses_of, study_order
 from scircuits.platform.causal.results import ConditionScore, ExampleRow, ScoreSet
-from scircuits.platform.causal.statistics import Bootstrap, selection_split
+from scircuits.platform.causal.statistics import FEW_EXAMPLES, Bootstrap, selection_split
 from scircuits.platform.causal.study import Study, feature_statistics, reconstruction_metrics
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.progress import progress
@@ -40,7 +40,6 @@ from scircuits.platform.model.tracing import runs_remotely
 from scircuits.platform.train.exclusion import TokenExclusion, exclusion_from_norms, token_exclusion_of
 
 log = get_logger(__name__)
-FEW_EXAMPLES = 10  # evaluation examples below which the study warns that its intervals mean little
 
 
 def companion_ablations(config: AblateConfig, plugins: Any) -> dict[str, tuple[Any, Any]]:

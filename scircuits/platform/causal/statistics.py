@@ -166,6 +166,9 @@ def derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([p % (1 << 32) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
+FEW_EXAMPLES = 10  # evaluation examples below which a study or a circuit warns that its intervals mean little
+
+
 def selection_split(
     n_examples: int, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:

@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from scircuits.platform.causal.runner import FEW_EXAMPLES
-from scircuits.platform.causal.statistics import Bootstrap, selection_split
+from scircuits.platform.causal.statistics import FEW_EXAMPLES, Bootstrap, selection_split
 from scircuits.platform.circuit.attribution import (
     OUTPUT,
     Counter,

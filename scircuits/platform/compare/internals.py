@@ -11,7 +11,7 @@ from typing import Any
 
 from scircuits.platform.causal.registry import analyses_of
 from scircuits.platform.causal.results import read_checked_results
-from scircuits.platform.common.provenance import base_provenance, file_sha256
+from scircuits.platform.common.provenance import base_provenance
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.hf_loading import check_weights_available
@@ -25,11 +25,6 @@ from scircuits.store import ActivationStore
 from scircuits.store.format import identity_of
 
 SAE_WEIGHTS = WEIGHTS_FILE
-
-
-def sae_weights_sha256(sae_dir: str | Path) -> str:
-    """The sha256 of a checkpoint's weights file (what results.json records of the SAE it measured)."""
-    return file_sha256(Path(sae_dir) / WEIGHTS_FILE)
 
 
 class Core:

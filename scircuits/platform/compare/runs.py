@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scircuits.platform.causal.results import other_sae_than_measured
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.compare import internals
 
@@ -166,16 +167,10 @@ def read_run(path: str | Path, plugins: Any = None) -> Run:
 def _same_sae_or_no_features(root: Path, sae_path: Path, results: dict[str, Any]) -> dict[str, Any]:
     """``results``, without its features when they were measured with another SAE than sae/ holds
     (results.json records the weights' sha256): their ids would name other latents."""
-    provenance = results.get("provenance") if isinstance(results.get("provenance"), dict) else {}
-    sae_record = provenance.get("sae") if isinstance(provenance.get("sae"), dict) else {}
-    recorded = sae_record.get("weights_sha256")
-    weights = sae_path / internals.SAE_WEIGHTS
-    if not recorded or not results.get("features") or internals.sae_weights_sha256(sae_path) == recorded:
+    other = other_sae_than_measured(results, sae_path) if results.get("features") else None
+    if other is None:
         return results
-    log.info(
-        f"compare: {weights} is not the SAE {root / RESULTS} was measured with (sha256 differs): "
-        "its causal agreement is left out (rerun its ablate stage to measure this SAE)"
-    )
+    log.info(f"compare: {other}; its causal agreement is left out")
     return {**results, "features": [], NO_FEATURES: "its SAE is not the one its study measured"}
 
 
