@@ -305,15 +305,18 @@ def dashboard(
     circuit: str | Path | None = None,
     progress: bool = True,
     plugins: PluginSet | None = None,
+    model_path: str | Path | None = None,
 ) -> DashboardResult:
     """A static feature dashboard for a finished run (`scircuits dashboard`): a sortable index and one
     page per feature, opening from disk; and circuit.html when the run holds a circuit (RUN/circuit) or
     ``circuit`` names one. ``compare``: a `scircuits compare` folder, or a list of them. ``progress``:
-    False silences the libraries' bars (loading the model), as ``--no-progress`` does."""
+    False silences the libraries' bars (loading the model), as ``--no-progress`` does. ``model_path``:
+    the folder of the run's model weights now, when the one the run recorded moved (``--model-path``;
+    the weights must be those the run recorded)."""
     from scircuits.platform.dashboard import build_dashboard
 
     path_arg(run_dir, "dashboard: the run directory")
-    for name, value in (("out", out), ("store", store), ("circuit", circuit)):
+    for name, value in (("out", out), ("store", store), ("circuit", circuit), ("model_path", model_path)):
         optional_path(value, f"dashboard: {name}")
     switch(force, "dashboard: force")
     given = [compare] if is_path(compare) else list(compare) if isinstance(compare, (list, tuple)) else []
@@ -330,6 +333,7 @@ def dashboard(
         force=force,
         store=store,
         circuit=circuit,
+        model_path=model_path,
         say=lambda m: log.info(f"[dashboard] {m}"),
     )
     fields = {k: v for k, v in vars(summary).items() if k in DashboardResult.model_fields}

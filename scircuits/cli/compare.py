@@ -39,6 +39,15 @@ from scircuits.cli.common import echo_result, json_option
 @click.option(
     "--rsa-pairs", type=int, default=1000, show_default=True, help="Most correlated pairs in the RSA."
 )
+@click.option(
+    "--model-path",
+    "model_path",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Where a run's model weights are now, when the folder the run recorded (--model-path DIR or "
+    "--model PREFIX:DIR at run time) moved (repeatable: each run takes the folder holding the weights it "
+    "recorded).",
+)
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--progress/--no-progress", default=True)

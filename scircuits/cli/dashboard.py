@@ -51,6 +51,14 @@ from scircuits.cli.common import echo_result, json_option
     help="Draw this `scircuits circuit --out` folder on circuit.html (default: RUN_DIR/circuit when it "
     "holds one); its nodes at the run's own SAE link to their feature pages.",
 )
+@click.option(
+    "--model-path",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Load the run's model from this folder: where its weights are now, when the folder the run "
+    "recorded (--model-path DIR or --model PREFIX:DIR at run time) moved. Its weights must be the ones the "
+    "run recorded.",
+)
 @click.option("--progress/--no-progress", default=True, help="Show the libraries' bars (loading the model).")
 @json_option
 def dashboard(
@@ -61,6 +69,7 @@ def dashboard(
     force: bool,
     store: str | None,
     circuit: str | None,
+    model_path: str | None,
     progress: bool,
     as_json: bool,
 ) -> None:
@@ -75,6 +84,7 @@ def dashboard(
         force=force,
         store=store,
         circuit=circuit,
+        model_path=model_path,
         progress=progress,
     )
     if as_json:

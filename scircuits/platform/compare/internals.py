@@ -17,6 +17,7 @@ from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.hf_loading import check_weights_available
 from scircuits.platform.contract.jsonvalues import load_file
 from scircuits.platform.manager.plugin_set import PluginSet
+from scircuits.platform.model.recorded import RunModel, check_loaded, recorded_revision, run_model
 from scircuits.platform.model.tracing import SiteTracer
 from scircuits.platform.train.checkpoint import WEIGHTS_FILE, is_complete
 from scircuits.platform.train.checkpoint import load_sae as load_checkpoint
@@ -42,6 +43,26 @@ class Core:
         adapter = self.plugins.models.get(model)
         check_weights_available(adapter, model_path)
         return adapter.load(model_path=model_path, dtype="float32", device=device)
+
+    def locate_model(self, run: Any, given: list[str]) -> RunModel:
+        """How to load ``run``'s model: where it recorded it, or the ``--model-path`` folder of ``given``
+        that holds the recorded weights (``platform.model.recorded.run_model``); ConfigError in one line."""
+        return run_model(
+            self.plugins,
+            run.path,
+            run.model,
+            run.config.get("model_path"),
+            recorded_revision(run.results),
+            given,
+            strict=False,
+        )
+
+    def load_run_model(self, source: RunModel, run_dir: Any) -> Any:
+        """The model of a run from where :meth:`locate_model` found it, its weights checked against
+        the run's record once loaded."""
+        loaded = self.load_model(source.model, source.model_path)
+        check_loaded(source, getattr(loaded, "revision", None), run_dir)
+        return loaded
 
     def benchmark_examples(
         self, benchmark: str, split: str, limit: int | None, seed: int, options: dict[str, Any]

@@ -30,6 +30,7 @@ class Run:
     store_path: Path | None
     sae_meta: dict[str, Any] = field(default_factory=dict)
     tag: str | None = None  # what tells it apart from a compared run of the same model and site
+    source: Any = None  # how to load its model now (internals.RunModel), once located; None: cannot
 
     @property
     def name(self) -> str:

@@ -98,6 +98,7 @@ class CompareOptions(BaseModel):
     contexts: int = Field(default=6, ge=0)
     seed: int = Field(default=0, ge=0)
     progress: bool = True
+    model_path: list[str] = Field(default_factory=list)  # where moved runs' model weights are now
 
     def __init__(self, **values: Any) -> None:
         # built in Python or from the flags, a bad value is one line naming the option
@@ -320,10 +321,14 @@ def store_contexts(
     (both stores hold the same tokens). Without loadable weights there are no contexts."""
     if options.contexts == 0 or len(hung) == 0:
         return []
-    key = (run.model, run.config.get("model_path"))
+    if run.source is None:  # its model folder is gone: warned before any work
+        return []
+    key = (run.source.model, run.source.model_path)
     if key not in cache:
         try:
-            cache[key] = core.load_model(run.model, run.config.get("model_path"))
+            cache[key] = core.load_run_model(run.source, run.path)
+        except ConfigError:  # --model-path of other weights than the run's
+            raise
         except Exception as exc:
             say(f"compare: no top contexts ({exc})")
             return []
@@ -348,16 +353,29 @@ def store_contexts(
     ]
 
 
-def check_inputs(runs: list[Run], traced: list[Run], options: CompareOptions, plugins: PluginSet) -> None:
-    """Before any twin is trained: a given --split exists in each run's benchmark, and the weights of
-    every model a pair traces can be had (a moved model folder was found only after the floors)."""
+def check_inputs(
+    runs: list[Run], traced: list[Run], options: CompareOptions, plugins: PluginSet, core: internals.Core
+) -> None:
+    """Before any twin is trained: a given --split exists in each run's benchmark, each run's model is
+    located (``--model-path`` for a moved weights folder, its weights checked against the run's
+    record), and the weights of every model a pair traces can be had. A run whose model folder is gone
+    and that no pair traces loses only its top contexts, with a warning naming --model-path."""
     for run in runs:
         name = run.config.get("benchmark")
         if options.split is not None and name:
             plugins.benchmarks.get(str(name)).check_split(options.split)
+    traced_ids = {id(r) for r in traced}
+    for run in runs:
+        try:
+            run.source = core.locate_model(run, options.model_path)
+        except ConfigError as exc:
+            if id(run) in traced_ids or options.model_path:
+                raise
+            if options.contexts:
+                log.warning(f"warning: compare: no top contexts of {run.path} ({exc})")
     for run in {id(r): r for r in traced}.values():
-        adapter = plugins.models.get(str(run.config.get("model")))
-        check_weights_available(adapter, run.config.get("model_path"))
+        adapter = plugins.models.get(run.source.model)
+        check_weights_available(adapter, run.source.model_path)
 
 
 def pair_source(run_a: Run, run_b: Run, options: CompareOptions) -> Literal["stores", "model"]:
@@ -446,9 +464,9 @@ def compare_pair(
         raise internals.config_error(f"benchmark {benchmark!r} gave no examples for split {split!r}")
 
     def side(run: Run, sae: Any) -> ModelSide:
-        key = (run.model, run.config.get("model_path"))
+        key = (run.source.model, run.source.model_path)
         if key not in loaded_cache:
-            loaded_cache[key] = core.load_model(run.model, run.config.get("model_path"))
+            loaded_cache[key] = core.load_run_model(run.source, run.path)
         loaded = loaded_cache[key]
         return ModelSide(loaded, internals.site_tracer(loaded, run.layer, run.site), sae_encoder(sae))
 
@@ -568,7 +586,7 @@ def compare_runs(paths: list[str | Path], options: CompareOptions, plugins: Plug
     index_pairs = list(itertools.combinations(range(len(runs)), 2))
     sources = [pair_source(runs[i], runs[j], options) for i, j in index_pairs]  # impossible pairs fail
     traced = [runs[k] for (i, j), s in zip(index_pairs, sources, strict=True) if s == "model" for k in (i, j)]
-    check_inputs(runs, traced, options, plugins)
+    check_inputs(runs, traced, options, plugins, core)
     saes = [_load_sae(core, run) for run in runs]
     entries = []
     for run, sae in zip(runs, saes, strict=True):

@@ -147,6 +147,7 @@ def build_dashboard(
     force: bool = False,
     store: str | Path | None = None,
     circuit: str | Path | None = None,
+    model_path: str | Path | None = None,
 ) -> DashboardSummary:
     """Write RUN_DIR/dashboard (or ``out``): index, one page per active feature, the Neuronpedia export,
     and the matched features of ``compare`` folders (plus those a previous build of the site recorded).
@@ -156,7 +157,8 @@ def build_dashboard(
     is, or holds, what the dashboard reads is refused; the folder is locked while it is written, and
     the run is read under its lock (refused while `scircuits run` writes it). ``store`` scans that
     store instead of the run's (``sources.read_run``). ``circuit``: a `scircuits circuit` folder to draw
-    on circuit.html (default: RUN/circuit when it holds one)."""
+    on circuit.html (default: RUN/circuit when it holds one). ``model_path``: load the run's model from
+    this folder (the one it recorded moved); its weights must be those the run recorded."""
     if features is not None and features <= 0:
         raise ConfigError(f"--features must be a positive number, not {features}")
     for option, value in [
@@ -164,6 +166,7 @@ def build_dashboard(
         ("--out", out),
         ("--store", store),
         ("--circuit", circuit),
+        ("--model-path", model_path),
     ]:
         check_local(value, option, "dashboard")
     for folder in compare:
@@ -173,6 +176,7 @@ def build_dashboard(
     settings = settings or ScanSettings()
     say = say or (lambda _: None)
     inputs = sources.read_run(run_dir, plugins, store)
+    sources.locate_model(inputs, plugins, model_path)  # before any work: a moved folder costs nothing
     default = inputs.run_dir / DASHBOARD_DIR
     read = [(inputs.run_dir / sources.RESULTS).parent, inputs.store_path]
     read += [inputs.sae_path] if isinstance(inputs.sae_path, Path) else []

@@ -41,7 +41,9 @@ from scircuits.platform.compare.schema import FORMAT as COMPARE_FORMAT
 from scircuits.platform.compare.schema import CompareResults
 from scircuits.platform.config import CollectConfig
 from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.hf_loading import check_weights_available
 from scircuits.platform.contract.jsonvalues import load_file, parse_text
+from scircuits.platform.model.recorded import RunModel, check_loaded, recorded_revision, run_model
 from scircuits.platform.model.splice import SplitModel
 from scircuits.platform.train.checkpoint import WEIGHTS_FILE
 from scircuits.platform.train.checkpoint import load_sae as load
@@ -71,6 +73,7 @@ class RunInputs:
     store_path: Path
     sae_path: Path | str  # a folder, or the spec of a published SAE the run read as it is
     collect: CollectConfig | None = None  # how to trace ``store_path`` first (a run without a store)
+    model: RunModel | None = None  # how to load the run's model (:func:`locate_model`)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -200,11 +203,37 @@ def load_sae(inputs: RunInputs, plugins: Any) -> torch.nn.Module:
     return sae.eval()
 
 
-def load_model(inputs: RunInputs, plugins: Any) -> Any:
-    """The run's model (LoadedModel: tokenizer, weights) on the CPU in float32."""
+def locate_model(inputs: RunInputs, plugins: Any, model_path: str | Path | None = None) -> RunModel:
+    """Where the run's model loads from, checked before any work: where the run recorded it, or
+    ``model_path`` (``--model-path``: its weights must be those the run recorded); ConfigError in one
+    line when the recorded folder is gone (naming ``--model-path``) or the weights cannot be had."""
     config = inputs.config
-    adapter = plugins.models.get(config["model"])
-    return adapter.load(model_path=config.get("model_path"), dtype="float32", device="cpu")
+    source = run_model(
+        plugins,
+        inputs.run_dir,
+        str(config["model"]),
+        config.get("model_path"),
+        recorded_revision(inputs.results),
+        [model_path] if model_path is not None else (),
+    )
+    check_weights_available(plugins.models.get(source.model), source.model_path)
+    inputs.model = source
+    if inputs.collect is not None and source.given:  # the evaluation examples traced from there too
+        inputs.collect = inputs.collect.model_copy(
+            update={"model": source.model, "model_path": source.model_path}
+        )
+    return source
+
+
+def load_model(inputs: RunInputs, plugins: Any) -> Any:
+    """The run's model (LoadedModel: tokenizer, weights) on the CPU in float32, from where
+    :func:`locate_model` found it (its weights checked against the run's record once loaded)."""
+    config = inputs.config
+    source = inputs.model or RunModel(str(config["model"]), config.get("model_path"), None)
+    adapter = plugins.models.get(source.model)
+    loaded = adapter.load(model_path=source.model_path, dtype="float32", device="cpu")
+    check_loaded(source, getattr(loaded, "revision", None), inputs.run_dir)
+    return loaded
 
 
 class CachedDecoder:
