@@ -484,3 +484,75 @@ def test_a_comparison_of_runs_of_one_folder_name_tells_them_apart(tmp_path):
     assert f"| runs0/{a.name} |" in text and f"| runs1/{b.name} |" in text  # the comparison table
     figures = sorted(p.name for p in (out / "figures").iterdir())
     assert any(f.startswith("runs0__") for f in figures) and any(f.startswith("runs1__") for f in figures)
+
+
+# The first `scircuits report` of a folder, held inside its write (after its lock is taken) until the
+# test lets it go: a real process, as the second one is.
+HELD_REPORT = r"""
+import sys, time
+from pathlib import Path
+from scircuits.cli import main
+from scircuits.platform.report.document import ReportDocument
+
+inside, release = Path(sys.argv[1]), Path(sys.argv[2])
+real = ReportDocument.write
+
+def held(self, *args, **kwargs):
+    inside.write_text("writing")
+    deadline = time.monotonic() + 120
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return real(self, *args, **kwargs)
+
+ReportDocument.write = held
+main(["report", *sys.argv[3:]])
+"""
+
+
+@pytest.mark.parametrize("where", ["run", "out"])
+def test_a_second_report_of_the_same_folder_is_refused_while_the_first_writes(tmp_path, where):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.cli_helpers import run_cli
+
+    root = Path(__file__).resolve().parents[1]
+    run = fake_run(tmp_path, "smollm2-135m", fvu=0.1, recovered=0.9)
+    if where == "run":
+        args, target, what = [str(run)], run, "run directory"
+    else:
+        other = fake_run(tmp_path, "phi-2", fvu=0.3, recovered=0.8)
+        target = tmp_path / "both"
+        args, what = [str(run), str(other), "--out", str(target)], "report"
+    inside, release = tmp_path / "inside", tmp_path / "release"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    first = subprocess.Popen(
+        [sys.executable, "-c", HELD_REPORT, str(inside), str(release), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not inside.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert inside.exists(), first.communicate()
+        second = run_cli("report", *args, env={"PYTHONPATH": env["PYTHONPATH"]}, timeout=120)
+    finally:
+        release.write_text("go")
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+    (line,) = [ln for ln in second.stderr.splitlines() if ln.strip()]
+    assert line == (
+        f"Error: {target}: another scircuits process is writing this {what}; wait for it to finish or "
+        "write elsewhere"
+    )
+    # the first report is whole, and the folder is free again: the same command now succeeds
+    assert (target / "report.md").read_text().startswith("# scircuits: ")
+    assert (target / "report.html").is_file()
+    again = run_cli("report", *args, env={"PYTHONPATH": env["PYTHONPATH"]}, timeout=120)
+    assert again.returncode == 0, again.stderr

@@ -270,6 +270,11 @@ class FolderLock:
         self.release()
 
 
+def held_here(folder: Path) -> bool:
+    """Whether this process holds a lock on ``folder`` (``run`` writing its own stages)."""
+    return _key(Path(folder)) in _HELD
+
+
 def read_lock(folder: Path, what: str) -> FolderLock | None:
     """A reader's lock on an artifact folder another command may be writing (refused while it does);
     None when this process holds the folder already or no process ever locked it."""

@@ -9,8 +9,9 @@ with the activations' norm and cannot be compared across models) followed by eac
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,19 @@ from scircuits.platform.causal.registry import analyses_of
 from scircuits.platform.causal.results import other_sae_than_measured, read_results, results_path
 from scircuits.platform.common.artifacts import (
     FORCE_HINT,
+    GROUP_LOCK_FILE,
+    LOCK_FILE,
     ArtifactError,
+    FolderLock,
     check_can_create,
     check_distinct,
     check_local,
     check_out_apart,
     check_writable,
     claim,
+    held_here,
     only_bookkeeping,
+    read_lock,
     read_marker,
     write_marker,
 )
@@ -286,9 +292,33 @@ def write_report(
     analyses = list(analyses_of(plugins))
     runs = [load_run(d, analyses) for d in run_dirs]
     check_distinct([run.path for run in runs], "report")
+    target = Path(out) if out is not None else runs[0].path if len(runs) == 1 else Path("report")
+    check_target(target, runs)
+    with report_lock(target, runs):
+        return write_locked(target, runs, analyses, force)
+
+
+@contextlib.contextmanager
+def report_lock(target: Path, runs: Sequence[RunData]) -> Iterator[None]:
+    """While a report is written: ``target`` locked as every command locks the folder it writes (a
+    second `scircuits report` of it, or a `run` writing it, is refused at once in one line; nothing of
+    this process's own ``run`` is waited for), and each other run read under its reader's lock."""
+    own = len(runs) == 1 and target.resolve() == runs[0].path.resolve()
+    with contextlib.ExitStack() as held:
+        if not held_here(target):
+            held.enter_context(FolderLock(target, "run directory" if own else "report", option="--out"))
+        for run in runs:
+            if run.path.resolve() != target.resolve():
+                lock = read_lock(run.path, "run")
+                if lock is not None:
+                    held.callback(lock.release)
+        yield
+
+
+def write_locked(target: Path, runs: Sequence[RunData], analyses: Sequence[Analysis], force: bool) -> list[Path]:
     if len(runs) == 1:
         run = runs[0]
-        target = claim_target(Path(out) if out is not None else run.path, runs, force)
+        target = claim_target(target, runs, force)
         title = (
             f"scircuits: {run.provenance.get('model', {}).get('name')} on "
             f"{run.provenance.get('benchmark', {}).get('name')}, {run.results.site} layer {run.results.layer}"
@@ -296,7 +326,7 @@ def write_report(
         doc = ReportDocument(title, target / FIGURES_DIR)
         run_sections(doc, run, analyses)
         return doc.write(target, title)
-    target = claim_target(Path(out) if out is not None else Path("report"), runs, force)
+    target = claim_target(target, runs, force)
     title = f"scircuits: comparison of {len(runs)} runs"
     doc = ReportDocument(title, target / FIGURES_DIR)
     doc.heading("Comparison")
@@ -342,16 +372,8 @@ def claim_target(target: Path, runs: Sequence[RunData], force: bool = False) -> 
         check_writable(target)
         check_can_create(target / FIGURES_DIR)
         return target
-    if is_run_dir(target):
-        raise ArtifactError(
-            f"--out {target} is the run directory of another run, whose report it holds: choose another "
-            f"--out (`scircuits report {target}` rewrites that run's own)"
-        )
-    # never into (or holding) what a run is made of: --force would move it aside
-    check_out_apart(target, read=[run.path / part for run in runs for part in RUN_PARTS])
+    check_target(target, runs)
     identity = report_identity(runs)
-    if target.exists() and not target.is_dir():
-        raise ArtifactError(f"--out {target} is a file, not a folder: choose another --out")
     if read_marker(target) is None and _is_report(target):
         write_marker(target, REPORT_KIND, identity)
     if not force:
@@ -364,6 +386,22 @@ def claim_target(target: Path, runs: Sequence[RunData], force: bool = False) -> 
     return target
 
 
+def check_target(target: Path, runs: Sequence[RunData]) -> None:
+    """The refusals of :func:`claim_target` that change nothing, made before the target is locked:
+    another run's directory, a folder holding (or inside) what a run is made of, a file."""
+    if len(runs) == 1 and target.resolve() == runs[0].path.resolve():
+        return
+    if is_run_dir(target):
+        raise ArtifactError(
+            f"--out {target} is the run directory of another run, whose report it holds: choose another "
+            f"--out (`scircuits report {target}` rewrites that run's own)"
+        )
+    # never into (or holding) what a run is made of: --force would move it aside
+    check_out_apart(target, read=[run.path / part for run in runs for part in RUN_PARTS])
+    if target.exists() and not target.is_dir():
+        raise ArtifactError(f"--out {target} is a file, not a folder: choose another --out")
+
+
 def refuse_other(target: Path, identity: str) -> None:
     """ArtifactError when ``target`` holds anything but this report: files scircuits did not write,
     another kind of artifact, or the report of other runs."""
@@ -371,7 +409,7 @@ def refuse_other(target: Path, identity: str) -> None:
     if marker is None:
         if only_bookkeeping(target):
             return
-        shown = ", ".join(sorted(p.name for p in target.iterdir())[:3])
+        shown = ", ".join(sorted(p.name for p in target.iterdir() if p.name not in LOCKS)[:3])
         raise ArtifactError(
             f"--out {target} holds files scircuits did not write ({shown}...): it will not overwrite "
             f"them; choose another --out, move them away, {FORCE_HINT}"
@@ -396,11 +434,12 @@ def report_runs(identity: str) -> list[str]:
 
 
 REPORT_KIND = "report"
+LOCKS = (LOCK_FILE, GROUP_LOCK_FILE)  # a folder's lock files (taken while the report is written)
 
 
 def _is_report(folder: Path) -> bool:
     """An unmarked folder holding only what an earlier version of this command wrote."""
-    names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    names = {p.name for p in folder.iterdir() if p.name not in LOCKS} if folder.is_dir() else set()
     if REPORT_MD not in names or not names <= {REPORT_MD, REPORT_HTML, FIGURES_DIR}:
         return False
     try:
