@@ -153,3 +153,31 @@ def test_compare_warns_when_a_read_only_runs_dashboard_cannot_be_linked(
     )
     assert sorted(p.name for p in (copy / "dashboard" / "data").rglob("*")) == pages
     assert str(out) in (run / "dashboard" / "comparisons.json").read_text()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "binary", "not-results"])
+def test_a_recorded_compare_folder_with_damaged_results_is_kept_out_with_a_warning(
+    compared, tmp_path, capsys, damage
+):
+    """Rebuilding a dashboard whose record names a compare folder whose results.json cannot be read
+    builds the rest, warns naming the folder and what is wrong, and keeps the folder recorded."""
+    run = shutil.copytree(compared[0], tmp_path / "run")
+    bad = tmp_path / "bad-compare"
+    bad.mkdir()
+    good = (compared[2] / "results.json").read_bytes()
+    content = {"truncated": good[: len(good) // 2], "binary": b"\xff\xfe\x00garbage", "not-results": b"[1, 2]"}
+    (bad / "results.json").write_bytes(content[damage])
+    site = run / "dashboard"
+    (site / "comparisons.json").write_text(json.dumps({"compare_dirs": [str(bad)]}))
+    capsys.readouterr()
+    main(["dashboard", str(run), "--no-progress"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if str(bad) in ln]
+    why = {"truncated": "not valid JSON", "binary": "cannot be read", "not-results": "is not a `scircuits compare`"}
+    assert line.startswith(f"warning: dashboard: the comparison {bad} is left out of {site}: {bad / 'results.json'}")
+    assert why[damage] in line and "rerun" in line
+    assert (site / "index.html").is_file() and list((site / "features").glob("*.html"))
+    assert read_js(site / "data" / "comparisons.js") == []
+    assert json.loads((site / "comparisons.json").read_text())["compare_dirs"] == [str(bad)]
+    assert (bad / "results.json").read_bytes() == content[damage]  # nothing of it touched

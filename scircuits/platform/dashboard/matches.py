@@ -32,11 +32,14 @@ from scircuits.platform.common.artifacts import (
     remove_orphans,
     write_probe,
 )
+from scircuits.platform.common.logs import get_logger
 from scircuits.platform.compare.schema import CompareResults, Comparison, MatchedDistribution, RunEntry
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.dashboard import sources
 from scircuits.platform.dashboard.schema import Match
 from scircuits.platform.dashboard.site import js_assign
+
+log = get_logger(__name__)
 
 COMPARISONS_FILE = "comparisons.json"  # in the site folder: the compare folders it shows
 DASHBOARD_DIR = "dashboard"
@@ -47,31 +50,68 @@ def recorded_compare_dirs(
 ) -> list[Path]:
     """The compare folders a site records (those that still hold results), oldest first. Given
     ``run_dir``, a recorded folder that no longer compared it (the run was copied or moved since, or
-    the folder was rewritten) is stale: dropped, with a note through ``say``, never an error."""
+    the folder was rewritten) is stale: dropped, with a note through ``say``, never an error; one whose
+    results cannot be read is kept out with a warning naming it and what is wrong (and stays
+    recorded: :func:`damaged_compare_dirs`)."""
+    return _recorded(site, run_dir, say)[0]
+
+
+def damaged_compare_dirs(site: Path, run_dir: Path) -> list[Path]:
+    """The compare folders a site records whose results.json cannot be read (no warning: the caller
+    of :func:`recorded_compare_dirs` warned); kept in the site's record so that, once repaired (or
+    rewritten by `scircuits compare`), their matches show again."""
+    return _recorded(site, run_dir, None, warn=False)[1]
+
+
+def _recorded(
+    site: Path, run_dir: Path | None, say: Callable[[str], None] | None, *, warn: bool = True
+) -> tuple[list[Path], list[Path]]:
+    """(folders shown, folders recorded but damaged)."""
     path = site / COMPARISONS_FILE
     if not path.is_file():
-        return []
+        return [], []
     try:
         dirs = json.loads(path.read_text()).get("compare_dirs", [])
-    except (json.JSONDecodeError, AttributeError, RecursionError, UnicodeDecodeError):
-        return []
-    kept = [Path(d) for d in dirs if isinstance(d, str) and (Path(d) / sources.COMPARE_RESULTS).is_file()]
+        if not isinstance(dirs, list):
+            raise ValueError(f"compare_dirs is {type(dirs).__name__}, not a list")
+    except (OSError, ValueError, AttributeError, RecursionError) as exc:
+        if warn and run_dir is not None:
+            log.warning(
+                f"warning: dashboard: {path} cannot be read ({type(exc).__name__}: {str(exc)[:120]}): the "
+                f"comparisons it recorded are not shown; give them again with --compare"
+            )
+        return [], []
+    recorded = [Path(d) for d in dirs if isinstance(d, str)]
     if run_dir is None:
-        return kept
-    fresh = []
-    for compare_dir in kept:
+        return [d for d in recorded if (d / sources.COMPARE_RESULTS).is_file()], []
+    fresh, damaged = [], []
+    for compare_dir in recorded:
+        if not compare_dir.is_dir():
+            if warn:
+                (say or (lambda _: None))(
+                    f"dropped the comparison {compare_dir}: the folder is gone; rerun `scircuits compare` "
+                    "to list its matches again"
+                )
+            continue
         try:
             stale = run_index(sources.read_comparison(compare_dir), run_dir) is None
-        except ConfigError:
-            stale = True
+        except ConfigError as exc:
+            damaged.append(compare_dir)
+            if warn:
+                log.warning(
+                    f"warning: dashboard: the comparison {compare_dir} is left out of {site}: {exc}; it stays "
+                    "recorded and shows again once its results read"
+                )
+            continue
         if stale:
-            (say or (lambda _: None))(
-                f"dropped the comparison {compare_dir}: it did not compare {run_dir} (the run was copied or "
-                f"moved since); rerun `scircuits compare` with this folder to list its matches again"
-            )
+            if warn:
+                (say or (lambda _: None))(
+                    f"dropped the comparison {compare_dir}: it did not compare {run_dir} (the run was copied "
+                    f"or moved since); rerun `scircuits compare` with this folder to list its matches again"
+                )
         else:
             fresh.append(compare_dir)
-    return fresh
+    return fresh, damaged
 
 
 def _unique(paths: Iterable[Path]) -> list[Path]:
@@ -231,12 +271,16 @@ def site_features(site: Path) -> list[int]:
     return sorted(int(p.stem) for p in (site / "data" / "features").glob("*.js") if p.stem.isdigit())
 
 
-def refresh_matches(site: Path, run_dir: Path, compare_dirs: Sequence[Path]) -> int:
+def refresh_matches(site: Path, run_dir: Path, compare_dirs: Sequence[Path], *, warn: bool = True) -> int:
     """(Re)write a site's match data from ``compare_dirs`` plus those it already records; returns the
-    number of comparisons shown. Touches only comparisons.json, data/comparisons.js, data/matches/."""
+    number of comparisons shown. Touches only comparisons.json, data/comparisons.js, data/matches/. A
+    recorded folder whose results cannot be read is left out with a warning (``warn``: not when the
+    caller warned already) and stays recorded."""
     if not (site / "data" / "features").is_dir():
         raise ConfigError(f"{site} is not a dashboard folder: build it with `scircuits dashboard {run_dir}`")
-    dirs = _unique([*recorded_compare_dirs(site, run_dir), *compare_dirs])
+    shown, damaged = _recorded(site, run_dir, None, warn=warn)
+    dirs = _unique([*shown, *compare_dirs])
+    kept = [d for d in _unique(damaged) if d not in dirs]  # recorded still: shown again once repaired
     features = site_features(site)
     entries, by_feature = feature_matches(site, dirs, run_dir, features)
     matches_dir = site / "data" / "matches"
@@ -253,7 +297,8 @@ def refresh_matches(site: Path, run_dir: Path, compare_dirs: Sequence[Path]) -> 
     publish_dir(tmp, matches_dir)
     write_atomic(site / "data" / "comparisons.js", js_assign("window.SC_COMPARISONS", entries))
     write_atomic(
-        site / COMPARISONS_FILE, json.dumps({"compare_dirs": [str(d) for d in dirs]}, indent=2) + "\n"
+        site / COMPARISONS_FILE,
+        json.dumps({"compare_dirs": [str(d) for d in [*dirs, *kept]]}, indent=2) + "\n",
     )
     return len(entries)
 

@@ -282,7 +282,11 @@ def read_comparison(compare_dir: str | Path) -> CompareResults:
     not_of_kind(Path(compare_dir), "compare", "--compare", "`scircuits compare`")
     if not path.is_file():
         raise ConfigError(f"{path} is missing: give the --out folder of `scircuits compare`")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(f"{path} cannot be read ({why}); rerun `scircuits compare`") from None
     parse_text(text, str(path), "rerun `scircuits compare`")
     try:
         results = CompareResults.model_validate_json(text)
