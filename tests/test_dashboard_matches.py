@@ -165,7 +165,11 @@ def test_a_recorded_compare_folder_with_damaged_results_is_kept_out_with_a_warni
     bad = tmp_path / "bad-compare"
     bad.mkdir()
     good = (compared[2] / "results.json").read_bytes()
-    content = {"truncated": good[: len(good) // 2], "binary": b"\xff\xfe\x00garbage", "not-results": b"[1, 2]"}
+    content = {
+        "truncated": good[: len(good) // 2],
+        "binary": b"\xff\xfe\x00garbage",
+        "not-results": b"[1, 2]",
+    }
     (bad / "results.json").write_bytes(content[damage])
     site = run / "dashboard"
     (site / "comparisons.json").write_text(json.dumps({"compare_dirs": [str(bad)]}))
@@ -174,8 +178,14 @@ def test_a_recorded_compare_folder_with_damaged_results_is_kept_out_with_a_warni
     err = capsys.readouterr().err
     assert "Traceback" not in err
     (line,) = [ln for ln in err.splitlines() if str(bad) in ln]
-    why = {"truncated": "not valid JSON", "binary": "cannot be read", "not-results": "is not a `scircuits compare`"}
-    assert line.startswith(f"warning: dashboard: the comparison {bad} is left out of {site}: {bad / 'results.json'}")
+    why = {
+        "truncated": "not valid JSON",
+        "binary": "cannot be read",
+        "not-results": "is not a `scircuits compare`",
+    }
+    assert line.startswith(
+        f"warning: dashboard: the comparison {bad} is left out of {site}: {bad / 'results.json'}"
+    )
     assert why[damage] in line and "rerun" in line
     assert (site / "index.html").is_file() and list((site / "features").glob("*.html"))
     assert read_js(site / "data" / "comparisons.js") == []

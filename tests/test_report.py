@@ -527,7 +527,10 @@ def test_a_second_report_of_the_same_folder_is_refused_while_the_first_writes(tm
         target = tmp_path / "both"
         args, what = [str(run), str(other), "--out", str(target)], "report"
     inside, release = tmp_path / "inside", tmp_path / "release"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+    }
     first = subprocess.Popen(
         [sys.executable, "-c", HELD_REPORT, str(inside), str(release), *args],
         env=env,
@@ -543,7 +546,7 @@ def test_a_second_report_of_the_same_folder_is_refused_while_the_first_writes(tm
         second = run_cli("report", *args, env={"PYTHONPATH": env["PYTHONPATH"]}, timeout=120)
     finally:
         release.write_text("go")
-        out, err = first.communicate(timeout=120)
+        _out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
     (line,) = [ln for ln in second.stderr.splitlines() if ln.strip()]

@@ -215,7 +215,9 @@ def build_dashboard(
             write_site(target, extracted)  # with the Neuronpedia export in neuronpedia/
             stale = not compare_dirs and (target / COMPARISONS_FILE).is_file()  # its record drops them
             n_comparisons = (
-                refresh_matches(target, inputs.run_dir, compare_dirs, warn=False) if compare_dirs or stale else 0
+                refresh_matches(target, inputs.run_dir, compare_dirs, warn=False)
+                if compare_dirs or stale
+                else 0
             )
             if compare_dirs and in_run:
                 refresh_partners(compare_dirs, inputs.run_dir, say)

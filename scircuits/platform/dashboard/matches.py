@@ -99,8 +99,8 @@ def _recorded(
             damaged.append(compare_dir)
             if warn:
                 log.warning(
-                    f"warning: dashboard: the comparison {compare_dir} is left out of {site}: {exc}; it stays "
-                    "recorded and shows again once its results read"
+                    f"warning: dashboard: the comparison {compare_dir} is left out of {site}: {exc}; it "
+                    "stays recorded and shows again once its results read"
                 )
             continue
         if stale:

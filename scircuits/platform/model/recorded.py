@@ -136,7 +136,9 @@ def _choose(
     folders = [Path(g).expanduser() for g in given]
     for candidate in folders:
         if not candidate.is_dir():
-            raise ConfigError(f"--model-path {candidate} is not a folder: give the folder of the model's weights")
+            raise ConfigError(
+                f"--model-path {candidate} is not a folder: give the folder of the model's weights"
+            )
     prefix, renamed = model.partition(":")[0], model_path is None and missing
     identities = {}
     for candidate in folders:  # a model named by its (gone) folder: the adapter named by this one

@@ -315,7 +315,9 @@ def report_lock(target: Path, runs: Sequence[RunData]) -> Iterator[None]:
         yield
 
 
-def write_locked(target: Path, runs: Sequence[RunData], analyses: Sequence[Analysis], force: bool) -> list[Path]:
+def write_locked(
+    target: Path, runs: Sequence[RunData], analyses: Sequence[Analysis], force: bool
+) -> list[Path]:
     if len(runs) == 1:
         run = runs[0]
         target = claim_target(target, runs, force)
