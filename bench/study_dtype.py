@@ -3,6 +3,10 @@
     python bench/study_dtype.py RUN_DIR --out DIR [--reference RESULTS_JSON] [--dtypes float32,bfloat16]
         [--top-k 1,5 --random-controls 2 --exact-top 3 --faithfulness-n 1,5 ...] [--emulate]
     python bench/study_dtype.py RUN_DIR --compare FLOAT32_RESULTS BFLOAT16_RESULTS
+    python bench/study_dtype.py RUN_DIR --out DIR --dtypes float32-eager,float32
+
+``float32-eager`` is float32 with transformers' own blocks above the site, where the study would
+run them fused (model/fused_blocks.py): the fused blocks' time and agreement against the eager ones.
 
 RUN_DIR is a finished `scircuits run`: its causal study's settings (results.json's config) are used,
 with its SAE and store, and any setting given here on top (a cut-down study). The model is loaded
@@ -127,7 +131,10 @@ def agreement(fp32: dict[str, Any], bf16: dict[str, Any], label: str) -> bool:
     calls = [r for r in rows if isinstance(r[1], float) and r[0].rsplit(".", 1)[-1] in CALLS]
     with_ci = [r for r in rows if r[3] is not None]
     without = [r for r in rows if r[3] is None and r not in calls]
-    print(f"\nagreement, bfloat16 vs {label}: {len(with_ci)} values with an interval, {len(calls)} calls")
+    print(
+        f"\nagreement, the compared run vs {label}: "
+        f"{len(with_ci)} values with an interval, {len(calls)} calls"
+    )
     print(f"{'value':58} {'reference':>11} {'compared':>11} {'|diff|':>9} {'half-w':>9} {'ratio':>6}")
     worst = 0.0
     failed = []
@@ -333,12 +340,20 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     totals: dict[str, tuple[float, float]] = {}
     times: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    from scircuits.platform.model.fused_blocks import FusedDecoderStack
+
+    recognise = FusedDecoderStack.recognise
     for dtype in args.dtypes.split(","):
-        config = AblateConfig(**settings, study_dtype=dtype, out=str(args.out / dtype))
+        study_dtype, _, blocks = dtype.partition("-")
+        config = AblateConfig(**settings, study_dtype=study_dtype, out=str(args.out / dtype))
         if loaded is None:
             from scircuits.platform.causal.stage import load_inputs
 
             loaded = load_inputs(config.with_plugin_defaults(plugins), plugins).loaded
+        # float32-eager: transformers' own blocks where the study would fuse them (model/fused_blocks.py)
+        FusedDecoderStack.recognise = (  # type: ignore[method-assign]
+            classmethod(lambda cls, base, blocks: None) if blocks == "eager" else recognise
+        )
         clock.times.clear()
         wall, cpu = time.perf_counter(), time.process_time()
         out = run_ablate(config, plugins, loaded=loaded)
@@ -372,6 +387,8 @@ def main() -> None:
     verdicts = []
     if "bfloat16" in results and "float32" in results:
         verdicts.append(agreement(results["float32"], results["bfloat16"], "float32 run now"))
+    if "float32-eager" in results and "float32" in results:
+        verdicts.append(agreement(results["float32-eager"], results["float32"], "fused against eager blocks"))
     if args.reference is not None:
         reference = json.loads(args.reference.read_text())
         for d, r in results.items():

@@ -703,6 +703,7 @@ def check_splice(
         loaded.dtype,
         fast_tolerance=fast_tolerance,
         study_dtype=None if study_dtype is None else str(study_dtype).removeprefix("torch."),
+        upper_blocks=split.upper_blocks,
     )
 
 
@@ -780,6 +781,7 @@ def splice_verdict(
     dtype: str,
     fast_tolerance: float | None = None,
     study_dtype: str | None = None,
+    upper_blocks: str | None = None,
 ) -> dict[str, Any]:
     """The splice check's record, or a SpliceError with ``failure`` when a difference is beyond its
     tolerance (``not (x <= tol)``, so that NaN, a non-finite SAE or model output, fails): the splice
@@ -788,6 +790,8 @@ def splice_verdict(
     if not (worst[0] <= tolerance and worst[1] <= fast and worst[2] <= fast):
         raise SpliceError(failure)
     extra = {} if study_dtype is None else {"study_dtype": study_dtype, "fast_path_tolerance": fast}
+    if upper_blocks is not None:  # which blocks the fast path ran: "fused" or "transformers"
+        extra["fast_path_blocks"] = upper_blocks
     return {
         **extra,
         "max_abs_logit_diff": worst[0],

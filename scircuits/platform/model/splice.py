@@ -25,6 +25,7 @@ from torch import nn
 
 from scircuits.platform.contract.errors import ScircuitsError
 from scircuits.platform.contract.models import LoadedModel, Site
+from scircuits.platform.model.fused_blocks import FusedDecoderStack
 from scircuits.platform.model.scoring import SequenceBatch, next_token_nll, sequence_scores
 from scircuits.platform.model.tracing import traced_model
 
@@ -287,6 +288,16 @@ class SplitModel:
         self.base = adapter.base_model(self.model)
         self.unembed = adapter.unembedding(self.model)
         self.softcap = adapter.logit_softcap(self.model)
+        # the blocks above a resid site as one fused float32 forward where they are a standard
+        # Llama-style stack (model/fused_blocks.py); None: transformers' eager blocks
+        above = list(self.blocks)[layer + 1 :]
+        self.fused_upper = FusedDecoderStack.recognise(self.base, above) if self.site == "resid" else None
+
+    @property
+    def upper_blocks(self) -> str:
+        """How the conditions run the blocks above the site: ``fused`` (float32 Llama-style stacks,
+        model/fused_blocks.py) or ``transformers`` (the model's own blocks)."""
+        return "fused" if self.fused_upper is not None and self.study_dtype is None else "transformers"
 
     def _inputs(self, batch: SequenceBatch) -> dict[str, Any]:
         return {
@@ -371,11 +382,17 @@ class SplitModel:
         they add into, the final norm, the unembedding and the logits stay in the model's dtype."""
         site_value = site_value.to(cache.site_output.dtype)
         low = dtype is not None and dtype != site_value.dtype
-        with (
-            self._upper_mode(cache, site_value),
-            torch.autocast(site_value.device.type, dtype=dtype, enabled=low),
-        ):
-            hidden = self.base(**self._inputs(batch)).last_hidden_state
+        fused = self.fused_upper
+        if fused is not None and not low and fused.takes(site_value):
+            hidden = fused(site_value, batch.position_ids)
+            norm = self.final_norm()
+            hidden = hidden if norm is None else norm(hidden)
+        else:
+            with (
+                self._upper_mode(cache, site_value),
+                torch.autocast(site_value.device.type, dtype=dtype, enabled=low),
+            ):
+                hidden = self.base(**self._inputs(batch)).last_hidden_state
         hidden = hidden.to(site_value.dtype)
         if all_positions:
             return self.unembed_hidden(hidden)

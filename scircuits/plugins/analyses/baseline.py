@@ -35,6 +35,9 @@ class SpliceCheck(BaseModel):
     # against its own tolerance (None: the model's dtype and ``tolerance``)
     study_dtype: str | None = None
     fast_path_tolerance: float | None = None
+    # the blocks the fast path ran: "fused" (float32 Llama-style stacks) or "transformers"; None
+    # in studies from before the fused blocks, and on NDIF
+    fast_path_blocks: str | None = None
 
 
 class ReconstructionGate(BaseModel):
