@@ -433,6 +433,9 @@ def run_pipeline(config: RunConfig, plugins: Any) -> Path:
                 continue
             upstream_current = run_stage(stage, the_plan, state, plugins, upstream_current, upstream_ran)
             upstream_ran = upstream_ran or not upstream_current
-        state.record("run", completed=now_iso(), seconds=round(time.monotonic() - started, 1))
+        # a rerun that found every stage up to date changes nothing, pipeline.json included (an --out URL
+        # then keeps its generation); the record names the run that made what is there
+        if state.recorded or state.stage("run").completed is None:
+            state.record("run", completed=now_iso(), seconds=round(time.monotonic() - started, 1))
     say(f"done in {time.monotonic() - started:.0f} s: {run_dir / 'report.html'}")
     return run_dir

@@ -38,6 +38,7 @@ class PipelineState:
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / STATE_FILE
         self.data = PipelineRecord()
+        self.recorded = False  # whether this process recorded anything yet
         if self.path.is_file():
             try:
                 self.data = PipelineRecord.model_validate_json(self.path.read_text())
@@ -49,6 +50,7 @@ class PipelineState:
 
     def record(self, name: str, **values: Any) -> None:
         self.data.stages[name] = StageRecord(**{**self.stage(name).model_dump(exclude_unset=True), **values})
+        self.recorded = True
         self.save()
 
     def set_run_config(self, config: dict[str, Any]) -> None:
