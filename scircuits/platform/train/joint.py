@@ -239,19 +239,26 @@ def write_index(out: Path, sites: list[SiteStore], configs: list[TrainConfig], p
             "store": site.path,
         }
     first = sites[0]
+    index = {
+        "format": INDEX_FORMAT,
+        "format_version": INDEX_VERSION,
+        "collection": first.collection,
+        "collection_id": first.collection_id,
+        "scircuits_version": __version__,
+        "saes": sorted(entries.values(), key=lambda e: (e.get("layer", 0), str(e.get("path")))),
+    }
+    if path.is_file() and _read_or_none(path) == index:  # unchanged: left as it is (an --out URL
+        return path  # then keeps its generation)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt.write_json_atomic(
-        path,
-        {
-            "format": INDEX_FORMAT,
-            "format_version": INDEX_VERSION,
-            "collection": first.collection,
-            "collection_id": first.collection_id,
-            "scircuits_version": __version__,
-            "saes": sorted(entries.values(), key=lambda e: (e.get("layer", 0), str(e.get("path")))),
-        },
-    )
+    ckpt.write_json_atomic(path, index)
     return path
+
+
+def _read_or_none(path: Path) -> Any:
+    try:
+        return ckpt.read_json(path)
+    except ScircuitsError:
+        return None
 
 
 @dataclass
