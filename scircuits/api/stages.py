@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from scircuits.api.arguments import (
     config_of,
@@ -58,6 +58,7 @@ from scircuits.platform.manager.plugin_set import PluginSet
 log = get_logger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C", bound=StageConfig)
+R = TypeVar("R", bound=BaseModel)
 
 
 def user_errors(f: F) -> F:
@@ -167,7 +168,7 @@ def train(
         out = train_one(resolved, plugins)
     else:
         out = train_many([resolved], devices, plugins)[0]
-    return read_checkpoint(out)
+    return named_by_url(read_checkpoint(out))
 
 
 def check_hparams(config: TrainConfig, plugins: PluginSet) -> None:
@@ -199,7 +200,7 @@ def ablate(
 
     plugins = plugin_set(plugins)
     out = run_ablate(stage_config(AblateConfig, config, settings), plugins)
-    return read_study(out, plugins)
+    return named_by_url(read_study(out, plugins))
 
 
 @user_errors
@@ -226,7 +227,19 @@ def run(
 
     plugins = plugin_set(plugins)
     run_dir = run_pipeline(stage_config(RunConfig, config, settings), plugins)
-    return read_run(run_dir, plugins)
+    result = read_run(run_dir, plugins)
+    parts = {name: getattr(result, name) for name in ("collect", "train", "study")}
+    named = {name: named_by_url(part) for name, part in parts.items() if part is not None}
+    return named_by_url(result.model_copy(update=named), ("path", "report", "dashboard"))
+
+
+def named_by_url(result: R, fields: tuple[str, ...] = ("path",)) -> R:
+    """``result`` with its paths in a staging folder of an ``--out URL`` named by that URL (the local
+    copy is a cache; common.remote)."""
+    from scircuits.platform.common.remote import shown
+
+    values = {name: getattr(result, name) for name in fields}
+    return result.model_copy(update={k: shown(v) for k, v in values.items() if isinstance(v, str)})
 
 
 @user_errors

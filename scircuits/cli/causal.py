@@ -4,7 +4,6 @@ imported inside the commands, so that `--help` stays fast."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
@@ -19,6 +18,7 @@ from scircuits.cli.common import (
 )
 from scircuits.platform.causal.registry import analyses_of
 from scircuits.platform.causal.results import results_path
+from scircuits.platform.common.remote import join_path
 from scircuits.platform.config import AblateConfig, RunConfig
 from scircuits.platform.config.options import run_options, stage_options
 from scircuits.platform.contract.study import StudyResults
@@ -108,7 +108,7 @@ def summarise(folder: Any, results: StudyResults, plugins: Any) -> None:
     head = [f"{results.n_examples} examples"] + [
         p for a, r in done for p in _lines(a, "headline", r, registry.owner(a.name))
     ]
-    click.echo(f"{results_path(folder)}: {'; '.join(head)}")
+    click.echo(f"{join_path(str(folder), results_path(folder).name)}: {'; '.join(head)}")  # a URL too
     for analysis, result in done:
         for line in _lines(analysis, "summary_lines", result, registry.owner(analysis.name)):
             click.echo(line)
@@ -164,7 +164,7 @@ def run(
         echo_result(result)
         return
     summarise(result.study.path, result.study, plugins)
-    click.echo(f"report: {Path(result.path) / 'report.html'}")
+    click.echo(f"report: {join_path(result.path, 'report.html')}")  # a URL too
 
 
 @click.command()

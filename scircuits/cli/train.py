@@ -20,11 +20,14 @@ from scircuits.cli.common import (
     sae_option,
     stage_config,
 )
-from scircuits.platform.common.remote import is_url, join_path
+from scircuits.platform.common.logs import get_logger
+from scircuits.platform.common.remote import is_url, join_path, remote_out, shown
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.config.options import stage_options
 from scircuits.platform.config.stages import looks_like_path
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
+
+log = get_logger(__name__)
 
 
 @click.command()
@@ -128,13 +131,7 @@ def _train(
     from scircuits.platform.config.stages import file_url_as_path
     from scircuits.platform.manager.plugin_set import get_plugins
     from scircuits.platform.train.distributed import parse_devices, under_launcher
-    from scircuits.platform.train.joint import (
-        check_set_folder,
-        one_collection,
-        site_stores,
-        train_joint,
-        write_index,
-    )
+    from scircuits.platform.train.joint import one_collection, site_stores
     from scircuits.platform.train.size import check_sae_memory
     from scircuits.platform.train.training import train as train_one
     from scircuits.platform.train.training import train_many
@@ -184,23 +181,61 @@ def _train(
     for job in jobs:
         check_sae_memory(widths[job.store], job.expansion, job.batch_size, job.device)
     devices = parse_devices(base.device)
-    if sites and not is_url(base.out):
-        check_set_folder(Path(base.out), store_list)
-        write_index(Path(base.out), [s for s in sites for _ in sae_list], jobs, plugins)
-    if sites and len(devices) == 1 and base.nproc == 1 and not is_url(base.out):
-        outs = train_joint(jobs, plugins, show_progress=base.progress)
-        _echo_results([read_checkpoint(out_dir) for out_dir in outs], as_json)
+    if sites and is_url(base.out):  # the sites' SAEs and index.json staged as one folder, published whole
+        with remote_out(base.out, "SAE set", publish_interrupted=True) as local:
+            staged = [
+                job.model_copy(update={"out": str(local / job.out.rstrip("/").rsplit("/", 1)[-1])})
+                for job in jobs
+            ]
+            outs = _train_sites(staged, sites, sae_list, local, devices, base, plugins)
+            results = [read_checkpoint(out_dir) for out_dir in outs]
+        log.info(f"[train] published the SAEs and their index to {base.out}")
+    elif sites:
+        outs = _train_sites(jobs, sites, sae_list, Path(base.out), devices, base, plugins)
+        results = [read_checkpoint(out_dir) for out_dir in outs]
+    if sites:  # one SAE trained by its own processes is shown as one
+        one = (
+            len(jobs) == 1
+            and not (len(devices) == 1 and base.nproc == 1)
+            and (len(devices) == 1 or base.nproc > 1)
+        )
+        if one and as_json:
+            echo_result(results[0].model_copy(update={"path": shown(results[0].path)}))
+        else:
+            _echo_results(results, as_json)
         return
     if len(jobs) == 1 and (len(devices) == 1 or base.nproc > 1):
         result = train_stage(jobs[0], plugins=plugins)
         if as_json:
             echo_result(result)
         else:
-            click.echo(
-                jobs[0].out if is_url(jobs[0].out) else result.path
-            )  # a URL: the local copy is a cache
+            click.echo(result.path)  # a URL: the URL, not the local copy (a cache)
         return
     _echo_results([read_checkpoint(out_dir) for out_dir in train_many(jobs, devices, plugins)], as_json)
+
+
+def _train_sites(
+    jobs: list[TrainConfig],
+    sites: list[Any],
+    sae_list: list[str | None],
+    out: Path,
+    devices: list[str],
+    base: TrainConfig,
+    plugins: Any,
+) -> list[Path]:
+    """The SAEs of a collection's sites into the local folder ``out`` with its index.json: in one pass
+    on one device, else one job per SAE; returns their folders."""
+    from scircuits.api.stages import train as train_stage
+    from scircuits.platform.train.joint import check_set_folder, train_joint, write_index
+    from scircuits.platform.train.training import train_many
+
+    check_set_folder(out, [job.store for job in jobs])
+    write_index(out, [s for s in sites for _ in sae_list], jobs, plugins)
+    if len(devices) == 1 and base.nproc == 1:
+        return train_joint(jobs, plugins, show_progress=base.progress)
+    if len(jobs) == 1 and (len(devices) == 1 or base.nproc > 1):
+        return [Path(train_stage(jobs[0], plugins=plugins).path)]
+    return train_many(jobs, devices, plugins)
 
 
 def variant_names(text: str, command: str) -> list[str]:
@@ -224,11 +259,12 @@ def variant_names(text: str, command: str) -> list[str]:
 
 
 def _echo_results(results: list[Any], as_json: bool) -> None:
+    results = [r.model_copy(update={"path": shown(r.path)}) for r in results]  # URLs, not the cache
     if as_json:
         echo_result(results)
         return
     for result in results:
-        click.echo(result.path)
+        click.echo(shown(result.path))
 
 
 @click.group()

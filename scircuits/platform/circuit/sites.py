@@ -9,6 +9,7 @@ from typing import Any
 
 from scircuits.platform.causal.stage import sae_site
 from scircuits.platform.common.logs import get_logger
+from scircuits.platform.common.remote import checkpoint_folders, is_url
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.model.tracing import _SITE_ORDER
 from scircuits.platform.train.checkpoint import CFG_FILE, load_sae
@@ -83,7 +84,10 @@ def check_trained_on(saes: list[SiteSAE], revision: str | None, model_name: str)
 
 def expand_spec(spec: str) -> list[str]:
     """A local folder without cfg.json whose sub-folders are checkpoints (`scircuits train` on several
-    stores writes one per site) stands for those sub-folders; any other spec for itself."""
+    stores writes one per site) stands for those sub-folders, and so does such a folder at a URL
+    (published by `train --out URL`); any other spec for itself."""
+    if is_url(spec):
+        return checkpoint_folders(spec, CFG_FILE) or [spec]
     folder = Path(spec)
     if folder.is_dir() and not (folder / CFG_FILE).is_file():
         inner = sorted(p for p in folder.iterdir() if p.is_dir() and (p / CFG_FILE).is_file())

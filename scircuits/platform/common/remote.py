@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -30,15 +31,29 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from scircuits.errors import ScircuitsError
 from scircuits.platform.common.artifacts import ArtifactError
-from scircuits.platform.common.logs import get_logger
-from scircuits.store.remote import RemoteLock, filesystem, is_url, transport_errors, url_join
+from scircuits.platform.common.logs import ROOT, get_logger
+from scircuits.store.remote import LOCK_OBJECT, RemoteLock, filesystem, is_url, transport_errors, url_join
 
 log = get_logger(__name__)
 POINTER = ".scircuits-current.json"
 GENERATION_PREFIX = "g-"
 
-__all__ = ["POINTER", "fetch_folder", "is_url", "join_path", "publish_folder", "remote_out", "staging_dir"]
+__all__ = [
+    "POINTER",
+    "checkpoint_folders",
+    "fetch_folder",
+    "is_url",
+    "join_path",
+    "publish_folder",
+    "remote_out",
+    "shown",
+    "staging_dir",
+]
+# each staging folder of this process (its path as text) and the URL it stands for: what the
+# commands print names the URL the user gave, not the local cache
+_STAGED: dict[str, str] = {}
 
 
 def join_path(base: str, name: str) -> str:
@@ -83,15 +98,33 @@ def _current(fs: Any, root: str) -> str | None:
     return generation
 
 
+def _locate(fs: Any, root: str, *, within: bool) -> tuple[str, str | None]:
+    """Where the folder at ``root`` is stored: (its source path, the generation read, or None for a
+    plain folder). ``within``: a folder inside a published one (``<run url>/sae``) is read from the
+    current generation of the nearest published folder above it, as the local path ``RUN/sae``."""
+    generation = _current(fs, root)
+    if generation:
+        return f"{root}/{generation}", generation
+    if fs.isdir(root) or not within:
+        return root, None
+    parts = root.split("/")
+    for cut in range(len(parts) - 1, 0, -1):  # the bucket itself holds no pointer of ours
+        above = "/".join(parts[:cut])
+        generation = _current(fs, above)
+        if generation:
+            return f"{above}/{generation}/{'/'.join(parts[cut:])}", generation
+    return root, None
+
+
 def fetch_folder(url: str, dest: Path, *, option: str = "--sae") -> Path:
-    """Download the folder at ``url`` (its current generation, or the plain folder) into ``dest``,
-    replacing what ``dest`` held; returns ``dest``."""
+    """Download the folder at ``url`` (its current generation, a folder inside the current generation
+    of a published folder above it, or the plain folder) into ``dest``, replacing what ``dest`` held;
+    returns ``dest``. (``--out``: only the URL's own generation or plain folder.)"""
     fs, root = filesystem(url)
     root = root.rstrip("/")
     fs.invalidate_cache(root)
     try:
-        generation = _current(fs, root)
-        source = f"{root}/{generation}" if generation else root
+        source, generation = _locate(fs, root, within=option != "--out")
         if not fs.isdir(source):
             raise ArtifactError(f"{option} {url}: no such folder (nothing is stored under that URL)")
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
@@ -101,7 +134,7 @@ def fetch_folder(url: str, dest: Path, *, option: str = "--sae") -> Path:
             rel = path[len(source) + 1 :]
             if not rel or (generation is None and rel.split("/", 1)[0].startswith(GENERATION_PREFIX)):
                 continue
-            if rel in (POINTER, ".scircuits-lock"):
+            if rel in (POINTER, LOCK_OBJECT):
                 continue
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +144,28 @@ def fetch_folder(url: str, dest: Path, *, option: str = "--sae") -> Path:
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     return dest
+
+
+def checkpoint_folders(url: str, marker: str) -> list[str]:
+    """The URLs of the folders directly inside the folder at ``url`` that hold a file ``marker`` (the
+    SAEs of `train --store COLLECTION --out URL`), sorted; [] when there are none or no such folder."""
+    fs, root = filesystem(url)
+    root = root.rstrip("/")
+    fs.invalidate_cache(root)
+    try:
+        source, generation = _locate(fs, root, within=True)
+        if not fs.isdir(source):
+            return []
+        names = []
+        for entry in fs.ls(source, detail=False):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if generation is None and name.startswith(GENERATION_PREFIX):
+                continue
+            if fs.isfile(f"{source}/{name}/{marker}"):
+                names.append(name)
+    except transport_errors() as exc:
+        raise ArtifactError(f"--sae {url}: cannot read it ({exc})") from None
+    return [url_join(url, name) for name in sorted(names)]
 
 
 def publish_folder(local: Path, url: str) -> str:
@@ -144,14 +199,32 @@ def publish_folder(local: Path, url: str) -> str:
 
 
 @contextmanager
-def remote_out(url: str, what: str) -> Iterator[Path]:
+def remote_out(url: str, what: str, *, publish_interrupted: bool = False) -> Iterator[Path]:
     """For a command writing ``url``: hold its lock object, stage its current state in a local
-    folder (yielded), and publish that folder when the block ends without an error."""
+    folder (yielded), and publish that folder when the block ends without an error.
+
+    ``publish_interrupted``: a KeyboardInterrupt (Ctrl-C) publishes what the command left in the
+    folder too, as a local interrupted run leaves it (``train``: its last saved state, for
+    ``--resume``). While the block runs, the messages it logs and the errors it raises name ``url``
+    where they would name the staging folder (``shown``)."""
     with RemoteLock(url, what, error=ArtifactError):  # the lock object makes the folder exist
         local = fetch_folder(url, staging_dir(url, "out"), option="--out")
+        _STAGED[str(local)] = url.rstrip("/")
         before = set(_superseded(local))
         fetched = _contents(local)
-        yield local  # the command locks this folder as any local one
+        try:
+            with _messages_name_the_url():
+                yield local  # the command locks this folder as any local one
+        except KeyboardInterrupt:
+            if publish_interrupted and _contents(local) != fetched:
+                log.info(f"[{what}] interrupted: publishing what it saved to {url}")
+                publish_folder(local, url)
+                log.info(f"[{what}] published; the same command with --resume continues from {url}")
+            raise
+        except ScircuitsError as exc:
+            if len(exc.args) == 1 and isinstance(exc.args[0], str):
+                exc.args = (shown(exc.args[0]),)
+            raise
         # what the command moved aside (an artifact of other settings, or --force) is kept on the
         # object storage as it is kept locally: beside the URL, never deleted by the publish
         for aside in sorted(set(_superseded(local)) - before):
@@ -163,6 +236,37 @@ def remote_out(url: str, what: str) -> Iterator[Path]:
             log.info(f"[{what}] {url} is unchanged; kept its current generation")
             return
         publish_folder(local, url)
+
+
+def shown(text: str) -> str:
+    """``text`` with each staging folder of this process replaced by the URL it stands for (what a
+    command prints names the URL given to it, not the local cache)."""
+    for local in sorted(_STAGED, key=len, reverse=True):
+        text = text.replace(local, _STAGED[local])
+    return text
+
+
+class _NameTheURL(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        named = shown(message)
+        if named != message:
+            record.msg, record.args = named, None
+        return True
+
+
+@contextmanager
+def _messages_name_the_url() -> Iterator[None]:
+    """The scircuits messages logged meanwhile name the URLs of the staging folders."""
+    handlers = list(logging.getLogger(ROOT).handlers)
+    rename = _NameTheURL()
+    for handler in handlers:
+        handler.addFilter(rename)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(rename)
 
 
 def _contents(local: Path) -> dict[str, tuple[int, int]]:

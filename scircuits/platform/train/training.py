@@ -431,7 +431,8 @@ def train(config: TrainConfig, plugins: PluginSet, *, stop_after_steps: int | No
         return _train_as_rank(config, plugins, stop_after_steps)
     config = _resolved(config, plugins)
     if is_url(config.out):  # trained in a local staging folder, then published
-        with remote_out(config.out, "SAE checkpoint") as local:
+        # Ctrl-C publishes the state saved so far, which --resume continues (as a local folder keeps it)
+        with remote_out(config.out, "SAE checkpoint", publish_interrupted=True) as local:
             done = train(
                 config.model_copy(update={"out": str(local)}), plugins, stop_after_steps=stop_after_steps
             )
@@ -794,6 +795,8 @@ def fit_steps(
     if meta is not None:
         trainer.load_state(broadcast_tensors(dist, saved if dist.is_main else None), meta)
         epoch, batch_in_epoch = int(meta["epoch"]), int(meta["batch_in_epoch"])
+        if dist.is_main:
+            log.info(f"[train] resuming {out} from step {trainer.step}")
     else:
         if dist.is_main:
             sample = next(
