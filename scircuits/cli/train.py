@@ -225,16 +225,15 @@ def _train_sites(
 ) -> list[Path]:
     """The SAEs of a collection's sites into the local folder ``out`` with its index.json: in one pass
     on one device, else one job per SAE; returns their folders."""
-    from scircuits.api.stages import train as train_stage
     from scircuits.platform.train.joint import check_set_folder, train_joint, write_index
-    from scircuits.platform.train.training import train_many
+    from scircuits.platform.train.training import train, train_many
 
     check_set_folder(out, [job.store for job in jobs])
     write_index(out, [s for s in sites for _ in sae_list], jobs, plugins)
     if len(devices) == 1 and base.nproc == 1:
         return train_joint(jobs, plugins, show_progress=base.progress)
     if len(jobs) == 1 and (len(devices) == 1 or base.nproc > 1):
-        return [Path(train_stage(jobs[0], plugins=plugins).path)]
+        return [train(jobs[0], plugins)]  # (the job's checks were made above; the local path, not a URL)
     return train_many(jobs, devices, plugins)
 
 
