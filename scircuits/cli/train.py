@@ -189,7 +189,6 @@ def _train(
             ]
             outs = _train_sites(staged, sites, sae_list, local, devices, base, plugins)
             results = [read_checkpoint(out_dir) for out_dir in outs]
-        log.info(f"[train] published the SAEs and their index to {base.out}")
     elif sites:
         outs = _train_sites(jobs, sites, sae_list, Path(base.out), devices, base, plugins)
         results = [read_checkpoint(out_dir) for out_dir in outs]

@@ -236,6 +236,7 @@ def remote_out(url: str, what: str, *, publish_interrupted: bool = False) -> Ite
             log.info(f"[{what}] {url} is unchanged; kept its current generation")
             return
         publish_folder(local, url)
+        log.info(f"[{what}] published to {url}")
 
 
 def shown(text: str) -> str:

@@ -402,7 +402,6 @@ def run_pipeline(config: RunConfig, plugins: Any) -> Path:
         url = join_path(config.out, plan(config.model_copy(update={"out": "."}), plugins).run_dir.name)
         with remote_out(url, "run") as local:
             run_pipeline(config.model_copy(update={"out": str(local.parent)}), plugins)
-        say(f"published the run directory to {url}")
         return local
     # absolute: the paths the stages record (the circuit's SAE folders) do not depend on the spelling
     config = config.model_copy(update={"out": str(Path(config.out).expanduser().absolute())})

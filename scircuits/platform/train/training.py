@@ -436,7 +436,6 @@ def train(config: TrainConfig, plugins: PluginSet, *, stop_after_steps: int | No
             done = train(
                 config.model_copy(update={"out": str(local)}), plugins, stop_after_steps=stop_after_steps
             )
-        log.info(f"[train] published the checkpoint to {config.out}")
         return done
     check_world(config, config.nproc)
     check_inputs(config, plugins)
