@@ -229,3 +229,29 @@ def test_an_up_to_date_run_publishes_nothing_and_names_the_url(bucket, cache, mo
     assert "is unchanged; kept its current generation" in err and str(cache) not in err
     assert pointer(url) == published  # no new generation
     assert published_files(url) == files
+
+
+def test_a_resumable_failure_publishes_the_saved_state_and_another_failure_does_not(bucket, cache):  # noqa: F811
+    """A lost worker of ``train --nproc`` (ResumableError) tells the user to --resume: the URL must
+    hold that state, as the local folder does; any other failure leaves the URL as it was."""
+    from scircuits.platform.common.remote import remote_out
+    from scircuits.platform.contract.errors import ResumableError, ScircuitsError
+
+    url = url_join(bucket, "resumable")
+    with (
+        pytest.raises(ResumableError, match="--resume"),
+        remote_out(url, "SAE checkpoint", publish_interrupted=True) as local,
+    ):
+        (local / "training_state").mkdir()
+        (local / "training_state" / "state.json").write_text('{"step": 20}')
+        raise ResumableError(f"a worker died; the last saved training state in {local} is kept: --resume")
+    assert published_files(url) == {"training_state/state.json": b'{"step": 20}'}
+
+    other = url_join(bucket, "failed")
+    with (
+        pytest.raises(ScircuitsError),
+        remote_out(other, "SAE checkpoint", publish_interrupted=True) as local,
+    ):
+        (local / "half.json").write_text("{}")
+        raise ScircuitsError("bad input")
+    assert not s3fs_now().exists(url_join(other, POINTER))

@@ -34,6 +34,7 @@ from typing import Any
 from scircuits.errors import ScircuitsError
 from scircuits.platform.common.artifacts import ArtifactError
 from scircuits.platform.common.logs import ROOT, get_logger
+from scircuits.platform.contract.errors import ResumableError
 from scircuits.store.remote import LOCK_OBJECT, RemoteLock, filesystem, is_url, transport_errors, url_join
 
 log = get_logger(__name__)
@@ -224,6 +225,8 @@ def remote_out(url: str, what: str, *, publish_interrupted: bool = False) -> Ite
         except ScircuitsError as exc:
             if len(exc.args) == 1 and isinstance(exc.args[0], str):
                 exc.args = (shown(exc.args[0]),)
+            if publish_interrupted and isinstance(exc, ResumableError) and _contents(local) != fetched:
+                publish_folder(local, url)  # the state the error tells the user to --resume from
             raise
         # what the command moved aside (an artifact of other settings, or --force) is kept on the
         # object storage as it is kept locally: beside the URL, never deleted by the publish

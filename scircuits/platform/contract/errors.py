@@ -10,6 +10,7 @@ __all__ = [
     "ConfigError",
     "DataFormatError",
     "PluginConflictError",
+    "ResumableError",
     "ScircuitsError",
     "UnknownNameError",
     "WeightsUnavailableError",
@@ -27,3 +28,8 @@ class PluginConflictError(ScircuitsError):
 
 class WeightsUnavailableError(ScircuitsError):
     pass
+
+
+class ResumableError(ScircuitsError):
+    """A failure that left a saved state the same command continues with ``--resume`` (a lost
+    worker of ``train --nproc``): an ``--out`` URL publishes that state, as a local folder keeps it."""

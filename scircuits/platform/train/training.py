@@ -45,7 +45,7 @@ from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.progress import progress
 from scircuits.platform.common.remote import is_url, remote_out
 from scircuits.platform.config import TrainConfig
-from scircuits.platform.contract.errors import ConfigError, DataFormatError, ScircuitsError
+from scircuits.platform.contract.errors import ConfigError, DataFormatError, ResumableError, ScircuitsError
 from scircuits.platform.contract.models import tl_hook_name
 from scircuits.platform.contract.sae_module import SparseAutoencoder, TrainOutput
 from scircuits.platform.contract.saes import SAEVariant
@@ -569,7 +569,7 @@ def _train_checked(config: TrainConfig, plugins: PluginSet, stop_after_steps: in
         except (ConfigError, DataFormatError):
             raise  # a worker refused its input: its one line
         except ScircuitsError as exc:
-            raise ScircuitsError(
+            raise ResumableError(
                 f"{exc}; the last saved training state in {out} is kept: run the same command with "
                 "--resume to continue from it"
             ) from None
