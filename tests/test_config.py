@@ -29,6 +29,18 @@ def test_invalid_value_is_reported_by_field_and_reason():
     assert "invalid collect config: batch_size: Input should be greater than 0 (got -1)" in str(err.value)
 
 
+def test_a_study_of_one_example_is_refused_before_any_work():
+    """One example cannot be split into a ranking half and a measured half (the probes' held-out
+    split raised a ValueError deep in the study, after collect and train had run)."""
+    from scircuits.platform.config import AblateConfig, RunConfig
+
+    with pytest.raises(ConfigError, match=r"limit: Input should be greater than 1 \(got 1\)"):
+        AblateConfig.from_sources(None, {"sae": "x", "limit": 1})
+    with pytest.raises(ConfigError, match=r"ablate\.limit: Input should be greater than 1"):
+        RunConfig.from_sources(None, {"limit": 1})
+    assert AblateConfig.from_sources(None, {"sae": "x", "limit": 2}).limit == 2
+
+
 def test_unknown_field_and_bad_choice(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('sitee = "mlp"\nsite = "embed"\n')

@@ -620,7 +620,12 @@ class AblateConfig(StageConfig):
         lt=1,
     )
     exact_top: int = D(50, "Top features ablated one at a time (all of them when the SAE has fewer).", ge=0)
-    limit: int | None = D(None, "Number of evaluation examples (default: all).", gt=0)
+    limit: int | None = D(
+        None,
+        "Number of evaluation examples (default: all); at least 2, one to rank features on and one "
+        "to measure them on.",
+        gt=1,
+    )
     split: str = D("test", "Benchmark split to evaluate on.")
     seed: int = D(0, "Seed of examples, controls and bootstrap.", ge=0)
     bootstrap: int = D(1000, "Bootstrap replicates.", gt=0)
