@@ -52,11 +52,24 @@ def both_paths(split: SplitModel, value_of=lambda cache: cache.site_output):
 def test_fused_stack_gives_the_eager_blocks_logits(adapter, overrides, layer):
     loaded = tiny_loaded_model(adapter, **overrides)
     split = SplitModel(loaded, layer, "resid")
-    assert split.fused_upper is not None
+    assert split.fused_upper is not None and split.fused_upper.concatenated
     assert len(split.fused_upper.blocks) == loaded.n_layers - 1 - layer
     fused, eager = both_paths(split)
     assert float((fused - eager).abs().max()) < 1e-5
     # an edit that moves the model moves both paths alike
+    fused, eager = both_paths(split, lambda cache: cache.site_output * 0.5 + 0.3)
+    assert float((fused - eager).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("adapter", ["smollm2-135m", QWEN2], ids=["llama", "qwen2-bias"])
+def test_a_stack_too_large_to_copy_runs_its_products_apart_on_the_models_weights(adapter, monkeypatch):
+    loaded = tiny_loaded_model(adapter)
+    monkeypatch.setattr(FusedDecoderStack, "CONCATENATE_BYTES", 0)
+    split = SplitModel(loaded, 0, "resid")
+    stack = split.fused_upper
+    assert stack is not None and not stack.concatenated
+    mlp = loaded.model.model.layers[1].mlp
+    assert stack.blocks[0].gate_up[0].data_ptr() == mlp.gate_proj.weight.data_ptr()  # no copy
     fused, eager = both_paths(split, lambda cache: cache.site_output * 0.5 + 0.3)
     assert float((fused - eager).abs().max()) < 1e-5
 

@@ -7,7 +7,8 @@ each intermediate. ``FusedDecoderStack`` computes the same function with fewer p
 
 * ``torch.rms_norm`` for each norm; the residual additions folded into the output projections
   (``addmm``);
-* q, k and v as one product, gate and up as one (their weights concatenated once);
+* q, k and v as one product, gate and up as one (their weights concatenated once, where the
+  copies stay within ``CONCATENATE_BYTES``; a larger model's products run apart on its own weights);
 * ``silu(gate) * up`` in place; attention through ``scaled_dot_product_attention`` with a causal
   mask, which is exact for right-padded batches (a real token never sees a pad to its right).
 
@@ -34,11 +35,11 @@ NORM_TYPES = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm"})
 
 @dataclass
 class _Block:
-    qkv_weight: torch.Tensor  # (d, q + 2 kv), transposed for addmm/mm
+    qkv: list[torch.Tensor]  # (d, q + 2 kv) as one product, or q, k, v apart: (d, n) views
     qkv_bias: torch.Tensor | None
     o_weight: torch.Tensor  # (heads * head_dim, d) view of o_proj.weight.T
     o_bias: torch.Tensor | None
-    gate_up_weight: torch.Tensor  # (d, 2 I)
+    gate_up: list[torch.Tensor]  # (d, 2 I) as one product, or gate and up apart
     down_weight: torch.Tensor  # (I, d) view of down_proj.weight.T
     norm1: torch.Tensor
     eps1: float
@@ -49,6 +50,11 @@ class _Block:
 class FusedDecoderStack:
     """``blocks`` (consecutive decoder layers) as one function of the residual stream."""
 
+    # q/k/v and gate/up are concatenated into one product each (copies of those weights) while the
+    # copies of the whole stack stay within this many bytes; above it (a large model) the products
+    # run apart on the model's own weights, so the fused path costs no memory
+    CONCATENATE_BYTES = 512 * 2**20
+
     def __init__(self, blocks: list[nn.Module], rotary: nn.Module, sliding_window: int | None) -> None:
         first = blocks[0].self_attn
         self.n_heads = first.config.num_attention_heads
@@ -58,34 +64,42 @@ class FusedDecoderStack:
         self.intermediate = blocks[0].mlp.gate_proj.out_features
         self.rotary = rotary
         self.sliding_window = sliding_window
-        self.blocks = [self._pack(b) for b in blocks]
+        copies = sum(
+            getattr(b.self_attn, n).weight.nbytes for b in blocks for n in ("q_proj", "k_proj", "v_proj")
+        ) + sum(getattr(b.mlp, n).weight.nbytes for b in blocks for n in ("gate_proj", "up_proj"))
+        self.concatenated = copies <= self.CONCATENATE_BYTES
+        self.blocks = [self._pack(b, self.concatenated) for b in blocks]
 
     @staticmethod
-    def _pack(block: nn.Module) -> _Block:
+    def _pack(block: nn.Module, concatenate: bool) -> _Block:
         attn, mlp = block.self_attn, block.mlp
         projections = (attn.q_proj, attn.k_proj, attn.v_proj)
         with torch.no_grad():
-            qkv = torch.cat([p.weight for p in projections]).T.contiguous()
             biases = [p.bias for p in projections]
             qkv_bias = (
                 None
                 if all(b is None for b in biases)
                 else torch.cat(
                     [
-                        b
+                        b.detach()
                         if b is not None
-                        else torch.zeros(p.out_features, dtype=qkv.dtype, device=qkv.device)
+                        else torch.zeros(p.out_features, dtype=p.weight.dtype, device=p.weight.device)
                         for b, p in zip(biases, projections, strict=True)
                     ]
                 )
             )
-            gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).T.contiguous()
+            if concatenate:
+                qkv = [torch.cat([p.weight for p in projections]).T.contiguous()]
+                gate_up = [torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).T.contiguous()]
+            else:
+                qkv = [p.weight.detach().T for p in projections]
+                gate_up = [mlp.gate_proj.weight.detach().T, mlp.up_proj.weight.detach().T]
         return _Block(
-            qkv_weight=qkv,
+            qkv=qkv,
             qkv_bias=qkv_bias,
             o_weight=attn.o_proj.weight.detach().T,
             o_bias=None if attn.o_proj.bias is None else attn.o_proj.bias.detach(),
-            gate_up_weight=gate_up,
+            gate_up=gate_up,
             down_weight=mlp.down_proj.weight.detach().T,
             norm1=block.input_layernorm.weight.detach(),
             eps1=float(block.input_layernorm.variance_epsilon),
@@ -130,11 +144,9 @@ class FusedDecoderStack:
         nq, nkv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         for block in self.blocks:
             x = torch.rms_norm(h, (d,), block.norm1, block.eps1)
-            qkv = (
-                x @ block.qkv_weight
-                if block.qkv_bias is None
-                else torch.addmm(block.qkv_bias, x, block.qkv_weight)
-            )
+            qkv = _products(x, block.qkv)
+            if block.qkv_bias is not None:
+                qkv += block.qkv_bias
             q = qkv[:, :nq].view(batch, width, self.n_heads, self.head_dim).transpose(1, 2)
             k = qkv[:, nq : nq + nkv].view(batch, width, self.n_kv, self.head_dim).transpose(1, 2)
             v = qkv[:, nq + nkv :].view(batch, width, self.n_kv, self.head_dim).transpose(1, 2)
@@ -147,11 +159,23 @@ class FusedDecoderStack:
             if block.o_bias is not None:
                 h += block.o_bias
             x = torch.rms_norm(h, (d,), block.norm2, block.eps2)
-            gate_up = x @ block.gate_up_weight
+            gate_up = _products(x, block.gate_up)
             gated = F.silu(gate_up[:, : self.intermediate])
             gated.mul_(gate_up[:, self.intermediate :])
             h = torch.addmm(h, gated, block.down_weight)
         return h.view(batch, width, d)
+
+
+def _products(x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    """x times the weights side by side: one product, or one per weight written into one buffer."""
+    if len(weights) == 1:
+        return x @ weights[0]
+    out = x.new_empty(x.shape[0], sum(w.shape[1] for w in weights))
+    start = 0
+    for w in weights:
+        torch.mm(x, w, out=out[:, start : start + w.shape[1]])
+        start += w.shape[1]
+    return out
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
