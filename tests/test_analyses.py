@@ -171,6 +171,9 @@ def test_an_older_results_file_is_migrated_and_others_refused(plugins, tmp_path)
         read_results(write(tmp_path, {**old, "schema_version": SCHEMA_VERSION + 1}), analyses)
     with pytest.raises(ConfigError, match="format_version 7 and no schema_version"):
         read_results(write(tmp_path, {**old, "format_version": 7}), analyses)
+    current = {**old, "schema_version": SCHEMA_VERSION}
+    with pytest.raises(ConfigError, match="has format_version 7; this scircuits reads 1"):
+        read_results(write(tmp_path, {**current, "format_version": 7}), analyses)
     with pytest.raises(ConfigError, match="is not a scircuits causal results file"):
         read_results(write(tmp_path, {"format": "other"}), analyses)
     with pytest.raises(ConfigError, match="does not match the results schema: n_examples"):

@@ -25,6 +25,7 @@ from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.options import describe_validation_error
 from scircuits.platform.contract.study import (
     RESULTS_FORMAT,
+    RESULTS_FORMAT_VERSION,
     SCHEMA_VERSION,
     EvaluationSplit,
     StatisticsInfo,
@@ -122,6 +123,11 @@ def migrate(data: dict[str, Any], analyses: Iterable[Analysis], source: str) -> 
         raise ConfigError(
             f"{source} has schema_version {version!r}, newer than this scircuits reads "
             f"({SCHEMA_VERSION}): upgrade scircuits, or rerun the ablate stage with this one"
+        )
+    if data.get("format_version", RESULTS_FORMAT_VERSION) != RESULTS_FORMAT_VERSION:
+        raise ConfigError(
+            f"{source} has format_version {data.get('format_version')!r}; this scircuits reads "
+            f"{RESULTS_FORMAT_VERSION}: upgrade scircuits, or rerun the ablate stage with this one"
         )
     return data
 
