@@ -134,6 +134,24 @@ def test_resume_ends_with_the_same_weights(store, tmp_path, sae, hparams, stop):
     assert (straight / WEIGHTS_FILE).read_bytes() == (tmp_path / "resumed" / WEIGHTS_FILE).read_bytes()
 
 
+def test_resume_continues_the_log_from_the_saved_step_on_whole_lines(store, tmp_path):
+    """Records logged after the last saved state, and a line the interruption cut, are dropped:
+    the resumed log holds the same records as the uninterrupted run's (a log and an eval record
+    may share a step)."""
+    hparams = {"k": 4}
+    straight = train(config(store, tmp_path / "straight", hparams=hparams, log_every=5), get_plugins())
+    interrupted = config(store, tmp_path / "resumed", hparams=hparams, log_every=5)
+    train(interrupted, get_plugins(), stop_after_steps=11)
+    log_file = tmp_path / "resumed" / LOG_FILE
+    with open(log_file, "a") as fh:  # what an interruption after the saved state leaves
+        fh.write(json.dumps({"step": 15, "loss": 1.0}) + "\n" + '{"step": 20, "lo')
+    train(interrupted.model_copy(update={"resume": True}), get_plugins())
+    lines = log_file.read_text().splitlines()
+    resumed = [json.loads(line)["step"] for line in lines]  # every line whole
+    assert resumed == [json.loads(line)["step"] for line in (straight / LOG_FILE).read_text().splitlines()]
+    assert resumed.count(15) == 1 and 20 in resumed and len(resumed) > 4
+
+
 def test_resume_refuses_a_state_of_another_config(store, tmp_path):
     train(config(store, tmp_path / "sae"), get_plugins(), stop_after_steps=3)
     with pytest.raises(ConfigError, match="different config"):

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from scircuits.files import write_atomic
 from scircuits.platform.common.artifacts import FolderLock, move_aside, read_marker, write_marker
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.logs import get_logger
@@ -796,6 +797,7 @@ def fit_steps(
         epoch, batch_in_epoch = int(meta["epoch"]), int(meta["batch_in_epoch"])
         if dist.is_main:
             log.info(f"[train] resuming {out} from step {trainer.step}")
+            trim_log(out / ckpt.LOG_FILE, trainer.step)
     else:
         if dist.is_main:
             sample = next(
@@ -988,6 +990,23 @@ def _saelens_metadata(attrs: dict[str, Any]) -> dict[str, Any]:
         "hook_layer": layer,
         "dataset_path": attrs.get("benchmark"),
     }
+
+
+def trim_log(path: Path, step: int) -> None:
+    """The training log as it stood at ``step`` (a resume continues from there): the records of
+    later steps, logged before the interruption, and a line the interruption cut are dropped, so
+    that the resumed run's records follow on whole lines, each step once."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if line.endswith("\n") and isinstance(record, dict) and int(record.get("step", 0)) <= step:
+            kept.append(line)
+    write_atomic(path, "".join(kept))
 
 
 class _Logger:
