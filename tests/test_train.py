@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from scircuits.cli.train import train as train_command
 from scircuits.platform.config import TrainConfig
-from scircuits.platform.contract.errors import ConfigError
+from scircuits.platform.contract.errors import ConfigError, DataFormatError
 from scircuits.platform.manager.plugin_set import get_plugins
 from scircuits.platform.train.checkpoint import LOG_FILE, META_FILE, STATE_META_FILE, WEIGHTS_FILE, load_sae
 from scircuits.platform.train.training import (
@@ -150,6 +150,14 @@ def test_resume_continues_the_log_from_the_saved_step_on_whole_lines(store, tmp_
     resumed = [json.loads(line)["step"] for line in lines]  # every line whole
     assert resumed == [json.loads(line)["step"] for line in (straight / LOG_FILE).read_text().splitlines()]
     assert resumed.count(15) == 1 and 20 in resumed and len(resumed) > 4
+
+
+def test_a_cut_training_state_says_how_to_start_over(store, tmp_path):
+    train(config(store, tmp_path / "sae"), get_plugins(), stop_after_steps=3)
+    meta = tmp_path / "sae" / STATE_META_FILE
+    meta.write_text(meta.read_text()[:20])
+    with pytest.raises(DataFormatError, match=r"not valid JSON .*drop --resume \(add --force\)"):
+        train(config(store, tmp_path / "sae", resume=True), get_plugins())
 
 
 def test_resume_refuses_a_state_of_another_config(store, tmp_path):

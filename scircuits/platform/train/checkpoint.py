@@ -416,4 +416,10 @@ def load_training_state(out_dir: str | Path) -> tuple[dict[str, torch.Tensor], d
             f"{out / STATE_WEIGHTS_FILE}: unreadable training state ({exc}); drop --resume (add --force) "
             "to start over"
         ) from None
-    return tensors, read_json(out / STATE_META_FILE)
+    try:
+        meta = read_json(out / STATE_META_FILE)
+    except DataFormatError as exc:
+        raise DataFormatError(
+            f"{exc}: unreadable training state; drop --resume (add --force) to start over"
+        ) from None
+    return tensors, meta
