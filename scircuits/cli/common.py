@@ -78,6 +78,11 @@ def parse_key_values(items: Iterable[str], what: str) -> dict[str, Any]:
         if "=" not in item:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=what)
         key, raw = item.split("=", 1)
+        if key.strip() in out:
+            raise click.BadParameter(
+                f"{key.strip()} is given twice ({out[key.strip()]!r}, then {raw!r}): give it once",
+                param_hint=what,
+            )
         try:
             out[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
