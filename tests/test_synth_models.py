@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+from scircuits import ConfigError
 from scircuits import SynthTrainSettings as TrainSettings
 from scircuits import train_synth_model as train_model
 from scircuits.cli import cli
@@ -245,3 +247,10 @@ def test_the_ground_truth_analysis_scores_a_run_and_its_null_edit_is_exactly_nul
     report = (run / "report.md").read_text()
     assert "Ground truth: recovery of the known variables" in report
     assert "ground truth:" in result.output
+
+
+def test_more_threads_than_cpus_are_refused_before_any_folder_is_made(tmp_path):
+    cpus = os.cpu_count() or 1
+    with pytest.raises(ConfigError, match=rf"--threads {cpus + 1}: this machine has {cpus} CPUs"):
+        train_model(AdditionTask(2), TrainSettings(threads=cpus + 1, steps=1), tmp_path / "m")
+    assert not (tmp_path / "m").exists()

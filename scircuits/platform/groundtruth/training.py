@@ -381,6 +381,9 @@ def train_model(
         raise ConfigError("--out is empty: give the folder to write the model to")
     out = Path(out).expanduser()
     check_device(settings.device)
+    cpus = os.cpu_count() or 1
+    if settings.threads > cpus:  # more threads than CPUs only wait for each other (149 s for 2 steps)
+        raise ConfigError(f"--threads {settings.threads}: this machine has {cpus} CPUs; give at most {cpus}")
     task.check()  # a task plugin's mistake is one line before any folder is touched
     identity = settings_identity(task, settings)
     with FolderLock(out, "synth model"):
