@@ -126,6 +126,13 @@ def test_allow_list_limits_entry_points(tmp_path, monkeypatch):
     plugins = load_plugins()
     assert all(p.builtin for p in plugins.plugins.values())
     assert "zero" in plugins.ablations  # built-ins always load
+    monkeypatch.setenv("SCIRCUITS_LOAD_PLUGINS", "plugin-b,plugn-a")  # a typo loads nothing of its name
+    plugins = load_plugins()
+    assert "plugin-b" in plugins.plugins and "plugin-a" not in plugins.plugins
+    (error,) = plugins.plugins["plugn-a"].errors
+    assert "SCIRCUITS_LOAD_PLUGINS names 'plugn-a', but no installed plugin is called that" in error
+    assert "plugin-a" in error and "plugin-b" in error
+    assert plugins.plugins["plugn-a"] in plugins.failed()  # said by run/ablate and `scircuits plugins`
 
 
 def test_two_plugins_registering_one_name_is_an_error_naming_both(tmp_path, monkeypatch):

@@ -209,7 +209,20 @@ class PluginSet:
             self.add_module(info.name, lambda m=module_name: importlib.import_module(m), info)
 
     def load_entry_points(self, allow: set[str] | None) -> None:
-        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        installed = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        names = sorted({ep.name for ep in installed})
+        for unknown in sorted((allow or set()) - set(names)):  # a typo would drop every plugin silently
+            self.plugins[unknown] = PluginInfo(
+                name=unknown,
+                module=ALLOW_LIST_ENV,
+                builtin=False,
+                errors=[
+                    f"{ALLOW_LIST_ENV} names {unknown!r}, but no installed plugin is called that "
+                    f"(installed: {', '.join(names) or 'none'}): fix the name, or unset the variable to "
+                    "load every plugin"
+                ],
+            )
+        for ep in installed:
             if allow is not None and ep.name not in allow:
                 continue
             if ep.name in self.plugins:
