@@ -285,3 +285,9 @@ def test_a_corpus_shorter_than_one_context_is_one_line_and_makes_no_store(tmp_pa
     line = one_line(result.stderr)
     assert f"--corpus {short} gives fewer tokens than one context of --context-size" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("source", ["hub:", "", "hub:  "])
+def test_a_corpus_that_names_nothing_is_one_line(source):
+    with pytest.raises(corpus.CorpusError, match="names no corpus: give a text file or folder"):
+        corpus.CorpusSpec(source)

@@ -52,6 +52,13 @@ class CorpusSpec:
     split: str = "train"
     config: str | None = None
 
+    def __post_init__(self) -> None:
+        if not self.source.strip() or not self.hub_id.strip():
+            raise CorpusError(
+                f"--corpus {self.source!r} names no corpus: give a text file or folder (.txt, .jsonl, "
+                ".parquet) or a Hugging Face dataset id such as hub:HuggingFaceFW/fineweb"
+            )
+
     @property
     def local(self) -> Path | None:
         """The local file or folder, or None for a Hugging Face dataset."""
