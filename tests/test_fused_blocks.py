@@ -143,3 +143,25 @@ def test_recognise_refuses_an_empty_or_mixed_stack():
     assert FusedDecoderStack.recognise(base, []) is None
     other = tiny_loaded_model("gpt2-medium").model.transformer.h[0]
     assert FusedDecoderStack.recognise(base, [*base.layers[1:], other]) is None
+
+
+def test_a_hook_on_any_block_above_takes_the_eager_blocks():
+    """A circuit reads and edits its later sites through hooks, which the fused forward would skip."""
+    loaded = tiny_loaded_model("smollm2-135m")
+    split = SplitModel(loaded, 0, "resid")
+    batch = ragged_batch()
+    cache = split.lower(batch)
+    with torch.no_grad():
+        plain = split.upper(batch, cache, cache.site_output, all_positions=True)
+    mlp = loaded.model.model.layers[2].mlp
+    handle = mlp.register_forward_hook(lambda module, args, output: output * 0)
+    try:
+        assert not split.fused_upper.takes(cache.site_output)
+        with torch.no_grad():
+            hooked = split.upper(batch, cache, cache.site_output, all_positions=True)
+    finally:
+        handle.remove()
+    mask = batch.attention_mask.bool()
+    assert float((hooked - plain)[mask].abs().max()) > 1e-3  # the hook acted
+    with torch.no_grad():
+        assert split.fused_upper.takes(cache.site_output)  # and the fused path is back without it

@@ -14,8 +14,9 @@ each intermediate. ``FusedDecoderStack`` computes the same function with fewer p
 
 It takes only blocks it can prove it reproduces: transformers' Llama, Mistral and Qwen2 decoder
 layers with their standard parts (RMS norms, SiLU gated MLP without biases, rotary embeddings from
-the base model's own ``rotary_emb``, full attention). Anything else, gradients, autocast, or a batch
-longer than a sliding window, runs the eager blocks: ``recognise`` returns None or ``takes`` False.
+the base model's own ``rotary_emb``, full attention). Anything else, gradients, autocast, a batch
+longer than a sliding window, or a hook on any of the blocks' modules (a circuit's later sites) runs
+the eager blocks: ``recognise`` returns None or ``takes`` False.
 ``tests/test_fused_blocks.py`` holds both paths to the same hidden states on tiny random models of
 each architecture and on the study's model.
 """
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 FUSED_BLOCK_TYPES = frozenset({"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer"})
 NORM_TYPES = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm"})
@@ -69,6 +71,7 @@ class FusedDecoderStack:
         ) + sum(getattr(b.mlp, n).weight.nbytes for b in blocks for n in ("gate_proj", "up_proj"))
         self.concatenated = copies <= self.CONCATENATE_BYTES
         self.blocks = [self._pack(b, self.concatenated) for b in blocks]
+        self.modules = [m for b in blocks for m in b.modules()]  # whose hooks the fused forward would skip
 
     @staticmethod
     def _pack(block: nn.Module, concatenate: bool) -> _Block:
@@ -127,13 +130,21 @@ class FusedDecoderStack:
         return cls(blocks, base.rotary_emb, int(window) if window else None)
 
     def takes(self, hidden: torch.Tensor) -> bool:
-        """Whether this call can be fused: float32, no gradient, within any sliding window."""
+        """Whether this call can be fused: float32, no gradient, within any sliding window, and no
+        hook on any part of the blocks (a circuit reads and edits later sites through hooks)."""
         return (
-            hidden.dtype == torch.float32
+            not self.hooked()
+            and hidden.dtype == torch.float32
             and not torch.is_grad_enabled()
             and not torch.is_autocast_enabled(hidden.device.type)
             and (self.sliding_window is None or hidden.shape[1] <= self.sliding_window)
         )
+
+    def hooked(self) -> bool:
+        """Whether a forward hook (module or global) would see the blocks' modules run."""
+        if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+            return True
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self.modules)
 
     def __call__(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """The residual stream (B, T, d) after every block (before the final norm)."""
