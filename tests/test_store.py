@@ -471,3 +471,20 @@ def test_a_server_lost_before_the_lock_is_released_does_not_hide_the_commands_er
     assert "could not delete the lock object memory://scircuits-test/lost-server/.scircuits-lock" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[1, 2]", '"str"', "null", "3", '{"zarr_format": 3, "node_type": "group", "attributes": [1]}'],
+)
+def test_a_zarr_json_that_is_not_an_object_is_a_one_line_data_format_error(tmp_path, text):
+    from scircuits.platform.train.training import open_store
+
+    path = tmp_path / "s.zarr"
+    write_synthetic_store(path, n_examples=3, d_model=D)
+    (path / "zarr.json").write_text(text + "\n")
+    for opener in (ActivationStore, open_store):
+        with pytest.raises(DataFormatError) as info:
+            opener(str(path))
+        message = str(info.value)
+        assert "zarr.json" in message and "\n" not in message

@@ -11,7 +11,7 @@ import zarr
 import zarr.errors
 
 from scircuits.files import Flock
-from scircuits.store.errors import NotAStoreError, StoreLockedError
+from scircuits.store.errors import DamagedStoreError, NotAStoreError, StoreLockedError
 from scircuits.store.format import ARRAYS, FORMAT, FORMAT_VERSION, READABLE_VERSIONS
 
 
@@ -51,11 +51,17 @@ def read_group(path: str | os.PathLike[str], storage_options: dict[str, Any] | N
         raise NotAStoreError(f"{path}: no such activation store (the path does not exist)")
     try:
         group = open_group(path, "r", storage_options)
+        attrs = dict(group.attrs)
     except (zarr.errors.BaseZarrError, OSError, ValueError, KeyError) as exc:  # no group, or a broken one
         raise NotAStoreError(
             f"{path} is not an activation store: no Zarr v3 group could be opened there ({exc})"
         ) from None
-    check_format(path, dict(group.attrs))
+    except (TypeError, AttributeError):  # zarr.json is JSON but not an object, or its attributes are not
+        raise DamagedStoreError(
+            f"{path}/zarr.json is not a Zarr group's metadata (a JSON object with an 'attributes' object); "
+            "the store is damaged: restore the file, or delete the store and collect it again"
+        ) from None
+    check_format(path, attrs)
     missing = []
     for name in ARRAYS:
         try:
