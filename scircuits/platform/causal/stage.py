@@ -17,9 +17,12 @@ from scircuits.platform.common.artifacts import (
     ArtifactError,
     FolderLock,
     check_claim,
+    check_out_apart,
     check_writable,
     claim,
     describe_os_error,
+    local_paths,
+    model_folder,
     read_marker,
     remove_orphans,
     write_marker,
@@ -336,6 +339,8 @@ def run_ablate(
             run_ablate(config.model_copy(update={"out": str(local)}), plugins, loaded, inputs)
         return Path(local)
     out = Path(config.out)
+    sources = [config.sae, config.store, config.model_path, model_folder(plugins, config.model)]
+    check_out_apart(out, read=local_paths(sources))  # before any work: --force would move them aside
     check_device(config.device, allow_auto=True)
     check_study_dtype(config.study_dtype, config.device, config.remote)
     if config.remote and loaded is None and inputs is None:

@@ -30,7 +30,10 @@ from scircuits.platform.common.artifacts import (
     DISK_ERRNOS,
     ArtifactError,
     check_can_create,
+    check_out_apart,
     describe_os_error,
+    local_paths,
+    model_folder,
     move_aside,
 )
 from scircuits.platform.common.device import check_device
@@ -47,7 +50,7 @@ from scircuits.store import ActivationStore, ActivationStoreWriter, StoreMismatc
 from scircuits.store.collection import MANIFEST, read_manifest, shard_path, site_key, write_manifest
 from scircuits.store.errors import DamagedStoreError, NotAStoreError
 from scircuits.store.location import local_path, lock_store, read_group
-from scircuits.store.remote import RemotePath, as_location
+from scircuits.store.remote import RemotePath, as_location, is_url
 
 log = get_logger(__name__)
 
@@ -187,8 +190,7 @@ def _holds_no_examples(attrs: dict[str, Any] | None) -> bool:
 def _set_aside_empty(folder: Path, what: str) -> None:
     lock = lock_store(folder)  # refused while another process writes it
     lock.release()
-    aside = move_aside(folder)
-    folder.rmdir()
+    aside = move_aside(folder, recreate=False)  # (its lock files, an artifact's, go with it)
     log.info(f"[collect] {folder} held {what}; moved it to {aside}")
 
 
@@ -204,8 +206,7 @@ def _check_existing_store(config: CollectConfig) -> CollectSummary | None:
             raise
         lock = lock_store(local)  # refused while another process writes it
         lock.release()
-        aside = move_aside(local)
-        local.rmdir()
+        aside = move_aside(local, recreate=False)  # (an artifact's lock files go with it)
         reason = str(exc).split(";")[0].split(" (")[0]
         log.info(f"[collect] --force: {reason}; moved it to {aside}")
         return None
@@ -312,6 +313,10 @@ def _run_collect(
 ) -> CollectSummary:
     config = config.with_plugin_defaults(plugins)
     adapter = plugins.models.get(config.model)
+    if not is_url(config.out):  # before any work: --force would move the input aside
+        data = config.benchmark_options.get("data")
+        sources = [model_folder(plugins, config.model), config.model_path, config.corpus, data]
+        check_out_apart(config.out, read=local_paths([s for s in sources if isinstance(s, str | Path)]))
     if not config.remote:
         check_device(config.device, allow_auto=True)
     rank, world = rank_and_world(config)
@@ -415,9 +420,7 @@ def _prepare_collection(config: CollectConfig, world: int, sites: list[SiteKey] 
 
 
 def _move_aside_for_force(root: Path, reason: str) -> None:
-    aside = move_aside(root)
-    if root.exists():
-        root.rmdir()
+    aside = move_aside(root, recreate=False)  # (an artifact's lock files go with it)
     log.info(f"[collect] --force: {reason}; moved it to {aside}")
 
 

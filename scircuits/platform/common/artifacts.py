@@ -328,6 +328,30 @@ def check_out_apart(
     return where
 
 
+def local_paths(specs: Sequence[str | Path | None]) -> list[Path]:
+    """The specs that name an existing local file or folder (URLs, hub ids and empty ones left out),
+    for :func:`check_out_apart`'s ``read``."""
+    found: list[Path] = []
+    for spec in specs:
+        if not spec or is_url(str(spec)):
+            continue
+        path = Path(str(spec)).expanduser()
+        with contextlib.suppress(OSError):
+            if path.exists():
+                found.append(path)
+    return found
+
+
+def model_folder(plugins: object, model: str | None) -> str | None:
+    """The local folder a model adapter loads its weights from (``--model hf:DIR``), if any."""
+    if not model:
+        return None
+    try:
+        return getattr(plugins.models.get(model), "hf_id", None)  # type: ignore[attr-defined]
+    except Exception:  # an unknown model is refused, in its own words, where it is loaded
+        return None
+
+
 def publish_dir(staging: Path, final: Path) -> None:
     """Publish a folder of files written under ``staging`` as ``final`` with one rename.
 

@@ -40,7 +40,14 @@ from typing import Any, NamedTuple
 import torch
 
 from scircuits.files import write_atomic
-from scircuits.platform.common.artifacts import FolderLock, move_aside, read_marker, write_marker
+from scircuits.platform.common.artifacts import (
+    FolderLock,
+    check_out_apart,
+    local_paths,
+    move_aside,
+    read_marker,
+    write_marker,
+)
 from scircuits.platform.common.device import check_device
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.progress import progress
@@ -430,6 +437,8 @@ def train(config: TrainConfig, plugins: PluginSet, *, stop_after_steps: int | No
     """
     if under_launcher():
         return _train_as_rank(config, plugins, stop_after_steps)
+    if not is_url(config.out):  # before any work: --force would move the store aside
+        check_out_apart(config.out, read=local_paths([config.store]))
     config = _resolved(config, plugins)
     if is_url(config.out):  # trained in a local staging folder, then published
         # Ctrl-C publishes the state saved so far, which --resume continues (as a local folder keeps it)
