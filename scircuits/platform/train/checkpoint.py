@@ -193,7 +193,43 @@ def save_sae(
     return out
 
 
+def weights_damage(path: str | Path) -> str | None:
+    """Why the safetensors file at ``path`` cannot be whole (None when it looks whole), read cheaply:
+    its header parses and the file is exactly as long as the header's tensors say."""
+    import struct
+
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"{size} bytes, shorter than a safetensors header"
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > size - 8:
+                return f"its header claims {header_len} bytes but the file holds {size}"
+            header = json.loads(fh.read(header_len))
+        if not isinstance(header, dict):
+            return "its header is not a JSON object"
+        ends = [
+            int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"
+        ]
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
+        return "its header does not parse"
+    expected = 8 + header_len + max(ends, default=0)
+    if expected != size:
+        return f"{size} bytes where its header says {expected}: truncated or damaged"
+    return None
+
+
 def is_complete(out_dir: str | Path, config_hash: str | None = None) -> bool:
+    """A complete checkpoint of ``config_hash`` whose weights file is whole (:func:`weights_damage`)."""
+    return marked_complete(out_dir, config_hash) and weights_damage(Path(out_dir) / WEIGHTS_FILE) is None
+
+
+def marked_complete(out_dir: str | Path, config_hash: str | None = None) -> bool:
+    """Whether scircuits.json says the checkpoint of ``config_hash`` is complete (its weights unread)."""
     meta_path = Path(out_dir) / META_FILE
     if not meta_path.is_file() or not (Path(out_dir) / WEIGHTS_FILE).is_file():
         return False

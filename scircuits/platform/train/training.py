@@ -524,6 +524,17 @@ def _claim(config: TrainConfig) -> bool:
         if claimed.state != "forced":
             held = "a checkpoint made with other settings"
         log.info(f"[train] {out} held {held}; moved it to {claimed.moved_to}")
+    weights = out / ckpt.WEIGHTS_FILE
+    damage = ckpt.weights_damage(weights) if ckpt.marked_complete(out, config.config_hash()) else None
+    if damage is not None:
+        if not config.force:
+            raise DataFormatError(
+                f"{weights}: the checkpoint's weights are damaged ({damage}); restore the file, or pass "
+                "--force to move the checkpoint aside and train it again (nothing is deleted)"
+            )
+        aside = move_aside(out)
+        write_marker(out, "sae", config.config_hash())
+        log.info(f"[train] --force: {weights} was damaged ({damage}); moved the checkpoint to {aside}")
     complete = ckpt.is_complete(out, config.config_hash())
     if complete and not _store_grew(out, config):
         log.info(f"[train] {out} already holds a complete checkpoint for this config; skipping")
