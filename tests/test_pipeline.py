@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 import scircuits.platform.collect.collection as collect_module
 import scircuits.platform.pipeline.run as pipeline_run
@@ -72,7 +74,7 @@ class FakeStages:
             write_marker(out, "sae", config.config_hash())
             (out / "training_state").mkdir()
             raise KeyboardInterrupt  # killed half-way
-        (out / WEIGHTS_FILE).write_bytes(b"weights")
+        save_file({"w": torch.zeros(1)}, str(out / WEIGHTS_FILE))  # a whole (tiny) safetensors file
         (out / META_FILE).write_text(json.dumps({"complete": True, "config_hash": config.config_hash()}))
         return out
 
