@@ -14,6 +14,7 @@ from scircuits.cli.common import (
     json_option,
     parse_key_values,
     sae_option,
+    sae_option_items,
     stage_config,
 )
 from scircuits.platform.causal.registry import analyses_of
@@ -153,9 +154,8 @@ def run(
     from scircuits.api.stages import run as run_stages
 
     merge_options(RunConfig, config_file, flags, "benchmark_options", options, "--option", data)
-    merge_options(
-        RunConfig, config_file, flags, "train.hparams", deprecated_sae_options + sae_options, "--sae-option"
-    )
+    items = sae_option_items(deprecated_sae_options, sae_options)
+    merge_options(RunConfig, config_file, flags, "train.hparams", items, "--sae-option")
     flags["sae_hparams"] = flags.pop("train.hparams", None)
     config = stage_config(RunConfig, config_file, flags)
     plugins = get_plugins()

@@ -51,6 +51,14 @@ def sae_option(f: F) -> F:
     )(f)
 
 
+def sae_option_items(deprecated: tuple[str, ...], current: tuple[str, ...]) -> tuple[str, ...]:
+    """``--hparam`` then ``--sae-option`` items, a key given by both taken from ``--sae-option`` (the
+    new name wins); a key repeated within one of them stays, for ``parse_key_values`` to refuse."""
+    new_keys = {item.split("=", 1)[0].strip() for item in current if "=" in item}
+    kept = tuple(item for item in deprecated if item.split("=", 1)[0].strip() not in new_keys)
+    return kept + current
+
+
 def echo_result(result: Any) -> None:
     """A typed result of the API (a pydantic model, or a list of them) as JSON on stdout; a non-finite
     number is null."""

@@ -18,6 +18,7 @@ from scircuits.cli.common import (
     json_option,
     parse_key_values,
     sae_option,
+    sae_option_items,
     stage_config,
 )
 from scircuits.platform.common.logs import get_logger
@@ -77,7 +78,7 @@ def train(
             (sites, layers),
             sae,
             {"k": k, "l1": l1, "decorrelation": decorrelation},
-            deprecated_sae_options + sae_options,
+            sae_option_items(deprecated_sae_options, sae_options),
             flags,
             as_json,
         )

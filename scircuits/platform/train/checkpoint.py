@@ -210,9 +210,7 @@ def weights_damage(path: str | Path) -> str | None:
             header = json.loads(fh.read(header_len))
         if not isinstance(header, dict):
             return "its header is not a JSON object"
-        ends = [
-            int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"
-        ]
+        ends = [int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"]
     except OSError as exc:
         return exc.strerror or str(exc)
     except (ValueError, KeyError, TypeError, IndexError, RecursionError):
