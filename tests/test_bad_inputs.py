@@ -265,3 +265,40 @@ def test_a_memory_url_on_the_command_line_is_refused(args, capsys):
 def test_commands_of_local_folders_refuse_a_url_in_one_line(args, capsys):
     err = refused(args, capsys)
     assert "reads and writes local folders only" in err and "s3://bucket/" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["collect", "--model", "smollm2-135m", "--layer", "1", "--out", "{url}"],
+        ["train", "--store", "{store}", "--out", "{url}"],
+        ["train", "--store", "{url}", "--out", "{tmp}/sae"],
+        ["ablate", "--model", "smollm2-135m", "--sae", "{tmp}/sae", "--out", "{url}"],
+        ["ablate", "--model", "smollm2-135m", "--sae", "{url}", "--out", "{tmp}/a"],
+        ["run", "--model", "smollm2-135m", "--layer", "1", "--out", "{url}"],
+        ["circuit", "--model", "smollm2-135m", "--sae", "{tmp}/sae", "--out", "{url}"],
+        ["inspect", "{url}"],
+    ],
+)
+@pytest.mark.parametrize(
+    "url, said",
+    [
+        ("foo://x", "foo:// URLs are not supported"),
+        ("hf://datasets/x/y", "hf:// URLs are not supported"),
+        ("s3://", "the URL names no location"),
+    ],
+)
+def test_an_unusable_url_is_one_line_naming_it_and_what_is_supported(args, url, said, store, tmp_path, capsys):
+    (tmp_path / "sae").mkdir()
+    filled = [a.format(url=url, store=store, tmp=tmp_path) for a in args]
+    err = refused(filled, capsys)
+    assert url in err and said in err, err
+
+
+def test_the_api_refuses_an_unusable_url_with_a_config_error(tmp_path):
+    from scircuits import CollectConfig, ConfigError
+
+    with pytest.raises(ConfigError, match="foo:// URLs are not supported"):
+        CollectConfig(model="smollm2-135m", layer=1, out="foo://x")
+    with pytest.raises(ConfigError, match="names no location"):
+        CollectConfig(model="smollm2-135m", layer=1, out="s3://")

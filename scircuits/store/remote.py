@@ -30,6 +30,28 @@ def is_url(path: str | os.PathLike[str]) -> bool:
     return local_path(path) is None
 
 
+# the schemes a store, a checkpoint folder or an output folder may use (docs/scale.md): S3, and memory://
+# from the Python API; file:// is a local path
+SUPPORTED_SCHEMES = ("s3", "s3a", "memory")
+SUPPORTED_URLS = "a local path or an s3://bucket/key URL (memory:// from the Python API; docs/scale.md)"
+
+
+def check_url(url: str | os.PathLike[str], option: str = "", error: type[Exception] = StoreError) -> None:
+    """Refuse, in one line, a URL this platform cannot use: a scheme other than s3:// or memory://
+    (fsspec would raise 'Protocol not known', or reach a server such as the Hub's that is no folder
+    store), or one with no bucket/path after the scheme (a bare ``s3://``). A local path passes."""
+    text = os.fspath(url)
+    if not is_url(text):
+        return
+    scheme, _, rest = text.partition("://")
+    where = f"{option} {text}" if option else text
+    if scheme.lower() not in SUPPORTED_SCHEMES:
+        raise error(f"{where}: {scheme}:// URLs are not supported; give {SUPPORTED_URLS}")
+    if not rest.strip("/"):
+        what = "a bucket and key (s3://bucket/key)" if scheme.lower() != "memory" else "a path (memory://name)"
+        raise error(f"{where}: the URL names no location; give {what}")
+
+
 def url_join(base: str | os.PathLike[str], *parts: str) -> str:
     """``base`` and ``parts`` joined with ``/`` (``Path`` would fold the ``//`` of ``s3://``)."""
     text = os.fspath(base).rstrip("/")
@@ -41,6 +63,7 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
     one line naming the extra to install."""
     import fsspec
 
+    check_url(url)
     try:
         return fsspec.core.url_to_fs(url, **(storage_options or {}))
     except ImportError as exc:
@@ -176,6 +199,8 @@ class RemotePath:
     ``write_text`` (one PUT: whole or absent) and ``mkdir`` (nothing to do on object storage)."""
 
     def __init__(self, url: str, fs: Any = None) -> None:
+        if fs is None:
+            check_url(url)
         self.url = url.rstrip("/")
         self._fs, self._path = (fs, self.url.split("://", 1)[1]) if fs is not None else filesystem(self.url)
         self._path = self._path.rstrip("/")

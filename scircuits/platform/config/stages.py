@@ -43,7 +43,10 @@ from scircuits.platform.config.files import read_config_file
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.contract.options import describe_validation_error
 from scircuits.store.location import local_path
-from scircuits.store.remote import is_url
+from scircuits.store.remote import check_url, is_url
+
+# the settings that may name a URL (checked by StageConfig.urls_supported)
+URL_FIELDS = frozenset({"out", "store", "sae", "circuit_sae"})
 
 if TYPE_CHECKING:
     from scircuits.platform.manager.plugin_set import PluginSet
@@ -220,6 +223,17 @@ class StageConfig(BaseModel):
                     f"{self.flag_of((name,))} {value} is a URL, but it must be a local folder: copy it "
                     "here first (stores, SAE checkpoints and output folders may be URLs; docs/scale.md)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def urls_supported(self: C) -> C:
+        """An output folder, a store or an SAE given as a URL of a scheme this platform cannot use
+        (``foo://``, ``hf://``) or with no location (a bare ``s3://``) is one line, before any work."""
+        for name in URL_FIELDS & type(self).model_fields.keys():
+            value = getattr(self, name)
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, str):
+                    check_url(item, self.flag_of((name,)) or "", ConfigError)
         return self
 
     def __init__(self, **values: Any) -> None:
