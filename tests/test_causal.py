@@ -312,3 +312,12 @@ def test_the_final_norm_gain_is_read_from_the_norm_itself_exactly():
         gemma.weight.normal_()
     assert torch.equal(norm_gain(llama, 16), llama.weight.float())
     assert torch.equal(norm_gain(gemma, 16), 1.0 + gemma.weight.float())  # Gemma scales by 1 + weight
+
+
+def test_an_edit_from_position_past_every_evaluation_example_is_refused_before_any_work(tiny, examples):
+    from scircuits.platform.causal.runner import prepare_study
+
+    sae = ReluSAE(tiny.d_model, 2 * tiny.d_model).eval()
+    config = AblateConfig(layer=2, progress=False, reconstruction_gate=False, edit_from_position=1000)
+    with pytest.raises(ConfigError, match=r"--edit-from-position 1000 is beyond the longest evaluation example \(\d+ tokens\)"):
+        prepare_study(config, tiny, sae, examples[:8], 2, get_plugins())

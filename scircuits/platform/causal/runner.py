@@ -34,7 +34,7 @@ from scircuits.platform.contract.models import LoadedModel
 from scircuits.platform.contract.study import EvaluationSplit, StatisticsInfo, StudyResults
 from scircuits.platform.manager.plugin_set import ALLOW_LIST_ENV
 from scircuits.platform.model.remote_split import RemoteSplitModel
-from scircuits.platform.model.scoring import score_name
+from scircuits.platform.model.scoring import layout_examples, score_name
 from scircuits.platform.model.splice import SplitModel
 from scircuits.platform.model.tracing import runs_remotely
 from scircuits.platform.train.exclusion import TokenExclusion, exclusion_from_norms, token_exclusion_of
@@ -117,6 +117,20 @@ def fresh_measurement(
     return measure
 
 
+def check_edit_position(config: AblateConfig, loaded: LoadedModel, examples: list[Example]) -> None:
+    """Refuse an --edit-from-position past the longest evaluation example before any model work: no
+    position would be edited, and every effect would be a NaN (a mean over no tokens)."""
+    if config.edit_from_position <= 0 or not examples:
+        return
+    sequences, _ = layout_examples(loaded.tokenizer, examples, config.max_length)
+    longest = max((len(s.input_ids) for s in sequences), default=0)
+    if config.edit_from_position >= longest:
+        raise ConfigError(
+            f"--edit-from-position {config.edit_from_position} is beyond the longest evaluation example "
+            f"({longest} tokens): no position would be edited; give a smaller one (1 spares the sink)"
+        )
+
+
 def prepare_study(
     config: AblateConfig,
     loaded: LoadedModel,
@@ -141,6 +155,7 @@ def prepare_study(
     )
     selection, evaluation = selection_split(len(examples), config.selection_fraction, config.seed)
     measured = len(examples) if evaluation is None else len(evaluation)
+    check_edit_position(config, loaded, examples if evaluation is None else [examples[i] for i in evaluation])
     if selection is None and config.selection_fraction > 0:
         log.warning(
             f"warning: {len(examples)} example(s) cannot be split: features are ranked and measured on "
