@@ -127,3 +127,24 @@ def test_hashes_record_whether_a_path_is_given_not_where():
     assert AblateConfig(sae="/a/sae", store="/a/s").config_hash() != AblateConfig(sae="/a/sae").config_hash()
     assert CollectConfig(model_path="/w1").config_hash() == CollectConfig(model_path="/w2").config_hash()
     assert TrainConfig(store="/a").config_hash() == TrainConfig(store="/b").config_hash()
+
+
+def test_none_unsets_a_number_whose_help_offers_it_in_flags_files_and_the_api(tmp_path):
+    from click.testing import CliRunner
+
+    from scircuits.cli.train import train
+
+    path = tmp_path / "c.toml"
+    path.write_text('grad_clip = "none"\n')
+    assert TrainConfig.from_sources(path).grad_clip is None
+    assert TrainConfig.from_sources(None, {"grad_clip": "none"}).grad_clip is None
+    assert TrainConfig(grad_clip="None").grad_clip is None
+    assert RunConfig.from_sources(None, {"limit": "none"}).ablate.limit is None
+    # the flag passes "none" through (a flag's None means "not given")
+    option = next(p for p in train.params if p.name == "grad_clip")
+    assert option.type.convert("none", option, None) == "none"
+    assert option.type.convert("0.5", option, None) == 0.5
+    result = CliRunner().invoke(train, ["--grad-clip", "bogus"])
+    assert result.exit_code == 2 and "'bogus' is not a number or none" in result.output
+    with pytest.raises(ConfigError):
+        TrainConfig(grad_clip="nothing")

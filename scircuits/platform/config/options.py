@@ -70,6 +70,29 @@ def shown_default(value: Any) -> str | None:
     return str(value)
 
 
+class OrNone(click.ParamType):
+    """A number, or ``none`` for a setting that may be unset (passed on as the text "none", which the
+    config reads as None: a flag's None means "not given")."""
+
+    def __init__(self, number: type) -> None:
+        self.number = click.INT if number is int else click.FLOAT
+        self.name = f"{self.number.name}|none"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "none":
+            return "none"
+        try:
+            return self.number.convert(value, param, ctx)
+        except click.BadParameter:
+            self.fail(f"{value!r} is not {'an integer' if self.number is click.INT else 'a number'} or none", param, ctx)
+
+
+def may_be_none(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(
+        annotation
+    )
+
+
 def option_for(name: str, info: FieldInfo) -> Callable[[Any], Any] | None:
     """The click option of one field (None for a dict field)."""
     annotation = _unwrap_optional(info.annotation)
@@ -93,7 +116,8 @@ def option_for(name: str, info: FieldInfo) -> Callable[[Any], Any] | None:
             flag, name, type=click.Choice([str(a) for a in typing.get_args(annotation)]), **kwargs
         )
     if annotation in (int, float):
-        return click.option(flag, name, type=annotation, **kwargs)
+        kind = OrNone(annotation) if may_be_none(info.annotation) else annotation
+        return click.option(flag, name, type=kind, **kwargs)
     return click.option(flag, name, type=str, **kwargs)
 
 

@@ -111,6 +111,29 @@ def plugin_default_help(what: str, family: str) -> str:
 STRICT = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+def optional_numbers(model: type[BaseModel]) -> frozenset[str]:
+    """The int or float fields of ``model`` that may be None."""
+    names = set()
+    for name, info in model.model_fields.items():
+        args = get_args(info.annotation)
+        numbers = {a for a in args if a is not type(None)}
+        if type(None) in args and numbers and numbers <= {int, float}:
+            names.add(name)
+    return frozenset(names)
+
+
+def none_as_unset(model: type[BaseModel], values: Any) -> Any:
+    """``none`` (any case) for a number that may be unset (``--grad-clip none``, ``limit = "none"`` in a
+    config file) is None, as the help says ("none: no clipping", "none: all")."""
+    if not isinstance(values, dict):
+        return values
+    numbers = optional_numbers(model)
+    return {
+        name: None if name in numbers and isinstance(value, str) and value.strip().lower() == "none" else value
+        for name, value in values.items()
+    }
+
+
 class StageConfig(BaseModel):
     model_config = STRICT
 
@@ -192,6 +215,11 @@ class StageConfig(BaseModel):
     @classmethod
     def no_bool_for_numbers(cls, values: Any) -> Any:
         return reject_bool_numbers(cls, values)
+
+    @model_validator(mode="before")
+    @classmethod
+    def none_means_unset(cls, values: Any) -> Any:
+        return none_as_unset(cls, values)
 
     @model_validator(mode="before")
     @classmethod
@@ -797,7 +825,8 @@ def section(
         name,
         __config__=STRICT,
         __validators__={
-            "no_bool_for_numbers": model_validator(mode="before")(classmethod(reject_bool_numbers))
+            "no_bool_for_numbers": model_validator(mode="before")(classmethod(reject_bool_numbers)),
+            "none_means_unset": model_validator(mode="before")(classmethod(none_as_unset)),
         },
         **fields,
     )
