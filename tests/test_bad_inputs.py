@@ -302,3 +302,14 @@ def test_the_api_refuses_an_unusable_url_with_a_config_error(tmp_path):
         CollectConfig(model="smollm2-135m", layer=1, out="foo://x")
     with pytest.raises(ConfigError, match="names no location"):
         CollectConfig(model="smollm2-135m", layer=1, out="s3://")
+
+
+def test_every_device_of_a_list_is_checked_before_the_first_job_trains(store, tmp_path, capsys):
+    out = tmp_path / "sae"
+    err = refused(
+        ["train", "--store", str(store), "--sae", "topk,relu", "--device", "cpu,bogus", "--out", str(out),
+         "--no-progress"],
+        capsys,
+    )
+    assert "--device bogus: unknown device" in err and "training jobs failed" not in err, err
+    assert not out.exists()  # no job ran

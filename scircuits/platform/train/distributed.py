@@ -390,6 +390,9 @@ def parse_devices(device: str) -> list[str]:
     devices = [d.strip() for d in device.split(",") if d.strip()]
     if not devices:
         raise ConfigError("--device: give at least one device (cpu, cuda, cuda:0, cuda:0,cuda:1, ...)")
+    from scircuits.platform.common.device import check_device
+
+    check_device(",".join(devices))  # every device, before the first job starts (not as each job starts)
     return devices
 
 
