@@ -234,3 +234,29 @@ def test_a_bad_line_inside_the_train_log_is_a_data_format_error_naming_it(tmp_pa
     result = train_result_with_log(tmp_path, '{"step": 1}\n[1]\n')
     with pytest.raises(scircuits.DataFormatError, match=r"train_log\.jsonl:2: not a JSON object"):
         result.to_pandas()
+
+
+def test_an_unguarded_script_with_several_devices_gets_one_line_naming_the_main_guard(tmp_path):
+    import subprocess
+    import sys
+
+    from scircuits.store.synthetic import write_synthetic_store
+
+    store = write_synthetic_store(tmp_path / "s.zarr", n_examples=12, d_model=6, chunk_rows=16)
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import scircuits\n"
+        "try:\n"
+        f"    scircuits.train(store={str(store)!r}, out={str(tmp_path / 'sae')!r}, device='cpu,cpu', "
+        "progress=False)\n"
+        "except scircuits.ConfigError as exc:\n"
+        "    print('CAUGHT', exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("CAUGHT") and 'if __name__ == "__main__":' in lines[0], done.stdout
+    assert "bootstrapping" not in done.stderr and "Traceback" not in done.stderr, done.stderr

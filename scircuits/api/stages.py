@@ -154,7 +154,7 @@ def train(
 ) -> TrainResult:
     """Train one SAE on an activation store (`scircuits train`); skipped when ``out`` already holds
     a complete checkpoint of the same config."""
-    from scircuits.platform.train.distributed import parse_devices
+    from scircuits.platform.train.distributed import parse_devices, stop_if_bootstrapping
     from scircuits.platform.train.training import train as train_one
     from scircuits.platform.train.training import train_many
 
@@ -164,6 +164,8 @@ def train(
         raise ConfigError("train: give the activation store with --store PATH (or store = ... in --config)")
     check_train_job(resolved, plugins)
     devices = parse_devices(resolved.device)
+    if len(devices) > 1 or resolved.nproc > 1:
+        stop_if_bootstrapping()  # a spawned worker re-importing an unguarded script: its parent says why
     if len(devices) == 1 or resolved.nproc > 1:
         out = train_one(resolved, plugins)
     else:

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import ctypes
+import multiprocessing.process
 import importlib
 import os
 import queue
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from scircuits.platform.common.artifacts import hold_for_group
+from scircuits.platform.common.device import check_device
 from scircuits.platform.contract.errors import ConfigError, DataFormatError, ScircuitsError
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -198,6 +200,29 @@ def _spawned(
     os._exit(0)
 
 
+# the exit code of a spawned process that found itself started while re-importing the caller's script
+# (a script without ``if __name__ == "__main__":``): it stops at once, quietly, and its parent says why
+BOOTSTRAP_EXIT = 86
+BOOTSTRAP_TEXT = "before the current process has finished its bootstrapping phase"
+
+
+def unguarded_script_error() -> ConfigError:
+    return ConfigError(
+        "the script that called scircuits starts worker processes (nproc > 1 or several devices), and "
+        "each re-imports it: guard the script's entry with `if __name__ == \"__main__\":` (docs/api.md)"
+    )
+
+
+def stop_if_bootstrapping() -> None:
+    """In a spawned process that is still importing the parent's main script (whose unguarded call to
+    scircuits is running again here), exit quietly with BOOTSTRAP_EXIT instead of multiprocessing's
+    RuntimeError traceback; the parent turns that code into ``unguarded_script_error``."""
+    if getattr(multiprocessing.process.current_process(), "_inheriting", False):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(BOOTSTRAP_EXIT)
+
+
 def launch(nproc: int, fn: Callable[..., Any], *args: Any, hold: Path | None = None) -> None:
     """Run ``fn(*args)`` in ``nproc`` processes on this machine (spawn), as ranks 0..nproc-1.
 
@@ -206,6 +231,7 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any, hold: Path | None = N
     """
     import torch.multiprocessing as mp
 
+    stop_if_bootstrapping()
     threads = max(1, (os.cpu_count() or 1) // nproc)
     try:
         context = mp.start_processes(
@@ -226,11 +252,15 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any, hold: Path | None = N
                 process.join(timeout=30)
             raise
     except mp.ProcessRaisedException as exc:
+        if BOOTSTRAP_TEXT in str(exc):
+            raise unguarded_script_error() from None
         user = worker_user_error(str(exc))
         if user is not None:  # a refusal of the worker's input: its one line, as in one process
             raise user from None
         raise ScircuitsError(f"distributed training failed in a worker process:\n{exc}") from None
     except mp.ProcessExitedException as exc:
+        if getattr(exc, "exit_code", None) == BOOTSTRAP_EXIT:
+            raise unguarded_script_error() from None
         raise ScircuitsError(f"a distributed training process died: {exc}") from None
 
 
@@ -390,8 +420,6 @@ def parse_devices(device: str) -> list[str]:
     devices = [d.strip() for d in device.split(",") if d.strip()]
     if not devices:
         raise ConfigError("--device: give at least one device (cpu, cuda, cuda:0, cuda:0,cuda:1, ...)")
-    from scircuits.platform.common.device import check_device
-
     check_device(",".join(devices))  # every device, before the first job starts (not as each job starts)
     return devices
 
@@ -416,6 +444,7 @@ def run_jobs_on_devices(
     """
     import multiprocessing as mp
 
+    stop_if_bootstrapping()
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     pending: queue.Queue[int] = queue.Queue()
@@ -433,7 +462,10 @@ def run_jobs_on_devices(
             process = ctx.Process(target=_job_process, args=(fn, jobs[index], device, results, index))
             process.start()
             process.join()
-            if process.exitcode != 0:
+            if process.exitcode == BOOTSTRAP_EXIT:
+                with lock:
+                    outcomes[index] = ("bootstrap", "")
+            elif process.exitcode != 0:
                 with lock:
                     outcomes.setdefault(index, ("error", f"process exited with code {process.exitcode}"))
 
@@ -448,6 +480,8 @@ def run_jobs_on_devices(
         except queue.Empty:
             break
         outcomes[index] = (status, message)
+    if any(status == "bootstrap" or BOOTSTRAP_TEXT in message for status, message in outcomes.values()):
+        raise unguarded_script_error()
     failed = [
         f"job {i} ({_job_name(jobs[i])}): {outcomes.get(i, ('error', 'no result'))[1]}"
         for i in range(len(jobs))
