@@ -313,3 +313,18 @@ def test_every_device_of_a_list_is_checked_before_the_first_job_trains(store, tm
     )
     assert "--device bogus: unknown device" in err and "training jobs failed" not in err, err
     assert not out.exists()  # no job ran
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["collect", "--model", "smollm2-135m", "--layers", "0,,1", "--out", "{tmp}/c"],
+        ["run", "--model", "smollm2-135m", "--layer", "1", "--top-k", "1,,2", "--out", "{tmp}/r"],
+        ["circuit", "--model", "smollm2-135m", "--sae", "{tmp}/a", "--sae", "{tmp}/b", "--sites",
+         "resid0,,resid1", "--out", "{tmp}/k"],
+        ["train", "--store", "{tmp}/s.zarr", "--sae", "topk,,relu", "--out", "{tmp}/t"],
+    ],
+)
+def test_an_empty_item_in_a_comma_list_is_one_line(args, store, tmp_path, capsys):
+    err = refused([a.format(tmp=tmp_path) for a in args], capsys)
+    assert "has an empty item between commas" in err, err

@@ -25,7 +25,7 @@ from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.remote import is_url, join_path, remote_out, shown
 from scircuits.platform.config import TrainConfig
 from scircuits.platform.config.options import stage_options
-from scircuits.platform.config.stages import looks_like_path
+from scircuits.platform.config.stages import looks_like_path, refuse_empty_items
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 
 log = get_logger(__name__)
@@ -239,6 +239,7 @@ def _train_sites(
 
 def variant_names(text: str, command: str) -> list[str]:
     """The SAE variants of a comma list given to --sae: one at least, and names, not folders."""
+    refuse_empty_items(text, "--sae")
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
         raise ConfigError(

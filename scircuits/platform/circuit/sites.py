@@ -10,6 +10,7 @@ from typing import Any
 from scircuits.platform.causal.stage import sae_site
 from scircuits.platform.common.logs import get_logger
 from scircuits.platform.common.remote import checkpoint_folders, is_url
+from scircuits.platform.config.stages import refuse_empty_items
 from scircuits.platform.contract.errors import ConfigError
 from scircuits.platform.model.tracing import _SITE_ORDER
 from scircuits.platform.train.checkpoint import CFG_FILE, load_sae
@@ -168,6 +169,7 @@ def choose_sites(saes: list[SiteSAE], sites: str | None) -> list[SiteSAE]:
     """The SAEs of the sites ``--sites`` names (all when None); a site without an SAE is refused."""
     if sites is None:
         return saes
+    refuse_empty_items(sites, "--sites")
     wanted = [s.strip() for s in sites.split(",") if s.strip()]
     by_name = {s.name: s for s in saes}
     missing = [w for w in wanted if w not in by_name]

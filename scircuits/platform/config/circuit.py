@@ -6,9 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, model_validator
 
-from scircuits.platform.config.stages import D, StageConfig, counts, distinct, plugin_default_help
+from scircuits.platform.config.stages import (
+    D,
+    StageConfig,
+    counts,
+    distinct,
+    plugin_default_help,
+    refuse_empty_items,
+)
 
 GLOBAL_SIZES = (1, 2, 5, 10, 20, 50, 100)  # nodes in all
 PER_SITE_SIZES = (8, 32, 128, 512)  # nodes per site
@@ -121,6 +128,12 @@ class CircuitConfig(StageConfig):
         "check_seed": None,
     }
 
+    @model_validator(mode="after")
+    def sites_without_empty_items(self) -> CircuitConfig:
+        if self.sites is not None:
+            refuse_empty_items(self.sites, "--sites")  # resid0,,resid1: one line before any work
+        return self
+
     def identity(self) -> dict[str, object]:
         values = super().identity()
         for name, default in self.unkeyed_defaults.items():
@@ -142,3 +155,4 @@ class CircuitConfig(StageConfig):
     force: bool = D(
         False, "Move aside (never delete) a folder at --out that scircuits did not write instead of refusing."
     )
+

@@ -17,12 +17,14 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from scircuits.platform.config.stages import RUN_SECTIONS, RunConfig, flat_run_names
+from scircuits.platform.config.stages import RUN_SECTIONS, RunConfig, empty_item, flat_run_names
 
 
 def int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
     if value is None:
         return None
+    if empty_item(value) is not None:
+        raise click.BadParameter(str(empty_item(value)))
     try:
         numbers = [int(part) for part in value.split(",") if part.strip()]
     except ValueError:
@@ -40,6 +42,8 @@ def name_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         return None
     if value.strip().lower() in ("", "none"):
         return []
+    if empty_item(value) is not None:
+        raise click.BadParameter(str(empty_item(value)))
     return [part.strip() for part in value.split(",") if part.strip()]
 
 

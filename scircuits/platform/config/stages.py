@@ -511,6 +511,7 @@ class CollectConfig(StageConfig):
     def _sites(self) -> list[str]:
         if self.sites is None:
             return [self.site]
+        refuse_empty_items(self.sites, "--sites")
         sites = [s.strip() for s in self.sites.split(",") if s.strip()]
         if not sites:
             raise ConfigError("--sites: give at least one site, e.g. resid or resid,mlp")
@@ -523,7 +524,22 @@ class CollectConfig(StageConfig):
         return [(layer, site) for layer in self._layers() for site in self._sites()]
 
 
+def empty_item(text: str) -> str | None:
+    """The one-line reason a comma list holds an empty item (``0,,1``, ``1,``), or None."""
+    parts = str(text).split(",")
+    if len(parts) > 1 and any(not part.strip() for part in parts):
+        return f"{text!r} has an empty item between commas; remove the extra comma"
+    return None
+
+
+def refuse_empty_items(text: str, flag: str) -> None:
+    reason = empty_item(text)
+    if reason is not None:
+        raise ConfigError(f"{flag} {reason}")
+
+
 def _int_list(text: str, flag: str) -> list[int]:
+    refuse_empty_items(text, flag)
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
