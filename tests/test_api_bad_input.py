@@ -253,10 +253,16 @@ def test_an_unguarded_script_with_several_devices_gets_one_line_naming_the_main_
         "    print('CAUGHT', exc)\n"
     )
     done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
         env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1])},
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("CAUGHT") and 'if __name__ == "__main__":' in lines[0], done.stdout
+    assert len(lines) == 1 and lines[0].startswith("CAUGHT") and 'if __name__ == "__main__":' in lines[0], (
+        done.stdout
+    )
     assert "bootstrapping" not in done.stderr and "Traceback" not in done.stderr, done.stderr

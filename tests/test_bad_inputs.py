@@ -288,7 +288,9 @@ def test_commands_of_local_folders_refuse_a_url_in_one_line(args, capsys):
         ("s3://", "the URL names no location"),
     ],
 )
-def test_an_unusable_url_is_one_line_naming_it_and_what_is_supported(args, url, said, store, tmp_path, capsys):
+def test_an_unusable_url_is_one_line_naming_it_and_what_is_supported(
+    args, url, said, store, tmp_path, capsys
+):
     (tmp_path / "sae").mkdir()
     filled = [a.format(url=url, store=store, tmp=tmp_path) for a in args]
     err = refused(filled, capsys)
@@ -307,8 +309,18 @@ def test_the_api_refuses_an_unusable_url_with_a_config_error(tmp_path):
 def test_every_device_of_a_list_is_checked_before_the_first_job_trains(store, tmp_path, capsys):
     out = tmp_path / "sae"
     err = refused(
-        ["train", "--store", str(store), "--sae", "topk,relu", "--device", "cpu,bogus", "--out", str(out),
-         "--no-progress"],
+        [
+            "train",
+            "--store",
+            str(store),
+            "--sae",
+            "topk,relu",
+            "--device",
+            "cpu,bogus",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
         capsys,
     )
     assert "--device bogus: unknown device" in err and "training jobs failed" not in err, err
@@ -320,8 +332,19 @@ def test_every_device_of_a_list_is_checked_before_the_first_job_trains(store, tm
     [
         ["collect", "--model", "smollm2-135m", "--layers", "0,,1", "--out", "{tmp}/c"],
         ["run", "--model", "smollm2-135m", "--layer", "1", "--top-k", "1,,2", "--out", "{tmp}/r"],
-        ["circuit", "--model", "smollm2-135m", "--sae", "{tmp}/a", "--sae", "{tmp}/b", "--sites",
-         "resid0,,resid1", "--out", "{tmp}/k"],
+        [
+            "circuit",
+            "--model",
+            "smollm2-135m",
+            "--sae",
+            "{tmp}/a",
+            "--sae",
+            "{tmp}/b",
+            "--sites",
+            "resid0,,resid1",
+            "--out",
+            "{tmp}/k",
+        ],
         ["train", "--store", "{tmp}/s.zarr", "--sae", "topk,,relu", "--out", "{tmp}/t"],
     ],
 )

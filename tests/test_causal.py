@@ -319,5 +319,8 @@ def test_an_edit_from_position_past_every_evaluation_example_is_refused_before_a
 
     sae = ReluSAE(tiny.d_model, 2 * tiny.d_model).eval()
     config = AblateConfig(layer=2, progress=False, reconstruction_gate=False, edit_from_position=1000)
-    with pytest.raises(ConfigError, match=r"--edit-from-position 1000 is beyond the longest evaluation example \(\d+ tokens\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--edit-from-position 1000 is beyond the longest evaluation example \(\d+ tokens\)",
+    ):
         prepare_study(config, tiny, sae, examples[:8], 2, get_plugins())

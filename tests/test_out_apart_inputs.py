@@ -55,7 +55,13 @@ def test_an_out_that_is_or_holds_an_input_is_refused_before_any_work(run, tmp_pa
     shutil.copytree(model_of(run), model)
     model_args = ["--model", f"hf:{model}", "--layer", "2", "--limit", "4", "--no-progress"]
     argv = {
-        "train store": ["train", "--store", str(copy / "activations.zarr"), "--out", str(copy / "activations.zarr")],
+        "train store": [
+            "train",
+            "--store",
+            str(copy / "activations.zarr"),
+            "--out",
+            str(copy / "activations.zarr"),
+        ],
         "train run": ["train", "--store", str(copy / "activations.zarr"), "--out", str(copy)],
         "ablate sae": ["ablate", *model_args, "--sae", str(copy / "sae"), "--out", str(copy / "sae")],
         "ablate run": ["ablate", *model_args, "--sae", str(copy / "sae"), "--out", str(copy)],

@@ -48,7 +48,9 @@ def check_url(url: str | os.PathLike[str], option: str = "", error: type[Excepti
     if scheme.lower() not in SUPPORTED_SCHEMES:
         raise error(f"{where}: {scheme}:// URLs are not supported; give {SUPPORTED_URLS}")
     if not rest.strip("/"):
-        what = "a bucket and key (s3://bucket/key)" if scheme.lower() != "memory" else "a path (memory://name)"
+        what = (
+            "a bucket and key (s3://bucket/key)" if scheme.lower() != "memory" else "a path (memory://name)"
+        )
         raise error(f"{where}: the URL names no location; give {what}")
 
 

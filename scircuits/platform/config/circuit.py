@@ -155,4 +155,3 @@ class CircuitConfig(StageConfig):
     force: bool = D(
         False, "Move aside (never delete) a folder at --out that scircuits did not write instead of refusing."
     )
-

@@ -88,7 +88,11 @@ class OrNone(click.ParamType):
         try:
             return self.number.convert(value, param, ctx)
         except click.BadParameter:
-            self.fail(f"{value!r} is not {'an integer' if self.number is click.INT else 'a number'} or none", param, ctx)
+            self.fail(
+                f"{value!r} is not {'an integer' if self.number is click.INT else 'a number'} or none",
+                param,
+                ctx,
+            )
 
 
 def may_be_none(annotation: Any) -> bool:

@@ -129,7 +129,9 @@ def none_as_unset(model: type[BaseModel], values: Any) -> Any:
         return values
     numbers = optional_numbers(model)
     return {
-        name: None if name in numbers and isinstance(value, str) and value.strip().lower() == "none" else value
+        name: None
+        if name in numbers and isinstance(value, str) and value.strip().lower() == "none"
+        else value
         for name, value in values.items()
     }
 

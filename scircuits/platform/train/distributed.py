@@ -17,8 +17,8 @@
 from __future__ import annotations
 
 import ctypes
-import multiprocessing.process
 import importlib
+import multiprocessing.process
 import os
 import queue
 import re
@@ -209,7 +209,7 @@ BOOTSTRAP_TEXT = "before the current process has finished its bootstrapping phas
 def unguarded_script_error() -> ConfigError:
     return ConfigError(
         "the script that called scircuits starts worker processes (nproc > 1 or several devices), and "
-        "each re-imports it: guard the script's entry with `if __name__ == \"__main__\":` (docs/api.md)"
+        'each re-imports it: guard the script\'s entry with `if __name__ == "__main__":` (docs/api.md)'
     )
 
 
