@@ -57,6 +57,8 @@ def smollm2():
 @pytest.fixture(autouse=True)
 def _isolated_plugin_env(monkeypatch):
     monkeypatch.delenv("SCIRCUITS_LOAD_PLUGINS", raising=False)
+    # a level an in-process `-q` exported for spawned processes is not the next test's commands' level
+    monkeypatch.delenv("SCIRCUITS_LOG_LEVEL", raising=False)
     yield
 
 
