@@ -19,7 +19,7 @@ from scircuits.platform.contract.jsonvalues import load_file
 from scircuits.platform.manager.plugin_set import PluginSet
 from scircuits.platform.model.recorded import RunModel, check_loaded, recorded_revision, run_model
 from scircuits.platform.model.tracing import SiteTracer
-from scircuits.platform.train.checkpoint import WEIGHTS_FILE, is_complete
+from scircuits.platform.train.checkpoint import WEIGHTS_FILE, is_complete, weights_damage
 from scircuits.platform.train.checkpoint import load_sae as load_checkpoint
 from scircuits.platform.train.training import train
 from scircuits.store import ActivationStore
@@ -97,6 +97,12 @@ def site_tracer(loaded: Any, layer: int, site: str) -> SiteTracer:
 
 def sae_complete(path: str | Path) -> bool:
     return is_complete(path)
+
+
+def sae_damage(path: str | Path) -> str | None:
+    """Why a checkpoint's weights file is not whole (truncated, overwritten), or None."""
+    weights = Path(path) / WEIGHTS_FILE
+    return weights_damage(weights) if weights.is_file() else None
 
 
 def provenance() -> dict[str, Any]:

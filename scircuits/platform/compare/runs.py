@@ -156,6 +156,9 @@ def read_run(path: str | Path, plugins: Any = None) -> Run:
         return Run(root, results, config, spec, run_store(root, config, {}), {})
     if not internals.sae_complete(sae_path):
         what = "is not a complete SAE checkpoint" if sae_path.is_dir() else "does not exist"
+        damage = internals.sae_damage(sae_path) if sae_path.is_dir() else None
+        if damage is not None:
+            what = f"holds a damaged sae_weights.safetensors ({damage})"
         raise internals.config_error(
             f"{sae_path} {what}: compare reads the SAE of the run folder it is given; restore it, or rerun "
             f"`scircuits run` for {root}"

@@ -529,7 +529,8 @@ class CollectConfig(StageConfig):
 def empty_item(text: str) -> str | None:
     """The one-line reason a comma list holds an empty item (``0,,1``, ``1,``), or None."""
     parts = str(text).split(",")
-    if len(parts) > 1 and any(not part.strip() for part in parts):
+    # only commas (``,``) names nothing at all: each flag says what to give instead
+    if len(parts) > 1 and any(not part.strip() for part in parts) and any(part.strip() for part in parts):
         return f"{text!r} has an empty item between commas; remove the extra comma"
     return None
 
