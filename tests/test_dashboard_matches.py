@@ -177,7 +177,9 @@ def test_a_recorded_compare_folder_with_damaged_results_is_kept_out_with_a_warni
     main(["dashboard", str(run), "--no-progress"])
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    (line,) = [ln for ln in err.splitlines() if str(bad) in ln]
+    lines = [ln for ln in err.splitlines() if str(bad) in ln]
+    assert len(lines) == 1, err
+    (line,) = lines
     why = {
         "truncated": "not valid JSON",
         "binary": "cannot be read",

@@ -1252,9 +1252,10 @@ def test_a_bad_line_far_into_the_data_file_stops_ablate_before_the_weights(gsm8k
         fh.write("{not json\n")
     n_lines = len(gsm8k_file.read_text().splitlines())
     monkeypatch.setattr(stage, "check_weights_available", lambda *a: pytest.fail("weights were checked"))
+    (tmp_path / "sae").mkdir()  # beside --out: an --out inside the SAE folder is refused first
     settings = ablate_config(
         tmp_path / "causal",
-        sae=str(tmp_path),
+        sae=str(tmp_path / "sae"),
         benchmark="gsm8k",
         benchmark_options={"data": str(gsm8k_file)},
         limit=None,

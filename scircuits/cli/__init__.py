@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import os
 import sys
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -15,7 +14,7 @@ from weakref import WeakKeyDictionary
 import click
 
 from scircuits import __version__
-from scircuits.platform.common.logs import LEVEL_ENV, set_level
+from scircuits.platform.common.logs import LEVEL_ENV, set_level, user_level
 from scircuits.platform.contract.errors import ConfigError, ScircuitsError
 from scircuits.platform.manager.plugin_set import get_plugins
 
@@ -96,11 +95,6 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attr)
 
 
-# the user's $SCIRCUITS_LOG_LEVEL, read once: set_level exports the level it sets for spawned
-# processes, which a later command of this process (main() called again) must not take for the user's
-LEVEL_AT_START = os.environ.get(LEVEL_ENV)
-
-
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="scircuits")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr (no progress).")
@@ -113,9 +107,10 @@ def cli(quiet: bool, verbose: bool) -> None:
     """
     if quiet and verbose:
         raise click.UsageError("give -q or -v, not both")
-    if not (quiet or verbose) and LEVEL_AT_START:  # -q / -v win over the variable
+    chosen = user_level()  # not the level an earlier command of this process passed on
+    if not (quiet or verbose) and chosen:  # -q / -v win over the variable
         try:
-            set_level(LEVEL_AT_START)
+            set_level(chosen)
         except ConfigError as exc:
             raise ConfigError(f"${LEVEL_ENV}: {exc}") from None
         return

@@ -52,10 +52,22 @@ def set_level(level: str | int) -> None:
     logging.getLogger(ROOT).setLevel(value)
     if value > logging.INFO:  # -q: no progress, the libraries' bars included
         silence_library_progress_bars()
+    global _exported
     if value == logging.INFO:  # the default: nothing to pass on
         os.environ.pop(LEVEL_ENV, None)
+        _exported = None
     else:
-        os.environ[LEVEL_ENV] = logging.getLevelName(value)
+        os.environ[LEVEL_ENV] = _exported = logging.getLevelName(value)
+
+
+_exported: str | None = None  # the level set_level passed on to spawned processes
+
+
+def user_level() -> str | None:
+    """``$SCIRCUITS_LOG_LEVEL`` as the user (or a parent process) set it; None when unset or when it
+    is only what ``set_level`` of this process passed on to its children."""
+    value = os.environ.get(LEVEL_ENV)
+    return value if value and value != _exported else None
 
 
 QUIET_ENV = {
