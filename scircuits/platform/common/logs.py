@@ -97,7 +97,9 @@ def silence_library_progress_bars() -> None:
 
 def _install() -> None:
     root = logging.getLogger(ROOT)
-    if not any(isinstance(h, StderrLines) for h in root.handlers):
+    # by name: a test that imports scircuits afresh (sys.modules cleared) makes a new StderrLines
+    # class, and a second handler would print every message twice
+    if not any(type(h).__name__ == StderrLines.__name__ for h in root.handlers):
         handler = StderrLines()
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
